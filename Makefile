@@ -1,0 +1,50 @@
+# openbits — two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+RUN_DIR := .run
+
+.PHONY: run test venv test-deps lint typecheck unit integration bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PIP) install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import openbits, aiohttp, click, rich, pytest"
+	touch $@
+
+venv: $(VENV)/.installed
+
+## make run: install into .venv, start the daemon on the embedded SQLite store and show a real transfer.
+run: venv
+	@bash scripts/demo.sh
+
+## make test: install what the tests need (Debian's nginx when missing) and run the whole suite.
+test: venv test-deps lint typecheck
+	$(PY) -m pytest -q tests
+
+test-deps:
+	@bash scripts/ensure-debian-packages.sh nginx
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+integration: venv test-deps
+	$(PY) -m pytest -q tests/integration tests/cli
+
+## make bench: 1 GiB from nginx on 127.0.0.1 with curl, aria2c and openbits, alternated, medians and ratios.
+bench: venv
+	@bash scripts/ensure-debian-packages.sh nginx curl aria2
+	$(PY) bench/bench_1g.py
+
+clean:
+	rm -rf $(VENV) $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache

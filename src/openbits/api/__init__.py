@@ -1,0 +1,1 @@
+"""The management API: CIM-shaped HTTP over a Unix socket."""

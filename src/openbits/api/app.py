@@ -1,0 +1,168 @@
+"""The HTTP API of SPEC §4, shaped after CIM, on aiohttp.web.
+
+It translates HTTP to service calls and BitsError to the error body; it decides
+nothing.  WQL (``Where=``, ``/Query``) and ``/events`` come in a later issue: the
+routes are reserved and answer E_NOTIMPL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from openbits import __version__
+from openbits.api.peer import caller_of
+from openbits.errors import (
+    BitsError,
+    HResult,
+    InvalidArgument,
+    NotImplementedValue,
+    RequestTooLarge,
+    api_http_status,
+    hresult_message,
+    hresult_name,
+)
+from openbits.service import Service
+
+log = logging.getLogger("openbits.api")
+
+BASE = "/root/microsoft/bits"
+CLASS = f"{BASE}/BitsClientJob"
+MAX_BODY = 1024 * 1024
+
+SERVICE_KEY = web.AppKey("service", Service)
+
+
+def error_response(error: BitsError) -> web.Response:
+    return web.json_response(
+        {
+            "ReturnValue": error.hresult,
+            "ErrorCode": error.hex,
+            "Name": error.name,
+            "Message": error.message,
+        },
+        status=api_http_status(error.hresult),
+    )
+
+
+def result_response(body: dict[str, Any]) -> web.Response:
+    code = int(body.get("ReturnValue", 0))
+    if code:
+        body.setdefault("Name", hresult_name(code))
+        body.setdefault("Message", hresult_message(code))
+    return web.json_response(body)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    for key, value in request.query.items():
+        if key.lower() == name.lower():
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no", ""):
+                return False
+            raise InvalidArgument(f"{name} must be true or false")
+    return False
+
+
+async def _body(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise RequestTooLarge(f"the request body is over {MAX_BODY} bytes")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise RequestTooLarge(f"the request body is over {MAX_BODY} bytes")
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"the request body is not valid JSON: {e}") from None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def bits_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BitsError as e:
+        return error_response(e)
+    except web.HTTPException as e:
+        if e.status == 404:
+            return error_response(
+                InvalidArgument(f"no such resource {request.path}", hresult=HResult.E_INVALIDARG)
+            )
+        if e.status == 405:
+            return error_response(InvalidArgument(f"{request.method} is not allowed on {request.path}"))
+        if e.status == 413:
+            return error_response(RequestTooLarge(f"the request body is over {MAX_BODY} bytes"))
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(BitsError("internal error; see the daemon's log", hresult=HResult.E_FAIL))
+
+
+async def enumerate_jobs(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    caller = caller_of(request)
+    if any(k.lower() == "where" for k in request.query):
+        raise NotImplementedValue("WQL queries are not implemented yet")
+    jobs = service.enumerate(caller, all_users=_flag(request, "AllUsers"))
+    return web.json_response([j.to_cim() for j in jobs])
+
+
+async def get_job(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    job = service.find(
+        caller_of(request), request.match_info["job"], include_finished=_flag(request, "IncludeFinished")
+    )
+    return web.json_response(job.to_cim())
+
+
+async def patch_job(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    body = await _body(request)
+    job = service.patch(caller_of(request), request.match_info["job"], body)
+    return web.json_response(job.to_cim())
+
+
+async def create_job(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    body = await _body(request)
+    job = await service.create_job(caller_of(request), body)
+    return result_response({"ReturnValue": 0, "JobId": job.job_id})
+
+
+async def invoke(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    body = await _body(request)
+    result = await service.invoke(
+        caller_of(request), request.match_info["job"], request.match_info["method"], body
+    )
+    return result_response(result)
+
+
+async def not_yet(request: web.Request) -> web.Response:
+    raise NotImplementedValue(f"{request.path} is not implemented yet")
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"Version": __version__})
+
+
+def make_app(service: Service) -> web.Application:
+    app = web.Application(middlewares=[bits_errors], client_max_size=MAX_BODY)
+    app[SERVICE_KEY] = service
+    app.router.add_get(CLASS, enumerate_jobs)
+    app.router.add_post(f"{CLASS}/CreateJob", create_job)
+    app.router.add_get(f"{CLASS}/{{job:[^/]+}}", get_job)
+    app.router.add_patch(f"{CLASS}/{{job:[^/]+}}", patch_job)
+    app.router.add_post(f"{CLASS}/{{job:[^/]+}}/{{method}}", invoke)
+    app.router.add_post(f"{BASE}/Query", not_yet)
+    app.router.add_get("/events", not_yet)
+    app.router.add_get("/version", version)
+    return app

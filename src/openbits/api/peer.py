@@ -1,0 +1,34 @@
+"""The caller of a request: the Unix-socket peer's credentials (SO_PEERCRED)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from aiohttp import web
+
+from openbits.caller import Caller
+from openbits.errors import AccessDenied
+
+ADMIN_GROUP_KEY = web.AppKey("admin_group", str)
+_CACHE_KEY = "openbits.caller"
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def caller_of(request: web.Request) -> Caller:
+    cached = request.get(_CACHE_KEY)
+    if isinstance(cached, Caller):
+        return cached
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        raise AccessDenied("the caller's identity is unknown")
+    admin_group = request.app.get(ADMIN_GROUP_KEY, "openbits-admin")
+    caller = Caller.from_uid(peer_uid(sock), admin_group)
+    request[_CACHE_KEY] = caller
+    return caller

@@ -1,0 +1,1 @@
+"""Command lines: `openbits` and `bitsadmin`."""

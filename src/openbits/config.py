@@ -1,0 +1,75 @@
+"""Daemon configuration: defaults from BITS, overridden by a TOML file, then by flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "openbits")
+
+
+def default_socket_path(state_dir: str | None = None) -> str:
+    """``$XDG_RUNTIME_DIR/openbits/openbits.sock``, else ``<state-dir>/openbits.sock``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "openbits", "openbits.sock")
+    return os.path.join(state_dir or default_state_dir(), "openbits.sock")
+
+
+def client_socket_path(explicit: str | None = None) -> str:
+    """Where a client finds the daemon: --socket, then $OPENBITS_SOCKET, then the default."""
+    return explicit or os.environ.get("OPENBITS_SOCKET") or default_socket_path()
+
+
+@dataclass(slots=True)
+class Config:
+    state_dir: str = ""
+    socket: str = ""
+    # limits (SPEC §3, BITS defaults); administrators are exempt from the job limits
+    max_jobs_per_user: int = 60
+    max_jobs_per_machine: int = 300
+    max_files_per_job: int = 200
+    admin_group: str = "openbits-admin"
+    finished_retention_s: int = 7 * 86400
+    # scheduling
+    max_concurrent_background_jobs: int = 1
+    # transfers
+    read_timeout_s: float = 60.0
+    connect_timeout_s: float = 30.0
+    checkpoint_interval_s: float = 1.0
+    checkpoint_bytes: int = 64 * 1024 * 1024
+    write_block_bytes: int = 1024 * 1024
+    read_buffer_bytes: int = 4 * 1024 * 1024
+    # store
+    store_synchronous: str = "FULL"
+
+    def __post_init__(self) -> None:
+        if not self.state_dir:
+            self.state_dir = default_state_dir()
+        if not self.socket:
+            self.socket = default_socket_path(self.state_dir)
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.state_dir, "jobs.sqlite")
+
+    @classmethod
+    def load(cls, path: str | None = None, **overrides: Any) -> Config:
+        """Defaults, then the TOML file's keys (flat or under ``[openbits]``), then overrides."""
+        values: dict[str, Any] = {}
+        if path:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+            data = data.get("openbits", data)
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(data) - known)
+            if unknown:
+                raise ValueError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+            values.update(data)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

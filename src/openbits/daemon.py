@@ -1,0 +1,147 @@
+"""Composition root: config -> store -> service -> scheduler -> API; signals; shutdown.
+
+Shutdown is phased: stop accepting API calls, cancel transfers (each keeps its
+durable checkpoint), close the HTTP session, close the store.  A second signal
+forces an immediate exit; nothing acknowledged is lost either way because every
+acknowledged change was committed before it was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+
+from aiohttp import web
+
+from openbits.api.app import make_app
+from openbits.api.peer import ADMIN_GROUP_KEY
+from openbits.config import Config
+from openbits.scheduler.run import Scheduler
+from openbits.service import Service
+from openbits.store import StoreError
+from openbits.store.sqlite import SqliteStore
+from openbits.transfer.download import Downloader, Tuning
+from openbits.transfer.http import make_session
+
+log = logging.getLogger("openbits.daemon")
+
+
+class DaemonError(Exception):
+    """The daemon cannot start (socket in use, store unusable)."""
+
+
+def _prepare_socket(path: str) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # a stale socket left by a daemon that died
+    else:
+        raise DaemonError(f"another openbits daemon is already serving on {path}")
+    finally:
+        probe.close()
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    try:
+        store = SqliteStore(config.db_path, synchronous=config.store_synchronous)
+    except StoreError as e:
+        raise DaemonError(str(e)) from e
+    service = Service(store, config)
+    service.recover()
+    session = make_session(
+        connect_timeout_s=config.connect_timeout_s,
+        read_timeout_s=config.read_timeout_s,
+        read_buffer_bytes=config.read_buffer_bytes,
+    )
+    downloader = Downloader(
+        session,
+        Tuning(
+            checkpoint_interval_s=config.checkpoint_interval_s,
+            checkpoint_bytes=config.checkpoint_bytes,
+            write_block_bytes=config.write_block_bytes,
+        ),
+    )
+    scheduler = Scheduler(service, config, downloader)
+    service.runner = scheduler
+    app = make_app(service)
+    app[ADMIN_GROUP_KEY] = config.admin_group
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.warning("second signal: exiting at once")
+            os._exit(128 + signum)
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        _prepare_socket(config.socket)
+        old_umask = os.umask(0o177)
+        try:
+            site = web.UnixSite(runner, config.socket)
+            await site.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(config.socket, 0o600)
+        log.info(
+            "openbits %s serving on %s (state in %s, %d jobs)",
+            _version(),
+            config.socket,
+            config.state_dir,
+            len(service.jobs),
+        )
+        if ready is not None:
+            ready.set()
+        async with asyncio.TaskGroup() as group:
+            scheduling = group.create_task(scheduler.run(), name="scheduler")
+            await stop.wait()
+            await runner.cleanup()  # phase 1: no new calls
+            scheduling.cancel()  # phase 2: transfers stop at their checkpoints
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        await session.close()
+        store.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(config.socket)
+        log.info("openbits stopped")
+
+
+def _version() -> str:
+    from openbits import __version__
+
+    return __version__
+
+
+def run(config: Config) -> int:
+    logging.basicConfig(
+        level=os.environ.get("OPENBITS_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(serve(config))
+    except DaemonError as e:
+        print(f"openbits serve: {e}", file=sys.stderr)
+        return 1
+    return 0

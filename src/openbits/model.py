@@ -1,0 +1,269 @@
+"""The BITS object model: enumerations, Job and JobFile, FILETIME, the CIM JSON shape.
+
+Pure data: no I/O, no imports of other openbits modules.  Values and names are
+those of ../shared/reference/bits-spec.md §1-2 and SPEC §1.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from typing import Any
+
+BG_SIZE_UNKNOWN = 0xFFFFFFFFFFFFFFFF
+#: FILETIME of the Unix epoch: 100 ns intervals from 1601-01-01 to 1970-01-01.
+FILETIME_UNIX_EPOCH = 116_444_736_000_000_000
+
+DISPLAY_NAME_MAX = 256
+DESCRIPTION_MAX = 1024
+REMOTE_URL_MAX = 2200
+LOCAL_FILE_MAX = 4095  # PATH_MAX - 1 on Linux, the analogue of MAX_PATH
+MINIMUM_RETRY_DELAY_FLOOR_S = 5
+UINT32_MAX = 0xFFFFFFFF
+
+
+class JobState(IntEnum):
+    QUEUED = 0
+    CONNECTING = 1
+    TRANSFERRING = 2
+    SUSPENDED = 3
+    ERROR = 4
+    TRANSIENT_ERROR = 5
+    TRANSFERRED = 6
+    ACKNOWLEDGED = 7
+    CANCELLED = 8
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.ACKNOWLEDGED, JobState.CANCELLED)
+
+    @property
+    def bitsadmin_name(self) -> str:
+        """The spelling bitsadmin prints (CANCELED with one L)."""
+        return "CANCELED" if self is JobState.CANCELLED else self.name
+
+
+class JobPriority(IntEnum):
+    FOREGROUND = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+
+
+class JobType(IntEnum):
+    DOWNLOAD = 0
+    UPLOAD = 1
+    UPLOAD_REPLY = 2
+
+
+class ErrorContext(IntEnum):
+    NONE = 0
+    UNKNOWN = 1
+    GENERAL_QUEUE_MANAGER = 2
+    QUEUE_MANAGER_NOTIFICATION = 3
+    LOCAL_FILE = 4
+    REMOTE_FILE = 5
+    GENERAL_TRANSPORT = 6
+    REMOTE_APPLICATION = 7
+    SERVER_CERTIFICATE_CALLBACK = 8
+
+
+class SetJobStateCode(IntEnum):
+    """The JobState parameter of the WMI SetJobState method."""
+
+    CANCEL = 0
+    COMPLETE = 1
+    RESUME = 2
+    SUSPEND = 3
+
+
+class ProxyUsage(IntEnum):
+    PRECONFIG = 0
+    NO_PROXY = 1
+    OVERRIDE = 2
+    AUTODETECT = 3
+
+
+class NotifyFlags(IntFlag):
+    JOB_TRANSFERRED = 0x0001
+    JOB_ERROR = 0x0002
+    DISABLE = 0x0004
+    JOB_MODIFICATION = 0x0008
+    FILE_TRANSFERRED = 0x0010
+    FILE_RANGES_TRANSFERRED = 0x0020
+
+
+DEFAULT_NOTIFY_FLAGS = NotifyFlags.JOB_TRANSFERRED | NotifyFlags.JOB_ERROR
+
+
+def filetime_from_unix_ns(unix_ns: int) -> int:
+    """FILETIME (100 ns since 1601-01-01 UTC) of a Unix time in nanoseconds; 0 stays 0."""
+    if unix_ns == 0:
+        return 0
+    return unix_ns // 100 + FILETIME_UNIX_EPOCH
+
+
+def unix_ns_from_filetime(filetime: int) -> int:
+    if filetime == 0:
+        return 0
+    return (filetime - FILETIME_UNIX_EPOCH) * 100
+
+
+def canonical_job_id(value: str | uuid.UUID) -> str:
+    """``{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}`` upper-case; raises ValueError."""
+    if isinstance(value, uuid.UUID):
+        u = value
+    else:
+        text = value.strip()
+        if text.startswith("{") and text.endswith("}"):
+            text = text[1:-1]
+        if len(text) != 36:
+            raise ValueError(f"not a GUID: {value!r}")
+        u = uuid.UUID(text)
+    return "{" + str(u).upper() + "}"
+
+
+def new_job_id() -> str:
+    return canonical_job_id(uuid.uuid4())
+
+
+@dataclass(slots=True)
+class JobFile:
+    remote_url: str
+    local_file: str
+    bytes_total: int | None = None  # None while the size is unknown
+    bytes_transferred: int = 0  # durable: written, fdatasync'd and committed
+    completed: bool = False  # all bytes transferred (in the temporary file)
+    temp_name: str | None = None  # base name of the temporary file
+    etag: str | None = None
+    last_modified: str | None = None  # the server's Last-Modified header, verbatim
+    published: bool = False  # renamed to local_file by Complete
+    file_id: int | None = None  # store key
+
+    @property
+    def temp_path(self) -> str | None:
+        if self.temp_name is None:
+            return None
+        import os.path
+
+        return os.path.join(os.path.dirname(self.local_file), self.temp_name)
+
+    def to_cim(self) -> dict[str, Any]:
+        return {
+            "RemoteUrl": self.remote_url,
+            "LocalFile": self.local_file,
+            "BytesTotal": BG_SIZE_UNKNOWN if self.bytes_total is None else self.bytes_total,
+            "BytesTransferred": self.bytes_transferred,
+            "Completed": self.completed,
+        }
+
+
+@dataclass(slots=True)
+class JobError:
+    hresult: int
+    context: ErrorContext
+    message: str
+    file_index: int | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    job_id: str
+    owner: str
+    owner_uid: int
+    display_name: str = ""
+    description: str = ""
+    job_type: JobType = JobType.DOWNLOAD
+    priority: JobPriority = JobPriority.NORMAL
+    state: JobState = JobState.SUSPENDED
+    minimum_retry_delay_s: int = 600
+    no_progress_timeout_s: int = 1_209_600
+    notify_flags: int = int(DEFAULT_NOTIFY_FLAGS)
+    created_ns: int = 0
+    modified_ns: int = 0
+    transferred_ns: int = 0  # entered TRANSFERRED (JobCompletionTime)
+    finished_ns: int = 0  # entered ACKNOWLEDGED or CANCELLED
+    transient_error_count: int = 0
+    error: JobError | None = None
+    retry_at_ns: int = 0  # when a TRANSIENT_ERROR job goes back to QUEUED
+    no_progress_since_ns: int = 0  # first transient error since the last progress
+    seq: int = 0  # creation order (store key order)
+    files: list[JobFile] = field(default_factory=list)
+
+    @property
+    def bytes_total(self) -> int:
+        if not self.files:
+            return 0
+        total = 0
+        for f in self.files:
+            if f.bytes_total is None:
+                return BG_SIZE_UNKNOWN
+            total += f.bytes_total
+        return total
+
+    @property
+    def bytes_transferred(self) -> int:
+        return sum(f.bytes_transferred for f in self.files)
+
+    @property
+    def files_transferred(self) -> int:
+        return sum(1 for f in self.files if f.completed)
+
+    def to_cim(self) -> dict[str, Any]:
+        """The BitsClientJob instance as JSON, WMI names and types (SPEC §1)."""
+        return {
+            "JobId": self.job_id,
+            "DisplayName": self.display_name,
+            "Description": self.description,
+            "Priority": int(self.priority),
+            "MinimumRetryDelay": self.minimum_retry_delay_s,
+            "NoProgressTimeout": self.no_progress_timeout_s,
+            "Files": [f.to_cim() for f in self.files],
+            "JobCreationTime": filetime_from_unix_ns(self.created_ns),
+            "JobLastModificationTime": filetime_from_unix_ns(self.modified_ns),
+            "JobCompletionTime": filetime_from_unix_ns(self.transferred_ns),
+            "BytesTotal": self.bytes_total,
+            "BytesTransferred": self.bytes_transferred,
+            "FilesTotal": len(self.files),
+            "FilesTransferred": self.files_transferred,
+            "TransientErrorCount": self.transient_error_count,
+            "State": int(self.state),
+            "Owner": self.owner,
+            # extensions (SPEC §1)
+            "JobType": int(self.job_type),
+            "NotifyFlags": self.notify_flags,
+        }
+
+
+#: Read/write properties a PATCH may set: WMI name -> Job attribute.
+WRITABLE_PROPERTIES: dict[str, str] = {
+    "DisplayName": "display_name",
+    "Description": "description",
+    "Priority": "priority",
+    "MinimumRetryDelay": "minimum_retry_delay_s",
+    "NoProgressTimeout": "no_progress_timeout_s",
+}
+
+#: Every property name of the instance (for BG_E_READ_ONLY_PROPERTY vs unknown).
+ALL_PROPERTIES: tuple[str, ...] = (
+    "JobId",
+    "DisplayName",
+    "Description",
+    "Priority",
+    "MinimumRetryDelay",
+    "NoProgressTimeout",
+    "Files",
+    "JobCreationTime",
+    "JobLastModificationTime",
+    "JobCompletionTime",
+    "BytesTotal",
+    "BytesTransferred",
+    "FilesTotal",
+    "FilesTransferred",
+    "TransientErrorCount",
+    "State",
+    "Owner",
+    "JobType",
+    "NotifyFlags",
+)

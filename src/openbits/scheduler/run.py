@@ -1,0 +1,150 @@
+"""The scheduler's loop: applies ``policy.plan`` to the live jobs and runs transfers.
+
+One task per running job, all in one TaskGroup.  Deadlines (retries, timeouts)
+live in the jobs (and so in the store); the loop sleeps until the earliest one
+or until the service wakes it.  A failing job never takes the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from openbits.caller import primary_gid
+from openbits.config import Config
+from openbits.errors import BitsError, HResult
+from openbits.model import ErrorContext, Job, JobFile
+from openbits.scheduler import policy
+from openbits.service import Service
+from openbits.transfer.download import Downloader, Owner
+
+log = logging.getLogger("openbits.scheduler")
+
+PURGE_INTERVAL_NS = 3600 * 10**9
+
+
+class _FileProgress:
+    """Binds a downloader's reports for one file to the service."""
+
+    __slots__ = ("file", "job", "service")
+
+    def __init__(self, service: Service, job: Job, file: JobFile) -> None:
+        self.service, self.job, self.file = service, job, file
+
+    def connected(self) -> None:
+        self.service.job_connected(self.job)
+
+    def begin(self, temp_name: str, total: int | None, etag: str | None, last_modified: str | None) -> None:
+        f = self.file
+        f.temp_name, f.bytes_total, f.etag, f.last_modified = temp_name, total, etag, last_modified
+        if f.bytes_transferred or f.completed:
+            self.service.file_restarted(self.job, f)
+        else:
+            self.service.file_started(self.job, f)
+
+    def checkpoint(self, offset: int) -> None:
+        self.service.file_checkpoint(self.job, self.file, offset)
+
+
+class Scheduler:
+    def __init__(self, service: Service, config: Config, downloader: Downloader) -> None:
+        self.service = service
+        self.config = config
+        self.downloader = downloader
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
+        self._next_purge_ns = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, job_id: str) -> None:
+        """Stop a job's transfer and wait until its task has let go of its files."""
+        task = self.running.get(job_id)
+        if task is None or task is asyncio.current_task():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([task])
+
+    async def run(self) -> None:
+        clock = self.service.clock
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            while True:
+                self._wake.clear()
+                wake_at = self._tick()
+                timeout = None if wake_at is None else max(0.0, (wake_at - clock.now_ns()) / 1e9)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _tick(self) -> int | None:
+        service = self.service
+        now = service.clock.now_ns()
+        jobs = service.jobs
+        views = [
+            policy.JobView(
+                j.job_id,
+                j.state,
+                j.priority,
+                j.seq,
+                j.retry_at_ns,
+                j.no_progress_since_ns,
+                j.no_progress_timeout_s,
+            )
+            for j in jobs.values()
+            if not j.state.is_final
+        ]
+        plan = policy.plan(views, now, self.config.max_concurrent_background_jobs)
+        for job_id in plan.timeout:
+            service.no_progress_timeout(jobs[job_id])
+        for job_id in plan.retry:
+            service.retry_due(jobs[job_id])
+        for job_id in plan.preempt:
+            task = self.running.get(job_id)
+            if task is not None:
+                task.cancel()
+            service.job_preempted(jobs[job_id])
+        for job_id in plan.start:
+            if job_id in self.running:
+                continue  # its previous task is still letting go
+            job = jobs[job_id]
+            service.job_started(job)
+            assert self._group is not None
+            self.running[job_id] = self._group.create_task(self._run_job(job), name=f"job {job_id}")
+        if now >= self._next_purge_ns:
+            service.purge_finished()
+            self._next_purge_ns = now + PURGE_INTERVAL_NS
+        deadlines = [d for d in (plan.wake_at_ns, self._next_purge_ns) if d is not None]
+        return min(deadlines)
+
+    async def _run_job(self, job: Job) -> None:
+        service = self.service
+        owner = Owner(job.owner_uid, primary_gid(job.owner_uid))
+        index: int | None = None
+        try:
+            while True:
+                index = next((i for i, f in enumerate(job.files) if not f.completed), None)
+                if index is None:
+                    break
+                file = job.files[index]
+                await self.downloader.download(file, owner, _FileProgress(service, job, file))
+                service.file_done(job, file)
+            service.job_transferred(job)
+        except BitsError as e:
+            service.job_failed(job, e, index)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug in one transfer never takes the daemon down
+            log.exception("job %s failed unexpectedly", job.job_id)
+            service.job_failed(
+                job,
+                BitsError(f"internal error: {e!r}", hresult=HResult.E_FAIL, context=ErrorContext.UNKNOWN),
+                index,
+            )
+        finally:
+            if self.running.get(job.job_id) is asyncio.current_task():
+                del self.running[job.job_id]
+            self.wake()

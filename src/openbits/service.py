@@ -1,0 +1,648 @@
+"""The one place that applies BITS semantics.
+
+Every WMI verb is a method here: it validates the call, checks ownership, applies
+the state machine (``states``), commits to the store, and wakes the scheduler.
+The scheduler reports what transfers observe through the ``job_*``/``file_*``
+methods, which go through the same state machine.  Everything runs on the
+daemon's event loop; mutations are synchronous between awaits, so no locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from openbits import states
+from openbits.caller import Caller, primary_gid
+from openbits.clock import Clock
+from openbits.config import Config
+from openbits.errors import (
+    CONTEXT_DESCRIPTIONS,
+    AccessDenied,
+    BitsError,
+    ErrorInformationUnavailable,
+    HResult,
+    InvalidArgument,
+    InvalidState,
+    LimitExceeded,
+    NotFound,
+    NotImplementedValue,
+    ReadOnlyProperty,
+    StringTooLong,
+    hresult_message,
+    hresult_name,
+)
+from openbits.model import (
+    ALL_PROPERTIES,
+    DESCRIPTION_MAX,
+    DISPLAY_NAME_MAX,
+    LOCAL_FILE_MAX,
+    MINIMUM_RETRY_DELAY_FLOOR_S,
+    REMOTE_URL_MAX,
+    UINT32_MAX,
+    WRITABLE_PROPERTIES,
+    ErrorContext,
+    Job,
+    JobError,
+    JobFile,
+    JobPriority,
+    JobState,
+    JobType,
+    SetJobStateCode,
+    canonical_job_id,
+    new_job_id,
+)
+from openbits.states import Event
+from openbits.store import JobStore
+from openbits.transfer import files as fs
+
+log = logging.getLogger("openbits.service")
+
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+
+class Runner(Protocol):
+    """What the service needs from the scheduler."""
+
+    def wake(self) -> None: ...
+
+    async def stop(self, job_id: str) -> None: ...
+
+
+class _NullRunner:
+    def wake(self) -> None:
+        pass
+
+    async def stop(self, job_id: str) -> None:
+        pass
+
+
+class Params:
+    """Method parameters matched case-insensitively (SPEC §6), typed on the way out."""
+
+    def __init__(self, raw: Mapping[str, Any] | None, allowed: Iterable[str]) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise InvalidArgument("the request body must be a JSON object")
+        self._names = {n.lower(): n for n in allowed}
+        self._values: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = self._names.get(str(key).lower())
+            if name is None:
+                raise InvalidArgument(
+                    f"unknown parameter {key!r}; expected one of: {', '.join(self._names.values())}"
+                )
+            self._values[name] = value
+
+    def __contains__(self, name: str) -> bool:
+        return self._values.get(name) is not None
+
+    def string(self, name: str, limit: int, *, default: str | None = None) -> str | None:
+        value = self._values.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{name} must be a string")
+        if "\x00" in value:
+            raise InvalidArgument(f"{name} must not contain NUL characters")
+        if len(value) > limit:
+            raise StringTooLong(f"{name} is longer than {limit} characters")
+        return value
+
+    def uint(self, name: str, *, maximum: int = UINT32_MAX, default: int | None = None) -> int | None:
+        value = self._values.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(f"{name} must be an unsigned integer")
+        if value < 0 or value > maximum:
+            raise InvalidArgument(f"{name} must be between 0 and {maximum}")
+        return value
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        value = self._values.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{name} must be true or false")
+        return value
+
+
+def enum_value(enum: type[Any], name: str, value: int) -> Any:
+    """An enum member, or E_NOTIMPL for an unknown value (SPEC §6)."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise NotImplementedValue(f"{value} is not a valid {name}") from None
+
+
+def validate_remote_url(url: str) -> str:
+    """http(s)://, file:// or an absolute path (SPEC §3); E_INVALIDARG otherwise."""
+    if not url:
+        raise InvalidArgument("RemoteUrl must not be empty")
+    if url.startswith("/"):
+        return url
+    if _CONTROL.search(url):
+        raise InvalidArgument("RemoteUrl must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise InvalidArgument(f"RemoteUrl is not a valid URL: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not parts.hostname:
+            raise InvalidArgument("RemoteUrl has no host name")
+        if port == 0:
+            raise InvalidArgument("RemoteUrl has an invalid port")
+        return url
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidArgument("file:// URLs must name a local path (file:///path)")
+        if not parts.path.startswith("/"):
+            raise InvalidArgument("file:// URLs must hold an absolute path")
+        return url
+    if not scheme:
+        raise InvalidArgument("RemoteUrl must be an http://, https:// or file:// URL or an absolute path")
+    raise InvalidArgument(f"the URL scheme {scheme!r} is not supported (http, https, file)")
+
+
+def validate_local_file(path: str) -> str:
+    if not path.startswith("/"):
+        raise InvalidArgument(f"LocalFile must be an absolute path, not {path!r}")
+    if len(path) > LOCAL_FILE_MAX:
+        raise StringTooLong(f"LocalFile is longer than {LOCAL_FILE_MAX} characters")
+    segments = path.split("/")
+    if ".." in segments or "." in segments:
+        raise InvalidArgument("LocalFile must not contain '.' or '..' components")
+    name = segments[-1]
+    if not name:
+        raise InvalidArgument("LocalFile must name a file, not a directory")
+    if len(name.encode()) > 255:
+        raise StringTooLong("the file name in LocalFile is longer than 255 bytes")
+    return os.path.normpath(path)
+
+
+class Service:
+    def __init__(self, store: JobStore, config: Config, clock: Clock | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock or Clock()
+        self.runner: Runner = _NullRunner()
+        self.jobs: dict[str, Job] = {}
+        #: observers of every committed change (events come in a later issue)
+        self.listeners: list[Callable[[Job, str], None]] = []
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Load every job; jobs that were running go back to QUEUED, at their checkpoint."""
+        for job in self.store.load_jobs():
+            self.jobs[job.job_id] = job
+            if job.state in states.RUNNING_STATES:
+                job.state = states.next_state(job.state, Event.PREEMPTED)
+                self.store.save_job(job)
+            elif job.state is JobState.CANCELLED:
+                for f in job.files:
+                    if not f.published:
+                        fs.remove_quietly(f.temp_path)
+            elif job.state is JobState.ACKNOWLEDGED:
+                for f in job.files:
+                    if not f.published and not f.completed:
+                        fs.remove_quietly(f.temp_path)
+        self.purge_finished()
+
+    def purge_finished(self) -> int | None:
+        """Forget finished jobs past the retention period; the next purge time (ns)."""
+        now = self.clock.now_ns()
+        keep_ns = self.config.finished_retention_s * 10**9
+        old = [j.job_id for j in self.jobs.values() if j.state.is_final and j.finished_ns + keep_ns <= now]
+        if old:
+            self.store.delete_jobs(old)
+            for job_id in old:
+                del self.jobs[job_id]
+        pending = [j.finished_ns + keep_ns for j in self.jobs.values() if j.state.is_final]
+        return min(pending) if pending else None
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def _visible(self, caller: Caller, job: Job) -> bool:
+        return caller.is_admin or job.owner_uid == caller.uid
+
+    def find(self, caller: Caller, ref: str, *, include_finished: bool = False) -> Job:
+        """A job by JobId (any case, braces optional) or by a unique DisplayName."""
+        if not isinstance(ref, str) or not ref:
+            raise InvalidArgument("a JobId or display name is required")
+        job: Job | None = None
+        try:
+            job_id = canonical_job_id(ref)
+        except ValueError:
+            matches = [
+                j
+                for j in self.jobs.values()
+                if j.display_name == ref
+                and j.owner_uid == caller.uid
+                and (include_finished or not j.state.is_final)
+            ]
+            if len(matches) > 1:
+                raise InvalidArgument(f"{len(matches)} jobs are named {ref!r}; use the JobId") from None
+            job = matches[0] if matches else None
+        else:
+            job = self.jobs.get(job_id)
+        if job is None or not self._visible(caller, job):
+            raise NotFound(f"no job {ref}")
+        if job.state.is_final and not include_finished:
+            raise NotFound(f"the job {job.job_id} is {job.state.name}")
+        return job
+
+    def enumerate(self, caller: Caller, *, all_users: bool = False) -> list[Job]:
+        if all_users and not caller.is_admin:
+            raise AccessDenied("only administrators may list all users' jobs")
+        return [
+            j for j in self.jobs.values() if not j.state.is_final and (all_users or j.owner_uid == caller.uid)
+        ]
+
+    # -- verbs ----------------------------------------------------------------------------
+
+    async def create_job(self, caller: Caller, raw: Mapping[str, Any] | None) -> Job:
+        p = Params(
+            raw,
+            (
+                "DisplayName",
+                "RemoteUrl",
+                "LocalFile",
+                "ServiceAccount",
+                "Type",
+                "Suspend",
+                "Description",
+                "Priority",
+            ),
+        )
+        display_name = p.string("DisplayName", DISPLAY_NAME_MAX, default="") or ""
+        description = p.string("Description", DESCRIPTION_MAX, default="") or ""
+        job_type = enum_value(JobType, "job type", p.uint("Type", default=0) or 0)
+        if job_type is not JobType.DOWNLOAD:
+            raise NotImplementedValue("upload jobs are not supported yet")
+        service_account = p.uint("ServiceAccount", default=2)
+        if service_account not in (0, 1, 2):
+            raise NotImplementedValue(f"{service_account} is not a valid ServiceAccount")
+        priority = enum_value(JobPriority, "priority", p.uint("Priority", default=2) or 0)
+        suspend = p.boolean("Suspend", default=False)
+        remote = p.string("RemoteUrl", REMOTE_URL_MAX)
+        local = p.string("LocalFile", LOCAL_FILE_MAX)
+        if (remote is None) != (local is None):
+            raise InvalidArgument("RemoteUrl and LocalFile must be given together")
+        self._check_job_limits(caller)
+        now = self.clock.now_ns()
+        job = Job(
+            job_id=new_job_id(),
+            owner=caller.user,
+            owner_uid=caller.uid,
+            display_name=display_name,
+            description=description,
+            job_type=job_type,
+            priority=priority,
+            created_ns=now,
+            modified_ns=now,
+        )
+        if remote is not None and local is not None:
+            job.files.append(self._new_file(caller, job, remote, local))
+            if not suspend:
+                job.state = states.resume(job.state, len(job.files))
+        self.store.add_job(job)
+        self.jobs[job.job_id] = job
+        self._changed(job, "created")
+        return job
+
+    def _check_job_limits(self, caller: Caller) -> None:
+        if caller.is_admin:
+            return
+        live = [j for j in self.jobs.values() if not j.state.is_final]
+        if len(live) >= self.config.max_jobs_per_machine:
+            raise LimitExceeded(
+                f"the machine already has {len(live)} jobs (limit {self.config.max_jobs_per_machine})",
+                hresult=HResult.BG_E_TOO_MANY_JOBS_PER_MACHINE,
+            )
+        mine = sum(1 for j in live if j.owner_uid == caller.uid)
+        if mine >= self.config.max_jobs_per_user:
+            raise LimitExceeded(
+                f"{caller.user} already has {mine} jobs (limit {self.config.max_jobs_per_user})",
+                hresult=HResult.BG_E_TOO_MANY_JOBS_PER_USER,
+            )
+
+    def _new_file(self, caller: Caller, job: Job, remote: str, local: str) -> JobFile:
+        remote = validate_remote_url(remote)
+        local = validate_local_file(local)
+        if len(job.files) >= self.config.max_files_per_job:
+            raise LimitExceeded(
+                f"the job already has {len(job.files)} files (limit {self.config.max_files_per_job})",
+                hresult=HResult.BG_E_TOO_MANY_FILES_IN_JOB,
+            )
+        if any(f.local_file == local for f in job.files):
+            raise InvalidArgument(f"the job already has a file for {local}")
+        gid = caller.gid if caller.uid == job.owner_uid else primary_gid(job.owner_uid)
+        fs.check_destination(local, job.owner_uid, gid)
+        return JobFile(remote_url=remote, local_file=local)
+
+    async def add_file(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
+        p = Params(raw, ("RemoteUrl", "LocalFile"))
+        remote = p.string("RemoteUrl", REMOTE_URL_MAX)
+        local = p.string("LocalFile", LOCAL_FILE_MAX)
+        if remote is None or local is None:
+            raise InvalidArgument("AddFile needs RemoteUrl and LocalFile")
+        job = self.find(caller, job_ref)
+        new_state = states.add_file(job.state)
+        file = self._new_file(caller, job, remote, local)
+        job.files.append(file)
+        job.state = new_state
+        self._touch(job)
+        try:
+            self.store.add_file(job, file)
+        except BaseException:
+            job.files.remove(file)
+            raise
+        self._changed(job, "file added")
+        return job
+
+    async def set_job_state(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> int:
+        p = Params(raw, ("JobState",))
+        value = p.uint("JobState", maximum=0xFFFF)
+        if value is None:
+            raise InvalidArgument("SetJobState needs JobState (0 cancel, 1 complete, 2 resume, 3 suspend)")
+        code = enum_value(SetJobStateCode, "JobState", value)
+        job = self.find(caller, job_ref)
+        if code is SetJobStateCode.RESUME:
+            return self.resume(job)
+        if code is SetJobStateCode.SUSPEND:
+            return await self.suspend(job)
+        if code is SetJobStateCode.CANCEL:
+            return await self.cancel(job)
+        return await self.complete(job)
+
+    def resume(self, job: Job) -> int:
+        new_state = states.resume(job.state, len(job.files))
+        if new_state is job.state:
+            return 0
+        job.state = new_state
+        job.error = None
+        job.retry_at_ns = 0
+        job.no_progress_since_ns = 0
+        self._commit(job, "resumed")
+        return 0
+
+    async def suspend(self, job: Job) -> int:
+        new_state = states.suspend(job.state)
+        if new_state is job.state:
+            return 0
+        job.state = new_state
+        self._commit(job, "suspended")
+        await self.runner.stop(job.job_id)
+        return 0
+
+    async def cancel(self, job: Job) -> int:
+        job.state = states.cancel(job.state)
+        job.finished_ns = self.clock.now_ns()
+        self._commit(job, "cancelled")
+        await self.runner.stop(job.job_id)
+        ok = True
+        for f in job.files:
+            if not f.published:
+                ok = fs.remove_quietly(f.temp_path) and ok
+        return 0 if ok else int(HResult.BG_S_UNABLE_TO_DELETE_FILES)
+
+    async def complete(self, job: Job) -> int:
+        new_state = states.complete(job.state, job.job_type)
+        await self.runner.stop(job.job_id)
+        if job.state.is_final:  # cancelled while we waited
+            raise NotFound(f"the job {job.job_id} is {job.state.name}")
+        dropped = False
+        try:
+            for f in job.files:
+                if f.published:
+                    continue
+                if f.completed and f.temp_path is not None:
+                    if os.path.exists(f.temp_path) or not os.path.exists(f.local_file):
+                        fs.publish(f.temp_path, f.local_file, fs.http_date_to_unix(f.last_modified))
+                    f.published = True
+                else:
+                    fs.remove_quietly(f.temp_path)
+                    dropped = True
+        except BitsError:
+            self.store.save_files(job, job.files)
+            raise
+        job.state = new_state
+        job.finished_ns = self.clock.now_ns()
+        self._commit(job, "acknowledged", files=job.files)
+        return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
+
+    def get_error(self, caller: Caller, job_ref: str) -> dict[str, Any]:
+        job = self.find(caller, job_ref)
+        states.check_call(states.Call.GET_ERROR, job.state)
+        err = job.error
+        if err is None:
+            raise ErrorInformationUnavailable("the job has no error information")
+        result: dict[str, Any] = {
+            "ReturnValue": 0,
+            "ErrorContext": int(err.context),
+            "ErrorCode": err.hresult,
+            "ContextDescription": CONTEXT_DESCRIPTIONS.get(err.context, ""),
+            "ErrorDescription": err.message or hresult_message(err.hresult),
+            "Name": hresult_name(err.hresult),
+        }
+        if err.file_index is not None and err.file_index < len(job.files):
+            f = job.files[err.file_index]
+            result["RemoteUrl"] = f.remote_url
+            result["LocalFile"] = f.local_file
+        return result
+
+    def patch(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
+        """Set read/write properties, all or nothing (SPEC §6)."""
+        if not isinstance(raw, Mapping):
+            raise InvalidArgument("the request body must be a JSON object")
+        known = {n.lower(): n for n in ALL_PROPERTIES}
+        writable = {n.lower(): n for n in WRITABLE_PROPERTIES}
+        for key in raw:
+            k = str(key).lower()
+            if k not in writable:
+                if k in known:
+                    raise ReadOnlyProperty(f"{known[k]} is read-only")
+                raise InvalidArgument(f"unknown property {key!r}")
+        job = self.find(caller, job_ref)
+        states.check_call(states.Call.SET_PROPERTY, job.state)
+        p = Params(raw, WRITABLE_PROPERTIES)
+        changes: dict[str, Any] = {}
+        if "DisplayName" in p:
+            changes["display_name"] = p.string("DisplayName", DISPLAY_NAME_MAX)
+        if "Description" in p:
+            changes["description"] = p.string("Description", DESCRIPTION_MAX)
+        if "Priority" in p:
+            changes["priority"] = enum_value(JobPriority, "priority", p.uint("Priority") or 0)
+        if "MinimumRetryDelay" in p:
+            delay = p.uint("MinimumRetryDelay") or 0
+            changes["minimum_retry_delay_s"] = max(delay, MINIMUM_RETRY_DELAY_FLOOR_S)
+        if "NoProgressTimeout" in p:
+            changes["no_progress_timeout_s"] = p.uint("NoProgressTimeout")
+        if not changes:
+            return job
+        if "minimum_retry_delay_s" in changes and job.state is JobState.TRANSIENT_ERROR:
+            # SPEC §6: changing the delay reschedules the pending retry.
+            failed_at = job.retry_at_ns - job.minimum_retry_delay_s * 10**9
+            job.retry_at_ns = failed_at + changes["minimum_retry_delay_s"] * 10**9
+        for attr, value in changes.items():
+            setattr(job, attr, value)
+        self._commit(job, "properties changed")
+        return job
+
+    async def invoke(
+        self, caller: Caller, job_ref: str, method: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """An instance method by its WMI name (case-insensitive)."""
+        m = method.lower()
+        if m == "addfile":
+            await self.add_file(caller, job_ref, raw)
+            return {"ReturnValue": 0}
+        if m == "setjobstate":
+            return {"ReturnValue": await self.set_job_state(caller, job_ref, raw)}
+        if m == "geterror":
+            Params(raw, ("LanguageId",))
+            return self.get_error(caller, job_ref)
+        if m in _NOT_YET:
+            raise NotImplementedValue(f"{_NOT_YET[m]} is not implemented yet")
+        raise InvalidArgument(f"BitsClientJob has no method {method!r}")
+
+    # -- what the scheduler reports ---------------------------------------------------------
+
+    def job_started(self, job: Job) -> None:
+        job.state = states.next_state(job.state, Event.START)
+        self._commit(job, "connecting")
+
+    def job_connected(self, job: Job) -> None:
+        if job.state is JobState.CONNECTING:
+            job.state = states.next_state(job.state, Event.CONNECTED)
+            self._commit(job, "transferring")
+
+    def file_started(self, job: Job, file: JobFile) -> None:
+        """Persist the file's temporary name (and validators) before bytes are written."""
+        self.store.save_files(job, (file,))
+
+    def file_checkpoint(self, job: Job, file: JobFile, offset: int) -> None:
+        """``offset`` bytes of ``file`` are durable on disk: record them."""
+        if job.state.is_final:
+            return
+        progressed = offset > file.bytes_transferred
+        file.bytes_transferred = offset
+        if progressed:
+            job.no_progress_since_ns = 0
+            job.modified_ns = self.clock.now_ns()
+        self.store.save_job(job, (file,))
+
+    def file_restarted(self, job: Job, file: JobFile) -> None:
+        """The remote content changed: the file starts again from byte 0."""
+        file.bytes_transferred = 0
+        file.completed = False
+        self.store.save_job(job, (file,))
+
+    def file_done(self, job: Job, file: JobFile) -> None:
+        if job.state.is_final:
+            return
+        file.completed = True
+        file.bytes_total = file.bytes_transferred
+        job.modified_ns = self.clock.now_ns()
+        self.store.save_job(job, (file,))
+        self._notify(job, "file transferred")
+
+    def job_transferred(self, job: Job) -> None:
+        if job.state not in (*states.RUNNING_STATES, JobState.QUEUED):
+            return
+        job.state = states.next_state(job.state, Event.ALL_FILES_DONE)
+        job.transferred_ns = self.clock.now_ns()
+        job.error = None
+        self._commit(job, "transferred")
+
+    def job_preempted(self, job: Job) -> None:
+        if job.state in states.RUNNING_STATES:
+            job.state = states.next_state(job.state, Event.PREEMPTED)
+            self._commit(job, "preempted")
+
+    def job_failed(self, job: Job, error: BitsError, file_index: int | None) -> None:
+        if job.state not in states.RUNNING_STATES:
+            return
+        now = self.clock.now_ns()
+        job.error = JobError(error.hresult, error.context, error.message, file_index)
+        if error.transient and job.no_progress_timeout_s > 0:
+            if not job.no_progress_since_ns:
+                job.no_progress_since_ns = now
+            job.transient_error_count += 1
+            delay_s = max(job.minimum_retry_delay_s, error.retry_after_s or 0)
+            job.retry_at_ns = now + int(delay_s * 10**9)
+            job.state = states.next_state(job.state, Event.TRANSIENT_FAILURE)
+            if now - job.no_progress_since_ns >= job.no_progress_timeout_s * 10**9:
+                job.state = states.next_state(job.state, Event.NO_PROGRESS_TIMEOUT)
+            self._commit(job, "transient error")
+        else:
+            job.state = states.next_state(job.state, Event.FATAL_FAILURE)
+            self._commit(job, "error")
+        log.info("job %s: %s", job.job_id, error)
+
+    def retry_due(self, job: Job) -> None:
+        if job.state is JobState.TRANSIENT_ERROR:
+            job.state = states.next_state(job.state, Event.RETRY_DUE)
+            job.retry_at_ns = 0
+            self._commit(job, "retrying")
+
+    def no_progress_timeout(self, job: Job) -> None:
+        if job.state is JobState.TRANSIENT_ERROR:
+            job.state = states.next_state(job.state, Event.NO_PROGRESS_TIMEOUT)
+            self._commit(job, "no progress")
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _touch(self, job: Job) -> None:
+        job.modified_ns = self.clock.now_ns()
+
+    def _commit(self, job: Job, what: str, files: Iterable[JobFile] = ()) -> None:
+        self._touch(job)
+        self.store.save_job(job, files)
+        self._changed(job, what)
+
+    def _changed(self, job: Job, what: str) -> None:
+        self._notify(job, what)
+        self.runner.wake()
+
+    def _notify(self, job: Job, what: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(job, what)
+            except Exception:  # a listener never breaks a verb
+                log.exception("listener failed")
+
+
+_NOT_YET = {
+    m.lower(): m
+    for m in (
+        "SetCredentials",
+        "RemoveCredentials",
+        "SetClientCertificateById",
+        "SetClientCertificateByName",
+        "RemoveClientCertificate",
+        "SetProxySettings",
+        "AddFileWithRanges",
+        "SetRemoteName",
+        "ReplaceRemotePrefix",
+        "SetCustomHeaders",
+        "SetSecurityFlags",
+        "SetMaximumDownloadTime",
+        "SetNotifyFlags",
+        "SetNotifyCmdLine",
+        "TakeOwnership",
+        "GetReplyData",
+        "SetReplyFileName",
+    )
+}
+
+__all__ = ["ErrorContext", "InvalidState", "Params", "Service"]

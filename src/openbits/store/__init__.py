@@ -1,0 +1,30 @@
+"""Persistence of jobs.  ``JobStore`` is the protocol; ``sqlite.SqliteStore`` the default."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from openbits.model import Job, JobFile
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used (corrupt, newer schema, unwritable)."""
+
+
+class JobStore(Protocol):
+    """Every method commits before it returns: what it accepted survives SIGKILL."""
+
+    def load_jobs(self) -> list[Job]: ...
+
+    def add_job(self, job: Job) -> None: ...
+
+    def add_file(self, job: Job, file: JobFile) -> None: ...
+
+    def save_job(self, job: Job, files: Iterable[JobFile] = ()) -> None: ...
+
+    def save_files(self, job: Job, files: Iterable[JobFile]) -> None: ...
+
+    def delete_jobs(self, job_ids: Iterable[str]) -> None: ...
+
+    def close(self) -> None: ...

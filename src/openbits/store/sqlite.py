@@ -1,0 +1,337 @@
+"""The embedded store: one SQLite file in WAL mode, with a schema version and migrations.
+
+Every write is one transaction committed before the method returns.  The daemon
+calls the store from its event-loop thread: statements are small (tens of µs) and
+progress is checkpointed at most once a second per running job, never per chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from openbits.model import (
+    ErrorContext,
+    Job,
+    JobError,
+    JobFile,
+    JobPriority,
+    JobState,
+    JobType,
+)
+from openbits.store import StoreError
+
+#: Migration n brings a database from user_version n to n + 1.  Never edit one
+#: that has shipped; append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        owner TEXT NOT NULL,
+        owner_uid INTEGER NOT NULL,
+        display_name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        job_type INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        minimum_retry_delay_s INTEGER NOT NULL,
+        no_progress_timeout_s INTEGER NOT NULL,
+        notify_flags INTEGER NOT NULL,
+        created_ns INTEGER NOT NULL,
+        modified_ns INTEGER NOT NULL,
+        transferred_ns INTEGER NOT NULL,
+        finished_ns INTEGER NOT NULL,
+        transient_error_count INTEGER NOT NULL,
+        error_hresult INTEGER,
+        error_context INTEGER,
+        error_message TEXT,
+        error_file_index INTEGER,
+        retry_at_ns INTEGER NOT NULL,
+        no_progress_since_ns INTEGER NOT NULL
+    );
+    CREATE TABLE files (
+        file_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        remote_url TEXT NOT NULL,
+        local_file TEXT NOT NULL,
+        bytes_total INTEGER,
+        bytes_transferred INTEGER NOT NULL,
+        completed INTEGER NOT NULL,
+        temp_name TEXT,
+        etag TEXT,
+        last_modified TEXT,
+        published INTEGER NOT NULL
+    );
+    CREATE INDEX files_by_job ON files(job_id, position);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_JOB_COLUMNS = (
+    "job_id, seq, owner, owner_uid, display_name, description, job_type, priority, state, "
+    "minimum_retry_delay_s, no_progress_timeout_s, notify_flags, created_ns, modified_ns, "
+    "transferred_ns, finished_ns, transient_error_count, error_hresult, error_context, "
+    "error_message, error_file_index, retry_at_ns, no_progress_since_ns"
+)
+_FILE_COLUMNS = (
+    "file_id, job_id, position, remote_url, local_file, bytes_total, bytes_transferred, "
+    "completed, temp_name, etag, last_modified, published"
+)
+
+
+class SqliteStore:
+    """A :class:`~openbits.store.JobStore` on one SQLite file."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open the job store {path}: {e}") from e
+        self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0]
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the job store {self.path} has schema version {version}, newer than this "
+                f"openbits understands ({SCHEMA_VERSION}); upgrade openbits"
+            )
+        for n in range(version, SCHEMA_VERSION):
+            with self._transaction():
+                for statement in MIGRATIONS[n].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={n + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def load_jobs(self) -> list[Job]:
+        jobs: dict[str, Job] = {}
+        for row in self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq"):
+            job = _job_from_row(row)
+            jobs[job.job_id] = job
+        for row in self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY job_id, position"):
+            owner = jobs.get(row[1])
+            if owner is not None:
+                owner.files.append(_file_from_row(row))
+        return list(jobs.values())
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def add_job(self, job: Job) -> None:
+        self._seq += 1
+        job.seq = self._seq
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 23)})",
+                _job_row(job, self._seq),
+            )
+            for position, f in enumerate(job.files):
+                self._insert_file(db, job.job_id, position, f)
+
+    def add_file(self, job: Job, file: JobFile) -> None:
+        """Insert ``file`` (already appended to ``job.files``) and save the job row."""
+        with self._transaction() as db:
+            self._insert_file(db, job.job_id, job.files.index(file), file)
+            self._update_job(db, job)
+
+    def save_job(self, job: Job, files: Iterable[JobFile] = ()) -> None:
+        with self._transaction() as db:
+            self._update_job(db, job)
+            for f in files:
+                self._update_file(db, f)
+
+    def save_files(self, job: Job, files: Iterable[JobFile]) -> None:
+        with self._transaction() as db:
+            for f in files:
+                self._update_file(db, f)
+
+    def delete_jobs(self, job_ids: Iterable[str]) -> None:
+        with self._transaction() as db:
+            db.executemany("DELETE FROM jobs WHERE job_id = ?", [(j,) for j in job_ids])
+
+    def integrity_check(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- rows -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_file(db: sqlite3.Connection, job_id: str, position: int, f: JobFile) -> None:
+        cur = db.execute(
+            "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, "
+            "bytes_transferred, completed, temp_name, etag, last_modified, published) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                position,
+                f.remote_url,
+                f.local_file,
+                f.bytes_total,
+                f.bytes_transferred,
+                int(f.completed),
+                f.temp_name,
+                f.etag,
+                f.last_modified,
+                int(f.published),
+            ),
+        )
+        f.file_id = cur.lastrowid
+
+    @staticmethod
+    def _update_file(db: sqlite3.Connection, f: JobFile) -> None:
+        db.execute(
+            "UPDATE files SET remote_url=?, local_file=?, bytes_total=?, bytes_transferred=?, "
+            "completed=?, temp_name=?, etag=?, last_modified=?, published=? WHERE file_id=?",
+            (
+                f.remote_url,
+                f.local_file,
+                f.bytes_total,
+                f.bytes_transferred,
+                int(f.completed),
+                f.temp_name,
+                f.etag,
+                f.last_modified,
+                int(f.published),
+                f.file_id,
+            ),
+        )
+
+    @staticmethod
+    def _update_job(db: sqlite3.Connection, job: Job) -> None:
+        row = _job_row(job, 0)
+        assignments = ", ".join(f"{c.strip()}=?" for c in _JOB_COLUMNS.split(",")[2:])
+        db.execute(f"UPDATE jobs SET {assignments} WHERE job_id=?", (*row[2:], job.job_id))
+
+
+def _job_row(job: Job, seq: int) -> tuple[object, ...]:
+    err = job.error
+    return (
+        job.job_id,
+        seq,
+        job.owner,
+        job.owner_uid,
+        job.display_name,
+        job.description,
+        int(job.job_type),
+        int(job.priority),
+        int(job.state),
+        job.minimum_retry_delay_s,
+        job.no_progress_timeout_s,
+        job.notify_flags,
+        job.created_ns,
+        job.modified_ns,
+        job.transferred_ns,
+        job.finished_ns,
+        job.transient_error_count,
+        err.hresult if err else None,
+        int(err.context) if err else None,
+        err.message if err else None,
+        err.file_index if err else None,
+        job.retry_at_ns,
+        job.no_progress_since_ns,
+    )
+
+
+def _job_from_row(row: tuple[Any, ...]) -> Job:
+    (
+        job_id,
+        seq,
+        owner,
+        owner_uid,
+        display_name,
+        description,
+        job_type,
+        priority,
+        state,
+        retry_delay,
+        no_progress,
+        notify_flags,
+        created,
+        modified,
+        transferred,
+        finished,
+        transient_count,
+        err_hr,
+        err_ctx,
+        err_msg,
+        err_file,
+        retry_at,
+        no_progress_since,
+    ) = row
+    error = None
+    if err_hr is not None:
+        error = JobError(
+            int(err_hr),
+            ErrorContext(err_ctx),
+            str(err_msg or ""),
+            None if err_file is None else int(err_file),
+        )
+    return Job(
+        job_id=str(job_id),
+        owner=str(owner),
+        owner_uid=int(owner_uid),
+        display_name=str(display_name),
+        description=str(description),
+        job_type=JobType(job_type),
+        priority=JobPriority(priority),
+        state=JobState(state),
+        minimum_retry_delay_s=int(retry_delay),
+        no_progress_timeout_s=int(no_progress),
+        notify_flags=int(notify_flags),
+        created_ns=int(created),
+        modified_ns=int(modified),
+        transferred_ns=int(transferred),
+        finished_ns=int(finished),
+        transient_error_count=int(transient_count),
+        error=error,
+        retry_at_ns=int(retry_at),
+        no_progress_since_ns=int(no_progress_since),
+        seq=int(seq),
+    )
+
+
+def _file_from_row(row: tuple[Any, ...]) -> JobFile:
+    (file_id, _job, _pos, remote, local, total, done, completed, temp, etag, lm, published) = row
+    return JobFile(
+        remote_url=str(remote),
+        local_file=str(local),
+        bytes_total=None if total is None else int(total),
+        bytes_transferred=int(done),
+        completed=bool(completed),
+        temp_name=None if temp is None else str(temp),
+        etag=None if etag is None else str(etag),
+        last_modified=None if lm is None else str(lm),
+        published=bool(published),
+        file_id=int(file_id),
+    )

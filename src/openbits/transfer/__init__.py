@@ -1,0 +1,1 @@
+"""Moving bytes: HTTP(S) and local sources into temporary files (no job states here)."""

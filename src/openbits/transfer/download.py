@@ -1,0 +1,380 @@
+"""Download one file into its temporary file, resumably.
+
+The downloader knows files, not jobs: it reads a :class:`JobFile`, and reports
+through :class:`Progress` (which the scheduler binds to the service) before each
+durable step.  Order of durability:
+
+1. ``begin`` persists the temporary name and validators *before* bytes land, so a
+   crash never orphans a temporary file or resumes against the wrong content;
+2. bytes are written in blocks of ``write_block_bytes`` (never per chunk);
+3. ``checkpoint(offset)`` is called only after ``fdatasync`` covered ``offset``
+   bytes; syncs run in a worker thread on a dup of the fd while reading goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from openbits.errors import BitsError, HResult, TransferError, TransientTransferError
+from openbits.model import ErrorContext, JobFile
+from openbits.transfer import files as fs
+from openbits.transfer.http import (
+    NETWORK_EXCEPTIONS,
+    invalid_response,
+    network_error,
+    parse_content_range,
+    parse_unsatisfied_range,
+    status_error,
+)
+
+
+class Progress(Protocol):
+    def connected(self) -> None:
+        """A server (or source file) answered: the job is TRANSFERRING."""
+
+    def begin(self, temp_name: str, total: int | None, etag: str | None, last_modified: str | None) -> None:
+        """Persist a (re)start from byte 0 with these validators."""
+
+    def checkpoint(self, offset: int) -> None:
+        """``offset`` bytes are durable in the temporary file."""
+
+
+@dataclass(slots=True)
+class Owner:
+    uid: int
+    gid: int
+
+
+@dataclass(slots=True)
+class Tuning:
+    checkpoint_interval_s: float = 1.0
+    checkpoint_bytes: int = 64 * 1024 * 1024
+    write_block_bytes: int = 1024 * 1024
+
+
+def _sync_dup(fd: int) -> None:
+    os.fdatasync(fd)
+    os.close(fd)
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> int:
+    """writev until every byte is written; returns the byte count."""
+    total = 0
+    while chunks:
+        n = os.writev(fd, chunks)
+        total += n
+        while chunks and n >= len(chunks[0]):
+            n -= len(chunks[0])
+            chunks.pop(0)
+        if n:
+            chunks[0] = chunks[0][n:]
+    return total
+
+
+class Downloader:
+    def __init__(self, session: aiohttp.ClientSession, tuning: Tuning | None = None) -> None:
+        self.session = session
+        self.tuning = tuning or Tuning()
+
+    async def download(self, file: JobFile, owner: Owner, progress: Progress) -> None:
+        """Bring ``file``'s temporary file to its full content, durably."""
+        source = fs.local_source_path(file.remote_url)
+        for _attempt in range(3):
+            try:
+                if source is not None:
+                    await self._download_local(source, file, owner, progress)
+                else:
+                    await self._download_http(file, owner, progress)
+                return
+            except _Restart:
+                continue
+        raise invalid_response("the server's content kept changing during the transfer")
+
+    # -- temporary file ---------------------------------------------------------------------
+
+    def _open(self, file: JobFile, owner: Owner, progress: Progress) -> tuple[int, int]:
+        """(fd, offset) of the temporary file, created and announced on first use."""
+        directory = os.path.dirname(file.local_file)
+        if file.temp_name is None:
+            name, fd = fs.create_temp(directory, owner.uid, owner.gid)
+            try:
+                progress.begin(name, None, None, None)
+            except BaseException:
+                os.close(fd)
+                fs.remove_quietly(os.path.join(directory, name))
+                raise
+            return fd, 0
+        path = os.path.join(directory, file.temp_name)
+        fd = fs.open_temp(path, owner.uid, owner.gid)
+        offset = file.bytes_transferred
+        with fs.translating(f"cannot use the temporary file {path}"):
+            if os.fstat(fd).st_size < offset:
+                offset = 0  # the temporary file lost bytes: start again
+            os.ftruncate(fd, offset)
+        return fd, offset
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    async def _download_http(self, file: JobFile, owner: Owner, progress: Progress) -> None:
+        fd, offset = self._open(file, owner, progress)
+        try:
+            headers: dict[str, str] = {}
+            if offset > 0:
+                headers["Range"] = f"bytes={offset}-"
+                validator = file.etag if file.etag and not file.etag.startswith("W/") else file.last_modified
+                if validator:
+                    headers["If-Range"] = validator
+            try:
+                async with self.session.get(file.remote_url, headers=headers) as resp:
+                    progress.connected()
+                    total = await self._accept(resp, file, fd, offset, progress)
+                    if total is None or total > offset:
+                        offset = await self._stream(
+                            resp.content, fd, offset if resp.status == 206 else 0, total, progress
+                        )
+                    if total is not None and offset != total:
+                        raise invalid_response(f"the server sent {offset} bytes of {total}")
+            except NETWORK_EXCEPTIONS as e:
+                raise network_error(e, file.remote_url) from e
+        finally:
+            os.close(fd)
+
+    async def _accept(
+        self, resp: aiohttp.ClientResponse, file: JobFile, fd: int, offset: int, progress: Progress
+    ) -> int | None:
+        """Check the response against the request; the file's total size (None: unknown)."""
+        status = resp.status
+        etag = resp.headers.get("ETag")
+        last_modified = resp.headers.get("Last-Modified")
+        if status == 206 and offset > 0:
+            parsed = parse_content_range(resp.headers.get("Content-Range"))
+            if parsed is None:
+                raise invalid_response(f"bad Content-Range {resp.headers.get('Content-Range')!r}")
+            start, end, total = parsed
+            if start != offset or total is None or end != total - 1:
+                raise invalid_response(
+                    f"asked for bytes {offset}- but the server sent {resp.headers.get('Content-Range')}"
+                )
+            if file.bytes_total is not None and total != file.bytes_total:
+                raise invalid_response(f"the file's size changed from {file.bytes_total} to {total}")
+            length = resp.content_length
+            if length is not None and length != end - start + 1:
+                raise invalid_response("Content-Length does not match Content-Range")
+            return total
+        if status == 200:
+            # Full content: the first request, changed content (If-Range failed) or a
+            # server that ignores Range.  Never appended: start again from byte 0.
+            with fs.translating("cannot truncate the temporary file"):
+                os.ftruncate(fd, 0)
+            assert file.temp_name is not None
+            progress.begin(file.temp_name, resp.content_length, etag, last_modified)
+            return resp.content_length
+        if status == 416 and offset > 0:
+            total = parse_unsatisfied_range(resp.headers.get("Content-Range"))
+            if total is not None and total == offset:
+                return total  # every byte was already here
+            assert file.temp_name is not None
+            progress.begin(file.temp_name, None, None, None)
+            raise _Restart
+        if status == 206:
+            raise invalid_response("the server sent 206 Partial Content to a request without Range")
+        raise status_error(status, resp.reason, resp.headers.get("Retry-After"))
+
+    async def _stream(
+        self, content: aiohttp.StreamReader, fd: int, offset: int, total: int | None, progress: Progress
+    ) -> int:
+        """Copy the body to ``fd`` from ``offset``; the final offset, durable."""
+        tuning = self.tuning
+        loop = asyncio.get_running_loop()
+        block = tuning.write_block_bytes
+        pending: list[bytes] = []
+        pending_len = 0
+        written = offset
+        sync: asyncio.Future[None] | None = None
+        sync_offset = offset
+        last_sync_time = time.monotonic()
+        last_sync_bytes = offset
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                pending.append(chunk)
+                pending_len += len(chunk)
+                if total is not None and written + pending_len > total:
+                    raise invalid_response("the server sent more bytes than it announced")
+                now = time.monotonic()
+                due = now - last_sync_time >= tuning.checkpoint_interval_s
+                if pending_len < block and not due:
+                    continue
+                written += _write_all(fd, pending)
+                pending_len = 0
+                if sync is not None and sync.done():
+                    sync.result()
+                    progress.checkpoint(sync_offset)
+                    sync = None
+                if sync is None and (due or written - last_sync_bytes >= tuning.checkpoint_bytes):
+                    sync_offset = written
+                    last_sync_time, last_sync_bytes = now, written
+                    sync = loop.run_in_executor(None, _sync_dup, os.dup(fd))
+            if pending:
+                written += _write_all(fd, pending)
+            if sync is not None:
+                await sync
+                sync = None
+            await loop.run_in_executor(None, os.fdatasync, fd)
+            progress.checkpoint(written)
+            return written
+        except OSError as e:
+            raise fs.local_error(e, "cannot write the temporary file") from e
+        finally:
+            if sync is not None or pending:
+                self._salvage(fd, pending, written, progress)
+
+    @staticmethod
+    def _salvage(fd: int, pending: list[bytes], written: int, progress: Progress) -> None:
+        """On an error or cancellation: keep what arrived, durably, for the next attempt."""
+        try:
+            if pending:
+                written += _write_all(fd, pending)
+            os.fdatasync(fd)
+            progress.checkpoint(written)
+        except (OSError, BitsError):
+            pass
+
+    # -- local and mounted file systems -----------------------------------------------------
+
+    async def _download_local(self, source: str, file: JobFile, owner: Owner, progress: Progress) -> None:
+        src = await asyncio.to_thread(open_as_owner, source, owner)
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                raise TransferError(
+                    f"the source {source} is not a regular file",
+                    hresult=HResult.HRESULT_DIRECTORY,
+                    context=ErrorContext.REMOTE_FILE,
+                )
+            etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+            lm = _http_date(st.st_mtime)
+            fd, offset = self._open(file, owner, progress)
+            try:
+                progress.connected()
+                if file.etag != etag or file.bytes_total != st.st_size:
+                    offset = 0
+                    os.ftruncate(fd, 0)
+                    assert file.temp_name is not None
+                    progress.begin(file.temp_name, st.st_size, etag, lm)
+                step = self.tuning.checkpoint_bytes
+                while offset < st.st_size:
+                    n = await asyncio.to_thread(_copy_range, src, fd, offset, min(step, st.st_size - offset))
+                    if n == 0:
+                        raise _Restart  # the source shrank under us
+                    offset += n
+                    progress.checkpoint(offset)
+                if os.fstat(src).st_mtime_ns != st.st_mtime_ns:
+                    raise _Restart
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise fs.local_error(e, f"cannot copy {source}") from e
+        finally:
+            os.close(src)
+
+
+class _Restart(Exception):
+    """The content changed under us: start the file again from byte 0."""
+
+
+def _http_date(ts: float) -> str:
+    from email.utils import formatdate
+
+    return formatdate(ts, usegmt=True)
+
+
+def _copy_range(src: int, dst: int, offset: int, count: int) -> int:
+    """Copy up to ``count`` bytes at ``offset`` from src to dst, then fdatasync dst."""
+    done = 0
+    while done < count:
+        n = os.copy_file_range(src, dst, count - done, offset + done, offset + done)
+        if n == 0:
+            break
+        done += n
+    os.fdatasync(dst)
+    return done
+
+
+_OPEN_HELPER = (
+    "import os, socket, sys\n"
+    "s = socket.socket(fileno=int(sys.argv[2]))\n"
+    "try:\n"
+    "    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CLOEXEC)\n"
+    "except OSError as e:\n"
+    "    s.send(str(e.errno).encode()); sys.exit(1)\n"
+    "socket.send_fds(s, [b'ok'], [fd])\n"
+)
+
+
+def open_as_owner(path: str, owner: Owner) -> int:
+    """Open ``path`` for reading with the owner's rights, not the daemon's.
+
+    A daemon running as the owner opens it itself; a root daemon serving another
+    user lets a short-lived child running as that user open it and pass the fd back.
+    """
+    try:
+        if os.geteuid() == owner.uid or os.geteuid() != 0:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with parent, child:
+            import pwd
+
+            try:
+                groups = os.getgrouplist(pwd.getpwuid(owner.uid).pw_name, owner.gid)
+            except KeyError:
+                groups = [owner.gid]
+            proc = subprocess.run(
+                [sys.executable, "-I", "-c", _OPEN_HELPER, path, str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                user=owner.uid,
+                group=owner.gid,
+                extra_groups=groups,
+                timeout=30,
+                check=False,
+            )
+            child.close()
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 64, 1)
+            if proc.returncode == 0 and fds:
+                return fds[0]
+            err = int(msg or b"5")
+            raise OSError(err, os.strerror(err), path)
+    except FileNotFoundError as e:
+        raise TransferError(
+            f"the source {path} does not exist",
+            hresult=HResult.HRESULT_FILE_NOT_FOUND,
+            context=ErrorContext.REMOTE_FILE,
+        ) from e
+    except PermissionError as e:
+        raise TransferError(
+            f"the job owner may not read {path}",
+            hresult=HResult.E_ACCESSDENIED,
+            context=ErrorContext.REMOTE_FILE,
+        ) from e
+    except IsADirectoryError as e:
+        raise TransferError(
+            f"the source {path} is a directory",
+            hresult=HResult.HRESULT_DIRECTORY,
+            context=ErrorContext.REMOTE_FILE,
+        ) from e
+    except OSError as e:
+        raise TransientTransferError(
+            f"cannot open {path}: {e.strerror}", hresult=HResult.E_FAIL, context=ErrorContext.REMOTE_FILE
+        ) from e

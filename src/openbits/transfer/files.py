@@ -1,0 +1,205 @@
+"""Local files: destination checks, temporary files, publishing, removal.
+
+OSError is translated here, once, into BitsError with context LOCAL_FILE
+(DESIGN rule 1).  A full disk is transient; permissions and missing directories
+are fatal (SPEC §6).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
+from urllib.parse import unquote, urlsplit
+
+from openbits.errors import (
+    AccessDenied,
+    BitsError,
+    HResult,
+    InvalidArgument,
+    PathNotFound,
+    TransferError,
+    TransientTransferError,
+)
+from openbits.model import ErrorContext
+
+TEMP_PREFIX = ".BIT"
+TEMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def local_error(e: OSError, what: str, context: ErrorContext = ErrorContext.LOCAL_FILE) -> BitsError:
+    """The BitsError for an OSError on a local path."""
+    code = e.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return TransientTransferError(
+            f"{what}: no space left on the device", hresult=HResult.HRESULT_DISK_FULL, context=context
+        )
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return TransferError(f"{what}: {e.strerror}", hresult=HResult.E_ACCESSDENIED, context=context)
+    if code == errno.ENOENT:
+        return TransferError(f"{what}: {e.strerror}", hresult=HResult.HRESULT_PATH_NOT_FOUND, context=context)
+    if code == errno.ENOTDIR:
+        return TransferError(f"{what}: {e.strerror}", hresult=HResult.HRESULT_PATH_NOT_FOUND, context=context)
+    if code == errno.EISDIR:
+        return TransferError(f"{what}: {e.strerror}", hresult=HResult.HRESULT_DIRECTORY, context=context)
+    return TransferError(f"{what}: {e.strerror or e}", hresult=HResult.E_FAIL, context=context)
+
+
+@contextmanager
+def translating(what: str, context: ErrorContext = ErrorContext.LOCAL_FILE) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise local_error(e, what, context) from e
+
+
+def _may_write_dir(st: os.stat_result, uid: int, gids: set[int]) -> bool:
+    if uid == 0:
+        return True
+    need = stat.S_IWOTH | stat.S_IXOTH
+    if st.st_uid == uid:
+        need = stat.S_IWUSR | stat.S_IXUSR
+    elif st.st_gid in gids:
+        need = stat.S_IWGRP | stat.S_IXGRP
+    return st.st_mode & need == need
+
+
+def owner_gids(uid: int, gid: int) -> set[int]:
+    import grp
+    import pwd
+
+    gids = {gid}
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return gids
+    gids.update(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)
+    return gids
+
+
+def check_destination(local_file: str, uid: int, gid: int) -> None:
+    """The directory of ``local_file`` exists and the owner may create files in it.
+
+    Raises PathNotFound (0x80070003), AccessDenied or InvalidArgument.
+    """
+    directory = os.path.dirname(local_file)
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        raise PathNotFound(f"the destination directory {directory} does not exist") from None
+    except NotADirectoryError:
+        raise PathNotFound(f"the destination directory {directory} does not exist") from None
+    except PermissionError:
+        raise AccessDenied(f"the destination directory {directory} is not accessible") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PathNotFound(f"{directory} is not a directory")
+    if os.geteuid() == uid:
+        allowed = os.access(directory, os.W_OK | os.X_OK)
+    else:
+        allowed = _may_write_dir(st, uid, owner_gids(uid, gid))
+    if not allowed:
+        raise AccessDenied(f"the destination directory {directory} is not writable by the job owner")
+    if os.path.isdir(local_file):
+        raise InvalidArgument(f"the local file {local_file} is a directory")
+
+
+def new_temp_name() -> str:
+    return f"{TEMP_PREFIX}{secrets.token_hex(4).upper()}{TEMP_SUFFIX}"
+
+
+def create_temp(directory: str, uid: int, gid: int) -> tuple[str, int]:
+    """Create a new ``.BIT<8 hex>.tmp`` in ``directory`` (O_EXCL, 0600); (name, fd)."""
+    for _ in range(100):
+        name = new_temp_name()
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise local_error(e, f"cannot create a temporary file in {directory}") from e
+        _give_to_owner(fd, uid, gid)
+        return name, fd
+    raise TransferError("cannot find a free temporary file name", context=ErrorContext.LOCAL_FILE)
+
+
+def open_temp(path: str, uid: int, gid: int) -> int:
+    """Open an existing temporary file for writing, re-creating it if it vanished."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise local_error(e, f"cannot open the temporary file {path}") from e
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise local_error(e, f"cannot create the temporary file {path}") from e
+    _give_to_owner(fd, uid, gid)
+    return fd
+
+
+def _give_to_owner(fd: int, uid: int, gid: int) -> None:
+    if os.geteuid() == 0 and uid != 0:
+        os.fchown(fd, uid, gid)
+
+
+def http_date_to_unix(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def publish(temp_path: str, local_file: str, mtime: float | None) -> None:
+    """Make a finished temporary file the LocalFile: fsync, set mtime, rename, fsync dir."""
+    with translating(f"cannot publish {local_file}"):
+        fd = os.open(temp_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+            # Owner-only while it is written; once published, the mode a new file
+            # created by the daemon would get.
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+        os.replace(temp_path, local_file)
+        fsync_dir(os.path.dirname(local_file))
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: str | None) -> bool:
+    """Remove a file; True when it is gone (or never existed)."""
+    if not path:
+        return True
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def local_source_path(url: str) -> str | None:
+    """The path of a file:// URL or absolute-path source; None for HTTP(S)."""
+    if url.startswith("/"):
+        return url
+    parts = urlsplit(url)
+    return unquote(parts.path) if parts.scheme.lower() == "file" else None

@@ -1,0 +1,161 @@
+"""The aiohttp edge: the session, response checks and error translation.
+
+aiohttp's exceptions are translated here, once, into BitsError (DESIGN rule 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+
+from openbits import __version__
+from openbits.errors import (
+    TRANSIENT_HTTP_STATUSES,
+    BitsError,
+    HResult,
+    TransferError,
+    TransientTransferError,
+    http_status_hresult,
+)
+from openbits.model import ErrorContext
+
+USER_AGENT = f"openbits/{__version__}"
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
+
+
+def make_session(
+    *, connect_timeout_s: float, read_timeout_s: float, read_buffer_bytes: int
+) -> aiohttp.ClientSession:
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        auto_decompress=False,
+        read_bufsize=read_buffer_bytes,
+        trust_env=True,
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+    )
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """``bytes a-b/total`` -> (a, b, total or None for ``*``); None if malformed."""
+    if not value:
+        return None
+    m = _CONTENT_RANGE.match(value)
+    if not m:
+        return None
+    start, end = int(m.group(1)), int(m.group(2))
+    total = None if m.group(3) == "*" else int(m.group(3))
+    if end < start or (total is not None and end >= total):
+        return None
+    return start, end, total
+
+
+def parse_unsatisfied_range(value: str | None) -> int | None:
+    """``bytes */total`` of a 416 answer -> total."""
+    if not value:
+        return None
+    m = _UNSATISFIED_RANGE.match(value)
+    return int(m.group(1)) if m else None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def status_error(status: int, reason: str | None, retry_after: str | None) -> BitsError:
+    """BG_E_HTTP_ERROR_<status> with context REMOTE_FILE, transient per SPEC §3."""
+    message = f"the server answered HTTP {status} {reason or ''}".rstrip()
+    if status in TRANSIENT_HTTP_STATUSES:
+        return TransientTransferError(
+            message,
+            hresult=http_status_hresult(status),
+            context=ErrorContext.REMOTE_FILE,
+            retry_after_s=parse_retry_after(retry_after),
+        )
+    return TransferError(message, hresult=http_status_hresult(status), context=ErrorContext.REMOTE_FILE)
+
+
+def invalid_response(message: str) -> BitsError:
+    return TransferError(
+        message, hresult=HResult.BG_E_INVALID_SERVER_RESPONSE, context=ErrorContext.REMOTE_FILE
+    )
+
+
+def network_error(e: BaseException, url: str) -> BitsError:
+    """Translate an aiohttp / socket / timeout exception."""
+    transport = ErrorContext.GENERAL_TRANSPORT
+    if isinstance(e, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
+        return TransferError(
+            f"the server's certificate is not trusted: {e}",
+            hresult=HResult.BG_E_TRUST_FAILURE,
+            context=ErrorContext.REMOTE_FILE,
+        )
+    if isinstance(e, aiohttp.ClientConnectorDNSError):
+        return TransientTransferError(
+            f"cannot resolve the host of {url}",
+            hresult=HResult.BG_E_NAME_RESOLUTION_FAILURE,
+            context=transport,
+        )
+    if isinstance(e, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):
+        return TransientTransferError(
+            f"TLS handshake failed: {e}", hresult=HResult.BG_E_SECURE_CHANNEL_FAILURE, context=transport
+        )
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return TransientTransferError(
+            f"cannot connect to {url}: {e.os_error.strerror or e}",
+            hresult=HResult.BG_E_CONNECT_FAILURE,
+            context=transport,
+        )
+    if isinstance(e, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return TransientTransferError(
+            "the server sent nothing for too long", hresult=HResult.BG_E_TIMEOUT, context=transport
+        )
+    if isinstance(
+        e,
+        aiohttp.ClientPayloadError
+        | aiohttp.ServerDisconnectedError
+        | aiohttp.ClientOSError
+        | ConnectionError,
+    ):
+        return TransientTransferError(
+            f"the connection closed early: {e}", hresult=HResult.BG_E_CONNECTION_CLOSED, context=transport
+        )
+    if isinstance(e, aiohttp.InvalidURL):
+        return TransferError(
+            f"invalid URL {url}", hresult=HResult.E_INVALIDARG, context=ErrorContext.REMOTE_FILE
+        )
+    if isinstance(e, aiohttp.TooManyRedirects):
+        return TransferError(
+            "too many redirects",
+            hresult=HResult.BG_E_INVALID_SERVER_RESPONSE,
+            context=ErrorContext.REMOTE_FILE,
+        )
+    if isinstance(e, aiohttp.ClientResponseError):
+        return invalid_response(f"the server's response is not valid HTTP: {e.message}")
+    return TransientTransferError(
+        f"transfer failed: {e}", hresult=HResult.BG_E_UNKNOWN_ERROR, context=transport
+    )
+
+
+NETWORK_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    ssl.SSLError,
+)
