@@ -67,11 +67,11 @@ def _sync_dup(fd: int) -> None:
     os.close(fd)
 
 
-def _write_all(fd: int, chunks: list[bytes]) -> int:
-    """writev until every byte is written; returns the byte count."""
+def _write_all(fd: int, chunks: list[bytes], offset: int) -> int:
+    """pwritev at ``offset`` until every byte is written; returns the byte count."""
     total = 0
     while chunks:
-        n = os.writev(fd, chunks)
+        n = os.pwritev(fd, chunks, offset + total)
         total += n
         while chunks and n >= len(chunks[0]):
             n -= len(chunks[0])
@@ -137,22 +137,24 @@ class Downloader:
             try:
                 async with self.session.get(file.remote_url, headers=headers) as resp:
                     progress.connected()
-                    total = await self._accept(resp, file, fd, offset, progress)
-                    if total is None or total > offset:
-                        offset = await self._stream(
-                            resp.content, fd, offset if resp.status == 206 else 0, total, progress
-                        )
-                    if total is not None and offset != total:
-                        raise invalid_response(f"the server sent {offset} bytes of {total}")
+                    start, total = self._accept(resp, file, fd, offset, progress)
+                    end = start
+                    if total is None or total > start:
+                        end = await self._stream(resp.content, fd, start, total, progress)
+                    if total is not None and end != total:
+                        raise invalid_response(f"the server sent {end} bytes of {total}")
             except NETWORK_EXCEPTIONS as e:
                 raise network_error(e, file.remote_url) from e
         finally:
             os.close(fd)
 
-    async def _accept(
+    def _accept(
         self, resp: aiohttp.ClientResponse, file: JobFile, fd: int, offset: int, progress: Progress
-    ) -> int | None:
-        """Check the response against the request; the file's total size (None: unknown)."""
+    ) -> tuple[int, int | None]:
+        """Check the response against the request.
+
+        Returns (the offset its body starts at, the file's total size or None).
+        """
         status = resp.status
         etag = resp.headers.get("ETag")
         last_modified = resp.headers.get("Last-Modified")
@@ -170,7 +172,7 @@ class Downloader:
             length = resp.content_length
             if length is not None and length != end - start + 1:
                 raise invalid_response("Content-Length does not match Content-Range")
-            return total
+            return offset, total
         if status == 200:
             # Full content: the first request, changed content (If-Range failed) or a
             # server that ignores Range.  Never appended: start again from byte 0.
@@ -178,11 +180,11 @@ class Downloader:
                 os.ftruncate(fd, 0)
             assert file.temp_name is not None
             progress.begin(file.temp_name, resp.content_length, etag, last_modified)
-            return resp.content_length
+            return 0, resp.content_length
         if status == 416 and offset > 0:
             total = parse_unsatisfied_range(resp.headers.get("Content-Range"))
             if total is not None and total == offset:
-                return total  # every byte was already here
+                return offset, total  # every byte was already here
             assert file.temp_name is not None
             progress.begin(file.temp_name, None, None, None)
             raise _Restart
@@ -199,11 +201,11 @@ class Downloader:
         block = tuning.write_block_bytes
         pending: list[bytes] = []
         pending_len = 0
-        written = offset
+        written = offset  # bytes in the file (page cache)
+        durable = offset  # bytes covered by a finished fdatasync and reported
         sync: asyncio.Future[None] | None = None
         sync_offset = offset
         last_sync_time = time.monotonic()
-        last_sync_bytes = offset
         try:
             while True:
                 chunk = await content.readany()
@@ -217,28 +219,30 @@ class Downloader:
                 due = now - last_sync_time >= tuning.checkpoint_interval_s
                 if pending_len < block and not due:
                     continue
-                written += _write_all(fd, pending)
+                written += _write_all(fd, pending, written)
                 pending_len = 0
                 if sync is not None and sync.done():
                     sync.result()
-                    progress.checkpoint(sync_offset)
+                    durable = sync_offset
+                    progress.checkpoint(durable)
                     sync = None
-                if sync is None and (due or written - last_sync_bytes >= tuning.checkpoint_bytes):
+                if sync is None and (due or written - sync_offset >= tuning.checkpoint_bytes):
                     sync_offset = written
-                    last_sync_time, last_sync_bytes = now, written
+                    last_sync_time = now
                     sync = loop.run_in_executor(None, _sync_dup, os.dup(fd))
             if pending:
-                written += _write_all(fd, pending)
+                written += _write_all(fd, pending, written)
             if sync is not None:
                 await sync
                 sync = None
             await loop.run_in_executor(None, os.fdatasync, fd)
-            progress.checkpoint(written)
+            durable = written
+            progress.checkpoint(durable)
             return written
         except OSError as e:
             raise fs.local_error(e, "cannot write the temporary file") from e
         finally:
-            if sync is not None or pending:
+            if durable < written + pending_len:
                 self._salvage(fd, pending, written, progress)
 
     @staticmethod
@@ -246,7 +250,7 @@ class Downloader:
         """On an error or cancellation: keep what arrived, durably, for the next attempt."""
         try:
             if pending:
-                written += _write_all(fd, pending)
+                written += _write_all(fd, pending, written)
             os.fdatasync(fd)
             progress.checkpoint(written)
         except (OSError, BitsError):

@@ -1,0 +1,910 @@
+#!/usr/bin/env python3
+"""1 GiB over loopback HTTP: curl, curl+fsync, aria2c and openbits, alternated run by run.
+
+Run from the repository root (``make bench`` does this)::
+
+    .venv/bin/python bench/bench_1g.py [--runs N] [--warmup N] [--size BYTES] [--keep]
+
+One invocation writes a random test file, starts its own nginx on a free 127.0.0.1
+port and its own openbits daemon, then times each case round-robin (every run is
+preceded by deleting the previous output and an untimed ``sync``).  It prints a
+table of medians and throughput ratios and writes ``bench/out/bench_1g.json``.
+Everything it started is stopped, and its work directory removed (unless --keep),
+on success, failure, Ctrl-C or SIGTERM.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = ROOT / "bench" / "out"
+JSON_PATH = OUT_DIR / "bench_1g.json"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GIB = 1024**3
+MIB = 1024**2
+CASE_NAMES = ("curl", "curl+fsync", "aria2c", "openbits")
+START_DEADLINE_S = 30.0
+RUN_DEADLINE_S = 600.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a tool failed, a check failed, a service did not start)."""
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a whole process (all its threads) from /proc/PID/stat, in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+        data = fh.read()
+    rest = data.rsplit(")", 1)[1].split()  # fields from 3 (state) on; comm may hold spaces
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK  # fields 14 (utime) and 15 (stime)
+
+
+def child_pids(pid: int) -> list[int]:
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                pids.extend(int(p) for p in fh.read().split())
+    return pids
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its direct children (nginx master + workers)."""
+    total = 0.0
+    for p in [pid, *child_pids(pid)]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += proc_cpu_s(p)
+    return total
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(cannot read {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    out = (proc.stdout or proc.stderr).strip().splitlines()
+    return out[0] if out else "?"
+
+
+def find_program(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
+        candidate = Path(d) / name
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def untimed_sync() -> None:
+    subprocess.run(["sync"], check=True)
+
+
+# -- the machine --------------------------------------------------------------------------------
+
+
+def machine_info(work: Path) -> dict[str, Any]:
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_gib = 0.0
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem_gib = int(line.split()[1]) / 1024**2
+                break
+    fs = {"device": "?", "type": "?", "mount": "?"}
+    with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+        out = subprocess.run(
+            ["df", "-T", "-P", str(work)], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.splitlines()
+        cols = out[-1].split()
+        fs = {"device": cols[0], "type": cols[1], "mount": cols[-1]}
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "mem_gib": round(mem_gib, 1),
+        "kernel": platform.release(),
+        "os": first_line(["sh", "-c", ". /etc/os-release 2>/dev/null && echo $PRETTY_NAME"]),
+        "python": platform.python_version(),
+        "work_dir": str(work),
+        "work_fs": fs,
+    }
+
+
+def versions(nginx: str, aria2c: str | None, venv_python: str) -> dict[str, str]:
+    git = first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty", "--abbrev=12"])
+    return {
+        "nginx": first_line([nginx, "-v"]).removeprefix("nginx version: "),
+        "curl": " ".join(first_line(["curl", "--version"]).split()[:2]),
+        "aria2c": first_line([aria2c, "--version"]) if aria2c else "not installed",
+        "openbits": first_line([venv_python, "-c", "import openbits; print(openbits.__version__)"]),
+        "git": git,
+    }
+
+
+# -- services -----------------------------------------------------------------------------------
+
+
+NGINX_CONF = """\
+{user}worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/nginx-tmp/body;
+    proxy_temp_path {work}/nginx-tmp/proxy;
+    fastcgi_temp_path {work}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {work}/nginx-tmp/uwsgi;
+    scgi_temp_path {work}/nginx-tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {work}/www;
+    }}
+}}
+"""
+
+
+class Services:
+    """nginx and the openbits daemon, started as new sessions (so a terminal Ctrl-C reaches
+    only this script, which then stops them in order)."""
+
+    def __init__(self, work: Path, nginx: str, venv_python: str, daemon_env: dict[str, str]) -> None:
+        self.work = work
+        self.daemon_env = daemon_env
+        self.nginx_bin = nginx
+        self.venv_python = venv_python
+        self.nginx: subprocess.Popen[bytes] | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.socket = work / "ob.sock"
+        self.daemon_log = work / "daemon.log"
+        self.nginx_log = work / "nginx.out"
+        self._logs: list[IO[bytes]] = []
+
+    # nginx
+
+    def start_nginx(self, url_path: str, size: int) -> str:
+        (self.work / "nginx-tmp").mkdir(exist_ok=True)
+        last_error = ""
+        for _attempt in range(5):
+            self.port = free_port()
+            user = "user root root;\n" if os.geteuid() == 0 else ""
+            conf = self.work / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(user=user, work=self.work, port=self.port))
+            out = open(self.nginx_log, "ab")  # noqa: SIM115 - closed in stop()
+            self._logs.append(out)
+            self.nginx = subprocess.Popen(
+                [
+                    self.nginx_bin,
+                    "-p",
+                    f"{self.work}/",
+                    "-e",
+                    str(self.work / "nginx-error.log"),
+                    "-c",
+                    str(conf),
+                    "-g",
+                    "daemon off;",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+            url = f"http://127.0.0.1:{self.port}{url_path}"
+            try:
+                self._wait_nginx(url_path, size)
+                return url
+            except BenchError as e:
+                last_error = str(e)
+                self.stop_nginx()
+        raise BenchError(f"nginx did not start: {last_error}")
+
+    def _wait_nginx(self, url_path: str, size: int) -> None:
+        assert self.nginx is not None
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            if self.nginx.poll() is not None:
+                raise BenchError(
+                    f"nginx exited with {self.nginx.returncode}:\n{tail(self.nginx_log)}\n"
+                    f"{tail(self.work / 'nginx-error.log')}"
+                )
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                try:
+                    conn.request("HEAD", url_path)
+                    resp = conn.getresponse()
+                    length = resp.getheader("Content-Length")
+                    if resp.status != 200 or length != str(size):
+                        raise BenchError(f"HEAD {url_path}: {resp.status}, Content-Length {length}")
+                    return
+                finally:
+                    conn.close()
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"nginx did not accept connections on port {self.port}")
+            time.sleep(0.05)
+
+    def stop_nginx(self) -> None:
+        proc, self.nginx = self.nginx, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def nginx_cpu_s(self) -> float:
+        return tree_cpu_s(self.nginx.pid) if self.nginx is not None else 0.0
+
+    # openbits daemon
+
+    def start_daemon(self) -> None:
+        out = open(self.daemon_log, "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(out)
+        self.daemon = subprocess.Popen(
+            [
+                self.venv_python,
+                "-m",
+                "openbits",
+                "serve",
+                "--state-dir",
+                str(self.work / "state"),
+                "--socket",
+                str(self.socket),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            cwd=self.work,
+            env={**os.environ, **self.daemon_env},
+        )
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            if self.daemon.poll() is not None:
+                raise BenchError(
+                    f"openbits serve exited with {self.daemon.returncode}:\n{tail(self.daemon_log)}"
+                )
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(self.socket))
+                    return
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"openbits serve did not accept connections on {self.socket} "
+                    f"within {START_DEADLINE_S:.0f} s:\n{tail(self.daemon_log)}"
+                )
+            time.sleep(0.05)
+
+    def daemon_cpu_s(self) -> float:
+        if self.daemon is None:
+            return 0.0
+        try:
+            return proc_cpu_s(self.daemon.pid)
+        except OSError:
+            return 0.0
+
+    def stop_daemon(self) -> int | None:
+        """SIGTERM the daemon; its exit status (None when it had to be killed or never ran)."""
+        proc, self.daemon = self.daemon, None
+        if proc is None:
+            return None
+        if proc.poll() is not None:
+            return proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None
+
+    def close_logs(self) -> None:
+        for fh in self._logs:
+            fh.close()
+        self._logs.clear()
+
+
+# -- timed runs ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Run:
+    case: str
+    index: int  # 0-based; warm-ups are negative
+    warmup: bool
+    wall_s: float
+    cpu_s: float  # the client processes (wait4 rusage) + for openbits the daemon's delta
+    client_cpu_s: float
+    daemon_cpu_s: float  # the daemon's CPU during the run (also measured for the other cases)
+    nginx_cpu_s: float
+    size_ok: bool
+    sha256_ok: bool | None  # None: not checked on this run
+    visible_partial: bool  # the output was seen with fewer bytes than the whole while running
+    stray_files: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Case:
+    name: str
+    commands: Callable[[Path], list[list[str]]]  # output path -> commands run one after another
+    env: dict[str, str] | None = None
+    uses_daemon: bool = False
+
+
+class OutputWatcher:
+    """Polls the output path while a command runs: was it ever visible with a partial size?"""
+
+    def __init__(self, path: Path, size: int, interval_s: float = 0.01) -> None:
+        self.path = path
+        self.size = size
+        self.interval_s = interval_s
+        self.partial = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="watch-output", daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                continue
+            if st.st_size != self.size:
+                self.partial = True
+                return
+
+    def __enter__(self) -> OutputWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Runner:
+    def __init__(self, services: Services, dl_dir: Path, logs_dir: Path) -> None:
+        self.services = services
+        self.dl_dir = dl_dir
+        self.logs_dir = logs_dir
+        self.current: subprocess.Popen[bytes] | None = None
+
+    def clear_output(self) -> None:
+        for entry in self.dl_dir.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def run(self, case: Case, out: Path, err_path: Path) -> tuple[float, float, float, float]:
+        """Run the case's commands one after another; (wall, client CPU, daemon CPU, nginx CPU)."""
+        env = dict(os.environ)
+        if case.env:
+            env.update(case.env)
+        client_cpu = 0.0
+        with open(err_path, "wb") as err:
+            nginx_before = self.services.nginx_cpu_s()
+            daemon_before = self.services.daemon_cpu_s()
+            t0 = time.perf_counter()
+            for argv in case.commands(out):
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env)
+                self.current = proc
+                _pid, status, rusage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                self.current = None
+                client_cpu += rusage.ru_utime + rusage.ru_stime
+                if proc.returncode != 0:
+                    msg = f"{case.name}: {' '.join(argv)} exited with {proc.returncode}:\n{tail(err_path)}"
+                    if case.uses_daemon:
+                        msg += f"\n--- daemon log (tail) ---\n{tail(self.services.daemon_log)}"
+                    raise BenchError(msg)
+            wall = time.perf_counter() - t0
+            daemon_cpu = self.services.daemon_cpu_s() - daemon_before
+            nginx_cpu = self.services.nginx_cpu_s() - nginx_before
+        return wall, client_cpu, daemon_cpu, nginx_cpu
+
+    def kill_current(self) -> None:
+        proc, self.current = self.current, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(proc.pid, 0)
+
+
+def make_cases(url: str, venv_bin: Path, socket_path: Path, aria2c: str | None) -> list[Case]:
+    openbits_cli = str(venv_bin / "openbits")
+    cases = [
+        Case("curl", lambda out: [["curl", "-s", "-o", str(out), url]]),
+        Case(
+            "curl+fsync",
+            lambda out: [["curl", "-s", "-o", str(out), url], ["sync", "--data", str(out)]],
+        ),
+    ]
+    if aria2c:
+        cases.append(
+            Case(
+                "aria2c",
+                lambda out: [
+                    [
+                        aria2c,
+                        "-q",
+                        "-x1",
+                        "-s1",
+                        "-k1M",
+                        "--allow-overwrite=true",
+                        "--auto-file-renaming=false",
+                        "--summary-interval=0",
+                        "--file-allocation=falloc",
+                        "-d",
+                        str(out.parent),
+                        "-o",
+                        out.name,
+                        url,
+                    ]
+                ],
+            )
+        )
+    cases.append(
+        Case(
+            "openbits",
+            lambda out: [[openbits_cli, "transfer", "-q", url, str(out)]],
+            env={"OPENBITS_SOCKET": str(socket_path)},
+            uses_daemon=True,
+        )
+    )
+    return cases
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Summary:
+    case: str
+    runs: int
+    median_wall_s: float
+    min_wall_s: float
+    max_wall_s: float
+    mbps: float  # 10^6 bytes/s at the median wall time
+    median_cpu_s: float
+    median_client_cpu_s: float
+    median_daemon_cpu_s: float
+    median_nginx_cpu_s: float
+    vs_openbits: float | None  # this case's throughput / openbits' throughput
+
+
+def summarize(runs: list[Run], cases: list[Case], size: int) -> list[Summary]:
+    out: list[Summary] = []
+    for case in cases:
+        counted = [r for r in runs if r.case == case.name and not r.warmup]
+        if not counted:
+            continue
+        walls = [r.wall_s for r in counted]
+        med = statistics.median(walls)
+        out.append(
+            Summary(
+                case=case.name,
+                runs=len(counted),
+                median_wall_s=med,
+                min_wall_s=min(walls),
+                max_wall_s=max(walls),
+                mbps=size / med / 1e6,
+                median_cpu_s=statistics.median(r.cpu_s for r in counted),
+                median_client_cpu_s=statistics.median(r.client_cpu_s for r in counted),
+                median_daemon_cpu_s=statistics.median(r.daemon_cpu_s for r in counted),
+                median_nginx_cpu_s=statistics.median(r.nginx_cpu_s for r in counted),
+                vs_openbits=None,
+            )
+        )
+    ob = next((s for s in out if s.case == "openbits"), None)
+    if ob is not None:
+        for s in out:
+            s.vs_openbits = s.mbps / ob.mbps
+    return out
+
+
+def render_table(summaries: list[Summary]) -> str:
+    header = ["case", "median wall s (min–max)", "MB/s", "CPU s", "nginx CPU s", "MB/s ÷ openbits"]
+    rows = [header]
+    for s in summaries:
+        cpu = f"{s.median_cpu_s:.2f}"
+        if s.case == "openbits":
+            cpu += f" (cli {s.median_client_cpu_s:.2f} + daemon {s.median_daemon_cpu_s:.2f})"
+        rows.append(
+            [
+                s.case,
+                f"{s.median_wall_s:.3f} ({s.min_wall_s:.3f}–{s.max_wall_s:.3f})",
+                f"{s.mbps:.0f}",
+                cpu,
+                f"{s.median_nginx_cpu_s:.2f}",
+                "–" if s.vs_openbits is None else f"{s.vs_openbits:.2f}",
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def ratio_lines(summaries: list[Summary]) -> tuple[list[str], dict[str, float]]:
+    by = {s.case: s for s in summaries}
+    ob = by.get("openbits")
+    lines: list[str] = []
+    ratios: dict[str, float] = {}
+    if ob is None:
+        return lines, ratios
+    if "curl" in by:
+        r = ob.mbps / by["curl"].mbps
+        ratios["openbits/curl"] = r
+        verdict = "met" if r >= 1.0 else "NOT met"
+        lines.append(f"openbits/curl throughput ratio = {r:.2f} (target ≥ 1.0: {verdict})")
+    if "curl+fsync" in by:
+        r = ob.mbps / by["curl+fsync"].mbps
+        ratios["openbits/curl+fsync"] = r
+        lines.append(
+            f"openbits/curl+fsync throughput ratio = {r:.2f} (like-for-like: both durable on return)"
+        )
+    if "aria2c" in by:
+        r = ob.mbps / by["aria2c"].mbps
+        ratios["openbits/aria2c"] = r
+        lines.append(f"openbits/aria2c throughput ratio = {r:.2f}")
+    return lines, ratios
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def write_source(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    left = size
+    with open(path, "wb") as fh:
+        while left:
+            block = os.urandom(min(4 * MIB, left))
+            digest.update(block)
+            fh.write(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--runs", type=int, default=5, help="counted runs per case (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
+    p.add_argument("--size", type=int, default=GIB, help="test file size in bytes (default 1 GiB)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (files, logs, state)")
+    p.add_argument(
+        "--cases", default=",".join(CASE_NAMES), help=f"comma-separated subset of {','.join(CASE_NAMES)}"
+    )
+    p.add_argument(
+        "--work-parent",
+        type=Path,
+        default=OUT_DIR,
+        help="where the work directory is made (default bench/out/; must have 2 x size free)",
+    )
+    p.add_argument(
+        "--json", type=Path, default=JSON_PATH, help="results file (default bench/out/bench_1g.json)"
+    )
+    p.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the daemon only (repeatable), e.g. MALLOC_TOP_PAD_=67108864",
+    )
+    args = p.parse_args(argv)
+    daemon_env: dict[str, str] = {}
+    for item in args.daemon_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            p.error(f"--daemon-env wants NAME=VALUE, not {item!r}")
+        daemon_env[name] = value
+    args.daemon_env = daemon_env
+    if args.runs < 1 or args.warmup < 0 or args.size < 1:
+        p.error("need --runs ≥ 1, --warmup ≥ 0 and --size ≥ 1")
+    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(wanted) - set(CASE_NAMES))
+    if unknown:
+        p.error(f"unknown case(s): {', '.join(unknown)}")
+    args.cases = wanted
+    return args
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so every ``finally`` cleans up.
+
+    SIGINT is set to raise KeyboardInterrupt even when the script started with it ignored
+    (as background jobs of a non-interactive shell do).
+    """
+    old = {s: signal.signal(s, _raise_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_rounds(
+    args: argparse.Namespace,
+    cases: list[Case],
+    runner: Runner,
+    source_sha: str,
+    runs: list[Run],
+    failures: list[str],
+) -> None:
+    """Warm-ups then counted rounds; each round runs every case once, in order."""
+    services = runner.services
+    out = runner.dl_dir / "out.bin"
+    checked: set[str] = set()
+    for rnd in range(-args.warmup, args.runs):
+        warm = rnd < 0
+        for case in cases:
+            runner.clear_output()
+            untimed_sync()
+            err_path = runner.logs_dir / f"{case.name}-{rnd + args.warmup}.err"
+            with OutputWatcher(out, args.size) as watcher:
+                wall, client_cpu, daemon_cpu, nginx_cpu = runner.run(case, out, err_path)
+            size_ok = out.exists() and out.stat().st_size == args.size
+            sha_ok: bool | None = None
+            if size_ok and case.name not in checked:
+                sha_ok = sha256_file(out) == source_sha
+                checked.add(case.name)
+            stray = sorted(p.name for p in runner.dl_dir.iterdir() if p.name != out.name)
+            run = Run(
+                case=case.name,
+                index=rnd,
+                warmup=warm,
+                wall_s=wall,
+                cpu_s=client_cpu + (daemon_cpu if case.uses_daemon else 0.0),
+                client_cpu_s=client_cpu,
+                daemon_cpu_s=daemon_cpu,
+                nginx_cpu_s=nginx_cpu,
+                size_ok=size_ok,
+                sha256_ok=sha_ok,
+                visible_partial=watcher.partial,
+                stray_files=stray,
+            )
+            runs.append(run)
+            notes = []
+            if sha_ok is not None:
+                notes.append("sha256 ok" if sha_ok else "SHA256 MISMATCH")
+            if watcher.partial:
+                notes.append("partial output was visible")
+            if stray:
+                notes.append(f"stray files: {', '.join(stray)}")
+            if case.uses_daemon:
+                notes.append(f"cli {client_cpu:.2f} + daemon {daemon_cpu:.2f} CPU s")
+            label = "warm-up" if warm else f"run {rnd + 1}/{args.runs}"
+            mbps = args.size / wall / 1e6
+            log(
+                f"  [{label:>9}] {case.name:<11} {wall:7.3f} s  {mbps:6.0f} MB/s"
+                f"  CPU {run.cpu_s:5.2f} s  nginx {nginx_cpu:4.2f} s"
+                + (f"  ({'; '.join(notes)})" if notes else "")
+            )
+            if not size_ok:
+                size = out.stat().st_size if out.exists() else None
+                raise BenchError(f"{case.name}: output size {size}, expected {args.size}")
+            if sha_ok is False:
+                raise BenchError(f"{case.name}: sha256 of the output differs from the source's")
+            if case.uses_daemon and watcher.partial:
+                failures.append(f"{case.name}: the output was visible before it was complete")
+            if case.uses_daemon and stray:
+                failures.append(f"{case.name}: left files beside the output: {', '.join(stray)}")
+            if services.daemon is not None and services.daemon.poll() is not None:
+                raise BenchError(f"the openbits daemon died:\n{tail(services.daemon_log)}")
+    runner.clear_output()
+
+
+def print_report(
+    args: argparse.Namespace, machine: dict[str, Any], summaries: list[Summary], daemon_rc: int | None
+) -> dict[str, float]:
+    fs = machine["work_fs"]
+    log("")
+    log(
+        f"{summaries[0].runs} counted run(s) per case after {args.warmup} warm-up round(s); "
+        f"{args.size} bytes ({args.size / GIB:.3g} GiB) from nginx on 127.0.0.1"
+    )
+    log(
+        f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, {machine['mem_gib']} GiB RAM, "
+        f"kernel {machine['kernel']}, work dir on {fs['type']} ({fs['device']} at {fs['mount']})"
+    )
+    log("")
+    log(render_table(summaries))
+    log("")
+    lines, ratios = ratio_lines(summaries)
+    for line in lines:
+        log(line)
+    log(f"openbits daemon exit status after SIGTERM: {daemon_rc}")
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    nginx = find_program("nginx")
+    if nginx is None:
+        log("nginx not found (apt-get install nginx, or `make bench`)")
+        return 2
+    if find_program("curl") is None:
+        log("curl not found")
+        return 2
+    aria2c = find_program("aria2c")
+    venv_bin = Path(sys.executable).parent
+    venv_python = str(venv_bin / "python") if (venv_bin / "python").exists() else sys.executable
+    if not (venv_bin / "openbits").exists():
+        log(f"{venv_bin / 'openbits'} not found: run this with the project's venv python (make venv)")
+        return 2
+
+    args.work_parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench_1g-", dir=args.work_parent)).resolve()
+    www, dl, logs_dir = work / "www", work / "dl", work / "logs"
+    for d in (www, dl, logs_dir):
+        d.mkdir()
+    services = Services(work, nginx, venv_python, args.daemon_env)
+    runner = Runner(services, dl, logs_dir)
+    failures: list[str] = []
+    runs: list[Run] = []
+    cases: list[Case] = []
+    vers: dict[str, str] = {}
+    daemon_rc: int | None = None
+    interrupted = False
+    machine = machine_info(work)
+    fs = machine["work_fs"]
+    try:
+        with exit_on_signals():
+            try:
+                log(
+                    f"machine: nproc {machine['nproc']} ({machine['cpu_model']}), {machine['mem_gib']} GiB, "
+                    f"kernel {machine['kernel']}, {machine['os']}"
+                )
+                log(f"work dir: {work} on {fs['type']} ({fs['device']} at {fs['mount']})")
+                vers = versions(nginx, aria2c, venv_python)
+                log("versions: " + "; ".join(f"{k}: {v}" for k, v in vers.items()))
+                log(f"writing {args.size} random bytes ...")
+                source_sha = write_source(www / "test.bin", args.size)
+                untimed_sync()
+                url = services.start_nginx("/test.bin", args.size)
+                log(f"nginx serving {url}")
+                services.start_daemon()
+                log(f"openbits daemon on {services.socket}")
+                if args.daemon_env:
+                    log("daemon environment: " + " ".join(f"{k}={v}" for k, v in args.daemon_env.items()))
+                if "aria2c" in args.cases and aria2c is None:
+                    log("aria2c not installed: case skipped")
+                cases = [
+                    c for c in make_cases(url, venv_bin, services.socket, aria2c) if c.name in args.cases
+                ]
+                log(
+                    f"{args.warmup} warm-up + {args.runs} counted run(s) per case, round-robin: "
+                    + ", ".join(c.name for c in cases)
+                )
+                run_rounds(args, cases, runner, source_sha, runs, failures)
+            except BenchError as e:
+                failures.append(str(e))
+            except (KeyboardInterrupt, SystemExit):
+                interrupted = True
+                log("interrupted: cleaning up")
+            finally:
+                runner.kill_current()
+                daemon_started = services.daemon is not None
+                daemon_rc = services.stop_daemon()
+                services.stop_nginx()
+                services.close_logs()
+                if daemon_started and daemon_rc != 0 and not interrupted:
+                    failures.append(
+                        f"openbits serve exited with {daemon_rc} after SIGTERM (expected 0):\n"
+                        f"{tail(services.daemon_log)}"
+                    )
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    if interrupted:
+        return 130
+
+    summaries = summarize(runs, cases, args.size)
+    if summaries and failures:
+        log("\nWARNING: the run did not finish cleanly; the figures below may be incomplete")
+    ratios = print_report(args, machine, summaries, daemon_rc) if summaries else {}
+    result = {
+        "benchmark": "bench_1g",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "args": {
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "size": args.size,
+            "cases": args.cases,
+            "daemon_env": args.daemon_env,
+        },
+        "machine": machine,
+        "versions": vers,
+        "summary": [asdict(s) for s in summaries],
+        "ratios": ratios,
+        "runs": [asdict(r) for r in runs],
+        "daemon_exit_status": daemon_rc,
+        "failures": failures,
+        "ok": not failures,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"results: {args.json}")
+    for f in failures:
+        log(f"FAILED: {f}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

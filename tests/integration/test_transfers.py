@@ -1,0 +1,301 @@
+"""Downloads against real nginx and an in-process fault server, through a real daemon.
+
+Covers resume after SIGKILL, content changing between interruption and resume,
+HTTP errors, connection failures, servers that close mid-body or ignore Range,
+lying servers, and local (file://) sources.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from openbits.model import JobState
+from tests.support.daemon import Daemon, wait_until
+from tests.support.faults import (
+    CloseMidBody,
+    FaultServer,
+    IgnoreRange,
+    Sequence,
+    Serve,
+    Status,
+    WrongContentRange,
+)
+from tests.support.fixtures import make_file, sha256_file
+from tests.support.nginx import Nginx
+
+MiB = 1024 * 1024
+
+
+def temp_files(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if p.name.startswith(".BIT") and p.name.endswith(".tmp")]
+
+
+def start_job(daemon: Daemon, url: str, local: Path, **props: object) -> str:
+    client = daemon.client
+    job = client.create_job(DisplayName=local.name)
+    if props:
+        client.set_properties(job, **props)
+    client.add_file(job, url, str(local))
+    client.resume(job)
+    return job
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sigkill_mid_download_resumes_with_range(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    size = 6 * MiB + 123
+    digest = make_file(nginx.www, "kill/big.bin", size, seed=11)
+    url = f"{nginx.url}/slow/kill/big.bin"  # 1 MB/s: the daemon is killed mid-body
+    local = dest / "big.bin"
+    job = start_job(daemon, url, local)
+    wait_until(lambda: daemon.job(job)["BytesTransferred"] >= 2 * MiB, 20, "2 MiB checkpointed")
+    daemon.kill()
+    assert temp_files(dest), "the temporary file survives the kill"
+    assert not local.exists()
+
+    daemon.start()
+    instance = daemon.job(job)
+    assert instance["State"] in (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING, JobState.TRANSFERRED)
+    assert instance["BytesTransferred"] >= 2 * MiB, "no checkpointed byte is lost across SIGKILL"
+    daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+    assert daemon.client.complete(job) == 0
+    assert sha256_file(local) == digest
+    assert not temp_files(dest)
+    ranges = [r for r in nginx.requests() if r["uri"] == "/slow/kill/big.bin" and r["range"]]
+    assert ranges, "the resumed request carried a Range header"
+    start = int(ranges[-1]["range"].split("=")[1].split("-")[0])
+    assert start >= 2 * MiB
+    assert ranges[-1]["if_range"], "the resumed request carried If-Range"
+    assert ranges[-1]["status"] == 206
+
+
+def test_content_changed_between_interruption_and_resume(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    size = 5 * MiB
+    make_file(nginx.www, "change/file.bin", size, seed=1)
+    url = f"{nginx.url}/slow/change/file.bin"
+    local = dest / "file.bin"
+    job = start_job(daemon, url, local)
+    wait_until(lambda: daemon.job(job)["BytesTransferred"] >= MiB, 20, "1 MiB checkpointed")
+    daemon.kill()
+
+    new_digest = make_file(nginx.www, "change/file.bin", size, seed=2)  # same size, new content
+    future = time.time() + 100
+    os.utime(nginx.www / "change/file.bin", (future, future))  # new ETag and Last-Modified
+
+    daemon.start()
+    daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+    assert daemon.client.complete(job) == 0
+    assert sha256_file(local) == new_digest
+    assert abs(local.stat().st_mtime - future) < 2, "the server's Last-Modified becomes the mtime"
+    resumed = [r for r in nginx.requests() if r["uri"] == "/slow/change/file.bin" and r["if_range"]]
+    assert resumed and resumed[-1]["status"] == 200, "a stale If-Range gets the whole new file"
+
+
+def test_suspend_change_resume_restarts_from_zero(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    make_file(nginx.www, "suspend/f.bin", 4 * MiB, seed=3)
+    local = dest / "f.bin"
+    job = start_job(daemon, f"{nginx.url}/slow/suspend/f.bin", local)
+    wait_until(lambda: daemon.job(job)["BytesTransferred"] >= MiB, 20, "1 MiB checkpointed")
+    daemon.client.suspend(job)
+    assert daemon.job(job)["State"] == JobState.SUSPENDED
+    digest = make_file(nginx.www, "suspend/f.bin", 3 * MiB, seed=4)  # a different size too
+    daemon.client.resume(job)
+    done = daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+    assert done["BytesTotal"] == 3 * MiB
+    daemon.client.complete(job)
+    assert sha256_file(local) == digest
+
+
+def test_404_is_fatal_with_remote_file_context(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    job = start_job(daemon, f"{nginx.url}/does/not/exist.bin", dest / "x.bin")
+    daemon.wait_state(job, JobState.ERROR)
+    err = daemon.client.get_error(job)
+    assert err["ErrorCode"] == 0x80190194
+    assert err["Name"] == "BG_E_HTTP_ERROR_404"
+    assert err["ErrorContext"] == 5
+    assert err["ReturnValue"] == 0
+    assert err["ContextDescription"] and err["ErrorDescription"]
+    assert daemon.job(job)["TransientErrorCount"] == 0
+
+
+def test_connection_refused_is_transient_then_error_after_no_progress_timeout(
+    daemon: Daemon, dest: Path
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/file.bin"
+    job = start_job(daemon, url, dest / "x.bin", NoProgressTimeout=2)
+    daemon.wait_state(job, JobState.TRANSIENT_ERROR)
+    err = daemon.client.get_error(job)
+    assert err["ErrorCode"] == 0x8020002D  # BG_E_CONNECT_FAILURE
+    assert err["ErrorContext"] == 6  # GENERAL_TRANSPORT
+    assert daemon.job(job)["TransientErrorCount"] == 1
+    # MinimumRetryDelay (>= 5 s) is longer than NoProgressTimeout: ERROR without retry.
+    daemon.wait_state(job, JobState.ERROR, timeout=10)
+    assert daemon.client.get_error(job)["ErrorCode"] == 0x8020002D
+
+
+def test_no_progress_timeout_zero_makes_every_error_fatal(daemon: Daemon, dest: Path) -> None:
+    job = start_job(daemon, f"http://127.0.0.1:{free_port()}/f", dest / "x.bin", NoProgressTimeout=0)
+    daemon.wait_state(job, JobState.ERROR)
+    assert daemon.job(job)["TransientErrorCount"] == 0
+
+
+def test_transient_error_is_retried_after_minimum_retry_delay(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    data = random.Random(5).randbytes(300_000)
+    fault_server.routes["/f"] = Sequence(Status(503, headers={"Retry-After": "1"}), Serve(data))
+    local = dest / "f.bin"
+    job = start_job(daemon, f"{fault_server.url}/f", local, MinimumRetryDelay=5)
+    daemon.wait_state(job, JobState.TRANSIENT_ERROR)
+    err = daemon.client.get_error(job)
+    assert err["ErrorCode"] == 0x801901F7  # BG_E_HTTP_ERROR_503
+    assert err["ErrorContext"] == 5
+    daemon.wait_state(job, JobState.TRANSFERRED, timeout=15)  # retried on its own
+    assert daemon.job(job)["TransientErrorCount"] == 1
+    daemon.client.complete(job)
+    assert local.read_bytes() == data
+
+
+def test_server_closing_mid_body_is_transient_and_resume_continues(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    data = random.Random(6).randbytes(2 * MiB)
+    fault_server.routes["/f"] = CloseMidBody(data, after=MiB + 7)
+    local = dest / "f.bin"
+    job = start_job(daemon, f"{fault_server.url}/f", local)
+    daemon.wait_state(job, JobState.TRANSIENT_ERROR)
+    err = daemon.client.get_error(job)
+    assert err["ErrorCode"] == 0x8020002E  # BG_E_CONNECTION_CLOSED
+    assert err["ErrorContext"] == 6
+    instance = daemon.job(job)
+    assert instance["TransientErrorCount"] == 1
+    assert instance["BytesTransferred"] == MiB + 7, "bytes that arrived are kept"
+    daemon.client.resume(job)  # retry at once instead of after MinimumRetryDelay
+    daemon.wait_state(job, JobState.TRANSFERRED)
+    daemon.client.complete(job)
+    assert local.read_bytes() == data
+    ranged = [r for r in fault_server.requests if "range" in r["headers"]]
+    assert ranged and ranged[-1]["headers"]["range"] == f"bytes={MiB + 7}-"
+
+
+def test_200_answer_to_a_ranged_request_restarts_the_file(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    data = random.Random(7).randbytes(MiB)
+    fault_server.routes["/f"] = Sequence(CloseMidBody(data, after=400_000), IgnoreRange(data))
+    local = dest / "f.bin"
+    job = start_job(daemon, f"{fault_server.url}/f", local)
+    daemon.wait_state(job, JobState.TRANSIENT_ERROR)
+    daemon.client.resume(job)
+    done = daemon.wait_state(job, JobState.TRANSFERRED)
+    assert done["BytesTransferred"] == MiB
+    daemon.client.complete(job)
+    assert local.read_bytes() == data, "a 200 body is never appended to the partial file"
+
+
+def test_wrong_content_range_is_an_invalid_server_response(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    data = random.Random(8).randbytes(MiB)
+    fault_server.routes["/f"] = Sequence(CloseMidBody(data, after=300_000), WrongContentRange(data))
+    local = dest / "f.bin"
+    job = start_job(daemon, f"{fault_server.url}/f", local)
+    daemon.wait_state(job, JobState.TRANSIENT_ERROR)
+    daemon.client.resume(job)
+    daemon.wait_state(job, JobState.ERROR)
+    err = daemon.client.get_error(job)
+    assert err["ErrorCode"] == 0x8020001B  # BG_E_INVALID_SERVER_RESPONSE
+    assert err["ErrorContext"] == 5
+    assert not local.exists()
+    daemon.client.cancel(job)
+    assert not temp_files(dest), "Cancel deletes the temporary files"
+
+
+def test_several_files_in_order_and_https(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    digests = [make_file(nginx.www, f"multi/{i}.bin", 100_000 * (i + 1), seed=20 + i) for i in range(3)]
+    client = daemon.client
+    job = client.create_job(DisplayName="multi")
+    for i in range(3):
+        client.add_file(job, f"{nginx.url}/multi/{i}.bin", str(dest / f"{i}.bin"))
+    client.add_file(job, "file://" + str(nginx.www / "multi/0.bin"), str(dest / "local0.bin"))
+    client.add_file(job, str(nginx.www / "multi/1.bin"), str(dest / "local1.bin"))
+    client.resume(job)
+    done = daemon.wait_state(job, JobState.TRANSFERRED)
+    assert done["FilesTransferred"] == done["FilesTotal"] == 5
+    assert all(f["Completed"] for f in done["Files"])
+    assert client.complete(job) == 0
+    for i in range(3):
+        assert sha256_file(dest / f"{i}.bin") == digests[i]
+    assert sha256_file(dest / "local0.bin") == digests[0]
+    assert sha256_file(dest / "local1.bin") == digests[1]
+
+
+def test_https_with_an_untrusted_certificate_is_an_error(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    make_file(nginx.www, "tls/f.bin", 1000, seed=9)
+    job = start_job(daemon, f"{nginx.https_url}/tls/f.bin", dest / "f.bin")
+    daemon.wait_state(job, JobState.ERROR)
+    assert daemon.client.get_error(job)["ErrorCode"] == 0x8020003C  # BG_E_TRUST_FAILURE
+
+
+def test_https_download_with_a_trusted_ca(tmp_path: Path, nginx: Nginx, dest: Path) -> None:
+    digest = make_file(nginx.www, "tls/ok.bin", 500_000, seed=10)
+    d = Daemon(tmp_path / "state-tls")
+    os.environ["SSL_CERT_FILE"] = str(nginx.ca_path)
+    try:
+        d.start()
+    finally:
+        del os.environ["SSL_CERT_FILE"]
+    try:
+        job = start_job(d, f"{nginx.https_url}/tls/ok.bin", dest / "ok.bin")
+        d.wait_state(job, JobState.TRANSFERRED)
+        d.client.complete(job)
+        assert sha256_file(dest / "ok.bin") == digest
+    finally:
+        d.stop()
+
+
+def test_missing_local_source_is_an_error(daemon: Daemon, dest: Path, tmp_path: Path) -> None:
+    job = start_job(daemon, str(tmp_path / "nope.bin"), dest / "x.bin")
+    daemon.wait_state(job, JobState.ERROR)
+    err = daemon.client.get_error(job)
+    assert err["ErrorCode"] == 0x80070002
+    assert err["ErrorContext"] == 5
+
+
+def test_cancel_mid_transfer_deletes_temporary_files(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    make_file(nginx.www, "cancel/f.bin", 4 * MiB, seed=12)
+    job = start_job(daemon, f"{nginx.url}/slow/cancel/f.bin", dest / "f.bin")
+    wait_until(lambda: temp_files(dest), 10, "a temporary file")
+    assert daemon.client.cancel(job) == 0
+    assert not temp_files(dest)
+    assert not (dest / "f.bin").exists()
+    assert daemon.job(job)["State"] == JobState.CANCELLED
+
+
+def test_sigterm_stops_cleanly_and_jobs_survive(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    make_file(nginx.www, "term/f.bin", 3 * MiB, seed=13)
+    job = start_job(daemon, f"{nginx.url}/slow/term/f.bin", dest / "f.bin")
+    wait_until(lambda: daemon.job(job)["BytesTransferred"] > 0, 10, "progress")
+    assert daemon.stop() == 0
+    assert not os.path.exists(daemon.socket)
+    daemon.start()
+    daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+
+
+@pytest.mark.parametrize("size", [0, 1])
+def test_tiny_files(daemon: Daemon, nginx: Nginx, dest: Path, size: int) -> None:
+    make_file(nginx.www, f"tiny/{size}.bin", size)
+    job = start_job(daemon, f"{nginx.url}/tiny/{size}.bin", dest / "t.bin")
+    daemon.wait_state(job, JobState.TRANSFERRED)
+    daemon.client.complete(job)
+    assert (dest / "t.bin").stat().st_size == size

@@ -1,0 +1,305 @@
+"""Unit tests of openbits.errors: HRESULT values, names, HTTP mapping and the BitsError tree."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from openbits.errors import (
+    MESSAGES,
+    TRANSIENT_HTTP_STATUSES,
+    AccessDenied,
+    BitsError,
+    EmptyJob,
+    ErrorInformationUnavailable,
+    HResult,
+    InvalidArgument,
+    InvalidState,
+    LimitExceeded,
+    NotFound,
+    NotImplementedValue,
+    PathNotFound,
+    ReadOnlyProperty,
+    RequestTooLarge,
+    StringTooLong,
+    TransferError,
+    TransientTransferError,
+    api_http_status,
+    hresult_message,
+    hresult_name,
+    http_status_hresult,
+    is_success,
+)
+from openbits.model import ErrorContext
+
+BITS_SPEC = Path("/work/shared/reference/bits-spec.md")
+# A table row: | 0x80200001 | BG_E_NOT_FOUND | ...  (cells may be wrapped in **bold**)
+_ROW = re.compile(r"^\|\s*\**(0x[0-9A-Fa-f]{8})\**\s*\|\s*\**([A-Z][A-Z0-9_]+)\**")
+# The HTTP statuses that have a named BG_E_HTTP_ERROR_xxx constant (bits-spec §2.12).
+NAMED_HTTP_STATUSES = [
+    *(100, 101, 200, 201, 202, 203, 204, 205, 206),
+    *(300, 301, 302, 303, 304, 305, 307),
+    *range(400, 418),
+    449,
+    *range(500, 506),
+]
+
+
+def spec_hresults() -> list[tuple[int, str]]:
+    """(value, name) for every row of the tables of bits-spec §2.11."""
+    text = BITS_SPEC.read_text(encoding="utf-8")
+    start = text.index("### 2.11")
+    end = text.index("### 2.12", start)
+    rows = []
+    for line in text[start:end].splitlines():
+        m = _ROW.match(line)
+        if m:
+            rows.append((int(m.group(1), 16), m.group(2)))
+    return rows
+
+
+@pytest.mark.skipif(not BITS_SPEC.exists(), reason="bits-spec.md is not available")
+def test_every_hresult_of_bits_spec_2_11_is_present_with_its_value() -> None:
+    rows = spec_hresults()
+    assert len(rows) > 100, "the table parser found too few rows"
+    missing = [name for _, name in rows if name not in HResult.__members__]
+    assert not missing, f"missing HRESULTs: {missing}"
+    wrong = [(name, f"0x{value:08X}", HResult[name].hex) for value, name in rows if HResult[name] != value]
+    assert not wrong, f"wrong values: {wrong}"
+
+
+@pytest.mark.skipif(not BITS_SPEC.exists(), reason="bits-spec.md is not available")
+def test_every_bits_spec_hresult_has_a_message() -> None:
+    for value, name in spec_hresults():
+        assert value in MESSAGES, name
+        assert MESSAGES[value], name
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("S_OK", 0x00000000),
+        ("E_FAIL", 0x80004005),
+        ("E_INVALIDARG", 0x80070057),
+        ("E_ACCESSDENIED", 0x80070005),
+        ("E_NOTIMPL", 0x80004001),
+        ("HRESULT_PATH_NOT_FOUND", 0x80070003),
+        ("HRESULT_DISK_FULL", 0x80070070),
+        ("WBEM_E_INVALID_QUERY", 0x80041017),
+        ("BG_E_NOT_FOUND", 0x80200001),
+        ("BG_E_INVALID_STATE", 0x80200002),
+        ("BG_E_EMPTY", 0x80200003),
+        ("BG_E_ERROR_INFORMATION_UNAVAILABLE", 0x8020000F),
+        ("BG_E_STRING_TOO_LONG", 0x80200021),
+        ("BG_E_READ_ONLY_PROPERTY", 0x80200058),
+        ("BG_E_INVALID_SERVER_RESPONSE", 0x8020001B),
+        ("BG_S_PARTIAL_COMPLETE", 0x00200017),
+    ],
+)
+def test_well_known_hresult_values(name: str, value: int) -> None:
+    assert HResult[name] == value
+
+
+def test_hresult_values_are_unique() -> None:
+    values = [int(m) for m in HResult.__members__.values()]
+    assert len(values) == len(set(values)), "two HResult names share a value (an alias)"
+
+
+def test_every_hresult_has_a_message() -> None:
+    assert {int(h) for h in HResult} == set(MESSAGES)
+
+
+def test_hresult_hex_property() -> None:
+    assert HResult.BG_E_NOT_FOUND.hex == "0x80200001"
+    assert HResult.S_OK.hex == "0x00000000"
+
+
+# -- HTTP statuses (bits-spec §2.12) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "hresult"),
+    [(404, 0x80190194), (416, 0x801901A0), (503, 0x801901F7), (100, 0x80190064), (429, 0x801901AD)],
+)
+def test_http_status_hresult(status: int, hresult: int) -> None:
+    assert http_status_hresult(status) == hresult
+
+
+@pytest.mark.parametrize("status", NAMED_HTTP_STATUSES)
+def test_named_http_error_constants(status: int) -> None:
+    member = HResult[f"BG_E_HTTP_ERROR_{status}"]
+    assert member == 0x80190000 + status
+    assert hresult_name(member) == f"BG_E_HTTP_ERROR_{status}"
+
+
+@pytest.mark.parametrize("status", [306, 418, 429, 451, 506, 599])
+def test_hresult_name_of_unnamed_http_statuses(status: int) -> None:
+    assert hresult_name(http_status_hresult(status)) == f"BG_E_HTTP_ERROR_{status}"
+    assert str(status) in hresult_message(http_status_hresult(status))
+
+
+def test_hresult_name_of_unknown_code_is_hex() -> None:
+    assert hresult_name(0x8000FFFF) == "0x8000FFFF"
+    assert hresult_name(0x12345678) == "0x12345678"
+
+
+def test_hresult_name_accepts_signed_values() -> None:
+    # 0x80200002 read as a signed 32-bit HRESULT
+    assert hresult_name(0x80200002 - 2**32) == "BG_E_INVALID_STATE"
+
+
+def test_hresult_message_of_unknown_code() -> None:
+    assert hresult_message(0x8000FFFF) == "unknown error"
+    assert hresult_message(HResult.BG_E_NOT_FOUND) == "job not found"
+
+
+@pytest.mark.parametrize(
+    ("code", "success"),
+    [(0, True), (HResult.BG_S_PARTIAL_COMPLETE, True), (HResult.E_FAIL, False), (0x80190194, False)],
+)
+def test_is_success(code: int, success: bool) -> None:
+    assert is_success(code) is success
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504, 506, 507, 599])
+def test_transient_http_statuses(status: int) -> None:
+    assert status in TRANSIENT_HTTP_STATUSES
+
+
+@pytest.mark.parametrize(
+    "status", [200, 206, 301, 304, 400, 401, 403, 404, 407, 410, 411, 416, 428, 430, 501, 505, 600]
+)
+def test_fatal_http_statuses(status: int) -> None:
+    assert status not in TRANSIENT_HTTP_STATUSES
+
+
+def test_transient_http_statuses_exact_set() -> None:
+    assert frozenset({408, 409, 429, *range(500, 600)} - {501, 505}) == TRANSIENT_HTTP_STATUSES
+
+
+# -- API status mapping (SPEC §6) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hresult", "status"),
+    [
+        (HResult.E_INVALIDARG, 400),
+        (HResult.E_NOTIMPL, 400),
+        (HResult.BG_E_STRING_TOO_LONG, 400),
+        (HResult.WBEM_E_INVALID_QUERY, 400),
+        (HResult.HRESULT_PATH_NOT_FOUND, 400),
+        (HResult.BG_E_READ_ONLY_PROPERTY, 400),
+        (HResult.E_ACCESSDENIED, 403),
+        (HResult.BG_E_NOT_FOUND, 404),
+        (HResult.BG_E_INVALID_STATE, 409),
+        (HResult.BG_E_EMPTY, 409),
+        (HResult.BG_E_ERROR_INFORMATION_UNAVAILABLE, 409),
+        (HResult.BG_E_TOO_MANY_JOBS_PER_USER, 409),
+        (HResult.BG_E_TOO_MANY_JOBS_PER_MACHINE, 409),
+        (HResult.BG_E_TOO_MANY_FILES_IN_JOB, 409),
+        (HResult.BG_E_TOO_MANY_FILES, 409),
+        (HResult.HRESULT_REQUEST_TOO_LARGE, 413),
+        (HResult.E_FAIL, 500),
+    ],
+    ids=lambda v: v.name if isinstance(v, HResult) else str(v),
+)
+def test_api_http_status(hresult: HResult, status: int) -> None:
+    assert api_http_status(hresult) == status
+
+
+def test_api_http_status_accepts_signed_values() -> None:
+    assert api_http_status(int(HResult.BG_E_NOT_FOUND) - 2**32) == 404
+
+
+# -- BitsError -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hresult", "cls"),
+    [
+        (HResult.E_INVALIDARG, InvalidArgument),
+        (HResult.E_NOTIMPL, NotImplementedValue),
+        (HResult.E_ACCESSDENIED, AccessDenied),
+        (HResult.HRESULT_PATH_NOT_FOUND, PathNotFound),
+        (HResult.BG_E_STRING_TOO_LONG, StringTooLong),
+        (HResult.BG_E_READ_ONLY_PROPERTY, ReadOnlyProperty),
+        (HResult.BG_E_NOT_FOUND, NotFound),
+        (HResult.BG_E_INVALID_STATE, InvalidState),
+        (HResult.BG_E_EMPTY, EmptyJob),
+        (HResult.BG_E_ERROR_INFORMATION_UNAVAILABLE, ErrorInformationUnavailable),
+        (HResult.BG_E_TOO_MANY_JOBS_PER_USER, LimitExceeded),
+        (HResult.BG_E_TOO_MANY_JOBS_PER_MACHINE, LimitExceeded),
+        (HResult.BG_E_TOO_MANY_FILES_IN_JOB, LimitExceeded),
+        (HResult.HRESULT_REQUEST_TOO_LARGE, RequestTooLarge),
+    ],
+    ids=lambda v: v.name if isinstance(v, HResult) else v.__name__,
+)
+def test_from_hresult_rebuilds_the_subclass(hresult: HResult, cls: type[BitsError]) -> None:
+    err = BitsError.from_hresult(int(hresult), "boom", ErrorContext.LOCAL_FILE)
+    assert type(err) is cls
+    assert err.hresult == hresult
+    assert err.name == hresult.name
+    assert err.message == "boom"
+    assert err.context is ErrorContext.LOCAL_FILE
+
+
+def test_from_hresult_of_unmapped_code_is_plain_bits_error() -> None:
+    err = BitsError.from_hresult(0x80190194)
+    assert type(err) is BitsError
+    assert err.hresult == 0x80190194
+    assert err.name == "BG_E_HTTP_ERROR_404"
+    assert err.context is ErrorContext.NONE
+    assert err.message == "the server returned HTTP status 404"
+
+
+def test_from_hresult_accepts_signed_values() -> None:
+    err = BitsError.from_hresult(int(HResult.BG_E_INVALID_STATE) - 2**32)
+    assert type(err) is InvalidState
+    assert err.hresult == 0x80200002
+
+
+@pytest.mark.parametrize(
+    ("cls", "hresult"),
+    [
+        (BitsError, HResult.E_FAIL),
+        (InvalidArgument, HResult.E_INVALIDARG),
+        (NotImplementedValue, HResult.E_NOTIMPL),
+        (AccessDenied, HResult.E_ACCESSDENIED),
+        (PathNotFound, HResult.HRESULT_PATH_NOT_FOUND),
+        (StringTooLong, HResult.BG_E_STRING_TOO_LONG),
+        (NotFound, HResult.BG_E_NOT_FOUND),
+        (InvalidState, HResult.BG_E_INVALID_STATE),
+        (EmptyJob, HResult.BG_E_EMPTY),
+        (ErrorInformationUnavailable, HResult.BG_E_ERROR_INFORMATION_UNAVAILABLE),
+        (RequestTooLarge, HResult.HRESULT_REQUEST_TOO_LARGE),
+    ],
+    ids=lambda v: v.name if isinstance(v, HResult) else v.__name__,
+)
+def test_subclass_default_hresults(cls: type[BitsError], hresult: HResult) -> None:
+    err = cls()
+    assert err.hresult == hresult
+    assert err.message == MESSAGES[hresult]
+    assert err.context is ErrorContext.GENERAL_QUEUE_MANAGER
+    assert not err.transient
+
+
+def test_bits_error_str_and_hex() -> None:
+    err = InvalidState("Resume is not allowed")
+    assert err.hex == "0x80200002"
+    assert str(err) == "0x80200002 BG_E_INVALID_STATE: Resume is not allowed"
+
+
+def test_transient_flag() -> None:
+    assert TransientTransferError().transient is True
+    assert TransferError().transient is False
+    assert TransferError(transient=True).transient is True
+    assert TransientTransferError(transient=False).transient is False
+    # the class attribute is not changed by an instance override
+    assert TransferError.transient is False
+
+
+def test_retry_after_is_carried() -> None:
+    assert TransientTransferError(retry_after_s=12.5).retry_after_s == 12.5
+    assert BitsError().retry_after_s is None

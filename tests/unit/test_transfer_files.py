@@ -1,0 +1,393 @@
+"""Unit tests of openbits.transfer.files: destination checks, temporary files, publish, errno mapping."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openbits.errors import (
+    AccessDenied,
+    HResult,
+    InvalidArgument,
+    PathNotFound,
+    TransferError,
+    TransientTransferError,
+)
+from openbits.model import ErrorContext
+from openbits.transfer import files
+from openbits.transfer.files import (
+    check_destination,
+    create_temp,
+    http_date_to_unix,
+    local_error,
+    local_source_path,
+    publish,
+    remove_quietly,
+    translating,
+)
+
+UID = os.geteuid()
+GID = os.getegid()
+OTHER_UID = 65534 if UID != 65534 else 65533  # a user that is not us (nobody)
+OTHER_GID = 65534 if GID != 65534 else 65533
+TEMP_NAME = re.compile(r"^\.BIT[0-9A-F]{8}\.tmp$")
+is_root = UID == 0
+
+
+# -- check_destination -----------------------------------------------------------------------
+
+
+def test_check_destination_writable_directory_is_ok(tmp_path: Path) -> None:
+    check_destination(str(tmp_path / "new.bin"), UID, GID)
+
+
+def test_check_destination_existing_file_is_ok(tmp_path: Path) -> None:
+    (tmp_path / "old.bin").write_bytes(b"x")
+    check_destination(str(tmp_path / "old.bin"), UID, GID)
+
+
+def test_check_destination_missing_directory_is_path_not_found(tmp_path: Path) -> None:
+    with pytest.raises(PathNotFound) as info:
+        check_destination(str(tmp_path / "missing" / "file.bin"), UID, GID)
+    assert info.value.hresult == 0x80070003
+
+
+def test_check_destination_file_used_as_directory_is_path_not_found(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_bytes(b"x")
+    with pytest.raises(PathNotFound) as info:
+        check_destination(str(tmp_path / "plain" / "file.bin"), UID, GID)
+    assert info.value.hresult == HResult.HRESULT_PATH_NOT_FOUND
+
+
+def test_check_destination_below_a_file_is_path_not_found(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_bytes(b"x")
+    with pytest.raises(PathNotFound):
+        check_destination(str(tmp_path / "plain" / "sub" / "file.bin"), UID, GID)
+
+
+def test_check_destination_existing_directory_as_local_file_is_invalid_argument(tmp_path: Path) -> None:
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(InvalidArgument) as info:
+        check_destination(str(tmp_path / "adir"), UID, GID)
+    assert info.value.hresult == HResult.E_INVALIDARG
+
+
+@pytest.mark.skipif(is_root, reason="root may write anywhere")
+def test_check_destination_unwritable_directory_is_access_denied(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(AccessDenied) as info:
+            check_destination(str(locked / "file.bin"), UID, GID)
+        assert info.value.hresult == HResult.E_ACCESSDENIED
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory that every user can reach (unlike tmp_path, whose ancestor is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="openbits-unit-", dir="/tmp"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_check_destination_for_another_owner_uses_the_mode_bits(public_dir: Path) -> None:
+    d = public_dir / "shared"
+    d.mkdir()
+    d.chmod(0o755)
+    with pytest.raises(AccessDenied) as info:
+        check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
+    assert info.value.hresult == HResult.E_ACCESSDENIED
+    d.chmod(0o777)
+    check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
+
+
+def test_check_destination_for_another_owner_needs_search_permission(public_dir: Path) -> None:
+    d = public_dir / "noexec"
+    d.mkdir()
+    d.chmod(0o776)  # others may write but not search
+    with pytest.raises(AccessDenied):
+        check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: files.py:100-107 (check_destination) checks only the mode bits of the last "
+    "directory for another owner, not search permission on its ancestors: a root daemon "
+    "lets a user write into a 0777 directory below a 0700 one they cannot reach",
+)
+def test_check_destination_for_another_owner_needs_search_permission_on_ancestors(public_dir: Path) -> None:
+    hidden = public_dir / "hidden"
+    hidden.mkdir()
+    hidden.chmod(0o700)  # only we may pass
+    inner = hidden / "open"
+    inner.mkdir()
+    inner.chmod(0o777)
+    with pytest.raises(AccessDenied):
+        check_destination(str(inner / "file.bin"), OTHER_UID, OTHER_GID)
+
+
+@pytest.mark.skipif(not is_root, reason="needs root to give a directory to another user")
+def test_check_destination_for_the_directory_owner_uses_owner_bits(public_dir: Path) -> None:
+    d = public_dir / "owned"
+    d.mkdir()
+    os.chown(d, OTHER_UID, OTHER_GID)
+    d.chmod(0o700)
+    check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
+    d.chmod(0o077)  # everyone but the owner
+    with pytest.raises(AccessDenied):
+        check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
+
+
+# -- temporary files -------------------------------------------------------------------------
+
+
+def test_new_temp_name_pattern() -> None:
+    for _ in range(100):
+        assert TEMP_NAME.match(files.new_temp_name())
+
+
+def test_create_temp_name_and_mode(tmp_path: Path) -> None:
+    name, fd = create_temp(str(tmp_path), UID, GID)
+    try:
+        assert TEMP_NAME.match(name), name
+        st = os.fstat(fd)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        assert st.st_size == 0
+        assert (tmp_path / name).exists()
+        os.write(fd, b"data")
+    finally:
+        os.close(fd)
+    assert (tmp_path / name).read_bytes() == b"data"
+
+
+def test_create_temp_names_are_unique(tmp_path: Path) -> None:
+    names = set()
+    for _ in range(20):
+        name, fd = create_temp(str(tmp_path), UID, GID)
+        os.close(fd)
+        names.add(name)
+    assert len(names) == 20
+
+
+def test_create_temp_never_opens_an_existing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = ".BIT00000000.tmp"
+    (tmp_path / taken).write_bytes(b"someone else's data")
+    names = iter([taken, taken, ".BIT0000BEEF.tmp"])
+    monkeypatch.setattr(files, "new_temp_name", lambda: next(names))
+    name, fd = create_temp(str(tmp_path), UID, GID)
+    os.close(fd)
+    assert name == ".BIT0000BEEF.tmp"
+    assert (tmp_path / taken).read_bytes() == b"someone else's data"
+
+
+def test_create_temp_gives_up_when_every_name_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".BIT00000000.tmp").write_bytes(b"")
+    monkeypatch.setattr(files, "new_temp_name", lambda: ".BIT00000000.tmp")
+    with pytest.raises(TransferError) as info:
+        create_temp(str(tmp_path), UID, GID)
+    assert info.value.context is ErrorContext.LOCAL_FILE
+
+
+def test_create_temp_in_a_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(TransferError) as info:
+        create_temp(str(tmp_path / "missing"), UID, GID)
+    assert info.value.hresult == HResult.HRESULT_PATH_NOT_FOUND
+    assert info.value.context is ErrorContext.LOCAL_FILE
+    assert not info.value.transient
+
+
+@pytest.mark.skipif(not is_root, reason="only root can give files away")
+def test_create_temp_belongs_to_the_job_owner(tmp_path: Path) -> None:
+    _name, fd = create_temp(str(tmp_path), OTHER_UID, OTHER_GID)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    assert (st.st_uid, st.st_gid) == (OTHER_UID, OTHER_GID)
+
+
+def test_open_temp_reopens_without_truncating(tmp_path: Path) -> None:
+    path = tmp_path / ".BIT12345678.tmp"
+    path.write_bytes(b"prefix")
+    fd = files.open_temp(str(path), UID, GID)
+    os.close(fd)
+    assert path.read_bytes() == b"prefix"
+
+
+def test_open_temp_recreates_a_vanished_file(tmp_path: Path) -> None:
+    path = tmp_path / ".BIT12345678.tmp"
+    fd = files.open_temp(str(path), UID, GID)
+    try:
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+    finally:
+        os.close(fd)
+
+
+def test_open_temp_refuses_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_bytes(b"precious")
+    link = tmp_path / ".BIT12345678.tmp"
+    link.symlink_to(target)
+    with pytest.raises(TransferError):
+        files.open_temp(str(link), UID, GID)
+    assert target.read_bytes() == b"precious"
+
+
+# -- publish ---------------------------------------------------------------------------------
+
+LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
+
+
+def test_http_date_to_unix() -> None:
+    assert http_date_to_unix(LAST_MODIFIED) == 1_445_412_480.0
+    assert http_date_to_unix("Thu, 01 Jan 1970 00:00:00 GMT") == 0.0
+
+
+@pytest.mark.parametrize("value", [None, "", "yesterday", "Wed, 99 Foo 2015 07:28:00 GMT"])
+def test_http_date_to_unix_garbage_is_none(value: str | None) -> None:
+    assert http_date_to_unix(value) is None
+
+
+def test_publish_renames_sets_mtime_and_keeps_content(tmp_path: Path) -> None:
+    content = os.urandom(70_000)
+    temp = tmp_path / ".BITAAAAAAAA.tmp"
+    temp.write_bytes(content)
+    temp.chmod(0o600)
+    final = tmp_path / "final.bin"
+    publish(str(temp), str(final), http_date_to_unix(LAST_MODIFIED))
+    assert not temp.exists()
+    assert final.read_bytes() == content
+    assert final.stat().st_mtime == 1_445_412_480.0
+    assert stat.S_IMODE(final.stat().st_mode) == 0o666 & ~files._UMASK
+
+
+def test_publish_without_mtime_keeps_the_current_time(tmp_path: Path) -> None:
+    temp = tmp_path / ".BITAAAAAAAA.tmp"
+    temp.write_bytes(b"abc")
+    before = temp.stat().st_mtime
+    final = tmp_path / "final.bin"
+    publish(str(temp), str(final), None)
+    assert final.read_bytes() == b"abc"
+    assert final.stat().st_mtime == before
+
+
+def test_publish_replaces_an_existing_local_file(tmp_path: Path) -> None:
+    temp = tmp_path / ".BITAAAAAAAA.tmp"
+    temp.write_bytes(b"new")
+    final = tmp_path / "final.bin"
+    final.write_bytes(b"old contents")
+    publish(str(temp), str(final), None)
+    assert final.read_bytes() == b"new"
+
+
+def test_publish_of_a_missing_temp_file(tmp_path: Path) -> None:
+    with pytest.raises(TransferError) as info:
+        publish(str(tmp_path / ".BITAAAAAAAA.tmp"), str(tmp_path / "final.bin"), None)
+    assert info.value.hresult == HResult.HRESULT_PATH_NOT_FOUND
+    assert info.value.context is ErrorContext.LOCAL_FILE
+    assert not (tmp_path / "final.bin").exists()
+
+
+# -- errno mapping ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["ENOSPC", "EDQUOT"])
+def test_local_error_disk_full_is_transient(code: int) -> None:
+    err = local_error(OSError(code, os.strerror(code)), "write")
+    assert isinstance(err, TransientTransferError)
+    assert err.transient is True
+    assert err.hresult == 0x80070070
+    assert err.context is ErrorContext.LOCAL_FILE
+    assert int(err.context) == 4
+
+
+@pytest.mark.parametrize(
+    ("code", "hresult"),
+    [
+        (errno.EACCES, HResult.E_ACCESSDENIED),
+        (errno.EPERM, HResult.E_ACCESSDENIED),
+        (errno.EROFS, HResult.E_ACCESSDENIED),
+        (errno.ENOENT, HResult.HRESULT_PATH_NOT_FOUND),
+        (errno.ENOTDIR, HResult.HRESULT_PATH_NOT_FOUND),
+        (errno.EISDIR, HResult.HRESULT_DIRECTORY),
+        (errno.EIO, HResult.E_FAIL),
+    ],
+    ids=["EACCES", "EPERM", "EROFS", "ENOENT", "ENOTDIR", "EISDIR", "EIO"],
+)
+def test_local_error_fatal_codes(code: int, hresult: HResult) -> None:
+    err = local_error(OSError(code, os.strerror(code)), "open")
+    assert isinstance(err, TransferError)
+    assert not isinstance(err, TransientTransferError)
+    assert err.transient is False
+    assert err.hresult == hresult
+    assert err.context is ErrorContext.LOCAL_FILE
+    assert err.message.startswith("open: ")
+
+
+def test_local_error_eacces_is_e_accessdenied_value() -> None:
+    assert local_error(OSError(errno.EACCES, "denied"), "x").hresult == 0x80070005
+
+
+def test_local_error_enoent_is_path_not_found_value() -> None:
+    assert local_error(OSError(errno.ENOENT, "missing"), "x").hresult == 0x80070003
+
+
+def test_local_error_keeps_a_given_context() -> None:
+    err = local_error(OSError(errno.ENOENT, "missing"), "read", ErrorContext.REMOTE_FILE)
+    assert err.context is ErrorContext.REMOTE_FILE
+
+
+def test_translating_turns_oserror_into_bits_error() -> None:
+    with pytest.raises(TransientTransferError) as info, translating("write"):
+        raise OSError(errno.ENOSPC, "full")
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_translating_lets_other_exceptions_through() -> None:
+    with pytest.raises(KeyError), translating("x"):
+        raise KeyError("k")
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+
+def test_remove_quietly(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"")
+    assert remove_quietly(str(f)) is True
+    assert not f.exists()
+    assert remove_quietly(str(f)) is True
+    assert remove_quietly(None) is True
+    d = tmp_path / "d"
+    d.mkdir()
+    assert remove_quietly(str(d)) is False
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("/srv/a.bin", "/srv/a.bin"),
+        ("file:///srv/a%20b.bin", "/srv/a b.bin"),
+        ("FILE:///srv/x", "/srv/x"),
+        ("file://localhost/srv/x", "/srv/x"),
+        ("http://example.com/x", None),
+        ("https://example.com/x", None),
+    ],
+)
+def test_local_source_path(url: str, path: str | None) -> None:
+    assert local_source_path(url) == path
