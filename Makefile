@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 RUN_DIR := .run
 
-.PHONY: run test venv test-deps lint typecheck unit integration bench clean
+
+.PHONY: run stop test venv test-deps lint typecheck unit integration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,11 @@ venv: $(VENV)/.installed
 ## make run: install into .venv, start the daemon on the embedded SQLite store and show a real transfer.
 run: venv
 	@bash scripts/demo.sh
+
+stop:
+	@if [ -f $(RUN_DIR)/daemon.pid ] && kill $$(cat $(RUN_DIR)/daemon.pid) 2>/dev/null; then \
+		echo "openbits daemon stopped"; else echo "no daemon started by make run"; fi
+	@rm -f $(RUN_DIR)/daemon.pid
 
 ## make test: install what the tests need (Debian's nginx when missing) and run the whole suite.
 test: venv test-deps lint typecheck

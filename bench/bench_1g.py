@@ -857,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
                 interrupted = True
                 log("interrupted: cleaning up")
             finally:
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(signum, signal.SIG_IGN)  # cleanup is bounded by timeouts; finish it
                 runner.kill_current()
                 daemon_started = services.daemon is not None
                 daemon_rc = services.stop_daemon()

@@ -65,11 +65,21 @@ class Config:
         if path:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
-            data = data.get("openbits", data)
-            known = {f.name for f in fields(cls)}
-            unknown = sorted(set(data) - known)
+            if "openbits" in data:
+                if set(data) != {"openbits"} or not isinstance(data["openbits"], dict):
+                    raise ValueError(f"{path}: put every setting under [openbits], or none")
+                data = data["openbits"]
+            defaults = {f.name: f.default for f in fields(cls)}
+            unknown = sorted(set(data) - set(defaults))
             if unknown:
                 raise ValueError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+            for key, value in data.items():
+                expected = type(defaults[key])
+                ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+                if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                    ok = True
+                if not ok:
+                    raise ValueError(f"{path}: {key} must be a {expected.__name__}, not {value!r}")
             values.update(data)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -6,6 +6,7 @@ those of ../shared/reference/bits-spec.md §1-2 and SPEC §1.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
@@ -21,6 +22,7 @@ REMOTE_URL_MAX = 2200
 LOCAL_FILE_MAX = 4095  # PATH_MAX - 1 on Linux, the analogue of MAX_PATH
 MINIMUM_RETRY_DELAY_FLOOR_S = 5
 UINT32_MAX = 0xFFFFFFFF
+_GUID = re.compile(r"\{?([0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12})\}?", re.ASCII)
 
 
 class JobState(IntEnum):
@@ -113,15 +115,12 @@ def unix_ns_from_filetime(filetime: int) -> int:
 def canonical_job_id(value: str | uuid.UUID) -> str:
     """``{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}`` upper-case; raises ValueError."""
     if isinstance(value, uuid.UUID):
-        u = value
-    else:
-        text = value.strip()
-        if text.startswith("{") and text.endswith("}"):
-            text = text[1:-1]
-        if len(text) != 36:
-            raise ValueError(f"not a GUID: {value!r}")
-        u = uuid.UUID(text)
-    return "{" + str(u).upper() + "}"
+        return "{" + str(value).upper() + "}"
+    text = value.strip()
+    m = _GUID.fullmatch(text)
+    if m is None or text.startswith("{") != text.endswith("}"):
+        raise ValueError(f"not a GUID: {value!r}")
+    return "{" + m.group(1).upper() + "}"
 
 
 def new_job_id() -> str:

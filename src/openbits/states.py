@@ -50,8 +50,6 @@ def _table() -> dict[tuple[JobState, Event], JobState]:
         t[(s, Event.COMPLETE)] = S.ACKNOWLEDGED  # download jobs; uploads need TRANSFERRED
         t[(s, Event.ADD_FILE)] = s
         t[(s, Event.SUSPEND)] = S.SUSPENDED
-    # Suspending a TRANSFERRED job changes nothing: there is nothing left to pause.
-    t[(S.TRANSFERRED, Event.SUSPEND)] = S.TRANSFERRED
     # A TRANSFERRED job that receives a file goes back to the queue (LC: allowed).
     t[(S.TRANSFERRED, Event.ADD_FILE)] = S.QUEUED
     t[(S.SUSPENDED, Event.RESUME)] = S.QUEUED

@@ -16,23 +16,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.daemon import CLASS, Daemon, wait_until
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
 
 GUID = r"\{[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}\}"
-BITSADMIN_SCRIPT = Path(sys.executable).parent / "bitsadmin"
 
 
-def run(
-    *args: str, socket_path: str, cwd: Path | None = None, argv0: list[str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def run(*args: str, socket_path: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI with OPENBITS_SOCKET set, optionally in another directory (daemon.cli has no cwd)."""
     env = dict(os.environ, OPENBITS_SOCKET=socket_path)
     return subprocess.run(
-        [*(argv0 or [sys.executable, "-m", "openbits"]), *args],
+        [sys.executable, "-m", "openbits", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -214,29 +209,10 @@ def test_error_shows_the_error_of_a_failed_job(daemon: Daemon, nginx: Nginx, des
 # -- bitsadmin ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(
-            "module",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: src/openbits/cli/bitsadmin.py has no `if __name__ == '__main__': main()`, "
-                "so `python -m openbits.cli.bitsadmin` (daemon.cli prog='bitsadmin') does nothing, exit 0",
-            ),
-        ),
-        "script",
-    ]
-)
-def bitsadmin(request: pytest.FixtureRequest, daemon: Daemon) -> Any:
-    """Run bitsadmin through daemon.cli (``python -m``) or through the installed console script."""
-    if request.param == "module":
-        return lambda *args: daemon.cli(*args, prog="bitsadmin")
-    if not BITSADMIN_SCRIPT.exists():
-        pytest.skip(f"{BITSADMIN_SCRIPT} is not installed")
-    return lambda *args: run(*args, socket_path=daemon.socket, argv0=[str(BITSADMIN_SCRIPT)])
+def test_bitsadmin_basic_session(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    def bitsadmin(*args: str) -> subprocess.CompletedProcess[str]:
+        return daemon.cli(*args, prog="bitsadmin")
 
-
-def test_bitsadmin_basic_session(bitsadmin: Any, daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     digest = make_file(nginx.www, "cli/bitsadmin.bin", 50_000, seed=40)
     out = ok(bitsadmin("/create", "admin job"))
     match = re.fullmatch(r"Created job (" + GUID + r")\.\n", out)

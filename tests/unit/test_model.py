@@ -274,11 +274,6 @@ def test_canonical_job_id_rejects_garbage(text: str) -> None:
         canonical_job_id(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: model.py:121-123 canonical_job_id hands 36-char strings to uuid.UUID, which ignores hyphen "
-    "positions, strips 'urn:'/'uuid:', and int(..., 16) accepts '_' and non-ASCII digits",
-)
 @pytest.mark.parametrize(
     "text",
     [

@@ -117,11 +117,6 @@ def test_rule_any_non_final_suspend_goes_to_suspended(state: JobState) -> None:
     assert states.suspend(state) is S.SUSPENDED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bits-spec §3.2 says 'any non-final | Suspend | SUSPENDED', but states.py:54 keeps "
-    "a TRANSFERRED job TRANSFERRED on Suspend",
-)
 def test_rule_transferred_suspend_goes_to_suspended() -> None:
     assert next_state(S.TRANSFERRED, E.SUSPEND) is S.SUSPENDED
 

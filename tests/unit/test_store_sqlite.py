@@ -296,11 +296,6 @@ def test_corrupt_file_is_refused(db_path: Path, garbage: bytes) -> None:
         SqliteStore(str(db_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sqlite.py:102 reads MAX(seq) outside the try block, so a SQLite file that is not "
-    "an openbits store (user_version already 1, no jobs table) raises sqlite3.OperationalError",
-)
 def test_foreign_sqlite_database_is_refused_with_store_error(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
     with sqlite3.connect(db_path) as db:

@@ -122,12 +122,6 @@ def test_check_destination_for_another_owner_needs_search_permission(public_dir:
         check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: files.py:100-107 (check_destination) checks only the mode bits of the last "
-    "directory for another owner, not search permission on its ancestors: a root daemon "
-    "lets a user write into a 0777 directory below a 0700 one they cannot reach",
-)
 def test_check_destination_for_another_owner_needs_search_permission_on_ancestors(public_dir: Path) -> None:
     hidden = public_dir / "hidden"
     hidden.mkdir()

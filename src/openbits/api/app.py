@@ -71,15 +71,22 @@ def _flag(request: web.Request, name: str) -> bool:
 async def _body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise RequestTooLarge(f"the request body is over {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise RequestTooLarge(f"the request body is over {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise RequestTooLarge(f"the request body is over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         return None
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidArgument("the request body is nested too deeply") from None
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

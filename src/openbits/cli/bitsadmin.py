@@ -132,9 +132,8 @@ def _transfer(client: Client, rest: list[str]) -> int:
         if state is JobState.ERROR:
             err = client.get_error(job)
             client.cancel(job)
-            print(
-                f"Unable to complete transfer - 0x{err['ErrorCode']:08X} {err['Name']}: {err['ErrorDescription']}"
-            )
+            code, name, text = err["ErrorCode"], err["Name"], err["ErrorDescription"]
+            print(f"Unable to complete transfer - 0x{code:08X} {name}: {text}")
             return 1
         time.sleep(0.1)
 
@@ -142,3 +141,7 @@ def _transfer(client: Client, rest: list[str]) -> int:
 def _usage() -> int:
     print(USAGE, file=sys.stderr)
     return 1
+
+
+if __name__ == "__main__":
+    main()

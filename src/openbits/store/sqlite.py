@@ -93,13 +93,19 @@ class SqliteStore:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open the job store {path}: {e}") from e
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite3.DatabaseError as e:
+            self._seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0])
+        except (sqlite3.DatabaseError, StoreError) as e:
+            self._db.close()
+            if isinstance(e, StoreError):
+                raise
             raise StoreError(f"cannot open the job store {path}: {e}") from e
-        self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0]
 
     # -- schema ---------------------------------------------------------------------------
 

@@ -70,6 +70,25 @@ def _may_write_dir(st: os.stat_result, uid: int, gids: set[int]) -> bool:
     return st.st_mode & need == need
 
 
+def _may_reach(directory: str, uid: int, gids: set[int]) -> bool:
+    """The owner may search every directory from / down to ``directory``."""
+    if uid == 0:
+        return True
+    path = "/"
+    for part in [p for p in directory.split("/") if p]:
+        st = os.stat(path)
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in gids:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+        path = os.path.join(path, part)
+    return True
+
+
 def owner_gids(uid: int, gid: int) -> set[int]:
     import grp
     import pwd
@@ -102,7 +121,8 @@ def check_destination(local_file: str, uid: int, gid: int) -> None:
     if os.geteuid() == uid:
         allowed = os.access(directory, os.W_OK | os.X_OK)
     else:
-        allowed = _may_write_dir(st, uid, owner_gids(uid, gid))
+        gids = owner_gids(uid, gid)
+        allowed = _may_write_dir(st, uid, gids) and _may_reach(directory, uid, gids)
     if not allowed:
         raise AccessDenied(f"the destination directory {directory} is not writable by the job owner")
     if os.path.isdir(local_file):

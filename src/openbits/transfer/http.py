@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import time
 from email.utils import parsedate_to_datetime
 
 import aiohttp
@@ -24,8 +25,11 @@ from openbits.errors import (
 from openbits.model import ErrorContext
 
 USER_AGENT = f"openbits/{__version__}"
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE | re.ASCII)
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE | re.ASCII)
+_DELTA_SECONDS = re.compile(r"[0-9]+", re.ASCII)
+#: A Retry-After longer than this is treated as this (one day).
+RETRY_AFTER_MAX_S = 86400.0
 
 
 def make_session(
@@ -68,14 +72,13 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELTA_SECONDS.fullmatch(value):
+        return min(float(value), RETRY_AFTER_MAX_S)
     try:
-        import time
-
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError):
+        seconds = parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    return min(max(0.0, seconds), RETRY_AFTER_MAX_S)
 
 
 def status_error(status: int, reason: str | None, retry_after: str | None) -> BitsError:
