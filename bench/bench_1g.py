@@ -67,6 +67,18 @@ def proc_cpu_s(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) / CLK_TCK  # fields 14 (utime) and 15 (stime)
 
 
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine, all CPUs (user+nice+system+irq+softirq+steal)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        f = [int(x) for x in fh.readline().split()[1:9]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / CLK_TCK
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg", encoding="ascii") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
 def child_pids(pid: int) -> list[int]:
     pids: list[int] = []
     with contextlib.suppress(OSError):
@@ -381,10 +393,24 @@ class Run:
     client_cpu_s: float
     daemon_cpu_s: float  # the daemon's CPU during the run (also measured for the other cases)
     nginx_cpu_s: float
+    other_cpu_s: float  # the machine's busy CPU during the run minus client, daemon and nginx
     size_ok: bool
     sha256_ok: bool | None  # None: not checked on this run
     visible_partial: bool  # the output was seen with fewer bytes than the whole while running
     stray_files: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Timing:
+    wall_s: float
+    client_cpu_s: float
+    daemon_cpu_s: float
+    nginx_cpu_s: float
+    machine_busy_s: float
+
+    @property
+    def other_cpu_s(self) -> float:
+        return self.machine_busy_s - self.client_cpu_s - self.daemon_cpu_s - self.nginx_cpu_s
 
 
 @dataclass(slots=True)
@@ -439,8 +465,8 @@ class Runner:
             else:
                 entry.unlink()
 
-    def run(self, case: Case, out: Path, err_path: Path) -> tuple[float, float, float, float]:
-        """Run the case's commands one after another; (wall, client CPU, daemon CPU, nginx CPU)."""
+    def run(self, case: Case, out: Path, err_path: Path) -> Timing:
+        """Run the case's commands one after another, timed."""
         env = dict(os.environ)
         if case.env:
             env.update(case.env)
@@ -448,6 +474,7 @@ class Runner:
         with open(err_path, "wb") as err:
             nginx_before = self.services.nginx_cpu_s()
             daemon_before = self.services.daemon_cpu_s()
+            busy_before = machine_busy_s()
             t0 = time.perf_counter()
             for argv in case.commands(out):
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env)
@@ -462,9 +489,10 @@ class Runner:
                         msg += f"\n--- daemon log (tail) ---\n{tail(self.services.daemon_log)}"
                     raise BenchError(msg)
             wall = time.perf_counter() - t0
+            busy = machine_busy_s() - busy_before
             daemon_cpu = self.services.daemon_cpu_s() - daemon_before
             nginx_cpu = self.services.nginx_cpu_s() - nginx_before
-        return wall, client_cpu, daemon_cpu, nginx_cpu
+        return Timing(wall, client_cpu, daemon_cpu, nginx_cpu, busy)
 
     def kill_current(self) -> None:
         proc, self.current = self.current, None
@@ -534,6 +562,7 @@ class Summary:
     median_client_cpu_s: float
     median_daemon_cpu_s: float
     median_nginx_cpu_s: float
+    median_other_cpu_s: float
     vs_openbits: float | None  # this case's throughput / openbits' throughput
 
 
@@ -557,6 +586,7 @@ def summarize(runs: list[Run], cases: list[Case], size: int) -> list[Summary]:
                 median_client_cpu_s=statistics.median(r.client_cpu_s for r in counted),
                 median_daemon_cpu_s=statistics.median(r.daemon_cpu_s for r in counted),
                 median_nginx_cpu_s=statistics.median(r.nginx_cpu_s for r in counted),
+                median_other_cpu_s=statistics.median(r.other_cpu_s for r in counted),
                 vs_openbits=None,
             )
         )
@@ -568,7 +598,15 @@ def summarize(runs: list[Run], cases: list[Case], size: int) -> list[Summary]:
 
 
 def render_table(summaries: list[Summary]) -> str:
-    header = ["case", "median wall s (min–max)", "MB/s", "CPU s", "nginx CPU s", "MB/s ÷ openbits"]
+    header = [
+        "case",
+        "median wall s (min–max)",
+        "MB/s",
+        "CPU s",
+        "nginx CPU s",
+        "other CPU s",
+        "MB/s ÷ openbits",
+    ]
     rows = [header]
     for s in summaries:
         cpu = f"{s.median_cpu_s:.2f}"
@@ -581,6 +619,7 @@ def render_table(summaries: list[Summary]) -> str:
                 f"{s.mbps:.0f}",
                 cpu,
                 f"{s.median_nginx_cpu_s:.2f}",
+                f"{s.median_other_cpu_s:.2f}",
                 "–" if s.vs_openbits is None else f"{s.vs_openbits:.2f}",
             ]
         )
@@ -716,7 +755,8 @@ def run_rounds(
             untimed_sync()
             err_path = runner.logs_dir / f"{case.name}-{rnd + args.warmup}.err"
             with OutputWatcher(out, args.size) as watcher:
-                wall, client_cpu, daemon_cpu, nginx_cpu = runner.run(case, out, err_path)
+                t = runner.run(case, out, err_path)
+            wall, client_cpu, daemon_cpu = t.wall_s, t.client_cpu_s, t.daemon_cpu_s
             size_ok = out.exists() and out.stat().st_size == args.size
             sha_ok: bool | None = None
             if size_ok and case.name not in checked:
@@ -731,7 +771,8 @@ def run_rounds(
                 cpu_s=client_cpu + (daemon_cpu if case.uses_daemon else 0.0),
                 client_cpu_s=client_cpu,
                 daemon_cpu_s=daemon_cpu,
-                nginx_cpu_s=nginx_cpu,
+                nginx_cpu_s=t.nginx_cpu_s,
+                other_cpu_s=t.other_cpu_s,
                 size_ok=size_ok,
                 sha256_ok=sha_ok,
                 visible_partial=watcher.partial,
@@ -751,7 +792,7 @@ def run_rounds(
             mbps = args.size / wall / 1e6
             log(
                 f"  [{label:>9}] {case.name:<11} {wall:7.3f} s  {mbps:6.0f} MB/s"
-                f"  CPU {run.cpu_s:5.2f} s  nginx {nginx_cpu:4.2f} s"
+                f"  CPU {run.cpu_s:5.2f} s  nginx {t.nginx_cpu_s:4.2f} s  other {t.other_cpu_s:4.2f} s"
                 + (f"  ({'; '.join(notes)})" if notes else "")
             )
             if not size_ok:
@@ -781,12 +822,22 @@ def print_report(
         f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, {machine['mem_gib']} GiB RAM, "
         f"kernel {machine['kernel']}, work dir on {fs['type']} ({fs['device']} at {fs['mount']})"
     )
+    log(
+        f"load average (1, 5, 15 min) at start: {machine['loadavg_start']}, "
+        f"at end: {machine.get('loadavg_end', '?')}"
+    )
     log("")
     log(render_table(summaries))
     log("")
     lines, ratios = ratio_lines(summaries)
     for line in lines:
         log(line)
+    busy = max(s.median_other_cpu_s / s.median_wall_s for s in summaries)
+    if busy > 0.25:
+        log(
+            f"note: other CPU reached {busy:.0%} of a case's median wall time: something else was using "
+            "the machine (or the kernel was writing back); rerun on an idle machine before trusting ratios"
+        )
     log(f"openbits daemon exit status after SIGTERM: {daemon_rc}")
     return ratios
 
@@ -821,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon_rc: int | None = None
     interrupted = False
     machine = machine_info(work)
+    machine["loadavg_start"] = loadavg()
     fs = machine["work_fs"]
     try:
         with exit_on_signals():
@@ -830,6 +882,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"kernel {machine['kernel']}, {machine['os']}"
                 )
                 log(f"work dir: {work} on {fs['type']} ({fs['device']} at {fs['mount']})")
+                log(f"load average: {machine['loadavg_start']}")
                 vers = versions(nginx, aria2c, venv_python)
                 log("versions: " + "; ".join(f"{k}: {v}" for k, v in vers.items()))
                 log(f"writing {args.size} random bytes ...")
@@ -851,6 +904,7 @@ def main(argv: list[str] | None = None) -> int:
                     + ", ".join(c.name for c in cases)
                 )
                 run_rounds(args, cases, runner, source_sha, runs, failures)
+                machine["loadavg_end"] = loadavg()
             except BenchError as e:
                 failures.append(str(e))
             except (KeyboardInterrupt, SystemExit):

@@ -35,6 +35,9 @@ class Config:
     max_jobs_per_machine: int = 300
     max_files_per_job: int = 200
     admin_group: str = "openbits-admin"
+    #: 0o600 for a per-user daemon; a system daemon serving several users uses 0o666
+    #: (each caller is still identified by SO_PEERCRED and sees only its own jobs).
+    socket_mode: int = 0o600
     finished_retention_s: int = 7 * 86400
     # scheduling
     max_concurrent_background_jobs: int = 1

@@ -101,7 +101,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             await site.start()
         finally:
             os.umask(old_umask)
-        os.chmod(config.socket, 0o600)
+        os.chmod(config.socket, config.socket_mode)
         log.info(
             "openbits %s serving on %s (state in %s, %d jobs)",
             _version(),

@@ -125,11 +125,10 @@ def test_without_a_daemon_every_command_exits_3(tmp_path: Path) -> None:
         ("error", guid),
         ("transfer", "http://127.0.0.1:9/x", str(tmp_path / "x")),
     ]
-    for path in (missing, stale):
-        for args in commands:
-            result = run(*args, socket_path=path)
-            assert result.returncode == 3, (path, args, result.returncode, result.stdout, result.stderr)
-            assert "openbits serve" in result.stderr, (args, result.stderr)
+    for path, args in [(missing, args) for args in commands] + [(stale, ("get",)), (stale, ("create", "x"))]:
+        result = run(*args, socket_path=path)
+        assert result.returncode == 3, (path, args, result.returncode, result.stdout, result.stderr)
+        assert "openbits serve" in result.stderr, (args, result.stderr)
     assert not (tmp_path / "x").exists()
 
 

@@ -53,9 +53,11 @@ class _UnixHTTP(http.client.HTTPConnection):
 
 
 class Daemon:
-    def __init__(self, state_dir: Path, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, config: dict[str, Any] | None = None, socket: str | None = None
+    ) -> None:
         self.state_dir = Path(state_dir)
-        self.socket = str(self.state_dir / "openbits.sock")
+        self.socket = socket or str(self.state_dir / "openbits.sock")
         self.config = config or {}
         self.log_path = self.state_dir / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,7 +67,16 @@ class Daemon:
 
     def start(self, timeout: float = 15.0) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "openbits", "serve", "--state-dir", str(self.state_dir), "--socket", self.socket]
+        cmd = [
+            sys.executable,
+            "-m",
+            "openbits",
+            "serve",
+            "--state-dir",
+            str(self.state_dir),
+            "--socket",
+            self.socket,
+        ]
         if self.config:
             config_path = self.state_dir / "openbits.toml"
             config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in self.config.items()))
@@ -137,7 +148,9 @@ class Daemon:
             conn.close()
         return resp.status, (json.loads(payload) if payload else None)
 
-    def cli(self, *args: str, prog: str = "openbits", check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, prog: str = "openbits", check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         module = "openbits" if prog == "openbits" else "openbits.cli.bitsadmin"
         env = dict(os.environ, OPENBITS_SOCKET=self.socket)
         result = subprocess.run(
@@ -149,7 +162,9 @@ class Daemon:
             check=False,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"{prog} {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"{prog} {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     # -- conveniences ---------------------------------------------------------------------
@@ -157,7 +172,9 @@ class Daemon:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.client.get_job(job_id, include_finished=True)
 
-    def wait_state(self, job_id: str, states: Iterable[JobState] | JobState, timeout: float = 30.0) -> dict[str, Any]:
+    def wait_state(
+        self, job_id: str, states: Iterable[JobState] | JobState, timeout: float = 30.0
+    ) -> dict[str, Any]:
         wanted = {states} if isinstance(states, JobState) else set(states)
         seen: list[str] = []
 

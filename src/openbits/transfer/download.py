@@ -17,8 +17,6 @@ import asyncio
 import os
 import socket
 import stat
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -317,15 +315,40 @@ def _copy_range(src: int, dst: int, offset: int, count: int) -> int:
     return done
 
 
-_OPEN_HELPER = (
-    "import os, socket, sys\n"
-    "s = socket.socket(fileno=int(sys.argv[2]))\n"
-    "try:\n"
-    "    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CLOEXEC)\n"
-    "except OSError as e:\n"
-    "    s.send(str(e.errno).encode()); sys.exit(1)\n"
-    "socket.send_fds(s, [b'ok'], [fd])\n"
-)
+def _open_in_child(path: str, owner: Owner) -> int:
+    """Fork (no exec: the daemon's interpreter may live where the owner cannot read),
+    drop to the owner's ids in the child, open ``path`` there and pass the fd back."""
+    import pwd
+
+    try:
+        groups = os.getgrouplist(pwd.getpwuid(owner.uid).pw_name, owner.gid)
+    except KeyError:
+        groups = [owner.gid]
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with parent, child:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                os.setgroups(groups)
+                os.setgid(owner.gid)
+                os.setuid(owner.uid)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                socket.send_fds(child, [b"0"], [fd])
+            except OSError as e:
+                child.send(str(e.errno or 5).encode())
+                code = 1
+            finally:
+                os._exit(code)
+        child.close()
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 64, 1)
+        finally:
+            os.waitpid(pid, 0)
+        if fds:
+            return fds[0]
+        err = int(msg or b"5")
+        raise OSError(err, os.strerror(err), path)
 
 
 def open_as_owner(path: str, owner: Owner) -> int:
@@ -337,29 +360,7 @@ def open_as_owner(path: str, owner: Owner) -> int:
     try:
         if os.geteuid() == owner.uid or os.geteuid() != 0:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        with parent, child:
-            import pwd
-
-            try:
-                groups = os.getgrouplist(pwd.getpwuid(owner.uid).pw_name, owner.gid)
-            except KeyError:
-                groups = [owner.gid]
-            proc = subprocess.run(
-                [sys.executable, "-I", "-c", _OPEN_HELPER, path, str(child.fileno())],
-                pass_fds=(child.fileno(),),
-                user=owner.uid,
-                group=owner.gid,
-                extra_groups=groups,
-                timeout=30,
-                check=False,
-            )
-            child.close()
-            msg, fds, _flags, _addr = socket.recv_fds(parent, 64, 1)
-            if proc.returncode == 0 and fds:
-                return fds[0]
-            err = int(msg or b"5")
-            raise OSError(err, os.strerror(err), path)
+        return _open_in_child(path, owner)
     except FileNotFoundError as e:
         raise TransferError(
             f"the source {path} does not exist",
