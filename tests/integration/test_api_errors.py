@@ -19,12 +19,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+
+from openbits.model import JobState
 from tests.support.daemon import CLASS, Daemon
 from tests.support.faults import FaultServer, NoResponse
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
-
-from openbits.model import JobState
 
 S_OK = 0
 BG_S_PARTIAL_COMPLETE = 0x00200017

@@ -99,9 +99,7 @@ def test_nginx_range_is_206_and_logged(nginx: Nginx) -> None:
     _, full_headers, _ = get(f"{nginx.url}/range.bin", method="HEAD")
     etag = full_headers["ETag"]
 
-    status, headers, body = get(
-        f"{nginx.url}/range.bin", {"Range": "bytes=100-199", "If-Range": etag}
-    )
+    status, headers, body = get(f"{nginx.url}/range.bin", {"Range": "bytes=100-199", "If-Range": etag})
     assert status == 206
     assert headers["Content-Range"] == "bytes 100-199/10000"
     assert body == data[100:200]

@@ -65,7 +65,12 @@ def test_sigkill_mid_download_resumes_with_range(daemon: Daemon, nginx: Nginx, d
 
     daemon.start()
     instance = daemon.job(job)
-    assert instance["State"] in (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING, JobState.TRANSFERRED)
+    assert instance["State"] in (
+        JobState.QUEUED,
+        JobState.CONNECTING,
+        JobState.TRANSFERRING,
+        JobState.TRANSFERRED,
+    )
     assert instance["BytesTransferred"] >= 2 * MiB, "no checkpointed byte is lost across SIGKILL"
     daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
     assert daemon.client.complete(job) == 0

@@ -204,9 +204,7 @@ class Serve(Behaviour):
     async def respond(self, req: Request, conn: Connection) -> bool:
         planned = self.plan(req)
         if planned is None:
-            await conn.send_head(
-                416, {"Content-Range": f"bytes */{len(self.data)}", "Content-Length": "0"}
-            )
+            await conn.send_head(416, {"Content-Range": f"bytes */{len(self.data)}", "Content-Length": "0"})
             return True
         status, start, end = planned
         close = not self.content_length

@@ -380,8 +380,7 @@ http {{
             if proc.poll() is not None:
                 self._proc = None
                 raise NginxError(
-                    f"nginx exited with status {proc.returncode} during startup:\n"
-                    + self.error_log()
+                    f"nginx exited with status {proc.returncode} during startup:\n" + self.error_log()
                 )
             if all(_accepts(p) for p in ports):
                 return
