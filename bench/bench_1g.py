@@ -832,7 +832,9 @@ def print_report(
     lines, ratios = ratio_lines(summaries)
     for line in lines:
         log(line)
-    busy = max(s.median_other_cpu_s / s.median_wall_s for s in summaries)
+    busy = max(
+        (s.median_other_cpu_s / s.median_wall_s for s in summaries if s.median_other_cpu_s > 0.1), default=0.0
+    )
     if busy > 0.25:
         log(
             f"note: other CPU reached {busy:.0%} of a case's median wall time: something else was using "

@@ -97,6 +97,8 @@ class Params:
                 raise InvalidArgument(
                     f"unknown parameter {key!r}; expected one of: {', '.join(self._names.values())}"
                 )
+            if name in self._values:
+                raise InvalidArgument(f"{name} is given twice")
             self._values[name] = value
 
     def __contains__(self, name: str) -> bool:
@@ -462,6 +464,7 @@ class Service:
 
     def patch(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
         """Set read/write properties, all or nothing (SPEC §6)."""
+        job = self.find(caller, job_ref)
         if not isinstance(raw, Mapping):
             raise InvalidArgument("the request body must be a JSON object")
         known = {n.lower(): n for n in ALL_PROPERTIES}
@@ -472,7 +475,8 @@ class Service:
                 if k in known:
                     raise ReadOnlyProperty(f"{known[k]} is read-only")
                 raise InvalidArgument(f"unknown property {key!r}")
-        job = self.find(caller, job_ref)
+            if raw[key] is None:
+                raise InvalidArgument(f"{key} cannot be null")
         states.check_call(states.Call.SET_PROPERTY, job.state)
         p = Params(raw, WRITABLE_PROPERTIES)
         changes: dict[str, Any] = {}

@@ -520,9 +520,16 @@ def test_patch_is_all_or_nothing(daemon: Daemon) -> None:
         ({"MinimumRetryDelay": 30, "NoProgressTimeout": "x"}, E_INVALIDARG),
         ({"DisplayName": "changed", "Description": "x" * 1025}, BG_E_STRING_TOO_LONG),
         ({"DisplayName": "changed", "Bogus": 1}, E_INVALIDARG),
+        ({"DisplayName": "changed", "MinimumRetryDelay": None}, E_INVALIDARG),
+        ({"DisplayName": "a", "displayname": "b"}, E_INVALIDARG),
     ):
         assert_error(daemon, "PATCH", job_path(job), body, code=code)
         assert stable(get(daemon, job)) == stable(before), body
+
+
+def test_patch_of_an_unknown_job_is_not_found_whatever_the_body(daemon: Daemon) -> None:
+    missing = "{00000000-0000-0000-0000-000000000001}"
+    assert_error(daemon, "PATCH", job_path(missing), {"State": 0}, code=0x80200001)
 
 
 def test_malformed_json_bodies_are_invalidarg(daemon: Daemon) -> None:

@@ -77,8 +77,12 @@ class Scheduler:
                 self._wake.clear()
                 wake_at = self._tick()
                 timeout = None if wake_at is None else max(0.0, (wake_at - clock.now_ns()) / 1e9)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+                # cancellation that shuts the scheduler down when the wait finishes
+                # in the same loop step.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
 
     def _tick(self) -> int | None:
         service = self.service
