@@ -123,6 +123,26 @@ def canonical_job_id(value: str | uuid.UUID) -> str:
     return "{" + m.group(1).upper() + "}"
 
 
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``: secrets are never returned or logged."""
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        return url
+    start = scheme_end + 3
+    end = len(url)
+    for stop in "/?#":
+        i = url.find(stop, start)
+        if i >= 0:
+            end = min(end, i)
+    at = url.rfind("@", start, end)
+    if at < 0:
+        return url
+    colon = url.find(":", start, at)
+    if colon < 0:
+        return url
+    return url[: colon + 1] + "***" + url[at:]
+
+
 def new_job_id() -> str:
     return canonical_job_id(uuid.uuid4())
 
@@ -150,7 +170,7 @@ class JobFile:
 
     def to_cim(self) -> dict[str, Any]:
         return {
-            "RemoteUrl": self.remote_url,
+            "RemoteUrl": redact_url(self.remote_url),
             "LocalFile": self.local_file,
             "BytesTotal": BG_SIZE_UNKNOWN if self.bytes_total is None else self.bytes_total,
             "BytesTransferred": self.bytes_transferred,

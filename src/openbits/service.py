@@ -55,6 +55,7 @@ from openbits.model import (
     SetJobStateCode,
     canonical_job_id,
     new_job_id,
+    redact_url,
 )
 from openbits.states import Event
 from openbits.store import JobStore
@@ -458,7 +459,7 @@ class Service:
         }
         if err.file_index is not None and err.file_index < len(job.files):
             f = job.files[err.file_index]
-            result["RemoteUrl"] = f.remote_url
+            result["RemoteUrl"] = redact_url(f.remote_url)
             result["LocalFile"] = f.local_file
         return result
 

@@ -464,3 +464,20 @@ def test_to_cim_of_a_new_job() -> None:
     assert cim["Files"] == []
     assert cim["BytesTotal"] == 0
     assert cim["JobCompletionTime"] == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://alice:s3cret@host/p", "http://alice:***@host/p"),
+        ("https://alice:p@ss:w@rd@host:8443/x?y=1", "https://alice:***@host:8443/x?y=1"),
+        ("http://alice@host/p", "http://alice@host/p"),
+        ("http://host/p@q:r", "http://host/p@q:r"),
+        ("/abs/path", "/abs/path"),
+    ],
+)
+def test_redact_url_hides_passwords(url: str, shown: str) -> None:
+    from openbits.model import redact_url
+
+    assert redact_url(url) == shown
+    assert JobFile(remote_url=url, local_file="/x").to_cim()["RemoteUrl"] == shown

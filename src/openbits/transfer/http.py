@@ -22,7 +22,7 @@ from openbits.errors import (
     TransientTransferError,
     http_status_hresult,
 )
-from openbits.model import ErrorContext
+from openbits.model import ErrorContext, redact_url
 
 USER_AGENT = f"openbits/{__version__}"
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE | re.ASCII)
@@ -101,7 +101,8 @@ def invalid_response(message: str) -> BitsError:
 
 
 def network_error(e: BaseException, url: str) -> BitsError:
-    """Translate an aiohttp / socket / timeout exception."""
+    """Translate an aiohttp / socket / timeout exception (the message never holds a password)."""
+    url = redact_url(url)
     transport = ErrorContext.GENERAL_TRANSPORT
     if isinstance(e, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
         return TransferError(
