@@ -304,3 +304,18 @@ def test_tiny_files(daemon: Daemon, nginx: Nginx, dest: Path, size: int) -> None
     daemon.wait_state(job, JobState.TRANSFERRED)
     daemon.client.complete(job)
     assert (dest / "t.bin").stat().st_size == size
+
+
+def test_password_in_url_is_used_but_never_shown(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    digest = make_file(nginx.www, "secret14.bin", 10_000, seed=14)
+    host = nginx.url.split("://", 1)[1]
+    job = start_job(daemon, f"http://alice:s3cret@{host}/basic/secret14.bin", dest / "s.bin")
+    bad = start_job(daemon, f"http://alice:wrong-s3cret@{host}/basic/secret14.bin", dest / "bad.bin")
+    daemon.wait_state(job, JobState.TRANSFERRED)
+    daemon.wait_state(bad, JobState.ERROR)
+    assert daemon.client.get_error(bad)["ErrorCode"] == 0x80190191  # BG_E_HTTP_ERROR_401
+    shown = daemon.cli("get", job, "--json").stdout + daemon.cli("error", bad, "--json").stdout
+    assert "alice:***@" in shown
+    daemon.client.complete(job)
+    assert sha256_file(dest / "s.bin") == digest
+    assert "s3cret" not in shown + daemon.log()
