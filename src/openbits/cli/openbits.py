@@ -331,7 +331,7 @@ def wait_for(
         if deadline is not None and time.monotonic() >= deadline:
             fail(f"timed out waiting for {job}: it is {state_name(instance['State'])}", EXIT_BITS_ERROR)
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        delay = min(delay * 1.5, 0.05)
 
 
 @cli.command()
