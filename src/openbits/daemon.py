@@ -51,8 +51,29 @@ def _prepare_socket(path: str) -> None:
         probe.close()
 
 
+def _lock_state_dir(state_dir: str) -> int:
+    """One daemon per state dir: an exclusive flock held for the daemon's life."""
+    import fcntl
+
+    fd = os.open(os.path.join(state_dir, "openbits.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DaemonError(f"another openbits daemon is using the state directory {state_dir}") from None
+    return fd
+
+
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    lock_fd = _lock_state_dir(config.state_dir)
+    try:
+        await _serve(config, ready)
+    finally:
+        os.close(lock_fd)
+
+
+async def _serve(config: Config, ready: asyncio.Event | None) -> None:
     try:
         store = SqliteStore(config.db_path, synchronous=config.store_synchronous)
     except StoreError as e:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -319,3 +321,17 @@ def test_password_in_url_is_used_but_never_shown(daemon: Daemon, nginx: Nginx, d
     daemon.client.complete(job)
     assert sha256_file(dest / "s.bin") == digest
     assert "s3cret" not in shown + daemon.log()
+
+
+def test_a_second_daemon_on_the_same_state_dir_or_socket_is_refused(daemon: Daemon, tmp_path: Path) -> None:
+    def serve(state_dir: Path, sock: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "openbits", "serve", "--state-dir", str(state_dir), "--socket", sock]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+
+    same_dir = serve(daemon.state_dir, str(tmp_path / "other.sock"))
+    assert same_dir.returncode == 1
+    assert "another openbits daemon is using the state directory" in same_dir.stderr
+    same_socket = serve(tmp_path / "other-state", daemon.socket)
+    assert same_socket.returncode == 1
+    assert "another openbits daemon is already serving" in same_socket.stderr
+    assert daemon.client.list_jobs() == [], "the first daemon still serves"
