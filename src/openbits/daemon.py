@@ -114,12 +114,14 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    listening = False
     try:
         _prepare_socket(config.socket)
         old_umask = os.umask(0o177)
         try:
             site = web.UnixSite(runner, config.socket)
             await site.start()
+            listening = True
         finally:
             os.umask(old_umask)
         os.chmod(config.socket, config.socket_mode)
@@ -143,8 +145,9 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         await runner.cleanup()
         await session.close()
         store.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(config.socket)
+        if listening:  # never remove a socket another daemon owns
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.socket)
         log.info("openbits stopped")
 
 
