@@ -7,12 +7,10 @@ failing call is followed by a GET to show the daemon keeps serving.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import pwd
 import re
-import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from openbits.model import JobState
-from tests.support.daemon import CLASS, Daemon
+from tests.support.daemon import CLASS, Daemon, UnixHTTP
 from tests.support.faults import FaultServer, NoResponse
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
@@ -91,17 +89,6 @@ MIB = 1024 * 1024
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(self._path)
 
 
 def job_path(job: str, method: str | None = None) -> str:
@@ -594,7 +581,7 @@ def test_body_over_one_mib_is_413(daemon: Daemon) -> None:
 
 def chunked_post(daemon: Daemon, path: str, data: bytes) -> tuple[int, Any]:
     """POST with ``Transfer-Encoding: chunked`` (no Content-Length), in 64 KiB chunks."""
-    conn = _UnixHTTP(daemon.socket)
+    conn = UnixHTTP(daemon.socket)
     try:
         chunks = (data[i : i + 65536] for i in range(0, len(data), 65536))
         conn.request(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from openbits.model import JobState
-from tests.support.daemon import CLASS, Daemon, _UnixHTTP
+from tests.support.daemon import CLASS, Daemon, UnixHTTP
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
 
@@ -55,7 +55,7 @@ def as_nobody(fn: Callable[[], Any]) -> Any:
 
 
 def api(sock: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    conn = _UnixHTTP(sock)
+    conn = UnixHTTP(sock)
     try:
         conn.request(method, path, body=None if body is None else json.dumps(body).encode())
         resp = conn.getresponse()

@@ -41,7 +41,7 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = 
         delay = min(delay * 1.5, 0.1)
 
 
-class _UnixHTTP(http.client.HTTPConnection):
+class UnixHTTP(http.client.HTTPConnection):
     def __init__(self, path: str) -> None:
         super().__init__("localhost", timeout=30)
         self._path = path
@@ -138,7 +138,7 @@ class Daemon:
 
     def api(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
         """One HTTP request; (status, decoded JSON body)."""
-        conn = _UnixHTTP(self.socket)
+        conn = UnixHTTP(self.socket)
         try:
             data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
             conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
