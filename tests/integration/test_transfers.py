@@ -25,6 +25,7 @@ from tests.support.faults import (
     IgnoreRange,
     Sequence,
     Serve,
+    Stall,
     Status,
     WrongContentRange,
 )
@@ -335,3 +336,40 @@ def test_a_second_daemon_on_the_same_state_dir_or_socket_is_refused(daemon: Daem
     assert same_socket.returncode == 1
     assert "another openbits daemon is already serving" in same_socket.stderr
     assert daemon.client.list_jobs() == [], "the first daemon still serves"
+
+
+def test_a_stalled_body_is_a_transient_timeout_keeping_its_bytes(
+    tmp_path: Path, fault_server: FaultServer, dest: Path
+) -> None:
+    data = random.Random(15).randbytes(MiB)
+    fault_server.routes["/f"] = Stall(data, after=300_000, only_first=True)
+    d = Daemon(tmp_path / "state-stall", config={"read_timeout_s": 1.0})
+    d.start()
+    try:
+        job = start_job(d, f"{fault_server.url}/f", dest / "f.bin")
+        d.wait_state(job, JobState.TRANSIENT_ERROR, timeout=15)
+        err = d.client.get_error(job)
+        assert (err["ErrorCode"], err["ErrorContext"]) == (0x8020003B, 6)  # BG_E_TIMEOUT, transport
+        assert d.job(job)["BytesTransferred"] == 300_000
+        d.client.resume(job)
+        d.wait_state(job, JobState.TRANSFERRED)
+        d.client.complete(job)
+        assert (dest / "f.bin").read_bytes() == data
+    finally:
+        d.stop()
+
+
+def test_a_connection_reset_mid_body_is_transient(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    data = random.Random(16).randbytes(2 * MiB)
+    fault_server.routes["/f"] = CloseMidBody(data, after=MiB, abortive=True)
+    job = start_job(daemon, f"{fault_server.url}/f", dest / "f.bin")
+    daemon.wait_state(job, JobState.TRANSIENT_ERROR)
+    err = daemon.client.get_error(job)
+    assert err["ErrorContext"] == 6, err
+    assert err["ErrorCode"] == 0x8020002E, err  # BG_E_CONNECTION_CLOSED
+    daemon.client.resume(job)
+    daemon.wait_state(job, JobState.TRANSFERRED)
+    daemon.client.complete(job)
+    assert (dest / "f.bin").read_bytes() == data

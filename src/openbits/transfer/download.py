@@ -134,8 +134,8 @@ class Downloader:
                     headers["If-Range"] = validator
             try:
                 async with self.session.get(file.remote_url, headers=headers) as resp:
-                    progress.connected()
                     start, total = self._accept(resp, file, fd, offset, progress)
+                    progress.connected()
                     end = start
                     if total is None or total > start:
                         end = await self._stream(resp.content, fd, start, total, progress)
@@ -238,6 +238,10 @@ class Downloader:
             progress.checkpoint(durable)
             return written
         except OSError as e:
+            # Only the file's own writes and syncs are local errors; timeouts and resets
+            # while reading the socket are OSErrors too, and stay network errors.
+            if isinstance(e, NETWORK_EXCEPTIONS):
+                raise
             raise fs.local_error(e, "cannot write the temporary file") from e
         finally:
             if durable < written + pending_len:
