@@ -436,7 +436,11 @@ class Service:
                     fs.remove_quietly(f.temp_path)
                     dropped = True
         except BitsError:
-            self.store.save_files(job, job.files)
+            # Renamed files stay published; the job keeps its state (bits-spec §3.2), and
+            # a transfer stopped above goes back to the queue rather than look running.
+            if job.state in states.RUNNING_STATES:
+                job.state = states.next_state(job.state, Event.PREEMPTED)
+            self._commit(job, "complete failed", files=job.files)
             raise
         job.state = new_state
         job.finished_ns = self.clock.now_ns()
