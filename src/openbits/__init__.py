@@ -14,6 +14,7 @@ from openbits.model import (
 
 __all__ = [
     "BitsError",
+    "Client",
     "ErrorContext",
     "HResult",
     "JobPriority",
