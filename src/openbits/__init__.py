@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from openbits.client import Client
 from openbits.errors import BitsError, HResult
 from openbits.model import (
     ErrorContext,
