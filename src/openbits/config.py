@@ -41,6 +41,10 @@ class Config:
     finished_retention_s: int = 7 * 86400
     # scheduling
     max_concurrent_background_jobs: int = 1
+    #: round-robin time slice among background jobs of one priority (BITS does not say)
+    time_slice_s: float = 60.0
+    #: a job without activity (property change, progress, state change) this long is cancelled
+    job_inactivity_timeout_s: int = 90 * 86400
     # transfers
     read_timeout_s: float = 60.0
     connect_timeout_s: float = 30.0

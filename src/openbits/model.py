@@ -21,6 +21,7 @@ DESCRIPTION_MAX = 1024
 REMOTE_URL_MAX = 2200
 LOCAL_FILE_MAX = 4095  # PATH_MAX - 1 on Linux, the analogue of MAX_PATH
 MINIMUM_RETRY_DELAY_FLOOR_S = 5
+DEFAULT_MAXIMUM_DOWNLOAD_TIME_S = 7_776_000  # 90 days
 UINT32_MAX = 0xFFFFFFFF
 _GUID = re.compile(r"\{?([0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12})\}?", re.ASCII)
 
@@ -208,6 +209,11 @@ class Job:
     retry_at_ns: int = 0  # when a TRANSIENT_ERROR job goes back to QUEUED
     no_progress_since_ns: int = 0  # first transient error since the last progress
     seq: int = 0  # creation order (store key order)
+    maximum_download_time_s: int = DEFAULT_MAXIMUM_DOWNLOAD_TIME_S
+    download_time_ns: int = 0  # CONNECTING + TRANSFERRING time since the last Resume
+    # not persisted: scheduling bookkeeping of this daemon's life
+    run_started_ns: int = 0  # entered CONNECTING (0 while not running)
+    queued_ns: int = 0  # entered QUEUED (round-robin order)
     files: list[JobFile] = field(default_factory=list)
 
     @property
@@ -252,6 +258,7 @@ class Job:
             # extensions (SPEC §1)
             "JobType": int(self.job_type),
             "NotifyFlags": self.notify_flags,
+            "MaximumDownloadTime": self.maximum_download_time_s,
         }
 
 
@@ -285,4 +292,5 @@ ALL_PROPERTIES: tuple[str, ...] = (
     "Owner",
     "JobType",
     "NotifyFlags",
+    "MaximumDownloadTime",
 )

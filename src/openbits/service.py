@@ -38,6 +38,7 @@ from openbits.errors import (
 )
 from openbits.model import (
     ALL_PROPERTIES,
+    DEFAULT_MAXIMUM_DOWNLOAD_TIME_S,
     DESCRIPTION_MAX,
     DISPLAY_NAME_MAX,
     LOCAL_FILE_MAX,
@@ -208,7 +209,7 @@ class Service:
         for job in self.store.load_jobs():
             self.jobs[job.job_id] = job
             if job.state in states.RUNNING_STATES:
-                job.state = states.next_state(job.state, Event.PREEMPTED)
+                self._enter(job, states.next_state(job.state, Event.PREEMPTED))
                 self.store.save_job(job)
             elif job.state is JobState.CANCELLED:
                 for f in job.files:
@@ -316,7 +317,7 @@ class Service:
         if remote is not None and local is not None:
             job.files.append(self._new_file(caller, job, remote, local))
             if not suspend:
-                job.state = states.resume(job.state, len(job.files))
+                self._enter(job, states.resume(job.state, len(job.files)))
         self.store.add_job(job)
         self.jobs[job.job_id] = job
         self._changed(job, "created")
@@ -362,7 +363,7 @@ class Service:
         new_state = states.add_file(job.state)
         file = self._new_file(caller, job, remote, local)
         job.files.append(file)
-        job.state = new_state
+        self._enter(job, new_state)
         self._touch(job)
         try:
             self.store.add_file(job, file)
@@ -391,10 +392,11 @@ class Service:
         new_state = states.resume(job.state, len(job.files))
         if new_state is job.state:
             return 0
-        job.state = new_state
+        self._enter(job, new_state)
         job.error = None
         job.retry_at_ns = 0
         job.no_progress_since_ns = 0
+        job.download_time_ns = 0  # MaximumDownloadTime counts from the last Resume
         self._commit(job, "resumed")
         return 0
 
@@ -402,13 +404,13 @@ class Service:
         new_state = states.suspend(job.state)
         if new_state is job.state:
             return 0
-        job.state = new_state
+        self._enter(job, new_state)
         self._commit(job, "suspended")
         await self.runner.stop(job.job_id)
         return 0
 
     async def cancel(self, job: Job) -> int:
-        job.state = states.cancel(job.state)
+        self._enter(job, states.cancel(job.state))
         job.finished_ns = self.clock.now_ns()
         self._commit(job, "cancelled")
         await self.runner.stop(job.job_id)
@@ -439,10 +441,10 @@ class Service:
             # Renamed files stay published; the job keeps its state (bits-spec §3.2), and
             # a transfer stopped above goes back to the queue rather than look running.
             if job.state in states.RUNNING_STATES:
-                job.state = states.next_state(job.state, Event.PREEMPTED)
+                self._enter(job, states.next_state(job.state, Event.PREEMPTED))
             self._commit(job, "complete failed", files=job.files)
             raise
-        job.state = new_state
+        self._enter(job, new_state)
         job.finished_ns = self.clock.now_ns()
         self._commit(job, "acknowledged", files=job.files)
         return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
@@ -520,6 +522,14 @@ class Service:
         if m == "geterror":
             Params(raw, ("LanguageId",))
             return self.get_error(caller, job_ref)
+        if m == "setmaximumdownloadtime":
+            p = Params(raw, ("MaximumDownloadTime",))
+            job = self.find(caller, job_ref)
+            states.check_call(states.Call.SET_PROPERTY, job.state)
+            seconds = p.uint("MaximumDownloadTime", default=DEFAULT_MAXIMUM_DOWNLOAD_TIME_S)
+            job.maximum_download_time_s = DEFAULT_MAXIMUM_DOWNLOAD_TIME_S if seconds is None else seconds
+            self._commit(job, "maximum download time changed")
+            return {"ReturnValue": 0}
         if m in _NOT_YET:
             raise NotImplementedValue(f"{_NOT_YET[m]} is not implemented yet")
         raise InvalidArgument(f"BitsClientJob has no method {method!r}")
@@ -527,12 +537,12 @@ class Service:
     # -- what the scheduler reports ---------------------------------------------------------
 
     def job_started(self, job: Job) -> None:
-        job.state = states.next_state(job.state, Event.START)
+        self._enter(job, states.next_state(job.state, Event.START))
         self._commit(job, "connecting")
 
     def job_connected(self, job: Job) -> None:
         if job.state is JobState.CONNECTING:
-            job.state = states.next_state(job.state, Event.CONNECTED)
+            self._enter(job, states.next_state(job.state, Event.CONNECTED))
             self._commit(job, "transferring")
 
     def file_started(self, job: Job, file: JobFile) -> None:
@@ -568,14 +578,14 @@ class Service:
     def job_transferred(self, job: Job) -> None:
         if job.state not in (*states.RUNNING_STATES, JobState.QUEUED):
             return
-        job.state = states.next_state(job.state, Event.ALL_FILES_DONE)
+        self._enter(job, states.next_state(job.state, Event.ALL_FILES_DONE))
         job.transferred_ns = self.clock.now_ns()
         job.error = None
         self._commit(job, "transferred")
 
     def job_preempted(self, job: Job) -> None:
         if job.state in states.RUNNING_STATES:
-            job.state = states.next_state(job.state, Event.PREEMPTED)
+            self._enter(job, states.next_state(job.state, Event.PREEMPTED))
             self._commit(job, "preempted")
 
     def job_failed(self, job: Job, error: BitsError, file_index: int | None) -> None:
@@ -589,27 +599,65 @@ class Service:
             job.transient_error_count += 1
             delay_s = max(job.minimum_retry_delay_s, error.retry_after_s or 0)
             job.retry_at_ns = now + int(delay_s * 10**9)
-            job.state = states.next_state(job.state, Event.TRANSIENT_FAILURE)
+            self._enter(job, states.next_state(job.state, Event.TRANSIENT_FAILURE))
             if now - job.no_progress_since_ns >= job.no_progress_timeout_s * 10**9:
-                job.state = states.next_state(job.state, Event.NO_PROGRESS_TIMEOUT)
+                self._enter(job, states.next_state(job.state, Event.NO_PROGRESS_TIMEOUT))
             self._commit(job, "transient error")
         else:
-            job.state = states.next_state(job.state, Event.FATAL_FAILURE)
+            self._enter(job, states.next_state(job.state, Event.FATAL_FAILURE))
             self._commit(job, "error")
         log.info("job %s: %s", job.job_id, error)
 
     def retry_due(self, job: Job) -> None:
         if job.state is JobState.TRANSIENT_ERROR:
-            job.state = states.next_state(job.state, Event.RETRY_DUE)
+            self._enter(job, states.next_state(job.state, Event.RETRY_DUE))
             job.retry_at_ns = 0
             self._commit(job, "retrying")
 
+    def download_time_exceeded(self, job: Job) -> None:
+        """MaximumDownloadTime ran out while the job was connecting or transferring."""
+        if job.state in states.RUNNING_STATES:
+            job.error = JobError(
+                int(HResult.BG_E_MAXDOWNLOAD_TIMEOUT),
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+                f"the job spent more than its MaximumDownloadTime ({job.maximum_download_time_s} s) "
+                "transferring",
+            )
+            self._enter(job, states.next_state(job.state, Event.FATAL_FAILURE))
+            self._commit(job, "maximum download time exceeded")
+
+    async def inactive(self, job: Job) -> None:
+        """No activity for the job inactivity timeout: BITS cancels the job and its files."""
+        if not job.state.is_final:
+            log.info(
+                "job %s: cancelled after %d s without activity",
+                job.job_id,
+                self.config.job_inactivity_timeout_s,
+            )
+            await self.cancel(job)
+
     def no_progress_timeout(self, job: Job) -> None:
         if job.state is JobState.TRANSIENT_ERROR:
-            job.state = states.next_state(job.state, Event.NO_PROGRESS_TIMEOUT)
+            self._enter(job, states.next_state(job.state, Event.NO_PROGRESS_TIMEOUT))
             self._commit(job, "no progress")
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _enter(self, job: Job, state: JobState) -> None:
+        """Change the state, keeping the scheduling clocks: time spent running counts
+        toward MaximumDownloadTime, and QUEUED jobs take their turn in arrival order."""
+        if state is job.state:
+            return
+        now = self.clock.now_ns()
+        if job.state in states.RUNNING_STATES and state not in states.RUNNING_STATES:
+            if job.run_started_ns:
+                job.download_time_ns += max(0, now - job.run_started_ns)
+            job.run_started_ns = 0
+        elif state in states.RUNNING_STATES and job.state not in states.RUNNING_STATES:
+            job.run_started_ns = now
+        if state is JobState.QUEUED:
+            job.queued_ns = now
+        job.state = state
 
     def _touch(self, job: Job) -> None:
         job.modified_ns = self.clock.now_ns()
@@ -645,7 +693,6 @@ _NOT_YET = {
         "ReplaceRemotePrefix",
         "SetCustomHeaders",
         "SetSecurityFlags",
-        "SetMaximumDownloadTime",
         "SetNotifyFlags",
         "SetNotifyCmdLine",
         "TakeOwnership",

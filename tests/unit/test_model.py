@@ -361,6 +361,7 @@ JOB_KEYS = {
     "Owner",
     "JobType",
     "NotifyFlags",
+    "MaximumDownloadTime",
 }
 UINT_KEYS = JOB_KEYS - {"JobId", "DisplayName", "Description", "Files", "Owner"}
 

@@ -320,3 +320,76 @@ def test_plan_invariants(jobs: list[JobView], max_background: int) -> None:
     # wake time is in the future
     if result.wake_at_ns is not None:
         assert result.wake_at_ns > NOW
+
+
+# -- round robin, MaximumDownloadTime, inactivity ---------------------------------------------
+
+
+def running(
+    job_id: str, started_s_ago: float, priority: JobPriority = P.NORMAL, seq: int = 0, **kw: int
+) -> JobView:
+    return JobView(job_id, S.TRANSFERRING, priority, seq, run_started_ns=NOW - int(started_s_ago * SEC), **kw)
+
+
+def queued(job_id: str, since_s_ago: float, priority: JobPriority = P.NORMAL, seq: int = 0) -> JobView:
+    return JobView(job_id, S.QUEUED, priority, seq, queued_ns=NOW - int(since_s_ago * SEC))
+
+
+def test_a_running_job_keeps_its_slot_inside_its_time_slice_and_wakes_at_its_end() -> None:
+    result = plan([running("r", 10), queued("q", 5, seq=1)], NOW, 1, time_slice_s=60)
+    assert result.start == [] and result.preempt == []
+    assert result.wake_at_ns == NOW + 50 * SEC
+
+
+def test_when_the_slice_ends_a_waiting_job_of_the_same_priority_takes_its_turn() -> None:
+    result = plan([running("r", 61), queued("q", 5, seq=1)], NOW, 1, time_slice_s=60)
+    assert result.start == ["q"] and result.preempt == ["r"]
+
+
+def test_a_job_that_arrives_after_the_slice_ended_still_gets_a_turn() -> None:
+    result = plan([running("r", 600), queued("q", 0.5, seq=1)], NOW, 1, time_slice_s=60)
+    assert result.start == ["q"] and result.preempt == ["r"]
+
+
+def test_an_expired_slice_with_nobody_waiting_keeps_running() -> None:
+    result = plan([running("r", 600)], NOW, 1, time_slice_s=60)
+    assert result.start == [] and result.preempt == []
+    assert result.wake_at_ns is None
+
+
+def test_round_robin_serves_the_longest_waiting_first() -> None:
+    jobs = [running("r", 61), queued("late", 1, seq=1), queued("early", 30, seq=2)]
+    assert plan(jobs, NOW, 1, time_slice_s=60).start == ["early"]
+
+
+def test_a_lower_priority_waiting_job_does_not_end_a_slice() -> None:
+    jobs = [running("r", 600, P.HIGH), queued("low", 100, P.LOW, seq=1)]
+    result = plan(jobs, NOW, 1, time_slice_s=60)
+    assert result.start == [] and result.preempt == []
+
+
+def test_maximum_download_time_counts_earlier_runs() -> None:
+    job = running("r", 30, maximum_download_time_s=100, download_time_ns=70 * SEC)
+    assert plan([job], NOW, 1).download_timeout == ["r"]
+    job = running("r", 30, maximum_download_time_s=100, download_time_ns=60 * SEC)
+    result = plan([job], NOW, 1)
+    assert result.download_timeout == []
+    assert result.wake_at_ns == NOW + 10 * SEC
+
+
+def test_maximum_download_time_zero_means_no_limit() -> None:
+    job = running("r", 10**6, maximum_download_time_s=0, download_time_ns=10**18)
+    assert plan([job], NOW, 1).download_timeout == []
+
+
+def test_inactive_jobs_are_reported_and_running_ones_never() -> None:
+    old = NOW - 91 * 86400 * SEC
+    jobs = [
+        JobView("idle", S.SUSPENDED, P.NORMAL, 0, modified_ns=old),
+        JobView("err", S.ERROR, P.NORMAL, 1, modified_ns=old),
+        JobView("fresh", S.SUSPENDED, P.NORMAL, 2, modified_ns=NOW),
+        running("busy", 10, seq=3, modified_ns=old),
+    ]
+    result = plan(jobs, NOW, 1, inactivity_timeout_s=90 * 86400)
+    assert sorted(result.inactive) == ["err", "idle"]
+    assert result.wake_at_ns == NOW + 90 * 86400 * SEC

@@ -1,8 +1,8 @@
 """Pure scheduling decisions: no I/O, no clock of its own, tested without servers.
 
 ``plan`` looks at every job's state and deadlines and says which jobs to start,
-which to pre-empt, which retries are due, which jobs ran out of NoProgressTimeout,
-and when to look again.
+which to pre-empt, which retries are due, which jobs ran out of NoProgressTimeout
+or MaximumDownloadTime, which were inactive too long, and when to look again.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ class JobView:
     retry_at_ns: int = 0
     no_progress_since_ns: int = 0
     no_progress_timeout_s: int = 0
+    run_started_ns: int = 0  # entered CONNECTING; 0 when not running
+    queued_ns: int = 0  # entered QUEUED; 0 when unknown (after a restart)
+    maximum_download_time_s: int = 0  # 0: no limit
+    download_time_ns: int = 0  # running time before the current run
+    modified_ns: int = 0  # last activity
 
 
 @dataclass(slots=True)
@@ -29,58 +34,104 @@ class Plan:
     start: list[str] = field(default_factory=list)
     preempt: list[str] = field(default_factory=list)
     retry: list[str] = field(default_factory=list)
-    timeout: list[str] = field(default_factory=list)
+    timeout: list[str] = field(default_factory=list)  # NoProgressTimeout: TRANSIENT_ERROR -> ERROR
+    download_timeout: list[str] = field(default_factory=list)  # MaximumDownloadTime -> ERROR
+    inactive: list[str] = field(default_factory=list)  # job inactivity timeout -> CANCELLED
     wake_at_ns: int | None = None
 
 
 RUNNING = (JobState.CONNECTING, JobState.TRANSFERRING)
+_S = 10**9
 
 
 def no_progress_deadline_ns(job: JobView) -> int | None:
     if job.state is not JobState.TRANSIENT_ERROR or not job.no_progress_since_ns:
         return None
-    return job.no_progress_since_ns + job.no_progress_timeout_s * 10**9
+    return job.no_progress_since_ns + job.no_progress_timeout_s * _S
 
 
-def plan(jobs: Iterable[JobView], now_ns: int, max_background: int) -> Plan:
+def download_deadline_ns(job: JobView) -> int | None:
+    if job.state not in RUNNING or not job.maximum_download_time_s or not job.run_started_ns:
+        return None
+    return job.run_started_ns + job.maximum_download_time_s * _S - job.download_time_ns
+
+
+def plan(
+    jobs: Iterable[JobView],
+    now_ns: int,
+    max_background: int = 1,
+    *,
+    time_slice_s: float = 60.0,
+    inactivity_timeout_s: int = 0,
+) -> Plan:
     """Decide what happens next.
 
-    FOREGROUND jobs all run.  Background jobs run by priority (HIGH > NORMAL > LOW),
-    at most ``max_background`` at once; within a priority a running job keeps its
-    place over a queued one, then creation order decides.
+    FOREGROUND jobs all run.  Background jobs run by priority (HIGH > NORMAL > LOW), at
+    most ``max_background`` at once.  Within a priority it is round robin: a running job
+    keeps its slot until its time slice ends *and* a job of the same priority waits;
+    then it goes back to the queue behind the jobs that waited.  A higher priority job
+    takes a slot from a lower one at once.  ``inactivity_timeout_s`` 0 means never.
     """
+    slice_ns = int(time_slice_s * _S)
     result = Plan()
-    runnable: list[tuple[JobView, bool]] = []
     wake: list[int] = []
+    # (job, running, order): order is when the job became a candidate for a slot
+    candidates: list[tuple[JobView, bool, int]] = []
     for job in jobs:
+        if job.state.is_final:
+            continue
+        if inactivity_timeout_s and job.state not in RUNNING:
+            inactive_at = job.modified_ns + inactivity_timeout_s * _S
+            if inactive_at <= now_ns:
+                result.inactive.append(job.job_id)
+                continue
+            wake.append(inactive_at)
         if job.state is JobState.TRANSIENT_ERROR:
             deadline = no_progress_deadline_ns(job)
             if deadline is not None and deadline <= now_ns:
                 result.timeout.append(job.job_id)
             elif job.retry_at_ns <= now_ns:
                 result.retry.append(job.job_id)
-                runnable.append((job, False))
+                candidates.append((job, False, now_ns))
             else:
                 wake.append(job.retry_at_ns)
                 if deadline is not None:
                     wake.append(deadline)
         elif job.state is JobState.QUEUED:
-            runnable.append((job, False))
+            candidates.append((job, False, job.queued_ns))
         elif job.state in RUNNING:
-            runnable.append((job, True))
+            deadline = download_deadline_ns(job)
+            if deadline is not None:
+                if deadline <= now_ns:
+                    result.download_timeout.append(job.job_id)
+                    continue
+                wake.append(deadline)
+            candidates.append((job, True, job.run_started_ns))
 
-    background: list[tuple[JobView, bool]] = []
-    for job, running in runnable:
+    background: list[tuple[tuple[int, int, int, int], JobView, bool]] = []
+    for job, running, order in candidates:
         if job.priority is JobPriority.FOREGROUND:
             if not running:
                 result.start.append(job.job_id)
+            continue
+        # A running job whose start is unknown (0) is taken to be inside its slice.
+        slice_end = job.run_started_ns + slice_ns if job.run_started_ns else now_ns + slice_ns
+        if running and slice_end > now_ns:
+            key = (int(job.priority), 0, order, job.seq)  # inside its slice: keeps the slot
+        elif running:
+            key = (int(job.priority), 1, now_ns, job.seq)  # slice over: to the back of the line
         else:
-            background.append((job, running))
-    background.sort(key=lambda item: (int(item[0].priority), not item[1], item[0].seq))
-    for index, (job, running) in enumerate(background):
+            key = (int(job.priority), 1, order, job.seq)
+        background.append((key, job, running))
+    background.sort(key=lambda item: item[0])
+
+    waiting = {int(job.priority) for _, job, running in background if not running}
+    for index, (_, job, running) in enumerate(background):
         if index < max_background:
             if not running:
                 result.start.append(job.job_id)
+            elif int(job.priority) in waiting and job.run_started_ns + slice_ns > now_ns:
+                wake.append(job.run_started_ns + slice_ns)  # look again when the slice ends
         elif running:
             result.preempt.append(job.job_id)
     result.wake_at_ns = min(wake) if wake else None

@@ -94,16 +94,36 @@ class Scheduler:
                 j.state,
                 j.priority,
                 j.seq,
-                j.retry_at_ns,
-                j.no_progress_since_ns,
-                j.no_progress_timeout_s,
+                retry_at_ns=j.retry_at_ns,
+                no_progress_since_ns=j.no_progress_since_ns,
+                no_progress_timeout_s=j.no_progress_timeout_s,
+                run_started_ns=j.run_started_ns,
+                queued_ns=j.queued_ns,
+                maximum_download_time_s=j.maximum_download_time_s,
+                download_time_ns=j.download_time_ns,
+                modified_ns=j.modified_ns,
             )
             for j in jobs.values()
             if not j.state.is_final
         ]
-        plan = policy.plan(views, now, self.config.max_concurrent_background_jobs)
+        config = self.config
+        plan = policy.plan(
+            views,
+            now,
+            config.max_concurrent_background_jobs,
+            time_slice_s=config.time_slice_s,
+            inactivity_timeout_s=config.job_inactivity_timeout_s,
+        )
+        assert self._group is not None
+        for job_id in plan.inactive:
+            self._group.create_task(service.inactive(jobs[job_id]))
         for job_id in plan.timeout:
             service.no_progress_timeout(jobs[job_id])
+        for job_id in plan.download_timeout:
+            task = self.running.get(job_id)
+            if task is not None:
+                task.cancel()
+            service.download_time_exceeded(jobs[job_id])
         for job_id in plan.retry:
             service.retry_due(jobs[job_id])
         for job_id in plan.preempt:
@@ -116,7 +136,6 @@ class Scheduler:
                 continue  # its previous task is still letting go
             job = jobs[job_id]
             service.job_started(job)
-            assert self._group is not None
             self.running[job_id] = self._group.create_task(self._run_job(job), name=f"job {job_id}")
         if now >= self._next_purge_ns:
             service.purge_finished()

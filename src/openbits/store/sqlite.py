@@ -69,6 +69,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX files_by_job ON files(job_id, position);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN maximum_download_time_s INTEGER NOT NULL DEFAULT 7776000;
+    ALTER TABLE jobs ADD COLUMN download_time_ns INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -77,8 +81,10 @@ _JOB_COLUMNS = (
     "job_id, seq, owner, owner_uid, display_name, description, job_type, priority, state, "
     "minimum_retry_delay_s, no_progress_timeout_s, notify_flags, created_ns, modified_ns, "
     "transferred_ns, finished_ns, transient_error_count, error_hresult, error_context, "
-    "error_message, error_file_index, retry_at_ns, no_progress_since_ns"
+    "error_message, error_file_index, retry_at_ns, no_progress_since_ns, "
+    "maximum_download_time_s, download_time_ns"
 )
+_JOB_COLUMN_COUNT = len(_JOB_COLUMNS.split(","))
 _FILE_COLUMNS = (
     "file_id, job_id, position, remote_url, local_file, bytes_total, bytes_transferred, "
     "completed, temp_name, etag, last_modified, published"
@@ -157,7 +163,7 @@ class SqliteStore:
         job.seq = self._seq
         with self._transaction() as db:
             db.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 23)})",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * _JOB_COLUMN_COUNT)})",
                 _job_row(job, self._seq),
             )
             for position, f in enumerate(job.files):
@@ -266,6 +272,8 @@ def _job_row(job: Job, seq: int) -> tuple[object, ...]:
         err.file_index if err else None,
         job.retry_at_ns,
         job.no_progress_since_ns,
+        job.maximum_download_time_s,
+        job.download_time_ns,
     )
 
 
@@ -294,6 +302,8 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         err_file,
         retry_at,
         no_progress_since,
+        maximum_download_time,
+        download_time,
     ) = row
     error = None
     if err_hr is not None:
@@ -324,6 +334,8 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         retry_at_ns=int(retry_at),
         no_progress_since_ns=int(no_progress_since),
         seq=int(seq),
+        maximum_download_time_s=int(maximum_download_time),
+        download_time_ns=int(download_time),
     )
 
 

@@ -1,0 +1,824 @@
+#!/usr/bin/env python3
+"""2,000 files of 16 KiB over loopback HTTP: curl -K, aria2c -i and one openbits job, alternated.
+
+Run from the repository root::
+
+    .venv/bin/python bench/bench_small.py [--files N] [--size BYTES] [--runs N] [--warmup N] [--keep]
+
+One invocation writes N random files, starts its own nginx on a free 127.0.0.1 port
+(one worker, keepalive_requests 100000, one log line per request naming its
+connection) and its own openbits daemon, then times each case round-robin.  Before
+every run the output directory is emptied and ``sync`` runs (untimed).  The openbits
+case is one BITS job driven in-process through ``openbits.client.Client``: CreateJob,
+N AddFile calls, Resume, polling until TRANSFERRED, Complete; each phase is timed
+on its own.  It prints files/s per case, medians and the openbits/curl ratio, and
+writes ``bench/out/bench_small.json``.  Everything it started is stopped, and its
+work directory removed (unless --keep), on success, failure, Ctrl-C or SIGTERM.
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import (
+    KIB,
+    OUT_DIR,
+    BenchError,
+    Case,
+    Runner,
+    Services,
+    Setting,
+    Snapshot,
+    Timing,
+    add_daemon_env_arg,
+    add_daemon_setting_arg,
+    exit_on_signals,
+    find_program,
+    find_venv,
+    loadavg,
+    log,
+    machine_info,
+    parse_daemon_env,
+    parse_daemon_settings,
+    render_rows,
+    sha256_file,
+    tail,
+    untimed_sync,
+    versions,
+    write_daemon_config,
+)
+
+JSON_PATH = OUT_DIR / "bench_small.json"
+CASE_NAMES = ("curl", "curl+fsync", "aria2c", "openbits")
+RUN_DEADLINE_S = 600.0
+#: the daemon's limits, raised so one job may hold every file (root is exempt from the job limits anyway)
+DAEMON_LIMITS: dict[str, Setting] = {
+    "max_jobs_per_user": 100000,
+    "max_jobs_per_machine": 100000,
+    "max_files_per_job": 100000,
+}
+# JobState values (openbits.model.JobState; kept here so the script needs no openbits import to start)
+TRANSFERRED, ACKNOWLEDGED, ERROR, TRANSIENT_ERROR, CANCELLED = 6, 7, 4, 5, 8
+STATE_NAMES = {
+    0: "QUEUED",
+    1: "CONNECTING",
+    2: "TRANSFERRING",
+    3: "SUSPENDED",
+    4: "ERROR",
+    5: "TRANSIENT_ERROR",
+    6: "TRANSFERRED",
+    7: "ACKNOWLEDGED",
+    8: "CANCELLED",
+}
+
+
+# -- the test data ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Dataset:
+    names: list[str]  # file names, the same under www/small/ and in the output directory
+    sha256: dict[str, str]
+    size: int
+    url_base: str = ""  # http://127.0.0.1:PORT/small
+
+    def url(self, name: str) -> str:
+        return f"{self.url_base}/{name}"
+
+
+def write_dataset(directory: Path, count: int, size: int) -> Dataset:
+    directory.mkdir(parents=True)
+    width = max(5, len(str(count - 1)))
+    names = [f"f{i:0{width}d}.bin" for i in range(count)]
+    digests: dict[str, str] = {}
+    for name in names:
+        data = os.urandom(size)
+        (directory / name).write_bytes(data)
+        digests[name] = hashlib.sha256(data).hexdigest()
+    return Dataset(names, digests, size)
+
+
+def write_client_lists(work: Path, data: Dataset, dl: Path) -> tuple[Path, Path]:
+    """curl's -K config (url/output pairs) and aria2c's -i list (one URL a line)."""
+    curl_cfg = work / "curl_small.cfg"
+    with open(curl_cfg, "w", encoding="utf-8") as fh:
+        for name in data.names:
+            fh.write(f'url = "{data.url(name)}"\noutput = "{dl / name}"\n')
+    urls = work / "urls.txt"
+    urls.write_text("".join(f"{data.url(name)}\n" for name in data.names))
+    return curl_cfg, urls
+
+
+# -- connections --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ConnCount:
+    connections: int
+    requests: int
+    bad_status: int  # requests not answered 200
+    body_bytes: int
+
+
+class ConnLog:
+    """Reads what nginx appended to its per-request log (``$connection $connection_requests
+    $status $body_bytes_sent``) since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def mark(self) -> None:
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def read(self, expected: int, wait_s: float = 2.0) -> ConnCount:
+        """The requests since ``mark``; waits (untimed) up to ``wait_s`` for ``expected`` lines,
+        since nginx logs a request just after the client may have read the last byte."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                lines = fh.read().decode("ascii", "replace").splitlines()
+            if len(lines) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        conns: set[str] = set()
+        bad = 0
+        body = 0
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 4:
+                continue
+            conns.add(parts[0])
+            if parts[2] != "200":
+                bad += 1
+            if parts[3].isdigit():
+                body += int(parts[3])
+        return ConnCount(len(conns), len(lines), bad, body)
+
+
+# -- the openbits case --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class JobPhases:
+    """One openbits run, phase by phase (wall seconds; daemon CPU seconds)."""
+
+    create_add_s: float  # CreateJob + N AddFile
+    transfer_s: float  # Resume until the job was seen TRANSFERRED
+    complete_s: float  # Complete (SetJobState 1)
+    create_add_daemon_cpu_s: float
+    transfer_daemon_cpu_s: float
+    complete_daemon_cpu_s: float
+    add_file_ms: dict[str, float]  # latency of one AddFile call: median, p90, p99, max, first/last 10%
+    polls: int  # GetJob calls while waiting for TRANSFERRED
+    get_job_ms: float  # latency of the last of those GetJob calls (the whole job, every file)
+    published_early: int  # final names present before Complete (must be 0)
+
+
+def latency_stats(samples_s: list[float]) -> dict[str, float]:
+    ms = sorted(x * 1000 for x in samples_s)
+    n = len(ms)
+    tenth = max(1, n // 10)
+    return {
+        "median": statistics.median(ms),
+        "p90": ms[min(n - 1, int(n * 0.9))],
+        "p99": ms[min(n - 1, int(n * 0.99))],
+        "max": ms[-1],
+        "mean_first_10pct": statistics.fmean(samples_s[:tenth]) * 1000,
+        "mean_last_10pct": statistics.fmean(samples_s[-tenth:]) * 1000,
+    }
+
+
+def run_openbits_job(services: Services, data: Dataset, dl: Path, label: str) -> tuple[Timing, JobPhases]:
+    """One whole BITS job through the in-process client, timed phase by phase."""
+    from openbits.client import Client
+
+    add_lat: list[float] = []
+    polls = 0
+    get_job_s = 0.0
+    cpu0 = time.process_time()
+    s0 = Snapshot.take(services)
+    with Client(str(services.socket), timeout=RUN_DEADLINE_S) as client:
+        job = client.create_job(DisplayName=f"bench_small {label}", Priority=0)
+        for name in data.names:
+            a = time.perf_counter()
+            client.add_file(job, data.url(name), str(dl / name))
+            add_lat.append(time.perf_counter() - a)
+        s1 = Snapshot.take(services)
+        client.resume(job)
+        delay = 0.02
+        deadline = time.monotonic() + RUN_DEADLINE_S
+        while True:
+            a = time.perf_counter()
+            instance = client.get_job(job, include_finished=True)
+            get_job_s = time.perf_counter() - a
+            polls += 1
+            state = int(instance["State"])
+            if state == TRANSFERRED:
+                break
+            if state in (ERROR, TRANSIENT_ERROR, CANCELLED, ACKNOWLEDGED):
+                detail = ""
+                if state in (ERROR, TRANSIENT_ERROR):
+                    detail = json.dumps(client.get_error(job))
+                raise BenchError(
+                    f"openbits: the job went {STATE_NAMES[state]} {detail}\n"
+                    f"--- daemon log (tail) ---\n{tail(services.daemon_log)}"
+                )
+            if time.monotonic() > deadline:
+                name = STATE_NAMES.get(state, str(state))
+                raise BenchError(f"openbits: the job was still {name} after {RUN_DEADLINE_S:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)  # as `openbits transfer` polls
+        s2 = Snapshot.take(services)
+        cpu2 = time.process_time()
+        # untimed: nothing may carry its final name before Complete
+        wanted = set(data.names)
+        published_early = sum(1 for n in os.listdir(dl) if n in wanted)
+        cpu3 = time.process_time()
+        s3 = Snapshot.take(services)
+        rc = client.complete(job)
+        s4 = Snapshot.take(services)
+    cpu4 = time.process_time()
+    if rc != 0:
+        raise BenchError(f"openbits: Complete returned 0x{rc:08X}")
+    # The timing is the three phases, without the untimed check between s2 and s3.
+    add, transfer, done = s1.since(s0, 0.0), s2.since(s1, 0.0), s4.since(s3, 0.0)
+    parts = (add, transfer, done)
+    total = Timing(
+        sum(p.wall_s for p in parts),
+        (cpu2 - cpu0) + (cpu4 - cpu3),
+        sum(p.daemon_cpu_s for p in parts),
+        sum(p.nginx_cpu_s for p in parts),
+        sum(p.machine_busy_s for p in parts),
+    )
+    phases = JobPhases(
+        create_add_s=add.wall_s,
+        transfer_s=transfer.wall_s,
+        complete_s=done.wall_s,
+        create_add_daemon_cpu_s=add.daemon_cpu_s,
+        transfer_daemon_cpu_s=transfer.daemon_cpu_s,
+        complete_daemon_cpu_s=done.daemon_cpu_s,
+        add_file_ms=latency_stats(add_lat),
+        polls=polls,
+        get_job_ms=get_job_s * 1000,
+        published_early=published_early,
+    )
+    return total, phases
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Run:
+    case: str
+    index: int  # 0-based; warm-ups are negative
+    warmup: bool
+    wall_s: float
+    files_per_s: float
+    cpu_s: float  # the client (wait4 rusage, or this process for openbits) + for openbits the daemon's
+    client_cpu_s: float
+    daemon_cpu_s: float  # the daemon's CPU during the run (also measured for the other cases)
+    nginx_cpu_s: float
+    other_cpu_s: float  # the machine's busy CPU during the run minus client, daemon and nginx
+    connections: int  # distinct nginx connections that served the run's requests
+    requests: int
+    files_ok: int  # output files with the right size
+    sha256_checked: int
+    sha256_bad: list[str] = field(default_factory=list)
+    stray_files: list[str] = field(default_factory=list)
+    phases: JobPhases | None = None
+
+
+def check_output(dl: Path, data: Dataset, sample: int, seed: int) -> tuple[int, list[str], int, list[str]]:
+    """(files of the right size, stray names, hashes checked, names whose hash differs)."""
+    present = set(os.listdir(dl))
+    ok = 0
+    for name in data.names:
+        try:
+            if os.stat(dl / name).st_size == data.size:
+                ok += 1
+        except OSError:
+            pass
+    stray = sorted(present - set(data.names))
+    rng = random.Random(seed)
+    picks = sorted(rng.sample(data.names, min(sample, len(data.names))))
+    picks = sorted({data.names[0], data.names[-1], *picks})
+    bad = [n for n in picks if n in present and sha256_file(dl / n) != data.sha256[n]]
+    return ok, stray, len(picks), bad
+
+
+def make_cases(curl_cfg: Path, urls: Path, dl: Path, data: Dataset, aria2c: str | None) -> list[Case]:
+    cases = [
+        Case("curl", lambda _out: [["curl", "-s", "-K", str(curl_cfg)]]),
+        Case(
+            "curl+fsync",
+            lambda _out: [
+                ["curl", "-s", "-K", str(curl_cfg)],
+                ["sync", str(dl), *(str(dl / n) for n in data.names)],
+            ],
+        ),
+    ]
+    if aria2c:
+        cases.append(
+            Case(
+                "aria2c",
+                lambda _out: [
+                    [
+                        aria2c,
+                        "-q",
+                        "-j1",
+                        "-x1",
+                        "-s1",
+                        "--file-allocation=none",
+                        "--allow-overwrite=true",
+                        "--auto-file-renaming=false",
+                        "--summary-interval=0",
+                        "-d",
+                        str(dl),
+                        "-i",
+                        str(urls),
+                    ]
+                ],
+            )
+        )
+    cases.append(Case("openbits", lambda _out: [], uses_daemon=True))  # run in-process
+    return cases
+
+
+def run_rounds(
+    args: argparse.Namespace,
+    cases: list[Case],
+    runner: Runner,
+    data: Dataset,
+    conn_log: ConnLog,
+    runs: list[Run],
+    failures: list[str],
+) -> None:
+    """Warm-ups then counted rounds; each round runs every case once, in order."""
+    services = runner.services
+    dl = runner.dl_dir
+    n = len(data.names)
+    for rnd in range(-args.warmup, args.runs):
+        warm = rnd < 0
+        for case in cases:
+            runner.clear_output()
+            untimed_sync()
+            conn_log.mark()
+            label = "warm-up" if warm else f"run {rnd + 1}/{args.runs}"
+            phases: JobPhases | None = None
+            if case.name == "openbits":
+                t, phases = run_openbits_job(services, data, dl, label)
+            else:
+                err_path = runner.logs_dir / f"{case.name}-{rnd + args.warmup}.err"
+                t = runner.run(case, dl, err_path)
+            conns = conn_log.read(n)
+            ok, stray, checked, bad = check_output(dl, data, args.sample, seed=rnd + 1000)
+            run = Run(
+                case=case.name,
+                index=rnd,
+                warmup=warm,
+                wall_s=t.wall_s,
+                files_per_s=n / t.wall_s,
+                cpu_s=t.client_cpu_s + (t.daemon_cpu_s if case.uses_daemon else 0.0),
+                client_cpu_s=t.client_cpu_s,
+                daemon_cpu_s=t.daemon_cpu_s,
+                nginx_cpu_s=t.nginx_cpu_s,
+                other_cpu_s=t.other_cpu_s,
+                connections=conns.connections,
+                requests=conns.requests,
+                files_ok=ok,
+                sha256_checked=checked,
+                sha256_bad=bad,
+                stray_files=stray,
+                phases=phases,
+            )
+            runs.append(run)
+            notes = [f"{conns.connections} conn, {conns.requests} req"]
+            if conns.bad_status:
+                notes.append(f"{conns.bad_status} non-200")
+            notes.append(f"sha256 {checked - len(bad)}/{checked} ok")
+            if stray:
+                notes.append(f"{len(stray)} stray files: {', '.join(stray[:3])}")
+            if phases is not None:
+                notes.append(
+                    f"add {phases.create_add_s:.2f} + transfer {phases.transfer_s:.2f}"
+                    f" + complete {phases.complete_s:.2f} s; this process {t.client_cpu_s:.2f}"
+                    f" + daemon {t.daemon_cpu_s:.2f} CPU s"
+                )
+            log(
+                f"  [{label:>9}] {case.name:<10} {t.wall_s:7.3f} s  {run.files_per_s:6.0f} files/s"
+                f"  CPU {run.cpu_s:5.2f} s  nginx {t.nginx_cpu_s:4.2f} s  other {t.other_cpu_s:5.2f} s"
+                f"  ({'; '.join(notes)})"
+            )
+            if ok != n:
+                raise BenchError(f"{case.name}: {n - ok} of {n} output files missing or of the wrong size")
+            if bad:
+                raise BenchError(f"{case.name}: sha256 differs from the source for {', '.join(bad[:5])}")
+            if conns.bad_status:
+                failures.append(f"{case.name}: {conns.bad_status} requests were not answered 200")
+            if case.uses_daemon and stray:
+                failures.append(f"{case.name}: left files beside the output: {', '.join(stray[:5])}")
+            if phases is not None and phases.published_early:
+                failures.append(
+                    f"{case.name}: {phases.published_early} files carried their final name before Complete"
+                )
+            services.check_daemon_alive()
+    runner.clear_output()
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Summary:
+    case: str
+    runs: int
+    median_wall_s: float
+    min_wall_s: float
+    max_wall_s: float
+    files_per_s: float  # at the median wall time
+    median_cpu_s: float
+    median_client_cpu_s: float
+    median_daemon_cpu_s: float
+    median_nginx_cpu_s: float
+    median_other_cpu_s: float
+    connections: list[int]  # the distinct counts seen over the counted runs
+    vs_openbits: float | None  # this case's files/s / openbits' files/s
+
+
+def summarize(runs: list[Run], cases: list[Case], files: int) -> list[Summary]:
+    out: list[Summary] = []
+    for case in cases:
+        counted = [r for r in runs if r.case == case.name and not r.warmup]
+        if not counted:
+            continue
+        walls = [r.wall_s for r in counted]
+        med = statistics.median(walls)
+        out.append(
+            Summary(
+                case=case.name,
+                runs=len(counted),
+                median_wall_s=med,
+                min_wall_s=min(walls),
+                max_wall_s=max(walls),
+                files_per_s=files / med,
+                median_cpu_s=statistics.median(r.cpu_s for r in counted),
+                median_client_cpu_s=statistics.median(r.client_cpu_s for r in counted),
+                median_daemon_cpu_s=statistics.median(r.daemon_cpu_s for r in counted),
+                median_nginx_cpu_s=statistics.median(r.nginx_cpu_s for r in counted),
+                median_other_cpu_s=statistics.median(r.other_cpu_s for r in counted),
+                connections=sorted({r.connections for r in counted}),
+                vs_openbits=None,
+            )
+        )
+    ob = next((s for s in out if s.case == "openbits"), None)
+    if ob is not None:
+        for s in out:
+            s.vs_openbits = s.files_per_s / ob.files_per_s
+    return out
+
+
+def phase_summary(runs: list[Run], files: int) -> dict[str, Any]:
+    counted = [r.phases for r in runs if r.case == "openbits" and not r.warmup and r.phases is not None]
+    if not counted:
+        return {}
+
+    def med(attr: str) -> float:
+        return statistics.median(float(getattr(p, attr)) for p in counted)
+
+    add_ms = {k: statistics.median(p.add_file_ms[k] for p in counted) for k in counted[0].add_file_ms}
+    return {
+        "create_add_s": med("create_add_s"),
+        "transfer_s": med("transfer_s"),
+        "complete_s": med("complete_s"),
+        "create_add_daemon_cpu_s": med("create_add_daemon_cpu_s"),
+        "transfer_daemon_cpu_s": med("transfer_daemon_cpu_s"),
+        "complete_daemon_cpu_s": med("complete_daemon_cpu_s"),
+        "add_file_ms": add_ms,
+        "polls": med("polls"),
+        "get_job_ms": med("get_job_ms"),
+        "files": files,
+    }
+
+
+def render_table(summaries: list[Summary]) -> str:
+    rows = [
+        [
+            "case",
+            "median wall s (min–max)",
+            "files/s",
+            "CPU s",
+            "nginx CPU s",
+            "other CPU s",
+            "conns",
+            "files/s ÷ openbits",
+        ]
+    ]
+    for s in summaries:
+        cpu = f"{s.median_cpu_s:.2f}"
+        if s.case == "openbits":
+            cpu += f" (client {s.median_client_cpu_s:.2f} + daemon {s.median_daemon_cpu_s:.2f})"
+        rows.append(
+            [
+                s.case,
+                f"{s.median_wall_s:.3f} ({s.min_wall_s:.3f}–{s.max_wall_s:.3f})",
+                f"{s.files_per_s:.0f}",
+                cpu,
+                f"{s.median_nginx_cpu_s:.2f}",
+                f"{s.median_other_cpu_s:.2f}",
+                ",".join(str(c) for c in s.connections),
+                "–" if s.vs_openbits is None else f"{s.vs_openbits:.2f}",
+            ]
+        )
+    return render_rows(rows)
+
+
+def render_phases(ph: dict[str, Any]) -> str:
+    n = ph["files"]
+    total = ph["create_add_s"] + ph["transfer_s"] + ph["complete_s"]
+    rows = [["openbits phase", "median wall s", "share", "ms per file", "daemon CPU s"]]
+    for label, key in (
+        (f"CreateJob + {n} AddFile", "create_add"),
+        ("Resume → TRANSFERRED", "transfer"),
+        ("Complete", "complete"),
+    ):
+        wall = ph[f"{key}_s"]
+        rows.append(
+            [
+                label,
+                f"{wall:.3f}",
+                f"{wall / total:.0%}" if total else "–",
+                f"{wall / n * 1000:.2f}",
+                f"{ph[f'{key}_daemon_cpu_s']:.2f}",
+            ]
+        )
+    a = ph["add_file_ms"]
+    return (
+        render_rows(rows)
+        + f"\nAddFile latency ms: median {a['median']:.2f}, p90 {a['p90']:.2f}, p99 {a['p99']:.2f}, "
+        f"max {a['max']:.1f}; mean of the first 10% {a['mean_first_10pct']:.2f} vs the last 10% "
+        f"{a['mean_last_10pct']:.2f}"
+        + f"\nwaiting for TRANSFERRED: {ph['polls']:.0f} GetJob polls (20→50 ms apart, as `openbits "
+        f"transfer`); one GetJob of the {n}-file job took {ph['get_job_ms']:.1f} ms"
+    )
+
+
+def ratio_lines(summaries: list[Summary], ph: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
+    by = {s.case: s for s in summaries}
+    ob = by.get("openbits")
+    lines: list[str] = []
+    ratios: dict[str, float] = {}
+    if ob is None:
+        return lines, ratios
+    if "curl" in by:
+        r = ob.files_per_s / by["curl"].files_per_s
+        ratios["openbits/curl"] = r
+        verdict = "met" if r >= 1.0 else "NOT met"
+        lines.append(f"openbits/curl files/s ratio = {r:.2f} (target ≥ 1.0: {verdict})")
+    if "curl+fsync" in by:
+        r = ob.files_per_s / by["curl+fsync"].files_per_s
+        ratios["openbits/curl+fsync"] = r
+        lines.append(f"openbits/curl+fsync files/s ratio = {r:.2f} (like-for-like: both durable on return)")
+    if "aria2c" in by:
+        r = ob.files_per_s / by["aria2c"].files_per_s
+        ratios["openbits/aria2c"] = r
+        lines.append(f"openbits/aria2c files/s ratio = {r:.2f}")
+    if ph and "curl" in by:
+        r = by["curl"].median_wall_s / ph["transfer_s"]
+        ratios["openbits_transfer_phase/curl"] = r
+        lines.append(
+            f"openbits transfer phase alone (Resume → TRANSFERRED) vs curl: {r:.2f} "
+            "(the job's API calls and Complete excluded)"
+        )
+    return lines, ratios
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--files", type=int, default=2000, help="number of files (default 2000)")
+    p.add_argument("--size", type=int, default=16 * KIB, help="bytes per file (default 16384)")
+    p.add_argument("--runs", type=int, default=5, help="counted runs per case (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
+    p.add_argument(
+        "--sample", type=int, default=64, help="files whose sha256 is checked after every run (default 64)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work directory (files, logs, state)")
+    p.add_argument(
+        "--cases", default=",".join(CASE_NAMES), help=f"comma-separated subset of {','.join(CASE_NAMES)}"
+    )
+    p.add_argument(
+        "--work-parent",
+        type=Path,
+        default=OUT_DIR,
+        help="where the work directory is made (default bench/out/)",
+    )
+    p.add_argument(
+        "--json", type=Path, default=JSON_PATH, help="results file (default bench/out/bench_small.json)"
+    )
+    add_daemon_env_arg(p)
+    add_daemon_setting_arg(p)
+    args = p.parse_args(argv)
+    args.daemon_env = parse_daemon_env(p, args.daemon_env)
+    args.daemon_setting = parse_daemon_settings(p, args.daemon_setting)
+    if args.runs < 1 or args.warmup < 0 or args.size < 1 or args.files < 1 or args.sample < 0:
+        p.error("need --runs ≥ 1, --warmup ≥ 0, --files ≥ 1, --size ≥ 1 and --sample ≥ 0")
+    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(wanted) - set(CASE_NAMES))
+    if unknown:
+        p.error(f"unknown case(s): {', '.join(unknown)}")
+    args.cases = wanted
+    return args
+
+
+def print_report(
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    summaries: list[Summary],
+    ph: dict[str, Any],
+    daemon_rc: int | None,
+) -> dict[str, float]:
+    fs = machine["work_fs"]
+    log("")
+    log(
+        f"{summaries[0].runs} counted run(s) per case after {args.warmup} warm-up round(s); "
+        f"{args.files} files × {args.size} bytes from nginx on 127.0.0.1, into an emptied directory"
+    )
+    log(
+        f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, {machine['mem_gib']} GiB RAM, "
+        f"kernel {machine['kernel']}, work dir on {fs['type']} ({fs['device']} at {fs['mount']})"
+    )
+    log(
+        f"load average (1, 5, 15 min) at start: {machine['loadavg_start']}, "
+        f"at end: {machine.get('loadavg_end', '?')}"
+    )
+    log("")
+    log(render_table(summaries))
+    log("")
+    lines, ratios = ratio_lines(summaries, ph)
+    for line in lines:
+        log(line)
+    if ph:
+        log("")
+        log(render_phases(ph))
+    busy = max(
+        (s.median_other_cpu_s / s.median_wall_s for s in summaries if s.median_other_cpu_s > 0.1), default=0.0
+    )
+    if busy > 0.25:
+        log(
+            f"note: other CPU reached {busy:.0%} of a case's median wall time: something else was using "
+            "the machine (or the kernel was writing back); rerun on an idle machine before trusting ratios"
+        )
+    log(f"openbits daemon exit status after SIGTERM: {daemon_rc}")
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    nginx = find_program("nginx")
+    if nginx is None:
+        log("nginx not found (apt-get install nginx, or `make bench`)")
+        return 2
+    if find_program("curl") is None:
+        log("curl not found")
+        return 2
+    aria2c = find_program("aria2c")
+    venv = find_venv()
+    if venv is None:
+        log("run this with the project's venv python (make venv; .venv/bin/python bench/bench_small.py)")
+        return 2
+    _venv_bin, venv_python = venv
+
+    args.work_parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench_small-", dir=args.work_parent)).resolve()
+    www, dl, logs_dir = work / "www", work / "dl", work / "logs"
+    for d in (www, dl, logs_dir):
+        d.mkdir()
+    services = Services(work, nginx, venv_python, args.daemon_env, conn_log=True)
+    runner = Runner(services, dl, logs_dir)
+    failures: list[str] = []
+    runs: list[Run] = []
+    cases: list[Case] = []
+    vers: dict[str, str] = {}
+    daemon_rc: int | None = None
+    daemon_settings = {**DAEMON_LIMITS, **args.daemon_setting}
+    interrupted = False
+    machine = machine_info(work)
+    machine["loadavg_start"] = loadavg()
+    fs = machine["work_fs"]
+    try:
+        with exit_on_signals():
+            try:
+                log(
+                    f"machine: nproc {machine['nproc']} ({machine['cpu_model']}), {machine['mem_gib']} GiB, "
+                    f"kernel {machine['kernel']}, {machine['os']}"
+                )
+                log(f"work dir: {work} on {fs['type']} ({fs['device']} at {fs['mount']})")
+                log(f"load average: {machine['loadavg_start']}")
+                vers = versions(nginx, aria2c, venv_python)
+                log("versions: " + "; ".join(f"{k}: {v}" for k, v in vers.items()))
+                log(f"writing {args.files} random files of {args.size} bytes ...")
+                data = write_dataset(www / "small", args.files, args.size)
+                untimed_sync()
+                first = f"/small/{data.names[0]}"
+                url = services.start_nginx(first, args.size)
+                data.url_base = url.removesuffix(first) + "/small"
+                log(f"nginx serving {data.url_base}/ ({data.names[0]} … {data.names[-1]})")
+                conn_log = ConnLog(work / "conn.log")
+                config = write_daemon_config(work / "openbits.toml", daemon_settings)
+                services.start_daemon(config)
+                log(f"openbits daemon on {services.socket}, config: {json.dumps(daemon_settings)}")
+                if args.daemon_env:
+                    log("daemon environment: " + " ".join(f"{k}={v}" for k, v in args.daemon_env.items()))
+                if "aria2c" in args.cases and aria2c is None:
+                    log("aria2c not installed: case skipped")
+                curl_cfg, urls = write_client_lists(work, data, dl)
+                cases = [c for c in make_cases(curl_cfg, urls, dl, data, aria2c) if c.name in args.cases]
+                log(
+                    f"{args.warmup} warm-up + {args.runs} counted run(s) per case, round-robin: "
+                    + ", ".join(c.name for c in cases)
+                )
+                run_rounds(args, cases, runner, data, conn_log, runs, failures)
+                machine["loadavg_end"] = loadavg()
+            except BenchError as e:
+                failures.append(str(e))
+            except (KeyboardInterrupt, SystemExit):
+                interrupted = True
+                log("interrupted: cleaning up")
+            finally:
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(signum, signal.SIG_IGN)  # cleanup is bounded by timeouts; finish it
+                runner.kill_current()
+                daemon_started = services.daemon is not None
+                daemon_rc = services.stop_daemon()
+                services.stop_nginx()
+                services.close_logs()
+                if daemon_started and daemon_rc != 0 and not interrupted:
+                    failures.append(
+                        f"openbits serve exited with {daemon_rc} after SIGTERM (expected 0):\n"
+                        f"{tail(services.daemon_log)}"
+                    )
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    if interrupted:
+        return 130
+
+    summaries = summarize(runs, cases, args.files)
+    ph = phase_summary(runs, args.files)
+    if summaries and failures:
+        log("\nWARNING: the run did not finish cleanly; the figures below may be incomplete")
+    ratios = print_report(args, machine, summaries, ph, daemon_rc) if summaries else {}
+    result = {
+        "benchmark": "bench_small",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "args": {
+            "files": args.files,
+            "size": args.size,
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "sample": args.sample,
+            "cases": args.cases,
+            "daemon_env": args.daemon_env,
+            "daemon_settings": daemon_settings,
+        },
+        "machine": machine,
+        "versions": vers,
+        "summary": [asdict(s) for s in summaries],
+        "openbits_phases": ph,
+        "ratios": ratios,
+        "runs": [asdict(r) for r in runs],
+        "daemon_exit_status": daemon_rc,
+        "failures": failures,
+        "ok": not failures,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"results: {args.json}")
+    for f in failures:
+        log(f"FAILED: {f}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

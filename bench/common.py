@@ -1,0 +1,687 @@
+"""Helpers shared by the benchmarks in bench/ (bench_1g.py, bench_small.py, bench_rss.py).
+
+Process CPU and memory from /proc, the machine's description, tool versions, and
+:class:`Services`: an nginx on a free 127.0.0.1 port and an openbits daemon, each in
+its own session so a terminal Ctrl-C reaches only the benchmark, which stops them in
+order.  Imported as ``common`` (the scripts run as ``python bench/NAME.py``, so bench/
+is on sys.path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = ROOT / "bench" / "out"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GIB = 1024**3
+MIB = 1024**2
+KIB = 1024
+START_DEADLINE_S = 30.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a tool failed, a check failed, a service did not start)."""
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a whole process (all its threads) from /proc/PID/stat, in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+        data = fh.read()
+    rest = data.rsplit(")", 1)[1].split()  # fields from 3 (state) on; comm may hold spaces
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK  # fields 14 (utime) and 15 (stime)
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine, all CPUs (user+nice+system+irq+softirq+steal)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        f = [int(x) for x in fh.readline().split()[1:9]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / CLK_TCK
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg", encoding="ascii") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+def child_pids(pid: int) -> list[int]:
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                pids.extend(int(p) for p in fh.read().split())
+    return pids
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its direct children (nginx master + workers)."""
+    total = 0.0
+    for p in [pid, *child_pids(pid)]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += proc_cpu_s(p)
+    return total
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(cannot read {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    out = (proc.stdout or proc.stderr).strip().splitlines()
+    return out[0] if out else "?"
+
+
+def find_program(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
+        candidate = Path(d) / name
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def untimed_sync() -> None:
+    subprocess.run(["sync"], check=True)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """The numeric fields of /proc/PID/status (VmRSS and VmHWM in kB, Threads, ...)."""
+    return proc_status_path(f"/proc/{pid}/status")
+
+
+def context_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches summed over every thread of ``pid``.
+
+    Every wake-up of an idle thread is one voluntary switch, so a daemon that polls shows
+    a steady count while it should be idle."""
+    vol = invol = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                st = proc_status_path(f"/proc/{pid}/task/{task}/status")
+                vol += st.get("voluntary_ctxt_switches", 0)
+                invol += st.get("nonvoluntary_ctxt_switches", 0)
+    return vol, invol
+
+
+def proc_status_path(path: str) -> dict[str, int]:
+    """The fields of a /proc status file whose value starts with a number."""
+    out: dict[str, int] = {}
+    with open(path, encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            name, _sep, value = line.partition(":")
+            parts = value.split()
+            if parts and parts[0].isdigit():
+                out[name] = int(parts[0])
+    return out
+
+
+def socket_accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def daemon_answers(path: Path, timeout: float = 5.0) -> bool:
+    """``GET /version`` over the daemon's socket answers 200."""
+    conn = _UnixHTTPConnection(path, timeout)
+    try:
+        conn.request("GET", "/version")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def find_venv() -> tuple[Path, str] | None:
+    """(the venv's bin directory, its python) when this runs under the project's venv, else None."""
+    venv_bin = Path(sys.executable).parent
+    if not (venv_bin / "openbits").exists():
+        return None
+    python = str(venv_bin / "python") if (venv_bin / "python").exists() else sys.executable
+    return venv_bin, python
+
+
+Setting = int | float | str | bool
+
+
+def write_daemon_config(path: Path, settings: dict[str, Setting]) -> Path:
+    """A TOML file of flat ``key = value`` daemon settings (the fields of openbits.config.Config)."""
+    lines = []
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        else:
+            text = repr(value)
+        lines.append(f"{key} = {text}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def add_daemon_setting_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--daemon-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra daemon setting for its TOML config (repeatable; openbits.config.Config names), "
+        "e.g. store_synchronous=NORMAL",
+    )
+
+
+def parse_daemon_settings(p: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, Setting]:
+    """KEY=VALUE pairs; VALUE becomes an int, a float, a bool (true/false) or else a string."""
+    out: dict[str, Setting] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            p.error(f"--daemon-setting wants KEY=VALUE, not {item!r}")
+        value: Setting = raw
+        if raw in ("true", "false"):
+            value = raw == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    continue
+        out[key] = value
+    return out
+
+
+def add_daemon_env_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the daemon only (repeatable), e.g. MALLOC_TOP_PAD_=67108864",
+    )
+
+
+def parse_daemon_env(p: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, str]:
+    daemon_env: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            p.error(f"--daemon-env wants NAME=VALUE, not {item!r}")
+        daemon_env[name] = value
+    return daemon_env
+
+
+def render_rows(rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: the first row is the header; first column left-aligned, others right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- the machine --------------------------------------------------------------------------------
+
+
+def machine_info(work: Path) -> dict[str, Any]:
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_gib = 0.0
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem_gib = int(line.split()[1]) / 1024**2
+                break
+    fs = {"device": "?", "type": "?", "mount": "?"}
+    with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+        out = subprocess.run(
+            ["df", "-T", "-P", str(work)], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.splitlines()
+        cols = out[-1].split()
+        fs = {"device": cols[0], "type": cols[1], "mount": cols[-1]}
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "mem_gib": round(mem_gib, 1),
+        "kernel": platform.release(),
+        "os": first_line(["sh", "-c", ". /etc/os-release 2>/dev/null && echo $PRETTY_NAME"]),
+        "python": platform.python_version(),
+        "work_dir": str(work),
+        "work_fs": fs,
+    }
+
+
+def versions(nginx: str, aria2c: str | None, venv_python: str) -> dict[str, str]:
+    git = first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty", "--abbrev=12"])
+    return {
+        "nginx": first_line([nginx, "-v"]).removeprefix("nginx version: "),
+        "curl": " ".join(first_line(["curl", "--version"]).split()[:2]),
+        "aria2c": first_line([aria2c, "--version"]) if aria2c else "not installed",
+        "openbits": first_line([venv_python, "-c", "import openbits; print(openbits.__version__)"]),
+        "git": git,
+    }
+
+
+# -- services -----------------------------------------------------------------------------------
+
+
+NGINX_CONF = """\
+{user}worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    {access_log}
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/nginx-tmp/body;
+    proxy_temp_path {work}/nginx-tmp/proxy;
+    fastcgi_temp_path {work}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {work}/nginx-tmp/uwsgi;
+    scgi_temp_path {work}/nginx-tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {work}/www;
+    }}
+}}
+"""
+
+
+#: nginx log format naming the connection of every request (to count keep-alive connections)
+CONN_LOG_FORMAT = "log_format conns '$connection $connection_requests $status $body_bytes_sent';"
+
+
+class Services:
+    """nginx and the openbits daemon, started as new sessions (so a terminal Ctrl-C reaches
+    only this script, which then stops them in order).
+
+    ``conn_log``: nginx writes one line per request (``$connection $connection_requests
+    $status $body_bytes_sent``, unbuffered) to WORK/conn.log, so a benchmark can count the
+    connections a case used; off by default (``access_log off``)."""
+
+    def __init__(
+        self,
+        work: Path,
+        nginx: str,
+        venv_python: str,
+        daemon_env: dict[str, str],
+        *,
+        conn_log: bool = False,
+    ) -> None:
+        self.work = work
+        self.daemon_env = daemon_env
+        self.conn_log = work / "conn.log" if conn_log else None
+        self.state_dir = work / "state"
+        self.nginx_bin = nginx
+        self.venv_python = venv_python
+        self.nginx: subprocess.Popen[bytes] | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.socket = work / "ob.sock"
+        self.daemon_log = work / "daemon.log"
+        self.nginx_log = work / "nginx.out"
+        self._logs: list[IO[bytes]] = []
+
+    # nginx
+
+    def start_nginx(self, url_path: str, size: int) -> str:
+        (self.work / "nginx-tmp").mkdir(exist_ok=True)
+        last_error = ""
+        for _attempt in range(5):
+            self.port = free_port()
+            user = "user root root;\n" if os.geteuid() == 0 else ""
+            conf = self.work / "nginx.conf"
+            access_log = "access_log off;"
+            if self.conn_log is not None:
+                access_log = f"{CONN_LOG_FORMAT}\n    access_log {self.conn_log} conns;"
+            conf.write_text(
+                NGINX_CONF.format(user=user, work=self.work, port=self.port, access_log=access_log)
+            )
+            out = open(self.nginx_log, "ab")  # noqa: SIM115 - closed in stop()
+            self._logs.append(out)
+            self.nginx = subprocess.Popen(
+                [
+                    self.nginx_bin,
+                    "-p",
+                    f"{self.work}/",
+                    "-e",
+                    str(self.work / "nginx-error.log"),
+                    "-c",
+                    str(conf),
+                    "-g",
+                    "daemon off;",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+            url = f"http://127.0.0.1:{self.port}{url_path}"
+            try:
+                self._wait_nginx(url_path, size)
+                return url
+            except BenchError as e:
+                last_error = str(e)
+                self.stop_nginx()
+        raise BenchError(f"nginx did not start: {last_error}")
+
+    def _wait_nginx(self, url_path: str, size: int) -> None:
+        assert self.nginx is not None
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            if self.nginx.poll() is not None:
+                raise BenchError(
+                    f"nginx exited with {self.nginx.returncode}:\n{tail(self.nginx_log)}\n"
+                    f"{tail(self.work / 'nginx-error.log')}"
+                )
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                try:
+                    conn.request("HEAD", url_path)
+                    resp = conn.getresponse()
+                    length = resp.getheader("Content-Length")
+                    if resp.status != 200 or length != str(size):
+                        raise BenchError(f"HEAD {url_path}: {resp.status}, Content-Length {length}")
+                    return
+                finally:
+                    conn.close()
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"nginx did not accept connections on port {self.port}")
+            time.sleep(0.05)
+
+    def stop_nginx(self) -> None:
+        proc, self.nginx = self.nginx, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def nginx_cpu_s(self) -> float:
+        return tree_cpu_s(self.nginx.pid) if self.nginx is not None else 0.0
+
+    # openbits daemon
+
+    def start_daemon(
+        self, config: Path | None = None, *, answer: bool = False, poll_s: float = 0.05
+    ) -> float:
+        """Start ``openbits serve`` and wait until it is ready; the seconds that took.
+
+        Ready means the socket accepts a connection, or with ``answer`` that ``GET /version``
+        over it returns 200 (the daemon loads every job before it listens, so either way the
+        time includes loading the store)."""
+        out = open(self.daemon_log, "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(out)
+        argv = [
+            self.venv_python,
+            "-m",
+            "openbits",
+            "serve",
+            "--state-dir",
+            str(self.state_dir),
+            "--socket",
+            str(self.socket),
+        ]
+        if config is not None:
+            argv += ["--config", str(config)]
+        t0 = time.perf_counter()
+        self.daemon = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            cwd=self.work,
+            env={**os.environ, **self.daemon_env},
+        )
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            if self.daemon.poll() is not None:
+                raise BenchError(
+                    f"openbits serve exited with {self.daemon.returncode}:\n{tail(self.daemon_log)}"
+                )
+            if (daemon_answers if answer else socket_accepts)(self.socket):
+                return time.perf_counter() - t0
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"openbits serve did not accept connections on {self.socket} "
+                    f"within {START_DEADLINE_S:.0f} s:\n{tail(self.daemon_log)}"
+                )
+            time.sleep(poll_s)
+
+    def daemon_cpu_s(self) -> float:
+        if self.daemon is None:
+            return 0.0
+        try:
+            return proc_cpu_s(self.daemon.pid)
+        except OSError:
+            return 0.0
+
+    def daemon_pid(self) -> int:
+        if self.daemon is None:
+            raise BenchError("the openbits daemon is not running")
+        return self.daemon.pid
+
+    def check_daemon_alive(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is not None:
+            raise BenchError(
+                f"the openbits daemon died (exit status {self.daemon.returncode}):\n{tail(self.daemon_log)}"
+            )
+
+    def stop_daemon(self) -> int | None:
+        """SIGTERM the daemon; its exit status (None when it had to be killed or never ran)."""
+        proc, self.daemon = self.daemon, None
+        if proc is None:
+            return None
+        if proc.poll() is not None:
+            return proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None
+
+    def close_logs(self) -> None:
+        for fh in self._logs:
+            fh.close()
+        self._logs.clear()
+
+
+# -- timed runs ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Timing:
+    """One timed section: wall time, and the CPU of the client, the daemon, nginx and the machine."""
+
+    wall_s: float
+    client_cpu_s: float
+    daemon_cpu_s: float
+    nginx_cpu_s: float
+    machine_busy_s: float
+
+    @property
+    def other_cpu_s(self) -> float:
+        return self.machine_busy_s - self.client_cpu_s - self.daemon_cpu_s - self.nginx_cpu_s
+
+
+@dataclass(slots=True)
+class Case:
+    name: str
+    commands: Callable[[Path], list[list[str]]]  # output path -> commands run one after another
+    env: dict[str, str] | None = None
+    uses_daemon: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The clocks a :class:`Timing` is the difference of."""
+
+    t: float
+    daemon_cpu_s: float
+    nginx_cpu_s: float
+    machine_busy_s: float
+
+    @classmethod
+    def take(cls, services: Services) -> Snapshot:
+        return cls(time.perf_counter(), services.daemon_cpu_s(), services.nginx_cpu_s(), machine_busy_s())
+
+    def since(self, before: Snapshot, client_cpu_s: float) -> Timing:
+        return Timing(
+            self.t - before.t,
+            client_cpu_s,
+            self.daemon_cpu_s - before.daemon_cpu_s,
+            self.nginx_cpu_s - before.nginx_cpu_s,
+            self.machine_busy_s - before.machine_busy_s,
+        )
+
+
+class Runner:
+    """Runs a case's commands as child processes, timed; empties the output directory."""
+
+    def __init__(self, services: Services, dl_dir: Path, logs_dir: Path) -> None:
+        self.services = services
+        self.dl_dir = dl_dir
+        self.logs_dir = logs_dir
+        self.current: subprocess.Popen[bytes] | None = None
+
+    def clear_output(self) -> None:
+        for entry in self.dl_dir.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def run(self, case: Case, out: Path, err_path: Path) -> Timing:
+        """Run the case's commands one after another, timed."""
+        env = dict(os.environ)
+        if case.env:
+            env.update(case.env)
+        client_cpu = 0.0
+        with open(err_path, "wb") as err:
+            before = Snapshot.take(self.services)
+            for argv in case.commands(out):
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env)
+                self.current = proc
+                _pid, status, rusage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                self.current = None
+                client_cpu += rusage.ru_utime + rusage.ru_stime
+                if proc.returncode != 0:
+                    msg = f"{case.name}: {' '.join(argv)} exited with {proc.returncode}:\n{tail(err_path)}"
+                    if case.uses_daemon:
+                        msg += f"\n--- daemon log (tail) ---\n{tail(self.services.daemon_log)}"
+                    raise BenchError(msg)
+            return Snapshot.take(self.services).since(before, client_cpu)
+
+    def kill_current(self) -> None:
+        proc, self.current = self.current, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(proc.pid, 0)
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so every ``finally`` cleans up.
+
+    SIGINT is set to raise KeyboardInterrupt even when the script started with it ignored
+    (as background jobs of a non-interactive shell do).
+    """
+    old = {s: signal.signal(s, _raise_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
