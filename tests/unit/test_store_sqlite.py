@@ -303,3 +303,34 @@ def test_foreign_sqlite_database_is_refused_with_store_error(db_path: Path) -> N
         db.execute("PRAGMA user_version=1")
     with pytest.raises(StoreError):
         SqliteStore(str(db_path))
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None:
+    import sqlite3
+
+    from openbits.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+
+    path = tmp_path / "v1.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute(
+        "INSERT INTO jobs VALUES ('{00000000-0000-0000-0000-00000000000A}', 1, 'alice', 1000, 'old', '', "
+        "0, 2, 3, 600, 1209600, 3, 1, 2, 0, 0, 0, NULL, NULL, NULL, NULL, 0, 0)"
+    )
+    db.execute(
+        "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, bytes_transferred, "
+        "completed, temp_name, etag, last_modified, published) VALUES "
+        "('{00000000-0000-0000-0000-00000000000A}', 0, 'http://h/f', '/tmp/f', 10, 4, 0, '.BIT0.tmp', "
+        "'\"e\"', NULL, 0)"
+    )
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    store = SqliteStore(str(path))
+    try:
+        assert store.schema_version == SCHEMA_VERSION >= 2
+        [job] = store.load_jobs()
+        assert job.display_name == "old" and job.files[0].bytes_transferred == 4
+        assert job.maximum_download_time_s == 7_776_000 and job.download_time_ns == 0
+    finally:
+        store.close()
