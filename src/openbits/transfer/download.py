@@ -14,6 +14,7 @@ durable step.  Order of durability:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import stat
@@ -65,18 +66,37 @@ def _sync_dup(fd: int) -> None:
     os.close(fd)
 
 
-def _write_all(fd: int, chunks: list[bytes], offset: int) -> int:
-    """pwritev at ``offset`` until every byte is written; returns the byte count."""
-    total = 0
-    while chunks:
-        n = os.pwritev(fd, chunks, offset + total)
-        total += n
-        while chunks and n >= len(chunks[0]):
-            n -= len(chunks[0])
-            chunks.pop(0)
-        if n:
-            chunks[0] = chunks[0][n:]
-    return total
+class _Sink:
+    """Chunks waiting to be written, and the exact offset the file holds up to.
+
+    ``offset`` moves only by what ``pwritev`` reported written, and ``pending`` always
+    holds exactly the bytes not yet written, even after a write fails half way (a full
+    disk): nothing is counted twice or written at the wrong place.
+    """
+
+    __slots__ = ("fd", "offset", "pending", "pending_len")
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.pending: list[bytes] = []
+        self.pending_len = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.pending.append(chunk)
+        self.pending_len += len(chunk)
+
+    def flush(self) -> None:
+        pending = self.pending
+        while pending:
+            n = os.pwritev(self.fd, pending, self.offset)
+            self.offset += n
+            self.pending_len -= n
+            while pending and n >= len(pending[0]):
+                n -= len(pending[0])
+                pending.pop(0)
+            if n:
+                pending[0] = pending[0][n:]
 
 
 class Downloader:
@@ -135,6 +155,8 @@ class Downloader:
             try:
                 async with self.session.get(file.remote_url, headers=headers) as resp:
                     start, total = self._accept(resp, file, fd, offset, progress)
+                    if total is not None:
+                        fs.check_free_space(os.path.dirname(file.local_file), total - start)
                     progress.connected()
                     end = start
                     if total is None or total > start:
@@ -197,9 +219,7 @@ class Downloader:
         tuning = self.tuning
         loop = asyncio.get_running_loop()
         block = tuning.write_block_bytes
-        pending: list[bytes] = []
-        pending_len = 0
-        written = offset  # bytes in the file (page cache)
+        sink = _Sink(fd, offset)
         durable = offset  # bytes covered by a finished fdatasync and reported
         sync: asyncio.Future[None] | None = None
         sync_offset = offset
@@ -209,34 +229,31 @@ class Downloader:
                 chunk = await content.readany()
                 if not chunk:
                     break
-                pending.append(chunk)
-                pending_len += len(chunk)
-                if total is not None and written + pending_len > total:
+                sink.add(chunk)
+                if total is not None and sink.offset + sink.pending_len > total:
                     raise invalid_response("the server sent more bytes than it announced")
                 now = time.monotonic()
                 due = now - last_sync_time >= tuning.checkpoint_interval_s
-                if pending_len < block and not due:
+                if sink.pending_len < block and not due:
                     continue
-                written += _write_all(fd, pending, written)
-                pending_len = 0
+                sink.flush()
                 if sync is not None and sync.done():
                     sync.result()
                     durable = sync_offset
                     progress.checkpoint(durable)
                     sync = None
-                if sync is None and (due or written - sync_offset >= tuning.checkpoint_bytes):
-                    sync_offset = written
+                if sync is None and (due or sink.offset - sync_offset >= tuning.checkpoint_bytes):
+                    sync_offset = sink.offset
                     last_sync_time = now
                     sync = loop.run_in_executor(None, _sync_dup, os.dup(fd))
-            if pending:
-                written += _write_all(fd, pending, written)
+            sink.flush()
             if sync is not None:
                 await sync
                 sync = None
             await loop.run_in_executor(None, os.fdatasync, fd)
-            durable = written
+            durable = sink.offset
             progress.checkpoint(durable)
-            return written
+            return durable
         except OSError as e:
             # Only the file's own writes and syncs are local errors; timeouts and resets
             # while reading the socket are OSErrors too, and stay network errors.
@@ -244,17 +261,21 @@ class Downloader:
                 raise
             raise fs.local_error(e, "cannot write the temporary file") from e
         finally:
-            if durable < written + pending_len:
-                self._salvage(fd, pending, written, progress)
+            if durable < sink.offset + sink.pending_len:
+                self._salvage(sink, progress)
 
     @staticmethod
-    def _salvage(fd: int, pending: list[bytes], written: int, progress: Progress) -> None:
-        """On an error or cancellation: keep what arrived, durably, for the next attempt."""
+    def _salvage(sink: _Sink, progress: Progress) -> None:
+        """On an error or cancellation: keep what arrived, durably, for the next attempt.
+
+        Whatever could be written (the disk may be full) is synced and checkpointed;
+        bytes that could not be written are simply fetched again.
+        """
+        with contextlib.suppress(OSError):
+            sink.flush()
         try:
-            if pending:
-                written += _write_all(fd, pending, written)
-            os.fdatasync(fd)
-            progress.checkpoint(written)
+            os.fdatasync(sink.fd)
+            progress.checkpoint(sink.offset)
         except (OSError, BitsError):
             pass
 
@@ -280,6 +301,7 @@ class Downloader:
                     os.ftruncate(fd, 0)
                     assert file.temp_name is not None
                     progress.begin(file.temp_name, st.st_size, etag, lm)
+                fs.check_free_space(os.path.dirname(file.local_file), st.st_size - offset)
                 step = self.tuning.checkpoint_bytes
                 while offset < st.st_size:
                     n = await asyncio.to_thread(_copy_range, src, fd, offset, min(step, st.st_size - offset))

@@ -129,6 +129,21 @@ def check_destination(local_file: str, uid: int, gid: int) -> None:
         raise InvalidArgument(f"the local file {local_file} is a directory")
 
 
+def check_free_space(directory: str, needed: int) -> None:
+    """A file that cannot fit is a transient disk-full error before a byte is written."""
+    if needed <= 0:
+        return
+    with translating(f"cannot check the free space in {directory}"):
+        st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise TransientTransferError(
+            f"{directory} has {free} bytes free; the file needs {needed} more",
+            hresult=HResult.HRESULT_DISK_FULL,
+            context=ErrorContext.LOCAL_FILE,
+        )
+
+
 def new_temp_name() -> str:
     return f"{TEMP_PREFIX}{secrets.token_hex(4).upper()}{TEMP_SUFFIX}"
 
