@@ -45,6 +45,14 @@ class Config:
     time_slice_s: float = 60.0
     #: a job without activity (property change, progress, state change) this long is cancelled
     job_inactivity_timeout_s: int = 90 * 86400
+    # bandwidth (rates like "10M", "512k", a bare number is KiB/s; "" or "off" = unlimited)
+    bandwidth_limit: str = ""
+    #: weekly timetable, rclone style: "Mon-08:00,512k Mon-18:00,off" (overrides bandwidth_limit)
+    bandwidth_schedule: str = ""
+    high_priority_bandwidth: str = ""
+    normal_priority_bandwidth: str = ""
+    low_priority_bandwidth: str = ""
+    foreground_limited: bool = False
     # transfers
     read_timeout_s: float = 60.0
     connect_timeout_s: float = 30.0

@@ -27,6 +27,7 @@ from openbits.store import StoreError
 from openbits.store.sqlite import SqliteStore
 from openbits.transfer.download import Downloader, Tuning
 from openbits.transfer.http import make_session
+from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.daemon")
 
@@ -78,8 +79,13 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         store = SqliteStore(config.db_path, synchronous=config.store_synchronous)
     except StoreError as e:
         raise DaemonError(str(e)) from e
-    service = Service(store, config)
+    try:
+        service = Service(store, config)
+    except ValueError as e:
+        store.close()
+        raise DaemonError(f"bad configuration: {e}") from e
     service.recover()
+    throttle = Throttle()
     session = make_session(
         connect_timeout_s=config.connect_timeout_s,
         read_timeout_s=config.read_timeout_s,
@@ -92,8 +98,9 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
             checkpoint_bytes=config.checkpoint_bytes,
             write_block_bytes=config.write_block_bytes,
         ),
+        throttle,
     )
-    scheduler = Scheduler(service, config, downloader)
+    scheduler = Scheduler(service, config, downloader, throttle)
     service.runner = scheduler
     app = make_app(service)
     app[ADMIN_GROUP_KEY] = config.admin_group

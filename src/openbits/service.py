@@ -58,6 +58,7 @@ from openbits.model import (
     new_job_id,
     redact_url,
 )
+from openbits.policy import ServicePolicy
 from openbits.states import Event
 from openbits.store import JobStore
 from openbits.transfer import files as fs
@@ -199,6 +200,8 @@ class Service:
         self.clock = clock or Clock()
         self.runner: Runner = _NullRunner()
         self.jobs: dict[str, Job] = {}
+        #: raises ValueError for a bad bandwidth setting in the config
+        self.policy = ServicePolicy.from_config(config).with_persisted(store.load_settings())
         #: observers of every committed change (events come in a later issue)
         self.listeners: list[Callable[[Job, str], None]] = []
 
@@ -533,6 +536,27 @@ class Service:
         if m in _NOT_YET:
             raise NotImplementedValue(f"{_NOT_YET[m]} is not implemented yet")
         raise InvalidArgument(f"BitsClientJob has no method {method!r}")
+
+    # -- the service policy (BitsServicePolicy) --------------------------------------------
+
+    def get_policy(self) -> dict[str, Any]:
+        from datetime import datetime
+
+        return self.policy.to_cim(datetime.fromtimestamp(self.clock.now_ns() / 1e9))
+
+    def set_policy(self, caller: Caller, raw: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Change bandwidth and scheduling settings at run time (administrators only)."""
+        if not caller.is_admin:
+            raise AccessDenied("only administrators may change the service policy")
+        if not isinstance(raw, Mapping):
+            raise InvalidArgument("the request body must be a JSON object")
+        policy, persisted = self.policy.with_changes(raw)
+        if persisted:
+            self.store.save_settings(persisted)
+            self.policy = policy
+            log.info("service policy changed by %s: %s", caller.user, ", ".join(sorted(persisted)))
+            self.runner.wake()
+        return self.get_policy()
 
     # -- what the scheduler reports ---------------------------------------------------------
 

@@ -207,3 +207,14 @@ def test_sources_are_read_with_the_owners_rights_and_files_belong_to_the_owner(
     assert sha256_file(mine / "web.bin") == digest
     for name in ("readable.bin", "web.bin"):
         assert (mine / name).stat().st_uid == NOBODY.pw_uid, "published files belong to the job owner"
+
+
+def test_only_administrators_change_the_service_policy(system_daemon: Daemon) -> None:
+    sock = system_daemon.socket
+    path = "/root/microsoft/bits/BitsServicePolicy"
+    read, change = as_nobody(
+        lambda: [api(sock, "GET", path)[0], api(sock, "PATCH", path, {"MaxBandwidth": 1})]
+    )
+    assert read == 200
+    assert change[0] == 403 and change[1]["ErrorCode"] == "0x80070005"
+    assert system_daemon.api("GET", path)[1]["MaxBandwidth"] is None

@@ -153,6 +153,17 @@ async def invoke(request: web.Request) -> web.Response:
     return result_response(result)
 
 
+async def get_policy(request: web.Request) -> web.Response:
+    caller_of(request)
+    return web.json_response(request.app[SERVICE_KEY].get_policy())
+
+
+async def patch_policy(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    body = await _body(request)
+    return web.json_response(service.set_policy(caller_of(request), body))
+
+
 async def not_yet(request: web.Request) -> web.Response:
     raise NotImplementedValue(f"{request.path} is not implemented yet")
 
@@ -169,6 +180,8 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get(f"{CLASS}/{{job:[^/]+}}", get_job)
     app.router.add_patch(f"{CLASS}/{{job:[^/]+}}", patch_job)
     app.router.add_post(f"{CLASS}/{{job:[^/]+}}/{{method}}", invoke)
+    app.router.add_get(f"{BASE}/BitsServicePolicy", get_policy)
+    app.router.add_patch(f"{BASE}/BitsServicePolicy", patch_policy)
     app.router.add_post(f"{BASE}/Query", not_yet)
     app.router.add_get("/events", not_yet)
     app.router.add_get("/version", version)

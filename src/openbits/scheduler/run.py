@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 
 from openbits.caller import primary_gid
 from openbits.config import Config
@@ -18,6 +19,7 @@ from openbits.model import ErrorContext, Job, JobFile
 from openbits.scheduler import policy
 from openbits.service import Service
 from openbits.transfer.download import Downloader, Owner
+from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.scheduler")
 
@@ -48,10 +50,14 @@ class _FileProgress:
 
 
 class Scheduler:
-    def __init__(self, service: Service, config: Config, downloader: Downloader) -> None:
+    def __init__(
+        self, service: Service, config: Config, downloader: Downloader, throttle: Throttle | None = None
+    ) -> None:
         self.service = service
         self.config = config
         self.downloader = downloader
+        self.throttle = throttle if throttle is not None else Throttle()
+        self._applied: tuple[object, ...] | None = None
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
@@ -106,14 +112,15 @@ class Scheduler:
             for j in jobs.values()
             if not j.state.is_final
         ]
-        config = self.config
+        rules = service.policy
         plan = policy.plan(
             views,
             now,
-            config.max_concurrent_background_jobs,
-            time_slice_s=config.time_slice_s,
-            inactivity_timeout_s=config.job_inactivity_timeout_s,
+            rules.max_background,
+            time_slice_s=rules.time_slice_s,
+            inactivity_timeout_s=self.config.job_inactivity_timeout_s,
         )
+        limit_change_ns = self.apply_bandwidth(now)
         assert self._group is not None
         for job_id in plan.inactive:
             self._group.create_task(service.inactive(jobs[job_id]))
@@ -140,8 +147,27 @@ class Scheduler:
         if now >= self._next_purge_ns:
             service.purge_finished()
             self._next_purge_ns = now + PURGE_INTERVAL_NS
-        deadlines = [d for d in (plan.wake_at_ns, self._next_purge_ns) if d is not None]
+        deadlines = [d for d in (plan.wake_at_ns, self._next_purge_ns, limit_change_ns) if d is not None]
         return min(deadlines)
+
+    def apply_bandwidth(self, now_ns: int) -> int | None:
+        """Set the throttle to the policy's limits for this instant (a change takes effect at
+        once, without restarting transfers); the next instant the schedule changes them."""
+        rules = self.service.policy
+        now = datetime.fromtimestamp(now_ns / 1e9)
+        wanted = (rules.global_limit_at(now), tuple(rules.per_priority().items()), rules.foreground_limited)
+        if wanted != self._applied:
+            self.throttle.set_limits(
+                global_bps=wanted[0],
+                per_priority=rules.per_priority(),
+                foreground_limited=rules.foreground_limited,
+            )
+            self._applied = wanted
+            log.info("bandwidth limits now: global %s, per priority %s", wanted[0], rules.per_priority())
+        schedule = rules.bandwidth_schedule
+        if schedule is None or schedule.is_constant:
+            return None
+        return int(schedule.next_change_after(now).timestamp() * 1e9)
 
     async def _run_job(self, job: Job) -> None:
         service = self.service
@@ -153,7 +179,9 @@ class Scheduler:
                 if index is None:
                     break
                 file = job.files[index]
-                await self.downloader.download(file, owner, _FileProgress(service, job, file))
+                await self.downloader.download(
+                    file, owner, _FileProgress(service, job, file), int(job.priority)
+                )
                 service.file_done(job, file)
             service.job_transferred(job)
         except BitsError as e:

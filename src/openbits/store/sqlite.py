@@ -73,6 +73,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN maximum_download_time_s INTEGER NOT NULL DEFAULT 7776000;
     ALTER TABLE jobs ADD COLUMN download_time_ns INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -189,6 +192,17 @@ class SqliteStore:
     def delete_jobs(self, job_ids: Iterable[str]) -> None:
         with self._transaction() as db:
             db.executemany("DELETE FROM jobs WHERE job_id = ?", [(j,) for j in job_ids])
+
+    def load_settings(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM settings")}
+
+    def save_settings(self, settings: dict[str, str]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                list(settings.items()),
+            )
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])

@@ -35,6 +35,10 @@ from openbits.transfer.http import (
     parse_unsatisfied_range,
     status_error,
 )
+from openbits.transfer.throttle import Throttle
+
+#: bytes copied per step from a local source while a bandwidth limit applies
+LOCAL_LIMITED_STEP = 256 * 1024
 
 
 class Progress(Protocol):
@@ -100,19 +104,23 @@ class _Sink:
 
 
 class Downloader:
-    def __init__(self, session: aiohttp.ClientSession, tuning: Tuning | None = None) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, tuning: Tuning | None = None, throttle: Throttle | None = None
+    ) -> None:
         self.session = session
         self.tuning = tuning or Tuning()
+        self.throttle = throttle if throttle is not None else Throttle()
 
-    async def download(self, file: JobFile, owner: Owner, progress: Progress) -> None:
-        """Bring ``file``'s temporary file to its full content, durably."""
+    async def download(self, file: JobFile, owner: Owner, progress: Progress, priority: int = 2) -> None:
+        """Bring ``file``'s temporary file to its full content, durably, within the
+        bandwidth limits of ``priority`` (BG_JOB_PRIORITY)."""
         source = fs.local_source_path(file.remote_url)
         for _attempt in range(3):
             try:
                 if source is not None:
-                    await self._download_local(source, file, owner, progress)
+                    await self._download_local(source, file, owner, progress, priority)
                 else:
-                    await self._download_http(file, owner, progress)
+                    await self._download_http(file, owner, progress, priority)
                 return
             except _Restart:
                 continue
@@ -143,7 +151,7 @@ class Downloader:
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    async def _download_http(self, file: JobFile, owner: Owner, progress: Progress) -> None:
+    async def _download_http(self, file: JobFile, owner: Owner, progress: Progress, priority: int) -> None:
         fd, offset = self._open(file, owner, progress)
         try:
             headers: dict[str, str] = {}
@@ -160,7 +168,7 @@ class Downloader:
                     progress.connected()
                     end = start
                     if total is None or total > start:
-                        end = await self._stream(resp.content, fd, start, total, progress)
+                        end = await self._stream(resp.content, fd, start, total, progress, priority)
                     if total is not None and end != total:
                         raise invalid_response(f"the server sent {end} bytes of {total}")
             except NETWORK_EXCEPTIONS as e:
@@ -213,10 +221,17 @@ class Downloader:
         raise status_error(status, resp.reason, resp.headers.get("Retry-After"))
 
     async def _stream(
-        self, content: aiohttp.StreamReader, fd: int, offset: int, total: int | None, progress: Progress
+        self,
+        content: aiohttp.StreamReader,
+        fd: int,
+        offset: int,
+        total: int | None,
+        progress: Progress,
+        priority: int,
     ) -> int:
         """Copy the body to ``fd`` from ``offset``; the final offset, durable."""
         tuning = self.tuning
+        throttle = self.throttle
         loop = asyncio.get_running_loop()
         block = tuning.write_block_bytes
         sink = _Sink(fd, offset)
@@ -229,6 +244,8 @@ class Downloader:
                 chunk = await content.readany()
                 if not chunk:
                     break
+                if throttle.is_limited(priority):
+                    await throttle.acquire(priority, len(chunk))
                 sink.add(chunk)
                 if total is not None and sink.offset + sink.pending_len > total:
                     raise invalid_response("the server sent more bytes than it announced")
@@ -281,7 +298,9 @@ class Downloader:
 
     # -- local and mounted file systems -----------------------------------------------------
 
-    async def _download_local(self, source: str, file: JobFile, owner: Owner, progress: Progress) -> None:
+    async def _download_local(
+        self, source: str, file: JobFile, owner: Owner, progress: Progress, priority: int
+    ) -> None:
         src = await asyncio.to_thread(open_as_owner, source, owner)
         try:
             st = os.fstat(src)
@@ -302,9 +321,13 @@ class Downloader:
                     assert file.temp_name is not None
                     progress.begin(file.temp_name, st.st_size, etag, lm)
                 fs.check_free_space(os.path.dirname(file.local_file), st.st_size - offset)
-                step = self.tuning.checkpoint_bytes
                 while offset < st.st_size:
-                    n = await asyncio.to_thread(_copy_range, src, fd, offset, min(step, st.st_size - offset))
+                    limited = self.throttle.is_limited(priority)
+                    step = LOCAL_LIMITED_STEP if limited else self.tuning.checkpoint_bytes
+                    count = min(step, st.st_size - offset)
+                    if limited:
+                        await self.throttle.acquire(priority, count)
+                    n = await asyncio.to_thread(_copy_range, src, fd, offset, count)
                     if n == 0:
                         raise _Restart  # the source shrank under us
                     offset += n
