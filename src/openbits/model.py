@@ -100,6 +100,23 @@ class NotifyFlags(IntFlag):
 DEFAULT_NOTIFY_FLAGS = NotifyFlags.JOB_TRANSFERRED | NotifyFlags.JOB_ERROR
 
 
+class SecurityFlags(IntFlag):
+    """SetSecurityFlags bits (bits-spec §2.10)."""
+
+    ENABLE_CRL_CHECK = 0x0001
+    IGNORE_CERT_CN_INVALID = 0x0002
+    IGNORE_CERT_DATE_INVALID = 0x0004
+    IGNORE_UNKNOWN_CA = 0x0008
+    IGNORE_CERT_WRONG_USAGE = 0x0010
+    REDIRECT_POLICY_ALLOW_REPORT = 0x0100
+    REDIRECT_POLICY_DISALLOW = 0x0200
+    REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP = 0x0800
+
+
+REDIRECT_POLICY_MASK = 0x0700
+CUSTOM_HEADERS_MAX = 16_383  # 16,384 characters including the terminator
+
+
 def filetime_from_unix_ns(unix_ns: int) -> int:
     """FILETIME (100 ns since 1601-01-01 UTC) of a Unix time in nanoseconds; 0 stays 0."""
     if unix_ns == 0:
@@ -142,6 +159,30 @@ def redact_url(url: str) -> str:
     if colon < 0:
         return url
     return url[: colon + 1] + "***" + url[at:]
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
+#: headers the transfer itself controls; a job may not set them
+RESERVED_HEADERS = frozenset(
+    {"host", "range", "if-range", "content-length", "transfer-encoding", "connection", "accept-encoding"}
+)
+
+
+def parse_custom_headers(text: str) -> list[tuple[str, str]]:
+    """``Name: value`` lines, each ended by CR LF (SetCustomHeaders); ValueError if malformed."""
+    if not text.endswith("\r\n"):
+        raise ValueError("each custom header must end with CR LF")
+    pairs: list[tuple[str, str]] = []
+    for line in text[:-2].split("\r\n"):
+        if "\r" in line or "\n" in line or "\x00" in line:
+            raise ValueError("a custom header contains a bare CR, LF or NUL")
+        name, sep, value = line.partition(":")
+        if not sep or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"not a header line: {line!r}")
+        if name.lower() in RESERVED_HEADERS:
+            raise ValueError(f"the {name} header is set by the transfer itself")
+        pairs.append((name, value.strip(" \t")))
+    return pairs
 
 
 def new_job_id() -> str:
@@ -211,6 +252,8 @@ class Job:
     seq: int = 0  # creation order (store key order)
     maximum_download_time_s: int = DEFAULT_MAXIMUM_DOWNLOAD_TIME_S
     download_time_ns: int = 0  # CONNECTING + TRANSFERRING time since the last Resume
+    custom_headers: str | None = None  # "Name: value\r\n..." sent with every request
+    security_flags: int = 0  # BG_SSL_* and BG_HTTP_REDIRECT_POLICY_* bits
     # not persisted: scheduling bookkeeping of this daemon's life
     run_started_ns: int = 0  # entered CONNECTING (0 while not running)
     queued_ns: int = 0  # entered QUEUED (round-robin order)
@@ -259,6 +302,8 @@ class Job:
             "JobType": int(self.job_type),
             "NotifyFlags": self.notify_flags,
             "MaximumDownloadTime": self.maximum_download_time_s,
+            "CustomHeaders": self.custom_headers,
+            "SecurityFlags": self.security_flags,
         }
 
 
@@ -293,4 +338,6 @@ ALL_PROPERTIES: tuple[str, ...] = (
     "JobType",
     "NotifyFlags",
     "MaximumDownloadTime",
+    "CustomHeaders",
+    "SecurityFlags",
 )

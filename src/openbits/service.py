@@ -38,11 +38,13 @@ from openbits.errors import (
 )
 from openbits.model import (
     ALL_PROPERTIES,
+    CUSTOM_HEADERS_MAX,
     DEFAULT_MAXIMUM_DOWNLOAD_TIME_S,
     DESCRIPTION_MAX,
     DISPLAY_NAME_MAX,
     LOCAL_FILE_MAX,
     MINIMUM_RETRY_DELAY_FLOOR_S,
+    REDIRECT_POLICY_MASK,
     REMOTE_URL_MAX,
     UINT32_MAX,
     WRITABLE_PROPERTIES,
@@ -53,9 +55,11 @@ from openbits.model import (
     JobPriority,
     JobState,
     JobType,
+    SecurityFlags,
     SetJobStateCode,
     canonical_job_id,
     new_job_id,
+    parse_custom_headers,
     redact_url,
 )
 from openbits.policy import ServicePolicy
@@ -175,6 +179,19 @@ def validate_remote_url(url: str) -> str:
     if not scheme:
         raise InvalidArgument("RemoteUrl must be an http://, https:// or file:// URL or an absolute path")
     raise InvalidArgument(f"the URL scheme {scheme!r} is not supported (http, https, file)")
+
+
+def check_security_flags(flags: int) -> None:
+    """Known bits only, one redirect policy; CRL checking is refused (no CRL fetching yet)."""
+    known = 0
+    for flag in SecurityFlags:
+        known |= int(flag)
+    if flags & ~known:
+        raise NotImplementedValue(f"SecurityFlags 0x{flags:X} has unknown bits")
+    if flags & REDIRECT_POLICY_MASK not in (0, 0x100, 0x200):
+        raise NotImplementedValue(f"0x{flags & REDIRECT_POLICY_MASK:X} is not a redirect policy")
+    if flags & SecurityFlags.ENABLE_CRL_CHECK:
+        raise NotImplementedValue("certificate revocation (CRL) checking is not supported yet")
 
 
 def validate_local_file(path: str) -> str:
@@ -533,6 +550,28 @@ class Service:
             job.maximum_download_time_s = DEFAULT_MAXIMUM_DOWNLOAD_TIME_S if seconds is None else seconds
             self._commit(job, "maximum download time changed")
             return {"ReturnValue": 0}
+        if m == "setcustomheaders":
+            p = Params(raw, ("CustomHeaders",))
+            job = self.find(caller, job_ref)
+            states.check_call(states.Call.SET_PROPERTY, job.state)
+            text = p.string("CustomHeaders", CUSTOM_HEADERS_MAX)
+            if text:
+                try:
+                    parse_custom_headers(text)
+                except ValueError as e:
+                    raise InvalidArgument(f"CustomHeaders: {e}") from None
+            job.custom_headers = text or None
+            self._commit(job, "custom headers changed")
+            return {"ReturnValue": 0}
+        if m == "setsecurityflags":
+            p = Params(raw, ("SecurityFlags",))
+            job = self.find(caller, job_ref)
+            states.check_call(states.Call.SET_PROPERTY, job.state)
+            flags = p.uint("SecurityFlags", default=0) or 0
+            check_security_flags(flags)
+            job.security_flags = flags
+            self._commit(job, "security flags changed")
+            return {"ReturnValue": 0}
         if m in _NOT_YET:
             raise NotImplementedValue(f"{_NOT_YET[m]} is not implemented yet")
         raise InvalidArgument(f"BitsClientJob has no method {method!r}")
@@ -583,6 +622,13 @@ class Service:
             job.no_progress_since_ns = 0
             job.modified_ns = self.clock.now_ns()
         self.store.save_job(job, (file,))
+
+    def file_redirected(self, job: Job, file: JobFile, url: str) -> None:
+        """ALLOW_REPORT: the final URL of a redirect becomes the file's RemoteUrl."""
+        if job.state.is_final:
+            return
+        file.remote_url = url
+        self._commit(job, "file redirected", files=(file,))
 
     def file_restarted(self, job: Job, file: JobFile) -> None:
         """The remote content changed: the file starts again from byte 0."""
@@ -715,8 +761,6 @@ _NOT_YET = {
         "AddFileWithRanges",
         "SetRemoteName",
         "ReplaceRemotePrefix",
-        "SetCustomHeaders",
-        "SetSecurityFlags",
         "SetNotifyFlags",
         "SetNotifyCmdLine",
         "TakeOwnership",

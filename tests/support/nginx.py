@@ -7,7 +7,7 @@ Locations on the plain HTTP server (all serve the same ``www`` directory):
 * ``/noranges/``  same files with ``max_ranges 0``: Range is ignored, always 200,
                   no ``Accept-Ranges`` header
 * ``/basic/``     same files behind HTTP basic auth (``alice`` / ``s3cret``)
-* ``/redirect/X`` 302 to ``/X``
+* ``/redirect/X`` 302 to ``/X``; on the HTTPS server ``/to-http/X`` 302 to the plain ``/X``
 
 The HTTPS server serves ``/`` only, with a certificate issued by a ``trustme`` CA
 whose PEM is written to ``ca_path``.
@@ -358,6 +358,9 @@ http {{
         ssl_certificate_key "{self.cert_path}";
 
         location / {{
+        }}
+        location /to-http/ {{
+            rewrite ^/to-http/(.*)$ http://{HOST}:{self.port}/$1 redirect;
         }}
     }}
 }}

@@ -362,8 +362,10 @@ JOB_KEYS = {
     "JobType",
     "NotifyFlags",
     "MaximumDownloadTime",
+    "CustomHeaders",
+    "SecurityFlags",
 }
-UINT_KEYS = JOB_KEYS - {"JobId", "DisplayName", "Description", "Files", "Owner"}
+UINT_KEYS = JOB_KEYS - {"JobId", "DisplayName", "Description", "Files", "Owner", "CustomHeaders"}
 
 
 def sample_job() -> Job:

@@ -15,10 +15,10 @@ from datetime import datetime
 from openbits.caller import primary_gid
 from openbits.config import Config
 from openbits.errors import BitsError, HResult
-from openbits.model import ErrorContext, Job, JobFile
+from openbits.model import ErrorContext, Job, JobFile, parse_custom_headers
 from openbits.scheduler import policy
 from openbits.service import Service
-from openbits.transfer.download import Downloader, Owner
+from openbits.transfer.download import Downloader, Owner, RequestOptions
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.scheduler")
@@ -47,6 +47,9 @@ class _FileProgress:
 
     def checkpoint(self, offset: int) -> None:
         self.service.file_checkpoint(self.job, self.file, offset)
+
+    def redirected(self, url: str) -> None:
+        self.service.file_redirected(self.job, self.file, url)
 
 
 class Scheduler:
@@ -179,8 +182,12 @@ class Scheduler:
                 if index is None:
                     break
                 file = job.files[index]
+                options = RequestOptions(
+                    headers=tuple(parse_custom_headers(job.custom_headers)) if job.custom_headers else (),
+                    security_flags=job.security_flags,
+                )
                 await self.downloader.download(
-                    file, owner, _FileProgress(service, job, file), int(job.priority)
+                    file, owner, _FileProgress(service, job, file), int(job.priority), options
                 )
                 service.file_done(job, file)
             service.job_transferred(job)

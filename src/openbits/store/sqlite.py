@@ -76,6 +76,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN custom_headers TEXT;
+    ALTER TABLE jobs ADD COLUMN security_flags INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -85,7 +89,7 @@ _JOB_COLUMNS = (
     "minimum_retry_delay_s, no_progress_timeout_s, notify_flags, created_ns, modified_ns, "
     "transferred_ns, finished_ns, transient_error_count, error_hresult, error_context, "
     "error_message, error_file_index, retry_at_ns, no_progress_since_ns, "
-    "maximum_download_time_s, download_time_ns"
+    "maximum_download_time_s, download_time_ns, custom_headers, security_flags"
 )
 _JOB_COLUMN_COUNT = len(_JOB_COLUMNS.split(","))
 _FILE_COLUMNS = (
@@ -288,6 +292,8 @@ def _job_row(job: Job, seq: int) -> tuple[object, ...]:
         job.no_progress_since_ns,
         job.maximum_download_time_s,
         job.download_time_ns,
+        job.custom_headers,
+        job.security_flags,
     )
 
 
@@ -318,6 +324,8 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         no_progress_since,
         maximum_download_time,
         download_time,
+        custom_headers,
+        security_flags,
     ) = row
     error = None
     if err_hr is not None:
@@ -350,6 +358,8 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         seq=int(seq),
         maximum_download_time_s=int(maximum_download_time),
         download_time_ns=int(download_time),
+        custom_headers=None if custom_headers is None else str(custom_headers),
+        security_flags=int(security_flags),
     )
 
 

@@ -19,13 +19,15 @@ import os
 import socket
 import stat
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+import yarl
 
 from openbits.errors import BitsError, HResult, TransferError, TransientTransferError
-from openbits.model import ErrorContext, JobFile
+from openbits.model import REDIRECT_POLICY_MASK, ErrorContext, JobFile, SecurityFlags
 from openbits.transfer import files as fs
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
@@ -33,12 +35,26 @@ from openbits.transfer.http import (
     network_error,
     parse_content_range,
     parse_unsatisfied_range,
+    redirect_error,
     status_error,
+    tls_context,
 )
 from openbits.transfer.throttle import Throttle
 
 #: bytes copied per step from a local source while a bandwidth limit applies
 LOCAL_LIMITED_STEP = 256 * 1024
+
+
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """What a job adds to its requests: custom headers and SetSecurityFlags bits."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    security_flags: int = 0
 
 
 class Progress(Protocol):
@@ -50,6 +66,9 @@ class Progress(Protocol):
 
     def checkpoint(self, offset: int) -> None:
         """``offset`` bytes are durable in the temporary file."""
+
+    def redirected(self, url: str) -> None:
+        """The server moved the file to ``url`` (ALLOW_REPORT): it becomes the RemoteUrl."""
 
 
 @dataclass(slots=True)
@@ -111,16 +130,24 @@ class Downloader:
         self.tuning = tuning or Tuning()
         self.throttle = throttle if throttle is not None else Throttle()
 
-    async def download(self, file: JobFile, owner: Owner, progress: Progress, priority: int = 2) -> None:
+    async def download(
+        self,
+        file: JobFile,
+        owner: Owner,
+        progress: Progress,
+        priority: int = 2,
+        options: RequestOptions | None = None,
+    ) -> None:
         """Bring ``file``'s temporary file to its full content, durably, within the
         bandwidth limits of ``priority`` (BG_JOB_PRIORITY)."""
+        options = options or RequestOptions()
         source = fs.local_source_path(file.remote_url)
         for _attempt in range(3):
             try:
                 if source is not None:
                     await self._download_local(source, file, owner, progress, priority)
                 else:
-                    await self._download_http(file, owner, progress, priority)
+                    await self._download_http(file, owner, progress, priority, options)
                 return
             except _Restart:
                 continue
@@ -151,17 +178,19 @@ class Downloader:
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    async def _download_http(self, file: JobFile, owner: Owner, progress: Progress, priority: int) -> None:
+    async def _download_http(
+        self, file: JobFile, owner: Owner, progress: Progress, priority: int, options: RequestOptions
+    ) -> None:
         fd, offset = self._open(file, owner, progress)
         try:
-            headers: dict[str, str] = {}
+            headers: dict[str, str] = dict(options.headers)
             if offset > 0:
                 headers["Range"] = f"bytes={offset}-"
                 validator = file.etag if file.etag and not file.etag.startswith("W/") else file.last_modified
                 if validator:
                     headers["If-Range"] = validator
             try:
-                async with self.session.get(file.remote_url, headers=headers) as resp:
+                async with self._get(file.remote_url, headers, options, progress) as resp:
                     start, total = self._accept(resp, file, fd, offset, progress)
                     if total is not None:
                         fs.check_free_space(os.path.dirname(file.local_file), total - start)
@@ -175,6 +204,38 @@ class Downloader:
                 raise network_error(e, file.remote_url) from e
         finally:
             os.close(fd)
+
+    @contextlib.asynccontextmanager
+    async def _get(
+        self, url: str, headers: dict[str, str], options: RequestOptions, progress: Progress
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET ``url``, following redirects as the job's SecurityFlags say (bits-spec §5.5):
+        ALLOW_SILENT follows, ALLOW_REPORT follows and reports the final URL (which becomes
+        the file's RemoteUrl), DISALLOW fails; HTTPS to HTTP fails unless allowed."""
+        flags = options.security_flags
+        policy = flags & REDIRECT_POLICY_MASK
+        tls = tls_context(flags)
+        for _hop in range(MAX_REDIRECTS + 1):
+            async with self.session.get(url, headers=headers, allow_redirects=False, ssl=tls) as resp:
+                location = resp.headers.get("Location")
+                if resp.status not in REDIRECT_STATUSES or not location:
+                    yield resp
+                    return
+                target = str(resp.url.join(yarl.URL(location)))
+                if policy == SecurityFlags.REDIRECT_POLICY_DISALLOW:
+                    raise redirect_error(resp.status, "the job's SecurityFlags disallow redirects")
+                if (
+                    url.lower().startswith("https:")
+                    and target.lower().startswith("http:")
+                    and not flags & SecurityFlags.REDIRECT_POLICY_ALLOW_HTTPS_TO_HTTP
+                ):
+                    raise redirect_error(resp.status, "a redirect from HTTPS to HTTP is not allowed")
+                if target.split(":", 1)[0].lower() not in ("http", "https"):
+                    raise redirect_error(resp.status, "a redirect to a scheme other than HTTP(S)")
+            url = target
+            if policy == SecurityFlags.REDIRECT_POLICY_ALLOW_REPORT:
+                progress.redirected(url)
+        raise invalid_response(f"more than {MAX_REDIRECTS} redirects")
 
     def _accept(
         self, resp: aiohttp.ClientResponse, file: JobFile, fd: int, offset: int, progress: Progress

@@ -94,6 +94,39 @@ def status_error(status: int, reason: str | None, retry_after: str | None) -> Bi
     return TransferError(message, hresult=http_status_hresult(status), context=ErrorContext.REMOTE_FILE)
 
 
+def redirect_error(status: int, why: str) -> BitsError:
+    """A redirect the job's policy refuses: fatal, BG_E_HTTP_ERROR_<status>, REMOTE_FILE."""
+    return TransferError(
+        f"the server redirected ({status}) but {why}",
+        hresult=http_status_hresult(status),
+        context=ErrorContext.REMOTE_FILE,
+    )
+
+
+_TLS_CONTEXTS: dict[int, ssl.SSLContext | bool] = {}
+
+
+def tls_context(security_flags: int) -> ssl.SSLContext | bool:
+    """The TLS verification a job's SecurityFlags ask for; True is aiohttp's default (full).
+
+    IGNORE_CERT_CN_INVALID skips the host-name check only.  IGNORE_UNKNOWN_CA,
+    IGNORE_CERT_DATE_INVALID and IGNORE_CERT_WRONG_USAGE cannot be told apart by
+    OpenSSL's verifier from Python, so any of them turns chain verification off (and the
+    host-name check with it); each is an explicit, per-job choice.
+    """
+    relax = security_flags & 0x1E
+    if not relax:
+        return True
+    cached = _TLS_CONTEXTS.get(relax)
+    if cached is None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        if relax & 0x1C:
+            ctx.verify_mode = ssl.CERT_NONE
+        cached = _TLS_CONTEXTS[relax] = ctx
+    return cached
+
+
 def invalid_response(message: str) -> BitsError:
     return TransferError(
         message, hresult=HResult.BG_E_INVALID_SERVER_RESPONSE, context=ErrorContext.REMOTE_FILE

@@ -1,0 +1,95 @@
+"""Per-job HTTP options: SetCustomHeaders and SetSecurityFlags (redirect policy, TLS)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from openbits.model import JobState
+from tests.support.daemon import CLASS, Daemon
+from tests.support.faults import FaultServer, Serve
+from tests.support.fixtures import make_file, sha256_file
+from tests.support.nginx import Nginx
+
+
+def job_with(daemon: Daemon, url: str, local: Path, **methods: dict[str, Any]) -> str:
+    client = daemon.client
+    job = client.create_job(DisplayName=local.name)
+    for method, params in methods.items():
+        client.invoke(job, method, **params)
+    client.add_file(job, url, str(local))
+    client.resume(job)
+    return job
+
+
+def test_custom_headers_are_sent_and_round_trip(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    data = random.Random(100).randbytes(50_000)
+    fault_server.routes["/f"] = Serve(data)
+    headers = "X-Token: abc123\r\nX-Other: two words\r\n"
+    job = job_with(
+        daemon, f"{fault_server.url}/f", dest / "f.bin", SetCustomHeaders={"CustomHeaders": headers}
+    )
+    assert daemon.job(job)["CustomHeaders"] == headers, "byte for byte, trailing CR LF included"
+    daemon.wait_state(job, JobState.TRANSFERRED)
+    sent = fault_server.requests[-1]["headers"]
+    assert sent["x-token"] == "abc123" and sent["x-other"] == "two words"
+    daemon.client.invoke(job, "SetCustomHeaders", CustomHeaders=None)  # allowed in TRANSFERRED
+    assert daemon.job(job)["CustomHeaders"] is None
+    daemon.client.complete(job)
+    assert (dest / "f.bin").read_bytes() == data
+
+
+def test_bad_custom_headers_and_security_flags_are_refused(daemon: Daemon) -> None:
+    job = daemon.client.create_job(DisplayName="bad")
+    for params, name in (
+        ({"CustomHeaders": "X-A: 1"}, "E_INVALIDARG"),  # no CR LF
+        ({"CustomHeaders": "Range: bytes=0-\r\n"}, "E_INVALIDARG"),  # the transfer's own header
+        ({"CustomHeaders": "Bad Name: x\r\n"}, "E_INVALIDARG"),
+        ({"CustomHeaders": "X: " + "a" * 16_400 + "\r\n"}, "BG_E_STRING_TOO_LONG"),
+    ):
+        status, body = daemon.api("POST", f"{CLASS}/{job}/SetCustomHeaders", params)
+        assert (status, body["Name"]) == (400, name), params
+    for flags in (0x1, 0x4000, 0x300):  # CRL checking, unknown bit, no such redirect policy
+        status, body = daemon.api("POST", f"{CLASS}/{job}/SetSecurityFlags", {"SecurityFlags": flags})
+        assert (status, body["Name"]) == (400, "E_NOTIMPL"), flags
+    assert daemon.job(job)["SecurityFlags"] == 0 and daemon.job(job)["CustomHeaders"] is None
+
+
+def test_redirect_policies(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    digest = make_file(nginx.www, "redir/f.bin", 30_000, seed=101)
+    url = f"{nginx.url}/redirect/redir/f.bin"
+    silent = job_with(daemon, url, dest / "silent.bin")
+    report = job_with(daemon, url, dest / "report.bin", SetSecurityFlags={"SecurityFlags": 0x100})
+    refuse = job_with(daemon, url, dest / "refuse.bin", SetSecurityFlags={"SecurityFlags": 0x200})
+    daemon.wait_state(silent, JobState.TRANSFERRED)
+    daemon.wait_state(report, JobState.TRANSFERRED)
+    daemon.wait_state(refuse, JobState.ERROR)
+    assert daemon.job(silent)["Files"][0]["RemoteUrl"] == url, "ALLOW_SILENT keeps the RemoteUrl"
+    assert daemon.job(report)["Files"][0]["RemoteUrl"] == f"{nginx.url}/redir/f.bin", "ALLOW_REPORT rewrites"
+    err = daemon.client.get_error(refuse)
+    assert (err["ErrorCode"], err["ErrorContext"]) == (0x8019012E, 5)  # BG_E_HTTP_ERROR_302
+    for job, name in ((silent, "silent.bin"), (report, "report.bin")):
+        daemon.client.complete(job)
+        assert sha256_file(dest / name) == digest
+
+
+def test_tls_ignore_flags_and_https_to_http(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    digest = make_file(nginx.www, "tlsflags/f.bin", 20_000, seed=102)
+    secure = f"{nginx.https_url}/tlsflags/f.bin"
+    downgrade = f"{nginx.https_url}/to-http/tlsflags/f.bin"
+    cn_only = job_with(daemon, secure, dest / "cn.bin", SetSecurityFlags={"SecurityFlags": 0x2})
+    any_ca = job_with(daemon, secure, dest / "ca.bin", SetSecurityFlags={"SecurityFlags": 0x8})
+    no_downgrade = job_with(daemon, downgrade, dest / "down1.bin", SetSecurityFlags={"SecurityFlags": 0x8})
+    downgrade_ok = job_with(daemon, downgrade, dest / "down2.bin", SetSecurityFlags={"SecurityFlags": 0x808})
+    daemon.wait_state(cn_only, JobState.ERROR)
+    assert daemon.client.get_error(cn_only)["ErrorCode"] == 0x8020003C, "the CA is still checked"
+    daemon.wait_state(any_ca, JobState.TRANSFERRED)
+    daemon.wait_state(no_downgrade, JobState.ERROR)
+    assert daemon.client.get_error(no_downgrade)["ErrorCode"] == 0x8019012E
+    daemon.wait_state(downgrade_ok, JobState.TRANSFERRED)
+    for job, name in ((any_ca, "ca.bin"), (downgrade_ok, "down2.bin")):
+        daemon.client.complete(job)
+        assert sha256_file(dest / name) == digest
