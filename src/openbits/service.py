@@ -371,7 +371,9 @@ class Service:
             raise InvalidArgument(f"the job already has a file for {local}")
         gid = caller.gid if caller.uid == job.owner_uid else primary_gid(job.owner_uid)
         fs.check_destination(local, job.owner_uid, gid)
-        return JobFile(remote_url=remote, local_file=local)
+        return JobFile(
+            remote_url=remote, local_file=local, temp_name=fs.temp_name_for(job.job_id, len(job.files))
+        )
 
     async def add_file(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
         p = Params(raw, ("RemoteUrl", "LocalFile"))
@@ -446,6 +448,7 @@ class Service:
         if job.state.is_final:  # cancelled while we waited
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
         dropped = False
+        directories: set[str] = set()
         try:
             for f in job.files:
                 if f.published:
@@ -453,10 +456,14 @@ class Service:
                 if f.completed and f.temp_path is not None:
                     if os.path.exists(f.temp_path) or not os.path.exists(f.local_file):
                         fs.publish(f.temp_path, f.local_file, fs.http_date_to_unix(f.last_modified))
+                        directories.add(os.path.dirname(f.local_file))
                     f.published = True
                 else:
                     fs.remove_quietly(f.temp_path)
                     dropped = True
+            for directory in sorted(directories):  # the renames are durable before we answer
+                with fs.translating(f"cannot sync {directory}"):
+                    fs.fsync_dir(directory)
         except BitsError:
             # Renamed files stay published; the job keeps its state (bits-spec §3.2), and
             # a transfer stopped above goes back to the queue rather than look running.
@@ -608,10 +615,6 @@ class Service:
             self._enter(job, states.next_state(job.state, Event.CONNECTED))
             self._commit(job, "transferring")
 
-    def file_started(self, job: Job, file: JobFile) -> None:
-        """Persist the file's temporary name (and validators) before bytes are written."""
-        self.store.save_files(job, (file,))
-
     def file_checkpoint(self, job: Job, file: JobFile, offset: int) -> None:
         """``offset`` bytes of ``file`` are durable on disk: record them."""
         if job.state.is_final:
@@ -636,11 +639,14 @@ class Service:
         file.completed = False
         self.store.save_job(job, (file,))
 
-    def file_done(self, job: Job, file: JobFile) -> None:
+    def file_done(self, job: Job, file: JobFile, size: int) -> None:
+        """All ``size`` bytes are durable: the last checkpoint and the completion, one commit."""
         if job.state.is_final:
             return
+        file.bytes_transferred = size
         file.completed = True
-        file.bytes_total = file.bytes_transferred
+        file.bytes_total = size
+        job.no_progress_since_ns = 0
         job.modified_ns = self.clock.now_ns()
         self.store.save_job(job, (file,))
         self._notify(job, "file transferred")

@@ -25,7 +25,6 @@ from openbits.model import ErrorContext
 from openbits.transfer import files
 from openbits.transfer.files import (
     check_destination,
-    create_temp,
     http_date_to_unix,
     local_error,
     local_source_path,
@@ -148,66 +147,37 @@ def test_check_destination_for_the_directory_owner_uses_owner_bits(public_dir: P
 # -- temporary files -------------------------------------------------------------------------
 
 
-def test_new_temp_name_pattern() -> None:
-    for _ in range(100):
-        assert TEMP_NAME.match(files.new_temp_name())
+def test_temp_names_follow_the_pattern_and_are_stable_and_distinct() -> None:
+    job_a, job_b = "{11111111-2222-3333-4444-555555555555}", "{AAAAAAAA-2222-3333-4444-555555555555}"
+    names = {files.temp_name_for(job, i) for job in (job_a, job_b) for i in range(50)}
+    assert len(names) == 100
+    assert all(TEMP_NAME.match(n) for n in names)
+    assert files.temp_name_for(job_a, 3) == files.temp_name_for(job_a, 3)
 
 
-def test_create_temp_name_and_mode(tmp_path: Path) -> None:
-    name, fd = create_temp(str(tmp_path), UID, GID)
+def test_open_temp_creates_owner_only_files(tmp_path: Path) -> None:
+    path = tmp_path / files.temp_name_for("{11111111-2222-3333-4444-555555555555}", 0)
+    fd = files.open_temp(str(path), UID, GID)
     try:
-        assert TEMP_NAME.match(name), name
         st = os.fstat(fd)
-        assert stat.S_IMODE(st.st_mode) == 0o600
-        assert st.st_size == 0
-        assert (tmp_path / name).exists()
+        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_size == 0
         os.write(fd, b"data")
     finally:
         os.close(fd)
-    assert (tmp_path / name).read_bytes() == b"data"
+    assert path.read_bytes() == b"data"
 
 
-def test_create_temp_names_are_unique(tmp_path: Path) -> None:
-    names = set()
-    for _ in range(20):
-        name, fd = create_temp(str(tmp_path), UID, GID)
-        os.close(fd)
-        names.add(name)
-    assert len(names) == 20
-
-
-def test_create_temp_never_opens_an_existing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    taken = ".BIT00000000.tmp"
-    (tmp_path / taken).write_bytes(b"someone else's data")
-    names = iter([taken, taken, ".BIT0000BEEF.tmp"])
-    monkeypatch.setattr(files, "new_temp_name", lambda: next(names))
-    name, fd = create_temp(str(tmp_path), UID, GID)
-    os.close(fd)
-    assert name == ".BIT0000BEEF.tmp"
-    assert (tmp_path / taken).read_bytes() == b"someone else's data"
-
-
-def test_create_temp_gives_up_when_every_name_is_taken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / ".BIT00000000.tmp").write_bytes(b"")
-    monkeypatch.setattr(files, "new_temp_name", lambda: ".BIT00000000.tmp")
+def test_open_temp_in_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(TransferError) as info:
-        create_temp(str(tmp_path), UID, GID)
-    assert info.value.context is ErrorContext.LOCAL_FILE
-
-
-def test_create_temp_in_a_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(TransferError) as info:
-        create_temp(str(tmp_path / "missing"), UID, GID)
+        files.open_temp(str(tmp_path / "missing" / ".BIT00000000.tmp"), UID, GID)
     assert info.value.hresult == HResult.HRESULT_PATH_NOT_FOUND
     assert info.value.context is ErrorContext.LOCAL_FILE
     assert not info.value.transient
 
 
 @pytest.mark.skipif(not is_root, reason="only root can give files away")
-def test_create_temp_belongs_to_the_job_owner(tmp_path: Path) -> None:
-    _name, fd = create_temp(str(tmp_path), OTHER_UID, OTHER_GID)
+def test_open_temp_gives_the_file_to_the_job_owner(tmp_path: Path) -> None:
+    fd = files.open_temp(str(tmp_path / ".BIT00000001.tmp"), OTHER_UID, OTHER_GID)
     try:
         st = os.fstat(fd)
     finally:

@@ -19,6 +19,7 @@ from openbits.model import ErrorContext, Job, JobFile, parse_custom_headers
 from openbits.scheduler import policy
 from openbits.service import Service
 from openbits.transfer.download import Downloader, Owner, RequestOptions
+from openbits.transfer.files import temp_name_for
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.scheduler")
@@ -37,13 +38,12 @@ class _FileProgress:
     def connected(self) -> None:
         self.service.job_connected(self.job)
 
-    def begin(self, temp_name: str, total: int | None, etag: str | None, last_modified: str | None) -> None:
+    def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
         f = self.file
-        f.temp_name, f.bytes_total, f.etag, f.last_modified = temp_name, total, etag, last_modified
+        f.bytes_total, f.etag, f.last_modified = total, etag, last_modified
         if f.bytes_transferred or f.completed:
-            self.service.file_restarted(self.job, f)
-        else:
-            self.service.file_started(self.job, f)
+            self.service.file_restarted(self.job, f)  # committed before new bytes land
+        # a first start needs no commit: the validators go with the first checkpoint
 
     def checkpoint(self, offset: int) -> None:
         self.service.file_checkpoint(self.job, self.file, offset)
@@ -182,14 +182,16 @@ class Scheduler:
                 if index is None:
                     break
                 file = job.files[index]
+                if file.temp_name is None:  # a file added before names were derived
+                    file.temp_name = temp_name_for(job.job_id, index)
                 options = RequestOptions(
                     headers=tuple(parse_custom_headers(job.custom_headers)) if job.custom_headers else (),
                     security_flags=job.security_flags,
                 )
-                await self.downloader.download(
+                size = await self.downloader.download(
                     file, owner, _FileProgress(service, job, file), int(job.priority), options
                 )
-                service.file_done(job, file)
+                service.file_done(job, file, size)
             service.job_transferred(job)
         except BitsError as e:
             service.job_failed(job, e, index)

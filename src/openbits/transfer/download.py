@@ -61,8 +61,9 @@ class Progress(Protocol):
     def connected(self) -> None:
         """A server (or source file) answered: the job is TRANSFERRING."""
 
-    def begin(self, temp_name: str, total: int | None, etag: str | None, last_modified: str | None) -> None:
-        """Persist a (re)start from byte 0 with these validators."""
+    def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
+        """The file (re)starts from byte 0 with these validators (a restart is persisted
+        before new bytes are written)."""
 
     def checkpoint(self, offset: int) -> None:
         """``offset`` bytes are durable in the temporary file."""
@@ -137,42 +138,37 @@ class Downloader:
         progress: Progress,
         priority: int = 2,
         options: RequestOptions | None = None,
-    ) -> None:
-        """Bring ``file``'s temporary file to its full content, durably, within the
-        bandwidth limits of ``priority`` (BG_JOB_PRIORITY)."""
+    ) -> int:
+        """Bring ``file``'s temporary file to its full content, durably (fdatasync'd), within
+        the bandwidth limits of ``priority`` (BG_JOB_PRIORITY); returns its size.
+
+        The last checkpoint is left to the caller, which records the size and the file's
+        completion in one commit.
+        """
         options = options or RequestOptions()
         source = fs.local_source_path(file.remote_url)
         for _attempt in range(3):
             try:
                 if source is not None:
-                    await self._download_local(source, file, owner, progress, priority)
-                else:
-                    await self._download_http(file, owner, progress, priority, options)
-                return
+                    return await self._download_local(source, file, owner, progress, priority)
+                return await self._download_http(file, owner, progress, priority, options)
             except _Restart:
                 continue
         raise invalid_response("the server's content kept changing during the transfer")
 
     # -- temporary file ---------------------------------------------------------------------
 
-    def _open(self, file: JobFile, owner: Owner, progress: Progress) -> tuple[int, int]:
-        """(fd, offset) of the temporary file, created and announced on first use."""
-        directory = os.path.dirname(file.local_file)
-        if file.temp_name is None:
-            name, fd = fs.create_temp(directory, owner.uid, owner.gid)
-            try:
-                progress.begin(name, None, None, None)
-            except BaseException:
-                os.close(fd)
-                fs.remove_quietly(os.path.join(directory, name))
-                raise
-            return fd, 0
-        path = os.path.join(directory, file.temp_name)
+    def _open(self, file: JobFile, owner: Owner) -> tuple[int, int]:
+        """(fd, offset) of the file's temporary file, created on first use, cut back to the
+        last checkpoint (a temporary file that lost bytes starts again from 0)."""
+        if file.temp_path is None:
+            raise TransferError("the file has no temporary name", context=ErrorContext.LOCAL_FILE)
+        path = file.temp_path
         fd = fs.open_temp(path, owner.uid, owner.gid)
         offset = file.bytes_transferred
         with fs.translating(f"cannot use the temporary file {path}"):
             if os.fstat(fd).st_size < offset:
-                offset = 0  # the temporary file lost bytes: start again
+                offset = 0
             os.ftruncate(fd, offset)
         return fd, offset
 
@@ -180,8 +176,8 @@ class Downloader:
 
     async def _download_http(
         self, file: JobFile, owner: Owner, progress: Progress, priority: int, options: RequestOptions
-    ) -> None:
-        fd, offset = self._open(file, owner, progress)
+    ) -> int:
+        fd, offset = self._open(file, owner)
         try:
             headers: dict[str, str] = dict(options.headers)
             if offset > 0:
@@ -200,6 +196,7 @@ class Downloader:
                         end = await self._stream(resp.content, fd, start, total, progress, priority)
                     if total is not None and end != total:
                         raise invalid_response(f"the server sent {end} bytes of {total}")
+                    return end
             except NETWORK_EXCEPTIONS as e:
                 raise network_error(e, file.remote_url) from e
         finally:
@@ -267,15 +264,13 @@ class Downloader:
             # server that ignores Range.  Never appended: start again from byte 0.
             with fs.translating("cannot truncate the temporary file"):
                 os.ftruncate(fd, 0)
-            assert file.temp_name is not None
-            progress.begin(file.temp_name, resp.content_length, etag, last_modified)
+            progress.begin(resp.content_length, etag, last_modified)
             return 0, resp.content_length
         if status == 416 and offset > 0:
             total = parse_unsatisfied_range(resp.headers.get("Content-Range"))
             if total is not None and total == offset:
                 return offset, total  # every byte was already here
-            assert file.temp_name is not None
-            progress.begin(file.temp_name, None, None, None)
+            progress.begin(None, None, None)
             raise _Restart
         if status == 206:
             raise invalid_response("the server sent 206 Partial Content to a request without Range")
@@ -330,8 +325,7 @@ class Downloader:
                 sync = None
             await loop.run_in_executor(None, os.fdatasync, fd)
             durable = sink.offset
-            progress.checkpoint(durable)
-            return durable
+            return durable  # the caller commits it with the file's completion
         except OSError as e:
             # Only the file's own writes and syncs are local errors; timeouts and resets
             # while reading the socket are OSErrors too, and stay network errors.
@@ -361,7 +355,7 @@ class Downloader:
 
     async def _download_local(
         self, source: str, file: JobFile, owner: Owner, progress: Progress, priority: int
-    ) -> None:
+    ) -> int:
         src = await asyncio.to_thread(open_as_owner, source, owner)
         try:
             st = os.fstat(src)
@@ -373,14 +367,13 @@ class Downloader:
                 )
             etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
             lm = _http_date(st.st_mtime)
-            fd, offset = self._open(file, owner, progress)
+            fd, offset = self._open(file, owner)
             try:
                 progress.connected()
                 if file.etag != etag or file.bytes_total != st.st_size:
                     offset = 0
                     os.ftruncate(fd, 0)
-                    assert file.temp_name is not None
-                    progress.begin(file.temp_name, st.st_size, etag, lm)
+                    progress.begin(st.st_size, etag, lm)
                 fs.check_free_space(os.path.dirname(file.local_file), st.st_size - offset)
                 while offset < st.st_size:
                     limited = self.throttle.is_limited(priority)
@@ -392,9 +385,11 @@ class Downloader:
                     if n == 0:
                         raise _Restart  # the source shrank under us
                     offset += n
-                    progress.checkpoint(offset)
+                    if offset < st.st_size:
+                        progress.checkpoint(offset)
                 if os.fstat(src).st_mtime_ns != st.st_mtime_ns:
                     raise _Restart
+                return offset
             finally:
                 os.close(fd)
         except OSError as e:

@@ -8,8 +8,8 @@ are fatal (SPEC §6).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -144,28 +144,17 @@ def check_free_space(directory: str, needed: int) -> None:
         )
 
 
-def new_temp_name() -> str:
-    return f"{TEMP_PREFIX}{secrets.token_hex(4).upper()}{TEMP_SUFFIX}"
-
-
-def create_temp(directory: str, uid: int, gid: int) -> tuple[str, int]:
-    """Create a new ``.BIT<8 hex>.tmp`` in ``directory`` (O_EXCL, 0600); (name, fd)."""
-    for _ in range(100):
-        name = new_temp_name()
-        path = os.path.join(directory, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise local_error(e, f"cannot create a temporary file in {directory}") from e
-        _give_to_owner(fd, uid, gid)
-        return name, fd
-    raise TransferError("cannot find a free temporary file name", context=ErrorContext.LOCAL_FILE)
+def temp_name_for(job_id: str, index: int) -> str:
+    """The temporary file name of a job's file: ``.BIT<8 hex>.tmp``, derived from the job's
+    random GUID and the file's position, so it is known before the file exists and never
+    has to be committed before bytes are written (a crash leaves no orphan: the same name is
+    found again)."""
+    digest = hashlib.sha256(f"{job_id}/{index}".encode()).hexdigest()[:8].upper()
+    return f"{TEMP_PREFIX}{digest}{TEMP_SUFFIX}"
 
 
 def open_temp(path: str, uid: int, gid: int) -> int:
-    """Open an existing temporary file for writing, re-creating it if it vanished."""
+    """Open the temporary file for writing, creating it (O_EXCL, 0600, the owner's) if absent."""
     try:
         return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -195,11 +184,14 @@ def http_date_to_unix(value: str | None) -> float | None:
 
 
 def publish(temp_path: str, local_file: str, mtime: float | None) -> None:
-    """Make a finished temporary file the LocalFile: fsync, set mtime, rename, fsync dir."""
+    """Make a finished temporary file the LocalFile: mode, mtime, atomic rename.
+
+    Its bytes were fdatasync'd when the download finished; the caller fsyncs the
+    directory once for all the files it publishes there (``fsync_dir``).
+    """
     with translating(f"cannot publish {local_file}"):
         fd = os.open(temp_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
-            os.fsync(fd)
             # Owner-only while it is written; once published, the mode a new file
             # created by the daemon would get.
             os.fchmod(fd, 0o666 & ~_UMASK)
@@ -208,7 +200,6 @@ def publish(temp_path: str, local_file: str, mtime: float | None) -> None:
         finally:
             os.close(fd)
         os.replace(temp_path, local_file)
-        fsync_dir(os.path.dirname(local_file))
 
 
 def fsync_dir(directory: str) -> None:
