@@ -105,6 +105,10 @@ class Client:
     def add_file(self, job: str, remote_url: str, local_file: str) -> None:
         self.invoke(job, "AddFile", RemoteUrl=remote_url, LocalFile=local_file)
 
+    def add_file_set(self, job: str, files: list[tuple[str, str]]) -> None:
+        """Several (RemoteUrl, LocalFile) pairs in one call: all are added or none."""
+        self.invoke(job, "AddFileSet", Files=[{"RemoteUrl": r, "LocalFile": loc} for r, loc in files])
+
     def set_job_state(self, job: str, state: int) -> int:
         return int(self.invoke(job, "SetJobState", JobState=state)["ReturnValue"])
 

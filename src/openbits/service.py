@@ -181,6 +181,15 @@ def validate_remote_url(url: str) -> str:
     raise InvalidArgument(f"the URL scheme {scheme!r} is not supported (http, https, file)")
 
 
+def _file_pair(raw: Any, method: str) -> tuple[str, str]:
+    p = Params(raw, ("RemoteUrl", "LocalFile"))
+    remote = p.string("RemoteUrl", REMOTE_URL_MAX)
+    local = p.string("LocalFile", LOCAL_FILE_MAX)
+    if remote is None or local is None:
+        raise InvalidArgument(f"{method} needs RemoteUrl and LocalFile")
+    return remote, local
+
+
 def check_security_flags(flags: int) -> None:
     """Known bits only, one redirect policy; CRL checking is refused (no CRL fetching yet)."""
     known = 0
@@ -217,6 +226,9 @@ class Service:
         self.clock = clock or Clock()
         self.runner: Runner = _NullRunner()
         self.jobs: dict[str, Job] = {}
+        #: the jobs the scheduler must look at on every tick (QUEUED, CONNECTING,
+        #: TRANSFERRING, TRANSIENT_ERROR): a tick costs O(active), not O(all jobs)
+        self.active: dict[str, Job] = {}
         #: raises ValueError for a bad bandwidth setting in the config
         self.policy = ServicePolicy.from_config(config).with_persisted(store.load_settings())
         #: observers of every committed change (events come in a later issue)
@@ -228,6 +240,7 @@ class Service:
         """Load every job; jobs that were running go back to QUEUED, at their checkpoint."""
         for job in self.store.load_jobs():
             self.jobs[job.job_id] = job
+            self._index(job)
             if job.state in states.RUNNING_STATES:
                 self._enter(job, states.next_state(job.state, Event.PREEMPTED))
                 self.store.save_job(job)
@@ -340,6 +353,7 @@ class Service:
                 self._enter(job, states.resume(job.state, len(job.files)))
         self.store.add_job(job)
         self.jobs[job.job_id] = job
+        self._index(job)
         self._changed(job, "created")
         return job
 
@@ -359,40 +373,52 @@ class Service:
                 hresult=HResult.BG_E_TOO_MANY_JOBS_PER_USER,
             )
 
-    def _new_file(self, caller: Caller, job: Job, remote: str, local: str) -> JobFile:
+    def _new_file(
+        self, caller: Caller, job: Job, remote: str, local: str, pending: list[JobFile] | None = None
+    ) -> JobFile:
+        pending = pending or []
         remote = validate_remote_url(remote)
         local = validate_local_file(local)
-        if len(job.files) >= self.config.max_files_per_job:
+        count = len(job.files) + len(pending)
+        if count >= self.config.max_files_per_job:
             raise LimitExceeded(
-                f"the job already has {len(job.files)} files (limit {self.config.max_files_per_job})",
+                f"the job already has {count} files (limit {self.config.max_files_per_job})",
                 hresult=HResult.BG_E_TOO_MANY_FILES_IN_JOB,
             )
-        if any(f.local_file == local for f in job.files):
+        if any(f.local_file == local for f in (*job.files, *pending)):
             raise InvalidArgument(f"the job already has a file for {local}")
         gid = caller.gid if caller.uid == job.owner_uid else primary_gid(job.owner_uid)
         fs.check_destination(local, job.owner_uid, gid)
-        return JobFile(
-            remote_url=remote, local_file=local, temp_name=fs.temp_name_for(job.job_id, len(job.files))
-        )
+        return JobFile(remote_url=remote, local_file=local, temp_name=fs.temp_name_for(job.job_id, count))
 
     async def add_file(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
-        p = Params(raw, ("RemoteUrl", "LocalFile"))
-        remote = p.string("RemoteUrl", REMOTE_URL_MAX)
-        local = p.string("LocalFile", LOCAL_FILE_MAX)
-        if remote is None or local is None:
-            raise InvalidArgument("AddFile needs RemoteUrl and LocalFile")
+        return self._add_files(caller, job_ref, [_file_pair(raw, "AddFile")])
+
+    async def add_file_set(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
+        """AddFileSet (COM): several files in one call, all or none, one commit."""
+        files = Params(raw, ("Files",))._values.get("Files")
+        if not isinstance(files, list) or not files:
+            raise InvalidArgument('AddFileSet needs "Files": a non-empty array of {RemoteUrl, LocalFile}')
+        return self._add_files(caller, job_ref, [_file_pair(f, "AddFileSet") for f in files])
+
+    def _add_files(self, caller: Caller, job_ref: str, pairs: list[tuple[str, str]]) -> Job:
         job = self.find(caller, job_ref)
         new_state = states.add_file(job.state)
-        file = self._new_file(caller, job, remote, local)
-        job.files.append(file)
+        added: list[JobFile] = []
+        for remote, local in pairs:
+            added.append(self._new_file(caller, job, remote, local, added))
+        old_state, old_modified = job.state, job.modified_ns
+        job.files.extend(added)
         self._enter(job, new_state)
         self._touch(job)
         try:
-            self.store.add_file(job, file)
+            self.store.add_files(job, added)
         except BaseException:
-            job.files.remove(file)
+            del job.files[len(job.files) - len(added) :]
+            job.state, job.modified_ns = old_state, old_modified
+            self._index(job)
             raise
-        self._changed(job, "file added")
+        self._changed(job, "files added")
         return job
 
     async def set_job_state(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> int:
@@ -544,6 +570,9 @@ class Service:
         if m == "addfile":
             await self.add_file(caller, job_ref, raw)
             return {"ReturnValue": 0}
+        if m == "addfileset":
+            await self.add_file_set(caller, job_ref, raw)
+            return {"ReturnValue": 0}
         if m == "setjobstate":
             return {"ReturnValue": await self.set_job_state(caller, job_ref, raw)}
         if m == "geterror":
@@ -651,6 +680,20 @@ class Service:
         self.store.save_job(job, (file,))
         self._notify(job, "file transferred")
 
+    def files_done(self, job: Job, files: Iterable[tuple[JobFile, int]]) -> None:
+        """Several durable files completed at once: one commit."""
+        if job.state.is_final:
+            return
+        done = []
+        for file, size in files:
+            file.bytes_transferred = file.bytes_total = size
+            file.completed = True
+            done.append(file)
+        job.no_progress_since_ns = 0
+        job.modified_ns = self.clock.now_ns()
+        self.store.save_job(job, done)
+        self._notify(job, "files transferred")
+
     def job_transferred(self, job: Job) -> None:
         if job.state not in (*states.RUNNING_STATES, JobState.QUEUED):
             return
@@ -734,6 +777,14 @@ class Service:
         if state is JobState.QUEUED:
             job.queued_ns = now
         job.state = state
+        if job.job_id in self.jobs:
+            self._index(job)
+
+    def _index(self, job: Job) -> None:
+        if job.state in states.ACTION_STATES:
+            self.active[job.job_id] = job
+        else:
+            self.active.pop(job.job_id, None)
 
     def _touch(self, job: Job) -> None:
         job.modified_ns = self.clock.now_ns()

@@ -770,3 +770,23 @@ def test_enumeration_shape(daemon: Daemon, dest: Path) -> None:
 def test_socket_is_owner_only(daemon: Daemon) -> None:
     mode = os.stat(daemon.socket).st_mode & 0o777
     assert mode == 0o600, oct(mode)
+
+
+def test_add_file_set_adds_all_or_nothing(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    digests = [make_file(nginx.www, f"set/{i}.bin", 5_000 + i, seed=110 + i) for i in range(3)]
+    job = create(daemon, DisplayName="set")
+    good = [{"RemoteUrl": f"{nginx.url}/set/{i}.bin", "LocalFile": str(dest / f"{i}.bin")} for i in range(3)]
+    for files in (
+        [*good[:2], {"RemoteUrl": "ftp://x/y", "LocalFile": str(dest / "z")}],
+        [good[0], good[0]],
+        [],
+        "nope",
+    ):
+        assert_error(daemon, "POST", job_path(job, "AddFileSet"), {"Files": files}, code=E_INVALIDARG)
+        assert get(daemon, job)["FilesTotal"] == 0, files
+    status, body = daemon.api("POST", job_path(job, "AddFileSet"), {"Files": good})
+    assert (status, body["ReturnValue"]) == (200, 0)
+    daemon.client.resume(job)
+    daemon.wait_state(job, JobState.TRANSFERRED)
+    daemon.client.complete(job)
+    assert [sha256_file(dest / f"{i}.bin") for i in range(3)] == digests

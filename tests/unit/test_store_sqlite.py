@@ -136,19 +136,19 @@ def test_files_load_in_the_order_added(store: SqliteStore) -> None:
     for i in range(12):
         f = JobFile(f"http://h/{i}", f"/tmp/{i}")
         job.files.append(f)
-        store.add_file(job, f)
+        store.add_files(job, [f])
     (loaded,) = store.load_jobs()
     assert [f.remote_url for f in loaded.files] == [f"http://h/{i}" for i in range(12)]
 
 
-def test_add_file_also_saves_the_job(store: SqliteStore) -> None:
+def test_add_files_also_saves_the_job(store: SqliteStore) -> None:
     job = full_job(files=[], state=JobState.SUSPENDED)
     store.add_job(job)
     job.modified_ns += 5
     job.state = JobState.QUEUED
     f = JobFile("http://h/x", "/tmp/x", bytes_total=10)
     job.files.append(f)
-    store.add_file(job, f)
+    store.add_files(job, [f])
     (loaded,) = store.load_jobs()
     assert loaded.modified_ns == job.modified_ns
     assert loaded.state is JobState.QUEUED

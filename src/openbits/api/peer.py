@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 from aiohttp import web
 
@@ -20,6 +21,22 @@ def peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
+_CALLERS: dict[tuple[int, str], tuple[float, Caller]] = {}
+CALLER_TTL_S = 30.0
+
+
+def _cached_caller(uid: int, admin_group: str) -> Caller:
+    """A uid's name and admin membership, looked up at most every 30 s (getpwuid and
+    getgrnam read /etc files on every call)."""
+    now = time.monotonic()
+    hit = _CALLERS.get((uid, admin_group))
+    if hit is not None and now - hit[0] < CALLER_TTL_S:
+        return hit[1]
+    caller = Caller.from_uid(uid, admin_group)
+    _CALLERS[(uid, admin_group)] = (now, caller)
+    return caller
+
+
 def caller_of(request: web.Request) -> Caller:
     cached = request.get(_CACHE_KEY)
     if isinstance(cached, Caller):
@@ -29,6 +46,6 @@ def caller_of(request: web.Request) -> Caller:
     if sock is None or sock.family != socket.AF_UNIX:
         raise AccessDenied("the caller's identity is unknown")
     admin_group = request.app.get(ADMIN_GROUP_KEY, "openbits-admin")
-    caller = Caller.from_uid(peer_uid(sock), admin_group)
+    caller = _cached_caller(peer_uid(sock), admin_group)
     request[_CACHE_KEY] = caller
     return caller

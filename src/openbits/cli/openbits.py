@@ -391,8 +391,7 @@ def transfer(
     client = ctx.client
     job = client.create_job(DisplayName=name, Priority=parse_priority(priority))
     try:
-        for url, local in pairs:
-            client.add_file(job, url, local)
+        client.add_file_set(job, pairs)
         client.resume(job)
     except BaseException:
         client.cancel(job)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
+from collections.abc import Iterable
 from datetime import datetime
 
 from openbits.caller import primary_gid
@@ -19,7 +22,7 @@ from openbits.model import ErrorContext, Job, JobFile, parse_custom_headers
 from openbits.scheduler import policy
 from openbits.service import Service
 from openbits.transfer.download import Downloader, Owner, RequestOptions
-from openbits.transfer.files import temp_name_for
+from openbits.transfer.files import sync_filesystem, temp_name_for, translating
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.scheduler")
@@ -65,6 +68,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
         self._next_purge_ns = 0
+        self._next_scan_ns = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -97,6 +101,15 @@ class Scheduler:
         service = self.service
         now = service.clock.now_ns()
         jobs = service.jobs
+        # Every tick looks at the active jobs; all jobs (for the inactivity timeout) only
+        # now and then, so an API call costs the same with 10 jobs or 10,000.
+        inactivity_s = self.config.job_inactivity_timeout_s
+        scan_all = now >= self._next_scan_ns
+        if scan_all:
+            self._next_scan_ns = now + int(min(60.0, max(1.0, inactivity_s / 4)) * 1e9)
+            candidates: Iterable[Job] = (j for j in jobs.values() if not j.state.is_final)
+        else:
+            candidates = service.active.values()
         views = [
             policy.JobView(
                 j.job_id,
@@ -112,8 +125,7 @@ class Scheduler:
                 download_time_ns=j.download_time_ns,
                 modified_ns=j.modified_ns,
             )
-            for j in jobs.values()
-            if not j.state.is_final
+            for j in candidates
         ]
         rules = service.policy
         plan = policy.plan(
@@ -121,7 +133,7 @@ class Scheduler:
             now,
             rules.max_background,
             time_slice_s=rules.time_slice_s,
-            inactivity_timeout_s=self.config.job_inactivity_timeout_s,
+            inactivity_timeout_s=inactivity_s,
         )
         limit_change_ns = self.apply_bandwidth(now)
         assert self._group is not None
@@ -150,7 +162,11 @@ class Scheduler:
         if now >= self._next_purge_ns:
             service.purge_finished()
             self._next_purge_ns = now + PURGE_INTERVAL_NS
-        deadlines = [d for d in (plan.wake_at_ns, self._next_purge_ns, limit_change_ns) if d is not None]
+        deadlines = [
+            d
+            for d in (plan.wake_at_ns, self._next_purge_ns, self._next_scan_ns, limit_change_ns)
+            if d is not None
+        ]
         return min(deadlines)
 
     def apply_bandwidth(self, now_ns: int) -> int | None:
@@ -175,10 +191,12 @@ class Scheduler:
     async def _run_job(self, job: Job) -> None:
         service = self.service
         owner = Owner(job.owner_uid, primary_gid(job.owner_uid))
-        index: int | None = None
+        batch = _SyncBatch(service, job)
+        index: int | None = 0
         try:
             while True:
-                index = next((i for i, f in enumerate(job.files) if not f.completed), None)
+                start = index or 0
+                index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)
                 if index is None:
                     break
                 file = job.files[index]
@@ -188,14 +206,29 @@ class Scheduler:
                     headers=tuple(parse_custom_headers(job.custom_headers)) if job.custom_headers else (),
                     security_flags=job.security_flags,
                 )
-                size = await self.downloader.download(
-                    file, owner, _FileProgress(service, job, file), int(job.priority), options
+                fetched = await self.downloader.download(
+                    file,
+                    owner,
+                    _FileProgress(service, job, file),
+                    int(job.priority),
+                    options,
+                    defer_sync=True,
                 )
-                service.file_done(job, file, size)
+                if fetched.durable:
+                    await batch.flush()
+                    service.file_done(job, file, fetched.size)
+                else:
+                    batch.add(file, fetched.size)
+                    if batch.full():
+                        await batch.flush()
+                index += 1
+            await batch.flush()
             service.job_transferred(job)
         except BitsError as e:
+            batch.flush_now()
             service.job_failed(job, e, index)
         except asyncio.CancelledError:
+            batch.flush_now()
             raise
         except Exception as e:  # a bug in one transfer never takes the daemon down
             log.exception("job %s failed unexpectedly", job.job_id)
@@ -208,3 +241,50 @@ class Scheduler:
             if self.running.get(job.job_id) is asyncio.current_task():
                 del self.running[job.job_id]
             self.wake()
+
+
+class _SyncBatch:
+    """Small files finished without their own fdatasync, made durable and committed together:
+    one ``syncfs`` and one transaction for up to ``MAX_FILES`` files or ``MAX_AGE_S`` seconds.
+    Until then they count as not transferred (progress never runs ahead of the disk)."""
+
+    MAX_FILES = 64
+    MAX_AGE_S = 0.1
+
+    def __init__(self, service: Service, job: Job) -> None:
+        self.service, self.job = service, job
+        self.files: list[tuple[JobFile, int]] = []
+        self.since = 0.0
+
+    def add(self, file: JobFile, size: int) -> None:
+        if not self.files:
+            self.since = time.monotonic()
+        self.files.append((file, size))
+
+    def full(self) -> bool:
+        return len(self.files) >= self.MAX_FILES or time.monotonic() - self.since >= self.MAX_AGE_S
+
+    async def flush(self) -> None:
+        if not self.files:
+            return
+        files, self.files = self.files, []
+        for directory in sorted({os.path.dirname(f.local_file) for f, _ in files}):
+            await asyncio.to_thread(_sync_directory, directory)
+        self.service.files_done(self.job, files)
+
+    def flush_now(self) -> None:
+        """On an error or cancellation: the finished files are kept (blocking, rare)."""
+        if not self.files:
+            return
+        files, self.files = self.files, []
+        try:
+            for directory in sorted({os.path.dirname(f.local_file) for f, _ in files}):
+                _sync_directory(directory)
+        except BitsError:
+            return  # not durable: they will be fetched again
+        self.service.files_done(self.job, files)
+
+
+def _sync_directory(directory: str) -> None:
+    with translating(f"cannot sync {directory}"):
+        sync_filesystem(directory)

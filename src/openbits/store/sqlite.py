@@ -176,10 +176,13 @@ class SqliteStore:
             for position, f in enumerate(job.files):
                 self._insert_file(db, job.job_id, position, f)
 
-    def add_file(self, job: Job, file: JobFile) -> None:
-        """Insert ``file`` (already appended to ``job.files``) and save the job row."""
+    def add_files(self, job: Job, files: Iterable[JobFile]) -> None:
+        """Insert ``files`` (the last ones of ``job.files``) and save the job row: one commit."""
+        files = list(files)
+        first = len(job.files) - len(files)  # they are the last ones
         with self._transaction() as db:
-            self._insert_file(db, job.job_id, job.files.index(file), file)
+            for offset, file in enumerate(files):
+                self._insert_file(db, job.job_id, first + offset, file)
             self._update_job(db, job)
 
     def save_job(self, job: Job, files: Iterable[JobFile] = ()) -> None:

@@ -72,6 +72,18 @@ class Progress(Protocol):
         """The server moved the file to ``url`` (ALLOW_REPORT): it becomes the RemoteUrl."""
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A finished file: its size, and whether its bytes are already durable (fdatasync'd).
+
+    ``durable`` is False only for a small file asked with ``defer_sync``: the caller makes
+    a batch of them durable at once (``files.sync_filesystem``) before it commits them.
+    """
+
+    size: int
+    durable: bool = True
+
+
 @dataclass(slots=True)
 class Owner:
     uid: int
@@ -138,9 +150,12 @@ class Downloader:
         progress: Progress,
         priority: int = 2,
         options: RequestOptions | None = None,
-    ) -> int:
-        """Bring ``file``'s temporary file to its full content, durably (fdatasync'd), within
-        the bandwidth limits of ``priority`` (BG_JOB_PRIORITY); returns its size.
+        *,
+        defer_sync: bool = False,
+    ) -> Fetched:
+        """Bring ``file``'s temporary file to its full content within the bandwidth limits of
+        ``priority`` (BG_JOB_PRIORITY), durably unless ``defer_sync`` lets a file that needed
+        no checkpoint skip its own fdatasync (see :class:`Fetched`).
 
         The last checkpoint is left to the caller, which records the size and the file's
         completion in one commit.
@@ -150,8 +165,8 @@ class Downloader:
         for _attempt in range(3):
             try:
                 if source is not None:
-                    return await self._download_local(source, file, owner, progress, priority)
-                return await self._download_http(file, owner, progress, priority, options)
+                    return Fetched(await self._download_local(source, file, owner, progress, priority))
+                return await self._download_http(file, owner, progress, priority, options, defer_sync)
             except _Restart:
                 continue
         raise invalid_response("the server's content kept changing during the transfer")
@@ -175,8 +190,14 @@ class Downloader:
     # -- HTTP -------------------------------------------------------------------------------
 
     async def _download_http(
-        self, file: JobFile, owner: Owner, progress: Progress, priority: int, options: RequestOptions
-    ) -> int:
+        self,
+        file: JobFile,
+        owner: Owner,
+        progress: Progress,
+        priority: int,
+        options: RequestOptions,
+        defer_sync: bool,
+    ) -> Fetched:
         fd, offset = self._open(file, owner)
         try:
             headers: dict[str, str] = dict(options.headers)
@@ -191,12 +212,14 @@ class Downloader:
                     if total is not None:
                         fs.check_free_space(os.path.dirname(file.local_file), total - start)
                     progress.connected()
-                    end = start
+                    fetched = Fetched(start)
                     if total is None or total > start:
-                        end = await self._stream(resp.content, fd, start, total, progress, priority)
-                    if total is not None and end != total:
-                        raise invalid_response(f"the server sent {end} bytes of {total}")
-                    return end
+                        fetched = await self._stream(
+                            resp.content, fd, start, total, progress, priority, defer_sync
+                        )
+                    if total is not None and fetched.size != total:
+                        raise invalid_response(f"the server sent {fetched.size} bytes of {total}")
+                    return fetched
             except NETWORK_EXCEPTIONS as e:
                 raise network_error(e, file.remote_url) from e
         finally:
@@ -284,8 +307,10 @@ class Downloader:
         total: int | None,
         progress: Progress,
         priority: int,
-    ) -> int:
-        """Copy the body to ``fd`` from ``offset``; the final offset, durable."""
+        defer_sync: bool = False,
+    ) -> Fetched:
+        """Copy the body to ``fd`` from ``offset``; the final offset, durable unless
+        ``defer_sync`` and no checkpoint was needed on the way."""
         tuning = self.tuning
         throttle = self.throttle
         loop = asyncio.get_running_loop()
@@ -320,12 +345,17 @@ class Downloader:
                     last_sync_time = now
                     sync = loop.run_in_executor(None, _sync_dup, os.dup(fd))
             sink.flush()
+            if defer_sync and sync_offset == offset:
+                # small and fast: the caller syncs it with others (nothing was checkpointed,
+                # so a crash before that just fetches it again)
+                durable = sink.offset
+                return Fetched(durable, durable=False)
             if sync is not None:
                 await sync
                 sync = None
             await loop.run_in_executor(None, os.fdatasync, fd)
             durable = sink.offset
-            return durable  # the caller commits it with the file's completion
+            return Fetched(durable)  # the caller commits it with the file's completion
         except OSError as e:
             # Only the file's own writes and syncs are local errors; timeouts and resets
             # while reading the socket are OSErrors too, and stay network errors.
