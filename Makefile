@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 RUN_DIR := .run
 
 
-.PHONY: run stop test venv test-deps lint typecheck unit integration bench clean
+.PHONY: run stop test venv test-deps lint typecheck unit integration bench bench-1g bench-small bench-rss bench-throttle clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,10 +47,15 @@ unit: venv
 integration: venv test-deps
 	$(PY) -m pytest -q tests/integration tests/cli
 
-## make bench: 1 GiB from nginx on 127.0.0.1 with curl, aria2c and openbits, alternated, medians and ratios.
+## make bench: every benchmark in bench/ (1 GiB, 2,000 x 16 KiB, 10,000 queued jobs, throttling).
 bench: venv
 	@bash scripts/ensure-debian-packages.sh nginx curl aria2
-	$(PY) bench/bench_1g.py
+	@rc=0; for b in bench_1g bench_small bench_rss bench_throttle; do $(PY) bench/$$b.py || rc=1; done; exit $$rc
+
+## make bench-1g, bench-small, bench-rss, bench-throttle: one of them.
+bench-1g bench-small bench-rss bench-throttle: venv
+	@bash scripts/ensure-debian-packages.sh nginx curl aria2
+	$(PY) bench/$(subst -,_,$@).py
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache

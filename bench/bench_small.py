@@ -10,7 +10,7 @@ One invocation writes N random files, starts its own nginx on a free 127.0.0.1 p
 connection) and its own openbits daemon, then times each case round-robin.  Before
 every run the output directory is emptied and ``sync`` runs (untimed).  The openbits
 case is one BITS job driven in-process through ``openbits.client.Client``: CreateJob,
-N AddFile calls, Resume, polling until TRANSFERRED, Complete; each phase is timed
+one AddFileSet call with N files, Resume, polling until TRANSFERRED, Complete; each phase is timed
 on its own.  It prints files/s per case, medians and the openbits/curl ratio, and
 writes ``bench/out/bench_small.json``.  Everything it started is stopped, and its
 work directory removed (unless --keep), on success, failure, Ctrl-C or SIGTERM.
@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,11 @@ from typing import Any
 from common import (
     KIB,
     OUT_DIR,
+    RAISED_LIMITS,
     BenchError,
     Case,
     Runner,
     Services,
-    Setting,
     Snapshot,
     Timing,
     add_daemon_env_arg,
@@ -49,6 +50,7 @@ from common import (
     exit_on_signals,
     find_program,
     find_venv,
+    latency_ms,
     loadavg,
     log,
     machine_info,
@@ -65,12 +67,6 @@ from common import (
 JSON_PATH = OUT_DIR / "bench_small.json"
 CASE_NAMES = ("curl", "curl+fsync", "aria2c", "openbits")
 RUN_DEADLINE_S = 600.0
-#: the daemon's limits, raised so one job may hold every file (root is exempt from the job limits anyway)
-DAEMON_LIMITS: dict[str, Setting] = {
-    "max_jobs_per_user": 100000,
-    "max_jobs_per_machine": 100000,
-    "max_files_per_job": 100000,
-}
 # JobState values (openbits.model.JobState; kept here so the script needs no openbits import to start)
 TRANSFERRED, ACKNOWLEDGED, ERROR, TRANSIENT_ERROR, CANCELLED = 6, 7, 4, 5, 8
 STATE_NAMES = {
@@ -148,6 +144,8 @@ class ConnLog:
     def read(self, expected: int, wait_s: float = 2.0) -> ConnCount:
         """The requests since ``mark``; waits (untimed) up to ``wait_s`` for ``expected`` lines,
         since nginx logs a request just after the client may have read the last byte."""
+        if not self.path.exists():
+            return ConnCount(0, 0, 0, 0)
         deadline = time.monotonic() + wait_s
         while True:
             with open(self.path, "rb") as fh:
@@ -178,30 +176,16 @@ class ConnLog:
 class JobPhases:
     """One openbits run, phase by phase (wall seconds; daemon CPU seconds)."""
 
-    create_add_s: float  # CreateJob + N AddFile
+    create_add_s: float  # CreateJob + AddFileSet of N files
     transfer_s: float  # Resume until the job was seen TRANSFERRED
     complete_s: float  # Complete (SetJobState 1)
     create_add_daemon_cpu_s: float
     transfer_daemon_cpu_s: float
     complete_daemon_cpu_s: float
-    add_file_ms: dict[str, float]  # latency of one AddFile call: median, p90, p99, max, first/last 10%
+    add_file_ms: dict[str, float]  # latency of the AddFileSet call: median, p90, p99, max, first/last 10%
     polls: int  # GetJob calls while waiting for TRANSFERRED
     get_job_ms: float  # latency of the last of those GetJob calls (the whole job, every file)
     published_early: int  # final names present before Complete (must be 0)
-
-
-def latency_stats(samples_s: list[float]) -> dict[str, float]:
-    ms = sorted(x * 1000 for x in samples_s)
-    n = len(ms)
-    tenth = max(1, n // 10)
-    return {
-        "median": statistics.median(ms),
-        "p90": ms[min(n - 1, int(n * 0.9))],
-        "p99": ms[min(n - 1, int(n * 0.99))],
-        "max": ms[-1],
-        "mean_first_10pct": statistics.fmean(samples_s[:tenth]) * 1000,
-        "mean_last_10pct": statistics.fmean(samples_s[-tenth:]) * 1000,
-    }
 
 
 def run_openbits_job(services: Services, data: Dataset, dl: Path, label: str) -> tuple[Timing, JobPhases]:
@@ -215,10 +199,10 @@ def run_openbits_job(services: Services, data: Dataset, dl: Path, label: str) ->
     s0 = Snapshot.take(services)
     with Client(str(services.socket), timeout=RUN_DEADLINE_S) as client:
         job = client.create_job(DisplayName=f"bench_small {label}", Priority=0)
-        for name in data.names:
-            a = time.perf_counter()
-            client.add_file(job, data.url(name), str(dl / name))
-            add_lat.append(time.perf_counter() - a)
+        # all files in one AddFileSet call (one commit), as `openbits transfer` does
+        a = time.perf_counter()
+        client.add_file_set(job, [(data.url(name), str(dl / name)) for name in data.names])
+        add_lat.append(time.perf_counter() - a)
         s1 = Snapshot.take(services)
         client.resume(job)
         delay = 0.02
@@ -273,7 +257,7 @@ def run_openbits_job(services: Services, data: Dataset, dl: Path, label: str) ->
         create_add_daemon_cpu_s=add.daemon_cpu_s,
         transfer_daemon_cpu_s=transfer.daemon_cpu_s,
         complete_daemon_cpu_s=done.daemon_cpu_s,
-        add_file_ms=latency_stats(add_lat),
+        add_file_ms=latency_ms(add_lat),
         polls=polls,
         get_job_ms=get_job_s * 1000,
         published_early=published_early,
@@ -554,7 +538,7 @@ def render_phases(ph: dict[str, Any]) -> str:
     total = ph["create_add_s"] + ph["transfer_s"] + ph["complete_s"]
     rows = [["openbits phase", "median wall s", "share", "ms per file", "daemon CPU s"]]
     for label, key in (
-        (f"CreateJob + {n} AddFile", "create_add"),
+        (f"CreateJob + AddFileSet of {n}", "create_add"),
         ("Resume → TRANSFERRED", "transfer"),
         ("Complete", "complete"),
     ):
@@ -571,7 +555,7 @@ def render_phases(ph: dict[str, Any]) -> str:
     a = ph["add_file_ms"]
     return (
         render_rows(rows)
-        + f"\nAddFile latency ms: median {a['median']:.2f}, p90 {a['p90']:.2f}, p99 {a['p99']:.2f}, "
+        + f"\nAddFileSet latency ms: median {a['median']:.2f}, p90 {a['p90']:.2f}, p99 {a['p99']:.2f}, "
         f"max {a['max']:.1f}; mean of the first 10% {a['mean_first_10pct']:.2f} vs the last 10% "
         f"{a['mean_last_10pct']:.2f}"
         + f"\nwaiting for TRANSFERRED: {ph['polls']:.0f} GetJob polls (20→50 ms apart, as `openbits "
@@ -719,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     cases: list[Case] = []
     vers: dict[str, str] = {}
     daemon_rc: int | None = None
-    daemon_settings = {**DAEMON_LIMITS, **args.daemon_setting}
+    daemon_settings = {**RAISED_LIMITS, **args.daemon_setting}
     interrupted = False
     machine = machine_info(work)
     machine["loadavg_start"] = loadavg()
@@ -760,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
                 machine["loadavg_end"] = loadavg()
             except BenchError as e:
                 failures.append(str(e))
+            except Exception:  # a bug here or in the client: report it, clean up all the same
+                failures.append(f"unexpected error:\n{traceback.format_exc()}")
             except (KeyboardInterrupt, SystemExit):
                 interrupted = True
                 log("interrupted: cleaning up")

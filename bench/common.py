@@ -18,6 +18,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -170,7 +171,9 @@ def socket_accepts(path: Path) -> bool:
         return True
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket (the daemon's API)."""
+
     def __init__(self, path: Path, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -188,7 +191,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 def daemon_answers(path: Path, timeout: float = 5.0) -> bool:
     """``GET /version`` over the daemon's socket answers 200."""
-    conn = _UnixHTTPConnection(path, timeout)
+    conn = UnixHTTPConnection(path, timeout)
     try:
         conn.request("GET", "/version")
         resp = conn.getresponse()
@@ -257,6 +260,31 @@ def parse_daemon_settings(p: argparse.ArgumentParser, items: Sequence[str]) -> d
                     continue
         out[key] = value
     return out
+
+
+#: daemon limits raised so one job may hold thousands of files and one user thousands of jobs
+#: (root is exempt from the job limits anyway; the file limit applies to everyone)
+RAISED_LIMITS: dict[str, Setting] = {
+    "max_jobs_per_user": 100000,
+    "max_jobs_per_machine": 100000,
+    "max_files_per_job": 100000,
+}
+
+
+def latency_ms(samples_s: Sequence[float]) -> dict[str, float]:
+    """Median, p90, p99 and max of per-call latencies, in ms, and the mean of the first 10% of
+    the calls against the last 10% (a growing cost per call shows as last > first)."""
+    ms = sorted(x * 1000 for x in samples_s)
+    n = len(ms)
+    tenth = max(1, n // 10)
+    return {
+        "median": statistics.median(ms),
+        "p90": ms[min(n - 1, int(n * 0.9))],
+        "p99": ms[min(n - 1, int(n * 0.99))],
+        "max": ms[-1],
+        "mean_first_10pct": statistics.fmean(samples_s[:tenth]) * 1000,
+        "mean_last_10pct": statistics.fmean(samples_s[-tenth:]) * 1000,
+    }
 
 
 def add_daemon_env_arg(p: argparse.ArgumentParser) -> None:
