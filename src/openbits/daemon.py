@@ -97,6 +97,7 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
             checkpoint_interval_s=config.checkpoint_interval_s,
             checkpoint_bytes=config.checkpoint_bytes,
             write_block_bytes=config.write_block_bytes,
+            read_buffer_bytes=config.read_buffer_bytes,
         ),
         throttle,
     )

@@ -45,6 +45,14 @@ from openbits.transfer.throttle import Throttle
 LOCAL_LIMITED_STEP = 256 * 1024
 
 
+def throttled_slice(throttle: Throttle, priority: int) -> int:
+    """Bytes taken per read while ``priority`` is limited: ~50 ms at the slowest limit that
+    applies, between 16 KiB and 1 MiB."""
+    rates = [throttle.bucket(priority).rate, throttle.global_bps]
+    rate = min((r for r in rates if r), default=1024 * 1024)
+    return int(max(16 * 1024, min(1024 * 1024, rate * 0.05)))
+
+
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -95,6 +103,7 @@ class Tuning:
     checkpoint_interval_s: float = 1.0
     checkpoint_bytes: int = 64 * 1024 * 1024
     write_block_bytes: int = 1024 * 1024
+    read_buffer_bytes: int = 4 * 1024 * 1024
 
 
 def _sync_dup(fd: int) -> None:
@@ -207,7 +216,7 @@ class Downloader:
                 if validator:
                     headers["If-Range"] = validator
             try:
-                async with self._get(file.remote_url, headers, options, progress) as resp:
+                async with self._get(file.remote_url, headers, options, progress, priority) as resp:
                     start, total = self._accept(resp, file, fd, offset, progress)
                     if total is not None:
                         fs.check_free_space(os.path.dirname(file.local_file), total - start)
@@ -225,9 +234,18 @@ class Downloader:
         finally:
             os.close(fd)
 
+    def _read_buffer(self, priority: int) -> int | None:
+        """A limited transfer reads ahead ~0.1 s of its rate, not 4 MiB (no bursts on the wire);
+        None keeps the session's buffer."""
+        if not self.throttle.is_limited(priority):
+            return None
+        return max(
+            64 * 1024, min(self.tuning.read_buffer_bytes, throttled_slice(self.throttle, priority) * 2)
+        )
+
     @contextlib.asynccontextmanager
     async def _get(
-        self, url: str, headers: dict[str, str], options: RequestOptions, progress: Progress
+        self, url: str, headers: dict[str, str], options: RequestOptions, progress: Progress, priority: int
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET ``url``, following redirects as the job's SecurityFlags say (bits-spec §5.5):
         ALLOW_SILENT follows, ALLOW_REPORT follows and reports the final URL (which becomes
@@ -236,7 +254,9 @@ class Downloader:
         policy = flags & REDIRECT_POLICY_MASK
         tls = tls_context(flags)
         for _hop in range(MAX_REDIRECTS + 1):
-            async with self.session.get(url, headers=headers, allow_redirects=False, ssl=tls) as resp:
+            async with self.session.get(
+                url, headers=headers, allow_redirects=False, ssl=tls, read_bufsize=self._read_buffer(priority)
+            ) as resp:
                 location = resp.headers.get("Location")
                 if resp.status not in REDIRECT_STATUSES or not location:
                     yield resp
@@ -322,11 +342,16 @@ class Downloader:
         last_sync_time = time.monotonic()
         try:
             while True:
-                chunk = await content.readany()
+                if throttle.is_limited(priority):
+                    # a limited transfer takes small slices, so the file grows smoothly at
+                    # the limit instead of in read-buffer-sized lumps
+                    chunk = await content.read(throttled_slice(throttle, priority))
+                    if chunk:
+                        await throttle.acquire(priority, len(chunk))
+                else:
+                    chunk = await content.readany()
                 if not chunk:
                     break
-                if throttle.is_limited(priority):
-                    await throttle.acquire(priority, len(chunk))
                 sink.add(chunk)
                 if total is not None and sink.offset + sink.pending_len > total:
                     raise invalid_response("the server sent more bytes than it announced")
