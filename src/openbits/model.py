@@ -143,6 +143,8 @@ def canonical_job_id(value: str | uuid.UUID) -> str:
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``: secrets are never returned or logged."""
+    if "@" not in url:
+        return url
     scheme_end = url.find("://")
     if scheme_end < 0:
         return url
