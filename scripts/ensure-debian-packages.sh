@@ -23,7 +23,9 @@ echo "installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian starts nginx as a service on install; the tests run their own instances.
-if [[ " ${missing[*]} " == *" nginx "* ]]; then
-  ($SUDO systemctl disable --now nginx || $SUDO service nginx stop || $SUDO nginx -s stop) >/dev/null 2>&1 || true
-fi
+# Debian starts nginx and tinyproxy as services on install; the tests run their own instances.
+for svc in nginx tinyproxy; do
+  if [[ " ${missing[*]} " == *" $svc "* ]]; then
+    ($SUDO systemctl disable --now "$svc" || $SUDO service "$svc" stop) >/dev/null 2>&1 || true
+  fi
+done

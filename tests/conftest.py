@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.fixtures", "tests.support.daemon"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.daemon", "tests.support.proxy"]

@@ -54,8 +54,13 @@ class UnixHTTP(http.client.HTTPConnection):
 
 class Daemon:
     def __init__(
-        self, state_dir: Path, config: dict[str, Any] | None = None, socket: str | None = None
+        self,
+        state_dir: Path,
+        config: dict[str, Any] | None = None,
+        socket: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.env = env or {}  # extra environment of the daemon process
         self.state_dir = Path(state_dir)
         self.socket = socket or str(self.state_dir / "openbits.sock")
         self.config = config or {}
@@ -82,7 +87,7 @@ class Daemon:
             config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in self.config.items()))
             cmd += ["--config", str(config_path)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        env = dict(os.environ, OPENBITS_LOG_LEVEL="DEBUG")
+        env = dict(os.environ, OPENBITS_LOG_LEVEL="DEBUG", **self.env)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 

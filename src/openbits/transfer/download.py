@@ -31,6 +31,7 @@ from openbits.model import REDIRECT_POLICY_MASK, ErrorContext, JobFile, Security
 from openbits.transfer import files as fs
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
+    env_proxy_for,
     invalid_response,
     network_error,
     parse_content_range,
@@ -255,7 +256,12 @@ class Downloader:
         tls = tls_context(flags)
         for _hop in range(MAX_REDIRECTS + 1):
             async with self.session.get(
-                url, headers=headers, allow_redirects=False, ssl=tls, read_bufsize=self._read_buffer(priority)
+                url,
+                headers=headers,
+                allow_redirects=False,
+                ssl=tls,
+                read_bufsize=self._read_buffer(priority),
+                proxy=env_proxy_for(url),
             ) as resp:
                 location = resp.headers.get("Location")
                 if resp.status not in REDIRECT_STATUSES or not location:

@@ -9,6 +9,8 @@ import asyncio
 import re
 import ssl
 import time
+import urllib.parse
+import urllib.request
 from email.utils import parsedate_to_datetime
 
 import aiohttp
@@ -36,14 +38,35 @@ def make_session(
     *, connect_timeout_s: float, read_timeout_s: float, read_buffer_bytes: int
 ) -> aiohttp.ClientSession:
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
+    # trust_env is off: it would read the *daemon's* ~/.netrc for every user's job and cost
+    # two thread hops per request; proxies from the environment come from env_proxy_for().
+    # No cookie jar is shared between jobs (or users).
     return aiohttp.ClientSession(
         timeout=timeout,
         auto_decompress=False,
         read_bufsize=read_buffer_bytes,
-        trust_env=True,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
     )
+
+
+_ENV_PROXIES: dict[str, str] = urllib.request.getproxies_environment()
+
+
+def env_proxy_for(url: str) -> str | None:
+    """The proxy the environment (http_proxy, https_proxy, no_proxy) names for ``url``, read
+    once at start-up (BITS' PRECONFIG proxy usage)."""
+    if not _ENV_PROXIES:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    proxy = _ENV_PROXIES.get(parts.scheme.lower())
+    if not proxy or urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
+        parts.hostname or "", _ENV_PROXIES
+    ):
+        return None
+    return proxy
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
