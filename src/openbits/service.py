@@ -502,6 +502,32 @@ class Service:
         self._commit(job, "acknowledged", files=job.files)
         return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
 
+    async def _set_remote_urls(self, job: Job, changes: dict[int, str]) -> None:
+        """SetRemoteName / ReplaceRemotePrefix: new URLs of the same kind (a local path stays a
+        local path, HTTP(S) stays HTTP(S)), all validated before any changes; a running
+        transfer stops and goes back to the queue so the new URL is used."""
+        states.check_call(states.Call.SET_PROPERTY, job.state)
+        if job.job_type is not JobType.DOWNLOAD:
+            raise NotImplementedValue("upload jobs cannot change their remote names")
+        by_id = {id(f): f for f in job.files}
+        checked: list[tuple[JobFile, str]] = []
+        for key, url in changes.items():
+            file = by_id[key]
+            if len(url) > REMOTE_URL_MAX:
+                raise StringTooLong(f"the new RemoteUrl is longer than {REMOTE_URL_MAX} characters")
+            url = validate_remote_url(url)
+            if (fs.local_source_path(url) is None) != (fs.local_source_path(file.remote_url) is None):
+                raise InvalidArgument(f"{url} is not the same kind of source as {file.remote_url}")
+            checked.append((file, url))
+        if not checked:
+            return
+        await self.runner.stop(job.job_id)
+        if job.state in states.RUNNING_STATES:
+            self._enter(job, states.next_state(job.state, Event.PREEMPTED))
+        for file, url in checked:
+            file.remote_url = url
+        self._commit(job, "remote names changed", files=[f for f, _ in checked])
+
     def get_error(self, caller: Caller, job_ref: str) -> dict[str, Any]:
         job = self.find(caller, job_ref)
         states.check_call(states.Call.GET_ERROR, job.state)
@@ -586,6 +612,32 @@ class Service:
             job.maximum_download_time_s = DEFAULT_MAXIMUM_DOWNLOAD_TIME_S if seconds is None else seconds
             self._commit(job, "maximum download time changed")
             return {"ReturnValue": 0}
+        if m == "setremotename":
+            p = Params(raw, ("LocalFile", "RemoteUrl"))
+            local = p.string("LocalFile", LOCAL_FILE_MAX)
+            remote = p.string("RemoteUrl", REMOTE_URL_MAX)
+            if local is None or remote is None:
+                raise InvalidArgument("SetRemoteName needs LocalFile and RemoteUrl")
+            job = self.find(caller, job_ref)
+            file = next((f for f in job.files if f.local_file == local), None)
+            if file is None:
+                raise BitsError(f"the job has no file {local}", hresult=HResult.BG_E_FILE_NOT_FOUND)
+            await self._set_remote_urls(job, {id(file): remote})
+            return {"ReturnValue": 0}
+        if m == "replaceremoteprefix":
+            p = Params(raw, ("OldPrefix", "NewPrefix"))
+            old = p.string("OldPrefix", REMOTE_URL_MAX)
+            new = p.string("NewPrefix", REMOTE_URL_MAX)
+            if not old or new is None:
+                raise InvalidArgument("ReplaceRemotePrefix needs OldPrefix and NewPrefix")
+            job = self.find(caller, job_ref)
+            changes = {
+                id(f): new + f.remote_url[len(old) :]
+                for f in job.files
+                if not f.completed and f.remote_url.lower().startswith(old.lower())
+            }
+            await self._set_remote_urls(job, changes)
+            return {"ReturnValue": 0, "FilesChanged": len(changes)}
         if m == "setcustomheaders":
             p = Params(raw, ("CustomHeaders",))
             job = self.find(caller, job_ref)
@@ -816,8 +868,6 @@ _NOT_YET = {
         "RemoveClientCertificate",
         "SetProxySettings",
         "AddFileWithRanges",
-        "SetRemoteName",
-        "ReplaceRemotePrefix",
         "SetNotifyFlags",
         "SetNotifyCmdLine",
         "TakeOwnership",

@@ -93,3 +93,36 @@ def test_tls_ignore_flags_and_https_to_http(daemon: Daemon, nginx: Nginx, dest: 
     for job, name in ((any_ca, "ca.bin"), (downgrade_ok, "down2.bin")):
         daemon.client.complete(job)
         assert sha256_file(dest / name) == digest
+
+
+def test_set_remote_name_and_replace_remote_prefix_repair_a_job(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    digests = [make_file(nginx.www, f"moved/{i}.bin", 10_000 + i, seed=130 + i) for i in range(3)]
+    client = daemon.client
+    job = client.create_job(DisplayName="moved")
+    client.add_file_set(job, [(f"{nginx.url}/gone/{i}.bin", str(dest / f"{i}.bin")) for i in range(3)])
+    client.resume(job)
+    daemon.wait_state(job, JobState.ERROR)  # 404
+    status, body = daemon.api(
+        "POST", f"{CLASS}/{job}/SetRemoteName", {"LocalFile": str(dest / "nope.bin"), "RemoteUrl": nginx.url}
+    )
+    assert (status, body["Name"]) == (400, "BG_E_FILE_NOT_FOUND")
+    status, body = daemon.api(
+        "POST",
+        f"{CLASS}/{job}/SetRemoteName",
+        {"LocalFile": str(dest / "0.bin"), "RemoteUrl": "/etc/hostname"},
+    )
+    assert (status, body["Name"]) == (400, "E_INVALIDARG"), "a URL cannot become a local path"
+    client.invoke(job, "SetRemoteName", LocalFile=str(dest / "0.bin"), RemoteUrl=f"{nginx.url}/moved/0.bin")
+    result = client.invoke(
+        job, "ReplaceRemotePrefix", OldPrefix=f"{nginx.url}/gone/", NewPrefix=f"{nginx.url}/moved/"
+    )
+    assert result["FilesChanged"] == 2
+    assert [f["RemoteUrl"] for f in daemon.job(job)["Files"]] == [
+        f"{nginx.url}/moved/{i}.bin" for i in range(3)
+    ]
+    client.resume(job)
+    daemon.wait_state(job, JobState.TRANSFERRED)
+    client.complete(job)
+    assert [sha256_file(dest / f"{i}.bin") for i in range(3)] == digests
