@@ -53,6 +53,10 @@ class Config:
     normal_priority_bandwidth: str = ""
     low_priority_bandwidth: str = ""
     foreground_limited: bool = False
+    # retries: BITS waits MinimumRetryDelay each time; with retry_backoff (an extension) the
+    # delay doubles per transient error in a row, jittered ±20 %, up to retry_backoff_max_s
+    retry_backoff: bool = False
+    retry_backoff_max_s: float = 3600.0
     # transfers
     read_timeout_s: float = 60.0
     connect_timeout_s: float = 30.0

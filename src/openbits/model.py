@@ -259,6 +259,7 @@ class Job:
     # not persisted: scheduling bookkeeping of this daemon's life
     run_started_ns: int = 0  # entered CONNECTING (0 while not running)
     queued_ns: int = 0  # entered QUEUED (round-robin order)
+    errors_in_a_row: int = 0  # transient errors since the last progress (retry backoff)
     files: list[JobFile] = field(default_factory=list)
 
     @property

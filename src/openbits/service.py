@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -63,6 +64,7 @@ from openbits.model import (
     redact_url,
 )
 from openbits.policy import ServicePolicy
+from openbits.scheduler.policy import retry_delay_s
 from openbits.states import Event
 from openbits.store import JobStore
 from openbits.transfer import files as fs
@@ -445,6 +447,7 @@ class Service:
         job.retry_at_ns = 0
         job.no_progress_since_ns = 0
         job.download_time_ns = 0  # MaximumDownloadTime counts from the last Resume
+        job.errors_in_a_row = 0
         self._commit(job, "resumed")
         return 0
 
@@ -704,6 +707,7 @@ class Service:
         file.bytes_transferred = offset
         if progressed:
             job.no_progress_since_ns = 0
+            job.errors_in_a_row = 0
             job.modified_ns = self.clock.now_ns()
         self.store.save_job(job, (file,))
 
@@ -728,6 +732,7 @@ class Service:
         file.completed = True
         file.bytes_total = size
         job.no_progress_since_ns = 0
+        job.errors_in_a_row = 0
         job.modified_ns = self.clock.now_ns()
         self.store.save_job(job, (file,))
         self._notify(job, "file transferred")
@@ -742,6 +747,7 @@ class Service:
             file.completed = True
             done.append(file)
         job.no_progress_since_ns = 0
+        job.errors_in_a_row = 0
         job.modified_ns = self.clock.now_ns()
         self.store.save_job(job, done)
         self._notify(job, "files transferred")
@@ -768,7 +774,15 @@ class Service:
             if not job.no_progress_since_ns:
                 job.no_progress_since_ns = now
             job.transient_error_count += 1
-            delay_s = max(job.minimum_retry_delay_s, error.retry_after_s or 0)
+            job.errors_in_a_row += 1
+            delay_s = retry_delay_s(
+                job.minimum_retry_delay_s,
+                job.errors_in_a_row,
+                retry_after_s=error.retry_after_s,
+                backoff=self.config.retry_backoff,
+                backoff_max_s=self.config.retry_backoff_max_s,
+                jitter=random.uniform(-1.0, 1.0),
+            )
             job.retry_at_ns = now + int(delay_s * 10**9)
             self._enter(job, states.next_state(job.state, Event.TRANSIENT_FAILURE))
             if now - job.no_progress_since_ns >= job.no_progress_timeout_s * 10**9:

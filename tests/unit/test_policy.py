@@ -393,3 +393,23 @@ def test_inactive_jobs_are_reported_and_running_ones_never() -> None:
     result = plan(jobs, NOW, 1, inactivity_timeout_s=90 * 86400)
     assert sorted(result.inactive) == ["err", "idle"]
     assert result.wake_at_ns == NOW + 90 * 86400 * SEC
+
+
+def test_retry_delay_is_minimum_retry_delay_as_in_bits() -> None:
+    from openbits.scheduler.policy import retry_delay_s
+
+    assert [retry_delay_s(600, n) for n in (1, 2, 10)] == [600, 600, 600]
+    assert retry_delay_s(5, 3, retry_after_s=120) == 120, "Retry-After is honoured"
+
+
+def test_retry_backoff_doubles_with_jitter_under_a_cap_and_above_the_floor() -> None:
+    from openbits.scheduler.policy import retry_delay_s
+
+    assert retry_delay_s(10, 1, backoff=True) == 10
+    assert retry_delay_s(10, 2, backoff=True) == 20
+    assert retry_delay_s(10, 4, backoff=True) == 80
+    assert retry_delay_s(10, 50, backoff=True, backoff_max_s=300) == 300
+    assert retry_delay_s(10, 4, backoff=True, jitter=1.0) == pytest.approx(96)
+    assert retry_delay_s(10, 4, backoff=True, jitter=-1.0) == pytest.approx(64)
+    assert retry_delay_s(10, 2, backoff=True, jitter=-1.0) == 16
+    assert retry_delay_s(100, 9, backoff=True, backoff_max_s=50) == 100, "MinimumRetryDelay is the floor"

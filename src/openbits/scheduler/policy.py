@@ -136,3 +136,26 @@ def plan(
             result.preempt.append(job.job_id)
     result.wake_at_ns = min(wake) if wake else None
     return result
+
+
+def retry_delay_s(
+    minimum_s: float,
+    attempt: int,
+    *,
+    retry_after_s: float | None = None,
+    backoff: bool = False,
+    backoff_max_s: float = 3600.0,
+    jitter: float = 0.0,
+) -> float:
+    """Seconds to wait before retrying after the ``attempt``-th transient error in a row.
+
+    BITS waits MinimumRetryDelay every time.  With ``backoff`` (an extension) the delay
+    doubles per attempt up to ``backoff_max_s``, spread by ``jitter`` (-1..1, ±20 %) so
+    many jobs failing together do not retry together; MinimumRetryDelay stays the floor and
+    a server's Retry-After is always honoured.
+    """
+    delay = float(minimum_s)
+    if backoff and attempt > 1:
+        grown = minimum_s * 2.0 ** min(attempt - 1, 32)
+        delay = max(minimum_s, min(backoff_max_s, grown) * (1.0 + 0.2 * max(-1.0, min(1.0, jitter))))
+    return max(delay, retry_after_s or 0.0)
