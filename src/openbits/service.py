@@ -113,6 +113,10 @@ class Params:
     def __contains__(self, name: str) -> bool:
         return self._values.get(name) is not None
 
+    def value(self, name: str) -> Any:
+        """The raw JSON value (None when absent)."""
+        return self._values.get(name)
+
     def string(self, name: str, limit: int, *, default: str | None = None) -> str | None:
         value = self._values.get(name)
         if value is None:
@@ -398,7 +402,7 @@ class Service:
 
     async def add_file_set(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
         """AddFileSet (COM): several files in one call, all or none, one commit."""
-        files = Params(raw, ("Files",))._values.get("Files")
+        files = Params(raw, ("Files",)).value("Files")
         if not isinstance(files, list) or not files:
             raise InvalidArgument('AddFileSet needs "Files": a non-empty array of {RemoteUrl, LocalFile}')
         return self._add_files(caller, job_ref, [_file_pair(f, "AddFileSet") for f in files])
