@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 RUN_DIR := .run
 
 
-.PHONY: run stop test venv test-deps lint typecheck unit integration bench bench-1g bench-small bench-rss bench-throttle clean
+.PHONY: run stop test venv test-deps lint typecheck unit integration chaos bench bench-1g bench-small bench-rss bench-throttle clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ unit: venv
 
 integration: venv test-deps
 	$(PY) -m pytest -q tests/integration tests/cli
+
+## make chaos: the crash torture at length (make test runs a short round of it).
+chaos: venv test-deps
+	OPENBITS_CHAOS_KILLS=$${OPENBITS_CHAOS_KILLS:-40} OPENBITS_CHAOS_JOBS=$${OPENBITS_CHAOS_JOBS:-24} \
+		$(PY) -m pytest -q tests/chaos
 
 ## make bench: every benchmark in bench/ (1 GiB, 2,000 x 16 KiB, 10,000 queued jobs, throttling).
 bench: venv
