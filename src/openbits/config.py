@@ -34,6 +34,7 @@ class Config:
     max_jobs_per_user: int = 60
     max_jobs_per_machine: int = 300
     max_files_per_job: int = 200
+    max_ranges_per_file: int = 500
     admin_group: str = "openbits-admin"
     #: 0o600 for a per-user daemon; a system daemon serving several users uses 0o666
     #: (each caller is still identified by SO_PEERCRED and sees only its own jobs).

@@ -13,6 +13,7 @@ from enum import IntEnum, IntFlag
 from typing import Any
 
 BG_SIZE_UNKNOWN = 0xFFFFFFFFFFFFFFFF
+BG_LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF  # a range that runs to the end of the remote file
 #: FILETIME of the Unix epoch: 100 ns intervals from 1601-01-01 to 1970-01-01.
 FILETIME_UNIX_EPOCH = 116_444_736_000_000_000
 
@@ -203,6 +204,9 @@ class JobFile:
     last_modified: str | None = None  # the server's Last-Modified header, verbatim
     published: bool = False  # renamed to local_file by Complete
     file_id: int | None = None  # store key
+    #: AddFileWithRanges: (offset, length) pieces of the remote file, written one after the
+    #: other; length BG_LENGTH_TO_EOF runs to the end. None: the whole file.
+    ranges: list[tuple[int, int]] | None = None
 
     @property
     def temp_path(self) -> str | None:
@@ -219,6 +223,11 @@ class JobFile:
             "BytesTotal": BG_SIZE_UNKNOWN if self.bytes_total is None else self.bytes_total,
             "BytesTransferred": self.bytes_transferred,
             "Completed": self.completed,
+            **(
+                {"Ranges": [{"InitialOffset": o, "Length": n} for o, n in self.ranges]}
+                if self.ranges is not None
+                else {}
+            ),
         }
 
 

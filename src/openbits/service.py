@@ -9,6 +9,7 @@ daemon's event loop; mutations are synchronous between awaits, so no locks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -39,6 +40,7 @@ from openbits.errors import (
 )
 from openbits.model import (
     ALL_PROPERTIES,
+    BG_LENGTH_TO_EOF,
     CUSTOM_HEADERS_MAX,
     DEFAULT_MAXIMUM_DOWNLOAD_TIME_S,
     DESCRIPTION_MAX,
@@ -194,6 +196,32 @@ def _file_pair(raw: Any, method: str) -> tuple[str, str]:
     if remote is None or local is None:
         raise InvalidArgument(f"{method} needs RemoteUrl and LocalFile")
     return remote, local
+
+
+def validate_ranges(value: Any, limit: int) -> list[tuple[int, int]]:
+    """[{InitialOffset, Length}, ...] -> [(offset, length)]: non-empty, at most ``limit``,
+    lengths > 0 (BG_LENGTH_TO_EOF runs to the end), no two overlapping."""
+    if not isinstance(value, list) or not value:
+        raise InvalidArgument("Ranges must be a non-empty array of {InitialOffset, Length}")
+    if len(value) > limit:
+        raise LimitExceeded(
+            f"{len(value)} ranges; a file may have {limit}", hresult=HResult.BG_E_TOO_MANY_RANGES_IN_FILE
+        )
+    ranges: list[tuple[int, int]] = []
+    for item in value:
+        p = Params(item, ("InitialOffset", "Length"))
+        offset = p.uint("InitialOffset", maximum=BG_LENGTH_TO_EOF - 1)
+        length = p.uint("Length", maximum=BG_LENGTH_TO_EOF)
+        if offset is None or length is None:
+            raise InvalidArgument("each range needs InitialOffset and Length")
+        if length == 0:
+            raise BitsError("a range of length 0", hresult=HResult.BG_E_INVALID_RANGE)
+        ranges.append((offset, length))
+    ordered = sorted(ranges)
+    for (a, n), (b, _) in itertools.pairwise(ordered):
+        if n == BG_LENGTH_TO_EOF or a + n > b:
+            raise BitsError("two ranges overlap", hresult=HResult.BG_E_OVERLAPPING_RANGES)
+    return ranges
 
 
 def check_security_flags(flags: int) -> None:
@@ -407,12 +435,33 @@ class Service:
             raise InvalidArgument('AddFileSet needs "Files": a non-empty array of {RemoteUrl, LocalFile}')
         return self._add_files(caller, job_ref, [_file_pair(f, "AddFileSet") for f in files])
 
-    def _add_files(self, caller: Caller, job_ref: str, pairs: list[tuple[str, str]]) -> Job:
+    async def add_file_with_ranges(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
+        """AddFileWithRanges: pieces of a remote file, written one after the other (bits-spec §5.4)."""
+        p = Params(raw, ("RemoteUrl", "LocalFile", "Ranges"))
+        remote, local = _file_pair(
+            {"RemoteUrl": p.value("RemoteUrl"), "LocalFile": p.value("LocalFile")}, "AddFileWithRanges"
+        )
+        ranges = validate_ranges(p.value("Ranges"), self.config.max_ranges_per_file)
+        if fs.local_source_path(remote) is not None:
+            raise InvalidArgument("ranges need an HTTP or HTTPS source")
+        return self._add_files(caller, job_ref, [(remote, local)], ranges)
+
+    def _add_files(
+        self,
+        caller: Caller,
+        job_ref: str,
+        pairs: list[tuple[str, str]],
+        ranges: list[tuple[int, int]] | None = None,
+    ) -> Job:
         job = self.find(caller, job_ref)
         new_state = states.add_file(job.state)
         added: list[JobFile] = []
         for remote, local in pairs:
             added.append(self._new_file(caller, job, remote, local, added))
+        if ranges is not None:
+            added[0].ranges = ranges
+            if all(n != BG_LENGTH_TO_EOF for _, n in ranges):
+                added[0].bytes_total = sum(n for _, n in ranges)
         old_state, old_modified = job.state, job.modified_ns
         job.files.extend(added)
         self._enter(job, new_state)
@@ -602,6 +651,9 @@ class Service:
         m = method.lower()
         if m == "addfile":
             await self.add_file(caller, job_ref, raw)
+            return {"ReturnValue": 0}
+        if m == "addfilewithranges":
+            await self.add_file_with_ranges(caller, job_ref, raw)
             return {"ReturnValue": 0}
         if m == "addfileset":
             await self.add_file_set(caller, job_ref, raw)
@@ -885,7 +937,6 @@ _NOT_YET = {
         "SetClientCertificateByName",
         "RemoveClientCertificate",
         "SetProxySettings",
-        "AddFileWithRanges",
         "SetNotifyFlags",
         "SetNotifyCmdLine",
         "TakeOwnership",

@@ -7,6 +7,7 @@ progress is checkpointed at most once a second per running job, never per chunk.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -80,6 +81,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN custom_headers TEXT;
     ALTER TABLE jobs ADD COLUMN security_flags INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    ALTER TABLE files ADD COLUMN ranges TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -94,7 +98,7 @@ _JOB_COLUMNS = (
 _JOB_COLUMN_COUNT = len(_JOB_COLUMNS.split(","))
 _FILE_COLUMNS = (
     "file_id, job_id, position, remote_url, local_file, bytes_total, bytes_transferred, "
-    "completed, temp_name, etag, last_modified, published"
+    "completed, temp_name, etag, last_modified, published, ranges"
 )
 
 
@@ -223,8 +227,8 @@ class SqliteStore:
     def _insert_file(db: sqlite3.Connection, job_id: str, position: int, f: JobFile) -> None:
         cur = db.execute(
             "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, "
-            "bytes_transferred, completed, temp_name, etag, last_modified, published) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "bytes_transferred, completed, temp_name, etag, last_modified, published, ranges) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 position,
@@ -237,6 +241,7 @@ class SqliteStore:
                 f.etag,
                 f.last_modified,
                 int(f.published),
+                None if f.ranges is None else json.dumps(f.ranges),
             ),
         )
         f.file_id = cur.lastrowid
@@ -367,7 +372,7 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
 
 
 def _file_from_row(row: tuple[Any, ...]) -> JobFile:
-    (file_id, _job, _pos, remote, local, total, done, completed, temp, etag, lm, published) = row
+    (file_id, _job, _pos, remote, local, total, done, completed, temp, etag, lm, published, ranges) = row
     return JobFile(
         remote_url=str(remote),
         local_file=str(local),
@@ -379,4 +384,5 @@ def _file_from_row(row: tuple[Any, ...]) -> JobFile:
         last_modified=None if lm is None else str(lm),
         published=bool(published),
         file_id=int(file_id),
+        ranges=None if ranges is None else [(int(o), int(n)) for o, n in json.loads(ranges)],
     )

@@ -27,7 +27,7 @@ import aiohttp
 import yarl
 
 from openbits.errors import BitsError, HResult, TransferError, TransientTransferError
-from openbits.model import REDIRECT_POLICY_MASK, ErrorContext, JobFile, SecurityFlags
+from openbits.model import BG_LENGTH_TO_EOF, REDIRECT_POLICY_MASK, ErrorContext, JobFile, SecurityFlags
 from openbits.transfer import files as fs
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
@@ -176,6 +176,8 @@ class Downloader:
             try:
                 if source is not None:
                     return Fetched(await self._download_local(source, file, owner, progress, priority))
+                if file.ranges is not None:
+                    return await self._download_ranges(file, owner, progress, priority, options)
                 return await self._download_http(file, owner, progress, priority, options, defer_sync)
             except _Restart:
                 continue
@@ -232,6 +234,72 @@ class Downloader:
                     return fetched
             except NETWORK_EXCEPTIONS as e:
                 raise network_error(e, file.remote_url) from e
+        finally:
+            os.close(fd)
+
+    async def _download_ranges(
+        self, file: JobFile, owner: Owner, progress: Progress, priority: int, options: RequestOptions
+    ) -> Fetched:
+        """AddFileWithRanges: each range in turn, one request each, appended to the output.
+
+        The output offset maps back to (range, position in it), so an interruption resumes
+        inside the range it stopped in. Every 206 must be exactly the range asked for; 416 is
+        BG_E_INVALID_RANGE; a 200 means the content changed (If-Range) and the file starts
+        again, or, with nothing to compare, that the server cannot do ranges.
+        """
+        assert file.ranges is not None
+        fd, out = self._open(file, owner)
+        try:
+            done = 0  # output bytes of the ranges before the current one
+            for start, length in file.ranges:
+                if length != BG_LENGTH_TO_EOF and out >= done + length:
+                    done += length
+                    continue
+                first = start + (out - done)
+                headers = dict(options.headers)
+                if length == BG_LENGTH_TO_EOF:
+                    headers["Range"] = f"bytes={first}-"
+                else:
+                    headers["Range"] = f"bytes={first}-{start + length - 1}"
+                validator = file.etag if file.etag and not file.etag.startswith("W/") else file.last_modified
+                if validator:
+                    headers["If-Range"] = validator
+                try:
+                    async with self._get(file.remote_url, headers, options, progress, priority) as resp:
+                        if resp.status == 200:
+                            if validator:
+                                progress.begin(file.bytes_total, None, None)
+                                raise _Restart
+                            raise TransferError(
+                                "the server ignored the Range header",
+                                hresult=HResult.BG_E_INSUFFICIENT_RANGE_SUPPORT,
+                                context=ErrorContext.REMOTE_FILE,
+                            )
+                        if resp.status == 416:
+                            raise TransferError(
+                                f"the range from byte {first} is not in the remote file",
+                                hresult=HResult.BG_E_INVALID_RANGE,
+                                context=ErrorContext.REMOTE_FILE,
+                            )
+                        if resp.status != 206:
+                            raise status_error(resp.status, resp.reason, resp.headers.get("Retry-After"))
+                        last = _piece_end(resp, headers["Range"], first, start, length)
+                        if out == 0:
+                            etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+                            progress.begin(file.bytes_total, etag, modified)
+                        progress.connected()
+                        piece_end = out + (last - first + 1)
+                        fetched = await self._stream(resp.content, fd, out, piece_end, progress, priority)
+                        if fetched.size != piece_end:
+                            raise invalid_response(
+                                f"the server sent {fetched.size - out} of {piece_end - out} bytes"
+                            )
+                        out = piece_end
+                        progress.checkpoint(out)
+                except NETWORK_EXCEPTIONS as e:
+                    raise network_error(e, file.remote_url) from e
+                done = out
+            return Fetched(out)
         finally:
             os.close(fd)
 
@@ -457,6 +525,27 @@ class Downloader:
             raise fs.local_error(e, f"cannot copy {source}") from e
         finally:
             os.close(src)
+
+
+def _piece_end(resp: aiohttp.ClientResponse, asked: str, first: int, start: int, length: int) -> int:
+    """The last byte of a 206 answer to one range, checked to be exactly what was asked."""
+    got = resp.headers.get("Content-Range")
+    parsed = parse_content_range(got)
+    if parsed is None:
+        raise invalid_response(f"asked for {asked}, got {got}")
+    begin, last, total = parsed
+    if begin != first or total is None:
+        raise invalid_response(f"asked for {asked}, got {got}")
+    wanted_last = total - 1 if length == BG_LENGTH_TO_EOF else start + length - 1
+    if wanted_last >= total:
+        raise TransferError(
+            f"the range ends past the end of the remote file ({total} bytes)",
+            hresult=HResult.BG_E_INVALID_RANGE,
+            context=ErrorContext.REMOTE_FILE,
+        )
+    if last != wanted_last:
+        raise invalid_response(f"asked for {asked}, got {got}")
+    return last
 
 
 class _Restart(Exception):
