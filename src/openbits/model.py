@@ -207,6 +207,11 @@ class JobFile:
     #: AddFileWithRanges: (offset, length) pieces of the remote file, written one after the
     #: other; length BG_LENGTH_TO_EOF runs to the end. None: the whole file.
     ranges: list[tuple[int, int]] | None = None
+    #: the server can resume this file (206 to a Range, or Accept-Ranges with a length);
+    #: False: an interruption restarts it from byte 0; None: not known yet
+    range_support: bool | None = None
+    #: the headers of the last response accepted for this file ("Name: value\r\n" lines)
+    response_headers: str | None = None
 
     @property
     def temp_path(self) -> str | None:
@@ -223,6 +228,7 @@ class JobFile:
             "BytesTotal": BG_SIZE_UNKNOWN if self.bytes_total is None else self.bytes_total,
             "BytesTransferred": self.bytes_transferred,
             "Completed": self.completed,
+            "RangeSupport": self.range_support,
             **(
                 {"Ranges": [{"InitialOffset": o, "Length": n} for o, n in self.ranges]}
                 if self.ranges is not None

@@ -697,6 +697,14 @@ class Service:
             }
             await self._set_remote_urls(job, changes)
             return {"ReturnValue": 0, "FilesChanged": len(changes)}
+        if m == "getresponseheaders":
+            p = Params(raw, ("LocalFile",))
+            job = self.find(caller, job_ref)
+            local = p.string("LocalFile", LOCAL_FILE_MAX)
+            file = next((f for f in job.files if f.local_file == local), None)
+            if file is None:
+                raise BitsError(f"the job has no file {local}", hresult=HResult.BG_E_FILE_NOT_FOUND)
+            return {"ReturnValue": 0, "ResponseHeaders": file.response_headers}
         if m == "setcustomheaders":
             p = Params(raw, ("CustomHeaders",))
             job = self.find(caller, job_ref)

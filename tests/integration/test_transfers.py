@@ -373,3 +373,25 @@ def test_a_connection_reset_mid_body_is_transient(
     daemon.wait_state(job, JobState.TRANSFERRED)
     daemon.client.complete(job)
     assert (dest / "f.bin").read_bytes() == data
+
+
+def test_range_support_and_response_headers_are_kept_per_file(
+    daemon: Daemon, nginx: Nginx, fault_server: FaultServer, dest: Path
+) -> None:
+    make_file(nginx.www, "rs/f.bin", 50_000, seed=150)
+    data = random.Random(151).randbytes(400_000)
+    fault_server.routes["/ignores"] = Sequence(CloseMidBody(data, after=100_000), IgnoreRange(data))
+    fault_server.routes["/nolength"] = Serve(data, content_length=False, headers={"Set-Cookie": "sid=secret"})
+    ranged = start_job(daemon, f"{nginx.url}/rs/f.bin", dest / "ranged.bin")
+    ignores = start_job(daemon, f"{fault_server.url}/ignores", dest / "ignores.bin")
+    nolength = start_job(daemon, f"{fault_server.url}/nolength", dest / "nolength.bin")
+    daemon.wait_state(ignores, JobState.TRANSIENT_ERROR)
+    daemon.client.resume(ignores)
+    for job in (ranged, ignores, nolength):
+        daemon.wait_state(job, JobState.TRANSFERRED)
+    support = [daemon.job(j)["Files"][0]["RangeSupport"] for j in (ranged, ignores, nolength)]
+    assert support == [True, False, False]
+    headers = daemon.client.invoke(nolength, "GetResponseHeaders", LocalFile=str(dest / "nolength.bin"))
+    assert "sid=secret" not in headers["ResponseHeaders"], "Set-Cookie is never kept"
+    headers = daemon.client.invoke(ranged, "GetResponseHeaders", LocalFile=str(dest / "ranged.bin"))
+    assert "Content-Length: 50000" in headers["ResponseHeaders"]

@@ -442,6 +442,7 @@ def test_to_cim_files_are_dicts_in_order() -> None:
             "BytesTotal": 100,
             "BytesTransferred": 100,
             "Completed": True,
+            "RangeSupport": None,
         },
         {
             "RemoteUrl": "https://h/b",
@@ -449,6 +450,7 @@ def test_to_cim_files_are_dicts_in_order() -> None:
             "BytesTotal": BG_SIZE_UNKNOWN,
             "BytesTransferred": 3,
             "Completed": False,
+            "RangeSupport": None,
         },
     ]
     for f in files:

@@ -54,6 +54,11 @@ class _FileProgress:
     def redirected(self, url: str) -> None:
         self.service.file_redirected(self.job, self.file, url)
 
+    def responded(self, range_support: bool | None, headers: str) -> None:
+        # kept in memory; the next commit of the file (checkpoint or completion) stores them
+        self.file.range_support = range_support
+        self.file.response_headers = headers
+
 
 class Scheduler:
     def __init__(

@@ -84,6 +84,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE files ADD COLUMN ranges TEXT;
     """,
+    """
+    ALTER TABLE files ADD COLUMN range_support INTEGER;
+    ALTER TABLE files ADD COLUMN response_headers TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -98,7 +102,7 @@ _JOB_COLUMNS = (
 _JOB_COLUMN_COUNT = len(_JOB_COLUMNS.split(","))
 _FILE_COLUMNS = (
     "file_id, job_id, position, remote_url, local_file, bytes_total, bytes_transferred, "
-    "completed, temp_name, etag, last_modified, published, ranges"
+    "completed, temp_name, etag, last_modified, published, ranges, range_support, response_headers"
 )
 
 
@@ -227,8 +231,8 @@ class SqliteStore:
     def _insert_file(db: sqlite3.Connection, job_id: str, position: int, f: JobFile) -> None:
         cur = db.execute(
             "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, "
-            "bytes_transferred, completed, temp_name, etag, last_modified, published, ranges) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "bytes_transferred, completed, temp_name, etag, last_modified, published, ranges, "
+            "range_support, response_headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 position,
@@ -242,6 +246,8 @@ class SqliteStore:
                 f.last_modified,
                 int(f.published),
                 None if f.ranges is None else json.dumps(f.ranges),
+                None if f.range_support is None else int(f.range_support),
+                f.response_headers,
             ),
         )
         f.file_id = cur.lastrowid
@@ -250,7 +256,8 @@ class SqliteStore:
     def _update_file(db: sqlite3.Connection, f: JobFile) -> None:
         db.execute(
             "UPDATE files SET remote_url=?, local_file=?, bytes_total=?, bytes_transferred=?, "
-            "completed=?, temp_name=?, etag=?, last_modified=?, published=? WHERE file_id=?",
+            "completed=?, temp_name=?, etag=?, last_modified=?, published=?, range_support=?, "
+            "response_headers=? WHERE file_id=?",
             (
                 f.remote_url,
                 f.local_file,
@@ -261,6 +268,8 @@ class SqliteStore:
                 f.etag,
                 f.last_modified,
                 int(f.published),
+                None if f.range_support is None else int(f.range_support),
+                f.response_headers,
                 f.file_id,
             ),
         )
@@ -372,7 +381,23 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
 
 
 def _file_from_row(row: tuple[Any, ...]) -> JobFile:
-    (file_id, _job, _pos, remote, local, total, done, completed, temp, etag, lm, published, ranges) = row
+    (
+        file_id,
+        _job,
+        _pos,
+        remote,
+        local,
+        total,
+        done,
+        completed,
+        temp,
+        etag,
+        lm,
+        published,
+        ranges,
+        rs,
+        rh,
+    ) = row
     return JobFile(
         remote_url=str(remote),
         local_file=str(local),
@@ -385,4 +410,6 @@ def _file_from_row(row: tuple[Any, ...]) -> JobFile:
         published=bool(published),
         file_id=int(file_id),
         ranges=None if ranges is None else [(int(o), int(n)) for o, n in json.loads(ranges)],
+        range_support=None if rs is None else bool(rs),
+        response_headers=None if rh is None else str(rh),
     )

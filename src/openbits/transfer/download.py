@@ -80,6 +80,9 @@ class Progress(Protocol):
     def redirected(self, url: str) -> None:
         """The server moved the file to ``url`` (ALLOW_REPORT): it becomes the RemoteUrl."""
 
+    def responded(self, range_support: bool | None, headers: str) -> None:
+        """A response was accepted: whether the server can resume the file, and its headers."""
+
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
@@ -284,6 +287,7 @@ class Downloader:
                         if resp.status != 206:
                             raise status_error(resp.status, resp.reason, resp.headers.get("Retry-After"))
                         last = _piece_end(resp, headers["Range"], first, start, length)
+                        progress.responded(True, _header_text(resp))
                         if out == 0:
                             etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
                             progress.begin(file.bytes_total, etag, modified)
@@ -361,6 +365,8 @@ class Downloader:
         status = resp.status
         etag = resp.headers.get("ETag")
         last_modified = resp.headers.get("Last-Modified")
+        if status in (200, 206):
+            progress.responded(_range_support(resp, file, offset), _header_text(resp))
         if status == 206 and offset > 0:
             parsed = parse_content_range(resp.headers.get("Content-Range"))
             if parsed is None:
@@ -525,6 +531,31 @@ class Downloader:
             raise fs.local_error(e, f"cannot copy {source}") from e
         finally:
             os.close(src)
+
+
+RESPONSE_HEADERS_MAX = 16 * 1024
+
+
+def _header_text(resp: aiohttp.ClientResponse) -> str:
+    # Set-Cookie may carry a session secret: never kept, never returned
+    text = "".join(
+        f"{name}: {value}\r\n" for name, value in resp.headers.items() if name.lower() != "set-cookie"
+    )
+    return text[:RESPONSE_HEADERS_MAX]
+
+
+def _range_support(resp: aiohttp.ClientResponse, file: JobFile, offset: int) -> bool | None:
+    """Can the server resume this file? 206: yes; a 200 to a Range with unchanged validators,
+    no length, or Accept-Ranges: none: no (an interruption restarts it from byte 0)."""
+    if resp.status == 206:
+        return True
+    etag = resp.headers.get("ETag")
+    if offset > 0 and etag is not None and etag == file.etag and not etag.startswith("W/"):
+        return False  # same content, yet the whole of it: Range was ignored
+    accept = (resp.headers.get("Accept-Ranges") or "").strip().lower()
+    if resp.content_length is None or accept == "none":
+        return False
+    return True if accept == "bytes" else None
 
 
 def _piece_end(resp: aiohttp.ClientResponse, asked: str, first: int, start: int, length: int) -> int:
