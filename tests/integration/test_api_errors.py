@@ -762,6 +762,7 @@ def test_enumeration_shape(daemon: Daemon, dest: Path) -> None:
             "BytesTotal": BG_SIZE_UNKNOWN,
             "BytesTransferred": 0,
             "Completed": False,
+            "RangeSupport": None,
         }
     ]
     assert set(f["Files"][0]) >= set(FILE_PROPERTIES)
