@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -648,88 +648,94 @@ class Service:
         self, caller: Caller, job_ref: str, method: str, raw: Mapping[str, Any] | None
     ) -> dict[str, Any]:
         """An instance method by its WMI name (case-insensitive)."""
-        m = method.lower()
-        if m == "addfile":
-            await self.add_file(caller, job_ref, raw)
-            return {"ReturnValue": 0}
-        if m == "addfilewithranges":
-            await self.add_file_with_ranges(caller, job_ref, raw)
-            return {"ReturnValue": 0}
-        if m == "addfileset":
-            await self.add_file_set(caller, job_ref, raw)
-            return {"ReturnValue": 0}
-        if m == "setjobstate":
-            return {"ReturnValue": await self.set_job_state(caller, job_ref, raw)}
-        if m == "geterror":
-            Params(raw, ("LanguageId",))
-            return self.get_error(caller, job_ref)
-        if m == "setmaximumdownloadtime":
-            p = Params(raw, ("MaximumDownloadTime",))
-            job = self.find(caller, job_ref)
-            states.check_call(states.Call.SET_PROPERTY, job.state)
-            seconds = p.uint("MaximumDownloadTime", default=DEFAULT_MAXIMUM_DOWNLOAD_TIME_S)
-            job.maximum_download_time_s = DEFAULT_MAXIMUM_DOWNLOAD_TIME_S if seconds is None else seconds
-            self._commit(job, "maximum download time changed")
-            return {"ReturnValue": 0}
-        if m == "setremotename":
-            p = Params(raw, ("LocalFile", "RemoteUrl"))
-            local = p.string("LocalFile", LOCAL_FILE_MAX)
-            remote = p.string("RemoteUrl", REMOTE_URL_MAX)
-            if local is None or remote is None:
-                raise InvalidArgument("SetRemoteName needs LocalFile and RemoteUrl")
-            job = self.find(caller, job_ref)
-            file = next((f for f in job.files if f.local_file == local), None)
-            if file is None:
-                raise BitsError(f"the job has no file {local}", hresult=HResult.BG_E_FILE_NOT_FOUND)
-            await self._set_remote_urls(job, {id(file): remote})
-            return {"ReturnValue": 0}
-        if m == "replaceremoteprefix":
-            p = Params(raw, ("OldPrefix", "NewPrefix"))
-            old = p.string("OldPrefix", REMOTE_URL_MAX)
-            new = p.string("NewPrefix", REMOTE_URL_MAX)
-            if not old or new is None:
-                raise InvalidArgument("ReplaceRemotePrefix needs OldPrefix and NewPrefix")
-            job = self.find(caller, job_ref)
-            changes = {
-                id(f): new + f.remote_url[len(old) :]
-                for f in job.files
-                if not f.completed and f.remote_url.lower().startswith(old.lower())
-            }
-            await self._set_remote_urls(job, changes)
-            return {"ReturnValue": 0, "FilesChanged": len(changes)}
-        if m == "getresponseheaders":
-            p = Params(raw, ("LocalFile",))
-            job = self.find(caller, job_ref)
-            local = p.string("LocalFile", LOCAL_FILE_MAX)
-            file = next((f for f in job.files if f.local_file == local), None)
-            if file is None:
-                raise BitsError(f"the job has no file {local}", hresult=HResult.BG_E_FILE_NOT_FOUND)
-            return {"ReturnValue": 0, "ResponseHeaders": file.response_headers}
-        if m == "setcustomheaders":
-            p = Params(raw, ("CustomHeaders",))
-            job = self.find(caller, job_ref)
-            states.check_call(states.Call.SET_PROPERTY, job.state)
-            text = p.string("CustomHeaders", CUSTOM_HEADERS_MAX)
-            if text:
-                try:
-                    parse_custom_headers(text)
-                except ValueError as e:
-                    raise InvalidArgument(f"CustomHeaders: {e}") from None
-            job.custom_headers = text or None
-            self._commit(job, "custom headers changed")
-            return {"ReturnValue": 0}
-        if m == "setsecurityflags":
-            p = Params(raw, ("SecurityFlags",))
-            job = self.find(caller, job_ref)
-            states.check_call(states.Call.SET_PROPERTY, job.state)
-            flags = p.uint("SecurityFlags", default=0) or 0
-            check_security_flags(flags)
-            job.security_flags = flags
-            self._commit(job, "security flags changed")
-            return {"ReturnValue": 0}
-        if m in _NOT_YET:
-            raise NotImplementedValue(f"{_NOT_YET[m]} is not implemented yet")
+        handler = _METHODS.get(method.lower())
+        if handler is not None:
+            return await handler(self, caller, job_ref, raw)
+        if method.lower() in _NOT_YET:
+            raise NotImplementedValue(f"{_NOT_YET[method.lower()]} is not implemented yet")
         raise InvalidArgument(f"BitsClientJob has no method {method!r}")
+
+    # -- the instance methods, by their WMI names ---------------------------------------------
+
+    async def _m_set_job_state(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        return {"ReturnValue": await self.set_job_state(caller, job_ref, raw)}
+
+    async def _m_get_error(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        Params(raw, ("LanguageId",))
+        return self.get_error(caller, job_ref)
+
+    async def _m_set_maximum_download_time(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        seconds = Params(raw, ("MaximumDownloadTime",)).uint("MaximumDownloadTime")
+        value = DEFAULT_MAXIMUM_DOWNLOAD_TIME_S if seconds is None else seconds  # null: the default
+        return self._set_property(caller, job_ref, "maximum_download_time_s", value)
+
+    async def _m_set_custom_headers(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        text = Params(raw, ("CustomHeaders",)).string("CustomHeaders", CUSTOM_HEADERS_MAX)
+        if text:
+            try:
+                parse_custom_headers(text)
+            except ValueError as e:
+                raise InvalidArgument(f"CustomHeaders: {e}") from None
+        return self._set_property(caller, job_ref, "custom_headers", text or None)
+
+    async def _m_set_security_flags(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        flags = Params(raw, ("SecurityFlags",)).uint("SecurityFlags") or 0
+        check_security_flags(flags)
+        return self._set_property(caller, job_ref, "security_flags", flags)
+
+    async def _m_set_remote_name(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        p = Params(raw, ("LocalFile", "RemoteUrl"))
+        local = p.string("LocalFile", LOCAL_FILE_MAX)
+        remote = p.string("RemoteUrl", REMOTE_URL_MAX)
+        if local is None or remote is None:
+            raise InvalidArgument("SetRemoteName needs LocalFile and RemoteUrl")
+        job = self.find(caller, job_ref)
+        await self._set_remote_urls(job, {id(_file_named(job, local)): remote})
+        return {"ReturnValue": 0}
+
+    async def _m_replace_remote_prefix(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        p = Params(raw, ("OldPrefix", "NewPrefix"))
+        old = p.string("OldPrefix", REMOTE_URL_MAX)
+        new = p.string("NewPrefix", REMOTE_URL_MAX)
+        if not old or new is None:
+            raise InvalidArgument("ReplaceRemotePrefix needs OldPrefix and NewPrefix")
+        job = self.find(caller, job_ref)
+        changes = {
+            id(f): new + f.remote_url[len(old) :]
+            for f in job.files
+            if not f.completed and f.remote_url.lower().startswith(old.lower())
+        }
+        await self._set_remote_urls(job, changes)
+        return {"ReturnValue": 0, "FilesChanged": len(changes)}
+
+    async def _m_get_response_headers(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        local = Params(raw, ("LocalFile",)).string("LocalFile", LOCAL_FILE_MAX)
+        file = _file_named(self.find(caller, job_ref), local)
+        return {"ReturnValue": 0, "ResponseHeaders": file.response_headers}
+
+    def _set_property(self, caller: Caller, job_ref: str, attr: str, value: Any) -> dict[str, Any]:
+        """An extension setter: legal while the job is not finished; committed at once."""
+        job = self.find(caller, job_ref)
+        states.check_call(states.Call.SET_PROPERTY, job.state)
+        setattr(job, attr, value)
+        self._commit(job, f"{attr} changed")
+        return {"ReturnValue": 0}
 
     # -- the service policy (BitsServicePolicy) --------------------------------------------
 
@@ -935,6 +941,41 @@ class Service:
             except Exception:  # a listener never breaks a verb
                 log.exception("listener failed")
 
+
+def _file_named(job: Job, local: str | None) -> JobFile:
+    file = next((f for f in job.files if f.local_file == local), None)
+    if file is None:
+        raise BitsError(f"the job has no file {local}", hresult=HResult.BG_E_FILE_NOT_FOUND)
+    return file
+
+
+_Raw = Mapping[str, Any] | None
+_Method = Callable[[Service, Caller, str, _Raw], Awaitable[dict[str, Any]]]
+
+
+def _returns_ok(verb: Callable[[Service, Caller, str, _Raw], Awaitable[Job]]) -> _Method:
+    """A verb that answers the job, as a WMI method that answers ReturnValue 0."""
+
+    async def call(service: Service, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        await verb(service, caller, job_ref, raw)
+        return {"ReturnValue": 0}
+
+    return call
+
+
+_METHODS: dict[str, _Method] = {
+    "addfile": _returns_ok(Service.add_file),
+    "addfileset": _returns_ok(Service.add_file_set),
+    "addfilewithranges": _returns_ok(Service.add_file_with_ranges),
+    "setjobstate": Service._m_set_job_state,
+    "geterror": Service._m_get_error,
+    "setmaximumdownloadtime": Service._m_set_maximum_download_time,
+    "setcustomheaders": Service._m_set_custom_headers,
+    "setsecurityflags": Service._m_set_security_flags,
+    "setremotename": Service._m_set_remote_name,
+    "replaceremoteprefix": Service._m_replace_remote_prefix,
+    "getresponseheaders": Service._m_get_response_headers,
+}
 
 _NOT_YET = {
     m.lower(): m
