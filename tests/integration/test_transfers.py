@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -395,3 +396,40 @@ def test_range_support_and_response_headers_are_kept_per_file(
     assert "sid=secret" not in headers["ResponseHeaders"], "Set-Cookie is never kept"
     headers = daemon.client.invoke(ranged, "GetResponseHeaders", LocalFile=str(dest / "ranged.bin"))
     assert "Content-Length: 50000" in headers["ResponseHeaders"]
+
+
+class _LyingServe(Serve):
+    """Answers 206 to any If-Range, even after its content changed."""
+
+    def if_range_ok(self, req: Any) -> bool:
+        return True
+
+
+class _EndlessBody(Serve):
+    """Sends Content-Length bytes and then keeps talking."""
+
+    async def respond(self, req: Any, conn: Any) -> bool:
+        await conn.send_head(200, {"Content-Length": str(len(self.data)), "ETag": '"endless"'})
+        await conn.send_body(self.data + b"GARBAGE" * 100_000)
+        return False
+
+
+def test_lying_servers_never_leave_a_wrong_local_file(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    old = random.Random(160).randbytes(MiB)
+    new = random.Random(161).randbytes(MiB)
+    lying = _LyingServe(new, etag='"v2"')
+    fault_server.routes["/changed"] = Sequence(CloseMidBody(old, after=300_000, etag='"v1"'), lying)
+    fault_server.routes["/endless"] = _EndlessBody(old)
+    changed = start_job(daemon, f"{fault_server.url}/changed", dest / "changed.bin")
+    endless = start_job(daemon, f"{fault_server.url}/endless", dest / "endless.bin")
+    daemon.wait_state(changed, JobState.TRANSIENT_ERROR)
+    daemon.client.resume(changed)
+    daemon.wait_state(changed, JobState.ERROR)
+    err = daemon.client.get_error(changed)
+    assert (err["ErrorCode"], err["ErrorContext"]) == (0x8020001B, 5)  # BG_E_INVALID_SERVER_RESPONSE
+    daemon.wait_state(endless, JobState.TRANSFERRED)
+    daemon.client.complete(endless)
+    assert (dest / "endless.bin").read_bytes() == old, "bytes past Content-Length are not the file's"
+    assert not (dest / "changed.bin").exists()

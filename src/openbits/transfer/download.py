@@ -378,6 +378,11 @@ class Downloader:
                 )
             if file.bytes_total is not None and total != file.bytes_total:
                 raise invalid_response(f"the file's size changed from {file.bytes_total} to {total}")
+            if etag and file.etag and etag != file.etag:
+                # If-Range should have brought the whole new content: never splice two versions
+                raise invalid_response(f"a part of a changed file (ETag {file.etag} -> {etag})")
+            if last_modified and file.last_modified and last_modified != file.last_modified:
+                raise invalid_response("a part of a changed file (Last-Modified changed)")
             length = resp.content_length
             if length is not None and length != end - start + 1:
                 raise invalid_response("Content-Length does not match Content-Range")
