@@ -433,3 +433,22 @@ def test_lying_servers_never_leave_a_wrong_local_file(
     daemon.client.complete(endless)
     assert (dest / "endless.bin").read_bytes() == old, "bytes past Content-Length are not the file's"
     assert not (dest / "changed.bin").exists()
+
+
+def test_destination_removed_mid_transfer_is_a_local_file_error(
+    daemon: Daemon, nginx: Nginx, tmp_path: Path
+) -> None:
+    import shutil
+
+    make_file(nginx.www, "rmdir/f.bin", 4 * MiB, seed=170)
+    where = tmp_path / "vanishing"
+    where.mkdir()
+    job = start_job(daemon, f"{nginx.url}/slow/rmdir/f.bin", where / "f.bin")
+    wait_until(lambda: daemon.job(job)["BytesTransferred"] > 0, 10, "progress")
+    shutil.rmtree(where)
+    daemon.wait_state(job, JobState.ERROR)
+    err = daemon.client.get_error(job)
+    assert (err["ErrorCode"], err["ErrorContext"]) == (0x80070003, 4)  # path not found, LOCAL_FILE
+    daemon.client.resume(job)  # still gone: the same clear error, no crash
+    daemon.wait_state(job, JobState.ERROR)
+    assert daemon.client.get_error(job)["ErrorContext"] == 4

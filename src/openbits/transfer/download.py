@@ -451,6 +451,7 @@ class Downloader:
                     progress.checkpoint(durable)
                     sync = None
                 if sync is None and (due or sink.offset - sync_offset >= tuning.checkpoint_bytes):
+                    _check_still_linked(fd)
                     sync_offset = sink.offset
                     last_sync_time = now
                     sync = loop.run_in_executor(None, _sync_dup, os.dup(fd))
@@ -464,6 +465,7 @@ class Downloader:
                 await sync
                 sync = None
             await loop.run_in_executor(None, os.fdatasync, fd)
+            _check_still_linked(fd)
             durable = sink.offset
             return Fetched(durable)  # the caller commits it with the file's completion
         except OSError as e:
@@ -536,6 +538,17 @@ class Downloader:
             raise fs.local_error(e, f"cannot copy {source}") from e
         finally:
             os.close(src)
+
+
+def _check_still_linked(fd: int) -> None:
+    """The temporary file (or its directory) was deleted under us: writing on into an
+    unlinked inode would only lose the bytes at Complete, so say so now."""
+    if os.fstat(fd).st_nlink == 0:
+        raise TransferError(
+            "the temporary file or its directory was removed during the transfer",
+            hresult=HResult.HRESULT_PATH_NOT_FOUND,
+            context=ErrorContext.LOCAL_FILE,
+        )
 
 
 RESPONSE_HEADERS_MAX = 16 * 1024
