@@ -869,6 +869,21 @@ class Service:
             job.retry_at_ns = 0
             self._commit(job, "retrying")
 
+    def blocked_by_policy(self, job: Job) -> None:
+        """Its bandwidth limit is 0 now (BITS group policy): TRANSIENT_ERROR with
+        BG_E_BLOCKED_BY_POLICY until the limit lifts. Not a failure of the job: it neither
+        counts as a transient error nor runs down NoProgressTimeout."""
+        if job.state is not JobState.QUEUED and job.state not in states.RUNNING_STATES:
+            return
+        job.error = JobError(
+            int(HResult.BG_E_BLOCKED_BY_POLICY),
+            ErrorContext.GENERAL_QUEUE_MANAGER,
+            "the bandwidth limit for this priority is 0 now; the job waits until it is raised",
+        )
+        job.retry_at_ns = 2**62  # retried when the limit lifts, not by the clock
+        self._enter(job, states.next_state(job.state, Event.BLOCKED_BY_POLICY))
+        self._commit(job, "blocked by policy")
+
     def download_time_exceeded(self, job: Job) -> None:
         """MaximumDownloadTime ran out while the job was connecting or transferring."""
         if job.state in states.RUNNING_STATES:

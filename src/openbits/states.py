@@ -41,6 +41,7 @@ class Event(Enum):
     PREEMPTED = "preempted"  # time slice ended or a higher priority job arrived
     RETRY_DUE = "retry_due"  # MinimumRetryDelay elapsed
     NO_PROGRESS_TIMEOUT = "no_progress_timeout"
+    BLOCKED_BY_POLICY = "blocked_by_policy"  # the job's bandwidth limit is 0 now
 
 
 def _table() -> dict[tuple[JobState, Event], JobState]:
@@ -68,6 +69,9 @@ def _table() -> dict[tuple[JobState, Event], JobState]:
     # A job whose files are all done when it is started (e.g. after AddFile of an
     # empty file) goes straight to TRANSFERRED.
     t[(S.QUEUED, Event.ALL_FILES_DONE)] = S.TRANSFERRED
+    # bits-spec §3.2: a bandwidth policy of 0 puts background jobs in TRANSIENT_ERROR
+    for s in (S.QUEUED, *RUNNING_STATES):
+        t[(s, Event.BLOCKED_BY_POLICY)] = S.TRANSIENT_ERROR
     t[(S.TRANSIENT_ERROR, Event.RETRY_DUE)] = S.QUEUED
     t[(S.TRANSIENT_ERROR, Event.NO_PROGRESS_TIMEOUT)] = S.ERROR
     return t

@@ -20,7 +20,7 @@ def start(daemon: Daemon, url: str, local: Path, priority: JobPriority) -> str:
     return job
 
 
-def test_a_paused_limit_holds_background_jobs_and_lifting_it_continues_the_same_transfer(
+def test_a_zero_limit_blocks_background_jobs_by_policy_until_it_lifts(
     daemon: Daemon, nginx: Nginx, dest: Path
 ) -> None:
     digest = make_file(nginx.www, "bw/f.bin", 4 * MiB, seed=90)
@@ -32,7 +32,10 @@ def test_a_paused_limit_holds_background_jobs_and_lifting_it_continues_the_same_
     background = start(daemon, f"{nginx.url}/bw/f.bin", dest / "bg.bin", JobPriority.NORMAL)
     foreground = start(daemon, f"{nginx.url}/bw/f.bin", dest / "fg.bin", JobPriority.FOREGROUND)
     daemon.wait_state(foreground, JobState.TRANSFERRED)  # FOREGROUND ignores the limit
-    assert daemon.job(background)["BytesTransferred"] == 0, "the paused background job moved nothing"
+    daemon.wait_state(background, JobState.TRANSIENT_ERROR)
+    err = daemon.client.get_error(background)
+    assert (err["Name"], err["ErrorCode"]) == ("BG_E_BLOCKED_BY_POLICY", 0x8020003E)
+    assert daemon.job(background)["TransientErrorCount"] == 0, "a policy block is not the job's failure"
 
     status, policy = daemon.api("PATCH", POLICY, {"MaxBandwidth": None})
     assert status == 200 and policy["CurrentBandwidthLimit"] is None
@@ -40,8 +43,22 @@ def test_a_paused_limit_holds_background_jobs_and_lifting_it_continues_the_same_
     for job in (background, foreground):
         daemon.client.complete(job)
     assert sha256_file(dest / "bg.bin") == sha256_file(dest / "fg.bin") == digest
-    gets = [r for r in nginx.requests() if r["uri"] == "/bw/f.bin"]
-    assert len(gets) == 2, "the limit changed without restarting the transfer"
+
+
+def test_lifting_a_limit_mid_transfer_keeps_the_same_transfer(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    digest = make_file(nginx.www, "bw/lift.bin", 6 * MiB, seed=91)
+    daemon.api("PATCH", POLICY, {"MaxBandwidth": "1M"})
+    job = start(daemon, f"{nginx.url}/bw/lift.bin", dest / "lift.bin", JobPriority.NORMAL)
+    wait_until(lambda: daemon.job(job)["BytesTransferred"] > 0, 10, "throttled progress")
+    assert daemon.job(job)["State"] == JobState.TRANSFERRING
+    daemon.api("PATCH", POLICY, {"MaxBandwidth": None})
+    daemon.wait_state(job, JobState.TRANSFERRED, timeout=15)
+    daemon.client.complete(job)
+    assert sha256_file(dest / "lift.bin") == digest
+    gets = [r for r in nginx.requests() if r["uri"] == "/bw/lift.bin"]
+    assert len(gets) == 1, "the limit changed without restarting the transfer"
 
 
 def test_policy_errors_and_persistence(daemon: Daemon) -> None:

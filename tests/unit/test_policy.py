@@ -413,3 +413,16 @@ def test_retry_backoff_doubles_with_jitter_under_a_cap_and_above_the_floor() -> 
     assert retry_delay_s(10, 4, backoff=True, jitter=-1.0) == pytest.approx(64)
     assert retry_delay_s(10, 2, backoff=True, jitter=-1.0) == 16
     assert retry_delay_s(100, 9, backoff=True, backoff_max_s=50) == 100, "MinimumRetryDelay is the floor"
+
+
+def test_a_blocked_priority_waits_in_transient_error_and_is_retried_when_the_limit_lifts() -> None:
+    jobs = [
+        queued("q", 1, seq=0),
+        running("r", 1, seq=1),
+        JobView("t", S.TRANSIENT_ERROR, P.NORMAL, 2, retry_at_ns=2**62, blocked_by_policy=True),
+        queued("fg", 1, P.FOREGROUND, seq=3),
+    ]
+    blocked = plan(jobs, NOW, 2, blocked=frozenset({2}))
+    assert sorted(blocked.block) == ["q", "r"] and blocked.retry == [] and blocked.start == ["fg"]
+    lifted = plan(jobs[2:3], NOW, 2)
+    assert lifted.retry == ["t"] and lifted.start == ["t"]

@@ -330,3 +330,10 @@ def test_any_event_sequence_stays_within_the_state_machine(start: JobState, even
             assert current is before
         if before.is_final:
             assert current is before
+
+
+@pytest.mark.parametrize("state", [JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING])
+def test_rule_a_zero_bandwidth_policy_puts_the_job_in_transient_error(state: JobState) -> None:
+    from openbits.states import Event, next_state
+
+    assert next_state(state, Event.BLOCKED_BY_POLICY) is JobState.TRANSIENT_ERROR

@@ -27,6 +27,7 @@ class JobView:
     maximum_download_time_s: int = 0  # 0: no limit
     download_time_ns: int = 0  # running time before the current run
     modified_ns: int = 0  # last activity
+    blocked_by_policy: bool = False  # in TRANSIENT_ERROR because its bandwidth limit is 0
 
 
 @dataclass(slots=True)
@@ -37,6 +38,7 @@ class Plan:
     timeout: list[str] = field(default_factory=list)  # NoProgressTimeout: TRANSIENT_ERROR -> ERROR
     download_timeout: list[str] = field(default_factory=list)  # MaximumDownloadTime -> ERROR
     inactive: list[str] = field(default_factory=list)  # job inactivity timeout -> CANCELLED
+    block: list[str] = field(default_factory=list)  # limit 0 -> TRANSIENT_ERROR, BLOCKED_BY_POLICY
     wake_at_ns: int | None = None
 
 
@@ -63,6 +65,7 @@ def plan(
     *,
     time_slice_s: float = 60.0,
     inactivity_timeout_s: int = 0,
+    blocked: frozenset[int] = frozenset(),
 ) -> Plan:
     """Decide what happens next.
 
@@ -71,6 +74,8 @@ def plan(
     keeps its slot until its time slice ends *and* a job of the same priority waits;
     then it goes back to the queue behind the jobs that waited.  A higher priority job
     takes a slot from a lower one at once.  ``inactivity_timeout_s`` 0 means never.
+    Priorities in ``blocked`` have a bandwidth limit of 0 now: their jobs wait in
+    TRANSIENT_ERROR (BG_E_BLOCKED_BY_POLICY) and are retried when the limit lifts.
     """
     slice_ns = int(time_slice_s * _S)
     result = Plan()
@@ -86,6 +91,15 @@ def plan(
                 result.inactive.append(job.job_id)
                 continue
             wake.append(inactive_at)
+        if int(job.priority) in blocked:
+            if job.state is JobState.QUEUED or job.state in RUNNING:
+                result.block.append(job.job_id)
+            if job.state is not JobState.TRANSIENT_ERROR or job.blocked_by_policy:
+                continue
+        elif job.state is JobState.TRANSIENT_ERROR and job.blocked_by_policy:
+            result.retry.append(job.job_id)  # the limit lifted
+            candidates.append((job, False, now_ns))
+            continue
         if job.state is JobState.TRANSIENT_ERROR:
             deadline = no_progress_deadline_ns(job)
             if deadline is not None and deadline <= now_ns:

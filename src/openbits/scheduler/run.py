@@ -28,6 +28,7 @@ from openbits.transfer.throttle import Throttle
 log = logging.getLogger("openbits.scheduler")
 
 PURGE_INTERVAL_NS = 3600 * 10**9
+BLOCKED_BY_POLICY = int(HResult.BG_E_BLOCKED_BY_POLICY)
 
 
 class _FileProgress:
@@ -129,23 +130,30 @@ class Scheduler:
                 maximum_download_time_s=j.maximum_download_time_s,
                 download_time_ns=j.download_time_ns,
                 modified_ns=j.modified_ns,
+                blocked_by_policy=j.error is not None and j.error.hresult == BLOCKED_BY_POLICY,
             )
             for j in candidates
         ]
         rules = service.policy
+        limit_change_ns = self.apply_bandwidth(now)
         plan = policy.plan(
             views,
             now,
             rules.max_background,
             time_slice_s=rules.time_slice_s,
             inactivity_timeout_s=inactivity_s,
+            blocked=self._blocked_priorities(),
         )
-        limit_change_ns = self.apply_bandwidth(now)
         assert self._group is not None
         for job_id in plan.inactive:
             self._group.create_task(service.inactive(jobs[job_id]))
         for job_id in plan.timeout:
             service.no_progress_timeout(jobs[job_id])
+        for job_id in plan.block:
+            task = self.running.get(job_id)
+            if task is not None:
+                task.cancel()
+            service.blocked_by_policy(jobs[job_id])
         for job_id in plan.download_timeout:
             task = self.running.get(job_id)
             if task is not None:
@@ -173,6 +181,15 @@ class Scheduler:
             if d is not None
         ]
         return min(deadlines)
+
+    def _blocked_priorities(self) -> frozenset[int]:
+        """Priorities whose bandwidth limit is 0 right now (FOREGROUND only if it is limited)."""
+        throttle = self.throttle
+        return frozenset(
+            p
+            for p in (0, 1, 2, 3)
+            if throttle.is_limited(p) and (throttle.global_bps == 0 or throttle.bucket(p).rate == 0)
+        )
 
     def apply_bandwidth(self, now_ns: int) -> int | None:
         """Set the throttle to the policy's limits for this instant (a change takes effect at
