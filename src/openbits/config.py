@@ -54,6 +54,10 @@ class Config:
     normal_priority_bandwidth: str = ""
     low_priority_bandwidth: str = ""
     foreground_limited: bool = False
+    #: BITS group-policy form (used when bandwidth_schedule is empty): "Mon-Fri 08-17"
+    work_hours: str = ""
+    work_bandwidth: str = ""
+    non_work_bandwidth: str = ""
     # retries: BITS waits MinimumRetryDelay each time; with retry_backoff (an extension) the
     # delay doubles per transient error in a row, jittered ±20 %, up to retry_backoff_max_s
     retry_backoff: bool = False

@@ -7,7 +7,9 @@ once, without restarting transfers).  Pure data and validation: no I/O.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -25,6 +27,9 @@ PROPERTIES: dict[str, tuple[str, str]] = {
     "NormalPriorityBandwidth": ("normal_bandwidth", "rate"),
     "LowPriorityBandwidth": ("low_bandwidth", "rate"),
     "ForegroundLimited": ("foreground_limited", "bool"),
+    "WorkHours": ("work_hours", "work_hours"),
+    "WorkBandwidth": ("work_bandwidth", "rate"),
+    "NonWorkBandwidth": ("non_work_bandwidth", "rate"),
     "MaxConcurrentBackgroundJobs": ("max_background", "count"),
     "TimeSlice": ("time_slice_s", "seconds"),
 }
@@ -70,6 +75,10 @@ class ServicePolicy:
     normal_bandwidth: int | None = None
     low_bandwidth: int | None = None
     foreground_limited: bool = False
+    #: BITS group-policy form: "Mon-Fri 08-17" with one limit inside, another outside
+    work_hours: str | None = None
+    work_bandwidth: int | None = None
+    non_work_bandwidth: int | None = None
     max_background: int = 1
     time_slice_s: float = 60.0
     overrides: frozenset[str] = field(default=frozenset())  # properties set at run time
@@ -85,6 +94,9 @@ class ServicePolicy:
                 normal_bandwidth=rate_value("normal_priority_bandwidth", config.normal_priority_bandwidth),
                 low_bandwidth=rate_value("low_priority_bandwidth", config.low_priority_bandwidth),
                 foreground_limited=config.foreground_limited,
+                work_hours=work_hours_value("work_hours", config.work_hours),
+                work_bandwidth=rate_value("work_bandwidth", config.work_bandwidth),
+                non_work_bandwidth=rate_value("non_work_bandwidth", config.non_work_bandwidth),
                 max_background=config.max_concurrent_background_jobs,
                 time_slice_s=config.time_slice_s,
             )
@@ -118,10 +130,17 @@ class ServicePolicy:
         raw = {k: json.loads(v) for k, v in settings.items() if k in PROPERTIES}
         return self.with_changes(raw)[0] if raw else self
 
-    def global_limit_at(self, when: datetime) -> int | None:
+    def schedule(self) -> Schedule | None:
+        """The weekly schedule in force: BandwidthSchedule, else the work-hours form."""
         if self.bandwidth_schedule is not None:
-            return self.bandwidth_schedule.limit_at(when)
-        return self.max_bandwidth
+            return self.bandwidth_schedule
+        if self.work_hours is not None:
+            return _work_schedule(self.work_hours, self.work_bandwidth, self.non_work_bandwidth)
+        return None
+
+    def global_limit_at(self, when: datetime) -> int | None:
+        schedule = self.schedule()
+        return schedule.limit_at(when) if schedule is not None else self.max_bandwidth
 
     def per_priority(self) -> dict[int, int | None]:
         return {1: self.high_bandwidth, 2: self.normal_bandwidth, 3: self.low_bandwidth}
@@ -134,6 +153,9 @@ class ServicePolicy:
             "NormalPriorityBandwidth": self.normal_bandwidth,
             "LowPriorityBandwidth": self.low_bandwidth,
             "ForegroundLimited": self.foreground_limited,
+            "WorkHours": self.work_hours,
+            "WorkBandwidth": self.work_bandwidth,
+            "NonWorkBandwidth": self.non_work_bandwidth,
             "MaxConcurrentBackgroundJobs": self.max_background,
             "TimeSlice": self.time_slice_s,
             "CurrentBandwidthLimit": self.global_limit_at(now),
@@ -141,11 +163,56 @@ class ServicePolicy:
         }
 
 
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WORK_HOURS = re.compile(
+    r"\s*([A-Za-z]{3})(?:-([A-Za-z]{3}))?\s+(\d{1,2})(?::00)?-(\d{1,2})(?::00)?\s*", re.ASCII
+)
+
+
+def parse_work_hours(text: str) -> tuple[tuple[int, ...], int, int]:
+    """ "Mon-Fri 08-17" (or "08:00-17:00") -> (weekdays, start hour, end hour); ValueError."""
+    m = _WORK_HOURS.fullmatch(text)
+    if m is None:
+        raise ValueError(f"work hours look like 'Mon-Fri 08-17', not {text!r}")
+    first, last = (d.lower() if d else None for d in (m.group(1), m.group(2)))
+    if first not in _DAYS or (last is not None and last not in _DAYS):
+        raise ValueError(f"unknown weekday in {text!r}")
+    a = _DAYS.index(first)
+    b = _DAYS.index(last) if last is not None else a
+    days = tuple(range(a, b + 1)) if a <= b else (*range(a, 7), *range(0, b + 1))
+    start, end = int(m.group(3)), int(m.group(4))
+    if not 0 <= start < end <= 24:
+        raise ValueError(f"work hours must run forwards within a day: {text!r}")
+    return days, start, end
+
+
+def work_hours_value(name: str, value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a string like 'Mon-Fri 08-17' or null")
+    try:
+        parse_work_hours(value)
+    except ValueError as e:
+        raise InvalidArgument(f"{name}: {e}") from None
+    return value.strip()
+
+
+@functools.lru_cache(maxsize=8)
+def _work_schedule(work_hours: str, work_bps: int | None, other_bps: int | None) -> Schedule:
+    days, start, end = parse_work_hours(work_hours)
+    return Schedule.bits(
+        work_days=days, work_start=start, work_end=end, work_bps=work_bps, other_bps=other_bps
+    )
+
+
 def _convert(name: str, kind: str, value: Any) -> Any:
     if kind == "rate":
         return rate_value(name, value)
     if kind == "schedule":
         return schedule_value(name, value)
+    if kind == "work_hours":
+        return work_hours_value(name, value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise InvalidArgument(f"{name} must be true or false")

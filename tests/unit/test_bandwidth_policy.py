@@ -85,3 +85,21 @@ def test_policy_changes_are_admin_only_validated_all_or_nothing_and_persisted(tm
 def test_bad_bandwidth_settings_in_the_config_are_refused() -> None:
     with pytest.raises(ValueError, match="bandwidth_limit"):
         ServicePolicy.from_config(Config(state_dir="/x", socket="/x/s", bandwidth_limit="fast"))
+
+
+def test_bits_work_hours_switch_limits_at_their_edges(tmp_path: Path) -> None:
+    clock = at(MONDAY_0759)
+    service, scheduler, throttle = make(
+        tmp_path, clock, work_hours="Mon-Fri 08-17", work_bandwidth="1M", non_work_bandwidth="off"
+    )
+    assert scheduler.apply_bandwidth(clock.now_ns()) == int(datetime(2026, 11, 23, 8).timestamp() * 1e9)
+    assert throttle.global_bps is None
+    clock.advance(1)
+    assert scheduler.apply_bandwidth(clock.now_ns()) == int(datetime(2026, 11, 23, 17).timestamp() * 1e9)
+    assert throttle.global_bps == 1024 * 1024
+    assert service.policy.global_limit_at(datetime(2026, 11, 28, 12, 0)) is None, "the weekend is not work"
+    shown = service.set_policy(ROOT, {"WorkHours": "Sat-Sun 10:00-12:00", "WorkBandwidth": 0})
+    assert shown["WorkHours"] == "Sat-Sun 10:00-12:00"
+    assert service.policy.global_limit_at(datetime(2026, 11, 28, 11, 0)) == 0
+    with pytest.raises(InvalidArgument, match="WorkHours"):
+        service.set_policy(ROOT, {"WorkHours": "Mon-Fri 17-08"})

@@ -205,7 +205,7 @@ class Scheduler:
             )
             self._applied = wanted
             log.info("bandwidth limits now: global %s, per priority %s", wanted[0], rules.per_priority())
-        schedule = rules.bandwidth_schedule
+        schedule = rules.schedule()
         if schedule is None or schedule.is_constant:
             return None
         return int(schedule.next_change_after(now).timestamp() * 1e9)
