@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grp
-import os
 import pwd
 from dataclasses import dataclass
 
@@ -29,10 +28,6 @@ class Caller:
             except KeyError:
                 admin = False
         return cls(user=name, uid=uid, gid=gid, is_admin=admin)
-
-    @classmethod
-    def current(cls) -> Caller:
-        return cls.from_uid(os.geteuid())
 
 
 def primary_gid(uid: int) -> int:
