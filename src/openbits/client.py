@@ -89,8 +89,12 @@ class Client:
         jobs: list[dict[str, Any]] = self.request("GET", CLASS + query)
         return jobs
 
-    def get_job(self, job: str, include_finished: bool = False) -> dict[str, Any]:
-        query = "?IncludeFinished=true" if include_finished else ""
+    def get_job(self, job: str, include_finished: bool = False, files: bool = True) -> dict[str, Any]:
+        """One instance; ``files=False`` leaves out its Files array (cheap to poll)."""
+        params = {"IncludeFinished": "true"} if include_finished else {}
+        if not files:
+            params["Files"] = "false"
+        query = "?" + urlencode(params) if params else ""
         result: dict[str, Any] = self.request("GET", f"{CLASS}/{quote(job, safe='')}{query}")
         return result
 

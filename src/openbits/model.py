@@ -296,8 +296,9 @@ class Job:
     def files_transferred(self) -> int:
         return sum(1 for f in self.files if f.completed)
 
-    def to_cim(self) -> dict[str, Any]:
-        """The BitsClientJob instance as JSON, WMI names and types (SPEC §1)."""
+    def to_cim(self, files: bool = True) -> dict[str, Any]:
+        """The BitsClientJob instance as JSON, WMI names and types (SPEC §1); ``files=False``
+        leaves out the Files array (an extension for pollers of jobs with many files)."""
         return {
             "JobId": self.job_id,
             "DisplayName": self.display_name,
@@ -305,7 +306,7 @@ class Job:
             "Priority": int(self.priority),
             "MinimumRetryDelay": self.minimum_retry_delay_s,
             "NoProgressTimeout": self.no_progress_timeout_s,
-            "Files": [f.to_cim() for f in self.files],
+            **({"Files": [f.to_cim() for f in self.files]} if files else {}),
             "JobCreationTime": filetime_from_unix_ns(self.created_ns),
             "JobLastModificationTime": filetime_from_unix_ns(self.modified_ns),
             "JobCompletionTime": filetime_from_unix_ns(self.transferred_ns),

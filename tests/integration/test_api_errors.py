@@ -791,3 +791,12 @@ def test_add_file_set_adds_all_or_nothing(daemon: Daemon, nginx: Nginx, dest: Pa
     daemon.wait_state(job, JobState.TRANSFERRED)
     daemon.client.complete(job)
     assert [sha256_file(dest / f"{i}.bin") for i in range(3)] == digests
+
+
+def test_get_can_leave_out_the_files_for_pollers(daemon: Daemon, dest: Path) -> None:
+    job = create(daemon, DisplayName="lean")
+    daemon.client.add_file(job, "http://127.0.0.1:9/f.bin", str(dest / "f.bin"))
+    status, lean = daemon.api("GET", job_path(job) + "?Files=false")
+    assert status == 200 and "Files" not in lean and lean["FilesTotal"] == 1
+    assert "Files" in get(daemon, job)
+    assert_error(daemon, "GET", job_path(job) + "?Files=maybe", code=E_INVALIDARG)

@@ -57,7 +57,7 @@ def result_response(body: dict[str, Any]) -> web.Response:
     return web.json_response(body)
 
 
-def _flag(request: web.Request, name: str) -> bool:
+def _flag(request: web.Request, name: str, default: bool = False) -> bool:
     for key, value in request.query.items():
         if key.lower() == name.lower():
             if value.lower() in ("true", "1", "yes"):
@@ -65,7 +65,7 @@ def _flag(request: web.Request, name: str) -> bool:
             if value.lower() in ("false", "0", "no", ""):
                 return False
             raise InvalidArgument(f"{name} must be true or false")
-    return False
+    return default
 
 
 async def _body(request: web.Request) -> Any:
@@ -127,7 +127,7 @@ async def get_job(request: web.Request) -> web.Response:
     job = service.find(
         caller_of(request), request.match_info["job"], include_finished=_flag(request, "IncludeFinished")
     )
-    return web.json_response(job.to_cim())
+    return web.json_response(job.to_cim(files=_flag(request, "Files", default=True)))
 
 
 async def patch_job(request: web.Request) -> web.Response:

@@ -323,7 +323,7 @@ def wait_for(
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.02
     while True:
-        instance = client.get_job(job, include_finished=True)
+        instance = client.get_job(job, include_finished=True, files=False)
         if on_poll is not None:
             on_poll(instance)
         if JobState(instance["State"]) in until:
@@ -347,7 +347,7 @@ def wait(ctx: Context, job: str, timeout: float | None, as_json: bool) -> None:
     """
     instance = wait_for(ctx.client, job, END_STATES, timeout)
     if as_json:
-        print_json(instance)
+        print_json(ctx.client.get_job(job, include_finished=True))
     else:
         click.echo(state_name(instance["State"]))
     if JobState(instance["State"]) not in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED):
