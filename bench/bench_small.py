@@ -209,7 +209,7 @@ def run_openbits_job(services: Services, data: Dataset, dl: Path, label: str) ->
         deadline = time.monotonic() + RUN_DEADLINE_S
         while True:
             a = time.perf_counter()
-            instance = client.get_job(job, include_finished=True)
+            instance = client.get_job(job, include_finished=True, files=False)
             get_job_s = time.perf_counter() - a
             polls += 1
             state = int(instance["State"])
