@@ -150,21 +150,15 @@ class Scheduler:
         for job_id in plan.timeout:
             service.no_progress_timeout(jobs[job_id])
         for job_id in plan.block:
-            task = self.running.get(job_id)
-            if task is not None:
-                task.cancel()
+            self._cancel_task(job_id)
             service.blocked_by_policy(jobs[job_id])
         for job_id in plan.download_timeout:
-            task = self.running.get(job_id)
-            if task is not None:
-                task.cancel()
+            self._cancel_task(job_id)
             service.download_time_exceeded(jobs[job_id])
         for job_id in plan.retry:
             service.retry_due(jobs[job_id])
         for job_id in plan.preempt:
-            task = self.running.get(job_id)
-            if task is not None:
-                task.cancel()
+            self._cancel_task(job_id)
             service.job_preempted(jobs[job_id])
         for job_id in plan.start:
             if job_id in self.running:
@@ -181,6 +175,12 @@ class Scheduler:
             if d is not None
         ]
         return min(deadlines)
+
+    def _cancel_task(self, job_id: str) -> None:
+        """Stop a job's transfer without waiting (its state is the service's to set)."""
+        task = self.running.get(job_id)
+        if task is not None:
+            task.cancel()
 
     def _blocked_priorities(self) -> frozenset[int]:
         """Priorities whose bandwidth limit is 0 right now (FOREGROUND only if it is limited)."""

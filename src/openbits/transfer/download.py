@@ -218,7 +218,7 @@ class Downloader:
             headers: dict[str, str] = dict(options.headers)
             if offset > 0:
                 headers["Range"] = f"bytes={offset}-"
-                validator = file.etag if file.etag and not file.etag.startswith("W/") else file.last_modified
+                validator = _if_range(file)
                 if validator:
                     headers["If-Range"] = validator
             try:
@@ -264,7 +264,7 @@ class Downloader:
                     headers["Range"] = f"bytes={first}-"
                 else:
                     headers["Range"] = f"bytes={first}-{start + length - 1}"
-                validator = file.etag if file.etag and not file.etag.startswith("W/") else file.last_modified
+                validator = _if_range(file)
                 if validator:
                     headers["If-Range"] = validator
                 try:
@@ -538,6 +538,13 @@ class Downloader:
             raise fs.local_error(e, f"cannot copy {source}") from e
         finally:
             os.close(src)
+
+
+def _if_range(file: JobFile) -> str | None:
+    """The validator a resumed request sends in If-Range: the strong ETag, else Last-Modified."""
+    if file.etag and not file.etag.startswith("W/"):
+        return file.etag
+    return file.last_modified
 
 
 def _check_still_linked(fd: int) -> None:
