@@ -9,47 +9,48 @@ One invocation writes a random test file, starts its own nginx on a free 127.0.0
 port and its own openbits daemon, then times each case round-robin (every run is
 preceded by deleting the previous output and an untimed ``sync``).  It prints a
 table of medians and throughput ratios and writes ``bench/out/bench_1g.json``.
-Everything it started is stopped, and its work directory removed (unless --keep),
-on success, failure, Ctrl-C or SIGTERM.  See bench/README.md.
+It cleans up as ``common.Session`` says.  See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
-import shutil
-import signal
-import statistics
 import sys
-import tempfile
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common import (
     GIB,
-    MIB,
     OUT_DIR,
     BenchError,
     Case,
     Runner,
     Services,
-    add_daemon_env_arg,
-    exit_on_signals,
-    find_program,
-    loadavg,
+    Session,
+    add_cases_arg,
+    add_keep_arg,
+    add_output_args,
+    case_medians,
+    find_tools,
     log,
-    machine_info,
-    parse_daemon_env,
+    log_busy_note,
+    log_daemon_env,
+    log_loadavg_line,
+    log_machine_line,
+    log_versions,
+    new_parser,
+    parse_cases,
+    parse_common_args,
+    ratio_lines,
     render_rows,
     sha256_file,
     tail,
     untimed_sync,
     versions,
+    write_random_file,
 )
 
 JSON_PATH = OUT_DIR / "bench_1g.json"
@@ -173,26 +174,9 @@ def summarize(runs: list[Run], cases: list[Case], size: int) -> list[Summary]:
     out: list[Summary] = []
     for case in cases:
         counted = [r for r in runs if r.case == case.name and not r.warmup]
-        if not counted:
-            continue
-        walls = [r.wall_s for r in counted]
-        med = statistics.median(walls)
-        out.append(
-            Summary(
-                case=case.name,
-                runs=len(counted),
-                median_wall_s=med,
-                min_wall_s=min(walls),
-                max_wall_s=max(walls),
-                mbps=size / med / 1e6,
-                median_cpu_s=statistics.median(r.cpu_s for r in counted),
-                median_client_cpu_s=statistics.median(r.client_cpu_s for r in counted),
-                median_daemon_cpu_s=statistics.median(r.daemon_cpu_s for r in counted),
-                median_nginx_cpu_s=statistics.median(r.nginx_cpu_s for r in counted),
-                median_other_cpu_s=statistics.median(r.other_cpu_s for r in counted),
-                vs_openbits=None,
-            )
-        )
+        if counted:
+            m = case_medians(counted)
+            out.append(Summary(case=case.name, mbps=size / m["median_wall_s"] / 1e6, vs_openbits=None, **m))
     ob = next((s for s in out if s.case == "openbits"), None)
     if ob is not None:
         for s in out:
@@ -229,74 +213,21 @@ def render_table(summaries: list[Summary]) -> str:
     return render_rows(rows)
 
 
-def ratio_lines(summaries: list[Summary]) -> tuple[list[str], dict[str, float]]:
-    by = {s.case: s for s in summaries}
-    ob = by.get("openbits")
-    lines: list[str] = []
-    ratios: dict[str, float] = {}
-    if ob is None:
-        return lines, ratios
-    if "curl" in by:
-        r = ob.mbps / by["curl"].mbps
-        ratios["openbits/curl"] = r
-        verdict = "met" if r >= 1.0 else "NOT met"
-        lines.append(f"openbits/curl throughput ratio = {r:.2f} (target ≥ 1.0: {verdict})")
-    if "curl+fsync" in by:
-        r = ob.mbps / by["curl+fsync"].mbps
-        ratios["openbits/curl+fsync"] = r
-        lines.append(
-            f"openbits/curl+fsync throughput ratio = {r:.2f} (like-for-like: both durable on return)"
-        )
-    if "aria2c" in by:
-        r = ob.mbps / by["aria2c"].mbps
-        ratios["openbits/aria2c"] = r
-        lines.append(f"openbits/aria2c throughput ratio = {r:.2f}")
-    return lines, ratios
-
-
 # -- main ---------------------------------------------------------------------------------------
 
 
-def write_source(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
-    left = size
-    with open(path, "wb") as fh:
-        while left:
-            block = os.urandom(min(4 * MIB, left))
-            digest.update(block)
-            fh.write(block)
-            left -= len(block)
-    return digest.hexdigest()
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = new_parser(__doc__)
     p.add_argument("--runs", type=int, default=5, help="counted runs per case (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
     p.add_argument("--size", type=int, default=GIB, help="test file size in bytes (default 1 GiB)")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (files, logs, state)")
-    p.add_argument(
-        "--cases", default=",".join(CASE_NAMES), help=f"comma-separated subset of {','.join(CASE_NAMES)}"
-    )
-    p.add_argument(
-        "--work-parent",
-        type=Path,
-        default=OUT_DIR,
-        help="where the work directory is made (default bench/out/; must have 2 x size free)",
-    )
-    p.add_argument(
-        "--json", type=Path, default=JSON_PATH, help="results file (default bench/out/bench_1g.json)"
-    )
-    add_daemon_env_arg(p)
-    args = p.parse_args(argv)
-    args.daemon_env = parse_daemon_env(p, args.daemon_env)
+    add_keep_arg(p, "files, logs, state")
+    add_cases_arg(p, CASE_NAMES)
+    add_output_args(p, JSON_PATH, "(default bench/out/; must have 2 x size free)")
+    args = parse_common_args(p, argv, settings=False)
     if args.runs < 1 or args.warmup < 0 or args.size < 1:
         p.error("need --runs ≥ 1, --warmup ≥ 0 and --size ≥ 1")
-    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = sorted(set(wanted) - set(CASE_NAMES))
-    if unknown:
-        p.error(f"unknown case(s): {', '.join(unknown)}")
-    args.cases = wanted
+    args.cases = parse_cases(p, args.cases, CASE_NAMES)
     return args
 
 
@@ -374,158 +305,88 @@ def run_rounds(
 
 
 def print_report(
-    args: argparse.Namespace, machine: dict[str, Any], summaries: list[Summary], daemon_rc: int | None
+    args: argparse.Namespace, machine: dict[str, Any], summaries: list[Summary]
 ) -> dict[str, float]:
-    fs = machine["work_fs"]
     log("")
     log(
         f"{summaries[0].runs} counted run(s) per case after {args.warmup} warm-up round(s); "
         f"{args.size} bytes ({args.size / GIB:.3g} GiB) from nginx on 127.0.0.1"
     )
-    log(
-        f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, {machine['mem_gib']} GiB RAM, "
-        f"kernel {machine['kernel']}, work dir on {fs['type']} ({fs['device']} at {fs['mount']})"
-    )
-    log(
-        f"load average (1, 5, 15 min) at start: {machine['loadavg_start']}, "
-        f"at end: {machine.get('loadavg_end', '?')}"
-    )
+    log_machine_line(machine)
+    log_loadavg_line(machine)
     log("")
     log(render_table(summaries))
     log("")
-    lines, ratios = ratio_lines(summaries)
+    lines, ratios = ratio_lines({s.case: s.mbps for s in summaries}, "throughput")
     for line in lines:
         log(line)
-    busy = max(
-        (s.median_other_cpu_s / s.median_wall_s for s in summaries if s.median_other_cpu_s > 0.1), default=0.0
-    )
-    if busy > 0.25:
-        log(
-            f"note: other CPU reached {busy:.0%} of a case's median wall time: something else was using "
-            "the machine (or the kernel was writing back); rerun on an idle machine before trusting ratios"
-        )
-    log(f"openbits daemon exit status after SIGTERM: {daemon_rc}")
     return ratios
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    nginx = find_program("nginx")
-    if nginx is None:
-        log("nginx not found (apt-get install nginx, or `make bench`)")
+    cli = Path(sys.executable).parent / "openbits"
+    tools = find_tools(
+        "bench_1g",
+        clients=True,
+        venv_hint=f"{cli} not found: run this with the project's venv python (make venv)",
+    )
+    if tools is None:
         return 2
-    if find_program("curl") is None:
-        log("curl not found")
-        return 2
-    aria2c = find_program("aria2c")
-    venv_bin = Path(sys.executable).parent
-    venv_python = str(venv_bin / "python") if (venv_bin / "python").exists() else sys.executable
-    if not (venv_bin / "openbits").exists():
-        log(f"{venv_bin / 'openbits'} not found: run this with the project's venv python (make venv)")
-        return 2
-
-    args.work_parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench_1g-", dir=args.work_parent)).resolve()
-    www, dl, logs_dir = work / "www", work / "dl", work / "logs"
-    for d in (www, dl, logs_dir):
-        d.mkdir()
-    services = Services(work, nginx, venv_python, args.daemon_env)
-    runner = Runner(services, dl, logs_dir)
-    failures: list[str] = []
+    session = Session("bench_1g", args, ["www", "dl", "logs"])
+    work = session.work
+    services = Services(work, tools.nginx, tools.venv_python, args.daemon_env)
+    runner = Runner(services, work / "dl", work / "logs")
     runs: list[Run] = []
     cases: list[Case] = []
     vers: dict[str, str] = {}
-    daemon_rc: int | None = None
-    interrupted = False
-    machine = machine_info(work)
-    machine["loadavg_start"] = loadavg()
-    fs = machine["work_fs"]
-    try:
-        with exit_on_signals():
-            try:
-                log(
-                    f"machine: nproc {machine['nproc']} ({machine['cpu_model']}), {machine['mem_gib']} GiB, "
-                    f"kernel {machine['kernel']}, {machine['os']}"
-                )
-                log(f"work dir: {work} on {fs['type']} ({fs['device']} at {fs['mount']})")
-                log(f"load average: {machine['loadavg_start']}")
-                vers = versions(nginx, aria2c, venv_python)
-                log("versions: " + "; ".join(f"{k}: {v}" for k, v in vers.items()))
-                log(f"writing {args.size} random bytes ...")
-                source_sha = write_source(www / "test.bin", args.size)
-                untimed_sync()
-                url = services.start_nginx("/test.bin", args.size)
-                log(f"nginx serving {url}")
-                services.start_daemon()
-                log(f"openbits daemon on {services.socket}")
-                if args.daemon_env:
-                    log("daemon environment: " + " ".join(f"{k}={v}" for k, v in args.daemon_env.items()))
-                if "aria2c" in args.cases and aria2c is None:
-                    log("aria2c not installed: case skipped")
-                cases = [
-                    c for c in make_cases(url, venv_bin, services.socket, aria2c) if c.name in args.cases
-                ]
-                log(
-                    f"{args.warmup} warm-up + {args.runs} counted run(s) per case, round-robin: "
-                    + ", ".join(c.name for c in cases)
-                )
-                run_rounds(args, cases, runner, source_sha, runs, failures)
-                machine["loadavg_end"] = loadavg()
-            except BenchError as e:
-                failures.append(str(e))
-            except (KeyboardInterrupt, SystemExit):
-                interrupted = True
-                log("interrupted: cleaning up")
-            finally:
-                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(signum, signal.SIG_IGN)  # cleanup is bounded by timeouts; finish it
-                runner.kill_current()
-                daemon_started = services.daemon is not None
-                daemon_rc = services.stop_daemon()
-                services.stop_nginx()
-                services.close_logs()
-                if daemon_started and daemon_rc != 0 and not interrupted:
-                    failures.append(
-                        f"openbits serve exited with {daemon_rc} after SIGTERM (expected 0):\n"
-                        f"{tail(services.daemon_log)}"
-                    )
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    if interrupted:
+    with session.guard(lambda: session.stop_services(services, runner)):
+        session.log_start()
+        vers = versions(tools.nginx, tools.aria2c, tools.venv_python)
+        log_versions(vers)
+        log(f"writing {args.size} random bytes ...")
+        source_sha = write_random_file(work / "www" / "test.bin", args.size)
+        untimed_sync()
+        url = services.start_nginx("/test.bin", args.size)
+        log(f"nginx serving {url}")
+        services.start_daemon()
+        log(f"openbits daemon on {services.socket}")
+        log_daemon_env(args.daemon_env)
+        if "aria2c" in args.cases and tools.aria2c is None:
+            log("aria2c not installed: case skipped")
+        all_cases = make_cases(url, tools.venv_bin, services.socket, tools.aria2c)
+        cases = [c for c in all_cases if c.name in args.cases]
+        log(
+            f"{args.warmup} warm-up + {args.runs} counted run(s) per case, round-robin: "
+            + ", ".join(c.name for c in cases)
+        )
+        run_rounds(args, cases, runner, source_sha, runs, session.failures)
+    if session.interrupted:
         return 130
 
     summaries = summarize(runs, cases, args.size)
-    if summaries and failures:
-        log("\nWARNING: the run did not finish cleanly; the figures below may be incomplete")
-    ratios = print_report(args, machine, summaries, daemon_rc) if summaries else {}
-    result = {
-        "benchmark": "bench_1g",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "args": {
+    ratios: dict[str, float] = {}
+    if summaries:
+        if session.failures:
+            log("\nWARNING: the run did not finish cleanly; the figures below may be incomplete")
+        ratios = print_report(args, session.machine, summaries)
+        log_busy_note((s.median_other_cpu_s, s.median_wall_s) for s in summaries)
+        log(f"openbits daemon exit status after SIGTERM: {session.daemon_rc}")
+    return session.finish(
+        args.json,
+        {
             "runs": args.runs,
             "warmup": args.warmup,
             "size": args.size,
             "cases": args.cases,
             "daemon_env": args.daemon_env,
         },
-        "machine": machine,
-        "versions": vers,
-        "summary": [asdict(s) for s in summaries],
-        "ratios": ratios,
-        "runs": [asdict(r) for r in runs],
-        "daemon_exit_status": daemon_rc,
-        "failures": failures,
-        "ok": not failures,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    log(f"results: {args.json}")
-    for f in failures:
-        log(f"FAILED: {f}")
-    return 1 if failures else 0
+        vers,
+        summary=[asdict(s) for s in summaries],
+        ratios=ratios,
+        runs=[asdict(r) for r in runs],
+        daemon_exit_status=session.daemon_rc,
+    )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ downloaded), and reports the daemon's VmRSS and VmHWM (/proc/PID/status), the
 creation rate, its CPU and wake-ups while idle, the time of one ``list_jobs()``
 over all the jobs, and then, after a restart, the start-up time with N jobs in the
 store and the RSS after loading them.  Writes ``bench/out/bench_rss.json``.
-Everything it started is stopped, and its work directory removed (unless --keep),
-on success, failure, Ctrl-C or SIGTERM.  See bench/README.md.
+It cleans up as ``common.Session`` says.  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -20,13 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,21 +30,21 @@ from common import (
     MIB,
     OUT_DIR,
     RAISED_LIMITS,
+    SUSPENDED,
     BenchError,
     Services,
+    Session,
     UnixHTTPConnection,
-    add_daemon_env_arg,
-    add_daemon_setting_arg,
+    add_keep_arg,
+    add_output_args,
     context_switches,
-    exit_on_signals,
-    find_program,
-    find_venv,
+    find_tools,
     latency_ms,
-    loadavg,
     log,
-    machine_info,
-    parse_daemon_env,
-    parse_daemon_settings,
+    log_daemon_env,
+    log_versions,
+    new_parser,
+    parse_common_args,
     proc_cpu_s,
     proc_status,
     render_rows,
@@ -60,7 +55,6 @@ from common import (
 
 JSON_PATH = OUT_DIR / "bench_rss.json"
 CLASS = "/root/microsoft/bits/BitsClientJob"
-SUSPENDED = 3
 SOURCE_SIZE = 16 * KIB
 
 
@@ -336,25 +330,16 @@ def render(res: Results, target_mib: float) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = new_parser(__doc__)
     p.add_argument("--jobs", type=int, default=10000, help="jobs to create (default 10000)")
     p.add_argument(
         "--idle-s", type=float, default=10.0, help="idle time measured after creation (default 10)"
     )
     p.add_argument("--list-repeats", type=int, default=3, help="list_jobs() calls (default 3)")
     p.add_argument("--target-mib", type=float, default=150.0, help="peak RSS target in MiB (default 150)")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, daemon state)")
-    p.add_argument(
-        "--work-parent", type=Path, default=OUT_DIR, help="where the work directory is made (bench/out/)"
-    )
-    p.add_argument(
-        "--json", type=Path, default=JSON_PATH, help="results file (default bench/out/bench_rss.json)"
-    )
-    add_daemon_env_arg(p)
-    add_daemon_setting_arg(p)
-    args = p.parse_args(argv)
-    args.daemon_env = parse_daemon_env(p, args.daemon_env)
-    args.daemon_setting = parse_daemon_settings(p, args.daemon_setting)
+    add_keep_arg(p, "logs, daemon state")
+    add_output_args(p, JSON_PATH)
+    args = parse_common_args(p, argv)
     if args.jobs < 1 or args.idle_s < 0 or args.list_repeats < 1:
         p.error("need --jobs ≥ 1, --idle-s ≥ 0 and --list-repeats ≥ 1")
     return args
@@ -362,80 +347,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    nginx = find_program("nginx")
-    if nginx is None:
-        log("nginx not found (apt-get install nginx, or `make bench`)")
+    tools = find_tools("bench_rss")
+    if tools is None:
         return 2
-    venv = find_venv()
-    if venv is None:
-        log("run this with the project's venv python (make venv; .venv/bin/python bench/bench_rss.py)")
-        return 2
-    _venv_bin, venv_python = venv
-
-    args.work_parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench_rss-", dir=args.work_parent)).resolve()
-    www, dl = work / "www", work / "dl"
-    for d in (www, dl):
-        d.mkdir()
-    services = Services(work, nginx, venv_python, args.daemon_env)
+    session = Session("bench_rss", args, ["www", "dl"])
+    work = session.work
+    services = Services(work, tools.nginx, tools.venv_python, args.daemon_env)
     daemon_settings = {**RAISED_LIMITS, **args.daemon_setting}
     res = Results(jobs=args.jobs)
-    failures: list[str] = []
     vers: dict[str, str] = {}
-    interrupted = False
-    machine = machine_info(work)
-    machine["loadavg_start"] = loadavg()
-    fs = machine["work_fs"]
-    try:
-        with exit_on_signals():
-            try:
-                log(
-                    f"machine: nproc {machine['nproc']} ({machine['cpu_model']}), {machine['mem_gib']} GiB, "
-                    f"kernel {machine['kernel']}, {machine['os']}"
-                )
-                log(f"work dir: {work} on {fs['type']} ({fs['device']} at {fs['mount']})")
-                log(f"load average: {machine['loadavg_start']}")
-                vers = versions(nginx, None, venv_python)
-                vers.pop("aria2c", None)
-                log("versions: " + "; ".join(f"{k}: {v}" for k, v in vers.items()))
-                (www / "one.bin").write_bytes(os.urandom(SOURCE_SIZE))
-                url = services.start_nginx("/one.bin", SOURCE_SIZE)
-                log(f"nginx serving {url}")
-                config = write_daemon_config(work / "openbits.toml", daemon_settings)
-                log(f"daemon config: {json.dumps(daemon_settings)}")
-                if args.daemon_env:
-                    log("daemon environment: " + " ".join(f"{k}={v}" for k, v in args.daemon_env.items()))
-                measure(args, services, config, url, dl, res)
-                machine["loadavg_end"] = loadavg()
-            except BenchError as e:
-                failures.append(str(e))
-            except Exception:  # a bug here or in the client: report it, clean up all the same
-                failures.append(f"unexpected error:\n{traceback.format_exc()}")
-            except (KeyboardInterrupt, SystemExit):
-                interrupted = True
-                log("interrupted: cleaning up")
-            finally:
-                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(signum, signal.SIG_IGN)  # cleanup is bounded by timeouts; finish it
-                daemon_started = services.daemon is not None
-                res.final_stop_status = services.stop_daemon()
-                services.stop_nginx()
-                services.close_logs()
-                if daemon_started and res.final_stop_status != 0 and not interrupted:
-                    failures.append(
-                        f"openbits serve exited with {res.final_stop_status} after SIGTERM (expected 0):\n"
-                        f"{tail(services.daemon_log)}"
-                    )
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    if interrupted:
+
+    def cleanup() -> None:
+        res.final_stop_status = session.stop_services(services)
+
+    with session.guard(cleanup, catch_unexpected=True):
+        session.log_start()
+        vers = versions(tools.nginx, None, tools.venv_python)
+        vers.pop("aria2c", None)
+        log_versions(vers)
+        (work / "www" / "one.bin").write_bytes(os.urandom(SOURCE_SIZE))
+        url = services.start_nginx("/one.bin", SOURCE_SIZE)
+        log(f"nginx serving {url}")
+        config = write_daemon_config(work / "openbits.toml", daemon_settings)
+        log(f"daemon config: {json.dumps(daemon_settings)}")
+        log_daemon_env(args.daemon_env)
+        measure(args, services, config, url, work / "dl", res)
+    if session.interrupted:
         return 130
 
+    machine = session.machine
+    fs = machine["work_fs"]
     log("")
-    if failures:
+    if session.failures:
         log("WARNING: the run did not finish cleanly; the figures below may be incomplete")
     log(
         f"{args.jobs} suspended jobs, one file each; machine: nproc {machine['nproc']}, "
@@ -444,10 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"load average at start: {machine['loadavg_start']}, at end: {machine.get('loadavg_end', '?')}")
     log("")
     log(render(res, args.target_mib))
-    result = {
-        "benchmark": "bench_rss",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "args": {
+    return session.finish(
+        args.json,
+        {
             "jobs": args.jobs,
             "idle_s": args.idle_s,
             "list_repeats": args.list_repeats,
@@ -455,20 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             "daemon_env": args.daemon_env,
             "daemon_settings": daemon_settings,
         },
-        "machine": machine,
-        "versions": vers,
-        "results": asdict(res),
-        "peak_rss_mib": res.peak_mib,
-        "target_met": res.peak_mib < args.target_mib,
-        "failures": failures,
-        "ok": not failures,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    log(f"results: {args.json}")
-    for f in failures:
-        log(f"FAILED: {f}")
-    return 1 if failures else 0
+        vers,
+        results=asdict(res),
+        peak_rss_mib=res.peak_mib,
+        target_met=res.peak_mib < args.target_mib,
+    )
 
 
 if __name__ == "__main__":

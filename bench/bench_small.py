@@ -12,8 +12,7 @@ every run the output directory is emptied and ``sync`` runs (untimed).  The open
 case is one BITS job driven in-process through ``openbits.client.Client``: CreateJob,
 one AddFileSet call with N files, Resume, polling until TRANSFERRED, Complete; each phase is timed
 on its own.  It prints files/s per case, medians and the openbits/curl ratio, and
-writes ``bench/out/bench_small.json``.  Everything it started is stopped, and its
-work directory removed (unless --keep), on success, failure, Ctrl-C or SIGTERM.
+writes ``bench/out/bench_small.json``.  It cleans up as ``common.Session`` says.
 See bench/README.md.
 """
 
@@ -24,38 +23,46 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common import (
+    ACKNOWLEDGED,
+    CANCELLED,
+    ERROR,
     KIB,
     OUT_DIR,
     RAISED_LIMITS,
+    STATE_NAMES,
+    TRANSFERRED,
+    TRANSIENT_ERROR,
     BenchError,
     Case,
     Runner,
     Services,
+    Session,
     Snapshot,
     Timing,
-    add_daemon_env_arg,
-    add_daemon_setting_arg,
-    exit_on_signals,
-    find_program,
-    find_venv,
+    add_cases_arg,
+    add_keep_arg,
+    add_output_args,
+    case_medians,
+    find_tools,
     latency_ms,
-    loadavg,
     log,
-    machine_info,
-    parse_daemon_env,
-    parse_daemon_settings,
+    log_busy_note,
+    log_daemon_env,
+    log_loadavg_line,
+    log_machine_line,
+    log_versions,
+    new_parser,
+    parse_cases,
+    parse_common_args,
+    ratio_lines,
     render_rows,
     sha256_file,
     tail,
@@ -67,19 +74,6 @@ from common import (
 JSON_PATH = OUT_DIR / "bench_small.json"
 CASE_NAMES = ("curl", "curl+fsync", "aria2c", "openbits")
 RUN_DEADLINE_S = 600.0
-# JobState values (openbits.model.JobState; kept here so the script needs no openbits import to start)
-TRANSFERRED, ACKNOWLEDGED, ERROR, TRANSIENT_ERROR, CANCELLED = 6, 7, 4, 5, 8
-STATE_NAMES = {
-    0: "QUEUED",
-    1: "CONNECTING",
-    2: "TRANSFERRING",
-    3: "SUSPENDED",
-    4: "ERROR",
-    5: "TRANSIENT_ERROR",
-    6: "TRANSFERRED",
-    7: "ACKNOWLEDGED",
-    8: "CANCELLED",
-}
 
 
 # -- the test data ------------------------------------------------------------------------------
@@ -450,27 +444,17 @@ def summarize(runs: list[Run], cases: list[Case], files: int) -> list[Summary]:
     out: list[Summary] = []
     for case in cases:
         counted = [r for r in runs if r.case == case.name and not r.warmup]
-        if not counted:
-            continue
-        walls = [r.wall_s for r in counted]
-        med = statistics.median(walls)
-        out.append(
-            Summary(
-                case=case.name,
-                runs=len(counted),
-                median_wall_s=med,
-                min_wall_s=min(walls),
-                max_wall_s=max(walls),
-                files_per_s=files / med,
-                median_cpu_s=statistics.median(r.cpu_s for r in counted),
-                median_client_cpu_s=statistics.median(r.client_cpu_s for r in counted),
-                median_daemon_cpu_s=statistics.median(r.daemon_cpu_s for r in counted),
-                median_nginx_cpu_s=statistics.median(r.nginx_cpu_s for r in counted),
-                median_other_cpu_s=statistics.median(r.other_cpu_s for r in counted),
-                connections=sorted({r.connections for r in counted}),
-                vs_openbits=None,
+        if counted:
+            m = case_medians(counted)
+            out.append(
+                Summary(
+                    case=case.name,
+                    files_per_s=files / m["median_wall_s"],
+                    connections=sorted({r.connections for r in counted}),
+                    vs_openbits=None,
+                    **m,
+                )
             )
-        )
     ob = next((s for s in out if s.case == "openbits"), None)
     if ob is not None:
         for s in out:
@@ -563,27 +547,10 @@ def render_phases(ph: dict[str, Any]) -> str:
     )
 
 
-def ratio_lines(summaries: list[Summary], ph: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
+def ratio_lines_small(summaries: list[Summary], ph: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
     by = {s.case: s for s in summaries}
-    ob = by.get("openbits")
-    lines: list[str] = []
-    ratios: dict[str, float] = {}
-    if ob is None:
-        return lines, ratios
-    if "curl" in by:
-        r = ob.files_per_s / by["curl"].files_per_s
-        ratios["openbits/curl"] = r
-        verdict = "met" if r >= 1.0 else "NOT met"
-        lines.append(f"openbits/curl files/s ratio = {r:.2f} (target ≥ 1.0: {verdict})")
-    if "curl+fsync" in by:
-        r = ob.files_per_s / by["curl+fsync"].files_per_s
-        ratios["openbits/curl+fsync"] = r
-        lines.append(f"openbits/curl+fsync files/s ratio = {r:.2f} (like-for-like: both durable on return)")
-    if "aria2c" in by:
-        r = ob.files_per_s / by["aria2c"].files_per_s
-        ratios["openbits/aria2c"] = r
-        lines.append(f"openbits/aria2c files/s ratio = {r:.2f}")
-    if ph and "curl" in by:
+    lines, ratios = ratio_lines({s.case: s.files_per_s for s in summaries}, "files/s")
+    if ph and "openbits" in by and "curl" in by:
         r = by["curl"].median_wall_s / ph["transfer_s"]
         ratios["openbits_transfer_phase/curl"] = r
         lines.append(
@@ -597,7 +564,7 @@ def ratio_lines(summaries: list[Summary], ph: dict[str, Any]) -> tuple[list[str]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = new_parser(__doc__)
     p.add_argument("--files", type=int, default=2000, help="number of files (default 2000)")
     p.add_argument("--size", type=int, default=16 * KIB, help="bytes per file (default 16384)")
     p.add_argument("--runs", type=int, default=5, help="counted runs per case (default 5)")
@@ -605,180 +572,92 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--sample", type=int, default=64, help="files whose sha256 is checked after every run (default 64)"
     )
-    p.add_argument("--keep", action="store_true", help="keep the work directory (files, logs, state)")
-    p.add_argument(
-        "--cases", default=",".join(CASE_NAMES), help=f"comma-separated subset of {','.join(CASE_NAMES)}"
-    )
-    p.add_argument(
-        "--work-parent",
-        type=Path,
-        default=OUT_DIR,
-        help="where the work directory is made (default bench/out/)",
-    )
-    p.add_argument(
-        "--json", type=Path, default=JSON_PATH, help="results file (default bench/out/bench_small.json)"
-    )
-    add_daemon_env_arg(p)
-    add_daemon_setting_arg(p)
-    args = p.parse_args(argv)
-    args.daemon_env = parse_daemon_env(p, args.daemon_env)
-    args.daemon_setting = parse_daemon_settings(p, args.daemon_setting)
+    add_keep_arg(p, "files, logs, state")
+    add_cases_arg(p, CASE_NAMES)
+    add_output_args(p, JSON_PATH, "(default bench/out/)")
+    args = parse_common_args(p, argv)
     if args.runs < 1 or args.warmup < 0 or args.size < 1 or args.files < 1 or args.sample < 0:
         p.error("need --runs ≥ 1, --warmup ≥ 0, --files ≥ 1, --size ≥ 1 and --sample ≥ 0")
-    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = sorted(set(wanted) - set(CASE_NAMES))
-    if unknown:
-        p.error(f"unknown case(s): {', '.join(unknown)}")
-    args.cases = wanted
+    args.cases = parse_cases(p, args.cases, CASE_NAMES)
     return args
 
 
 def print_report(
-    args: argparse.Namespace,
-    machine: dict[str, Any],
-    summaries: list[Summary],
-    ph: dict[str, Any],
-    daemon_rc: int | None,
+    args: argparse.Namespace, machine: dict[str, Any], summaries: list[Summary], ph: dict[str, Any]
 ) -> dict[str, float]:
-    fs = machine["work_fs"]
     log("")
     log(
         f"{summaries[0].runs} counted run(s) per case after {args.warmup} warm-up round(s); "
         f"{args.files} files × {args.size} bytes from nginx on 127.0.0.1, into an emptied directory"
     )
-    log(
-        f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, {machine['mem_gib']} GiB RAM, "
-        f"kernel {machine['kernel']}, work dir on {fs['type']} ({fs['device']} at {fs['mount']})"
-    )
-    log(
-        f"load average (1, 5, 15 min) at start: {machine['loadavg_start']}, "
-        f"at end: {machine.get('loadavg_end', '?')}"
-    )
+    log_machine_line(machine)
+    log_loadavg_line(machine)
     log("")
     log(render_table(summaries))
     log("")
-    lines, ratios = ratio_lines(summaries, ph)
+    lines, ratios = ratio_lines_small(summaries, ph)
     for line in lines:
         log(line)
     if ph:
         log("")
         log(render_phases(ph))
-    busy = max(
-        (s.median_other_cpu_s / s.median_wall_s for s in summaries if s.median_other_cpu_s > 0.1), default=0.0
-    )
-    if busy > 0.25:
-        log(
-            f"note: other CPU reached {busy:.0%} of a case's median wall time: something else was using "
-            "the machine (or the kernel was writing back); rerun on an idle machine before trusting ratios"
-        )
-    log(f"openbits daemon exit status after SIGTERM: {daemon_rc}")
     return ratios
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    nginx = find_program("nginx")
-    if nginx is None:
-        log("nginx not found (apt-get install nginx, or `make bench`)")
+    tools = find_tools("bench_small", clients=True)
+    if tools is None:
         return 2
-    if find_program("curl") is None:
-        log("curl not found")
-        return 2
-    aria2c = find_program("aria2c")
-    venv = find_venv()
-    if venv is None:
-        log("run this with the project's venv python (make venv; .venv/bin/python bench/bench_small.py)")
-        return 2
-    _venv_bin, venv_python = venv
-
-    args.work_parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench_small-", dir=args.work_parent)).resolve()
-    www, dl, logs_dir = work / "www", work / "dl", work / "logs"
-    for d in (www, dl, logs_dir):
-        d.mkdir()
-    services = Services(work, nginx, venv_python, args.daemon_env, conn_log=True)
-    runner = Runner(services, dl, logs_dir)
-    failures: list[str] = []
+    session = Session("bench_small", args, ["www", "dl", "logs"])
+    work = session.work
+    dl = work / "dl"
+    services = Services(work, tools.nginx, tools.venv_python, args.daemon_env, conn_log=True)
+    runner = Runner(services, dl, work / "logs")
     runs: list[Run] = []
     cases: list[Case] = []
     vers: dict[str, str] = {}
-    daemon_rc: int | None = None
     daemon_settings = {**RAISED_LIMITS, **args.daemon_setting}
-    interrupted = False
-    machine = machine_info(work)
-    machine["loadavg_start"] = loadavg()
-    fs = machine["work_fs"]
-    try:
-        with exit_on_signals():
-            try:
-                log(
-                    f"machine: nproc {machine['nproc']} ({machine['cpu_model']}), {machine['mem_gib']} GiB, "
-                    f"kernel {machine['kernel']}, {machine['os']}"
-                )
-                log(f"work dir: {work} on {fs['type']} ({fs['device']} at {fs['mount']})")
-                log(f"load average: {machine['loadavg_start']}")
-                vers = versions(nginx, aria2c, venv_python)
-                log("versions: " + "; ".join(f"{k}: {v}" for k, v in vers.items()))
-                log(f"writing {args.files} random files of {args.size} bytes ...")
-                data = write_dataset(www / "small", args.files, args.size)
-                untimed_sync()
-                first = f"/small/{data.names[0]}"
-                url = services.start_nginx(first, args.size)
-                data.url_base = url.removesuffix(first) + "/small"
-                log(f"nginx serving {data.url_base}/ ({data.names[0]} … {data.names[-1]})")
-                conn_log = ConnLog(work / "conn.log")
-                config = write_daemon_config(work / "openbits.toml", daemon_settings)
-                services.start_daemon(config)
-                log(f"openbits daemon on {services.socket}, config: {json.dumps(daemon_settings)}")
-                if args.daemon_env:
-                    log("daemon environment: " + " ".join(f"{k}={v}" for k, v in args.daemon_env.items()))
-                if "aria2c" in args.cases and aria2c is None:
-                    log("aria2c not installed: case skipped")
-                curl_cfg, urls = write_client_lists(work, data, dl)
-                cases = [c for c in make_cases(curl_cfg, urls, dl, data, aria2c) if c.name in args.cases]
-                log(
-                    f"{args.warmup} warm-up + {args.runs} counted run(s) per case, round-robin: "
-                    + ", ".join(c.name for c in cases)
-                )
-                run_rounds(args, cases, runner, data, conn_log, runs, failures)
-                machine["loadavg_end"] = loadavg()
-            except BenchError as e:
-                failures.append(str(e))
-            except Exception:  # a bug here or in the client: report it, clean up all the same
-                failures.append(f"unexpected error:\n{traceback.format_exc()}")
-            except (KeyboardInterrupt, SystemExit):
-                interrupted = True
-                log("interrupted: cleaning up")
-            finally:
-                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(signum, signal.SIG_IGN)  # cleanup is bounded by timeouts; finish it
-                runner.kill_current()
-                daemon_started = services.daemon is not None
-                daemon_rc = services.stop_daemon()
-                services.stop_nginx()
-                services.close_logs()
-                if daemon_started and daemon_rc != 0 and not interrupted:
-                    failures.append(
-                        f"openbits serve exited with {daemon_rc} after SIGTERM (expected 0):\n"
-                        f"{tail(services.daemon_log)}"
-                    )
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    if interrupted:
+    with session.guard(lambda: session.stop_services(services, runner), catch_unexpected=True):
+        session.log_start()
+        vers = versions(tools.nginx, tools.aria2c, tools.venv_python)
+        log_versions(vers)
+        log(f"writing {args.files} random files of {args.size} bytes ...")
+        data = write_dataset(work / "www" / "small", args.files, args.size)
+        untimed_sync()
+        first = f"/small/{data.names[0]}"
+        url = services.start_nginx(first, args.size)
+        data.url_base = url.removesuffix(first) + "/small"
+        log(f"nginx serving {data.url_base}/ ({data.names[0]} … {data.names[-1]})")
+        conn_log = ConnLog(work / "conn.log")
+        config = write_daemon_config(work / "openbits.toml", daemon_settings)
+        services.start_daemon(config)
+        log(f"openbits daemon on {services.socket}, config: {json.dumps(daemon_settings)}")
+        log_daemon_env(args.daemon_env)
+        if "aria2c" in args.cases and tools.aria2c is None:
+            log("aria2c not installed: case skipped")
+        curl_cfg, urls = write_client_lists(work, data, dl)
+        cases = [c for c in make_cases(curl_cfg, urls, dl, data, tools.aria2c) if c.name in args.cases]
+        log(
+            f"{args.warmup} warm-up + {args.runs} counted run(s) per case, round-robin: "
+            + ", ".join(c.name for c in cases)
+        )
+        run_rounds(args, cases, runner, data, conn_log, runs, session.failures)
+    if session.interrupted:
         return 130
 
     summaries = summarize(runs, cases, args.files)
     ph = phase_summary(runs, args.files)
-    if summaries and failures:
-        log("\nWARNING: the run did not finish cleanly; the figures below may be incomplete")
-    ratios = print_report(args, machine, summaries, ph, daemon_rc) if summaries else {}
-    result = {
-        "benchmark": "bench_small",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "args": {
+    ratios: dict[str, float] = {}
+    if summaries:
+        if session.failures:
+            log("\nWARNING: the run did not finish cleanly; the figures below may be incomplete")
+        ratios = print_report(args, session.machine, summaries, ph)
+        log_busy_note((s.median_other_cpu_s, s.median_wall_s) for s in summaries)
+        log(f"openbits daemon exit status after SIGTERM: {session.daemon_rc}")
+    return session.finish(
+        args.json,
+        {
             "files": args.files,
             "size": args.size,
             "runs": args.runs,
@@ -788,22 +667,13 @@ def main(argv: list[str] | None = None) -> int:
             "daemon_env": args.daemon_env,
             "daemon_settings": daemon_settings,
         },
-        "machine": machine,
-        "versions": vers,
-        "summary": [asdict(s) for s in summaries],
-        "openbits_phases": ph,
-        "ratios": ratios,
-        "runs": [asdict(r) for r in runs],
-        "daemon_exit_status": daemon_rc,
-        "failures": failures,
-        "ok": not failures,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    log(f"results: {args.json}")
-    for f in failures:
-        log(f"FAILED: {f}")
-    return 1 if failures else 0
+        vers,
+        summary=[asdict(s) for s in summaries],
+        openbits_phases=ph,
+        ratios=ratios,
+        runs=[asdict(r) for r in runs],
+        daemon_exit_status=session.daemon_rc,
+    )
 
 
 if __name__ == "__main__":

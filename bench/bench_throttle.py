@@ -17,9 +17,8 @@ its own nginx on a free 127.0.0.1 port and its own openbits daemon, and measures
 
 The rate is measured from the size of the job's temporary file (``.BIT*.tmp``, ``os.stat`` every
 50 ms) and, for comparison, from ``BytesTransferred`` (which moves in checkpoint steps about once
-a second).  It prints a table and writes ``bench/out/bench_throttle.json``.  Everything it started
-is stopped, and its work directory removed (unless --keep), on success, failure, Ctrl-C or SIGTERM.
-See bench/README.md.
+a second).  It prints a table and writes ``bench/out/bench_throttle.json``.  It cleans up as
+``common.Session`` says.  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -30,12 +29,9 @@ import json
 import math
 import os
 import re
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,45 +39,39 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    CONNECTING,
     MIB,
     OUT_DIR,
+    STATE_NAMES,
+    TRANSFERRED,
+    TRANSFERRING,
     BenchError,
     Services,
+    Session,
     Setting,
-    add_daemon_env_arg,
-    add_daemon_setting_arg,
-    exit_on_signals,
-    find_program,
-    find_venv,
-    loadavg,
+    add_cases_arg,
+    add_keep_arg,
+    add_output_args,
+    clear_dir,
+    find_tools,
     log,
-    machine_info,
-    parse_daemon_env,
-    parse_daemon_settings,
+    log_loadavg_line,
+    log_versions,
+    new_parser,
+    parse_cases,
+    parse_common_args,
     render_rows,
     tail,
     untimed_sync,
     versions,
     write_daemon_config,
+    write_random_file,
 )
 
 JSON_PATH = OUT_DIR / "bench_throttle.json"
 CASE_NAMES = ("config", "patch", "foreground")
 POLICY = "/root/microsoft/bits/BitsServicePolicy"
 NORMAL, FOREGROUND = 2, 0  # BG_JOB_PRIORITY
-# JobState values (openbits.model.JobState)
-CONNECTING, TRANSFERRING, TRANSFERRED = 1, 2, 6
-STATE_NAMES = {
-    0: "QUEUED",
-    1: "CONNECTING",
-    2: "TRANSFERRING",
-    3: "SUSPENDED",
-    4: "ERROR",
-    5: "TRANSIENT_ERROR",
-    6: "TRANSFERRED",
-    7: "ACKNOWLEDGED",
-    8: "CANCELLED",
-}
 FIRST_BYTE_DEADLINE_S = 30.0
 CANCEL_DEADLINE_S = 15.0
 
@@ -360,11 +350,7 @@ class Bench:
         self.port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
 
     def clear_output(self) -> None:
-        for entry in self.dl.iterdir():
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        clear_dir(self.dl)
 
     def wait_first_byte(self, t_resume: float) -> tuple[Path, float]:
         """Poll (every 2 ms) until the temporary file holds at least one byte."""
@@ -673,17 +659,8 @@ def summarize(runs: list[Run], tolerance: float) -> tuple[list[str], dict[str, A
 # -- main ----------------------------------------------------------------------------------------
 
 
-def write_source(path: Path, size: int) -> None:
-    left = size
-    with open(path, "wb") as fh:
-        while left:
-            block = os.urandom(min(4 * MIB, left))
-            fh.write(block)
-            left -= len(block)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = new_parser(__doc__)
     p.add_argument(
         "--limit",
         default="10M",
@@ -716,21 +693,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="MiB added to the test file (limit x (seconds + 5)) for the patch case's unthrottled "
         "start and the foreground case (default 256)",
     )
-    p.add_argument(
-        "--cases", default=",".join(CASE_NAMES), help=f"comma-separated subset of {','.join(CASE_NAMES)}"
-    )
-    p.add_argument("--keep", action="store_true", help="keep the work directory (file, logs, state)")
-    p.add_argument(
-        "--work-parent", type=Path, default=OUT_DIR, help="where the work directory is made (bench/out/)"
-    )
-    p.add_argument(
-        "--json", type=Path, default=JSON_PATH, help="results file (default bench/out/bench_throttle.json)"
-    )
-    add_daemon_env_arg(p)
-    add_daemon_setting_arg(p)
-    args = p.parse_args(argv)
-    args.daemon_env = parse_daemon_env(p, args.daemon_env)
-    args.daemon_setting = parse_daemon_settings(p, args.daemon_setting)
+    add_cases_arg(p, CASE_NAMES)
+    add_keep_arg(p, "file, logs, state")
+    add_output_args(p, JSON_PATH)
+    args = parse_common_args(p, argv)
     from openbits.transfer.throttle import TimetableError, parse_rate
 
     try:
@@ -743,11 +709,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("need --runs ≥ 1, --seconds ≥ 1, --settle ≥ 0, --tolerance > 0 and --margin-mib ≥ 0")
     if not 0.001 <= args.sample_interval <= 1 or not 0.001 <= args.fg_sample_interval <= 1:
         p.error("sample intervals must be between 0.001 and 1 s")
-    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = sorted(set(wanted) - set(CASE_NAMES))
-    if unknown or not wanted:
-        p.error(f"unknown case(s): {', '.join(unknown)}" if unknown else "no case given")
-    args.cases = wanted
+    args.cases = parse_cases(p, args.cases, CASE_NAMES, allow_empty=False)
     return args
 
 
@@ -791,99 +753,64 @@ def run_phase(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    nginx = find_program("nginx")
-    if nginx is None:
-        log("nginx not found (apt-get install nginx, or `make bench`)")
+    tools = find_tools("bench_throttle")
+    if tools is None:
         return 2
-    venv = find_venv()
-    if venv is None:
-        log("run this with the project's venv python (make venv; .venv/bin/python bench/bench_throttle.py)")
-        return 2
-    _venv_bin, venv_python = venv
     limit: int = args.limit_bps
     size = math.ceil(limit * (args.seconds + 5)) + args.margin_mib * MIB
 
-    args.work_parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench_throttle-", dir=args.work_parent)).resolve()
-    www, dl = work / "www", work / "dl"
-    for d in (www, dl):
-        d.mkdir()
-    services = Services(work, nginx, venv_python, args.daemon_env)
-    failures: list[str] = []
+    session = Session("bench_throttle", args, ["www", "dl"])
+    work = session.work
+    services = Services(work, tools.nginx, tools.venv_python, args.daemon_env)
     runs: list[Run] = []
     vers: dict[str, str] = {}
     daemon_rcs: dict[str, int | None] = {}
     settings: dict[str, dict[str, Setting]] = {}
-    interrupted = False
-    machine = machine_info(work)
-    machine["loadavg_start"] = loadavg()
-    fs = machine["work_fs"]
-    try:
-        with exit_on_signals():
-            try:
-                log(
-                    f"machine: nproc {machine['nproc']} ({machine['cpu_model']}), {machine['mem_gib']} GiB, "
-                    f"kernel {machine['kernel']}, {machine['os']}"
+
+    def cleanup() -> None:
+        if services.daemon is not None:
+            daemon_rcs["last"] = services.stop_daemon()
+        services.stop_nginx()
+        services.close_logs()
+
+    with session.guard(cleanup):
+        session.log_start()
+        vers = versions(tools.nginx, None, tools.venv_python)
+        log_versions(vers, skip=("aria2c",))
+        log(f"writing {size} random bytes ({size / MIB:.0f} MiB) ...")
+        write_random_file(work / "www" / "test.bin", size)
+        untimed_sync()
+        url = services.start_nginx("/test.bin", size)
+        log(f"nginx serving {url}")
+        bench = Bench(args, services, work / "dl", url, size)
+        log(
+            f"limit {args.limit} = {limit} B/s = {limit / 1e6:.3f} MB/s; settle {args.settle:g} s, "
+            f"window {args.seconds:g} s, target ±{args.tolerance:g}%"
+        )
+        phases = [
+            ("config", [c for c in ("config", "foreground") if c in args.cases]),
+            ("patch", [c for c in ("patch",) if c in args.cases]),
+        ]
+        for label, cases in phases:
+            if not cases:
+                continue
+            daemon_settings = dict(args.daemon_setting)
+            if label == "config":
+                daemon_settings["bandwidth_limit"] = args.limit
+            settings[label] = daemon_settings
+            services.state_dir = work / f"state-{label}"
+            config = write_daemon_config(work / f"openbits-{label}.toml", daemon_settings)
+            services.start_daemon(config, answer=True)
+            log(f"openbits daemon ({label}) on {services.socket}, config: {json.dumps(daemon_settings)}")
+            run_phase(label, bench, cases, runs, session.failures)
+            rc = services.stop_daemon()
+            daemon_rcs[label] = rc
+            if rc != 0:
+                session.failures.append(
+                    f"openbits serve ({label}) exited with {rc} after SIGTERM (expected 0):\n"
+                    f"{tail(services.daemon_log)}"
                 )
-                log(f"work dir: {work} on {fs['type']} ({fs['device']} at {fs['mount']})")
-                log(f"load average: {machine['loadavg_start']}")
-                vers = versions(nginx, None, venv_python)
-                log("versions: " + "; ".join(f"{k}: {v}" for k, v in vers.items() if k != "aria2c"))
-                log(f"writing {size} random bytes ({size / MIB:.0f} MiB) ...")
-                write_source(www / "test.bin", size)
-                untimed_sync()
-                url = services.start_nginx("/test.bin", size)
-                log(f"nginx serving {url}")
-                bench = Bench(args, services, dl, url, size)
-                log(
-                    f"limit {args.limit} = {limit} B/s = {limit / 1e6:.3f} MB/s; settle {args.settle:g} s, "
-                    f"window {args.seconds:g} s, target ±{args.tolerance:g}%"
-                )
-                phases = [
-                    ("config", [c for c in ("config", "foreground") if c in args.cases]),
-                    ("patch", [c for c in ("patch",) if c in args.cases]),
-                ]
-                for label, cases in phases:
-                    if not cases:
-                        continue
-                    daemon_settings = dict(args.daemon_setting)
-                    if label == "config":
-                        daemon_settings["bandwidth_limit"] = args.limit
-                    settings[label] = daemon_settings
-                    services.state_dir = work / f"state-{label}"
-                    config = write_daemon_config(work / f"openbits-{label}.toml", daemon_settings)
-                    services.start_daemon(config, answer=True)
-                    log(
-                        f"openbits daemon ({label}) on {services.socket}, "
-                        f"config: {json.dumps(daemon_settings)}"
-                    )
-                    run_phase(label, bench, cases, runs, failures)
-                    rc = services.stop_daemon()
-                    daemon_rcs[label] = rc
-                    if rc != 0:
-                        failures.append(
-                            f"openbits serve ({label}) exited with {rc} after SIGTERM (expected 0):\n"
-                            f"{tail(services.daemon_log)}"
-                        )
-                machine["loadavg_end"] = loadavg()
-            except BenchError as e:
-                failures.append(str(e))
-            except (KeyboardInterrupt, SystemExit):
-                interrupted = True
-                log("interrupted: cleaning up")
-            finally:
-                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(signum, signal.SIG_IGN)  # cleanup is bounded by timeouts; finish it
-                if services.daemon is not None:
-                    daemon_rcs["last"] = services.stop_daemon()
-                services.stop_nginx()
-                services.close_logs()
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    if interrupted:
+    if session.interrupted:
         return 130
 
     log("")
@@ -892,10 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         f"temporary file's size (stat every {args.sample_interval * 1000:g} ms) over {args.seconds:g} s "
         f"after {args.settle:g} s of settling; BytesTransferred from checkpoint step to step"
     )
-    log(
-        f"load average (1, 5, 15 min) at start: {machine['loadavg_start']}, "
-        f"at end: {machine.get('loadavg_end', '?')}"
-    )
+    log_loadavg_line(session.machine)
     log("")
     if runs:
         log(render_table(runs))
@@ -903,10 +827,9 @@ def main(argv: list[str] | None = None) -> int:
     lines, summary = summarize(runs, args.tolerance)
     for line in lines:
         log(line)
-    result = {
-        "benchmark": "bench_throttle",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "args": {
+    return session.finish(
+        args.json,
+        {
             "limit": args.limit,
             "limit_bps": limit,
             "seconds": args.seconds,
@@ -921,21 +844,12 @@ def main(argv: list[str] | None = None) -> int:
             "daemon_env": args.daemon_env,
             "daemon_settings": settings,
         },
-        "machine": machine,
-        "versions": vers,
-        "summary": summary,
-        "runs": [asdict(r) for r in runs],
-        "targets_met": bool(runs) and all(r.ok for r in runs),
-        "daemon_exit_status": daemon_rcs,
-        "failures": failures,
-        "ok": not failures,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    log(f"results: {args.json}")
-    for f in failures:
-        log(f"FAILED: {f}")
-    return 1 if failures else 0
+        vers,
+        summary=summary,
+        runs=[asdict(r) for r in runs],
+        targets_met=bool(runs) and all(r.ok for r in runs),
+        daemon_exit_status=daemon_rcs,
+    )
 
 
 if __name__ == "__main__":

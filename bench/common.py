@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import platform
 import shutil
@@ -21,8 +22,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -658,11 +661,7 @@ class Runner:
         self.current: subprocess.Popen[bytes] | None = None
 
     def clear_output(self) -> None:
-        for entry in self.dl_dir.iterdir():
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        clear_dir(self.dl_dir)
 
     def run(self, case: Case, out: Path, err_path: Path) -> Timing:
         """Run the case's commands one after another, timed."""
@@ -713,3 +712,295 @@ def exit_on_signals() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+# -- what every script does around its measurement ----------------------------------------------
+
+#: JobState values (openbits.model.JobState; kept here so a script needs no openbits import to start)
+QUEUED, CONNECTING, TRANSFERRING, SUSPENDED, ERROR, TRANSIENT_ERROR, TRANSFERRED, ACKNOWLEDGED, CANCELLED = (
+    range(9)
+)
+STATE_NAMES = {
+    0: "QUEUED",
+    1: "CONNECTING",
+    2: "TRANSFERRING",
+    3: "SUSPENDED",
+    4: "ERROR",
+    5: "TRANSIENT_ERROR",
+    6: "TRANSFERRED",
+    7: "ACKNOWLEDGED",
+    8: "CANCELLED",
+}
+
+
+def clear_dir(directory: Path) -> None:
+    """Remove everything inside ``directory``."""
+    for entry in directory.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def write_random_file(path: Path, size: int) -> str:
+    """``size`` random bytes written to ``path``; their sha256 (hex)."""
+    digest = hashlib.sha256()
+    left = size
+    with open(path, "wb") as fh:
+        while left:
+            block = os.urandom(min(4 * MIB, left))
+            digest.update(block)
+            fh.write(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+def new_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser described by the first paragraph of the script's docstring."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+
+
+def add_cases_arg(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    p.add_argument("--cases", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
+
+
+def add_keep_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--keep", action="store_true", help=f"keep the work directory ({what})")
+
+
+def add_output_args(
+    p: argparse.ArgumentParser, json_path: Path, work_parent_help: str = "(bench/out/)"
+) -> None:
+    """--work-parent and --json, then --daemon-env."""
+    p.add_argument(
+        "--work-parent",
+        type=Path,
+        default=OUT_DIR,
+        help=f"where the work directory is made {work_parent_help}",
+    )
+    p.add_argument(
+        "--json", type=Path, default=json_path, help=f"results file (default bench/out/{json_path.name})"
+    )
+    add_daemon_env_arg(p)
+
+
+def parse_common_args(
+    p: argparse.ArgumentParser, argv: list[str] | None, *, settings: bool = True
+) -> argparse.Namespace:
+    """Parse; --daemon-env (and with ``settings`` --daemon-setting, added here) become dicts."""
+    if settings:
+        add_daemon_setting_arg(p)
+    args = p.parse_args(argv)
+    args.daemon_env = parse_daemon_env(p, args.daemon_env)
+    if settings:
+        args.daemon_setting = parse_daemon_settings(p, args.daemon_setting)
+    return args
+
+
+def parse_cases(
+    p: argparse.ArgumentParser, text: str, names: Sequence[str], *, allow_empty: bool = True
+) -> list[str]:
+    wanted = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        p.error(f"unknown case(s): {', '.join(unknown)}")
+    if not wanted and not allow_empty:
+        p.error("no case given")
+    return wanted
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    nginx: str
+    venv_bin: Path
+    venv_python: str
+    aria2c: str | None = None
+
+
+def find_tools(script: str, *, clients: bool = False, venv_hint: str | None = None) -> Tools | None:
+    """nginx, with ``clients`` curl and aria2c (if installed), and the project's venv; None (said
+    why) when one is missing (the script then exits with 2)."""
+    nginx = find_program("nginx")
+    if nginx is None:
+        log("nginx not found (apt-get install nginx, or `make bench`)")
+        return None
+    if clients and find_program("curl") is None:
+        log("curl not found")
+        return None
+    aria2c = find_program("aria2c") if clients else None
+    venv = find_venv()
+    if venv is None:
+        log(
+            venv_hint
+            or f"run this with the project's venv python (make venv; .venv/bin/python bench/{script}.py)"
+        )
+        return None
+    return Tools(nginx, venv[0], venv[1], aria2c)
+
+
+def log_versions(vers: dict[str, str], skip: Sequence[str] = ()) -> None:
+    log("versions: " + "; ".join(f"{k}: {v}" for k, v in vers.items() if k not in skip))
+
+
+def log_daemon_env(daemon_env: dict[str, str]) -> None:
+    if daemon_env:
+        log("daemon environment: " + " ".join(f"{k}={v}" for k, v in daemon_env.items()))
+
+
+def log_machine_line(machine: dict[str, Any]) -> None:
+    fs = machine["work_fs"]
+    log(
+        f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, {machine['mem_gib']} GiB RAM, "
+        f"kernel {machine['kernel']}, work dir on {fs['type']} ({fs['device']} at {fs['mount']})"
+    )
+
+
+def log_loadavg_line(machine: dict[str, Any]) -> None:
+    log(
+        f"load average (1, 5, 15 min) at start: {machine['loadavg_start']}, "
+        f"at end: {machine.get('loadavg_end', '?')}"
+    )
+
+
+def log_busy_note(other_and_wall_s: Iterable[tuple[float, float]]) -> None:
+    """A note when the machine's other CPU was a large share of a case's median wall time."""
+    busy = max((other / wall for other, wall in other_and_wall_s if other > 0.1), default=0.0)
+    if busy > 0.25:
+        log(
+            f"note: other CPU reached {busy:.0%} of a case's median wall time: something else was using "
+            "the machine (or the kernel was writing back); rerun on an idle machine before trusting ratios"
+        )
+
+
+def ratio_lines(rates: dict[str, float], what: str) -> tuple[list[str], dict[str, float]]:
+    """openbits' rate against curl, curl+fsync and aria2c (those present): lines and ratios."""
+    lines: list[str] = []
+    ratios: dict[str, float] = {}
+    ob = rates.get("openbits")
+    if ob is None:
+        return lines, ratios
+    notes = {
+        "curl": None,
+        "curl+fsync": "(like-for-like: both durable on return)",
+        "aria2c": "",
+    }
+    for case, note in notes.items():
+        if case not in rates:
+            continue
+        r = ob / rates[case]
+        ratios[f"openbits/{case}"] = r
+        if note is None:
+            note = f"(target ≥ 1.0: {'met' if r >= 1.0 else 'NOT met'})"
+        lines.append(f"openbits/{case} {what} ratio = {r:.2f} {note}".rstrip())
+    return lines, ratios
+
+
+def case_medians(counted: Sequence[Any]) -> dict[str, Any]:
+    """Run count, wall time (median, min, max) and median CPU figures of a case's counted runs."""
+    walls = [r.wall_s for r in counted]
+    return {
+        "runs": len(counted),
+        "median_wall_s": statistics.median(walls),
+        "min_wall_s": min(walls),
+        "max_wall_s": max(walls),
+        "median_cpu_s": statistics.median(r.cpu_s for r in counted),
+        "median_client_cpu_s": statistics.median(r.client_cpu_s for r in counted),
+        "median_daemon_cpu_s": statistics.median(r.daemon_cpu_s for r in counted),
+        "median_nginx_cpu_s": statistics.median(r.nginx_cpu_s for r in counted),
+        "median_other_cpu_s": statistics.median(r.other_cpu_s for r in counted),
+    }
+
+
+class Session:
+    """One benchmark invocation: its work directory, the machine's description, the failures,
+    and the clean-up on success, failure, Ctrl-C or SIGTERM (:meth:`guard`)."""
+
+    def __init__(self, name: str, args: argparse.Namespace, subdirs: Sequence[str]) -> None:
+        self.name = name
+        self.keep: bool = args.keep
+        args.work_parent.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=args.work_parent)).resolve()
+        for d in subdirs:
+            (self.work / d).mkdir()
+        self.machine = machine_info(self.work)
+        self.machine["loadavg_start"] = loadavg()
+        self.failures: list[str] = []
+        self.interrupted = False
+        self.daemon_rc: int | None = None
+
+    def log_start(self) -> None:
+        m = self.machine
+        fs = m["work_fs"]
+        log(
+            f"machine: nproc {m['nproc']} ({m['cpu_model']}), {m['mem_gib']} GiB, "
+            f"kernel {m['kernel']}, {m['os']}"
+        )
+        log(f"work dir: {self.work} on {fs['type']} ({fs['device']} at {fs['mount']})")
+        log(f"load average: {m['loadavg_start']}")
+
+    @contextlib.contextmanager
+    def guard(self, cleanup: Callable[[], object], *, catch_unexpected: bool = False) -> Iterator[None]:
+        """Run the body with SIGTERM/SIGHUP unwinding like Ctrl-C: a :class:`BenchError` (and with
+        ``catch_unexpected`` any Exception) becomes a failure, an interruption sets
+        :attr:`interrupted`; then ``cleanup`` runs with those signals ignored (it is bounded by
+        timeouts), and the work directory is removed unless --keep."""
+        try:
+            with exit_on_signals():
+                try:
+                    yield
+                    self.machine["loadavg_end"] = loadavg()
+                except BenchError as e:
+                    self.failures.append(str(e))
+                except Exception:
+                    if not catch_unexpected:
+                        raise
+                    # a bug here or in the client: report it, clean up all the same
+                    self.failures.append(f"unexpected error:\n{traceback.format_exc()}")
+                except (KeyboardInterrupt, SystemExit):
+                    self.interrupted = True
+                    log("interrupted: cleaning up")
+                finally:
+                    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                        signal.signal(signum, signal.SIG_IGN)
+                    cleanup()
+        finally:
+            if self.keep:
+                log(f"kept {self.work}")
+            else:
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    def stop_services(self, services: Services, runner: Runner | None = None) -> int | None:
+        """Stop the running command, the daemon and nginx; a failure when a daemon that ran did not
+        exit with 0 after SIGTERM.  The daemon's exit status, also kept in :attr:`daemon_rc`."""
+        if runner is not None:
+            runner.kill_current()
+        daemon_started = services.daemon is not None
+        self.daemon_rc = services.stop_daemon()
+        services.stop_nginx()
+        services.close_logs()
+        if daemon_started and self.daemon_rc != 0 and not self.interrupted:
+            self.failures.append(
+                f"openbits serve exited with {self.daemon_rc} after SIGTERM (expected 0):\n"
+                f"{tail(services.daemon_log)}"
+            )
+        return self.daemon_rc
+
+    def finish(self, json_path: Path, args: dict[str, Any], versions: dict[str, str], **results: Any) -> int:
+        """Write the results file (benchmark, time, args, machine, versions, ``results``, failures,
+        ok), name it and the failures; the exit status: 1 after a failure, else 0."""
+        doc = {
+            "benchmark": self.name,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "args": args,
+            "machine": self.machine,
+            "versions": versions,
+            **results,
+            "failures": self.failures,
+            "ok": not self.failures,
+        }
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"results: {json_path}")
+        for f in self.failures:
+            log(f"FAILED: {f}")
+        return 1 if self.failures else 0
