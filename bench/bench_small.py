@@ -7,8 +7,13 @@ Run from the repository root::
 
 One invocation writes N random files, starts its own nginx on a free 127.0.0.1 port
 (one worker, keepalive_requests 100000, one log line per request naming its
-connection) and its own openbits daemon, then times each case round-robin.  Before
-every run the output directory is emptied and ``sync`` runs (untimed).  The openbits
+connection) and its own openbits daemon, then times each case round-robin.  Every run
+(warm-ups too) writes into its own fresh, empty directory ``dl/<round>-<case>/``, made
+just before it; then ``sync`` runs (untimed), and nothing is deleted until the end,
+after the report.  Why: on ext4, creating files right after thousands were deleted and
+synced is slow (the inode allocator skips recently deleted inodes, reading each one's
+block: ~0.5 ms of kernel CPU per ``open(O_CREAT)`` instead of ~25 µs), so emptying one
+output directory between runs measured that, not the transfer.  The openbits
 case is one BITS job driven in-process through ``openbits.client.Client``: CreateJob,
 one AddFileSet call with N files, Resume, polling until TRANSFERRED, Complete; each phase is timed
 on its own.  It prints files/s per case, medians and the openbits/curl ratio, and
@@ -23,6 +28,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -47,10 +53,12 @@ from common import (
     Session,
     Snapshot,
     Timing,
+    Tools,
     add_cases_arg,
     add_keep_arg,
     add_output_args,
     case_medians,
+    exit_on_signals,
     find_tools,
     latency_ms,
     log,
@@ -74,6 +82,7 @@ from common import (
 JSON_PATH = OUT_DIR / "bench_small.json"
 CASE_NAMES = ("curl", "curl+fsync", "aria2c", "openbits")
 RUN_DEADLINE_S = 600.0
+BLOCK = 4096  # the file system's allocation unit, to size the disk check
 
 
 # -- the test data ------------------------------------------------------------------------------
@@ -81,7 +90,7 @@ RUN_DEADLINE_S = 600.0
 
 @dataclass(slots=True)
 class Dataset:
-    names: list[str]  # file names, the same under www/small/ and in the output directory
+    names: list[str]  # file names, the same under www/small/ and in every run's output directory
     sha256: dict[str, str]
     size: int
     url_base: str = ""  # http://127.0.0.1:PORT/small
@@ -102,15 +111,46 @@ def write_dataset(directory: Path, count: int, size: int) -> Dataset:
     return Dataset(names, digests, size)
 
 
-def write_client_lists(work: Path, data: Dataset, dl: Path) -> tuple[Path, Path]:
-    """curl's -K config (url/output pairs) and aria2c's -i list (one URL a line)."""
+def write_client_lists(work: Path, data: Dataset) -> tuple[Path, Path]:
+    """curl's -K config (url/output pairs, bare names: each run gives ``--output-dir``) and
+    aria2c's -i list (one URL a line, saved under each run's ``-d``)."""
     curl_cfg = work / "curl_small.cfg"
     with open(curl_cfg, "w", encoding="utf-8") as fh:
         for name in data.names:
-            fh.write(f'url = "{data.url(name)}"\noutput = "{dl / name}"\n')
+            fh.write(f'url = "{data.url(name)}"\noutput = "{name}"\n')
     urls = work / "urls.txt"
     urls.write_text("".join(f"{data.url(name)}\n" for name in data.names))
     return curl_cfg, urls
+
+
+def check_free_space(work: Path, files: int, size: int, runs: int) -> None:
+    """A :class:`BenchError` unless the work directory's file system has twice the room (bytes and
+    inodes) for ``runs`` output directories, none deleted before the end, and the served copy."""
+    copies = runs + 1  # every run's directory, and www/small
+    need = copies * files * (-(-size // BLOCK) * BLOCK)
+    need_inodes = copies * (files + 1)
+    free = shutil.disk_usage(work).free
+    st = os.statvfs(work)
+    log(
+        f"disk: {runs} run directories + the served copy need {need / 1024**3:.2f} GiB and "
+        f"{need_inodes} inodes; free: {free / 1024**3:.1f} GiB, {st.f_favail} inodes"
+    )
+    if free < 2 * need:
+        raise BenchError(
+            f"not enough free space under {work}: {free / 1024**3:.2f} GiB free, want at least twice "
+            f"the {need / 1024**3:.2f} GiB that {runs} run directories of {files} × {size} bytes "
+            "and the served copy take (fewer --runs/--warmup/--files, or --work-parent elsewhere)"
+        )
+    if st.f_files and st.f_favail < 2 * need_inodes:  # f_files 0: no inode limit (btrfs, ...)
+        raise BenchError(
+            f"not enough free inodes under {work}: {st.f_favail} free, want at least twice "
+            f"the {need_inodes} that {runs} run directories of {files} files take"
+        )
+
+
+def run_dir(dl: Path, rnd: int, warmup: int, case: str) -> Path:
+    """The run's own output directory: dl/w<k>-<case> for warm-up k, dl/r<k>-<case> for run k."""
+    return dl / (f"w{rnd + warmup + 1}-{case}" if rnd < 0 else f"r{rnd + 1}-{case}")
 
 
 # -- connections --------------------------------------------------------------------------------
@@ -267,6 +307,7 @@ class Run:
     case: str
     index: int  # 0-based; warm-ups are negative
     warmup: bool
+    out_dir: str  # the run's own output directory, relative to the work directory
     wall_s: float
     files_per_s: float
     cpu_s: float  # the client (wait4 rusage, or this process for openbits) + for openbits the daemon's
@@ -301,14 +342,15 @@ def check_output(dl: Path, data: Dataset, sample: int, seed: int) -> tuple[int, 
     return ok, stray, len(picks), bad
 
 
-def make_cases(curl_cfg: Path, urls: Path, dl: Path, data: Dataset, aria2c: str | None) -> list[Case]:
+def make_cases(curl_cfg: Path, urls: Path, data: Dataset, aria2c: str | None) -> list[Case]:
+    """The cases; each command list is made for the run's own output directory ``out``."""
     cases = [
-        Case("curl", lambda _out: [["curl", "-s", "-K", str(curl_cfg)]]),
+        Case("curl", lambda out: [["curl", "-s", "--output-dir", str(out), "-K", str(curl_cfg)]]),
         Case(
             "curl+fsync",
-            lambda _out: [
-                ["curl", "-s", "-K", str(curl_cfg)],
-                ["sync", str(dl), *(str(dl / n) for n in data.names)],
+            lambda out: [
+                ["curl", "-s", "--output-dir", str(out), "-K", str(curl_cfg)],
+                ["sync", str(out), *(str(out / n) for n in data.names)],
             ],
         ),
     ]
@@ -316,7 +358,7 @@ def make_cases(curl_cfg: Path, urls: Path, dl: Path, data: Dataset, aria2c: str 
         cases.append(
             Case(
                 "aria2c",
-                lambda _out: [
+                lambda out: [
                     [
                         aria2c,
                         "-q",
@@ -328,7 +370,7 @@ def make_cases(curl_cfg: Path, urls: Path, dl: Path, data: Dataset, aria2c: str 
                         "--auto-file-renaming=false",
                         "--summary-interval=0",
                         "-d",
-                        str(dl),
+                        str(out),
                         "-i",
                         str(urls),
                     ]
@@ -348,14 +390,15 @@ def run_rounds(
     runs: list[Run],
     failures: list[str],
 ) -> None:
-    """Warm-ups then counted rounds; each round runs every case once, in order."""
+    """Warm-ups then counted rounds; each round runs every case once, in order, each run into
+    its own fresh directory under ``runner.dl_dir`` (none is deleted here: see the docstring)."""
     services = runner.services
-    dl = runner.dl_dir
     n = len(data.names)
     for rnd in range(-args.warmup, args.runs):
         warm = rnd < 0
         for case in cases:
-            runner.clear_output()
+            dl = run_dir(runner.dl_dir, rnd, args.warmup, case.name)
+            dl.mkdir()
             untimed_sync()
             conn_log.mark()
             label = "warm-up" if warm else f"run {rnd + 1}/{args.runs}"
@@ -371,6 +414,7 @@ def run_rounds(
                 case=case.name,
                 index=rnd,
                 warmup=warm,
+                out_dir=str(dl.relative_to(runner.dl_dir.parent)),
                 wall_s=t.wall_s,
                 files_per_s=n / t.wall_s,
                 cpu_s=t.client_cpu_s + (t.daemon_cpu_s if case.uses_daemon else 0.0),
@@ -417,7 +461,6 @@ def run_rounds(
                     f"{case.name}: {phases.published_early} files carried their final name before Complete"
                 )
             services.check_daemon_alive()
-    runner.clear_output()
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -588,7 +631,12 @@ def print_report(
     log("")
     log(
         f"{summaries[0].runs} counted run(s) per case after {args.warmup} warm-up round(s); "
-        f"{args.files} files × {args.size} bytes from nginx on 127.0.0.1, into an emptied directory"
+        f"{args.files} files × {args.size} bytes from nginx on 127.0.0.1, each run into its own fresh "
+        "directory"
+    )
+    log(
+        "(nothing deleted between runs: after a mass delete + sync, ext4 scans the recently deleted "
+        "inodes on every file creation; fresh directories measure the transfer, not that)"
     )
     log_machine_line(machine)
     log_loadavg_line(machine)
@@ -610,6 +658,18 @@ def main(argv: list[str] | None = None) -> int:
     if tools is None:
         return 2
     session = Session("bench_small", args, ["www", "dl", "logs"])
+    # The work directory, with every run's output directory, goes only after the report and the
+    # results file (not while the services stop); SIGTERM/SIGHUP unwind to here as Ctrl-C does.
+    try:
+        with exit_on_signals():
+            return bench(args, tools, session)
+    finally:
+        if not session.keep:
+            log(f"removing {session.work} (every run's output directory) ...")
+        session.remove_work()
+
+
+def bench(args: argparse.Namespace, tools: Tools, session: Session) -> int:
     work = session.work
     dl = work / "dl"
     services = Services(work, tools.nginx, tools.venv_python, args.daemon_env, conn_log=True)
@@ -618,10 +678,14 @@ def main(argv: list[str] | None = None) -> int:
     cases: list[Case] = []
     vers: dict[str, str] = {}
     daemon_settings = {**RAISED_LIMITS, **args.daemon_setting}
-    with session.guard(lambda: session.stop_services(services, runner), catch_unexpected=True):
+    with session.guard(
+        lambda: session.stop_services(services, runner), catch_unexpected=True, remove_at_exit=False
+    ):
         session.log_start()
         vers = versions(tools.nginx, tools.aria2c, tools.venv_python)
         log_versions(vers)
+        n_cases = sum(1 for c in args.cases if c != "aria2c" or tools.aria2c is not None)
+        check_free_space(work, args.files, args.size, (args.warmup + args.runs) * n_cases)
         log(f"writing {args.files} random files of {args.size} bytes ...")
         data = write_dataset(work / "www" / "small", args.files, args.size)
         untimed_sync()
@@ -636,8 +700,8 @@ def main(argv: list[str] | None = None) -> int:
         log_daemon_env(args.daemon_env)
         if "aria2c" in args.cases and tools.aria2c is None:
             log("aria2c not installed: case skipped")
-        curl_cfg, urls = write_client_lists(work, data, dl)
-        cases = [c for c in make_cases(curl_cfg, urls, dl, data, tools.aria2c) if c.name in args.cases]
+        curl_cfg, urls = write_client_lists(work, data)
+        cases = [c for c in make_cases(curl_cfg, urls, data, tools.aria2c) if c.name in args.cases]
         log(
             f"{args.warmup} warm-up + {args.runs} counted run(s) per case, round-robin: "
             + ", ".join(c.name for c in cases)

@@ -939,11 +939,18 @@ class Session:
         log(f"load average: {m['loadavg_start']}")
 
     @contextlib.contextmanager
-    def guard(self, cleanup: Callable[[], object], *, catch_unexpected: bool = False) -> Iterator[None]:
+    def guard(
+        self,
+        cleanup: Callable[[], object],
+        *,
+        catch_unexpected: bool = False,
+        remove_at_exit: bool = True,
+    ) -> Iterator[None]:
         """Run the body with SIGTERM/SIGHUP unwinding like Ctrl-C: a :class:`BenchError` (and with
         ``catch_unexpected`` any Exception) becomes a failure, an interruption sets
         :attr:`interrupted`; then ``cleanup`` runs with those signals ignored (it is bounded by
-        timeouts), and the work directory is removed unless --keep."""
+        timeouts), and the work directory is removed unless --keep.  With ``remove_at_exit``
+        False the caller removes it later with :meth:`remove_work`."""
         try:
             with exit_on_signals():
                 try:
@@ -964,10 +971,15 @@ class Session:
                         signal.signal(signum, signal.SIG_IGN)
                     cleanup()
         finally:
-            if self.keep:
-                log(f"kept {self.work}")
-            else:
-                shutil.rmtree(self.work, ignore_errors=True)
+            if remove_at_exit:
+                self.remove_work()
+
+    def remove_work(self) -> None:
+        """Remove the work directory, or with --keep name it."""
+        if self.keep:
+            log(f"kept {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def stop_services(self, services: Services, runner: Runner | None = None) -> int | None:
         """Stop the running command, the daemon and nginx; a failure when a daemon that ran did not
