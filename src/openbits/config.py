@@ -69,6 +69,8 @@ class Config:
     checkpoint_bytes: int = 64 * 1024 * 1024
     write_block_bytes: int = 1024 * 1024
     read_buffer_bytes: int = 4 * 1024 * 1024
+    #: requests a job sends ahead on a plain-HTTP keep-alive connection (0: no pipelining)
+    http_pipeline_depth: int = 8
     # store
     store_synchronous: str = "FULL"
 

@@ -26,7 +26,8 @@ from openbits.service import Service
 from openbits.store import StoreError
 from openbits.store.sqlite import SqliteStore
 from openbits.transfer.download import Downloader, Tuning
-from openbits.transfer.http import make_session
+from openbits.transfer.h1 import H1Client
+from openbits.transfer.http import USER_AGENT, make_session
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.daemon")
@@ -91,6 +92,13 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         read_timeout_s=config.read_timeout_s,
         read_buffer_bytes=config.read_buffer_bytes,
     )
+    h1 = H1Client(
+        connect_timeout_s=config.connect_timeout_s,
+        read_timeout_s=config.read_timeout_s,
+        read_bytes=config.read_buffer_bytes,
+        default_headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        pipeline_depth=config.http_pipeline_depth,
+    )
     downloader = Downloader(
         session,
         Tuning(
@@ -100,6 +108,7 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
             read_buffer_bytes=config.read_buffer_bytes,
         ),
         throttle,
+        h1,
     )
     scheduler = Scheduler(service, config, downloader, throttle)
     service.runner = scheduler
@@ -152,6 +161,7 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
             loop.remove_signal_handler(signum)
         await runner.cleanup()
         await session.close()
+        await h1.close()
         store.close()
         if listening:  # never remove a socket another daemon owns
             with contextlib.suppress(FileNotFoundError):

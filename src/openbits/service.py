@@ -382,7 +382,7 @@ class Service:
             modified_ns=now,
         )
         if remote is not None and local is not None:
-            job.files.append(self._new_file(caller, job, remote, local))
+            job.files.append(self._new_file(caller, job, remote, local, 0, set()))
             if not suspend:
                 self._enter(job, states.resume(job.state, len(job.files)))
         self.store.add_job(job)
@@ -408,19 +408,21 @@ class Service:
             )
 
     def _new_file(
-        self, caller: Caller, job: Job, remote: str, local: str, pending: list[JobFile] | None = None
+        self, caller: Caller, job: Job, remote: str, local: str, pending: int, taken: set[str]
     ) -> JobFile:
-        pending = pending or []
+        """A new file for ``job`` after ``pending`` others being added with it; ``taken`` holds
+        the LocalFiles of the job and of those (the new one is added to it)."""
         remote = validate_remote_url(remote)
         local = validate_local_file(local)
-        count = len(job.files) + len(pending)
+        count = len(job.files) + pending
         if count >= self.config.max_files_per_job:
             raise LimitExceeded(
                 f"the job already has {count} files (limit {self.config.max_files_per_job})",
                 hresult=HResult.BG_E_TOO_MANY_FILES_IN_JOB,
             )
-        if any(f.local_file == local for f in (*job.files, *pending)):
+        if local in taken:
             raise InvalidArgument(f"the job already has a file for {local}")
+        taken.add(local)
         gid = caller.gid if caller.uid == job.owner_uid else primary_gid(job.owner_uid)
         fs.check_destination(local, job.owner_uid, gid)
         return JobFile(remote_url=remote, local_file=local, temp_name=fs.temp_name_for(job.job_id, count))
@@ -456,8 +458,9 @@ class Service:
         job = self.find(caller, job_ref)
         new_state = states.add_file(job.state)
         added: list[JobFile] = []
+        taken = {f.local_file for f in job.files}
         for remote, local in pairs:
-            added.append(self._new_file(caller, job, remote, local, added))
+            added.append(self._new_file(caller, job, remote, local, len(added), taken))
         if ranges is not None:
             added[0].ranges = ranges
             if all(n != BG_LENGTH_TO_EOF for _, n in ranges):

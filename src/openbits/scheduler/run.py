@@ -22,13 +22,15 @@ from openbits.model import ErrorContext, Job, JobFile, parse_custom_headers
 from openbits.scheduler import policy
 from openbits.service import Service
 from openbits.transfer.download import Downloader, Owner, RequestOptions
-from openbits.transfer.files import sync_filesystem, temp_name_for, translating
+from openbits.transfer.files import precreate_temp, sync_filesystem, temp_name_for, translating
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.scheduler")
 
 PURGE_INTERVAL_NS = 3600 * 10**9
 BLOCKED_BY_POLICY = int(HResult.BG_E_BLOCKED_BY_POLICY)
+#: files after the current one whose requests the downloader may send ahead
+PIPELINE_LOOKAHEAD = 16
 
 
 class _FileProgress:
@@ -214,6 +216,7 @@ class Scheduler:
         service = self.service
         owner = Owner(job.owner_uid, primary_gid(job.owner_uid))
         batch = _SyncBatch(service, job)
+        ahead = _Precreate(job, owner)
         index: int | None = 0
         try:
             while True:
@@ -224,6 +227,7 @@ class Scheduler:
                 file = job.files[index]
                 if file.temp_name is None:  # a file added before names were derived
                     file.temp_name = temp_name_for(job.job_id, index)
+                ahead.start(index)
                 options = RequestOptions(
                     headers=tuple(parse_custom_headers(job.custom_headers)) if job.custom_headers else (),
                     security_flags=job.security_flags,
@@ -235,6 +239,7 @@ class Scheduler:
                     int(job.priority),
                     options,
                     defer_sync=True,
+                    upcoming=job.files[index + 1 : index + 1 + PIPELINE_LOOKAHEAD],
                 )
                 if fetched.durable:
                     await batch.flush()
@@ -260,9 +265,41 @@ class Scheduler:
                 index,
             )
         finally:
+            await ahead.wait()  # no temporary file is created after the job let go
             if self.running.get(job.job_id) is asyncio.current_task():
                 del self.running[job.job_id]
             self.wake()
+
+
+class _Precreate:
+    """Creates the temporary files of the next new files of a job in a worker thread, a
+    batch at a time, while the current file downloads: for small files, creating each file
+    is the costliest system call, and this takes it off the event loop's core."""
+
+    AHEAD = 32
+
+    def __init__(self, job: Job, owner: Owner) -> None:
+        self.job, self.owner = job, owner
+        self.upto = 0  # files before this index were handled
+        self.pending: asyncio.Future[None] | None = None
+
+    def start(self, index: int) -> None:
+        if (self.pending is not None and not self.pending.done()) or self.upto > index + self.AHEAD // 2:
+            return
+        first = max(index + 1, self.upto)
+        self.upto = index + 1 + self.AHEAD
+        paths = [
+            f.temp_path
+            for f in self.job.files[first : self.upto]
+            if f.temp_path is not None and f.bytes_transferred == 0 and not f.completed
+        ]
+        if len(paths) > 1:
+            loop = asyncio.get_running_loop()
+            self.pending = loop.run_in_executor(None, precreate_temp, paths, self.owner.uid, self.owner.gid)
+
+    async def wait(self) -> None:
+        if self.pending is not None:
+            await asyncio.wait([self.pending])
 
 
 class _SyncBatch:

@@ -19,16 +19,18 @@ import os
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 import yarl
+from multidict import CIMultiDictProxy
 
 from openbits.errors import BitsError, HResult, TransferError, TransientTransferError
 from openbits.model import BG_LENGTH_TO_EOF, REDIRECT_POLICY_MASK, ErrorContext, JobFile, SecurityFlags
 from openbits.transfer import files as fs
+from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
     env_proxy_for,
@@ -64,6 +66,36 @@ class RequestOptions:
 
     headers: tuple[tuple[str, str], ...] = ()
     security_flags: int = 0
+
+
+class Body(Protocol):
+    """A response body as aiohttp's StreamReader and ``h1.Body`` read it."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+    async def readany(self) -> bytes: ...
+
+
+class HTTPResponse(Protocol):
+    """What the downloader reads of a response, from aiohttp (HTTPS, proxies) or ``h1``."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def url(self) -> yarl.URL: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    @property
+    def content(self) -> Body: ...
 
 
 class Progress(Protocol):
@@ -149,12 +181,23 @@ class _Sink:
 
 
 class Downloader:
+    """Downloads files over HTTP(S) and from local paths.
+
+    Plain ``http://`` without a proxy goes through ``h1`` when an :class:`H1Client` is
+    given (lean, pipelined); everything else through the aiohttp session.
+    """
+
     def __init__(
-        self, session: aiohttp.ClientSession, tuning: Tuning | None = None, throttle: Throttle | None = None
+        self,
+        session: aiohttp.ClientSession,
+        tuning: Tuning | None = None,
+        throttle: Throttle | None = None,
+        h1: H1Client | None = None,
     ) -> None:
         self.session = session
         self.tuning = tuning or Tuning()
         self.throttle = throttle if throttle is not None else Throttle()
+        self.h1 = h1
 
     async def download(
         self,
@@ -165,10 +208,14 @@ class Downloader:
         options: RequestOptions | None = None,
         *,
         defer_sync: bool = False,
+        upcoming: Sequence[JobFile] = (),
     ) -> Fetched:
         """Bring ``file``'s temporary file to its full content within the bandwidth limits of
         ``priority`` (BG_JOB_PRIORITY), durably unless ``defer_sync`` lets a file that needed
         no checkpoint skip its own fdatasync (see :class:`Fetched`).
+
+        ``upcoming`` are the files the caller will ask for next, with the same options: their
+        requests may be sent ahead on the same connection (pipelining).
 
         The last checkpoint is left to the caller, which records the size and the file's
         completion in one commit.
@@ -181,7 +228,12 @@ class Downloader:
                     return Fetched(await self._download_local(source, file, owner, progress, priority))
                 if file.ranges is not None:
                     return await self._download_ranges(file, owner, progress, priority, options)
-                return await self._download_http(file, owner, progress, priority, options, defer_sync)
+                ahead = [
+                    (f.remote_url, dict(options.headers))
+                    for f in upcoming
+                    if f.bytes_transferred == 0 and f.ranges is None and not f.completed
+                ]
+                return await self._download_http(file, owner, progress, priority, options, defer_sync, ahead)
             except _Restart:
                 continue
         raise invalid_response("the server's content kept changing during the transfer")
@@ -197,9 +249,12 @@ class Downloader:
         fd = fs.open_temp(path, owner.uid, owner.gid)
         offset = file.bytes_transferred
         with fs.translating(f"cannot use the temporary file {path}"):
-            if os.fstat(fd).st_size < offset:
+            size = os.fstat(fd).st_size
+            if size < offset:
                 offset = 0
-            os.ftruncate(fd, offset)
+            if size != offset:
+                # (not on a new, empty file: on ext4 a truncated file is flushed at close)
+                os.ftruncate(fd, offset)
         return fd, offset
 
     # -- HTTP -------------------------------------------------------------------------------
@@ -212,6 +267,7 @@ class Downloader:
         priority: int,
         options: RequestOptions,
         defer_sync: bool,
+        ahead: Sequence[tuple[str, Mapping[str, str]]] = (),
     ) -> Fetched:
         fd, offset = self._open(file, owner)
         try:
@@ -222,7 +278,7 @@ class Downloader:
                 if validator:
                     headers["If-Range"] = validator
             try:
-                async with self._get(file.remote_url, headers, options, progress, priority) as resp:
+                async with self._get(file.remote_url, headers, options, progress, priority, ahead) as resp:
                     start, total = self._accept(resp, file, fd, offset, progress)
                     if total is not None:
                         fs.check_free_space(os.path.dirname(file.local_file), total - start)
@@ -317,24 +373,47 @@ class Downloader:
         )
 
     @contextlib.asynccontextmanager
+    async def _request(
+        self,
+        url: str,
+        headers: dict[str, str],
+        options: RequestOptions,
+        priority: int,
+        ahead: Sequence[tuple[str, Mapping[str, str]]],
+    ) -> AsyncIterator[HTTPResponse]:
+        """One GET, no redirects followed: through ``h1`` for plain HTTP without a proxy."""
+        proxy = env_proxy_for(url)
+        if self.h1 is not None and proxy is None and url[:5].lower() == "http:":
+            async with self.h1.get(url, headers, ahead) as resp:
+                yield resp
+            return
+        async with self.session.get(
+            url,
+            headers=headers,
+            allow_redirects=False,
+            ssl=tls_context(options.security_flags),
+            read_bufsize=self._read_buffer(priority),
+            proxy=proxy,
+        ) as aresp:
+            yield aresp
+
+    @contextlib.asynccontextmanager
     async def _get(
-        self, url: str, headers: dict[str, str], options: RequestOptions, progress: Progress, priority: int
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        self,
+        url: str,
+        headers: dict[str, str],
+        options: RequestOptions,
+        progress: Progress,
+        priority: int,
+        ahead: Sequence[tuple[str, Mapping[str, str]]] = (),
+    ) -> AsyncIterator[HTTPResponse]:
         """GET ``url``, following redirects as the job's SecurityFlags say (bits-spec §5.5):
         ALLOW_SILENT follows, ALLOW_REPORT follows and reports the final URL (which becomes
         the file's RemoteUrl), DISALLOW fails; HTTPS to HTTP fails unless allowed."""
         flags = options.security_flags
         policy = flags & REDIRECT_POLICY_MASK
-        tls = tls_context(flags)
         for _hop in range(MAX_REDIRECTS + 1):
-            async with self.session.get(
-                url,
-                headers=headers,
-                allow_redirects=False,
-                ssl=tls,
-                read_bufsize=self._read_buffer(priority),
-                proxy=env_proxy_for(url),
-            ) as resp:
+            async with self._request(url, headers, options, priority, ahead) as resp:
                 location = resp.headers.get("Location")
                 if resp.status not in REDIRECT_STATUSES or not location:
                     yield resp
@@ -351,12 +430,13 @@ class Downloader:
                 if target.split(":", 1)[0].lower() not in ("http", "https"):
                     raise redirect_error(resp.status, "a redirect to a scheme other than HTTP(S)")
             url = target
+            ahead = ()  # the files that follow are asked at their own URLs
             if policy == SecurityFlags.REDIRECT_POLICY_ALLOW_REPORT:
                 progress.redirected(url)
         raise invalid_response(f"more than {MAX_REDIRECTS} redirects")
 
     def _accept(
-        self, resp: aiohttp.ClientResponse, file: JobFile, fd: int, offset: int, progress: Progress
+        self, resp: HTTPResponse, file: JobFile, fd: int, offset: int, progress: Progress
     ) -> tuple[int, int | None]:
         """Check the response against the request.
 
@@ -390,8 +470,9 @@ class Downloader:
         if status == 200:
             # Full content: the first request, changed content (If-Range failed) or a
             # server that ignores Range.  Never appended: start again from byte 0.
-            with fs.translating("cannot truncate the temporary file"):
-                os.ftruncate(fd, 0)
+            if offset:
+                with fs.translating("cannot truncate the temporary file"):
+                    os.ftruncate(fd, 0)
             progress.begin(resp.content_length, etag, last_modified)
             return 0, resp.content_length
         if status == 416 and offset > 0:
@@ -406,7 +487,7 @@ class Downloader:
 
     async def _stream(
         self,
-        content: aiohttp.StreamReader,
+        content: Body,
         fd: int,
         offset: int,
         total: int | None,
@@ -561,7 +642,7 @@ def _check_still_linked(fd: int) -> None:
 RESPONSE_HEADERS_MAX = 16 * 1024
 
 
-def _header_text(resp: aiohttp.ClientResponse) -> str:
+def _header_text(resp: HTTPResponse) -> str:
     # Set-Cookie may carry a session secret: never kept, never returned
     text = "".join(
         f"{name}: {value}\r\n" for name, value in resp.headers.items() if name.lower() != "set-cookie"
@@ -569,7 +650,7 @@ def _header_text(resp: aiohttp.ClientResponse) -> str:
     return text[:RESPONSE_HEADERS_MAX]
 
 
-def _range_support(resp: aiohttp.ClientResponse, file: JobFile, offset: int) -> bool | None:
+def _range_support(resp: HTTPResponse, file: JobFile, offset: int) -> bool | None:
     """Can the server resume this file? 206: yes; a 200 to a Range with unchanged validators,
     no length, or Accept-Ranges: none: no (an interruption restarts it from byte 0)."""
     if resp.status == 206:
@@ -583,7 +664,7 @@ def _range_support(resp: aiohttp.ClientResponse, file: JobFile, offset: int) -> 
     return True if accept == "bytes" else None
 
 
-def _piece_end(resp: aiohttp.ClientResponse, asked: str, first: int, start: int, length: int) -> int:
+def _piece_end(resp: HTTPResponse, asked: str, first: int, start: int, length: int) -> int:
     """The last byte of a 206 answer to one range, checked to be exactly what was asked."""
     got = resp.headers.get("Content-Range")
     parsed = parse_content_range(got)

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
@@ -135,9 +136,16 @@ def check_free_space(directory: str, needed: int) -> None:
     """A file that cannot fit is a transient disk-full error before a byte is written."""
     if needed <= 0:
         return
+    now = time.monotonic()
+    seen = _free_space.get(directory)
+    if seen is not None and now - seen[0] < _FREE_SPACE_CACHE_S and needed * 64 <= seen[1]:
+        return  # many small files in a row: one statvfs a second will do
     with translating(f"cannot check the free space in {directory}"):
         st = os.statvfs(directory)
     free = st.f_bavail * st.f_frsize
+    if len(_free_space) > 1024:
+        _free_space.clear()
+    _free_space[directory] = (now, free)
     if free < needed:
         raise TransientTransferError(
             f"{directory} has {free} bytes free; the file needs {needed} more",
@@ -156,19 +164,44 @@ def temp_name_for(job_id: str, index: int) -> str:
 
 
 def open_temp(path: str, uid: int, gid: int) -> int:
-    """Open the temporary file for writing, creating it (O_EXCL, 0600, the owner's) if absent."""
-    try:
-        return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise local_error(e, f"cannot open the temporary file {path}") from e
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise local_error(e, f"cannot create the temporary file {path}") from e
-    _give_to_owner(fd, uid, gid)
-    return fd
+    """Open the temporary file for writing, creating it (O_EXCL, 0600, the owner's) if absent.
+
+    Safe against another thread creating it at the same moment (``precreate_temp``)."""
+    for _ in range(3):
+        try:
+            return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise local_error(e, f"cannot open the temporary file {path}") from e
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue  # created in between: open it
+        except OSError as e:
+            raise local_error(e, f"cannot create the temporary file {path}") from e
+        try:
+            _give_to_owner(fd, uid, gid)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    raise local_error(FileExistsError(errno.EEXIST, "File exists", path), f"cannot open {path}")
+
+
+def precreate_temp(paths: list[str], uid: int, gid: int) -> None:
+    """Create the temporary files of files about to be downloaded (in a worker thread: for
+    a small file, creating it is the costliest system call).  The first failure stops it
+    quietly; the download itself then meets and reports the error."""
+    for path in paths:
+        try:
+            os.close(open_temp(path, uid, gid))
+        except (OSError, BitsError):
+            return
+
+
+_FREE_SPACE_CACHE_S = 1.0
+_free_space: dict[str, tuple[float, int]] = {}
 
 
 def _give_to_owner(fd: int, uid: int, gid: int) -> None:

@@ -25,6 +25,7 @@ from openbits.errors import (
     http_status_hresult,
 )
 from openbits.model import ErrorContext, redact_url
+from openbits.transfer import h1
 
 USER_AGENT = f"openbits/{__version__}"
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE | re.ASCII)
@@ -160,6 +161,8 @@ def network_error(e: BaseException, url: str) -> BitsError:
     """Translate an aiohttp / socket / timeout exception (the message never holds a password)."""
     url = redact_url(url)
     transport = ErrorContext.GENERAL_TRANSPORT
+    if isinstance(e, h1.H1Error):
+        return _h1_error(e, url)
     if isinstance(e, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
         return TransferError(
             f"the server's certificate is not trusted: {e}",
@@ -213,7 +216,25 @@ def network_error(e: BaseException, url: str) -> BitsError:
     )
 
 
+def _h1_error(e: h1.H1Error, url: str) -> BitsError:
+    transport = ErrorContext.GENERAL_TRANSPORT
+    if isinstance(e, h1.NameNotResolved):
+        return TransientTransferError(
+            f"cannot resolve the host of {url}",
+            hresult=HResult.BG_E_NAME_RESOLUTION_FAILURE,
+            context=transport,
+        )
+    if isinstance(e, h1.ConnectFailed):
+        return TransientTransferError(str(e), hresult=HResult.BG_E_CONNECT_FAILURE, context=transport)
+    if isinstance(e, h1.BadResponse):
+        return invalid_response(f"the server's response is not valid HTTP: {e}")
+    return TransientTransferError(
+        f"the connection closed early: {e}", hresult=HResult.BG_E_CONNECTION_CLOSED, context=transport
+    )
+
+
 NETWORK_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    h1.H1Error,
     aiohttp.ClientError,
     asyncio.TimeoutError,
     ConnectionError,

@@ -1,0 +1,625 @@
+"""A lean HTTP/1.1 client for plain ``http://`` downloads, with keep-alive and pipelining.
+
+aiohttp stays the client for HTTPS and proxies; this one carries the common case (plain
+HTTP, no proxy) with far less work per request and per byte:
+
+- bodies of known length are read straight from the socket in reads of up to
+  ``read_bytes``, never through an intermediate stream buffer;
+- many small responses arriving in one read are cut out of one buffer;
+- a job with more files on the same server sends their requests ahead on the connection
+  (pipelining, RFC 9112 §9.3.2), so the server never waits for the next request.
+
+Pipelining is used only on a connection whose first response proved it persistent, and is
+turned off for a server at the first sign of trouble (an answer cut short while requests
+were queued behind it); a request that got no answer is sent again on a new connection
+(GET is idempotent).  Framing follows RFC 9112 §6: ``Transfer-Encoding: chunked``, else
+``Content-Length`` (conflicting values are refused), else the body runs to the close.
+
+Errors are :class:`H1Error` subclasses, translated to BITS codes by ``http.network_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import ipaddress
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+
+import yarl
+from multidict import CIMultiDict, CIMultiDictProxy
+
+#: the longest response head accepted (status line and headers)
+MAX_HEAD_BYTES = 64 * 1024
+#: bytes asked of the socket when the buffer runs dry between small responses
+SMALL_READ_BYTES = 256 * 1024
+#: idle keep-alive connections kept per server, and for how long
+MAX_IDLE_PER_HOST = 8
+IDLE_TIMEOUT_S = 30.0
+#: a connection with requests queued that nobody came back for is dropped after this
+PIPELINED_IDLE_TIMEOUT_S = 5.0
+DNS_CACHE_S = 60.0
+
+
+class H1Error(Exception):
+    """A request failed on the network or the server's answer was not acceptable HTTP."""
+
+
+class ConnectFailed(H1Error):
+    def __init__(self, message: str, os_error: OSError | None = None) -> None:
+        super().__init__(message)
+        self.os_error = os_error
+
+
+class NameNotResolved(H1Error):
+    pass
+
+
+class ClosedEarly(H1Error):
+    """The connection closed (or was reset) before the response was complete."""
+
+
+class BadResponse(H1Error):
+    """The server's bytes are not an HTTP/1.1 response we accept."""
+
+
+Key = tuple[str, int]
+#: a request as the caller names it: (URL, its headers)
+Ident = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class _Conn:
+    __slots__ = ("buf", "eof", "inflight", "key", "pipelined_ok", "pos", "since", "sock", "used")
+
+    def __init__(self, sock: socket.socket, key: Key) -> None:
+        self.sock = sock
+        self.key = key
+        self.buf = bytearray()
+        self.pos = 0  # bytes of buf already consumed
+        self.eof = False
+        self.used = 0  # responses read completely
+        self.pipelined_ok = False  # a response proved the connection persistent
+        self.inflight: collections.deque[Ident] = collections.deque()  # requests sent ahead
+        self.since = 0.0  # when it went idle
+
+    def buffered(self) -> int:
+        return len(self.buf) - self.pos
+
+    def take(self, n: int) -> bytes:
+        """Up to ``n`` buffered bytes."""
+        end = min(len(self.buf), self.pos + n)
+        data = bytes(self.buf[self.pos : end])
+        self.pos = end
+        if self.pos == len(self.buf):
+            self.buf.clear()
+            self.pos = 0
+        return data
+
+    def close(self) -> None:
+        self.inflight.clear()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Body:
+    """A response body: ``read(n)`` and ``readany()`` as aiohttp's StreamReader has them;
+    an empty bytes object means the body is complete (its framing was checked)."""
+
+    __slots__ = ("_chunk_left", "_client", "_conn", "_mode", "_remaining", "_response", "done")
+
+    def __init__(self, client: H1Client, conn: _Conn, mode: str, length: int, response: Response) -> None:
+        self._client = client
+        self._conn = conn
+        self._mode = mode  # "length", "chunked" or "close"
+        self._remaining = length  # "length": body bytes still to come
+        self._chunk_left = 0  # "chunked": bytes left in the current chunk; -1: trailers done
+        self._response = response
+        self.done = False
+        if mode == "length" and length == 0:
+            self._finish()
+
+    async def readany(self) -> bytes:
+        return await self.read(-1)
+
+    async def read(self, n: int = -1) -> bytes:
+        if self.done:
+            return b""
+        limit = self._client.read_bytes if n < 0 else n
+        if self._mode == "length":
+            data = await self._read_some(min(limit, self._remaining))
+            if not data:
+                raise ClosedEarly(f"the connection closed with {self._remaining} bytes of the body missing")
+            self._remaining -= len(data)
+            if self._remaining == 0:
+                self._finish()
+            return data
+        if self._mode == "close":
+            data = await self._read_some(limit)
+            if not data:
+                self._finish()
+            return data
+        return await self._read_chunked(limit)
+
+    async def _read_some(self, n: int) -> bytes:
+        conn = self._conn
+        if conn.buffered():
+            return conn.take(n)
+        if conn.eof:
+            return b""
+        data = await self._client.recv(conn, n)
+        if not data:
+            conn.eof = True
+        return data
+
+    async def _read_chunked(self, limit: int) -> bytes:
+        conn = self._conn
+        client = self._client
+        while self._chunk_left == 0:
+            line = await client.read_line(conn)
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise BadResponse(f"bad chunk size {size_text[:40]!r}") from None
+            if size < 0 or len(size_text) > 16:
+                raise BadResponse(f"bad chunk size {size_text[:40]!r}")
+            if size == 0:
+                while await client.read_line(conn):  # trailers, up to the empty line
+                    pass
+                self._finish()
+                return b""
+            self._chunk_left = size
+        data = await self._read_some(min(limit, self._chunk_left))
+        if not data:
+            raise ClosedEarly("the connection closed inside a chunk")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0 and await client.read_line(conn):
+            raise BadResponse("a chunk is longer than its size")
+        return data
+
+    def _finish(self) -> None:
+        self.done = True
+        self._response.body_done()
+
+
+class Response:
+    """The parts of aiohttp's ClientResponse the downloader uses."""
+
+    __slots__ = (
+        "_client",
+        "_conn",
+        "_released",
+        "content",
+        "headers",
+        "keep_alive",
+        "reason",
+        "status",
+        "url",
+    )
+
+    def __init__(self, client: H1Client, conn: _Conn, url: yarl.URL) -> None:
+        self._client = client
+        self._conn = conn
+        self.url = url
+        self._released = False
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.keep_alive = False
+        self.content: Body
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and value.strip().isdigit() else None
+
+    def body_done(self) -> None:
+        """The body was read to its end: the connection may serve the next request."""
+        if not self._released:
+            self._released = True
+            self._client.release(self._conn, reusable=self.keep_alive)
+
+    def close(self) -> None:
+        """Stop here: a connection with an unread body is closed, not reused."""
+        if not self._released:
+            self._released = True
+            self._client.release(self._conn, reusable=False)
+
+
+def _parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
+    """(status, reason, headers, HTTP/1.1?) of a response head without its final empty line."""
+    lines = head.split(b"\n")
+    status_line = lines[0].rstrip(b"\r")
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+    code = parts[1]
+    if len(code) != 3 or not code.isdigit():
+        raise BadResponse(f"bad status code {code[:20]!r}")
+    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for raw in lines[1:]:
+        line = raw.rstrip(b"\r")
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            raise BadResponse("obsolete line folding in the response headers")
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or b" " in name:
+            raise BadResponse(f"bad header line {line[:80]!r}")
+        headers.add(name.decode("latin-1"), value.strip().decode("latin-1"))
+    return int(code), reason, headers, parts[0] == b"HTTP/1.1"
+
+
+def _framing(status: int, headers: CIMultiDict[str], head_request: bool) -> tuple[str, int]:
+    """("length", n), ("chunked", 0) or ("close", 0) for a response (RFC 9112 §6.3)."""
+    if head_request or status in (204, 304) or 100 <= status < 200:
+        return "length", 0
+    encodings = headers.getall("Transfer-Encoding", [])
+    if encodings:
+        last = ",".join(encodings).split(",")[-1].strip().lower()
+        if last != "chunked":
+            return "close", 0
+        return "chunked", 0
+    lengths = {v.strip() for v in headers.getall("Content-Length", []) for v in v.split(",")}
+    if not lengths:
+        return "close", 0
+    if len(lengths) > 1:
+        raise BadResponse(f"conflicting Content-Length values {sorted(lengths)}")
+    value = lengths.pop()
+    if not value.isdigit() or len(value) > 19:
+        raise BadResponse(f"bad Content-Length {value[:40]!r}")
+    return "length", int(value)
+
+
+class H1Client:
+    """Plain-HTTP connections by (host, port): a few idle ones kept alive, and the
+    connections whose pipelined requests wait for their owner to come back."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        read_bytes: int = 4 * 1024 * 1024,
+        default_headers: Mapping[str, str] | None = None,
+        pipeline_depth: int = 8,
+    ) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.read_bytes = read_bytes
+        self.default_headers = dict(default_headers or {})
+        self._default_block = "".join(f"{k}: {v}\r\n" for k, v in self.default_headers.items())
+        self.pipeline_depth = pipeline_depth
+        self._idle: dict[Key, list[_Conn]] = {}
+        self._pipelined: dict[Key, list[_Conn]] = {}
+        self._no_pipelining: set[Key] = set()
+        self._dns: dict[Key, tuple[float, list[tuple[int, tuple[str, int]]]]] = {}
+        self._closed = False
+
+    # -- connections --------------------------------------------------------------------
+
+    async def _connect(self, key: Key) -> _Conn:
+        loop = asyncio.get_running_loop()
+        host, port = key
+        addresses = await self._resolve(key)
+        last: OSError | None = None
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                async with asyncio.timeout(self.connect_timeout_s):
+                    await loop.sock_connect(sock, address)
+            except TimeoutError:
+                sock.close()
+                raise ConnectFailed(
+                    f"no answer from {host}:{port} within {self.connect_timeout_s:g} s"
+                ) from None
+            except OSError as e:
+                sock.close()
+                last = e
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return _Conn(sock, key)
+        raise ConnectFailed(f"cannot connect to {host}:{port}: {last.strerror if last else ''}", last)
+
+    async def _resolve(self, key: Key) -> list[tuple[int, tuple[str, int]]]:
+        host, port = key
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
+        now = time.monotonic()
+        cached = self._dns.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise NameNotResolved(f"cannot resolve {host}: {e}") from e
+        found: list[tuple[int, tuple[str, int]]] = [
+            (family, (str(addr[0]), int(addr[1]))) for family, _t, _p, _c, addr in infos
+        ]
+        if not found:
+            raise NameNotResolved(f"cannot resolve {host}")
+        self._dns[key] = (now + DNS_CACHE_S, found)
+        return found
+
+    def _idle_conn(self, key: Key) -> _Conn | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if now - conn.since < IDLE_TIMEOUT_S and not conn.eof:
+                return conn
+            conn.close()
+        return None
+
+    def _pipelined_conn(self, key: Key, ident: Ident) -> _Conn | None:
+        """The connection whose next answer is to ``ident`` (sent ahead for this request);
+        pipelined connections nobody came back for are dropped on the way."""
+        waiting = self._pipelined.get(key)
+        if not waiting:
+            return None
+        now = time.monotonic()
+        found = None
+        for conn in list(waiting):
+            if found is None and conn.inflight and conn.inflight[0] == ident:
+                waiting.remove(conn)
+                found = conn
+            elif now - conn.since > PIPELINED_IDLE_TIMEOUT_S:
+                waiting.remove(conn)
+                conn.close()
+        return found
+
+    def release(self, conn: _Conn, *, reusable: bool) -> None:
+        conn.used += 1
+        if not reusable or self._closed or conn.eof:
+            conn.close()
+            return
+        conn.pipelined_ok = True
+        conn.since = time.monotonic()
+        if conn.inflight:
+            self._pipelined.setdefault(conn.key, []).append(conn)
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= MAX_IDLE_PER_HOST:
+            idle.pop(0).close()
+        idle.append(conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        for pool in (self._idle, self._pipelined):
+            for conns in pool.values():
+                for conn in conns:
+                    conn.close()
+            pool.clear()
+
+    # -- socket I/O ---------------------------------------------------------------------
+
+    async def recv(self, conn: _Conn, n: int) -> bytes:
+        """Up to ``n`` bytes from the socket (b"" at its end), within the read timeout."""
+        sock = conn.sock
+        try:
+            try:
+                return sock.recv(n)
+            except (BlockingIOError, InterruptedError):
+                pass
+            async with asyncio.timeout(self.read_timeout_s):
+                return await asyncio.get_running_loop().sock_recv(sock, n)
+        except TimeoutError:
+            raise
+        except OSError as e:
+            raise ClosedEarly(f"the connection failed: {e.strerror or e}") from e
+
+    async def _fill(self, conn: _Conn) -> bool:
+        """Append what the socket has to the buffer; False at its end."""
+        if conn.eof:
+            return False
+        data = await self.recv(conn, SMALL_READ_BYTES)
+        if not data:
+            conn.eof = True
+            return False
+        if conn.pos and conn.pos == len(conn.buf):
+            conn.buf.clear()
+            conn.pos = 0
+        elif conn.pos > 1024 * 1024:
+            del conn.buf[: conn.pos]
+            conn.pos = 0
+        conn.buf += data
+        return True
+
+    async def read_line(self, conn: _Conn, limit: int = 8192) -> bytes:
+        """One line of a chunked body's framing, without its end."""
+        while True:
+            end = conn.buf.find(b"\n", conn.pos)
+            if end >= 0:
+                line = bytes(conn.buf[conn.pos : end]).rstrip(b"\r")
+                conn.pos = end + 1
+                return line
+            if conn.buffered() > limit:
+                raise BadResponse("a line of the chunked framing is too long")
+            if not await self._fill(conn):
+                raise ClosedEarly("the connection closed inside the chunked framing")
+
+    async def _read_head(self, conn: _Conn) -> bytes | None:
+        """The next response head (None if the connection closed before any byte of it)."""
+        start = conn.pos
+        searched = 0  # bytes after start known to hold no end of head
+        while True:
+            search = start + searched
+            # (bounded searches: the buffer may hold many pipelined responses after this one)
+            limit = min(len(conn.buf), start + MAX_HEAD_BYTES + 3)
+            end = conn.buf.find(b"\n\r\n", search, limit)
+            bare = conn.buf.find(b"\n\n", search, end + 2 if end >= 0 else limit)
+            if bare >= 0 and (end < 0 or bare < end):
+                head = bytes(conn.buf[start:bare])
+                conn.pos = bare + 2
+                return head
+            if end >= 0:
+                head = bytes(conn.buf[start:end])
+                conn.pos = end + 3
+                return head
+            if len(conn.buf) - start > MAX_HEAD_BYTES:
+                raise BadResponse(f"the response head is longer than {MAX_HEAD_BYTES} bytes")
+            searched = max(0, len(conn.buf) - start - 2)
+            if not await self._fill(conn):
+                if len(conn.buf) == start:
+                    return None
+                raise ClosedEarly("the connection closed inside the response head")
+            start = conn.pos  # _fill may have moved what was buffered to the front
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _head(self, url: yarl.URL, headers: Mapping[str, str]) -> bytes:
+        host = url.raw_host or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if url.explicit_port and url.port != 80:
+            host = f"{host}:{url.port}"
+        if not headers and url.raw_user is None:  # the common case, without the merging
+            head = f"GET {url.raw_path_qs or '/'} HTTP/1.1\r\nHost: {host}\r\n{self._default_block}\r\n"
+            if "\n" in host or "\r" in host:
+                raise ValueError("a line break in the host name")
+            return head.encode("latin-1")
+        merged: dict[str, tuple[str, str]] = {k.lower(): (k, v) for k, v in self.default_headers.items()}
+        merged["host"] = ("Host", host)
+        if url.raw_user is not None and "authorization" not in {k.lower() for k in headers}:
+            cred = f"{url.user or ''}:{url.password or ''}".encode()
+            merged["authorization"] = ("Authorization", "Basic " + base64.b64encode(cred).decode("ascii"))
+        for name, value in headers.items():
+            merged[name.lower()] = (name, value)
+        lines = [f"GET {url.raw_path_qs or '/'} HTTP/1.1"]
+        lines.extend(f"{name}: {value}" for name, value in merged.values())
+        text = "\r\n".join(lines) + "\r\n\r\n"
+        if any(c in text[:-4].replace("\r\n", "") for c in "\r\n\0"):
+            raise ValueError("a request header holds a line break")
+        return text.encode("latin-1")
+
+    @contextlib.asynccontextmanager
+    async def get(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        ahead: Iterable[tuple[str, Mapping[str, str]]] = (),
+    ) -> AsyncIterator[Response]:
+        """GET ``url``; ``ahead`` lists requests the caller will make next, in order, which
+        may be sent now on the same connection.  Leaving the context without reading the
+        body to its end closes the connection."""
+        target = yarl.URL(url)
+        key = (target.raw_host or "", target.port or 80)
+        response = await self._send_and_read(key, target, (url, tuple(headers.items())), headers, ahead)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    async def _send_and_read(
+        self,
+        key: Key,
+        target: yarl.URL,
+        ident: Ident,
+        headers: Mapping[str, str],
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+    ) -> Response:
+        ahead = list(ahead)
+        for attempt in range(2):
+            conn = self._pipelined_conn(key, ident) if attempt == 0 else None
+            sent = conn is not None
+            if conn is None and attempt == 0:
+                conn = self._idle_conn(key)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(key)
+            try:
+                if sent:
+                    conn.inflight.popleft()
+                    extra = self._ahead(conn, key, ahead)
+                else:
+                    extra = self._ahead(conn, key, ahead)
+                    extra.insert(0, self._head(target, headers))
+                if extra:
+                    await self._send(conn, b"".join(extra))
+                response = await self._read_response(conn, target)
+            except (ClosedEarly, TimeoutError) as e:
+                queued = bool(conn.inflight)
+                conn.close()
+                if queued or sent:
+                    self._no_pipelining.add(key)  # answers lost behind queued requests
+                if attempt == 0 and (reused or sent) and not isinstance(e, TimeoutError):
+                    continue  # a kept-alive connection the server had closed: try a new one
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            if response is None:
+                queued = bool(conn.inflight)
+                conn.close()
+                if queued or sent:
+                    self._no_pipelining.add(key)
+                if attempt == 0 and (reused or sent):
+                    continue
+                raise ClosedEarly("the server closed the connection without answering")
+            return response
+        raise AssertionError("unreachable")
+
+    def _ahead(self, conn: _Conn, key: Key, ahead: list[tuple[str, Mapping[str, str]]]) -> list[bytes]:
+        """Heads of requests to send ahead on ``conn`` (only on a proven connection to a
+        server that did not fail us), recorded as in flight; topped up when half spent, so
+        one send carries several."""
+        depth = self.pipeline_depth
+        inflight = conn.inflight
+        if len(inflight) > depth // 2 or not conn.pipelined_ok or key in self._no_pipelining:
+            return []
+        heads: list[bytes] = []
+        queued = len(inflight)
+        for i, (url, headers) in enumerate(ahead):
+            if i < queued:
+                if inflight[i] != (url, tuple(headers.items())):
+                    return []  # the caller goes another way than what was sent ahead
+                continue
+            if len(inflight) >= depth:
+                break
+            target = yarl.URL(url)
+            if target.scheme != "http" or (target.raw_host or "", target.port or 80) != key:
+                break
+            heads.append(self._head(target, headers))
+            inflight.append((url, tuple(headers.items())))
+        return heads
+
+    async def _send(self, conn: _Conn, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                await loop.sock_sendall(conn.sock, data)
+        except OSError as e:
+            if isinstance(e, TimeoutError):
+                raise
+            raise ClosedEarly(f"cannot send the request: {e.strerror or e}") from e
+
+    async def _read_response(self, conn: _Conn, url: yarl.URL) -> Response | None:
+        while True:
+            head = await self._read_head(conn)
+            if head is None:
+                return None
+            status, reason, headers, http11 = _parse_head(head)
+            if 100 <= status < 200:
+                continue  # interim answers (100 Continue, 103 Early Hints)
+            break
+        response = Response(self, conn, url)
+        response.status, response.reason = status, reason
+        response.headers = CIMultiDictProxy(headers)
+        mode, length = _framing(status, headers, head_request=False)
+        connection = headers.get("Connection", "").lower()
+        response.keep_alive = http11 and mode != "close" and "close" not in connection
+        response.content = Body(self, conn, mode, length, response)
+        return response
