@@ -516,3 +516,111 @@ class FaultServer:
             headers=headers,
             body=body,
         )
+
+
+# -- multi-range answers (multipart/byteranges) ------------------------------------
+
+CRLF = b"\r\n"
+
+
+def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | Literal["unsatisfiable"] | None:
+    """Parse a ``bytes=`` range set (one or more ranges) against ``size``.
+
+    Returns the satisfiable ranges as (start, end_inclusive) in the order asked, None if
+    there is no usable Range header (serve the whole entity), or "unsatisfiable" when no
+    range is satisfiable.
+    """
+    if not header:
+        return None
+    unit, _, specs = header.partition("=")
+    if unit.strip().lower() != "bytes":
+        return None
+    wanted: list[tuple[int, int]] = []
+    for spec in specs.split(","):
+        one = parse_range(f"bytes={spec.strip()}", size)
+        if one is None:
+            return None  # a syntactically invalid range: ignore the whole header
+        if one != "unsatisfiable":
+            wanted.append(one)
+    return wanted or "unsatisfiable"
+
+
+@dataclass
+class ServeMultipart(Serve):
+    """A server that does multi-range requests: a ``206 multipart/byteranges`` answer with one
+    part per range in the order asked (never coalesced), each with its own Content-Type and
+    Content-Range, CRLF framing and the Content-Length of the whole body.  A single range,
+    HEAD, a failed If-Range and everything else are answered as :class:`Serve` does.
+
+    Ways to lie in the multipart answer (part indexes count from 0, in the order sent):
+
+    ``short_part=i``: part i carries ``short_by`` fewer bytes than its Content-Range says
+    (the rest of the framing is as usual); ``wrong_range=i``: part i's Content-Range and
+    body are ``shift`` bytes away from the range asked (consistent with each other);
+    ``no_closing``: the body ends after the last part's bytes, without the closing
+    delimiter (Content-Length says so); ``reorder``: the parts in reverse order (each
+    correct); ``close_after=n``: the head announces the whole body, only its first ``n``
+    bytes are sent, then the connection is closed.  ``honour_if_range=False`` answers the
+    parts even when If-Range does not match (a server that ignores If-Range).
+    """
+
+    boundary: str = "openbits-test-3f9a1c0e7d"
+    short_part: int | None = None
+    short_by: int = 1
+    wrong_range: int | None = None
+    shift: int = 1
+    no_closing: bool = False
+    reorder: bool = False
+    close_after: int | None = None
+    honour_if_range: bool = True
+
+    def multipart_body(self, ranges: list[tuple[int, int]]) -> tuple[bytes, list[int]]:
+        """The body answering ``ranges`` (start, end_inclusive), lies included, and where each
+        part's bytes start in it (in the order the parts are sent)."""
+        size = len(self.data)
+        parts = list(enumerate(ranges))
+        if self.reorder:
+            parts.reverse()
+        dash_boundary = b"--" + self.boundary.encode("ascii")
+        body = bytearray()
+        starts: list[int] = []
+        for i, (start, end) in parts:
+            if i == self.wrong_range:
+                shift = self.shift if end + self.shift < size else -self.shift
+                start, end = start + shift, end + shift
+            payload = self.data[start : end + 1]
+            if i == self.short_part:
+                payload = payload[: -self.short_by]
+            body += dash_boundary + CRLF
+            body += b"Content-Type: application/octet-stream" + CRLF
+            body += f"Content-Range: bytes {start}-{end}/{size}".encode("ascii") + CRLF + CRLF
+            starts.append(len(body))
+            body += payload + CRLF
+        if self.no_closing:
+            del body[-len(CRLF) :]  # the CRLF before a delimiter belongs to the delimiter
+        else:
+            body += dash_boundary + b"--" + CRLF
+        return bytes(body), starts
+
+    async def respond(self, req: Request, conn: Connection) -> bool:
+        wanted = parse_ranges(req.headers.get("range"), len(self.data))
+        if (
+            req.method != "GET"
+            or not isinstance(wanted, list)
+            or len(wanted) < 2
+            or (self.honour_if_range and not self.if_range_ok(req))
+        ):
+            return await super().respond(req, conn)
+        body, _ = self.multipart_body(wanted)
+        headers = self.entity_headers()
+        headers["Content-Type"] = f"multipart/byteranges; boundary={self.boundary}"
+        headers["Content-Length"] = str(len(body))
+        await conn.send_head(206, headers)
+        if self.close_after is None:
+            await conn.send_body(body)
+            return True
+        await conn.send_body(body[: self.close_after])
+        conn.writer.close()
+        with contextlib.suppress(OSError):
+            await conn.writer.wait_closed()
+        return False

@@ -14,6 +14,7 @@ durable step.  Order of durability:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import socket
@@ -30,6 +31,13 @@ from multidict import CIMultiDictProxy
 from openbits.errors import BitsError, HResult, TransferError, TransientTransferError
 from openbits.model import BG_LENGTH_TO_EOF, REDIRECT_POLICY_MASK, ErrorContext, JobFile, SecurityFlags
 from openbits.transfer import files as fs
+from openbits.transfer.byteranges import (
+    ByteRangesError,
+    ByteRangesParser,
+    Data,
+    Part,
+    boundary_from_content_type,
+)
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
@@ -299,69 +307,161 @@ class Downloader:
     async def _download_ranges(
         self, file: JobFile, owner: Owner, progress: Progress, priority: int, options: RequestOptions
     ) -> Fetched:
-        """AddFileWithRanges: each range in turn, one request each, appended to the output.
+        """AddFileWithRanges: the ranges appended to the output in their order.
 
-        The output offset maps back to (range, position in it), so an interruption resumes
-        inside the range it stopped in. Every 206 must be exactly the range asked for; 416 is
+        Small ranges go several to a request (``multipart/byteranges``), others one request
+        each; a server that will not do several at once is asked one at a time.  The output
+        offset maps back to (range, position in it), so an interruption resumes inside the
+        range it stopped in.  Every part must be exactly the range asked for; 416 is
         BG_E_INVALID_RANGE; a 200 means the content changed (If-Range) and the file starts
         again, or, with nothing to compare, that the server cannot do ranges.
         """
-        assert file.ranges is not None
+        ranges = file.ranges
+        assert ranges is not None
         fd, out = self._open(file, owner)
+        multi = True
         try:
-            done = 0  # output bytes of the ranges before the current one
-            for start, length in file.ranges:
+            i = 0
+            done = 0  # output bytes of the ranges before range i
+            while i < len(ranges):
+                start, length = ranges[i]
                 if length != BG_LENGTH_TO_EOF and out >= done + length:
                     done += length
+                    i += 1
                     continue
                 first = start + (out - done)
-                headers = dict(options.headers)
-                if length == BG_LENGTH_TO_EOF:
-                    headers["Range"] = f"bytes={first}-"
-                else:
-                    headers["Range"] = f"bytes={first}-{start + length - 1}"
-                validator = _if_range(file)
-                if validator:
-                    headers["If-Range"] = validator
+                batch = _multi_batch(first, length - (out - done), ranges[i + 1 :]) if multi else []
                 try:
-                    async with self._get(file.remote_url, headers, options, progress, priority) as resp:
-                        if resp.status == 200:
-                            if validator:
-                                progress.begin(file.bytes_total, None, None)
-                                raise _Restart
-                            raise TransferError(
-                                "the server ignored the Range header",
-                                hresult=HResult.BG_E_INSUFFICIENT_RANGE_SUPPORT,
-                                context=ErrorContext.REMOTE_FILE,
-                            )
-                        if resp.status == 416:
-                            raise TransferError(
-                                f"the range from byte {first} is not in the remote file",
-                                hresult=HResult.BG_E_INVALID_RANGE,
-                                context=ErrorContext.REMOTE_FILE,
-                            )
-                        if resp.status != 206:
-                            raise status_error(resp.status, resp.reason, resp.headers.get("Retry-After"))
-                        last = _piece_end(resp, headers["Range"], first, start, length)
-                        progress.responded(True, _header_text(resp))
-                        if out == 0:
-                            etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
-                            progress.begin(file.bytes_total, etag, modified)
-                        progress.connected()
-                        piece_end = out + (last - first + 1)
-                        fetched = await self._stream(resp.content, fd, out, piece_end, progress, priority)
-                        if fetched.size != piece_end:
-                            raise invalid_response(
-                                f"the server sent {fetched.size - out} of {piece_end - out} bytes"
-                            )
-                        out = piece_end
-                        progress.checkpoint(out)
+                    if len(batch) > 1:
+                        try:
+                            out = await self._ranges_multi(file, fd, out, batch, progress, priority, options)
+                        except _NoMultipart as e:
+                            out, multi = e.out, False
+                        continue  # the ranges done are skipped above
+                    out = await self._range_single(
+                        file, fd, out, (first, start, length), progress, priority, options
+                    )
                 except NETWORK_EXCEPTIONS as e:
                     raise network_error(e, file.remote_url) from e
                 done = out
+                i += 1
             return Fetched(out)
         finally:
             os.close(fd)
+
+    def _range_headers(
+        self, file: JobFile, options: RequestOptions, spec: str
+    ) -> tuple[dict[str, str], bool]:
+        headers = dict(options.headers)
+        headers["Range"] = f"bytes={spec}"
+        validator = _if_range(file)
+        if validator:
+            headers["If-Range"] = validator
+        return headers, bool(validator)
+
+    def _range_refused(self, resp: HTTPResponse, first: int) -> BitsError:
+        if resp.status == 416:
+            return TransferError(
+                f"the range from byte {first} is not in the remote file",
+                hresult=HResult.BG_E_INVALID_RANGE,
+                context=ErrorContext.REMOTE_FILE,
+            )
+        return status_error(resp.status, resp.reason, resp.headers.get("Retry-After"))
+
+    async def _range_single(
+        self,
+        file: JobFile,
+        fd: int,
+        out: int,
+        piece: tuple[int, int, int],
+        progress: Progress,
+        priority: int,
+        options: RequestOptions,
+    ) -> int:
+        """One range (from where the output stopped inside it) in one request; the new output
+        offset, checkpointed."""
+        first, start, length = piece
+        spec = f"{first}-" if length == BG_LENGTH_TO_EOF else f"{first}-{start + length - 1}"
+        headers, validator = self._range_headers(file, options, spec)
+        async with self._get(file.remote_url, headers, options, progress, priority) as resp:
+            if resp.status == 200:
+                if validator:
+                    progress.begin(file.bytes_total, None, None)
+                    raise _Restart
+                raise TransferError(
+                    "the server ignored the Range header",
+                    hresult=HResult.BG_E_INSUFFICIENT_RANGE_SUPPORT,
+                    context=ErrorContext.REMOTE_FILE,
+                )
+            if resp.status != 206:
+                raise self._range_refused(resp, first)
+            last = _piece_end(resp, headers["Range"], first, start, length)
+            if out > 0:
+                _check_same_content(resp, file)
+            progress.responded(True, _header_text(resp))
+            if out == 0:
+                progress.begin(file.bytes_total, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+            progress.connected()
+            piece_end = out + (last - first + 1)
+            fetched = await self._stream(resp.content, fd, out, piece_end, progress, priority)
+            if fetched.size != piece_end:
+                raise invalid_response(f"the server sent {fetched.size - out} of {piece_end - out} bytes")
+        progress.checkpoint(piece_end)
+        return piece_end
+
+    async def _ranges_multi(
+        self,
+        file: JobFile,
+        fd: int,
+        out: int,
+        batch: list[tuple[int, int]],
+        progress: Progress,
+        priority: int,
+        options: RequestOptions,
+    ) -> int:
+        """Several ranges (first byte, length) in one request, as a multipart/byteranges answer;
+        each part is written and checkpointed once the delimiter after it was seen (a part
+        that was not the length its Content-Range said never reaches a checkpoint).  Raises
+        _NoMultipart when the server answers otherwise (it is then asked one range at a time).
+        """
+        spec = ",".join(f"{first}-{first + n - 1}" for first, n in batch)
+        headers, validator = self._range_headers(file, options, spec)
+        async with self._get(file.remote_url, headers, options, progress, priority) as resp:
+            etag = resp.headers.get("ETag")
+            if resp.status == 200:
+                modified = resp.headers.get("Last-Modified")
+                same = (etag == file.etag) if etag else bool(modified and modified == file.last_modified)
+                if validator and not same:
+                    progress.begin(file.bytes_total, None, None)
+                    raise _Restart  # the content changed (If-Range)
+                raise _NoMultipart(out)  # same content, whole: no multi-range here
+            if resp.status != 206:
+                raise self._range_refused(resp, batch[0][0])
+            boundary = boundary_from_content_type(resp.headers.get("Content-Type"))
+            if boundary is None:
+                raise _NoMultipart(out)  # one part (perhaps coalesced): ask one range at a time
+            if out > 0:
+                _check_same_content(resp, file)
+            progress.responded(True, _header_text(resp))
+            if out == 0:
+                progress.begin(file.bytes_total, etag, resp.headers.get("Last-Modified"))
+            progress.connected()
+            parts = _PartsReader(resp.content, ByteRangesParser(boundary))
+            try:
+                for first, n in batch:
+                    part = await parts.next_part()
+                    if part is None or part.start != first or part.end != first + n - 1:
+                        raise _NoMultipart(out)  # other parts than asked (reordered, coalesced, fewer)
+                    end = out + n
+                    fetched = await self._stream(parts, fd, out, end, progress, priority, checkpoints=False)
+                    if fetched.size != end:
+                        raise invalid_response(f"a part of {n} bytes ended after {fetched.size - out}")
+                    out = end
+                    progress.checkpoint(out)
+                await parts.finish()
+            except ByteRangesError as e:
+                raise invalid_response(f"bad multipart/byteranges answer: {e}") from e
+        return out
 
     def _read_buffer(self, priority: int) -> int | None:
         """A limited transfer reads ahead ~0.1 s of its rate, not 4 MiB (no bursts on the wire);
@@ -458,11 +558,7 @@ class Downloader:
                 )
             if file.bytes_total is not None and total != file.bytes_total:
                 raise invalid_response(f"the file's size changed from {file.bytes_total} to {total}")
-            if etag and file.etag and etag != file.etag:
-                # If-Range should have brought the whole new content: never splice two versions
-                raise invalid_response(f"a part of a changed file (ETag {file.etag} -> {etag})")
-            if last_modified and file.last_modified and last_modified != file.last_modified:
-                raise invalid_response("a part of a changed file (Last-Modified changed)")
+            _check_same_content(resp, file)
             length = resp.content_length
             if length is not None and length != end - start + 1:
                 raise invalid_response("Content-Length does not match Content-Range")
@@ -494,9 +590,11 @@ class Downloader:
         progress: Progress,
         priority: int,
         defer_sync: bool = False,
+        checkpoints: bool = True,
     ) -> Fetched:
         """Copy the body to ``fd`` from ``offset``; the final offset, durable unless
-        ``defer_sync`` and no checkpoint was needed on the way."""
+        ``defer_sync`` and no checkpoint was needed on the way.  Without ``checkpoints``
+        nothing is reported before the end (the caller checks the body first)."""
         tuning = self.tuning
         throttle = self.throttle
         loop = asyncio.get_running_loop()
@@ -531,7 +629,11 @@ class Downloader:
                     durable = sync_offset
                     progress.checkpoint(durable)
                     sync = None
-                if sync is None and (due or sink.offset - sync_offset >= tuning.checkpoint_bytes):
+                if (
+                    sync is None
+                    and checkpoints
+                    and (due or sink.offset - sync_offset >= tuning.checkpoint_bytes)
+                ):
                     _check_still_linked(fd)
                     sync_offset = sink.offset
                     last_sync_time = now
@@ -556,7 +658,7 @@ class Downloader:
                 raise
             raise fs.local_error(e, "cannot write the temporary file") from e
         finally:
-            if durable < sink.offset + sink.pending_len:
+            if checkpoints and durable < sink.offset + sink.pending_len:
                 self._salvage(sink, progress)
 
     @staticmethod
@@ -628,6 +730,17 @@ def _if_range(file: JobFile) -> str | None:
     return file.last_modified
 
 
+def _check_same_content(resp: HTTPResponse, file: JobFile) -> None:
+    """A 206 resuming a file must be of the same content as what is already there: If-Range
+    should have brought the whole new content; never splice two versions."""
+    etag = resp.headers.get("ETag")
+    if etag and file.etag and etag != file.etag:
+        raise invalid_response(f"a part of a changed file (ETag {file.etag} -> {etag})")
+    modified = resp.headers.get("Last-Modified")
+    if modified and file.last_modified and modified != file.last_modified:
+        raise invalid_response("a part of a changed file (Last-Modified changed)")
+
+
 def _check_still_linked(fd: int) -> None:
     """The temporary file (or its directory) was deleted under us: writing on into an
     unlinked inode would only lose the bytes at Complete, so say so now."""
@@ -687,6 +800,111 @@ def _piece_end(resp: HTTPResponse, asked: str, first: int, start: int, length: i
 
 class _Restart(Exception):
     """The content changed under us: start the file again from byte 0."""
+
+
+class _NoMultipart(Exception):
+    """The server did not answer a multi-range request with the parts asked for; ``out`` is
+    the output offset the parts it did send (checkpointed) brought the file to."""
+
+    def __init__(self, out: int) -> None:
+        super().__init__(out)
+        self.out = out
+
+
+#: ranges up to this long go several to a request, up to MULTI_RANGE_COUNT of them
+MULTI_RANGE_MAX_BYTES = 16 * 1024 * 1024
+MULTI_RANGE_COUNT = 64
+MULTI_RANGE_HEADER_CHARS = 2000
+
+
+def _multi_batch(first: int, length: int, following: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(first byte, length) of the ranges to ask in one multi-range request, starting with
+    the rest of the current range; empty if the current range is too long for it."""
+    if length > MULTI_RANGE_MAX_BYTES or length == BG_LENGTH_TO_EOF or length <= 0:
+        return []
+    batch = [(first, length)]
+    chars = len(f"{first}-{first + length - 1}")
+    for start, n in following:
+        if n > MULTI_RANGE_MAX_BYTES or len(batch) >= MULTI_RANGE_COUNT:
+            break  # (BG_LENGTH_TO_EOF is larger than the limit too)
+        chars += len(f",{start}-{start + n - 1}")
+        if chars > MULTI_RANGE_HEADER_CHARS:
+            break
+        batch.append((start, n))
+    return batch
+
+
+class _PartsReader:
+    """The parts of a multipart/byteranges body, each read like a body of its own.
+
+    The last bytes of a part are handed out only once what follows them (the next part's
+    header or the closing delimiter) was seen, so a part that was not the length its
+    Content-Range said never gets written whole."""
+
+    __slots__ = ("content", "eof", "events", "left", "parser")
+
+    def __init__(self, content: Body, parser: ByteRangesParser) -> None:
+        self.content, self.parser = content, parser
+        self.events: collections.deque[Part | Data] = collections.deque()
+        self.left = 0  # bytes of the current part not yet handed out
+        self.eof = False
+
+    async def _more(self) -> bool:
+        """Feed the parser; False once the body has ended (checked to be complete)."""
+        if self.eof:
+            return False
+        chunk = await self.content.readany()
+        if not chunk:
+            self.eof = True
+            self.parser.finish()
+            return False
+        self.events.extend(self.parser.feed(chunk))
+        return True
+
+    async def next_part(self) -> Part | None:
+        while not self.events:
+            if self.parser.done or not await self._more():
+                return None
+        event = self.events.popleft()
+        if not isinstance(event, Part):
+            raise ByteRangesError("part data where a part header was expected")
+        self.left = event.end - event.start + 1
+        return event
+
+    async def read(self, n: int = -1) -> bytes:
+        if self.left == 0:
+            return b""
+        while not self.events:
+            if not await self._more():
+                raise ByteRangesError("the body ended inside a part")
+        event = self.events[0]
+        if not isinstance(event, Data):
+            raise ByteRangesError("a part ended early")
+        data = event.data
+        if 0 <= n < len(data):
+            self.events[0] = Data(data[n:])
+            data = data[:n]
+        else:
+            self.events.popleft()
+        self.left -= len(data)
+        if self.left == 0:
+            while not self.events and not self.parser.done:  # confirm the part's end
+                if not await self._more():
+                    break
+        return data
+
+    async def readany(self) -> bytes:
+        return await self.read()
+
+    async def finish(self) -> None:
+        """After the last part asked for: the body must end there."""
+        while not self.parser.done:
+            if not await self._more():
+                break
+        if self.events:
+            raise ByteRangesError("more parts than ranges asked for")
+        while await self._more():  # the epilogue, if any, up to the body's end
+            pass
 
 
 def _http_date(ts: float) -> str:

@@ -25,6 +25,7 @@ import base64
 import collections
 import contextlib
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -42,6 +43,8 @@ IDLE_TIMEOUT_S = 30.0
 #: a connection with requests queued that nobody came back for is dropped after this
 PIPELINED_IDLE_TIMEOUT_S = 5.0
 DNS_CACHE_S = 60.0
+#: requests sent ahead that got no answer before a server is no longer sent any ahead
+PIPELINE_STRIKES = 3
 
 
 class H1Error(Exception):
@@ -64,6 +67,15 @@ class ClosedEarly(H1Error):
 
 class BadResponse(H1Error):
     """The server's bytes are not an HTTP/1.1 response we accept."""
+
+
+class BadRequest(H1Error):
+    """The request cannot be written as HTTP/1.1 (a header with a line break, say)."""
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\r\n\0]")
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 
 
 Key = tuple[str, int]
@@ -125,7 +137,7 @@ class Body:
         return await self.read(-1)
 
     async def read(self, n: int = -1) -> bytes:
-        if self.done:
+        if self.done or n == 0:
             return b""
         limit = self._client.read_bytes if n < 0 else n
         if self._mode == "length":
@@ -160,12 +172,9 @@ class Body:
         while self._chunk_left == 0:
             line = await client.read_line(conn)
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadResponse(f"bad chunk size {size_text[:40]!r}") from None
-            if size < 0 or len(size_text) > 16:
+            if not _HEX.fullmatch(size_text) or len(size_text) > 16:
                 raise BadResponse(f"bad chunk size {size_text[:40]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 while await client.read_line(conn):  # trailers, up to the empty line
                     pass
@@ -214,7 +223,10 @@ class Response:
     @property
     def content_length(self) -> int | None:
         value = self.headers.get("Content-Length")
-        return int(value) if value is not None and value.strip().isdigit() else None
+        if value is None:
+            return None
+        value = value.strip()
+        return int(value) if value.isascii() and value.isdigit() and len(value) <= 19 else None
 
     def body_done(self) -> None:
         """The body was read to its end: the connection may serve the next request."""
@@ -237,7 +249,7 @@ def _parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
     if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80]!r}")
     code = parts[1]
-    if len(code) != 3 or not code.isdigit():
+    if len(code) != 3 or not code.isdigit() or not b"100" <= code <= b"599":
         raise BadResponse(f"bad status code {code[:20]!r}")
     reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
     headers: CIMultiDict[str] = CIMultiDict()
@@ -270,7 +282,7 @@ def _framing(status: int, headers: CIMultiDict[str], head_request: bool) -> tupl
     if len(lengths) > 1:
         raise BadResponse(f"conflicting Content-Length values {sorted(lengths)}")
     value = lengths.pop()
-    if not value.isdigit() or len(value) > 19:
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
         raise BadResponse(f"bad Content-Length {value[:40]!r}")
     return "length", int(value)
 
@@ -297,6 +309,7 @@ class H1Client:
         self._idle: dict[Key, list[_Conn]] = {}
         self._pipelined: dict[Key, list[_Conn]] = {}
         self._no_pipelining: set[Key] = set()
+        self._pipeline_failures: dict[Key, int] = {}
         self._dns: dict[Key, tuple[float, list[tuple[int, tuple[str, int]]]]] = {}
         self._closed = False
 
@@ -383,6 +396,8 @@ class H1Client:
 
     def release(self, conn: _Conn, *, reusable: bool) -> None:
         conn.used += 1
+        if conn.buffered() and not conn.inflight:
+            reusable = False  # bytes after the body that nothing asked for (RFC 9112 §6.3)
         if not reusable or self._closed or conn.eof:
             conn.close()
             return
@@ -488,8 +503,8 @@ class H1Client:
             host = f"{host}:{url.port}"
         if not headers and url.raw_user is None:  # the common case, without the merging
             head = f"GET {url.raw_path_qs or '/'} HTTP/1.1\r\nHost: {host}\r\n{self._default_block}\r\n"
-            if "\n" in host or "\r" in host:
-                raise ValueError("a line break in the host name")
+            if _BAD_VALUE.search(host):
+                raise BadRequest("a line break in the host name")
             return head.encode("latin-1")
         merged: dict[str, tuple[str, str]] = {k.lower(): (k, v) for k, v in self.default_headers.items()}
         merged["host"] = ("Host", host)
@@ -497,13 +512,16 @@ class H1Client:
             cred = f"{url.user or ''}:{url.password or ''}".encode()
             merged["authorization"] = ("Authorization", "Basic " + base64.b64encode(cred).decode("ascii"))
         for name, value in headers.items():
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                raise BadRequest(f"the request header {name[:40]!r} is not valid in HTTP")
             merged[name.lower()] = (name, value)
         lines = [f"GET {url.raw_path_qs or '/'} HTTP/1.1"]
         lines.extend(f"{name}: {value}" for name, value in merged.values())
         text = "\r\n".join(lines) + "\r\n\r\n"
-        if any(c in text[:-4].replace("\r\n", "") for c in "\r\n\0"):
-            raise ValueError("a request header holds a line break")
-        return text.encode("latin-1")
+        try:
+            return text.encode("latin-1")
+        except UnicodeEncodeError:
+            raise BadRequest("a request header holds characters HTTP/1.1 cannot carry") from None
 
     @contextlib.asynccontextmanager
     async def get(
@@ -532,6 +550,7 @@ class H1Client:
         ahead: Iterable[tuple[str, Mapping[str, str]]],
     ) -> Response:
         ahead = list(ahead)
+        head = self._head(target, headers)  # a bad request fails before any connection
         for attempt in range(2):
             conn = self._pipelined_conn(key, ident) if attempt == 0 else None
             sent = conn is not None
@@ -546,15 +565,14 @@ class H1Client:
                     extra = self._ahead(conn, key, ahead)
                 else:
                     extra = self._ahead(conn, key, ahead)
-                    extra.insert(0, self._head(target, headers))
+                    extra.insert(0, head)
                 if extra:
                     await self._send(conn, b"".join(extra))
                 response = await self._read_response(conn, target)
             except (ClosedEarly, TimeoutError) as e:
-                queued = bool(conn.inflight)
                 conn.close()
-                if queued or sent:
-                    self._no_pipelining.add(key)  # answers lost behind queued requests
+                if sent:
+                    self._pipelining_failed(key)
                 if attempt == 0 and (reused or sent) and not isinstance(e, TimeoutError):
                     continue  # a kept-alive connection the server had closed: try a new one
                 raise
@@ -562,15 +580,23 @@ class H1Client:
                 conn.close()
                 raise
             if response is None:
-                queued = bool(conn.inflight)
                 conn.close()
-                if queued or sent:
-                    self._no_pipelining.add(key)
+                if sent:
+                    self._pipelining_failed(key)
                 if attempt == 0 and (reused or sent):
                     continue
                 raise ClosedEarly("the server closed the connection without answering")
             return response
         raise AssertionError("unreachable")
+
+    def _pipelining_failed(self, key: Key) -> None:
+        """A request sent ahead got no (whole) answer: after a few, none are sent ahead to
+        that server any more (a closed idle connection is not counted: nothing was sent
+        ahead on it when it closed)."""
+        count = self._pipeline_failures.get(key, 0) + 1
+        self._pipeline_failures[key] = count
+        if count >= PIPELINE_STRIKES:
+            self._no_pipelining.add(key)
 
     def _ahead(self, conn: _Conn, key: Key, ahead: list[tuple[str, Mapping[str, str]]]) -> list[bytes]:
         """Heads of requests to send ahead on ``conn`` (only on a proven connection to a
@@ -592,7 +618,10 @@ class H1Client:
             target = yarl.URL(url)
             if target.scheme != "http" or (target.raw_host or "", target.port or 80) != key:
                 break
-            heads.append(self._head(target, headers))
+            try:
+                heads.append(self._head(target, headers))
+            except BadRequest:
+                break  # that request will fail on its own turn
             inflight.append((url, tuple(headers.items())))
         return heads
 

@@ -228,6 +228,8 @@ def _h1_error(e: h1.H1Error, url: str) -> BitsError:
         return TransientTransferError(str(e), hresult=HResult.BG_E_CONNECT_FAILURE, context=transport)
     if isinstance(e, h1.BadResponse):
         return invalid_response(f"the server's response is not valid HTTP: {e}")
+    if isinstance(e, h1.BadRequest):
+        return TransferError(str(e), hresult=HResult.E_INVALIDARG, context=ErrorContext.REMOTE_FILE)
     return TransientTransferError(
         f"the connection closed early: {e}", hresult=HResult.BG_E_CONNECTION_CLOSED, context=transport
     )
