@@ -408,10 +408,18 @@ class Service:
             )
 
     def _new_file(
-        self, caller: Caller, job: Job, remote: str, local: str, pending: int, taken: set[str]
+        self,
+        caller: Caller,
+        job: Job,
+        remote: str,
+        local: str,
+        pending: int,
+        taken: set[str],
+        checked: set[str] | None = None,
     ) -> JobFile:
         """A new file for ``job`` after ``pending`` others being added with it; ``taken`` holds
-        the LocalFiles of the job and of those (the new one is added to it)."""
+        the LocalFiles of the job and of those (the new one is added to it), ``checked`` the
+        destination directories already checked in this call."""
         remote = validate_remote_url(remote)
         local = validate_local_file(local)
         count = len(job.files) + pending
@@ -424,7 +432,7 @@ class Service:
             raise InvalidArgument(f"the job already has a file for {local}")
         taken.add(local)
         gid = caller.gid if caller.uid == job.owner_uid else primary_gid(job.owner_uid)
-        fs.check_destination(local, job.owner_uid, gid)
+        fs.check_destination(local, job.owner_uid, gid, checked)
         return JobFile(remote_url=remote, local_file=local, temp_name=fs.temp_name_for(job.job_id, count))
 
     async def add_file(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
@@ -459,8 +467,9 @@ class Service:
         new_state = states.add_file(job.state)
         added: list[JobFile] = []
         taken = {f.local_file for f in job.files}
+        checked: set[str] = set()
         for remote, local in pairs:
-            added.append(self._new_file(caller, job, remote, local, len(added), taken))
+            added.append(self._new_file(caller, job, remote, local, len(added), taken, checked))
         if ranges is not None:
             added[0].ranges = ranges
             if all(n != BG_LENGTH_TO_EOF for _, n in ranges):

@@ -216,7 +216,7 @@ class Scheduler:
         service = self.service
         owner = Owner(job.owner_uid, primary_gid(job.owner_uid))
         batch = _SyncBatch(service, job)
-        ahead = _Precreate(job, owner)
+        ahead = _Precreate(job, owner, self.downloader.preopened)
         index: int | None = 0
         try:
             while True:
@@ -272,16 +272,20 @@ class Scheduler:
 
 
 class _Precreate:
-    """Creates the temporary files of the next new files of a job in a worker thread, a
-    batch at a time, while the current file downloads: for small files, creating each file
-    is the costliest system call, and this takes it off the event loop's core."""
+    """Opens (creating them) the temporary files of the next new files of a job in a worker
+    thread, a batch at a time, while the current file downloads, and leaves the fds to the
+    downloader: for small files, creating and opening each file are the costliest system
+    calls, and this takes them off the event loop's core."""
 
     AHEAD = 32
 
-    def __init__(self, job: Job, owner: Owner) -> None:
+    def __init__(self, job: Job, owner: Owner, preopened: dict[str, int]) -> None:
         self.job, self.owner = job, owner
+        self.preopened = preopened  # shared with the downloader, which takes them
         self.upto = 0  # files before this index were handled
-        self.pending: asyncio.Future[None] | None = None
+        self.pending: asyncio.Future[dict[str, int]] | None = None
+        self.mine: list[str] = []  # paths this job put in ``preopened``
+        self.merged: set[asyncio.Future[dict[str, int]]] = set()
 
     def start(self, index: int) -> None:
         if (self.pending is not None and not self.pending.done()) or self.upto > index + self.AHEAD // 2:
@@ -296,10 +300,27 @@ class _Precreate:
         if len(paths) > 1:
             loop = asyncio.get_running_loop()
             self.pending = loop.run_in_executor(None, precreate_temp, paths, self.owner.uid, self.owner.gid)
+            self.pending.add_done_callback(self._opened)
+
+    def _opened(self, done: asyncio.Future[dict[str, int]]) -> None:
+        if done in self.merged or done.cancelled() or done.exception() is not None:
+            return
+        self.merged.add(done)
+        opened = done.result()
+        self.preopened.update(opened)
+        self.mine = [p for p in self.mine if p in self.preopened]
+        self.mine.extend(opened)
 
     async def wait(self) -> None:
+        """When the job lets go: no file is created after this, no fd is left open."""
         if self.pending is not None:
             await asyncio.wait([self.pending])
+            self._opened(self.pending)  # (if its done callback has not run yet)
+        for path in self.mine:
+            fd = self.preopened.pop(path, -1)
+            if fd >= 0:
+                os.close(fd)
+        self.mine = []
 
 
 class _SyncBatch:
@@ -307,8 +328,8 @@ class _SyncBatch:
     one ``syncfs`` and one transaction for up to ``MAX_FILES`` files or ``MAX_AGE_S`` seconds.
     Until then they count as not transferred (progress never runs ahead of the disk)."""
 
-    MAX_FILES = 64
-    MAX_AGE_S = 0.1
+    MAX_FILES = 256
+    MAX_AGE_S = 0.25
 
     def __init__(self, service: Service, job: Job) -> None:
         self.service, self.job = service, job

@@ -196,13 +196,11 @@ class SqliteStore:
     def save_job(self, job: Job, files: Iterable[JobFile] = ()) -> None:
         with self._transaction() as db:
             self._update_job(db, job)
-            for f in files:
-                self._update_file(db, f)
+            db.executemany(_UPDATE_FILE, [_file_update_row(f) for f in files])
 
     def save_files(self, job: Job, files: Iterable[JobFile]) -> None:
         with self._transaction() as db:
-            for f in files:
-                self._update_file(db, f)
+            db.executemany(_UPDATE_FILE, [_file_update_row(f) for f in files])
 
     def delete_jobs(self, job_ids: Iterable[str]) -> None:
         with self._transaction() as db:
@@ -253,32 +251,34 @@ class SqliteStore:
         f.file_id = cur.lastrowid
 
     @staticmethod
-    def _update_file(db: sqlite3.Connection, f: JobFile) -> None:
-        db.execute(
-            "UPDATE files SET remote_url=?, local_file=?, bytes_total=?, bytes_transferred=?, "
-            "completed=?, temp_name=?, etag=?, last_modified=?, published=?, range_support=?, "
-            "response_headers=? WHERE file_id=?",
-            (
-                f.remote_url,
-                f.local_file,
-                f.bytes_total,
-                f.bytes_transferred,
-                int(f.completed),
-                f.temp_name,
-                f.etag,
-                f.last_modified,
-                int(f.published),
-                None if f.range_support is None else int(f.range_support),
-                f.response_headers,
-                f.file_id,
-            ),
-        )
-
-    @staticmethod
     def _update_job(db: sqlite3.Connection, job: Job) -> None:
         row = _job_row(job, 0)
         assignments = ", ".join(f"{c.strip()}=?" for c in _JOB_COLUMNS.split(",")[2:])
         db.execute(f"UPDATE jobs SET {assignments} WHERE job_id=?", (*row[2:], job.job_id))
+
+
+_UPDATE_FILE = (
+    "UPDATE files SET remote_url=?, local_file=?, bytes_total=?, bytes_transferred=?, "
+    "completed=?, temp_name=?, etag=?, last_modified=?, published=?, range_support=?, "
+    "response_headers=? WHERE file_id=?"
+)
+
+
+def _file_update_row(f: JobFile) -> tuple[object, ...]:
+    return (
+        f.remote_url,
+        f.local_file,
+        f.bytes_total,
+        f.bytes_transferred,
+        int(f.completed),
+        f.temp_name,
+        f.etag,
+        f.last_modified,
+        int(f.published),
+        None if f.range_support is None else int(f.range_support),
+        f.response_headers,
+        f.file_id,
+    )
 
 
 def _job_row(job: Job, seq: int) -> tuple[object, ...]:

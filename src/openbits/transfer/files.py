@@ -105,12 +105,17 @@ def owner_gids(uid: int, gid: int) -> set[int]:
     return gids
 
 
-def check_destination(local_file: str, uid: int, gid: int) -> None:
+def check_destination(local_file: str, uid: int, gid: int, checked: set[str] | None = None) -> None:
     """The directory of ``local_file`` exists and the owner may create files in it.
 
-    Raises PathNotFound (0x80070003), AccessDenied or InvalidArgument.
+    Raises PathNotFound (0x80070003), AccessDenied or InvalidArgument.  Directories in
+    ``checked`` passed already (many files added at once); the ones that pass are added.
     """
     directory = os.path.dirname(local_file)
+    if checked is not None and directory in checked:
+        if os.path.isdir(local_file):
+            raise InvalidArgument(f"the local file {local_file} is a directory")
+        return
     try:
         st = os.stat(directory)
     except FileNotFoundError:
@@ -130,6 +135,8 @@ def check_destination(local_file: str, uid: int, gid: int) -> None:
         raise AccessDenied(f"the destination directory {directory} is not writable by the job owner")
     if os.path.isdir(local_file):
         raise InvalidArgument(f"the local file {local_file} is a directory")
+    if checked is not None:
+        checked.add(directory)
 
 
 def check_free_space(directory: str, needed: int) -> None:
@@ -189,15 +196,17 @@ def open_temp(path: str, uid: int, gid: int) -> int:
     raise local_error(FileExistsError(errno.EEXIST, "File exists", path), f"cannot open {path}")
 
 
-def precreate_temp(paths: list[str], uid: int, gid: int) -> None:
-    """Create the temporary files of files about to be downloaded (in a worker thread: for
-    a small file, creating it is the costliest system call).  The first failure stops it
-    quietly; the download itself then meets and reports the error."""
+def precreate_temp(paths: list[str], uid: int, gid: int) -> dict[str, int]:
+    """Open (creating them) the temporary files of files about to be downloaded, in a worker
+    thread: for a small file, creating and opening it are the costliest system calls.  The
+    first failure stops it quietly; the download itself then meets and reports the error."""
+    opened: dict[str, int] = {}
     for path in paths:
         try:
-            os.close(open_temp(path, uid, gid))
+            opened[path] = open_temp(path, uid, gid)
         except (OSError, BitsError):
-            return
+            break
+    return opened
 
 
 _FREE_SPACE_CACHE_S = 1.0
@@ -291,5 +300,7 @@ def local_source_path(url: str) -> str | None:
     """The path of a file:// URL or absolute-path source; None for HTTP(S)."""
     if url.startswith("/"):
         return url
+    if url[:5].lower() in ("http:", "https"):
+        return None
     parts = urlsplit(url)
     return unquote(parts.path) if parts.scheme.lower() == "file" else None

@@ -200,6 +200,7 @@ class Response:
     __slots__ = (
         "_client",
         "_conn",
+        "_length",
         "_released",
         "content",
         "headers",
@@ -218,15 +219,13 @@ class Response:
         self.reason = ""
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
         self.keep_alive = False
+        self._length: int | None = None
         self.content: Body
 
     @property
     def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        if value is None:
-            return None
-        value = value.strip()
-        return int(value) if value.isascii() and value.isdigit() and len(value) <= 19 else None
+        """The body's length when Content-Length frames it (None when chunked or to the close)."""
+        return self._length
 
     def body_done(self) -> None:
         """The body was read to its end: the connection may serve the next request."""
@@ -243,27 +242,28 @@ class Response:
 
 def _parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
     """(status, reason, headers, HTTP/1.1?) of a response head without its final empty line."""
-    lines = head.split(b"\n")
-    status_line = lines[0].rstrip(b"\r")
-    parts = status_line.split(b" ", 2)
-    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+    lines = head.decode("latin-1").split("\n")
+    status_line = lines[0].rstrip("\r")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0"):
+        raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80].encode('latin-1')!r}")
     code = parts[1]
-    if len(code) != 3 or not code.isdigit() or not b"100" <= code <= b"599":
-        raise BadResponse(f"bad status code {code[:20]!r}")
-    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    if len(code) != 3 or not code.isdigit() or not "100" <= code <= "599":
+        raise BadResponse(f"bad status code {code[:20].encode('latin-1')!r}")
+    reason = parts[2] if len(parts) > 2 else ""
     headers: CIMultiDict[str] = CIMultiDict()
+    token = _TOKEN.fullmatch
     for raw in lines[1:]:
-        line = raw.rstrip(b"\r")
+        line = raw.rstrip("\r")
         if not line:
             continue
-        if line[:1] in (b" ", b"\t"):
-            raise BadResponse("obsolete line folding in the response headers")
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or b" " in name:
-            raise BadResponse(f"bad header line {line[:80]!r}")
-        headers.add(name.decode("latin-1"), value.strip().decode("latin-1"))
-    return int(code), reason, headers, parts[0] == b"HTTP/1.1"
+        name, sep, value = line.partition(":")
+        if not sep or not token(name):
+            if line[0] in " \t":
+                raise BadResponse("obsolete line folding in the response headers")
+            raise BadResponse(f"bad header line {line[:80].encode('latin-1')!r}")
+        headers.add(name, value.strip())
+    return int(code), reason, headers, parts[0] == "HTTP/1.1"
 
 
 def _framing(status: int, headers: CIMultiDict[str], head_request: bool) -> tuple[str, int]:
@@ -650,5 +650,6 @@ class H1Client:
         mode, length = _framing(status, headers, head_request=False)
         connection = headers.get("Connection", "").lower()
         response.keep_alive = http11 and mode != "close" and "close" not in connection
+        response._length = length if mode == "length" else None
         response.content = Body(self, conn, mode, length, response)
         return response
