@@ -247,7 +247,9 @@ class Scheduler:
                 else:
                     batch.add(file, fetched.size)
                     if batch.full():
-                        await batch.flush()
+                        await batch.flush(wait=False)  # downloads go on while it syncs
+                    else:
+                        batch.poll()
                 index += 1
             await batch.flush()
             service.job_transferred(job)
@@ -326,7 +328,10 @@ class _Precreate:
 class _SyncBatch:
     """Small files finished without their own fdatasync, made durable and committed together:
     one ``syncfs`` and one transaction for up to ``MAX_FILES`` files or ``MAX_AGE_S`` seconds.
-    Until then they count as not transferred (progress never runs ahead of the disk)."""
+    Until then they count as not transferred (progress never runs ahead of the disk).
+
+    A batch syncs in a worker thread while the next files download; one batch at a time is
+    in flight, and its files are committed once its sync returned."""
 
     MAX_FILES = 256
     MAX_AGE_S = 0.25
@@ -335,6 +340,8 @@ class _SyncBatch:
         self.service, self.job = service, job
         self.files: list[tuple[JobFile, int]] = []
         self.since = 0.0
+        self.syncing: list[tuple[JobFile, int]] = []
+        self.sync: asyncio.Future[None] | None = None
 
     def add(self, file: JobFile, size: int) -> None:
         if not self.files:
@@ -344,27 +351,53 @@ class _SyncBatch:
     def full(self) -> bool:
         return len(self.files) >= self.MAX_FILES or time.monotonic() - self.since >= self.MAX_AGE_S
 
-    async def flush(self) -> None:
+    async def flush(self, *, wait: bool = True) -> None:
+        """Sync the batch (after the one in flight, if any); unless ``wait``, return as soon
+        as its sync has started."""
+        if self.sync is not None:
+            await asyncio.wait([self.sync])
+            self._committed()
         if not self.files:
             return
-        files, self.files = self.files, []
-        for directory in sorted({os.path.dirname(f.local_file) for f, _ in files}):
-            await asyncio.to_thread(_sync_directory, directory)
+        self.syncing, self.files = self.files, []
+        directories = sorted({os.path.dirname(f.local_file) for f, _ in self.syncing})
+        self.sync = asyncio.get_running_loop().run_in_executor(None, _sync_directories, directories)
+        self.sync.add_done_callback(_retrieved)  # (a sync left behind by flush_now is not an error)
+        if wait:
+            await asyncio.wait([self.sync])
+            self._committed()
+
+    def poll(self) -> None:
+        """Commit the batch in flight if its sync is done."""
+        if self.sync is not None and self.sync.done():
+            self._committed()
+
+    def _committed(self) -> None:
+        assert self.sync is not None
+        sync, self.sync = self.sync, None
+        files, self.syncing = self.syncing, []
+        sync.result()  # a failed sync fails the job; the files will be fetched again
         self.service.files_done(self.job, files)
 
     def flush_now(self) -> None:
         """On an error or cancellation: the finished files are kept (blocking, rare)."""
-        if not self.files:
+        files = self.syncing + self.files
+        self.syncing, self.files, self.sync = [], [], None
+        if not files:
             return
-        files, self.files = self.files, []
         try:
-            for directory in sorted({os.path.dirname(f.local_file) for f, _ in files}):
-                _sync_directory(directory)
+            _sync_directories(sorted({os.path.dirname(f.local_file) for f, _ in files}))
         except BitsError:
             return  # not durable: they will be fetched again
         self.service.files_done(self.job, files)
 
 
-def _sync_directory(directory: str) -> None:
-    with translating(f"cannot sync {directory}"):
-        sync_filesystem(directory)
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _sync_directories(directories: list[str]) -> None:
+    for directory in directories:
+        with translating(f"cannot sync {directory}"):
+            sync_filesystem(directory)
