@@ -548,9 +548,13 @@ class Service:
                 if f.published:
                     continue
                 if f.completed and f.temp_path is not None:
-                    if os.path.exists(f.temp_path) or not os.path.exists(f.local_file):
+                    try:
                         fs.publish(f.temp_path, f.local_file, fs.http_date_to_unix(f.last_modified))
                         directories.add(os.path.dirname(f.local_file))
+                    except BitsError:
+                        if os.path.exists(f.temp_path) or not os.path.exists(f.local_file):
+                            raise
+                        # renamed already, by a Complete that crashed before its commit
                     f.published = True
                 else:
                     fs.remove_quietly(f.temp_path)

@@ -25,6 +25,7 @@ from openbits.model import ErrorContext
 from openbits.transfer import files
 from openbits.transfer.files import (
     check_destination,
+    finish_temp,
     http_date_to_unix,
     local_error,
     local_source_path,
@@ -257,6 +258,37 @@ def test_publish_replaces_an_existing_local_file(tmp_path: Path) -> None:
     final.write_bytes(b"old contents")
     publish(str(temp), str(final), None)
     assert final.read_bytes() == b"new"
+
+
+def test_a_finished_temp_file_is_only_renamed(tmp_path: Path) -> None:
+    temp = tmp_path / ".BITAAAAAAAA.tmp"
+    temp.write_bytes(b"whole")
+    temp.chmod(0o600)
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        finish_temp(fd, http_date_to_unix(LAST_MODIFIED))
+    finally:
+        os.close(fd)
+    assert stat.S_IMODE(temp.stat().st_mode) == files.PUBLISHED_MODE
+    inode = temp.stat().st_ino
+    final = tmp_path / "final.bin"
+    publish(str(temp), str(final), http_date_to_unix(LAST_MODIFIED))
+    assert (final.stat().st_ino, final.stat().st_mtime) == (inode, 1_445_412_480.0)
+    assert stat.S_IMODE(final.stat().st_mode) == files.PUBLISHED_MODE
+
+
+def test_publish_never_follows_a_symlinked_temp_file(tmp_path: Path) -> None:
+    # the destination directory is the job owner's: a link put in place of the temporary
+    # file must not make a root daemon change the mode or time of what it points to
+    target = tmp_path / "secret"
+    target.write_bytes(b"x")
+    target.chmod(0o600)
+    temp = tmp_path / ".BITAAAAAAAA.tmp"
+    temp.symlink_to(target)
+    with pytest.raises(TransferError):
+        publish(str(temp), str(tmp_path / "final.bin"), http_date_to_unix(LAST_MODIFIED))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert target.stat().st_mtime != 1_445_412_480.0
 
 
 def test_publish_of_a_missing_temp_file(tmp_path: Path) -> None:

@@ -302,6 +302,7 @@ class Downloader:
                         )
                     if total is not None and fetched.size != total:
                         raise invalid_response(f"the server sent {fetched.size} bytes of {total}")
+                    _finish(fd, file)
                     return fetched
             except NETWORK_EXCEPTIONS as e:
                 raise network_error(e, file.remote_url) from e
@@ -349,6 +350,7 @@ class Downloader:
                     raise network_error(e, file.remote_url) from e
                 done = out
                 i += 1
+            _finish(fd, file)
             return Fetched(out)
         finally:
             os.close(fd)
@@ -718,6 +720,7 @@ class Downloader:
                         progress.checkpoint(offset)
                 if os.fstat(src).st_mtime_ns != st.st_mtime_ns:
                     raise _Restart
+                _finish(fd, file)
                 return offset
             finally:
                 os.close(fd)
@@ -732,6 +735,12 @@ def _if_range(file: JobFile) -> str | None:
     if file.etag and not file.etag.startswith("W/"):
         return file.etag
     return file.last_modified
+
+
+def _finish(fd: int, file: JobFile) -> None:
+    """The file is whole: its published mode and time now (``files.finish_temp``)."""
+    with fs.translating("cannot set the temporary file's mode and time"):
+        fs.finish_temp(fd, fs.http_date_to_unix(file.last_modified))
 
 
 def _check_same_content(resp: HTTPResponse, file: JobFile) -> None:
