@@ -22,7 +22,7 @@ from openbits.model import ErrorContext, Job, JobFile, parse_custom_headers
 from openbits.scheduler import policy
 from openbits.service import Service
 from openbits.transfer.download import Downloader, Owner, RequestOptions
-from openbits.transfer.files import precreate_temp, sync_filesystem, temp_name_for, translating
+from openbits.transfer.files import sync_filesystem, temp_name_for, translating
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.scheduler")
@@ -216,7 +216,6 @@ class Scheduler:
         service = self.service
         owner = Owner(job.owner_uid, primary_gid(job.owner_uid))
         batch = _SyncBatch(service, job)
-        ahead = _Precreate(job, owner, self.downloader.preopened)
         index: int | None = 0
         try:
             while True:
@@ -227,7 +226,6 @@ class Scheduler:
                 file = job.files[index]
                 if file.temp_name is None:  # a file added before names were derived
                     file.temp_name = temp_name_for(job.job_id, index)
-                ahead.start(index)
                 options = RequestOptions(
                     headers=tuple(parse_custom_headers(job.custom_headers)) if job.custom_headers else (),
                     security_flags=job.security_flags,
@@ -267,62 +265,9 @@ class Scheduler:
                 index,
             )
         finally:
-            await ahead.wait()  # no temporary file is created after the job let go
             if self.running.get(job.job_id) is asyncio.current_task():
                 del self.running[job.job_id]
             self.wake()
-
-
-class _Precreate:
-    """Opens (creating them) the temporary files of the next new files of a job in a worker
-    thread, a batch at a time, while the current file downloads, and leaves the fds to the
-    downloader: for small files, creating and opening each file are the costliest system
-    calls, and this takes them off the event loop's core."""
-
-    AHEAD = 32
-
-    def __init__(self, job: Job, owner: Owner, preopened: dict[str, int]) -> None:
-        self.job, self.owner = job, owner
-        self.preopened = preopened  # shared with the downloader, which takes them
-        self.upto = 0  # files before this index were handled
-        self.pending: asyncio.Future[dict[str, int]] | None = None
-        self.mine: list[str] = []  # paths this job put in ``preopened``
-        self.merged: set[asyncio.Future[dict[str, int]]] = set()
-
-    def start(self, index: int) -> None:
-        if (self.pending is not None and not self.pending.done()) or self.upto > index + self.AHEAD // 2:
-            return
-        first = max(index + 1, self.upto)
-        self.upto = index + 1 + self.AHEAD
-        paths = [
-            f.temp_path
-            for f in self.job.files[first : self.upto]
-            if f.temp_path is not None and f.bytes_transferred == 0 and not f.completed
-        ]
-        if len(paths) > 1:
-            loop = asyncio.get_running_loop()
-            self.pending = loop.run_in_executor(None, precreate_temp, paths, self.owner.uid, self.owner.gid)
-            self.pending.add_done_callback(self._opened)
-
-    def _opened(self, done: asyncio.Future[dict[str, int]]) -> None:
-        if done in self.merged or done.cancelled() or done.exception() is not None:
-            return
-        self.merged.add(done)
-        opened = done.result()
-        self.preopened.update(opened)
-        self.mine = [p for p in self.mine if p in self.preopened]
-        self.mine.extend(opened)
-
-    async def wait(self) -> None:
-        """When the job lets go: no file is created after this, no fd is left open."""
-        if self.pending is not None:
-            await asyncio.wait([self.pending])
-            self._opened(self.pending)  # (if its done callback has not run yet)
-        for path in self.mine:
-            fd = self.preopened.pop(path, -1)
-            if fd >= 0:
-                os.close(fd)
-        self.mine = []
 
 
 class _SyncBatch:

@@ -206,8 +206,6 @@ class Downloader:
         self.tuning = tuning or Tuning()
         self.throttle = throttle if throttle is not None else Throttle()
         self.h1 = h1
-        #: temporary files opened ahead by the scheduler (path -> fd), taken by ``_open``
-        self.preopened: dict[str, int] = {}
 
     async def download(
         self,
@@ -256,9 +254,7 @@ class Downloader:
         if file.temp_path is None:
             raise TransferError("the file has no temporary name", context=ErrorContext.LOCAL_FILE)
         path = file.temp_path
-        fd = self.preopened.pop(path, -1)
-        if fd < 0:
-            fd = fs.open_temp(path, owner.uid, owner.gid)
+        fd = fs.open_temp(path, owner.uid, owner.gid)
         offset = file.bytes_transferred
         with fs.translating(f"cannot use the temporary file {path}"):
             size = os.fstat(fd).st_size

@@ -172,9 +172,8 @@ def temp_name_for(job_id: str, index: int) -> str:
 
 
 def open_temp(path: str, uid: int, gid: int) -> int:
-    """Open the temporary file for writing, creating it (O_EXCL, 0600, the owner's) if absent.
-
-    Safe against another thread creating it at the same moment (``precreate_temp``)."""
+    """Open the temporary file for writing, creating it (O_EXCL, 0600, the owner's) if absent
+    (safe against another process or thread creating it at the same moment)."""
     for _ in range(3):
         try:
             return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -195,19 +194,6 @@ def open_temp(path: str, uid: int, gid: int) -> int:
             raise
         return fd
     raise local_error(FileExistsError(errno.EEXIST, "File exists", path), f"cannot open {path}")
-
-
-def precreate_temp(paths: list[str], uid: int, gid: int) -> dict[str, int]:
-    """Open (creating them) the temporary files of files about to be downloaded, in a worker
-    thread: for a small file, creating and opening it are the costliest system calls.  The
-    first failure stops it quietly; the download itself then meets and reports the error."""
-    opened: dict[str, int] = {}
-    for path in paths:
-        try:
-            opened[path] = open_temp(path, uid, gid)
-        except (OSError, BitsError):
-            break
-    return opened
 
 
 _FREE_SPACE_CACHE_S = 1.0
