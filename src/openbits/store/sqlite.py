@@ -189,8 +189,17 @@ class SqliteStore:
         files = list(files)
         first = len(job.files) - len(files)  # they are the last ones
         with self._transaction() as db:
-            for offset, file in enumerate(files):
-                self._insert_file(db, job.job_id, first + offset, file)
+            db.executemany(
+                _INSERT_FILE, [_file_insert_row(job.job_id, first + i, f) for i, f in enumerate(files)]
+            )
+            ids = dict(
+                db.execute(
+                    "SELECT position, file_id FROM files WHERE job_id = ? AND position >= ?",
+                    (job.job_id, first),
+                )
+            )
+            for i, f in enumerate(files):
+                f.file_id = ids[first + i]
             self._update_job(db, job)
 
     def save_job(self, job: Job, files: Iterable[JobFile] = ()) -> None:
@@ -227,27 +236,7 @@ class SqliteStore:
 
     @staticmethod
     def _insert_file(db: sqlite3.Connection, job_id: str, position: int, f: JobFile) -> None:
-        cur = db.execute(
-            "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, "
-            "bytes_transferred, completed, temp_name, etag, last_modified, published, ranges, "
-            "range_support, response_headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                job_id,
-                position,
-                f.remote_url,
-                f.local_file,
-                f.bytes_total,
-                f.bytes_transferred,
-                int(f.completed),
-                f.temp_name,
-                f.etag,
-                f.last_modified,
-                int(f.published),
-                None if f.ranges is None else json.dumps(f.ranges),
-                None if f.range_support is None else int(f.range_support),
-                f.response_headers,
-            ),
-        )
+        cur = db.execute(_INSERT_FILE, _file_insert_row(job_id, position, f))
         f.file_id = cur.lastrowid
 
     @staticmethod
@@ -255,6 +244,32 @@ class SqliteStore:
         row = _job_row(job, 0)
         assignments = ", ".join(f"{c.strip()}=?" for c in _JOB_COLUMNS.split(",")[2:])
         db.execute(f"UPDATE jobs SET {assignments} WHERE job_id=?", (*row[2:], job.job_id))
+
+
+_INSERT_FILE = (
+    "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, "
+    "bytes_transferred, completed, temp_name, etag, last_modified, published, ranges, "
+    "range_support, response_headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _file_insert_row(job_id: str, position: int, f: JobFile) -> tuple[object, ...]:
+    return (
+        job_id,
+        position,
+        f.remote_url,
+        f.local_file,
+        f.bytes_total,
+        f.bytes_transferred,
+        int(f.completed),
+        f.temp_name,
+        f.etag,
+        f.last_modified,
+        int(f.published),
+        None if f.ranges is None else json.dumps(f.ranges),
+        None if f.range_support is None else int(f.range_support),
+        f.response_headers,
+    )
 
 
 _UPDATE_FILE = (

@@ -20,7 +20,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -236,11 +236,7 @@ class Downloader:
                     return Fetched(await self._download_local(source, file, owner, progress, priority))
                 if file.ranges is not None:
                     return await self._download_ranges(file, owner, progress, priority, options)
-                ahead = [
-                    (f.remote_url, dict(options.headers))
-                    for f in upcoming
-                    if f.bytes_transferred == 0 and f.ranges is None and not f.completed
-                ]
+                ahead = _Ahead(upcoming, dict(options.headers))
                 return await self._download_http(file, owner, progress, priority, options, defer_sync, ahead)
             except _Restart:
                 continue
@@ -275,7 +271,7 @@ class Downloader:
         priority: int,
         options: RequestOptions,
         defer_sync: bool,
-        ahead: Sequence[tuple[str, Mapping[str, str]]] = (),
+        ahead: Iterable[tuple[str, Mapping[str, str]]] = (),
     ) -> Fetched:
         fd, offset = self._open(file, owner)
         try:
@@ -481,7 +477,7 @@ class Downloader:
         headers: dict[str, str],
         options: RequestOptions,
         priority: int,
-        ahead: Sequence[tuple[str, Mapping[str, str]]],
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
     ) -> AsyncIterator[HTTPResponse]:
         """One GET, no redirects followed: through ``h1`` for plain HTTP without a proxy."""
         proxy = env_proxy_for(url)
@@ -507,7 +503,7 @@ class Downloader:
         options: RequestOptions,
         progress: Progress,
         priority: int,
-        ahead: Sequence[tuple[str, Mapping[str, str]]] = (),
+        ahead: Iterable[tuple[str, Mapping[str, str]]] = (),
     ) -> AsyncIterator[HTTPResponse]:
         """GET ``url``, following redirects as the job's SecurityFlags say (bits-spec §5.5):
         ALLOW_SILENT follows, ALLOW_REPORT follows and reports the final URL (which becomes
@@ -809,6 +805,21 @@ def _piece_end(resp: HTTPResponse, asked: str, first: int, start: int, length: i
 
 class _Restart(Exception):
     """The content changed under us: start the file again from byte 0."""
+
+
+class _Ahead:
+    """The requests of the files after the current one, built only when the connection has
+    room for them (most of the time it has not)."""
+
+    __slots__ = ("files", "headers")
+
+    def __init__(self, files: Sequence[JobFile], headers: Mapping[str, str]) -> None:
+        self.files, self.headers = files, headers
+
+    def __iter__(self) -> Iterator[tuple[str, Mapping[str, str]]]:
+        for f in self.files:
+            if f.bytes_transferred == 0 and f.ranges is None and not f.completed:
+                yield f.remote_url, self.headers
 
 
 class _NoMultipart(Exception):

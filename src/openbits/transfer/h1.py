@@ -549,7 +549,6 @@ class H1Client:
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
     ) -> Response:
-        ahead = list(ahead)
         head = self._head(target, headers)  # a bad request fails before any connection
         for attempt in range(2):
             conn = self._pipelined_conn(key, ident) if attempt == 0 else None
@@ -598,7 +597,7 @@ class H1Client:
         if count >= PIPELINE_STRIKES:
             self._no_pipelining.add(key)
 
-    def _ahead(self, conn: _Conn, key: Key, ahead: list[tuple[str, Mapping[str, str]]]) -> list[bytes]:
+    def _ahead(self, conn: _Conn, key: Key, ahead: Iterable[tuple[str, Mapping[str, str]]]) -> list[bytes]:
         """Heads of requests to send ahead on ``conn`` (only on a proven connection to a
         server that did not fail us), recorded as in flight; topped up when half spent, so
         one send carries several."""
