@@ -317,7 +317,7 @@ def print_report(
     log("")
     log(render_table(summaries))
     log("")
-    lines, ratios = ratio_lines({s.case: s.mbps for s in summaries}, "throughput")
+    lines, ratios = ratio_lines({s.case: s.mbps for s in summaries}, "throughput", target=1.5)
     for line in lines:
         log(line)
     return ratios
