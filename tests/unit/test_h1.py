@@ -1233,12 +1233,40 @@ async def test_given_authorization_wins_over_url_userinfo(
         ("http://example.com:8080/a", "example.com:8080"),
         ("http://[::1]:8080/a", "[::1]:8080"),
         ("http://[::1]/a", "[::1]"),
+        ("http://EXAMPLE.com/a", "example.com"),  # (not simple: through yarl)
+        ("http://example.com:8080/a#frag", "example.com:8080"),
     ],
 )
 def test_host_header(url: str, host: str) -> None:
     client = H1Client(connect_timeout_s=1, read_timeout_s=1)
-    assert client._head(yarl.URL(url), {}) == f"GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    assert f"\r\nHost: {host}\r\n".encode() in client._head(yarl.URL(url), {"X": "y"})
+    assert client._head(h1._Target(url), {}) == f"GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    assert f"\r\nHost: {host}\r\n".encode() in client._head(h1._Target(url), {"X": "y"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/a/b?c=d&e=f",
+        "http://example.com:81/",
+        "http://example.com",
+        "http://example.com?q",
+        "http://example.com/a%20b",
+        "http://example.com/a b",
+        "http://example.com/ä",
+        "http://ÄÖ.example/x",
+        "http://u:p@example.com/x",
+        "http://[::1]:8080/x?y",
+        "http://Example.COM:80/x",
+        "http://example.com/x#f",
+        "http://example.com/x|y",
+    ],
+)
+def test_the_simple_url_path_agrees_with_yarl(url: str) -> None:
+    target = h1._Target(url)
+    parsed = yarl.URL(url)
+    assert target.key == (parsed.raw_host, parsed.port)
+    assert target.path_qs == (parsed.raw_path_qs or "/")
+    assert target.user == (parsed.user if parsed.raw_user is not None else None)
 
 
 @pytest.mark.parametrize(

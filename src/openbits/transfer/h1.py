@@ -202,18 +202,20 @@ class Response:
         "_conn",
         "_length",
         "_released",
+        "_url",
         "content",
         "headers",
         "keep_alive",
         "reason",
         "status",
-        "url",
+        "url_text",
     )
 
-    def __init__(self, client: H1Client, conn: _Conn, url: yarl.URL) -> None:
+    def __init__(self, client: H1Client, conn: _Conn, url: str) -> None:
         self._client = client
         self._conn = conn
-        self.url = url
+        self.url_text = url
+        self._url: yarl.URL | None = None
         self._released = False
         self.status = 0
         self.reason = ""
@@ -226,6 +228,13 @@ class Response:
     def content_length(self) -> int | None:
         """The body's length when Content-Length frames it (None when chunked or to the close)."""
         return self._length
+
+    @property
+    def url(self) -> yarl.URL:
+        """The URL asked for (parsed when asked: only redirects need it)."""
+        if self._url is None:
+            self._url = yarl.URL(self.url_text)
+        return self._url
 
     def body_done(self) -> None:
         """The body was read to its end: the connection may serve the next request."""
@@ -285,6 +294,46 @@ def _framing(status: int, headers: CIMultiDict[str], head_request: bool) -> tupl
     if not (value.isascii() and value.isdigit()) or len(value) > 19:
         raise BadResponse(f"bad Content-Length {value[:40]!r}")
     return "length", int(value)
+
+
+#: a plain http:// URL that needs no normalising: its parts are taken as they are
+_SIMPLE_URL = re.compile(
+    r"http://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<path>/[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?",
+    re.ASCII,
+)
+
+
+class _Target:
+    """What a request needs of its URL: the connection key, the Host header, the request
+    target and any credentials."""
+
+    __slots__ = ("host_header", "key", "password", "path_qs", "user")
+
+    def __init__(self, url: str) -> None:
+        m = _SIMPLE_URL.fullmatch(url)
+        if m is not None and (m["port"] is None or 0 < int(m["port"]) < 65536):
+            host, port = m["host"], int(m["port"] or 80)
+            self.key: Key = (host.strip("[]"), port)
+            self.host_header = host if port == 80 else f"{host}:{port}"
+            self.path_qs = m["path"] or "/"
+            self.user: str | None = None
+            self.password: str | None = None
+            return
+        parsed = yarl.URL(url)  # anything else: yarl normalises it (IDNA, quoting)
+        if parsed.scheme != "http":
+            raise BadRequest(f"not an http:// URL: {parsed.scheme}")
+        raw = parsed.raw_host or ""
+        host = f"[{raw}]" if ":" in raw else raw
+        if parsed.explicit_port and parsed.port != 80:
+            host = f"{host}:{parsed.port}"
+        self.key = (raw, parsed.port or 80)
+        self.host_header = host
+        self.path_qs = parsed.raw_path_qs or "/"
+        self.user = parsed.user if parsed.raw_user is not None else None
+        self.password = parsed.password if parsed.raw_user is not None else None
+        if parsed.raw_user is not None and self.user is None:
+            self.user = ""
 
 
 class H1Client:
@@ -495,27 +544,23 @@ class H1Client:
 
     # -- requests -----------------------------------------------------------------------
 
-    def _head(self, url: yarl.URL, headers: Mapping[str, str]) -> bytes:
-        host = url.raw_host or ""
-        if ":" in host:
-            host = f"[{host}]"
-        if url.explicit_port and url.port != 80:
-            host = f"{host}:{url.port}"
-        if not headers and url.raw_user is None:  # the common case, without the merging
-            head = f"GET {url.raw_path_qs or '/'} HTTP/1.1\r\nHost: {host}\r\n{self._default_block}\r\n"
-            if _BAD_VALUE.search(host):
-                raise BadRequest("a line break in the host name")
+    def _head(self, url: _Target, headers: Mapping[str, str]) -> bytes:
+        host = url.host_header
+        if _BAD_VALUE.search(host):
+            raise BadRequest("a line break in the host name")
+        if not headers and url.user is None:  # the common case, without the merging
+            head = f"GET {url.path_qs} HTTP/1.1\r\nHost: {host}\r\n{self._default_block}\r\n"
             return head.encode("latin-1")
         merged: dict[str, tuple[str, str]] = {k.lower(): (k, v) for k, v in self.default_headers.items()}
         merged["host"] = ("Host", host)
-        if url.raw_user is not None and "authorization" not in {k.lower() for k in headers}:
-            cred = f"{url.user or ''}:{url.password or ''}".encode()
+        if url.user is not None and "authorization" not in {k.lower() for k in headers}:
+            cred = f"{url.user}:{url.password or ''}".encode()
             merged["authorization"] = ("Authorization", "Basic " + base64.b64encode(cred).decode("ascii"))
         for name, value in headers.items():
             if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
                 raise BadRequest(f"the request header {name[:40]!r} is not valid in HTTP")
             merged[name.lower()] = (name, value)
-        lines = [f"GET {url.raw_path_qs or '/'} HTTP/1.1"]
+        lines = [f"GET {url.path_qs} HTTP/1.1"]
         lines.extend(f"{name}: {value}" for name, value in merged.values())
         text = "\r\n".join(lines) + "\r\n\r\n"
         try:
@@ -533,9 +578,8 @@ class H1Client:
         """GET ``url``; ``ahead`` lists requests the caller will make next, in order, which
         may be sent now on the same connection.  Leaving the context without reading the
         body to its end closes the connection."""
-        target = yarl.URL(url)
-        key = (target.raw_host or "", target.port or 80)
-        response = await self._send_and_read(key, target, (url, tuple(headers.items())), headers, ahead)
+        target = _Target(url)
+        response = await self._send_and_read(url, target, (url, tuple(headers.items())), headers, ahead)
         try:
             yield response
         finally:
@@ -543,12 +587,13 @@ class H1Client:
 
     async def _send_and_read(
         self,
-        key: Key,
-        target: yarl.URL,
+        url: str,
+        target: _Target,
         ident: Ident,
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
     ) -> Response:
+        key = target.key
         head = self._head(target, headers)  # a bad request fails before any connection
         for attempt in range(2):
             conn = self._pipelined_conn(key, ident) if attempt == 0 else None
@@ -567,7 +612,7 @@ class H1Client:
                     extra.insert(0, head)
                 if extra:
                     await self._send(conn, b"".join(extra))
-                response = await self._read_response(conn, target)
+                response = await self._read_response(conn, url)
             except (ClosedEarly, TimeoutError) as e:
                 conn.close()
                 if sent:
@@ -614,8 +659,11 @@ class H1Client:
                 continue
             if len(inflight) >= depth:
                 break
-            target = yarl.URL(url)
-            if target.scheme != "http" or (target.raw_host or "", target.port or 80) != key:
+            try:
+                target = _Target(url)
+            except (BadRequest, ValueError):
+                break
+            if target.key != key:
                 break
             try:
                 heads.append(self._head(target, headers))
@@ -634,7 +682,7 @@ class H1Client:
                 raise
             raise ClosedEarly(f"cannot send the request: {e.strerror or e}") from e
 
-    async def _read_response(self, conn: _Conn, url: yarl.URL) -> Response | None:
+    async def _read_response(self, conn: _Conn, url: str) -> Response | None:
         while True:
             head = await self._read_head(conn)
             if head is None:
