@@ -52,6 +52,8 @@ from openbits.transfer.http import (
 )
 from openbits.transfer.throttle import Throttle
 
+#: a body up to this long (known length) is read whole and written at once
+SMALL_BODY_BYTES = 256 * 1024
 #: bytes copied per step from a local source while a bandwidth limit applies
 LOCAL_LIMITED_STEP = 256 * 1024
 
@@ -595,6 +597,13 @@ class Downloader:
         nothing is reported before the end (the caller checks the body first)."""
         tuning = self.tuning
         throttle = self.throttle
+        if (
+            defer_sync
+            and total is not None
+            and total - offset <= SMALL_BODY_BYTES
+            and not throttle.is_limited(priority)
+        ):
+            return await self._stream_small(content, fd, offset, total)
         loop = asyncio.get_running_loop()
         block = tuning.write_block_bytes
         sink = _Sink(fd, offset)
@@ -658,6 +667,23 @@ class Downloader:
         finally:
             if checkpoints and durable < sink.offset + sink.pending_len:
                 self._salvage(sink, progress)
+
+    @staticmethod
+    async def _stream_small(content: Body, fd: int, offset: int, total: int) -> Fetched:
+        """A small body of known length: read whole, written with one ``pwritev``, left to
+        the caller's batch sync (nothing is checkpointed: an interruption fetches it again)."""
+        sink = _Sink(fd, offset)
+        need = total - offset
+        while sink.pending_len < need:
+            chunk = await content.read(need - sink.pending_len)
+            if not chunk:
+                break
+            sink.add(chunk)
+        try:
+            sink.flush()
+        except OSError as e:
+            raise fs.local_error(e, "cannot write the temporary file") from e
+        return Fetched(sink.offset, durable=False)
 
     @staticmethod
     def _salvage(sink: _Sink, progress: Progress) -> None:
