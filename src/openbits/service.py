@@ -581,7 +581,9 @@ class Service:
             raise
         self._enter(job, new_state)
         job.finished_ns = self.clock.now_ns()
-        self._commit(job, "acknowledged", files=job.files)
+        # (the file rows are not rewritten: in an ACKNOWLEDGED job every completed file is
+        # published and every other one dropped, whatever their ``published`` flag says)
+        self._commit(job, "acknowledged")
         return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
 
     async def _set_remote_urls(self, job: Job, changes: dict[int, str]) -> None:
