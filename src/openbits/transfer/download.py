@@ -472,30 +472,26 @@ class Downloader:
             64 * 1024, min(self.tuning.read_buffer_bytes, throttled_slice(self.throttle, priority) * 2)
         )
 
-    @contextlib.asynccontextmanager
-    async def _request(
+    def _request(
         self,
         url: str,
         headers: dict[str, str],
         options: RequestOptions,
         priority: int,
         ahead: Iterable[tuple[str, Mapping[str, str]]],
-    ) -> AsyncIterator[HTTPResponse]:
+    ) -> contextlib.AbstractAsyncContextManager[HTTPResponse]:
         """One GET, no redirects followed: through ``h1`` for plain HTTP without a proxy."""
         proxy = env_proxy_for(url)
         if self.h1 is not None and proxy is None and url[:5].lower() == "http:":
-            async with self.h1.get(url, headers, ahead) as resp:
-                yield resp
-            return
-        async with self.session.get(
+            return self.h1.get(url, headers, ahead)
+        return self.session.get(
             url,
             headers=headers,
             allow_redirects=False,
             ssl=tls_context(options.security_flags),
             read_bufsize=self._read_buffer(priority),
             proxy=proxy,
-        ) as aresp:
-            yield aresp
+        )
 
     @contextlib.asynccontextmanager
     async def _get(

@@ -28,7 +28,7 @@ import ipaddress
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -76,6 +76,8 @@ class BadRequest(H1Error):
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
+#: one header line: a token, a colon, the value without its surrounding blanks
+_HEADER_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.MULTILINE)
 
 
 Key = tuple[str, int]
@@ -251,7 +253,8 @@ class Response:
 
 def _parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
     """(status, reason, headers, HTTP/1.1?) of a response head without its final empty line."""
-    lines = head.decode("latin-1").split("\n")
+    text = head.decode("latin-1")
+    lines = text.split("\n")
     status_line = lines[0].rstrip("\r")
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0"):
@@ -260,19 +263,26 @@ def _parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
     if len(code) != 3 or not code.isdigit() or not "100" <= code <= "599":
         raise BadResponse(f"bad status code {code[:20].encode('latin-1')!r}")
     reason = parts[2] if len(parts) > 2 else ""
-    headers: CIMultiDict[str] = CIMultiDict()
+    block = text[len(lines[0]) + 1 :] if len(lines) > 1 else ""
+    fields = _HEADER_FIELD.findall(block)
+    if len(fields) != len(lines) - 1 - block.count("\n\n") - block.count("\n\r\n"):
+        _bad_header_line(lines[1:])  # (the one line the pattern did not take says what)
+    headers: CIMultiDict[str] = CIMultiDict(fields)
+    return int(code), reason, headers, parts[0] == "HTTP/1.1"
+
+
+def _bad_header_line(lines: list[str]) -> None:
     token = _TOKEN.fullmatch
-    for raw in lines[1:]:
+    for raw in lines:
         line = raw.rstrip("\r")
         if not line:
             continue
-        name, sep, value = line.partition(":")
+        name, sep, _value = line.partition(":")
         if not sep or not token(name):
             if line[0] in " \t":
                 raise BadResponse("obsolete line folding in the response headers")
             raise BadResponse(f"bad header line {line[:80].encode('latin-1')!r}")
-        headers.add(name, value.strip())
-    return int(code), reason, headers, parts[0] == "HTTP/1.1"
+    raise BadResponse("bad header lines")
 
 
 def _framing(status: int, headers: CIMultiDict[str], head_request: bool) -> tuple[str, int]:
@@ -334,6 +344,33 @@ class _Target:
         self.password = parsed.password if parsed.raw_user is not None else None
         if parsed.raw_user is not None and self.user is None:
             self.user = ""
+
+
+class _Get:
+    """The context of one GET (a class, not a generator: it is entered once per file)."""
+
+    __slots__ = ("_ahead", "_client", "_headers", "_response", "_url")
+
+    def __init__(
+        self,
+        client: H1Client,
+        url: str,
+        headers: Mapping[str, str],
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+    ) -> None:
+        self._client, self._url, self._headers, self._ahead = client, url, headers, ahead
+        self._response: Response | None = None
+
+    async def __aenter__(self) -> Response:
+        url, headers = self._url, self._headers
+        self._response = await self._client._send_and_read(
+            url, _Target(url), (url, tuple(headers.items())), headers, self._ahead
+        )
+        return self._response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._response is not None:
+            self._response.close()
 
 
 class H1Client:
@@ -568,22 +605,17 @@ class H1Client:
         except UnicodeEncodeError:
             raise BadRequest("a request header holds characters HTTP/1.1 cannot carry") from None
 
-    @contextlib.asynccontextmanager
-    async def get(
+    def get(
         self,
         url: str,
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]] = (),
-    ) -> AsyncIterator[Response]:
-        """GET ``url``; ``ahead`` lists requests the caller will make next, in order, which
-        may be sent now on the same connection.  Leaving the context without reading the
-        body to its end closes the connection."""
-        target = _Target(url)
-        response = await self._send_and_read(url, target, (url, tuple(headers.items())), headers, ahead)
-        try:
-            yield response
-        finally:
-            response.close()
+    ) -> _Get:
+        """``async with client.get(url, headers, ahead) as response``: GET ``url``; ``ahead``
+        lists requests the caller will make next, in order, which may be sent now on the same
+        connection.  Leaving the context without reading the body to its end closes the
+        connection."""
+        return _Get(self, url, headers, ahead)
 
     async def _send_and_read(
         self,
