@@ -15,7 +15,8 @@ synced is slow (the inode allocator skips recently deleted inodes, reading each 
 block: ~0.5 ms of kernel CPU per ``open(O_CREAT)`` instead of ~25 µs), so emptying one
 output directory between runs measured that, not the transfer.  The openbits
 case is one BITS job driven in-process through ``openbits.client.Client``: CreateJob,
-one AddFileSet call with N files, Resume, polling until TRANSFERRED, Complete; each phase is timed
+one AddFileSet call with N files, Resume, long polls (GetJob with WaitWhile) until
+TRANSFERRED, Complete; each phase is timed
 on its own.  It prints files/s per case, medians and the openbits/curl ratio, and
 writes ``bench/out/bench_small.json``.  It cleans up as ``common.Session`` says.
 See bench/README.md.
@@ -39,12 +40,15 @@ from typing import Any
 from common import (
     ACKNOWLEDGED,
     CANCELLED,
+    CONNECTING,
     ERROR,
     KIB,
     OUT_DIR,
+    QUEUED,
     RAISED_LIMITS,
     STATE_NAMES,
     TRANSFERRED,
+    TRANSFERRING,
     TRANSIENT_ERROR,
     BenchError,
     Case,
@@ -239,11 +243,15 @@ def run_openbits_job(services: Services, data: Dataset, dl: Path, label: str) ->
         add_lat.append(time.perf_counter() - a)
         s1 = Snapshot.take(services)
         client.resume(job)
-        delay = 0.02
         deadline = time.monotonic() + RUN_DEADLINE_S
+        running = (QUEUED, CONNECTING, TRANSFERRING)
         while True:
             a = time.perf_counter()
-            instance = client.get_job(job, include_finished=True, files=False)
+            # a long poll, as `openbits transfer` waits: answered at the state change, or
+            # after 0.25 s (its progress display)
+            instance = client.get_job(
+                job, include_finished=True, files=False, wait_while=running, wait_timeout=0.25
+            )
             get_job_s = time.perf_counter() - a
             polls += 1
             state = int(instance["State"])
@@ -260,8 +268,6 @@ def run_openbits_job(services: Services, data: Dataset, dl: Path, label: str) ->
             if time.monotonic() > deadline:
                 name = STATE_NAMES.get(state, str(state))
                 raise BenchError(f"openbits: the job was still {name} after {RUN_DEADLINE_S:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.05)  # as `openbits transfer` polls
         s2 = Snapshot.take(services)
         cpu2 = time.process_time()
         # untimed: nothing may carry its final name before Complete

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -89,11 +90,27 @@ class Client:
         jobs: list[dict[str, Any]] = self.request("GET", CLASS + query)
         return jobs
 
-    def get_job(self, job: str, include_finished: bool = False, files: bool = True) -> dict[str, Any]:
-        """One instance; ``files=False`` leaves out its Files array (cheap to poll)."""
+    def get_job(
+        self,
+        job: str,
+        include_finished: bool = False,
+        files: bool = True,
+        wait_while: Iterable[int] = (),
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """One instance; ``files=False`` leaves out its Files array (cheap to poll).
+
+        With ``wait_while`` (job states) the daemon answers only once the job is in none of
+        them, or after ``wait_timeout`` seconds (its default: 30): a long poll."""
         params = {"IncludeFinished": "true"} if include_finished else {}
         if not files:
             params["Files"] = "false"
+        waits = ",".join(str(int(s)) for s in wait_while)
+        if waits:
+            # (within the socket's own timeout)
+            wait = min(30.0 if wait_timeout is None else wait_timeout, self.timeout - 1)
+            params["WaitWhile"] = waits
+            params["WaitTimeout"] = f"{max(0.0, wait):.3f}"
         query = "?" + urlencode(params) if params else ""
         result: dict[str, Any] = self.request("GET", f"{CLASS}/{quote(job, safe='')}{query}")
         return result

@@ -9,6 +9,8 @@ daemon's event loop; mutations are synchronous between awaits, so no locks.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -277,6 +279,7 @@ class Service:
         self.policy = ServicePolicy.from_config(config).with_persisted(store.load_settings())
         #: observers of every committed change (events come in a later issue)
         self.listeners: list[Callable[[Job, str], None]] = []
+        self._waiters: dict[str, asyncio.Event] = {}  # job id -> set at its next change
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -977,7 +980,26 @@ class Service:
         self._notify(job, what)
         self.runner.wake()
 
+    async def wait_while(self, job: Job, states: frozenset[JobState], timeout_s: float) -> None:
+        """Return once ``job`` is in none of ``states``, or after ``timeout_s`` (a long poll:
+        a client learns of a state change at once, without polling)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while job.state in states:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            event = self._waiters.get(job.job_id)
+            if event is None:
+                event = self._waiters[job.job_id] = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+
     def _notify(self, job: Job, what: str) -> None:
+        event = self._waiters.pop(job.job_id, None)
+        if event is not None:
+            event.set()
         for listener in self.listeners:
             try:
                 listener(job, what)

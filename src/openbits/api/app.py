@@ -26,6 +26,7 @@ from openbits.errors import (
     hresult_message,
     hresult_name,
 )
+from openbits.model import JobState
 from openbits.service import Service
 
 log = logging.getLogger("openbits.api")
@@ -122,12 +123,48 @@ async def enumerate_jobs(request: web.Request) -> web.Response:
     return web.json_response([j.to_cim() for j in jobs])
 
 
+#: the longest a GetJob may wait (``WaitTimeout``)
+WAIT_TIMEOUT_MAX_S = 300.0
+
+
 async def get_job(request: web.Request) -> web.Response:
+    """GetJob; with ``WaitWhile=STATE[,STATE…]`` (names or numbers) it answers only once the
+    job is in none of those states, or after ``WaitTimeout`` seconds (default 30): a long
+    poll, so a client learns of a state change at once."""
     service = request.app[SERVICE_KEY]
-    job = service.find(
-        caller_of(request), request.match_info["job"], include_finished=_flag(request, "IncludeFinished")
-    )
+    caller = caller_of(request)
+    include_finished = _flag(request, "IncludeFinished")
+    job = service.find(caller, request.match_info["job"], include_finished=include_finished)
+    wait_while = _query(request, "WaitWhile")
+    if wait_while is not None:
+        states = _job_states(wait_while)
+        timeout = _query(request, "WaitTimeout")
+        try:
+            timeout_s = 30.0 if timeout is None else float(timeout)
+        except ValueError:
+            raise InvalidArgument("WaitTimeout must be a number of seconds") from None
+        if not 0 <= timeout_s <= WAIT_TIMEOUT_MAX_S:
+            raise InvalidArgument(f"WaitTimeout must be between 0 and {WAIT_TIMEOUT_MAX_S:g} seconds")
+        await service.wait_while(job, states, timeout_s)
     return web.json_response(job.to_cim(files=_flag(request, "Files", default=True)))
+
+
+def _query(request: web.Request, name: str) -> str | None:
+    for key, value in request.query.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _job_states(text: str) -> frozenset[JobState]:
+    states: set[JobState] = set()
+    for item in text.split(","):
+        name = item.strip().upper()
+        try:
+            states.add(JobState(int(name)) if name.isdigit() else JobState[name])
+        except (KeyError, ValueError):
+            raise InvalidArgument(f"WaitWhile: {item.strip()!r} is not a job state") from None
+    return frozenset(states)
 
 
 async def patch_job(request: web.Request) -> web.Response:

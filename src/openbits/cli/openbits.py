@@ -320,18 +320,25 @@ def wait_for(
     timeout: float | None,
     on_poll: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    """Long polls (GetJob with WaitWhile): the daemon answers as soon as the job reaches
+    one of ``until``; with ``on_poll`` (a progress display) at least every 0.25 s."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.02
+    others = [s for s in JobState if s not in until]
+    instance = client.get_job(job, include_finished=True, files=False)
     while True:
-        instance = client.get_job(job, include_finished=True, files=False)
         if on_poll is not None:
             on_poll(instance)
         if JobState(instance["State"]) in until:
             return instance
-        if deadline is not None and time.monotonic() >= deadline:
-            fail(f"timed out waiting for {job}: it is {state_name(instance['State'])}", EXIT_BITS_ERROR)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.05)
+        wait = 30.0 if on_poll is None else 0.25
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                fail(f"timed out waiting for {job}: it is {state_name(instance['State'])}", EXIT_BITS_ERROR)
+            wait = min(wait, left)
+        instance = client.get_job(
+            job, include_finished=True, files=False, wait_while=others, wait_timeout=wait
+        )
 
 
 @cli.command()
