@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import socket
+import ssl
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -173,8 +174,8 @@ class ScriptServer:
         return f"http://{HOST}:{self.port}"
 
     @property
-    def key(self) -> tuple[str, int]:
-        return (HOST, self.port)
+    def key(self) -> tuple[str, int, int]:
+        return (HOST, self.port, 0)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accepted, HOST, 0)
@@ -1264,7 +1265,7 @@ def test_host_header(url: str, host: str) -> None:
 def test_the_simple_url_path_agrees_with_yarl(url: str) -> None:
     target = h1._Target(url)
     parsed = yarl.URL(url)
-    assert target.key == (parsed.raw_host, parsed.port)
+    assert target.key == (parsed.raw_host, parsed.port, 0)
     assert target.path_qs == (parsed.raw_path_qs or "/")
     assert target.user == (parsed.user if parsed.raw_user is not None else None)
 
@@ -1439,7 +1440,7 @@ async def test_nginx_keep_alive_reuses_one_connection(nginx: Nginx, client: H1Cl
 async def test_nginx_pipelining_many_small_files(nginx: Nginx, client: H1Client) -> None:
     files = _files(nginx, "pipe", [(i * 397) % 3000 for i in range(60)])
     uris = list(files)
-    key = (HOST, nginx.port)
+    key = (HOST, nginx.port, 0)
     sent_ahead = 0
     for i, uri in enumerate(uris):
         async with client.get(nginx.url + uri, {}, ahead_of(nginx.url, uris, i)) as r:
@@ -1486,3 +1487,55 @@ async def test_nginx_basic_auth_from_userinfo(nginx: Nginx, client: H1Client) ->
         await read_all(r)
     authed = f"http://alice:s3cret@{HOST}:{nginx.port}{protected}"
     assert await fetch(client, authed) == (200, data)
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+def _trusting(nginx: Nginx) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(nginx.ca_path))
+
+
+async def test_tls_keep_alive_and_pipelining_on_one_connection(nginx: Nginx, client: H1Client) -> None:
+    files = _files(nginx, "tls", [(i * 811) % 40_000 for i in range(30)])
+    uris = list(files)
+    tls = _trusting(nginx)
+    for i, uri in enumerate(uris):
+        ahead = [(nginx.https_url + u, {}) for u in uris[i + 1 : i + 9]]
+        async with client.get(nginx.https_url + uri, {}, ahead, tls) as r:
+            assert r.status == 200
+            assert await read_all(r) == files[uri]
+    entries = await _logged(nginx, files)
+    assert len({e["connection"] for e in entries}) == 1  # one TLS connection for all
+    assert (HOST, nginx.https_port, id(tls)) not in client._no_pipelining
+
+
+async def test_tls_big_body_read_whole(nginx: Nginx, client: H1Client) -> None:
+    files = _files(nginx, "tlsbig", [3_000_000])
+    ((uri, data),) = files.items()
+    async with client.get(nginx.https_url + uri, {}, (), _trusting(nginx)) as r:
+        assert r.content_length == len(data)
+        assert await read_all(r) == data
+
+
+async def test_tls_untrusted_certificate_is_a_verification_error(nginx: Nginx, client: H1Client) -> None:
+    _files(nginx, "tlsbad", [10])
+    with pytest.raises(ssl.SSLCertVerificationError):
+        async with client.get(nginx.https_url + "/h1/tlsbad-0.bin", {}, (), ssl.create_default_context()):
+            pass
+
+
+async def test_tls_to_a_plain_http_port_fails_the_handshake(nginx: Nginx, client: H1Client) -> None:
+    tls = _trusting(nginx)
+    with pytest.raises(h1.TLSFailed):
+        async with client.get(f"https://{HOST}:{nginx.port}/", {}, (), tls):
+            pass
+
+
+def test_an_https_url_needs_a_context_and_an_http_url_none() -> None:
+    with pytest.raises(h1.BadRequest):
+        h1._Target("https://example.com/x")
+    with pytest.raises(h1.BadRequest):
+        h1._Target("http://example.com/x", ssl.create_default_context())
+    target = h1._Target("https://example.com:443/x", ssl.create_default_context())
+    assert (target.key[:2], target.host_header) == (("example.com", 443), "example.com")

@@ -42,6 +42,7 @@ from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
     env_proxy_for,
+    h1_tls_context,
     invalid_response,
     network_error,
     parse_content_range,
@@ -480,10 +481,14 @@ class Downloader:
         priority: int,
         ahead: Iterable[tuple[str, Mapping[str, str]]],
     ) -> contextlib.AbstractAsyncContextManager[HTTPResponse]:
-        """One GET, no redirects followed: through ``h1`` for plain HTTP without a proxy."""
+        """One GET, no redirects followed: through ``h1`` unless through a proxy."""
         proxy = env_proxy_for(url)
-        if self.h1 is not None and proxy is None and url[:5].lower() == "http:":
-            return self.h1.get(url, headers, ahead)
+        if self.h1 is not None and proxy is None:
+            scheme = url[:6].lower()
+            if scheme.startswith("http:"):
+                return self.h1.get(url, headers, ahead)
+            if scheme == "https:":
+                return self.h1.get(url, headers, ahead, h1_tls_context(options.security_flags))
         return self.session.get(
             url,
             headers=headers,

@@ -27,6 +27,7 @@ import contextlib
 import ipaddress
 import re
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 
@@ -69,6 +70,10 @@ class BadResponse(H1Error):
     """The server's bytes are not an HTTP/1.1 response we accept."""
 
 
+class TLSFailed(H1Error):
+    """The TLS handshake failed (other than on the server's certificate)."""
+
+
 class BadRequest(H1Error):
     """The request cannot be written as HTTP/1.1 (a header with a line break, say)."""
 
@@ -80,17 +85,34 @@ _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _HEADER_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.MULTILINE)
 
 
-Key = tuple[str, int]
+#: a connection pool: (host, port, 0 for plain HTTP or the id of the TLS context)
+Key = tuple[str, int, int]
 #: a request as the caller names it: (URL, its headers)
 Ident = tuple[str, tuple[tuple[str, str], ...]]
 
 
 class _Conn:
-    __slots__ = ("buf", "eof", "inflight", "key", "pipelined_ok", "pos", "since", "sock", "used")
+    __slots__ = (
+        "buf",
+        "eof",
+        "inflight",
+        "key",
+        "pipelined_ok",
+        "pos",
+        "since",
+        "sock",
+        "tls",
+        "tls_in",
+        "tls_out",
+        "used",
+    )
 
     def __init__(self, sock: socket.socket, key: Key) -> None:
         self.sock = sock
         self.key = key
+        self.tls: ssl.SSLObject | None = None  # TLS through memory BIOs over the raw socket
+        self.tls_in = ssl.MemoryBIO()
+        self.tls_out = ssl.MemoryBIO()
         self.buf = bytearray()
         self.pos = 0  # bytes of buf already consumed
         self.eof = False
@@ -306,9 +328,9 @@ def _framing(status: int, headers: CIMultiDict[str], head_request: bool) -> tupl
     return "length", int(value)
 
 
-#: a plain http:// URL that needs no normalising: its parts are taken as they are
+#: an http(s):// URL that needs no normalising: its parts are taken as they are
 _SIMPLE_URL = re.compile(
-    r"http://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<scheme>https?)://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
     r"(?P<path>/[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?",
     re.ASCII,
 )
@@ -318,26 +340,33 @@ class _Target:
     """What a request needs of its URL: the connection key, the Host header, the request
     target and any credentials."""
 
-    __slots__ = ("host_header", "key", "password", "path_qs", "user")
+    __slots__ = ("host_header", "key", "password", "path_qs", "tls", "user")
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: the context of an https:// URL (None for http://)."""
+        self.tls = tls
+        tag = 0 if tls is None else id(tls)
         m = _SIMPLE_URL.fullmatch(url)
         if m is not None and (m["port"] is None or 0 < int(m["port"]) < 65536):
-            host, port = m["host"], int(m["port"] or 80)
-            self.key: Key = (host.strip("[]"), port)
-            self.host_header = host if port == 80 else f"{host}:{port}"
+            if (m["scheme"] == "https") != (tls is not None):
+                raise BadRequest("an https:// URL needs a TLS context, an http:// one none")
+            default = 443 if tls is not None else 80
+            host, port = m["host"], int(m["port"] or default)
+            self.key: Key = (host.strip("[]"), port, tag)
+            self.host_header = host if port == default else f"{host}:{port}"
             self.path_qs = m["path"] or "/"
             self.user: str | None = None
             self.password: str | None = None
             return
         parsed = yarl.URL(url)  # anything else: yarl normalises it (IDNA, quoting)
-        if parsed.scheme != "http":
-            raise BadRequest(f"not an http:// URL: {parsed.scheme}")
+        if parsed.scheme != ("http" if tls is None else "https"):
+            raise BadRequest(f"not an {'https' if tls else 'http'}:// URL: {parsed.scheme}")
+        default = 443 if tls is not None else 80
         raw = parsed.raw_host or ""
         host = f"[{raw}]" if ":" in raw else raw
-        if parsed.explicit_port and parsed.port != 80:
+        if parsed.explicit_port and parsed.port != default:
             host = f"{host}:{parsed.port}"
-        self.key = (raw, parsed.port or 80)
+        self.key = (raw, parsed.port or default, tag)
         self.host_header = host
         self.path_qs = parsed.raw_path_qs or "/"
         self.user = parsed.user if parsed.raw_user is not None else None
@@ -349,7 +378,7 @@ class _Target:
 class _Get:
     """The context of one GET (a class, not a generator: it is entered once per file)."""
 
-    __slots__ = ("_ahead", "_client", "_headers", "_response", "_url")
+    __slots__ = ("_ahead", "_client", "_headers", "_response", "_tls", "_url")
 
     def __init__(
         self,
@@ -357,14 +386,16 @@ class _Get:
         url: str,
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
+        tls: ssl.SSLContext | None,
     ) -> None:
         self._client, self._url, self._headers, self._ahead = client, url, headers, ahead
+        self._tls = tls
         self._response: Response | None = None
 
     async def __aenter__(self) -> Response:
         url, headers = self._url, self._headers
         self._response = await self._client._send_and_read(
-            url, _Target(url), (url, tuple(headers.items())), headers, self._ahead
+            url, _Target(url, self._tls), (url, tuple(headers.items())), headers, self._ahead
         )
         return self._response
 
@@ -401,9 +432,49 @@ class H1Client:
 
     # -- connections --------------------------------------------------------------------
 
-    async def _connect(self, key: Key) -> _Conn:
+    async def _connect(self, key: Key, tls: ssl.SSLContext | None = None) -> _Conn:
+        conn = await self._connect_tcp(key)
+        if tls is not None:
+            try:
+                await self._handshake(conn, tls)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    async def _handshake(self, conn: _Conn, tls: ssl.SSLContext) -> None:
+        host = conn.key[0]
+        conn.tls = tls.wrap_bio(conn.tls_in, conn.tls_out, server_hostname=host)
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                while True:
+                    try:
+                        conn.tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        await self._flush_tls(conn)
+                        data = await self._raw_recv(conn, SMALL_READ_BYTES)
+                        if not data:
+                            raise TLSFailed(
+                                f"{host} closed the connection during the TLS handshake"
+                            ) from None
+                        conn.tls_in.write(data)
+            await self._flush_tls(conn)
+        except TimeoutError:
+            raise TLSFailed(f"no TLS handshake with {host} within {self.connect_timeout_s:g} s") from None
+        except ssl.SSLCertVerificationError:
+            raise  # BG_E_TRUST_FAILURE (http.network_error)
+        except (ssl.SSLError, ClosedEarly) as e:
+            raise TLSFailed(f"TLS handshake with {host} failed: {e}") from e
+
+    async def _flush_tls(self, conn: _Conn) -> None:
+        data = conn.tls_out.read()
+        if data:
+            await self._raw_send(conn, data)
+
+    async def _connect_tcp(self, key: Key) -> _Conn:
         loop = asyncio.get_running_loop()
-        host, port = key
+        host, port = key[0], key[1]
         addresses = await self._resolve(key)
         last: OSError | None = None
         for family, address in addresses:
@@ -429,7 +500,7 @@ class H1Client:
         raise ConnectFailed(f"cannot connect to {host}:{port}: {last.strerror if last else ''}", last)
 
     async def _resolve(self, key: Key) -> list[tuple[int, tuple[str, int]]]:
-        host, port = key
+        host, port = key[0], key[1]
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
@@ -508,7 +579,27 @@ class H1Client:
     # -- socket I/O ---------------------------------------------------------------------
 
     async def recv(self, conn: _Conn, n: int) -> bytes:
-        """Up to ``n`` bytes from the socket (b"" at its end), within the read timeout."""
+        """Up to ``n`` bytes from the connection (b"" at its end), within the read timeout."""
+        tls = conn.tls
+        if tls is None:
+            return await self._raw_recv(conn, n)
+        while True:
+            try:
+                return tls.read(n)
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""  # (a body cut short is caught by its framing)
+            except ssl.SSLError as e:
+                raise ClosedEarly(f"TLS error: {e}") from e
+            await self._flush_tls(conn)
+            data = await self._raw_recv(conn, max(n, SMALL_READ_BYTES))
+            if data:
+                conn.tls_in.write(data)
+            else:
+                conn.tls_in.write_eof()
+
+    async def _raw_recv(self, conn: _Conn, n: int) -> bytes:
         sock = conn.sock
         try:
             try:
@@ -610,12 +701,13 @@ class H1Client:
         url: str,
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]] = (),
+        tls: ssl.SSLContext | None = None,
     ) -> _Get:
         """``async with client.get(url, headers, ahead) as response``: GET ``url``; ``ahead``
         lists requests the caller will make next, in order, which may be sent now on the same
-        connection.  Leaving the context without reading the body to its end closes the
-        connection."""
-        return _Get(self, url, headers, ahead)
+        connection; ``tls`` is the context of an https:// URL.  Leaving the context without
+        reading the body to its end closes the connection."""
+        return _Get(self, url, headers, ahead, tls)
 
     async def _send_and_read(
         self,
@@ -634,13 +726,13 @@ class H1Client:
                 conn = self._idle_conn(key)
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(key)
+                conn = await self._connect(key, target.tls)
             try:
                 if sent:
                     conn.inflight.popleft()
-                    extra = self._ahead(conn, key, ahead)
+                    extra = self._ahead(conn, key, ahead, target.tls)
                 else:
-                    extra = self._ahead(conn, key, ahead)
+                    extra = self._ahead(conn, key, ahead, target.tls)
                     extra.insert(0, head)
                 if extra:
                     await self._send(conn, b"".join(extra))
@@ -674,7 +766,13 @@ class H1Client:
         if count >= PIPELINE_STRIKES:
             self._no_pipelining.add(key)
 
-    def _ahead(self, conn: _Conn, key: Key, ahead: Iterable[tuple[str, Mapping[str, str]]]) -> list[bytes]:
+    def _ahead(
+        self,
+        conn: _Conn,
+        key: Key,
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+        tls: ssl.SSLContext | None = None,
+    ) -> list[bytes]:
         """Heads of requests to send ahead on ``conn`` (only on a proven connection to a
         server that did not fail us), recorded as in flight; topped up when half spent, so
         one send carries several."""
@@ -692,7 +790,7 @@ class H1Client:
             if len(inflight) >= depth:
                 break
             try:
-                target = _Target(url)
+                target = _Target(url, tls)
             except (BadRequest, ValueError):
                 break
             if target.key != key:
@@ -705,6 +803,16 @@ class H1Client:
         return heads
 
     async def _send(self, conn: _Conn, data: bytes) -> None:
+        if conn.tls is None:
+            await self._raw_send(conn, data)
+            return
+        try:
+            conn.tls.write(data)
+        except ssl.SSLError as e:
+            raise ClosedEarly(f"TLS error: {e}") from e
+        await self._flush_tls(conn)
+
+    async def _raw_send(self, conn: _Conn, data: bytes) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.read_timeout_s):

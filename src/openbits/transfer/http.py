@@ -151,6 +151,21 @@ def tls_context(security_flags: int) -> ssl.SSLContext | bool:
     return cached
 
 
+_DEFAULT_TLS: ssl.SSLContext | None = None
+
+
+def h1_tls_context(security_flags: int) -> ssl.SSLContext:
+    """``tls_context`` as an SSLContext for ``h1`` (full verification is a default context,
+    made once: it reads the system's CA store, or SSL_CERT_FILE)."""
+    global _DEFAULT_TLS
+    ctx = tls_context(security_flags)
+    if isinstance(ctx, ssl.SSLContext):
+        return ctx
+    if _DEFAULT_TLS is None:
+        _DEFAULT_TLS = ssl.create_default_context()
+    return _DEFAULT_TLS
+
+
 def invalid_response(message: str) -> BitsError:
     return TransferError(
         message, hresult=HResult.BG_E_INVALID_SERVER_RESPONSE, context=ErrorContext.REMOTE_FILE
@@ -228,6 +243,8 @@ def _h1_error(e: h1.H1Error, url: str) -> BitsError:
         return TransientTransferError(str(e), hresult=HResult.BG_E_CONNECT_FAILURE, context=transport)
     if isinstance(e, h1.BadResponse):
         return invalid_response(f"the server's response is not valid HTTP: {e}")
+    if isinstance(e, h1.TLSFailed):
+        return TransientTransferError(str(e), hresult=HResult.BG_E_SECURE_CHANNEL_FAILURE, context=transport)
     if isinstance(e, h1.BadRequest):
         return TransferError(str(e), hresult=HResult.E_INVALIDARG, context=ErrorContext.REMOTE_FILE)
     return TransientTransferError(
