@@ -310,6 +310,9 @@ class Service:
             self.store.delete_jobs(old)
             for job_id in old:
                 del self.jobs[job_id]
+                event = self._waiters.pop(job_id, None)
+                if event is not None:
+                    event.set()
         pending = [j.finished_ns + keep_ns for j in self.jobs.values() if j.state.is_final]
         return min(pending) if pending else None
 

@@ -1539,3 +1539,59 @@ def test_an_https_url_needs_a_context_and_an_http_url_none() -> None:
         h1._Target("http://example.com/x", ssl.create_default_context())
     target = h1._Target("https://example.com:443/x", ssl.create_default_context())
     assert (target.key[:2], target.host_header) == (("example.com", 443), "example.com")
+
+
+# -- expiry (found in review) ---------------------------------------------------------------------
+
+
+def _open_conns(client: H1Client) -> list[h1._Conn]:
+    pools = list(client._idle.values()) + list(client._pipelined.values())
+    return [c for conns in pools for c in conns if c.sock.fileno() != -1]
+
+
+async def test_idle_connections_are_closed_after_the_idle_timeout(
+    scripted: Callable[[Script], Awaitable[ScriptServer]],
+    client: H1Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(h1, "IDLE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(h1, "PIPELINED_IDLE_TIMEOUT_S", 0.05)
+
+    async def serve(peer: Peer) -> None:
+        while (await peer.request()) is not None:
+            await peer.answer(resp(b"x"))
+
+    servers = [await scripted(serve) for _ in range(5)]  # five "hosts"
+    for srv in servers:
+        assert await fetch(client, srv.url + "/f") == (200, b"x")
+    assert len(_open_conns(client)) == 5
+    # no request to any of them again: the sweeper closes them all, within a deadline
+    async with asyncio.timeout(WAIT):
+        while True:
+            if not _open_conns(client):
+                break
+            await asyncio.sleep(0.01)  # polling the pool, under a deadline
+
+
+async def test_answer_queued_longer_than_the_pipelined_timeout_is_not_used(
+    scripted: Callable[[Script], Awaitable[ScriptServer]],
+    client: H1Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    content = {"/f0": b"zero", "/f1": b"one", "/f2": b"version 1"}
+
+    async def serve(peer: Peer) -> None:
+        while (req := await peer.request()) is not None:
+            await peer.answer(resp(content[req.path]))
+
+    srv = await scripted(serve)
+    url = srv.url
+    await fetch(client, url + "/f0")  # proves the connection persistent
+    # f1, with f2 sent ahead; the server answers f2 at once (version 1)
+    assert await fetch(client, url + "/f1", ahead=[(url + "/f2", {})]) == (200, b"one")
+    await asyncio.sleep(0.1)
+    content["/f2"] = b"version 2"  # the file changes on the server
+    # ... and the job comes back for f2 long after (suspended, say): the queued answer is
+    # older than PIPELINED_IDLE_TIMEOUT_S (made "expired" here, as test_h1 does)
+    monkeypatch.setattr(h1, "PIPELINED_IDLE_TIMEOUT_S", -1.0)
+    assert await fetch(client, url + "/f2") == (200, b"version 2")

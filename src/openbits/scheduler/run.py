@@ -8,6 +8,7 @@ or until the service wakes it.  A failing job never takes the daemon down.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -22,7 +23,7 @@ from openbits.model import ErrorContext, Job, JobFile, parse_custom_headers
 from openbits.scheduler import policy
 from openbits.service import Service
 from openbits.transfer.download import Downloader, Owner, RequestOptions
-from openbits.transfer.files import sync_filesystem, temp_name_for, translating
+from openbits.transfer.files import open_sync_handle, sync_handle, temp_name_for, translating
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.scheduler")
@@ -230,6 +231,7 @@ class Scheduler:
                     headers=tuple(parse_custom_headers(job.custom_headers)) if job.custom_headers else (),
                     security_flags=job.security_flags,
                 )
+                batch.prepare(os.path.dirname(file.local_file))
                 fetched = await self.downloader.download(
                     file,
                     owner,
@@ -265,6 +267,7 @@ class Scheduler:
                 index,
             )
         finally:
+            batch.close()
             if self.running.get(job.job_id) is asyncio.current_task():
                 del self.running[job.job_id]
             self.wake()
@@ -276,7 +279,10 @@ class _SyncBatch:
     Until then they count as not transferred (progress never runs ahead of the disk).
 
     A batch syncs in a worker thread while the next files download; one batch at a time is
-    in flight, and its files are committed once its sync returned."""
+    in flight, and its files are committed once its sync returned.  Each batch syncs through
+    fds of its own, opened before its first file was written (``prepare``): syncfs reports a
+    write-back error once per open file, so no other sync (of the batch before, of another
+    job) can take the error that concerns this batch's files."""
 
     MAX_FILES = 256
     MAX_AGE_S = 0.25
@@ -284,9 +290,18 @@ class _SyncBatch:
     def __init__(self, service: Service, job: Job) -> None:
         self.service, self.job = service, job
         self.files: list[tuple[JobFile, int]] = []
+        self.handles: dict[str, int] = {}  # directory -> fd opened before the files were written
         self.since = 0.0
         self.syncing: list[tuple[JobFile, int]] = []
-        self.sync: asyncio.Future[None] | None = None
+        self.syncing_handles: dict[str, int] = {}
+        self.sync: concurrent.futures.Future[None] | None = None
+        self.synced: asyncio.Future[None] | None = None
+
+    def prepare(self, directory: str) -> None:
+        """A file of this batch is about to be written into ``directory``."""
+        if directory not in self.handles:
+            with translating(f"cannot open {directory}"):
+                self.handles[directory] = open_sync_handle(directory)
 
     def add(self, file: JobFile, size: int) -> None:
         if not self.files:
@@ -299,17 +314,22 @@ class _SyncBatch:
     async def flush(self, *, wait: bool = True) -> None:
         """Sync the batch (after the one in flight, if any); unless ``wait``, return as soon
         as its sync has started."""
-        if self.sync is not None:
-            await asyncio.wait([self.sync])
+        if self.synced is not None:
+            await asyncio.wait([self.synced])
             self._committed()
         if not self.files:
             return
         self.syncing, self.files = self.files, []
-        directories = sorted({os.path.dirname(f.local_file) for f, _ in self.syncing})
-        self.sync = asyncio.get_running_loop().run_in_executor(None, _sync_directories, directories)
-        self.sync.add_done_callback(_retrieved)  # (a sync left behind by flush_now is not an error)
+        wanted = {os.path.dirname(f.local_file) for f, _ in self.syncing}
+        self.syncing_handles = {d: fd for d, fd in self.handles.items() if d in wanted}
+        for d, fd in self.handles.items():
+            if d not in wanted:
+                os.close(fd)
+        self.handles = {}
+        self.sync = _SYNC_THREADS.submit(_sync_handles, dict(self.syncing_handles))
+        self.synced = asyncio.wrap_future(self.sync)
         if wait:
-            await asyncio.wait([self.sync])
+            await asyncio.wait([self.synced])
             self._committed()
 
     def poll(self) -> None:
@@ -319,30 +339,59 @@ class _SyncBatch:
 
     def _committed(self) -> None:
         assert self.sync is not None
-        sync, self.sync = self.sync, None
+        sync, self.sync, self.synced = self.sync, None, None
         files, self.syncing = self.syncing, []
+        _close(self.syncing_handles)
         sync.result()  # a failed sync fails the job; the files will be fetched again
         self.service.files_done(self.job, files)
 
     def flush_now(self) -> None:
-        """On an error or cancellation: the finished files are kept (blocking, rare)."""
-        files = self.syncing + self.files
-        self.syncing, self.files, self.sync = [], [], None
-        if not files:
-            return
-        try:
-            _sync_directories(sorted({os.path.dirname(f.local_file) for f, _ in files}))
-        except BitsError:
-            return  # not durable: they will be fetched again
-        self.service.files_done(self.job, files)
+        """On an error or cancellation: the finished files are kept if their syncs succeed
+        (blocking, rare)."""
+        kept: list[tuple[JobFile, int]] = []
+        if self.sync is not None:
+            try:
+                self.sync.result()  # (the sync in flight: its error is its alone)
+                kept.extend(self.syncing)
+            except Exception:
+                pass
+            self.sync = self.synced = None
+            _close(self.syncing_handles)
+        self.syncing = []
+        if self.files:
+            wanted = {os.path.dirname(f.local_file) for f, _ in self.files}
+            try:
+                _sync_handles({d: fd for d, fd in self.handles.items() if d in wanted})
+                kept.extend(self.files)
+            except BitsError:
+                pass  # not durable: they will be fetched again
+        self.files = []
+        self.close()
+        if kept:
+            self.service.files_done(self.job, kept)
+
+    def close(self) -> None:
+        """Let go of the fds (the job's task ends; a sync still in flight is waited for)."""
+        _close(self.handles)
+        if self.sync is not None:
+            with contextlib.suppress(Exception):
+                self.sync.result()
+            self.sync = self.synced = None
+        _close(self.syncing_handles)
 
 
-def _retrieved(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
+#: the threads that run the batch syncs (their futures can be waited on without a loop)
+_SYNC_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="openbits-sync")
 
 
-def _sync_directories(directories: list[str]) -> None:
-    for directory in directories:
+def _close(handles: dict[str, int]) -> None:
+    for fd in handles.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    handles.clear()
+
+
+def _sync_handles(handles: dict[str, int]) -> None:
+    for directory, fd in handles.items():
         with translating(f"cannot sync {directory}"):
-            sync_filesystem(directory)
+            sync_handle(fd, directory)

@@ -53,6 +53,8 @@ from openbits.transfer.http import (
 )
 from openbits.transfer.throttle import Throttle
 
+#: buffers per pwritev (Linux's IOV_MAX)
+IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 #: a body up to this long (known length) is read whole and written at once
 SMALL_BODY_BYTES = 256 * 1024
 #: bytes copied per step from a local source while a bandwidth limit applies
@@ -181,7 +183,8 @@ class _Sink:
     def flush(self) -> None:
         pending = self.pending
         while pending:
-            n = os.pwritev(self.fd, pending, self.offset)
+            # at most IOV_MAX buffers a call (Linux refuses more: a chunked body in tiny chunks)
+            n = os.pwritev(self.fd, pending[:IOV_MAX], self.offset)
             self.offset += n
             self.pending_len -= n
             while pending and n >= len(pending[0]):
@@ -629,7 +632,7 @@ class Downloader:
                     raise invalid_response("the server sent more bytes than it announced")
                 now = time.monotonic()
                 due = now - last_sync_time >= tuning.checkpoint_interval_s
-                if sink.pending_len < block and not due:
+                if sink.pending_len < block and len(sink.pending) < IOV_MAX and not due:
                     continue
                 sink.flush()
                 if sync is not None and sync.done():

@@ -255,15 +255,27 @@ def sync_filesystem(directory: str) -> None:
     """Make everything written to the file system holding ``directory`` durable: one
     ``syncfs`` for a batch of small files instead of an fdatasync (and a journal commit)
     each. Falls back to ``sync()`` where syncfs is missing."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = open_sync_handle(directory)
     try:
-        if _syncfs is None:
-            os.sync()
-        elif _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), directory)
+        sync_handle(fd, directory)
     finally:
         os.close(fd)
+
+
+def open_sync_handle(directory: str) -> int:
+    """An fd for ``sync_handle``.  syncfs reports a write-back error to each open file once,
+    and only errors that happened after that file was opened: open it before the files it
+    must vouch for are written, and use it for them alone."""
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def sync_handle(fd: int, directory: str) -> None:
+    """``syncfs`` through ``fd`` (see ``open_sync_handle``); OSError on a write-back error."""
+    if _syncfs is None:
+        os.sync()
+    elif _syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), directory)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:

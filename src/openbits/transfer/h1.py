@@ -427,6 +427,7 @@ class H1Client:
         self._pipelined: dict[Key, list[_Conn]] = {}
         self._no_pipelining: set[Key] = set()
         self._pipeline_failures: dict[Key, int] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._dns: dict[Key, tuple[float, list[tuple[int, tuple[str, int]]]]] = {}
         self._closed = False
 
@@ -543,12 +544,13 @@ class H1Client:
         now = time.monotonic()
         found = None
         for conn in list(waiting):
-            if found is None and conn.inflight and conn.inflight[0] == ident:
-                waiting.remove(conn)
-                found = conn
-            elif now - conn.since > PIPELINED_IDLE_TIMEOUT_S:
+            if now - conn.since > PIPELINED_IDLE_TIMEOUT_S:
+                # (an answer that waited this long may be stale: ask again)
                 waiting.remove(conn)
                 conn.close()
+            elif found is None and conn.inflight and conn.inflight[0] == ident:
+                waiting.remove(conn)
+                found = conn
         return found
 
     def release(self, conn: _Conn, *, reusable: bool) -> None:
@@ -562,14 +564,44 @@ class H1Client:
         conn.since = time.monotonic()
         if conn.inflight:
             self._pipelined.setdefault(conn.key, []).append(conn)
+            self._sweep_later()
             return
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= MAX_IDLE_PER_HOST:
             idle.pop(0).close()
         idle.append(conn)
+        self._sweep_later()
+
+    def _sweep_later(self) -> None:
+        """Close kept connections once they expire, even if their server is never asked
+        again (no sockets left in CLOSE_WAIT for the daemon's life)."""
+        if self._sweeper is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(PIPELINED_IDLE_TIMEOUT_S, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = time.monotonic()
+        left = False
+        for pool, ttl in ((self._idle, IDLE_TIMEOUT_S), (self._pipelined, PIPELINED_IDLE_TIMEOUT_S)):
+            for key in list(pool):
+                conns = pool[key]
+                for conn in list(conns):
+                    if now - conn.since > ttl or conn.eof:
+                        conns.remove(conn)
+                        conn.close()
+                if conns:
+                    left = True
+                else:
+                    del pool[key]
+        if left:
+            self._sweep_later()
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for pool in (self._idle, self._pipelined):
             for conns in pool.values():
                 for conn in conns:
@@ -588,8 +620,12 @@ class H1Client:
                 return tls.read(n)
             except ssl.SSLWantReadError:
                 pass
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""  # (a body cut short is caught by its framing)
+            except ssl.SSLZeroReturnError:
+                return b""  # close_notify: a clean end
+            except ssl.SSLEOFError as e:
+                # the TCP connection ended without close_notify: for a body that runs to the
+                # close, this may be a truncation, so never a clean end
+                raise ClosedEarly("the connection closed without a TLS close_notify") from e
             except ssl.SSLError as e:
                 raise ClosedEarly(f"TLS error: {e}") from e
             await self._flush_tls(conn)

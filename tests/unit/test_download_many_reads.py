@@ -1,0 +1,132 @@
+"""Bodies that arrive in many small reads: never more than IOV_MAX buffers per pwritev (found in review).
+
+These talk to a raw asyncio server on 127.0.0.1 and run ``Downloader.download`` with an
+``H1Client``, the way the daemon does for plain http:// URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from openbits.errors import BitsError
+from openbits.model import JobFile
+from openbits.transfer.download import Downloader, Owner
+from openbits.transfer.h1 import H1Client
+
+HOST = "127.0.0.1"
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.checkpoints: list[int] = []
+
+    def connected(self) -> None:
+        pass
+
+    def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
+        pass
+
+    def checkpoint(self, offset: int) -> None:
+        self.checkpoints.append(offset)
+
+    def redirected(self, url: str) -> None:
+        pass
+
+    def responded(self, range_support: bool | None, headers: str) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def _server(respond: Callable[[asyncio.StreamWriter], object]) -> AsyncIterator[str]:
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await respond(writer)  # type: ignore[misc]
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(accepted, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://{HOST}:{port}"
+    finally:
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
+        server.close()
+        await server.wait_closed()
+
+
+async def _download(base: str, tmp_path: object) -> tuple[JobFile, bytes]:
+    h1 = H1Client(connect_timeout_s=5, read_timeout_s=5, default_headers={"User-Agent": "t"})
+    try:
+        downloader = Downloader(None, h1=h1)  # type: ignore[arg-type]  # (h1 carries http://)
+        local = os.path.join(str(tmp_path), "out.bin")
+        file = JobFile(remote_url=f"{base}/f", local_file=local, temp_name="BITreview.tmp")
+        owner = Owner(os.getuid(), os.getgid())
+        await downloader.download(file, owner, _Progress(), 2, defer_sync=True)
+        assert file.temp_path is not None
+        return file, Path(file.temp_path).read_bytes()
+    finally:
+        await h1.close()
+
+
+async def test_chunked_body_in_small_chunks_downloads(tmp_path: object) -> None:
+    body = bytes(range(256)) * 4096 * 2  # 2 MiB
+    piece = 256
+
+    async def respond(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(body), piece):
+            writer.write(b"%x\r\n" % piece + body[i : i + piece] + b"\r\n")
+        writer.write(b"0\r\n\r\n")
+
+    async with _server(respond) as base:
+        try:
+            _file, got = await _download(base, tmp_path)
+        except BitsError as e:
+            pytest.fail(f"download failed: {e}")
+    assert got == body
+
+
+class _TrickleBody:
+    """A body of known length as h1.Body hands it out from a slow sender: a little per read."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self.data, self.piece, self.pos = data, piece, 0
+
+    async def read(self, n: int = -1) -> bytes:
+        n = self.piece if n < 0 else min(n, self.piece)
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += len(chunk)
+        return chunk
+
+    async def readany(self) -> bytes:
+        return await self.read()
+
+
+async def test_small_body_arriving_in_many_reads_is_written(tmp_path: object) -> None:
+    body = os.urandom(200 * 1024)
+    path = os.path.join(str(tmp_path), "small.tmp")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fetched = await Downloader._stream_small(_TrickleBody(body, 100), fd, 0, len(body))
+    except BitsError as e:
+        pytest.fail(f"write failed: {e}")
+    finally:
+        os.close(fd)
+    assert fetched.size == len(body)
+    assert Path(path).read_bytes() == body
