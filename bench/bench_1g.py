@@ -3,12 +3,14 @@
 
 Run from the repository root (``make bench`` does this)::
 
-    .venv/bin/python bench/bench_1g.py [--runs N] [--warmup N] [--size BYTES] [--keep]
+    .venv/bin/python bench/bench_1g.py [--runs N] [--warmup N] [--size BYTES] [--keep] [--https]
 
 One invocation writes a random test file, starts its own nginx on a free 127.0.0.1
 port and its own openbits daemon, then times each case round-robin (every run is
 preceded by deleting the previous output and an untimed ``sync``).  It prints a
 table of medians and throughput ratios and writes ``bench/out/bench_1g.json``.
+With ``--https`` nginx serves over TLS with a throw-away trustme CA that every client
+is told to trust (nothing skips verification).
 It cleans up as ``common.Session`` says.  See bench/README.md.
 """
 
@@ -30,7 +32,10 @@ from common import (
     Runner,
     Services,
     Session,
+    TlsFiles,
+    TlsLog,
     add_cases_arg,
+    add_https_arg,
     add_keep_arg,
     add_output_args,
     case_medians,
@@ -40,7 +45,9 @@ from common import (
     log_daemon_env,
     log_loadavg_line,
     log_machine_line,
+    log_tls_negotiated,
     log_versions,
+    make_tls,
     new_parser,
     parse_cases,
     parse_common_args,
@@ -107,13 +114,18 @@ class OutputWatcher:
         self._thread.join()
 
 
-def make_cases(url: str, venv_bin: Path, socket_path: Path, aria2c: str | None) -> list[Case]:
+def make_cases(
+    url: str, venv_bin: Path, socket_path: Path, aria2c: str | None, tls: TlsFiles | None = None
+) -> list[Case]:
+    """The cases; with ``tls`` curl and aria2c trust its CA (the daemon does through its env)."""
     openbits_cli = str(venv_bin / "openbits")
+    curl_tls = ["--cacert", str(tls.ca)] if tls else []
+    aria2c_tls = [f"--ca-certificate={tls.ca}"] if tls else []
     cases = [
-        Case("curl", lambda out: [["curl", "-s", "-o", str(out), url]]),
+        Case("curl", lambda out: [["curl", "-s", *curl_tls, "-o", str(out), url]]),
         Case(
             "curl+fsync",
-            lambda out: [["curl", "-s", "-o", str(out), url], ["sync", "--data", str(out)]],
+            lambda out: [["curl", "-s", *curl_tls, "-o", str(out), url], ["sync", "--data", str(out)]],
         ),
     ]
     if aria2c:
@@ -131,6 +143,7 @@ def make_cases(url: str, venv_bin: Path, socket_path: Path, aria2c: str | None) 
                         "--auto-file-renaming=false",
                         "--summary-interval=0",
                         "--file-allocation=falloc",
+                        *aria2c_tls,
                         "-d",
                         str(out.parent),
                         "-o",
@@ -222,6 +235,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
     p.add_argument("--size", type=int, default=GIB, help="test file size in bytes (default 1 GiB)")
     add_keep_arg(p, "files, logs, state")
+    add_https_arg(p)
     add_cases_arg(p, CASE_NAMES)
     add_output_args(p, JSON_PATH, "(default bench/out/; must have 2 x size free)")
     args = parse_common_args(p, argv, settings=False)
@@ -238,19 +252,26 @@ def run_rounds(
     source_sha: str,
     runs: list[Run],
     failures: list[str],
+    negotiated: dict[str, set[str]],
 ) -> None:
-    """Warm-ups then counted rounds; each round runs every case once, in order."""
+    """Warm-ups then counted rounds; each round runs every case once, in order.  Over HTTPS
+    ``negotiated`` collects each case's TLS protocol and cipher as nginx logged them."""
     services = runner.services
     out = runner.dl_dir / "out.bin"
     checked: set[str] = set()
+    tls_log = TlsLog(services.tls_log) if services.tls_log is not None else None
     for rnd in range(-args.warmup, args.runs):
         warm = rnd < 0
         for case in cases:
             runner.clear_output()
             untimed_sync()
             err_path = runner.logs_dir / f"{case.name}-{rnd + args.warmup}.err"
+            if tls_log is not None:
+                tls_log.mark()
             with OutputWatcher(out, args.size) as watcher:
                 t = runner.run(case, out, err_path)
+            if tls_log is not None:
+                negotiated.setdefault(case.name, set()).update(tls_log.read())
             wall, client_cpu, daemon_cpu = t.wall_s, t.client_cpu_s, t.daemon_cpu_s
             size_ok = out.exists() and out.stat().st_size == args.size
             sha_ok: bool | None = None
@@ -305,12 +326,12 @@ def run_rounds(
 
 
 def print_report(
-    args: argparse.Namespace, machine: dict[str, Any], summaries: list[Summary]
+    args: argparse.Namespace, machine: dict[str, Any], summaries: list[Summary], tls_note: str = ""
 ) -> dict[str, float]:
     log("")
     log(
         f"{summaries[0].runs} counted run(s) per case after {args.warmup} warm-up round(s); "
-        f"{args.size} bytes ({args.size / GIB:.3g} GiB) from nginx on 127.0.0.1"
+        f"{args.size} bytes ({args.size / GIB:.3g} GiB) from nginx on 127.0.0.1{tls_note}"
     )
     log_machine_line(machine)
     log_loadavg_line(machine)
@@ -340,52 +361,70 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     cases: list[Case] = []
     vers: dict[str, str] = {}
+    negotiated: dict[str, set[str]] = {}
     with session.guard(lambda: session.stop_services(services, runner)):
         session.log_start()
         vers = versions(tools.nginx, tools.aria2c, tools.venv_python)
         log_versions(vers)
+        if args.https:
+            services.use_tls(make_tls(work))
         log(f"writing {args.size} random bytes ...")
         source_sha = write_random_file(work / "www" / "test.bin", args.size)
         untimed_sync()
         url = services.start_nginx("/test.bin", args.size)
         log(f"nginx serving {url}")
+        if services.tls is not None:
+            log(
+                f"TLS: {services.tls.certificate} certificate from a trustme CA; the probe got "
+                f"{services.tls_probe}; curl --cacert, aria2c --ca-certificate and the daemon's "
+                f"SSL_CERT_FILE name {services.tls.ca}"
+            )
         services.start_daemon()
         log(f"openbits daemon on {services.socket}")
         log_daemon_env(args.daemon_env)
         if "aria2c" in args.cases and tools.aria2c is None:
             log("aria2c not installed: case skipped")
-        all_cases = make_cases(url, tools.venv_bin, services.socket, tools.aria2c)
+        all_cases = make_cases(url, tools.venv_bin, services.socket, tools.aria2c, services.tls)
         cases = [c for c in all_cases if c.name in args.cases]
         log(
             f"{args.warmup} warm-up + {args.runs} counted run(s) per case, round-robin: "
             + ", ".join(c.name for c in cases)
         )
-        run_rounds(args, cases, runner, source_sha, runs, session.failures)
+        run_rounds(args, cases, runner, source_sha, runs, session.failures, negotiated)
     if session.interrupted:
         return 130
 
     summaries = summarize(runs, cases, args.size)
     ratios: dict[str, float] = {}
+    tls: dict[str, Any] = {}
     if summaries:
         if session.failures:
             log("\nWARNING: the run did not finish cleanly; the figures below may be incomplete")
-        ratios = print_report(args, session.machine, summaries)
+        ratios = print_report(args, session.machine, summaries, services.tls_note())
         log_busy_note((s.median_other_cpu_s, s.median_wall_s) for s in summaries)
+        if services.tls is not None:
+            tls = log_tls_negotiated(services, negotiated)
         log(f"openbits daemon exit status after SIGTERM: {session.daemon_rc}")
+    json_args: dict[str, Any] = {
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "size": args.size,
+        "cases": args.cases,
+        "daemon_env": args.daemon_env,
+    }
+    extra: dict[str, Any] = {}
+    if args.https:  # only then, so plain-HTTP results keep their shape
+        json_args["https"] = True
+        extra["tls"] = tls
     return session.finish(
         args.json,
-        {
-            "runs": args.runs,
-            "warmup": args.warmup,
-            "size": args.size,
-            "cases": args.cases,
-            "daemon_env": args.daemon_env,
-        },
+        json_args,
         vers,
         summary=[asdict(s) for s in summaries],
         ratios=ratios,
         runs=[asdict(r) for r in runs],
         daemon_exit_status=session.daemon_rc,
+        **extra,
     )
 
 

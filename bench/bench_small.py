@@ -4,6 +4,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/bench_small.py [--files N] [--size BYTES] [--runs N] [--warmup N] [--keep]
+                                          [--https]
 
 One invocation writes N random files, starts its own nginx on a free 127.0.0.1 port
 (one worker, keepalive_requests 100000, one log line per request naming its
@@ -19,6 +20,8 @@ one AddFileSet call with N files, Resume, long polls (GetJob with WaitWhile) unt
 TRANSFERRED, Complete; each phase is timed
 on its own.  It prints files/s per case, medians and the openbits/curl ratio, and
 writes ``bench/out/bench_small.json``.  It cleans up as ``common.Session`` says.
+With ``--https`` nginx serves over TLS with a throw-away trustme CA that every client
+is told to trust (nothing skips verification).
 See bench/README.md.
 """
 
@@ -57,8 +60,11 @@ from common import (
     Session,
     Snapshot,
     Timing,
+    TlsFiles,
+    TlsLog,
     Tools,
     add_cases_arg,
+    add_https_arg,
     add_keep_arg,
     add_output_args,
     case_medians,
@@ -70,7 +76,9 @@ from common import (
     log_daemon_env,
     log_loadavg_line,
     log_machine_line,
+    log_tls_negotiated,
     log_versions,
+    make_tls,
     new_parser,
     parse_cases,
     parse_common_args,
@@ -97,7 +105,7 @@ class Dataset:
     names: list[str]  # file names, the same under www/small/ and in every run's output directory
     sha256: dict[str, str]
     size: int
-    url_base: str = ""  # http://127.0.0.1:PORT/small
+    url_base: str = ""  # http://127.0.0.1:PORT/small (https:// with --https)
 
     def url(self, name: str) -> str:
         return f"{self.url_base}/{name}"
@@ -348,14 +356,19 @@ def check_output(dl: Path, data: Dataset, sample: int, seed: int) -> tuple[int, 
     return ok, stray, len(picks), bad
 
 
-def make_cases(curl_cfg: Path, urls: Path, data: Dataset, aria2c: str | None) -> list[Case]:
-    """The cases; each command list is made for the run's own output directory ``out``."""
+def make_cases(
+    curl_cfg: Path, urls: Path, data: Dataset, aria2c: str | None, tls: TlsFiles | None = None
+) -> list[Case]:
+    """The cases; each command list is made for the run's own output directory ``out``.  With
+    ``tls`` curl and aria2c trust its CA (the daemon does through its environment)."""
+    curl_tls = ["--cacert", str(tls.ca)] if tls else []
+    aria2c_tls = [f"--ca-certificate={tls.ca}"] if tls else []
     cases = [
-        Case("curl", lambda out: [["curl", "-s", "--output-dir", str(out), "-K", str(curl_cfg)]]),
+        Case("curl", lambda out: [["curl", "-s", *curl_tls, "--output-dir", str(out), "-K", str(curl_cfg)]]),
         Case(
             "curl+fsync",
             lambda out: [
-                ["curl", "-s", "--output-dir", str(out), "-K", str(curl_cfg)],
+                ["curl", "-s", *curl_tls, "--output-dir", str(out), "-K", str(curl_cfg)],
                 ["sync", str(out), *(str(out / n) for n in data.names)],
             ],
         ),
@@ -375,6 +388,7 @@ def make_cases(curl_cfg: Path, urls: Path, data: Dataset, aria2c: str | None) ->
                         "--allow-overwrite=true",
                         "--auto-file-renaming=false",
                         "--summary-interval=0",
+                        *aria2c_tls,
                         "-d",
                         str(out),
                         "-i",
@@ -395,11 +409,14 @@ def run_rounds(
     conn_log: ConnLog,
     runs: list[Run],
     failures: list[str],
+    negotiated: dict[str, set[str]],
 ) -> None:
     """Warm-ups then counted rounds; each round runs every case once, in order, each run into
-    its own fresh directory under ``runner.dl_dir`` (none is deleted here: see the docstring)."""
+    its own fresh directory under ``runner.dl_dir`` (none is deleted here: see the docstring).
+    Over HTTPS ``negotiated`` collects each case's TLS protocol and cipher as nginx logged them."""
     services = runner.services
     n = len(data.names)
+    tls_log = TlsLog(services.tls_log) if services.tls_log is not None else None
     for rnd in range(-args.warmup, args.runs):
         warm = rnd < 0
         for case in cases:
@@ -407,6 +424,8 @@ def run_rounds(
             dl.mkdir()
             untimed_sync()
             conn_log.mark()
+            if tls_log is not None:
+                tls_log.mark()
             label = "warm-up" if warm else f"run {rnd + 1}/{args.runs}"
             phases: JobPhases | None = None
             if case.name == "openbits":
@@ -415,6 +434,8 @@ def run_rounds(
                 err_path = runner.logs_dir / f"{case.name}-{rnd + args.warmup}.err"
                 t = runner.run(case, dl, err_path)
             conns = conn_log.read(n)
+            if tls_log is not None:
+                negotiated.setdefault(case.name, set()).update(tls_log.read(n))
             ok, stray, checked, bad = check_output(dl, data, args.sample, seed=rnd + 1000)
             run = Run(
                 case=case.name,
@@ -622,6 +643,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sample", type=int, default=64, help="files whose sha256 is checked after every run (default 64)"
     )
     add_keep_arg(p, "files, logs, state")
+    add_https_arg(p)
     add_cases_arg(p, CASE_NAMES)
     add_output_args(p, JSON_PATH, "(default bench/out/)")
     args = parse_common_args(p, argv)
@@ -632,13 +654,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def print_report(
-    args: argparse.Namespace, machine: dict[str, Any], summaries: list[Summary], ph: dict[str, Any]
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    summaries: list[Summary],
+    ph: dict[str, Any],
+    tls_note: str = "",
 ) -> dict[str, float]:
     log("")
     log(
         f"{summaries[0].runs} counted run(s) per case after {args.warmup} warm-up round(s); "
-        f"{args.files} files × {args.size} bytes from nginx on 127.0.0.1, each run into its own fresh "
-        "directory"
+        f"{args.files} files × {args.size} bytes from nginx on 127.0.0.1{tls_note}, each run into its "
+        "own fresh directory"
     )
     log(
         "(nothing deleted between runs: after a mass delete + sync, ext4 scans the recently deleted "
@@ -684,12 +710,15 @@ def bench(args: argparse.Namespace, tools: Tools, session: Session) -> int:
     cases: list[Case] = []
     vers: dict[str, str] = {}
     daemon_settings = {**RAISED_LIMITS, **args.daemon_setting}
+    negotiated: dict[str, set[str]] = {}
     with session.guard(
         lambda: session.stop_services(services, runner), catch_unexpected=True, remove_at_exit=False
     ):
         session.log_start()
         vers = versions(tools.nginx, tools.aria2c, tools.venv_python)
         log_versions(vers)
+        if args.https:
+            services.use_tls(make_tls(work))
         n_cases = sum(1 for c in args.cases if c != "aria2c" or tools.aria2c is not None)
         check_free_space(work, args.files, args.size, (args.warmup + args.runs) * n_cases)
         log(f"writing {args.files} random files of {args.size} bytes ...")
@@ -699,6 +728,12 @@ def bench(args: argparse.Namespace, tools: Tools, session: Session) -> int:
         url = services.start_nginx(first, args.size)
         data.url_base = url.removesuffix(first) + "/small"
         log(f"nginx serving {data.url_base}/ ({data.names[0]} … {data.names[-1]})")
+        if services.tls is not None:
+            log(
+                f"TLS: {services.tls.certificate} certificate from a trustme CA; the probe got "
+                f"{services.tls_probe}; curl --cacert, aria2c --ca-certificate and the daemon's "
+                f"SSL_CERT_FILE name {services.tls.ca}"
+            )
         conn_log = ConnLog(work / "conn.log")
         config = write_daemon_config(work / "openbits.toml", daemon_settings)
         services.start_daemon(config)
@@ -707,42 +742,52 @@ def bench(args: argparse.Namespace, tools: Tools, session: Session) -> int:
         if "aria2c" in args.cases and tools.aria2c is None:
             log("aria2c not installed: case skipped")
         curl_cfg, urls = write_client_lists(work, data)
-        cases = [c for c in make_cases(curl_cfg, urls, data, tools.aria2c) if c.name in args.cases]
+        all_cases = make_cases(curl_cfg, urls, data, tools.aria2c, services.tls)
+        cases = [c for c in all_cases if c.name in args.cases]
         log(
             f"{args.warmup} warm-up + {args.runs} counted run(s) per case, round-robin: "
             + ", ".join(c.name for c in cases)
         )
-        run_rounds(args, cases, runner, data, conn_log, runs, session.failures)
+        run_rounds(args, cases, runner, data, conn_log, runs, session.failures, negotiated)
     if session.interrupted:
         return 130
 
     summaries = summarize(runs, cases, args.files)
     ph = phase_summary(runs, args.files)
     ratios: dict[str, float] = {}
+    tls: dict[str, Any] = {}
     if summaries:
         if session.failures:
             log("\nWARNING: the run did not finish cleanly; the figures below may be incomplete")
-        ratios = print_report(args, session.machine, summaries, ph)
+        ratios = print_report(args, session.machine, summaries, ph, services.tls_note())
         log_busy_note((s.median_other_cpu_s, s.median_wall_s) for s in summaries)
+        if services.tls is not None:
+            tls = log_tls_negotiated(services, negotiated)
         log(f"openbits daemon exit status after SIGTERM: {session.daemon_rc}")
+    json_args: dict[str, Any] = {
+        "files": args.files,
+        "size": args.size,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "sample": args.sample,
+        "cases": args.cases,
+        "daemon_env": args.daemon_env,
+        "daemon_settings": daemon_settings,
+    }
+    extra: dict[str, Any] = {}
+    if args.https:  # only then, so plain-HTTP results keep their shape
+        json_args["https"] = True
+        extra["tls"] = tls
     return session.finish(
         args.json,
-        {
-            "files": args.files,
-            "size": args.size,
-            "runs": args.runs,
-            "warmup": args.warmup,
-            "sample": args.sample,
-            "cases": args.cases,
-            "daemon_env": args.daemon_env,
-            "daemon_settings": daemon_settings,
-        },
+        json_args,
         vers,
         summary=[asdict(s) for s in summaries],
         openbits_phases=ph,
         ratios=ratios,
         runs=[asdict(r) for r in runs],
         daemon_exit_status=session.daemon_rc,
+        **extra,
     )
 
 

@@ -19,6 +19,7 @@ import platform
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -388,7 +389,7 @@ http {{
     uwsgi_temp_path {work}/nginx-tmp/uwsgi;
     scgi_temp_path {work}/nginx-tmp/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         root {work}/www;
     }}
 }}
@@ -397,6 +398,107 @@ http {{
 
 #: nginx log format naming the connection of every request (to count keep-alive connections)
 CONN_LOG_FORMAT = "log_format conns '$connection $connection_requests $status $body_bytes_sent';"
+#: the same over HTTPS, with the TLS protocol and cipher suite each request was served with
+CONN_TLS_LOG_FORMAT = (
+    "log_format conns '$connection $connection_requests $status $body_bytes_sent $ssl_protocol $ssl_cipher';"
+)
+#: over HTTPS without the connection log: only the TLS protocol and cipher suite of every request
+TLS_LOG_FORMAT = "log_format tls '$ssl_protocol $ssl_cipher';"
+
+
+# -- HTTPS --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1 (``--https``)."""
+
+    ca: Path  # the CA certificate (PEM): the only thing every client is told to trust
+    server: Path  # nginx's private key and certificate chain (PEM), one file
+    certificate: str  # what the server certificate is, e.g. "ECDSA secp256r1 (SHA256)"
+
+    def daemon_env(self) -> dict[str, str]:
+        """The daemon's trust: ``ssl.create_default_context()`` reads SSL_CERT_FILE."""
+        return {"SSL_CERT_FILE": str(self.ca)}
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+def make_tls(directory: Path) -> TlsFiles:
+    """A CA and a certificate for ``127.0.0.1`` and ``localhost``, made with trustme (the venv's
+    test dependency), written to ``directory/ca.pem`` and ``directory/server.pem``."""
+    try:
+        import trustme
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    except ImportError as e:
+        raise BenchError(f"--https needs trustme in the venv (make venv): {e}") from e
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca_path = directory / "ca.pem"
+    server_path = directory / "server.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(server_path))
+    leaf = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes())
+    key = leaf.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        kind = f"ECDSA {key.curve.name}"
+    elif isinstance(key, rsa.RSAPublicKey):
+        kind = f"RSA {key.key_size}"
+    else:
+        kind = type(key).__name__
+    digest = leaf.signature_hash_algorithm
+    signed = f" ({digest.name.upper()})" if digest is not None else ""
+    return TlsFiles(ca_path, server_path, f"{kind}{signed}")
+
+
+def add_https_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--https",
+        action="store_true",
+        help="serve over TLS (a trustme CA and certificate for 127.0.0.1); every client verifies it",
+    )
+
+
+class TlsLog:
+    """The TLS protocol and cipher suite nginx logged per request (the last two fields of each
+    line of ``Services.tls_log``) since :meth:`mark`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def mark(self) -> None:
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def read(self, expected: int = 1, wait_s: float = 2.0) -> set[str]:
+        """The distinct "protocol cipher" pairs since ``mark``; waits (untimed) up to ``wait_s``
+        for ``expected`` lines, since nginx logs a request after the client may have exited."""
+        deadline = time.monotonic() + wait_s
+        lines: list[str] = []
+        while True:
+            if self.path.exists():
+                with open(self.path, "rb") as fh:
+                    fh.seek(self.offset)
+                    lines = fh.read().decode("ascii", "replace").splitlines()
+            if len(lines) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        return {" ".join(line.split()[-2:]) for line in lines if len(line.split()) >= 2}
+
+
+def log_tls_negotiated(services: Services, negotiated: dict[str, set[str]]) -> dict[str, Any]:
+    """Print what the TLS set-up was and what every case negotiated; the same for the JSON."""
+    assert services.tls is not None
+    log(f"TLS as nginx logged it per request (server certificate {services.tls.certificate}):")
+    for case, pairs in negotiated.items():
+        log(f"  {case:<11} {', '.join(sorted(pairs)) or '(nothing logged)'}")
+    return {
+        "certificate": services.tls.certificate,
+        "probe": services.tls_probe,
+        "negotiated": {case: sorted(pairs) for case, pairs in negotiated.items()},
+    }
 
 
 class Services:
@@ -419,6 +521,9 @@ class Services:
         self.work = work
         self.daemon_env = daemon_env
         self.conn_log = work / "conn.log" if conn_log else None
+        self.tls: TlsFiles | None = None  # set by use_tls (--https)
+        self.tls_log: Path | None = None
+        self.tls_probe = ""  # "protocol cipher" of the start-up probe (HTTPS only)
         self.state_dir = work / "state"
         self.nginx_bin = nginx
         self.venv_python = venv_python
@@ -430,6 +535,19 @@ class Services:
         self.nginx_log = work / "nginx.out"
         self._logs: list[IO[bytes]] = []
 
+    def use_tls(self, tls: TlsFiles) -> None:
+        """HTTPS (before starting anything): nginx listens with TLS, the daemon trusts ``tls.ca``
+        (SSL_CERT_FILE), and nginx logs every request's TLS protocol and cipher suite to
+        :attr:`tls_log` (the connection log's last two fields, or WORK/tls.log)."""
+        self.tls = tls
+        self.tls_log = self.conn_log or self.work / "tls.log"
+
+    def tls_note(self) -> str:
+        """The report header's " over HTTPS (...)", or "" over plain HTTP."""
+        if self.tls is None:
+            return ""
+        return f" over HTTPS ({self.tls_probe}, {self.tls.certificate} certificate by trustme, verified)"
+
     # nginx
 
     def start_nginx(self, url_path: str, size: int) -> str:
@@ -440,10 +558,26 @@ class Services:
             user = "user root root;\n" if os.geteuid() == 0 else ""
             conf = self.work / "nginx.conf"
             access_log = "access_log off;"
-            if self.conn_log is not None:
-                access_log = f"{CONN_LOG_FORMAT}\n    access_log {self.conn_log} conns;"
+            listen = f"listen 127.0.0.1:{self.port};"
+            if self.tls is None:
+                if self.conn_log is not None:
+                    access_log = f"{CONN_LOG_FORMAT}\n    access_log {self.conn_log} conns;"
+            else:
+                if self.conn_log is not None:
+                    access_log = f"{CONN_TLS_LOG_FORMAT}\n    access_log {self.conn_log} conns;"
+                else:
+                    access_log = f"{TLS_LOG_FORMAT}\n    access_log {self.tls_log} tls;"
+                # nginx before 1.23.4 leaves TLSv1.3 out of its default ssl_protocols
+                listen = (
+                    f"listen 127.0.0.1:{self.port} ssl;\n"
+                    f"        ssl_certificate {self.tls.server};\n"
+                    f"        ssl_certificate_key {self.tls.server};\n"
+                    "        ssl_protocols TLSv1.2 TLSv1.3;"
+                )
             conf.write_text(
-                NGINX_CONF.format(user=user, work=self.work, port=self.port, access_log=access_log)
+                NGINX_CONF.format(
+                    user=user, work=self.work, port=self.port, access_log=access_log, listen=listen
+                )
             )
             out = open(self.nginx_log, "ab")  # noqa: SIM115 - closed in stop()
             self._logs.append(out)
@@ -464,7 +598,8 @@ class Services:
                 stderr=out,
                 start_new_session=True,
             )
-            url = f"http://127.0.0.1:{self.port}{url_path}"
+            scheme = "http" if self.tls is None else "https"
+            url = f"{scheme}://127.0.0.1:{self.port}{url_path}"
             try:
                 self._wait_nginx(url_path, size)
                 return url
@@ -483,16 +618,26 @@ class Services:
                     f"{tail(self.work / 'nginx-error.log')}"
                 )
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                if self.tls is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                else:  # verifies the certificate as every client will
+                    conn = http.client.HTTPSConnection(
+                        "127.0.0.1", self.port, timeout=5, context=self.tls.client_context()
+                    )
                 try:
                     conn.request("HEAD", url_path)
                     resp = conn.getresponse()
                     length = resp.getheader("Content-Length")
                     if resp.status != 200 or length != str(size):
                         raise BenchError(f"HEAD {url_path}: {resp.status}, Content-Length {length}")
+                    if isinstance(conn.sock, ssl.SSLSocket):
+                        cipher = conn.sock.cipher()
+                        self.tls_probe = f"{conn.sock.version()} {cipher[0] if cipher else '?'}"
                     return
                 finally:
                     conn.close()
+            except ssl.SSLCertVerificationError as e:  # an OSError, but no reason to wait
+                raise BenchError(f"HEAD {url_path}: the certificate did not verify: {e}") from e
             except OSError:
                 pass
             if time.monotonic() > deadline:
@@ -545,7 +690,7 @@ class Services:
             stderr=out,
             start_new_session=True,
             cwd=self.work,
-            env={**os.environ, **self.daemon_env},
+            env={**os.environ, **(self.tls.daemon_env() if self.tls else {}), **self.daemon_env},
         )
         deadline = time.monotonic() + START_DEADLINE_S
         while True:
