@@ -94,3 +94,23 @@ def test_a_range_resumes_inside_itself_after_an_interruption(
     ranges = [r["headers"].get("range") for r in fault_server.requests]
     assert ranges[0] == "bytes=100-1099,1000000-2499999", ranges
     assert ranges[1:] == ["bytes=100-1099", "bytes=1000000-2499999", "bytes=1700000-2499999"], ranges
+
+
+def test_a_range_to_the_end_before_others_is_not_fetched_again_after_an_interruption(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    # the range to the end comes first in the output: once the output has gone past it, its
+    # length (not stored) is learned from the 416 of a request past the end of the file
+    data = random.Random(143).randbytes(1_000_000)
+    fault_server.routes["/f"] = Sequence(Serve(data), CloseMidBody(data, after=500), Serve(data))
+    job = daemon.client.create_job(DisplayName="range to the end first")
+    add_ranges(daemon, job, f"{fault_server.url}/f", dest / "f.bin", [(900_000, EOF_LEN), (0, 1000)])
+    daemon.client.resume(job)
+    daemon.wait_state(job, JobState.TRANSIENT_ERROR)
+    daemon.client.resume(job)
+    daemon.wait_state(job, JobState.TRANSFERRED)
+    daemon.client.complete(job)
+    assert (dest / "f.bin").read_bytes() == data[900_000:] + data[:1000]
+    ranges = [r["headers"].get("range") for r in fault_server.requests]
+    assert ranges[:2] == ["bytes=900000-", "bytes=0-999"], ranges
+    assert ranges[-1] == "bytes=500-999", ranges  # the rest of the second range only

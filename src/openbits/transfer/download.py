@@ -344,6 +344,10 @@ class Downloader:
                     out = await self._range_single(
                         file, fd, out, (first, start, length), progress, priority, options
                     )
+                except _RangeDone as e:
+                    done += e.length  # the output holds it all already
+                    i += 1
+                    continue
                 except NETWORK_EXCEPTIONS as e:
                     raise network_error(e, file.remote_url) from e
                 done = out
@@ -397,6 +401,12 @@ class Downloader:
                     hresult=HResult.BG_E_INSUFFICIENT_RANGE_SUPPORT,
                     context=ErrorContext.REMOTE_FILE,
                 )
+            if resp.status == 416 and length == BG_LENGTH_TO_EOF:
+                # A range to the end of the file whose length was not known when the output
+                # went past it (it is not stored): the 416 tells the file's size.
+                total = parse_unsatisfied_range(resp.headers.get("Content-Range"))
+                if total is not None and start < total <= first:
+                    raise _RangeDone(total - start)
             if resp.status != 206:
                 raise self._range_refused(resp, first)
             last = _piece_end(resp, headers["Range"], first, start, length)
@@ -850,6 +860,14 @@ class _Ahead:
         for f in self.files:
             if f.bytes_transferred == 0 and f.ranges is None and not f.completed:
                 yield f.remote_url, self.headers
+
+
+class _RangeDone(Exception):
+    """A range to the end of the file turned out to be in the output already (``length``)."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
 
 
 class _NoMultipart(Exception):
