@@ -59,14 +59,14 @@ def result_response(body: dict[str, Any]) -> web.Response:
 
 
 def _flag(request: web.Request, name: str, default: bool = False) -> bool:
-    for key, value in request.query.items():
-        if key.lower() == name.lower():
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no", ""):
-                return False
-            raise InvalidArgument(f"{name} must be true or false")
-    return default
+    value = _query(request, name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no", ""):
+        return False
+    raise InvalidArgument(f"{name} must be true or false")
 
 
 async def _body(request: web.Request) -> Any:
