@@ -19,7 +19,7 @@ import sys
 
 from aiohttp import web
 
-from openbits.api.app import make_app
+from openbits.api.app import THROTTLE_KEY, make_app
 from openbits.api.peer import ADMIN_GROUP_KEY
 from openbits.config import Config
 from openbits.scheduler.run import Scheduler
@@ -116,6 +116,7 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
     service.runner = scheduler
     app = make_app(service)
     app[ADMIN_GROUP_KEY] = config.admin_group
+    app[THROTTLE_KEY] = throttle
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()

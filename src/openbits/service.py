@@ -17,6 +17,7 @@ import os
 import random
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -265,6 +266,16 @@ def validate_local_file(path: str) -> str:
     return os.path.normpath(path)
 
 
+@dataclass(slots=True)
+class Counters:
+    """What the transfers did since the daemon started (``GET /metrics``)."""
+
+    bytes_transferred: int = 0
+    files_transferred: int = 0
+    transient_errors: int = 0
+    errors: int = 0
+
+
 class Service:
     def __init__(self, store: JobStore, config: Config, clock: Clock | None = None) -> None:
         self.store = store
@@ -280,6 +291,7 @@ class Service:
         #: observers of every committed change (events come in a later issue)
         self.listeners: list[Callable[[Job, str], None]] = []
         self._waiters: dict[str, asyncio.Event] = {}  # job id -> set at its next change
+        self.counters = Counters()
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -808,6 +820,8 @@ class Service:
         if job.state.is_final:
             return
         progressed = offset > file.bytes_transferred
+        if progressed:
+            self.counters.bytes_transferred += offset - file.bytes_transferred
         file.bytes_transferred = offset
         if progressed:
             job.no_progress_since_ns = 0
@@ -832,6 +846,8 @@ class Service:
         """All ``size`` bytes are durable: the last checkpoint and the completion, one commit."""
         if job.state.is_final:
             return
+        self.counters.bytes_transferred += max(0, size - file.bytes_transferred)
+        self.counters.files_transferred += 1
         file.bytes_transferred = size
         file.completed = True
         file.bytes_total = size
@@ -846,7 +862,10 @@ class Service:
         if job.state.is_final:
             return
         done = []
+        counters = self.counters
         for file, size in files:
+            counters.bytes_transferred += max(0, size - file.bytes_transferred)
+            counters.files_transferred += 1
             file.bytes_transferred = file.bytes_total = size
             file.completed = True
             done.append(file)
@@ -879,6 +898,7 @@ class Service:
                 job.no_progress_since_ns = now
             job.transient_error_count += 1
             job.errors_in_a_row += 1
+            self.counters.transient_errors += 1
             delay_s = retry_delay_s(
                 job.minimum_retry_delay_s,
                 job.errors_in_a_row,
@@ -893,6 +913,7 @@ class Service:
                 self._enter(job, states.next_state(job.state, Event.NO_PROGRESS_TIMEOUT))
             self._commit(job, "transient error")
         else:
+            self.counters.errors += 1
             self._enter(job, states.next_state(job.state, Event.FATAL_FAILURE))
             self._commit(job, "error")
         log.info("job %s: %s", job.job_id, error)

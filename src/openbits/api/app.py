@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from openbits import __version__
+from openbits.api import metrics
 from openbits.api.peer import caller_of
 from openbits.errors import (
     BitsError,
@@ -28,6 +29,7 @@ from openbits.errors import (
 )
 from openbits.model import JobState
 from openbits.service import Service
+from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.api")
 
@@ -36,6 +38,8 @@ CLASS = f"{BASE}/BitsClientJob"
 MAX_BODY = 1024 * 1024
 
 SERVICE_KEY = web.AppKey("service", Service)
+#: the transfers' throttle, for the seconds spent waiting on it (set by the daemon)
+THROTTLE_KEY = web.AppKey("throttle", Throttle)
 
 
 def error_response(error: BitsError) -> web.Response:
@@ -209,6 +213,16 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response({"Version": __version__})
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    """Prometheus text: jobs by state and priority (the caller's, or all for an
+    administrator), bytes and files transferred, errors, seconds throttled."""
+    throttle = request.app.get(THROTTLE_KEY)
+    text = metrics.render(
+        request.app[SERVICE_KEY], caller_of(request), throttle.throttled_s if throttle is not None else 0.0
+    )
+    return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 def make_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[bits_errors], client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
@@ -222,4 +236,5 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post(f"{BASE}/Query", not_yet)
     app.router.add_get("/events", not_yet)
     app.router.add_get("/version", version)
+    app.router.add_get("/metrics", get_metrics)
     return app

@@ -336,6 +336,8 @@ class Throttle:
         self._global = TokenBucket(global_bps, clock=clock)
         self._buckets = {priority: TokenBucket(None, clock=clock) for priority in PRIORITIES}
         self._foreground_limited = bool(foreground_limited)
+        #: seconds transfers spent waiting in ``acquire`` (``GET /metrics``)
+        self.throttled_s = 0.0
         if per_priority:
             self.set_limits(per_priority=per_priority)
 
@@ -414,6 +416,7 @@ class Throttle:
             return
         tickets = [(bucket, bucket._ticket(n)) for bucket in buckets]
         paid = False
+        started = time.monotonic()
         try:
             for bucket, ticket in tickets:
                 await bucket._wait(ticket, sleep)
@@ -421,6 +424,7 @@ class Throttle:
         finally:
             for bucket, ticket in tickets:
                 bucket._settle(ticket, n, refund=not paid)
+            self.throttled_s += time.monotonic() - started
 
     def _limited_buckets(self, priority: int) -> list[TokenBucket]:
         if priority == FOREGROUND and not self._foreground_limited:

@@ -1,0 +1,44 @@
+"""api.metrics.render: scoping of the job gauges, exposition format."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from openbits.api import metrics
+from openbits.caller import Caller
+from openbits.config import Config
+from openbits.service import Service
+from openbits.store.sqlite import SqliteStore
+
+
+def _service(tmp_path: Path) -> Service:
+    config = Config(state_dir=str(tmp_path))
+    return Service(SqliteStore(config.db_path), config)
+
+
+def test_a_user_sees_only_their_jobs_and_an_administrator_all(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    alice = Caller("alice", 4001, 4001)
+    bob = Caller("bob", 4002, 4002)
+    admin = Caller("root", 0, 0, is_admin=True)
+
+    async def create() -> None:
+        await service.create_job(alice, {"DisplayName": "a"})
+        await service.create_job(alice, {"DisplayName": "b"})
+        await service.create_job(bob, {"DisplayName": "c"})
+
+    asyncio.run(create())
+    line = 'openbits_jobs{state="SUSPENDED",priority="NORMAL"} '
+    assert line + "2\n" in metrics.render(service, alice, 0.0)
+    assert line + "1\n" in metrics.render(service, bob, 0.0)
+    assert line + "3\n" in metrics.render(service, admin, 1.5)
+    assert "openbits_throttled_seconds_total 1.5\n" in metrics.render(service, admin, 1.5)
+
+
+def test_every_sample_has_help_and_type(tmp_path: Path) -> None:
+    text = metrics.render(_service(tmp_path), Caller("alice", 4001, 4001), 0.0)
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+    for name in names:
+        assert f"# HELP {name} " in text and f"# TYPE {name} " in text, name
+    assert text.endswith("\n")
