@@ -85,10 +85,24 @@ class Client:
 
     # -- the verbs ------------------------------------------------------------------------
 
-    def list_jobs(self, all_users: bool = False) -> list[dict[str, Any]]:
-        query = "?" + urlencode({"AllUsers": "true"}) if all_users else ""
+    def list_jobs(self, all_users: bool = False, where: str | None = None) -> list[dict[str, Any]]:
+        """Your jobs (``all_users``: everyone's, for an administrator); ``where``: a WQL
+        condition, e.g. ``"State = 4 OR DisplayName LIKE 'nightly%'"``."""
+        params = {"AllUsers": "true"} if all_users else {}
+        if where is not None:
+            params["Where"] = where
+        query = "?" + urlencode(params) if params else ""
         jobs: list[dict[str, Any]] = self.request("GET", CLASS + query)
         return jobs
+
+    def query(self, wql: str, all_users: bool = False) -> list[dict[str, Any]]:
+        """``SELECT * | p1, p2 FROM BitsClientJob [WHERE …]``: the matching instances, with only
+        the selected properties."""
+        body: dict[str, Any] = {"Query": wql}
+        if all_users:
+            body["AllUsers"] = True
+        result: list[dict[str, Any]] = self.request("POST", "/root/microsoft/bits/Query", body)
+        return result
 
     def get_job(
         self,

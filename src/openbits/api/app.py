@@ -1,21 +1,21 @@
 """The HTTP API of SPEC §4, shaped after CIM, on aiohttp.web.
 
 It translates HTTP to service calls and BitsError to the error body; it decides
-nothing.  WQL (``Where=``, ``/Query``) and ``/events`` come in a later issue: the
-routes are reserved and answer E_NOTIMPL.
+nothing.  ``/events`` comes in a later part of issue 4: the route is reserved and answers
+E_NOTIMPL.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from openbits import __version__
-from openbits.api import metrics
+from openbits.api import metrics, wql
 from openbits.api.peer import caller_of
 from openbits.errors import (
     BitsError,
@@ -27,7 +27,7 @@ from openbits.errors import (
     hresult_message,
     hresult_name,
 )
-from openbits.model import JobState
+from openbits.model import ALL_PROPERTIES, JobState
 from openbits.service import Service
 from openbits.transfer.throttle import Throttle
 
@@ -37,6 +37,7 @@ BASE = "/root/microsoft/bits"
 CLASS = f"{BASE}/BitsClientJob"
 MAX_BODY = 1024 * 1024
 
+T = TypeVar("T")
 SERVICE_KEY = web.AppKey("service", Service)
 #: the transfers' throttle, for the seconds spent waiting on it (set by the daemon)
 THROTTLE_KEY = web.AppKey("throttle", Throttle)
@@ -119,12 +120,43 @@ async def bits_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 async def enumerate_jobs(request: web.Request) -> web.Response:
+    """The caller's jobs (``AllUsers=true``: everyone's, for an administrator); ``Where=`` a
+    WQL condition keeps those it is true of."""
     service = request.app[SERVICE_KEY]
     caller = caller_of(request)
-    if any(k.lower() == "where" for k in request.query):
-        raise NotImplementedValue("WQL queries are not implemented yet")
-    jobs = service.enumerate(caller, all_users=_flag(request, "AllUsers"))
-    return web.json_response([j.to_cim() for j in jobs])
+    where = _query(request, "Where")
+    condition = _wql(wql.parse_condition, where, ALL_PROPERTIES) if where is not None else None
+    instances = (j.to_cim() for j in service.enumerate(caller, all_users=_flag(request, "AllUsers")))
+    if condition is not None:
+        return web.json_response([i for i in instances if wql.matches(condition, i)])
+    return web.json_response(list(instances))
+
+
+async def query(request: web.Request) -> web.Response:
+    """``{"Query": "SELECT … FROM BitsClientJob [WHERE …]", "AllUsers": false}``: the
+    instances the condition is true of, with only the selected properties."""
+    service = request.app[SERVICE_KEY]
+    body = await _body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("Query"), str):
+        raise InvalidArgument('Query needs {"Query": "SELECT … FROM BitsClientJob [WHERE …]"}')
+    unknown = sorted(set(body) - {"Query", "AllUsers"})
+    if unknown:
+        raise InvalidArgument(f"unknown parameter(s): {', '.join(unknown)}")
+    all_users = body.get("AllUsers", False)
+    if not isinstance(all_users, bool):
+        raise InvalidArgument("AllUsers must be true or false")
+    parsed = _wql(wql.parse_query, body["Query"], ALL_PROPERTIES)
+    instances = (j.to_cim() for j in service.enumerate(caller_of(request), all_users=all_users))
+    return web.json_response(
+        [wql.project(parsed, i) for i in instances if parsed.where is None or wql.matches(parsed.where, i)]
+    )
+
+
+def _wql(parse: Callable[[str, Collection[str]], T], text: str, properties: Collection[str]) -> T:
+    try:
+        return parse(text, properties)
+    except wql.WqlError as e:
+        raise InvalidArgument(f"WQL {e}") from None
 
 
 #: the longest a GetJob may wait (``WaitTimeout``)
@@ -233,7 +265,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post(f"{CLASS}/{{job:[^/]+}}/{{method}}", invoke)
     app.router.add_get(f"{BASE}/BitsServicePolicy", get_policy)
     app.router.add_patch(f"{BASE}/BitsServicePolicy", patch_policy)
-    app.router.add_post(f"{BASE}/Query", not_yet)
+    app.router.add_post(f"{BASE}/Query", query)
     app.router.add_get("/events", not_yet)
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", get_metrics)

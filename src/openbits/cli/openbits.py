@@ -255,6 +255,41 @@ def get(ctx: Context, job: str | None, all_users: bool, include_finished: bool, 
         print_job(instance)
 
 
+@cli.command()
+@click.argument("wql")
+@click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
+@click.option("--json", "as_json", is_flag=True, help="Print the instances as JSON.")
+@pass_ctx
+@handled
+def query(ctx: Context, wql: str, all_users: bool, as_json: bool) -> None:
+    """Run a WQL query: SELECT * | p1, p2 FROM BitsClientJob [WHERE …].
+
+    \b
+    Examples:
+      openbits query "SELECT JobId, DisplayName FROM BitsClientJob WHERE State = 4"
+      openbits query "SELECT * FROM BitsClientJob WHERE DisplayName LIKE 'nightly%'" --json
+    """
+    rows = ctx.client.query(wql, all_users=all_users)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        return
+    columns = list(rows[0])
+    table = [columns] + [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
 @cli.command(name="set")
 @click.argument("job")
 @click.option("--display-name", default=None)
