@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -27,7 +27,7 @@ from openbits.errors import (
     hresult_message,
     hresult_name,
 )
-from openbits.model import ALL_PROPERTIES, JobState
+from openbits.model import ALL_PROPERTIES, Job, JobState
 from openbits.service import Service
 from openbits.transfer.throttle import Throttle
 
@@ -125,11 +125,11 @@ async def enumerate_jobs(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     caller = caller_of(request)
     where = _query(request, "Where")
-    condition = _wql(wql.parse_condition, where, ALL_PROPERTIES) if where is not None else None
-    instances = (j.to_cim() for j in service.enumerate(caller, all_users=_flag(request, "AllUsers")))
-    if condition is not None:
-        return web.json_response([i for i in instances if wql.matches(condition, i)])
-    return web.json_response(list(instances))
+    jobs = service.enumerate(caller, all_users=_flag(request, "AllUsers"))
+    if where is None:
+        return web.json_response([j.to_cim() for j in jobs])
+    condition = _wql(wql.parse_condition, where, ALL_PROPERTIES)
+    return web.json_response([j.to_cim() for j in _matching(jobs, condition, where)])
 
 
 async def query(request: web.Request) -> web.Response:
@@ -145,11 +145,20 @@ async def query(request: web.Request) -> web.Response:
     all_users = body.get("AllUsers", False)
     if not isinstance(all_users, bool):
         raise InvalidArgument("AllUsers must be true or false")
-    parsed = _wql(wql.parse_query, body["Query"], ALL_PROPERTIES)
-    instances = (j.to_cim() for j in service.enumerate(caller_of(request), all_users=all_users))
-    return web.json_response(
-        [wql.project(parsed, i) for i in instances if parsed.where is None or wql.matches(parsed.where, i)]
-    )
+    text = body["Query"]
+    parsed = _wql(wql.parse_query, text, ALL_PROPERTIES)
+    jobs = service.enumerate(caller_of(request), all_users=all_users)
+    if parsed.where is not None:
+        jobs = _matching(jobs, parsed.where, text)
+    files = parsed.properties is None or "Files" in parsed.properties
+    return web.json_response([wql.project(parsed, j.to_cim(files=files)) for j in jobs])
+
+
+def _matching(jobs: Iterable[Job], condition: wql.Condition, text: str) -> list[Job]:
+    """The jobs ``condition`` is true of, tested on instances without their Files array (the
+    costly part of an instance) unless the condition speaks of files."""
+    files = "files" in text.lower()
+    return [j for j in jobs if wql.matches(condition, j.to_cim(files=files))]
 
 
 def _wql(parse: Callable[[str, Collection[str]], T], text: str, properties: Collection[str]) -> T:
