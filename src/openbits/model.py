@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import Any
@@ -299,31 +300,58 @@ class Job:
     def to_cim(self, files: bool = True) -> dict[str, Any]:
         """The BitsClientJob instance as JSON, WMI names and types (SPEC §1); ``files=False``
         leaves out the Files array (an extension for pollers of jobs with many files)."""
-        return {
-            "JobId": self.job_id,
-            "DisplayName": self.display_name,
-            "Description": self.description,
-            "Priority": int(self.priority),
-            "MinimumRetryDelay": self.minimum_retry_delay_s,
-            "NoProgressTimeout": self.no_progress_timeout_s,
-            **({"Files": [f.to_cim() for f in self.files]} if files else {}),
-            "JobCreationTime": filetime_from_unix_ns(self.created_ns),
-            "JobLastModificationTime": filetime_from_unix_ns(self.modified_ns),
-            "JobCompletionTime": filetime_from_unix_ns(self.transferred_ns),
-            "BytesTotal": self.bytes_total,
-            "BytesTransferred": self.bytes_transferred,
-            "FilesTotal": len(self.files),
-            "FilesTransferred": self.files_transferred,
-            "TransientErrorCount": self.transient_error_count,
-            "State": int(self.state),
-            "Owner": self.owner,
-            # extensions (SPEC §1)
-            "JobType": int(self.job_type),
-            "NotifyFlags": self.notify_flags,
-            "MaximumDownloadTime": self.maximum_download_time_s,
-            "CustomHeaders": self.custom_headers,
-            "SecurityFlags": self.security_flags,
-        }
+        return {name: get(self) for name, get in CIM_PROPERTIES.items() if files or name != "Files"}
+
+    def cim_view(self) -> Mapping[str, Any]:
+        """The instance's properties computed only when read (WQL tests a few of thousands)."""
+        return _CimView(self)
+
+
+#: The BitsClientJob instance: WMI name -> its value of a job, in the instance's order.
+CIM_PROPERTIES: dict[str, Callable[[Job], Any]] = {
+    "JobId": lambda j: j.job_id,
+    "DisplayName": lambda j: j.display_name,
+    "Description": lambda j: j.description,
+    "Priority": lambda j: int(j.priority),
+    "MinimumRetryDelay": lambda j: j.minimum_retry_delay_s,
+    "NoProgressTimeout": lambda j: j.no_progress_timeout_s,
+    "Files": lambda j: [f.to_cim() for f in j.files],
+    "JobCreationTime": lambda j: filetime_from_unix_ns(j.created_ns),
+    "JobLastModificationTime": lambda j: filetime_from_unix_ns(j.modified_ns),
+    "JobCompletionTime": lambda j: filetime_from_unix_ns(j.transferred_ns),
+    "BytesTotal": lambda j: j.bytes_total,
+    "BytesTransferred": lambda j: j.bytes_transferred,
+    "FilesTotal": lambda j: len(j.files),
+    "FilesTransferred": lambda j: j.files_transferred,
+    "TransientErrorCount": lambda j: j.transient_error_count,
+    "State": lambda j: int(j.state),
+    "Owner": lambda j: j.owner,
+    # extensions (SPEC §1)
+    "JobType": lambda j: int(j.job_type),
+    "NotifyFlags": lambda j: j.notify_flags,
+    "MaximumDownloadTime": lambda j: j.maximum_download_time_s,
+    "CustomHeaders": lambda j: j.custom_headers,
+    "SecurityFlags": lambda j: j.security_flags,
+}
+
+
+class _CimView(Mapping[str, Any]):
+    __slots__ = ("_job",)
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+
+    def __getitem__(self, name: str) -> Any:
+        return CIM_PROPERTIES[name](self._job)
+
+    def __contains__(self, name: object) -> bool:
+        return name in CIM_PROPERTIES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(CIM_PROPERTIES)
+
+    def __len__(self) -> int:
+        return len(CIM_PROPERTIES)
 
 
 #: Read/write properties a PATCH may set: WMI name -> Job attribute.

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from openbits.api import wql
 from openbits.api.wql import (
     MAX_DEPTH,
     MAX_QUERY_LENGTH,
@@ -529,3 +530,17 @@ def test_like_pattern_derived_from_value_matches(value: str, data: st.DataObject
     assert matches(cond, {"Owner": value}), pattern
     if "%" not in pattern:  # fixed length: one more character cannot match
         assert not matches(cond, {"Owner": value + "x"}), pattern
+
+
+@given(
+    value=st.text(alphabet="abcAB%_x-", max_size=12),
+    parts=st.lists(st.text(alphabet="abAB-x", max_size=3), min_size=1, max_size=4),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_literal_and_percent_fast_path_agrees_with_a_regex(value: str, parts: list[str]) -> None:
+    import re as _re
+
+    pattern = "%".join(parts)
+    items = wql._compile_like(pattern, 0)
+    expected = _re.fullmatch(".*".join(_re.escape(p) for p in parts), value, _re.IGNORECASE | _re.DOTALL)
+    assert wql._like(value, items) == (expected is not None), (value, pattern)

@@ -129,7 +129,7 @@ async def enumerate_jobs(request: web.Request) -> web.Response:
     if where is None:
         return web.json_response([j.to_cim() for j in jobs])
     condition = _wql(wql.parse_condition, where, ALL_PROPERTIES)
-    return web.json_response([j.to_cim() for j in _matching(jobs, condition, where)])
+    return web.json_response([j.to_cim() for j in _matching(jobs, condition)])
 
 
 async def query(request: web.Request) -> web.Response:
@@ -149,16 +149,14 @@ async def query(request: web.Request) -> web.Response:
     parsed = _wql(wql.parse_query, text, ALL_PROPERTIES)
     jobs = service.enumerate(caller_of(request), all_users=all_users)
     if parsed.where is not None:
-        jobs = _matching(jobs, parsed.where, text)
-    files = parsed.properties is None or "Files" in parsed.properties
-    return web.json_response([wql.project(parsed, j.to_cim(files=files)) for j in jobs])
+        jobs = _matching(jobs, parsed.where)
+    return web.json_response([wql.project(parsed, j.cim_view()) for j in jobs])
 
 
-def _matching(jobs: Iterable[Job], condition: wql.Condition, text: str) -> list[Job]:
-    """The jobs ``condition`` is true of, tested on instances without their Files array (the
-    costly part of an instance) unless the condition speaks of files."""
-    files = "files" in text.lower()
-    return [j for j in jobs if wql.matches(condition, j.to_cim(files=files))]
+def _matching(jobs: Iterable[Job], condition: wql.Condition) -> list[Job]:
+    """The jobs ``condition`` is true of, tested on views that compute only the properties
+    the condition reads."""
+    return [j for j in jobs if wql.matches(condition, j.cim_view())]
 
 
 def _wql(parse: Callable[[str, Collection[str]], T], text: str, properties: Collection[str]) -> T:

@@ -37,6 +37,7 @@ Hostile input is bounded: at most :data:`MAX_QUERY_LENGTH` characters and
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -295,8 +296,44 @@ def _item_matches(item: tuple[bool, tuple[tuple[str, str], ...]], ch: str) -> bo
     return hit != negated
 
 
+@functools.lru_cache(maxsize=256)
+def _literal_segments(items: tuple[_LikeItem, ...]) -> tuple[str, ...] | None:
+    """A pattern of ASCII literals and '%' only, as its lower-cased literal runs (split at each
+    '%'); None for any other pattern."""
+    segments: list[str] = []
+    run: list[str] = []
+    for item in items:
+        if item is None:
+            segments.append("".join(run))
+            run = []
+            continue
+        negated, ranges = item
+        if negated or len(ranges) != 1 or ranges[0][0] != ranges[0][1] or not ranges[0][0].isascii():
+            return None
+        run.append(ranges[0][0].lower())
+    segments.append("".join(run))
+    return tuple(segments)
+
+
 def _like(s: str, items: tuple[_LikeItem, ...]) -> bool:
-    """Glob matching with one backtrack point per '%': O(len(s) * len(items))."""
+    """Glob matching with one backtrack point per '%': O(len(s) * len(items)); ASCII values
+    against patterns of literals and '%' take a fast path (prefix, suffix, runs found in
+    order, which is exact for such patterns)."""
+    segments = _literal_segments(items) if s.isascii() else None
+    if segments is not None:
+        low = s.lower()
+        if len(segments) == 1:
+            return low == segments[0]
+        first, last = segments[0], segments[-1]
+        if len(low) < len(first) + len(last) or not low.startswith(first) or not low.endswith(last):
+            return False
+        at, end = len(first), len(low) - len(last)
+        for seg in segments[1:-1]:
+            found = low.find(seg, at, end)
+            if found < 0:
+                return False
+            at = found + len(seg)
+        return True
     si = pi = 0
     star, mark = -1, 0
     n, m = len(s), len(items)
