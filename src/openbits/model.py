@@ -364,27 +364,4 @@ WRITABLE_PROPERTIES: dict[str, str] = {
 }
 
 #: Every property name of the instance (for BG_E_READ_ONLY_PROPERTY vs unknown).
-ALL_PROPERTIES: tuple[str, ...] = (
-    "JobId",
-    "DisplayName",
-    "Description",
-    "Priority",
-    "MinimumRetryDelay",
-    "NoProgressTimeout",
-    "Files",
-    "JobCreationTime",
-    "JobLastModificationTime",
-    "JobCompletionTime",
-    "BytesTotal",
-    "BytesTransferred",
-    "FilesTotal",
-    "FilesTransferred",
-    "TransientErrorCount",
-    "State",
-    "Owner",
-    "JobType",
-    "NotifyFlags",
-    "MaximumDownloadTime",
-    "CustomHeaders",
-    "SecurityFlags",
-)
+ALL_PROPERTIES: tuple[str, ...] = tuple(CIM_PROPERTIES)

@@ -253,10 +253,9 @@ _INSERT_FILE = (
 )
 
 
-def _file_insert_row(job_id: str, position: int, f: JobFile) -> tuple[object, ...]:
+def _file_state(f: JobFile) -> tuple[object, ...]:
+    """The columns both an insert and an update write, from remote_url to published."""
     return (
-        job_id,
-        position,
         f.remote_url,
         f.local_file,
         f.bytes_total,
@@ -266,10 +265,16 @@ def _file_insert_row(job_id: str, position: int, f: JobFile) -> tuple[object, ..
         f.etag,
         f.last_modified,
         int(f.published),
-        None if f.ranges is None else json.dumps(f.ranges),
-        None if f.range_support is None else int(f.range_support),
-        f.response_headers,
     )
+
+
+def _range_support(f: JobFile) -> int | None:
+    return None if f.range_support is None else int(f.range_support)
+
+
+def _file_insert_row(job_id: str, position: int, f: JobFile) -> tuple[object, ...]:
+    ranges = None if f.ranges is None else json.dumps(f.ranges)
+    return (job_id, position, *_file_state(f), ranges, _range_support(f), f.response_headers)
 
 
 _UPDATE_FILE = (
@@ -280,20 +285,7 @@ _UPDATE_FILE = (
 
 
 def _file_update_row(f: JobFile) -> tuple[object, ...]:
-    return (
-        f.remote_url,
-        f.local_file,
-        f.bytes_total,
-        f.bytes_transferred,
-        int(f.completed),
-        f.temp_name,
-        f.etag,
-        f.last_modified,
-        int(f.published),
-        None if f.range_support is None else int(f.range_support),
-        f.response_headers,
-        f.file_id,
-    )
+    return (*_file_state(f), _range_support(f), f.response_headers, f.file_id)
 
 
 def _job_row(job: Job, seq: int) -> tuple[object, ...]:

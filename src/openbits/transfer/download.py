@@ -134,7 +134,7 @@ class Fetched:
     """A finished file: its size, and whether its bytes are already durable (fdatasync'd).
 
     ``durable`` is False only for a small file asked with ``defer_sync``: the caller makes
-    a batch of them durable at once (``files.sync_filesystem``) before it commits them.
+    a batch of them durable at once (one ``syncfs``, ``files.sync_handle``) before it commits them.
     """
 
     size: int

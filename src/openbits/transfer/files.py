@@ -251,26 +251,17 @@ def publish(temp_path: str, local_file: str, mtime: float | None) -> None:
         os.replace(temp_path, local_file)
 
 
-def sync_filesystem(directory: str) -> None:
-    """Make everything written to the file system holding ``directory`` durable: one
-    ``syncfs`` for a batch of small files instead of an fdatasync (and a journal commit)
-    each. Falls back to ``sync()`` where syncfs is missing."""
-    fd = open_sync_handle(directory)
-    try:
-        sync_handle(fd, directory)
-    finally:
-        os.close(fd)
-
-
 def open_sync_handle(directory: str) -> int:
-    """An fd for ``sync_handle``.  syncfs reports a write-back error to each open file once,
-    and only errors that happened after that file was opened: open it before the files it
-    must vouch for are written, and use it for them alone."""
+    """An fd for ``sync_handle``: one ``syncfs`` makes a batch of small files durable,
+    instead of an fdatasync (and a journal commit) each.  syncfs reports a write-back error
+    to each open file once, and only errors that happened after that file was opened: open
+    it before the files it must vouch for are written, and use it for them alone."""
     return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def sync_handle(fd: int, directory: str) -> None:
-    """``syncfs`` through ``fd`` (see ``open_sync_handle``); OSError on a write-back error."""
+    """``syncfs`` through ``fd`` (see ``open_sync_handle``; ``sync()`` where syncfs is missing);
+    OSError on a write-back error."""
     if _syncfs is None:
         os.sync()
     elif _syncfs(fd) != 0:

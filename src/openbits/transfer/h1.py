@@ -104,7 +104,6 @@ class _Conn:
         "tls",
         "tls_in",
         "tls_out",
-        "used",
     )
 
     def __init__(self, sock: socket.socket, key: Key) -> None:
@@ -116,7 +115,6 @@ class _Conn:
         self.buf = bytearray()
         self.pos = 0  # bytes of buf already consumed
         self.eof = False
-        self.used = 0  # responses read completely
         self.pipelined_ok = False  # a response proved the connection persistent
         self.inflight: collections.deque[Ident] = collections.deque()  # requests sent ahead
         self.since = 0.0  # when it went idle
@@ -554,7 +552,6 @@ class H1Client:
         return found
 
     def release(self, conn: _Conn, *, reusable: bool) -> None:
-        conn.used += 1
         if conn.buffered() and not conn.inflight:
             reusable = False  # bytes after the body that nothing asked for (RFC 9112 §6.3)
         if not reusable or self._closed or conn.eof:
