@@ -71,6 +71,9 @@ class Config:
     read_buffer_bytes: int = 4 * 1024 * 1024
     #: requests a job sends ahead on a plain-HTTP keep-alive connection (0: no pipelining)
     http_pipeline_depth: int = 8
+    #: plain-HTTP bodies move socket → pipe → file inside the kernel (splice(2)), not
+    #: through Python; false: read and write them (as HTTPS and proxied bodies always are)
+    http_splice: bool = True
     # store
     store_synchronous: str = "FULL"
 

@@ -100,6 +100,7 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         read_bytes=config.read_buffer_bytes,
         default_headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         pipeline_depth=config.http_pipeline_depth,
+        splice=config.http_splice,
     )
     downloader = Downloader(
         session,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import os
 import socket
 import stat
@@ -38,6 +39,7 @@ from openbits.transfer.byteranges import (
     Part,
     boundary_from_content_type,
 )
+from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
@@ -158,6 +160,66 @@ class Tuning:
 def _sync_dup(fd: int) -> None:
     os.fdatasync(fd)
     os.close(fd)
+
+
+class _Syncs:
+    """The checkpoints of one body: every ``checkpoint_interval_s`` or ``checkpoint_bytes``
+    an ``fdatasync`` runs in a worker thread on a dup of the fd while writing goes on; once
+    it returned, ``progress.checkpoint`` reports what it covered (``durable``)."""
+
+    __slots__ = ("durable", "enabled", "fd", "last_time", "progress", "sync", "sync_offset", "tuning")
+
+    def __init__(self, fd: int, offset: int, tuning: Tuning, progress: Progress, enabled: bool) -> None:
+        self.fd = fd
+        self.tuning = tuning
+        self.progress = progress
+        self.enabled = enabled
+        self.durable = offset  # bytes covered by a finished fdatasync and reported
+        self.sync: asyncio.Future[None] | None = None
+        self.sync_offset = offset
+        self.last_time = time.monotonic()
+
+    def due(self, now: float) -> bool:
+        return now - self.last_time >= self.tuning.checkpoint_interval_s
+
+    def step(self, written: int, now: float) -> None:
+        """``written`` bytes are in the file: report a finished sync, start the next one."""
+        sync = self.sync
+        if sync is not None and sync.done():
+            sync.result()
+            self.durable = self.sync_offset
+            self.progress.checkpoint(self.durable)
+            self.sync = None
+        if (
+            self.sync is None
+            and self.enabled
+            and (self.due(now) or written - self.sync_offset >= self.tuning.checkpoint_bytes)
+        ):
+            _check_still_linked(self.fd)
+            self.sync_offset = written
+            self.last_time = now
+            self.sync = asyncio.get_running_loop().run_in_executor(None, _sync_dup, os.dup(self.fd))
+
+    async def finish(self) -> None:
+        if self.sync is not None:
+            sync, self.sync = self.sync, None
+            await sync
+
+
+def _pipe(size: int) -> tuple[int, int]:
+    """A non-blocking pipe of up to ``size`` bytes (as the system allows) for ``splice``."""
+    pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    for want in (size, 1024 * 1024):
+        try:
+            fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, want)
+            break
+        except OSError:
+            continue
+    return pipe_r, pipe_w
+
+
+def _pipe_size(pipe_w: int) -> int:
+    return fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
 
 
 class _Sink:
@@ -618,14 +680,17 @@ class Downloader:
             and not throttle.is_limited(priority)
         ):
             return await self._stream_small(content, fd, offset, total)
-        loop = asyncio.get_running_loop()
         block = tuning.write_block_bytes
         sink = _Sink(fd, offset)
-        durable = offset  # bytes covered by a finished fdatasync and reported
-        sync: asyncio.Future[None] | None = None
-        sync_offset = offset
-        last_sync_time = time.monotonic()
+        syncs = _Syncs(fd, offset, tuning, progress, checkpoints)
         try:
+            if isinstance(content, H1Body) and content.buffered() < block:
+                # what came with the head goes first; the rest moves inside the kernel
+                if content.buffered():
+                    sink.add(await content.read(content.buffered()))
+                    sink.flush()
+                if content.spliceable():
+                    await self._splice(content, sink, total, syncs, priority)
             while True:
                 if throttle.is_limited(priority):
                     # a limited transfer takes small slices, so the file grows smoothly at
@@ -641,37 +706,22 @@ class Downloader:
                 if total is not None and sink.offset + sink.pending_len > total:
                     raise invalid_response("the server sent more bytes than it announced")
                 now = time.monotonic()
-                due = now - last_sync_time >= tuning.checkpoint_interval_s
+                due = syncs.due(now)
                 if sink.pending_len < block and len(sink.pending) < IOV_MAX and not due:
                     continue
                 sink.flush()
-                if sync is not None and sync.done():
-                    sync.result()
-                    durable = sync_offset
-                    progress.checkpoint(durable)
-                    sync = None
-                if (
-                    sync is None
-                    and checkpoints
-                    and (due or sink.offset - sync_offset >= tuning.checkpoint_bytes)
-                ):
-                    _check_still_linked(fd)
-                    sync_offset = sink.offset
-                    last_sync_time = now
-                    sync = loop.run_in_executor(None, _sync_dup, os.dup(fd))
+                syncs.step(sink.offset, now)
             sink.flush()
-            if defer_sync and sync_offset == offset:
+            if defer_sync and syncs.sync_offset == offset:
                 # small and fast: the caller syncs it with others (nothing was checkpointed,
                 # so a crash before that just fetches it again)
-                durable = sink.offset
-                return Fetched(durable, durable=False)
-            if sync is not None:
-                await sync
-                sync = None
-            await loop.run_in_executor(None, os.fdatasync, fd)
+                syncs.durable = sink.offset
+                return Fetched(sink.offset, durable=False)
+            await syncs.finish()
+            await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, fd)
             _check_still_linked(fd)
-            durable = sink.offset
-            return Fetched(durable)  # the caller commits it with the file's completion
+            syncs.durable = sink.offset
+            return Fetched(sink.offset)  # the caller commits it with the file's completion
         except OSError as e:
             # Only the file's own writes and syncs are local errors; timeouts and resets
             # while reading the socket are OSErrors too, and stay network errors.
@@ -679,8 +729,43 @@ class Downloader:
                 raise
             raise fs.local_error(e, "cannot write the temporary file") from e
         finally:
-            if checkpoints and durable < sink.offset + sink.pending_len:
+            if checkpoints and syncs.durable < sink.offset + sink.pending_len:
                 self._salvage(sink, progress)
+
+    async def _splice(
+        self, content: H1Body, sink: _Sink, total: int | None, syncs: _Syncs, priority: int
+    ) -> None:
+        """The body from the socket to the file through a pipe, inside the kernel
+        (``splice(2)``): no copy through Python, one copy (into the page cache) in all.
+
+        The pipe is drained into the file after every move, so it is empty whenever this
+        waits (a cancellation or an error loses nothing that was counted): ``sink.offset``
+        moves only by what reached the file.  Returns when the body is done, or at once
+        when the kernel refuses to splice (the caller reads the rest)."""
+        throttle = self.throttle
+        fd = sink.fd
+        pipe_r, pipe_w = _pipe(self.tuning.read_buffer_bytes)
+        try:
+            step = _pipe_size(pipe_w)
+            while not content.done:
+                limited = throttle.is_limited(priority)
+                want = throttled_slice(throttle, priority) if limited else step
+                moved = await content.splice(pipe_w, min(want, step))
+                if not moved:
+                    return
+                if total is not None and sink.offset + moved > total:
+                    raise invalid_response("the server sent more bytes than it announced")
+                got = moved
+                while moved:
+                    n = os.splice(pipe_r, fd, moved, offset_dst=sink.offset)
+                    sink.offset += n
+                    moved -= n
+                if limited:
+                    await throttle.acquire(priority, got)
+                syncs.step(sink.offset, time.monotonic())
+        finally:
+            os.close(pipe_r)
+            os.close(pipe_w)
 
     @staticmethod
     async def _stream_small(content: Body, fd: int, offset: int, total: int) -> Fetched:

@@ -24,7 +24,9 @@ import asyncio
 import base64
 import collections
 import contextlib
+import errno
 import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -46,6 +48,8 @@ PIPELINED_IDLE_TIMEOUT_S = 5.0
 DNS_CACHE_S = 60.0
 #: requests sent ahead that got no answer before a server is no longer sent any ahead
 PIPELINE_STRIKES = 3
+#: socket → pipe without waiting; the pipe is always drained before the next call
+_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 
 class H1Error(Exception):
@@ -210,6 +214,49 @@ class Body:
         if self._chunk_left == 0 and await client.read_line(conn):
             raise BadResponse("a chunk is longer than its size")
         return data
+
+    def buffered(self) -> int:
+        """Body bytes already read from the socket (with the head): ``read`` them first."""
+        return min(self._conn.buffered(), self._remaining) if self._mode == "length" else 0
+
+    def spliceable(self) -> bool:
+        """The rest of the body can move from the socket into a pipe inside the kernel
+        (plain TCP, a Content-Length, nothing of it buffered): see :meth:`splice`."""
+        return (
+            self._mode == "length"
+            and not self.done
+            and self._conn.tls is None
+            and not self._conn.buffered()
+            and self._client.splice_ok
+        )
+
+    async def splice(self, pipe_w: int, n: int) -> int:
+        """Move up to ``n`` body bytes from the socket into the pipe ``pipe_w`` without
+        copying them through Python (``splice(2)``; the caller drains the pipe into the
+        file, so it is empty on every call).  0 only when splice is refused before any
+        byte moved (``spliceable`` turns false: read the body instead)."""
+        conn = self._conn
+        n = min(n, self._remaining)
+        fd = conn.sock.fileno()
+        while True:
+            try:
+                moved = os.splice(fd, pipe_w, n, flags=_SPLICE_FLAGS)
+                break
+            except (BlockingIOError, InterruptedError):
+                await self._client.readable(conn)
+            except OSError as e:
+                if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    self._client.splice_ok = False
+                    return 0
+                raise ClosedEarly(f"the connection failed: {e.strerror or e}") from e
+        if not moved:
+            conn.eof = True
+            raise ClosedEarly(f"the connection closed with {self._remaining} bytes of the body missing")
+        self._remaining -= moved
+        self._client.spliced_bytes += moved
+        if self._remaining == 0:
+            self._finish()
+        return moved
 
     def _finish(self) -> None:
         self.done = True
@@ -414,8 +461,12 @@ class H1Client:
         read_bytes: int = 4 * 1024 * 1024,
         default_headers: Mapping[str, str] | None = None,
         pipeline_depth: int = 8,
+        splice: bool = True,
     ) -> None:
         self.connect_timeout_s = connect_timeout_s
+        #: bodies may move socket → pipe → file inside the kernel (off once refused)
+        self.splice_ok = splice
+        self.spliced_bytes = 0  # moved by splice since the start
         self.read_timeout_s = read_timeout_s
         self.read_bytes = read_bytes
         self.default_headers = dict(default_headers or {})
@@ -631,6 +682,18 @@ class H1Client:
                 conn.tls_in.write(data)
             else:
                 conn.tls_in.write_eof()
+
+    async def readable(self, conn: _Conn) -> None:
+        """Until the socket has bytes to read (or its end), within the read timeout."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        fd = conn.sock.fileno()
+        loop.add_reader(fd, _set_ready, ready)
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                await ready
+        finally:
+            loop.remove_reader(fd)
 
     async def _raw_recv(self, conn: _Conn, n: int) -> bytes:
         sock = conn.sock
@@ -873,3 +936,8 @@ class H1Client:
         response._length = length if mode == "length" else None
         response.content = Body(self, conn, mode, length, response)
         return response
+
+
+def _set_ready(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
