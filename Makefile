@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 RUN_DIR := .run
 
 
-.PHONY: run stop test venv test-deps lint typecheck unit integration chaos bench bench-1g bench-small bench-rss bench-throttle clean
+.PHONY: run stop test venv test-deps lint typecheck unit integration chaos bench bench-1g bench-small bench-rss bench-throttle bench-events clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,13 +52,13 @@ chaos: venv test-deps
 	OPENBITS_CHAOS_KILLS=$${OPENBITS_CHAOS_KILLS:-40} OPENBITS_CHAOS_JOBS=$${OPENBITS_CHAOS_JOBS:-24} \
 		$(PY) -m pytest -q tests/chaos
 
-## make bench: every benchmark in bench/ (1 GiB, 2,000 x 16 KiB, 10,000 queued jobs, throttling).
+## make bench: every benchmark in bench/ (1 GiB, 2,000 x 16 KiB, 10,000 queued jobs, throttling, events).
 bench: venv
 	@bash scripts/ensure-debian-packages.sh nginx curl aria2
-	@rc=0; for b in bench_1g bench_small bench_rss bench_throttle; do $(PY) bench/$$b.py || rc=1; done; exit $$rc
+	@rc=0; for b in bench_1g bench_small bench_rss bench_throttle bench_events; do $(PY) bench/$$b.py || rc=1; done; exit $$rc
 
-## make bench-1g, bench-small, bench-rss, bench-throttle: one of them.
-bench-1g bench-small bench-rss bench-throttle: venv
+## make bench-1g, bench-small, bench-rss, bench-throttle, bench-events: one of them.
+bench-1g bench-small bench-rss bench-throttle bench-events: venv
 	@bash scripts/ensure-debian-packages.sh nginx curl aria2
 	$(PY) bench/$(subst -,_,$@).py
 

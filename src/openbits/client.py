@@ -6,10 +6,13 @@ BitsError subclass rebuilt from the HRESULT of the error body.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -165,3 +168,208 @@ class Client:
     def set_properties(self, job: str, **props: Any) -> dict[str, Any]:
         result: dict[str, Any] = self.request("PATCH", f"{CLASS}/{quote(job, safe='')}", props)
         return result
+
+    # -- live events (GET /events) ----------------------------------------------------------
+
+    def events(
+        self,
+        last_event_id: int | None = None,
+        job: str | None = None,
+        types: Iterable[str] | None = None,
+        all_users: bool = False,
+        timeout: float | None = None,
+    ) -> EventStream:
+        """The daemon's job events as they happen (Server-Sent Events), an iterator of
+        :class:`StreamEvent` on a connection of its own::
+
+            with client.events(job=job_id) as stream:
+                for event in stream:
+                    print(event.id, event.event, event.data["State"])
+
+        ``job``: one job's events (JobId or display name); ``types``: some types only
+        (``{"JobTransferred", "JobError"}``); ``all_users``: everyone's (administrators).
+        ``last_event_id``: first replay the events after that id that the daemon still
+        keeps, then go on live: no event is missed or repeated. If the daemon no longer
+        has that id, the first event is a ``Reset`` (``id`` None): events were missed.
+
+        The iterator ends when the daemon ends the stream (it stops, or the client fell
+        too far behind); reconnecting is the caller's choice: call ``events()`` again with
+        ``last_event_id=stream.last_event_id``. ``timeout``: the longest wait for the next
+        event (``TimeoutError``, the stream is closed); None waits for ever. ``stream.timeout``
+        may be changed between events. Raises BitsError (E_NOTIMPL from a daemon without
+        events) or DaemonUnavailable."""
+        params: dict[str, str] = {}
+        if job is not None:
+            params["Job"] = job
+        if types is not None:
+            params["Types"] = ",".join(types)
+        if all_users:
+            params["AllUsers"] = "true"
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(int(last_event_id))
+        conn = _UnixConnection(self.socket, self.timeout)
+        try:
+            conn.request("GET", "/events" + ("?" + urlencode(params) if params else ""), headers=headers)
+            resp = conn.getresponse()
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            conn.close()
+            raise DaemonUnavailable(
+                f"no openbits daemon on {self.socket} ({e.strerror}); start one with `openbits serve`"
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+        if resp.status >= 400:
+            payload = resp.read()
+            conn.close()
+            result = json.loads(payload) if payload else None
+            if isinstance(result, dict) and "ReturnValue" in result:
+                raise BitsError.from_hresult(int(result["ReturnValue"]), result.get("Message"))
+            raise BitsError(f"HTTP {resp.status}", hresult=HResult.E_FAIL)
+        stream = EventStream(conn, resp, timeout, last_event_id)
+        stream.start(self.timeout)
+        return stream
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event of ``GET /events``: ``id`` (None for ``Reset``), ``event`` (the type:
+    JobModification, JobTransferred, JobError, FileTransferred, JobCancelled,
+    JobAcknowledged, Reset) and ``data`` (the parsed JSON: the job instance after the
+    change)."""
+
+    id: int | None
+    event: str
+    data: Any
+
+
+class SseParser:
+    """Server-Sent Events (WHATWG HTML §9.2), fed one line at a time without its end."""
+
+    def __init__(self) -> None:
+        self.last_event_id: str | None = None  # the id buffer: kept across events
+        self.retry_ms: int | None = None
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None  # this event's own id field
+
+    def feed(self, line: str) -> StreamEvent | None:
+        """The event a blank line completes, else None."""
+        if not line:
+            event, data, own_id = self._event, self._data, self._id
+            self._event, self._data, self._id = "", [], None
+            if not data:
+                return None
+            text = "\n".join(data)
+            try:
+                value: Any = json.loads(text)
+            except ValueError:
+                value = text
+            ident = int(own_id) if own_id is not None and own_id.isdigit() else None
+            return StreamEvent(ident, event or "message", value)
+        if line.startswith(":"):
+            return None
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\x00" not in value:
+            self._id = self.last_event_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+        return None
+
+
+class EventStream(Iterator[StreamEvent]):
+    """The open stream of ``Client.events()``: iterate it; ``close()`` it (or use ``with``)."""
+
+    def __init__(
+        self,
+        conn: http.client.HTTPConnection,
+        resp: http.client.HTTPResponse,
+        timeout: float | None,
+        last_event_id: int | None = None,
+    ) -> None:
+        self.timeout = timeout
+        #: the id of the last event received, or the newest id when the stream opened
+        #: (pass it to ``events()`` to resume without missing any)
+        self.last_event_id = last_event_id
+        self._conn = conn
+        self._resp = resp
+        self._parser = SseParser()
+        self._lines: collections.deque[str] = collections.deque()  # read, not yet parsed
+        self._ahead: StreamEvent | None = None
+
+    def start(self, timeout: float | None) -> None:
+        """Read up to the first blank line: the daemon's opening (``retry``, and the newest
+        id for a stream that does not replay), so ``last_event_id`` is known at once."""
+        saved, self.timeout = self.timeout, timeout
+        try:
+            self._ahead = self._read(opening=True)
+        except StopIteration:
+            pass
+        finally:
+            self.timeout = saved
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        ahead, self._ahead = self._ahead, None
+        while ahead is None:
+            ahead = self._read()
+        return ahead
+
+    def _read(self, opening: bool = False) -> StreamEvent | None:
+        """The next event; with ``opening``, None at the first blank line before one."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            while self._lines:
+                line = self._lines.popleft()
+                event = self._parser.feed(line)
+                last = self._parser.last_event_id
+                if last is not None and last.isdigit():
+                    self.last_event_id = int(last)
+                if event is not None or (opening and not line):
+                    return event
+            self._fill(deadline)
+
+    def _fill(self, deadline: float | None) -> None:
+        sock = self._conn.sock
+        if sock is None:
+            raise StopIteration
+        if deadline is None:
+            sock.settimeout(None)
+        else:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise TimeoutError("no event before the timeout")
+            sock.settimeout(left)
+        try:
+            raw = self._resp.readline()
+        except TimeoutError:
+            self.close()
+            raise
+        except (OSError, http.client.HTTPException, ValueError):
+            raw = b""  # the daemon went away: the stream ends
+        if not raw:
+            self.close()
+            raise StopIteration
+        text = raw.decode("utf-8", "replace")
+        text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+        self._lines.extend(text.split("\r"))  # (a lone CR ends a line too)
+
+    def close(self) -> None:
+        self._resp.close()
+        self._conn.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

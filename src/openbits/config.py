@@ -76,6 +76,12 @@ class Config:
     http_splice: bool = True
     # store
     store_synchronous: str = "FULL"
+    # events (GET /events): the newest event_log_size events are kept for replay; progress
+    # is sent at most once per event_min_interval_s per job (BITS' minimum notification
+    # interval); an idle stream gets a keep-alive comment every event_keepalive_s
+    event_log_size: int = 10_000
+    event_min_interval_s: float = 0.5
+    event_keepalive_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.state_dir:

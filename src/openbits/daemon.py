@@ -19,9 +19,11 @@ import sys
 
 from aiohttp import web
 
-from openbits.api.app import THROTTLE_KEY, make_app
+from openbits.api.app import EVENTS_KEY, THROTTLE_KEY, make_app
+from openbits.api.events import EventLog
 from openbits.api.peer import ADMIN_GROUP_KEY
 from openbits.config import Config
+from openbits.notify import Notifier
 from openbits.scheduler.run import Scheduler
 from openbits.service import Service
 from openbits.store import StoreError
@@ -87,6 +89,13 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         store.close()
         raise DaemonError(f"bad configuration: {e}") from e
     service.recover()
+    events = EventLog(
+        store,
+        size=config.event_log_size,
+        min_interval_s=config.event_min_interval_s,
+        keepalive_s=config.event_keepalive_s,
+    )
+    service.listeners.append(events.on_change)
     tune_gc()
     throttle = Throttle()
     session = make_session(
@@ -114,10 +123,12 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         h1,
     )
     scheduler = Scheduler(service, config, downloader, throttle)
+    notifier = Notifier(service)
     service.runner = scheduler
     app = make_app(service)
     app[ADMIN_GROUP_KEY] = config.admin_group
     app[THROTTLE_KEY] = throttle
+    app[EVENTS_KEY] = events
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -157,15 +168,18 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
             ready.set()
         async with asyncio.TaskGroup() as group:
             scheduling = group.create_task(scheduler.run(), name="scheduler")
+            notifying = group.create_task(notifier.run(), name="notifier")
             await stop.wait()
-            await runner.cleanup()  # phase 1: no new calls
+            await runner.cleanup()  # phase 1: no new calls (open event streams end)
             scheduling.cancel()  # phase 2: transfers stop at their checkpoints
+            notifying.cancel()  # (one cut short runs again after a restart: still due)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await runner.cleanup()
         await session.close()
         await h1.close()
+        events.close()  # the progress events still held, before the store closes
         store.close()
         if listening:  # never remove a socket another daemon owns
             with contextlib.suppress(FileNotFoundError):

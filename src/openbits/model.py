@@ -143,6 +143,22 @@ def canonical_job_id(value: str | uuid.UUID) -> str:
     return "{" + m.group(1).upper() + "}"
 
 
+def redact_webhook(url: str) -> str:
+    """A webhook URL as it may be shown: its scheme and host only (a webhook's path or
+    query is often its secret, as in chat services' incoming webhooks)."""
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        return "***"
+    start = scheme_end + 3
+    end = len(url)
+    for stop in "/?#":
+        i = url.find(stop, start)
+        if i >= 0:
+            end = min(end, i)
+    host = url[start:end].rpartition("@")[2]
+    return url[:start] + host + ("/***" if end < len(url) else "")
+
+
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``: secrets are never returned or logged."""
     if "@" not in url:
@@ -272,6 +288,10 @@ class Job:
     download_time_ns: int = 0  # CONNECTING + TRANSFERRING time since the last Resume
     custom_headers: str | None = None  # "Name: value\r\n..." sent with every request
     security_flags: int = 0  # BG_SSL_* and BG_HTTP_REDIRECT_POLICY_* bits
+    notify_program: str | None = None  # SetNotifyCmdLine: the program (absolute path)
+    notify_parameters: str | None = None  # ... and its command line, program first
+    notify_url: str | None = None  # SetNotifyUrl (extension): a webhook
+    notify_due_ns: int = 0  # when the next notification is due (0: none pending)
     # not persisted: scheduling bookkeeping of this daemon's life
     run_started_ns: int = 0  # entered CONNECTING (0 while not running)
     queued_ns: int = 0  # entered QUEUED (round-robin order)
@@ -329,6 +349,10 @@ CIM_PROPERTIES: dict[str, Callable[[Job], Any]] = {
     # extensions (SPEC §1)
     "JobType": lambda j: int(j.job_type),
     "NotifyFlags": lambda j: j.notify_flags,
+    "NotifyCmdLine": lambda j: (
+        None if j.notify_program is None else {"Program": j.notify_program, "Parameters": j.notify_parameters}
+    ),
+    "NotifyUrl": lambda j: None if j.notify_url is None else redact_webhook(j.notify_url),
     "MaximumDownloadTime": lambda j: j.maximum_download_time_s,
     "CustomHeaders": lambda j: j.custom_headers,
     "SecurityFlags": lambda j: j.security_flags,

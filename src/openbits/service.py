@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import re
+import shlex
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -61,6 +62,7 @@ from openbits.model import (
     JobPriority,
     JobState,
     JobType,
+    NotifyFlags,
     SecurityFlags,
     SetJobStateCode,
     canonical_job_id,
@@ -77,6 +79,15 @@ from openbits.transfer import files as fs
 log = logging.getLogger("openbits.service")
 
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+#: SetNotifyCmdLine's limits (bits-spec §4.2: MAX_PATH and 4,000 characters)
+NOTIFY_PROGRAM_MAX = 260
+NOTIFY_PARAMETERS_MAX = 4000
+#: every defined notify flag (bits-spec §2.9); others are E_NOTIMPL
+NOTIFY_FLAGS_ALL = 0x3F
+#: the states whose entry runs the notification command line and webhook, by the flag
+#: that asks for it (modification and file events are for callbacks and GET /events)
+NOTIFY_ON = {JobState.TRANSFERRED: NotifyFlags.JOB_TRANSFERRED, JobState.ERROR: NotifyFlags.JOB_ERROR}
 
 
 class Runner(Protocol):
@@ -288,7 +299,8 @@ class Service:
         self.active: dict[str, Job] = {}
         #: raises ValueError for a bad bandwidth setting in the config
         self.policy = ServicePolicy.from_config(config).with_persisted(store.load_settings())
-        #: observers of every committed change (events come in a later issue)
+        #: observers of every committed change, ``(job, what)``: a verb's or a state
+        #: change's name, or "progress" for a checkpoint (the event log: api/events.py)
         self.listeners: list[Callable[[Job, str], None]] = []
         self._waiters: dict[str, asyncio.Event] = {}  # job id -> set at its next change
         self.counters = Counters()
@@ -775,6 +787,80 @@ class Service:
         file = _file_named(self.find(caller, job_ref), local)
         return {"ReturnValue": 0, "ResponseHeaders": file.response_headers}
 
+    async def _m_set_notify_flags(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        flags = Params(raw, ("NotifyFlags",)).uint("NotifyFlags")
+        if flags is None:
+            flags = int(NotifyFlags.JOB_TRANSFERRED | NotifyFlags.JOB_ERROR)  # null: the default
+        if flags & ~NOTIFY_FLAGS_ALL:
+            raise NotImplementedValue(f"NotifyFlags {flags:#x} has undefined bits")
+        return self._set_notify(caller, job_ref, notify_flags=flags)
+
+    async def _m_set_notify_cmd_line(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """``{"Program", "Parameters"}``: run ``Program`` (an absolute path, no shell, no
+        variable expansion) with the command line ``Parameters`` (program first, split as
+        a POSIX shell would split words) when the job is TRANSFERRED or in ERROR; both
+        null removes it (bits-spec §5.8)."""
+        p = Params(raw, ("Program", "Parameters"))
+        program = p.string("Program", NOTIFY_PROGRAM_MAX)
+        parameters = p.string("Parameters", NOTIFY_PARAMETERS_MAX)
+        if program is None:
+            if parameters is not None:
+                raise InvalidArgument("SetNotifyCmdLine: Parameters without a Program")
+        else:
+            if not os.path.isabs(program):
+                raise InvalidArgument(f"SetNotifyCmdLine: the Program must be an absolute path: {program!r}")
+            if parameters is not None:
+                try:
+                    words = shlex.split(parameters)
+                except ValueError as e:
+                    raise InvalidArgument(f"SetNotifyCmdLine: Parameters: {e}") from None
+                if not words:
+                    parameters = None
+        return self._set_notify(caller, job_ref, notify_program=program, notify_parameters=parameters)
+
+    async def _m_set_notify_url(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """``{"NotifyUrl": "https://…"}`` (extension): POST the job as JSON to this URL
+        when it is TRANSFERRED or in ERROR, as the command line runs; null removes it."""
+        url = Params(raw, ("NotifyUrl",)).string("NotifyUrl", REMOTE_URL_MAX)
+        if url:
+            try:
+                parts = urlsplit(url)
+                port = parts.port  # (raises for a port out of range)
+            except ValueError as e:
+                raise InvalidArgument(f"NotifyUrl is not a valid URL: {e}") from None
+            if parts.scheme.lower() not in ("http", "https") or not parts.hostname or port == 0:
+                raise InvalidArgument("NotifyUrl must be an http:// or https:// URL with a host")
+            if _CONTROL.search(url):
+                raise InvalidArgument("NotifyUrl must not contain spaces or control characters")
+        return self._set_notify(caller, job_ref, notify_url=url or None)
+
+    def _set_notify(self, caller: Caller, job_ref: str, **changes: Any) -> dict[str, Any]:
+        """Change what notifies the job's owner; set while the job is TRANSFERRED or in
+        ERROR, it runs at once (as BITS runs a command line set after the event)."""
+        job = self.find(caller, job_ref)
+        states.check_call(states.Call.SET_PROPERTY, job.state)
+        for attr, value in changes.items():
+            setattr(job, attr, value)
+        _arm_notification(job, self.clock.now_ns())
+        self._commit(job, "notification changed")
+        return {"ReturnValue": 0}
+
+    def notification_done(self, job: Job, due_ns: int, ok: bool) -> None:
+        """The notification due at ``due_ns`` ran: done, or (it failed) due again after
+        MinimumRetryDelay while the job stays where it is.  Nothing changes when the job
+        moved on or was re-armed meanwhile."""
+        if job.notify_due_ns != due_ns or self.jobs.get(job.job_id) is not job:
+            return
+        job.notify_due_ns = 0 if ok else self.clock.now_ns() + job.minimum_retry_delay_s * 10**9
+        self.store.save_job(job)  # (not a change of the job's own: its modification time stays)
+        self._notify(job, "notified" if ok else "notification failed")
+
     def _set_property(self, caller: Caller, job_ref: str, attr: str, value: Any) -> dict[str, Any]:
         """An extension setter: legal while the job is not finished; committed at once."""
         job = self.find(caller, job_ref)
@@ -828,6 +914,8 @@ class Service:
             job.errors_in_a_row = 0
             job.modified_ns = self.clock.now_ns()
         self.store.save_job(job, (file,))
+        if progressed:
+            self._notify(job, "progress")  # (events coalesce it: api/events.py)
 
     def file_redirected(self, job: Job, file: JobFile, url: str) -> None:
         """ALLOW_REPORT: the final URL of a redirect becomes the file's RemoteUrl."""
@@ -983,6 +1071,7 @@ class Service:
         if state is JobState.QUEUED:
             job.queued_ns = now
         job.state = state
+        _arm_notification(job, now)
         if job.job_id in self.jobs:
             self._index(job)
 
@@ -1031,6 +1120,20 @@ class Service:
                 log.exception("listener failed")
 
 
+def _arm_notification(job: Job, now_ns: int) -> None:
+    """Due now when the job is in a state its notify flags ask to hear of and it has a
+    command line or a webhook; nothing pending otherwise (a job that left TRANSFERRED or
+    ERROR is not notified of it any more, as BITS stops rerunning the program)."""
+    flag = NOTIFY_ON.get(job.state)
+    wanted = (
+        flag is not None
+        and job.notify_flags & flag
+        and not job.notify_flags & NotifyFlags.DISABLE
+        and (job.notify_program is not None or job.notify_url is not None)
+    )
+    job.notify_due_ns = now_ns if wanted else 0
+
+
 def _file_named(job: Job, local: str | None) -> JobFile:
     file = next((f for f in job.files if f.local_file == local), None)
     if file is None:
@@ -1064,6 +1167,9 @@ _METHODS: dict[str, _Method] = {
     "setremotename": Service._m_set_remote_name,
     "replaceremoteprefix": Service._m_replace_remote_prefix,
     "getresponseheaders": Service._m_get_response_headers,
+    "setnotifyflags": Service._m_set_notify_flags,
+    "setnotifycmdline": Service._m_set_notify_cmd_line,
+    "setnotifyurl": Service._m_set_notify_url,
 }
 
 _NOT_YET = {
@@ -1075,8 +1181,6 @@ _NOT_YET = {
         "SetClientCertificateByName",
         "RemoveClientCertificate",
         "SetProxySettings",
-        "SetNotifyFlags",
-        "SetNotifyCmdLine",
         "TakeOwnership",
         "GetReplyData",
         "SetReplyFileName",

@@ -800,3 +800,11 @@ def test_get_can_leave_out_the_files_for_pollers(daemon: Daemon, dest: Path) -> 
     assert status == 200 and "Files" not in lean and lean["FilesTotal"] == 1
     assert "Files" in get(daemon, job)
     assert_error(daemon, "GET", job_path(job) + "?Files=maybe", code=E_INVALIDARG)
+
+
+def test_a_malformed_notify_url_is_e_invalidarg_not_an_internal_error(daemon: Daemon) -> None:
+    """Found by tests/integration/test_api_fuzz.py: urlsplit's ValueError was a 500."""
+    job = create(daemon, DisplayName="hook")
+    for url in ("http://[x", "https://[::1/hook", "http://h:99999/", "http://h:0/"):
+        assert_error(daemon, "POST", job_path(job, "SetNotifyUrl"), {"NotifyUrl": url}, code=E_INVALIDARG)
+    assert get(daemon, job)["NotifyUrl"] is None

@@ -25,6 +25,7 @@ from openbits.model import (
     canonical_job_id,
     filetime_from_unix_ns,
     new_job_id,
+    redact_webhook,
     unix_ns_from_filetime,
 )
 
@@ -364,8 +365,19 @@ JOB_KEYS = {
     "MaximumDownloadTime",
     "CustomHeaders",
     "SecurityFlags",
+    "NotifyCmdLine",
+    "NotifyUrl",
 }
-UINT_KEYS = JOB_KEYS - {"JobId", "DisplayName", "Description", "Files", "Owner", "CustomHeaders"}
+UINT_KEYS = JOB_KEYS - {
+    "JobId",
+    "DisplayName",
+    "Description",
+    "Files",
+    "Owner",
+    "CustomHeaders",
+    "NotifyCmdLine",
+    "NotifyUrl",
+}
 
 
 def sample_job() -> Job:
@@ -486,3 +498,15 @@ def test_redact_url_hides_passwords(url: str, shown: str) -> None:
 
     assert redact_url(url) == shown
     assert JobFile(remote_url=url, local_file="/x").to_cim()["RemoteUrl"] == shown
+
+
+def test_notification_settings_in_the_instance_never_show_a_webhooks_secret() -> None:
+    job = sample_job()
+    assert job.to_cim()["NotifyCmdLine"] is None and job.to_cim()["NotifyUrl"] is None
+    job.notify_program, job.notify_parameters = "/usr/bin/logger", "logger -t bits done"
+    job.notify_url = "https://user:pw@hooks.example:8443/services/T0/B1/SECRET?x=1"
+    cim = job.to_cim()
+    assert cim["NotifyCmdLine"] == {"Program": "/usr/bin/logger", "Parameters": "logger -t bits done"}
+    assert cim["NotifyUrl"] == "https://hooks.example:8443/***"
+    assert redact_webhook("http://127.0.0.1:9") == "http://127.0.0.1:9"
+    assert redact_webhook("no scheme") == "***"

@@ -1,8 +1,8 @@
 """The HTTP API of SPEC §4, shaped after CIM, on aiohttp.web.
 
 It translates HTTP to service calls and BitsError to the error body; it decides
-nothing.  ``/events`` comes in a later part of issue 4: the route is reserved and answers
-E_NOTIMPL.
+nothing.  ``/events`` streams the event log of ``api/events.py`` (set by the daemon as
+``EVENTS_KEY``; without it the route answers E_NOTIMPL).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from openbits import __version__
-from openbits.api import metrics, wql
+from openbits.api import events as ev
+from openbits.api import metrics, openapi, wql
 from openbits.api.peer import caller_of
 from openbits.errors import (
+    AccessDenied,
     BitsError,
     HResult,
     InvalidArgument,
@@ -41,6 +43,8 @@ T = TypeVar("T")
 SERVICE_KEY = web.AppKey("service", Service)
 #: the transfers' throttle, for the seconds spent waiting on it (set by the daemon)
 THROTTLE_KEY = web.AppKey("throttle", Throttle)
+#: the event log behind ``GET /events`` (set by the daemon)
+EVENTS_KEY = web.AppKey("events", ev.EventLog)
 
 
 def error_response(error: BitsError) -> web.Response:
@@ -244,12 +248,107 @@ async def patch_policy(request: web.Request) -> web.Response:
     return web.json_response(service.set_policy(caller_of(request), body))
 
 
-async def not_yet(request: web.Request) -> web.Response:
-    raise NotImplementedValue(f"{request.path} is not implemented yet")
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: the caller's job events (``AllUsers=true``: everyone's, for an
+    administrator; ``Job=`` one job, by JobId or display name; ``Types=`` some types).
+    ``Last-Event-ID`` (or ``LastEventId=``) replays the stored events after that id, then
+    goes on live, with no gap and no duplicate."""
+    log_ = request.app.get(EVENTS_KEY)
+    if log_ is None:
+        raise NotImplementedValue(f"{request.path} is not available")
+    service = request.app[SERVICE_KEY]
+    caller = caller_of(request)
+    all_users = _flag(request, "AllUsers")
+    if all_users and not caller.is_admin:
+        raise AccessDenied("only administrators may see all users' events")
+    job_id = None
+    job_ref = _query(request, "Job")
+    if job_ref is not None:  # a job the caller may see (an administrator: anyone's)
+        job_id = service.find(caller, job_ref, include_finished=True).job_id
+    types = None
+    types_text = _query(request, "Types")
+    if types_text is not None:
+        try:
+            types = ev.parse_types(types_text)
+        except ValueError as e:
+            raise InvalidArgument(f"Types: {e}") from None
+    last = _last_event_id(request.headers.get("Last-Event-ID") or _query(request, "LastEventId"))
+    owner = None if all_users or job_id is not None else caller.uid
+    event_filter = ev.EventFilter(owner_uid=owner, job_id=job_id, types=types)
+    sub = log_.subscribe(event_filter)  # before the replay: nothing falls in between
+    transport = request.transport
+    if transport is not None:
+        sub.abort = transport.close
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+    async def send(data: bytes) -> None:
+        sub.writing = True
+        try:
+            await response.write(data)
+        finally:
+            sub.writing = False
+
+    try:
+        await response.prepare(request)
+        # a fresh stream starts with the newest id (an id field without data: no event, but
+        # a client that reconnects with it misses nothing, even if nothing happened yet)
+        start = b"" if last is not None else f"id: {sub.horizon}\n".encode()
+        await send(b"retry: 1000\n" + start + b"\n")
+        sent = sub.horizon if last is None else last
+        if last is not None:
+            if log_.missed(last):  # Reset, then all the log keeps (and the id that precedes it)
+                info = {"LastEventId": last, "OldestEventId": log_.oldest_id}
+                sent = min(last, log_.oldest_id - 1)
+                await send(ev.sse_frame(None, ev.RESET, json.dumps(info)) + f"id: {sent}\n\n".encode())
+            while page := log_.replay(sent, sub.horizon, event_filter):
+                if sub.closed is not None:  # fell behind while replaying: end, never skip
+                    return response
+                await send(b"".join(e.frame for e in page))
+                sent = page[-1].id
+        while True:
+            event = await sub.get(log_.keepalive_s)
+            if event is None:
+                if sub.closed is not None or transport is None or transport.is_closing():
+                    break
+                await send(ev.sse_comment("keepalive"))
+            elif event.id > sent:
+                await send(event.frame)
+                sent = event.id
+    except ConnectionError:
+        pass  # the client went away (or the stream was aborted: shutdown, overflow)
+    finally:
+        log_.unsubscribe(sub)
+    return response
+
+
+def _last_event_id(text: str | None) -> int | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        last = int(text.strip())
+    except ValueError:
+        raise InvalidArgument("Last-Event-ID must be an event id (an integer)") from None
+    if last < 0:
+        raise InvalidArgument("Last-Event-ID must not be negative")
+    return last
+
+
+async def _close_event_streams(app: web.Application) -> None:
+    """Shutdown: open streams end, so stopping the daemon never waits on them."""
+    log_ = app.get(EVENTS_KEY)
+    if log_ is not None:
+        log_.close_streams()
 
 
 async def version(request: web.Request) -> web.Response:
     return web.json_response({"Version": __version__})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this API (api/openapi.py)."""
+    return web.json_response(openapi.document())
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -273,7 +372,9 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get(f"{BASE}/BitsServicePolicy", get_policy)
     app.router.add_patch(f"{BASE}/BitsServicePolicy", patch_policy)
     app.router.add_post(f"{BASE}/Query", query)
-    app.router.add_get("/events", not_yet)
+    app.router.add_get("/events", events)
+    app.on_shutdown.append(_close_event_streams)
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/openapi.json", openapi_document)
     return app

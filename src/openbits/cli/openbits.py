@@ -16,8 +16,8 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from openbits.client import Client, DaemonUnavailable
-from openbits.errors import BitsError, hresult_name
+from openbits.client import Client, DaemonUnavailable, StreamEvent
+from openbits.errors import BitsError, HResult, hresult_name
 from openbits.model import JobPriority, JobState
 
 P = ParamSpec("P")
@@ -237,10 +237,19 @@ _state_command("suspend", 3, "Suspend a job.")
 @click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
 @click.option("--include-finished", is_flag=True, help="Show an ACKNOWLEDGED or CANCELLED job.")
 @click.option("--json", "as_json", is_flag=True, help="Print the BitsClientJob instance(s) as JSON.")
+@click.option(
+    "--watch", "-w", is_flag=True, help="Print each change as it happens (--json: one object a line)."
+)
 @pass_ctx
 @handled
-def get(ctx: Context, job: str | None, all_users: bool, include_finished: bool, as_json: bool) -> None:
-    """Show one job, or list your jobs."""
+def get(
+    ctx: Context, job: str | None, all_users: bool, include_finished: bool, as_json: bool, watch: bool
+) -> None:
+    """Show one job, or list your jobs; with --watch, follow their changes until Ctrl-C
+    (or until the job is acknowledged or cancelled)."""
+    if watch:
+        _watch(ctx.client, job, all_users, as_json)
+        return
     if job is None:
         jobs = ctx.client.list_jobs(all_users=all_users)
         if as_json:
@@ -297,6 +306,25 @@ def _cell(value: Any) -> str:
 @click.option("--priority", default=None, help="foreground, high, normal or low.")
 @click.option("--minimum-retry-delay", type=int, default=None, help="Seconds (at least 5).")
 @click.option("--no-progress-timeout", type=int, default=None, help="Seconds; 0 = every error is fatal.")
+@click.option("--max-download-time", type=int, default=None, help="Seconds of transfer before ERROR.")
+@click.option(
+    "--custom-header",
+    "custom_headers",
+    multiple=True,
+    help='"Name: value" sent with every request (repeat it; "" clears them).',
+)
+@click.option("--security-flags", type=int, default=None, help="BG_SSL_* and redirect-policy bits.")
+@click.option("--notify-flags", type=int, default=None, help="1 transferred, 2 error, 4 none (default 3).")
+@click.option(
+    "--notify-cmd",
+    default=None,
+    help='Run this command line as you on TRANSFERRED/ERROR: "/abs/program args…" ("" removes it).',
+)
+@click.option(
+    "--notify-url",
+    default=None,
+    help='POST the job as JSON to this URL on TRANSFERRED/ERROR ("" removes it).',
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the updated instance as JSON.")
 @pass_ctx
 @handled
@@ -308,9 +336,18 @@ def set_(
     priority: str | None,
     minimum_retry_delay: int | None,
     no_progress_timeout: int | None,
+    max_download_time: int | None,
+    custom_headers: tuple[str, ...],
+    security_flags: int | None,
+    notify_flags: int | None,
+    notify_cmd: str | None,
+    notify_url: str | None,
     as_json: bool,
 ) -> None:
-    """Change a job's read/write properties (all or nothing)."""
+    """Change a job's properties.
+
+    The read/write properties (name, description, priority, retry delay, no-progress
+    timeout) change all or nothing; the others follow, one method call each."""
     props: dict[str, Any] = {}
     if display_name is not None:
         props["DisplayName"] = display_name
@@ -323,11 +360,41 @@ def set_(
         props["MinimumRetryDelay"] = minimum_retry_delay
     if no_progress_timeout is not None:
         props["NoProgressTimeout"] = no_progress_timeout
-    if not props:
+    calls: list[tuple[str, dict[str, Any]]] = []
+    if max_download_time is not None:
+        calls.append(("SetMaximumDownloadTime", {"MaximumDownloadTime": max_download_time}))
+    if custom_headers:
+        text = "".join(f"{h}\r\n" for h in custom_headers if h)
+        calls.append(("SetCustomHeaders", {"CustomHeaders": text or None}))
+    if security_flags is not None:
+        calls.append(("SetSecurityFlags", {"SecurityFlags": security_flags}))
+    if notify_flags is not None:
+        calls.append(("SetNotifyFlags", {"NotifyFlags": notify_flags}))
+    if notify_cmd is not None:
+        calls.append(("SetNotifyCmdLine", notify_cmd_params(notify_cmd)))
+    if notify_url is not None:
+        calls.append(("SetNotifyUrl", {"NotifyUrl": notify_url or None}))
+    if not props and not calls:
         raise click.UsageError("nothing to set: give at least one option")
-    instance = ctx.client.set_properties(job, **props)
+    instance = ctx.client.set_properties(job, **props) if props else None
+    for method, params in calls:
+        ctx.client.invoke(job, method, **params)
     if as_json:
-        print_json(instance)
+        print_json(ctx.client.get_job(job) if calls or instance is None else instance)
+
+
+def notify_cmd_params(command: str) -> dict[str, Any]:
+    """``"/abs/program args…"`` as SetNotifyCmdLine's parameters: the first word is the
+    program, the whole line its command line (program first, as BITS has it)."""
+    import shlex
+
+    if not command.strip():
+        return {"Program": None, "Parameters": None}
+    try:
+        words = shlex.split(command)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--notify-cmd") from None
+    return {"Program": words[0], "Parameters": command}
 
 
 @cli.command()
@@ -348,6 +415,39 @@ def error(ctx: Context, job: str, as_json: bool) -> None:
         click.echo(f"File                {info['RemoteUrl']} -> {info['LocalFile']}")
 
 
+def _watch(client: Client, job: str | None, all_users: bool, as_json: bool) -> None:
+    """``get --watch``: every event as it comes, resuming after the last one if the daemon
+    ends the stream; Ctrl-C exits 130 without a word."""
+    last: int | None = None
+    try:
+        while True:
+            with client.events(last_event_id=last, job=job, all_users=all_users) as stream:
+                for event in stream:
+                    if as_json:
+                        line = {"id": event.id, "event": event.event, "data": event.data}
+                        click.echo(json.dumps(line, separators=(",", ":")))
+                    else:
+                        click.echo(_event_line(event))
+                    if job is not None and event.event in ("JobCancelled", "JobAcknowledged"):
+                        return
+                last = stream.last_event_id
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _event_line(event: StreamEvent) -> str:
+    stamp = time.strftime("%H:%M:%S")
+    data = event.data
+    if event.id is None or not isinstance(data, dict):
+        return f"{stamp}  {event.event}  {json.dumps(data)}"
+    files = f"{data.get('FilesTransferred')}/{data.get('FilesTotal')} files"
+    size = f"{format_bytes(data.get('BytesTransferred', 0))} / {format_bytes(data.get('BytesTotal', 0))}"
+    return (
+        f"{stamp}  {event.id:>6}  {event.event:<16}  {data.get('JobId')}  {data.get('DisplayName')!r}  "
+        f"{state_name(data.get('State', -1))}  {files}  {size}"
+    )
+
+
 def wait_for(
     client: Client,
     job: str,
@@ -355,9 +455,55 @@ def wait_for(
     timeout: float | None,
     on_poll: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    """Follows the job's events (``GET /events``) until it reaches one of ``until``;
+    ``on_poll`` (a progress display) sees every change. A daemon without events is long
+    polled instead."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        stream = client.events(job=job)  # subscribed before the state is read: no gap
+    except BitsError as e:
+        if e.hresult != HResult.E_NOTIMPL:
+            raise
+        return _long_poll(client, job, until, deadline, on_poll)
+    try:
+        instance = client.get_job(job, include_finished=True, files=False)
+        while True:
+            if on_poll is not None:
+                on_poll(instance)
+            if JobState(instance["State"]) in until:
+                return instance
+            if deadline is not None:
+                stream.timeout = deadline - time.monotonic()
+                if stream.timeout <= 0:
+                    _timed_out(job, instance)
+            try:
+                event = next(stream)
+            except TimeoutError:
+                _timed_out(job, instance)
+            except StopIteration:  # the daemon ended the stream: resume after the last event
+                stream = client.events(job=job, last_event_id=stream.last_event_id)
+                continue
+            if isinstance(event.data, dict) and "State" in event.data:
+                instance = event.data
+            else:  # Reset: events were missed
+                instance = client.get_job(job, include_finished=True, files=False)
+    finally:
+        stream.close()
+
+
+def _timed_out(job: str, instance: dict[str, Any]) -> NoReturn:
+    fail(f"timed out waiting for {job}: it is {state_name(instance['State'])}", EXIT_BITS_ERROR)
+
+
+def _long_poll(
+    client: Client,
+    job: str,
+    until: set[JobState],
+    deadline: float | None,
+    on_poll: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Long polls (GetJob with WaitWhile): the daemon answers as soon as the job reaches
     one of ``until``; with ``on_poll`` (a progress display) at least every 0.25 s."""
-    deadline = None if timeout is None else time.monotonic() + timeout
     others = [s for s in JobState if s not in until]
     instance = client.get_job(job, include_finished=True, files=False)
     while True:
@@ -369,7 +515,7 @@ def wait_for(
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                fail(f"timed out waiting for {job}: it is {state_name(instance['State'])}", EXIT_BITS_ERROR)
+                _timed_out(job, instance)
             wait = min(wait, left)
         instance = client.get_job(
             job, include_finished=True, files=False, wait_while=others, wait_timeout=wait

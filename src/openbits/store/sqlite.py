@@ -88,16 +88,38 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE files ADD COLUMN range_support INTEGER;
     ALTER TABLE files ADD COLUMN response_headers TEXT;
     """,
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        owner_uid INTEGER NOT NULL,
+        job_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        created_ns INTEGER NOT NULL
+    );
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN notify_program TEXT;
+    ALTER TABLE jobs ADD COLUMN notify_parameters TEXT;
+    ALTER TABLE jobs ADD COLUMN notify_url TEXT;
+    ALTER TABLE jobs ADD COLUMN notify_due_ns INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: an event of the log: (id, owner, owner_uid, job_id, type, data JSON, created_ns)
+EventRow = tuple[int, str, int, str, str, str, int]
+_EVENT_COLUMNS = "id, owner, owner_uid, job_id, type, data, created_ns"
 
 _JOB_COLUMNS = (
     "job_id, seq, owner, owner_uid, display_name, description, job_type, priority, state, "
     "minimum_retry_delay_s, no_progress_timeout_s, notify_flags, created_ns, modified_ns, "
     "transferred_ns, finished_ns, transient_error_count, error_hresult, error_context, "
     "error_message, error_file_index, retry_at_ns, no_progress_since_ns, "
-    "maximum_download_time_s, download_time_ns, custom_headers, security_flags"
+    "maximum_download_time_s, download_time_ns, custom_headers, security_flags, "
+    "notify_program, notify_parameters, notify_url, notify_due_ns"
 )
 _JOB_COLUMN_COUNT = len(_JOB_COLUMNS.split(","))
 _FILE_COLUMNS = (
@@ -119,6 +141,7 @@ class SqliteStore:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._synchronous = synchronous.upper()
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
             self._seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0])
@@ -226,6 +249,58 @@ class SqliteStore:
                 list(settings.items()),
             )
 
+    # -- the event log (GET /events) -----------------------------------------------------------
+
+    def append_events(self, rows: Iterable[EventRow], delete_through: int = 0) -> None:
+        """Append events (and drop those with ids up to ``delete_through``): one transaction,
+        committed without its own fsync (synchronous=NORMAL in WAL mode): it survives a
+        SIGKILL at once, and power loss from the next job commit on, whose fsync of the WAL
+        carries it. An event follows the job commit it describes, so it costs no fsync."""
+        relax = self._synchronous in ("FULL", "EXTRA", "2", "3")
+        if relax:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction() as db:
+                db.executemany(
+                    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                if delete_through > 0:
+                    db.execute("DELETE FROM events WHERE id <= ?", (delete_through,))
+        finally:
+            if relax:
+                self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+
+    def event_bounds(self) -> tuple[int, int]:
+        """(oldest id, newest id) of the events kept; (0, 0) when there are none."""
+        lo, hi = self._db.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
+        return (0, 0) if hi is None else (int(lo), int(hi))
+
+    def load_events(
+        self,
+        after: int,
+        until: int,
+        *,
+        owner_uid: int | None = None,
+        job_id: str | None = None,
+        limit: int = 256,
+    ) -> list[EventRow]:
+        """Events with after < id <= until, oldest first, of one owner and/or job."""
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? AND id <= ?"
+        args: list[object] = [after, until]
+        if owner_uid is not None:
+            sql += " AND owner_uid = ?"
+            args.append(owner_uid)
+        if job_id is not None:
+            sql += " AND job_id = ?"
+            args.append(job_id)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [
+            (int(i), str(o), int(u), str(j), str(t), str(d), int(c))
+            for i, o, u, j, t, d, c in self._db.execute(sql, args)
+        ]
+
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
@@ -318,6 +393,10 @@ def _job_row(job: Job, seq: int) -> tuple[object, ...]:
         job.download_time_ns,
         job.custom_headers,
         job.security_flags,
+        job.notify_program,
+        job.notify_parameters,
+        job.notify_url,
+        job.notify_due_ns,
     )
 
 
@@ -350,6 +429,10 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         download_time,
         custom_headers,
         security_flags,
+        notify_program,
+        notify_parameters,
+        notify_url,
+        notify_due_ns,
     ) = row
     error = None
     if err_hr is not None:
@@ -384,6 +467,10 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         download_time_ns=int(download_time),
         custom_headers=None if custom_headers is None else str(custom_headers),
         security_flags=int(security_flags),
+        notify_program=None if notify_program is None else str(notify_program),
+        notify_parameters=None if notify_parameters is None else str(notify_parameters),
+        notify_url=None if notify_url is None else str(notify_url),
+        notify_due_ns=int(notify_due_ns),
     )
 
 
