@@ -17,6 +17,7 @@ It cleans up as ``common.Session`` says.  See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -57,6 +58,7 @@ from common import (
     tail,
     untimed_sync,
     versions,
+    write_daemon_config,
     write_random_file,
 )
 
@@ -238,7 +240,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_https_arg(p)
     add_cases_arg(p, CASE_NAMES)
     add_output_args(p, JSON_PATH, "(default bench/out/; must have 2 x size free)")
-    args = parse_common_args(p, argv, settings=False)
+    args = parse_common_args(p, argv)
     if args.runs < 1 or args.warmup < 0 or args.size < 1:
         p.error("need --runs ≥ 1, --warmup ≥ 0 and --size ≥ 1")
     args.cases = parse_cases(p, args.cases, CASE_NAMES)
@@ -379,8 +381,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{services.tls_probe}; curl --cacert, aria2c --ca-certificate and the daemon's "
                 f"SSL_CERT_FILE name {services.tls.ca}"
             )
-        services.start_daemon()
-        log(f"openbits daemon on {services.socket}")
+        config = (
+            write_daemon_config(work / "openbits.toml", args.daemon_setting) if args.daemon_setting else None
+        )
+        services.start_daemon(config)
+        log(f"openbits daemon on {services.socket}, settings: {json.dumps(args.daemon_setting)}")
         log_daemon_env(args.daemon_env)
         if "aria2c" in args.cases and tools.aria2c is None:
             log("aria2c not installed: case skipped")
@@ -411,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size,
         "cases": args.cases,
         "daemon_env": args.daemon_env,
+        "daemon_settings": args.daemon_setting,
     }
     extra: dict[str, Any] = {}
     if args.https:  # only then, so plain-HTTP results keep their shape

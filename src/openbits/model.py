@@ -234,9 +234,8 @@ class JobFile:
     def temp_path(self) -> str | None:
         if self.temp_name is None:
             return None
-        import os.path
-
-        return os.path.join(os.path.dirname(self.local_file), self.temp_name)
+        # (LocalFile is absolute and normalised: its directory ends at its last slash)
+        return self.local_file[: self.local_file.rfind("/") + 1] + self.temp_name
 
     def to_cim(self) -> dict[str, Any]:
         return {

@@ -587,17 +587,18 @@ class Service:
             for f in job.files:
                 if f.published:
                     continue
-                if f.completed and f.temp_path is not None:
+                temp = f.temp_path
+                if f.completed and temp is not None:
                     try:
-                        fs.publish(f.temp_path, f.local_file, fs.http_date_to_unix(f.last_modified))
+                        fs.publish(temp, f.local_file, fs.http_date_to_unix(f.last_modified))
                         directories.add(os.path.dirname(f.local_file))
                     except BitsError:
-                        if os.path.exists(f.temp_path) or not os.path.exists(f.local_file):
+                        if os.path.exists(temp) or not os.path.exists(f.local_file):
                             raise
                         # renamed already, by a Complete that crashed before its commit
                     f.published = True
                 else:
-                    fs.remove_quietly(f.temp_path)
+                    fs.remove_quietly(temp)
                     dropped = True
             for directory in sorted(directories):  # the renames are durable before we answer
                 with fs.translating(f"cannot sync {directory}"):

@@ -315,9 +315,9 @@ class Downloader:
     def _open(self, file: JobFile, owner: Owner) -> tuple[int, int]:
         """(fd, offset) of the file's temporary file, created on first use, cut back to the
         last checkpoint (a temporary file that lost bytes starts again from 0)."""
-        if file.temp_path is None:
-            raise TransferError("the file has no temporary name", context=ErrorContext.LOCAL_FILE)
         path = file.temp_path
+        if path is None:
+            raise TransferError("the file has no temporary name", context=ErrorContext.LOCAL_FILE)
         fd = fs.open_temp(path, owner.uid, owner.gid)
         offset = file.bytes_transferred
         with fs.translating(f"cannot use the temporary file {path}"):
