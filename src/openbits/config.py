@@ -39,6 +39,11 @@ class Config:
     #: 0o600 for a per-user daemon; a system daemon serving several users uses 0o666
     #: (each caller is still identified by SO_PEERCRED and sees only its own jobs).
     socket_mode: int = 0o600
+    #: "HOST:PORT" (e.g. "127.0.0.1:8765", "[::1]:8765"): also serve the API over TCP, each
+    #: request authenticated by a bearer token issued over the Unix socket ("": no TCP)
+    listen: str = ""
+    #: bearer tokens one user may hold at once
+    max_tokens_per_user: int = 16
     finished_retention_s: int = 7 * 86400
     # scheduling
     max_concurrent_background_jobs: int = 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from aiohttp import web
 from openbits.api.app import EVENTS_KEY, THROTTLE_KEY, make_app
 from openbits.api.events import EventLog
 from openbits.api.peer import ADMIN_GROUP_KEY
+from openbits.api.tokens import TOKENS_KEY, Tokens
 from openbits.config import Config
 from openbits.notify import Notifier
 from openbits.scheduler.run import Scheduler
@@ -79,6 +81,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
 
 
 async def _serve(config: Config, ready: asyncio.Event | None) -> None:
+    if config.listen:
+        try:
+            parse_listen(config.listen)
+        except ValueError as e:
+            raise DaemonError(f"bad configuration: {e}") from e
     try:
         store = SqliteStore(config.db_path, synchronous=config.store_synchronous)
     except StoreError as e:
@@ -129,6 +136,7 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
     app[ADMIN_GROUP_KEY] = config.admin_group
     app[THROTTLE_KEY] = throttle
     app[EVENTS_KEY] = events
+    app[TOKENS_KEY] = Tokens(store, config.max_tokens_per_user)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -157,6 +165,19 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         finally:
             os.umask(old_umask)
         os.chmod(config.socket, config.socket_mode)
+        if config.listen:
+            host, port = parse_listen(config.listen)
+            try:
+                await web.TCPSite(runner, host, port, reuse_address=True).start()
+            except OSError as e:
+                raise DaemonError(f"cannot listen on {config.listen}: {e.strerror or e}") from e
+            if not ipaddress.ip_address(host).is_loopback:
+                log.warning(
+                    "serving the API on %s without TLS: bearer tokens cross the network in clear; "
+                    "put a TLS proxy in front or listen on 127.0.0.1",
+                    config.listen,
+                )
+            log.info("also serving on tcp %s (bearer tokens)", config.listen)
         log.info(
             "openbits %s serving on %s (state in %s, %d jobs)",
             _version(),
@@ -185,6 +206,21 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(config.socket)
         log.info("openbits stopped")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as (host, port); ValueError when malformed.
+    The host is an IP address: the listener binds exactly where it is told."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"listen must be HOST:PORT, not {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"listen needs an IP address (e.g. 127.0.0.1:8765), not {text!r}") from None
+    return host, int(port_text)
 
 
 def _version() -> str:

@@ -17,7 +17,9 @@ from aiohttp import web
 from openbits import __version__
 from openbits.api import events as ev
 from openbits.api import metrics, openapi, wql
-from openbits.api.peer import caller_of
+from openbits.api.peer import caller_of, is_unix_socket
+from openbits.api.tokens import TOKENS_KEY, NotAuthenticated, Tokens
+from openbits.caller import Caller
 from openbits.errors import (
     AccessDenied,
     BitsError,
@@ -48,15 +50,15 @@ EVENTS_KEY = web.AppKey("events", ev.EventLog)
 
 
 def error_response(error: BitsError) -> web.Response:
-    return web.json_response(
-        {
-            "ReturnValue": error.hresult,
-            "ErrorCode": error.hex,
-            "Name": error.name,
-            "Message": error.message,
-        },
-        status=api_http_status(error.hresult),
-    )
+    body = {
+        "ReturnValue": error.hresult,
+        "ErrorCode": error.hex,
+        "Name": error.name,
+        "Message": error.message,
+    }
+    if isinstance(error, NotAuthenticated):  # the TCP listener: who are you?
+        return web.json_response(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="openbits"'})
+    return web.json_response(body, status=api_http_status(error.hresult))
 
 
 def result_response(body: dict[str, Any]) -> web.Response:
@@ -342,6 +344,51 @@ async def _close_event_streams(app: web.Application) -> None:
         log_.close_streams()
 
 
+def _tokens(request: web.Request) -> Tokens:
+    if not is_unix_socket(request):
+        raise AccessDenied("tokens are managed over the Unix socket only")
+    tokens = request.app.get(TOKENS_KEY)
+    if tokens is None:
+        raise NotImplementedValue("this daemon keeps no tokens")
+    return tokens
+
+
+async def create_token(request: web.Request) -> web.Response:
+    """``{"Description": "…"}``: a bearer token for the TCP listener, acting as the caller;
+    the answer is the only place the token is ever shown."""
+    tokens = _tokens(request)
+    caller = caller_of(request)
+    body = await _body(request)
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    unknown = sorted(k for k in body if str(k).lower() != "description")
+    if unknown:
+        raise InvalidArgument(f"unknown parameter(s): {', '.join(map(str, unknown))}")
+    description = next((v for k, v in body.items() if str(k).lower() == "description"), None) or ""
+    if not isinstance(description, str):
+        raise InvalidArgument("Description must be a string")
+    token, secret = tokens.issue(caller, description)
+    answer = {"ReturnValue": 0, **token.to_cim(caller.user), "Token": secret}
+    return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    """The caller's tokens (``AllUsers=true``: everyone's, for an administrator), never
+    the tokens themselves."""
+    tokens = _tokens(request)
+    caller = caller_of(request)
+    listed = tokens.listed(caller, _flag(request, "AllUsers"))
+    return web.json_response([t.to_cim(Caller.from_uid(t.uid).user) for t in listed])
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    """Revoke a token (the caller's own; an administrator: anyone's); effective at once."""
+    _tokens(request).revoke(caller_of(request), request.match_info["TokenId"])
+    return web.json_response({"ReturnValue": 0})
+
+
 async def version(request: web.Request) -> web.Response:
     return web.json_response({"Version": __version__})
 
@@ -377,4 +424,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/openapi.json", openapi_document)
+    app.router.add_post("/tokens", create_token)
+    app.router.add_get("/tokens", list_tokens)
+    app.router.add_delete("/tokens/{TokenId:[^/]+}", delete_token)
     return app

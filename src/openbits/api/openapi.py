@@ -734,6 +734,51 @@ def _paths() -> dict[str, Schema]:
             "responses": _responses("text/plain", ("400", "500"), "Prometheus text format 0.0.4"),
         }
     }
+    token = _object(
+        {
+            "TokenId": {"type": "string", "description": "{GUID}: what revokes it"},
+            "Owner": {"type": "string"},
+            "Description": {"type": "string", "maxLength": 256},
+            "CreationTime": {"type": "integer", "minimum": 0, "description": "FILETIME"},
+        },
+        ("TokenId", "Owner", "Description", "CreationTime"),
+        description="a bearer token of the TCP listener (the token itself is never shown again)",
+    )
+    paths["/tokens"] = {
+        "post": {
+            "operationId": "CreateToken",
+            "summary": "A bearer token for the TCP listener (openbits serve --listen), acting as the "
+            "caller; answered once, kept only as a hash. Over the Unix socket only (403 on TCP).",
+            "requestBody": _body(
+                _object({"Description": {"type": "string", "maxLength": 256}}),
+                required=False,
+                example={"Description": "backup server"},
+            ),
+            "responses": _responses(
+                _object(
+                    {**token["properties"], "ReturnValue": UINT32, "Token": {"type": "string"}},
+                    ("ReturnValue", "TokenId", "Token"),
+                ),
+                ("400", "403", "409", "413", "500"),
+            ),
+        },
+        "get": {
+            "operationId": "ListTokens",
+            "summary": "Your tokens (AllUsers=true: everyone's, for an administrator), without the "
+            "tokens themselves. Over the Unix socket only.",
+            "parameters": [_query("AllUsers", BOOLEAN, "every user's tokens (administrators only)")],
+            "responses": _responses({"type": "array", "items": token}, ("400", "403", "500")),
+        },
+    }
+    paths["/tokens/{TokenId}"] = {
+        "delete": {
+            "operationId": "RevokeToken",
+            "summary": "Revoke a token (yours; an administrator: anyone's), at once. "
+            "Over the Unix socket only.",
+            "parameters": [{"name": "TokenId", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": _responses(_result(), ("400", "403", "404", "500")),
+        }
+    }
     paths["/openapi.json"] = {
         "get": {
             "operationId": "OpenApi",
@@ -756,7 +801,15 @@ def _document() -> Schema:
             "by its peer credentials. Input property and parameter names are matched "
             "case-insensitively; output uses the WMI spelling.",
         },
-        "servers": [{"url": "http://localhost", "description": "the daemon's Unix socket"}],
+        "servers": [
+            {"url": "http://localhost", "description": "the daemon's Unix socket"},
+            {
+                "url": "http://127.0.0.1:8765",
+                "description": "the TCP listener of `openbits serve --listen 127.0.0.1:8765`: every "
+                "request needs Authorization: Bearer <token> (else 401)",
+            },
+        ],
+        "security": [{}, {"bearer": []}],
         "paths": _paths(),
         "components": {
             "schemas": {
@@ -767,12 +820,26 @@ def _document() -> Schema:
                 "Error": ERROR,
                 "BitsServicePolicy": _policy(changes=False),
             },
-            "responses": {
-                status: {
-                    "description": text,
-                    "content": _json(_ref("Error")),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a token from POST /tokens; needed on the TCP listener only "
+                    "(the Unix socket knows its caller by SO_PEERCRED)",
                 }
-                for status, text in STATUSES.items()
+            },
+            "responses": {
+                "401": {
+                    "description": "the TCP listener without a valid bearer token (E_ACCESSDENIED)",
+                    "content": _json(_ref("Error")),
+                },
+                **{
+                    status: {
+                        "description": text,
+                        "content": _json(_ref("Error")),
+                    }
+                    for status, text in STATUSES.items()
+                },
             },
         },
     }

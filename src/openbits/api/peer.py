@@ -1,4 +1,5 @@
-"""The caller of a request: the Unix-socket peer's credentials (SO_PEERCRED)."""
+"""The caller of a request: the Unix-socket peer's credentials (SO_PEERCRED), or on the
+TCP listener the user whose bearer token the request carries (api/tokens.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 from aiohttp import web
 
+from openbits.api.tokens import TOKENS_KEY, NotAuthenticated, bearer
 from openbits.caller import Caller
 from openbits.errors import AccessDenied
 
@@ -43,9 +45,28 @@ def caller_of(request: web.Request) -> Caller:
         return cached
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or sock.family != socket.AF_UNIX:
+    if sock is None:
         raise AccessDenied("the caller's identity is unknown")
+    if sock.family == socket.AF_UNIX:
+        uid = peer_uid(sock)
+    else:
+        tokens = request.app.get(TOKENS_KEY)
+        secret = bearer(request)
+        found = tokens.uid_for(secret) if tokens is not None and secret is not None else None
+        if found is None:
+            raise NotAuthenticated(
+                "this listener needs Authorization: Bearer <token> (openbits token create)"
+                if secret is None
+                else "the bearer token is not valid (revoked, or never issued)"
+            )
+        uid = found
     admin_group = request.app.get(ADMIN_GROUP_KEY, "openbits-admin")
-    caller = _cached_caller(peer_uid(sock), admin_group)
+    caller = _cached_caller(uid, admin_group)
     request[_CACHE_KEY] = caller
     return caller
+
+
+def is_unix_socket(request: web.Request) -> bool:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX

@@ -105,6 +105,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN notify_url TEXT;
     ALTER TABLE jobs ADD COLUMN notify_due_ns INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    CREATE TABLE tokens (
+        token_id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        uid INTEGER NOT NULL,
+        description TEXT NOT NULL,
+        created_ns INTEGER NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -112,6 +121,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 #: an event of the log: (id, owner, owner_uid, job_id, type, data JSON, created_ns)
 EventRow = tuple[int, str, int, str, str, str, int]
 _EVENT_COLUMNS = "id, owner, owner_uid, job_id, type, data, created_ns"
+
+#: a bearer token: (token_id, sha256 hex of the token, uid, description, created_ns)
+TokenRow = tuple[str, str, int, str, int]
+_TOKEN_COLUMNS = "token_id, digest, uid, description, created_ns"
 
 _JOB_COLUMNS = (
     "job_id, seq, owner, owner_uid, display_name, description, job_type, priority, state, "
@@ -248,6 +261,20 @@ class SqliteStore:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 list(settings.items()),
             )
+
+    # -- bearer tokens of the TCP listener (api/tokens.py) -------------------------------------
+
+    def load_tokens(self) -> list[TokenRow]:
+        rows = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_ns").fetchall()
+        return [(str(a), str(b), int(c), str(d), int(e)) for a, b, c, d, e in rows]
+
+    def add_token(self, row: TokenRow) -> None:
+        with self._transaction() as db:
+            db.execute(f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?)", row)
+
+    def delete_token(self, token_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM tokens WHERE token_id = ?", (token_id,))
 
     # -- the event log (GET /events) -----------------------------------------------------------
 
