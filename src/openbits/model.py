@@ -286,6 +286,7 @@ class Job:
     maximum_download_time_s: int = DEFAULT_MAXIMUM_DOWNLOAD_TIME_S
     download_time_ns: int = 0  # CONNECTING + TRANSFERRING time since the last Resume
     custom_headers: str | None = None  # "Name: value\r\n..." sent with every request
+    custom_headers_write_only: bool = False  # MakeCustomHeadersWriteOnly: never read back
     security_flags: int = 0  # BG_SSL_* and BG_HTTP_REDIRECT_POLICY_* bits
     notify_program: str | None = None  # SetNotifyCmdLine: the program (absolute path)
     notify_parameters: str | None = None  # ... and its command line, program first
@@ -319,7 +320,10 @@ class Job:
     def to_cim(self, files: bool = True) -> dict[str, Any]:
         """The BitsClientJob instance as JSON, WMI names and types (SPEC §1); ``files=False``
         leaves out the Files array (an extension for pollers of jobs with many files)."""
-        return {name: get(self) for name, get in CIM_PROPERTIES.items() if files or name != "Files"}
+        cim = {name: get(self) for name, get in CIM_PROPERTIES.items() if files or name != "Files"}
+        if self.custom_headers_write_only:
+            del cim["CustomHeaders"]  # (SPEC §1: omitted when write-only)
+        return cim
 
     def cim_view(self) -> Mapping[str, Any]:
         """The instance's properties computed only when read (WQL tests a few of thousands)."""
@@ -353,7 +357,7 @@ CIM_PROPERTIES: dict[str, Callable[[Job], Any]] = {
     ),
     "NotifyUrl": lambda j: None if j.notify_url is None else redact_webhook(j.notify_url),
     "MaximumDownloadTime": lambda j: j.maximum_download_time_s,
-    "CustomHeaders": lambda j: j.custom_headers,
+    "CustomHeaders": lambda j: None if j.custom_headers_write_only else j.custom_headers,
     "SecurityFlags": lambda j: j.security_flags,
 }
 

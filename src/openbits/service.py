@@ -745,6 +745,14 @@ class Service:
                 raise InvalidArgument(f"CustomHeaders: {e}") from None
         return self._set_property(caller, job_ref, "custom_headers", text or None)
 
+    async def _m_make_custom_headers_write_only(
+        self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """From now on the job's CustomHeaders are sent but never read back (BITS 10.3); it
+        cannot be undone, and headers set later are write-only too."""
+        Params(raw, ())
+        return self._set_property(caller, job_ref, "custom_headers_write_only", True)
+
     async def _m_set_security_flags(
         self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None
     ) -> dict[str, Any]:
@@ -1171,6 +1179,7 @@ _METHODS: dict[str, _Method] = {
     "setnotifyflags": Service._m_set_notify_flags,
     "setnotifycmdline": Service._m_set_notify_cmd_line,
     "setnotifyurl": Service._m_set_notify_url,
+    "makecustomheaderswriteonly": Service._m_make_custom_headers_write_only,
 }
 
 _NOT_YET = {

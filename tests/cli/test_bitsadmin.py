@@ -269,6 +269,12 @@ def test_set_switches_change_the_instance(daemon: Daemon) -> None:
 
     assert ok(bitsadmin(daemon, "/setcustomheaders", job, "NULL")) == "Custom headers removed.\n"
     assert daemon.job(job)["CustomHeaders"] is None
+    write_only = daemon.client.create_job(DisplayName="write-only")
+    ok(bitsadmin(daemon, "/setcustomheaders", write_only, "Authorization: Bearer t0ken"))
+    said = ok(bitsadmin(daemon, "/makecustomheaderswriteonly", write_only))
+    assert said == "Custom headers are now write-only.\n"
+    assert ok(bitsadmin(daemon, "/getcustomheaders", write_only)) == "(write-only)\n"
+    assert "t0ken" not in ok(bitsadmin(daemon, "/info", write_only, "/verbose"))
 
     # the daemon's own checks come back as bitsadmin error lines
     failed(

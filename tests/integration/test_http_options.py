@@ -42,6 +42,32 @@ def test_custom_headers_are_sent_and_round_trip(
     assert (dest / "f.bin").read_bytes() == data
 
 
+def test_write_only_custom_headers_are_sent_but_never_shown(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    data = random.Random(101).randbytes(20_000)
+    fault_server.routes["/w"] = Serve(data)
+    job = daemon.client.create_job(DisplayName="write-only")
+    daemon.client.invoke(job, "SetCustomHeaders", CustomHeaders="Authorization: Bearer s3cr3t\r\n")
+    daemon.client.invoke(job, "MakeCustomHeadersWriteOnly")
+    assert "CustomHeaders" not in daemon.job(job), "omitted once write-only (SPEC §1)"
+    # later headers are write-only too, and it cannot be undone; WQL sees NULL
+    daemon.client.invoke(job, "SetCustomHeaders", CustomHeaders="Authorization: Bearer n3w\r\n")
+    assert "CustomHeaders" not in daemon.job(job)
+    assert daemon.client.query(
+        f"SELECT JobId FROM BitsClientJob WHERE CustomHeaders IS NULL AND JobId = '{job}'"
+    )
+    daemon.client.add_file(job, f"{fault_server.url}/w", str(dest / "w.bin"))
+    daemon.client.resume(job)
+    daemon.wait_state(job, JobState.TRANSFERRED)
+    assert fault_server.requests[-1]["headers"]["authorization"] == "Bearer n3w"
+    daemon.stop()
+    daemon.start()  # persisted
+    assert "CustomHeaders" not in daemon.job(job)
+    assert "n3w" not in daemon.cli("get", job, "--json", check=True).stdout
+    daemon.client.complete(job)
+
+
 def test_bad_custom_headers_and_security_flags_are_refused(daemon: Daemon) -> None:
     job = daemon.client.create_job(DisplayName="bad")
     for params, name in (

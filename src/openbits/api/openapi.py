@@ -175,7 +175,8 @@ FILE: Schema = _object(
 def job_instance() -> Schema:
     """The BitsClientJob instance: every property of ``model.CIM_PROPERTIES``."""
     properties = {name: JOB_PROPERTIES.get(name, {}) for name in CIM_PROPERTIES}
-    required = [name for name in CIM_PROPERTIES if name != "Files"]
+    # (Files is left out on request, CustomHeaders once MakeCustomHeadersWriteOnly was called)
+    required = [name for name in CIM_PROPERTIES if name not in ("Files", "CustomHeaders")]
     return _object(properties, required, description="BitsClientJob instance (SPEC §1)")
 
 
@@ -335,6 +336,11 @@ METHODS: dict[str, Method] = {
             "Headers sent with every request ('Name: value\\r\\n' lines; null clears them)",
             {"CustomHeaders": _string(CUSTOM_HEADERS_MAX, nullable=True)},
             example={"CustomHeaders": "X-Token: abc\r\nAccept: */*\r\n"},
+        ),
+        Method(
+            "MakeCustomHeadersWriteOnly",
+            "From now on CustomHeaders are sent but never shown again (irreversible)",
+            {},
         ),
         Method(
             "SetSecurityFlags",

@@ -112,6 +112,7 @@ The following commands are available:
 /GETCUSTOMHEADERS job                    Retrieves the custom HTTP headers
 /SETCUSTOMHEADERS job header1 [header2 ...]
                                          Sets the custom HTTP headers (NULL removes them)
+/MAKECUSTOMHEADERSWRITEONLY job          Makes the custom headers write-only (irreversible)
 /GETSECURITYFLAGS job                    Retrieves the HTTP security flags
 /SETSECURITYFLAGS job value              Sets the HTTP security flags
 
@@ -773,6 +774,8 @@ def _getter(what: str, render: Callable[[dict[str, Any]], str], files: bool = Fa
 
 
 def _custom_headers(job: dict[str, Any]) -> str:
+    if "CustomHeaders" not in job:  # MakeCustomHeadersWriteOnly: sent, never shown
+        return "(write-only)"
     headers = job.get("CustomHeaders")
     if not headers:
         return "NULL"
@@ -1064,6 +1067,17 @@ def _remove_client_certificate(ctx: Ctx, args: list[str]) -> int:
         lambda: ctx.client.invoke(args[0], "RemoveClientCertificate"),
     )
     ctx.out.line("Client certificate removed.")
+    return 0
+
+
+@switch("/MAKECUSTOMHEADERSWRITEONLY")
+def _make_custom_headers_write_only(ctx: Ctx, args: list[str]) -> int:
+    _nargs(args, 1)
+    ctx.call(
+        "Unable to make the custom headers write-only",
+        lambda: ctx.client.invoke(args[0], "MakeCustomHeadersWriteOnly"),
+    )
+    ctx.out.line("Custom headers are now write-only.")
     return 0
 
 

@@ -114,6 +114,9 @@ MIGRATIONS: tuple[str, ...] = (
         created_ns INTEGER NOT NULL
     );
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN custom_headers_write_only INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -132,7 +135,7 @@ _JOB_COLUMNS = (
     "transferred_ns, finished_ns, transient_error_count, error_hresult, error_context, "
     "error_message, error_file_index, retry_at_ns, no_progress_since_ns, "
     "maximum_download_time_s, download_time_ns, custom_headers, security_flags, "
-    "notify_program, notify_parameters, notify_url, notify_due_ns"
+    "notify_program, notify_parameters, notify_url, notify_due_ns, custom_headers_write_only"
 )
 _JOB_COLUMN_COUNT = len(_JOB_COLUMNS.split(","))
 _FILE_COLUMNS = (
@@ -424,6 +427,7 @@ def _job_row(job: Job, seq: int) -> tuple[object, ...]:
         job.notify_parameters,
         job.notify_url,
         job.notify_due_ns,
+        int(job.custom_headers_write_only),
     )
 
 
@@ -460,6 +464,7 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         notify_parameters,
         notify_url,
         notify_due_ns,
+        custom_headers_write_only,
     ) = row
     error = None
     if err_hr is not None:
@@ -498,6 +503,7 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         notify_parameters=None if notify_parameters is None else str(notify_parameters),
         notify_url=None if notify_url is None else str(notify_url),
         notify_due_ns=int(notify_due_ns),
+        custom_headers_write_only=bool(custom_headers_write_only),
     )
 
 
