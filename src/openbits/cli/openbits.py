@@ -1,34 +1,74 @@
 """`openbits`: the command line, verbs after the BitsTransfer cmdlets.
 
+Every instance method of the daemon has a command; every command whose output a script
+reads takes ``--json``. ``openbits --help`` is laid out as a man page (``cli/manpage.py``);
+what is drawn lives in ``cli/render.py``. rich is imported only by the two displays that
+need a terminal (``watch``'s live table and ``transfer``'s progress bar).
+
 Exit codes: 0 success; 1 a BITS error (the HRESULT and its name are printed);
 2 bad usage; 3 no daemon answers; 130 interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
+from openbits.cli import render
+from openbits.cli.manpage import ManGroup
+from openbits.cli.render import print_json, state_name
 from openbits.client import Client, DaemonUnavailable, StreamEvent
 from openbits.errors import BitsError, HResult, hresult_name
 from openbits.model import JobPriority, JobState
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 EXIT_BITS_ERROR = 1
+EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
 EXIT_INTERRUPTED = 130
 
+CLASS = "/root/microsoft/bits/BitsClientJob"
+POLICY = "/root/microsoft/bits/BitsServicePolicy"
+
 PRIORITIES = {p.name.lower(): int(p) for p in JobPriority}
 END_STATES = {JobState.TRANSFERRED, JobState.ERROR, JobState.ACKNOWLEDGED, JobState.CANCELLED}
+SUCCESS_STATES = {JobState.TRANSFERRED, JobState.ACKNOWLEDGED}
+LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF
+
+#: SetJobState codes (bits-spec §1.3)
+CANCEL, COMPLETE, RESUME, SUSPEND = 0, 1, 2, 3
+#: SetCredentials' WMI encodings (bits-spec §1.3: zero-based, unlike the COM ones)
+TARGETS = ("server", "proxy")
+SCHEMES = ("basic", "digest", "ntlm", "negotiate", "passport")
+#: BG_JOB_PROXY_USAGE (bits-spec §2.8)
+PROXY_USAGES = ("preconfig", "no-proxy", "override", "autodetect")
+#: BG_CERT_STORE_LOCATION (bits-spec §2.7)
+STORE_LOCATIONS = (
+    "current-user",
+    "local-machine",
+    "current-service",
+    "services",
+    "users",
+    "current-user-group-policy",
+    "local-machine-group-policy",
+    "local-machine-enterprise",
+)
+
+# -- failures ----------------------------------------------------------------------------------
 
 
 def fail(message: str, code: int = EXIT_BITS_ERROR) -> NoReturn:
@@ -47,10 +87,15 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             fail(f"error {e.hex} {e.name}: {e.message}")
         except DaemonUnavailable as e:
             fail(str(e), EXIT_NO_DAEMON)
+        except (ConnectionError, PermissionError, TimeoutError) as e:
+            fail(f"cannot talk to the openbits daemon: {e}", EXIT_NO_DAEMON)
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED)
 
     return wrapper
+
+
+# -- argument helpers -----------------------------------------------------------------------------
 
 
 def parse_priority(value: str | None) -> int | None:
@@ -77,80 +122,85 @@ def source_url(source: str) -> str:
     return source
 
 
-def state_name(value: int) -> str:
+def parse_ranges(text: str) -> list[dict[str, int]]:
+    """``offset:length[,offset:length…]``; a length of ``eof`` runs to the end of the file."""
+    ranges = []
+    for part in text.split(","):
+        offset, sep, length = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            start = int(offset, 10)
+            count = LENGTH_TO_EOF if length.strip().lower() == "eof" else int(length, 10)
+            if start < 0 or count < 0:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(
+                f"{part.strip()!r} is not a range: use OFFSET:LENGTH or OFFSET:eof (bytes, not negative)",
+                param_hint="RANGES",
+            ) from None
+        ranges.append({"InitialOffset": start, "Length": count})
+    return ranges
+
+
+def parse_file_set(text: str, where: str) -> list[dict[str, str]]:
+    """``URL DEST`` a line (shell-style quoting for names with spaces); blank lines and
+    lines starting with ``#`` are skipped. DEST is relative to the current directory."""
+    files = []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            words = shlex.split(stripped)
+        except ValueError as e:
+            raise click.UsageError(f"{where}, line {number}: {e}") from None
+        if len(words) != 2:
+            raise click.UsageError(f"{where}, line {number}: expected 'URL DEST', got {stripped!r}")
+        files.append({"RemoteUrl": source_url(words[0]), "LocalFile": absolute(words[1])})
+    if not files:
+        raise click.UsageError(f"{where}: no 'URL DEST' line")
+    return files
+
+
+def policy_value(text: str) -> Any:
+    """A policy value from the command line: JSON when it parses (10, true, null), else the
+    string as given (10M, off, "Mon-08:00,1M Mon-18:00,off")."""
     try:
-        return JobState(value).name
+        return json.loads(text)
     except ValueError:
-        return str(value)
+        return text
 
 
-def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
+def read_password(prompt: str) -> str:
+    """From a hidden prompt on a terminal, else the first line of stdin; never from argv."""
+    if sys.stdin.isatty():
+        return str(click.prompt(prompt, hide_input=True, default="", show_default=False))
+    return sys.stdin.readline().rstrip("\r\n")
 
 
-def format_bytes(n: int) -> str:
-    if n == 0xFFFFFFFFFFFFFFFF:
-        return "?"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
+# -- the daemon's verbs, through Client.request/invoke ---------------------------------------------
 
 
-def print_table(jobs: list[dict[str, Any]]) -> None:
-    rows = [("JOBID", "NAME", "STATE", "PRIORITY", "FILES", "BYTES")]
-    for j in jobs:
-        rows.append(
-            (
-                j["JobId"],
-                j["DisplayName"],
-                state_name(j["State"]),
-                JobPriority(j["Priority"]).name
-                if j["Priority"] in PRIORITIES.values()
-                else str(j["Priority"]),
-                f"{j['FilesTransferred']}/{j['FilesTotal']}",
-                f"{format_bytes(j['BytesTransferred'])} / {format_bytes(j['BytesTotal'])}",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+def create_job(client: Client, **params: Any) -> dict[str, Any]:
+    result: dict[str, Any] = client.request("POST", f"{CLASS}/CreateJob", params)
+    return result
 
 
-def print_job(job: dict[str, Any]) -> None:
-    fields = [
-        ("JobId", job["JobId"]),
-        ("DisplayName", job["DisplayName"]),
-        ("Description", job["Description"]),
-        ("State", state_name(job["State"])),
-        ("Priority", str(job["Priority"])),
-        ("Owner", job["Owner"]),
-        ("Files", f"{job['FilesTransferred']} of {job['FilesTotal']} transferred"),
-        ("Bytes", f"{job['BytesTransferred']} of {format_bytes(job['BytesTotal'])}"),
-        ("TransientErrorCount", str(job["TransientErrorCount"])),
-        ("MinimumRetryDelay", f"{job['MinimumRetryDelay']} s"),
-        ("NoProgressTimeout", f"{job['NoProgressTimeout']} s"),
-    ]
-    width = max(len(k) for k, _ in fields)
-    for key, value in fields:
-        click.echo(f"{key.ljust(width)}  {value}")
-    for i, f in enumerate(job["Files"]):
-        done = "done" if f["Completed"] else f"{f['BytesTransferred']}/{format_bytes(f['BytesTotal'])}"
-        click.echo(f"File {i}: {f['RemoteUrl']} -> {f['LocalFile']} ({done})")
+def set_state(client: Client, job: str, code: int) -> dict[str, Any]:
+    return client.invoke(job, "SetJobState", JobState=code)
 
 
-socket_option = click.option(
-    "--socket",
-    "socket_path",
-    envvar="OPENBITS_SOCKET",
-    help="The daemon's Unix socket (env OPENBITS_SOCKET).",
-)
+def cancel_quietly(client: Client, job: str) -> None:
+    with contextlib.suppress(BitsError, DaemonUnavailable, OSError):
+        set_state(client, job, CANCEL)
+
+
+# -- context, options ------------------------------------------------------------------------------
 
 
 class Context:
-    def __init__(self, socket_path: str | None) -> None:
+    def __init__(self, socket_path: str | None = None) -> None:
         self.socket_path = socket_path
         self._client: Client | None = None
 
@@ -164,23 +214,88 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@socket_option
-@click.version_option(package_name="openbits")
+def _socket_given(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        ctx.ensure_object(Context).socket_path = value
+    return value
+
+
+#: ``--socket`` after the command too (``openbits get --socket PATH``)
+socket_option = click.option(
+    "--socket",
+    "socket_path",
+    metavar="PATH",
+    expose_value=False,
+    callback=_socket_given,
+    help="The daemon's Unix socket (as openbits --socket; env OPENBITS_SOCKET).",
+)
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def json_option(what: str) -> Decorator:
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def complete_job(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of JOB: your jobs' display names and JobIds (nothing without a daemon)."""
+    from click.shell_completion import CompletionItem
+
+    obj = ctx.find_object(Context)
+    socket_path = obj.socket_path if obj is not None else ctx.find_root().params.get("socket_path")
+    try:
+        with Client(socket_path) as client:
+            jobs = client.list_jobs()
+    except Exception:
+        return []
+    items = []
+    for job in jobs:
+        for value in (str(job.get("DisplayName") or ""), str(job["JobId"])):
+            if value and value.lower().startswith(incomplete.lower()):
+                items.append(CompletionItem(value, help=state_name(job.get("State", -1))))
+    return items
+
+
+def job_argument(required: bool = True) -> Decorator:
+    return click.argument("job", required=required, metavar="JOB", shell_complete=complete_job)
+
+
+# -- the group --------------------------------------------------------------------------------------
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=ManGroup, context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar="OPENBITS_SOCKET",
+    metavar="PATH",
+    help="The daemon's Unix socket (env OPENBITS_SOCKET; default $XDG_RUNTIME_DIR/openbits/openbits.sock).",
+)
+@click.version_option(package_name="openbits", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str | None) -> None:
-    """openbits: background file transfers that survive anything.
+    """openbits - background file transfers that survive anything.
 
-    A daemon (`openbits serve`) keeps a persistent queue of BITS jobs and moves
-    their files over HTTP(S) or from local paths; these commands manage it.
-    JOB is a JobId ({GUID}, any case, braces optional) or the display name of
-    exactly one of your jobs.
+    openbits is the Background Intelligent Transfer Service of Windows, for Linux. A daemon
+    (openbits serve) keeps a persistent queue of jobs, each a list of files to download over
+    HTTP(S) or copy from local or mounted file systems, and moves them in the background: it
+    resumes after any interruption (network, crash, kill -9, reboot), retries transient
+    errors, shares bandwidth by priority and schedule, and publishes a job's files atomically
+    only when you complete it. These commands manage your jobs through the daemon's API, with
+    BITS' names: states (SUSPENDED, QUEUED, TRANSFERRING, TRANSFERRED, ERROR, …), properties
+    and HRESULTs (0x80200003 BG_E_EMPTY, …).
 
-    \b
-    Exit codes: 0 success, 1 BITS error (HRESULT and name printed),
-    2 bad usage, 3 no daemon, 130 interrupted.
+    JOB is a JobId ({GUID}, any case, braces optional) or the display name of exactly one of
+    your jobs. A job is created SUSPENDED: add files, resume it, wait, then complete it (or
+    cancel it). 'openbits transfer' does all of that in one go.
     """
-    ctx.obj = Context(socket_path)
+    ctx.obj = Context(socket_path)  # (a command's own --socket may replace it)
+
+
+# -- jobs ---------------------------------------------------------------------------------------------
 
 
 @cli.command()
@@ -190,10 +305,23 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
 @click.option(
     "--type", "job_type", default="download", type=click.Choice(["download", "upload", "upload-reply"])
 )
+@json_option('the answer ({"ReturnValue": 0, "JobId": …})')
+@socket_option
 @pass_ctx
 @handled
-def create(ctx: Context, name: str, description: str | None, priority: str | None, job_type: str) -> None:
-    """Create an empty, suspended job and print its JobId."""
+def create(
+    ctx: Context, name: str, description: str | None, priority: str | None, job_type: str, as_json: bool
+) -> None:
+    """Create an empty, suspended job and print its JobId.
+
+    The job holds no file yet: add files with 'add', 'add-set' or 'add-ranges', then
+    'resume' it. NAME is its display name (it need not be unique, but a unique one can stand
+    for the JobId in the other commands).
+
+    \b
+    Example:
+      JOB=$(openbits create nightly --priority low)
+    """
     params: dict[str, Any] = {"DisplayName": name}
     if description is not None:
         params["Description"] = description
@@ -201,106 +329,137 @@ def create(ctx: Context, name: str, description: str | None, priority: str | Non
     if prio is not None:
         params["Priority"] = prio
     params["Type"] = ["download", "upload", "upload-reply"].index(job_type)
-    click.echo(ctx.client.create_job(**params))
-
-
-@cli.command()
-@click.argument("job")
-@click.argument("url")
-@click.argument("dest")
-@pass_ctx
-@handled
-def add(ctx: Context, job: str, url: str, dest: str) -> None:
-    """Add a file: URL (http, https, file:// or a path) to DEST."""
-    ctx.client.add_file(job, source_url(url), absolute(dest))
+    result = create_job(ctx.client, **params)
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(result["JobId"])
 
 
 def _state_command(name: str, code: int, doc: str) -> None:
     @cli.command(name=name, help=doc)
-    @click.argument("job")
+    @job_argument()
+    @json_option('the answer ({"ReturnValue": …})')
+    @socket_option
     @pass_ctx
     @handled
-    def command(ctx: Context, job: str) -> None:
-        result = ctx.client.set_job_state(job, code)
-        if result:
-            click.echo(f"{name}: 0x{result:08X} {hresult_name(result)}")
+    def command(ctx: Context, job: str, as_json: bool) -> None:
+        result = set_state(ctx.client, job, code)
+        value = int(result.get("ReturnValue", 0))
+        if as_json:
+            print_json(result)
+        elif value:
+            click.echo(f"{name}: 0x{value:08X} {hresult_name(value)}")
 
 
-_state_command("cancel", 0, "Cancel a job and delete its temporary files.")
-_state_command("complete", 1, "Complete a job: publish its transferred files.")
-_state_command("resume", 2, "Resume (start) a job.")
-_state_command("suspend", 3, "Suspend a job.")
+_state_command(
+    "cancel",
+    CANCEL,
+    """Cancel a job and delete its temporary files.
+
+    The job goes to CANCELLED and leaves the list; the files it transferred so far are
+    deleted, files it already published are not touched (Remove-BitsTransfer).
+
+    \b
+    Example:
+      openbits cancel nightly
+    """,
+)
+_state_command(
+    "complete",
+    COMPLETE,
+    """Complete a job: publish its transferred files.
+
+    Every transferred file is moved to its destination name at once (fsync, then an atomic
+    rename) and the job is ACKNOWLEDGED. A job whose files are not all transferred answers
+    BG_S_PARTIAL_COMPLETE (printed) and publishes those that are.
+
+    \b
+    Example:
+      openbits wait nightly && openbits complete nightly
+    """,
+)
+_state_command(
+    "resume",
+    RESUME,
+    """Resume (start) a job.
+
+    A SUSPENDED job is queued and transfers when the scheduler gives it its turn; a job in
+    ERROR or TRANSIENT_ERROR is retried at once. A job without files answers BG_E_EMPTY.
+
+    \b
+    Example:
+      openbits resume nightly
+    """,
+)
+_state_command(
+    "suspend",
+    SUSPEND,
+    """Suspend a job.
+
+    The transfer stops at once; the bytes already on disk are kept and the job resumes from
+    them later.
+
+    \b
+    Example:
+      openbits suspend nightly
+    """,
+)
 
 
 @cli.command()
-@click.argument("job", required=False)
+@job_argument(required=False)
 @click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
 @click.option("--include-finished", is_flag=True, help="Show an ACKNOWLEDGED or CANCELLED job.")
-@click.option("--json", "as_json", is_flag=True, help="Print the BitsClientJob instance(s) as JSON.")
+@click.option("--where", default=None, metavar="COND", help='A WQL condition, e.g. "State = 4".')
+@json_option("the BitsClientJob instance(s)")
 @click.option(
     "--watch", "-w", is_flag=True, help="Print each change as it happens (--json: one object a line)."
 )
+@socket_option
 @pass_ctx
 @handled
 def get(
-    ctx: Context, job: str | None, all_users: bool, include_finished: bool, as_json: bool, watch: bool
+    ctx: Context,
+    job: str | None,
+    all_users: bool,
+    include_finished: bool,
+    where: str | None,
+    as_json: bool,
+    watch: bool,
 ) -> None:
-    """Show one job, or list your jobs; with --watch, follow their changes until Ctrl-C
-    (or until the job is acknowledged or cancelled)."""
+    """Show one job, or list your jobs.
+
+    Without JOB, a table of your jobs (--json: an array of instances); with JOB, its
+    properties and files (--json: the instance, exactly as the API has it). With --watch,
+    every change as a line until Ctrl-C, or until JOB is acknowledged or cancelled
+    (Get-BitsTransfer).
+
+    \b
+    Example:
+      openbits get --json | jq -r '.[] | select(.State == 4) | .JobId'
+    """
     if watch:
-        _watch(ctx.client, job, all_users, as_json)
+        _watch_events(ctx.client, job, all_users, as_json)
         return
     if job is None:
-        jobs = ctx.client.list_jobs(all_users=all_users)
+        jobs = ctx.client.list_jobs(all_users=all_users, where=where)
         if as_json:
             print_json(jobs)
         elif jobs:
-            print_table(jobs)
+            render.print_table(jobs)
         return
+    if where is not None:
+        raise click.UsageError("--where lists jobs: give it without JOB")
     instance = ctx.client.get_job(job, include_finished=include_finished)
     if as_json:
         print_json(instance)
     else:
-        print_job(instance)
-
-
-@cli.command()
-@click.argument("wql")
-@click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
-@click.option("--json", "as_json", is_flag=True, help="Print the instances as JSON.")
-@pass_ctx
-@handled
-def query(ctx: Context, wql: str, all_users: bool, as_json: bool) -> None:
-    """Run a WQL query: SELECT * | p1, p2 FROM BitsClientJob [WHERE …].
-
-    \b
-    Examples:
-      openbits query "SELECT JobId, DisplayName FROM BitsClientJob WHERE State = 4"
-      openbits query "SELECT * FROM BitsClientJob WHERE DisplayName LIKE 'nightly%'" --json
-    """
-    rows = ctx.client.query(wql, all_users=all_users)
-    if as_json:
-        print_json(rows)
-        return
-    if not rows:
-        return
-    columns = list(rows[0])
-    table = [columns] + [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    for row in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list | dict):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+        render.print_job(instance)
 
 
 @cli.command(name="set")
-@click.argument("job")
+@job_argument()
 @click.option("--display-name", default=None)
 @click.option("--description", default=None)
 @click.option("--priority", default=None, help="foreground, high, normal or low.")
@@ -325,7 +484,8 @@ def _cell(value: Any) -> str:
     default=None,
     help='POST the job as JSON to this URL on TRANSFERRED/ERROR ("" removes it).',
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the updated instance as JSON.")
+@json_option("the updated instance")
+@socket_option
 @pass_ctx
 @handled
 def set_(
@@ -347,7 +507,13 @@ def set_(
     """Change a job's properties.
 
     The read/write properties (name, description, priority, retry delay, no-progress
-    timeout) change all or nothing; the others follow, one method call each."""
+    timeout) change all or nothing; the others follow, one method call each
+    (Set-BitsTransfer).
+
+    \b
+    Example:
+      openbits set nightly --priority low --notify-cmd "/usr/bin/logger -t openbits done"
+    """
     props: dict[str, Any] = {}
     if display_name is not None:
         props["DisplayName"] = display_name
@@ -386,8 +552,6 @@ def set_(
 def notify_cmd_params(command: str) -> dict[str, Any]:
     """``"/abs/program args…"`` as SetNotifyCmdLine's parameters: the first word is the
     program, the whole line its command line (program first, as BITS has it)."""
-    import shlex
-
     if not command.strip():
         return {"Program": None, "Parameters": None}
     try:
@@ -398,54 +562,402 @@ def notify_cmd_params(command: str) -> dict[str, Any]:
 
 
 @cli.command()
-@click.argument("job")
-@click.option("--json", "as_json", is_flag=True)
+@job_argument()
+@json_option("the GetError answer")
+@socket_option
 @pass_ctx
 @handled
 def error(ctx: Context, job: str, as_json: bool) -> None:
-    """Show the error of a job in ERROR or TRANSIENT_ERROR."""
-    info = ctx.client.get_error(job)
+    """Show the error of a job in ERROR or TRANSIENT_ERROR.
+
+    The HRESULT and its name, the context it happened in (5: the remote file, 4: the local
+    file, …), their descriptions, and the file concerned. A job without an error answers
+    BG_E_ERROR_INFORMATION_UNAVAILABLE.
+
+    \b
+    Example:
+      openbits error nightly --json | jq .ErrorCode
+    """
+    info = ctx.client.invoke(job, "GetError")
     if as_json:
         print_json(info)
-        return
-    click.echo(f"ErrorCode           0x{info['ErrorCode']:08X} {info['Name']}")
-    click.echo(f"ErrorContext        {info['ErrorContext']} {info['ContextDescription']}")
-    click.echo(f"ErrorDescription    {info['ErrorDescription']}")
-    if "RemoteUrl" in info:
-        click.echo(f"File                {info['RemoteUrl']} -> {info['LocalFile']}")
+    else:
+        render.print_error(info)
 
 
-def _watch(client: Client, job: str | None, all_users: bool, as_json: bool) -> None:
-    """``get --watch``: every event as it comes, resuming after the last one if the daemon
-    ends the stream; Ctrl-C exits 130 without a word."""
-    last: int | None = None
-    try:
-        while True:
-            with client.events(last_event_id=last, job=job, all_users=all_users) as stream:
-                for event in stream:
-                    if as_json:
-                        line = {"id": event.id, "event": event.event, "data": event.data}
-                        click.echo(json.dumps(line, separators=(",", ":")))
-                    else:
-                        click.echo(_event_line(event))
-                    if job is not None and event.event in ("JobCancelled", "JobAcknowledged"):
-                        return
-                last = stream.last_event_id
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+@cli.command()
+@job_argument()
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 1).")
+@json_option("the final instance")
+@socket_option
+@pass_ctx
+@handled
+def wait(ctx: Context, job: str, timeout: float | None, as_json: bool) -> None:
+    """Wait until a job is TRANSFERRED, ERROR, ACKNOWLEDGED or CANCELLED.
+
+    Prints the final state (--json: the instance). Exits 0 for TRANSFERRED or ACKNOWLEDGED,
+    1 otherwise. It follows the daemon's events, so it returns as soon as the job ends.
+
+    \b
+    Example:
+      openbits resume nightly && openbits wait nightly && openbits complete nightly
+    """
+    instance = wait_for(ctx.client, job, END_STATES, timeout)
+    if as_json:
+        print_json(ctx.client.get_job(job, include_finished=True))
+    else:
+        click.echo(state_name(instance["State"]))
+    if JobState(instance["State"]) not in SUCCESS_STATES:
+        sys.exit(EXIT_BITS_ERROR)
 
 
-def _event_line(event: StreamEvent) -> str:
-    stamp = time.strftime("%H:%M:%S")
-    data = event.data
-    if event.id is None or not isinstance(data, dict):
-        return f"{stamp}  {event.event}  {json.dumps(data)}"
-    files = f"{data.get('FilesTransferred')}/{data.get('FilesTotal')} files"
-    size = f"{format_bytes(data.get('BytesTransferred', 0))} / {format_bytes(data.get('BytesTotal', 0))}"
-    return (
-        f"{stamp}  {event.id:>6}  {event.event:<16}  {data.get('JobId')}  {data.get('DisplayName')!r}  "
-        f"{state_name(data.get('State', -1))}  {files}  {size}"
+@cli.command(name="take-ownership")
+@job_argument()
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def take_ownership(ctx: Context, job: str, as_json: bool) -> None:
+    """Make you the owner of another user's job (administrators).
+
+    The job then runs with your identity and credentials (bitsadmin /takeownership,
+    Set-BitsTransfer -SetOwnerToCurrentUser). Not built yet: the daemon answers E_NOTIMPL.
+
+    \b
+    Example:
+      sudo openbits take-ownership {5C2A1E24-3E0F-4B0A-9E57-1D8D0A6F5B11}
+    """
+    result = ctx.client.invoke(job, "TakeOwnership")
+    if as_json:
+        print_json(result)
+
+
+# -- files --------------------------------------------------------------------------------------------
+
+
+def _answered(result: dict[str, Any], as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        print_json(result)
+    elif text:
+        click.echo(text)
+
+
+@cli.command()
+@job_argument()
+@click.argument("url")
+@click.argument("dest")
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def add(ctx: Context, job: str, url: str, dest: str, as_json: bool) -> None:
+    """Add a file: URL (http, https, file:// or a path) to DEST.
+
+    DEST is a local path (relative to the current directory); its directory must exist. The
+    file appears there only when the job is completed (Add-BitsFile).
+
+    \b
+    Example:
+      openbits add nightly https://example.com/a.tar /srv/a.tar
+    """
+    _answered(ctx.client.invoke(job, "AddFile", RemoteUrl=source_url(url), LocalFile=absolute(dest)), as_json)
+
+
+@cli.command(name="add-set")
+@job_argument()
+@click.argument("file", metavar="FILE|-", type=click.File("r"))
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def add_set(ctx: Context, job: str, file: IO[str], as_json: bool) -> None:
+    """Add the files listed in FILE (or stdin): all of them or none.
+
+    One 'URL DEST' pair a line, as bitsadmin /addfileset reads them; blank lines and lines
+    starting with # are skipped; quote a name that has spaces. The files are added in one
+    AddFileSet call, so a bad line or a refused file adds nothing.
+
+    \b
+    Example:
+      printf '%s\\n' "https://host/a.iso a.iso" "https://host/b.iso b.iso" | openbits add-set nightly -
+    """
+    where = "stdin" if file.name == "<stdin>" else file.name
+    files = parse_file_set(file.read(), where)
+    result = ctx.client.invoke(job, "AddFileSet", Files=files)
+    _answered(result, as_json)
+
+
+@cli.command(name="add-ranges")
+@job_argument()
+@click.argument("url")
+@click.argument("dest")
+@click.argument("ranges")
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def add_ranges(ctx: Context, job: str, url: str, dest: str, ranges: str, as_json: bool) -> None:
+    """Add byte ranges of a remote file as one local file.
+
+    RANGES is OFFSET:LENGTH,… (a LENGTH of eof runs to the end of the file). The ranges
+    are downloaded one after the other into DEST, which holds only them (AddFileWithRanges,
+    bitsadmin /addfilewithranges). HTTP and HTTPS only; ranges must not overlap.
+
+    \b
+    Example:
+      openbits add-ranges nightly https://host/disk.img head+tail.bin 0:512,1048576:eof
+    """
+    result = ctx.client.invoke(
+        job,
+        "AddFileWithRanges",
+        RemoteUrl=source_url(url),
+        LocalFile=absolute(dest),
+        Ranges=parse_ranges(ranges),
     )
+    _answered(result, as_json)
+
+
+@cli.command()
+@job_argument()
+@click.option("--include-finished", is_flag=True, help="Also for an ACKNOWLEDGED or CANCELLED job.")
+@json_option("the Files array (BitsClientFile instances)")
+@socket_option
+@pass_ctx
+@handled
+def files(ctx: Context, job: str, include_finished: bool, as_json: bool) -> None:
+    """List a job's files: progress, bytes, remote URL and local file.
+
+    One row a file, in the job's order (bitsadmin /listfiles); a file of ranges shows them
+    after its URL.
+
+    \b
+    Example:
+      openbits files nightly
+    """
+    instance = ctx.client.get_job(job, include_finished=include_finished)
+    listed = instance.get("Files") or []
+    if as_json:
+        print_json(listed)
+    elif listed:
+        render.print_files(listed)
+
+
+@cli.command(name="set-remote-name")
+@job_argument()
+@click.argument("local")
+@click.argument("url")
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def set_remote_name(ctx: Context, job: str, local: str, url: str, as_json: bool) -> None:
+    """Change the URL a file of the job comes from.
+
+    LOCAL names the file by its local path (relative to the current directory). The file
+    goes on from where it is when the new URL serves the same content (SetRemoteName).
+
+    \b
+    Example:
+      openbits set-remote-name nightly /srv/a.tar https://mirror.example.com/a.tar
+    """
+    result = ctx.client.invoke(job, "SetRemoteName", LocalFile=absolute(local), RemoteUrl=source_url(url))
+    _answered(result, as_json)
+
+
+@cli.command(name="replace-prefix")
+@job_argument()
+@click.argument("old")
+@click.argument("new")
+@json_option('the answer ({"ReturnValue": 0, "FilesChanged": N})')
+@socket_option
+@pass_ctx
+@handled
+def replace_prefix(ctx: Context, job: str, old: str, new: str, as_json: bool) -> None:
+    """Point the job's URLs that start with OLD at NEW instead.
+
+    Every file not yet transferred whose URL starts with OLD (any case) gets NEW instead
+    (bitsadmin /replaceremoteprefix). Prints how many files changed.
+
+    \b
+    Example:
+      openbits replace-prefix nightly http://old.example.com https://new.example.com
+    """
+    result = ctx.client.invoke(job, "ReplaceRemotePrefix", OldPrefix=old, NewPrefix=new)
+    count = int(result.get("FilesChanged", 0))
+    _answered(result, as_json, f"{count} file{'s' if count != 1 else ''} changed")
+
+
+@cli.command()
+@job_argument()
+@click.option("--file", "local", default=None, metavar="LOCAL", help="The file (its local path).")
+@json_option('the answer ({"ReturnValue": 0, "ResponseHeaders": "…"})')
+@socket_option
+@pass_ctx
+@handled
+def headers(ctx: Context, job: str, local: str | None, as_json: bool) -> None:
+    """Show the HTTP response headers a file of the job last received.
+
+    --file names the file by its local path; a job of one file needs none. Nothing is
+    printed before a response came (GetResponseHeaders).
+
+    \b
+    Example:
+      openbits headers nightly --file /srv/a.tar | grep -i etag
+    """
+    if local is None:
+        listed = ctx.client.get_job(job).get("Files") or []
+        if len(listed) != 1:
+            raise click.UsageError(f"the job has {len(listed)} files: name one with --file LOCAL")
+        local = str(listed[0]["LocalFile"])
+    else:
+        local = absolute(local)
+    result = ctx.client.invoke(job, "GetResponseHeaders", LocalFile=local)
+    if as_json:
+        print_json(result)
+        return
+    text = result.get("ResponseHeaders")
+    if text:
+        click.echo(str(text).replace("\r\n", "\n").rstrip("\n"))
+
+
+# -- transfer options: credentials, proxy, certificate -----------------------------------------------
+
+
+@cli.command()
+@job_argument()
+@click.option("--target", type=click.Choice(TARGETS), default="server", show_default=True)
+@click.option("--scheme", type=click.Choice(SCHEMES), default="basic", show_default=True)
+@click.option(
+    "--user",
+    default=None,
+    help="User name; the password is asked for (or read from stdin). Without it: the "
+    "implicit credentials (ntlm, negotiate).",
+)
+@click.option("--remove", is_flag=True, help="Remove the credentials of TARGET and SCHEME instead.")
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def credentials(
+    ctx: Context, job: str, target: str, scheme: str, user: str | None, remove: bool, as_json: bool
+) -> None:
+    """Set (or --remove) the credentials a job gives a server or proxy.
+
+    The password is never taken from the command line: it is asked for, without echo, on a
+    terminal, or read from the first line of stdin (SetCredentials, RemoveCredentials). Not
+    built yet: the daemon answers E_NOTIMPL.
+
+    \b
+    Example:
+      openbits credentials nightly --scheme basic --user alice < ~/.secrets/alice
+    """
+    t, s = TARGETS.index(target), SCHEMES.index(scheme)
+    if remove:
+        if user is not None:
+            raise click.UsageError("--remove takes no --user")
+        result = ctx.client.invoke(job, "RemoveCredentials", Target=t, Scheme=s)
+    else:
+        password = read_password(f"Password for {user}") if user is not None else None
+        result = ctx.client.invoke(
+            job, "SetCredentials", Target=t, Scheme=s, UserName=user, Password=password
+        )
+    _answered(result, as_json)
+
+
+@cli.command()
+@job_argument()
+@click.argument("usage", type=click.Choice(PROXY_USAGES))
+@click.option("--list", "proxies", default=None, metavar="PROXIES", help="Proxies (override).")
+@click.option("--bypass", default=None, metavar="HOSTS", help="Hosts reached directly (override).")
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def proxy(ctx: Context, job: str, usage: str, proxies: str | None, bypass: str | None, as_json: bool) -> None:
+    """Choose how a job reaches servers (its proxy settings).
+
+    USAGE is preconfig, no-proxy, override or autodetect. preconfig (the default) uses the
+    daemon's proxy environment; no-proxy goes direct; override uses --list (proxies, comma
+    or space separated) and --bypass (hosts reached directly); autodetect detects per file
+    (SetProxySettings). Not built yet: the daemon answers E_NOTIMPL.
+
+    \b
+    Example:
+      openbits proxy nightly override --list http://proxy:3128 --bypass "<local>"
+    """
+    if usage != "override" and (proxies is not None or bypass is not None):
+        raise click.UsageError("--list and --bypass go with override only")
+    params: dict[str, Any] = {"ProxyUsage": PROXY_USAGES.index(usage)}
+    if usage == "override":
+        if not proxies:
+            raise click.UsageError("override needs --list")
+        params["ProxyList"] = " ".join(p for p in proxies.replace(",", " ").split() if p)
+        params["ProxyBypassList"] = bypass or None
+    _answered(ctx.client.invoke(job, "SetProxySettings", **params), as_json)
+
+
+@cli.command()
+@job_argument()
+@click.option(
+    "--store-location",
+    type=click.Choice(STORE_LOCATIONS),
+    default="current-user",
+    show_default=True,
+    help="The certificate store location.",
+)
+@click.option("--store", "store_name", default="MY", show_default=True, help="The store name.")
+@click.option("--hash", "cert_hash", default=None, metavar="HEX", help="The certificate's SHA-1 hash.")
+@click.option("--subject", default=None, help="The certificate's subject name.")
+@click.option("--remove", is_flag=True, help="Remove the job's client certificate.")
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def cert(
+    ctx: Context,
+    job: str,
+    store_location: str,
+    store_name: str,
+    cert_hash: str | None,
+    subject: str | None,
+    remove: bool,
+    as_json: bool,
+) -> None:
+    """Set (or --remove) the client certificate a job shows HTTPS servers.
+
+    The certificate is found in a store by its SHA-1 hash or its subject name
+    (SetClientCertificateById, SetClientCertificateByName, RemoveClientCertificate). Not
+    built yet: the daemon answers E_NOTIMPL.
+
+    \b
+    Example:
+      openbits cert nightly --store MY --subject "CN=backup client"
+    """
+    if sum((cert_hash is not None, subject is not None, remove)) != 1:
+        raise click.UsageError("give exactly one of --hash, --subject and --remove")
+    location = STORE_LOCATIONS.index(store_location)
+    if remove:
+        result = ctx.client.invoke(job, "RemoveClientCertificate")
+    elif cert_hash is not None:
+        try:
+            digest = list(bytes.fromhex(cert_hash.removeprefix("0x").replace(":", "")))
+        except ValueError:
+            raise click.BadParameter(f"{cert_hash!r} is not hexadecimal", param_hint="--hash") from None
+        result = ctx.client.invoke(
+            job, "SetClientCertificateById", CertStoreLocation=location, StoreName=store_name, CertHash=digest
+        )
+    else:
+        result = ctx.client.invoke(
+            job,
+            "SetClientCertificateByName",
+            CertStoreLocation=location,
+            StoreName=store_name,
+            SubjectName=subject,
+        )
+    _answered(result, as_json)
+
+
+# -- waiting and following --------------------------------------------------------------------------
 
 
 def wait_for(
@@ -522,24 +1034,173 @@ def _long_poll(
         )
 
 
+def _watch_events(client: Client, job: str | None, all_users: bool, as_json: bool) -> None:
+    """``get --watch``: every event as it comes, resuming after the last one if the daemon
+    ends the stream; Ctrl-C exits 130 without a word."""
+    last: int | None = None
+    try:
+        while True:
+            with client.events(last_event_id=last, job=job, all_users=all_users) as stream:
+                for event in stream:
+                    click.echo(_event_text(event, as_json))
+                    if job is not None and event.event in ("JobCancelled", "JobAcknowledged"):
+                        return
+                last = stream.last_event_id
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _event_text(event: StreamEvent, as_json: bool) -> str:
+    if as_json:
+        return render.json_line({"id": event.id, "event": event.event, "data": event.data})
+    return render.event_line(event.id, event.event, event.data)
+
+
 @cli.command()
-@click.argument("job")
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
+@click.option(
+    "--until-done",
+    "until",
+    default=None,
+    metavar="JOB",
+    shell_complete=complete_job,
+    help="End when JOB is TRANSFERRED, ERROR, ACKNOWLEDGED or CANCELLED (exit status as wait).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One change a line, as JSON (never a table).")
+@socket_option
 @pass_ctx
 @handled
-def wait(ctx: Context, job: str, timeout: float | None, as_json: bool) -> None:
-    """Wait until a job is TRANSFERRED, ERROR, ACKNOWLEDGED or CANCELLED.
+def watch(ctx: Context, all_users: bool, until: str | None, as_json: bool) -> None:
+    """A live table of your jobs, redrawn as they change; Ctrl-C ends it.
 
-    Exits 0 for TRANSFERRED or ACKNOWLEDGED, 1 otherwise.
+    On a terminal, a table of your jobs (state, files, a progress bar, bytes) redrawn at
+    every change the daemon sends (its event stream: no polling). When stdout is not a
+    terminal, or with --json, one line a change instead: time, event id and type, JobId,
+    name, state, files and bytes (--json: {"id", "event", "data"}). Ctrl-C exits 130
+    without a word.
+
+    \b
+    Example:
+      openbits watch --until-done nightly > nightly.log
     """
-    instance = wait_for(ctx.client, job, END_STATES, timeout)
+    client = ctx.client
+    try:
+        _watch_jobs(client, all_users, until, as_json)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _watch_jobs(client: Client, all_users: bool, until: str | None, as_json: bool) -> None:
+    target: str | None = None
+    if until is not None:
+        target = str(client.get_job(until, include_finished=True, files=False)["JobId"])
+    stream = client.events(all_users=all_users)  # subscribed before the list is read: no gap
+    try:
+        jobs = {str(j["JobId"]): j for j in client.list_jobs(all_users=all_users)}
+        if target is not None:
+            instance = client.get_job(target, include_finished=True, files=False)
+            if JobState(instance["State"]) in END_STATES:
+                _watch_ended(client, target, instance)
+                return
+        table = sys.stdout.isatty() and not as_json
+        display = _LiveJobs(jobs, all_users) if table else None
+        try:
+            while True:
+                try:
+                    event = next(stream)
+                except StopIteration:  # the daemon ended the stream: resume after its last event
+                    stream = client.events(all_users=all_users, last_event_id=stream.last_event_id)
+                    continue
+                data = event.data
+                if event.id is None or not isinstance(data, dict) or "JobId" not in data:  # Reset
+                    jobs = {str(j["JobId"]): j for j in client.list_jobs(all_users=all_users)}
+                    data = None
+                elif event.event in ("JobCancelled", "JobAcknowledged"):
+                    jobs.pop(str(data["JobId"]), None)
+                else:
+                    jobs[str(data["JobId"])] = data
+                if display is not None:
+                    display.draw(jobs)
+                else:
+                    click.echo(_event_text(event, as_json))
+                if (
+                    target is not None
+                    and isinstance(data, dict)
+                    and data["JobId"] == target
+                    and JobState(data["State"]) in END_STATES
+                ):
+                    if display is not None:
+                        display.close()
+                        display = None
+                    _watch_ended(client, target, data)
+                    return
+        finally:
+            if display is not None:
+                display.close()
+    finally:
+        stream.close()
+
+
+def _watch_ended(client: Client, job: str, instance: dict[str, Any]) -> None:
+    state = JobState(instance["State"])
+    if state in SUCCESS_STATES:
+        return
+    if state is JobState.ERROR:
+        err = client.invoke(job, "GetError")
+        fail(f"{job} is in ERROR: error 0x{err['ErrorCode']:08X} {err['Name']}: {err['ErrorDescription']}")
+    fail(f"{job} is {state.name}")
+
+
+class _LiveJobs:
+    """The live table of ``watch`` on a terminal (rich's Live, redrawn at each change)."""
+
+    def __init__(self, jobs: dict[str, dict[str, Any]], all_users: bool) -> None:
+        from rich.live import Live
+
+        self._title = "openbits watch" + (" --all-users" if all_users else "")
+        self._live = Live(self._table(jobs), auto_refresh=False, redirect_stderr=False)
+        self._live.start(refresh=True)
+
+    def _table(self, jobs: dict[str, dict[str, Any]]) -> Any:
+        return render.live_table(jobs, f"{self._title}  {time.strftime('%H:%M:%S')}  (Ctrl-C ends)")
+
+    def draw(self, jobs: dict[str, dict[str, Any]]) -> None:
+        self._live.update(self._table(jobs), refresh=True)
+
+    def close(self) -> None:
+        self._live.stop()
+
+
+@cli.command()
+@click.argument("wql")
+@click.option("--all-users", is_flag=True, help="Every user's jobs (administrators).")
+@json_option("the instances")
+@socket_option
+@pass_ctx
+@handled
+def query(ctx: Context, wql: str, all_users: bool, as_json: bool) -> None:
+    """Run a WQL query: SELECT * | p1, p2 FROM BitsClientJob [WHERE …].
+
+    WHERE takes = <> != < <= > >=, LIKE ('%' and '_'), IS [NOT] NULL, AND, OR, NOT and
+    parentheses; keywords and property names in any case. The selected properties are
+    printed as a table (JobId always comes along); --json prints the instances.
+
+    \b
+    Examples:
+      openbits query "SELECT JobId, DisplayName FROM BitsClientJob WHERE State = 4"
+      openbits query "SELECT * FROM BitsClientJob WHERE DisplayName LIKE 'nightly%'" --json
+    """
+    rows = ctx.client.query(wql, all_users=all_users)
     if as_json:
-        print_json(ctx.client.get_job(job, include_finished=True))
-    else:
-        click.echo(state_name(instance["State"]))
-    if JobState(instance["State"]) not in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED):
-        sys.exit(EXIT_BITS_ERROR)
+        print_json(rows)
+        return
+    if not rows:
+        return
+    columns = list(rows[0])
+    render.print_rows([columns] + [[render.cell(r.get(c)) for c in columns] for r in rows])
+
+
+# -- transfer --------------------------------------------------------------------------------------
 
 
 def _destinations(sources: list[str], dest: str) -> list[tuple[str, str]]:
@@ -561,7 +1222,8 @@ def _destinations(sources: list[str], dest: str) -> list[tuple[str, str]]:
 @click.option("--priority", "-p", default="foreground", help="Priority (default foreground).")
 @click.option("--async", "is_async", is_flag=True, help="Start the job and print its JobId; don't wait.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the final instance as JSON.")
+@json_option("the final instance")
+@socket_option
 @pass_ctx
 @handled
 def transfer(
@@ -569,40 +1231,43 @@ def transfer(
 ) -> None:
     """Download SOURCE to DEST (or several SOURCEs into directory DEST).
 
-    Creates a job, adds the files, resumes it, shows progress, and completes it
-    when every byte is there.  On an error the job is cancelled (as
-    `bitsadmin /transfer` does) and the exit code is 1.
+    Creates a job, adds the files, resumes it, shows progress, and completes it when every
+    byte is there (Start-BitsTransfer). On an error the job is cancelled (as
+    bitsadmin /transfer does) and the exit code is 1; Ctrl-C cancels it too (exit 130).
+
+    \b
+    Example:
+      openbits transfer https://host/a.iso https://host/b.iso ~/isos/
     """
     if len(args) < 2:
         raise click.UsageError("give at least one SOURCE and a DEST")
     pairs = _destinations(list(args[:-1]), args[-1])
     client = ctx.client
-    job = client.create_job(DisplayName=name, Priority=parse_priority(priority))
+    job = str(create_job(client, DisplayName=name, Priority=parse_priority(priority))["JobId"])
     try:
-        client.add_file_set(job, pairs)
-        client.resume(job)
+        client.invoke(job, "AddFileSet", Files=[{"RemoteUrl": r, "LocalFile": loc} for r, loc in pairs])
+        set_state(client, job, RESUME)
     except BaseException:
-        client.cancel(job)
+        cancel_quietly(client, job)
         raise
     if is_async:
-        click.echo(job)
+        click.echo(render.json_line({"JobId": job}) if as_json else job)
         return
     try:
         instance = _follow(client, job, quiet or as_json or not sys.stderr.isatty())
     except KeyboardInterrupt:
-        client.cancel(job)
+        cancel_quietly(client, job)
         fail(f"interrupted; job {job} cancelled", EXIT_INTERRUPTED)
     if instance["State"] != JobState.TRANSFERRED:
-        err = client.get_error(job)
-        client.cancel(job)
+        err = client.invoke(job, "GetError")
+        cancel_quietly(client, job)
         fail(
             f"transfer failed: error 0x{err['ErrorCode']:08X} {err['Name']}: {err['ErrorDescription']} "
             f"(context {err['ErrorContext']}: {err['ContextDescription']}); job {job} cancelled"
         )
-    result = client.complete(job)
-    instance = client.get_job(job, include_finished=True)
+    result = int(set_state(client, job, COMPLETE).get("ReturnValue", 0))
     if as_json:
-        print_json(instance)
+        print_json(client.get_job(job, include_finished=True))
     elif result:
         click.echo(f"Transfer partly complete: 0x{result:08X} {hresult_name(result)}", err=True)
     elif not quiet:
@@ -610,9 +1275,8 @@ def transfer(
 
 
 def _follow(client: Client, job: str, quiet: bool) -> dict[str, Any]:
-    until = {JobState.TRANSFERRED, JobState.ERROR, JobState.CANCELLED, JobState.ACKNOWLEDGED}
     if quiet:
-        return wait_for(client, job, until, None)
+        return wait_for(client, job, END_STATES, None)
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -637,23 +1301,36 @@ def _follow(client: Client, job: str, quiet: bool) -> dict[str, Any]:
             progress.update(
                 task,
                 completed=instance["BytesTransferred"],
-                total=None if total == 0xFFFFFFFFFFFFFFFF else total,
+                total=None if total == render.SIZE_UNKNOWN else total,
                 state=state_name(instance["State"]),
             )
 
-        return wait_for(client, job, until, None, on_poll=update)
+        return wait_for(client, job, END_STATES, None, on_poll=update)
+
+
+# -- the daemon and the shell ---------------------------------------------------------------------
 
 
 @cli.command()
 @click.option(
     "--state-dir", type=click.Path(file_okay=False), default=None, help="Where the job store lives."
 )
-@click.option("--socket", "socket_path", default=None, help="The Unix socket to serve on.")
+@click.option("--socket", "socket_path", default=None, metavar="PATH", help="The Unix socket to serve on.")
 @click.option(
     "--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None, help="A TOML file."
 )
 def serve(state_dir: str | None, socket_path: str | None, config_path: str | None) -> None:
-    """Run the daemon in the foreground (SIGTERM or SIGINT stop it cleanly)."""
+    """Run the daemon in the foreground (SIGTERM or SIGINT stop it cleanly).
+
+    The job store is SQLite in the state directory (default $XDG_STATE_HOME/openbits, else
+    ~/.local/state/openbits); the socket is $XDG_RUNTIME_DIR/openbits/openbits.sock (else in
+    the state directory), mode 0600. The TOML file holds the settings of README
+    "Configuration" (bandwidth limits and schedule, retries, limits).
+
+    \b
+    Example:
+      openbits serve --config ~/.config/openbits.toml &
+    """
     from openbits.config import Config
     from openbits.daemon import run
 
@@ -664,8 +1341,107 @@ def serve(state_dir: str | None, socket_path: str | None, config_path: str | Non
             socket=os.path.abspath(socket_path) if socket_path else None,
         )
     except (OSError, ValueError, TypeError) as e:
-        fail(f"bad configuration: {e}", 2)
+        fail(f"bad configuration: {e}", EXIT_USAGE)
     sys.exit(run(config))
+
+
+@cli.group(invoke_without_command=True)
+@json_option("the BitsServicePolicy instance")
+@socket_option
+@click.pass_context
+@handled
+def policy(cctx: click.Context, as_json: bool) -> None:
+    """Show the service policy: bandwidth limits, their schedule, scheduling.
+
+    Prints the BitsServicePolicy instance: the limits per priority, the weekly schedule or
+    work hours, the number of background jobs that run at once, the time slice, and the
+    limit in force now. 'policy set' changes it (administrators).
+
+    \b
+    Example:
+      openbits policy --json | jq .CurrentBandwidthLimitText
+    """
+    if cctx.invoked_subcommand is not None:
+        return
+    result = cctx.ensure_object(Context).client.request("GET", POLICY)
+    if as_json:
+        print_json(result)
+    else:
+        render.print_policy(result)
+
+
+@policy.command(name="set")
+@click.argument("settings", nargs=-1, required=True, metavar="KEY=VALUE...")
+@json_option("the new BitsServicePolicy instance")
+@socket_option
+@pass_ctx
+@handled
+def policy_set(ctx: Context, settings: tuple[str, ...], as_json: bool) -> None:
+    """Change the service policy (administrators): all the settings or none.
+
+    KEY is a BitsServicePolicy property (MaxBandwidth, BandwidthSchedule, High-, Normal-,
+    LowPriorityBandwidth, ForegroundLimited, WorkHours, WorkBandwidth, NonWorkBandwidth,
+    MaxConcurrentBackgroundJobs, TimeSlice). VALUE is JSON when it parses (10, true, null)
+    and a string otherwise: rates as 10M, 512k or off, the schedule as rclone's
+    "Mon-08:00,1M Mon-18:00,off". The change applies at once, persists, and is printed.
+
+    \b
+    Example:
+      sudo openbits policy set MaxBandwidth=10M "WorkHours=Mon-Fri 08-17" WorkBandwidth=1M
+    """
+    changes: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{setting!r}: use KEY=VALUE", param_hint="KEY=VALUE")
+        changes[key.strip()] = policy_value(value)
+    result = ctx.client.request("PATCH", POLICY, changes)
+    if as_json:
+        print_json(result)
+    else:
+        render.print_policy(result)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    Commands, options, choices and your jobs' names complete. The script calls openbits
+    with _OPENBITS_COMPLETE set (click's completion): source it from your shell's start-up
+    file, or install it where your shell looks for completions.
+
+    \b
+    Examples:
+      eval "$(openbits completion bash)"                   # in ~/.bashrc
+      eval "$(openbits completion zsh)"                    # in ~/.zshrc
+      openbits completion fish > ~/.config/fish/completions/openbits.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    if cls is None:  # (click knows the three)
+        raise click.BadParameter(shell, param_hint="SHELL")
+    click.echo(cls(cli, {}, "openbits", "_OPENBITS_COMPLETE").source())
+
+
+@cli.command()
+@json_option('the version ({"Version": "…"})')
+def version(as_json: bool) -> None:
+    """Print the version of openbits.
+
+    The version of this command line (the daemon it talks to is installed with it).
+
+    \b
+    Example:
+      openbits version
+    """
+    from openbits import __version__
+
+    if as_json:
+        print_json({"Version": __version__})
+    else:
+        click.echo(f"openbits {__version__}")
 
 
 def main() -> None:

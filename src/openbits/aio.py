@@ -1,0 +1,621 @@
+"""The asyncio client of the daemon's API: :class:`AsyncClient`, on aiohttp, with the
+same methods as :class:`openbits.client.Client` (as coroutines) and the same ways to find
+the daemon.  Requests, answers and errors are built by the helpers of ``openbits.client``;
+aiohttp is imported when a client first connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import json
+import time
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from openbits.client import (
+    _RECONNECT_FIRST_DELAY_S,
+    _RECONNECT_MAX_DELAY_S,
+    CLASS,
+    POLICY,
+    WAIT_UNTIL,
+    DaemonUnavailable,
+    FilePairs,
+    Progress,
+    SseParser,
+    StreamEvent,
+    _answer,
+    _create_body,
+    _Endpoint,
+    _EventFilter,
+    _events_request,
+    _file_pairs,
+    _get_job_path,
+    _headers_text,
+    _job_failed,
+    _job_path,
+    _json_value,
+    _list_path,
+    _not_transferred,
+    _ranges,
+    _timed_out,
+    _wmi_props,
+)
+from openbits.errors import BitsError, HResult
+from openbits.jobs import BitsJob, JobErrorInfo, JobEvent
+from openbits.model import JobPriority, JobState, JobType
+
+if TYPE_CHECKING:
+    import aiohttp
+
+
+async def _report(progress: Progress | None, job: BitsJob) -> None:
+    if progress is not None:
+        result = progress(job)
+        if inspect.isawaitable(result):
+            await result
+
+
+class AsyncClient:
+    """The daemon's API for asyncio, on aiohttp: the same methods as :class:`Client`, as
+    coroutines, and the same ways to find the daemon (``socket``, ``url`` + ``token``,
+    $OPENBITS_SOCKET, $OPENBITS_URL + $OPENBITS_TOKEN, the default socket)::
+
+        async with AsyncClient() as client:
+            job = await client.transfer({"https://host/a.iso": "/srv/a.iso"})
+
+    A pool of connections serves the calls (concurrent calls are fine); ``await close()``
+    (or ``async with``) releases them.
+    """
+
+    def __init__(
+        self,
+        socket: str | None = None,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self._endpoint = _Endpoint.resolve(socket, url, token)
+        self.socket = self._endpoint.socket
+        self.url = self._endpoint.url
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return self._endpoint.describe("AsyncClient")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            import aiohttp  # (here, not at import time: `import openbits` stays fast)
+
+            ep = self._endpoint
+            connector: aiohttp.BaseConnector = (
+                aiohttp.UnixConnector(path=ep.socket) if ep.socket is not None else aiohttp.TCPConnector()
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
+            )
+        return self._session
+
+    def _url(self, path: str) -> Any:
+        from yarl import URL
+
+        base = "http://localhost" if self._endpoint.socket is not None else self._endpoint.url
+        return URL(f"{base}{path}", encoded=True)
+
+    def _connect_error(self, error: Exception) -> Exception:
+        os_error = getattr(error, "os_error", None)
+        unavailable = self._endpoint.unavailable(os_error) if isinstance(os_error, OSError) else None
+        return unavailable if unavailable is not None else error
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        """One call: its JSON answer, or the BitsError of a failing one."""
+        import aiohttp
+
+        data = None if body is None else json.dumps(body).encode()
+        headers = self._endpoint.headers({"Content-Type": "application/json"} if data is not None else None)
+        for attempt in (0, 1):
+            try:
+                async with self._http().request(method, self._url(path), data=data, headers=headers) as resp:
+                    status, payload = resp.status, await resp.read()
+                break
+            except aiohttp.ClientConnectorError as e:
+                raise self._connect_error(e) from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                if attempt:  # (a kept-alive connection that went away gets one fresh try)
+                    raise ConnectionError(
+                        f"the daemon {self._endpoint.where} closed the connection: {e}"
+                    ) from None
+        return _answer(status, payload)
+
+    async def _open_stream(self, path: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=None)
+        try:
+            resp = await self._http().get(
+                self._url(path), headers=self._endpoint.headers(headers), timeout=timeout
+            )
+        except aiohttp.ClientConnectorError as e:
+            raise self._connect_error(e) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            raise ConnectionError(f"the daemon {self._endpoint.where} closed the connection: {e}") from None
+        if resp.status >= 400:
+            payload = await resp.read()
+            resp.release()
+            _answer(resp.status, payload)
+        return resp
+
+    # -- jobs: CIM level ----------------------------------------------------------------------
+
+    async def list_jobs(self, all_users: bool = False, where: str | None = None) -> list[dict[str, Any]]:
+        jobs: list[dict[str, Any]] = await self.request("GET", _list_path(all_users, where))
+        return jobs
+
+    async def query(self, wql: str, all_users: bool = False) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"Query": wql}
+        if all_users:
+            body["AllUsers"] = True
+        result: list[dict[str, Any]] = await self.request("POST", "/root/microsoft/bits/Query", body)
+        return result
+
+    async def get_job(
+        self,
+        job: str,
+        include_finished: bool = False,
+        files: bool = True,
+        wait_while: Iterable[int] = (),
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        path = _get_job_path(job, include_finished, files, wait_while, wait_timeout, self.timeout)
+        result: dict[str, Any] = await self.request("GET", path)
+        return result
+
+    async def create_job(self, **params: Any) -> str:
+        result = await self.request("POST", f"{CLASS}/CreateJob", params)
+        return str(result["JobId"])
+
+    async def invoke(self, job: str, method: str, **params: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", _job_path(job, method), params)
+        return result
+
+    async def get_error(self, job: str) -> dict[str, Any]:
+        return await self.invoke(job, "GetError")
+
+    async def set_properties(self, job: str, **props: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("PATCH", _job_path(job), _wmi_props(props))
+        return result
+
+    # -- jobs: typed -----------------------------------------------------------------------------
+
+    async def new_job(
+        self,
+        display_name: str = "",
+        remote_url: str | None = None,
+        local_file: str | None = None,
+        *,
+        suspend: bool = True,
+        description: str | None = None,
+        priority: JobPriority | int | None = None,
+        job_type: JobType | int | None = None,
+    ) -> BitsJob:
+        body = _create_body(display_name, remote_url, local_file, suspend, description, priority, job_type)
+        job_id = str((await self.request("POST", f"{CLASS}/CreateJob", body))["JobId"])
+        return await self.job(job_id)
+
+    async def job(self, job: str, *, include_finished: bool = False) -> BitsJob:
+        return BitsJob.from_cim(await self.get_job(job, include_finished=include_finished))
+
+    async def jobs(self, all_users: bool = False, where: str | None = None) -> list[BitsJob]:
+        return [BitsJob.from_cim(j) for j in await self.list_jobs(all_users, where)]
+
+    async def update_job(self, job: str, **props: Any) -> BitsJob:
+        return BitsJob.from_cim(await self.set_properties(job, **props))
+
+    async def job_error(self, job: str) -> JobErrorInfo:
+        return JobErrorInfo.from_cim(await self.get_error(job))
+
+    # -- the verbs --------------------------------------------------------------------------------
+
+    async def add_file(self, job: str, remote_url: str, local_file: str) -> None:
+        await self.invoke(job, "AddFile", RemoteUrl=remote_url, LocalFile=local_file)
+
+    async def add_file_set(self, job: str, files: FilePairs) -> None:
+        await self.invoke(job, "AddFileSet", Files=_file_pairs(files))
+
+    async def add_file_with_ranges(
+        self, job: str, remote_url: str, local_file: str, ranges: Iterable[tuple[int, int | None]]
+    ) -> None:
+        await self.invoke(
+            job, "AddFileWithRanges", RemoteUrl=remote_url, LocalFile=local_file, Ranges=_ranges(ranges)
+        )
+
+    async def set_job_state(self, job: str, state: int) -> int:
+        return int((await self.invoke(job, "SetJobState", JobState=state))["ReturnValue"])
+
+    async def cancel(self, job: str) -> int:
+        return await self.set_job_state(job, 0)
+
+    async def complete(self, job: str) -> int:
+        return await self.set_job_state(job, 1)
+
+    async def resume(self, job: str) -> int:
+        return await self.set_job_state(job, 2)
+
+    async def suspend(self, job: str) -> int:
+        return await self.set_job_state(job, 3)
+
+    async def set_maximum_download_time(self, job: str, seconds: int | timedelta | None) -> None:
+        await self.invoke(job, "SetMaximumDownloadTime", MaximumDownloadTime=_json_value(seconds))
+
+    async def set_custom_headers(self, job: str, headers: str | Mapping[str, str] | None) -> None:
+        await self.invoke(job, "SetCustomHeaders", CustomHeaders=_headers_text(headers))
+
+    async def set_security_flags(self, job: str, flags: int | None) -> None:
+        await self.invoke(job, "SetSecurityFlags", SecurityFlags=None if flags is None else int(flags))
+
+    async def set_notify_flags(self, job: str, flags: int | None) -> None:
+        await self.invoke(job, "SetNotifyFlags", NotifyFlags=None if flags is None else int(flags))
+
+    async def set_notify_cmd_line(self, job: str, program: str | None, parameters: str | None = None) -> None:
+        await self.invoke(job, "SetNotifyCmdLine", Program=program, Parameters=parameters)
+
+    async def set_notify_url(self, job: str, url: str | None) -> None:
+        await self.invoke(job, "SetNotifyUrl", NotifyUrl=url)
+
+    async def set_remote_name(self, job: str, local_file: str, remote_url: str) -> None:
+        await self.invoke(job, "SetRemoteName", LocalFile=local_file, RemoteUrl=remote_url)
+
+    async def replace_remote_prefix(self, job: str, old_prefix: str, new_prefix: str) -> int:
+        result = await self.invoke(job, "ReplaceRemotePrefix", OldPrefix=old_prefix, NewPrefix=new_prefix)
+        return int(result.get("FilesChanged", 0))
+
+    async def get_response_headers(self, job: str, local_file: str | None = None) -> str | None:
+        params = {} if local_file is None else {"LocalFile": local_file}
+        headers: str | None = (await self.invoke(job, "GetResponseHeaders", **params)).get("ResponseHeaders")
+        return headers
+
+    # -- the service ---------------------------------------------------------------------------------
+
+    async def policy(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", POLICY)
+        return result
+
+    async def set_policy(self, **props: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("PATCH", POLICY, _wmi_props(props))
+        return result
+
+    # -- live events ------------------------------------------------------------------------------------
+
+    def events(
+        self,
+        last_event_id: int | None = None,
+        job: str | None = None,
+        types: Iterable[str] | None = None,
+        all_users: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncEventStream:
+        """``GET /events`` as raw :class:`StreamEvent` s (see ``Client.events``); it connects
+        at ``await stream.open()``, ``async with`` or the first ``async for``."""
+        path, headers = _events_request(last_event_id, job, types, all_users)
+        return AsyncEventStream(self, path, headers, timeout, last_event_id)
+
+    def job_events(
+        self,
+        last_event_id: int | None = None,
+        job: str | None = None,
+        types: Iterable[str] | None = None,
+        all_users: bool = False,
+        *,
+        reconnect: bool = True,
+        timeout: float | None = None,
+        reconnect_timeout: float = 30.0,
+    ) -> AsyncJobEventStream:
+        """Typed :class:`~openbits.jobs.JobEvent` s as they happen::
+
+            async for event in client.job_events(job=job_id):
+                print(event.id, event.type, event.job)
+
+        ``reconnect`` (on by default): when the stream ends, connect again with
+        Last-Event-ID (no event missed or repeated), backing off from 50 ms to 2 s while
+        no daemon answers, for up to ``reconnect_timeout`` seconds (then
+        DaemonUnavailable).  ``timeout``: the longest wait for the next event."""
+        event_filter = (job, tuple(types) if types is not None else None, all_users)
+        return AsyncJobEventStream(self, event_filter, last_event_id, timeout, reconnect, reconnect_timeout)
+
+    # -- waiting and transferring ------------------------------------------------------------------
+
+    async def wait(
+        self,
+        job: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - the same signature as Client.wait
+        *,
+        until: Collection[JobState] = WAIT_UNTIL,
+    ) -> BitsJob:
+        """See ``Client.wait``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return await self._follow(job, frozenset(until), deadline, None)
+
+    async def transfer(
+        self,
+        files: FilePairs,
+        display_name: str = "",
+        *,
+        description: str | None = None,
+        priority: JobPriority | int | None = None,
+        progress: Progress | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the same signature as Client.transfer
+    ) -> BitsJob:
+        """See ``Client.transfer``; ``progress`` may be a coroutine function.  A cancelled
+        task cancels its job."""
+        pairs = _file_pairs(files)
+        if not pairs:
+            raise ValueError("transfer() needs at least one (remote_url, local_file) pair")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job_id = (await self.new_job(display_name, description=description, priority=priority)).job_id
+        done = False
+        try:
+            await self.invoke(job_id, "AddFileSet", Files=pairs)
+            await self.resume(job_id)
+            job = await self._follow(job_id, WAIT_UNTIL, deadline, progress)
+            if job.state is JobState.ERROR:
+                raise _job_failed(await self.job_error(job_id), job_id)
+            if job.state is not JobState.TRANSFERRED:
+                raise _not_transferred(job)
+            await self.complete(job_id)
+            done = True
+        finally:
+            if not done:
+                await self._cancel_quietly(job_id)
+        final = await self.job(job_id, include_finished=True)
+        await _report(progress, final)
+        return final
+
+    async def _cancel_quietly(self, job: str) -> None:
+        with contextlib.suppress(BitsError, DaemonUnavailable, OSError):
+            await self.cancel(job)
+
+    async def _follow(
+        self, job: str, until: frozenset[JobState], deadline: float | None, progress: Progress | None
+    ) -> BitsJob:
+        events = self.job_events(job=job)
+        try:
+            await events.open()  # subscribed before the state is read
+        except BitsError as e:
+            if e.hresult != HResult.E_NOTIMPL:
+                raise
+            return await self._long_poll(job, until, deadline, progress)
+        async with events:
+            current = await self.job(job, include_finished=True)
+            fresh = True
+            while True:
+                await _report(progress, current)
+                if current.state in until:
+                    break
+                if deadline is not None:
+                    events.timeout = deadline - time.monotonic()
+                    if events.timeout <= 0:
+                        raise _timed_out(job, current.state)
+                try:
+                    event = await events.__anext__()
+                except TimeoutError:
+                    raise _timed_out(job, current.state) from None
+                if event.job is not None:
+                    current, fresh = event.job, False
+                else:
+                    current, fresh = await self.job(job, include_finished=True), True
+        if fresh:
+            return current
+        latest = await self.job(job, include_finished=True)
+        return latest if latest.state in until else current
+
+    async def _long_poll(
+        self, job: str, until: frozenset[JobState], deadline: float | None, progress: Progress | None
+    ) -> BitsJob:
+        others = [s for s in JobState if s not in until]
+        current = await self.job(job, include_finished=True)
+        while True:
+            await _report(progress, current)
+            if current.state in until:
+                return current
+            wait = 30.0 if progress is None else 0.5
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _timed_out(job, current.state)
+                wait = min(wait, left)
+            raw = await self.get_job(job, include_finished=True, wait_while=others, wait_timeout=wait)
+            current = BitsJob.from_cim(raw)
+
+
+class AsyncEventStream(AsyncIterator[StreamEvent]):
+    """The stream of ``AsyncClient.events()``: ``async for`` it; ``await aclose()`` it (or
+    use ``async with``).  ``last_event_id`` and ``timeout`` as in :class:`EventStream`."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        path: str,
+        headers: Mapping[str, str],
+        timeout: float | None,
+        last_event_id: int | None,
+    ) -> None:
+        self.timeout = timeout
+        self.last_event_id = last_event_id
+        self._client = client
+        self._path = path
+        self._headers = headers
+        self._resp: aiohttp.ClientResponse | None = None
+        self._ended = False
+        self._parser = SseParser()
+        self._lines: collections.deque[str] = collections.deque()
+        self._buffer = b""
+        self._ahead: StreamEvent | None = None
+
+    async def open(self) -> AsyncEventStream:
+        """Connect (once) and read the daemon's opening, so ``last_event_id`` is known."""
+        if self._resp is None and not self._ended:
+            self._resp = await self._client._open_stream(self._path, self._headers)
+            saved, self.timeout = self.timeout, self._client.timeout
+            try:
+                self._ahead = await self._read(opening=True)
+            except StopAsyncIteration:
+                pass
+            finally:
+                self.timeout = saved
+        return self
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        await self.open()
+        ahead, self._ahead = self._ahead, None
+        while ahead is None:
+            ahead = await self._read()
+        return ahead
+
+    async def _read(self, opening: bool = False) -> StreamEvent | None:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            while self._lines:
+                line = self._lines.popleft()
+                event = self._parser.feed(line)
+                last = self._parser.last_event_id
+                if last is not None and last.isdigit():
+                    self.last_event_id = int(last)
+                if event is not None or (opening and not line):
+                    return event
+            await self._fill(deadline)
+
+    async def _fill(self, deadline: float | None) -> None:
+        import aiohttp
+
+        if self._resp is None or self._ended:
+            raise StopAsyncIteration
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            await self.aclose()
+            raise TimeoutError("no event before the timeout")
+        try:
+            async with asyncio.timeout(left):
+                chunk = await self._resp.content.readany()
+        except TimeoutError:
+            await self.aclose()
+            raise TimeoutError("no event before the timeout") from None
+        except (aiohttp.ClientError, OSError, ValueError):
+            chunk = b""  # the daemon went away: the stream ends
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        *complete, self._buffer = (self._buffer + chunk).split(b"\n")
+        for raw in complete:
+            text = raw.decode("utf-8", "replace")
+            self._lines.extend((text[:-1] if text.endswith("\r") else text).split("\r"))
+
+    async def aclose(self) -> None:
+        self._ended = True
+        if self._resp is not None:
+            self._resp.close()
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncJobEventStream(AsyncIterator[JobEvent]):
+    """The stream of ``AsyncClient.job_events()``: ``async for`` it; ``await aclose()`` it
+    (or use ``async with``)."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        event_filter: _EventFilter,
+        last_event_id: int | None,
+        timeout: float | None,
+        reconnect: bool,
+        reconnect_timeout: float,
+    ) -> None:
+        self.timeout = timeout
+        self.reconnect = reconnect
+        self.reconnect_timeout = reconnect_timeout
+        self._client = client
+        self._filter = event_filter
+        job, types, all_users = event_filter
+        self._stream = client.events(last_event_id, job, types, all_users)
+        self._closed = False
+
+    @property
+    def last_event_id(self) -> int | None:
+        return self._stream.last_event_id
+
+    async def open(self) -> AsyncJobEventStream:
+        await self._stream.open()
+        return self
+
+    def __aiter__(self) -> AsyncJobEventStream:
+        return self
+
+    async def __anext__(self) -> JobEvent:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while not self._closed:
+            self._stream.timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                event = await self._stream.__anext__()
+            except StopAsyncIteration:
+                if not self.reconnect:
+                    break
+                await self._reopen(deadline)
+                continue
+            return JobEvent.from_sse(event.id, event.event, event.data)
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def _reopen(self, deadline: float | None) -> None:
+        give_up = time.monotonic() + self.reconnect_timeout
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        delay = _RECONNECT_FIRST_DELAY_S
+        job, types, all_users = self._filter
+        while True:
+            stream = self._client.events(self.last_event_id, job, types, all_users)
+            try:
+                self._stream = await stream.open()
+                return
+            except (DaemonUnavailable, ConnectionError):
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    if deadline is not None and deadline <= give_up:
+                        raise TimeoutError("no event before the timeout (the daemon is away)") from None
+                    raise
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, _RECONNECT_MAX_DELAY_S)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> AsyncJobEventStream:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+__all__ = ["AsyncClient", "AsyncEventStream", "AsyncJobEventStream"]

@@ -1,0 +1,232 @@
+"""What the `openbits` command line draws: plain-text tables, job and file listings, event
+lines, and the live table of `openbits watch`.
+
+Plain text is written with click; rich is imported only by the two displays that need a
+terminal (the live table here and the progress bar of `transfer`), so the other commands
+start without it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import click
+
+from openbits.model import JobPriority, JobState
+
+SIZE_UNKNOWN = 0xFFFFFFFFFFFFFFFF
+LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF
+
+
+def state_name(value: int) -> str:
+    try:
+        return JobState(value).name
+    except ValueError:
+        return str(value)
+
+
+def priority_name(value: int) -> str:
+    try:
+        return JobPriority(value).name
+    except ValueError:
+        return str(value)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def json_line(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def format_bytes(n: int) -> str:
+    if n == SIZE_UNKNOWN:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def print_rows(rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell, two spaces apart; the first row is the header."""
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+JOB_COLUMNS = ("JOBID", "NAME", "STATE", "PRIORITY", "FILES", "BYTES")
+
+
+def job_row(j: Mapping[str, Any]) -> tuple[str, str, str, str, str, str]:
+    return (
+        str(j["JobId"]),
+        str(j["DisplayName"]),
+        state_name(j["State"]),
+        priority_name(j["Priority"]),
+        f"{j['FilesTransferred']}/{j['FilesTotal']}",
+        f"{format_bytes(j['BytesTransferred'])} / {format_bytes(j['BytesTotal'])}",
+    )
+
+
+def print_table(jobs: Iterable[Mapping[str, Any]]) -> None:
+    print_rows([JOB_COLUMNS, *(job_row(j) for j in jobs)])
+
+
+def print_job(job: Mapping[str, Any]) -> None:
+    fields = [
+        ("JobId", job["JobId"]),
+        ("DisplayName", job["DisplayName"]),
+        ("Description", job["Description"]),
+        ("State", state_name(job["State"])),
+        ("Priority", str(job["Priority"])),
+        ("Owner", job["Owner"]),
+        ("Files", f"{job['FilesTransferred']} of {job['FilesTotal']} transferred"),
+        ("Bytes", f"{job['BytesTransferred']} of {format_bytes(job['BytesTotal'])}"),
+        ("TransientErrorCount", str(job["TransientErrorCount"])),
+        ("MinimumRetryDelay", f"{job['MinimumRetryDelay']} s"),
+        ("NoProgressTimeout", f"{job['NoProgressTimeout']} s"),
+    ]
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        click.echo(f"{key.ljust(width)}  {value}")
+    for i, f in enumerate(job.get("Files") or []):
+        done = "done" if f["Completed"] else f"{f['BytesTransferred']}/{format_bytes(f['BytesTotal'])}"
+        click.echo(f"File {i}: {f['RemoteUrl']} -> {f['LocalFile']} ({done})")
+
+
+def file_progress(f: Mapping[str, Any]) -> str:
+    if f.get("Completed"):
+        return "done"
+    total = int(f.get("BytesTotal", SIZE_UNKNOWN))
+    done = int(f.get("BytesTransferred", 0))
+    if total in (SIZE_UNKNOWN, 0):
+        return "-" if done == 0 else "…"
+    return f"{100 * done // total}%"
+
+
+def format_ranges(ranges: Sequence[Mapping[str, int]]) -> str:
+    return ",".join(
+        f"{r['InitialOffset']}:{'eof' if r['Length'] == LENGTH_TO_EOF else r['Length']}" for r in ranges
+    )
+
+
+def print_files(files: Sequence[Mapping[str, Any]]) -> None:
+    """The files table of `openbits files`: one row a file, in the job's order."""
+    rows: list[tuple[str, ...]] = [("#", "DONE", "BYTES", "REMOTE URL", "LOCAL FILE")]
+    for i, f in enumerate(files):
+        remote = str(f["RemoteUrl"])
+        if f.get("Ranges"):
+            remote += f" [{format_ranges(f['Ranges'])}]"
+        rows.append(
+            (
+                str(i),
+                file_progress(f),
+                f"{format_bytes(f['BytesTransferred'])} / {format_bytes(f['BytesTotal'])}",
+                remote,
+                str(f["LocalFile"]),
+            )
+        )
+    print_rows(rows)
+
+
+def print_error(info: Mapping[str, Any]) -> None:
+    click.echo(f"ErrorCode           0x{info['ErrorCode']:08X} {info['Name']}")
+    click.echo(f"ErrorContext        {info['ErrorContext']} {info['ContextDescription']}")
+    click.echo(f"ErrorDescription    {info['ErrorDescription']}")
+    if "RemoteUrl" in info:
+        click.echo(f"File                {info['RemoteUrl']} -> {info['LocalFile']}")
+
+
+def policy_value(name: str, value: Any) -> str:
+    if name.endswith("Bandwidth") or name == "CurrentBandwidthLimit":
+        if value is None:
+            return "unlimited"
+        if isinstance(value, int):
+            return f"{value} B/s ({format_bytes(value)}/s)" if value else "0 (blocked)"
+    if name == "TimeSlice" and isinstance(value, int | float):
+        return f"{value:g} s"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return cell(value)
+
+
+def print_policy(policy: Mapping[str, Any]) -> None:
+    width = max((len(k) for k in policy), default=0)
+    for key, value in policy.items():
+        click.echo(f"{key.ljust(width)}  {policy_value(key, value)}")
+
+
+def event_line(event_id: int | None, event: str, data: Any) -> str:
+    """One change as a line: time, event id and type, then the job's id, name, state,
+    files and bytes."""
+    stamp = time.strftime("%H:%M:%S")
+    if event_id is None or not isinstance(data, dict):
+        return f"{stamp}  {event}  {json.dumps(data)}"
+    files = f"{data.get('FilesTransferred')}/{data.get('FilesTotal')} files"
+    size = f"{format_bytes(data.get('BytesTransferred', 0))} / {format_bytes(data.get('BytesTotal', 0))}"
+    return (
+        f"{stamp}  {event_id:>6}  {event:<16}  {data.get('JobId')}  {data.get('DisplayName')!r}  "
+        f"{state_name(data.get('State', -1))}  {files}  {size}"
+    )
+
+
+# -- the live table of `openbits watch` (a terminal only: rich is imported here) ------------------
+
+_STATE_STYLES = {
+    "TRANSFERRING": "green",
+    "TRANSFERRED": "bold green",
+    "ERROR": "bold red",
+    "TRANSIENT_ERROR": "yellow",
+    "SUSPENDED": "dim",
+    "QUEUED": "cyan",
+    "CONNECTING": "cyan",
+}
+
+
+def live_table(jobs: Mapping[str, Mapping[str, Any]], title: str) -> Any:
+    """A rich Table of ``jobs`` (JobId -> instance) with a progress column."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, title_justify="left", expand=False, header_style="bold")
+    for column in ("JOBID", "NAME", "STATE", "PRIORITY", "FILES", "PROGRESS", "BYTES"):
+        table.add_column(column, no_wrap=column in ("JOBID", "STATE", "PROGRESS"))
+    for job in jobs.values():
+        job_id, name, state, priority, files, size = job_row(job)
+        total, done = int(job["BytesTotal"]), int(job["BytesTransferred"])
+        progress = "-" if total in (0, SIZE_UNKNOWN) else _bar(done / total)
+        table.add_row(  # Text, not markup: a display name may hold "[…]"
+            Text(job_id),
+            Text(name),
+            Text(state, style=_STATE_STYLES.get(state, "")),
+            Text(priority),
+            Text(files),
+            Text(progress),
+            Text(size),
+        )
+    if not jobs:
+        table.caption = "no jobs"
+    return table
+
+
+def _bar(fraction: float, width: int = 12) -> str:
+    fraction = max(0.0, min(1.0, fraction))
+    full = round(fraction * width)
+    return f"{'█' * full}{'░' * (width - full)} {fraction * 100:3.0f}%"
