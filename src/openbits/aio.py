@@ -299,6 +299,23 @@ class AsyncClient:
         result: dict[str, Any] = await self.request("PATCH", POLICY, _wmi_props(props))
         return result
 
+    # -- bearer tokens of the TCP listener (over the Unix socket only) --------------------------------
+
+    async def create_token(self, description: str = "") -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", "/tokens", {"Description": description})
+        return result
+
+    async def tokens(self, all_users: bool = False) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.request(
+            "GET", "/tokens?AllUsers=true" if all_users else "/tokens"
+        )
+        return result
+
+    async def revoke_token(self, token_id: str) -> None:
+        from urllib.parse import quote
+
+        await self.request("DELETE", f"/tokens/{quote(token_id, safe='')}")
+
     # -- live events ------------------------------------------------------------------------------------
 
     def events(

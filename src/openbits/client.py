@@ -594,6 +594,24 @@ class Client:
         result: dict[str, Any] = self.request("PATCH", POLICY, _wmi_props(props))
         return result
 
+    # -- bearer tokens of the TCP listener (over the Unix socket only) ----------------------
+
+    def create_token(self, description: str = "") -> dict[str, Any]:
+        """A token acting as you on the TCP listener: ``{"TokenId", "Token", …}``; the only
+        time the token is shown."""
+        result: dict[str, Any] = self.request("POST", "/tokens", {"Description": description})
+        return result
+
+    def tokens(self, all_users: bool = False) -> list[dict[str, Any]]:
+        """Your tokens (ids and descriptions; never the tokens)."""
+        result: list[dict[str, Any]] = self.request(
+            "GET", "/tokens?AllUsers=true" if all_users else "/tokens"
+        )
+        return result
+
+    def revoke_token(self, token_id: str) -> None:
+        self.request("DELETE", f"/tokens/{quote(token_id, safe='')}")
+
     # -- live events (GET /events) ----------------------------------------------------------
 
     def events(

@@ -228,9 +228,11 @@ def test_completion_scripts_and_completing_jobs(daemon: Daemon) -> None:
     assert job in complete("openbits files {")
 
 
-def test_version() -> None:
-    assert ok(run(None, "version")).strip() == "openbits 0.1.0"
-    assert ok_json(run(None, "version", "--json")) == {"Version": "0.1.0"}
+def test_version(daemon: Daemon) -> None:
+    assert ok(run(None, "version")).strip() == "openbits 0.1.0 (no daemon answers)"
+    assert ok_json(run(None, "version", "--json")) == {"Version": "0.1.0", "DaemonVersion": None}
+    assert ok(run(daemon, "version")).strip() == "openbits 0.1.0 (daemon 0.1.0)"
+    assert ok_json(run(daemon, "version", "--json")) == {"Version": "0.1.0", "DaemonVersion": "0.1.0"}
     assert ok(run(None, "--version")).strip() == "openbits 0.1.0"
 
 

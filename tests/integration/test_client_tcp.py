@@ -23,9 +23,9 @@ def tcp_daemon(tmp_path: Path) -> Iterator[tuple[Daemon, str, str]]:
     daemon = Daemon(tmp_path / "state", config={"listen": f"127.0.0.1:{port}"})
     daemon.start()
     try:
-        status, body = daemon.api("POST", "/tokens", {"Description": "test"})
-        assert status == 200, body
+        body = daemon.client.create_token("test")
         assert body["Token"] and body["TokenId"]
+        assert [t["TokenId"] for t in daemon.client.tokens()] == [body["TokenId"]]
         yield daemon, f"http://127.0.0.1:{port}", body["Token"]
     finally:
         daemon.stop()
@@ -81,6 +81,11 @@ async def test_async_client_over_tcp(
     digest = make_file(nginx.www, "tcp/async.bin", 100 * 1024, seed=602)
     dest = tmp_path / "out"
     dest.mkdir()
+    async with AsyncClient(socket=_daemon.socket) as local:  # tokens: over the Unix socket
+        spare = await local.create_token("spare")
+        assert spare["TokenId"] in {t["TokenId"] for t in await local.tokens()}
+        await local.revoke_token(spare["TokenId"])
+        assert spare["TokenId"] not in {t["TokenId"] for t in await local.tokens()}
     async with AsyncClient(url=url, token=token) as client:
         assert token not in repr(client)
         job = await client.new_job("async over tcp")

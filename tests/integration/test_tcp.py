@@ -243,3 +243,63 @@ def test_a_token_acts_as_the_user_who_asked_for_it_and_no_one_else(tmp_path: Pat
     finally:
         daemon.stop()
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_the_cli_manages_tokens_and_serve_listen_starts_the_listener(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    port = free_port()
+    sock = str(tmp_path / "ob.sock")
+    env = dict(os.environ, OPENBITS_SOCKET=sock)
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "openbits",
+            "serve",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--socket",
+            sock,
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while tcp_status(port) is None:
+            assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.05)
+
+        def cli(*args: str) -> str:
+            result = subprocess.run(
+                [sys.executable, "-m", "openbits", *args], capture_output=True, text=True, env=env, timeout=60
+            )
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+
+        token = cli("token", "create", "--description", "from the cli").strip()
+        assert token.startswith("obt_") and "\n" not in token
+        assert tcp(port, "GET", CLASS, token)[0] == 200
+        listed = json.loads(cli("token", "list", "--json"))
+        assert [t["Description"] for t in listed] == ["from the cli"]
+        assert token not in cli("token", "list")
+        cli("token", "revoke", listed[0]["TokenId"])
+        assert tcp(port, "GET", CLASS, token)[0] == 401
+        assert cli("token", "list").strip() == "no tokens"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(20) == 0
+        log.close()
+
+
+def tcp_status(port: int) -> int | None:
+    try:
+        return tcp(port, "GET", CLASS, None)[0]
+    except OSError:
+        return None

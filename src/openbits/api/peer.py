@@ -14,7 +14,7 @@ from openbits.caller import Caller
 from openbits.errors import AccessDenied
 
 ADMIN_GROUP_KEY = web.AppKey("admin_group", str)
-_CACHE_KEY = "openbits.caller"
+_CACHE_KEY = web.RequestKey("caller", Caller)  # (aiohttp 3.14+)
 
 
 def peer_uid(sock: socket.socket) -> int:

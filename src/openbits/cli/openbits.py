@@ -1319,7 +1319,15 @@ def _follow(client: Client, job: str, quiet: bool) -> dict[str, Any]:
 @click.option(
     "--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None, help="A TOML file."
 )
-def serve(state_dir: str | None, socket_path: str | None, config_path: str | None) -> None:
+@click.option(
+    "--listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve the API over TCP (e.g. 127.0.0.1:8765); callers there need a bearer token.",
+)
+def serve(
+    state_dir: str | None, socket_path: str | None, config_path: str | None, listen: str | None
+) -> None:
     """Run the daemon in the foreground (SIGTERM or SIGINT stop it cleanly).
 
     The job store is SQLite in the state directory (default $XDG_STATE_HOME/openbits, else
@@ -1327,9 +1335,13 @@ def serve(state_dir: str | None, socket_path: str | None, config_path: str | Non
     the state directory), mode 0600. The TOML file holds the settings of README
     "Configuration" (bandwidth limits and schedule, retries, limits).
 
+    With --listen (or listen = "HOST:PORT" in the file) the API is served over TCP too;
+    every request there needs "Authorization: Bearer <token>" ('openbits token create').
+
     \b
     Example:
       openbits serve --config ~/.config/openbits.toml &
+      openbits serve --listen 127.0.0.1:8765 &
     """
     from openbits.config import Config
     from openbits.daemon import run
@@ -1339,6 +1351,7 @@ def serve(state_dir: str | None, socket_path: str | None, config_path: str | Non
             config_path,
             state_dir=os.path.abspath(state_dir) if state_dir else None,
             socket=os.path.abspath(socket_path) if socket_path else None,
+            listen=listen,
         )
     except (OSError, ValueError, TypeError) as e:
         fail(f"bad configuration: {e}", EXIT_USAGE)
@@ -1402,6 +1415,95 @@ def policy_set(ctx: Context, settings: tuple[str, ...], as_json: bool) -> None:
         render.print_policy(result)
 
 
+@cli.group()
+def token() -> None:
+    """Bearer tokens for the daemon's TCP listener (openbits serve --listen).
+
+    A token acts as you, with your rights, on the TCP listener until it is revoked. It is
+    shown once, when it is created: the daemon keeps only its hash. Tokens are managed over
+    the Unix socket only.
+
+    \b
+    Example:
+      TOKEN=$(openbits token create --description "backup server")
+      curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8765/root/microsoft/bits/BitsClientJob
+    """
+
+
+@token.command(name="create")
+@click.option("--description", "-d", default="", help="What the token is for (≤ 256 characters).")
+@json_option('{"TokenId", "Token", "Owner", "Description", "CreationTime"}')
+@socket_option
+@pass_ctx
+@handled
+def token_create(ctx: Context, description: str, as_json: bool) -> None:
+    """Create a token and print it (only now: it cannot be shown again).
+
+    Without --json only the token is printed, for a script to keep; its TokenId (to revoke
+    it) is in 'openbits token list'.
+
+    \b
+    Example:
+      openbits token create -d "ci runner" > ~/.config/openbits/token && chmod 600 ~/.config/openbits/token
+    """
+    result = ctx.client.request("POST", "/tokens", {"Description": description})
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(result["Token"])
+
+
+@token.command(name="list")
+@click.option("--all-users", is_flag=True, help="Every user's tokens (administrators).")
+@json_option("the tokens (never the tokens themselves)")
+@socket_option
+@pass_ctx
+@handled
+def token_list(ctx: Context, all_users: bool, as_json: bool) -> None:
+    """List your tokens: id, owner, description, creation time (never the token).
+
+    \b
+    Example:
+      openbits token list --json | jq -r '.[].TokenId'
+    """
+    result = ctx.client.request("GET", "/tokens?AllUsers=true" if all_users else "/tokens")
+    if as_json:
+        print_json(result)
+        return
+    if not result:
+        click.echo("no tokens")
+        return
+    from openbits.model import unix_ns_from_filetime
+
+    for t in result:
+        created = time.strftime(
+            "%Y-%m-%d %H:%M", time.localtime(unix_ns_from_filetime(t["CreationTime"]) / 1e9)
+        )
+        click.echo(f"{t['TokenId']}  {t['Owner']:<12} {created}  {t['Description']}")
+
+
+@token.command(name="revoke")
+@click.argument("token_id", metavar="TOKEN_ID")
+@json_option('{"ReturnValue": 0}')
+@socket_option
+@pass_ctx
+@handled
+def token_revoke(ctx: Context, token_id: str, as_json: bool) -> None:
+    """Revoke a token (yours; an administrator: anyone's). It is refused at once.
+
+    \b
+    Example:
+      openbits token revoke "{6F9619FF-8B86-D011-B42D-00C04FC964FF}"
+    """
+    from urllib.parse import quote
+
+    result = ctx.client.request("DELETE", f"/tokens/{quote(token_id, safe='')}")
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"revoked {token_id}")
+
+
 @cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
@@ -1426,22 +1528,27 @@ def completion(shell: str) -> None:
 
 
 @cli.command()
-@json_option('the version ({"Version": "…"})')
-def version(as_json: bool) -> None:
-    """Print the version of openbits.
-
-    The version of this command line (the daemon it talks to is installed with it).
+@json_option('the versions ({"Version": "…", "DaemonVersion": "…" or null})')
+@socket_option
+@click.pass_context
+def version(cctx: click.Context, as_json: bool) -> None:
+    """Print the version of openbits, and of the daemon when one answers.
 
     \b
     Example:
       openbits version
     """
     from openbits import __version__
+    from openbits.client import DaemonUnavailable
 
+    daemon: str | None = None
+    with contextlib.suppress(DaemonUnavailable, BitsError, OSError, ValueError):
+        answer = cctx.ensure_object(Context).client.request("GET", "/version")
+        daemon = str(answer["Version"]) if isinstance(answer, dict) else None
     if as_json:
-        print_json({"Version": __version__})
+        print_json({"Version": __version__, "DaemonVersion": daemon})
     else:
-        click.echo(f"openbits {__version__}")
+        click.echo(f"openbits {__version__}" + (f" (daemon {daemon})" if daemon else " (no daemon answers)"))
 
 
 def main() -> None:
