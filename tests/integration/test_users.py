@@ -218,3 +218,38 @@ def test_only_administrators_change_the_service_policy(system_daemon: Daemon) ->
     assert read == 200
     assert change[0] == 403 and change[1]["ErrorCode"] == "0x80070005"
     assert system_daemon.api("GET", path)[1]["MaxBandwidth"] is None
+
+
+def test_an_administrator_takes_ownership_and_the_old_owners_settings_go(
+    system_daemon: Daemon, shared: Path
+) -> None:
+    sock = system_daemon.socket
+
+    def create() -> str:
+        status, body = api(sock, "POST", f"{CLASS}/CreateJob", {"DisplayName": "theirs"})
+        assert status == 200, body
+        job_id = str(body["JobId"])
+        path = f"{CLASS}/{job_id}"
+        assert (
+            api(sock, "POST", f"{path}/SetCustomHeaders", {"CustomHeaders": "X-Key: nobody's\r\n"})[0] == 200
+        )
+        assert (
+            api(sock, "POST", f"{path}/SetNotifyCmdLine", {"Program": "/bin/true", "Parameters": "true"})[0]
+            == 200
+        )
+        assert api(sock, "POST", f"{path}/SetNotifyUrl", {"NotifyUrl": "http://127.0.0.1:9/hook"})[0] == 200
+        # a user who is no administrator may not take ownership, even of their own job
+        status, body = api(sock, "POST", f"{path}/TakeOwnership", {})
+        assert status == 403 and body["Name"] == "E_ACCESSDENIED", body
+        return job_id
+
+    job = as_nobody(create)
+    assert system_daemon.job(job)["Owner"] == "nobody"
+    system_daemon.client.invoke(job, "TakeOwnership")
+    taken = system_daemon.job(job)
+    assert taken["Owner"] == "root"
+    assert taken["CustomHeaders"] is None and taken["NotifyCmdLine"] is None and taken["NotifyUrl"] is None
+    assert [j["JobId"] for j in system_daemon.client.list_jobs()] == [job], "root's own job now"
+    status, _ = as_nobody(lambda: api(sock, "GET", f"{CLASS}/{job}"))
+    assert status == 404, "no longer nobody's"
+    assert "took ownership from nobody" in system_daemon.log()

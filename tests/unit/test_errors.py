@@ -34,7 +34,12 @@ from openbits.errors import (
 )
 from openbits.model import ErrorContext
 
-BITS_SPEC = Path("/work/shared/reference/bits-spec.md")
+#: the shared reference beside the checkout (CI lays a copy there), else the workplace's
+_SPEC_PLACES = (
+    Path(__file__).resolve().parents[3] / "shared" / "reference" / "bits-spec.md",
+    Path("/work/shared/reference/bits-spec.md"),
+)
+BITS_SPEC = next((p for p in _SPEC_PLACES if p.exists()), _SPEC_PLACES[-1])
 # A table row: | 0x80200001 | BG_E_NOT_FOUND | ...  (cells may be wrapped in **bold**)
 _ROW = re.compile(r"^\|\s*\**(0x[0-9A-Fa-f]{8})\**\s*\|\s*\**([A-Z][A-Z0-9_]+)\**")
 # The HTTP statuses that have a named BG_E_HTTP_ERROR_xxx constant (bits-spec §2.12).
