@@ -91,7 +91,10 @@ class Notifier:
             ok = False
         finally:
             self._running.discard(job.job_id)
-        self.service.notification_done(job, due_ns, ok)
+        try:
+            self.service.notification_done(job, due_ns, ok)
+        except Exception:  # (the store failed: still due after a restart, at least once)
+            log.exception("job %s: cannot record its notification", job.job_id)
         if job.notify_due_ns:
             self._due[job.job_id] = job.notify_due_ns
             self._wake.set()
@@ -152,7 +155,9 @@ class Notifier:
     async def _call_webhook(self, job: Job, state: JobState) -> bool:
         url = job.notify_url
         assert url is not None
-        body = {"Event": EVENT_NAMES.get(state, "JobModification"), "JobId": job.job_id, "Job": job.to_cim()}
+        instance = job.to_cim()
+        instance.pop("CustomHeaders", None)  # (they may carry credentials: as in events)
+        body = {"Event": EVENT_NAMES.get(state, "JobModification"), "JobId": job.job_id, "Job": instance}
         for delay in (0.0, *WEBHOOK_RETRY_DELAYS_S):
             if delay:
                 await asyncio.sleep(delay)

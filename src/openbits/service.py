@@ -849,6 +849,10 @@ class Service:
                     raise InvalidArgument(f"SetNotifyCmdLine: Parameters: {e}") from None
                 if not words:
                     parameters = None
+            # the program runs as the job's owner: only the owner (or root) chooses it; an
+            # administrator takes ownership first (BITS runs it as the user who set it)
+            if caller.uid not in (self.find(caller, job_ref).owner_uid, 0):
+                raise AccessDenied("only the job's owner may set its notification command line")
         return self._set_notify(caller, job_ref, notify_program=program, notify_parameters=parameters)
 
     async def _m_set_notify_url(

@@ -535,3 +535,42 @@ def test_wait_follows_the_events_until_the_job_ends(daemon: Daemon, nginx: Nginx
     assert (waiter.returncode, out.strip()) == (0, "TRANSFERRED"), err
     timed_out = daemon.cli("wait", "--timeout", "0.3", client.create_job(DisplayName="never"))
     assert timed_out.returncode == 1 and "timed out" in timed_out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_a_job_stream_ends_its_view_when_an_administrator_takes_the_job(tmp_path: Path) -> None:
+    run = Path(tempfile.mkdtemp(prefix="openbits-events-"))
+    run.chmod(0o755)
+    daemon = Daemon(tmp_path / "state", config={"socket_mode": 0o666}, socket=str(run / "openbits.sock"))
+    daemon.start()
+    ready_r, ready_w = os.pipe()
+    view: dict[str, Any] = {}
+    try:
+        sock = daemon.socket
+
+        def nobody_stream() -> str:  # nobody follows its own job until the daemon stops
+            job = Client(sock).create_job(DisplayName="nobody's")
+            conn = UnixHTTP(sock)
+            conn.request("GET", f"/events?Job={job}")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            resp.readline()  # (subscribed)
+            os.write(ready_w, job.encode())
+            return resp.read().decode()  # (ends with the daemon)
+
+        child = threading.Thread(target=lambda: view.update(seen=as_nobody(nobody_stream)))
+        child.start()
+        readable, _, _ = select.select([ready_r], [], [], 20)
+        assert readable, "nobody's stream did not open"
+        job = os.read(ready_r, 100).decode()
+        assert daemon.client.invoke(job, "TakeOwnership")["ReturnValue"] == 0
+        daemon.client.set_properties(job, Description="root's secret")
+        daemon.stop()  # (ends every stream, after what was already queued for it)
+        child.join(30)
+        assert "seen" in view
+        assert '"Owner":"root"' not in view["seen"] and "root's secret" not in view["seen"]
+    finally:
+        os.close(ready_r)
+        os.close(ready_w)
+        daemon.stop()
+        shutil.rmtree(run, ignore_errors=True)

@@ -142,9 +142,9 @@ def test_a_transfer_and_its_events_over_tcp(tcp_daemon: tuple[Daemon, int], ngin
         assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
         seen: list[str] = []
         while "event: JobTransferred" not in seen:
-            line = resp.fp.readline().decode().rstrip("\r\n")
-            assert line or seen is not None
-            seen.append(line)
+            raw = resp.fp.readline()
+            assert raw, f"the stream ended before JobTransferred: {seen}"
+            seen.append(raw.decode().rstrip("\r\n"))
     finally:
         conn.close()
     assert daemon.job(job_id)["State"] in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED)
@@ -303,3 +303,41 @@ def tcp_status(port: int) -> int | None:
         return tcp(port, "GET", CLASS, None)[0]
     except OSError:
         return None
+
+
+def test_a_revoked_token_ends_its_open_event_stream(tcp_daemon: tuple[Daemon, int]) -> None:
+    daemon, port = tcp_daemon
+    token_id, token = new_token(daemon)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("GET", "/events", headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.readline().startswith(b"retry:")  # the stream is open (subscribed)
+        assert daemon.api("DELETE", f"/tokens/{token_id}")[0] == 200
+        # the token's user changes a job: a stream of a revoked token must not show it
+        job = daemon.client.create_job(DisplayName="after the revocation")
+        # the stream ends at the next thing it would send (keep-alives come every 15 s,
+        # so without an end the read times out: a failure, never a hang)
+        conn.sock.settimeout(10)
+        seen = b""
+        while line := resp.readline():
+            seen += line
+            assert job.encode() not in seen, "a revoked token's stream went on"
+    finally:
+        conn.close()
+
+
+def test_an_unauthenticated_tcp_request_is_refused_before_its_body_is_read(
+    tcp_daemon: tuple[Daemon, int],
+) -> None:
+    daemon, port = tcp_daemon
+    for path, body in (
+        ("/root/microsoft/bits/Query", {"Query": "SELECT * FROM BitsClientJob WHERE ((("}),
+        (f"{CLASS}/CreateJob", {"DisplayName": 7}),
+        ("/version", None),
+    ):
+        status, answer, headers = tcp(port, "POST" if body else "GET", path, None, body)
+        assert status == 401, (path, answer)
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert daemon.api("GET", "/version")[0] == 200  # (the Unix socket needs no token)

@@ -111,12 +111,17 @@ def test_content_changed_between_interruption_and_resume(daemon: Daemon, nginx: 
 
 
 def test_suspend_change_resume_restarts_from_zero(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
-    make_file(nginx.www, "suspend/f.bin", 4 * MiB, seed=3)
+    # 16 MiB at 1 MB/s: the old version is still far from done when it is suspended, even
+    # on a loaded machine (with 4 MiB it once finished first, and a file that is complete
+    # before the change is rightly kept)
+    make_file(nginx.www, "suspend/f.bin", 16 * MiB, seed=3)
     local = dest / "f.bin"
     job = start_job(daemon, f"{nginx.url}/slow/suspend/f.bin", local)
     wait_until(lambda: daemon.job(job)["BytesTransferred"] >= MiB, 20, "1 MiB checkpointed")
     daemon.client.suspend(job)
-    assert daemon.job(job)["State"] == JobState.SUSPENDED
+    suspended = daemon.job(job)
+    assert suspended["State"] == JobState.SUSPENDED
+    assert suspended["FilesTransferred"] == 0 and suspended["BytesTransferred"] < 16 * MiB
     digest = make_file(nginx.www, "suspend/f.bin", 3 * MiB, seed=4)  # a different size too
     daemon.client.resume(job)
     done = daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)

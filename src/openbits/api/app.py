@@ -17,7 +17,7 @@ from aiohttp import web
 from openbits import __version__
 from openbits.api import events as ev
 from openbits.api import metrics, openapi, wql
-from openbits.api.peer import caller_of, is_unix_socket
+from openbits.api.peer import caller_of, is_unix_socket, still_authenticated
 from openbits.api.tokens import TOKENS_KEY, NotAuthenticated, Tokens
 from openbits.caller import Caller
 from openbits.errors import (
@@ -107,6 +107,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def bits_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if request.path != "/openapi.json" and not is_unix_socket(request):
+            caller_of(request)  # TCP: 401 before any body is read or parsed
         return await handler(request)
     except BitsError as e:
         return error_response(e)
@@ -275,7 +277,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         except ValueError as e:
             raise InvalidArgument(f"Types: {e}") from None
     last = _last_event_id(request.headers.get("Last-Event-ID") or _query(request, "LastEventId"))
-    owner = None if all_users or job_id is not None else caller.uid
+    # a user's stream of one job shows it while it is theirs (an administrator may take it)
+    owner = None if all_users or (job_id is not None and caller.is_admin) else caller.uid
     event_filter = ev.EventFilter(owner_uid=owner, job_id=job_id, types=types)
     sub = log_.subscribe(event_filter)  # before the replay: nothing falls in between
     transport = request.transport
@@ -286,6 +289,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
 
     async def send(data: bytes) -> None:
+        if not still_authenticated(request):  # its token was revoked: not one more byte
+            raise ConnectionResetError("the stream's bearer token was revoked")
         sub.writing = True
         try:
             await response.write(data)

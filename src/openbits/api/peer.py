@@ -70,3 +70,13 @@ def is_unix_socket(request: web.Request) -> bool:
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     return sock is not None and sock.family == socket.AF_UNIX
+
+
+def still_authenticated(request: web.Request) -> bool:
+    """False once the bearer token a TCP request came with was revoked: a long answer (an
+    event stream) checks it before it sends more (a Unix-socket peer: always True)."""
+    if is_unix_socket(request):
+        return True
+    tokens = request.app.get(TOKENS_KEY)
+    secret = bearer(request)
+    return tokens is not None and secret is not None and tokens.uid_for(secret) is not None
