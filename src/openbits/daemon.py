@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 
 from aiohttp import web
@@ -28,7 +29,7 @@ from openbits.config import Config
 from openbits.notify import Notifier
 from openbits.scheduler.run import Scheduler
 from openbits.service import Service
-from openbits.store import StoreError
+from openbits.store import RECOVERY_HINT, StoreError
 from openbits.store.sqlite import SqliteStore
 from openbits.transfer.download import Downloader, Tuning
 from openbits.transfer.h1 import H1Client
@@ -58,7 +59,7 @@ def _prepare_socket(path: str) -> None:
         probe.close()
 
 
-def _lock_state_dir(state_dir: str) -> int:
+def lock_state_dir(state_dir: str) -> int:
     """One daemon per state dir: an exclusive flock held for the daemon's life."""
     import fcntl
 
@@ -73,7 +74,7 @@ def _lock_state_dir(state_dir: str) -> int:
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-    lock_fd = _lock_state_dir(config.state_dir)
+    lock_fd = lock_state_dir(config.state_dir)
     try:
         await _serve(config, ready)
     finally:
@@ -95,7 +96,14 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
     except ValueError as e:
         store.close()
         raise DaemonError(f"bad configuration: {e}") from e
-    service.recover()
+    try:
+        service.recover()
+    except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as e:
+        # rows SQLite finds intact but openbits cannot read: refuse, as for a damaged file
+        store.close()
+        raise DaemonError(
+            f"the job store {config.db_path} holds a job it cannot read ({e}): {RECOVERY_HINT}"
+        ) from e
     events = EventLog(
         store,
         size=config.event_log_size,

@@ -12,6 +12,18 @@ class StoreError(Exception):
     """The store cannot be opened or used (corrupt, newer schema, unwritable)."""
 
 
+#: what to do about a damaged store (README "Recovering the store")
+RECOVERY_HINT = (
+    "nothing was changed; `openbits store check` shows what is wrong, and "
+    "`openbits store restore BACKUP` puts a backup in its place, keeping this file aside "
+    '(README: "Recovering the store")'
+)
+
+
+class StoreDamaged(StoreError):
+    """The store's file fails SQLite's integrity check: the daemon will not run on it."""
+
+
 class JobStore(Protocol):
     """Every method commits before it returns: what it accepted survives SIGKILL."""
 

@@ -23,7 +23,7 @@ from openbits.model import (
     JobState,
     JobType,
 )
-from openbits.store import StoreError
+from openbits.store import RECOVERY_HINT, StoreDamaged, StoreError
 
 #: Migration n brings a database from user_version n to n + 1.  Never edit one
 #: that has shipped; append a new one.
@@ -147,7 +147,9 @@ _FILE_COLUMNS = (
 class SqliteStore:
     """A :class:`~openbits.store.JobStore` on one SQLite file."""
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", check: bool = True) -> None:
+        """Open (or create) the store; with ``check``, a damaged file is refused before
+        anything is written to it (``PRAGMA quick_check``: StoreDamaged)."""
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         try:
@@ -155,6 +157,8 @@ class SqliteStore:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open the job store {path}: {e}") from e
         try:
+            if check:
+                self._check_before_use()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._synchronous = synchronous.upper()
@@ -165,7 +169,16 @@ class SqliteStore:
             self._db.close()
             if isinstance(e, StoreError):
                 raise
-            raise StoreError(f"cannot open the job store {path}: {e}") from e
+            raise StoreDamaged(f"the job store {path} cannot be read ({e}): {RECOVERY_HINT}") from e
+
+    def _check_before_use(self) -> None:
+        try:
+            rows = [str(r[0]) for r in self._db.execute("PRAGMA quick_check(20)").fetchall()]
+        except sqlite3.DatabaseError as e:
+            rows = [str(e)]
+        if rows != ["ok"]:
+            found = "; ".join(rows[:3]) + (f" (and {len(rows) - 3} more)" if len(rows) > 3 else "")
+            raise StoreDamaged(f"the job store {self.path} is damaged ({found}): {RECOVERY_HINT}")
 
     # -- schema ---------------------------------------------------------------------------
 

@@ -1,0 +1,180 @@
+"""Checking, backing up and restoring the job store (``openbits store``).
+
+These work on the SQLite file directly, without the daemon:
+
+- ``check`` opens the file read-only and runs SQLite's full ``PRAGMA integrity_check``;
+- ``backup`` copies it with SQLite's online backup API, a consistent snapshot even while a
+  daemon writes to it, then checks the copy;
+- ``restore`` puts a checked backup in the store's place. It needs the state directory's
+  lock (no daemon may run) and never deletes anything: the file it replaces, damaged or not,
+  is moved aside with its WAL, as ``jobs.sqlite.replaced-<time>``.
+
+A damaged store is never repaired or emptied behind the user's back (BITS drops its queue
+when its state file is corrupt): the daemon refuses to start on it and says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from openbits.store import StoreError
+from openbits.store.sqlite import SCHEMA_VERSION
+
+#: the files SQLite keeps beside the store in WAL mode
+SIDE_FILES = ("-wal", "-shm")
+
+
+@dataclass
+class Report:
+    """What ``check`` found in a store file."""
+
+    path: str
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    schema_version: int | None = None
+    jobs: int | None = None
+    files: int | None = None
+    events: int | None = None
+    size_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _count(db: sqlite3.Connection, table: str, tables: set[str]) -> int | None:
+    if table not in tables:
+        return None
+    return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def check(path: str, *, max_problems: int = 100) -> Report:
+    """SQLite's full integrity check of ``path`` (read-only), and what the store holds."""
+    if not os.path.exists(path):
+        raise StoreError(f"there is no job store at {path}")
+    report = Report(path=path, ok=False, size_bytes=os.path.getsize(path))
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.DatabaseError as e:
+        report.problems.append(str(e))
+        return report
+    try:
+        try:
+            rows = [str(r[0]) for r in db.execute(f"PRAGMA integrity_check({int(max_problems)})")]
+        except sqlite3.DatabaseError as e:
+            rows = [str(e)]
+        report.problems = [] if rows == ["ok"] else rows
+        try:
+            tables = _tables(db)
+            report.schema_version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            report.jobs = _count(db, "jobs", tables)
+            report.files = _count(db, "files", tables)
+            report.events = _count(db, "events", tables)
+        except sqlite3.DatabaseError as e:
+            if not report.problems:
+                report.problems.append(str(e))
+        if report.schema_version is not None and report.schema_version > SCHEMA_VERSION:
+            report.problems.append(
+                f"schema version {report.schema_version} is newer than this openbits ({SCHEMA_VERSION})"
+            )
+        if not report.problems and report.jobs is None and report.schema_version:
+            report.problems.append("the file has no jobs table: not an openbits store")
+        report.ok = not report.problems
+        return report
+    finally:
+        db.close()
+
+
+def backup(path: str, dest: str, *, force: bool = False) -> Report:
+    """A consistent copy of the store at ``dest`` (even while a daemon runs), checked."""
+    if not os.path.exists(path):
+        raise StoreError(f"there is no job store at {path}")
+    if os.path.exists(dest) and not force:
+        raise StoreError(f"{dest} exists already (--force replaces it)")
+    partial = f"{dest}.partial-{os.getpid()}"
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(partial)
+        try:
+            source.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        finally:
+            target.close()
+    except sqlite3.DatabaseError as e:
+        _remove(partial)
+        raise StoreError(f"cannot back up {path}: {e} (`openbits store check` says more)") from e
+    finally:
+        source.close()
+    os.chmod(partial, 0o600)
+    _fsync(partial)
+    os.replace(partial, dest)
+    _fsync_dir(os.path.dirname(os.path.abspath(dest)))
+    report = check(dest)
+    if not report.ok:
+        raise StoreError(f"the backup {dest} fails its check: {'; '.join(report.problems[:3])}")
+    return report
+
+
+def restore(path: str, source: str) -> tuple[Report, list[str]]:
+    """Put the checked backup ``source`` in the place of the store ``path``; the files it
+    replaces are moved aside, not deleted.  The caller holds the state directory's lock.
+    Returns the report of the restored store and the paths kept aside."""
+    report = check(source)
+    if not report.ok:
+        raise StoreError(f"the backup {source} fails its check: {'; '.join(report.problems[:3])}")
+    partial = f"{path}.partial-{os.getpid()}"  # the copy first: nothing moves if it fails
+    source_db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(partial)
+        try:
+            source_db.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
+    except sqlite3.DatabaseError as e:
+        _remove(partial)
+        raise StoreError(f"cannot copy {source}: {e}") from e
+    finally:
+        source_db.close()
+    os.chmod(partial, 0o600)
+    _fsync(partial)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    kept: list[str] = []
+    for suffix in ("", *SIDE_FILES):
+        old = path + suffix
+        if os.path.exists(old):
+            aside = f"{path}.replaced-{stamp}{suffix}"
+            os.replace(old, aside)
+            kept.append(aside)
+    os.replace(partial, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    return check(path), kept
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
