@@ -334,3 +334,107 @@ def test_a_version_1_store_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> Non
         assert job.maximum_download_time_s == 7_776_000 and job.download_time_ns == 0
     finally:
         store.close()
+
+
+#: sha256 (first 16 hex digits) of every migration that has shipped: a migration is never
+#: edited once released (a store out there already ran it); a new one appends its digest
+SHIPPED_MIGRATIONS = [
+    "e6a974288092c03e",  # 1 jobs and files
+    "53f916be5ab0893c",  # 2 MaximumDownloadTime
+    "a791b4be6d60d11c",  # 3 settings (BitsServicePolicy)
+    "a1083606504733a1",  # 4 CustomHeaders, SecurityFlags
+    "4775de3673f4b72c",  # 5 file ranges
+    "4654d4e1fda44999",  # 6 range support, response headers
+    "c1f2585dfa295822",  # 7 the event log
+    "41654015eab3cdd3",  # 8 notifications
+    "93594bcb9c3f26a3",  # 9 bearer tokens
+    "863e5fa17b455804",  # 10 write-only custom headers
+]
+
+
+def test_shipped_migrations_are_never_edited() -> None:
+    import hashlib
+
+    digests = [hashlib.sha256(m.encode()).hexdigest()[:16] for m in MIGRATIONS]
+    assert digests[: len(SHIPPED_MIGRATIONS)] == SHIPPED_MIGRATIONS, "append a migration; never edit one"
+    assert len(digests) == len(SHIPPED_MIGRATIONS), "record the new migration's digest above"
+
+
+def _store_at_version(path: Path, version: int) -> None:
+    """A store as openbits left it at schema ``version``: its migrations, then one job with
+    one file written with only the columns that version had."""
+    db = sqlite3.connect(path)
+    try:
+        for n in range(version):
+            for statement in MIGRATIONS[n].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        # (cid, name, type, notnull, default, pk): a nullable column is NULL, others 0
+        info = db.execute("PRAGMA table_info(jobs)").fetchall()
+        values: dict[str, object] = {r[1]: (0 if r[3] else None) for r in info}
+        values.update(
+            job_id="{00000000-0000-0000-0000-0000000000" + f"{version:02d}" + "}",
+            owner="alice",
+            owner_uid=1000,
+            display_name=f"made by v{version}",
+            description="",
+            job_type=0,
+            priority=2,
+            state=3,  # SUSPENDED
+            minimum_retry_delay_s=600,
+            no_progress_timeout_s=1209600,
+            notify_flags=3,
+            seq=1,
+        )
+        for nullable in (
+            "error_hresult",
+            "error_context",
+            "error_message",
+            "error_file_index",
+            "custom_headers",
+        ):
+            if nullable in values:
+                values[nullable] = None
+        if "maximum_download_time_s" in values:
+            values["maximum_download_time_s"] = 7_776_000
+        db.execute(
+            f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+            list(values.values()),
+        )
+        db.execute(
+            "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, bytes_transferred, "
+            "completed, temp_name, etag, last_modified, published) VALUES (?, 0, 'http://h/f', '/tmp/f', "
+            "10, 4, 0, '.BIT0.tmp', '\"e\"', NULL, 0)",
+            (values["job_id"],),
+        )
+        db.execute(f"PRAGMA user_version={version}")
+        db.commit()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION))
+def test_a_store_of_every_earlier_version_is_migrated_and_keeps_its_jobs(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / f"v{version}.sqlite"
+    _store_at_version(path, version)
+    store = SqliteStore(str(path))
+    try:
+        assert store.schema_version == SCHEMA_VERSION
+        [job] = store.load_jobs()
+        assert job.display_name == f"made by v{version}" and job.state.name == "SUSPENDED"
+        assert job.files[0].bytes_transferred == 4 and job.files[0].etag == '"e"'
+        # the columns added since have their defaults
+        assert job.maximum_download_time_s == 7_776_000 and job.security_flags == 0
+        assert job.notify_program is None and job.notify_due_ns == 0
+        assert job.custom_headers_write_only is False
+        assert store.integrity_check() == "ok"
+        store.save_job(job)  # and it can be written in the new shape
+    finally:
+        store.close()
+    reopened = SqliteStore(str(path))
+    try:
+        assert [j.display_name for j in reopened.load_jobs()] == [f"made by v{version}"]
+    finally:
+        reopened.close()

@@ -26,7 +26,8 @@ from openbits.model import (
 from openbits.store import RECOVERY_HINT, StoreDamaged, StoreError
 
 #: Migration n brings a database from user_version n to n + 1.  Never edit one
-#: that has shipped; append a new one.
+#: that has shipped; append a new one (tests/unit/test_store_sqlite.py records the digest
+#: of every shipped migration, and migrates a store of every earlier version).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE jobs (
