@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 RUN_DIR := .run
 
 
-.PHONY: run stop test venv test-deps lint typecheck unit integration chaos bench bench-1g bench-small bench-rss bench-throttle bench-events clean
+.PHONY: run stop test venv test-deps lint typecheck unit integration chaos fuzz bench bench-1g bench-small bench-rss bench-throttle bench-events clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ integration: venv test-deps
 chaos: venv test-deps
 	OPENBITS_CHAOS_KILLS=$${OPENBITS_CHAOS_KILLS:-40} OPENBITS_CHAOS_JOBS=$${OPENBITS_CHAOS_JOBS:-24} \
 		$(PY) -m pytest -q tests/chaos
+
+## make fuzz: the hypothesis fuzzers of tests/fuzz at length (make test runs 200 examples each).
+fuzz: venv
+	OPENBITS_FUZZ_PROFILE=long OPENBITS_FUZZ_EXAMPLES=$${OPENBITS_FUZZ_EXAMPLES:-20000} \
+		$(PY) -m pytest -q --timeout=0 tests/fuzz
 
 ## make bench: every benchmark in bench/ (1 GiB, 2,000 x 16 KiB, 10,000 queued jobs, throttling, events).
 bench: venv

@@ -8,7 +8,7 @@ from typing import Any
 
 from openbits.model import JobState
 from tests.support.daemon import CLASS, Daemon
-from tests.support.faults import FaultServer, Serve
+from tests.support.faults import FaultServer, Serve, Status
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
 
@@ -152,3 +152,14 @@ def test_set_remote_name_and_replace_remote_prefix_repair_a_job(
     daemon.wait_state(job, JobState.TRANSFERRED)
     client.complete(job)
     assert [sha256_file(dest / f"{i}.bin") for i in range(3)] == digests
+
+
+def test_a_redirect_to_a_malformed_url_is_an_invalid_server_response(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    fault_server.routes["/bad-redirect"] = Status(302, headers={"Location": "http://[::1/f"})
+    job = job_with(daemon, f"{fault_server.url}/bad-redirect", dest / "r.bin")
+    daemon.wait_state(job, JobState.ERROR)
+    error = daemon.client.get_error(job)
+    assert error["Name"] == "BG_E_INVALID_SERVER_RESPONSE", error  # (found by fuzzing; was E_FAIL)
+    assert not (dest / "r.bin").exists()

@@ -443,7 +443,7 @@ def _store_location(text: str) -> int:
     name = text.upper().removeprefix("BG_CERT_STORE_LOCATION_")
     if name in _STORE_LOCATIONS:
         return _STORE_LOCATIONS.index(name)
-    if name.isdigit() and 1 <= int(name) <= len(_STORE_LOCATIONS):
+    if name.isascii() and name.isdigit() and 1 <= int(name) <= len(_STORE_LOCATIONS):
         return int(name) - 1
     raise Usage(f"'{text}' is not a certificate store location.")
 
@@ -501,6 +501,8 @@ def _add_file_set(ctx: Ctx, args: list[str]) -> int:
             pairs = parse_file_set(f.read())
     except OSError as e:
         raise Usage(f"Unable to read the file set {path}: {e.strerror}.") from None
+    except UnicodeDecodeError:
+        raise Usage(f"The file set {path} is not UTF-8 text.") from None
     if not pairs:
         raise Usage(f"The file set {path} lists no files.")
     files = [(remote, os.path.abspath(local)) for remote, local in pairs]

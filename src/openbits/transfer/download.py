@@ -594,7 +594,10 @@ class Downloader:
                 if resp.status not in REDIRECT_STATUSES or not location:
                     yield resp
                     return
-                target = str(resp.url.join(yarl.URL(location)))
+                try:
+                    target = str(resp.url.join(yarl.URL(location)))
+                except ValueError as e:  # a Location no URL parser takes: the server's fault
+                    raise invalid_response(f"the server redirected to a malformed URL ({e})") from None
                 if policy == SecurityFlags.REDIRECT_POLICY_DISALLOW:
                     raise redirect_error(resp.status, "the job's SecurityFlags disallow redirects")
                 if (

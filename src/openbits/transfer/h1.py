@@ -327,7 +327,7 @@ def _parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
     if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0"):
         raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80].encode('latin-1')!r}")
     code = parts[1]
-    if len(code) != 3 or not code.isdigit() or not "100" <= code <= "599":
+    if len(code) != 3 or not (code.isascii() and code.isdigit()) or not "100" <= code <= "599":
         raise BadResponse(f"bad status code {code[:20].encode('latin-1')!r}")
     reason = parts[2] if len(parts) > 2 else ""
     block = text[len(lines[0]) + 1 :] if len(lines) > 1 else ""

@@ -58,10 +58,14 @@ _ENV_PROXIES: dict[str, str] = urllib.request.getproxies_environment()
 
 def env_proxy_for(url: str) -> str | None:
     """The proxy the environment (http_proxy, https_proxy, no_proxy) names for ``url``, read
-    once at start-up (BITS' PRECONFIG proxy usage)."""
+    once at start-up (BITS' PRECONFIG proxy usage); None for a malformed URL (its request
+    fails on its own)."""
     if not _ENV_PROXIES:
         return None
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unbalanced IPv6 bracket, say
+        return None
     proxy = _ENV_PROXIES.get(parts.scheme.lower())
     if not proxy or urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
         parts.hostname or "", _ENV_PROXIES
