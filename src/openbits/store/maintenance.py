@@ -99,22 +99,7 @@ def backup(path: str, dest: str, *, force: bool = False) -> Report:
         raise StoreError(f"there is no job store at {path}")
     if os.path.exists(dest) and not force:
         raise StoreError(f"{dest} exists already (--force replaces it)")
-    partial = f"{dest}.partial-{os.getpid()}"
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        target = sqlite3.connect(partial)
-        try:
-            source.backup(target)
-            target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-        finally:
-            target.close()
-    except sqlite3.DatabaseError as e:
-        _remove(partial)
-        raise StoreError(f"cannot back up {path}: {e} (`openbits store check` says more)") from e
-    finally:
-        source.close()
-    os.chmod(partial, 0o600)
-    _fsync(partial)
+    partial = _snapshot(path, dest, "cannot back up")
     os.replace(partial, dest)
     _fsync_dir(os.path.dirname(os.path.abspath(dest)))
     report = check(dest)
@@ -130,22 +115,7 @@ def restore(path: str, source: str) -> tuple[Report, list[str]]:
     report = check(source)
     if not report.ok:
         raise StoreError(f"the backup {source} fails its check: {'; '.join(report.problems[:3])}")
-    partial = f"{path}.partial-{os.getpid()}"  # the copy first: nothing moves if it fails
-    source_db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    try:
-        target = sqlite3.connect(partial)
-        try:
-            source_db.backup(target)
-            target.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            target.close()
-    except sqlite3.DatabaseError as e:
-        _remove(partial)
-        raise StoreError(f"cannot copy {source}: {e}") from e
-    finally:
-        source_db.close()
-    os.chmod(partial, 0o600)
-    _fsync(partial)
+    partial = _snapshot(source, path, "cannot copy")  # the copy first: nothing moves if it fails
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kept: list[str] = []
     for suffix in ("", *SIDE_FILES):
@@ -157,6 +127,28 @@ def restore(path: str, source: str) -> tuple[Report, list[str]]:
     os.replace(partial, path)
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
     return check(path), kept
+
+
+def _snapshot(source: str, dest: str, failing: str) -> str:
+    """A consistent, self-contained (no WAL), synced copy of the store ``source`` beside
+    ``dest`` (SQLite's online backup: safe while a daemon writes); its path."""
+    partial = f"{dest}.partial-{os.getpid()}"
+    source_db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(partial)
+        try:
+            source_db.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
+    except sqlite3.DatabaseError as e:
+        _remove(partial)
+        raise StoreError(f"{failing} {source}: {e} (`openbits store check` says more)") from e
+    finally:
+        source_db.close()
+    os.chmod(partial, 0o600)
+    _fsync(partial)
+    return partial
 
 
 def _fsync(path: str) -> None:
