@@ -445,12 +445,15 @@ def test_destination_removed_mid_transfer_is_a_local_file_error(
 ) -> None:
     import shutil
 
-    make_file(nginx.www, "rmdir/f.bin", 4 * MiB, seed=170)
+    # 16 MiB at 1 MB/s: still far from done when its directory goes, even on a loaded
+    # machine (4 MiB once finished first: nginx sends a second's worth at once)
+    make_file(nginx.www, "rmdir/f.bin", 16 * MiB, seed=170)
     where = tmp_path / "vanishing"
     where.mkdir()
     job = start_job(daemon, f"{nginx.url}/slow/rmdir/f.bin", where / "f.bin")
     wait_until(lambda: daemon.job(job)["BytesTransferred"] > 0, 10, "progress")
     shutil.rmtree(where)
+    assert daemon.job(job)["FilesTransferred"] == 0
     daemon.wait_state(job, JobState.ERROR)
     err = daemon.client.get_error(job)
     assert (err["ErrorCode"], err["ErrorContext"]) == (0x80070003, 4)  # path not found, LOCAL_FILE

@@ -185,3 +185,40 @@ async def test_a_limited_transfer_splices_at_its_rate(tmp_path: Path) -> None:
     assert _temp_bytes(file) == body
     # past the bucket's burst the transfer had to wait for tokens
     assert throttle.throttled_s > 0
+
+
+async def test_a_checkpoint_is_reported_when_its_sync_returns_not_at_the_next_chunk(tmp_path: Path) -> None:
+    body = _body(4 * MiB)
+    go_on = asyncio.Event()
+
+    async def respond(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        writer.write(body[: 2 * MiB])
+        await writer.drain()
+        await go_on.wait()  # the server pauses: no next chunk until a checkpoint is seen
+        writer.write(body[2 * MiB :])
+
+    seen = asyncio.Event()
+
+    class Seen(_Progress):
+        def checkpoint(self, offset: int) -> None:
+            super().checkpoint(offset)
+            seen.set()
+
+    progress = Seen()
+    tuning = Tuning(checkpoint_interval_s=0.0, checkpoint_bytes=MiB)
+    h1 = H1Client(connect_timeout_s=5, read_timeout_s=30, default_headers={"User-Agent": "t"})
+    file = JobFile(remote_url="", local_file=str(tmp_path / "out.bin"), temp_name="BITprompt.tmp")
+    async with _server(respond) as base:
+        file.remote_url = f"{base}/f"
+        downloader = Downloader(None, tuning, h1=h1)  # type: ignore[arg-type]
+        task = asyncio.create_task(downloader.download(file, Owner(os.getuid(), os.getgid()), progress, 2))
+        try:
+            async with asyncio.timeout(10):
+                await seen.wait()
+            assert 0 < progress.checkpoints[-1] <= 2 * MiB
+        finally:
+            go_on.set()
+            await task
+            await h1.close()
+    assert _temp_bytes(file) == body

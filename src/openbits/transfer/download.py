@@ -164,10 +164,23 @@ def _sync_dup(fd: int) -> None:
 
 class _Syncs:
     """The checkpoints of one body: every ``checkpoint_interval_s`` or ``checkpoint_bytes``
-    an ``fdatasync`` runs in a worker thread on a dup of the fd while writing goes on; once
-    it returned, ``progress.checkpoint`` reports what it covered (``durable``)."""
+    an ``fdatasync`` runs in a worker thread on a dup of the fd while writing goes on; as
+    soon as it returned, ``progress.checkpoint`` reports what it covered (``durable``), not
+    at the next chunk (a slow server may send one only a second later).  Once ``closed``
+    (the body is done or failed) a late sync reports nothing."""
 
-    __slots__ = ("durable", "enabled", "fd", "last_time", "progress", "sync", "sync_offset", "tuning")
+    __slots__ = (
+        "closed",
+        "durable",
+        "enabled",
+        "failed",
+        "fd",
+        "last_time",
+        "progress",
+        "sync",
+        "sync_offset",
+        "tuning",
+    )
 
     def __init__(self, fd: int, offset: int, tuning: Tuning, progress: Progress, enabled: bool) -> None:
         self.fd = fd
@@ -178,18 +191,20 @@ class _Syncs:
         self.sync: asyncio.Future[None] | None = None
         self.sync_offset = offset
         self.last_time = time.monotonic()
+        self.closed = False
+        self.failed: BaseException | None = None  # a checkpoint that could not be recorded
 
     def due(self, now: float) -> bool:
         return now - self.last_time >= self.tuning.checkpoint_interval_s
 
     def step(self, written: int, now: float) -> None:
         """``written`` bytes are in the file: report a finished sync, start the next one."""
+        if self.failed is not None:
+            raise self.failed
         sync = self.sync
         if sync is not None and sync.done():
-            sync.result()
-            self.durable = self.sync_offset
-            self.progress.checkpoint(self.durable)
-            self.sync = None
+            sync.result()  # (a failed fdatasync fails the transfer here)
+            self._report(sync)
         if (
             self.sync is None
             and self.enabled
@@ -199,11 +214,27 @@ class _Syncs:
             self.sync_offset = written
             self.last_time = now
             self.sync = asyncio.get_running_loop().run_in_executor(None, _sync_dup, os.dup(self.fd))
+            self.sync.add_done_callback(self._report)
+
+    def _report(self, sync: asyncio.Future[None]) -> None:
+        """The sync ``sync`` returned: report its checkpoint (once, if it is still the
+        current one and it succeeded; a failure is raised by the next ``step``)."""
+        if self.closed or sync is not self.sync or sync.cancelled() or sync.exception() is not None:
+            return
+        self.sync = None
+        try:
+            self.progress.checkpoint(self.sync_offset)
+        except Exception as e:  # (from a loop callback: the transfer raises it)
+            self.failed = e
+            return
+        self.durable = self.sync_offset
 
     async def finish(self) -> None:
         if self.sync is not None:
             sync, self.sync = self.sync, None
             await sync
+        if self.failed is not None:
+            raise self.failed
 
 
 def _pipe(size: int) -> tuple[int, int]:
@@ -732,6 +763,7 @@ class Downloader:
                 raise
             raise fs.local_error(e, "cannot write the temporary file") from e
         finally:
+            syncs.closed = True
             if checkpoints and syncs.durable < sink.offset + sink.pending_len:
                 self._salvage(sink, progress)
 
