@@ -95,6 +95,8 @@ class Notifier:
             self.service.notification_done(job, due_ns, ok)
         except Exception:  # (the store failed: still due after a restart, at least once)
             log.exception("job %s: cannot record its notification", job.job_id)
+            if job.notify_due_ns == due_ns:  # not again at once: after the retry delay
+                job.notify_due_ns = self.service.clock.now_ns() + job.minimum_retry_delay_s * 10**9
         if job.notify_due_ns:
             self._due[job.job_id] = job.notify_due_ns
             self._wake.set()

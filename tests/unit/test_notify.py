@@ -104,6 +104,8 @@ def test_a_failure_after_a_notification_does_not_end_the_notifier(
             await asyncio.sleep(0)
         assert calls == ["https://hooks.example/x"]
         assert not task.done(), task.exception() if task.done() else None
+        # never left due in the past (which would run it again at once, in a loop)
+        assert job.notify_due_ns == 0 or job.notify_due_ns > service.clock.now_ns()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
