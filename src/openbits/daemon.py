@@ -82,11 +82,10 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
 
 
 async def _serve(config: Config, ready: asyncio.Event | None) -> None:
-    if config.listen:
-        try:
-            parse_listen(config.listen)
-        except ValueError as e:
-            raise DaemonError(f"bad configuration: {e}") from e
+    try:
+        listen_at = parse_listen(config.listen) if config.listen else None
+    except ValueError as e:
+        raise DaemonError(f"bad configuration: {e}") from e
     try:
         store = SqliteStore(config.db_path, synchronous=config.store_synchronous)
     except StoreError as e:
@@ -173,8 +172,8 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         finally:
             os.umask(old_umask)
         os.chmod(config.socket, config.socket_mode)
-        if config.listen:
-            host, port = parse_listen(config.listen)
+        if listen_at is not None:
+            host, port = listen_at
             try:
                 await web.TCPSite(runner, host, port, reuse_address=True).start()
             except OSError as e:

@@ -154,9 +154,29 @@ def test_a_transfer_and_its_events_over_tcp(tcp_daemon: tuple[Daemon, int], ngin
 
 @pytest.mark.parametrize("listen", ["localhost:80", "127.0.0.1", "127.0.0.1:99999", "[::1:80"])
 def test_a_bad_listen_setting_stops_the_daemon_with_a_clear_message(tmp_path: Path, listen: str) -> None:
+    result = serve_with_listen(tmp_path, listen)
+    assert result.returncode != 0
+    assert "listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = serve_with_listen(tmp_path, f"127.0.0.1:{port}")
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert not (tmp_path / "openbits" / "openbits.sock").exists(), "the socket is removed again"
+
+
+def serve_with_listen(tmp_path: Path, listen: str) -> subprocess.CompletedProcess[str]:
+    """``openbits serve`` with ``listen`` in its config, expected to refuse to start."""
     config = tmp_path / "c.toml"
     config.write_text(f"listen = {json.dumps(listen)}\n")
-    result = subprocess.run(
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -172,38 +192,6 @@ def test_a_bad_listen_setting_stops_the_daemon_with_a_clear_message(tmp_path: Pa
         timeout=30,
         env=dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path)),
     )
-    assert result.returncode != 0
-    assert "listen" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_a_port_in_use_is_a_clear_start_up_error(tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        config = tmp_path / "c.toml"
-        config.write_text(f'listen = "127.0.0.1:{port}"\n')
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "openbits",
-                "serve",
-                "--state-dir",
-                str(tmp_path / "s"),
-                "--config",
-                str(config),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path)),
-        )
-    assert result.returncode != 0
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert not (tmp_path / "openbits" / "openbits.sock").exists(), "the socket is removed again"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")

@@ -7,9 +7,7 @@ These talk to a raw asyncio server on 127.0.0.1 and run ``Downloader.download`` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -18,56 +16,7 @@ from openbits.errors import BitsError
 from openbits.model import JobFile
 from openbits.transfer.download import Downloader, Owner
 from openbits.transfer.h1 import H1Client
-
-HOST = "127.0.0.1"
-
-
-class _Progress:
-    def __init__(self) -> None:
-        self.checkpoints: list[int] = []
-
-    def connected(self) -> None:
-        pass
-
-    def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
-        pass
-
-    def checkpoint(self, offset: int) -> None:
-        self.checkpoints.append(offset)
-
-    def redirected(self, url: str) -> None:
-        pass
-
-    def responded(self, range_support: bool | None, headers: str) -> None:
-        pass
-
-
-@contextlib.asynccontextmanager
-async def _server(respond: Callable[[asyncio.StreamWriter], object]) -> AsyncIterator[str]:
-    handlers: set[asyncio.Task[None]] = set()
-
-    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            await respond(writer)  # type: ignore[misc]
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(accepted, HOST, 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://{HOST}:{port}"
-    finally:
-        if handlers:
-            await asyncio.wait(handlers, timeout=5)
-        server.close()
-        await server.wait_closed()
+from tests.support.rawserver import RecordingProgress, raw_server
 
 
 async def _download(base: str, tmp_path: object) -> tuple[JobFile, bytes]:
@@ -77,7 +26,7 @@ async def _download(base: str, tmp_path: object) -> tuple[JobFile, bytes]:
         local = os.path.join(str(tmp_path), "out.bin")
         file = JobFile(remote_url=f"{base}/f", local_file=local, temp_name="BITreview.tmp")
         owner = Owner(os.getuid(), os.getgid())
-        await downloader.download(file, owner, _Progress(), 2, defer_sync=True)
+        await downloader.download(file, owner, RecordingProgress(), 2, defer_sync=True)
         assert file.temp_path is not None
         return file, Path(file.temp_path).read_bytes()
     finally:
@@ -94,7 +43,7 @@ async def test_chunked_body_in_small_chunks_downloads(tmp_path: object) -> None:
             writer.write(b"%x\r\n" % piece + body[i : i + piece] + b"\r\n")
         writer.write(b"0\r\n\r\n")
 
-    async with _server(respond) as base:
+    async with raw_server(respond) as base:
         try:
             _file, got = await _download(base, tmp_path)
         except BitsError as e:

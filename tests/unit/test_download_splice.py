@@ -9,10 +9,8 @@ must hold exactly the body, with every checkpoint covering bytes that are in it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -22,8 +20,8 @@ from openbits.model import JobFile
 from openbits.transfer.download import Downloader, Owner, Tuning
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.throttle import Throttle
+from tests.support.rawserver import RecordingProgress, Respond, raw_server
 
-HOST = "127.0.0.1"
 MiB = 1024 * 1024
 
 
@@ -34,57 +32,6 @@ def _body(size: int, seed: int = 1) -> bytes:
         out += block
         block = block[1:] + block[:1]
     return bytes(out[:size])
-
-
-class _Progress:
-    def __init__(self) -> None:
-        self.checkpoints: list[int] = []
-
-    def connected(self) -> None:
-        pass
-
-    def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
-        pass
-
-    def checkpoint(self, offset: int) -> None:
-        self.checkpoints.append(offset)
-
-    def redirected(self, url: str) -> None:
-        pass
-
-    def responded(self, range_support: bool | None, headers: str) -> None:
-        pass
-
-
-Respond = Callable[[asyncio.StreamWriter], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def _server(respond: Respond) -> AsyncIterator[str]:
-    handlers: set[asyncio.Task[None]] = set()
-
-    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            await respond(writer)
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(accepted, HOST, 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://{HOST}:{port}"
-    finally:
-        if handlers:
-            await asyncio.wait(handlers, timeout=5)
-        server.close()
-        await server.wait_closed()
 
 
 def _in_pieces(body: bytes, pieces: list[int], extra: bytes = b"", stop_at: int | None = None) -> Respond:
@@ -114,9 +61,9 @@ async def _download(
     splice: bool,
     throttle: Throttle | None = None,
     tuning: Tuning | None = None,
-) -> tuple[JobFile, _Progress, H1Client, BitsError | None]:
+) -> tuple[JobFile, RecordingProgress, H1Client, BitsError | None]:
     h1 = H1Client(connect_timeout_s=5, read_timeout_s=5, default_headers={"User-Agent": "t"}, splice=splice)
-    progress = _Progress()
+    progress = RecordingProgress()
     file = JobFile(remote_url=f"{base}/f", local_file=str(tmp_path / "out.bin"), temp_name="BITsplice.tmp")
     error: BitsError | None = None
     try:
@@ -138,7 +85,7 @@ def _temp_bytes(file: JobFile) -> bytes:
 @pytest.mark.parametrize("splice", [True, False])
 async def test_body_in_uneven_pieces_is_written_exactly(tmp_path: Path, splice: bool) -> None:
     body = _body(6 * MiB + 12345)
-    async with _server(_in_pieces(body, [1, 4096, 700_000, 65_537, 3 * MiB])) as base:
+    async with raw_server(_in_pieces(body, [1, 4096, 700_000, 65_537, 3 * MiB])) as base:
         file, _progress, h1, error = await _download(base, tmp_path, splice=splice)
     assert error is None, error
     assert _temp_bytes(file) == body
@@ -151,7 +98,7 @@ async def test_body_in_uneven_pieces_is_written_exactly(tmp_path: Path, splice: 
 
 async def test_bytes_past_the_content_length_are_not_written(tmp_path: Path) -> None:
     body = _body(3 * MiB)
-    async with _server(_in_pieces(body, [MiB], extra=b"GARBAGE" * 1000)) as base:
+    async with raw_server(_in_pieces(body, [MiB], extra=b"GARBAGE" * 1000)) as base:
         file, _progress, h1, error = await _download(base, tmp_path, splice=True)
     assert error is None, error
     assert h1.spliced_bytes > 0
@@ -162,7 +109,7 @@ async def test_a_body_cut_short_keeps_only_checkpointed_bytes_that_are_on_disk(t
     body = _body(8 * MiB)
     cut = 5 * MiB + 333
     tuning = Tuning(checkpoint_interval_s=0.0, checkpoint_bytes=MiB)  # a checkpoint at every step
-    async with _server(_in_pieces(body, [256 * 1024], stop_at=cut)) as base:
+    async with raw_server(_in_pieces(body, [256 * 1024], stop_at=cut)) as base:
         file, progress, h1, error = await _download(base, tmp_path, splice=True, tuning=tuning)
     assert error is not None and error.transient, error
     assert h1.spliced_bytes > 0
@@ -178,7 +125,7 @@ async def test_a_limited_transfer_splices_at_its_rate(tmp_path: Path) -> None:
     body = _body(4 * MiB)
     throttle = Throttle()
     throttle.set_limits(per_priority={2: 2 * MiB})
-    async with _server(_in_pieces(body, [MiB])) as base:
+    async with raw_server(_in_pieces(body, [MiB])) as base:
         file, _progress, h1, error = await _download(base, tmp_path, splice=True, throttle=throttle)
     assert error is None, error
     assert h1.spliced_bytes > 0
@@ -200,7 +147,7 @@ async def test_a_checkpoint_is_reported_when_its_sync_returns_not_at_the_next_ch
 
     seen = asyncio.Event()
 
-    class Seen(_Progress):
+    class Seen(RecordingProgress):
         def checkpoint(self, offset: int) -> None:
             super().checkpoint(offset)
             seen.set()
@@ -209,7 +156,7 @@ async def test_a_checkpoint_is_reported_when_its_sync_returns_not_at_the_next_ch
     tuning = Tuning(checkpoint_interval_s=0.0, checkpoint_bytes=MiB)
     h1 = H1Client(connect_timeout_s=5, read_timeout_s=30, default_headers={"User-Agent": "t"})
     file = JobFile(remote_url="", local_file=str(tmp_path / "out.bin"), temp_name="BITprompt.tmp")
-    async with _server(respond) as base:
+    async with raw_server(respond) as base:
         file.remote_url = f"{base}/f"
         downloader = Downloader(None, tuning, h1=h1)  # type: ignore[arg-type]
         task = asyncio.create_task(downloader.download(file, Owner(os.getuid(), os.getgid()), progress, 2))
