@@ -81,6 +81,9 @@ class Config:
     http_splice: bool = True
     # store
     store_synchronous: str = "FULL"
+    #: new work (CreateJob, AddFile*) is refused while the state directory's file system has
+    #: less free than this: the room left is for the jobs already accepted to record progress
+    state_reserve_mb: int = 16
     # events (GET /events): the newest event_log_size events are kept for replay; progress
     # is sent at most once per event_min_interval_s per job (BITS' minimum notification
     # interval); an idle stream gets a keep-alive comment every event_keepalive_s

@@ -523,6 +523,7 @@ _HTTP_STATUS_OF: dict[int, int] = {
     HResult.BG_E_TOO_MANY_FILES_IN_JOB: 409,
     HResult.BG_E_TOO_MANY_FILES: 409,
     HResult.HRESULT_REQUEST_TOO_LARGE: 413,
+    HResult.HRESULT_DISK_FULL: 507,
     HResult.E_FAIL: 500,
 }
 

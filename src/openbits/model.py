@@ -296,6 +296,7 @@ class Job:
     run_started_ns: int = 0  # entered CONNECTING (0 while not running)
     queued_ns: int = 0  # entered QUEUED (round-robin order)
     errors_in_a_row: int = 0  # transient errors since the last progress (retry backoff)
+    unsaved: bool = False  # a store write failed: the next one saves every file row too
     files: list[JobFile] = field(default_factory=list)
 
     @property

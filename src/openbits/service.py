@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import itertools
 import logging
 import os
@@ -73,7 +74,7 @@ from openbits.model import (
 from openbits.policy import ServicePolicy
 from openbits.scheduler.policy import retry_delay_s
 from openbits.states import Event
-from openbits.store import JobStore
+from openbits.store import JobStore, StoreWriteFailed
 from openbits.transfer import files as fs
 
 log = logging.getLogger("openbits.service")
@@ -304,6 +305,7 @@ class Service:
         self.listeners: list[Callable[[Job, str], None]] = []
         self._waiters: dict[str, asyncio.Event] = {}  # job id -> set at its next change
         self.counters = Counters()
+        self.store_failing = False  # the last job write failed (logged once, and when it heals)
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -314,7 +316,7 @@ class Service:
             self._index(job)
             if job.state in states.RUNNING_STATES:
                 self._enter(job, states.next_state(job.state, Event.PREEMPTED))
-                self.store.save_job(job)
+                self._persist(job)
             elif job.state is JobState.CANCELLED:
                 for f in job.files:
                     if not f.published:
@@ -331,7 +333,11 @@ class Service:
         keep_ns = self.config.finished_retention_s * 10**9
         old = [j.job_id for j in self.jobs.values() if j.state.is_final and j.finished_ns + keep_ns <= now]
         if old:
-            self.store.delete_jobs(old)
+            try:
+                self.store.delete_jobs(old)
+            except StoreWriteFailed as e:
+                log.warning("cannot forget finished jobs yet: %s", e)
+                old = []
             for job_id in old:
                 del self.jobs[job_id]
                 event = self._waiters.pop(job_id, None)
@@ -409,6 +415,7 @@ class Service:
         if (remote is None) != (local is None):
             raise InvalidArgument("RemoteUrl and LocalFile must be given together")
         self._check_job_limits(caller)
+        self._check_room()
         now = self.clock.now_ns()
         job = Job(
             job_id=new_job_id(),
@@ -425,11 +432,35 @@ class Service:
             job.files.append(self._new_file(caller, job, remote, local, 0, set()))
             if not suspend:
                 self._enter(job, states.resume(job.state, len(job.files)))
-        self.store.add_job(job)
+        try:
+            self.store.add_job(job)
+        except StoreWriteFailed as e:
+            raise self._store_error(e) from e
         self.jobs[job.job_id] = job
         self._index(job)
         self._changed(job, "created")
         return job
+
+    def _check_room(self) -> None:
+        """New work is refused while the store's file system has less free than
+        ``state_reserve_mb``: that room is kept for the progress of the jobs accepted
+        already, so that none of them is stopped by a new one.  (A write that fails for
+        another reason fails its own call: ``_store_error``.)"""
+        reserve = self.config.state_reserve_mb * 1024 * 1024
+        where = self.config.state_dir
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            free = reserve
+        else:
+            free = st.f_bavail * st.f_frsize
+        if free < reserve:
+            raise BitsError(
+                f"the state directory {where} has {free / 2**20:.1f} MiB free, under the "
+                f"{self.config.state_reserve_mb} MiB kept for the jobs already accepted "
+                "(state_reserve_mb): free space there to add work; nothing accepted is lost",
+                hresult=HResult.HRESULT_DISK_FULL,
+            )
 
     def _check_job_limits(self, caller: Caller) -> None:
         if caller.is_admin:
@@ -505,6 +536,7 @@ class Service:
     ) -> Job:
         job = self.find(caller, job_ref)
         new_state = states.add_file(job.state)
+        self._check_room()
         added: list[JobFile] = []
         taken = {f.local_file for f in job.files}
         checked: set[str] = set()
@@ -520,10 +552,12 @@ class Service:
         self._touch(job)
         try:
             self.store.add_files(job, added)
-        except BaseException:
+        except BaseException as e:
             del job.files[len(job.files) - len(added) :]
             job.state, job.modified_ns = old_state, old_modified
             self._index(job)
+            if isinstance(e, StoreWriteFailed):
+                raise self._store_error(e) from e
             raise
         self._changed(job, "files added")
         return job
@@ -547,28 +581,31 @@ class Service:
         new_state = states.resume(job.state, len(job.files))
         if new_state is job.state:
             return 0
+        before = copy.copy(job)
         self._enter(job, new_state)
         job.error = None
         job.retry_at_ns = 0
         job.no_progress_since_ns = 0
         job.download_time_ns = 0  # MaximumDownloadTime counts from the last Resume
         job.errors_in_a_row = 0
-        self._commit(job, "resumed")
+        self._commit(job, "resumed", before=before)
         return 0
 
     async def suspend(self, job: Job) -> int:
         new_state = states.suspend(job.state)
         if new_state is job.state:
             return 0
+        before = copy.copy(job)
         self._enter(job, new_state)
-        self._commit(job, "suspended")
+        self._commit(job, "suspended", before=before)
         await self.runner.stop(job.job_id)
         return 0
 
     async def cancel(self, job: Job) -> int:
+        before = copy.copy(job)
         self._enter(job, states.cancel(job.state))
         job.finished_ns = self.clock.now_ns()
-        self._commit(job, "cancelled")
+        self._commit(job, "cancelled", before=before)
         await self.runner.stop(job.job_id)
         ok = True
         for f in job.files:
@@ -610,11 +647,12 @@ class Service:
                 self._enter(job, states.next_state(job.state, Event.PREEMPTED))
             self._commit(job, "complete failed", files=job.files)
             raise
+        before = copy.copy(job)
         self._enter(job, new_state)
         job.finished_ns = self.clock.now_ns()
         # (the file rows are not rewritten: in an ACKNOWLEDGED job every completed file is
         # published and every other one dropped, whatever their ``published`` flag says)
-        self._commit(job, "acknowledged")
+        self._commit(job, "acknowledged", before=before)
         return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
 
     async def _set_remote_urls(self, job: Job, changes: dict[int, str]) -> None:
@@ -637,11 +675,18 @@ class Service:
         if not checked:
             return
         await self.runner.stop(job.job_id)
+        before = copy.copy(job)
         if job.state in states.RUNNING_STATES:
             self._enter(job, states.next_state(job.state, Event.PREEMPTED))
+        old_urls = [file.remote_url for file, _ in checked]
         for file, url in checked:
             file.remote_url = url
-        self._commit(job, "remote names changed", files=[f for f, _ in checked])
+        try:
+            self._commit(job, "remote names changed", files=[f for f, _ in checked], before=before)
+        except BitsError:
+            for (file, _), url in zip(checked, old_urls, strict=True):
+                file.remote_url = url
+            raise
 
     def get_error(self, caller: Caller, job_ref: str) -> dict[str, Any]:
         job = self.find(caller, job_ref)
@@ -698,9 +743,10 @@ class Service:
             # SPEC §6: changing the delay reschedules the pending retry.
             failed_at = job.retry_at_ns - job.minimum_retry_delay_s * 10**9
             job.retry_at_ns = failed_at + changes["minimum_retry_delay_s"] * 10**9
+        before = copy.copy(job)
         for attr, value in changes.items():
             setattr(job, attr, value)
-        self._commit(job, "properties changed")
+        self._commit(job, "properties changed", before=before)
         return job
 
     async def invoke(
@@ -756,12 +802,12 @@ class Service:
             raise AccessDenied("only administrators may take ownership of a job")
         job = self.find(caller, job_ref)
         states.check_call(states.Call.SET_PROPERTY, job.state)
-        previous = job.owner
+        previous, before = job.owner, copy.copy(job)
         job.owner, job.owner_uid = caller.user, caller.uid
         job.custom_headers = None
         job.notify_program = job.notify_parameters = job.notify_url = None
         _arm_notification(job, self.clock.now_ns())
-        self._commit(job, "ownership taken")
+        self._commit(job, "ownership taken", before=before)
         log.info("job %s: %s took ownership from %s", job.job_id, caller.user, previous)
         return {"ReturnValue": 0}
 
@@ -878,10 +924,11 @@ class Service:
         ERROR, it runs at once (as BITS runs a command line set after the event)."""
         job = self.find(caller, job_ref)
         states.check_call(states.Call.SET_PROPERTY, job.state)
+        before = copy.copy(job)
         for attr, value in changes.items():
             setattr(job, attr, value)
         _arm_notification(job, self.clock.now_ns())
-        self._commit(job, "notification changed")
+        self._commit(job, "notification changed", before=before)
         return {"ReturnValue": 0}
 
     def notification_done(self, job: Job, due_ns: int, ok: bool) -> None:
@@ -891,15 +938,16 @@ class Service:
         if job.notify_due_ns != due_ns or self.jobs.get(job.job_id) is not job:
             return
         job.notify_due_ns = 0 if ok else self.clock.now_ns() + job.minimum_retry_delay_s * 10**9
-        self.store.save_job(job)  # (not a change of the job's own: its modification time stays)
+        self._persist(job)  # (not a change of the job's own: its modification time stays)
         self._notify(job, "notified" if ok else "notification failed")
 
     def _set_property(self, caller: Caller, job_ref: str, attr: str, value: Any) -> dict[str, Any]:
         """An extension setter: legal while the job is not finished; committed at once."""
         job = self.find(caller, job_ref)
         states.check_call(states.Call.SET_PROPERTY, job.state)
+        before = copy.copy(job)
         setattr(job, attr, value)
-        self._commit(job, f"{attr} changed")
+        self._commit(job, f"{attr} changed", before=before)
         return {"ReturnValue": 0}
 
     # -- the service policy (BitsServicePolicy) --------------------------------------------
@@ -917,7 +965,10 @@ class Service:
             raise InvalidArgument("the request body must be a JSON object")
         policy, persisted = self.policy.with_changes(raw)
         if persisted:
-            self.store.save_settings(persisted)
+            try:
+                self.store.save_settings(persisted)
+            except StoreWriteFailed as e:
+                raise self._store_error(e) from e
             self.policy = policy
             log.info("service policy changed by %s: %s", caller.user, ", ".join(sorted(persisted)))
             self.runner.wake()
@@ -927,12 +978,12 @@ class Service:
 
     def job_started(self, job: Job) -> None:
         self._enter(job, states.next_state(job.state, Event.START))
-        self._commit(job, "connecting")
+        self._record(job, "connecting")
 
     def job_connected(self, job: Job) -> None:
         if job.state is JobState.CONNECTING:
             self._enter(job, states.next_state(job.state, Event.CONNECTED))
-            self._commit(job, "transferring")
+            self._record(job, "transferring")
 
     def file_checkpoint(self, job: Job, file: JobFile, offset: int) -> None:
         """``offset`` bytes of ``file`` are durable on disk: record them."""
@@ -946,7 +997,7 @@ class Service:
             job.no_progress_since_ns = 0
             job.errors_in_a_row = 0
             job.modified_ns = self.clock.now_ns()
-        self.store.save_job(job, (file,))
+        self._persist(job, (file,))
         if progressed:
             self._notify(job, "progress")  # (events coalesce it: api/events.py)
 
@@ -955,13 +1006,13 @@ class Service:
         if job.state.is_final:
             return
         file.remote_url = url
-        self._commit(job, "file redirected", files=(file,))
+        self._record(job, "file redirected", files=(file,))
 
     def file_restarted(self, job: Job, file: JobFile) -> None:
         """The remote content changed: the file starts again from byte 0."""
         file.bytes_transferred = 0
         file.completed = False
-        self.store.save_job(job, (file,))
+        self._persist(job, (file,))
 
     def file_done(self, job: Job, file: JobFile, size: int) -> None:
         """All ``size`` bytes are durable: the last checkpoint and the completion, one commit."""
@@ -975,7 +1026,7 @@ class Service:
         job.no_progress_since_ns = 0
         job.errors_in_a_row = 0
         job.modified_ns = self.clock.now_ns()
-        self.store.save_job(job, (file,))
+        self._persist(job, (file,))
         self._notify(job, "file transferred")
 
     def files_done(self, job: Job, files: Iterable[tuple[JobFile, int]]) -> None:
@@ -993,21 +1044,24 @@ class Service:
         job.no_progress_since_ns = 0
         job.errors_in_a_row = 0
         job.modified_ns = self.clock.now_ns()
-        self.store.save_job(job, done)
+        self._persist(job, done)
         self._notify(job, "files transferred")
 
     def job_transferred(self, job: Job) -> None:
+        """Every file is durable.  TRANSFERRED is shown only once the store has it (Complete
+        publishes on its word): a failed commit is a transient error of the job's instead."""
         if job.state not in (*states.RUNNING_STATES, JobState.QUEUED):
             return
+        before = copy.copy(job)
         self._enter(job, states.next_state(job.state, Event.ALL_FILES_DONE))
         job.transferred_ns = self.clock.now_ns()
         job.error = None
-        self._commit(job, "transferred")
+        self._commit(job, "transferred", before=before)
 
     def job_preempted(self, job: Job) -> None:
         if job.state in states.RUNNING_STATES:
             self._enter(job, states.next_state(job.state, Event.PREEMPTED))
-            self._commit(job, "preempted")
+            self._record(job, "preempted")
 
     def job_failed(self, job: Job, error: BitsError, file_index: int | None) -> None:
         if job.state not in states.RUNNING_STATES:
@@ -1032,18 +1086,18 @@ class Service:
             self._enter(job, states.next_state(job.state, Event.TRANSIENT_FAILURE))
             if now - job.no_progress_since_ns >= job.no_progress_timeout_s * 10**9:
                 self._enter(job, states.next_state(job.state, Event.NO_PROGRESS_TIMEOUT))
-            self._commit(job, "transient error")
+            self._record(job, "transient error")
         else:
             self.counters.errors += 1
             self._enter(job, states.next_state(job.state, Event.FATAL_FAILURE))
-            self._commit(job, "error")
+            self._record(job, "error")
         log.info("job %s: %s", job.job_id, error)
 
     def retry_due(self, job: Job) -> None:
         if job.state is JobState.TRANSIENT_ERROR:
             self._enter(job, states.next_state(job.state, Event.RETRY_DUE))
             job.retry_at_ns = 0
-            self._commit(job, "retrying")
+            self._record(job, "retrying")
 
     def blocked_by_policy(self, job: Job) -> None:
         """Its bandwidth limit is 0 now (BITS group policy): TRANSIENT_ERROR with
@@ -1058,7 +1112,7 @@ class Service:
         )
         job.retry_at_ns = 2**62  # retried when the limit lifts, not by the clock
         self._enter(job, states.next_state(job.state, Event.BLOCKED_BY_POLICY))
-        self._commit(job, "blocked by policy")
+        self._record(job, "blocked by policy")
 
     def download_time_exceeded(self, job: Job) -> None:
         """MaximumDownloadTime ran out while the job was connecting or transferring."""
@@ -1070,7 +1124,7 @@ class Service:
                 "transferring",
             )
             self._enter(job, states.next_state(job.state, Event.FATAL_FAILURE))
-            self._commit(job, "maximum download time exceeded")
+            self._record(job, "maximum download time exceeded")
 
     async def inactive(self, job: Job) -> None:
         """No activity for the job inactivity timeout: BITS cancels the job and its files."""
@@ -1085,7 +1139,7 @@ class Service:
     def no_progress_timeout(self, job: Job) -> None:
         if job.state is JobState.TRANSIENT_ERROR:
             self._enter(job, states.next_state(job.state, Event.NO_PROGRESS_TIMEOUT))
-            self._commit(job, "no progress")
+            self._record(job, "no progress")
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -1117,10 +1171,57 @@ class Service:
     def _touch(self, job: Job) -> None:
         job.modified_ns = self.clock.now_ns()
 
-    def _commit(self, job: Job, what: str, files: Iterable[JobFile] = ()) -> None:
+    def _commit(self, job: Job, what: str, files: Iterable[JobFile] = (), before: Job | None = None) -> None:
+        """Record a change a caller asked for; it is answered only once it is stored.  When
+        the store cannot take it (a full disk), the job is put back as it was ``before``
+        and the caller gets the store's error: nothing is acknowledged that is not stored."""
         self._touch(job)
-        self.store.save_job(job, files)
+        try:
+            self._save(job, files)
+        except StoreWriteFailed as e:
+            if before is not None:
+                for name in _JOB_FIELDS:
+                    setattr(job, name, getattr(before, name))
+                job.unsaved = True
+                self._index(job)
+            raise self._store_error(e) from e
         self._changed(job, what)
+
+    def _record(self, job: Job, what: str, files: Iterable[JobFile] = ()) -> None:
+        """Record a change of the daemon's own (the transfer's progress): it stands even when
+        the store cannot take it; the store keeps the last state it had, as after a crash,
+        and the next write that succeeds catches up."""
+        self._touch(job)
+        self._persist(job, files)
+        self._changed(job, what)
+
+    def _persist(self, job: Job, files: Iterable[JobFile] = ()) -> bool:
+        try:
+            self._save(job, files)
+        except StoreWriteFailed as e:
+            job.unsaved = True
+            if not self.store_failing:
+                log.error("%s; the jobs go on, and the store catches up at its next write that succeeds", e)
+            self.store_failing = True
+            return False
+        return True
+
+    def _save(self, job: Job, files: Iterable[JobFile]) -> None:
+        self.store.save_job(job, job.files if job.unsaved else files)
+        job.unsaved = False
+        if self.store_failing:
+            self.store_failing = False
+            log.warning("the job store records changes again")
+
+    def _store_error(self, e: StoreWriteFailed) -> BitsError:
+        """What a caller is told when the store cannot record its call."""
+        if e.full:
+            return BitsError(
+                f"{e}; free space in {self.config.state_dir} (nothing already accepted is lost)",
+                hresult=HResult.HRESULT_DISK_FULL,
+                transient=True,
+            )
+        return BitsError(str(e), hresult=HResult.E_FAIL, transient=True)
 
     def _changed(self, job: Job, what: str) -> None:
         self._notify(job, what)
@@ -1151,6 +1252,10 @@ class Service:
                 listener(job, what)
             except Exception:  # a listener never breaks a verb
                 log.exception("listener failed")
+
+
+#: a Job's fields but its files (what a failed commit puts back; the files are the verbs')
+_JOB_FIELDS = tuple(f for f in Job.__slots__ if f != "files")
 
 
 def _arm_notification(job: Job, now_ns: int) -> None:

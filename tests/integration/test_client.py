@@ -529,9 +529,12 @@ async def test_async_transfer_with_progress_and_cancel_on_failure(
             ids.append(job.job_id)
             started.set()
 
-        task = asyncio.create_task(
+        make_file(nginx.www, "client/async-slow.bin", 16 * 1024 * KiB, seed=541)
+        task = asyncio.create_task(  # (16 MiB at 1 MB/s: still running when it is cancelled)
             client.transfer(
-                {f"{nginx.url}/client/async-t.bin": str(dest / "never.bin")}, progress=note, timeout=60
+                {f"{nginx.url}/slow/client/async-slow.bin": str(dest / "never.bin")},
+                progress=note,
+                timeout=60,
             )
         )
         await started.wait()

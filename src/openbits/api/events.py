@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from openbits.model import Job, JobState
+from openbits.store import StoreWriteFailed
 
 log = logging.getLogger("openbits.events")
 
@@ -305,6 +306,7 @@ class EventLog:
         self._timer: asyncio.TimerHandle | None = None
         self._subscribers: set[Subscription] = set()
         self._closed = False
+        self._unlogged = 0  # events not kept since the store last failed to take one
 
     # -- the service's listener ------------------------------------------------------------
 
@@ -343,9 +345,16 @@ class EventLog:
             cut = event.id - self.size
         try:
             self.store.append_events((event.row(),), cut)
-        except Exception:  # a full disk must not stop live events or the verb
+        except StoreWriteFailed as e:  # a full disk must not stop live events or the verb
+            if not self._unlogged:
+                log.error("events are sent but not kept for replay (from %d): %s", event.id, e)
+            self._unlogged += 1
+        except Exception:
             log.exception("cannot persist event %d", event.id)
         else:
+            if self._unlogged:
+                log.warning("events are kept again; %d were not", self._unlogged)
+                self._unlogged = 0
             if cut:
                 self.oldest_id = cut + 1
         for sub in list(self._subscribers):

@@ -209,6 +209,8 @@ STATUSES: dict[str, str] = {
     "409": "BG_E_INVALID_STATE, BG_E_EMPTY and other state conflicts; job and file limits",
     "413": "the request body is over 1 MiB",
     "500": "E_FAIL: an internal error (see the daemon's log)",
+    "507": "0x80070070 (disk full): the state directory's file system is full; new work is "
+    "refused, and a change the store cannot record is not made",
 }
 
 

@@ -24,6 +24,15 @@ class StoreDamaged(StoreError):
     """The store's file fails SQLite's integrity check: the daemon will not run on it."""
 
 
+class StoreWriteFailed(StoreError):
+    """A write did not commit (its file system is full, an I/O error, read-only): nothing of
+    it is stored, and what was committed before is intact.  ``full``: for want of space."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
 class JobStore(Protocol):
     """Every method commits before it returns: what it accepted survives SIGKILL."""
 

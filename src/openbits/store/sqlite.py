@@ -7,6 +7,7 @@ progress is checkpointed at most once a second per running job, never per chunk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -23,7 +24,7 @@ from openbits.model import (
     JobState,
     JobType,
 )
-from openbits.store import RECOVERY_HINT, StoreDamaged, StoreError
+from openbits.store import RECOVERY_HINT, StoreDamaged, StoreError, StoreWriteFailed
 
 #: Migration n brings a database from user_version n to n + 1.  Never edit one
 #: that has shipped; append a new one (tests/unit/test_store_sqlite.py records the digest
@@ -203,13 +204,29 @@ class SqliteStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction.  A write SQLite cannot make (SQLITE_FULL, an I/O error)
+        rolls it back and raises StoreWriteFailed: nothing of it is stored."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            raise self._write_failed(e) from e
+
+    def _write_failed(self, e: sqlite3.OperationalError) -> StoreWriteFailed:
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        full = code == sqlite3.SQLITE_FULL
+        if not full and code == sqlite3.SQLITE_IOERR:
+            with contextlib.suppress(OSError):
+                full = os.statvfs(os.path.dirname(os.path.abspath(self.path))).f_bavail == 0
+        why = "its file system is full" if full else str(e)
+        return StoreWriteFailed(f"the job store {self.path} cannot record the change: {why}", full=full)
 
     # -- reads ----------------------------------------------------------------------------
 

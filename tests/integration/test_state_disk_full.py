@@ -1,0 +1,191 @@
+"""The state directory on a small tmpfs mounted by the test, filled up: the daemon refuses new
+work with a clear error (0x80070070, HTTP 507), a change it cannot store is answered with that
+error and not made, a transfer that cannot record its end waits as a transient error, and
+nothing it acknowledged before is lost, across a SIGKILL too. Needs root."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openbits.errors import BitsError
+from openbits.model import JobState
+from tests.support.daemon import Daemon, wait_until
+from tests.support.fixtures import make_file, sha256_file
+from tests.support.nginx import Nginx
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+MiB = 1024 * 1024
+DISK_FULL = 0x80070070
+CLASS = "/root/microsoft/bits/BitsClientJob"
+
+
+@pytest.fixture
+def state_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "statefs"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to its last byte; the filler file is returned (unlink it to free)."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for chunk in (MiB, 4096, 512, 1):
+            block = b"\0" * chunk
+            while True:
+                try:
+                    os.write(fd, block)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(fd)
+    assert os.statvfs(disk).f_bavail == 0
+    return filler
+
+
+def truncate_wal(db: Path) -> None:
+    """Checkpoint the WAL into the database and truncate it, so the daemon's next write needs
+    new room (a WAL keeps its size, and a full disk would otherwise go unnoticed for a while)."""
+    con = sqlite3.connect(db)
+    try:
+        busy, _, _ = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0
+    finally:
+        con.close()
+
+
+def stored(db: Path) -> dict[str, tuple[int, str]]:
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return {j: (s, n) for j, s, n in con.execute("SELECT job_id, state, display_name FROM jobs")}
+    finally:
+        con.close()
+
+
+def test_a_full_state_dir_refuses_new_work_and_loses_nothing(
+    tmp_path: Path, state_disk: Path, nginx: Nginx
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    digest = make_file(nginx.www, "statefull/a.bin", 300 * 1024, seed=5)
+    url = f"{nginx.url}/statefull/a.bin"
+    daemon = Daemon(state_disk / "state", config={"state_reserve_mb": 4})
+    daemon.start()
+    db = daemon.state_dir / "jobs.sqlite"
+    try:
+        c = daemon.client
+        suspended = c.create_job(DisplayName="suspended")
+        c.add_file(suspended, url, str(dest / "s.bin"))
+        done = c.create_job(DisplayName="done")
+        c.add_file(done, url, str(dest / "d.bin"))
+        c.resume(done)
+        daemon.wait_state(done, JobState.TRANSFERRED)
+        before = {j: daemon.job(j)["State"] for j in (suspended, done)}
+
+        truncate_wal(db)
+        filler = fill(state_disk)
+
+        # new work: refused before anything is written, with the reason and the way out
+        status, body = daemon.api("POST", f"{CLASS}/CreateJob", {"DisplayName": "new"})
+        assert status == 507, body
+        assert body["ErrorCode"] == "0x80070070"
+        assert "free space" in body["Message"] and str(state_disk) in body["Message"]
+        cli = daemon.cli("create", "new")
+        assert cli.returncode != 0, cli.stdout
+        assert "0x80070070" in cli.stderr and "free space" in cli.stderr, cli.stderr
+        with pytest.raises(BitsError) as refused:
+            c.add_file(suspended, url, str(dest / "x.bin"))
+        assert refused.value.hresult == DISK_FULL
+
+        # a change that cannot be stored is answered with the error, and not made
+        for change in (
+            lambda: c.set_properties(suspended, DisplayName="renamed"),
+            lambda: c.resume(suspended),
+            lambda: c.complete(done),
+            lambda: c.cancel(suspended),
+        ):
+            with pytest.raises(BitsError) as failed:
+                change()
+            assert failed.value.hresult == DISK_FULL, failed.value
+        assert daemon.job(suspended)["DisplayName"] == "suspended"
+        assert {j: daemon.job(j)["State"] for j in (suspended, done)} == before
+        assert len(c.list_jobs()) == 2
+
+        daemon.kill()  # what was acknowledged is what is stored
+        filler.unlink()
+        assert stored(db) == {
+            suspended: (JobState.SUSPENDED, "suspended"),
+            done: (JobState.TRANSFERRED, "done"),
+        }
+
+        daemon.start()
+        assert {j: daemon.job(j)["State"] for j in (suspended, done)} == before
+        assert c.complete(done) == 0  # the refused Complete had published its file: kept
+        assert sha256_file(dest / "d.bin") == digest
+        c.set_properties(suspended, DisplayName="renamed")
+        c.resume(suspended)
+        daemon.wait_state(suspended, JobState.TRANSFERRED)
+        assert c.complete(suspended) == 0
+        assert sha256_file(dest / "s.bin") == digest
+        c.create_job(DisplayName="after")
+        assert stored(db)[suspended] == (JobState.ACKNOWLEDGED, "renamed")
+    finally:
+        with contextlib.suppress(Exception):
+            daemon.stop()
+    assert not [p.name for p in dest.iterdir() if p.name.startswith(".BIT")]
+
+
+def test_a_transfer_that_cannot_record_its_end_waits_and_then_finishes(
+    tmp_path: Path, state_disk: Path, nginx: Nginx
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    digest = make_file(nginx.www, "statefull/slow.bin", 16 * MiB, seed=6)
+    daemon = Daemon(state_disk / "state", config={"state_reserve_mb": 4})
+    daemon.start()
+    db = daemon.state_dir / "jobs.sqlite"
+    try:
+        c = daemon.client
+        job = c.create_job(DisplayName="slow")
+        c.add_file(job, f"{nginx.url}/slow/statefull/slow.bin", str(dest / "slow.bin"))
+        c.set_properties(job, MinimumRetryDelay=5)
+        c.resume(job)
+        daemon.wait_state(job, JobState.TRANSFERRING)
+        truncate_wal(db)
+        filler = fill(state_disk)
+        daemon.wait_state(job, JobState.TRANSIENT_ERROR, timeout=60)
+        err = c.get_error(job)
+        assert (err["ErrorCode"], err["ErrorContext"]) == (DISK_FULL, 2)  # GENERAL_QUEUE_MANAGER
+        assert "free space" in err["ErrorDescription"]
+        assert daemon.job(job)["TransientErrorCount"] >= 1
+        assert not (dest / "slow.bin").exists()
+        filler.unlink()
+        daemon.wait_state(job, JobState.TRANSFERRED, timeout=60)  # its retry, after 5 s
+        wait_until(lambda: stored(db)[job][0] == JobState.TRANSFERRED, what="TRANSFERRED stored")
+        assert c.complete(job) == 0
+        assert sha256_file(dest / "slow.bin") == digest
+    finally:
+        with contextlib.suppress(Exception):
+            daemon.stop()
