@@ -435,7 +435,7 @@ class Service:
         try:
             self.store.add_job(job)
         except StoreWriteFailed as e:
-            raise self._store_error(e) from e
+            raise self.store_error(e) from e
         self.jobs[job.job_id] = job
         self._index(job)
         self._changed(job, "created")
@@ -557,7 +557,7 @@ class Service:
             job.state, job.modified_ns = old_state, old_modified
             self._index(job)
             if isinstance(e, StoreWriteFailed):
-                raise self._store_error(e) from e
+                raise self.store_error(e) from e
             raise
         self._changed(job, "files added")
         return job
@@ -968,7 +968,7 @@ class Service:
             try:
                 self.store.save_settings(persisted)
             except StoreWriteFailed as e:
-                raise self._store_error(e) from e
+                raise self.store_error(e) from e
             self.policy = policy
             log.info("service policy changed by %s: %s", caller.user, ", ".join(sorted(persisted)))
             self.runner.wake()
@@ -1184,7 +1184,7 @@ class Service:
                     setattr(job, name, getattr(before, name))
                 job.unsaved = True
                 self._index(job)
-            raise self._store_error(e) from e
+            raise self.store_error(e) from e
         self._changed(job, what)
 
     def _record(self, job: Job, what: str, files: Iterable[JobFile] = ()) -> None:
@@ -1213,7 +1213,7 @@ class Service:
             self.store_failing = False
             log.warning("the job store records changes again")
 
-    def _store_error(self, e: StoreWriteFailed) -> BitsError:
+    def store_error(self, e: StoreWriteFailed) -> BitsError:
         """What a caller is told when the store cannot record its call."""
         if e.full:
             return BitsError(

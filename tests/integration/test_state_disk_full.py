@@ -118,6 +118,8 @@ def test_a_full_state_dir_refuses_new_work_and_loses_nothing(
         with pytest.raises(BitsError) as refused:
             c.add_file(suspended, url, str(dest / "x.bin"))
         assert refused.value.hresult == DISK_FULL
+        status, body = daemon.api("POST", "/tokens", {"Description": "t"})
+        assert (status, body["ErrorCode"]) == (507, "0x80070070"), body
 
         # a change that cannot be stored is answered with the error, and not made
         for change in (

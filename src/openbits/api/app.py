@@ -33,6 +33,7 @@ from openbits.errors import (
 )
 from openbits.model import ALL_PROPERTIES, Job, JobState
 from openbits.service import Service
+from openbits.store import StoreWriteFailed
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.api")
@@ -112,6 +113,8 @@ async def bits_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except BitsError as e:
         return error_response(e)
+    except StoreWriteFailed as e:  # (tokens: the service translates its own)
+        return error_response(request.app[SERVICE_KEY].store_error(e))
     except web.HTTPException as e:
         if e.status == 404:
             return error_response(
