@@ -1,17 +1,24 @@
-"""A bounded crash torture: jobs of mixed sizes while the daemon is SIGKILLed at random
-moments (seeded, reproducible). Every job finishes byte-identical, none is lost or doubled,
-no temporary file is left, and the store passes PRAGMA integrity_check.
+"""Crash torture: jobs of mixed sizes download from nginx while the daemon is SIGKILLed at
+seeded random moments, and between the kills a client keeps changing them (creates, renames,
+suspends, resumes, cancels, completes). After every restart each change the daemon
+acknowledged must still be there; in the end every job finishes byte-identical, none is lost
+or doubled, no temporary file is left after Complete or Cancel, and the store passes
+``PRAGMA integrity_check``.
 
-`make test` runs a small round; OPENBITS_CHAOS_KILLS / OPENBITS_CHAOS_JOBS / OPENBITS_CHAOS_SEED
-make it longer (the reliability issue grows this into `make chaos`).
+`make test` runs a small round (8 jobs, 6 kills, files up to 8 MiB). `make chaos` runs the
+acceptance round: 100 jobs of 0 B to 256 MiB with 1 to 50 files, 40 kills. The knobs:
+OPENBITS_CHAOS_JOBS, OPENBITS_CHAOS_KILLS, OPENBITS_CHAOS_SEED, OPENBITS_CHAOS_MAX_MIB; the
+figures of a run go to OPENBITS_CHAOS_REPORT (JSON) when it is set.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from openbits.model import JobPriority, JobState
@@ -20,59 +27,198 @@ from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
 
 KiB, MiB = 1024, 1024 * 1024
+SMALL = (0, 1, 700, 4 * KiB, 16 * KiB, 100 * KiB, 300 * KiB)
+MEDIUM = (1 * MiB, 2 * MiB, 5 * MiB, 12 * MiB)
+LARGE = (64 * MiB, 128 * MiB, 256 * MiB)
+PRIORITIES = (JobPriority.FOREGROUND, JobPriority.HIGH, JobPriority.NORMAL, JobPriority.LOW)
+
+
+@dataclass
+class Expected:
+    """What the client was told about one job: its files, and each acknowledged change."""
+
+    files: dict[Path, str]
+    name: str
+    suspended: bool = False
+    cancelled: bool = False
+    completed: bool = False
+
+
+@dataclass
+class Torture:
+    daemon: Daemon
+    nginx: Nginx
+    dest: Path
+    rng: random.Random
+    seed: int
+    max_size: int
+    jobs: dict[str, Expected] = field(default_factory=dict)
+    acknowledged: int = 0  # changes the daemon acknowledged (besides creating the jobs)
+    large: dict[int, str] = field(default_factory=dict)  # size -> digest of its shared source
+
+    def source(self, j: int, i: int) -> tuple[str, int, str]:
+        """A file to fetch: (URL path, size, sha256). Large ones are shared between jobs."""
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.02 and any(s <= self.max_size for s in LARGE):
+            size = rng.choice([s for s in LARGE if s <= self.max_size])
+            name = f"chaos/{self.seed}/large-{size}.bin"
+            if size not in self.large:
+                self.large[size] = make_file(self.nginx.www, name, size, seed=size)
+            return name, size, self.large[size]
+        pool = MEDIUM if roll < 0.15 else SMALL
+        size = rng.choice([s for s in pool if s <= self.max_size] or [0])
+        name = f"chaos/{self.seed}/{j}-{i}.bin"
+        return name, size, make_file(self.nginx.www, name, size, seed=self.seed + 7919 * j + i)
+
+    def create(self, j: int) -> None:
+        rng = self.rng
+        n = rng.randint(10, 50) if rng.random() < 0.3 else rng.randint(1, 6)
+        pairs, files = [], {}
+        for i in range(n):
+            name, size, digest = self.source(j, i)
+            prefix = "/slow" if MiB <= size <= 12 * MiB and rng.random() < 0.3 else ""
+            local = self.dest / f"{j}-{i}.bin"
+            files[local] = digest
+            pairs.append((f"{self.nginx.url}{prefix}/{name}", str(local)))
+        c = self.daemon.client
+        job = c.create_job(DisplayName=f"chaos-{j}", Priority=int(rng.choice(PRIORITIES)))
+        self.jobs[job] = Expected(files, f"chaos-{j}", suspended=True)
+        c.add_file_set(job, pairs)
+        c.resume(job)
+        self.jobs[job].suspended = False
+
+    def live(self) -> list[str]:
+        return [j for j, e in self.jobs.items() if not (e.cancelled or e.completed)]
+
+    def meddle(self) -> None:
+        """A few changes a client might make, each recorded once it is acknowledged."""
+        rng, c = self.rng, self.daemon.client
+        live = self.live()
+        if not live:
+            return
+        roll = rng.random()
+        job = rng.choice(live)
+        exp = self.jobs[job]
+        if roll < 0.25:
+            exp.name = f"renamed-{self.acknowledged}"
+            c.set_properties(job, DisplayName=exp.name, Priority=int(rng.choice(PRIORITIES)))
+        elif roll < 0.4 and not exp.suspended:
+            c.suspend(job)
+            exp.suspended = True
+        elif roll < 0.6 and exp.suspended:
+            c.resume(job)
+            exp.suspended = False
+        elif roll < 0.68:
+            c.cancel(job)
+            exp.cancelled = True
+        else:
+            done = [j for j in live if self.daemon.job(j)["State"] == JobState.TRANSFERRED]
+            if not done:
+                return
+            job = rng.choice(done)
+            assert c.complete(job) == 0
+            self.jobs[job].completed = True
+        self.acknowledged += 1
+
+    def check_acknowledged(self) -> None:
+        """Every acknowledged change survived the kill."""
+        for job, exp in self.jobs.items():
+            got = self.daemon.job(job)
+            assert got["DisplayName"] == exp.name, (job, got["DisplayName"], exp.name)
+            state = JobState(got["State"])
+            if exp.cancelled:
+                assert state is JobState.CANCELLED, (job, state)
+            elif exp.completed:
+                assert state is JobState.ACKNOWLEDGED, (job, state)
+            elif exp.suspended:
+                assert state is JobState.SUSPENDED, (job, state)
+            else:
+                assert not state.is_final and state is not JobState.SUSPENDED, (job, state)
 
 
 def test_random_sigkills_lose_nothing(tmp_path: Path, nginx: Nginx) -> None:
     seed = int(os.environ.get("OPENBITS_CHAOS_SEED", "20261125"))
     kills = int(os.environ.get("OPENBITS_CHAOS_KILLS", "6"))
     n_jobs = int(os.environ.get("OPENBITS_CHAOS_JOBS", "8"))
-    rng = random.Random(seed)
+    max_size = int(os.environ.get("OPENBITS_CHAOS_MAX_MIB", "8")) * MiB
+    began = time.monotonic()
     dest = tmp_path / "dest"
     dest.mkdir()
-    expected: dict[Path, str] = {}
-    daemon = Daemon(tmp_path / "state", config={"max_concurrent_background_jobs": 2, "time_slice_s": 0.5})
+    daemon = Daemon(
+        tmp_path / "state",
+        config={"max_concurrent_background_jobs": 2, "time_slice_s": 0.5, "max_jobs_per_user": 10_000},
+    )
+    t = Torture(daemon, nginx, dest, random.Random(seed), seed, max_size)
     daemon.start()
-    jobs: list[str] = []
     try:
-        for j in range(n_jobs):
-            pairs = []
-            for i in range(rng.randint(1, 6)):
-                size = rng.choice([0, 1, 700, 16 * KiB, 300 * KiB, 2 * MiB, 5 * MiB])
-                name = f"chaos/{seed}/{j}-{i}.bin"
-                digest = make_file(nginx.www, name, size, seed=seed + 31 * j + i)
-                prefix = "/slow" if size >= MiB and rng.random() < 0.5 else ""
-                local = dest / f"{j}-{i}.bin"
-                expected[local] = digest
-                pairs.append((f"{nginx.url}{prefix}/{name}", str(local)))
-            priority = rng.choice(
-                [JobPriority.FOREGROUND, JobPriority.HIGH, JobPriority.NORMAL, JobPriority.LOW]
-            )
-            job = daemon.client.create_job(DisplayName=f"chaos-{j}", Priority=int(priority))
-            daemon.client.add_file_set(job, pairs)
-            daemon.client.resume(job)
-            jobs.append(job)
-
-        for _ in range(kills):
-            time.sleep(rng.uniform(0.05, 1.2))  # a random moment to kill at, not a synchronisation
+        first = n_jobs // 2  # the rest are created between the kills
+        for j in range(first):
+            t.create(j)
+        created = first
+        for k in range(kills):
+            for _ in range(t.rng.randint(0, 3)):
+                t.meddle()
+            if created < n_jobs and t.rng.random() < 0.8:
+                wanted = first + (n_jobs - first) * (k + 1) // kills
+                while created < max(wanted, created + 1) and created < n_jobs:
+                    t.create(created)
+                    created += 1
+            time.sleep(t.rng.uniform(0.05, 1.2))  # a random moment to kill at, not a synchronisation
             daemon.kill()
             daemon.start()
+            t.check_acknowledged()
+        while created < n_jobs:
+            t.create(created)
+            created += 1
 
-        for job in jobs:
-            daemon.wait_state(job, JobState.TRANSFERRED, timeout=120)
-        for job in jobs:
-            assert daemon.client.complete(job) == 0
-        listed = daemon.client.list_jobs()
-        assert listed == [], "every job is acknowledged, none doubled"
+        c = daemon.client
+        for job, exp in t.jobs.items():
+            if exp.suspended and not exp.cancelled:
+                c.resume(job)
+                exp.suspended = False
+        timeout = 120 + 2 * sum(len(e.files) for e in t.jobs.values()) / 10
+        for job in t.live():
+            daemon.wait_state(job, JobState.TRANSFERRED, timeout=timeout)
+            assert c.complete(job) == 0
+            t.jobs[job].completed = True
+        assert c.list_jobs() == [], "every job is finished, none doubled"
+        t.check_acknowledged()
     finally:
         daemon.stop()
 
-    for local, digest in expected.items():
-        assert sha256_file(local) == digest, local
+    verified = files = 0
+    for job, exp in t.jobs.items():
+        for local, digest in exp.files.items():
+            if exp.cancelled:
+                assert not local.exists(), f"{local} of cancelled {job}"
+            else:
+                assert sha256_file(local) == digest, local
+                verified += local.stat().st_size
+                files += 1
     leftovers = [p.name for p in dest.iterdir() if p.name.startswith(".BIT")]
-    assert leftovers == []
+    assert leftovers == [], "no temporary file after Complete or Cancel"
     db = sqlite3.connect(daemon.state_dir / "jobs.sqlite")
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert db.execute("SELECT COUNT(*) FROM jobs WHERE state = 7").fetchone()[0] == n_jobs
+        rows = dict(db.execute("SELECT job_id, state FROM jobs").fetchall())
     finally:
         db.close()
+    assert len(rows) == n_jobs == len(t.jobs), "no job lost, none doubled"
+    for job, exp in t.jobs.items():
+        assert rows[job] == (JobState.CANCELLED if exp.cancelled else JobState.ACKNOWLEDGED), job
+    report = {
+        "seed": seed,
+        "kills": kills,
+        "jobs": n_jobs,
+        "cancelled": sum(e.cancelled for e in t.jobs.values()),
+        "files_verified": files,
+        "bytes_verified": verified,
+        "changes_acknowledged": t.acknowledged,
+        "jobs_lost": 0,
+        "seconds": round(time.monotonic() - began, 1),
+    }
+    print("chaos:", json.dumps(report))
+    if out := os.environ.get("OPENBITS_CHAOS_REPORT"):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
