@@ -310,10 +310,13 @@ class Service:
     # -- start-up -------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Load every job; jobs that were running go back to QUEUED, at their checkpoint."""
+        """Load the jobs not finished; jobs that were running go back to QUEUED, at their
+        checkpoint. Finished jobs stay in the store alone (``find`` reads them there), so
+        memory holds the live queue only, however many jobs went through."""
         for job in self.store.load_jobs():
-            self.jobs[job.job_id] = job
-            self._index(job)
+            if not job.state.is_final:
+                self.jobs[job.job_id] = job
+                self._index(job)
             if job.state in states.RUNNING_STATES:
                 self._enter(job, states.next_state(job.state, Event.PREEMPTED))
                 self._persist(job)
@@ -328,23 +331,14 @@ class Service:
         self.purge_finished()
 
     def purge_finished(self) -> int | None:
-        """Forget finished jobs past the retention period; the next purge time (ns)."""
-        now = self.clock.now_ns()
+        """Delete finished jobs past the retention period; the next purge time (ns)."""
         keep_ns = self.config.finished_retention_s * 10**9
-        old = [j.job_id for j in self.jobs.values() if j.state.is_final and j.finished_ns + keep_ns <= now]
-        if old:
-            try:
-                self.store.delete_jobs(old)
-            except StoreWriteFailed as e:
-                log.warning("cannot forget finished jobs yet: %s", e)
-                old = []
-            for job_id in old:
-                del self.jobs[job_id]
-                event = self._waiters.pop(job_id, None)
-                if event is not None:
-                    event.set()
-        pending = [j.finished_ns + keep_ns for j in self.jobs.values() if j.state.is_final]
-        return min(pending) if pending else None
+        try:
+            self.store.delete_finished(self.clock.now_ns() - keep_ns)
+        except StoreWriteFailed as e:
+            log.warning("cannot forget finished jobs yet: %s", e)
+        oldest = self.store.oldest_finished_ns()
+        return None if oldest is None else oldest + keep_ns
 
     # -- lookup ---------------------------------------------------------------------------
 
@@ -359,18 +353,16 @@ class Service:
         try:
             job_id = canonical_job_id(ref)
         except ValueError:
-            matches = [
-                j
-                for j in self.jobs.values()
-                if j.display_name == ref
-                and j.owner_uid == caller.uid
-                and (include_finished or not j.state.is_final)
-            ]
+            matches = [j for j in self.jobs.values() if j.display_name == ref and j.owner_uid == caller.uid]
+            if include_finished:
+                matches += self.store.finished_named(ref, caller.uid)
             if len(matches) > 1:
                 raise InvalidArgument(f"{len(matches)} jobs are named {ref!r}; use the JobId") from None
             job = matches[0] if matches else None
         else:
             job = self.jobs.get(job_id)
+            if job is None and include_finished:
+                job = self.store.load_job(job_id)
         if job is None or not self._visible(caller, job):
             raise NotFound(f"no job {ref}")
         if job.state.is_final and not include_finished:
@@ -380,9 +372,13 @@ class Service:
     def enumerate(self, caller: Caller, *, all_users: bool = False) -> list[Job]:
         if all_users and not caller.is_admin:
             raise AccessDenied("only administrators may list all users' jobs")
-        return [
-            j for j in self.jobs.values() if not j.state.is_final and (all_users or j.owner_uid == caller.uid)
-        ]
+        return [j for j in self.jobs.values() if all_users or j.owner_uid == caller.uid]
+
+    def finished_counts(self, owner_uid: int | None = None) -> dict[tuple[JobState, JobPriority], int]:
+        """The finished jobs kept, by state and priority (of one owner, or all)."""
+        return {
+            (JobState(s), JobPriority(p)): n for (s, p), n in self.store.count_finished(owner_uid).items()
+        }
 
     # -- verbs ----------------------------------------------------------------------------
 
@@ -465,7 +461,7 @@ class Service:
     def _check_job_limits(self, caller: Caller) -> None:
         if caller.is_admin:
             return
-        live = [j for j in self.jobs.values() if not j.state.is_final]
+        live = self.jobs.values()
         if len(live) >= self.config.max_jobs_per_machine:
             raise LimitExceeded(
                 f"the machine already has {len(live)} jobs (limit {self.config.max_jobs_per_machine})",
@@ -1186,6 +1182,8 @@ class Service:
                 self._index(job)
             raise self.store_error(e) from e
         self._changed(job, what)
+        if job.state.is_final:  # stored: it lives on in the store alone (``find``)
+            self.jobs.pop(job.job_id, None)
 
     def _record(self, job: Job, what: str, files: Iterable[JobFile] = ()) -> None:
         """Record a change of the daemon's own (the transfer's progress): it stands even when

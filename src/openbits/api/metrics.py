@@ -26,6 +26,7 @@ def render(service: Service, caller: Caller, throttled_s: float) -> str:
     if not caller.is_admin:
         jobs = (j for j in jobs if j.owner_uid == caller.uid)
     by = Counter((j.state, j.priority) for j in jobs)
+    by.update(service.finished_counts(None if caller.is_admin else caller.uid))  # (kept in the store)
     c = service.counters
     out: list[str] = []
 

@@ -146,6 +146,9 @@ _FILE_COLUMNS = (
 )
 
 
+_FINAL = f"({int(JobState.ACKNOWLEDGED)}, {int(JobState.CANCELLED)})"  # the finished states
+
+
 class SqliteStore:
     """A :class:`~openbits.store.JobStore` on one SQLite file."""
 
@@ -241,6 +244,46 @@ class SqliteStore:
                 owner.files.append(_file_from_row(row))
         return list(jobs.values())
 
+    def load_job(self, job_id: str) -> Job | None:
+        """One job and its files (a finished job lives only here: the service forgets it)."""
+        row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        job = _job_from_row(row)
+        job.files = [
+            _file_from_row(r)
+            for r in self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = ? ORDER BY position", (job_id,)
+            )
+        ]
+        return job
+
+    def finished_named(self, display_name: str, owner_uid: int) -> list[Job]:
+        """The finished jobs of an owner with this DisplayName."""
+        ids = [
+            str(r[0])
+            for r in self._db.execute(
+                f"SELECT job_id FROM jobs WHERE display_name = ? AND owner_uid = ? AND state IN {_FINAL}",
+                (display_name, owner_uid),
+            )
+        ]
+        return [job for job in map(self.load_job, ids) if job is not None]
+
+    def count_finished(self, owner_uid: int | None = None) -> dict[tuple[int, int], int]:
+        """Finished jobs by (state, priority), of one owner or of all."""
+        sql = f"SELECT state, priority, COUNT(*) FROM jobs WHERE state IN {_FINAL}"
+        args: tuple[int, ...] = ()
+        if owner_uid is not None:
+            sql += " AND owner_uid = ?"
+            args = (owner_uid,)
+        rows = self._db.execute(sql + " GROUP BY state, priority", args)
+        return {(int(s), int(p)): int(n) for s, p, n in rows}
+
+    def oldest_finished_ns(self) -> int | None:
+        """When the job that finished first (of those kept) finished; None: there is none."""
+        row = self._db.execute(f"SELECT MIN(finished_ns) FROM jobs WHERE state IN {_FINAL}").fetchone()
+        return None if row[0] is None else int(row[0])
+
     # -- writes ---------------------------------------------------------------------------
 
     def add_job(self, job: Job) -> None:
@@ -284,6 +327,14 @@ class SqliteStore:
     def delete_jobs(self, job_ids: Iterable[str]) -> None:
         with self._transaction() as db:
             db.executemany("DELETE FROM jobs WHERE job_id = ?", [(j,) for j in job_ids])
+
+    def delete_finished(self, finished_before_ns: int) -> int:
+        """Forget the jobs that finished at or before ``finished_before_ns``: how many."""
+        with self._transaction() as db:
+            cur = db.execute(
+                f"DELETE FROM jobs WHERE state IN {_FINAL} AND finished_ns <= ?", (finished_before_ns,)
+            )
+            return int(cur.rowcount)
 
     def load_settings(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM settings")}
