@@ -117,3 +117,21 @@ def test_an_inactive_job_is_cancelled_with_its_files(tmp_path: Path, nginx: Ngin
         assert not list(dest.iterdir()), "the inactive job's temporary file is gone"
     finally:
         daemon.stop()
+
+
+def test_jobs_preempted_before_their_task_ran_start_again(tmp_path: Path, nginx: Nginx, dest: Path) -> None:
+    """A time slice so short that a job is pre-empted in the tick right after the one that
+    started it, before its task first ran: its task must still let go of it (it used to stay
+    in the scheduler's running set, and the job in QUEUED for ever)."""
+    digest = make_file(nginx.www, "sched/slice.bin", 2 * MiB, seed=44)
+    daemon = Daemon(tmp_path / "state", config={"time_slice_s": 0.001, "max_concurrent_background_jobs": 1})
+    daemon.start()
+    try:
+        jobs = [start(daemon, f"{nginx.url}/slow/sched/slice.bin", dest / f"slice-{i}.bin") for i in range(3)]
+        for job in jobs:
+            daemon.wait_state(job, S.TRANSFERRED, timeout=90)
+            assert daemon.client.complete(job) == 0
+    finally:
+        daemon.stop()
+    for i in range(3):
+        assert sha256_file(dest / f"slice-{i}.bin") == digest

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -168,7 +169,9 @@ class Scheduler:
                 continue  # its previous task is still letting go
             job = jobs[job_id]
             service.job_started(job)
-            self.running[job_id] = self._group.create_task(self._run_job(job), name=f"job {job_id}")
+            task = self._group.create_task(self._run_job(job), name=f"job {job_id}")
+            self.running[job_id] = task
+            task.add_done_callback(functools.partial(self._task_done, job_id))
         if now >= self._next_purge_ns:
             service.purge_finished()
             self._next_purge_ns = now + PURGE_INTERVAL_NS
@@ -268,9 +271,14 @@ class Scheduler:
             )
         finally:
             batch.close()
-            if self.running.get(job.job_id) is asyncio.current_task():
-                del self.running[job.job_id]
-            self.wake()
+
+    def _task_done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        """A job's task ended: the job may start again.  A done callback, not the task's own
+        ``finally``: a task cancelled before it first ran (pre-empted in the tick right after
+        the one that started it) never runs its body, and would hold its job back for ever."""
+        if self.running.get(job_id) is task:
+            del self.running[job_id]
+        self.wake()
 
 
 class _SyncBatch:
