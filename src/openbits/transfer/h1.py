@@ -78,6 +78,11 @@ class TLSFailed(H1Error):
     """The TLS handshake failed (other than on the server's certificate)."""
 
 
+class HandshakeTimeout(TLSFailed):
+    """The server's side of the TLS handshake did not come within the connect timeout: the
+    server went silent (BG_E_TIMEOUT, as silence anywhere else), no fault of the channel."""
+
+
 class BadRequest(H1Error):
     """The request cannot be written as HTTP/1.1 (a header with a line break, say)."""
 
@@ -511,7 +516,9 @@ class H1Client:
                         conn.tls_in.write(data)
             await self._flush_tls(conn)
         except TimeoutError:
-            raise TLSFailed(f"no TLS handshake with {host} within {self.connect_timeout_s:g} s") from None
+            raise HandshakeTimeout(
+                f"no TLS handshake with {host} within {self.connect_timeout_s:g} s"
+            ) from None
         except ssl.SSLCertVerificationError:
             raise  # BG_E_TRUST_FAILURE (http.network_error)
         except (ssl.SSLError, ClosedEarly) as e:
@@ -547,7 +554,10 @@ class H1Client:
                 sock.close()
                 raise
             return _Conn(sock, key)
-        raise ConnectFailed(f"cannot connect to {host}:{port}: {last.strerror if last else ''}", last)
+        # (asyncio's sock_connect words every failure "Connect call failed (address)": the errno
+        # says what happened, "Connection refused" or "Connection reset by peer")
+        reason = (os.strerror(last.errno) if last.errno else last.strerror) if last else ""
+        raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}", last)
 
     async def _resolve(self, key: Key) -> list[tuple[int, tuple[str, int]]]:
         host, port = key[0], key[1]

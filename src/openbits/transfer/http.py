@@ -247,6 +247,8 @@ def _h1_error(e: h1.H1Error, url: str) -> BitsError:
         return TransientTransferError(str(e), hresult=HResult.BG_E_CONNECT_FAILURE, context=transport)
     if isinstance(e, h1.BadResponse):
         return invalid_response(f"the server's response is not valid HTTP: {e}")
+    if isinstance(e, h1.HandshakeTimeout):
+        return TransientTransferError(str(e), hresult=HResult.BG_E_TIMEOUT, context=transport)
     if isinstance(e, h1.TLSFailed):
         return TransientTransferError(str(e), hresult=HResult.BG_E_SECURE_CHANNEL_FAILURE, context=transport)
     if isinstance(e, h1.BadRequest):
