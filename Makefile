@@ -47,10 +47,13 @@ unit: venv
 integration: venv test-deps
 	$(PY) -m pytest -q tests/integration tests/cli
 
-## make chaos: the crash torture at length (make test runs a short round of it).
+## make chaos: the crash torture (100 jobs of 0 B to 256 MiB, 40 SIGKILLs) and the network-fault
+## torture (48 jobs, 240 faults) at length; make test runs a short round of each. Figures: bench/out/chaos.json.
 chaos: venv test-deps
-	OPENBITS_CHAOS_KILLS=$${OPENBITS_CHAOS_KILLS:-40} OPENBITS_CHAOS_JOBS=$${OPENBITS_CHAOS_JOBS:-24} \
-		$(PY) -m pytest -q tests/chaos
+	OPENBITS_CHAOS_KILLS=$${OPENBITS_CHAOS_KILLS:-40} OPENBITS_CHAOS_JOBS=$${OPENBITS_CHAOS_JOBS:-100} \
+	OPENBITS_CHAOS_MAX_MIB=$${OPENBITS_CHAOS_MAX_MIB:-256} OPENBITS_CHAOS_REPORT=$${OPENBITS_CHAOS_REPORT:-bench/out/chaos.json} \
+	OPENBITS_FAULTS_JOBS=$${OPENBITS_FAULTS_JOBS:-48} OPENBITS_FAULTS_BUDGET=$${OPENBITS_FAULTS_BUDGET:-240} \
+		$(PY) -m pytest -q -s tests/chaos
 
 ## make fuzz: the hypothesis fuzzers of tests/fuzz at length (make test runs 200 examples each).
 fuzz: venv

@@ -308,3 +308,11 @@ def test_transient_flag() -> None:
 def test_retry_after_is_carried() -> None:
     assert TransientTransferError(retry_after_s=12.5).retry_after_s == 12.5
     assert BitsError().retry_after_s is None
+
+
+def test_every_description_reads_as_a_message() -> None:
+    """GetError shows these when an error has no text of its own: none may be a note copied
+    from the reference (cut off, or naming its sources)."""
+    for code, text in MESSAGES.items():
+        assert text.count("(") == text.count(")"), (hex(code), text)
+        assert not re.search(r"MSG\d|§|→", text), (hex(code), text)
