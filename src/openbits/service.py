@@ -542,7 +542,7 @@ class Service:
             added[0].ranges = ranges
             if all(n != BG_LENGTH_TO_EOF for _, n in ranges):
                 added[0].bytes_total = sum(n for _, n in ranges)
-        old_state, old_modified = job.state, job.modified_ns
+        before = copy.copy(job)
         job.files.extend(added)
         self._enter(job, new_state)
         self._touch(job)
@@ -550,8 +550,7 @@ class Service:
             self.store.add_files(job, added)
         except BaseException as e:
             del job.files[len(job.files) - len(added) :]
-            job.state, job.modified_ns = old_state, old_modified
-            self._index(job)
+            self._put_back(job, before)
             if isinstance(e, StoreWriteFailed):
                 raise self.store_error(e) from e
             raise
@@ -614,7 +613,8 @@ class Service:
         await self.runner.stop(job.job_id)
         if job.state.is_final:  # cancelled while we waited
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
-        dropped = False
+        self._requeue_stopped(job)
+        dropped: list[str | None] = []  # temporary files of files not transferred: removed once stored
         directories: set[str] = set()
         try:
             for f in job.files:
@@ -631,17 +631,15 @@ class Service:
                         # renamed already, by a Complete that crashed before its commit
                     f.published = True
                 else:
-                    fs.remove_quietly(temp)
-                    dropped = True
+                    dropped.append(temp)
             for directory in sorted(directories):  # the renames are durable before we answer
                 with fs.translating(f"cannot sync {directory}"):
                     fs.fsync_dir(directory)
         except BitsError:
-            # Renamed files stay published; the job keeps its state (bits-spec §3.2), and
-            # a transfer stopped above goes back to the queue rather than look running.
-            if job.state in states.RUNNING_STATES:
-                self._enter(job, states.next_state(job.state, Event.PREEMPTED))
-            self._commit(job, "complete failed", files=job.files)
+            # Renamed files stay published (a fact, recorded if the store can); the job keeps
+            # its state (bits-spec §3.2) and the caller hears of the failed rename.
+            self._persist(job, job.files)
+            self._changed(job, "complete failed")
             raise
         before = copy.copy(job)
         self._enter(job, new_state)
@@ -649,7 +647,16 @@ class Service:
         # (the file rows are not rewritten: in an ACKNOWLEDGED job every completed file is
         # published and every other one dropped, whatever their ``published`` flag says)
         self._commit(job, "acknowledged", before=before)
+        for temp in dropped:  # (a crash before this: recover() removes them)
+            fs.remove_quietly(temp)
         return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
+
+    def _requeue_stopped(self, job: Job) -> None:
+        """A transfer a verb stopped goes back to the queue rather than look running: the
+        daemon's own change, which stands even if the verb's commit is then refused."""
+        if job.state in states.RUNNING_STATES:
+            self._enter(job, states.next_state(job.state, Event.PREEMPTED))
+            self._record(job, "preempted")
 
     async def _set_remote_urls(self, job: Job, changes: dict[int, str]) -> None:
         """SetRemoteName / ReplaceRemotePrefix: new URLs of the same kind (a local path stays a
@@ -671,9 +678,8 @@ class Service:
         if not checked:
             return
         await self.runner.stop(job.job_id)
+        self._requeue_stopped(job)
         before = copy.copy(job)
-        if job.state in states.RUNNING_STATES:
-            self._enter(job, states.next_state(job.state, Event.PREEMPTED))
         old_urls = [file.remote_url for file, _ in checked]
         for file, url in checked:
             file.remote_url = url
@@ -735,11 +741,11 @@ class Service:
             changes["no_progress_timeout_s"] = p.uint("NoProgressTimeout")
         if not changes:
             return job
+        before = copy.copy(job)
         if "minimum_retry_delay_s" in changes and job.state is JobState.TRANSIENT_ERROR:
             # SPEC §6: changing the delay reschedules the pending retry.
             failed_at = job.retry_at_ns - job.minimum_retry_delay_s * 10**9
             job.retry_at_ns = failed_at + changes["minimum_retry_delay_s"] * 10**9
-        before = copy.copy(job)
         for attr, value in changes.items():
             setattr(job, attr, value)
         self._commit(job, "properties changed", before=before)
@@ -1130,7 +1136,10 @@ class Service:
                 job.job_id,
                 self.config.job_inactivity_timeout_s,
             )
-            await self.cancel(job)
+            try:
+                await self.cancel(job)
+            except BitsError as e:  # (a full store: the next scan tries again)
+                log.warning("job %s: cannot cancel it yet: %s", job.job_id, e)
 
     def no_progress_timeout(self, job: Job) -> None:
         if job.state is JobState.TRANSIENT_ERROR:
@@ -1176,14 +1185,19 @@ class Service:
             self._save(job, files)
         except StoreWriteFailed as e:
             if before is not None:
-                for name in _JOB_FIELDS:
-                    setattr(job, name, getattr(before, name))
-                job.unsaved = True
-                self._index(job)
+                self._put_back(job, before)
+            job.unsaved = True
             raise self.store_error(e) from e
         self._changed(job, what)
         if job.state.is_final:  # stored: it lives on in the store alone (``find``)
             self.jobs.pop(job.job_id, None)
+
+    def _put_back(self, job: Job, before: Job) -> None:
+        """Undo a change in memory: every field of the job as it was ``before`` (a shallow
+        copy), but its files list (the verbs that change it undo that themselves)."""
+        for name in _JOB_FIELDS:
+            setattr(job, name, getattr(before, name))
+        self._index(job)
 
     def _record(self, job: Job, what: str, files: Iterable[JobFile] = ()) -> None:
         """Record a change of the daemon's own (the transfer's progress): it stands even when
@@ -1230,7 +1244,7 @@ class Service:
         a client learns of a state change at once, without polling)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while job.state in states:
+        while job.state in states and job.job_id in self.jobs:  # (a finished job never changes)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return

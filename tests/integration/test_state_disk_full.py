@@ -5,18 +5,25 @@ nothing it acknowledged before is lost, across a SIGKILL too. Needs root."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from openbits.errors import BitsError
-from openbits.model import JobState
+from openbits.caller import Caller
+from openbits.clock import ManualClock
+from openbits.config import Config
+from openbits.errors import BitsError, HResult, TransientTransferError
+from openbits.model import Job, JobState
+from openbits.service import Service
+from openbits.store.sqlite import SqliteStore
 from tests.support.daemon import Daemon, wait_until
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
@@ -191,3 +198,182 @@ def test_a_transfer_that_cannot_record_its_end_waits_and_then_finishes(
     finally:
         with contextlib.suppress(Exception):
             daemon.stop()
+
+
+# -- the same on a Service in this process, for the paths a daemon reaches only by chance ------
+
+ME = Caller("me", os.geteuid(), os.getegid(), is_admin=True)
+
+
+class Tasks:
+    """Stands in for the scheduler: which jobs have a transfer task."""
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+
+    def wake(self) -> None:
+        pass
+
+    async def stop(self, job_id: str) -> None:
+        self.running.discard(job_id)
+
+
+@dataclass
+class Full:
+    service: Service
+    tasks: Tasks
+    disk: Path
+    dest: Path
+    filler: Path | None = None
+
+    def fill(self) -> None:
+        truncate_wal(Path(self.service.config.db_path))
+        self.filler = fill(self.disk)
+
+    def free(self) -> None:
+        assert self.filler is not None
+        self.filler.unlink()
+
+    async def running_job(self, files: int = 1) -> Job:
+        s = self.service
+        job = await s.create_job(ME, {"DisplayName": "j"})
+        for i in range(files):
+            await s.add_file(
+                ME,
+                job.job_id,
+                {"RemoteUrl": f"http://127.0.0.1:9/{i}", "LocalFile": str(self.dest / f"f{i}")},
+            )
+        s.resume(job)
+        s.job_started(job)  # what the scheduler does when it starts the task
+        self.tasks.running.add(job.job_id)
+        s.job_connected(job)
+        assert job.state is JobState.TRANSFERRING
+        return job
+
+
+@pytest.fixture
+def full(tmp_path: Path, state_disk: Path) -> Iterator[Full]:
+    config = Config(state_dir=str(state_disk / "state"), state_reserve_mb=0)
+    store = SqliteStore(config.db_path)
+    service = Service(store, config, clock=ManualClock())
+    tasks = Tasks()
+    service.runner = tasks  # (the scheduler's part, without transfers)
+    service.recover()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    try:
+        yield Full(service, tasks, state_disk, dest)
+    finally:
+        store.close()
+
+
+def test_a_refused_verb_on_a_running_job_leaves_it_queued_not_running_without_a_task(full: Full) -> None:
+    async def run() -> None:
+        s = full.service
+        one, two = await full.running_job(), await full.running_job()
+        full.fill()
+        for call in (
+            s.set_job_state(ME, one.job_id, {"JobState": 1}),  # Complete
+            s.invoke(
+                ME,
+                two.job_id,
+                "SetRemoteName",
+                {"LocalFile": str(full.dest / "f0"), "RemoteUrl": "http://127.0.0.1:9/x"},
+            ),
+        ):
+            with pytest.raises(BitsError) as e:
+                await call
+            assert e.value.hresult == DISK_FULL
+        for job in (one, two):
+            assert job.job_id not in full.tasks.running
+            assert job.state is JobState.QUEUED, "stopped: back in the queue, so it runs again"
+        assert two.files[0].remote_url == "http://127.0.0.1:9/0"
+
+    asyncio.run(run())
+
+
+def test_a_refused_change_of_minimum_retry_delay_leaves_the_retry_where_it_was(full: Full) -> None:
+    async def run() -> None:
+        s = full.service
+        job = await full.running_job()
+        s.job_failed(job, TransientTransferError("x", hresult=HResult.BG_E_CONNECT_FAILURE), 0)
+        retry_at = job.retry_at_ns
+        full.fill()
+        with pytest.raises(BitsError) as e:
+            s.patch(ME, job.job_id, {"MinimumRetryDelay": 3600})
+        assert e.value.hresult == DISK_FULL
+        assert (job.minimum_retry_delay_s, job.retry_at_ns) == (600, retry_at)
+
+    asyncio.run(run())
+
+
+def test_a_refused_add_file_keeps_the_pending_notification(full: Full) -> None:
+    async def run() -> None:
+        s = full.service
+        job = await full.running_job()
+        await s.invoke(ME, job.job_id, "SetNotifyCmdLine", {"Program": "/bin/true"})
+        s.file_done(job, job.files[0], 0)
+        s.job_transferred(job)
+        due, queued = job.notify_due_ns, job.queued_ns
+        assert job.state is JobState.TRANSFERRED and due
+        full.fill()
+        with pytest.raises(BitsError) as e:
+            await s.add_file(
+                ME, job.job_id, {"RemoteUrl": "http://127.0.0.1:9/9", "LocalFile": str(full.dest / "f9")}
+            )
+        assert e.value.hresult == DISK_FULL
+        assert (job.state, job.notify_due_ns, job.queued_ns, len(job.files)) == (
+            JobState.TRANSFERRED,
+            due,
+            queued,
+            1,
+        )
+
+    asyncio.run(run())
+
+
+def test_an_inactive_job_the_full_store_cannot_cancel_is_tried_again_later(full: Full) -> None:
+    async def run() -> None:
+        job = await full.service.create_job(ME, {"DisplayName": "idle"})
+        full.fill()
+        await full.service.inactive(job)  # (in the scheduler's TaskGroup: it must not raise)
+        assert job.state is JobState.SUSPENDED
+        full.free()
+        await full.service.inactive(job)
+        assert job.state is JobState.CANCELLED
+
+    asyncio.run(run())
+
+
+def test_a_failed_complete_keeps_the_rename_it_made_and_reports_the_real_error(full: Full) -> None:
+    async def run() -> None:
+        s = full.service
+        job = await s.create_job(ME, {"DisplayName": "c"})
+        (full.dest / "sub").mkdir()
+        await s.add_file(
+            ME, job.job_id, {"RemoteUrl": "http://127.0.0.1:9/0", "LocalFile": str(full.dest / "f0")}
+        )
+        await s.add_file(
+            ME, job.job_id, {"RemoteUrl": "http://127.0.0.1:9/1", "LocalFile": str(full.dest / "sub" / "f1")}
+        )
+        s.resume(job)
+        s.job_started(job)
+        for f in job.files:
+            assert f.temp_path is not None
+            Path(f.temp_path).write_bytes(b"x")
+            s.file_done(job, f, 1)
+        s.job_transferred(job)
+        assert job.files[1].temp_path is not None
+        os.unlink(job.files[1].temp_path)
+        os.rmdir(full.dest / "sub")  # the second file cannot be published
+        full.fill()
+        with pytest.raises(BitsError) as e:
+            await s.set_job_state(ME, job.job_id, {"JobState": 1})
+        assert e.value.hresult != DISK_FULL, "the caller hears why Complete failed"
+        assert job.files[0].published and (full.dest / "f0").read_bytes() == b"x"
+        assert job.state is JobState.TRANSFERRED and job.unsaved
+        full.free()
+        s.patch(ME, job.job_id, {"DisplayName": "saved"})  # the next write saves every file row
+        assert s.store.load_job(job.job_id).files[0].published  # type: ignore[union-attr]
+
+    asyncio.run(run())

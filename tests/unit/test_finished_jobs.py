@@ -73,3 +73,17 @@ def test_a_finished_job_leaves_memory_and_is_read_from_the_store(tmp_path: Path)
         service.find(ALICE, gone, include_finished=True)
     assert service.finished_counts() == {}
     assert set(service.jobs) == {kept}
+
+
+def test_a_long_poll_on_a_finished_job_answers_at_once_and_leaves_no_waiter(tmp_path: Path) -> None:
+    service = _service(tmp_path, ManualClock())
+
+    async def run() -> None:
+        job_id = (await service.create_job(ALICE, {"DisplayName": "done"})).job_id
+        await service.set_job_state(ALICE, job_id, {"JobState": 0})  # cancel
+        finished = service.find(ALICE, job_id, include_finished=True)
+        async with asyncio.timeout(5):  # (it would wait the whole 30 s)
+            await service.wait_while(finished, frozenset({JobState.CANCELLED}), 30)
+
+    asyncio.run(run())
+    assert service._waiters == {}
