@@ -441,7 +441,7 @@ class Service:
         """New work is refused while the store's file system has less free than
         ``state_reserve_mb``: that room is kept for the progress of the jobs accepted
         already, so that none of them is stopped by a new one.  (A write that fails for
-        another reason fails its own call: ``_store_error``.)"""
+        another reason fails its own call: ``store_error``.)"""
         reserve = self.config.state_reserve_mb * 1024 * 1024
         where = self.config.state_dir
         try:
