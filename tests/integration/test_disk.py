@@ -14,7 +14,7 @@ import pytest
 from openbits.model import JobState
 from tests.support.daemon import Daemon
 from tests.support.faults import FaultServer, Serve
-from tests.support.fixtures import make_file, sha256_file
+from tests.support.fixtures import make_file, sha256_file, tmpfs
 from tests.support.nginx import Nginx
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -23,20 +23,8 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "size=8m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def start(daemon: Daemon, url: str, local: Path) -> str:

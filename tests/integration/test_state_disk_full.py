@@ -10,7 +10,6 @@ import contextlib
 import errno
 import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from openbits.model import Job, JobState
 from openbits.service import Service
 from openbits.store.sqlite import SqliteStore
 from tests.support.daemon import Daemon, wait_until
-from tests.support.fixtures import make_file, sha256_file
+from tests.support.fixtures import make_file, sha256_file, tmpfs
 from tests.support.nginx import Nginx
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -36,20 +35,8 @@ CLASS = "/root/microsoft/bits/BitsClientJob"
 
 @pytest.fixture
 def state_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "statefs"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "statefs", "size=24m,mode=0700") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(disk: Path) -> Path:

@@ -6,8 +6,10 @@ repository root on sys.path), or import the fixtures into a test module.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +70,22 @@ def fault_server() -> Iterator[FaultServer]:
     """A fresh :class:`FaultServer` per test; set ``fault_server.routes[path]``."""
     with FaultServer() as server:
         yield server
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount`` (created) with mount ``options`` (``size=8m``), unmounted
+    after; the test is skipped, with the reason, where it cannot be mounted (not root)."""
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
