@@ -24,7 +24,8 @@ class Caller:
         admin = uid == 0
         if not admin:
             try:
-                admin = name in grp.getgrnam(admin_group).gr_mem
+                group = grp.getgrnam(admin_group)
+                admin = name in group.gr_mem or gid == group.gr_gid
             except KeyError:
                 admin = False
         return cls(user=name, uid=uid, gid=gid, is_admin=admin)

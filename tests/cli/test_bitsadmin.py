@@ -820,6 +820,8 @@ def test_wrap_and_nowrap_on_a_terminal(daemon: Daemon) -> None:
             chunks.append(chunk)
         os.close(master)
         assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()
         return b"".join(chunks).decode().replace("\r\n", "\n").splitlines()
 
     assert on_terminal("/info", job) == [summary[i : i + 40] for i in range(0, len(summary), 40)]

@@ -17,7 +17,7 @@ from aiohttp import web
 from openbits import __version__
 from openbits.api import events as ev
 from openbits.api import metrics, openapi, wql
-from openbits.api.peer import caller_of, is_unix_socket, still_authenticated
+from openbits.api.peer import CALLERS_KEY, Callers, caller_of, is_unix_socket, still_authenticated
 from openbits.api.tokens import TOKENS_KEY, NotAuthenticated, Tokens
 from openbits.caller import Caller
 from openbits.errors import (
@@ -419,6 +419,7 @@ async def get_metrics(request: web.Request) -> web.Response:
 def make_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[bits_errors], client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
+    app[CALLERS_KEY] = Callers()
     app.router.add_get(CLASS, enumerate_jobs)
     app.router.add_post(f"{CLASS}/CreateJob", create_job)
     app.router.add_get(f"{CLASS}/{{job:[^/]+}}", get_job)

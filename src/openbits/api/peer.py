@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -23,20 +24,32 @@ def peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-_CALLERS: dict[tuple[int, str], tuple[float, Caller]] = {}
-CALLER_TTL_S = 30.0
+class Callers:
+    """Who a uid is (name, primary group, admin membership), looked up at most every
+    `ttl_s` seconds: getpwuid and getgrnam read /etc files on every call. Owned by one app
+    (CALLERS_KEY), so a group change is seen within `ttl_s` (5 s) and nothing outlives the app."""
+
+    def __init__(
+        self, ttl_s: float = 5.0, limit: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._limit = limit
+        self._seen: dict[tuple[int, str], tuple[float, Caller]] = {}
+
+    def get(self, uid: int, admin_group: str) -> Caller:
+        now = self._clock()
+        hit = self._seen.get((uid, admin_group))
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        if len(self._seen) >= self._limit:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.ttl_s}
+        caller = Caller.from_uid(uid, admin_group)
+        self._seen[(uid, admin_group)] = (now, caller)
+        return caller
 
 
-def _cached_caller(uid: int, admin_group: str) -> Caller:
-    """A uid's name and admin membership, looked up at most every 30 s (getpwuid and
-    getgrnam read /etc files on every call)."""
-    now = time.monotonic()
-    hit = _CALLERS.get((uid, admin_group))
-    if hit is not None and now - hit[0] < CALLER_TTL_S:
-        return hit[1]
-    caller = Caller.from_uid(uid, admin_group)
-    _CALLERS[(uid, admin_group)] = (now, caller)
-    return caller
+CALLERS_KEY = web.AppKey("callers", Callers)
 
 
 def caller_of(request: web.Request) -> Caller:
@@ -61,7 +74,8 @@ def caller_of(request: web.Request) -> Caller:
             )
         uid = found
     admin_group = request.app.get(ADMIN_GROUP_KEY, "openbits-admin")
-    caller = _cached_caller(uid, admin_group)
+    callers = request.app.get(CALLERS_KEY)
+    caller = callers.get(uid, admin_group) if callers is not None else Caller.from_uid(uid, admin_group)
     request[_CACHE_KEY] = caller
     return caller
 
