@@ -1,5 +1,8 @@
 """Composition root: config -> store -> service -> scheduler -> API; signals; shutdown.
 
+Every resource (the state directory's lock, the store, the event log, the HTTP clients, the
+API runner, the signal handlers, the socket) is opened on one `AsyncExitStack` and closed in
+reverse order by it, whether the start fails half way or the daemon shuts down.
 Shutdown is phased: stop accepting API calls, cancel transfers (each keeps its
 durable checkpoint), close the HTTP session, close the store.  A second signal
 forces an immediate exit; nothing acknowledged is lost either way because every
@@ -73,118 +76,41 @@ def lock_state_dir(state_dir: str) -> int:
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
-    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-    lock_fd = lock_state_dir(config.state_dir)
-    try:
-        await _serve(config, ready)
-    finally:
-        os.close(lock_fd)
-
-
-async def _serve(config: Config, ready: asyncio.Event | None) -> None:
+    """Run the daemon until a signal. Every resource is opened on one exit stack, so a start
+    that fails half way closes what it had opened, in reverse order, as a shutdown does."""
     try:
         listen_at = parse_listen(config.listen) if config.listen else None
     except ValueError as e:
         raise DaemonError(f"bad configuration: {e}") from e
-    try:
-        store = SqliteStore(config.db_path, synchronous=config.store_synchronous)
-    except StoreError as e:
-        raise DaemonError(str(e)) from e
-    try:
-        service = Service(store, config)
-    except ValueError as e:
-        store.close()
-        raise DaemonError(f"bad configuration: {e}") from e
-    try:
-        service.recover()
-    except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as e:
-        # rows SQLite finds intact but openbits cannot read: refuse, as for a damaged file
-        store.close()
-        raise DaemonError(
-            f"the job store {config.db_path} holds a job it cannot read ({e}): {RECOVERY_HINT}"
-        ) from e
-    events = EventLog(
-        store,
-        size=config.event_log_size,
-        min_interval_s=config.event_min_interval_s,
-        keepalive_s=config.event_keepalive_s,
-    )
-    service.listeners.append(events.on_change)
-    tune_gc()
-    throttle = Throttle()
-    session = make_session(
-        connect_timeout_s=config.connect_timeout_s,
-        read_timeout_s=config.read_timeout_s,
-        read_buffer_bytes=config.read_buffer_bytes,
-    )
-    h1 = H1Client(
-        connect_timeout_s=config.connect_timeout_s,
-        read_timeout_s=config.read_timeout_s,
-        read_bytes=config.read_buffer_bytes,
-        default_headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        pipeline_depth=config.http_pipeline_depth,
-        splice=config.http_splice,
-    )
-    downloader = Downloader(
-        session,
-        Tuning(
-            checkpoint_interval_s=config.checkpoint_interval_s,
-            checkpoint_bytes=config.checkpoint_bytes,
-            write_block_bytes=config.write_block_bytes,
-            read_buffer_bytes=config.read_buffer_bytes,
-        ),
-        throttle,
-        h1,
-    )
-    scheduler = Scheduler(service, config, downloader, throttle)
-    notifier = Notifier(service)
-    service.runner = scheduler
-    app = make_app(service)
-    app[ADMIN_GROUP_KEY] = config.admin_group
-    app[THROTTLE_KEY] = throttle
-    app[EVENTS_KEY] = events
-    app[TOKENS_KEY] = Tokens(store, config.max_tokens_per_user)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    stop = asyncio.Event()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.warning("second signal: exiting at once")
-            os._exit(128 + signum)
-        log.info("signal %d: shutting down", signum)
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    listening = False
-    try:
-        _prepare_socket(config.socket)
-        old_umask = os.umask(0o177)
-        try:
-            site = web.UnixSite(runner, config.socket)
-            await site.start()
-            listening = True
-        finally:
-            os.umask(old_umask)
-        os.chmod(config.socket, config.socket_mode)
-        if listen_at is not None:
-            host, port = listen_at
-            try:
-                await web.TCPSite(runner, host, port, reuse_address=True).start()
-            except OSError as e:
-                raise DaemonError(f"cannot listen on {config.listen}: {e.strerror or e}") from e
-            if not ipaddress.ip_address(host).is_loopback:
-                log.warning(
-                    "serving the API on %s without TLS: bearer tokens cross the network in clear; "
-                    "put a TLS proxy in front or listen on 127.0.0.1",
-                    config.listen,
-                )
-            log.info("also serving on tcp %s (bearer tokens)", config.listen)
+    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(os.close, lock_state_dir(config.state_dir))
+        store = _open_store(config, stack)
+        service = _open_service(store, config)
+        events = EventLog(
+            store,
+            size=config.event_log_size,
+            min_interval_s=config.event_min_interval_s,
+            keepalive_s=config.event_keepalive_s,
+        )
+        stack.callback(events.close)  # the progress events still held, before the store closes
+        service.listeners.append(events.on_change)
+        tune_gc()
+        throttle = Throttle()
+        downloader = await _open_downloader(config, throttle, stack)
+        scheduler = Scheduler(service, config, downloader, throttle)
+        notifier = Notifier(service)
+        service.runner = scheduler
+        app = make_app(service)
+        app[ADMIN_GROUP_KEY] = config.admin_group
+        app[THROTTLE_KEY] = throttle
+        app[EVENTS_KEY] = events
+        app[TOKENS_KEY] = _open_tokens(store, config)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        stop = _on_signals(stack)
+        await _listen(runner, config, listen_at, stack)
         log.info(
             "openbits %s serving on %s (state in %s, %d jobs)",
             _version(),
@@ -201,18 +127,125 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
             await runner.cleanup()  # phase 1: no new calls (open event streams end)
             scheduling.cancel()  # phase 2: transfers stop at their checkpoints
             notifying.cancel()  # (one cut short runs again after a restart: still due)
+    log.info("openbits stopped")
+
+
+def _open_store(config: Config, stack: contextlib.AsyncExitStack) -> SqliteStore:
+    try:
+        store = SqliteStore(config.db_path, synchronous=config.store_synchronous)
+    except StoreError as e:
+        raise DaemonError(str(e)) from e
+    stack.callback(store.close)
+    return store
+
+
+def _open_service(store: SqliteStore, config: Config) -> Service:
+    try:
+        service = Service(store, config)
+    except ValueError as e:
+        raise DaemonError(f"bad configuration: {e}") from e
+    try:
+        service.recover()
+    except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as e:
+        # rows SQLite finds intact but openbits cannot read: refuse, as for a damaged file
+        raise DaemonError(
+            f"the job store {config.db_path} holds a job it cannot read ({e}): {RECOVERY_HINT}"
+        ) from e
+    return service
+
+
+def _open_tokens(store: SqliteStore, config: Config) -> Tokens:
+    try:
+        return Tokens(store, config.max_tokens_per_user)
+    except (sqlite3.DatabaseError, ValueError, TypeError) as e:
+        raise DaemonError(
+            f"the job store {config.db_path} holds tokens it cannot read ({e}): {RECOVERY_HINT}"
+        ) from e
+
+
+async def _open_downloader(
+    config: Config, throttle: Throttle, stack: contextlib.AsyncExitStack
+) -> Downloader:
+    """The HTTP clients (aiohttp for proxies, h1 for the rest) and the downloader over them."""
+    session = make_session(
+        connect_timeout_s=config.connect_timeout_s,
+        read_timeout_s=config.read_timeout_s,
+        read_buffer_bytes=config.read_buffer_bytes,
+    )
+    stack.push_async_callback(session.close)
+    h1 = H1Client(
+        connect_timeout_s=config.connect_timeout_s,
+        read_timeout_s=config.read_timeout_s,
+        read_bytes=config.read_buffer_bytes,
+        default_headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        pipeline_depth=config.http_pipeline_depth,
+        splice=config.http_splice,
+    )
+    stack.push_async_callback(h1.close)
+    tuning = Tuning(
+        checkpoint_interval_s=config.checkpoint_interval_s,
+        checkpoint_bytes=config.checkpoint_bytes,
+        write_block_bytes=config.write_block_bytes,
+        read_buffer_bytes=config.read_buffer_bytes,
+    )
+    return Downloader(session, tuning, throttle, h1)
+
+
+def _on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:
+    """SIGTERM and SIGINT set the returned event; a second signal exits at once."""
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.warning("second signal: exiting at once")
+            os._exit(128 + signum)
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+        stack.callback(loop.remove_signal_handler, signum)
+    return stop
+
+
+async def _listen(
+    runner: web.AppRunner,
+    config: Config,
+    listen_at: tuple[str, int] | None,
+    stack: contextlib.AsyncExitStack,
+) -> None:
+    """The Unix socket (0600, or socket_mode), and the TCP listener when configured."""
+    _prepare_socket(config.socket)
+    old_umask = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, config.socket).start()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        await runner.cleanup()
-        await session.close()
-        await h1.close()
-        events.close()  # the progress events still held, before the store closes
-        store.close()
-        if listening:  # never remove a socket another daemon owns
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(config.socket)
-        log.info("openbits stopped")
+        os.umask(old_umask)
+    stack.callback(_unlink_quietly, config.socket)  # only a socket this daemon created
+    os.chmod(config.socket, config.socket_mode)
+    if listen_at is None:
+        return
+    host, port = listen_at
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as e:
+        raise DaemonError(f"cannot listen on {config.listen}: {e.strerror or e}") from e
+    if not ipaddress.ip_address(host).is_loopback:
+        log.warning(
+            "serving the API on %s without TLS: bearer tokens cross the network in clear; "
+            "put a TLS proxy in front or listen on 127.0.0.1",
+            config.listen,
+        )
+    log.info("also serving on tcp %s (bearer tokens)", config.listen)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -1,0 +1,86 @@
+"""The composition root owns what it opens: a start that fails half way, and a shutdown,
+leave no file descriptor, thread, lock or socket behind (daemon.serve's exit stack)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from openbits.config import Config
+from openbits.daemon import DaemonError, lock_state_dir, serve
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def config_for(tmp_path: Path, **changes: object) -> Config:
+    state = tmp_path / "state"
+    return Config(state_dir=str(state), socket=str(state / "openbits.sock"), **changes)  # type: ignore[arg-type]
+
+
+async def test_a_start_that_fails_after_the_store_opened_closes_everything(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    config = config_for(tmp_path, listen=f"127.0.0.1:{taken.getsockname()[1]}")
+    await asyncio.sleep(0)  # the loop's own descriptors exist before the count
+    fds, threads = open_fds(), threading.active_count()
+    try:
+        with pytest.raises(DaemonError, match="cannot listen"):
+            await serve(config)
+    finally:
+        taken.close()
+    assert Path(config.db_path).exists(), "the store was opened before the listener failed"
+    assert open_fds() - fds == set(), "the store, the HTTP clients and the lock are closed"
+    assert threading.active_count() == threads
+    assert not Path(config.socket).exists(), "the socket this daemon created is removed"
+    os.close(lock_state_dir(config.state_dir))  # the state directory's lock was let go
+
+
+async def run_until_ready_then_stop(config: Config) -> None:
+    ready = asyncio.Event()
+    serving = asyncio.create_task(serve(config, ready=ready))
+    async with asyncio.timeout(30):
+        await ready.wait()
+    assert Path(config.socket).exists()
+    os.kill(os.getpid(), signal.SIGTERM)  # the daemon's own handler, installed on this loop
+    async with asyncio.timeout(30):
+        await serving
+
+
+async def test_a_store_it_cannot_read_half_way_through_the_start_is_refused_and_closed(
+    tmp_path: Path,
+) -> None:
+    """The tokens are read after the jobs, the event log and the HTTP clients were set up:
+    a store whose tokens table is gone is refused with the recovery path, and all of those
+    are closed again."""
+    config = config_for(tmp_path)
+    await run_until_ready_then_stop(config)
+    with sqlite3.connect(config.db_path) as db:
+        db.execute("DROP TABLE tokens")
+    db.close()
+    fds, threads = open_fds(), threading.active_count()
+    with pytest.raises(DaemonError, match="tokens it cannot read"):
+        await serve(config)
+    assert open_fds() - fds == set()
+    assert threading.active_count() == threads
+    assert not Path(config.socket).exists()
+    os.close(lock_state_dir(config.state_dir))
+
+
+async def test_a_daemon_stopped_by_a_signal_closes_everything(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    await asyncio.sleep(0)
+    fds = open_fds()
+    await run_until_ready_then_stop(config)
+    assert open_fds() - fds == set()
+    assert not Path(config.socket).exists()
+    os.close(lock_state_dir(config.state_dir))
