@@ -27,7 +27,7 @@ from openbits.api.peer import ADMIN_GROUP_KEY
 from openbits.api.tokens import TOKENS_KEY, Tokens
 from openbits.config import Config
 from openbits.notify import Notifier
-from openbits.scheduler.run import Scheduler
+from openbits.scheduler.run import Scheduler, Transfers
 from openbits.service import Service
 from openbits.store import RECOVERY_HINT, StoreError
 from openbits.store.sqlite import SqliteStore
@@ -90,8 +90,9 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         store = SqliteStore(config.db_path, synchronous=config.store_synchronous)
     except StoreError as e:
         raise DaemonError(str(e)) from e
+    transfers = Transfers()  # (the scheduler's wake-up and tasks: the service's runner)
     try:
-        service = Service(store, config)
+        service = Service(store, config, runner=transfers)
     except ValueError as e:
         store.close()
         raise DaemonError(f"bad configuration: {e}") from e
@@ -136,9 +137,8 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         throttle,
         h1,
     )
-    scheduler = Scheduler(service, config, downloader, throttle)
+    scheduler = Scheduler(service, config, downloader, throttle, transfers)
     notifier = Notifier(service)
-    service.runner = scheduler
     app = make_app(service)
     app[ADMIN_GROUP_KEY] = config.admin_group
     app[THROTTLE_KEY] = throttle
