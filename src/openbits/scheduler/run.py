@@ -97,6 +97,11 @@ class Transfers:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def woken(self) -> bool:
+        """Woken since ``clear_wake``: the next tick is due at once."""
+        return self._wake.is_set()
+
     def clear_wake(self) -> None:
         """Forget the wake-ups so far (the tick that follows sees what they announced)."""
         self._wake.clear()
