@@ -17,44 +17,19 @@ so no locks.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from openbits.service.changes import Counters as Counters
-    from openbits.service.changes import Runner as Runner
-    from openbits.service.params import Params as Params
-    from openbits.service.params import enum_value as enum_value
-    from openbits.service.params import validate_local_file as validate_local_file
-    from openbits.service.params import validate_remote_url as validate_remote_url
     from openbits.service.wmi import Service as Service
 
-#: name -> the module that defines it: loaded on first use, so that ``service.methods``
-#: (plain data) is read without loading the service, the store or the transfers
-_EXPORTS = {
-    "Counters": "changes",
-    "Runner": "changes",
-    "Params": "params",
-    "enum_value": "params",
-    "validate_local_file": "params",
-    "validate_remote_url": "params",
-    "Service": "wmi",
-}
+__all__ = ["Service"]
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    """``Service`` is loaded on first use: ``service.methods`` (plain data) is read without
+    loading the service, the store or the transfers."""
+    if name == "Service":
+        from openbits.service.wmi import Service
 
-
-__all__ = [
-    "Counters",
-    "Params",
-    "Runner",
-    "Service",
-    "enum_value",
-    "validate_local_file",
-    "validate_remote_url",
-]
+        return Service
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

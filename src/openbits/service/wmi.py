@@ -50,18 +50,6 @@ class Service(Verbs):
             raise NotImplementedValue(f"{found.name} is not implemented yet")
         return await _HANDLERS[found.key](self, caller, job_ref, raw)
 
-    async def _m_add_file(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
-        await self.add_file(caller, job_ref, raw)
-        return {"ReturnValue": 0}
-
-    async def _m_add_file_set(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
-        await self.add_file_set(caller, job_ref, raw)
-        return {"ReturnValue": 0}
-
-    async def _m_add_file_with_ranges(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
-        await self.add_file_with_ranges(caller, job_ref, raw)
-        return {"ReturnValue": 0}
-
     async def _m_set_job_state(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
         return {"ReturnValue": await self.set_job_state(caller, job_ref, raw)}
 
@@ -179,11 +167,22 @@ def _file_named(job: Job, local: str | None) -> JobFile:
 
 _Handler = Callable[[Service, Caller, str, _Raw], Awaitable[dict[str, Any]]]
 
+
+def _returns_ok(verb: Callable[[Service, Caller, str, _Raw], Awaitable[Job]]) -> _Handler:
+    """A verb that answers the job, as a WMI method that answers ReturnValue 0."""
+
+    async def call(service: Service, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        await verb(service, caller, job_ref, raw)
+        return {"ReturnValue": 0}
+
+    return call
+
+
 #: the built instance methods (``methods.METHODS``) by lower-case name
 _HANDLERS: dict[str, _Handler] = {
-    "addfile": Service._m_add_file,
-    "addfileset": Service._m_add_file_set,
-    "addfilewithranges": Service._m_add_file_with_ranges,
+    "addfile": _returns_ok(Service.add_file),
+    "addfileset": _returns_ok(Service.add_file_set),
+    "addfilewithranges": _returns_ok(Service.add_file_with_ranges),
     "setjobstate": Service._m_set_job_state,
     "geterror": Service._m_get_error,
     "setmaximumdownloadtime": Service._m_set_maximum_download_time,
