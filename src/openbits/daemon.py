@@ -30,7 +30,7 @@ from openbits.api.peer import ADMIN_GROUP_KEY
 from openbits.api.tokens import TOKENS_KEY, Tokens
 from openbits.config import Config
 from openbits.notify import Notifier
-from openbits.scheduler.run import Scheduler
+from openbits.scheduler.run import Scheduler, Transfers
 from openbits.service import Service
 from openbits.store import RECOVERY_HINT, StoreError
 from openbits.store.sqlite import SqliteStore
@@ -86,7 +86,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(os.close, lock_state_dir(config.state_dir))
         store = _open_store(config, stack)
-        service = _open_service(store, config)
+        transfers = Transfers()  # the scheduler's wake-up and tasks: the service's runner
+        service = _open_service(store, config, transfers)
         events = EventLog(
             store,
             size=config.event_log_size,
@@ -98,9 +99,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         tune_gc()
         throttle = Throttle()
         downloader = await _open_downloader(config, throttle, stack)
-        scheduler = Scheduler(service, config, downloader, throttle)
+        scheduler = Scheduler(service, config, downloader, throttle, transfers)
         notifier = Notifier(service)
-        service.runner = scheduler
         app = make_app(service)
         app[ADMIN_GROUP_KEY] = config.admin_group
         app[THROTTLE_KEY] = throttle
@@ -139,9 +139,9 @@ def _open_store(config: Config, stack: contextlib.AsyncExitStack) -> SqliteStore
     return store
 
 
-def _open_service(store: SqliteStore, config: Config) -> Service:
+def _open_service(store: SqliteStore, config: Config, transfers: Transfers) -> Service:
     try:
-        service = Service(store, config)
+        service = Service(store, config, runner=transfers)
     except ValueError as e:
         raise DaemonError(f"bad configuration: {e}") from e
     try:

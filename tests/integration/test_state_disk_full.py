@@ -242,9 +242,8 @@ class Full:
 def full(tmp_path: Path, state_disk: Path) -> Iterator[Full]:
     config = Config(state_dir=str(state_disk / "state"), state_reserve_mb=0)
     store = SqliteStore(config.db_path)
-    service = Service(store, config, clock=ManualClock())
-    tasks = Tasks()
-    service.runner = tasks  # (the scheduler's part, without transfers)
+    tasks = Tasks()  # (the scheduler's part, without transfers)
+    service = Service(store, config, clock=ManualClock(), runner=tasks)
     service.recover()
     dest = tmp_path / "dest"
     dest.mkdir()

@@ -25,7 +25,8 @@ from openbits.errors import HResult, api_http_status
 from openbits.model import CIM_PROPERTIES, WRITABLE_PROPERTIES, Job, JobFile
 from openbits.policy import PROPERTIES as POLICY_PROPERTIES
 from openbits.policy import READ_ONLY as POLICY_READ_ONLY
-from openbits.service import _METHODS, _NOT_YET, Service
+from openbits.service import Service
+from openbits.service.methods import METHODS as SERVICE_METHODS
 from openbits.store.sqlite import SqliteStore
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -40,7 +41,7 @@ def app(tmp_path: Path) -> web.Application:
 def _routes(app: web.Application) -> set[tuple[str, str]]:
     """(method, path) of every route, lower-case, ``{job}`` as ``{JobId}``, ``{method}``
     expanded into every method name the service answers."""
-    names = [*_METHODS, *_NOT_YET]
+    names = list(SERVICE_METHODS)
     routes: set[tuple[str, str]] = set()
     for route in app.router.routes():
         if route.method == "HEAD":  # added by add_get
@@ -78,12 +79,12 @@ def test_every_route_is_documented_and_every_documented_path_is_a_route(app: web
 
 def test_one_path_per_instance_method_with_its_wmi_name() -> None:
     paths = openapi.document()["paths"]
-    assert set(openapi.METHODS) == set(_METHODS) | set(_NOT_YET), "describe every method in METHODS"
-    for key in (*_METHODS, *_NOT_YET):
+    assert set(openapi.METHODS) == set(SERVICE_METHODS), "describe every method in METHODS"
+    for key, method in SERVICE_METHODS.items():
         name = openapi.METHODS[key].name
         assert name.lower() == key
-        if key in _NOT_YET:
-            assert name == _NOT_YET[key]
+        assert name == method.name
+        assert list(openapi.METHODS[key].params) == list(method.params), "the same parameters"
         assert f"{openapi.CLASS}/{{JobId}}/{name}" in paths
     assert f"{openapi.CLASS}/{{JobId}}/AddFileWithRanges" in paths
 

@@ -1,4 +1,4 @@
-"""Unit tests of the pure helpers of openbits.service: URL/path validation, Params, enum_value."""
+"""Unit tests of the pure helpers of openbits.service.params: URL/path validation, Params, enum_value."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from openbits.errors import (
     StringTooLong,
 )
 from openbits.model import LOCAL_FILE_MAX, JobPriority, JobType, SetJobStateCode
-from openbits.service import Params, enum_value, validate_local_file, validate_remote_url
+from openbits.service.params import Params, enum_value, validate_local_file, validate_remote_url
 
 # -- validate_remote_url ---------------------------------------------------------------------
 
@@ -305,3 +305,14 @@ def test_enum_value_out_of_range_is_e_notimpl(enum: type[Any], value: int) -> No
     with pytest.raises(NotImplementedValue) as info:
         enum_value(enum, "x", value)
     assert info.value.hresult == 0x80004001
+
+
+def test_the_origins_found_valid_are_kept_by_the_caller_not_the_module() -> None:
+    seen: set[str] = set()
+    assert validate_remote_url("http://h:81/a", seen) == "http://h:81/a"
+    assert validate_remote_url("http://h:81/b", seen) == "http://h:81/b"
+    assert seen == {"http://h:81"}
+    validate_remote_url("http://other/a")  # none given: nothing is kept anywhere
+    assert seen == {"http://h:81"}
+    with pytest.raises(InvalidArgument):
+        validate_remote_url("http://h:0/a", seen)

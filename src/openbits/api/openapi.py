@@ -3,7 +3,7 @@
 Built as Python data from the code it describes wherever it can: the BitsClientJob
 instance from ``model.CIM_PROPERTIES``, PATCH from ``model.WRITABLE_PROPERTIES``,
 BitsServicePolicy from ``policy.PROPERTIES``, one path per instance method from the
-service's ``_METHODS`` and ``_NOT_YET``.  tests/unit/test_openapi.py checks it against the
+service's public table ``service.methods.METHODS``.  tests/unit/test_openapi.py checks it against the
 routes of ``make_app`` in both directions, and tests/integration/test_api_fuzz.py fuzzes
 a live daemon with it.
 """
@@ -33,7 +33,7 @@ from openbits.model import (
 )
 from openbits.policy import PROPERTIES as POLICY_PROPERTIES
 from openbits.policy import READ_ONLY as POLICY_READ_ONLY
-from openbits.service import _METHODS, _NOT_YET
+from openbits.service.methods import METHODS as SERVICE_METHODS
 
 Schema = dict[str, Any]
 
@@ -262,9 +262,8 @@ class Method:
 #: what a method the service does not build yet answers (E_NOTIMPL, whatever the job)
 _NOT_YET_STATUSES = ("400", "413", "500")
 
-#: every instance method, by lower-case name (the keys of the service's ``_METHODS`` and
-#: ``_NOT_YET``, which says which are not built yet; tests/unit/test_openapi.py checks
-#: they match)
+#: every instance method, by lower-case name (the keys of ``service.methods.METHODS``,
+#: which says which are not built yet; tests/unit/test_openapi.py checks they match)
 METHODS: dict[str, Method] = {
     m.name.lower(): m
     for m in (
@@ -449,11 +448,7 @@ METHODS: dict[str, Method] = {
 
 def method_names() -> list[str]:
     """The WMI name of every instance method the service answers (built or E_NOTIMPL)."""
-    names: list[str] = []
-    for key in (*_METHODS, *_NOT_YET):
-        known = METHODS.get(key)
-        names.append(known.name if known is not None else _NOT_YET.get(key, key))
-    return names
+    return [m.name for m in SERVICE_METHODS.values()]
 
 
 # -- the service policy ------------------------------------------------------------------------------
@@ -537,7 +532,7 @@ _STATE_ITEM = rf"\s*({_STATE_NAMES}|[0-8])\s*"
 
 
 def _method_operation(method: Method) -> Schema:
-    if method.name.lower() in _NOT_YET:
+    if not SERVICE_METHODS[method.name.lower()].implemented:
         return {
             "operationId": method.name,
             "summary": f"{method.summary}: not implemented yet (answers E_NOTIMPL)",

@@ -3,6 +3,10 @@
 One task per running job, all in one TaskGroup.  Deadlines (retries, timeouts)
 live in the jobs (and so in the store); the loop sleeps until the earliest one
 or until the service wakes it.  A failing job never takes the daemon down.
+
+The scheduler sees the service through ``JobQueue`` alone; ``Transfers`` (the running
+tasks and the wake-up) is created first and handed to both, so the daemon wires them
+in one pass.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from datetime import datetime
+from typing import Any, Protocol
 
 from openbits.caller import primary_gid
+from openbits.clock import Clock
 from openbits.config import Config
 from openbits.errors import BitsError, HResult
 from openbits.model import ErrorContext, Job, JobFile, parse_custom_headers
+from openbits.policy import ServicePolicy
 from openbits.scheduler import policy
-from openbits.service import Service
 from openbits.transfer.download import Downloader, Owner, RequestOptions
 from openbits.transfer.files import open_sync_handle, sync_handle, temp_name_for, translating
 from openbits.transfer.throttle import Throttle
@@ -35,12 +41,114 @@ BLOCKED_BY_POLICY = int(HResult.BG_E_BLOCKED_BY_POLICY)
 PIPELINE_LOOKAHEAD = 16
 
 
+class JobQueue(Protocol):
+    """What the scheduler needs of the service (``service.Service``): the jobs to plan
+    over, the rules and the clock, and where to report what transfers and rules did."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def policy(self) -> ServicePolicy: ...
+
+    def jobs_to_plan(self, every: bool) -> Iterable[Job]: ...
+
+    def purge_finished(self) -> int | None: ...
+
+    def job_started(self, job: Job) -> None: ...
+
+    def job_connected(self, job: Job) -> None: ...
+
+    def job_preempted(self, job: Job) -> None: ...
+
+    def job_transferred(self, job: Job) -> None: ...
+
+    def job_failed(self, job: Job, error: BitsError, file_index: int | None) -> None: ...
+
+    def retry_due(self, job: Job) -> None: ...
+
+    def blocked_by_policy(self, job: Job) -> None: ...
+
+    def download_time_exceeded(self, job: Job) -> None: ...
+
+    def no_progress_timeout(self, job: Job) -> None: ...
+
+    async def inactive(self, job: Job) -> None: ...
+
+    def file_checkpoint(self, job: Job, file: JobFile, offset: int) -> None: ...
+
+    def file_redirected(self, job: Job, file: JobFile, url: str) -> None: ...
+
+    def file_restarted(self, job: Job, file: JobFile) -> None: ...
+
+    def file_done(self, job: Job, file: JobFile, size: int) -> None: ...
+
+    def files_done(self, job: Job, files: Iterable[tuple[JobFile, int]]) -> None: ...
+
+
+class Transfers:
+    """The transfer task of each running job, and the scheduler's wake-up.  The service
+    wakes the scheduler and stops transfers through it (its ``Runner``)."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def woken(self) -> bool:
+        """Woken since ``clear_wake``: the next tick is due at once."""
+        return self._wake.is_set()
+
+    def clear_wake(self) -> None:
+        """Forget the wake-ups so far (the tick that follows sees what they announced)."""
+        self._wake.clear()
+
+    async def sleep(self, timeout_s: float | None) -> None:
+        """Until woken, or ``timeout_s`` has passed (None: no deadline)."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
+        # that shuts the scheduler down when the wait finishes in the same loop step.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
+
+    def start(self, group: asyncio.TaskGroup, job_id: str, run: Coroutine[Any, Any, None]) -> None:
+        task = group.create_task(run, name=f"job {job_id}")
+        self.running[job_id] = task
+        task.add_done_callback(functools.partial(self._done, job_id))
+
+    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        """A job's task ended: the job may start again.  A done callback, not the task's own
+        ``finally``: a task cancelled before it first ran (pre-empted in the tick right after
+        the one that started it) never runs its body, and would hold its job back for ever."""
+        if self.running.get(job_id) is task:
+            del self.running[job_id]
+        self.wake()
+
+    def cancel(self, job_id: str) -> None:
+        """Stop a job's transfer without waiting (its state is the service's to set)."""
+        task = self.running.get(job_id)
+        if task is not None:
+            task.cancel()
+
+    async def stop(self, job_id: str) -> None:
+        """Stop a job's transfer and wait until its task has let go of its files."""
+        task = self.running.get(job_id)
+        if task is None or task is asyncio.current_task():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([task])
+
+
 class _FileProgress:
     """Binds a downloader's reports for one file to the service."""
 
     __slots__ = ("file", "job", "service")
 
-    def __init__(self, service: Service, job: Job, file: JobFile) -> None:
+    def __init__(self, service: JobQueue, job: Job, file: JobFile) -> None:
         self.service, self.job, self.file = service, job, file
 
     def connected(self) -> None:
@@ -67,59 +175,44 @@ class _FileProgress:
 
 class Scheduler:
     def __init__(
-        self, service: Service, config: Config, downloader: Downloader, throttle: Throttle | None = None
+        self,
+        service: JobQueue,
+        config: Config,
+        downloader: Downloader,
+        throttle: Throttle | None = None,
+        transfers: Transfers | None = None,
     ) -> None:
         self.service = service
         self.config = config
         self.downloader = downloader
         self.throttle = throttle if throttle is not None else Throttle()
+        self.transfers = transfers if transfers is not None else Transfers()
         self._applied: tuple[object, ...] | None = None
-        self.running: dict[str, asyncio.Task[None]] = {}
-        self._wake = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
         self._next_purge_ns = 0
         self._next_scan_ns = 0
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def stop(self, job_id: str) -> None:
-        """Stop a job's transfer and wait until its task has let go of its files."""
-        task = self.running.get(job_id)
-        if task is None or task is asyncio.current_task():
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait([task])
 
     async def run(self) -> None:
         clock = self.service.clock
         async with asyncio.TaskGroup() as group:
             self._group = group
             while True:
-                self._wake.clear()
+                self.transfers.clear_wake()
                 wake_at = self._tick()
-                timeout = None if wake_at is None else max(0.0, (wake_at - clock.now_ns()) / 1e9)
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
-                # cancellation that shuts the scheduler down when the wait finishes
-                # in the same loop step.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._wake.wait()
+                await self.transfers.sleep(
+                    None if wake_at is None else max(0.0, (wake_at - clock.now_ns()) / 1e9)
+                )
 
     def _tick(self) -> int | None:
         service = self.service
         now = service.clock.now_ns()
-        jobs = service.jobs
         # Every tick looks at the active jobs; all jobs (for the inactivity timeout) only
         # now and then, so an API call costs the same with 10 jobs or 10,000.
         inactivity_s = self.config.job_inactivity_timeout_s
         scan_all = now >= self._next_scan_ns
         if scan_all:
             self._next_scan_ns = now + int(min(60.0, max(1.0, inactivity_s / 4)) * 1e9)
-            candidates: Iterable[Job] = (j for j in jobs.values() if not j.state.is_final)
-        else:
-            candidates = service.active.values()
+        jobs = {j.job_id: j for j in service.jobs_to_plan(every=scan_all)}
         views = [
             policy.JobView(
                 j.job_id,
@@ -136,7 +229,7 @@ class Scheduler:
                 modified_ns=j.modified_ns,
                 blocked_by_policy=j.error is not None and j.error.hresult == BLOCKED_BY_POLICY,
             )
-            for j in candidates
+            for j in jobs.values()
         ]
         rules = service.policy
         limit_change_ns = self.apply_bandwidth(now)
@@ -154,24 +247,22 @@ class Scheduler:
         for job_id in plan.timeout:
             service.no_progress_timeout(jobs[job_id])
         for job_id in plan.block:
-            self._cancel_task(job_id)
+            self.transfers.cancel(job_id)
             service.blocked_by_policy(jobs[job_id])
         for job_id in plan.download_timeout:
-            self._cancel_task(job_id)
+            self.transfers.cancel(job_id)
             service.download_time_exceeded(jobs[job_id])
         for job_id in plan.retry:
             service.retry_due(jobs[job_id])
         for job_id in plan.preempt:
-            self._cancel_task(job_id)
+            self.transfers.cancel(job_id)
             service.job_preempted(jobs[job_id])
         for job_id in plan.start:
-            if job_id in self.running:
+            if job_id in self.transfers.running:
                 continue  # its previous task is still letting go
             job = jobs[job_id]
             service.job_started(job)
-            task = self._group.create_task(self._run_job(job), name=f"job {job_id}")
-            self.running[job_id] = task
-            task.add_done_callback(functools.partial(self._task_done, job_id))
+            self.transfers.start(self._group, job_id, self._run_job(job))
         if now >= self._next_purge_ns:
             service.purge_finished()
             self._next_purge_ns = now + PURGE_INTERVAL_NS
@@ -181,12 +272,6 @@ class Scheduler:
             if d is not None
         ]
         return min(deadlines)
-
-    def _cancel_task(self, job_id: str) -> None:
-        """Stop a job's transfer without waiting (its state is the service's to set)."""
-        task = self.running.get(job_id)
-        if task is not None:
-            task.cancel()
 
     def _blocked_priorities(self) -> frozenset[int]:
         """Priorities whose bandwidth limit is 0 right now (FOREGROUND only if it is limited)."""
@@ -272,14 +357,6 @@ class Scheduler:
         finally:
             batch.close()
 
-    def _task_done(self, job_id: str, task: asyncio.Task[None]) -> None:
-        """A job's task ended: the job may start again.  A done callback, not the task's own
-        ``finally``: a task cancelled before it first ran (pre-empted in the tick right after
-        the one that started it) never runs its body, and would hold its job back for ever."""
-        if self.running.get(job_id) is task:
-            del self.running[job_id]
-        self.wake()
-
 
 class _SyncBatch:
     """Small files finished without their own fdatasync, made durable and committed together:
@@ -295,7 +372,7 @@ class _SyncBatch:
     MAX_FILES = 256
     MAX_AGE_S = 0.25
 
-    def __init__(self, service: Service, job: Job) -> None:
+    def __init__(self, service: JobQueue, job: Job) -> None:
         self.service, self.job = service, job
         self.files: list[tuple[JobFile, int]] = []
         self.handles: dict[str, int] = {}  # directory -> fd opened before the files were written

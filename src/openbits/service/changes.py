@@ -1,0 +1,298 @@
+"""The live jobs and how a change of one is saved and announced.
+
+Every change of a job goes through ``LiveJobs._change``: the verb makes it inside the
+``with`` block, and at its end the job is saved to the store and the change announced
+(to long polls, the event log, the notifier) and the scheduler woken.  A caller's change
+is answered only once it is stored: when the store refuses it (a full disk), the job is
+put back as it was and the caller gets the store's error, translated here once.  The
+daemon's own changes (``own=True``: progress, retries, state changes the transfers
+report) stand even so: the job is marked ``unsaved``, the store keeps an earlier valid
+state, as after a crash, and the next write that succeeds saves every file row of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from openbits import states
+from openbits.clock import Clock
+from openbits.config import Config
+from openbits.errors import BitsError, HResult
+from openbits.model import Job, JobFile, JobState, NotifyFlags
+from openbits.policy import ServicePolicy
+from openbits.states import Event
+from openbits.store import JobStore, StoreWriteFailed
+from openbits.transfer import files as fs
+
+log = logging.getLogger("openbits.service")
+
+#: the states whose entry runs the notification command line and webhook, by the flag
+#: that asks for it (modification and file events are for callbacks and GET /events)
+NOTIFY_ON = {JobState.TRANSFERRED: NotifyFlags.JOB_TRANSFERRED, JobState.ERROR: NotifyFlags.JOB_ERROR}
+
+
+class Runner(Protocol):
+    """What the service needs of whatever runs the transfers (``scheduler.run.Transfers``)."""
+
+    def wake(self) -> None: ...
+
+    async def stop(self, job_id: str) -> None: ...
+
+
+class _NoRunner:
+    def wake(self) -> None:
+        pass
+
+    async def stop(self, job_id: str) -> None:
+        pass
+
+
+def store_error(e: StoreWriteFailed, state_dir: str) -> BitsError:
+    """What a caller is told when the store cannot record its call."""
+    if e.full:
+        return BitsError(
+            f"{e}; free space in {state_dir} (nothing already accepted is lost)",
+            hresult=HResult.HRESULT_DISK_FULL,
+            transient=True,
+        )
+    return BitsError(str(e), hresult=HResult.E_FAIL, transient=True)
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the transfers did since the daemon started (``GET /metrics``)."""
+
+    bytes_transferred: int = 0
+    files_transferred: int = 0
+    transient_errors: int = 0
+    errors: int = 0
+
+
+class LiveJobs:
+    """The jobs not finished, in memory and written through to the store."""
+
+    def __init__(
+        self, store: JobStore, config: Config, clock: Clock | None = None, runner: Runner | None = None
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock or Clock()
+        self.runner: Runner = runner or _NoRunner()
+        self.jobs: dict[str, Job] = {}
+        #: the jobs the scheduler must look at on every tick (QUEUED, CONNECTING,
+        #: TRANSFERRING, TRANSIENT_ERROR): a tick costs O(active), not O(all jobs)
+        self.active: dict[str, Job] = {}
+        #: raises ValueError for a bad bandwidth setting in the config
+        self.policy = ServicePolicy.from_config(config).with_persisted(store.load_settings())
+        #: observers of every change announced, ``(job, what)``: a verb's or a state
+        #: change's name, or "progress" for a checkpoint (the event log: api/events.py)
+        self.listeners: list[Callable[[Job, str], None]] = []
+        self._waiters: dict[str, asyncio.Event] = {}  # job id -> set at its next change
+        self.counters = Counters()
+        #: the "scheme://host:port" of HTTP(S) RemoteUrls already found valid (params.py)
+        self.known_origins: set[str] = set()
+        self.store_failing = False  # the last job write failed (logged once, and when it heals)
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Load the jobs not finished; jobs that were running go back to QUEUED, at their
+        checkpoint. Finished jobs stay in the store alone (``find`` reads them there), so
+        memory holds the live queue only, however many jobs went through."""
+        for job in self.store.load_jobs():
+            if not job.state.is_final:
+                self.jobs[job.job_id] = job
+                self._index(job)
+            if job.state in states.RUNNING_STATES:
+                self._enter(job, states.next_state(job.state, Event.PREEMPTED))
+                self._save(job)
+            elif job.state is JobState.CANCELLED:
+                for f in job.files:
+                    if not f.published:
+                        fs.remove_quietly(f.temp_path)
+            elif job.state is JobState.ACKNOWLEDGED:
+                for f in job.files:
+                    if not f.published and not f.completed:
+                        fs.remove_quietly(f.temp_path)
+        self.purge_finished()
+
+    def purge_finished(self) -> int | None:
+        """Delete finished jobs past the retention period; the next purge time (ns)."""
+        keep_ns = self.config.finished_retention_s * 10**9
+        try:
+            self.store.delete_finished(self.clock.now_ns() - keep_ns)
+        except StoreWriteFailed as e:
+            log.warning("cannot forget finished jobs yet: %s", e)
+        oldest = self.store.oldest_finished_ns()
+        return None if oldest is None else oldest + keep_ns
+
+    # -- what the scheduler plans over (scheduler.run.JobQueue) --------------------------------
+
+    def jobs_to_plan(self, every: bool) -> Iterable[Job]:
+        """The active jobs, or (``every``: for the inactivity timeout) all not finished."""
+        if every:
+            return (j for j in self.jobs.values() if not j.state.is_final)
+        return self.active.values()
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _enter(self, job: Job, state: JobState) -> None:
+        """Change the state, keeping the scheduling clocks: time spent running counts
+        toward MaximumDownloadTime, and QUEUED jobs take their turn in arrival order."""
+        if state is job.state:
+            return
+        now = self.clock.now_ns()
+        if job.state in states.RUNNING_STATES and state not in states.RUNNING_STATES:
+            if job.run_started_ns:
+                job.download_time_ns += max(0, now - job.run_started_ns)
+            job.run_started_ns = 0
+        elif state in states.RUNNING_STATES and job.state not in states.RUNNING_STATES:
+            job.run_started_ns = now
+        if state is JobState.QUEUED:
+            job.queued_ns = now
+        job.state = state
+        arm_notification(job, now)
+        if job.job_id in self.jobs:
+            self._index(job)
+
+    def _index(self, job: Job) -> None:
+        if job.state in states.ACTION_STATES:
+            self.active[job.job_id] = job
+        else:
+            self.active.pop(job.job_id, None)
+
+    # -- save and announce -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _change(
+        self,
+        job: Job,
+        what: str,
+        files: Sequence[JobFile] = (),
+        *,
+        added: Sequence[JobFile] = (),
+        own: bool = False,
+    ) -> Iterator[None]:
+        """A change of ``job`` (and of its ``files``) made in the ``with`` block, or the new
+        ``added`` files appended to it there: saved, announced as ``what``, the scheduler
+        woken.  A caller's change is put back (job fields, ``files``, the files list) when
+        the block raises or the store refuses it, and the store's error is raised as the
+        caller's BitsError; the daemon's own change (``own``) stands (``_save``)."""
+        if own:
+            yield
+            job.modified_ns = self.clock.now_ns()
+            self._save(job, files)
+        else:
+            before = copy.copy(job)
+            files_before = [copy.copy(f) for f in files]
+            count = len(job.files)
+            with self._translating_store_errors():
+                try:
+                    yield
+                    job.modified_ns = self.clock.now_ns()
+                    self._save(job, files, added=added, strict=True)
+                except BaseException as e:
+                    for name in _JOB_FIELDS:
+                        setattr(job, name, getattr(before, name))
+                    for file, saved in zip(files, files_before, strict=True):
+                        for name in _FILE_FIELDS:
+                            setattr(file, name, getattr(saved, name))
+                    del job.files[count:]
+                    self._index(job)
+                    if isinstance(e, StoreWriteFailed):
+                        job.unsaved = True  # (the next write saves every file row)
+                    raise
+        self._announce(job, what)
+        self.runner.wake()
+        if job.state.is_final:  # stored: it lives on in the store alone (``find``)
+            self.jobs.pop(job.job_id, None)
+
+    def _save(
+        self, job: Job, files: Iterable[JobFile] = (), *, added: Sequence[JobFile] = (), strict: bool = False
+    ) -> None:
+        """Write the job's row and ``files`` (every file of an ``unsaved`` job), or insert the
+        ``added`` files with the job's row.  When the store refuses: ``strict``, its
+        StoreWriteFailed is raised (``_change`` puts the caller's change back); else the
+        change stands, the job is marked ``unsaved`` and the failure logged once."""
+        try:
+            if added:  # (an unsaved job stays so: its other rows are not written)
+                self.store.add_files(job, added)
+                return
+            self.store.save_job(job, job.files if job.unsaved else files)
+        except StoreWriteFailed as e:
+            if strict:
+                raise
+            job.unsaved = True
+            if not self.store_failing:
+                log.error("%s; the jobs go on, and the store catches up at its next write that succeeds", e)
+            self.store_failing = True
+            return
+        job.unsaved = False
+        if self.store_failing:
+            self.store_failing = False
+            log.warning("the job store records changes again")
+
+    @contextlib.contextmanager
+    def _translating_store_errors(self) -> Iterator[None]:
+        """A write the store refuses is the caller's BitsError (``store_error``)."""
+        try:
+            yield
+        except StoreWriteFailed as e:
+            raise self.store_error(e) from e
+
+    def store_error(self, e: StoreWriteFailed) -> BitsError:
+        """What a caller is told when the store cannot record its call."""
+        return store_error(e, self.config.state_dir)
+
+    def _announce(self, job: Job, what: str) -> None:
+        """Tell the long polls waiting on ``job`` and every listener of the change ``what``."""
+        event = self._waiters.pop(job.job_id, None)
+        if event is not None:
+            event.set()
+        for listener in self.listeners:
+            try:
+                listener(job, what)
+            except Exception:  # a listener never breaks a verb
+                log.exception("listener failed")
+
+    async def wait_while(self, job: Job, states: frozenset[JobState], timeout_s: float) -> None:
+        """Return once ``job`` is in none of ``states``, or after ``timeout_s`` (a long poll:
+        a client learns of a state change at once, without polling)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while job.state in states and job.job_id in self.jobs:  # (a finished job never changes)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            event = self._waiters.get(job.job_id)
+            if event is None:
+                event = self._waiters[job.job_id] = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+
+
+#: a Job's fields but its files (what a refused change puts back; the files list is cut
+#: back to its length, and the files the change named are put back field by field)
+_JOB_FIELDS = tuple(f for f in Job.__slots__ if f != "files")
+_FILE_FIELDS = JobFile.__slots__
+
+
+def arm_notification(job: Job, now_ns: int) -> None:
+    """Due now when the job is in a state its notify flags ask to hear of and it has a
+    command line or a webhook; nothing pending otherwise (a job that left TRANSFERRED or
+    ERROR is not notified of it any more, as BITS stops rerunning the program)."""
+    flag = NOTIFY_ON.get(job.state)
+    wanted = (
+        flag is not None
+        and job.notify_flags & flag
+        and not job.notify_flags & NotifyFlags.DISABLE
+        and (job.notify_program is not None or job.notify_url is not None)
+    )
+    job.notify_due_ns = now_ns if wanted else 0

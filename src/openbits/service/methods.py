@@ -1,0 +1,61 @@
+"""The instance methods of BitsClientJob (SPEC §2, §6), by their WMI names: their
+parameters and which are not built yet.  Plain data: the API, its OpenAPI document and
+the CLIs read it without loading the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """An instance method: its WMI name, the names of its parameters (in the order an
+    error message lists them), and whether it is built (else it answers E_NOTIMPL)."""
+
+    name: str
+    params: tuple[str, ...] = ()
+    implemented: bool = True
+
+    @property
+    def key(self) -> str:
+        """The name a call is matched by (WMI names are case-insensitive)."""
+        return self.name.lower()
+
+
+_ALL = (
+    Method("AddFile", ("RemoteUrl", "LocalFile")),
+    Method("AddFileSet", ("Files",)),
+    Method("AddFileWithRanges", ("RemoteUrl", "LocalFile", "Ranges")),
+    Method("SetJobState", ("JobState",)),
+    Method("GetError", ("LanguageId",)),
+    Method("SetMaximumDownloadTime", ("MaximumDownloadTime",)),
+    Method("SetCustomHeaders", ("CustomHeaders",)),
+    Method("SetSecurityFlags", ("SecurityFlags",)),
+    Method("SetRemoteName", ("LocalFile", "RemoteUrl")),
+    Method("ReplaceRemotePrefix", ("OldPrefix", "NewPrefix")),
+    Method("GetResponseHeaders", ("LocalFile",)),
+    Method("SetNotifyFlags", ("NotifyFlags",)),
+    Method("SetNotifyCmdLine", ("Program", "Parameters")),
+    Method("SetNotifyUrl", ("NotifyUrl",)),
+    Method("MakeCustomHeadersWriteOnly"),
+    Method("TakeOwnership"),
+    # not built yet: they answer E_NOTIMPL whatever the job (SPEC §2 names their parameters)
+    Method("SetCredentials", ("Target", "Scheme", "UserName", "Password"), implemented=False),
+    Method("RemoveCredentials", ("Target", "Scheme"), implemented=False),
+    Method("SetClientCertificateById", ("CertStoreLocation", "StoreName", "CertHash"), implemented=False),
+    Method(
+        "SetClientCertificateByName", ("CertStoreLocation", "StoreName", "SubjectName"), implemented=False
+    ),
+    Method("RemoveClientCertificate", implemented=False),
+    Method("SetProxySettings", ("ProxyUsage", "ProxyList", "ProxyBypassList"), implemented=False),
+    Method("GetReplyData", implemented=False),
+    Method("SetReplyFileName", ("ReplyFileName",), implemented=False),
+)
+
+#: every instance method the service answers (built or E_NOTIMPL), by lower-case name
+METHODS: dict[str, Method] = {m.key: m for m in _ALL}
+
+
+def method(name: str) -> Method | None:
+    """The method called ``name`` in any case; None when BitsClientJob has none."""
+    return METHODS.get(name.lower())

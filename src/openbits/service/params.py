@@ -1,0 +1,252 @@
+"""Method parameters and their validation: pure functions, no I/O but ``os.path``."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from openbits.errors import (
+    BitsError,
+    HResult,
+    InvalidArgument,
+    LimitExceeded,
+    NotImplementedValue,
+    StringTooLong,
+)
+from openbits.model import (
+    BG_LENGTH_TO_EOF,
+    LOCAL_FILE_MAX,
+    REDIRECT_POLICY_MASK,
+    REMOTE_URL_MAX,
+    UINT32_MAX,
+    SecurityFlags,
+    parse_custom_headers,
+)
+
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+#: SetNotifyCmdLine's limits (bits-spec §4.2: MAX_PATH and 4,000 characters)
+NOTIFY_PROGRAM_MAX = 260
+NOTIFY_PARAMETERS_MAX = 4000
+#: every defined notify flag (bits-spec §2.9); others are E_NOTIMPL
+NOTIFY_FLAGS_ALL = 0x3F
+#: how many origins a ``known_origins`` set remembers
+KNOWN_ORIGINS_MAX = 1024
+
+
+class Params:
+    """Method parameters matched case-insensitively (SPEC §6), typed on the way out."""
+
+    def __init__(self, raw: Mapping[str, Any] | None, allowed: Iterable[str]) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise InvalidArgument("the request body must be a JSON object")
+        self._names = {n.lower(): n for n in allowed}
+        self._values: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = self._names.get(str(key).lower())
+            if name is None:
+                raise InvalidArgument(
+                    f"unknown parameter {key!r}; expected one of: {', '.join(self._names.values())}"
+                )
+            if name in self._values:
+                raise InvalidArgument(f"{name} is given twice")
+            self._values[name] = value
+
+    def __contains__(self, name: str) -> bool:
+        return self._values.get(name) is not None
+
+    def value(self, name: str) -> Any:
+        """The raw JSON value (None when absent)."""
+        return self._values.get(name)
+
+    def string(self, name: str, limit: int, *, default: str | None = None) -> str | None:
+        value = self._values.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{name} must be a string")
+        if "\x00" in value:
+            raise InvalidArgument(f"{name} must not contain NUL characters")
+        if len(value) > limit:
+            raise StringTooLong(f"{name} is longer than {limit} characters")
+        return value
+
+    def uint(self, name: str, *, maximum: int = UINT32_MAX, default: int | None = None) -> int | None:
+        value = self._values.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(f"{name} must be an unsigned integer")
+        if value < 0 or value > maximum:
+            raise InvalidArgument(f"{name} must be between 0 and {maximum}")
+        return value
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        value = self._values.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{name} must be true or false")
+        return value
+
+
+def enum_value(enum: type[Any], name: str, value: int) -> Any:
+    """An enum member, or E_NOTIMPL for an unknown value (SPEC §6)."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise NotImplementedValue(f"{value} is not a valid {name}") from None
+
+
+def validate_remote_url(url: str, known_origins: set[str] | None = None) -> str:
+    """http(s)://, file:// or an absolute path (SPEC §3); E_INVALIDARG otherwise.
+    ``known_origins``: the "scheme://host:port" parts of HTTP(S) URLs already found valid,
+    kept by the caller (AddFileSet: thousands of URLs on one server); valid ones are added."""
+    if not url:
+        raise InvalidArgument("RemoteUrl must not be empty")
+    if url.startswith("/"):
+        return url
+    if _CONTROL.search(url):
+        raise InvalidArgument("RemoteUrl must not contain spaces or control characters")
+    scheme_end = url.find("://")
+    path_start = url.find("/", scheme_end + 3) if scheme_end > 0 else -1
+    if path_start > 0 and known_origins is not None and url[:path_start] in known_origins:
+        return url
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise InvalidArgument(f"RemoteUrl is not a valid URL: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not parts.hostname:
+            raise InvalidArgument("RemoteUrl has no host name")
+        if port == 0:
+            raise InvalidArgument("RemoteUrl has an invalid port")
+        if path_start > 0 and known_origins is not None and len(known_origins) < KNOWN_ORIGINS_MAX:
+            known_origins.add(url[:path_start])
+        return url
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidArgument("file:// URLs must name a local path (file:///path)")
+        if not parts.path.startswith("/"):
+            raise InvalidArgument("file:// URLs must hold an absolute path")
+        return url
+    if not scheme:
+        raise InvalidArgument("RemoteUrl must be an http://, https:// or file:// URL or an absolute path")
+    raise InvalidArgument(f"the URL scheme {scheme!r} is not supported (http, https, file)")
+
+
+def file_pair(raw: Any, method: str) -> tuple[str, str]:
+    """``{RemoteUrl, LocalFile}``, both required, as (remote, local)."""
+    p = Params(raw, ("RemoteUrl", "LocalFile"))
+    remote = p.string("RemoteUrl", REMOTE_URL_MAX)
+    local = p.string("LocalFile", LOCAL_FILE_MAX)
+    if remote is None or local is None:
+        raise InvalidArgument(f"{method} needs RemoteUrl and LocalFile")
+    return remote, local
+
+
+def validate_ranges(value: Any, limit: int) -> list[tuple[int, int]]:
+    """[{InitialOffset, Length}, ...] -> [(offset, length)]: non-empty, at most ``limit``,
+    lengths > 0 (BG_LENGTH_TO_EOF runs to the end), no two overlapping."""
+    if not isinstance(value, list) or not value:
+        raise InvalidArgument("Ranges must be a non-empty array of {InitialOffset, Length}")
+    if len(value) > limit:
+        raise LimitExceeded(
+            f"{len(value)} ranges; a file may have {limit}", hresult=HResult.BG_E_TOO_MANY_RANGES_IN_FILE
+        )
+    ranges: list[tuple[int, int]] = []
+    for item in value:
+        p = Params(item, ("InitialOffset", "Length"))
+        offset = p.uint("InitialOffset", maximum=BG_LENGTH_TO_EOF - 1)
+        length = p.uint("Length", maximum=BG_LENGTH_TO_EOF)
+        if offset is None or length is None:
+            raise InvalidArgument("each range needs InitialOffset and Length")
+        if length == 0:
+            raise BitsError("a range of length 0", hresult=HResult.BG_E_INVALID_RANGE)
+        ranges.append((offset, length))
+    ordered = sorted(ranges)
+    for (a, n), (b, _) in itertools.pairwise(ordered):
+        if n == BG_LENGTH_TO_EOF or a + n > b:
+            raise BitsError("two ranges overlap", hresult=HResult.BG_E_OVERLAPPING_RANGES)
+    return ranges
+
+
+def check_security_flags(flags: int) -> None:
+    """Known bits only, one redirect policy; CRL checking is refused (no CRL fetching yet)."""
+    known = 0
+    for flag in SecurityFlags:
+        known |= int(flag)
+    if flags & ~known:
+        raise NotImplementedValue(f"SecurityFlags 0x{flags:X} has unknown bits")
+    if flags & REDIRECT_POLICY_MASK not in (0, 0x100, 0x200):
+        raise NotImplementedValue(f"0x{flags & REDIRECT_POLICY_MASK:X} is not a redirect policy")
+    if flags & SecurityFlags.ENABLE_CRL_CHECK:
+        raise NotImplementedValue("certificate revocation (CRL) checking is not supported yet")
+
+
+def validate_local_file(path: str) -> str:
+    if not path.startswith("/"):
+        raise InvalidArgument(f"LocalFile must be an absolute path, not {path!r}")
+    if len(path) > LOCAL_FILE_MAX:
+        raise StringTooLong(f"LocalFile is longer than {LOCAL_FILE_MAX} characters")
+    segments = path.split("/")
+    if ".." in segments or "." in segments:
+        raise InvalidArgument("LocalFile must not contain '.' or '..' components")
+    name = segments[-1]
+    if not name:
+        raise InvalidArgument("LocalFile must name a file, not a directory")
+    if len(name.encode()) > 255:
+        raise StringTooLong("the file name in LocalFile is longer than 255 bytes")
+    return os.path.normpath(path)
+
+
+def check_custom_headers(text: str | None) -> None:
+    """SetCustomHeaders: 'Name: value' lines (an empty text clears them)."""
+    if text:
+        try:
+            parse_custom_headers(text)
+        except ValueError as e:
+            raise InvalidArgument(f"CustomHeaders: {e}") from None
+
+
+def validate_notify_cmd_line(program: str | None, parameters: str | None) -> str | None:
+    """SetNotifyCmdLine: an absolute Program, Parameters split as a POSIX shell splits words
+    (both null: none).  The Parameters to keep (None when they hold no word)."""
+    if program is None:
+        if parameters is not None:
+            raise InvalidArgument("SetNotifyCmdLine: Parameters without a Program")
+        return None
+    if not os.path.isabs(program):
+        raise InvalidArgument(f"SetNotifyCmdLine: the Program must be an absolute path: {program!r}")
+    if parameters is not None:
+        try:
+            words = shlex.split(parameters)
+        except ValueError as e:
+            raise InvalidArgument(f"SetNotifyCmdLine: Parameters: {e}") from None
+        if not words:
+            return None
+    return parameters
+
+
+def check_notify_url(url: str | None) -> None:
+    """SetNotifyUrl: an http:// or https:// URL with a host (an empty one removes it)."""
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # (raises for a port out of range)
+    except ValueError as e:
+        raise InvalidArgument(f"NotifyUrl is not a valid URL: {e}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or port == 0:
+        raise InvalidArgument("NotifyUrl must be an http:// or https:// URL with a host")
+    if _CONTROL.search(url):
+        raise InvalidArgument("NotifyUrl must not contain spaces or control characters")

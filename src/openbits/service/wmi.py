@@ -1,0 +1,199 @@
+"""``Service``: the verbs, the scheduler's reports, and the instance methods of
+BitsClientJob by their WMI names (``invoke``; the table of them is ``methods.py``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from openbits import states
+from openbits.caller import Caller
+from openbits.errors import AccessDenied, BitsError, HResult, InvalidArgument, NotImplementedValue
+from openbits.model import (
+    CUSTOM_HEADERS_MAX,
+    DEFAULT_MAXIMUM_DOWNLOAD_TIME_S,
+    LOCAL_FILE_MAX,
+    REMOTE_URL_MAX,
+    Job,
+    JobFile,
+    NotifyFlags,
+)
+from openbits.service.changes import arm_notification
+from openbits.service.methods import method
+from openbits.service.params import (
+    NOTIFY_FLAGS_ALL,
+    NOTIFY_PARAMETERS_MAX,
+    NOTIFY_PROGRAM_MAX,
+    Params,
+    check_custom_headers,
+    check_notify_url,
+    check_security_flags,
+    validate_notify_cmd_line,
+)
+from openbits.service.verbs import Verbs
+
+log = logging.getLogger("openbits.service")
+
+_Raw = Mapping[str, Any] | None
+
+
+class Service(Verbs):
+    """The one place that applies BITS semantics (see the package's docstring)."""
+
+    async def invoke(self, caller: Caller, job_ref: str, name: str, raw: _Raw) -> dict[str, Any]:
+        """An instance method by its WMI name (case-insensitive)."""
+        found = method(name)
+        if found is None:
+            raise InvalidArgument(f"BitsClientJob has no method {name!r}")
+        if not found.implemented:
+            raise NotImplementedValue(f"{found.name} is not implemented yet")
+        return await _HANDLERS[found.key](self, caller, job_ref, raw)
+
+    async def _m_set_job_state(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        return {"ReturnValue": await self.set_job_state(caller, job_ref, raw)}
+
+    async def _m_get_error(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        Params(raw, ("LanguageId",))
+        return self.get_error(caller, job_ref)
+
+    async def _m_set_maximum_download_time(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        seconds = Params(raw, ("MaximumDownloadTime",)).uint("MaximumDownloadTime")
+        value = DEFAULT_MAXIMUM_DOWNLOAD_TIME_S if seconds is None else seconds  # null: the default
+        return self._set_property(caller, job_ref, "maximum_download_time_s", value)
+
+    async def _m_set_custom_headers(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        text = Params(raw, ("CustomHeaders",)).string("CustomHeaders", CUSTOM_HEADERS_MAX)
+        check_custom_headers(text)
+        return self._set_property(caller, job_ref, "custom_headers", text or None)
+
+    async def _m_take_ownership(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        """An administrator makes a job theirs (bits-spec §5.9): it runs with their identity
+        from now on, and what was the old owner's goes with it (custom headers, the
+        notification command line and webhook; credentials and certificates once built)."""
+        Params(raw, ())
+        if not caller.is_admin:
+            raise AccessDenied("only administrators may take ownership of a job")
+        job = self.find(caller, job_ref)
+        states.check_call(states.Call.SET_PROPERTY, job.state)
+        previous = job.owner
+        with self._change(job, "ownership taken"):
+            job.owner, job.owner_uid = caller.user, caller.uid
+            job.custom_headers = None
+            job.notify_program = job.notify_parameters = job.notify_url = None
+            arm_notification(job, self.clock.now_ns())
+        log.info("job %s: %s took ownership from %s", job.job_id, caller.user, previous)
+        return {"ReturnValue": 0}
+
+    async def _m_make_custom_headers_write_only(
+        self, caller: Caller, job_ref: str, raw: _Raw
+    ) -> dict[str, Any]:
+        """From now on the job's CustomHeaders are sent but never read back (BITS 10.3); it
+        cannot be undone, and headers set later are write-only too."""
+        Params(raw, ())
+        return self._set_property(caller, job_ref, "custom_headers_write_only", True)
+
+    async def _m_set_security_flags(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        flags = Params(raw, ("SecurityFlags",)).uint("SecurityFlags") or 0
+        check_security_flags(flags)
+        return self._set_property(caller, job_ref, "security_flags", flags)
+
+    async def _m_set_remote_name(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        p = Params(raw, ("LocalFile", "RemoteUrl"))
+        local = p.string("LocalFile", LOCAL_FILE_MAX)
+        remote = p.string("RemoteUrl", REMOTE_URL_MAX)
+        if local is None or remote is None:
+            raise InvalidArgument("SetRemoteName needs LocalFile and RemoteUrl")
+        job = self.find(caller, job_ref)
+        await self._set_remote_urls(job, {id(_file_named(job, local)): remote})
+        return {"ReturnValue": 0}
+
+    async def _m_replace_remote_prefix(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        p = Params(raw, ("OldPrefix", "NewPrefix"))
+        old = p.string("OldPrefix", REMOTE_URL_MAX)
+        new = p.string("NewPrefix", REMOTE_URL_MAX)
+        if not old or new is None:
+            raise InvalidArgument("ReplaceRemotePrefix needs OldPrefix and NewPrefix")
+        job = self.find(caller, job_ref)
+        changes = {
+            id(f): new + f.remote_url[len(old) :]
+            for f in job.files
+            if not f.completed and f.remote_url.lower().startswith(old.lower())
+        }
+        await self._set_remote_urls(job, changes)
+        return {"ReturnValue": 0, "FilesChanged": len(changes)}
+
+    async def _m_get_response_headers(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        local = Params(raw, ("LocalFile",)).string("LocalFile", LOCAL_FILE_MAX)
+        file = _file_named(self.find(caller, job_ref), local)
+        return {"ReturnValue": 0, "ResponseHeaders": file.response_headers}
+
+    async def _m_set_notify_flags(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        flags = Params(raw, ("NotifyFlags",)).uint("NotifyFlags")
+        if flags is None:
+            flags = int(NotifyFlags.JOB_TRANSFERRED | NotifyFlags.JOB_ERROR)  # null: the default
+        if flags & ~NOTIFY_FLAGS_ALL:
+            raise NotImplementedValue(f"NotifyFlags {flags:#x} has undefined bits")
+        return self._set_notify(caller, job_ref, notify_flags=flags)
+
+    async def _m_set_notify_cmd_line(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        """``{"Program", "Parameters"}``: run ``Program`` (an absolute path, no shell, no
+        variable expansion) with the command line ``Parameters`` (program first, split as
+        a POSIX shell would split words) when the job is TRANSFERRED or in ERROR; both
+        null removes it (bits-spec §5.8)."""
+        p = Params(raw, ("Program", "Parameters"))
+        program = p.string("Program", NOTIFY_PROGRAM_MAX)
+        parameters = validate_notify_cmd_line(program, p.string("Parameters", NOTIFY_PARAMETERS_MAX))
+        # the program runs as the job's owner: only the owner (or root) chooses it; an
+        # administrator takes ownership first (BITS runs it as the user who set it)
+        if program is not None and caller.uid not in (self.find(caller, job_ref).owner_uid, 0):
+            raise AccessDenied("only the job's owner may set its notification command line")
+        return self._set_notify(caller, job_ref, notify_program=program, notify_parameters=parameters)
+
+    async def _m_set_notify_url(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        """``{"NotifyUrl": "https://…"}`` (extension): POST the job as JSON to this URL
+        when it is TRANSFERRED or in ERROR, as the command line runs; null removes it."""
+        url = Params(raw, ("NotifyUrl",)).string("NotifyUrl", REMOTE_URL_MAX)
+        check_notify_url(url)
+        return self._set_notify(caller, job_ref, notify_url=url or None)
+
+
+def _file_named(job: Job, local: str | None) -> JobFile:
+    file = next((f for f in job.files if f.local_file == local), None)
+    if file is None:
+        raise BitsError(f"the job has no file {local}", hresult=HResult.BG_E_FILE_NOT_FOUND)
+    return file
+
+
+_Handler = Callable[[Service, Caller, str, _Raw], Awaitable[dict[str, Any]]]
+
+
+def _returns_ok(verb: Callable[[Service, Caller, str, _Raw], Awaitable[Job]]) -> _Handler:
+    """A verb that answers the job, as a WMI method that answers ReturnValue 0."""
+
+    async def call(service: Service, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        await verb(service, caller, job_ref, raw)
+        return {"ReturnValue": 0}
+
+    return call
+
+
+#: the built instance methods (``methods.METHODS``) by lower-case name
+_HANDLERS: dict[str, _Handler] = {
+    "addfile": _returns_ok(Service.add_file),
+    "addfileset": _returns_ok(Service.add_file_set),
+    "addfilewithranges": _returns_ok(Service.add_file_with_ranges),
+    "setjobstate": Service._m_set_job_state,
+    "geterror": Service._m_get_error,
+    "setmaximumdownloadtime": Service._m_set_maximum_download_time,
+    "setcustomheaders": Service._m_set_custom_headers,
+    "setsecurityflags": Service._m_set_security_flags,
+    "setremotename": Service._m_set_remote_name,
+    "replaceremoteprefix": Service._m_replace_remote_prefix,
+    "getresponseheaders": Service._m_get_response_headers,
+    "setnotifyflags": Service._m_set_notify_flags,
+    "setnotifycmdline": Service._m_set_notify_cmd_line,
+    "setnotifyurl": Service._m_set_notify_url,
+    "makecustomheaderswriteonly": Service._m_make_custom_headers_write_only,
+    "takeownership": Service._m_take_ownership,
+}
