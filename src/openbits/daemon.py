@@ -9,6 +9,7 @@ acknowledged change was committed before it was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import ipaddress
@@ -33,7 +34,7 @@ from openbits.store import RECOVERY_HINT, StoreError
 from openbits.store.sqlite import SqliteStore
 from openbits.transfer.download import Downloader, Tuning
 from openbits.transfer.h1 import H1Client
-from openbits.transfer.http import USER_AGENT, make_session
+from openbits.transfer.http import USER_AGENT, TLSContexts, make_session
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.daemon")
@@ -125,6 +126,8 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         pipeline_depth=config.http_pipeline_depth,
         splice=config.http_splice,
     )
+    tls = TLSContexts()
+    sync_threads = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="openbits-sync")
     downloader = Downloader(
         session,
         Tuning(
@@ -135,8 +138,9 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         ),
         throttle,
         h1,
+        tls,
     )
-    scheduler = Scheduler(service, config, downloader, throttle)
+    scheduler = Scheduler(service, config, downloader, throttle, sync_threads=sync_threads)
     notifier = Notifier(service)
     service.runner = scheduler
     app = make_app(service)
@@ -207,6 +211,8 @@ async def _serve(config: Config, ready: asyncio.Event | None) -> None:
         await runner.cleanup()
         await session.close()
         await h1.close()
+        tls.close()
+        sync_threads.shutdown(wait=True)  # (a batch sync in flight ends before the store closes)
         events.close()  # the progress events still held, before the store closes
         store.close()
         if listening:  # never remove a socket another daemon owns

@@ -196,6 +196,26 @@ def open_temp(path: str, uid: int, gid: int) -> int:
     raise local_error(FileExistsError(errno.EEXIST, "File exists", path), f"cannot open {path}")
 
 
+def open_resumable(path: str | None, uid: int, gid: int, offset: int) -> tuple[int, int]:
+    """(fd, offset) of a file's temporary file ``path``, created on first use, cut back to
+    the last checkpoint ``offset`` (a temporary file that lost bytes starts again from 0)."""
+    if path is None:
+        raise TransferError("the file has no temporary name", context=ErrorContext.LOCAL_FILE)
+    fd = open_temp(path, uid, gid)
+    try:
+        with translating(f"cannot use the temporary file {path}"):
+            size = os.fstat(fd).st_size
+            if size < offset:
+                offset = 0
+            if size != offset:
+                # (not on a new, empty file: on ext4 a truncated file is flushed at close)
+                os.ftruncate(fd, offset)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, offset
+
+
 _FREE_SPACE_CACHE_S = 1.0
 _free_space: dict[str, tuple[float, int]] = {}
 
@@ -312,3 +332,75 @@ def local_source_path(url: str) -> str | None:
         return None
     parts = urlsplit(url)
     return unquote(parts.path) if parts.scheme.lower() == "file" else None
+
+
+def open_as_owner(path: str, uid: int, gid: int) -> int:
+    """Open the source ``path`` for reading with the owner's rights, not the daemon's.
+
+    A daemon running as the owner opens it itself; a root daemon serving another
+    user lets a short-lived child running as that user open it and pass the fd back.
+    Errors are the source's (context REMOTE_FILE).
+    """
+    try:
+        if os.geteuid() == uid or os.geteuid() != 0:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return _open_in_child(path, uid, gid)
+    except FileNotFoundError as e:
+        raise TransferError(
+            f"the source {path} does not exist",
+            hresult=HResult.HRESULT_FILE_NOT_FOUND,
+            context=ErrorContext.REMOTE_FILE,
+        ) from e
+    except PermissionError as e:
+        raise TransferError(
+            f"the job owner may not read {path}",
+            hresult=HResult.E_ACCESSDENIED,
+            context=ErrorContext.REMOTE_FILE,
+        ) from e
+    except IsADirectoryError as e:
+        raise TransferError(
+            f"the source {path} is a directory",
+            hresult=HResult.HRESULT_DIRECTORY,
+            context=ErrorContext.REMOTE_FILE,
+        ) from e
+    except OSError as e:
+        raise TransientTransferError(
+            f"cannot open {path}: {e.strerror}", hresult=HResult.E_FAIL, context=ErrorContext.REMOTE_FILE
+        ) from e
+
+
+def _open_in_child(path: str, uid: int, gid: int) -> int:
+    """Fork (no exec: the daemon's interpreter may live where the owner cannot read),
+    drop to the owner's ids in the child, open ``path`` there and pass the fd back."""
+    import pwd
+    import socket
+
+    try:
+        groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
+    except KeyError:
+        groups = [gid]
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with parent, child:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                os.setgroups(groups)
+                os.setgid(gid)
+                os.setuid(uid)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                socket.send_fds(child, [b"0"], [fd])
+            except OSError as e:
+                child.send(str(e.errno or 5).encode())
+                code = 1
+            finally:
+                os._exit(code)
+        child.close()
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 64, 1)
+        finally:
+            os.waitpid(pid, 0)
+        if fds:
+            return fds[0]
+        err = int(msg or b"5")
+        raise OSError(err, os.strerror(err), path)
