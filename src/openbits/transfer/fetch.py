@@ -186,11 +186,6 @@ class FileDownload:
             os.close(self.fd)
             self.fd = -1
 
-    def finish(self) -> None:
-        """The file is whole: its published mode and time now (``files.finish_temp``)."""
-        with fs.translating("cannot set the temporary file's mode and time"):
-            fs.finish_temp(self.fd, fs.http_date_to_unix(self.file.last_modified))
-
     def resume_headers(self, spec: str) -> tuple[dict[str, str], bool]:
         """The job's headers with ``Range: bytes=spec`` and If-Range when the file has a
         validator; and whether it has."""
@@ -234,7 +229,6 @@ class FileDownload:
                     fetched = await self.stream(resp.content, start, total, defer_sync=defer_sync)
                 if total is not None and fetched.size != total:
                     raise invalid_response(f"the server sent {fetched.size} bytes of {total}")
-                self.finish()
                 return fetched
         finally:
             self.close()

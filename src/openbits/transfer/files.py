@@ -239,35 +239,23 @@ def http_date_to_unix(value: str | None) -> float | None:
 PUBLISHED_MODE = 0o666 & ~_UMASK
 
 
-def finish_temp(fd: int, mtime: float | None) -> None:
-    """A temporary file is whole: give it the mode and modification time it will be
-    published with (owner-only only while it is written), so Complete just renames it."""
-    os.fchmod(fd, PUBLISHED_MODE)
-    if mtime is not None:
-        os.utime(fd, (mtime, mtime))
-
-
 def publish(temp_path: str, local_file: str, mtime: float | None) -> None:
     """Make a finished temporary file the LocalFile: mode, mtime, atomic rename.
 
-    Its bytes were made durable when the download finished; the caller fsyncs the
-    directory once for all the files it publishes there (``fsync_dir``).  A file the
-    downloader finished (``finish_temp``) is only renamed; otherwise mode and time are set
-    through an fd opened without following links (the directory is the owner's).
+    The temporary file stays owner-only (0600) until now, whatever the job's state (SPEC §3);
+    its published mode and the server's Last-Modified are set through an fd opened without
+    following links (the directory is the owner's).  Its bytes were made durable when the
+    download finished; the caller fsyncs the directory once for all the files it publishes
+    there (``fsync_dir``).
     """
     with translating(f"cannot publish {local_file}"):
-        st = os.lstat(temp_path)
-        finished = (
-            stat.S_ISREG(st.st_mode)
-            and stat.S_IMODE(st.st_mode) == PUBLISHED_MODE
-            and (mtime is None or st.st_mtime == mtime)
-        )
-        if not finished:
-            fd = os.open(temp_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            try:
-                finish_temp(fd, mtime)
-            finally:
-                os.close(fd)
+        fd = os.open(temp_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, PUBLISHED_MODE)
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
         os.replace(temp_path, local_file)
 
 

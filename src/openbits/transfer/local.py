@@ -61,7 +61,6 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
             with fs.translating(f"cannot copy {source}"):
                 if os.fstat(src).st_mtime_ns != st.st_mtime_ns:
                     return RESTART  # the source changed under us
-            d.finish()
             return Fetched(offset)
         finally:
             d.close()

@@ -62,7 +62,6 @@ async def download_ranges(d: FileDownload) -> Fetched | Restart:
             out = max(out, end)  # (a range found whole already leaves the output as it is)
             done = end
             i += 1
-        d.finish()
         return Fetched(out)
     finally:
         d.close()
