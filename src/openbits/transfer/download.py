@@ -59,6 +59,7 @@ class Downloader:
             tls=tls if tls is not None else TLSContexts(),
             throttle=throttle if throttle is not None else Throttle(),
             tuning=tuning or Tuning(),
+            free_space=fs.FreeSpace(),
         )
 
     async def download(

@@ -131,13 +131,15 @@ class Tuning:
 @dataclass(frozen=True, slots=True)
 class Transport:
     """What every download shares: the clients (``h1`` for HTTP and HTTPS, the aiohttp
-    session for proxied requests), the TLS contexts, the bandwidth throttle, the tuning."""
+    session for proxied requests), the TLS contexts, the bandwidth throttle, the tuning, the
+    free-space check."""
 
     session: aiohttp.ClientSession
     h1: H1Client | None
     tls: TLSContexts
     throttle: Throttle
     tuning: Tuning
+    free_space: fs.FreeSpace
 
 
 class Ahead:
@@ -222,7 +224,7 @@ class FileDownload:
                     )
                 start, total = answer.start, answer.total
                 if total is not None:
-                    fs.check_free_space(os.path.dirname(file.local_file), total - start)
+                    self.transport.free_space.check(os.path.dirname(file.local_file), total - start)
                 progress.connected()
                 fetched = Fetched(start)
                 if total is None or total > start:
@@ -359,21 +361,23 @@ class FileDownload:
                     syncs.step(sink.offset, now)
             with fs.translating(writing):
                 sink.flush()
-            if defer_sync and syncs.sync_offset == offset:
-                # small and fast: the caller syncs it with others (nothing was checkpointed,
-                # so a crash before that just fetches it again)
-                syncs.durable = sink.offset
-                return Fetched(sink.offset, durable=False)
-            with fs.translating(writing):
-                await syncs.finish()
-                await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, fd)
-                check_still_linked(fd)
-            syncs.durable = sink.offset
-            return Fetched(sink.offset)  # the caller commits it with the file's completion
+            return await self._durable(syncs, sink.offset, defer_sync and syncs.sync_offset == offset)
         finally:
             syncs.closed = True
             if checkpoints and syncs.durable < sink.offset + sink.pending_len:
                 salvage(sink, progress.checkpoint)
+
+    async def _durable(self, syncs: Syncs, end: int, deferred: bool) -> Fetched:
+        """The body is in the file up to ``end``: make it durable (the caller commits it with
+        the file's completion), unless ``deferred``: small and fast, the caller syncs it with
+        others (nothing was checkpointed, so a crash before that just fetches it again)."""
+        if not deferred:
+            with fs.translating("cannot write the temporary file"):
+                await syncs.finish()
+                await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self.fd)
+                check_still_linked(self.fd)
+        syncs.durable = end
+        return Fetched(end, durable=not deferred)
 
 
 async def _stream_small(content: Body, fd: int, offset: int, total: int) -> Fetched:

@@ -140,26 +140,35 @@ def check_destination(local_file: str, uid: int, gid: int, checked: set[str] | N
         checked.add(directory)
 
 
-def check_free_space(directory: str, needed: int) -> None:
-    """A file that cannot fit is a transient disk-full error before a byte is written."""
-    if needed <= 0:
-        return
-    now = time.monotonic()
-    seen = _free_space.get(directory)
-    if seen is not None and now - seen[0] < _FREE_SPACE_CACHE_S and needed * 64 <= seen[1]:
-        return  # many small files in a row: one statvfs a second will do
-    with translating(f"cannot check the free space in {directory}"):
-        st = os.statvfs(directory)
-    free = st.f_bavail * st.f_frsize
-    if len(_free_space) > 1024:
-        _free_space.clear()
-    _free_space[directory] = (now, free)
-    if free < needed:
-        raise TransientTransferError(
-            f"{directory} has {free} bytes free; the file needs {needed} more",
-            hresult=HResult.HRESULT_DISK_FULL,
-            context=ErrorContext.LOCAL_FILE,
-        )
+class FreeSpace:
+    """Checks that a file fits before a byte of it is written: a file that cannot fit is a
+    transient disk-full error.  Remembers each directory's free space for a second, so many
+    small files in a row cost one ``statvfs`` a second (the downloader owns one)."""
+
+    CACHE_S = 1.0
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, int]] = {}  # directory -> (when, bytes free)
+
+    def check(self, directory: str, needed: int) -> None:
+        if needed <= 0:
+            return
+        now = time.monotonic()
+        seen = self._seen.get(directory)
+        if seen is not None and now - seen[0] < self.CACHE_S and needed * 64 <= seen[1]:
+            return
+        with translating(f"cannot check the free space in {directory}"):
+            st = os.statvfs(directory)
+        free = st.f_bavail * st.f_frsize
+        if len(self._seen) > 1024:
+            self._seen.clear()
+        self._seen[directory] = (now, free)
+        if free < needed:
+            raise TransientTransferError(
+                f"{directory} has {free} bytes free; the file needs {needed} more",
+                hresult=HResult.HRESULT_DISK_FULL,
+                context=ErrorContext.LOCAL_FILE,
+            )
 
 
 def temp_name_for(job_id: str, index: int) -> str:
@@ -214,10 +223,6 @@ def open_resumable(path: str | None, uid: int, gid: int, offset: int) -> tuple[i
         os.close(fd)
         raise
     return fd, offset
-
-
-_FREE_SPACE_CACHE_S = 1.0
-_free_space: dict[str, tuple[float, int]] = {}
 
 
 def _give_to_owner(fd: int, uid: int, gid: int) -> None:

@@ -44,7 +44,7 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
                 with fs.translating(f"cannot copy {source}"):
                     os.ftruncate(fd, 0)
                 progress.begin(st.st_size, etag, formatdate(st.st_mtime, usegmt=True))
-            fs.check_free_space(os.path.dirname(file.local_file), st.st_size - offset)
+            d.transport.free_space.check(os.path.dirname(file.local_file), st.st_size - offset)
             while offset < st.st_size:
                 limited = throttle.is_limited(priority)
                 step = LOCAL_LIMITED_STEP if limited else tuning.checkpoint_bytes
