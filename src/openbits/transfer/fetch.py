@@ -158,8 +158,9 @@ class Ahead:
 
 
 class FileDownload:
-    """One attempt at one file: the temporary file open on ``fd`` (``open``/``close``),
-    its requests (``get``) and bodies (``stream``)."""
+    """One file's download, what each of its attempts needs: the file, its owner, where it
+    reports, its priority and request options, and the temporary file open on ``fd`` during
+    an attempt (``open``/``close``); its requests (``get``) and bodies (``stream``)."""
 
     __slots__ = ("fd", "file", "options", "owner", "priority", "progress", "transport")
 
