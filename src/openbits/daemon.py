@@ -12,6 +12,7 @@ acknowledged change was committed before it was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import ipaddress
@@ -36,7 +37,7 @@ from openbits.store import RECOVERY_HINT, StoreError
 from openbits.store.sqlite import SqliteStore
 from openbits.transfer.download import Downloader, Tuning
 from openbits.transfer.h1 import H1Client
-from openbits.transfer.http import USER_AGENT, make_session
+from openbits.transfer.http import USER_AGENT, TLSContexts, make_session
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.daemon")
@@ -99,7 +100,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         tune_gc()
         throttle = Throttle()
         downloader = await _open_downloader(config, throttle, stack)
-        scheduler = Scheduler(service, config, downloader, throttle, transfers)
+        sync_threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="openbits-sync"
+        )
+        stack.callback(sync_threads.shutdown, wait=True)  # a batch sync in flight ends before the store
+        scheduler = Scheduler(service, config, downloader, throttle, transfers, sync_threads=sync_threads)
         notifier = Notifier(service)
         app = make_app(service)
         app[ADMIN_GROUP_KEY] = config.admin_group
@@ -182,13 +187,15 @@ async def _open_downloader(
         splice=config.http_splice,
     )
     stack.push_async_callback(h1.close)
+    tls = TLSContexts()
+    stack.callback(tls.close)
     tuning = Tuning(
         checkpoint_interval_s=config.checkpoint_interval_s,
         checkpoint_bytes=config.checkpoint_bytes,
         write_block_bytes=config.write_block_bytes,
         read_buffer_bytes=config.read_buffer_bytes,
     )
-    return Downloader(session, tuning, throttle, h1)
+    return Downloader(session, tuning, throttle, h1, tls)
 
 
 def _on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:

@@ -460,3 +460,21 @@ def test_destination_removed_mid_transfer_is_a_local_file_error(
     daemon.client.resume(job)  # still gone: the same clear error, no crash
     daemon.wait_state(job, JobState.ERROR)
     assert daemon.client.get_error(job)["ErrorContext"] == 4
+
+
+def test_a_transferred_file_stays_owner_only_until_complete(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    # SPEC §3: a TRANSFERRED job's bytes are readable by no one but the owner until Complete
+    make_file(nginx.www, "mode/file.bin", 300_000, seed=5)
+    modified = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    os.utime(nginx.www / "mode/file.bin", (modified, modified))
+    local = dest / "file.bin"
+    job = start_job(daemon, f"{nginx.url}/mode/file.bin", local)
+    daemon.wait_state(job, JobState.TRANSFERRED)
+    (temp,) = temp_files(dest)
+    assert temp.stat().st_mode & 0o777 == 0o600, "owner-only until Complete"
+    old_umask = os.umask(0o022)
+    os.umask(old_umask)
+    assert daemon.client.complete(job) == 0
+    assert not temp.exists()
+    assert local.stat().st_mode & 0o777 == 0o666 & ~old_umask  # 0644 under umask 022
+    assert local.stat().st_mtime == modified, "the server's Last-Modified becomes the mtime"

@@ -16,6 +16,7 @@ there::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 from pathlib import Path
@@ -31,7 +32,7 @@ from openbits.service import Service
 from openbits.store.sqlite import SqliteStore
 from openbits.transfer.download import Downloader
 from openbits.transfer.h1 import H1Client
-from openbits.transfer.http import make_session
+from openbits.transfer.http import TLSContexts, make_session
 
 ME = Caller("me", os.geteuid(), os.getegid(), is_admin=os.geteuid() == 0)
 #: an address where nothing listens: a transfer from it fails at once, transiently
@@ -62,7 +63,14 @@ class Driver:
         self._stack.push_async_callback(session.close)
         h1 = H1Client(connect_timeout_s=c.connect_timeout_s, read_timeout_s=c.read_timeout_s)
         self._stack.push_async_callback(h1.close)
-        self.scheduler = Scheduler(self.service, c, Downloader(session, h1=h1), transfers=self.transfers)
+        tls = TLSContexts()
+        self._stack.callback(tls.close)
+        sync_threads = concurrent.futures.ThreadPoolExecutor(1)
+        self._stack.callback(sync_threads.shutdown, wait=True)
+        downloader = Downloader(session, h1=h1, tls=tls)
+        self.scheduler = Scheduler(
+            self.service, c, downloader, transfers=self.transfers, sync_threads=sync_threads
+        )
         self.scheduler._group = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._stack.callback(self._cancel_all)  # (runs first: the TaskGroup then ends at once)
         return self

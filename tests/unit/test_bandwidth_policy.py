@@ -26,7 +26,7 @@ def make(tmp_path: Path, clock: ManualClock, **config: object) -> tuple[Service,
     cfg = Config(state_dir=str(tmp_path), socket=str(tmp_path / "s"), **config)  # type: ignore[arg-type]
     service = Service(SqliteStore(cfg.db_path), cfg, clock)
     throttle = Throttle()
-    scheduler = Scheduler(service, cfg, None, throttle)  # type: ignore[arg-type]
+    scheduler = Scheduler(service, cfg, None, throttle, sync_threads=None)  # type: ignore[arg-type]
     return service, scheduler, throttle
 
 

@@ -15,6 +15,7 @@ import pytest
 from openbits.errors import BitsError
 from openbits.model import JobFile
 from openbits.transfer.download import Downloader, Owner
+from openbits.transfer.fetch import _stream_small
 from openbits.transfer.h1 import H1Client
 from tests.support.rawserver import RecordingProgress, raw_server
 
@@ -72,7 +73,7 @@ async def test_small_body_arriving_in_many_reads_is_written(tmp_path: object) ->
     path = os.path.join(str(tmp_path), "small.tmp")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fetched = await Downloader._stream_small(_TrickleBody(body, 100), fd, 0, len(body))
+        fetched = await _stream_small(_TrickleBody(body, 100), fd, 0, len(body))
     except BitsError as e:
         pytest.fail(f"write failed: {e}")
     finally:

@@ -25,7 +25,6 @@ from openbits.model import ErrorContext
 from openbits.transfer import files
 from openbits.transfer.files import (
     check_destination,
-    finish_temp,
     http_date_to_unix,
     local_error,
     local_source_path,
@@ -258,23 +257,6 @@ def test_publish_replaces_an_existing_local_file(tmp_path: Path) -> None:
     final.write_bytes(b"old contents")
     publish(str(temp), str(final), None)
     assert final.read_bytes() == b"new"
-
-
-def test_a_finished_temp_file_is_only_renamed(tmp_path: Path) -> None:
-    temp = tmp_path / ".BITAAAAAAAA.tmp"
-    temp.write_bytes(b"whole")
-    temp.chmod(0o600)
-    fd = os.open(temp, os.O_RDONLY)
-    try:
-        finish_temp(fd, http_date_to_unix(LAST_MODIFIED))
-    finally:
-        os.close(fd)
-    assert stat.S_IMODE(temp.stat().st_mode) == files.PUBLISHED_MODE
-    inode = temp.stat().st_ino
-    final = tmp_path / "final.bin"
-    publish(str(temp), str(final), http_date_to_unix(LAST_MODIFIED))
-    assert (final.stat().st_ino, final.stat().st_mtime) == (inode, 1_445_412_480.0)
-    assert stat.S_IMODE(final.stat().st_mode) == files.PUBLISHED_MODE
 
 
 def test_publish_never_follows_a_symlinked_temp_file(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ import contextlib
 import functools
 import logging
 import os
-import time
 from collections.abc import Coroutine, Iterable
 from datetime import datetime
 from typing import Any, Protocol
@@ -30,7 +29,8 @@ from openbits.model import ErrorContext, Job, JobFile, parse_custom_headers
 from openbits.policy import ServicePolicy
 from openbits.scheduler import policy
 from openbits.transfer.download import Downloader, Owner, RequestOptions
-from openbits.transfer.files import open_sync_handle, sync_handle, temp_name_for, translating
+from openbits.transfer.files import temp_name_for
+from openbits.transfer.sink import SyncBatch
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.scheduler")
@@ -181,8 +181,11 @@ class Scheduler:
         downloader: Downloader,
         throttle: Throttle | None = None,
         transfers: Transfers | None = None,
+        *,
+        sync_threads: concurrent.futures.Executor,
     ) -> None:
         self.service = service
+        self.sync_threads = sync_threads  # the batch syncs' threads (the daemon owns them)
         self.config = config
         self.downloader = downloader
         self.throttle = throttle if throttle is not None else Throttle()
@@ -304,7 +307,7 @@ class Scheduler:
     async def _run_job(self, job: Job) -> None:
         service = self.service
         owner = Owner(job.owner_uid, primary_gid(job.owner_uid))
-        batch = _SyncBatch(service, job)
+        batch = SyncBatch(self.sync_threads, functools.partial(service.files_done, job))
         index: int | None = 0
         try:
             while True:
@@ -356,127 +359,3 @@ class Scheduler:
             )
         finally:
             batch.close()
-
-
-class _SyncBatch:
-    """Small files finished without their own fdatasync, made durable and committed together:
-    one ``syncfs`` and one transaction for up to ``MAX_FILES`` files or ``MAX_AGE_S`` seconds.
-    Until then they count as not transferred (progress never runs ahead of the disk).
-
-    A batch syncs in a worker thread while the next files download; one batch at a time is
-    in flight, and its files are committed once its sync returned.  Each batch syncs through
-    fds of its own, opened before its first file was written (``prepare``): syncfs reports a
-    write-back error once per open file, so no other sync (of the batch before, of another
-    job) can take the error that concerns this batch's files."""
-
-    MAX_FILES = 256
-    MAX_AGE_S = 0.25
-
-    def __init__(self, service: JobQueue, job: Job) -> None:
-        self.service, self.job = service, job
-        self.files: list[tuple[JobFile, int]] = []
-        self.handles: dict[str, int] = {}  # directory -> fd opened before the files were written
-        self.since = 0.0
-        self.syncing: list[tuple[JobFile, int]] = []
-        self.syncing_handles: dict[str, int] = {}
-        self.sync: concurrent.futures.Future[None] | None = None
-        self.synced: asyncio.Future[None] | None = None
-
-    def prepare(self, directory: str) -> None:
-        """A file of this batch is about to be written into ``directory``."""
-        if directory not in self.handles:
-            with translating(f"cannot open {directory}"):
-                self.handles[directory] = open_sync_handle(directory)
-
-    def add(self, file: JobFile, size: int) -> None:
-        if not self.files:
-            self.since = time.monotonic()
-        self.files.append((file, size))
-
-    def full(self) -> bool:
-        return len(self.files) >= self.MAX_FILES or time.monotonic() - self.since >= self.MAX_AGE_S
-
-    async def flush(self, *, wait: bool = True) -> None:
-        """Sync the batch (after the one in flight, if any); unless ``wait``, return as soon
-        as its sync has started."""
-        if self.synced is not None:
-            await asyncio.wait([self.synced])
-            self._committed()
-        if not self.files:
-            return
-        self.syncing, self.files = self.files, []
-        wanted = {os.path.dirname(f.local_file) for f, _ in self.syncing}
-        self.syncing_handles = {d: fd for d, fd in self.handles.items() if d in wanted}
-        for d, fd in self.handles.items():
-            if d not in wanted:
-                os.close(fd)
-        self.handles = {}
-        self.sync = _SYNC_THREADS.submit(_sync_handles, dict(self.syncing_handles))
-        self.synced = asyncio.wrap_future(self.sync)
-        if wait:
-            await asyncio.wait([self.synced])
-            self._committed()
-
-    def poll(self) -> None:
-        """Commit the batch in flight if its sync is done."""
-        if self.sync is not None and self.sync.done():
-            self._committed()
-
-    def _committed(self) -> None:
-        assert self.sync is not None
-        sync, self.sync, self.synced = self.sync, None, None
-        files, self.syncing = self.syncing, []
-        _close(self.syncing_handles)
-        sync.result()  # a failed sync fails the job; the files will be fetched again
-        self.service.files_done(self.job, files)
-
-    def flush_now(self) -> None:
-        """On an error or cancellation: the finished files are kept if their syncs succeed
-        (blocking, rare)."""
-        kept: list[tuple[JobFile, int]] = []
-        if self.sync is not None:
-            try:
-                self.sync.result()  # (the sync in flight: its error is its alone)
-                kept.extend(self.syncing)
-            except Exception:
-                pass
-            self.sync = self.synced = None
-            _close(self.syncing_handles)
-        self.syncing = []
-        if self.files:
-            wanted = {os.path.dirname(f.local_file) for f, _ in self.files}
-            try:
-                _sync_handles({d: fd for d, fd in self.handles.items() if d in wanted})
-                kept.extend(self.files)
-            except BitsError:
-                pass  # not durable: they will be fetched again
-        self.files = []
-        self.close()
-        if kept:
-            self.service.files_done(self.job, kept)
-
-    def close(self) -> None:
-        """Let go of the fds (the job's task ends; a sync still in flight is waited for)."""
-        _close(self.handles)
-        if self.sync is not None:
-            with contextlib.suppress(Exception):
-                self.sync.result()
-            self.sync = self.synced = None
-        _close(self.syncing_handles)
-
-
-#: the threads that run the batch syncs (their futures can be waited on without a loop)
-_SYNC_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="openbits-sync")
-
-
-def _close(handles: dict[str, int]) -> None:
-    for fd in handles.values():
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    handles.clear()
-
-
-def _sync_handles(handles: dict[str, int]) -> None:
-    for directory, fd in handles.items():
-        with translating(f"cannot sync {directory}"):
-            sync_handle(fd, directory)

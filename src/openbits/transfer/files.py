@@ -140,26 +140,35 @@ def check_destination(local_file: str, uid: int, gid: int, checked: set[str] | N
         checked.add(directory)
 
 
-def check_free_space(directory: str, needed: int) -> None:
-    """A file that cannot fit is a transient disk-full error before a byte is written."""
-    if needed <= 0:
-        return
-    now = time.monotonic()
-    seen = _free_space.get(directory)
-    if seen is not None and now - seen[0] < _FREE_SPACE_CACHE_S and needed * 64 <= seen[1]:
-        return  # many small files in a row: one statvfs a second will do
-    with translating(f"cannot check the free space in {directory}"):
-        st = os.statvfs(directory)
-    free = st.f_bavail * st.f_frsize
-    if len(_free_space) > 1024:
-        _free_space.clear()
-    _free_space[directory] = (now, free)
-    if free < needed:
-        raise TransientTransferError(
-            f"{directory} has {free} bytes free; the file needs {needed} more",
-            hresult=HResult.HRESULT_DISK_FULL,
-            context=ErrorContext.LOCAL_FILE,
-        )
+class FreeSpace:
+    """Checks that a file fits before a byte of it is written: a file that cannot fit is a
+    transient disk-full error.  Remembers each directory's free space for a second, so many
+    small files in a row cost one ``statvfs`` a second (the downloader owns one)."""
+
+    CACHE_S = 1.0
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, int]] = {}  # directory -> (when, bytes free)
+
+    def check(self, directory: str, needed: int) -> None:
+        if needed <= 0:
+            return
+        now = time.monotonic()
+        seen = self._seen.get(directory)
+        if seen is not None and now - seen[0] < self.CACHE_S and needed * 64 <= seen[1]:
+            return
+        with translating(f"cannot check the free space in {directory}"):
+            st = os.statvfs(directory)
+        free = st.f_bavail * st.f_frsize
+        if len(self._seen) > 1024:
+            self._seen.clear()
+        self._seen[directory] = (now, free)
+        if free < needed:
+            raise TransientTransferError(
+                f"{directory} has {free} bytes free; the file needs {needed} more",
+                hresult=HResult.HRESULT_DISK_FULL,
+                context=ErrorContext.LOCAL_FILE,
+            )
 
 
 def temp_name_for(job_id: str, index: int) -> str:
@@ -196,8 +205,24 @@ def open_temp(path: str, uid: int, gid: int) -> int:
     raise local_error(FileExistsError(errno.EEXIST, "File exists", path), f"cannot open {path}")
 
 
-_FREE_SPACE_CACHE_S = 1.0
-_free_space: dict[str, tuple[float, int]] = {}
+def open_resumable(path: str | None, uid: int, gid: int, offset: int) -> tuple[int, int]:
+    """(fd, offset) of a file's temporary file ``path``, created on first use, cut back to
+    the last checkpoint ``offset`` (a temporary file that lost bytes starts again from 0)."""
+    if path is None:
+        raise TransferError("the file has no temporary name", context=ErrorContext.LOCAL_FILE)
+    fd = open_temp(path, uid, gid)
+    try:
+        with translating(f"cannot use the temporary file {path}"):
+            size = os.fstat(fd).st_size
+            if size < offset:
+                offset = 0
+            if size != offset:
+                # (not on a new, empty file: on ext4 a truncated file is flushed at close)
+                os.ftruncate(fd, offset)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, offset
 
 
 def _give_to_owner(fd: int, uid: int, gid: int) -> None:
@@ -219,35 +244,23 @@ def http_date_to_unix(value: str | None) -> float | None:
 PUBLISHED_MODE = 0o666 & ~_UMASK
 
 
-def finish_temp(fd: int, mtime: float | None) -> None:
-    """A temporary file is whole: give it the mode and modification time it will be
-    published with (owner-only only while it is written), so Complete just renames it."""
-    os.fchmod(fd, PUBLISHED_MODE)
-    if mtime is not None:
-        os.utime(fd, (mtime, mtime))
-
-
 def publish(temp_path: str, local_file: str, mtime: float | None) -> None:
     """Make a finished temporary file the LocalFile: mode, mtime, atomic rename.
 
-    Its bytes were made durable when the download finished; the caller fsyncs the
-    directory once for all the files it publishes there (``fsync_dir``).  A file the
-    downloader finished (``finish_temp``) is only renamed; otherwise mode and time are set
-    through an fd opened without following links (the directory is the owner's).
+    The temporary file stays owner-only (0600) until now, whatever the job's state (SPEC §3);
+    its published mode and the server's Last-Modified are set through an fd opened without
+    following links (the directory is the owner's).  Its bytes were made durable when the
+    download finished; the caller fsyncs the directory once for all the files it publishes
+    there (``fsync_dir``).
     """
     with translating(f"cannot publish {local_file}"):
-        st = os.lstat(temp_path)
-        finished = (
-            stat.S_ISREG(st.st_mode)
-            and stat.S_IMODE(st.st_mode) == PUBLISHED_MODE
-            and (mtime is None or st.st_mtime == mtime)
-        )
-        if not finished:
-            fd = os.open(temp_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            try:
-                finish_temp(fd, mtime)
-            finally:
-                os.close(fd)
+        fd = os.open(temp_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, PUBLISHED_MODE)
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
         os.replace(temp_path, local_file)
 
 
@@ -312,3 +325,75 @@ def local_source_path(url: str) -> str | None:
         return None
     parts = urlsplit(url)
     return unquote(parts.path) if parts.scheme.lower() == "file" else None
+
+
+def open_as_owner(path: str, uid: int, gid: int) -> int:
+    """Open the source ``path`` for reading with the owner's rights, not the daemon's.
+
+    A daemon running as the owner opens it itself; a root daemon serving another
+    user lets a short-lived child running as that user open it and pass the fd back.
+    Errors are the source's (context REMOTE_FILE).
+    """
+    try:
+        if os.geteuid() == uid or os.geteuid() != 0:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return _open_in_child(path, uid, gid)
+    except FileNotFoundError as e:
+        raise TransferError(
+            f"the source {path} does not exist",
+            hresult=HResult.HRESULT_FILE_NOT_FOUND,
+            context=ErrorContext.REMOTE_FILE,
+        ) from e
+    except PermissionError as e:
+        raise TransferError(
+            f"the job owner may not read {path}",
+            hresult=HResult.E_ACCESSDENIED,
+            context=ErrorContext.REMOTE_FILE,
+        ) from e
+    except IsADirectoryError as e:
+        raise TransferError(
+            f"the source {path} is a directory",
+            hresult=HResult.HRESULT_DIRECTORY,
+            context=ErrorContext.REMOTE_FILE,
+        ) from e
+    except OSError as e:
+        raise TransientTransferError(
+            f"cannot open {path}: {e.strerror}", hresult=HResult.E_FAIL, context=ErrorContext.REMOTE_FILE
+        ) from e
+
+
+def _open_in_child(path: str, uid: int, gid: int) -> int:
+    """Fork (no exec: the daemon's interpreter may live where the owner cannot read),
+    drop to the owner's ids in the child, open ``path`` there and pass the fd back."""
+    import pwd
+    import socket
+
+    try:
+        groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
+    except KeyError:
+        groups = [gid]
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with parent, child:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                os.setgroups(groups)
+                os.setgid(gid)
+                os.setuid(uid)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                socket.send_fds(child, [b"0"], [fd])
+            except OSError as e:
+                child.send(str(e.errno or 5).encode())
+                code = 1
+            finally:
+                os._exit(code)
+        child.close()
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 64, 1)
+        finally:
+            os.waitpid(pid, 0)
+        if fds:
+            return fds[0]
+        err = int(msg or b"5")
+        raise OSError(err, os.strerror(err), path)

@@ -1,7 +1,9 @@
-"""A lean HTTP/1.1 client for plain ``http://`` downloads, with keep-alive and pipelining.
+"""A lean HTTP/1.1 client for ``http://`` and ``https://`` downloads, with keep-alive and
+pipelining.
 
-aiohttp stays the client for HTTPS and proxies; this one carries the common case (plain
-HTTP, no proxy) with far less work per request and per byte:
+It carries every request that goes to the server directly (HTTP, and HTTPS over the TLS
+context the job's SecurityFlags pick); aiohttp is the client only for proxied requests.
+It does far less work per request and per byte:
 
 - bodies of known length are read straight from the socket in reads of up to
   ``read_bytes``, never through an intermediate stream buffer;

@@ -1,6 +1,7 @@
-"""The aiohttp edge: the session, response checks and error translation.
+"""The HTTP edge: the aiohttp session (proxied requests), the TLS contexts, header parsers,
+and error translation.
 
-aiohttp's exceptions are translated here, once, into BitsError (DESIGN rule 1).
+aiohttp's and ``h1``'s exceptions are translated here, once, into BitsError (DESIGN rule 1).
 """
 
 from __future__ import annotations
@@ -131,43 +132,50 @@ def redirect_error(status: int, why: str) -> BitsError:
     )
 
 
-_TLS_CONTEXTS: dict[int, ssl.SSLContext | bool] = {}
+class TLSContexts:
+    """The TLS contexts of the jobs' requests, one per set of SecurityFlags relaxations,
+    made on first use (a default context reads the system's CA store, or SSL_CERT_FILE).
+    Owned by the composition root, which ``close``-s it."""
 
+    __slots__ = ("_default", "_relaxed")
 
-def tls_context(security_flags: int) -> ssl.SSLContext | bool:
-    """The TLS verification a job's SecurityFlags ask for; True is aiohttp's default (full).
+    def __init__(self) -> None:
+        self._relaxed: dict[int, ssl.SSLContext] = {}
+        self._default: ssl.SSLContext | None = None
 
-    IGNORE_CERT_CN_INVALID skips the host-name check only.  IGNORE_UNKNOWN_CA,
-    IGNORE_CERT_DATE_INVALID and IGNORE_CERT_WRONG_USAGE cannot be told apart by
-    OpenSSL's verifier from Python, so any of them turns chain verification off (and the
-    host-name check with it); each is an explicit, per-job choice.
-    """
-    relax = security_flags & 0x1E
-    if not relax:
-        return True
-    cached = _TLS_CONTEXTS.get(relax)
-    if cached is None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        if relax & 0x1C:
-            ctx.verify_mode = ssl.CERT_NONE
-        cached = _TLS_CONTEXTS[relax] = ctx
-    return cached
+    def for_aiohttp(self, security_flags: int) -> ssl.SSLContext | bool:
+        """The TLS verification a job's SecurityFlags ask for; True is aiohttp's default (full).
 
-
-_DEFAULT_TLS: ssl.SSLContext | None = None
-
-
-def h1_tls_context(security_flags: int) -> ssl.SSLContext:
-    """``tls_context`` as an SSLContext for ``h1`` (full verification is a default context,
-    made once: it reads the system's CA store, or SSL_CERT_FILE)."""
-    global _DEFAULT_TLS
-    ctx = tls_context(security_flags)
-    if isinstance(ctx, ssl.SSLContext):
+        IGNORE_CERT_CN_INVALID skips the host-name check only.  IGNORE_UNKNOWN_CA,
+        IGNORE_CERT_DATE_INVALID and IGNORE_CERT_WRONG_USAGE cannot be told apart by
+        OpenSSL's verifier from Python, so any of them turns chain verification off (and the
+        host-name check with it); each is an explicit, per-job choice.
+        """
+        relax = security_flags & 0x1E
+        if not relax:
+            return True
+        ctx = self._relaxed.get(relax)
+        if ctx is None:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            if relax & 0x1C:
+                ctx.verify_mode = ssl.CERT_NONE
+            self._relaxed[relax] = ctx
         return ctx
-    if _DEFAULT_TLS is None:
-        _DEFAULT_TLS = ssl.create_default_context()
-    return _DEFAULT_TLS
+
+    def for_h1(self, security_flags: int) -> ssl.SSLContext:
+        """``for_aiohttp`` as an SSLContext for ``h1`` (full verification is a default context)."""
+        ctx = self.for_aiohttp(security_flags)
+        if isinstance(ctx, ssl.SSLContext):
+            return ctx
+        if self._default is None:
+            self._default = ssl.create_default_context()
+        return self._default
+
+    def close(self) -> None:
+        """Let go of the contexts (a context in use by a connection stays valid for it)."""
+        self._relaxed.clear()
+        self._default = None
 
 
 def invalid_response(message: str) -> BitsError:

@@ -1,0 +1,396 @@
+"""One file's download: :class:`FileDownload` holds what every step of it needs (the file,
+its owner, where it reports, its priority and request options, the temporary file's fd),
+and fetches a whole file over HTTP(S), resuming from the last checkpoint.
+
+Ranged files (``ranges.py``) and local sources (``local.py``) are fetched by their own
+modules; ``download.Downloader`` picks one per file.  Order of durability:
+
+1. ``begin`` persists the temporary name and validators *before* bytes land, so a
+   crash never orphans a temporary file or resumes against the wrong content;
+2. bytes are written in blocks of ``write_block_bytes`` (never per chunk);
+3. ``checkpoint(offset)`` is called only after ``fdatasync`` covered ``offset``
+   bytes; syncs run in a worker thread on a dup of the fd while reading goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+import yarl
+from multidict import CIMultiDictProxy
+
+from openbits.model import JobFile
+from openbits.transfer import checks, redirects
+from openbits.transfer import files as fs
+from openbits.transfer.checks import Restart
+from openbits.transfer.h1 import Body as H1Body
+from openbits.transfer.h1 import H1Client
+from openbits.transfer.http import (
+    NETWORK_EXCEPTIONS,
+    TLSContexts,
+    env_proxy_for,
+    invalid_response,
+    network_error,
+)
+from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
+from openbits.transfer.throttle import Throttle
+
+#: a body up to this long (known length) is read whole and written at once
+SMALL_BODY_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """What a job adds to its requests: custom headers and SetSecurityFlags bits."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    security_flags: int = 0
+
+
+class Body(Protocol):
+    """A response body as aiohttp's StreamReader and ``h1.Body`` read it."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+    async def readany(self) -> bytes: ...
+
+
+class HTTPResponse(Protocol):
+    """What the downloader reads of a response, from ``h1`` or (proxied requests) aiohttp."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def url(self) -> yarl.URL: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    @property
+    def content(self) -> Body: ...
+
+
+class Progress(Protocol):
+    def connected(self) -> None:
+        """A server (or source file) answered: the job is TRANSFERRING."""
+
+    def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
+        """The file (re)starts from byte 0 with these validators (a restart is persisted
+        before new bytes are written)."""
+
+    def checkpoint(self, offset: int) -> None:
+        """``offset`` bytes are durable in the temporary file."""
+
+    def redirected(self, url: str) -> None:
+        """The server moved the file to ``url`` (ALLOW_REPORT): it becomes the RemoteUrl."""
+
+    def responded(self, range_support: bool | None, headers: str) -> None:
+        """A response was accepted: whether the server can resume the file, and its headers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A finished file: its size, and whether its bytes are already durable (fdatasync'd).
+
+    ``durable`` is False only for a small file asked with ``defer_sync``: the caller makes
+    a batch of them durable at once (one ``syncfs``, ``sink.SyncBatch``) before it commits them.
+    """
+
+    size: int
+    durable: bool = True
+
+
+@dataclass(slots=True)
+class Owner:
+    uid: int
+    gid: int
+
+
+@dataclass(slots=True)
+class Tuning:
+    checkpoint_interval_s: float = 1.0
+    checkpoint_bytes: int = 64 * 1024 * 1024
+    write_block_bytes: int = 1024 * 1024
+    read_buffer_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """What every download shares: the clients (``h1`` for HTTP and HTTPS, the aiohttp
+    session for proxied requests), the TLS contexts, the bandwidth throttle, the tuning, the
+    free-space check."""
+
+    session: aiohttp.ClientSession
+    h1: H1Client | None
+    tls: TLSContexts
+    throttle: Throttle
+    tuning: Tuning
+    free_space: fs.FreeSpace
+
+
+class Ahead:
+    """The requests of the files after the current one, built only when the connection has
+    room for them (most of the time it has not)."""
+
+    __slots__ = ("files", "headers")
+
+    def __init__(self, files: Sequence[JobFile], headers: Mapping[str, str]) -> None:
+        self.files, self.headers = files, headers
+
+    def __iter__(self) -> Iterator[tuple[str, Mapping[str, str]]]:
+        for f in self.files:
+            if f.bytes_transferred == 0 and f.ranges is None and not f.completed:
+                yield f.remote_url, self.headers
+
+
+class FileDownload:
+    """One file's download, what each of its attempts needs: the file, its owner, where it
+    reports, its priority and request options, and the temporary file open on ``fd`` during
+    an attempt (``open``/``close``); its requests (``get``) and bodies (``stream``)."""
+
+    __slots__ = ("fd", "file", "options", "owner", "priority", "progress", "transport")
+
+    def __init__(
+        self,
+        transport: Transport,
+        file: JobFile,
+        owner: Owner,
+        progress: Progress,
+        priority: int,
+        options: RequestOptions,
+    ) -> None:
+        self.transport = transport
+        self.file, self.owner, self.progress = file, owner, progress
+        self.priority, self.options = priority, options
+        self.fd = -1
+
+    def open(self) -> int:
+        """Open the temporary file; the offset it resumes from."""
+        file, owner = self.file, self.owner
+        self.fd, offset = fs.open_resumable(file.temp_path, owner.uid, owner.gid, file.bytes_transferred)
+        return offset
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def resume_headers(self, spec: str) -> tuple[dict[str, str], bool]:
+        """The job's headers with ``Range: bytes=spec`` and If-Range when the file has a
+        validator; and whether it has."""
+        headers = dict(self.options.headers)
+        headers["Range"] = f"bytes={spec}"
+        validator = checks.if_range(self.file)
+        if validator:
+            headers["If-Range"] = validator
+        return headers, bool(validator)
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    async def whole(
+        self, defer_sync: bool, ahead: Iterable[tuple[str, Mapping[str, str]]]
+    ) -> Fetched | Restart:
+        """The file from where its temporary file stopped (Range, If-Range) to its end."""
+        file, progress = self.file, self.progress
+        offset = self.open()
+        try:
+            headers = self.resume_headers(f"{offset}-")[0] if offset > 0 else dict(self.options.headers)
+            async with self.get(headers, ahead) as resp:
+                if resp.status in (200, 206):
+                    progress.responded(checks.range_support(resp, file, offset), checks.header_text(resp))
+                answer = checks.accept(resp, file, offset)
+                if isinstance(answer, Restart):
+                    progress.begin(None, None, None)
+                    return answer
+                if answer.whole:
+                    if offset:
+                        with fs.translating("cannot truncate the temporary file"):
+                            os.ftruncate(self.fd, 0)
+                    progress.begin(
+                        resp.content_length, resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+                    )
+                start, total = answer.start, answer.total
+                if total is not None:
+                    self.transport.free_space.check(os.path.dirname(file.local_file), total - start)
+                progress.connected()
+                fetched = Fetched(start)
+                if total is None or total > start:
+                    fetched = await self.stream(resp.content, start, total, defer_sync=defer_sync)
+                if total is not None and fetched.size != total:
+                    raise invalid_response(f"the server sent {fetched.size} bytes of {total}")
+                return fetched
+        finally:
+            self.close()
+
+    def _read_buffer(self) -> int | None:
+        """A limited transfer reads ahead ~0.1 s of its rate, not 4 MiB (no bursts on the wire);
+        None keeps the session's buffer."""
+        throttle, priority = self.transport.throttle, self.priority
+        if not throttle.is_limited(priority):
+            return None
+        return max(
+            64 * 1024,
+            min(self.transport.tuning.read_buffer_bytes, throttled_slice(throttle, priority) * 2),
+        )
+
+    def _request(
+        self, url: str, headers: dict[str, str], ahead: Iterable[tuple[str, Mapping[str, str]]]
+    ) -> contextlib.AbstractAsyncContextManager[HTTPResponse]:
+        """One GET, no redirects followed: through ``h1`` unless through a proxy."""
+        transport = self.transport
+        flags = self.options.security_flags
+        proxy = env_proxy_for(url)
+        if transport.h1 is not None and proxy is None:
+            scheme = url[:6].lower()
+            if scheme.startswith("http:"):
+                return transport.h1.get(url, headers, ahead)
+            if scheme == "https:":
+                return transport.h1.get(url, headers, ahead, transport.tls.for_h1(flags))
+        return transport.session.get(
+            url,
+            headers=headers,
+            allow_redirects=False,
+            ssl=transport.tls.for_aiohttp(flags),
+            read_bufsize=self._read_buffer(),
+            proxy=proxy,
+        )
+
+    @contextlib.asynccontextmanager
+    async def get(
+        self, headers: dict[str, str], ahead: Iterable[tuple[str, Mapping[str, str]]] = ()
+    ) -> AsyncIterator[HTTPResponse]:
+        """GET the file, following redirects as the job's SecurityFlags say
+        (``redirects.next_url``).  Network errors, while asking or while the body is read,
+        are translated here (``http.network_error``)."""
+        flags = self.options.security_flags
+        url = self.file.remote_url
+        try:
+            for _hop in range(redirects.MAX_REDIRECTS + 1):
+                async with self._request(url, headers, ahead) as resp:
+                    target = redirects.next_url(
+                        resp.status, resp.headers.get("Location"), resp.url, url, flags
+                    )
+                    if target is None:
+                        yield resp
+                        return
+                url = target
+                ahead = ()  # the files that follow are asked at their own URLs
+                if redirects.reported(flags):
+                    self.progress.redirected(url)
+        except NETWORK_EXCEPTIONS as e:
+            raise network_error(e, self.file.remote_url) from e
+        raise invalid_response(f"more than {redirects.MAX_REDIRECTS} redirects")
+
+    # -- bodies -----------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        content: Body,
+        offset: int,
+        total: int | None,
+        *,
+        defer_sync: bool = False,
+        checkpoints: bool = True,
+    ) -> Fetched:
+        """Copy the body to the temporary file from ``offset``; the final offset, durable
+        unless ``defer_sync`` and no checkpoint was needed on the way.  Without
+        ``checkpoints`` nothing is reported before the end (the caller checks the body first)."""
+        fd, priority, progress = self.fd, self.priority, self.progress
+        tuning = self.transport.tuning
+        throttle = self.transport.throttle
+        if (
+            defer_sync
+            and total is not None
+            and total - offset <= SMALL_BODY_BYTES
+            and not throttle.is_limited(priority)
+        ):
+            return await _stream_small(content, fd, offset, total)
+        block = tuning.write_block_bytes
+        sink = Sink(fd, offset)
+        syncs = Syncs(
+            fd,
+            offset,
+            tuning.checkpoint_interval_s,
+            tuning.checkpoint_bytes,
+            progress.checkpoint,
+            checkpoints,
+        )
+        writing = "cannot write the temporary file"
+        try:
+            if isinstance(content, H1Body) and content.buffered() < block:
+                # what came with the head goes first; the rest moves inside the kernel
+                if content.buffered():
+                    sink.add(await content.read(content.buffered()))
+                    with fs.translating(writing):
+                        sink.flush()
+                if content.spliceable():
+                    await splice(content, sink, total, syncs, throttle, priority, tuning.read_buffer_bytes)
+            while True:
+                if throttle.is_limited(priority):
+                    # a limited transfer takes small slices, so the file grows smoothly at
+                    # the limit instead of in read-buffer-sized lumps
+                    chunk = await content.read(throttled_slice(throttle, priority))
+                    if chunk:
+                        await throttle.acquire(priority, len(chunk))
+                else:
+                    chunk = await content.readany()
+                if not chunk:
+                    break
+                sink.add(chunk)
+                if total is not None and sink.offset + sink.pending_len > total:
+                    raise invalid_response("the server sent more bytes than it announced")
+                now = time.monotonic()
+                due = syncs.due(now)
+                if sink.pending_len < block and len(sink.pending) < IOV_MAX and not due:
+                    continue
+                with fs.translating(writing):
+                    sink.flush()
+                    syncs.step(sink.offset, now)
+            with fs.translating(writing):
+                sink.flush()
+            return await self._durable(syncs, sink.offset, defer_sync and syncs.sync_offset == offset)
+        finally:
+            syncs.closed = True
+            if checkpoints and syncs.durable < sink.offset + sink.pending_len:
+                salvage(sink, progress.checkpoint)
+
+    async def _durable(self, syncs: Syncs, end: int, deferred: bool) -> Fetched:
+        """The body is in the file up to ``end``: make it durable (the caller commits it with
+        the file's completion), unless ``deferred``: small and fast, the caller syncs it with
+        others (nothing was checkpointed, so a crash before that just fetches it again)."""
+        if not deferred:
+            with fs.translating("cannot write the temporary file"):
+                await syncs.finish()
+                await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self.fd)
+                check_still_linked(self.fd)
+        syncs.durable = end
+        return Fetched(end, durable=not deferred)
+
+
+async def _stream_small(content: Body, fd: int, offset: int, total: int) -> Fetched:
+    """A small body of known length: read whole, written with one ``pwritev``, left to
+    the caller's batch sync (nothing is checkpointed: an interruption fetches it again)."""
+    sink = Sink(fd, offset)
+    need = total - offset
+    while sink.pending_len < need:
+        chunk = await content.read(need - sink.pending_len)
+        if not chunk:
+            break
+        sink.add(chunk)
+    with fs.translating("cannot write the temporary file"):
+        sink.flush()
+    return Fetched(sink.offset, durable=False)

@@ -1,0 +1,371 @@
+"""The durable sink: bytes into a temporary file, and the syncs that make them durable.
+
+- :class:`Sink` holds the chunks not yet written and the exact offset the file holds up to;
+  it writes them with one ``pwritev`` per block (never per chunk).
+- :class:`Syncs` runs the checkpoints of one body: an ``fdatasync`` in a worker thread on a
+  dup of the fd while writing goes on, reported as soon as it returned.
+- :func:`splice` moves a body from the socket to the file inside the kernel.
+- :func:`salvage` keeps what arrived, durably, when a body fails or is cancelled.
+- :class:`SyncBatch` makes a batch of small files durable at once (one ``syncfs``).
+
+OSError is translated by the caller through ``files.translating`` (files.py is where
+OSError becomes a BitsError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable
+
+from openbits.errors import BitsError, HResult, TransferError
+from openbits.model import ErrorContext, JobFile
+from openbits.transfer import files as fs
+from openbits.transfer.h1 import Body as H1Body
+from openbits.transfer.http import invalid_response
+from openbits.transfer.throttle import Throttle
+
+#: buffers per pwritev (Linux's IOV_MAX)
+IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+
+
+def throttled_slice(throttle: Throttle, priority: int) -> int:
+    """Bytes taken per read while ``priority`` is limited: ~50 ms at the slowest limit that
+    applies, between 16 KiB and 1 MiB."""
+    rates = [throttle.bucket(priority).rate, throttle.global_bps]
+    rate = min((r for r in rates if r), default=1024 * 1024)
+    return int(max(16 * 1024, min(1024 * 1024, rate * 0.05)))
+
+
+class Sink:
+    """Chunks waiting to be written, and the exact offset the file holds up to.
+
+    ``offset`` moves only by what ``pwritev`` reported written, and ``pending`` always
+    holds exactly the bytes not yet written, even after a write fails half way (a full
+    disk): nothing is counted twice or written at the wrong place.
+    """
+
+    __slots__ = ("fd", "offset", "pending", "pending_len")
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.pending: list[bytes] = []
+        self.pending_len = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.pending.append(chunk)
+        self.pending_len += len(chunk)
+
+    def flush(self) -> None:
+        pending = self.pending
+        while pending:
+            # at most IOV_MAX buffers a call (Linux refuses more: a chunked body in tiny chunks)
+            n = os.pwritev(self.fd, pending[:IOV_MAX], self.offset)
+            self.offset += n
+            self.pending_len -= n
+            while pending and n >= len(pending[0]):
+                n -= len(pending[0])
+                pending.pop(0)
+            if n:
+                pending[0] = pending[0][n:]
+
+
+def _sync_dup(fd: int) -> None:
+    os.fdatasync(fd)
+    os.close(fd)
+
+
+class Syncs:
+    """The checkpoints of one body: every ``interval_s`` or ``every_bytes`` an ``fdatasync``
+    runs in a worker thread on a dup of the fd while writing goes on; as soon as it returned,
+    ``checkpoint`` reports what it covered (``durable``), not at the next chunk (a slow
+    server may send one only a second later).  Once ``closed`` (the body is done or failed)
+    a late sync reports nothing."""
+
+    __slots__ = (
+        "checkpoint",
+        "closed",
+        "durable",
+        "enabled",
+        "every_bytes",
+        "failed",
+        "fd",
+        "interval_s",
+        "last_time",
+        "sync",
+        "sync_offset",
+    )
+
+    def __init__(
+        self,
+        fd: int,
+        offset: int,
+        interval_s: float,
+        every_bytes: int,
+        checkpoint: Callable[[int], None],
+        enabled: bool,
+    ) -> None:
+        self.fd = fd
+        self.interval_s = interval_s
+        self.every_bytes = every_bytes
+        self.checkpoint = checkpoint
+        self.enabled = enabled
+        self.durable = offset  # bytes covered by a finished fdatasync and reported
+        self.sync: asyncio.Future[None] | None = None
+        self.sync_offset = offset
+        self.last_time = time.monotonic()
+        self.closed = False
+        self.failed: BaseException | None = None  # a checkpoint that could not be recorded
+
+    def due(self, now: float) -> bool:
+        return now - self.last_time >= self.interval_s
+
+    def step(self, written: int, now: float) -> None:
+        """``written`` bytes are in the file: report a finished sync, start the next one."""
+        if self.failed is not None:
+            raise self.failed
+        sync = self.sync
+        if sync is not None and sync.done():
+            sync.result()  # (a failed fdatasync fails the transfer here)
+            self._report(sync)
+        if (
+            self.sync is None
+            and self.enabled
+            and (self.due(now) or written - self.sync_offset >= self.every_bytes)
+        ):
+            check_still_linked(self.fd)
+            self.sync_offset = written
+            self.last_time = now
+            self.sync = asyncio.get_running_loop().run_in_executor(None, _sync_dup, os.dup(self.fd))
+            self.sync.add_done_callback(self._report)
+
+    def _report(self, sync: asyncio.Future[None]) -> None:
+        """The sync ``sync`` returned: report its checkpoint (once, if it is still the
+        current one and it succeeded; a failure is raised by the next ``step``)."""
+        if self.closed or sync is not self.sync or sync.cancelled() or sync.exception() is not None:
+            return
+        self.sync = None
+        try:
+            self.checkpoint(self.sync_offset)
+        except Exception as e:  # (from a loop callback: the transfer raises it)
+            self.failed = e
+            return
+        self.durable = self.sync_offset
+
+    async def finish(self) -> None:
+        if self.sync is not None:
+            sync, self.sync = self.sync, None
+            await sync
+        if self.failed is not None:
+            raise self.failed
+
+
+def check_still_linked(fd: int) -> None:
+    """The temporary file (or its directory) was deleted under us: writing on into an
+    unlinked inode would only lose the bytes at Complete, so say so now."""
+    if os.fstat(fd).st_nlink == 0:
+        raise TransferError(
+            "the temporary file or its directory was removed during the transfer",
+            hresult=HResult.HRESULT_PATH_NOT_FOUND,
+            context=ErrorContext.LOCAL_FILE,
+        )
+
+
+def _pipe(size: int) -> tuple[int, int]:
+    """A non-blocking pipe of up to ``size`` bytes (as the system allows) for ``splice``."""
+    pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    for want in (size, 1024 * 1024):
+        try:
+            fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, want)
+            break
+        except OSError:
+            continue
+    return pipe_r, pipe_w
+
+
+async def splice(
+    content: H1Body,
+    sink: Sink,
+    total: int | None,
+    syncs: Syncs,
+    throttle: Throttle,
+    priority: int,
+    pipe_bytes: int,
+) -> None:
+    """The body from the socket to the file through a pipe, inside the kernel
+    (``splice(2)``): no copy through Python, one copy (into the page cache) in all.
+
+    The pipe is drained into the file after every move, so it is empty whenever this
+    waits (a cancellation or an error loses nothing that was counted): ``sink.offset``
+    moves only by what reached the file.  Returns when the body is done, or at once
+    when the kernel refuses to splice (the caller reads the rest)."""
+    fd = sink.fd
+    pipe_r, pipe_w = _pipe(pipe_bytes)
+    try:
+        step = fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
+        while not content.done:
+            limited = throttle.is_limited(priority)
+            want = throttled_slice(throttle, priority) if limited else step
+            moved = await content.splice(pipe_w, min(want, step))
+            if not moved:
+                return
+            if total is not None and sink.offset + moved > total:
+                raise invalid_response("the server sent more bytes than it announced")
+            got = moved
+            with fs.translating("cannot write the temporary file"):
+                while moved:
+                    n = os.splice(pipe_r, fd, moved, offset_dst=sink.offset)
+                    sink.offset += n
+                    moved -= n
+            if limited:
+                await throttle.acquire(priority, got)
+            with fs.translating("cannot write the temporary file"):
+                syncs.step(sink.offset, time.monotonic())
+    finally:
+        os.close(pipe_r)
+        os.close(pipe_w)
+
+
+def salvage(sink: Sink, checkpoint: Callable[[int], None]) -> None:
+    """On an error or cancellation: keep what arrived, durably, for the next attempt.
+
+    Whatever could be written (the disk may be full) is synced and checkpointed;
+    bytes that could not be written are simply fetched again.
+    """
+    with contextlib.suppress(OSError):
+        sink.flush()
+    try:
+        os.fdatasync(sink.fd)
+        checkpoint(sink.offset)
+    except (OSError, BitsError):
+        pass
+
+
+#: what a batch reports once its files are durable: (file, size) of each
+Commit = Callable[[list[tuple[JobFile, int]]], None]
+
+
+class SyncBatch:
+    """Small files finished without their own fdatasync, made durable and committed together:
+    one ``syncfs`` and one transaction for up to ``MAX_FILES`` files or ``MAX_AGE_S`` seconds.
+    Until then they count as not transferred (progress never runs ahead of the disk).
+
+    A batch syncs in a worker thread (of ``threads``) while the next files download; one
+    batch at a time is in flight, and its files are committed (``commit``) once its sync
+    returned.  Each batch syncs through fds of its own, opened before its first file was
+    written (``prepare``): syncfs reports a write-back error once per open file, so no other
+    sync (of the batch before, of another job) can take the error that concerns this
+    batch's files."""
+
+    MAX_FILES = 256
+    MAX_AGE_S = 0.25
+
+    def __init__(self, threads: concurrent.futures.Executor, commit: Commit) -> None:
+        self.threads, self.commit = threads, commit
+        self.files: list[tuple[JobFile, int]] = []
+        self.handles: dict[str, int] = {}  # directory -> fd opened before the files were written
+        self.since = 0.0
+        self.syncing: list[tuple[JobFile, int]] = []
+        self.syncing_handles: dict[str, int] = {}
+        self.sync: concurrent.futures.Future[None] | None = None
+        self.synced: asyncio.Future[None] | None = None
+
+    def prepare(self, directory: str) -> None:
+        """A file of this batch is about to be written into ``directory``."""
+        if directory not in self.handles:
+            with fs.translating(f"cannot open {directory}"):
+                self.handles[directory] = fs.open_sync_handle(directory)
+
+    def add(self, file: JobFile, size: int) -> None:
+        if not self.files:
+            self.since = time.monotonic()
+        self.files.append((file, size))
+
+    def full(self) -> bool:
+        return len(self.files) >= self.MAX_FILES or time.monotonic() - self.since >= self.MAX_AGE_S
+
+    async def flush(self, *, wait: bool = True) -> None:
+        """Sync the batch (after the one in flight, if any); unless ``wait``, return as soon
+        as its sync has started."""
+        if self.synced is not None:
+            await asyncio.wait([self.synced])
+            self._committed()
+        if not self.files:
+            return
+        self.syncing, self.files = self.files, []
+        wanted = {os.path.dirname(f.local_file) for f, _ in self.syncing}
+        self.syncing_handles = {d: fd for d, fd in self.handles.items() if d in wanted}
+        for d, fd in self.handles.items():
+            if d not in wanted:
+                os.close(fd)
+        self.handles = {}
+        self.sync = self.threads.submit(_sync_handles, dict(self.syncing_handles))
+        self.synced = asyncio.wrap_future(self.sync)
+        if wait:
+            await asyncio.wait([self.synced])
+            self._committed()
+
+    def poll(self) -> None:
+        """Commit the batch in flight if its sync is done."""
+        if self.sync is not None and self.sync.done():
+            self._committed()
+
+    def _committed(self) -> None:
+        assert self.sync is not None
+        sync, self.sync, self.synced = self.sync, None, None
+        files, self.syncing = self.syncing, []
+        _close(self.syncing_handles)
+        sync.result()  # a failed sync fails the job; the files will be fetched again
+        self.commit(files)
+
+    def flush_now(self) -> None:
+        """On an error or cancellation: the finished files are kept if their syncs succeed
+        (blocking, rare)."""
+        kept: list[tuple[JobFile, int]] = []
+        if self.sync is not None:
+            try:
+                self.sync.result()  # (the sync in flight: its error is its alone)
+                kept.extend(self.syncing)
+            except Exception:
+                pass
+            self.sync = self.synced = None
+            _close(self.syncing_handles)
+        self.syncing = []
+        if self.files:
+            wanted = {os.path.dirname(f.local_file) for f, _ in self.files}
+            try:
+                _sync_handles({d: fd for d, fd in self.handles.items() if d in wanted})
+                kept.extend(self.files)
+            except BitsError:
+                pass  # not durable: they will be fetched again
+        self.files = []
+        self.close()
+        if kept:
+            self.commit(kept)
+
+    def close(self) -> None:
+        """Let go of the fds (the job's task ends; a sync still in flight is waited for)."""
+        _close(self.handles)
+        if self.sync is not None:
+            with contextlib.suppress(Exception):
+                self.sync.result()
+            self.sync = self.synced = None
+        _close(self.syncing_handles)
+
+
+def _close(handles: dict[str, int]) -> None:
+    for fd in handles.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    handles.clear()
+
+
+def _sync_handles(handles: dict[str, int]) -> None:
+    for directory, fd in handles.items():
+        with fs.translating(f"cannot sync {directory}"):
+            fs.sync_handle(fd, directory)
