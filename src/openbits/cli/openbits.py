@@ -6,7 +6,7 @@ what is drawn lives in ``cli/render.py``. rich is imported only by the two displ
 need a terminal (``watch``'s live table and ``transfer``'s progress bar).
 
 Exit codes: 0 success; 1 a BITS error (the HRESULT and its name are printed);
-2 bad usage; 3 no daemon answers; 130 interrupted.
+2 bad usage; 3 no daemon answers; 130 interrupted; 141 stdout closed by its reader.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from openbits.cli import render
+from openbits.cli import pipe, render
 from openbits.cli.manpage import ManGroup
 from openbits.cli.render import print_json, state_name
 from openbits.client import Client, DaemonUnavailable, StreamEvent
@@ -87,6 +87,10 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             fail(f"error {e.hex} {e.name}: {e.message}")
         except DaemonUnavailable as e:
             fail(str(e), EXIT_NO_DAEMON)
+        except BrokenPipeError as e:
+            if pipe.stdout_closed():  # `openbits get | head -1`: the reader is gone, not the daemon
+                sys.exit(pipe.leave_quietly())
+            fail(f"cannot talk to the openbits daemon: {e}", EXIT_NO_DAEMON)
         except (ConnectionError, PermissionError, TimeoutError) as e:
             fail(f"cannot talk to the openbits daemon: {e}", EXIT_NO_DAEMON)
         except KeyboardInterrupt:
