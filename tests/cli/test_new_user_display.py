@@ -5,8 +5,17 @@ against a real daemon, on a pipe or a terminal as each point needs.
 from __future__ import annotations
 
 import os
+import pty
+import select
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
 
 from tests.support.daemon import Daemon
 
@@ -43,3 +52,67 @@ def test_a_reader_that_went_away_ends_the_command_quietly(daemon: Daemon) -> Non
         result = run_into_closed_pipe(daemon, module, *args)
         # as `cat | head` ends: SIGPIPE's status for the shell, and not a word on stderr
         assert (result.returncode, result.stderr) == (141, ""), (module, args, result)
+
+
+# -- bash completion keeps a display name one word ---------------------------------------------
+
+
+class Terminal:
+    """An interactive bash on a pseudo-terminal: what a user types, what the screen shows."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.screen = b""
+
+    def type(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def read_until(self, marker: bytes, timeout: float = 15.0) -> bytes:
+        """Everything shown until ``marker`` (from the last read on); fail after ``timeout`` s."""
+        start = len(self.screen)
+        deadline = time.monotonic() + timeout
+        while marker not in self.screen[start:]:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no {marker!r} on the terminal: {self.screen[start:]!r}")
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if ready:
+                self.screen += os.read(self.fd, 4096)
+        return self.screen[start:]
+
+
+@contextmanager
+def interactive_bash(daemon: Daemon) -> Iterator[Terminal]:
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(
+        os.environ,
+        OPENBITS_SOCKET=daemon.socket,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        PS1="$ ",
+        TERM="dumb",
+        INPUTRC=os.devnull,
+    )
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a fresh bash, no start-up files
+        os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+    try:
+        yield Terminal(fd)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+@pytest.mark.parametrize("typed", ["my", "my\\ j", '"my', "'my"])
+def test_bash_completion_keeps_a_name_with_a_space_one_word(daemon: Daemon, typed: str) -> None:
+    daemon.cli("create", "my job", check=True)
+    daemon.cli("create", "other", check=True)
+    with interactive_bash(daemon) as term:
+        term.type('eval "$(openbits completion bash)"; echo READY\n')
+        term.read_until(b"READY\r\n$ ")
+        term.type(f"openbits get {typed}\t")  # Tab completes the name...
+        term.read_until(b"job")
+        # ...then, at the start of the line, a printf shows the words the shell would pass
+        term.type("\x01printf '[%s]' \n")
+        shown = term.read_until(b"]$ ")
+    assert b"[openbits][get][my job]" in shown, shown

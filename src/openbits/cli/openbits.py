@@ -1525,7 +1525,9 @@ def completion(shell: str) -> None:
     """
     from click.shell_completion import get_completion_class
 
-    cls = get_completion_class(shell)
+    from openbits.cli.completion import QuotingBashComplete
+
+    cls = QuotingBashComplete if shell == "bash" else get_completion_class(shell)
     if cls is None:  # (click knows the three)
         raise click.BadParameter(shell, param_hint="SHELL")
     click.echo(cls(cli, {}, "openbits", "_OPENBITS_COMPLETE").source())
