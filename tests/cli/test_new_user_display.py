@@ -4,8 +4,10 @@ against a real daemon, on a pipe or a terminal as each point needs.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -14,10 +16,43 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import Daemon
+from tests.support.fixtures import make_file
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def on_tty(daemon: Daemon, *args: str, columns: int = 100, timeout: float = 60.0) -> tuple[int, str]:
+    """``openbits ARGS`` on a pseudo-terminal ``columns`` wide: its exit status and what the
+    screen received, escape sequences removed."""
+    env = dict(os.environ, OPENBITS_SOCKET=daemon.socket, COLUMNS=str(columns), LINES="40", TERM="xterm")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(sys.executable, [sys.executable, "-m", "openbits", *args], env)
+    screen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the command ended and closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        else:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), ANSI.sub(b"", screen).decode(errors="replace")
 
 
 def run_into_closed_pipe(daemon: Daemon, module: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -116,3 +151,27 @@ def test_bash_completion_keeps_a_name_with_a_space_one_word(daemon: Daemon, type
         term.type("\x01printf '[%s]' \n")
         shown = term.read_until(b"]$ ")
     assert b"[openbits][get][my job]" in shown, shown
+
+
+# -- one unit (IEC) and one label a concept ---------------------------------------------------
+
+
+def test_transfer_get_and_policy_speak_one_unit_and_one_label(daemon: Daemon, tmp_path: Path) -> None:
+    make_file(tmp_path, "src.bin", 3_300_000)
+    source = tmp_path / "src.bin"
+    code, screen = on_tty(daemon, "transfer", str(source), str(tmp_path / "copy.bin"))
+    assert code == 0, screen
+    assert "3.1/3.1 MiB" in screen and " MB" not in screen, screen
+
+    job = daemon.cli("create", "labels", check=True).stdout.strip()
+    daemon.cli("add", job, str(source), str(tmp_path / "second.bin"), check=True)
+    shown = daemon.cli("get", job, check=True).stdout
+    assert re.search(r"^Priority +NORMAL$", shown, re.M), shown  # as the list prints it
+    assert re.search(r"^Bytes +0 B of \?$", shown, re.M), shown
+    listed = daemon.cli("get", check=True).stdout
+    assert "NORMAL" in listed and "0 B / ?" in listed, listed
+
+    policy = daemon.cli("policy", check=True).stdout
+    assert "CurrentBandwidthLimit " in policy and "CurrentBandwidthLimitText" not in policy, policy
+    assert "B/s (" not in policy, policy  # one unit for a rate too
+    assert json.loads(daemon.cli("policy", "--json", check=True).stdout)["CurrentBandwidthLimitText"] == "off"

@@ -1281,23 +1281,9 @@ def transfer(
 def _follow(client: Client, job: str, quiet: bool) -> dict[str, Any]:
     if quiet:
         return wait_for(client, job, END_STATES, None)
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import Progress
 
-    with Progress(
-        TextColumn("{task.fields[state]:<15}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as progress:
+    with Progress(*render.transfer_columns(), transient=False) as progress:
         task = progress.add_task("transfer", total=None, state="QUEUED")
 
         def update(instance: dict[str, Any]) -> None:
