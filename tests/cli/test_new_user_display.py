@@ -175,3 +175,19 @@ def test_transfer_get_and_policy_speak_one_unit_and_one_label(daemon: Daemon, tm
     assert "CurrentBandwidthLimit " in policy and "CurrentBandwidthLimitText" not in policy, policy
     assert "B/s (" not in policy, policy  # one unit for a rate too
     assert json.loads(daemon.cli("policy", "--json", check=True).stdout)["CurrentBandwidthLimitText"] == "off"
+
+
+# -- WQL: a state by its name, a literal of the wrong type refused ------------------------------
+
+
+def test_query_takes_state_names_and_refuses_a_literal_of_the_wrong_type(daemon: Daemon) -> None:
+    job = daemon.cli("create", "suspended one", check=True).stdout.strip()
+    found = daemon.cli(
+        "query", "SELECT JobId FROM BitsClientJob WHERE State = 'SUSPENDED' AND Priority = 'normal'", "--json"
+    )
+    assert (found.returncode, json.loads(found.stdout)) == (0, [{"JobId": job}]), found
+
+    for condition in ("State = 'SUSPENDD'", "BytesTotal > 'big'", "DisplayName = 5"):
+        refused = daemon.cli("query", f"SELECT JobId FROM BitsClientJob WHERE {condition}")
+        assert refused.returncode == 1 and refused.stdout == "", (condition, refused)
+        assert "0x80070057 E_INVALIDARG" in refused.stderr, (condition, refused)
