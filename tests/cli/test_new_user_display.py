@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.daemon import Daemon
 from tests.support.fixtures import make_file
+from tests.support.nginx import free_port
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -191,3 +192,32 @@ def test_query_takes_state_names_and_refuses_a_literal_of_the_wrong_type(daemon:
         refused = daemon.cli("query", f"SELECT JobId FROM BitsClientJob WHERE {condition}")
         assert refused.returncode == 1 and refused.stdout == "", (condition, refused)
         assert "0x80070057 E_INVALIDARG" in refused.stderr, (condition, refused)
+
+
+# -- an empty answer says so ------------------------------------------------------------------
+
+
+def test_empty_answers_say_so_and_json_stays_parseable(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", config={"listen": f"127.0.0.1:{free_port()}"})
+    daemon.start()
+    try:
+        assert daemon.cli("get", check=True).stdout == "no jobs\n"
+        assert daemon.cli("get", "--where", "DisplayName = 'x'", check=True).stdout == "no jobs match\n"
+        assert json.loads(daemon.cli("get", "--json", check=True).stdout) == []
+        assert (
+            daemon.cli("query", "SELECT JobId FROM BitsClientJob", check=True).stdout
+            == "no instances match\n"
+        )
+
+        job = daemon.cli("create", "fresh", check=True).stdout.strip()
+        daemon.cli("add", job, str(tmp_path / "nowhere.bin"), str(tmp_path / "copy.bin"), check=True)
+        assert daemon.cli("headers", job, check=True).stdout == "no response received yet\n"
+        assert json.loads(daemon.cli("headers", job, "--json", check=True).stdout)["ResponseHeaders"] is None
+
+        assert daemon.cli("token", "list", check=True).stdout == "no tokens\n"
+        daemon.cli("token", "create", "--description", "backup server", check=True)
+        header, row = daemon.cli("token", "list", check=True).stdout.splitlines()
+        assert header.split() == ["TOKENID", "OWNER", "CREATED", "DESCRIPTION"], header
+        assert row.endswith("backup server"), row
+    finally:
+        daemon.stop()

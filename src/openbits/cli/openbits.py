@@ -450,8 +450,8 @@ def get(
         jobs = ctx.client.list_jobs(all_users=all_users, where=where)
         if as_json:
             print_json(jobs)
-        elif jobs:
-            render.print_table(jobs)
+        else:
+            render.print_table(jobs, empty="no jobs match" if where else "no jobs")
         return
     if where is not None:
         raise click.UsageError("--where lists jobs: give it without JOB")
@@ -802,7 +802,7 @@ def headers(ctx: Context, job: str, local: str | None, as_json: bool) -> None:
     """Show the HTTP response headers a file of the job last received.
 
     --file names the file by its local path; a job of one file needs none. Nothing is
-    printed before a response came (GetResponseHeaders).
+    printed but "no response received yet" before one came (GetResponseHeaders; --json: null).
 
     \b
     Example:
@@ -820,8 +820,7 @@ def headers(ctx: Context, job: str, local: str | None, as_json: bool) -> None:
         print_json(result)
         return
     text = result.get("ResponseHeaders")
-    if text:
-        click.echo(str(text).replace("\r\n", "\n").rstrip("\n"))
+    click.echo(str(text).replace("\r\n", "\n").rstrip("\n") if text else "no response received yet")
 
 
 # -- transfer options: credentials, proxy, certificate -----------------------------------------------
@@ -1199,6 +1198,7 @@ def query(ctx: Context, wql: str, all_users: bool, as_json: bool) -> None:
         print_json(rows)
         return
     if not rows:
+        click.echo("no instances match")
         return
     columns = list(rows[0])
     render.print_rows([columns] + [[render.cell(r.get(c)) for c in columns] for r in rows])
@@ -1460,16 +1460,7 @@ def token_list(ctx: Context, all_users: bool, as_json: bool) -> None:
     if as_json:
         print_json(result)
         return
-    if not result:
-        click.echo("no tokens")
-        return
-    from openbits.model import unix_ns_from_filetime
-
-    for t in result:
-        created = time.strftime(
-            "%Y-%m-%d %H:%M", time.localtime(unix_ns_from_filetime(t["CreationTime"]) / 1e9)
-        )
-        click.echo(f"{t['TokenId']}  {t['Owner']:<12} {created}  {t['Description']}")
+    render.print_tokens(result)
 
 
 @token.command(name="revoke")

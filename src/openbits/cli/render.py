@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from openbits.model import JobPriority, JobState
+from openbits.model import JobPriority, JobState, unix_ns_from_filetime
 
 SIZE_UNKNOWN = 0xFFFFFFFFFFFFFFFF
 LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF
@@ -85,8 +85,32 @@ def job_row(j: Mapping[str, Any]) -> tuple[str, str, str, str, str, str]:
     )
 
 
-def print_table(jobs: Iterable[Mapping[str, Any]]) -> None:
-    print_rows([JOB_COLUMNS, *(job_row(j) for j in jobs)])
+def print_table(jobs: Iterable[Mapping[str, Any]], empty: str = "no jobs") -> None:
+    """The jobs table; ``empty`` instead of a header alone when there is no job."""
+    rows = [job_row(j) for j in jobs]
+    if rows:
+        print_rows([JOB_COLUMNS, *rows])
+    else:
+        click.echo(empty)
+
+
+def print_tokens(tokens: Sequence[Mapping[str, Any]]) -> None:
+    """The table of `token list` (ids and descriptions, never tokens); "no tokens" when empty."""
+    if not tokens:
+        click.echo("no tokens")
+        return
+    rows = [("TOKENID", "OWNER", "CREATED", "DESCRIPTION")]
+    for t in tokens:
+        created = time.localtime(unix_ns_from_filetime(t["CreationTime"]) / 1e9)
+        rows.append(
+            (
+                str(t["TokenId"]),
+                str(t["Owner"]),
+                time.strftime("%Y-%m-%d %H:%M", created),
+                str(t["Description"]),
+            )
+        )
+    print_rows(rows)
 
 
 def print_job(job: Mapping[str, Any]) -> None:
