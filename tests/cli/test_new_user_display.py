@@ -221,3 +221,31 @@ def test_empty_answers_say_so_and_json_stays_parseable(tmp_path: Path) -> None:
         assert row.endswith("backup server"), row
     finally:
         daemon.stop()
+
+
+# -- bitsadmin's spellings, and a bandwidth that is no bandwidth ------------------------------
+
+
+def test_proxy_takes_bitsadmin_spellings(daemon: Daemon) -> None:
+    job = daemon.cli("create", "proxied", check=True).stdout.strip()
+    for args in (
+        ("NO_PROXY",),
+        ("PreConfig",),
+        ("AUTODETECT",),
+        ("OVERRIDE", "--list", "http://proxy:3128"),
+        ("no-proxy",),
+    ):
+        result = daemon.cli("proxy", job, *args)
+        # handed to the daemon (which may not have SetProxySettings yet), not refused as usage
+        assert result.returncode != 2 and "Invalid value" not in result.stderr, (args, result)
+    assert daemon.cli("proxy", job, "NO_PROXYX").returncode == 2
+    cert = daemon.cli("cert", job, "--store-location", "LOCAL_MACHINE", "--subject", "me")
+    assert cert.returncode != 2 and "Invalid value" not in cert.stderr, cert
+
+
+def test_a_bandwidth_that_is_no_bandwidth_is_called_so(daemon: Daemon) -> None:
+    result = daemon.cli("policy", "set", "MaxBandwidth=banana")
+    assert result.returncode == 1 and "0x80070057" in result.stderr, result
+    assert "'banana' is not a bandwidth" in result.stderr and "timetable" not in result.stderr, result
+    assert "512K, 10M or 1.5G" in result.stderr, result  # the forms it takes
+    assert "timetable" in daemon.cli("policy", "set", "BandwidthSchedule=banana").stderr  # that one is

@@ -112,6 +112,16 @@ def parse_priority(value: str | None) -> int | None:
     raise click.BadParameter(f"{value!r}: use foreground, high, normal, low or 0-3")
 
 
+class BitsChoice(click.Choice):  # type: ignore[type-arg]  # (generic from click 8.2 on)
+    """One of our spellings (no-proxy, current-user), or bitsadmin's (NO_PROXY,
+    CURRENT_USER): any case, '_' for '-'."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            value = value.lower().replace("_", "-")
+        return super().convert(value, param, ctx)
+
+
 def absolute(path: str) -> str:
     """Local paths given on the command line are relative to the caller's directory."""
     return os.path.abspath(os.path.expanduser(path))
@@ -828,8 +838,8 @@ def headers(ctx: Context, job: str, local: str | None, as_json: bool) -> None:
 
 @cli.command()
 @job_argument()
-@click.option("--target", type=click.Choice(TARGETS), default="server", show_default=True)
-@click.option("--scheme", type=click.Choice(SCHEMES), default="basic", show_default=True)
+@click.option("--target", type=BitsChoice(TARGETS), default="server", show_default=True)
+@click.option("--scheme", type=BitsChoice(SCHEMES), default="basic", show_default=True)
 @click.option(
     "--user",
     default=None,
@@ -869,7 +879,7 @@ def credentials(
 
 @cli.command()
 @job_argument()
-@click.argument("usage", type=click.Choice(PROXY_USAGES))
+@click.argument("usage", type=BitsChoice(PROXY_USAGES))
 @click.option("--list", "proxies", default=None, metavar="PROXIES", help="Proxies (override).")
 @click.option("--bypass", default=None, metavar="HOSTS", help="Hosts reached directly (override).")
 @json_option("the answer")
@@ -879,7 +889,8 @@ def credentials(
 def proxy(ctx: Context, job: str, usage: str, proxies: str | None, bypass: str | None, as_json: bool) -> None:
     """Choose how a job reaches servers (its proxy settings).
 
-    USAGE is preconfig, no-proxy, override or autodetect. preconfig (the default) uses the
+    USAGE is preconfig, no-proxy, override or autodetect (or bitsadmin's NO_PROXY, …, any
+    case). preconfig (the default) uses the
     daemon's proxy environment; no-proxy goes direct; override uses --list (proxies, comma
     or space separated) and --bypass (hosts reached directly); autodetect detects per file
     (SetProxySettings). Not built yet: the daemon answers E_NOTIMPL.
@@ -903,7 +914,7 @@ def proxy(ctx: Context, job: str, usage: str, proxies: str | None, bypass: str |
 @job_argument()
 @click.option(
     "--store-location",
-    type=click.Choice(STORE_LOCATIONS),
+    type=BitsChoice(STORE_LOCATIONS),
     default="current-user",
     show_default=True,
     help="The certificate store location.",
