@@ -249,3 +249,36 @@ def test_a_bandwidth_that_is_no_bandwidth_is_called_so(daemon: Daemon) -> None:
     assert "'banana' is not a bandwidth" in result.stderr and "timetable" not in result.stderr, result
     assert "512K, 10M or 1.5G" in result.stderr, result  # the forms it takes
     assert "timetable" in daemon.cli("policy", "set", "BandwidthSchedule=banana").stderr  # that one is
+
+
+# -- the docs say what the commands do ---------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_help_and_readmes_say_what_the_commands_do(daemon: Daemon) -> None:
+    usage = daemon.cli("get", "--help", check=True).stdout.splitlines()[0]
+    assert usage == "Usage: openbits get [OPTIONS] [JOB]", usage  # JOB is optional: a list
+
+    # query prints exactly what was selected, and its help says so
+    query_help = daemon.cli("query", "--help", check=True).stdout
+    assert "JobId always comes along" not in query_help and "Exactly the selected" in query_help
+    daemon.cli("create", "documented", check=True)
+    rows = json.loads(
+        daemon.cli("query", "SELECT DisplayName FROM BitsClientJob", "--json", check=True).stdout
+    )
+    assert rows == [{"DisplayName": "documented"}]
+
+    # take-ownership works: neither its help nor the README says E_NOTIMPL of it
+    assert "E_NOTIMPL" not in daemon.cli("take-ownership", "--help", check=True).stdout
+    readme = (ROOT / "README.md").read_text()
+    not_built = [s for s in re.split(r"(?<=\.)\s", readme) if "E_NOTIMPL" in s and "`proxy`" in s]
+    assert not_built and all("take-ownership" not in s for s in not_built), not_built
+
+    # bench/README's table lists every script in bench/, and counts them right
+    bench = (ROOT / "bench" / "README.md").read_text()
+    scripts = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
+    listed = sorted(re.findall(r"^\| `([a-z_0-9]+\.py)` \|", bench, re.M))
+    assert listed == scripts
+    words = {3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+    assert f"All {words[len(scripts)]} run" in bench

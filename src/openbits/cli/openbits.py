@@ -272,7 +272,8 @@ def complete_job(ctx: click.Context, _param: click.Parameter, incomplete: str) -
 
 
 def job_argument(required: bool = True) -> Decorator:
-    return click.argument("job", required=required, metavar="JOB", shell_complete=complete_job)
+    metavar = "JOB" if required else "[JOB]"
+    return click.argument("job", required=required, metavar=metavar, shell_complete=complete_job)
 
 
 # -- the group --------------------------------------------------------------------------------------
@@ -635,7 +636,7 @@ def take_ownership(ctx: Context, job: str, as_json: bool) -> None:
     """Make you the owner of another user's job (administrators).
 
     The job then runs with your identity and credentials (bitsadmin /takeownership,
-    Set-BitsTransfer -SetOwnerToCurrentUser). Not built yet: the daemon answers E_NOTIMPL.
+    Set-BitsTransfer -SetOwnerToCurrentUser); its custom headers and notifications go.
 
     \b
     Example:
@@ -1196,12 +1197,13 @@ def query(ctx: Context, wql: str, all_users: bool, as_json: bool) -> None:
     """Run a WQL query: SELECT * | p1, p2 FROM BitsClientJob [WHERE …].
 
     WHERE takes = <> != < <= > >=, LIKE ('%' and '_'), IS [NOT] NULL, AND, OR, NOT and
-    parentheses; keywords and property names in any case. The selected properties are
-    printed as a table (JobId always comes along); --json prints the instances.
+    parentheses; keywords and property names in any case; State, Priority and JobType by
+    name or number. Exactly the selected properties are printed, as a table in the order
+    given (select JobId too to tell the jobs apart); --json prints them as objects.
 
     \b
     Examples:
-      openbits query "SELECT JobId, DisplayName FROM BitsClientJob WHERE State = 4"
+      openbits query "SELECT JobId, DisplayName FROM BitsClientJob WHERE State = 'ERROR'"
       openbits query "SELECT * FROM BitsClientJob WHERE DisplayName LIKE 'nightly%'" --json
     """
     rows = ctx.client.query(wql, all_users=all_users)
