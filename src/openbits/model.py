@@ -28,7 +28,15 @@ UINT32_MAX = 0xFFFFFFFF
 _GUID = re.compile(r"\{?([0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12})\}?", re.ASCII)
 
 
-class JobState(IntEnum):
+class NamedIntEnum(IntEnum):
+    """An IntEnum that prints as its name: ``print(job.state)`` shows TRANSFERRED, not 6.
+    int(), JSON, SQLite and ``%d`` still see the number the API carries."""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class JobState(NamedIntEnum):
     QUEUED = 0
     CONNECTING = 1
     TRANSFERRING = 2
@@ -49,20 +57,20 @@ class JobState(IntEnum):
         return "CANCELED" if self is JobState.CANCELLED else self.name
 
 
-class JobPriority(IntEnum):
+class JobPriority(NamedIntEnum):
     FOREGROUND = 0
     HIGH = 1
     NORMAL = 2
     LOW = 3
 
 
-class JobType(IntEnum):
+class JobType(NamedIntEnum):
     DOWNLOAD = 0
     UPLOAD = 1
     UPLOAD_REPLY = 2
 
 
-class ErrorContext(IntEnum):
+class ErrorContext(NamedIntEnum):
     NONE = 0
     UNKNOWN = 1
     GENERAL_QUEUE_MANAGER = 2
@@ -74,7 +82,7 @@ class ErrorContext(IntEnum):
     SERVER_CERTIFICATE_CALLBACK = 8
 
 
-class SetJobStateCode(IntEnum):
+class SetJobStateCode(NamedIntEnum):
     """The JobState parameter of the WMI SetJobState method."""
 
     CANCEL = 0
@@ -83,7 +91,7 @@ class SetJobStateCode(IntEnum):
     SUSPEND = 3
 
 
-class ProxyUsage(IntEnum):
+class ProxyUsage(NamedIntEnum):
     PRECONFIG = 0
     NO_PROXY = 1
     OVERRIDE = 2

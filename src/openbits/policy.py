@@ -51,8 +51,8 @@ def rate_value(name: str, value: Any) -> int | None:
             return None
         try:
             return parse_rate(value.strip())
-        except TimetableError as e:
-            raise InvalidArgument(f"{name}: {e}") from None
+        except TimetableError as e:  # one rate, not a timetable: say so, and what a rate is
+            raise InvalidArgument(f"{name}: {value.strip()!r} is not a bandwidth: {e.reason}") from None
     raise InvalidArgument(f"{name} must be bytes per second, a rate like '10M', or null")
 
 

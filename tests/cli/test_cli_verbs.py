@@ -407,7 +407,7 @@ def test_headers_of_a_file(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     make_file(nginx.www, "verbs/headers.bin", 12_345, seed=640)
     job = new_job(daemon, "headers")
     ok(run(daemon, "add", job, f"{nginx.url}/verbs/headers.bin", str(dest / "h.bin")))
-    assert ok(run(daemon, "headers", job)) == ""  # no response yet
+    assert ok(run(daemon, "headers", job)) == "no response received yet\n"
     ok(run(daemon, "resume", job))
     assert ok(run(daemon, "wait", job)).strip() == "TRANSFERRED"
     text = ok(run(daemon, "headers", job))

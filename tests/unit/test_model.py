@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -510,3 +511,14 @@ def test_notification_settings_in_the_instance_never_show_a_webhooks_secret() ->
     assert cim["NotifyUrl"] == "https://hooks.example:8443/***"
     assert redact_webhook("http://127.0.0.1:9") == "http://127.0.0.1:9"
     assert redact_webhook("no scheme") == "***"
+
+
+def test_the_enums_print_their_names_and_serialise_their_numbers() -> None:
+    """print(job.state) shows TRANSFERRED (issue 12); the API, the store and :d keep numbers."""
+    for member in (JobState.TRANSFERRED, JobPriority.HIGH, JobType.UPLOAD_REPLY, ErrorContext.LOCAL_FILE):
+        assert str(member) == f"{member}" == member.name
+        assert int(member) == member.value and f"{member:d}" == str(member.value)
+    assert str(SetJobStateCode.RESUME) == "RESUME" and str(ProxyUsage.NO_PROXY) == "NO_PROXY"
+    assert json.dumps({"State": JobState.TRANSFERRED}) == '{"State": 6}'
+    job = make_job(state=JobState.ERROR)
+    assert json.loads(json.dumps(job.to_cim()))["State"] == 4

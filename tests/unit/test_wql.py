@@ -222,7 +222,7 @@ def test_integer_comparisons_are_numeric() -> None:
     assert not where("BytesTotal < 200")  # "1000" < "200" as strings
     assert where("BytesTotal = '1000'")  # a numeric string coerces
     assert where("'200' < BytesTotal")
-    assert not where("BytesTotal = 'abc'")
+    assert "BytesTotal is a number, not the string 'abc'" in str(error_at("BytesTotal = 'abc'"))
     big = 2**64 - 1
     assert where(f"BytesTotal = {big}", {"BytesTotal": big})
 
@@ -544,3 +544,26 @@ def test_the_literal_and_percent_fast_path_agrees_with_a_regex(value: str, parts
     items = wql._compile_like(pattern, 0)
     expected = _re.fullmatch(".*".join(_re.escape(p) for p in parts), value, _re.IGNORECASE | _re.DOTALL)
     assert wql._like(value, items) == (expected is not None), (value, pattern)
+
+
+# --- literals checked against what a property holds (issue 12: State = 'SUSPENDED') ----------
+
+
+def test_an_enumerated_property_takes_its_names_as_well_as_its_numbers() -> None:
+    assert parse_condition("State = 'SUSPENDED'", PROPS) == Comparison(Property("State"), "=", Constant(3))
+    assert parse_condition("'error' = state", PROPS) == Comparison(Constant(4), "=", Property("State"))
+    assert parse_condition("State = 'transient-error'", PROPS) == parse_condition("State = 5", PROPS)
+    assert parse_condition("Priority <> 'Low'", PROPS) == Comparison(Property("Priority"), "<>", Constant(3))
+    assert parse_condition("JobType = 'download'", PROPS) == Comparison(Property("JobType"), "=", Constant(0))
+    assert where("State = 'ERROR' AND Priority = 'NORMAL'")
+    assert where("State = '4'")  # a number in quotes is still that number
+    err = error_at("State = 'SUSPENDD'")
+    assert err.position == 8 and "not 'SUSPENDD'" in err.message and "SUSPENDED" in err.message
+
+
+def test_a_literal_of_the_wrong_type_is_an_error() -> None:
+    assert error_at("BytesTotal > 'big'").position == 13
+    assert "is a string" in error_at("DisplayName = 5").message
+    assert "is a string" in error_at("7 <> JobId").message
+    assert where("DisplayName = 'Nightly Update' AND BytesTotal = '1000'")
+    assert where("Owner = 'alice'") and where("DisplayName IS NOT NULL")  # unchecked, NULL: as before

@@ -30,6 +30,13 @@ definite true. ``IS [NOT] NULL`` tests for ``None``. Values compare as follows: 
 string that spells an integer; everything else compares as case-folded strings (WMI is
 case-insensitive). Non-scalar values (lists such as ``Files``) compare as unknown.
 
+Literals are checked against what a property holds (:data:`JOB_PROPERTY_TYPES`) when the
+query is parsed: an enumerated property takes its names as well as its numbers
+(``State = 'SUSPENDED'``, ``Priority <> 'low'``, any case, as the long poll's ``WaitWhile``
+takes them); a string that is neither, a string that is no number where a number belongs,
+or a number where a string belongs, is a :class:`WqlError`, not a query that is silently
+never true.
+
 Hostile input is bounded: at most :data:`MAX_QUERY_LENGTH` characters and
 :data:`MAX_DEPTH` nested parentheses / NOTs. Every failure is a :class:`WqlError` carrying the
 0-based offset in the text.
@@ -41,9 +48,14 @@ import functools
 import string
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from enum import IntEnum
+from types import MappingProxyType
 from typing import TypeAlias
 
+from openbits.model import JobPriority, JobState, JobType
+
 __all__ = [
+    "JOB_PROPERTY_TYPES",
     "MAX_DEPTH",
     "MAX_QUERY_LENGTH",
     "And",
@@ -68,6 +80,35 @@ __all__ = [
 MAX_QUERY_LENGTH = 8192
 MAX_DEPTH = 64
 MAX_NUMBER_DIGITS = 20
+
+#: What the properties of BitsClientJob hold, for the parser's check of literals: an IntEnum
+#: (whose names stand for its numbers), int or str. Properties not named are not checked.
+JOB_PROPERTY_TYPES: Mapping[str, type] = MappingProxyType(
+    {
+        "State": JobState,
+        "Priority": JobPriority,
+        "JobType": JobType,
+        **dict.fromkeys(("JobId", "DisplayName", "Description"), str),
+        **dict.fromkeys(
+            (
+                "BytesTotal",
+                "BytesTransferred",
+                "FilesTotal",
+                "FilesTransferred",
+                "TransientErrorCount",
+                "MinimumRetryDelay",
+                "NoProgressTimeout",
+                "MaximumDownloadTime",
+                "NotifyFlags",
+                "SecurityFlags",
+                "JobCreationTime",
+                "JobLastModificationTime",
+                "JobCompletionTime",
+            ),
+            int,
+        ),
+    }
+)
 
 
 class WqlError(ValueError):
@@ -360,13 +401,14 @@ def _like(s: str, items: tuple[_LikeItem, ...]) -> bool:
 
 
 class _Parser:
-    def __init__(self, text: str, properties: Collection[str]) -> None:
+    def __init__(self, text: str, properties: Collection[str], types: Mapping[str, type]) -> None:
         if len(text) > MAX_QUERY_LENGTH:
             raise WqlError(MAX_QUERY_LENGTH, f"query too long (more than {MAX_QUERY_LENGTH} characters)")
         self.tokens = _tokenize(text)
         self.i = 0
         self.depth = 0
         self.properties = {p.casefold(): p for p in properties}
+        self.types = types
 
     def peek(self) -> _Token:
         return self.tokens[self.i]
@@ -483,11 +525,14 @@ class _Parser:
             self.advance()
             self.depth -= 1
             return inner
+        left_tok = tok
         left = self.operand("a condition")
         tok = self.peek()
         if tok.kind == "op":
             self.advance()
-            right = self.operand("a property or literal")
+            right_tok = self.peek()
+            right = self.typed(left, self.operand("a property or literal"), right_tok)
+            left = self.typed(right, left, left_tok)
             assert isinstance(tok.value, str)
             return Comparison(left, "<>" if tok.value == "!=" else tok.value, right)
         if self.accept_keyword("IS"):
@@ -504,6 +549,27 @@ class _Parser:
             return Like(left, pat.value, negated, _compile_like(pat.value, pat.pos))
         raise self.error(self.peek(), "LIKE" if negated else "a comparison operator, LIKE or IS")
 
+    def typed(self, prop: Operand, literal: Operand, tok: _Token) -> Operand:
+        """``literal`` as compared with ``prop``: an enum's name becomes its number; a string
+        where a number belongs, or a number where a string belongs, is an error."""
+        if not isinstance(prop, Property) or not isinstance(literal, Constant):
+            return literal
+        kind, value = self.types.get(prop.name), literal.value
+        if kind is None or value is None or isinstance(value, bool):
+            return literal
+        if issubclass(kind, IntEnum) and isinstance(value, str):
+            member = kind.__members__.get(value.strip().upper().replace("-", "_"))
+            if member is not None:
+                return Constant(int(member))
+            if _parse_int(value) is None:
+                names = ", ".join(kind.__members__)
+                raise WqlError(tok.pos, f"{prop.name} is one of {names} (or its number), not {value!r}")
+        elif issubclass(kind, int) and isinstance(value, str) and _parse_int(value) is None:
+            raise WqlError(tok.pos, f"{prop.name} is a number, not the string {value!r}")
+        elif issubclass(kind, str) and isinstance(value, int):
+            raise WqlError(tok.pos, f"{prop.name} is a string: compare it with '{value}', not {value}")
+        return literal
+
     def operand(self, expected: str) -> Operand:
         tok = self.peek()
         if tok.kind == "ident":
@@ -519,16 +585,22 @@ class _Parser:
 
 
 def parse_query(
-    text: str, properties: Collection[str], classes: Collection[str] = ("BitsClientJob",)
+    text: str,
+    properties: Collection[str],
+    classes: Collection[str] = ("BitsClientJob",),
+    types: Mapping[str, type] = JOB_PROPERTY_TYPES,
 ) -> Query:
     """Parse ``SELECT ... FROM class [WHERE ...]``; names are validated against ``properties``
-    and ``classes`` (case-insensitively) and returned in their canonical spelling."""
-    return _Parser(text, properties).query(classes)
+    and ``classes`` (case-insensitively) and returned in their canonical spelling, literals
+    against ``types``."""
+    return _Parser(text, properties, types).query(classes)
 
 
-def parse_condition(text: str, properties: Collection[str]) -> Condition:
+def parse_condition(
+    text: str, properties: Collection[str], types: Mapping[str, type] = JOB_PROPERTY_TYPES
+) -> Condition:
     """Parse the condition of a WHERE clause (without the WHERE keyword)."""
-    parser = _Parser(text, properties)
+    parser = _Parser(text, properties, types)
     cond = parser.condition()
     parser.expect_end("AND, OR or end of input")
     return cond

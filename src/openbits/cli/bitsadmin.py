@@ -8,7 +8,8 @@ bare value of ``/create`` and ``/get*`` without a newline.
 
 Exit codes: 0 success; 1 a BITS error (``Unable to … - 0x8… NAME: message`` on stderr) or bad
 usage (the usage text on stderr), as bitsadmin exits 1 for both; 3 no daemon answers;
-130 a ``/transfer`` interrupted with Ctrl-C (its job is cancelled). ``/monitor`` ends with
+130 a ``/transfer`` interrupted with Ctrl-C (its job is cancelled); 141, quietly, when the
+reader of stdout went away (``bitsadmin /list | head -1``). ``/monitor`` ends with
 Ctrl-C and exits 0.
 
 Switches whose daemon method is not built yet still parse their arguments exactly and call the
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn, TextIO
 
+from openbits.cli import pipe
 from openbits.client import Client, DaemonUnavailable
 from openbits.errors import BitsError, HResult
 from openbits.model import (
@@ -1175,6 +1177,10 @@ def run(args: list[str]) -> int:
     except DaemonUnavailable as e:
         print(str(e), file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        if not pipe.stdout_closed():
+            raise
+        return pipe.leave_quietly()  # `bitsadmin /list | head -1`: the reader is gone
     except KeyboardInterrupt:
         return 130
     finally:

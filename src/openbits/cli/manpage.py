@@ -49,6 +49,7 @@ EXIT_STATUS: list[tuple[str, str]] = [
     ("2", "Bad usage: an unknown command or option, a missing or malformed argument."),
     ("3", "No daemon answers on the socket (start one with 'openbits serve')."),
     ("130", "Interrupted (Ctrl-C). An interrupted transfer cancels its job."),
+    ("141", "The reader of stdout went away (openbits get | head -1); nothing is printed."),
 ]
 
 ENVIRONMENT: list[tuple[str, str]] = [

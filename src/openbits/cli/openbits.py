@@ -6,7 +6,7 @@ what is drawn lives in ``cli/render.py``. rich is imported only by the two displ
 need a terminal (``watch``'s live table and ``transfer``'s progress bar).
 
 Exit codes: 0 success; 1 a BITS error (the HRESULT and its name are printed);
-2 bad usage; 3 no daemon answers; 130 interrupted.
+2 bad usage; 3 no daemon answers; 130 interrupted; 141 stdout closed by its reader.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from openbits.cli import render
+from openbits.cli import pipe, render
 from openbits.cli.manpage import ManGroup
 from openbits.cli.render import print_json, state_name
 from openbits.client import Client, DaemonUnavailable, StreamEvent
@@ -87,6 +87,10 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             fail(f"error {e.hex} {e.name}: {e.message}")
         except DaemonUnavailable as e:
             fail(str(e), EXIT_NO_DAEMON)
+        except BrokenPipeError as e:
+            if pipe.stdout_closed():  # `openbits get | head -1`: the reader is gone, not the daemon
+                sys.exit(pipe.leave_quietly())
+            fail(f"cannot talk to the openbits daemon: {e}", EXIT_NO_DAEMON)
         except (ConnectionError, PermissionError, TimeoutError) as e:
             fail(f"cannot talk to the openbits daemon: {e}", EXIT_NO_DAEMON)
         except KeyboardInterrupt:
@@ -106,6 +110,16 @@ def parse_priority(value: str | None) -> int | None:
     if value.isdigit():
         return int(value)
     raise click.BadParameter(f"{value!r}: use foreground, high, normal, low or 0-3")
+
+
+class BitsChoice(click.Choice):  # type: ignore[type-arg]  # (generic from click 8.2 on)
+    """One of our spellings (no-proxy, current-user), or bitsadmin's (NO_PROXY,
+    CURRENT_USER): any case, '_' for '-'."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            value = value.lower().replace("_", "-")
+        return super().convert(value, param, ctx)
 
 
 def absolute(path: str) -> str:
@@ -258,7 +272,8 @@ def complete_job(ctx: click.Context, _param: click.Parameter, incomplete: str) -
 
 
 def job_argument(required: bool = True) -> Decorator:
-    return click.argument("job", required=required, metavar="JOB", shell_complete=complete_job)
+    metavar = "JOB" if required else "[JOB]"
+    return click.argument("job", required=required, metavar=metavar, shell_complete=complete_job)
 
 
 # -- the group --------------------------------------------------------------------------------------
@@ -446,8 +461,8 @@ def get(
         jobs = ctx.client.list_jobs(all_users=all_users, where=where)
         if as_json:
             print_json(jobs)
-        elif jobs:
-            render.print_table(jobs)
+        else:
+            render.print_table(jobs, empty="no jobs match" if where else "no jobs")
         return
     if where is not None:
         raise click.UsageError("--where lists jobs: give it without JOB")
@@ -621,7 +636,7 @@ def take_ownership(ctx: Context, job: str, as_json: bool) -> None:
     """Make you the owner of another user's job (administrators).
 
     The job then runs with your identity and credentials (bitsadmin /takeownership,
-    Set-BitsTransfer -SetOwnerToCurrentUser). Not built yet: the daemon answers E_NOTIMPL.
+    Set-BitsTransfer -SetOwnerToCurrentUser); its custom headers and notifications go.
 
     \b
     Example:
@@ -798,7 +813,7 @@ def headers(ctx: Context, job: str, local: str | None, as_json: bool) -> None:
     """Show the HTTP response headers a file of the job last received.
 
     --file names the file by its local path; a job of one file needs none. Nothing is
-    printed before a response came (GetResponseHeaders).
+    printed but "no response received yet" before one came (GetResponseHeaders; --json: null).
 
     \b
     Example:
@@ -816,8 +831,7 @@ def headers(ctx: Context, job: str, local: str | None, as_json: bool) -> None:
         print_json(result)
         return
     text = result.get("ResponseHeaders")
-    if text:
-        click.echo(str(text).replace("\r\n", "\n").rstrip("\n"))
+    click.echo(str(text).replace("\r\n", "\n").rstrip("\n") if text else "no response received yet")
 
 
 # -- transfer options: credentials, proxy, certificate -----------------------------------------------
@@ -825,8 +839,8 @@ def headers(ctx: Context, job: str, local: str | None, as_json: bool) -> None:
 
 @cli.command()
 @job_argument()
-@click.option("--target", type=click.Choice(TARGETS), default="server", show_default=True)
-@click.option("--scheme", type=click.Choice(SCHEMES), default="basic", show_default=True)
+@click.option("--target", type=BitsChoice(TARGETS), default="server", show_default=True)
+@click.option("--scheme", type=BitsChoice(SCHEMES), default="basic", show_default=True)
 @click.option(
     "--user",
     default=None,
@@ -866,7 +880,7 @@ def credentials(
 
 @cli.command()
 @job_argument()
-@click.argument("usage", type=click.Choice(PROXY_USAGES))
+@click.argument("usage", type=BitsChoice(PROXY_USAGES))
 @click.option("--list", "proxies", default=None, metavar="PROXIES", help="Proxies (override).")
 @click.option("--bypass", default=None, metavar="HOSTS", help="Hosts reached directly (override).")
 @json_option("the answer")
@@ -876,7 +890,8 @@ def credentials(
 def proxy(ctx: Context, job: str, usage: str, proxies: str | None, bypass: str | None, as_json: bool) -> None:
     """Choose how a job reaches servers (its proxy settings).
 
-    USAGE is preconfig, no-proxy, override or autodetect. preconfig (the default) uses the
+    USAGE is preconfig, no-proxy, override or autodetect (or bitsadmin's NO_PROXY, …, any
+    case). preconfig (the default) uses the
     daemon's proxy environment; no-proxy goes direct; override uses --list (proxies, comma
     or space separated) and --bypass (hosts reached directly); autodetect detects per file
     (SetProxySettings). Not built yet: the daemon answers E_NOTIMPL.
@@ -900,7 +915,7 @@ def proxy(ctx: Context, job: str, usage: str, proxies: str | None, bypass: str |
 @job_argument()
 @click.option(
     "--store-location",
-    type=click.Choice(STORE_LOCATIONS),
+    type=BitsChoice(STORE_LOCATIONS),
     default="current-user",
     show_default=True,
     help="The certificate store location.",
@@ -1182,12 +1197,13 @@ def query(ctx: Context, wql: str, all_users: bool, as_json: bool) -> None:
     """Run a WQL query: SELECT * | p1, p2 FROM BitsClientJob [WHERE …].
 
     WHERE takes = <> != < <= > >=, LIKE ('%' and '_'), IS [NOT] NULL, AND, OR, NOT and
-    parentheses; keywords and property names in any case. The selected properties are
-    printed as a table (JobId always comes along); --json prints the instances.
+    parentheses; keywords and property names in any case; State, Priority and JobType by
+    name or number. Exactly the selected properties are printed, as a table in the order
+    given (select JobId too to tell the jobs apart); --json prints them as objects.
 
     \b
     Examples:
-      openbits query "SELECT JobId, DisplayName FROM BitsClientJob WHERE State = 4"
+      openbits query "SELECT JobId, DisplayName FROM BitsClientJob WHERE State = 'ERROR'"
       openbits query "SELECT * FROM BitsClientJob WHERE DisplayName LIKE 'nightly%'" --json
     """
     rows = ctx.client.query(wql, all_users=all_users)
@@ -1195,6 +1211,7 @@ def query(ctx: Context, wql: str, all_users: bool, as_json: bool) -> None:
         print_json(rows)
         return
     if not rows:
+        click.echo("no instances match")
         return
     columns = list(rows[0])
     render.print_rows([columns] + [[render.cell(r.get(c)) for c in columns] for r in rows])
@@ -1277,23 +1294,9 @@ def transfer(
 def _follow(client: Client, job: str, quiet: bool) -> dict[str, Any]:
     if quiet:
         return wait_for(client, job, END_STATES, None)
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import Progress
 
-    with Progress(
-        TextColumn("{task.fields[state]:<15}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as progress:
+    with Progress(*render.transfer_columns(), transient=False) as progress:
         task = progress.add_task("transfer", total=None, state="QUEUED")
 
         def update(instance: dict[str, Any]) -> None:
@@ -1470,16 +1473,7 @@ def token_list(ctx: Context, all_users: bool, as_json: bool) -> None:
     if as_json:
         print_json(result)
         return
-    if not result:
-        click.echo("no tokens")
-        return
-    from openbits.model import unix_ns_from_filetime
-
-    for t in result:
-        created = time.strftime(
-            "%Y-%m-%d %H:%M", time.localtime(unix_ns_from_filetime(t["CreationTime"]) / 1e9)
-        )
-        click.echo(f"{t['TokenId']}  {t['Owner']:<12} {created}  {t['Description']}")
+    render.print_tokens(result)
 
 
 @token.command(name="revoke")
@@ -1521,7 +1515,9 @@ def completion(shell: str) -> None:
     """
     from click.shell_completion import get_completion_class
 
-    cls = get_completion_class(shell)
+    from openbits.cli.completion import QuotingBashComplete
+
+    cls = QuotingBashComplete if shell == "bash" else get_completion_class(shell)
     if cls is None:  # (click knows the three)
         raise click.BadParameter(shell, param_hint="SHELL")
     click.echo(cls(cli, {}, "openbits", "_OPENBITS_COMPLETE").source())

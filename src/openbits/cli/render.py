@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from openbits.model import JobPriority, JobState
+from openbits.model import JobPriority, JobState, unix_ns_from_filetime
 
 SIZE_UNKNOWN = 0xFFFFFFFFFFFFFFFF
 LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF
@@ -85,8 +85,32 @@ def job_row(j: Mapping[str, Any]) -> tuple[str, str, str, str, str, str]:
     )
 
 
-def print_table(jobs: Iterable[Mapping[str, Any]]) -> None:
-    print_rows([JOB_COLUMNS, *(job_row(j) for j in jobs)])
+def print_table(jobs: Iterable[Mapping[str, Any]], empty: str = "no jobs") -> None:
+    """The jobs table; ``empty`` instead of a header alone when there is no job."""
+    rows = [job_row(j) for j in jobs]
+    if rows:
+        print_rows([JOB_COLUMNS, *rows])
+    else:
+        click.echo(empty)
+
+
+def print_tokens(tokens: Sequence[Mapping[str, Any]]) -> None:
+    """The table of `token list` (ids and descriptions, never tokens); "no tokens" when empty."""
+    if not tokens:
+        click.echo("no tokens")
+        return
+    rows = [("TOKENID", "OWNER", "CREATED", "DESCRIPTION")]
+    for t in tokens:
+        created = time.localtime(unix_ns_from_filetime(t["CreationTime"]) / 1e9)
+        rows.append(
+            (
+                str(t["TokenId"]),
+                str(t["Owner"]),
+                time.strftime("%Y-%m-%d %H:%M", created),
+                str(t["Description"]),
+            )
+        )
+    print_rows(rows)
 
 
 def print_job(job: Mapping[str, Any]) -> None:
@@ -95,10 +119,10 @@ def print_job(job: Mapping[str, Any]) -> None:
         ("DisplayName", job["DisplayName"]),
         ("Description", job["Description"]),
         ("State", state_name(job["State"])),
-        ("Priority", str(job["Priority"])),
+        ("Priority", priority_name(job["Priority"])),
         ("Owner", job["Owner"]),
         ("Files", f"{job['FilesTransferred']} of {job['FilesTotal']} transferred"),
-        ("Bytes", f"{job['BytesTransferred']} of {format_bytes(job['BytesTotal'])}"),
+        ("Bytes", f"{format_bytes(job['BytesTransferred'])} of {format_bytes(job['BytesTotal'])}"),
         ("TransientErrorCount", str(job["TransientErrorCount"])),
         ("MinimumRetryDelay", f"{job['MinimumRetryDelay']} s"),
         ("NoProgressTimeout", f"{job['NoProgressTimeout']} s"),
@@ -107,7 +131,11 @@ def print_job(job: Mapping[str, Any]) -> None:
     for key, value in fields:
         click.echo(f"{key.ljust(width)}  {value}")
     for i, f in enumerate(job.get("Files") or []):
-        done = "done" if f["Completed"] else f"{f['BytesTransferred']}/{format_bytes(f['BytesTotal'])}"
+        done = (
+            "done"
+            if f["Completed"]
+            else f"{format_bytes(f['BytesTransferred'])} of {format_bytes(f['BytesTotal'])}"
+        )
         click.echo(f"File {i}: {f['RemoteUrl']} -> {f['LocalFile']} ({done})")
 
 
@@ -159,7 +187,7 @@ def policy_value(name: str, value: Any) -> str:
         if value is None:
             return "unlimited"
         if isinstance(value, int):
-            return f"{value} B/s ({format_bytes(value)}/s)" if value else "0 (blocked)"
+            return f"{format_bytes(value)}/s" if value else "0 (blocked)"
     if name == "TimeSlice" and isinstance(value, int | float):
         return f"{value:g} s"
     if isinstance(value, bool):
@@ -167,10 +195,36 @@ def policy_value(name: str, value: Any) -> str:
     return cell(value)
 
 
+#: said once already, as CurrentBandwidthLimit (--json keeps both)
+_SAME_AS_SHOWN = ("CurrentBandwidthLimitText",)
+
+
 def print_policy(policy: Mapping[str, Any]) -> None:
-    width = max((len(k) for k in policy), default=0)
-    for key, value in policy.items():
+    shown = {k: v for k, v in policy.items() if k not in _SAME_AS_SHOWN}
+    width = max((len(k) for k in shown), default=0)
+    for key, value in shown.items():
         click.echo(f"{key.ljust(width)}  {policy_value(key, value)}")
+
+
+def transfer_columns() -> tuple[Any, ...]:
+    """The columns of `transfer`'s progress bar: state, bar, bytes, rate and time left, in
+    the IEC units (KiB, MiB) every other command prints."""
+    from rich.progress import BarColumn, DownloadColumn, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            text = "?" if speed is None else f"{format_bytes(int(speed))}/s"
+            return Text(text, style="progress.data.speed")
+
+    return (
+        TextColumn("{task.fields[state]:<15}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        RateColumn(),
+        TimeRemainingColumn(),
+    )
 
 
 def event_line(event_id: int | None, event: str, data: Any) -> str:

@@ -472,7 +472,7 @@ def _parse_rate_at(text: str, position: int) -> int | None:
     match = _RATE_RE.match(text)
     if match is None:
         raise TimetableError(
-            "expected a bandwidth such as 512 (KiB/s), 100B, 512K, 10M, 1.5G or off",
+            "use a rate such as 100B, 512K, 10M or 1.5G (binary multiples of bytes), or off",
             position=position,
             token=text,
         )
