@@ -213,6 +213,9 @@ class AsyncClient:
         job_id = str((await self._call(call))["JobId"])
         return await self.job(job_id)
 
+    async def resolve(self, job: str) -> str:
+        return await self._drive(wire.resolve(job))
+
     async def job(self, job: str, *, include_finished: bool = False) -> BitsJob:
         return BitsJob.from_cim(await self.get_job(job, include_finished=include_finished))
 
@@ -309,8 +312,9 @@ class AsyncClient:
         result: list[dict[str, Any]] = await self._call(wire.tokens_call(all_users))
         return result
 
-    async def revoke_token(self, token_id: str) -> None:
-        await self._call(wire.revoke_call(token_id))
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(wire.revoke_call(token_id))
+        return result
 
     # -- live events ------------------------------------------------------------------------------------
 

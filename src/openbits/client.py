@@ -250,6 +250,11 @@ class Client:
         job_id = str(self._call(call)["JobId"])
         return self.job(job_id)
 
+    def resolve(self, job: str) -> str:
+        """The JobId of a JobId or display name, a name looked up as every call looks it up:
+        among the jobs not finished (never the hidden ACKNOWLEDGED and CANCELLED ones)."""
+        return self._drive(wire.resolve(job))
+
     def job(self, job: str, *, include_finished: bool = False) -> BitsJob:
         """One job, by JobId or display name (``include_finished``: also an ACKNOWLEDGED or
         CANCELLED one, for 7 days)."""
@@ -375,8 +380,9 @@ class Client:
         result: list[dict[str, Any]] = self._call(wire.tokens_call(all_users))
         return result
 
-    def revoke_token(self, token_id: str) -> None:
-        self._call(wire.revoke_call(token_id))
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(wire.revoke_call(token_id))
+        return result
 
     # -- live events (GET /events) ----------------------------------------------------------
 
