@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, Unpack
 from urllib.parse import quote, urlencode, urlsplit
 
 from openbits.config import client_socket_path
@@ -50,8 +50,6 @@ WAIT_UNTIL: frozenset[JobState] = frozenset(
 #: a ``progress`` callback of ``transfer()`` and ``wait()``: called with the job after each change
 Progress = Callable[["BitsJob"], object]
 FilePairs = Mapping[str, str] | Iterable[tuple[str, str]]
-#: what ``job_events`` filters on: (job, types, all_users)
-EventFilter = tuple[str | None, tuple[str, ...] | None, bool]
 
 RECONNECT_FIRST_DELAY_S = 0.05
 RECONNECT_MAX_DELAY_S = 2.0
@@ -151,6 +149,29 @@ class Endpoint:
         return f"{cls}(url={self.url!r}, token={'<hidden>' if self.token else None})"
 
 
+class ClientBase:
+    """What both clients hold: where the daemon is (``socket``, else ``url`` + ``token``,
+    else $OPENBITS_SOCKET, else $OPENBITS_URL + $OPENBITS_TOKEN, else the default socket)
+    and ``timeout``, the longest wait for an answer, in seconds."""
+
+    def __init__(
+        self,
+        socket: str | None = None,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self._endpoint = Endpoint.resolve(socket, url, token)
+        #: the Unix socket (None when the daemon is reached over TCP)
+        self.socket = self._endpoint.socket
+        #: the TCP URL (None on the Unix socket)
+        self.url = self._endpoint.url
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return self._endpoint.describe(type(self).__name__)
+
+
 def answer(status: int, payload: bytes) -> Any:
     """The JSON of a response; a failing one raises its BitsError."""
     try:
@@ -214,20 +235,87 @@ def query_call(wql: str, all_users: bool) -> Call:
     return Call("POST", "/root/microsoft/bits/Query", body)
 
 
-def get_job_call(
-    job: str,
-    include_finished: bool = False,
-    files: bool = True,
-    wait_while: Iterable[int] = (),
-    wait_timeout: float | None = None,
-    client_timeout: float = 60.0,
-) -> Call:
-    params = {"IncludeFinished": "true"} if include_finished else {}
-    if not files:
+class GetJobOptions(TypedDict, total=False):
+    """``get_job``'s options: ``include_finished`` (also an ACKNOWLEDGED or CANCELLED job),
+    ``files=False`` (without its Files array: cheap to poll), ``wait_while`` (job states)
+    and ``wait_timeout`` (seconds, default 30): a long poll, answered once the job is in
+    none of those states or after the timeout."""
+
+    include_finished: bool
+    files: bool
+    wait_while: Iterable[int]
+    wait_timeout: float | None
+
+
+class JobOptions(TypedDict, total=False):
+    """CreateJob's options: ``suspend`` (default True; False with a file: resumed at once),
+    ``description``, ``priority``, ``job_type``."""
+
+    suspend: bool
+    description: str | None
+    priority: JobPriority | int | None
+    job_type: JobType | int | None
+
+
+class TransferOptions(TypedDict, total=False):
+    """``transfer``'s options: the job's ``description``, ``priority`` and ``job_type``;
+    ``timeout`` (seconds: TimeoutError after it); ``wait=False`` (return the job once
+    resumed)."""
+
+    description: str | None
+    priority: JobPriority | int | None
+    job_type: JobType | int | None
+    timeout: float | None
+    wait: bool
+
+
+class EventOptions(TypedDict, total=False):
+    """What ``events``/``job_events`` filter on: one ``job``'s events (JobId or display
+    name), some ``types`` only, everyone's (``all_users``, administrators)."""
+
+    job: str | None
+    types: Iterable[str] | None
+    all_users: bool
+
+
+class StreamOptions(EventOptions, total=False):
+    """``events``' options: its filter and ``timeout``, the longest wait for the next event."""
+
+    timeout: float | None
+
+
+class JobEventOptions(StreamOptions, total=False):
+    """``job_events``' options: ``events``' and ``reconnect`` (default True), for up to
+    ``reconnect_timeout`` seconds (default 30) while no daemon answers."""
+
+    reconnect: bool
+    reconnect_timeout: float
+
+
+def event_filter(options: EventOptions) -> EventOptions:
+    """The filter of a stream, kept to open it again (``types`` read once)."""
+    types = options.get("types")
+    return {
+        "job": options.get("job"),
+        "types": None if types is None else tuple(types),
+        "all_users": options.get("all_users", False),
+    }
+
+
+def ranges_call(job: str, remote_url: str, local_file: str, ranges: Iterable[tuple[int, int | None]]) -> Call:
+    return invoke_call(
+        job, "AddFileWithRanges", RemoteUrl=remote_url, LocalFile=local_file, Ranges=ranges_param(ranges)
+    )
+
+
+def get_job_call(job: str, client_timeout: float = 60.0, **options: Unpack[GetJobOptions]) -> Call:
+    params = {"IncludeFinished": "true"} if options.get("include_finished") else {}
+    if not options.get("files", True):
         params["Files"] = "false"
-    waits = ",".join(str(int(s)) for s in wait_while)
+    waits = ",".join(str(int(s)) for s in options.get("wait_while", ()))
     if waits:
         # (within the connection's own timeout)
+        wait_timeout = options.get("wait_timeout")
         wait = min(30.0 if wait_timeout is None else wait_timeout, client_timeout - 1)
         params["WaitWhile"] = waits
         params["WaitTimeout"] = f"{max(0.0, wait):.3f}"
@@ -238,16 +326,14 @@ def create_call(
     display_name: str,
     remote_url: str | None = None,
     local_file: str | None = None,
-    suspend: bool = True,
-    description: str | None = None,
-    priority: int | None = None,
-    job_type: int | None = None,
+    **options: Unpack[JobOptions],
 ) -> Call:
-    body: dict[str, Any] = {"DisplayName": display_name, "Suspend": suspend}
+    body: dict[str, Any] = {"DisplayName": display_name, "Suspend": options.get("suspend", True)}
+    priority, job_type = options.get("priority"), options.get("job_type")
     optional = {
         "RemoteUrl": remote_url,
         "LocalFile": local_file,
-        "Description": description,
+        "Description": options.get("description"),
         "Priority": None if priority is None else int(priority),
         "Type": None if job_type is None else int(job_type),
     }
@@ -305,15 +391,14 @@ def headers_text(headers: str | Mapping[str, str] | None) -> str | None:
     return "".join(f"{name}: {value}\r\n" for name, value in headers.items()) or None
 
 
-def events_request(
-    last_event_id: int | None, job: str | None, types: Iterable[str] | None, all_users: bool
-) -> tuple[str, dict[str, str]]:
+def events_request(last_event_id: int | None, **options: Unpack[EventOptions]) -> tuple[str, dict[str, str]]:
     params: dict[str, str] = {}
+    job, types = options.get("job"), options.get("types")
     if job is not None:
         params["Job"] = job
     if types is not None:
         params["Types"] = ",".join(types)
-    if all_users:
+    if options.get("all_users"):
         params["AllUsers"] = "true"
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
@@ -490,6 +575,15 @@ Step = Call | Subscribe | NextEvent | Report
 Flow = Generator[Step, Any, T]
 
 
+def deadline_of(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def poll_s(progress: Progress | None) -> float:
+    """How often a daemon without events is asked: often enough for a progress display."""
+    return 30.0 if progress is None else 0.5
+
+
 def resolve(ref: str) -> Flow[str]:
     """The JobId of ``ref``: a JobId as it is, a display name looked up as every command
     looks it up (among the jobs not finished: a name is never matched against the hidden
@@ -556,7 +650,9 @@ def _long_poll(
             if left <= 0:
                 raise timed_out(job_id, current.state)
             wait = min(wait, left)
-        current = bits_job((yield get_job_call(job_id, True, True, others, wait)))
+        current = bits_job(
+            (yield get_job_call(job_id, include_finished=True, wait_while=others, wait_timeout=wait))
+        )
 
 
 def cancel_quietly(job_id: str) -> Flow[bool]:
@@ -573,18 +669,21 @@ class TransferSpec:
     """What ``transfer()`` creates: the job's files and properties."""
 
     files: list[dict[str, str]]
-    display_name: str = ""
-    description: str | None = None
-    priority: JobPriority | int | None = None
-    job_type: JobType | int | None = None
+    display_name: str
+    job: JobOptions
+
+    @staticmethod
+    def of(files: FilePairs, display_name: str, options: TransferOptions) -> TransferSpec:
+        job: JobOptions = {"description": options.get("description"), "priority": options.get("priority")}
+        job["job_type"] = options.get("job_type")
+        return TransferSpec(file_pairs(files), display_name, job)
 
 
 def start(spec: TransferSpec) -> Flow[str]:
     """Create the job, add its files, resume it: its JobId.  A failing step cancels it."""
     if not spec.files:
         raise ValueError("transfer() needs at least one (remote_url, local_file) pair")
-    body = create_call(spec.display_name, None, None, True, spec.description, spec.priority, spec.job_type)
-    job_id = str((yield body)["JobId"])
+    job_id = str((yield create_call(spec.display_name, **spec.job))["JobId"])
     try:
         yield invoke_call(job_id, "AddFileSet", Files=spec.files)
         yield state_call(job_id, RESUME)

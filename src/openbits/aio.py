@@ -12,12 +12,12 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from openbits import _wire as wire
 from openbits._wire import WAIT_UNTIL, DaemonUnavailable, FilePairs, Progress, SseDecoder, StreamEvent
 from openbits.jobs import BitsJob, JobErrorInfo, JobEvent
-from openbits.model import POLICY_PATH, JobPriority, JobState, JobType
+from openbits.model import POLICY_PATH, JobState
 
 if TYPE_CHECKING:
     import aiohttp
@@ -32,7 +32,7 @@ async def _report(progress: Progress | None, job: BitsJob) -> None:
             await result
 
 
-class AsyncClient:
+class AsyncClient(wire.ClientBase):
     """The daemon's API for asyncio, on aiohttp: the same methods as :class:`Client`, as
     coroutines, and the same ways to find the daemon (``socket``, ``url`` + ``token``,
     $OPENBITS_SOCKET, $OPENBITS_URL + $OPENBITS_TOKEN, the default socket)::
@@ -44,21 +44,7 @@ class AsyncClient:
     (or ``async with``) releases them.
     """
 
-    def __init__(
-        self,
-        socket: str | None = None,
-        url: str | None = None,
-        token: str | None = None,
-        timeout: float = 60.0,
-    ) -> None:
-        self._endpoint = wire.Endpoint.resolve(socket, url, token)
-        self.socket = self._endpoint.socket
-        self.url = self._endpoint.url
-        self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    def __repr__(self) -> str:
-        return self._endpoint.describe("AsyncClient")
+    _session: aiohttp.ClientSession | None = None  # (opened on first use)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -167,16 +153,8 @@ class AsyncClient:
         result: list[dict[str, Any]] = await self._call(wire.query_call(wql, all_users))
         return result
 
-    async def get_job(
-        self,
-        job: str,
-        include_finished: bool = False,
-        files: bool = True,
-        wait_while: Iterable[int] = (),
-        wait_timeout: float | None = None,
-    ) -> dict[str, Any]:
-        call = wire.get_job_call(job, include_finished, files, wait_while, wait_timeout, self.timeout)
-        result: dict[str, Any] = await self._call(call)
+    async def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(wire.get_job_call(job, self.timeout, **options))
         return result
 
     async def create_job(self, **params: Any) -> str:
@@ -201,16 +179,11 @@ class AsyncClient:
         display_name: str = "",
         remote_url: str | None = None,
         local_file: str | None = None,
-        *,
-        suspend: bool = True,
-        description: str | None = None,
-        priority: JobPriority | int | None = None,
-        job_type: JobType | int | None = None,
+        **options: Unpack[wire.JobOptions],
     ) -> BitsJob:
-        call = wire.create_call(
-            display_name, remote_url, local_file, suspend, description, priority, job_type
+        job_id = str(
+            (await self._call(wire.create_call(display_name, remote_url, local_file, **options)))["JobId"]
         )
-        job_id = str((await self._call(call))["JobId"])
         return await self.job(job_id)
 
     async def resolve(self, job: str) -> str:
@@ -239,13 +212,7 @@ class AsyncClient:
     async def add_file_with_ranges(
         self, job: str, remote_url: str, local_file: str, ranges: Iterable[tuple[int, int | None]]
     ) -> None:
-        await self.invoke(
-            job,
-            "AddFileWithRanges",
-            RemoteUrl=remote_url,
-            LocalFile=local_file,
-            Ranges=wire.ranges_param(ranges),
-        )
+        await self._call(wire.ranges_call(job, remote_url, local_file, ranges))
 
     async def set_job_state(self, job: str, state: int) -> int:
         return int((await self.invoke(job, "SetJobState", JobState=state))["ReturnValue"])
@@ -319,28 +286,15 @@ class AsyncClient:
     # -- live events ------------------------------------------------------------------------------------
 
     def events(
-        self,
-        last_event_id: int | None = None,
-        job: str | None = None,
-        types: Iterable[str] | None = None,
-        all_users: bool = False,
-        timeout: float | None = None,
+        self, last_event_id: int | None = None, **options: Unpack[wire.StreamOptions]
     ) -> AsyncEventStream:
         """``GET /events`` as raw :class:`StreamEvent` s (see ``Client.events``); it connects
         at ``await stream.open()``, ``async with`` or the first ``async for``."""
-        path, headers = wire.events_request(last_event_id, job, types, all_users)
-        return AsyncEventStream(self, path, headers, timeout, last_event_id)
+        path, headers = wire.events_request(last_event_id, **wire.event_filter(options))
+        return AsyncEventStream(self, path, headers, options.get("timeout"), last_event_id)
 
     def job_events(
-        self,
-        last_event_id: int | None = None,
-        job: str | None = None,
-        types: Iterable[str] | None = None,
-        all_users: bool = False,
-        *,
-        reconnect: bool = True,
-        timeout: float | None = None,
-        reconnect_timeout: float = 30.0,
+        self, last_event_id: int | None = None, **options: Unpack[wire.JobEventOptions]
     ) -> AsyncJobEventStream:
         """Typed :class:`~openbits.jobs.JobEvent` s as they happen::
 
@@ -351,8 +305,7 @@ class AsyncClient:
         Last-Event-ID (no event missed or repeated), backing off from 50 ms to 2 s while
         no daemon answers, for up to ``reconnect_timeout`` seconds (then
         DaemonUnavailable).  ``timeout``: the longest wait for the next event."""
-        event_filter = (job, tuple(types) if types is not None else None, all_users)
-        return AsyncJobEventStream(self, event_filter, last_event_id, timeout, reconnect, reconnect_timeout)
+        return AsyncJobEventStream(self, last_event_id, options)
 
     # -- waiting and transferring ------------------------------------------------------------------
 
@@ -365,30 +318,24 @@ class AsyncClient:
         progress: Progress | None = None,
     ) -> BitsJob:
         """See ``Client.wait``; ``progress`` may be a coroutine function."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        poll_s = 30.0 if progress is None else 0.5
-        return await self._drive(wire.follow(job, frozenset(until), deadline, poll_s), progress)
+        flow = wire.follow(job, frozenset(until), wire.deadline_of(timeout), wire.poll_s(progress))
+        return await self._drive(flow, progress)
 
     async def transfer(
         self,
         files: FilePairs,
         display_name: str = "",
         *,
-        description: str | None = None,
-        priority: JobPriority | int | None = None,
-        job_type: JobType | int | None = None,
         progress: Progress | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the same signature as Client.transfer
-        wait: bool = True,
+        **options: Unpack[wire.TransferOptions],
     ) -> BitsJob:
         """See ``Client.transfer``; ``progress`` may be a coroutine function.  A cancelled
         task cancels its job."""
-        spec = wire.TransferSpec(wire.file_pairs(files), display_name, description, priority, job_type)
-        if not wait:
+        spec = wire.TransferSpec.of(files, display_name, options)
+        if not options.get("wait", True):
             return await self.job(await self._drive(wire.start(spec)))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        poll_s = 30.0 if progress is None else 0.5
-        return await self._drive(wire.transfer(spec, deadline, poll_s), progress)
+        deadline = wire.deadline_of(options.get("timeout"))
+        return await self._drive(wire.transfer(spec, deadline, wire.poll_s(progress)), progress)
 
 
 class AsyncEventStream(AsyncIterator[StreamEvent]):
@@ -483,22 +430,13 @@ class AsyncJobEventStream(AsyncIterator[JobEvent]):
     """The stream of ``AsyncClient.job_events()``: ``async for`` it; ``await aclose()`` it
     (or use ``async with``)."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        event_filter: wire.EventFilter,
-        last_event_id: int | None,
-        timeout: float | None,
-        reconnect: bool,
-        reconnect_timeout: float,
-    ) -> None:
-        self.timeout = timeout
-        self.reconnect = reconnect
-        self.reconnect_timeout = reconnect_timeout
+    def __init__(self, client: AsyncClient, last_event_id: int | None, options: wire.JobEventOptions) -> None:
+        self.timeout = options.get("timeout")
+        self.reconnect = options.get("reconnect", True)
+        self.reconnect_timeout = options.get("reconnect_timeout", 30.0)
         self._client = client
-        self._filter = event_filter
-        job, types, all_users = event_filter
-        self._stream = client.events(last_event_id, job, types, all_users)
+        self._filter = wire.event_filter(options)
+        self._stream = client.events(last_event_id, **self._filter)
         self._closed = False
 
     @property
@@ -527,9 +465,8 @@ class AsyncJobEventStream(AsyncIterator[JobEvent]):
 
     async def _reopen(self, deadline: float | None) -> None:
         pauses = wire.reconnect_pauses(self.reconnect_timeout, deadline)
-        job, types, all_users = self._filter
         while True:
-            stream = self._client.events(self.last_event_id, job, types, all_users)
+            stream = self._client.events(self.last_event_id, **self._filter)
             try:
                 self._stream = await stream.open()
                 return

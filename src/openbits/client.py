@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from openbits import _wire as wire
 from openbits._wire import (
@@ -37,7 +37,7 @@ from openbits._wire import (
     StreamEvent,
     wmi_name,
 )
-from openbits.model import POLICY_PATH, JobPriority, JobState, JobType
+from openbits.model import POLICY_PATH, JobState
 
 if TYPE_CHECKING:  # (imported where used: `import openbits.client` stays light for the CLI)
     from openbits.jobs import BitsJob, JobErrorInfo, JobEvent
@@ -64,7 +64,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class Client:
+class Client(wire.ClientBase):
     """The daemon's API, synchronously: ``Client()`` finds the daemon on ``socket``, else at
     ``url`` (``http://HOST:PORT``, each request carrying ``Authorization: Bearer <token>``),
     else through $OPENBITS_SOCKET, else $OPENBITS_URL and $OPENBITS_TOKEN, else on the
@@ -74,23 +74,7 @@ class Client:
     once); each event stream has a connection of its own.
     """
 
-    def __init__(
-        self,
-        socket: str | None = None,
-        url: str | None = None,
-        token: str | None = None,
-        timeout: float = 60.0,
-    ) -> None:
-        self._endpoint = wire.Endpoint.resolve(socket, url, token)
-        #: the Unix socket (None when the daemon is reached over TCP)
-        self.socket = self._endpoint.socket
-        #: the TCP URL (None on the Unix socket)
-        self.url = self._endpoint.url
-        self.timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
-
-    def __repr__(self) -> str:
-        return self._endpoint.describe("Client")
+    _conn: http.client.HTTPConnection | None = None  # (connected on first use)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -191,20 +175,12 @@ class Client:
         result: list[dict[str, Any]] = self._call(wire.query_call(wql, all_users))
         return result
 
-    def get_job(
-        self,
-        job: str,
-        include_finished: bool = False,
-        files: bool = True,
-        wait_while: Iterable[int] = (),
-        wait_timeout: float | None = None,
-    ) -> dict[str, Any]:
+    def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> dict[str, Any]:
         """One instance; ``files=False`` leaves out its Files array (cheap to poll).
 
         With ``wait_while`` (job states) the daemon answers only once the job is in none of
         them, or after ``wait_timeout`` seconds (its default: 30): a long poll."""
-        call = wire.get_job_call(job, include_finished, files, wait_while, wait_timeout, self.timeout)
-        result: dict[str, Any] = self._call(call)
+        result: dict[str, Any] = self._call(wire.get_job_call(job, self.timeout, **options))
         return result
 
     def create_job(self, **params: Any) -> str:
@@ -236,18 +212,11 @@ class Client:
         display_name: str = "",
         remote_url: str | None = None,
         local_file: str | None = None,
-        *,
-        suspend: bool = True,
-        description: str | None = None,
-        priority: JobPriority | int | None = None,
-        job_type: JobType | int | None = None,
+        **options: Unpack[wire.JobOptions],
     ) -> BitsJob:
         """CreateJob: a new job, SUSPENDED unless ``suspend=False`` (with a file: resumed at
-        once)."""
-        call = wire.create_call(
-            display_name, remote_url, local_file, suspend, description, priority, job_type
-        )
-        job_id = str(self._call(call)["JobId"])
+        once); ``description``, ``priority``, ``job_type``."""
+        job_id = str(self._call(wire.create_call(display_name, remote_url, local_file, **options))["JobId"])
         return self.job(job_id)
 
     def resolve(self, job: str) -> str:
@@ -288,13 +257,7 @@ class Client:
     ) -> None:
         """Only these (offset, length) pieces of the remote file, one after the other in the
         local file; a length of None runs to the end."""
-        self.invoke(
-            job,
-            "AddFileWithRanges",
-            RemoteUrl=remote_url,
-            LocalFile=local_file,
-            Ranges=wire.ranges_param(ranges),
-        )
+        self._call(wire.ranges_call(job, remote_url, local_file, ranges))
 
     def set_job_state(self, job: str, state: int) -> int:
         return int(self.invoke(job, "SetJobState", JobState=state)["ReturnValue"])
@@ -386,14 +349,7 @@ class Client:
 
     # -- live events (GET /events) ----------------------------------------------------------
 
-    def events(
-        self,
-        last_event_id: int | None = None,
-        job: str | None = None,
-        types: Iterable[str] | None = None,
-        all_users: bool = False,
-        timeout: float | None = None,
-    ) -> EventStream:
+    def events(self, last_event_id: int | None = None, **options: Unpack[wire.StreamOptions]) -> EventStream:
         """The daemon's job events as they happen (Server-Sent Events), an iterator of
         :class:`StreamEvent` on a connection of its own::
 
@@ -413,7 +369,7 @@ class Client:
         ``timeout``: the longest wait for the next event (``TimeoutError``, the stream is
         closed); None waits for ever. ``stream.timeout`` may be changed between events.
         Raises BitsError (E_NOTIMPL from a daemon without events) or DaemonUnavailable."""
-        path, headers = wire.events_request(last_event_id, job, types, all_users)
+        path, headers = wire.events_request(last_event_id, **wire.event_filter(options))
         conn = self._connect(self.timeout)
         try:
             conn.request("GET", self._endpoint.prefix + path, headers=self._endpoint.headers(headers))
@@ -425,20 +381,12 @@ class Client:
             payload = resp.read()
             conn.close()
             wire.answer(resp.status, payload)
-        stream = EventStream(conn, resp, timeout, last_event_id)
+        stream = EventStream(conn, resp, options.get("timeout"), last_event_id)
         stream.start(self.timeout)
         return stream
 
     def job_events(
-        self,
-        last_event_id: int | None = None,
-        job: str | None = None,
-        types: Iterable[str] | None = None,
-        all_users: bool = False,
-        *,
-        reconnect: bool = True,
-        timeout: float | None = None,
-        reconnect_timeout: float = 30.0,
+        self, last_event_id: int | None = None, **options: Unpack[wire.JobEventOptions]
     ) -> JobEventStream:
         """``events()`` as typed :class:`~openbits.jobs.JobEvent` s (``event.job`` a BitsJob)::
 
@@ -452,9 +400,8 @@ class Client:
         2 s while no daemon answers, for up to ``reconnect_timeout`` seconds (then
         DaemonUnavailable).  ``reconnect=False``: the iterator ends with the stream.
         ``timeout``: the longest wait for the next event (TimeoutError)."""
-        stream = self.events(last_event_id, job, types, all_users, timeout)
-        event_filter = (job, tuple(types) if types is not None else None, all_users)
-        return JobEventStream(self, stream, event_filter, reconnect, reconnect_timeout)
+        stream = self.events(last_event_id, **wire.event_filter(options), timeout=options.get("timeout"))
+        return JobEventStream(self, stream, options)
 
     # -- waiting and transferring --------------------------------------------------------------
 
@@ -471,41 +418,33 @@ class Client:
         daemon without events is long polled.  ``timeout`` (seconds): TimeoutError after it.
         ``progress(job)``: called with the job after each change.  A display name is
         looked up as everywhere else: among the jobs not finished."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return self._drive(wire.follow(job, frozenset(until), deadline, _poll_s(progress)), progress)
+        flow = wire.follow(job, frozenset(until), wire.deadline_of(timeout), wire.poll_s(progress))
+        return self._drive(flow, progress)
 
     def transfer(
         self,
         files: FilePairs,
         display_name: str = "",
         *,
-        description: str | None = None,
-        priority: JobPriority | int | None = None,
-        job_type: JobType | int | None = None,
         progress: Progress | None = None,
-        timeout: float | None = None,
-        wait: bool = True,
+        **options: Unpack[wire.TransferOptions],
     ) -> BitsJob:
         """Download ``files`` ((RemoteUrl, LocalFile) pairs, or a mapping) in one job: create,
         add, resume, wait, complete.  The files are in place when it returns the
         ACKNOWLEDGED job.  ``progress(job)`` is called with the job after each change.
-        ``wait=False``: return the job once it is resumed (QUEUED), without waiting.
+        Options: the job's ``description``, ``priority`` and ``job_type``; ``timeout``
+        (seconds); ``wait=False``: return the job once it is resumed (QUEUED).
 
         On failure the job is cancelled (its temporary files removed) and the error
         raised: the job's own error (``BG_E_HTTP_ERROR_404``, …) as its BitsError
         subclass, TimeoutError after ``timeout`` seconds, or whatever interrupted it
         (KeyboardInterrupt).  When the daemon cannot be told to cancel (it went away), a
         note of the error names the job and how to finish it."""
-        spec = wire.TransferSpec(wire.file_pairs(files), display_name, description, priority, job_type)
-        if not wait:
+        spec = wire.TransferSpec.of(files, display_name, options)
+        if not options.get("wait", True):
             return self.job(self._drive(wire.start(spec)))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return self._drive(wire.transfer(spec, deadline, _poll_s(progress)), progress)
-
-
-def _poll_s(progress: Progress | None) -> float:
-    """How often a daemon without events is asked: often enough for a progress display."""
-    return 30.0 if progress is None else 0.5
+        deadline = wire.deadline_of(options.get("timeout"))
+        return self._drive(wire.transfer(spec, deadline, wire.poll_s(progress)), progress)
 
 
 class EventStream(Iterator[StreamEvent]):
@@ -596,20 +535,13 @@ class JobEventStream(Iterator["JobEvent"]):
     """The open stream of ``Client.job_events()``: iterate it; ``close()`` it (or use
     ``with``).  ``timeout``: the longest wait for the next event (TimeoutError)."""
 
-    def __init__(
-        self,
-        client: Client,
-        stream: EventStream,
-        event_filter: wire.EventFilter,
-        reconnect: bool,
-        reconnect_timeout: float,
-    ) -> None:
-        self.reconnect = reconnect
-        self.reconnect_timeout = reconnect_timeout
+    def __init__(self, client: Client, stream: EventStream, options: wire.JobEventOptions) -> None:
+        self.reconnect = options.get("reconnect", True)
+        self.reconnect_timeout = options.get("reconnect_timeout", 30.0)
         self.timeout = stream.timeout
         self._client = client
         self._stream = stream
-        self._filter = event_filter
+        self._filter = wire.event_filter(options)
         self._closed = False
 
     @property
@@ -636,10 +568,9 @@ class JobEventStream(Iterator["JobEvent"]):
     def _reopen(self, deadline: float | None) -> None:
         """Connect again after the last event received, waiting for a daemon to answer."""
         pauses = wire.reconnect_pauses(self.reconnect_timeout, deadline)
-        job, types, all_users = self._filter
         while True:
             try:
-                self._stream = self._client.events(self.last_event_id, job, types, all_users)
+                self._stream = self._client.events(self.last_event_id, **self._filter)
                 return
             except (DaemonUnavailable, ConnectionError, http.client.HTTPException):
                 pause = next(pauses, None)
