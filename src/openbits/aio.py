@@ -1,55 +1,28 @@
 """The asyncio client of the daemon's API: :class:`AsyncClient`, on aiohttp, with the
 same methods as :class:`openbits.client.Client` (as coroutines) and the same ways to find
-the daemon.  Requests, answers and errors are built by the helpers of ``openbits.client``;
-aiohttp is imported when a client first connects.
+the daemon.  Requests, answers, errors and the flows (wait, transfer) are the client
+core's (``openbits._wire``), driven here; aiohttp is imported when a client first connects.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import inspect
-import json
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
-from openbits.client import (
-    _RECONNECT_FIRST_DELAY_S,
-    _RECONNECT_MAX_DELAY_S,
-    CLASS,
-    POLICY,
-    WAIT_UNTIL,
-    DaemonUnavailable,
-    FilePairs,
-    Progress,
-    SseParser,
-    StreamEvent,
-    _answer,
-    _create_body,
-    _Endpoint,
-    _EventFilter,
-    _events_request,
-    _file_pairs,
-    _get_job_path,
-    _headers_text,
-    _job_failed,
-    _job_path,
-    _json_value,
-    _list_path,
-    _not_transferred,
-    _ranges,
-    _timed_out,
-    _wmi_props,
-)
-from openbits.errors import BitsError, HResult
+from openbits import _wire as wire
+from openbits._wire import WAIT_UNTIL, DaemonUnavailable, FilePairs, Progress, SseDecoder, StreamEvent
 from openbits.jobs import BitsJob, JobErrorInfo, JobEvent
-from openbits.model import JobPriority, JobState, JobType
+from openbits.model import POLICY_PATH, JobState
 
 if TYPE_CHECKING:
     import aiohttp
+
+T = TypeVar("T")
 
 
 async def _report(progress: Progress | None, job: BitsJob) -> None:
@@ -59,7 +32,7 @@ async def _report(progress: Progress | None, job: BitsJob) -> None:
             await result
 
 
-class AsyncClient:
+class AsyncClient(wire.ClientBase):
     """The daemon's API for asyncio, on aiohttp: the same methods as :class:`Client`, as
     coroutines, and the same ways to find the daemon (``socket``, ``url`` + ``token``,
     $OPENBITS_SOCKET, $OPENBITS_URL + $OPENBITS_TOKEN, the default socket)::
@@ -71,21 +44,7 @@ class AsyncClient:
     (or ``async with``) releases them.
     """
 
-    def __init__(
-        self,
-        socket: str | None = None,
-        url: str | None = None,
-        token: str | None = None,
-        timeout: float = 60.0,
-    ) -> None:
-        self._endpoint = _Endpoint.resolve(socket, url, token)
-        self.socket = self._endpoint.socket
-        self.url = self._endpoint.url
-        self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    def __repr__(self) -> str:
-        return self._endpoint.describe("AsyncClient")
+    _session: aiohttp.ClientSession | None = None  # (opened on first use)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -126,8 +85,8 @@ class AsyncClient:
         """One call: its JSON answer, or the BitsError of a failing one."""
         import aiohttp
 
-        data = None if body is None else json.dumps(body).encode()
-        headers = self._endpoint.headers({"Content-Type": "application/json"} if data is not None else None)
+        data, content_type = wire.json_body(body)
+        headers = self._endpoint.headers(content_type)
         for attempt in (0, 1):
             try:
                 async with self._http().request(method, self._url(path), data=data, headers=headers) as resp:
@@ -137,10 +96,34 @@ class AsyncClient:
                 raise self._connect_error(e) from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
                 if attempt:  # (a kept-alive connection that went away gets one fresh try)
-                    raise ConnectionError(
-                        f"the daemon {self._endpoint.where} closed the connection: {e}"
-                    ) from None
-        return _answer(status, payload)
+                    raise self._endpoint.closed(e) from None
+        return wire.answer(status, payload)
+
+    async def _call(self, call: wire.Call) -> Any:
+        return await self.request(call.method, call.path, call.body)
+
+    async def _drive(self, flow: wire.Flow[T], progress: Progress | None = None) -> T:
+        """Run a flow of the client core; ``progress`` may be a coroutine function."""
+        run = wire.FlowRun(flow)
+        events: AsyncJobEventStream | None = None
+        try:
+            while (step := run.step()) is not None:
+                try:
+                    if isinstance(step, wire.Call):
+                        run.answer(await self._call(step))
+                    elif isinstance(step, wire.Subscribe):
+                        events = await self.job_events(job=step.job).open()
+                    elif isinstance(step, wire.NextEvent) and events is not None:
+                        events.timeout = step.timeout
+                        run.answer(await events.__anext__())
+                    elif isinstance(step, wire.Report):
+                        await _report(progress, step.job)
+                except BaseException as e:  # (thrown into the flow, which may clean up)
+                    run.fail(e)
+            return run.result
+        finally:
+            if events is not None:
+                await events.aclose()
 
     async def _open_stream(self, path: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
         import aiohttp
@@ -153,51 +136,40 @@ class AsyncClient:
         except aiohttp.ClientConnectorError as e:
             raise self._connect_error(e) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-            raise ConnectionError(f"the daemon {self._endpoint.where} closed the connection: {e}") from None
+            raise self._endpoint.closed(e) from None
         if resp.status >= 400:
             payload = await resp.read()
             resp.release()
-            _answer(resp.status, payload)
+            wire.answer(resp.status, payload)
         return resp
 
     # -- jobs: CIM level ----------------------------------------------------------------------
 
     async def list_jobs(self, all_users: bool = False, where: str | None = None) -> list[dict[str, Any]]:
-        jobs: list[dict[str, Any]] = await self.request("GET", _list_path(all_users, where))
+        jobs: list[dict[str, Any]] = await self._call(wire.list_call(all_users, where))
         return jobs
 
     async def query(self, wql: str, all_users: bool = False) -> list[dict[str, Any]]:
-        body: dict[str, Any] = {"Query": wql}
-        if all_users:
-            body["AllUsers"] = True
-        result: list[dict[str, Any]] = await self.request("POST", "/root/microsoft/bits/Query", body)
+        result: list[dict[str, Any]] = await self._call(wire.query_call(wql, all_users))
         return result
 
-    async def get_job(
-        self,
-        job: str,
-        include_finished: bool = False,
-        files: bool = True,
-        wait_while: Iterable[int] = (),
-        wait_timeout: float | None = None,
-    ) -> dict[str, Any]:
-        path = _get_job_path(job, include_finished, files, wait_while, wait_timeout, self.timeout)
-        result: dict[str, Any] = await self.request("GET", path)
+    async def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(wire.get_job_call(job, self.timeout, **options))
         return result
 
     async def create_job(self, **params: Any) -> str:
-        result = await self.request("POST", f"{CLASS}/CreateJob", params)
+        result = await self.request("POST", wire.CREATE_PATH, params)
         return str(result["JobId"])
 
     async def invoke(self, job: str, method: str, **params: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("POST", _job_path(job, method), params)
+        result: dict[str, Any] = await self._call(wire.invoke_call(job, method, **params))
         return result
 
     async def get_error(self, job: str) -> dict[str, Any]:
         return await self.invoke(job, "GetError")
 
     async def set_properties(self, job: str, **props: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("PATCH", _job_path(job), _wmi_props(props))
+        result: dict[str, Any] = await self._call(wire.patch_call(wire.job_path(job), props))
         return result
 
     # -- jobs: typed -----------------------------------------------------------------------------
@@ -207,15 +179,15 @@ class AsyncClient:
         display_name: str = "",
         remote_url: str | None = None,
         local_file: str | None = None,
-        *,
-        suspend: bool = True,
-        description: str | None = None,
-        priority: JobPriority | int | None = None,
-        job_type: JobType | int | None = None,
+        **options: Unpack[wire.JobOptions],
     ) -> BitsJob:
-        body = _create_body(display_name, remote_url, local_file, suspend, description, priority, job_type)
-        job_id = str((await self.request("POST", f"{CLASS}/CreateJob", body))["JobId"])
+        job_id = str(
+            (await self._call(wire.create_call(display_name, remote_url, local_file, **options)))["JobId"]
+        )
         return await self.job(job_id)
+
+    async def resolve(self, job: str) -> str:
+        return await self._drive(wire.resolve(job))
 
     async def job(self, job: str, *, include_finished: bool = False) -> BitsJob:
         return BitsJob.from_cim(await self.get_job(job, include_finished=include_finished))
@@ -235,35 +207,33 @@ class AsyncClient:
         await self.invoke(job, "AddFile", RemoteUrl=remote_url, LocalFile=local_file)
 
     async def add_file_set(self, job: str, files: FilePairs) -> None:
-        await self.invoke(job, "AddFileSet", Files=_file_pairs(files))
+        await self.invoke(job, "AddFileSet", Files=wire.file_pairs(files))
 
     async def add_file_with_ranges(
         self, job: str, remote_url: str, local_file: str, ranges: Iterable[tuple[int, int | None]]
     ) -> None:
-        await self.invoke(
-            job, "AddFileWithRanges", RemoteUrl=remote_url, LocalFile=local_file, Ranges=_ranges(ranges)
-        )
+        await self._call(wire.ranges_call(job, remote_url, local_file, ranges))
 
     async def set_job_state(self, job: str, state: int) -> int:
         return int((await self.invoke(job, "SetJobState", JobState=state))["ReturnValue"])
 
     async def cancel(self, job: str) -> int:
-        return await self.set_job_state(job, 0)
+        return await self.set_job_state(job, wire.CANCEL)
 
     async def complete(self, job: str) -> int:
-        return await self.set_job_state(job, 1)
+        return await self.set_job_state(job, wire.COMPLETE)
 
     async def resume(self, job: str) -> int:
-        return await self.set_job_state(job, 2)
+        return await self.set_job_state(job, wire.RESUME)
 
     async def suspend(self, job: str) -> int:
-        return await self.set_job_state(job, 3)
+        return await self.set_job_state(job, wire.SUSPEND)
 
     async def set_maximum_download_time(self, job: str, seconds: int | timedelta | None) -> None:
-        await self.invoke(job, "SetMaximumDownloadTime", MaximumDownloadTime=_json_value(seconds))
+        await self.invoke(job, "SetMaximumDownloadTime", MaximumDownloadTime=wire.json_value(seconds))
 
     async def set_custom_headers(self, job: str, headers: str | Mapping[str, str] | None) -> None:
-        await self.invoke(job, "SetCustomHeaders", CustomHeaders=_headers_text(headers))
+        await self.invoke(job, "SetCustomHeaders", CustomHeaders=wire.headers_text(headers))
 
     async def set_security_flags(self, job: str, flags: int | None) -> None:
         await self.invoke(job, "SetSecurityFlags", SecurityFlags=None if flags is None else int(flags))
@@ -292,11 +262,11 @@ class AsyncClient:
     # -- the service ---------------------------------------------------------------------------------
 
     async def policy(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("GET", POLICY)
+        result: dict[str, Any] = await self.request("GET", POLICY_PATH)
         return result
 
     async def set_policy(self, **props: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("PATCH", POLICY, _wmi_props(props))
+        result: dict[str, Any] = await self._call(wire.patch_call(POLICY_PATH, props))
         return result
 
     # -- bearer tokens of the TCP listener (over the Unix socket only) --------------------------------
@@ -306,41 +276,25 @@ class AsyncClient:
         return result
 
     async def tokens(self, all_users: bool = False) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self.request(
-            "GET", "/tokens?AllUsers=true" if all_users else "/tokens"
-        )
+        result: list[dict[str, Any]] = await self._call(wire.tokens_call(all_users))
         return result
 
-    async def revoke_token(self, token_id: str) -> None:
-        from urllib.parse import quote
-
-        await self.request("DELETE", f"/tokens/{quote(token_id, safe='')}")
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(wire.revoke_call(token_id))
+        return result
 
     # -- live events ------------------------------------------------------------------------------------
 
     def events(
-        self,
-        last_event_id: int | None = None,
-        job: str | None = None,
-        types: Iterable[str] | None = None,
-        all_users: bool = False,
-        timeout: float | None = None,
+        self, last_event_id: int | None = None, **options: Unpack[wire.StreamOptions]
     ) -> AsyncEventStream:
         """``GET /events`` as raw :class:`StreamEvent` s (see ``Client.events``); it connects
         at ``await stream.open()``, ``async with`` or the first ``async for``."""
-        path, headers = _events_request(last_event_id, job, types, all_users)
-        return AsyncEventStream(self, path, headers, timeout, last_event_id)
+        path, headers = wire.events_request(last_event_id, **wire.event_filter(options))
+        return AsyncEventStream(self, path, headers, options.get("timeout"), last_event_id)
 
     def job_events(
-        self,
-        last_event_id: int | None = None,
-        job: str | None = None,
-        types: Iterable[str] | None = None,
-        all_users: bool = False,
-        *,
-        reconnect: bool = True,
-        timeout: float | None = None,
-        reconnect_timeout: float = 30.0,
+        self, last_event_id: int | None = None, **options: Unpack[wire.JobEventOptions]
     ) -> AsyncJobEventStream:
         """Typed :class:`~openbits.jobs.JobEvent` s as they happen::
 
@@ -351,8 +305,7 @@ class AsyncClient:
         Last-Event-ID (no event missed or repeated), backing off from 50 ms to 2 s while
         no daemon answers, for up to ``reconnect_timeout`` seconds (then
         DaemonUnavailable).  ``timeout``: the longest wait for the next event."""
-        event_filter = (job, tuple(types) if types is not None else None, all_users)
-        return AsyncJobEventStream(self, event_filter, last_event_id, timeout, reconnect, reconnect_timeout)
+        return AsyncJobEventStream(self, last_event_id, options)
 
     # -- waiting and transferring ------------------------------------------------------------------
 
@@ -362,101 +315,27 @@ class AsyncClient:
         timeout: float | None = None,  # noqa: ASYNC109 - the same signature as Client.wait
         *,
         until: Collection[JobState] = WAIT_UNTIL,
+        progress: Progress | None = None,
     ) -> BitsJob:
-        """See ``Client.wait``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return await self._follow(job, frozenset(until), deadline, None)
+        """See ``Client.wait``; ``progress`` may be a coroutine function."""
+        flow = wire.follow(job, frozenset(until), wire.deadline_of(timeout), wire.poll_s(progress))
+        return await self._drive(flow, progress)
 
     async def transfer(
         self,
         files: FilePairs,
         display_name: str = "",
         *,
-        description: str | None = None,
-        priority: JobPriority | int | None = None,
         progress: Progress | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the same signature as Client.transfer
+        **options: Unpack[wire.TransferOptions],
     ) -> BitsJob:
         """See ``Client.transfer``; ``progress`` may be a coroutine function.  A cancelled
         task cancels its job."""
-        pairs = _file_pairs(files)
-        if not pairs:
-            raise ValueError("transfer() needs at least one (remote_url, local_file) pair")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        job_id = (await self.new_job(display_name, description=description, priority=priority)).job_id
-        done = False
-        try:
-            await self.invoke(job_id, "AddFileSet", Files=pairs)
-            await self.resume(job_id)
-            job = await self._follow(job_id, WAIT_UNTIL, deadline, progress)
-            if job.state is JobState.ERROR:
-                raise _job_failed(await self.job_error(job_id), job_id)
-            if job.state is not JobState.TRANSFERRED:
-                raise _not_transferred(job)
-            await self.complete(job_id)
-            done = True
-        finally:
-            if not done:
-                await self._cancel_quietly(job_id)
-        final = await self.job(job_id, include_finished=True)
-        await _report(progress, final)
-        return final
-
-    async def _cancel_quietly(self, job: str) -> None:
-        with contextlib.suppress(BitsError, DaemonUnavailable, OSError):
-            await self.cancel(job)
-
-    async def _follow(
-        self, job: str, until: frozenset[JobState], deadline: float | None, progress: Progress | None
-    ) -> BitsJob:
-        events = self.job_events(job=job)
-        try:
-            await events.open()  # subscribed before the state is read
-        except BitsError as e:
-            if e.hresult != HResult.E_NOTIMPL:
-                raise
-            return await self._long_poll(job, until, deadline, progress)
-        async with events:
-            current = await self.job(job, include_finished=True)
-            fresh = True
-            while True:
-                await _report(progress, current)
-                if current.state in until:
-                    break
-                if deadline is not None:
-                    events.timeout = deadline - time.monotonic()
-                    if events.timeout <= 0:
-                        raise _timed_out(job, current.state)
-                try:
-                    event = await events.__anext__()
-                except TimeoutError:
-                    raise _timed_out(job, current.state) from None
-                if event.job is not None:
-                    current, fresh = event.job, False
-                else:
-                    current, fresh = await self.job(job, include_finished=True), True
-        if fresh:
-            return current
-        latest = await self.job(job, include_finished=True)
-        return latest if latest.state in until else current
-
-    async def _long_poll(
-        self, job: str, until: frozenset[JobState], deadline: float | None, progress: Progress | None
-    ) -> BitsJob:
-        others = [s for s in JobState if s not in until]
-        current = await self.job(job, include_finished=True)
-        while True:
-            await _report(progress, current)
-            if current.state in until:
-                return current
-            wait = 30.0 if progress is None else 0.5
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _timed_out(job, current.state)
-                wait = min(wait, left)
-            raw = await self.get_job(job, include_finished=True, wait_while=others, wait_timeout=wait)
-            current = BitsJob.from_cim(raw)
+        spec = wire.TransferSpec.of(files, display_name, options)
+        if not options.get("wait", True):
+            return await self.job(await self._drive(wire.start(spec)))
+        deadline = wire.deadline_of(options.get("timeout"))
+        return await self._drive(wire.transfer(spec, deadline, wire.poll_s(progress)), progress)
 
 
 class AsyncEventStream(AsyncIterator[StreamEvent]):
@@ -472,16 +351,17 @@ class AsyncEventStream(AsyncIterator[StreamEvent]):
         last_event_id: int | None,
     ) -> None:
         self.timeout = timeout
-        self.last_event_id = last_event_id
         self._client = client
         self._path = path
         self._headers = headers
         self._resp: aiohttp.ClientResponse | None = None
         self._ended = False
-        self._parser = SseParser()
-        self._lines: collections.deque[str] = collections.deque()
-        self._buffer = b""
+        self._sse = SseDecoder(last_event_id)
         self._ahead: StreamEvent | None = None
+
+    @property
+    def last_event_id(self) -> int | None:
+        return self._sse.last_event_id
 
     async def open(self) -> AsyncEventStream:
         """Connect (once) and read the daemon's opening, so ``last_event_id`` is known."""
@@ -508,16 +388,9 @@ class AsyncEventStream(AsyncIterator[StreamEvent]):
 
     async def _read(self, opening: bool = False) -> StreamEvent | None:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        while True:
-            while self._lines:
-                line = self._lines.popleft()
-                event = self._parser.feed(line)
-                last = self._parser.last_event_id
-                if last is not None and last.isdigit():
-                    self.last_event_id = int(last)
-                if event is not None or (opening and not line):
-                    return event
+        while not (popped := self._sse.pop(opening))[0]:
             await self._fill(deadline)
+        return popped[1]
 
     async def _fill(self, deadline: float | None) -> None:
         import aiohttp
@@ -539,10 +412,7 @@ class AsyncEventStream(AsyncIterator[StreamEvent]):
         if not chunk:
             await self.aclose()
             raise StopAsyncIteration
-        *complete, self._buffer = (self._buffer + chunk).split(b"\n")
-        for raw in complete:
-            text = raw.decode("utf-8", "replace")
-            self._lines.extend((text[:-1] if text.endswith("\r") else text).split("\r"))
+        self._sse.feed(chunk)
 
     async def aclose(self) -> None:
         self._ended = True
@@ -560,22 +430,13 @@ class AsyncJobEventStream(AsyncIterator[JobEvent]):
     """The stream of ``AsyncClient.job_events()``: ``async for`` it; ``await aclose()`` it
     (or use ``async with``)."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        event_filter: _EventFilter,
-        last_event_id: int | None,
-        timeout: float | None,
-        reconnect: bool,
-        reconnect_timeout: float,
-    ) -> None:
-        self.timeout = timeout
-        self.reconnect = reconnect
-        self.reconnect_timeout = reconnect_timeout
+    def __init__(self, client: AsyncClient, last_event_id: int | None, options: wire.JobEventOptions) -> None:
+        self.timeout = options.get("timeout")
+        self.reconnect = options.get("reconnect", True)
+        self.reconnect_timeout = options.get("reconnect_timeout", 30.0)
         self._client = client
-        self._filter = event_filter
-        job, types, all_users = event_filter
-        self._stream = client.events(last_event_id, job, types, all_users)
+        self._filter = wire.event_filter(options)
+        self._stream = client.events(last_event_id, **self._filter)
         self._closed = False
 
     @property
@@ -593,36 +454,27 @@ class AsyncJobEventStream(AsyncIterator[JobEvent]):
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while not self._closed:
             self._stream.timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
+            with contextlib.suppress(StopAsyncIteration):
                 event = await self._stream.__anext__()
-            except StopAsyncIteration:
-                if not self.reconnect:
-                    break
-                await self._reopen(deadline)
-                continue
-            return JobEvent.from_sse(event.id, event.event, event.data)
+                return JobEvent.from_sse(event.id, event.event, event.data)
+            if not self.reconnect:
+                break
+            await self._reopen(deadline)
         await self.aclose()
         raise StopAsyncIteration
 
     async def _reopen(self, deadline: float | None) -> None:
-        give_up = time.monotonic() + self.reconnect_timeout
-        if deadline is not None:
-            give_up = min(give_up, deadline)
-        delay = _RECONNECT_FIRST_DELAY_S
-        job, types, all_users = self._filter
+        pauses = wire.reconnect_pauses(self.reconnect_timeout, deadline)
         while True:
-            stream = self._client.events(self.last_event_id, job, types, all_users)
+            stream = self._client.events(self.last_event_id, **self._filter)
             try:
                 self._stream = await stream.open()
                 return
             except (DaemonUnavailable, ConnectionError):
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    if deadline is not None and deadline <= give_up:
-                        raise TimeoutError("no event before the timeout (the daemon is away)") from None
+                pause = next(pauses, None)
+                if pause is None:
                     raise
-                await asyncio.sleep(min(delay, left))
-                delay = min(delay * 2, _RECONNECT_MAX_DELAY_S)
+                await asyncio.sleep(pause)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -15,6 +15,9 @@ from typing import Any
 
 BG_SIZE_UNKNOWN = 0xFFFFFFFFFFFFFFFF
 BG_LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF  # a range that runs to the end of the remote file
+#: the API's paths of the BitsClientJob class and of the BitsServicePolicy singleton
+JOB_CLASS_PATH = "/root/microsoft/bits/BitsClientJob"
+POLICY_PATH = "/root/microsoft/bits/BitsServicePolicy"
 #: FILETIME of the Unix epoch: 100 ns intervals from 1601-01-01 to 1970-01-01.
 FILETIME_UNIX_EPOCH = 116_444_736_000_000_000
 

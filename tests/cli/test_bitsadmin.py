@@ -496,6 +496,30 @@ def test_geterror_and_the_error_block_of_info(daemon: Daemon, nginx: Nginx, dest
 # -- adding files ---------------------------------------------------------------------------------
 
 
+def test_addfile_refuses_a_local_name_that_is_not_a_full_path(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    """Windows refuses a LocalFile that is not a full path (an unexpanded %temp%\\x.ps1),
+    and scripts rely on it: bitsadmin passes the name unchanged, the daemon answers
+    E_INVALIDARG and nothing is added; /TRANSFER the same, leaving no job behind."""
+    job = create(daemon, "relative")
+    for name in ("relative\\name.bin", "sub/name.bin", "%temp%\\x.ps1"):
+        failed(
+            bitsadmin(daemon, "/addfile", job, f"{nginx.url}/bitsadmin/x.bin", name, cwd=dest),
+            0x80070057,
+            "E_INVALIDARG",
+            "Unable to add file to job",
+        )
+    assert daemon.job(job)["Files"] == []
+    failed(
+        bitsadmin(daemon, "/transfer", "rel", f"{nginx.url}/bitsadmin/x.bin", "x.bin", cwd=dest),
+        0x80070057,
+        "E_INVALIDARG",
+    )
+    assert [j["DisplayName"] for j in api_jobs(daemon)] == ["relative"]
+    assert list(dest.iterdir()) == []
+
+
 def test_addfileset_reads_bitsadmin_file_sets(
     daemon: Daemon, nginx: Nginx, dest: Path, tmp_path: Path
 ) -> None:

@@ -256,9 +256,9 @@ def test_job_events_are_typed_in_order_and_reconnect_after_a_restart(daemon: Dae
     ]
     assert [e.id for e in rest] == [first.id + 1, first.id + 2]
     assert rest[-1].job is not None and rest[-1].job.state is JobState.CANCELLED
-    # without reconnect the iterator ends with the stream
+    # without reconnect (it is on by default) the iterator ends with the stream
     other = client.new_job("no reconnect").job_id
-    plain = client.job_events(job=other, timeout=20)
+    plain = client.job_events(job=other, timeout=20, reconnect=False)
     daemon.stop()
     assert list(plain) == []
     daemon.start()

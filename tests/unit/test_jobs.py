@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from openbits.client import Client, _Endpoint, wmi_name
+from openbits._wire import Endpoint as _Endpoint
+from openbits.client import Client, wmi_name
 from openbits.errors import HResult, NotFound, TransferError
 from openbits.jobs import BitsFile, BitsJob, JobErrorInfo, JobEvent, NotifyCmdLine, datetime_from_filetime
 from openbits.model import (

@@ -22,14 +22,13 @@ Start-up stays fast: the standard library and openbits.client only.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from openbits.cli import pipe
 from openbits.client import Client, DaemonUnavailable
@@ -42,6 +41,9 @@ from openbits.model import (
     ProxyUsage,
     unix_ns_from_filetime,
 )
+
+if TYPE_CHECKING:
+    from openbits.jobs import BitsJob
 
 USAGE = """\
 BITSADMIN version 3.0 (openbits)
@@ -164,14 +166,6 @@ GUID inside braces. BITSADMIN reports an error if a name is ambiguous.
 #: Hidden: ``/monitor`` stops after this many refreshes (tests; bounded runs).
 MONITOR_ITERATIONS_ENV = "OPENBITS_BITSADMIN_MONITOR_ITERATIONS"
 
-#: States in which ``/transfer`` keeps waiting (bitsadmin keeps running through transient errors).
-_ACTIVE = (
-    JobState.QUEUED,
-    JobState.CONNECTING,
-    JobState.TRANSFERRING,
-    JobState.SUSPENDED,
-    JobState.TRANSIENT_ERROR,
-)
 _JOB_TYPES = {"/DOWNLOAD": 0, "/UPLOAD": 1, "/UPLOAD-REPLY": 2}
 _TYPE_NAMES = {0: "DOWNLOAD", 1: "UPLOAD", 2: "UPLOAD-REPLY"}
 #: WMI encodings (bits-spec §1.3): Target 0 server, 1 proxy; Scheme 0 Basic … 4 Passport.
@@ -487,9 +481,11 @@ def _create(ctx: Ctx, args: list[str]) -> int:
 
 @switch("/ADDFILE")
 def _add_file(ctx: Ctx, args: list[str]) -> int:
+    """The local name goes as given: as Windows, the daemon refuses one that is not a full
+    path (E_INVALIDARG), and scripts rely on that failure (an unexpanded %temp%\\x.ps1)."""
     _nargs(args, 3)
     job, remote, local = args
-    ctx.call("Unable to add file to job", lambda: ctx.client.add_file(job, remote, os.path.abspath(local)))
+    ctx.call("Unable to add file to job", lambda: ctx.client.add_file(job, remote, local))
     ctx.out.line(f"Added {remote} -> {local} to job.")
     return 0
 
@@ -520,9 +516,7 @@ def _add_file_with_ranges(ctx: Ctx, args: list[str]) -> int:
     ranges = parse_ranges(range_list)
     ctx.call(
         "Unable to add file to job",
-        lambda: ctx.client.invoke(
-            job, "AddFileWithRanges", RemoteUrl=remote, LocalFile=os.path.abspath(local), Ranges=ranges
-        ),
+        lambda: ctx.client.invoke(job, "AddFileWithRanges", RemoteUrl=remote, LocalFile=local, Ranges=ranges),
     )
     ctx.out.line(f"Added {remote} -> {local} to job.")
     return 0
@@ -685,60 +679,43 @@ def _transfer(ctx: Ctx, args: list[str]) -> int:
         raise Usage("Invalid number of arguments.")
     if acl:
         _acl_not_implemented(ctx)
-    params: dict[str, Any] = {"DisplayName": name, "Priority": priority}
-    if job_type:
-        params["Type"] = job_type
-    job = ctx.call("Unable to create job", lambda: ctx.client.create_job(**params))
+    files = list(zip(rest[::2], rest[1::2], strict=True))  # (LocalFile as given: see /ADDFILE)
+    shown = _Shown(ctx)
     try:
-        files = [(rest[i], os.path.abspath(rest[i + 1])) for i in range(0, len(rest), 2)]
-        ctx.call("Unable to add file to job", lambda: ctx.client.add_file_set(job, files))
-        ctx.call("Unable to resume job", lambda: ctx.client.resume(job))
-        return _follow(ctx, job)
+        ctx.client.transfer(files, name, priority=priority, job_type=job_type, progress=shown)
     except KeyboardInterrupt:
-        _cancel_quietly(ctx.client, job)
-        ctx.out.line("Transfer canceled.")
+        ctx.out.line("Transfer canceled.")  # (the job is cancelled: bitsadmin leaves none behind)
         return 130
-    except BaseException:
-        _cancel_quietly(ctx.client, job)  # bitsadmin leaves no job behind a failed /TRANSFER
-        raise
+    except BitsError as e:
+        if not shown.failed:
+            raise _Failed("Unable to complete transfer", e) from None
+        ctx.out.line("Unable to complete transfer.")
+        print(f"Unable to complete transfer - 0x{e.hresult:08x} {e.name}: {e.message}", file=sys.stderr)
+        return 1
+    ctx.out.line("Transfer complete.")
+    return 0
 
 
-def _cancel_quietly(client: Client, job: str) -> None:
-    client.close()  # an interrupted request may have left the connection half-used
-    with contextlib.suppress(BitsError, DaemonUnavailable, OSError, http.client.HTTPException):
-        client.cancel(job)
+class _Shown:
+    """/TRANSFER's progress: two lines at each change until TRANSFERRED; the error block
+    when the job goes to ERROR (before the transfer cancels it)."""
 
+    def __init__(self, ctx: Ctx) -> None:
+        self._ctx = ctx
+        self._last: tuple[Any, ...] | None = None
+        self.failed = False
 
-def _follow(ctx: Ctx, job: str) -> int:
-    """Print progress until TRANSFERRED (complete it) or ERROR (cancel it), by long polls."""
-    last: tuple[Any, ...] | None = None
-    while True:
-        instance = ctx.call(
-            "Unable to get job information",
-            lambda: ctx.client.get_job(job, files=False, wait_while=_ACTIVE, wait_timeout=1.0),
-        )
-        state = JobState(instance["State"])
-        seen = (state, instance["BytesTransferred"], instance["BytesTotal"], instance["FilesTransferred"])
-        if seen != last:
-            last = seen
-            _progress(ctx, instance)
-        if state is JobState.TRANSFERRED:
-            ctx.call("Unable to complete job", lambda: ctx.client.complete(job))
-            ctx.out.line("Transfer complete.")
-            return 0
-        if state is JobState.ERROR:
-            err = ctx.call("Unable to get error", lambda: ctx.client.get_error(job))
+    def __call__(self, job: BitsJob) -> None:
+        seen = (job.state, job.bytes_transferred, job.bytes_total, job.files_transferred)
+        if seen == self._last or job.state is JobState.ACKNOWLEDGED:
+            return
+        self._last = seen
+        _progress(self._ctx, dict(job.raw))
+        if job.state is JobState.ERROR:
+            self.failed = True
+            err = self._ctx.client.get_error(job.job_id)
             for line in _error_block(err):
-                ctx.out.line(line)
-            code = int(err["ErrorCode"]) & 0xFFFFFFFF
-            ctx.client.cancel(job)
-            ctx.out.line("Unable to complete transfer.")
-            print(
-                f"Unable to complete transfer - 0x{code:08x} {err.get('Name', '')}: "
-                f"{err.get('ErrorDescription', '')}",
-                file=sys.stderr,
-            )
-            return 1
+                self._ctx.out.line(line)
 
 
 def _progress(ctx: Ctx, job: dict[str, Any]) -> None:

@@ -28,10 +28,12 @@ from openbits.cli.manpage import ManGroup
 from openbits.cli.render import print_json, state_name
 from openbits.client import Client, DaemonUnavailable, StreamEvent
 from openbits.errors import BitsError, HResult, hresult_name
-from openbits.model import JobPriority, JobState
+from openbits.model import BG_LENGTH_TO_EOF, JobPriority, JobState
 
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
+
+    from openbits.jobs import BitsJob
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -41,13 +43,9 @@ EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
 EXIT_INTERRUPTED = 130
 
-CLASS = "/root/microsoft/bits/BitsClientJob"
-POLICY = "/root/microsoft/bits/BitsServicePolicy"
-
 PRIORITIES = {p.name.lower(): int(p) for p in JobPriority}
 END_STATES = {JobState.TRANSFERRED, JobState.ERROR, JobState.ACKNOWLEDGED, JobState.CANCELLED}
 SUCCESS_STATES = {JobState.TRANSFERRED, JobState.ACKNOWLEDGED}
-LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF
 
 #: SetJobState codes (bits-spec §1.3)
 CANCEL, COMPLETE, RESUME, SUSPEND = 0, 1, 2, 3
@@ -145,7 +143,7 @@ def parse_ranges(text: str) -> list[dict[str, int]]:
             if not sep:
                 raise ValueError
             start = int(offset, 10)
-            count = LENGTH_TO_EOF if length.strip().lower() == "eof" else int(length, 10)
+            count = BG_LENGTH_TO_EOF if length.strip().lower() == "eof" else int(length, 10)
             if start < 0 or count < 0:
                 raise ValueError
         except ValueError:
@@ -191,23 +189,6 @@ def read_password(prompt: str) -> str:
     if sys.stdin.isatty():
         return str(click.prompt(prompt, hide_input=True, default="", show_default=False))
     return sys.stdin.readline().rstrip("\r\n")
-
-
-# -- the daemon's verbs, through Client.request/invoke ---------------------------------------------
-
-
-def create_job(client: Client, **params: Any) -> dict[str, Any]:
-    result: dict[str, Any] = client.request("POST", f"{CLASS}/CreateJob", params)
-    return result
-
-
-def set_state(client: Client, job: str, code: int) -> dict[str, Any]:
-    return client.invoke(job, "SetJobState", JobState=code)
-
-
-def cancel_quietly(client: Client, job: str) -> None:
-    with contextlib.suppress(BitsError, DaemonUnavailable, OSError):
-        set_state(client, job, CANCEL)
 
 
 # -- context, options ------------------------------------------------------------------------------
@@ -344,11 +325,11 @@ def create(
     if prio is not None:
         params["Priority"] = prio
     params["Type"] = ["download", "upload", "upload-reply"].index(job_type)
-    result = create_job(ctx.client, **params)
+    job = ctx.client.create_job(**params)
     if as_json:
-        print_json(result)
+        print_json({"ReturnValue": 0, "JobId": job})
     else:
-        click.echo(result["JobId"])
+        click.echo(job)
 
 
 def _state_command(name: str, code: int, doc: str) -> None:
@@ -359,12 +340,21 @@ def _state_command(name: str, code: int, doc: str) -> None:
     @pass_ctx
     @handled
     def command(ctx: Context, job: str, as_json: bool) -> None:
-        result = set_state(ctx.client, job, code)
+        unfinished = _unfinished_files(ctx.client, job) if code == COMPLETE else []
+        result = ctx.client.invoke(job, "SetJobState", JobState=code)
         value = int(result.get("ReturnValue", 0))
         if as_json:
             print_json(result)
         elif value:
             click.echo(f"{name}: 0x{value:08X} {hresult_name(value)}")
+        if value == HResult.BG_S_PARTIAL_COMPLETE and not as_json:
+            for local in unfinished:
+                click.echo(f"discarded (not transferred): {local}", err=True)
+
+
+def _unfinished_files(client: Client, job: str) -> list[str]:
+    """The files a Complete now would discard (BG_S_PARTIAL_COMPLETE): those not transferred."""
+    return [f["LocalFile"] for f in client.get_job(job).get("Files", []) if not f.get("Completed")]
 
 
 _state_command(
@@ -387,7 +377,8 @@ _state_command(
 
     Every transferred file is moved to its destination name at once (fsync, then an atomic
     rename) and the job is ACKNOWLEDGED. A job whose files are not all transferred answers
-    BG_S_PARTIAL_COMPLETE (printed) and publishes those that are.
+    BG_S_PARTIAL_COMPLETE (printed) and publishes those that are; the others are discarded
+    (their partial downloads deleted), each named on stderr.
 
     \b
     Example:
@@ -455,7 +446,7 @@ def get(
       openbits get --json | jq -r '.[] | select(.State == 4) | .JobId'
     """
     if watch:
-        _watch_events(ctx.client, job, all_users, as_json)
+        _watch_events(ctx.client, None if job is None else ctx.client.resolve(job), all_users, as_json)
         return
     if job is None:
         jobs = ctx.client.list_jobs(all_users=all_users, where=where)
@@ -612,17 +603,21 @@ def wait(ctx: Context, job: str, timeout: float | None, as_json: bool) -> None:
 
     Prints the final state (--json: the instance). Exits 0 for TRANSFERRED or ACKNOWLEDGED,
     1 otherwise. It follows the daemon's events, so it returns as soon as the job ends.
+    A SUSPENDED job, or one in TRANSIENT_ERROR, is waited through, with a word on stderr.
 
     \b
     Example:
       openbits resume nightly && openbits wait nightly && openbits complete nightly
     """
-    instance = wait_for(ctx.client, job, END_STATES, timeout)
+    try:
+        final = ctx.client.wait(job, timeout, progress=_Hints(ctx.client))
+    except TimeoutError as e:
+        fail(str(e))
     if as_json:
-        print_json(ctx.client.get_job(job, include_finished=True))
+        print_json(ctx.client.get_job(final.job_id, include_finished=True))
     else:
-        click.echo(state_name(instance["State"]))
-    if JobState(instance["State"]) not in SUCCESS_STATES:
+        click.echo(final.state.name)
+    if final.state not in SUCCESS_STATES:
         sys.exit(EXIT_BITS_ERROR)
 
 
@@ -975,78 +970,49 @@ def cert(
 # -- waiting and following --------------------------------------------------------------------------
 
 
-def wait_for(
-    client: Client,
-    job: str,
-    until: set[JobState],
-    timeout: float | None,
-    on_poll: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Follows the job's events (``GET /events``) until it reaches one of ``until``;
-    ``on_poll`` (a progress display) sees every change. A daemon without events is long
-    polled instead."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        stream = client.events(job=job)  # subscribed before the state is read: no gap
-    except BitsError as e:
-        if e.hresult != HResult.E_NOTIMPL:
-            raise
-        return _long_poll(client, job, until, deadline, on_poll)
-    try:
-        instance = client.get_job(job, include_finished=True, files=False)
-        while True:
-            if on_poll is not None:
-                on_poll(instance)
-            if JobState(instance["State"]) in until:
-                return instance
-            if deadline is not None:
-                stream.timeout = deadline - time.monotonic()
-                if stream.timeout <= 0:
-                    _timed_out(job, instance)
-            try:
-                event = next(stream)
-            except TimeoutError:
-                _timed_out(job, instance)
-            except StopIteration:  # the daemon ended the stream: resume after the last event
-                stream = client.events(job=job, last_event_id=stream.last_event_id)
-                continue
-            if isinstance(event.data, dict) and "State" in event.data:
-                instance = event.data
-            else:  # Reset: events were missed
-                instance = client.get_job(job, include_finished=True, files=False)
-    finally:
-        stream.close()
-
-
-def _timed_out(job: str, instance: dict[str, Any]) -> NoReturn:
-    fail(f"timed out waiting for {job}: it is {state_name(instance['State'])}", EXIT_BITS_ERROR)
-
-
-def _long_poll(
-    client: Client,
-    job: str,
-    until: set[JobState],
-    deadline: float | None,
-    on_poll: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Long polls (GetJob with WaitWhile): the daemon answers as soon as the job reaches
-    one of ``until``; with ``on_poll`` (a progress display) at least every 0.25 s."""
-    others = [s for s in JobState if s not in until]
-    instance = client.get_job(job, include_finished=True, files=False)
-    while True:
-        if on_poll is not None:
-            on_poll(instance)
-        if JobState(instance["State"]) in until:
-            return instance
-        wait = 30.0 if on_poll is None else 0.25
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                _timed_out(job, instance)
-            wait = min(wait, left)
-        instance = client.get_job(
-            job, include_finished=True, files=False, wait_while=others, wait_timeout=wait
+def _waiting_hint(job: BitsJob) -> str | None:
+    """What a person waiting on a job that will not move on by itself should know."""
+    if job.state is JobState.SUSPENDED:
+        return (
+            f"{job.job_id} is SUSPENDED: it waits until someone resumes it "
+            f"(openbits resume {job.job_id}); Ctrl-C stops waiting"
         )
+    return None
+
+
+class _Hints:
+    """Says once, on stderr, why a job does not move (SUSPENDED, a transient error)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._said: tuple[Any, ...] | None = None
+
+    def __call__(self, job: BitsJob) -> None:
+        key: tuple[Any, ...] = (job.state, job.transient_error_count)
+        if key == self._said:
+            return
+        text = _waiting_hint(job) or (_retry_text(self.client, job) if _retrying(job) else None)
+        if text is not None:
+            self._said = key
+            click.echo(f"openbits: {text}", err=True)
+
+
+def _retrying(job: BitsJob) -> bool:
+    return job.state is JobState.TRANSIENT_ERROR
+
+
+def _retry_text(client: Client, job: BitsJob) -> str:
+    """Why the job is in TRANSIENT_ERROR and when the daemon tries again."""
+    try:
+        info = client.get_error(job.job_id)
+        reason = f"{info['Name']}: {info['ErrorDescription']}"
+    except BitsError as e:
+        reason = e.name
+    when = ""
+    if job.modification_time is not None:
+        retry = job.modification_time.timestamp() + job.minimum_retry_delay
+        when = f"; next try at {time.strftime('%H:%M:%S', time.localtime(retry))}"
+    return f"{job.job_id} is in TRANSIENT_ERROR ({reason}){when}"
 
 
 def _watch_events(client: Client, job: str | None, all_users: bool, as_json: bool) -> None:
@@ -1108,7 +1074,7 @@ def watch(ctx: Context, all_users: bool, until: str | None, as_json: bool) -> No
 def _watch_jobs(client: Client, all_users: bool, until: str | None, as_json: bool) -> None:
     target: str | None = None
     if until is not None:
-        target = str(client.get_job(until, include_finished=True, files=False)["JobId"])
+        target = client.resolve(until)
     stream = client.events(all_users=all_users)  # subscribed before the list is read: no gap
     try:
         jobs = {str(j["JobId"]): j for j in client.list_jobs(all_users=all_users)}
@@ -1220,95 +1186,157 @@ def query(ctx: Context, wql: str, all_users: bool, as_json: bool) -> None:
 # -- transfer --------------------------------------------------------------------------------------
 
 
-def _destinations(sources: list[str], dest: str) -> list[tuple[str, str]]:
+def _url_name(source: str) -> str:
+    """The last path segment of a URL (or a path), as curl -O names its file: '' if none."""
+    from urllib.parse import unquote, urlsplit
+
+    path = urlsplit(source).path if "://" in source else source
+    name = os.path.basename(unquote(path))
+    return "" if name in ("", ".", "..") else name
+
+
+def _destinations(sources: list[str], dest: str | None) -> list[tuple[str, str]]:
+    if dest is None:  # (one SOURCE, no DEST: its own name, here)
+        name = _url_name(sources[0])
+        if not name:
+            raise click.UsageError(f"{sources[0]} has no file name to save it under: give a DEST")
+        return [(source_url(sources[0]), absolute(name))]
     dest = absolute(dest)
     if len(sources) > 1 or os.path.isdir(dest) or dest.endswith("/"):
         if not os.path.isdir(dest):
             raise click.UsageError(f"{dest} is not a directory (needed for several sources)")
-        pairs = []
-        for s in sources:
-            name = os.path.basename(s.rstrip("/").split("?")[0].split("#")[0]) or "index.html"
-            pairs.append((source_url(s), os.path.join(dest, name)))
-        return pairs
+        return [(source_url(s), os.path.join(dest, _url_name(s) or "index.html")) for s in sources]
     return [(source_url(sources[0]), dest)]
 
 
+def _one_shot_name(pairs: list[tuple[str, str]]) -> str:
+    """A one-shot job is named after its files: ``a.iso``, ``a.iso (+2 more)``."""
+    first = os.path.basename(pairs[0][1])
+    return first if len(pairs) == 1 else f"{first} (+{len(pairs) - 1} more)"
+
+
+class _Follower:
+    """What ``transfer`` shows while it waits: the JobId once known, a progress bar on a
+    terminal (state, file count and name), why a transient error holds it up and when it
+    is retried; with ``no_retry`` a transient error ends the transfer."""
+
+    def __init__(self, client: Client, bar: bool, no_retry: bool) -> None:
+        self.job_id: str | None = None
+        self._hints = _Hints(client)
+        self._no_retry = no_retry
+        self._bar: Any = _progress_bar() if bar else None
+        self._task: Any = None
+
+    def __call__(self, job: BitsJob) -> None:
+        self.job_id = job.job_id
+        if self._no_retry and job.state is JobState.TRANSIENT_ERROR:
+            raise click.ClickException(_retry_text(self._hints.client, job) + "; not retried (--no-retry)")
+        if self._bar is not None:
+            self._draw(job)
+        if job.state is not JobState.SUSPENDED:
+            self._hints(job)
+
+    def _draw(self, job: BitsJob) -> None:
+        if self._task is None:
+            self._bar.start()
+            self._task = self._bar.add_task("transfer", total=None, state="QUEUED", file="")
+        busy = next((f for f in job.files if not f.completed), None)
+        count = f"{min(job.files_transferred + 1, job.files_total)}/{job.files_total}"
+        self._bar.update(
+            self._task,
+            completed=job.bytes_transferred,
+            total=job.bytes_total,
+            state=job.state.name,
+            file=f"{count} {os.path.basename(busy.local_file)}" if busy else f"{job.files_total} files",
+        )
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._bar.stop()
+
+
+def _progress_bar() -> Any:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    return Progress(
+        *render.transfer_columns(),
+        console=Console(stderr=True),  # (beside the other words of transfer; stdout: --json)
+        transient=False,
+    )
+
+
 @cli.command()
-@click.argument("args", nargs=-1, required=True, metavar="SOURCE... DEST")
-@click.option("--name", default="openbits transfer", help="The job's display name.")
+@click.argument("args", nargs=-1, required=True, metavar="SOURCE... [DEST]")
+@click.option("--name", default=None, help="The job's display name (default: after its files).")
 @click.option("--priority", "-p", default="foreground", help="Priority (default foreground).")
 @click.option("--async", "is_async", is_flag=True, help="Start the job and print its JobId; don't wait.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--no-retry", is_flag=True, help="Fail at the first transient error (exit 1), not retry it.")
+@click.option("--timeout", type=float, default=None, metavar="SECONDS", help="Give up after SECONDS.")
 @json_option("the final instance")
 @socket_option
 @pass_ctx
 @handled
 def transfer(
-    ctx: Context, args: tuple[str, ...], name: str, priority: str, is_async: bool, quiet: bool, as_json: bool
+    ctx: Context,
+    args: tuple[str, ...],
+    name: str | None,
+    priority: str,
+    is_async: bool,
+    quiet: bool,
+    no_retry: bool,
+    timeout: float | None,
+    as_json: bool,
 ) -> None:
     """Download SOURCE to DEST (or several SOURCEs into directory DEST).
 
     Creates a job, adds the files, resumes it, shows progress, and completes it when every
-    byte is there (Start-BitsTransfer). On an error the job is cancelled (as
+    byte is there (Start-BitsTransfer). Without DEST, one SOURCE is saved under its own
+    name in the current directory (as curl -O). A transient error (a server down) is
+    retried, as BITS does, and said on stderr with the time of the next try; --no-retry
+    fails at once, --timeout gives up after SECONDS. On an error the job is cancelled (as
     bitsadmin /transfer does) and the exit code is 1; Ctrl-C cancels it too (exit 130).
 
     \b
     Example:
       openbits transfer https://host/a.iso https://host/b.iso ~/isos/
     """
-    if len(args) < 2:
-        raise click.UsageError("give at least one SOURCE and a DEST")
-    pairs = _destinations(list(args[:-1]), args[-1])
+    sources, dest = (list(args), None) if len(args) == 1 else (list(args[:-1]), args[-1])
+    pairs = _destinations(sources, dest)
     client = ctx.client
-    job = str(create_job(client, DisplayName=name, Priority=parse_priority(priority))["JobId"])
-    try:
-        client.invoke(job, "AddFileSet", Files=[{"RemoteUrl": r, "LocalFile": loc} for r, loc in pairs])
-        set_state(client, job, RESUME)
-    except BaseException:
-        cancel_quietly(client, job)
-        raise
+    options: dict[str, Any] = {"priority": parse_priority(priority)}
     if is_async:
+        job = client.transfer(pairs, name or _one_shot_name(pairs), wait=False, **options).job_id
         click.echo(render.json_line({"JobId": job}) if as_json else job)
         return
+    follower = _Follower(client, not (quiet or as_json or not sys.stderr.isatty()), no_retry)
     try:
-        instance = _follow(client, job, quiet or as_json or not sys.stderr.isatty())
-    except KeyboardInterrupt:
-        cancel_quietly(client, job)
-        fail(f"interrupted; job {job} cancelled", EXIT_INTERRUPTED)
-    if instance["State"] != JobState.TRANSFERRED:
-        err = client.invoke(job, "GetError")
-        cancel_quietly(client, job)
-        fail(
-            f"transfer failed: error 0x{err['ErrorCode']:08X} {err['Name']}: {err['ErrorDescription']} "
-            f"(context {err['ErrorContext']}: {err['ContextDescription']}); job {job} cancelled"
+        final = client.transfer(
+            pairs, name or _one_shot_name(pairs), progress=follower, timeout=timeout, **options
         )
-    result = int(set_state(client, job, COMPLETE).get("ReturnValue", 0))
+    except KeyboardInterrupt:
+        fail(f"interrupted; job {follower.job_id} cancelled", EXIT_INTERRUPTED)
+    except (BitsError, TimeoutError, click.ClickException) as e:
+        if not getattr(e, "__notes__", None):
+            e.add_note(f"job {follower.job_id} cancelled")
+        fail(f"transfer failed: {_failure_text(e)}")
+    except (DaemonUnavailable, ConnectionError) as e:
+        fail(f"{_failure_text(e)}", EXIT_NO_DAEMON)
+    finally:
+        follower.close()
     if as_json:
-        print_json(client.get_job(job, include_finished=True))
-    elif result:
-        click.echo(f"Transfer partly complete: 0x{result:08X} {hresult_name(result)}", err=True)
+        print_json(dict(final.raw))
     elif not quiet:
         click.echo("Transfer complete.", err=True)
 
 
-def _follow(client: Client, job: str, quiet: bool) -> dict[str, Any]:
-    if quiet:
-        return wait_for(client, job, END_STATES, None)
-    from rich.progress import Progress
-
-    with Progress(*render.transfer_columns(), transient=False) as progress:
-        task = progress.add_task("transfer", total=None, state="QUEUED")
-
-        def update(instance: dict[str, Any]) -> None:
-            total = instance["BytesTotal"]
-            progress.update(
-                task,
-                completed=instance["BytesTransferred"],
-                total=None if total == render.SIZE_UNKNOWN else total,
-                state=state_name(instance["State"]),
-            )
-
-        return wait_for(client, job, END_STATES, None, on_poll=update)
+def _failure_text(e: Exception) -> str:
+    """The error, then its notes (which file failed; which job is left and how to finish it)."""
+    text = f"error {e.hex} {e.name}: {e.message}" if isinstance(e, BitsError) else str(e)
+    if isinstance(e, click.ClickException):
+        text = e.format_message()
+    return "; ".join([text, *getattr(e, "__notes__", ())])
 
 
 # -- the daemon and the shell ---------------------------------------------------------------------
@@ -1379,7 +1407,7 @@ def policy(cctx: click.Context, as_json: bool) -> None:
     """
     if cctx.invoked_subcommand is not None:
         return
-    result = cctx.ensure_object(Context).client.request("GET", POLICY)
+    result = cctx.ensure_object(Context).client.policy()
     if as_json:
         print_json(result)
     else:
@@ -1411,7 +1439,7 @@ def policy_set(ctx: Context, settings: tuple[str, ...], as_json: bool) -> None:
         if not sep or not key.strip():
             raise click.BadParameter(f"{setting!r}: use KEY=VALUE", param_hint="KEY=VALUE")
         changes[key.strip()] = policy_value(value)
-    result = ctx.client.request("PATCH", POLICY, changes)
+    result = ctx.client.set_policy(**changes)
     if as_json:
         print_json(result)
     else:
@@ -1449,7 +1477,7 @@ def token_create(ctx: Context, description: str, as_json: bool) -> None:
     Example:
       openbits token create -d "ci runner" > ~/.config/openbits/token && chmod 600 ~/.config/openbits/token
     """
-    result = ctx.client.request("POST", "/tokens", {"Description": description})
+    result = ctx.client.create_token(description)
     if as_json:
         print_json(result)
     else:
@@ -1469,7 +1497,7 @@ def token_list(ctx: Context, all_users: bool, as_json: bool) -> None:
     Example:
       openbits token list --json | jq -r '.[].TokenId'
     """
-    result = ctx.client.request("GET", "/tokens?AllUsers=true" if all_users else "/tokens")
+    result = ctx.client.tokens(all_users)
     if as_json:
         print_json(result)
         return
@@ -1489,9 +1517,7 @@ def token_revoke(ctx: Context, token_id: str, as_json: bool) -> None:
     Example:
       openbits token revoke "{6F9619FF-8B86-D011-B42D-00C04FC964FF}"
     """
-    from urllib.parse import quote
-
-    result = ctx.client.request("DELETE", f"/tokens/{quote(token_id, safe='')}")
+    result = ctx.client.revoke_token(token_id)
     if as_json:
         print_json(result)
     else:

@@ -207,7 +207,7 @@ def print_policy(policy: Mapping[str, Any]) -> None:
 
 
 def transfer_columns() -> tuple[Any, ...]:
-    """The columns of `transfer`'s progress bar: state, bar, bytes, rate and time left, in
+    """The columns of `transfer`'s progress bar: state, file, bar, bytes, rate and time left, in
     the IEC units (KiB, MiB) every other command prints."""
     from rich.progress import BarColumn, DownloadColumn, ProgressColumn, Task, TextColumn, TimeRemainingColumn
     from rich.text import Text
@@ -220,6 +220,7 @@ def transfer_columns() -> tuple[Any, ...]:
 
     return (
         TextColumn("{task.fields[state]:<15}"),
+        TextColumn("{task.fields[file]}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
         RateColumn(),

@@ -1,0 +1,745 @@
+"""The client core, without I/O: where the daemon is, the requests both clients send and
+how their answers are read, the Server-Sent Events decoder, and the flows (following a
+job, waiting, transferring, cancelling quietly) written once for both.
+
+A flow is a generator that yields what it needs done and receives the outcome, as httpx
+drives its auth flows: :class:`Call` (one API request: its JSON answer is sent back, its
+BitsError thrown in), :class:`Subscribe` (open the job's event stream; E_NOTIMPL from a
+daemon without events is thrown in), :class:`NextEvent` (the next JobEvent; TimeoutError
+thrown in) and :class:`Report` (call the ``progress`` callback).  ``Client`` (http.client)
+and ``AsyncClient`` (aiohttp) each drive them in one small loop.
+
+stdlib only: ``import openbits.client`` stays light for the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import time
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, Unpack
+from urllib.parse import quote, urlencode, urlsplit
+
+from openbits.config import client_socket_path
+from openbits.errors import AccessDenied, BitsError, HResult, InvalidState
+from openbits.model import (
+    BG_LENGTH_TO_EOF,
+    JOB_CLASS_PATH,
+    JobPriority,
+    JobState,
+    JobType,
+    canonical_job_id,
+    redact_url,
+)
+
+if TYPE_CHECKING:  # (imported where used: `import openbits.client` stays light for the CLI)
+    from openbits.jobs import BitsJob, JobErrorInfo, JobEvent
+
+T = TypeVar("T")
+
+#: what ``wait()`` waits for: the job will not move on by itself (SUSPENDED and
+#: TRANSIENT_ERROR are waited through: someone may resume it, a transient error is retried)
+WAIT_UNTIL: frozenset[JobState] = frozenset(
+    {JobState.TRANSFERRED, JobState.ERROR, JobState.ACKNOWLEDGED, JobState.CANCELLED}
+)
+
+#: a ``progress`` callback of ``transfer()`` and ``wait()``: called with the job after each change
+Progress = Callable[["BitsJob"], object]
+FilePairs = Mapping[str, str] | Iterable[tuple[str, str]]
+
+RECONNECT_FIRST_DELAY_S = 0.05
+RECONNECT_MAX_DELAY_S = 2.0
+#: SetJobState's codes (bits-spec §1.3)
+CANCEL, COMPLETE, RESUME, SUSPEND = 0, 1, 2, 3
+
+
+class DaemonUnavailable(Exception):
+    """No daemon answers on the socket (or at the URL)."""
+
+
+# -- where the daemon is ----------------------------------------------------------------------
+
+
+class Endpoint:
+    """The Unix socket (``socket``), or the TCP URL (``url``, as it may be shown) with its
+    bearer token (never shown)."""
+
+    __slots__ = ("host", "port", "prefix", "scheme", "socket", "token", "url")
+
+    def __init__(
+        self,
+        socket: str | None,
+        url: str | None = None,
+        scheme: str = "http",
+        host: str = "localhost",
+        port: int = 0,
+        prefix: str = "",
+        token: str | None = None,
+    ) -> None:
+        self.socket = socket
+        self.url = url
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.prefix = prefix
+        self.token = token
+
+    def __repr__(self) -> str:
+        return self.describe("Endpoint")
+
+    @staticmethod
+    def resolve(sock: str | None, url: str | None, token: str | None) -> Endpoint:
+        """``socket``, else ``url``, else $OPENBITS_SOCKET, else $OPENBITS_URL (with
+        ``token`` or $OPENBITS_TOKEN), else the default socket."""
+        if sock is None and url is None and not os.environ.get("OPENBITS_SOCKET"):
+            url = os.environ.get("OPENBITS_URL") or None
+        if sock is not None or url is None:
+            return Endpoint(client_socket_path(sock))
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"not a valid daemon URL: {redact_url(url)!r}") from None
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"the daemon URL must be http://HOST:PORT or https://…: {redact_url(url)!r}")
+        host = parts.hostname
+        port = port or (443 if scheme == "https" else 80)
+        prefix = parts.path.rstrip("/")
+        shown = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{prefix}"
+        if token is None:
+            token = os.environ.get("OPENBITS_TOKEN") or None
+        return Endpoint(None, shown, scheme, host, port, prefix, token)
+
+    @property
+    def where(self) -> str:
+        return f"on {self.socket}" if self.socket is not None else f"at {self.url}"
+
+    def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if self.socket is None and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def unavailable(self, error: OSError) -> DaemonUnavailable | None:
+        """The DaemonUnavailable a failure to connect means (None: it means something
+        else, e.g. a TLS or permission failure)."""
+        if isinstance(error, ssl.SSLError):
+            return None
+        if self.socket is not None:
+            if not isinstance(error, FileNotFoundError | ConnectionRefusedError):
+                return None
+            reason = error.strerror or str(error)
+            return DaemonUnavailable(
+                f"no openbits daemon on {self.socket} ({reason}); start one with `openbits serve`"
+            )
+        reason = error.strerror or str(error) or type(error).__name__
+        return DaemonUnavailable(f"no openbits daemon answers at {self.url} ({reason})")
+
+    def closed(self, error: Exception) -> ConnectionError:
+        return ConnectionError(f"the daemon {self.where} closed the connection: {error}")
+
+    def describe(self, cls: str) -> str:
+        if self.socket is not None:
+            return f"{cls}(socket={self.socket!r})"
+        return f"{cls}(url={self.url!r}, token={'<hidden>' if self.token else None})"
+
+
+class ClientBase:
+    """What both clients hold: where the daemon is (``socket``, else ``url`` + ``token``,
+    else $OPENBITS_SOCKET, else $OPENBITS_URL + $OPENBITS_TOKEN, else the default socket)
+    and ``timeout``, the longest wait for an answer, in seconds."""
+
+    def __init__(
+        self,
+        socket: str | None = None,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self._endpoint = Endpoint.resolve(socket, url, token)
+        #: the Unix socket (None when the daemon is reached over TCP)
+        self.socket = self._endpoint.socket
+        #: the TCP URL (None on the Unix socket)
+        self.url = self._endpoint.url
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return self._endpoint.describe(type(self).__name__)
+
+
+def answer(status: int, payload: bytes) -> Any:
+    """The JSON of a response; a failing one raises its BitsError."""
+    try:
+        result = json.loads(payload) if payload else None
+    except ValueError:
+        if status < 400:
+            raise BitsError(
+                f"the daemon's answer is not JSON (HTTP {status})", hresult=HResult.E_FAIL
+            ) from None
+        result = None
+    if status >= 400:
+        if isinstance(result, dict) and "ReturnValue" in result:
+            raise BitsError.from_hresult(int(result["ReturnValue"]), result.get("Message"))
+        if status in (401, 403):
+            raise AccessDenied(f"HTTP {status}")
+        raise BitsError(f"HTTP {status}", hresult=HResult.E_FAIL)
+    return result
+
+
+def json_body(body: Any) -> tuple[bytes | None, dict[str, str] | None]:
+    """A request body as bytes, with its Content-Type (None, None without a body)."""
+    if body is None:
+        return None, None
+    return json.dumps(body).encode(), {"Content-Type": "application/json"}
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request of the API: the JSON answer, or the BitsError of a failing one."""
+
+    method: str
+    path: str
+    body: Any = None
+
+
+CREATE_PATH = f"{JOB_CLASS_PATH}/CreateJob"
+
+
+def job_path(job: str, method: str | None = None) -> str:
+    return f"{JOB_CLASS_PATH}/{quote(job, safe='')}" + (f"/{method}" if method else "")
+
+
+def _query(params: Mapping[str, str]) -> str:
+    return "?" + urlencode(params) if params else ""
+
+
+def list_call(all_users: bool, where: str | None) -> Call:
+    params = {"AllUsers": "true"} if all_users else {}
+    if where is not None:
+        params["Where"] = where
+    return Call("GET", JOB_CLASS_PATH + _query(params))
+
+
+def query_call(wql: str, all_users: bool) -> Call:
+    body: dict[str, Any] = {"Query": wql}
+    if all_users:
+        body["AllUsers"] = True
+    return Call("POST", "/root/microsoft/bits/Query", body)
+
+
+class GetJobOptions(TypedDict, total=False):
+    """``get_job``'s options: ``include_finished`` (also an ACKNOWLEDGED or CANCELLED job),
+    ``files=False`` (without its Files array: cheap to poll), ``wait_while`` (job states)
+    and ``wait_timeout`` (seconds, default 30): a long poll, answered once the job is in
+    none of those states or after the timeout."""
+
+    include_finished: bool
+    files: bool
+    wait_while: Iterable[int]
+    wait_timeout: float | None
+
+
+class JobOptions(TypedDict, total=False):
+    """CreateJob's options: ``suspend`` (default True; False with a file: resumed at once),
+    ``description``, ``priority``, ``job_type``."""
+
+    suspend: bool
+    description: str | None
+    priority: JobPriority | int | None
+    job_type: JobType | int | None
+
+
+class TransferOptions(TypedDict, total=False):
+    """``transfer``'s options: the job's ``description``, ``priority`` and ``job_type``;
+    ``timeout`` (seconds: TimeoutError after it); ``wait=False`` (return the job once
+    resumed)."""
+
+    description: str | None
+    priority: JobPriority | int | None
+    job_type: JobType | int | None
+    timeout: float | None
+    wait: bool
+
+
+class EventOptions(TypedDict, total=False):
+    """What ``events``/``job_events`` filter on: one ``job``'s events (JobId or display
+    name), some ``types`` only, everyone's (``all_users``, administrators)."""
+
+    job: str | None
+    types: Iterable[str] | None
+    all_users: bool
+
+
+class StreamOptions(EventOptions, total=False):
+    """``events``' options: its filter and ``timeout``, the longest wait for the next event."""
+
+    timeout: float | None
+
+
+class JobEventOptions(StreamOptions, total=False):
+    """``job_events``' options: ``events``' and ``reconnect`` (default True), for up to
+    ``reconnect_timeout`` seconds (default 30) while no daemon answers."""
+
+    reconnect: bool
+    reconnect_timeout: float
+
+
+def event_filter(options: EventOptions) -> EventOptions:
+    """The filter of a stream, kept to open it again (``types`` read once)."""
+    types = options.get("types")
+    return {
+        "job": options.get("job"),
+        "types": None if types is None else tuple(types),
+        "all_users": options.get("all_users", False),
+    }
+
+
+def ranges_call(job: str, remote_url: str, local_file: str, ranges: Iterable[tuple[int, int | None]]) -> Call:
+    return invoke_call(
+        job, "AddFileWithRanges", RemoteUrl=remote_url, LocalFile=local_file, Ranges=ranges_param(ranges)
+    )
+
+
+def get_job_call(job: str, client_timeout: float = 60.0, **options: Unpack[GetJobOptions]) -> Call:
+    params = {"IncludeFinished": "true"} if options.get("include_finished") else {}
+    if not options.get("files", True):
+        params["Files"] = "false"
+    waits = ",".join(str(int(s)) for s in options.get("wait_while", ()))
+    if waits:
+        # (within the connection's own timeout)
+        wait_timeout = options.get("wait_timeout")
+        wait = min(30.0 if wait_timeout is None else wait_timeout, client_timeout - 1)
+        params["WaitWhile"] = waits
+        params["WaitTimeout"] = f"{max(0.0, wait):.3f}"
+    return Call("GET", job_path(job) + _query(params))
+
+
+def create_call(
+    display_name: str,
+    remote_url: str | None = None,
+    local_file: str | None = None,
+    **options: Unpack[JobOptions],
+) -> Call:
+    body: dict[str, Any] = {"DisplayName": display_name, "Suspend": options.get("suspend", True)}
+    priority, job_type = options.get("priority"), options.get("job_type")
+    optional = {
+        "RemoteUrl": remote_url,
+        "LocalFile": local_file,
+        "Description": options.get("description"),
+        "Priority": None if priority is None else int(priority),
+        "Type": None if job_type is None else int(job_type),
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return Call("POST", CREATE_PATH, body)
+
+
+def invoke_call(job: str, method: str, **params: Any) -> Call:
+    return Call("POST", job_path(job, method), params)
+
+
+def state_call(job: str, state: int) -> Call:
+    return invoke_call(job, "SetJobState", JobState=state)
+
+
+def patch_call(path: str, props: Mapping[str, Any]) -> Call:
+    return Call("PATCH", path, {wmi_name(k): json_value(v) for k, v in props.items()})
+
+
+def tokens_call(all_users: bool) -> Call:
+    return Call("GET", "/tokens?AllUsers=true" if all_users else "/tokens")
+
+
+def revoke_call(token_id: str) -> Call:
+    return Call("DELETE", f"/tokens/{quote(token_id, safe='')}")
+
+
+def wmi_name(name: str) -> str:
+    """``display_name`` → ``DisplayName``; a WMI name (``DisplayName``) stays as it is."""
+    if "_" not in name and name[:1].isupper():
+        return name
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
+
+
+def json_value(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return int(value.total_seconds())
+    return value
+
+
+def file_pairs(files: FilePairs) -> list[dict[str, str]]:
+    pairs = files.items() if isinstance(files, Mapping) else files
+    return [{"RemoteUrl": remote, "LocalFile": local} for remote, local in pairs]
+
+
+def ranges_param(ranges: Iterable[tuple[int, int | None]]) -> list[dict[str, int]]:
+    """(offset, length) pairs; a length of None runs to the end of the file."""
+    return [{"InitialOffset": int(o), "Length": BG_LENGTH_TO_EOF if n is None else int(n)} for o, n in ranges]
+
+
+def headers_text(headers: str | Mapping[str, str] | None) -> str | None:
+    """SetCustomHeaders' text: ``Name: value`` lines, each ended by CR LF."""
+    if headers is None or isinstance(headers, str):
+        return headers
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items()) or None
+
+
+def events_request(last_event_id: int | None, **options: Unpack[EventOptions]) -> tuple[str, dict[str, str]]:
+    params: dict[str, str] = {}
+    job, types = options.get("job"), options.get("types")
+    if job is not None:
+        params["Job"] = job
+    if types is not None:
+        params["Types"] = ",".join(types)
+    if options.get("all_users"):
+        params["AllUsers"] = "true"
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(int(last_event_id))
+    return "/events" + _query(params), headers
+
+
+# -- answers --------------------------------------------------------------------------------------
+
+
+def bits_job(data: Mapping[str, Any]) -> BitsJob:
+    from openbits.jobs import BitsJob
+
+    return BitsJob.from_cim(data)
+
+
+def error_info(data: Mapping[str, Any]) -> JobErrorInfo:
+    from openbits.jobs import JobErrorInfo
+
+    return JobErrorInfo.from_cim(data)
+
+
+def job_event(event_id: int | None, event_type: str, data: Any) -> JobEvent:
+    from openbits.jobs import JobEvent
+
+    return JobEvent.from_sse(event_id, event_type, data)
+
+
+def timed_out(job: str, state: JobState) -> TimeoutError:
+    return TimeoutError(f"timed out waiting for {job}: it is {state.name}")
+
+
+def job_failed(info: JobErrorInfo, job_id: str) -> BitsError:
+    error = info.exception()
+    where = f" ({info.remote_url} -> {info.local_file})" if info.remote_url else ""
+    error.add_note(f"job {job_id} went to ERROR{where} and was cancelled")
+    return error
+
+
+def not_transferred(job: BitsJob) -> BitsError:
+    return InvalidState(f"job {job.job_id} became {job.state.name} before it was transferred")
+
+
+# -- Server-Sent Events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event of ``GET /events``: ``id`` (None for ``Reset``), ``event`` (the type:
+    JobModification, JobTransferred, JobError, FileTransferred, JobCancelled,
+    JobAcknowledged, Reset) and ``data`` (the parsed JSON: the job instance after the
+    change)."""
+
+    id: int | None
+    event: str
+    data: Any
+
+
+class SseParser:
+    """Server-Sent Events (WHATWG HTML §9.2), fed one line at a time without its end."""
+
+    def __init__(self) -> None:
+        self.last_event_id: str | None = None  # the id buffer: kept across events
+        self.retry_ms: int | None = None
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None  # this event's own id field
+
+    def feed(self, line: str) -> StreamEvent | None:
+        """The event a blank line completes, else None."""
+        if not line:
+            event, data, own_id = self._event, self._data, self._id
+            self._event, self._data, self._id = "", [], None
+            if not data:
+                return None
+            text = "\n".join(data)
+            try:
+                value: Any = json.loads(text)
+            except ValueError:
+                value = text
+            ident = int(own_id) if own_id is not None and own_id.isdigit() else None
+            return StreamEvent(ident, event or "message", value)
+        if line.startswith(":"):
+            return None
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\x00" not in value:
+            self._id = self.last_event_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+        return None
+
+
+class SseDecoder:
+    """Bytes of an event stream in (``feed``), events out (``pop``); ``last_event_id``: the
+    id of the last event received, or the one the stream was opened after."""
+
+    def __init__(self, last_event_id: int | None) -> None:
+        self.last_event_id = last_event_id
+        self._parser = SseParser()
+        self._lines: list[str] = []  # read, not yet parsed (in reverse)
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> None:
+        *complete, self._buffer = (self._buffer + chunk).split(b"\n")
+        lines = []
+        for raw in complete:
+            text = raw.decode("utf-8", "replace")
+            lines.extend((text[:-1] if text.endswith("\r") else text).split("\r"))  # (a lone CR too)
+        self._lines[:0] = reversed(lines)
+
+    def pop(self, opening: bool = False) -> tuple[bool, StreamEvent | None]:
+        """(True, the next event) — with ``opening``, (True, None) at the first blank line
+        before one; (False, None) when more bytes are needed."""
+        while self._lines:
+            line = self._lines.pop()
+            event = self._parser.feed(line)
+            last = self._parser.last_event_id
+            if last is not None and last.isdigit():
+                self.last_event_id = int(last)
+            if event is not None or (opening and not line):
+                return True, event
+        return False, None
+
+
+def reconnect_pauses(reconnect_timeout: float, deadline: float | None) -> Iterator[float]:
+    """The pauses between attempts to reopen an event stream: from 50 ms to 2 s, for up to
+    ``reconnect_timeout`` seconds (then it ends: the caller raises its last error), or
+    TimeoutError when the caller's ``deadline`` comes first."""
+    give_up = time.monotonic() + reconnect_timeout
+    if deadline is not None:
+        give_up = min(give_up, deadline)
+    delay = RECONNECT_FIRST_DELAY_S
+    while True:
+        left = give_up - time.monotonic()
+        if left <= 0:
+            if deadline is not None and deadline <= give_up:
+                raise TimeoutError("no event before the timeout (the daemon is away)")
+            return
+        yield min(delay, left)
+        delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+
+
+# -- the flows --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Open the events of ``job`` (reconnecting); BitsError E_NOTIMPL from a daemon without."""
+
+    job: str
+
+
+@dataclass(frozen=True, slots=True)
+class NextEvent:
+    """The next JobEvent of the subscription; TimeoutError after ``timeout`` seconds."""
+
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Show the job to the caller's ``progress`` callback."""
+
+    job: BitsJob
+
+
+Step = Call | Subscribe | NextEvent | Report
+Flow = Generator[Step, Any, T]
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def poll_s(progress: Progress | None) -> float:
+    """How often a daemon without events is asked: often enough for a progress display."""
+    return 30.0 if progress is None else 0.5
+
+
+def resolve(ref: str) -> Flow[str]:
+    """The JobId of ``ref``: a JobId as it is, a display name looked up as every command
+    looks it up (among the jobs not finished: a name is never matched against the hidden
+    ACKNOWLEDGED and CANCELLED ones)."""
+    try:
+        return canonical_job_id(ref)
+    except ValueError:
+        found = yield get_job_call(ref, files=False)
+        return str(found["JobId"])
+
+
+def get_job(job_id: str) -> Flow[BitsJob]:
+    return bits_job((yield get_job_call(job_id, include_finished=True)))
+
+
+def follow(
+    ref: str, until: Collection[JobState], deadline: float | None, poll_s: float = 30.0
+) -> Flow[BitsJob]:
+    """Report the job after each change until it is in one of ``until``: the job then.
+    It follows the job's events (subscribed before the state is read: no change is
+    missed); a daemon without events is long polled (every ``poll_s`` seconds at most)."""
+    job_id = yield from resolve(ref)
+    try:
+        yield Subscribe(job_id)
+    except BitsError as e:
+        if e.hresult != HResult.E_NOTIMPL:
+            raise
+        return (yield from _long_poll(job_id, until, deadline, poll_s))
+    current = yield from get_job(job_id)
+    fresh = True  # (read with GetJob: complete, with its Files and CustomHeaders)
+    while True:
+        yield Report(current)
+        if current.state in until:
+            break
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            raise timed_out(ref, current.state)
+        try:
+            event = yield NextEvent(timeout)
+        except TimeoutError:
+            raise timed_out(ref, current.state) from None
+        if event.job is not None:
+            current, fresh = event.job, False
+        else:  # Reset: events were missed
+            current, fresh = (yield from get_job(job_id)), True
+    if fresh:
+        return current
+    latest = yield from get_job(job_id)
+    return latest if latest.state in until else current
+
+
+def _long_poll(
+    job_id: str, until: Collection[JobState], deadline: float | None, poll_s: float
+) -> Flow[BitsJob]:
+    others = [s for s in JobState if s not in until]
+    current = yield from get_job(job_id)
+    while True:
+        yield Report(current)
+        if current.state in until:
+            return current
+        wait = poll_s
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise timed_out(job_id, current.state)
+            wait = min(wait, left)
+        current = bits_job(
+            (yield get_job_call(job_id, include_finished=True, wait_while=others, wait_timeout=wait))
+        )
+
+
+def cancel_quietly(job_id: str) -> Flow[bool]:
+    """Cancel, whatever happens (the job may be gone, the daemon too): whether it was."""
+    try:
+        yield state_call(job_id, CANCEL)
+    except Exception:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class TransferSpec:
+    """What ``transfer()`` creates: the job's files and properties."""
+
+    files: list[dict[str, str]]
+    display_name: str
+    job: JobOptions
+
+    @staticmethod
+    def of(files: FilePairs, display_name: str, options: TransferOptions) -> TransferSpec:
+        job: JobOptions = {"description": options.get("description"), "priority": options.get("priority")}
+        job["job_type"] = options.get("job_type")
+        return TransferSpec(file_pairs(files), display_name, job)
+
+
+def start(spec: TransferSpec) -> Flow[str]:
+    """Create the job, add its files, resume it: its JobId.  A failing step cancels it."""
+    if not spec.files:
+        raise ValueError("transfer() needs at least one (remote_url, local_file) pair")
+    job_id = str((yield create_call(spec.display_name, **spec.job))["JobId"])
+    try:
+        yield invoke_call(job_id, "AddFileSet", Files=spec.files)
+        yield state_call(job_id, RESUME)
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield from cancel_quietly(job_id)
+        raise
+    return job_id
+
+
+def transfer(spec: TransferSpec, deadline: float | None, poll_s: float = 30.0) -> Flow[BitsJob]:
+    """Start, follow, complete: the ACKNOWLEDGED job, its files in place.  On any failure
+    (the job's own error, a timeout, an interruption) the job is cancelled, or, when the
+    daemon cannot be told, the error says which job is left and how to finish it."""
+    job_id = yield from start(spec)
+    try:
+        job = yield from follow(job_id, WAIT_UNTIL, deadline, poll_s)
+        if job.state is JobState.ERROR:
+            raise job_failed(error_info((yield invoke_call(job_id, "GetError"))), job_id)
+        if job.state is not JobState.TRANSFERRED:
+            raise not_transferred(job)
+        yield state_call(job_id, COMPLETE)
+    except GeneratorExit:
+        raise
+    except BaseException as e:
+        if not (yield from cancel_quietly(job_id)):
+            e.add_note(
+                f"job {job_id} is left as it was: once the daemon answers, "
+                f"`openbits wait {job_id}`, then `openbits complete {job_id}` (or cancel it)"
+            )
+        raise
+    final = yield from get_job(job_id)
+    yield Report(final)
+    return final
+
+
+class FlowRun(Generic[T]):
+    """One run of a flow, for a driver: ``step()`` the next thing to do (None once the
+    flow has returned its ``result``), then ``answer(value)`` or ``fail(error)``."""
+
+    def __init__(self, flow: Flow[T]) -> None:
+        self._flow = flow
+        self._outcome: tuple[bool, Any] = (True, None)
+        self.result: T
+
+    def step(self) -> Step | None:
+        (ok, value), self._outcome = self._outcome, (True, None)
+        try:
+            return self._flow.send(value) if ok else self._flow.throw(value)
+        except StopIteration as stop:
+            self.result = stop.value
+            return None
+
+    def answer(self, value: Any) -> None:
+        self._outcome = (True, value)
+
+    def fail(self, error: BaseException) -> None:
+        self._outcome = (False, error)
