@@ -22,7 +22,7 @@ import pytest
 
 from tests.support.daemon import Daemon
 from tests.support.fixtures import make_file
-from tests.support.nginx import free_port
+from tests.support.nginx import Nginx, free_port
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -282,3 +282,56 @@ def test_help_and_readmes_say_what_the_commands_do(daemon: Daemon) -> None:
     assert listed == scripts
     words = {3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
     assert f"All {words[len(scripts)]} run" in bench
+
+
+# -- watch: readable at 80 and 120 columns, with a rate and a time left ------------------------
+
+RATE_AND_ETA = re.compile(r"\d+(\.\d)? [KM]iB/s +\d+(s|m\d\ds)\s*$", re.M)
+
+
+def watch_frame(daemon: Daemon, columns: int) -> list[str]:
+    """The last table `openbits watch` drew on a terminal ``columns`` wide, once a job shows
+    a rate and a time left (then Ctrl-C), as lines without escape sequences."""
+    env = dict(os.environ, OPENBITS_SOCKET=daemon.socket, COLUMNS=str(columns), LINES="40", TERM="xterm")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(sys.executable, [sys.executable, "-m", "openbits", "watch"], env)
+    term = Terminal(fd)
+    try:
+        deadline = time.monotonic() + 30
+        while not RATE_AND_ETA.search(ANSI.sub(b"", term.screen).decode(errors="replace")):
+            assert time.monotonic() < deadline, ANSI.sub(b"", term.screen).decode(errors="replace")[-3000:]
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                term.screen += os.read(fd, 65536)
+        os.kill(pid, signal.SIGINT)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 130
+    finally:
+        os.close(fd)
+    screen = ANSI.sub(b"", term.screen).decode(errors="replace").replace("\r", "")
+    return screen.rsplit("openbits watch  ", 1)[1].splitlines()[1:]
+
+
+def test_watch_is_readable_at_80_and_120_columns(daemon: Daemon, nginx: Nginx, tmp_path: Path) -> None:
+    make_file(nginx.www, "watched.bin", 16 * 1024 * 1024)
+    others = [daemon.cli("create", f"queued {i}", check=True).stdout.strip() for i in range(3)]
+    job = daemon.cli("create", "weekly backup", check=True).stdout.strip()
+    daemon.cli("add", job, f"{nginx.url}/slow/watched.bin", str(tmp_path / "watched.copy"), check=True)
+    daemon.cli("resume", job, check=True)
+    try:
+        for columns in (80, 120):
+            lines = watch_frame(daemon, columns)
+            assert all(len(line) <= columns for line in lines), "\n".join(lines)
+            header = lines[0].split()
+            expected = ["ID", "NAME", "STATE", "PRIORITY", "FILES", "BYTES", "RATE", "ETA"]
+            assert [h for h in header if h != "PROGRESS"] == expected, lines[0]
+            assert ("PROGRESS" in header) is (columns >= 110), lines[0]
+            row = next(line for line in lines if "weekly backup" in line)
+            short = job.strip("{}")[:8]
+            assert row.startswith(short + " ") and job not in row, row  # a short id, unique
+            assert re.search(r"TRANSFERRING +NORMAL +0/1 ", row), row
+            assert re.search(r"\d+\.\d/16\.0 MiB", row) and RATE_AND_ETA.search(row), row
+            for other in others:
+                assert any(line.startswith(other.strip("{}")[:8]) for line in lines), (other, lines)
+    finally:
+        daemon.cli("cancel", job)

@@ -81,6 +81,10 @@ MAX_QUERY_LENGTH = 8192
 MAX_DEPTH = 64
 MAX_NUMBER_DIGITS = 20
 
+_NUMBERS = """BytesTotal BytesTransferred FilesTotal FilesTransferred TransientErrorCount MinimumRetryDelay
+NoProgressTimeout MaximumDownloadTime NotifyFlags SecurityFlags JobCreationTime JobLastModificationTime
+JobCompletionTime"""
+
 #: What the properties of BitsClientJob hold, for the parser's check of literals: an IntEnum
 #: (whose names stand for its numbers), int or str. Properties not named are not checked.
 JOB_PROPERTY_TYPES: Mapping[str, type] = MappingProxyType(
@@ -89,24 +93,7 @@ JOB_PROPERTY_TYPES: Mapping[str, type] = MappingProxyType(
         "Priority": JobPriority,
         "JobType": JobType,
         **dict.fromkeys(("JobId", "DisplayName", "Description"), str),
-        **dict.fromkeys(
-            (
-                "BytesTotal",
-                "BytesTransferred",
-                "FilesTotal",
-                "FilesTransferred",
-                "TransientErrorCount",
-                "MinimumRetryDelay",
-                "NoProgressTimeout",
-                "MaximumDownloadTime",
-                "NotifyFlags",
-                "SecurityFlags",
-                "JobCreationTime",
-                "JobLastModificationTime",
-                "JobCompletionTime",
-            ),
-            int,
-        ),
+        **dict.fromkeys(_NUMBERS.split(), int),
     }
 )
 

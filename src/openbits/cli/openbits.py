@@ -1054,8 +1054,10 @@ def _event_text(event: StreamEvent, as_json: bool) -> str:
 def watch(ctx: Context, all_users: bool, until: str | None, as_json: bool) -> None:
     """A live table of your jobs, redrawn as they change; Ctrl-C ends it.
 
-    On a terminal, a table of your jobs (state, files, a progress bar, bytes) redrawn at
-    every change the daemon sends (its event stream: no polling). When stdout is not a
+    On a terminal, a table of your jobs (state, priority, files, bytes, rate, time left; a
+    progress bar from 110 columns on) redrawn at every change the daemon sends (its event
+    stream: no polling). ID is the JobId's shortest unique prefix, as git shortens hashes
+    (the whole JobId from 160 columns on, and with --json). When stdout is not a
     terminal, or with --json, one line a change instead: time, event id and type, JobId,
     name, state, files and bytes (--json: {"id", "event", "data"}). Ctrl-C exits 130
     without a word.
@@ -1139,11 +1141,13 @@ class _LiveJobs:
         from rich.live import Live
 
         self._title = "openbits watch" + (" --all-users" if all_users else "")
+        self._rates = render.Rates()
         self._live = Live(self._table(jobs), auto_refresh=False, redirect_stderr=False)
         self._live.start(refresh=True)
 
     def _table(self, jobs: dict[str, dict[str, Any]]) -> Any:
-        return render.live_table(jobs, f"{self._title}  {time.strftime('%H:%M:%S')}  (Ctrl-C ends)")
+        title = f"{self._title}  {time.strftime('%H:%M:%S')}  (Ctrl-C ends)"
+        return render.live_table(jobs, title, self._rates)
 
     def draw(self, jobs: dict[str, dict[str, Any]]) -> None:
         self._live.update(self._table(jobs), refresh=True)

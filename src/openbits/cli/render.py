@@ -255,30 +255,167 @@ _STATE_STYLES = {
 }
 
 
-def live_table(jobs: Mapping[str, Mapping[str, Any]], title: str) -> Any:
-    """A rich Table of ``jobs`` (JobId -> instance) with a progress column."""
+#: the live table's columns; PROGRESS (a bar) only from _BAR_WIDTH columns on, the full JobId
+#: only from _FULL_ID_WIDTH: at 80 columns every other column keeps its words
+_BAR_WIDTH = 110
+_FULL_ID_WIDTH = 160
+SHORT_ID = 8
+
+
+def short_ids(job_ids: Iterable[str]) -> dict[str, str]:
+    """Each JobId shortened as git shortens a hash: its first 8 characters (no brace), more
+    until no two of ``job_ids`` share their prefix."""
+    bare = {job_id: job_id.strip("{}") for job_id in job_ids}
+    length = SHORT_ID
+    while length < 36 and len({b[:length] for b in bare.values()}) < len(bare):
+        length += 1
+    return {job_id: b[:length].rstrip("-") for job_id, b in bare.items()}
+
+
+def bytes_pair(done: int, total: int) -> str:
+    """Transferred and total bytes in the total's unit: 0.3/1.0 GiB (B: 512/1000 B)."""
+    if total in (SIZE_UNKNOWN, 0):
+        return format_bytes(done) if done else "-"
+    size, unit, scale = float(total), "B", 1
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+        scale *= 1024
+    if unit == "B":
+        return f"{done}/{total} B"
+    return f"{done / scale:.1f}/{total / scale:.1f} {unit}"
+
+
+def duration(seconds: float) -> str:
+    """A time left, short: 45s, 3m05s, 2h07m, 3d04h."""
+    s = int(seconds + 0.5)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+class Rates:
+    """Each job's transfer rate as `watch` sees it change: bytes over the time between two
+    changes, smoothed (an exponential average), and the time left at that rate."""
+
+    SMOOTHING = 0.3
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}
+        self._rate: dict[str, float] = {}
+
+    def update(self, jobs: Mapping[str, Mapping[str, Any]], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for job_id in set(self._last) - set(jobs):
+            self._last.pop(job_id)
+            self._rate.pop(job_id, None)
+        for job_id, job in jobs.items():
+            done = int(job["BytesTransferred"])
+            if job["State"] != JobState.TRANSFERRING:
+                self._rate.pop(job_id, None)
+                self._last[job_id] = (now, done)
+                continue
+            before = self._last.get(job_id)
+            if before is None or done < before[1]:
+                self._last[job_id] = (now, done)
+            elif done > before[1] and now > before[0]:
+                sample = (done - before[1]) / (now - before[0])
+                old = self._rate.get(job_id)
+                self._rate[job_id] = sample if old is None else old + self.SMOOTHING * (sample - old)
+                self._last[job_id] = (now, done)
+
+    def rate(self, job_id: str) -> float | None:
+        return self._rate.get(job_id)
+
+    def cells(self, job_id: str, job: Mapping[str, Any]) -> tuple[str, str]:
+        """RATE and ETA of one job: '-' while it is not transferring or not measured yet."""
+        rate = self._rate.get(job_id)
+        if not rate:
+            return "-", "-"
+        total, done = int(job["BytesTotal"]), int(job["BytesTransferred"])
+        eta = "-" if total in (SIZE_UNKNOWN, 0) else duration(max(0, total - done) / rate)
+        return f"{format_bytes(int(rate))}/s", eta
+
+
+def live_table(
+    jobs: Mapping[str, Mapping[str, Any]], title: str, rates: Rates | None = None, width: int | None = None
+) -> Any:
+    """A rich Table of ``jobs`` (JobId -> instance) that fits ``width`` columns (the
+    terminal's): a short unique id, then name, state, priority, files, a progress bar (wide
+    terminals), bytes, rate and time left. Every column but NAME is as wide as its widest
+    cell; NAME gets the rest (an ellipsis when it is short)."""
+    import shutil
+
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, title_justify="left", expand=False, header_style="bold")
-    for column in ("JOBID", "NAME", "STATE", "PRIORITY", "FILES", "PROGRESS", "BYTES"):
-        table.add_column(column, no_wrap=column in ("JOBID", "STATE", "PROGRESS"))
-    for job in jobs.values():
-        job_id, name, state, priority, files, size = job_row(job)
-        total, done = int(job["BytesTotal"]), int(job["BytesTransferred"])
-        progress = "-" if total in (0, SIZE_UNKNOWN) else _bar(done / total)
-        table.add_row(  # Text, not markup: a display name may hold "[…]"
-            Text(job_id),
-            Text(name),
-            Text(state, style=_STATE_STYLES.get(state, "")),
-            Text(priority),
-            Text(files),
-            Text(progress),
-            Text(size),
+    width = shutil.get_terminal_size().columns if width is None else width
+    with_bar = width >= _BAR_WIDTH
+    ids = {job_id: job_id for job_id in jobs} if width >= _FULL_ID_WIDTH else short_ids(jobs)
+    if rates is not None:
+        rates.update(jobs)
+    headers = (
+        "ID",
+        "NAME",
+        "STATE",
+        "PRIORITY",
+        "FILES",
+        *(("PROGRESS",) if with_bar else ()),
+        "BYTES",
+        "RATE",
+        "ETA",
+    )
+    rows = [
+        _live_row(ids[job_id], job, rates.cells(job_id, job) if rates else ("-", "-"), with_bar)
+        for job_id, job in jobs.items()
+    ]
+    widths = [max(len(c) for c in column) for column in zip(headers, *rows, strict=True)]
+    gap = 2 if with_bar else 1
+    fixed = sum(widths) - widths[1] + gap * (len(headers) - 1)
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, gap - 1, 0, 0),  # (SIMPLE_HEAD draws a space between columns)
+        header_style="bold",
+    )
+    for i, header in enumerate(headers):
+        if header == "NAME":
+            table.add_column(
+                header, no_wrap=True, overflow="ellipsis", width=max(4, min(widths[1], width - fixed))
+            )
+        else:
+            table.add_column(
+                header,
+                no_wrap=True,
+                width=widths[i],
+                justify="right" if header in ("RATE", "ETA") else "left",
+            )
+    for row in rows:
+        state = row[2]
+        table.add_row(
+            *(Text(c, style=_STATE_STYLES.get(state, "") if i == 2 else "") for i, c in enumerate(row))
         )
     if not jobs:
         table.caption = "no jobs"
     return table
+
+
+def _live_row(
+    short_id: str, job: Mapping[str, Any], rate_eta: tuple[str, str], with_bar: bool
+) -> tuple[str, ...]:
+    _, name, state, priority, files, _ = job_row(job)
+    total, done = int(job["BytesTotal"]), int(job["BytesTransferred"])
+    progress = ("-" if total in (0, SIZE_UNKNOWN) else _bar(done / total, 10),) if with_bar else ()
+    return (short_id, name, state, priority, files, *progress, bytes_pair(done, total), *rate_eta)
 
 
 def _bar(fraction: float, width: int = 12) -> str:
