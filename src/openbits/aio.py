@@ -1,7 +1,8 @@
 """The asyncio client of the daemon's API: :class:`AsyncClient`, on aiohttp, with the
 same methods as :class:`openbits.client.Client` (as coroutines) and the same ways to find
-the daemon.  Requests, answers, errors and the flows (wait, transfer) are the client
-core's (``openbits._wire``), driven here; aiohttp is imported when a client first connects.
+the daemon.  Requests, answers and errors are the client core's (``openbits._wire``), and
+so are the flows (wait, transfer: ``openbits._flows``), driven here; aiohttp is imported
+when a client first connects.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from openbits import _flows as flows
 from openbits import _wire as wire
 from openbits._wire import WAIT_UNTIL, DaemonUnavailable, FilePairs, Progress, SseDecoder, StreamEvent
 from openbits.jobs import BitsJob, JobErrorInfo, JobEvent
@@ -102,21 +104,21 @@ class AsyncClient(wire.ClientBase):
     async def _call(self, call: wire.Call) -> Any:
         return await self.request(call.method, call.path, call.body)
 
-    async def _drive(self, flow: wire.Flow[T], progress: Progress | None = None) -> T:
+    async def _drive(self, flow: flows.Flow[T], progress: Progress | None = None) -> T:
         """Run a flow of the client core; ``progress`` may be a coroutine function."""
-        run = wire.FlowRun(flow)
+        run = flows.FlowRun(flow)
         events: AsyncJobEventStream | None = None
         try:
             while (step := run.step()) is not None:
                 try:
                     if isinstance(step, wire.Call):
                         run.answer(await self._call(step))
-                    elif isinstance(step, wire.Subscribe):
+                    elif isinstance(step, flows.Subscribe):
                         events = await self.job_events(job=step.job).open()
-                    elif isinstance(step, wire.NextEvent) and events is not None:
+                    elif isinstance(step, flows.NextEvent) and events is not None:
                         events.timeout = step.timeout
                         run.answer(await events.__anext__())
-                    elif isinstance(step, wire.Report):
+                    elif isinstance(step, flows.Report):
                         await _report(progress, step.job)
                 except BaseException as e:  # (thrown into the flow, which may clean up)
                     run.fail(e)
@@ -187,7 +189,7 @@ class AsyncClient(wire.ClientBase):
         return await self.job(job_id)
 
     async def resolve(self, job: str) -> str:
-        return await self._drive(wire.resolve(job))
+        return await self._drive(flows.resolve(job))
 
     async def job(self, job: str, *, include_finished: bool = False) -> BitsJob:
         return BitsJob.from_cim(await self.get_job(job, include_finished=include_finished))
@@ -318,7 +320,7 @@ class AsyncClient(wire.ClientBase):
         progress: Progress | None = None,
     ) -> BitsJob:
         """See ``Client.wait``; ``progress`` may be a coroutine function."""
-        flow = wire.follow(job, frozenset(until), wire.deadline_of(timeout), wire.poll_s(progress))
+        flow = flows.follow(job, frozenset(until), flows.deadline_of(timeout), flows.poll_s(progress))
         return await self._drive(flow, progress)
 
     async def transfer(
@@ -331,11 +333,11 @@ class AsyncClient(wire.ClientBase):
     ) -> BitsJob:
         """See ``Client.transfer``; ``progress`` may be a coroutine function.  A cancelled
         task cancels its job."""
-        spec = wire.TransferSpec.of(files, display_name, options)
+        spec = flows.TransferSpec.of(files, display_name, options)
         if not options.get("wait", True):
-            return await self.job(await self._drive(wire.start(spec)))
-        deadline = wire.deadline_of(options.get("timeout"))
-        return await self._drive(wire.transfer(spec, deadline, wire.poll_s(progress)), progress)
+            return await self.job(await self._drive(flows.start(spec)))
+        deadline = flows.deadline_of(options.get("timeout"))
+        return await self._drive(flows.transfer(spec, deadline, flows.poll_s(progress)), progress)
 
 
 class AsyncEventStream(AsyncIterator[StreamEvent]):

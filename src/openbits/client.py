@@ -8,7 +8,9 @@ The CIM-level ones answer the JSON as the API sends it (``create_job`` the JobId
 ``get_job``/``list_jobs``/``set_properties``/``get_error`` dicts, ``events`` raw
 Server-Sent Events); the verbs (``add_file``, ``resume``, ``cancel``, ``set_*`` …) are
 shared.  Failing calls raise the BitsError subclass rebuilt from the HRESULT of the
-error body; :class:`DaemonUnavailable` when nothing answers.
+error body; :class:`DaemonUnavailable` when nothing answers.  Requests and answers are
+built in ``openbits._wire``; ``wait`` and ``transfer`` are the flows of
+``openbits._flows``, which both clients drive.
 
 The sync client is stdlib only (http.client), so the CLI starts in ~30 ms: the typed
 objects (``openbits.jobs``) load on first use, AsyncClient lives in ``openbits.aio``
@@ -26,6 +28,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from openbits import _flows as flows
 from openbits import _wire as wire
 from openbits._wire import (
     WAIT_UNTIL,
@@ -138,21 +141,21 @@ class Client(wire.ClientBase):
     def _call(self, call: wire.Call) -> Any:
         return self.request(call.method, call.path, call.body)
 
-    def _drive(self, flow: wire.Flow[T], progress: Progress | None = None) -> T:
+    def _drive(self, flow: flows.Flow[T], progress: Progress | None = None) -> T:
         """Run a flow of the client core: its calls, its job's events, its reports."""
-        run = wire.FlowRun(flow)
+        run = flows.FlowRun(flow)
         events: JobEventStream | None = None
         try:
             while (step := run.step()) is not None:
                 try:
                     if isinstance(step, wire.Call):
                         run.answer(self._call(step))
-                    elif isinstance(step, wire.Subscribe):
+                    elif isinstance(step, flows.Subscribe):
                         events = self.job_events(job=step.job)
-                    elif isinstance(step, wire.NextEvent) and events is not None:
+                    elif isinstance(step, flows.NextEvent) and events is not None:
                         events.timeout = step.timeout
                         run.answer(next(events))
-                    elif isinstance(step, wire.Report) and progress is not None:
+                    elif isinstance(step, flows.Report) and progress is not None:
                         progress(step.job)
                 except BaseException as e:  # (thrown into the flow, which may clean up)
                     run.fail(e)
@@ -222,7 +225,7 @@ class Client(wire.ClientBase):
     def resolve(self, job: str) -> str:
         """The JobId of a JobId or display name, a name looked up as every call looks it up:
         among the jobs not finished (never the hidden ACKNOWLEDGED and CANCELLED ones)."""
-        return self._drive(wire.resolve(job))
+        return self._drive(flows.resolve(job))
 
     def job(self, job: str, *, include_finished: bool = False) -> BitsJob:
         """One job, by JobId or display name (``include_finished``: also an ACKNOWLEDGED or
@@ -418,7 +421,7 @@ class Client(wire.ClientBase):
         daemon without events is long polled.  ``timeout`` (seconds): TimeoutError after it.
         ``progress(job)``: called with the job after each change.  A display name is
         looked up as everywhere else: among the jobs not finished."""
-        flow = wire.follow(job, frozenset(until), wire.deadline_of(timeout), wire.poll_s(progress))
+        flow = flows.follow(job, frozenset(until), flows.deadline_of(timeout), flows.poll_s(progress))
         return self._drive(flow, progress)
 
     def transfer(
@@ -440,11 +443,11 @@ class Client(wire.ClientBase):
         subclass, TimeoutError after ``timeout`` seconds, or whatever interrupted it
         (KeyboardInterrupt).  When the daemon cannot be told to cancel (it went away), a
         note of the error names the job and how to finish it."""
-        spec = wire.TransferSpec.of(files, display_name, options)
+        spec = flows.TransferSpec.of(files, display_name, options)
         if not options.get("wait", True):
-            return self.job(self._drive(wire.start(spec)))
-        deadline = wire.deadline_of(options.get("timeout"))
-        return self._drive(wire.transfer(spec, deadline, wire.poll_s(progress)), progress)
+            return self.job(self._drive(flows.start(spec)))
+        deadline = flows.deadline_of(options.get("timeout"))
+        return self._drive(flows.transfer(spec, deadline, flows.poll_s(progress)), progress)
 
 
 class EventStream(Iterator[StreamEvent]):
