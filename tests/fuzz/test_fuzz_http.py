@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -250,18 +251,22 @@ async def _exchange(response: bytes, *, close: bool) -> tuple[int, bytes] | H1Er
     """GET from a server that answers ``response`` (then closes, or half-closes when
     ``close``): (status, body) as the client read them, or the H1Error it raised."""
 
+    handlers: set[asyncio.Task[Any]] = set()
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
         try:
             await reader.readuntil(b"\r\n\r\n")
             writer.write(response)
             await writer.drain()
-            if close:
-                writer.close()
-            else:
+            if not close:
                 writer.write_eof()
                 await reader.read()  # until the client closes
-                writer.close()
         except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:  # (also when cancelled: the server's end of the connection is closed)
             writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -284,6 +289,7 @@ async def _exchange(response: bytes, *, close: bool) -> tuple[int, bytes] | H1Er
         await client.close()
         server.close()
         await server.wait_closed()
+        await asyncio.gather(*handlers, return_exceptions=True)  # (3.11 does not wait for them)
 
 
 def _chunked(body: bytes, cuts: list[int], ext: str, trailers: list[tuple[str, str]], hexcase: str) -> bytes:
