@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 from urllib.parse import quote, urlencode, urlsplit
 
 from openbits.config import client_socket_path
-from openbits.errors import AccessDenied, BitsError, HResult, InvalidState
+from openbits.errors import AccessDenied, BitsError, HResult, InternalError, InvalidState
 from openbits.model import (
     BG_LENGTH_TO_EOF,
     JOB_CLASS_PATH,
@@ -170,16 +170,14 @@ def answer(status: int, payload: bytes) -> Any:
         result = json.loads(payload) if payload else None
     except ValueError:
         if status < 400:
-            raise BitsError(
-                f"the daemon's answer is not JSON (HTTP {status})", hresult=HResult.E_FAIL
-            ) from None
+            raise InternalError(f"the daemon's answer is not JSON (HTTP {status})") from None
         result = None
     if status >= 400:
         if isinstance(result, dict) and "ReturnValue" in result:
             raise BitsError.from_hresult(int(result["ReturnValue"]), result.get("Message"))
         if status in (401, 403):
             raise AccessDenied(f"HTTP {status}")
-        raise BitsError(f"HTTP {status}", hresult=HResult.E_FAIL)
+        raise InternalError(f"HTTP {status}")
     return result
 
 

@@ -1,9 +1,58 @@
 """HRESULT values of BITS and the BitsError tree.
 
 Every failure inside openbits is a :class:`BitsError` carrying an HRESULT and an
-:class:`~openbits.model.ErrorContext`.  Foreign exceptions (aiohttp, OSError) are
-translated once, at the edge, into one of these.  The class decides whether an
-error is transient (retried) or fatal.
+:class:`~openbits.model.ErrorContext`.  Foreign exceptions are translated once, at their
+edge: aiohttp's and h1's in ``transfer/http.py``, OSError of a transfer's files in
+``transfer/files.py``, SQLite's in ``store/sqlite.py``.  Each class carries its HRESULT,
+its context and whether it is retried (transient, ``+``) or fatal; a family that holds
+several codes takes the code of the instance (an errno's, an HTTP status's).
+
+    BitsError                     E_FAIL                        GENERAL_QUEUE_MANAGER
+    ├── CallError                 a caller's request refused (HTTP 400 unless said)
+    │   ├── InvalidArgument       E_INVALIDARG
+    │   ├── InvalidRange          BG_E_INVALID_RANGE
+    │   ├── OverlappingRanges     BG_E_OVERLAPPING_RANGES
+    │   ├── NotImplementedValue   E_NOTIMPL
+    │   ├── AccessDenied          E_ACCESSDENIED                  403
+    │   ├── PathNotFound          HRESULT_PATH_NOT_FOUND
+    │   ├── StringTooLong         BG_E_STRING_TOO_LONG
+    │   ├── ReadOnlyProperty      BG_E_READ_ONLY_PROPERTY
+    │   ├── NotFound              BG_E_NOT_FOUND                  404
+    │   ├── FileNotInJob          BG_E_FILE_NOT_FOUND
+    │   ├── InvalidState          BG_E_INVALID_STATE              409
+    │   ├── EmptyJob              BG_E_EMPTY                      409
+    │   ├── ErrorInformationUnavailable                           409
+    │   ├── LimitExceeded                                         409
+    │   │   ├── TooManyJobsPerUser     BG_E_TOO_MANY_JOBS_PER_USER
+    │   │   ├── TooManyJobsPerMachine  BG_E_TOO_MANY_JOBS_PER_MACHINE
+    │   │   ├── TooManyFilesInJob      BG_E_TOO_MANY_FILES_IN_JOB
+    │   │   └── TooManyRangesInFile    BG_E_TOO_MANY_RANGES_IN_FILE (400)
+    │   ├── RequestTooLarge       HRESULT_REQUEST_TOO_LARGE       413
+    │   └── NoRoomForWork         HRESULT_DISK_FULL               507
+    ├── TransferError             moving bytes failed (a job's error, not an API answer)
+    │   ├── NetworkError        + BG_E_CONNECTION_CLOSED         GENERAL_TRANSPORT
+    │   │   ├── ConnectError    + BG_E_CONNECT_FAILURE
+    │   │   ├── NameResolutionError + BG_E_NAME_RESOLUTION_FAILURE
+    │   │   ├── TLSError        + BG_E_SECURE_CHANNEL_FAILURE
+    │   │   ├── Timeout         + BG_E_TIMEOUT
+    │   │   └── UnknownNetworkError + BG_E_UNKNOWN_ERROR
+    │   ├── RemoteFileError       BG_E_INVALID_SERVER_RESPONSE   REMOTE_FILE
+    │   │   ├── InvalidResponse   BG_E_INVALID_SERVER_RESPONSE
+    │   │   ├── HttpStatusError   BG_E_HTTP_ERROR_<status>, + for TRANSIENT_HTTP_STATUSES
+    │   │   ├── UntrustedCertificate  BG_E_TRUST_FAILURE
+    │   │   ├── InvalidUrl        E_INVALIDARG
+    │   │   ├── RangeNotSupported BG_E_INSUFFICIENT_RANGE_SUPPORT
+    │   │   ├── RangeOutsideFile  BG_E_INVALID_RANGE
+    │   │   └── SourceFileError   the errno's (E_FAIL)           a local copy's source
+    │   │       └── SourceUnavailable + E_FAIL
+    │   └── LocalFileError        the errno's (E_FAIL)           LOCAL_FILE
+    │       └── DiskFull        + HRESULT_DISK_FULL
+    └── InternalError             E_FAIL                         UNKNOWN         500
+        └── StoreWriteFailed    + E_FAIL                         GENERAL_QUEUE_MANAGER
+            └── StoreFull       + HRESULT_DISK_FULL                              507
+
+``BitsError.from_hresult`` rebuilds the most specific class of an HRESULT (the clients);
+``api_http_status`` gives the HTTP status the API answers each with (SPEC §6).
 
 Values come from ../shared/reference/bits-spec.md §2.11-2.12.
 """
@@ -397,9 +446,16 @@ def is_success(code: int) -> bool:
 
 
 class BitsError(Exception):
-    """An error with a BITS HRESULT and the context it happened in."""
+    """An error with a BITS HRESULT and the context it happened in.
+
+    A class gives the defaults: its HRESULT (``default_hresult``), its context
+    (``default_context``) and whether it is retried (``transient``).  ``hresult`` and
+    ``context`` may still be given where one family holds several codes (an errno's, an
+    HTTP status's, or an HRESULT a client rebuilds with ``from_hresult``).
+    """
 
     default_hresult: int = HResult.E_FAIL
+    default_context: ErrorContext = ErrorContext.GENERAL_QUEUE_MANAGER
     transient: bool = False
 
     def __init__(
@@ -407,17 +463,19 @@ class BitsError(Exception):
         message: str | None = None,
         *,
         hresult: int | None = None,
-        context: ErrorContext = ErrorContext.GENERAL_QUEUE_MANAGER,
-        transient: bool | None = None,
+        context: ErrorContext | None = None,
         retry_after_s: float | None = None,
     ) -> None:
         self.hresult = int(hresult if hresult is not None else self.default_hresult) & 0xFFFFFFFF
-        self.context = context
-        if transient is not None:
-            self.transient = transient
+        self.context = context if context is not None else self.default_context
         self.retry_after_s = retry_after_s
         self.message = message or hresult_message(self.hresult)
+        self.transient = self.retried()
         super().__init__(self.message)
+
+    def retried(self) -> bool:
+        """Whether this error is transient: the class's word, unless a family decides by code."""
+        return type(self).transient
 
     @property
     def name(self) -> str:
@@ -434,82 +492,243 @@ class BitsError(Exception):
     def from_hresult(
         hresult: int, message: str | None = None, context: ErrorContext = ErrorContext.NONE
     ) -> BitsError:
-        """Rebuild the most specific subclass for an HRESULT (used by clients)."""
+        """Rebuild the class of an HRESULT a daemon answered (used by clients): the call
+        error it names (a limit's family, ``LimitExceeded``), ``InternalError`` for E_FAIL,
+        else a plain BitsError (a job's transfer error, an HTTP status)."""
         cls = _BY_HRESULT.get(hresult & 0xFFFFFFFF, BitsError)
         return cls(message, hresult=hresult, context=context)
 
 
-class InvalidArgument(BitsError):
+# -- a caller's request refused -----------------------------------------------------------
+
+
+class CallError(BitsError):
+    """The daemon refuses a caller's request (a verb, a property, a WMI method)."""
+
+
+class InvalidArgument(CallError):
     default_hresult = HResult.E_INVALIDARG
 
 
-class NotImplementedValue(BitsError):
+class InvalidRange(CallError):
+    default_hresult = HResult.BG_E_INVALID_RANGE
+
+
+class OverlappingRanges(CallError):
+    default_hresult = HResult.BG_E_OVERLAPPING_RANGES
+
+
+class NotImplementedValue(CallError):
     default_hresult = HResult.E_NOTIMPL
 
 
-class AccessDenied(BitsError):
+class AccessDenied(CallError):
     default_hresult = HResult.E_ACCESSDENIED
 
 
-class PathNotFound(BitsError):
+class PathNotFound(CallError):
     default_hresult = HResult.HRESULT_PATH_NOT_FOUND
 
 
-class StringTooLong(BitsError):
+class StringTooLong(CallError):
     default_hresult = HResult.BG_E_STRING_TOO_LONG
 
 
-class ReadOnlyProperty(BitsError):
+class ReadOnlyProperty(CallError):
     default_hresult = HResult.BG_E_READ_ONLY_PROPERTY
 
 
-class NotFound(BitsError):
+class NotFound(CallError):
     default_hresult = HResult.BG_E_NOT_FOUND
 
 
-class InvalidState(BitsError):
+class FileNotInJob(CallError):
+    default_hresult = HResult.BG_E_FILE_NOT_FOUND
+
+
+class InvalidState(CallError):
     default_hresult = HResult.BG_E_INVALID_STATE
 
 
-class EmptyJob(BitsError):
+class EmptyJob(CallError):
     default_hresult = HResult.BG_E_EMPTY
 
 
-class ErrorInformationUnavailable(BitsError):
+class ErrorInformationUnavailable(CallError):
     default_hresult = HResult.BG_E_ERROR_INFORMATION_UNAVAILABLE
 
 
-class LimitExceeded(BitsError):
+class LimitExceeded(CallError):
     default_hresult = HResult.BG_E_TOO_MANY_JOBS_PER_USER
 
 
-class TransferError(BitsError):
-    """A failure while moving bytes; ``transient`` says whether it is retried."""
+class TooManyJobsPerUser(LimitExceeded):
+    default_hresult = HResult.BG_E_TOO_MANY_JOBS_PER_USER
 
 
-class TransientTransferError(TransferError):
-    transient = True
+class TooManyJobsPerMachine(LimitExceeded):
+    default_hresult = HResult.BG_E_TOO_MANY_JOBS_PER_MACHINE
 
 
-class RequestTooLarge(BitsError):
+class TooManyFilesInJob(LimitExceeded):
+    default_hresult = HResult.BG_E_TOO_MANY_FILES_IN_JOB
+
+
+class TooManyRangesInFile(LimitExceeded):
+    default_hresult = HResult.BG_E_TOO_MANY_RANGES_IN_FILE
+
+
+class RequestTooLarge(CallError):
     default_hresult = HResult.HRESULT_REQUEST_TOO_LARGE
 
 
+class NoRoomForWork(CallError):
+    """New work refused: the state directory is down to the room kept for accepted jobs."""
+
+    default_hresult = HResult.HRESULT_DISK_FULL
+
+
+# -- a transfer failed ----------------------------------------------------------------------
+
+
+class TransferError(BitsError):
+    """A failure while moving bytes; the class says whether it is retried."""
+
+
+class NetworkError(TransferError):
+    """The connection failed or broke: retried."""
+
+    default_hresult = HResult.BG_E_CONNECTION_CLOSED
+    default_context = ErrorContext.GENERAL_TRANSPORT
+    transient = True
+
+
+class ConnectError(NetworkError):
+    default_hresult = HResult.BG_E_CONNECT_FAILURE
+
+
+class NameResolutionError(NetworkError):
+    default_hresult = HResult.BG_E_NAME_RESOLUTION_FAILURE
+
+
+class TLSError(NetworkError):
+    default_hresult = HResult.BG_E_SECURE_CHANNEL_FAILURE
+
+
+class Timeout(NetworkError):
+    default_hresult = HResult.BG_E_TIMEOUT
+
+
+class UnknownNetworkError(NetworkError):
+    default_hresult = HResult.BG_E_UNKNOWN_ERROR
+
+
+class RemoteFileError(TransferError):
+    """The server (or the source of a local copy) answers what the job cannot use."""
+
+    default_hresult = HResult.BG_E_INVALID_SERVER_RESPONSE
+    default_context = ErrorContext.REMOTE_FILE
+
+
+class InvalidResponse(RemoteFileError):
+    default_hresult = HResult.BG_E_INVALID_SERVER_RESPONSE
+
+
+class HttpStatusError(RemoteFileError):
+    """BG_E_HTTP_ERROR_<status>: retried for the statuses of TRANSIENT_HTTP_STATUSES."""
+
+    def retried(self) -> bool:
+        return self.hresult & 0xFFFF0000 == 0x80190000 and self.hresult & 0xFFFF in TRANSIENT_HTTP_STATUSES
+
+
+class UntrustedCertificate(RemoteFileError):
+    default_hresult = HResult.BG_E_TRUST_FAILURE
+
+
+class InvalidUrl(RemoteFileError):
+    default_hresult = HResult.E_INVALIDARG
+
+
+class RangeNotSupported(RemoteFileError):
+    default_hresult = HResult.BG_E_INSUFFICIENT_RANGE_SUPPORT
+
+
+class RangeOutsideFile(RemoteFileError):
+    default_hresult = HResult.BG_E_INVALID_RANGE
+
+
+class SourceFileError(RemoteFileError):
+    """The source file of a local copy cannot be read (its errno's HRESULT)."""
+
+    default_hresult = HResult.E_FAIL
+
+
+class SourceUnavailable(SourceFileError):
+    """The source file cannot be opened for a reason that may pass: retried."""
+
+    transient = True
+
+
+class LocalFileError(TransferError):
+    """The destination's file system refuses (an errno's HRESULT, ``files.local_error``)."""
+
+    default_context = ErrorContext.LOCAL_FILE
+
+
+class DiskFull(LocalFileError):
+    default_hresult = HResult.HRESULT_DISK_FULL
+    transient = True
+
+
+# -- the daemon failed ----------------------------------------------------------------------
+
+
+class InternalError(BitsError):
+    """An unexpected failure (a bug, an answer the client cannot read): E_FAIL."""
+
+    default_context = ErrorContext.UNKNOWN
+
+
+class StoreWriteFailed(InternalError):
+    """The job store did not commit a write (an I/O error, read-only): nothing of it is
+    stored, what was committed before is intact; retried."""
+
+    default_context = ErrorContext.GENERAL_QUEUE_MANAGER
+    transient = True
+
+
+class StoreFull(StoreWriteFailed):
+    """The job store's file system is full (HTTP 507)."""
+
+    default_hresult = HResult.HRESULT_DISK_FULL
+
+
+#: the class ``from_hresult`` rebuilds for an HRESULT (the errors a call is answered with)
 _BY_HRESULT: dict[int, type[BitsError]] = {
-    HResult.E_INVALIDARG: InvalidArgument,
-    HResult.E_NOTIMPL: NotImplementedValue,
-    HResult.E_ACCESSDENIED: AccessDenied,
-    HResult.HRESULT_PATH_NOT_FOUND: PathNotFound,
-    HResult.BG_E_STRING_TOO_LONG: StringTooLong,
-    HResult.BG_E_READ_ONLY_PROPERTY: ReadOnlyProperty,
-    HResult.BG_E_NOT_FOUND: NotFound,
-    HResult.BG_E_INVALID_STATE: InvalidState,
-    HResult.BG_E_EMPTY: EmptyJob,
-    HResult.BG_E_ERROR_INFORMATION_UNAVAILABLE: ErrorInformationUnavailable,
-    HResult.BG_E_TOO_MANY_JOBS_PER_USER: LimitExceeded,
-    HResult.BG_E_TOO_MANY_JOBS_PER_MACHINE: LimitExceeded,
-    HResult.BG_E_TOO_MANY_FILES_IN_JOB: LimitExceeded,
-    HResult.HRESULT_REQUEST_TOO_LARGE: RequestTooLarge,
+    **{
+        cls.default_hresult: cls
+        for cls in (
+            InvalidArgument,
+            InvalidRange,
+            OverlappingRanges,
+            NotImplementedValue,
+            AccessDenied,
+            PathNotFound,
+            StringTooLong,
+            ReadOnlyProperty,
+            NotFound,
+            FileNotInJob,
+            InvalidState,
+            EmptyJob,
+            ErrorInformationUnavailable,
+            RequestTooLarge,
+            InternalError,
+        )
+    },
+    **{
+        cls.default_hresult: LimitExceeded
+        for cls in (TooManyJobsPerUser, TooManyJobsPerMachine, TooManyFilesInJob, TooManyRangesInFile)
+    },
 }
 
 _HTTP_STATUS_OF: dict[int, int] = {

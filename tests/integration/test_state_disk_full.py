@@ -19,7 +19,7 @@ import pytest
 from openbits.caller import Caller
 from openbits.clock import ManualClock
 from openbits.config import Config
-from openbits.errors import BitsError, HResult, TransientTransferError
+from openbits.errors import BitsError, ConnectError
 from openbits.model import Job, JobState
 from openbits.service import Service
 from openbits.store.sqlite import SqliteStore
@@ -282,7 +282,7 @@ def test_a_refused_change_of_minimum_retry_delay_leaves_the_retry_where_it_was(f
     async def run() -> None:
         s = full.service
         job = await full.running_job()
-        s.job_failed(job, TransientTransferError("x", hresult=HResult.BG_E_CONNECT_FAILURE), 0)
+        s.job_failed(job, ConnectError("x"), 0)
         retry_at = job.retry_at_ns
         full.fill()
         with pytest.raises(BitsError) as e:

@@ -7,25 +7,54 @@ from pathlib import Path
 
 import pytest
 
+from openbits import errors
 from openbits.errors import (
     MESSAGES,
     TRANSIENT_HTTP_STATUSES,
     AccessDenied,
     BitsError,
+    CallError,
+    ConnectError,
+    DiskFull,
     EmptyJob,
     ErrorInformationUnavailable,
+    FileNotInJob,
     HResult,
+    HttpStatusError,
+    InternalError,
     InvalidArgument,
+    InvalidRange,
+    InvalidResponse,
     InvalidState,
+    InvalidUrl,
     LimitExceeded,
+    LocalFileError,
+    NameResolutionError,
+    NetworkError,
+    NoRoomForWork,
     NotFound,
     NotImplementedValue,
+    OverlappingRanges,
     PathNotFound,
+    RangeNotSupported,
+    RangeOutsideFile,
     ReadOnlyProperty,
+    RemoteFileError,
     RequestTooLarge,
+    SourceFileError,
+    SourceUnavailable,
+    StoreFull,
+    StoreWriteFailed,
     StringTooLong,
+    Timeout,
+    TLSError,
+    TooManyFilesInJob,
+    TooManyJobsPerMachine,
+    TooManyJobsPerUser,
+    TooManyRangesInFile,
     TransferError,
-    TransientTransferError,
+    UnknownNetworkError,
+    UntrustedCertificate,
     api_http_status,
     hresult_message,
     hresult_name,
@@ -296,18 +325,139 @@ def test_bits_error_str_and_hex() -> None:
     assert str(err) == "0x80200002 BG_E_INVALID_STATE: Resume is not allowed"
 
 
-def test_transient_flag() -> None:
-    assert TransientTransferError().transient is True
-    assert TransferError().transient is False
-    assert TransferError(transient=True).transient is True
-    assert TransientTransferError(transient=False).transient is False
-    # the class attribute is not changed by an instance override
-    assert TransferError.transient is False
-
-
 def test_retry_after_is_carried() -> None:
-    assert TransientTransferError(retry_after_s=12.5).retry_after_s == 12.5
+    assert HttpStatusError(hresult=http_status_hresult(503), retry_after_s=12.5).retry_after_s == 12.5
     assert BitsError().retry_after_s is None
+
+
+# -- the tree: every class's HRESULT, context, transience and API status ---------------------
+
+GQM, TRANSPORT, REMOTE, LOCAL = (
+    ErrorContext.GENERAL_QUEUE_MANAGER,
+    ErrorContext.GENERAL_TRANSPORT,
+    ErrorContext.REMOTE_FILE,
+    ErrorContext.LOCAL_FILE,
+)
+
+#: (class, its family, HRESULT, context, transient, the API's HTTP status)
+TREE: list[tuple[type[BitsError], type[BitsError], int, ErrorContext, bool, int]] = [
+    (BitsError, BitsError, HResult.E_FAIL, GQM, False, 500),
+    (CallError, BitsError, HResult.E_FAIL, GQM, False, 500),
+    (InvalidArgument, CallError, HResult.E_INVALIDARG, GQM, False, 400),
+    (InvalidRange, CallError, HResult.BG_E_INVALID_RANGE, GQM, False, 400),
+    (OverlappingRanges, CallError, HResult.BG_E_OVERLAPPING_RANGES, GQM, False, 400),
+    (NotImplementedValue, CallError, HResult.E_NOTIMPL, GQM, False, 400),
+    (AccessDenied, CallError, HResult.E_ACCESSDENIED, GQM, False, 403),
+    (PathNotFound, CallError, HResult.HRESULT_PATH_NOT_FOUND, GQM, False, 400),
+    (StringTooLong, CallError, HResult.BG_E_STRING_TOO_LONG, GQM, False, 400),
+    (ReadOnlyProperty, CallError, HResult.BG_E_READ_ONLY_PROPERTY, GQM, False, 400),
+    (NotFound, CallError, HResult.BG_E_NOT_FOUND, GQM, False, 404),
+    (FileNotInJob, CallError, HResult.BG_E_FILE_NOT_FOUND, GQM, False, 400),
+    (InvalidState, CallError, HResult.BG_E_INVALID_STATE, GQM, False, 409),
+    (EmptyJob, CallError, HResult.BG_E_EMPTY, GQM, False, 409),
+    (ErrorInformationUnavailable, CallError, HResult.BG_E_ERROR_INFORMATION_UNAVAILABLE, GQM, False, 409),
+    (LimitExceeded, CallError, HResult.BG_E_TOO_MANY_JOBS_PER_USER, GQM, False, 409),
+    (TooManyJobsPerUser, LimitExceeded, HResult.BG_E_TOO_MANY_JOBS_PER_USER, GQM, False, 409),
+    (TooManyJobsPerMachine, LimitExceeded, HResult.BG_E_TOO_MANY_JOBS_PER_MACHINE, GQM, False, 409),
+    (TooManyFilesInJob, LimitExceeded, HResult.BG_E_TOO_MANY_FILES_IN_JOB, GQM, False, 409),
+    (TooManyRangesInFile, LimitExceeded, HResult.BG_E_TOO_MANY_RANGES_IN_FILE, GQM, False, 400),
+    (RequestTooLarge, CallError, HResult.HRESULT_REQUEST_TOO_LARGE, GQM, False, 413),
+    (NoRoomForWork, CallError, HResult.HRESULT_DISK_FULL, GQM, False, 507),
+    (TransferError, BitsError, HResult.E_FAIL, GQM, False, 500),
+    (NetworkError, TransferError, HResult.BG_E_CONNECTION_CLOSED, TRANSPORT, True, 400),
+    (ConnectError, NetworkError, HResult.BG_E_CONNECT_FAILURE, TRANSPORT, True, 400),
+    (NameResolutionError, NetworkError, HResult.BG_E_NAME_RESOLUTION_FAILURE, TRANSPORT, True, 400),
+    (TLSError, NetworkError, HResult.BG_E_SECURE_CHANNEL_FAILURE, TRANSPORT, True, 400),
+    (Timeout, NetworkError, HResult.BG_E_TIMEOUT, TRANSPORT, True, 400),
+    (UnknownNetworkError, NetworkError, HResult.BG_E_UNKNOWN_ERROR, TRANSPORT, True, 400),
+    (RemoteFileError, TransferError, HResult.BG_E_INVALID_SERVER_RESPONSE, REMOTE, False, 400),
+    (InvalidResponse, RemoteFileError, HResult.BG_E_INVALID_SERVER_RESPONSE, REMOTE, False, 400),
+    (UntrustedCertificate, RemoteFileError, HResult.BG_E_TRUST_FAILURE, REMOTE, False, 400),
+    (InvalidUrl, RemoteFileError, HResult.E_INVALIDARG, REMOTE, False, 400),
+    (RangeNotSupported, RemoteFileError, HResult.BG_E_INSUFFICIENT_RANGE_SUPPORT, REMOTE, False, 400),
+    (RangeOutsideFile, RemoteFileError, HResult.BG_E_INVALID_RANGE, REMOTE, False, 400),
+    (SourceFileError, RemoteFileError, HResult.E_FAIL, REMOTE, False, 500),
+    (SourceUnavailable, SourceFileError, HResult.E_FAIL, REMOTE, True, 500),
+    (LocalFileError, TransferError, HResult.E_FAIL, LOCAL, False, 500),
+    (DiskFull, LocalFileError, HResult.HRESULT_DISK_FULL, LOCAL, True, 507),
+    (InternalError, BitsError, HResult.E_FAIL, ErrorContext.UNKNOWN, False, 500),
+    (StoreWriteFailed, InternalError, HResult.E_FAIL, GQM, True, 500),
+    (StoreFull, StoreWriteFailed, HResult.HRESULT_DISK_FULL, GQM, True, 507),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "family", "hresult", "context", "transient", "status"),
+    TREE,
+    ids=lambda v: getattr(v, "__name__", "") or None,
+)
+def test_every_class_of_the_tree(
+    cls: type[BitsError],
+    family: type[BitsError],
+    hresult: int,
+    context: ErrorContext,
+    transient: bool,
+    status: int,
+) -> None:
+    err = cls("why")
+    assert cls.__bases__ == (family,) or cls is BitsError
+    assert (err.hresult, err.context, err.transient, err.message) == (hresult, context, transient, "why")
+    assert type(err).transient is transient  # on the class, not chosen per instance
+    assert api_http_status(err.hresult) == status
+
+
+def test_the_tree_is_every_bits_error_of_the_module() -> None:
+    every = {v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, BitsError)}
+    assert every == {row[0] for row in TREE} | {HttpStatusError}
+
+
+def test_the_docstring_draws_every_class() -> None:
+    drawn = set(re.findall(r"[├└]── (\w+)", errors.__doc__ or ""))
+    assert drawn == {row[0].__name__ for row in TREE} - {BitsError.__name__} | {"HttpStatusError"}
+
+
+@pytest.mark.parametrize("status", [*NAMED_HTTP_STATUSES, 429, 599])
+def test_http_status_error_is_transient_as_spec_says(status: int) -> None:
+    err = HttpStatusError("x", hresult=http_status_hresult(status))
+    assert isinstance(err, RemoteFileError)
+    assert err.context is REMOTE and err.hresult == http_status_hresult(status)
+    assert err.transient is (status in TRANSIENT_HTTP_STATUSES)
+
+
+def test_a_family_keeps_the_code_and_context_given() -> None:
+    err = LocalFileError("x", hresult=HResult.E_ACCESSDENIED, context=REMOTE)
+    assert (err.hresult, err.context, err.transient) == (HResult.E_ACCESSDENIED, REMOTE, False)
+    assert DiskFull(context=REMOTE).transient is True
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [row[0] for row in TREE if row[0] in errors._BY_HRESULT.values() and row[0] is not LimitExceeded],
+    ids=lambda c: c.__name__,
+)
+def test_from_hresult_round_trips_a_call_error(cls: type[BitsError]) -> None:
+    sent = cls("why")
+    back = BitsError.from_hresult(sent.hresult - 2**32, sent.message, sent.context)
+    assert type(back) is cls
+    assert (back.hresult, back.message, back.context) == (sent.hresult, "why", sent.context)
+
+
+@pytest.mark.parametrize(
+    "cls", [TooManyJobsPerUser, TooManyJobsPerMachine, TooManyFilesInJob, TooManyRangesInFile]
+)
+def test_from_hresult_rebuilds_a_limit_as_its_family(cls: type[BitsError]) -> None:
+    back = BitsError.from_hresult(cls().hresult)
+    assert type(back) is LimitExceeded and back.hresult == cls().hresult
+
+
+@pytest.mark.parametrize("cls", [ConnectError, DiskFull, StoreFull, NoRoomForWork, InvalidResponse])
+def test_from_hresult_of_a_transfer_or_disk_code_is_plain(cls: type[BitsError]) -> None:
+    assert type(BitsError.from_hresult(cls().hresult)) is BitsError
+
+
+def test_from_hresult_of_e_fail_is_an_internal_error() -> None:
+    back = BitsError.from_hresult(HResult.E_FAIL, "boom")
+    assert type(back) is InternalError and back.hex == "0x80004005" and back.message == "boom"
 
 
 def test_every_description_reads_as_a_message() -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from multidict import CIMultiDict
 
-from openbits.errors import BitsError, HResult, TransientTransferError
+from openbits.errors import BitsError, HResult, HttpStatusError
 from openbits.model import BG_LENGTH_TO_EOF, ErrorContext, JobFile
 from openbits.transfer import checks
 from openbits.transfer.checks import RESTART, Accepted
@@ -96,7 +96,7 @@ def test_other_statuses_are_http_errors_transient_as_spec_says() -> None:
     with pytest.raises(BitsError) as info:
         checks.accept(head(404), file(), 0)
     assert info.value.hresult == HResult.BG_E_HTTP_ERROR_404
-    with pytest.raises(TransientTransferError) as transient:
+    with pytest.raises(HttpStatusError) as transient:
         checks.accept(head(503, None, Retry_After="7"), file(), 0)
     assert transient.value.retry_after_s == 7.0
 

@@ -15,11 +15,12 @@ import pytest
 
 from openbits.errors import (
     AccessDenied,
+    DiskFull,
     HResult,
     InvalidArgument,
+    LocalFileError,
     PathNotFound,
     TransferError,
-    TransientTransferError,
 )
 from openbits.model import ErrorContext
 from openbits.transfer import files
@@ -287,7 +288,7 @@ def test_publish_of_a_missing_temp_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["ENOSPC", "EDQUOT"])
 def test_local_error_disk_full_is_transient(code: int) -> None:
     err = local_error(OSError(code, os.strerror(code)), "write")
-    assert isinstance(err, TransientTransferError)
+    assert isinstance(err, DiskFull)
     assert err.transient is True
     assert err.hresult == 0x80070070
     assert err.context is ErrorContext.LOCAL_FILE
@@ -309,8 +310,7 @@ def test_local_error_disk_full_is_transient(code: int) -> None:
 )
 def test_local_error_fatal_codes(code: int, hresult: HResult) -> None:
     err = local_error(OSError(code, os.strerror(code)), "open")
-    assert isinstance(err, TransferError)
-    assert not isinstance(err, TransientTransferError)
+    assert isinstance(err, LocalFileError)
     assert err.transient is False
     assert err.hresult == hresult
     assert err.context is ErrorContext.LOCAL_FILE
@@ -331,7 +331,7 @@ def test_local_error_keeps_a_given_context() -> None:
 
 
 def test_translating_turns_oserror_into_bits_error() -> None:
-    with pytest.raises(TransientTransferError) as info, translating("write"):
+    with pytest.raises(DiskFull) as info, translating("write"):
         raise OSError(errno.ENOSPC, "full")
     assert isinstance(info.value.__cause__, OSError)
 

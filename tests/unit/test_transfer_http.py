@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from openbits.errors import HResult, TransferError, TransientTransferError
+from openbits.errors import HResult, HttpStatusError, TransferError
 from openbits.model import ErrorContext
 from openbits.transfer import http
 from openbits.transfer.http import (
@@ -130,7 +130,7 @@ def test_parse_retry_after_huge_value_is_bounded(value: str) -> None:
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504, 599])
 def test_status_error_transient(status: int) -> None:
     err = status_error(status, "Reason", None)
-    assert isinstance(err, TransientTransferError)
+    assert isinstance(err, HttpStatusError)
     assert err.transient is True
     assert err.hresult == 0x80190000 + status
     assert err.context is ErrorContext.REMOTE_FILE
@@ -141,8 +141,7 @@ def test_status_error_transient(status: int) -> None:
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 407, 410, 416, 501, 505, 200, 302])
 def test_status_error_fatal(status: int) -> None:
     err = status_error(status, None, "120")
-    assert isinstance(err, TransferError)
-    assert not isinstance(err, TransientTransferError)
+    assert isinstance(err, HttpStatusError)
     assert err.transient is False
     assert err.hresult == 0x80190000 + status
     assert err.context is ErrorContext.REMOTE_FILE

@@ -23,7 +23,7 @@ from openbits.caller import Caller
 from openbits.errors import (
     AccessDenied,
     BitsError,
-    HResult,
+    InternalError,
     InvalidArgument,
     NotImplementedValue,
     RequestTooLarge,
@@ -33,7 +33,6 @@ from openbits.errors import (
 )
 from openbits.model import ALL_PROPERTIES, Job, JobState
 from openbits.service import Service
-from openbits.store import StoreWriteFailed
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.api")
@@ -113,13 +112,9 @@ async def bits_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except BitsError as e:
         return error_response(e)
-    except StoreWriteFailed as e:  # (tokens: the service translates its own)
-        return error_response(request.app[SERVICE_KEY].store_error(e))
     except web.HTTPException as e:
         if e.status == 404:
-            return error_response(
-                InvalidArgument(f"no such resource {request.path}", hresult=HResult.E_INVALIDARG)
-            )
+            return error_response(InvalidArgument(f"no such resource {request.path}"))
         if e.status == 405:
             return error_response(InvalidArgument(f"{request.method} is not allowed on {request.path}"))
         if e.status == 413:
@@ -127,7 +122,7 @@ async def bits_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         raise
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
-        return error_response(BitsError("internal error; see the daemon's log", hresult=HResult.E_FAIL))
+        return error_response(InternalError("internal error; see the daemon's log"))
 
 
 async def enumerate_jobs(request: web.Request) -> web.Response:

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 from openbits.caller import primary_gid
 from openbits.clock import Clock
 from openbits.config import Config
-from openbits.errors import BitsError, HResult
-from openbits.model import ErrorContext, Job, JobFile, parse_custom_headers
+from openbits.errors import BitsError, HResult, InternalError
+from openbits.model import Job, JobFile, parse_custom_headers
 from openbits.policy import ServicePolicy
 from openbits.scheduler import policy
 from openbits.transfer.download import Downloader, Owner, RequestOptions
@@ -354,7 +354,7 @@ class Scheduler:
             log.exception("job %s failed unexpectedly", job.job_id)
             service.job_failed(
                 job,
-                BitsError(f"internal error: {e!r}", hresult=HResult.E_FAIL, context=ErrorContext.UNKNOWN),
+                InternalError(f"internal error: {e!r}"),
                 index,
             )
         finally:

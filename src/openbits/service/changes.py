@@ -4,7 +4,7 @@ Every change of a job goes through ``LiveJobs._change``: the verb makes it insid
 ``with`` block, and at its end the job is saved to the store and the change announced
 (to long polls, the event log, the notifier) and the scheduler woken.  A caller's change
 is answered only once it is stored: when the store refuses it (a full disk), the job is
-put back as it was and the caller gets the store's error, translated here once.  The
+put back as it was and the caller gets the store's own error (StoreWriteFailed, StoreFull).  The
 daemon's own changes (``own=True``: progress, retries, state changes the transfers
 report) stand even so: the job is marked ``unsaved``, the store keeps an earlier valid
 state, as after a crash, and the next write that succeeds saves every file row of it.
@@ -23,11 +23,11 @@ from typing import Protocol
 from openbits import states
 from openbits.clock import Clock
 from openbits.config import Config
-from openbits.errors import BitsError, HResult
+from openbits.errors import StoreWriteFailed
 from openbits.model import Job, JobFile, JobState, NotifyFlags
 from openbits.policy import ServicePolicy
 from openbits.states import Event
-from openbits.store import JobStore, StoreWriteFailed
+from openbits.store import JobStore
 from openbits.transfer import files as fs
 
 log = logging.getLogger("openbits.service")
@@ -51,17 +51,6 @@ class _NoRunner:
 
     async def stop(self, job_id: str) -> None:
         pass
-
-
-def store_error(e: StoreWriteFailed, state_dir: str) -> BitsError:
-    """What a caller is told when the store cannot record its call."""
-    if e.full:
-        return BitsError(
-            f"{e}; free space in {state_dir} (nothing already accepted is lost)",
-            hresult=HResult.HRESULT_DISK_FULL,
-            transient=True,
-        )
-    return BitsError(str(e), hresult=HResult.E_FAIL, transient=True)
 
 
 @dataclass(slots=True)
@@ -182,8 +171,8 @@ class LiveJobs:
         """A change of ``job`` (and of its ``files``) made in the ``with`` block, or the new
         ``added`` files appended to it there: saved, announced as ``what``, the scheduler
         woken.  A caller's change is put back (job fields, ``files``, the files list) when
-        the block raises or the store refuses it, and the store's error is raised as the
-        caller's BitsError; the daemon's own change (``own``) stands (``_save``)."""
+        the block raises or the store refuses it, and the store's error raised again; the
+        daemon's own change (``own``) stands (``_save``)."""
         if own:
             yield
             job.modified_ns = self.clock.now_ns()
@@ -192,22 +181,21 @@ class LiveJobs:
             before = copy.copy(job)
             files_before = [copy.copy(f) for f in files]
             count = len(job.files)
-            with self._translating_store_errors():
-                try:
-                    yield
-                    job.modified_ns = self.clock.now_ns()
-                    self._save(job, files, added=added, strict=True)
-                except BaseException as e:
-                    for name in _JOB_FIELDS:
-                        setattr(job, name, getattr(before, name))
-                    for file, saved in zip(files, files_before, strict=True):
-                        for name in _FILE_FIELDS:
-                            setattr(file, name, getattr(saved, name))
-                    del job.files[count:]
-                    self._index(job)
-                    if isinstance(e, StoreWriteFailed):
-                        job.unsaved = True  # (the next write saves every file row)
-                    raise
+            try:
+                yield
+                job.modified_ns = self.clock.now_ns()
+                self._save(job, files, added=added, strict=True)
+            except BaseException as e:
+                for name in _JOB_FIELDS:
+                    setattr(job, name, getattr(before, name))
+                for file, saved in zip(files, files_before, strict=True):
+                    for name in _FILE_FIELDS:
+                        setattr(file, name, getattr(saved, name))
+                del job.files[count:]
+                self._index(job)
+                if isinstance(e, StoreWriteFailed):
+                    job.unsaved = True  # (the next write saves every file row)
+                raise
         self._announce(job, what)
         self.runner.wake()
         if job.state.is_final:  # stored: it lives on in the store alone (``find``)
@@ -237,18 +225,6 @@ class LiveJobs:
         if self.store_failing:
             self.store_failing = False
             log.warning("the job store records changes again")
-
-    @contextlib.contextmanager
-    def _translating_store_errors(self) -> Iterator[None]:
-        """A write the store refuses is the caller's BitsError (``store_error``)."""
-        try:
-            yield
-        except StoreWriteFailed as e:
-            raise self.store_error(e) from e
-
-    def store_error(self, e: StoreWriteFailed) -> BitsError:
-        """What a caller is told when the store cannot record its call."""
-        return store_error(e, self.config.state_dir)
 
     def _announce(self, job: Job, what: str) -> None:
         """Tell the long polls waiting on ``job`` and every listener of the change ``what``."""

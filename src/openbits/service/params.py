@@ -11,12 +11,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from openbits.errors import (
-    BitsError,
-    HResult,
     InvalidArgument,
-    LimitExceeded,
+    InvalidRange,
     NotImplementedValue,
+    OverlappingRanges,
     StringTooLong,
+    TooManyRangesInFile,
 )
 from openbits.model import (
     BG_LENGTH_TO_EOF,
@@ -160,9 +160,7 @@ def validate_ranges(value: Any, limit: int) -> list[tuple[int, int]]:
     if not isinstance(value, list) or not value:
         raise InvalidArgument("Ranges must be a non-empty array of {InitialOffset, Length}")
     if len(value) > limit:
-        raise LimitExceeded(
-            f"{len(value)} ranges; a file may have {limit}", hresult=HResult.BG_E_TOO_MANY_RANGES_IN_FILE
-        )
+        raise TooManyRangesInFile(f"{len(value)} ranges; a file may have {limit}")
     ranges: list[tuple[int, int]] = []
     for item in value:
         p = Params(item, ("InitialOffset", "Length"))
@@ -171,12 +169,12 @@ def validate_ranges(value: Any, limit: int) -> list[tuple[int, int]]:
         if offset is None or length is None:
             raise InvalidArgument("each range needs InitialOffset and Length")
         if length == 0:
-            raise BitsError("a range of length 0", hresult=HResult.BG_E_INVALID_RANGE)
+            raise InvalidRange("a range of length 0")
         ranges.append((offset, length))
     ordered = sorted(ranges)
     for (a, n), (b, _) in itertools.pairwise(ordered):
         if n == BG_LENGTH_TO_EOF or a + n > b:
-            raise BitsError("two ranges overlap", hresult=HResult.BG_E_OVERLAPPING_RANGES)
+            raise OverlappingRanges("two ranges overlap")
     return ranges
 
 

@@ -18,11 +18,14 @@ from openbits.errors import (
     ErrorInformationUnavailable,
     HResult,
     InvalidArgument,
-    LimitExceeded,
+    NoRoomForWork,
     NotFound,
     NotImplementedValue,
     ReadOnlyProperty,
     StringTooLong,
+    TooManyFilesInJob,
+    TooManyJobsPerMachine,
+    TooManyJobsPerUser,
     hresult_message,
     hresult_name,
 )
@@ -149,8 +152,7 @@ class Verbs(Reports):
             job.files.append(self._new_file(caller, job, remote, local, 0, set()))
             if not suspend:
                 self._enter(job, states.resume(job.state, len(job.files)))
-        with self._translating_store_errors():
-            self.store.add_job(job)
+        self.store.add_job(job)
         self.jobs[job.job_id] = job
         self._index(job)
         self._announce(job, "created")
@@ -161,7 +163,7 @@ class Verbs(Reports):
         """New work is refused while the store's file system has less free than
         ``state_reserve_mb``: that room is kept for the progress of the jobs accepted
         already, so that none of them is stopped by a new one.  (A write that fails for
-        another reason fails its own call: ``store_error``.)"""
+        another reason fails its own call: StoreWriteFailed.)"""
         reserve = self.config.state_reserve_mb * 1024 * 1024
         where = self.config.state_dir
         try:
@@ -171,11 +173,10 @@ class Verbs(Reports):
         else:
             free = st.f_bavail * st.f_frsize
         if free < reserve:
-            raise BitsError(
+            raise NoRoomForWork(
                 f"the state directory {where} has {free / 2**20:.1f} MiB free, under the "
                 f"{self.config.state_reserve_mb} MiB kept for the jobs already accepted "
-                "(state_reserve_mb): free space there to add work; nothing accepted is lost",
-                hresult=HResult.HRESULT_DISK_FULL,
+                "(state_reserve_mb): free space there to add work; nothing accepted is lost"
             )
 
     def _check_job_limits(self, caller: Caller) -> None:
@@ -183,15 +184,13 @@ class Verbs(Reports):
             return
         live = self.jobs.values()
         if len(live) >= self.config.max_jobs_per_machine:
-            raise LimitExceeded(
-                f"the machine already has {len(live)} jobs (limit {self.config.max_jobs_per_machine})",
-                hresult=HResult.BG_E_TOO_MANY_JOBS_PER_MACHINE,
+            raise TooManyJobsPerMachine(
+                f"the machine already has {len(live)} jobs (limit {self.config.max_jobs_per_machine})"
             )
         mine = sum(1 for j in live if j.owner_uid == caller.uid)
         if mine >= self.config.max_jobs_per_user:
-            raise LimitExceeded(
-                f"{caller.user} already has {mine} jobs (limit {self.config.max_jobs_per_user})",
-                hresult=HResult.BG_E_TOO_MANY_JOBS_PER_USER,
+            raise TooManyJobsPerUser(
+                f"{caller.user} already has {mine} jobs (limit {self.config.max_jobs_per_user})"
             )
 
     def _new_file(
@@ -211,9 +210,8 @@ class Verbs(Reports):
         local = validate_local_file(local)
         count = len(job.files) + pending
         if count >= self.config.max_files_per_job:
-            raise LimitExceeded(
-                f"the job already has {count} files (limit {self.config.max_files_per_job})",
-                hresult=HResult.BG_E_TOO_MANY_FILES_IN_JOB,
+            raise TooManyFilesInJob(
+                f"the job already has {count} files (limit {self.config.max_files_per_job})"
             )
         if local in taken:
             raise InvalidArgument(f"the job already has a file for {local}")
@@ -499,8 +497,7 @@ class Verbs(Reports):
             raise InvalidArgument("the request body must be a JSON object")
         policy, persisted = self.policy.with_changes(raw)
         if persisted:
-            with self._translating_store_errors():
-                self.store.save_settings(persisted)
+            self.store.save_settings(persisted)
             self.policy = policy
             log.info("service policy changed by %s: %s", caller.user, ", ".join(sorted(persisted)))
             self.runner.wake()

@@ -9,7 +9,12 @@ from typing import Any
 
 from openbits import states
 from openbits.caller import Caller
-from openbits.errors import AccessDenied, BitsError, HResult, InvalidArgument, NotImplementedValue
+from openbits.errors import (
+    AccessDenied,
+    FileNotInJob,
+    InvalidArgument,
+    NotImplementedValue,
+)
 from openbits.model import (
     CUSTOM_HEADERS_MAX,
     DEFAULT_MAXIMUM_DOWNLOAD_TIME_S,
@@ -161,7 +166,7 @@ class Service(Verbs):
 def _file_named(job: Job, local: str | None) -> JobFile:
     file = next((f for f in job.files if f.local_file == local), None)
     if file is None:
-        raise BitsError(f"the job has no file {local}", hresult=HResult.BG_E_FILE_NOT_FOUND)
+        raise FileNotInJob(f"the job has no file {local}")
     return file
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from openbits.errors import StoreFull, StoreWriteFailed
 from openbits.model import Job, JobFile
+
+__all__ = ["RECOVERY_HINT", "JobStore", "StoreDamaged", "StoreError", "StoreFull", "StoreWriteFailed"]
 
 
 class StoreError(Exception):
@@ -22,15 +25,6 @@ RECOVERY_HINT = (
 
 class StoreDamaged(StoreError):
     """The store's file fails SQLite's integrity check: the daemon will not run on it."""
-
-
-class StoreWriteFailed(StoreError):
-    """A write did not commit (its file system is full, an I/O error, read-only): nothing of
-    it is stored, and what was committed before is intact.  ``full``: for want of space."""
-
-    def __init__(self, message: str, *, full: bool) -> None:
-        super().__init__(message)
-        self.full = full
 
 
 class JobStore(Protocol):

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from openbits.errors import StoreFull, StoreWriteFailed
 from openbits.model import (
     ErrorContext,
     Job,
@@ -24,7 +25,7 @@ from openbits.model import (
     JobState,
     JobType,
 )
-from openbits.store import RECOVERY_HINT, StoreDamaged, StoreError, StoreWriteFailed
+from openbits.store import RECOVERY_HINT, StoreDamaged, StoreError
 
 #: Migration n brings a database from user_version n to n + 1.  Never edit one
 #: that has shipped; append a new one (tests/unit/test_store_sqlite.py records the digest
@@ -170,10 +171,12 @@ class SqliteStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
             self._seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0])
-        except (sqlite3.DatabaseError, StoreError) as e:
+        except (sqlite3.DatabaseError, StoreError, StoreWriteFailed) as e:
             self._db.close()
             if isinstance(e, StoreError):
                 raise
+            if isinstance(e, StoreWriteFailed):  # (a migration's write: the store cannot open)
+                raise StoreError(e.message) from e
             raise StoreDamaged(f"the job store {path} cannot be read ({e}): {RECOVERY_HINT}") from e
 
     def _check_before_use(self) -> None:
@@ -208,7 +211,8 @@ class SqliteStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction.  A write SQLite cannot make (SQLITE_FULL, an I/O error)
-        rolls it back and raises StoreWriteFailed: nothing of it is stored."""
+        rolls it back and raises StoreWriteFailed (StoreFull for want of space): nothing of
+        it is stored, and what was committed before is intact."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -228,8 +232,12 @@ class SqliteStore:
         if not full and code == sqlite3.SQLITE_IOERR:
             with contextlib.suppress(OSError):
                 full = os.statvfs(os.path.dirname(os.path.abspath(self.path))).f_bavail == 0
-        why = "its file system is full" if full else str(e)
-        return StoreWriteFailed(f"the job store {self.path} cannot record the change: {why}", full=full)
+        if full:
+            return StoreFull(
+                f"the job store {self.path} cannot record the change: its file system is full; "
+                f"free space in {os.path.dirname(self.path)} (nothing already accepted is lost)"
+            )
+        return StoreWriteFailed(f"the job store {self.path} cannot record the change: {e}")
 
     # -- reads ----------------------------------------------------------------------------
 

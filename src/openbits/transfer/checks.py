@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from openbits.errors import BitsError, HResult, TransferError
-from openbits.model import BG_LENGTH_TO_EOF, ErrorContext, JobFile
+from openbits.errors import BitsError, RangeOutsideFile
+from openbits.model import BG_LENGTH_TO_EOF, JobFile
 from openbits.transfer.http import (
     invalid_response,
     parse_content_range,
@@ -156,11 +156,7 @@ def piece_end(head: Head, asked: str, first: int, start: int, length: int) -> in
         raise invalid_response(f"asked for {asked}, got {got}")
     wanted_last = total - 1 if length == BG_LENGTH_TO_EOF else start + length - 1
     if wanted_last >= total:
-        raise TransferError(
-            f"the range ends past the end of the remote file ({total} bytes)",
-            hresult=HResult.BG_E_INVALID_RANGE,
-            context=ErrorContext.REMOTE_FILE,
-        )
+        raise RangeOutsideFile(f"the range ends past the end of the remote file ({total} bytes)")
     if last != wanted_last:
         raise invalid_response(f"asked for {asked}, got {got}")
     return last
@@ -169,11 +165,7 @@ def piece_end(head: Head, asked: str, first: int, start: int, length: int) -> in
 def range_refused(head: Head, first: int) -> BitsError:
     """The error for an answer to a ranged request that is neither 200 nor 206."""
     if head.status == 416:
-        return TransferError(
-            f"the range from byte {first} is not in the remote file",
-            hresult=HResult.BG_E_INVALID_RANGE,
-            context=ErrorContext.REMOTE_FILE,
-        )
+        return RangeOutsideFile(f"the range from byte {first} is not in the remote file")
     return status_error(head.status, head.reason, head.headers.get("Retry-After"))
 
 

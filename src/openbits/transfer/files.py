@@ -23,11 +23,13 @@ from urllib.parse import unquote, urlsplit
 from openbits.errors import (
     AccessDenied,
     BitsError,
+    DiskFull,
     HResult,
     InvalidArgument,
+    LocalFileError,
     PathNotFound,
-    TransferError,
-    TransientTransferError,
+    SourceFileError,
+    SourceUnavailable,
 )
 from openbits.model import ErrorContext
 
@@ -41,18 +43,16 @@ def local_error(e: OSError, what: str, context: ErrorContext = ErrorContext.LOCA
     """The BitsError for an OSError on a local path."""
     code = e.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return TransientTransferError(
-            f"{what}: no space left on the device", hresult=HResult.HRESULT_DISK_FULL, context=context
-        )
+        return DiskFull(f"{what}: no space left on the device", context=context)
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return TransferError(f"{what}: {e.strerror}", hresult=HResult.E_ACCESSDENIED, context=context)
-    if code == errno.ENOENT:
-        return TransferError(f"{what}: {e.strerror}", hresult=HResult.HRESULT_PATH_NOT_FOUND, context=context)
-    if code == errno.ENOTDIR:
-        return TransferError(f"{what}: {e.strerror}", hresult=HResult.HRESULT_PATH_NOT_FOUND, context=context)
+        return LocalFileError(f"{what}: {e.strerror}", hresult=HResult.E_ACCESSDENIED, context=context)
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return LocalFileError(
+            f"{what}: {e.strerror}", hresult=HResult.HRESULT_PATH_NOT_FOUND, context=context
+        )
     if code == errno.EISDIR:
-        return TransferError(f"{what}: {e.strerror}", hresult=HResult.HRESULT_DIRECTORY, context=context)
-    return TransferError(f"{what}: {e.strerror or e}", hresult=HResult.E_FAIL, context=context)
+        return LocalFileError(f"{what}: {e.strerror}", hresult=HResult.HRESULT_DIRECTORY, context=context)
+    return LocalFileError(f"{what}: {e.strerror or e}", context=context)
 
 
 @contextmanager
@@ -164,11 +164,7 @@ class FreeSpace:
             self._seen.clear()
         self._seen[directory] = (now, free)
         if free < needed:
-            raise TransientTransferError(
-                f"{directory} has {free} bytes free; the file needs {needed} more",
-                hresult=HResult.HRESULT_DISK_FULL,
-                context=ErrorContext.LOCAL_FILE,
-            )
+            raise DiskFull(f"{directory} has {free} bytes free; the file needs {needed} more")
 
 
 def temp_name_for(job_id: str, index: int) -> str:
@@ -209,7 +205,7 @@ def open_resumable(path: str | None, uid: int, gid: int, offset: int) -> tuple[i
     """(fd, offset) of a file's temporary file ``path``, created on first use, cut back to
     the last checkpoint ``offset`` (a temporary file that lost bytes starts again from 0)."""
     if path is None:
-        raise TransferError("the file has no temporary name", context=ErrorContext.LOCAL_FILE)
+        raise LocalFileError("the file has no temporary name")
     fd = open_temp(path, uid, gid)
     try:
         with translating(f"cannot use the temporary file {path}"):
@@ -339,27 +335,15 @@ def open_as_owner(path: str, uid: int, gid: int) -> int:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         return _open_in_child(path, uid, gid)
     except FileNotFoundError as e:
-        raise TransferError(
-            f"the source {path} does not exist",
-            hresult=HResult.HRESULT_FILE_NOT_FOUND,
-            context=ErrorContext.REMOTE_FILE,
+        raise SourceFileError(
+            f"the source {path} does not exist", hresult=HResult.HRESULT_FILE_NOT_FOUND
         ) from e
     except PermissionError as e:
-        raise TransferError(
-            f"the job owner may not read {path}",
-            hresult=HResult.E_ACCESSDENIED,
-            context=ErrorContext.REMOTE_FILE,
-        ) from e
+        raise SourceFileError(f"the job owner may not read {path}", hresult=HResult.E_ACCESSDENIED) from e
     except IsADirectoryError as e:
-        raise TransferError(
-            f"the source {path} is a directory",
-            hresult=HResult.HRESULT_DIRECTORY,
-            context=ErrorContext.REMOTE_FILE,
-        ) from e
+        raise SourceFileError(f"the source {path} is a directory", hresult=HResult.HRESULT_DIRECTORY) from e
     except OSError as e:
-        raise TransientTransferError(
-            f"cannot open {path}: {e.strerror}", hresult=HResult.E_FAIL, context=ErrorContext.REMOTE_FILE
-        ) from e
+        raise SourceUnavailable(f"cannot open {path}: {e.strerror}") from e
 
 
 def _open_in_child(path: str, uid: int, gid: int) -> int:

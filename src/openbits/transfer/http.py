@@ -20,9 +20,16 @@ from openbits import __version__
 from openbits.errors import (
     TRANSIENT_HTTP_STATUSES,
     BitsError,
-    HResult,
-    TransferError,
-    TransientTransferError,
+    ConnectError,
+    HttpStatusError,
+    InvalidResponse,
+    InvalidUrl,
+    NameResolutionError,
+    NetworkError,
+    Timeout,
+    TLSError,
+    UnknownNetworkError,
+    UntrustedCertificate,
     http_status_hresult,
 )
 from openbits.model import ErrorContext, redact_url
@@ -114,22 +121,18 @@ def status_error(status: int, reason: str | None, retry_after: str | None) -> Bi
     """BG_E_HTTP_ERROR_<status> with context REMOTE_FILE, transient per SPEC §3."""
     message = f"the server answered HTTP {status} {reason or ''}".rstrip()
     if status in TRANSIENT_HTTP_STATUSES:
-        return TransientTransferError(
+        return HttpStatusError(
             message,
             hresult=http_status_hresult(status),
             context=ErrorContext.REMOTE_FILE,
             retry_after_s=parse_retry_after(retry_after),
         )
-    return TransferError(message, hresult=http_status_hresult(status), context=ErrorContext.REMOTE_FILE)
+    return HttpStatusError(message, hresult=http_status_hresult(status))
 
 
 def redirect_error(status: int, why: str) -> BitsError:
     """A redirect the job's policy refuses: fatal, BG_E_HTTP_ERROR_<status>, REMOTE_FILE."""
-    return TransferError(
-        f"the server redirected ({status}) but {why}",
-        hresult=http_status_hresult(status),
-        context=ErrorContext.REMOTE_FILE,
-    )
+    return HttpStatusError(f"the server redirected ({status}) but {why}", hresult=http_status_hresult(status))
 
 
 class TLSContexts:
@@ -179,43 +182,24 @@ class TLSContexts:
 
 
 def invalid_response(message: str) -> BitsError:
-    return TransferError(
-        message, hresult=HResult.BG_E_INVALID_SERVER_RESPONSE, context=ErrorContext.REMOTE_FILE
-    )
+    return InvalidResponse(message)
 
 
 def network_error(e: BaseException, url: str) -> BitsError:
     """Translate an aiohttp / socket / timeout exception (the message never holds a password)."""
     url = redact_url(url)
-    transport = ErrorContext.GENERAL_TRANSPORT
     if isinstance(e, h1.H1Error):
         return _h1_error(e, url)
     if isinstance(e, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
-        return TransferError(
-            f"the server's certificate is not trusted: {e}",
-            hresult=HResult.BG_E_TRUST_FAILURE,
-            context=ErrorContext.REMOTE_FILE,
-        )
+        return UntrustedCertificate(f"the server's certificate is not trusted: {e}")
     if isinstance(e, aiohttp.ClientConnectorDNSError):
-        return TransientTransferError(
-            f"cannot resolve the host of {url}",
-            hresult=HResult.BG_E_NAME_RESOLUTION_FAILURE,
-            context=transport,
-        )
+        return NameResolutionError(f"cannot resolve the host of {url}")
     if isinstance(e, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):
-        return TransientTransferError(
-            f"TLS handshake failed: {e}", hresult=HResult.BG_E_SECURE_CHANNEL_FAILURE, context=transport
-        )
+        return TLSError(f"TLS handshake failed: {e}")
     if isinstance(e, aiohttp.ClientConnectorError):
-        return TransientTransferError(
-            f"cannot connect to {url}: {e.os_error.strerror or e}",
-            hresult=HResult.BG_E_CONNECT_FAILURE,
-            context=transport,
-        )
+        return ConnectError(f"cannot connect to {url}: {e.os_error.strerror or e}")
     if isinstance(e, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return TransientTransferError(
-            "the server sent nothing for too long", hresult=HResult.BG_E_TIMEOUT, context=transport
-        )
+        return Timeout("the server sent nothing for too long")
     if isinstance(
         e,
         aiohttp.ClientPayloadError
@@ -223,47 +207,30 @@ def network_error(e: BaseException, url: str) -> BitsError:
         | aiohttp.ClientOSError
         | ConnectionError,
     ):
-        return TransientTransferError(
-            f"the connection closed early: {e}", hresult=HResult.BG_E_CONNECTION_CLOSED, context=transport
-        )
+        return NetworkError(f"the connection closed early: {e}")
     if isinstance(e, aiohttp.InvalidURL):
-        return TransferError(
-            f"invalid URL {url}", hresult=HResult.E_INVALIDARG, context=ErrorContext.REMOTE_FILE
-        )
+        return InvalidUrl(f"invalid URL {url}")
     if isinstance(e, aiohttp.TooManyRedirects):
-        return TransferError(
-            "too many redirects",
-            hresult=HResult.BG_E_INVALID_SERVER_RESPONSE,
-            context=ErrorContext.REMOTE_FILE,
-        )
+        return InvalidResponse("too many redirects")
     if isinstance(e, aiohttp.ClientResponseError):
         return invalid_response(f"the server's response is not valid HTTP: {e.message}")
-    return TransientTransferError(
-        f"transfer failed: {e}", hresult=HResult.BG_E_UNKNOWN_ERROR, context=transport
-    )
+    return UnknownNetworkError(f"transfer failed: {e}")
 
 
 def _h1_error(e: h1.H1Error, url: str) -> BitsError:
-    transport = ErrorContext.GENERAL_TRANSPORT
     if isinstance(e, h1.NameNotResolved):
-        return TransientTransferError(
-            f"cannot resolve the host of {url}",
-            hresult=HResult.BG_E_NAME_RESOLUTION_FAILURE,
-            context=transport,
-        )
+        return NameResolutionError(f"cannot resolve the host of {url}")
     if isinstance(e, h1.ConnectFailed):
-        return TransientTransferError(str(e), hresult=HResult.BG_E_CONNECT_FAILURE, context=transport)
+        return ConnectError(str(e))
     if isinstance(e, h1.BadResponse):
         return invalid_response(f"the server's response is not valid HTTP: {e}")
     if isinstance(e, h1.HandshakeTimeout):
-        return TransientTransferError(str(e), hresult=HResult.BG_E_TIMEOUT, context=transport)
+        return Timeout(str(e))
     if isinstance(e, h1.TLSFailed):
-        return TransientTransferError(str(e), hresult=HResult.BG_E_SECURE_CHANNEL_FAILURE, context=transport)
+        return TLSError(str(e))
     if isinstance(e, h1.BadRequest):
-        return TransferError(str(e), hresult=HResult.E_INVALIDARG, context=ErrorContext.REMOTE_FILE)
-    return TransientTransferError(
-        f"the connection closed early: {e}", hresult=HResult.BG_E_CONNECTION_CLOSED, context=transport
-    )
+        return InvalidUrl(str(e))
+    return NetworkError(f"the connection closed early: {e}")
 
 
 NETWORK_EXCEPTIONS: tuple[type[BaseException], ...] = (

@@ -10,8 +10,7 @@ import os
 import stat
 from email.utils import formatdate
 
-from openbits.errors import HResult, TransferError
-from openbits.model import ErrorContext
+from openbits.errors import HResult, SourceFileError
 from openbits.transfer import files as fs
 from openbits.transfer.checks import RESTART, Restart
 from openbits.transfer.fetch import Fetched, FileDownload
@@ -29,10 +28,8 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
         with fs.translating(f"cannot copy {source}"):
             st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode):
-            raise TransferError(
-                f"the source {source} is not a regular file",
-                hresult=HResult.HRESULT_DIRECTORY,
-                context=ErrorContext.REMOTE_FILE,
+            raise SourceFileError(
+                f"the source {source} is not a regular file", hresult=HResult.HRESULT_DIRECTORY
             )
         etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
         offset = d.open()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import collections
 from collections.abc import Sequence
 
-from openbits.errors import HResult, TransferError
-from openbits.model import BG_LENGTH_TO_EOF, ErrorContext
+from openbits.errors import RangeNotSupported
+from openbits.model import BG_LENGTH_TO_EOF
 from openbits.transfer import checks
 from openbits.transfer.byteranges import (
     ByteRangesError,
@@ -95,11 +95,7 @@ async def _range_single(d: FileDownload, out: int, first: int, start: int, lengt
             if validator:
                 progress.begin(file.bytes_total, None, None)
                 return RESTART
-            raise TransferError(
-                "the server ignored the Range header",
-                hresult=HResult.BG_E_INSUFFICIENT_RANGE_SUPPORT,
-                context=ErrorContext.REMOTE_FILE,
-            )
+            raise RangeNotSupported("the server ignored the Range header")
         if resp.status == 416 and length == BG_LENGTH_TO_EOF:
             # A range to the end of the file whose length was not known when the output
             # went past it (it is not stored): the 416 tells the file's size.

@@ -22,8 +22,8 @@ import os
 import time
 from collections.abc import Callable
 
-from openbits.errors import BitsError, HResult, TransferError
-from openbits.model import ErrorContext, JobFile
+from openbits.errors import BitsError, HResult, LocalFileError
+from openbits.model import JobFile
 from openbits.transfer import files as fs
 from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.http import invalid_response
@@ -169,10 +169,9 @@ def check_still_linked(fd: int) -> None:
     """The temporary file (or its directory) was deleted under us: writing on into an
     unlinked inode would only lose the bytes at Complete, so say so now."""
     if os.fstat(fd).st_nlink == 0:
-        raise TransferError(
+        raise LocalFileError(
             "the temporary file or its directory was removed during the transfer",
             hresult=HResult.HRESULT_PATH_NOT_FOUND,
-            context=ErrorContext.LOCAL_FILE,
         )
 
 
