@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 from urllib.parse import quote, urlencode, urlsplit
 
 from openbits.config import client_socket_path
-from openbits.errors import AccessDenied, BitsError, HResult, InternalError, InvalidState
+from openbits.errors import AccessDenied, BitsError, InternalError, InvalidState
 from openbits.model import (
     BG_LENGTH_TO_EOF,
     JOB_CLASS_PATH,
