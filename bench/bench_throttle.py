@@ -697,7 +697,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_keep_arg(p, "file, logs, state")
     add_output_args(p, JSON_PATH)
     args = parse_common_args(p, argv)
-    from openbits.transfer.throttle import TimetableError, parse_rate
+    from openbits.transfer.schedule import TimetableError, parse_rate
 
     try:
         args.limit_bps = parse_rate(args.limit)

@@ -17,7 +17,7 @@ from typing import Any
 
 from openbits.config import Config
 from openbits.errors import InvalidArgument, ReadOnlyProperty
-from openbits.transfer.throttle import Schedule, TimetableError, format_rate, parse_rate
+from openbits.transfer.schedule import Schedule, TimetableError, format_rate, parse_rate
 
 #: WMI-style property name -> (attribute, kind)
 PROPERTIES: dict[str, tuple[str, str]] = {

@@ -1,6 +1,6 @@
 """Fuzzing of the HTTP response parsing: openbits.transfer.http (Content-Range, 416 ranges,
 proxies from the environment), openbits.model.parse_custom_headers, and openbits.transfer.h1
-(``_parse_head``, ``_framing``, and the real ``H1Client`` reading heads and bodies, chunked
+(``parse_head``, ``framing``, and the real ``H1Client`` reading heads and bodies, chunked
 or not, that a raw asyncio server on 127.0.0.1 sends).
 
 Properties: no exception but the module's own (None for "malformed" where that is the
@@ -22,7 +22,8 @@ from multidict import CIMultiDict
 
 from openbits.model import RESERVED_HEADERS, parse_custom_headers
 from openbits.transfer import http
-from openbits.transfer.h1 import BadResponse, H1Client, H1Error, _framing, _parse_head
+from openbits.transfer.h1 import BadResponse, H1Client, H1Error
+from openbits.transfer.h1head import framing, parse_head
 from openbits.transfer.http import env_proxy_for, parse_content_range, parse_unsatisfied_range
 from tests.fuzz.conftest import FUZZ
 
@@ -183,7 +184,7 @@ FIELD_VALUE = st.binary(max_size=20).map(
 @given(HEAD_BYTES)
 def test_parse_head_gives_a_head_or_bad_response(head: bytes) -> None:
     try:
-        status, _reason, headers, _http11 = _parse_head(head)
+        status, _reason, headers, _http11 = parse_head(head)
     except BadResponse:
         return
     assert 100 <= status <= 599
@@ -204,7 +205,7 @@ def test_parse_head_round_trip(
     status: int, reason: str, fields: list[tuple[str, str]], eol: str, version: str, pad: str
 ) -> None:
     head = f"{version} {status} {reason}" + "".join(f"{eol}{n}:{pad}{v}{pad}" for n, v in fields)
-    got_status, got_reason, headers, http11 = _parse_head(head.encode("latin-1"))
+    got_status, got_reason, headers, http11 = parse_head(head.encode("latin-1"))
     assert (got_status, got_reason, http11) == (status, reason, version == "HTTP/1.1")
     assert list(headers.items()) == fields
 
@@ -213,7 +214,7 @@ def test_parse_head_refuses_a_status_code_of_non_ascii_digits() -> None:
     """Regression: '1²0' passed the digit check and the range check, then int() raised ValueError."""
     for code in (b"1\xb20", b"2\xb90", b"\xb2\xb2\xb2"):
         with pytest.raises(BadResponse):
-            _parse_head(b"HTTP/1.1 " + code + b" OK\r\nContent-Length: 0")
+            parse_head(b"HTTP/1.1 " + code + b" OK\r\nContent-Length: 0")
 
 
 @FUZZ
@@ -236,7 +237,7 @@ def test_parse_head_refuses_a_status_code_of_non_ascii_digits() -> None:
 )
 def test_framing_is_a_mode_or_bad_response(status: int, fields: list[tuple[str, str]], head: bool) -> None:
     try:
-        mode, length = _framing(status, CIMultiDict(fields), head)
+        mode, length = framing(status, CIMultiDict(fields), head)
     except BadResponse:
         return
     assert mode in ("length", "chunked", "close")

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of a live daemon's API with schemathesis, from api/openapi.py.
+"""Property-based fuzzing of a live daemon's API with schemathesis, from api/openapi/.
 
 Every operation of the OpenAPI document (but the endless ``/events`` stream) gets
 generated requests, valid and invalid ones, sent to a real daemon over its Unix socket.

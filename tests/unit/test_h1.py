@@ -37,6 +37,7 @@ from openbits.transfer.h1 import (
     NameNotResolved,
     Response,
 )
+from openbits.transfer.h1head import Target, parse_head
 from tests.support.fixtures import make_file
 from tests.support.nginx import Nginx
 
@@ -1240,8 +1241,8 @@ async def test_given_authorization_wins_over_url_userinfo(
 )
 def test_host_header(url: str, host: str) -> None:
     client = H1Client(connect_timeout_s=1, read_timeout_s=1)
-    assert client._head(h1._Target(url), {}) == f"GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    assert f"\r\nHost: {host}\r\n".encode() in client._head(h1._Target(url), {"X": "y"})
+    assert client._head(Target(url), {}) == f"GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    assert f"\r\nHost: {host}\r\n".encode() in client._head(Target(url), {"X": "y"})
 
 
 @pytest.mark.parametrize(
@@ -1263,7 +1264,7 @@ def test_host_header(url: str, host: str) -> None:
     ],
 )
 def test_the_simple_url_path_agrees_with_yarl(url: str) -> None:
-    target = h1._Target(url)
+    target = Target(url)
     parsed = yarl.URL(url)
     assert target.key == (parsed.raw_host, parsed.port, 0)
     assert target.path_qs == (parsed.raw_path_qs or "/")
@@ -1365,7 +1366,7 @@ async def test_connection_in_use_at_close_is_closed_when_released(
 
 def _check_parse(head: bytes) -> None:
     try:
-        status, reason, headers, http11 = h1._parse_head(head)
+        status, reason, headers, http11 = parse_head(head)
     except BadResponse:
         return
     assert 0 <= status <= 999
@@ -1534,10 +1535,10 @@ async def test_tls_to_a_plain_http_port_fails_the_handshake(nginx: Nginx, client
 
 def test_an_https_url_needs_a_context_and_an_http_url_none() -> None:
     with pytest.raises(h1.BadRequest):
-        h1._Target("https://example.com/x")
+        Target("https://example.com/x")
     with pytest.raises(h1.BadRequest):
-        h1._Target("http://example.com/x", ssl.create_default_context())
-    target = h1._Target("https://example.com:443/x", ssl.create_default_context())
+        Target("http://example.com/x", ssl.create_default_context())
+    target = Target("https://example.com:443/x", ssl.create_default_context())
     assert (target.key[:2], target.host_header) == (("example.com", 443), "example.com")
 
 

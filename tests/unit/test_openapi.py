@@ -73,7 +73,7 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 def test_every_route_is_documented_and_every_documented_path_is_a_route(app: web.Application) -> None:
     routes = _routes(app)
     documented = _documented(openapi.document())
-    assert routes - documented == set(), "routes without a path in api/openapi.py"
+    assert routes - documented == set(), "routes without a path in api/openapi/"
     assert documented - routes == set(), "documented paths that no route serves"
 
 

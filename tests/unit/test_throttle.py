@@ -1,4 +1,4 @@
-"""Unit tests of openbits.transfer.throttle: token buckets, the throttle and weekly schedules.
+"""Unit tests of openbits.transfer.throttle and .schedule: token buckets, the throttle and weekly schedules.
 
 Everything runs on simulated time: a fake monotonic clock and a fake ``sleep`` that advances it,
 so nothing here really sleeps.
@@ -14,19 +14,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from openbits.transfer.schedule import (
+    Schedule,
+    TimetableError,
+    format_rate,
+    kbps_to_bytes_per_second,
+    parse_rate,
+)
 from openbits.transfer.throttle import (
     FOREGROUND,
     HIGH,
     LOW,
     MIN_BURST_BYTES,
     NORMAL,
-    Schedule,
     Throttle,
-    TimetableError,
     TokenBucket,
-    format_rate,
-    kbps_to_bytes_per_second,
-    parse_rate,
 )
 
 KIB = 1024

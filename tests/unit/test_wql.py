@@ -7,7 +7,6 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from openbits.api import wql
 from openbits.api.wql import (
     MAX_DEPTH,
     MAX_QUERY_LENGTH,
@@ -27,6 +26,8 @@ from openbits.api.wql import (
     parse_query,
     project,
 )
+from openbits.api.wql.evaluation import like
+from openbits.api.wql.nodes import compile_like
 from openbits.model import ALL_PROPERTIES, Job
 
 PROPS = ALL_PROPERTIES
@@ -541,9 +542,9 @@ def test_the_literal_and_percent_fast_path_agrees_with_a_regex(value: str, parts
     import re as _re
 
     pattern = "%".join(parts)
-    items = wql._compile_like(pattern, 0)
+    items = compile_like(pattern, 0)
     expected = _re.fullmatch(".*".join(_re.escape(p) for p in parts), value, _re.IGNORECASE | _re.DOTALL)
-    assert wql._like(value, items) == (expected is not None), (value, pattern)
+    assert like(value, items) == (expected is not None), (value, pattern)
 
 
 # --- literals checked against what a property holds (issue 12: State = 'SUSPENDED') ----------

@@ -397,7 +397,7 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    """The OpenAPI 3.1 document of this API (api/openapi.py)."""
+    """The OpenAPI 3.1 document of this API (api/openapi/)."""
     return web.json_response(openapi.document())
 
 

@@ -18,12 +18,13 @@ were queued behind it); a request that got no answer is sent again on a new conn
 ``Content-Length`` (conflicting values are refused), else the body runs to the close.
 
 Errors are :class:`H1Error` subclasses, translated to BITS codes by ``http.network_error``.
+The message heads (request head, response head, framing, URL target) and the error tree are
+sans-I/O, in ``h1head``; this module owns the sockets, TLS, the pool and the bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import errno
@@ -37,6 +38,36 @@ from collections.abc import Iterable, Mapping
 
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from openbits.transfer.h1head import (
+    BadRequest,
+    BadResponse,
+    ClosedEarly,
+    ConnectFailed,
+    H1Error,
+    HandshakeTimeout,
+    Key,
+    NameNotResolved,
+    Target,
+    TLSFailed,
+    framing,
+    parse_head,
+    request_head,
+)
+
+__all__ = [
+    "BadRequest",
+    "BadResponse",
+    "Body",
+    "ClosedEarly",
+    "ConnectFailed",
+    "H1Client",
+    "H1Error",
+    "HandshakeTimeout",
+    "NameNotResolved",
+    "Response",
+    "TLSFailed",
+]
 
 #: the longest response head accepted (status line and headers)
 MAX_HEAD_BYTES = 64 * 1024
@@ -54,50 +85,8 @@ PIPELINE_STRIKES = 3
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 
-class H1Error(Exception):
-    """A request failed on the network or the server's answer was not acceptable HTTP."""
-
-
-class ConnectFailed(H1Error):
-    def __init__(self, message: str, os_error: OSError | None = None) -> None:
-        super().__init__(message)
-        self.os_error = os_error
-
-
-class NameNotResolved(H1Error):
-    pass
-
-
-class ClosedEarly(H1Error):
-    """The connection closed (or was reset) before the response was complete."""
-
-
-class BadResponse(H1Error):
-    """The server's bytes are not an HTTP/1.1 response we accept."""
-
-
-class TLSFailed(H1Error):
-    """The TLS handshake failed (other than on the server's certificate)."""
-
-
-class HandshakeTimeout(TLSFailed):
-    """The server's side of the TLS handshake did not come within the connect timeout: the
-    server went silent (BG_E_TIMEOUT, as silence anywhere else), no fault of the channel."""
-
-
-class BadRequest(H1Error):
-    """The request cannot be written as HTTP/1.1 (a header with a line break, say)."""
-
-
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_BAD_VALUE = re.compile(r"[\r\n\0]")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
-#: one header line: a token, a colon, the value without its surrounding blanks
-_HEADER_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.MULTILINE)
 
-
-#: a connection pool: (host, port, 0 for plain HTTP or the id of the TLS context)
-Key = tuple[str, int, int]
 #: a request as the caller names it: (URL, its headers)
 Ident = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -325,108 +314,6 @@ class Response:
             self._client.release(self._conn, reusable=False)
 
 
-def _parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
-    """(status, reason, headers, HTTP/1.1?) of a response head without its final empty line."""
-    text = head.decode("latin-1")
-    lines = text.split("\n")
-    status_line = lines[0].rstrip("\r")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0"):
-        raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80].encode('latin-1')!r}")
-    code = parts[1]
-    if len(code) != 3 or not (code.isascii() and code.isdigit()) or not "100" <= code <= "599":
-        raise BadResponse(f"bad status code {code[:20].encode('latin-1')!r}")
-    reason = parts[2] if len(parts) > 2 else ""
-    block = text[len(lines[0]) + 1 :] if len(lines) > 1 else ""
-    fields = _HEADER_FIELD.findall(block)
-    if len(fields) != len(lines) - 1 - block.count("\n\n") - block.count("\n\r\n"):
-        _bad_header_line(lines[1:])  # (the one line the pattern did not take says what)
-    headers: CIMultiDict[str] = CIMultiDict(fields)
-    return int(code), reason, headers, parts[0] == "HTTP/1.1"
-
-
-def _bad_header_line(lines: list[str]) -> None:
-    token = _TOKEN.fullmatch
-    for raw in lines:
-        line = raw.rstrip("\r")
-        if not line:
-            continue
-        name, sep, _value = line.partition(":")
-        if not sep or not token(name):
-            if line[0] in " \t":
-                raise BadResponse("obsolete line folding in the response headers")
-            raise BadResponse(f"bad header line {line[:80].encode('latin-1')!r}")
-    raise BadResponse("bad header lines")
-
-
-def _framing(status: int, headers: CIMultiDict[str], head_request: bool) -> tuple[str, int]:
-    """("length", n), ("chunked", 0) or ("close", 0) for a response (RFC 9112 §6.3)."""
-    if head_request or status in (204, 304) or 100 <= status < 200:
-        return "length", 0
-    encodings = headers.getall("Transfer-Encoding", [])
-    if encodings:
-        last = ",".join(encodings).split(",")[-1].strip().lower()
-        if last != "chunked":
-            return "close", 0
-        return "chunked", 0
-    lengths = {v.strip() for v in headers.getall("Content-Length", []) for v in v.split(",")}
-    if not lengths:
-        return "close", 0
-    if len(lengths) > 1:
-        raise BadResponse(f"conflicting Content-Length values {sorted(lengths)}")
-    value = lengths.pop()
-    if not (value.isascii() and value.isdigit()) or len(value) > 19:
-        raise BadResponse(f"bad Content-Length {value[:40]!r}")
-    return "length", int(value)
-
-
-#: an http(s):// URL that needs no normalising: its parts are taken as they are
-_SIMPLE_URL = re.compile(
-    r"(?P<scheme>https?)://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
-    r"(?P<path>/[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?",
-    re.ASCII,
-)
-
-
-class _Target:
-    """What a request needs of its URL: the connection key, the Host header, the request
-    target and any credentials."""
-
-    __slots__ = ("host_header", "key", "password", "path_qs", "tls", "user")
-
-    def __init__(self, url: str, tls: ssl.SSLContext | None = None) -> None:
-        """``tls``: the context of an https:// URL (None for http://)."""
-        self.tls = tls
-        tag = 0 if tls is None else id(tls)
-        m = _SIMPLE_URL.fullmatch(url)
-        if m is not None and (m["port"] is None or 0 < int(m["port"]) < 65536):
-            if (m["scheme"] == "https") != (tls is not None):
-                raise BadRequest("an https:// URL needs a TLS context, an http:// one none")
-            default = 443 if tls is not None else 80
-            host, port = m["host"], int(m["port"] or default)
-            self.key: Key = (host.strip("[]"), port, tag)
-            self.host_header = host if port == default else f"{host}:{port}"
-            self.path_qs = m["path"] or "/"
-            self.user: str | None = None
-            self.password: str | None = None
-            return
-        parsed = yarl.URL(url)  # anything else: yarl normalises it (IDNA, quoting)
-        if parsed.scheme != ("http" if tls is None else "https"):
-            raise BadRequest(f"not an {'https' if tls else 'http'}:// URL: {parsed.scheme}")
-        default = 443 if tls is not None else 80
-        raw = parsed.raw_host or ""
-        host = f"[{raw}]" if ":" in raw else raw
-        if parsed.explicit_port and parsed.port != default:
-            host = f"{host}:{parsed.port}"
-        self.key = (raw, parsed.port or default, tag)
-        self.host_header = host
-        self.path_qs = parsed.raw_path_qs or "/"
-        self.user = parsed.user if parsed.raw_user is not None else None
-        self.password = parsed.password if parsed.raw_user is not None else None
-        if parsed.raw_user is not None and self.user is None:
-            self.user = ""
-
-
 class _Get:
     """The context of one GET (a class, not a generator: it is entered once per file)."""
 
@@ -447,7 +334,7 @@ class _Get:
     async def __aenter__(self) -> Response:
         url, headers = self._url, self._headers
         self._response = await self._client._send_and_read(
-            url, _Target(url, self._tls), (url, tuple(headers.items())), headers, self._ahead
+            url, Target(url, self._tls), (url, tuple(headers.items())), headers, self._ahead
         )
         return self._response
 
@@ -780,29 +667,8 @@ class H1Client:
 
     # -- requests -----------------------------------------------------------------------
 
-    def _head(self, url: _Target, headers: Mapping[str, str]) -> bytes:
-        host = url.host_header
-        if _BAD_VALUE.search(host):
-            raise BadRequest("a line break in the host name")
-        if not headers and url.user is None:  # the common case, without the merging
-            head = f"GET {url.path_qs} HTTP/1.1\r\nHost: {host}\r\n{self._default_block}\r\n"
-            return head.encode("latin-1")
-        merged: dict[str, tuple[str, str]] = {k.lower(): (k, v) for k, v in self.default_headers.items()}
-        merged["host"] = ("Host", host)
-        if url.user is not None and "authorization" not in {k.lower() for k in headers}:
-            cred = f"{url.user}:{url.password or ''}".encode()
-            merged["authorization"] = ("Authorization", "Basic " + base64.b64encode(cred).decode("ascii"))
-        for name, value in headers.items():
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                raise BadRequest(f"the request header {name[:40]!r} is not valid in HTTP")
-            merged[name.lower()] = (name, value)
-        lines = [f"GET {url.path_qs} HTTP/1.1"]
-        lines.extend(f"{name}: {value}" for name, value in merged.values())
-        text = "\r\n".join(lines) + "\r\n\r\n"
-        try:
-            return text.encode("latin-1")
-        except UnicodeEncodeError:
-            raise BadRequest("a request header holds characters HTTP/1.1 cannot carry") from None
+    def _head(self, url: Target, headers: Mapping[str, str]) -> bytes:
+        return request_head(url, headers, self.default_headers, self._default_block)
 
     def get(
         self,
@@ -820,7 +686,7 @@ class H1Client:
     async def _send_and_read(
         self,
         url: str,
-        target: _Target,
+        target: Target,
         ident: Ident,
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
@@ -898,7 +764,7 @@ class H1Client:
             if len(inflight) >= depth:
                 break
             try:
-                target = _Target(url, tls)
+                target = Target(url, tls)
             except (BadRequest, ValueError):
                 break
             if target.key != key:
@@ -935,14 +801,14 @@ class H1Client:
             head = await self._read_head(conn)
             if head is None:
                 return None
-            status, reason, headers, http11 = _parse_head(head)
+            status, reason, headers, http11 = parse_head(head)
             if 100 <= status < 200:
                 continue  # interim answers (100 Continue, 103 Early Hints)
             break
         response = Response(self, conn, url)
         response.status, response.reason = status, reason
         response.headers = CIMultiDictProxy(headers)
-        mode, length = _framing(status, headers, head_request=False)
+        mode, length = framing(status, headers, head_request=False)
         connection = headers.get("Connection", "").lower()
         response.keep_alive = http11 and mode != "close" and "close" not in connection
         response._length = length if mode == "length" else None

@@ -1,0 +1,245 @@
+"""The instance methods of BitsClientJob as the OpenAPI document describes them (SPEC §2, §6):
+parameters, out parameters, example and failing statuses, by lower-case name.
+
+Its keys are those of the service's public table ``service.methods.METHODS`` (which says which
+methods are not built yet); tests/unit/test_openapi.py checks they match.
+"""
+
+from __future__ import annotations
+
+from openbits.api.openapi.schemas import (
+    FILE_PAIR,
+    LOCAL_FILE,
+    REMOTE_URL,
+    UINT16,
+    UINT32,
+    Schema,
+    described,
+    enum_of,
+    or_null,
+    ref,
+    string,
+)
+from openbits.model import (
+    CUSTOM_HEADERS_MAX,
+    REMOTE_URL_MAX,
+    ErrorContext,
+    SetJobStateCode,
+)
+from openbits.service.methods import METHODS as SERVICE_METHODS
+
+
+class Method:
+    """An instance method: its WMI name, parameters, out parameters, failing statuses."""
+
+    def __init__(
+        self,
+        name: str,
+        summary: str,
+        params: dict[str, Schema] | None = None,
+        required: tuple[str, ...] = (),
+        out: dict[str, Schema] | None = None,
+        out_required: tuple[str, ...] = (),
+        statuses: tuple[str, ...] = ("400", "403", "404", "409", "413", "500"),
+        example: Schema | None = None,
+    ) -> None:
+        self.name = name
+        self.summary = summary
+        self.params = params or {}
+        self.required = required
+        self.out = out
+        self.out_required = out_required
+        self.statuses = statuses
+        self.example = example
+
+
+#: what a method the service does not build yet answers (E_NOTIMPL, whatever the job)
+NOT_YET_STATUSES = ("400", "413", "500")
+
+#: every instance method, by lower-case name (the keys of ``service.methods.METHODS``,
+#: which says which are not built yet; tests/unit/test_openapi.py checks they match)
+METHODS: dict[str, Method] = {
+    m.name.lower(): m
+    for m in (
+        Method(
+            "AddFile",
+            "Add a file to the job",
+            {"RemoteUrl": REMOTE_URL, "LocalFile": LOCAL_FILE},
+            ("RemoteUrl", "LocalFile"),
+            example={"RemoteUrl": "https://example.com/a.iso", "LocalFile": "/srv/downloads/a.iso"},
+        ),
+        Method(
+            "AddFileSet",
+            "Add several files, all or none (COM)",
+            {"Files": {"type": "array", "minItems": 1, "items": FILE_PAIR}},
+            ("Files",),
+            example={
+                "Files": [
+                    {"RemoteUrl": "https://example.com/a", "LocalFile": "/srv/downloads/a"},
+                    {"RemoteUrl": "https://example.com/b", "LocalFile": "/srv/downloads/b"},
+                ]
+            },
+        ),
+        Method(
+            "AddFileWithRanges",
+            "Add pieces of a remote file, written one after the other (COM)",
+            {
+                "RemoteUrl": REMOTE_URL,
+                "LocalFile": LOCAL_FILE,
+                "Ranges": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": ref("Range"),
+                },
+            },
+            ("RemoteUrl", "LocalFile", "Ranges"),
+            example={
+                "RemoteUrl": "https://example.com/big.bin",
+                "LocalFile": "/srv/downloads/pieces.bin",
+                "Ranges": [{"InitialOffset": 0, "Length": 1024}, {"InitialOffset": 4096, "Length": 512}],
+            },
+        ),
+        Method(
+            "SetJobState",
+            "Cancel, complete, resume or suspend the job",
+            {"JobState": enum_of(SetJobStateCode, "JobState")},
+            ("JobState",),
+            example={"JobState": 2},
+        ),
+        Method(
+            "GetError",
+            "The job's error (ERROR or TRANSIENT_ERROR)",
+            {"LanguageId": UINT32},
+            out={
+                "ErrorContext": enum_of(ErrorContext, "BG_ERROR_CONTEXT"),
+                "ErrorCode": described(UINT32, "the HRESULT of the error"),
+                "ContextDescription": {"type": "string"},
+                "ErrorDescription": {"type": "string"},
+                "RemoteUrl": {"type": "string"},
+                "LocalFile": {"type": "string"},
+            },
+            out_required=("ErrorContext", "ErrorCode", "ContextDescription", "ErrorDescription", "Name"),
+        ),
+        Method(
+            "SetMaximumDownloadTime",
+            "Seconds the job may spend transferring (null: the default, 90 days)",
+            {"MaximumDownloadTime": or_null(UINT32)},
+            example={"MaximumDownloadTime": 600},
+        ),
+        Method(
+            "SetCustomHeaders",
+            "Headers sent with every request ('Name: value\\r\\n' lines; null clears them)",
+            {"CustomHeaders": string(CUSTOM_HEADERS_MAX, nullable=True)},
+            example={"CustomHeaders": "X-Token: abc\r\nAccept: */*\r\n"},
+        ),
+        Method(
+            "MakeCustomHeadersWriteOnly",
+            "From now on CustomHeaders are sent but never shown again (irreversible)",
+            {},
+        ),
+        Method(
+            "SetSecurityFlags",
+            "BG_SSL_* and BG_HTTP_REDIRECT_POLICY_* bits (null: 0)",
+            {"SecurityFlags": or_null(UINT32)},
+            example={"SecurityFlags": 256},
+        ),
+        Method(
+            "SetRemoteName",
+            "A new RemoteUrl for one of the job's files",
+            {"LocalFile": LOCAL_FILE, "RemoteUrl": REMOTE_URL},
+            ("LocalFile", "RemoteUrl"),
+            example={"LocalFile": "/srv/downloads/a.iso", "RemoteUrl": "https://mirror.example.com/a.iso"},
+        ),
+        Method(
+            "ReplaceRemotePrefix",
+            "Replace the start of the RemoteUrl of every unfinished file that has it",
+            {"OldPrefix": string(REMOTE_URL_MAX), "NewPrefix": string(REMOTE_URL_MAX)},
+            ("OldPrefix", "NewPrefix"),
+            example={"OldPrefix": "https://example.com/", "NewPrefix": "https://mirror.example.com/"},
+            out={"FilesChanged": UINT32},
+            out_required=("FilesChanged",),
+        ),
+        Method(
+            "GetResponseHeaders",
+            "The headers of the last response accepted for one of the job's files",
+            {"LocalFile": LOCAL_FILE},
+            ("LocalFile",),
+            out={"ResponseHeaders": string(nullable=True)},
+            out_required=("ResponseHeaders",),
+        ),
+        # not built yet: they answer E_NOTIMPL (SPEC §2 names their WMI parameters)
+        Method(
+            "SetCredentials",
+            "Credentials for the server or the proxy (Target 0 server, 1 proxy; "
+            "Scheme 0 Basic, 1 Digest, 2 NTLM, 3 Negotiate, 4 Passport)",
+            {
+                "Target": UINT16,
+                "Scheme": UINT16,
+                "UserName": string(nullable=True),
+                "Password": string(nullable=True),
+            },
+        ),
+        Method(
+            "RemoveCredentials",
+            "Remove the credentials of a Target and Scheme",
+            {"Target": UINT16, "Scheme": UINT16},
+        ),
+        Method(
+            "SetClientCertificateById",
+            "A client certificate by its store and hash",
+            {
+                "CertStoreLocation": UINT16,
+                "StoreName": {"type": "string"},
+                "CertHash": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}},
+            },
+        ),
+        Method(
+            "SetClientCertificateByName",
+            "A client certificate by its store and subject name",
+            {"CertStoreLocation": UINT16, "StoreName": {"type": "string"}, "SubjectName": {"type": "string"}},
+        ),
+        Method("RemoveClientCertificate", "Remove the client certificate"),
+        Method(
+            "SetProxySettings",
+            "The job's proxy (ProxyUsage 0 preconfig, 1 no proxy, 2 override, 3 autodetect)",
+            {
+                "ProxyUsage": UINT16,
+                "ProxyList": string(nullable=True),
+                "ProxyBypassList": string(nullable=True),
+            },
+        ),
+        Method(
+            "SetNotifyFlags",
+            "Which events notify: BG_NOTIFY_* bits (null: the default, 3)",
+            {"NotifyFlags": or_null(UINT32)},
+            example={"NotifyFlags": 3},
+        ),
+        Method(
+            "SetNotifyCmdLine",
+            "A program to run when the job is TRANSFERRED or in ERROR (both null: none)",
+            {
+                "Program": string(260, nullable=True, description="absolute path"),
+                "Parameters": string(4000, nullable=True, description="the command line, program first"),
+            },
+            example={"Program": "/usr/bin/logger", "Parameters": "logger openbits job done"},
+        ),
+        Method(
+            "SetNotifyUrl",
+            "A webhook: the job is POSTed as JSON to it when TRANSFERRED or in ERROR (extension)",
+            {"NotifyUrl": string(REMOTE_URL_MAX, nullable=True, description="http:// or https://")},
+            example={"NotifyUrl": "https://hooks.example.com/openbits"},
+        ),
+        Method("TakeOwnership", "Make the caller the job's owner (administrators)"),
+        Method("GetReplyData", "The reply of an upload-reply job"),
+        Method(
+            "SetReplyFileName",
+            "Where an upload-reply job's reply goes",
+            {"ReplyFileName": string(nullable=True)},
+        ),
+    )
+}
+
+
+def method_names() -> list[str]:
+    """The WMI name of every instance method the service answers (built or E_NOTIMPL)."""
+    return [m.name for m in SERVICE_METHODS.values()]
