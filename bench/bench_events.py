@@ -13,8 +13,8 @@ its commit) to the moment the waiter knew.  The waiters, round robin:
 
 * ``cli-wait``: ``openbits wait JOB`` as a subprocess (it follows ``GET /events``): the
   delay to the line TRANSFERRED on its stdout, and to its exit;
-* ``cli-long-poll``: the same CLI code path before events (``_long_poll``: GetJob with
-  WaitWhile), as a subprocess: the same two delays;
+* ``cli-long-poll``: how the CLI waited before events (GetJob, then GetJob with
+  WaitWhile until the job is done), as a subprocess: the same two delays;
 * ``client-events``: ``Client.events(job=…)`` in this process: the delay to the
   JobTransferred event;
 * ``client-long-poll``: ``Client.get_job(wait_while=…)`` in this process.
@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,10 +73,14 @@ EPOCH_FILETIME = 116_444_736_000_000_000
 #: the CLI's wait before events, as a subprocess (same start-up and imports as `openbits wait`)
 LONG_POLL_SNIPPET = (
     "import sys\n"
-    "from openbits.cli.openbits import END_STATES, _long_poll, state_name\n"
     "from openbits.client import Client\n"
-    "instance = _long_poll(Client(), sys.argv[1], END_STATES, None)\n"
-    "print(state_name(instance['State']), flush=True)\n"
+    "from openbits.jobs import DONE_STATES\n"
+    "from openbits.model import JobState\n"
+    "client, others = Client(), [s for s in JobState if s not in DONE_STATES]\n"
+    "job = client.get_job(sys.argv[1], include_finished=True, files=False)\n"
+    "while job.state not in DONE_STATES:\n"
+    "    job = client.get_job(job.job_id, include_finished=True, files=False, wait_while=others)\n"
+    "print(job.state.name, flush=True)\n"
 )
 
 
@@ -101,7 +105,7 @@ class CaseResult:
     exit_s: list[float] = field(default_factory=list)  # state change -> the CLI exited
 
 
-def completion_unix_ns(instance: dict[str, Any]) -> int:
+def completion_unix_ns(instance: Mapping[str, Any]) -> int:
     return (int(instance["JobCompletionTime"]) - EPOCH_FILETIME) * 100
 
 
@@ -183,8 +187,8 @@ def run_in_process(services: Services, case: str, job: str, resume: Callable[[],
                 others = [s for s in range(9) if s != TRANSFERRED]
                 instance = client.get_job(job, files=False, wait_while=others, wait_timeout=RUN_DEADLINE_S)
                 known.append(time.time_ns())
-                if instance["State"] != TRANSFERRED:
-                    errors.append(BenchError(f"the long poll answered state {instance['State']}"))
+                if instance.state != TRANSFERRED:
+                    errors.append(BenchError(f"the long poll answered state {instance.state.name}"))
             except BaseException as e:  # reported below
                 errors.append(e)
 
@@ -208,7 +212,7 @@ def one_run(
     from openbits.client import Client
 
     with Client(str(services.socket)) as client:
-        job = client.create_job(DisplayName=f"bench-events-{case}-{n}")
+        job = client.create_job(f"bench-events-{case}-{n}").job_id
         client.add_file(job, url, str(dl / f"{case}-{n}.bin"))
 
         def resume() -> None:
@@ -226,9 +230,9 @@ def one_run(
         else:
             known = run_in_process(services, case, job, resume)
         instance = client.get_job(job, include_finished=True, files=False)
-        if instance["State"] != TRANSFERRED:
-            raise BenchError(f"job {job} is in state {instance['State']}, not TRANSFERRED")
-        changed = completion_unix_ns(instance)
+        if instance.state != TRANSFERRED:
+            raise BenchError(f"job {job} is in state {instance.state.name}, not TRANSFERRED")
+        changed = completion_unix_ns(instance.raw)
         client.complete(job)
     return (known - changed) / 1e9, (exited - changed) / 1e9 if exited else 0.0
 

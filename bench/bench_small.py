@@ -244,7 +244,7 @@ def run_openbits_job(services: Services, data: Dataset, dl: Path, label: str) ->
     cpu0 = time.process_time()
     s0 = Snapshot.take(services)
     with Client(str(services.socket), timeout=RUN_DEADLINE_S) as client:
-        job = client.create_job(DisplayName=f"bench_small {label}", Priority=0)
+        job = client.create_job(f"bench_small {label}", priority=0).job_id
         # all files in one AddFileSet call (one commit), as `openbits transfer` does
         a = time.perf_counter()
         client.add_file_set(job, [(data.url(name), str(dl / name)) for name in data.names])
@@ -262,13 +262,13 @@ def run_openbits_job(services: Services, data: Dataset, dl: Path, label: str) ->
             )
             get_job_s = time.perf_counter() - a
             polls += 1
-            state = int(instance["State"])
+            state = int(instance.state)
             if state == TRANSFERRED:
                 break
             if state in (ERROR, TRANSIENT_ERROR, CANCELLED, ACKNOWLEDGED):
                 detail = ""
                 if state in (ERROR, TRANSIENT_ERROR):
-                    detail = json.dumps(client.get_error(job))
+                    detail = json.dumps(client.get_error(job).raw)
                 raise BenchError(
                     f"openbits: the job went {STATE_NAMES[state]} {detail}\n"
                     f"--- daemon log (tail) ---\n{tail(services.daemon_log)}"

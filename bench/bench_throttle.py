@@ -395,7 +395,7 @@ class Bench:
                 client.request("PATCH", POLICY, {"MaxBandwidth": None})  # start unlimited
                 if client.request("GET", POLICY)["CurrentBandwidthLimit"] is not None:
                     raise BenchError("patch: the limit did not go back to unlimited")
-            job = client.create_job(DisplayName=f"bench_throttle {case} {index}", Priority=priority)
+            job = client.create_job(f"bench_throttle {case} {index}", priority=priority).job_id
             try:
                 client.add_file(job, self.url, str(self.dl / "out.bin"))
                 sampler = TempSampler(self.dl, interval, port)
@@ -443,7 +443,7 @@ class Bench:
         while True:
             now = time.perf_counter()
             instance = client.get_job(job)
-            polls.append(Poll(now, int(instance["BytesTransferred"]), int(instance["State"])))
+            polls.append(Poll(now, instance.bytes_transferred, int(instance.state)))
             state = polls[-1].state
             if state == TRANSFERRED and priority == FOREGROUND:
                 done = next((s for s in sampler.snapshot() if s.size >= self.size), None)
@@ -453,7 +453,7 @@ class Bench:
             if state not in (CONNECTING, TRANSFERRING):
                 raise BenchError(
                     f"{case}: the job went {STATE_NAMES.get(state, state)}: "
-                    f"{json.dumps(client.get_error(job))}"
+                    f"{json.dumps(client.get_error(job).raw)}"
                 )
             if now >= w1:
                 break

@@ -71,7 +71,6 @@ from common import (
     KIB,
     MIB,
     OUT_DIR,
-    STATE_NAMES,
     TRANSFERRED,
     BenchError,
     Services,
@@ -105,6 +104,8 @@ READ_OPS = ("get_job", "list_jobs", "query")
 READ_WEIGHTS = (2, 1, 1)
 #: the jobs GetJob picks from: the newest ID_SLOTS submitted ({GUID}: 38 characters)
 ID_SLOTS, ID_LEN = 256, 38
+#: the CreateJob verb is timed alone (Client.create_job reads the new job back too)
+CREATE_JOB = "/root/microsoft/bits/BitsClientJob/CreateJob"
 WQL = "SELECT JobId, State, BytesTransferred FROM BitsClientJob WHERE State = 6 OR State = 2"
 #: no JobTransferred / JobError for this long: look at the jobs in flight (and fail if none moved)
 STALL_S = 60.0
@@ -530,7 +531,8 @@ class Driver:
             picks = [self.rng.choice(self.sources) for _ in range(n_files)]
         files = [(self.dl / f"j{i:06d}-{k}.bin", src) for k, src in enumerate(picks)]
         t0 = time.perf_counter()
-        job = client.create_job(DisplayName=f"soak-{i:06d}", Priority=self.args.priority)
+        body = {"DisplayName": f"soak-{i:06d}", "Priority": self.args.priority}
+        job = client.request("POST", CREATE_JOB, body)["JobId"]
         t1 = time.perf_counter()
         self.readers.publish(i, job)
         client.add_file_set(job, [(self.base_url + src.path, str(dest)) for dest, src in files])
@@ -547,7 +549,7 @@ class Driver:
     def finish_job(self, client: Client, job: str, state: int) -> None:
         files = self.files[job]
         if state == ERROR:
-            info = client.get_error(job)
+            info = client.get_error(job).raw
             self.res.job_errors.append(f"{job}: {info}"[:500])
             with contextlib.suppress(Exception):
                 client.cancel(job)
@@ -629,7 +631,7 @@ class Driver:
         with self.lock:
             jobs = list(self.inflight)
         for job in jobs:
-            state = self.client.get_job(job, include_finished=True, files=False)["State"]
+            state = self.client.get_job(job, include_finished=True, files=False).state
             if state in (TRANSFERRED, ERROR):
                 self.hand(job, state)
                 moved += 1
@@ -669,9 +671,7 @@ class Driver:
                     if not self.reconcile(f"no event for {STALL_S:.0f} s"):
                         with self.lock:
                             jobs = list(self.inflight)
-                        states = Counter(
-                            STATE_NAMES.get(self.client.get_job(j, files=False)["State"], "?") for j in jobs
-                        )
+                        states = Counter(self.client.get_job(j, files=False).state.name for j in jobs)
                         raise BenchError(
                             f"no job finished for {STALL_S:.0f} s; in flight: {dict(states)}\n"
                             f"{tail(self.services.daemon_log)}"

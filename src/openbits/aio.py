@@ -145,63 +145,40 @@ class AsyncClient(wire.ClientBase):
             wire.answer(resp.status, payload)
         return resp
 
-    # -- jobs: CIM level ----------------------------------------------------------------------
+    # -- jobs ------------------------------------------------------------------------------------
 
-    async def list_jobs(self, all_users: bool = False, where: str | None = None) -> list[dict[str, Any]]:
-        jobs: list[dict[str, Any]] = await self._call(wire.list_call(all_users, where))
-        return jobs
-
-    async def query(self, wql: str, all_users: bool = False) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._call(wire.query_call(wql, all_users))
-        return result
-
-    async def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(wire.get_job_call(job, self.timeout, **options))
-        return result
-
-    async def create_job(self, **params: Any) -> str:
-        result = await self.request("POST", wire.CREATE_PATH, params)
-        return str(result["JobId"])
-
-    async def invoke(self, job: str, method: str, **params: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(wire.invoke_call(job, method, **params))
-        return result
-
-    async def get_error(self, job: str) -> dict[str, Any]:
-        return await self.invoke(job, "GetError")
-
-    async def set_properties(self, job: str, **props: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(wire.patch_call(wire.job_path(job), props))
-        return result
-
-    # -- jobs: typed -----------------------------------------------------------------------------
-
-    async def new_job(
+    async def create_job(
         self,
         display_name: str = "",
         remote_url: str | None = None,
         local_file: str | None = None,
         **options: Unpack[wire.JobOptions],
     ) -> BitsJob:
-        job_id = str(
-            (await self._call(wire.create_call(display_name, remote_url, local_file, **options)))["JobId"]
-        )
-        return await self.job(job_id)
+        call = wire.create_call(display_name, remote_url, local_file, **options)
+        return await self.get_job(str((await self._call(call))["JobId"]))
+
+    async def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> BitsJob:
+        return BitsJob.from_cim(await self._call(wire.get_job_call(job, self.timeout, **options)))
+
+    async def list_jobs(self, all_users: bool = False, where: str | None = None) -> list[BitsJob]:
+        return [BitsJob.from_cim(j) for j in await self._call(wire.list_call(all_users, where))]
+
+    async def query(self, wql: str, all_users: bool = False) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call(wire.query_call(wql, all_users))
+        return result
+
+    async def set_properties(self, job: str, **props: Any) -> BitsJob:
+        return BitsJob.from_cim(await self._call(wire.patch_call(wire.job_path(job), props)))
+
+    async def get_error(self, job: str) -> JobErrorInfo:
+        return JobErrorInfo.from_cim(await self.invoke(job, "GetError"))
+
+    async def invoke(self, job: str, method: str, **params: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(wire.invoke_call(job, method, **params))
+        return result
 
     async def resolve(self, job: str) -> str:
         return await self._drive(flows.resolve(job))
-
-    async def job(self, job: str, *, include_finished: bool = False) -> BitsJob:
-        return BitsJob.from_cim(await self.get_job(job, include_finished=include_finished))
-
-    async def jobs(self, all_users: bool = False, where: str | None = None) -> list[BitsJob]:
-        return [BitsJob.from_cim(j) for j in await self.list_jobs(all_users, where)]
-
-    async def update_job(self, job: str, **props: Any) -> BitsJob:
-        return BitsJob.from_cim(await self.set_properties(job, **props))
-
-    async def job_error(self, job: str) -> JobErrorInfo:
-        return JobErrorInfo.from_cim(await self.get_error(job))
 
     # -- the verbs --------------------------------------------------------------------------------
 
@@ -335,7 +312,7 @@ class AsyncClient(wire.ClientBase):
         task cancels its job."""
         spec = flows.TransferSpec.of(files, display_name, options)
         if not options.get("wait", True):
-            return await self.job(await self._drive(flows.start(spec)))
+            return await self.get_job(await self._drive(flows.start(spec)))
         deadline = flows.deadline_of(options.get("timeout"))
         return await self._drive(flows.transfer(spec, deadline, flows.poll_s(progress)), progress)
 

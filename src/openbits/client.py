@@ -1,16 +1,17 @@
 """The Python clients of the daemon's API: :class:`Client` (synchronous) and
 :class:`AsyncClient` (asyncio), over the Unix socket or over TCP with a bearer token.
 
-Both have the same methods.  The typed ones answer :class:`~openbits.jobs.BitsJob`,
-:class:`~openbits.jobs.JobErrorInfo` and :class:`~openbits.jobs.JobEvent`: ``new_job``,
-``job``, ``jobs``, ``update_job``, ``job_error``, ``job_events``, ``wait``, ``transfer``.
-The CIM-level ones answer the JSON as the API sends it (``create_job`` the JobId,
-``get_job``/``list_jobs``/``set_properties``/``get_error`` dicts, ``events`` raw
-Server-Sent Events); the verbs (``add_file``, ``resume``, ``cancel``, ``set_*`` …) are
-shared.  Failing calls raise the BitsError subclass rebuilt from the HRESULT of the
-error body; :class:`DaemonUnavailable` when nothing answers.  Requests and answers are
-built in ``openbits._wire``; ``wait`` and ``transfer`` are the flows of
-``openbits._flows``, which both clients drive.
+Both have the same methods, one name per verb, answering typed objects:
+:class:`~openbits.jobs.BitsJob` (``create_job``, ``get_job``, ``list_jobs``,
+``set_properties``, ``wait``, ``transfer``), :class:`~openbits.jobs.JobErrorInfo`
+(``get_error``) and :class:`~openbits.jobs.JobEvent` (``job_events``); each keeps the
+JSON it was built from as ``raw``.  ``query`` (a WQL projection), ``invoke`` (any method
+by its WMI name), ``events`` (raw Server-Sent Events), the policy and the tokens answer
+the JSON as the API sends it; the verbs (``add_file``, ``resume``, ``cancel``,
+``set_*`` …) their ReturnValue or nothing.  Failing calls raise the BitsError subclass
+rebuilt from the HRESULT of the error body; :class:`DaemonUnavailable` when nothing
+answers.  Requests and answers are built in ``openbits._wire``; ``wait`` and ``transfer``
+are the flows of ``openbits._flows``, which both clients drive.
 
 The sync client is stdlib only (http.client), so the CLI starts in ~30 ms: the typed
 objects (``openbits.jobs``) load on first use, AsyncClient lives in ``openbits.aio``
@@ -164,86 +165,58 @@ class Client(wire.ClientBase):
             if events is not None:
                 events.close()
 
-    # -- jobs: CIM level (dicts, as the API answers) -----------------------------------------
+    # -- jobs ------------------------------------------------------------------------------------
 
-    def list_jobs(self, all_users: bool = False, where: str | None = None) -> list[dict[str, Any]]:
-        """Your jobs (``all_users``: everyone's, for an administrator); ``where``: a WQL
-        condition, e.g. ``"State = 4 OR DisplayName LIKE 'nightly%'"``."""
-        jobs: list[dict[str, Any]] = self._call(wire.list_call(all_users, where))
-        return jobs
-
-    def query(self, wql: str, all_users: bool = False) -> list[dict[str, Any]]:
-        """``SELECT * | p1, p2 FROM BitsClientJob [WHERE …]``: the matching instances, with only
-        the selected properties."""
-        result: list[dict[str, Any]] = self._call(wire.query_call(wql, all_users))
-        return result
-
-    def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> dict[str, Any]:
-        """One instance; ``files=False`` leaves out its Files array (cheap to poll).
-
-        With ``wait_while`` (job states) the daemon answers only once the job is in none of
-        them, or after ``wait_timeout`` seconds (its default: 30): a long poll."""
-        result: dict[str, Any] = self._call(wire.get_job_call(job, self.timeout, **options))
-        return result
-
-    def create_job(self, **params: Any) -> str:
-        """CreateJob with its WMI parameters (``DisplayName=``, ``RemoteUrl=``, …): the JobId.
-        (``new_job`` answers a BitsJob.)"""
-        result = self.request("POST", wire.CREATE_PATH, params)
-        return str(result["JobId"])
-
-    def invoke(self, job: str, method: str, **params: Any) -> dict[str, Any]:
-        """Any instance method by its WMI name, with its WMI parameters: its answer."""
-        result: dict[str, Any] = self._call(wire.invoke_call(job, method, **params))
-        return result
-
-    def get_error(self, job: str) -> dict[str, Any]:
-        """GetError's answer as JSON (``job_error`` answers a JobErrorInfo)."""
-        return self.invoke(job, "GetError")
-
-    def set_properties(self, job: str, **props: Any) -> dict[str, Any]:
-        """PATCH read/write properties, by snake_case or WMI name (``display_name=`` or
-        ``DisplayName=``, ``priority=JobPriority.HIGH``, ``minimum_retry_delay=60``): all or
-        nothing.  The instance after the change, as JSON (``update_job``: a BitsJob)."""
-        result: dict[str, Any] = self._call(wire.patch_call(wire.job_path(job), props))
-        return result
-
-    # -- jobs: typed ---------------------------------------------------------------------------
-
-    def new_job(
+    def create_job(
         self,
         display_name: str = "",
         remote_url: str | None = None,
         local_file: str | None = None,
         **options: Unpack[wire.JobOptions],
     ) -> BitsJob:
-        """CreateJob: a new job, SUSPENDED unless ``suspend=False`` (with a file: resumed at
-        once); ``description``, ``priority``, ``job_type``."""
+        """CreateJob: the new job, SUSPENDED unless ``suspend=False`` (with a file: resumed
+        at once); ``description``, ``priority``, ``job_type``."""
         job_id = str(self._call(wire.create_call(display_name, remote_url, local_file, **options))["JobId"])
-        return self.job(job_id)
+        return self.get_job(job_id)
+
+    def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> BitsJob:
+        """One job, by JobId or display name (``include_finished``: also an ACKNOWLEDGED or
+        CANCELLED one, for 7 days); ``files=False`` leaves out its files (cheap to poll).
+
+        With ``wait_while`` (job states) the daemon answers only once the job is in none of
+        them, or after ``wait_timeout`` seconds (its default: 30): a long poll."""
+        return wire.bits_job(self._call(wire.get_job_call(job, self.timeout, **options)))
+
+    def list_jobs(self, all_users: bool = False, where: str | None = None) -> list[BitsJob]:
+        """Your jobs (``all_users``: everyone's, for an administrator); ``where``: a WQL
+        condition, e.g. ``"State = 4 OR DisplayName LIKE 'nightly%'"``."""
+        return [wire.bits_job(j) for j in self._call(wire.list_call(all_users, where))]
+
+    def query(self, wql: str, all_users: bool = False) -> list[dict[str, Any]]:
+        """``SELECT * | p1, p2 FROM BitsClientJob [WHERE …]``: the matching instances as
+        JSON, with only the selected properties."""
+        result: list[dict[str, Any]] = self._call(wire.query_call(wql, all_users))
+        return result
+
+    def set_properties(self, job: str, **props: Any) -> BitsJob:
+        """PATCH read/write properties, by snake_case or WMI name (``display_name=`` or
+        ``DisplayName=``, ``priority=JobPriority.HIGH``, ``minimum_retry_delay=60``): all or
+        nothing.  The job after the change."""
+        return wire.bits_job(self._call(wire.patch_call(wire.job_path(job), props)))
+
+    def get_error(self, job: str) -> JobErrorInfo:
+        """GetError: why the job is in ERROR (or TRANSIENT_ERROR)."""
+        return wire.error_info(self.invoke(job, "GetError"))
+
+    def invoke(self, job: str, method: str, **params: Any) -> dict[str, Any]:
+        """Any instance method by its WMI name, with its WMI parameters: its answer."""
+        result: dict[str, Any] = self._call(wire.invoke_call(job, method, **params))
+        return result
 
     def resolve(self, job: str) -> str:
         """The JobId of a JobId or display name, a name looked up as every call looks it up:
         among the jobs not finished (never the hidden ACKNOWLEDGED and CANCELLED ones)."""
         return self._drive(flows.resolve(job))
-
-    def job(self, job: str, *, include_finished: bool = False) -> BitsJob:
-        """One job, by JobId or display name (``include_finished``: also an ACKNOWLEDGED or
-        CANCELLED one, for 7 days)."""
-        return wire.bits_job(self.get_job(job, include_finished=include_finished))
-
-    def jobs(self, all_users: bool = False, where: str | None = None) -> list[BitsJob]:
-        """Your jobs (``all_users``: everyone's, for an administrator); ``where``: a WQL
-        condition."""
-        return [wire.bits_job(j) for j in self.list_jobs(all_users, where)]
-
-    def update_job(self, job: str, **props: Any) -> BitsJob:
-        """``set_properties``, answering the job after the change."""
-        return wire.bits_job(self.set_properties(job, **props))
-
-    def job_error(self, job: str) -> JobErrorInfo:
-        """GetError: why the job is in ERROR (or TRANSIENT_ERROR)."""
-        return wire.error_info(self.get_error(job))
 
     # -- the verbs ------------------------------------------------------------------------------
 
@@ -445,7 +418,7 @@ class Client(wire.ClientBase):
         note of the error names the job and how to finish it."""
         spec = flows.TransferSpec.of(files, display_name, options)
         if not options.get("wait", True):
-            return self.job(self._drive(flows.start(spec)))
+            return self.get_job(self._drive(flows.start(spec)))
         deadline = flows.deadline_of(options.get("timeout"))
         return self._drive(flows.transfer(spec, deadline, flows.poll_s(progress)), progress)
 

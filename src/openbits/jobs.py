@@ -189,7 +189,8 @@ class BitsJob:
 
 @dataclass(frozen=True, slots=True)
 class JobErrorInfo:
-    """GetError: why a job is in ERROR (or TRANSIENT_ERROR)."""
+    """GetError: why a job is in ERROR (or TRANSIENT_ERROR).  ``raw`` is GetError's answer
+    as JSON."""
 
     hresult: int
     context: ErrorContext

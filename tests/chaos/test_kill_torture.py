@@ -113,7 +113,7 @@ class Torture:
             files[local] = digest
             pairs.append((f"{self.nginx.url}{prefix}/{name}", str(local)))
         c = self.daemon.client
-        job = c.create_job(DisplayName=f"chaos-{j}", Priority=int(rng.choice(PRIORITIES)))
+        job = c.create_job(f"chaos-{j}", priority=int(rng.choice(PRIORITIES))).job_id
         self.jobs[job] = Expected(files, f"chaos-{j}", suspended=True)
         c.add_file_set(job, pairs)
         c.resume(job)

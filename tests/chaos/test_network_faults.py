@@ -76,7 +76,7 @@ def new_job(
     **props: Any,
 ) -> str:
     client = daemon.client
-    job = client.create_job(DisplayName=name, Priority=int(priority))
+    job = client.create_job(name, priority=int(priority)).job_id
     client.set_properties(job, MinimumRetryDelay=RETRY_S, **props)
     client.add_file_set(job, pairs)
     client.resume(job)
@@ -143,7 +143,7 @@ class Watcher:
             self._last[job] = (state, count)
         if entered and state in (JobState.TRANSIENT_ERROR, JobState.ERROR):
             try:
-                error: dict[str, Any] | None = self._client.get_error(job)
+                error: dict[str, Any] | None = dict(self._client.get_error(job).raw)
             except BitsError:
                 error = None
             with self._lock:
@@ -399,7 +399,7 @@ def test_fault_is_reported_truthfully(case: Case, cases: Cases) -> None:
         assert last.state is JobState.ERROR and last.transient_errors == len(case.errors), episodes
         assert last.code == transient[-1].code, "ERROR keeps the error of the last attempt"
         check_error(last, last.code or 0, str(run.local))
-        assert daemon.client.get_error(run.job)["ErrorCode"] == last.code
+        assert daemon.client.get_error(run.job).hresult == last.code
         assert daemon.client.cancel(run.job) == 0
     else:
         with pytest.raises(BitsError) as info:

@@ -269,7 +269,7 @@ def test_set_switches_change_the_instance(daemon: Daemon) -> None:
 
     assert ok(bitsadmin(daemon, "/setcustomheaders", job, "NULL")) == "Custom headers removed.\n"
     assert daemon.job(job)["CustomHeaders"] is None
-    write_only = daemon.client.create_job(DisplayName="write-only")
+    write_only = daemon.client.create_job("write-only").job_id
     ok(bitsadmin(daemon, "/setcustomheaders", write_only, "Authorization: Bearer t0ken"))
     said = ok(bitsadmin(daemon, "/makecustomheaderswriteonly", write_only))
     assert said == "Custom headers are now write-only.\n"

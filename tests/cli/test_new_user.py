@@ -157,8 +157,8 @@ def test_a_transfer_whose_daemon_dies_names_its_job_and_how_to_finish(
         proc = spawn(slow, "transfer", "-p", "low", f"{nginx.url}/newuser/slow.bin", str(dest / "slow.bin"))
         try:
             jobs = wait_until(lambda: slow.client.list_jobs(), 20, "the transfer's job")
-            assert [j["DisplayName"] for j in jobs] == ["slow.bin"]  # named after its file
-            job = jobs[0]["JobId"]
+            assert [j.display_name for j in jobs] == ["slow.bin"]  # named after its file
+            job = jobs[0].job_id
             slow.wait_state(job, JobState.TRANSFERRING)
             slow.kill()
             _, err = proc.communicate(timeout=90)

@@ -14,7 +14,7 @@ MiB = 1024 * 1024
 
 
 def start(daemon: Daemon, url: str, local: Path, priority: JobPriority) -> str:
-    job = daemon.client.create_job(DisplayName=local.name, Priority=int(priority))
+    job = daemon.client.create_job(local.name, priority=int(priority)).job_id
     daemon.client.add_file(job, url, str(local))
     daemon.client.resume(job)
     return job
@@ -34,7 +34,7 @@ def test_a_zero_limit_blocks_background_jobs_by_policy_until_it_lifts(
     daemon.wait_state(foreground, JobState.TRANSFERRED)  # FOREGROUND ignores the limit
     daemon.wait_state(background, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(background)
-    assert (err["Name"], err["ErrorCode"]) == ("BG_E_BLOCKED_BY_POLICY", 0x8020003E)
+    assert (err.name, err.hresult) == ("BG_E_BLOCKED_BY_POLICY", 0x8020003E)
     assert daemon.job(background)["TransientErrorCount"] == 0, "a policy block is not the job's failure"
 
     status, policy = daemon.api("PATCH", POLICY, {"MaxBandwidth": None})

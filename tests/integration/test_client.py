@@ -92,7 +92,7 @@ def assert_matches_raw(job: BitsJob, raw: dict[str, Any]) -> None:
 def test_typed_jobs_match_the_raw_instances(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     make_file(nginx.www, "client/typed.bin", 64 * KiB, seed=501)
     client = Client(daemon.socket)
-    job = client.new_job(
+    job = client.create_job(
         "typed", f"{nginx.url}/client/typed.bin", str(dest / "typed.bin"), description="d", priority=1
     )
     assert job.state is JobState.SUSPENDED and job.priority is JobPriority.HIGH
@@ -103,7 +103,7 @@ def test_typed_jobs_match_the_raw_instances(daemon: Daemon, nginx: Nginx, dest: 
     assert done.state is JobState.TRANSFERRED and done.progress == 1.0 and done.done
     assert_matches_raw(done, raw_instance(daemon, job.job_id))
     assert done.completion_time is not None and done.custom_headers == "X-Trace: 1\r\n"
-    listed = {j.job_id: j for j in client.jobs()}
+    listed = {j.job_id: j for j in client.list_jobs()}
     assert_matches_raw(listed[job.job_id], raw_instance(daemon, job.job_id))
     client.close()
 
@@ -114,19 +114,19 @@ def test_every_verb(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     make_file(nginx.www, "client/verbs-r.bin", 10 * KiB, seed=504)
     url = nginx.url
     with Client(daemon.socket) as client:
-        job = client.new_job("verbs").job_id
-        assert client.create_job(DisplayName="legacy") in {j.job_id for j in client.jobs()}  # (the str one)
+        job = client.create_job("verbs").job_id
+        assert job in {j.job_id for j in client.list_jobs()}
         client.add_file(job, f"{url}/client/moved-a.bin", str(dest / "a.bin"))
         client.add_file_set(job, [(f"{url}/client/verbs-b.bin", str(dest / "b.bin"))])
         client.add_file_with_ranges(
             job, f"{url}/client/verbs-r.bin", str(dest / "r.bin"), [(0, 100), (200, None)]
         )
-        assert client.job(job).files[2].ranges == ((0, 100), (200, BG_LENGTH_TO_EOF))
+        assert client.get_job(job).files[2].ranges == ((0, 100), (200, BG_LENGTH_TO_EOF))
         client.set_remote_name(job, str(dest / "a.bin"), f"{url}/client/gone/verbs-a.bin")
         assert client.replace_remote_prefix(job, f"{url}/client/gone/", f"{url}/client/") == 1
-        assert client.job(job).files[0].remote_url == f"{url}/client/verbs-a.bin"
+        assert client.get_job(job).files[0].remote_url == f"{url}/client/verbs-a.bin"
 
-        after = client.update_job(
+        after = client.set_properties(
             job, display_name="verbs 2", priority=JobPriority.LOW, minimum_retry_delay=30, Description="x"
         )
         assert (after.display_name, after.priority, after.minimum_retry_delay, after.description) == (
@@ -135,14 +135,14 @@ def test_every_verb(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
             30,
             "x",
         )
-        assert client.set_properties(job, no_progress_timeout=100)["NoProgressTimeout"] == 100
+        assert client.set_properties(job, no_progress_timeout=100).no_progress_timeout == 100
         client.set_maximum_download_time(job, 900)
         client.set_custom_headers(job, "X-A: 1\r\n")
         client.set_security_flags(job, SecurityFlags.IGNORE_UNKNOWN_CA)
         client.set_notify_flags(job, NotifyFlags.DISABLE)
         client.set_notify_cmd_line(job, "/bin/true", "true now")
         client.set_notify_url(job, "https://hooks.example/T/secret")
-        typed = client.job(job)
+        typed = client.get_job(job)
         assert typed.maximum_download_time == 900 and typed.custom_headers == "X-A: 1\r\n"
         assert typed.security_flags == SecurityFlags.IGNORE_UNKNOWN_CA
         assert typed.notify_flags == NotifyFlags.DISABLE
@@ -152,31 +152,31 @@ def test_every_verb(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
         client.set_notify_url(job, None)
         client.set_custom_headers(job, None)
         client.set_maximum_download_time(job, None)
-        typed = client.job(job)
+        typed = client.get_job(job)
         assert typed.notify_cmd_line is None and typed.notify_url is None and typed.custom_headers is None
         assert typed.maximum_download_time == 7_776_000
 
-        assert [j.job_id for j in client.jobs(where="DisplayName = 'verbs 2'")] == [job]
+        assert [j.job_id for j in client.list_jobs(where="DisplayName = 'verbs 2'")] == [job]
         assert client.query("SELECT JobId, Priority FROM BitsClientJob WHERE DisplayName = 'verbs 2'") == [
             {"JobId": job, "Priority": 3}
         ]
         assert client.resume(job) == 0
         assert client.suspend(job) == 0
-        assert client.job(job).state is JobState.SUSPENDED
+        assert client.get_job(job).state is JobState.SUSPENDED
         client.resume(job)
         done = client.wait(job, timeout=30)
         assert done.state is JobState.TRANSFERRED, (
-            client.job_error(job) if done.state == JobState.ERROR else done
+            client.get_error(job) if done.state == JobState.ERROR else done
         )
         headers = client.get_response_headers(job, str(dest / "b.bin"))
         assert headers is not None and "Content-Length: 30720" in headers
         assert client.complete(job) == 0
-        assert client.job(job, include_finished=True).state is JobState.ACKNOWLEDGED
+        assert client.get_job(job, include_finished=True).state is JobState.ACKNOWLEDGED
         assert sha256_file(dest / "b.bin") == sha256_file(nginx.www / "client/verbs-b.bin")
 
-        other = client.new_job("to cancel").job_id
+        other = client.create_job("to cancel").job_id
         assert client.cancel(other) == 0
-        assert client.job(other, include_finished=True).state is JobState.CANCELLED
+        assert client.get_job(other, include_finished=True).state is JobState.CANCELLED
 
         policy = client.policy()
         assert "MaxBandwidth" in policy
@@ -190,15 +190,15 @@ def test_errors_are_rebuilt_with_their_subclass_and_hresult(
     daemon: Daemon, tmp_path: Path, dest: Path
 ) -> None:
     client = Client(daemon.socket)
-    job = client.new_job("errors").job_id
+    job = client.create_job("errors").job_id
     cases: list[tuple[Any, type[BitsError], int]] = [
-        (lambda: client.job("{00000000-0000-0000-0000-000000000000}"), NotFound, HResult.BG_E_NOT_FOUND),
-        (lambda: client.update_job(job, job_id="x"), ReadOnlyProperty, HResult.BG_E_READ_ONLY_PROPERTY),
-        (lambda: client.update_job(job, priority=9), NotImplementedValue, HResult.E_NOTIMPL),
+        (lambda: client.get_job("{00000000-0000-0000-0000-000000000000}"), NotFound, HResult.BG_E_NOT_FOUND),
+        (lambda: client.set_properties(job, job_id="x"), ReadOnlyProperty, HResult.BG_E_READ_ONLY_PROPERTY),
+        (lambda: client.set_properties(job, priority=9), NotImplementedValue, HResult.E_NOTIMPL),
         (lambda: client.add_file(job, "https://e/x", "relative/x"), InvalidArgument, HResult.E_INVALIDARG),
         (lambda: client.resume(job), EmptyJob, HResult.BG_E_EMPTY),
         (
-            lambda: client.job_error(job),
+            lambda: client.get_error(job),
             ErrorInformationUnavailable,
             HResult.BG_E_ERROR_INFORMATION_UNAVAILABLE,
         ),
@@ -209,9 +209,9 @@ def test_errors_are_rebuilt_with_their_subclass_and_hresult(
             call()
         assert type(e.value) is cls and e.value.hresult == hresult, (e.value, cls)
     with pytest.raises(DaemonUnavailable, match="no openbits daemon"):
-        Client(str(tmp_path / "nobody.sock")).jobs()
+        Client(str(tmp_path / "nobody.sock")).list_jobs()
     with pytest.raises(DaemonUnavailable, match="no openbits daemon"):
-        Client(url=f"http://127.0.0.1:{free_port()}", token="t").jobs()
+        Client(url=f"http://127.0.0.1:{free_port()}", token="t").list_jobs()
 
 
 def test_wait_returns_at_transferred_and_at_error_and_times_out(
@@ -219,18 +219,18 @@ def test_wait_returns_at_transferred_and_at_error_and_times_out(
 ) -> None:
     make_file(nginx.www, "client/wait.bin", 200 * KiB, seed=505)
     client = Client(daemon.socket)
-    ok = client.new_job("wait ok", f"{nginx.url}/client/wait.bin", str(dest / "wait.bin")).job_id
-    bad = client.new_job("wait bad", f"{nginx.url}/client/no-such.bin", str(dest / "bad.bin")).job_id
+    ok = client.create_job("wait ok", f"{nginx.url}/client/wait.bin", str(dest / "wait.bin")).job_id
+    bad = client.create_job("wait bad", f"{nginx.url}/client/no-such.bin", str(dest / "bad.bin")).job_id
     client.resume(ok)
     client.resume(bad)
     assert client.wait(ok, timeout=30).state is JobState.TRANSFERRED
     failed = client.wait(bad, timeout=30)
     assert failed.state is JobState.ERROR
-    info = client.job_error(bad)
+    info = client.get_error(bad)
     assert isinstance(info, JobErrorInfo)
     assert (info.hresult, info.name) == (0x80190194, "BG_E_HTTP_ERROR_404")
     assert info.remote_url == f"{nginx.url}/client/no-such.bin"
-    idle = client.new_job("idle").job_id
+    idle = client.create_job("idle").job_id
     with pytest.raises(TimeoutError, match="SUSPENDED"):
         client.wait(idle, timeout=0.3)
     assert client.wait(idle, timeout=5, until={JobState.SUSPENDED}).state is JobState.SUSPENDED
@@ -238,7 +238,7 @@ def test_wait_returns_at_transferred_and_at_error_and_times_out(
 
 def test_job_events_are_typed_in_order_and_reconnect_after_a_restart(daemon: Daemon) -> None:
     client = Client(daemon.socket)
-    job = client.new_job("events").job_id
+    job = client.create_job("events").job_id
     with client.job_events(job=job, reconnect=True, timeout=20) as events:
         client.set_properties(job, description="before")
         first = next(events)
@@ -257,7 +257,7 @@ def test_job_events_are_typed_in_order_and_reconnect_after_a_restart(daemon: Dae
     assert [e.id for e in rest] == [first.id + 1, first.id + 2]
     assert rest[-1].job is not None and rest[-1].job.state is JobState.CANCELLED
     # without reconnect (it is on by default) the iterator ends with the stream
-    other = client.new_job("no reconnect").job_id
+    other = client.create_job("no reconnect").job_id
     plain = client.job_events(job=other, timeout=20, reconnect=False)
     daemon.stop()
     assert list(plain) == []
@@ -302,7 +302,7 @@ def test_transfer_cancels_its_job_on_failure(daemon: Daemon, nginx: Nginx, dest:
     assert e.value.hresult == 0x80190194 and e.value.name == "BG_E_HTTP_ERROR_404"
     job_id = seen[0].job_id
     assert any(job_id in note for note in e.value.__notes__)
-    assert client.job(job_id, include_finished=True).state is JobState.CANCELLED
+    assert client.get_job(job_id, include_finished=True).state is JobState.CANCELLED
     assert sorted(p.name for p in dest.iterdir()) == []  # temporary files removed, nothing published
     # an interrupted transfer (here: the progress callback raises) cancels its job too
     calls: list[str] = []
@@ -313,7 +313,7 @@ def test_transfer_cancels_its_job_on_failure(daemon: Daemon, nginx: Nginx, dest:
 
     with pytest.raises(KeyboardInterrupt):
         client.transfer([(f"{nginx.url}/client/t-good", str(dest / "good"))], progress=interrupt)
-    assert client.job(calls[0], include_finished=True).state is JobState.CANCELLED
+    assert client.get_job(calls[0], include_finished=True).state is JobState.CANCELLED
 
 
 # -- a daemon without events: wait() long polls ---------------------------------------------------------
@@ -355,7 +355,7 @@ def test_wait_long_polls_a_daemon_without_events(tmp_path: Path) -> None:
         client = Client(sock)
         with pytest.raises(NotImplementedValue):
             client.job_events()
-        job = client.new_job("old", "https://example.invalid/x", str(tmp_path / "x")).job_id
+        job = client.create_job("old", "https://example.invalid/x", str(tmp_path / "x")).job_id
         client.resume(job)  # QUEUED for ever: this daemon runs no transfers
         with pytest.raises(TimeoutError, match="QUEUED"):
             client.wait(job, timeout=0.5)
@@ -369,7 +369,7 @@ def test_wait_long_polls_a_daemon_without_events(tmp_path: Path) -> None:
         async def run_async() -> BitsJob:
             async with AsyncClient(sock) as a:
                 other = (
-                    await a.new_job("old async", "https://example.invalid/y", str(tmp_path / "y"))
+                    await a.create_job("old async", "https://example.invalid/y", str(tmp_path / "y"))
                 ).job_id
                 await a.resume(other)
                 with pytest.raises(TimeoutError):
@@ -389,34 +389,34 @@ async def test_async_every_verb(daemon: Daemon, nginx: Nginx, dest: Path) -> Non
     make_file(nginx.www, "client/async-r.bin", 10 * KiB, seed=531)
     url = nginx.url
     async with AsyncClient(daemon.socket) as client:
-        job = await client.new_job("async", description="d", priority=JobPriority.HIGH)
+        job = await client.create_job("async", description="d", priority=JobPriority.HIGH)
         assert_matches_raw(job, raw_instance(daemon, job.job_id))
         ref = job.job_id
-        assert await client.create_job(DisplayName="legacy async") in {j.job_id for j in await client.jobs()}
+        assert ref in {j.job_id for j in await client.list_jobs()}
         await client.add_file(ref, f"{url}/client/gone/async-a.bin", str(dest / "a.bin"))
         await client.add_file_set(ref, {f"{url}/client/async-r.bin": str(dest / "r.bin")})
         await client.add_file_with_ranges(ref, f"{url}/client/async-r.bin", str(dest / "r2.bin"), [(0, 5)])
         await client.set_remote_name(ref, str(dest / "r.bin"), f"{url}/client/gone/async-r.bin")
         assert await client.replace_remote_prefix(ref, f"{url}/client/gone/", f"{url}/client/") == 2
-        updated = await client.update_job(ref, display_name="async 2", priority=JobPriority.NORMAL)
+        updated = await client.set_properties(ref, display_name="async 2", priority=JobPriority.NORMAL)
         assert (updated.display_name, updated.priority) == ("async 2", JobPriority.NORMAL)
-        assert (await client.set_properties(ref, Description="y"))["Description"] == "y"
+        assert (await client.set_properties(ref, Description="y")).description == "y"
         await client.set_maximum_download_time(ref, 1200)
         await client.set_custom_headers(ref, {"X-B": "2"})
         await client.set_security_flags(ref, 0)
         await client.set_notify_flags(ref, 3)
         await client.set_notify_cmd_line(ref, "/bin/true")
         await client.set_notify_url(ref, "https://hooks.example/x")
-        typed = await client.job(ref)
+        typed = await client.get_job(ref)
         assert typed.maximum_download_time == 1200 and typed.custom_headers == "X-B: 2\r\n"
         assert typed.notify_cmd_line == NotifyCmdLine("/bin/true", None)
         assert_matches_raw(typed, raw_instance(daemon, ref))
-        assert [j.job_id for j in await client.jobs(where="DisplayName = 'async 2'")] == [ref]
+        assert [j.job_id for j in await client.list_jobs(where="DisplayName = 'async 2'")] == [ref]
         assert await client.query("SELECT JobId FROM BitsClientJob WHERE DisplayName = 'async 2'") == [
             {"JobId": ref}
         ]
-        assert (await client.list_jobs(where="DisplayName = 'async 2'"))[0]["JobId"] == ref
-        assert (await client.get_job(ref, files=False)).get("Files") is None
+        without_files = await client.get_job(ref, files=False)
+        assert without_files.files == () and without_files.files_total == 3
         assert await client.resume(ref) == 0
         assert await client.suspend(ref) == 0
         await client.resume(ref)
@@ -425,28 +425,25 @@ async def test_async_every_verb(daemon: Daemon, nginx: Nginx, dest: Path) -> Non
         headers = await client.get_response_headers(ref, str(dest / "a.bin"))
         assert headers is not None and "Content-Length: 51200" in headers
         assert await client.complete(ref) == 0
-        assert (await client.job(ref, include_finished=True)).state is JobState.ACKNOWLEDGED
-        other = (await client.new_job("cancel me")).job_id
+        assert (await client.get_job(ref, include_finished=True)).state is JobState.ACKNOWLEDGED
+        other = (await client.create_job("cancel me")).job_id
         assert await client.cancel(other) == 0
         assert "MaxBandwidth" in await client.policy()
         assert (await client.set_policy(max_bandwidth="1M"))["MaxBandwidth"] == 1024 * 1024
         assert (await client.set_policy(max_bandwidth=None))["MaxBandwidth"] is None
-        failing = await client.new_job(
+        failing = await client.create_job(
             "async fail", f"{url}/client/none.bin", str(dest / "none.bin"), suspend=False
         )
         assert (await client.wait(failing.job_id, timeout=30)).state is JobState.ERROR
-        info = await client.job_error(failing.job_id)
-        assert (
-            info.name == "BG_E_HTTP_ERROR_404"
-            and (await client.get_error(failing.job_id))["ErrorCode"] == info.hresult
-        )
+        info = await client.get_error(failing.job_id)
+        assert info.name == "BG_E_HTTP_ERROR_404" and info.raw["ErrorCode"] == info.hresult
 
 
 async def test_async_errors_are_rebuilt(daemon: Daemon, tmp_path: Path) -> None:
     async with AsyncClient(daemon.socket) as client:
-        job = (await client.new_job("async errors")).job_id
+        job = (await client.create_job("async errors")).job_id
         with pytest.raises(NotFound) as e:
-            await client.job("no such job")
+            await client.get_job("no such job")
         assert e.value.hresult == HResult.BG_E_NOT_FOUND
         with pytest.raises(ReadOnlyProperty):
             await client.set_properties(job, state=4)
@@ -459,15 +456,15 @@ async def test_async_errors_are_rebuilt(daemon: Daemon, tmp_path: Path) -> None:
                 pass
     with pytest.raises(DaemonUnavailable, match="no openbits daemon"):
         async with AsyncClient(str(tmp_path / "nobody.sock")) as nobody:
-            await nobody.jobs()
+            await nobody.list_jobs()
     with pytest.raises(DaemonUnavailable, match="no openbits daemon"):
         async with AsyncClient(url=f"http://127.0.0.1:{free_port()}", token="t") as nobody:
-            await nobody.jobs()
+            await nobody.list_jobs()
 
 
 async def test_async_job_events_reconnect_by_default_after_a_restart(daemon: Daemon) -> None:
     async with AsyncClient(daemon.socket) as client:
-        job = (await client.new_job("async events")).job_id
+        job = (await client.create_job("async events")).job_id
         events = client.job_events(job=job, timeout=20)
         async with events:
             await client.set_properties(job, description="one")
@@ -520,7 +517,7 @@ async def test_async_transfer_with_progress_and_cancel_on_failure(
                 {f"{nginx.url}/client/async-none": str(dest / "none")}, progress=failed.append
             )
         assert e.value.name == "BG_E_HTTP_ERROR_404"
-        assert (await client.job(failed[0].job_id, include_finished=True)).state is JobState.CANCELLED
+        assert (await client.get_job(failed[0].job_id, include_finished=True)).state is JobState.CANCELLED
         # a cancelled task cancels its job
         started = asyncio.Event()
         ids: list[str] = []
@@ -541,4 +538,4 @@ async def test_async_transfer_with_progress_and_cancel_on_failure(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert (await client.job(ids[0], include_finished=True)).state is JobState.CANCELLED
+        assert (await client.get_job(ids[0], include_finished=True)).state is JobState.CANCELLED

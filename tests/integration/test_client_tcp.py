@@ -38,9 +38,9 @@ def test_sync_client_over_tcp(tcp_daemon: tuple[Daemon, str, str], nginx: Nginx,
     dest.mkdir()
     with Client(url=url, token=token) as client:
         assert token not in repr(client)
-        job = client.new_job("over tcp")
-        assert job.owner == daemon.client.job(job.job_id).owner  # the token acts as its user
-        assert job.job_id in {j.job_id for j in client.jobs()}
+        job = client.create_job("over tcp")
+        assert job.owner == daemon.client.get_job(job.job_id).owner  # the token acts as its user
+        assert job.job_id in {j.job_id for j in client.list_jobs()}
         events = client.job_events(job=job.job_id, timeout=20)
         client.set_properties(job.job_id, description="seen")
         event = next(events)
@@ -49,15 +49,15 @@ def test_sync_client_over_tcp(tcp_daemon: tuple[Daemon, str, str], nginx: Nginx,
         done = client.transfer({f"{nginx.url}/tcp/sync.bin": str(dest / "sync.bin")})
         assert done.state is JobState.ACKNOWLEDGED and sha256_file(dest / "sync.bin") == digest
         with pytest.raises(NotFound):
-            client.job("no such job")
+            client.get_job("no such job")
 
     for bad in ("obt_not-a-token", ""):
         with pytest.raises(AccessDenied) as e:
-            Client(url=url, token=bad).jobs()
+            Client(url=url, token=bad).list_jobs()
         assert e.value.hresult == HResult.E_ACCESSDENIED
         assert bad == "" or bad not in str(e.value)
     with pytest.raises(AccessDenied) as e:
-        Client(url=url, token=token + "x").jobs()
+        Client(url=url, token=token + "x").list_jobs()
     assert token not in str(e.value) and token not in repr(e.value)
 
 
@@ -70,7 +70,7 @@ def test_environment_variables_choose_tcp(
     monkeypatch.setenv("OPENBITS_TOKEN", token)
     client = Client()
     assert client.url == url and client.socket is None
-    assert client.new_job("from the environment").display_name == "from the environment"
+    assert client.create_job("from the environment").display_name == "from the environment"
     client.close()
 
 
@@ -88,8 +88,8 @@ async def test_async_client_over_tcp(
         assert spare["TokenId"] not in {t["TokenId"] for t in await local.tokens()}
     async with AsyncClient(url=url, token=token) as client:
         assert token not in repr(client)
-        job = await client.new_job("async over tcp")
-        assert job.job_id in {j.job_id for j in await client.jobs()}
+        job = await client.create_job("async over tcp")
+        assert job.job_id in {j.job_id for j in await client.list_jobs()}
         async with client.job_events(job=job.job_id, timeout=20) as events:
             await client.set_properties(job.job_id, description="seen")
             event = await events.__anext__()
@@ -98,5 +98,5 @@ async def test_async_client_over_tcp(
         assert done.state is JobState.ACKNOWLEDGED and sha256_file(dest / "async.bin") == digest
     async with AsyncClient(url=url, token="obt_wrong") as wrong:
         with pytest.raises(AccessDenied) as e:
-            await wrong.jobs()
+            await wrong.list_jobs()
         assert e.value.hresult == HResult.E_ACCESSDENIED and token not in str(e.value)

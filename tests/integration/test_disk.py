@@ -28,7 +28,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def start(daemon: Daemon, url: str, local: Path) -> str:
-    job = daemon.client.create_job(DisplayName=local.name)
+    job = daemon.client.create_job(local.name).job_id
     daemon.client.add_file(job, url, str(local))
     daemon.client.resume(job)
     return job
@@ -42,7 +42,7 @@ def test_a_file_too_big_for_the_disk_is_refused_before_writing(
     job = start(daemon, f"{nginx.url}/disk/big.bin", local)
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
-    assert (err["ErrorCode"], err["ErrorContext"]) == (0x80070070, 4)  # disk full, LOCAL_FILE
+    assert (err.hresult, err.context) == (0x80070070, 4)  # disk full, LOCAL_FILE
     assert daemon.job(job)["TransientErrorCount"] == 1
     assert not local.exists()
     assert sum(p.stat().st_size for p in small_disk.iterdir()) == 0, "nothing was written"
@@ -64,7 +64,7 @@ def test_disk_filling_up_mid_transfer_is_transient_and_recovers(
     job = start(daemon, f"{fault_server.url}/f", local)
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
-    assert (err["ErrorCode"], err["ErrorContext"]) == (0x80070070, 4)
+    assert (err.hresult, err.context) == (0x80070070, 4)
     assert not local.exists(), "never a partial LocalFile"
     filler.unlink()
     daemon.client.resume(job)

@@ -85,7 +85,7 @@ def test_a_transfer_gives_numbered_events_in_order_with_the_instance_after_each_
     make_file(nginx.www, "events/one.bin", 300 * KiB, seed=401)
     stream = listen(daemon, open_streams)
     client = daemon.client
-    job = client.create_job(DisplayName="events one")
+    job = client.create_job("events one").job_id
     client.invoke(job, "SetCustomHeaders", CustomHeaders="Authorization: Bearer s3cret-token\r\n")
     client.add_file(job, f"{nginx.url}/events/one.bin", str(dest / "one.bin"))
     client.resume(job)
@@ -118,7 +118,7 @@ def test_errors_and_cancellation_have_their_types(
 ) -> None:
     stream = listen(daemon, open_streams)
     client = daemon.client
-    failing = client.create_job(DisplayName="events missing")
+    failing = client.create_job("events missing").job_id
     client.set_properties(failing, NoProgressTimeout=0)  # every error is fatal
     client.add_file(failing, f"{nginx.url}/events/no-such-file.bin", str(dest / "missing.bin"))
     client.resume(failing)
@@ -134,8 +134,8 @@ def test_errors_and_cancellation_have_their_types(
 
 def test_job_and_type_filters(daemon: Daemon, open_streams: list[EventStream]) -> None:
     client = daemon.client
-    a = client.create_job(DisplayName="filter-a")
-    b = client.create_job(DisplayName="filter-b")
+    a = client.create_job("filter-a").job_id
+    b = client.create_job("filter-b").job_id
     only_a = listen(daemon, open_streams, job="filter-a")  # by display name
     cancels = listen(daemon, open_streams, types=["JobCancelled"])
     client.set_properties(b, Description="b changed")
@@ -213,7 +213,7 @@ def test_each_user_sees_only_the_events_of_their_own_jobs(
     writer: threading.Thread | None = None
     try:
         sock = daemon.socket
-        root_job = daemon.client.create_job(DisplayName="root's")
+        root_job = daemon.client.create_job("root's").job_id
         everyone = listen(daemon, open_streams, all_users=True)
         mine = listen(daemon, open_streams)
 
@@ -229,7 +229,7 @@ def test_each_user_sees_only_the_events_of_their_own_jobs(
         def nobody_view() -> dict[str, Any]:
             c = Client(sock)
             live = c.events(timeout=20)
-            own = c.create_job(DisplayName="nobody's")
+            own = c.create_job("nobody's").job_id
             c.set_properties(own, Description="x")
             c.cancel(own)
             seen = [e.data for e in read_until(live, is_state(JobState.CANCELLED))]
@@ -275,7 +275,7 @@ def test_a_client_that_reconnects_with_last_event_id_misses_nothing_and_repeats_
     """A reference stream stays connected; another disconnects and reconnects again and
     again with Last-Event-ID while changes keep coming from another thread."""
     client = daemon.client
-    job = client.create_job(DisplayName="replay")
+    job = client.create_job("replay").job_id
     reference = listen(daemon, open_streams)
     stop = threading.Event()
     changes = 0
@@ -318,7 +318,7 @@ def test_a_client_that_reconnects_with_last_event_id_misses_nothing_and_repeats_
 
 def test_replay_across_daemon_restarts_and_a_sigkill(daemon: Daemon, open_streams: list[EventStream]) -> None:
     client = daemon.client
-    job = client.create_job(DisplayName="restart")
+    job = client.create_job("restart").job_id
     stream = listen(daemon, open_streams)
     client.set_properties(job, Description="before")
     before = read_until(stream, lambda e: e.data["Description"] == "before")
@@ -347,7 +347,7 @@ def test_an_id_the_log_no_longer_holds_gets_a_reset_first(
     daemon.start()
     try:
         client = daemon.client
-        job = client.create_job(DisplayName="small log")
+        job = client.create_job("small log").job_id
         for i in range(90):  # the log trims in batches (at least 64)
             client.set_properties(job, Description=f"{i}")
         client.cancel(job)
@@ -387,7 +387,7 @@ def test_progress_is_throttled_per_job_while_every_state_change_arrives(
     daemon.start()
     try:
         client = daemon.client
-        job = client.create_job(DisplayName="throttled")
+        job = client.create_job("throttled").job_id
         client.add_file(job, f"{nginx.url}/events/slow.bin", str(dest / "slow.bin"))
         stream = listen(daemon, open_streams, job=job)
         client.resume(job)
@@ -422,7 +422,7 @@ def test_a_consumer_that_falls_behind_is_cut_off_and_resumes_without_a_gap(
     daemon: Daemon, open_streams: list[EventStream]
 ) -> None:
     client = daemon.client
-    job = client.create_job(DisplayName="x" * 200, Description="y" * 1000)  # large events
+    job = client.create_job("x" * 200, description="y" * 1000).job_id  # large events
     slow = listen(daemon, open_streams)
     first = slow.last_event_id
     assert first is not None
@@ -477,7 +477,7 @@ def first_line_while(proc: subprocess.Popen[str], poke: Callable[[], None], time
 
 def test_get_watch_json_prints_one_object_a_line_until_the_job_ends(daemon: Daemon) -> None:
     client = daemon.client
-    job = client.create_job(DisplayName="watched")
+    job = client.create_job("watched").job_id
     watcher = spawn(daemon, "get", "--watch", "--json", job)
     try:
         count = 0
@@ -504,7 +504,7 @@ def test_get_watch_json_prints_one_object_a_line_until_the_job_ends(daemon: Daem
 
 def test_get_watch_exits_130_quietly_on_ctrl_c(daemon: Daemon) -> None:
     client = daemon.client
-    job = client.create_job(DisplayName="watch all")
+    job = client.create_job("watch all").job_id
     watcher = spawn(daemon, "get", "--watch")
     try:
         line = first_line_while(watcher, lambda: client.set_properties(job, Description="poke"))
@@ -521,7 +521,7 @@ def test_get_watch_exits_130_quietly_on_ctrl_c(daemon: Daemon) -> None:
 def test_wait_follows_the_events_until_the_job_ends(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     make_file(nginx.www, "events/wait.bin", 64 * KiB, seed=403)
     client = daemon.client
-    job = client.create_job(DisplayName="waited")
+    job = client.create_job("waited").job_id
     client.add_file(job, f"{nginx.url}/events/wait.bin", str(dest / "wait.bin"))
     waiter = spawn(daemon, "wait", job)
     try:
@@ -533,7 +533,7 @@ def test_wait_follows_the_events_until_the_job_ends(daemon: Daemon, nginx: Nginx
         if waiter.poll() is None:
             waiter.kill()
     assert (waiter.returncode, out.strip()) == (0, "TRANSFERRED"), err
-    timed_out = daemon.cli("wait", "--timeout", "0.3", client.create_job(DisplayName="never"))
+    timed_out = daemon.cli("wait", "--timeout", "0.3", client.create_job("never").job_id)
     assert timed_out.returncode == 1 and "timed out" in timed_out.stderr
 
 
@@ -549,7 +549,7 @@ def test_a_job_stream_ends_its_view_when_an_administrator_takes_the_job(tmp_path
         sock = daemon.socket
 
         def nobody_stream() -> str:  # nobody follows its own job until the daemon stops
-            job = Client(sock).create_job(DisplayName="nobody's")
+            job = Client(sock).create_job("nobody's").job_id
             conn = UnixHTTP(sock)
             conn.request("GET", f"/events?Job={job}")
             resp = conn.getresponse()

@@ -15,7 +15,7 @@ from tests.support.nginx import Nginx
 
 def job_with(daemon: Daemon, url: str, local: Path, **methods: dict[str, Any]) -> str:
     client = daemon.client
-    job = client.create_job(DisplayName=local.name)
+    job = client.create_job(local.name).job_id
     for method, params in methods.items():
         client.invoke(job, method, **params)
     client.add_file(job, url, str(local))
@@ -47,7 +47,7 @@ def test_write_only_custom_headers_are_sent_but_never_shown(
 ) -> None:
     data = random.Random(101).randbytes(20_000)
     fault_server.routes["/w"] = Serve(data)
-    job = daemon.client.create_job(DisplayName="write-only")
+    job = daemon.client.create_job("write-only").job_id
     daemon.client.invoke(job, "SetCustomHeaders", CustomHeaders="Authorization: Bearer s3cr3t\r\n")
     daemon.client.invoke(job, "MakeCustomHeadersWriteOnly")
     assert "CustomHeaders" not in daemon.job(job), "omitted once write-only (SPEC §1)"
@@ -69,7 +69,7 @@ def test_write_only_custom_headers_are_sent_but_never_shown(
 
 
 def test_bad_custom_headers_and_security_flags_are_refused(daemon: Daemon) -> None:
-    job = daemon.client.create_job(DisplayName="bad")
+    job = daemon.client.create_job("bad").job_id
     for params, name in (
         ({"CustomHeaders": "X-A: 1"}, "E_INVALIDARG"),  # no CR LF
         ({"CustomHeaders": "Range: bytes=0-\r\n"}, "E_INVALIDARG"),  # the transfer's own header
@@ -96,7 +96,7 @@ def test_redirect_policies(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     assert daemon.job(silent)["Files"][0]["RemoteUrl"] == url, "ALLOW_SILENT keeps the RemoteUrl"
     assert daemon.job(report)["Files"][0]["RemoteUrl"] == f"{nginx.url}/redir/f.bin", "ALLOW_REPORT rewrites"
     err = daemon.client.get_error(refuse)
-    assert (err["ErrorCode"], err["ErrorContext"]) == (0x8019012E, 5)  # BG_E_HTTP_ERROR_302
+    assert (err.hresult, err.context) == (0x8019012E, 5)  # BG_E_HTTP_ERROR_302
     for job, name in ((silent, "silent.bin"), (report, "report.bin")):
         daemon.client.complete(job)
         assert sha256_file(dest / name) == digest
@@ -111,10 +111,10 @@ def test_tls_ignore_flags_and_https_to_http(daemon: Daemon, nginx: Nginx, dest: 
     no_downgrade = job_with(daemon, downgrade, dest / "down1.bin", SetSecurityFlags={"SecurityFlags": 0x8})
     downgrade_ok = job_with(daemon, downgrade, dest / "down2.bin", SetSecurityFlags={"SecurityFlags": 0x808})
     daemon.wait_state(cn_only, JobState.ERROR)
-    assert daemon.client.get_error(cn_only)["ErrorCode"] == 0x8020003C, "the CA is still checked"
+    assert daemon.client.get_error(cn_only).hresult == 0x8020003C, "the CA is still checked"
     daemon.wait_state(any_ca, JobState.TRANSFERRED)
     daemon.wait_state(no_downgrade, JobState.ERROR)
-    assert daemon.client.get_error(no_downgrade)["ErrorCode"] == 0x8019012E
+    assert daemon.client.get_error(no_downgrade).hresult == 0x8019012E
     daemon.wait_state(downgrade_ok, JobState.TRANSFERRED)
     for job, name in ((any_ca, "ca.bin"), (downgrade_ok, "down2.bin")):
         daemon.client.complete(job)
@@ -126,7 +126,7 @@ def test_set_remote_name_and_replace_remote_prefix_repair_a_job(
 ) -> None:
     digests = [make_file(nginx.www, f"moved/{i}.bin", 10_000 + i, seed=130 + i) for i in range(3)]
     client = daemon.client
-    job = client.create_job(DisplayName="moved")
+    job = client.create_job("moved").job_id
     client.add_file_set(job, [(f"{nginx.url}/gone/{i}.bin", str(dest / f"{i}.bin")) for i in range(3)])
     client.resume(job)
     daemon.wait_state(job, JobState.ERROR)  # 404
@@ -161,5 +161,5 @@ def test_a_redirect_to_a_malformed_url_is_an_invalid_server_response(
     job = job_with(daemon, f"{fault_server.url}/bad-redirect", dest / "r.bin")
     daemon.wait_state(job, JobState.ERROR)
     error = daemon.client.get_error(job)
-    assert error["Name"] == "BG_E_INVALID_SERVER_RESPONSE", error  # (found by fuzzing; was E_FAIL)
+    assert error.name == "BG_E_INVALID_SERVER_RESPONSE", error  # (found by fuzzing; was E_FAIL)
     assert not (dest / "r.bin").exists()

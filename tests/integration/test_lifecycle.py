@@ -13,7 +13,7 @@ from tests.support.nginx import Nginx
 def test_lifecycle_create_add_resume_transferred_complete(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     digest = make_file(nginx.www, "life/one.bin", 3 * 1024 * 1024 + 17, seed=1)
     client = daemon.client
-    job = client.create_job(DisplayName="life")
+    job = client.create_job("life").job_id
     assert daemon.job(job)["State"] == JobState.SUSPENDED
     local = dest / "one.bin"
     client.add_file(job, f"{nginx.url}/life/one.bin", str(local))
@@ -34,7 +34,7 @@ def test_complete_that_cannot_publish_keeps_the_job_and_can_be_retried(
 ) -> None:
     digest = make_file(nginx.www, "life/two.bin", 70_000, seed=2)
     client = daemon.client
-    job = client.create_job(DisplayName="blocked")
+    job = client.create_job("blocked").job_id
     local = dest / "two.bin"
     client.add_file(job, f"{nginx.url}/life/two.bin", str(local))
     client.resume(job)

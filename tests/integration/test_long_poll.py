@@ -17,7 +17,7 @@ HRESULT_E_INVALIDARG = 0x80070057
 
 
 def test_a_long_poll_answers_at_the_state_change(daemon: Daemon) -> None:
-    job = daemon.client.create_job(DisplayName="long poll")  # SUSPENDED
+    job = daemon.client.create_job("long poll").job_id  # SUSPENDED
     answered = threading.Event()
     got: dict[str, Any] = {}
 
@@ -34,26 +34,26 @@ def test_a_long_poll_answers_at_the_state_change(daemon: Daemon) -> None:
         assert answered.wait(10), "the long poll did not answer at the state change"
     finally:
         thread.join(30)
-    assert JobState(got["job"]["State"]) is JobState.CANCELLED
+    assert got["job"].state is JobState.CANCELLED
 
 
 def test_a_long_poll_answers_at_its_timeout_with_the_same_state(daemon: Daemon) -> None:
-    job = daemon.client.create_job(DisplayName="long poll timeout")
+    job = daemon.client.create_job("long poll timeout").job_id
     started = time.monotonic()
     instance = daemon.client.get_job(job, wait_while=[JobState.SUSPENDED], wait_timeout=0.3)
     assert time.monotonic() - started >= 0.3
-    assert JobState(instance["State"]) is JobState.SUSPENDED
+    assert instance.state is JobState.SUSPENDED
 
 
 def test_a_job_already_out_of_the_states_is_answered_at_once(daemon: Daemon) -> None:
-    job = daemon.client.create_job(DisplayName="no wait")
+    job = daemon.client.create_job("no wait").job_id
     status, body = daemon.api("GET", f"{CLASS}/{job}?WaitWhile=QUEUED,TRANSFERRING&WaitTimeout=300")
     assert status == 200
     assert JobState(body["State"]) is JobState.SUSPENDED
 
 
 def test_states_by_name_or_number_and_bad_parameters(daemon: Daemon) -> None:
-    job = daemon.client.create_job(DisplayName="bad wait")
+    job = daemon.client.create_job("bad wait").job_id
     status, body = daemon.api("GET", f"{CLASS}/{job}?WaitWhile=suspended,4&WaitTimeout=0")
     assert (status, JobState(body["State"])) == (200, JobState.SUSPENDED)
     for query in (

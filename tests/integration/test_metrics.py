@@ -51,7 +51,7 @@ def test_metrics_count_jobs_bytes_files_and_transient_errors(
     assert before["openbits_bytes_transferred_total"] == 0
     assert before['openbits_jobs{state="TRANSFERRED",priority="NORMAL"}'] == 0
 
-    job = daemon.client.create_job(DisplayName="metrics")
+    job = daemon.client.create_job("metrics").job_id
     daemon.client.add_file(job, f"{nginx.url}/metrics/f.bin", str(dest / "f.bin"))
     daemon.client.resume(job)
     daemon.wait_state(job, JobState.TRANSFERRED)
@@ -61,7 +61,7 @@ def test_metrics_count_jobs_bytes_files_and_transient_errors(
     assert after["openbits_files_transferred_total"] == 1
 
     fault_server.routes["/busy"] = Status(503)
-    failing = daemon.client.create_job(DisplayName="busy")
+    failing = daemon.client.create_job("busy").job_id
     daemon.client.add_file(failing, f"{fault_server.url}/busy", str(dest / "busy.bin"))
     daemon.client.resume(failing)
     daemon.wait_state(failing, JobState.TRANSIENT_ERROR)

@@ -32,7 +32,7 @@ def pieces(data: bytes, ranges: list[tuple[int, int]]) -> bytes:
 
 
 def start(daemon: Daemon, url: str, local: Path, ranges: list[tuple[int, int]]) -> str:
-    job = daemon.client.create_job(DisplayName=local.name)
+    job = daemon.client.create_job(local.name).job_id
     status, body = add_ranges(daemon, job, url, local, ranges)
     assert (status, body["ReturnValue"]) == (200, 0), body
     daemon.client.resume(job)
@@ -115,7 +115,7 @@ def test_a_short_part_is_an_invalid_response_and_none_of_it_is_kept(
     job = start(daemon, f"{fault_server.url}/f", dest / "f.bin", FIVE)
     failed = daemon.wait_state(job, JobState.ERROR)
     err = daemon.client.get_error(job)
-    assert (err["ErrorCode"], err["ErrorContext"]) == (INVALID_SERVER_RESPONSE, REMOTE_FILE), err
+    assert (err.hresult, err.context) == (INVALID_SERVER_RESPONSE, REMOTE_FILE), err
     # At most the two parts before the short one are kept, nothing of it: the parts confirmed
     # by their delimiter are checkpointed unless the parser saw the bad framing in the same
     # read as them (then none are; it depends on how the body arrived).
@@ -198,7 +198,7 @@ def test_a_missing_closing_delimiter_is_an_invalid_response(
     job = start(daemon, f"{fault_server.url}/f", dest / "f.bin", FIVE)
     failed = daemon.wait_state(job, JobState.ERROR)
     err = daemon.client.get_error(job)
-    assert (err["ErrorCode"], err["ErrorContext"]) == (INVALID_SERVER_RESPONSE, REMOTE_FILE), err
+    assert (err.hresult, err.context) == (INVALID_SERVER_RESPONSE, REMOTE_FILE), err
     # the last part is never confirmed by a delimiter: it is not kept
     assert failed["Files"][0]["BytesTransferred"] == sum(n for _, n in FIVE[:-1])
     daemon.client.resume(job)
@@ -216,7 +216,7 @@ def test_a_cut_inside_part_3_resumes_at_part_3(daemon: Daemon, fault_server: Fau
     job = start(daemon, f"{fault_server.url}/f", dest / "f.bin", FIVE)
     failed = daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
-    assert err["ErrorCode"] == CONNECTION_CLOSED, err
+    assert err.hresult == CONNECTION_CLOSED, err
     assert failed["Files"][0]["BytesTransferred"] == FIVE[0][1] + FIVE[1][1]
     daemon.client.resume(job)
     finish(daemon, job)
@@ -236,7 +236,7 @@ def test_a_part_one_byte_short_never_makes_a_wrong_file(
     job = start(daemon, f"{fault_server.url}/f", dest / "f.bin", FIVE)
     state = daemon.wait_state(job, (JobState.ERROR, JobState.TRANSFERRED))
     if JobState(state["State"]) is JobState.ERROR:
-        assert daemon.client.get_error(job)["ErrorCode"] == INVALID_SERVER_RESPONSE
+        assert daemon.client.get_error(job).hresult == INVALID_SERVER_RESPONSE
         daemon.client.resume(job)
     finish(daemon, job)
     assert (dest / "f.bin").read_bytes() == pieces(data, FIVE)
@@ -267,7 +267,7 @@ def test_parts_of_a_changed_file_are_never_spliced(
     state = daemon.wait_state(job, (JobState.ERROR, JobState.TRANSFERRED))
     if JobState(state["State"]) is JobState.ERROR:
         err = daemon.client.get_error(job)
-        assert (err["ErrorCode"], err["ErrorContext"]) == (INVALID_SERVER_RESPONSE, REMOTE_FILE), err
+        assert (err.hresult, err.context) == (INVALID_SERVER_RESPONSE, REMOTE_FILE), err
         return
     daemon.client.complete(job)
     assert (dest / "f.bin").read_bytes() == pieces(new, FIVE), "old and new bytes spliced"

@@ -54,12 +54,10 @@ def runs(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def transfer(daemon: Daemon, nginx: Nginx, dest: Path, name: str, **create: Any) -> str:
+def transfer(daemon: Daemon, nginx: Nginx, dest: Path, name: str) -> str:
     make_file(nginx.www, f"notify-{name}.bin", 4096)
     url = f"{nginx.url}/notify-{name}.bin"
-    return daemon.client.create_job(
-        DisplayName=name, RemoteUrl=url, LocalFile=str(dest / f"{name}.bin"), Suspend=True, **create
-    )
+    return daemon.client.create_job(name, url, str(dest / f"{name}.bin")).job_id
 
 
 def test_the_command_line_runs_as_set_on_transferred(
@@ -107,12 +105,7 @@ def test_flags_choose_the_events_and_a_late_command_line_runs_at_once(
     daemon.client.resume(off)
     daemon.wait_state(off, JobState.TRANSFERRED)
     # ERROR only: a 404 notifies
-    missing = daemon.client.create_job(
-        DisplayName="missing",
-        RemoteUrl=f"{nginx.url}/no-such-file",
-        LocalFile=str(dest / "m.bin"),
-        Suspend=True,
-    )
+    missing = daemon.client.create_job("missing", f"{nginx.url}/no-such-file", str(dest / "m.bin")).job_id
     daemon.client.invoke(missing, "SetNotifyFlags", NotifyFlags=0x2)
     daemon.client.resume(missing)
     daemon.wait_state(missing, JobState.ERROR)
@@ -153,7 +146,7 @@ def test_a_failing_program_is_rerun_after_the_retry_delay_even_across_a_restart(
 
 
 def test_bad_notification_settings_are_refused(daemon: Daemon, tmp_path: Path, program: str) -> None:
-    job = daemon.client.create_job(DisplayName="bad")
+    job = daemon.client.create_job("bad").job_id
 
     def refused(method: str, **params: Any) -> BitsError:
         with pytest.raises(BitsError) as e:
@@ -291,7 +284,7 @@ def test_a_root_daemon_runs_the_program_as_the_jobs_owner(nginx: Nginx, tmp_path
 def test_openbits_set_changes_notifications_and_the_other_method_properties(
     daemon: Daemon, tmp_path: Path, program: str
 ) -> None:
-    job = daemon.client.create_job(DisplayName="cli")
+    job = daemon.client.create_job("cli").job_id
     out = daemon.cli(
         "set",
         job,

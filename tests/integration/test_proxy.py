@@ -12,7 +12,7 @@ from tests.support.proxy import Tinyproxy
 
 
 def fetch(daemon: Daemon, url: str, local: Path) -> None:
-    job = daemon.client.create_job(DisplayName=local.name)
+    job = daemon.client.create_job(local.name).job_id
     daemon.client.add_file(job, url, str(local))
     daemon.client.resume(job)
     daemon.wait_state(job, JobState.TRANSFERRED)

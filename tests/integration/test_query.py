@@ -13,7 +13,7 @@ E_INVALIDARG = 0x80070057
 def _jobs(daemon: Daemon) -> dict[str, str]:
     ids = {}
     for name, priority in (("nightly-a", 1), ("nightly-b", 3), ("adhoc", 2)):
-        ids[name] = daemon.client.create_job(DisplayName=name, Priority=priority)
+        ids[name] = daemon.client.create_job(name, priority=priority).job_id
     return ids
 
 
@@ -24,7 +24,7 @@ def test_where_filters_the_list(daemon: Daemon) -> None:
     assert status == 200, body
     assert [j["JobId"] for j in body] == [ids["nightly-b"]]
     either = daemon.client.list_jobs(where="Priority = 1 OR Priority = 2")
-    assert {j["JobId"] for j in either} == {ids["nightly-a"], ids["adhoc"]}
+    assert {j.job_id for j in either} == {ids["nightly-a"], ids["adhoc"]}
 
 
 def test_query_selects_the_properties_asked_for(daemon: Daemon) -> None:

@@ -30,7 +30,7 @@ def test_ranges_are_concatenated_including_one_to_the_end(daemon: Daemon, nginx:
     make_file(nginx.www, "ranges/f.bin", 1_000_000, seed=140)
     data = (nginx.www / "ranges/f.bin").read_bytes()
     ranges = [(10, 100), (500_000, 123_456), (999_000, EOF_LEN)]
-    job = daemon.client.create_job(DisplayName="ranges")
+    job = daemon.client.create_job("ranges").job_id
     status, body = add_ranges(daemon, job, f"{nginx.url}/ranges/f.bin", dest / "r.bin", ranges)
     assert (status, body["ReturnValue"]) == (200, 0)
     shown = daemon.job(job)["Files"][0]
@@ -47,7 +47,7 @@ def test_ranges_are_concatenated_including_one_to_the_end(daemon: Daemon, nginx:
 
 
 def test_bad_ranges_are_refused(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
-    job = daemon.client.create_job(DisplayName="bad ranges")
+    job = daemon.client.create_job("bad ranges").job_id
     url = f"{nginx.url}/ranges/f.bin"
     for ranges, name in (
         ([(0, 10), (5, 10)], "BG_E_OVERLAPPING_RANGES"),
@@ -66,12 +66,12 @@ def test_bad_ranges_are_refused(daemon: Daemon, nginx: Nginx, dest: Path) -> Non
 
 def test_a_range_past_the_end_is_an_error(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     make_file(nginx.www, "ranges/small.bin", 1000, seed=141)
-    job = daemon.client.create_job(DisplayName="past the end")
+    job = daemon.client.create_job("past the end").job_id
     add_ranges(daemon, job, f"{nginx.url}/ranges/small.bin", dest / "p.bin", [(0, 10), (5000, 10)])
     daemon.client.resume(job)
     daemon.wait_state(job, JobState.ERROR)
     err = daemon.client.get_error(job)
-    assert (err["Name"], err["ErrorContext"]) == ("BG_E_INVALID_RANGE", 5)
+    assert (err.name, err.context) == ("BG_E_INVALID_RANGE", 5)
 
 
 def test_a_range_resumes_inside_itself_after_an_interruption(
@@ -83,7 +83,7 @@ def test_a_range_resumes_inside_itself_after_an_interruption(
     fault_server.routes["/f"] = Sequence(
         Serve(data), Serve(data), CloseMidBody(data, after=1_700_000), Serve(data)
     )
-    job = daemon.client.create_job(DisplayName="resume a range")
+    job = daemon.client.create_job("resume a range").job_id
     add_ranges(daemon, job, f"{fault_server.url}/f", dest / "f.bin", [(100, 1000), (1_000_000, 1_500_000)])
     daemon.client.resume(job)
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
@@ -103,7 +103,7 @@ def test_a_range_to_the_end_before_others_is_not_fetched_again_after_an_interrup
     # length (not stored) is learned from the 416 of a request past the end of the file
     data = random.Random(143).randbytes(1_000_000)
     fault_server.routes["/f"] = Sequence(Serve(data), CloseMidBody(data, after=500), Serve(data))
-    job = daemon.client.create_job(DisplayName="range to the end first")
+    job = daemon.client.create_job("range to the end first").job_id
     add_ranges(daemon, job, f"{fault_server.url}/f", dest / "f.bin", [(900_000, EOF_LEN), (0, 1000)])
     daemon.client.resume(job)
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)

@@ -18,7 +18,7 @@ S = JobState
 
 def start(daemon: Daemon, url: str, local: Path, priority: JobPriority = JobPriority.NORMAL) -> str:
     client = daemon.client
-    job = client.create_job(DisplayName=local.name, Priority=int(priority))
+    job = client.create_job(local.name, priority=int(priority)).job_id
     client.add_file(job, url, str(local))
     client.resume(job)
     return job
@@ -89,15 +89,15 @@ def test_foreground_jobs_run_together_beside_the_background_slot(
 def test_maximum_download_time_ends_in_error(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     make_file(nginx.www, "maxdl/f.bin", 6 * MiB, seed=70)
     client = daemon.client
-    job = client.create_job(DisplayName="maxdl")
+    job = client.create_job("maxdl").job_id
     client.invoke(job, "SetMaximumDownloadTime", MaximumDownloadTime=1)
     assert daemon.job(job)["MaximumDownloadTime"] == 1
     client.add_file(job, f"{nginx.url}/slow/maxdl/f.bin", str(dest / "f.bin"))
     client.resume(job)
     daemon.wait_state(job, S.ERROR, timeout=10)
     err = client.get_error(job)
-    assert err["ErrorCode"] == 0x80200054  # BG_E_MAXDOWNLOAD_TIMEOUT
-    assert err["Name"] == "BG_E_MAXDOWNLOAD_TIMEOUT"
+    assert err.hresult == 0x80200054  # BG_E_MAXDOWNLOAD_TIMEOUT
+    assert err.name == "BG_E_MAXDOWNLOAD_TIMEOUT"
     client.invoke(job, "SetMaximumDownloadTime", MaximumDownloadTime=None)  # null: the default again
     assert daemon.job(job)["MaximumDownloadTime"] == 7_776_000
     client.resume(job)  # Resume restarts the clock and continues from the checkpoint

@@ -90,9 +90,9 @@ def test_a_full_state_dir_refuses_new_work_and_loses_nothing(
     db = daemon.state_dir / "jobs.sqlite"
     try:
         c = daemon.client
-        suspended = c.create_job(DisplayName="suspended")
+        suspended = c.create_job("suspended").job_id
         c.add_file(suspended, url, str(dest / "s.bin"))
-        done = c.create_job(DisplayName="done")
+        done = c.create_job("done").job_id
         c.add_file(done, url, str(dest / "d.bin"))
         c.resume(done)
         daemon.wait_state(done, JobState.TRANSFERRED)
@@ -145,7 +145,7 @@ def test_a_full_state_dir_refuses_new_work_and_loses_nothing(
         daemon.wait_state(suspended, JobState.TRANSFERRED)
         assert c.complete(suspended) == 0
         assert sha256_file(dest / "s.bin") == digest
-        c.create_job(DisplayName="after")
+        c.create_job("after")
         assert stored(db)[suspended] == (JobState.ACKNOWLEDGED, "renamed")
     finally:
         with contextlib.suppress(Exception):
@@ -164,7 +164,7 @@ def test_a_transfer_that_cannot_record_its_end_waits_and_then_finishes(
     db = daemon.state_dir / "jobs.sqlite"
     try:
         c = daemon.client
-        job = c.create_job(DisplayName="slow")
+        job = c.create_job("slow").job_id
         c.add_file(job, f"{nginx.url}/slow/statefull/slow.bin", str(dest / "slow.bin"))
         c.set_properties(job, MinimumRetryDelay=5)
         c.resume(job)
@@ -173,8 +173,8 @@ def test_a_transfer_that_cannot_record_its_end_waits_and_then_finishes(
         filler = fill(state_disk)
         daemon.wait_state(job, JobState.TRANSIENT_ERROR, timeout=60)
         err = c.get_error(job)
-        assert (err["ErrorCode"], err["ErrorContext"]) == (DISK_FULL, 2)  # GENERAL_QUEUE_MANAGER
-        assert "free space" in err["ErrorDescription"]
+        assert (err.hresult, err.context) == (DISK_FULL, 2)  # GENERAL_QUEUE_MANAGER
+        assert "free space" in err.error_description
         assert daemon.job(job)["TransientErrorCount"] >= 1
         assert not (dest / "slow.bin").exists()
         filler.unlink()

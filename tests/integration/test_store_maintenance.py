@@ -49,12 +49,8 @@ def digest(path: Path) -> str:
 def fill(daemon: Daemon, dest: Path) -> set[str]:
     return {
         daemon.client.create_job(
-            DisplayName=f"job-{i}",
-            Description="d" * 500,
-            RemoteUrl=f"http://127.0.0.1:9/file-{i}.bin",
-            LocalFile=str(dest / f"file-{i}.bin"),
-            Suspend=True,
-        )
+            f"job-{i}", f"http://127.0.0.1:9/file-{i}.bin", str(dest / f"file-{i}.bin"), description="d" * 500
+        ).job_id
         for i in range(JOBS)
     }
 
@@ -101,7 +97,7 @@ def test_a_damaged_store_is_refused_and_a_backup_brings_every_job_back(tmp_path:
 
     daemon.start()
     try:
-        assert {j["JobId"] for j in daemon.client.list_jobs()} == jobs
+        assert {j.job_id for j in daemon.client.list_jobs()} == jobs
         assert cli("store", "check", "--state-dir", str(state)).returncode == 0
     finally:
         daemon.stop()
@@ -114,7 +110,7 @@ def test_restore_waits_for_the_daemon_to_stop_and_backup_keeps_what_exists(
     daemon = Daemon(state)
     daemon.start()
     try:
-        daemon.client.create_job(DisplayName="one")
+        daemon.client.create_job("one")
         backup = tmp_path / "b.sqlite"
         assert cli("store", "backup", str(backup), "--state-dir", str(state)).returncode == 0
         again = cli("store", "backup", str(backup), "--state-dir", str(state))
@@ -138,7 +134,7 @@ def test_a_row_openbits_cannot_read_is_refused_too(tmp_path: Path) -> None:
     state = tmp_path / "state"
     daemon = Daemon(state)
     daemon.start()
-    job = daemon.client.create_job(DisplayName="odd")
+    job = daemon.client.create_job("odd").job_id
     assert daemon.stop() == 0
     with sqlite3.connect(state / "jobs.sqlite") as db:  # intact for SQLite, not for openbits
         db.execute("UPDATE jobs SET state = 99 WHERE job_id = ?", (job,))

@@ -66,8 +66,8 @@ def test_requests_on_tcp_need_a_valid_bearer_token(tcp_daemon: tuple[Daemon, int
     status, body, _ = tcp(port, "POST", f"{CLASS}/CreateJob", token, {"DisplayName": "over tcp"})
     assert status == 200, body
     job = daemon.job(body["JobId"])
-    assert job["Owner"] == daemon.client.get_job(job["JobId"])["Owner"]
-    assert [j["JobId"] for j in daemon.client.list_jobs()] == [job["JobId"]]
+    assert job["Owner"] == daemon.client.get_job(job["JobId"]).owner
+    assert [j.job_id for j in daemon.client.list_jobs()] == [job["JobId"]]
     # the whole API is there, errors included
     status, body, _ = tcp(port, "GET", f"{CLASS}/{{00000000-0000-0000-0000-000000000000}}", token)
     assert status == 404 and body["Name"] == "BG_E_NOT_FOUND"
@@ -215,7 +215,7 @@ def test_a_token_acts_as_the_user_who_asked_for_it_and_no_one_else(tmp_path: Pat
         status, issued = as_nobody(lambda: api(sock, "POST", "/tokens", {"Description": "nb"}))
         assert status == 200
         token = issued["Token"]
-        root_job = daemon.client.create_job(DisplayName="root's")
+        root_job = daemon.client.create_job("root's").job_id
         status, body, _ = tcp(port, "POST", f"{CLASS}/CreateJob", token, {"DisplayName": "nobody's"})
         assert status == 200
         assert daemon.job(body["JobId"])["Owner"] == "nobody"
@@ -304,7 +304,7 @@ def test_a_revoked_token_ends_its_open_event_stream(tcp_daemon: tuple[Daemon, in
         assert resp.readline().startswith(b"retry:")  # the stream is open (subscribed)
         assert daemon.api("DELETE", f"/tokens/{token_id}")[0] == 200
         # the token's user changes a job: a stream of a revoked token must not show it
-        job = daemon.client.create_job(DisplayName="after the revocation")
+        job = daemon.client.create_job("after the revocation").job_id
         # the stream ends at the next thing it would send (keep-alives come every 15 s,
         # so without an end the read times out: a failure, never a hang)
         conn.sock.settimeout(10)

@@ -42,7 +42,7 @@ def temp_files(directory: Path) -> list[Path]:
 
 def start_job(daemon: Daemon, url: str, local: Path, **props: object) -> str:
     client = daemon.client
-    job = client.create_job(DisplayName=local.name)
+    job = client.create_job(local.name).job_id
     if props:
         client.set_properties(job, **props)
     client.add_file(job, url, str(local))
@@ -134,11 +134,11 @@ def test_404_is_fatal_with_remote_file_context(daemon: Daemon, nginx: Nginx, des
     job = start_job(daemon, f"{nginx.url}/does/not/exist.bin", dest / "x.bin")
     daemon.wait_state(job, JobState.ERROR)
     err = daemon.client.get_error(job)
-    assert err["ErrorCode"] == 0x80190194
-    assert err["Name"] == "BG_E_HTTP_ERROR_404"
-    assert err["ErrorContext"] == 5
-    assert err["ReturnValue"] == 0
-    assert err["ContextDescription"] and err["ErrorDescription"]
+    assert err.hresult == 0x80190194
+    assert err.name == "BG_E_HTTP_ERROR_404"
+    assert err.context == 5
+    assert err.raw["ReturnValue"] == 0
+    assert err.context_description and err.error_description
     assert daemon.job(job)["TransientErrorCount"] == 0
 
 
@@ -149,12 +149,12 @@ def test_connection_refused_is_transient_then_error_after_no_progress_timeout(
     job = start_job(daemon, url, dest / "x.bin", NoProgressTimeout=2)
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
-    assert err["ErrorCode"] == 0x8020002D  # BG_E_CONNECT_FAILURE
-    assert err["ErrorContext"] == 6  # GENERAL_TRANSPORT
+    assert err.hresult == 0x8020002D  # BG_E_CONNECT_FAILURE
+    assert err.context == 6  # GENERAL_TRANSPORT
     assert daemon.job(job)["TransientErrorCount"] == 1
     # MinimumRetryDelay (>= 5 s) is longer than NoProgressTimeout: ERROR without retry.
     daemon.wait_state(job, JobState.ERROR, timeout=10)
-    assert daemon.client.get_error(job)["ErrorCode"] == 0x8020002D
+    assert daemon.client.get_error(job).hresult == 0x8020002D
 
 
 def test_no_progress_timeout_zero_makes_every_error_fatal(daemon: Daemon, dest: Path) -> None:
@@ -172,8 +172,8 @@ def test_transient_error_is_retried_after_minimum_retry_delay(
     job = start_job(daemon, f"{fault_server.url}/f", local, MinimumRetryDelay=5)
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
-    assert err["ErrorCode"] == 0x801901F7  # BG_E_HTTP_ERROR_503
-    assert err["ErrorContext"] == 5
+    assert err.hresult == 0x801901F7  # BG_E_HTTP_ERROR_503
+    assert err.context == 5
     daemon.wait_state(job, JobState.TRANSFERRED, timeout=15)  # retried on its own
     assert daemon.job(job)["TransientErrorCount"] == 1
     daemon.client.complete(job)
@@ -189,8 +189,8 @@ def test_server_closing_mid_body_is_transient_and_resume_continues(
     job = start_job(daemon, f"{fault_server.url}/f", local)
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
-    assert err["ErrorCode"] == 0x8020002E  # BG_E_CONNECTION_CLOSED
-    assert err["ErrorContext"] == 6
+    assert err.hresult == 0x8020002E  # BG_E_CONNECTION_CLOSED
+    assert err.context == 6
     instance = daemon.job(job)
     assert instance["TransientErrorCount"] == 1
     assert instance["BytesTransferred"] == MiB + 7, "bytes that arrived are kept"
@@ -228,8 +228,8 @@ def test_wrong_content_range_is_an_invalid_server_response(
     daemon.client.resume(job)
     daemon.wait_state(job, JobState.ERROR)
     err = daemon.client.get_error(job)
-    assert err["ErrorCode"] == 0x8020001B  # BG_E_INVALID_SERVER_RESPONSE
-    assert err["ErrorContext"] == 5
+    assert err.hresult == 0x8020001B  # BG_E_INVALID_SERVER_RESPONSE
+    assert err.context == 5
     assert not local.exists()
     daemon.client.cancel(job)
     assert not temp_files(dest), "Cancel deletes the temporary files"
@@ -238,7 +238,7 @@ def test_wrong_content_range_is_an_invalid_server_response(
 def test_several_files_in_order_and_https(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     digests = [make_file(nginx.www, f"multi/{i}.bin", 100_000 * (i + 1), seed=20 + i) for i in range(3)]
     client = daemon.client
-    job = client.create_job(DisplayName="multi")
+    job = client.create_job("multi").job_id
     for i in range(3):
         client.add_file(job, f"{nginx.url}/multi/{i}.bin", str(dest / f"{i}.bin"))
     client.add_file(job, "file://" + str(nginx.www / "multi/0.bin"), str(dest / "local0.bin"))
@@ -258,7 +258,7 @@ def test_https_with_an_untrusted_certificate_is_an_error(daemon: Daemon, nginx: 
     make_file(nginx.www, "tls/f.bin", 1000, seed=9)
     job = start_job(daemon, f"{nginx.https_url}/tls/f.bin", dest / "f.bin")
     daemon.wait_state(job, JobState.ERROR)
-    assert daemon.client.get_error(job)["ErrorCode"] == 0x8020003C  # BG_E_TRUST_FAILURE
+    assert daemon.client.get_error(job).hresult == 0x8020003C  # BG_E_TRUST_FAILURE
 
 
 def test_https_download_with_a_trusted_ca(tmp_path: Path, nginx: Nginx, dest: Path) -> None:
@@ -282,8 +282,8 @@ def test_missing_local_source_is_an_error(daemon: Daemon, dest: Path, tmp_path: 
     job = start_job(daemon, str(tmp_path / "nope.bin"), dest / "x.bin")
     daemon.wait_state(job, JobState.ERROR)
     err = daemon.client.get_error(job)
-    assert err["ErrorCode"] == 0x80070002
-    assert err["ErrorContext"] == 5
+    assert err.hresult == 0x80070002
+    assert err.context == 5
 
 
 def test_cancel_mid_transfer_deletes_temporary_files(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
@@ -322,7 +322,7 @@ def test_password_in_url_is_used_but_never_shown(daemon: Daemon, nginx: Nginx, d
     bad = start_job(daemon, f"http://alice:wrong-s3cret@{host}/basic/secret14.bin", dest / "bad.bin")
     daemon.wait_state(job, JobState.TRANSFERRED)
     daemon.wait_state(bad, JobState.ERROR)
-    assert daemon.client.get_error(bad)["ErrorCode"] == 0x80190191  # BG_E_HTTP_ERROR_401
+    assert daemon.client.get_error(bad).hresult == 0x80190191  # BG_E_HTTP_ERROR_401
     shown = daemon.cli("get", job, "--json").stdout + daemon.cli("error", bad, "--json").stdout
     assert "alice:***@" in shown
     daemon.client.complete(job)
@@ -355,7 +355,7 @@ def test_a_stalled_body_is_a_transient_timeout_keeping_its_bytes(
         job = start_job(d, f"{fault_server.url}/f", dest / "f.bin")
         d.wait_state(job, JobState.TRANSIENT_ERROR, timeout=15)
         err = d.client.get_error(job)
-        assert (err["ErrorCode"], err["ErrorContext"]) == (0x8020003B, 6)  # BG_E_TIMEOUT, transport
+        assert (err.hresult, err.context) == (0x8020003B, 6)  # BG_E_TIMEOUT, transport
         assert d.job(job)["BytesTransferred"] == 300_000
         d.client.resume(job)
         d.wait_state(job, JobState.TRANSFERRED)
@@ -373,8 +373,8 @@ def test_a_connection_reset_mid_body_is_transient(
     job = start_job(daemon, f"{fault_server.url}/f", dest / "f.bin")
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
-    assert err["ErrorContext"] == 6, err
-    assert err["ErrorCode"] == 0x8020002E, err  # BG_E_CONNECTION_CLOSED
+    assert err.context == 6, err
+    assert err.hresult == 0x8020002E, err  # BG_E_CONNECTION_CLOSED
     daemon.client.resume(job)
     daemon.wait_state(job, JobState.TRANSFERRED)
     daemon.client.complete(job)
@@ -433,7 +433,7 @@ def test_lying_servers_never_leave_a_wrong_local_file(
     daemon.client.resume(changed)
     daemon.wait_state(changed, JobState.ERROR)
     err = daemon.client.get_error(changed)
-    assert (err["ErrorCode"], err["ErrorContext"]) == (0x8020001B, 5)  # BG_E_INVALID_SERVER_RESPONSE
+    assert (err.hresult, err.context) == (0x8020001B, 5)  # BG_E_INVALID_SERVER_RESPONSE
     daemon.wait_state(endless, JobState.TRANSFERRED)
     daemon.client.complete(endless)
     assert (dest / "endless.bin").read_bytes() == old, "bytes past Content-Length are not the file's"
@@ -456,10 +456,10 @@ def test_destination_removed_mid_transfer_is_a_local_file_error(
     assert daemon.job(job)["FilesTransferred"] == 0
     daemon.wait_state(job, JobState.ERROR)
     err = daemon.client.get_error(job)
-    assert (err["ErrorCode"], err["ErrorContext"]) == (0x80070003, 4)  # path not found, LOCAL_FILE
+    assert (err.hresult, err.context) == (0x80070003, 4)  # path not found, LOCAL_FILE
     daemon.client.resume(job)  # still gone: the same clear error, no crash
     daemon.wait_state(job, JobState.ERROR)
-    assert daemon.client.get_error(job)["ErrorContext"] == 4
+    assert daemon.client.get_error(job).context == 4
 
 
 def test_a_transferred_file_stays_owner_only_until_complete(daemon: Daemon, nginx: Nginx, dest: Path) -> None:

@@ -95,13 +95,13 @@ def test_jobs_are_owned_by_the_socket_peer_and_isolated(system_daemon: Daemon, s
     status, created = as_nobody(lambda: api(sock, "POST", f"{CLASS}/CreateJob", {"DisplayName": "nb"}))
     assert status == 200
     nobody_job = created["JobId"]
-    root_job = system_daemon.client.create_job(DisplayName="rt")
+    root_job = system_daemon.client.create_job("rt").job_id
 
     assert system_daemon.job(nobody_job)["Owner"] == "nobody"
     assert system_daemon.job(root_job)["Owner"] == "root"
-    mine = [j["JobId"] for j in system_daemon.client.list_jobs()]
+    mine = [j.job_id for j in system_daemon.client.list_jobs()]
     assert mine == [root_job], "without AllUsers an admin lists only its own jobs"
-    everyone = {j["JobId"] for j in system_daemon.client.list_jobs(all_users=True)}
+    everyone = {j.job_id for j in system_daemon.client.list_jobs(all_users=True)}
     assert everyone == {root_job, nobody_job}
 
     def nobody_view() -> dict[str, Any]:
@@ -187,7 +187,7 @@ def test_sources_are_read_with_the_owners_rights_and_files_belong_to_the_owner(
     )
     system_daemon.wait_state(secret_job, JobState.ERROR)
     err = system_daemon.client.get_error(secret_job)
-    assert (err["ErrorCode"], err["ErrorContext"]) == (0x80070005, 5)
+    assert (err.hresult, err.context) == (0x80070005, 5)
 
     for job in (readable_job, web_job):
         system_daemon.wait_state(job, JobState.TRANSFERRED)
@@ -249,7 +249,7 @@ def test_an_administrator_takes_ownership_and_the_old_owners_settings_go(
     taken = system_daemon.job(job)
     assert taken["Owner"] == "root"
     assert taken["CustomHeaders"] is None and taken["NotifyCmdLine"] is None and taken["NotifyUrl"] is None
-    assert [j["JobId"] for j in system_daemon.client.list_jobs()] == [job], "root's own job now"
+    assert [j.job_id for j in system_daemon.client.list_jobs()] == [job], "root's own job now"
     status, _ = as_nobody(lambda: api(sock, "GET", f"{CLASS}/{job}"))
     assert status == 404, "no longer nobody's"
     assert "took ownership from nobody" in system_daemon.log()

@@ -175,7 +175,7 @@ class Daemon:
     # -- conveniences ---------------------------------------------------------------------
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self.client.get_job(job_id, include_finished=True)
+        return dict(self.client.get_job(job_id, include_finished=True).raw)
 
     def wait_state(
         self, job_id: str, states: Iterable[JobState] | JobState, timeout: float = 30.0

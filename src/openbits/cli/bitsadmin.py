@@ -43,7 +43,7 @@ from openbits.model import (
 )
 
 if TYPE_CHECKING:
-    from openbits.jobs import BitsJob
+    from openbits.jobs import BitsJob, JobErrorInfo
 
 USAGE = """\
 BITSADMIN version 3.0 (openbits)
@@ -317,14 +317,13 @@ def _quoted(value: str | None) -> str:
     return "NULL" if value is None else f"'{value}'"
 
 
-def _error_block(err: dict[str, Any]) -> list[str]:
+def _error_block(err: JobErrorInfo) -> list[str]:
     """The error lines of /GETERROR and /INFO /VERBOSE."""
     lines = []
-    if err.get("RemoteUrl") is not None or err.get("LocalFile") is not None:
-        lines.append(f"ERROR FILE:    {err.get('RemoteUrl')} -> {err.get('LocalFile')}")
-    code = int(err["ErrorCode"]) & 0xFFFFFFFF
-    lines.append(f"ERROR CODE:    0x{code:08x} - {err.get('ErrorDescription', '')}")
-    lines.append(f"ERROR CONTEXT: 0x{int(err['ErrorContext']):08x} - {err.get('ContextDescription', '')}")
+    if err.remote_url is not None or err.local_file is not None:
+        lines.append(f"ERROR FILE:    {err.remote_url} -> {err.local_file}")
+    lines.append(f"ERROR CODE:    0x{err.hresult:08x} - {err.error_description}")
+    lines.append(f"ERROR CONTEXT: 0x{err.context:08x} - {err.context_description}")
     return lines
 
 
@@ -468,10 +467,7 @@ def _create(ctx: Ctx, args: list[str]) -> int:
             raise Usage("Invalid argument.")
         job_type = _JOB_TYPES[opt]
     _nargs(args, 1)
-    params: dict[str, Any] = {"DisplayName": args[0]}
-    if job_type:
-        params["Type"] = job_type
-    job = ctx.call("Unable to create job", lambda: ctx.client.create_job(**params))
+    job = ctx.call("Unable to create job", lambda: ctx.client.create_job(args[0], job_type=job_type)).job_id
     if ctx.out.raw:
         ctx.out.value(job)
     else:
@@ -554,8 +550,7 @@ SWITCHES["/SUSPEND"] = _state_verb(3, "suspend", "suspended")
 
 
 def _job(ctx: Ctx, ref: str, what: str = "job", files: bool = False) -> dict[str, Any]:
-    result: dict[str, Any] = ctx.call(f"Unable to get {what}", lambda: ctx.client.get_job(ref, files=files))
-    return result
+    return dict(ctx.call(f"Unable to get {what}", lambda: ctx.client.get_job(ref, files=files)).raw)
 
 
 @switch("/INFO")
@@ -579,7 +574,8 @@ def _list_options(args: list[str], allowed: tuple[str, ...]) -> set[str]:
 @switch("/LIST")
 def _list(ctx: Ctx, args: list[str]) -> int:
     options = _list_options(args, ("/ALLUSERS", "/VERBOSE"))
-    jobs = ctx.call("Unable to enum jobs", lambda: ctx.client.list_jobs(all_users="/ALLUSERS" in options))
+    listed = ctx.call("Unable to enum jobs", lambda: ctx.client.list_jobs(all_users="/ALLUSERS" in options))
+    jobs = [dict(j.raw) for j in listed]
     for job in jobs:
         if "/VERBOSE" in options:
             for line in _verbose(ctx, job):
@@ -610,13 +606,11 @@ def _reset(ctx: Ctx, args: list[str]) -> int:
     canceled = 0
     for job in jobs:
         try:
-            ctx.client.cancel(job["JobId"])
+            ctx.client.cancel(job.job_id)
         except BitsError as e:
-            print(
-                f"Unable to cancel {job['JobId']} - 0x{e.hresult:08x} {e.name}: {e.message}", file=sys.stderr
-            )
+            print(f"Unable to cancel {job.job_id} - 0x{e.hresult:08x} {e.name}: {e.message}", file=sys.stderr)
             continue
-        ctx.out.line(f"{job['JobId']} canceled.")
+        ctx.out.line(f"{job.job_id} canceled.")
         canceled += 1
     ctx.out.line(f"{canceled} out of {len(jobs)} jobs canceled.")
     return 0
@@ -647,7 +641,7 @@ def _monitor(ctx: Ctx, args: list[str]) -> int:
                 ctx.out.stream.write("\x1b[H\x1b[2J")  # clear the screen, as bitsadmin does
             ctx.out.line(f"MONITORING BACKGROUND COPY MANAGER({refresh} second refresh)", default_wrap=False)
             for job in jobs:
-                ctx.out.line(_summary(job), default_wrap=False)
+                ctx.out.line(_summary(dict(job.raw)), default_wrap=False)
             ctx.out.flush()
             shown += 1
             if limit is None or shown < limit:

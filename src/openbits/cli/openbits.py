@@ -17,7 +17,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import wraps
 from typing import IO, TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
@@ -25,7 +25,7 @@ import click
 
 from openbits.cli import pipe, render
 from openbits.cli.manpage import ManGroup
-from openbits.cli.render import print_json, state_name
+from openbits.cli.render import print_json
 from openbits.client import Client, DaemonUnavailable, StreamEvent
 from openbits.errors import BitsError, HResult, hresult_name
 from openbits.model import BG_LENGTH_TO_EOF, JobPriority, JobState
@@ -246,9 +246,9 @@ def complete_job(ctx: click.Context, _param: click.Parameter, incomplete: str) -
         return []
     items = []
     for job in jobs:
-        for value in (str(job.get("DisplayName") or ""), str(job["JobId"])):
+        for value in (job.display_name, job.job_id):
             if value and value.lower().startswith(incomplete.lower()):
-                items.append(CompletionItem(value, help=state_name(job.get("State", -1))))
+                items.append(CompletionItem(value, help=job.state.name))
     return items
 
 
@@ -318,14 +318,10 @@ def create(
     Example:
       JOB=$(openbits create nightly --priority low)
     """
-    params: dict[str, Any] = {"DisplayName": name}
-    if description is not None:
-        params["Description"] = description
-    prio = parse_priority(priority)
-    if prio is not None:
-        params["Priority"] = prio
-    params["Type"] = ["download", "upload", "upload-reply"].index(job_type)
-    job = ctx.client.create_job(**params)
+    job_types = ["download", "upload", "upload-reply"]
+    job = ctx.client.create_job(
+        name, description=description, priority=parse_priority(priority), job_type=job_types.index(job_type)
+    ).job_id
     if as_json:
         print_json({"ReturnValue": 0, "JobId": job})
     else:
@@ -354,7 +350,7 @@ def _state_command(name: str, code: int, doc: str) -> None:
 
 def _unfinished_files(client: Client, job: str) -> list[str]:
     """The files a Complete now would discard (BG_S_PARTIAL_COMPLETE): those not transferred."""
-    return [f["LocalFile"] for f in client.get_job(job).get("Files", []) if not f.get("Completed")]
+    return [f.local_file for f in client.get_job(job).files if not f.completed]
 
 
 _state_command(
@@ -449,7 +445,7 @@ def get(
         _watch_events(ctx.client, None if job is None else ctx.client.resolve(job), all_users, as_json)
         return
     if job is None:
-        jobs = ctx.client.list_jobs(all_users=all_users, where=where)
+        jobs = [j.raw for j in ctx.client.list_jobs(all_users=all_users, where=where)]
         if as_json:
             print_json(jobs)
         else:
@@ -457,7 +453,7 @@ def get(
         return
     if where is not None:
         raise click.UsageError("--where lists jobs: give it without JOB")
-    instance = ctx.client.get_job(job, include_finished=include_finished)
+    instance = ctx.client.get_job(job, include_finished=include_finished).raw
     if as_json:
         print_json(instance)
     else:
@@ -548,11 +544,11 @@ def set_(
         calls.append(("SetNotifyUrl", {"NotifyUrl": notify_url or None}))
     if not props and not calls:
         raise click.UsageError("nothing to set: give at least one option")
-    instance = ctx.client.set_properties(job, **props) if props else None
+    instance = ctx.client.set_properties(job, **props).raw if props else None
     for method, params in calls:
         ctx.client.invoke(job, method, **params)
     if as_json:
-        print_json(ctx.client.get_job(job) if calls or instance is None else instance)
+        print_json(ctx.client.get_job(job).raw if calls or instance is None else instance)
 
 
 def notify_cmd_params(command: str) -> dict[str, Any]:
@@ -614,7 +610,7 @@ def wait(ctx: Context, job: str, timeout: float | None, as_json: bool) -> None:
     except TimeoutError as e:
         fail(str(e))
     if as_json:
-        print_json(ctx.client.get_job(final.job_id, include_finished=True))
+        print_json(ctx.client.get_job(final.job_id, include_finished=True).raw)
     else:
         click.echo(final.state.name)
     if final.state not in SUCCESS_STATES:
@@ -744,7 +740,7 @@ def files(ctx: Context, job: str, include_finished: bool, as_json: bool) -> None
     Example:
       openbits files nightly
     """
-    instance = ctx.client.get_job(job, include_finished=include_finished)
+    instance = ctx.client.get_job(job, include_finished=include_finished).raw
     listed = instance.get("Files") or []
     if as_json:
         print_json(listed)
@@ -815,10 +811,10 @@ def headers(ctx: Context, job: str, local: str | None, as_json: bool) -> None:
       openbits headers nightly --file /srv/a.tar | grep -i etag
     """
     if local is None:
-        listed = ctx.client.get_job(job).get("Files") or []
+        listed = ctx.client.get_job(job).files
         if len(listed) != 1:
             raise click.UsageError(f"the job has {len(listed)} files: name one with --file LOCAL")
-        local = str(listed[0]["LocalFile"])
+        local = listed[0].local_file
     else:
         local = absolute(local)
     result = ctx.client.invoke(job, "GetResponseHeaders", LocalFile=local)
@@ -1005,7 +1001,7 @@ def _retry_text(client: Client, job: BitsJob) -> str:
     """Why the job is in TRANSIENT_ERROR and when the daemon tries again."""
     try:
         info = client.get_error(job.job_id)
-        reason = f"{info['Name']}: {info['ErrorDescription']}"
+        reason = f"{info.name}: {info.error_description}"
     except BitsError as e:
         reason = e.name
     when = ""
@@ -1079,11 +1075,11 @@ def _watch_jobs(client: Client, all_users: bool, until: str | None, as_json: boo
         target = client.resolve(until)
     stream = client.events(all_users=all_users)  # subscribed before the list is read: no gap
     try:
-        jobs = {str(j["JobId"]): j for j in client.list_jobs(all_users=all_users)}
+        jobs = {j.job_id: dict(j.raw) for j in client.list_jobs(all_users=all_users)}
         if target is not None:
             instance = client.get_job(target, include_finished=True, files=False)
-            if JobState(instance["State"]) in END_STATES:
-                _watch_ended(client, target, instance)
+            if instance.state in END_STATES:
+                _watch_ended(client, target, instance.raw)
                 return
         table = sys.stdout.isatty() and not as_json
         display = _LiveJobs(jobs, all_users) if table else None
@@ -1096,7 +1092,7 @@ def _watch_jobs(client: Client, all_users: bool, until: str | None, as_json: boo
                     continue
                 data = event.data
                 if event.id is None or not isinstance(data, dict) or "JobId" not in data:  # Reset
-                    jobs = {str(j["JobId"]): j for j in client.list_jobs(all_users=all_users)}
+                    jobs = {j.job_id: dict(j.raw) for j in client.list_jobs(all_users=all_users)}
                     data = None
                 elif event.event in ("JobCancelled", "JobAcknowledged"):
                     jobs.pop(str(data["JobId"]), None)
@@ -1124,7 +1120,7 @@ def _watch_jobs(client: Client, all_users: bool, until: str | None, as_json: boo
         stream.close()
 
 
-def _watch_ended(client: Client, job: str, instance: dict[str, Any]) -> None:
+def _watch_ended(client: Client, job: str, instance: Mapping[str, Any]) -> None:
     state = JobState(instance["State"])
     if state in SUCCESS_STATES:
         return
