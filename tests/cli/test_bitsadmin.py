@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from openbits.cli.bitsadmin import _fit, parse_file_set, parse_ranges, switch_usage
-from openbits.model import BG_LENGTH_TO_EOF, FILETIME_UNIX_EPOCH, JobState
+from openbits.model import BG_LENGTH_TO_EOF, FILETIME_UNIX_EPOCH, JobPriority, JobState
 from tests.support.daemon import CLASS, Daemon, wait_until
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
@@ -293,7 +293,7 @@ def test_set_switches_change_the_instance(daemon: Daemon) -> None:
     usage_error(
         bitsadmin(daemon, "/setminretrydelay", job, "-1"), "'-1' is out of range.", "/SETMINRETRYDELAY"
     )
-    assert daemon.job(job)["Priority"] == 0
+    assert daemon.job(job)["Priority"] == JobPriority.FOREGROUND
 
 
 def test_switches_of_methods_not_built_yet_parse_and_call_the_daemon(daemon: Daemon) -> None:

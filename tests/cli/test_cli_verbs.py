@@ -270,7 +270,7 @@ def test_state_commands_answer_json(daemon: Daemon, nginx: Nginx, dest: Path) ->
 def test_transfer_json_prints_the_final_instance(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     digest = make_file(nginx.www, "verbs/transfer.bin", 70_000, seed=602)
     final = ok_json(run(daemon, "transfer", f"{nginx.url}/verbs/transfer.bin", str(dest / "x.bin"), "--json"))
-    assert final["State"] == 7 and final["BytesTransferred"] == 70_000  # ACKNOWLEDGED
+    assert final["State"] == JobState.ACKNOWLEDGED and final["BytesTransferred"] == 70_000
     assert sha256_file(dest / "x.bin") == digest
     started = ok_json(
         run(daemon, "transfer", "--async", "--json", f"{nginx.url}/verbs/transfer.bin", str(dest / "y.bin"))

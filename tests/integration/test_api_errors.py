@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from openbits.model import JobState
+from openbits.model import ErrorContext, JobState
 from tests.support.daemon import CLASS, Daemon, UnixHTTP
 from tests.support.faults import FaultServer, NoResponse
 from tests.support.fixtures import make_file, sha256_file
@@ -190,7 +190,7 @@ def test_get_error_outside_the_error_states_is_unavailable(daemon: Daemon, nginx
     assert status == 200, info
     assert info["ReturnValue"] == 0
     assert info["ErrorCode"] == BG_E_HTTP_ERROR_404
-    assert info["ErrorContext"] == 5
+    assert info["ErrorContext"] == ErrorContext.REMOTE_FILE
     assert info["Name"] == "BG_E_HTTP_ERROR_404"
     assert isinstance(info["ContextDescription"], str) and info["ContextDescription"]
     assert isinstance(info["ErrorDescription"], str) and info["ErrorDescription"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from openbits.model import JobState
+from openbits.model import ErrorContext, JobState
 from tests.support.daemon import Daemon, wait_until
 from tests.support.faults import (
     CloseMidBody,
@@ -136,7 +136,7 @@ def test_404_is_fatal_with_remote_file_context(daemon: Daemon, nginx: Nginx, des
     err = daemon.client.get_error(job)
     assert err.hresult == 0x80190194
     assert err.name == "BG_E_HTTP_ERROR_404"
-    assert err.context == 5
+    assert err.context is ErrorContext.REMOTE_FILE
     assert err.raw["ReturnValue"] == 0
     assert err.context_description and err.error_description
     assert daemon.job(job)["TransientErrorCount"] == 0
@@ -150,7 +150,7 @@ def test_connection_refused_is_transient_then_error_after_no_progress_timeout(
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
     assert err.hresult == 0x8020002D  # BG_E_CONNECT_FAILURE
-    assert err.context == 6  # GENERAL_TRANSPORT
+    assert err.context is ErrorContext.GENERAL_TRANSPORT
     assert daemon.job(job)["TransientErrorCount"] == 1
     # MinimumRetryDelay (>= 5 s) is longer than NoProgressTimeout: ERROR without retry.
     daemon.wait_state(job, JobState.ERROR, timeout=10)
@@ -173,7 +173,7 @@ def test_transient_error_is_retried_after_minimum_retry_delay(
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
     assert err.hresult == 0x801901F7  # BG_E_HTTP_ERROR_503
-    assert err.context == 5
+    assert err.context is ErrorContext.REMOTE_FILE
     daemon.wait_state(job, JobState.TRANSFERRED, timeout=15)  # retried on its own
     assert daemon.job(job)["TransientErrorCount"] == 1
     daemon.client.complete(job)
@@ -190,7 +190,7 @@ def test_server_closing_mid_body_is_transient_and_resume_continues(
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
     assert err.hresult == 0x8020002E  # BG_E_CONNECTION_CLOSED
-    assert err.context == 6
+    assert err.context is ErrorContext.GENERAL_TRANSPORT
     instance = daemon.job(job)
     assert instance["TransientErrorCount"] == 1
     assert instance["BytesTransferred"] == MiB + 7, "bytes that arrived are kept"
@@ -229,7 +229,7 @@ def test_wrong_content_range_is_an_invalid_server_response(
     daemon.wait_state(job, JobState.ERROR)
     err = daemon.client.get_error(job)
     assert err.hresult == 0x8020001B  # BG_E_INVALID_SERVER_RESPONSE
-    assert err.context == 5
+    assert err.context is ErrorContext.REMOTE_FILE
     assert not local.exists()
     daemon.client.cancel(job)
     assert not temp_files(dest), "Cancel deletes the temporary files"
@@ -283,7 +283,7 @@ def test_missing_local_source_is_an_error(daemon: Daemon, dest: Path, tmp_path: 
     daemon.wait_state(job, JobState.ERROR)
     err = daemon.client.get_error(job)
     assert err.hresult == 0x80070002
-    assert err.context == 5
+    assert err.context is ErrorContext.REMOTE_FILE
 
 
 def test_cancel_mid_transfer_deletes_temporary_files(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
@@ -373,7 +373,7 @@ def test_a_connection_reset_mid_body_is_transient(
     job = start_job(daemon, f"{fault_server.url}/f", dest / "f.bin")
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
-    assert err.context == 6, err
+    assert err.context is ErrorContext.GENERAL_TRANSPORT, err
     assert err.hresult == 0x8020002E, err  # BG_E_CONNECTION_CLOSED
     daemon.client.resume(job)
     daemon.wait_state(job, JobState.TRANSFERRED)
@@ -459,7 +459,7 @@ def test_destination_removed_mid_transfer_is_a_local_file_error(
     assert (err.hresult, err.context) == (0x80070003, 4)  # path not found, LOCAL_FILE
     daemon.client.resume(job)  # still gone: the same clear error, no crash
     daemon.wait_state(job, JobState.ERROR)
-    assert daemon.client.get_error(job).context == 4
+    assert daemon.client.get_error(job).context is ErrorContext.LOCAL_FILE
 
 
 def test_a_transferred_file_stays_owner_only_until_complete(daemon: Daemon, nginx: Nginx, dest: Path) -> None:

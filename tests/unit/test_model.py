@@ -416,7 +416,7 @@ def test_to_cim_values() -> None:
     assert cim["JobId"] == GUID
     assert cim["DisplayName"] == "nightly"
     assert cim["Description"] == "backup"
-    assert cim["Priority"] == 1
+    assert cim["Priority"] == JobPriority.HIGH
     assert cim["MinimumRetryDelay"] == 60
     assert cim["NoProgressTimeout"] == 120
     assert cim["JobCreationTime"] == 133_444_736_000_000_000
@@ -427,9 +427,9 @@ def test_to_cim_values() -> None:
     assert cim["FilesTotal"] == 2
     assert cim["FilesTransferred"] == 1
     assert cim["TransientErrorCount"] == 4
-    assert cim["State"] == 5
+    assert cim["State"] == JobState.TRANSIENT_ERROR
     assert cim["Owner"] == "alice"
-    assert cim["JobType"] == 1
+    assert cim["JobType"] == JobType.UPLOAD
     assert cim["NotifyFlags"] == 0x12
 
 
@@ -474,8 +474,8 @@ def test_to_cim_files_are_dicts_in_order() -> None:
 
 def test_to_cim_of_a_new_job() -> None:
     cim = make_job().to_cim()
-    assert cim["State"] == 3
-    assert cim["Priority"] == 2
+    assert cim["State"] == JobState.SUSPENDED
+    assert cim["Priority"] == JobPriority.NORMAL
     assert cim["MinimumRetryDelay"] == 600
     assert cim["NoProgressTimeout"] == 1_209_600
     assert cim["NotifyFlags"] == 3
@@ -521,4 +521,4 @@ def test_the_enums_print_their_names_and_serialise_their_numbers() -> None:
     assert str(SetJobStateCode.RESUME) == "RESUME" and str(ProxyUsage.NO_PROXY) == "NO_PROXY"
     assert json.dumps({"State": JobState.TRANSFERRED}) == '{"State": 6}'
     job = make_job(state=JobState.ERROR)
-    assert json.loads(json.dumps(job.to_cim()))["State"] == 4
+    assert json.loads(json.dumps(job.to_cim()))["State"] == JobState.ERROR
