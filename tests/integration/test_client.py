@@ -360,7 +360,12 @@ def test_wait_long_polls_a_daemon_without_events(tmp_path: Path) -> None:
         with pytest.raises(TimeoutError, match="QUEUED"):
             client.wait(job, timeout=0.5)
         result: list[BitsJob] = []
-        waiter = threading.Thread(target=lambda: result.append(Client(sock).wait(job, timeout=30)))
+
+        def wait() -> None:
+            with Client(sock) as other:
+                result.append(other.wait(job, timeout=30))
+
+        waiter = threading.Thread(target=wait)
         waiter.start()
         client.cancel(job)  # answers the long poll, whenever it started
         waiter.join(30)

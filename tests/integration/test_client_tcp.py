@@ -52,12 +52,12 @@ def test_sync_client_over_tcp(tcp_daemon: tuple[Daemon, str, str], nginx: Nginx,
             client.get_job("no such job")
 
     for bad in ("obt_not-a-token", ""):
-        with pytest.raises(AccessDenied) as e:
-            Client(url=url, token=bad).list_jobs()
+        with Client(url=url, token=bad) as refused, pytest.raises(AccessDenied) as e:
+            refused.list_jobs()
         assert e.value.hresult == HResult.E_ACCESSDENIED
         assert bad == "" or bad not in str(e.value)
-    with pytest.raises(AccessDenied) as e:
-        Client(url=url, token=token + "x").list_jobs()
+    with Client(url=url, token=token + "x") as refused, pytest.raises(AccessDenied) as e:
+        refused.list_jobs()
     assert token not in str(e.value) and token not in repr(e.value)
 
 

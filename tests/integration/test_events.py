@@ -549,7 +549,8 @@ def test_a_job_stream_ends_its_view_when_an_administrator_takes_the_job(tmp_path
         sock = daemon.socket
 
         def nobody_stream() -> str:  # nobody follows its own job until the daemon stops
-            job = Client(sock).create_job("nobody's").job_id
+            with Client(sock) as mine:
+                job = mine.create_job("nobody's").job_id
             conn = UnixHTTP(sock)
             conn.request("GET", f"/events?Job={job}")
             resp = conn.getresponse()

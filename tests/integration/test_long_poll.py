@@ -22,7 +22,8 @@ def test_a_long_poll_answers_at_the_state_change(daemon: Daemon) -> None:
     got: dict[str, Any] = {}
 
     def waiter() -> None:
-        got["job"] = Client(daemon.socket).get_job(job, wait_while=[JobState.SUSPENDED], wait_timeout=30)
+        with Client(daemon.socket) as other:
+            got["job"] = other.get_job(job, wait_while=[JobState.SUSPENDED], wait_timeout=30)
         answered.set()
 
     thread = threading.Thread(target=waiter)
