@@ -122,6 +122,22 @@ def plan(
                 wake.append(deadline)
             candidates.append((job, True, job.run_started_ns))
 
+    _admit(candidates, now_ns, max_background, slice_ns, result, wake)
+    result.wake_at_ns = min(wake) if wake else None
+    return result
+
+
+def _admit(
+    candidates: list[tuple[JobView, bool, int]],
+    now_ns: int,
+    max_background: int,
+    slice_ns: int,
+    result: Plan,
+    wake: list[int],
+) -> None:
+    """Which of the candidates (job, running, order) hold a slot: every FOREGROUND job;
+    background ones by priority, then inside-their-slice first, then in the order they
+    became candidates, at most ``max_background``; a running job past the line is pre-empted."""
     background: list[tuple[tuple[int, int, int, int], JobView, bool]] = []
     for job, running, order in candidates:
         if job.priority is JobPriority.FOREGROUND:
@@ -148,8 +164,6 @@ def plan(
                 wake.append(job.run_started_ns + slice_ns)  # look again when the slice ends
         elif running:
             result.preempt.append(job.job_id)
-    result.wake_at_ns = min(wake) if wake else None
-    return result
 
 
 def retry_delay_s(
