@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
-from openbits.cli.bitsadmin import _fit, parse_file_set, parse_ranges, switch_usage
+from openbits.cli.bitsadmin.context import _fit
+from openbits.cli.bitsadmin.parsing import parse_file_set, parse_ranges
+from openbits.cli.bitsadmin.usage import switch_usage
 from openbits.model import BG_LENGTH_TO_EOF, FILETIME_UNIX_EPOCH, JobPriority, JobState
 from tests.support.daemon import CLASS, Daemon, wait_until
 from tests.support.fixtures import make_file, sha256_file

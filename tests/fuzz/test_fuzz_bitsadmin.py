@@ -1,4 +1,4 @@
-"""Fuzzing of bitsadmin's argument parsing (src/openbits/cli/bitsadmin.py).
+"""Fuzzing of bitsadmin's argument parsing (src/openbits/cli/bitsadmin/).
 
 The pure parsers are called directly: any text gives a value or :class:`Usage`, and what a
 formatter writes parses back to the same value.  Whole command lines go through ``run(argv)``
@@ -22,10 +22,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openbits.cli import bitsadmin
-from openbits.cli.bitsadmin import (
-    SWITCHES,
-    Usage,
+from openbits.cli.bitsadmin import SWITCHES, Usage, run
+from openbits.cli.bitsadmin.parsing import (
+    _STORE_LOCATIONS,
     _acl_flags,
     _null,
     _priority,
@@ -33,7 +32,6 @@ from openbits.cli.bitsadmin import (
     _ulong,
     parse_file_set,
     parse_ranges,
-    run,
 )
 from openbits.model import BG_LENGTH_TO_EOF, JobPriority
 from tests.fuzz.conftest import FUZZ
@@ -206,7 +204,7 @@ def test_parse_file_set_round_trip(pairs: list[tuple[str, str]], eol: str, gap: 
 
 
 @FUZZ
-@given(st.one_of(st.text(max_size=30), PARSED, st.sampled_from(bitsadmin._STORE_LOCATIONS)))
+@given(st.one_of(st.text(max_size=30), PARSED, st.sampled_from(_STORE_LOCATIONS)))
 def test_value_parsers_give_a_value_or_usage(text: str) -> None:
     for parse in (_ulong, _priority, _acl_flags, _store_location):
         try:
@@ -234,7 +232,7 @@ def test_priority_round_trip(priority: JobPriority, flips: list[bool]) -> None:
 @FUZZ
 @given(st.integers(0, 7), st.sampled_from(["name", "prefixed", "number"]))
 def test_store_location_round_trip(index: int, form: str) -> None:
-    name = bitsadmin._STORE_LOCATIONS[index]
+    name = _STORE_LOCATIONS[index]
     text = {"name": name, "prefixed": "BG_CERT_STORE_LOCATION_" + name, "number": str(index + 1)}[form]
     assert _store_location(text.lower()) == index
 

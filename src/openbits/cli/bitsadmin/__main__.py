@@ -1,0 +1,3 @@
+from openbits.cli.bitsadmin import main
+
+main()

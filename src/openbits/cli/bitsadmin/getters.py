@@ -1,0 +1,111 @@
+"""The /GET* switches: a property of the job's instance, bare under /RAWRETURN."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from openbits.cli.bitsadmin.context import Ctx, Handler, SwitchTable, _Failed
+from openbits.cli.bitsadmin.formatting import (
+    _TYPE_NAMES,
+    _enum_name,
+    _notify_cmdline,
+    _quoted,
+    _state,
+    bitsadmin_time,
+)
+from openbits.cli.bitsadmin.parsing import _STORE_LOCATIONS, _nargs
+from openbits.cli.bitsadmin.verbs import _job
+from openbits.errors import BitsError, HResult
+from openbits.model import JobPriority, ProxyUsage
+
+SWITCHES = SwitchTable()
+switch = SWITCHES.switch
+
+
+def _getter(what: str, render: Callable[[dict[str, Any]], str], files: bool = False) -> Handler:
+    def run(ctx: Ctx, args: list[str]) -> int:
+        _nargs(args, 1)
+        ctx.out.value(render(_job(ctx, args[0], what, files)))
+        return 0
+
+    return run
+
+
+def _custom_headers(job: dict[str, Any]) -> str:
+    if "CustomHeaders" not in job:  # MakeCustomHeadersWriteOnly: sent, never shown
+        return "(write-only)"
+    headers = job.get("CustomHeaders")
+    if not headers:
+        return "NULL"
+    return "\n".join(line for line in str(headers).split("\r\n") if line)
+
+
+def _notify_cmdline_text(job: dict[str, Any]) -> str:
+    cmdline = _notify_cmdline(job)
+    program, params = (None, None) if cmdline is None else cmdline
+    return f"the notification command line is {_quoted(program)} {_quoted(params)}"
+
+
+_GETTERS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+    "/GETDISPLAYNAME": ("job displayname", lambda j: str(j["DisplayName"])),
+    "/GETDESCRIPTION": ("job description", lambda j: str(j["Description"])),
+    "/GETPRIORITY": ("job priority", lambda j: _enum_name(JobPriority, j["Priority"])),
+    "/GETSTATE": ("job state", lambda j: _state(j["State"])),
+    "/GETTYPE": ("job type", lambda j: _TYPE_NAMES.get(int(j.get("JobType", 0)), "UNKNOWN")),
+    "/GETBYTESTOTAL": ("total bytes in job", lambda j: str(j["BytesTotal"])),
+    "/GETBYTESTRANSFERRED": ("bytes transferred in job", lambda j: str(j["BytesTransferred"])),
+    "/GETFILESTOTAL": ("number of files in job", lambda j: str(j["FilesTotal"])),
+    "/GETFILESTRANSFERRED": ("number of transferred files in job", lambda j: str(j["FilesTransferred"])),
+    "/GETCREATIONTIME": ("job creation time", lambda j: bitsadmin_time(j["JobCreationTime"])),
+    "/GETMODIFICATIONTIME": ("job modification time", lambda j: bitsadmin_time(j["JobLastModificationTime"])),
+    # bitsadmin prints WORKING while the job has not transferred yet
+    "/GETCOMPLETIONTIME": (
+        "job completion time",
+        lambda j: bitsadmin_time(j["JobCompletionTime"], "WORKING"),
+    ),
+    "/GETERRORCOUNT": ("error count", lambda j: str(j["TransientErrorCount"])),
+    "/GETMINRETRYDELAY": ("minimum retry delay", lambda j: str(j["MinimumRetryDelay"])),
+    "/GETNOPROGRESSTIMEOUT": ("no progress timeout", lambda j: str(j["NoProgressTimeout"])),
+    "/GETOWNER": ("job owner", lambda j: str(j["Owner"])),
+    "/GETNOTIFYFLAGS": ("notify flags", lambda j: str(j.get("NotifyFlags", 3))),
+    # no COM callback interface exists on Linux: never registered
+    "/GETNOTIFYINTERFACE": ("notify interface", lambda j: "UNREGISTERED"),
+    "/GETNOTIFYCMDLINE": ("notification command line", _notify_cmdline_text),
+    # the daemon takes proxies from its environment, BITS' PRECONFIG, unless a job says otherwise
+    "/GETPROXYUSAGE": ("proxy usage", lambda j: _enum_name(ProxyUsage, j.get("ProxyUsage", 0))),
+    "/GETPROXYLIST": ("proxy list", lambda j: str(j.get("ProxyList") or "NULL")),
+    "/GETPROXYBYPASSLIST": ("proxy bypass list", lambda j: str(j.get("ProxyBypassList") or "NULL")),
+    "/GETCUSTOMHEADERS": ("custom headers", _custom_headers),
+    "/GETSECURITYFLAGS": ("security flags", lambda j: str(j.get("SecurityFlags", 0))),
+    "/GETMAXDOWNLOADTIME": ("maximum download time", lambda j: str(j.get("MaximumDownloadTime", 7_776_000))),
+    # ACL propagation (SMB only) is not a feature: no flag is ever set
+    "/GETACLFLAGS": ("ACL flags", lambda j: ""),
+    # downloads use GET (a custom verb, SetHttpMethod, is not a feature)
+    "/GETHTTPMETHOD": ("HTTP method", lambda j: str(j.get("HttpMethod") or "GET")),
+    # openbits never downloads from or serves to peers
+    "/GETPEERCACHINGFLAGS": ("peer caching flags", lambda j: str(j.get("PeerCachingFlags", 0))),
+}
+for _name, (_what, _render) in _GETTERS.items():
+    SWITCHES[_name] = _getter(_what, _render)
+
+
+@switch("/GETCLIENTCERTIFICATE")
+def _get_client_certificate(ctx: Ctx, args: list[str]) -> int:
+    _nargs(args, 1)
+    job = _job(ctx, args[0], "client certificate")
+    cert = job.get("ClientCertificate")
+    if cert is None:
+        # no certificate can be set yet (SetClientCertificate* answer E_NOTIMPL)
+        raise _Failed(
+            "Unable to get client certificate",
+            BitsError.from_hresult(HResult.E_NOTIMPL, "client certificates are not implemented yet"),
+        )
+    if isinstance(cert, dict):
+        location = cert.get("CertStoreLocation", 0)
+        where = _STORE_LOCATIONS[location] if isinstance(location, int) and 0 <= location < 8 else location
+        ident = cert.get("SubjectName") or "".join(f"{b:02x}" for b in cert.get("CertHash") or [])
+        ctx.out.value(f"{where} {cert.get('StoreName')} {ident}")
+    else:
+        ctx.out.value(str(cert))
+    return 0

@@ -1,0 +1,67 @@
+"""`openbits`: the command line, verbs after the BitsTransfer cmdlets.
+
+Every instance method of the daemon has a command; every command whose output a script
+reads takes ``--json``. ``openbits --help`` is laid out as a man page (``cli/manpage.py``);
+what is drawn lives in ``cli/render.py``. rich is imported only by the two displays that
+need a terminal (``watch``'s live table and ``transfer``'s progress bar).
+
+Exit codes: 0 success; 1 a BITS error (the HRESULT and its name are printed);
+2 bad usage; 3 no daemon answers; 130 interrupted; 141 stdout closed by its reader.
+
+The commands live in one module per command group, as the man page lists them: jobs.py,
+files.py, transfer.py, watch.py, service.py and store.py; options.py holds what they share
+(the context, ``--socket``, ``--json``, JOB and the value parsers), exits.py the error →
+exit-code mapping, hints.py what a waiting person is told. This module is the group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from openbits.cli.manpage import ManGroup
+from openbits.cli.openbits import files, jobs, service, store, transfer, watch
+from openbits.cli.openbits.options import Context
+
+# -- the group -------------------------------------------------------------------------------------
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=ManGroup, context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar="OPENBITS_SOCKET",
+    metavar="PATH",
+    help="The daemon's Unix socket (env OPENBITS_SOCKET; default $XDG_RUNTIME_DIR/openbits/openbits.sock).",
+)
+@click.version_option(package_name="openbits", message="%(prog)s %(version)s")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None) -> None:
+    """openbits - background file transfers that survive anything.
+
+    openbits is the Background Intelligent Transfer Service of Windows, for Linux. A daemon
+    (openbits serve) keeps a persistent queue of jobs, each a list of files to download over
+    HTTP(S) or copy from local or mounted file systems, and moves them in the background: it
+    resumes after any interruption (network, crash, kill -9, reboot), retries transient
+    errors, shares bandwidth by priority and schedule, and publishes a job's files atomically
+    only when you complete it. These commands manage your jobs through the daemon's API, with
+    BITS' names: states (SUSPENDED, QUEUED, TRANSFERRING, TRANSFERRED, ERROR, …), properties
+    and HRESULTs (0x80200003 BG_E_EMPTY, …).
+
+    JOB is a JobId ({GUID}, any case, braces optional) or the display name of exactly one of
+    your jobs. A job is created SUSPENDED: add files, resume it, wait, then complete it (or
+    cancel it). 'openbits transfer' does all of that in one go.
+    """
+    ctx.obj = Context(socket_path)  # (a command's own --socket may replace it)
+
+
+for _group in (jobs, files, transfer, watch, service, store):
+    for _command in _group.COMMANDS:
+        cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="openbits")

@@ -1,0 +1,3 @@
+from openbits.cli.openbits import main
+
+main()

@@ -1,0 +1,348 @@
+"""The transfer commands: ``transfer`` (a one-shot job: create, add, resume, follow,
+complete) and the transfer options of a job: credentials, proxy and client certificate."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from openbits.cli import render
+from openbits.cli.openbits.exits import EXIT_INTERRUPTED, EXIT_NO_DAEMON, fail, handled
+from openbits.cli.openbits.hints import _Hints, _retry_text
+from openbits.cli.openbits.options import (
+    BitsChoice,
+    Context,
+    _answered,
+    absolute,
+    job_argument,
+    json_option,
+    parse_priority,
+    pass_ctx,
+    read_password,
+    socket_option,
+    source_url,
+)
+from openbits.cli.render import print_json
+from openbits.client import Client, DaemonUnavailable
+from openbits.errors import BitsError
+from openbits.model import JobState
+
+if TYPE_CHECKING:
+    from openbits.jobs import BitsJob
+
+#: SetCredentials' WMI encodings (bits-spec §1.3: zero-based, unlike the COM ones)
+TARGETS = ("server", "proxy")
+SCHEMES = ("basic", "digest", "ntlm", "negotiate", "passport")
+#: BG_JOB_PROXY_USAGE (bits-spec §2.8)
+PROXY_USAGES = ("preconfig", "no-proxy", "override", "autodetect")
+#: BG_CERT_STORE_LOCATION (bits-spec §2.7)
+STORE_LOCATIONS = (
+    "current-user",
+    "local-machine",
+    "current-service",
+    "services",
+    "users",
+    "current-user-group-policy",
+    "local-machine-group-policy",
+    "local-machine-enterprise",
+)
+
+
+# -- transfer options: credentials, proxy, certificate -----------------------------------------------
+
+
+@click.command()
+@job_argument()
+@click.option("--target", type=BitsChoice(TARGETS), default="server", show_default=True)
+@click.option("--scheme", type=BitsChoice(SCHEMES), default="basic", show_default=True)
+@click.option(
+    "--user",
+    default=None,
+    help="User name; the password is asked for (or read from stdin). Without it: the "
+    "implicit credentials (ntlm, negotiate).",
+)
+@click.option("--remove", is_flag=True, help="Remove the credentials of TARGET and SCHEME instead.")
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def credentials(
+    ctx: Context, job: str, target: str, scheme: str, user: str | None, remove: bool, as_json: bool
+) -> None:
+    """Set (or --remove) the credentials a job gives a server or proxy.
+
+    The password is never taken from the command line: it is asked for, without echo, on a
+    terminal, or read from the first line of stdin (SetCredentials, RemoveCredentials). Not
+    built yet: the daemon answers E_NOTIMPL.
+
+    \b
+    Example:
+      openbits credentials nightly --scheme basic --user alice < ~/.secrets/alice
+    """
+    t, s = TARGETS.index(target), SCHEMES.index(scheme)
+    if remove:
+        if user is not None:
+            raise click.UsageError("--remove takes no --user")
+        result = ctx.client.invoke(job, "RemoveCredentials", Target=t, Scheme=s)
+    else:
+        password = read_password(f"Password for {user}") if user is not None else None
+        result = ctx.client.invoke(
+            job, "SetCredentials", Target=t, Scheme=s, UserName=user, Password=password
+        )
+    _answered(result, as_json)
+
+
+@click.command()
+@job_argument()
+@click.argument("usage", type=BitsChoice(PROXY_USAGES))
+@click.option("--list", "proxies", default=None, metavar="PROXIES", help="Proxies (override).")
+@click.option("--bypass", default=None, metavar="HOSTS", help="Hosts reached directly (override).")
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def proxy(ctx: Context, job: str, usage: str, proxies: str | None, bypass: str | None, as_json: bool) -> None:
+    """Choose how a job reaches servers (its proxy settings).
+
+    USAGE is preconfig, no-proxy, override or autodetect (or bitsadmin's NO_PROXY, …, any
+    case). preconfig (the default) uses the
+    daemon's proxy environment; no-proxy goes direct; override uses --list (proxies, comma
+    or space separated) and --bypass (hosts reached directly); autodetect detects per file
+    (SetProxySettings). Not built yet: the daemon answers E_NOTIMPL.
+
+    \b
+    Example:
+      openbits proxy nightly override --list http://proxy:3128 --bypass "<local>"
+    """
+    if usage != "override" and (proxies is not None or bypass is not None):
+        raise click.UsageError("--list and --bypass go with override only")
+    params: dict[str, Any] = {"ProxyUsage": PROXY_USAGES.index(usage)}
+    if usage == "override":
+        if not proxies:
+            raise click.UsageError("override needs --list")
+        params["ProxyList"] = " ".join(p for p in proxies.replace(",", " ").split() if p)
+        params["ProxyBypassList"] = bypass or None
+    _answered(ctx.client.invoke(job, "SetProxySettings", **params), as_json)
+
+
+@click.command()
+@job_argument()
+@click.option(
+    "--store-location",
+    type=BitsChoice(STORE_LOCATIONS),
+    default="current-user",
+    show_default=True,
+    help="The certificate store location.",
+)
+@click.option("--store", "store_name", default="MY", show_default=True, help="The store name.")
+@click.option("--hash", "cert_hash", default=None, metavar="HEX", help="The certificate's SHA-1 hash.")
+@click.option("--subject", default=None, help="The certificate's subject name.")
+@click.option("--remove", is_flag=True, help="Remove the job's client certificate.")
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def cert(
+    ctx: Context,
+    job: str,
+    store_location: str,
+    store_name: str,
+    cert_hash: str | None,
+    subject: str | None,
+    remove: bool,
+    as_json: bool,
+) -> None:
+    """Set (or --remove) the client certificate a job shows HTTPS servers.
+
+    The certificate is found in a store by its SHA-1 hash or its subject name
+    (SetClientCertificateById, SetClientCertificateByName, RemoveClientCertificate). Not
+    built yet: the daemon answers E_NOTIMPL.
+
+    \b
+    Example:
+      openbits cert nightly --store MY --subject "CN=backup client"
+    """
+    if sum((cert_hash is not None, subject is not None, remove)) != 1:
+        raise click.UsageError("give exactly one of --hash, --subject and --remove")
+    location = STORE_LOCATIONS.index(store_location)
+    if remove:
+        result = ctx.client.invoke(job, "RemoveClientCertificate")
+    elif cert_hash is not None:
+        try:
+            digest = list(bytes.fromhex(cert_hash.removeprefix("0x").replace(":", "")))
+        except ValueError:
+            raise click.BadParameter(f"{cert_hash!r} is not hexadecimal", param_hint="--hash") from None
+        result = ctx.client.invoke(
+            job, "SetClientCertificateById", CertStoreLocation=location, StoreName=store_name, CertHash=digest
+        )
+    else:
+        result = ctx.client.invoke(
+            job,
+            "SetClientCertificateByName",
+            CertStoreLocation=location,
+            StoreName=store_name,
+            SubjectName=subject,
+        )
+    _answered(result, as_json)
+
+
+# -- transfer --------------------------------------------------------------------------------------
+
+
+def _url_name(source: str) -> str:
+    """The last path segment of a URL (or a path), as curl -O names its file: '' if none."""
+    from urllib.parse import unquote, urlsplit
+
+    path = urlsplit(source).path if "://" in source else source
+    name = os.path.basename(unquote(path))
+    return "" if name in ("", ".", "..") else name
+
+
+def _destinations(sources: list[str], dest: str | None) -> list[tuple[str, str]]:
+    if dest is None:  # (one SOURCE, no DEST: its own name, here)
+        name = _url_name(sources[0])
+        if not name:
+            raise click.UsageError(f"{sources[0]} has no file name to save it under: give a DEST")
+        return [(source_url(sources[0]), absolute(name))]
+    dest = absolute(dest)
+    if len(sources) > 1 or os.path.isdir(dest) or dest.endswith("/"):
+        if not os.path.isdir(dest):
+            raise click.UsageError(f"{dest} is not a directory (needed for several sources)")
+        return [(source_url(s), os.path.join(dest, _url_name(s) or "index.html")) for s in sources]
+    return [(source_url(sources[0]), dest)]
+
+
+def _one_shot_name(pairs: list[tuple[str, str]]) -> str:
+    """A one-shot job is named after its files: ``a.iso``, ``a.iso (+2 more)``."""
+    first = os.path.basename(pairs[0][1])
+    return first if len(pairs) == 1 else f"{first} (+{len(pairs) - 1} more)"
+
+
+class _Follower:
+    """What ``transfer`` shows while it waits: the JobId once known, a progress bar on a
+    terminal (state, file count and name), why a transient error holds it up and when it
+    is retried; with ``no_retry`` a transient error ends the transfer."""
+
+    def __init__(self, client: Client, bar: bool, no_retry: bool) -> None:
+        self.job_id: str | None = None
+        self._hints = _Hints(client)
+        self._no_retry = no_retry
+        self._bar: Any = _progress_bar() if bar else None
+        self._task: Any = None
+
+    def __call__(self, job: BitsJob) -> None:
+        self.job_id = job.job_id
+        if self._no_retry and job.state is JobState.TRANSIENT_ERROR:
+            raise click.ClickException(_retry_text(self._hints.client, job) + "; not retried (--no-retry)")
+        if self._bar is not None:
+            self._draw(job)
+        if job.state is not JobState.SUSPENDED:
+            self._hints(job)
+
+    def _draw(self, job: BitsJob) -> None:
+        if self._task is None:
+            self._bar.start()
+            self._task = self._bar.add_task("transfer", total=None, state="QUEUED", file="")
+        busy = next((f for f in job.files if not f.completed), None)
+        count = f"{min(job.files_transferred + 1, job.files_total)}/{job.files_total}"
+        self._bar.update(
+            self._task,
+            completed=job.bytes_transferred,
+            total=job.bytes_total,
+            state=job.state.name,
+            file=f"{count} {os.path.basename(busy.local_file)}" if busy else f"{job.files_total} files",
+        )
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._bar.stop()
+
+
+def _progress_bar() -> Any:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    return Progress(
+        *render.transfer_columns(),
+        console=Console(stderr=True),  # (beside the other words of transfer; stdout: --json)
+        transient=False,
+    )
+
+
+@click.command()
+@click.argument("args", nargs=-1, required=True, metavar="SOURCE... [DEST]")
+@click.option("--name", default=None, help="The job's display name (default: after its files).")
+@click.option("--priority", "-p", default="foreground", help="Priority (default foreground).")
+@click.option("--async", "is_async", is_flag=True, help="Start the job and print its JobId; don't wait.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--no-retry", is_flag=True, help="Fail at the first transient error (exit 1), not retry it.")
+@click.option("--timeout", type=float, default=None, metavar="SECONDS", help="Give up after SECONDS.")
+@json_option("the final instance")
+@socket_option
+@pass_ctx
+@handled
+def transfer(
+    ctx: Context,
+    args: tuple[str, ...],
+    name: str | None,
+    priority: str,
+    is_async: bool,
+    quiet: bool,
+    no_retry: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Download SOURCE to DEST (or several SOURCEs into directory DEST).
+
+    Creates a job, adds the files, resumes it, shows progress, and completes it when every
+    byte is there (Start-BitsTransfer). Without DEST, one SOURCE is saved under its own
+    name in the current directory (as curl -O). A transient error (a server down) is
+    retried, as BITS does, and said on stderr with the time of the next try; --no-retry
+    fails at once, --timeout gives up after SECONDS. On an error the job is cancelled (as
+    bitsadmin /transfer does) and the exit code is 1; Ctrl-C cancels it too (exit 130).
+
+    \b
+    Example:
+      openbits transfer https://host/a.iso https://host/b.iso ~/isos/
+    """
+    sources, dest = (list(args), None) if len(args) == 1 else (list(args[:-1]), args[-1])
+    pairs = _destinations(sources, dest)
+    client = ctx.client
+    options: dict[str, Any] = {"priority": parse_priority(priority)}
+    if is_async:
+        job = client.transfer(pairs, name or _one_shot_name(pairs), wait=False, **options).job_id
+        click.echo(render.json_line({"JobId": job}) if as_json else job)
+        return
+    follower = _Follower(client, not (quiet or as_json or not sys.stderr.isatty()), no_retry)
+    try:
+        final = client.transfer(
+            pairs, name or _one_shot_name(pairs), progress=follower, timeout=timeout, **options
+        )
+    except KeyboardInterrupt:
+        fail(f"interrupted; job {follower.job_id} cancelled", EXIT_INTERRUPTED)
+    except (BitsError, TimeoutError, click.ClickException) as e:
+        if not getattr(e, "__notes__", None):
+            e.add_note(f"job {follower.job_id} cancelled")
+        fail(f"transfer failed: {_failure_text(e)}")
+    except (DaemonUnavailable, ConnectionError) as e:
+        fail(f"{_failure_text(e)}", EXIT_NO_DAEMON)
+    finally:
+        follower.close()
+    if as_json:
+        print_json(dict(final.raw))
+    elif not quiet:
+        click.echo("Transfer complete.", err=True)
+
+
+def _failure_text(e: Exception) -> str:
+    """The error, then its notes (which file failed; which job is left and how to finish it)."""
+    text = f"error {e.hex} {e.name}: {e.message}" if isinstance(e, BitsError) else str(e)
+    if isinstance(e, click.ClickException):
+        text = e.format_message()
+    return "; ".join([text, *getattr(e, "__notes__", ())])
+
+
+COMMANDS = (transfer, credentials, proxy, cert)
