@@ -190,6 +190,18 @@ def _set_proxy_settings(ctx: Ctx, args: list[str]) -> int:
     return 0
 
 
+def _set_client_certificate(ctx: Ctx, job: str, location: str, store: str, method: str, **which: Any) -> int:
+    """SetClientCertificateById / ByName: the store, and the certificate's hash or subject."""
+    ctx.call(
+        "Unable to set the client certificate",
+        lambda: ctx.client.invoke(
+            job, method, CertStoreLocation=_store_location(location), StoreName=store, **which
+        ),
+    )
+    ctx.out.line("Client certificate set.")
+    return 0
+
+
 @switch("/SETCLIENTCERTIFICATEBYID")
 def _set_client_certificate_by_id(ctx: Ctx, args: list[str]) -> int:
     _nargs(args, 4)
@@ -198,36 +210,15 @@ def _set_client_certificate_by_id(ctx: Ctx, args: list[str]) -> int:
         cert_hash = list(bytes.fromhex(cert_id.removeprefix("0x")))
     except ValueError:
         raise Usage(f"'{cert_id}' is not a hexadecimal certificate hash.") from None
-    ctx.call(
-        "Unable to set the client certificate",
-        lambda: ctx.client.invoke(
-            job,
-            "SetClientCertificateById",
-            CertStoreLocation=_store_location(location),
-            StoreName=store,
-            CertHash=cert_hash,
-        ),
-    )
-    ctx.out.line("Client certificate set.")
-    return 0
+    return _set_client_certificate(ctx, job, location, store, "SetClientCertificateById", CertHash=cert_hash)
 
 
 @switch("/SETCLIENTCERTIFICATEBYNAME")
 def _set_client_certificate_by_name(ctx: Ctx, args: list[str]) -> int:
     _nargs(args, 4)
     job, location, store, subject = args
-    ctx.call(
-        "Unable to set the client certificate",
-        lambda: ctx.client.invoke(
-            job,
-            "SetClientCertificateByName",
-            CertStoreLocation=_store_location(location),
-            StoreName=store,
-            SubjectName=subject,
-        ),
-    )
-    ctx.out.line("Client certificate set.")
-    return 0
+    method = "SetClientCertificateByName"
+    return _set_client_certificate(ctx, job, location, store, method, SubjectName=subject)
 
 
 @switch("/REMOVECLIENTCERTIFICATE")
