@@ -67,12 +67,21 @@ class LiveJobs:
     """The jobs not finished, in memory and written through to the store."""
 
     def __init__(
-        self, store: JobStore, config: Config, clock: Clock | None = None, runner: Runner | None = None
+        self,
+        store: JobStore,
+        config: Config,
+        clock: Clock | None = None,
+        runner: Runner | None = None,
+        *,
+        published_mode: int | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.clock = clock or Clock()
         self.runner: Runner = runner or _NoRunner()
+        #: the mode Complete gives the files it publishes (``fs.published_mode``, read now if
+        #: not given: 0666 less the daemon's umask)
+        self.published_mode = fs.published_mode() if published_mode is None else published_mode
         self.jobs: dict[str, Job] = {}
         #: the jobs the scheduler must look at on every tick (QUEUED, CONNECTING,
         #: TRANSFERRING, TRANSIENT_ERROR): a tick costs O(active), not O(all jobs)
