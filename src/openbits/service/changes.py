@@ -55,8 +55,10 @@ class _NoRunner:
 
 @dataclass(slots=True)
 class Counters:
-    """What the transfers did since the daemon started (``GET /metrics``)."""
+    """What the transfers did since the daemon started (``GET /metrics``), and when it
+    started (Unix time)."""
 
+    started_s: float
     bytes_transferred: int = 0
     files_transferred: int = 0
     transient_errors: int = 0
@@ -92,7 +94,7 @@ class LiveJobs:
         #: change's name, or "progress" for a checkpoint (the event log: api/events.py)
         self.listeners: list[Callable[[Job, str], None]] = []
         self._waiters: dict[str, asyncio.Event] = {}  # job id -> set at its next change
-        self.counters = Counters()
+        self.counters = Counters(started_s=self.clock.now_ns() / 1e9)
         #: the "scheme://host:port" of HTTP(S) RemoteUrls already found valid (params.py)
         self.known_origins: set[str] = set()
         self.store_failing = False  # the last job write failed (logged once, and when it heals)
