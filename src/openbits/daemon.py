@@ -22,6 +22,7 @@ import signal
 import socket
 import sqlite3
 import sys
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -35,9 +36,10 @@ from openbits.scheduler.run import Scheduler, Transfers
 from openbits.service import Service
 from openbits.store import RECOVERY_HINT, StoreError
 from openbits.store.sqlite import SqliteStore
+from openbits.transfer import files as fs
 from openbits.transfer.download import Downloader, Tuning
 from openbits.transfer.h1 import H1Client
-from openbits.transfer.http import USER_AGENT, TLSContexts, make_session
+from openbits.transfer.http import USER_AGENT, TLSContexts, env_proxies, make_session
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.daemon")
@@ -99,13 +101,14 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         service.listeners.append(events.on_change)
         tune_gc()
         throttle = Throttle()
-        downloader = await _open_downloader(config, throttle, stack)
+        proxies = env_proxies()  # BITS' PRECONFIG: the daemon's http_proxy, https_proxy, no_proxy
+        downloader = await _open_downloader(config, throttle, proxies, stack)
         sync_threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="openbits-sync"
         )
         stack.callback(sync_threads.shutdown, wait=True)  # a batch sync in flight ends before the store
         scheduler = Scheduler(service, config, downloader, throttle, transfers, sync_threads=sync_threads)
-        notifier = Notifier(service)
+        notifier = Notifier(service, proxies)
         app = make_app(service)
         app[ADMIN_GROUP_KEY] = config.admin_group
         app[THROTTLE_KEY] = throttle
@@ -146,7 +149,8 @@ def _open_store(config: Config, stack: contextlib.AsyncExitStack) -> SqliteStore
 
 def _open_service(store: SqliteStore, config: Config, transfers: Transfers) -> Service:
     try:
-        service = Service(store, config, runner=transfers)
+        # the daemon's umask, read before _listen sets its own for a moment
+        service = Service(store, config, runner=transfers, published_mode=fs.published_mode())
     except ValueError as e:
         raise DaemonError(f"bad configuration: {e}") from e
     try:
@@ -169,7 +173,7 @@ def _open_tokens(store: SqliteStore, config: Config) -> Tokens:
 
 
 async def _open_downloader(
-    config: Config, throttle: Throttle, stack: contextlib.AsyncExitStack
+    config: Config, throttle: Throttle, proxies: Mapping[str, str], stack: contextlib.AsyncExitStack
 ) -> Downloader:
     """The HTTP clients (aiohttp for proxies, h1 for the rest) and the downloader over them."""
     session = make_session(
@@ -195,7 +199,7 @@ async def _open_downloader(
         write_block_bytes=config.write_block_bytes,
         read_buffer_bytes=config.read_buffer_bytes,
     )
-    return Downloader(session, tuning, throttle, h1, tls)
+    return Downloader(session, tuning, throttle, h1, tls, proxies)
 
 
 def _on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:

@@ -29,7 +29,7 @@ import os
 import pwd
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from openbits.model import Job, JobState
@@ -44,8 +44,12 @@ EVENT_NAMES = {JobState.TRANSFERRED: "JobTransferred", JobState.ERROR: "JobError
 
 
 class Notifier:
-    def __init__(self, service: Service) -> None:
+    """Runs the notifications of ``service``'s jobs as they fall due; webhooks go through
+    ``proxies`` (``http.env_proxies``; none if not given), as transfers do."""
+
+    def __init__(self, service: Service, proxies: Mapping[str, str] | None = None) -> None:
         self.service = service
+        self.proxies = proxies or {}
         self._due: dict[str, int] = {}  # job id -> due time (ns)
         self._running: set[str] = set()
         self._wake = asyncio.Event()
@@ -166,7 +170,7 @@ class Notifier:
                 if job.state is not state:
                     return True  # moved on: nothing left to say of that state
             try:
-                status = await _post(url, body, WEBHOOK_TIMEOUT_S)
+                status = await _post(url, body, WEBHOOK_TIMEOUT_S, self.proxies)
             except Exception as e:  # any failure to deliver is a failed try
                 log.info("job %s: webhook failed: %s", job.job_id, type(e).__name__)
                 continue
@@ -176,7 +180,7 @@ class Notifier:
         return False
 
 
-async def _post(url: str, body: dict[str, Any], timeout_s: float) -> int:
+async def _post(url: str, body: dict[str, Any], timeout_s: float, proxies: Mapping[str, str]) -> int:
     """POST ``body`` as JSON; the status.  Through the environment's proxy (as transfers),
     never with the daemon's ``~/.netrc``."""
     import aiohttp
@@ -189,7 +193,7 @@ async def _post(url: str, body: dict[str, Any], timeout_s: float) -> int:
         session.post(
             url,
             data=json.dumps(body),
-            proxy=env_proxy_for(url),
+            proxy=env_proxy_for(url, proxies),
             headers={"Content-Type": "application/json", "User-Agent": "openbits-notify"},
             allow_redirects=False,
         ) as resp,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from typing import Any
-from unittest import mock
 
 import pytest
 from hypothesis import given
@@ -21,7 +20,6 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from openbits.model import RESERVED_HEADERS, parse_custom_headers
-from openbits.transfer import http
 from openbits.transfer.h1 import BadResponse, H1Client, H1Error
 from openbits.transfer.h1head import framing, parse_head
 from openbits.transfer.http import env_proxy_for, parse_content_range, parse_unsatisfied_range
@@ -103,16 +101,15 @@ ENV = st.dictionaries(
 @FUZZ
 @given(ENV, URL_TEXT)
 def test_env_proxy_for_never_raises(env: dict[str, str], url: str) -> None:
-    with mock.patch.object(http, "_ENV_PROXIES", env):
-        proxy = env_proxy_for(url)
+    proxy = env_proxy_for(url, env)
     assert proxy is None or proxy in env.values()
 
 
 def test_env_proxy_for_a_malformed_url_is_none() -> None:
     """Regression: an unbalanced IPv6 bracket made urlsplit raise ValueError."""
-    with mock.patch.object(http, "_ENV_PROXIES", {"http": "http://proxy:3128"}):
-        assert env_proxy_for("http://[::1/f") is None
-        assert env_proxy_for("http://host/f") == "http://proxy:3128"
+    proxies = {"http": "http://proxy:3128"}
+    assert env_proxy_for("http://[::1/f", proxies) is None
+    assert env_proxy_for("http://host/f", proxies) == "http://proxy:3128"
 
 
 # -- custom headers ---------------------------------------------------------------------------

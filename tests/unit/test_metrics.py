@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from openbits.api import metrics
@@ -42,3 +43,10 @@ def test_every_sample_has_help_and_type(tmp_path: Path) -> None:
     for name in names:
         assert f"# HELP {name} " in text and f"# TYPE {name} " in text, name
     assert text.endswith("\n")
+
+
+def test_the_start_time_is_the_services_not_the_imports(tmp_path: Path) -> None:
+    before = time.time()
+    text = metrics.render(_service(tmp_path), Caller("alice", 4001, 4001), 0.0)
+    (line,) = (line for line in text.splitlines() if line.startswith("openbits_start_time_seconds "))
+    assert before <= float(line.split()[1]) <= time.time()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def test_the_webhook_is_not_sent_the_jobs_custom_headers(
     service = _service(tmp_path)
     posted: list[dict[str, Any]] = []
 
-    async def post(url: str, body: dict[str, Any], timeout_s: float) -> int:
+    async def post(url: str, body: dict[str, Any], timeout_s: float, proxies: Mapping[str, str]) -> int:
         posted.append(body)
         return 200
 
@@ -84,7 +85,7 @@ def test_a_failure_after_a_notification_does_not_end_the_notifier(
     service = _service(tmp_path)
     calls: list[str] = []
 
-    async def post(url: str, body: dict[str, Any], timeout_s: float) -> int:
+    async def post(url: str, body: dict[str, Any], timeout_s: float, proxies: Mapping[str, str]) -> int:
         calls.append(url)
         return 200
 

@@ -234,11 +234,11 @@ def test_publish_renames_sets_mtime_and_keeps_content(tmp_path: Path) -> None:
     temp.write_bytes(content)
     temp.chmod(0o600)
     final = tmp_path / "final.bin"
-    publish(str(temp), str(final), http_date_to_unix(LAST_MODIFIED))
+    publish(str(temp), str(final), http_date_to_unix(LAST_MODIFIED), 0o644)
     assert not temp.exists()
     assert final.read_bytes() == content
     assert final.stat().st_mtime == 1_445_412_480.0
-    assert stat.S_IMODE(final.stat().st_mode) == 0o666 & ~files._UMASK
+    assert stat.S_IMODE(final.stat().st_mode) == 0o644
 
 
 def test_publish_without_mtime_keeps_the_current_time(tmp_path: Path) -> None:
@@ -246,7 +246,7 @@ def test_publish_without_mtime_keeps_the_current_time(tmp_path: Path) -> None:
     temp.write_bytes(b"abc")
     before = temp.stat().st_mtime
     final = tmp_path / "final.bin"
-    publish(str(temp), str(final), None)
+    publish(str(temp), str(final), None, 0o644)
     assert final.read_bytes() == b"abc"
     assert final.stat().st_mtime == before
 
@@ -256,7 +256,7 @@ def test_publish_replaces_an_existing_local_file(tmp_path: Path) -> None:
     temp.write_bytes(b"new")
     final = tmp_path / "final.bin"
     final.write_bytes(b"old contents")
-    publish(str(temp), str(final), None)
+    publish(str(temp), str(final), None, 0o644)
     assert final.read_bytes() == b"new"
 
 
@@ -269,14 +269,14 @@ def test_publish_never_follows_a_symlinked_temp_file(tmp_path: Path) -> None:
     temp = tmp_path / ".BITAAAAAAAA.tmp"
     temp.symlink_to(target)
     with pytest.raises(TransferError):
-        publish(str(temp), str(tmp_path / "final.bin"), http_date_to_unix(LAST_MODIFIED))
+        publish(str(temp), str(tmp_path / "final.bin"), http_date_to_unix(LAST_MODIFIED), 0o644)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert target.stat().st_mtime != 1_445_412_480.0
 
 
 def test_publish_of_a_missing_temp_file(tmp_path: Path) -> None:
     with pytest.raises(TransferError) as info:
-        publish(str(tmp_path / ".BITAAAAAAAA.tmp"), str(tmp_path / "final.bin"), None)
+        publish(str(tmp_path / ".BITAAAAAAAA.tmp"), str(tmp_path / "final.bin"), None, 0o644)
     assert info.value.hresult == HResult.HRESULT_PATH_NOT_FOUND
     assert info.value.context is ErrorContext.LOCAL_FILE
     assert not (tmp_path / "final.bin").exists()

@@ -6,7 +6,6 @@ counters are the daemon's since it started, for every user: they carry no names,
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -16,7 +15,6 @@ from openbits.model import Job, JobPriority, JobState
 from openbits.service import Service
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_STARTED = time.time()
 
 
 def render(service: Service, caller: Caller, throttled_s: float) -> str:
@@ -76,7 +74,9 @@ def render(service: Service, caller: Caller, throttled_s: float) -> str:
         [("", throttled_s)],
     )
     metric("openbits_build_info", "gauge", "The daemon's version.", [(f'{{version="{__version__}"}}', 1)])
-    metric("openbits_start_time_seconds", "gauge", "When the daemon started (Unix time).", [("", _STARTED)])
+    metric(
+        "openbits_start_time_seconds", "gauge", "When the daemon started (Unix time).", [("", c.started_s)]
+    )
     return "\n".join(out) + "\n"
 
 

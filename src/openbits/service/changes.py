@@ -55,8 +55,10 @@ class _NoRunner:
 
 @dataclass(slots=True)
 class Counters:
-    """What the transfers did since the daemon started (``GET /metrics``)."""
+    """What the transfers did since the daemon started (``GET /metrics``), and when it
+    started (Unix time)."""
 
+    started_s: float
     bytes_transferred: int = 0
     files_transferred: int = 0
     transient_errors: int = 0
@@ -67,12 +69,21 @@ class LiveJobs:
     """The jobs not finished, in memory and written through to the store."""
 
     def __init__(
-        self, store: JobStore, config: Config, clock: Clock | None = None, runner: Runner | None = None
+        self,
+        store: JobStore,
+        config: Config,
+        clock: Clock | None = None,
+        runner: Runner | None = None,
+        *,
+        published_mode: int | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.clock = clock or Clock()
         self.runner: Runner = runner or _NoRunner()
+        #: the mode Complete gives the files it publishes (``fs.published_mode``, read now if
+        #: not given: 0666 less the daemon's umask)
+        self.published_mode = fs.published_mode() if published_mode is None else published_mode
         self.jobs: dict[str, Job] = {}
         #: the jobs the scheduler must look at on every tick (QUEUED, CONNECTING,
         #: TRANSFERRING, TRANSIENT_ERROR): a tick costs O(active), not O(all jobs)
@@ -83,7 +94,7 @@ class LiveJobs:
         #: change's name, or "progress" for a checkpoint (the event log: api/events.py)
         self.listeners: list[Callable[[Job, str], None]] = []
         self._waiters: dict[str, asyncio.Event] = {}  # job id -> set at its next change
-        self.counters = Counters()
+        self.counters = Counters(started_s=self.clock.now_ns() / 1e9)
         #: the "scheme://host:port" of HTTP(S) RemoteUrls already found valid (params.py)
         self.known_origins: set[str] = set()
         self.store_failing = False  # the last job write failed (logged once, and when it heals)

@@ -350,7 +350,7 @@ class Verbs(Reports):
             temp = f.temp_path
             if f.completed and temp is not None:
                 try:
-                    fs.publish(temp, f.local_file, fs.http_date_to_unix(f.last_modified))
+                    fs.publish(temp, f.local_file, fs.http_date_to_unix(f.last_modified), self.published_mode)
                     directories.add(os.path.dirname(f.local_file))
                 except BitsError:
                     if os.path.exists(temp) or not os.path.exists(f.local_file):

@@ -12,7 +12,7 @@ aiohttp session.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 
@@ -43,7 +43,8 @@ ATTEMPTS = 3
 
 class Downloader:
     """Downloads files over HTTP(S) and from local paths, with the clients, TLS contexts,
-    throttle and tuning it is given (the composition root owns and closes them)."""
+    throttle, tuning and proxies it is given (the composition root owns and closes them;
+    no ``proxies``: no proxy)."""
 
     def __init__(
         self,
@@ -52,10 +53,12 @@ class Downloader:
         throttle: Throttle | None = None,
         h1: H1Client | None = None,
         tls: TLSContexts | None = None,
+        proxies: Mapping[str, str] | None = None,
     ) -> None:
         self.transport = Transport(
             session=session,
             h1=h1,
+            proxies=proxies or {},
             tls=tls if tls is not None else TLSContexts(),
             throttle=throttle if throttle is not None else Throttle(),
             tuning=tuning or Tuning(),

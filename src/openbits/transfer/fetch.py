@@ -131,11 +131,12 @@ class Tuning:
 @dataclass(frozen=True, slots=True)
 class Transport:
     """What every download shares: the clients (``h1`` for HTTP and HTTPS, the aiohttp
-    session for proxied requests), the TLS contexts, the bandwidth throttle, the tuning, the
-    free-space check."""
+    session for proxied requests), the environment's proxies (``http.env_proxies``), the TLS
+    contexts, the bandwidth throttle, the tuning, the free-space check."""
 
     session: aiohttp.ClientSession
     h1: H1Client | None
+    proxies: Mapping[str, str]
     tls: TLSContexts
     throttle: Throttle
     tuning: Tuning
@@ -253,7 +254,7 @@ class FileDownload:
         """One GET, no redirects followed: through ``h1`` unless through a proxy."""
         transport = self.transport
         flags = self.options.security_flags
-        proxy = env_proxy_for(url)
+        proxy = env_proxy_for(url, transport.proxies)
         if transport.h1 is not None and proxy is None:
             scheme = url[:6].lower()
             if scheme.startswith("http:"):

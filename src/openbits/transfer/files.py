@@ -15,7 +15,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from email.utils import parsedate_to_datetime
 from typing import cast
 from urllib.parse import unquote, urlsplit
@@ -35,8 +35,6 @@ from openbits.model import ErrorContext
 
 TEMP_PREFIX = ".BIT"
 TEMP_SUFFIX = ".tmp"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def local_error(e: OSError, what: str, context: ErrorContext = ErrorContext.LOCAL_FILE) -> BitsError:
@@ -236,23 +234,37 @@ def http_date_to_unix(value: str | None) -> float | None:
         return None
 
 
-#: the mode of a published file: what a new file created by the daemon would get
-PUBLISHED_MODE = 0o666 & ~_UMASK
+def published_mode() -> int:
+    """The mode of a published file: what a new file created by the process would get (0666
+    less its umask).  Read once, by the composition root."""
+    return 0o666 & ~_umask()
 
 
-def publish(temp_path: str, local_file: str, mtime: float | None) -> None:
+def _umask() -> int:
+    """The process's umask, from /proc/self/status (Linux 4.7+), which leaves it as it is;
+    else by setting it and putting it back, which changes it for every thread for a moment."""
+    with suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def publish(temp_path: str, local_file: str, mtime: float | None, mode: int) -> None:
     """Make a finished temporary file the LocalFile: mode, mtime, atomic rename.
 
     The temporary file stays owner-only (0600) until now, whatever the job's state (SPEC §3);
-    its published mode and the server's Last-Modified are set through an fd opened without
-    following links (the directory is the owner's).  Its bytes were made durable when the
-    download finished; the caller fsyncs the directory once for all the files it publishes
-    there (``fsync_dir``).
+    its published ``mode`` (``published_mode``) and the server's Last-Modified are set through
+    an fd opened without following links (the directory is the owner's).  Its bytes were made
+    durable when the download finished; the caller fsyncs the directory once for all the files
+    it publishes there (``fsync_dir``).
     """
     with translating(f"cannot publish {local_file}"):
         fd = os.open(temp_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
-            os.fchmod(fd, PUBLISHED_MODE)
+            os.fchmod(fd, mode)
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))
         finally:

@@ -10,8 +10,10 @@ import asyncio
 import re
 import ssl
 import time
+import types
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
 import aiohttp
@@ -48,7 +50,7 @@ def make_session(
 ) -> aiohttp.ClientSession:
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
     # trust_env is off: it would read the *daemon's* ~/.netrc for every user's job and cost
-    # two thread hops per request; proxies from the environment come from env_proxy_for().
+    # two thread hops per request; proxies from the environment come from env_proxies().
     # No cookie jar is shared between jobs (or users).
     return aiohttp.ClientSession(
         timeout=timeout,
@@ -61,22 +63,24 @@ def make_session(
     )
 
 
-_ENV_PROXIES: dict[str, str] = urllib.request.getproxies_environment()
+def env_proxies() -> Mapping[str, str]:
+    """The proxies the environment names (http_proxy, https_proxy, no_proxy), by scheme: read
+    by the composition root once, at start-up (BITS' PRECONFIG proxy usage)."""
+    return types.MappingProxyType(urllib.request.getproxies_environment())
 
 
-def env_proxy_for(url: str) -> str | None:
-    """The proxy the environment (http_proxy, https_proxy, no_proxy) names for ``url``, read
-    once at start-up (BITS' PRECONFIG proxy usage); None for a malformed URL (its request
-    fails on its own)."""
-    if not _ENV_PROXIES:
+def env_proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
+    """The proxy ``proxies`` (from ``env_proxies``) name for ``url``; None for a malformed URL
+    (its request fails on its own)."""
+    if not proxies:
         return None
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:  # an unbalanced IPv6 bracket, say
         return None
-    proxy = _ENV_PROXIES.get(parts.scheme.lower())
+    proxy = proxies.get(parts.scheme.lower())
     if not proxy or urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
-        parts.hostname or "", _ENV_PROXIES
+        parts.hostname or "", proxies
     ):
         return None
     return proxy
