@@ -29,7 +29,7 @@ import pytest
 
 from openbits.cli.openbits import cli
 from openbits.model import JobState
-from tests.support.daemon import CLASS, Daemon, wait_until
+from tests.support.daemon import CLASS, Daemon, reap, wait_until
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
 
@@ -512,8 +512,7 @@ def test_watch_prints_a_line_per_change_until_the_job_is_done(
         ok(run(daemon, "resume", job))
         out, err = watcher.communicate(timeout=60)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
+        reap(watcher)
     assert watcher.returncode == 0, err
     lines += out.splitlines()
     assert all(job in line and "'watched'" in line for line in lines), lines
@@ -548,8 +547,7 @@ def test_watch_json_lines_and_ctrl_c_exits_130_quietly(daemon: Daemon) -> None:
         watcher.send_signal(signal.SIGINT)
         _out, err = watcher.communicate(timeout=20)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
+        reap(watcher)
     assert watcher.returncode == 130
     assert err == ""
 
@@ -587,8 +585,7 @@ def test_watch_draws_a_live_table_on_a_terminal(daemon: Daemon) -> None:
         assert watcher.stderr is not None
         err = watcher.stderr.read()
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
+        reap(watcher)
         os.close(master)
     assert watcher.returncode == 130
     assert err == ""

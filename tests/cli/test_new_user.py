@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from openbits.model import JobState
-from tests.support.daemon import Daemon, wait_until
+from tests.support.daemon import Daemon, reap, wait_until
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
 
@@ -104,9 +104,7 @@ def test_wait_and_watch_find_a_name_as_every_command_does(daemon: Daemon, nginx:
         ok(run(daemon, "complete", "nightly"))
         assert watcher.wait(timeout=20) == 0, watcher.communicate()
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.wait()
+        reap(watcher)
 
     finished_job(daemon, nginx, dest, "forgot", "f.bin")
     got = run(daemon, "get", "forgot")
@@ -163,9 +161,7 @@ def test_a_transfer_whose_daemon_dies_names_its_job_and_how_to_finish(
             slow.kill()
             _, err = proc.communicate(timeout=90)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc)
         assert proc.returncode == 3, err
         assert f"openbits complete {job}" in err, err
     finally:
@@ -223,9 +219,7 @@ def test_transfer_progress_shows_the_file_and_the_count_on_a_terminal(
             assert proc.wait(timeout=30) == 0, seen
         finally:
             os.close(master)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc)
         assert b"TRANSFERRING    1/2 first.bin" in seen, seen[-2000:]  # the file, its count
         assert b"ACKNOWLEDGED    2 files" in seen, seen[-2000:]
     finally:

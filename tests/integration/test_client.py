@@ -89,9 +89,15 @@ def assert_matches_raw(job: BitsJob, raw: dict[str, Any]) -> None:
 # -- the synchronous client ------------------------------------------------------------------------
 
 
-def test_typed_jobs_match_the_raw_instances(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[Client]:
+    """A client of the daemon, closed after the test."""
+    with Client(daemon.socket) as client:
+        yield client
+
+
+def test_typed_jobs_match_the_raw_instances(daemon: Daemon, nginx: Nginx, dest: Path, client: Client) -> None:
     make_file(nginx.www, "client/typed.bin", 64 * KiB, seed=501)
-    client = Client(daemon.socket)
     job = client.create_job(
         "typed", f"{nginx.url}/client/typed.bin", str(dest / "typed.bin"), description="d", priority=1
     )
@@ -105,7 +111,6 @@ def test_typed_jobs_match_the_raw_instances(daemon: Daemon, nginx: Nginx, dest: 
     assert done.completion_time is not None and done.custom_headers == "X-Trace: 1\r\n"
     listed = {j.job_id: j for j in client.list_jobs()}
     assert_matches_raw(listed[job.job_id], raw_instance(daemon, job.job_id))
-    client.close()
 
 
 def test_every_verb(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
@@ -187,9 +192,8 @@ def test_every_verb(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
 
 
 def test_errors_are_rebuilt_with_their_subclass_and_hresult(
-    daemon: Daemon, tmp_path: Path, dest: Path
+    daemon: Daemon, client: Client, tmp_path: Path, dest: Path
 ) -> None:
-    client = Client(daemon.socket)
     job = client.create_job("errors").job_id
     cases: list[tuple[Any, type[BitsError], int]] = [
         (lambda: client.get_job("{00000000-0000-0000-0000-000000000000}"), NotFound, HResult.BG_E_NOT_FOUND),
@@ -215,10 +219,9 @@ def test_errors_are_rebuilt_with_their_subclass_and_hresult(
 
 
 def test_wait_returns_at_transferred_and_at_error_and_times_out(
-    daemon: Daemon, nginx: Nginx, dest: Path
+    daemon: Daemon, client: Client, nginx: Nginx, dest: Path
 ) -> None:
     make_file(nginx.www, "client/wait.bin", 200 * KiB, seed=505)
-    client = Client(daemon.socket)
     ok = client.create_job("wait ok", f"{nginx.url}/client/wait.bin", str(dest / "wait.bin")).job_id
     bad = client.create_job("wait bad", f"{nginx.url}/client/no-such.bin", str(dest / "bad.bin")).job_id
     client.resume(ok)
@@ -236,8 +239,7 @@ def test_wait_returns_at_transferred_and_at_error_and_times_out(
     assert client.wait(idle, timeout=5, until={JobState.SUSPENDED}).state is JobState.SUSPENDED
 
 
-def test_job_events_are_typed_in_order_and_reconnect_after_a_restart(daemon: Daemon) -> None:
-    client = Client(daemon.socket)
+def test_job_events_are_typed_in_order_and_reconnect_after_a_restart(daemon: Daemon, client: Client) -> None:
     job = client.create_job("events").job_id
     with client.job_events(job=job, reconnect=True, timeout=20) as events:
         client.set_properties(job, description="before")
@@ -246,9 +248,9 @@ def test_job_events_are_typed_in_order_and_reconnect_after_a_restart(daemon: Dae
         assert first.job is not None and first.job.description == "before" and first.id is not None
         daemon.stop()  # the stream ends; the iterator notices at its next read
         daemon.start()
-        restarted = Client(daemon.socket)
-        restarted.set_properties(job, description="missed while away")
-        restarted.cancel(job)
+        with Client(daemon.socket) as restarted:
+            restarted.set_properties(job, description="missed while away")
+            restarted.cancel(job)
         rest = [next(events), next(events)]
     assert [(e.type, e.job.description if e.job else None) for e in rest] == [
         ("JobModification", "missed while away"),
@@ -264,12 +266,11 @@ def test_job_events_are_typed_in_order_and_reconnect_after_a_restart(daemon: Dae
     daemon.start()
 
 
-def test_transfer_end_to_end_with_progress(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+def test_transfer_end_to_end_with_progress(daemon: Daemon, nginx: Nginx, dest: Path, client: Client) -> None:
     digests = {
         name: make_file(nginx.www, f"client/t-{name}", 300 * KiB, seed=510 + i) for i, name in enumerate("ab")
     }
     seen: list[BitsJob] = []
-    client = Client(daemon.socket)
     job = client.transfer(
         {f"{nginx.url}/client/t-{n}": str(dest / n) for n in digests},
         "one call",
@@ -287,10 +288,11 @@ def test_transfer_end_to_end_with_progress(daemon: Daemon, nginx: Nginx, dest: P
     assert all(j.job_id == job.job_id for j in seen)
 
 
-def test_transfer_cancels_its_job_on_failure(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+def test_transfer_cancels_its_job_on_failure(
+    daemon: Daemon, nginx: Nginx, dest: Path, client: Client
+) -> None:
     make_file(nginx.www, "client/t-good", 10 * KiB, seed=520)
     seen: list[BitsJob] = []
-    client = Client(daemon.socket)
     with pytest.raises(BitsError) as e:
         client.transfer(
             [
@@ -351,8 +353,7 @@ def daemon_without_events(state_dir: Path) -> Iterator[str]:
 
 
 def test_wait_long_polls_a_daemon_without_events(tmp_path: Path) -> None:
-    with daemon_without_events(tmp_path / "old") as sock:
-        client = Client(sock)
+    with daemon_without_events(tmp_path / "old") as sock, Client(sock) as client:
         with pytest.raises(NotImplementedValue):
             client.job_events()
         job = client.create_job("old", "https://example.invalid/x", str(tmp_path / "x")).job_id

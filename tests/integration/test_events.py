@@ -28,7 +28,7 @@ import pytest
 from openbits.client import Client, EventStream, StreamEvent
 from openbits.errors import BitsError
 from openbits.model import JobState
-from tests.support.daemon import Daemon, UnixHTTP
+from tests.support.daemon import Daemon, UnixHTTP, reap
 from tests.support.fixtures import make_file
 from tests.support.nginx import Nginx
 
@@ -491,8 +491,7 @@ def test_get_watch_json_prints_one_object_a_line_until_the_job_ends(daemon: Daem
         client.cancel(job)
         out, err = watcher.communicate(timeout=20)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
+        reap(watcher)
     assert watcher.returncode == 0, err
     lines += out.splitlines()
     objects = [json.loads(line) for line in lines]
@@ -512,8 +511,7 @@ def test_get_watch_exits_130_quietly_on_ctrl_c(daemon: Daemon) -> None:
         watcher.send_signal(signal.SIGINT)
         _out, err = watcher.communicate(timeout=20)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
+        reap(watcher)
     assert watcher.returncode == 130
     assert err == ""
 
@@ -530,8 +528,7 @@ def test_wait_follows_the_events_until_the_job_ends(daemon: Daemon, nginx: Nginx
         client.resume(job)
         out, err = waiter.communicate(timeout=30)
     finally:
-        if waiter.poll() is None:
-            waiter.kill()
+        reap(waiter)
     assert (waiter.returncode, out.strip()) == (0, "TRANSFERRED"), err
     timed_out = daemon.cli("wait", "--timeout", "0.3", client.create_job("never").job_id)
     assert timed_out.returncode == 1 and "timed out" in timed_out.stderr

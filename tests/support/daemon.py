@@ -41,6 +41,13 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = 
         delay = min(delay * 1.5, 0.1)
 
 
+def reap(proc: subprocess.Popen[Any]) -> None:
+    """Kill ``proc`` if it still runs, wait for it and close its pipes."""
+    with proc:  # (its exit closes the pipes and waits)
+        if proc.poll() is None:
+            proc.kill()
+
+
 class UnixHTTP(http.client.HTTPConnection):
     def __init__(self, path: str) -> None:
         super().__init__("localhost", timeout=30)
@@ -104,7 +111,12 @@ class Daemon:
                 probe.close()
             return True
 
-        wait_until(ready, timeout, "the daemon's socket")
+        try:
+            wait_until(ready, timeout, "the daemon's socket")
+        except BaseException:
+            reap(self.proc)  # (a daemon that did not answer in time is not left running)
+            self.proc = None
+            raise
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self._client is not None:
