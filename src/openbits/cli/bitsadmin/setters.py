@@ -221,26 +221,26 @@ def _set_client_certificate_by_name(ctx: Ctx, args: list[str]) -> int:
     return _set_client_certificate(ctx, job, location, store, method, SubjectName=subject)
 
 
-@switch("/REMOVECLIENTCERTIFICATE")
-def _remove_client_certificate(ctx: Ctx, args: list[str]) -> int:
-    _nargs(args, 1)
-    ctx.call(
-        "Unable to remove the client certificate",
-        lambda: ctx.client.invoke(args[0], "RemoveClientCertificate"),
-    )
-    ctx.out.line("Client certificate removed.")
-    return 0
+def _verb(method: str, action: str, done: str) -> Handler:
+    """A switch that calls a method of the job without parameters."""
+
+    def run(ctx: Ctx, args: list[str]) -> int:
+        _nargs(args, 1)
+        ctx.call(action, lambda: ctx.client.invoke(args[0], method))
+        ctx.out.line(done)
+        return 0
+
+    return run
 
 
-@switch("/MAKECUSTOMHEADERSWRITEONLY")
-def _make_custom_headers_write_only(ctx: Ctx, args: list[str]) -> int:
-    _nargs(args, 1)
-    ctx.call(
-        "Unable to make the custom headers write-only",
-        lambda: ctx.client.invoke(args[0], "MakeCustomHeadersWriteOnly"),
-    )
-    ctx.out.line("Custom headers are now write-only.")
-    return 0
+SWITCHES["/REMOVECLIENTCERTIFICATE"] = _verb(
+    "RemoveClientCertificate", "Unable to remove the client certificate", "Client certificate removed."
+)
+SWITCHES["/MAKECUSTOMHEADERSWRITEONLY"] = _verb(
+    "MakeCustomHeadersWriteOnly",
+    "Unable to make the custom headers write-only",
+    "Custom headers are now write-only.",
+)
 
 
 def _acl_not_implemented(ctx: Ctx) -> NoReturn:
