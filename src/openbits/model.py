@@ -101,6 +101,36 @@ class ProxyUsage(NamedIntEnum):
     AUTODETECT = 3
 
 
+class AuthTarget(NamedIntEnum):
+    """SetCredentials' Target (BG_AUTH_TARGET, 0-based as in WMI)."""
+
+    SERVER = 0
+    PROXY = 1
+
+
+class AuthScheme(NamedIntEnum):
+    """SetCredentials' Scheme (BG_AUTH_SCHEME, 0-based as in WMI)."""
+
+    BASIC = 0
+    DIGEST = 1
+    NTLM = 2
+    NEGOTIATE = 3
+    PASSPORT = 4
+
+
+class CertStoreLocation(NamedIntEnum):
+    """SetClientCertificateBy*'s CertStoreLocation (BG_CERT_STORE_LOCATION)."""
+
+    CURRENT_USER = 0
+    LOCAL_MACHINE = 1
+    CURRENT_SERVICE = 2
+    SERVICES = 3
+    USERS = 4
+    CURRENT_USER_GROUP_POLICY = 5
+    LOCAL_MACHINE_GROUP_POLICY = 6
+    LOCAL_MACHINE_ENTERPRISE = 7
+
+
 class NotifyFlags(IntFlag):
     JOB_TRANSFERRED = 0x0001
     JOB_ERROR = 0x0002
@@ -264,6 +294,65 @@ class JobFile:
         }
 
 
+class Secret:
+    """A secret string (a password, custom header values): it never prints.  ``reveal()``
+    is the one way to read it, so every use is greppable."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """One SetCredentials entry.  ``password`` None: set without one (NTLM/Negotiate with
+    the owner's default credentials), or lost with the store's key file (``missing``)."""
+
+    target: AuthTarget
+    scheme: AuthScheme
+    user_name: str | None
+    password: Secret | None
+    #: the store held a password that could not be decrypted (a store copied without its key)
+    missing: bool = False
+
+    def to_cim(self) -> dict[str, Any]:
+        return {"Target": int(self.target), "Scheme": int(self.scheme), "UserName": self.user_name}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """SetClientCertificateById/ByName: where the certificate is and which it is.  The key
+    stays in its store; only these names are kept."""
+
+    location: CertStoreLocation
+    store_name: str
+    cert_hash: str  # SHA-1 thumbprint of the DER certificate, 40 lower-case hex digits
+    subject_name: str  # the subject as found (RFC 4514 string)
+
+    def to_cim(self) -> dict[str, Any]:
+        return {
+            "CertStoreLocation": int(self.location),
+            "StoreName": self.store_name,
+            "CertHash": self.cert_hash,
+            "SubjectName": self.subject_name,
+        }
+
+
 @dataclass(slots=True)
 class JobError:
     hresult: int
@@ -303,6 +392,14 @@ class Job:
     notify_parameters: str | None = None  # ... and its command line, program first
     notify_url: str | None = None  # SetNotifyUrl (extension): a webhook
     notify_due_ns: int = 0  # when the next notification is due (0: none pending)
+    #: SetCredentials, by (target, scheme); passwords sealed at rest (store/secrets.py)
+    credentials: dict[tuple[AuthTarget, AuthScheme], Credential] = field(default_factory=dict)
+    proxy_usage: ProxyUsage = ProxyUsage.PRECONFIG
+    proxy_list: str | None = None  # OVERRIDE only, as given
+    proxy_bypass_list: str | None = None  # OVERRIDE only, as given
+    #: PRECONFIG: the caller's proxy variables at CreateJob (http_proxy, ...; sealed at rest)
+    proxy_environment: dict[str, str] | None = None
+    client_certificate: ClientCertificate | None = None
     # not persisted: scheduling bookkeeping of this daemon's life
     run_started_ns: int = 0  # entered CONNECTING (0 while not running)
     queued_ns: int = 0  # entered QUEUED (round-robin order)
@@ -371,6 +468,11 @@ CIM_PROPERTIES: dict[str, Callable[[Job], Any]] = {
     "MaximumDownloadTime": lambda j: j.maximum_download_time_s,
     "CustomHeaders": lambda j: None if j.custom_headers_write_only else j.custom_headers,
     "SecurityFlags": lambda j: j.security_flags,
+    "Credentials": lambda j: [c.to_cim() for c in j.credentials.values()],
+    "ProxyUsage": lambda j: int(j.proxy_usage),
+    "ProxyList": lambda j: j.proxy_list,
+    "ProxyBypassList": lambda j: j.proxy_bypass_list,
+    "ClientCertificate": lambda j: None if j.client_certificate is None else j.client_certificate.to_cim(),
 }
 
 

@@ -368,6 +368,11 @@ JOB_KEYS = {
     "SecurityFlags",
     "NotifyCmdLine",
     "NotifyUrl",
+    "Credentials",
+    "ProxyUsage",
+    "ProxyList",
+    "ProxyBypassList",
+    "ClientCertificate",
 }
 UINT_KEYS = JOB_KEYS - {
     "JobId",
@@ -378,6 +383,10 @@ UINT_KEYS = JOB_KEYS - {
     "CustomHeaders",
     "NotifyCmdLine",
     "NotifyUrl",
+    "Credentials",
+    "ProxyList",
+    "ProxyBypassList",
+    "ClientCertificate",
 }
 
 

@@ -349,6 +349,7 @@ SHIPPED_MIGRATIONS = [
     "41654015eab3cdd3",  # 8 notifications
     "93594bcb9c3f26a3",  # 9 bearer tokens
     "863e5fa17b455804",  # 10 write-only custom headers
+    "a9d57ee5a00619a5",  # 11 identity: sealed secrets, proxy settings, client certificate, token scopes
 ]
 
 

@@ -25,7 +25,7 @@ from openbits.caller import primary_gid
 from openbits.clock import Clock
 from openbits.config import Config
 from openbits.errors import BitsError, HResult, InternalError
-from openbits.model import Job, JobFile, parse_custom_headers
+from openbits.model import Job, JobFile
 from openbits.policy import ServicePolicy
 from openbits.scheduler import policy
 from openbits.transfer.download import Downloader, Owner, RequestOptions
@@ -318,10 +318,7 @@ class Scheduler:
                 file = job.files[index]
                 if file.temp_name is None:  # a file added before names were derived
                     file.temp_name = temp_name_for(job.job_id, index)
-                options = RequestOptions(
-                    headers=tuple(parse_custom_headers(job.custom_headers)) if job.custom_headers else (),
-                    security_flags=job.security_flags,
-                )
+                options = RequestOptions.of(job)
                 batch.prepare(os.path.dirname(file.local_file))
                 fetched = await self.downloader.download(
                     file,

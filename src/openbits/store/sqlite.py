@@ -17,6 +17,8 @@ from typing import Any
 
 from openbits.errors import StoreFull, StoreWriteFailed
 from openbits.model import (
+    CertStoreLocation,
+    ClientCertificate,
     ErrorContext,
     Job,
     JobError,
@@ -24,8 +26,10 @@ from openbits.model import (
     JobPriority,
     JobState,
     JobType,
+    ProxyUsage,
 )
 from openbits.store import RECOVERY_HINT, StoreDamaged, StoreError
+from openbits.store.secrets import Keyring, headers_label, key_path_for, open_job, seal_job
 
 #: Migration n brings a database from user_version n to n + 1.  Never edit one
 #: that has shipped; append a new one (tests/unit/test_store_sqlite.py records the digest
@@ -120,6 +124,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN custom_headers_write_only INTEGER NOT NULL DEFAULT 0;
     """,
+    # identity (SPEC §7): sealed secrets (store/secrets.py), proxy settings, the client
+    # certificate; custom headers move to a sealed column (SqliteStore._seal_legacy); token
+    # scopes and expiry
+    """
+    ALTER TABLE jobs ADD COLUMN custom_headers_sealed BLOB;
+    ALTER TABLE jobs ADD COLUMN credentials TEXT;
+    ALTER TABLE jobs ADD COLUMN proxy_usage INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN proxy_list TEXT;
+    ALTER TABLE jobs ADD COLUMN proxy_bypass_list TEXT;
+    ALTER TABLE jobs ADD COLUMN proxy_environment_sealed BLOB;
+    ALTER TABLE jobs ADD COLUMN client_certificate TEXT;
+    ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin';
+    ALTER TABLE tokens ADD COLUMN expires_ns INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -138,7 +156,9 @@ _JOB_COLUMNS = (
     "transferred_ns, finished_ns, transient_error_count, error_hresult, error_context, "
     "error_message, error_file_index, retry_at_ns, no_progress_since_ns, "
     "maximum_download_time_s, download_time_ns, custom_headers, security_flags, "
-    "notify_program, notify_parameters, notify_url, notify_due_ns, custom_headers_write_only"
+    "notify_program, notify_parameters, notify_url, notify_due_ns, custom_headers_write_only, "
+    "custom_headers_sealed, credentials, proxy_usage, proxy_list, proxy_bypass_list, "
+    "proxy_environment_sealed, client_certificate"
 )
 _JOB_COLUMN_COUNT = len(_JOB_COLUMNS.split(","))
 _FILE_COLUMNS = (
@@ -153,11 +173,15 @@ _FINAL = f"({int(JobState.ACKNOWLEDGED)}, {int(JobState.CANCELLED)})"  # the fin
 class SqliteStore:
     """A :class:`~openbits.store.JobStore` on one SQLite file."""
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", check: bool = True) -> None:
+    def __init__(
+        self, path: str, *, synchronous: str = "FULL", check: bool = True, keyring: Keyring | None = None
+    ) -> None:
         """Open (or create) the store; with ``check``, a damaged file is refused before
-        anything is written to it (``PRAGMA quick_check``: StoreDamaged)."""
+        anything is written to it (``PRAGMA quick_check``: StoreDamaged).  Secrets are sealed
+        with ``keyring``, by default the key file beside the store (made when missing)."""
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        self.keyring = keyring if keyring is not None else Keyring.at(key_path_for(path))
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.DatabaseError as e:
@@ -169,7 +193,10 @@ class SqliteStore:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._synchronous = synchronous.upper()
             self._db.execute("PRAGMA foreign_keys=ON")
+            # (freed pages are zeroed: a secret sealed or deleted leaves no plaintext behind)
+            self._db.execute("PRAGMA secure_delete=ON")
             self._migrate()
+            self._seal_legacy()
             self._seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0])
         except (sqlite3.DatabaseError, StoreError, StoreWriteFailed) as e:
             self._db.close()
@@ -203,6 +230,23 @@ class SqliteStore:
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version={n + 1}")
+
+    def _seal_legacy(self) -> None:
+        """Custom headers stored in clear by a store before migration 10 are sealed, and the
+        clear text overwritten (secure_delete) and checkpointed out of the WAL."""
+        rows = self._db.execute(
+            "SELECT job_id, custom_headers FROM jobs WHERE custom_headers IS NOT NULL"
+        ).fetchall()
+        if not rows:
+            return
+        with self._transaction() as db:
+            for job_id, text in rows:
+                sealed = self.keyring.seal(str(text), headers_label(str(job_id)))
+                db.execute(
+                    "UPDATE jobs SET custom_headers = NULL, custom_headers_sealed = ? WHERE job_id = ?",
+                    (sealed, job_id),
+                )
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @property
     def schema_version(self) -> int:
@@ -244,7 +288,7 @@ class SqliteStore:
     def load_jobs(self) -> list[Job]:
         jobs: dict[str, Job] = {}
         for row in self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq"):
-            job = _job_from_row(row)
+            job = _job_from_row(row, self.keyring)
             jobs[job.job_id] = job
         for row in self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY job_id, position"):
             owner = jobs.get(row[1])
@@ -257,7 +301,7 @@ class SqliteStore:
         row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             return None
-        job = _job_from_row(row)
+        job = _job_from_row(row, self.keyring)
         job.files = [
             _file_from_row(r)
             for r in self._db.execute(
@@ -300,7 +344,7 @@ class SqliteStore:
         with self._transaction() as db:
             db.execute(
                 f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * _JOB_COLUMN_COUNT)})",
-                _job_row(job, self._seq),
+                _job_row(job, self._seq, self.keyring),
             )
             for position, f in enumerate(job.files):
                 self._insert_file(db, job.job_id, position, f)
@@ -434,9 +478,8 @@ class SqliteStore:
         cur = db.execute(_INSERT_FILE, _file_insert_row(job_id, position, f))
         f.file_id = cur.lastrowid
 
-    @staticmethod
-    def _update_job(db: sqlite3.Connection, job: Job) -> None:
-        row = _job_row(job, 0)
+    def _update_job(self, db: sqlite3.Connection, job: Job) -> None:
+        row = _job_row(job, 0, self.keyring)
         assignments = ", ".join(f"{c.strip()}=?" for c in _JOB_COLUMNS.split(",")[2:])
         db.execute(f"UPDATE jobs SET {assignments} WHERE job_id=?", (*row[2:], job.job_id))
 
@@ -483,8 +526,10 @@ def _file_update_row(f: JobFile) -> tuple[object, ...]:
     return (*_file_state(f), _range_support(f), f.response_headers, f.file_id)
 
 
-def _job_row(job: Job, seq: int) -> tuple[object, ...]:
+def _job_row(job: Job, seq: int, keyring: Keyring) -> tuple[object, ...]:
     err = job.error
+    headers, credentials, environment = seal_job(keyring, job)
+    cert = job.client_certificate
     return (
         job.job_id,
         seq,
@@ -511,17 +556,24 @@ def _job_row(job: Job, seq: int) -> tuple[object, ...]:
         job.no_progress_since_ns,
         job.maximum_download_time_s,
         job.download_time_ns,
-        job.custom_headers,
+        None,  # custom_headers: sealed since migration 10
         job.security_flags,
         job.notify_program,
         job.notify_parameters,
         job.notify_url,
         job.notify_due_ns,
         int(job.custom_headers_write_only),
+        headers,
+        credentials,
+        int(job.proxy_usage),
+        job.proxy_list,
+        job.proxy_bypass_list,
+        environment,
+        None if cert is None else json.dumps(cert.to_cim()),
     )
 
 
-def _job_from_row(row: tuple[Any, ...]) -> Job:
+def _job_from_row(row: tuple[Any, ...], keyring: Keyring) -> Job:
     (
         job_id,
         seq,
@@ -555,6 +607,13 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         notify_url,
         notify_due_ns,
         custom_headers_write_only,
+        custom_headers_sealed,
+        credentials,
+        proxy_usage,
+        proxy_list,
+        proxy_bypass_list,
+        proxy_environment_sealed,
+        client_certificate,
     ) = row
     error = None
     if err_hr is not None:
@@ -564,7 +623,7 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
             str(err_msg or ""),
             None if err_file is None else int(err_file),
         )
-    return Job(
+    job = Job(
         job_id=str(job_id),
         owner=str(owner),
         owner_uid=int(owner_uid),
@@ -587,6 +646,7 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         seq=int(seq),
         maximum_download_time_s=int(maximum_download_time),
         download_time_ns=int(download_time),
+        # (clear text only in a store before migration 10, until _seal_legacy runs)
         custom_headers=None if custom_headers is None else str(custom_headers),
         security_flags=int(security_flags),
         notify_program=None if notify_program is None else str(notify_program),
@@ -594,6 +654,19 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         notify_url=None if notify_url is None else str(notify_url),
         notify_due_ns=int(notify_due_ns),
         custom_headers_write_only=bool(custom_headers_write_only),
+        proxy_usage=ProxyUsage(proxy_usage),
+        proxy_list=None if proxy_list is None else str(proxy_list),
+        proxy_bypass_list=None if proxy_bypass_list is None else str(proxy_bypass_list),
+        client_certificate=None if client_certificate is None else _certificate(str(client_certificate)),
+    )
+    open_job(keyring, job, custom_headers_sealed, credentials, proxy_environment_sealed)
+    return job
+
+
+def _certificate(text: str) -> ClientCertificate:
+    cim = json.loads(text)
+    return ClientCertificate(
+        CertStoreLocation(cim["CertStoreLocation"]), cim["StoreName"], cim["CertHash"], cim["SubjectName"]
     )
 
 

@@ -26,7 +26,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDictProxy
 
-from openbits.model import JobFile
+from openbits.model import ClientCertificate, Credential, Job, JobFile, ProxyUsage, parse_custom_headers
 from openbits.transfer import checks, redirects
 from openbits.transfer import files as fs
 from openbits.transfer.checks import Restart
@@ -48,10 +48,35 @@ SMALL_BODY_BYTES = 256 * 1024
 
 @dataclass(frozen=True, slots=True)
 class RequestOptions:
-    """What a job adds to its requests: custom headers and SetSecurityFlags bits."""
+    """What a job adds to its requests: custom headers, SetSecurityFlags bits, and its
+    identity (SPEC §7): its credentials, proxy settings and client certificate.  ``job_id``
+    partitions connections: one that carried a job's credentials or certificate is never
+    reused by another job."""
 
     headers: tuple[tuple[str, str], ...] = ()
     security_flags: int = 0
+    job_id: str = ""
+    credentials: tuple[Credential, ...] = ()
+    proxy_usage: ProxyUsage = ProxyUsage.PRECONFIG
+    proxy_list: str | None = None
+    proxy_bypass_list: str | None = None
+    #: PRECONFIG: the caller's proxy variables at CreateJob (None: the daemon's)
+    proxy_environment: Mapping[str, str] | None = None
+    client_certificate: ClientCertificate | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> RequestOptions:
+        return cls(
+            headers=tuple(parse_custom_headers(job.custom_headers)) if job.custom_headers else (),
+            security_flags=job.security_flags,
+            job_id=job.job_id,
+            credentials=tuple(job.credentials.values()),
+            proxy_usage=job.proxy_usage,
+            proxy_list=job.proxy_list,
+            proxy_bypass_list=job.proxy_bypass_list,
+            proxy_environment=job.proxy_environment,
+            client_certificate=job.client_certificate,
+        )
 
 
 class Body(Protocol):

@@ -18,9 +18,13 @@ from openbits.model import (
     LOCAL_FILE_MAX,
     REMOTE_URL_MAX,
     UINT32_MAX,
+    AuthScheme,
+    AuthTarget,
+    CertStoreLocation,
     JobPriority,
     JobState,
     JobType,
+    ProxyUsage,
 )
 from openbits.policy import PROPERTIES as POLICY_PROPERTIES
 from openbits.policy import READ_ONLY as POLICY_READ_ONLY
@@ -138,6 +142,36 @@ JOB_PROPERTIES: dict[str, Schema] = {
     "MaximumDownloadTime": described(UINT32, "seconds (extension; SetMaximumDownloadTime)"),
     "CustomHeaders": string(CUSTOM_HEADERS_MAX, nullable=True, description="'Name: value\\r\\n' lines"),
     "SecurityFlags": described(UINT32, "BG_SSL_* and BG_HTTP_REDIRECT_POLICY_* bits (extension)"),
+    "Credentials": {
+        "type": "array",
+        "items": obj(
+            {
+                "Target": enum_of(AuthTarget, "BG_AUTH_TARGET"),
+                "Scheme": enum_of(AuthScheme, "BG_AUTH_SCHEME"),
+                "UserName": string(nullable=True),
+            },
+            ("Target", "Scheme", "UserName"),
+        ),
+        "description": "SetCredentials' entries, never their passwords",
+    },
+    "ProxyUsage": enum_of(ProxyUsage, "BG_JOB_PROXY_USAGE"),
+    "ProxyList": string(nullable=True, description="SetProxySettings' list, as given (OVERRIDE)"),
+    "ProxyBypassList": string(nullable=True, description="SetProxySettings' bypass list (OVERRIDE)"),
+    "ClientCertificate": {
+        "oneOf": [
+            {"type": "null"},
+            obj(
+                {
+                    "CertStoreLocation": enum_of(CertStoreLocation, "BG_CERT_STORE_LOCATION"),
+                    "StoreName": {"type": "string"},
+                    "CertHash": {"type": "string", "pattern": "^[0-9a-f]{40}$"},
+                    "SubjectName": {"type": "string"},
+                },
+                ("CertStoreLocation", "StoreName", "CertHash", "SubjectName"),
+            ),
+        ],
+        "description": "SetClientCertificateById/ByName: which certificate, never its key",
+    },
 }
 
 RANGE: Schema = obj(
