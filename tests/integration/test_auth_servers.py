@@ -7,7 +7,9 @@ SOCKS handshake by microsocks), and Kerberos is proven by the mechanism Apache r
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -227,3 +229,15 @@ def test_socks5_with_auth(socks5_auth: Microsocks, apache: Apache, served: str) 
     assert (wrong.http, wrong.exit_code) == (0, 97), "refused at the SOCKS handshake"
     anonymous = curl(url, "--socks5", socks5_auth.address)
     assert (anonymous.http, anonymous.exit_code) == (0, 97)
+
+
+# -- the KDC ------------------------------------------------------------------------------
+
+
+def test_kdc_checks_the_password_and_adds_principals(kdc: Kdc, tmp_path: Path) -> None:
+    with pytest.raises(subprocess.CalledProcessError):
+        kdc.kinit(tmp_path / "wrong", password=WRONG)
+    principal = kdc.add_principal("bob", "bobs-password")
+    env = kdc.kinit(tmp_path / "bob", principal=principal, password="bobs-password")
+    listed = subprocess.run(["klist"], env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    assert f"Default principal: {principal}" in listed.stdout

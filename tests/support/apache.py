@@ -1,6 +1,6 @@
 """A real Apache (``apache2 -DFOREGROUND``) that authenticates, as origin server and as proxy.
 
-One process, started once per session by the ``apache`` fixture (~0.5 s), serves:
+One process, started once per session by the ``apache`` fixture (~40 ms), serves:
 
 * the origin, over HTTP (``apache.origin_url``) and HTTPS (``apache.origin_https_url``,
   certificate from a trustme CA whose PEM is ``apache.ca_path``), where every file put in
@@ -305,6 +305,7 @@ class Apache:
         user = f"User {_WORKER_USER}\nGroup {_WORKER_USER}\n" if os.geteuid() == 0 else ""
         return f"""ServerRoot "{w}"
 PidFile "{w}/httpd.pid"
+DefaultRuntimeDir "{w}"
 ServerName {SERVICE_HOST}
 {user}{listens}{modules}ErrorLog "{w}/error.log"
 LogLevel info
