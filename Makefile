@@ -9,11 +9,14 @@ RUN_DIR := .run
 
 .PHONY: run stop test venv test-deps lint typecheck unit integration chaos fuzz bench bench-1g bench-small bench-rss bench-throttle bench-events soak clean
 
-# gssapi and krb5 (pyspnego's kerberos extra) compile against libkrb5-dev: install it first.
+# gssapi and krb5 (pyspnego's kerberos extra) compile against libkrb5-dev (with gcc and Python's
+# headers): install them first.
 # pip keeps the wheels it built in its cache, so a fresh venv on the same machine does not
 # compile them again; the step is skipped altogether while pyproject.toml is unchanged.
 $(VENV)/.installed: pyproject.toml
 	@bash scripts/ensure-debian-packages.sh libkrb5-dev gcc
+	@$(PYTHON) -c "import os, sysconfig; os.stat(sysconfig.get_paths()['include'] + '/Python.h')" 2>/dev/null \
+		|| bash scripts/ensure-debian-packages.sh python3-dev
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(PIP) install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true

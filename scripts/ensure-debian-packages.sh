@@ -3,8 +3,8 @@
 # Package -> what proves it installed (a program on PATH or in /usr/sbin, else a file):
 #   nginx -> nginx, curl -> curl, aria2 -> aria2c, tinyproxy -> tinyproxy,
 #   krb5-kdc -> krb5kdc (and kdb5_util), krb5-admin-server -> kadmin.local, krb5-user -> kinit,
-#   libkrb5-dev -> krb5-config, apache2 -> apache2, squid -> squid, microsocks -> microsocks,
-#   dante-server -> danted, libapache2-mod-auth-gssapi -> mod_auth_gssapi.so,
+#   libkrb5-dev -> krb5-config, python3-dev -> python3-config, apache2 -> apache2,
+#   squid -> squid, microsocks -> microsocks, dante-server -> danted, libapache2-mod-auth-gssapi -> mod_auth_gssapi.so,
 #   gss-ntlmssp -> gssntlmssp.so (a GSSAPI mechanism, registered in /etc/gss/mech.d).
 set -euo pipefail
 
@@ -16,6 +16,7 @@ probe() {
     krb5-user) echo kinit ;;
     krb5-admin-server) echo kadmin.local ;;
     libkrb5-dev) echo krb5-config ;;
+    python3-dev) echo python3-config ;;
     dante-server) echo danted ;;
     libapache2-mod-auth-gssapi) echo /usr/lib/apache2/modules/mod_auth_gssapi.so ;;
     gss-ntlmssp) echo "/usr/lib/$(uname -m)-linux-gnu/gssntlmssp/gssntlmssp.so" ;;

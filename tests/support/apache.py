@@ -317,6 +317,11 @@ DocumentRoot "{self.www}"
 </Directory>
 SSLSessionCache "shmcb:{w}/ssl_scache(512000)"
 KeepAliveTimeout 30
+# Small: one worker process to start with (the machine has 2 cores shared by many tests).
+StartServers 1
+ThreadsPerChild 16
+MinSpareThreads 16
+MaxSpareThreads 64
 MaxKeepAliveRequests 0
 
 <VirtualHost 127.0.0.1:{self.port}>
