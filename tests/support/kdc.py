@@ -20,8 +20,8 @@ Example::
         env = kdc.kinit(tmp_path / "ccache")           # {"KRB5_CONFIG": ..., "KRB5CCNAME": ...}
         subprocess.run(["curl", "--negotiate", "-u", ":", url], env={**os.environ, **env})
 
-    # or without a ticket cache, as a daemon would (pyspnego gets the ticket itself):
-    os.environ.update(kdc.client_env())   # KRB5_CONFIG only
+    # or without a ticket cache, as the daemon will (pyspnego gets the ticket from the password):
+    daemon = Daemon(tmp_path / "state", env=kdc.client_env())   # KRB5_CONFIG only
     spnego.client("alice", PASSWORD, hostname="localhost", service="HTTP", protocol="kerberos")
 """
 
