@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.apache import Apache
+from tests.support.apache import TEST_BODY, Apache
 from tests.support.authclient import curl, spnego_fetch
 from tests.support.kdc import PASSWORD, USER, Kdc
 from tests.support.socks import Microsocks
@@ -40,14 +40,13 @@ def tls_context(apache: Apache) -> ssl.SSLContext:
 
 @pytest.mark.parametrize("scheme", ["basic", "digest"])
 @pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
-def test_origin_basic_and_digest(apache: Apache, served: str, scheme: str, https: bool) -> None:
-    base = apache.origin_https_url if https else apache.origin_url
-    url = f"{base}/{scheme}/{served}"
+def test_origin_basic_and_digest(apache: Apache, scheme: str, https: bool) -> None:
+    url = apache.url(scheme, https=https)
     tls = ["--cacert", str(apache.ca_path)]
-    assert curl(url, *tls, f"--{scheme}", "-u", f"{USER}:{PASSWORD}").http == 200
+    assert curl(url, *tls, f"--{scheme}", "-u", f"{USER}:{PASSWORD}").body == TEST_BODY
     assert curl(url, *tls, f"--{scheme}", "-u", f"{USER}:{WRONG}").http == 401
     assert curl(url, *tls).http == 401
-    assert curl(f"{base}/{served}", *tls).http == 200, "the unprotected prefix needs nothing"
+    assert curl(apache.url(None, https=https), *tls).http == 200, "the unprotected prefix needs nothing"
 
 
 @pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
@@ -136,11 +135,11 @@ def test_origin_ntlm(apache: Apache, served: str, user: str) -> None:
 def test_apache_proxy_basic_and_digest(apache: Apache, served: str, scheme: str) -> None:
     proxy = ["-x", apache.proxy_urls[scheme], f"--proxy-{scheme}"]
     http_url = f"{apache.origin_url}/{served}"
-    assert curl(http_url, *proxy, "-U", f"{USER}:{PASSWORD}").http == 200
+    assert curl(http_url, *proxy, "-U", f"{USER}:{PASSWORD}").body == BODY.encode()
     assert curl(http_url, *proxy, "-U", f"{USER}:{WRONG}").http == 407
     https_url = f"{apache.origin_https_url}/{served}"
     tunnel = ["-p", "--cacert", str(apache.ca_path)]
-    assert curl(https_url, *proxy, *tunnel, "-U", f"{USER}:{PASSWORD}").http == 200
+    assert curl(https_url, *proxy, *tunnel, "-U", f"{USER}:{PASSWORD}").body == BODY.encode()
     assert curl(https_url, *proxy, *tunnel, "-U", f"{USER}:{WRONG}").connect == 407
     assert {r.status for r in apache.requests() if r.port == apache.proxy_ports[scheme]} >= {200, 407}
 
@@ -202,7 +201,7 @@ def test_squid_with_auth(request: pytest.FixtureRequest, apache: Apache, served:
     offered = curl(f"{apache.origin_url}/{served}", "-x", squid.url)
     assert offered.http == 407
     assert f"Proxy-Authenticate: {scheme.capitalize()}" in offered.headers
-    assert curl(f"{apache.origin_url}/{served}", *proxy, "-U", f"{USER}:{PASSWORD}").http == 200
+    assert curl(f"{apache.origin_url}/{served}", *proxy, "-U", f"{USER}:{PASSWORD}").body == BODY.encode()
     assert curl(f"{apache.origin_url}/{served}", *proxy, "-U", f"{USER}:{WRONG}").http == 407
     tunnel = [*proxy, "-p", "--cacert", str(apache.ca_path)]
     assert curl(f"{apache.origin_https_url}/{served}", *tunnel, "-U", f"{USER}:{PASSWORD}").http == 200
@@ -224,7 +223,8 @@ def test_socks5_without_auth(socks5: Microsocks, apache: Apache, served: str) ->
 
 def test_socks5_with_auth(socks5_auth: Microsocks, apache: Apache, served: str) -> None:
     url = f"{apache.origin_url}/{served}"
-    assert curl(url, "--socks5", socks5_auth.address, "--proxy-user", f"{USER}:{PASSWORD}").http == 200
+    right = curl(url, "--socks5", socks5_auth.address, "--proxy-user", f"{USER}:{PASSWORD}")
+    assert right.body == BODY.encode()
     wrong = curl(url, "--socks5", socks5_auth.address, "--proxy-user", f"{USER}:{WRONG}")
     assert (wrong.http, wrong.exit_code) == (0, 97), "refused at the SOCKS handshake"
     anonymous = curl(url, "--socks5", socks5_auth.address)

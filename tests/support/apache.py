@@ -4,7 +4,8 @@ One process, started once per session by the ``apache`` fixture (~40 ms), serves
 
 * the origin, over HTTP (``apache.origin_url``) and HTTPS (``apache.origin_https_url``,
   certificate from a trustme CA whose PEM is ``apache.ca_path``), where every file put in
-  ``apache.www`` is served under five prefixes:
+  ``apache.www`` (which holds :data:`TEST_FILE` from the start) is served under five prefixes
+  (``apache.url("ntlm")`` is ``http://localhost:PORT/ntlm/hello.txt``):
 
   - ``/``           no authentication
   - ``/basic/``     Basic (mod_auth_basic)
@@ -67,6 +68,8 @@ from tests.support.process import (
 )
 
 NTLM_DOMAIN = "OPENBITS"
+TEST_FILE = "hello.txt"  # in www from the start, so served under every prefix
+TEST_BODY = b"hello from the authenticating apache\n"
 DIGEST_REALM = "openbits"
 SCHEMES = ("basic", "digest", "ntlm", "negotiate")
 MODULES_DIR = Path("/usr/lib/apache2/modules")
@@ -129,6 +132,11 @@ class Apache:
     def origin_https_url(self) -> str:
         """``https://localhost:PORT`` (no trailing slash); trust ``ca_path``."""
         return f"https://{SERVICE_HOST}:{self.https_port}"
+
+    def url(self, scheme: str | None, name: str = TEST_FILE, https: bool = False) -> str:
+        """The URL of ``www/name`` behind ``scheme`` ("basic", ..., None: unprotected)."""
+        base = self.origin_https_url if https else self.origin_url
+        return f"{base}/{scheme}/{name}" if scheme else f"{base}/{name}"
 
     @property
     def proxy_urls(self) -> dict[str, str]:
@@ -253,6 +261,7 @@ class Apache:
         )
         chown_tree(w, _WORKER_USER)
         self.www.mkdir(mode=0o755)  # ours: tests write here, the workers read
+        (self.www / TEST_FILE).write_bytes(TEST_BODY)
 
     def _locations(self) -> str:
         """The protected prefixes of the origin, each an alias of ``www``."""

@@ -23,8 +23,10 @@ import os
 import socket
 import ssl
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import spnego
@@ -41,35 +43,31 @@ class CurlResult:
     http: int  # the final status (0: no HTTP answer)
     connect: int  # the proxy's answer to CONNECT (0: none)
     exit_code: int  # curl's exit status (97: SOCKS handshake refused, 56: CONNECT refused)
-    headers: str  # the response headers, as curl received them (all legs)
+    headers: str  # the response headers, as curl received them (every leg)
+    body: bytes  # the last response's body
 
 
 def curl(url: str, *args: str, env: Mapping[str, str] | None = None) -> CurlResult:
     """Run curl on ``url`` with ``args``; ``env`` is added to our environment."""
-    proc = subprocess.run(
-        [
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-D",
-            "-",
-            "--max-time",
-            "20",
-            "-w",
-            "\n%{http_code} %{http_connect}",
-            *args,
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=30,
-        check=False,
-    )
-    headers, _, codes = proc.stdout.rpartition("\n")
-    http_code, connect_code = codes.split()
-    return CurlResult(int(http_code), int(connect_code), proc.returncode, headers)
+    with tempfile.TemporaryDirectory(prefix="openbits-curl-") as tmp:
+        body, headers = Path(tmp) / "body", Path(tmp) / "headers"
+        proc = subprocess.run(
+            ["curl", "-s", "--max-time", "20", "-o", str(body), "-D", str(headers),
+             "-w", "%{http_code} %{http_connect}", *args, url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=30,
+            check=False,
+        )  # fmt: skip
+        http_code, connect_code = proc.stdout.split()
+        return CurlResult(
+            int(http_code),
+            int(connect_code),
+            proc.returncode,
+            headers.read_text(errors="replace") if headers.exists() else "",
+            body.read_bytes() if body.exists() else b"",
+        )
 
 
 @dataclass(frozen=True)
