@@ -83,6 +83,16 @@ def test_origin_negotiate_from_a_password_with_pyspnego(
             password=PASSWORD,
         )
         assert (answer.status, answer.mech, answer.protocol) == (200, "Negotiate/krb5", "kerberos")
+    wrong = spnego_fetch(
+        apache.port,
+        "GET",
+        f"/negotiate/{served}",
+        scheme="Negotiate",
+        protocol="negotiate",
+        user=USER,
+        password=WRONG,
+    )
+    assert wrong.status == 401
 
 
 def test_origin_negotiate_falls_back_to_ntlm_without_kerberos(
