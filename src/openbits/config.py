@@ -42,6 +42,13 @@ class Config:
     #: "HOST:PORT" (e.g. "127.0.0.1:8765", "[::1]:8765"): also serve the API over TCP, each
     #: request authenticated by a bearer token issued over the Unix socket ("": no TCP)
     listen: str = ""
+    #: the TCP listener speaks HTTPS with this certificate chain and key (PEM files, read at
+    #: start); a listener on an address other than loopback needs them, or insecure_listen
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: serve plain HTTP on a non-loopback address anyway (bearer tokens cross the network in
+    #: clear: only behind a TLS-terminating proxy on a trusted network)
+    insecure_listen: bool = False
     #: bearer tokens one user may hold at once
     max_tokens_per_user: int = 16
     finished_retention_s: int = 7 * 86400
