@@ -51,6 +51,11 @@ class Config:
     insecure_listen: bool = False
     #: bearer tokens one user may hold at once
     max_tokens_per_user: int = 16
+    #: invalid bearer tokens an address may present before it is shut out (429), first for
+    #: token_failure_delay_s, doubling with each further failure up to token_failure_delay_max_s
+    token_failures_free: int = 5
+    token_failure_delay_s: float = 0.5
+    token_failure_delay_max_s: float = 5.0
     finished_retention_s: int = 7 * 86400
     # scheduling
     max_concurrent_background_jobs: int = 1

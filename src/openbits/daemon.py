@@ -29,6 +29,7 @@ from aiohttp import web
 
 from openbits.api.app import EVENTS_KEY, THROTTLE_KEY, make_app
 from openbits.api.events import EventLog
+from openbits.api.guard import GUARD_KEY, FailureGuard
 from openbits.api.peer import ADMIN_GROUP_KEY
 from openbits.api.tokens import TOKENS_KEY, Tokens
 from openbits.config import Config
@@ -116,6 +117,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         app[THROTTLE_KEY] = throttle
         app[EVENTS_KEY] = events
         app[TOKENS_KEY] = _open_tokens(store, config)
+        app[GUARD_KEY] = FailureGuard(
+            free_failures=config.token_failures_free,
+            base_delay_s=config.token_failure_delay_s,
+            max_delay_s=max(config.token_failure_delay_max_s, config.token_failure_delay_s),
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
