@@ -193,6 +193,11 @@ async def test_the_async_client_over_https(remote: Remote) -> None:
     async with AsyncClient(url=remote.url, token=token, cacert=str(remote.ca)) as client:
         job = await client.create_job("async over https")
         assert job.job_id in {j.job_id for j in await client.list_jobs()}
+    async with AsyncClient(url=remote.url, token=token) as untrusting:  # the system's trust only
+        with pytest.raises(ssl.SSLCertVerificationError) as refused:  # (aiohttp: a subclass)
+            await untrusting.list_jobs()
+        assert "certificate verify failed" in str(refused.value), repr(refused.value)
+        assert token not in str(refused.value)
 
 
 def test_both_clis_reach_the_https_listener(remote: Remote, tmp_path: Path) -> None:
@@ -406,7 +411,8 @@ def metrics_text(remote: Remote) -> str:
 # -- where plain HTTP is refused -----------------------------------------------------------------
 
 
-def serve(tmp_path: Path, **settings: Any) -> subprocess.CompletedProcess[str]:
+def serve(tmp_path: Path, *flags: str, **settings: Any) -> subprocess.CompletedProcess[str]:
+    """``openbits serve`` with ``flags`` and ``settings`` in its config, expected to refuse."""
     config = tmp_path / "c.toml"
     config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
     return subprocess.run(
@@ -419,6 +425,7 @@ def serve(tmp_path: Path, **settings: Any) -> subprocess.CompletedProcess[str]:
             str(tmp_path / "s"),
             "--config",
             str(config),
+            *flags,
         ],
         capture_output=True,
         text=True,
@@ -435,6 +442,8 @@ def test_plain_http_on_a_non_loopback_address_is_refused(tmp_path: Path, listen:
     assert "not a loopback address" in result.stderr and "--insecure-listen" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "s" / "jobs.sqlite").exists()  # refused before anything was opened
+    flagged = serve(tmp_path, "--listen", listen)
+    assert flagged.returncode == 1 and "not a loopback address" in flagged.stderr, flagged.stderr
 
 
 def test_tls_settings_that_do_not_hold_together_are_refused(tmp_path: Path) -> None:
@@ -448,6 +457,8 @@ def test_tls_settings_that_do_not_hold_together_are_refused(tmp_path: Path) -> N
         result = serve(tmp_path, **settings)
         assert result.returncode == 1 and said in result.stderr, (settings, result.stderr)
         assert "Traceback" not in result.stderr
+    flagged = serve(tmp_path, "--listen", f"127.0.0.1:{port}", "--tls-key", str(key))
+    assert flagged.returncode == 1 and "go together" in flagged.stderr, flagged.stderr
 
 
 def test_insecure_listen_is_the_explicit_opt_in(tmp_path: Path) -> None:
