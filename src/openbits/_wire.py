@@ -58,9 +58,10 @@ class DaemonUnavailable(Exception):
 
 class Endpoint:
     """The Unix socket (``socket``), or the TCP URL (``url``, as it may be shown) with its
-    bearer token (never shown)."""
+    bearer token (never shown); an ``https`` URL is checked against the system's trusted
+    certificates, or against ``cacert`` (a PEM file of CA certificates) when given."""
 
-    __slots__ = ("host", "port", "prefix", "scheme", "socket", "token", "url")
+    __slots__ = ("_tls", "cacert", "host", "port", "prefix", "scheme", "socket", "token", "url")
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class Endpoint:
         port: int = 0,
         prefix: str = "",
         token: str | None = None,
+        cacert: str | None = None,
     ) -> None:
         self.socket = socket
         self.url = url
@@ -79,14 +81,17 @@ class Endpoint:
         self.port = port
         self.prefix = prefix
         self.token = token
+        self.cacert = cacert
+        self._tls: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
         return self.describe("Endpoint")
 
     @staticmethod
-    def resolve(sock: str | None, url: str | None, token: str | None) -> Endpoint:
+    def resolve(sock: str | None, url: str | None, token: str | None, cacert: str | None = None) -> Endpoint:
         """``socket``, else ``url``, else $OPENBITS_SOCKET, else $OPENBITS_URL (with
-        ``token`` or $OPENBITS_TOKEN), else the default socket."""
+        ``token`` or $OPENBITS_TOKEN, and ``cacert`` or $OPENBITS_CACERT), else the default
+        socket."""
         if sock is None and url is None and not os.environ.get("OPENBITS_SOCKET"):
             url = os.environ.get("OPENBITS_URL") or None
         if sock is not None or url is None:
@@ -105,7 +110,16 @@ class Endpoint:
         shown = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{prefix}"
         if token is None:
             token = os.environ.get("OPENBITS_TOKEN") or None
-        return Endpoint(None, shown, scheme, host, port, prefix, token)
+        if cacert is None:
+            cacert = os.environ.get("OPENBITS_CACERT") or None
+        return Endpoint(None, shown, scheme, host, port, prefix, token, cacert)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The client TLS context of an ``https`` URL (made once): the host name and the
+        chain are checked, against ``cacert`` or the system's trust."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context(cafile=self.cacert)
+        return self._tls
 
     @property
     def where(self) -> str:
@@ -143,8 +157,9 @@ class Endpoint:
 
 class ClientBase:
     """What both clients hold: where the daemon is (``socket``, else ``url`` + ``token``,
-    else $OPENBITS_SOCKET, else $OPENBITS_URL + $OPENBITS_TOKEN, else the default socket)
-    and ``timeout``, the longest wait for an answer, in seconds."""
+    else $OPENBITS_SOCKET, else $OPENBITS_URL + $OPENBITS_TOKEN, else the default socket),
+    ``timeout``, the longest wait for an answer, in seconds, and for an ``https`` URL
+    ``cacert`` (else $OPENBITS_CACERT, else the system's trusted certificates)."""
 
     def __init__(
         self,
@@ -152,8 +167,9 @@ class ClientBase:
         url: str | None = None,
         token: str | None = None,
         timeout: float = 60.0,
+        cacert: str | None = None,
     ) -> None:
-        self._endpoint = Endpoint.resolve(socket, url, token)
+        self._endpoint = Endpoint.resolve(socket, url, token, cacert)
         #: the Unix socket (None when the daemon is reached over TCP)
         self.socket = self._endpoint.socket
         #: the TCP URL (None on the Unix socket)
@@ -341,6 +357,16 @@ def state_call(job: str, state: int) -> Call:
 
 def patch_call(path: str, props: Mapping[str, Any]) -> Call:
     return Call("PATCH", path, {wmi_name(k): json_value(v) for k, v in props.items()})
+
+
+def token_body(description: str, scope: str | None, expires_after_s: int | None) -> dict[str, Any]:
+    """The body of ``POST /tokens``."""
+    body: dict[str, Any] = {"Description": description}
+    if scope is not None:
+        body["Scope"] = scope
+    if expires_after_s is not None:
+        body["ExpiresAfter"] = int(expires_after_s)
+    return body
 
 
 def tokens_call(all_users: bool) -> Call:

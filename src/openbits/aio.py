@@ -36,8 +36,9 @@ async def _report(progress: Progress | None, job: BitsJob) -> None:
 
 class AsyncClient(wire.ClientBase):
     """The daemon's API for asyncio, on aiohttp: the same methods as :class:`Client`, as
-    coroutines, and the same ways to find the daemon (``socket``, ``url`` + ``token``,
-    $OPENBITS_SOCKET, $OPENBITS_URL + $OPENBITS_TOKEN, the default socket)::
+    coroutines, and the same ways to find the daemon (``socket``, ``url`` + ``token`` (and
+    ``cacert`` for https), $OPENBITS_SOCKET, $OPENBITS_URL + $OPENBITS_TOKEN (+
+    $OPENBITS_CACERT), the default socket)::
 
         async with AsyncClient() as client:
             job = await client.transfer({"https://host/a.iso": "/srv/a.iso"})
@@ -64,9 +65,13 @@ class AsyncClient(wire.ClientBase):
             import aiohttp  # (here, not at import time: `import openbits` stays fast)
 
             ep = self._endpoint
-            connector: aiohttp.BaseConnector = (
-                aiohttp.UnixConnector(path=ep.socket) if ep.socket is not None else aiohttp.TCPConnector()
-            )
+            connector: aiohttp.BaseConnector
+            if ep.socket is not None:
+                connector = aiohttp.UnixConnector(path=ep.socket)
+            elif ep.scheme == "https":
+                connector = aiohttp.TCPConnector(ssl=ep.tls_context())
+            else:
+                connector = aiohttp.TCPConnector()
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
             )
@@ -250,8 +255,12 @@ class AsyncClient(wire.ClientBase):
 
     # -- bearer tokens of the TCP listener (over the Unix socket only) --------------------------------
 
-    async def create_token(self, description: str = "") -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("POST", "/tokens", {"Description": description})
+    async def create_token(
+        self, description: str = "", scope: str | None = None, expires_after_s: int | None = None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(
+            "POST", "/tokens", wire.token_body(description, scope, expires_after_s)
+        )
         return result
 
     async def tokens(self, all_users: bool = False) -> list[dict[str, Any]]:

@@ -70,9 +70,11 @@ class _UnixConnection(http.client.HTTPConnection):
 
 class Client(wire.ClientBase):
     """The daemon's API, synchronously: ``Client()`` finds the daemon on ``socket``, else at
-    ``url`` (``http://HOST:PORT``, each request carrying ``Authorization: Bearer <token>``),
-    else through $OPENBITS_SOCKET, else $OPENBITS_URL and $OPENBITS_TOKEN, else on the
-    default socket.  ``timeout``: the longest wait for an answer, in seconds.
+    ``url`` (``http://HOST:PORT`` or ``https://…``, each request carrying
+    ``Authorization: Bearer <token>``; ``cacert``: the CA file an https daemon's
+    certificate is checked against, else the system's), else through $OPENBITS_SOCKET, else
+    $OPENBITS_URL, $OPENBITS_TOKEN and $OPENBITS_CACERT, else on the default socket.
+    ``timeout``: the longest wait for an answer, in seconds.
 
     One connection, kept alive, serves the calls (a client is not for several threads at
     once); each event stream has a connection of its own.
@@ -98,7 +100,7 @@ class Client(wire.ClientBase):
         if ep.socket is not None:
             conn = _UnixConnection(ep.socket, timeout)
         elif ep.scheme == "https":
-            conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout)
+            conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=ep.tls_context())
         else:
             conn = http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
         try:
@@ -308,10 +310,15 @@ class Client(wire.ClientBase):
 
     # -- bearer tokens of the TCP listener (over the Unix socket only) ----------------------
 
-    def create_token(self, description: str = "") -> dict[str, Any]:
+    def create_token(
+        self, description: str = "", scope: str | None = None, expires_after_s: int | None = None
+    ) -> dict[str, Any]:
         """A token acting as you on the TCP listener: ``{"TokenId", "Token", …}``; the only
-        time the token is shown."""
-        result: dict[str, Any] = self.request("POST", "/tokens", {"Description": description})
+        time the token is shown. ``scope``: read, submit (the daemon's default) or admin;
+        ``expires_after_s``: seconds until it expires (None: never)."""
+        result: dict[str, Any] = self.request(
+            "POST", "/tokens", wire.token_body(description, scope, expires_after_s)
+        )
         return result
 
     def tokens(self, all_users: bool = False) -> list[dict[str, Any]]:

@@ -42,8 +42,20 @@ class Config:
     #: "HOST:PORT" (e.g. "127.0.0.1:8765", "[::1]:8765"): also serve the API over TCP, each
     #: request authenticated by a bearer token issued over the Unix socket ("": no TCP)
     listen: str = ""
+    #: the TCP listener speaks HTTPS with this certificate chain and key (PEM files, read at
+    #: start); a listener on an address other than loopback needs them, or insecure_listen
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: serve plain HTTP on a non-loopback address anyway (bearer tokens cross the network in
+    #: clear: only behind a TLS-terminating proxy on a trusted network)
+    insecure_listen: bool = False
     #: bearer tokens one user may hold at once
     max_tokens_per_user: int = 16
+    #: invalid bearer tokens an address may present before it is shut out (429), first for
+    #: token_failure_delay_s, doubling with each further failure up to token_failure_delay_max_s
+    token_failures_free: int = 5
+    token_failure_delay_s: float = 0.5
+    token_failure_delay_max_s: float = 5.0
     finished_retention_s: int = 7 * 86400
     # scheduling
     max_concurrent_background_jobs: int = 1

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import sys
 from collections.abc import Mapping
 
@@ -28,6 +29,7 @@ from aiohttp import web
 
 from openbits.api.app import EVENTS_KEY, THROTTLE_KEY, make_app
 from openbits.api.events import EventLog
+from openbits.api.guard import GUARD_KEY, FailureGuard
 from openbits.api.peer import ADMIN_GROUP_KEY
 from openbits.api.tokens import TOKENS_KEY, Tokens
 from openbits.config import Config
@@ -83,6 +85,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     that fails half way closes what it had opened, in reverse order, as a shutdown does."""
     try:
         listen_at = parse_listen(config.listen) if config.listen else None
+        tls = listener_tls(config, listen_at)
     except ValueError as e:
         raise DaemonError(f"bad configuration: {e}") from e
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
@@ -114,11 +117,16 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         app[THROTTLE_KEY] = throttle
         app[EVENTS_KEY] = events
         app[TOKENS_KEY] = _open_tokens(store, config)
+        app[GUARD_KEY] = FailureGuard(
+            free_failures=config.token_failures_free,
+            base_delay_s=config.token_failure_delay_s,
+            max_delay_s=max(config.token_failure_delay_max_s, config.token_failure_delay_s),
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         stop = _on_signals(stack)
-        await _listen(runner, config, listen_at, stack)
+        await _listen(runner, config, listen_at, tls, stack)
         log.info(
             "openbits %s serving on %s (state in %s, %d jobs)",
             _version(),
@@ -227,9 +235,11 @@ async def _listen(
     runner: web.AppRunner,
     config: Config,
     listen_at: tuple[str, int] | None,
+    tls: ssl.SSLContext | None,
     stack: contextlib.AsyncExitStack,
 ) -> None:
-    """The Unix socket (0600, or socket_mode), and the TCP listener when configured."""
+    """The Unix socket (0600, or socket_mode), and the TCP listener when configured (HTTPS
+    with ``tls``)."""
     _prepare_socket(config.socket)
     old_umask = os.umask(0o177)
     try:
@@ -242,16 +252,48 @@ async def _listen(
         return
     host, port = listen_at
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True).start()
     except OSError as e:
         raise DaemonError(f"cannot listen on {config.listen}: {e.strerror or e}") from e
-    if not ipaddress.ip_address(host).is_loopback:
+    if tls is None and not ipaddress.ip_address(host).is_loopback:
         log.warning(
-            "serving the API on %s without TLS: bearer tokens cross the network in clear; "
-            "put a TLS proxy in front or listen on 127.0.0.1",
+            "serving the API on %s without TLS (insecure_listen): bearer tokens cross the network in clear",
             config.listen,
         )
-    log.info("also serving on tcp %s (bearer tokens)", config.listen)
+    log.info("also serving on %s %s (bearer tokens)", "https" if tls else "tcp", config.listen)
+
+
+def listener_tls(config: Config, listen_at: tuple[str, int] | None) -> ssl.SSLContext | None:
+    """The TLS context of the TCP listener (None: plain HTTP); ValueError for a setting
+    that does not hold together: a certificate without its key, TLS without a listener, or
+    plain HTTP on an address other than loopback without ``insecure_listen``."""
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ValueError("tls_cert and tls_key go together (the certificate chain and its key)")
+    if config.tls_cert and listen_at is None:
+        raise ValueError("tls_cert and tls_key are for the TCP listener: set listen too")
+    if listen_at is None:
+        return None
+    if not config.tls_cert:
+        if not ipaddress.ip_address(listen_at[0]).is_loopback and not config.insecure_listen:
+            raise ValueError(
+                f"listen = {config.listen!r} is not a loopback address: serve HTTPS there "
+                "(--tls-cert FILE --tls-key FILE), or accept bearer tokens in clear with "
+                "--insecure-listen"
+            )
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(
+            f"cannot load tls_cert {config.tls_cert} / tls_key {config.tls_key}: {reason}"
+        ) from None
+    with contextlib.suppress(OSError):
+        if os.stat(config.tls_key).st_mode & 0o077:
+            log.warning("tls_key %s can be read by other users: chmod 600 it", config.tls_key)
+    return context
 
 
 def _unlink_quietly(path: str) -> None:

@@ -217,7 +217,7 @@ def test_empty_answers_say_so_and_json_stays_parseable(tmp_path: Path) -> None:
         assert daemon.cli("token", "list", check=True).stdout == "no tokens\n"
         daemon.cli("token", "create", "--description", "backup server", check=True)
         header, row = daemon.cli("token", "list", check=True).stdout.splitlines()
-        assert header.split() == ["TOKENID", "OWNER", "CREATED", "DESCRIPTION"], header
+        assert header.split() == ["TOKENID", "OWNER", "SCOPE", "CREATED", "EXPIRES", "DESCRIPTION"], header
         assert row.endswith("backup server"), row
     finally:
         daemon.stop()

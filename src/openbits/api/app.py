@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, TypeVar
 
@@ -17,8 +18,23 @@ from aiohttp import web
 from openbits import __version__
 from openbits.api import events as ev
 from openbits.api import metrics, openapi, wql
-from openbits.api.peer import CALLERS_KEY, Callers, caller_of, is_unix_socket, still_authenticated
-from openbits.api.tokens import TOKENS_KEY, NotAuthenticated, Tokens
+from openbits.api.guard import GUARD_KEY, FailureGuard
+from openbits.api.peer import (
+    CALLERS_KEY,
+    Callers,
+    authorize,
+    caller_of,
+    is_unix_socket,
+    still_authenticated,
+)
+from openbits.api.tokens import (
+    DEFAULT_SCOPE,
+    TOKENS_KEY,
+    NotAuthenticated,
+    Scope,
+    Tokens,
+    TooManyFailures,
+)
 from openbits.caller import Caller
 from openbits.errors import (
     AccessDenied,
@@ -58,6 +74,9 @@ def error_response(error: BitsError) -> web.Response:
     }
     if isinstance(error, NotAuthenticated):  # the TCP listener: who are you?
         return web.json_response(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="openbits"'})
+    if isinstance(error, TooManyFailures):  # the TCP listener: too many wrong tokens from there
+        retry_after = str(max(1, math.ceil(error.retry_after_s or 1)))
+        return web.json_response(body, status=429, headers={"Retry-After": retry_after})
     return web.json_response(body, status=api_http_status(error.hresult))
 
 
@@ -104,11 +123,32 @@ async def _body(request: web.Request) -> Any:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: the instance methods that change nothing: a read token may call them
+_READING_METHODS = frozenset({"geterror", "getresponseheaders", "getreplydata"})
+
+
+def _needed_scope(request: web.Request) -> Scope:
+    """The least token scope a TCP request needs: reading (GET, Query, the Get* methods),
+    submitting (creating and changing jobs), else admin (the policy; anything new is closed
+    until it is put in a class here)."""
+    match = request.match_info
+    if match.http_exception is not None:  # 404, 405: nothing to protect
+        return Scope.READ
+    handler = match.route.handler
+    if request.method in ("GET", "HEAD") or handler is query:
+        return Scope.READ
+    if handler is invoke and match.get("method", "").lower() in _READING_METHODS:
+        return Scope.READ
+    if handler in (create_job, patch_job, invoke):
+        return Scope.SUBMIT
+    return Scope.ADMIN
+
+
 @web.middleware
 async def bits_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         if request.path != "/openapi.json" and not is_unix_socket(request):
-            caller_of(request)  # TCP: 401 before any body is read or parsed
+            authorize(request, _needed_scope(request))  # TCP: 429, 401, 403 before any body is read
         return await handler(request)
     except BitsError as e:
         return error_response(e)
@@ -356,9 +396,13 @@ def _tokens(request: web.Request) -> Tokens:
     return tokens
 
 
+_TOKEN_PARAMETERS = ("description", "scope", "expiresafter")
+
+
 async def create_token(request: web.Request) -> web.Response:
-    """``{"Description": "…"}``: a bearer token for the TCP listener, acting as the caller;
-    the answer is the only place the token is ever shown."""
+    """``{"Description": "…", "Scope": "read"|"submit"|"admin", "ExpiresAfter": seconds}``
+    (all optional; Scope submit, no expiry): a bearer token for the TCP listener, acting as
+    the caller within its scope; the answer is the only place the token is ever shown."""
     tokens = _tokens(request)
     caller = caller_of(request)
     body = await _body(request)
@@ -366,13 +410,21 @@ async def create_token(request: web.Request) -> web.Response:
         body = {}
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
-    unknown = sorted(k for k in body if str(k).lower() != "description")
+    unknown = sorted(k for k in body if str(k).lower() not in _TOKEN_PARAMETERS)
     if unknown:
         raise InvalidArgument(f"unknown parameter(s): {', '.join(map(str, unknown))}")
-    description = next((v for k, v in body.items() if str(k).lower() == "description"), None) or ""
+    given = {str(k).lower(): v for k, v in body.items()}
+    description = given.get("description") or ""
     if not isinstance(description, str):
         raise InvalidArgument("Description must be a string")
-    token, secret = tokens.issue(caller, description)
+    scope_text = given.get("scope")
+    if scope_text is not None and not isinstance(scope_text, str):
+        raise InvalidArgument("Scope must be read, submit or admin")
+    lifetime = given.get("expiresafter")
+    if lifetime is not None and (not isinstance(lifetime, int) or isinstance(lifetime, bool)):
+        raise InvalidArgument("ExpiresAfter must be a number of seconds (an integer)")
+    scope = DEFAULT_SCOPE if scope_text is None else Scope.parse(scope_text)
+    token, secret = tokens.issue(caller, description, scope, lifetime)
     answer = {"ReturnValue": 0, **token.to_cim(caller.user), "Token": secret}
     return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
@@ -403,11 +455,15 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     """Prometheus text: jobs by state and priority (the caller's, or all for an
-    administrator), bytes and files transferred, errors, seconds throttled."""
+    administrator), bytes and files transferred, errors, seconds throttled, wrong bearer
+    tokens and the requests refused for them."""
     throttle = request.app.get(THROTTLE_KEY)
     text = metrics.render(
         request.app[SERVICE_KEY], caller_of(request), throttle.throttled_s if throttle is not None else 0.0
     )
+    guard = request.app.get(GUARD_KEY)
+    if guard is not None:
+        text += guard.metrics()
     return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
@@ -415,6 +471,7 @@ def make_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[bits_errors], client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
     app[CALLERS_KEY] = Callers()
+    app[GUARD_KEY] = FailureGuard()
     app.router.add_get(CLASS, enumerate_jobs)
     app.router.add_post(f"{CLASS}/CreateJob", create_job)
     app.router.add_get(f"{CLASS}/{{job:[^/]+}}", get_job)

@@ -1,5 +1,7 @@
 """The caller of a request: the Unix-socket peer's credentials (SO_PEERCRED), or on the
-TCP listener the user whose bearer token the request carries (api/tokens.py)."""
+TCP listener the user whose bearer token the request carries (api/tokens.py), with no more
+rights than the token's scope allows.  ``authorize`` is the one place a TCP request is let
+in: the address's failure count (api/guard.py), the token, then its scope."""
 
 from __future__ import annotations
 
@@ -10,12 +12,16 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from openbits.api.tokens import TOKENS_KEY, NotAuthenticated, bearer
+from openbits.api.guard import GUARD_KEY
+from openbits.api.tokens import TOKENS_KEY, NotAuthenticated, Scope, Token, TooManyFailures, bearer
 from openbits.caller import Caller
 from openbits.errors import AccessDenied
 
 ADMIN_GROUP_KEY = web.AppKey("admin_group", str)
 _CACHE_KEY = web.RequestKey("caller", Caller)  # (aiohttp 3.14+)
+_SCOPE_KEY = web.RequestKey("scope", Scope)
+#: the one answer to any token that is not valid: it says nothing of why, nor of whose
+INVALID_TOKEN = "the bearer token is not valid (unknown, revoked or expired)"
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -53,6 +59,8 @@ CALLERS_KEY = web.AppKey("callers", Callers)
 
 
 def caller_of(request: web.Request) -> Caller:
+    """Who calls: the Unix-socket peer, or the user of the TCP request's bearer token as its
+    scope lets him act (NotAuthenticated without a valid token)."""
     cached = request.get(_CACHE_KEY)
     if isinstance(cached, Caller):
         return cached
@@ -60,23 +68,56 @@ def caller_of(request: web.Request) -> Caller:
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
         raise AccessDenied("the caller's identity is unknown")
+    token: Token | None = None
     if sock.family == socket.AF_UNIX:
         uid = peer_uid(sock)
     else:
-        tokens = request.app.get(TOKENS_KEY)
-        secret = bearer(request)
-        found = tokens.uid_for(secret) if tokens is not None and secret is not None else None
-        if found is None:
-            raise NotAuthenticated(
-                "this listener needs Authorization: Bearer <token> (openbits token create)"
-                if secret is None
-                else "the bearer token is not valid (revoked, or never issued)"
-            )
-        uid = found
+        token = _token(request)
+        uid = token.uid
     admin_group = request.app.get(ADMIN_GROUP_KEY, "openbits-admin")
     callers = request.app.get(CALLERS_KEY)
     caller = callers.get(uid, admin_group) if callers is not None else Caller.from_uid(uid, admin_group)
+    if token is not None:
+        caller = token.caller(caller)
+        request[_SCOPE_KEY] = token.scope
     request[_CACHE_KEY] = caller
+    return caller
+
+
+def _token(request: web.Request) -> Token:
+    tokens = request.app.get(TOKENS_KEY)
+    secret = bearer(request)
+    if secret is None:
+        raise NotAuthenticated("this listener needs Authorization: Bearer <token> (openbits token create)")
+    token = tokens.authenticate(secret) if tokens is not None else None
+    if token is None:
+        raise NotAuthenticated(INVALID_TOKEN)
+    return token
+
+
+def authorize(request: web.Request, needed: Scope) -> Caller:
+    """Let a TCP request in, before its body is read: 429 while its address is shut out
+    for wrong tokens, 401 without a valid token (counted against the address), 403
+    (E_ACCESSDENIED) when the token's scope does not cover ``needed``."""
+    guard = request.app.get(GUARD_KEY)
+    if guard is not None:
+        wait_s = guard.wait_s(request.remote)
+        if wait_s > 0:
+            raise TooManyFailures(
+                "too many invalid bearer tokens from this address; try again later", retry_after_s=wait_s
+            )
+    try:
+        caller = caller_of(request)
+    except NotAuthenticated:
+        if guard is not None and bearer(request) is not None:
+            guard.failed(request.remote)
+        raise
+    scope = request.get(_SCOPE_KEY)
+    if scope is not None and not scope.covers(needed):
+        raise AccessDenied(
+            f"this token's scope ({scope.value}) does not allow {request.method} {request.path}; "
+            f"it needs a {needed.value} token"
+        )
     return caller
 
 
@@ -87,10 +128,10 @@ def is_unix_socket(request: web.Request) -> bool:
 
 
 def still_authenticated(request: web.Request) -> bool:
-    """False once the bearer token a TCP request came with was revoked: a long answer (an
-    event stream) checks it before it sends more (a Unix-socket peer: always True)."""
+    """False once the bearer token a TCP request came with was revoked or expired: a long
+    answer (an event stream) checks it before it sends more (a Unix-socket peer: always True)."""
     if is_unix_socket(request):
         return True
     tokens = request.app.get(TOKENS_KEY)
     secret = bearer(request)
-    return tokens is not None and secret is not None and tokens.uid_for(secret) is not None
+    return tokens is not None and secret is not None and tokens.authenticate(secret) is not None

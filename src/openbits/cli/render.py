@@ -95,18 +95,26 @@ def print_table(jobs: Iterable[Mapping[str, Any]], empty: str = "no jobs") -> No
 
 
 def print_tokens(tokens: Sequence[Mapping[str, Any]]) -> None:
-    """The table of `token list` (ids and descriptions, never tokens); "no tokens" when empty."""
+    """The table of `token list` (ids, scopes and descriptions, never tokens); "no tokens"
+    when empty."""
     if not tokens:
         click.echo("no tokens")
         return
-    rows = [("TOKENID", "OWNER", "CREATED", "DESCRIPTION")]
+    rows = [("TOKENID", "OWNER", "SCOPE", "CREATED", "EXPIRES", "DESCRIPTION")]
+
+    def when(filetime: int) -> str:
+        if not filetime:
+            return "never"
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(unix_ns_from_filetime(filetime) / 1e9))
+
     for t in tokens:
-        created = time.localtime(unix_ns_from_filetime(t["CreationTime"]) / 1e9)
         rows.append(
             (
                 str(t["TokenId"]),
                 str(t["Owner"]),
-                time.strftime("%Y-%m-%d %H:%M", created),
+                str(t.get("Scope", "admin")),
+                when(int(t["CreationTime"])),
+                when(int(t.get("ExpirationTime") or 0)),
                 str(t["Description"]),
             )
         )

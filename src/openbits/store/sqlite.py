@@ -146,9 +146,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 EventRow = tuple[int, str, int, str, str, str, int]
 _EVENT_COLUMNS = "id, owner, owner_uid, job_id, type, data, created_ns"
 
-#: a bearer token: (token_id, sha256 hex of the token, uid, description, created_ns)
-TokenRow = tuple[str, str, int, str, int]
-_TOKEN_COLUMNS = "token_id, digest, uid, description, created_ns"
+#: a bearer token: (token_id, sha256 hex of the token, uid, description, created_ns, scope,
+#: expires_ns (0: never))
+TokenRow = tuple[str, str, int, str, int, str, int]
+_TOKEN_COLUMNS = "token_id, digest, uid, description, created_ns, scope, expires_ns"
 
 _JOB_COLUMNS = (
     "job_id, seq, owner, owner_uid, display_name, description, job_type, priority, state, "
@@ -403,11 +404,11 @@ class SqliteStore:
 
     def load_tokens(self) -> list[TokenRow]:
         rows = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_ns").fetchall()
-        return [(str(a), str(b), int(c), str(d), int(e)) for a, b, c, d, e in rows]
+        return [(str(a), str(b), int(c), str(d), int(e), str(f), int(g)) for a, b, c, d, e, f, g in rows]
 
     def add_token(self, row: TokenRow) -> None:
         with self._transaction() as db:
-            db.execute(f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?)", row)
+            db.execute(f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
     def delete_token(self, token_id: str) -> None:
         with self._transaction() as db:

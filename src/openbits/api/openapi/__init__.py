@@ -55,9 +55,10 @@ def _document() -> Schema:
         "servers": [
             {"url": "http://localhost", "description": "the daemon's Unix socket"},
             {
-                "url": "http://127.0.0.1:8765",
-                "description": "the TCP listener of `openbits serve --listen 127.0.0.1:8765`: every "
-                "request needs Authorization: Bearer <token> (else 401)",
+                "url": "https://127.0.0.1:8765",
+                "description": "the TCP listener of `openbits serve --listen 127.0.0.1:8765` (HTTPS "
+                "with --tls-cert/--tls-key): every request needs Authorization: Bearer <token> "
+                "(else 401), within the token's scope (else 403)",
             },
         ],
         "security": [{}, {"bearer": []}],
@@ -81,7 +82,13 @@ def _document() -> Schema:
             },
             "responses": {
                 "401": {
-                    "description": "the TCP listener without a valid bearer token (E_ACCESSDENIED)",
+                    "description": "the TCP listener without a valid bearer token (E_ACCESSDENIED; "
+                    "the same answer for an unknown, revoked or expired token)",
+                    "content": json_content(ref("Error")),
+                },
+                "429": {
+                    "description": "the TCP listener: too many invalid bearer tokens from this "
+                    "address; Retry-After says when it looks at a token again (E_ACCESSDENIED)",
                     "content": json_content(ref("Error")),
                 },
                 **{

@@ -336,8 +336,15 @@ def _token_paths() -> dict[str, Schema]:
             "Owner": {"type": "string"},
             "Description": {"type": "string", "maxLength": 256},
             "CreationTime": {"type": "integer", "minimum": 0, "description": "FILETIME"},
+            "Scope": {
+                "type": "string",
+                "enum": ["read", "submit", "admin"],
+                "description": "read: GET, Query, events, the Get* methods; submit: also create and "
+                "manage the owner's own jobs; admin: all the owner may do",
+            },
+            "ExpirationTime": {"type": "integer", "minimum": 0, "description": "FILETIME; 0: never"},
         },
-        ("TokenId", "Owner", "Description", "CreationTime"),
+        ("TokenId", "Owner", "Description", "CreationTime", "Scope", "ExpirationTime"),
         description="a bearer token of the TCP listener (the token itself is never shown again)",
     )
     return {
@@ -345,11 +352,23 @@ def _token_paths() -> dict[str, Schema]:
             "post": {
                 "operationId": "CreateToken",
                 "summary": "A bearer token for the TCP listener (openbits serve --listen), acting as the "
-                "caller; answered once, kept only as a hash. Over the Unix socket only (403 on TCP).",
+                "caller within its Scope (default submit); answered once, kept only as a hash. Over "
+                "the Unix socket only (403 on TCP).",
                 "requestBody": _body(
-                    obj({"Description": {"type": "string", "maxLength": 256}}),
+                    obj(
+                        {
+                            "Description": {"type": "string", "maxLength": 256},
+                            "Scope": {"type": "string", "enum": ["read", "submit", "admin"]},
+                            "ExpiresAfter": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 10 * 366 * 86400,
+                                "description": "seconds until the token expires (absent: never)",
+                            },
+                        }
+                    ),
                     required=False,
-                    example={"Description": "backup server"},
+                    example={"Description": "backup server", "Scope": "read", "ExpiresAfter": 604800},
                 ),
                 "responses": _responses(
                     obj(

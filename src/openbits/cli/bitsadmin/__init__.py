@@ -26,6 +26,7 @@ output), parsing.py and formatting.py bitsadmin's arguments and wording, usage.p
 
 from __future__ import annotations
 
+import ssl
 import sys
 from typing import NoReturn
 
@@ -102,6 +103,9 @@ def run(args: list[str]) -> int:
         return _failed("Unable to complete the operation", e)
     except DaemonUnavailable as e:
         print(str(e), file=sys.stderr)
+        return 3
+    except ssl.SSLError as e:  # an https daemon (OPENBITS_URL) whose certificate is not trusted
+        print(f"TLS with the openbits daemon failed: {e.reason or e} (OPENBITS_CACERT?)", file=sys.stderr)
         return 3
     except BrokenPipeError:
         if not pipe.stdout_closed():

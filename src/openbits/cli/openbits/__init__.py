@@ -37,9 +37,33 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     metavar="PATH",
     help="The daemon's Unix socket (env OPENBITS_SOCKET; default $XDG_RUNTIME_DIR/openbits/openbits.sock).",
 )
+@click.option(
+    "--url",
+    metavar="URL",
+    default=None,
+    help="The daemon's TCP listener, https://HOST:PORT (env OPENBITS_URL); wins over --socket.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A file holding the bearer token for --url (else env OPENBITS_TOKEN).",
+)
+@click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="CA certificates (PEM) to check an https daemon against (env OPENBITS_CACERT).",
+)
 @click.version_option(package_name="openbits", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    socket_path: str | None,
+    url: str | None,
+    token_file: str | None,
+    cacert: str | None,
+) -> None:
     """openbits - background file transfers that survive anything.
 
     openbits is the Background Intelligent Transfer Service of Windows, for Linux. A daemon
@@ -54,8 +78,13 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
     JOB is a JobId ({GUID}, any case, braces optional) or the display name of exactly one of
     your jobs. A job is created SUSPENDED: add files, resume it, wait, then complete it (or
     cancel it). 'openbits transfer' does all of that in one go.
+
+    Another machine's daemon (openbits serve --listen with --tls-cert) is reached with
+    --url https://HOST:PORT and a token from its 'openbits token create' (--token-file or
+    OPENBITS_TOKEN; never on the command line), checked against --cacert when its
+    certificate is not signed by a CA the system trusts.
     """
-    ctx.obj = Context(socket_path)  # (a command's own --socket may replace it)
+    ctx.obj = Context(socket_path, url, token_file, cacert)  # (a command's own --socket may replace it)
 
 
 for _group in (jobs, files, transfer, watch, service, store):

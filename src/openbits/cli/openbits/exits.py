@@ -3,6 +3,7 @@ stdout and Ctrl-C become a message on stderr and an exit code (the codes of ``op
 
 from __future__ import annotations
 
+import ssl
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -43,6 +44,8 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             if pipe.stdout_closed():  # `openbits get | head -1`: the reader is gone, not the daemon
                 sys.exit(pipe.leave_quietly())
             fail(f"cannot talk to the openbits daemon: {e}", EXIT_NO_DAEMON)
+        except ssl.SSLError as e:  # (before OSError's kinds: an https daemon's certificate)
+            fail(f"TLS with the openbits daemon failed: {e.reason or e} (its CA: --cacert)", EXIT_NO_DAEMON)
         except (ConnectionError, PermissionError, TimeoutError) as e:
             fail(f"cannot talk to the openbits daemon: {e}", EXIT_NO_DAEMON)
         except KeyboardInterrupt:

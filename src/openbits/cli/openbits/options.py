@@ -121,15 +121,43 @@ def read_password(prompt: str) -> str:
 
 
 class Context:
-    def __init__(self, socket_path: str | None = None) -> None:
+    """Where the commands find the daemon: the Unix socket, or ``url`` (``--url``: it wins
+    over a socket) with the bearer token of ``token_file`` (else $OPENBITS_TOKEN) and the
+    CA file ``cacert`` (else $OPENBITS_CACERT, else the system's trust)."""
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        url: str | None = None,
+        token_file: str | None = None,
+        cacert: str | None = None,
+    ) -> None:
         self.socket_path = socket_path
+        self.url = url
+        self.token_file = token_file
+        self.cacert = cacert
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.socket_path)
+            if self.url is None:
+                self._client = Client(self.socket_path)
+            else:
+                self._client = Client(url=self.url, token=self._token(), cacert=self.cacert)
         return self._client
+
+    def _token(self) -> str | None:
+        if self.token_file is None:
+            return None
+        try:
+            with open(self.token_file, encoding="utf-8") as fh:
+                token = fh.readline().strip()
+        except OSError as e:
+            raise click.UsageError(f"cannot read --token-file {self.token_file}: {e.strerror or e}") from None
+        if not token:
+            raise click.UsageError(f"--token-file {self.token_file} holds no token")
+        return token
 
 
 pass_ctx = click.make_pass_decorator(Context)

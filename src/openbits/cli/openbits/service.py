@@ -30,8 +30,32 @@ from openbits.errors import BitsError
     metavar="HOST:PORT",
     help="Also serve the API over TCP (e.g. 127.0.0.1:8765); callers there need a bearer token.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Serve --listen over HTTPS with this certificate chain (PEM).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The private key of --tls-cert (PEM; mode 0600).",
+)
+@click.option(
+    "--insecure-listen",
+    is_flag=True,
+    default=None,
+    help="Allow plain HTTP on a --listen address other than loopback (tokens in clear).",
+)
 def serve(
-    state_dir: str | None, socket_path: str | None, config_path: str | None, listen: str | None
+    state_dir: str | None,
+    socket_path: str | None,
+    config_path: str | None,
+    listen: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_listen: bool | None,
 ) -> None:
     """Run the daemon in the foreground (SIGTERM or SIGINT stop it cleanly).
 
@@ -42,11 +66,14 @@ def serve(
 
     With --listen (or listen = "HOST:PORT" in the file) the API is served over TCP too;
     every request there needs "Authorization: Bearer <token>" ('openbits token create').
+    With --tls-cert and --tls-key (tls_cert, tls_key) it is HTTPS. Plain HTTP is served
+    only on a loopback address, unless --insecure-listen (insecure_listen = true) says so.
 
     \b
     Example:
       openbits serve --config ~/.config/openbits.toml &
       openbits serve --listen 127.0.0.1:8765 &
+      openbits serve --listen 0.0.0.0:8765 --tls-cert cert.pem --tls-key key.pem &
     """
     from openbits.config import Config
     from openbits.daemon import run
@@ -57,6 +84,9 @@ def serve(
             state_dir=os.path.abspath(state_dir) if state_dir else None,
             socket=os.path.abspath(socket_path) if socket_path else None,
             listen=listen,
+            tls_cert=os.path.abspath(tls_cert) if tls_cert else None,
+            tls_key=os.path.abspath(tls_key) if tls_key else None,
+            insecure_listen=insecure_listen,
         )
     except (OSError, ValueError, TypeError) as e:
         fail(f"bad configuration: {e}", EXIT_USAGE)
@@ -124,24 +154,56 @@ def policy_set(ctx: Context, settings: tuple[str, ...], as_json: bool) -> None:
 def token() -> None:
     """Bearer tokens for the daemon's TCP listener (openbits serve --listen).
 
-    A token acts as you, with your rights, on the TCP listener until it is revoked. It is
-    shown once, when it is created: the daemon keeps only its hash. Tokens are managed over
-    the Unix socket only.
+    A token acts as you on the TCP listener, within its scope, until it expires or is
+    revoked. Scopes: read (list, get, query, events), submit (also create and manage your
+    own jobs; the default) and admin (all you may do: an administrator's admin token acts on
+    every user's jobs and the policy). It is shown once, when it is created: the daemon
+    keeps only its hash. Tokens are managed over the Unix socket only.
 
     \b
     Example:
-      TOKEN=$(openbits token create --description "backup server")
-      curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8765/root/microsoft/bits/BitsClientJob
+      TOKEN=$(openbits token create --scope read --expires 7d --description "dashboard")
+      curl --cacert ca.pem -H "Authorization: Bearer $TOKEN" https://host:8765/root/microsoft/bits/BitsClientJob
     """
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: str | None) -> int | None:
+    """``90``, ``30m``, ``12h``, ``7d``, ``2w`` as seconds; ``never`` (or nothing) as None."""
+    if value is None or value.strip().lower() in ("", "never"):
+        return None
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1]) if text[-1].isalpha() else 1
+    number = text[:-1] if text[-1].isalpha() else text
+    if unit is None or not number.isdigit() or int(number) == 0:
+        raise click.BadParameter(
+            f"{value!r}: use a duration such as 3600, 30m, 12h, 7d or 2w", param_hint="--expires"
+        )
+    return int(number) * unit
 
 
 @token.command(name="create")
 @click.option("--description", "-d", default="", help="What the token is for (≤ 256 characters).")
-@json_option('{"TokenId", "Token", "Owner", "Description", "CreationTime"}')
+@click.option(
+    "--scope",
+    type=click.Choice(["read", "submit", "admin"], case_sensitive=False),
+    default="submit",
+    show_default=True,
+    help="What it may do: read, submit (also your own jobs), admin (all you may do).",
+)
+@click.option(
+    "--expires",
+    metavar="DURATION",
+    default=None,
+    help="Expire after 3600, 30m, 12h, 7d, 2w (default: never).",
+)
+@json_option('{"TokenId", "Token", "Owner", "Description", "CreationTime", "Scope", "ExpirationTime"}')
 @socket_option
 @pass_ctx
 @handled
-def token_create(ctx: Context, description: str, as_json: bool) -> None:
+def token_create(ctx: Context, description: str, scope: str, expires: str | None, as_json: bool) -> None:
     """Create a token and print it (only now: it cannot be shown again).
 
     Without --json only the token is printed, for a script to keep; its TokenId (to revoke
@@ -150,8 +212,10 @@ def token_create(ctx: Context, description: str, as_json: bool) -> None:
     \b
     Example:
       openbits token create -d "ci runner" > ~/.config/openbits/token && chmod 600 ~/.config/openbits/token
+      openbits token create --scope read --expires 7d -d "dashboard"
     """
-    result = ctx.client.create_token(description)
+    lifetime_s = parse_duration(expires)
+    result = ctx.client.create_token(description, scope=scope.lower(), expires_after_s=lifetime_s)
     if as_json:
         print_json(result)
     else:
@@ -165,7 +229,7 @@ def token_create(ctx: Context, description: str, as_json: bool) -> None:
 @pass_ctx
 @handled
 def token_list(ctx: Context, all_users: bool, as_json: bool) -> None:
-    """List your tokens: id, owner, description, creation time (never the token).
+    """List your tokens: id, owner, scope, creation and expiry time, description (never the token).
 
     \b
     Example:
