@@ -29,7 +29,9 @@ def cred(scheme: AuthScheme, user: str | None = "u", password: str | None = "p",
 
 
 def test_one_header_several_challenges_with_params_and_token68() -> None:
-    got = parse_challenges(['Newauth realm="apps", type=1, title="Login to \\"apps\\"", Basic realm="simple"'])
+    got = parse_challenges(
+        ['Newauth realm="apps", type=1, title="Login to \\"apps\\"", Basic realm="simple"']
+    )
     assert got == [
         Challenge("newauth", params={"realm": "apps", "type": "1", "title": 'Login to "apps"'}),
         Challenge("basic", params={"realm": "simple"}),
@@ -54,7 +56,7 @@ def test_token68_is_told_from_params() -> None:
 def test_tricky_quoting_commas_and_spaces() -> None:
     value = (
         ' ,Digest realm = "a, b\\\\c" ,nonce="n=1,2" , qop="auth,auth-int",'
-        " algorithm=SHA-256 ,  , Basic realm=\"r\" "
+        ' algorithm=SHA-256 ,  , Basic realm="r" '
     )
     got = parse_challenges([value])
     assert got[0] == Challenge(

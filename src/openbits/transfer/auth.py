@@ -321,6 +321,7 @@ class Authenticator:
         "secure",
         "status",
         "target",
+        "verified",
     )
 
     def __init__(
@@ -340,6 +341,8 @@ class Authenticator:
         self.problem: str | None = None
         self.negotiated_protocol: str | None = None
         self.basic_in_clear = False
+        #: False once the final answer failed Negotiate's mutual authentication (``verify``)
+        self.verified = True
         self._context: ContextProxy | None = None
         self._legs = 0
         self._nc = 0
@@ -375,6 +378,7 @@ class Authenticator:
             return True  # no final token: nothing to check (RFC 4559 makes it optional)
         if self._step(challenge.token68) is None and not context.complete:
             self.problem = f"the {self._who()} failed Negotiate's mutual authentication"
+            self.verified = False
             return False
         return True
 
