@@ -838,7 +838,7 @@ class H1Client:
             if len(inflight) >= depth:
                 break
             try:
-                target = Target(url, tls)
+                target = Target(url, tls, key[3])
             except (BadRequest, ValueError):
                 break
             if target.key != key:
