@@ -9,11 +9,15 @@ RUN_DIR := .run
 
 .PHONY: run stop test venv test-deps lint typecheck unit integration chaos fuzz bench bench-1g bench-small bench-rss bench-throttle bench-events soak clean
 
+# gssapi and krb5 (pyspnego's kerberos extra) compile against libkrb5-dev: install it first.
+# pip keeps the wheels it built in its cache, so a fresh venv on the same machine does not
+# compile them again; the step is skipped altogether while pyproject.toml is unchanged.
 $(VENV)/.installed: pyproject.toml
+	@bash scripts/ensure-debian-packages.sh libkrb5-dev gcc
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(PIP) install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true
-	$(PY) -c "import openbits, aiohttp, click, rich, pytest"
+	$(PY) -c "import openbits, aiohttp, click, rich, pytest, gssapi, krb5, spnego"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -31,8 +35,12 @@ stop:
 test: venv test-deps lint typecheck
 	$(PY) -m pytest -q tests
 
+# The servers of the integration tests: nginx, tinyproxy, curl (the smoke tests' client), an MIT
+# Kerberos KDC (krb5-kdc, kadmin.local from krb5-admin-server, kinit from krb5-user), Apache with
+# mod_auth_gssapi and the NTLM mechanism (gss-ntlmssp), squid, and microsocks for SOCKS5.
 test-deps:
-	@bash scripts/ensure-debian-packages.sh nginx tinyproxy
+	@bash scripts/ensure-debian-packages.sh nginx tinyproxy curl krb5-kdc krb5-admin-server krb5-user \
+		apache2 libapache2-mod-auth-gssapi gss-ntlmssp squid microsocks
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
