@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -82,8 +83,17 @@ class RequestOptions:
     @property
     def partition(self) -> str:
         """The connection pool partition of the job's requests: its own when it has
-        credentials (connections that carried them serve no other job), else shared ("")."""
-        return self.job_id if self.credentials else ""
+        credentials, else shared ("").  A connection NTLM or Negotiate authenticated stays
+        authenticated, so it serves no other job, nor this job once its credentials changed:
+        the partition names the job and a digest of its credentials."""
+        if not self.credentials:
+            return ""
+        digest = hashlib.blake2b(digest_size=12)
+        for c in self.credentials:
+            password = c.password.reveal() if c.password is not None else ""
+            fields = (str(int(c.target)), str(int(c.scheme)), c.user_name or "", password, str(c.missing))
+            digest.update("\0".join(fields).encode("utf-8", "surrogatepass") + b"\1")
+        return f"{self.job_id}/{digest.hexdigest()}"
 
     def server_credentials(self) -> bool:
         return any(c.target == AuthTarget.SERVER for c in self.credentials)
