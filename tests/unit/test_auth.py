@@ -277,3 +277,10 @@ def test_ntlm_legs_against_pyspnego_acceptor() -> None:
                 del os.environ["NTLM_USER_FILE"]
             else:
                 os.environ["NTLM_USER_FILE"] = old
+
+
+def test_default_credentials_only_for_a_daemon_running_as_the_owner() -> None:
+    no_names = cred(AuthScheme.NEGOTIATE, user=None, password=None)
+    auth = Authenticator(AuthTarget.SERVER, [no_names], "h", secure=True, default_credentials=False)
+    assert auth.answer(401, heads("Negotiate"), "GET", "/") is None
+    assert auth.problem is not None and "default credentials" in auth.problem

@@ -183,6 +183,11 @@ def usable(credential: Credential) -> bool:
     return credential.scheme in CONNECTION_BOUND
 
 
+def _uses_default(credential: Credential) -> bool:
+    """An NTLM/Negotiate credential without a password: the process's default credentials."""
+    return credential.scheme in CONNECTION_BOUND and credential.password is None and not credential.missing
+
+
 def offered(challenges: Sequence[Challenge]) -> dict[AuthScheme, Challenge]:
     """The schemes we speak among ``challenges``, each with its challenge (for Digest the
     one of the strongest algorithm we support; else the first)."""
@@ -310,6 +315,7 @@ class Authenticator:
         "_credentials",
         "_legs",
         "_nc",
+        "_no_default",
         "_stale",
         "basic_in_clear",
         "challenge_header",
@@ -325,17 +331,28 @@ class Authenticator:
     )
 
     def __init__(
-        self, target: AuthTarget, credentials: Iterable[Credential], host: str, *, secure: bool
+        self,
+        target: AuthTarget,
+        credentials: Iterable[Credential],
+        host: str,
+        *,
+        secure: bool,
+        default_credentials: bool = True,
     ) -> None:
         """``credentials``: the job's (those of other targets are ignored); ``host``: the
         server's (or proxy's) host name, Kerberos' service principal is HTTP/host; ``secure``:
-        the exchange is inside TLS (Basic in the clear is worth a warning)."""
+        the exchange is inside TLS (Basic in the clear is worth a warning);
+        ``default_credentials``: NTLM/Negotiate credentials without a password may use the
+        process's own (its Kerberos ticket cache, KRB5CCNAME): only when the process runs
+        as the job's owner, else they are the daemon's, not his, and count as none."""
         self.target = target
         proxy = target == AuthTarget.PROXY
         self.status = 407 if proxy else 401
         self.header_name = "Proxy-Authorization" if proxy else "Authorization"
         self.challenge_header = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
-        self._credentials = {c.scheme: c for c in credentials if c.target == target}
+        mine = [c for c in credentials if c.target == target]
+        self._no_default = {c.scheme for c in mine if not default_credentials and _uses_default(c)}
+        self._credentials = {c.scheme: c for c in mine if c.scheme not in self._no_default}
         self.host, self.secure = host, secure
         self.scheme: AuthScheme | None = None
         self.problem: str | None = None
@@ -487,6 +504,11 @@ class Authenticator:
         if self.problem is not None:
             return self.problem  # (a context that could not start says why)
         names = ", ".join(SCHEME_NAMES[s] for s in PREFERENCE if s in schemes) or "no scheme we speak"
+        if self._no_default & set(schemes):
+            return (
+                f"the {self._who()} {names} credential has no password, and the owner's default "
+                "credentials (his Kerberos ticket cache) are usable only by a daemon running as him"
+            )
         for scheme in PREFERENCE:
             credential = self._credentials.get(scheme)
             if scheme in schemes and credential is not None and credential.missing:

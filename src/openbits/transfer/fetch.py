@@ -396,8 +396,13 @@ class FileDownload:
         if not options.server_credentials() or not redirects.same_origin(url, self.file.remote_url):
             return None
         parts = yarl.URL(url)
-        secure = parts.scheme.lower() == "https"
-        return Authenticator(AuthTarget.SERVER, options.credentials, parts.host or "", secure=secure)
+        return Authenticator(
+            AuthTarget.SERVER,
+            options.credentials,
+            parts.host or "",
+            secure=parts.scheme.lower() == "https",
+            default_credentials=self.owner.uid == os.geteuid(),
+        )
 
     def _authenticated(self, auth: Authenticator, status: int) -> None:
         """After the exchange: a 401 its credentials did not get past (or a server that
