@@ -127,11 +127,20 @@ async def test_digest(apache: Apache, served: str, downloader: Downloader, tmp_p
 
 @pytest.mark.parametrize("user", [USER, f"OPENBITS\\{USER}"])
 async def test_ntlm(apache: Apache, served: str, downloader: Downloader, tmp_path: Path, user: str) -> None:
-    """NTLM's three legs must share one connection (Apache binds the context to it)."""
+    """NTLM's three legs share one connection (Apache binds the context to it), and the
+    job's next file goes over that authenticated connection without a new handshake."""
     path = f"/ntlm/{served}"
-    assert await fetch(downloader, apache.origin_url + path, tmp_path, server(AuthScheme.NTLM, user)) == BODY
-    status, _who, mech = logged(apache, path)[-1]
-    assert status == 200 and mech is not None and mech.endswith("NTLM")
+    h1 = downloader.transport.h1
+    assert h1 is not None
+    before = len(logged(apache, path))
+    for _ in range(2):
+        assert (
+            await fetch(downloader, apache.origin_url + path, tmp_path, server(AuthScheme.NTLM, user)) == BODY
+        )
+    entries = logged(apache, path)[before:]
+    assert [status for status, _who, _mech in entries] == [401, 401, 200, 200]
+    assert all(mech is not None and mech.endswith("NTLM") for _s, _w, mech in entries[2:])
+    assert h1.connections_opened == 1
     await refused(downloader, apache.origin_url + path, tmp_path, server(AuthScheme.NTLM, user, WRONG))
 
 

@@ -369,6 +369,7 @@ class H1Client:
         #: bodies may move socket → pipe → file inside the kernel (off once refused)
         self.splice_ok = splice
         self.spliced_bytes = 0  # moved by splice since the start
+        self.connections_opened = 0  # TCP connections made since the start
         self.read_timeout_s = read_timeout_s
         self.read_bytes = read_bytes
         self.default_headers = dict(default_headers or {})
@@ -386,6 +387,7 @@ class H1Client:
 
     async def _connect(self, key: Key, tls: ssl.SSLContext | None = None) -> _Conn:
         conn = await self._connect_tcp(key)
+        self.connections_opened += 1
         if tls is not None:
             try:
                 await self._handshake(conn, tls)
