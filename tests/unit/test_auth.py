@@ -284,3 +284,38 @@ def test_default_credentials_only_for_a_daemon_running_as_the_owner() -> None:
     auth = Authenticator(AuthTarget.SERVER, [no_names], "h", secure=True, default_credentials=False)
     assert auth.answer(401, heads("Negotiate"), "GET", "/") is None
     assert auth.problem is not None and "default credentials" in auth.problem
+
+
+@pytest.mark.parametrize("tamper", [False, True], ids=["intact", "tampered"])
+def test_negotiate_checks_the_servers_final_token(
+    tamper: bool, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPNEGO (NTLM inside, against a pyspnego acceptor): the server's last token, sent with
+    the 200, completes the context; a tampered one fails mutual authentication."""
+    spnego = pytest.importorskip("spnego")
+    import pathlib
+
+    users = pathlib.Path(str(tmp_path)) / "users"
+    users.write_text("DOM:alice:s3cret\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(users))
+    monkeypatch.setenv("KRB5_CONFIG", str(users.with_name("no-krb5.conf")))
+    server = spnego.server(protocol="negotiate")
+    auth = Authenticator(
+        AuthTarget.SERVER, [cred(AuthScheme.NEGOTIATE, "DOM\\alice", "s3cret")], "h", secure=True
+    )
+    value = auth.answer(401, heads("Negotiate"), "GET", "/")
+    while True:
+        assert value is not None and value.startswith("Negotiate ")
+        out = server.step(base64.b64decode(value[10:]))
+        assert out is not None
+        token = base64.b64encode(out).decode()
+        if server.complete:
+            break
+        value = auth.answer(401, heads("Negotiate " + token), "GET", "/")
+    if tamper:
+        raw = bytearray(out)
+        raw[-8] ^= 0xFF  # (inside the mechListMIC checksum)
+        token = base64.b64encode(bytes(raw)).decode()
+    assert auth.verify(200, heads("Negotiate " + token)) is not tamper
+    assert auth.verified is not tamper
+    assert (auth.problem is not None and "mutual" in auth.problem) is tamper

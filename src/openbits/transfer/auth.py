@@ -393,7 +393,8 @@ class Authenticator:
         challenge = offered(parse_challenges(values)).get(AuthScheme.NEGOTIATE)
         if challenge is None or challenge.token68 is None:
             return True  # no final token: nothing to check (RFC 4559 makes it optional)
-        if self._step(challenge.token68) is None and not context.complete:
+        self._step(challenge.token68)
+        if self._context is None or not context.complete:  # (_step drops a context that failed)
             self.problem = f"the {self._who()} failed Negotiate's mutual authentication"
             self.verified = False
             return False
