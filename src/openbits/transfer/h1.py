@@ -733,13 +733,18 @@ class H1Client:
         response._released = True  # the connection stays with the exchange
         body = response.content
         read = 0
-        with contextlib.suppress(H1Error, TimeoutError):
+        try:
             while not body.done and read <= MAX_AUTH_BODY_BYTES:
-                chunk = await body.read()
+                chunk = await body.read(SMALL_READ_BYTES)
                 if not chunk:
                     break
                 read += len(chunk)
-        if body.done and response.keep_alive and not conn.eof and not conn.buffered():
+        except (H1Error, TimeoutError):
+            pass  # (the next leg goes over a new connection)
+        except BaseException:
+            conn.close()
+            raise
+        if body.done and response.keep_alive and not (conn.eof or conn.buffered() or conn.inflight):
             return conn
         conn.close()
         return None
