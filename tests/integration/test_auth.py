@@ -6,6 +6,7 @@ connection (``GssapiConnectionBound On``); no Authorization before the 401."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -15,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from openbits.errors import BitsError, HResult
-from openbits.model import AuthScheme, AuthTarget, Credential, ErrorContext, JobFile, Secret
+from openbits.model import AuthScheme, AuthTarget, Credential, ErrorContext, JobFile, JobState, Secret
+from openbits.store.sqlite import SqliteStore
 from openbits.transfer.download import Downloader, Owner, RequestOptions
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import TLSContexts
 from tests.support.apache import Apache
+from tests.support.daemon import Daemon
 from tests.support.kdc import PASSWORD, USER, Kdc
 from tests.support.rawserver import RecordingProgress
 
@@ -199,3 +202,51 @@ async def test_proxy_credentials_do_not_answer_a_server(
 ) -> None:
     proxy = Credential(AuthTarget.PROXY, AuthScheme.BASIC, USER, Secret(PASSWORD))
     await refused(downloader, f"{apache.origin_url}/basic/{served}", tmp_path, proxy)
+
+
+# -- the real daemon -------------------------------------------------------------------------
+
+
+def with_credential(state_dir: Path, job_id: str, credential: Credential) -> None:
+    """What SetCredentials will do, written through the store while the daemon is stopped."""
+    store = SqliteStore(str(state_dir / "jobs.sqlite"))
+    try:
+        job = store.load_job(job_id)
+        assert job is not None
+        job.credentials[(credential.target, credential.scheme)] = credential
+        store.save_job(job)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("password", [PASSWORD, WRONG], ids=["right", "wrong"])
+def test_daemon_job_with_server_credentials(
+    apache: Apache, served: str, tmp_path: Path, dest: Path, password: str
+) -> None:
+    daemon = Daemon(tmp_path / "state")
+    daemon.start()
+    try:
+        job_id = daemon.client.create_job("auth").job_id
+        daemon.client.add_file(job_id, f"{apache.origin_url}/digest/{served}", str(dest / "out.bin"))
+    finally:
+        daemon.stop()
+    with_credential(daemon.state_dir, job_id, server(AuthScheme.DIGEST, password=password))
+    daemon.start()
+    try:
+        daemon.client.resume(job_id)
+        if password == PASSWORD:
+            daemon.wait_state(job_id, JobState.TRANSFERRED)
+            daemon.client.complete(job_id)
+            assert (dest / "out.bin").read_bytes() == BODY
+        else:
+            daemon.wait_state(job_id, JobState.ERROR)
+            error = daemon.client.get_error(job_id)
+            assert (error.hresult, error.context) == (HResult.BG_E_HTTP_ERROR_401, ErrorContext.REMOTE_FILE)
+            assert "refused" in error.error_description
+        instance = json.dumps(daemon.job(job_id))
+        assert '"UserName": "alice"' in instance and password not in instance
+    finally:
+        daemon.stop()
+    for leftover in daemon.state_dir.iterdir():  # the store, its WAL, the log: never the password
+        if leftover.is_file():
+            assert password.encode() not in leftover.read_bytes(), leftover.name
