@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from openbits.model import AuthScheme, AuthTarget, Credential, Secret
@@ -319,3 +321,29 @@ def test_negotiate_checks_the_servers_final_token(
     assert auth.verify(200, heads("Negotiate " + token)) is not tamper
     assert auth.verified is not tamper
     assert (auth.problem is not None and "mutual" in auth.problem) is tamper
+
+
+@given(st.lists(st.text(max_size=200), max_size=4))
+def test_any_header_text_parses_without_raising(values: list[str]) -> None:
+    for challenge in parse_challenges(values):
+        assert challenge.scheme == challenge.scheme.lower()
+
+
+_tokens = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,8}", fullmatch=True)
+
+
+@given(st.lists(st.tuples(_tokens, st.dictionaries(_tokens, st.text(max_size=20), max_size=4)), max_size=4))
+def test_written_challenges_parse_back(written: list[tuple[str, dict[str, str]]]) -> None:
+    """Challenges written with quoted values (quotes and backslashes escaped) come back."""
+    parts = []
+    for scheme, params in written:
+        quoted = ", ".join(
+            f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+            for k, v in params.items()
+        )
+        parts.append(f"{scheme} {quoted}".rstrip())
+    got = parse_challenges([", ".join(parts)])
+    expected = [
+        Challenge(s.lower(), params={k.lower(): v for k, v in reversed(list(p.items()))}) for s, p in written
+    ]
+    assert [(c.scheme, dict(c.params)) for c in got] == [(c.scheme, dict(c.params)) for c in expected]
