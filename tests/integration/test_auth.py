@@ -147,6 +147,15 @@ async def test_ntlm(apache: Apache, served: str, downloader: Downloader, tmp_pat
     await refused(downloader, apache.origin_url + path, tmp_path, server(AuthScheme.NTLM, user, WRONG))
 
 
+async def test_ntlm_over_https_with_channel_bindings(
+    apache: Apache, served: str, downloader: Downloader, tmp_path: Path
+) -> None:
+    """Over TLS the NTLM tokens carry the server certificate's channel binding."""
+    path = f"/ntlm/{served}"
+    assert await fetch(downloader, apache.origin_https_url + path, tmp_path, server(AuthScheme.NTLM)) == BODY
+    assert logged(apache, path)[-1][0] == 200
+
+
 async def test_negotiate_is_kerberos(
     apache: Apache, kerberos: Kdc, served: str, downloader: Downloader, tmp_path: Path
 ) -> None:

@@ -347,3 +347,49 @@ def test_written_challenges_parse_back(written: list[tuple[str, dict[str, str]]]
         Challenge(s.lower(), params={k.lower(): v for k, v in reversed(list(p.items()))}) for s, p in written
     ]
     assert [(c.scheme, dict(c.params)) for c in got] == [(c.scheme, dict(c.params)) for c in expected]
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-certificate", "other-certificate"])
+def test_ntlm_binds_its_tokens_to_the_tls_certificate(
+    same: bool, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 5929 tls-server-end-point: an acceptor expecting the bindings of the certificate
+    it serves accepts our tokens; one behind another certificate (a relay) refuses them."""
+    spnego = pytest.importorskip("spnego")
+    trustme = pytest.importorskip("trustme")
+    import hashlib
+    import pathlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from spnego.channel_bindings import GssChannelBindings
+
+    from openbits.transfer.auth import tls_server_end_point
+
+    users = pathlib.Path(str(tmp_path)) / "users"
+    users.write_text("DOM:alice:s3cret\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(users))
+    ca = trustme.CA()
+    ders = [
+        x509.load_pem_x509_certificate(ca.issue_cert(name).cert_chain_pems[0].bytes()).public_bytes(
+            Encoding.DER
+        )
+        for name in ("a.test", "b.test")
+    ]
+    assert tls_server_end_point(ders[0]) == b"tls-server-end-point:" + hashlib.sha256(ders[0]).digest()
+    expected = GssChannelBindings(application_data=tls_server_end_point(ders[0 if same else 1]))
+    server = spnego.server(protocol="ntlm", channel_bindings=expected)
+    auth = Authenticator(AuthTarget.SERVER, [cred(AuthScheme.NTLM, "DOM\\alice", "s3cret")], "h", secure=True)
+    auth.server_certificate = ders[0]
+    first = auth.answer(401, heads("NTLM"), "GET", "/")
+    assert first is not None
+    challenge = server.step(base64.b64decode(first[5:]))
+    assert challenge is not None
+    last = auth.answer(401, heads("NTLM " + base64.b64encode(challenge).decode()), "GET", "/")
+    assert last is not None
+    if same:
+        server.step(base64.b64decode(last[5:]))
+        assert server.complete
+    else:
+        with pytest.raises(spnego.exceptions.SpnegoError):
+            server.step(base64.b64decode(last[5:]))

@@ -295,6 +295,24 @@ def _digest_username(user: str, realm: str, userhash: bool, h: Callable[[str], s
     return "username*=UTF-8''" + urllib.parse.quote(user, safe="")
 
 
+def tls_server_end_point(certificate_der: bytes) -> bytes:
+    """The ``tls-server-end-point`` channel binding of a server certificate (RFC 5929 §4.1):
+    its hash by its signature's hash algorithm, SHA-256 for MD5 and SHA-1 (or none known)."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        algorithm = x509.load_der_x509_certificate(certificate_der).signature_hash_algorithm
+    except (ValueError, UnsupportedAlgorithm):
+        algorithm = None
+    if algorithm is None or isinstance(algorithm, hashes.MD5 | hashes.SHA1):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(certificate_der)
+    return b"tls-server-end-point:" + digest.finalize()
+
+
 def new_cnonce() -> str:
     return base64.b64encode(os.urandom(24)).decode("ascii")
 
@@ -325,6 +343,7 @@ class Authenticator:
         "problem",
         "scheme",
         "secure",
+        "server_certificate",
         "status",
         "target",
         "verified",
@@ -354,6 +373,9 @@ class Authenticator:
         self._no_default = {c.scheme for c in mine if not default_credentials and _uses_default(c)}
         self._credentials = {c.scheme: c for c in mine if c.scheme not in self._no_default}
         self.host, self.secure = host, secure
+        #: the TLS server's certificate (DER), set by the transport: NTLM and Negotiate bind
+        #: their tokens to it (channel bindings, as Windows' Extended Protection asks)
+        self.server_certificate: bytes | None = None
         self.scheme: AuthScheme | None = None
         self.problem: str | None = None
         self.negotiated_protocol: str | None = None
@@ -457,8 +479,20 @@ class Authenticator:
         import spnego.exceptions
 
         protocol = "ntlm" if scheme == AuthScheme.NTLM else "negotiate"
+        bindings = None
+        if self.server_certificate is not None:
+            from spnego.channel_bindings import GssChannelBindings
+
+            bindings = GssChannelBindings(application_data=tls_server_end_point(self.server_certificate))
         try:
-            return spnego.client(user, password, hostname=self.host, service="HTTP", protocol=protocol)
+            return spnego.client(
+                user,
+                password,
+                hostname=self.host,
+                service="HTTP",
+                protocol=protocol,
+                channel_bindings=bindings,
+            )
         except (spnego.exceptions.SpnegoError, ValueError) as e:
             self.problem = f"cannot start {SCHEME_NAMES[scheme]} with the {self._who()} credential: {e}"
             return None

@@ -708,6 +708,8 @@ class H1Client:
         of the one before while the server keeps it open: NTLM and Negotiate authenticate the
         connection, not the request; a new connection restarts their handshake."""
         while response.status == auth.status:
+            if response._conn.tls is not None and auth.server_certificate is None:
+                auth.server_certificate = response._conn.tls.getpeercert(binary_form=True)
             conn = await self._drain(response)
             try:
                 if conn is None:
