@@ -15,32 +15,48 @@ modules; ``download.Downloader`` picks one per file.  Order of durability:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import hashlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
 import yarl
 from multidict import CIMultiDictProxy
 
-from openbits.model import ClientCertificate, Credential, Job, JobFile, ProxyUsage, parse_custom_headers
+from openbits.model import (
+    AuthTarget,
+    ClientCertificate,
+    Credential,
+    Job,
+    JobFile,
+    ProxyUsage,
+    parse_custom_headers,
+    redact_url,
+)
 from openbits.transfer import checks, redirects
 from openbits.transfer import files as fs
+from openbits.transfer.auth import Authenticator
 from openbits.transfer.checks import Restart
 from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
     TLSContexts,
+    auth_error,
     env_proxy_for,
     invalid_response,
     network_error,
 )
 from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
 from openbits.transfer.throttle import Throttle
+
+log = logging.getLogger("openbits.transfer")
 
 #: a body up to this long (known length) is read whole and written at once
 SMALL_BODY_BYTES = 256 * 1024
@@ -63,6 +79,24 @@ class RequestOptions:
     #: PRECONFIG: the caller's proxy variables at CreateJob (None: the daemon's)
     proxy_environment: Mapping[str, str] | None = None
     client_certificate: ClientCertificate | None = None
+
+    @property
+    def partition(self) -> str:
+        """The connection pool partition of the job's requests: its own when it has
+        credentials, else shared ("").  A connection NTLM or Negotiate authenticated stays
+        authenticated, so it serves no other job, nor this job once its credentials changed:
+        the partition names the job and a digest of its credentials."""
+        if not self.credentials:
+            return ""
+        digest = hashlib.blake2b(digest_size=12)
+        for c in self.credentials:
+            password = c.password.reveal() if c.password is not None else ""
+            fields = (str(int(c.target)), str(int(c.scheme)), c.user_name or "", password, str(c.missing))
+            digest.update("\0".join(fields).encode("utf-8", "surrogatepass") + b"\1")
+        return f"{self.job_id}/{digest.hexdigest()}"
+
+    def server_credentials(self) -> bool:
+        return any(c.target == AuthTarget.SERVER for c in self.credentials)
 
     @classmethod
     def of(cls, job: Job) -> RequestOptions:
@@ -153,6 +187,28 @@ class Tuning:
     read_buffer_bytes: int = 4 * 1024 * 1024
 
 
+class Notices:
+    """What was already logged about a job (a warning once per job, not per request): a
+    bounded memory, the oldest forgotten first."""
+
+    __slots__ = ("_seen",)
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+
+    def first(self, job_id: str, what: str) -> bool:
+        """True the first time ``what`` is told of ``job_id``."""
+        key = (job_id, what)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.LIMIT:
+            self._seen.popitem(last=False)
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class Transport:
     """What every download shares: the clients (``h1`` for HTTP and HTTPS, the aiohttp
@@ -166,6 +222,7 @@ class Transport:
     throttle: Throttle
     tuning: Tuning
     free_space: fs.FreeSpace
+    notices: Notices = field(default_factory=Notices)
 
 
 class Ahead:
@@ -274,18 +331,26 @@ class FileDownload:
         )
 
     def _request(
-        self, url: str, headers: dict[str, str], ahead: Iterable[tuple[str, Mapping[str, str]]]
+        self,
+        url: str,
+        headers: dict[str, str],
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+        auth: Authenticator | None = None,
     ) -> contextlib.AbstractAsyncContextManager[HTTPResponse]:
-        """One GET, no redirects followed: through ``h1`` unless through a proxy."""
+        """One GET, no redirects followed: through ``h1`` unless through a proxy; ``auth``
+        answers the server's 401s (``h1`` only)."""
         transport = self.transport
-        flags = self.options.security_flags
+        options = self.options
+        flags = options.security_flags
         proxy = env_proxy_for(url, transport.proxies)
         if transport.h1 is not None and proxy is None:
             scheme = url[:6].lower()
+            part = options.partition
             if scheme.startswith("http:"):
-                return transport.h1.get(url, headers, ahead)
+                return transport.h1.get(url, headers, ahead, auth=auth, partition=part)
             if scheme == "https:":
-                return transport.h1.get(url, headers, ahead, transport.tls.for_h1(flags))
+                tls = transport.tls.for_h1(flags)
+                return transport.h1.get(url, headers, ahead, tls, auth=auth, partition=part)
         return transport.session.get(
             url,
             headers=headers,
@@ -306,11 +371,14 @@ class FileDownload:
         url = self.file.remote_url
         try:
             for _hop in range(redirects.MAX_REDIRECTS + 1):
-                async with self._request(url, headers, ahead) as resp:
+                auth = self._authenticator(url)
+                async with self._request(url, headers, ahead, auth) as resp:
                     target = redirects.next_url(
                         resp.status, resp.headers.get("Location"), resp.url, url, flags
                     )
                     if target is None:
+                        if auth is not None:
+                            self._authenticated(auth, resp.status)
                         yield resp
                         return
                 url = target
@@ -320,6 +388,34 @@ class FileDownload:
         except NETWORK_EXCEPTIONS as e:
             raise network_error(e, self.file.remote_url) from e
         raise invalid_response(f"more than {redirects.MAX_REDIRECTS} redirects")
+
+    def _authenticator(self, url: str) -> Authenticator | None:
+        """The authentication of a request to ``url``: the job's server credentials answer
+        its origin only (never another one a redirect leads to); None without any."""
+        options = self.options
+        if not options.server_credentials() or not redirects.same_origin(url, self.file.remote_url):
+            return None
+        parts = yarl.URL(url)
+        return Authenticator(
+            AuthTarget.SERVER,
+            options.credentials,
+            parts.host or "",
+            secure=parts.scheme.lower() == "https",
+            default_credentials=self.owner.uid == os.geteuid(),
+        )
+
+    def _authenticated(self, auth: Authenticator, status: int) -> None:
+        """After the exchange: a 401 its credentials did not get past (or a server that
+        failed mutual authentication) is the job's error, saying why; Basic in the clear is
+        worth a warning, once per job."""
+        if auth.basic_in_clear and self.transport.notices.first(self.options.job_id, "basic-in-clear"):
+            log.warning(
+                "job %s: its Basic credentials went to %s over plain http:// (readable on the way)",
+                self.options.job_id,
+                redact_url(self.file.remote_url),
+            )
+        if auth.problem is not None and (status == auth.status or not auth.verified):
+            raise auth_error(auth.status, auth.problem)
 
     # -- bodies -----------------------------------------------------------------------------
 

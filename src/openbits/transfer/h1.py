@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from openbits.transfer.auth import Authenticator
 from openbits.transfer.h1head import (
     BadRequest,
     BadResponse,
@@ -81,6 +82,8 @@ PIPELINED_IDLE_TIMEOUT_S = 5.0
 DNS_CACHE_S = 60.0
 #: requests sent ahead that got no answer before a server is no longer sent any ahead
 PIPELINE_STRIKES = 3
+#: the most of a 401's body read to keep its connection for the next leg of a handshake
+MAX_AUTH_BODY_BYTES = 1024 * 1024
 #: socket → pipe without waiting; the pipe is always drained before the next call
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
@@ -317,7 +320,7 @@ class Response:
 class _Get:
     """The context of one GET (a class, not a generator: it is entered once per file)."""
 
-    __slots__ = ("_ahead", "_client", "_headers", "_response", "_tls", "_url")
+    __slots__ = ("_ahead", "_auth", "_client", "_headers", "_partition", "_response", "_tls", "_url")
 
     def __init__(
         self,
@@ -326,16 +329,21 @@ class _Get:
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
         tls: ssl.SSLContext | None,
+        auth: Authenticator | None,
+        partition: str,
     ) -> None:
         self._client, self._url, self._headers, self._ahead = client, url, headers, ahead
-        self._tls = tls
+        self._tls, self._auth, self._partition = tls, auth, partition
         self._response: Response | None = None
 
     async def __aenter__(self) -> Response:
-        url, headers = self._url, self._headers
-        self._response = await self._client._send_and_read(
-            url, Target(url, self._tls), (url, tuple(headers.items())), headers, self._ahead
-        )
+        url, headers, client = self._url, self._headers, self._client
+        target = Target(url, self._tls, self._partition)
+        ahead = self._ahead if self._auth is None else ()  # (none ahead of a handshake)
+        response = await client._send_and_read(url, target, (url, tuple(headers.items())), headers, ahead)
+        self._response = response
+        if self._auth is not None:
+            self._response = await client._authenticate(response, url, target, headers, self._auth)
         return self._response
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -361,6 +369,7 @@ class H1Client:
         #: bodies may move socket → pipe → file inside the kernel (off once refused)
         self.splice_ok = splice
         self.spliced_bytes = 0  # moved by splice since the start
+        self.connections_opened = 0  # TCP connections made since the start
         self.read_timeout_s = read_timeout_s
         self.read_bytes = read_bytes
         self.default_headers = dict(default_headers or {})
@@ -378,6 +387,7 @@ class H1Client:
 
     async def _connect(self, key: Key, tls: ssl.SSLContext | None = None) -> _Conn:
         conn = await self._connect_tcp(key)
+        self.connections_opened += 1
         if tls is not None:
             try:
                 await self._handshake(conn, tls)
@@ -676,12 +686,85 @@ class H1Client:
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]] = (),
         tls: ssl.SSLContext | None = None,
+        *,
+        auth: Authenticator | None = None,
+        partition: str = "",
     ) -> _Get:
         """``async with client.get(url, headers, ahead) as response``: GET ``url``; ``ahead``
         lists requests the caller will make next, in order, which may be sent now on the same
         connection; ``tls`` is the context of an https:// URL.  Leaving the context without
-        reading the body to its end closes the connection."""
-        return _Get(self, url, headers, ahead, tls)
+        reading the body to its end closes the connection.
+
+        ``auth`` answers the server's 401s (the request is sent again with its credentials,
+        on the same connection while it stays open; nothing is sent ahead); ``partition``
+        keeps the connections apart from every other job's (a job with credentials)."""
+        return _Get(self, url, headers, ahead, tls, auth, partition)
+
+    async def _authenticate(
+        self, response: Response, url: str, target: Target, headers: Mapping[str, str], auth: Authenticator
+    ) -> Response:
+        """Answer 401s with ``auth`` until the server answers otherwise or ``auth`` gives up
+        (then the last 401 is the answer, its body read).  Each leg goes over the connection
+        of the one before while the server keeps it open: NTLM and Negotiate authenticate the
+        connection, not the request; a new connection restarts their handshake."""
+        while response.status == auth.status:
+            if response._conn.tls is not None and auth.server_certificate is None:
+                auth.server_certificate = response._conn.tls.getpeercert(binary_form=True)
+            conn = await self._drain(response)
+            try:
+                if conn is None:
+                    auth.connection_lost()
+                value = auth.answer(response.status, response.headers, "GET", target.path_qs)
+                head = None if value is None else self._head(target, {**headers, auth.header_name: value})
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+            if head is None:
+                if conn is not None:
+                    self.release(conn, reusable=True)
+                return response
+            response = await self._resend(conn, target, url, head)
+        auth.verify(response.status, response.headers)
+        return response
+
+    async def _drain(self, response: Response) -> _Conn | None:
+        """Read (and drop) the body of a 401 to free its connection: the connection when it
+        can carry the next leg, else None (it is closed)."""
+        conn = response._conn
+        response._released = True  # the connection stays with the exchange
+        body = response.content
+        read = 0
+        try:
+            while not body.done and read <= MAX_AUTH_BODY_BYTES:
+                chunk = await body.read(SMALL_READ_BYTES)
+                if not chunk:
+                    break
+                read += len(chunk)
+        except (H1Error, TimeoutError):
+            pass  # (the next leg goes over a new connection)
+        except BaseException:
+            conn.close()
+            raise
+        if body.done and response.keep_alive and not (conn.eof or conn.buffered() or conn.inflight):
+            return conn
+        conn.close()
+        return None
+
+    async def _resend(self, conn: _Conn | None, target: Target, url: str, head: bytes) -> Response:
+        """Send ``head`` over ``conn`` (a new connection when None) and read its answer."""
+        if conn is None:
+            conn = await self._connect(target.key, target.tls)
+        try:
+            await self._send(conn, head)
+            response = await self._read_response(conn, url)
+        except BaseException:
+            conn.close()
+            raise
+        if response is None:
+            conn.close()
+            raise ClosedEarly("the server closed the connection without answering")
+        return response
 
     async def _send_and_read(
         self,
@@ -764,7 +847,7 @@ class H1Client:
             if len(inflight) >= depth:
                 break
             try:
-                target = Target(url, tls)
+                target = Target(url, tls, key[3])
             except (BadRequest, ValueError):
                 break
             if target.key != key:

@@ -58,8 +58,9 @@ _BAD_VALUE = re.compile(r"[\r\n\0]")
 _HEADER_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.MULTILINE)
 
 
-#: a connection pool: (host, port, 0 for plain HTTP or the id of the TLS context)
-Key = tuple[str, int, int]
+#: a connection pool: (host, port, 0 for plain HTTP or the id of the TLS context, partition:
+#: "" for connections any job may share, else the one job that may reuse them)
+Key = tuple[str, int, int, str]
 
 
 def parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
@@ -130,8 +131,9 @@ class Target:
 
     __slots__ = ("host_header", "key", "password", "path_qs", "tls", "user")
 
-    def __init__(self, url: str, tls: ssl.SSLContext | None = None) -> None:
-        """``tls``: the context of an https:// URL (None for http://)."""
+    def __init__(self, url: str, tls: ssl.SSLContext | None = None, partition: str = "") -> None:
+        """``tls``: the context of an https:// URL (None for http://); ``partition``: the
+        job whose connections these are ("" for shared ones, see ``Key``)."""
         self.tls = tls
         tag = 0 if tls is None else id(tls)
         m = _SIMPLE_URL.fullmatch(url)
@@ -140,7 +142,7 @@ class Target:
                 raise BadRequest("an https:// URL needs a TLS context, an http:// one none")
             default = 443 if tls is not None else 80
             host, port = m["host"], int(m["port"] or default)
-            self.key: Key = (host.strip("[]"), port, tag)
+            self.key: Key = (host.strip("[]"), port, tag, partition)
             self.host_header = host if port == default else f"{host}:{port}"
             self.path_qs = m["path"] or "/"
             self.user: str | None = None
@@ -154,7 +156,7 @@ class Target:
         host = f"[{raw}]" if ":" in raw else raw
         if parsed.explicit_port and parsed.port != default:
             host = f"{host}:{parsed.port}"
-        self.key = (raw, parsed.port or default, tag)
+        self.key = (raw, parsed.port or default, tag, partition)
         self.host_header = host
         self.path_qs = parsed.raw_path_qs or "/"
         self.user = parsed.user if parsed.raw_user is not None else None

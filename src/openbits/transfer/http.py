@@ -134,6 +134,13 @@ def status_error(status: int, reason: str | None, retry_after: str | None) -> Bi
     return HttpStatusError(message, hresult=http_status_hresult(status))
 
 
+def auth_error(status: int, problem: str) -> BitsError:
+    """A 401 (407) the job's credentials did not get past: ``problem`` says why (no usable
+    credential for the offered schemes, a refused or lost one); BG_E_HTTP_ERROR_401 (407),
+    REMOTE_FILE, not retried (SPEC §7)."""
+    return HttpStatusError(f"HTTP {status}: {problem}", hresult=http_status_hresult(status))
+
+
 def redirect_error(status: int, why: str) -> BitsError:
     """A redirect the job's policy refuses: fatal, BG_E_HTTP_ERROR_<status>, REMOTE_FILE."""
     return HttpStatusError(f"the server redirected ({status}) but {why}", hresult=http_status_hresult(status))

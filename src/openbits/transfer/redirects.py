@@ -39,6 +39,16 @@ def next_url(status: int, location: str | None, base: yarl.URL, url: str, securi
     return target
 
 
+def same_origin(url: str, other: str) -> bool:
+    """``url`` and ``other`` have one origin (scheme, host, port: RFC 6454): a server's
+    credentials go to its own origin only, never where it redirects elsewhere."""
+    try:
+        a, b = yarl.URL(url), yarl.URL(other)
+    except ValueError:
+        return False
+    return (a.scheme.lower(), a.host, a.port) == (b.scheme.lower(), b.host, b.port) and a.host is not None
+
+
 def reported(security_flags: int) -> bool:
     """The final URL of a followed redirect becomes the file's RemoteUrl (ALLOW_REPORT)."""
     return security_flags & REDIRECT_POLICY_MASK == SecurityFlags.REDIRECT_POLICY_ALLOW_REPORT
