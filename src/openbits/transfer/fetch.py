@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from multidict import CIMultiDictProxy
 from openbits.model import ClientCertificate, Credential, Job, JobFile, ProxyUsage, parse_custom_headers
 from openbits.transfer import checks, redirects
 from openbits.transfer import files as fs
+from openbits.transfer.certs import ClientContexts
 from openbits.transfer.checks import Restart
 from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.h1 import H1Client
@@ -157,7 +159,8 @@ class Tuning:
 class Transport:
     """What every download shares: the clients (``h1`` for HTTP and HTTPS, the aiohttp
     session for proxied requests), the environment's proxies (``http.env_proxies``), the TLS
-    contexts, the bandwidth throttle, the tuning, the free-space check."""
+    contexts, the bandwidth throttle, the tuning, the free-space check; the contexts of
+    jobs that present a client certificate (``certs``)."""
 
     session: aiohttp.ClientSession
     h1: H1Client | None
@@ -166,6 +169,7 @@ class Transport:
     throttle: Throttle
     tuning: Tuning
     free_space: fs.FreeSpace
+    certs: ClientContexts | None = None
 
 
 class Ahead:
@@ -273,10 +277,24 @@ class FileDownload:
             min(self.transport.tuning.read_buffer_bytes, throttled_slice(throttle, priority) * 2),
         )
 
+    async def _client_tls(self, url: str) -> ssl.SSLContext | None:
+        """The job's own context when it presents a client certificate to an https:// URL
+        (found again in its store as the owner, kept by ``ClientContexts``); else None."""
+        cert, certs = self.options.client_certificate, self.transport.certs
+        if cert is None or certs is None or url[:6].lower() != "https:":
+            return None
+        options, owner = self.options, self.owner
+        return await certs.context(options.job_id, cert, options.security_flags, owner.uid, owner.gid)
+
     def _request(
-        self, url: str, headers: dict[str, str], ahead: Iterable[tuple[str, Mapping[str, str]]]
+        self,
+        url: str,
+        headers: dict[str, str],
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+        client_tls: ssl.SSLContext | None = None,
     ) -> contextlib.AbstractAsyncContextManager[HTTPResponse]:
-        """One GET, no redirects followed: through ``h1`` unless through a proxy."""
+        """One GET, no redirects followed: through ``h1`` unless through a proxy;
+        ``client_tls``: the job's context with its client certificate (``_client_tls``)."""
         transport = self.transport
         flags = self.options.security_flags
         proxy = env_proxy_for(url, transport.proxies)
@@ -285,12 +303,12 @@ class FileDownload:
             if scheme.startswith("http:"):
                 return transport.h1.get(url, headers, ahead)
             if scheme == "https:":
-                return transport.h1.get(url, headers, ahead, transport.tls.for_h1(flags))
+                return transport.h1.get(url, headers, ahead, client_tls or transport.tls.for_h1(flags))
         return transport.session.get(
             url,
             headers=headers,
             allow_redirects=False,
-            ssl=transport.tls.for_aiohttp(flags),
+            ssl=client_tls or transport.tls.for_aiohttp(flags),
             read_bufsize=self._read_buffer(),
             proxy=proxy,
         )
@@ -306,7 +324,8 @@ class FileDownload:
         url = self.file.remote_url
         try:
             for _hop in range(redirects.MAX_REDIRECTS + 1):
-                async with self._request(url, headers, ahead) as resp:
+                client_tls = await self._client_tls(url)
+                async with self._request(url, headers, ahead, client_tls) as resp:
                     target = redirects.next_url(
                         resp.status, resp.headers.get("Location"), resp.url, url, flags
                     )
