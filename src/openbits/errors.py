@@ -71,6 +71,7 @@ class HResult(IntEnum):
     """Every HRESULT openbits reports, with its Windows name (uint32 values)."""
 
     S_OK = 0x00000000
+    S_FALSE = 0x00000001
     E_FAIL = 0x80004005
     E_NOTIMPL = 0x80004001
     E_INVALIDARG = 0x80070057
@@ -87,6 +88,7 @@ class HResult(IntEnum):
     HRESULT_REQUEST_TOO_LARGE = 0x80070018
     CRYPT_E_NOT_FOUND = 0x80092004
     NTE_NO_KEY = 0x8009000D
+    RPC_X_BAD_STUB_DATA = 0x800706F7
     BG_S_ERROR_CONTEXT_NONE = 0x00200006
     BG_S_PARTIAL_COMPLETE = 0x00200017
     BG_S_UNABLE_TO_DELETE_FILES = 0x0020001A
@@ -242,6 +244,7 @@ class HResult(IntEnum):
 
 MESSAGES: dict[int, str] = {
     HResult.S_OK: "the operation completed successfully",
+    HResult.S_FALSE: "nothing to do: there was nothing to remove",
     HResult.E_FAIL: "unspecified failure",
     HResult.E_NOTIMPL: "not implemented: the value or operation is not supported",
     HResult.E_INVALIDARG: "the parameter is incorrect",
@@ -258,6 +261,7 @@ MESSAGES: dict[int, str] = {
     HResult.HRESULT_REQUEST_TOO_LARGE: "the request body is too large",
     HResult.CRYPT_E_NOT_FOUND: "cannot find object or property: no such certificate in the store",
     HResult.NTE_NO_KEY: "key does not exist: the certificate has no private key in its store",
+    HResult.RPC_X_BAD_STUB_DATA: "the job does not specify a client certificate",
     HResult.BG_S_ERROR_CONTEXT_NONE: "no error has occurred",
     HResult.BG_S_PARTIAL_COMPLETE: "Complete succeeded for only some files; the unfinished ones were deleted",
     HResult.BG_S_UNABLE_TO_DELETE_FILES: "job finished/cancelled but some temporary files could not be removed",

@@ -229,9 +229,8 @@ def test_every_get_switch(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     assert ok(bitsadmin(daemon, "/rawreturn", "/getstate", job)) == "SUSPENDED"
     assert ok(bitsadmin(daemon, "/rawreturn", "/getfilestotal", job)) == "1"
 
-    cert = bitsadmin(daemon, "/getclientcertificate", job)  # nothing can set one yet
-    if cert.returncode:
-        failed(cert, E_NOTIMPL, "E_NOTIMPL", "Unable to get client certificate")
+    cert = bitsadmin(daemon, "/getclientcertificate", job)  # none set
+    failed(cert, 0x800706F7, "RPC_X_BAD_STUB_DATA", "Unable to get client certificate")
     failed(
         bitsadmin(daemon, "/getstate", "no such job"), 0x80200001, "BG_E_NOT_FOUND", "Unable to get job state"
     )

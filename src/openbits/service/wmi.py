@@ -249,6 +249,8 @@ def _cert_store(p: Params) -> tuple[CertStoreLocation, str]:
     store = p.string("StoreName", STORE_NAME_MAX)
     if value is None or not store:
         raise InvalidArgument("a client certificate needs CertStoreLocation and StoreName")
+    if "/" in store or store in (".", ".."):
+        raise InvalidArgument("StoreName names a store, not a path")
     location: CertStoreLocation = enum_value(CertStoreLocation, "CertStoreLocation", value)
     return location, store
 
