@@ -28,6 +28,7 @@ from openbits.model import JobState
 from tests.support.daemon import CLASS, Daemon
 from tests.support.fixtures import make_file
 from tests.support.nginx import Nginx, find_nginx
+from tests.support.proxy import Tinyproxy
 
 pytestmark = pytest.mark.skipif(find_nginx() is None, reason="nginx is not installed")
 
@@ -203,7 +204,11 @@ def test_by_name_through_the_cli_and_bitsadmin_and_remove(
     subject = x509.load_pem_x509_certificate(SECOND.cert_chain_pems[0].bytes()).subject.rfc4514_string()
     windows_order = ", ".join(reversed(subject.split(",")))
     out = mdaemon.cli(
-        "/SETCLIENTCERTIFICATEBYNAME", job2, "BG_CERT_STORE_LOCATION_LOCAL_MACHINE", "Pair", windows_order,
+        "/SETCLIENTCERTIFICATEBYNAME",
+        job2,
+        "BG_CERT_STORE_LOCATION_LOCAL_MACHINE",
+        "Pair",
+        windows_order,
         prog="bitsadmin",
     )
     assert out.returncode == 0 and out.stdout.endswith("Client certificate set.\n"), out
@@ -253,16 +258,29 @@ def test_errors_at_the_call_change_nothing(
     refused(by_id, 400, "E_INVALIDARG", CertStoreLocation=1, StoreName="MY")
     refused(by_id, 400, "E_INVALIDARG", CertStoreLocation=1, StoreName="../MY", CertHash=digest)
     refused(
-        "SetClientCertificateByName", 400, "NTE_NO_KEY", CertStoreLocation=1, StoreName="MY", SubjectName="Backup Client"
+        "SetClientCertificateByName",
+        400,
+        "NTE_NO_KEY",
+        CertStoreLocation=1,
+        StoreName="MY",
+        SubjectName="Backup Client",
     )
     refused(
-        "SetClientCertificateByName", 400, "CRYPT_E_NOT_FOUND", CertStoreLocation=1, StoreName="MY", SubjectName="Backup"
+        "SetClientCertificateByName",
+        400,
+        "CRYPT_E_NOT_FOUND",
+        CertStoreLocation=1,
+        StoreName="MY",
+        SubjectName="Backup",
     )
     cli = mdaemon.cli("cert", job, "--store-location", "local-machine", "--by-id", thumbprint(SECOND))
     assert cli.returncode != 0 and "0x80092004" in cli.stderr, cli
     # a finished job takes none (the methods see only the jobs not finished)
     mdaemon.client.cancel(job)
-    assert call(mdaemon, job, "RemoveClientCertificate", {})[1]["Name"] in ("BG_E_INVALID_STATE", "BG_E_NOT_FOUND")
+    assert call(mdaemon, job, "RemoveClientCertificate", {})[1]["Name"] in (
+        "BG_E_INVALID_STATE",
+        "BG_E_NOT_FOUND",
+    )
 
 
 def test_a_certificate_gone_from_its_store_fails_the_job(
@@ -342,3 +360,110 @@ def test_a_current_user_store_is_in_the_owners_home(mdaemon: Daemon, mtls: Nginx
         shutil.rmtree(root / name, ignore_errors=True)
         for path in reversed(created):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_through_an_https_proxy_the_tunnel_carries_the_certificate(
+    tmp_path: Path, mtls: Nginx, machine_store: Path, dest: Path, tinyproxy: Tinyproxy
+) -> None:
+    """A proxied request goes through aiohttp and CONNECT; the job's context is used on the
+    tunnel all the same."""
+    fill_store(machine_store / "MY", "pem")
+    via = Daemon(
+        tmp_path / "via",
+        config={"machine_cert_dir": str(machine_store)},
+        env={"SSL_CERT_FILE": str(mtls.ca_path), "https_proxy": tinyproxy.url, "no_proxy": ""},
+    )
+    via.start()
+    try:
+        job, _ = new_job(via, mtls, dest, "proxied")
+        via.client.invoke(
+            job, "SetClientCertificateById", CertStoreLocation=1, StoreName="MY", CertHash=thumbprint(LEAF)
+        )
+        assert fingerprint_seen(via, job) == thumbprint(LEAF)
+    finally:
+        via.stop()
+    assert f"CONNECT 127.0.0.1:{mtls.https_port} " in tinyproxy.log(), "it went through the proxy"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_the_store_is_read_with_the_owners_rights(tmp_path: Path, mtls: Nginx) -> None:
+    """A root daemon serving nobody reads nobody's certificate as nobody: at the call (a
+    file nobody cannot read is not in his store) and again at the handshake."""
+    from tests.integration.test_users import NOBODY, api, as_nobody
+
+    assert NOBODY is not None
+    shared = Path(tempfile.mkdtemp(prefix="openbits-certs-"))
+    try:
+        shared.chmod(0o755)
+        store = shared / "machine" / "Shared"
+        fill_store(store, "pem")
+        fill_store(store, "pair", SECOND)
+        (store / "client.key").chmod(0o600)  # root's: the key of SECOND, closed to nobody
+        for path in (shared / "machine", store, store / "client.pem", store / "client.crt"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        out = shared / "dest"
+        out.mkdir()
+        os.chown(out, NOBODY.pw_uid, NOBODY.pw_gid)
+        run = shared / "run"
+        run.mkdir(mode=0o755)
+        d = Daemon(
+            tmp_path / "state",
+            config={"socket_mode": 0o666, "machine_cert_dir": str(shared / "machine")},
+            socket=str(run / "openbits.sock"),
+            env={"SSL_CERT_FILE": str(mtls.ca_path)},
+        )
+        d.start()
+        try:
+            _nobody_uses_his_rights(d, mtls, store, out, api, as_nobody)
+        finally:
+            d.stop()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _nobody_uses_his_rights(d: Daemon, mtls: Nginx, store: Path, out: Path, api: Any, as_nobody: Any) -> None:
+    sock = d.socket
+    make_file(mtls.www, "mtls/nobody.bin", 10_000, seed=7)
+    url = f"{mtls.https_url}/mtls/nobody.bin"
+
+    def setup() -> dict[str, Any]:
+        _, created = api(sock, "POST", f"{CLASS}/CreateJob", {"DisplayName": "nb"})
+        job = created["JobId"]
+        api(sock, "POST", f"{CLASS}/{job}/AddFile", {"RemoteUrl": url, "LocalFile": str(out / "n.bin")})
+        params = {"CertStoreLocation": 1, "StoreName": "shared"}
+        return {
+            "job": job,
+            "second": api(
+                sock,
+                "POST",
+                f"{CLASS}/{job}/SetClientCertificateById",
+                {**params, "CertHash": thumbprint(SECOND)},
+            ),
+            "leaf": api(
+                sock,
+                "POST",
+                f"{CLASS}/{job}/SetClientCertificateById",
+                {**params, "CertHash": thumbprint(LEAF)},
+            ),
+        }
+
+    done = as_nobody(setup)
+    assert done["second"][1]["Name"] == "NTE_NO_KEY", "the key nobody cannot read is not in his store"
+    assert done["leaf"][1] == {"ReturnValue": 0}
+    # root's own job finds SECOND's key: the file is root's to read
+    root_job = d.client.create_job("root").job_id
+    answer = d.client.invoke(
+        root_job,
+        "SetClientCertificateById",
+        CertStoreLocation=1,
+        StoreName="Shared",
+        CertHash=thumbprint(SECOND),
+    )
+    assert answer["ReturnValue"] == 0
+    # the handshake reads the store again, as nobody: closed to him now, the job fails
+    (store / "client.pem").chmod(0o600)
+    job = done["job"]
+    as_nobody(lambda: api(sock, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 2})[0])
+    failed = d.wait_state(job, JobState.ERROR)
+    assert failed["State"] == JobState.ERROR
+    assert d.client.invoke(job, "GetError")["ErrorCode"] == 0x80092004

@@ -44,9 +44,7 @@ def p12(leaf: trustme.LeafCert, password: bytes | None = None) -> bytes:
     key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
     cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
     encryption = (
-        serialization.NoEncryption()
-        if password is None
-        else serialization.BestAvailableEncryption(password)
+        serialization.NoEncryption() if password is None else serialization.BestAvailableEncryption(password)
     )
     return pkcs12.serialize_key_and_certificates(b"client", key, cert, None, encryption)  # type: ignore[arg-type]
 
@@ -122,7 +120,10 @@ def test_garbage_and_encrypted_keys_are_skipped() -> None:
     [
         (list(range(20)), bytes(range(20)).hex()),
         ("A9993E364706816ABA3E25717850C26C9CD0D89D", "a9993e364706816aba3e25717850c26c9cd0d89d"),
-        ("0xa9:99:3e:36:47:06:81:6a:ba:3e:25:71:78:50:c2:6c:9c:d0:d8:9d", "a9993e364706816aba3e25717850c26c9cd0d89d"),
+        (
+            "0xa9:99:3e:36:47:06:81:6a:ba:3e:25:71:78:50:c2:6c:9c:d0:d8:9d",
+            "a9993e364706816aba3e25717850c26c9cd0d89d",
+        ),
     ],
 )
 def test_cert_hash_is_20_numbers_or_40_hex_digits(value: object, expected: str) -> None:
@@ -224,4 +225,6 @@ def test_the_key_is_loaded_through_memory_only(tmp_path: Path) -> None:
     certs.load_into(ctx, found.pem())
     assert set(os.listdir("/proc/self/fd")) <= before  # the memfd is closed
     with pytest.raises(ssl.SSLError):  # a key that is not the certificate's is refused
-        certs.load_into(ssl.create_default_context(), LEAF.cert_chain_pems[0].bytes() + OTHER.private_key_pem.bytes())
+        certs.load_into(
+            ssl.create_default_context(), LEAF.cert_chain_pems[0].bytes() + OTHER.private_key_pem.bytes()
+        )
