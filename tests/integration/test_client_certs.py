@@ -24,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from openbits.aio import AsyncClient
+from openbits.errors import BitsError
 from openbits.model import JobState
 from tests.support.daemon import CLASS, Daemon
 from tests.support.fixtures import make_file
@@ -229,10 +231,9 @@ def test_by_name_through_the_cli_and_bitsadmin_and_remove(
     assert (again[0], again[1]["ReturnValue"], again[1]["Name"]) == (200, 1, "S_FALSE"), again
     mdaemon.client.complete(job2)
     job3, _ = new_job(mdaemon, mtls, dest, "removed")
-    mdaemon.client.invoke(
-        job3, "SetClientCertificateById", CertStoreLocation=1, StoreName="Pair", CertHash=thumbprint(LEAF)
-    )
-    assert mdaemon.client.invoke(job3, "RemoveClientCertificate") == {"ReturnValue": 0}
+    mdaemon.client.set_client_certificate_by_name(job3, 1, "Pair", "Backup Client")
+    assert mdaemon.client.remove_client_certificate(job3) is True
+    assert mdaemon.client.remove_client_certificate(job3) is False  # S_FALSE: there was none
     assert fingerprint_seen(mdaemon, job3) == ""
 
 
@@ -288,14 +289,26 @@ def test_a_certificate_gone_from_its_store_fails_the_job(
 ) -> None:
     fill_store(machine_store / "MY", "pem")
     job, _ = new_job(mdaemon, mtls, dest, "gone")
-    mdaemon.client.invoke(
-        job, "SetClientCertificateById", CertStoreLocation=1, StoreName="MY", CertHash=thumbprint(LEAF)
-    )
+    mdaemon.client.set_client_certificate_by_id(job, 1, "MY", thumbprint(LEAF))
     shutil.rmtree(machine_store / "MY")
     mdaemon.client.resume(job)
     mdaemon.wait_state(job, JobState.ERROR)
     error = mdaemon.client.invoke(job, "GetError")
     assert error["ErrorCode"] == 0x80092004, error
+
+
+async def test_the_async_client_sets_and_removes(mdaemon: Daemon, machine_store: Path) -> None:
+    fill_store(machine_store / "MY", "pkcs12")
+    async with AsyncClient(mdaemon.socket) as client:
+        job = (await client.create_job("async-cert")).job_id
+        await client.set_client_certificate_by_id(job, 1, "MY", bytes.fromhex(thumbprint(LEAF)))
+        assert mdaemon.job(job)["ClientCertificate"]["CertHash"] == thumbprint(LEAF)
+        await client.set_client_certificate_by_name(job, 1, "my", "BACKUP CLIENT")
+        with pytest.raises(BitsError) as missing:
+            await client.set_client_certificate_by_name(job, 1, "my", "nobody's")
+        assert missing.value.hresult == 0x80092004
+        assert await client.remove_client_certificate(job) is True
+        assert await client.remove_client_certificate(job) is False
 
 
 def _files_with(needle: bytes, top: Path, since: float, skip: Path) -> list[str]:
