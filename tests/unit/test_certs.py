@@ -11,6 +11,7 @@ import pwd
 import ssl
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -26,9 +27,12 @@ from openbits.errors import (
     NoPrivateKey,
     NotImplementedValue,
 )
-from openbits.model import CertStoreLocation, ClientCertificate
+from openbits.model import CertStoreLocation, ClientCertificate, JobState
 from openbits.transfer import certs
 from openbits.transfer.http import TLSContexts
+from tests.support.driver import ME, Driver
+from tests.support.fixtures import make_file
+from tests.support.nginx import Nginx
 
 CA = trustme.CA()
 LEAF = CA.issue_cert("client@example.com", common_name="Backup Client")
@@ -228,3 +232,37 @@ def test_the_key_is_loaded_through_memory_only(tmp_path: Path) -> None:
         certs.load_into(
             ssl.create_default_context(), LEAF.cert_chain_pems[0].bytes() + OTHER.private_key_pem.bytes()
         )
+
+
+async def test_a_jobs_context_is_let_go_when_its_run_ends(
+    tmp_path: Path, nginx: Nginx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler tells the downloader when a job's run is over: the SSLContext holding
+    the job's key is dropped then, not kept for the next job's sake."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(nginx.ca_path))  # (nginx asks for no certificate)
+    machine = tmp_path / "machine"
+    write_store(machine)
+    make_file(nginx.www, "certs/kept.bin", 5000, seed=3)
+    kept: list[int] = []
+    original = certs.ClientContexts.context
+
+    async def spy(self: certs.ClientContexts, *args: Any) -> ssl.SSLContext:
+        ctx = await original(self, *args)
+        kept.append(len(self))
+        return ctx
+
+    monkeypatch.setattr(certs.ClientContexts, "context", spy)
+    async with Driver(tmp_path, machine_cert_dir=str(machine)) as d:
+        contexts = d.scheduler.downloader.transport.certs
+        assert contexts is not None
+        contexts.machine_dir = str(machine)
+        job = await d.job(f"{nginx.https_url}/certs/kept.bin", resume=False)
+        params = {"CertStoreLocation": 1, "StoreName": "my", "CertHash": der_sha1(LEAF)}
+        assert await d.service.invoke(ME, job.job_id, "SetClientCertificateById", params) == {
+            "ReturnValue": 0
+        }
+        d.service.resume(job)
+        await d.settle()
+        assert job.state is JobState.TRANSFERRED
+        assert kept == [1], "the job's context was made for its request"
+        assert len(contexts) == 0, "and dropped when the run ended"

@@ -98,6 +98,12 @@ class Downloader:
                 return fetched
         raise invalid_response("the server's content kept changing during the transfer")
 
+    def job_ended(self, job_id: str) -> None:
+        """A job's run is over (transferred, failed, pre-empted, cancelled): let go of what
+        was kept for it (the SSLContext holding its client certificate's key)."""
+        if self.transport.certs is not None:
+            self.transport.certs.forget(job_id)
+
     @staticmethod
     async def _attempt(one: FileDownload, defer_sync: bool, upcoming: Sequence[JobFile]) -> Fetched | Restart:
         """One try at the file from its last checkpoint; RESTART when its content changed."""
