@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import tempfile
@@ -199,6 +200,8 @@ def test_by_name_through_the_cli_and_bitsadmin_and_remove(
         "cert", job, "--store-location", "local-machine", "--store", "PAIR", "--by-name", "backup client"
     )
     assert result.returncode == 0, result
+    shown = mdaemon.cli("get", job, check=True).stdout
+    assert re.search(r"ClientCertificate +CN=Backup Client,", shown) and thumbprint(LEAF) in shown, shown
     assert fingerprint_seen(mdaemon, job) == thumbprint(LEAF)
 
     # bitsadmin, by the whole subject (Windows writes its attributes the other way round)
@@ -309,6 +312,16 @@ async def test_the_async_client_sets_and_removes(mdaemon: Daemon, machine_store:
         assert missing.value.hresult == 0x80092004
         assert await client.remove_client_certificate(job) is True
         assert await client.remove_client_certificate(job) is False
+
+
+def test_take_ownership_removes_the_certificate(mdaemon: Daemon, machine_store: Path) -> None:
+    """bits-spec §5.9: what was the old owner's does not go with the job."""
+    fill_store(machine_store / "MY", "pem")
+    job = mdaemon.client.create_job("taken").job_id
+    mdaemon.client.set_client_certificate_by_id(job, 1, "MY", thumbprint(LEAF))
+    assert mdaemon.job(job)["ClientCertificate"] is not None
+    assert mdaemon.client.invoke(job, "TakeOwnership") == {"ReturnValue": 0}  # (root: an administrator)
+    assert mdaemon.job(job)["ClientCertificate"] is None
 
 
 def _files_with(needle: bytes, top: Path, since: float, skip: Path) -> list[str]:
