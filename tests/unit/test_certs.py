@@ -37,6 +37,7 @@ from tests.support.nginx import Nginx
 CA = trustme.CA()
 LEAF = CA.issue_cert("client@example.com", common_name="Backup Client")
 OTHER = CA.issue_cert("other@example.com", common_name="Other Client")
+THIRD = CA.issue_cert("third@example.com", common_name="Third Client")
 
 
 def der_sha1(leaf: trustme.LeafCert) -> str:
@@ -77,10 +78,15 @@ def test_a_crt_and_key_pair_and_a_pkcs12_file_have_their_keys() -> None:
             "client.crt": LEAF.cert_chain_pems[0].bytes(),
             "client.key": LEAF.private_key_pem.bytes(),
             "other.p12": p12(OTHER),
+            "third.cer": x509.load_pem_x509_certificate(THIRD.cert_chain_pems[0].bytes()).public_bytes(
+                serialization.Encoding.DER
+            ),
+            "third-key.pem": THIRD.private_key_pem.bytes(),  # another name: matched by its public key
         }
     )
     assert one(found, LEAF).key is not None
     assert one(found, OTHER).key is not None
+    assert one(found, THIRD).key is not None
     assert "PRIVATE KEY" in one(found, OTHER).pem().decode()
 
 

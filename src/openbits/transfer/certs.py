@@ -201,6 +201,7 @@ def _read_in_child(root: str, store_name: str, uid: int, gid: int) -> dict[str, 
         try:
             data = _recv_all(parent)
         finally:
+            parent.close()  # (a child still writing gets EPIPE, never blocks the wait)
             os.waitpid(pid, 0)
     return _decode(data)
 
