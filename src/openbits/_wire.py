@@ -407,6 +407,14 @@ def headers_text(headers: str | Mapping[str, str] | None) -> str | None:
     return "".join(f"{name}: {value}\r\n" for name, value in headers.items()) or None
 
 
+def cert_hash(value: str | bytes) -> list[int]:
+    """SetClientCertificateById's CertHash (the WMI uint8 array) of a SHA-1 thumbprint given
+    as 20 bytes or as hex digits (colons allowed); the daemon checks it is 20 bytes."""
+    if isinstance(value, str):
+        value = bytes.fromhex(value.removeprefix("0x").replace(":", ""))
+    return list(value)
+
+
 def events_request(last_event_id: int | None, **options: Unpack[EventOptions]) -> tuple[str, dict[str, str]]:
     params: dict[str, str] = {}
     job, types = options.get("job"), options.get("types")

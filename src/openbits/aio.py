@@ -243,6 +243,31 @@ class AsyncClient(wire.ClientBase):
         headers: str | None = (await self.invoke(job, "GetResponseHeaders", **params)).get("ResponseHeaders")
         return headers
 
+    async def set_client_certificate_by_id(
+        self, job: str, store_location: int, store_name: str, cert_hash: str | bytes
+    ) -> None:
+        await self.invoke(
+            job,
+            "SetClientCertificateById",
+            CertStoreLocation=int(store_location),
+            StoreName=store_name,
+            CertHash=wire.cert_hash(cert_hash),
+        )
+
+    async def set_client_certificate_by_name(
+        self, job: str, store_location: int, store_name: str, subject_name: str
+    ) -> None:
+        await self.invoke(
+            job,
+            "SetClientCertificateByName",
+            CertStoreLocation=int(store_location),
+            StoreName=store_name,
+            SubjectName=subject_name,
+        )
+
+    async def remove_client_certificate(self, job: str) -> bool:
+        return int((await self.invoke(job, "RemoveClientCertificate")).get("ReturnValue", 0)) == 0
+
     # -- the service ---------------------------------------------------------------------------------
 
     async def policy(self) -> dict[str, Any]:

@@ -295,6 +295,39 @@ class Client(wire.ClientBase):
         headers: str | None = self.invoke(job, "GetResponseHeaders", **params).get("ResponseHeaders")
         return headers
 
+    def set_client_certificate_by_id(
+        self, job: str, store_location: int, store_name: str, cert_hash: str | bytes
+    ) -> None:
+        """Present this certificate to HTTPS servers that ask for one: the one in the store
+        (CertStoreLocation 0 current user, 1 local machine; the store's name) whose SHA-1
+        thumbprint is ``cert_hash`` (20 bytes, or hex digits).  Raises CRYPT_E_NOT_FOUND
+        (0x80092004) when the store has no such certificate, NTE_NO_KEY (0x8009000D) when it
+        has not its key."""
+        self.invoke(
+            job,
+            "SetClientCertificateById",
+            CertStoreLocation=int(store_location),
+            StoreName=store_name,
+            CertHash=wire.cert_hash(cert_hash),
+        )
+
+    def set_client_certificate_by_name(
+        self, job: str, store_location: int, store_name: str, subject_name: str
+    ) -> None:
+        """As ``set_client_certificate_by_id``, the certificate whose common name (or whole
+        subject) is ``subject_name``, in any case."""
+        self.invoke(
+            job,
+            "SetClientCertificateByName",
+            CertStoreLocation=int(store_location),
+            StoreName=store_name,
+            SubjectName=subject_name,
+        )
+
+    def remove_client_certificate(self, job: str) -> bool:
+        """Present none any more; False when the job had none (S_FALSE)."""
+        return int(self.invoke(job, "RemoveClientCertificate").get("ReturnValue", 0)) == 0
+
     # -- the service -------------------------------------------------------------------------------
 
     def policy(self) -> dict[str, Any]:

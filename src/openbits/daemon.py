@@ -207,7 +207,7 @@ async def _open_downloader(
         write_block_bytes=config.write_block_bytes,
         read_buffer_bytes=config.read_buffer_bytes,
     )
-    return Downloader(session, tuning, throttle, h1, tls, proxies)
+    return Downloader(session, tuning, throttle, h1, tls, proxies, config.machine_cert_dir)
 
 
 def _on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:

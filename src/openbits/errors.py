@@ -28,6 +28,8 @@ several codes takes the code of the instance (an errno's, an HTTP status's).
     │   │   ├── TooManyFilesInJob      BG_E_TOO_MANY_FILES_IN_JOB
     │   │   └── TooManyRangesInFile    BG_E_TOO_MANY_RANGES_IN_FILE (400)
     │   ├── RequestTooLarge       HRESULT_REQUEST_TOO_LARGE       413
+    │   ├── CertificateNotFound   CRYPT_E_NOT_FOUND
+    │   ├── NoPrivateKey          NTE_NO_KEY
     │   └── NoRoomForWork         HRESULT_DISK_FULL               507
     ├── TransferError             moving bytes failed (a job's error, not an API answer)
     │   ├── NetworkError        + BG_E_CONNECTION_CLOSED         GENERAL_TRANSPORT
@@ -45,8 +47,9 @@ several codes takes the code of the instance (an errno's, an HTTP status's).
     │   │   ├── RangeOutsideFile  BG_E_INVALID_RANGE
     │   │   └── SourceFileError   the errno's (E_FAIL)           a local copy's source
     │   │       └── SourceUnavailable + E_FAIL
-    │   └── LocalFileError        the errno's (E_FAIL)           LOCAL_FILE
-    │       └── DiskFull        + HRESULT_DISK_FULL
+    │   ├── LocalFileError        the errno's (E_FAIL)           LOCAL_FILE
+    │   │   └── DiskFull        + HRESULT_DISK_FULL
+    │   └── ClientCertificateUnavailable  CRYPT_E_NOT_FOUND / NTE_NO_KEY  GENERAL_TRANSPORT
     └── InternalError             E_FAIL                         UNKNOWN         500
         └── StoreWriteFailed    + E_FAIL                         GENERAL_QUEUE_MANAGER
             └── StoreFull       + HRESULT_DISK_FULL                              507
@@ -68,6 +71,7 @@ class HResult(IntEnum):
     """Every HRESULT openbits reports, with its Windows name (uint32 values)."""
 
     S_OK = 0x00000000
+    S_FALSE = 0x00000001
     E_FAIL = 0x80004005
     E_NOTIMPL = 0x80004001
     E_INVALIDARG = 0x80070057
@@ -82,6 +86,9 @@ class HResult(IntEnum):
     HRESULT_FILENAME_TOO_LONG = 0x800700CE
     WBEM_E_INVALID_QUERY = 0x80041017
     HRESULT_REQUEST_TOO_LARGE = 0x80070018
+    CRYPT_E_NOT_FOUND = 0x80092004
+    NTE_NO_KEY = 0x8009000D
+    RPC_X_BAD_STUB_DATA = 0x800706F7
     BG_S_ERROR_CONTEXT_NONE = 0x00200006
     BG_S_PARTIAL_COMPLETE = 0x00200017
     BG_S_UNABLE_TO_DELETE_FILES = 0x0020001A
@@ -237,6 +244,7 @@ class HResult(IntEnum):
 
 MESSAGES: dict[int, str] = {
     HResult.S_OK: "the operation completed successfully",
+    HResult.S_FALSE: "nothing to do: there was nothing to remove",
     HResult.E_FAIL: "unspecified failure",
     HResult.E_NOTIMPL: "not implemented: the value or operation is not supported",
     HResult.E_INVALIDARG: "the parameter is incorrect",
@@ -251,6 +259,9 @@ MESSAGES: dict[int, str] = {
     HResult.HRESULT_FILENAME_TOO_LONG: "the file name or extension is too long",
     HResult.WBEM_E_INVALID_QUERY: "the query is not syntactically valid",
     HResult.HRESULT_REQUEST_TOO_LARGE: "the request body is too large",
+    HResult.CRYPT_E_NOT_FOUND: "cannot find object or property: no such certificate in the store",
+    HResult.NTE_NO_KEY: "key does not exist: the certificate has no private key in its store",
+    HResult.RPC_X_BAD_STUB_DATA: "the job does not specify a client certificate",
     HResult.BG_S_ERROR_CONTEXT_NONE: "no error has occurred",
     HResult.BG_S_PARTIAL_COMPLETE: "Complete succeeded for only some files; the unfinished ones were deleted",
     HResult.BG_S_UNABLE_TO_DELETE_FILES: "job finished/cancelled but some temporary files could not be removed",
@@ -582,6 +593,18 @@ class RequestTooLarge(CallError):
     default_hresult = HResult.HRESULT_REQUEST_TOO_LARGE
 
 
+class CertificateNotFound(CallError):
+    """SetClientCertificate*: no such certificate in the store (or no such store)."""
+
+    default_hresult = HResult.CRYPT_E_NOT_FOUND
+
+
+class NoPrivateKey(CallError):
+    """SetClientCertificate*: the certificate is there, its private key is not."""
+
+    default_hresult = HResult.NTE_NO_KEY
+
+
 class NoRoomForWork(CallError):
     """New work refused: the state directory is down to the room kept for accepted jobs."""
 
@@ -680,6 +703,15 @@ class DiskFull(LocalFileError):
     transient = True
 
 
+class ClientCertificateUnavailable(TransferError):
+    """The job's client certificate (or its key) left its store after it was set: the
+    handshake cannot present it (CRYPT_E_NOT_FOUND or NTE_NO_KEY); fatal until the owner
+    puts it back, or removes or replaces it, and resumes the job."""
+
+    default_hresult = HResult.CRYPT_E_NOT_FOUND
+    default_context = ErrorContext.GENERAL_TRANSPORT
+
+
 # -- the daemon failed ----------------------------------------------------------------------
 
 
@@ -722,6 +754,8 @@ _BY_HRESULT: dict[int, type[BitsError]] = {
             EmptyJob,
             ErrorInformationUnavailable,
             RequestTooLarge,
+            CertificateNotFound,
+            NoPrivateKey,
             InternalError,
         )
     },

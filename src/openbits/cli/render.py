@@ -135,6 +135,10 @@ def print_job(job: Mapping[str, Any]) -> None:
         ("MinimumRetryDelay", f"{job['MinimumRetryDelay']} s"),
         ("NoProgressTimeout", f"{job['NoProgressTimeout']} s"),
     ]
+    cert = job.get("ClientCertificate")
+    if isinstance(cert, Mapping):
+        where = f"store {cert.get('StoreName')}, SHA-1 {cert.get('CertHash')}"
+        fields.append(("ClientCertificate", f"{cert.get('SubjectName')} ({where})"))
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         click.echo(f"{key.ljust(width)}  {value}")

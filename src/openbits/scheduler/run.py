@@ -356,3 +356,4 @@ class Scheduler:
             )
         finally:
             batch.close()
+            self.downloader.job_ended(job.job_id)

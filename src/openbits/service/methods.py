@@ -39,14 +39,12 @@ _ALL = (
     Method("SetNotifyUrl", ("NotifyUrl",)),
     Method("MakeCustomHeadersWriteOnly"),
     Method("TakeOwnership"),
+    Method("SetClientCertificateById", ("CertStoreLocation", "StoreName", "CertHash")),
+    Method("SetClientCertificateByName", ("CertStoreLocation", "StoreName", "SubjectName")),
+    Method("RemoveClientCertificate"),
     # not built yet: they answer E_NOTIMPL whatever the job (SPEC §2 names their parameters)
     Method("SetCredentials", ("Target", "Scheme", "UserName", "Password"), implemented=False),
     Method("RemoveCredentials", ("Target", "Scheme"), implemented=False),
-    Method("SetClientCertificateById", ("CertStoreLocation", "StoreName", "CertHash"), implemented=False),
-    Method(
-        "SetClientCertificateByName", ("CertStoreLocation", "StoreName", "SubjectName"), implemented=False
-    ),
-    Method("RemoveClientCertificate", implemented=False),
     Method("SetProxySettings", ("ProxyUsage", "ProxyList", "ProxyBypassList"), implemented=False),
     Method("GetReplyData", implemented=False),
     Method("SetReplyFileName", ("ReplyFileName",), implemented=False),

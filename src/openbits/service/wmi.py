@@ -3,12 +3,13 @@ BitsClientJob by their WMI names (``invoke``; the table of them is ``methods.py`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from openbits import states
-from openbits.caller import Caller
+from openbits.caller import Caller, primary_gid
 from openbits.errors import (
     AccessDenied,
     FileNotInJob,
@@ -20,6 +21,8 @@ from openbits.model import (
     DEFAULT_MAXIMUM_DOWNLOAD_TIME_S,
     LOCAL_FILE_MAX,
     REMOTE_URL_MAX,
+    CertStoreLocation,
+    ClientCertificate,
     Job,
     JobFile,
     NotifyFlags,
@@ -34,9 +37,11 @@ from openbits.service.params import (
     check_custom_headers,
     check_notify_url,
     check_security_flags,
+    enum_value,
     validate_notify_cmd_line,
 )
 from openbits.service.verbs import Verbs
+from openbits.transfer import certs
 
 log = logging.getLogger("openbits.service")
 
@@ -85,6 +90,7 @@ class Service(Verbs):
         with self._change(job, "ownership taken"):
             job.owner, job.owner_uid = caller.user, caller.uid
             job.custom_headers = None
+            job.client_certificate = None
             job.notify_program = job.notify_parameters = job.notify_url = None
             arm_notification(job, self.clock.now_ns())
         log.info("job %s: %s took ownership from %s", job.job_id, caller.user, previous)
@@ -162,6 +168,92 @@ class Service(Verbs):
         check_notify_url(url)
         return self._set_notify(caller, job_ref, notify_url=url or None)
 
+    # -- client certificates (SPEC §7; the stores and their files: transfer/certs.py) ------
+
+    async def _m_set_client_certificate_by_id(
+        self, caller: Caller, job_ref: str, raw: _Raw
+    ) -> dict[str, Any]:
+        """``{CertStoreLocation, StoreName, CertHash}``: the certificate whose SHA-1
+        thumbprint is CertHash (20 numbers, or 40 hex digits)."""
+        p = Params(raw, ("CertStoreLocation", "StoreName", "CertHash"))
+        location, store = _cert_store(p)
+        if "CertHash" not in p:
+            raise InvalidArgument("SetClientCertificateById needs CertHash")
+        cert_hash = certs.parse_cert_hash(p.value("CertHash"))
+        return await self._set_client_certificate(
+            caller, job_ref, location, store, lambda found: certs.by_hash(found, cert_hash)
+        )
+
+    async def _m_set_client_certificate_by_name(
+        self, caller: Caller, job_ref: str, raw: _Raw
+    ) -> dict[str, Any]:
+        """``{CertStoreLocation, StoreName, SubjectName}``: the certificate whose common name,
+        or whole subject, is SubjectName (case-insensitive)."""
+        p = Params(raw, ("CertStoreLocation", "StoreName", "SubjectName"))
+        location, store = _cert_store(p)
+        subject = p.string("SubjectName", SUBJECT_NAME_MAX)
+        if not subject:
+            raise InvalidArgument("SetClientCertificateByName needs SubjectName")
+        return await self._set_client_certificate(
+            caller, job_ref, location, store, lambda found: certs.by_name(found, subject)
+        )
+
+    async def _m_remove_client_certificate(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        """``{}``: ReturnValue 1 (S_FALSE) when the job had none."""
+        Params(raw, ())
+        job = self._certificate_job(caller, job_ref)
+        if job.client_certificate is None:
+            return {"ReturnValue": 1}
+        with self._change(job, "client certificate removed"):
+            job.client_certificate = None
+        return {"ReturnValue": 0}
+
+    async def _set_client_certificate(
+        self,
+        caller: Caller,
+        job_ref: str,
+        location: CertStoreLocation,
+        store: str,
+        choose: Callable[[list[certs.StoreCert]], certs.StoreCert],
+    ) -> dict[str, Any]:
+        """Find the certificate now, in the store read with the owner's rights (none →
+        CRYPT_E_NOT_FOUND, no key → NTE_NO_KEY), and keep where it is and which it is:
+        never the key, which is read again from the store for the handshakes."""
+        job = self._certificate_job(caller, job_ref)
+        uid = job.owner_uid
+        found = await asyncio.to_thread(
+            certs.lookup, location, store, uid, primary_gid(uid), self.config.machine_cert_dir, choose
+        )
+        job = self._certificate_job(caller, job_ref)  # (it may have moved on meanwhile)
+        with self._change(job, "client certificate set"):
+            job.client_certificate = ClientCertificate(location, store, found.thumbprint, found.subject)
+        return {"ReturnValue": 0}
+
+    def _certificate_job(self, caller: Caller, job_ref: str) -> Job:
+        """The job, if the caller is its owner (or root) and it is not finished."""
+        job = self.find(caller, job_ref)
+        if caller.uid not in (job.owner_uid, 0):
+            raise AccessDenied("only the job's owner may set its client certificate")
+        states.check_call(states.Call.SET_PROPERTY, job.state)
+        return job
+
+
+#: StoreName and SubjectName limits (Windows' store names are short; a subject is a DN)
+STORE_NAME_MAX = 255
+SUBJECT_NAME_MAX = 1024
+
+
+def _cert_store(p: Params) -> tuple[CertStoreLocation, str]:
+    """CertStoreLocation (0-7; 2-4 are E_NOTIMPL at the lookup) and StoreName, both required."""
+    value = p.uint("CertStoreLocation", maximum=0xFFFF)
+    store = p.string("StoreName", STORE_NAME_MAX)
+    if value is None or not store:
+        raise InvalidArgument("a client certificate needs CertStoreLocation and StoreName")
+    if "/" in store or store in (".", ".."):
+        raise InvalidArgument("StoreName names a store, not a path")
+    location: CertStoreLocation = enum_value(CertStoreLocation, "CertStoreLocation", value)
+    return location, store
+
 
 def _file_named(job: Job, local: str | None) -> JobFile:
     file = next((f for f in job.files if f.local_file == local), None)
@@ -201,4 +293,7 @@ _HANDLERS: dict[str, _Handler] = {
     "setnotifyurl": Service._m_set_notify_url,
     "makecustomheaderswriteonly": Service._m_make_custom_headers_write_only,
     "takeownership": Service._m_take_ownership,
+    "setclientcertificatebyid": Service._m_set_client_certificate_by_id,
+    "setclientcertificatebyname": Service._m_set_client_certificate_by_name,
+    "removeclientcertificate": Service._m_remove_client_certificate,
 }

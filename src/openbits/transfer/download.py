@@ -18,6 +18,7 @@ import aiohttp
 
 from openbits.model import JobFile
 from openbits.transfer import files as fs
+from openbits.transfer.certs import ClientContexts
 from openbits.transfer.checks import Restart
 from openbits.transfer.fetch import (
     Ahead,
@@ -44,7 +45,8 @@ ATTEMPTS = 3
 class Downloader:
     """Downloads files over HTTP(S) and from local paths, with the clients, TLS contexts,
     throttle, tuning and proxies it is given (the composition root owns and closes them;
-    no ``proxies``: no proxy)."""
+    no ``proxies``: no proxy); client certificates of the LOCAL_MACHINE stores are found
+    under ``machine_cert_dir``."""
 
     def __init__(
         self,
@@ -54,15 +56,18 @@ class Downloader:
         h1: H1Client | None = None,
         tls: TLSContexts | None = None,
         proxies: Mapping[str, str] | None = None,
+        machine_cert_dir: str = "/etc/openbits/certs",
     ) -> None:
+        tls = tls if tls is not None else TLSContexts()
         self.transport = Transport(
             session=session,
             h1=h1,
             proxies=proxies or {},
-            tls=tls if tls is not None else TLSContexts(),
+            tls=tls,
             throttle=throttle if throttle is not None else Throttle(),
             tuning=tuning or Tuning(),
             free_space=fs.FreeSpace(),
+            certs=ClientContexts(tls.fresh, machine_cert_dir),
         )
 
     async def download(
@@ -92,6 +97,12 @@ class Downloader:
             if not isinstance(fetched, Restart):
                 return fetched
         raise invalid_response("the server's content kept changing during the transfer")
+
+    def job_ended(self, job_id: str) -> None:
+        """A job's run is over (transferred, failed, pre-empted, cancelled): let go of what
+        was kept for it (the SSLContext holding its client certificate's key)."""
+        if self.transport.certs is not None:
+            self.transport.certs.forget(job_id)
 
     @staticmethod
     async def _attempt(one: FileDownload, defer_sync: bool, upcoming: Sequence[JobFile]) -> Fetched | Restart:

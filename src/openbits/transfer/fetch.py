@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from openbits.model import (
 from openbits.transfer import checks, redirects
 from openbits.transfer import files as fs
 from openbits.transfer.auth import Authenticator
+from openbits.transfer.certs import ClientContexts
 from openbits.transfer.checks import Restart
 from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.h1 import H1Client
@@ -213,7 +215,8 @@ class Notices:
 class Transport:
     """What every download shares: the clients (``h1`` for HTTP and HTTPS, the aiohttp
     session for proxied requests), the environment's proxies (``http.env_proxies``), the TLS
-    contexts, the bandwidth throttle, the tuning, the free-space check."""
+    contexts, the bandwidth throttle, the tuning, the free-space check; the contexts of
+    jobs that present a client certificate (``certs``)."""
 
     session: aiohttp.ClientSession
     h1: H1Client | None
@@ -223,6 +226,7 @@ class Transport:
     tuning: Tuning
     free_space: fs.FreeSpace
     notices: Notices = field(default_factory=Notices)
+    certs: ClientContexts | None = None
 
 
 class Ahead:
@@ -330,15 +334,26 @@ class FileDownload:
             min(self.transport.tuning.read_buffer_bytes, throttled_slice(throttle, priority) * 2),
         )
 
+    async def _client_tls(self, url: str) -> ssl.SSLContext | None:
+        """The job's own context when it presents a client certificate to an https:// URL
+        (found again in its store as the owner, kept by ``ClientContexts``); else None."""
+        cert, certs = self.options.client_certificate, self.transport.certs
+        if cert is None or certs is None or url[:6].lower() != "https:":
+            return None
+        options, owner = self.options, self.owner
+        return await certs.context(options.job_id, cert, options.security_flags, owner.uid, owner.gid)
+
     def _request(
         self,
         url: str,
         headers: dict[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
         auth: Authenticator | None = None,
+        client_tls: ssl.SSLContext | None = None,
     ) -> contextlib.AbstractAsyncContextManager[HTTPResponse]:
         """One GET, no redirects followed: through ``h1`` unless through a proxy; ``auth``
-        answers the server's 401s (``h1`` only)."""
+        answers the server's 401s (``h1`` only); ``client_tls``: the job's context with its
+        client certificate (``_client_tls``)."""
         transport = self.transport
         options = self.options
         flags = options.security_flags
@@ -349,13 +364,13 @@ class FileDownload:
             if scheme.startswith("http:"):
                 return transport.h1.get(url, headers, ahead, auth=auth, partition=part)
             if scheme == "https:":
-                tls = transport.tls.for_h1(flags)
+                tls = client_tls or transport.tls.for_h1(flags)
                 return transport.h1.get(url, headers, ahead, tls, auth=auth, partition=part)
         return transport.session.get(
             url,
             headers=headers,
             allow_redirects=False,
-            ssl=transport.tls.for_aiohttp(flags),
+            ssl=client_tls or transport.tls.for_aiohttp(flags),
             read_bufsize=self._read_buffer(),
             proxy=proxy,
         )
@@ -372,7 +387,8 @@ class FileDownload:
         try:
             for _hop in range(redirects.MAX_REDIRECTS + 1):
                 auth = self._authenticator(url)
-                async with self._request(url, headers, ahead, auth) as resp:
+                client_tls = await self._client_tls(url)
+                async with self._request(url, headers, ahead, auth, client_tls) as resp:
                     target = redirects.next_url(
                         resp.status, resp.headers.get("Location"), resp.url, url, flags
                     )

@@ -170,11 +170,19 @@ class TLSContexts:
             return True
         ctx = self._relaxed.get(relax)
         if ctx is None:
-            ctx = ssl.create_default_context()
+            ctx = self._relaxed[relax] = self.fresh(security_flags)
+        return ctx
+
+    @staticmethod
+    def fresh(security_flags: int) -> ssl.SSLContext:
+        """A new context verifying as ``security_flags`` say, as ``for_aiohttp``'s are: for
+        a job that adds to it (a client certificate, ``certs.ClientContexts``)."""
+        ctx = ssl.create_default_context()
+        relax = security_flags & 0x1E
+        if relax:
             ctx.check_hostname = False
             if relax & 0x1C:
                 ctx.verify_mode = ssl.CERT_NONE
-            self._relaxed[relax] = ctx
         return ctx
 
     def for_h1(self, security_flags: int) -> ssl.SSLContext:

@@ -23,6 +23,7 @@ from openbits.api.openapi.schemas import (
 from openbits.model import (
     CUSTOM_HEADERS_MAX,
     REMOTE_URL_MAX,
+    CertStoreLocation,
     ErrorContext,
     SetJobStateCode,
 )
@@ -52,6 +53,10 @@ class Method:
         self.statuses = statuses
         self.example = example
 
+
+#: SetClientCertificateBy*'s store (bits-spec §2.7; 2-4 answer E_NOTIMPL)
+CERT_STORE_LOCATION = enum_of(CertStoreLocation, "BG_CERT_STORE_LOCATION")
+STORE_NAME = string(255, description="a directory of the location's stores, matched case-insensitively")
 
 #: what a method the service does not build yet answers (E_NOTIMPL, whatever the job)
 NOT_YET_STATUSES = ("400", "413", "500")
@@ -167,6 +172,46 @@ METHODS: dict[str, Method] = {
             out={"ResponseHeaders": string(nullable=True)},
             out_required=("ResponseHeaders",),
         ),
+        Method(
+            "SetClientCertificateById",
+            "The client certificate of the job's HTTPS handshakes, by its store and SHA-1 hash "
+            "(CRYPT_E_NOT_FOUND: not in the store; NTE_NO_KEY: its key is not)",
+            {
+                "CertStoreLocation": CERT_STORE_LOCATION,
+                "StoreName": STORE_NAME,
+                "CertHash": {
+                    "oneOf": [
+                        {
+                            "type": "array",
+                            "minItems": 20,
+                            "maxItems": 20,
+                            "items": {"type": "integer", "minimum": 0, "maximum": 255},
+                        },
+                        {"type": "string", "pattern": "^(0x)?[0-9A-Fa-f:]{40,59}$"},
+                    ],
+                    "description": "the SHA-1 thumbprint: 20 numbers or 40 hexadecimal digits",
+                },
+            },
+            ("CertStoreLocation", "StoreName", "CertHash"),
+            example={
+                "CertStoreLocation": 0,
+                "StoreName": "MY",
+                "CertHash": "a9993e364706816aba3e25717850c26c9cd0d89d",
+            },
+        ),
+        Method(
+            "SetClientCertificateByName",
+            "The client certificate of the job's HTTPS handshakes, by its store and subject "
+            "(its common name or whole subject, case-insensitive)",
+            {
+                "CertStoreLocation": CERT_STORE_LOCATION,
+                "StoreName": STORE_NAME,
+                "SubjectName": string(1024, description="a common name, or an RFC 4514 subject"),
+            },
+            ("CertStoreLocation", "StoreName", "SubjectName"),
+            example={"CertStoreLocation": 1, "StoreName": "MY", "SubjectName": "backup client"},
+        ),
+        Method("RemoveClientCertificate", "Remove the client certificate (ReturnValue 1: there was none)"),
         # not built yet: they answer E_NOTIMPL (SPEC §2 names their WMI parameters)
         Method(
             "SetCredentials",
@@ -184,21 +229,6 @@ METHODS: dict[str, Method] = {
             "Remove the credentials of a Target and Scheme",
             {"Target": UINT16, "Scheme": UINT16},
         ),
-        Method(
-            "SetClientCertificateById",
-            "A client certificate by its store and hash",
-            {
-                "CertStoreLocation": UINT16,
-                "StoreName": {"type": "string"},
-                "CertHash": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}},
-            },
-        ),
-        Method(
-            "SetClientCertificateByName",
-            "A client certificate by its store and subject name",
-            {"CertStoreLocation": UINT16, "StoreName": {"type": "string"}, "SubjectName": {"type": "string"}},
-        ),
-        Method("RemoveClientCertificate", "Remove the client certificate"),
         Method(
             "SetProxySettings",
             "The job's proxy (ProxyUsage 0 preconfig, 1 no proxy, 2 override, 3 autodetect)",

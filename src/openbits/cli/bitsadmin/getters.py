@@ -96,15 +96,15 @@ def _get_client_certificate(ctx: Ctx, args: list[str]) -> int:
     job = _job(ctx, args[0], "client certificate")
     cert = job.get("ClientCertificate")
     if cert is None:
-        # no certificate can be set yet (SetClientCertificate* answer E_NOTIMPL)
+        # IBackgroundCopyJobHttpOptions::GetClientCertificate of a job without one
         raise _Failed(
             "Unable to get client certificate",
-            BitsError.from_hresult(HResult.E_NOTIMPL, "client certificates are not implemented yet"),
+            BitsError.from_hresult(HResult.RPC_X_BAD_STUB_DATA, "the job has no client certificate"),
         )
     if isinstance(cert, dict):
         location = cert.get("CertStoreLocation", 0)
         where = _STORE_LOCATIONS[location] if isinstance(location, int) and 0 <= location < 8 else location
-        ident = cert.get("SubjectName") or "".join(f"{b:02x}" for b in cert.get("CertHash") or [])
+        ident = cert.get("SubjectName") or str(cert.get("CertHash") or "").upper()
         ctx.out.value(f"{where} {cert.get('StoreName')} {ident}")
     else:
         ctx.out.value(str(cert))

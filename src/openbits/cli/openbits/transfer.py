@@ -138,8 +138,17 @@ def proxy(ctx: Context, job: str, usage: str, proxies: str | None, bypass: str |
     help="The certificate store location.",
 )
 @click.option("--store", "store_name", default="MY", show_default=True, help="The store name.")
-@click.option("--hash", "cert_hash", default=None, metavar="HEX", help="The certificate's SHA-1 hash.")
-@click.option("--subject", default=None, help="The certificate's subject name.")
+@click.option(
+    "--hash",
+    "--by-id",
+    "cert_hash",
+    default=None,
+    metavar="HEX",
+    help="The certificate's SHA-1 hash (40 hex digits).",
+)
+@click.option(
+    "--subject", "--by-name", default=None, help="The certificate's common name, or its whole subject."
+)
 @click.option("--remove", is_flag=True, help="Remove the job's client certificate.")
 @json_option("the answer")
 @socket_option
@@ -158,12 +167,18 @@ def cert(
     """Set (or --remove) the client certificate a job shows HTTPS servers.
 
     The certificate is found in a store by its SHA-1 hash or its subject name
-    (SetClientCertificateById, SetClientCertificateByName, RemoveClientCertificate). Not
-    built yet: the daemon answers E_NOTIMPL.
+    (SetClientCertificateById, SetClientCertificateByName, RemoveClientCertificate), now,
+    with the job owner's rights: a current-user store is the directory
+    ~/.config/openbits/certs/STORE/, a local-machine one /etc/openbits/certs/STORE/ (the
+    daemon's machine_cert_dir). A store holds PEM files (certificate and key in one file,
+    or NAME.crt and NAME.key) and PKCS#12 files without a password. No such certificate:
+    CRYPT_E_NOT_FOUND; its key is not in the store: NTE_NO_KEY. The key itself is never
+    copied: the daemon reads it again for the job's TLS handshakes.
 
     \b
     Example:
-      openbits cert nightly --store MY --subject "CN=backup client"
+      openbits cert nightly --store MY --by-name "backup client"
+      openbits cert nightly --store-location local-machine --by-id 5f3c...e1
     """
     if sum((cert_hash is not None, subject is not None, remove)) != 1:
         raise click.UsageError("give exactly one of --hash, --subject and --remove")
