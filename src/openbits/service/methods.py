@@ -39,15 +39,15 @@ _ALL = (
     Method("SetNotifyUrl", ("NotifyUrl",)),
     Method("MakeCustomHeadersWriteOnly"),
     Method("TakeOwnership"),
+    Method("SetCredentials", ("Target", "Scheme", "UserName", "Password")),
+    Method("RemoveCredentials", ("Target", "Scheme")),
+    Method("SetProxySettings", ("ProxyUsage", "ProxyList", "ProxyBypassList")),
     # not built yet: they answer E_NOTIMPL whatever the job (SPEC §2 names their parameters)
-    Method("SetCredentials", ("Target", "Scheme", "UserName", "Password"), implemented=False),
-    Method("RemoveCredentials", ("Target", "Scheme"), implemented=False),
     Method("SetClientCertificateById", ("CertStoreLocation", "StoreName", "CertHash"), implemented=False),
     Method(
         "SetClientCertificateByName", ("CertStoreLocation", "StoreName", "SubjectName"), implemented=False
     ),
     Method("RemoveClientCertificate", implemented=False),
-    Method("SetProxySettings", ("ProxyUsage", "ProxyList", "ProxyBypassList"), implemented=False),
     Method("GetReplyData", implemented=False),
     Method("SetReplyFileName", ("ReplyFileName",), implemented=False),
 )

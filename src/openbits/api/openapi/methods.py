@@ -23,10 +23,15 @@ from openbits.api.openapi.schemas import (
 from openbits.model import (
     CUSTOM_HEADERS_MAX,
     REMOTE_URL_MAX,
+    AuthScheme,
+    AuthTarget,
     ErrorContext,
+    ProxyUsage,
     SetJobStateCode,
 )
 from openbits.service.methods import METHODS as SERVICE_METHODS
+from openbits.service.params import PASSWORD_MAX, USER_NAME_MAX
+from openbits.transfer.proxylist import LIST_MAX_CHARS
 
 
 class Method:
@@ -167,23 +172,53 @@ METHODS: dict[str, Method] = {
             out={"ResponseHeaders": string(nullable=True)},
             out_required=("ResponseHeaders",),
         ),
-        # not built yet: they answer E_NOTIMPL (SPEC §2 names their WMI parameters)
         Method(
             "SetCredentials",
-            "Credentials for the server or the proxy (Target 0 server, 1 proxy; "
-            "Scheme 0 Basic, 1 Digest, 2 NTLM, 3 Negotiate, 4 Passport)",
+            "Credentials for the server or the proxy, one per Target and Scheme (owner only; "
+            "Basic and Digest need both names, NTLM and Negotiate with neither use the owner's "
+            "default credentials; the password is never read back)",
             {
-                "Target": UINT16,
-                "Scheme": UINT16,
-                "UserName": string(nullable=True),
-                "Password": string(nullable=True),
+                "Target": enum_of(AuthTarget, "BG_AUTH_TARGET (WMI)"),
+                "Scheme": enum_of(AuthScheme, "BG_AUTH_SCHEME (WMI; 4 Passport answers E_NOTIMPL)"),
+                "UserName": string(USER_NAME_MAX, nullable=True),
+                "Password": string(
+                    PASSWORD_MAX, nullable=True, description="never shown, logged or stored in clear"
+                ),
             },
+            ("Target", "Scheme"),
+            example={"Target": 0, "Scheme": 0, "UserName": "alice", "Password": "…"},
         ),
         Method(
             "RemoveCredentials",
-            "Remove the credentials of a Target and Scheme",
-            {"Target": UINT16, "Scheme": UINT16},
+            "Remove the credentials of a Target and Scheme (ReturnValue 1, S_FALSE, when none was set)",
+            {
+                "Target": enum_of(AuthTarget, "BG_AUTH_TARGET (WMI)"),
+                "Scheme": enum_of(AuthScheme, "BG_AUTH_SCHEME (WMI)"),
+            },
+            ("Target", "Scheme"),
+            example={"Target": 0, "Scheme": 0},
         ),
+        Method(
+            "SetProxySettings",
+            "How the job reaches servers (owner only); the lists go with OVERRIDE alone",
+            {
+                "ProxyUsage": enum_of(ProxyUsage, "BG_JOB_PROXY_USAGE"),
+                "ProxyList": string(
+                    LIST_MAX_CHARS,
+                    nullable=True,
+                    description="OVERRIDE: [scheme=]host:port or http://, https://, socks5://, socks5h:// "
+                    "URLs separated by spaces or ';', tried in order",
+                ),
+                "ProxyBypassList": string(
+                    LIST_MAX_CHARS,
+                    nullable=True,
+                    description="OVERRIDE: hosts reached directly (wildcards, IPs, CIDR, <local>)",
+                ),
+            },
+            ("ProxyUsage",),
+            example={"ProxyUsage": 2, "ProxyList": "http://proxy:3128", "ProxyBypassList": "<local>"},
+        ),
+        # not built yet: they answer E_NOTIMPL (SPEC §2 names their WMI parameters)
         Method(
             "SetClientCertificateById",
             "A client certificate by its store and hash",
@@ -199,15 +234,6 @@ METHODS: dict[str, Method] = {
             {"CertStoreLocation": UINT16, "StoreName": {"type": "string"}, "SubjectName": {"type": "string"}},
         ),
         Method("RemoveClientCertificate", "Remove the client certificate"),
-        Method(
-            "SetProxySettings",
-            "The job's proxy (ProxyUsage 0 preconfig, 1 no proxy, 2 override, 3 autodetect)",
-            {
-                "ProxyUsage": UINT16,
-                "ProxyList": string(nullable=True),
-                "ProxyBypassList": string(nullable=True),
-            },
-        ),
         Method(
             "SetNotifyFlags",
             "Which events notify: BG_NOTIFY_* bits (null: the default, 3)",
