@@ -777,6 +777,7 @@ def test_parsers_of_ranges_file_sets_and_usage() -> None:
         "    Adds credentials to a job.",
         "    <target> may be either SERVER or PROXY",
         "    <scheme> may be BASIC, DIGEST, NTLM, NEGOTIATE, or PASSPORT.",
+        "    <password> * (or -) reads it from stdin, or asks for it on a terminal.",
     ]
 
 
