@@ -152,11 +152,14 @@ def _password(given: str, user: str | None) -> str | None:
                 file=sys.stderr,
             )
         return _null(given)
-    if sys.stdin.isatty():
-        import getpass
+    try:
+        if sys.stdin.isatty():
+            import getpass
 
-        return getpass.getpass(f"Password for {user}: ")
-    return sys.stdin.readline().rstrip("\r\n")
+            return getpass.getpass(f"Password for {user}: ")
+        return sys.stdin.readline().rstrip("\r\n")
+    except (OSError, EOFError) as e:  # (no stdin to read: closed, or not readable)
+        raise Usage(f"cannot read the password from stdin ({e or type(e).__name__}).") from None
 
 
 @switch("/SETCREDENTIALS")
