@@ -665,3 +665,40 @@ def test_job_commands_take_a_display_name(daemon: Daemon, command: str) -> None:
         json.loads(ok(result))
     status, _ = daemon.api("GET", f"{CLASS}/{job}")
     assert status == 200
+
+
+def test_credentials_set_asks_for_the_password_on_the_terminal_without_echo(daemon: Daemon) -> None:
+    job = new_job(daemon, "prompted")
+    secret = "typed-Pa55-0f9e"
+    pid, master = pty.fork()  # (the child's controlling terminal is the pty, as a user's is)
+    if pid == 0:  # pragma: no cover - child
+        os.environ["OPENBITS_SOCKET"] = daemon.socket
+        os.execv(
+            sys.executable, [sys.executable, "-m", "openbits", "credentials", "set", job, "--user", "eve"]
+        )
+    seen = b""
+
+    def read() -> bool:
+        """Reads what the terminal shows; whether there was anything."""
+        nonlocal seen
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if not ready:
+            return False
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # (the child has gone: EIO)
+            return False
+        seen += chunk
+        return bool(chunk)
+
+    try:
+        wait_until(lambda: read() is not None and b"Password for eve:" in seen, 20, "the password prompt")
+        os.write(master, secret.encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+        while read():
+            pass
+    finally:
+        os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert secret.encode() not in seen, "the password was echoed"
+    assert daemon.job(job)["Credentials"] == [{"Target": 0, "Scheme": 0, "UserName": "eve"}]
