@@ -492,6 +492,8 @@ def test_credentials_and_proxy_commands_set_what_the_instance_shows(daemon: Daem
         {"Target": 1, "Scheme": 3, "UserName": None},
         {"Target": 0, "Scheme": 1, "UserName": "bob"},
     ]
+    shown = ok(run(daemon, "get", job))
+    assert "server basic alice, proxy negotiate (default credentials), server digest bob" in shown
     assert (
         ok_json(run(daemon, "credentials", "remove", job, "--scheme", "digest", "--json"))["ReturnValue"] == 0
     )
@@ -519,6 +521,9 @@ def test_credentials_and_proxy_commands_set_what_the_instance_shows(daemon: Daem
             "--bypass",
             "<local>",
         )
+    )
+    assert "OVERRIDE ProxyList=http://proxy:3128 http://other:8080 ProxyBypassList=<local>" in ok(
+        run(daemon, "get", job)
     )
     instance = daemon.job(job)
     assert (instance["ProxyUsage"], instance["ProxyList"], instance["ProxyBypassList"]) == (
