@@ -166,6 +166,15 @@ class ClientBase:
     def __repr__(self) -> str:
         return self._endpoint.describe(type(self).__name__)
 
+    def _job_options(self, options: JobOptions) -> JobOptions:
+        """CreateJob's options as sent: a daemon reached over TCP is not given this
+        machine's proxy environment unless asked (it reaches servers from its own network,
+        and the variables may hold a proxy password)."""
+        if self.socket is None and "proxy_environment" not in options:
+            options = options.copy()
+            options["proxy_environment"] = None
+        return options
+
 
 def answer(status: int, payload: bytes) -> Any:
     """The JSON of a response; a failing one raises its BitsError."""
@@ -244,7 +253,8 @@ class JobOptions(TypedDict, total=False):
     """CreateJob's options: ``suspend`` (default True; False with a file: resumed at once),
     ``description``, ``priority``, ``job_type``; ``proxy_environment``: the proxy variables
     the job's PRECONFIG proxy usage follows (default: this process's ``http_proxy``,
-    ``https_proxy``, ``all_proxy`` and ``no_proxy``, either case; None: none sent)."""
+    ``https_proxy``, ``all_proxy`` and ``no_proxy``, either case, to a daemon on its Unix
+    socket; None: none sent)."""
 
     suspend: bool
     description: str | None

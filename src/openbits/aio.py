@@ -154,7 +154,7 @@ class AsyncClient(wire.ClientBase):
         local_file: str | None = None,
         **options: Unpack[wire.JobOptions],
     ) -> BitsJob:
-        call = wire.create_call(display_name, remote_url, local_file, **options)
+        call = wire.create_call(display_name, remote_url, local_file, **self._job_options(options))
         return await self.get_job(str((await self._call(call))["JobId"]))
 
     async def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> BitsJob:
@@ -363,6 +363,7 @@ class AsyncClient(wire.ClientBase):
         """See ``Client.transfer``; ``progress`` may be a coroutine function.  A cancelled
         task cancels its job."""
         spec = flows.TransferSpec.of(files, display_name, options)
+        spec.job.update(self._job_options(spec.job))  # (not to a daemon over TCP: its proxy environment)
         if not options.get("wait", True):
             return await self.get_job(await self._drive(flows.start(spec)))
         deadline = flows.deadline_of(options.get("timeout"))

@@ -176,7 +176,11 @@ class Client(wire.ClientBase):
     ) -> BitsJob:
         """CreateJob: the new job, SUSPENDED unless ``suspend=False`` (with a file: resumed
         at once); ``description``, ``priority``, ``job_type``."""
-        job_id = str(self._call(wire.create_call(display_name, remote_url, local_file, **options))["JobId"])
+        job_id = str(
+            self._call(wire.create_call(display_name, remote_url, local_file, **self._job_options(options)))[
+                "JobId"
+            ]
+        )
         return self.get_job(job_id)
 
     def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> BitsJob:
@@ -479,6 +483,7 @@ class Client(wire.ClientBase):
         (KeyboardInterrupt).  When the daemon cannot be told to cancel (it went away), a
         note of the error names the job and how to finish it."""
         spec = flows.TransferSpec.of(files, display_name, options)
+        spec.job.update(self._job_options(spec.job))  # (not to a daemon over TCP: its proxy environment)
         if not options.get("wait", True):
             return self.get_job(self._drive(flows.start(spec)))
         deadline = flows.deadline_of(options.get("timeout"))

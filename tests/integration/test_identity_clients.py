@@ -15,6 +15,7 @@ from openbits.errors import HResult, InvalidArgument, NotImplementedValue
 from openbits.jobs import JobCredential
 from openbits.store.sqlite import SqliteStore
 from tests.support.daemon import Daemon
+from tests.support.nginx import free_port
 
 PROXY_ENV = {"https_proxy": "http://user:pw-env-77@proxy.example:3128", "NO_PROXY": "localhost,.internal"}
 
@@ -127,3 +128,28 @@ def test_every_way_of_creating_a_job_sends_the_callers_proxy_environment(
     }
     store_bytes = b"".join(p.read_bytes() for p in Path(daemon.state_dir).iterdir() if p.is_file())
     assert b"pw-env-77" not in store_bytes, "sealed at rest"
+
+
+def test_a_daemon_over_tcp_is_not_sent_this_machines_proxy_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("https_proxy", PROXY_ENV["https_proxy"])
+    port = free_port()
+    daemon = Daemon(tmp_path / "state", config={"listen": f"127.0.0.1:{port}"})
+    daemon.start()
+    try:
+        token = daemon.client.create_token("identity")["Token"]
+        with Client(url=f"http://127.0.0.1:{port}", token=token) as remote:
+            remote.create_job("remote")
+            remote.create_job("asked", proxy_environment={"http_proxy": "http://chosen:3128"})
+        daemon.client.create_job("local")
+    finally:
+        environments = _stored_environments(daemon)
+    assert environments == {
+        "remote": None,
+        "asked": {"http_proxy": "http://chosen:3128"},
+        "local": {"https_proxy": PROXY_ENV["https_proxy"]},
+    }
