@@ -237,7 +237,7 @@ async def test_legal_in_every_state_but_cancelled_and_acknowledged(
 ) -> None:
     async with Driver(tmp_path) as d:
         job = await _job(d)
-        for state in (JobState.SUSPENDED, JobState.QUEUED, JobState.TRANSIENT_ERROR, JobState.ERROR):
+        for state in (s for s in JobState if not s.is_final):
             job.state = state  # (the state machine's own moves are tested elsewhere)
             assert (await _call(d, job, method, raw))["ReturnValue"] in (0, 1), state
         job.state = JobState.SUSPENDED
@@ -329,3 +329,16 @@ async def test_custom_headers_show_to_their_owner_alone(tmp_path: Path) -> None:
             assert "CustomHeaders" not in job.to_cim(viewer_uid=viewer.uid)
             assert job.cim_view(viewer_uid=viewer.uid)["CustomHeaders"] is None
             assert "s3cr3t" not in str(dict(job.cim_view(viewer_uid=viewer.uid)))
+
+
+async def test_new_proxy_settings_send_a_running_transfer_back_to_the_queue(tmp_path: Path) -> None:
+    async with Driver(tmp_path) as d:
+        job = await _job(d)
+        job.state = JobState.TRANSFERRING  # (as the scheduler leaves a running job)
+        await _call(d, job, "SetProxySettings", {"ProxyUsage": 0})  # the same settings: it runs on
+        assert job.state is JobState.TRANSFERRING
+        await _call(d, job, "SetProxySettings", {"ProxyUsage": 1})
+        assert job.state is JobState.QUEUED and _stored(d, job).proxy_usage is ProxyUsage.NO_PROXY
+        job.state = JobState.CONNECTING
+        await _call(d, job, "SetCredentials", BASIC)  # credentials are asked for later: it runs on
+        assert job.state is JobState.CONNECTING

@@ -128,9 +128,18 @@ class Service(Verbs):
 
     async def _m_set_proxy_settings(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
         """``{ProxyUsage, ProxyList, ProxyBypassList}``: the lists (OVERRIDE only) kept as
-        given; another usage clears them."""
+        given; another usage clears them.  A running transfer starts again with them."""
         usage, proxies, bypass = validate_proxy_settings(raw)
         job = self._owned(caller, job_ref, "set its proxy settings")
+        if job.state in states.RUNNING_STATES and (usage, proxies, bypass) != (
+            job.proxy_usage,
+            job.proxy_list,
+            job.proxy_bypass_list,
+        ):
+            # a running transfer goes on by its old route: stopped, back in the queue at its
+            # checkpoint, it starts again by the new one (as SetRemoteName does)
+            await self.runner.stop(job.job_id)
+            self.job_preempted(job)
         with self._change(job, "proxy settings changed"):
             job.proxy_usage, job.proxy_list, job.proxy_bypass_list = usage, proxies, bypass
         return {"ReturnValue": 0}
