@@ -145,7 +145,8 @@ def proxy(ctx: Context, job: str, usage: str, proxies: str | None, bypass: str |
     goes direct; override uses --list (proxies tried in order, comma or space separated:
     host:port, http://, https://, socks5:// or socks5h:// URLs) and --bypass (hosts
     reached directly: wildcards, addresses, <local>); autodetect uses a PAC script per file
-    (SetProxySettings). The lists are kept as given and shown by `openbits get`.
+    (SetProxySettings). The lists are kept as sent (commas become spaces) and shown by
+    `openbits get`.
 
     \b
     Example:
