@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from openbits import _flows as flows
 from openbits import _wire as wire
+from openbits._identity import AsyncIdentityCalls
 from openbits._wire import WAIT_UNTIL, DaemonUnavailable, FilePairs, Progress, SseDecoder, StreamEvent
 from openbits.jobs import BitsJob, JobErrorInfo, JobEvent
-from openbits.model import POLICY_PATH, AuthScheme, AuthTarget, CertStoreLocation, JobState, ProxyUsage
+from openbits.model import POLICY_PATH, JobState
 
 if TYPE_CHECKING:
     import aiohttp
@@ -34,7 +35,7 @@ async def _report(progress: Progress | None, job: BitsJob) -> None:
             await result
 
 
-class AsyncClient(wire.ClientBase):
+class AsyncClient(AsyncIdentityCalls, wire.ClientBase):
     """The daemon's API for asyncio, on aiohttp: the same methods as :class:`Client`, as
     coroutines, and the same ways to find the daemon (``socket``, ``url`` + ``token``,
     $OPENBITS_SOCKET, $OPENBITS_URL + $OPENBITS_TOKEN, the default socket)::
@@ -237,58 +238,6 @@ class AsyncClient(wire.ClientBase):
         params = {} if local_file is None else {"LocalFile": local_file}
         headers: str | None = (await self.invoke(job, "GetResponseHeaders", **params)).get("ResponseHeaders")
         return headers
-
-    # -- identity (SPEC §7): as Client's ----------------------------------------------------------
-
-    async def set_credentials(
-        self,
-        job: str,
-        target: AuthTarget | int,
-        scheme: AuthScheme | int,
-        user_name: str | None = None,
-        password: str | None = None,
-    ) -> None:
-        await self.invoke(
-            job, "SetCredentials", **wire.credential_params(target, scheme, user_name, password)
-        )
-
-    async def remove_credentials(self, job: str, target: AuthTarget | int, scheme: AuthScheme | int) -> bool:
-        result = await self.invoke(job, "RemoveCredentials", Target=int(target), Scheme=int(scheme))
-        return int(result.get("ReturnValue", 0)) == 0
-
-    async def set_proxy_settings(
-        self,
-        job: str,
-        usage: ProxyUsage | int,
-        proxy_list: str | Iterable[str] | None = None,
-        bypass_list: str | Iterable[str] | None = None,
-    ) -> None:
-        await self.invoke(job, "SetProxySettings", **wire.proxy_params(usage, proxy_list, bypass_list))
-
-    async def set_client_certificate_by_id(
-        self, job: str, location: CertStoreLocation | int, store_name: str, cert_hash: str | bytes
-    ) -> None:
-        await self.invoke(
-            job,
-            "SetClientCertificateById",
-            CertStoreLocation=int(location),
-            StoreName=store_name,
-            CertHash=wire.cert_hash_param(cert_hash),
-        )
-
-    async def set_client_certificate_by_name(
-        self, job: str, location: CertStoreLocation | int, store_name: str, subject_name: str
-    ) -> None:
-        await self.invoke(
-            job,
-            "SetClientCertificateByName",
-            CertStoreLocation=int(location),
-            StoreName=store_name,
-            SubjectName=subject_name,
-        )
-
-    async def remove_client_certificate(self, job: str) -> bool:
-        return int((await self.invoke(job, "RemoveClientCertificate")).get("ReturnValue", 0)) == 0
 
     # -- the service ---------------------------------------------------------------------------------
 

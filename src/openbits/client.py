@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from openbits import _flows as flows
 from openbits import _wire as wire
+from openbits._identity import IdentityCalls
 from openbits._wire import (
     WAIT_UNTIL,
     DaemonUnavailable,
@@ -41,7 +42,7 @@ from openbits._wire import (
     StreamEvent,
     wmi_name,
 )
-from openbits.model import POLICY_PATH, AuthScheme, AuthTarget, CertStoreLocation, JobState, ProxyUsage
+from openbits.model import POLICY_PATH, JobState
 
 if TYPE_CHECKING:  # (imported where used: `import openbits.client` stays light for the CLI)
     from openbits.jobs import BitsJob, JobErrorInfo, JobEvent
@@ -68,7 +69,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class Client(wire.ClientBase):
+class Client(IdentityCalls, wire.ClientBase):
     """The daemon's API, synchronously: ``Client()`` finds the daemon on ``socket``, else at
     ``url`` (``http://HOST:PORT``, each request carrying ``Authorization: Bearer <token>``),
     else through $OPENBITS_SOCKET, else $OPENBITS_URL and $OPENBITS_TOKEN, else on the
@@ -296,68 +297,6 @@ class Client(wire.ClientBase):
         params = {} if local_file is None else {"LocalFile": local_file}
         headers: str | None = self.invoke(job, "GetResponseHeaders", **params).get("ResponseHeaders")
         return headers
-
-    # -- identity (SPEC §7) ------------------------------------------------------------------------
-
-    def set_credentials(
-        self,
-        job: str,
-        target: AuthTarget | int,
-        scheme: AuthScheme | int,
-        user_name: str | None = None,
-        password: str | None = None,
-    ) -> None:
-        """The credentials the job answers ``target``'s challenges of ``scheme`` with (one per
-        target and scheme, replaced when set again).  Basic and Digest need both names;
-        NTLM and Negotiate with neither use your default credentials (a Kerberos ccache).
-        The password is never shown again, by anything."""
-        self.invoke(job, "SetCredentials", **wire.credential_params(target, scheme, user_name, password))
-
-    def remove_credentials(self, job: str, target: AuthTarget | int, scheme: AuthScheme | int) -> bool:
-        """Whether there were credentials of ``target`` and ``scheme`` to remove."""
-        result = self.invoke(job, "RemoveCredentials", Target=int(target), Scheme=int(scheme))
-        return int(result.get("ReturnValue", 0)) == 0
-
-    def set_proxy_settings(
-        self,
-        job: str,
-        usage: ProxyUsage | int,
-        proxy_list: str | Iterable[str] | None = None,
-        bypass_list: str | Iterable[str] | None = None,
-    ) -> None:
-        """How the job reaches servers: PRECONFIG (the proxy environment sent with CreateJob,
-        else the daemon's), NO_PROXY, OVERRIDE (``proxy_list``, tried in order, and
-        ``bypass_list``, reached directly) or AUTODETECT (PAC / WPAD)."""
-        self.invoke(job, "SetProxySettings", **wire.proxy_params(usage, proxy_list, bypass_list))
-
-    def set_client_certificate_by_id(
-        self, job: str, location: CertStoreLocation | int, store_name: str, cert_hash: str | bytes
-    ) -> None:
-        """The client certificate of the job's HTTPS handshakes, by its SHA-1 thumbprint (20
-        bytes or 40 hex digits) in a store."""
-        self.invoke(
-            job,
-            "SetClientCertificateById",
-            CertStoreLocation=int(location),
-            StoreName=store_name,
-            CertHash=wire.cert_hash_param(cert_hash),
-        )
-
-    def set_client_certificate_by_name(
-        self, job: str, location: CertStoreLocation | int, store_name: str, subject_name: str
-    ) -> None:
-        """The client certificate by its subject (its common name or the whole subject)."""
-        self.invoke(
-            job,
-            "SetClientCertificateByName",
-            CertStoreLocation=int(location),
-            StoreName=store_name,
-            SubjectName=subject_name,
-        )
-
-    def remove_client_certificate(self, job: str) -> bool:
-        """Whether the job had a client certificate to remove."""
-        return int(self.invoke(job, "RemoveClientCertificate").get("ReturnValue", 0)) == 0
 
     # -- the service -------------------------------------------------------------------------------
 
