@@ -16,11 +16,15 @@ __version__ = "0.1.0"
 from openbits.client import Client, DaemonUnavailable
 from openbits.errors import BitsError, HResult
 from openbits.model import (
+    AuthScheme,
+    AuthTarget,
+    CertStoreLocation,
     ErrorContext,
     JobPriority,
     JobState,
     JobType,
     NotifyFlags,
+    ProxyUsage,
     SecurityFlags,
 )
 
@@ -48,9 +52,12 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AsyncClient",
+    "AuthScheme",
+    "AuthTarget",
     "BitsError",
     "BitsFile",
     "BitsJob",
+    "CertStoreLocation",
     "Client",
     "DaemonUnavailable",
     "ErrorContext",
@@ -61,6 +68,7 @@ __all__ = [
     "JobState",
     "JobType",
     "NotifyFlags",
+    "ProxyUsage",
     "SecurityFlags",
     "__version__",
 ]

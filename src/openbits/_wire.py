@@ -22,9 +22,12 @@ from openbits.errors import AccessDenied, BitsError, InternalError, InvalidState
 from openbits.model import (
     BG_LENGTH_TO_EOF,
     JOB_CLASS_PATH,
+    AuthScheme,
+    AuthTarget,
     JobPriority,
     JobState,
     JobType,
+    ProxyUsage,
     redact_url,
 )
 
@@ -179,6 +182,15 @@ class ClientBase:
     def __repr__(self) -> str:
         return self._endpoint.describe(type(self).__name__)
 
+    def _job_options(self, options: JobOptions) -> JobOptions:
+        """CreateJob's options as sent: a daemon reached over TCP is not given this
+        machine's proxy environment unless asked (it reaches servers from its own network,
+        and the variables may hold a proxy password)."""
+        if self.socket is None and "proxy_environment" not in options:
+            options = options.copy()
+            options["proxy_environment"] = None
+        return options
+
 
 def answer(status: int, payload: bytes) -> Any:
     """The JSON of a response; a failing one raises its BitsError."""
@@ -255,12 +267,16 @@ class GetJobOptions(TypedDict, total=False):
 
 class JobOptions(TypedDict, total=False):
     """CreateJob's options: ``suspend`` (default True; False with a file: resumed at once),
-    ``description``, ``priority``, ``job_type``."""
+    ``description``, ``priority``, ``job_type``; ``proxy_environment``: the proxy variables
+    the job's PRECONFIG proxy usage follows (default: this process's ``http_proxy``,
+    ``https_proxy``, ``all_proxy`` and ``no_proxy``, either case, to a daemon on its Unix
+    socket; None: none sent)."""
 
     suspend: bool
     description: str | None
     priority: JobPriority | int | None
     job_type: JobType | int | None
+    proxy_environment: Mapping[str, str] | None
 
 
 class TransferOptions(TypedDict, total=False):
@@ -344,7 +360,23 @@ def create_call(
         "Type": None if job_type is None else int(job_type),
     }
     body.update({k: v for k, v in optional.items() if v is not None})
+    environment = (
+        options["proxy_environment"] if "proxy_environment" in options else caller_proxy_environment()
+    )
+    if environment:
+        body["ProxyEnvironment"] = dict(environment)
     return Call("POST", CREATE_PATH, body)
+
+
+#: the variables of the caller's proxy environment CreateJob sends (SPEC §7: PRECONFIG)
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def caller_proxy_environment() -> dict[str, str]:
+    """This process's proxy variables (either case), read at the call: what a job created
+    now follows with PRECONFIG, as curl would here."""
+    names = {*PROXY_VARIABLES, *(n.upper() for n in PROXY_VARIABLES)}
+    return {k: v for k, v in os.environ.items() if k in names and v}
 
 
 def invoke_call(job: str, method: str, **params: Any) -> Call:
@@ -398,6 +430,36 @@ def file_pairs(files: FilePairs) -> list[dict[str, str]]:
 def ranges_param(ranges: Iterable[tuple[int, int | None]]) -> list[dict[str, int]]:
     """(offset, length) pairs; a length of None runs to the end of the file."""
     return [{"InitialOffset": int(o), "Length": BG_LENGTH_TO_EOF if n is None else int(n)} for o, n in ranges]
+
+
+def credential_params(
+    target: AuthTarget | int, scheme: AuthScheme | int, user_name: str | None, password: str | None
+) -> dict[str, Any]:
+    """SetCredentials' parameters (WMI codes: Target 0 server, 1 proxy; Scheme 0 Basic …)."""
+    return {"Target": int(target), "Scheme": int(scheme), "UserName": user_name, "Password": password}
+
+
+def proxy_params(
+    usage: ProxyUsage | int, proxy_list: str | Iterable[str] | None, bypass_list: str | Iterable[str] | None
+) -> dict[str, Any]:
+    """SetProxySettings' parameters; lists given as strings are sent as they are, others
+    joined by spaces."""
+
+    def text(value: str | Iterable[str] | None) -> str | None:
+        return value if value is None or isinstance(value, str) else " ".join(value)
+
+    return {"ProxyUsage": int(usage), "ProxyList": text(proxy_list), "ProxyBypassList": text(bypass_list)}
+
+
+def cert_hash_param(cert_hash: str | bytes) -> list[int]:
+    """A SHA-1 thumbprint (20 bytes, or 40 hex digits, ':' or spaces allowed) as WMI's
+    uint8 array."""
+    if isinstance(cert_hash, str):
+        try:
+            cert_hash = bytes.fromhex(cert_hash.removeprefix("0x").replace(":", "").replace(" ", ""))
+        except ValueError:
+            raise ValueError("a certificate hash is 40 hexadecimal digits") from None
+    return list(cert_hash)
 
 
 def headers_text(headers: str | Mapping[str, str] | None) -> str | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from openbits import _flows as flows
 from openbits import _wire as wire
+from openbits._identity import AsyncIdentityCalls
 from openbits._wire import WAIT_UNTIL, DaemonUnavailable, FilePairs, Progress, SseDecoder, StreamEvent
 from openbits.jobs import BitsJob, JobErrorInfo, JobEvent
 from openbits.model import POLICY_PATH, JobState
@@ -34,7 +35,7 @@ async def _report(progress: Progress | None, job: BitsJob) -> None:
             await result
 
 
-class AsyncClient(wire.ClientBase):
+class AsyncClient(AsyncIdentityCalls, wire.ClientBase):
     """The daemon's API for asyncio, on aiohttp: the same methods as :class:`Client`, as
     coroutines, and the same ways to find the daemon (``socket``, ``url`` + ``token`` (and
     ``cacert`` for https), $OPENBITS_SOCKET, $OPENBITS_URL + $OPENBITS_TOKEN (+
@@ -159,7 +160,7 @@ class AsyncClient(wire.ClientBase):
         local_file: str | None = None,
         **options: Unpack[wire.JobOptions],
     ) -> BitsJob:
-        call = wire.create_call(display_name, remote_url, local_file, **options)
+        call = wire.create_call(display_name, remote_url, local_file, **self._job_options(options))
         return await self.get_job(str((await self._call(call))["JobId"]))
 
     async def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> BitsJob:
@@ -345,6 +346,7 @@ class AsyncClient(wire.ClientBase):
         """See ``Client.transfer``; ``progress`` may be a coroutine function.  A cancelled
         task cancels its job."""
         spec = flows.TransferSpec.of(files, display_name, options)
+        spec.job.update(self._job_options(spec.job))  # (not to a daemon over TCP: its proxy environment)
         if not options.get("wait", True):
             return await self.get_job(await self._drive(flows.start(spec)))
         deadline = flows.deadline_of(options.get("timeout"))

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from openbits import _flows as flows
 from openbits import _wire as wire
+from openbits._identity import IdentityCalls
 from openbits._wire import (
     WAIT_UNTIL,
     DaemonUnavailable,
@@ -68,7 +69,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class Client(wire.ClientBase):
+class Client(IdentityCalls, wire.ClientBase):
     """The daemon's API, synchronously: ``Client()`` finds the daemon on ``socket``, else at
     ``url`` (``http://HOST:PORT`` or ``https://…``, each request carrying
     ``Authorization: Bearer <token>``; ``cacert``: the CA file an https daemon's
@@ -178,7 +179,11 @@ class Client(wire.ClientBase):
     ) -> BitsJob:
         """CreateJob: the new job, SUSPENDED unless ``suspend=False`` (with a file: resumed
         at once); ``description``, ``priority``, ``job_type``."""
-        job_id = str(self._call(wire.create_call(display_name, remote_url, local_file, **options))["JobId"])
+        job_id = str(
+            self._call(wire.create_call(display_name, remote_url, local_file, **self._job_options(options)))[
+                "JobId"
+            ]
+        )
         return self.get_job(job_id)
 
     def get_job(self, job: str, **options: Unpack[wire.GetJobOptions]) -> BitsJob:
@@ -457,6 +462,7 @@ class Client(wire.ClientBase):
         (KeyboardInterrupt).  When the daemon cannot be told to cancel (it went away), a
         note of the error names the job and how to finish it."""
         spec = flows.TransferSpec.of(files, display_name, options)
+        spec.job.update(self._job_options(spec.job))  # (not to a daemon over TCP: its proxy environment)
         if not options.get("wait", True):
             return self.get_job(self._drive(flows.start(spec)))
         deadline = flows.deadline_of(options.get("timeout"))

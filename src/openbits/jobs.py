@@ -16,11 +16,15 @@ from typing import Any, NamedTuple
 from openbits.errors import BitsError, hresult_name
 from openbits.model import (
     BG_SIZE_UNKNOWN,
+    AuthScheme,
+    AuthTarget,
+    CertStoreLocation,
     ErrorContext,
     JobPriority,
     JobState,
     JobType,
     NotifyFlags,
+    ProxyUsage,
     SecurityFlags,
 )
 
@@ -61,6 +65,42 @@ class NotifyCmdLine(NamedTuple):
 
     program: str
     parameters: str | None
+
+
+class JobCredential(NamedTuple):
+    """One of SetCredentials' entries, as the instance names it: never its password."""
+
+    target: AuthTarget
+    scheme: AuthScheme
+    #: None: the owner's default credentials (NTLM, Negotiate)
+    user_name: str | None
+
+
+class JobClientCertificate(NamedTuple):
+    """SetClientCertificateById/ByName: where the certificate is and which it is."""
+
+    location: CertStoreLocation
+    store_name: str
+    cert_hash: str  # the SHA-1 thumbprint, 40 hex digits
+    subject_name: str
+
+
+def _credentials(value: Any) -> tuple[JobCredential, ...]:
+    return tuple(
+        JobCredential(AuthTarget(int(c["Target"])), AuthScheme(int(c["Scheme"])), c.get("UserName"))
+        for c in value or ()
+    )
+
+
+def _certificate(value: Any) -> JobClientCertificate | None:
+    if not isinstance(value, Mapping):
+        return None
+    return JobClientCertificate(
+        CertStoreLocation(int(value["CertStoreLocation"])),
+        str(value.get("StoreName", "")),
+        str(value.get("CertHash", "")),
+        str(value.get("SubjectName", "")),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +168,12 @@ class BitsJob:
     maximum_download_time: int = 7_776_000
     custom_headers: str | None = field(default=None, repr=False)
     security_flags: SecurityFlags = _NO_SECURITY_FLAGS
+    #: SPEC §7: the credentials set (without passwords), the proxy settings, the certificate
+    credentials: tuple[JobCredential, ...] = ()
+    proxy_usage: ProxyUsage = ProxyUsage.PRECONFIG
+    proxy_list: str | None = None
+    proxy_bypass_list: str | None = None
+    client_certificate: JobClientCertificate | None = None
     creation_time: datetime | None = None
     modification_time: datetime | None = None
     completion_time: datetime | None = None
@@ -164,6 +210,11 @@ class BitsJob:
             maximum_download_time=int(g("MaximumDownloadTime", 7_776_000)),
             custom_headers=g("CustomHeaders"),
             security_flags=SecurityFlags(int(g("SecurityFlags") or 0)),
+            credentials=_credentials(g("Credentials")),
+            proxy_usage=ProxyUsage(int(g("ProxyUsage") or 0)),
+            proxy_list=g("ProxyList"),
+            proxy_bypass_list=g("ProxyBypassList"),
+            client_certificate=_certificate(g("ClientCertificate")),
             creation_time=datetime_from_filetime(g("JobCreationTime") or 0),
             modification_time=datetime_from_filetime(g("JobLastModificationTime") or 0),
             completion_time=datetime_from_filetime(g("JobCompletionTime") or 0),

@@ -426,17 +426,25 @@ class Job:
     def files_transferred(self) -> int:
         return sum(1 for f in self.files if f.completed)
 
-    def to_cim(self, files: bool = True) -> dict[str, Any]:
+    def to_cim(self, files: bool = True, *, viewer_uid: int | None = None) -> dict[str, Any]:
         """The BitsClientJob instance as JSON, WMI names and types (SPEC §1); ``files=False``
-        leaves out the Files array (an extension for pollers of jobs with many files)."""
+        leaves out the Files array (an extension for pollers of jobs with many files).
+        ``viewer_uid``: who reads it; CustomHeaders are shown to the job's owner alone
+        (SPEC §7: an administrator reading another user's job never sees them)."""
         cim = {name: get(self) for name, get in CIM_PROPERTIES.items() if files or name != "Files"}
-        if self.custom_headers_write_only:
+        if self.custom_headers_write_only or not self.shows_secrets_to(viewer_uid):
             del cim["CustomHeaders"]  # (SPEC §1: omitted when write-only)
         return cim
 
-    def cim_view(self) -> Mapping[str, Any]:
-        """The instance's properties computed only when read (WQL tests a few of thousands)."""
-        return _CimView(self)
+    def cim_view(self, *, viewer_uid: int | None = None) -> Mapping[str, Any]:
+        """The instance's properties computed only when read (WQL tests a few of thousands);
+        CustomHeaders are None for a ``viewer_uid`` that is not the owner's."""
+        return _CimView(self, self.shows_secrets_to(viewer_uid))
+
+    def shows_secrets_to(self, viewer_uid: int | None) -> bool:
+        """Whether the instance read by ``viewer_uid`` shows the owner's CustomHeaders
+        (None: the daemon itself, which hands them on to no one)."""
+        return viewer_uid is None or viewer_uid == self.owner_uid
 
 
 #: The BitsClientJob instance: WMI name -> its value of a job, in the instance's order.
@@ -477,12 +485,15 @@ CIM_PROPERTIES: dict[str, Callable[[Job], Any]] = {
 
 
 class _CimView(Mapping[str, Any]):
-    __slots__ = ("_job",)
+    __slots__ = ("_job", "_owner")
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, owner: bool = True) -> None:
         self._job = job
+        self._owner = owner  # (read by the job's owner: its CustomHeaders are shown)
 
     def __getitem__(self, name: str) -> Any:
+        if name == "CustomHeaders" and not self._owner:
+            return None
         return CIM_PROPERTIES[name](self._job)
 
     def __contains__(self, name: object) -> bool:

@@ -772,6 +772,7 @@ def test_parsers_of_ranges_file_sets_and_usage() -> None:
         "    Adds credentials to a job.",
         "    <target> may be either SERVER or PROXY",
         "    <scheme> may be BASIC, DIGEST, NTLM, NEGOTIATE, or PASSPORT.",
+        "    <password> * (or -) reads it from stdin, or asks for it on a terminal.",
     ]
 
 
@@ -848,3 +849,74 @@ def test_wrap_and_nowrap_on_a_terminal(daemon: Daemon) -> None:
     assert on_terminal("/info", job) == [summary[i : i + 40] for i in range(0, len(summary), 40)]
     assert on_terminal("/wrap", "/info", job) == [summary[i : i + 40] for i in range(0, len(summary), 40)]
     assert on_terminal("/nowrap", "/info", job) == [summary[:40]]
+
+
+def test_a_proxy_and_credentials_script_runs_unchanged(daemon: Daemon) -> None:
+    """What public bitsadmin scripts do: /setproxysettings … AUTODETECT, /setcredentials,
+    then read the settings back with bitsadmin's wording (issue 13: they stop on a failure)."""
+    job = create(daemon, "script")
+    assert ok(bitsadmin(daemon, "/setproxysettings", job, "AUTODETECT")) == "Proxy usage set to AUTODETECT.\n"
+    assert ok(bitsadmin(daemon, "/getproxyusage", job)) == "AUTODETECT\n"
+    assert ok(bitsadmin(daemon, "/getproxylist", job)) == "NULL\n"
+    said = ok(bitsadmin(daemon, "/setproxysettings", job, "override", "proxy1:80,proxy2:8080", "<local>"))
+    assert said == (
+        "Proxy usage set to OVERRIDE.\nProxy list set to proxy1:80,proxy2:8080.\n"
+        "Proxy bypass list set to <local>.\n"
+    )
+    assert ok(bitsadmin(daemon, "/getproxyusage", job)) == "OVERRIDE\n"
+    assert ok(bitsadmin(daemon, "/getproxylist", job)) == "proxy1:80 proxy2:8080\n"
+    assert ok(bitsadmin(daemon, "/getproxybypasslist", job)) == "<local>\n"
+    failed(
+        bitsadmin(daemon, "/setproxysettings", job, "OVERRIDE", "ftp://proxy:21", "NULL"),
+        0x80070057,
+        "E_INVALIDARG",
+        "Unable to set proxy settings",
+    )
+    assert ok(bitsadmin(daemon, "/setproxysettings", job, "NO_PROXY")) == "Proxy usage set to NO_PROXY.\n"
+    assert ok(bitsadmin(daemon, "/getproxybypasslist", job)) == "NULL\n"
+
+    # the password from stdin for * or - (bitsadmin's argv form works too, as scripts use it)
+    secret = "from-stdin-Pa55"
+    for star, target in (("*", "SERVER"), ("-", "PROXY")):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "openbits.cli.bitsadmin",
+                "/setcredentials",
+                job,
+                target,
+                "basic",
+                "ann",
+                star,
+            ],
+            input=secret + "\n",
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, OPENBITS_SOCKET=daemon.socket),
+            timeout=60,
+            check=False,
+        )
+        assert ok(result) == "OK." + "\n" and secret not in result.stdout + result.stderr
+    assert ok(bitsadmin(daemon, "/setcredentials", job, "SERVER", "DIGEST", "ann", "on-argv")) == "OK.\n"
+    assert daemon.job(job)["Credentials"] == [
+        {"Target": 0, "Scheme": 0, "UserName": "ann"},
+        {"Target": 1, "Scheme": 0, "UserName": "ann"},
+        {"Target": 0, "Scheme": 1, "UserName": "ann"},
+    ]
+    failed(
+        bitsadmin(daemon, "/setcredentials", job, "SERVER", "PASSPORT", "ann", "x"),
+        E_NOTIMPL,
+        "E_NOTIMPL",
+        "Unable to add credentials",
+    )
+    failed(
+        bitsadmin(daemon, "/setcredentials", job, "SERVER", "BASIC", "NULL", "NULL"),
+        0x80070057,
+        "E_INVALIDARG",
+        "Unable to add credentials",
+    )
+    assert ok(bitsadmin(daemon, "/removecredentials", job, "server", "basic")) == "OK.\n"
+    said = ok(bitsadmin(daemon, "/removecredentials", job, "server", "basic"))
+    assert said == "no matching credential was found.\n"
+    assert len(daemon.job(job)["Credentials"]) == 2

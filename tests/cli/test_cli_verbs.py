@@ -461,19 +461,81 @@ def test_policy_show_and_set(daemon: Daemon) -> None:
     assert ok_json(run(daemon, "policy", "--json")) == after
 
 
-def test_methods_not_built_yet_answer_e_notimpl(daemon: Daemon) -> None:
-    job = new_job(daemon, "not yet")
+def test_credentials_and_proxy_commands_set_what_the_instance_shows(daemon: Daemon) -> None:
+    job = new_job(daemon, "identity")
     secret = "correct horse battery staple"
-    result = run(daemon, "credentials", job, "--scheme", "basic", "--user", "alice", stdin=secret + "\n")
-    failed(result, E_NOTIMPL, "E_NOTIMPL")
+    result = run(
+        daemon, "credentials", "set", job, "--user", "alice", "--password-stdin", stdin=secret + "\n"
+    )
+    ok(result)
     assert secret not in result.stdout + result.stderr  # never echoed
-    for args in (
-        ("credentials", job, "--target", "proxy", "--scheme", "negotiate"),  # implicit credentials
-        ("credentials", job, "--remove", "--scheme", "digest"),
-        ("proxy", job, "override", "--list", "http://proxy:3128,http://other:8080", "--bypass", "<local>"),
-        ("proxy", job, "no-proxy"),
-    ):
-        failed(run(daemon, *args), E_NOTIMPL, "E_NOTIMPL")
+    answer = ok_json(
+        run(daemon, "credentials", "set", job, "--target", "proxy", "--scheme", "negotiate", "--json")
+    )  # the default credentials: no password asked for
+    assert answer == {"ReturnValue": 0}
+    ok(
+        run(
+            daemon,
+            "credentials",
+            "set",
+            job,
+            "--scheme",
+            "DIGEST",
+            "--user",
+            "bob",
+            "--password-stdin",
+            stdin="x\n",
+        )
+    )
+    assert daemon.job(job)["Credentials"] == [
+        {"Target": 0, "Scheme": 0, "UserName": "alice"},
+        {"Target": 1, "Scheme": 3, "UserName": None},
+        {"Target": 0, "Scheme": 1, "UserName": "bob"},
+    ]
+    shown = ok(run(daemon, "get", job))
+    assert "server basic alice, proxy negotiate (default credentials), server digest bob" in shown
+    assert (
+        ok_json(run(daemon, "credentials", "remove", job, "--scheme", "digest", "--json"))["ReturnValue"] == 0
+    )
+    said = ok(run(daemon, "credentials", "remove", job, "--scheme", "digest"))
+    assert said == "the job has no server digest credentials\n"  # S_FALSE
+    # no password on argv, and none without a terminal unless --password-stdin says so
+    exits(run(daemon, "credentials", "set", job, "--user", "alice", "--password", secret), 2)
+    exits(run(daemon, "credentials", "set", job, "--user", "alice", stdin=secret + "\n"), 2)
+    exits(run(daemon, "credentials", "set", job, "--password-stdin"), 2)
+    exits(run(daemon, "credentials", "remove", job, "--user", "bob"), 2)
+    failed(
+        run(daemon, "credentials", "set", job, "--scheme", "passport", "--user", "a", "--password-stdin"),
+        E_NOTIMPL,
+        "E_NOTIMPL",
+    )
+
+    ok(
+        run(
+            daemon,
+            "proxy",
+            job,
+            "override",
+            "--list",
+            "http://proxy:3128,http://other:8080",
+            "--bypass",
+            "<local>",
+        )
+    )
+    assert "OVERRIDE ProxyList=http://proxy:3128 http://other:8080 ProxyBypassList=<local>" in ok(
+        run(daemon, "get", job)
+    )
+    instance = daemon.job(job)
+    assert (instance["ProxyUsage"], instance["ProxyList"], instance["ProxyBypassList"]) == (
+        2,
+        "http://proxy:3128 http://other:8080",
+        "<local>",
+    )
+    failed(run(daemon, "proxy", job, "override", "--list", "ftp://proxy:21"), E_INVALIDARG, "E_INVALIDARG")
+    ok(run(daemon, "proxy", job, "AUTODETECT"))
+    instance = daemon.job(job)
+    assert (instance["ProxyUsage"], instance["ProxyList"], instance["ProxyBypassList"]) == (3, None, None)
+
     # client certificates are built (tests/integration/test_client_certs.py): looked for at once
     store = f"no-such-store-{os.getpid()}"
     for args in (
@@ -482,9 +544,9 @@ def test_methods_not_built_yet_answer_e_notimpl(daemon: Daemon) -> None:
     ):
         failed(run(daemon, *args), 0x80092004, "CRYPT_E_NOT_FOUND")
     assert ok_json(run(daemon, "cert", job, "--remove", "--json"))["ReturnValue"] == 1  # none: S_FALSE
-    # TakeOwnership is built: the tests' caller (root) is an administrator
+    # TakeOwnership: the tests' caller (root) is an administrator; the credentials go with it
     assert ok_json(run(daemon, "take-ownership", job, "--json"))["ReturnValue"] == 0
-    exits(run(daemon, "credentials", job, "--remove", "--user", "bob"), 2)
+    assert daemon.job(job)["Credentials"] == []
 
 
 # -- watch ------------------------------------------------------------------------------------------
@@ -601,3 +663,40 @@ def test_job_commands_take_a_display_name(daemon: Daemon, command: str) -> None:
         json.loads(ok(result))
     status, _ = daemon.api("GET", f"{CLASS}/{job}")
     assert status == 200
+
+
+def test_credentials_set_asks_for_the_password_on_the_terminal_without_echo(daemon: Daemon) -> None:
+    job = new_job(daemon, "prompted")
+    secret = "typed-Pa55-0f9e"
+    pid, master = pty.fork()  # (the child's controlling terminal is the pty, as a user's is)
+    if pid == 0:  # pragma: no cover - child
+        os.environ["OPENBITS_SOCKET"] = daemon.socket
+        os.execv(
+            sys.executable, [sys.executable, "-m", "openbits", "credentials", "set", job, "--user", "eve"]
+        )
+    seen = b""
+
+    def read() -> bool:
+        """Reads what the terminal shows; whether there was anything."""
+        nonlocal seen
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if not ready:
+            return False
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # (the child has gone: EIO)
+            return False
+        seen += chunk
+        return bool(chunk)
+
+    try:
+        wait_until(lambda: read() is not None and b"Password for eve:" in seen, 20, "the password prompt")
+        os.write(master, secret.encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+        while read():
+            pass
+    finally:
+        os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert secret.encode() not in seen, "the password was echoed"
+    assert daemon.job(job)["Credentials"] == [{"Target": 0, "Scheme": 0, "UserName": "eve"}]

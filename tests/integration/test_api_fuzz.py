@@ -44,6 +44,7 @@ from schemathesis.checks import (
 from openbits.api import openapi
 from openbits.errors import api_http_status
 from openbits.model import CIM_PROPERTIES
+from openbits.transfer.proxylist import parse_proxy_list
 from tests.support.daemon import CLASS, Daemon
 
 EXAMPLES = int(os.environ.get("OPENBITS_FUZZ_EXAMPLES", "6"))
@@ -53,6 +54,9 @@ DOCUMENT = openapi.document()
 PATH_KEYS = frozenset({"remoteurl", "localfile", "oldprefix", "newprefix", "program"})
 #: the keys whose string values are webhooks: sent to the refusing address
 URL_KEYS = frozenset({"notifyurl"})
+#: SetProxySettings' list and CreateJob's proxy variables: a proxy list that parses, and every
+#: proxy variable, name the refusing address instead
+PROXY_KEYS = frozenset({"proxylist", "http_proxy", "https_proxy", "all_proxy"})
 
 # (an explicit config: no schemathesis.toml found on the way changes what runs)
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=schemathesis.Config.from_dict({})).exclude(
@@ -218,6 +222,16 @@ def _refused(url: str, refusing: str) -> str:
     return urlunsplit(parts._replace(netloc=refusing)) if parts.netloc else url
 
 
+def _refusing_proxies(text: str, refusing: str) -> str:
+    """A proxy list (or variable) that the daemon would take, pointed at the refusing
+    address; one it refuses as it is."""
+    try:
+        parse_proxy_list(text)
+    except ValueError:
+        return text
+    return f"http://{refusing}"
+
+
 def _fence(value: Any, live: Live) -> Any:
     if isinstance(value, dict):
         fenced = {}
@@ -227,6 +241,8 @@ def _fence(value: Any, live: Live) -> Any:
                 item = _confine(item, live.sandbox)
             elif isinstance(item, str) and name in URL_KEYS:
                 item = _refused(item, live.refusing)
+            elif isinstance(item, str) and name in PROXY_KEYS:
+                item = _refusing_proxies(item, live.refusing)
             fenced[key] = _fence(item, live)
         return fenced
     if isinstance(value, list):

@@ -11,9 +11,23 @@ import pytest
 from openbits._wire import Endpoint as _Endpoint
 from openbits.client import Client, wmi_name
 from openbits.errors import HResult, NotFound, TransferError
-from openbits.jobs import BitsFile, BitsJob, JobErrorInfo, JobEvent, NotifyCmdLine, datetime_from_filetime
+from openbits.jobs import (
+    BitsFile,
+    BitsJob,
+    JobClientCertificate,
+    JobCredential,
+    JobErrorInfo,
+    JobEvent,
+    NotifyCmdLine,
+    datetime_from_filetime,
+)
 from openbits.model import (
     BG_SIZE_UNKNOWN,
+    AuthScheme,
+    AuthTarget,
+    CertStoreLocation,
+    ClientCertificate,
+    Credential,
     ErrorContext,
     Job,
     JobFile,
@@ -21,6 +35,8 @@ from openbits.model import (
     JobState,
     JobType,
     NotifyFlags,
+    ProxyUsage,
+    Secret,
     SecurityFlags,
     filetime_from_unix_ns,
     new_job_id,
@@ -80,6 +96,8 @@ def test_from_cim_gives_every_property_its_type() -> None:
     assert job.notify_url == "https://hooks.example/***"
     assert job.custom_headers == "Authorization: Bearer s3cret\r\n"
     assert job.security_flags == SecurityFlags.IGNORE_UNKNOWN_CA
+    assert job.credentials == () and job.client_certificate is None
+    assert (job.proxy_usage, job.proxy_list, job.proxy_bypass_list) == (ProxyUsage.PRECONFIG, None, None)
     assert job.creation_time == T0
     assert job.modification_time == datetime(2025, 3, 4, 5, 6, 8, 123456, tzinfo=UTC)
     assert job.completion_time is None  # a FILETIME of 0
@@ -215,3 +233,35 @@ def test_where_a_client_finds_the_daemon_and_the_token_stays_hidden(monkeypatch:
     with pytest.raises(ValueError) as e:
         Client(url="gopher://user:pw@host:1/")
     assert "pw" not in str(e.value)
+
+
+def test_the_identity_properties_are_typed_and_carry_no_password() -> None:
+    raw = sample(
+        credentials={
+            (AuthTarget.SERVER, AuthScheme.BASIC): Credential(
+                AuthTarget.SERVER, AuthScheme.BASIC, "alice", Secret("pw-never-shown")
+            ),
+            (AuthTarget.PROXY, AuthScheme.NEGOTIATE): Credential(
+                AuthTarget.PROXY, AuthScheme.NEGOTIATE, None, None
+            ),
+        },
+        proxy_usage=ProxyUsage.OVERRIDE,
+        proxy_list="http://proxy:3128",
+        proxy_bypass_list="<local>",
+        client_certificate=ClientCertificate(CertStoreLocation.LOCAL_MACHINE, "MY", "ab" * 20, "CN=client"),
+    )
+    job = BitsJob.from_cim(raw)
+    assert job.credentials == (
+        JobCredential(AuthTarget.SERVER, AuthScheme.BASIC, "alice"),
+        JobCredential(AuthTarget.PROXY, AuthScheme.NEGOTIATE, None),
+    )
+    assert isinstance(job.credentials[0].scheme, AuthScheme)
+    assert (job.proxy_usage, job.proxy_list, job.proxy_bypass_list) == (
+        ProxyUsage.OVERRIDE,
+        "http://proxy:3128",
+        "<local>",
+    )
+    assert job.client_certificate == JobClientCertificate(
+        CertStoreLocation.LOCAL_MACHINE, "MY", "ab" * 20, "CN=client"
+    )
+    assert "pw-never-shown" not in repr(job) + json.dumps(raw)

@@ -173,9 +173,10 @@ async def enumerate_jobs(request: web.Request) -> web.Response:
     where = _query(request, "Where")
     jobs = service.enumerate(caller, all_users=_flag(request, "AllUsers"))
     if where is None:
-        return web.json_response([j.to_cim() for j in jobs])
+        return web.json_response([j.to_cim(viewer_uid=caller.uid) for j in jobs])
     condition = _wql(wql.parse_condition, where, ALL_PROPERTIES)
-    return web.json_response([j.to_cim() for j in _matching(jobs, condition)])
+    matching = _matching(jobs, condition, caller.uid)
+    return web.json_response([j.to_cim(viewer_uid=caller.uid) for j in matching])
 
 
 async def query(request: web.Request) -> web.Response:
@@ -193,16 +194,17 @@ async def query(request: web.Request) -> web.Response:
         raise InvalidArgument("AllUsers must be true or false")
     text = body["Query"]
     parsed = _wql(wql.parse_query, text, ALL_PROPERTIES)
-    jobs = service.enumerate(caller_of(request), all_users=all_users)
+    caller = caller_of(request)
+    jobs = service.enumerate(caller, all_users=all_users)
     if parsed.where is not None:
-        jobs = _matching(jobs, parsed.where)
-    return web.json_response([wql.project(parsed, j.cim_view()) for j in jobs])
+        jobs = _matching(jobs, parsed.where, caller.uid)
+    return web.json_response([wql.project(parsed, j.cim_view(viewer_uid=caller.uid)) for j in jobs])
 
 
-def _matching(jobs: Iterable[Job], condition: wql.Condition) -> list[Job]:
+def _matching(jobs: Iterable[Job], condition: wql.Condition, viewer_uid: int) -> list[Job]:
     """The jobs ``condition`` is true of, tested on views that compute only the properties
-    the condition reads."""
-    return [j for j in jobs if wql.matches(condition, j.cim_view())]
+    the condition reads (as ``viewer_uid`` sees them: no other user's CustomHeaders)."""
+    return [j for j in jobs if wql.matches(condition, j.cim_view(viewer_uid=viewer_uid))]
 
 
 def _wql(parse: Callable[[str, Collection[str]], T], text: str, properties: Collection[str]) -> T:
@@ -235,7 +237,7 @@ async def get_job(request: web.Request) -> web.Response:
         if not 0 <= timeout_s <= WAIT_TIMEOUT_MAX_S:
             raise InvalidArgument(f"WaitTimeout must be between 0 and {WAIT_TIMEOUT_MAX_S:g} seconds")
         await service.wait_while(job, states, timeout_s)
-    return web.json_response(job.to_cim(files=_flag(request, "Files", default=True)))
+    return web.json_response(job.to_cim(files=_flag(request, "Files", default=True), viewer_uid=caller.uid))
 
 
 def _query(request: web.Request, name: str) -> str | None:
@@ -259,8 +261,9 @@ def _job_states(text: str) -> frozenset[JobState]:
 async def patch_job(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await _body(request)
-    job = service.patch(caller_of(request), request.match_info["job"], body)
-    return web.json_response(job.to_cim())
+    caller = caller_of(request)
+    job = service.patch(caller, request.match_info["job"], body)
+    return web.json_response(job.to_cim(viewer_uid=caller.uid))
 
 
 async def create_job(request: web.Request) -> web.Response:

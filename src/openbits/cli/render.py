@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from openbits.model import JobPriority, JobState, unix_ns_from_filetime
+from openbits.model import AuthScheme, AuthTarget, JobPriority, JobState, ProxyUsage, unix_ns_from_filetime
 
 SIZE_UNKNOWN = 0xFFFFFFFFFFFFFFFF
 LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF
@@ -134,6 +134,7 @@ def print_job(job: Mapping[str, Any]) -> None:
         ("TransientErrorCount", str(job["TransientErrorCount"])),
         ("MinimumRetryDelay", f"{job['MinimumRetryDelay']} s"),
         ("NoProgressTimeout", f"{job['NoProgressTimeout']} s"),
+        *_identity_fields(job),
     ]
     cert = job.get("ClientCertificate")
     if isinstance(cert, Mapping):
@@ -149,6 +150,30 @@ def print_job(job: Mapping[str, Any]) -> None:
             else f"{format_bytes(f['BytesTransferred'])} of {format_bytes(f['BytesTotal'])}"
         )
         click.echo(f"File {i}: {f['RemoteUrl']} -> {f['LocalFile']} ({done})")
+
+
+def _identity_fields(job: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The proxy settings when not the default, and the credentials (never a password:
+    the instance has none) as ``server basic alice``."""
+    fields = []
+    usage = job.get("ProxyUsage") or 0
+    if usage or job.get("ProxyList"):
+        name = ProxyUsage(usage).name if usage in ProxyUsage._value2member_map_ else str(usage)
+        lists = " ".join(f"{k}={job[k]}" for k in ("ProxyList", "ProxyBypassList") if job.get(k))
+        fields.append(("ProxyUsage", f"{name} {lists}".strip()))
+    credentials = [
+        " ".join(
+            (
+                AuthTarget(c["Target"]).name.lower(),
+                AuthScheme(c["Scheme"]).name.lower(),
+                c.get("UserName") or "(default credentials)",
+            )
+        )
+        for c in job.get("Credentials") or ()
+    ]
+    if credentials:
+        fields.append(("Credentials", ", ".join(credentials)))
+    return fields
 
 
 def file_progress(f: Mapping[str, Any]) -> str:

@@ -42,10 +42,10 @@ _ALL = (
     Method("SetClientCertificateById", ("CertStoreLocation", "StoreName", "CertHash")),
     Method("SetClientCertificateByName", ("CertStoreLocation", "StoreName", "SubjectName")),
     Method("RemoveClientCertificate"),
+    Method("SetCredentials", ("Target", "Scheme", "UserName", "Password")),
+    Method("RemoveCredentials", ("Target", "Scheme")),
+    Method("SetProxySettings", ("ProxyUsage", "ProxyList", "ProxyBypassList")),
     # not built yet: they answer E_NOTIMPL whatever the job (SPEC §2 names their parameters)
-    Method("SetCredentials", ("Target", "Scheme", "UserName", "Password"), implemented=False),
-    Method("RemoveCredentials", ("Target", "Scheme"), implemented=False),
-    Method("SetProxySettings", ("ProxyUsage", "ProxyList", "ProxyBypassList"), implemented=False),
     Method("GetReplyData", implemented=False),
     Method("SetReplyFileName", ("ReplyFileName",), implemented=False),
 )

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from openbits.errors import (
+    HResult,
     InvalidArgument,
     InvalidRange,
     NotImplementedValue,
@@ -24,9 +25,15 @@ from openbits.model import (
     REDIRECT_POLICY_MASK,
     REMOTE_URL_MAX,
     UINT32_MAX,
+    AuthScheme,
+    AuthTarget,
+    Credential,
+    ProxyUsage,
+    Secret,
     SecurityFlags,
     parse_custom_headers,
 )
+from openbits.transfer.proxylist import LIST_MAX_CHARS, parse_bypass_list, parse_proxy_list
 
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
@@ -37,6 +44,12 @@ NOTIFY_PARAMETERS_MAX = 4000
 NOTIFY_FLAGS_ALL = 0x3F
 #: how many origins a ``known_origins`` set remembers
 KNOWN_ORIGINS_MAX = 1024
+#: SetCredentials' limits (bits-spec §4.2: BG_BASIC_CREDENTIALS; D8 for the password)
+USER_NAME_MAX = 300
+PASSWORD_MAX = 65_535
+#: CreateJob's ProxyEnvironment: the variables it takes (either case), each this long at most
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+PROXY_VARIABLE_MAX = LIST_MAX_CHARS
 
 
 class Params:
@@ -248,3 +261,109 @@ def check_notify_url(url: str | None) -> None:
         raise InvalidArgument("NotifyUrl must be an http:// or https:// URL with a host")
     if _CONTROL.search(url):
         raise InvalidArgument("NotifyUrl must not contain spaces or control characters")
+
+
+# -- identity (SPEC §7) ------------------------------------------------------------------------
+
+
+def auth_target_scheme(p: Params) -> tuple[AuthTarget, AuthScheme]:
+    """``Target`` and ``Scheme`` (both required): BG_E_INVALID_AUTH_TARGET and
+    BG_E_INVALID_AUTH_SCHEME for values BITS does not define."""
+    target, scheme = p.uint("Target"), p.uint("Scheme")
+    if target is None or scheme is None:
+        raise InvalidArgument("Target and Scheme are required")
+    try:
+        auth_target = AuthTarget(target)
+    except ValueError:
+        raise InvalidArgument(
+            f"{target} is not a Target (0 server, 1 proxy)", hresult=HResult.BG_E_INVALID_AUTH_TARGET
+        ) from None
+    try:
+        auth_scheme = AuthScheme(scheme)
+    except ValueError:
+        raise InvalidArgument(
+            f"{scheme} is not a Scheme (0 Basic, 1 Digest, 2 NTLM, 3 Negotiate, 4 Passport)",
+            hresult=HResult.BG_E_INVALID_AUTH_SCHEME,
+        ) from None
+    return auth_target, auth_scheme
+
+
+def validate_credential(raw: Mapping[str, Any] | None) -> Credential:
+    """SetCredentials' parameters as a Credential (SPEC §7).  Basic and Digest need a
+    UserName and a Password (it may be empty); NTLM and Negotiate take both, or neither
+    (the owner's default credentials); Passport is E_NOTIMPL.  No message quotes a value."""
+    p = Params(raw, ("Target", "Scheme", "UserName", "Password"))
+    target, scheme = auth_target_scheme(p)
+    if scheme is AuthScheme.PASSPORT:
+        raise NotImplementedValue("Passport authentication is not supported")
+    user = _bounded(p, "UserName", USER_NAME_MAX, HResult.BG_E_USERNAME_TOO_LARGE)
+    password = _bounded(p, "Password", PASSWORD_MAX, HResult.BG_E_PASSWORD_TOO_LARGE)
+    if scheme in (AuthScheme.BASIC, AuthScheme.DIGEST):
+        if not user or password is None:
+            raise InvalidArgument(f"{scheme.name.title()} credentials need a UserName and a Password")
+    elif user is None and password is not None:
+        raise InvalidArgument("a Password needs a UserName (both null: the default credentials)")
+    elif user is not None and password is None:
+        raise InvalidArgument(f"{scheme.name} credentials with a UserName need a Password (it may be empty)")
+    elif user == "":
+        raise InvalidArgument("UserName must not be empty (both null: the default credentials)")
+    return Credential(target, scheme, user, None if password is None else Secret(password))
+
+
+def _bounded(p: Params, name: str, limit: int, code: HResult) -> str | None:
+    """A string parameter whose length has its own HRESULT."""
+    value = p.string(name, UINT32_MAX)
+    if value is not None and len(value) > limit:
+        raise InvalidArgument(f"{name} is longer than {limit} characters", hresult=code)
+    return value
+
+
+def validate_proxy_settings(raw: Mapping[str, Any] | None) -> tuple[ProxyUsage, str | None, str | None]:
+    """SetProxySettings' (ProxyUsage, ProxyList, ProxyBypassList), the lists as given: only
+    with OVERRIDE, which needs a ProxyList (SPEC §7); each list parses and is 32 KiB at most."""
+    p = Params(raw, ("ProxyUsage", "ProxyList", "ProxyBypassList"))
+    value = p.uint("ProxyUsage")
+    if value is None:
+        raise InvalidArgument("ProxyUsage is required")
+    usage = enum_value(ProxyUsage, "ProxyUsage", value)
+    proxies = _bounded(p, "ProxyList", LIST_MAX_CHARS, HResult.BG_E_PROXY_LIST_TOO_LARGE)
+    bypass = _bounded(p, "ProxyBypassList", LIST_MAX_CHARS, HResult.BG_E_PROXY_BYPASS_LIST_TOO_LARGE)
+    if usage is not ProxyUsage.OVERRIDE:
+        if proxies is not None or bypass is not None:
+            raise InvalidArgument(f"ProxyList and ProxyBypassList go with OVERRIDE only, not {usage.name}")
+        return usage, None, None
+    if proxies is None:
+        raise InvalidArgument("OVERRIDE needs a ProxyList")
+    try:
+        parse_proxy_list(proxies)
+        if bypass:
+            parse_bypass_list(bypass)
+    except ValueError as e:
+        raise InvalidArgument(f"SetProxySettings: {e}") from None
+    return usage, proxies, bypass or None
+
+
+def validate_proxy_environment(value: Any) -> dict[str, str] | None:
+    """CreateJob's ProxyEnvironment: the caller's http_proxy, https_proxy, all_proxy and
+    no_proxy (either case; the lower-case one wins, as in curl), keyed in lower case; empty
+    values are left out.  None when nothing is left."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgument("ProxyEnvironment must be an object of proxy variables")
+    found: dict[str, str] = {}
+    for key, text in value.items():
+        name = str(key).lower()
+        if name not in PROXY_VARIABLES or str(key) not in (name, name.upper()):
+            raise InvalidArgument(
+                f"ProxyEnvironment takes {', '.join(PROXY_VARIABLES)} (or upper case), not {str(key)[:64]!r}"
+            )
+        if text is None:
+            continue
+        if not isinstance(text, str) or "\x00" in text:
+            raise InvalidArgument(f"ProxyEnvironment: {key} must be a string without NUL characters")
+        if len(text) > PROXY_VARIABLE_MAX:
+            raise StringTooLong(f"ProxyEnvironment: {key} is longer than {PROXY_VARIABLE_MAX} characters")
+        if text and (str(key) == name or name not in found):
+            found[name] = text
+    return found or None

@@ -54,6 +54,7 @@ from openbits.service.params import (
     enum_value,
     file_pair,
     validate_local_file,
+    validate_proxy_environment,
     validate_ranges,
     validate_remote_url,
 )
@@ -118,6 +119,7 @@ class Verbs(Reports):
                 "Suspend",
                 "Description",
                 "Priority",
+                "ProxyEnvironment",
             ),
         )
         display_name = p.string("DisplayName", DISPLAY_NAME_MAX, default="") or ""
@@ -134,6 +136,8 @@ class Verbs(Reports):
         local = p.string("LocalFile", LOCAL_FILE_MAX)
         if (remote is None) != (local is None):
             raise InvalidArgument("RemoteUrl and LocalFile must be given together")
+        # PRECONFIG's first choice: the caller's proxy variables (SPEC §7), sealed at rest
+        proxy_environment = validate_proxy_environment(p.value("ProxyEnvironment"))
         self._check_job_limits(caller)
         self._check_room()
         now = self.clock.now_ns()
@@ -147,6 +151,7 @@ class Verbs(Reports):
             priority=priority,
             created_ns=now,
             modified_ns=now,
+            proxy_environment=proxy_environment,
         )
         if remote is not None and local is not None:
             job.files.append(self._new_file(caller, job, remote, local, 0, set()))

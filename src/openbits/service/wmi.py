@@ -34,11 +34,14 @@ from openbits.service.params import (
     NOTIFY_PARAMETERS_MAX,
     NOTIFY_PROGRAM_MAX,
     Params,
+    auth_target_scheme,
     check_custom_headers,
     check_notify_url,
     check_security_flags,
     enum_value,
+    validate_credential,
     validate_notify_cmd_line,
+    validate_proxy_settings,
 )
 from openbits.service.verbs import Verbs
 from openbits.transfer import certs
@@ -80,7 +83,8 @@ class Service(Verbs):
     async def _m_take_ownership(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
         """An administrator makes a job theirs (bits-spec §5.9): it runs with their identity
         from now on, and what was the old owner's goes with it (custom headers, the
-        notification command line and webhook; credentials and certificates once built)."""
+        notification command line and webhook, credentials, the client certificate and the
+        proxy environment sent with CreateJob)."""
         Params(raw, ())
         if not caller.is_admin:
             raise AccessDenied("only administrators may take ownership of a job")
@@ -90,10 +94,59 @@ class Service(Verbs):
         with self._change(job, "ownership taken"):
             job.owner, job.owner_uid = caller.user, caller.uid
             job.custom_headers = None
-            job.client_certificate = None
             job.notify_program = job.notify_parameters = job.notify_url = None
+            job.credentials = {}
+            job.client_certificate = None
+            job.proxy_environment = None  # (the old owner's; PRECONFIG falls back to the daemon's)
             arm_notification(job, self.clock.now_ns())
         log.info("job %s: %s took ownership from %s", job.job_id, caller.user, previous)
+        return {"ReturnValue": 0}
+
+    def _owned(self, caller: Caller, job_ref: str, what: str) -> Job:
+        """The job of an identity method (SPEC §7): only its owner (or root) may call it,
+        in any state but CANCELLED and ACKNOWLEDGED (BG_E_INVALID_STATE)."""
+        job = self.find(caller, job_ref, include_finished=True)
+        states.check_call(states.Call.SET_PROPERTY, job.state)
+        if caller.uid not in (job.owner_uid, 0):
+            raise AccessDenied(f"only the job's owner may {what}")
+        return job
+
+    async def _m_set_credentials(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        """``{Target, Scheme, UserName, Password}``: one credential per (Target, Scheme),
+        replaced when set again; the password is sealed at rest and never read back."""
+        credential = validate_credential(raw)
+        job = self._owned(caller, job_ref, "set its credentials")
+        key = (credential.target, credential.scheme)
+        with self._change(job, "credentials changed"):
+            job.credentials = {**job.credentials, key: credential}  # (a new dict: _change puts back)
+        return {"ReturnValue": 0}
+
+    async def _m_remove_credentials(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        """``{Target, Scheme}``: ReturnValue 1 (S_FALSE) when none was set."""
+        key = auth_target_scheme(Params(raw, ("Target", "Scheme")))
+        job = self._owned(caller, job_ref, "remove its credentials")
+        if key not in job.credentials:
+            return {"ReturnValue": 1}
+        with self._change(job, "credentials changed"):
+            job.credentials = {k: c for k, c in job.credentials.items() if k != key}
+        return {"ReturnValue": 0}
+
+    async def _m_set_proxy_settings(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        """``{ProxyUsage, ProxyList, ProxyBypassList}``: the lists (OVERRIDE only) kept as
+        given; another usage clears them.  A running transfer starts again with them."""
+        usage, proxies, bypass = validate_proxy_settings(raw)
+        job = self._owned(caller, job_ref, "set its proxy settings")
+        if job.state in states.RUNNING_STATES and (usage, proxies, bypass) != (
+            job.proxy_usage,
+            job.proxy_list,
+            job.proxy_bypass_list,
+        ):
+            # a running transfer goes on by its old route: stopped, back in the queue at its
+            # checkpoint, it starts again by the new one (as SetRemoteName does)
+            await self.runner.stop(job.job_id)
+            self.job_preempted(job)
+        with self._change(job, "proxy settings changed"):
+            job.proxy_usage, job.proxy_list, job.proxy_bypass_list = usage, proxies, bypass
         return {"ReturnValue": 0}
 
     async def _m_make_custom_headers_write_only(
@@ -296,4 +349,7 @@ _HANDLERS: dict[str, _Handler] = {
     "setclientcertificatebyid": Service._m_set_client_certificate_by_id,
     "setclientcertificatebyname": Service._m_set_client_certificate_by_name,
     "removeclientcertificate": Service._m_remove_client_certificate,
+    "setcredentials": Service._m_set_credentials,
+    "removecredentials": Service._m_remove_credentials,
+    "setproxysettings": Service._m_set_proxy_settings,
 }

@@ -9,6 +9,14 @@ These work on the SQLite file directly, without the daemon:
   lock (no daemon may run) and never deletes anything: the file it replaces, damaged or not,
   is moved aside with its WAL, as ``jobs.sqlite.replaced-<time>``.
 
+The secrets in a store (passwords, custom headers, proxy environments) are sealed with the key
+in ``<store>.key`` beside it (``store/secrets.py``): ``backup`` copies it to ``<backup>.key``
+(0600), and ``restore`` puts a backup's key in place with it (the key it replaces is moved
+aside too).  A backup without its key file restores with the store's current key: its
+secrets open only if that is the key they were sealed with; otherwise the jobs load and
+their secrets are lost (credentials reported missing), as SPEC §7 says of a store copied
+without its key.
+
 A damaged store is never repaired or emptied behind the user's back (BITS drops its queue
 when its state file is corrupt): the daemon refuses to start on it and says what to do.
 """
@@ -23,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from openbits.store import StoreError
+from openbits.store.secrets import key_path_for
 from openbits.store.sqlite import SCHEMA_VERSION
 
 #: the files SQLite keeps beside the store in WAL mode
@@ -41,6 +50,8 @@ class Report:
     files: int | None = None
     events: int | None = None
     size_bytes: int = 0
+    #: backup and restore: the key file of the secrets copied with the store (None: none was)
+    key_file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,14 +108,19 @@ def backup(path: str, dest: str, *, force: bool = False) -> Report:
     """A consistent copy of the store at ``dest`` (even while a daemon runs), checked."""
     if not os.path.exists(path):
         raise StoreError(f"there is no job store at {path}")
-    if os.path.exists(dest) and not force:
-        raise StoreError(f"{dest} exists already (--force replaces it)")
+    for target in (dest, key_path_for(dest)):
+        if os.path.exists(target) and not force:
+            raise StoreError(f"{target} exists already (--force replaces it)")
     partial = _snapshot(path, dest, "cannot back up")
+    key = _copy_key(key_path_for(path), key_path_for(dest), "cannot back up")
+    if key is not None:
+        os.replace(key, key_path_for(dest))
     os.replace(partial, dest)
     _fsync_dir(os.path.dirname(os.path.abspath(dest)))
     report = check(dest)
     if not report.ok:
         raise StoreError(f"the backup {dest} fails its check: {'; '.join(report.problems[:3])}")
+    report.key_file = None if key is None else key_path_for(dest)
     return report
 
 
@@ -115,18 +131,52 @@ def restore(path: str, source: str) -> tuple[Report, list[str]]:
     report = check(source)
     if not report.ok:
         raise StoreError(f"the backup {source} fails its check: {'; '.join(report.problems[:3])}")
-    partial = _snapshot(source, path, "cannot copy")  # the copy first: nothing moves if it fails
+    partial = _snapshot(source, path, "cannot copy")  # the copies first: nothing moves if they fail
+    try:
+        key = _copy_key(key_path_for(source), key_path_for(path), "cannot copy")
+    except BaseException:
+        _remove(partial)
+        raise
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kept: list[str] = []
-    for suffix in ("", *SIDE_FILES):
+    for suffix in ("", *SIDE_FILES, *((".key",) if key is not None else ())):
         old = path + suffix
         if os.path.exists(old):
             aside = f"{path}.replaced-{stamp}{suffix}"
             os.replace(old, aside)
             kept.append(aside)
+    if key is not None:
+        os.replace(key, key_path_for(path))
     os.replace(partial, path)
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
-    return check(path), kept
+    report = check(path)
+    report.key_file = None if key is None else key_path_for(path)
+    return report, kept
+
+
+def _copy_key(source: str, dest: str, failing: str) -> str | None:
+    """A synced 0600 copy of the key file ``source`` beside ``dest`` (its path), or None
+    when there is none to copy; what the key is, is never read into a message."""
+    try:
+        with open(source, "rb") as f:
+            key = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"{failing} the key file {source}: {e.strerror}") from e
+    partial = f"{dest}.partial-{os.getpid()}"
+    _remove(partial)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        _remove(partial)
+        raise StoreError(f"{failing} the key file to {dest}: {e.strerror}") from e
+    return partial
 
 
 def _snapshot(source: str, dest: str, failing: str) -> str:

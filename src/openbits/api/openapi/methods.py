@@ -23,11 +23,16 @@ from openbits.api.openapi.schemas import (
 from openbits.model import (
     CUSTOM_HEADERS_MAX,
     REMOTE_URL_MAX,
+    AuthScheme,
+    AuthTarget,
     CertStoreLocation,
     ErrorContext,
+    ProxyUsage,
     SetJobStateCode,
 )
 from openbits.service.methods import METHODS as SERVICE_METHODS
+from openbits.service.params import PASSWORD_MAX, USER_NAME_MAX
+from openbits.transfer.proxylist import LIST_MAX_CHARS
 
 
 class Method:
@@ -212,31 +217,51 @@ METHODS: dict[str, Method] = {
             example={"CertStoreLocation": 1, "StoreName": "MY", "SubjectName": "backup client"},
         ),
         Method("RemoveClientCertificate", "Remove the client certificate (ReturnValue 1: there was none)"),
-        # not built yet: they answer E_NOTIMPL (SPEC §2 names their WMI parameters)
         Method(
             "SetCredentials",
-            "Credentials for the server or the proxy (Target 0 server, 1 proxy; "
-            "Scheme 0 Basic, 1 Digest, 2 NTLM, 3 Negotiate, 4 Passport)",
+            "Credentials for the server or the proxy, one per Target and Scheme (owner only; "
+            "Basic and Digest need both names, NTLM and Negotiate with neither use the owner's "
+            "default credentials; the password is never read back)",
             {
-                "Target": UINT16,
-                "Scheme": UINT16,
-                "UserName": string(nullable=True),
-                "Password": string(nullable=True),
+                "Target": enum_of(AuthTarget, "BG_AUTH_TARGET (WMI)"),
+                "Scheme": enum_of(AuthScheme, "BG_AUTH_SCHEME (WMI; 4 Passport answers E_NOTIMPL)"),
+                "UserName": string(USER_NAME_MAX, nullable=True),
+                "Password": string(
+                    PASSWORD_MAX, nullable=True, description="never shown, logged or stored in clear"
+                ),
             },
+            ("Target", "Scheme"),
+            example={"Target": 0, "Scheme": 0, "UserName": "alice", "Password": "…"},
         ),
         Method(
             "RemoveCredentials",
-            "Remove the credentials of a Target and Scheme",
-            {"Target": UINT16, "Scheme": UINT16},
+            "Remove the credentials of a Target and Scheme (ReturnValue 1, S_FALSE, when none was set)",
+            {
+                "Target": enum_of(AuthTarget, "BG_AUTH_TARGET (WMI)"),
+                "Scheme": enum_of(AuthScheme, "BG_AUTH_SCHEME (WMI)"),
+            },
+            ("Target", "Scheme"),
+            example={"Target": 0, "Scheme": 0},
         ),
         Method(
             "SetProxySettings",
-            "The job's proxy (ProxyUsage 0 preconfig, 1 no proxy, 2 override, 3 autodetect)",
+            "How the job reaches servers (owner only); the lists go with OVERRIDE alone",
             {
-                "ProxyUsage": UINT16,
-                "ProxyList": string(nullable=True),
-                "ProxyBypassList": string(nullable=True),
+                "ProxyUsage": enum_of(ProxyUsage, "BG_JOB_PROXY_USAGE"),
+                "ProxyList": string(
+                    LIST_MAX_CHARS,
+                    nullable=True,
+                    description="OVERRIDE: [scheme=]host:port or http://, https://, socks5://, socks5h:// "
+                    "URLs separated by spaces or ';', tried in order",
+                ),
+                "ProxyBypassList": string(
+                    LIST_MAX_CHARS,
+                    nullable=True,
+                    description="OVERRIDE: hosts reached directly (wildcards, IPs, CIDR, <local>)",
+                ),
             },
+            ("ProxyUsage",),
+            example={"ProxyUsage": 2, "ProxyList": "http://proxy:3128", "ProxyBypassList": "<local>"},
         ),
         Method(
             "SetNotifyFlags",

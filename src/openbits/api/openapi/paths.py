@@ -30,6 +30,10 @@ from openbits.model import (
     JobType,
 )
 from openbits.service.methods import METHODS as SERVICE_METHODS
+from openbits.service.params import PROXY_VARIABLE_MAX, PROXY_VARIABLES
+
+#: CreateJob's ProxyEnvironment takes each variable in either case
+_PROXY_NAMES = (*PROXY_VARIABLES, *(name.upper() for name in PROXY_VARIABLES))
 
 
 def _responses(ok: Schema | str, statuses: tuple[str, ...], ok_description: str = "success") -> Schema:
@@ -151,6 +155,11 @@ def _collection_paths() -> dict[str, Schema]:
                             "Suspend": BOOLEAN,
                             "Description": string(DESCRIPTION_MAX),
                             "Priority": enum_of(JobPriority, "priority"),
+                            "ProxyEnvironment": obj(
+                                {name: string(PROXY_VARIABLE_MAX, nullable=True) for name in _PROXY_NAMES},
+                                description="the caller's proxy variables (PRECONFIG uses them first; "
+                                "kept sealed, never shown)",
+                            ),
                         },
                         description="RemoteUrl and LocalFile go together; names are case-insensitive",
                     ),

@@ -14,7 +14,8 @@ Ctrl-C and exits 0.
 
 Switches whose daemon method is not built yet still parse their arguments exactly and call the
 method; the daemon answers E_NOTIMPL and bitsadmin prints that error. Passwords given to
-``/setcredentials`` are never printed.
+``/setcredentials`` are never printed; ``*`` (or ``-``) for the password reads it from stdin
+(asked for without echo on a terminal) so that it is not on the command line.
 
 Start-up stays fast: the standard library and openbits.client only.
 

@@ -3,6 +3,7 @@ credentials, proxy settings, client certificates, custom headers and ACL flags."
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -135,16 +136,43 @@ def _target_scheme(target: str, scheme: str) -> tuple[int, int]:
     return _TARGETS[target.upper()], _SCHEMES[scheme.upper()]
 
 
+#: a password given as one of these is read from stdin (or asked for on a terminal) instead
+PASSWORD_FROM_STDIN = ("*", "-")
+
+
+def _password(given: str, user: str | None) -> str | None:
+    """bitsadmin takes the password on the command line (its syntax, kept for scripts), where
+    other users may see it (ps, /proc); ``*`` or ``-`` reads it from stdin instead: asked
+    for without echo on a terminal, else its first line."""
+    if given not in PASSWORD_FROM_STDIN:
+        if given.upper() != "NULL" and sys.stderr.isatty():
+            print(
+                "warning: a password on the command line can be read by other users of this "
+                "machine; give * to be asked for it (or to read it from stdin)",
+                file=sys.stderr,
+            )
+        return _null(given)
+    try:
+        if sys.stdin.isatty():
+            import getpass
+
+            return getpass.getpass(f"Password for {user}: ")
+        return sys.stdin.readline().rstrip("\r\n")
+    except (OSError, EOFError) as e:  # (no stdin to read: closed, or not readable)
+        raise Usage(f"cannot read the password from stdin ({e or type(e).__name__}).") from None
+
+
 @switch("/SETCREDENTIALS")
 def _set_credentials(ctx: Ctx, args: list[str]) -> int:
     _nargs(args, 5)
-    job, target, scheme, user, password = args
+    job, target, scheme, user, given = args
     t, s = _target_scheme(target, scheme)
+    password = _password(given, _null(user))
     # NULL user and password: NTLM/Negotiate with the implicit credentials (bits-spec §5.7)
     ctx.call(
         "Unable to add credentials",
         lambda: ctx.client.invoke(
-            job, "SetCredentials", Target=t, Scheme=s, UserName=_null(user), Password=_null(password)
+            job, "SetCredentials", Target=t, Scheme=s, UserName=_null(user), Password=password
         ),
     )
     ctx.out.line("OK.")

@@ -98,6 +98,7 @@ The following commands are available:
     Adds credentials to a job.
     <target> may be either SERVER or PROXY
     <scheme> may be BASIC, DIGEST, NTLM, NEGOTIATE, or PASSPORT.
+    <password> * (or -) reads it from stdin, or asks for it on a terminal.
 /REMOVECREDENTIALS job <target> <scheme>
     Removes credentials from a job.
 /SETCLIENTCERTIFICATEBYID job store_location store_name hexadecimal_cert_id

@@ -110,11 +110,16 @@ def policy_value(text: str) -> Any:
         return text
 
 
-def read_password(prompt: str) -> str:
-    """From a hidden prompt on a terminal, else the first line of stdin; never from argv."""
-    if sys.stdin.isatty():
-        return str(click.prompt(prompt, hide_input=True, default="", show_default=False))
-    return sys.stdin.readline().rstrip("\r\n")
+def read_password(prompt: str, from_stdin: bool = False) -> str:
+    """From the first line of stdin (``from_stdin``), else from a prompt without echo on the
+    terminal; never from argv.  Without a terminal it must come from stdin."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise click.UsageError(
+            "no terminal to ask for the password on: give it on stdin with --password-stdin"
+        )
+    return str(click.prompt(prompt, hide_input=True, default="", show_default=False))
 
 
 # -- context, options ------------------------------------------------------------------------------

@@ -53,6 +53,10 @@ def _print_report(report: Any, as_json: bool, what: str) -> None:
         click.echo(f"{what} {report.path}: DAMAGED", err=True)
         for problem in report.problems[:20]:
             click.echo(f"  {problem}", err=True)
+    if report.key_file:
+        click.echo(
+            f"with its key file {report.key_file} (it opens the secrets: keep it as safe as the store)"
+        )
 
 
 @click.group(name="store")
@@ -104,6 +108,9 @@ def store_backup(
 ) -> None:
     """Copy the store to DEST: a consistent snapshot, safe while the daemon runs, checked.
 
+    The key that seals the store's secrets (passwords, custom headers) is copied beside it,
+    as DEST.key (mode 0600): a backup without it loses them.
+
     \b
     Example:
       openbits store backup /backup/openbits.sqlite --force
@@ -127,7 +134,8 @@ def store_restore(source: str, state_dir: str | None, config_path: str | None, a
     """Put the backup SOURCE in the store's place (stop the daemon first).
 
     SOURCE must pass the integrity check. The file it replaces, damaged or not, is moved
-    aside with its WAL (jobs.sqlite.replaced-<time>), never deleted.
+    aside with its WAL (jobs.sqlite.replaced-<time>), never deleted. SOURCE.key, the key of
+    its secrets, is restored with it (the current key moved aside too).
 
     \b
     Example:
@@ -153,6 +161,11 @@ def store_restore(source: str, state_dir: str | None, config_path: str | None, a
         print_json({"Restored": report.to_json(), "KeptAside": kept})
         return
     _print_report(report, False, "restored")
+    if not report.key_file:
+        click.echo(
+            "the backup has no key file beside it: its passwords and custom headers open only "
+            "if the store's current key sealed them (else they are lost; the jobs are not)"
+        )
     for aside in kept:
         click.echo(f"kept aside: {aside}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -54,45 +55,76 @@ STORE_LOCATIONS = (
 # -- transfer options: credentials, proxy, certificate -----------------------------------------------
 
 
-@click.command()
+@click.group()
+def credentials() -> None:
+    """Set or remove the credentials a job gives a server or proxy.
+
+    A job keeps one credential per target (server, proxy) and scheme (basic, digest, ntlm,
+    negotiate): it answers a 401 (407) with the strongest scheme offered that has one, and
+    never sends it before being asked. The password is never taken from the command line,
+    never shown again and never logged (SetCredentials, RemoveCredentials).
+
+    \b
+    Examples:
+      openbits credentials set nightly --user alice              # asks for the password
+      openbits credentials set nightly --user alice --password-stdin < ~/.secrets/alice
+      openbits credentials set nightly --target proxy --scheme negotiate   # your Kerberos ticket
+      openbits credentials remove nightly --target proxy --scheme negotiate
+    """
+
+
+def _target_scheme_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--scheme", type=BitsChoice(SCHEMES), default="basic", show_default=True, help="The scheme."
+    )(command)
+    return click.option(
+        "--target", type=BitsChoice(TARGETS), default="server", show_default=True, help="Who asks for it."
+    )(command)
+
+
+@credentials.command(name="set")
 @job_argument()
-@click.option("--target", type=BitsChoice(TARGETS), default="server", show_default=True)
-@click.option("--scheme", type=BitsChoice(SCHEMES), default="basic", show_default=True)
+@_target_scheme_options
 @click.option(
     "--user",
     default=None,
-    help="User name; the password is asked for (or read from stdin). Without it: the "
-    "implicit credentials (ntlm, negotiate).",
+    help="User name (NTLM: DOMAIN\\user, user@domain or user); the password is asked for. "
+    "Without it (ntlm, negotiate): your default credentials.",
 )
-@click.option("--remove", is_flag=True, help="Remove the credentials of TARGET and SCHEME instead.")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin, not a prompt."
+)
 @json_option("the answer")
 @socket_option
 @pass_ctx
 @handled
-def credentials(
-    ctx: Context, job: str, target: str, scheme: str, user: str | None, remove: bool, as_json: bool
+def credentials_set(
+    ctx: Context, job: str, target: str, scheme: str, user: str | None, password_stdin: bool, as_json: bool
 ) -> None:
-    """Set (or --remove) the credentials a job gives a server or proxy.
+    """Set the credentials a job answers TARGET's challenges of SCHEME with (replacing any).
 
-    The password is never taken from the command line: it is asked for, without echo, on a
-    terminal, or read from the first line of stdin (SetCredentials, RemoveCredentials). Not
-    built yet: the daemon answers E_NOTIMPL.
+    The password is asked for without echo on the terminal, or read from the first line
+    of stdin with --password-stdin; never from the command line."""
+    if user is None and password_stdin:
+        raise click.UsageError("--password-stdin goes with --user")
+    password = read_password(f"Password for {user}", password_stdin) if user is not None else None
+    ctx.client.set_credentials(job, TARGETS.index(target), SCHEMES.index(scheme), user, password)
+    _answered({"ReturnValue": 0}, as_json)
 
-    \b
-    Example:
-      openbits credentials nightly --scheme basic --user alice < ~/.secrets/alice
-    """
+
+@credentials.command(name="remove")
+@job_argument()
+@_target_scheme_options
+@json_option("the answer")
+@socket_option
+@pass_ctx
+@handled
+def credentials_remove(ctx: Context, job: str, target: str, scheme: str, as_json: bool) -> None:
+    """Remove the credentials of TARGET and SCHEME from a job (ReturnValue 1: there were none)."""
     t, s = TARGETS.index(target), SCHEMES.index(scheme)
-    if remove:
-        if user is not None:
-            raise click.UsageError("--remove takes no --user")
-        result = ctx.client.invoke(job, "RemoveCredentials", Target=t, Scheme=s)
-    else:
-        password = read_password(f"Password for {user}") if user is not None else None
-        result = ctx.client.invoke(
-            job, "SetCredentials", Target=t, Scheme=s, UserName=user, Password=password
-        )
-    _answered(result, as_json)
+    result = ctx.client.invoke(job, "RemoveCredentials", Target=t, Scheme=s)
+    none = result.get("ReturnValue") == 1
+    _answered(result, as_json, f"the job has no {target} {scheme} credentials" if none else None)
 
 
 @click.command()
@@ -108,10 +140,13 @@ def proxy(ctx: Context, job: str, usage: str, proxies: str | None, bypass: str |
     """Choose how a job reaches servers (its proxy settings).
 
     USAGE is preconfig, no-proxy, override or autodetect (or bitsadmin's NO_PROXY, …, any
-    case). preconfig (the default) uses the
-    daemon's proxy environment; no-proxy goes direct; override uses --list (proxies, comma
-    or space separated) and --bypass (hosts reached directly); autodetect detects per file
-    (SetProxySettings). Not built yet: the daemon answers E_NOTIMPL.
+    case). preconfig (the default) uses the proxy environment (http_proxy, https_proxy,
+    all_proxy, no_proxy) of the command that created the job, else the daemon's; no-proxy
+    goes direct; override uses --list (proxies tried in order, comma or space separated:
+    host:port, http://, https://, socks5:// or socks5h:// URLs) and --bypass (hosts
+    reached directly: wildcards, addresses, <local>); autodetect uses a PAC script per file
+    (SetProxySettings). The lists are kept as sent (commas become spaces) and shown by
+    `openbits get`.
 
     \b
     Example:
