@@ -11,7 +11,6 @@ from openbits.api.openapi.schemas import (
     FILE_PAIR,
     LOCAL_FILE,
     REMOTE_URL,
-    UINT16,
     UINT32,
     Schema,
     described,
