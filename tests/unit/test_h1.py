@@ -175,8 +175,8 @@ class ScriptServer:
         return f"http://{HOST}:{self.port}"
 
     @property
-    def key(self) -> tuple[str, int, int]:
-        return (HOST, self.port, 0)
+    def key(self) -> tuple[str, int, int, str]:
+        return (HOST, self.port, 0, "")
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accepted, HOST, 0)
@@ -1021,7 +1021,7 @@ async def _read_head_of(client: H1Client, data: bytes) -> bytes | None:
     with ours, theirs:
         conn = h1._Conn(ours, ("example.invalid", 80))
         conn.buf += data
-        return await client._read_head(conn)
+        return await client.read_head(conn)
 
 
 @pytest.mark.parametrize("extra", [0, 1])
@@ -1266,7 +1266,7 @@ def test_host_header(url: str, host: str) -> None:
 def test_the_simple_url_path_agrees_with_yarl(url: str) -> None:
     target = Target(url)
     parsed = yarl.URL(url)
-    assert target.key == (parsed.raw_host, parsed.port, 0)
+    assert target.key == (parsed.raw_host, parsed.port, 0, "")
     assert target.path_qs == (parsed.raw_path_qs or "/")
     assert target.user == (parsed.user if parsed.raw_user is not None else None)
 
@@ -1441,7 +1441,7 @@ async def test_nginx_keep_alive_reuses_one_connection(nginx: Nginx, client: H1Cl
 async def test_nginx_pipelining_many_small_files(nginx: Nginx, client: H1Client) -> None:
     files = _files(nginx, "pipe", [(i * 397) % 3000 for i in range(60)])
     uris = list(files)
-    key = (HOST, nginx.port, 0)
+    key = (HOST, nginx.port, 0, "")
     sent_ahead = 0
     for i, uri in enumerate(uris):
         async with client.get(nginx.url + uri, {}, ahead_of(nginx.url, uris, i)) as r:

@@ -48,12 +48,16 @@ from openbits.transfer.h1head import (
     HandshakeTimeout,
     Key,
     NameNotResolved,
+    ProxyNameNotResolved,
+    ProxyUnreachable,
     Target,
     TLSFailed,
+    TunnelRefused,
     framing,
     parse_head,
     request_head,
 )
+from openbits.transfer.h1proxy import ProxyAuth, Via, answer_proxy, open_via
 
 __all__ = [
     "BadRequest",
@@ -65,8 +69,13 @@ __all__ = [
     "H1Error",
     "HandshakeTimeout",
     "NameNotResolved",
+    "ProxyAuth",
+    "ProxyNameNotResolved",
+    "ProxyUnreachable",
     "Response",
     "TLSFailed",
+    "TunnelRefused",
+    "Via",
 ]
 
 #: the longest response head accepted (status line and headers)
@@ -97,6 +106,9 @@ class _Conn:
         "eof",
         "inflight",
         "key",
+        "outer",
+        "outer_in",
+        "outer_out",
         "pipelined_ok",
         "pos",
         "since",
@@ -112,6 +124,10 @@ class _Conn:
         self.tls: ssl.SSLObject | None = None  # TLS through memory BIOs over the raw socket
         self.tls_in = ssl.MemoryBIO()
         self.tls_out = ssl.MemoryBIO()
+        #: TLS to an https:// proxy under the origin's TLS (a CONNECT tunnel through it)
+        self.outer: ssl.SSLObject | None = None
+        self.outer_in: ssl.MemoryBIO | None = None
+        self.outer_out: ssl.MemoryBIO | None = None
         self.buf = bytearray()
         self.pos = 0  # bytes of buf already consumed
         self.eof = False
@@ -131,6 +147,11 @@ class _Conn:
             self.buf.clear()
             self.pos = 0
         return data
+
+    def nest_tls(self) -> None:
+        """The TLS to the proxy becomes the outer layer: the origin's TLS goes inside it."""
+        self.outer, self.outer_in, self.outer_out = self.tls, self.tls_in, self.tls_out
+        self.tls, self.tls_in, self.tls_out = None, ssl.MemoryBIO(), ssl.MemoryBIO()
 
     def close(self) -> None:
         self.inflight.clear()
@@ -317,7 +338,7 @@ class Response:
 class _Get:
     """The context of one GET (a class, not a generator: it is entered once per file)."""
 
-    __slots__ = ("_ahead", "_client", "_headers", "_response", "_tls", "_url")
+    __slots__ = ("_ahead", "_client", "_headers", "_partition", "_response", "_tls", "_url", "_via")
 
     def __init__(
         self,
@@ -326,16 +347,30 @@ class _Get:
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
         tls: ssl.SSLContext | None,
+        via: Via | None,
+        partition: str,
     ) -> None:
         self._client, self._url, self._headers, self._ahead = client, url, headers, ahead
-        self._tls = tls
+        self._tls, self._via, self._partition = tls, via, partition
         self._response: Response | None = None
 
     async def __aenter__(self) -> Response:
-        url, headers = self._url, self._headers
-        self._response = await self._client._send_and_read(
-            url, Target(url, self._tls), (url, tuple(headers.items())), headers, self._ahead
-        )
+        url, headers, via, client = self._url, self._headers, self._via, self._client
+        if via is None:
+            target = Target(url, self._tls, self._partition)
+            self._response = await client._send_and_read(
+                url, target, (url, tuple(headers.items())), headers, self._ahead
+            )
+            return self._response
+        target = via.target(url, self._tls, self._partition)
+        if target.tls is None:
+            headers = via.request_headers(headers)
+        ahead = self._ahead if target.tls is not None or via.is_socks else ()  # (no pipelining
+        # through a proxy that reads each request: each may go to another connection)
+        response = await client._send_and_read(url, target, (url, tuple(headers.items())), headers, ahead, via)
+        self._response = response
+        if response.status == 407 and via.auth is not None and not via.is_socks and target.tls is None:
+            self._response = await answer_proxy(client, response, url, target, headers, via)
         return self._response
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -371,23 +406,30 @@ class H1Client:
         self._no_pipelining: set[Key] = set()
         self._pipeline_failures: dict[Key, int] = {}
         self._sweeper: asyncio.TimerHandle | None = None
-        self._dns: dict[Key, tuple[float, list[tuple[int, tuple[str, int]]]]] = {}
+        self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, tuple[str, int]]]]] = {}
         self._closed = False
 
     # -- connections --------------------------------------------------------------------
 
-    async def _connect(self, key: Key, tls: ssl.SSLContext | None = None) -> _Conn:
-        conn = await self._connect_tcp(key)
+    def wrap(self, sock: socket.socket, key: Key) -> _Conn:
+        """A connection of the pool ``key`` over a connected socket."""
+        return _Conn(sock, key)
+
+    async def _connect(self, key: Key, tls: ssl.SSLContext | None = None, via: Via | None = None) -> _Conn:
+        if via is not None:
+            return await open_via(self, key, tls, via)
+        conn = _Conn(await self.connect_tcp(key[0], key[1]), key)
         if tls is not None:
             try:
-                await self._handshake(conn, tls)
+                await self.handshake(conn, tls)
             except BaseException:
                 conn.close()
                 raise
         return conn
 
-    async def _handshake(self, conn: _Conn, tls: ssl.SSLContext) -> None:
-        host = conn.key[0]
+    async def handshake(self, conn: _Conn, tls: ssl.SSLContext, server_hostname: str | None = None) -> None:
+        """TLS on ``conn`` (to the origin, or to ``server_hostname``: an https:// proxy)."""
+        host = server_hostname or conn.key[0]
         conn.tls = tls.wrap_bio(conn.tls_in, conn.tls_out, server_hostname=host)
         try:
             async with asyncio.timeout(self.connect_timeout_s):
@@ -397,7 +439,7 @@ class H1Client:
                         break
                     except ssl.SSLWantReadError:
                         await self._flush_tls(conn)
-                        data = await self._raw_recv(conn, SMALL_READ_BYTES)
+                        data = await self.raw_recv(conn, SMALL_READ_BYTES)
                         if not data:
                             raise TLSFailed(
                                 f"{host} closed the connection during the TLS handshake"
@@ -416,12 +458,12 @@ class H1Client:
     async def _flush_tls(self, conn: _Conn) -> None:
         data = conn.tls_out.read()
         if data:
-            await self._raw_send(conn, data)
+            await self.raw_send(conn, data)
 
-    async def _connect_tcp(self, key: Key) -> _Conn:
+    async def connect_tcp(self, host: str, port: int) -> socket.socket:
+        """A connected non-blocking socket to ``host:port`` (its addresses in turn)."""
         loop = asyncio.get_running_loop()
-        host, port = key[0], key[1]
-        addresses = await self._resolve(key)
+        addresses = await self.resolve(host, port)
         last: OSError | None = None
         for family, address in addresses:
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -442,14 +484,14 @@ class H1Client:
             except BaseException:
                 sock.close()
                 raise
-            return _Conn(sock, key)
+            return sock
         # (asyncio's sock_connect words every failure "Connect call failed (address)": the errno
         # says what happened, "Connection refused" or "Connection reset by peer")
         reason = (os.strerror(last.errno) if last.errno else last.strerror) if last else ""
         raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}", last)
 
-    async def _resolve(self, key: Key) -> list[tuple[int, tuple[str, int]]]:
-        host, port = key[0], key[1]
+    async def resolve(self, host: str, port: int) -> list[tuple[int, tuple[str, int]]]:
+        key = (host, port)
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
@@ -561,7 +603,7 @@ class H1Client:
         """Up to ``n`` bytes from the connection (b"" at its end), within the read timeout."""
         tls = conn.tls
         if tls is None:
-            return await self._raw_recv(conn, n)
+            return await self._sock_recv(conn, n)
         while True:
             try:
                 return tls.read(n)
@@ -576,7 +618,7 @@ class H1Client:
             except ssl.SSLError as e:
                 raise ClosedEarly(f"TLS error: {e}") from e
             await self._flush_tls(conn)
-            data = await self._raw_recv(conn, max(n, SMALL_READ_BYTES))
+            data = await self.raw_recv(conn, max(n, SMALL_READ_BYTES))
             if data:
                 conn.tls_in.write(data)
             else:
@@ -594,7 +636,36 @@ class H1Client:
         finally:
             loop.remove_reader(fd)
 
-    async def _raw_recv(self, conn: _Conn, n: int) -> bytes:
+    async def raw_recv(self, conn: _Conn, n: int) -> bytes:
+        """Up to ``n`` bytes under the TLS to the origin (from the socket, or through the TLS
+        to an https:// proxy)."""
+        outer = conn.outer
+        if outer is None:
+            return await self._sock_recv(conn, n)
+        assert conn.outer_in is not None
+        while True:
+            try:
+                return outer.read(n)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return b""
+            except ssl.SSLError as e:
+                raise ClosedEarly(f"TLS error with the proxy: {e}") from e
+            await self._flush_outer(conn)
+            data = await self._sock_recv(conn, max(n, SMALL_READ_BYTES))
+            if data:
+                conn.outer_in.write(data)
+            else:
+                conn.outer_in.write_eof()
+
+    async def _flush_outer(self, conn: _Conn) -> None:
+        assert conn.outer_out is not None
+        data = conn.outer_out.read()
+        if data:
+            await self._sock_send(conn, data)
+
+    async def _sock_recv(self, conn: _Conn, n: int) -> bytes:
         sock = conn.sock
         try:
             try:
@@ -608,7 +679,7 @@ class H1Client:
         except OSError as e:
             raise ClosedEarly(f"the connection failed: {e.strerror or e}") from e
 
-    async def _fill(self, conn: _Conn) -> bool:
+    async def fill(self, conn: _Conn) -> bool:
         """Append what the socket has to the buffer; False at its end."""
         if conn.eof:
             return False
@@ -635,10 +706,10 @@ class H1Client:
                 return line
             if conn.buffered() > limit:
                 raise BadResponse("a line of the chunked framing is too long")
-            if not await self._fill(conn):
+            if not await self.fill(conn):
                 raise ClosedEarly("the connection closed inside the chunked framing")
 
-    async def _read_head(self, conn: _Conn) -> bytes | None:
+    async def read_head(self, conn: _Conn) -> bytes | None:
         """The next response head (None if the connection closed before any byte of it)."""
         start = conn.pos
         searched = 0  # bytes after start known to hold no end of head
@@ -659,7 +730,7 @@ class H1Client:
             if len(conn.buf) - start > MAX_HEAD_BYTES:
                 raise BadResponse(f"the response head is longer than {MAX_HEAD_BYTES} bytes")
             searched = max(0, len(conn.buf) - start - 2)
-            if not await self._fill(conn):
+            if not await self.fill(conn):
                 if len(conn.buf) == start:
                     return None
                 raise ClosedEarly("the connection closed inside the response head")
@@ -676,12 +747,16 @@ class H1Client:
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]] = (),
         tls: ssl.SSLContext | None = None,
+        via: Via | None = None,
+        partition: str = "",
     ) -> _Get:
         """``async with client.get(url, headers, ahead) as response``: GET ``url``; ``ahead``
         lists requests the caller will make next, in order, which may be sent now on the same
-        connection; ``tls`` is the context of an https:// URL.  Leaving the context without
-        reading the body to its end closes the connection."""
-        return _Get(self, url, headers, ahead, tls)
+        connection; ``tls`` is the context of an https:// URL; ``via`` the proxy to go
+        through (None: direct); ``partition`` keeps connections apart (a job with credentials
+        or a client certificate names itself: its connections serve no other job).  Leaving
+        the context without reading the body to its end closes the connection."""
+        return _Get(self, url, headers, ahead, tls, via, partition)
 
     async def _send_and_read(
         self,
@@ -690,6 +765,7 @@ class H1Client:
         ident: Ident,
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
+        via: Via | None = None,
     ) -> Response:
         key = target.key
         head = self._head(target, headers)  # a bad request fails before any connection
@@ -700,7 +776,7 @@ class H1Client:
                 conn = self._idle_conn(key)
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(key, target.tls)
+                conn = await self._connect(key, target.tls, via)
             try:
                 if sent:
                     conn.inflight.popleft()
@@ -709,7 +785,7 @@ class H1Client:
                     extra = self._ahead(conn, key, ahead, target.tls)
                     extra.insert(0, head)
                 if extra:
-                    await self._send(conn, b"".join(extra))
+                    await self.send(conn, b"".join(extra))
                 response = await self._read_response(conn, url)
             except (ClosedEarly, TimeoutError) as e:
                 conn.close()
@@ -764,7 +840,7 @@ class H1Client:
             if len(inflight) >= depth:
                 break
             try:
-                target = Target(url, tls)
+                target = Target(url, tls, key[3])
             except (BadRequest, ValueError):
                 break
             if target.key != key:
@@ -776,9 +852,9 @@ class H1Client:
             inflight.append((url, tuple(headers.items())))
         return heads
 
-    async def _send(self, conn: _Conn, data: bytes) -> None:
+    async def send(self, conn: _Conn, data: bytes) -> None:
         if conn.tls is None:
-            await self._raw_send(conn, data)
+            await self.raw_send(conn, data)
             return
         try:
             conn.tls.write(data)
@@ -786,7 +862,19 @@ class H1Client:
             raise ClosedEarly(f"TLS error: {e}") from e
         await self._flush_tls(conn)
 
-    async def _raw_send(self, conn: _Conn, data: bytes) -> None:
+    async def raw_send(self, conn: _Conn, data: bytes) -> None:
+        """``data`` under the TLS to the origin (to the socket, or through the proxy's TLS)."""
+        outer = conn.outer
+        if outer is None:
+            await self._sock_send(conn, data)
+            return
+        try:
+            outer.write(data)
+        except ssl.SSLError as e:
+            raise ClosedEarly(f"TLS error with the proxy: {e}") from e
+        await self._flush_outer(conn)
+
+    async def _sock_send(self, conn: _Conn, data: bytes) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.read_timeout_s):
@@ -798,7 +886,7 @@ class H1Client:
 
     async def _read_response(self, conn: _Conn, url: str) -> Response | None:
         while True:
-            head = await self._read_head(conn)
+            head = await self.read_head(conn)
             if head is None:
                 return None
             status, reason, headers, http11 = parse_head(head)
