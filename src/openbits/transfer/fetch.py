@@ -15,30 +15,41 @@ modules; ``download.Downloader`` picks one per file.  Order of durability:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
 import yarl
 from multidict import CIMultiDictProxy
 
-from openbits.model import ClientCertificate, Credential, Job, JobFile, ProxyUsage, parse_custom_headers
+from openbits.model import (
+    AuthScheme,
+    AuthTarget,
+    ClientCertificate,
+    Credential,
+    Job,
+    JobFile,
+    ProxyUsage,
+    parse_custom_headers,
+    redact_url,
+)
 from openbits.transfer import checks, redirects
 from openbits.transfer import files as fs
 from openbits.transfer.checks import Restart
+from openbits.transfer.h1 import BadRequest, H1Client, ProxyUnreachable, Response, Via
 from openbits.transfer.h1 import Body as H1Body
-from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
     TLSContexts,
-    env_proxy_for,
     invalid_response,
     network_error,
 )
+from openbits.transfer.proxy import DIRECT, Proxies, Route
 from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
 from openbits.transfer.throttle import Throttle
 
@@ -78,6 +89,19 @@ class RequestOptions:
             client_certificate=job.client_certificate,
         )
 
+    @property
+    def partition(self) -> str:
+        """What keeps this job's connections its own: its id when it has credentials or a
+        client certificate (SPEC §7), else "" (connections shared by every job)."""
+        return self.job_id if self.credentials or self.client_certificate is not None else ""
+
+    def proxy_login(self) -> tuple[str | None, str | None]:
+        """The Basic proxy credential (Target PROXY, Scheme BASIC): a SOCKS5 login."""
+        for cred in self.credentials:
+            if cred.target is AuthTarget.PROXY and cred.scheme is AuthScheme.BASIC:
+                return cred.user_name, cred.password.reveal() if cred.password is not None else None
+        return None, None
+
 
 class Body(Protocol):
     """A response body as aiohttp's StreamReader and ``h1.Body`` read it."""
@@ -88,7 +112,7 @@ class Body(Protocol):
 
 
 class HTTPResponse(Protocol):
-    """What the downloader reads of a response, from ``h1`` or (proxied requests) aiohttp."""
+    """What the downloader reads of a response (``h1.Response``)."""
 
     @property
     def status(self) -> int: ...
@@ -155,13 +179,12 @@ class Tuning:
 
 @dataclass(frozen=True, slots=True)
 class Transport:
-    """What every download shares: the clients (``h1`` for HTTP and HTTPS, the aiohttp
-    session for proxied requests), the environment's proxies (``http.env_proxies``), the TLS
-    contexts, the bandwidth throttle, the tuning, the free-space check."""
+    """What every download shares: the HTTP client (``h1``, direct and through proxies), the
+    routes (``proxy.Proxies``), the TLS contexts, the bandwidth throttle, the tuning, the
+    free-space check."""
 
-    session: aiohttp.ClientSession
-    h1: H1Client | None
-    proxies: Mapping[str, str]
+    h1: H1Client
+    proxies: Proxies
     tls: TLSContexts
     throttle: Throttle
     tuning: Tuning
@@ -262,37 +285,72 @@ class FileDownload:
         finally:
             self.close()
 
-    def _read_buffer(self) -> int | None:
-        """A limited transfer reads ahead ~0.1 s of its rate, not 4 MiB (no bursts on the wire);
-        None keeps the session's buffer."""
-        throttle, priority = self.transport.throttle, self.priority
-        if not throttle.is_limited(priority):
-            return None
-        return max(
-            64 * 1024,
-            min(self.transport.tuning.read_buffer_bytes, throttled_slice(throttle, priority) * 2),
-        )
-
     def _request(
-        self, url: str, headers: dict[str, str], ahead: Iterable[tuple[str, Mapping[str, str]]]
+        self,
+        url: str,
+        headers: dict[str, str],
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+        routes: tuple[Route, ...],
     ) -> contextlib.AbstractAsyncContextManager[HTTPResponse]:
-        """One GET, no redirects followed: through ``h1`` unless through a proxy."""
+        """One GET, no redirects followed, by the first of ``routes`` that connects."""
         transport = self.transport
-        flags = self.options.security_flags
-        proxy = env_proxy_for(url, transport.proxies)
-        if transport.h1 is not None and proxy is None:
-            scheme = url[:6].lower()
-            if scheme.startswith("http:"):
-                return transport.h1.get(url, headers, ahead)
-            if scheme == "https:":
-                return transport.h1.get(url, headers, ahead, transport.tls.for_h1(flags))
-        return transport.session.get(
-            url,
-            headers=headers,
-            allow_redirects=False,
-            ssl=transport.tls.for_aiohttp(flags),
-            read_bufsize=self._read_buffer(),
-            proxy=proxy,
+        scheme = url[:6].lower()
+        tls = None
+        if scheme == "https:":
+            tls = transport.tls.for_h1(self.options.security_flags)
+        elif not scheme.startswith("http:"):
+            raise BadRequest(f"not an http:// or https:// URL: {redact_url(url)[:80]}")
+        if routes is DIRECT:  # (the fast path: no per-request work)
+            return transport.h1.get(url, headers, ahead, tls, None, self.options.partition)
+        return self._routed(url, headers, ahead, tls, routes)
+
+    @contextlib.asynccontextmanager
+    async def _routed(
+        self,
+        url: str,
+        headers: dict[str, str],
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+        tls: ssl.SSLContext | None,
+        routes: tuple[Route, ...],
+    ) -> AsyncIterator[Response]:
+        """Through the routes in turn: a proxy that cannot be connected to (refused,
+        unreachable, its name not resolved) hands over to the next; the last one's failure
+        is the error."""
+        h1, partition = self.transport.h1, self.options.partition
+        for i, route in enumerate(routes):
+            via = self._via(route) if route.proxy is not None else None
+            request = h1.get(url, headers, ahead, tls, via, partition)
+            try:
+                response = await request.__aenter__()
+            except ProxyUnreachable:
+                if i == len(routes) - 1:
+                    raise
+                continue
+            try:
+                yield response
+            finally:
+                await request.__aexit__(None, None, None)
+            return
+
+    def _via(self, route: Route) -> Via:
+        entry = route.proxy
+        assert entry is not None
+        user, password = self.options.proxy_login()
+        if user is None and route.user is not None:
+            user, password = route.user, route.password
+        basic = None
+        if not entry.is_socks and route.user is not None:
+            token = f"{route.user}:{route.password or ''}".encode()
+            basic = "Basic " + base64.b64encode(token).decode("ascii")
+        return Via(
+            entry.scheme,
+            entry.host,
+            entry.port,
+            tag=entry.url,
+            tls=self.transport.tls.for_h1(0) if entry.scheme == "https" else None,
+            user=user,
+            password=password,
+            basic=basic,
         )
 
     @contextlib.asynccontextmanager
@@ -302,11 +360,15 @@ class FileDownload:
         """GET the file, following redirects as the job's SecurityFlags say
         (``redirects.next_url``).  Network errors, while asking or while the body is read,
         are translated here (``http.network_error``)."""
-        flags = self.options.security_flags
+        flags, options = self.options.security_flags, self.options
         url = self.file.remote_url
+        proxies = self.transport.proxies
         try:
             for _hop in range(redirects.MAX_REDIRECTS + 1):
-                async with self._request(url, headers, ahead) as resp:
+                routes = proxies.fixed(url, options)
+                if routes is None:
+                    routes = await proxies.autodetect(url)
+                async with self._request(url, headers, ahead, routes) as resp:
                     target = redirects.next_url(
                         resp.status, resp.headers.get("Location"), resp.url, url, flags
                     )

@@ -367,7 +367,9 @@ class _Get:
             headers = via.request_headers(headers)
         ahead = self._ahead if target.tls is not None or via.is_socks else ()  # (no pipelining
         # through a proxy that reads each request: each may go to another connection)
-        response = await client._send_and_read(url, target, (url, tuple(headers.items())), headers, ahead, via)
+        response = await client._send_and_read(
+            url, target, (url, tuple(headers.items())), headers, ahead, via
+        )
         self._response = response
         if response.status == 407 and via.auth is not None and not via.is_socks and target.tls is None:
             self._response = await answer_proxy(client, response, url, target, headers, via)

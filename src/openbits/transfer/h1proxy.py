@@ -232,9 +232,7 @@ async def _socks(client: H1Client, key: Key, via: Via) -> socket.socket:
     host = key[0]
     if via.scheme == "socks5":  # names resolved here (socks5h: by the proxy)
         host = (await client.resolve(key[0], key[1]))[0][1][0]
-    proxy = Proxy(
-        ProxyType.SOCKS5, address, port, via.user, via.password, rdns=via.scheme == "socks5h"
-    )
+    proxy = Proxy(ProxyType.SOCKS5, address, port, via.user, via.password, rdns=via.scheme == "socks5h")
     try:
         sock = await proxy.connect(host, key[1], timeout=client.connect_timeout_s)
     except ProxyTimeoutError as e:
