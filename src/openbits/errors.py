@@ -33,7 +33,6 @@ several codes takes the code of the instance (an errno's, an HTTP status's).
     │   ├── NetworkError        + BG_E_CONNECTION_CLOSED         GENERAL_TRANSPORT
     │   │   ├── ConnectError    + BG_E_CONNECT_FAILURE
     │   │   ├── NameResolutionError + BG_E_NAME_RESOLUTION_FAILURE
-    │   │   │   └── ProxyNameResolutionError + BG_E_PROXY_NAME_RESOLUTION_FAILURE
     │   │   ├── TLSError        + BG_E_SECURE_CHANNEL_FAILURE
     │   │   ├── Timeout         + BG_E_TIMEOUT
     │   │   └── UnknownNetworkError + BG_E_UNKNOWN_ERROR
@@ -610,10 +609,6 @@ class ConnectError(NetworkError):
 
 class NameResolutionError(NetworkError):
     default_hresult = HResult.BG_E_NAME_RESOLUTION_FAILURE
-
-
-class ProxyNameResolutionError(NameResolutionError):
-    default_hresult = HResult.BG_E_PROXY_NAME_RESOLUTION_FAILURE
 
 
 class TLSError(NetworkError):

@@ -22,12 +22,12 @@ from openbits.errors import (
     TRANSIENT_HTTP_STATUSES,
     BitsError,
     ConnectError,
+    HResult,
     HttpStatusError,
     InvalidResponse,
     InvalidUrl,
     NameResolutionError,
     NetworkError,
-    ProxyNameResolutionError,
     Timeout,
     TLSError,
     UnknownNetworkError,
@@ -184,7 +184,7 @@ def network_error(e: BaseException, url: str) -> BitsError:
 
 def _h1_error(e: h1.H1Error, url: str) -> BitsError:
     if isinstance(e, h1.ProxyNameNotResolved):
-        return ProxyNameResolutionError(str(e))
+        return NameResolutionError(str(e), hresult=HResult.BG_E_PROXY_NAME_RESOLUTION_FAILURE)
     if isinstance(e, h1.TunnelRefused):
         return status_error(e.status, f"from the proxy: {e.reason}", None)
     if isinstance(e, h1.NameNotResolved):
