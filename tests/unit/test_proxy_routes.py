@@ -152,7 +152,12 @@ def test_the_socks_login_is_the_basic_proxy_credential() -> None:
     )
     o = options(credentials=creds)
     assert o.proxy_login() == ("px", "pw")
-    assert o.partition == "{job}"  # (its connections are its own)
+    assert o.partition.startswith("{job}/")  # (its connections are its own)
+    assert "pw" not in o.partition
+    other = options(
+        credentials=(*creds[:1], Credential(AuthTarget.PROXY, AuthScheme.BASIC, "px", Secret("new")))
+    )
+    assert other.partition != o.partition  # (a changed password opens new connections)
     assert options().partition == ""
 
 

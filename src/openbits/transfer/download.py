@@ -23,6 +23,7 @@ from openbits.transfer.fetch import (
     FileDownload,
     Owner,
     Progress,
+    ProxyAuthFactory,
     RequestOptions,
     Transport,
     Tuning,
@@ -52,6 +53,7 @@ class Downloader:
         throttle: Throttle | None = None,
         tls: TLSContexts | None = None,
         proxies: Proxies | None = None,
+        proxy_auth: ProxyAuthFactory | None = None,
     ) -> None:
         self.transport = Transport(
             h1=h1,
@@ -60,6 +62,7 @@ class Downloader:
             throttle=throttle if throttle is not None else Throttle(),
             tuning=tuning or Tuning(),
             free_space=fs.FreeSpace(),
+            proxy_auth=proxy_auth,
         )
 
     async def download(

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,7 +42,7 @@ from openbits.model import (
 from openbits.transfer import checks, redirects
 from openbits.transfer import files as fs
 from openbits.transfer.checks import Restart
-from openbits.transfer.h1 import BadRequest, H1Client, ProxyUnreachable, Response, Via
+from openbits.transfer.h1 import BadRequest, H1Client, ProxyAuth, ProxyUnreachable, Response, Via
 from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
@@ -50,11 +51,15 @@ from openbits.transfer.http import (
     network_error,
 )
 from openbits.transfer.proxy import DIRECT, Proxies, Route
+from openbits.transfer.proxylist import ProxyEntry
 from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
 from openbits.transfer.throttle import Throttle
 
 #: a body up to this long (known length) is read whole and written at once
 SMALL_BODY_BYTES = 256 * 1024
+#: the key of the connection partitions' digests (random per process: the digest of a
+#: password is never comparable with anything outside this process)
+_PARTITION_KEY = os.urandom(32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +96,20 @@ class RequestOptions:
 
     @property
     def partition(self) -> str:
-        """What keeps this job's connections its own: its id when it has credentials or a
-        client certificate (SPEC §7), else "" (connections shared by every job)."""
-        return self.job_id if self.credentials or self.client_certificate is not None else ""
+        """What keeps this job's connections its own (SPEC §7: reused only by the same job
+        with the same credentials and certificate): "" without either (connections shared by
+        every job), else the job's id and a keyed digest of its credentials and certificate
+        (a changed password never rides on a connection the old one opened)."""
+        if not self.credentials and self.client_certificate is None:
+            return ""
+        digest = hashlib.blake2b(key=_PARTITION_KEY, digest_size=12)
+        for cred in self.credentials:
+            password = cred.password.reveal() if cred.password is not None else ""
+            digest.update(repr((int(cred.target), int(cred.scheme), cred.user_name, password)).encode())
+        cert = self.client_certificate
+        if cert is not None:
+            digest.update(repr((int(cert.location), cert.store_name, cert.cert_hash)).encode())
+        return f"{self.job_id}/{digest.hexdigest()}"
 
     def proxy_login(self) -> tuple[str | None, str | None]:
         """The Basic proxy credential (Target PROXY, Scheme BASIC): a SOCKS5 login."""
@@ -101,6 +117,11 @@ class RequestOptions:
             if cred.target is AuthTarget.PROXY and cred.scheme is AuthScheme.BASIC:
                 return cred.user_name, cred.password.reveal() if cred.password is not None else None
         return None, None
+
+
+#: what answers a proxy's 407 for a job's requests through a proxy (``transfer/auth.py``
+#: builds it from the job's proxy credentials); None: nothing answers, the 407 stands
+ProxyAuthFactory = Callable[["RequestOptions", ProxyEntry], ProxyAuth | None]
 
 
 class Body(Protocol):
@@ -189,6 +210,7 @@ class Transport:
     throttle: Throttle
     tuning: Tuning
     free_space: fs.FreeSpace
+    proxy_auth: ProxyAuthFactory | None = None
 
 
 class Ahead:
@@ -351,6 +373,7 @@ class FileDownload:
             user=user,
             password=password,
             basic=basic,
+            auth=self.transport.proxy_auth(self.options, entry) if self.transport.proxy_auth else None,
         )
 
     @contextlib.asynccontextmanager
