@@ -11,16 +11,19 @@ test proves its route from the proxy's own log (tinyproxy's request lines, micro
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from openbits.errors import BitsError, HResult
 from openbits.model import (
@@ -394,3 +397,55 @@ async def test_autodetect_follows_a_pac_script_served_by_nginx(
         assert pac.fetched == 1
     finally:
         await evaluator.close()
+
+
+# -- an https:// proxy ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tls_proxy(
+    tinyproxy: Tinyproxy, nginx: Nginx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[int]:
+    """An https:// proxy: TLS on a port of its own, relayed to tinyproxy (what stunnel or an
+    nginx stream block in front of a proxy does); its CA and nginx's are trusted."""
+    ca = trustme.CA()
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(ca.cert_pem.bytes() + nginx.ca_path.read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST).configure_cert(context)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        proxy_r, proxy_w = await asyncio.open_connection(HOST, tinyproxy.port)
+        await asyncio.gather(pipe(client_r, proxy_w), pipe(proxy_r, client_w))
+
+    server = await asyncio.start_server(relay, HOST, 0, ssl=context)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_https_proxy_for_http_and_https_urls(
+    nginx: Nginx, tinyproxy: Tinyproxy, tls_proxy: int, closing: H1Client, dest: Path
+) -> None:
+    digest = make_file(nginx.www, "px/tlsproxy.bin", 400_000, seed=12)
+    fetch = Fetcher(closing, dest)
+    settings = override(f"https://{HOST}:{tls_proxy}")
+    got = await fetch(f"{nginx.url}/px/tlsproxy.bin", **settings)
+    assert sha256_file(got) == digest
+    assert f"{nginx.url}/px/tlsproxy.bin" in tinyproxy.log(), "absolute form, inside the TLS to the proxy"
+    got = await fetch(f"{nginx.https_url}/px/tlsproxy.bin", **settings)  # TLS inside TLS
+    assert sha256_file(got) == digest
+    assert f"CONNECT {HOST}:{nginx.https_port}" in tinyproxy.log()
