@@ -1,10 +1,10 @@
 """Composition root: config -> store -> service -> scheduler -> API; signals; shutdown.
 
-Every resource (the state directory's lock, the store, the event log, the HTTP clients, the
-API runner, the signal handlers, the socket) is opened on one `AsyncExitStack` and closed in
+Every resource (the state directory's lock, the store, the event log, the HTTP client, the
+PAC worker, the API runner, the signal handlers, the socket) is opened on one `AsyncExitStack` and closed in
 reverse order by it, whether the start fails half way or the daemon shuts down.
 Shutdown is phased: stop accepting API calls, cancel transfers (each keeps its
-durable checkpoint), close the HTTP session, close the store.  A second signal
+durable checkpoint), close the HTTP client, close the store.  A second signal
 forces an immediate exit; nothing acknowledged is lost either way because every
 acknowledged change was committed before it was acknowledged.
 """

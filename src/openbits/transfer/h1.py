@@ -1,9 +1,9 @@
 """A lean HTTP/1.1 client for ``http://`` and ``https://`` downloads, with keep-alive and
 pipelining.
 
-It carries every request that goes to the server directly (HTTP, and HTTPS over the TLS
-context the job's SecurityFlags pick); aiohttp is the client only for proxied requests.
-It does far less work per request and per byte:
+It carries every download request (HTTP, and HTTPS over the TLS context the job's
+SecurityFlags pick), directly or through a proxy (``h1proxy``: the connection differs, the
+requests and bodies do not).  It does far less work per request and per byte:
 
 - bodies of known length are read straight from the socket in reads of up to
   ``read_bytes``, never through an intermediate stream buffer;
