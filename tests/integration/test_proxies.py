@@ -44,6 +44,7 @@ from openbits.transfer.pacworker import PacEvaluator
 from openbits.transfer.proxy import Proxies, parse_environment
 from openbits.transfer.proxylist import ProxyEntry
 from tests.support.daemon import Daemon
+from tests.support.driver import Driver
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx, free_port, wait_until
 from tests.support.proxy import Tinyproxy
@@ -449,3 +450,28 @@ async def test_an_https_proxy_for_http_and_https_urls(
     got = await fetch(f"{nginx.https_url}/px/tlsproxy.bin", **settings)  # TLS inside TLS
     assert sha256_file(got) == digest
     assert f"CONNECT {HOST}:{nginx.https_port}" in tinyproxy.log()
+
+
+async def test_a_job_set_to_autodetect_is_routed_by_the_scheduler(
+    tmp_path: Path, nginx: Nginx, tinyproxy: Tinyproxy, closing: H1Client
+) -> None:
+    """The job's ProxyUsage reaches the transfer (RequestOptions.of): set on the live job, as
+    SetProxySettings will, and run by the scheduler over a real store."""
+    (nginx.www / "px").mkdir(exist_ok=True)
+    (nginx.www / "px" / "all.pac").write_text(
+        f'function FindProxyForURL(url, host) {{ return "PROXY {HOST}:{tinyproxy.port}"; }}'
+    )
+    digest = make_file(nginx.www, "px/sched.bin", 30_000, seed=13)
+    evaluator = PacEvaluator(time_limit_s=5)
+    try:
+        pac = PacRoutes(functools.partial(fetch_text, closing), evaluator, f"{nginx.url}/px/all.pac")
+        async with Driver(tmp_path, proxies=Proxies(pac=pac)) as d:
+            job = await d.job(f"{nginx.url}/px/sched.bin", resume=False)
+            job.proxy_usage = ProxyUsage.AUTODETECT
+            d.service.resume(job)
+            await d.settle()
+            assert job.state is JobState.TRANSFERRED, job.error
+            assert sha256_file(Path(job.files[0].temp_path or "")) == digest
+    finally:
+        await evaluator.close()
+    assert "/px/sched.bin" in tinyproxy.log()
