@@ -475,3 +475,20 @@ async def test_a_job_set_to_autodetect_is_routed_by_the_scheduler(
     finally:
         await evaluator.close()
     assert "/px/sched.bin" in tinyproxy.log()
+
+
+async def test_a_login_in_the_proxy_url_is_sent_from_the_start(
+    nginx: Nginx, tinyproxy_auth: Tinyproxy, trust_nginx: None, closing: H1Client, dest: Path
+) -> None:
+    digest = make_file(nginx.www, "px/userinfo.bin", 10_000, seed=14)
+    fetch = Fetcher(closing, dest)
+    env = {"all_proxy": f"http://{USER}:{PASSWORD}@{HOST}:{tinyproxy_auth.port}"}
+    for url in (f"{nginx.url}/px/userinfo.bin", f"{nginx.https_url}/px/userinfo.bin"):
+        got = await fetch(url, proxy_environment=env)
+        assert sha256_file(got) == digest
+    log = tinyproxy_auth.log()
+    assert "/px/userinfo.bin" in log and f"CONNECT {HOST}:{nginx.https_port}" in log
+    wrong = {"all_proxy": f"http://{USER}:nope@{HOST}:{tinyproxy_auth.port}"}
+    with pytest.raises(BitsError) as refused:  # (not the tunnel the right login opened)
+        await fetch(f"{nginx.https_url}/px/userinfo.bin", proxy_environment=wrong)
+    assert refused.value.hresult == 0x80190197  # (tinyproxy says 401 to CONNECT: the proxy's)

@@ -4,6 +4,8 @@ time limit and sandbox."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from openbits.transfer.proxy import (
     parse_proxy_url,
 )
 from openbits.transfer.proxylist import ProxyEntry
+from tests.support.nginx import wait_until
 
 
 def http(host: str, port: int) -> Route:
@@ -279,3 +282,47 @@ def test_the_proxy_table_of_the_configuration(tmp_path: Path) -> None:
     path.write_text('[proxy]\nhttp = "http://p:1"\nftp = "x"\n')
     with pytest.raises(ValueError, match="ftp"):
         Config.load(str(path))
+
+
+ORPHAN = """
+import asyncio, sys
+from openbits.transfer.pacworker import PacEvaluator
+
+async def main():
+    evaluator = PacEvaluator(time_limit_s=600)
+    task = asyncio.create_task(evaluator.find(sys.argv[1], "http://loop/", "loop"))
+    while evaluator._proc is None:
+        await asyncio.sleep(0.01)
+    print(evaluator._proc.pid, flush=True)
+    await task
+
+asyncio.run(main())
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"  # (a zombie nobody reaps yet)
+    except FileNotFoundError:
+        return True
+
+
+def test_the_pac_worker_dies_with_the_daemon_even_in_a_runaway_script() -> None:
+    daemon = subprocess.Popen([sys.executable, "-c", ORPHAN, RUNAWAY], stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout is not None
+        worker = int(daemon.stdout.readline())
+        wait_until(lambda: _cpu_ticks(worker) > 0, 10, what="the worker to run the script")
+        daemon.kill()
+    finally:
+        daemon.wait()
+        if daemon.stdout is not None:
+            daemon.stdout.close()
+    wait_until(lambda: _gone(worker), 10, what="the worker to die with its daemon")
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime

@@ -102,14 +102,14 @@ class RequestOptions:
         (a changed password never rides on a connection the old one opened)."""
         if not self.credentials and self.client_certificate is None:
             return ""
-        digest = hashlib.blake2b(key=_PARTITION_KEY, digest_size=12)
+        parts: list[object] = []
         for cred in self.credentials:
             password = cred.password.reveal() if cred.password is not None else ""
-            digest.update(repr((int(cred.target), int(cred.scheme), cred.user_name, password)).encode())
+            parts.append((int(cred.target), int(cred.scheme), cred.user_name, password))
         cert = self.client_certificate
         if cert is not None:
-            digest.update(repr((int(cert.location), cert.store_name, cert.cert_hash)).encode())
-        return f"{self.job_id}/{digest.hexdigest()}"
+            parts.append((int(cert.location), cert.store_name, cert.cert_hash))
+        return f"{self.job_id}/{_digest(repr(parts))}"
 
     def proxy_login(self) -> tuple[str | None, str | None]:
         """The Basic proxy credential (Target PROXY, Scheme BASIC): a SOCKS5 login."""
@@ -122,6 +122,11 @@ class RequestOptions:
 #: what answers a proxy's 407 for a job's requests through a proxy (``transfer/auth.py``
 #: builds it from the job's proxy credentials); None: nothing answers, the 407 stands
 ProxyAuthFactory = Callable[["RequestOptions", ProxyEntry], ProxyAuth | None]
+
+
+def _digest(text: str) -> str:
+    """A keyed digest (per process) that tells identities apart without holding them."""
+    return hashlib.blake2b(text.encode(), key=_PARTITION_KEY, digest_size=12).hexdigest()
 
 
 class Body(Protocol):
@@ -361,14 +366,18 @@ class FileDownload:
         if user is None and route.user is not None:
             user, password = route.user, route.password
         basic = None
-        if not entry.is_socks and route.user is not None:
-            token = f"{route.user}:{route.password or ''}".encode()
-            basic = "Basic " + base64.b64encode(token).decode("ascii")
+        tag = entry.url
+        if route.user is not None:
+            # (a tunnel opened with one login is never reused with another, or none)
+            tag += "#" + _digest(repr((route.user, route.password)))
+            if not entry.is_socks:
+                token = f"{route.user}:{route.password or ''}".encode()
+                basic = "Basic " + base64.b64encode(token).decode("ascii")
         return Via(
             entry.scheme,
             entry.host,
             entry.port,
-            tag=entry.url,
+            tag=tag,
             tls=self.transport.tls.for_h1(0) if entry.scheme == "https" else None,
             user=user,
             password=password,

@@ -157,6 +157,8 @@ async def _tunnel(client: H1Client, conn: _Conn, key: Key, via: Via) -> _Conn:
             if raw is None:
                 raise ClosedEarly("the proxy closed the connection without answering CONNECT")
             status, reason, headers, http11 = parse_head(raw)
+            if status == 401:  # (tinyproxy refuses a wrong login so): the proxy's, a 407
+                status = 407
             if 200 <= status < 300:
                 if conn.buffered():
                     raise BadResponse("the proxy sent bytes after its answer to CONNECT")

@@ -7,7 +7,9 @@ be interrupted from Python, so a runaway script in a thread would stop the whole
 worker is killed when an answer is late and started again on the next question; a script
 that never returns costs one time limit per question, nothing more.
 
-The sandbox: the worker runs isolated (``python -I``: no environment, no user site), with an
+The worker dies with the daemon (PR_SET_PDEATHSIG), and lives for at most ``CPU_S`` seconds
+of CPU (then the next question starts another).  The sandbox: the worker runs isolated
+(``python -I``: no environment, no user site), with an
 empty environment, in ``/``, as ``nobody`` when the daemon is root, with no file writes
 (RLIMIT_FSIZE 0) and bounded memory; the interpreter it gives the script has no ``require``
 (dukpy's module loader reads files) and an empty ``process.env``.  What a PAC script may call
@@ -26,10 +28,17 @@ import sys
 
 #: the worker's code (it imports nothing of openbits)
 WORKER = r"""
-import json, resource, sys
+import ctypes, json, os, resource, signal, sys
+try:  # killed with the daemon, even in the middle of a runaway script
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != @PARENT@:
+    sys.exit(0)
 resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+resource.setrlimit(resource.RLIMIT_AS, (@MEMORY@, @MEMORY@))
+resource.setrlimit(resource.RLIMIT_CPU, (@CPU@, @CPU@ + 5))
 import dukpy
 from dukpy.evaljs import _PROCESS_RUNTIME, JSInterpreter
 
@@ -62,6 +71,9 @@ for line in sys.stdin:
 MEMORY_BYTES = 512 * 1024 * 1024
 #: the longest answer line read back
 ANSWER_MAX_BYTES = 64 * 1024
+#: CPU seconds a worker may use in its life (then it is replaced: a bound on a worker the
+#: daemon could not kill)
+CPU_S = 120
 #: the uid and gid a root daemon runs the worker as
 NOBODY = 65534
 
@@ -149,7 +161,7 @@ async def _spawn(**identity: object) -> asyncio.subprocess.Process:
         sys.executable,
         "-I",
         "-c",
-        WORKER.replace("MEMORY", str(MEMORY_BYTES)),
+        _worker_source(),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
@@ -158,4 +170,12 @@ async def _spawn(**identity: object) -> asyncio.subprocess.Process:
         limit=ANSWER_MAX_BYTES,
         start_new_session=True,
         **identity,  # type: ignore[arg-type]
+    )
+
+
+def _worker_source() -> str:
+    return (
+        WORKER.replace("@MEMORY@", str(MEMORY_BYTES))
+        .replace("@PARENT@", str(os.getpid()))
+        .replace("@CPU@", str(CPU_S))
     )
