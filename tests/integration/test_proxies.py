@@ -17,6 +17,7 @@ import functools
 import os
 import shutil
 import socket
+import sqlite3
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -492,3 +493,35 @@ async def test_a_login_in_the_proxy_url_is_sent_from_the_start(
     with pytest.raises(BitsError) as refused:  # (not the tunnel the right login opened)
         await fetch(f"{nginx.https_url}/px/userinfo.bin", proxy_environment=wrong)
     assert refused.value.hresult == 0x80190197  # (tinyproxy says 401 to CONNECT: the proxy's)
+
+
+def test_the_daemon_follows_the_pac_url_of_its_proxy_table(
+    tmp_path: Path, nginx: Nginx, tinyproxy: Tinyproxy, dest: Path
+) -> None:
+    """The composition: ``[proxy] pac_url`` → the daemon's PAC worker, the script fetched
+    over h1, the job's AUTODETECT (written into its store row while the daemon is down:
+    SetProxySettings is another branch's)."""
+    (nginx.www / "px").mkdir(exist_ok=True)
+    (nginx.www / "px" / "daemon.pac").write_text(
+        f'function FindProxyForURL(url, host) {{ return "PROXY {HOST}:{tinyproxy.port}; DIRECT"; }}'
+    )
+    digest = make_file(nginx.www, "px/daemon-pac.bin", 40_000, seed=15)
+    daemon = Daemon(tmp_path / "d", config={"proxy_pac_url": f"{nginx.url}/px/daemon.pac"})
+    daemon.start()
+    try:
+        job = daemon.client.create_job("pac").job_id
+        daemon.client.add_file(job, f"{nginx.url}/px/daemon-pac.bin", str(dest / "pac.bin"))
+    finally:
+        daemon.stop()
+    with sqlite3.connect(daemon.state_dir / "jobs.sqlite") as db:
+        assert db.execute("UPDATE jobs SET proxy_usage = 3").rowcount == 1
+    db.close()
+    daemon.start()
+    try:
+        daemon.client.resume(job)
+        daemon.wait_state(job, JobState.TRANSFERRED)
+        daemon.client.complete(job)
+    finally:
+        daemon.stop()
+    assert sha256_file(dest / "pac.bin") == digest
+    assert "/px/daemon-pac.bin" in tinyproxy.log()
