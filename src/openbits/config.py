@@ -105,6 +105,15 @@ class Config:
     event_log_size: int = 10_000
     event_min_interval_s: float = 0.5
     event_keepalive_s: float = 15.0
+    # proxies (the [proxy] table: http, https, no_proxy, pac_url): PRECONFIG jobs whose
+    # caller named no proxy use http/https/no_proxy (else the daemon's environment at
+    # start-up); AUTODETECT jobs the PAC script at pac_url (file:// or http://), else WPAD
+    proxy_http: str = ""
+    proxy_https: str = ""
+    proxy_no_proxy: str = ""
+    proxy_pac_url: str = ""
+    #: a PAC script that has not answered in this long is stopped (and the file goes direct)
+    proxy_pac_time_limit_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -123,10 +132,14 @@ class Config:
         if path:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
+            proxy_table = data.pop("proxy", None)
             if "openbits" in data:
                 if set(data) != {"openbits"} or not isinstance(data["openbits"], dict):
                     raise ValueError(f"{path}: put every setting under [openbits], or none")
                 data = data["openbits"]
+                proxy_table = data.pop("proxy", proxy_table)
+            if proxy_table is not None:
+                data.update(_proxy_settings(path, proxy_table))
             defaults = {f.name: f.default for f in fields(cls)}
             unknown = sorted(set(data) - set(defaults))
             if unknown:
@@ -141,3 +154,16 @@ class Config:
             values.update(data)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+PROXY_TABLE_KEYS = ("http", "https", "no_proxy", "pac_url", "pac_time_limit_s")
+
+
+def _proxy_settings(path: str, table: Any) -> dict[str, Any]:
+    """The ``[proxy]`` table's keys as the ``proxy_*`` settings."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: proxy must be a table ([proxy])")
+    unknown = sorted(set(table) - set(PROXY_TABLE_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown [proxy] setting(s): {', '.join(unknown)}")
+    return {f"proxy_{key}": value for key, value in table.items()}

@@ -1,10 +1,10 @@
 """Composition root: config -> store -> service -> scheduler -> API; signals; shutdown.
 
-Every resource (the state directory's lock, the store, the event log, the HTTP clients, the
-API runner, the signal handlers, the socket) is opened on one `AsyncExitStack` and closed in
+Every resource (the state directory's lock, the store, the event log, the HTTP client, the
+PAC worker, the API runner, the signal handlers, the socket) is opened on one `AsyncExitStack` and closed in
 reverse order by it, whether the start fails half way or the daemon shuts down.
 Shutdown is phased: stop accepting API calls, cancel transfers (each keeps its
-durable checkpoint), close the HTTP session, close the store.  A second signal
+durable checkpoint), close the HTTP client, close the store.  A second signal
 forces an immediate exit; nothing acknowledged is lost either way because every
 acknowledged change was committed before it was acknowledged.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import gc
 import ipaddress
 import logging
@@ -23,7 +24,6 @@ import socket
 import sqlite3
 import ssl
 import sys
-from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -41,7 +41,10 @@ from openbits.store.sqlite import SqliteStore
 from openbits.transfer import files as fs
 from openbits.transfer.download import Downloader, Tuning
 from openbits.transfer.h1 import H1Client
-from openbits.transfer.http import USER_AGENT, TLSContexts, env_proxies, make_session
+from openbits.transfer.http import USER_AGENT, TLSContexts, env_proxies
+from openbits.transfer.pac import PacRoutes, fetch_text
+from openbits.transfer.pacworker import PacEvaluator
+from openbits.transfer.proxy import Proxies
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.daemon")
@@ -104,8 +107,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         service.listeners.append(events.on_change)
         tune_gc()
         throttle = Throttle()
-        proxies = env_proxies()  # BITS' PRECONFIG: the daemon's http_proxy, https_proxy, no_proxy
-        downloader = await _open_downloader(config, throttle, proxies, stack)
+        proxies = env_proxies()  # the webhooks' (transfers: Proxies, from [proxy] or the same)
+        downloader = await _open_downloader(config, throttle, stack)
         sync_threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="openbits-sync"
         )
@@ -181,15 +184,10 @@ def _open_tokens(store: SqliteStore, config: Config) -> Tokens:
 
 
 async def _open_downloader(
-    config: Config, throttle: Throttle, proxies: Mapping[str, str], stack: contextlib.AsyncExitStack
+    config: Config, throttle: Throttle, stack: contextlib.AsyncExitStack
 ) -> Downloader:
-    """The HTTP clients (aiohttp for proxies, h1 for the rest) and the downloader over them."""
-    session = make_session(
-        connect_timeout_s=config.connect_timeout_s,
-        read_timeout_s=config.read_timeout_s,
-        read_buffer_bytes=config.read_buffer_bytes,
-    )
-    stack.push_async_callback(session.close)
+    """The HTTP client (h1, direct and through proxies), the routes (the ``[proxy]`` table,
+    else the daemon's environment now; the PAC worker of AUTODETECT) and the downloader."""
     h1 = H1Client(
         connect_timeout_s=config.connect_timeout_s,
         read_timeout_s=config.read_timeout_s,
@@ -199,6 +197,11 @@ async def _open_downloader(
         splice=config.http_splice,
     )
     stack.push_async_callback(h1.close)
+    evaluator = PacEvaluator(config.proxy_pac_time_limit_s)
+    stack.push_async_callback(evaluator.close)
+    pac = PacRoutes(functools.partial(fetch_text, h1), evaluator, config.proxy_pac_url)
+    table = {"http": config.proxy_http, "https": config.proxy_https, "no_proxy": config.proxy_no_proxy}
+    proxies = Proxies.of(table, os.environ, pac)
     tls = TLSContexts()
     stack.callback(tls.close)
     tuning = Tuning(
@@ -207,7 +210,7 @@ async def _open_downloader(
         write_block_bytes=config.write_block_bytes,
         read_buffer_bytes=config.read_buffer_bytes,
     )
-    return Downloader(session, tuning, throttle, h1, tls, proxies, config.machine_cert_dir)
+    return Downloader(h1, tuning, throttle, tls, proxies, machine_cert_dir=config.machine_cert_dir)
 
 
 def _on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:

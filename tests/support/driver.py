@@ -32,7 +32,8 @@ from openbits.service import Service
 from openbits.store.sqlite import SqliteStore
 from openbits.transfer.download import Downloader
 from openbits.transfer.h1 import H1Client
-from openbits.transfer.http import TLSContexts, make_session
+from openbits.transfer.http import TLSContexts
+from openbits.transfer.proxy import Proxies
 
 ME = Caller("me", os.geteuid(), os.getegid(), is_admin=os.geteuid() == 0)
 #: an address where nothing listens: a transfer from it fails at once, transiently
@@ -40,7 +41,9 @@ REFUSED_URL = "http://127.0.0.1:9/nothing"
 
 
 class Driver:
-    def __init__(self, tmp_path: Path, **config: Any) -> None:
+    def __init__(self, tmp_path: Path, *, proxies: Proxies | None = None, **config: Any) -> None:
+        """``proxies``: the routes of the transfers (default: direct)."""
+        self.proxies = proxies
         self.dest = tmp_path / "dest"
         self.dest.mkdir(exist_ok=True)
         self.config = Config(state_dir=str(tmp_path / "state"), socket=str(tmp_path / "s"), **config)
@@ -55,19 +58,13 @@ class Driver:
 
     async def __aenter__(self) -> Driver:
         c = self.config
-        session = make_session(
-            connect_timeout_s=c.connect_timeout_s,
-            read_timeout_s=c.read_timeout_s,
-            read_buffer_bytes=c.read_buffer_bytes,
-        )
-        self._stack.push_async_callback(session.close)
         h1 = H1Client(connect_timeout_s=c.connect_timeout_s, read_timeout_s=c.read_timeout_s)
         self._stack.push_async_callback(h1.close)
         tls = TLSContexts()
         self._stack.callback(tls.close)
         sync_threads = concurrent.futures.ThreadPoolExecutor(1)
         self._stack.callback(sync_threads.shutdown, wait=True)
-        downloader = Downloader(session, h1=h1, tls=tls)
+        downloader = Downloader(h1, tls=tls, proxies=self.proxies)
         self.scheduler = Scheduler(
             self.service, c, downloader, transfers=self.transfers, sync_threads=sync_threads
         )

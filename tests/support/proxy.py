@@ -13,8 +13,10 @@ from tests.support.nginx import free_port, wait_until
 
 
 class Tinyproxy:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_config: str = "") -> None:
+        """``extra_config``: more tinyproxy.conf lines (``BasicAuth user password``, say)."""
         self.workdir = workdir
+        self.extra_config = extra_config
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "tinyproxy.log"
@@ -25,7 +27,7 @@ class Tinyproxy:
         conf = self.workdir / "tinyproxy.conf"
         conf.write_text(
             f"Port {self.port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\n"
-            f'LogFile "{self.log_path}"\nLogLevel Connect\nMaxClients 20\n'
+            f'LogFile "{self.log_path}"\nLogLevel Connect\nMaxClients 20\n{self.extra_config}'
         )
         self.log_path.touch()
         self.proc = subprocess.Popen(

@@ -23,7 +23,7 @@ from tests.support.rawserver import RecordingProgress, raw_server
 async def _download(base: str, tmp_path: object) -> tuple[JobFile, bytes]:
     h1 = H1Client(connect_timeout_s=5, read_timeout_s=5, default_headers={"User-Agent": "t"})
     try:
-        downloader = Downloader(None, h1=h1)  # type: ignore[arg-type]  # (h1 carries http://)
+        downloader = Downloader(h1)
         local = os.path.join(str(tmp_path), "out.bin")
         file = JobFile(remote_url=f"{base}/f", local_file=local, temp_name="BITreview.tmp")
         owner = Owner(os.getuid(), os.getgid())

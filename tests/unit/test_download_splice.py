@@ -67,7 +67,7 @@ async def _download(
     file = JobFile(remote_url=f"{base}/f", local_file=str(tmp_path / "out.bin"), temp_name="BITsplice.tmp")
     error: BitsError | None = None
     try:
-        downloader = Downloader(None, tuning or Tuning(), throttle=throttle, h1=h1)  # type: ignore[arg-type]
+        downloader = Downloader(h1, tuning or Tuning(), throttle=throttle)
         try:
             await downloader.download(file, Owner(os.getuid(), os.getgid()), progress, 2)
         except BitsError as e:
@@ -158,7 +158,7 @@ async def test_a_checkpoint_is_reported_when_its_sync_returns_not_at_the_next_ch
     file = JobFile(remote_url="", local_file=str(tmp_path / "out.bin"), temp_name="BITprompt.tmp")
     async with raw_server(respond) as base:
         file.remote_url = f"{base}/f"
-        downloader = Downloader(None, tuning, h1=h1)  # type: ignore[arg-type]
+        downloader = Downloader(h1, tuning)
         task = asyncio.create_task(downloader.download(file, Owner(os.getuid(), os.getgid()), progress, 2))
         try:
             async with asyncio.timeout(10):

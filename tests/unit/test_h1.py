@@ -1021,7 +1021,7 @@ async def _read_head_of(client: H1Client, data: bytes) -> bytes | None:
     with ours, theirs:
         conn = h1._Conn(ours, ("example.invalid", 80))
         conn.buf += data
-        return await client._read_head(conn)
+        return await client.read_head(conn)
 
 
 @pytest.mark.parametrize("extra", [0, 1])

@@ -6,15 +6,13 @@ step.  It picks how to fetch a file: a whole file over HTTP(S) (``fetch.FileDown
 AddFileWithRanges ranges (``ranges.py``), or a local source (``local.py``); a file whose
 content changed under the transfer is started again from byte 0, a few times at most.
 
-HTTP and HTTPS go through ``h1`` (lean, pipelined); only proxied requests go through the
-aiohttp session.
+HTTP and HTTPS go through ``h1`` (lean, pipelined), directly or by the routes
+``proxy.Proxies`` gives (HTTP proxies, CONNECT tunnels, SOCKS5).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-import aiohttp
+from collections.abc import Sequence
 
 from openbits.model import JobFile
 from openbits.transfer import files as fs
@@ -26,6 +24,7 @@ from openbits.transfer.fetch import (
     FileDownload,
     Owner,
     Progress,
+    ProxyAuthFactory,
     RequestOptions,
     Transport,
     Tuning,
@@ -33,6 +32,7 @@ from openbits.transfer.fetch import (
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import TLSContexts, invalid_response
 from openbits.transfer.local import download_local
+from openbits.transfer.proxy import Proxies
 from openbits.transfer.ranges import download_ranges
 from openbits.transfer.throttle import Throttle
 
@@ -43,30 +43,30 @@ ATTEMPTS = 3
 
 
 class Downloader:
-    """Downloads files over HTTP(S) and from local paths, with the clients, TLS contexts,
+    """Downloads files over HTTP(S) and from local paths, with the client, TLS contexts,
     throttle, tuning and proxies it is given (the composition root owns and closes them;
-    no ``proxies``: no proxy); client certificates of the LOCAL_MACHINE stores are found
+    no ``proxies``: direct); client certificates of the LOCAL_MACHINE stores are found
     under ``machine_cert_dir``."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        h1: H1Client,
         tuning: Tuning | None = None,
         throttle: Throttle | None = None,
-        h1: H1Client | None = None,
         tls: TLSContexts | None = None,
-        proxies: Mapping[str, str] | None = None,
+        proxies: Proxies | None = None,
+        proxy_auth: ProxyAuthFactory | None = None,
         machine_cert_dir: str = "/etc/openbits/certs",
     ) -> None:
         tls = tls if tls is not None else TLSContexts()
         self.transport = Transport(
-            session=session,
             h1=h1,
-            proxies=proxies or {},
+            proxies=proxies if proxies is not None else Proxies(),
             tls=tls,
             throttle=throttle if throttle is not None else Throttle(),
             tuning=tuning or Tuning(),
             free_space=fs.FreeSpace(),
+            proxy_auth=proxy_auth,
             certs=ClientContexts(tls.fresh, machine_cert_dir),
         )
 

@@ -15,6 +15,7 @@ modules; ``download.Downloader`` picks one per file.  Order of durability:
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import hashlib
@@ -22,15 +23,15 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import aiohttp
 import yarl
 from multidict import CIMultiDictProxy
 
 from openbits.model import (
+    AuthScheme,
     AuthTarget,
     ClientCertificate,
     Credential,
@@ -45,16 +46,17 @@ from openbits.transfer import files as fs
 from openbits.transfer.auth import Authenticator
 from openbits.transfer.certs import ClientContexts
 from openbits.transfer.checks import Restart
+from openbits.transfer.h1 import BadRequest, H1Client, ProxyAuth, ProxyUnreachable, Response, Via
 from openbits.transfer.h1 import Body as H1Body
-from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
     TLSContexts,
     auth_error,
-    env_proxy_for,
     invalid_response,
     network_error,
 )
+from openbits.transfer.proxy import DIRECT, Proxies, Route
+from openbits.transfer.proxylist import ProxyEntry
 from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
 from openbits.transfer.throttle import Throttle
 
@@ -62,6 +64,9 @@ log = logging.getLogger("openbits.transfer")
 
 #: a body up to this long (known length) is read whole and written at once
 SMALL_BODY_BYTES = 256 * 1024
+#: the key of the connection partitions' digests (random per process: the digest of a
+#: password is never comparable with anything outside this process)
+_PARTITION_KEY = os.urandom(32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +87,6 @@ class RequestOptions:
     proxy_environment: Mapping[str, str] | None = None
     client_certificate: ClientCertificate | None = None
 
-    @property
-    def partition(self) -> str:
-        """The connection pool partition of the job's requests: its own when it has
-        credentials, else shared ("").  A connection NTLM or Negotiate authenticated stays
-        authenticated, so it serves no other job, nor this job once its credentials changed:
-        the partition names the job and a digest of its credentials."""
-        if not self.credentials:
-            return ""
-        digest = hashlib.blake2b(digest_size=12)
-        for c in self.credentials:
-            password = c.password.reveal() if c.password is not None else ""
-            fields = (str(int(c.target)), str(int(c.scheme)), c.user_name or "", password, str(c.missing))
-            digest.update("\0".join(fields).encode("utf-8", "surrogatepass") + b"\1")
-        return f"{self.job_id}/{digest.hexdigest()}"
-
     def server_credentials(self) -> bool:
         return any(c.target == AuthTarget.SERVER for c in self.credentials)
 
@@ -114,6 +104,40 @@ class RequestOptions:
             client_certificate=job.client_certificate,
         )
 
+    @property
+    def partition(self) -> str:
+        """What keeps this job's connections its own (SPEC §7: reused only by the same job
+        with the same credentials and certificate): "" without either (connections shared by
+        every job), else the job's id and a keyed digest of its credentials and certificate
+        (a changed password never rides on a connection the old one opened)."""
+        if not self.credentials and self.client_certificate is None:
+            return ""
+        parts: list[object] = []
+        for cred in self.credentials:
+            password = cred.password.reveal() if cred.password is not None else ""
+            parts.append((int(cred.target), int(cred.scheme), cred.user_name, password))
+        cert = self.client_certificate
+        if cert is not None:
+            parts.append((int(cert.location), cert.store_name, cert.cert_hash))
+        return f"{self.job_id}/{_digest(repr(parts))}"
+
+    def proxy_login(self) -> tuple[str | None, str | None]:
+        """The Basic proxy credential (Target PROXY, Scheme BASIC): a SOCKS5 login."""
+        for cred in self.credentials:
+            if cred.target is AuthTarget.PROXY and cred.scheme is AuthScheme.BASIC:
+                return cred.user_name, cred.password.reveal() if cred.password is not None else None
+        return None, None
+
+
+#: what answers a proxy's 407 for a job's requests through a proxy (``transfer/auth.py``
+#: builds it from the job's proxy credentials); None: nothing answers, the 407 stands
+ProxyAuthFactory = Callable[["RequestOptions", ProxyEntry], ProxyAuth | None]
+
+
+def _digest(text: str) -> str:
+    """A keyed digest (per process) that tells identities apart without holding them."""
+    return hashlib.blake2b(text.encode(), key=_PARTITION_KEY, digest_size=12).hexdigest()
+
 
 class Body(Protocol):
     """A response body as aiohttp's StreamReader and ``h1.Body`` read it."""
@@ -124,7 +148,7 @@ class Body(Protocol):
 
 
 class HTTPResponse(Protocol):
-    """What the downloader reads of a response, from ``h1`` or (proxied requests) aiohttp."""
+    """What the downloader reads of a response (``h1.Response``)."""
 
     @property
     def status(self) -> int: ...
@@ -213,20 +237,19 @@ class Notices:
 
 @dataclass(frozen=True, slots=True)
 class Transport:
-    """What every download shares: the clients (``h1`` for HTTP and HTTPS, the aiohttp
-    session for proxied requests), the environment's proxies (``http.env_proxies``), the TLS
-    contexts, the bandwidth throttle, the tuning, the free-space check; the contexts of
-    jobs that present a client certificate (``certs``)."""
+    """What every download shares: the HTTP client (``h1``, direct and through proxies), the
+    routes (``proxy.Proxies``), the TLS contexts, the bandwidth throttle, the tuning, the
+    free-space check; the contexts of jobs that present a client certificate (``certs``)."""
 
-    session: aiohttp.ClientSession
-    h1: H1Client | None
-    proxies: Mapping[str, str]
+    h1: H1Client
+    proxies: Proxies
     tls: TLSContexts
     throttle: Throttle
     tuning: Tuning
     free_space: fs.FreeSpace
     notices: Notices = field(default_factory=Notices)
     certs: ClientContexts | None = None
+    proxy_auth: ProxyAuthFactory | None = None
 
 
 class Ahead:
@@ -323,17 +346,6 @@ class FileDownload:
         finally:
             self.close()
 
-    def _read_buffer(self) -> int | None:
-        """A limited transfer reads ahead ~0.1 s of its rate, not 4 MiB (no bursts on the wire);
-        None keeps the session's buffer."""
-        throttle, priority = self.transport.throttle, self.priority
-        if not throttle.is_limited(priority):
-            return None
-        return max(
-            64 * 1024,
-            min(self.transport.tuning.read_buffer_bytes, throttled_slice(throttle, priority) * 2),
-        )
-
     async def _client_tls(self, url: str) -> ssl.SSLContext | None:
         """The job's own context when it presents a client certificate to an https:// URL
         (found again in its store as the owner, kept by ``ClientContexts``); else None."""
@@ -348,31 +360,79 @@ class FileDownload:
         url: str,
         headers: dict[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
+        routes: tuple[Route, ...],
         auth: Authenticator | None = None,
         client_tls: ssl.SSLContext | None = None,
     ) -> contextlib.AbstractAsyncContextManager[HTTPResponse]:
-        """One GET, no redirects followed: through ``h1`` unless through a proxy; ``auth``
-        answers the server's 401s (``h1`` only); ``client_tls``: the job's context with its
-        client certificate (``_client_tls``)."""
+        """One GET, no redirects followed, by the first of ``routes`` that connects; ``auth``
+        answers the server's 401s; ``client_tls``: the job's context with its client
+        certificate (``_client_tls``)."""
         transport = self.transport
-        options = self.options
-        flags = options.security_flags
-        proxy = env_proxy_for(url, transport.proxies)
-        if transport.h1 is not None and proxy is None:
-            scheme = url[:6].lower()
-            part = options.partition
-            if scheme.startswith("http:"):
-                return transport.h1.get(url, headers, ahead, auth=auth, partition=part)
-            if scheme == "https:":
-                tls = client_tls or transport.tls.for_h1(flags)
-                return transport.h1.get(url, headers, ahead, tls, auth=auth, partition=part)
-        return transport.session.get(
-            url,
-            headers=headers,
-            allow_redirects=False,
-            ssl=client_tls or transport.tls.for_aiohttp(flags),
-            read_bufsize=self._read_buffer(),
-            proxy=proxy,
+        scheme = url[:6].lower()
+        tls = None
+        if scheme == "https:":
+            tls = client_tls or transport.tls.for_h1(self.options.security_flags)
+        elif not scheme.startswith("http:"):
+            raise BadRequest(f"not an http:// or https:// URL: {redact_url(url)[:80]}")
+        if routes is DIRECT:  # (the fast path: no per-request work)
+            return transport.h1.get(
+                url, headers, ahead, tls, None, auth=auth, partition=self.options.partition
+            )
+        return self._routed(url, headers, ahead, tls, routes, auth)
+
+    @contextlib.asynccontextmanager
+    async def _routed(
+        self,
+        url: str,
+        headers: dict[str, str],
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+        tls: ssl.SSLContext | None,
+        routes: tuple[Route, ...],
+        auth: Authenticator | None,
+    ) -> AsyncIterator[Response]:
+        """Through the routes in turn: a proxy that cannot be connected to (refused,
+        unreachable, its name not resolved) hands over to the next; the last one's failure
+        is the error."""
+        h1, partition = self.transport.h1, self.options.partition
+        for i, route in enumerate(routes):
+            via = self._via(route) if route.proxy is not None else None
+            request = h1.get(url, headers, ahead, tls, via, auth=auth, partition=partition)
+            try:
+                response = await request.__aenter__()
+            except ProxyUnreachable:
+                if i == len(routes) - 1:
+                    raise
+                continue
+            try:
+                yield response
+            finally:
+                await request.__aexit__(None, None, None)
+            return
+
+    def _via(self, route: Route) -> Via:
+        entry = route.proxy
+        assert entry is not None
+        user, password = self.options.proxy_login()
+        if user is None and route.user is not None:
+            user, password = route.user, route.password
+        basic = None
+        tag = entry.url
+        if route.user is not None:
+            # (a tunnel opened with one login is never reused with another, or none)
+            tag += "#" + _digest(repr((route.user, route.password)))
+            if not entry.is_socks:
+                token = f"{route.user}:{route.password or ''}".encode()
+                basic = "Basic " + base64.b64encode(token).decode("ascii")
+        return Via(
+            entry.scheme,
+            entry.host,
+            entry.port,
+            tag=tag,
+            tls=self.transport.tls.for_h1(0) if entry.scheme == "https" else None,
+            user=user,
+            password=password,
+            basic=basic,
+            auth=self.transport.proxy_auth(self.options, entry) if self.transport.proxy_auth else None,
         )
 
     @contextlib.asynccontextmanager
@@ -382,13 +442,17 @@ class FileDownload:
         """GET the file, following redirects as the job's SecurityFlags say
         (``redirects.next_url``).  Network errors, while asking or while the body is read,
         are translated here (``http.network_error``)."""
-        flags = self.options.security_flags
+        flags, options = self.options.security_flags, self.options
         url = self.file.remote_url
+        proxies = self.transport.proxies
         try:
             for _hop in range(redirects.MAX_REDIRECTS + 1):
+                routes = proxies.fixed(url, options)
+                if routes is None:
+                    routes = await proxies.autodetect(url)
                 auth = self._authenticator(url)
                 client_tls = await self._client_tls(url)
-                async with self._request(url, headers, ahead, auth, client_tls) as resp:
+                async with self._request(url, headers, ahead, routes, auth, client_tls) as resp:
                     target = redirects.next_url(
                         resp.status, resp.headers.get("Location"), resp.url, url, flags
                     )

@@ -1,9 +1,9 @@
 """A lean HTTP/1.1 client for ``http://`` and ``https://`` downloads, with keep-alive and
 pipelining.
 
-It carries every request that goes to the server directly (HTTP, and HTTPS over the TLS
-context the job's SecurityFlags pick); aiohttp is the client only for proxied requests.
-It does far less work per request and per byte:
+It carries every download request (HTTP, and HTTPS over the TLS context the job's
+SecurityFlags pick), directly or through a proxy (``h1proxy``: the connection differs, the
+requests and bodies do not).  It does far less work per request and per byte:
 
 - bodies of known length are read straight from the socket in reads of up to
   ``read_bytes``, never through an intermediate stream buffer;
@@ -49,12 +49,16 @@ from openbits.transfer.h1head import (
     HandshakeTimeout,
     Key,
     NameNotResolved,
+    ProxyNameNotResolved,
+    ProxyUnreachable,
     Target,
     TLSFailed,
+    TunnelRefused,
     framing,
     parse_head,
     request_head,
 )
+from openbits.transfer.h1proxy import ProxyAuth, Via, answer_proxy, open_via
 
 __all__ = [
     "BadRequest",
@@ -66,8 +70,13 @@ __all__ = [
     "H1Error",
     "HandshakeTimeout",
     "NameNotResolved",
+    "ProxyAuth",
+    "ProxyNameNotResolved",
+    "ProxyUnreachable",
     "Response",
     "TLSFailed",
+    "TunnelRefused",
+    "Via",
 ]
 
 #: the longest response head accepted (status line and headers)
@@ -100,6 +109,9 @@ class _Conn:
         "eof",
         "inflight",
         "key",
+        "outer",
+        "outer_in",
+        "outer_out",
         "pipelined_ok",
         "pos",
         "since",
@@ -115,6 +127,10 @@ class _Conn:
         self.tls: ssl.SSLObject | None = None  # TLS through memory BIOs over the raw socket
         self.tls_in = ssl.MemoryBIO()
         self.tls_out = ssl.MemoryBIO()
+        #: TLS to an https:// proxy under the origin's TLS (a CONNECT tunnel through it)
+        self.outer: ssl.SSLObject | None = None
+        self.outer_in: ssl.MemoryBIO | None = None
+        self.outer_out: ssl.MemoryBIO | None = None
         self.buf = bytearray()
         self.pos = 0  # bytes of buf already consumed
         self.eof = False
@@ -134,6 +150,11 @@ class _Conn:
             self.buf.clear()
             self.pos = 0
         return data
+
+    def nest_tls(self) -> None:
+        """The TLS to the proxy becomes the outer layer: the origin's TLS goes inside it."""
+        self.outer, self.outer_in, self.outer_out = self.tls, self.tls_in, self.tls_out
+        self.tls, self.tls_in, self.tls_out = None, ssl.MemoryBIO(), ssl.MemoryBIO()
 
     def close(self) -> None:
         self.inflight.clear()
@@ -320,7 +341,7 @@ class Response:
 class _Get:
     """The context of one GET (a class, not a generator: it is entered once per file)."""
 
-    __slots__ = ("_ahead", "_auth", "_client", "_headers", "_partition", "_response", "_tls", "_url")
+    __slots__ = ("_ahead", "_auth", "_client", "_headers", "_partition", "_response", "_tls", "_url", "_via")
 
     def __init__(
         self,
@@ -330,20 +351,35 @@ class _Get:
         ahead: Iterable[tuple[str, Mapping[str, str]]],
         tls: ssl.SSLContext | None,
         auth: Authenticator | None,
+        via: Via | None,
         partition: str,
     ) -> None:
         self._client, self._url, self._headers, self._ahead = client, url, headers, ahead
-        self._tls, self._auth, self._partition = tls, auth, partition
+        self._tls, self._auth, self._via, self._partition = tls, auth, via, partition
         self._response: Response | None = None
 
     async def __aenter__(self) -> Response:
-        url, headers, client = self._url, self._headers, self._client
-        target = Target(url, self._tls, self._partition)
-        ahead = self._ahead if self._auth is None else ()  # (none ahead of a handshake)
-        response = await client._send_and_read(url, target, (url, tuple(headers.items())), headers, ahead)
+        url, headers, via, client, auth = self._url, self._headers, self._via, self._client, self._auth
+        if via is None:
+            target = Target(url, self._tls, self._partition)
+            ahead = self._ahead if auth is None else ()  # (none ahead of a handshake)
+            response = await client._send_and_read(url, target, (url, tuple(headers.items())), headers, ahead)
+        else:
+            target = via.target(url, self._tls, self._partition)
+            if target.tls is None:
+                headers = via.request_headers(headers)
+            # (no pipelining through a proxy that reads each request: each may go to another
+            # connection; none ahead of a handshake)
+            tunnel = target.tls is not None or via.is_socks
+            ahead = self._ahead if tunnel and auth is None else ()
+            response = await client._send_and_read(
+                url, target, (url, tuple(headers.items())), headers, ahead, via
+            )
+            if response.status == 407 and via.auth is not None and not tunnel:
+                response = await answer_proxy(client, response, url, target, headers, via)
         self._response = response
-        if self._auth is not None:
-            self._response = await client._authenticate(response, url, target, headers, self._auth)
+        if auth is not None:
+            self._response = await client._authenticate(response, url, target, headers, auth, via)
         return self._response
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -380,24 +416,31 @@ class H1Client:
         self._no_pipelining: set[Key] = set()
         self._pipeline_failures: dict[Key, int] = {}
         self._sweeper: asyncio.TimerHandle | None = None
-        self._dns: dict[Key, tuple[float, list[tuple[int, tuple[str, int]]]]] = {}
+        self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, tuple[str, int]]]]] = {}
         self._closed = False
 
     # -- connections --------------------------------------------------------------------
 
-    async def _connect(self, key: Key, tls: ssl.SSLContext | None = None) -> _Conn:
-        conn = await self._connect_tcp(key)
+    def wrap(self, sock: socket.socket, key: Key) -> _Conn:
+        """A connection of the pool ``key`` over a connected socket."""
+        return _Conn(sock, key)
+
+    async def _connect(self, key: Key, tls: ssl.SSLContext | None = None, via: Via | None = None) -> _Conn:
         self.connections_opened += 1
+        if via is not None:
+            return await open_via(self, key, tls, via)
+        conn = _Conn(await self.connect_tcp(key[0], key[1]), key)
         if tls is not None:
             try:
-                await self._handshake(conn, tls)
+                await self.handshake(conn, tls)
             except BaseException:
                 conn.close()
                 raise
         return conn
 
-    async def _handshake(self, conn: _Conn, tls: ssl.SSLContext) -> None:
-        host = conn.key[0]
+    async def handshake(self, conn: _Conn, tls: ssl.SSLContext, server_hostname: str | None = None) -> None:
+        """TLS on ``conn`` (to the origin, or to ``server_hostname``: an https:// proxy)."""
+        host = server_hostname or conn.key[0]
         conn.tls = tls.wrap_bio(conn.tls_in, conn.tls_out, server_hostname=host)
         try:
             async with asyncio.timeout(self.connect_timeout_s):
@@ -407,7 +450,7 @@ class H1Client:
                         break
                     except ssl.SSLWantReadError:
                         await self._flush_tls(conn)
-                        data = await self._raw_recv(conn, SMALL_READ_BYTES)
+                        data = await self.raw_recv(conn, SMALL_READ_BYTES)
                         if not data:
                             raise TLSFailed(
                                 f"{host} closed the connection during the TLS handshake"
@@ -426,12 +469,12 @@ class H1Client:
     async def _flush_tls(self, conn: _Conn) -> None:
         data = conn.tls_out.read()
         if data:
-            await self._raw_send(conn, data)
+            await self.raw_send(conn, data)
 
-    async def _connect_tcp(self, key: Key) -> _Conn:
+    async def connect_tcp(self, host: str, port: int) -> socket.socket:
+        """A connected non-blocking socket to ``host:port`` (its addresses in turn)."""
         loop = asyncio.get_running_loop()
-        host, port = key[0], key[1]
-        addresses = await self._resolve(key)
+        addresses = await self.resolve(host, port)
         last: OSError | None = None
         for family, address in addresses:
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -452,14 +495,14 @@ class H1Client:
             except BaseException:
                 sock.close()
                 raise
-            return _Conn(sock, key)
+            return sock
         # (asyncio's sock_connect words every failure "Connect call failed (address)": the errno
         # says what happened, "Connection refused" or "Connection reset by peer")
         reason = (os.strerror(last.errno) if last.errno else last.strerror) if last else ""
         raise ConnectFailed(f"cannot connect to {host}:{port}: {reason}", last)
 
-    async def _resolve(self, key: Key) -> list[tuple[int, tuple[str, int]]]:
-        host, port = key[0], key[1]
+    async def resolve(self, host: str, port: int) -> list[tuple[int, tuple[str, int]]]:
+        key = (host, port)
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
@@ -571,7 +614,7 @@ class H1Client:
         """Up to ``n`` bytes from the connection (b"" at its end), within the read timeout."""
         tls = conn.tls
         if tls is None:
-            return await self._raw_recv(conn, n)
+            return await self._sock_recv(conn, n)
         while True:
             try:
                 return tls.read(n)
@@ -586,7 +629,7 @@ class H1Client:
             except ssl.SSLError as e:
                 raise ClosedEarly(f"TLS error: {e}") from e
             await self._flush_tls(conn)
-            data = await self._raw_recv(conn, max(n, SMALL_READ_BYTES))
+            data = await self.raw_recv(conn, max(n, SMALL_READ_BYTES))
             if data:
                 conn.tls_in.write(data)
             else:
@@ -604,7 +647,36 @@ class H1Client:
         finally:
             loop.remove_reader(fd)
 
-    async def _raw_recv(self, conn: _Conn, n: int) -> bytes:
+    async def raw_recv(self, conn: _Conn, n: int) -> bytes:
+        """Up to ``n`` bytes under the TLS to the origin (from the socket, or through the TLS
+        to an https:// proxy)."""
+        outer = conn.outer
+        if outer is None:
+            return await self._sock_recv(conn, n)
+        assert conn.outer_in is not None
+        while True:
+            try:
+                return outer.read(n)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return b""
+            except ssl.SSLError as e:
+                raise ClosedEarly(f"TLS error with the proxy: {e}") from e
+            await self._flush_outer(conn)
+            data = await self._sock_recv(conn, max(n, SMALL_READ_BYTES))
+            if data:
+                conn.outer_in.write(data)
+            else:
+                conn.outer_in.write_eof()
+
+    async def _flush_outer(self, conn: _Conn) -> None:
+        assert conn.outer_out is not None
+        data = conn.outer_out.read()
+        if data:
+            await self._sock_send(conn, data)
+
+    async def _sock_recv(self, conn: _Conn, n: int) -> bytes:
         sock = conn.sock
         try:
             try:
@@ -618,7 +690,7 @@ class H1Client:
         except OSError as e:
             raise ClosedEarly(f"the connection failed: {e.strerror or e}") from e
 
-    async def _fill(self, conn: _Conn) -> bool:
+    async def fill(self, conn: _Conn) -> bool:
         """Append what the socket has to the buffer; False at its end."""
         if conn.eof:
             return False
@@ -645,10 +717,10 @@ class H1Client:
                 return line
             if conn.buffered() > limit:
                 raise BadResponse("a line of the chunked framing is too long")
-            if not await self._fill(conn):
+            if not await self.fill(conn):
                 raise ClosedEarly("the connection closed inside the chunked framing")
 
-    async def _read_head(self, conn: _Conn) -> bytes | None:
+    async def read_head(self, conn: _Conn) -> bytes | None:
         """The next response head (None if the connection closed before any byte of it)."""
         start = conn.pos
         searched = 0  # bytes after start known to hold no end of head
@@ -669,7 +741,7 @@ class H1Client:
             if len(conn.buf) - start > MAX_HEAD_BYTES:
                 raise BadResponse(f"the response head is longer than {MAX_HEAD_BYTES} bytes")
             searched = max(0, len(conn.buf) - start - 2)
-            if not await self._fill(conn):
+            if not await self.fill(conn):
                 if len(conn.buf) == start:
                     return None
                 raise ClosedEarly("the connection closed inside the response head")
@@ -686,22 +758,31 @@ class H1Client:
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]] = (),
         tls: ssl.SSLContext | None = None,
+        via: Via | None = None,
         *,
         auth: Authenticator | None = None,
         partition: str = "",
     ) -> _Get:
         """``async with client.get(url, headers, ahead) as response``: GET ``url``; ``ahead``
         lists requests the caller will make next, in order, which may be sent now on the same
-        connection; ``tls`` is the context of an https:// URL.  Leaving the context without
-        reading the body to its end closes the connection.
+        connection; ``tls`` is the context of an https:// URL; ``via`` the proxy to go
+        through (None: direct).  Leaving the context without reading the body to its end
+        closes the connection.
 
         ``auth`` answers the server's 401s (the request is sent again with its credentials,
         on the same connection while it stays open; nothing is sent ahead); ``partition``
-        keeps the connections apart from every other job's (a job with credentials)."""
-        return _Get(self, url, headers, ahead, tls, auth, partition)
+        keeps the connections apart from every other job's (a job with credentials or a client
+        certificate names itself: its connections serve no other job)."""
+        return _Get(self, url, headers, ahead, tls, auth, via, partition)
 
     async def _authenticate(
-        self, response: Response, url: str, target: Target, headers: Mapping[str, str], auth: Authenticator
+        self,
+        response: Response,
+        url: str,
+        target: Target,
+        headers: Mapping[str, str],
+        auth: Authenticator,
+        via: Via | None = None,
     ) -> Response:
         """Answer 401s with ``auth`` until the server answers otherwise or ``auth`` gives up
         (then the last 401 is the answer, its body read).  Each leg goes over the connection
@@ -724,7 +805,7 @@ class H1Client:
                 if conn is not None:
                     self.release(conn, reusable=True)
                 return response
-            response = await self._resend(conn, target, url, head)
+            response = await self._resend(conn, target, url, head, via)
         auth.verify(response.status, response.headers)
         return response
 
@@ -751,12 +832,14 @@ class H1Client:
         conn.close()
         return None
 
-    async def _resend(self, conn: _Conn | None, target: Target, url: str, head: bytes) -> Response:
+    async def _resend(
+        self, conn: _Conn | None, target: Target, url: str, head: bytes, via: Via | None = None
+    ) -> Response:
         """Send ``head`` over ``conn`` (a new connection when None) and read its answer."""
         if conn is None:
-            conn = await self._connect(target.key, target.tls)
+            conn = await self._connect(target.key, target.tls, via)
         try:
-            await self._send(conn, head)
+            await self.send(conn, head)
             response = await self._read_response(conn, url)
         except BaseException:
             conn.close()
@@ -773,6 +856,7 @@ class H1Client:
         ident: Ident,
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
+        via: Via | None = None,
     ) -> Response:
         key = target.key
         head = self._head(target, headers)  # a bad request fails before any connection
@@ -783,7 +867,7 @@ class H1Client:
                 conn = self._idle_conn(key)
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(key, target.tls)
+                conn = await self._connect(key, target.tls, via)
             try:
                 if sent:
                     conn.inflight.popleft()
@@ -792,7 +876,7 @@ class H1Client:
                     extra = self._ahead(conn, key, ahead, target.tls)
                     extra.insert(0, head)
                 if extra:
-                    await self._send(conn, b"".join(extra))
+                    await self.send(conn, b"".join(extra))
                 response = await self._read_response(conn, url)
             except (ClosedEarly, TimeoutError) as e:
                 conn.close()
@@ -859,9 +943,9 @@ class H1Client:
             inflight.append((url, tuple(headers.items())))
         return heads
 
-    async def _send(self, conn: _Conn, data: bytes) -> None:
+    async def send(self, conn: _Conn, data: bytes) -> None:
         if conn.tls is None:
-            await self._raw_send(conn, data)
+            await self.raw_send(conn, data)
             return
         try:
             conn.tls.write(data)
@@ -869,7 +953,19 @@ class H1Client:
             raise ClosedEarly(f"TLS error: {e}") from e
         await self._flush_tls(conn)
 
-    async def _raw_send(self, conn: _Conn, data: bytes) -> None:
+    async def raw_send(self, conn: _Conn, data: bytes) -> None:
+        """``data`` under the TLS to the origin (to the socket, or through the proxy's TLS)."""
+        outer = conn.outer
+        if outer is None:
+            await self._sock_send(conn, data)
+            return
+        try:
+            outer.write(data)
+        except ssl.SSLError as e:
+            raise ClosedEarly(f"TLS error with the proxy: {e}") from e
+        await self._flush_outer(conn)
+
+    async def _sock_send(self, conn: _Conn, data: bytes) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.read_timeout_s):
@@ -881,7 +977,7 @@ class H1Client:
 
     async def _read_response(self, conn: _Conn, url: str) -> Response | None:
         while True:
-            head = await self._read_head(conn)
+            head = await self.read_head(conn)
             if head is None:
                 return None
             status, reason, headers, http11 = parse_head(head)

@@ -52,14 +52,34 @@ class BadRequest(H1Error):
     """The request cannot be written as HTTP/1.1 (a header with a line break, say)."""
 
 
+class ProxyUnreachable(ConnectFailed):
+    """The proxy itself cannot be connected to (refused, unreachable, silent): the next route
+    may be tried."""
+
+
+class ProxyNameNotResolved(ProxyUnreachable):
+    """The proxy's host name does not resolve (BG_E_PROXY_NAME_RESOLUTION_FAILURE)."""
+
+
+class TunnelRefused(H1Error):
+    """The proxy answered CONNECT (or a SOCKS request) with a refusal: ``status`` is the HTTP
+    status it gave (407 for a SOCKS login refused, 502 for a SOCKS destination it could not
+    reach)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"the proxy answered {status} {reason}".rstrip())
+        self.status = status
+        self.reason = reason
+
+
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 #: one header line: a token, a colon, the value without its surrounding blanks
 _HEADER_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.MULTILINE)
 
 
-#: a connection pool: (host, port, 0 for plain HTTP or the id of the TLS context, partition:
-#: "" for connections any job may share, else the one job that may reuse them)
+#: a connection pool: (host, port, 0 for plain HTTP or the id of the TLS context, the route
+#: and partition: "" for a direct connection any job may reuse)
 Key = tuple[str, int, int, str]
 
 
@@ -131,9 +151,9 @@ class Target:
 
     __slots__ = ("host_header", "key", "password", "path_qs", "tls", "user")
 
-    def __init__(self, url: str, tls: ssl.SSLContext | None = None, partition: str = "") -> None:
-        """``tls``: the context of an https:// URL (None for http://); ``partition``: the
-        job whose connections these are ("" for shared ones, see ``Key``)."""
+    def __init__(self, url: str, tls: ssl.SSLContext | None = None, via: str = "") -> None:
+        """``tls``: the context of an https:// URL (None for http://); ``via``: the route and
+        partition of its connections (``Key``'s last part)."""
         self.tls = tls
         tag = 0 if tls is None else id(tls)
         m = _SIMPLE_URL.fullmatch(url)
@@ -142,7 +162,7 @@ class Target:
                 raise BadRequest("an https:// URL needs a TLS context, an http:// one none")
             default = 443 if tls is not None else 80
             host, port = m["host"], int(m["port"] or default)
-            self.key: Key = (host.strip("[]"), port, tag, partition)
+            self.key: Key = (host.strip("[]"), port, tag, via)
             self.host_header = host if port == default else f"{host}:{port}"
             self.path_qs = m["path"] or "/"
             self.user: str | None = None
@@ -156,7 +176,7 @@ class Target:
         host = f"[{raw}]" if ":" in raw else raw
         if parsed.explicit_port and parsed.port != default:
             host = f"{host}:{parsed.port}"
-        self.key = (raw, parsed.port or default, tag, partition)
+        self.key = (raw, parsed.port or default, tag, via)
         self.host_header = host
         self.path_qs = parsed.raw_path_qs or "/"
         self.user = parsed.user if parsed.raw_user is not None else None

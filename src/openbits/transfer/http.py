@@ -1,7 +1,8 @@
-"""The HTTP edge: the aiohttp session (proxied requests), the TLS contexts, header parsers,
-and error translation.
+"""The HTTP edge: the TLS contexts, header parsers, the daemon's environment proxies (for
+the notification webhooks), and error translation.
 
-aiohttp's and ``h1``'s exceptions are translated here, once, into BitsError (DESIGN rule 1).
+``h1``'s exceptions (and the socket and TLS errors under it) are translated here, once, into
+BitsError (DESIGN rule 1).
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import urllib.request
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
-import aiohttp
-
 from openbits import __version__
 from openbits.errors import (
     TRANSIENT_HTTP_STATUSES,
     BitsError,
     ConnectError,
+    HResult,
     HttpStatusError,
     InvalidResponse,
     InvalidUrl,
@@ -45,27 +45,10 @@ _DELTA_SECONDS = re.compile(r"[0-9]+", re.ASCII)
 RETRY_AFTER_MAX_S = 86400.0
 
 
-def make_session(
-    *, connect_timeout_s: float, read_timeout_s: float, read_buffer_bytes: int
-) -> aiohttp.ClientSession:
-    timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
-    # trust_env is off: it would read the *daemon's* ~/.netrc for every user's job and cost
-    # two thread hops per request; proxies from the environment come from env_proxies().
-    # No cookie jar is shared between jobs (or users).
-    return aiohttp.ClientSession(
-        timeout=timeout,
-        auto_decompress=False,
-        read_bufsize=read_buffer_bytes,
-        trust_env=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
-    )
-
-
 def env_proxies() -> Mapping[str, str]:
     """The proxies the environment names (http_proxy, https_proxy, no_proxy), by scheme: read
-    by the composition root once, at start-up (BITS' PRECONFIG proxy usage)."""
+    by the composition root once, at start-up, for the notification webhooks (transfers take
+    theirs from ``proxy.Proxies``)."""
     return types.MappingProxyType(urllib.request.getproxies_environment())
 
 
@@ -157,8 +140,8 @@ class TLSContexts:
         self._relaxed: dict[int, ssl.SSLContext] = {}
         self._default: ssl.SSLContext | None = None
 
-    def for_aiohttp(self, security_flags: int) -> ssl.SSLContext | bool:
-        """The TLS verification a job's SecurityFlags ask for; True is aiohttp's default (full).
+    def for_h1(self, security_flags: int) -> ssl.SSLContext:
+        """The TLS verification a job's SecurityFlags ask for (0: full, a default context).
 
         IGNORE_CERT_CN_INVALID skips the host-name check only.  IGNORE_UNKNOWN_CA,
         IGNORE_CERT_DATE_INVALID and IGNORE_CERT_WRONG_USAGE cannot be told apart by
@@ -167,7 +150,9 @@ class TLSContexts:
         """
         relax = security_flags & 0x1E
         if not relax:
-            return True
+            if self._default is None:
+                self._default = ssl.create_default_context()
+            return self._default
         ctx = self._relaxed.get(relax)
         if ctx is None:
             ctx = self._relaxed[relax] = self.fresh(security_flags)
@@ -185,15 +170,6 @@ class TLSContexts:
                 ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    def for_h1(self, security_flags: int) -> ssl.SSLContext:
-        """``for_aiohttp`` as an SSLContext for ``h1`` (full verification is a default context)."""
-        ctx = self.for_aiohttp(security_flags)
-        if isinstance(ctx, ssl.SSLContext):
-            return ctx
-        if self._default is None:
-            self._default = ssl.create_default_context()
-        return self._default
-
     def close(self) -> None:
         """Let go of the contexts (a context in use by a connection stays valid for it)."""
         self._relaxed.clear()
@@ -205,38 +181,27 @@ def invalid_response(message: str) -> BitsError:
 
 
 def network_error(e: BaseException, url: str) -> BitsError:
-    """Translate an aiohttp / socket / timeout exception (the message never holds a password)."""
+    """Translate an ``h1`` / socket / TLS / timeout exception (the message never holds a
+    password)."""
     url = redact_url(url)
     if isinstance(e, h1.H1Error):
         return _h1_error(e, url)
-    if isinstance(e, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
+    if isinstance(e, ssl.SSLCertVerificationError):
         return UntrustedCertificate(f"the server's certificate is not trusted: {e}")
-    if isinstance(e, aiohttp.ClientConnectorDNSError):
-        return NameResolutionError(f"cannot resolve the host of {url}")
-    if isinstance(e, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):
-        return TLSError(f"TLS handshake failed: {e}")
-    if isinstance(e, aiohttp.ClientConnectorError):
-        return ConnectError(f"cannot connect to {url}: {e.os_error.strerror or e}")
-    if isinstance(e, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(e, ssl.SSLError):
+        return TLSError(f"TLS failed: {e}")
+    if isinstance(e, asyncio.TimeoutError):
         return Timeout("the server sent nothing for too long")
-    if isinstance(
-        e,
-        aiohttp.ClientPayloadError
-        | aiohttp.ServerDisconnectedError
-        | aiohttp.ClientOSError
-        | ConnectionError,
-    ):
+    if isinstance(e, ConnectionError):
         return NetworkError(f"the connection closed early: {e}")
-    if isinstance(e, aiohttp.InvalidURL):
-        return InvalidUrl(f"invalid URL {url}")
-    if isinstance(e, aiohttp.TooManyRedirects):
-        return InvalidResponse("too many redirects")
-    if isinstance(e, aiohttp.ClientResponseError):
-        return invalid_response(f"the server's response is not valid HTTP: {e.message}")
     return UnknownNetworkError(f"transfer failed: {e}")
 
 
 def _h1_error(e: h1.H1Error, url: str) -> BitsError:
+    if isinstance(e, h1.ProxyNameNotResolved):
+        return NameResolutionError(str(e), hresult=HResult.BG_E_PROXY_NAME_RESOLUTION_FAILURE)
+    if isinstance(e, h1.TunnelRefused):
+        return status_error(e.status, f"from the proxy: {e.reason}", None)
     if isinstance(e, h1.NameNotResolved):
         return NameResolutionError(f"cannot resolve the host of {url}")
     if isinstance(e, h1.ConnectFailed):
@@ -254,7 +219,6 @@ def _h1_error(e: h1.H1Error, url: str) -> BitsError:
 
 NETWORK_EXCEPTIONS: tuple[type[BaseException], ...] = (
     h1.H1Error,
-    aiohttp.ClientError,
     asyncio.TimeoutError,
     ConnectionError,
     ssl.SSLError,

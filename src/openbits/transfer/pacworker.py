@@ -1,0 +1,181 @@
+"""PAC scripts evaluated out of the daemon: :class:`PacEvaluator` keeps one worker process
+(``pypac``'s ``PACFile`` on dukpy's embedded JavaScript engine) and asks it
+``FindProxyForURL(url, host)`` with a time limit.
+
+Why a process, not a thread: dukpy holds the GIL while a script runs, and its engine cannot
+be interrupted from Python, so a runaway script in a thread would stop the whole daemon.  The
+worker is killed when an answer is late and started again on the next question; a script
+that never returns costs one time limit per question, nothing more.
+
+The worker dies with the daemon (PR_SET_PDEATHSIG), and lives for at most ``CPU_S`` seconds
+of CPU (then the next question starts another).  The sandbox: the worker runs isolated
+(``python -I``: no environment, no user site), with an
+empty environment, in ``/``, as ``nobody`` when the daemon is root, with no file writes
+(RLIMIT_FSIZE 0) and bounded memory; the interpreter it gives the script has no ``require``
+(dukpy's module loader reads files) and an empty ``process.env``.  What a PAC script may call
+is the PAC API pypac provides; ``dnsResolve``/``isResolvable``/``myIpAddress`` resolve names
+through the system resolver, as in every browser (bounded by the same time limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import sys
+
+#: the worker's code (it imports nothing of openbits)
+WORKER = r"""
+import ctypes, json, os, resource, signal, sys
+try:  # killed with the daemon, even in the middle of a runaway script
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != @PARENT@:
+    sys.exit(0)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_AS, (@MEMORY@, @MEMORY@))
+resource.setrlimit(resource.RLIMIT_CPU, (@CPU@, @CPU@ + 5))
+import dukpy
+from dukpy.evaljs import _PROCESS_RUNTIME, JSInterpreter
+
+class Sandboxed(JSInterpreter):
+    def _init_process(self):
+        self._eval_runtime_shim(_PROCESS_RUNTIME, environ={})
+    def _init_require(self):
+        pass  # no module loader: it reads files
+
+dukpy.JSInterpreter = Sandboxed  # (what pypac's PACFile builds)
+from pypac.parser import PACFile
+scripts = {}
+out = sys.stdout
+for line in sys.stdin:
+    ask = json.loads(line)
+    try:
+        pac = scripts.get(ask["sha"])
+        if pac is None:
+            if len(scripts) >= 4:
+                scripts.clear()
+            pac = scripts[ask["sha"]] = PACFile(ask["script"])
+        answer = {"ok": str(pac.find_proxy_for_url(ask["url"], ask["host"]) or "")}
+    except Exception as e:
+        answer = {"error": f"{type(e).__name__}: {e}"[:300]}
+    out.write(json.dumps(answer) + "\n")
+    out.flush()
+"""
+
+#: the worker's address space
+MEMORY_BYTES = 512 * 1024 * 1024
+#: the longest answer line read back
+ANSWER_MAX_BYTES = 64 * 1024
+#: CPU seconds a worker may use in its life (then it is replaced: a bound on a worker the
+#: daemon could not kill)
+CPU_S = 120
+#: the uid and gid a root daemon runs the worker as
+NOBODY = 65534
+
+
+class PacFailed(Exception):
+    """The script did not answer (an error, a time-out, a crashed worker)."""
+
+
+class PacEvaluator:
+    """One worker process, started on first use, asked one question at a time (owned by the
+    daemon, which ``close``-s it)."""
+
+    def __init__(self, time_limit_s: float = 5.0) -> None:
+        self.time_limit_s = time_limit_s
+        self._proc: asyncio.subprocess.Process | None = None
+        self._loaded: set[str] = set()  # the scripts the running worker holds
+        self._lock = asyncio.Lock()
+        self.started = 0  # workers started (a killed one is replaced)
+        self._as_nobody = True
+
+    async def find(self, script: str, url: str, host: str) -> str:
+        """``FindProxyForURL(url, host)`` of ``script``; PacFailed when it fails or runs over
+        the time limit (the worker is then killed)."""
+        sha = hashlib.sha256(script.encode()).hexdigest()
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.time_limit_s):
+                    proc = await self._worker()
+                    assert proc.stdin is not None and proc.stdout is not None
+                    ask = {
+                        "sha": sha,
+                        "script": None if sha in self._loaded else script,
+                        "url": url,
+                        "host": host,
+                    }
+                    proc.stdin.write(json.dumps(ask).encode() + b"\n")
+                    await proc.stdin.drain()
+                    self._loaded.add(sha)
+                    line = await proc.stdout.readline()
+            except TimeoutError:
+                await self._kill()
+                raise PacFailed(f"the PAC script did not answer within {self.time_limit_s:g} s") from None
+            except (OSError, ValueError) as e:
+                await self._kill()
+                raise PacFailed(f"the PAC worker failed: {e}") from e
+        if not line:
+            await self._kill()
+            raise PacFailed("the PAC worker ended")
+        answer = json.loads(line)
+        if "error" in answer:
+            self._loaded.discard(sha)
+            raise PacFailed(f"the PAC script failed: {answer['error']}")
+        return str(answer["ok"])
+
+    async def _worker(self) -> asyncio.subprocess.Process:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            return proc
+        self._loaded.clear()
+        if os.geteuid() == 0 and self._as_nobody:
+            try:
+                self._proc = await _spawn(user=NOBODY, group=NOBODY, extra_groups=[])
+            except PermissionError:  # nobody may not read this Python (a venv under /root)
+                self._as_nobody = False
+        if self._proc is None or self._proc.returncode is not None:
+            self._proc = await _spawn()
+        self.started += 1
+        return self._proc
+
+    async def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        self._loaded.clear()
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+    async def close(self) -> None:
+        await self._kill()
+
+
+async def _spawn(**identity: object) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-I",
+        "-c",
+        _worker_source(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={},
+        cwd="/",
+        limit=ANSWER_MAX_BYTES,
+        start_new_session=True,
+        **identity,  # type: ignore[arg-type]
+    )
+
+
+def _worker_source() -> str:
+    return (
+        WORKER.replace("@MEMORY@", str(MEMORY_BYTES))
+        .replace("@PARENT@", str(os.getpid()))
+        .replace("@CPU@", str(CPU_S))
+    )
