@@ -42,7 +42,7 @@ async def downloader(apache: Apache, monkeypatch: pytest.MonkeyPatch) -> AsyncIt
     """A Downloader over h1 as the daemon has it, trusting the Apache's test CA."""
     monkeypatch.setenv("SSL_CERT_FILE", str(apache.ca_path))
     h1 = H1Client(connect_timeout_s=10, read_timeout_s=10, default_headers={"User-Agent": "openbits-test"})
-    yield Downloader(None, h1=h1, tls=TLSContexts())  # type: ignore[arg-type]
+    yield Downloader(h1, tls=TLSContexts())
     await h1.close()
 
 

@@ -45,7 +45,7 @@ async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[ScriptServer]
 @pytest.fixture
 async def downloader() -> AsyncIterator[Downloader]:
     h1 = H1Client(connect_timeout_s=WAIT, read_timeout_s=WAIT)
-    yield Downloader(None, h1=h1)  # type: ignore[arg-type]
+    yield Downloader(h1)
     await h1.close()
 
 

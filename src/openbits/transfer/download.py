@@ -12,10 +12,12 @@ HTTP and HTTPS go through ``h1`` (lean, pipelined), directly or by the routes
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-from openbits.model import JobFile
+from openbits.model import AuthTarget, JobFile
 from openbits.transfer import files as fs
+from openbits.transfer.auth import Authenticator
 from openbits.transfer.certs import ClientContexts
 from openbits.transfer.checks import Restart
 from openbits.transfer.fetch import (
@@ -33,6 +35,7 @@ from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import TLSContexts, invalid_response
 from openbits.transfer.local import download_local
 from openbits.transfer.proxy import Proxies
+from openbits.transfer.proxylist import ProxyEntry
 from openbits.transfer.ranges import download_ranges
 from openbits.transfer.throttle import Throttle
 
@@ -40,6 +43,22 @@ __all__ = ["Downloader", "Fetched", "Owner", "Progress", "RequestOptions", "Tuni
 
 #: attempts at a file whose content keeps changing during the transfer
 ATTEMPTS = 3
+
+
+def proxy_authenticator(options: RequestOptions, entry: ProxyEntry) -> Authenticator | None:
+    """What answers a proxy's 407s for a job's requests through it (GET in absolute form and
+    CONNECT): the job's proxy credentials (Target PROXY), the strongest scheme the proxy
+    offers first; None when the job has none.  The default credentials (the ticket cache of
+    KRB5CCNAME) are used only by a daemon that is not root: then it runs as the job's owner."""
+    if not any(c.target is AuthTarget.PROXY for c in options.credentials):
+        return None
+    return Authenticator(
+        AuthTarget.PROXY,
+        options.credentials,
+        entry.host,
+        secure=entry.scheme == "https",
+        default_credentials=os.geteuid() != 0,
+    )
 
 
 class Downloader:
@@ -66,7 +85,7 @@ class Downloader:
             throttle=throttle if throttle is not None else Throttle(),
             tuning=tuning or Tuning(),
             free_space=fs.FreeSpace(),
-            proxy_auth=proxy_auth,
+            proxy_auth=proxy_auth if proxy_auth is not None else proxy_authenticator,
             certs=ClientContexts(tls.fresh, machine_cert_dir),
         )
 
