@@ -40,6 +40,7 @@ from openbits.transfer import files as fs
 from openbits.transfer.download import Downloader, Tuning
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import USER_AGENT, TLSContexts, env_proxies, make_session
+from openbits.transfer.owner import Owners
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.daemon")
@@ -89,8 +90,10 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(os.close, lock_state_dir(config.state_dir))
         store = _open_store(config, stack)
+        owners = Owners()  # the owners' file-system actions (their helpers, for a root daemon)
+        stack.callback(owners.close)
         transfers = Transfers()  # the scheduler's wake-up and tasks: the service's runner
-        service = _open_service(store, config, transfers)
+        service = _open_service(store, config, transfers, owners)
         events = EventLog(
             store,
             size=config.event_log_size,
@@ -102,7 +105,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         tune_gc()
         throttle = Throttle()
         proxies = env_proxies()  # BITS' PRECONFIG: the daemon's http_proxy, https_proxy, no_proxy
-        downloader = await _open_downloader(config, throttle, proxies, stack)
+        downloader = await _open_downloader(config, throttle, proxies, owners, stack)
         sync_threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="openbits-sync"
         )
@@ -147,10 +150,11 @@ def _open_store(config: Config, stack: contextlib.AsyncExitStack) -> SqliteStore
     return store
 
 
-def _open_service(store: SqliteStore, config: Config, transfers: Transfers) -> Service:
+def _open_service(store: SqliteStore, config: Config, transfers: Transfers, owners: Owners) -> Service:
     try:
         # the daemon's umask, read before _listen sets its own for a moment
-        service = Service(store, config, runner=transfers, published_mode=fs.published_mode())
+        mode = fs.published_mode()
+        service = Service(store, config, runner=transfers, published_mode=mode, owners=owners)
     except ValueError as e:
         raise DaemonError(f"bad configuration: {e}") from e
     try:
@@ -173,7 +177,11 @@ def _open_tokens(store: SqliteStore, config: Config) -> Tokens:
 
 
 async def _open_downloader(
-    config: Config, throttle: Throttle, proxies: Mapping[str, str], stack: contextlib.AsyncExitStack
+    config: Config,
+    throttle: Throttle,
+    proxies: Mapping[str, str],
+    owners: Owners,
+    stack: contextlib.AsyncExitStack,
 ) -> Downloader:
     """The HTTP clients (aiohttp for proxies, h1 for the rest) and the downloader over them."""
     session = make_session(
@@ -199,7 +207,7 @@ async def _open_downloader(
         write_block_bytes=config.write_block_bytes,
         read_buffer_bytes=config.read_buffer_bytes,
     )
-    return Downloader(session, tuning, throttle, h1, tls, proxies)
+    return Downloader(session, tuning, throttle, h1, tls, proxies, owners)
 
 
 def _on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:

@@ -217,7 +217,7 @@ class Verbs(Reports):
             raise InvalidArgument(f"the job already has a file for {local}")
         taken.add(local)
         gid = caller.gid if caller.uid == job.owner_uid else primary_gid(job.owner_uid)
-        fs.check_destination(local, job.owner_uid, gid, checked)
+        fs.check_destination(self.owners, local, job.owner_uid, gid, checked)
         return JobFile(remote_url=remote, local_file=local, temp_name=fs.temp_name_for(job.job_id, count))
 
     async def add_file(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
@@ -312,7 +312,7 @@ class Verbs(Reports):
         ok = True
         for f in job.files:
             if not f.published:
-                ok = fs.remove_quietly(f.temp_path) and ok
+                ok = self._remove(job, f.temp_path) and ok
         return 0 if ok else int(HResult.BG_S_UNABLE_TO_DELETE_FILES)
 
     async def complete(self, job: Job) -> int:
@@ -336,7 +336,7 @@ class Verbs(Reports):
             # (the file rows are not rewritten: in an ACKNOWLEDGED job every completed file
             # is published and every other one dropped, whatever their ``published`` says)
         for temp in dropped:  # (a crash before this: recover() removes them)
-            fs.remove_quietly(temp)
+            self._remove(job, temp)
         return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
 
     def _publish(self, job: Job) -> list[str | None]:
@@ -344,24 +344,27 @@ class Verbs(Reports):
         the files not transferred (removed once the job is stored ACKNOWLEDGED)."""
         dropped: list[str | None] = []
         directories: set[str] = set()
+        uid = job.owner_uid
         for f in job.files:
             if f.published:
                 continue
             temp = f.temp_path
             if f.completed and temp is not None:
+                mtime = fs.http_date_to_unix(f.last_modified)
                 try:
-                    fs.publish(temp, f.local_file, fs.http_date_to_unix(f.last_modified), self.published_mode)
+                    fs.publish(self.owners, uid, None, temp, f.local_file, mtime, self.published_mode)
                     directories.add(os.path.dirname(f.local_file))
                 except BitsError:
-                    if os.path.exists(temp) or not os.path.exists(f.local_file):
+                    if fs.exists(self.owners, uid, None, temp) or not fs.exists(
+                        self.owners, uid, None, f.local_file
+                    ):
                         raise
                     # renamed already, by a Complete that crashed before its commit
                 f.published = True
             else:
                 dropped.append(temp)
         for directory in sorted(directories):  # the renames are durable before we answer
-            with fs.translating(f"cannot sync {directory}"):
-                fs.fsync_dir(directory)
+            fs.fsync_dir(self.owners, uid, None, directory)
         return dropped
 
     async def inactive(self, job: Job) -> None:

@@ -32,6 +32,7 @@ from openbits.transfer.fetch import (
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import TLSContexts, invalid_response
 from openbits.transfer.local import download_local
+from openbits.transfer.owner import Owners
 from openbits.transfer.ranges import download_ranges
 from openbits.transfer.throttle import Throttle
 
@@ -54,6 +55,7 @@ class Downloader:
         h1: H1Client | None = None,
         tls: TLSContexts | None = None,
         proxies: Mapping[str, str] | None = None,
+        owners: Owners | None = None,
     ) -> None:
         self.transport = Transport(
             session=session,
@@ -63,6 +65,7 @@ class Downloader:
             throttle=throttle if throttle is not None else Throttle(),
             tuning=tuning or Tuning(),
             free_space=fs.FreeSpace(),
+            owners=owners if owners is not None else Owners(),
         )
 
     async def download(

@@ -39,6 +39,7 @@ from openbits.transfer.http import (
     invalid_response,
     network_error,
 )
+from openbits.transfer.owner import Owners
 from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
 from openbits.transfer.throttle import Throttle
 
@@ -132,7 +133,8 @@ class Tuning:
 class Transport:
     """What every download shares: the clients (``h1`` for HTTP and HTTPS, the aiohttp
     session for proxied requests), the environment's proxies (``http.env_proxies``), the TLS
-    contexts, the bandwidth throttle, the tuning, the free-space check."""
+    contexts, the bandwidth throttle, the tuning, the free-space check, and the owners'
+    file-system actions."""
 
     session: aiohttp.ClientSession
     h1: H1Client | None
@@ -141,6 +143,8 @@ class Transport:
     throttle: Throttle
     tuning: Tuning
     free_space: fs.FreeSpace
+    #: the file-system actions with the owner's rights (``owner.Owners``)
+    owners: Owners
 
 
 class Ahead:
@@ -182,7 +186,9 @@ class FileDownload:
     def open(self) -> int:
         """Open the temporary file; the offset it resumes from."""
         file, owner = self.file, self.owner
-        self.fd, offset = fs.open_resumable(file.temp_path, owner.uid, owner.gid, file.bytes_transferred)
+        self.fd, offset = fs.open_resumable(
+            self.transport.owners, file.temp_path, owner.uid, owner.gid, file.bytes_transferred
+        )
         return offset
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
     """Copy ``source`` into the file's temporary file, from its last checkpoint."""
     file, owner, progress, priority = d.file, d.owner, d.progress, d.priority
     throttle, tuning = d.transport.throttle, d.transport.tuning
-    src = await asyncio.to_thread(fs.open_as_owner, source, owner.uid, owner.gid)
+    src = await asyncio.to_thread(fs.open_as_owner, d.transport.owners, source, owner.uid, owner.gid)
     try:
         with fs.translating(f"cannot copy {source}"):
             st = os.fstat(src)
