@@ -50,9 +50,10 @@ class DaemonError(Exception):
     """The daemon cannot start (socket in use, store unusable)."""
 
 
-def _prepare_socket(path: str) -> None:
+def _prepare_socket(path: str, mode: int) -> None:
     directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # (a socket others may use sits in a directory they may search)
+    os.makedirs(directory, mode=0o755 if mode & 0o077 else 0o700, exist_ok=True)
     if not os.path.exists(path):
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -64,6 +65,26 @@ def _prepare_socket(path: str) -> None:
         raise DaemonError(f"another openbits daemon is already serving on {path}")
     finally:
         probe.close()
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening Unix socket systemd passed (socket activation: ``LISTEN_PID`` is this
+    process, ``LISTEN_FDS`` >= 1, the socket is fd 3), else None; the variables are removed
+    so that no child takes them for its own."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or not os.environ.get("LISTEN_FDS", "").isdigit():
+        return None
+    count = int(os.environ["LISTEN_FDS"])
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if count < 1:
+        return None
+    sock = socket.socket(fileno=3)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise DaemonError("the socket systemd passed is not a Unix stream socket")
+    os.set_inheritable(3, False)
+    sock.setblocking(False)
+    return sock
 
 
 def lock_state_dir(state_dir: str) -> int:
@@ -86,6 +107,11 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         listen_at = parse_listen(config.listen) if config.listen else None
     except ValueError as e:
         raise DaemonError(f"bad configuration: {e}") from e
+    if config.system and os.geteuid() != 0:
+        raise DaemonError(
+            "the system daemon (--system) runs as root: it acts for each user with that user's "
+            "rights, which takes root (a systemd unit may bound it to CAP_SETUID, CAP_SETGID, CAP_KILL)"
+        )
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(os.close, lock_state_dir(config.state_dir))
@@ -238,14 +264,20 @@ async def _listen(
     stack: contextlib.AsyncExitStack,
 ) -> None:
     """The Unix socket (0600, or socket_mode), and the TCP listener when configured."""
-    _prepare_socket(config.socket)
-    old_umask = os.umask(0o177)
-    try:
-        await web.UnixSite(runner, config.socket).start()
-    finally:
-        os.umask(old_umask)
-    stack.callback(_unlink_quietly, config.socket)  # only a socket this daemon created
-    os.chmod(config.socket, config.socket_mode)
+    inherited = inherited_socket()
+    if inherited is not None:  # systemd socket activation: the unit owns path and mode
+        stack.callback(inherited.close)
+        await web.SockSite(runner, inherited).start()
+        log.info("serving on the socket systemd passed (LISTEN_FDS)")
+    else:
+        _prepare_socket(config.socket, config.socket_mode)
+        old_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(runner, config.socket).start()
+        finally:
+            os.umask(old_umask)
+        stack.callback(_unlink_quietly, config.socket)  # only a socket this daemon created
+        os.chmod(config.socket, config.socket_mode)
     if listen_at is None:
         return
     host, port = listen_at

@@ -59,6 +59,7 @@ from openbits.service.params import (
 )
 from openbits.service.reports import Reports
 from openbits.transfer import files as fs
+from openbits.transfer.owner import user_exists
 
 log = logging.getLogger("openbits.service")
 
@@ -91,12 +92,12 @@ class Verbs(Reports):
             raise NotFound(f"no job {ref}")
         if job.state.is_final and not include_finished:
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
-        return job
+        return _owners_named([job])[0]
 
     def enumerate(self, caller: Caller, *, all_users: bool = False) -> list[Job]:
         if all_users and not caller.is_admin:
             raise AccessDenied("only administrators may list all users' jobs")
-        return [j for j in self.jobs.values() if all_users or j.owner_uid == caller.uid]
+        return _owners_named([j for j in self.jobs.values() if all_users or j.owner_uid == caller.uid])
 
     def finished_counts(self, owner_uid: int | None = None) -> dict[tuple[JobState, JobPriority], int]:
         """The finished jobs kept, by state and priority (of one owner, or all)."""
@@ -505,3 +506,16 @@ class Verbs(Reports):
             log.info("service policy changed by %s: %s", caller.user, ", ".join(sorted(persisted)))
             self.runner.wake()
         return self.get_policy()
+
+
+def _owners_named(jobs: list[Job]) -> list[Job]:
+    """``jobs``, each whose owner no longer exists showing the owner's numeric uid (SPEC §7
+    Users: enumeration goes on, ``Owner`` is the uid); one look-up per distinct owner."""
+    gone: dict[int, bool] = {}
+    for job in jobs:
+        uid = job.owner_uid
+        if uid not in gone:
+            gone[uid] = not user_exists(uid)
+        if gone[uid]:
+            job.owner = str(uid)
+    return jobs

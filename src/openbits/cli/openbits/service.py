@@ -30,8 +30,14 @@ from openbits.errors import BitsError
     metavar="HOST:PORT",
     help="Also serve the API over TCP (e.g. 127.0.0.1:8765); callers there need a bearer token.",
 )
+@click.option(
+    "--system",
+    is_flag=True,
+    help="Be the machine's daemon: state in /var/lib/openbits, socket /run/openbits/openbits.sock "
+    "(0666), settings from /etc/openbits/openbits.toml if present; needs root.",
+)
 def serve(
-    state_dir: str | None, socket_path: str | None, config_path: str | None, listen: str | None
+    state_dir: str | None, socket_path: str | None, config_path: str | None, listen: str | None, system: bool
 ) -> None:
     """Run the daemon in the foreground (SIGTERM or SIGINT stop it cleanly).
 
@@ -43,10 +49,15 @@ def serve(
     With --listen (or listen = "HOST:PORT" in the file) the API is served over TCP too;
     every request there needs "Authorization: Bearer <token>" ('openbits token create').
 
+    With --system it is the machine's daemon, serving every user: each caller is told apart
+    by the socket's peer credentials and sees only his jobs, and every file of a job is
+    created, renamed, deleted and read with its owner's rights (a helper process per user).
+
     \b
     Example:
       openbits serve --config ~/.config/openbits.toml &
       openbits serve --listen 127.0.0.1:8765 &
+      sudo openbits serve --system
     """
     from openbits.config import Config
     from openbits.daemon import run
@@ -54,6 +65,7 @@ def serve(
     try:
         config = Config.load(
             config_path,
+            system=system,
             state_dir=os.path.abspath(state_dir) if state_dir else None,
             socket=os.path.abspath(socket_path) if socket_path else None,
             listen=listen,
