@@ -1,0 +1,114 @@
+"""Unit tests of openbits.transfer.owner: the helper processes that act as a job's owner.
+
+Root only (a helper can become someone else only when started by root); the owner is
+``nobody``.  Real processes, real files; no mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import pwd
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openbits.transfer.owner import Identity, Owners, read_as_owner
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+
+NOBODY = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+
+
+@pytest.fixture
+def owners() -> Iterator[Owners]:
+    pool = Owners(timeout_s=1.0)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="openbits-owner-", dir="/tmp"))
+    d.chmod(0o777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _ids(pid: int) -> dict[str, list[int]]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid", "Groups"):
+            fields[key] = [int(v) for v in value.split()]
+    return fields
+
+
+def test_the_helper_is_the_owner_for_good(owners: Owners, public_dir: Path) -> None:
+    assert NOBODY is not None
+    assert not owners.exists(NOBODY.pw_uid, None, str(public_dir / "x"))
+    (pid,) = owners.helpers()
+    ids = _ids(pid)
+    assert ids["Uid"] == [NOBODY.pw_uid] * 4  # real, effective, saved, file system
+    assert ids["Gid"] == [NOBODY.pw_gid] * 4
+    assert set(ids["Groups"]) == set(Identity.of(NOBODY.pw_uid).groups)
+    assert Path(f"/proc/{pid}/status").read_text().count("CapEff:\t0000000000000000") == 1
+
+
+def test_a_killed_or_stopped_helper_is_replaced(owners: Owners, public_dir: Path) -> None:
+    assert NOBODY is not None
+    uid = NOBODY.pw_uid
+    owners.exists(uid, None, str(public_dir / "x"))
+    (first,) = owners.helpers()
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(OSError):
+        owners.exists(uid, None, str(public_dir / "x"))  # (it died with the request unanswered)
+    assert owners.exists(uid, None, str(public_dir)) is True
+    (second,) = owners.helpers()
+    assert second != first
+    os.kill(second, signal.SIGSTOP)  # as its owner could
+    with pytest.raises(OSError) as info:
+        owners.exists(uid, None, str(public_dir))
+    assert info.value.errno == errno.ETIMEDOUT
+    assert owners.exists(uid, None, str(public_dir)) is True
+    assert second not in owners.helpers()
+
+
+def test_read_as_owner(owners: Owners, public_dir: Path) -> None:
+    assert NOBODY is not None
+    mine = public_dir / "cert.pem"
+    mine.write_bytes(b"-----BEGIN-----")
+    mine.chmod(0o644)
+    secret = public_dir / "root.key"
+    secret.write_bytes(b"root's key")
+    secret.chmod(0o600)
+    uid = NOBODY.pw_uid
+    assert asyncio.run(read_as_owner(owners, uid, str(mine), 100)) == b"-----BEGIN-----"
+    with pytest.raises(OSError) as info:
+        asyncio.run(read_as_owner(owners, uid, str(mine), 4))
+    assert info.value.errno == errno.EFBIG
+    with pytest.raises(PermissionError):
+        asyncio.run(read_as_owner(owners, uid, str(secret), 100))
+    assert asyncio.run(read_as_owner(owners, 0, str(secret), 100)) == b"root's key"  # root's own: in-process
+
+
+def test_idle_helpers_are_closed(public_dir: Path) -> None:
+    assert NOBODY is not None
+    pool = Owners(idle_s=0.0)
+    try:
+        pool.exists(NOBODY.pw_uid, None, str(public_dir))
+        (pid,) = pool.helpers()
+        pool.exists(NOBODY.pw_uid, NOBODY.pw_gid + 1 if NOBODY.pw_gid < 65535 else 0, str(public_dir))
+        assert pid not in pool.helpers(), "the idle helper of another identity was closed"
+    finally:
+        pool.close()
+    assert pool.helpers() == []
