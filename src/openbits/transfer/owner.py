@@ -95,7 +95,7 @@ class Helper:
                 self.sock.send(json.dumps([action, args]).encode())
                 data, fds, _flags, _addr = socket.recv_fds(self.sock, fsops.MESSAGE_BYTES, 1)
             except TimeoutError:
-                self.close()
+                self.close(kill=True)
                 raise OSError(errno.ETIMEDOUT, "the owner's helper did not answer") from None
             except OSError as e:
                 self.close()
@@ -122,9 +122,12 @@ class Helper:
     def alive(self) -> bool:
         return self.proc.poll() is None and self.sock.fileno() >= 0
 
-    def close(self) -> None:
-        """Close the socket (the helper exits at EOF), kill it if it lingers, reap it."""
+    def close(self, *, kill: bool = False) -> None:
+        """Close the socket (the helper exits at EOF), kill it if it lingers (or at once:
+        ``kill``, one that stopped answering), reap it."""
         self.sock.close()
+        if kill:
+            self.proc.kill()
         try:
             self.proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
@@ -137,7 +140,8 @@ class Owners:
 
     ``in_process`` (default: the daemon is not root) runs every action here; a root daemon
     runs the actions of other users' jobs in their helpers, started on first use and closed
-    once idle for ``idle_s`` (checked at each call) or at ``close``.
+    once idle for ``idle_s`` (by a reaper thread that runs while any helper does) or at
+    ``close``.
     """
 
     def __init__(
@@ -148,18 +152,37 @@ class Owners:
         self.timeout_s = timeout_s
         self._helpers: dict[Identity, Helper] = {}
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._reaper: threading.Thread | None = None
 
     def _helper(self, identity: Identity) -> Helper:
         with self._lock:
-            now = time.monotonic()
-            for other, helper in list(self._helpers.items()):
-                if other != identity and (now - helper.used > self.idle_s or not helper.alive):
-                    del self._helpers[other]
-                    helper.close()
             found = self._helpers.get(identity)
             if found is None or not found.alive:
+                if found is not None:
+                    found.close()  # (died, or killed after a timeout: reaped)
                 found = self._helpers[identity] = Helper(identity, self.timeout_s)
+            found.used = time.monotonic()  # (handed out: not idle, the reaper leaves it)
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="openbits-owners", daemon=True)
+                self._reaper.start()
             return found
+
+    def _reap(self) -> None:
+        """Close the helpers idle for ``idle_s``; end when none is left (a new helper starts
+        another reaper) or at ``close``."""
+        while not self._closing.wait(max(0.05, self.idle_s / 2)):
+            now = time.monotonic()
+            with self._lock:
+                idle = [i for i, h in self._helpers.items() if now - h.used > self.idle_s or not h.alive]
+                helpers = [self._helpers.pop(i) for i in idle]
+                done = not self._helpers
+                if done:
+                    self._reaper = None
+            for helper in helpers:
+                helper.close()
+            if done:
+                return
 
     def run(self, uid: int, gid: int | None, action: str, *args: Any) -> tuple[Any, int | None]:
         """(value, fd or None) of ``action`` run as ``uid`` (with ``gid`` as primary group
@@ -177,10 +200,14 @@ class Owners:
             return [h.proc.pid for h in self._helpers.values() if h.alive]
 
     def close(self) -> None:
+        self._closing.set()
         with self._lock:
             helpers, self._helpers = list(self._helpers.values()), {}
+            reaper, self._reaper = self._reaper, None
         for helper in helpers:
             helper.close()
+        if reaper is not None:
+            reaper.join()
 
     # -- the actions -------------------------------------------------------------------------
 
