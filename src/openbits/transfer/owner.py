@@ -34,6 +34,9 @@ from typing import Any
 
 from openbits.transfer import fsops
 
+#: how long an owner's identity (primary group, groups) read from the databases is used
+IDENTITY_TTL_S = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -151,6 +154,8 @@ class Owners:
         self.idle_s = idle_s
         self.timeout_s = timeout_s
         self._helpers: dict[Identity, Helper] = {}
+        #: (uid, gid) -> (when read, identity): the databases are read again after IDENTITY_TTL_S
+        self._identities: dict[tuple[int, int | None], tuple[float, Identity]] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -192,7 +197,22 @@ class Owners:
             if action not in fsops.FD_ACTIONS:
                 return result, None
             return (result[1], result[0]) if isinstance(result, tuple) else (None, result)
-        return self._helper(Identity.of(uid, gid)).call(action, list(args))
+        return self._helper(self._identity(uid, gid)).call(action, list(args))
+
+    def _identity(self, uid: int, gid: int | None) -> Identity:
+        """The owner's identity, read from the databases at most ``IDENTITY_TTL_S`` ago (as
+        ``api/peer.Callers`` reads administrators): a group change reaches his next actions
+        within seconds, and a busy owner costs no database read per file."""
+        now = time.monotonic()
+        seen = self._identities.get((uid, gid))
+        if seen is not None and now - seen[0] < IDENTITY_TTL_S:
+            return seen[1]
+        identity = Identity.of(uid, gid)
+        with self._lock:
+            if len(self._identities) > 1024:
+                self._identities.clear()
+            self._identities[uid, gid] = (now, identity)
+        return identity
 
     def helpers(self) -> list[int]:
         """The pids of the helpers running (for tests and metrics)."""
