@@ -258,12 +258,18 @@ def test_destinations_through_symlinks_or_foreign_directories_are_refused(site: 
     source = "file://" + str(_public_file(site, "s.bin", b"x"))
     root_dir = site.scratch / "root-only"
     root_dir.mkdir(mode=0o755)
-    (bob.home / "etc").symlink_to(root_dir)  # bob's own link, to a place he may not write
-    (bob.home / "alice").symlink_to(alice.home)
+
+    def links() -> None:  # bob's own links, to places he may not write
+        (bob.home / "etc").symlink_to(root_dir)
+        (bob.home / "alice").symlink_to(alice.home)
+        (bob.home / "mine").symlink_to(bob.home)  # and to his own home
+
+    as_user(bob, links)
     job = site.new_job(bob)
     for local in (
         bob.home / "etc" / "passwd",  # a symlinked directory on the way
         bob.home / "alice" / "f.bin",
+        bob.home / "mine" / "f.bin",  # (no user's symlink is followed, his own neither)
         alice.home / "f.bin",  # alice's directory
         root_dir / "f.bin",  # root's
     ):

@@ -245,12 +245,33 @@ def test_open_temp_refuses_a_symlinked_directory_on_the_way(owners: Owners, tmp_
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real)
+    if is_root:  # (a user's link: root's are the system's layout, followed)
+        os.lchown(tmp_path / "link", OTHER_UID, OTHER_GID)
     with pytest.raises(LocalFileError) as info:
         files.open_temp(owners, str(tmp_path / "link" / ".BIT12345678.tmp"), UID, GID)
     assert info.value.hresult == HResult.E_ACCESSDENIED
     assert list(real.iterdir()) == []
     with pytest.raises(AccessDenied):
         check_destination(owners, str(tmp_path / "link" / "f.bin"), UID, GID)
+
+
+@pytest.mark.skipif(not is_root, reason="needs root to make root's symlinks")
+def test_roots_symlinks_on_the_way_are_followed(owners: Owners, tmp_path: Path) -> None:
+    real = tmp_path / "var" / "home"
+    real.mkdir(parents=True)
+    (tmp_path / "home").symlink_to("var/home")  # relative, as Silverblue's /home
+    (tmp_path / "abs").symlink_to(tmp_path / "home")  # absolute, to another link
+    (tmp_path / "up").symlink_to("var/../var/home")
+    for via in ("home", "abs", "up"):
+        fd = files.open_temp(owners, str(tmp_path / via / f".BIT{via}.tmp"), UID, GID)
+        os.close(fd)
+        assert (real / f".BIT{via}.tmp").exists()
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(LocalFileError):
+        files.open_temp(owners, str(tmp_path / "loop" / ".BIT.tmp"), UID, GID)
+    (tmp_path / "last.tmp").symlink_to(real / ".BIThome.tmp")
+    with pytest.raises(LocalFileError):  # the last name is never followed
+        files.open_temp(owners, str(tmp_path / "last.tmp"), UID, GID)
 
 
 def test_open_temp_refuses_a_fifo_without_blocking(owners: Owners, tmp_path: Path) -> None:

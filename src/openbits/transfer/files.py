@@ -1,8 +1,10 @@
 """Local files: destination checks, temporary files, publishing, removal.
 
-OSError is translated here, once, into BitsError with context LOCAL_FILE
-(DESIGN rule 1).  A full disk is transient; permissions and missing directories
-are fatal (SPEC §6).
+Every action on a job's files is done with its owner's rights through ``owner.Owners``
+(in-process, or in the owner's helper process); this module says what to do and translates
+what went wrong.  OSError is translated here, once, into BitsError with context LOCAL_FILE
+(DESIGN rule 1).  A full disk is transient; permissions, symlinks on the way and missing
+directories are fatal (SPEC §6).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ A root daemon runs them in a helper process that has become the job's owner
 (``owner.py``); a daemon that runs as its only user runs them itself.  The code is the
 same either way, so the behaviour is.  Every path is walked from ``/`` one component at
 a time with ``O_PATH|O_DIRECTORY|O_NOFOLLOW``, and the last name is used relative to the
-directory fd: no component may be a symbolic link (ELOOP), so another user's symlink
-cannot send a job anywhere, and nothing can be swapped between a check and its use.
+directory fd: no component may be a symbolic link (ELOOP) unless root made it (the
+system's layout), so no user's symlink can send a job anywhere, and nothing can be swapped
+between a check and its use; the last name is never followed.
 Existing temporary files must be regular, the process's own and singly linked (a hard
 link to someone else's file is not truncated); new ones are made with O_EXCL.
 
@@ -22,6 +23,7 @@ import os
 import socket
 import stat
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +31,9 @@ from typing import Any
 _EXISTING = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: a directory on the walk: search permission is enough (O_PATH), and no symlink
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+#: root's symlinks followed on one path at most (a loop of them ends in ELOOP)
+MAX_ROOT_LINKS = 8
 
 #: a request or answer on the helper's socket is one datagram of at most this size
 MESSAGE_BYTES = 65536
@@ -43,25 +48,34 @@ def split(path: str) -> tuple[str, str]:
 
 
 def open_dir(directory: str) -> int:
-    """An O_PATH fd of ``directory``, walked from / without following any symlink."""
+    """An O_PATH fd of ``directory``, walked from / without following a symlink, except
+    one owned by root (the system's layout: /home -> var/home, /lib -> usr/lib), whose
+    target is walked the same way (at most ``MAX_ROOT_LINKS`` of them)."""
     if not os.path.isabs(directory):
         raise OSError(errno.EINVAL, "not an absolute path", directory)
+    parts = deque(p for p in directory.split("/") if p and p != ".")
+    if ".." in parts:
+        raise OSError(errno.EINVAL, "'..' in a path", directory)
+    links = 0
     fd = os.open("/", _DIR)
     try:
-        for part in directory.split("/"):
-            if not part or part == ".":
-                continue
-            if part == "..":
-                raise OSError(errno.EINVAL, "'..' in a path", directory)
+        while parts:
+            part = parts.popleft()
             try:
                 nxt = os.open(part, _DIR, dir_fd=fd)
             except NotADirectoryError:
                 st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
-                    raise OSError(
-                        errno.ELOOP, "a component of the path is a symbolic link", directory
-                    ) from None
-                raise
+                if not stat.S_ISLNK(st.st_mode):
+                    raise
+                if st.st_uid != 0 or links >= MAX_ROOT_LINKS:
+                    raise OSError(errno.ELOOP, "a path component is a symbolic link", directory) from None
+                links += 1
+                target = os.readlink(part, dir_fd=fd)
+                parts.extendleft(reversed([p for p in target.split("/") if p and p != "."]))
+                if target.startswith("/"):
+                    nxt = os.open("/", _DIR)
+                else:
+                    continue
             os.close(fd)
             fd = nxt
     except BaseException:
