@@ -65,24 +65,47 @@ def test_the_helper_is_the_owner_for_good(owners: Owners, public_dir: Path) -> N
     assert Path(f"/proc/{pid}/status").read_text().count("CapEff:\t0000000000000000") == 1
 
 
-def test_a_killed_or_stopped_helper_is_replaced(owners: Owners, public_dir: Path) -> None:
+def test_a_killed_or_stopped_helper_is_replaced(public_dir: Path) -> None:
     assert NOBODY is not None
     uid = NOBODY.pw_uid
-    owners.exists(uid, None, str(public_dir / "x"))
-    (first,) = owners.helpers()
-    os.kill(first, signal.SIGKILL)  # as its owner could
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{first}/stat").read_text().split(") ")[1][0] != "Z" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert owners.exists(uid, None, str(public_dir)) is True
-    (second,) = owners.helpers()
-    assert second != first
-    os.kill(second, signal.SIGSTOP)  # as its owner could
-    with pytest.raises(OSError) as info:
-        owners.exists(uid, None, str(public_dir))
-    assert info.value.errno == errno.ETIMEDOUT
-    assert owners.exists(uid, None, str(public_dir)) is True
-    assert second not in owners.helpers()
+    owners = Owners(timeout_s=0.5, pause_s=1.0)
+    try:
+        owners.exists(uid, None, str(public_dir / "x"))
+        (first,) = owners.helpers()
+        os.kill(first, signal.SIGKILL)  # as its owner could
+        deadline = time.monotonic() + 10
+        while (
+            Path(f"/proc/{first}/stat").read_text().split(") ")[1][0] != "Z" and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        assert owners.exists(uid, None, str(public_dir)) is True
+        (second,) = owners.helpers()
+        assert second != first
+        os.kill(second, signal.SIGSTOP)  # as its owner could
+        with pytest.raises(OSError) as info:
+            owners.exists(uid, None, str(public_dir))
+        assert info.value.errno == errno.ETIMEDOUT
+        assert second not in owners.helpers(), "killed"
+        started = time.monotonic()
+        with pytest.raises(OSError) as info:
+            owners.exists(uid, None, str(public_dir))
+        assert info.value.errno == errno.EAGAIN and time.monotonic() - started < 0.2, "no second wait"
+        assert owners.exists(0, None, str(public_dir)) is True, "others are not paused"
+        deadline = time.monotonic() + 10
+
+        def after_the_pause() -> bool:
+            try:
+                return owners.exists(uid, None, str(public_dir))
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "still paused"
+                time.sleep(0.05)
+                return False
+
+        while not after_the_pause():
+            pass
+        assert time.monotonic() - started >= 1.0
+    finally:
+        owners.close()
 
 
 def test_read_as_owner(owners: Owners, public_dir: Path) -> None:

@@ -310,10 +310,7 @@ class Verbs(Reports):
             self._enter(job, states.cancel(job.state))
             job.finished_ns = self.clock.now_ns()
         await self.runner.stop(job.job_id)
-        ok = True
-        for f in job.files:
-            if not f.published:
-                ok = self._remove(job, f.temp_path) and ok
+        ok = await self._remove_all(job, [f.temp_path for f in job.files if not f.published])
         return 0 if ok else int(HResult.BG_S_UNABLE_TO_DELETE_FILES)
 
     async def complete(self, job: Job) -> int:
@@ -336,8 +333,7 @@ class Verbs(Reports):
             job.finished_ns = self.clock.now_ns()
             # (the file rows are not rewritten: in an ACKNOWLEDGED job every completed file
             # is published and every other one dropped, whatever their ``published`` says)
-        for temp in dropped:  # (a crash before this: recover() removes them)
-            self._remove(job, temp)
+        await self._remove_all(job, dropped)  # (a crash before this: recover() removes them)
         return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
 
     def _publish(self, job: Job) -> list[str | None]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -39,7 +40,7 @@ from openbits.transfer.http import (
     invalid_response,
     network_error,
 )
-from openbits.transfer.owner import Owners
+from openbits.transfer.owner import Owners, opened_off_loop
 from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
 from openbits.transfer.throttle import Throttle
 
@@ -183,12 +184,15 @@ class FileDownload:
         self.priority, self.options = priority, options
         self.fd = -1
 
-    def open(self) -> int:
-        """Open the temporary file; the offset it resumes from."""
-        file, owner = self.file, self.owner
-        self.fd, offset = fs.open_resumable(
-            self.transport.owners, file.temp_path, owner.uid, owner.gid, file.bytes_transferred
-        )
+    async def open(self) -> int:
+        """Open the temporary file (as its owner: in a thread when that takes a helper's
+        round trip); the offset it resumes from."""
+        file, owner, owners = self.file, self.owner, self.transport.owners
+        args = (owners, file.temp_path, owner.uid, owner.gid, file.bytes_transferred)
+        if owners.acts_in_process(owner.uid):
+            self.fd, offset = fs.open_resumable(*args)
+        else:
+            self.fd, offset = await opened_off_loop(functools.partial(fs.open_resumable, *args))
         return offset
 
     def close(self) -> None:
@@ -213,7 +217,7 @@ class FileDownload:
     ) -> Fetched | Restart:
         """The file from where its temporary file stopped (Range, If-Range) to its end."""
         file, progress = self.file, self.progress
-        offset = self.open()
+        offset = await self.open()
         try:
             headers = self.resume_headers(f"{offset}-")[0] if offset > 0 else dict(self.options.headers)
             async with self.get(headers, ahead) as resp:

@@ -10,10 +10,11 @@ bytes land in the owner's files.  A daemon that is not root (the user daemon), a
 own jobs, run the same actions (``fsops``) in-process: the behaviour is the same.
 
 The helper runs as the owner, who may signal it: an answer is waited for at most
-``timeout_s``; a helper that does not answer, or died, is killed and replaced at the next
-call.  An answer is no more trusted than its owner: an fd the daemon is given is checked
-(a regular file) before use, by the caller.  Errors come back as OSError (their errno),
-which ``files.local_error`` translates, once.
+``timeout_s`` (5 s); a helper that does not answer is killed, and its owner's actions then
+fail at once for ``pause_s`` (60 s), so an owner who stops his helper stalls the daemon for
+5 s a minute at most; one that died is replaced at the next call.  An answer is no more
+trusted than its owner: an fd the daemon is given must be a regular file.  Errors come back
+as OSError (their errno), which ``files.local_error`` translates, once.
 """
 
 from __future__ import annotations
@@ -148,11 +149,20 @@ class Owners:
     """
 
     def __init__(
-        self, *, in_process: bool | None = None, idle_s: float = 60.0, timeout_s: float = 10.0
+        self,
+        *,
+        in_process: bool | None = None,
+        idle_s: float = 60.0,
+        timeout_s: float = 5.0,
+        pause_s: float = 60.0,
     ) -> None:
         self.in_process = os.geteuid() != 0 if in_process is None else in_process
         self.idle_s = idle_s
         self.timeout_s = timeout_s
+        self.pause_s = pause_s
+        #: uid -> until when (monotonic) its actions fail at once: its helper stopped
+        #: answering (its owner may stop it), so no caller waits on it again for ``pause_s``
+        self._paused: dict[int, float] = {}
         self._helpers: dict[Identity, Helper] = {}
         #: (uid, gid) -> (when read, identity): the databases are read again after IDENTITY_TTL_S
         self._identities: dict[tuple[int, int | None], tuple[float, Identity]] = {}
@@ -192,12 +202,22 @@ class Owners:
     def run(self, uid: int, gid: int | None, action: str, *args: Any) -> tuple[Any, int | None]:
         """(value, fd or None) of ``action`` run as ``uid`` (with ``gid`` as primary group
         if given, else the user's)."""
-        if self.in_process or uid == os.geteuid():
+        if self.acts_in_process(uid):
             result = fsops.ACTIONS[action](*args)
             if action not in fsops.FD_ACTIONS:
                 return result, None
             return (result[1], result[0]) if isinstance(result, tuple) else (None, result)
-        return self._helper(self._identity(uid, gid)).call(action, list(args))
+        until = self._paused.get(uid)
+        if until is not None:
+            if time.monotonic() < until:
+                raise OSError(errno.EAGAIN, "the owner's helper stopped answering; try again later")
+            self._paused.pop(uid, None)
+        try:
+            return self._helper(self._identity(uid, gid)).call(action, list(args))
+        except OSError as e:
+            if e.errno == errno.ETIMEDOUT:
+                self._paused[uid] = time.monotonic() + self.pause_s
+            raise
 
     def _identity(self, uid: int, gid: int | None) -> Identity:
         """The owner's identity, read from the databases at most ``IDENTITY_TTL_S`` ago (as
@@ -213,6 +233,11 @@ class Owners:
                 self._identities.clear()
             self._identities[uid, gid] = (now, identity)
         return identity
+
+    def acts_in_process(self, uid: int) -> bool:
+        """Whether ``uid``'s actions run here (fast) rather than in a helper (a round trip
+        that may take up to ``timeout_s``: callers on the event loop run those in a thread)."""
+        return self.in_process or uid == os.geteuid()
 
     def helpers(self) -> list[int]:
         """The pids of the helpers running (for tests and metrics)."""
@@ -292,3 +317,21 @@ async def read_as_owner(owners: Owners, uid: int, path: str, max_bytes: int) -> 
 
     read: Callable[[int, int | None, str, int], bytes] = owners.read
     return await asyncio.to_thread(read, uid, None, path, max_bytes)
+
+
+async def opened_off_loop(opener: Callable[[], tuple[int, int]]) -> tuple[int, int]:
+    """``opener()`` (an fd and a value) run in a thread, so a helper that is slow to answer
+    stalls no one else; the fd is closed if the caller is cancelled meanwhile."""
+    import asyncio
+
+    future = asyncio.get_running_loop().run_in_executor(None, opener)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(future: Any) -> None:
+    if not future.cancelled() and future.exception() is None:
+        os.close(future.result()[0])
