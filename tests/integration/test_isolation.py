@@ -10,16 +10,19 @@ and every file a job makes must be its owner's.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -431,3 +434,48 @@ def test_a_vanished_users_job_is_listed_by_uid_and_cancelled_by_an_admin(site: S
     assert site.daemon.job(queued)["State"] == JobState.CANCELLED
     site.daemon.client.invoke(other, "TakeOwnership")
     assert site.daemon.job(other)["Owner"] == "root"
+
+
+# -- a helper its owner stopped ------------------------------------------------------------
+
+
+def _helpers_of(user: User) -> list[int]:
+    """The pids of the daemon's helpers acting as ``user``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            uid = entry.stat().st_uid
+        except OSError:
+            continue
+        if uid == user.uid and b"fsops.py" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_helper_stopped_by_its_owner_stalls_no_one_else(site: Site) -> None:
+    bob = site.bob
+    job = site.new_job(bob)
+    assert site.add(bob, job, "http://127.0.0.1:9/x", bob.home / "first.bin")[0] == 200
+    (helper,) = _helpers_of(bob)
+    as_user(bob, lambda: os.kill(helper, signal.SIGSTOP))  # his to signal
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(site.add, bob, job, "http://127.0.0.1:9/y", bob.home / "second.bin")
+        wait_until(lambda: _state(helper) == "T", 5, "the helper stopped")
+        while not pending.done():  # the daemon answers others all along
+            started = time.monotonic()
+            assert site.daemon.api("GET", CLASS)[0] == 200
+            assert time.monotonic() - started < 1.0
+        status, body = pending.result()
+    assert status != 200, body
+    assert not Path(f"/proc/{helper}").exists(), "the stopped helper was killed"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except OSError:
+        return ""

@@ -3,6 +3,8 @@ find and enumerate, and the service policy (BitsServicePolicy)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -137,6 +139,7 @@ class Verbs(Reports):
             raise InvalidArgument("RemoteUrl and LocalFile must be given together")
         self._check_job_limits(caller)
         self._check_room()
+        checked = await self._destinations_checked(caller.uid, caller.gid, [local] if local else [])
         now = self.clock.now_ns()
         job = Job(
             job_id=new_job_id(),
@@ -150,7 +153,7 @@ class Verbs(Reports):
             modified_ns=now,
         )
         if remote is not None and local is not None:
-            job.files.append(self._new_file(caller, job, remote, local, 0, set()))
+            job.files.append(self._new_file(caller, job, remote, local, 0, set(), checked))
             if not suspend:
                 self._enter(job, states.resume(job.state, len(job.files)))
         self.store.add_job(job)
@@ -221,15 +224,45 @@ class Verbs(Reports):
         fs.check_destination(self.owners, local, job.owner_uid, gid, checked)
         return JobFile(remote_url=remote, local_file=local, temp_name=fs.temp_name_for(job.job_id, count))
 
+    async def _destinations_checked(self, uid: int, gid: int | None, locals_: list[str]) -> set[str]:
+        """The directories of ``locals_`` where ``uid`` may create files, checked in a thread
+        when that takes his helper (a slow one then stalls no one else).  Those that fail are
+        left out: ``_new_file`` checks them again, in order, and raises their error."""
+        checked: set[str] = set()
+        if self.owners.acts_in_process(uid):
+            return checked  # (checked by _new_file, quickly)
+
+        def check() -> None:
+            for local in locals_:
+                with contextlib.suppress(BitsError):
+                    fs.check_destination(self.owners, validate_local_file(local), uid, gid, checked)
+
+        await asyncio.to_thread(check)
+        return checked
+
+    async def _add_checked(
+        self,
+        caller: Caller,
+        job_ref: str,
+        pairs: list[tuple[str, str]],
+        ranges: list[tuple[int, int]] | None = None,
+    ) -> Job:
+        """``_add_files`` after the destinations were checked off the loop for the job's owner
+        (used only if the job still has that owner: TakeOwnership may come in between)."""
+        owner_uid = self.find(caller, job_ref).owner_uid
+        gid = caller.gid if caller.uid == owner_uid else primary_gid(owner_uid)
+        checked = await self._destinations_checked(owner_uid, gid, [local for _, local in pairs])
+        return self._add_files(caller, job_ref, pairs, ranges, (owner_uid, checked))
+
     async def add_file(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
-        return self._add_files(caller, job_ref, [file_pair(raw, "AddFile")])
+        return await self._add_checked(caller, job_ref, [file_pair(raw, "AddFile")])
 
     async def add_file_set(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
         """AddFileSet (COM): several files in one call, all or none, one commit."""
         files = Params(raw, ("Files",)).value("Files")
         if not isinstance(files, list) or not files:
             raise InvalidArgument('AddFileSet needs "Files": a non-empty array of {RemoteUrl, LocalFile}')
-        return self._add_files(caller, job_ref, [file_pair(f, "AddFileSet") for f in files])
+        return await self._add_checked(caller, job_ref, [file_pair(f, "AddFileSet") for f in files])
 
     async def add_file_with_ranges(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
         """AddFileWithRanges: pieces of a remote file, written one after the other (bits-spec §5.4)."""
@@ -240,7 +273,7 @@ class Verbs(Reports):
         ranges = validate_ranges(p.value("Ranges"), self.config.max_ranges_per_file)
         if fs.local_source_path(remote) is not None:
             raise InvalidArgument("ranges need an HTTP or HTTPS source")
-        return self._add_files(caller, job_ref, [(remote, local)], ranges)
+        return await self._add_checked(caller, job_ref, [(remote, local)], ranges)
 
     def _add_files(
         self,
@@ -248,13 +281,14 @@ class Verbs(Reports):
         job_ref: str,
         pairs: list[tuple[str, str]],
         ranges: list[tuple[int, int]] | None = None,
+        prechecked: tuple[int, set[str]] | None = None,
     ) -> Job:
         job = self.find(caller, job_ref)
         new_state = states.add_file(job.state)
         self._check_room()
         added: list[JobFile] = []
         taken = {f.local_file for f in job.files}
-        checked: set[str] = set()
+        checked = prechecked[1] if prechecked is not None and prechecked[0] == job.owner_uid else set()
         for remote, local in pairs:
             added.append(self._new_file(caller, job, remote, local, len(added), taken, checked))
         if ranges is not None:
