@@ -32,7 +32,7 @@ test: venv test-deps lint typecheck
 	$(PY) -m pytest -q tests
 
 test-deps:
-	@bash scripts/ensure-debian-packages.sh nginx tinyproxy
+	@bash scripts/ensure-debian-packages.sh nginx tinyproxy passwd systemd
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Install the Debian packages named on the command line when their programs are missing.
-# Package -> program: nginx -> nginx (often in /usr/sbin), curl -> curl, aria2 -> aria2c.
+# Package -> program: nginx -> nginx (often in /usr/sbin), curl -> curl, aria2 -> aria2c,
+# passwd -> useradd, systemd -> systemd-socket-activate.
 set -euo pipefail
 missing=()
 for pkg in "$@"; do
   prog=$pkg
   [ "$pkg" = aria2 ] && prog=aria2c
+  [ "$pkg" = passwd ] && prog=useradd
+  [ "$pkg" = systemd ] && prog=systemd-socket-activate
   if ! command -v "$prog" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$prog" ]; then
     missing+=("$pkg")
   fi
