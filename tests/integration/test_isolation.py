@@ -176,12 +176,19 @@ def site(tmp_path: Path) -> Iterator[Site]:
         daemon.start()
         yield Site(daemon, users[0], users[1], admins, scratch)
     finally:
-        if daemon is not None:
-            daemon.stop()
-        for name in made:
-            subprocess.run(["userdel", "--force", name], capture_output=True, check=False)
-        subprocess.run(["groupdel", admins], capture_output=True, check=False)
-        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            if daemon is not None:
+                daemon.stop()
+        finally:  # (the users go even when the daemon would not stop)
+            _remove_users(made, admins, scratch)
+
+
+def _remove_users(made: list[str], admins: str, scratch: Path) -> None:
+    """userdel (their groups go with them), the administrators' group, the homes."""
+    for name in made:
+        subprocess.run(["userdel", "--force", name], capture_output=True, check=False)
+    subprocess.run(["groupdel", admins], capture_output=True, check=False)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _public_file(site: Site, name: str, data: bytes, mode: int = 0o644) -> Path:
