@@ -43,7 +43,7 @@ test: venv test-deps lint typecheck
 # mod_auth_gssapi and the NTLM mechanism (gss-ntlmssp), squid, and microsocks for SOCKS5.
 test-deps:
 	@bash scripts/ensure-debian-packages.sh nginx tinyproxy curl krb5-kdc krb5-admin-server krb5-user \
-		apache2 libapache2-mod-auth-gssapi gss-ntlmssp squid microsocks
+		apache2 libapache2-mod-auth-gssapi gss-ntlmssp squid microsocks passwd systemd
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

@@ -5,7 +5,8 @@
 #   krb5-kdc -> krb5kdc (and kdb5_util), krb5-admin-server -> kadmin.local, krb5-user -> kinit,
 #   libkrb5-dev -> krb5-config, python3-dev -> python3-config, apache2 -> apache2,
 #   squid -> squid, microsocks -> microsocks, dante-server -> danted, libapache2-mod-auth-gssapi -> mod_auth_gssapi.so,
-#   gss-ntlmssp -> gssntlmssp.so (a GSSAPI mechanism, registered in /etc/gss/mech.d).
+#   gss-ntlmssp -> gssntlmssp.so (a GSSAPI mechanism, registered in /etc/gss/mech.d),
+#   passwd -> useradd, systemd -> systemd-socket-activate.
 set -euo pipefail
 
 # The program (or, with a leading /, the file) that shows a package is installed.
@@ -18,6 +19,8 @@ probe() {
     libkrb5-dev) echo krb5-config ;;
     python3-dev) echo python3-config ;;
     dante-server) echo danted ;;
+    passwd) echo useradd ;;
+    systemd) echo systemd-socket-activate ;;
     libapache2-mod-auth-gssapi) echo /usr/lib/apache2/modules/mod_auth_gssapi.so ;;
     gss-ntlmssp) echo "/usr/lib/$(uname -m)-linux-gnu/gssntlmssp/gssntlmssp.so" ;;
     *) echo "$1" ;;

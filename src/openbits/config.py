@@ -7,6 +7,12 @@ import tomllib
 from dataclasses import dataclass, fields
 from typing import Any
 
+#: where ``openbits serve --system``, the machine's daemon, keeps its state, listens, and
+#: reads its settings (if the file exists) unless told otherwise (SPEC §7 Users)
+SYSTEM_STATE_DIR = "/var/lib/openbits"
+SYSTEM_SOCKET = "/run/openbits/openbits.sock"
+SYSTEM_CONFIG = "/etc/openbits/openbits.toml"
+
 
 def default_state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -39,6 +45,9 @@ class Config:
     #: 0o600 for a per-user daemon; a system daemon serving several users uses 0o666
     #: (each caller is still identified by SO_PEERCRED and sees only its own jobs).
     socket_mode: int = 0o600
+    #: the machine's daemon (``serve --system``): refuses to start unless root; every job's
+    #: files are handled with its owner's rights either way (``transfer/owner.py``)
+    system: bool = False
     #: "HOST:PORT" (e.g. "127.0.0.1:8765", "[::1]:8765"): also serve the API over TCP, each
     #: request authenticated by a bearer token issued over the Unix socket ("": no TCP)
     listen: str = ""
@@ -126,9 +135,15 @@ class Config:
         return os.path.join(self.state_dir, "jobs.sqlite")
 
     @classmethod
-    def load(cls, path: str | None = None, **overrides: Any) -> Config:
-        """Defaults, then the TOML file's keys (flat or under ``[openbits]``), then overrides."""
+    def load(cls, path: str | None = None, *, system: bool = False, **overrides: Any) -> Config:
+        """Defaults (the system daemon's with ``system``: its state directory, its socket,
+        mode 0666, and ``SYSTEM_CONFIG`` when no file is named and it exists), then the TOML
+        file's keys (flat or under ``[openbits]``), then overrides."""
         values: dict[str, Any] = {}
+        if system:
+            values.update(state_dir=SYSTEM_STATE_DIR, socket=SYSTEM_SOCKET, socket_mode=0o666, system=True)
+            if path is None and os.path.exists(SYSTEM_CONFIG):
+                path = SYSTEM_CONFIG
         if path:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)

@@ -42,6 +42,7 @@ from openbits.transfer import files as fs
 from openbits.transfer.download import Downloader, Tuning
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import USER_AGENT, TLSContexts, env_proxies
+from openbits.transfer.owner import Owners
 from openbits.transfer.pac import PacRoutes, fetch_text
 from openbits.transfer.pacworker import PacEvaluator
 from openbits.transfer.proxy import Proxies
@@ -54,9 +55,10 @@ class DaemonError(Exception):
     """The daemon cannot start (socket in use, store unusable)."""
 
 
-def _prepare_socket(path: str) -> None:
+def _prepare_socket(path: str, mode: int) -> None:
     directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # (a socket others may use sits in a directory they may search)
+    os.makedirs(directory, mode=0o755 if mode & 0o077 else 0o700, exist_ok=True)
     if not os.path.exists(path):
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -68,6 +70,26 @@ def _prepare_socket(path: str) -> None:
         raise DaemonError(f"another openbits daemon is already serving on {path}")
     finally:
         probe.close()
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening Unix socket systemd passed (socket activation: ``LISTEN_PID`` is this
+    process, ``LISTEN_FDS`` >= 1, the socket is fd 3), else None; the variables are removed
+    so that no child takes them for its own."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or not os.environ.get("LISTEN_FDS", "").isdigit():
+        return None
+    count = int(os.environ["LISTEN_FDS"])
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if count < 1:
+        return None
+    sock = socket.socket(fileno=3)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise DaemonError("the socket systemd passed is not a Unix stream socket")
+    os.set_inheritable(3, False)
+    sock.setblocking(False)
+    return sock
 
 
 def lock_state_dir(state_dir: str) -> int:
@@ -91,12 +113,19 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         tls = listener_tls(config, listen_at)
     except ValueError as e:
         raise DaemonError(f"bad configuration: {e}") from e
+    if config.system and os.geteuid() != 0:
+        raise DaemonError(
+            "the system daemon (--system) runs as root: it acts for each user with that user's "
+            "rights, which takes root (a systemd unit may bound it to CAP_SETUID, CAP_SETGID, CAP_KILL)"
+        )
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(os.close, lock_state_dir(config.state_dir))
         store = _open_store(config, stack)
+        owners = Owners()  # the owners' file-system actions (their helpers, for a root daemon)
+        stack.callback(owners.close)
         transfers = Transfers()  # the scheduler's wake-up and tasks: the service's runner
-        service = _open_service(store, config, transfers)
+        service = _open_service(store, config, transfers, owners)
         events = EventLog(
             store,
             size=config.event_log_size,
@@ -108,7 +137,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         tune_gc()
         throttle = Throttle()
         proxies = env_proxies()  # the webhooks' (transfers: Proxies, from [proxy] or the same)
-        downloader = await _open_downloader(config, throttle, stack)
+        downloader = await _open_downloader(config, throttle, owners, stack)
         sync_threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="openbits-sync"
         )
@@ -158,10 +187,11 @@ def _open_store(config: Config, stack: contextlib.AsyncExitStack) -> SqliteStore
     return store
 
 
-def _open_service(store: SqliteStore, config: Config, transfers: Transfers) -> Service:
+def _open_service(store: SqliteStore, config: Config, transfers: Transfers, owners: Owners) -> Service:
     try:
         # the daemon's umask, read before _listen sets its own for a moment
-        service = Service(store, config, runner=transfers, published_mode=fs.published_mode())
+        mode = fs.published_mode()
+        service = Service(store, config, runner=transfers, published_mode=mode, owners=owners)
     except ValueError as e:
         raise DaemonError(f"bad configuration: {e}") from e
     try:
@@ -184,7 +214,7 @@ def _open_tokens(store: SqliteStore, config: Config) -> Tokens:
 
 
 async def _open_downloader(
-    config: Config, throttle: Throttle, stack: contextlib.AsyncExitStack
+    config: Config, throttle: Throttle, owners: Owners, stack: contextlib.AsyncExitStack
 ) -> Downloader:
     """The HTTP client (h1, direct and through proxies), the routes (the ``[proxy]`` table,
     else the daemon's environment now; the PAC worker of AUTODETECT) and the downloader."""
@@ -210,7 +240,9 @@ async def _open_downloader(
         write_block_bytes=config.write_block_bytes,
         read_buffer_bytes=config.read_buffer_bytes,
     )
-    return Downloader(h1, tuning, throttle, tls, proxies, machine_cert_dir=config.machine_cert_dir)
+    return Downloader(
+        h1, tuning, throttle, tls, proxies, owners=owners, machine_cert_dir=config.machine_cert_dir
+    )
 
 
 def _on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:
@@ -243,14 +275,20 @@ async def _listen(
 ) -> None:
     """The Unix socket (0600, or socket_mode), and the TCP listener when configured (HTTPS
     with ``tls``)."""
-    _prepare_socket(config.socket)
-    old_umask = os.umask(0o177)
-    try:
-        await web.UnixSite(runner, config.socket).start()
-    finally:
-        os.umask(old_umask)
-    stack.callback(_unlink_quietly, config.socket)  # only a socket this daemon created
-    os.chmod(config.socket, config.socket_mode)
+    inherited = inherited_socket()
+    if inherited is not None:  # systemd socket activation: the unit owns path and mode
+        stack.callback(inherited.close)
+        await web.SockSite(runner, inherited).start()
+        log.info("serving on the socket systemd passed (LISTEN_FDS)")
+    else:
+        _prepare_socket(config.socket, config.socket_mode)
+        old_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(runner, config.socket).start()
+        finally:
+            os.umask(old_umask)
+        stack.callback(_unlink_quietly, config.socket)  # only a socket this daemon created
+        os.chmod(config.socket, config.socket_mode)
     if listen_at is None:
         return
     host, port = listen_at

@@ -32,6 +32,7 @@ several codes takes the code of the instance (an errno's, an HTTP status's).
     │   ├── NoPrivateKey          NTE_NO_KEY
     │   └── NoRoomForWork         HRESULT_DISK_FULL               507
     ├── TransferError             moving bytes failed (a job's error, not an API answer)
+    │   ├── OwnerUnknown          E_ACCESSDENIED                 GENERAL_QUEUE_MANAGER
     │   ├── NetworkError        + BG_E_CONNECTION_CLOSED         GENERAL_TRANSPORT
     │   │   ├── ConnectError    + BG_E_CONNECT_FAILURE
     │   │   ├── NameResolutionError + BG_E_NAME_RESOLUTION_FAILURE
@@ -616,6 +617,12 @@ class NoRoomForWork(CallError):
 
 class TransferError(BitsError):
     """A failure while moving bytes; the class says whether it is retried."""
+
+
+class OwnerUnknown(TransferError):
+    """The job's owner no longer exists: the job does not run (SPEC §7 Users)."""
+
+    default_hresult = HResult.E_ACCESSDENIED
 
 
 class NetworkError(TransferError):

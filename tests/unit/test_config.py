@@ -179,3 +179,20 @@ def test_overrides_without_a_file() -> None:
     c = Config.load(None, socket="/tmp/x.sock", max_files_per_job=3)
     assert c.socket == "/tmp/x.sock"
     assert c.max_files_per_job == 3
+
+
+# -- the system daemon -----------------------------------------------------------------------
+
+
+def test_system_defaults(tmp_path: Path) -> None:
+    config = Config.load(system=True)
+    assert (config.state_dir, config.socket) == ("/var/lib/openbits", "/run/openbits/openbits.sock")
+    assert config.socket_mode == 0o666 and config.system
+
+
+def test_system_settings_give_way_to_the_file_and_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, "socket_mode = 0o660\nmax_jobs_per_user = 5\n".replace("0o660", "432"))
+    config = Config.load(path, system=True, state_dir=str(tmp_path / "s"))
+    assert config.socket_mode == 0o660 and config.max_jobs_per_user == 5
+    assert config.state_dir == str(tmp_path / "s") and config.socket == "/run/openbits/openbits.sock"
+    assert not Config.load(path).system

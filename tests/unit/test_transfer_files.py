@@ -33,6 +33,7 @@ from openbits.transfer.files import (
     remove_quietly,
     translating,
 )
+from openbits.transfer.owner import Owners
 
 UID = os.geteuid()
 GID = os.getegid()
@@ -42,51 +43,63 @@ TEMP_NAME = re.compile(r"^\.BIT[0-9A-F]{8}\.tmp$")
 is_root = UID == 0
 
 
+@pytest.fixture
+def owners() -> Iterator[Owners]:
+    """The owners' file-system actions (helpers for another user, when root), closed after."""
+    pool = Owners()
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 # -- check_destination -----------------------------------------------------------------------
 
 
-def test_check_destination_writable_directory_is_ok(tmp_path: Path) -> None:
-    check_destination(str(tmp_path / "new.bin"), UID, GID)
+def test_check_destination_writable_directory_is_ok(owners: Owners, tmp_path: Path) -> None:
+    check_destination(owners, str(tmp_path / "new.bin"), UID, GID)
 
 
-def test_check_destination_existing_file_is_ok(tmp_path: Path) -> None:
+def test_check_destination_existing_file_is_ok(owners: Owners, tmp_path: Path) -> None:
     (tmp_path / "old.bin").write_bytes(b"x")
-    check_destination(str(tmp_path / "old.bin"), UID, GID)
+    check_destination(owners, str(tmp_path / "old.bin"), UID, GID)
 
 
-def test_check_destination_missing_directory_is_path_not_found(tmp_path: Path) -> None:
+def test_check_destination_missing_directory_is_path_not_found(owners: Owners, tmp_path: Path) -> None:
     with pytest.raises(PathNotFound) as info:
-        check_destination(str(tmp_path / "missing" / "file.bin"), UID, GID)
+        check_destination(owners, str(tmp_path / "missing" / "file.bin"), UID, GID)
     assert info.value.hresult == 0x80070003
 
 
-def test_check_destination_file_used_as_directory_is_path_not_found(tmp_path: Path) -> None:
+def test_check_destination_file_used_as_directory_is_path_not_found(owners: Owners, tmp_path: Path) -> None:
     (tmp_path / "plain").write_bytes(b"x")
     with pytest.raises(PathNotFound) as info:
-        check_destination(str(tmp_path / "plain" / "file.bin"), UID, GID)
+        check_destination(owners, str(tmp_path / "plain" / "file.bin"), UID, GID)
     assert info.value.hresult == HResult.HRESULT_PATH_NOT_FOUND
 
 
-def test_check_destination_below_a_file_is_path_not_found(tmp_path: Path) -> None:
+def test_check_destination_below_a_file_is_path_not_found(owners: Owners, tmp_path: Path) -> None:
     (tmp_path / "plain").write_bytes(b"x")
     with pytest.raises(PathNotFound):
-        check_destination(str(tmp_path / "plain" / "sub" / "file.bin"), UID, GID)
+        check_destination(owners, str(tmp_path / "plain" / "sub" / "file.bin"), UID, GID)
 
 
-def test_check_destination_existing_directory_as_local_file_is_invalid_argument(tmp_path: Path) -> None:
+def test_check_destination_existing_directory_as_local_file_is_invalid_argument(
+    owners: Owners, tmp_path: Path
+) -> None:
     (tmp_path / "adir").mkdir()
     with pytest.raises(InvalidArgument) as info:
-        check_destination(str(tmp_path / "adir"), UID, GID)
+        check_destination(owners, str(tmp_path / "adir"), UID, GID)
     assert info.value.hresult == HResult.E_INVALIDARG
 
 
 @pytest.mark.skipif(is_root, reason="root may write anywhere")
-def test_check_destination_unwritable_directory_is_access_denied(tmp_path: Path) -> None:
+def test_check_destination_unwritable_directory_is_access_denied(owners: Owners, tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     try:
         with pytest.raises(AccessDenied) as info:
-            check_destination(str(locked / "file.bin"), UID, GID)
+            check_destination(owners, str(locked / "file.bin"), UID, GID)
         assert info.value.hresult == HResult.E_ACCESSDENIED
     finally:
         locked.chmod(0o700)
@@ -103,26 +116,30 @@ def public_dir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_check_destination_for_another_owner_uses_the_mode_bits(public_dir: Path) -> None:
+def test_check_destination_for_another_owner_uses_the_mode_bits(owners: Owners, public_dir: Path) -> None:
     d = public_dir / "shared"
     d.mkdir()
     d.chmod(0o755)
     with pytest.raises(AccessDenied) as info:
-        check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
+        check_destination(owners, str(d / "file.bin"), OTHER_UID, OTHER_GID)
     assert info.value.hresult == HResult.E_ACCESSDENIED
     d.chmod(0o777)
-    check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
+    check_destination(owners, str(d / "file.bin"), OTHER_UID, OTHER_GID)
 
 
-def test_check_destination_for_another_owner_needs_search_permission(public_dir: Path) -> None:
+def test_check_destination_for_another_owner_needs_search_permission(
+    owners: Owners, public_dir: Path
+) -> None:
     d = public_dir / "noexec"
     d.mkdir()
     d.chmod(0o776)  # others may write but not search
     with pytest.raises(AccessDenied):
-        check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
+        check_destination(owners, str(d / "file.bin"), OTHER_UID, OTHER_GID)
 
 
-def test_check_destination_for_another_owner_needs_search_permission_on_ancestors(public_dir: Path) -> None:
+def test_check_destination_for_another_owner_needs_search_permission_on_ancestors(
+    owners: Owners, public_dir: Path
+) -> None:
     hidden = public_dir / "hidden"
     hidden.mkdir()
     hidden.chmod(0o700)  # only we may pass
@@ -130,19 +147,19 @@ def test_check_destination_for_another_owner_needs_search_permission_on_ancestor
     inner.mkdir()
     inner.chmod(0o777)
     with pytest.raises(AccessDenied):
-        check_destination(str(inner / "file.bin"), OTHER_UID, OTHER_GID)
+        check_destination(owners, str(inner / "file.bin"), OTHER_UID, OTHER_GID)
 
 
 @pytest.mark.skipif(not is_root, reason="needs root to give a directory to another user")
-def test_check_destination_for_the_directory_owner_uses_owner_bits(public_dir: Path) -> None:
+def test_check_destination_for_the_directory_owner_uses_owner_bits(owners: Owners, public_dir: Path) -> None:
     d = public_dir / "owned"
     d.mkdir()
     os.chown(d, OTHER_UID, OTHER_GID)
     d.chmod(0o700)
-    check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
+    check_destination(owners, str(d / "file.bin"), OTHER_UID, OTHER_GID)
     d.chmod(0o077)  # everyone but the owner
     with pytest.raises(AccessDenied):
-        check_destination(str(d / "file.bin"), OTHER_UID, OTHER_GID)
+        check_destination(owners, str(d / "file.bin"), OTHER_UID, OTHER_GID)
 
 
 # -- temporary files -------------------------------------------------------------------------
@@ -156,9 +173,9 @@ def test_temp_names_follow_the_pattern_and_are_stable_and_distinct() -> None:
     assert files.temp_name_for(job_a, 3) == files.temp_name_for(job_a, 3)
 
 
-def test_open_temp_creates_owner_only_files(tmp_path: Path) -> None:
+def test_open_temp_creates_owner_only_files(owners: Owners, tmp_path: Path) -> None:
     path = tmp_path / files.temp_name_for("{11111111-2222-3333-4444-555555555555}", 0)
-    fd = files.open_temp(str(path), UID, GID)
+    fd = files.open_temp(owners, str(path), UID, GID)
     try:
         st = os.fstat(fd)
         assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_size == 0
@@ -168,17 +185,18 @@ def test_open_temp_creates_owner_only_files(tmp_path: Path) -> None:
     assert path.read_bytes() == b"data"
 
 
-def test_open_temp_in_a_missing_directory(tmp_path: Path) -> None:
+def test_open_temp_in_a_missing_directory(owners: Owners, tmp_path: Path) -> None:
     with pytest.raises(TransferError) as info:
-        files.open_temp(str(tmp_path / "missing" / ".BIT00000000.tmp"), UID, GID)
+        files.open_temp(owners, str(tmp_path / "missing" / ".BIT00000000.tmp"), UID, GID)
     assert info.value.hresult == HResult.HRESULT_PATH_NOT_FOUND
     assert info.value.context is ErrorContext.LOCAL_FILE
     assert not info.value.transient
 
 
 @pytest.mark.skipif(not is_root, reason="only root can give files away")
-def test_open_temp_gives_the_file_to_the_job_owner(tmp_path: Path) -> None:
-    fd = files.open_temp(str(tmp_path / ".BIT00000001.tmp"), OTHER_UID, OTHER_GID)
+def test_open_temp_gives_the_file_to_the_job_owner(owners: Owners, public_dir: Path) -> None:
+    public_dir.chmod(0o777)
+    fd = files.open_temp(owners, str(public_dir / ".BIT00000001.tmp"), OTHER_UID, OTHER_GID)
     try:
         st = os.fstat(fd)
     finally:
@@ -186,31 +204,93 @@ def test_open_temp_gives_the_file_to_the_job_owner(tmp_path: Path) -> None:
     assert (st.st_uid, st.st_gid) == (OTHER_UID, OTHER_GID)
 
 
-def test_open_temp_reopens_without_truncating(tmp_path: Path) -> None:
+def test_open_temp_reopens_without_truncating(owners: Owners, tmp_path: Path) -> None:
     path = tmp_path / ".BIT12345678.tmp"
     path.write_bytes(b"prefix")
-    fd = files.open_temp(str(path), UID, GID)
+    fd = files.open_temp(owners, str(path), UID, GID)
     os.close(fd)
     assert path.read_bytes() == b"prefix"
 
 
-def test_open_temp_recreates_a_vanished_file(tmp_path: Path) -> None:
+def test_open_temp_recreates_a_vanished_file(owners: Owners, tmp_path: Path) -> None:
     path = tmp_path / ".BIT12345678.tmp"
-    fd = files.open_temp(str(path), UID, GID)
+    fd = files.open_temp(owners, str(path), UID, GID)
     try:
         assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
     finally:
         os.close(fd)
 
 
-def test_open_temp_refuses_a_symlink(tmp_path: Path) -> None:
+def test_open_temp_refuses_a_symlink(owners: Owners, tmp_path: Path) -> None:
     target = tmp_path / "target"
     target.write_bytes(b"precious")
     link = tmp_path / ".BIT12345678.tmp"
     link.symlink_to(target)
     with pytest.raises(TransferError):
-        files.open_temp(str(link), UID, GID)
+        files.open_temp(owners, str(link), UID, GID)
     assert target.read_bytes() == b"precious"
+
+
+def test_open_temp_refuses_a_hard_link_to_another_file(owners: Owners, tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_bytes(b"precious")
+    os.link(target, tmp_path / ".BIT12345678.tmp")
+    with pytest.raises(LocalFileError) as info:
+        files.open_resumable(owners, str(tmp_path / ".BIT12345678.tmp"), UID, GID, 0)
+    assert info.value.hresult == HResult.E_ACCESSDENIED
+    assert target.read_bytes() == b"precious", "never truncated"
+
+
+def test_open_temp_refuses_a_symlinked_directory_on_the_way(owners: Owners, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    if is_root:  # (a user's link: root's are the system's layout, followed)
+        os.lchown(tmp_path / "link", OTHER_UID, OTHER_GID)
+    with pytest.raises(LocalFileError) as info:
+        files.open_temp(owners, str(tmp_path / "link" / ".BIT12345678.tmp"), UID, GID)
+    assert info.value.hresult == HResult.E_ACCESSDENIED
+    assert list(real.iterdir()) == []
+    with pytest.raises(AccessDenied):
+        check_destination(owners, str(tmp_path / "link" / "f.bin"), UID, GID)
+
+
+@pytest.mark.skipif(not is_root, reason="needs root to make root's symlinks")
+def test_roots_symlinks_on_the_way_are_followed(owners: Owners, tmp_path: Path) -> None:
+    real = tmp_path / "var" / "home"
+    real.mkdir(parents=True)
+    (tmp_path / "home").symlink_to("var/home")  # relative, as Silverblue's /home
+    (tmp_path / "abs").symlink_to(tmp_path / "home")  # absolute, to another link
+    (tmp_path / "up").symlink_to("var/../var/home")
+    for via in ("home", "abs", "up"):
+        fd = files.open_temp(owners, str(tmp_path / via / f".BIT{via}.tmp"), UID, GID)
+        os.close(fd)
+        assert (real / f".BIT{via}.tmp").exists()
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(LocalFileError):
+        files.open_temp(owners, str(tmp_path / "loop" / ".BIT.tmp"), UID, GID)
+    (tmp_path / "last.tmp").symlink_to(real / ".BIThome.tmp")
+    with pytest.raises(LocalFileError):  # the last name is never followed
+        files.open_temp(owners, str(tmp_path / "last.tmp"), UID, GID)
+
+
+def test_open_temp_refuses_a_fifo_without_blocking(owners: Owners, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / ".BIT12345678.tmp")
+    with pytest.raises(LocalFileError) as info:
+        files.open_temp(owners, str(tmp_path / ".BIT12345678.tmp"), UID, GID)
+    assert info.value.hresult == HResult.E_ACCESSDENIED
+
+
+@pytest.mark.skipif(not is_root, reason="needs root to act as another user")
+def test_another_owners_temp_file_is_not_reopened(owners: Owners, public_dir: Path) -> None:
+    public_dir.chmod(0o1777)
+    theirs = public_dir / ".BIT12345678.tmp"
+    theirs.write_bytes(b"root's")
+    theirs.chmod(0o666)  # even writable by the owner: it is not his
+    with pytest.raises(LocalFileError):
+        files.open_temp(owners, str(theirs), OTHER_UID, OTHER_GID)
+    assert theirs.read_bytes() == b"root's"
+    assert owners.helpers(), "the other owner's actions ran in a helper"
 
 
 # -- publish ---------------------------------------------------------------------------------
@@ -228,39 +308,39 @@ def test_http_date_to_unix_garbage_is_none(value: str | None) -> None:
     assert http_date_to_unix(value) is None
 
 
-def test_publish_renames_sets_mtime_and_keeps_content(tmp_path: Path) -> None:
+def test_publish_renames_sets_mtime_and_keeps_content(owners: Owners, tmp_path: Path) -> None:
     content = os.urandom(70_000)
     temp = tmp_path / ".BITAAAAAAAA.tmp"
     temp.write_bytes(content)
     temp.chmod(0o600)
     final = tmp_path / "final.bin"
-    publish(str(temp), str(final), http_date_to_unix(LAST_MODIFIED), 0o644)
+    publish(owners, UID, GID, str(temp), str(final), http_date_to_unix(LAST_MODIFIED), 0o644)
     assert not temp.exists()
     assert final.read_bytes() == content
     assert final.stat().st_mtime == 1_445_412_480.0
     assert stat.S_IMODE(final.stat().st_mode) == 0o644
 
 
-def test_publish_without_mtime_keeps_the_current_time(tmp_path: Path) -> None:
+def test_publish_without_mtime_keeps_the_current_time(owners: Owners, tmp_path: Path) -> None:
     temp = tmp_path / ".BITAAAAAAAA.tmp"
     temp.write_bytes(b"abc")
     before = temp.stat().st_mtime
     final = tmp_path / "final.bin"
-    publish(str(temp), str(final), None, 0o644)
+    publish(owners, UID, GID, str(temp), str(final), None, 0o644)
     assert final.read_bytes() == b"abc"
     assert final.stat().st_mtime == before
 
 
-def test_publish_replaces_an_existing_local_file(tmp_path: Path) -> None:
+def test_publish_replaces_an_existing_local_file(owners: Owners, tmp_path: Path) -> None:
     temp = tmp_path / ".BITAAAAAAAA.tmp"
     temp.write_bytes(b"new")
     final = tmp_path / "final.bin"
     final.write_bytes(b"old contents")
-    publish(str(temp), str(final), None, 0o644)
+    publish(owners, UID, GID, str(temp), str(final), None, 0o644)
     assert final.read_bytes() == b"new"
 
 
-def test_publish_never_follows_a_symlinked_temp_file(tmp_path: Path) -> None:
+def test_publish_never_follows_a_symlinked_temp_file(owners: Owners, tmp_path: Path) -> None:
     # the destination directory is the job owner's: a link put in place of the temporary
     # file must not make a root daemon change the mode or time of what it points to
     target = tmp_path / "secret"
@@ -269,14 +349,18 @@ def test_publish_never_follows_a_symlinked_temp_file(tmp_path: Path) -> None:
     temp = tmp_path / ".BITAAAAAAAA.tmp"
     temp.symlink_to(target)
     with pytest.raises(TransferError):
-        publish(str(temp), str(tmp_path / "final.bin"), http_date_to_unix(LAST_MODIFIED), 0o644)
+        publish(
+            owners, UID, GID, str(temp), str(tmp_path / "final.bin"), http_date_to_unix(LAST_MODIFIED), 0o644
+        )
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert target.stat().st_mtime != 1_445_412_480.0
 
 
-def test_publish_of_a_missing_temp_file(tmp_path: Path) -> None:
+def test_publish_of_a_missing_temp_file(owners: Owners, tmp_path: Path) -> None:
     with pytest.raises(TransferError) as info:
-        publish(str(tmp_path / ".BITAAAAAAAA.tmp"), str(tmp_path / "final.bin"), None, 0o644)
+        publish(
+            owners, UID, GID, str(tmp_path / ".BITAAAAAAAA.tmp"), str(tmp_path / "final.bin"), None, 0o644
+        )
     assert info.value.hresult == HResult.HRESULT_PATH_NOT_FOUND
     assert info.value.context is ErrorContext.LOCAL_FILE
     assert not (tmp_path / "final.bin").exists()
@@ -344,16 +428,16 @@ def test_translating_lets_other_exceptions_through() -> None:
 # -- small helpers ---------------------------------------------------------------------------
 
 
-def test_remove_quietly(tmp_path: Path) -> None:
+def test_remove_quietly(owners: Owners, tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_bytes(b"")
-    assert remove_quietly(str(f)) is True
+    assert remove_quietly(owners, UID, GID, str(f)) is True
     assert not f.exists()
-    assert remove_quietly(str(f)) is True
-    assert remove_quietly(None) is True
+    assert remove_quietly(owners, UID, GID, str(f)) is True
+    assert remove_quietly(owners, UID, GID, None) is True
     d = tmp_path / "d"
     d.mkdir()
-    assert remove_quietly(str(d)) is False
+    assert remove_quietly(owners, UID, GID, str(d)) is False
 
 
 @pytest.mark.parametrize(

@@ -24,12 +24,13 @@ from typing import Any, Protocol
 from openbits.caller import primary_gid
 from openbits.clock import Clock
 from openbits.config import Config
-from openbits.errors import BitsError, HResult, InternalError
+from openbits.errors import BitsError, HResult, InternalError, OwnerUnknown
 from openbits.model import Job, JobFile
 from openbits.policy import ServicePolicy
 from openbits.scheduler import policy
 from openbits.transfer.download import Downloader, Owner, RequestOptions
 from openbits.transfer.files import temp_name_for
+from openbits.transfer.owner import user_exists
 from openbits.transfer.sink import SyncBatch
 from openbits.transfer.throttle import Throttle
 
@@ -310,6 +311,9 @@ class Scheduler:
         batch = SyncBatch(self.sync_threads, functools.partial(service.files_done, job))
         index: int | None = 0
         try:
+            if not user_exists(job.owner_uid):
+                index = None  # (the job's error, no file's)
+                raise OwnerUnknown(f"the job's owner (uid {job.owner_uid}) no longer exists")
             while True:
                 start = index or 0
                 index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)

@@ -29,6 +29,7 @@ from openbits.policy import ServicePolicy
 from openbits.states import Event
 from openbits.store import JobStore
 from openbits.transfer import files as fs
+from openbits.transfer.owner import Owners
 
 log = logging.getLogger("openbits.service")
 
@@ -76,6 +77,7 @@ class LiveJobs:
         runner: Runner | None = None,
         *,
         published_mode: int | None = None,
+        owners: Owners | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -84,6 +86,9 @@ class LiveJobs:
         #: the mode Complete gives the files it publishes (``fs.published_mode``, read now if
         #: not given: 0666 less the daemon's umask)
         self.published_mode = fs.published_mode() if published_mode is None else published_mode
+        #: every file-system action of a job runs with its owner's rights through these
+        #: (in-process for a daemon that is not root; the owner's helper for a root one)
+        self.owners = owners if owners is not None else Owners()
         self.jobs: dict[str, Job] = {}
         #: the jobs the scheduler must look at on every tick (QUEUED, CONNECTING,
         #: TRANSFERRING, TRANSIENT_ERROR): a tick costs O(active), not O(all jobs)
@@ -115,12 +120,27 @@ class LiveJobs:
             elif job.state is JobState.CANCELLED:
                 for f in job.files:
                     if not f.published:
-                        fs.remove_quietly(f.temp_path)
+                        self._remove(job, f.temp_path)
             elif job.state is JobState.ACKNOWLEDGED:
                 for f in job.files:
                     if not f.published and not f.completed:
-                        fs.remove_quietly(f.temp_path)
+                        self._remove(job, f.temp_path)
         self.purge_finished()
+
+    def _remove(self, job: Job, path: str | None) -> bool:
+        """Remove a file of ``job`` with its owner's rights; True when it is gone."""
+        return fs.remove_quietly(self.owners, job.owner_uid, None, path)
+
+    async def _remove_all(self, job: Job, paths: list[str | None]) -> bool:
+        """Remove files of ``job`` with its owner's rights (in a thread when that takes his
+        helper: a slow one stalls no one else); True when all are gone."""
+
+        def remove() -> bool:
+            return all([self._remove(job, p) for p in paths])
+
+        if self.owners.acts_in_process(job.owner_uid):
+            return remove()
+        return await asyncio.to_thread(remove)
 
     def purge_finished(self) -> int | None:
         """Delete finished jobs past the retention period; the next purge time (ns)."""

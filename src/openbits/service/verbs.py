@@ -3,6 +3,8 @@ find and enumerate, and the service policy (BitsServicePolicy)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -60,6 +62,7 @@ from openbits.service.params import (
 )
 from openbits.service.reports import Reports
 from openbits.transfer import files as fs
+from openbits.transfer.owner import user_exists
 
 log = logging.getLogger("openbits.service")
 
@@ -92,12 +95,12 @@ class Verbs(Reports):
             raise NotFound(f"no job {ref}")
         if job.state.is_final and not include_finished:
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
-        return job
+        return _owners_named([job])[0]
 
     def enumerate(self, caller: Caller, *, all_users: bool = False) -> list[Job]:
         if all_users and not caller.is_admin:
             raise AccessDenied("only administrators may list all users' jobs")
-        return [j for j in self.jobs.values() if all_users or j.owner_uid == caller.uid]
+        return _owners_named([j for j in self.jobs.values() if all_users or j.owner_uid == caller.uid])
 
     def finished_counts(self, owner_uid: int | None = None) -> dict[tuple[JobState, JobPriority], int]:
         """The finished jobs kept, by state and priority (of one owner, or all)."""
@@ -140,6 +143,7 @@ class Verbs(Reports):
         proxy_environment = validate_proxy_environment(p.value("ProxyEnvironment"))
         self._check_job_limits(caller)
         self._check_room()
+        checked = await self._destinations_checked(caller.uid, caller.gid, [local] if local else [])
         now = self.clock.now_ns()
         job = Job(
             job_id=new_job_id(),
@@ -154,7 +158,7 @@ class Verbs(Reports):
             proxy_environment=proxy_environment,
         )
         if remote is not None and local is not None:
-            job.files.append(self._new_file(caller, job, remote, local, 0, set()))
+            job.files.append(self._new_file(caller, job, remote, local, 0, set(), checked))
             if not suspend:
                 self._enter(job, states.resume(job.state, len(job.files)))
         self.store.add_job(job)
@@ -222,18 +226,48 @@ class Verbs(Reports):
             raise InvalidArgument(f"the job already has a file for {local}")
         taken.add(local)
         gid = caller.gid if caller.uid == job.owner_uid else primary_gid(job.owner_uid)
-        fs.check_destination(local, job.owner_uid, gid, checked)
+        fs.check_destination(self.owners, local, job.owner_uid, gid, checked)
         return JobFile(remote_url=remote, local_file=local, temp_name=fs.temp_name_for(job.job_id, count))
 
+    async def _destinations_checked(self, uid: int, gid: int | None, locals_: list[str]) -> set[str]:
+        """The directories of ``locals_`` where ``uid`` may create files, checked in a thread
+        when that takes his helper (a slow one then stalls no one else).  Those that fail are
+        left out: ``_new_file`` checks them again, in order, and raises their error."""
+        checked: set[str] = set()
+        if self.owners.acts_in_process(uid):
+            return checked  # (checked by _new_file, quickly)
+
+        def check() -> None:
+            for local in locals_:
+                with contextlib.suppress(BitsError):
+                    fs.check_destination(self.owners, validate_local_file(local), uid, gid, checked)
+
+        await asyncio.to_thread(check)
+        return checked
+
+    async def _add_checked(
+        self,
+        caller: Caller,
+        job_ref: str,
+        pairs: list[tuple[str, str]],
+        ranges: list[tuple[int, int]] | None = None,
+    ) -> Job:
+        """``_add_files`` after the destinations were checked off the loop for the job's owner
+        (used only if the job still has that owner: TakeOwnership may come in between)."""
+        owner_uid = self.find(caller, job_ref).owner_uid
+        gid = caller.gid if caller.uid == owner_uid else primary_gid(owner_uid)
+        checked = await self._destinations_checked(owner_uid, gid, [local for _, local in pairs])
+        return self._add_files(caller, job_ref, pairs, ranges, (owner_uid, checked))
+
     async def add_file(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
-        return self._add_files(caller, job_ref, [file_pair(raw, "AddFile")])
+        return await self._add_checked(caller, job_ref, [file_pair(raw, "AddFile")])
 
     async def add_file_set(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
         """AddFileSet (COM): several files in one call, all or none, one commit."""
         files = Params(raw, ("Files",)).value("Files")
         if not isinstance(files, list) or not files:
             raise InvalidArgument('AddFileSet needs "Files": a non-empty array of {RemoteUrl, LocalFile}')
-        return self._add_files(caller, job_ref, [file_pair(f, "AddFileSet") for f in files])
+        return await self._add_checked(caller, job_ref, [file_pair(f, "AddFileSet") for f in files])
 
     async def add_file_with_ranges(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
         """AddFileWithRanges: pieces of a remote file, written one after the other (bits-spec §5.4)."""
@@ -244,7 +278,7 @@ class Verbs(Reports):
         ranges = validate_ranges(p.value("Ranges"), self.config.max_ranges_per_file)
         if fs.local_source_path(remote) is not None:
             raise InvalidArgument("ranges need an HTTP or HTTPS source")
-        return self._add_files(caller, job_ref, [(remote, local)], ranges)
+        return await self._add_checked(caller, job_ref, [(remote, local)], ranges)
 
     def _add_files(
         self,
@@ -252,13 +286,14 @@ class Verbs(Reports):
         job_ref: str,
         pairs: list[tuple[str, str]],
         ranges: list[tuple[int, int]] | None = None,
+        prechecked: tuple[int, set[str]] | None = None,
     ) -> Job:
         job = self.find(caller, job_ref)
         new_state = states.add_file(job.state)
         self._check_room()
         added: list[JobFile] = []
         taken = {f.local_file for f in job.files}
-        checked: set[str] = set()
+        checked = prechecked[1] if prechecked is not None and prechecked[0] == job.owner_uid else set()
         for remote, local in pairs:
             added.append(self._new_file(caller, job, remote, local, len(added), taken, checked))
         if ranges is not None:
@@ -314,10 +349,7 @@ class Verbs(Reports):
             self._enter(job, states.cancel(job.state))
             job.finished_ns = self.clock.now_ns()
         await self.runner.stop(job.job_id)
-        ok = True
-        for f in job.files:
-            if not f.published:
-                ok = fs.remove_quietly(f.temp_path) and ok
+        ok = await self._remove_all(job, [f.temp_path for f in job.files if not f.published])
         return 0 if ok else int(HResult.BG_S_UNABLE_TO_DELETE_FILES)
 
     async def complete(self, job: Job) -> int:
@@ -340,8 +372,7 @@ class Verbs(Reports):
             job.finished_ns = self.clock.now_ns()
             # (the file rows are not rewritten: in an ACKNOWLEDGED job every completed file
             # is published and every other one dropped, whatever their ``published`` says)
-        for temp in dropped:  # (a crash before this: recover() removes them)
-            fs.remove_quietly(temp)
+        await self._remove_all(job, dropped)  # (a crash before this: recover() removes them)
         return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
 
     def _publish(self, job: Job) -> list[str | None]:
@@ -349,24 +380,27 @@ class Verbs(Reports):
         the files not transferred (removed once the job is stored ACKNOWLEDGED)."""
         dropped: list[str | None] = []
         directories: set[str] = set()
+        uid = job.owner_uid
         for f in job.files:
             if f.published:
                 continue
             temp = f.temp_path
             if f.completed and temp is not None:
+                mtime = fs.http_date_to_unix(f.last_modified)
                 try:
-                    fs.publish(temp, f.local_file, fs.http_date_to_unix(f.last_modified), self.published_mode)
+                    fs.publish(self.owners, uid, None, temp, f.local_file, mtime, self.published_mode)
                     directories.add(os.path.dirname(f.local_file))
                 except BitsError:
-                    if os.path.exists(temp) or not os.path.exists(f.local_file):
+                    if fs.exists(self.owners, uid, None, temp) or not fs.exists(
+                        self.owners, uid, None, f.local_file
+                    ):
                         raise
                     # renamed already, by a Complete that crashed before its commit
                 f.published = True
             else:
                 dropped.append(temp)
         for directory in sorted(directories):  # the renames are durable before we answer
-            with fs.translating(f"cannot sync {directory}"):
-                fs.fsync_dir(directory)
+            fs.fsync_dir(self.owners, uid, None, directory)
         return dropped
 
     async def inactive(self, job: Job) -> None:
@@ -507,3 +541,16 @@ class Verbs(Reports):
             log.info("service policy changed by %s: %s", caller.user, ", ".join(sorted(persisted)))
             self.runner.wake()
         return self.get_policy()
+
+
+def _owners_named(jobs: list[Job]) -> list[Job]:
+    """``jobs``, each whose owner no longer exists showing the owner's numeric uid (SPEC §7
+    Users: enumeration goes on, ``Owner`` is the uid); one look-up per distinct owner."""
+    gone: dict[int, bool] = {}
+    for job in jobs:
+        uid = job.owner_uid
+        if uid not in gone:
+            gone[uid] = not user_exists(uid)
+        if gone[uid]:
+            job.owner = str(uid)
+    return jobs

@@ -34,6 +34,7 @@ from openbits.transfer.fetch import (
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import TLSContexts, invalid_response
 from openbits.transfer.local import download_local
+from openbits.transfer.owner import Owners
 from openbits.transfer.proxy import Proxies
 from openbits.transfer.proxylist import ProxyEntry
 from openbits.transfer.ranges import download_ranges
@@ -76,6 +77,7 @@ class Downloader:
         proxies: Proxies | None = None,
         proxy_auth: ProxyAuthFactory | None = None,
         machine_cert_dir: str = "/etc/openbits/certs",
+        owners: Owners | None = None,
     ) -> None:
         tls = tls if tls is not None else TLSContexts()
         self.transport = Transport(
@@ -87,6 +89,7 @@ class Downloader:
             free_space=fs.FreeSpace(),
             proxy_auth=proxy_auth if proxy_auth is not None else proxy_authenticator,
             certs=ClientContexts(tls.fresh, machine_cert_dir),
+            owners=owners if owners is not None else Owners(),
         )
 
     async def download(

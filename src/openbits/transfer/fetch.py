@@ -18,6 +18,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -55,6 +56,7 @@ from openbits.transfer.http import (
     invalid_response,
     network_error,
 )
+from openbits.transfer.owner import Owners, opened_off_loop
 from openbits.transfer.proxy import DIRECT, Proxies, Route
 from openbits.transfer.proxylist import ProxyEntry
 from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
@@ -239,7 +241,8 @@ class Notices:
 class Transport:
     """What every download shares: the HTTP client (``h1``, direct and through proxies), the
     routes (``proxy.Proxies``), the TLS contexts, the bandwidth throttle, the tuning, the
-    free-space check; the contexts of jobs that present a client certificate (``certs``)."""
+    free-space check, the owners' file-system actions; the contexts of jobs that present a
+    client certificate (``certs``)."""
 
     h1: H1Client
     proxies: Proxies
@@ -247,6 +250,8 @@ class Transport:
     throttle: Throttle
     tuning: Tuning
     free_space: fs.FreeSpace
+    #: the file-system actions with the owner's rights (``owner.Owners``)
+    owners: Owners
     notices: Notices = field(default_factory=Notices)
     certs: ClientContexts | None = None
     proxy_auth: ProxyAuthFactory | None = None
@@ -288,10 +293,15 @@ class FileDownload:
         self.priority, self.options = priority, options
         self.fd = -1
 
-    def open(self) -> int:
-        """Open the temporary file; the offset it resumes from."""
-        file, owner = self.file, self.owner
-        self.fd, offset = fs.open_resumable(file.temp_path, owner.uid, owner.gid, file.bytes_transferred)
+    async def open(self) -> int:
+        """Open the temporary file (as its owner: in a thread when that takes a helper's
+        round trip); the offset it resumes from."""
+        file, owner, owners = self.file, self.owner, self.transport.owners
+        args = (owners, file.temp_path, owner.uid, owner.gid, file.bytes_transferred)
+        if owners.acts_in_process(owner.uid):
+            self.fd, offset = fs.open_resumable(*args)
+        else:
+            self.fd, offset = await opened_off_loop(functools.partial(fs.open_resumable, *args))
         return offset
 
     def close(self) -> None:
@@ -316,7 +326,7 @@ class FileDownload:
     ) -> Fetched | Restart:
         """The file from where its temporary file stopped (Range, If-Range) to its end."""
         file, progress = self.file, self.progress
-        offset = self.open()
+        offset = await self.open()
         try:
             headers = self.resume_headers(f"{offset}-")[0] if offset > 0 else dict(self.options.headers)
             async with self.get(headers, ahead) as resp:

@@ -1,8 +1,10 @@
 """Local files: destination checks, temporary files, publishing, removal.
 
-OSError is translated here, once, into BitsError with context LOCAL_FILE
-(DESIGN rule 1).  A full disk is transient; permissions and missing directories
-are fatal (SPEC §6).
+Every action on a job's files is done with its owner's rights through ``owner.Owners``
+(in-process, or in the owner's helper process); this module says what to do and translates
+what went wrong.  OSError is translated here, once, into BitsError with context LOCAL_FILE
+(DESIGN rule 1).  A full disk is transient; permissions, symlinks on the way and missing
+directories are fatal (SPEC §6).
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ import errno
 import functools
 import hashlib
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from email.utils import parsedate_to_datetime
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote, urlsplit
 
 from openbits.errors import (
@@ -33,6 +34,9 @@ from openbits.errors import (
 )
 from openbits.model import ErrorContext
 
+if TYPE_CHECKING:
+    from openbits.transfer.owner import Owners
+
 TEMP_PREFIX = ".BIT"
 TEMP_SUFFIX = ".tmp"
 
@@ -42,7 +46,7 @@ def local_error(e: OSError, what: str, context: ErrorContext = ErrorContext.LOCA
     code = e.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"{what}: no space left on the device", context=context)
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP):
         return LocalFileError(f"{what}: {e.strerror}", hresult=HResult.E_ACCESSDENIED, context=context)
     if code in (errno.ENOENT, errno.ENOTDIR):
         return LocalFileError(
@@ -61,51 +65,11 @@ def translating(what: str, context: ErrorContext = ErrorContext.LOCAL_FILE) -> I
         raise local_error(e, what, context) from e
 
 
-def _may_write_dir(st: os.stat_result, uid: int, gids: set[int]) -> bool:
-    if uid == 0:
-        return True
-    need = stat.S_IWOTH | stat.S_IXOTH
-    if st.st_uid == uid:
-        need = stat.S_IWUSR | stat.S_IXUSR
-    elif st.st_gid in gids:
-        need = stat.S_IWGRP | stat.S_IXGRP
-    return st.st_mode & need == need
-
-
-def _may_reach(directory: str, uid: int, gids: set[int]) -> bool:
-    """The owner may search every directory from / down to ``directory``."""
-    if uid == 0:
-        return True
-    path = "/"
-    for part in [p for p in directory.split("/") if p]:
-        st = os.stat(path)
-        if st.st_uid == uid:
-            bit = stat.S_IXUSR
-        elif st.st_gid in gids:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not st.st_mode & bit:
-            return False
-        path = os.path.join(path, part)
-    return True
-
-
-def owner_gids(uid: int, gid: int) -> set[int]:
-    import grp
-    import pwd
-
-    gids = {gid}
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return gids
-    gids.update(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)
-    return gids
-
-
-def check_destination(local_file: str, uid: int, gid: int, checked: set[str] | None = None) -> None:
-    """The directory of ``local_file`` exists and the owner may create files in it.
+def check_destination(
+    owners: Owners, local_file: str, uid: int, gid: int | None, checked: set[str] | None = None
+) -> None:
+    """The directory of ``local_file`` is reached without symlinks and the owner may create
+    files in it, checked with the owner's rights (``owner.Owners``).
 
     Raises PathNotFound (0x80070003), AccessDenied or InvalidArgument.  Directories in
     ``checked`` passed already (many files added at once); the ones that pass are added.
@@ -116,24 +80,19 @@ def check_destination(local_file: str, uid: int, gid: int, checked: set[str] | N
             raise InvalidArgument(f"the local file {local_file} is a directory")
         return
     try:
-        st = os.stat(directory)
-    except FileNotFoundError:
-        raise PathNotFound(f"the destination directory {directory} does not exist") from None
-    except NotADirectoryError:
-        raise PathNotFound(f"the destination directory {directory} does not exist") from None
-    except PermissionError:
-        raise AccessDenied(f"the destination directory {directory} is not accessible") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise PathNotFound(f"{directory} is not a directory")
-    if os.geteuid() == uid:
-        allowed = os.access(directory, os.W_OK | os.X_OK)
-    else:
-        gids = owner_gids(uid, gid)
-        allowed = _may_write_dir(st, uid, gids) and _may_reach(directory, uid, gids)
-    if not allowed:
-        raise AccessDenied(f"the destination directory {directory} is not writable by the job owner")
-    if os.path.isdir(local_file):
-        raise InvalidArgument(f"the local file {local_file} is a directory")
+        owners.check_destination(uid, gid, local_file)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise PathNotFound(f"the destination directory {directory} does not exist") from None
+        if e.errno == errno.EISDIR:
+            raise InvalidArgument(f"the local file {local_file} is a directory") from None
+        if e.errno == errno.ELOOP:
+            raise AccessDenied(f"the path to {local_file} goes through a symbolic link") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise AccessDenied(
+                f"the destination directory {directory} is not writable by the job owner"
+            ) from None
+        raise local_error(e, f"cannot check {directory}") from e
     if checked is not None:
         checked.add(directory)
 
@@ -174,37 +133,22 @@ def temp_name_for(job_id: str, index: int) -> str:
     return f"{TEMP_PREFIX}{digest}{TEMP_SUFFIX}"
 
 
-def open_temp(path: str, uid: int, gid: int) -> int:
-    """Open the temporary file for writing, creating it (O_EXCL, 0600, the owner's) if absent
-    (safe against another process or thread creating it at the same moment)."""
-    for _ in range(3):
-        try:
-            return os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise local_error(e, f"cannot open the temporary file {path}") from e
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            continue  # created in between: open it
-        except OSError as e:
-            raise local_error(e, f"cannot create the temporary file {path}") from e
-        try:
-            _give_to_owner(fd, uid, gid)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-    raise local_error(FileExistsError(errno.EEXIST, "File exists", path), f"cannot open {path}")
+def open_temp(owners: Owners, path: str, uid: int, gid: int | None) -> int:
+    """Open the temporary file for writing as its owner, creating it (O_EXCL, 0600) if
+    absent; an existing one must be the owner's regular file with one link, reached
+    without symlinks (``fsops.open_temp``)."""
+    with translating(f"cannot open the temporary file {path}"):
+        return owners.open_temp(uid, gid, path)[0]
 
 
-def open_resumable(path: str | None, uid: int, gid: int, offset: int) -> tuple[int, int]:
+def open_resumable(
+    owners: Owners, path: str | None, uid: int, gid: int | None, offset: int
+) -> tuple[int, int]:
     """(fd, offset) of a file's temporary file ``path``, created on first use, cut back to
     the last checkpoint ``offset`` (a temporary file that lost bytes starts again from 0)."""
     if path is None:
         raise LocalFileError("the file has no temporary name")
-    fd = open_temp(path, uid, gid)
+    fd = open_temp(owners, path, uid, gid)
     try:
         with translating(f"cannot use the temporary file {path}"):
             size = os.fstat(fd).st_size
@@ -217,11 +161,6 @@ def open_resumable(path: str | None, uid: int, gid: int, offset: int) -> tuple[i
         os.close(fd)
         raise
     return fd, offset
-
-
-def _give_to_owner(fd: int, uid: int, gid: int) -> None:
-    if os.geteuid() == 0 and uid != 0:
-        os.fchown(fd, uid, gid)
 
 
 @functools.lru_cache(maxsize=256)
@@ -252,24 +191,19 @@ def _umask() -> int:
     return umask
 
 
-def publish(temp_path: str, local_file: str, mtime: float | None, mode: int) -> None:
-    """Make a finished temporary file the LocalFile: mode, mtime, atomic rename.
+def publish(
+    owners: Owners, uid: int, gid: int | None, temp_path: str, local_file: str, mtime: float | None, mode: int
+) -> None:
+    """Make a finished temporary file the LocalFile, as its owner: mode, mtime, atomic rename.
 
     The temporary file stays owner-only (0600) until now, whatever the job's state (SPEC §3);
     its published ``mode`` (``published_mode``) and the server's Last-Modified are set through
-    an fd opened without following links (the directory is the owner's).  Its bytes were made
-    durable when the download finished; the caller fsyncs the directory once for all the files
-    it publishes there (``fsync_dir``).
+    an fd opened without following links, and it is renamed relative to its directory's fd
+    (``fsops.publish``).  Its bytes were made durable when the download finished; the caller
+    fsyncs the directory once for all the files it publishes there (``fsync_dir``).
     """
     with translating(f"cannot publish {local_file}"):
-        fd = os.open(temp_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        try:
-            os.fchmod(fd, mode)
-            if mtime is not None:
-                os.utime(fd, (mtime, mtime))
-        finally:
-            os.close(fd)
-        os.replace(temp_path, local_file)
+        owners.publish(uid, gid, temp_path, local_file, mode, mtime)
 
 
 def open_sync_handle(directory: str) -> int:
@@ -304,25 +238,28 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _syncfs = _load_syncfs()
 
 
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def fsync_dir(owners: Owners, uid: int, gid: int | None, directory: str) -> None:
+    with translating(f"cannot sync {directory}"):
+        owners.fsync_dir(uid, gid, directory)
 
 
-def remove_quietly(path: str | None) -> bool:
-    """Remove a file; True when it is gone (or never existed)."""
+def remove_quietly(owners: Owners, uid: int, gid: int | None, path: str | None) -> bool:
+    """Remove a file as its owner; True when it is gone (or never existed)."""
     if not path:
         return True
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return True
+        owners.unlink(uid, gid, path)
     except OSError:
         return False
     return True
+
+
+def exists(owners: Owners, uid: int, gid: int | None, path: str) -> bool:
+    """Whether ``path`` exists as its owner sees it (False when he cannot tell)."""
+    try:
+        return owners.exists(uid, gid, path)
+    except OSError:
+        return False
 
 
 def local_source_path(url: str) -> str | None:
@@ -335,61 +272,23 @@ def local_source_path(url: str) -> str | None:
     return unquote(parts.path) if parts.scheme.lower() == "file" else None
 
 
-def open_as_owner(path: str, uid: int, gid: int) -> int:
-    """Open the source ``path`` for reading with the owner's rights, not the daemon's.
-
-    A daemon running as the owner opens it itself; a root daemon serving another
-    user lets a short-lived child running as that user open it and pass the fd back.
-    Errors are the source's (context REMOTE_FILE).
-    """
+def open_as_owner(owners: Owners, path: str, uid: int, gid: int | None) -> int:
+    """Open the source ``path`` for reading with the owner's rights, not the daemon's
+    (``owner.Owners``: in-process, or in the owner's helper).  Errors are the source's
+    (context REMOTE_FILE)."""
     try:
-        if os.geteuid() == uid or os.geteuid() != 0:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        return _open_in_child(path, uid, gid)
+        return owners.open_source(uid, gid, path)
     except FileNotFoundError as e:
         raise SourceFileError(
             f"the source {path} does not exist", hresult=HResult.HRESULT_FILE_NOT_FOUND
         ) from e
-    except PermissionError as e:
-        raise SourceFileError(f"the job owner may not read {path}", hresult=HResult.E_ACCESSDENIED) from e
     except IsADirectoryError as e:
         raise SourceFileError(f"the source {path} is a directory", hresult=HResult.HRESULT_DIRECTORY) from e
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.ELOOP):
+            raise SourceFileError(f"the job owner may not read {path}", hresult=HResult.E_ACCESSDENIED) from e
+        if e.errno == errno.ENOTDIR:
+            raise SourceFileError(
+                f"the source {path} does not exist", hresult=HResult.HRESULT_PATH_NOT_FOUND
+            ) from e
         raise SourceUnavailable(f"cannot open {path}: {e.strerror}") from e
-
-
-def _open_in_child(path: str, uid: int, gid: int) -> int:
-    """Fork (no exec: the daemon's interpreter may live where the owner cannot read),
-    drop to the owner's ids in the child, open ``path`` there and pass the fd back."""
-    import pwd
-    import socket
-
-    try:
-        groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
-    except KeyError:
-        groups = [gid]
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with parent, child:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 0
-            try:
-                os.setgroups(groups)
-                os.setgid(gid)
-                os.setuid(uid)
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                socket.send_fds(child, [b"0"], [fd])
-            except OSError as e:
-                child.send(str(e.errno or 5).encode())
-                code = 1
-            finally:
-                os._exit(code)
-        child.close()
-        try:
-            msg, fds, _flags, _addr = socket.recv_fds(parent, 64, 1)
-        finally:
-            os.waitpid(pid, 0)
-        if fds:
-            return fds[0]
-        err = int(msg or b"5")
-        raise OSError(err, os.strerror(err), path)

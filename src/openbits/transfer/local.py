@@ -14,6 +14,7 @@ from openbits.errors import HResult, SourceFileError
 from openbits.transfer import files as fs
 from openbits.transfer.checks import RESTART, Restart
 from openbits.transfer.fetch import Fetched, FileDownload
+from openbits.transfer.owner import opened_off_loop
 
 #: bytes copied per step from a local source while a bandwidth limit applies
 LOCAL_LIMITED_STEP = 256 * 1024
@@ -23,7 +24,8 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
     """Copy ``source`` into the file's temporary file, from its last checkpoint."""
     file, owner, progress, priority = d.file, d.owner, d.progress, d.priority
     throttle, tuning = d.transport.throttle, d.transport.tuning
-    src = await asyncio.to_thread(fs.open_as_owner, source, owner.uid, owner.gid)
+    owners = d.transport.owners
+    src, _ = await opened_off_loop(lambda: (fs.open_as_owner(owners, source, owner.uid, owner.gid), 0))
     try:
         with fs.translating(f"cannot copy {source}"):
             st = os.fstat(src)
@@ -32,7 +34,7 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
                 f"the source {source} is not a regular file", hresult=HResult.HRESULT_DIRECTORY
             )
         etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
-        offset = d.open()
+        offset = await d.open()
         fd = d.fd
         try:
             progress.connected()

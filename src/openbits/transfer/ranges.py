@@ -37,7 +37,7 @@ async def download_ranges(d: FileDownload) -> Fetched | Restart:
     """The file's ranges from where the output stopped, each checkpointed once whole."""
     ranges = d.file.ranges
     assert ranges is not None
-    out = d.open()
+    out = await d.open()
     multi = True  # until the server shows it will not send several ranges at once
     try:
         i = 0

@@ -48,6 +48,12 @@ from openbits.errors import BitsError
     default=None,
     help="Allow plain HTTP on a --listen address other than loopback (tokens in clear).",
 )
+@click.option(
+    "--system",
+    is_flag=True,
+    help="Be the machine's daemon: state in /var/lib/openbits, socket /run/openbits/openbits.sock "
+    "(0666), settings from /etc/openbits/openbits.toml if present; needs root.",
+)
 def serve(
     state_dir: str | None,
     socket_path: str | None,
@@ -56,6 +62,7 @@ def serve(
     tls_cert: str | None,
     tls_key: str | None,
     insecure_listen: bool | None,
+    system: bool,
 ) -> None:
     """Run the daemon in the foreground (SIGTERM or SIGINT stop it cleanly).
 
@@ -69,11 +76,16 @@ def serve(
     With --tls-cert and --tls-key (tls_cert, tls_key) it is HTTPS. Plain HTTP is served
     only on a loopback address, unless --insecure-listen (insecure_listen = true) says so.
 
+    With --system it is the machine's daemon, serving every user: each caller is told apart
+    by the socket's peer credentials and sees only his jobs, and every file of a job is
+    created, renamed, deleted and read with its owner's rights (a helper process per user).
+
     \b
     Example:
       openbits serve --config ~/.config/openbits.toml &
       openbits serve --listen 127.0.0.1:8765 &
       openbits serve --listen 0.0.0.0:8765 --tls-cert cert.pem --tls-key key.pem &
+      sudo openbits serve --system
     """
     from openbits.config import Config
     from openbits.daemon import run
@@ -81,6 +93,7 @@ def serve(
     try:
         config = Config.load(
             config_path,
+            system=system,
             state_dir=os.path.abspath(state_dir) if state_dir else None,
             socket=os.path.abspath(socket_path) if socket_path else None,
             listen=listen,

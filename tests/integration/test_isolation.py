@@ -1,0 +1,488 @@
+"""Two real Unix users on one root (system) daemon: isolation, and the owner's rights on disk.
+
+The fixture creates two users (``useradd`` with homes in a temporary directory; ``userdel``
+at the end) and an administrators' group, and runs a root daemon with a 0666 socket.  The
+test acts as each user from forked children that take the user's ids (the daemon learns
+who calls from SO_PEERCRED) or through the CLI under ``setpriv``.  Attacks a user can mount
+on his own paths (symlinks, hard links, FIFOs, swapped directories) must all be refused,
+and every file a job makes must be its owner's.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openbits.model import JobState
+from openbits.service.methods import METHODS
+from openbits.transfer.files import temp_name_for
+from tests.support.daemon import CLASS, Daemon, UnixHTTP, wait_until
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None,
+    reason="needs root and useradd to create two real Unix users",
+)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+
+def as_user(user: User, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a forked child with ``user``'s ids and groups; its JSON-able result."""
+    reader, writer = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setgroups(os.getgrouplist(user.name, user.gid))
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+            writer.sendall(json.dumps({"ok": fn()}).encode())
+        except BaseException as e:  # report everything to the parent
+            writer.sendall(json.dumps({"error": repr(e)}).encode())
+        finally:
+            os._exit(0)
+    writer.close()
+    chunks = []
+    while data := reader.recv(65536):
+        chunks.append(data)
+    reader.close()
+    os.waitpid(pid, 0)
+    result = json.loads(b"".join(chunks))
+    if "error" in result:
+        raise AssertionError(f"child failed: {result['error']}")
+    return result["ok"]
+
+
+def _setpriv(user: User) -> list[str]:
+    return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups"]
+
+
+def api(sock: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    conn = UnixHTTP(sock)
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body).encode())
+        resp = conn.getresponse()
+        payload = resp.read()
+    finally:
+        conn.close()
+    return resp.status, json.loads(payload) if payload else None
+
+
+@dataclass
+class Site:
+    daemon: Daemon
+    alice: User
+    bob: User
+    admins: str
+    scratch: Path
+
+    @property
+    def sock(self) -> str:
+        return self.daemon.socket
+
+    def call(self, user: User, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        sock = self.sock
+        return tuple(as_user(user, lambda: list(api(sock, method, path, body))))  # type: ignore[return-value]
+
+    def new_job(self, user: User, remote: str | None = None, local: Path | None = None) -> str:
+        """A job of ``user``, with one file (not resumed) when given."""
+        status, body = self.call(user, "POST", f"{CLASS}/CreateJob", {"DisplayName": "iso"})
+        assert status == 200, body
+        job = str(body["JobId"])
+        if remote is not None and local is not None:
+            status, body = self.add(user, job, remote, local)
+            assert status == 200, body
+        return job
+
+    def add(self, user: User, job: str, remote: str, local: Path) -> tuple[int, Any]:
+        return self.call(
+            user, "POST", f"{CLASS}/{job}/AddFile", {"RemoteUrl": remote, "LocalFile": str(local)}
+        )
+
+    def resume(self, user: User, job: str) -> None:
+        status, body = self.call(user, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 2})
+        assert status == 200, body
+
+    def error_of(self, job: str) -> tuple[int, int]:
+        err = self.daemon.client.get_error(job)
+        return err.hresult, int(err.context)
+
+
+def _make_user(name: str, homes: Path) -> User:
+    home = homes / name
+    _run(
+        "useradd",
+        "--create-home",
+        "--home-dir",
+        str(home),
+        "--shell",
+        "/usr/sbin/nologin",
+        "--user-group",
+        name,
+    )
+    pw = pwd.getpwnam(name)
+    home.chmod(0o755)  # (others may reach it; only its owner may write)
+    return User(name, pw.pw_uid, pw.pw_gid, home)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    scratch = Path(tempfile.mkdtemp(prefix="openbits-iso-", dir="/tmp"))
+    scratch.chmod(0o755)
+    tag = secrets.token_hex(3)
+    names = [f"obiso{tag}a", f"obiso{tag}b"]
+    admins = f"obiso{tag}adm"
+    made: list[str] = []
+    daemon: Daemon | None = None
+    try:
+        _run("groupadd", admins)
+        users = []
+        for name in names:
+            users.append(_make_user(name, scratch))
+            made.append(name)
+        run = scratch / "run"
+        run.mkdir(mode=0o755)
+        daemon = Daemon(
+            tmp_path / "state",
+            config={"socket_mode": 0o666, "admin_group": admins},
+            socket=str(run / "openbits.sock"),
+        )
+        daemon.start()
+        yield Site(daemon, users[0], users[1], admins, scratch)
+    finally:
+        try:
+            if daemon is not None:
+                daemon.stop()
+        finally:  # (the users go even when the daemon would not stop)
+            _remove_users(made, admins, scratch)
+
+
+def _remove_users(made: list[str], admins: str, scratch: Path) -> None:
+    """userdel (their groups go with them), the administrators' group, the homes."""
+    for name in made:
+        subprocess.run(["userdel", "--force", name], capture_output=True, check=False)
+    subprocess.run(["groupdel", admins], capture_output=True, check=False)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _public_file(site: Site, name: str, data: bytes, mode: int = 0o644) -> Path:
+    path = site.scratch / name
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+# -- isolation of the API ------------------------------------------------------------------
+
+
+def test_enumeration_lookup_and_every_method_are_isolated(site: Site) -> None:
+    alice, bob = site.alice, site.bob
+    source = _public_file(site, "src.bin", b"alice's")
+    job = site.new_job(alice, "file://" + str(source), alice.home / "a.bin")
+
+    status, listed = site.call(bob, "GET", CLASS)
+    assert status == 200 and listed == []
+    assert site.call(bob, "GET", f"{CLASS}/{job}")[0] == 404
+    assert site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 403
+    assert site.call(bob, "PATCH", f"{CLASS}/{job}", {"Description": "bob was here"})[0] == 404
+    nowhere = "{00000000-0000-4000-8000-000000000000}"
+    for method in METHODS.values():
+        # bob cannot tell alice's job from one that does not exist, whatever he calls
+        theirs = site.call(bob, "POST", f"{CLASS}/{job}/{method.name}", {})
+        absent = site.call(bob, "POST", f"{CLASS}/{nowhere}/{method.name}", {})
+        assert theirs[0] != 200 and theirs[0] == absent[0], (method.name, theirs, absent)
+        assert theirs[1]["ErrorCode"] == absent[1]["ErrorCode"], method.name
+    # bob's CLI sees nothing of alice's either
+    cli = subprocess.run(
+        [*_setpriv(bob), sys.executable, "-m", "openbits", "get", "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OPENBITS_SOCKET=site.sock, HOME=str(bob.home)),
+        timeout=60,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == []
+
+    mine = site.call(alice, "GET", CLASS)[1]
+    assert [j["JobId"] for j in mine] == [job]
+    after = site.daemon.job(job)
+    assert after["State"] == JobState.SUSPENDED and after["Description"] != "bob was here"
+    assert after["Owner"] == alice.name and len(after["Files"]) == 1
+
+
+def test_removing_a_user_from_the_admin_group_takes_effect(site: Site) -> None:
+    bob = site.bob
+    _run("gpasswd", "--add", bob.name, site.admins)
+    wait_until(lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 200, 10, "bob an administrator")
+    _run("gpasswd", "--delete", bob.name, site.admins)
+    wait_until(lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 403, 10, "bob no administrator")
+
+
+def test_system_mode_refuses_a_user(site: Site) -> None:
+    bob = site.bob
+    places = ["--state-dir", str(bob.home / "state"), "--socket", str(bob.home / "s.sock")]
+    result = subprocess.run(
+        [*_setpriv(bob), sys.executable, "-m", "openbits", "serve", "--system", *places],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HOME=str(bob.home)),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "runs as root" in result.stderr
+
+
+# -- attacks on LocalFile ------------------------------------------------------------------
+
+
+def test_destinations_through_symlinks_or_foreign_directories_are_refused(site: Site) -> None:
+    alice, bob = site.alice, site.bob
+    source = "file://" + str(_public_file(site, "s.bin", b"x"))
+    root_dir = site.scratch / "root-only"
+    root_dir.mkdir(mode=0o755)
+
+    def links() -> None:  # bob's own links, to places he may not write
+        (bob.home / "etc").symlink_to(root_dir)
+        (bob.home / "alice").symlink_to(alice.home)
+        (bob.home / "mine").symlink_to(bob.home)  # and to his own home
+
+    as_user(bob, links)
+    job = site.new_job(bob)
+    for local in (
+        bob.home / "etc" / "passwd",  # a symlinked directory on the way
+        bob.home / "alice" / "f.bin",
+        bob.home / "mine" / "f.bin",  # (no user's symlink is followed, his own neither)
+        alice.home / "f.bin",  # alice's directory
+        root_dir / "f.bin",  # root's
+    ):
+        status, body = site.add(bob, job, source, local)
+        assert status == 403 and body["ErrorCode"] == "0x80070005", (local, body)
+    assert (
+        list(root_dir.iterdir()) == []
+        and sorted(p.name for p in alice.home.iterdir() if p.name == "f.bin") == []
+    )
+
+
+def _planted(site: Site, plant: Callable[[Path], None]) -> tuple[str, Path]:
+    """A job of bob's whose temporary file bob (or root, for a hard link) replaced with
+    something else before it started; (job, the temporary path)."""
+    bob = site.bob
+    source = "file://" + str(_public_file(site, "src-" + secrets.token_hex(3), os.urandom(4096)))
+    out = bob.home / "out"
+    if not out.exists():
+        out.mkdir()
+        os.chown(out, bob.uid, bob.gid)
+    local = out / f"f-{secrets.token_hex(3)}.bin"
+    job = site.new_job(bob, source, local)
+    temp = out / temp_name_for(job, 0)
+    plant(temp)
+    site.resume(bob, job)
+    site.daemon.wait_state(job, JobState.ERROR)
+    return job, temp
+
+
+def test_temporary_file_attacks_are_refused(site: Site) -> None:
+    alice, bob = site.alice, site.bob
+    victim = alice.home / "precious"
+    victim.write_bytes(b"alice's precious")
+    os.chown(victim, alice.uid, alice.gid)
+    victim.chmod(0o600)
+    root_file = _public_file(site, "root-file", b"root's", 0o644)
+
+    # a symlink in place of the temporary file, to a file bob may not write
+    job, _ = _planted(site, lambda temp: as_user(bob, lambda: os.symlink(root_file, temp)))
+    assert site.error_of(job) == (0x80070005, 4)  # E_ACCESSDENIED, LOCAL_FILE
+    # a hard link to alice's file (made by root: bob's kernel would refuse it) is not cut back
+    job, _ = _planted(site, lambda temp: os.link(victim, temp))
+    assert site.error_of(job) == (0x80070005, 4)
+    # a FIFO: refused without blocking the daemon
+    job, _ = _planted(site, lambda temp: as_user(bob, lambda: os.mkfifo(temp)))
+    assert site.error_of(job) == (0x80070005, 4)
+    assert site.daemon.api("GET", CLASS)[0] == 200
+
+    assert victim.read_bytes() == b"alice's precious" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert root_file.read_bytes() == b"root's" and stat.S_IMODE(root_file.stat().st_mode) == 0o644
+
+
+def test_a_directory_swapped_for_a_symlink_before_complete_is_refused(site: Site) -> None:
+    bob = site.bob
+    source = "file://" + str(_public_file(site, "c.bin", b"bob's bytes"))
+    work = bob.home / "work"
+    as_user(bob, lambda: os.mkdir(work))
+    job = site.new_job(bob, source, work / "f.bin")
+    site.resume(bob, job)
+    site.daemon.wait_state(job, JobState.TRANSFERRED)
+    target = site.scratch / "root-target"
+    target.mkdir(mode=0o777)  # writable by anyone, but not through bob's link
+
+    def swap() -> None:
+        os.rename(work, bob.home / "moved")
+        os.symlink(target, work)
+
+    as_user(bob, swap)
+    status, body = site.call(bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 1})
+    assert status == 403 and body["ErrorCode"] == "0x80070005", body
+    assert list(target.iterdir()) == []
+
+
+# -- attacks on local sources --------------------------------------------------------------
+
+
+def test_local_source_attacks_are_refused(site: Site) -> None:
+    alice, bob = site.alice, site.bob
+    secret = alice.home / "secret"
+    secret.write_bytes(b"alice's secret")
+    os.chown(secret, alice.uid, alice.gid)
+    secret.chmod(0o600)
+    out = bob.home / "src-out"
+    as_user(bob, lambda: os.mkdir(out))
+    (bob.home / "link-to-secret").symlink_to(secret)
+    os.link(secret, bob.home / "hardlink-to-secret")  # (root's doing: bob's kernel would refuse)
+    as_user(bob, lambda: os.mkfifo(bob.home / "fifo"))
+    for name in ("link-to-secret", "hardlink-to-secret", "fifo"):
+        job = site.new_job(bob, "file://" + str(bob.home / name), out / name)
+        site.resume(bob, job)
+        site.daemon.wait_state(job, JobState.ERROR)
+        assert site.error_of(job) == (0x80070005, 5), name  # E_ACCESSDENIED, REMOTE_FILE
+    direct = site.new_job(bob, "file://" + str(secret), out / "direct")
+    site.resume(bob, direct)
+    site.daemon.wait_state(direct, JobState.ERROR)
+    assert site.error_of(direct) == (0x80070005, 5)
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".BIT")] == []
+    for temp in out.iterdir():
+        assert b"secret" not in temp.read_bytes()
+
+
+# -- the owner's files ---------------------------------------------------------------------
+
+
+def test_temporary_and_published_files_belong_to_the_owner(site: Site) -> None:
+    alice = site.alice
+    data = os.urandom(300_000)
+    source = _public_file(site, "pub.bin", data)
+    local = alice.home / "pub.bin"
+    job = site.new_job(alice, "file://" + str(source), local)
+    site.resume(alice, job)
+    site.daemon.wait_state(job, JobState.TRANSFERRED)
+    temp = alice.home / temp_name_for(job, 0)
+    st = temp.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (alice.uid, alice.gid, 0o600)
+    status, body = site.call(alice, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 1})
+    assert status == 200 and body["ReturnValue"] == 0, body
+    st = local.stat()
+    assert (st.st_uid, st.st_gid) == (alice.uid, alice.gid)
+    assert local.read_bytes() == data and not temp.exists()
+
+
+def test_cancel_deletes_as_the_owner(site: Site) -> None:
+    alice = site.alice
+    source = _public_file(site, "cx.bin", os.urandom(10_000))
+    job = site.new_job(alice, "file://" + str(source), alice.home / "cx.bin")
+    site.resume(alice, job)
+    site.daemon.wait_state(job, JobState.TRANSFERRED)
+    temp = alice.home / temp_name_for(job, 0)
+    assert temp.exists()
+    status, body = site.call(alice, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 0})
+    assert status == 200 and body["ReturnValue"] == 0, body
+    assert not temp.exists()
+
+
+# -- a user who vanished ------------------------------------------------------------------
+
+
+def test_a_vanished_users_job_is_listed_by_uid_and_cancelled_by_an_admin(site: Site) -> None:
+    bob = site.bob
+    source = _public_file(site, "v.bin", os.urandom(10_000))
+    out = bob.home / "v"
+    as_user(bob, lambda: os.mkdir(out))
+    queued = site.new_job(bob, "file://" + str(source), out / "v.bin")
+    other = site.new_job(bob, "file://" + str(source), out / "w.bin")
+    _run("userdel", "--force", bob.name)  # (his helper still runs: --force)
+    status, everyone = site.daemon.api("GET", f"{CLASS}?AllUsers=true")
+    assert status == 200
+    listed = {j["JobId"]: j for j in everyone}
+    assert listed[queued]["Owner"] == str(bob.uid) and listed[other]["Owner"] == str(bob.uid)
+    assert site.daemon.job(queued)["Owner"] == str(bob.uid)
+
+    assert site.daemon.api("POST", f"{CLASS}/{queued}/SetJobState", {"JobState": 2})[0] == 200
+    site.daemon.wait_state(queued, JobState.ERROR)
+    assert site.error_of(queued) == (0x80070005, 2)  # E_ACCESSDENIED, GENERAL_QUEUE_MANAGER
+    assert not any(p.name.startswith(".BIT") for p in out.iterdir()), "nothing ran"
+    status, body = site.daemon.api("POST", f"{CLASS}/{queued}/SetJobState", {"JobState": 0})
+    assert status == 200, body
+    assert site.daemon.job(queued)["State"] == JobState.CANCELLED
+    site.daemon.client.invoke(other, "TakeOwnership")
+    assert site.daemon.job(other)["Owner"] == "root"
+
+
+# -- a helper its owner stopped ------------------------------------------------------------
+
+
+def _helpers_of(user: User) -> list[int]:
+    """The pids of the daemon's helpers acting as ``user``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            uid = entry.stat().st_uid
+        except OSError:
+            continue
+        if uid == user.uid and b"fsops.py" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_helper_stopped_by_its_owner_stalls_no_one_else(site: Site) -> None:
+    bob = site.bob
+    job = site.new_job(bob)
+    assert site.add(bob, job, "http://127.0.0.1:9/x", bob.home / "first.bin")[0] == 200
+    (helper,) = _helpers_of(bob)
+    as_user(bob, lambda: os.kill(helper, signal.SIGSTOP))  # his to signal
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(site.add, bob, job, "http://127.0.0.1:9/y", bob.home / "second.bin")
+        wait_until(lambda: _state(helper) == "T", 5, "the helper stopped")
+        while not pending.done():  # the daemon answers others all along
+            started = time.monotonic()
+            assert site.daemon.api("GET", CLASS)[0] == 200
+            assert time.monotonic() - started < 1.0
+        status, body = pending.result()
+    assert status != 200, body
+    assert not Path(f"/proc/{helper}").exists(), "the stopped helper was killed"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except OSError:
+        return ""

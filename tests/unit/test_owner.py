@@ -1,0 +1,144 @@
+"""Unit tests of openbits.transfer.owner: the helper processes that act as a job's owner.
+
+Root only (a helper can become someone else only when started by root); the owner is
+``nobody``.  Real processes, real files; no mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import pwd
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openbits.transfer.owner import Identity, Owners, read_as_owner
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+
+NOBODY = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+
+
+@pytest.fixture
+def owners() -> Iterator[Owners]:
+    pool = Owners(timeout_s=1.0)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="openbits-owner-", dir="/tmp"))
+    d.chmod(0o777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _ids(pid: int) -> dict[str, list[int]]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid", "Groups"):
+            fields[key] = [int(v) for v in value.split()]
+    return fields
+
+
+def test_the_helper_is_the_owner_for_good(owners: Owners, public_dir: Path) -> None:
+    assert NOBODY is not None
+    assert not owners.exists(NOBODY.pw_uid, None, str(public_dir / "x"))
+    (pid,) = owners.helpers()
+    ids = _ids(pid)
+    assert ids["Uid"] == [NOBODY.pw_uid] * 4  # real, effective, saved, file system
+    assert ids["Gid"] == [NOBODY.pw_gid] * 4
+    assert set(ids["Groups"]) == set(Identity.of(NOBODY.pw_uid).groups)
+    assert Path(f"/proc/{pid}/status").read_text().count("CapEff:\t0000000000000000") == 1
+
+
+def test_a_killed_or_stopped_helper_is_replaced(public_dir: Path) -> None:
+    assert NOBODY is not None
+    uid = NOBODY.pw_uid
+    owners = Owners(timeout_s=0.5, pause_s=1.0)
+    try:
+        owners.exists(uid, None, str(public_dir / "x"))
+        (first,) = owners.helpers()
+        os.kill(first, signal.SIGKILL)  # as its owner could
+        deadline = time.monotonic() + 10
+        while (
+            Path(f"/proc/{first}/stat").read_text().split(") ")[1][0] != "Z" and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        assert owners.exists(uid, None, str(public_dir)) is True
+        (second,) = owners.helpers()
+        assert second != first
+        os.kill(second, signal.SIGSTOP)  # as its owner could
+        with pytest.raises(OSError) as info:
+            owners.exists(uid, None, str(public_dir))
+        assert info.value.errno == errno.ETIMEDOUT
+        assert second not in owners.helpers(), "killed"
+        started = time.monotonic()
+        with pytest.raises(OSError) as info:
+            owners.exists(uid, None, str(public_dir))
+        assert info.value.errno == errno.EAGAIN and time.monotonic() - started < 0.2, "no second wait"
+        assert owners.exists(0, None, str(public_dir)) is True, "others are not paused"
+        deadline = time.monotonic() + 10
+
+        def after_the_pause() -> bool:
+            try:
+                return owners.exists(uid, None, str(public_dir))
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "still paused"
+                time.sleep(0.05)
+                return False
+
+        while not after_the_pause():
+            pass
+        assert time.monotonic() - started >= 1.0
+    finally:
+        owners.close()
+
+
+def test_read_as_owner(owners: Owners, public_dir: Path) -> None:
+    assert NOBODY is not None
+    mine = public_dir / "cert.pem"
+    mine.write_bytes(b"-----BEGIN-----")
+    mine.chmod(0o644)
+    secret = public_dir / "root.key"
+    secret.write_bytes(b"root's key")
+    secret.chmod(0o600)
+    uid = NOBODY.pw_uid
+    assert asyncio.run(read_as_owner(owners, uid, str(mine), 100)) == b"-----BEGIN-----"
+    with pytest.raises(OSError) as info:
+        asyncio.run(read_as_owner(owners, uid, str(mine), 4))
+    assert info.value.errno == errno.EFBIG
+    with pytest.raises(PermissionError):
+        asyncio.run(read_as_owner(owners, uid, str(secret), 100))
+    assert asyncio.run(read_as_owner(owners, 0, str(secret), 100)) == b"root's key"  # root's own: in-process
+
+
+def test_idle_helpers_are_closed(public_dir: Path) -> None:
+    assert NOBODY is not None
+    pool = Owners(idle_s=0.3)
+    try:
+        pool.exists(NOBODY.pw_uid, None, str(public_dir))
+        (pid,) = pool.helpers()
+        deadline = time.monotonic() + 10
+        while (pool.helpers() or Path(f"/proc/{pid}").exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.helpers() == [], "the idle helper was closed"
+        assert not Path(f"/proc/{pid}").exists(), "and reaped"
+        pool.exists(NOBODY.pw_uid, None, str(public_dir))  # a new one when there is work again
+        assert len(pool.helpers()) == 1
+    finally:
+        pool.close()
+    assert pool.helpers() == []
