@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.support.apache",
     "tests.support.squid",
     "tests.support.socks",
+    "tests.support.users",
 ]

@@ -1,7 +1,6 @@
 """Two real Unix users on one root (system) daemon: isolation, and the owner's rights on disk.
 
-The fixture creates two users (``useradd`` with homes in a temporary directory; ``userdel``
-at the end) and an administrators' group, and runs a root daemon with a 0666 socket.  The
+The fixture (``site``, tests/support/users.py) creates two users and runs a root daemon; the
 test acts as each user from forked children that take the user's ids (the daemon learns
 who calls from SO_PEERCRED) or through the CLI under ``setpriv``.  Attacks a user can mount
 on his own paths (symlinks, hard links, FIFOs, swapped directories) must all be refused,
@@ -13,182 +12,22 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import pwd
 import secrets
-import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from openbits.model import JobState
 from openbits.service.methods import METHODS
 from openbits.transfer.files import temp_name_for
-from tests.support.daemon import CLASS, Daemon, UnixHTTP, wait_until
+from tests.support.daemon import CLASS, wait_until
+from tests.support.users import NEEDS_TWO_USERS, Site, User, as_user, run, setpriv
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("useradd") is None,
-    reason="needs root and useradd to create two real Unix users",
-)
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-
-
-def _run(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
-
-
-def as_user(user: User, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a forked child with ``user``'s ids and groups; its JSON-able result."""
-    reader, writer = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.setgroups(os.getgrouplist(user.name, user.gid))
-            os.setgid(user.gid)
-            os.setuid(user.uid)
-            writer.sendall(json.dumps({"ok": fn()}).encode())
-        except BaseException as e:  # report everything to the parent
-            writer.sendall(json.dumps({"error": repr(e)}).encode())
-        finally:
-            os._exit(0)
-    writer.close()
-    chunks = []
-    while data := reader.recv(65536):
-        chunks.append(data)
-    reader.close()
-    os.waitpid(pid, 0)
-    result = json.loads(b"".join(chunks))
-    if "error" in result:
-        raise AssertionError(f"child failed: {result['error']}")
-    return result["ok"]
-
-
-def _setpriv(user: User) -> list[str]:
-    return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups"]
-
-
-def api(sock: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    conn = UnixHTTP(sock)
-    try:
-        conn.request(method, path, body=None if body is None else json.dumps(body).encode())
-        resp = conn.getresponse()
-        payload = resp.read()
-    finally:
-        conn.close()
-    return resp.status, json.loads(payload) if payload else None
-
-
-@dataclass
-class Site:
-    daemon: Daemon
-    alice: User
-    bob: User
-    admins: str
-    scratch: Path
-
-    @property
-    def sock(self) -> str:
-        return self.daemon.socket
-
-    def call(self, user: User, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        sock = self.sock
-        return tuple(as_user(user, lambda: list(api(sock, method, path, body))))  # type: ignore[return-value]
-
-    def new_job(self, user: User, remote: str | None = None, local: Path | None = None) -> str:
-        """A job of ``user``, with one file (not resumed) when given."""
-        status, body = self.call(user, "POST", f"{CLASS}/CreateJob", {"DisplayName": "iso"})
-        assert status == 200, body
-        job = str(body["JobId"])
-        if remote is not None and local is not None:
-            status, body = self.add(user, job, remote, local)
-            assert status == 200, body
-        return job
-
-    def add(self, user: User, job: str, remote: str, local: Path) -> tuple[int, Any]:
-        return self.call(
-            user, "POST", f"{CLASS}/{job}/AddFile", {"RemoteUrl": remote, "LocalFile": str(local)}
-        )
-
-    def resume(self, user: User, job: str) -> None:
-        status, body = self.call(user, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 2})
-        assert status == 200, body
-
-    def error_of(self, job: str) -> tuple[int, int]:
-        err = self.daemon.client.get_error(job)
-        return err.hresult, int(err.context)
-
-
-def _make_user(name: str, homes: Path) -> User:
-    home = homes / name
-    _run(
-        "useradd",
-        "--create-home",
-        "--home-dir",
-        str(home),
-        "--shell",
-        "/usr/sbin/nologin",
-        "--user-group",
-        name,
-    )
-    pw = pwd.getpwnam(name)
-    home.chmod(0o755)  # (others may reach it; only its owner may write)
-    return User(name, pw.pw_uid, pw.pw_gid, home)
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    scratch = Path(tempfile.mkdtemp(prefix="openbits-iso-", dir="/tmp"))
-    scratch.chmod(0o755)
-    tag = secrets.token_hex(3)
-    names = [f"obiso{tag}a", f"obiso{tag}b"]
-    admins = f"obiso{tag}adm"
-    made: list[str] = []
-    daemon: Daemon | None = None
-    try:
-        _run("groupadd", admins)
-        users = []
-        for name in names:
-            users.append(_make_user(name, scratch))
-            made.append(name)
-        run = scratch / "run"
-        run.mkdir(mode=0o755)
-        daemon = Daemon(
-            tmp_path / "state",
-            config={"socket_mode": 0o666, "admin_group": admins},
-            socket=str(run / "openbits.sock"),
-        )
-        daemon.start()
-        yield Site(daemon, users[0], users[1], admins, scratch)
-    finally:
-        try:
-            if daemon is not None:
-                daemon.stop()
-        finally:  # (the users go even when the daemon would not stop)
-            _remove_users(made, admins, scratch)
-
-
-def _remove_users(made: list[str], admins: str, scratch: Path) -> None:
-    """userdel (their groups go with them), the administrators' group, the homes."""
-    for name in made:
-        subprocess.run(["userdel", "--force", name], capture_output=True, check=False)
-    subprocess.run(["groupdel", admins], capture_output=True, check=False)
-    shutil.rmtree(scratch, ignore_errors=True)
+pytestmark = NEEDS_TWO_USERS
 
 
 def _public_file(site: Site, name: str, data: bytes, mode: int = 0o644) -> Path:
@@ -220,7 +59,7 @@ def test_enumeration_lookup_and_every_method_are_isolated(site: Site) -> None:
         assert theirs[1]["ErrorCode"] == absent[1]["ErrorCode"], method.name
     # bob's CLI sees nothing of alice's either
     cli = subprocess.run(
-        [*_setpriv(bob), sys.executable, "-m", "openbits", "get", "--json"],
+        [*setpriv(bob), sys.executable, "-m", "openbits", "get", "--json"],
         capture_output=True,
         text=True,
         env=dict(os.environ, OPENBITS_SOCKET=site.sock, HOME=str(bob.home)),
@@ -239,9 +78,9 @@ def test_enumeration_lookup_and_every_method_are_isolated(site: Site) -> None:
 
 def test_removing_a_user_from_the_admin_group_takes_effect(site: Site) -> None:
     bob = site.bob
-    _run("gpasswd", "--add", bob.name, site.admins)
+    run("gpasswd", "--add", bob.name, site.admins)
     wait_until(lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 200, 10, "bob an administrator")
-    _run("gpasswd", "--delete", bob.name, site.admins)
+    run("gpasswd", "--delete", bob.name, site.admins)
     wait_until(lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 403, 10, "bob no administrator")
 
 
@@ -249,7 +88,7 @@ def test_system_mode_refuses_a_user(site: Site) -> None:
     bob = site.bob
     places = ["--state-dir", str(bob.home / "state"), "--socket", str(bob.home / "s.sock")]
     result = subprocess.run(
-        [*_setpriv(bob), sys.executable, "-m", "openbits", "serve", "--system", *places],
+        [*setpriv(bob), sys.executable, "-m", "openbits", "serve", "--system", *places],
         capture_output=True,
         text=True,
         env=dict(os.environ, HOME=str(bob.home)),
@@ -425,7 +264,7 @@ def test_a_vanished_users_job_is_listed_by_uid_and_cancelled_by_an_admin(site: S
     as_user(bob, lambda: os.mkdir(out))
     queued = site.new_job(bob, "file://" + str(source), out / "v.bin")
     other = site.new_job(bob, "file://" + str(source), out / "w.bin")
-    _run("userdel", "--force", bob.name)  # (his helper still runs: --force)
+    run("userdel", "--force", bob.name)  # (his helper still runs: --force)
     status, everyone = site.daemon.api("GET", f"{CLASS}?AllUsers=true")
     assert status == 200
     listed = {j["JobId"]: j for j in everyone}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import pwd
 import ssl
@@ -28,8 +29,9 @@ from openbits.errors import (
     NotImplementedValue,
 )
 from openbits.model import CertStoreLocation, ClientCertificate, JobState
-from openbits.transfer import certs
+from openbits.transfer import certs, fsops
 from openbits.transfer.http import TLSContexts
+from openbits.transfer.owner import Owners
 from tests.support.driver import ME, Driver
 from tests.support.fixtures import make_file
 from tests.support.nginx import Nginx
@@ -167,13 +169,51 @@ def write_store(root: Path, name: str = "My") -> Path:
     return store
 
 
+def read(
+    root: Path, name: str, uid: int, gid: int | None = None, owners: Owners | None = None
+) -> dict[str, bytes]:
+    return asyncio.run(certs.read_store(owners or Owners(), str(root), name, uid, gid))
+
+
 def test_a_store_is_read_by_name_in_any_case(tmp_path: Path) -> None:
     write_store(tmp_path)
-    files = certs.read_store(str(tmp_path), "MY", os.getuid(), os.getgid())
+    files = read(tmp_path, "MY", os.getuid(), os.getgid())
     assert sorted(files) == ["client.pem"]
     for bad in ("nope", "..", "My/..", ""):
         with pytest.raises(CertificateNotFound):
-            certs.read_store(str(tmp_path), bad, os.getuid(), os.getgid())
+            read(tmp_path, bad, os.getuid(), os.getgid())
+
+
+def test_links_in_a_store_and_a_linked_store_are_not_followed(tmp_path: Path) -> None:
+    """Neither a symlink at a file's name nor a store that is a symlink is read, even to a
+    file the reader may read: a link does not put a file in a store."""
+    elsewhere = tmp_path / "elsewhere"
+    write_store(elsewhere, "Real")
+    store = tmp_path / "stores" / "My"
+    store.mkdir(parents=True)
+    (store / "linked.pem").symlink_to(elsewhere / "Real" / "client.pem")
+    (tmp_path / "stores" / "Linked").symlink_to(elsewhere / "Real")
+    if os.geteuid() == 0:  # (root's own links are the system's layout, followed: a user's)
+        for link in (store / "linked.pem", tmp_path / "stores" / "Linked"):
+            os.lchown(link, 65534, 65534)
+    owners = Owners(in_process=True)
+    assert read(tmp_path / "stores", "my", os.getuid(), owners=owners) == {}
+    with pytest.raises(CertificateNotFound) as linked:
+        read(tmp_path / "stores", "linked", os.getuid(), owners=owners)
+    assert "symbolic link" in linked.value.message
+    assert sorted(read(elsewhere, "real", os.getuid(), owners=owners)) == ["client.pem"]
+
+
+def test_a_listing_is_sorted_and_bounded(tmp_path: Path) -> None:
+    names = [f"{i:03d}-" + "x" * 200 + ".pem" for i in range(400)]
+    for name in names:
+        (tmp_path / name).touch()
+    assert fsops.list_dir(str(tmp_path), 5) == names[:5]
+    listed = fsops.list_dir(str(tmp_path), 10_000)
+    assert listed == names[: len(listed)] and 100 < len(listed) < 400  # one answer's worth
+    assert len(json.dumps({"ok": listed})) < fsops.MESSAGE_BYTES
+    with pytest.raises(OSError):
+        fsops.list_dir(str(tmp_path / names[0]), 5)  # not a directory
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read as another user")
@@ -181,28 +221,26 @@ def test_a_root_daemon_reads_a_store_with_the_owners_rights() -> None:
     nobody = pwd.getpwnam("nobody")
     with tempfile.TemporaryDirectory() as top:  # (pytest's tmp_path is closed to others)
         os.chmod(top, 0o755)
-        read_as_nobody(Path(top), nobody)
+        owners = Owners()
+        try:
+            read_as_nobody(Path(top), nobody, owners)
+            assert owners.helpers(), "nobody's store was read by his helper"
+        finally:
+            owners.close()
 
 
-def read_as_nobody(tmp_path: Path, nobody: pwd.struct_passwd) -> None:
+def read_as_nobody(tmp_path: Path, nobody: pwd.struct_passwd, owners: Owners) -> None:
     store = write_store(tmp_path)
     store.chmod(0o755)
     (store / "client.pem").chmod(0o644)
     (store / "secret.pem").write_bytes(OTHER.private_key_and_cert_chain_pem.bytes())
     (store / "secret.pem").chmod(0o600)  # root's: nobody cannot read it
-    files = certs.read_store(str(tmp_path), "my", nobody.pw_uid, nobody.pw_gid)
+    files = read(tmp_path, "my", nobody.pw_uid, nobody.pw_gid, owners)
     assert sorted(files) == ["client.pem"]
-    assert certs.read_store(str(tmp_path), "my", 0, 0).keys() == {"client.pem", "secret.pem"}
+    assert read(tmp_path, "my", 0, 0, owners).keys() == {"client.pem", "secret.pem"}
     store.chmod(0o700)  # the store itself closed to nobody
     with pytest.raises(CertificateNotFound):
-        certs.read_store(str(tmp_path), "my", nobody.pw_uid, nobody.pw_gid)
-
-
-def test_the_child_protocol_round_trips() -> None:
-    files = {"a.pem": b"x" * 5, "\udcff.crt": b""}
-    assert certs._decode(certs._encode(files)) == files
-    assert certs._decode(certs._encode(13)) == 13
-    assert certs._decode(certs._encode(files)[:-3]) == 5  # a child that died half way
+        read(tmp_path, "my", nobody.pw_uid, nobody.pw_gid, owners)
 
 
 def test_client_contexts_present_the_certificate_and_are_kept_per_job(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ BitsClientJob by their WMI names (``invoke``; the table of them is ``methods.py`
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -274,8 +273,8 @@ class Service(Verbs):
         never the key, which is read again from the store for the handshakes."""
         job = self._certificate_job(caller, job_ref)
         uid = job.owner_uid
-        found = await asyncio.to_thread(
-            certs.lookup, location, store, uid, primary_gid(uid), self.config.machine_cert_dir, choose
+        found = await certs.lookup(
+            self.owners, location, store, uid, primary_gid(uid), self.config.machine_cert_dir, choose
         )
         job = self._certificate_job(caller, job_ref)  # (it may have moved on meanwhile)
         with self._change(job, "client certificate set"):

@@ -11,9 +11,10 @@ files without a password.
 
 Nothing of the key is ever written to disk: ``ssl`` loads keys only from paths, so the
 chain and key are written as PEM into a ``memfd_create`` file, loaded from
-``/proc/self/fd/N`` and closed at once.  A root daemon reads the store in a short-lived
-child running as the owner (as local sources are opened, ``files._open_in_child``): the
-daemon never reads what the owner could not.
+``/proc/self/fd/N`` and closed at once.  A store is listed and its files read through
+``owner.Owners`` as every file action of a job is (a root daemon asks the owner's helper,
+which has his uid, gid and groups): the daemon never reads what the owner could not, walks
+no user's symlink and follows no link at a file name, and skips FIFOs unopened.
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import hashlib
 import os
 import pwd
 import re
-import socket
 import ssl
-import stat
-import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,12 +47,31 @@ from openbits.errors import (
     NotImplementedValue,
 )
 from openbits.model import CertStoreLocation, ClientCertificate
+from openbits.transfer.owner import Owners, list_as_owner, read_as_owner
 
 #: where a user's stores are, under his home
 USER_STORE_DIR = ".config/openbits/certs"
 #: what a store may hold that is read: more files, or larger ones, are not looked at
 STORE_FILES_MAX = 256
 FILE_BYTES_MAX = 1024 * 1024
+#: the names of a store location's directory looked at for a store's name
+STORES_MAX = 1024
+#: why a file of a store is left out (it is not the owner's to read, or not a certificate
+#: file: a link, a FIFO, a directory, one too large); any other error fails the read
+_NOT_THE_OWNERS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.ELOOP,
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EFBIG,
+        errno.ENXIO,
+        errno.ENODEV,
+        errno.ENAMETOOLONG,
+    }
+)
 #: the file names a store's certificates and keys are read from (case-insensitive)
 _SUFFIXES = (".pem", ".crt", ".cer", ".der", ".key", ".p12", ".pfx")
 _PKCS12_SUFFIXES = (".p12", ".pfx")
@@ -112,141 +130,44 @@ def store_root(location: CertStoreLocation, uid: int, machine_dir: str) -> str:
 # -- reading a store as its owner ------------------------------------------------------------
 
 
-def read_store(root: str, store_name: str, uid: int, gid: int) -> dict[str, bytes]:
+async def read_store(
+    owners: Owners, root: str, store_name: str, uid: int, gid: int | None = None
+) -> dict[str, bytes]:
     """The certificate and key files of the store ``store_name`` under ``root``, by name,
-    read with the rights of ``uid``/``gid`` (blocking: run it in a thread).  Files the
-    owner cannot read are left out; no store → CRYPT_E_NOT_FOUND."""
-    if os.geteuid() == uid or os.geteuid() != 0:
-        found = _read_store(root, store_name)
-    else:
-        found = _read_in_child(root, store_name, uid, gid)
-    if isinstance(found, int):
-        why = os.strerror(found)
-        raise CertificateNotFound(f"no certificate store {store_name!r} the job's owner can read ({why})")
-    return found
-
-
-def _read_store(root: str, store_name: str) -> dict[str, bytes] | int:
-    """The store's files, or the errno that kept the store from being read."""
+    listed and read with the rights of ``uid`` through ``owners`` (his helper, for a root
+    daemon): every path is walked without a user's symlink and no file name is followed
+    (``fsops``).  A file the owner cannot read (or a link, a FIFO, one too large) is left
+    out; no store he can list → CRYPT_E_NOT_FOUND, as is a helper that fails."""
     if not store_name or "/" in store_name or store_name in (".", ".."):
-        return 2  # ENOENT
+        raise CertificateNotFound(f"no certificate store {store_name!r}")
     try:
-        names = sorted(os.listdir(root))
+        stores = await list_as_owner(owners, uid, root, STORES_MAX, gid)
         wanted = store_name.casefold()
-        match = next((n for n in names if n == store_name), None) or next(
-            (n for n in names if n.casefold() == wanted), None
+        match = next((n for n in stores if n == store_name), None) or next(
+            (n for n in stores if n.casefold() == wanted), None
         )
         if match is None:
-            return 2  # ENOENT
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         directory = os.path.join(root, match)
         files: dict[str, bytes] = {}
-        for name in sorted(os.listdir(directory))[: STORE_FILES_MAX * 4]:
-            if name.lower().endswith(_SUFFIXES) and len(files) < STORE_FILES_MAX:
-                data = _read_file(os.path.join(directory, name))
-                if data is not None:
-                    files[name] = data
+        for name in await list_as_owner(owners, uid, directory, STORE_FILES_MAX * 4, gid):
+            if not name.lower().endswith(_SUFFIXES):
+                continue
+            if len(files) >= STORE_FILES_MAX:
+                break
+            try:
+                files[name] = await read_as_owner(
+                    owners, uid, os.path.join(directory, name), FILE_BYTES_MAX, gid
+                )
+            except OSError as e:
+                if e.errno not in _NOT_THE_OWNERS:
+                    raise
         return files
     except OSError as e:
-        return e.errno or 5
-
-
-def _read_file(path: str) -> bytes | None:
-    """A regular file's bytes (None: not one, too large, or unreadable).  O_NONBLOCK: a FIFO
-    put in the store does not hang the reader."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > FILE_BYTES_MAX:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, FILE_BYTES_MAX + 1 - size):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > FILE_BYTES_MAX:
-                return None
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _read_in_child(root: str, store_name: str, uid: int, gid: int) -> dict[str, bytes] | int:
-    """Fork (no exec), drop to the owner's ids in the child, read the store there and send
-    it back over a socketpair: (name length, name, data length, data) records, or one
-    record with a name length of 0xFFFFFFFF and the errno."""
-    try:
-        groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
-    except KeyError:
-        groups = [gid]
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with parent, child:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 0
-            try:
-                os.setgroups(groups)
-                os.setgid(gid)
-                os.setuid(uid)
-                child.sendall(_encode(_read_store(root, store_name)))
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        child.close()
-        try:
-            data = _recv_all(parent)
-        finally:
-            parent.close()  # (a child still writing gets EPIPE, never blocks the wait)
-            os.waitpid(pid, 0)
-    return _decode(data)
-
-
-def _recv_all(sock: socket.socket) -> bytes:
-    chunks: list[bytes] = []
-    limit = STORE_FILES_MAX * (FILE_BYTES_MAX + 4096)
-    total = 0
-    while chunk := sock.recv(1 << 20):
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > limit:
-            break
-    return b"".join(chunks)
-
-
-def _encode(found: dict[str, bytes] | int) -> bytes:
-    if isinstance(found, int):
-        return struct.pack("!II", 0xFFFFFFFF, found)
-    parts: list[bytes] = []
-    for name, data in found.items():
-        raw = name.encode("utf-8", "surrogateescape")
-        parts += [struct.pack("!I", len(raw)), raw, struct.pack("!I", len(data)), data]
-    return b"".join(parts)
-
-
-def _decode(data: bytes) -> dict[str, bytes] | int:
-    """The child's answer; a truncated or empty one (the child died) is EIO."""
-    files: dict[str, bytes] = {}
-    at = 0
-    try:
-        while at < len(data):
-            (n,) = struct.unpack_from("!I", data, at)
-            if n == 0xFFFFFFFF:
-                return int(struct.unpack_from("!I", data, at + 4)[0])
-            name = data[at + 4 : at + 4 + n].decode("utf-8", "surrogateescape")
-            at += 4 + n
-            (m,) = struct.unpack_from("!I", data, at)
-            if at + 4 + m > len(data):
-                return 5
-            files[name] = data[at + 4 : at + 4 + m]
-            at += 4 + m
-    except struct.error:
-        return 5
-    return files
+        why = e.strerror or os.strerror(e.errno or errno.EIO)
+        raise CertificateNotFound(
+            f"no certificate store {store_name!r} the job's owner can read ({why})"
+        ) from None
 
 
 # -- what a store holds ----------------------------------------------------------------------
@@ -382,17 +303,19 @@ def by_name(found: list[StoreCert], subject: str) -> StoreCert:
     return pick(found, lambda c: subject_matches(c.cert, subject), f"named {subject!r}")
 
 
-def lookup(
+async def lookup(
+    owners: Owners,
     location: CertStoreLocation,
     store_name: str,
     uid: int,
-    gid: int,
+    gid: int | None,
     machine_dir: str,
     choose: Callable[[list[StoreCert]], StoreCert],
 ) -> StoreCert:
-    """Read the store as the owner and ``choose`` in it (blocking: run it in a thread)."""
-    root = store_root(location, uid, machine_dir)
-    return choose(parse_store(read_store(root, store_name, uid, gid)))
+    """Read the store as the owner and ``choose`` in it (the parsing in a thread)."""
+    root = await asyncio.to_thread(store_root, location, uid, machine_dir)
+    files = await read_store(owners, root, store_name, uid, gid)
+    return await asyncio.to_thread(lambda: choose(parse_store(files)))
 
 
 # -- presenting it ---------------------------------------------------------------------------
@@ -418,15 +341,21 @@ class ClientContexts:
     context is never shared between jobs, so neither is a connection that presented it
     (h1's pools are keyed by the context, aiohttp's connector by the ``ssl`` argument)."""
 
-    __slots__ = ("_contexts", "_make", "_max", "machine_dir")
+    __slots__ = ("_contexts", "_make", "_max", "_owners", "machine_dir")
 
     def __init__(
-        self, make: Callable[[int], ssl.SSLContext], machine_dir: str, limit: int = CONTEXTS_MAX
+        self,
+        make: Callable[[int], ssl.SSLContext],
+        machine_dir: str,
+        limit: int = CONTEXTS_MAX,
+        owners: Owners | None = None,
     ) -> None:
-        """``make(security_flags)``: a new context with the job's verification settings."""
+        """``make(security_flags)``: a new context with the job's verification settings;
+        ``owners``: who reads the stores (the daemon's own ``Owners``)."""
         self._make = make
         self.machine_dir = machine_dir
         self._max = limit
+        self._owners = owners if owners is not None else Owners()
         self._contexts: collections.OrderedDict[tuple[str, str, int], tuple[ssl.SSLContext, float]] = (
             collections.OrderedDict()
         )
@@ -435,7 +364,7 @@ class ClientContexts:
         return len(self._contexts)
 
     async def context(
-        self, job_id: str, cert: ClientCertificate, security_flags: int, uid: int, gid: int
+        self, job_id: str, cert: ClientCertificate, security_flags: int, uid: int, gid: int | None
     ) -> ssl.SSLContext:
         """The job's context presenting ``cert``, found again in its store as the owner."""
         key = (job_id, cert.cert_hash, security_flags & 0x1E)
@@ -446,15 +375,9 @@ class ClientContexts:
             self._contexts[key] = (held[0], now)
             self._contexts.move_to_end(key)
             return held[0]
-        ctx = await asyncio.to_thread(self._build, cert, security_flags, uid, gid)
-        self._contexts[key] = (ctx, now)
-        while len(self._contexts) > self._max:
-            self._contexts.popitem(last=False)
-        return ctx
-
-    def _build(self, cert: ClientCertificate, security_flags: int, uid: int, gid: int) -> ssl.SSLContext:
         try:
-            found = lookup(
+            found = await lookup(
+                self._owners,
                 cert.location,
                 cert.store_name,
                 uid,
@@ -462,12 +385,26 @@ class ClientContexts:
                 self.machine_dir,
                 lambda certs: by_hash(certs, cert.cert_hash),
             )
-            ctx = self._make(security_flags)
-            load_into(ctx, found.pem())
         except (CertificateNotFound, NoPrivateKey, NotImplementedValue) as e:
             raise ClientCertificateUnavailable(
                 f"the client certificate {cert.subject_name} is no longer usable: {e.message}",
                 hresult=e.hresult if e.hresult != HResult.E_NOTIMPL else HResult.CRYPT_E_NOT_FOUND,
+            ) from None
+        ctx = await asyncio.to_thread(self._build, cert, found, security_flags)
+        self._contexts[key] = (ctx, now)
+        while len(self._contexts) > self._max:
+            self._contexts.popitem(last=False)
+        return ctx
+
+    def _build(self, cert: ClientCertificate, found: StoreCert, security_flags: int) -> ssl.SSLContext:
+        """A new context presenting ``found`` (its chain and key through memory)."""
+        try:
+            ctx = self._make(security_flags)
+            load_into(ctx, found.pem())
+        except NoPrivateKey as e:
+            raise ClientCertificateUnavailable(
+                f"the client certificate {cert.subject_name} is no longer usable: {e.message}",
+                hresult=HResult.NTE_NO_KEY,
             ) from None
         except (ssl.SSLError, OSError) as e:
             raise ClientCertificateUnavailable(

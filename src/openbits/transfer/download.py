@@ -80,6 +80,7 @@ class Downloader:
         owners: Owners | None = None,
     ) -> None:
         tls = tls if tls is not None else TLSContexts()
+        owners = owners if owners is not None else Owners()
         self.transport = Transport(
             h1=h1,
             proxies=proxies if proxies is not None else Proxies(),
@@ -88,8 +89,8 @@ class Downloader:
             tuning=tuning or Tuning(),
             free_space=fs.FreeSpace(),
             proxy_auth=proxy_auth if proxy_auth is not None else proxy_authenticator,
-            certs=ClientContexts(tls.fresh, machine_cert_dir),
-            owners=owners if owners is not None else Owners(),
+            certs=ClientContexts(tls.fresh, machine_cert_dir, owners=owners),
+            owners=owners,
         )
 
     async def download(

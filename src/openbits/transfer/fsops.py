@@ -37,6 +37,8 @@ MAX_ROOT_LINKS = 8
 
 #: a request or answer on the helper's socket is one datagram of at most this size
 MESSAGE_BYTES = 65536
+#: the names ``list_dir`` answers take this much of an answer at most (JSON)
+LIST_BYTES = MESSAGE_BYTES - 1024
 
 
 def split(path: str) -> tuple[str, str]:
@@ -232,6 +234,30 @@ def check_destination(local_file: str) -> None:
         os.close(dfd)
 
 
+def list_dir(directory: str, max_names: int) -> list[str]:
+    """The names in ``directory`` (reached as ``open_dir`` walks, so not through a user's
+    symlink, nor one itself), sorted, at most ``max_names`` of them and no more than fit in
+    one answer (``LIST_BYTES`` of JSON): the first ones in order when there are more.  The
+    directory must be readable (EACCES otherwise)."""
+    dfd = open_dir(directory)
+    try:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    try:
+        names = sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
+    kept: list[str] = []
+    size = 0
+    for name in names[: max(0, max_names)]:
+        size += len(json.dumps(name)) + 2
+        if size > LIST_BYTES:
+            break
+        kept.append(name)
+    return kept
+
+
 #: the actions by name; each returns an fd (sent with SCM_RIGHTS), a pair (fd, value) or
 #: a JSON value
 ACTIONS: dict[str, Callable[..., Any]] = {
@@ -242,6 +268,7 @@ ACTIONS: dict[str, Callable[..., Any]] = {
     "exists": exists,
     "fsync_dir": fsync_dir,
     "check_destination": check_destination,
+    "list_dir": list_dir,
 }
 
 #: the actions whose result is a file descriptor (first of a pair for open_temp)

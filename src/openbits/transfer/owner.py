@@ -292,6 +292,18 @@ class Owners:
             raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", path)
         return data
 
+    def list_dir(self, uid: int, gid: int | None, directory: str, max_names: int) -> list[str]:
+        """The names in ``directory`` listed with the owner's rights (``fsops.list_dir``:
+        sorted, at most ``max_names``); a name that could not be one is never passed on."""
+        names = self.run(uid, gid, "list_dir", directory, max_names)[0]
+        if not isinstance(names, list):
+            raise OSError(errno.EIO, "the owner's helper answered nonsense")
+        return [
+            n
+            for n in names
+            if isinstance(n, str) and n not in ("", ".", "..") and "/" not in n and "\0" not in n
+        ]
+
 
 def _given(fd: int | None) -> int:
     if fd is None:
@@ -310,13 +322,25 @@ def _regular(fd: int, path: str) -> int:
     return fd
 
 
-async def read_as_owner(owners: Owners, uid: int, path: str, max_bytes: int) -> bytes:
+async def read_as_owner(owners: Owners, uid: int, path: str, max_bytes: int, gid: int | None = None) -> bytes:
     """The bytes of ``path`` read with the rights of ``uid`` (a client certificate, an
-    upload's source): OSError as ``fsops`` raises it, translated by the caller."""
+    upload's source), ``gid`` his primary group if given: OSError as ``fsops`` raises it,
+    translated by the caller."""
     import asyncio
 
     read: Callable[[int, int | None, str, int], bytes] = owners.read
-    return await asyncio.to_thread(read, uid, None, path, max_bytes)
+    return await asyncio.to_thread(read, uid, gid, path, max_bytes)
+
+
+async def list_as_owner(
+    owners: Owners, uid: int, directory: str, max_names: int, gid: int | None = None
+) -> list[str]:
+    """The names in ``directory`` listed with the rights of ``uid`` (``Owners.list_dir``):
+    OSError as ``fsops`` raises it, translated by the caller."""
+    import asyncio
+
+    listed: Callable[[int, int | None, str, int], list[str]] = owners.list_dir
+    return await asyncio.to_thread(listed, uid, gid, directory, max_names)
 
 
 async def opened_off_loop(opener: Callable[[], tuple[int, int]]) -> tuple[int, int]:
