@@ -96,3 +96,29 @@ async def test_squid_proxy(
     with pytest.raises(BitsError) as caught:
         await fetch(downloader, apache.url(None), squid.url, tmp_path, SCHEMES[kind], WRONG)
     assert caught.value.hresult == HResult.BG_E_HTTP_ERROR_407
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: h1._Get answers the proxy's 407 (answer_proxy) with headers it keeps to "
+    "itself; the server's 401 legs (_authenticate) are re-sent with the original headers, "
+    "without Proxy-Authorization, so a proxy that wants it on every request (Basic) answers "
+    "407 and the job fails: server and proxy credentials together do not work in absolute form",
+)
+async def test_server_and_proxy_credentials_together(
+    request: pytest.FixtureRequest, apache: Apache, downloader: Downloader, tmp_path: Path
+) -> None:
+    squid: Squid = request.getfixturevalue("squid_basic")
+    where = Path(tempfile.mkdtemp(dir=tmp_path))
+    file = JobFile(remote_url=apache.url("basic"), local_file=str(where / "out.bin"), temp_name="BITboth.tmp")
+    options = RequestOptions(
+        job_id="{job-proxy-and-server}",
+        credentials=(
+            Credential(AuthTarget.PROXY, AuthScheme.BASIC, USER, Secret(PASSWORD)),
+            Credential(AuthTarget.SERVER, AuthScheme.BASIC, USER, Secret(PASSWORD)),
+        ),
+        proxy_usage=ProxyUsage.OVERRIDE,
+        proxy_list=squid.url,
+    )
+    await downloader.download(file, Owner(os.getuid(), os.getgid()), RecordingProgress(), 2, options)
+    assert Path(file.temp_path or "").read_bytes() == (apache.www / "hello.txt").read_bytes()

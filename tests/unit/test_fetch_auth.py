@@ -128,3 +128,48 @@ def test_partitions_name_the_job_and_its_credentials() -> None:
     assert a != RequestOptions(job_id="b", credentials=(BASIC,)).partition
     other = Credential(AuthTarget.SERVER, AuthScheme.BASIC, "alice", Secret("other"))
     assert a != RequestOptions(job_id="a", credentials=(other,)).partition
+
+
+class _ReportingProgress(RecordingProgress):
+    """As the service's ``file_redirected`` does for ALLOW_REPORT: the redirect's target
+    becomes the file's RemoteUrl at once (the same JobFile the download holds)."""
+
+    def __init__(self, file: JobFile) -> None:
+        super().__init__()
+        self.file = file
+
+    def redirected(self, url: str) -> None:
+        self.file.remote_url = url
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: with ALLOW_REPORT the redirect rewrites file.remote_url before the next hop, "
+    "and fetch._authenticator compares the hop's URL with file.remote_url: the other origin "
+    "gets the job's Basic credentials (SPEC §7: never sent to another origin after a redirect)",
+)
+async def test_credentials_do_not_follow_a_reported_redirect_to_another_origin(
+    scripted: Callable[[Script], Awaitable[ScriptServer]], downloader: Downloader, tmp_path: Path
+) -> None:
+    from openbits.model import SecurityFlags
+
+    seen: list[str | None] = []
+    other = await scripted(asks_basic(seen))
+    moved = f"HTTP/1.1 302 Found\r\nLocation: http://{HOST}:{other.port}/f\r\nContent-Length: 0\r\n\r\n"
+
+    async def redirect(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.answer(moved.encode())
+
+    origin = await scripted(redirect)
+    file = JobFile(
+        remote_url=f"http://{HOST}:{origin.port}/f",
+        local_file=str(tmp_path / "out.bin"),
+        temp_name="BITfetchauth.tmp",
+    )
+    options = RequestOptions(
+        job_id="j", credentials=(BASIC,), security_flags=int(SecurityFlags.REDIRECT_POLICY_ALLOW_REPORT)
+    )
+    with pytest.raises(BitsError):
+        await downloader.download(file, Owner(os.getuid(), os.getgid()), _ReportingProgress(file), 2, options)
+    assert seen == [None]  # asked, and never answered with the job's credentials

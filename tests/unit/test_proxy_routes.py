@@ -326,3 +326,31 @@ def _cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+#: a PAC script that tells whether it was shown what follows the host (it could send it out
+#: in a name it resolves: dnsResolve(...))
+PEEKING = """
+function FindProxyForURL(url, host) {
+    if (url.indexOf("hunter2") >= 0 || url.indexOf("sesame") >= 0) return "PROXY seen:1";
+    return "DIRECT";
+}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: pac.PacRoutes.routes gives the script the whole URL (userinfo, and the path "
+    "and query of https:// URLs); a WPAD script anyone on the LAN may serve can read them and "
+    "send them out through dnsResolve (browsers strip https:// URLs to scheme://host/)",
+)
+async def test_a_pac_script_is_not_shown_https_paths_nor_userinfo(tmp_path: Path) -> None:
+    script = tmp_path / "peek.pac"
+    script.write_text(PEEKING)
+    evaluator = PacEvaluator(time_limit_s=5.0)
+    try:
+        pac = PacRoutes(_no_fetch, evaluator, script.as_uri())
+        assert await pac.routes("https://h.example/f?token=sesame") is DIRECT
+        assert await pac.routes("http://alice:hunter2@h.example/f") is DIRECT
+    finally:
+        await evaluator.close()
