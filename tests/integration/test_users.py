@@ -309,12 +309,6 @@ def _stop_my_children_of(parent: int, stopped: set[int]) -> None:
                 pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: certs._read_in_child waits for the child (recv, waitpid) without a time "
-    "limit; the owner can SIGSTOP it (it runs as him), and the daemon's thread is stuck for "
-    "good (a few of them exhaust the default executor every user shares)",
-)
 def test_a_certificate_store_reader_stopped_by_its_owner_does_not_hang_the_call(
     tmp_path: Path, shared: Path
 ) -> None:

@@ -142,12 +142,6 @@ class _ReportingProgress(RecordingProgress):
         self.file.remote_url = url
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: with ALLOW_REPORT the redirect rewrites file.remote_url before the next hop, "
-    "and fetch._authenticator compares the hop's URL with file.remote_url: the other origin "
-    "gets the job's Basic credentials (SPEC §7: never sent to another origin after a redirect)",
-)
 async def test_credentials_do_not_follow_a_reported_redirect_to_another_origin(
     scripted: Callable[[Script], Awaitable[ScriptServer]], downloader: Downloader, tmp_path: Path
 ) -> None:

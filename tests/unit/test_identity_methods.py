@@ -344,12 +344,6 @@ async def test_new_proxy_settings_send_a_running_transfer_back_to_the_queue(tmp_
         assert job.state is JobState.CONNECTING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the certificate methods find the job without include_finished "
-    "(wmi._certificate_job), so a CANCELLED job answers BG_E_NOT_FOUND where the other "
-    "identity methods (wmi._owned) answer BG_E_INVALID_STATE",
-)
 async def test_remove_client_certificate_on_a_cancelled_job_is_an_invalid_state(tmp_path: Path) -> None:
     async with Driver(tmp_path) as d:
         job = await _job(d)

@@ -253,7 +253,7 @@ class Service(Verbs):
     async def _m_remove_client_certificate(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
         """``{}``: ReturnValue 1 (S_FALSE) when the job had none."""
         Params(raw, ())
-        job = self._certificate_job(caller, job_ref)
+        job = self._owned(caller, job_ref, "set its client certificate")
         if job.client_certificate is None:
             return {"ReturnValue": 1}
         with self._change(job, "client certificate removed"):
@@ -271,23 +271,15 @@ class Service(Verbs):
         """Find the certificate now, in the store read with the owner's rights (none →
         CRYPT_E_NOT_FOUND, no key → NTE_NO_KEY), and keep where it is and which it is:
         never the key, which is read again from the store for the handshakes."""
-        job = self._certificate_job(caller, job_ref)
+        job = self._owned(caller, job_ref, "set its client certificate")
         uid = job.owner_uid
         found = await certs.lookup(
             self.owners, location, store, uid, primary_gid(uid), self.config.machine_cert_dir, choose
         )
-        job = self._certificate_job(caller, job_ref)  # (it may have moved on meanwhile)
+        job = self._owned(caller, job_ref, "set its client certificate")  # (it may have moved on meanwhile)
         with self._change(job, "client certificate set"):
             job.client_certificate = ClientCertificate(location, store, found.thumbprint, found.subject)
         return {"ReturnValue": 0}
-
-    def _certificate_job(self, caller: Caller, job_ref: str) -> Job:
-        """The job, if the caller is its owner (or root) and it is not finished."""
-        job = self.find(caller, job_ref)
-        if caller.uid not in (job.owner_uid, 0):
-            raise AccessDenied("only the job's owner may set its client certificate")
-        states.check_call(states.Call.SET_PROPERTY, job.state)
-        return job
 
 
 #: StoreName and SubjectName limits (Windows' store names are short; a subject is a DN)

@@ -453,14 +453,14 @@ class FileDownload:
         (``redirects.next_url``).  Network errors, while asking or while the body is read,
         are translated here (``http.network_error``)."""
         flags, options = self.options.security_flags, self.options
-        url = self.file.remote_url
+        url = start = self.file.remote_url  # (ALLOW_REPORT rewrites file.remote_url on the way)
         proxies = self.transport.proxies
         try:
             for _hop in range(redirects.MAX_REDIRECTS + 1):
                 routes = proxies.fixed(url, options)
                 if routes is None:
                     routes = await proxies.autodetect(url)
-                auth = self._authenticator(url)
+                auth = self._authenticator(url, start)
                 client_tls = await self._client_tls(url)
                 async with self._request(url, headers, ahead, routes, auth, client_tls) as resp:
                     target = redirects.next_url(
@@ -479,11 +479,12 @@ class FileDownload:
             raise network_error(e, self.file.remote_url) from e
         raise invalid_response(f"more than {redirects.MAX_REDIRECTS} redirects")
 
-    def _authenticator(self, url: str) -> Authenticator | None:
+    def _authenticator(self, url: str, start: str) -> Authenticator | None:
         """The authentication of a request to ``url``: the job's server credentials answer
-        its origin only (never another one a redirect leads to); None without any."""
+        the origin of ``start``, the URL the request began with, only (never another one a
+        redirect leads to, reported or not); None without any."""
         options = self.options
-        if not options.server_credentials() or not redirects.same_origin(url, self.file.remote_url):
+        if not options.server_credentials() or not redirects.same_origin(url, start):
             return None
         parts = yarl.URL(url)
         return Authenticator(

@@ -76,11 +76,11 @@ class PacRoutes:
         if script is None:
             return DIRECT
         try:
-            host = urllib.parse.urlsplit(url).hostname or ""
+            shown, host = script_view(url)
         except ValueError:
             return DIRECT
         try:
-            answer = await self.evaluator.find(script, url, host)
+            answer = await self.evaluator.find(script, shown, host)
         except PacFailed as e:
             log.warning("PAC script: %s; going direct", e)
             self._until = min(self._until, time.monotonic() + RETRY_S)  # fetch it again soon
@@ -140,3 +140,15 @@ def _read_file(path: str) -> str:
     if len(data) > SCRIPT_MAX_BYTES:
         raise ValueError(f"the PAC file {path} is over {SCRIPT_MAX_BYTES} bytes")
     return data.decode("utf-8")
+
+
+def script_view(url: str) -> tuple[str, str]:
+    """What a PAC script is shown of ``url``: (URL, host).  Never its userinfo; of an
+    https:// URL only ``https://host[:port]/``, as browsers do, since a script from WPAD may
+    come from anyone on the network and can send what it sees out through DNS lookups."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.scheme.lower() == "https":
+        return f"https://{netloc}/", host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), host
