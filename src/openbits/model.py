@@ -234,12 +234,13 @@ def parse_custom_headers(text: str) -> list[tuple[str, str]]:
     if not text.endswith("\r\n"):
         raise ValueError("each custom header must end with CR LF")
     pairs: list[tuple[str, str]] = []
-    for line in text[:-2].split("\r\n"):
+    for number, line in enumerate(text[:-2].split("\r\n"), 1):
         if "\r" in line or "\n" in line or "\x00" in line:
             raise ValueError("a custom header contains a bare CR, LF or NUL")
         name, sep, value = line.partition(":")
         if not sep or not _HEADER_NAME.fullmatch(name):
-            raise ValueError(f"not a header line: {line!r}")
+            # (by its number: the line may hold a token, and error texts are shown and logged)
+            raise ValueError(f"custom header line {number} is not 'Name: value'")
         if name.lower() in RESERVED_HEADERS:
             raise ValueError(f"the {name} header is set by the transfer itself")
         pairs.append((name, value.strip(" \t")))

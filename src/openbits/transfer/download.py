@@ -50,7 +50,8 @@ def proxy_authenticator(options: RequestOptions, entry: ProxyEntry) -> Authentic
     """What answers a proxy's 407s for a job's requests through it (GET in absolute form and
     CONNECT): the job's proxy credentials (Target PROXY), the strongest scheme the proxy
     offers first; None when the job has none.  The default credentials (the ticket cache of
-    KRB5CCNAME) are used only by a daemon that is not root: then it runs as the job's owner."""
+    KRB5CCNAME) are used only by a daemon that runs as the job's owner, as for servers
+    (``fetch.FileDownload._authenticator``)."""
     if not any(c.target is AuthTarget.PROXY for c in options.credentials):
         return None
     return Authenticator(
@@ -58,7 +59,7 @@ def proxy_authenticator(options: RequestOptions, entry: ProxyEntry) -> Authentic
         options.credentials,
         entry.host,
         secure=entry.scheme == "https",
-        default_credentials=os.geteuid() != 0,
+        default_credentials=options.owner_uid == os.geteuid(),
     )
 
 

@@ -88,6 +88,7 @@ class RequestOptions:
     #: PRECONFIG: the caller's proxy variables at CreateJob (None: the daemon's)
     proxy_environment: Mapping[str, str] | None = None
     client_certificate: ClientCertificate | None = None
+    owner_uid: int = -1  # whose job (-1: unknown): default credentials only as the owner
 
     def server_credentials(self) -> bool:
         return any(c.target == AuthTarget.SERVER for c in self.credentials)
@@ -104,6 +105,7 @@ class RequestOptions:
             proxy_bypass_list=job.proxy_bypass_list,
             proxy_environment=job.proxy_environment,
             client_certificate=job.client_certificate,
+            owner_uid=job.owner_uid,
         )
 
     @property
