@@ -433,8 +433,17 @@ class FileDownload:
             # (a tunnel opened with one login is never reused with another, or none)
             tag += "#" + _digest(repr((route.user, route.password)))
             if not entry.is_socks:
+                # (the proxy URL's login, as curl sends it: before the proxy asks)
                 token = f"{route.user}:{route.password or ''}".encode()
                 basic = "Basic " + base64.b64encode(token).decode("ascii")
+                if entry.scheme == "http" and self.transport.notices.first(
+                    self.options.job_id, "proxy-basic"
+                ):
+                    log.warning(
+                        "job %s: the login of its proxy %s goes with every request, readable on the way",
+                        self.options.job_id,
+                        entry.url,
+                    )
         return Via(
             entry.scheme,
             entry.host,
