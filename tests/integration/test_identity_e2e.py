@@ -356,3 +356,54 @@ def test_the_passwords_appear_nowhere(e2e: Daemon, outputs: list[str]) -> None:
     files_hold_no_password()
     e2e.stop()  # (the module's last test: the store and log once the daemon has let go)
     files_hold_no_password()
+
+
+# -- 7. server and proxy credentials together; the proxy usages a caller picks --------------------
+
+
+@pytest.mark.parametrize(
+    ("proxy", "scheme", "https"),
+    [
+        *(
+            ("squid-basic", "basic", False),
+            ("squid-basic", "ntlm", False),
+            ("squid-basic", "negotiate", False),
+        ),
+        *(("squid-basic", "ntlm", True), ("squid-basic", "negotiate", True)),
+        *(("digest", "digest", False), ("ntlm", "basic", False), ("negotiate", "basic", False)),
+        *(("basic", "negotiate", True), ("squid-digest", "basic", False)),
+    ],
+    ids=lambda v: ("https" if v else "http") if isinstance(v, bool) else v,
+)
+def test_server_credentials_through_an_authenticating_proxy(
+    request: pytest.FixtureRequest,
+    e2e: Daemon,
+    apache: Apache,
+    dest: Path,
+    outputs: list[str],
+    proxy: str,
+    scheme: str,
+    https: bool,
+) -> None:
+    """A proxy's 407, then the origin's 401, for one file: both answered, the proxy's
+    credential sent with each of the server's legs (absolute form: the proxy reads each
+    request), or once for the CONNECT tunnel the server's legs go through."""
+    squid: Squid | None = request.getfixturevalue(proxy.replace("-", "_")) if "squid" in proxy else None
+    proxy_url = squid.url if squid is not None else apache.proxy_urls[proxy]
+    proxy_scheme = proxy.removeprefix("squid-")
+    name = f"e2e-both-{proxy}-{scheme}-{int(https)}.bin"
+    digest = make_file(apache.www, name, 40_000, seed=1800 + len(scheme) + https)
+    job = _job(e2e, f"both {proxy} {scheme}", [(apache.url(scheme, name, https=https), dest / "both.bin")])
+    _run(e2e, "proxy", job, "override", "--list", proxy_url)
+    outputs.append(_credentials(e2e, job, "proxy", proxy_scheme, PASSWORD))
+    outputs.append(_credentials(e2e, job, "server", scheme, PASSWORD))
+    e2e.client.resume(job)
+    _transferred(e2e, job)
+    assert sha256_file(dest / "both.bin") == digest
+    origin = apache.https_port if https else apache.port
+    [served] = [
+        r for r in apache.requests() if (r.uri, r.status, r.port) == (f"/{scheme}/{name}", 200, origin)
+    ]
+    assert served.user is not None and USER in served.user
+    if scheme == "negotiate":
+        assert served.mech == "Negotiate/krb5"
