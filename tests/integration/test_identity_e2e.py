@@ -7,8 +7,10 @@ script served by nginx) and a real KDC for Kerberos.
 Each scheme for server and proxy targets over HTTP and HTTPS (CONNECT); a wrong password ends
 in ERROR 0x80190191 / 0x80190197; Kerberos is proven by the mechanism Apache logs;
 RemoveCredentials then a retry on a 401 ends in ERROR; SOCKS5 with and without credentials;
-a bitsadmin script using AUTODETECT runs unchanged; and, last, the passwords are nowhere: not
-in the store, its WAL, the daemon's log, `--json`, events or error texts.
+a bitsadmin script using AUTODETECT runs unchanged; a proxy's 407 and the server's 401 for the
+same file; PRECONFIG (the creator's environment), NO_PROXY and OVERRIDE's failover; and, last,
+the passwords are nowhere: not in the store, its WAL, the daemon's log, `--json`, events or
+error texts.
 
 One daemon for the module (started once); its jobs are FOREGROUND, so they run at once.
 """
@@ -29,7 +31,7 @@ from tests.support.apache import Apache
 from tests.support.daemon import Daemon
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.kdc import PASSWORD, USER, Kdc
-from tests.support.nginx import Nginx
+from tests.support.nginx import Nginx, free_port
 from tests.support.process import HOST
 from tests.support.socks import Microsocks
 from tests.support.squid import Squid
@@ -318,47 +320,7 @@ def test_a_bitsadmin_script_with_autodetect_runs_unchanged(
     assert not [r for r in routed if "pac-direct" in r[1]], "the PAC sent 127.0.0.1 DIRECT"
 
 
-# -- 6. the passwords are nowhere (last: it reads what the others left) ---------------------------
-
-
-def test_the_passwords_appear_nowhere(e2e: Daemon, outputs: list[str]) -> None:
-    assert outputs, "the tests above ran (alone, this one proves little)"
-    texts = list(outputs)
-    for args, prog in (
-        (("get", "--json"), "openbits"),
-        (("query", "SELECT * FROM BitsClientJob", "--json"), "openbits"),
-        (("/list", "/verbose"), "bitsadmin"),
-    ):
-        texts.append(_run(e2e, *args, prog=prog))
-    kinds = set()
-    stream = e2e.client.events(last_event_id=0, timeout=1)
-    try:
-        for event in stream:  # every event kept, then quiet: TimeoutError
-            kinds.add(event.event)
-            texts.append(json.dumps(event.data))
-    except TimeoutError:
-        pass
-    finally:
-        stream.close()
-    assert {"JobTransferred", "JobError", "JobModification"} <= kinds, kinds
-    for number, text in enumerate(texts):
-        for secret in (PASSWORD, WRONG):
-            assert secret not in text, f"a password is in output {number}: {text[:300]}"
-
-    def files_hold_no_password() -> None:
-        for path in e2e.state_dir.iterdir():
-            if path.is_file() and not path.name.endswith(".key"):
-                data = path.read_bytes()
-                for secret in (PASSWORD, WRONG):
-                    assert secret.encode() not in data, f"a password is in {path}"
-
-    assert any(p.name.endswith("-wal") for p in e2e.state_dir.iterdir())
-    files_hold_no_password()
-    e2e.stop()  # (the module's last test: the store and log once the daemon has let go)
-    files_hold_no_password()
-
-
-# -- 7. server and proxy credentials together; the proxy usages a caller picks --------------------
+# -- 6. a proxy's 407, then the server's 401 for the same file ------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -407,3 +369,87 @@ def test_server_credentials_through_an_authenticating_proxy(
     assert served.user is not None and USER in served.user
     if scheme == "negotiate":
         assert served.mech == "Negotiate/krb5"
+
+
+# -- 7. the proxy usages a caller picks, against a real proxy ----------------------------------
+
+
+def test_preconfig_no_proxy_and_override_failover_through_bitsadmin(
+    e2e: Daemon, nginx: Nginx, squid: Squid, dest: Path
+) -> None:
+    """PRECONFIG follows the proxy environment of the `bitsadmin /create` that made the job;
+    NO_PROXY goes direct despite it; OVERRIDE fails over from a refused proxy to the next."""
+    urls = {kind: f"{nginx.url}/e2e/usage-{kind}.bin" for kind in ("preconfig", "no-proxy", "failover")}
+    digests = {
+        kind: make_file(nginx.www, f"e2e/usage-{kind}.bin", 16_000, seed=1900 + len(kind)) for kind in urls
+    }
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update(OPENBITS_SOCKET=e2e.socket, http_proxy=squid.url)
+    jobs = {}
+    for kind, url in urls.items():
+        created = subprocess.run(
+            [sys.executable, "-m", "openbits.cli.bitsadmin", "/rawreturn", "/create", f"usage {kind}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        jobs[kind] = created.stdout.strip()
+        _run(e2e, "/addfile", jobs[kind], url, str(dest / f"{kind}.bin"), prog="bitsadmin")
+        _run(e2e, "/setpriority", jobs[kind], "FOREGROUND", prog="bitsadmin")
+    _run(e2e, "/setproxysettings", jobs["no-proxy"], "NO_PROXY", prog="bitsadmin")
+    refused = f"http://{HOST}:{free_port()}"
+    chain = f"{refused},{squid.url}"
+    _run(e2e, "/setproxysettings", jobs["failover"], "OVERRIDE", chain, "NULL", prog="bitsadmin")
+    shown = _run(e2e, "/getproxylist", jobs["failover"], prog="bitsadmin")
+    assert refused.removeprefix("http://") in shown, shown
+    for job in jobs.values():
+        _run(e2e, "/resume", job, prog="bitsadmin")
+    for kind, job in jobs.items():
+        _transferred(e2e, job)
+        assert sha256_file(dest / f"{kind}.bin") == digests[kind], kind
+    routed = [r.url for r in squid.requests() if r.status == 200]
+    assert urls["preconfig"] in routed, "PRECONFIG: the creator's http_proxy"
+    assert urls["failover"] in routed, "OVERRIDE: the second proxy, after the refused first"
+    assert urls["no-proxy"] not in routed, "NO_PROXY: direct"
+
+
+# -- 8. the passwords are nowhere (last: it reads what the others left) ---------------------------
+
+
+def test_the_passwords_appear_nowhere(e2e: Daemon, outputs: list[str]) -> None:
+    assert outputs, "the tests above ran (alone, this one proves little)"
+    texts = list(outputs)
+    for args, prog in (
+        (("get", "--json"), "openbits"),
+        (("query", "SELECT * FROM BitsClientJob", "--json"), "openbits"),
+        (("/list", "/verbose"), "bitsadmin"),
+    ):
+        texts.append(_run(e2e, *args, prog=prog))
+    kinds = set()
+    stream = e2e.client.events(last_event_id=0, timeout=1)
+    try:
+        for event in stream:  # every event kept, then quiet: TimeoutError
+            kinds.add(event.event)
+            texts.append(json.dumps(event.data))
+    except TimeoutError:
+        pass
+    finally:
+        stream.close()
+    assert {"JobTransferred", "JobError", "JobModification"} <= kinds, kinds
+    for number, text in enumerate(texts):
+        for secret in (PASSWORD, WRONG):
+            assert secret not in text, f"a password is in output {number}: {text[:300]}"
+
+    def files_hold_no_password() -> None:
+        for path in e2e.state_dir.iterdir():
+            if path.is_file() and not path.name.endswith(".key"):
+                data = path.read_bytes()
+                for secret in (PASSWORD, WRONG):
+                    assert secret.encode() not in data, f"a password is in {path}"
+
+    assert any(p.name.endswith("-wal") for p in e2e.state_dir.iterdir())
+    files_hold_no_password()
+    e2e.stop()  # (the module's last test: the store and log once the daemon has let go)
+    files_hold_no_password()
