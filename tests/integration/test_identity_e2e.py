@@ -163,6 +163,20 @@ def test_server_credentials_of_each_scheme(
         assert served[-1].mech == "Negotiate/krb5", "Kerberos, not the NTLM fallback"
 
 
+def test_negotiate_falls_back_to_ntlm_where_the_server_offers_only_ntlm(
+    e2e: Daemon, apache: Apache, dest: Path, outputs: list[str]
+) -> None:
+    """A Negotiate credential on /ntlm/ (SPNEGO with NTLMSSP alone, as IIS without Kerberos)."""
+    digest = make_file(apache.www, "e2e-fallback.bin", 16_000, seed=1350)
+    job = _job(e2e, "fallback", [(apache.url("ntlm", "e2e-fallback.bin"), dest / "fallback.bin")])
+    outputs.append(_credentials(e2e, job, "server", "negotiate", PASSWORD))
+    e2e.client.resume(job)
+    _transferred(e2e, job)
+    assert sha256_file(dest / "fallback.bin") == digest
+    [served] = [r for r in apache.requests() if r.uri == "/ntlm/e2e-fallback.bin" and r.status == 200]
+    assert served.mech is not None and served.mech.endswith("/NTLM"), served
+
+
 # -- 2. proxy credentials: OVERRIDE through bitsadmin ---------------------------------------------
 
 
@@ -334,6 +348,7 @@ def test_a_bitsadmin_script_with_autodetect_runs_unchanged(
         *(("squid-basic", "ntlm", True), ("squid-basic", "negotiate", True)),
         *(("digest", "digest", False), ("ntlm", "basic", False), ("negotiate", "basic", False)),
         *(("basic", "negotiate", True), ("squid-digest", "basic", False)),
+        *(("negotiate", "negotiate", True), ("ntlm", "ntlm", True)),
     ],
     ids=lambda v: ("https" if v else "http") if isinstance(v, bool) else v,
 )
