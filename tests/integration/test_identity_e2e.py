@@ -177,6 +177,25 @@ def test_negotiate_falls_back_to_ntlm_where_the_server_offers_only_ntlm(
     assert served.mech is not None and served.mech.endswith("/NTLM"), served
 
 
+@pytest.mark.parametrize("scheme", ["digest", "ntlm", "negotiate"])
+def test_a_job_of_several_large_files_behind_authentication(
+    e2e: Daemon, apache: Apache, dest: Path, outputs: list[str], scheme: str
+) -> None:
+    """Each file is its own exchange (a new handshake where the connection is new), and the
+    bodies are large enough to take the plain-HTTP fast path (splice)."""
+    sizes = (3_000_000, 1, 700_000)
+    names = [f"e2e-many-{scheme}-{i}.bin" for i in range(len(sizes))]
+    digests = [
+        make_file(apache.www, n, size, seed=1360 + i)
+        for i, (n, size) in enumerate(zip(names, sizes, strict=True))
+    ]
+    job = _job(e2e, f"many {scheme}", [(apache.url(scheme, n), dest / n) for n in names])
+    outputs.append(_credentials(e2e, job, "server", scheme, PASSWORD))
+    e2e.client.resume(job)
+    _transferred(e2e, job)
+    assert [sha256_file(dest / n) for n in names] == digests
+
+
 # -- 2. proxy credentials: OVERRIDE through bitsadmin ---------------------------------------------
 
 
