@@ -12,7 +12,9 @@ it opens through one.
 
 Proxy authentication beyond a preemptive Basic header is a seam: a :class:`ProxyAuth` object
 (``transfer/auth.py``) answers a 407 to CONNECT or to an absolute-form request, and the
-request is sent again with its header, on the same connection while the proxy keeps it open.
+request is sent again with its header, on the same connection while the proxy keeps it open;
+when the server then asks (401), each of its legs in absolute form carries the proxy's Basic or
+Digest header again (NTLM and Negotiate authenticated the connection: not again).
 Without one a 407 stands (BG_E_HTTP_ERROR_407).
 
 A proxy that cannot be connected to raises :class:`ProxyUnreachable` (its name not resolved:
