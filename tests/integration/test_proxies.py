@@ -337,6 +337,7 @@ class BasicAnswer:
     """The seam's shape (transfer/auth.py answers for real): Basic from a job's credential."""
 
     header_name = "Proxy-Authorization"
+    authenticates_connection = False
 
     def __init__(self, user: str, password: str) -> None:
         self.value = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

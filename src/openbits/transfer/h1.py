@@ -376,7 +376,7 @@ class _Get:
                 url, target, (url, tuple(headers.items())), headers, ahead, via
             )
             if response.status == 407 and via.auth is not None and not tunnel:
-                response = await answer_proxy(client, response, url, target, headers, via)
+                response, headers = await answer_proxy(client, response, url, target, headers, via)
         self._response = response
         if auth is not None:
             self._response = await client._authenticate(response, url, target, headers, auth, via)

@@ -12,7 +12,9 @@ it opens through one.
 
 Proxy authentication beyond a preemptive Basic header is a seam: a :class:`ProxyAuth` object
 (``transfer/auth.py``) answers a 407 to CONNECT or to an absolute-form request, and the
-request is sent again with its header, on the same connection while the proxy keeps it open.
+request is sent again with its header, on the same connection while the proxy keeps it open;
+when the server then asks (401), each of its legs in absolute form carries the proxy's Basic or
+Digest header again (NTLM and Negotiate authenticated the connection: not again).
 Without one a 407 stands (BG_E_HTTP_ERROR_407).
 
 A proxy that cannot be connected to raises :class:`ProxyUnreachable` (its name not resolved:
@@ -62,6 +64,12 @@ class ProxyAuth(Protocol):
 
     @property
     def header_name(self) -> str: ...
+
+    @property
+    def authenticates_connection(self) -> bool:
+        """The scheme settled on authenticates the connection (NTLM, Negotiate), not each
+        request (Basic, Digest: a further request through the proxy carries the answer again)."""
+        ...
 
     def answer(self, status: int, headers: CIMultiDictProxy[str], method: str, uri: str) -> str | None: ...
 
@@ -196,15 +204,19 @@ async def _drain(client: H1Client, conn: _Conn, status: int, headers: CIMultiDic
 
 async def answer_proxy(
     client: H1Client, response: Response, url: str, target: Target, headers: Mapping[str, str], via: Via
-) -> Response:
+) -> tuple[Response, Mapping[str, str]]:
     """A 407 to an absolute-form request, answered through ``via.auth`` and sent again (on
     the same connection when the proxy kept it: the drained response put it back in the
-    pool, where the next request takes it first)."""
+    pool, where the next request takes it first).  The answer, and the headers a server's
+    401 that follows is answered with: with the proxy's header when its scheme authenticates
+    each request (Basic, Digest: the proxy reads every absolute-form request), without it when
+    it authenticated the connection (NTLM, Negotiate: sent again, it would start over)."""
     assert via.auth is not None
+    original = headers
     for _round in range(AUTH_ROUNDS):
         answer = via.auth.answer(407, response.headers, "GET", target.path_qs)
         if answer is None:
-            return response
+            return response, headers
         if _BAD_VALUE.search(answer):
             response.close()
             raise BadRequest("the proxy authentication header holds a line break")
@@ -218,8 +230,8 @@ async def answer_proxy(
         headers = {**headers, via.auth.header_name: answer}
         response = await client._send_and_read(url, target, (url, tuple(headers.items())), headers, (), via)
         if response.status != 407:
-            return response
-    return response
+            return response, (original if via.auth.authenticates_connection else headers)
+    return response, headers
 
 
 async def _socks(client: H1Client, key: Key, via: Via) -> socket.socket:
