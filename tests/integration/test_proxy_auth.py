@@ -98,13 +98,6 @@ async def test_squid_proxy(
     assert caught.value.hresult == HResult.BG_E_HTTP_ERROR_407
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: h1._Get answers the proxy's 407 (answer_proxy) with headers it keeps to "
-    "itself; the server's 401 legs (_authenticate) are re-sent with the original headers, "
-    "without Proxy-Authorization, so a proxy that wants it on every request (Basic) answers "
-    "407 and the job fails: server and proxy credentials together do not work in absolute form",
-)
 async def test_server_and_proxy_credentials_together(
     request: pytest.FixtureRequest, apache: Apache, downloader: Downloader, tmp_path: Path
 ) -> None:
