@@ -24,6 +24,7 @@ from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
+from openbits.transfer.auth import CONNECTION_BOUND, SCHEME_NAMES
 from openbits.transfer.h1body import Response
 from openbits.transfer.h1conn import SMALL_READ_BYTES, Conn, Wire
 from openbits.transfer.h1head import ClosedEarly, H1Error
@@ -57,6 +58,10 @@ class Answerer(Protocol):
 
     def verify(self, status: int, headers: CIMultiDictProxy[str]) -> bool: ...
 
+
+#: the schemes (lower case, as a header value starts) whose handshake authenticates the
+#: connection: once the other side answered otherwise, their header is not sent again on it
+_BOUND = frozenset(SCHEME_NAMES[s].lower() for s in CONNECTION_BOUND)
 
 #: the request again, with these headers added (the answers so far)
 Rewrite = Callable[[Mapping[str, str]], bytes]
@@ -101,6 +106,7 @@ async def exchange(
             value = answerer.answer(response.status, response.headers, method, uri)
             head = None
             if value is not None:
+                _settled(extra, answerer.header_name)
                 extra[answerer.header_name] = value
                 head = rewrite(extra)  # (a value with a line break is refused here: BadRequest)
         except BaseException:
@@ -115,6 +121,16 @@ async def exchange(
     for a in answerers:
         a.verify(response.status, response.headers)
     return response
+
+
+def _settled(extra: dict[str, str], asking: str) -> None:
+    """Before a leg for the answerer of ``asking``'s header: drop the headers of the others
+    whose NTLM/Negotiate handshake is over (they were answered otherwise: the connection is
+    authenticated, and the last token sent again would start a new handshake).  Basic and
+    Digest go with every request (a GET through a proxy meets its 407, then the origin's 401)."""
+    for name, value in list(extra.items()):
+        if name != asking and value.split(" ", 1)[0].lower() in _BOUND:
+            del extra[name]
 
 
 async def drain(response: Response) -> Conn | None:
