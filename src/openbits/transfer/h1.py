@@ -18,8 +18,11 @@ were queued behind it); a request that got no answer is sent again on a new conn
 ``Content-Length`` (conflicting values are refused), else the body runs to the close.
 
 Errors are :class:`H1Error` subclasses, translated to BITS codes by ``http.network_error``.
-The message heads (request head, response head, framing, URL target) and the error tree are
-sans-I/O, in ``h1head``; this module owns the sockets, TLS, the pool and the bodies.
+The client is in layers, one module each: ``h1head`` (sans-I/O: request and response heads,
+framing, URL targets, the error tree), ``h1conn`` (a connection and its socket/TLS I/O:
+``Wire``), ``h1body`` (``Response`` and ``Body``), ``h1auth`` (the exchange that answers
+401s and 407s), ``h1proxy`` (connections through proxies); this module is the pool,
+pipelining and the GET that ties them together (``H1Client`` is a ``Wire`` with a pool).
 """
 
 from __future__ import annotations
