@@ -336,16 +336,23 @@ def tinyproxy_auth(tmp_path: Path) -> Iterator[Tinyproxy]:
 class BasicAnswer:
     """The seam's shape (transfer/auth.py answers for real): Basic from a job's credential."""
 
+    status = 407
     header_name = "Proxy-Authorization"
-    authenticates_connection = False
 
     def __init__(self, user: str, password: str) -> None:
         self.value = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.asked: list[tuple[int, str]] = []
+        self.server_certificate: bytes | None = None
 
     def answer(self, status: int, headers: object, method: str, uri: str) -> str | None:
         self.asked.append((status, method))
         return self.value
+
+    def connection_lost(self) -> None:
+        pass
+
+    def verify(self, status: int, headers: object) -> bool:
+        return True
 
 
 async def test_a_proxy_407_without_an_answer_is_an_error_and_with_one_succeeds(

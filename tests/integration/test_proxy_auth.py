@@ -47,14 +47,20 @@ def kerberos(kdc: Kdc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Kdc:
 
 
 async def fetch(
-    downloader: Downloader, url: str, proxy: str, tmp_path: Path, scheme: AuthScheme, password: str
+    downloader: Downloader,
+    url: str,
+    proxy: str,
+    tmp_path: Path,
+    scheme: AuthScheme,
+    password: str,
+    server: Credential | None = None,
 ) -> bytes:
     where = Path(tempfile.mkdtemp(dir=tmp_path))
     file = JobFile(remote_url=url, local_file=str(where / "out.bin"), temp_name="BITproxy.tmp")
     credential = Credential(AuthTarget.PROXY, scheme, USER, Secret(password))
     options = RequestOptions(
         job_id="{job-proxy-auth}",
-        credentials=(credential,),
+        credentials=(credential,) if server is None else (credential, server),
         proxy_usage=ProxyUsage.OVERRIDE,
         proxy_list=proxy,
     )
@@ -81,6 +87,25 @@ async def test_apache_proxy_schemes(
     assert caught.value.hresult == HResult.BG_E_HTTP_ERROR_407
     assert caught.value.context == ErrorContext.REMOTE_FILE
     assert PASSWORD not in str(caught.value) and WRONG not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["basic", "ntlm"])
+async def test_a_proxy_407_then_a_server_401_are_answered_in_one_exchange(
+    apache: Apache, kerberos: Kdc, downloader: Downloader, tmp_path: Path, name: str
+) -> None:
+    """An absolute-form GET meets the proxy's 407, then the origin's 401 (Basic): both are
+    answered in one exchange, the proxy's header sent again with the server's (the 401's leg
+    without it would meet the 407 again: BG_E_HTTP_ERROR_407)."""
+    server = Credential(AuthTarget.SERVER, AuthScheme.BASIC, USER, Secret(PASSWORD))
+    proxy = apache.proxy_urls[name]
+    url = apache.url("basic")
+    body = await fetch(downloader, url, proxy, tmp_path, SCHEMES[name], PASSWORD, server)
+    assert body == (apache.www / "hello.txt").read_bytes()
+    port = apache.proxy_ports[name]
+    mine = [r for r in apache.requests() if r.port == port and r.status == 200]
+    assert mine and mine[-1].user is not None and USER in mine[-1].user
+    origin = [r for r in apache.requests() if r.uri.startswith("/basic/") and r.status == 200]
+    assert origin and origin[-1].user == USER
 
 
 @pytest.mark.parametrize("kind", ["basic", "digest"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from openbits.model import AuthScheme, AuthTarget, Credential, Secret
 from openbits.transfer.auth import Authenticator, basic_value
-from openbits.transfer.h1 import H1Client
+from openbits.transfer.h1 import H1Client, TLSFailed, Via
 from tests.unit.test_h1 import HOST, WAIT, Peer, Script, ScriptServer
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody"
@@ -254,3 +255,86 @@ async def test_a_401_with_a_large_body_goes_on_over_a_new_connection(
     async with client.get(f"http://{HOST}:{srv.port}/f", {}, auth=auth) as r:
         assert r.status == 200
     assert len(srv.peers) == 2
+
+
+# -- a proxy's 407s: the same exchange -----------------------------------------------------
+
+
+def proxy_challenge(*values: str, body: bytes = b"denied", chunked: bool = False) -> bytes:
+    lines = "".join(f"Proxy-Authenticate: {v}\r\n" for v in values)
+    framing = f"Content-Length: {len(body)}\r\n"
+    if chunked:
+        framing = "Transfer-Encoding: chunked\r\n"
+        body = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    return f"HTTP/1.1 407 Proxy Authentication Required\r\n{lines}{framing}\r\n".encode() + body
+
+
+def proxy_authenticator(*credentials: Credential) -> Authenticator:
+    mine = [Credential(AuthTarget.PROXY, c.scheme, c.user_name, c.password) for c in credentials]
+    return Authenticator(AuthTarget.PROXY, mine, HOST, secure=False)
+
+
+async def test_an_ntlm_proxy_handshake_in_absolute_form_over_one_connection(
+    scripted: Callable[[Script], Awaitable[ScriptServer]], client: H1Client, ntlm_users: None
+) -> None:
+    """A 407 to a GET in absolute form goes through the exchange a 401 goes through: every
+    leg on the connection of the one before, then the origin's 401 answered on it too,
+    the proxy's NTLM header not sent again once its handshake is over."""
+    spnego = pytest.importorskip("spnego")
+    origin = "http://origin.invalid/f"
+
+    async def script(peer: Peer) -> None:
+        acceptor = spnego.server(protocol="ntlm")
+        first = await peer.request()
+        assert first is not None and first.target == origin
+        await peer.answer(proxy_challenge("NTLM"))
+        while (req := await peer.request()) is not None:
+            value = req.header("Proxy-Authorization")
+            if acceptor.complete:
+                assert value is None  # (the connection is authenticated)
+            else:
+                assert value is not None and value.startswith("NTLM ")
+                out = acceptor.step(base64.b64decode(value[5:]))
+                if not acceptor.complete:
+                    assert out is not None
+                    await peer.answer(proxy_challenge("NTLM " + base64.b64encode(out).decode()))
+                    continue
+            right = req.header("Authorization") == basic_value("alice", "s3cret")
+            await peer.answer(OK if right else challenge('Basic realm="origin"'))
+
+    srv = await scripted(script)
+    via = Via(
+        "http", HOST, srv.port, tag="p", auth=proxy_authenticator(credential(AuthScheme.NTLM, "DOM\\alice"))
+    )
+    auth = authenticator(credential(AuthScheme.BASIC))
+    async with client.get(origin, {}, via=via, auth=auth, partition="job") as r:
+        assert r.status == 200
+        assert await read_all(r) == b"body"
+    assert len(srv.peers) == 1 and len(srv.peers[0].heads) == 4
+    assert via.auth is not None and via.auth.problem is None  # type: ignore[attr-defined]
+
+
+async def test_a_connect_407_with_a_chunked_body_is_answered_on_the_same_connection(
+    scripted: Callable[[Script], Awaitable[ScriptServer]], client: H1Client
+) -> None:
+    """CONNECT's 407s go through the same exchange (and its drain, which reads any framing):
+    the answer goes on the connection the 407 came on, not on a new one."""
+    answers: list[tuple[str, str | None]] = []
+
+    async def script(peer: Peer) -> None:
+        while (req := await peer.request()) is not None:
+            value = req.header("Proxy-Authorization")
+            answers.append((req.method, value))
+            if value is None:
+                await peer.answer(proxy_challenge('Basic realm="proxy"', body=b"x" * 5000, chunked=True))
+            else:
+                await peer.answer(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                return  # (no TLS server behind: the handshake fails, the tunnel was made)
+
+    srv = await scripted(script)
+    via = Via("http", HOST, srv.port, tag="p", auth=proxy_authenticator(credential(AuthScheme.BASIC)))
+    with pytest.raises(TLSFailed):
+        async with client.get("https://origin.invalid/f", {}, tls=ssl.create_default_context(), via=via):
+            pass
+    assert answers == [("CONNECT", None), ("CONNECT", basic_value("alice", "s3cret"))]
+    assert len(srv.peers) == 1

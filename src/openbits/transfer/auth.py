@@ -400,12 +400,6 @@ class Authenticator:
             return self._start(schemes, method, uri)
         return self._continue(schemes, method, uri)
 
-    @property
-    def authenticates_connection(self) -> bool:
-        """The scheme settled on is NTLM or Negotiate: the connection is authenticated, not
-        each request (Basic and Digest answers go with every request through a proxy)."""
-        return self.scheme in CONNECTION_BOUND
-
     def connection_lost(self) -> None:
         """The next leg goes over a new connection: an NTLM/Negotiate handshake starts again."""
         if self.scheme in CONNECTION_BOUND:

@@ -11,11 +11,11 @@ it opens through one.
   route carries; a refused login is a 407, as BITS reports it.
 
 Proxy authentication beyond a preemptive Basic header is a seam: a :class:`ProxyAuth` object
-(``transfer/auth.py``) answers a 407 to CONNECT or to an absolute-form request, and the
-request is sent again with its header, on the same connection while the proxy keeps it open;
-when the server then asks (401), each of its legs in absolute form carries the proxy's Basic or
-Digest header again (NTLM and Negotiate authenticated the connection: not again).
-Without one a 407 stands (BG_E_HTTP_ERROR_407).
+(``transfer/auth.py``'s Authenticator) answers the 407s to CONNECT (here) and to an
+absolute-form request (``h1``), both through ``h1auth.exchange``, the loop that answers a
+server's 401s: the request is sent again with its header on the same connection while the
+proxy keeps it open (NTLM and Negotiate legs stay on one connection).  Without one a 407
+stands (BG_E_HTTP_ERROR_407).
 
 A proxy that cannot be connected to raises :class:`ProxyUnreachable` (its name not resolved:
 :class:`ProxyNameNotResolved`), on which the caller tries its next route.
@@ -29,10 +29,10 @@ import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
+from openbits.transfer.h1auth import Answerer, exchange
+from openbits.transfer.h1body import Response, read_response
+from openbits.transfer.h1conn import Conn, Wire
 from openbits.transfer.h1head import (
     BadRequest,
     BadResponse,
@@ -44,34 +44,14 @@ from openbits.transfer.h1head import (
     ProxyUnreachable,
     Target,
     TunnelRefused,
-    framing,
-    parse_head,
 )
 
-if TYPE_CHECKING:
-    from openbits.transfer.h1 import H1Client, Response, _Conn
-
-#: a 407's body longer than this is not read: the connection is dropped instead
-DRAIN_MAX_BYTES = 64 * 1024
-#: rounds of a multi-step proxy authentication (NTLM takes two)
-AUTH_ROUNDS = 3
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 
 
-class ProxyAuth(Protocol):
-    """Answers a proxy's 407 (``transfer/auth.py``): the header to send again with, or None
-    (no credential fits: the 407 stands)."""
-
-    @property
-    def header_name(self) -> str: ...
-
-    @property
-    def authenticates_connection(self) -> bool:
-        """The scheme settled on authenticates the connection (NTLM, Negotiate), not each
-        request (Basic, Digest: a further request through the proxy carries the answer again)."""
-        ...
-
-    def answer(self, status: int, headers: CIMultiDictProxy[str], method: str, uri: str) -> str | None: ...
+#: answers a proxy's 407s (``transfer/auth.py``'s Authenticator for AuthTarget.PROXY): the
+#: header to send again with, or None (no credential fits: the 407 stands)
+ProxyAuth = Answerer
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -111,7 +91,7 @@ class Via:
         return {**headers, "Proxy-Authorization": self.basic}
 
 
-async def open_via(client: H1Client, key: Key, tls: ssl.SSLContext | None, via: Via) -> _Conn:
+async def open_via(client: Wire, key: Key, tls: ssl.SSLContext | None, via: Via) -> Conn:
     """A connection for requests to ``key`` through ``via``: to the proxy (a tunnel to the
     origin for https://), with the origin's TLS when ``tls`` is given."""
     if via.is_socks:
@@ -131,7 +111,7 @@ async def open_via(client: H1Client, key: Key, tls: ssl.SSLContext | None, via: 
     return conn
 
 
-async def _to_proxy(client: H1Client, key: Key, via: Via) -> _Conn:
+async def _to_proxy(client: Wire, key: Key, via: Via) -> Conn:
     try:
         sock = await client.connect_tcp(via.host, via.port)
     except NameNotResolved as e:
@@ -148,93 +128,53 @@ async def _to_proxy(client: H1Client, key: Key, via: Via) -> _Conn:
     return conn
 
 
-async def _tunnel(client: H1Client, conn: _Conn, key: Key, via: Via) -> _Conn:
-    """``CONNECT`` to the origin; a 407 answered through ``via.auth``.  The connection the
-    tunnel runs on (a new one when the proxy closed the first after its 407)."""
+async def _tunnel(client: Wire, conn: Conn, key: Key, via: Via) -> Conn:
+    """``CONNECT`` to the origin, its 407s answered through ``via.auth`` by the exchange
+    that answers a GET's (``h1auth.exchange``: on the same connection while the proxy keeps
+    it open, a new one when it closed it).  The connection the tunnel runs on."""
     host, port = key[0], key[1]
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    extra: dict[str, str] = {}
-    if via.basic is not None:
-        extra["Proxy-Authorization"] = via.basic
+    first = {} if via.basic is None else {"Proxy-Authorization": via.basic}
+
+    def rewrite(extra: Mapping[str, str]) -> bytes:
+        if any(_BAD_VALUE.search(value) for value in extra.values()):
+            raise BadRequest("the proxy authentication header holds a line break")
+        lines = "".join(f"{name}: {value}\r\n" for name, value in {**first, **extra}.items())
+        return f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{lines}\r\n".encode("latin-1")
+
+    async def read(conn: Conn) -> Response:
+        # (held: a connection to the proxy never goes back to the pool as the origin's)
+        response = await read_response(client, conn, authority, held=True)
+        if response is None:
+            raise ClosedEarly("the proxy closed the connection without answering CONNECT")
+        if response.status == 401:  # (tinyproxy refuses a wrong login so): the proxy's, a 407
+            response.status = 407
+        return response
+
+    async def reconnect() -> Conn:
+        return await _to_proxy(client, key, via)
+
     try:
-        for round_ in range(AUTH_ROUNDS + 1):
-            lines = "".join(f"{name}: {value}\r\n" for name, value in extra.items())
-            head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{lines}\r\n"
-            await client.send(conn, head.encode("latin-1"))
-            raw = await client.read_head(conn)
-            if raw is None:
-                raise ClosedEarly("the proxy closed the connection without answering CONNECT")
-            status, reason, headers, http11 = parse_head(raw)
-            if status == 401:  # (tinyproxy refuses a wrong login so): the proxy's, a 407
-                status = 407
-            if 200 <= status < 300:
-                if conn.buffered():
-                    raise BadResponse("the proxy sent bytes after its answer to CONNECT")
-                return conn
-            answer = None
-            if status == 407 and via.auth is not None and round_ < AUTH_ROUNDS:
-                answer = via.auth.answer(status, CIMultiDictProxy(headers), "CONNECT", authority)
-            if answer is None:
-                raise TunnelRefused(status, reason)
-            if _BAD_VALUE.search(answer):
-                raise BadRequest("the proxy authentication header holds a line break")
-            extra[via.auth.header_name if via.auth else "Proxy-Authorization"] = answer
-            if not await _drain(client, conn, status, headers, http11):
-                conn.close()
-                conn = await _to_proxy(client, key, via)
+        await client.send(conn, rewrite({}))
+        response = await read(conn)
     except BaseException:
         conn.close()
         raise
-    raise AssertionError("unreachable")
+    if via.auth is not None:
+        response = await exchange(
+            client, response, (via.auth,), "CONNECT", authority, rewrite, read, reconnect, pooled=False
+        )
+    conn = response._conn
+    if not 200 <= response.status < 300:
+        conn.close()
+        raise TunnelRefused(response.status, response.reason)
+    if conn.buffered():
+        conn.close()
+        raise BadResponse("the proxy sent bytes after its answer to CONNECT")
+    return conn
 
 
-async def _drain(client: H1Client, conn: _Conn, status: int, headers: CIMultiDict[str], http11: bool) -> bool:
-    """Read a (small, Content-Length framed) 407 body off a connection the proxy keeps
-    open; False when it cannot be reused (the caller connects again)."""
-    mode, length = framing(status, headers, head_request=False)
-    keep = http11 and "close" not in headers.get("Connection", "").lower()
-    if mode != "length" or not keep or length > DRAIN_MAX_BYTES:
-        return False
-    while conn.buffered() < length:
-        if not await client.fill(conn):
-            return False
-    conn.take(length)
-    return True
-
-
-async def answer_proxy(
-    client: H1Client, response: Response, url: str, target: Target, headers: Mapping[str, str], via: Via
-) -> tuple[Response, Mapping[str, str]]:
-    """A 407 to an absolute-form request, answered through ``via.auth`` and sent again (on
-    the same connection when the proxy kept it: the drained response put it back in the
-    pool, where the next request takes it first).  The answer, and the headers a server's
-    401 that follows is answered with: with the proxy's header when its scheme authenticates
-    each request (Basic, Digest: the proxy reads every absolute-form request), without it when
-    it authenticated the connection (NTLM, Negotiate: sent again, it would start over)."""
-    assert via.auth is not None
-    original = headers
-    for _round in range(AUTH_ROUNDS):
-        answer = via.auth.answer(407, response.headers, "GET", target.path_qs)
-        if answer is None:
-            return response, headers
-        if _BAD_VALUE.search(answer):
-            response.close()
-            raise BadRequest("the proxy authentication header holds a line break")
-        drained = 0
-        while drained <= DRAIN_MAX_BYTES:
-            chunk = await response.content.read()
-            if not chunk:
-                break
-            drained += len(chunk)
-        response.close()  # (no-op when read to the end: the connection went back to the pool)
-        headers = {**headers, via.auth.header_name: answer}
-        response = await client._send_and_read(url, target, (url, tuple(headers.items())), headers, (), via)
-        if response.status != 407:
-            return response, (original if via.auth.authenticates_connection else headers)
-    return response, headers
-
-
-async def _socks(client: H1Client, key: Key, via: Via) -> socket.socket:
+async def _socks(client: Wire, key: Key, via: Via) -> socket.socket:
     """A socket connected through the SOCKS5 proxy to ``key``'s host and port."""
     from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
     from python_socks.async_.asyncio import Proxy

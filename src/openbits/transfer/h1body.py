@@ -1,0 +1,227 @@
+"""``h1``'s responses: :class:`Response` (the parts of aiohttp's ClientResponse the downloader
+uses) and :class:`Body`, read from the connection as its framing says (RFC 9112 §6:
+Content-Length, chunked, or to the close), or moved socket → pipe by ``splice(2)``.
+
+A body read to its end hands its connection back to the :class:`~openbits.transfer.h1conn.Wire`
+that read it (``H1Client``'s pool keeps it for the next request); a response closed before
+its end closes the connection.  :func:`read_response` reads the next response head off a
+connection (interim 1xx answers skipped) and frames its body.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+import yarl
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from openbits.transfer.h1conn import Conn, Wire
+from openbits.transfer.h1head import BadResponse, ClosedEarly, framing, parse_head
+
+__all__ = ["Body", "Response", "read_response"]
+
+#: socket → pipe without waiting; the pipe is always drained before the next call
+_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
+
+
+class Body:
+    """A response body: ``read(n)`` and ``readany()`` as aiohttp's StreamReader has them;
+    an empty bytes object means the body is complete (its framing was checked)."""
+
+    __slots__ = ("_chunk_left", "_client", "_conn", "_mode", "_remaining", "_response", "done")
+
+    def __init__(self, client: Wire, conn: Conn, mode: str, length: int, response: Response) -> None:
+        self._client = client
+        self._conn = conn
+        self._mode = mode  # "length", "chunked" or "close"
+        self._remaining = length  # "length": body bytes still to come
+        self._chunk_left = 0  # "chunked": bytes left in the current chunk; -1: trailers done
+        self._response = response
+        self.done = False
+        if mode == "length" and length == 0:
+            self._finish()
+
+    async def readany(self) -> bytes:
+        return await self.read(-1)
+
+    async def read(self, n: int = -1) -> bytes:
+        if self.done or n == 0:
+            return b""
+        limit = self._client.read_bytes if n < 0 else n
+        if self._mode == "length":
+            data = await self._read_some(min(limit, self._remaining))
+            if not data:
+                raise ClosedEarly(f"the connection closed with {self._remaining} bytes of the body missing")
+            self._remaining -= len(data)
+            if self._remaining == 0:
+                self._finish()
+            return data
+        if self._mode == "close":
+            data = await self._read_some(limit)
+            if not data:
+                self._finish()
+            return data
+        return await self._read_chunked(limit)
+
+    async def _read_some(self, n: int) -> bytes:
+        conn = self._conn
+        if conn.buffered():
+            return conn.take(n)
+        if conn.eof:
+            return b""
+        data = await self._client.recv(conn, n)
+        if not data:
+            conn.eof = True
+        return data
+
+    async def _read_chunked(self, limit: int) -> bytes:
+        conn = self._conn
+        client = self._client
+        while self._chunk_left == 0:
+            line = await client.read_line(conn)
+            size_text = line.split(b";", 1)[0].strip()
+            if not _HEX.fullmatch(size_text) or len(size_text) > 16:
+                raise BadResponse(f"bad chunk size {size_text[:40]!r}")
+            size = int(size_text, 16)
+            if size == 0:
+                while await client.read_line(conn):  # trailers, up to the empty line
+                    pass
+                self._finish()
+                return b""
+            self._chunk_left = size
+        data = await self._read_some(min(limit, self._chunk_left))
+        if not data:
+            raise ClosedEarly("the connection closed inside a chunk")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0 and await client.read_line(conn):
+            raise BadResponse("a chunk is longer than its size")
+        return data
+
+    def buffered(self) -> int:
+        """Body bytes already read from the socket (with the head): ``read`` them first."""
+        return min(self._conn.buffered(), self._remaining) if self._mode == "length" else 0
+
+    def spliceable(self) -> bool:
+        """The rest of the body can move from the socket into a pipe inside the kernel
+        (plain TCP, a Content-Length, nothing of it buffered): see :meth:`splice`."""
+        return (
+            self._mode == "length"
+            and not self.done
+            and self._conn.tls is None
+            and not self._conn.buffered()
+            and self._client.splice_ok
+        )
+
+    async def splice(self, pipe_w: int, n: int) -> int:
+        """Move up to ``n`` body bytes from the socket into the pipe ``pipe_w`` without
+        copying them through Python (``splice(2)``; the caller drains the pipe into the
+        file, so it is empty on every call).  0 only when splice is refused before any
+        byte moved (``spliceable`` turns false: read the body instead)."""
+        conn = self._conn
+        n = min(n, self._remaining)
+        fd = conn.sock.fileno()
+        while True:
+            try:
+                moved = os.splice(fd, pipe_w, n, flags=_SPLICE_FLAGS)
+                break
+            except (BlockingIOError, InterruptedError):
+                await self._client.readable(conn)
+            except OSError as e:
+                if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    self._client.splice_ok = False
+                    return 0
+                raise ClosedEarly(f"the connection failed: {e.strerror or e}") from e
+        if not moved:
+            conn.eof = True
+            raise ClosedEarly(f"the connection closed with {self._remaining} bytes of the body missing")
+        self._remaining -= moved
+        self._client.spliced_bytes += moved
+        if self._remaining == 0:
+            self._finish()
+        return moved
+
+    def _finish(self) -> None:
+        self.done = True
+        self._response.body_done()
+
+
+class Response:
+    """The parts of aiohttp's ClientResponse the downloader uses."""
+
+    __slots__ = (
+        "_client",
+        "_conn",
+        "_length",
+        "_released",
+        "_url",
+        "content",
+        "headers",
+        "keep_alive",
+        "reason",
+        "status",
+        "url_text",
+    )
+
+    def __init__(self, client: Wire, conn: Conn, url: str) -> None:
+        self._client = client
+        self._conn = conn
+        self.url_text = url
+        self._url: yarl.URL | None = None
+        self._released = False
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.keep_alive = False
+        self._length: int | None = None
+        self.content: Body
+
+    @property
+    def content_length(self) -> int | None:
+        """The body's length when Content-Length frames it (None when chunked or to the close)."""
+        return self._length
+
+    @property
+    def url(self) -> yarl.URL:
+        """The URL asked for (parsed when asked: only redirects need it)."""
+        if self._url is None:
+            self._url = yarl.URL(self.url_text)
+        return self._url
+
+    def body_done(self) -> None:
+        """The body was read to its end: the connection may serve the next request."""
+        if not self._released:
+            self._released = True
+            self._client.release(self._conn, reusable=self.keep_alive)
+
+    def close(self) -> None:
+        """Stop here: a connection with an unread body is closed, not reused."""
+        if not self._released:
+            self._released = True
+            self._client.release(self._conn, reusable=False)
+
+
+async def read_response(client: Wire, conn: Conn, url: str, *, held: bool = False) -> Response | None:
+    """The next response on ``conn`` to a request for ``url`` (None if the connection closed
+    before any byte of it).  ``held``: the connection stays with the caller (an exchange
+    that sends its next leg on it), never handed back when the body ends."""
+    while True:
+        head = await client.read_head(conn)
+        if head is None:
+            return None
+        status, reason, headers, http11 = parse_head(head)
+        if 100 <= status < 200:
+            continue  # interim answers (100 Continue, 103 Early Hints)
+        break
+    response = Response(client, conn, url)
+    response._released = held
+    response.status, response.reason = status, reason
+    response.headers = CIMultiDictProxy(headers)
+    mode, length = framing(status, headers, head_request=False)
+    connection = headers.get("Connection", "").lower()
+    response.keep_alive = http11 and mode != "close" and "close" not in connection
+    response._length = length if mode == "length" else None
+    response.content = Body(client, conn, mode, length, response)
+    return response
