@@ -13,7 +13,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from openbits.model import JobState
 from tests.support.daemon import Daemon, UnixHTTP, reap
 from tests.support.fixtures import make_file
 from tests.support.nginx import Nginx
+from tests.support.users import as_nobody
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -170,35 +170,6 @@ def test_bad_parameters_answer_the_usual_errors(daemon: Daemon) -> None:
 
 
 # -- owners ------------------------------------------------------------------------------------------
-
-
-def as_nobody(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a forked child as ``nobody``; its JSON-able result (as test_users does)."""
-    import pwd
-
-    nobody = pwd.getpwnam("nobody")
-    reader, writer = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            writer.sendall(json.dumps({"ok": fn()}).encode())
-        except BaseException as e:
-            writer.sendall(json.dumps({"error": repr(e)}).encode())
-        finally:
-            os._exit(0)
-    writer.close()
-    chunks = []
-    while data := reader.recv(65536):
-        chunks.append(data)
-    reader.close()
-    os.waitpid(pid, 0)
-    result = json.loads(b"".join(chunks))
-    if "error" in result:
-        raise AssertionError(f"child failed: {result['error']}")
-    return result["ok"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from openbits.store.sqlite import SqliteStore
 from tests.support.daemon import CLASS, Daemon, UnixHTTP, reap, wait_until
 from tests.support.fixtures import make_file
 from tests.support.nginx import Nginx
+from tests.support.users import as_nobody
 
 #: unique strings: any of them found where it should not be is a leak
 CLI_PASSWORD = "cli-Pa55-7d1f0c2e9b"
@@ -183,34 +183,6 @@ def test_a_password_is_nowhere_but_sealed(daemon: Daemon, nginx: Nginx, dest: Pa
 NOBODY = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
 
 
-def _as_nobody(fn: Callable[[], Any]) -> Any:
-    """``fn`` in a forked child with nobody's uid and gid: its JSON-able result.  (A local
-    twin of tests/integration/test_users.py's helper.)"""
-    assert NOBODY is not None
-    reader, writer = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY.pw_gid)
-            os.setuid(NOBODY.pw_uid)
-            writer.sendall(json.dumps({"ok": fn()}).encode())
-        except BaseException as e:
-            writer.sendall(json.dumps({"error": repr(e)}).encode())
-        finally:
-            os._exit(0)
-    writer.close()
-    chunks = []
-    while data := reader.recv(65536):
-        chunks.append(data)
-    reader.close()
-    os.waitpid(pid, 0)
-    result = json.loads(b"".join(chunks))
-    if "error" in result:
-        raise AssertionError(f"child failed: {result['error']}")
-    return result["ok"]
-
-
 def _api(sock: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     conn = UnixHTTP(sock)
     try:
@@ -252,7 +224,7 @@ def test_custom_headers_are_shown_to_their_owner_alone(system_daemon: Daemon) ->
         )
         return {"job": job, "own": _api(sock, "GET", f"{CLASS}/{job}")[1]}
 
-    mine = _as_nobody(nobody_sets_and_reads)
+    mine = as_nobody(nobody_sets_and_reads)
     job = mine["job"]
     assert mine["own"]["CustomHeaders"] == f"X-Key: {HEADER_SECRET}\r\n"  # the owner sees them
     # an administrator (root) reading nobody's job: never

@@ -10,9 +10,8 @@ import contextlib
 import json
 import os
 import pwd
-import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +21,11 @@ from openbits.model import JobState
 from tests.support.daemon import CLASS, Daemon, UnixHTTP
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
+from tests.support.users import as_nobody
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 
 NOBODY = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
-
-
-def as_nobody(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a forked child with nobody's uid/gid; return its JSON-able result."""
-    assert NOBODY is not None
-    reader, writer = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY.pw_gid)
-            os.setuid(NOBODY.pw_uid)
-            writer.sendall(json.dumps({"ok": fn()}).encode())
-        except BaseException as e:  # report everything to the parent
-            writer.sendall(json.dumps({"error": repr(e)}).encode())
-        finally:
-            os._exit(0)
-    writer.close()
-    chunks = []
-    while data := reader.recv(65536):
-        chunks.append(data)
-    reader.close()
-    os.waitpid(pid, 0)
-    result = json.loads(b"".join(chunks))
-    if "error" in result:
-        raise AssertionError(f"child failed: {result['error']}")
-    return result["ok"]
 
 
 def api(sock: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -47,15 +47,15 @@ def run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=30)
 
 
-def as_user(user: User, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a forked child with ``user``'s ids and groups; its JSON-able result."""
+def run_as(uid: int, gid: int, groups: list[int], fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a forked child with these ids and groups; its JSON-able result."""
     reader, writer = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
-            os.setgroups(os.getgrouplist(user.name, user.gid))
-            os.setgid(user.gid)
-            os.setuid(user.uid)
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
             writer.sendall(json.dumps({"ok": fn()}).encode())
         except BaseException as e:  # report everything to the parent
             writer.sendall(json.dumps({"error": repr(e)}).encode())
@@ -71,6 +71,17 @@ def as_user(user: User, fn: Callable[[], Any]) -> Any:
     if "error" in result:
         raise AssertionError(f"child failed: {result['error']}")
     return result["ok"]
+
+
+def as_user(user: User, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a forked child with ``user``'s ids and groups; its JSON-able result."""
+    return run_as(user.uid, user.gid, os.getgrouplist(user.name, user.gid), fn)
+
+
+def as_nobody(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a forked child as ``nobody`` (no supplementary groups)."""
+    nobody = pwd.getpwnam("nobody")
+    return run_as(nobody.pw_uid, nobody.pw_gid, [], fn)
 
 
 def setpriv(user: User) -> list[str]:
