@@ -195,8 +195,11 @@ async def _socks(client: Wire, key: Key, via: Via) -> socket.socket:
         reason = os.strerror(e.errno) if isinstance(e.errno, int) else str(e)
         raise ProxyUnreachable(f"the SOCKS proxy {via.host}:{via.port} cannot be reached: {reason}", e) from e
     except ProxyError as e:
-        text = str(e).lower()
-        if "authentication" in text:
+        # (python-socks sets error_code only for the proxy's reply to the connect request; a
+        # failure before it, in the method negotiation or the login, is the login refused
+        # when there was one to refuse or the proxy wanted one)
+        handshake = getattr(e, "error_code", None) is None
+        if handshake and (via.user is not None or "authentication" in str(e).lower()):
             raise TunnelRefused(407, "the SOCKS proxy refused the login") from None
         raise ConnectFailed(f"the SOCKS proxy cannot connect to {key[0]}:{key[1]}: {e}") from None
     except UnicodeEncodeError:  # (SOCKS5 names and passwords are ASCII)
