@@ -142,3 +142,25 @@ def test_idle_helpers_are_closed(public_dir: Path) -> None:
     finally:
         pool.close()
     assert pool.helpers() == []
+
+
+def test_a_path_too_long_for_a_request_is_refused_and_the_helper_kept(
+    owners: Owners, public_dir: Path
+) -> None:
+    """A path whose JSON would not fit in one datagram (4-byte UTF-8 characters take 12
+    bytes of JSON each) is ENAMETOOLONG, and the helper is not taken for dead."""
+    assert NOBODY is not None
+    uid = NOBODY.pw_uid
+    owners.exists(uid, None, str(public_dir / "x"))
+    (helper,) = owners.helpers()
+    long_name = str(public_dir / ("\U0001f600" * 60 + "/")) * 70 + "f"  # ~17 KB, 4,000 characters
+    for action in (
+        lambda: owners.exists(uid, None, long_name),
+        lambda: owners.publish(uid, None, long_name, long_name + "x", 0o644, None),
+    ):
+        with pytest.raises(OSError) as caught:
+            action()
+        assert caught.value.errno == errno.ENAMETOOLONG
+    assert owners.helpers() == [helper]
+    assert not owners.exists(uid, None, str(public_dir / "x"))
+    assert owners.helpers() == [helper]
