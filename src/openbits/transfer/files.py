@@ -206,12 +206,22 @@ def publish(
         owners.publish(uid, gid, temp_path, local_file, mode, mtime)
 
 
-def open_sync_handle(directory: str) -> int:
+async def open_sync_handle(owners: Owners, uid: int, gid: int | None, directory: str) -> int:
     """An fd for ``sync_handle``: one ``syncfs`` makes a batch of small files durable,
     instead of an fdatasync (and a journal commit) each.  syncfs reports a write-back error
     to each open file once, and only errors that happened after that file was opened: open
-    it before the files it must vouch for are written, and use it for them alone."""
-    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    it before the files it must vouch for are written, and use it for them alone.
+
+    The directory is reached as the owner reaches it (``Owners.open_directory``: no user's
+    symlink on the way), in a thread when that takes his helper; root only reopens what the
+    owner walked to, so a symlink cannot make root open any directory."""
+    from openbits.transfer.owner import opened_off_loop
+
+    with translating(f"cannot open {directory}"):
+        if owners.acts_in_process(uid):
+            return owners.open_directory(uid, gid, directory)
+        fd, _ = await opened_off_loop(lambda: (owners.open_directory(uid, gid, directory), 0))
+        return fd
 
 
 def sync_handle(fd: int, directory: str) -> None:

@@ -275,6 +275,19 @@ class Owners:
         """A local source opened read-only with the owner's rights."""
         return _regular(_given(self.run(uid, gid, "open_source", path)[1]), path)
 
+    def open_directory(self, uid: int, gid: int | None, directory: str) -> int:
+        """A read-only fd of ``directory`` if the owner reaches it and may search it (walked
+        without a user's symlink: ``fsops.searchable_dir``), opened again here from the
+        O_PATH fd his action sent (so a search-only directory will do): no content is read
+        through it, it is for ``syncfs``."""
+        fd = _given(self.run(uid, gid, "searchable_dir", directory)[1])
+        try:
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise OSError(errno.ENOTDIR, "not a directory", directory)
+            return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
+
     def publish(
         self, uid: int, gid: int | None, temp: str, local_file: str, mode: int, mtime: float | None
     ) -> None:
