@@ -25,6 +25,8 @@ from openbits.model import JobState
 from openbits.service.methods import METHODS
 from openbits.transfer.files import temp_name_for
 from tests.support.daemon import CLASS, wait_until
+from tests.support.fixtures import make_file, sha256_file
+from tests.support.nginx import Nginx
 from tests.support.users import NEEDS_TWO_USERS, Site, User, as_user, run, setpriv
 
 pytestmark = NEEDS_TWO_USERS
@@ -325,3 +327,66 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
     except OSError:
         return ""
+
+
+# -- TakeOwnership: the files go to the new owner -------------------------------------------
+
+
+def _shared_sticky(site: Site, name: str) -> Path:
+    """A directory everyone may create files in where only a file's owner may remove or
+    rename it (as /tmp)."""
+    path = site.scratch / name
+    path.mkdir()
+    path.chmod(0o1777)
+    return path
+
+
+def test_an_administrator_takes_a_running_job_and_its_files(site: Site, nginx: Nginx) -> None:
+    """bob (an administrator, not root) takes alice's job while it downloads: refused where
+    he may not write (alice's home: BG_E_NEW_OWNER_NO_FILE_ACCESS, nothing changed); in a
+    shared directory the transfer stops, its temporary file becomes bob's, and it goes on
+    from its checkpoint as bob's until bob completes it: the file is his."""
+    alice, bob = site.alice, site.bob
+    run("gpasswd", "--add", bob.name, site.admins)
+    wait_until(lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 200, 10, "bob an administrator")
+    name = f"taken-{secrets.token_hex(4)}.bin"
+    digest = make_file(nginx.www, f"users/{name}", 3_000_000, seed=41)
+    out = alice.home / "out"
+    as_user(alice, lambda: os.mkdir(out))
+    refused = site.new_job(alice, f"{nginx.url}/users/{name}", out / name)
+    status, body = site.call(bob, "POST", f"{CLASS}/{refused}/TakeOwnership", {})
+    assert status != 200 and body["ErrorCode"] == "0x80200016", body  # BG_E_NEW_OWNER_NO_FILE_ACCESS
+    assert site.daemon.job(refused)["Owner"] == alice.name
+
+    shared = _shared_sticky(site, "shared")
+    job = site.new_job(alice, f"{nginx.url}/slow/users/{name}", shared / name)
+    site.resume(alice, job)
+    wait_until(lambda: site.daemon.job(job)["BytesTransferred"] > 0, 20, "a checkpoint")
+    status, body = site.call(bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
+    assert status == 200, body
+    temp = shared / temp_name_for(job, 0)
+    assert temp.stat().st_uid == bob.uid and stat.S_IMODE(temp.stat().st_mode) == 0o600
+    site.daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+    resumed = [r["range"] for r in nginx.requests() if r["uri"] == f"/slow/users/{name}" and r["range"]]
+    assert resumed and resumed[-1] != "bytes=0-", "the transfer went on from its checkpoint"
+    status, body = site.call(bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 1})  # Complete
+    assert status == 200 and body["ReturnValue"] == 0, body
+    published = shared / name
+    assert published.stat().st_uid == bob.uid and sha256_file(published) == digest
+
+
+def test_cancel_after_take_ownership_deletes_the_old_owners_files(site: Site) -> None:
+    alice, bob = site.alice, site.bob
+    run("gpasswd", "--add", bob.name, site.admins)
+    wait_until(lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 200, 10, "bob an administrator")
+    source = _public_file(site, "tc.bin", os.urandom(10_000))
+    shared = _shared_sticky(site, "shared-cancel")
+    job = site.new_job(alice, "file://" + str(source), shared / "tc.bin")
+    site.resume(alice, job)
+    site.daemon.wait_state(job, JobState.TRANSFERRED)
+    temp = shared / temp_name_for(job, 0)
+    assert temp.stat().st_uid == alice.uid
+    assert site.call(bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})[0] == 200
+    status, body = site.call(bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 0})  # Cancel
+    assert status == 200 and body["ReturnValue"] == 0, body
+    assert not temp.exists()

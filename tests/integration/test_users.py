@@ -229,11 +229,6 @@ def test_an_administrator_takes_ownership_and_the_old_owners_settings_go(
     assert "took ownership from nobody" in system_daemon.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the temporary file belongs to the old owner; after TakeOwnership the new "
-    "owner's publish (fsops._check_own_file: st_uid == euid) refuses it, so Complete fails",
-)
 def test_complete_after_take_ownership_publishes_the_files(
     system_daemon: Daemon, shared: Path, nginx: Nginx
 ) -> None:

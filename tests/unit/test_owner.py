@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from openbits.errors import BitsError, HResult
+from openbits.transfer import files
 from openbits.transfer.owner import Identity, Owners, read_as_owner
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
@@ -142,3 +144,58 @@ def test_idle_helpers_are_closed(public_dir: Path) -> None:
     finally:
         pool.close()
     assert pool.helpers() == []
+
+
+def test_a_path_too_long_for_a_request_is_refused_and_the_helper_kept(
+    owners: Owners, public_dir: Path
+) -> None:
+    """A path whose JSON would not fit in one datagram (4-byte UTF-8 characters take 12
+    bytes of JSON each) is ENAMETOOLONG, and the helper is not taken for dead."""
+    assert NOBODY is not None
+    uid = NOBODY.pw_uid
+    owners.exists(uid, None, str(public_dir / "x"))
+    (helper,) = owners.helpers()
+    long_name = str(public_dir / ("\U0001f600" * 60 + "/")) * 70 + "f"  # ~17 KB, 4,000 characters
+    for action in (
+        lambda: owners.exists(uid, None, long_name),
+        lambda: owners.publish(uid, None, long_name, long_name + "x", 0o644, None),
+    ):
+        with pytest.raises(OSError) as caught:
+            action()
+        assert caught.value.errno == errno.ENAMETOOLONG
+    assert owners.helpers() == [helper]
+    assert not owners.exists(uid, None, str(public_dir / "x"))
+    assert owners.helpers() == [helper]
+
+
+async def test_a_sync_handle_is_opened_as_the_owner_reaches_the_directory(
+    owners: Owners, public_dir: Path
+) -> None:
+    """The SyncBatch's directory fd (for syncfs): a symlink of the owner's on the way is
+    refused, as every file action refuses it, rather than followed by root to any
+    directory; a directory he reaches gives a handle, search-only too."""
+    assert NOBODY is not None
+    uid = NOBODY.pw_uid
+    link = public_dir / "link"
+    link.symlink_to("/root")
+    os.lchown(link, uid, NOBODY.pw_gid)
+    with pytest.raises(BitsError) as caught:
+        await files.open_sync_handle(owners, uid, None, str(link))
+    assert caught.value.hresult == HResult.E_ACCESSDENIED
+    mine = public_dir / "mine"
+    mine.mkdir(mode=0o700)
+    os.chown(mine, uid, NOBODY.pw_gid)
+    hidden = mine / "search-only"
+    hidden.mkdir()
+    os.chown(hidden, uid, NOBODY.pw_gid)
+    hidden.chmod(0o300)
+    for directory in (mine, hidden):
+        fd = await files.open_sync_handle(owners, uid, None, str(directory))
+        try:
+            assert os.path.samestat(os.fstat(fd), os.stat(directory))
+            files.sync_handle(fd, str(directory))
+        finally:
+            os.close(fd)
+    with pytest.raises(BitsError) as caught:  # (the owner cannot reach root's home)
+        await files.open_sync_handle(owners, uid, None, "/root")
+    assert caught.value.hresult == HResult.E_ACCESSDENIED

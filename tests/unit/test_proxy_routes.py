@@ -4,6 +4,8 @@ time limit and sandbox."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -346,5 +348,34 @@ async def test_a_pac_script_is_not_shown_https_paths_nor_userinfo(tmp_path: Path
         pac = PacRoutes(_no_fetch, evaluator, script.as_uri())
         assert await pac.routes("https://h.example/f?token=sesame") == DIRECT
         assert await pac.routes("http://alice:hunter2@h.example/f") == DIRECT
+    finally:
+        await evaluator.close()
+
+
+def _uids(pid: int) -> list[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(v) for v in line.split()[1:]]
+    raise AssertionError("no Uid line")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the worker of a root daemon")
+async def test_the_pac_worker_of_a_root_daemon_never_runs_as_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even when ``nobody`` cannot reach the daemon's Python (a venv in a directory only root
+    may enter, as pytest's 0700 tmp directory is), the worker evaluates scripts as nobody."""
+    assert os.stat(tmp_path.parent).st_mode & 0o077 == 0  # (nobody cannot enter it)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    shutil.copy(Path(sys.prefix) / "pyvenv.cfg", venv / "pyvenv.cfg")
+    (venv / "bin" / "python").symlink_to(os.path.realpath(sys.executable))
+    (venv / "lib").symlink_to(Path(sys.prefix) / "lib")
+    monkeypatch.setattr(sys, "executable", str(venv / "bin" / "python"))
+    evaluator = PacEvaluator(time_limit_s=10.0)
+    try:
+        assert await evaluator.find(RUNAWAY, "http://a.example/", "a.example") == "PROXY p:1"
+        assert evaluator._proc is not None
+        assert _uids(evaluator._proc.pid) == [65534] * 4  # real, effective, saved, file system
     finally:
         await evaluator.close()

@@ -308,7 +308,11 @@ class Scheduler:
     async def _run_job(self, job: Job) -> None:
         service = self.service
         owner = Owner(job.owner_uid, primary_gid(job.owner_uid))
-        batch = SyncBatch(self.sync_threads, functools.partial(service.files_done, job))
+        batch = SyncBatch(
+            self.sync_threads,
+            functools.partial(service.files_done, job),
+            functools.partial(self.downloader.open_sync_handle, owner),
+        )
         index: int | None = 0
         try:
             if not user_exists(job.owner_uid):
@@ -323,7 +327,7 @@ class Scheduler:
                 if file.temp_name is None:  # a file added before names were derived
                     file.temp_name = temp_name_for(job.job_id, index)
                 options = RequestOptions.of(job)
-                batch.prepare(os.path.dirname(file.local_file))
+                await batch.prepare(os.path.dirname(file.local_file))
                 fetched = await self.downloader.download(
                     file,
                     owner,

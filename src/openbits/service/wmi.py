@@ -3,6 +3,7 @@ BitsClientJob by their WMI names (``invoke``; the table of them is ``methods.py`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -11,6 +12,7 @@ from openbits import states
 from openbits.caller import Caller, primary_gid
 from openbits.errors import (
     AccessDenied,
+    BitsError,
     FileNotInJob,
     InvalidArgument,
     NotImplementedValue,
@@ -44,6 +46,7 @@ from openbits.service.params import (
 )
 from openbits.service.verbs import Verbs
 from openbits.transfer import certs
+from openbits.transfer import files as fs
 
 log = logging.getLogger("openbits.service")
 
@@ -83,21 +86,45 @@ class Service(Verbs):
         """An administrator makes a job theirs (bits-spec §5.9): it runs with their identity
         from now on, and what was the old owner's goes with it (custom headers, the
         notification command line and webhook, credentials, the client certificate and the
-        proxy environment sent with CreateJob)."""
+        proxy environment sent with CreateJob).
+
+        The job keeps its state and its bytes: a running transfer is stopped (it ran with
+        the old owner's identity and helper) and goes back to the queue at its checkpoint,
+        and the temporary files become the new owner's (``files.hand_over``), so he
+        resumes, completes or cancels them as his own.  Refused, nothing changed, when he
+        may not create files in a destination directory or a temporary file cannot be
+        handed over (BG_E_NEW_OWNER_NO_FILE_ACCESS)."""
         Params(raw, ())
         if not caller.is_admin:
             raise AccessDenied("only administrators may take ownership of a job")
         job = self.find(caller, job_ref)
         states.check_call(states.Call.SET_PROPERTY, job.state)
-        previous = job.owner
-        with self._change(job, "ownership taken"):
-            job.owner, job.owner_uid = caller.user, caller.uid
-            job.custom_headers = None
-            job.notify_program = job.notify_parameters = job.notify_url = None
-            job.credentials = {}
-            job.client_certificate = None
-            job.proxy_environment = None  # (the old owner's; PRECONFIG falls back to the daemon's)
-            arm_notification(job, self.clock.now_ns())
+        previous, previous_uid = job.owner, job.owner_uid
+        temps: list[str] = []
+        if previous_uid != caller.uid:
+            # (on the loop, as Complete's renames: no other change of the job comes between
+            # the stop, the files handed over and the commit; each helper answers in 5 s)
+            unpublished = [f for f in job.files if not f.published]
+            fs.check_new_owner(self.owners, [f.local_file for f in unpublished], caller.uid, caller.gid)
+            if job.state in states.RUNNING_STATES:
+                await self.runner.stop(job.job_id)
+                self.job_preempted(job)
+                states.check_call(states.Call.SET_PROPERTY, job.state)  # (cancelled meanwhile)
+            temps = [f.temp_path for f in unpublished if f.temp_path is not None]
+            fs.hand_over(self.owners, previous_uid, temps, caller.uid, caller.gid)
+        try:
+            with self._change(job, "ownership taken"):
+                job.owner, job.owner_uid = caller.user, caller.uid
+                job.custom_headers = None
+                job.notify_program = job.notify_parameters = job.notify_url = None
+                job.credentials = {}
+                job.client_certificate = None
+                job.proxy_environment = None  # (the old owner's; PRECONFIG falls back to the daemon's)
+                arm_notification(job, self.clock.now_ns())
+        except BitsError:  # (not stored: the files go back to the owner the job still has)
+            with contextlib.suppress(BitsError):
+                fs.hand_over(self.owners, caller.uid, temps, previous_uid, primary_gid(previous_uid))
+            raise
         log.info("job %s: %s took ownership from %s", job.job_id, caller.user, previous)
         return {"ReturnValue": 0}
 

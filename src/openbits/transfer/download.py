@@ -122,6 +122,10 @@ class Downloader:
                 return fetched
         raise invalid_response("the server's content kept changing during the transfer")
 
+    async def open_sync_handle(self, owner: Owner, directory: str) -> int:
+        """A ``syncfs`` handle of ``directory`` as ``owner`` reaches it (``SyncBatch``)."""
+        return await fs.open_sync_handle(self.transport.owners, owner.uid, owner.gid, directory)
+
     def job_ended(self, job_id: str) -> None:
         """A job's run is over (transferred, failed, pre-empted, cancelled): let go of what
         was kept for it (the SSLContext holding its client certificate's key)."""

@@ -206,12 +206,76 @@ def publish(
         owners.publish(uid, gid, temp_path, local_file, mode, mtime)
 
 
-def open_sync_handle(directory: str) -> int:
+def check_new_owner(owners: Owners, local_files: list[str], uid: int, gid: int | None) -> None:
+    """TakeOwnership: the new owner ``uid`` may create files in the directory of every one of
+    ``local_files`` (so publish them, and delete their temporary files), checked with his
+    rights; else BG_E_NEW_OWNER_NO_FILE_ACCESS.  A directory that is gone is no reason to
+    refuse (the file fails for any owner)."""
+    checked: set[str] = set()
+    for local_file in local_files:
+        try:
+            check_destination(owners, local_file, uid, gid, checked)
+        except AccessDenied as e:
+            raise AccessDenied(e.message, hresult=HResult.BG_E_NEW_OWNER_NO_FILE_ACCESS) from None
+        except (PathNotFound, InvalidArgument):
+            continue
+
+
+def hand_over(owners: Owners, old_uid: int, paths: list[str], new_uid: int, new_gid: int) -> None:
+    """TakeOwnership: the temporary files ``paths`` of ``old_uid`` become ``new_uid``'s, with
+    their bytes, so the new owner resumes, publishes and deletes them as his own.
+
+    Each is opened by the old owner (his helper: no symlink on the way, a regular file) and
+    must be his own with one link (a hard link to another's file is never given away); the
+    daemon then changes the owner through that fd (only root can).  Every file is checked
+    before any changes hands: one that cannot be refuses the whole, nothing changed
+    (BG_E_NEW_OWNER_NO_FILE_ACCESS); one that does not exist (yet, or any more) is skipped."""
+    opened: list[tuple[int, str]] = []
+    try:
+        for path in paths:
+            try:
+                fd = owners.open_source(old_uid, None, path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:
+                raise _not_handed_over(path, e.strerror or str(e)) from e
+            opened.append((fd, path))
+            st = os.fstat(fd)
+            if st.st_uid != old_uid or st.st_nlink != 1:
+                raise _not_handed_over(path, "it is linked elsewhere or not the old owner's")
+        for fd, path in opened:
+            try:
+                os.fchown(fd, new_uid, new_gid)
+            except OSError as e:
+                raise _not_handed_over(path, e.strerror or str(e)) from e
+    finally:
+        for fd, _ in opened:
+            os.close(fd)
+
+
+def _not_handed_over(path: str, why: str) -> BitsError:
+    return AccessDenied(
+        f"the temporary file {path} cannot be given to the new owner: {why}",
+        hresult=HResult.BG_E_NEW_OWNER_NO_FILE_ACCESS,
+    )
+
+
+async def open_sync_handle(owners: Owners, uid: int, gid: int | None, directory: str) -> int:
     """An fd for ``sync_handle``: one ``syncfs`` makes a batch of small files durable,
     instead of an fdatasync (and a journal commit) each.  syncfs reports a write-back error
     to each open file once, and only errors that happened after that file was opened: open
-    it before the files it must vouch for are written, and use it for them alone."""
-    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    it before the files it must vouch for are written, and use it for them alone.
+
+    The directory is reached as the owner reaches it (``Owners.open_directory``: no user's
+    symlink on the way), in a thread when that takes his helper; root only reopens what the
+    owner walked to, so a symlink cannot make root open any directory."""
+    from openbits.transfer.owner import opened_off_loop
+
+    with translating(f"cannot open {directory}"):
+        if owners.acts_in_process(uid):
+            return owners.open_directory(uid, gid, directory)
+        fd, _ = await opened_off_loop(lambda: (owners.open_directory(uid, gid, directory), 0))
+        return fd
 
 
 def sync_handle(fd: int, directory: str) -> None:

@@ -86,6 +86,17 @@ def open_dir(directory: str) -> int:
     return fd
 
 
+def searchable_dir(directory: str) -> int:
+    """The O_PATH fd of ``directory`` (``open_dir``) if the process may reach the files in
+    it (search permission), else EACCES: an O_PATH open needs no right on the directory
+    itself, so this says the process could use it."""
+    fd = open_dir(directory)
+    if not os.access(".", os.X_OK, dir_fd=fd, effective_ids=True):
+        os.close(fd)
+        raise OSError(errno.EACCES, "the directory cannot be searched", directory)
+    return fd
+
+
 def _check_own_file(fd: int, path: str) -> None:
     """``fd`` is a regular file of this process's user with one link, else EACCES."""
     st = os.fstat(fd)
@@ -269,10 +280,11 @@ ACTIONS: dict[str, Callable[..., Any]] = {
     "fsync_dir": fsync_dir,
     "check_destination": check_destination,
     "list_dir": list_dir,
+    "searchable_dir": searchable_dir,
 }
 
 #: the actions whose result is a file descriptor (first of a pair for open_temp)
-FD_ACTIONS = frozenset({"open_temp", "open_source"})
+FD_ACTIONS = frozenset({"open_temp", "open_source", "searchable_dir"})
 
 
 # -- the helper process ---------------------------------------------------------------------

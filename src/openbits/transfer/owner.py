@@ -37,6 +37,11 @@ from openbits.transfer import fsops
 
 #: how long an owner's identity (primary group, groups) read from the databases is used
 IDENTITY_TTL_S = 5.0
+#: the longest path an action takes, in bytes (Linux's PATH_MAX less its NUL): a longer one
+#: is ENAMETOOLONG here, as the kernel would answer, before it is sent (a request must fit
+#: in one datagram of ``fsops.MESSAGE_BYTES``; a path of 4,095 bytes takes 12 KiB of JSON
+#: at most)
+PATH_MAX_BYTES = 4095
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +98,13 @@ class Helper:
 
     def call(self, action: str, args: list[Any]) -> tuple[Any, int | None]:
         """(value, fd or None) of ``action``; OSError with the helper's errno if it failed."""
+        request = json.dumps([action, args]).encode()
+        if len(request) > fsops.MESSAGE_BYTES:  # (not sent: EMSGSIZE would look like a dead helper)
+            raise OSError(errno.ENAMETOOLONG, "the request is too long for the owner's helper")
         with self._lock:
             self.used = time.monotonic()
             try:
-                self.sock.send(json.dumps([action, args]).encode())
+                self.sock.send(request)
                 data, fds, _flags, _addr = socket.recv_fds(self.sock, fsops.MESSAGE_BYTES, 1)
             except TimeoutError:
                 self.close(kill=True)
@@ -201,7 +209,9 @@ class Owners:
 
     def run(self, uid: int, gid: int | None, action: str, *args: Any) -> tuple[Any, int | None]:
         """(value, fd or None) of ``action`` run as ``uid`` (with ``gid`` as primary group
-        if given, else the user's)."""
+        if given, else the user's); a path longer than ``PATH_MAX_BYTES`` is ENAMETOOLONG,
+        in-process or not."""
+        _check_paths(args)
         if self.acts_in_process(uid):
             result = fsops.ACTIONS[action](*args)
             if action not in fsops.FD_ACTIONS:
@@ -265,6 +275,19 @@ class Owners:
         """A local source opened read-only with the owner's rights."""
         return _regular(_given(self.run(uid, gid, "open_source", path)[1]), path)
 
+    def open_directory(self, uid: int, gid: int | None, directory: str) -> int:
+        """A read-only fd of ``directory`` if the owner reaches it and may search it (walked
+        without a user's symlink: ``fsops.searchable_dir``), opened again here from the
+        O_PATH fd his action sent (so a search-only directory will do): no content is read
+        through it, it is for ``syncfs``."""
+        fd = _given(self.run(uid, gid, "searchable_dir", directory)[1])
+        try:
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise OSError(errno.ENOTDIR, "not a directory", directory)
+            return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
+
     def publish(
         self, uid: int, gid: int | None, temp: str, local_file: str, mode: int, mtime: float | None
     ) -> None:
@@ -303,6 +326,13 @@ class Owners:
             for n in names
             if isinstance(n, str) and n not in ("", ".", "..") and "/" not in n and "\0" not in n
         ]
+
+
+def _check_paths(args: tuple[Any, ...]) -> None:
+    """ENAMETOOLONG for a path (a string argument) longer than ``PATH_MAX_BYTES``."""
+    for arg in args:
+        if isinstance(arg, str) and len(os.fsencode(arg)) > PATH_MAX_BYTES:
+            raise OSError(errno.ENAMETOOLONG, f"a path is longer than {PATH_MAX_BYTES} bytes")
 
 
 def _given(fd: int | None) -> int:

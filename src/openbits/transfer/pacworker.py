@@ -10,9 +10,14 @@ that never returns costs one time limit per question, nothing more.
 The worker dies with the daemon (PR_SET_PDEATHSIG), and lives for at most ``CPU_S`` seconds
 of CPU (then the next question starts another).  The sandbox: the worker runs isolated
 (``python -I``: no environment, no user site), with an
-empty environment, in ``/``, as ``nobody`` when the daemon is root, with no file writes
-(RLIMIT_FSIZE 0) and bounded memory; the interpreter it gives the script has no ``require``
-(dukpy's module loader reads files) and an empty ``process.env``.  What a PAC script may call
+empty environment, in ``/``, with no file writes (RLIMIT_FSIZE 0) and bounded memory, and
+never as root: a root daemon starts it as root (so it can load the daemon's Python and its
+modules wherever they are installed, a venv under /root too, as the owners' helpers do) and
+it drops to ``nobody`` for good (groups, gid, uid; root checked gone) before it says it is
+ready and reads a script, which may come from the network (WPAD).  A worker that could not
+drop never answers: the evaluator refuses (PacFailed, logged once) and the routes go
+direct.  The interpreter it gives the script has no ``require`` (dukpy's module loader reads
+files) and an empty ``process.env``.  What a PAC script may call
 is the PAC API pypac provides; ``dnsResolve``/``isResolvable``/``myIpAddress`` resolve names
 through the system resolver, as in every browser (bounded by the same time limit).
 """
@@ -23,6 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 
@@ -42,7 +48,14 @@ resource.setrlimit(resource.RLIMIT_CPU, (@CPU@, @CPU@ + 5))
 import dukpy
 from dukpy.evaljs import _PROCESS_RUNTIME, JSInterpreter
 
+shims = {}  # dukpy's runtime files, read as root (before the drop) and kept
+
 class Sandboxed(JSInterpreter):
+    def _eval_runtime_shim(self, path, **kwargs):
+        if path not in shims:
+            with open(path, encoding="utf-8") as runtime:
+                shims[path] = runtime.read()
+        self.evaljs(shims[path], **kwargs)
     def _init_process(self):
         self._eval_runtime_shim(_PROCESS_RUNTIME, environ={})
     def _init_require(self):
@@ -50,8 +63,23 @@ class Sandboxed(JSInterpreter):
 
 dukpy.JSInterpreter = Sandboxed  # (what pypac's PACFile builds)
 from pypac.parser import PACFile
+PACFile("function FindProxyForURL(u, h) { return 'DIRECT'; }")  # (what it reads, read now)
+if @DROP@:  # never evaluate a script as root: become nobody for good first
+    os.setgroups([])
+    os.setresgid(@NOBODY@, @NOBODY@, @NOBODY@)
+    os.setresuid(@NOBODY@, @NOBODY@, @NOBODY@)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        sys.exit("the PAC worker could take root back")
+if os.geteuid() == 0:
+    sys.exit("the PAC worker would run as root")
 scripts = {}
 out = sys.stdout
+out.write(json.dumps({"ready": os.geteuid()}) + "\n")
+out.flush()
 for line in sys.stdin:
     ask = json.loads(line)
     try:
@@ -74,8 +102,10 @@ ANSWER_MAX_BYTES = 64 * 1024
 #: CPU seconds a worker may use in its life (then it is replaced: a bound on a worker the
 #: daemon could not kill)
 CPU_S = 120
-#: the uid and gid a root daemon runs the worker as
+#: the uid and gid the worker of a root daemon becomes
 NOBODY = 65534
+
+log = logging.getLogger("openbits.transfer.pac")
 
 
 class PacFailed(Exception):
@@ -92,7 +122,7 @@ class PacEvaluator:
         self._loaded: set[str] = set()  # the scripts the running worker holds
         self._lock = asyncio.Lock()
         self.started = 0  # workers started (a killed one is replaced)
-        self._as_nobody = True
+        self._warned = False  # (that no worker could start: logged once)
 
     async def find(self, script: str, url: str, host: str) -> str:
         """``FindProxyForURL(url, host)`` of ``script``; PacFailed when it fails or runs over
@@ -129,19 +159,26 @@ class PacEvaluator:
         return str(answer["ok"])
 
     async def _worker(self) -> asyncio.subprocess.Process:
+        """The running worker, or a new one once it said it is ready (unprivileged)."""
         proc = self._proc
         if proc is not None and proc.returncode is None:
             return proc
         self._loaded.clear()
-        if os.geteuid() == 0 and self._as_nobody:
-            try:
-                self._proc = await _spawn(user=NOBODY, group=NOBODY, extra_groups=[])
-            except PermissionError:  # nobody may not read this Python (a venv under /root)
-                self._as_nobody = False
-        if self._proc is None or self._proc.returncode is not None:
-            self._proc = await _spawn()
+        proc = self._proc = await _spawn()
         self.started += 1
-        return self._proc
+        assert proc.stdout is not None
+        line = await proc.stdout.readline()
+        try:
+            ready = json.loads(line)["ready"] if line else None
+        except (ValueError, KeyError, TypeError):
+            ready = None
+        if not isinstance(ready, int) or ready == 0:
+            await self._kill()
+            if not self._warned:
+                self._warned = True
+                log.warning("the PAC worker could not start without root's rights; PAC answers DIRECT")
+            raise PacFailed("the PAC worker could not start unprivileged")
+        return proc
 
     async def _kill(self) -> None:
         proc, self._proc = self._proc, None
@@ -156,7 +193,7 @@ class PacEvaluator:
         await self._kill()
 
 
-async def _spawn(**identity: object) -> asyncio.subprocess.Process:
+async def _spawn() -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-I",
@@ -169,7 +206,6 @@ async def _spawn(**identity: object) -> asyncio.subprocess.Process:
         cwd="/",
         limit=ANSWER_MAX_BYTES,
         start_new_session=True,
-        **identity,  # type: ignore[arg-type]
     )
 
 
@@ -178,4 +214,6 @@ def _worker_source() -> str:
         WORKER.replace("@MEMORY@", str(MEMORY_BYTES))
         .replace("@PARENT@", str(os.getpid()))
         .replace("@CPU@", str(CPU_S))
+        .replace("@DROP@", str(os.geteuid() == 0))
+        .replace("@NOBODY@", str(NOBODY))
     )

@@ -20,7 +20,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from openbits.errors import BitsError, HResult, LocalFileError
 from openbits.model import JobFile
@@ -264,8 +264,14 @@ class SyncBatch:
     MAX_FILES = 256
     MAX_AGE_S = 0.25
 
-    def __init__(self, threads: concurrent.futures.Executor, commit: Commit) -> None:
+    def __init__(
+        self,
+        threads: concurrent.futures.Executor,
+        commit: Commit,
+        open_handle: Callable[[str], Awaitable[int]],
+    ) -> None:
         self.threads, self.commit = threads, commit
+        self.open_handle = open_handle  # a directory's handle, as the job's owner reaches it
         self.files: list[tuple[JobFile, int]] = []
         self.handles: dict[str, int] = {}  # directory -> fd opened before the files were written
         self.since = 0.0
@@ -274,11 +280,11 @@ class SyncBatch:
         self.sync: concurrent.futures.Future[None] | None = None
         self.synced: asyncio.Future[None] | None = None
 
-    def prepare(self, directory: str) -> None:
-        """A file of this batch is about to be written into ``directory``."""
+    async def prepare(self, directory: str) -> None:
+        """A file of this batch is about to be written into ``directory``
+        (``files.open_sync_handle``: the owner reaches it)."""
         if directory not in self.handles:
-            with fs.translating(f"cannot open {directory}"):
-                self.handles[directory] = fs.open_sync_handle(directory)
+            self.handles[directory] = await self.open_handle(directory)
 
     def add(self, file: JobFile, size: int) -> None:
         if not self.files:
