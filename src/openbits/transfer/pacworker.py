@@ -35,12 +35,14 @@ import sys
 #: the worker's code (it imports nothing of openbits)
 WORKER = r"""
 import ctypes, json, os, resource, signal, sys
-try:  # killed with the daemon, even in the middle of a runaway script
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != @PARENT@:
-    sys.exit(0)
+def die_with_the_daemon():  # killed with the daemon, even in the middle of a runaway script
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != @PARENT@:
+        sys.exit(0)
+die_with_the_daemon()
 resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 resource.setrlimit(resource.RLIMIT_AS, (@MEMORY@, @MEMORY@))
@@ -74,6 +76,7 @@ if @DROP@:  # never evaluate a script as root: become nobody for good first
         pass
     else:
         sys.exit("the PAC worker could take root back")
+    die_with_the_daemon()  # (the kernel clears the parent-death signal when the uid changes)
 if os.geteuid() == 0:
     sys.exit("the PAC worker would run as root")
 scripts = {}
