@@ -24,6 +24,7 @@ import collections
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import pwd
 import re
@@ -49,11 +50,15 @@ from openbits.errors import (
 from openbits.model import CertStoreLocation, ClientCertificate
 from openbits.transfer.owner import Owners, list_as_owner, read_as_owner
 
+log = logging.getLogger("openbits.transfer.certs")
+
 #: where a user's stores are, under his home
 USER_STORE_DIR = ".config/openbits/certs"
 #: what a store may hold that is read: more files, or larger ones, are not looked at
 STORE_FILES_MAX = 256
 FILE_BYTES_MAX = 1024 * 1024
+#: the bytes of one store read at most (the daemon holds them while it looks)
+STORE_BYTES_MAX = 16 * 1024 * 1024
 #: the names of a store location's directory looked at for a store's name
 STORES_MAX = 1024
 #: why a file of a store is left out (it is not the owner's to read, or not a certificate
@@ -150,18 +155,23 @@ async def read_store(
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         directory = os.path.join(root, match)
         files: dict[str, bytes] = {}
+        budget = STORE_BYTES_MAX
         for name in await list_as_owner(owners, uid, directory, STORE_FILES_MAX * 4, gid):
             if not name.lower().endswith(_SUFFIXES):
                 continue
-            if len(files) >= STORE_FILES_MAX:
+            if len(files) >= STORE_FILES_MAX or budget <= 0:
+                log.warning("certificate store %s: only its first %d files were read", directory, len(files))
                 break
             try:
-                files[name] = await read_as_owner(
-                    owners, uid, os.path.join(directory, name), FILE_BYTES_MAX, gid
+                data = await read_as_owner(
+                    owners, uid, os.path.join(directory, name), min(FILE_BYTES_MAX, budget), gid
                 )
             except OSError as e:
                 if e.errno not in _NOT_THE_OWNERS:
                     raise
+                continue
+            files[name] = data
+            budget -= len(data)
         return files
     except OSError as e:
         why = e.strerror or os.strerror(e.errno or errno.EIO)
