@@ -136,6 +136,8 @@ class Service(Verbs):
         stopped first, and no other started (``taking``) until they are copied.  Refused
         (the copies removed) if the job changed meanwhile."""
         old_uid = job.owner_uid
+        if job.job_id in self.taking:
+            raise InvalidState(f"the ownership of the job {job.job_id} is being taken already")
         self.taking.add(job.job_id)
         try:
             await self.runner.stop(job.job_id)

@@ -88,6 +88,8 @@ def _copy(owners: Owners, old_uid: int, new_uid: int, new_gid: int | None, move:
         try:
             dst = owners.create_temp(new_uid, new_gid, move.new_path)
         except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return  # (its directory is gone: the file fails for any owner, from byte 0)
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP):
                 raise AccessDenied(
                     f"the new owner cannot create {move.new_path}: {e.strerror}",
