@@ -513,3 +513,28 @@ def test_a_transferred_job_taken_is_completed_with_its_bytes_as_the_new_owners(
     assert published.stat().st_uid == site.bob.uid and sha256_file(published) == digest
     assert len([r for r in nginx.requests() if r["uri"] == f"/users/{name}"]) == fetched
     assert not _temps(shared)
+
+
+def test_a_take_ownership_the_old_owner_stalls_stalls_no_one_else(site: Site) -> None:
+    """alice stops her helper before bob takes her job: the daemon answers others all along,
+    TakeOwnership is not refused (her file could not be read: it is fetched again as bob's)
+    and Complete publishes the source's bytes."""
+    _bob_an_administrator(site)
+    data = os.urandom(30_000)
+    job, shared, _temp = _transferred_job(site, "stalled.bin", data)
+    (helper,) = _helpers_of(site.alice)
+    as_user(site.alice, lambda: os.kill(helper, signal.SIGSTOP))  # hers to signal
+    wait_until(lambda: _state(helper) == "T", 5, "the helper stopped")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(site.call, site.bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
+        while not pending.done():  # the daemon answers others all along
+            started = time.monotonic()
+            assert site.daemon.api("GET", CLASS)[0] == 200
+            assert time.monotonic() - started < 1.0
+        status, body = pending.result()
+    assert status == 200, body
+    site.daemon.wait_state(job, JobState.TRANSFERRED)
+    status, body = site.call(site.bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 1})
+    assert status == 200 and body["ReturnValue"] == 0, body
+    published = shared / "stalled.bin"
+    assert published.read_bytes() == data and published.stat().st_uid == site.bob.uid
