@@ -332,6 +332,17 @@ def _state(pid: int) -> str:
 # -- TakeOwnership: the files go to the new owner -------------------------------------------
 
 
+def _temps(directory: Path) -> list[Path]:
+    return sorted(directory.glob(".BIT*.tmp"))
+
+
+def _bob_an_administrator(site: Site) -> None:
+    run("gpasswd", "--add", site.bob.name, site.admins)
+    wait_until(
+        lambda: site.call(site.bob, "GET", f"{CLASS}?AllUsers=true")[0] == 200, 10, "bob an administrator"
+    )
+
+
 def _shared_sticky(site: Site, name: str) -> Path:
     """A directory everyone may create files in where only a file's owner may remove or
     rename it (as /tmp)."""
@@ -344,8 +355,9 @@ def _shared_sticky(site: Site, name: str) -> Path:
 def test_an_administrator_takes_a_running_job_and_its_files(site: Site, nginx: Nginx) -> None:
     """bob (an administrator, not root) takes alice's job while it downloads: refused where
     he may not write (alice's home: BG_E_NEW_OWNER_NO_FILE_ACCESS, nothing changed); in a
-    shared directory the transfer stops, its temporary file becomes bob's, and it goes on
-    from its checkpoint as bob's until bob completes it: the file is his."""
+    shared directory the transfer stops, its bytes are copied into a new temporary file of
+    bob's (alice's is removed), and it goes on from its checkpoint as bob's until bob
+    completes it: the file is his."""
     alice, bob = site.alice, site.bob
     run("gpasswd", "--add", bob.name, site.admins)
     wait_until(lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 200, 10, "bob an administrator")
@@ -364,7 +376,8 @@ def test_an_administrator_takes_a_running_job_and_its_files(site: Site, nginx: N
     wait_until(lambda: site.daemon.job(job)["BytesTransferred"] > 0, 20, "a checkpoint")
     status, body = site.call(bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
     assert status == 200, body
-    temp = shared / temp_name_for(job, 0)
+    assert not (shared / temp_name_for(job, 0)).exists(), "alice's temporary file is removed"
+    (temp,) = _temps(shared)  # (bob's copy, under a new name)
     assert temp.stat().st_uid == bob.uid and stat.S_IMODE(temp.stat().st_mode) == 0o600
     site.daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
     resumed = [r["range"] for r in nginx.requests() if r["uri"] == f"/slow/users/{name}" and r["range"]]
@@ -389,4 +402,139 @@ def test_cancel_after_take_ownership_deletes_the_old_owners_files(site: Site) ->
     assert site.call(bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})[0] == 200
     status, body = site.call(bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 0})  # Cancel
     assert status == 200 and body["ReturnValue"] == 0, body
-    assert not temp.exists()
+    assert not temp.exists() and not _temps(shared), "no temporary file is left, old or new"
+
+
+def _transferred_job(site: Site, name: str, data: bytes) -> tuple[str, Path, Path]:
+    """(job, its shared directory, alice's temporary file) of alice's job of one file
+    (``data``, a local source) transferred, not completed, in a sticky shared directory."""
+    source = _public_file(site, name, data)
+    shared = _shared_sticky(site, f"shared-{name}")
+    job = site.new_job(site.alice, "file://" + str(source), shared / name)
+    site.resume(site.alice, job)
+    site.daemon.wait_state(job, JobState.TRANSFERRED)
+    temp = shared / temp_name_for(job, 0)
+    assert temp.stat().st_uid == site.alice.uid
+    return job, shared, temp
+
+
+_HOLD_OPEN = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.fchmod(fd, 0o666)
+print("open", flush=True)
+for line in sys.stdin:
+    try:
+        os.pwrite(fd, b"X" * 4096, 0)
+        os.fsync(fd)
+        print("written", flush=True)
+    except OSError as e:
+        print("refused", e.errno, flush=True)
+"""
+
+
+def test_the_old_owners_open_fd_cannot_change_the_new_owners_file(site: Site) -> None:
+    """alice opens her temporary file read-write (and makes it 0666) before bob takes the
+    job: what she writes through that fd after TakeOwnership, and after Complete, lands in
+    her old inode alone; the file bob publishes keeps the bytes transferred."""
+    _bob_an_administrator(site)
+    data = os.urandom(50_000)
+    job, shared, temp = _transferred_job(site, "held.bin", data)
+    with subprocess.Popen(
+        [*setpriv(site.alice), sys.executable, "-c", _HOLD_OPEN, str(temp)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        status, body = site.call(site.bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
+        assert status == 200, body
+        assert site.daemon.job(job)["State"] == JobState.TRANSFERRED, "the bytes were kept"
+        holder.stdin.write("write\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "written"
+        status, body = site.call(site.bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 1})
+        assert status == 200 and body["ReturnValue"] == 0, body
+        holder.stdin.write("write\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "written"
+    published = shared / "held.bin"
+    assert published.read_bytes() == data
+    st = published.stat()
+    assert st.st_uid == site.bob.uid and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) & 0o022 == 0
+
+
+def test_a_symlink_swapped_in_for_the_temporary_file_is_fetched_again(site: Site) -> None:
+    """alice replaces her finished temporary file with a symlink (to a file bob may not
+    read): TakeOwnership is not refused; the file starts again from byte 0 as bob's, and
+    Complete publishes the source's bytes; her link is removed."""
+    _bob_an_administrator(site)
+    data = os.urandom(20_000)
+    job, shared, temp = _transferred_job(site, "swapped.bin", data)
+
+    def swap() -> None:
+        os.unlink(temp)
+        os.symlink("/etc/shadow", temp)
+
+    as_user(site.alice, swap)
+    status, body = site.call(site.bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
+    assert status == 200, body
+    assert not os.path.lexists(temp), "alice's link is removed"
+    site.daemon.wait_state(job, JobState.TRANSFERRED)
+    status, body = site.call(site.bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 1})
+    assert status == 200 and body["ReturnValue"] == 0, body
+    published = shared / "swapped.bin"
+    assert published.read_bytes() == data and published.stat().st_uid == site.bob.uid
+    assert not _temps(shared)
+
+
+def test_a_transferred_job_taken_is_completed_with_its_bytes_as_the_new_owners(
+    site: Site, nginx: Nginx
+) -> None:
+    """A TRANSFERRED job taken stays TRANSFERRED (its bytes copied, not fetched again) and
+    Complete publishes them as bob's file."""
+    _bob_an_administrator(site)
+    name = f"done-{secrets.token_hex(4)}.bin"
+    digest = make_file(nginx.www, f"users/{name}", 300_000, seed=43)
+    shared = _shared_sticky(site, "shared-done")
+    job = site.new_job(site.alice, f"{nginx.url}/users/{name}", shared / name)
+    site.resume(site.alice, job)
+    site.daemon.wait_state(job, JobState.TRANSFERRED)
+    fetched = len([r for r in nginx.requests() if r["uri"] == f"/users/{name}"])
+    status, body = site.call(site.bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
+    assert status == 200, body
+    after = site.daemon.job(job)
+    assert after["State"] == JobState.TRANSFERRED and after["Owner"] == site.bob.name
+    assert after["BytesTransferred"] == 300_000
+    status, body = site.call(site.bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 1})
+    assert status == 200 and body["ReturnValue"] == 0, body
+    published = shared / name
+    assert published.stat().st_uid == site.bob.uid and sha256_file(published) == digest
+    assert len([r for r in nginx.requests() if r["uri"] == f"/users/{name}"]) == fetched
+    assert not _temps(shared)
+
+
+def test_a_take_ownership_the_old_owner_stalls_stalls_no_one_else(site: Site) -> None:
+    """alice stops her helper before bob takes her job: the daemon answers others all along,
+    TakeOwnership is not refused (her file could not be read: it is fetched again as bob's)
+    and Complete publishes the source's bytes."""
+    _bob_an_administrator(site)
+    data = os.urandom(30_000)
+    job, shared, _temp = _transferred_job(site, "stalled.bin", data)
+    (helper,) = _helpers_of(site.alice)
+    as_user(site.alice, lambda: os.kill(helper, signal.SIGSTOP))  # hers to signal
+    wait_until(lambda: _state(helper) == "T", 5, "the helper stopped")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(site.call, site.bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
+        while not pending.done():  # the daemon answers others all along
+            started = time.monotonic()
+            assert site.daemon.api("GET", CLASS)[0] == 200
+            assert time.monotonic() - started < 1.0
+        status, body = pending.result()
+    assert status == 200, body
+    site.daemon.wait_state(job, JobState.TRANSFERRED)
+    status, body = site.call(site.bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 1})
+    assert status == 200 and body["ReturnValue"] == 0, body
+    published = shared / "stalled.bin"
+    assert published.read_bytes() == data and published.stat().st_uid == site.bob.uid

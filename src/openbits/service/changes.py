@@ -93,6 +93,9 @@ class LiveJobs:
         #: the jobs the scheduler must look at on every tick (QUEUED, CONNECTING,
         #: TRANSFERRING, TRANSIENT_ERROR): a tick costs O(active), not O(all jobs)
         self.active: dict[str, Job] = {}
+        #: the jobs whose ownership is being taken (``wmi._m_take_ownership``): no transfer
+        #: of them starts while their files are copied to the new owner
+        self.taking: set[str] = set()
         #: raises ValueError for a bad bandwidth setting in the config
         self.policy = ServicePolicy.from_config(config).with_persisted(store.load_settings())
         #: observers of every change announced, ``(job, what)``: a verb's or a state
@@ -157,7 +160,9 @@ class LiveJobs:
     def jobs_to_plan(self, every: bool) -> Iterable[Job]:
         """The active jobs, or (``every``: for the inactivity timeout) all not finished."""
         if every:
-            return (j for j in self.jobs.values() if not j.state.is_final)
+            return (j for j in self.jobs.values() if not j.state.is_final and j.job_id not in self.taking)
+        if self.taking:
+            return (j for j in self.active.values() if j.job_id not in self.taking)
         return self.active.values()
 
     # -- state ----------------------------------------------------------------------------

@@ -3,8 +3,9 @@ BitsClientJob by their WMI names (``invoke``; the table of them is ``methods.py`
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from openbits.errors import (
     BitsError,
     FileNotInJob,
     InvalidArgument,
+    InvalidState,
     NotImplementedValue,
 )
 from openbits.model import (
@@ -26,6 +28,7 @@ from openbits.model import (
     ClientCertificate,
     Job,
     JobFile,
+    JobState,
     NotifyFlags,
 )
 from openbits.service.changes import arm_notification
@@ -45,7 +48,7 @@ from openbits.service.params import (
     validate_proxy_settings,
 )
 from openbits.service.verbs import Verbs
-from openbits.transfer import certs
+from openbits.transfer import certs, handover
 from openbits.transfer import files as fs
 
 log = logging.getLogger("openbits.service")
@@ -90,43 +93,85 @@ class Service(Verbs):
 
         The job keeps its state and its bytes: a running transfer is stopped (it ran with
         the old owner's identity and helper) and goes back to the queue at its checkpoint,
-        and the temporary files become the new owner's (``files.hand_over``), so he
-        resumes, completes or cancels them as his own.  Refused, nothing changed, when he
-        may not create files in a destination directory or a temporary file cannot be
-        handed over (BG_E_NEW_OWNER_NO_FILE_ACCESS)."""
+        and the temporary files are copied into new ones of the new owner
+        (``transfer.handover``; one that cannot be read as the old owner's starts again
+        from byte 0), so he resumes, completes or cancels them as his own.  Refused,
+        nothing changed, when he may not create files in a destination directory
+        (BG_E_NEW_OWNER_NO_FILE_ACCESS)."""
         Params(raw, ())
         if not caller.is_admin:
             raise AccessDenied("only administrators may take ownership of a job")
         job = self.find(caller, job_ref)
         states.check_call(states.Call.SET_PROPERTY, job.state)
         previous, previous_uid = job.owner, job.owner_uid
-        temps: list[str] = []
+        moves: list[tuple[JobFile, handover.Move]] = []
         if previous_uid != caller.uid:
-            # (on the loop, as Complete's renames: no other change of the job comes between
-            # the stop, the files handed over and the commit; each helper answers in 5 s)
-            unpublished = [f for f in job.files if not f.published]
-            fs.check_new_owner(self.owners, [f.local_file for f in unpublished], caller.uid, caller.gid)
-            if job.state in states.RUNNING_STATES:
-                await self.runner.stop(job.job_id)
-                self.job_preempted(job)
-                states.check_call(states.Call.SET_PROPERTY, job.state)  # (cancelled meanwhile)
-            temps = [f.temp_path for f in unpublished if f.temp_path is not None]
-            fs.hand_over(self.owners, previous_uid, temps, caller.uid, caller.gid)
+            moves = await self._copy_files(job, caller)
         try:
-            with self._change(job, "ownership taken"):
+            with self._change(job, "ownership taken", [f for f, _ in moves]):
                 job.owner, job.owner_uid = caller.user, caller.uid
                 job.custom_headers = None
                 job.notify_program = job.notify_parameters = job.notify_url = None
                 job.credentials = {}
                 job.client_certificate = None
                 job.proxy_environment = None  # (the old owner's; PRECONFIG falls back to the daemon's)
+                for file, move in moves:
+                    file.temp_name = os.path.basename(move.new_path)
+                    if not move.kept:
+                        file.bytes_transferred, file.completed = 0, False
+                if job.state is JobState.TRANSFERRED and not all(f.completed for f in job.files):
+                    self._enter(job, states.add_file(job.state))  # (a file to fetch again)
                 arm_notification(job, self.clock.now_ns())
-        except BitsError:  # (not stored: the files go back to the owner the job still has)
-            with contextlib.suppress(BitsError):
-                fs.hand_over(self.owners, caller.uid, temps, previous_uid, primary_gid(previous_uid))
+        except BitsError:  # (not stored: the job keeps the old owner's files)
+            await asyncio.to_thread(
+                handover.discard, self.owners, caller.uid, caller.gid, [m for _, m in moves]
+            )
             raise
+        await asyncio.to_thread(handover.remove_old, self.owners, previous_uid, [m for _, m in moves])
         log.info("job %s: %s took ownership from %s", job.job_id, caller.user, previous)
         return {"ReturnValue": 0}
+
+    async def _copy_files(self, job: Job, caller: Caller) -> list[tuple[JobFile, handover.Move]]:
+        """TakeOwnership's files (``handover.prepare``, in a worker thread): the transfer
+        stopped first, and no other started (``taking``) until they are copied.  Refused
+        (the copies removed) if the job changed meanwhile."""
+        old_uid = job.owner_uid
+        if job.job_id in self.taking:
+            raise InvalidState(f"the ownership of the job {job.job_id} is being taken already")
+        self.taking.add(job.job_id)
+        try:
+            await self.runner.stop(job.job_id)
+            self.job_preempted(job)
+            states.check_call(states.Call.SET_PROPERTY, job.state)  # (cancelled meanwhile)
+            unpublished = [f for f in job.files if not f.published]
+            before = [(f.temp_name, f.bytes_transferred, f.completed) for f in unpublished]
+            moves = [
+                handover.Move(
+                    old_path=f.temp_path,
+                    new_path=os.path.join(os.path.dirname(f.local_file), fs.fresh_temp_name()),
+                    length=f.bytes_transferred,
+                    needed=f.completed or f.bytes_transferred > 0,
+                )
+                for f in unpublished
+            ]
+            local_files = [f.local_file for f in unpublished]
+            await asyncio.to_thread(
+                handover.prepare, self.owners, local_files, old_uid, caller.uid, caller.gid, moves
+            )
+            after = [(f.temp_name, f.bytes_transferred, f.completed) for f in unpublished]
+            if (
+                job.owner_uid != old_uid
+                or job.state.is_final
+                or any(f.published for f in unpublished)
+                or after != before
+            ):
+                await asyncio.to_thread(handover.discard, self.owners, caller.uid, caller.gid, moves)
+                states.check_call(states.Call.SET_PROPERTY, job.state)
+                raise InvalidState(f"the job {job.job_id} changed while its ownership was taken; try again")
+            return list(zip(unpublished, moves, strict=True))
+        finally:
+            self.taking.discard(job.job_id)
+            self.runner.wake()
 
     def _owned(self, caller: Caller, job_ref: str, what: str) -> Job:
         """The job of an identity method (SPEC §7): only its owner (or root) may call it,

@@ -14,6 +14,7 @@ import errno
 import functools
 import hashlib
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -133,6 +134,13 @@ def temp_name_for(job_id: str, index: int) -> str:
     return f"{TEMP_PREFIX}{digest}{TEMP_SUFFIX}"
 
 
+def fresh_temp_name() -> str:
+    """A temporary file name no one can foresee (``.BIT<8 random hex>.tmp``): the name a new
+    owner's copy takes at TakeOwnership (``handover``), recorded in the file row, so the old
+    owner cannot plant a file or a link under it beforehand."""
+    return f"{TEMP_PREFIX}{secrets.token_hex(4).upper()}{TEMP_SUFFIX}"
+
+
 def open_temp(owners: Owners, path: str, uid: int, gid: int | None) -> int:
     """Open the temporary file for writing as its owner, creating it (O_EXCL, 0600) if
     absent; an existing one must be the owner's regular file with one link, reached
@@ -219,45 +227,6 @@ def check_new_owner(owners: Owners, local_files: list[str], uid: int, gid: int |
             raise AccessDenied(e.message, hresult=HResult.BG_E_NEW_OWNER_NO_FILE_ACCESS) from None
         except (PathNotFound, InvalidArgument):
             continue
-
-
-def hand_over(owners: Owners, old_uid: int, paths: list[str], new_uid: int, new_gid: int) -> None:
-    """TakeOwnership: the temporary files ``paths`` of ``old_uid`` become ``new_uid``'s, with
-    their bytes, so the new owner resumes, publishes and deletes them as his own.
-
-    Each is opened by the old owner (his helper: no symlink on the way, a regular file) and
-    must be his own with one link (a hard link to another's file is never given away); the
-    daemon then changes the owner through that fd (only root can).  Every file is checked
-    before any changes hands: one that cannot be refuses the whole, nothing changed
-    (BG_E_NEW_OWNER_NO_FILE_ACCESS); one that does not exist (yet, or any more) is skipped."""
-    opened: list[tuple[int, str]] = []
-    try:
-        for path in paths:
-            try:
-                fd = owners.open_source(old_uid, None, path)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as e:
-                raise _not_handed_over(path, e.strerror or str(e)) from e
-            opened.append((fd, path))
-            st = os.fstat(fd)
-            if st.st_uid != old_uid or st.st_nlink != 1:
-                raise _not_handed_over(path, "it is linked elsewhere or not the old owner's")
-        for fd, path in opened:
-            try:
-                os.fchown(fd, new_uid, new_gid)
-            except OSError as e:
-                raise _not_handed_over(path, e.strerror or str(e)) from e
-    finally:
-        for fd, _ in opened:
-            os.close(fd)
-
-
-def _not_handed_over(path: str, why: str) -> BitsError:
-    return AccessDenied(
-        f"the temporary file {path} cannot be given to the new owner: {why}",
-        hresult=HResult.BG_E_NEW_OWNER_NO_FILE_ACCESS,
-    )
 
 
 async def open_sync_handle(owners: Owners, uid: int, gid: int | None, directory: str) -> int:

@@ -135,6 +135,18 @@ def open_temp(path: str) -> tuple[int, bool]:
         os.close(dfd)
 
 
+def create_temp(path: str) -> int:
+    """A new temporary file ``path`` for reading and writing (O_EXCL, 0600, never through a
+    link): EEXIST if the name is taken, whoever took it."""
+    directory, name = split(path)
+    dfd = open_dir(directory)
+    try:
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(name, flags, 0o600, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
 def open_source(path: str) -> int:
     """``path`` opened read-only: a regular file (a FIFO or device is refused, unopened
     for long enough to block)."""
@@ -273,6 +285,7 @@ def list_dir(directory: str, max_names: int) -> list[str]:
 #: a JSON value
 ACTIONS: dict[str, Callable[..., Any]] = {
     "open_temp": open_temp,
+    "create_temp": create_temp,
     "open_source": open_source,
     "publish": publish,
     "unlink": unlink,
@@ -284,7 +297,7 @@ ACTIONS: dict[str, Callable[..., Any]] = {
 }
 
 #: the actions whose result is a file descriptor (first of a pair for open_temp)
-FD_ACTIONS = frozenset({"open_temp", "open_source", "searchable_dir"})
+FD_ACTIONS = frozenset({"open_temp", "create_temp", "open_source", "searchable_dir"})
 
 
 # -- the helper process ---------------------------------------------------------------------

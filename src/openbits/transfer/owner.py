@@ -271,6 +271,10 @@ class Owners:
         created, fd = self.run(uid, gid, "open_temp", path)
         return _regular(_given(fd), path), bool(created)
 
+    def create_temp(self, uid: int, gid: int | None, path: str) -> int:
+        """A new temporary file (``fsops.create_temp``: O_EXCL, 0600)."""
+        return _regular(_given(self.run(uid, gid, "create_temp", path)[1]), path)
+
     def open_source(self, uid: int, gid: int | None, path: str) -> int:
         """A local source opened read-only with the owner's rights."""
         return _regular(_given(self.run(uid, gid, "open_source", path)[1]), path)
