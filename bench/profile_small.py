@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import pstats
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,13 +50,36 @@ from common import (
 HOOK_DIR = Path(__file__).resolve().parent / "profhook"
 
 
-def transfer_profiled(services: Services, urls: list[str], dl: Path, out: Path) -> None:
+def start_strace(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """``strace -c`` on every thread of ``pid`` (and those it starts): syscall counts, from
+    once every thread has a tracer."""
+    tids = sorted(os.listdir(f"/proc/{pid}/task"))
+    cmd = ["strace", "-c", "-f", "-o", str(out), *(f"-p{t}" for t in tids)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+
+    def traced(tid: str) -> bool:
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        return any(line.split()[1:] != ["0"] for line in status.splitlines() if line.startswith("TracerPid:"))
+
+    while not all(traced(t) for t in tids):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise BenchError("strace did not attach")
+        time.sleep(0.02)
+    return proc
+
+
+def transfer_profiled(
+    services: Services, urls: list[str], dl: Path, out: Path, strace_out: Path | None
+) -> None:
     from openbits.client import Client
 
     pid = services.daemon_pid()
     with Client(str(services.socket), timeout=RUN_DEADLINE_S) as client:
         job = client.create_job("profile_small", priority=0).job_id
         client.add_file_set(job, [(url, str(dl / url.rsplit("/", 1)[1])) for url in urls])
+        tracer = start_strace(pid, strace_out) if strace_out is not None else None
         os.kill(pid, signal.SIGUSR1)
         client.resume(job)
         deadline = time.monotonic() + RUN_DEADLINE_S
@@ -64,6 +88,9 @@ def transfer_profiled(services: Services, urls: list[str], dl: Path, out: Path) 
             if time.monotonic() > deadline:
                 raise BenchError("the job did not reach TRANSFERRED in time")
         os.kill(pid, signal.SIGUSR2)
+        if tracer is not None:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=60)
         while not out.exists():
             if time.monotonic() > deadline:
                 raise BenchError("the daemon wrote no profile")
@@ -87,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--size", type=int, default=16 * KIB)
     p.add_argument("--top", type=int, default=60)
+    p.add_argument(
+        "--strace", action="store_true", help="also count the syscalls of every thread (strace -c)"
+    )
     add_keep_arg(p, "files, logs, state")
     add_output_args(p, OUT_DIR / "profile_small.json", "(unused)")
     args = parse_common_args(p, argv)
@@ -96,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     out = OUT_DIR / "profile_small.pstats"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
+    strace_out = OUT_DIR / "profile_small.strace" if args.strace else None
     env = dict(args.daemon_env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOK_DIR), env.get("PYTHONPATH", "")]))
     env["OPENBITS_PROFILE_OUT"] = str(out)
@@ -109,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         dl = session.work / "dl" / "run"
         dl.mkdir(parents=True)
         untimed_sync()
-        transfer_profiled(services, [f"{base}/{n}" for n in data.names], dl, out)
+        transfer_profiled(services, [f"{base}/{n}" for n in data.names], dl, out, strace_out)
     if session.failures or not out.exists():
         log("\n".join(session.failures))
         return 1
     report(out, args.files, args.top)
+    if strace_out is not None:
+        log(f"syscalls of every thread (strace -c):\n{strace_out.read_text()}")
     return 0
 
 
