@@ -23,7 +23,7 @@ from openbits.errors import (
     TransferError,
 )
 from openbits.model import ErrorContext
-from openbits.transfer import files
+from openbits.transfer import files, fsops
 from openbits.transfer.files import (
     check_destination,
     http_date_to_unix,
@@ -253,6 +253,33 @@ def test_open_temp_refuses_a_symlinked_directory_on_the_way(owners: Owners, tmp_
     assert list(real.iterdir()) == []
     with pytest.raises(AccessDenied):
         check_destination(owners, str(tmp_path / "link" / "f.bin"), UID, GID)
+
+
+def test_a_path_without_links_is_opened_in_one_call_and_any_link_left_to_the_walk(tmp_path: Path) -> None:
+    """The small-file path's fast way to a temporary file's directory (openat2 with
+    RESOLVE_NO_SYMLINKS): the same directory the walk reaches, in one call; a path with a
+    symlink on it, root's too, is declined (-1) so the walk decides, following root's and
+    refusing a user's (the tests above and below)."""
+    real = tmp_path / "a" / "b"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    fd = fsops._open_without_links(str(real))
+    assert fd >= 0, "openat2 unavailable: every file walks its path one component at a time"
+    try:
+        assert os.path.samestat(os.fstat(fd), os.stat(real))
+        assert os.get_inheritable(fd) is False
+    finally:
+        os.close(fd)
+    assert fsops._open_without_links(str(tmp_path / "link")) == -1
+    assert fsops._open_without_links(str(tmp_path / "missing")) == -1
+    fd = fsops.open_dir(str(tmp_path / "a" / "." / "b"))
+    try:
+        assert os.path.samestat(os.fstat(fd), os.stat(real))
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        fsops.open_dir(str(tmp_path / "a" / ".." / "a"))
+    assert info.value.errno == errno.EINVAL
 
 
 @pytest.mark.skipif(not is_root, reason="needs root to make root's symlinks")

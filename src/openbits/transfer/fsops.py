@@ -6,7 +6,10 @@ same either way, so the behaviour is.  Every path is walked from ``/`` one compo
 a time with ``O_PATH|O_DIRECTORY|O_NOFOLLOW``, and the last name is used relative to the
 directory fd: no component may be a symbolic link (ELOOP) unless root made it (the
 system's layout), so no user's symlink can send a job anywhere, and nothing can be swapped
-between a check and its use; the last name is never followed.
+between a check and its use; the last name is never followed.  A path without any
+symlink is opened in one openat2(2) call with RESOLVE_NO_SYMLINKS (the same directory,
+without an open and a close per component: one temporary file per downloaded file); any
+other path, or a kernel without openat2, takes the walk.
 Existing temporary files must be regular, the process's own and singly linked (a hard
 link to someone else's file is not truncated); new ones are made with O_EXCL.
 
@@ -17,6 +20,7 @@ Errors are OSError (the helper sends back the errno); ``files.local_error`` tran
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -34,6 +38,35 @@ _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: root's symlinks followed on one path at most (a loop of them ends in ELOOP)
 MAX_ROOT_LINKS = 8
+
+#: openat2(2)'s syscall number (the same on every architecture listed: the unified table) and
+#: its RESOLVE_NO_SYMLINKS; AT_FDCWD
+_SYS_OPENAT2 = 437
+_OPENAT2_MACHINES = frozenset({"x86_64", "aarch64", "riscv64", "ppc64le", "s390x"})
+_RESOLVE_NO_SYMLINKS = 0x04
+_AT_FDCWD = -100
+
+
+class _OpenHow(ctypes.Structure):
+    """``struct open_how`` of openat2(2)."""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def _load_syscall() -> Any:
+    """libc's ``syscall`` where openat2 has the number above, else None (the walk alone)."""
+    if sys.platform != "linux" or os.uname().machine not in _OPENAT2_MACHINES:
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_long
+    return fn
+
+
+#: loaded once (a constant: the C function, never changed)
+_SYSCALL = _load_syscall()
 
 #: a request or answer on the helper's socket is one datagram of at most this size
 MESSAGE_BYTES = 65536
@@ -55,9 +88,13 @@ def open_dir(directory: str) -> int:
     target is walked the same way (at most ``MAX_ROOT_LINKS`` of them)."""
     if not os.path.isabs(directory):
         raise OSError(errno.EINVAL, "not an absolute path", directory)
-    parts = deque(p for p in directory.split("/") if p and p != ".")
-    if ".." in parts:
+    names = directory.split("/")
+    if ".." in names:
         raise OSError(errno.EINVAL, "'..' in a path", directory)
+    fd = _open_without_links(directory)
+    if fd >= 0:
+        return fd
+    parts = deque(p for p in names if p and p != ".")
     links = 0
     fd = os.open("/", _DIR)
     try:
@@ -84,6 +121,19 @@ def open_dir(directory: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _open_without_links(directory: str) -> int:
+    """The O_PATH fd of ``directory`` in one openat2(2) call that refuses every symlink on
+    the way (RESOLVE_NO_SYMLINKS), or -1 when that call fails for any reason (a symlink,
+    root's too, an error, a kernel without openat2): the walk of ``open_dir`` then decides,
+    and says why.  The same fd the walk would give, without one open and close per
+    component (a temporary file per downloaded file: the small-file path)."""
+    if _SYSCALL is None:
+        return -1
+    how = _OpenHow(_DIR, 0, _RESOLVE_NO_SYMLINKS)
+    fd: int = _SYSCALL(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(directory), ctypes.byref(how), ctypes.sizeof(how))
+    return fd if fd >= 0 else -1
 
 
 def searchable_dir(directory: str) -> int:

@@ -164,7 +164,10 @@ class Owners:
         timeout_s: float = 5.0,
         pause_s: float = 60.0,
     ) -> None:
-        self.in_process = os.geteuid() != 0 if in_process is None else in_process
+        #: the daemon's user: acts in process (read once, not a syscall per file; the
+        #: daemon never changes its ids)
+        self.euid = os.geteuid()
+        self.in_process = self.euid != 0 if in_process is None else in_process
         self.idle_s = idle_s
         self.timeout_s = timeout_s
         self.pause_s = pause_s
@@ -247,7 +250,7 @@ class Owners:
     def acts_in_process(self, uid: int) -> bool:
         """Whether ``uid``'s actions run here (fast) rather than in a helper (a round trip
         that may take up to ``timeout_s``: callers on the event loop run those in a thread)."""
-        return self.in_process or uid == os.geteuid()
+        return self.in_process or uid == self.euid
 
     def helpers(self) -> list[int]:
         """The pids of the helpers running (for tests and metrics)."""
@@ -269,6 +272,8 @@ class Owners:
     def open_temp(self, uid: int, gid: int | None, path: str) -> tuple[int, bool]:
         """(fd, created) of a temporary file (``fsops.open_temp``)."""
         created, fd = self.run(uid, gid, "open_temp", path)
+        if self.acts_in_process(uid):  # (fsops.open_temp's own fd: regular, checked there)
+            return _given(fd), bool(created)
         return _regular(_given(fd), path), bool(created)
 
     def create_temp(self, uid: int, gid: int | None, path: str) -> int:
@@ -333,9 +338,10 @@ class Owners:
 
 
 def _check_paths(args: tuple[Any, ...]) -> None:
-    """ENAMETOOLONG for a path (a string argument) longer than ``PATH_MAX_BYTES``."""
+    """ENAMETOOLONG for a path (a string argument) longer than ``PATH_MAX_BYTES``; encoded
+    only when it might be (a character is at most 4 bytes): not once per small file."""
     for arg in args:
-        if isinstance(arg, str) and len(os.fsencode(arg)) > PATH_MAX_BYTES:
+        if isinstance(arg, str) and len(arg) * 4 > PATH_MAX_BYTES and len(os.fsencode(arg)) > PATH_MAX_BYTES:
             raise OSError(errno.ENAMETOOLONG, f"a path is longer than {PATH_MAX_BYTES} bytes")
 
 
