@@ -160,8 +160,8 @@ class TLSContexts:
 
     @staticmethod
     def fresh(security_flags: int) -> ssl.SSLContext:
-        """A new context verifying as ``security_flags`` say, as ``for_aiohttp``'s are: for
-        a job that adds to it (a client certificate, ``certs.ClientContexts``)."""
+        """A new context verifying as ``security_flags`` say, as ``for_h1``'s do: for a job
+        that adds to it (a client certificate, ``certs.ClientContexts``)."""
         ctx = ssl.create_default_context()
         relax = security_flags & 0x1E
         if relax:
