@@ -38,8 +38,8 @@ from openbits.model import (
     Secret,
 )
 from openbits.transfer.download import Downloader, Owner
-from openbits.transfer.fetch import ProxyAuthFactory, RequestOptions
 from openbits.transfer.h1 import H1Client
+from openbits.transfer.options import ProxyAuthFactory, RequestOptions
 from openbits.transfer.pac import PacRoutes, fetch_text
 from openbits.transfer.pacworker import PacEvaluator
 from openbits.transfer.proxy import Proxies, parse_environment

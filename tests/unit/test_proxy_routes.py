@@ -15,7 +15,7 @@ import pytest
 
 from openbits.config import Config
 from openbits.model import AuthScheme, AuthTarget, Credential, ProxyUsage, Secret
-from openbits.transfer.fetch import RequestOptions
+from openbits.transfer.options import RequestOptions
 from openbits.transfer.pac import PacRoutes, parse_pac_result
 from openbits.transfer.pacworker import PacEvaluator, PacFailed
 from openbits.transfer.proxy import (

@@ -26,14 +26,13 @@ from openbits.transfer.fetch import (
     FileDownload,
     Owner,
     Progress,
-    ProxyAuthFactory,
-    RequestOptions,
     Transport,
     Tuning,
 )
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import TLSContexts, invalid_response
 from openbits.transfer.local import download_local
+from openbits.transfer.options import ProxyAuthFactory, RequestOptions
 from openbits.transfer.owner import Owners
 from openbits.transfer.proxy import Proxies
 from openbits.transfer.proxylist import ProxyEntry

@@ -19,12 +19,11 @@ import base64
 import collections
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,14 +31,8 @@ import yarl
 from multidict import CIMultiDictProxy
 
 from openbits.model import (
-    AuthScheme,
     AuthTarget,
-    ClientCertificate,
-    Credential,
-    Job,
     JobFile,
-    ProxyUsage,
-    parse_custom_headers,
     redact_url,
 )
 from openbits.transfer import checks, redirects
@@ -47,7 +40,7 @@ from openbits.transfer import files as fs
 from openbits.transfer.auth import Authenticator
 from openbits.transfer.certs import ClientContexts
 from openbits.transfer.checks import Restart
-from openbits.transfer.h1 import BadRequest, H1Client, ProxyAuth, ProxyUnreachable, Response, Via
+from openbits.transfer.h1 import BadRequest, H1Client, ProxyUnreachable, Response, Via
 from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.http import (
     NETWORK_EXCEPTIONS,
@@ -56,9 +49,9 @@ from openbits.transfer.http import (
     invalid_response,
     network_error,
 )
+from openbits.transfer.options import ProxyAuthFactory, RequestOptions, digest
 from openbits.transfer.owner import Owners, opened_off_loop
 from openbits.transfer.proxy import DIRECT, Proxies, Route
-from openbits.transfer.proxylist import ProxyEntry
 from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
 from openbits.transfer.throttle import Throttle
 
@@ -66,81 +59,6 @@ log = logging.getLogger("openbits.transfer")
 
 #: a body up to this long (known length) is read whole and written at once
 SMALL_BODY_BYTES = 256 * 1024
-#: the key of the connection partitions' digests (random per process: the digest of a
-#: password is never comparable with anything outside this process)
-_PARTITION_KEY = os.urandom(32)
-
-
-@dataclass(frozen=True, slots=True)
-class RequestOptions:
-    """What a job adds to its requests: custom headers, SetSecurityFlags bits, and its
-    identity (SPEC §7): its credentials, proxy settings and client certificate.  ``job_id``
-    partitions connections: one that carried a job's credentials or certificate is never
-    reused by another job."""
-
-    headers: tuple[tuple[str, str], ...] = ()
-    security_flags: int = 0
-    job_id: str = ""
-    credentials: tuple[Credential, ...] = ()
-    proxy_usage: ProxyUsage = ProxyUsage.PRECONFIG
-    proxy_list: str | None = None
-    proxy_bypass_list: str | None = None
-    #: PRECONFIG: the caller's proxy variables at CreateJob (None: the daemon's)
-    proxy_environment: Mapping[str, str] | None = None
-    client_certificate: ClientCertificate | None = None
-    owner_uid: int = -1  # whose job (-1: unknown): default credentials only as the owner
-
-    def server_credentials(self) -> bool:
-        return any(c.target == AuthTarget.SERVER for c in self.credentials)
-
-    @classmethod
-    def of(cls, job: Job) -> RequestOptions:
-        return cls(
-            headers=tuple(parse_custom_headers(job.custom_headers)) if job.custom_headers else (),
-            security_flags=job.security_flags,
-            job_id=job.job_id,
-            credentials=tuple(job.credentials.values()),
-            proxy_usage=job.proxy_usage,
-            proxy_list=job.proxy_list,
-            proxy_bypass_list=job.proxy_bypass_list,
-            proxy_environment=job.proxy_environment,
-            client_certificate=job.client_certificate,
-            owner_uid=job.owner_uid,
-        )
-
-    @property
-    def partition(self) -> str:
-        """What keeps this job's connections its own (SPEC §7: reused only by the same job
-        with the same credentials and certificate): "" without either (connections shared by
-        every job), else the job's id and a keyed digest of its credentials and certificate
-        (a changed password never rides on a connection the old one opened)."""
-        if not self.credentials and self.client_certificate is None:
-            return ""
-        parts: list[object] = []
-        for cred in self.credentials:
-            password = cred.password.reveal() if cred.password is not None else ""
-            parts.append((int(cred.target), int(cred.scheme), cred.user_name, password))
-        cert = self.client_certificate
-        if cert is not None:
-            parts.append((int(cert.location), cert.store_name, cert.cert_hash))
-        return f"{self.job_id}/{_digest(repr(parts))}"
-
-    def proxy_login(self) -> tuple[str | None, str | None]:
-        """The Basic proxy credential (Target PROXY, Scheme BASIC): a SOCKS5 login."""
-        for cred in self.credentials:
-            if cred.target is AuthTarget.PROXY and cred.scheme is AuthScheme.BASIC:
-                return cred.user_name, cred.password.reveal() if cred.password is not None else None
-        return None, None
-
-
-#: what answers a proxy's 407 for a job's requests through a proxy (``transfer/auth.py``
-#: builds it from the job's proxy credentials); None: nothing answers, the 407 stands
-ProxyAuthFactory = Callable[["RequestOptions", ProxyEntry], ProxyAuth | None]
-
-
-def _digest(text: str) -> str:
-    """A keyed digest (per process) that tells identities apart without holding them."""
-    return hashlib.blake2b(text.encode(), key=_PARTITION_KEY, digest_size=12).hexdigest()
 
 
 class Body(Protocol):
@@ -431,7 +349,7 @@ class FileDownload:
         tag = entry.url
         if route.user is not None:
             # (a tunnel opened with one login is never reused with another, or none)
-            tag += "#" + _digest(repr((route.user, route.password)))
+            tag += "#" + digest(repr((route.user, route.password)))
             if not entry.is_socks:
                 # (the proxy URL's login, as curl sends it: before the proxy asks)
                 token = f"{route.user}:{route.password or ''}".encode()

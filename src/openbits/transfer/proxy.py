@@ -34,7 +34,7 @@ from openbits.transfer.proxylist import (
 )
 
 if TYPE_CHECKING:
-    from openbits.transfer.fetch import RequestOptions
+    from openbits.transfer.options import RequestOptions
     from openbits.transfer.pac import PacRoutes
 
 #: parsed environments and lists kept per Proxies object (then the cache starts again)
