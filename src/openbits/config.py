@@ -103,6 +103,10 @@ class Config:
     #: the LOCAL_MACHINE certificate stores (SetClientCertificateBy*: CertStoreLocation 1, 6
     #: and 7): one directory per store name; CURRENT_USER ones are in each owner's home
     machine_cert_dir: str = "/etc/openbits/certs"
+    #: the owner's Kerberos ticket cache file, which NTLM/Negotiate credentials with no names
+    #: use when the daemon is not him (the system daemon): read with his rights, used only if
+    #: he owns it; ``%{uid}`` is his uid; "" reads none (such jobs then need names)
+    owner_ccache: str = "/tmp/krb5cc_%{uid}"
     # store
     store_synchronous: str = "FULL"
     #: new work (CreateJob, AddFile*) is refused while the state directory's file system has

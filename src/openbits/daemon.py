@@ -47,6 +47,7 @@ from openbits.transfer.pac import PacRoutes, fetch_text
 from openbits.transfer.pacworker import PacEvaluator
 from openbits.transfer.proxy import Proxies
 from openbits.transfer.throttle import Throttle
+from openbits.transfer.tickets import OwnerTickets
 
 log = logging.getLogger("openbits.daemon")
 
@@ -240,8 +241,17 @@ async def _open_downloader(
         write_block_bytes=config.write_block_bytes,
         read_buffer_bytes=config.read_buffer_bytes,
     )
+    tickets = OwnerTickets(owners, config.owner_ccache)
+    stack.callback(tickets.close)
     return Downloader(
-        h1, tuning, throttle, tls, proxies, owners=owners, machine_cert_dir=config.machine_cert_dir
+        h1,
+        tuning,
+        throttle,
+        tls,
+        proxies,
+        owners=owners,
+        machine_cert_dir=config.machine_cert_dir,
+        tickets=tickets,
     )
 
 

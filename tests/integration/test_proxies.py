@@ -44,6 +44,7 @@ from openbits.transfer.pac import PacRoutes, fetch_text
 from openbits.transfer.pacworker import PacEvaluator
 from openbits.transfer.proxy import Proxies, parse_environment
 from openbits.transfer.proxylist import ProxyEntry
+from openbits.transfer.tickets import DefaultCredentials
 from tests.support.daemon import Daemon
 from tests.support.driver import Driver
 from tests.support.fixtures import make_file, sha256_file
@@ -367,7 +368,7 @@ async def test_a_proxy_407_without_an_answer_is_an_error_and_with_one_succeeds(
         assert refused.value.hresult == 0x80190197 and refused.value.context is ErrorContext.REMOTE_FILE
     answers: list[BasicAnswer] = []
 
-    def auth(options: RequestOptions, entry: ProxyEntry) -> BasicAnswer:
+    def auth(options: RequestOptions, entry: ProxyEntry, defaults: DefaultCredentials) -> BasicAnswer:
         answers.append(BasicAnswer(USER, PASSWORD))
         return answers[-1]
 

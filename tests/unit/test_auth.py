@@ -20,6 +20,7 @@ from openbits.transfer.auth import (
     offered,
     parse_challenges,
 )
+from openbits.transfer.tickets import DefaultCredentials
 
 
 def cred(scheme: AuthScheme, user: str | None = "u", password: str | None = "p", **kw: object) -> Credential:
@@ -283,9 +284,21 @@ def test_ntlm_legs_against_pyspnego_acceptor() -> None:
 
 def test_default_credentials_only_for_a_daemon_running_as_the_owner() -> None:
     no_names = cred(AuthScheme.NEGOTIATE, user=None, password=None)
-    auth = Authenticator(AuthTarget.SERVER, [no_names], "h", secure=True, default_credentials=False)
+    defaults = DefaultCredentials(False, why="no ticket cache at /tmp/krb5cc_1001")
+    auth = Authenticator(AuthTarget.SERVER, [no_names], "h", secure=True, defaults=defaults)
     assert auth.answer(401, heads("Negotiate"), "GET", "/") is None
     assert auth.problem is not None and "default credentials" in auth.problem
+    assert "/tmp/krb5cc_1001" in auth.problem
+
+
+def test_an_owners_ticket_cache_serves_negotiate_not_ntlm() -> None:
+    """A copy of the owner's Kerberos tickets (the system daemon) can answer Negotiate only:
+    NTLM with no names has nothing to use then, and says so."""
+    ntlm = cred(AuthScheme.NTLM, user=None, password=None)
+    defaults = DefaultCredentials(ccache="MEMORY:openbits-test")
+    auth = Authenticator(AuthTarget.SERVER, [ntlm], "h", secure=True, defaults=defaults)
+    assert auth.answer(401, heads("NTLM"), "GET", "/") is None
+    assert auth.problem is not None and "NTLM cannot use his Kerberos ticket cache" in auth.problem
 
 
 @pytest.mark.parametrize("tamper", [False, True], ids=["intact", "tampered"])

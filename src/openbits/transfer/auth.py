@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from multidict import MultiMapping
 
 from openbits.model import AuthScheme, AuthTarget, Credential
+from openbits.transfer.tickets import PROCESS, DefaultCredentials
 
 if TYPE_CHECKING:  # pyspnego is imported on first use: most jobs never need it
     from spnego import ContextProxy
@@ -331,6 +332,7 @@ class Authenticator:
     __slots__ = (
         "_context",
         "_credentials",
+        "_defaults",
         "_legs",
         "_nc",
         "_no_default",
@@ -356,21 +358,27 @@ class Authenticator:
         host: str,
         *,
         secure: bool,
-        default_credentials: bool = True,
+        defaults: DefaultCredentials = PROCESS,
     ) -> None:
         """``credentials``: the job's (those of other targets are ignored); ``host``: the
         server's (or proxy's) host name, Kerberos' service principal is HTTP/host; ``secure``:
         the exchange is inside TLS (Basic in the clear is worth a warning);
-        ``default_credentials``: NTLM/Negotiate credentials without a password may use the
-        process's own (its Kerberos ticket cache, KRB5CCNAME): only when the process runs
-        as the job's owner, else they are the daemon's, not his, and count as none."""
+        ``defaults``: what NTLM/Negotiate credentials with no names use: the process's own
+        (its KRB5CCNAME) only when it runs as the job's owner, else a copy of the owner's
+        Kerberos ticket cache (``tickets.OwnerTickets``; Negotiate only), else nothing."""
         self.target = target
         proxy = target == AuthTarget.PROXY
         self.status = 407 if proxy else 401
         self.header_name = "Proxy-Authorization" if proxy else "Authorization"
         self.challenge_header = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         mine = [c for c in credentials if c.target == target]
-        self._no_default = {c.scheme for c in mine if not default_credentials and _uses_default(c)}
+        self._defaults = defaults
+        unusable = not defaults.usable or defaults.ccache is not None  # (NTLM: no ticket will do)
+        self._no_default = {
+            c.scheme
+            for c in mine
+            if _uses_default(c) and (unusable if c.scheme == AuthScheme.NTLM else not defaults.usable)
+        }
         self._credentials = {c.scheme: c for c in mine if c.scheme not in self._no_default}
         self.host, self.secure = host, secure
         #: the TLS server's certificate (DER), set by the transport: NTLM and Negotiate bind
@@ -484,9 +492,12 @@ class Authenticator:
             from spnego.channel_bindings import GssChannelBindings
 
             bindings = GssChannelBindings(application_data=tls_server_end_point(self.server_certificate))
+        who: str | spnego.KerberosCCache | None = user
+        if password is None and self._defaults.ccache is not None:  # (the owner's tickets)
+            who = spnego.KerberosCCache(self._defaults.ccache, principal=user)
         try:
             return spnego.client(
-                user,
+                who,
                 password,
                 hostname=self.host,
                 service="HTTP",
@@ -540,9 +551,10 @@ class Authenticator:
             return self.problem  # (a context that could not start says why)
         names = ", ".join(SCHEME_NAMES[s] for s in PREFERENCE if s in schemes) or "no scheme we speak"
         if self._no_default & set(schemes):
+            why = self._defaults.why or "NTLM cannot use his Kerberos ticket cache"
             return (
                 f"the {self._who()} {names} credential has no password, and the owner's default "
-                "credentials (his Kerberos ticket cache) are usable only by a daemon running as him"
+                f"credentials are not usable here: {why}"
             )
         for scheme in PREFERENCE:
             credential = self._credentials.get(scheme)

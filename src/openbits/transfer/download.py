@@ -12,7 +12,6 @@ HTTP and HTTPS go through ``h1`` (lean, pipelined), directly or by the routes
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from openbits.model import AuthTarget, JobFile
@@ -38,6 +37,7 @@ from openbits.transfer.proxy import Proxies
 from openbits.transfer.proxylist import ProxyEntry
 from openbits.transfer.ranges import download_ranges
 from openbits.transfer.throttle import Throttle
+from openbits.transfer.tickets import PROCESS, DefaultCredentials, OwnerTickets
 
 __all__ = ["Downloader", "Fetched", "Owner", "Progress", "RequestOptions", "Tuning"]
 
@@ -45,12 +45,13 @@ __all__ = ["Downloader", "Fetched", "Owner", "Progress", "RequestOptions", "Tuni
 ATTEMPTS = 3
 
 
-def proxy_authenticator(options: RequestOptions, entry: ProxyEntry) -> Authenticator | None:
+def proxy_authenticator(
+    options: RequestOptions, entry: ProxyEntry, defaults: DefaultCredentials = PROCESS
+) -> Authenticator | None:
     """What answers a proxy's 407s for a job's requests through it (GET in absolute form and
     CONNECT): the job's proxy credentials (Target PROXY), the strongest scheme the proxy
-    offers first; None when the job has none.  The default credentials (the ticket cache of
-    KRB5CCNAME) are used only by a daemon that runs as the job's owner, as for servers
-    (``fetch.FileDownload._authenticator``)."""
+    offers first; None when the job has none.  Credentials with no names use ``defaults``,
+    as for servers (``fetch.FileDownload._default_credentials``)."""
     if not any(c.target is AuthTarget.PROXY for c in options.credentials):
         return None
     return Authenticator(
@@ -58,7 +59,7 @@ def proxy_authenticator(options: RequestOptions, entry: ProxyEntry) -> Authentic
         options.credentials,
         entry.host,
         secure=entry.scheme == "https",
-        default_credentials=options.owner_uid == os.geteuid(),
+        defaults=defaults,
     )
 
 
@@ -78,6 +79,7 @@ class Downloader:
         proxy_auth: ProxyAuthFactory | None = None,
         machine_cert_dir: str = "/etc/openbits/certs",
         owners: Owners | None = None,
+        tickets: OwnerTickets | None = None,
     ) -> None:
         tls = tls if tls is not None else TLSContexts()
         owners = owners if owners is not None else Owners()
@@ -91,6 +93,7 @@ class Downloader:
             proxy_auth=proxy_auth if proxy_auth is not None else proxy_authenticator,
             certs=ClientContexts(tls.fresh, machine_cert_dir, owners=owners),
             owners=owners,
+            tickets=tickets if tickets is not None else OwnerTickets(owners),
         )
 
     async def download(

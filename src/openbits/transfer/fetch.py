@@ -54,6 +54,7 @@ from openbits.transfer.owner import Owners, opened_off_loop
 from openbits.transfer.proxy import DIRECT, Proxies, Route
 from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
 from openbits.transfer.throttle import Throttle
+from openbits.transfer.tickets import PROCESS, DefaultCredentials, OwnerTickets
 
 log = logging.getLogger("openbits.transfer")
 
@@ -175,6 +176,9 @@ class Transport:
     notices: Notices = field(default_factory=Notices)
     certs: ClientContexts | None = None
     proxy_auth: ProxyAuthFactory | None = None
+    #: the owners' Kerberos tickets for a daemon that is not them (None: the process's own
+    #: for a job of the daemon's user, none for another's)
+    tickets: OwnerTickets | None = None
 
 
 class Ahead:
@@ -197,7 +201,7 @@ class FileDownload:
     reports, its priority and request options, and the temporary file open on ``fd`` during
     an attempt (``open``/``close``); its requests (``get``) and bodies (``stream``)."""
 
-    __slots__ = ("fd", "file", "options", "owner", "priority", "progress", "transport")
+    __slots__ = ("defaults", "fd", "file", "options", "owner", "priority", "progress", "transport")
 
     def __init__(
         self,
@@ -212,6 +216,8 @@ class FileDownload:
         self.file, self.owner, self.progress = file, owner, progress
         self.priority, self.options = priority, options
         self.fd = -1
+        #: what the job's credentials with no names use (``_default_credentials``, per request)
+        self.defaults = PROCESS
 
     async def open(self) -> int:
         """Open the temporary file (as its owner: in a thread when that takes a helper's
@@ -371,7 +377,9 @@ class FileDownload:
             user=user,
             password=password,
             basic=basic,
-            auth=self.transport.proxy_auth(self.options, entry) if self.transport.proxy_auth else None,
+            auth=self.transport.proxy_auth(self.options, entry, self.defaults)
+            if self.transport.proxy_auth
+            else None,
         )
 
     @contextlib.asynccontextmanager
@@ -384,6 +392,8 @@ class FileDownload:
         flags, options = self.options.security_flags, self.options
         url = start = self.file.remote_url  # (ALLOW_REPORT rewrites file.remote_url on the way)
         proxies = self.transport.proxies
+        if options.credentials:
+            self.defaults = await self._default_credentials()
         try:
             for _hop in range(redirects.MAX_REDIRECTS + 1):
                 routes = proxies.fixed(url, options)
@@ -421,8 +431,19 @@ class FileDownload:
             options.credentials,
             parts.host or "",
             secure=parts.scheme.lower() == "https",
-            default_credentials=self.owner.uid == os.geteuid(),
+            defaults=self.defaults,
         )
+
+    async def _default_credentials(self) -> DefaultCredentials:
+        """What the job's NTLM/Negotiate credentials with no names use: the process's own
+        when the daemon runs as the owner, else a copy of his Kerberos tickets
+        (``tickets.OwnerTickets``), else none (saying why)."""
+        owner, tickets = self.owner, self.transport.tickets
+        if owner.uid == os.geteuid() or not self.options.default_credentials():
+            return PROCESS
+        if tickets is None:
+            return DefaultCredentials(False, why="the daemon runs as another user")
+        return await tickets.for_owner(owner.uid, owner.gid)
 
     def _authenticated(self, auth: Authenticator, status: int) -> None:
         """After the exchange: a 401 its credentials did not get past (or a server that

@@ -20,6 +20,7 @@ from openbits.model import (
 )
 from openbits.transfer.h1 import ProxyAuth
 from openbits.transfer.proxylist import ProxyEntry
+from openbits.transfer.tickets import DefaultCredentials
 
 #: the key of the connection partitions' digests (random per process: the digest of a
 #: password is never comparable with anything outside this process)
@@ -47,6 +48,13 @@ class RequestOptions:
 
     def server_credentials(self) -> bool:
         return any(c.target == AuthTarget.SERVER for c in self.credentials)
+
+    def default_credentials(self) -> bool:
+        """An NTLM/Negotiate credential with no password: it uses the owner's defaults."""
+        return any(
+            c.scheme in (AuthScheme.NTLM, AuthScheme.NEGOTIATE) and c.password is None and not c.missing
+            for c in self.credentials
+        )
 
     @classmethod
     def of(cls, job: Job) -> RequestOptions:
@@ -89,8 +97,9 @@ class RequestOptions:
 
 
 #: what answers a proxy's 407 for a job's requests through a proxy (``transfer/auth.py``
-#: builds it from the job's proxy credentials); None: nothing answers, the 407 stands
-ProxyAuthFactory = Callable[["RequestOptions", ProxyEntry], ProxyAuth | None]
+#: builds it from the job's proxy credentials and the owner's default credentials); None:
+#: nothing answers, the 407 stands
+ProxyAuthFactory = Callable[["RequestOptions", ProxyEntry, DefaultCredentials], ProxyAuth | None]
 
 
 def digest(text: str) -> str:
