@@ -354,6 +354,38 @@ class ClientCertificate:
         }
 
 
+#: the fragment size an upload starts with; it grows while fragments go fast and shrinks on 413
+UPLOAD_FRAGMENT_START_BYTES = 1024 * 1024
+#: the largest reply GetReplyData returns (SPEC §8: BG_E_TOO_LARGE above)
+REPLY_DATA_MAX_BYTES = 1024 * 1024
+
+
+@dataclass(slots=True)
+class UploadState:
+    """An upload (or upload-reply) job's protocol state (SPEC §8, bits-spec §6), stored with
+    the job: what lets the client go on in the same session after any interruption, a
+    daemon restart included.  The job's one file holds the rest: ``bytes_total`` is the
+    source's size and ``bytes_transferred`` the offset the server acknowledged (progress
+    never counts a byte the server has not acknowledged)."""
+
+    #: the source as AddFile found it: a change of either before a fragment is
+    #: BG_E_LOCAL_FILE_CHANGED (context LOCAL_FILE)
+    source_size: int = 0
+    source_mtime_ns: int = 0
+    #: BITS-Session-Id of the open session (opaque, as the server spelled it); None: none yet
+    session_id: str | None = None
+    #: BITS-Host-Id of Create-Session's Ack: the later packets of the session go to that host
+    host_id: str | None = None
+    #: every byte acknowledged (the last fragment's Ack came)
+    fragments_done: bool = False
+    #: upload-reply: BITS-Reply-URL of the last fragment's Ack (fetched before Close-Session)
+    reply_url: str | None = None
+    #: upload-reply: the reply is whole in its temporary file (beside ReplyFileName)
+    reply_done: bool = False
+    #: Close-Session was answered: the upload is on the server (the job is TRANSFERRED)
+    closed: bool = False
+
+
 @dataclass(slots=True)
 class JobError:
     hresult: int
@@ -401,6 +433,13 @@ class Job:
     #: PRECONFIG: the caller's proxy variables at CreateJob (http_proxy, ...; sealed at rest)
     proxy_environment: dict[str, str] | None = None
     client_certificate: ClientCertificate | None = None
+    #: upload-reply: where the reply goes at Complete (SetReplyFileName; AddFile sets the
+    #: default, ``<source's directory>/<JobId>.reply``); None for other jobs
+    reply_file_name: str | None = None
+    reply_bytes_total: int | None = None  # ReplyProgress.BytesTotal (None: not known yet)
+    reply_bytes_transferred: int = 0  # ReplyProgress.BytesTransferred
+    #: upload and upload-reply jobs once their file is added: the session (UploadState)
+    upload: UploadState | None = None
     # not persisted: scheduling bookkeeping of this daemon's life
     run_started_ns: int = 0  # entered CONNECTING (0 while not running)
     queued_ns: int = 0  # entered QUEUED (round-robin order)
@@ -482,7 +521,17 @@ CIM_PROPERTIES: dict[str, Callable[[Job], Any]] = {
     "ProxyList": lambda j: j.proxy_list,
     "ProxyBypassList": lambda j: j.proxy_bypass_list,
     "ClientCertificate": lambda j: None if j.client_certificate is None else j.client_certificate.to_cim(),
+    "ReplyFileName": lambda j: j.reply_file_name,
+    "ReplyProgress": lambda j: _reply_progress(j),
 }
+
+
+def _reply_progress(job: Job) -> dict[str, int] | None:
+    """ReplyProgress of an upload-reply job (BG_JOB_REPLY_PROGRESS); None for other jobs."""
+    if job.job_type is not JobType.UPLOAD_REPLY:
+        return None
+    total = BG_SIZE_UNKNOWN if job.reply_bytes_total is None else job.reply_bytes_total
+    return {"BytesTotal": total, "BytesTransferred": job.reply_bytes_transferred}
 
 
 class _CimView(Mapping[str, Any]):
