@@ -41,11 +41,25 @@ def make_app(settings: ServerSettings) -> web.Application:
 def make_subapp(settings: ServerSettings) -> web.Application:
     """The upload server, mountable: its root fd, store and cleanup task live with the app."""
     _check_state_dir(settings)
+    accept_extension_methods()
     app = web.Application()
     app[SETTINGS] = settings
     app.router.add_route("*", "/{tail:.*}", _handle)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def accept_extension_methods() -> None:
+    """Let this process's aiohttp servers take ``BITS_POST``.
+
+    aiohttp's C parser (llhttp) answers 400 to a method it does not know, ``BITS_POST``
+    among them; its pure-Python parser takes any token. So the process serving uploads
+    (and an application that mounts `make_subapp`) parses requests in Python: idempotent,
+    and the one process-wide effect of building the application.
+    """
+    from aiohttp import http_parser, web_protocol
+
+    setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)  # noqa: B010
 
 
 def _check_state_dir(settings: ServerSettings) -> None:
