@@ -66,7 +66,9 @@ def _wait(condition: object, timeout_s: float = 10.0) -> None:
 
 
 @pytest.mark.parametrize("size", [0, 1, 5 << 20, 100 << 20], ids=["0B", "1B", "5MiB", "100MiB"])
-def test_upload_is_byte_identical(server: UploadServer, client: BitsUploadClient, tmp_path: Path, size: int) -> None:
+def test_upload_is_byte_identical(
+    server: UploadServer, client: BitsUploadClient, tmp_path: Path, size: int
+) -> None:
     source = _source(tmp_path, size)
     session, closed = client.upload(f"/file-{size}.bin", source)
     assert closed.status == 200
@@ -97,9 +99,17 @@ def test_ping_create_and_errors(client: BitsUploadClient) -> None:
     )
     lost = client.fragment("/x.bin", "{6E3D6A4B-4E1F-4C4B-9B7D-2B2C8F7A1E00}", 0, 4, b"abcd")
     assert (lost.status, lost.header("BITS-Error-Code")) == (500, "0x8020001F")
-    bad = client.request("/x.bin", "fragment", {"BITS-Session-Id": created.header("BITS-Session-Id") or "",
-                                                 "Content-Range": "bytes 5-1/4"}, b"abcd")
-    assert (bad.status, bad.header("BITS-Error-Code"), bad.header("BITS-Error-Context")) == (400, "0x80070057", "0x5")
+    bad = client.request(
+        "/x.bin",
+        "fragment",
+        {"BITS-Session-Id": created.header("BITS-Session-Id") or "", "Content-Range": "bytes 5-1/4"},
+        b"abcd",
+    )
+    assert (bad.status, bad.header("BITS-Error-Code"), bad.header("BITS-Error-Context")) == (
+        400,
+        "0x80070057",
+        "0x5",
+    )
     assert client.request("/x.bin", "Nonsense").status == 400
     assert client.request("/x.bin", None, method="PUT", body=b"abc").status == 405
     assert client.request("/x.bin", None, method="GET").status == 405
@@ -147,10 +157,23 @@ def test_max_upload_bytes_gives_413(tmp_path: Path) -> None:
         "/target-link.bin",
         "/sub/",
     ],
-    ids=["dotdot", "dotdot-deep", "encoded-dotdot", "encoded-slash", "nul", "long-name", "long-path",
-         "symlink-out", "symlink-in", "symlink-file", "no-name"],
+    ids=[
+        "dotdot",
+        "dotdot-deep",
+        "encoded-dotdot",
+        "encoded-slash",
+        "nul",
+        "long-name",
+        "long-path",
+        "symlink-out",
+        "symlink-in",
+        "symlink-file",
+        "no-name",
+    ],
 )
-def test_paths_outside_or_through_symlinks_are_refused(server: UploadServer, client: BitsUploadClient, path: str) -> None:
+def test_paths_outside_or_through_symlinks_are_refused(
+    server: UploadServer, client: BitsUploadClient, path: str
+) -> None:
     outside = server.workdir / "outside"
     outside.mkdir(exist_ok=True)
     (server.root / "sub").mkdir(exist_ok=True)
@@ -196,9 +219,11 @@ def test_a_body_cut_short_is_not_kept(server: UploadServer, client: BitsUploadCl
             + b"Content-Length: 1000\r\n\r\n"
             + data[500:900]
         )
+
     def settled() -> bool:
         answer = client.fragment("/cut.bin", session, 0, 2000, data[:1])
         return answer.status == 416 and answer.offset == 500
+
     _wait(settled)  # the cut fragment's handler has finished: the offset is still 500
     assert client.fragment("/cut.bin", session, 500, 2000, data[500:]).offset == 2000
     assert client.close_session("/cut.bin", session).status == 200
@@ -248,8 +273,7 @@ def test_overwrite_refused_unless_allowed(tmp_path: Path) -> None:
 
 def test_settings_per_directory_mode_and_session_cap(tmp_path: Path) -> None:
     config = (
-        'max_sessions_per_client = 2\nfile_mode = "0640"\n'
-        '[directories."closed"]\nallow_uploads = false\n'
+        'max_sessions_per_client = 2\nfile_mode = "0640"\n[directories."closed"]\nallow_uploads = false\n'
     )
     with UploadServer(tmp_path / "srv", config=config) as server:
         (server.root / "closed").mkdir()
