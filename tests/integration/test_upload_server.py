@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import socket
 import time
 from collections.abc import Iterator
@@ -272,9 +273,7 @@ def test_overwrite_refused_unless_allowed(tmp_path: Path) -> None:
 
 
 def test_settings_per_directory_mode_and_session_cap(tmp_path: Path) -> None:
-    config = (
-        'max_sessions_per_client = 2\nfile_mode = "0640"\n[directories."closed"]\nallow_uploads = false\n'
-    )
+    config = 'max_sessions_per_client = 2\nfile_mode = "0640"\nowner = "nobody"\n[directories."closed"]\nallow_uploads = false\n'
     with UploadServer(tmp_path / "srv", config=config) as server:
         (server.root / "closed").mkdir()
         client = BitsUploadClient(server.port)
@@ -284,7 +283,10 @@ def test_settings_per_directory_mode_and_session_cap(tmp_path: Path) -> None:
         assert missing.status == 404
         source = _source(tmp_path, 5)
         client.upload("/m.bin", source)
-        assert (server.root / "m.bin").stat().st_mode & 0o777 == 0o640
+        published = (server.root / "m.bin").stat()
+        assert published.st_mode & 0o777 == 0o640
+        if os.geteuid() == 0:
+            assert published.st_uid == pwd.getpwnam("nobody").pw_uid
         assert client.create_session("/one.bin").status == 200
         assert client.create_session("/two.bin").status == 200
         third = client.create_session("/three.bin")

@@ -114,7 +114,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         target = parse_target(_raw_tail(request))
         if packet is Packet.CREATE_SESSION:
             protocol.choose_protocol(request.headers)
-            session = uploads.create(target, request.remote or "", protocol.new_session_id)
+            session = uploads.create(target, _client(request), protocol.new_session_id)
             return _ack(200, protocol.create_session_ack(session.session_id))
         return await _in_session(uploads, packet, target, request)
     except UploadFailure as failure:
@@ -162,6 +162,18 @@ def _raw_tail(request: web.Request) -> str:
     return raw[len(prefix) :] if raw.startswith(prefix) else raw
 
 
+def _client(request: web.Request) -> str:
+    """The client's address (the proxy's X-Real-IP when trust_forwarded is set)."""
+    if request.app[SETTINGS].trust_forwarded and request.headers.get("X-Real-IP"):
+        return request.headers["X-Real-IP"].strip()
+    return request.remote or ""
+
+
 def _public_url(request: web.Request) -> URL:
-    """The upload URL as the client used it (the reply URL and notifications derive from it)."""
-    return request.url
+    """The upload URL as the client used it (the reply URL and notifications derive from it):
+    its Host header, and behind a trusted proxy the scheme of X-Forwarded-Proto."""
+    url = request.url
+    proto = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+    if request.app[SETTINGS].trust_forwarded and proto in ("http", "https"):
+        url = url.with_scheme(proto).with_port(url.explicit_port)
+    return url

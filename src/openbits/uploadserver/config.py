@@ -2,6 +2,8 @@
 
 ```toml
 max_sessions_per_client = 50        # server-wide (IIS: BITSNumberOfSessionsLimit)
+trust_forwarded = false             # server-wide: behind a proxy, the client's address is
+                                    # X-Real-IP and the scheme X-Forwarded-Proto
 allow_uploads = true                # every other key may also sit in a [directories."x"] table
 max_upload_bytes = 0                # the whole file; 0 = no limit
 allow_overwrite = false
@@ -65,6 +67,7 @@ class ServerSettings:
     defaults: DirSettings = field(default_factory=DirSettings)
     directories: dict[tuple[str, ...], DirSettings] = field(default_factory=dict)
     cleanup_interval_s: float | None = None  # None: a quarter of the shortest timeout, ≤ 60 s
+    trust_forwarded: bool = False
 
     def for_directory(self, parts: tuple[str, ...]) -> DirSettings:
         """The settings of the directory ``parts`` (relative to the root)."""
@@ -96,6 +99,7 @@ class ServerSettings:
             raise ValueError("[directories] must be a table of tables")
         limit = data.pop("max_sessions_per_client", 50)
         interval = data.pop("cleanup_interval_s", None)
+        trust_forwarded = _typed(data.pop("trust_forwarded", False), bool, "trust_forwarded", "the top level")
         defaults = _dir_settings(DirSettings(), data, "the top level")
         directories: dict[tuple[str, ...], DirSettings] = {}
         for name, table in tables.items():
@@ -114,6 +118,7 @@ class ServerSettings:
             defaults=defaults,
             directories=directories,
             cleanup_interval_s=float(interval) if interval is not None else None,
+            trust_forwarded=trust_forwarded,
         )
 
 
