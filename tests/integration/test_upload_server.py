@@ -209,6 +209,41 @@ def test_server_killed_mid_upload_resumes_in_the_same_session(server: UploadServ
     client.close()
 
 
+def test_server_killed_mid_fragment_keeps_only_acknowledged_bytes(
+    server: UploadServer, tmp_path: Path
+) -> None:
+    data = os.urandom(4 << 20)
+    client = BitsUploadClient(server.port)
+    session = client.create_session("/k.bin").header("BITS-Session-Id") or ""
+    assert client.fragment("/k.bin", session, 0, len(data), data[: 1 << 20]).offset == 1 << 20
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(
+            b"BITS_POST /k.bin HTTP/1.1\r\nHost: x\r\nBITS-Packet-Type: Fragment\r\n"
+            + f"BITS-Session-Id: {session}\r\nContent-Range: bytes {1 << 20}-{len(data) - 1}/{len(data)}\r\n".encode()
+            + f"Content-Length: {len(data) - (1 << 20)}\r\n\r\n".encode()
+            + data[1 << 20 : 2 << 20]
+        )
+        (partial,) = _wait_for_partial(server.root)
+        _wait(lambda: partial.stat().st_size > 1 << 20)  # unacknowledged bytes are on disk
+        server.kill()
+    client.close()
+    server.start()
+    probe = client.fragment("/k.bin", session, 0, len(data), data[:10])
+    assert (probe.status, probe.offset) == (416, 1 << 20)
+    assert partial.stat().st_size == 1 << 20  # cut back to the recorded offset
+    source = tmp_path / "k.src"
+    source.write_bytes(data)
+    assert client.send_file("/k.bin", session, source, start=1 << 20).offset == len(data)
+    assert client.close_session("/k.bin", session).status == 200
+    assert (server.root / "k.bin").read_bytes() == data
+    client.close()
+
+
+def _wait_for_partial(root: Path) -> list[Path]:
+    _wait(lambda: len(_partials(root)) == 1)
+    return _partials(root)
+
+
 def test_a_body_cut_short_is_not_kept(server: UploadServer, client: BitsUploadClient) -> None:
     data = os.urandom(2000)
     session = client.create_session("/cut.bin").header("BITS-Session-Id") or ""

@@ -37,6 +37,7 @@ class Counters:
     sessions_published: int = 0
     sessions_expired: int = 0
     by_session_bytes: dict[str, int] = field(default_factory=dict)
+    by_session_416: dict[str, int] = field(default_factory=dict)
 
 
 class Uploads:
@@ -48,6 +49,33 @@ class Uploads:
         self.http = http
         self.store = SessionStore(settings.state_dir)
         self.counters = Counters()
+        self._recover()
+
+    def _recover(self) -> None:
+        """After a restart, cut each open session's partial file back to its recorded offset:
+        bytes past it were never acknowledged (they may be garbage after a power cut)."""
+        for session in self.store:
+            if session.state != OPEN:
+                continue
+            try:
+                dir_fd = paths.open_directory(self.root_fd, session.target.parts)
+            except UploadFailure:
+                continue  # its directory is gone: the session expires in time
+            try:
+                st = os.stat(session.partial_name, dir_fd=dir_fd, follow_symlinks=False)
+                if st.st_size > session.offset:
+                    fd = os.open(
+                        session.partial_name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                    )
+                    try:
+                        os.ftruncate(fd, session.offset)
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            except OSError:
+                pass  # no partial file yet, or not ours to cut: the next fragment decides
+            finally:
+                os.close(dir_fd)
 
     # -- Create-Session ----------------------------------------------------------------------------
 
@@ -92,6 +120,8 @@ class Uploads:
             return await self._finish(session, settings, request_url)  # the last Ack again
         if rng.first != session.offset or session.state != OPEN:
             self.counters.fragments_refused_416 += 1
+            session_counts = self.counters.by_session_416
+            session_counts[session.session_id] = session_counts.get(session.session_id, 0) + 1
             raise UploadFailure(416, 0, "fragment not at the server's offset", offset=session.offset)
         session.total = rng.total
         written = await self._write(session, settings, rng, body)
@@ -202,7 +232,13 @@ class Uploads:
             if session.state == COMPLETE and session.copy_to_destination:
                 self._publish(dir_fd, session, settings)
                 self.counters.sessions_published += 1
-                log.info("session %s: published /%s", session.session_id, session.target.relative)
+                log.info(
+                    "session %s: published /%s (%d bytes written by this process, %d fragments refused: 416)",
+                    session.session_id,
+                    session.target.relative,
+                    self.counters.by_session_bytes.pop(session.session_id, 0),
+                    self.counters.by_session_416.pop(session.session_id, 0),
+                )
             else:
                 paths.unlink_quietly(dir_fd, session.partial_name)
                 log.info("session %s: closed, nothing published", session.session_id)
