@@ -219,7 +219,8 @@ def test_server_killed_mid_fragment_keeps_only_acknowledged_bytes(
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
         raw.sendall(
             b"BITS_POST /k.bin HTTP/1.1\r\nHost: x\r\nBITS-Packet-Type: Fragment\r\n"
-            + f"BITS-Session-Id: {session}\r\nContent-Range: bytes {1 << 20}-{len(data) - 1}/{len(data)}\r\n".encode()
+            + f"BITS-Session-Id: {session}\r\n".encode()
+            + f"Content-Range: bytes {1 << 20}-{len(data) - 1}/{len(data)}\r\n".encode()
             + f"Content-Length: {len(data) - (1 << 20)}\r\n\r\n".encode()
             + data[1 << 20 : 2 << 20]
         )
@@ -308,7 +309,10 @@ def test_overwrite_refused_unless_allowed(tmp_path: Path) -> None:
 
 
 def test_settings_per_directory_mode_and_session_cap(tmp_path: Path) -> None:
-    config = 'max_sessions_per_client = 2\nfile_mode = "0640"\nowner = "nobody"\n[directories."closed"]\nallow_uploads = false\n'
+    config = (
+        'max_sessions_per_client = 2\nfile_mode = "0640"\nowner = "nobody"\n'
+        '[directories."closed"]\nallow_uploads = false\n'
+    )
     with UploadServer(tmp_path / "srv", config=config) as server:
         (server.root / "closed").mkdir()
         client = BitsUploadClient(server.port)

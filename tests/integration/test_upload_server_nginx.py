@@ -25,7 +25,7 @@ def test_upload_through_nginx(tmp_path: Path) -> None:
         source.write_bytes(os.urandom(5 << 20))
         client = BitsUploadClient(proxy.port)
         assert client.ping("/x.bin").status == 200
-        session, closed = client.upload("/through-nginx.bin", source, fragment_bytes=2 << 20)
+        _session, closed = client.upload("/through-nginx.bin", source, fragment_bytes=2 << 20)
         assert closed.status == 200
         assert (server.root / "through-nginx.bin").read_bytes() == source.read_bytes()
         gap = client.fragment(
