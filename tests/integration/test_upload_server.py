@@ -12,6 +12,8 @@ import hashlib
 import os
 import pwd
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -331,3 +333,19 @@ def test_settings_per_directory_mode_and_session_cap(tmp_path: Path) -> None:
         third = client.create_session("/three.bin")
         assert (third.status, third.header("BITS-Error-Code")) == (503, "0x801901F7")
         client.close()
+
+
+@pytest.mark.parametrize("where", ["inside-root", "bad-listen", "bad-config"])
+def test_the_command_refuses_bad_settings(tmp_path: Path, where: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "bad.toml").write_text("notification_type = 'by-value'\n")
+    argv = [sys.executable, "-m", "openbits", "upload-server", "--root", str(root)]
+    argv += {
+        "inside-root": ["--state-dir", str(root / ".state"), "--listen", "127.0.0.1:1"],
+        "bad-listen": ["--state-dir", str(tmp_path / "state"), "--listen", "nowhere"],
+        "bad-config": ["--state-dir", str(tmp_path / "state"), "--config", str(tmp_path / "bad.toml")],
+    }[where]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done
+    assert "openbits:" in done.stderr
