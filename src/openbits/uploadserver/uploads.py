@@ -184,6 +184,7 @@ class Uploads:
                 os.fchmod(fd, settings.file_mode)
                 if os.geteuid() == 0 and (settings.owner_uid is not None or settings.group_gid is not None):
                     os.fchown(fd, _id(settings.owner_uid), _id(settings.group_gid))
+                paths.fsync_dir(dir_fd)  # the partial file's name is as durable as its bytes
             if st.st_size != session.offset:
                 if st.st_size < session.offset:
                     raise UploadFailure(500, HResult.BG_E_SESSION_NOT_FOUND, "the partial file lost bytes")
