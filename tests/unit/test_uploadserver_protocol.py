@@ -102,7 +102,19 @@ def test_targets(raw: str, parts: tuple[str, ...], name: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["/../x", "/a/./x", "/a//x", "/%2e%2e/x", "/a%2fb", "/x%00", "/" + "n" * 256, "/a/", "/", "/x" * 2100],
+    [
+        "/../x",
+        "/.bits-0A.part",
+        "/a/./x",
+        "/a//x",
+        "/%2e%2e/x",
+        "/a%2fb",
+        "/x%00",
+        "/" + "n" * 256,
+        "/a/",
+        "/",
+        "/x" * 2100,
+    ],
 )
 def test_bad_targets_are_400(raw: str) -> None:
     with pytest.raises(UploadFailure) as e:

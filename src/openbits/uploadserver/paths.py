@@ -20,6 +20,8 @@ from urllib.parse import unquote_to_bytes
 from openbits.errors import HResult
 from openbits.uploadserver.protocol import ERROR_PATH_NOT_FOUND, UploadFailure, invalid
 
+PARTIAL_PREFIX = ".bits-"  # the partial files of sessions: ".bits-{ID}.part", beside their targets
+PARTIAL_SUFFIX = ".part"
 NAME_MAX_BYTES = 255
 PATH_MAX_BYTES = 4096
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -59,6 +61,8 @@ def parse_target(raw_path: str) -> Target:
             names.append(decoded.decode("utf-8", "surrogateescape"))
         except UnicodeDecodeError:
             raise invalid("bad name") from None
+    if names[-1].startswith(PARTIAL_PREFIX) and names[-1].endswith(PARTIAL_SUFFIX):
+        raise invalid("the names of partial files are reserved")
     return Target(tuple(names[:-1]), names[-1])
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-from openbits.uploadserver.paths import Target
+from openbits.uploadserver.paths import PARTIAL_PREFIX, PARTIAL_SUFFIX, Target
 
 OPEN = "open"  # fragments may come
 COMPLETE = "complete"  # every byte received (and the application notified, if any)
@@ -49,7 +49,7 @@ class Session:
 
     @property
     def partial_name(self) -> str:
-        return f".bits-{self.session_id.strip('{}')}.part"
+        return f"{PARTIAL_PREFIX}{self.session_id.strip('{}')}{PARTIAL_SUFFIX}"
 
     @property
     def live(self) -> bool:
