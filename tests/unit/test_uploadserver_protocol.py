@@ -50,6 +50,8 @@ def test_session_ids_are_upper_case_guids_and_only_guids_are_looked_up() -> None
         ({"Content-Range": "Bytes 100-299/300"}, Range(100, 299, 300)),
         ({"Content-Length": "0"}, None),
         ({"Content-Range": "bytes */0", "Content-Length": "0"}, None),
+        ({"Content-Range": "bytes 0-0/0", "Content-Length": "0"}, None),
+        ({"Content-Range": "bytes 0--1/0", "Content-Length": "0"}, None),
     ],
 )
 def test_fragment_ranges(headers: dict[str, str], expected: Range | None) -> None:

@@ -25,6 +25,7 @@ HTTP_ERROR_BASE = 0x80190000  # BG_E_HTTP_ERROR_xxx = base + status
 ERROR_PATH_NOT_FOUND = 0x80070003  # HRESULT_FROM_WIN32(ERROR_PATH_NOT_FOUND)
 
 _RANGE = re.compile(r"\s*bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20})\s*", re.IGNORECASE)
+_EMPTY_RANGE = re.compile(r"\s*bytes\s+(\*|0--1)/0\s*", re.IGNORECASE)
 _SESSION_ID = re.compile(r"\{[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}\}")
 
 
@@ -127,13 +128,14 @@ class Range:
 def fragment_range(headers: Mapping[str, str]) -> Range | None:
     """The fragment's range; None for the empty file's single empty fragment.
 
-    A 0-byte upload has no byte to name: a Fragment without Content-Range (or with
-    ``bytes */0``) and Content-Length 0 is its whole content. Anything else that does not
-    parse, names bytes past the total, or disagrees with Content-Length → 400.
+    A 0-byte upload has no byte to name: a Fragment without Content-Range (or with any
+    range of total 0: ``bytes */0``, ``bytes 0-0/0``) and Content-Length 0 is its whole
+    content. Anything else that does not parse, names bytes past the total, or disagrees with
+    Content-Length → 400.
     """
     raw = headers.get("Content-Range")
     length = _content_length(headers)
-    if raw is None or raw.strip().lower().replace(" ", "") in ("bytes*/0", "bytes0--1/0"):
+    if raw is None or _EMPTY_RANGE.fullmatch(raw):
         if length != 0:
             raise invalid("a fragment without Content-Range must be empty")
         return None
@@ -141,6 +143,8 @@ def fragment_range(headers: Mapping[str, str]) -> Range | None:
     if match is None:
         raise invalid("malformed Content-Range")
     first, last, total = (int(g) for g in match.groups())
+    if total == 0 and not length:  # "bytes 0-0/0" and the like: the empty file too
+        return None
     if first > last or last >= total:
         raise invalid("Content-Range out of bounds")
     if length is not None and length != last - first + 1:
