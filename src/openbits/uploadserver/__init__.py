@@ -10,7 +10,8 @@ another application). One job a module:
 - ``paths``     URL path → directory fd and file name under the root, walked without symlinks
 - ``sessions``  the session records (a state directory, written durably) and the partial files
 - ``notify``    the server-application notification (by value / by reference) and its reply
-- ``app``       the aiohttp handlers, the session cleanup task
+- ``uploads``   the sessions' operations: Create, Fragment, Close, Cancel, expiry
+- ``app``       the aiohttp handlers and Acks, the lifecycle, the session cleanup task
 """
 
 from openbits.uploadserver.app import make_app, make_subapp
