@@ -5,12 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
+import pytest
+from aiohttp import web, web_protocol
 from yarl import URL
 
 from openbits.uploadserver import ServerSettings, make_subapp
 from tests.support.bitsupload import PROTOCOL
 from tests.support.process import free_ports
+
+
+@pytest.fixture(autouse=True)
+def _restore_aiohttp_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the app switches this process's aiohttp to its Python parser (for BITS_POST):
+    put the C parser back for the tests that follow."""
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", web_protocol.HttpRequestParser)
 
 
 async def _hello(request: web.Request) -> web.Response:

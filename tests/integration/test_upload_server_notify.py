@@ -17,13 +17,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from openbits.uploadserver import ServerSettings, make_app
 from tests.support.bitsupload import PROTOCOL
 from tests.support.process import free_ports
 
 HOST = "127.0.0.1"
+
+
+@pytest.fixture(autouse=True)
+def _restore_aiohttp_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the app switches this process's aiohttp to its Python parser (for BITS_POST):
+    put the C parser back for the tests that follow."""
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", web_protocol.HttpRequestParser)
 
 
 class Application:
