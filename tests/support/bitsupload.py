@@ -15,7 +15,7 @@ import http.client
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +43,9 @@ class Answer:
 class BitsUploadClient:
     """BITS_POST packets to one server, one request at a time."""
 
-    def __init__(self, port: int, host: str = HOST, timeout_s: float = 60.0) -> None:
+    def __init__(self, port: int, host: str = HOST, timeout_s: float = 60.0, keep_alive: bool = True) -> None:
         self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.keep_alive = keep_alive  # False: "Connection: close", a connection a request
         self._conn: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
@@ -69,6 +70,8 @@ class BitsUploadClient:
             conn.putrequest(method, path, skip_accept_encoding=True)
             all_headers = {"BITS-Packet-Type": packet} if packet is not None else {}
             all_headers.update(headers or {})
+            if not self.keep_alive:
+                all_headers["Connection"] = "close"
             size = len(body) if isinstance(body, bytes) else length
             all_headers.setdefault("Content-Length", str(size or 0))
             for name, value in all_headers.items():
@@ -135,6 +138,41 @@ class BitsUploadClient:
         last = self.send_file(path, session, source, fragment_bytes=fragment_bytes)
         assert last.status == 200, last
         return session, self.close_session(path, session)
+
+
+def upload_through_faults(
+    client: BitsUploadClient, path: str, source: Path, fragment_bytes: int = 256 << 10, max_errors: int = 100
+) -> tuple[str, int]:
+    """An upload that goes on after any connection failure, as a BITS client does: the
+    fragment is sent again from the last offset the server acknowledged, and a 416 moves the
+    offset to where the server is. (the session id, the number of failures met)."""
+    errors = 0
+
+    def retried(fn: Callable[[], Answer]) -> Answer:
+        nonlocal errors
+        while True:
+            try:
+                return fn()
+            except (OSError, http.client.HTTPException):
+                errors += 1
+                assert errors <= max_errors, "too many failures"
+
+    session = retried(lambda: client.create_session(path)).header("BITS-Session-Id") or ""
+    total = source.stat().st_size
+    offset = 0
+    with source.open("rb") as f:
+        while offset < total:
+            f.seek(offset)
+            piece = f.read(min(fragment_bytes, total - offset))
+            answer = retried(lambda at=offset, piece=piece: client.fragment(path, session, at, total, piece))
+            if answer.offset is None and answer.header("Content-Length") is None:
+                errors += 1  # a head cut short (http.client takes it as it is): ask again
+                continue
+            assert answer.status in (200, 416) and answer.offset is not None, answer
+            offset = answer.offset
+    closed = retried(lambda: client.close_session(path, session))
+    assert closed.status == 200, closed
+    return session, errors
 
 
 def _pieces(f: object, offset: int, size: int) -> Iterator[bytes]:
