@@ -77,6 +77,10 @@ def test_malformed_ranges_are_400(headers: dict[str, str]) -> None:
 
 
 def test_acks() -> None:
+    created = protocol.create_session_ack("{S}", host_id="farm-7.example", fallback_timeout_s=60)
+    assert created["BITS-Host-Id"] == "farm-7.example"
+    assert created["BITS-Host-Id-Fallback-Timeout"] == "60"
+    assert "BITS-Host-Id" not in protocol.create_session_ack("{S}")
     assert protocol.fragment_ack(213) == {"BITS-Packet-Type": "Ack", "BITS-Received-Content-Range": "213"}
     failure = UploadFailure(416, 0, "behind", offset=100)
     assert protocol.error_ack(failure) == {
@@ -149,6 +153,7 @@ def test_settings_deepest_directory_wins() -> None:
         {"no_such_key": 1},
         {"directories": {"../x": {}}},
         {"max_sessions_per_client": 0},
+        {"host_id": "a\r\nX-Injected: 1"},
     ],
 )
 def test_bad_settings_are_refused(data: dict[str, object]) -> None:

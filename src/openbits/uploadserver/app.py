@@ -115,7 +115,11 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         if packet is Packet.CREATE_SESSION:
             protocol.choose_protocol(request.headers)
             session = uploads.create(target, _client(request), protocol.new_session_id)
-            return _ack(200, protocol.create_session_ack(session.session_id))
+            settings = request.app[SETTINGS].for_directory(target.parts)
+            acked = protocol.create_session_ack(
+                session.session_id, settings.host_id, settings.host_id_fallback_timeout_s
+            )
+            return _ack(200, acked)
         return await _in_session(uploads, packet, target, request)
     except UploadFailure as failure:
         if failure.status != 416:

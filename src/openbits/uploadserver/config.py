@@ -11,6 +11,8 @@ session_timeout_s = 1209600         # IIS: BITSSessionTimeout, 14 days
 notification_type = "none"          # none | by-value | by-reference
 notification_url = ""
 notification_timeout_s = 300
+host_id = ""                        # IIS's BITSHostId: the host later packets must go to
+host_id_fallback_timeout_s = 0      # 0: none sent (the client never falls back)
 file_mode = "0644"
 owner = ""                          # user name or uid; applied when running as root
 group = ""
@@ -48,6 +50,8 @@ class DirSettings:
     notification_type: str = "none"
     notification_url: str = ""
     notification_timeout_s: float = 300.0
+    host_id: str = ""
+    host_id_fallback_timeout_s: int = 0
     file_mode: int = 0o644
     owner_uid: int | None = None
     group_gid: int | None = None
@@ -140,6 +144,13 @@ def _dir_settings(base: DirSettings, table: dict[str, Any], where: str) -> DirSe
             changes[key] = value
         elif key == "notification_url":
             changes[key] = _typed(value, str, key, where)
+        elif key == "host_id":
+            host = _typed(value, str, key, where)
+            if len(host) > 300 or any(c in host for c in "\r\n\x00"):
+                raise ValueError(f"{where}: host_id must be one line of at most 300 characters")
+            changes[key] = host
+        elif key == "host_id_fallback_timeout_s":
+            changes[key] = _non_negative(value, key, where)
         elif key == "file_mode":
             changes[key] = _mode(value, where)
         elif key == "owner":

@@ -176,9 +176,16 @@ def ack(**extra: str) -> dict[str, str]:
     return {"BITS-Packet-Type": "Ack", **extra}
 
 
-def create_session_ack(session: str) -> dict[str, str]:
-    """Create-Session's Ack, as IIS answers it (200)."""
-    return ack(**{"BITS-Protocol": PROTOCOL_GUID, "BITS-Session-Id": session, "Accept-Encoding": "identity"})
+def create_session_ack(session: str, host_id: str = "", fallback_timeout_s: int = 0) -> dict[str, str]:
+    """Create-Session's Ack, as IIS answers it (200); BITS-Host-Id when one is configured."""
+    headers = ack(
+        **{"BITS-Protocol": PROTOCOL_GUID, "BITS-Session-Id": session, "Accept-Encoding": "identity"}
+    )
+    if host_id:
+        headers["BITS-Host-Id"] = host_id
+        if fallback_timeout_s:
+            headers["BITS-Host-Id-Fallback-Timeout"] = str(fallback_timeout_s)
+    return headers
 
 
 def fragment_ack(offset: int, reply_url: str | None = None) -> dict[str, str]:
