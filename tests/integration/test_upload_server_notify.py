@@ -199,3 +199,40 @@ async def test_static_reply_url_and_copy_to_destination(setup: tuple[str, Path, 
         assert last.headers["BITS-Reply-URL"] == "http://127.0.0.1:9/static-reply"
         assert (await _post(http, url, "Close-Session", BITS_Session_Id=session)).status == 200
     assert (root / "static" / "doc.bin").read_bytes() == data
+
+
+async def test_a_reply_survives_a_server_restart(tmp_path: Path) -> None:
+    app_port, server_port = free_ports(2)
+    application = Application()
+    backend = web.Application()
+    backend.router.add_post("/by-value", application.by_value)
+    root = tmp_path / "root"
+    root.mkdir()
+    mapping = {"notification_type": "by-value", "notification_url": f"http://{HOST}:{app_port}/by-value"}
+    settings = ServerSettings.from_mapping(str(root), str(tmp_path / "state"), mapping)
+    backend_runner = await _serve(backend, app_port)
+    server = await _serve(make_app(settings), server_port)
+    data = os.urandom(70_000)
+    url = f"http://{HOST}:{server_port}/doc.bin"
+    try:
+        async with aiohttp.ClientSession() as http:
+            session, last = await _upload_until_last_ack(http, url, data)
+            assert last.status == 200
+            await server.cleanup()
+            server = await _serve(make_app(settings), server_port)  # a new process would read the same
+            async with http.get(last.headers["BITS-Reply-URL"]) as reply:
+                assert await reply.read() == b"reply:" + hashlib.sha256(data).hexdigest().encode()
+            again = await _post(
+                http,
+                url,
+                "Fragment",
+                data[35_000:],
+                BITS_Session_Id=session,
+                Content_Range="bytes 35000-69999/70000",
+            )
+            assert (again.status, again.headers["BITS-Reply-URL"]) == (200, last.headers["BITS-Reply-URL"])
+            assert len(application.calls) == 1  # answered once: not asked again
+            assert (await _post(http, url, "Close-Session", BITS_Session_Id=session)).status == 200
+    finally:
+        await server.cleanup()
+        await backend_runner.cleanup()
