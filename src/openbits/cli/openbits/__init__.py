@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from openbits.cli.manpage import ManGroup
-from openbits.cli.openbits import files, jobs, service, store, transfer, watch
+from openbits.cli.openbits import files, jobs, service, store, transfer, uploadserver, watch
 from openbits.cli.openbits.options import Context
 
 # -- the group -------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def cli(
     ctx.obj = Context(socket_path, url, token_file, cacert)  # (a command's own --socket may replace it)
 
 
-for _group in (jobs, files, transfer, watch, service, store):
+for _group in (jobs, files, transfer, watch, service, store, uploadserver):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 

@@ -1,0 +1,141 @@
+"""The upload sessions: records in the state directory, written durably; they survive restarts.
+
+``<state>/sessions/{ID}.json`` holds one session (its target, client, total, the offset
+acknowledged, its state, the reply); it is replaced atomically (temporary file, fdatasync,
+rename) after the partial file's bytes were made durable, so the recorded offset never
+runs ahead of the bytes on disk. The partial file lives beside its target, as
+``.bits-{ID}.part`` (so that Close-Session publishes it by a rename, never a copy); after a
+restart it is cut back to the recorded offset (bytes past it were never acknowledged).
+Replies of the server application are kept in ``<state>/replies/{ID}.reply``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from openbits.uploadserver.paths import PARTIAL_PREFIX, PARTIAL_SUFFIX, Target
+
+OPEN = "open"  # fragments may come
+COMPLETE = "complete"  # every byte received (and the application notified, if any)
+CLOSED = "closed"  # published or dropped; kept as a tombstone so a repeated Close is answered 200
+
+
+@dataclass(slots=True)
+class Session:
+    """One upload session (what its record holds)."""
+
+    session_id: str
+    parts: list[str]
+    name: str
+    client: str
+    created_s: float
+    last_activity_s: float
+    total: int | None = None
+    offset: int = 0
+    state: str = OPEN
+    notified: bool = False  # the server application answered 2xx
+    reply_url: str | None = None  # a static URL the application gave, else None
+    copy_to_destination: bool = True  # publish at Close (false: the application kept it)
+
+    @property
+    def target(self) -> Target:
+        return Target(tuple(self.parts), self.name)
+
+    @property
+    def partial_name(self) -> str:
+        return f"{PARTIAL_PREFIX}{self.session_id.strip('{}')}{PARTIAL_SUFFIX}"
+
+    @property
+    def live(self) -> bool:
+        return self.state != CLOSED
+
+
+class SessionStore:
+    """The sessions, in memory and in ``<state>/sessions``; one lock a session."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.sessions_dir = os.path.join(state_dir, "sessions")
+        self.replies_dir = os.path.join(state_dir, "replies")
+        for directory in (state_dir, self.sessions_dir, self.replies_dir):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._sessions: dict[str, Session] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._load_all()
+
+    def _load_all(self) -> None:
+        for entry in os.listdir(self.sessions_dir):
+            path = os.path.join(self.sessions_dir, entry)
+            if entry.endswith(".tmp"):
+                os.unlink(path)
+                continue
+            if not entry.endswith(".json"):
+                continue
+            try:
+                with open(path, encoding="utf-8") as f:
+                    session = Session(**json.load(f))
+            except (OSError, ValueError, TypeError):
+                continue  # a damaged record: its session is unknown (the client starts over)
+            self._sessions[session.session_id] = session
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def lock(self, session_id: str) -> asyncio.Lock:
+        """The session's lock: one request of a session at a time (bits-spec §6.1)."""
+        return self._locks.setdefault(session_id, asyncio.Lock())
+
+    def live_count(self, client: str) -> int:
+        return sum(1 for s in self._sessions.values() if s.client == client and s.state == OPEN)
+
+    def new(self, session_id: str, target: Target, client: str) -> Session:
+        now = time.time()
+        session = Session(session_id, list(target.parts), target.name, client, now, now)
+        self.save(session, new=True)
+        self._sessions[session_id] = session
+        return session
+
+    def save(self, session: Session, new: bool = False) -> None:
+        """Replace the session's record atomically; a new record's directory entry is synced."""
+        path = self._record_path(session.session_id)
+        temp = path + ".tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(asdict(session)).encode())
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        if new:
+            _fsync_path(self.sessions_dir)
+
+    def forget(self, session: Session) -> None:
+        """Remove the record and the reply of a session (its partial file is the caller's)."""
+        self._sessions.pop(session.session_id, None)
+        self._locks.pop(session.session_id, None)
+        for path in (self._record_path(session.session_id), self.reply_path(session.session_id)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def reply_path(self, session_id: str) -> str:
+        return os.path.join(self.replies_dir, f"{session_id}.reply")
+
+    def _record_path(self, session_id: str) -> str:
+        return os.path.join(self.sessions_dir, f"{session_id}.json")
+
+
+def _fsync_path(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

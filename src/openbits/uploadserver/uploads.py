@@ -1,0 +1,318 @@
+"""The upload sessions' operations: Create-Session, Fragment, Close, Cancel, expiry.
+
+No HTTP here but the body stream and the notification: the handlers in ``app`` turn a
+request into these calls and an `UploadFailure` or a return value into an Ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from yarl import URL
+
+from openbits.errors import HResult
+from openbits.uploadserver import notify, paths
+from openbits.uploadserver.config import DirSettings, ServerSettings
+from openbits.uploadserver.protocol import HTTP_ERROR_BASE, Range, UploadFailure, invalid, session_not_found
+from openbits.uploadserver.sessions import CLOSED, COMPLETE, OPEN, Session, SessionStore
+
+log = logging.getLogger("openbits.uploadserver")
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the server did (tests read them to prove no byte was written twice)."""
+
+    sessions_created: int = 0
+    fragments_accepted: int = 0
+    fragments_refused_416: int = 0
+    bytes_written: int = 0
+    sessions_published: int = 0
+    sessions_expired: int = 0
+    by_session_bytes: dict[str, int] = field(default_factory=dict)
+    by_session_416: dict[str, int] = field(default_factory=dict)
+
+
+class Uploads:
+    """The sessions of one server: its root fd, its store, the HTTP client for notifications."""
+
+    def __init__(self, settings: ServerSettings, root_fd: int, http: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.root_fd = root_fd
+        self.http = http
+        self.store = SessionStore(settings.state_dir)
+        self.counters = Counters()
+        self._recover()
+
+    def _recover(self) -> None:
+        """After a restart, cut each open session's partial file back to its recorded offset:
+        bytes past it were never acknowledged (they may be garbage after a power cut)."""
+        for session in self.store:
+            if session.state != OPEN:
+                continue
+            try:
+                dir_fd = paths.open_directory(self.root_fd, session.target.parts)
+            except UploadFailure:
+                continue  # its directory is gone: the session expires in time
+            try:
+                st = os.stat(session.partial_name, dir_fd=dir_fd, follow_symlinks=False)
+                if st.st_size > session.offset:
+                    fd = os.open(
+                        session.partial_name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                    )
+                    try:
+                        os.ftruncate(fd, session.offset)
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            except OSError:
+                pass  # no partial file yet, or not ours to cut: the next fragment decides
+            finally:
+                os.close(dir_fd)
+
+    # -- Create-Session ----------------------------------------------------------------------------
+
+    def create(self, target: paths.Target, client: str, new_id: Callable[[], str]) -> Session:
+        """A new session for ``target``: the directory exists (no symlink) and may take it."""
+        settings = self.settings.for_directory(target.parts)
+        if not settings.allow_uploads:
+            raise UploadFailure(501, HResult.E_ACCESSDENIED, "uploads are not enabled here")
+        if self.store.live_count(client) >= self.settings.max_sessions_per_client:
+            raise UploadFailure(503, HTTP_ERROR_BASE + 503, "too many sessions from this address")
+        dir_fd = paths.open_directory(self.root_fd, target.parts)
+        try:
+            paths.check_target_file(dir_fd, target.name, settings.allow_overwrite)
+        finally:
+            os.close(dir_fd)
+        session = self.store.new(new_id(), target, client)
+        self.counters.sessions_created += 1
+        log.info("session %s created for /%s by %s", session.session_id, target.relative, client)
+        return session
+
+    def find(self, session_id: str, target: paths.Target) -> Session:
+        """The live session ``session_id`` of this URL, else BG_E_SESSION_NOT_FOUND."""
+        session = self.store.get(session_id)
+        if session is None or session.target != target:
+            raise session_not_found()
+        return session
+
+    # -- Fragment ----------------------------------------------------------------------------------
+
+    async def fragment(
+        self, session: Session, rng: Range, body: AsyncIterator[bytes], request_url: URL
+    ) -> tuple[int, str | None]:
+        """Write one fragment at the session's offset; (the next offset, the reply URL)."""
+        settings = self.settings.for_directory(session.target.parts)
+        if session.state == CLOSED:
+            raise session_not_found()
+        if settings.max_upload_bytes and rng.total > settings.max_upload_bytes:
+            raise UploadFailure(413, HResult.BG_E_TOO_LARGE, "the upload is larger than this server takes")
+        if session.total is not None and rng.total != session.total:
+            raise invalid("the total length changed within the session")
+        if session.state == COMPLETE and rng.is_last and settings.notifies:
+            return await self._finish(session, settings, request_url)  # the last Ack again
+        if rng.first != session.offset or session.state != OPEN:
+            self.counters.fragments_refused_416 += 1
+            session_counts = self.counters.by_session_416
+            session_counts[session.session_id] = session_counts.get(session.session_id, 0) + 1
+            raise UploadFailure(416, 0, "fragment not at the server's offset", offset=session.offset)
+        session.total = rng.total
+        written = await self._write(session, settings, rng, body)
+        self.counters.fragments_accepted += 1
+        self.counters.bytes_written += written
+        self.counters.by_session_bytes[session.session_id] = (
+            self.counters.by_session_bytes.get(session.session_id, 0) + written
+        )
+        session.offset = rng.last + 1
+        session.last_activity_s = time.time()
+        if not rng.is_last:
+            self.store.save(session)
+            return session.offset, None
+        session.state = COMPLETE
+        self.store.save(session)
+        log.info("session %s: all %d bytes received", session.session_id, rng.total)
+        return await self._finish(session, settings, request_url)
+
+    async def _write(
+        self, session: Session, settings: DirSettings, rng: Range, body: AsyncIterator[bytes]
+    ) -> int:
+        """The body into the partial file at the offset, made durable; short → nothing kept."""
+        dir_fd = paths.open_directory(self.root_fd, session.target.parts)
+        try:
+            fd = self._open_partial(dir_fd, session, settings)
+        finally:
+            os.close(dir_fd)
+        try:
+            position = rng.first
+            end = rng.last + 1
+            async for chunk in body:
+                if position + len(chunk) > end:
+                    raise invalid("the body is longer than Content-Range says")
+                view = memoryview(chunk)
+                while view:
+                    done = os.pwrite(fd, view, position)
+                    position += done
+                    view = view[done:]
+            if position != end:
+                raise invalid("the body ended before Content-Range's end")
+            await asyncio.to_thread(os.fdatasync, fd)
+            return rng.length
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, session.offset)  # unacknowledged bytes are not kept
+            raise
+        finally:
+            os.close(fd)
+
+    def _open_partial(self, dir_fd: int, session: Session, settings: DirSettings) -> int:
+        """The partial file (created with the directory's mode and owner), cut to the offset."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(session.partial_name, flags, settings.file_mode, dir_fd=dir_fd)
+        except OSError:
+            raise UploadFailure(500, HResult.E_ACCESSDENIED, "cannot write the partial file") from None
+        try:
+            st = os.fstat(fd)
+            if st.st_size == 0 and session.offset == 0:
+                os.fchmod(fd, settings.file_mode)
+                if os.geteuid() == 0 and (settings.owner_uid is not None or settings.group_gid is not None):
+                    os.fchown(fd, _id(settings.owner_uid), _id(settings.group_gid))
+                paths.fsync_dir(dir_fd)  # the partial file's name is as durable as its bytes
+            if st.st_size != session.offset:
+                if st.st_size < session.offset:
+                    raise UploadFailure(500, HResult.BG_E_SESSION_NOT_FOUND, "the partial file lost bytes")
+                os.ftruncate(fd, session.offset)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    async def _finish(
+        self, session: Session, settings: DirSettings, request_url: URL
+    ) -> tuple[int, str | None]:
+        """The complete upload: the application told (once it answers 2xx), the reply URL."""
+        offset = session.offset
+        if not settings.notifies:
+            return offset, None
+        if not session.notified:
+            answer = await notify.notify(
+                self.http,
+                settings.notification_type,
+                notify.notification_target(settings.notification_url, request_url),
+                str(request_url),
+                self.partial_path(session),
+                self.store.reply_path(session.session_id),
+                settings.notification_timeout_s,
+            )
+            session.notified = True
+            session.reply_url = answer.static_url
+            session.copy_to_destination = answer.copy_to_destination
+            self.store.save(session)
+        reply = session.reply_url or str(request_url.with_query({"bits-reply": session.session_id}))
+        return offset, reply
+
+    def partial_path(self, session: Session) -> str:
+        return os.path.join(self.settings.root, *session.parts, session.partial_name)
+
+    # -- Close-Session, Cancel-Session, expiry -----------------------------------------------------
+
+    def close(self, session: Session) -> None:
+        """Publish a complete upload atomically (else drop the partial file); a tombstone stays."""
+        if session.state == CLOSED:
+            return
+        settings = self.settings.for_directory(session.target.parts)
+        dir_fd = paths.open_directory(self.root_fd, session.target.parts)
+        try:
+            if session.state == COMPLETE and session.copy_to_destination:
+                self._publish(dir_fd, session, settings)
+                self.counters.sessions_published += 1
+                log.info(
+                    "session %s: published /%s (%d bytes written by this process, %d fragments refused: 416)",
+                    session.session_id,
+                    session.target.relative,
+                    self.counters.by_session_bytes.pop(session.session_id, 0),
+                    self.counters.by_session_416.pop(session.session_id, 0),
+                )
+            else:
+                paths.unlink_quietly(dir_fd, session.partial_name)
+                log.info("session %s: closed, nothing published", session.session_id)
+        finally:
+            os.close(dir_fd)
+        self._tombstone(session)
+
+    def _publish(self, dir_fd: int, session: Session, settings: DirSettings) -> None:
+        """Rename the (already durable) partial file to its name; sync the directory."""
+        name, partial = session.name, session.partial_name
+        if settings.allow_overwrite:
+            paths.check_target_file(dir_fd, name, allow_overwrite=True)
+            os.rename(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        else:
+            try:  # a link fails if the name exists: no replacing, even in a race
+                os.link(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileExistsError:
+                raise UploadFailure(
+                    409, HResult.E_ACCESSDENIED, "the file exists and may not be overwritten"
+                ) from None
+            os.unlink(partial, dir_fd=dir_fd)
+        paths.fsync_dir(dir_fd)
+
+    def cancel(self, session: Session) -> None:
+        """Drop the partial file and the reply."""
+        if session.state != CLOSED:
+            self._drop_partial(session)
+            log.info("session %s: cancelled", session.session_id)
+            self._tombstone(session)
+
+    def _tombstone(self, session: Session) -> None:
+        session.state = CLOSED
+        session.last_activity_s = time.time()
+        self.store.save(session)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.store.reply_path(session.session_id))
+
+    def _drop_partial(self, session: Session) -> None:
+        try:
+            dir_fd = paths.open_directory(self.root_fd, session.target.parts)
+        except UploadFailure:
+            return
+        try:
+            paths.unlink_quietly(dir_fd, session.partial_name)
+        finally:
+            os.close(dir_fd)
+
+    def expire(self, now_s: float) -> int:
+        """Remove the sessions idle longer than their directory's timeout; how many."""
+        removed = 0
+        for session in self.store:
+            timeout_s = self.settings.for_directory(session.target.parts).session_timeout_s
+            if now_s - session.last_activity_s <= timeout_s or self.store.lock(session.session_id).locked():
+                continue
+            if session.state != CLOSED:
+                self._drop_partial(session)
+                self.counters.sessions_expired += 1
+                log.info("session %s: abandoned, removed", session.session_id)
+            self.store.forget(session)
+            removed += 1
+        return removed
+
+    def reply_file(self, session_id: str) -> str | None:
+        """The reply file of a session whose application answered, if it is kept here."""
+        session = self.store.get(session_id)
+        if session is None or session.state != COMPLETE or not session.notified or session.reply_url:
+            return None
+        path = self.store.reply_path(session_id)
+        return path if os.path.exists(path) else None
+
+
+def _id(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+__all__ = ["OPEN", "Counters", "Uploads"]
