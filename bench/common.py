@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -391,6 +392,7 @@ http {{
     server {{
         {listen}
         root {work}/www;
+        {server_extra}
     }}
 }}
 """
@@ -550,7 +552,10 @@ class Services:
 
     # nginx
 
-    def start_nginx(self, url_path: str, size: int) -> str:
+    def start_nginx(self, url_path: str, size: int, server_extra: str = "") -> str:
+        """Start nginx serving WORK/www; wait until ``HEAD url_path`` answers 200 with
+        Content-Length ``size``; the URL of ``url_path``.  ``server_extra``: directives added to
+        its ``server`` block (bench_upload.py's WebDAV PUT location)."""
         (self.work / "nginx-tmp").mkdir(exist_ok=True)
         last_error = ""
         for _attempt in range(5):
@@ -576,7 +581,12 @@ class Services:
                 )
             conf.write_text(
                 NGINX_CONF.format(
-                    user=user, work=self.work, port=self.port, access_log=access_log, listen=listen
+                    user=user,
+                    work=self.work,
+                    port=self.port,
+                    access_log=access_log,
+                    listen=listen,
+                    server_extra=server_extra,
                 )
             )
             out = open(self.nginx_log, "ab")  # noqa: SIM115 - closed in stop()
@@ -837,6 +847,38 @@ class Runner:
                 proc.kill()
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(proc.pid, 0)
+
+
+class OutputWatcher:
+    """Polls the output path while a command runs: was it ever visible with a partial size?
+
+    (An openbits download or upload must publish its file only whole.)"""
+
+    def __init__(self, path: Path, size: int, interval_s: float = 0.01) -> None:
+        self.path = path
+        self.size = size
+        self.interval_s = interval_s
+        self.partial = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="watch-output", daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                continue
+            if st.st_size != self.size:
+                self.partial = True
+                return
+
+    def __enter__(self) -> OutputWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _raise_exit(signum: int, _frame: FrameType | None) -> None:
