@@ -79,11 +79,15 @@ TARGET = 1.0
 #: nginx's WebDAV PUT endpoint, added to the server block of common.NGINX_CONF; the request body
 #: goes to client_body_temp_path (WORK/nginx-tmp/body, set at http level: the same file system as
 #: the target), and nginx renames it into place when the body is complete
-DAV_LOCATION = """location /dav/ {
+DAV_LOCATION = """location /dav/ {{
             dav_methods PUT;
             create_full_put_path on;
-            client_max_body_size 0;
-        }"""
+            client_max_body_size 0;{body_buffer}
+        }}"""
+#: nginx reads a request body into a buffer of client_body_buffer_size and writes it to the temp
+#: file whenever the buffer is full: at its default (16 KiB on 64-bit) that is one write(2) per
+#: 16 KiB and about a third of the throughput (bench/README.md), so the peer is given 1 MiB
+DEFAULT_BODY_BUFFER = "1m"
 SUBDIRS = ("www", "www/dav", "up-root", "up-state", "floor", "logs")
 
 
@@ -534,6 +538,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=GIB, help="test file size in bytes (default 1 GiB)")
     add_keep_arg(p, "files, logs, state")
     add_cases_arg(p, CASE_NAMES)
+    p.add_argument(
+        "--nginx-body-buffer",
+        default=DEFAULT_BODY_BUFFER,
+        metavar="SIZE",
+        help=f"nginx's client_body_buffer_size for the PUTs (default {DEFAULT_BODY_BUFFER}; "
+        "'default': nginx's own, 16k on 64-bit)",
+    )
     add_output_args(p, JSON_PATH, "(default bench/out/; must have 2 x size free)")
     args = parse_common_args(p, argv)
     if args.runs < 1 or args.warmup < 0 or args.size < 1:
@@ -621,9 +632,15 @@ def main(argv: list[str] | None = None) -> int:
         untimed_sync()
         dav_url = upload_url = ""
         if "curl" in wanted or PEER in wanted:
-            base = services.start_nginx("/test.bin", args.size, DAV_LOCATION).removesuffix("/test.bin")
+            body_buffer = args.nginx_body_buffer
+            dav = DAV_LOCATION.format(
+                body_buffer=""
+                if body_buffer == "default"
+                else f"\n            client_body_buffer_size {body_buffer};"
+            )
+            base = services.start_nginx("/test.bin", args.size, dav).removesuffix("/test.bin")
             dav_url = f"{base}/dav/out.bin"
-            log(f"nginx taking WebDAV PUTs at {dav_url}")
+            log(f"nginx taking WebDAV PUTs at {dav_url} (client_body_buffer_size {body_buffer})")
         quiet = False
         if "openbits" in wanted:
             upload_url = f"{upserver.start()}/out.bin"
@@ -687,6 +704,7 @@ def report(
         "warmup": args.warmup,
         "size": args.size,
         "cases": args.cases,
+        "nginx_body_buffer": args.nginx_body_buffer,
         "daemon_env": args.daemon_env,
         "daemon_settings": args.daemon_setting,
     }
