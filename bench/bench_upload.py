@@ -493,8 +493,8 @@ def ratio_lines(summaries: list[Summary]) -> tuple[list[str], dict[str, float]]:
     pairs = [
         ("openbits", PEER, f"(like-for-like, both durable on the server; target ≥ {TARGET:g}: {{met}})"),
         ("openbits", "curl", "(curl's file may still be only in the server's page cache)"),
-        ("openbits", "dd", "(the share of the disk's durable write floor)"),
-        (PEER, "dd", "(the same for curl+sync)"),
+        ("openbits", "dd", "(openbits' share of the disk's durable write floor)"),
+        (PEER, "dd", f"({PEER}'s share of the disk's durable write floor)"),
     ]
     for a, b, note in pairs:
         if a in rate and b in rate:
