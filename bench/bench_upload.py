@@ -19,22 +19,17 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import http.client
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from common import (
     GIB,
     OUT_DIR,
-    START_DEADLINE_S,
     BenchError,
     Case,
     OutputWatcher,
@@ -42,6 +37,7 @@ from common import (
     Services,
     Session,
     Timing,
+    UploadServer,
     add_cases_arg,
     add_keep_arg,
     add_output_args,
@@ -50,7 +46,6 @@ from common import (
     find_program,
     find_venv,
     first_line,
-    free_port,
     log,
     log_busy_note,
     log_daemon_env,
@@ -58,9 +53,9 @@ from common import (
     log_machine_line,
     log_versions,
     new_parser,
+    openbits_missing,
     parse_cases,
     parse_common_args,
-    proc_cpu_s,
     render_rows,
     sha256_file,
     tail,
@@ -91,131 +86,6 @@ DEFAULT_BODY_BUFFER = "1m"
 SUBDIRS = ("www", "www/dav", "up-root", "up-state", "floor", "logs")
 
 
-# -- the upload server --------------------------------------------------------------------------
-
-
-def openbits_missing(venv_bin: Path, venv_python: str) -> str | None:
-    """Why the openbits case cannot run (``upload-server`` or ``upload`` missing), or None."""
-    for argv in (
-        [venv_python, "-m", "openbits", "upload-server", "--help"],
-        [str(venv_bin / "openbits"), "upload", "--help"],
-    ):
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return f"`{' '.join(argv[-3:])}` failed: {e}"
-        if proc.returncode != 0:
-            said = (proc.stderr or proc.stdout).strip().splitlines()
-            why = f": {said[-1]}" if said else ""
-            return f"`openbits {' '.join(argv[-2:])}` failed (exit status {proc.returncode}{why})"
-    return None
-
-
-class UploadServer:
-    """``openbits upload-server --root WORK/up-root`` on a free 127.0.0.1 port, its sessions in
-    WORK/up-state, started in its own session (like common.Services' nginx and daemon)."""
-
-    def __init__(self, work: Path, venv_python: str) -> None:
-        self.work = work
-        self.venv_python = venv_python
-        self.root = work / "up-root"
-        self.state_dir = work / "up-state"
-        self.log_path = work / "upload-server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.ping_status = 0
-        self.started = False
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> str:
-        """Start it and wait until a BITS Ping is answered; its base URL."""
-        last_error = ""
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        for _attempt in range(5):  # a free port may be taken before the server binds it
-            self.port = free_port()
-            argv = [self.venv_python, "-m", "openbits", "upload-server", "--root", str(self.root)]
-            argv += ["--listen", f"127.0.0.1:{self.port}", "--state-dir", str(self.state_dir)]
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=self._log,
-                start_new_session=True,
-                cwd=self.work,
-            )
-            self.started = True
-            try:
-                self._wait()
-                return f"http://127.0.0.1:{self.port}"
-            except BenchError as e:
-                last_error = str(e)
-                self.stop()
-                self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        raise BenchError(f"openbits upload-server did not start: {last_error}")
-
-    def _wait(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + START_DEADLINE_S
-        while True:
-            if self.proc.poll() is not None:
-                raise BenchError(
-                    f"openbits upload-server exited with {self.proc.returncode}:\n{tail(self.log_path)}"
-                )
-            status = self._ping()
-            if status is not None:
-                self.ping_status = status
-                return
-            if time.monotonic() > deadline:
-                raise BenchError(f"openbits upload-server did not answer on port {self.port}")
-            time.sleep(0.05)
-
-    def _ping(self) -> int | None:
-        """The status of a BITS Ping ([MC-BUP] §3.2.5.2.3), None while nothing answers."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("BITS_POST", "/ping", headers={"BITS-Packet-Type": "Ping", "Content-Length": "0"})
-            resp = conn.getresponse()
-            resp.read()
-            return resp.status
-        except OSError:
-            return None
-        finally:
-            conn.close()
-
-    def cpu_s(self) -> float:
-        if self.proc is None:
-            return 0.0
-        try:
-            return proc_cpu_s(self.proc.pid)
-        except OSError:
-            return 0.0
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(
-                f"openbits upload-server died (exit status {self.proc.returncode}):\n{tail(self.log_path)}"
-            )
-
-    def stop(self) -> int | None:
-        """SIGTERM it; its exit status (None when it had to be killed or never ran)."""
-        proc, self.proc = self.proc, None
-        rc: int | None = None
-        if proc is not None:
-            if proc.poll() is not None:
-                rc = proc.returncode
-            else:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    rc = proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return rc
-
-
 # -- the cases ----------------------------------------------------------------------------------
 
 
@@ -229,12 +99,12 @@ class Target:
 
 
 def make_targets(
-    work: Path, source: Path, dav_url: str, upload_url: str, venv_bin: Path, socket_path: Path, quiet: bool
+    work: Path, source: Path, dav_url: str, upload_url: str, venv_bin: Path, socket_path: Path
 ) -> dict[str, Target]:
     """Every case by name; each writes into a directory of its own on the same file system."""
     dav_out = work / "www" / "dav" / "out.bin"
     curl = ["curl", "-sS", "--fail", "-o", os.devnull, "-T", str(source), dav_url]
-    openbits = [str(venv_bin / "openbits"), "upload", *(["-q"] if quiet else []), str(source), upload_url]
+    openbits = [str(venv_bin / "openbits"), "upload", "-q", str(source), upload_url]
     return {
         "curl": Target(Case("curl", lambda out: [curl]), dav_out, "nginx"),
         "curl+sync": Target(
@@ -618,8 +488,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def cleanup() -> None:
         runner.kill_current()
-        if upserver.started:
-            upload_rc.append(upserver.stop())
+        upload_rc.append(upserver.stop())
         session.stop_services(services, runner)
 
     with session.guard(cleanup):
@@ -641,7 +510,6 @@ def main(argv: list[str] | None = None) -> int:
             base = services.start_nginx("/test.bin", args.size, dav).removesuffix("/test.bin")
             dav_url = f"{base}/dav/out.bin"
             log(f"nginx taking WebDAV PUTs at {dav_url} (client_body_buffer_size {body_buffer})")
-        quiet = False
         if "openbits" in wanted:
             upload_url = f"{upserver.start()}/out.bin"
             log(f"openbits upload-server taking BITS uploads at {upload_url} (Ping: {upserver.ping_status})")
@@ -653,8 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             services.start_daemon(config)
             log(f"openbits daemon on {services.socket}, settings: {args.daemon_setting}")
             log_daemon_env(args.daemon_env)
-            quiet = "--quiet" in upload_help(tools.venv_bin)
-        every = make_targets(work, source, dav_url, upload_url, tools.venv_bin, services.socket, quiet)
+        every = make_targets(work, source, dav_url, upload_url, tools.venv_bin, services.socket)
         targets = [every[c] for c in CASE_NAMES if c in wanted]
         log(
             f"{args.warmup} warm-up + {args.runs} counted run(s) per case, round-robin: "
@@ -669,14 +536,6 @@ def main(argv: list[str] | None = None) -> int:
             f"openbits upload-server exited with {rc} after SIGTERM (expected 0):\n{tail(upserver.log_path)}"
         )
     return report(args, session, runs, targets, vers, tools.skipped, rc)
-
-
-def upload_help(venv_bin: Path) -> str:
-    """The text of ``openbits upload --help`` (to learn whether it takes --quiet)."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        argv = [str(venv_bin / "openbits"), "upload", "--help"]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False).stdout
-    return ""
 
 
 def report(
