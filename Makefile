@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 RUN_DIR := .run
 
 
-.PHONY: run stop test venv test-deps lint typecheck unit integration chaos fuzz bench bench-1g bench-small bench-rss bench-throttle bench-events soak clean
+.PHONY: run stop test venv test-deps lint typecheck unit integration chaos fuzz bench bench-1g bench-small bench-rss bench-throttle bench-events bench-upload soak clean
 
 # gssapi and krb5 (pyspnego's kerberos extra) compile against libkrb5-dev (with gcc and Python's
 # headers): install them first.
@@ -71,13 +71,14 @@ fuzz: venv
 	OPENBITS_FUZZ_PROFILE=long OPENBITS_FUZZ_EXAMPLES=$${OPENBITS_FUZZ_EXAMPLES:-20000} \
 		$(PY) -m pytest -q --timeout=0 tests/fuzz
 
-## make bench: every benchmark in bench/ (1 GiB, 2,000 x 16 KiB, 10,000 queued jobs, throttling, events).
+## make bench: every benchmark in bench/ (1 GiB, 2,000 x 16 KiB, 10,000 queued jobs, throttling, events,
+## a 1 GiB upload).
 bench: venv
 	@bash scripts/ensure-debian-packages.sh nginx curl aria2
-	@rc=0; for b in bench_1g bench_small bench_rss bench_throttle bench_events; do $(PY) bench/$$b.py || rc=1; done; exit $$rc
+	@rc=0; for b in bench_1g bench_small bench_rss bench_throttle bench_events bench_upload; do $(PY) bench/$$b.py || rc=1; done; exit $$rc
 
-## make bench-1g, bench-small, bench-rss, bench-throttle, bench-events: one of them.
-bench-1g bench-small bench-rss bench-throttle bench-events: venv
+## make bench-1g, bench-small, bench-rss, bench-throttle, bench-events, bench-upload: one of them.
+bench-1g bench-small bench-rss bench-throttle bench-events bench-upload: venv
 	@bash scripts/ensure-debian-packages.sh nginx curl aria2
 	$(PY) bench/$(subst -,_,$@).py
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from common import (
     OUT_DIR,
     BenchError,
     Case,
+    OutputWatcher,
     Runner,
     Services,
     Session,
@@ -84,36 +83,6 @@ class Run:
     sha256_ok: bool | None  # None: not checked on this run
     visible_partial: bool  # the output was seen with fewer bytes than the whole while running
     stray_files: list[str] = field(default_factory=list)
-
-
-class OutputWatcher:
-    """Polls the output path while a command runs: was it ever visible with a partial size?"""
-
-    def __init__(self, path: Path, size: int, interval_s: float = 0.01) -> None:
-        self.path = path
-        self.size = size
-        self.interval_s = interval_s
-        self.partial = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="watch-output", daemon=True)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                st = os.stat(self.path)
-            except OSError:
-                continue
-            if st.st_size != self.size:
-                self.partial = True
-                return
-
-    def __enter__(self) -> OutputWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def make_cases(

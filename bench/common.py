@@ -1,10 +1,10 @@
-"""Helpers shared by the benchmarks in bench/ (bench_1g.py, bench_small.py, bench_rss.py).
+"""Helpers shared by the benchmarks in bench/ (bench_1g.py, bench_small.py, bench_upload.py, ...).
 
-Process CPU and memory from /proc, the machine's description, tool versions, and
-:class:`Services`: an nginx on a free 127.0.0.1 port and an openbits daemon, each in
-its own session so a terminal Ctrl-C reaches only the benchmark, which stops them in
-order.  Imported as ``common`` (the scripts run as ``python bench/NAME.py``, so bench/
-is on sys.path).
+Process CPU and memory from /proc, the machine's description, tool versions,
+:class:`Services`: an nginx on a free 127.0.0.1 port and an openbits daemon, and
+:class:`UploadServer`, an ``openbits upload-server``: each in its own session so a terminal
+Ctrl-C reaches only the benchmark, which stops them in order.  Imported as ``common`` (the
+scripts run as ``python bench/NAME.py``, so bench/ is on sys.path).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -391,6 +392,7 @@ http {{
     server {{
         {listen}
         root {work}/www;
+        {server_extra}
     }}
 }}
 """
@@ -550,7 +552,10 @@ class Services:
 
     # nginx
 
-    def start_nginx(self, url_path: str, size: int) -> str:
+    def start_nginx(self, url_path: str, size: int, server_extra: str = "") -> str:
+        """Start nginx serving WORK/www; wait until ``HEAD url_path`` answers 200 with
+        Content-Length ``size``; the URL of ``url_path``.  ``server_extra``: directives added to
+        its ``server`` block (bench_upload.py's WebDAV PUT location)."""
         (self.work / "nginx-tmp").mkdir(exist_ok=True)
         last_error = ""
         for _attempt in range(5):
@@ -576,7 +581,12 @@ class Services:
                 )
             conf.write_text(
                 NGINX_CONF.format(
-                    user=user, work=self.work, port=self.port, access_log=access_log, listen=listen
+                    user=user,
+                    work=self.work,
+                    port=self.port,
+                    access_log=access_log,
+                    listen=listen,
+                    server_extra=server_extra,
                 )
             )
             out = open(self.nginx_log, "ab")  # noqa: SIM115 - closed in stop()
@@ -747,6 +757,132 @@ class Services:
         self._logs.clear()
 
 
+# -- openbits upload-server (bench_upload.py) ----------------------------------------------------
+
+
+def openbits_missing(venv_bin: Path, venv_python: str) -> str | None:
+    """Why the openbits case cannot run (``upload-server`` or ``upload`` missing), or None."""
+    for argv in (
+        [venv_python, "-m", "openbits", "upload-server", "--help"],
+        [str(venv_bin / "openbits"), "upload", "--help"],
+    ):
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"`{' '.join(argv[-3:])}` failed: {e}"
+        if proc.returncode != 0:
+            said = (proc.stderr or proc.stdout).strip().splitlines()
+            why = f": {said[-1]}" if said else ""
+            return f"`openbits {' '.join(argv[-2:])}` failed (exit status {proc.returncode}{why})"
+    return None
+
+
+class UploadServer:
+    """``openbits upload-server --root WORK/up-root`` on a free 127.0.0.1 port, its sessions in
+    WORK/up-state, started in its own session like :class:`Services`' nginx and daemon (the
+    server of bench_upload.py's openbits case)."""
+
+    def __init__(self, work: Path, venv_python: str) -> None:
+        self.work = work
+        self.venv_python = venv_python
+        self.root = work / "up-root"
+        self.state_dir = work / "up-state"
+        self.log_path = work / "upload-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.ping_status = 0
+        self.started = False  # it answered a Ping (its exit status then matters)
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> str:
+        """Start it and wait until a BITS Ping is answered; its base URL."""
+        last_error = ""
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        for _attempt in range(5):  # a free port may be taken before the server binds it
+            self.port = free_port()
+            argv = [self.venv_python, "-m", "openbits", "upload-server", "--root", str(self.root)]
+            argv += ["--listen", f"127.0.0.1:{self.port}", "--state-dir", str(self.state_dir)]
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                start_new_session=True,
+                cwd=self.work,
+            )
+            try:
+                self._wait()
+                self.started = True
+                return f"http://127.0.0.1:{self.port}"
+            except BenchError as e:
+                last_error = str(e)
+                self.stop()
+                self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        raise BenchError(f"openbits upload-server did not start: {last_error}")
+
+    def _wait(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"openbits upload-server exited with {self.proc.returncode}:\n{tail(self.log_path)}"
+                )
+            status = self._ping()
+            if status is not None:
+                self.ping_status = status
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"openbits upload-server did not answer on port {self.port}")
+            time.sleep(0.05)
+
+    def _ping(self) -> int | None:
+        """The status of a BITS Ping ([MC-BUP] §3.2.5.2.3), None while nothing answers."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("BITS_POST", "/ping", headers={"BITS-Packet-Type": "Ping", "Content-Length": "0"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        except OSError:
+            return None
+        finally:
+            conn.close()
+
+    def cpu_s(self) -> float:
+        if self.proc is None:
+            return 0.0
+        try:
+            return proc_cpu_s(self.proc.pid)
+        except OSError:
+            return 0.0
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError(
+                f"openbits upload-server died (exit status {self.proc.returncode}):\n{tail(self.log_path)}"
+            )
+
+    def stop(self) -> int | None:
+        """SIGTERM it; its exit status (None when it had to be killed or never ran)."""
+        proc, self.proc = self.proc, None
+        rc: int | None = None
+        if proc is not None:
+            if proc.poll() is not None:
+                rc = proc.returncode
+            else:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    rc = proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return rc
+
+
 # -- timed runs ---------------------------------------------------------------------------------
 
 
@@ -837,6 +973,38 @@ class Runner:
                 proc.kill()
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(proc.pid, 0)
+
+
+class OutputWatcher:
+    """Polls the output path while a command runs: was it ever visible with a partial size?
+
+    (An openbits download or upload must publish its file only whole.)"""
+
+    def __init__(self, path: Path, size: int, interval_s: float = 0.01) -> None:
+        self.path = path
+        self.size = size
+        self.interval_s = interval_s
+        self.partial = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="watch-output", daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                continue
+            if st.st_size != self.size:
+                self.partial = True
+                return
+
+    def __enter__(self) -> OutputWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _raise_exit(signum: int, _frame: FrameType | None) -> None:
