@@ -45,12 +45,20 @@ class Runner(Protocol):
 
     async def stop(self, job_id: str) -> None: ...
 
+    def cancel_upload(self, job: Job) -> None:
+        """Tell the upload server to drop the job's open session (Cancel-Session), in a
+        task of its own with a short deadline: returns at once; a failure is only logged."""
+        ...
+
 
 class _NoRunner:
     def wake(self) -> None:
         pass
 
     async def stop(self, job_id: str) -> None:
+        pass
+
+    def cancel_upload(self, job: Job) -> None:
         pass
 
 

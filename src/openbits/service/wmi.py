@@ -258,6 +258,10 @@ class Service(Verbs):
         await self._set_remote_urls(job, changes)
         return {"ReturnValue": 0, "FilesChanged": len(changes)}
 
+    async def _m_get_reply_data(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        Params(raw, ())
+        return await self.get_reply_data(caller, job_ref)
+
     async def _m_get_response_headers(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
         local = Params(raw, ("LocalFile",)).string("LocalFile", LOCAL_FILE_MAX)
         file = _file_named(self.find(caller, job_ref), local)
@@ -415,4 +419,6 @@ _HANDLERS: dict[str, _Handler] = {
     "setcredentials": Service._m_set_credentials,
     "removecredentials": Service._m_remove_credentials,
     "setproxysettings": Service._m_set_proxy_settings,
+    "getreplydata": Service._m_get_reply_data,
+    "setreplyfilename": _returns_ok(Service.set_reply_file_name),
 }
