@@ -162,8 +162,8 @@ def reply(ctx: Context, job: str, data: bool, reply_file: str | None, as_json: b
         return
     click.echo(f"ReplyFileName: {found.reply_file_name or '(set when the file is added)'}")
     if progress is not None:
-        total = "unknown" if progress.bytes_total is None else str(progress.bytes_total)
-        click.echo(f"ReplyProgress: {progress.bytes_transferred} / {total} bytes")
+        total = "?" if progress.bytes_total is None else render.format_bytes(progress.bytes_total)
+        click.echo(f"ReplyProgress: {render.format_bytes(progress.bytes_transferred)} of {total}")
 
 
 COMMANDS = (upload, reply)
