@@ -249,3 +249,17 @@ async def test_set_remote_name_of_an_upload_job_stays_refused(tmp_path: Path) ->
         job = await _upload_job(d, RemoteUrl=URL, LocalFile=str(source))
         call = d.service.invoke(ME, job.job_id, "SetRemoteName", {"LocalFile": str(source), "RemoteUrl": URL})
         assert await _refused(call) == "E_NOTIMPL"
+
+
+async def test_a_reply_left_by_a_cancel_that_crashed_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    async with Driver(tmp_path) as d:
+        job = await _upload_job(d, JobType.UPLOAD_REPLY, RemoteUrl=URL, LocalFile=str(source))
+        assert job.reply_file_name is not None
+        temp = Path(job.reply_file_name).parent / fs.reply_temp_name(job.job_id)
+        temp.write_bytes(b"half a reply")
+        # stored CANCELLED, then the daemon died before it removed the reply's temporary file
+        d.service._enter(job, JobState.CANCELLED)
+        d.store.save_job(job)
+    async with Driver(tmp_path):
+        assert not temp.exists() and source.exists()

@@ -35,19 +35,13 @@ from openbits.model import (
     JobType,
     UploadState,
 )
+from openbits.service.changes import reply_temp_path
 from openbits.service.params import Params, validate_local_file, validate_remote_url
 from openbits.service.reports import Reports
 from openbits.transfer import files as fs
 
 #: the states GetReplyData answers in (BITS: TRANSFERRED, and after Complete)
 _REPLY_READABLE = frozenset({JobState.TRANSFERRED, JobState.ACKNOWLEDGED})
-
-
-def reply_temp_path(job: Job) -> str | None:
-    """Where an upload-reply job's reply is written until Complete (beside ReplyFileName)."""
-    if job.job_type is not JobType.UPLOAD_REPLY or not job.reply_file_name:
-        return None
-    return os.path.join(os.path.dirname(job.reply_file_name), fs.reply_temp_name(job.job_id))
 
 
 def default_reply_file_name(job_id: str, source: str) -> str:
