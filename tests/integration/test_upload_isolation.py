@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.support.daemon import CLASS
-from tests.support.users import NEEDS_TWO_USERS, Site, as_user
+from tests.support.daemon import CLASS, wait_until
+from tests.support.users import NEEDS_TWO_USERS, Site, as_user, run
 
 pytestmark = NEEDS_TWO_USERS
 
@@ -60,3 +60,34 @@ def test_a_reply_file_name_must_be_in_a_directory_the_owner_may_write(site: Site
     assert not os.path.exists(bob.home / "r.xml")
     status, instance = site.call(bob, "GET", f"{CLASS}/{job}")
     assert instance["ReplyFileName"] == str(bob.home / "r.xml")
+
+
+def test_take_ownership_of_an_upload_job_needs_the_new_owner_to_read_its_source(site: Site) -> None:
+    alice, bob = site.alice, site.bob
+    run("gpasswd", "--add", bob.name, site.admins)
+    wait_until(lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 200, 10, "bob an administrator")
+
+    def sources() -> tuple[str, str]:  # one only alice reads, one everyone reads
+        hidden, public = alice.home / "hidden.bin", alice.home / "public.bin"
+        hidden.write_bytes(b"h" * 5)
+        hidden.chmod(0o600)
+        public.write_bytes(b"p" * 6)
+        public.chmod(0o644)
+        return str(hidden), str(public)
+
+    hidden, public = as_user(alice, sources)
+    jobs = []
+    for source in (hidden, public):
+        status, body = site.call(
+            alice, "POST", f"{CLASS}/CreateJob", {"Type": 1, "RemoteUrl": URL, "LocalFile": source}
+        )
+        assert status == 200, body
+        jobs.append(str(body["JobId"]))
+    status, body = site.call(bob, "POST", f"{CLASS}/{jobs[0]}/TakeOwnership", {})
+    assert status != 200 and body["ErrorCode"] == "0x80200016", body  # BG_E_NEW_OWNER_NO_FILE_ACCESS
+    assert site.daemon.job(jobs[0])["Owner"] == alice.name
+    status, body = site.call(bob, "POST", f"{CLASS}/{jobs[1]}/TakeOwnership", {})
+    assert status == 200, body
+    taken = site.daemon.job(jobs[1])
+    assert taken["Owner"] == bob.name and taken["Files"][0]["LocalFile"] == public
+    assert os.path.exists(public)  # (nothing copied, nothing removed: the source stays)

@@ -192,6 +192,26 @@ class Uploads(Reports):
             raise ReplyTooLarge(f"the reply has over {REPLY_DATA_MAX_BYTES} bytes")
         return data
 
+    # -- TakeOwnership, Complete and Cancel -----------------------------------------------------
+
+    async def _hand_over_upload(self, job: Job, uid: int, gid: int | None) -> None:
+        """TakeOwnership of an upload job: nothing to copy (the upload goes on in its
+        session, from the server's offset), but the new owner must read the source and may
+        create files beside ReplyFileName, else BG_E_NEW_OWNER_NO_FILE_ACCESS, nothing
+        changed.  The transfer stops first: it ran with the old owner's rights."""
+        await self.runner.stop(job.job_id)
+        self.job_preempted(job)
+        for f in job.files:
+            try:
+                await self._source_state(uid, gid, f.local_file)
+            except CallError as e:
+                raise AccessDenied(
+                    f"the new owner cannot read the upload source: {e.message}",
+                    hresult=HResult.BG_E_NEW_OWNER_NO_FILE_ACCESS,
+                ) from None
+        if job.reply_file_name is not None:
+            await asyncio.to_thread(fs.check_new_owner, self.owners, [job.reply_file_name], uid, gid)
+
     # -- Complete and Cancel ------------------------------------------------------------------
 
     def _publish_reply(self, job: Job) -> None:

@@ -29,6 +29,7 @@ from openbits.model import (
     Job,
     JobFile,
     JobState,
+    JobType,
     NotifyFlags,
 )
 from openbits.service.changes import arm_notification
@@ -105,7 +106,9 @@ class Service(Verbs):
         states.check_call(states.Call.SET_PROPERTY, job.state)
         previous, previous_uid = job.owner, job.owner_uid
         moves: list[tuple[JobFile, handover.Move]] = []
-        if previous_uid != caller.uid:
+        if previous_uid != caller.uid and job.job_type is not JobType.DOWNLOAD:
+            await self._hand_over_upload(job, caller.uid, caller.gid)
+        elif previous_uid != caller.uid:
             moves = await self._copy_files(job, caller)
         try:
             with self._change(job, "ownership taken", [f for f, _ in moves]):
