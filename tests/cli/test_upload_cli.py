@@ -51,6 +51,12 @@ def test_openbits_upload_reply_job_from_create_to_restart(daemon: Daemon, tmp_pa
     shown = _ok(daemon.cli("get", job))
     assert "UPLOAD-REPLY" in shown and default in shown and f"{source} -> {URL}" in shown
 
+    # WQL sees the upload's properties
+    rows = json.loads(
+        _ok(daemon.cli("query", "SELECT ReplyFileName FROM BitsClientJob WHERE JobType = 2", "--json"))
+    )
+    assert rows == [{"ReplyFileName": default}]
+
     # the reply's file name and progress
     assert json.loads(_ok(daemon.cli("reply", job, "--json")))["ReplyFileName"] == default
     _refused(
