@@ -40,7 +40,9 @@ from openbits.model import JobType
 )
 @click.option("--name", default=None, help="The job's display name (default: the file's name).")
 @click.option("--priority", "-p", default="foreground", help="Priority (default foreground).")
-@click.option("--async", "is_async", is_flag=True, help="Start the job and print its JobId; don't wait.")
+@click.option(
+    "--async", "--no-wait", "is_async", is_flag=True, help="Start the job and print its JobId; don't wait."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--no-retry", is_flag=True, help="Fail at the first transient error (exit 1), not retry it.")
 @click.option("--timeout", type=float, default=None, metavar="SECONDS", help="Give up after SECONDS.")
