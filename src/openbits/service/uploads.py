@@ -50,6 +50,9 @@ def default_reply_file_name(job_id: str, source: str) -> str:
 
 
 class Uploads(Reports):
+    """The verbs' layer of what only upload and upload-reply jobs have (``Verbs`` builds on
+    it and calls it from CreateJob, AddFile*, Complete and Cancel)."""
+
     def find(self, caller: Caller, ref: str, *, include_finished: bool = False) -> Job:
         """A job the caller may see, by JobId or DisplayName (``Verbs.find``)."""
         raise NotImplementedError
@@ -99,8 +102,11 @@ class Uploads(Reports):
         if job.files or len(pairs) != 1:
             raise TooManyFiles("an upload job has exactly one file")
         gid = caller.gid if caller.uid == job.owner_uid else primary_gid(job.owner_uid)
+        owner_uid = job.owner_uid
         file, upload = await self._upload_file(job, *pairs[0], gid)
         job = self.find(caller, job.job_id)  # (it may have moved on meanwhile)
+        if job.owner_uid != owner_uid:  # (the source was read as the owner before)
+            raise InvalidState(f"the job {job.job_id} changed owner meanwhile; add the file again")
         new_state = states.add_file(job.state)
         if job.files:
             raise TooManyFiles("an upload job has exactly one file")
