@@ -171,12 +171,14 @@ class TransferSpec:
     files: list[dict[str, str]]
     display_name: str
     job: JobOptions
+    #: an upload-reply job's ReplyFileName (None: the daemon's default)
+    reply_file_name: str | None = None
 
     @staticmethod
     def of(files: FilePairs, display_name: str, options: TransferOptions) -> TransferSpec:
         job: JobOptions = {"description": options.get("description"), "priority": options.get("priority")}
         job["job_type"] = options.get("job_type")
-        return TransferSpec(file_pairs(files), display_name, job)
+        return TransferSpec(file_pairs(files), display_name, job, options.get("reply_file_name"))
 
 
 def start(spec: TransferSpec) -> Flow[str]:
@@ -185,6 +187,8 @@ def start(spec: TransferSpec) -> Flow[str]:
         raise ValueError("transfer() needs at least one (remote_url, local_file) pair")
     job_id = str((yield create_call(spec.display_name, **spec.job))["JobId"])
     try:
+        if spec.reply_file_name is not None:
+            yield invoke_call(job_id, "SetReplyFileName", ReplyFileName=spec.reply_file_name)
         yield invoke_call(job_id, "AddFileSet", Files=spec.files)
         yield state_call(job_id, RESUME)
     except GeneratorExit:

@@ -7,6 +7,7 @@ stdlib only: ``import openbits.client`` stays light for the CLI.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import ssl
@@ -281,12 +282,13 @@ class JobOptions(TypedDict, total=False):
 
 class TransferOptions(TypedDict, total=False):
     """``transfer``'s options: the job's ``description``, ``priority`` and ``job_type``;
-    ``timeout`` (seconds: TimeoutError after it); ``wait=False`` (return the job once
-    resumed)."""
+    ``reply_file_name`` (an upload-reply job's ReplyFileName); ``timeout`` (seconds:
+    TimeoutError after it); ``wait=False`` (return the job once resumed)."""
 
     description: str | None
     priority: JobPriority | int | None
     job_type: JobType | int | None
+    reply_file_name: str | None
     timeout: float | None
     wait: bool
 
@@ -377,6 +379,11 @@ def caller_proxy_environment() -> dict[str, str]:
     now follows with PRECONFIG, as curl would here."""
     names = {*PROXY_VARIABLES, *(n.upper() for n in PROXY_VARIABLES)}
     return {k: v for k, v in os.environ.items() if k in names and v}
+
+
+def reply_data(result: Mapping[str, Any]) -> bytes:
+    """GetReplyData's answer: the reply's bytes (its ReplyData is base64)."""
+    return base64.b64decode(str(result.get("ReplyData") or ""), validate=True)
 
 
 def invoke_call(job: str, method: str, **params: Any) -> Call:

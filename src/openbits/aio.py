@@ -244,6 +244,12 @@ class AsyncClient(AsyncIdentityCalls, wire.ClientBase):
         headers: str | None = (await self.invoke(job, "GetResponseHeaders", **params)).get("ResponseHeaders")
         return headers
 
+    async def set_reply_file_name(self, job: str, path: str) -> None:
+        await self.invoke(job, "SetReplyFileName", ReplyFileName=path)
+
+    async def get_reply_data(self, job: str) -> bytes:
+        return wire.reply_data(await self.invoke(job, "GetReplyData"))
+
     async def set_client_certificate_by_id(
         self, job: str, store_location: int, store_name: str, cert_hash: str | bytes
     ) -> None:

@@ -300,6 +300,16 @@ class Client(IdentityCalls, wire.ClientBase):
         headers: str | None = self.invoke(job, "GetResponseHeaders", **params).get("ResponseHeaders")
         return headers
 
+    def set_reply_file_name(self, job: str, path: str) -> None:
+        """Where an upload-reply job's reply goes at Complete (an absolute path)."""
+        self.invoke(job, "SetReplyFileName", ReplyFileName=path)
+
+    def get_reply_data(self, job: str) -> bytes:
+        """An upload-reply job's reply, once TRANSFERRED (also after Complete): up to 1 MiB
+        (BG_E_TOO_LARGE above: read its ReplyFileName after Complete); b"" when the server
+        application sent none."""
+        return wire.reply_data(self.invoke(job, "GetReplyData"))
+
     def set_client_certificate_by_id(
         self, job: str, store_location: int, store_name: str, cert_hash: str | bytes
     ) -> None:

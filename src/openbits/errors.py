@@ -26,8 +26,10 @@ several codes takes the code of the instance (an errno's, an HTTP status's).
     │   │   ├── TooManyJobsPerUser     BG_E_TOO_MANY_JOBS_PER_USER
     │   │   ├── TooManyJobsPerMachine  BG_E_TOO_MANY_JOBS_PER_MACHINE
     │   │   ├── TooManyFilesInJob      BG_E_TOO_MANY_FILES_IN_JOB
+    │   │   ├── TooManyFiles           BG_E_TOO_MANY_FILES (an upload job's second file)
     │   │   └── TooManyRangesInFile    BG_E_TOO_MANY_RANGES_IN_FILE (400)
     │   ├── RequestTooLarge       HRESULT_REQUEST_TOO_LARGE       413
+    │   ├── ReplyTooLarge         BG_E_TOO_LARGE (GetReplyData over 1 MiB)
     │   ├── CertificateNotFound   CRYPT_E_NOT_FOUND
     │   ├── NoPrivateKey          NTE_NO_KEY
     │   └── NoRoomForWork         HRESULT_DISK_FULL               507
@@ -586,6 +588,18 @@ class TooManyFilesInJob(LimitExceeded):
     default_hresult = HResult.BG_E_TOO_MANY_FILES_IN_JOB
 
 
+class TooManyFiles(LimitExceeded):
+    """A second file for an upload job (it has exactly one)."""
+
+    default_hresult = HResult.BG_E_TOO_MANY_FILES
+
+
+class ReplyTooLarge(CallError):
+    """GetReplyData of a reply over 1 MiB: read the reply file instead."""
+
+    default_hresult = HResult.BG_E_TOO_LARGE
+
+
 class TooManyRangesInFile(LimitExceeded):
     default_hresult = HResult.BG_E_TOO_MANY_RANGES_IN_FILE
 
@@ -761,6 +775,7 @@ _BY_HRESULT: dict[int, type[BitsError]] = {
             EmptyJob,
             ErrorInformationUnavailable,
             RequestTooLarge,
+            ReplyTooLarge,
             CertificateNotFound,
             NoPrivateKey,
             InternalError,
@@ -768,7 +783,13 @@ _BY_HRESULT: dict[int, type[BitsError]] = {
     },
     **{
         cls.default_hresult: LimitExceeded
-        for cls in (TooManyJobsPerUser, TooManyJobsPerMachine, TooManyFilesInJob, TooManyRangesInFile)
+        for cls in (
+            TooManyJobsPerUser,
+            TooManyJobsPerMachine,
+            TooManyFilesInJob,
+            TooManyFiles,
+            TooManyRangesInFile,
+        )
     },
 }
 

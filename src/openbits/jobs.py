@@ -104,6 +104,21 @@ def _certificate(value: Any) -> JobClientCertificate | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyProgress:
+    """An upload-reply job's reply download (BG_JOB_REPLY_PROGRESS); ``bytes_total`` is None
+    while unknown."""
+
+    bytes_total: int | None
+    bytes_transferred: int
+
+
+def _reply_progress(value: Any) -> ReplyProgress | None:
+    if not isinstance(value, Mapping):
+        return None
+    return ReplyProgress(_size(value.get("BytesTotal")), int(value.get("BytesTransferred") or 0))
+
+
+@dataclass(frozen=True, slots=True)
 class BitsFile:
     """One file of a job (a ``BitsClientFile``)."""
 
@@ -174,6 +189,10 @@ class BitsJob:
     proxy_list: str | None = None
     proxy_bypass_list: str | None = None
     client_certificate: JobClientCertificate | None = None
+    #: SPEC §8, upload-reply jobs: where the reply goes at Complete and its download's
+    #: progress (None for other jobs; ``reply_file_name`` also before the file is added)
+    reply_file_name: str | None = None
+    reply_progress: ReplyProgress | None = None
     creation_time: datetime | None = None
     modification_time: datetime | None = None
     completion_time: datetime | None = None
@@ -215,6 +234,8 @@ class BitsJob:
             proxy_list=g("ProxyList"),
             proxy_bypass_list=g("ProxyBypassList"),
             client_certificate=_certificate(g("ClientCertificate")),
+            reply_file_name=g("ReplyFileName"),
+            reply_progress=_reply_progress(g("ReplyProgress")),
             creation_time=datetime_from_filetime(g("JobCreationTime") or 0),
             modification_time=datetime_from_filetime(g("JobLastModificationTime") or 0),
             completion_time=datetime_from_filetime(g("JobCompletionTime") or 0),

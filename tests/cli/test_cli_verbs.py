@@ -188,6 +188,9 @@ def test_new_commands_without_a_daemon_exit_3(tmp_path: Path) -> None:
         ("replace-prefix", guid, "http://a/", "http://b/"),
         ("take-ownership", guid),
         ("query", "SELECT * FROM BitsClientJob"),
+        ("upload", "/tmp/x", "http://h/x"),
+        ("reply", guid),
+        ("reply", guid, "--data"),
     ):
         result = run(None, *args, socket_path=missing, stdin="http://h/x /tmp/x\n")
         exits(result, 3)

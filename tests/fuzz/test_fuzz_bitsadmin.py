@@ -332,6 +332,7 @@ VALID: dict[str, st.SearchStrategy[list[str]]] = {
     ),
     "/SETCLIENTCERTIFICATEBYNAME": _seq(_J, _one(LOCATION), _one(st.just("MY")), _one(ARG)),
     "/SETACLFLAGS": _seq(_J, _one(st.sampled_from(["O", "ogds", "", "D"]))),
+    "/SETREPLYFILENAME": _seq(_J, _one(LOCAL)),
 }
 #: switches whose only argument is the job
 JOB_ONLY = {

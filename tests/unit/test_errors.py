@@ -44,6 +44,7 @@ from openbits.errors import (
     RangeOutsideFile,
     ReadOnlyProperty,
     RemoteFileError,
+    ReplyTooLarge,
     RequestTooLarge,
     SourceFileError,
     SourceUnavailable,
@@ -52,6 +53,7 @@ from openbits.errors import (
     StringTooLong,
     Timeout,
     TLSError,
+    TooManyFiles,
     TooManyFilesInJob,
     TooManyJobsPerMachine,
     TooManyJobsPerUser,
@@ -273,6 +275,8 @@ def test_api_http_status_accepts_signed_values() -> None:
         (HResult.BG_E_TOO_MANY_JOBS_PER_MACHINE, LimitExceeded),
         (HResult.BG_E_TOO_MANY_FILES_IN_JOB, LimitExceeded),
         (HResult.HRESULT_REQUEST_TOO_LARGE, RequestTooLarge),
+        (HResult.BG_E_TOO_LARGE, ReplyTooLarge),
+        (HResult.BG_E_TOO_MANY_FILES, LimitExceeded),
     ],
     ids=lambda v: v.name if isinstance(v, HResult) else v.__name__,
 )
@@ -366,8 +370,10 @@ TREE: list[tuple[type[BitsError], type[BitsError], int, ErrorContext, bool, int]
     (TooManyJobsPerUser, LimitExceeded, HResult.BG_E_TOO_MANY_JOBS_PER_USER, GQM, False, 409),
     (TooManyJobsPerMachine, LimitExceeded, HResult.BG_E_TOO_MANY_JOBS_PER_MACHINE, GQM, False, 409),
     (TooManyFilesInJob, LimitExceeded, HResult.BG_E_TOO_MANY_FILES_IN_JOB, GQM, False, 409),
+    (TooManyFiles, LimitExceeded, HResult.BG_E_TOO_MANY_FILES, GQM, False, 409),
     (TooManyRangesInFile, LimitExceeded, HResult.BG_E_TOO_MANY_RANGES_IN_FILE, GQM, False, 400),
     (RequestTooLarge, CallError, HResult.HRESULT_REQUEST_TOO_LARGE, GQM, False, 413),
+    (ReplyTooLarge, CallError, HResult.BG_E_TOO_LARGE, GQM, False, 400),
     (NoRoomForWork, CallError, HResult.HRESULT_DISK_FULL, GQM, False, 507),
     (CertificateNotFound, CallError, HResult.CRYPT_E_NOT_FOUND, GQM, False, 400),
     (NoPrivateKey, CallError, HResult.NTE_NO_KEY, GQM, False, 400),
@@ -453,7 +459,7 @@ def test_from_hresult_round_trips_a_call_error(cls: type[BitsError]) -> None:
 
 
 @pytest.mark.parametrize(
-    "cls", [TooManyJobsPerUser, TooManyJobsPerMachine, TooManyFilesInJob, TooManyRangesInFile]
+    "cls", [TooManyJobsPerUser, TooManyJobsPerMachine, TooManyFilesInJob, TooManyFiles, TooManyRangesInFile]
 )
 def test_from_hresult_rebuilds_a_limit_as_its_family(cls: type[BitsError]) -> None:
     back = BitsError.from_hresult(cls().hresult)

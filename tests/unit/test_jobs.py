@@ -19,6 +19,7 @@ from openbits.jobs import (
     JobErrorInfo,
     JobEvent,
     NotifyCmdLine,
+    ReplyProgress,
     datetime_from_filetime,
 )
 from openbits.model import (
@@ -97,6 +98,7 @@ def test_from_cim_gives_every_property_its_type() -> None:
     assert job.custom_headers == "Authorization: Bearer s3cret\r\n"
     assert job.security_flags == SecurityFlags.IGNORE_UNKNOWN_CA
     assert job.credentials == () and job.client_certificate is None
+    assert job.reply_file_name is None and job.reply_progress is None  # (a download)
     assert (job.proxy_usage, job.proxy_list, job.proxy_bypass_list) == (ProxyUsage.PRECONFIG, None, None)
     assert job.creation_time == T0
     assert job.modification_time == datetime(2025, 3, 4, 5, 6, 8, 123456, tzinfo=UTC)
@@ -233,6 +235,16 @@ def test_where_a_client_finds_the_daemon_and_the_token_stays_hidden(monkeypatch:
     with pytest.raises(ValueError) as e:
         Client(url="gopher://user:pw@host:1/")
     assert "pw" not in str(e.value)
+
+
+def test_the_reply_of_an_upload_reply_job_is_typed() -> None:
+    unknown = BitsJob.from_cim(sample(job_type=JobType.UPLOAD_REPLY, reply_file_name="/srv/a.reply"))
+    assert unknown.job_type is JobType.UPLOAD_REPLY and unknown.reply_file_name == "/srv/a.reply"
+    assert unknown.reply_progress == ReplyProgress(None, 0)  # (BG_SIZE_UNKNOWN: None)
+    known = BitsJob.from_cim(
+        sample(job_type=JobType.UPLOAD_REPLY, reply_bytes_total=90, reply_bytes_transferred=40)
+    )
+    assert known.reply_progress == ReplyProgress(90, 40) and known.reply_file_name is None
 
 
 def test_the_identity_properties_are_typed_and_carry_no_password() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from openbits.cli.render import Rates, bytes_pair, duration, short_ids
-from openbits.model import JobState
+import pytest
+
+from openbits.cli.render import Rates, bytes_pair, duration, print_job, short_ids
+from openbits.model import Job, JobFile, JobState, JobType, new_job_id
 
 MiB = 1024 * 1024
 
@@ -42,3 +44,25 @@ def test_rates_follow_the_changes_of_a_transferring_job() -> None:
     assert rates.cells("j", suspended) == ("-", "-")
     rates.update({}, now=104.0)
     assert rates.rate("j") is None
+
+
+def test_print_job_shows_an_upload_and_its_reply(capsys: pytest.CaptureFixture[str]) -> None:
+    source = JobFile("https://host/inbox/a.bin", "/srv/a.bin", 2048, 1024)
+    job = Job(
+        job_id=new_job_id(), owner="alice", owner_uid=1000, job_type=JobType.UPLOAD_REPLY, files=[source]
+    )
+    job.reply_file_name = "/srv/a.reply"
+    print_job(job.to_cim())
+    shown = capsys.readouterr().out
+    assert "JobType" in shown and "UPLOAD-REPLY" in shown
+    assert "/srv/a.reply" in shown and "ReplyProgress        0 B of ?" in shown
+    assert "File 0: /srv/a.bin -> https://host/inbox/a.bin (1.0 KiB of 2.0 KiB)" in shown
+    job.reply_bytes_total, job.reply_bytes_transferred = 4096, 2048
+    job.job_type = JobType.UPLOAD
+    print_job(job.to_cim())
+    plain = capsys.readouterr().out
+    assert "UPLOAD" in plain and "Reply" not in plain
+    download = Job(job_id=new_job_id(), owner="alice", owner_uid=1000, files=[source])
+    print_job(download.to_cim())
+    shown = capsys.readouterr().out
+    assert "JobType" not in shown and "File 0: https://host/inbox/a.bin -> /srv/a.bin" in shown

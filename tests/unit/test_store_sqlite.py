@@ -17,6 +17,7 @@ from openbits.model import (
     JobPriority,
     JobState,
     JobType,
+    UploadState,
     new_job_id,
 )
 from openbits.store import StoreError
@@ -71,6 +72,19 @@ def full_job(**kwargs: object) -> Job:
             ),
             JobFile(remote_url="file:///etc/hosts", local_file="/srv/hosts"),
         ],
+        "reply_file_name": "/srv/a.reply",
+        "reply_bytes_total": 12345,
+        "reply_bytes_transferred": 678,
+        "upload": UploadState(
+            source_size=2**40,
+            source_mtime_ns=1_700_000_000_987_654_321,
+            session_id="{5E7D0FE1-0000-4A6B-8E3E-3E5C1B2D7F00}",
+            host_id="node7",
+            fragments_done=True,
+            reply_url="http://example.com/reply/1",
+            reply_done=True,
+            closed=False,
+        ),
     }
     values.update(kwargs)
     return Job(**values)  # type: ignore[arg-type]
@@ -112,6 +126,41 @@ def test_add_job_round_trips_defaults_and_no_error(store: SqliteStore) -> None:
     assert as_dict(loaded) == as_dict(job)
     assert loaded.error is None
     assert loaded.files == []
+
+
+def test_upload_state_and_reply_fields_are_saved_with_the_job(store: SqliteStore, db_path: Path) -> None:
+    job = full_job(upload=UploadState(source_size=10, source_mtime_ns=5), reply_file_name=None)
+    store.add_job(job)
+    assert job.upload is not None
+    job.upload.session_id = "opaque session ☃"
+    job.upload.fragments_done = True
+    job.reply_file_name = "/srv/b.reply"
+    job.reply_bytes_total = None
+    job.reply_bytes_transferred = 9
+    store.save_job(job)
+    store.close()
+    reopened = reopen(db_path)
+    (loaded,) = reopened.load_jobs()
+    reopened.close()
+    assert loaded.upload == UploadState(
+        source_size=10, source_mtime_ns=5, session_id="opaque session ☃", fragments_done=True
+    )
+    assert (loaded.reply_file_name, loaded.reply_bytes_total, loaded.reply_bytes_transferred) == (
+        "/srv/b.reply",
+        None,
+        9,
+    )
+
+
+def test_an_upload_state_with_keys_of_a_later_version_still_loads(store: SqliteStore) -> None:
+    job = full_job()
+    store.add_job(job)
+    store._db.execute(
+        "UPDATE jobs SET upload_state=? WHERE job_id=?",
+        ('{"source_size": 3, "closed": true, "from_the_future": 1}', job.job_id),
+    )
+    (loaded,) = store.load_jobs()
+    assert loaded.upload == UploadState(source_size=3, closed=True)
 
 
 def test_error_without_file_index_round_trips(store: SqliteStore) -> None:
@@ -350,6 +399,7 @@ SHIPPED_MIGRATIONS = [
     "93594bcb9c3f26a3",  # 9 bearer tokens
     "863e5fa17b455804",  # 10 write-only custom headers
     "a9d57ee5a00619a5",  # 11 identity: sealed secrets, proxy settings, client certificate, token scopes
+    "231df795ffc695c8",  # 12 uploads: reply file and progress, the upload's protocol state
 ]
 
 
@@ -430,6 +480,8 @@ def test_a_store_of_every_earlier_version_is_migrated_and_keeps_its_jobs(
         assert job.maximum_download_time_s == 7_776_000 and job.security_flags == 0
         assert job.notify_program is None and job.notify_due_ns == 0
         assert job.custom_headers_write_only is False
+        assert job.reply_file_name is None and job.reply_bytes_total is None
+        assert job.reply_bytes_transferred == 0 and job.upload is None
         assert store.integrity_check() == "ok"
         store.save_job(job)  # and it can be written in the new shape
     finally:

@@ -32,7 +32,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
         "FILE COMMANDS",
         ["add", "add-set", "add-ranges", "files", "set-remote-name", "replace-prefix", "headers"],
     ),
-    ("TRANSFER COMMANDS", ["transfer", "credentials", "proxy", "cert"]),
+    ("TRANSFER COMMANDS", ["transfer", "upload", "reply", "credentials", "proxy", "cert"]),
     ("WATCH AND QUERY", ["watch", "query"]),
     # ("token": a command to come; a name without a command is skipped)
     ("DAEMON AND SHELL", ["serve", "store", "policy", "token", "completion", "version"]),

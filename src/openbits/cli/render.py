@@ -15,7 +15,15 @@ from typing import Any
 
 import click
 
-from openbits.model import AuthScheme, AuthTarget, JobPriority, JobState, ProxyUsage, unix_ns_from_filetime
+from openbits.model import (
+    AuthScheme,
+    AuthTarget,
+    JobPriority,
+    JobState,
+    JobType,
+    ProxyUsage,
+    unix_ns_from_filetime,
+)
 
 SIZE_UNKNOWN = 0xFFFFFFFFFFFFFFFF
 LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF
@@ -134,6 +142,7 @@ def print_job(job: Mapping[str, Any]) -> None:
         ("TransientErrorCount", str(job["TransientErrorCount"])),
         ("MinimumRetryDelay", f"{job['MinimumRetryDelay']} s"),
         ("NoProgressTimeout", f"{job['NoProgressTimeout']} s"),
+        *_upload_fields(job),
         *_identity_fields(job),
     ]
     cert = job.get("ClientCertificate")
@@ -149,7 +158,27 @@ def print_job(job: Mapping[str, Any]) -> None:
             if f["Completed"]
             else f"{format_bytes(f['BytesTransferred'])} of {format_bytes(f['BytesTotal'])}"
         )
-        click.echo(f"File {i}: {f['RemoteUrl']} -> {f['LocalFile']} ({done})")
+        if job.get("JobType"):  # (an upload: from the local file to the server)
+            click.echo(f"File {i}: {f['LocalFile']} -> {f['RemoteUrl']} ({done})")
+        else:
+            click.echo(f"File {i}: {f['RemoteUrl']} -> {f['LocalFile']} ({done})")
+
+
+def _upload_fields(job: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """An upload job's type; an upload-reply job's ReplyFileName and ReplyProgress.  (A
+    download shows none: the default type.)"""
+    job_type = job.get("JobType") or 0
+    if not job_type:
+        return []
+    name = JobType(job_type).name if job_type in JobType._value2member_map_ else str(job_type)
+    fields = [("JobType", name.replace("_", "-"))]
+    if job_type == JobType.UPLOAD_REPLY:
+        fields.append(("ReplyFileName", job.get("ReplyFileName") or "(set when the file is added)"))
+        progress = job.get("ReplyProgress")
+        if isinstance(progress, Mapping):
+            done, total = progress.get("BytesTransferred") or 0, progress.get("BytesTotal", SIZE_UNKNOWN)
+            fields.append(("ReplyProgress", f"{format_bytes(done)} of {format_bytes(total)}"))
+    return fields
 
 
 def _identity_fields(job: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -143,6 +143,10 @@ class Transfers:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait([task])
 
+    def cancel_upload(self, job: Job) -> None:
+        """Send Cancel-Session for an upload job's open session (SPEC §8), in a task of its
+        own; returns at once.  (Nothing yet: the upload client, issue 14's helper C, fills it.)"""
+
 
 class _FileProgress:
     """Binds a downloader's reports for one file to the service."""

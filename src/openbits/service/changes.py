@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,7 +25,7 @@ from openbits import states
 from openbits.clock import Clock
 from openbits.config import Config
 from openbits.errors import StoreWriteFailed
-from openbits.model import Job, JobFile, JobState, NotifyFlags
+from openbits.model import Job, JobFile, JobState, JobType, NotifyFlags
 from openbits.policy import ServicePolicy
 from openbits.states import Event
 from openbits.store import JobStore
@@ -38,6 +39,14 @@ log = logging.getLogger("openbits.service")
 NOTIFY_ON = {JobState.TRANSFERRED: NotifyFlags.JOB_TRANSFERRED, JobState.ERROR: NotifyFlags.JOB_ERROR}
 
 
+def reply_temp_path(job: Job) -> str | None:
+    """Where an upload-reply job's reply is written until Complete: beside ReplyFileName,
+    ``files.reply_temp_name`` (None for other jobs, and before ReplyFileName is known)."""
+    if job.job_type is not JobType.UPLOAD_REPLY or not job.reply_file_name:
+        return None
+    return os.path.join(os.path.dirname(job.reply_file_name), fs.reply_temp_name(job.job_id))
+
+
 class Runner(Protocol):
     """What the service needs of whatever runs the transfers (``scheduler.run.Transfers``)."""
 
@@ -45,12 +54,20 @@ class Runner(Protocol):
 
     async def stop(self, job_id: str) -> None: ...
 
+    def cancel_upload(self, job: Job) -> None:
+        """Tell the upload server to drop the job's open session (Cancel-Session), in a
+        task of its own with a short deadline: returns at once; a failure is only logged."""
+        ...
+
 
 class _NoRunner:
     def wake(self) -> None:
         pass
 
     async def stop(self, job_id: str) -> None:
+        pass
+
+    def cancel_upload(self, job: Job) -> None:
         pass
 
 
@@ -124,6 +141,7 @@ class LiveJobs:
                 for f in job.files:
                     if not f.published:
                         self._remove(job, f.temp_path)
+                self._remove(job, reply_temp_path(job))
             elif job.state is JobState.ACKNOWLEDGED:
                 for f in job.files:
                     if not f.published and not f.completed:

@@ -45,9 +45,9 @@ _ALL = (
     Method("SetCredentials", ("Target", "Scheme", "UserName", "Password")),
     Method("RemoveCredentials", ("Target", "Scheme")),
     Method("SetProxySettings", ("ProxyUsage", "ProxyList", "ProxyBypassList")),
-    # not built yet: they answer E_NOTIMPL whatever the job (SPEC §2 names their parameters)
-    Method("GetReplyData", implemented=False),
-    Method("SetReplyFileName", ("ReplyFileName",), implemented=False),
+    # upload-reply jobs (SPEC §8); E_NOTIMPL for the others, as BITS
+    Method("GetReplyData"),
+    Method("SetReplyFileName", ("ReplyFileName",)),
 )
 
 #: every instance method the service answers (built or E_NOTIMPL), by lower-case name

@@ -20,7 +20,6 @@ from openbits.errors import (
     ErrorInformationUnavailable,
     HResult,
     InvalidArgument,
-    NoRoomForWork,
     NotFound,
     NotImplementedValue,
     ReadOnlyProperty,
@@ -60,14 +59,14 @@ from openbits.service.params import (
     validate_ranges,
     validate_remote_url,
 )
-from openbits.service.reports import Reports
+from openbits.service.uploads import Uploads, default_reply_file_name
 from openbits.transfer import files as fs
 from openbits.transfer.owner import user_exists
 
 log = logging.getLogger("openbits.service")
 
 
-class Verbs(Reports):
+class Verbs(Uploads):
     # -- lookup ---------------------------------------------------------------------------
 
     def _visible(self, caller: Caller, job: Job) -> bool:
@@ -128,8 +127,6 @@ class Verbs(Reports):
         display_name = p.string("DisplayName", DISPLAY_NAME_MAX, default="") or ""
         description = p.string("Description", DESCRIPTION_MAX, default="") or ""
         job_type = enum_value(JobType, "job type", p.uint("Type", default=0) or 0)
-        if job_type is not JobType.DOWNLOAD:
-            raise NotImplementedValue("upload jobs are not supported yet")
         service_account = p.uint("ServiceAccount", default=2)
         if service_account not in (0, 1, 2):
             raise NotImplementedValue(f"{service_account} is not a valid ServiceAccount")
@@ -143,7 +140,9 @@ class Verbs(Reports):
         proxy_environment = validate_proxy_environment(p.value("ProxyEnvironment"))
         self._check_job_limits(caller)
         self._check_room()
-        checked = await self._destinations_checked(caller.uid, caller.gid, [local] if local else [])
+        uploading = job_type is not JobType.DOWNLOAD
+        destinations = [local] if local and not uploading else []
+        checked = await self._destinations_checked(caller.uid, caller.gid, destinations)
         now = self.clock.now_ns()
         job = Job(
             job_id=new_job_id(),
@@ -157,36 +156,21 @@ class Verbs(Reports):
             modified_ns=now,
             proxy_environment=proxy_environment,
         )
-        if remote is not None and local is not None:
+        if remote is not None and local is not None and uploading:
+            file, job.upload = await self._upload_file(job, remote, local, caller.gid)
+            job.files.append(file)
+            if job_type is JobType.UPLOAD_REPLY:
+                job.reply_file_name = default_reply_file_name(job.job_id, file.local_file)
+        elif remote is not None and local is not None:
             job.files.append(self._new_file(caller, job, remote, local, 0, set(), checked))
-            if not suspend:
-                self._enter(job, states.resume(job.state, len(job.files)))
+        if job.files and not suspend:
+            self._enter(job, states.resume(job.state, len(job.files)))
         self.store.add_job(job)
         self.jobs[job.job_id] = job
         self._index(job)
         self._announce(job, "created")
         self.runner.wake()
         return job
-
-    def _check_room(self) -> None:
-        """New work is refused while the store's file system has less free than
-        ``state_reserve_mb``: that room is kept for the progress of the jobs accepted
-        already, so that none of them is stopped by a new one.  (A write that fails for
-        another reason fails its own call: StoreWriteFailed.)"""
-        reserve = self.config.state_reserve_mb * 1024 * 1024
-        where = self.config.state_dir
-        try:
-            st = os.statvfs(where)
-        except OSError:
-            free = reserve
-        else:
-            free = st.f_bavail * st.f_frsize
-        if free < reserve:
-            raise NoRoomForWork(
-                f"the state directory {where} has {free / 2**20:.1f} MiB free, under the "
-                f"{self.config.state_reserve_mb} MiB kept for the jobs already accepted "
-                "(state_reserve_mb): free space there to add work; nothing accepted is lost"
-            )
 
     def _check_job_limits(self, caller: Caller) -> None:
         if caller.is_admin:
@@ -253,8 +237,12 @@ class Verbs(Reports):
         ranges: list[tuple[int, int]] | None = None,
     ) -> Job:
         """``_add_files`` after the destinations were checked off the loop for the job's owner
-        (used only if the job still has that owner: TakeOwnership may come in between)."""
-        owner_uid = self.find(caller, job_ref).owner_uid
+        (used only if the job still has that owner: TakeOwnership may come in between).
+        An upload job takes its one file (``_add_upload``)."""
+        job = self.find(caller, job_ref)
+        if job.job_type is not JobType.DOWNLOAD:
+            return await self._add_upload(caller, job, pairs)
+        owner_uid = job.owner_uid
         gid = caller.gid if caller.uid == owner_uid else primary_gid(owner_uid)
         checked = await self._destinations_checked(owner_uid, gid, [local for _, local in pairs])
         return self._add_files(caller, job_ref, pairs, ranges, (owner_uid, checked))
@@ -270,7 +258,10 @@ class Verbs(Reports):
         return await self._add_checked(caller, job_ref, [file_pair(f, "AddFileSet") for f in files])
 
     async def add_file_with_ranges(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
-        """AddFileWithRanges: pieces of a remote file, written one after the other (bits-spec §5.4)."""
+        """AddFileWithRanges: pieces of a remote file, written one after the other (bits-spec §5.4);
+        download jobs only (E_NOTIMPL for uploads, as BITS)."""
+        if self.find(caller, job_ref).job_type is not JobType.DOWNLOAD:
+            raise NotImplementedValue("AddFileWithRanges is for download jobs (E_NOTIMPL, as BITS)")
         p = Params(raw, ("RemoteUrl", "LocalFile", "Ranges"))
         remote, local = file_pair(
             {"RemoteUrl": p.value("RemoteUrl"), "LocalFile": p.value("LocalFile")}, "AddFileWithRanges"
@@ -349,7 +340,10 @@ class Verbs(Reports):
             self._enter(job, states.cancel(job.state))
             job.finished_ns = self.clock.now_ns()
         await self.runner.stop(job.job_id)
-        ok = await self._remove_all(job, [f.temp_path for f in job.files if not f.published])
+        paths = [f.temp_path for f in job.files if not f.published]
+        if job.job_type is not JobType.DOWNLOAD:
+            paths = self._cancel_upload(job)
+        ok = await self._remove_all(job, paths)
         return 0 if ok else int(HResult.BG_S_UNABLE_TO_DELETE_FILES)
 
     async def complete(self, job: Job) -> int:
@@ -359,7 +353,11 @@ class Verbs(Reports):
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
         self.job_preempted(job)  # (stopped: back in the queue rather than look running)
         try:
-            dropped = self._publish(job)
+            if job.job_type is JobType.DOWNLOAD:
+                dropped = self._publish(job)
+            else:  # (an upload is on the server once TRANSFERRED: only a reply to publish)
+                self._publish_reply(job)
+                dropped = []
         except BitsError:
             # Renamed files stay published (a fact, recorded if the store can); the job keeps
             # its state (bits-spec §3.2) and the caller hears of the failed rename.

@@ -29,6 +29,7 @@ from openbits.model import (
     Job,
     JobFile,
     JobState,
+    JobType,
     NotifyFlags,
 )
 from openbits.service.changes import arm_notification
@@ -105,7 +106,9 @@ class Service(Verbs):
         states.check_call(states.Call.SET_PROPERTY, job.state)
         previous, previous_uid = job.owner, job.owner_uid
         moves: list[tuple[JobFile, handover.Move]] = []
-        if previous_uid != caller.uid:
+        if previous_uid != caller.uid and job.job_type is not JobType.DOWNLOAD:
+            await self._hand_over_upload(job, caller.uid, caller.gid)
+        elif previous_uid != caller.uid:
             moves = await self._copy_files(job, caller)
         try:
             with self._change(job, "ownership taken", [f for f, _ in moves]):
@@ -257,6 +260,10 @@ class Service(Verbs):
         }
         await self._set_remote_urls(job, changes)
         return {"ReturnValue": 0, "FilesChanged": len(changes)}
+
+    async def _m_get_reply_data(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
+        Params(raw, ())
+        return await self.get_reply_data(caller, job_ref)
 
     async def _m_get_response_headers(self, caller: Caller, job_ref: str, raw: _Raw) -> dict[str, Any]:
         local = Params(raw, ("LocalFile",)).string("LocalFile", LOCAL_FILE_MAX)
@@ -415,4 +422,6 @@ _HANDLERS: dict[str, _Handler] = {
     "setcredentials": Service._m_set_credentials,
     "removecredentials": Service._m_remove_credentials,
     "setproxysettings": Service._m_set_proxy_settings,
+    "getreplydata": Service._m_get_reply_data,
+    "setreplyfilename": _returns_ok(Service.set_reply_file_name),
 }

@@ -8,6 +8,7 @@ progress is checkpointed at most once a second per running job, never per chunk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -27,6 +28,7 @@ from openbits.model import (
     JobState,
     JobType,
     ProxyUsage,
+    UploadState,
 )
 from openbits.store import RECOVERY_HINT, StoreDamaged, StoreError
 from openbits.store.secrets import Keyring, headers_label, key_path_for, open_job, seal_job
@@ -138,6 +140,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin';
     ALTER TABLE tokens ADD COLUMN expires_ns INTEGER NOT NULL DEFAULT 0;
     """,
+    # uploads (SPEC §8): the upload-reply job's reply file and progress, and the upload's
+    # protocol state (model.UploadState as a JSON object; NULL before AddFile and for downloads)
+    """
+    ALTER TABLE jobs ADD COLUMN reply_file_name TEXT;
+    ALTER TABLE jobs ADD COLUMN reply_bytes_total INTEGER;
+    ALTER TABLE jobs ADD COLUMN reply_bytes_transferred INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN upload_state TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -159,7 +169,8 @@ _JOB_COLUMNS = (
     "maximum_download_time_s, download_time_ns, custom_headers, security_flags, "
     "notify_program, notify_parameters, notify_url, notify_due_ns, custom_headers_write_only, "
     "custom_headers_sealed, credentials, proxy_usage, proxy_list, proxy_bypass_list, "
-    "proxy_environment_sealed, client_certificate"
+    "proxy_environment_sealed, client_certificate, reply_file_name, reply_bytes_total, "
+    "reply_bytes_transferred, upload_state"
 )
 _JOB_COLUMN_COUNT = len(_JOB_COLUMNS.split(","))
 _FILE_COLUMNS = (
@@ -571,6 +582,10 @@ def _job_row(job: Job, seq: int, keyring: Keyring) -> tuple[object, ...]:
         job.proxy_bypass_list,
         environment,
         None if cert is None else json.dumps(cert.to_cim()),
+        job.reply_file_name,
+        job.reply_bytes_total,
+        job.reply_bytes_transferred,
+        None if job.upload is None else json.dumps(dataclasses.asdict(job.upload)),
     )
 
 
@@ -615,6 +630,10 @@ def _job_from_row(row: tuple[Any, ...], keyring: Keyring) -> Job:
         proxy_bypass_list,
         proxy_environment_sealed,
         client_certificate,
+        reply_file_name,
+        reply_bytes_total,
+        reply_bytes_transferred,
+        upload_state,
     ) = row
     error = None
     if err_hr is not None:
@@ -659,6 +678,10 @@ def _job_from_row(row: tuple[Any, ...], keyring: Keyring) -> Job:
         proxy_list=None if proxy_list is None else str(proxy_list),
         proxy_bypass_list=None if proxy_bypass_list is None else str(proxy_bypass_list),
         client_certificate=None if client_certificate is None else _certificate(str(client_certificate)),
+        reply_file_name=None if reply_file_name is None else str(reply_file_name),
+        reply_bytes_total=None if reply_bytes_total is None else int(reply_bytes_total),
+        reply_bytes_transferred=int(reply_bytes_transferred),
+        upload=None if upload_state is None else _upload_state(str(upload_state)),
     )
     open_job(keyring, job, custom_headers_sealed, credentials, proxy_environment_sealed)
     return job
@@ -669,6 +692,13 @@ def _certificate(text: str) -> ClientCertificate:
     return ClientCertificate(
         CertStoreLocation(cim["CertStoreLocation"]), cim["StoreName"], cim["CertHash"], cim["SubjectName"]
     )
+
+
+def _upload_state(text: str) -> UploadState:
+    """An UploadState from its JSON; keys this version does not know are ignored (a later
+    version may add some) and those missing take their defaults."""
+    known = {f.name for f in dataclasses.fields(UploadState)}
+    return UploadState(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 def _file_from_row(row: tuple[Any, ...]) -> JobFile:

@@ -134,6 +134,13 @@ def temp_name_for(job_id: str, index: int) -> str:
     return f"{TEMP_PREFIX}{digest}{TEMP_SUFFIX}"
 
 
+def reply_temp_name(job_id: str) -> str:
+    """The temporary file of an upload-reply job's reply, in the directory of its
+    ReplyFileName (renamed to it at Complete): ``temp_name_for(job_id, -1)``, a name no file
+    of the job takes (their positions start at 0)."""
+    return temp_name_for(job_id, -1)
+
+
 def fresh_temp_name() -> str:
     """A temporary file name no one can foresee (``.BIT<8 random hex>.tmp``): the name a new
     owner's copy takes at TakeOwnership (``handover``), recorded in the file row, so the old

@@ -12,6 +12,7 @@ from openbits.api.openapi.schemas import (
     LOCAL_FILE,
     REMOTE_URL,
     UINT32,
+    UINT64,
     Schema,
     described,
     enum_of,
@@ -284,11 +285,23 @@ METHODS: dict[str, Method] = {
             example={"NotifyUrl": "https://hooks.example.com/openbits"},
         ),
         Method("TakeOwnership", "Make the caller the job's owner (administrators)"),
-        Method("GetReplyData", "The reply of an upload-reply job"),
+        Method(
+            "GetReplyData",
+            "The reply of an upload-reply job, once TRANSFERRED (also after Complete); up to 1 MiB "
+            "(BG_E_TOO_LARGE above: read ReplyFileName after Complete); E_NOTIMPL for other jobs",
+            out={
+                "ReplyData": described({"type": "string", "contentEncoding": "base64"}, "the reply's bytes"),
+                "ReplySize": described(UINT64, "bytes (0: the server application sent no reply)"),
+            },
+            out_required=("ReplyData", "ReplySize"),
+        ),
         Method(
             "SetReplyFileName",
-            "Where an upload-reply job's reply goes",
-            {"ReplyFileName": string(nullable=True)},
+            "Where an upload-reply job's reply goes at Complete: an absolute path in a directory the "
+            "owner may write in; E_NOTIMPL for other jobs, BG_E_INVALID_STATE once the reply is fetched",
+            {"ReplyFileName": LOCAL_FILE},
+            ("ReplyFileName",),
+            example={"ReplyFileName": "/home/alice/report.reply"},
         ),
     )
 }

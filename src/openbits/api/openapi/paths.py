@@ -151,7 +151,10 @@ def _collection_paths() -> dict[str, Schema]:
                             "RemoteUrl": REMOTE_URL,
                             "LocalFile": LOCAL_FILE,
                             "ServiceAccount": {"type": "integer", "enum": [0, 1, 2]},
-                            "Type": enum_of(JobType, "job type (only 0 DOWNLOAD is supported yet)"),
+                            "Type": enum_of(
+                                JobType,
+                                "job type: 0 DOWNLOAD (default), 1 UPLOAD, 2 UPLOAD_REPLY (one file each)",
+                            ),
                             "Suspend": BOOLEAN,
                             "Description": string(DESCRIPTION_MAX),
                             "Priority": enum_of(JobPriority, "priority"),

@@ -172,6 +172,25 @@ JOB_PROPERTIES: dict[str, Schema] = {
         ],
         "description": "SetClientCertificateById/ByName: which certificate, never its key",
     },
+    "ReplyFileName": string(
+        LOCAL_FILE_MAX,
+        nullable=True,
+        description="upload-reply jobs: where the reply goes at Complete (SetReplyFileName; default "
+        "<the source's directory>/<JobId>.reply once the file is added); null for other jobs",
+    ),
+    "ReplyProgress": {
+        "oneOf": [
+            {"type": "null"},
+            obj(
+                {
+                    "BytesTotal": described(UINT64, "18446744073709551615 (BG_SIZE_UNKNOWN) until known"),
+                    "BytesTransferred": UINT64,
+                },
+                ("BytesTotal", "BytesTransferred"),
+            ),
+        ],
+        "description": "upload-reply jobs: BG_JOB_REPLY_PROGRESS of the reply's download; null for others",
+    },
 }
 
 RANGE: Schema = obj(

@@ -17,7 +17,7 @@ from openbits.cli.bitsadmin.formatting import (
 from openbits.cli.bitsadmin.parsing import _STORE_LOCATIONS, _nargs
 from openbits.cli.bitsadmin.verbs import _job
 from openbits.errors import BitsError, HResult
-from openbits.model import JobPriority, ProxyUsage
+from openbits.model import BG_SIZE_UNKNOWN, JobPriority, JobType, ProxyUsage
 
 SWITCHES = SwitchTable()
 switch = SWITCHES.switch
@@ -108,4 +108,52 @@ def _get_client_certificate(ctx: Ctx, args: list[str]) -> int:
         ctx.out.value(f"{where} {cert.get('StoreName')} {ident}")
     else:
         ctx.out.value(str(cert))
+    return 0
+
+
+# -- upload-reply jobs (SPEC §8): E_NOTIMPL for the other jobs, as IBackgroundCopyJob2 --------
+
+
+def _reply_job(ctx: Ctx, ref: str, what: str) -> dict[str, Any]:
+    job = _job(ctx, ref, what)
+    if int(job.get("JobType", 0)) != JobType.UPLOAD_REPLY:
+        raise _Failed(
+            f"Unable to get {what}",
+            BitsError.from_hresult(HResult.E_NOTIMPL, "only upload-reply jobs have a reply"),
+        )
+    return job
+
+
+@switch("/GETREPLYFILENAME")
+def _get_reply_file_name(ctx: Ctx, args: list[str]) -> int:
+    _nargs(args, 1)
+    ctx.out.value(str(_reply_job(ctx, args[0], "reply file name").get("ReplyFileName") or "(null)"))
+    return 0
+
+
+@switch("/GETREPLYPROGRESS")
+def _get_reply_progress(ctx: Ctx, args: list[str]) -> int:
+    """``done / total`` bytes of the reply (UNKNOWN until its size is known)."""
+    _nargs(args, 1)
+    progress = _reply_job(ctx, args[0], "reply progress").get("ReplyProgress") or {}
+    total = progress.get("BytesTotal", BG_SIZE_UNKNOWN)
+    shown = "UNKNOWN" if total == BG_SIZE_UNKNOWN else str(total)
+    ctx.out.value(f"{progress.get('BytesTransferred', 0)} / {shown}")
+    return 0
+
+
+@switch("/GETREPLYDATA")
+def _get_reply_data(ctx: Ctx, args: list[str]) -> int:
+    """The reply in hexadecimal, as bitsadmin shows it: its length, then 16 bytes a line with
+    their offset and their printable characters (bare hex digits under /RAWRETURN)."""
+    _nargs(args, 1)
+    data = ctx.call("Unable to get reply data", lambda: ctx.client.get_reply_data(args[0]))
+    if ctx.out.raw:
+        ctx.out.value(data.hex().upper())
+        return 0
+    ctx.out.line(f"Reply data length: {len(data)}")
+    for offset in range(0, len(data), 16):
+        chunk = data[offset : offset + 16]
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        ctx.out.line(f"{offset:08X}  {chunk.hex(' ').upper():<47}  {text}", default_wrap=False)
     return 0

@@ -76,6 +76,13 @@ def _method(
     return run
 
 
+SWITCHES["/SETREPLYFILENAME"] = _method(
+    "SetReplyFileName",
+    "ReplyFileName",
+    str,  # (as given, as /ADDFILE's local name: the daemon refuses a relative path)
+    lambda v: f"Reply file name set to {v}.",
+    "Unable to set reply file name",
+)
 SWITCHES["/SETNOTIFYFLAGS"] = _method(
     "SetNotifyFlags",
     "NotifyFlags",

@@ -39,6 +39,10 @@ The following commands are available:
 /COMPLETE job                            Completes the job
 
 /GETTYPE job                             Retrieves the job type
+/GETREPLYFILENAME job                    Gets the path of the file that contains the server reply
+/SETREPLYFILENAME job path               Sets the path of the file that contains the server reply
+/GETREPLYPROGRESS job                    Gets the size and progress of the server reply
+/GETREPLYDATA job                        Gets the server's reply data in hexadecimal format
 /GETACLFLAGS job                         Retrieves the ACL propagation flags
 /SETACLFLAGS job flags                   Sets the ACL propagation flags (O, G, D, S)
 /GETBYTESTOTAL job                       Retrieves the size of the job

@@ -9,7 +9,7 @@ Exit codes: 0 success; 1 a BITS error (the HRESULT and its name are printed);
 2 bad usage; 3 no daemon answers; 130 interrupted; 141 stdout closed by its reader.
 
 The commands live in one module per command group, as the man page lists them: jobs.py,
-files.py, transfer.py, watch.py, service.py and store.py; options.py holds what they share
+files.py, transfer.py, uploads.py, watch.py, service.py and store.py; options.py holds what they share
 (the context, ``--socket``, ``--json``, JOB and the value parsers), exits.py the error →
 exit-code mapping, hints.py what a waiting person is told. This module is the group.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from openbits.cli.manpage import ManGroup
-from openbits.cli.openbits import files, jobs, service, store, transfer, uploadserver, watch
+from openbits.cli.openbits import files, jobs, service, store, transfer, uploads, uploadserver, watch
 from openbits.cli.openbits.options import Context
 
 # -- the group -------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def cli(
     ctx.obj = Context(socket_path, url, token_file, cacert)  # (a command's own --socket may replace it)
 
 
-for _group in (jobs, files, transfer, watch, service, store, uploadserver):
+for _group in (jobs, files, transfer, uploads, watch, service, store, uploadserver):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 

@@ -36,7 +36,8 @@ def add(ctx: Context, job: str, url: str, dest: str, as_json: bool) -> None:
     """Add a file: URL (http, https, file:// or a path) to DEST.
 
     DEST is a local path (relative to the current directory); its directory must exist. The
-    file appears there only when the job is completed (Add-BitsFile).
+    file appears there only when the job is completed (Add-BitsFile). For an upload job URL
+    is where the file goes and DEST the file sent (its one file: see 'upload').
 
     \b
     Example:

@@ -47,7 +47,8 @@ def create(
 
     The job holds no file yet: add files with 'add', 'add-set' or 'add-ranges', then
     'resume' it. NAME is its display name (it need not be unique, but a unique one can stand
-    for the JobId in the other commands).
+    for the JobId in the other commands). --type upload or upload-reply makes a job that
+    sends one local file to a BITS upload server ('add JOB URL FILE'; see 'upload', 'reply').
 
     \b
     Example:
