@@ -35,7 +35,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("TRANSFER COMMANDS", ["transfer", "upload", "reply", "credentials", "proxy", "cert"]),
     ("WATCH AND QUERY", ["watch", "query"]),
     # ("token": a command to come; a name without a command is skipped)
-    ("DAEMON AND SHELL", ["serve", "store", "policy", "token", "completion", "version"]),
+    ("DAEMON AND SHELL", ["serve", "upload-server", "store", "policy", "token", "completion", "version"]),
 ]
 
 EXIT_STATUS: list[tuple[str, str]] = [
