@@ -134,6 +134,12 @@ def temp_name_for(job_id: str, index: int) -> str:
     return f"{TEMP_PREFIX}{digest}{TEMP_SUFFIX}"
 
 
+def reply_temp_name(job_id: str) -> str:
+    """The temporary file of an upload-reply job's reply, beside its ReplyFileName (index
+    -1: never a file's of the job)."""
+    return temp_name_for(job_id, -1)
+
+
 def fresh_temp_name() -> str:
     """A temporary file name no one can foresee (``.BIT<8 random hex>.tmp``): the name a new
     owner's copy takes at TakeOwnership (``handover``), recorded in the file row, so the old
