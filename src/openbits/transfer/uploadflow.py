@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import enum
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import yarl
 
 from openbits.errors import TRANSIENT_HTTP_STATUSES, BitsError, HResult, InvalidResponse, RemoteFileError
 from openbits.model import UPLOAD_FRAGMENT_START_BYTES, ErrorContext, UploadState
@@ -194,9 +193,8 @@ def interpret(packet: Packet, ack: Ack, url: str, *, reply: bool) -> Opened | Ad
     if status == 413 and kind is Kind.FRAGMENT:
         return Shrink(server_error(ack, what))
     if not 200 <= status < 300:
-        if kind is not Kind.CANCEL_SESSION and _hex(
-            ack.header("BITS-Error-Code") or ack.header("BITS-Error")
-        ) == (HResult.BG_E_SESSION_NOT_FOUND):
+        code = _hex(ack.header("BITS-Error-Code") or ack.header("BITS-Error"))
+        if code == HResult.BG_E_SESSION_NOT_FOUND and kind is not Kind.CANCEL_SESSION:
             return NewSession()
         raise server_error(ack, what)
     # (a 2xx: error headers are ignored)
@@ -217,7 +215,7 @@ def interpret(packet: Packet, ack: Ack, url: str, *, reply: bool) -> Opened | Ad
         given = (ack.header("BITS-Reply-URL") or "").strip()
         if not given:
             raise invalid_response("the last Fragment's Ack has no BITS-Reply-URL")
-        reply_url = str(yarl.URL(url).join(yarl.URL(given)))
+        reply_url = urllib.parse.urljoin(url, given)  # (as given when absolute: not re-quoted)
     return Advance(offset, reply_url)
 
 
