@@ -26,9 +26,11 @@ OWNER = Owner(os.geteuid(), os.getegid())
 
 
 class Saves:
-    """An ``UploadProgress`` that keeps what it is told."""
+    """An ``UploadProgress`` that keeps what it is told (and moves the file's offset, as
+    the scheduler's does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, file: JobFile) -> None:
+        self.file = file
         self.offsets: list[tuple[int, bool]] = []
         self.connected_count = 0
         self.reply_size: int | None = None
@@ -38,6 +40,7 @@ class Saves:
 
     def saved(self, offset: int, *, urgent: bool) -> None:
         self.offsets.append((offset, urgent))
+        self.file.bytes_transferred = offset
 
     def reply_done(self, size: int) -> None:
         self.reply_size = size
@@ -68,7 +71,7 @@ async def run(
     uploader: Uploader, url: str, path: Path, state: UploadState, file: JobFile | None = None, **kw: object
 ) -> tuple[JobFile, Saves]:
     file = file or JobFile(url, str(path), bytes_total=state.source_size)
-    saves = Saves()
+    saves = Saves(file)
     await uploader.upload(file, state, OWNER, saves, 2, RequestOptions(job_id="j"), **kw)  # type: ignore[arg-type]
     return file, saves
 

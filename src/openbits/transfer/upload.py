@@ -33,7 +33,7 @@ from openbits.transfer.h1 import RequestBody
 from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.owner import opened_off_loop
-from openbits.transfer.routing import Owner, Requester
+from openbits.transfer.routing import Owner, Requester, Transport
 from openbits.transfer.uploadflow import (
     PROTOCOL,
     Ack,
@@ -64,7 +64,8 @@ class UploadProgress(Protocol):
 
     def saved(self, offset: int, *, urgent: bool) -> None:
         """The session (``UploadState``) or the acknowledged ``offset`` moved: store them,
-        at once when ``urgent``, else at the checkpoint pace (and at the end of the run)."""
+        at once when ``urgent``, else at the checkpoint pace (and at the end of the run).
+        The uploader never writes the file's ``bytes_transferred``: this does."""
 
     def reply_done(self, size: int) -> None:
         """The reply is whole (``size`` bytes) in its temporary file."""
@@ -149,7 +150,10 @@ class Uploader:
 
     def __init__(self, downloader: Downloader) -> None:
         self.downloader = downloader
-        self.transport = downloader.transport
+
+    @property
+    def transport(self) -> Transport:
+        return self.downloader.transport
 
     async def upload(
         self,
@@ -182,14 +186,12 @@ class Uploader:
         reply: Reply | None,
     ) -> None:
         file, state = session.file, session.state
-        total = state.source_size
+        total, offset = state.source_size, file.bytes_transferred  # (the file's is the caller's)
         sizer = FragmentSizer()
         pinged = connected = False
         new_sessions = stalled = 0
         while True:
-            packet = next_packet(
-                state, file.bytes_transferred, total, sizer.bytes, pinged=pinged, reply=reply is not None
-            )
+            packet = next_packet(state, offset, total, sizer.bytes, pinged=pinged, reply=reply is not None)
             if packet.kind is Kind.DONE:
                 return
             if packet.kind is Kind.FETCH_REPLY:
@@ -208,13 +210,14 @@ class Uploader:
             outcome = interpret(packet, ack, url, reply=reply is not None)
             if isinstance(outcome, Opened):
                 state.session_id, state.host_id = outcome.session_id, outcome.host_id
-                file.bytes_transferred = 0
+                offset = 0
                 progress.saved(0, urgent=True)
             elif isinstance(outcome, NewSession):
                 new_sessions += 1
                 if new_sessions > MAX_NEW_SESSIONS:
                     raise invalid_response("the server keeps forgetting the upload's sessions")
-                _forget_session(state, file)
+                _forget_session(state)
+                offset = 0
                 progress.saved(0, urgent=True)
             elif isinstance(outcome, Shrink):
                 if not sizer.refused(packet.length):
@@ -223,25 +226,13 @@ class Uploader:
                 pinged = True
             elif packet.kind is Kind.CLOSE_SESSION:
                 state.closed = True
-                progress.saved(file.bytes_transferred, urgent=True)
+                progress.saved(offset, urgent=True)
             elif packet.kind is Kind.FRAGMENT and outcome.offset is not None:
                 stalled = stalled + 1 if outcome.offset <= packet.start else 0
                 if stalled >= MAX_STALLED_ACKS:
                     raise invalid_response(f"the server keeps acknowledging {outcome.offset} bytes")
-                self._acknowledged(packet, outcome, file, state, progress)
-                sizer.acknowledged(outcome.offset - packet.start, time.monotonic() - began)
-
-    @staticmethod
-    def _acknowledged(
-        packet: Packet, outcome: Advance, file: JobFile, state: UploadState, progress: UploadProgress
-    ) -> None:
-        assert outcome.offset is not None
-        file.bytes_transferred = outcome.offset
-        last = outcome.offset == packet.total
-        if last:
-            state.fragments_done = True
-            state.reply_url = outcome.reply_url
-        progress.saved(outcome.offset, urgent=last)
+                offset = _acknowledged(packet, outcome, state, progress)
+                sizer.acknowledged(offset - packet.start, time.monotonic() - began)
 
     async def _fetch_reply(
         self, session: _Session, owner: Owner, reply: Reply, progress: UploadProgress
@@ -295,8 +286,18 @@ def _check_source(fd: int, state: UploadState) -> None:
         )
 
 
-def _forget_session(state: UploadState, file: JobFile) -> None:
+def _acknowledged(packet: Packet, outcome: Advance, state: UploadState, progress: UploadProgress) -> int:
+    """A Fragment's Ack moved the offset: reported (at once after the last byte)."""
+    assert outcome.offset is not None
+    last = outcome.offset == packet.total
+    if last:
+        state.fragments_done = True
+        state.reply_url = outcome.reply_url
+    progress.saved(outcome.offset, urgent=last)
+    return outcome.offset
+
+
+def _forget_session(state: UploadState) -> None:
     """The server forgot the session: a new one, from byte 0."""
     state.session_id = state.host_id = state.reply_url = None
     state.fragments_done = state.reply_done = state.closed = False
-    file.bytes_transferred = 0
