@@ -54,7 +54,12 @@ class Fault:
 
 
 class BitsServer:
-    def __init__(self, *, reply: bool = False, max_fragment_bytes: int | None = None) -> None:
+    def __init__(
+        self, *, reply: bool = False, max_fragment_bytes: int | None = None, basic: str | None = None
+    ) -> None:
+        """``basic``: the Authorization value every request must carry (else 401 Basic)."""
+        self.basic = basic
+        self.unauthorized = 0  # 401s answered
         self.reply = reply
         self.max_fragment_bytes = max_fragment_bytes
         self.sessions: dict[str, Session] = {}
@@ -75,6 +80,10 @@ class BitsServer:
         return sum(1 for t, _ in self.packets if t == packet_type.lower())
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.basic is not None and request.headers.get("Authorization") != self.basic:
+            await request.read()
+            self.unauthorized += 1
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="bits"'})
         if request.method == "GET" and request.path.startswith("/reply/"):
             return await self._reply(request.path.removeprefix("/reply/"))
         if request.method != "BITS_POST":

@@ -374,9 +374,13 @@ class H1Client(Wire):
                     extra.insert(0, head)
                 if extra:
                     await self.send(conn, b"".join(extra))
-                if body is not None:
-                    await body.send(self, conn)
+                early = body is not None and await body.send(self, conn)
                 response = await read_response(self, conn, url)
+                if response is not None and (early or (body is not None and response.status in (401, 407))):
+                    # the rest of the body was not sent; or a challenge to a request with a
+                    # body, which a proxy may not have read to its end: the next leg goes on
+                    # a new connection
+                    response.keep_alive = False
             except (ClosedEarly, TimeoutError) as e:
                 conn.close()
                 if sent:

@@ -11,7 +11,11 @@ bandwidth throttle of the job's priority, as downloads are (``throttle.throttled
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from collections.abc import Coroutine
+from typing import Any
 
 from openbits.transfer.h1conn import Conn, Wire
 from openbits.transfer.h1head import BadRequest
@@ -64,17 +68,81 @@ class RequestBody:
             return throttled_slice(throttle, self.priority)
         return SEND_SLICE_BYTES
 
-    async def send(self, wire: Wire, conn: Conn) -> None:
-        """Write the body to ``conn`` (after its head), slice by slice, within the limits."""
+    async def send(self, wire: Wire, conn: Conn) -> bool:
+        """Write the body to ``conn`` (after its head), slice by slice, within the limits.
+
+        True when the other side answered before the whole body was sent (a proxy's 407 or
+        a server's 401 or 413 that did not wait for it; watched on plain connections): the
+        rest is not sent, and the caller must not reuse the connection."""
         self.sent = 0
+        answered = _Answered(conn) if conn.tls is None and conn.outer is None else None
+        try:
+            while self.sent < self.length:
+                n = await self._paced()
+                chunk = (
+                    self.data[self.sent : self.sent + n]
+                    if self.fd < 0
+                    else self._read(self.offset + self.sent, n)
+                )
+                if answered is None:
+                    await wire.send(conn, chunk)
+                elif not await answered.unless(wire.send(conn, chunk)):
+                    return True
+                self.sent += n
+        finally:
+            if answered is not None:
+                answered.stop()
+        return False
+
+    async def _paced(self) -> int:
+        """The size of the next slice, once the throttle lets it go."""
         throttle, priority = self.throttle, self.priority
-        while self.sent < self.length:
-            n = min(self._slice(), self.length - self.sent)
-            if throttle is not None and throttle.is_limited(priority):
-                await throttle.acquire(priority, n)
-            if self.fd < 0:
-                chunk = self.data[self.sent : self.sent + n]
-            else:
-                chunk = self._read(self.offset + self.sent, n)
-            await wire.send(conn, chunk)
-            self.sent += n
+        n = min(self._slice(), self.length - self.sent)
+        if throttle is not None and throttle.is_limited(priority):
+            await throttle.acquire(priority, n)
+        return n
+
+
+class _Answered:
+    """Whether the other side of a plain connection has sent anything (an early answer)
+    while the body goes out: a readiness watch on its socket, nothing read."""
+
+    __slots__ = ("_fd", "_loop", "ready")
+
+    def __init__(self, conn: Conn) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fd = conn.sock.fileno()
+        self.ready: asyncio.Future[None] = self._loop.create_future()
+        self._loop.add_reader(self._fd, self._set)
+
+    def _set(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+        self._loop.remove_reader(self._fd)
+
+    async def unless(self, sending: Coroutine[Any, Any, None]) -> bool:
+        """Run ``sending`` unless an answer comes first: True when it was all sent; False
+        when the answer came (or the other side closed) before (the send is abandoned)."""
+        if self.ready.done():
+            sending.close()
+            return False
+        task = asyncio.ensure_future(sending)
+        try:
+            await asyncio.wait((task, self.ready), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        if task.done():
+            if task.exception() is not None and self.ready.done():
+                return False  # (it closed its side after answering: read the answer)
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await task
+        return False
+
+    def stop(self) -> None:
+        if not self.ready.done():
+            self._loop.remove_reader(self._fd)
+            self.ready.cancel()

@@ -1,0 +1,111 @@
+"""Uploads go everywhere downloads go (``routing.Requester``): through a real squid in
+absolute form (with Basic proxy credentials: the 407 leg sends the fragment again), through
+SOCKS5 with a login, and to a server that asks for Basic credentials (401 legs)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from openbits.model import AuthScheme, AuthTarget, Credential, JobFile, ProxyUsage, Secret, UploadState
+from openbits.transfer.auth import basic_value
+from openbits.transfer.download import Downloader, Owner, RequestOptions
+from openbits.transfer.h1 import H1Client
+from openbits.transfer.upload import Uploader
+from tests.support.bitsserver import BitsServer, bits_server
+from tests.support.kdc import PASSWORD, USER
+from tests.support.socks import Microsocks
+from tests.support.squid import Squid
+
+MiB = 1024 * 1024
+
+
+class Saves:
+    def __init__(self, file: JobFile) -> None:
+        self.file = file
+
+    def connected(self) -> None:
+        pass
+
+    def saved(self, offset: int, *, urgent: bool) -> None:
+        self.file.bytes_transferred = offset
+
+    def reply_done(self, size: int) -> None:
+        pass
+
+
+@pytest.fixture
+async def uploader() -> AsyncIterator[Uploader]:
+    h1 = H1Client(connect_timeout_s=5, read_timeout_s=10)
+    yield Uploader(Downloader(h1))
+    await h1.close()
+
+
+async def upload(uploader: Uploader, url: str, tmp_path: Path, **settings: object) -> bytes:
+    data = os.urandom(2 * MiB + 3)
+    path = tmp_path / "src.bin"
+    path.write_bytes(data)
+    st = path.stat()
+    state = UploadState(source_size=st.st_size, source_mtime_ns=st.st_mtime_ns)
+    file = JobFile(url, str(path), bytes_total=len(data))
+    options = RequestOptions(job_id="{upload-route}", **settings)  # type: ignore[arg-type]
+    await uploader.upload(file, state, Owner(os.geteuid(), os.getegid()), Saves(file), 2, options)
+    assert state.closed
+    return data
+
+
+def proxy_login() -> tuple[Credential, ...]:
+    return (Credential(AuthTarget.PROXY, AuthScheme.BASIC, USER, Secret(PASSWORD)),)
+
+
+async def test_an_upload_through_squid_in_absolute_form(
+    uploader: Uploader, squid: Squid, tmp_path: Path
+) -> None:
+    async with bits_server() as server:
+        data = await upload(
+            uploader, f"{server.url}/p/a.bin", tmp_path, proxy_usage=ProxyUsage.OVERRIDE, proxy_list=squid.url
+        )
+        assert server.uploads["/p/a.bin"] == data and server.bytes_resent == 0
+    assert any(r.method == "BITS_POST" for r in squid.requests())
+
+
+async def test_an_upload_through_squid_with_basic_proxy_credentials(
+    uploader: Uploader, squid_basic: Squid, tmp_path: Path
+) -> None:
+    async with bits_server() as server:
+        data = await upload(
+            uploader,
+            f"{server.url}/p/b.bin",
+            tmp_path,
+            proxy_usage=ProxyUsage.OVERRIDE,
+            proxy_list=squid_basic.url,
+            credentials=proxy_login(),
+        )
+        assert server.uploads["/p/b.bin"] == data
+    assert any(r.method == "BITS_POST" and r.user == USER for r in squid_basic.requests())
+
+
+async def test_an_upload_through_socks5_with_a_login(
+    uploader: Uploader, socks5_auth: Microsocks, tmp_path: Path
+) -> None:
+    async with bits_server() as server:
+        data = await upload(
+            uploader,
+            f"{server.url}/s.bin",
+            tmp_path,
+            proxy_usage=ProxyUsage.OVERRIDE,
+            proxy_list=socks5_auth.url,
+            credentials=proxy_login(),
+        )
+        assert server.uploads["/s.bin"] == data
+
+
+async def test_an_upload_to_a_server_asking_for_basic(uploader: Uploader, tmp_path: Path) -> None:
+    async with bits_server(BitsServer(basic=basic_value(USER, PASSWORD))) as server:
+        login = (Credential(AuthTarget.SERVER, AuthScheme.BASIC, USER, Secret(PASSWORD)),)
+        data = await upload(uploader, f"{server.url}/b.bin", tmp_path, credentials=login)
+        assert server.uploads["/b.bin"] == data
+        assert server.unauthorized >= 1 and server.bytes_resent == 0
