@@ -6,8 +6,10 @@ protocol GUID at Create-Session, a known session on every later packet (else 500
 BG_E_SESSION_NOT_FOUND), a Fragment with Content-Name, a valid Content-Range whose length
 is the body's, starting exactly at the offset the server stands at (else 416 with
 BITS-Received-Content-Range; nothing written).  It counts every fragment byte it receives
-(``bytes_received``) and every byte it received again that it had already acknowledged
-(``bytes_resent``): a client that resumes right sends none twice.
+(``bytes_received``) and every byte it received again that it had already acknowledged to
+a client still connected to hear it (``bytes_resent``): a client that resumes right sends
+none twice.  ``threaded_bits_server`` runs one in a thread of its own (for tests of the
+daemon, which are not coroutines).
 
 Faults are queued per packet type (``inject``) and used by the next such packet, in order:
 ``reset`` (the connection closes without an answer, the body read and dropped), ``stall``
@@ -23,9 +25,10 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import threading
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -45,6 +48,8 @@ class Session:
     data: bytearray = field(default_factory=bytearray)
     closed: bool = False
     cancelled: bool = False
+    #: bytes the server acknowledged to a client still there to hear it
+    acked: int = 0
 
 
 @dataclass
@@ -69,6 +74,10 @@ class BitsServer:
         self.packets: list[tuple[str, dict[str, str]]] = []  # (type, headers) in order
         self.faults: defaultdict[str, deque[Fault]] = defaultdict(deque)
         self.stall_s = 30.0
+        #: every Fragment is answered this long after its body came (a slow server)
+        self.fragment_delay_s = 0.0
+        #: the offset of the Fragment being held by ``fragment_delay_s``, None when none is
+        self.holding: int | None = None
         self.session_ids: deque[str] = deque()  # ids to hand out first (opaque ones)
         self.host_id: str | None = None
         self.url = ""
@@ -132,7 +141,7 @@ class BitsServer:
         if fault is not None and fault.what == "500":
             return ack(500, error=0x80004005)
         if kind == "fragment":
-            return self._fragment(request, session, sid, body, fault)
+            return await self._slow_fragment(request, session, sid, body, fault)
         if kind == "close-session":
             session.closed = True
             self.uploads[session.path] = bytes(session.data)
@@ -142,6 +151,20 @@ class BitsServer:
             del self.sessions[sid]
             return ack(200, **{"BITS-Session-Id": sid})
         return ack(400, error=0x80070057)
+
+    async def _slow_fragment(
+        self, request: web.BaseRequest, session: Session, sid: str, body: bytes, fault: Fault | None
+    ) -> web.StreamResponse:
+        if self.fragment_delay_s:
+            self.holding = len(session.data)
+            try:
+                await asyncio.sleep(self.fragment_delay_s)
+            finally:
+                self.holding = None
+        response = self._fragment(request, session, sid, body, fault)
+        if request.transport is not None and not request.transport.is_closing():
+            session.acked = len(session.data)
+        return response
 
     def _fragment(
         self, request: web.BaseRequest, session: Session, sid: str, body: bytes, fault: Fault | None
@@ -165,7 +188,7 @@ class BitsServer:
         session.name, session.total = name, total
         self.bytes_received += len(body)
         held = len(session.data)
-        self.bytes_resent += max(0, min(held, last + 1) - first)
+        self.bytes_resent += max(0, min(session.acked, last + 1) - first)
         if fault is not None and fault.what == "rewind":
             del session.data[fault.rewind_to :]
             return ack(416, **{"BITS-Received-Content-Range": str(len(session.data))})
@@ -223,3 +246,27 @@ async def bits_server(server: BitsServer | None = None) -> AsyncIterator[BitsSer
         yield server
     finally:
         await runner.cleanup()
+
+
+@contextlib.contextmanager
+def threaded_bits_server(server: BitsServer | None = None) -> Iterator[BitsServer]:
+    """A ``BitsServer`` served by an event loop in a thread of its own."""
+    server = server or BitsServer()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        async with bits_server(server):
+            started.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10), "the BITS server did not start"
+        yield server
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()

@@ -1,0 +1,53 @@
+"""An upload job through the real daemon (tests/support/daemon.py) and its API, against the
+strict BITS server of tests/support/bitsserver.py: SIGKILLed mid-upload, the restarted
+daemon goes on in the same session from the offset it stored, sending no byte the server
+had acknowledged twice; TRANSFERRED only after Close-Session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from openbits.model import JobState, JobType
+from tests.support.bitsserver import BitsServer, threaded_bits_server
+from tests.support.daemon import Daemon, wait_until
+
+MiB = 1024 * 1024
+
+
+def test_a_killed_daemon_resumes_the_upload_in_the_same_session(tmp_path: Path) -> None:
+    data = os.urandom(4 * MiB + 1)
+    source = tmp_path / "outbox" / "big.bin"
+    source.parent.mkdir()
+    source.write_bytes(data)
+    daemon = Daemon(tmp_path / "state")
+    daemon.start()
+    with threaded_bits_server(BitsServer()) as server:
+        server.fragment_delay_s = 2.1  # (slower than the growth threshold: 1 MiB fragments)
+        try:
+            client = daemon.client
+            job = client.create_job("up", job_type=int(JobType.UPLOAD)).job_id
+            client.add_file(job, f"{server.url}/in/big.bin", str(source))
+            client.resume(job)
+
+            def third_fragment_held() -> bool:
+                return server.holding is not None and server.holding >= 2 * MiB
+
+            wait_until(third_fragment_held, 30, "two fragments acknowledged, the third held")
+            [session] = list(server.sessions)
+            daemon.kill()
+            server.fragment_delay_s = 0
+            daemon.start()
+            stored = daemon.job(job)
+            assert stored["Files"][0]["BytesTransferred"] == 2 * MiB
+            daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+            assert server.uploads["/in/big.bin"] == data
+            assert server.count("create-session") == 1 and list(server.sessions) == [session]
+            assert server.bytes_resent == 0
+            assert [k for k, _ in server.packets][-1] == "close-session"
+            instance = daemon.job(job)
+            assert instance["Files"][0]["BytesTransferred"] == len(data)
+            client.complete(job)
+            daemon.wait_state(job, JobState.ACKNOWLEDGED)
+        finally:
+            daemon.stop()
