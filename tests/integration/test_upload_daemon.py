@@ -23,7 +23,12 @@ def test_a_killed_daemon_resumes_the_upload_in_the_same_session(tmp_path: Path) 
     daemon = Daemon(tmp_path / "state")
     daemon.start()
     with threaded_bits_server(BitsServer()) as server:
-        server.fragment_delay_s = 2.1  # (slower than the growth threshold: 1 MiB fragments)
+        # every Ack more than checkpoint_interval_s after the one before (each one stored),
+        # and the third Fragment held until the daemon is killed
+        server.fragment_delay_s = 1.2
+        server.stall_s = 10
+        for fault in ("ok", "ok", "stall"):
+            server.inject("fragment", fault)
         try:
             client = daemon.client
             job = client.create_job("up", job_type=int(JobType.UPLOAD)).job_id
@@ -31,15 +36,16 @@ def test_a_killed_daemon_resumes_the_upload_in_the_same_session(tmp_path: Path) 
             client.resume(job)
 
             def third_fragment_held() -> bool:
-                return server.holding is not None and server.holding >= 2 * MiB
+                return server.count("fragment") == 3 and server.holding is not None
 
             wait_until(third_fragment_held, 30, "two fragments acknowledged, the third held")
             [session] = list(server.sessions)
+            held = server.holding
             daemon.kill()
             server.fragment_delay_s = 0
             daemon.start()
             stored = daemon.job(job)
-            assert stored["Files"][0]["BytesTransferred"] == 2 * MiB
+            assert stored["Files"][0]["BytesTransferred"] == held, stored
             daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
             assert server.uploads["/in/big.bin"] == data
             assert server.count("create-session") == 1 and list(server.sessions) == [session]
@@ -47,7 +53,7 @@ def test_a_killed_daemon_resumes_the_upload_in_the_same_session(tmp_path: Path) 
             assert [k for k, _ in server.packets][-1] == "close-session"
             instance = daemon.job(job)
             assert instance["Files"][0]["BytesTransferred"] == len(data)
-            client.complete(job)
+            daemon.client.complete(job)
             daemon.wait_state(job, JobState.ACKNOWLEDGED)
         finally:
             daemon.stop()

@@ -115,7 +115,9 @@ class BitsServer:
         body = await request.read()
         fault = self.faults[kind].popleft() if self.faults[kind] else None
         if fault is not None and fault.what == "stall":
-            await asyncio.sleep(self.stall_s)
+            await self._hold(request, self.stall_s)
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=499)  # (the client is gone: nothing done)
         if fault is not None and fault.what == "reset":
             assert request.transport is not None
             request.transport.abort()
@@ -156,15 +158,22 @@ class BitsServer:
         self, request: web.BaseRequest, session: Session, sid: str, body: bytes, fault: Fault | None
     ) -> web.StreamResponse:
         if self.fragment_delay_s:
-            self.holding = len(session.data)
-            try:
-                await asyncio.sleep(self.fragment_delay_s)
-            finally:
-                self.holding = None
+            await self._hold(request, self.fragment_delay_s)
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=499)  # (the client is gone: nothing done)
         response = self._fragment(request, session, sid, body, fault)
         if request.transport is not None and not request.transport.is_closing():
             session.acked = len(session.data)
         return response
+
+    async def _hold(self, request: web.BaseRequest, delay_s: float) -> None:
+        """No answer for ``delay_s``; ``holding`` says where the held Fragment starts."""
+        m = _RANGE.fullmatch(request.headers.get("Content-Range", ""))
+        self.holding = int(m.group(1)) if m else 0
+        try:
+            await asyncio.sleep(delay_s)
+        finally:
+            self.holding = None
 
     def _fragment(
         self, request: web.BaseRequest, session: Session, sid: str, body: bytes, fault: Fault | None
