@@ -13,44 +13,21 @@ import pytest
 from openbits.errors import BitsError, HResult
 from openbits.model import ErrorContext, JobFile, UploadState
 from openbits.transfer import files as fs
-from openbits.transfer.download import Downloader, Owner, RequestOptions
-from openbits.transfer.h1 import H1Client
+from openbits.transfer.download import Owner, RequestOptions
 from openbits.transfer.throttle import Throttle
 from openbits.transfer.upload import Reply, Uploader
 from openbits.transfer.uploadflow import FRAGMENT_MIN_BYTES
-from tests.support.bitsserver import BitsServer, bits_server
+from tests.support.bitsserver import BitsServer, UploadRecorder, bits_server, uploader_client
 from tests.support.rawserver import RecordingProgress
 
 MiB = 1024 * 1024
 OWNER = Owner(os.geteuid(), os.getegid())
 
 
-class Saves:
-    """An ``UploadProgress`` that keeps what it is told (and moves the file's offset, as
-    the scheduler's does)."""
-
-    def __init__(self, file: JobFile) -> None:
-        self.file = file
-        self.offsets: list[tuple[int, bool]] = []
-        self.connected_count = 0
-        self.reply_size: int | None = None
-
-    def connected(self) -> None:
-        self.connected_count += 1
-
-    def saved(self, offset: int, *, urgent: bool) -> None:
-        self.offsets.append((offset, urgent))
-        self.file.bytes_transferred = offset
-
-    def reply_done(self, size: int) -> None:
-        self.reply_size = size
-
-
 @pytest.fixture
 async def uploader() -> AsyncIterator[Uploader]:
-    h1 = H1Client(connect_timeout_s=5, read_timeout_s=2)
-    yield Uploader(Downloader(h1))
-    await h1.close()
+    async with uploader_client(read_timeout_s=2) as u:
+        yield u
 
 
 @pytest.fixture
@@ -69,9 +46,9 @@ def source(tmp_path: Path, size: int, name: str = "src.bin") -> tuple[Path, byte
 
 async def run(
     uploader: Uploader, url: str, path: Path, state: UploadState, file: JobFile | None = None, **kw: object
-) -> tuple[JobFile, Saves]:
+) -> tuple[JobFile, UploadRecorder]:
     file = file or JobFile(url, str(path), bytes_total=state.source_size)
-    saves = Saves(file)
+    saves = UploadRecorder(file)
     await uploader.upload(file, state, OWNER, saves, 2, RequestOptions(job_id="j"), **kw)  # type: ignore[arg-type]
     return file, saves
 

@@ -13,34 +13,19 @@ import pytest
 
 from openbits.errors import BitsError
 from openbits.model import JobFile, UploadState
-from openbits.transfer.download import Downloader, Owner, RequestOptions
-from openbits.transfer.h1 import H1Client
+from openbits.transfer.download import Owner, RequestOptions
 from openbits.transfer.upload import Uploader
+from tests.support.bitsserver import UploadRecorder, uploader_client
 
 bitsupload = pytest.importorskip("tests.support.bitsupload")
 
 MiB = 1024 * 1024
 
 
-class Saves:
-    def __init__(self, file: JobFile) -> None:
-        self.file = file
-
-    def connected(self) -> None:
-        pass
-
-    def saved(self, offset: int, *, urgent: bool) -> None:
-        self.file.bytes_transferred = offset
-
-    def reply_done(self, size: int) -> None:
-        pass
-
-
 @pytest.fixture
 async def uploader() -> AsyncIterator[Uploader]:
-    h1 = H1Client(connect_timeout_s=5, read_timeout_s=10)
-    yield Uploader(Downloader(h1))
-    await h1.close()
+    async with uploader_client(read_timeout_s=10) as u:
+        yield u
 
 
 def source(tmp_path: Path, size: int) -> tuple[Path, bytes, UploadState]:
@@ -57,7 +42,7 @@ async def test_an_upload_to_openbits_upload_server(uploader: Uploader, tmp_path:
         path, data, state = source(tmp_path, 5 * MiB + 77)
         file = JobFile(f"{server.url}/inbox/a.bin", str(path), bytes_total=len(data))
         await uploader.upload(
-            file, state, Owner(os.geteuid(), os.getegid()), Saves(file), 2, RequestOptions()
+            file, state, Owner(os.geteuid(), os.getegid()), UploadRecorder(file), 2, RequestOptions()
         )
         assert state.closed
         assert (server.root / "inbox" / "a.bin").read_bytes() == data
@@ -71,7 +56,7 @@ async def test_the_same_session_after_the_server_restarted(uploader: Uploader, t
         file = JobFile(f"{server.url}/b.bin", str(path), bytes_total=len(data))
         owner, options = Owner(os.geteuid(), os.getegid()), RequestOptions()
 
-        class KillAfterFirst(Saves):
+        class KillAfterFirst(UploadRecorder):
             def saved(self, offset: int, *, urgent: bool) -> None:
                 super().saved(offset, urgent=urgent)
                 if offset > 0:
@@ -82,7 +67,7 @@ async def test_the_same_session_after_the_server_restarted(uploader: Uploader, t
         session, offset = state.session_id, file.bytes_transferred
         assert session is not None and offset > 0
         server.start()
-        await uploader.upload(file, state, owner, Saves(file), 2, options)
+        await uploader.upload(file, state, owner, UploadRecorder(file), 2, options)
         assert state.closed and state.session_id == session
         assert (server.root / "b.bin").read_bytes() == data
     finally:

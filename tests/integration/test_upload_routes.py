@@ -12,10 +12,9 @@ import pytest
 
 from openbits.model import AuthScheme, AuthTarget, Credential, JobFile, ProxyUsage, Secret, UploadState
 from openbits.transfer.auth import basic_value
-from openbits.transfer.download import Downloader, Owner, RequestOptions
-from openbits.transfer.h1 import H1Client
+from openbits.transfer.download import Owner, RequestOptions
 from openbits.transfer.upload import Uploader
-from tests.support.bitsserver import BitsServer, bits_server
+from tests.support.bitsserver import BitsServer, UploadRecorder, bits_server, uploader_client
 from tests.support.kdc import PASSWORD, USER
 from tests.support.socks import Microsocks
 from tests.support.squid import Squid
@@ -23,25 +22,10 @@ from tests.support.squid import Squid
 MiB = 1024 * 1024
 
 
-class Saves:
-    def __init__(self, file: JobFile) -> None:
-        self.file = file
-
-    def connected(self) -> None:
-        pass
-
-    def saved(self, offset: int, *, urgent: bool) -> None:
-        self.file.bytes_transferred = offset
-
-    def reply_done(self, size: int) -> None:
-        pass
-
-
 @pytest.fixture
 async def uploader() -> AsyncIterator[Uploader]:
-    h1 = H1Client(connect_timeout_s=5, read_timeout_s=10)
-    yield Uploader(Downloader(h1))
-    await h1.close()
+    async with uploader_client(read_timeout_s=10) as u:
+        yield u
 
 
 async def upload(uploader: Uploader, url: str, tmp_path: Path, **settings: object) -> bytes:
@@ -52,7 +36,7 @@ async def upload(uploader: Uploader, url: str, tmp_path: Path, **settings: objec
     state = UploadState(source_size=st.st_size, source_mtime_ns=st.st_mtime_ns)
     file = JobFile(url, str(path), bytes_total=len(data))
     options = RequestOptions(job_id="{upload-route}", **settings)  # type: ignore[arg-type]
-    await uploader.upload(file, state, Owner(os.geteuid(), os.getegid()), Saves(file), 2, options)
+    await uploader.upload(file, state, Owner(os.geteuid(), os.getegid()), UploadRecorder(file), 2, options)
     assert state.closed
     return data
 

@@ -9,7 +9,8 @@ BITS-Received-Content-Range; nothing written).  It counts every fragment byte it
 (``bytes_received``) and every byte it received again that it had already acknowledged to
 a client still connected to hear it (``bytes_resent``): a client that resumes right sends
 none twice.  ``threaded_bits_server`` runs one in a thread of its own (for tests of the
-daemon, which are not coroutines).
+daemon, which are not coroutines).  ``UploadRecorder`` and ``uploader_client`` are the client
+side of the tests that drive ``upload.Uploader`` directly.
 
 Faults are queued per packet type (``inject``) and used by the next such packet, in order:
 ``reset`` (the connection closes without an answer, the body read and dropped), ``stall``
@@ -34,6 +35,11 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.http_parser import HttpRequestParserPy
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+
+from openbits.model import JobFile
+from openbits.transfer.download import Downloader
+from openbits.transfer.h1 import H1Client
+from openbits.transfer.upload import Uploader
 
 PROTOCOL = "{7df0354d-249b-430f-820d-3d2a9bef4931}"
 HOST = "127.0.0.1"
@@ -279,3 +285,34 @@ def threaded_bits_server(server: BitsServer | None = None) -> Iterator[BitsServe
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+class UploadRecorder:
+    """An ``upload.UploadProgress`` that keeps what it is told (and moves the file's offset,
+    as the scheduler's does)."""
+
+    def __init__(self, file: JobFile) -> None:
+        self.file = file
+        self.offsets: list[tuple[int, bool]] = []
+        self.connected_count = 0
+        self.reply_size: int | None = None
+
+    def connected(self) -> None:
+        self.connected_count += 1
+
+    def saved(self, offset: int, *, urgent: bool) -> None:
+        self.offsets.append((offset, urgent))
+        self.file.bytes_transferred = offset
+
+    def reply_done(self, size: int) -> None:
+        self.reply_size = size
+
+
+@contextlib.asynccontextmanager
+async def uploader_client(read_timeout_s: float = 10) -> AsyncIterator[Uploader]:
+    """An ``Uploader`` over a client of its own (closed at the end)."""
+    h1 = H1Client(connect_timeout_s=5, read_timeout_s=read_timeout_s)
+    try:
+        yield Uploader(Downloader(h1))
+    finally:
+        await h1.close()
