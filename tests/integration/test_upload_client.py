@@ -5,10 +5,12 @@ forgotten sessions, wrong offsets; the source changed under the upload; upload-r
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from openbits.errors import BitsError, HResult
 from openbits.model import ErrorContext, JobFile, UploadState
@@ -68,6 +70,21 @@ async def test_an_upload_goes_ping_create_fragments_close(
     assert all(h["Content-Name"] == "src.bin" for h in fragments)
     assert fragments[0]["Content-Range"] == f"bytes 0-{MiB - 1}/{len(data)}"
     assert saves.offsets[-1] == (len(data), True) and saves.connected_count == 1
+
+
+async def test_an_upload_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # (the client's contexts trust it)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    async with bits_server(BitsServer(), tls) as server, uploader_client() as uploader:
+        assert server.url.startswith("https://")
+        path, data, state = source(tmp_path, 2 * MiB + 1)
+        server.inject("fragment", "ok")
+        server.inject("fragment", "416")
+        await run(uploader, f"{server.url}/tls.bin", path, state)
+        assert server.uploads["/tls.bin"] == data and server.bytes_resent == 0
 
 
 async def test_an_empty_source_is_uploaded(uploader: Uploader, server: BitsServer, tmp_path: Path) -> None:
@@ -148,6 +165,30 @@ async def test_a_client_behind_the_server_skips_ahead(
     await run(uploader, file.remote_url, path, state, file)
     assert server.uploads["/k"] == data
     assert server.bytes_received - received == MiB  # (the first fragment, refused by a 416)
+
+
+async def test_a_server_that_keeps_forgetting_sessions_is_an_error(
+    uploader: Uploader, server: BitsServer, tmp_path: Path
+) -> None:
+    path, _, state = source(tmp_path, 10)
+    for _ in range(5):
+        server.inject("fragment", "forget")
+    with pytest.raises(BitsError) as e:
+        await run(uploader, f"{server.url}/ff", path, state)
+    assert e.value.hresult == HResult.BG_E_INVALID_SERVER_RESPONSE
+    assert server.count("create-session") == 4  # (the first, and three new ones)
+
+
+async def test_a_server_whose_offset_never_moves_is_an_error(
+    uploader: Uploader, server: BitsServer, tmp_path: Path
+) -> None:
+    path, _, state = source(tmp_path, 10)
+    for _ in range(6):
+        server.inject("fragment", "416")
+    with pytest.raises(BitsError) as e:
+        await run(uploader, f"{server.url}/st", path, state)
+    assert e.value.hresult == HResult.BG_E_INVALID_SERVER_RESPONSE
+    assert server.count("fragment") == 4
 
 
 async def test_413_shrinks_fragments(uploader: Uploader, tmp_path: Path) -> None:

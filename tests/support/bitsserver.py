@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import ssl
 import threading
 import uuid
 from collections import defaultdict, deque
@@ -247,16 +248,19 @@ class AnyMethodServer(web.Server):
 
 
 @contextlib.asynccontextmanager
-async def bits_server(server: BitsServer | None = None) -> AsyncIterator[BitsServer]:
-    """Serve a ``BitsServer`` on a free port of 127.0.0.1 (its ``url``) in this loop."""
+async def bits_server(
+    server: BitsServer | None = None, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[BitsServer]:
+    """Serve a ``BitsServer`` on a free port of 127.0.0.1 (its ``url``) in this loop, over
+    ``tls`` when given (https://)."""
     server = server or BitsServer()
     runner = web.ServerRunner(AnyMethodServer(server.handle), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
+    site = web.TCPSite(runner, HOST, 0, ssl_context=tls)
     await site.start()
     assert site._server is not None
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    server.url = f"http://{HOST}:{port}"
+    server.url = f"{'https' if tls else 'http'}://{HOST}:{port}"
     try:
         yield server
     finally:
