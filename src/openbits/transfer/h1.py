@@ -1,7 +1,8 @@
-"""A lean HTTP/1.1 client for ``http://`` and ``https://`` downloads, with keep-alive and
+"""A lean HTTP/1.1 client for ``http://`` and ``https://`` transfers, with keep-alive and
 pipelining.
 
-It carries every download request (HTTP, and HTTPS over the TLS context the job's
+It carries every download request, and the upload protocol's ``BITS_POST`` packets with
+their bodies (``request``, ``h1send``) (HTTP, and HTTPS over the TLS context the job's
 SecurityFlags pick), directly or through a proxy (``h1proxy``: the connection differs, the
 requests and bodies do not).  It does far less work per request and per byte:
 
@@ -14,7 +15,8 @@ requests and bodies do not).  It does far less work per request and per byte:
 Pipelining is used only on a connection whose first response proved it persistent, and is
 turned off for a server at the first sign of trouble (an answer cut short while requests
 were queued behind it); a request that got no answer is sent again on a new connection
-(GET is idempotent).  Framing follows RFC 9112 §6: ``Transfer-Encoding: chunked``, else
+(GET is idempotent; so is a BITS packet: the server acknowledges a fragment's offset).
+Framing follows RFC 9112 §6: ``Transfer-Encoding: chunked``, else
 ``Content-Length`` (conflicting values are refused), else the body runs to the close.
 
 Errors are :class:`H1Error` subclasses, translated to BITS codes by ``http.network_error``.
