@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import yarl
 
-from openbits.model import AuthTarget, redact_url
+from openbits.model import AuthScheme, AuthTarget, redact_url
 from openbits.transfer import files as fs
 from openbits.transfer import redirects
-from openbits.transfer.auth import Authenticator
+from openbits.transfer.auth import Authenticator, basic_value
 from openbits.transfer.certs import ClientContexts
 from openbits.transfer.h1 import BadRequest, H1Client, ProxyUnreachable, RequestBody, Response, Via
 from openbits.transfer.http import TLSContexts, auth_error
@@ -97,12 +97,19 @@ class Transport:
 
 class Requester:
     """One job's requests: its routes, credentials, client certificate and partition, for
-    ``owner`` (whose uid decides whether the default credentials may be used)."""
+    ``owner`` (whose uid decides whether the default credentials may be used).
 
-    __slots__ = ("options", "owner", "transport")
+    Once a server (or proxy) answered ``send``'s request with a Basic challenge that the
+    job's credential got past, the later requests of ``send`` carry that credential from the
+    start: an upload's fragment is not sent once in vain to meet each 401 (407) again."""
+
+    __slots__ = ("_preemptive", "_proxy_auth", "options", "owner", "transport")
 
     def __init__(self, transport: Transport, options: RequestOptions, owner: Owner) -> None:
         self.transport, self.options, self.owner = transport, options, owner
+        #: the Basic header values the server (SERVER) or proxy (PROXY) asked for
+        self._preemptive: dict[AuthTarget, str] = {}
+        self._proxy_auth: Authenticator | None = None  # (the last request's, through a proxy)
 
     @contextlib.asynccontextmanager
     async def send(
@@ -120,10 +127,25 @@ class Requester:
         routes = await self.routes(url)
         auth = self.authenticator(url, url)
         client_tls = await self.client_tls(url)
+        if AuthTarget.SERVER in self._preemptive and auth is not None:
+            headers = {**headers, "Authorization": self._preemptive[AuthTarget.SERVER]}
+        self._proxy_auth = None
         async with self.request(url, headers, (), routes, auth, client_tls, method, body) as resp:
             if auth is not None:
                 self.authenticated(auth, resp.status, url)
+            for answerer in (auth, self._proxy_auth):
+                self._learn(answerer, resp.status)
             yield resp
+
+    def _learn(self, auth: Authenticator | None, status: int) -> None:
+        """Basic got past ``auth``'s target: its header goes with the next requests."""
+        if auth is None or auth.scheme is not AuthScheme.BASIC or auth.problem or status == auth.status:
+            return
+        for c in self.options.credentials:
+            if c.target == auth.target and c.scheme is AuthScheme.BASIC and c.user_name is not None:
+                password = c.password.reveal() if c.password is not None else ""
+                self._preemptive[auth.target] = basic_value(c.user_name, password)
+                return
 
     async def routes(self, url: str) -> tuple[Route, ...]:
         """The routes of a request to ``url``: the job's fixed ones, else AUTODETECT's."""
@@ -235,6 +257,11 @@ class Requester:
                         self.options.job_id,
                         entry.url,
                     )
+        if basic is None and not entry.is_socks:
+            basic = self._preemptive.get(AuthTarget.PROXY)
+        auth = self.transport.proxy_auth(self.options, entry) if self.transport.proxy_auth else None
+        if isinstance(auth, Authenticator):
+            self._proxy_auth = auth
         return Via(
             entry.scheme,
             entry.host,
@@ -244,7 +271,7 @@ class Requester:
             user=user,
             password=password,
             basic=basic,
-            auth=self.transport.proxy_auth(self.options, entry) if self.transport.proxy_auth else None,
+            auth=auth,
         )
 
     def authenticator(self, url: str, start: str) -> Authenticator | None:
