@@ -14,6 +14,7 @@ from openbits.model import AuthScheme, AuthTarget, Credential, JobFile, ProxyUsa
 from openbits.transfer.auth import basic_value
 from openbits.transfer.download import Owner, RequestOptions
 from openbits.transfer.upload import Uploader
+from tests.support.apache import NTLM_DOMAIN, Apache
 from tests.support.bitsserver import BitsServer, UploadRecorder, bits_server, uploader_client
 from tests.support.kdc import PASSWORD, USER
 from tests.support.socks import Microsocks
@@ -98,3 +99,19 @@ async def test_an_upload_to_a_server_asking_for_basic(uploader: Uploader, tmp_pa
         assert server.bytes_resent == 0
         # (the Ping met the 401; Basic went with every packet after it)
         assert server.unauthorized == 1
+
+
+async def test_an_upload_through_an_ntlm_proxy(uploader: Uploader, apache: Apache, tmp_path: Path) -> None:
+    """NTLM authenticates the connection: its legs follow each other on one, a fragment's
+    body included."""
+    ntlm = (Credential(AuthTarget.PROXY, AuthScheme.NTLM, f"{NTLM_DOMAIN}\\{USER}", Secret(PASSWORD)),)
+    async with bits_server() as server:
+        data = await upload(
+            uploader,
+            f"{server.url}/n.bin",
+            tmp_path,
+            proxy_usage=ProxyUsage.OVERRIDE,
+            proxy_list=apache.proxy_urls["ntlm"],
+            credentials=ntlm,
+        )
+        assert server.uploads["/n.bin"] == data
