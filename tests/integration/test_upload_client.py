@@ -219,20 +219,31 @@ async def test_a_forgotten_session_starts_again_from_zero(
     assert (0, True) in saves.offsets[1:]
 
 
-async def test_close_session_5xx_is_transient_and_resent_by_the_next_run(
+async def test_close_session_5xx_is_sent_again(
     uploader: Uploader, server: BitsServer, tmp_path: Path
 ) -> None:
     path, data, state = source(tmp_path, 10)
     server.inject("close-session", "500")
+    await run(uploader, f"{server.url}/c1", path, state)
+    assert state.closed and server.uploads["/c1"] == data
+    assert server.count("close-session") == 2
+
+
+async def test_close_session_failing_on_is_transient_and_closed_by_the_next_run(
+    uploader: Uploader, server: BitsServer, tmp_path: Path
+) -> None:
+    path, data, state = source(tmp_path, 10)
+    for _ in range(3):
+        server.inject("close-session", "500")
     with pytest.raises(BitsError) as e:
         await run(uploader, f"{server.url}/c", path, state)
     assert e.value.transient and e.value.hresult == 0x80004005
     assert e.value.context is ErrorContext.REMOTE_FILE
     assert state.fragments_done and not state.closed
+    assert server.count("close-session") == 3
     received = server.bytes_received
-    await run(
-        uploader, f"{server.url}/c", path, state, JobFile(f"{server.url}/c", str(path), bytes_transferred=10)
-    )
+    file = JobFile(f"{server.url}/c", str(path), bytes_transferred=10)
+    await run(uploader, f"{server.url}/c", path, state, file)
     assert state.closed and server.uploads["/c"] == data and server.bytes_received == received
 
 

@@ -16,6 +16,7 @@ else at the caller's checkpoint pace.  Cancel-Session is :meth:`Uploader.cancel_
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import urllib.parse
@@ -56,6 +57,10 @@ MAX_ACK_BODY_BYTES = 64 * 1024
 MAX_NEW_SESSIONS = 3
 #: Fragment Acks in a row that do not move the offset forward before the server is wrong
 MAX_STALLED_ACKS = 4
+#: Close-Session sent this many times at most in a run while it fails transiently, the
+#: n-th resend n times this long after the one before (as Windows resends it at a 5xx)
+CLOSE_ATTEMPTS = 3
+CLOSE_RESEND_DELAY_S = 0.5
 
 
 class UploadProgress(Protocol):
@@ -203,11 +208,14 @@ class Uploader:
                     source[0] = await self._open_source(file.local_file, owner, state)
                 _check_source(source[0], state)
             url, began = session.url, time.monotonic()
-            ack = await session.send(packet, source[0])
+            if packet.kind is Kind.CLOSE_SESSION:
+                outcome = await self._close(session)
+            else:
+                ack = await session.send(packet, source[0])
+                outcome = interpret(packet, ack, url, reply=reply is not None)
             if not connected:
                 connected = True
                 progress.connected()
-            outcome = interpret(packet, ack, url, reply=reply is not None)
             if isinstance(outcome, Opened):
                 state.session_id, state.host_id = outcome.session_id, outcome.host_id
                 offset = 0
@@ -233,6 +241,21 @@ class Uploader:
                     raise invalid_response(f"the server keeps acknowledging {outcome.offset} bytes")
                 offset = _acknowledged(packet, outcome, state, progress)
                 sizer.acknowledged(offset - packet.start, time.monotonic() - began)
+
+    @staticmethod
+    async def _close(session: _Session) -> Advance | Shrink | NewSession | Opened:
+        """Close-Session, sent again (a few times, a moment apart) while the server fails
+        with a 5xx or the connection breaks (BG_E_SESSION_NOT_FOUND is not sent again: a
+        new session); then the failure is the job's, transient: its next run closes."""
+        packet = Packet(Kind.CLOSE_SESSION)
+        for attempt in range(1, CLOSE_ATTEMPTS + 1):
+            try:
+                return interpret(packet, await session.send(packet), session.url, reply=False)
+            except BitsError as e:
+                if not e.transient or attempt == CLOSE_ATTEMPTS:
+                    raise
+            await asyncio.sleep(CLOSE_RESEND_DELAY_S * attempt)
+        raise AssertionError("unreachable")
 
     async def _fetch_reply(
         self, session: _Session, owner: Owner, reply: Reply, progress: UploadProgress
