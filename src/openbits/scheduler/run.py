@@ -25,14 +25,16 @@ from openbits.caller import primary_gid
 from openbits.clock import Clock
 from openbits.config import Config
 from openbits.errors import BitsError, HResult, InternalError, OwnerUnknown
-from openbits.model import Job, JobFile
+from openbits.model import Job, JobFile, JobType
 from openbits.policy import ServicePolicy
 from openbits.scheduler import policy
+from openbits.scheduler.uploads import UploadRunner
 from openbits.transfer.download import Downloader, Owner, RequestOptions
 from openbits.transfer.files import temp_name_for
 from openbits.transfer.owner import user_exists
 from openbits.transfer.sink import SyncBatch
 from openbits.transfer.throttle import Throttle
+from openbits.transfer.upload import Uploader
 
 log = logging.getLogger("openbits.scheduler")
 
@@ -86,6 +88,10 @@ class JobQueue(Protocol):
 
     def files_done(self, job: Job, files: Iterable[tuple[JobFile, int]]) -> None: ...
 
+    def upload_checkpoint(self, job: Job, file: JobFile, offset: int) -> None: ...
+
+    def reply_progress(self, job: Job, offset: int) -> None: ...
+
 
 class Transfers:
     """The transfer task of each running job, and the scheduler's wake-up.  The service
@@ -94,6 +100,8 @@ class Transfers:
     def __init__(self) -> None:
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        #: the runner of upload jobs (the scheduler sets it): Cancel-Session goes through it
+        self.uploads: UploadRunner | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -134,6 +142,14 @@ class Transfers:
         if task is not None:
             task.cancel()
 
+    def cancel_upload(self, job: Job) -> None:
+        """Cancel-Session of a cancelled upload job's open session, in a task of its own:
+        returns at once (the service calls it once the transfer was stopped)."""
+        if self.uploads is None:
+            log.warning("job %s: no upload runner to send its Cancel-Session", job.job_id)
+            return
+        self.uploads.cancel_session(job)
+
     async def stop(self, job_id: str) -> None:
         """Stop a job's transfer and wait until its task has let go of its files."""
         task = self.running.get(job_id)
@@ -142,10 +158,6 @@ class Transfers:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait([task])
-
-    def cancel_upload(self, job: Job) -> None:
-        """Send Cancel-Session for an upload job's open session (SPEC §8), in a task of its
-        own; returns at once.  (Nothing yet: the upload client, issue 14's helper C, fills it.)"""
 
 
 class _FileProgress:
@@ -195,6 +207,8 @@ class Scheduler:
         self.downloader = downloader
         self.throttle = throttle if throttle is not None else Throttle()
         self.transfers = transfers if transfers is not None else Transfers()
+        self.uploads = UploadRunner(service, Uploader(downloader), config.checkpoint_interval_s)
+        self.transfers.uploads = self.uploads
         self._applied: tuple[object, ...] | None = None
         self._group: asyncio.TaskGroup | None = None
         self._next_purge_ns = 0
@@ -310,6 +324,9 @@ class Scheduler:
         return int(schedule.next_change_after(now).timestamp() * 1e9)
 
     async def _run_job(self, job: Job) -> None:
+        if job.job_type is not JobType.DOWNLOAD:
+            await self.uploads.run(job)
+            return
         service = self.service
         owner = Owner(job.owner_uid, primary_gid(job.owner_uid))
         batch = SyncBatch(

@@ -45,6 +45,31 @@ class Reports(LiveJobs):
         if progressed:
             self._announce(job, "progress")  # (events coalesce it: api/events.py)
 
+    def upload_checkpoint(self, job: Job, file: JobFile, offset: int) -> None:
+        """An upload's acknowledged ``offset`` and its session (``job.upload``, with the
+        reply's progress) moved: one store write.  The offset may move back (the server
+        lost bytes, or a new session): only progress counts as progress."""
+        if job.state.is_final:
+            return
+        progressed = offset > file.bytes_transferred
+        if progressed:
+            self.counters.bytes_transferred += offset - file.bytes_transferred
+            job.no_progress_since_ns = 0
+            job.errors_in_a_row = 0
+            job.modified_ns = self.clock.now_ns()
+        file.bytes_transferred = offset
+        file.completed = job.upload is not None and job.upload.fragments_done
+        self._save(job, (file,))
+        self._announce(job, "progress" if progressed else "upload checkpoint")
+
+    def reply_progress(self, job: Job, offset: int) -> None:
+        """``offset`` bytes of an upload-reply job's reply are durable (ReplyProgress)."""
+        if job.state.is_final:
+            return
+        job.reply_bytes_transferred = offset
+        self._save(job)
+        self._announce(job, "progress")
+
     def file_redirected(self, job: Job, file: JobFile, url: str) -> None:
         """ALLOW_REPORT: the final URL of a redirect becomes the file's RemoteUrl."""
         if job.state.is_final:

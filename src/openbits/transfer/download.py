@@ -19,15 +19,7 @@ from openbits.transfer import files as fs
 from openbits.transfer.auth import Authenticator
 from openbits.transfer.certs import ClientContexts
 from openbits.transfer.checks import Restart
-from openbits.transfer.fetch import (
-    Ahead,
-    Fetched,
-    FileDownload,
-    Owner,
-    Progress,
-    Transport,
-    Tuning,
-)
+from openbits.transfer.fetch import Ahead, Fetched, FileDownload, Progress
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import TLSContexts, invalid_response
 from openbits.transfer.local import download_local
@@ -36,6 +28,7 @@ from openbits.transfer.owner import Owners
 from openbits.transfer.proxy import Proxies
 from openbits.transfer.proxylist import ProxyEntry
 from openbits.transfer.ranges import download_ranges
+from openbits.transfer.routing import Owner, Transport, Tuning
 from openbits.transfer.throttle import Throttle
 from openbits.transfer.tickets import PROCESS, DefaultCredentials, OwnerTickets
 

@@ -15,46 +15,29 @@ modules; ``download.Downloader`` picks one per file.  Order of durability:
 from __future__ import annotations
 
 import asyncio
-import base64
-import collections
 import contextlib
 import functools
 import logging
 import os
-import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import yarl
 from multidict import CIMultiDictProxy
 
-from openbits.model import (
-    AuthTarget,
-    JobFile,
-    redact_url,
-)
+from openbits.model import JobFile
 from openbits.transfer import checks, redirects
 from openbits.transfer import files as fs
-from openbits.transfer.auth import Authenticator
-from openbits.transfer.certs import ClientContexts
 from openbits.transfer.checks import Restart
-from openbits.transfer.h1 import BadRequest, H1Client, ProxyUnreachable, Response, Via
 from openbits.transfer.h1 import Body as H1Body
-from openbits.transfer.http import (
-    NETWORK_EXCEPTIONS,
-    TLSContexts,
-    auth_error,
-    invalid_response,
-    network_error,
-)
-from openbits.transfer.options import ProxyAuthFactory, RequestOptions, digest
-from openbits.transfer.owner import Owners, opened_off_loop
-from openbits.transfer.proxy import DIRECT, Proxies, Route
-from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice, throttled_slice
-from openbits.transfer.throttle import Throttle
-from openbits.transfer.tickets import PROCESS, DefaultCredentials, OwnerTickets
+from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error
+from openbits.transfer.options import RequestOptions
+from openbits.transfer.owner import opened_off_loop
+from openbits.transfer.routing import Owner, Requester, Transport
+from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice
+from openbits.transfer.throttle import throttled_slice
 
 log = logging.getLogger("openbits.transfer")
 
@@ -122,65 +105,6 @@ class Fetched:
     durable: bool = True
 
 
-@dataclass(slots=True)
-class Owner:
-    uid: int
-    gid: int
-
-
-@dataclass(slots=True)
-class Tuning:
-    checkpoint_interval_s: float = 1.0
-    checkpoint_bytes: int = 64 * 1024 * 1024
-    write_block_bytes: int = 1024 * 1024
-    read_buffer_bytes: int = 4 * 1024 * 1024
-
-
-class Notices:
-    """What was already logged about a job (a warning once per job, not per request): a
-    bounded memory, the oldest forgotten first."""
-
-    __slots__ = ("_seen",)
-
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
-
-    def first(self, job_id: str, what: str) -> bool:
-        """True the first time ``what`` is told of ``job_id``."""
-        key = (job_id, what)
-        if key in self._seen:
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self.LIMIT:
-            self._seen.popitem(last=False)
-        return True
-
-
-@dataclass(frozen=True, slots=True)
-class Transport:
-    """What every download shares: the HTTP client (``h1``, direct and through proxies), the
-    routes (``proxy.Proxies``), the TLS contexts, the bandwidth throttle, the tuning, the
-    free-space check, the owners' file-system actions; the contexts of jobs that present a
-    client certificate (``certs``)."""
-
-    h1: H1Client
-    proxies: Proxies
-    tls: TLSContexts
-    throttle: Throttle
-    tuning: Tuning
-    free_space: fs.FreeSpace
-    #: the file-system actions with the owner's rights (``owner.Owners``)
-    owners: Owners
-    notices: Notices = field(default_factory=Notices)
-    certs: ClientContexts | None = None
-    proxy_auth: ProxyAuthFactory | None = None
-    #: the owners' Kerberos tickets for a daemon that is not them (None: the process's own
-    #: for a job of the daemon's user, none for another's)
-    tickets: OwnerTickets | None = None
-
-
 class Ahead:
     """The requests of the files after the current one, built only when the connection has
     room for them (most of the time it has not)."""
@@ -201,7 +125,7 @@ class FileDownload:
     reports, its priority and request options, and the temporary file open on ``fd`` during
     an attempt (``open``/``close``); its requests (``get``) and bodies (``stream``)."""
 
-    __slots__ = ("defaults", "fd", "file", "options", "owner", "priority", "progress", "transport")
+    __slots__ = ("fd", "file", "options", "owner", "priority", "progress", "requester", "transport")
 
     def __init__(
         self,
@@ -215,9 +139,8 @@ class FileDownload:
         self.transport = transport
         self.file, self.owner, self.progress = file, owner, progress
         self.priority, self.options = priority, options
+        self.requester = Requester(transport, options, owner)
         self.fd = -1
-        #: what the job's credentials with no names use (``_default_credentials``, per request)
-        self.defaults = PROCESS
 
     async def open(self) -> int:
         """Open the temporary file (as its owner: in a thread when that takes a helper's
@@ -282,132 +205,30 @@ class FileDownload:
         finally:
             self.close()
 
-    async def _client_tls(self, url: str) -> ssl.SSLContext | None:
-        """The job's own context when it presents a client certificate to an https:// URL
-        (found again in its store as the owner, kept by ``ClientContexts``); else None."""
-        cert, certs = self.options.client_certificate, self.transport.certs
-        if cert is None or certs is None or url[:6].lower() != "https:":
-            return None
-        options, owner = self.options, self.owner
-        return await certs.context(options.job_id, cert, options.security_flags, owner.uid, owner.gid)
-
-    def _request(
-        self,
-        url: str,
-        headers: dict[str, str],
-        ahead: Iterable[tuple[str, Mapping[str, str]]],
-        routes: tuple[Route, ...],
-        auth: Authenticator | None = None,
-        client_tls: ssl.SSLContext | None = None,
-    ) -> contextlib.AbstractAsyncContextManager[HTTPResponse]:
-        """One GET, no redirects followed, by the first of ``routes`` that connects; ``auth``
-        answers the server's 401s; ``client_tls``: the job's context with its client
-        certificate (``_client_tls``)."""
-        transport = self.transport
-        scheme = url[:6].lower()
-        tls = None
-        if scheme == "https:":
-            tls = client_tls or transport.tls.for_h1(self.options.security_flags)
-        elif not scheme.startswith("http:"):
-            raise BadRequest(f"not an http:// or https:// URL: {redact_url(url)[:80]}")
-        if routes is DIRECT:  # (the fast path: no per-request work)
-            return transport.h1.get(
-                url, headers, ahead, tls, None, auth=auth, partition=self.options.partition
-            )
-        return self._routed(url, headers, ahead, tls, routes, auth)
-
-    @contextlib.asynccontextmanager
-    async def _routed(
-        self,
-        url: str,
-        headers: dict[str, str],
-        ahead: Iterable[tuple[str, Mapping[str, str]]],
-        tls: ssl.SSLContext | None,
-        routes: tuple[Route, ...],
-        auth: Authenticator | None,
-    ) -> AsyncIterator[Response]:
-        """Through the routes in turn: a proxy that cannot be connected to (refused,
-        unreachable, its name not resolved) hands over to the next; the last one's failure
-        is the error."""
-        h1, partition = self.transport.h1, self.options.partition
-        for i, route in enumerate(routes):
-            via = self._via(route) if route.proxy is not None else None
-            request = h1.get(url, headers, ahead, tls, via, auth=auth, partition=partition)
-            try:
-                response = await request.__aenter__()
-            except ProxyUnreachable:
-                if i == len(routes) - 1:
-                    raise
-                continue
-            try:
-                yield response
-            finally:
-                await request.__aexit__(None, None, None)
-            return
-
-    def _via(self, route: Route) -> Via:
-        entry = route.proxy
-        assert entry is not None
-        user, password = self.options.proxy_login()
-        if user is None and route.user is not None:
-            user, password = route.user, route.password
-        basic = None
-        tag = entry.url
-        if route.user is not None:
-            # (a tunnel opened with one login is never reused with another, or none)
-            tag += "#" + digest(repr((route.user, route.password)))
-            if not entry.is_socks:
-                # (the proxy URL's login, as curl sends it: before the proxy asks)
-                token = f"{route.user}:{route.password or ''}".encode()
-                basic = "Basic " + base64.b64encode(token).decode("ascii")
-                if entry.scheme == "http" and self.transport.notices.first(
-                    self.options.job_id, "proxy-basic"
-                ):
-                    log.warning(
-                        "job %s: the login of its proxy %s goes with every request, readable on the way",
-                        self.options.job_id,
-                        entry.url,
-                    )
-        return Via(
-            entry.scheme,
-            entry.host,
-            entry.port,
-            tag=tag,
-            tls=self.transport.tls.for_h1(0) if entry.scheme == "https" else None,
-            user=user,
-            password=password,
-            basic=basic,
-            auth=self.transport.proxy_auth(self.options, entry, self.defaults)
-            if self.transport.proxy_auth
-            else None,
-        )
-
     @contextlib.asynccontextmanager
     async def get(
         self, headers: dict[str, str], ahead: Iterable[tuple[str, Mapping[str, str]]] = ()
     ) -> AsyncIterator[HTTPResponse]:
         """GET the file, following redirects as the job's SecurityFlags say
-        (``redirects.next_url``).  Network errors, while asking or while the body is read,
+        (``redirects.next_url``), by the job's routes with its credentials
+        (``routing.Requester``).  Network errors, while asking or while the body is read,
         are translated here (``http.network_error``)."""
-        flags, options = self.options.security_flags, self.options
+        flags = self.options.security_flags
         url = start = self.file.remote_url  # (ALLOW_REPORT rewrites file.remote_url on the way)
-        proxies = self.transport.proxies
-        if options.credentials:
-            self.defaults = await self._default_credentials()
+        requester = self.requester
+        await requester.resolve_defaults()
         try:
             for _hop in range(redirects.MAX_REDIRECTS + 1):
-                routes = proxies.fixed(url, options)
-                if routes is None:
-                    routes = await proxies.autodetect(url)
-                auth = self._authenticator(url, start)
-                client_tls = await self._client_tls(url)
-                async with self._request(url, headers, ahead, routes, auth, client_tls) as resp:
+                routes = await requester.routes(url)
+                auth = requester.authenticator(url, start)
+                client_tls = await requester.client_tls(url)
+                async with requester.request(url, headers, ahead, routes, auth, client_tls) as resp:
                     target = redirects.next_url(
                         resp.status, resp.headers.get("Location"), resp.url, url, flags
                     )
                     if target is None:
                         if auth is not None:
-                            self._authenticated(auth, resp.status)
+                            requester.authenticated(auth, resp.status, self.file.remote_url)
                         yield resp
                         return
                 url = target
@@ -417,46 +238,6 @@ class FileDownload:
         except NETWORK_EXCEPTIONS as e:
             raise network_error(e, self.file.remote_url) from e
         raise invalid_response(f"more than {redirects.MAX_REDIRECTS} redirects")
-
-    def _authenticator(self, url: str, start: str) -> Authenticator | None:
-        """The authentication of a request to ``url``: the job's server credentials answer
-        the origin of ``start``, the URL the request began with, only (never another one a
-        redirect leads to, reported or not); None without any."""
-        options = self.options
-        if not options.server_credentials() or not redirects.same_origin(url, start):
-            return None
-        parts = yarl.URL(url)
-        return Authenticator(
-            AuthTarget.SERVER,
-            options.credentials,
-            parts.host or "",
-            secure=parts.scheme.lower() == "https",
-            defaults=self.defaults,
-        )
-
-    async def _default_credentials(self) -> DefaultCredentials:
-        """What the job's NTLM/Negotiate credentials with no names use: the process's own
-        when the daemon runs as the owner, else a copy of his Kerberos tickets
-        (``tickets.OwnerTickets``), else none (saying why)."""
-        owner, tickets = self.owner, self.transport.tickets
-        if owner.uid == os.geteuid() or not self.options.default_credentials():
-            return PROCESS
-        if tickets is None:
-            return DefaultCredentials(False, why="the daemon runs as another user")
-        return await tickets.for_owner(owner.uid, owner.gid)
-
-    def _authenticated(self, auth: Authenticator, status: int) -> None:
-        """After the exchange: a 401 its credentials did not get past (or a server that
-        failed mutual authentication) is the job's error, saying why; Basic in the clear is
-        worth a warning, once per job."""
-        if auth.basic_in_clear and self.transport.notices.first(self.options.job_id, "basic-in-clear"):
-            log.warning(
-                "job %s: its Basic credentials went to %s over plain http:// (readable on the way)",
-                self.options.job_id,
-                redact_url(self.file.remote_url),
-            )
-        if auth.problem is not None and (status == auth.status or not auth.verified):
-            raise auth_error(auth.status, auth.problem)
 
     # -- bodies -----------------------------------------------------------------------------
 

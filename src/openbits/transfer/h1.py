@@ -1,7 +1,8 @@
-"""A lean HTTP/1.1 client for ``http://`` and ``https://`` downloads, with keep-alive and
+"""A lean HTTP/1.1 client for ``http://`` and ``https://`` transfers, with keep-alive and
 pipelining.
 
-It carries every download request (HTTP, and HTTPS over the TLS context the job's
+It carries every download request, and the upload protocol's ``BITS_POST`` packets with
+their bodies (``request``, ``h1send``) (HTTP, and HTTPS over the TLS context the job's
 SecurityFlags pick), directly or through a proxy (``h1proxy``: the connection differs, the
 requests and bodies do not).  It does far less work per request and per byte:
 
@@ -14,7 +15,8 @@ requests and bodies do not).  It does far less work per request and per byte:
 Pipelining is used only on a connection whose first response proved it persistent, and is
 turned off for a server at the first sign of trouble (an answer cut short while requests
 were queued behind it); a request that got no answer is sent again on a new connection
-(GET is idempotent).  Framing follows RFC 9112 §6: ``Transfer-Encoding: chunked``, else
+(GET is idempotent; so is a BITS packet: the server acknowledges a fragment's offset).
+Framing follows RFC 9112 §6: ``Transfer-Encoding: chunked``, else
 ``Content-Length`` (conflicting values are refused), else the body runs to the close.
 
 Errors are :class:`H1Error` subclasses, translated to BITS codes by ``http.network_error``.
@@ -22,7 +24,7 @@ The client is in layers, one module each: ``h1head`` (sans-I/O: request and resp
 framing, URL targets, the error tree), ``h1conn`` (a connection and its socket/TLS I/O:
 ``Wire``), ``h1body`` (``Response`` and ``Body``), ``h1auth`` (the exchange that answers
 401s and 407s), ``h1proxy`` (connections through proxies); this module is the pool,
-pipelining and the GET that ties them together (``H1Client`` is a ``Wire`` with a pool).
+pipelining and the requests that tie them together (``H1Client`` is a ``Wire`` with a pool).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from openbits.transfer.h1head import (
     request_head,
 )
 from openbits.transfer.h1proxy import ProxyAuth, Via, open_via
+from openbits.transfer.h1send import RequestBody
 
 __all__ = [
     "MAX_HEAD_BYTES",
@@ -70,6 +73,7 @@ __all__ = [
     "ProxyAuth",
     "ProxyNameNotResolved",
     "ProxyUnreachable",
+    "RequestBody",
     "Response",
     "TLSFailed",
     "TunnelRefused",
@@ -85,10 +89,24 @@ PIPELINED_IDLE_TIMEOUT_S = 5.0
 PIPELINE_STRIKES = 3
 
 
-class _Get:
-    """The context of one GET (a class, not a generator: it is entered once per file)."""
+class _Request:
+    """The context of one request (a class, not a generator: it is entered once per file):
+    a GET, or another ``method`` with an optional ``body`` (``h1send.RequestBody``; such
+    requests are never pipelined)."""
 
-    __slots__ = ("_ahead", "_auth", "_client", "_headers", "_partition", "_response", "_tls", "_url", "_via")
+    __slots__ = (
+        "_ahead",
+        "_auth",
+        "_body",
+        "_client",
+        "_headers",
+        "_method",
+        "_partition",
+        "_response",
+        "_tls",
+        "_url",
+        "_via",
+    )
 
     def __init__(
         self,
@@ -100,9 +118,15 @@ class _Get:
         auth: Authenticator | None,
         via: Via | None,
         partition: str,
+        method: str = "GET",
+        body: RequestBody | None = None,
     ) -> None:
+        if method != "GET":
+            headers = {**headers, "Content-Length": str(0 if body is None else body.length)}
+            ahead = ()
         self._client, self._url, self._headers, self._ahead = client, url, headers, ahead
         self._tls, self._auth, self._via, self._partition = tls, auth, via, partition
+        self._method, self._body = method, body
         self._response: Response | None = None
 
     async def __aenter__(self) -> Response:
@@ -111,7 +135,9 @@ class _Get:
         if via is None:
             target = Target(url, self._tls, self._partition)
             ahead = self._ahead if auth is None else ()  # (none ahead of a handshake)
-            response = await client._send_and_read(url, target, (url, tuple(headers.items())), headers, ahead)
+            response = await client._send_and_read(
+                url, target, (url, tuple(headers.items())), headers, ahead, None, self._method, self._body
+            )
             self._response = response
             if auth is None:
                 return response
@@ -125,7 +151,7 @@ class _Get:
             tunnel = target.tls is not None or via.is_socks
             ahead = self._ahead if tunnel and auth is None else ()
             response = await client._send_and_read(
-                url, target, (url, tuple(headers.items())), headers, ahead, via
+                url, target, (url, tuple(headers.items())), headers, ahead, via, self._method, self._body
             )
             self._response = response
             # (the proxy reads an absolute-form request and may answer 407; a tunnel's 407s
@@ -134,7 +160,9 @@ class _Get:
             answerers = tuple(a for a in (proxy, auth) if a is not None)
             if not answerers:
                 return response
-        self._response = await client._authenticate(response, url, target, headers, answerers, via)
+        self._response = await client._authenticate(
+            response, url, target, headers, answerers, via, self._method, self._body
+        )
         return self._response
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -273,8 +301,8 @@ class H1Client(Wire):
 
     # -- requests -----------------------------------------------------------------------
 
-    def _head(self, url: Target, headers: Mapping[str, str]) -> bytes:
-        return request_head(url, headers, self.default_headers, self._default_block)
+    def _head(self, url: Target, headers: Mapping[str, str], method: str = "GET") -> bytes:
+        return request_head(url, headers, self.default_headers, self._default_block, method)
 
     def get(
         self,
@@ -286,7 +314,7 @@ class H1Client(Wire):
         *,
         auth: Authenticator | None = None,
         partition: str = "",
-    ) -> _Get:
+    ) -> _Request:
         """``async with client.get(url, headers, ahead) as response``: GET ``url``; ``ahead``
         lists requests the caller will make next, in order, which may be sent now on the same
         connection; ``tls`` is the context of an https:// URL; ``via`` the proxy to go
@@ -297,7 +325,26 @@ class H1Client(Wire):
         on the same connection while it stays open; nothing is sent ahead); ``partition``
         keeps the connections apart from every other job's (a job with credentials or a client
         certificate names itself: its connections serve no other job)."""
-        return _Get(self, url, headers, ahead, tls, auth, via, partition)
+        return _Request(self, url, headers, ahead, tls, auth, via, partition)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: RequestBody | None = None,
+        tls: ssl.SSLContext | None = None,
+        via: Via | None = None,
+        *,
+        auth: Authenticator | None = None,
+        partition: str = "",
+    ) -> _Request:
+        """``async with client.request(method, url, headers, body) as response``: as
+        :meth:`get` (the same connections, proxies, authentication and partitions), for any
+        ``method`` with an optional ``body`` sent after the head (its Content-Length is set
+        here); nothing is sent ahead of it or behind it on the connection.  A kept-alive
+        connection the server had closed, and every authentication leg, send it again."""
+        return _Request(self, url, headers, (), tls, auth, via, partition, method, body)
 
     async def _send_and_read(
         self,
@@ -307,11 +354,13 @@ class H1Client(Wire):
         headers: Mapping[str, str],
         ahead: Iterable[tuple[str, Mapping[str, str]]],
         via: Via | None = None,
+        method: str = "GET",
+        body: RequestBody | None = None,
     ) -> Response:
         key = target.key
-        head = self._head(target, headers)  # a bad request fails before any connection
+        head = self._head(target, headers, method)  # a bad request fails before any connection
         for attempt in range(2):
-            conn = self._pipelined_conn(key, ident) if attempt == 0 else None
+            conn = self._pipelined_conn(key, ident) if attempt == 0 and method == "GET" else None
             sent = conn is not None
             if conn is None and attempt == 0:
                 conn = self._idle_conn(key)
@@ -327,7 +376,13 @@ class H1Client(Wire):
                     extra.insert(0, head)
                 if extra:
                     await self.send(conn, b"".join(extra))
+                early = body is not None and await body.send(self, conn)
                 response = await read_response(self, conn, url)
+                if response is not None and (early or (body is not None and response.status in (401, 407))):
+                    # the rest of the body was not sent; or a challenge to a request with a
+                    # body, which a proxy may not have read to its end: the next leg goes on
+                    # a new connection
+                    response.keep_alive = False
             except (ClosedEarly, TimeoutError) as e:
                 conn.close()
                 if sent:
@@ -356,17 +411,19 @@ class H1Client(Wire):
         headers: Mapping[str, str],
         answerers: tuple[Answerer, ...],
         via: Via | None,
+        method: str = "GET",
+        body: RequestBody | None = None,
     ) -> Response:
-        """Answer a GET's 401s (and through a proxy in absolute form its 407s) with
+        """Answer a request's 401s (and through a proxy in absolute form its 407s) with
         ``h1auth.exchange``: the request written again with the answers' headers, over the
         connection of the leg before while it stays open (a new one only when it closed)."""
         return await exchange(
             self,
             response,
             answerers,
-            "GET",
+            method,
             target.path_qs,
-            lambda extra: self._head(target, {**headers, **extra}),
+            lambda extra: self._head(target, {**headers, **extra}, method) + (body.whole() if body else b""),
             lambda conn: read_response(self, conn, url),
             lambda: self._connect(target.key, target.tls, via),
         )

@@ -186,16 +186,20 @@ class Target:
 
 
 def request_head(
-    url: Target, headers: Mapping[str, str], default_headers: Mapping[str, str], default_block: str
+    url: Target,
+    headers: Mapping[str, str],
+    default_headers: Mapping[str, str],
+    default_block: str,
+    method: str = "GET",
 ) -> bytes:
-    """The head of a GET of ``url``: ``headers`` over ``default_headers`` (whose lines, ready
-    made, are ``default_block``), Basic credentials from the URL unless an Authorization is
-    given. Raises ``BadRequest`` for what HTTP/1.1 cannot carry."""
+    """The head of a ``method`` (GET, BITS_POST) request of ``url``: ``headers`` over
+    ``default_headers`` (whose lines, ready made, are ``default_block``), Basic credentials
+    from the URL unless an Authorization is given. Raises ``BadRequest`` for what HTTP/1.1 cannot carry."""
     host = url.host_header
     if _BAD_VALUE.search(host):
         raise BadRequest("a line break in the host name")
     if not headers and url.user is None:  # the common case, without the merging
-        head = f"GET {url.path_qs} HTTP/1.1\r\nHost: {host}\r\n{default_block}\r\n"
+        head = f"{method} {url.path_qs} HTTP/1.1\r\nHost: {host}\r\n{default_block}\r\n"
         return head.encode("latin-1")
     merged: dict[str, tuple[str, str]] = {k.lower(): (k, v) for k, v in default_headers.items()}
     merged["host"] = ("Host", host)
@@ -206,7 +210,7 @@ def request_head(
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise BadRequest(f"the request header {name[:40]!r} is not valid in HTTP")
         merged[name.lower()] = (name, value)
-    lines = [f"GET {url.path_qs} HTTP/1.1"]
+    lines = [f"{method} {url.path_qs} HTTP/1.1"]
     lines.extend(f"{name}: {value}" for name, value in merged.values())
     text = "\r\n".join(lines) + "\r\n\r\n"
     try:

@@ -27,18 +27,10 @@ from openbits.model import JobFile
 from openbits.transfer import files as fs
 from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.http import invalid_response
-from openbits.transfer.throttle import Throttle
+from openbits.transfer.throttle import Throttle, throttled_slice
 
 #: buffers per pwritev (Linux's IOV_MAX)
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
-
-
-def throttled_slice(throttle: Throttle, priority: int) -> int:
-    """Bytes taken per read while ``priority`` is limited: ~50 ms at the slowest limit that
-    applies, between 16 KiB and 1 MiB."""
-    rates = [throttle.bucket(priority).rate, throttle.global_bps]
-    rate = min((r for r in rates if r), default=1024 * 1024)
-    return int(max(16 * 1024, min(1024 * 1024, rate * 0.05)))
 
 
 class Sink:

@@ -419,3 +419,11 @@ class Throttle:
         if priority == FOREGROUND and not self._foreground_limited:
             return []
         return [bucket for bucket in (self._global, self._buckets[priority]) if bucket.rate is not None]
+
+
+def throttled_slice(throttle: Throttle, priority: int) -> int:
+    """Bytes taken per read (or send) while ``priority`` is limited: ~50 ms at the slowest
+    limit that applies, between 16 KiB and 1 MiB."""
+    rates = [throttle.bucket(priority).rate, throttle.global_bps]
+    rate = min((r for r in rates if r), default=1024 * 1024)
+    return int(max(16 * 1024, min(1024 * 1024, rate * 0.05)))

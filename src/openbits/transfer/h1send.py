@@ -1,0 +1,148 @@
+"""``h1``'s request bodies: what a request with a body (an upload's ``BITS_POST`` fragment)
+sends after its head.
+
+A :class:`RequestBody` can be sent again: an authentication leg (``h1auth.exchange``) and a
+kept-alive connection the server had closed both send the request once more.  Its bytes are
+given (a small body), or are ``length`` bytes of an open file from ``offset``, read with
+``os.pread`` slice by slice as they are sent (a fragment of up to 64 MiB is never held whole,
+but for an authentication leg, which is rare and short-lived).  Sending is paced by the
+bandwidth throttle of the job's priority, as downloads are (``throttle.throttled_slice``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Coroutine
+from typing import Any
+
+from openbits.transfer.h1conn import Conn, Wire
+from openbits.transfer.h1head import BadRequest
+from openbits.transfer.throttle import Throttle, throttled_slice
+
+__all__ = ["SEND_SLICE_BYTES", "RequestBody"]
+
+#: bytes read from the file and sent at once while no bandwidth limit applies
+SEND_SLICE_BYTES = 1024 * 1024
+
+
+class RequestBody:
+    """A request's body: ``data``, or ``length`` bytes of ``fd`` from ``offset`` (the caller
+    owns the fd); sent within the limits of ``throttle`` for ``priority`` when given."""
+
+    __slots__ = ("data", "fd", "length", "offset", "priority", "sent", "throttle")
+
+    def __init__(
+        self,
+        data: bytes = b"",
+        *,
+        fd: int = -1,
+        offset: int = 0,
+        length: int | None = None,
+        throttle: Throttle | None = None,
+        priority: int = 2,
+    ) -> None:
+        self.data, self.fd, self.offset = data, fd, offset
+        self.length = len(data) if fd < 0 else (length or 0)
+        self.throttle, self.priority = throttle, priority
+        #: bytes written to the connection by the last ``send`` (not acknowledged: progress)
+        self.sent = 0
+
+    def whole(self) -> bytes:
+        """The body's bytes at once (an authentication leg sends head and body together)."""
+        if self.fd < 0:
+            return self.data
+        return self._read(self.offset, self.length)
+
+    def _read(self, offset: int, n: int) -> bytes:
+        data = os.pread(self.fd, n, offset)
+        if len(data) != n:
+            # (the file shrank under the request: the caller's check of the source says why)
+            raise BadRequest(f"the request body's file ended {n - len(data)} bytes early")
+        return data
+
+    def _slice(self) -> int:
+        throttle = self.throttle
+        if throttle is not None and throttle.is_limited(self.priority):
+            return throttled_slice(throttle, self.priority)
+        return SEND_SLICE_BYTES
+
+    async def send(self, wire: Wire, conn: Conn) -> bool:
+        """Write the body to ``conn`` (after its head), slice by slice, within the limits.
+
+        True when the other side answered before the whole body was sent (a proxy's 407 or
+        a server's 401 or 413 that did not wait for it; watched on plain connections): the
+        rest is not sent, and the caller must not reuse the connection."""
+        self.sent = 0
+        answered = _Answered(conn) if conn.tls is None and conn.outer is None else None
+        try:
+            while self.sent < self.length:
+                n = await self._paced()
+                chunk = (
+                    self.data[self.sent : self.sent + n]
+                    if self.fd < 0
+                    else self._read(self.offset + self.sent, n)
+                )
+                if answered is None:
+                    await wire.send(conn, chunk)
+                elif not await answered.unless(wire.send(conn, chunk)):
+                    return True
+                self.sent += n
+        finally:
+            if answered is not None:
+                answered.stop()
+        return False
+
+    async def _paced(self) -> int:
+        """The size of the next slice, once the throttle lets it go."""
+        throttle, priority = self.throttle, self.priority
+        n = min(self._slice(), self.length - self.sent)
+        if throttle is not None and throttle.is_limited(priority):
+            await throttle.acquire(priority, n)
+        return n
+
+
+class _Answered:
+    """Whether the other side of a plain connection has sent anything (an early answer)
+    while the body goes out: a readiness watch on its socket, nothing read."""
+
+    __slots__ = ("_fd", "_loop", "ready")
+
+    def __init__(self, conn: Conn) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fd = conn.sock.fileno()
+        self.ready: asyncio.Future[None] = self._loop.create_future()
+        self._loop.add_reader(self._fd, self._set)
+
+    def _set(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+        self._loop.remove_reader(self._fd)
+
+    async def unless(self, sending: Coroutine[Any, Any, None]) -> bool:
+        """Run ``sending`` unless an answer comes first: True when it was all sent; False
+        when the answer came (or the other side closed) before (the send is abandoned)."""
+        if self.ready.done():
+            sending.close()
+            return False
+        task = asyncio.ensure_future(sending)
+        try:
+            await asyncio.wait((task, self.ready), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        if task.done():
+            if task.exception() is not None and self.ready.done():
+                return False  # (it closed its side after answering: read the answer)
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await task
+        return False
+
+    def stop(self) -> None:
+        if not self.ready.done():
+            self._loop.remove_reader(self._fd)
+            self.ready.cancel()

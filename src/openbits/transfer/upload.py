@@ -1,0 +1,326 @@
+"""One upload job's transfer: the BITS upload protocol (``uploadflow``, sans I/O) driven
+over ``h1`` by the job's routes, credentials and client certificate (``routing.Requester``,
+shared with downloads).
+
+:class:`Uploader` runs an upload (or upload-reply) job's one file from where the server
+stands: it opens the source with the owner's rights (off the loop), checks it against the
+size and mtime AddFile found before every fragment (BG_E_LOCAL_FILE_CHANGED), sends Ping,
+Create-Session, the Fragments (Content-Range, Content-Name, a body read from the source as
+it is sent, within the priority's bandwidth limit), fetches the reply of an upload-reply
+job with the download machinery (``Downloader``, into ``files.reply_temp_name`` beside
+ReplyFileName, as the owner), then Close-Session.  The state it moves (``UploadState`` and
+the file's acknowledged offset) is reported through :class:`UploadProgress`, which stores it:
+``urgent`` when a restart must find it (a new session, the last Ack, the reply, the close),
+else at the caller's checkpoint pace.  Cancel-Session is :meth:`Uploader.cancel_session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Protocol
+
+import yarl
+
+from openbits.errors import BitsError, HResult, LocalFileError
+from openbits.model import ErrorContext, JobFile, UploadState
+from openbits.transfer import files as fs
+from openbits.transfer.download import Downloader
+from openbits.transfer.fetch import Progress
+from openbits.transfer.h1 import RequestBody
+from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error
+from openbits.transfer.options import RequestOptions
+from openbits.transfer.owner import opened_off_loop
+from openbits.transfer.routing import Owner, Requester, Transport
+from openbits.transfer.uploadflow import (
+    PROTOCOL,
+    Ack,
+    Advance,
+    FragmentSizer,
+    Kind,
+    NewSession,
+    Opened,
+    Packet,
+    Shrink,
+    interpret,
+    next_packet,
+)
+
+__all__ = ["Reply", "UploadProgress", "Uploader"]
+
+#: the most of an Ack's body read (and dropped) to keep its connection
+MAX_ACK_BODY_BYTES = 64 * 1024
+#: new sessions one run starts at most (a server that forgets each one is broken)
+MAX_NEW_SESSIONS = 3
+#: Fragment Acks in a row that do not move the offset forward before the server is wrong
+MAX_STALLED_ACKS = 4
+#: Close-Session sent this many times at most in a run while it fails transiently, the
+#: n-th resend n times this long after the one before (as Windows resends it at a 5xx)
+CLOSE_ATTEMPTS = 3
+CLOSE_RESEND_DELAY_S = 0.5
+
+
+class UploadProgress(Protocol):
+    def connected(self) -> None:
+        """The server answered: the job is TRANSFERRING."""
+
+    def saved(self, offset: int, *, urgent: bool) -> None:
+        """The session (``UploadState``) or the acknowledged ``offset`` moved: store them,
+        at once when ``urgent``, else at the checkpoint pace (and at the end of the run).
+        The uploader never writes the file's ``bytes_transferred``: this does."""
+
+    def reply_done(self, size: int) -> None:
+        """The reply is whole (``size`` bytes) in its temporary file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Where an upload-reply job's reply goes: its temporary file ``temp_name`` beside
+    ``file_name`` (ReplyFileName); ``progress`` reports the reply's download."""
+
+    file_name: str
+    temp_name: str
+    progress: Progress
+
+
+def content_name(local_file: str) -> str:
+    """Content-Name: the source's base name, as Windows sends it; percent-encoded when
+    HTTP/1.1 cannot carry it as it is."""
+    name = os.path.basename(local_file)
+    if name.isascii() and name.isprintable():
+        return name
+    return urllib.parse.quote(name, safe="")
+
+
+def packet_url(remote_url: str, host_id: str | None) -> str:
+    """The URL of a session's packets: the job's, on the host BITS-Host-Id named."""
+    if not host_id:
+        return remote_url
+    try:
+        return str(yarl.URL(remote_url).with_host(host_id))
+    except ValueError as e:
+        raise invalid_response(f"the server's BITS-Host-Id {host_id[:60]!r} is not a host name") from e
+
+
+class _Session:
+    """The packets of one upload's session: to its URL, with the job's headers."""
+
+    __slots__ = ("file", "options", "priority", "requester", "state")
+
+    def __init__(
+        self, requester: Requester, file: JobFile, state: UploadState, options: RequestOptions, priority: int
+    ) -> None:
+        self.requester, self.file, self.state = requester, file, state
+        self.options, self.priority = options, priority
+
+    @property
+    def url(self) -> str:
+        return packet_url(self.file.remote_url, self.state.host_id)
+
+    async def send(self, packet: Packet, fd: int = -1) -> Ack:
+        """``packet`` as BITS_POST; its Ack (the body read and dropped)."""
+        headers = dict(self.options.headers)
+        headers["BITS-Packet-Type"] = packet.kind.value
+        if packet.kind is Kind.CREATE_SESSION:
+            headers["BITS-Supported-Protocols"] = PROTOCOL
+        elif packet.kind is not Kind.PING and self.state.session_id is not None:
+            headers["BITS-Session-Id"] = self.state.session_id
+        body = None
+        if packet.kind is Kind.FRAGMENT:
+            headers["Content-Name"] = content_name(self.file.local_file)
+            headers["Content-Range"] = packet.content_range
+            throttle = self.requester.transport.throttle
+            body = RequestBody(
+                fd=fd, offset=packet.start, length=packet.length, throttle=throttle, priority=self.priority
+            )
+        try:
+            async with self.requester.send(self.url, headers, method="BITS_POST", body=body) as resp:
+                read = 0
+                while read <= MAX_ACK_BODY_BYTES:
+                    chunk = await resp.content.read(16 * 1024)
+                    if not chunk:
+                        break
+                    read += len(chunk)
+                return Ack(resp.status, resp.reason or "", resp.headers)
+        except NETWORK_EXCEPTIONS as e:
+            raise network_error(e, self.file.remote_url) from e
+
+
+class Uploader:
+    """Runs upload jobs over the ``downloader``'s transport (its client, routes, TLS
+    contexts, throttle, owners), and fetches replies with it."""
+
+    def __init__(self, downloader: Downloader) -> None:
+        self.downloader = downloader
+
+    @property
+    def transport(self) -> Transport:
+        return self.downloader.transport
+
+    async def upload(
+        self,
+        file: JobFile,
+        state: UploadState,
+        owner: Owner,
+        progress: UploadProgress,
+        priority: int = 2,
+        options: RequestOptions | None = None,
+        reply: Reply | None = None,
+    ) -> None:
+        """Bring the upload of ``file`` (the source ``local_file`` to ``remote_url``) to its
+        end: every byte acknowledged, the reply fetched (``reply``: an upload-reply job),
+        the session closed (``state.closed``)."""
+        options = options or RequestOptions()
+        session = _Session(Requester(self.transport, options, owner), file, state, options, priority)
+        source = [-1]  # (opened at the first Fragment: a run that only closes needs no source)
+        try:
+            await self._run(session, source, owner, progress, reply)
+        finally:
+            if source[0] >= 0:
+                os.close(source[0])
+
+    async def _run(
+        self,
+        session: _Session,
+        source: list[int],
+        owner: Owner,
+        progress: UploadProgress,
+        reply: Reply | None,
+    ) -> None:
+        file, state = session.file, session.state
+        total, offset = state.source_size, file.bytes_transferred  # (the file's is the caller's)
+        sizer = FragmentSizer()
+        pinged = connected = False
+        new_sessions = stalled = 0
+        while True:
+            packet = next_packet(state, offset, total, sizer.bytes, pinged=pinged, reply=reply is not None)
+            if packet.kind is Kind.DONE:
+                return
+            if packet.kind is Kind.FETCH_REPLY:
+                assert reply is not None
+                await self._fetch_reply(session, owner, reply, progress)
+                continue
+            if packet.kind is Kind.FRAGMENT:
+                if source[0] < 0:
+                    source[0] = await self._open_source(file.local_file, owner, state)
+                _check_source(source[0], state)
+            url, began = session.url, time.monotonic()
+            if packet.kind is Kind.CLOSE_SESSION:
+                outcome = await self._close(session)
+            else:
+                ack = await session.send(packet, source[0])
+                outcome = interpret(packet, ack, url, reply=reply is not None)
+            if not connected:
+                connected = True
+                progress.connected()
+            if isinstance(outcome, Opened):
+                state.session_id, state.host_id = outcome.session_id, outcome.host_id
+                offset = 0
+                progress.saved(0, urgent=True)
+            elif isinstance(outcome, NewSession):
+                new_sessions += 1
+                if new_sessions > MAX_NEW_SESSIONS:
+                    raise invalid_response("the server keeps forgetting the upload's sessions")
+                _forget_session(state)
+                offset = 0
+                progress.saved(0, urgent=True)
+            elif isinstance(outcome, Shrink):
+                if not sizer.refused(packet.length):
+                    raise outcome.error
+            elif packet.kind is Kind.PING:
+                pinged = True
+            elif packet.kind is Kind.CLOSE_SESSION:
+                state.closed = True
+                progress.saved(offset, urgent=True)
+            elif packet.kind is Kind.FRAGMENT and outcome.offset is not None:
+                stalled = stalled + 1 if outcome.offset <= packet.start else 0
+                if stalled >= MAX_STALLED_ACKS:
+                    raise invalid_response(f"the server keeps acknowledging {outcome.offset} bytes")
+                offset = _acknowledged(packet, outcome, state, progress)
+                sizer.acknowledged(offset - packet.start, time.monotonic() - began)
+
+    @staticmethod
+    async def _close(session: _Session) -> Advance | Shrink | NewSession | Opened:
+        """Close-Session, sent again (a few times, a moment apart) while the server fails
+        with a 5xx or the connection breaks (BG_E_SESSION_NOT_FOUND is not sent again: a
+        new session); then the failure is the job's, transient: its next run closes."""
+        packet = Packet(Kind.CLOSE_SESSION)
+        for attempt in range(1, CLOSE_ATTEMPTS + 1):
+            try:
+                return interpret(packet, await session.send(packet), session.url, reply=False)
+            except BitsError as e:
+                if not e.transient or attempt == CLOSE_ATTEMPTS:
+                    raise
+            await asyncio.sleep(CLOSE_RESEND_DELAY_S * attempt)
+        raise AssertionError("unreachable")
+
+    async def _fetch_reply(
+        self, session: _Session, owner: Owner, reply: Reply, progress: UploadProgress
+    ) -> None:
+        """GET the reply (BITS-Reply-URL) into its temporary file, as a download, from 0."""
+        url = session.state.reply_url
+        if not url:
+            raise invalid_response("the upload has no BITS-Reply-URL to fetch the reply from")
+        reply_file = JobFile(url, reply.file_name, temp_name=reply.temp_name)
+        fetched = await self.downloader.download(
+            reply_file, owner, reply.progress, session.priority, session.options
+        )
+        session.state.reply_done = True
+        progress.reply_done(fetched.size)
+
+    async def _open_source(self, path: str, owner: Owner, state: UploadState) -> int:
+        """The source, opened read-only with the owner's rights (off the loop), checked."""
+        owners = self.transport.owners
+        try:
+            fd, _ = await opened_off_loop(lambda: (fs.open_as_owner(owners, path, owner.uid, owner.gid), 0))
+        except BitsError as e:
+            e.context = ErrorContext.LOCAL_FILE  # (the upload's source is the local file)
+            raise
+        try:
+            _check_source(fd, state)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    async def cancel_session(
+        self, file: JobFile, state: UploadState, owner: Owner, options: RequestOptions
+    ) -> None:
+        """Cancel-Session of the job's open session (the caller bounds it in time); a
+        failure is raised (BitsError) for the caller to log."""
+        if state.session_id is None:
+            return
+        session = _Session(Requester(self.transport, options, owner), file, state, options, 0)
+        packet = Packet(Kind.CANCEL_SESSION)
+        interpret(packet, await session.send(packet), session.url, reply=False)
+
+
+def _check_source(fd: int, state: UploadState) -> None:
+    """The source is still as AddFile found it (size and mtime), else
+    BG_E_LOCAL_FILE_CHANGED (context LOCAL_FILE): the server would get a mix."""
+    with fs.translating("cannot read the upload's source"):
+        st = os.fstat(fd)
+    if st.st_size != state.source_size or st.st_mtime_ns != state.source_mtime_ns:
+        raise LocalFileError(
+            "the source file changed during the upload", hresult=HResult.BG_E_LOCAL_FILE_CHANGED
+        )
+
+
+def _acknowledged(packet: Packet, outcome: Advance, state: UploadState, progress: UploadProgress) -> int:
+    """A Fragment's Ack moved the offset: reported (at once after the last byte)."""
+    assert outcome.offset is not None
+    last = outcome.offset == packet.total
+    if last:
+        state.fragments_done = True
+        state.reply_url = outcome.reply_url
+    progress.saved(outcome.offset, urgent=last)
+    return outcome.offset
+
+
+def _forget_session(state: UploadState) -> None:
+    """The server forgot the session: a new one, from byte 0."""
+    state.session_id = state.host_id = state.reply_url = None
+    state.fragments_done = state.reply_done = state.closed = False

@@ -1,0 +1,66 @@
+"""h1 requests with a method and a body (``H1Client.request``, ``h1send.RequestBody``): the
+body read from a file as it is sent, and an answer that comes before the whole body (a
+server that refuses it without reading it) read at once, the connection not reused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from openbits.transfer.h1 import H1Client, RequestBody
+from tests.support.rawserver import raw_server
+
+
+async def test_a_body_from_a_file_is_sent_after_the_head(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    (tmp_path / "f").write_bytes(data)
+    received: list[bytes] = []
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        received.append(head)
+        received.append(await reader.readexactly(len(data) - 5))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    h1 = H1Client(connect_timeout_s=5, read_timeout_s=5)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        body = RequestBody(fd=fd, offset=5, length=len(data) - 5)
+        async with h1.request("BITS_POST", f"http://127.0.0.1:{port}/x", {"A": "b"}, body) as resp:
+            assert resp.status == 200 and await resp.content.read() == b"ok"
+    finally:
+        os.close(fd)
+        await h1.close()
+        server.close()
+    assert received[0].startswith(b"BITS_POST /x HTTP/1.1\r\n")
+    assert f"Content-Length: {len(data) - 5}\r\n".encode() in received[0]
+    assert received[1] == data[5:]
+
+
+async def test_an_answer_before_the_whole_body_is_read_at_once() -> None:
+    """The server answers 413 to the head and reads nothing more: the client stops sending
+    (it would wait for ever on a full socket buffer) and reads the answer."""
+    done = asyncio.Event()
+
+    async def respond(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await done.wait()
+
+    async with raw_server(respond) as url:
+        h1 = H1Client(connect_timeout_s=5, read_timeout_s=5)
+        try:
+            body = RequestBody(b"x" * (64 * 1024 * 1024))
+            async with asyncio.timeout(20):
+                async with h1.request("BITS_POST", f"{url}/x", {}, body) as resp:
+                    assert resp.status == 413
+                    assert not resp.keep_alive
+            assert body.sent < body.length
+        finally:
+            done.set()
+            await h1.close()
