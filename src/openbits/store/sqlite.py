@@ -8,30 +8,32 @@ progress is checkpointed at most once a second per running job, never per chunk.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from openbits.errors import StoreFull, StoreWriteFailed
 from openbits.model import (
-    CertStoreLocation,
-    ClientCertificate,
-    ErrorContext,
     Job,
-    JobError,
     JobFile,
-    JobPriority,
     JobState,
-    JobType,
-    ProxyUsage,
-    UploadState,
 )
 from openbits.store import RECOVERY_HINT, StoreDamaged, StoreError
-from openbits.store.secrets import Keyring, headers_label, key_path_for, open_job, seal_job
+from openbits.store.rows import (
+    FILE_COLUMNS,
+    INSERT_FILE,
+    JOB_COLUMN_COUNT,
+    JOB_COLUMN_NAMES,
+    JOB_COLUMNS,
+    UPDATE_FILE,
+    file_from_row,
+    file_insert_row,
+    file_update_row,
+    job_from_row,
+    job_row,
+)
+from openbits.store.secrets import Keyring, headers_label, key_path_for
 
 #: Migration n brings a database from user_version n to n + 1.  Never edit one
 #: that has shipped; append a new one (tests/unit/test_store_sqlite.py records the digest
@@ -161,24 +163,6 @@ _EVENT_COLUMNS = "id, owner, owner_uid, job_id, type, data, created_ns"
 TokenRow = tuple[str, str, int, str, int, str, int]
 _TOKEN_COLUMNS = "token_id, digest, uid, description, created_ns, scope, expires_ns"
 
-_JOB_COLUMNS = (
-    "job_id, seq, owner, owner_uid, display_name, description, job_type, priority, state, "
-    "minimum_retry_delay_s, no_progress_timeout_s, notify_flags, created_ns, modified_ns, "
-    "transferred_ns, finished_ns, transient_error_count, error_hresult, error_context, "
-    "error_message, error_file_index, retry_at_ns, no_progress_since_ns, "
-    "maximum_download_time_s, download_time_ns, custom_headers, security_flags, "
-    "notify_program, notify_parameters, notify_url, notify_due_ns, custom_headers_write_only, "
-    "custom_headers_sealed, credentials, proxy_usage, proxy_list, proxy_bypass_list, "
-    "proxy_environment_sealed, client_certificate, reply_file_name, reply_bytes_total, "
-    "reply_bytes_transferred, upload_state"
-)
-_JOB_COLUMN_COUNT = len(_JOB_COLUMNS.split(","))
-_FILE_COLUMNS = (
-    "file_id, job_id, position, remote_url, local_file, bytes_total, bytes_transferred, "
-    "completed, temp_name, etag, last_modified, published, ranges, range_support, response_headers"
-)
-
-
 _FINAL = f"({int(JobState.ACKNOWLEDGED)}, {int(JobState.CANCELLED)})"  # the finished states
 
 
@@ -299,25 +283,25 @@ class SqliteStore:
 
     def load_jobs(self) -> list[Job]:
         jobs: dict[str, Job] = {}
-        for row in self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq"):
-            job = _job_from_row(row, self.keyring)
+        for row in self._db.execute(f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq"):
+            job = job_from_row(row, self.keyring)
             jobs[job.job_id] = job
-        for row in self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY job_id, position"):
+        for row in self._db.execute(f"SELECT {FILE_COLUMNS} FROM files ORDER BY job_id, position"):
             owner = jobs.get(row[1])
             if owner is not None:
-                owner.files.append(_file_from_row(row))
+                owner.files.append(file_from_row(row))
         return list(jobs.values())
 
     def load_job(self, job_id: str) -> Job | None:
         """One job and its files (a finished job lives only here: the service forgets it)."""
-        row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        row = self._db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             return None
-        job = _job_from_row(row, self.keyring)
+        job = job_from_row(row, self.keyring)
         job.files = [
-            _file_from_row(r)
+            file_from_row(r)
             for r in self._db.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = ? ORDER BY position", (job_id,)
+                f"SELECT {FILE_COLUMNS} FROM files WHERE job_id = ? ORDER BY position", (job_id,)
             )
         ]
         return job
@@ -355,8 +339,8 @@ class SqliteStore:
         job.seq = self._seq
         with self._transaction() as db:
             db.execute(
-                f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * _JOB_COLUMN_COUNT)})",
-                _job_row(job, self._seq, self.keyring),
+                f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * JOB_COLUMN_COUNT)})",
+                job_row(job, self._seq, self.keyring),
             )
             for position, f in enumerate(job.files):
                 self._insert_file(db, job.job_id, position, f)
@@ -367,7 +351,7 @@ class SqliteStore:
         first = len(job.files) - len(files)  # they are the last ones
         with self._transaction() as db:
             db.executemany(
-                _INSERT_FILE, [_file_insert_row(job.job_id, first + i, f) for i, f in enumerate(files)]
+                INSERT_FILE, [file_insert_row(job.job_id, first + i, f) for i, f in enumerate(files)]
             )
             ids = dict(
                 db.execute(
@@ -382,11 +366,11 @@ class SqliteStore:
     def save_job(self, job: Job, files: Iterable[JobFile] = ()) -> None:
         with self._transaction() as db:
             self._update_job(db, job)
-            db.executemany(_UPDATE_FILE, [_file_update_row(f) for f in files])
+            db.executemany(UPDATE_FILE, [file_update_row(f) for f in files])
 
     def save_files(self, job: Job, files: Iterable[JobFile]) -> None:
         with self._transaction() as db:
-            db.executemany(_UPDATE_FILE, [_file_update_row(f) for f in files])
+            db.executemany(UPDATE_FILE, [file_update_row(f) for f in files])
 
     def delete_jobs(self, job_ids: Iterable[str]) -> None:
         with self._transaction() as db:
@@ -487,250 +471,10 @@ class SqliteStore:
 
     @staticmethod
     def _insert_file(db: sqlite3.Connection, job_id: str, position: int, f: JobFile) -> None:
-        cur = db.execute(_INSERT_FILE, _file_insert_row(job_id, position, f))
+        cur = db.execute(INSERT_FILE, file_insert_row(job_id, position, f))
         f.file_id = cur.lastrowid
 
     def _update_job(self, db: sqlite3.Connection, job: Job) -> None:
-        row = _job_row(job, 0, self.keyring)
-        assignments = ", ".join(f"{c.strip()}=?" for c in _JOB_COLUMNS.split(",")[2:])
+        row = job_row(job, 0, self.keyring)
+        assignments = ", ".join(f"{c}=?" for c in JOB_COLUMN_NAMES[2:])
         db.execute(f"UPDATE jobs SET {assignments} WHERE job_id=?", (*row[2:], job.job_id))
-
-
-_INSERT_FILE = (
-    "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, "
-    "bytes_transferred, completed, temp_name, etag, last_modified, published, ranges, "
-    "range_support, response_headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def _file_state(f: JobFile) -> tuple[object, ...]:
-    """The columns both an insert and an update write, from remote_url to published."""
-    return (
-        f.remote_url,
-        f.local_file,
-        f.bytes_total,
-        f.bytes_transferred,
-        int(f.completed),
-        f.temp_name,
-        f.etag,
-        f.last_modified,
-        int(f.published),
-    )
-
-
-def _range_support(f: JobFile) -> int | None:
-    return None if f.range_support is None else int(f.range_support)
-
-
-def _file_insert_row(job_id: str, position: int, f: JobFile) -> tuple[object, ...]:
-    ranges = None if f.ranges is None else json.dumps(f.ranges)
-    return (job_id, position, *_file_state(f), ranges, _range_support(f), f.response_headers)
-
-
-_UPDATE_FILE = (
-    "UPDATE files SET remote_url=?, local_file=?, bytes_total=?, bytes_transferred=?, "
-    "completed=?, temp_name=?, etag=?, last_modified=?, published=?, range_support=?, "
-    "response_headers=? WHERE file_id=?"
-)
-
-
-def _file_update_row(f: JobFile) -> tuple[object, ...]:
-    return (*_file_state(f), _range_support(f), f.response_headers, f.file_id)
-
-
-def _job_row(job: Job, seq: int, keyring: Keyring) -> tuple[object, ...]:
-    err = job.error
-    headers, credentials, environment = seal_job(keyring, job)
-    cert = job.client_certificate
-    return (
-        job.job_id,
-        seq,
-        job.owner,
-        job.owner_uid,
-        job.display_name,
-        job.description,
-        int(job.job_type),
-        int(job.priority),
-        int(job.state),
-        job.minimum_retry_delay_s,
-        job.no_progress_timeout_s,
-        job.notify_flags,
-        job.created_ns,
-        job.modified_ns,
-        job.transferred_ns,
-        job.finished_ns,
-        job.transient_error_count,
-        err.hresult if err else None,
-        int(err.context) if err else None,
-        err.message if err else None,
-        err.file_index if err else None,
-        job.retry_at_ns,
-        job.no_progress_since_ns,
-        job.maximum_download_time_s,
-        job.download_time_ns,
-        None,  # custom_headers: sealed since migration 10
-        job.security_flags,
-        job.notify_program,
-        job.notify_parameters,
-        job.notify_url,
-        job.notify_due_ns,
-        int(job.custom_headers_write_only),
-        headers,
-        credentials,
-        int(job.proxy_usage),
-        job.proxy_list,
-        job.proxy_bypass_list,
-        environment,
-        None if cert is None else json.dumps(cert.to_cim()),
-        job.reply_file_name,
-        job.reply_bytes_total,
-        job.reply_bytes_transferred,
-        None if job.upload is None else json.dumps(dataclasses.asdict(job.upload)),
-    )
-
-
-def _job_from_row(row: tuple[Any, ...], keyring: Keyring) -> Job:
-    (
-        job_id,
-        seq,
-        owner,
-        owner_uid,
-        display_name,
-        description,
-        job_type,
-        priority,
-        state,
-        retry_delay,
-        no_progress,
-        notify_flags,
-        created,
-        modified,
-        transferred,
-        finished,
-        transient_count,
-        err_hr,
-        err_ctx,
-        err_msg,
-        err_file,
-        retry_at,
-        no_progress_since,
-        maximum_download_time,
-        download_time,
-        custom_headers,
-        security_flags,
-        notify_program,
-        notify_parameters,
-        notify_url,
-        notify_due_ns,
-        custom_headers_write_only,
-        custom_headers_sealed,
-        credentials,
-        proxy_usage,
-        proxy_list,
-        proxy_bypass_list,
-        proxy_environment_sealed,
-        client_certificate,
-        reply_file_name,
-        reply_bytes_total,
-        reply_bytes_transferred,
-        upload_state,
-    ) = row
-    error = None
-    if err_hr is not None:
-        error = JobError(
-            int(err_hr),
-            ErrorContext(err_ctx),
-            str(err_msg or ""),
-            None if err_file is None else int(err_file),
-        )
-    job = Job(
-        job_id=str(job_id),
-        owner=str(owner),
-        owner_uid=int(owner_uid),
-        display_name=str(display_name),
-        description=str(description),
-        job_type=JobType(job_type),
-        priority=JobPriority(priority),
-        state=JobState(state),
-        minimum_retry_delay_s=int(retry_delay),
-        no_progress_timeout_s=int(no_progress),
-        notify_flags=int(notify_flags),
-        created_ns=int(created),
-        modified_ns=int(modified),
-        transferred_ns=int(transferred),
-        finished_ns=int(finished),
-        transient_error_count=int(transient_count),
-        error=error,
-        retry_at_ns=int(retry_at),
-        no_progress_since_ns=int(no_progress_since),
-        seq=int(seq),
-        maximum_download_time_s=int(maximum_download_time),
-        download_time_ns=int(download_time),
-        # (clear text only in a store before migration 10, until _seal_legacy runs)
-        custom_headers=None if custom_headers is None else str(custom_headers),
-        security_flags=int(security_flags),
-        notify_program=None if notify_program is None else str(notify_program),
-        notify_parameters=None if notify_parameters is None else str(notify_parameters),
-        notify_url=None if notify_url is None else str(notify_url),
-        notify_due_ns=int(notify_due_ns),
-        custom_headers_write_only=bool(custom_headers_write_only),
-        proxy_usage=ProxyUsage(proxy_usage),
-        proxy_list=None if proxy_list is None else str(proxy_list),
-        proxy_bypass_list=None if proxy_bypass_list is None else str(proxy_bypass_list),
-        client_certificate=None if client_certificate is None else _certificate(str(client_certificate)),
-        reply_file_name=None if reply_file_name is None else str(reply_file_name),
-        reply_bytes_total=None if reply_bytes_total is None else int(reply_bytes_total),
-        reply_bytes_transferred=int(reply_bytes_transferred),
-        upload=None if upload_state is None else _upload_state(str(upload_state)),
-    )
-    open_job(keyring, job, custom_headers_sealed, credentials, proxy_environment_sealed)
-    return job
-
-
-def _certificate(text: str) -> ClientCertificate:
-    cim = json.loads(text)
-    return ClientCertificate(
-        CertStoreLocation(cim["CertStoreLocation"]), cim["StoreName"], cim["CertHash"], cim["SubjectName"]
-    )
-
-
-def _upload_state(text: str) -> UploadState:
-    """An UploadState from its JSON; keys this version does not know are ignored (a later
-    version may add some) and those missing take their defaults."""
-    known = {f.name for f in dataclasses.fields(UploadState)}
-    return UploadState(**{k: v for k, v in json.loads(text).items() if k in known})
-
-
-def _file_from_row(row: tuple[Any, ...]) -> JobFile:
-    (
-        file_id,
-        _job,
-        _pos,
-        remote,
-        local,
-        total,
-        done,
-        completed,
-        temp,
-        etag,
-        lm,
-        published,
-        ranges,
-        rs,
-        rh,
-    ) = row
-    return JobFile(
-        remote_url=str(remote),
-        local_file=str(local),
-        bytes_total=None if total is None else int(total),
-        bytes_transferred=int(done),
-        completed=bool(completed),
-        temp_name=None if temp is None else str(temp),
-        etag=None if etag is None else str(etag),
-        last_modified=None if lm is None else str(lm),
-        published=bool(published),
-        file_id=int(file_id),
-        ranges=None if ranges is None else [(int(o), int(n)) for o, n in json.loads(ranges)],
-        range_support=None if rs is None else bool(rs),
-        response_headers=None if rh is None else str(rh),
-    )
