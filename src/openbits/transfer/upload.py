@@ -61,6 +61,9 @@ MAX_STALLED_ACKS = 4
 #: n-th resend n times this long after the one before (as Windows resends it at a 5xx)
 CLOSE_ATTEMPTS = 3
 CLOSE_RESEND_DELAY_S = 0.5
+#: the packets that carry Content-Name (the source's base name): Windows names the file on
+#: Create-Session, every Fragment and Close-Session
+_NAMED = frozenset({Kind.CREATE_SESSION, Kind.FRAGMENT, Kind.CLOSE_SESSION})
 
 
 class UploadProgress(Protocol):
@@ -128,9 +131,10 @@ class _Session:
             headers["BITS-Supported-Protocols"] = PROTOCOL
         elif packet.kind is not Kind.PING and self.state.session_id is not None:
             headers["BITS-Session-Id"] = self.state.session_id
+        if packet.kind in _NAMED:  # (as Windows sends it: [MC-BUP] §4.1)
+            headers["Content-Name"] = content_name(self.file.local_file)
         body = None
         if packet.kind is Kind.FRAGMENT:
-            headers["Content-Name"] = content_name(self.file.local_file)
             headers["Content-Range"] = packet.content_range
             throttle = self.requester.transport.throttle
             body = RequestBody(
