@@ -64,3 +64,40 @@ async def test_an_answer_before_the_whole_body_is_read_at_once() -> None:
         finally:
             done.set()
             await h1.close()
+
+
+async def test_an_empty_early_answer_does_not_hand_the_connection_back() -> None:
+    """An answer with an empty body (every BITS Ack: a 416 to a fragment off the server's
+    offset) that came before the body was sent: the next request goes on a new connection,
+    never after a body cut short (the server would read its head as the old body's rest)."""
+    connections: list[bytes] = []
+    done = asyncio.Event()
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        connections.append(head)
+        if len(connections) == 1:
+            writer.write(b"HTTP/1.1 416 Off\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            await done.wait()  # (reads nothing more: the body is never taken)
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    h1 = H1Client(connect_timeout_s=5, read_timeout_s=5)
+    try:
+        async with asyncio.timeout(20):
+            body = RequestBody(b"x" * (64 * 1024 * 1024))
+            async with h1.request("BITS_POST", f"http://127.0.0.1:{port}/a", {}, body) as resp:
+                assert resp.status == 416 and await resp.content.read() == b""
+            assert body.sent < body.length
+            async with h1.request("BITS_POST", f"http://127.0.0.1:{port}/b", {}, RequestBody(b"y")) as resp:
+                assert resp.status == 200 and await resp.content.read() == b"ok"
+    finally:
+        done.set()
+        await h1.close()
+        server.close()
+    assert len(connections) == 2 and connections[1].startswith(b"BITS_POST /b ")

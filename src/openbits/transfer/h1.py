@@ -377,12 +377,14 @@ class H1Client(Wire):
                 if extra:
                     await self.send(conn, b"".join(extra))
                 early = body is not None and await body.send(self, conn)
-                response = await read_response(self, conn, url)
-                if response is not None and (early or (body is not None and response.status in (401, 407))):
-                    # the rest of the body was not sent; or a challenge to a request with a
-                    # body, which a proxy may not have read to its end: the next leg goes on
-                    # a new connection
-                    response.keep_alive = False
+
+                def reusable(status: int, early: bool = early) -> bool:
+                    # not when the rest of the body was not sent; nor after a challenge to a
+                    # request with a body, which a proxy may not have read to its end: the
+                    # next leg goes on a new connection
+                    return not (early or (body is not None and status in (401, 407)))
+
+                response = await read_response(self, conn, url, reusable=reusable)
             except (ClosedEarly, TimeoutError) as e:
                 conn.close()
                 if sent:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Callable
 
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -203,10 +204,15 @@ class Response:
             self._client.release(self._conn, reusable=False)
 
 
-async def read_response(client: Wire, conn: Conn, url: str, *, held: bool = False) -> Response | None:
+async def read_response(
+    client: Wire, conn: Conn, url: str, *, held: bool = False, reusable: Callable[[int], bool] | None = None
+) -> Response | None:
     """The next response on ``conn`` to a request for ``url`` (None if the connection closed
     before any byte of it).  ``held``: the connection stays with the caller (an exchange
-    that sends its next leg on it), never handed back when the body ends."""
+    that sends its next leg on it), never handed back when the body ends.  ``reusable``:
+    whether, given the status, the request left the connection fit for another one (not
+    when its body was cut short); decided before the body, for an empty body is done (and
+    its connection handed back) at once."""
     while True:
         head = await client.read_head(conn)
         if head is None:
@@ -222,6 +228,8 @@ async def read_response(client: Wire, conn: Conn, url: str, *, held: bool = Fals
     mode, length = framing(status, headers, head_request=False)
     connection = headers.get("Connection", "").lower()
     response.keep_alive = http11 and mode != "close" and "close" not in connection
+    if reusable is not None and not reusable(status):
+        response.keep_alive = False
     response._length = length if mode == "length" else None
     response.content = Body(client, conn, mode, length, response)
     return response
