@@ -373,6 +373,8 @@ JOB_KEYS = {
     "ProxyList",
     "ProxyBypassList",
     "ClientCertificate",
+    "ReplyFileName",
+    "ReplyProgress",
 }
 UINT_KEYS = JOB_KEYS - {
     "JobId",
@@ -387,6 +389,8 @@ UINT_KEYS = JOB_KEYS - {
     "ProxyList",
     "ProxyBypassList",
     "ClientCertificate",
+    "ReplyFileName",
+    "ReplyProgress",
 }
 
 
