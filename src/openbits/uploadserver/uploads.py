@@ -23,6 +23,9 @@ from openbits.uploadserver.config import DirSettings, ServerSettings
 from openbits.uploadserver.protocol import HTTP_ERROR_BASE, Range, UploadFailure, invalid, session_not_found
 from openbits.uploadserver.sessions import CLOSED, COMPLETE, OPEN, Session, SessionStore
 
+#: a fragment's bytes are handed to the disk in pieces this long as they arrive
+WRITEBACK_BYTES = 8 * 1024 * 1024
+
 log = logging.getLogger("openbits.uploadserver")
 
 
@@ -150,7 +153,7 @@ class Uploads:
         finally:
             os.close(dir_fd)
         try:
-            position = rng.first
+            position = unflushed = rng.first
             end = rng.last + 1
             async for chunk in body:
                 if position + len(chunk) > end:
@@ -160,6 +163,11 @@ class Uploads:
                     done = os.pwrite(fd, view, position)
                     position += done
                     view = view[done:]
+                if position - unflushed >= WRITEBACK_BYTES:
+                    # start the disk writing what came so far while the rest arrives: the
+                    # fdatasync before the Ack then waits for the tail only
+                    os.posix_fadvise(fd, unflushed, position - unflushed, os.POSIX_FADV_DONTNEED)
+                    unflushed = position
             if position != end:
                 raise invalid("the body ended before Content-Range's end")
             await asyncio.to_thread(os.fdatasync, fd)
