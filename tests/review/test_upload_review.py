@@ -1,0 +1,229 @@
+"""Review of issue 14's upload code (helper R): each test shows one bug found in review.
+
+They are marked ``xfail(strict=True)``: they fail today and must be turned into ordinary
+tests by the fix (the strict mark then reports them as XPASS → failure, as a reminder).
+The upload server runs in-process (``make_app``), its notification application too, on
+127.0.0.1; the client is the real ``transfer.upload.Uploader``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web, web_protocol
+
+from openbits.errors import BitsError
+from openbits.model import ErrorContext, JobFile, UploadState
+from openbits.transfer import files as fs
+from openbits.transfer.download import Owner, RequestOptions
+from openbits.transfer.upload import Reply, Uploader
+from openbits.uploadserver import ServerSettings, make_app
+from tests.support.bitsserver import UploadRecorder, uploader_client
+from tests.support.bitsupload import PROTOCOL
+from tests.support.process import free_ports
+from tests.support.rawserver import RecordingProgress
+
+HOST = "127.0.0.1"
+MiB = 1024 * 1024
+OWNER = Owner(os.geteuid(), os.getegid())
+
+
+@pytest.fixture(autouse=True)
+def _restore_aiohttp_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the app switches this process's aiohttp to its Python parser: undo it after."""
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", web_protocol.HttpRequestParser)
+
+
+class Application:
+    """A server application (by value) that records the POSTs it gets."""
+
+    def __init__(self) -> None:
+        self.posts: list[bytes] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.posts.append(body)
+        return web.Response(body=b"reply of " + str(len(body)).encode())
+
+
+async def _serve(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, HOST, port).start()
+    return runner
+
+
+async def _post(
+    http: aiohttp.ClientSession, url: str, packet: str, body: bytes = b"", **headers: str
+) -> aiohttp.ClientResponse:
+    sent = {"BITS-Packet-Type": packet, **{k.replace("_", "-"): v for k, v in headers.items()}}
+    async with http.request("BITS_POST", url, headers=sent, data=body) as response:
+        await response.read()
+        return response
+
+
+@pytest.fixture
+async def uploader() -> AsyncIterator[Uploader]:
+    async with uploader_client(read_timeout_s=5) as u:
+        yield u
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: SSRF: a relative notification_url resolves against the client's Host header "
+    "(uploads._finish → notify.notification_target(url, _public_url(request))), so any client "
+    "makes the server POST the upload (or, by reference, server paths) to a host:port it chooses",
+)
+async def test_a_relative_notification_url_never_goes_to_the_clients_host_header(tmp_path: Path) -> None:
+    server_port, app_port, attacker_port = free_ports(3)
+    real, attacker = Application(), Application()
+    runners = []
+    for application, port in ((real, app_port), (attacker, attacker_port)):
+        backend = web.Application()
+        backend.router.add_post("/{tail:.*}", application.handle)
+        runners.append(await _serve(backend, port))
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    # the administrator's relative URL: "the application beside the upload" (bits-spec §6.4)
+    settings = ServerSettings.from_mapping(
+        str(root),
+        str(tmp_path / "state"),
+        {"directories": {"in": {"notification_type": "by-value", "notification_url": "notify"}}},
+    )
+    runners.append(await _serve(make_app(settings), server_port))
+    try:
+        url = f"http://{HOST}:{server_port}/in/doc.bin"
+        evil_host = {"Host": f"{HOST}:{attacker_port}"}  # what any client may send
+        async with aiohttp.ClientSession() as http:
+            created = await _post(
+                http, url, "Create-Session", BITS_Supported_Protocols=PROTOCOL, **evil_host
+            )
+            session = created.headers["BITS-Session-Id"]
+            await _post(
+                http,
+                url,
+                "Fragment",
+                b"secret",
+                BITS_Session_Id=session,
+                Content_Range="bytes 0-5/6",
+                **evil_host,
+            )
+        assert attacker.posts == []  # the upload never leaves for the client's chosen host
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: upload-reply resumed from a stored offset older than the server's (SIGKILL "
+    "between checkpoints) gets a 416 to the total; uploadflow.interpret turns it into "
+    "fragments_done with no reply URL (upload._acknowledged), stored urgently, and every later "
+    "run fails 'no BITS-Reply-URL' instead of resending the last fragment to get it",
+)
+async def test_upload_reply_resumed_behind_the_server_still_fetches_the_reply(
+    uploader: Uploader, tmp_path: Path
+) -> None:
+    server_port, app_port = free_ports(2)
+    application = Application()
+    backend = web.Application(client_max_size=16 * MiB)
+    backend.router.add_post("/notify", application.handle)
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    settings = ServerSettings.from_mapping(
+        str(root),
+        str(tmp_path / "state"),
+        {
+            "directories": {
+                "in": {
+                    "notification_type": "by-value",
+                    "notification_url": f"http://{HOST}:{app_port}/notify",
+                }
+            }
+        },
+    )
+    runners = [await _serve(backend, app_port), await _serve(make_app(settings), server_port)]
+    try:
+        data = os.urandom(3 * MiB // 2)  # longer than the first fragment the client sends
+        path = tmp_path / "src.bin"
+        path.write_bytes(data)
+        st = path.stat()
+        url = f"http://{HOST}:{server_port}/in/doc.bin"
+        # a previous run: the session made and every byte acknowledged by the server, but the
+        # daemon was killed before its (once a second) checkpoint stored the last offsets
+        async with aiohttp.ClientSession() as http:
+            created = await _post(http, url, "Create-Session", BITS_Supported_Protocols=PROTOCOL)
+            session = created.headers["BITS-Session-Id"]
+            half = len(data) // 2
+            for first, last in ((0, half - 1), (half, len(data) - 1)):
+                acked = await _post(
+                    http,
+                    url,
+                    "Fragment",
+                    data[first : last + 1],
+                    BITS_Session_Id=session,
+                    Content_Range=f"bytes {first}-{last}/{len(data)}",
+                )
+                assert acked.status == 200
+        state = UploadState(source_size=st.st_size, source_mtime_ns=st.st_mtime_ns, session_id=session)
+        file = JobFile(url, str(path), bytes_total=len(data))  # stored offset: 0
+        reply_name = str(tmp_path / "job.reply")
+        temp = fs.reply_temp_name("job")
+        reply = Reply(reply_name, temp, RecordingProgress())
+        await uploader.upload(
+            file, state, OWNER, UploadRecorder(file), 2, RequestOptions(job_id="j"), reply
+        )
+        assert state.closed and state.reply_done
+        assert (tmp_path / temp).read_bytes() == f"reply of {len(data)}".encode()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an application's 413 (or 416) is forwarded as the fragment Ack's own status "
+    "(notify._check), and the client reads a 413 with context 0x7 as 'fragment too long' "
+    "(uploadflow.interpret → Shrink): it shrinks, gets a 416 to the total and fails with "
+    "BG_E_INVALID_SERVER_RESPONSE instead of the application's error (REMOTE_APPLICATION)",
+)
+async def test_an_applications_413_is_the_jobs_remote_application_error(
+    uploader: Uploader, tmp_path: Path
+) -> None:
+    server_port, app_port = free_ports(2)
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=413)  # the application's own limit
+
+    backend = web.Application(client_max_size=16 * MiB)
+    backend.router.add_post("/notify", refuse)
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    notify = {"notification_type": "by-value", "notification_url": f"http://{HOST}:{app_port}/notify"}
+    settings = ServerSettings.from_mapping(str(root), str(tmp_path / "state"), {"directories": {"in": notify}})
+    runners = [await _serve(backend, app_port), await _serve(make_app(settings), server_port)]
+    try:
+        data = os.urandom(100_000)
+        path = tmp_path / "src.bin"
+        path.write_bytes(data)
+        st = path.stat()
+        state = UploadState(source_size=st.st_size, source_mtime_ns=st.st_mtime_ns)
+        file = JobFile(f"http://{HOST}:{server_port}/in/doc.bin", str(path), bytes_total=len(data))
+        reply = Reply(str(tmp_path / "job.reply"), fs.reply_temp_name("job"), RecordingProgress())
+        with pytest.raises(BitsError) as e:
+            await uploader.upload(file, state, OWNER, UploadRecorder(file), 2, RequestOptions(job_id="j"), reply)
+        assert e.value.context is ErrorContext.REMOTE_APPLICATION, e.value
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
