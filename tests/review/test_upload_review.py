@@ -227,3 +227,48 @@ async def test_an_applications_413_is_the_jobs_remote_application_error(
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+# -- the service ---------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: SetReplyFileName is accepted while the job is TRANSFERRING (until reply_url is "
+    "known) but the running Uploader keeps the Reply computed at run start "
+    "(scheduler/uploads.UploadRunner.run): the reply lands beside the old name, while "
+    "GetReplyData and Complete look beside the new one (service/changes.reply_temp_path)",
+)
+def test_set_reply_file_name_during_the_run_gets_the_reply_there(tmp_path: Path) -> None:
+    from openbits.model import JobState, JobType
+    from tests.support.bitsserver import BitsServer, threaded_bits_server
+    from tests.support.daemon import Daemon, wait_until
+
+    data = os.urandom(2 * MiB + 1)
+    outbox, old_dir, new_dir = tmp_path / "outbox", tmp_path / "old", tmp_path / "new"
+    for d in (outbox, old_dir, new_dir):
+        d.mkdir()
+    source = outbox / "doc.bin"
+    source.write_bytes(data)
+    daemon = Daemon(tmp_path / "state")
+    daemon.start()
+    try:
+        with threaded_bits_server(BitsServer(reply=True)) as server:
+            server.fragment_delay_s = 1.0  # the first fragment is held: the job is running
+            client = daemon.client
+            job = client.create_job("up", job_type=int(JobType.UPLOAD_REPLY)).job_id
+            client.add_file(job, f"{server.url}/in/doc.bin", str(source))
+            client.set_reply_file_name(job, str(old_dir / "reply.txt"))
+            client.resume(job)
+            wait_until(lambda: server.holding is not None, 30, "the first fragment held")
+            client.set_reply_file_name(job, str(new_dir / "reply.txt"))  # accepted: no reply URL yet
+            server.fragment_delay_s = 0
+            daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+            expected = BitsServer.reply_of(data)
+            assert client.get_reply_data(job) == expected
+            client.complete(job)
+            daemon.wait_state(job, JobState.ACKNOWLEDGED)
+            assert (new_dir / "reply.txt").read_bytes() == expected
+            assert list(old_dir.iterdir()) == []  # no reply (or its temporary file) left behind
+    finally:
+        daemon.stop()
