@@ -272,3 +272,50 @@ def test_set_reply_file_name_during_the_run_gets_the_reply_there(tmp_path: Path)
             assert list(old_dir.iterdir()) == []  # no reply (or its temporary file) left behind
     finally:
         daemon.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the source is checked (size, mtime) only before each fragment "
+    "(upload._check_source), never after one was read: a source rewritten while its last (or "
+    "only) fragment is on the way ends TRANSFERRED with a mix of old and new bytes on the server",
+)
+async def test_a_source_rewritten_during_its_only_fragment_is_local_file_changed(
+    uploader: Uploader, tmp_path: Path
+) -> None:
+    import asyncio
+    import time
+
+    from openbits.errors import HResult
+    from openbits.transfer.throttle import Throttle
+
+    throttle = uploader.transport.throttle
+    assert isinstance(throttle, Throttle)
+    throttle.set_limits(global_bps=None, per_priority={2: 200_000.0}, foreground_limited=False)
+    server_port = free_ports(1)[0]
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    settings = ServerSettings.from_mapping(str(root), str(tmp_path / "state"), {})
+    runner = await _serve(make_app(settings), server_port)
+    try:
+        data = os.urandom(600_000)  # one fragment, sent in about 3 s
+        path = tmp_path / "src.bin"
+        path.write_bytes(data)
+        st = path.stat()
+        state = UploadState(source_size=st.st_size, source_mtime_ns=st.st_mtime_ns)
+        file = JobFile(f"http://{HOST}:{server_port}/in/doc.bin", str(path), bytes_total=len(data))
+        task = asyncio.create_task(
+            uploader.upload(file, state, OWNER, UploadRecorder(file), 2, RequestOptions(job_id="j"))
+        )
+        deadline = time.monotonic() + 10
+        while not any(p.stat().st_size > 0 for p in (root / "in").glob(".bits-*.part")):
+            assert time.monotonic() < deadline and not task.done(), "the fragment never started"
+            await asyncio.sleep(0.01)
+        with path.open("r+b") as f:  # the source rewritten in place: same size, a new mtime
+            f.seek(500_000)
+            f.write(bytes(100_000))
+        with pytest.raises(BitsError) as e:
+            await asyncio.wait_for(task, 30)
+        assert e.value.hresult == HResult.BG_E_LOCAL_FILE_CHANGED
+    finally:
+        await runner.cleanup()
