@@ -353,3 +353,48 @@ async def test_a_percent_encoded_mount_prefix_maps_to_the_same_directory(tmp_pat
         assert statuses == [501, 501]  # both name ROOT/private/x.bin, where uploads are off
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a source truncated while a fragment is sent makes h1send.RequestBody._read "
+    "raise h1 BadRequest, which http._h1_error maps to InvalidUrl (a bad URL, context "
+    "REMOTE_FILE) instead of BG_E_LOCAL_FILE_CHANGED, context LOCAL_FILE",
+)
+async def test_a_source_truncated_during_a_fragment_is_local_file_changed(
+    uploader: Uploader, tmp_path: Path
+) -> None:
+    import asyncio
+    import time
+
+    from openbits.errors import HResult
+    from openbits.transfer.throttle import Throttle
+
+    throttle = uploader.transport.throttle
+    assert isinstance(throttle, Throttle)
+    throttle.set_limits(global_bps=None, per_priority={2: 200_000.0}, foreground_limited=False)
+    server_port = free_ports(1)[0]
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    runner = await _serve(make_app(ServerSettings.from_mapping(str(root), str(tmp_path / "state"), {})), server_port)
+    try:
+        data = os.urandom(600_000)
+        path = tmp_path / "src.bin"
+        path.write_bytes(data)
+        st = path.stat()
+        state = UploadState(source_size=st.st_size, source_mtime_ns=st.st_mtime_ns)
+        file = JobFile(f"http://{HOST}:{server_port}/in/doc.bin", str(path), bytes_total=len(data))
+        task = asyncio.create_task(
+            uploader.upload(file, state, OWNER, UploadRecorder(file), 2, RequestOptions(job_id="j"))
+        )
+        deadline = time.monotonic() + 10
+        while not any(p.stat().st_size > 0 for p in (root / "in").glob(".bits-*.part")):
+            assert time.monotonic() < deadline and not task.done(), "the fragment never started"
+            await asyncio.sleep(0.01)
+        os.truncate(path, 1000)
+        with pytest.raises(BitsError) as e:
+            await asyncio.wait_for(task, 30)
+        assert e.value.hresult == HResult.BG_E_LOCAL_FILE_CHANGED, e.value
+        assert e.value.context is ErrorContext.LOCAL_FILE
+    finally:
+        await runner.cleanup()
