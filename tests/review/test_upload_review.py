@@ -398,3 +398,49 @@ async def test_a_source_truncated_during_a_fragment_is_local_file_changed(
         assert e.value.context is ErrorContext.LOCAL_FILE
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a fragment whose client vanished mid-body (a half-open connection: a laptop "
+    "asleep, a NAT dropped) holds the session's lock (app._in_session) with no read timeout: "
+    "the client's resend of that fragment on a new connection waits behind it for as long as "
+    "TCP keeps the dead one (hours)",
+)
+async def test_a_stalled_fragment_does_not_block_its_sessions_next_request(tmp_path: Path) -> None:
+    import asyncio
+
+    port = free_ports(1)[0]
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    runner = await _serve(make_app(ServerSettings.from_mapping(str(root), str(tmp_path / "state"), {})), port)
+    writer = None
+    try:
+        url = f"http://{HOST}:{port}/in/doc.bin"
+        data = os.urandom(1000)
+        async with aiohttp.ClientSession() as http:
+            created = await _post(http, url, "Create-Session", BITS_Supported_Protocols=PROTOCOL)
+            session = created.headers["BITS-Session-Id"]
+            # the first attempt: its head and a tenth of its body, then silence (never closed)
+            _reader, writer = await asyncio.open_connection(HOST, port)
+            head = (
+                "BITS_POST /in/doc.bin HTTP/1.1\r\n"
+                f"Host: {HOST}:{port}\r\nBITS-Packet-Type: Fragment\r\nBITS-Session-Id: {session}\r\n"
+                "Content-Range: bytes 0-999/1000\r\nContent-Length: 1000\r\n\r\n"
+            )
+            writer.write(head.encode() + data[:100])
+            await writer.drain()
+            deadline = asyncio.get_running_loop().time() + 10
+            while not any(p.stat().st_size > 0 for p in (root / "in").glob(".bits-*.part")):
+                assert asyncio.get_running_loop().time() < deadline, "the stalled body never arrived"
+                await asyncio.sleep(0.01)
+            # the client gave up on it and sends the fragment again on a new connection
+            resend = _post(
+                http, url, "Fragment", data, BITS_Session_Id=session, Content_Range="bytes 0-999/1000"
+            )
+            answer = await asyncio.wait_for(resend, 10)
+            assert answer.status == 200
+    finally:
+        if writer is not None:
+            writer.close()
+        await runner.cleanup()
