@@ -102,9 +102,7 @@ async def test_a_relative_notification_url_never_goes_to_the_clients_host_header
         url = f"http://{HOST}:{server_port}/in/doc.bin"
         evil_host = {"Host": f"{HOST}:{attacker_port}"}  # what any client may send
         async with aiohttp.ClientSession() as http:
-            created = await _post(
-                http, url, "Create-Session", BITS_Supported_Protocols=PROTOCOL, **evil_host
-            )
+            created = await _post(http, url, "Create-Session", BITS_Supported_Protocols=PROTOCOL, **evil_host)
             session = created.headers["BITS-Session-Id"]
             await _post(
                 http,
@@ -180,9 +178,7 @@ async def test_upload_reply_resumed_behind_the_server_still_fetches_the_reply(
         reply_name = str(tmp_path / "job.reply")
         temp = fs.reply_temp_name("job")
         reply = Reply(reply_name, temp, RecordingProgress())
-        await uploader.upload(
-            file, state, OWNER, UploadRecorder(file), 2, RequestOptions(job_id="j"), reply
-        )
+        await uploader.upload(file, state, OWNER, UploadRecorder(file), 2, RequestOptions(job_id="j"), reply)
         assert state.closed and state.reply_done
         assert (tmp_path / temp).read_bytes() == f"reply of {len(data)}".encode()
     finally:
@@ -211,7 +207,9 @@ async def test_an_applications_413_is_the_jobs_remote_application_error(
     root = tmp_path / "root"
     (root / "in").mkdir(parents=True)
     notify = {"notification_type": "by-value", "notification_url": f"http://{HOST}:{app_port}/notify"}
-    settings = ServerSettings.from_mapping(str(root), str(tmp_path / "state"), {"directories": {"in": notify}})
+    settings = ServerSettings.from_mapping(
+        str(root), str(tmp_path / "state"), {"directories": {"in": notify}}
+    )
     runners = [await _serve(backend, app_port), await _serve(make_app(settings), server_port)]
     try:
         data = os.urandom(100_000)
@@ -222,7 +220,9 @@ async def test_an_applications_413_is_the_jobs_remote_application_error(
         file = JobFile(f"http://{HOST}:{server_port}/in/doc.bin", str(path), bytes_total=len(data))
         reply = Reply(str(tmp_path / "job.reply"), fs.reply_temp_name("job"), RecordingProgress())
         with pytest.raises(BitsError) as e:
-            await uploader.upload(file, state, OWNER, UploadRecorder(file), 2, RequestOptions(job_id="j"), reply)
+            await uploader.upload(
+                file, state, OWNER, UploadRecorder(file), 2, RequestOptions(job_id="j"), reply
+            )
         assert e.value.context is ErrorContext.REMOTE_APPLICATION, e.value
     finally:
         for runner in reversed(runners):
@@ -376,7 +376,9 @@ async def test_a_source_truncated_during_a_fragment_is_local_file_changed(
     server_port = free_ports(1)[0]
     root = tmp_path / "root"
     (root / "in").mkdir(parents=True)
-    runner = await _serve(make_app(ServerSettings.from_mapping(str(root), str(tmp_path / "state"), {})), server_port)
+    runner = await _serve(
+        make_app(ServerSettings.from_mapping(str(root), str(tmp_path / "state"), {})), server_port
+    )
     try:
         data = os.urandom(600_000)
         path = tmp_path / "src.bin"
