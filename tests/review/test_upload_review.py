@@ -100,9 +100,11 @@ async def test_a_relative_notification_url_never_goes_to_the_clients_host_header
     runners.append(await _serve(make_app(settings), server_port))
     try:
         url = f"http://{HOST}:{server_port}/in/doc.bin"
-        evil_host = {"Host": f"{HOST}:{attacker_port}"}  # what any client may send
+        evil_host = f"{HOST}:{attacker_port}"  # what any client may send as its Host
         async with aiohttp.ClientSession() as http:
-            created = await _post(http, url, "Create-Session", BITS_Supported_Protocols=PROTOCOL, **evil_host)
+            created = await _post(
+                http, url, "Create-Session", BITS_Supported_Protocols=PROTOCOL, Host=evil_host
+            )
             session = created.headers["BITS-Session-Id"]
             await _post(
                 http,
@@ -111,7 +113,7 @@ async def test_a_relative_notification_url_never_goes_to_the_clients_host_header
                 b"secret",
                 BITS_Session_Id=session,
                 Content_Range="bytes 0-5/6",
-                **evil_host,
+                Host=evil_host,
             )
         assert attacker.posts == []  # the upload never leaves for the client's chosen host
     finally:
