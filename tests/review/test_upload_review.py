@@ -448,3 +448,49 @@ async def test_a_stalled_fragment_does_not_block_its_sessions_next_request(tmp_p
         if writer is not None:
             writer.close()
         await runner.cleanup()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create two real Unix users")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: TakeOwnership of an upload-reply job whose reply is fetched "
+    "(service/uploads._hand_over_upload) leaves the reply's temporary file as the old owner's "
+    "(0600): the new owner's GetReplyData is refused, and Complete would publish a file he "
+    "cannot read (downloads hand their temporary files over; the reply is not)",
+)
+def test_take_ownership_of_a_transferred_upload_reply_hands_the_reply_over(tmp_path: Path) -> None:
+    import base64
+
+    from openbits.model import JobState
+    from tests.support.bitsserver import BitsServer, threaded_bits_server
+    from tests.support.daemon import CLASS, wait_until
+    from tests.support.users import as_user, open_site, run
+
+    with open_site(tmp_path / "state") as site, threaded_bits_server(BitsServer(reply=True)) as server:
+        alice, bob = site.alice, site.bob
+        shared = site.scratch / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)  # both may create files here (no sticky bit)
+        data = os.urandom(5000)
+
+        def write_source() -> str:
+            source = shared / "doc.bin"
+            source.write_bytes(data)
+            source.chmod(0o644)
+            return str(source)
+
+        source = as_user(alice, write_source)
+        body = {"Type": 2, "RemoteUrl": f"{server.url}/in/doc.bin", "LocalFile": source}
+        status, created = site.call(alice, "POST", f"{CLASS}/CreateJob", body)
+        assert status == 200, created
+        job = str(created["JobId"])
+        site.daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+        run("gpasswd", "--add", bob.name, site.admins)
+        wait_until(
+            lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 200, 10, "bob an administrator"
+        )
+        status, answer = site.call(bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
+        assert status == 200, answer
+        status, answer = site.call(bob, "POST", f"{CLASS}/{job}/GetReplyData", {})
+        assert status == 200, answer
+        assert base64.b64decode(answer["ReplyData"]) == BitsServer.reply_of(data)
