@@ -494,3 +494,47 @@ def test_take_ownership_of_a_transferred_upload_reply_hands_the_reply_over(tmp_p
         status, answer = site.call(bob, "POST", f"{CLASS}/{job}/GetReplyData", {})
         assert status == 200, answer
         assert base64.b64decode(answer["ReplyData"]) == BitsServer.reply_of(data)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the by-value notification opens the partial file by its path string "
+    "(notify.notify: open(data_path)), following symlinks, unlike every other file access of "
+    "the server (paths: O_NOFOLLOW from the root fd): whoever may write in an upload directory "
+    "swaps the partial file for a symlink and the server (root) POSTs any file to the application",
+)
+async def test_the_notification_never_follows_a_symlink_planted_for_the_partial_file(tmp_path: Path) -> None:
+    server_port, app_port = free_ports(2)
+    posts: list[bytes] = []
+
+    async def flaky(request: web.Request) -> web.Response:
+        posts.append(await request.read())
+        return web.Response(status=500 if len(posts) == 1 else 200, body=b"ok")
+
+    backend = web.Application()
+    backend.router.add_post("/notify", flaky)
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    secret = tmp_path / "secret.txt"  # outside the root
+    secret.write_bytes(b"root's secret")
+    notify = {"notification_type": "by-value", "notification_url": f"http://{HOST}:{app_port}/notify"}
+    settings = ServerSettings.from_mapping(
+        str(root), str(tmp_path / "state"), {"directories": {"in": notify}}
+    )
+    runners = [await _serve(backend, app_port), await _serve(make_app(settings), server_port)]
+    try:
+        url = f"http://{HOST}:{server_port}/in/doc.bin"
+        async with aiohttp.ClientSession() as http:
+            created = await _post(http, url, "Create-Session", BITS_Supported_Protocols=PROTOCOL)
+            session = created.headers["BITS-Session-Id"]
+            fragment = {"BITS_Session_Id": session, "Content_Range": "bytes 0-4/5"}
+            first = await _post(http, url, "Fragment", b"hello", **fragment)
+            assert first.status == 500  # the application failed once: the session waits, complete
+            (partial,) = (root / "in").glob(".bits-*.part")
+            partial.unlink()
+            partial.symlink_to(secret)  # a local user with write access to the directory
+            await _post(http, url, "Fragment", b"hello", **fragment)  # the client sends the last one again
+        assert b"root's secret" not in posts
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
