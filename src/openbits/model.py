@@ -384,6 +384,9 @@ class UploadState:
     reply_done: bool = False
     #: Close-Session was answered: the upload is on the server (the job is TRANSFERRED)
     closed: bool = False
+    #: upload-reply: the name of the reply's temporary file beside ReplyFileName when it is
+    #: not ``files.reply_temp_name(JobId)``: a new owner's, unforeseeable (TakeOwnership)
+    reply_temp_name: str | None = None
 
 
 @dataclass(slots=True)

@@ -239,15 +239,7 @@ async def test_an_applications_413_is_the_jobs_remote_application_error(
 # -- the service ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SetReplyFileName is accepted while the job is TRANSFERRING (until reply_url is "
-    "known) but the running Uploader keeps the Reply computed at run start "
-    "(scheduler/uploads.UploadRunner.run): the reply lands beside the old name, while "
-    "GetReplyData and Complete look beside the new one (service/changes.reply_temp_path)",
-)
 def test_set_reply_file_name_during_the_run_gets_the_reply_there(tmp_path: Path) -> None:
-    from openbits.errors import HResult
     from openbits.model import JobState, JobType
     from tests.support.bitsserver import BitsServer, threaded_bits_server
     from tests.support.daemon import Daemon, wait_until
@@ -269,11 +261,9 @@ def test_set_reply_file_name_during_the_run_gets_the_reply_there(tmp_path: Path)
             client.set_reply_file_name(job, str(old_dir / "reply.txt"))
             client.resume(job)
             wait_until(lambda: server.holding is not None, 30, "the first fragment held")
-            try:  # accepted today (no reply URL yet); a fix may refuse it while the job runs
-                client.set_reply_file_name(job, str(new_dir / "reply.txt"))
-            except BitsError as e:
-                assert e.hresult == HResult.BG_E_INVALID_STATE, e
-                new_dir, old_dir = old_dir, new_dir
+            # accepted while the job runs (as SetRemoteName): the run stops, the next one
+            # fetches the reply beside the new name
+            client.set_reply_file_name(job, str(new_dir / "reply.txt"))
             server.fragment_delay_s = 0
             daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
             expected = BitsServer.reply_of(data)
@@ -462,16 +452,10 @@ async def test_a_stalled_fragment_does_not_block_its_sessions_next_request(tmp_p
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create two real Unix users")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TakeOwnership of an upload-reply job whose reply is fetched "
-    "(service/uploads._hand_over_upload) leaves the reply's temporary file as the old owner's "
-    "(0600): the new owner's GetReplyData is refused, and Complete would publish a file he "
-    "cannot read (downloads hand their temporary files over; the reply is not)",
-)
 def test_take_ownership_of_a_transferred_upload_reply_hands_the_reply_over(tmp_path: Path) -> None:
     import base64
 
+    from openbits import _wire as wire
     from openbits.model import JobState
     from tests.support.bitsserver import BitsServer, threaded_bits_server
     from tests.support.daemon import CLASS, wait_until
@@ -501,12 +485,18 @@ def test_take_ownership_of_a_transferred_upload_reply_hands_the_reply_over(tmp_p
             lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 200, 10, "bob an administrator"
         )
         status, answer = site.call(bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
-        if status != 200:  # a fix may refuse TakeOwnership once the reply is fetched
-            assert answer["ErrorCode"] == "0x80200002", answer  # BG_E_INVALID_STATE
-            return
+        assert status == 200, answer  # (handed over as a download's temporary files are)
         status, answer = site.call(bob, "POST", f"{CLASS}/{job}/GetReplyData", {})
         assert status == 200, answer
         assert base64.b64decode(answer["ReplyData"]) == BitsServer.reply_of(data)
+        assert [p.stat().st_uid for p in shared.iterdir() if p.name != "doc.bin"] == [bob.uid]
+        status, answer = site.call(bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": wire.COMPLETE})
+        assert status == 200, answer
+        site.daemon.wait_state(job, JobState.ACKNOWLEDGED)
+        reply = shared / f"{job}.reply"
+        assert reply.read_bytes() == BitsServer.reply_of(data)
+        assert reply.stat().st_uid == bob.uid
+        assert sorted(p.name for p in shared.iterdir()) == sorted(["doc.bin", reply.name])
 
 
 @pytest.mark.xfail(

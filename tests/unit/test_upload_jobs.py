@@ -159,6 +159,27 @@ async def test_set_reply_file_name(tmp_path: Path) -> None:
         assert early.reply_file_name == name
 
 
+async def test_set_reply_file_name_moves_a_part_fetched_but_not_a_whole_reply(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    (tmp_path / "new").mkdir()
+    async with Driver(tmp_path) as d:
+        job = await _upload_job(d, JobType.UPLOAD_REPLY, RemoteUrl=URL, LocalFile=str(source))
+        assert job.upload is not None and job.reply_file_name is not None
+        # every byte acknowledged, the reply fetched in part beside the default name
+        job.upload.fragments_done, job.upload.reply_url = True, "http://127.0.0.1:9/reply/1"
+        part = Path(job.reply_file_name).parent / fs.reply_temp_name(job.job_id)
+        part.write_bytes(b"<ok")
+        name = str(tmp_path / "new" / "answer.xml")
+        await d.service.invoke(ME, job.job_id, "SetReplyFileName", {"ReplyFileName": name})
+        assert _stored(d, job).reply_file_name == name
+        assert not part.exists()  # (fetched again beside the new name: nothing left behind)
+        # the reply whole (TRANSFERRED or not): it stays beside the name it was fetched for
+        job.upload.reply_done = True
+        again = d.service.invoke(ME, job.job_id, "SetReplyFileName", {"ReplyFileName": str(source) + ".x"})
+        assert await _refused(again) == "BG_E_INVALID_STATE"
+        assert job.reply_file_name == name
+
+
 def _transferred(d: Driver, job: Job, reply: bytes | None) -> Path:
     """The job as the upload client leaves it at TRANSFERRED (issue 14's helper C): the
     reply (if any) whole in its temporary file beside ReplyFileName."""

@@ -138,7 +138,8 @@ class UploadRunner:
             progress = _UploadProgress(service, job, file, self.checkpoint_interval_s)
             reply = None
             if job.job_type is JobType.UPLOAD_REPLY:
-                reply = Reply(reply_file_name(job), reply_temp_name(job.job_id), _ReplyProgress(service, job))
+                temp_name = job.upload.reply_temp_name or reply_temp_name(job.job_id)  # (a new owner's)
+                reply = Reply(reply_file_name(job), temp_name, _ReplyProgress(service, job))
             options = RequestOptions.of(job)
             await self.uploader.upload(file, job.upload, owner, progress, int(job.priority), options, reply)
             progress.flush()

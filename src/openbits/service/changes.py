@@ -41,10 +41,12 @@ NOTIFY_ON = {JobState.TRANSFERRED: NotifyFlags.JOB_TRANSFERRED, JobState.ERROR: 
 
 def reply_temp_path(job: Job) -> str | None:
     """Where an upload-reply job's reply is written until Complete: beside ReplyFileName,
-    ``files.reply_temp_name`` (None for other jobs, and before ReplyFileName is known)."""
+    ``files.reply_temp_name`` or the name a new owner's copy took (``UploadState.reply_temp_name``);
+    None for other jobs, and before ReplyFileName is known."""
     if job.job_type is not JobType.UPLOAD_REPLY or not job.reply_file_name:
         return None
-    return os.path.join(os.path.dirname(job.reply_file_name), fs.reply_temp_name(job.job_id))
+    name = job.upload.reply_temp_name if job.upload is not None else None
+    return os.path.join(os.path.dirname(job.reply_file_name), name or fs.reply_temp_name(job.job_id))
 
 
 class Runner(Protocol):

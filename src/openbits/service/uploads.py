@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import errno
+import logging
 import os
 import stat
 from collections.abc import Mapping
@@ -39,6 +41,9 @@ from openbits.service.changes import reply_temp_path
 from openbits.service.params import Params, validate_local_file, validate_remote_url
 from openbits.service.reports import Reports
 from openbits.transfer import files as fs
+from openbits.transfer import handover
+
+log = logging.getLogger("openbits.service")
 
 #: the states GetReplyData answers in (BITS: TRANSFERRED, and after Complete)
 _REPLY_READABLE = frozenset({JobState.TRANSFERRED, JobState.ACKNOWLEDGED})
@@ -149,8 +154,10 @@ class Uploads(Reports):
 
     async def set_reply_file_name(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
         """SetReplyFileName: an absolute path whose directory the owner may write in (checked
-        as a download's destination is).  Refused (BG_E_INVALID_STATE) once the reply is
-        being fetched: its temporary file is already beside the old name."""
+        as a download's destination is).  A running transfer is stopped and goes back to the
+        queue (as SetRemoteName does), so its next run fetches the reply beside the new name;
+        a reply fetched in part beside the old name is removed (fetched again, from 0).
+        Refused (BG_E_INVALID_STATE) once the reply is whole: it is beside the old name."""
         name = Params(raw, ("ReplyFileName",)).string("ReplyFileName", LOCAL_FILE_MAX)
         if not name:
             raise InvalidArgument("SetReplyFileName needs ReplyFileName, an absolute path")
@@ -160,11 +167,18 @@ class Uploads(Reports):
         gid = caller.gid if caller.uid == uid else primary_gid(uid)
         await asyncio.to_thread(fs.check_destination, self.owners, name, uid, gid)
         job = self._reply_job(caller, job_ref)  # (it may have moved on meanwhile)
-        states.check_call(states.Call.SET_PROPERTY, job.state)
-        if job.state is JobState.TRANSFERRED or (job.upload is not None and job.upload.reply_url):
-            raise InvalidState("the reply is already being fetched to the ReplyFileName set before")
+        _check_reply_movable(job)
+        if job.owner_uid != uid:  # (the directory was checked as the owner before)
+            raise InvalidState(f"the job {job.job_id} changed owner meanwhile; set the name again")
+        if job.state in states.RUNNING_STATES:
+            await self.runner.stop(job.job_id)  # (its run holds the reply's location)
+            self.job_preempted(job)  # (stopped: back in the queue rather than look running)
+            _check_reply_movable(job)  # (the reply may have come in meanwhile)
+        old_temp = reply_temp_path(job)
         with self._change(job, "reply file name changed"):
             job.reply_file_name = name
+        if old_temp is not None and old_temp != reply_temp_path(job):
+            await self._remove_all(job, [old_temp])  # (a part fetched there: not orphaned)
         return job
 
     async def get_reply_data(self, caller: Caller, job_ref: str) -> dict[str, Any]:
@@ -200,13 +214,10 @@ class Uploads(Reports):
 
     # -- TakeOwnership, Complete and Cancel -----------------------------------------------------
 
-    async def _hand_over_upload(self, job: Job, uid: int, gid: int | None) -> None:
-        """TakeOwnership of an upload job: nothing to copy (the upload goes on in its
-        session, from the server's offset), but the new owner must read the source and may
-        create files beside ReplyFileName, else BG_E_NEW_OWNER_NO_FILE_ACCESS, nothing
-        changed.  The transfer stops first: it ran with the old owner's rights."""
-        await self.runner.stop(job.job_id)
-        self.job_preempted(job)
+    async def _check_upload_source(self, job: Job, uid: int, gid: int | None) -> None:
+        """TakeOwnership of an upload job (its transfer stopped: it ran with the old owner's
+        rights): the upload goes on in its session, from the server's offset, but the new
+        owner must read the source, else BG_E_NEW_OWNER_NO_FILE_ACCESS, nothing changed."""
         for f in job.files:
             try:
                 await self._source_state(uid, gid, f.local_file)
@@ -215,8 +226,37 @@ class Uploads(Reports):
                     f"the new owner cannot read the upload source: {e.message}",
                     hresult=HResult.BG_E_NEW_OWNER_NO_FILE_ACCESS,
                 ) from None
-        if job.reply_file_name is not None:
-            await asyncio.to_thread(fs.check_new_owner, self.owners, [job.reply_file_name], uid, gid)
+
+    @staticmethod
+    def _reply_move(job: Job) -> handover.Move | None:
+        """TakeOwnership of an upload-reply job: its reply's temporary file, copied into a new
+        one of the new owner (``transfer.handover``, as a download's) when the reply is whole;
+        else only a new name, unforeseeable, for the next run to fetch it under (the old
+        owner's part is removed).  None for other jobs (and before ReplyFileName is known)."""
+        temp = reply_temp_path(job)
+        if temp is None:
+            return None
+        done = job.upload is not None and job.upload.reply_done
+        return handover.Move(
+            old_path=temp,
+            new_path=os.path.join(os.path.dirname(temp), fs.fresh_temp_name()),
+            length=job.reply_bytes_total or 0,
+            needed=done,
+        )
+
+    @staticmethod
+    def _take_reply(job: Job, move: handover.Move) -> None:
+        """In TakeOwnership's change: the reply's temporary file is the new owner's copy; a
+        reply whose copy could not be made (the old owner's file gone or not his) is fetched
+        again (lost if the session is closed already: GetReplyData then answers none)."""
+        if job.upload is None:
+            return
+        upload = dataclasses.replace(job.upload, reply_temp_name=os.path.basename(move.new_path))
+        if upload.reply_done and not move.kept:
+            upload.reply_done = False
+            job.reply_bytes_transferred = 0
+            log.warning("job %s: the old owner's reply could not be copied; it is fetched again", job.job_id)
+        job.upload = upload  # (a new object: a change put back restores the old one)
 
     # -- Complete and Cancel ------------------------------------------------------------------
 
@@ -244,6 +284,14 @@ class Uploads(Reports):
         if upload is not None and upload.session_id is not None and not upload.closed:
             self.runner.cancel_upload(job)
         return [reply_temp_path(job)]
+
+
+def _check_reply_movable(job: Job) -> None:
+    """SetReplyFileName is refused (BG_E_INVALID_STATE) in the states no property may
+    change in, and once the reply is whole beside the old name (TRANSFERRED or not)."""
+    states.check_call(states.Call.SET_PROPERTY, job.state)
+    if job.state is JobState.TRANSFERRED or (job.upload is not None and job.upload.reply_done):
+        raise InvalidState("the reply is already fetched beside the ReplyFileName set before")
 
 
 def _source_error(e: OSError, path: str) -> BitsError:

@@ -106,10 +106,10 @@ class Service(Verbs):
         states.check_call(states.Call.SET_PROPERTY, job.state)
         previous, previous_uid = job.owner, job.owner_uid
         moves: list[tuple[JobFile, handover.Move]] = []
-        if previous_uid != caller.uid and job.job_type is not JobType.DOWNLOAD:
-            await self._hand_over_upload(job, caller.uid, caller.gid)
-        elif previous_uid != caller.uid:
-            moves = await self._copy_files(job, caller)
+        reply: handover.Move | None = None
+        if previous_uid != caller.uid:
+            moves, reply = await self._copy_files(job, caller)
+        every = [m for _, m in moves] + ([reply] if reply is not None else [])
         try:
             with self._change(job, "ownership taken", [f for f, _ in moves]):
                 job.owner, job.owner_uid = caller.user, caller.uid
@@ -122,22 +122,25 @@ class Service(Verbs):
                     file.temp_name = os.path.basename(move.new_path)
                     if not move.kept:
                         file.bytes_transferred, file.completed = 0, False
+                if reply is not None:
+                    self._take_reply(job, reply)
                 if job.state is JobState.TRANSFERRED and not all(f.completed for f in job.files):
                     self._enter(job, states.add_file(job.state))  # (a file to fetch again)
                 arm_notification(job, self.clock.now_ns())
         except BitsError:  # (not stored: the job keeps the old owner's files)
-            await asyncio.to_thread(
-                handover.discard, self.owners, caller.uid, caller.gid, [m for _, m in moves]
-            )
+            await asyncio.to_thread(handover.discard, self.owners, caller.uid, caller.gid, every)
             raise
-        await asyncio.to_thread(handover.remove_old, self.owners, previous_uid, [m for _, m in moves])
+        await asyncio.to_thread(handover.remove_old, self.owners, previous_uid, every)
         log.info("job %s: %s took ownership from %s", job.job_id, caller.user, previous)
         return {"ReturnValue": 0}
 
-    async def _copy_files(self, job: Job, caller: Caller) -> list[tuple[JobFile, handover.Move]]:
-        """TakeOwnership's files (``handover.prepare``, in a worker thread): the transfer
-        stopped first, and no other started (``taking``) until they are copied.  Refused
-        (the copies removed) if the job changed meanwhile."""
+    async def _copy_files(
+        self, job: Job, caller: Caller
+    ) -> tuple[list[tuple[JobFile, handover.Move]], handover.Move | None]:
+        """TakeOwnership's files (``handover.prepare``, in a worker thread): a download's
+        temporary files, an upload-reply job's reply (``_reply_move``); the transfer stopped
+        first, and no other started (``taking``) until they are copied.  Refused (the copies
+        removed) if the job changed meanwhile."""
         old_uid = job.owner_uid
         if job.job_id in self.taking:
             raise InvalidState(f"the ownership of the job {job.job_id} is being taken already")
@@ -146,8 +149,10 @@ class Service(Verbs):
             await self.runner.stop(job.job_id)
             self.job_preempted(job)
             states.check_call(states.Call.SET_PROPERTY, job.state)  # (cancelled meanwhile)
-            unpublished = [f for f in job.files if not f.published]
-            before = [(f.temp_name, f.bytes_transferred, f.completed) for f in unpublished]
+            if job.job_type is not JobType.DOWNLOAD:
+                await self._check_upload_source(job, caller.uid, caller.gid)
+            unpublished = [f for f in job.files if not f.published and job.job_type is JobType.DOWNLOAD]
+            before = _taken_state(job, unpublished)
             moves = [
                 handover.Move(
                     old_path=f.temp_path,
@@ -157,21 +162,20 @@ class Service(Verbs):
                 )
                 for f in unpublished
             ]
+            reply = self._reply_move(job)
             local_files = [f.local_file for f in unpublished]
+            every = list(moves)
+            if reply is not None and job.reply_file_name:
+                local_files.append(job.reply_file_name)
+                every.append(reply)
             await asyncio.to_thread(
-                handover.prepare, self.owners, local_files, old_uid, caller.uid, caller.gid, moves
+                handover.prepare, self.owners, local_files, old_uid, caller.uid, caller.gid, every
             )
-            after = [(f.temp_name, f.bytes_transferred, f.completed) for f in unpublished]
-            if (
-                job.owner_uid != old_uid
-                or job.state.is_final
-                or any(f.published for f in unpublished)
-                or after != before
-            ):
-                await asyncio.to_thread(handover.discard, self.owners, caller.uid, caller.gid, moves)
+            if job.owner_uid != old_uid or job.state.is_final or _taken_state(job, unpublished) != before:
+                await asyncio.to_thread(handover.discard, self.owners, caller.uid, caller.gid, every)
                 states.check_call(states.Call.SET_PROPERTY, job.state)
                 raise InvalidState(f"the job {job.job_id} changed while its ownership was taken; try again")
-            return list(zip(unpublished, moves, strict=True))
+            return list(zip(unpublished, moves, strict=True)), reply
         finally:
             self.taking.discard(job.job_id)
             self.runner.wake()
@@ -376,6 +380,14 @@ def _cert_store(p: Params) -> tuple[CertStoreLocation, str]:
         raise InvalidArgument("StoreName names a store, not a path")
     location: CertStoreLocation = enum_value(CertStoreLocation, "CertStoreLocation", value)
     return location, store
+
+
+def _taken_state(job: Job, unpublished: list[JobFile]) -> tuple[object, ...]:
+    """What TakeOwnership's copies depend on: the temporary files and the reply's."""
+    files = [(f.temp_name, f.bytes_transferred, f.completed, f.published) for f in unpublished]
+    upload = job.upload
+    reply = None if upload is None else (upload.reply_done, upload.reply_temp_name, upload.closed)
+    return files, reply, job.reply_file_name, job.reply_bytes_total
 
 
 def _file_named(job: Job, local: str | None) -> JobFile:
