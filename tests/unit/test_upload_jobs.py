@@ -180,6 +180,23 @@ async def test_set_reply_file_name_moves_a_part_fetched_but_not_a_whole_reply(tm
         assert job.reply_file_name == name
 
 
+async def test_get_reply_data_of_a_reply_gone_speaks_of_the_reply(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    async with Driver(tmp_path) as d:
+        job = await _upload_job(d, JobType.UPLOAD_REPLY, RemoteUrl=URL, LocalFile=str(source))
+        _transferred(d, job, b"<ok/>").unlink()
+        with pytest.raises(BitsError) as info:
+            await d.service.invoke(ME, job.job_id, "GetReplyData", None)
+        assert info.value.name == "HRESULT_FILE_NOT_FOUND"
+        assert "the reply" in info.value.message and "upload source" not in info.value.message
+        # a directory where a local name is expected: E_INVALIDARG, the reply's as the source's
+        temp = Path(job.reply_file_name or "").parent / fs.reply_temp_name(job.job_id)
+        temp.mkdir()
+        with pytest.raises(BitsError) as info:
+            await d.service.invoke(ME, job.job_id, "GetReplyData", None)
+        assert info.value.name == "E_INVALIDARG" and "the reply" in info.value.message
+
+
 def _transferred(d: Driver, job: Job, reply: bytes | None) -> Path:
     """The job as the upload client leaves it at TRANSFERRED (issue 14's helper C): the
     reply (if any) whole in its temporary file beside ReplyFileName."""

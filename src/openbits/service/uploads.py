@@ -199,7 +199,7 @@ class Uploads(Reports):
         try:
             fd = self.owners.open_source(uid, None, path)
         except OSError as e:
-            raise _source_error(e, path) from None
+            raise _source_error(e, path, "the reply") from None
         with os.fdopen(fd, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > REPLY_DATA_MAX_BYTES:
@@ -294,14 +294,16 @@ def _check_reply_movable(job: Job) -> None:
         raise InvalidState("the reply is already fetched beside the ReplyFileName set before")
 
 
-def _source_error(e: OSError, path: str) -> BitsError:
-    """AddFile's answer for a source the owner cannot open (bits-spec §3.3, AddFile)."""
+def _source_error(e: OSError, path: str, what: str = "the upload source") -> BitsError:
+    """AddFile's answer for a source the owner cannot open (bits-spec §3.3, AddFile), and
+    GetReplyData's for the reply (``what`` names the file).  A directory is E_INVALIDARG, as
+    every local name of a call (SPEC §7: bad input; ``files.check_destination`` too)."""
     if e.errno == errno.ENOENT:
-        return CallError(f"the upload source {path} does not exist", hresult=HResult.HRESULT_FILE_NOT_FOUND)
+        return CallError(f"{what} {path} does not exist", hresult=HResult.HRESULT_FILE_NOT_FOUND)
     if e.errno == errno.ENOTDIR:
-        return CallError(f"the upload source {path} does not exist", hresult=HResult.HRESULT_PATH_NOT_FOUND)
+        return CallError(f"{what} {path} does not exist", hresult=HResult.HRESULT_PATH_NOT_FOUND)
     if e.errno == errno.EISDIR:
-        return InvalidArgument(f"the upload source {path} is a directory")
+        return InvalidArgument(f"{what} {path} is a directory")
     if e.errno in (errno.EACCES, errno.EPERM, errno.ELOOP):
-        return AccessDenied(f"the job owner may not read {path}")
-    return fs.local_error(e, f"cannot open {path}")
+        return AccessDenied(f"the job owner may not read {what} {path}")
+    return fs.local_error(e, f"cannot open {what} {path}")

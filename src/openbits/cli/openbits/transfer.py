@@ -4,15 +4,13 @@ complete) and the transfer options of a job: credentials, proxy and client certi
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from openbits.cli import render
-from openbits.cli.openbits.exits import EXIT_INTERRUPTED, EXIT_NO_DAEMON, fail, handled
-from openbits.cli.openbits.hints import _Hints, _retry_text
+from openbits.cli.openbits.exits import handled
+from openbits.cli.openbits.oneshot import run_one_shot
 from openbits.cli.openbits.options import (
     BitsChoice,
     Context,
@@ -26,13 +24,9 @@ from openbits.cli.openbits.options import (
     socket_option,
     source_url,
 )
-from openbits.cli.render import print_json
-from openbits.client import Client, DaemonUnavailable
-from openbits.errors import BitsError
-from openbits.model import JobState
 
 if TYPE_CHECKING:
-    from openbits.jobs import BitsJob
+    pass
 
 #: SetCredentials' WMI encodings (bits-spec §1.3: zero-based, unlike the COM ones)
 TARGETS = ("server", "proxy")
@@ -271,57 +265,6 @@ def _one_shot_name(pairs: list[tuple[str, str]]) -> str:
     return first if len(pairs) == 1 else f"{first} (+{len(pairs) - 1} more)"
 
 
-class _Follower:
-    """What ``transfer`` shows while it waits: the JobId once known, a progress bar on a
-    terminal (state, file count and name), why a transient error holds it up and when it
-    is retried; with ``no_retry`` a transient error ends the transfer."""
-
-    def __init__(self, client: Client, bar: bool, no_retry: bool) -> None:
-        self.job_id: str | None = None
-        self._hints = _Hints(client)
-        self._no_retry = no_retry
-        self._bar: Any = _progress_bar() if bar else None
-        self._task: Any = None
-
-    def __call__(self, job: BitsJob) -> None:
-        self.job_id = job.job_id
-        if self._no_retry and job.state is JobState.TRANSIENT_ERROR:
-            raise click.ClickException(_retry_text(self._hints.client, job) + "; not retried (--no-retry)")
-        if self._bar is not None:
-            self._draw(job)
-        if job.state is not JobState.SUSPENDED:
-            self._hints(job)
-
-    def _draw(self, job: BitsJob) -> None:
-        if self._task is None:
-            self._bar.start()
-            self._task = self._bar.add_task("transfer", total=None, state="QUEUED", file="")
-        busy = next((f for f in job.files if not f.completed), None)
-        count = f"{min(job.files_transferred + 1, job.files_total)}/{job.files_total}"
-        self._bar.update(
-            self._task,
-            completed=job.bytes_transferred,
-            total=job.bytes_total,
-            state=job.state.name,
-            file=f"{count} {os.path.basename(busy.local_file)}" if busy else f"{job.files_total} files",
-        )
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._bar.stop()
-
-
-def _progress_bar() -> Any:
-    from rich.console import Console
-    from rich.progress import Progress
-
-    return Progress(
-        *render.transfer_columns(),
-        console=Console(stderr=True),  # (beside the other words of transfer; stdout: --json)
-        transient=False,
-    )
-
-
 @click.command()
 @click.argument("args", nargs=-1, required=True, metavar="SOURCE... [DEST]")
 @click.option("--name", default=None, help="The job's display name (default: after its files).")
@@ -362,37 +305,20 @@ def transfer(
     pairs = _destinations(sources, dest)
     client = ctx.client
     options: dict[str, Any] = {"priority": parse_priority(priority)}
-    if is_async:
-        job = client.transfer(pairs, name or _one_shot_name(pairs), wait=False, **options).job_id
-        click.echo(render.json_line({"JobId": job}) if as_json else job)
-        return
-    follower = _Follower(client, not (quiet or as_json or not sys.stderr.isatty()), no_retry)
-    try:
-        final = client.transfer(
-            pairs, name or _one_shot_name(pairs), progress=follower, timeout=timeout, **options
-        )
-    except KeyboardInterrupt:
-        fail(f"interrupted; job {follower.job_id} cancelled", EXIT_INTERRUPTED)
-    except (BitsError, TimeoutError, click.ClickException) as e:
-        if not getattr(e, "__notes__", None):
-            e.add_note(f"job {follower.job_id} cancelled")
-        fail(f"transfer failed: {_failure_text(e)}")
-    except (DaemonUnavailable, ConnectionError) as e:
-        fail(f"{_failure_text(e)}", EXIT_NO_DAEMON)
-    finally:
-        follower.close()
-    if as_json:
-        print_json(dict(final.raw))
-    elif not quiet:
+    final = run_one_shot(
+        client,
+        pairs,
+        name or _one_shot_name(pairs),
+        options,
+        "transfer",
+        is_async=is_async,
+        quiet=quiet,
+        no_retry=no_retry,
+        timeout=timeout,
+        as_json=as_json,
+    )
+    if final is not None and not (quiet or as_json):
         click.echo("Transfer complete.", err=True)
-
-
-def _failure_text(e: Exception) -> str:
-    """The error, then its notes (which file failed; which job is left and how to finish it)."""
-    text = f"error {e.hex} {e.name}: {e.message}" if isinstance(e, BitsError) else str(e)
-    if isinstance(e, click.ClickException):
-        text = e.format_message()
-    return "; ".join([text, *getattr(e, "__notes__", ())])
 
 
 COMMANDS = (transfer, credentials, proxy, cert)

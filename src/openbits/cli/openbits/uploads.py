@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from openbits.cli import render
-from openbits.cli.openbits.exits import EXIT_INTERRUPTED, EXIT_NO_DAEMON, fail, handled
+from openbits.cli.openbits.exits import handled
+from openbits.cli.openbits.oneshot import run_one_shot
 from openbits.cli.openbits.options import (
     Context,
     absolute,
@@ -21,10 +22,8 @@ from openbits.cli.openbits.options import (
     pass_ctx,
     socket_option,
 )
-from openbits.cli.openbits.transfer import _failure_text, _Follower
 from openbits.cli.render import print_json
-from openbits.client import DaemonUnavailable
-from openbits.errors import BitsError, NotImplementedValue
+from openbits.errors import NotImplementedValue
 from openbits.model import JobType
 
 
@@ -87,26 +86,19 @@ def upload(
     }
     pairs = [(url, source)]
     display_name = name or os.path.basename(source)
-    if is_async:
-        job = client.transfer(pairs, display_name, wait=False, **options).job_id
-        click.echo(render.json_line({"JobId": job}) if as_json else job)
-        return
-    follower = _Follower(client, not (quiet or as_json or not sys.stderr.isatty()), no_retry)
-    try:
-        final = client.transfer(pairs, display_name, progress=follower, timeout=timeout, **options)
-    except KeyboardInterrupt:
-        fail(f"interrupted; job {follower.job_id} cancelled", EXIT_INTERRUPTED)
-    except (BitsError, TimeoutError, click.ClickException) as e:
-        if not getattr(e, "__notes__", None) and follower.job_id is not None:
-            e.add_note(f"job {follower.job_id} cancelled")
-        fail(f"upload failed: {_failure_text(e)}")
-    except (DaemonUnavailable, ConnectionError) as e:
-        fail(f"{_failure_text(e)}", EXIT_NO_DAEMON)
-    finally:
-        follower.close()
-    if as_json:
-        print_json(dict(final.raw))
-    elif not quiet:
+    final = run_one_shot(
+        client,
+        pairs,
+        display_name,
+        options,
+        "upload",
+        is_async=is_async,
+        quiet=quiet,
+        no_retry=no_retry,
+        timeout=timeout,
+        as_json=as_json,
+    )
+    if final is not None and not (quiet or as_json):
         click.echo(
             "Upload complete." if reply_file is None else f"Upload complete; reply in {reply_file}.", err=True
         )
