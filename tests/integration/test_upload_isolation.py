@@ -91,3 +91,58 @@ def test_take_ownership_of_an_upload_job_needs_the_new_owner_to_read_its_source(
     taken = site.daemon.job(jobs[1])
     assert taken["Owner"] == bob.name and taken["Files"][0]["LocalFile"] == public
     assert os.path.exists(public)  # (nothing copied, nothing removed: the source stays)
+
+
+def test_take_ownership_of_an_upload_reply_job_fetches_its_reply_under_a_name_of_the_new_owner(
+    site: Site,
+) -> None:
+    """The reply a new owner fetches goes to a temporary name the old owner cannot foresee
+    (as a download's after TakeOwnership): a file she plants under the job's usual reply
+    temporary name changes nothing; the reply is published as his."""
+    import base64
+
+    from openbits.model import JobState
+    from openbits.transfer import files as fs
+    from tests.support.bitsserver import BitsServer, threaded_bits_server
+
+    alice, bob = site.alice, site.bob
+    run("gpasswd", "--add", bob.name, site.admins)
+    wait_until(lambda: site.call(bob, "GET", f"{CLASS}?AllUsers=true")[0] == 200, 10, "bob an administrator")
+    shared = site.scratch / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # both may create files here (no sticky bit)
+    data = os.urandom(3000)
+
+    def write_source() -> str:
+        source = shared / "doc.bin"
+        source.write_bytes(data)
+        source.chmod(0o644)
+        return str(source)
+
+    source = as_user(alice, write_source)
+    with threaded_bits_server(BitsServer(reply=True)) as server:
+        body = {"Type": 2, "RemoteUrl": f"{server.url}/in/doc.bin", "LocalFile": source, "Suspend": True}
+        status, created = site.call(alice, "POST", f"{CLASS}/CreateJob", body)
+        assert status == 200, created
+        job = str(created["JobId"])
+        status, answer = site.call(bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
+        assert status == 200, answer
+        planted = shared / fs.reply_temp_name(job)
+
+        def plant() -> None:
+            planted.write_bytes(b"alice's")
+            planted.chmod(0o666)
+
+        as_user(alice, plant)
+        site.resume(bob, job)
+        site.daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+        status, answer = site.call(bob, "POST", f"{CLASS}/{job}/GetReplyData", {})
+        assert status == 200, answer
+        assert base64.b64decode(answer["ReplyData"]) == BitsServer.reply_of(data)
+        status, answer = site.call(bob, "POST", f"{CLASS}/{job}/SetJobState", {"JobState": 1})
+        assert status == 200, answer
+        site.daemon.wait_state(job, JobState.ACKNOWLEDGED)
+    reply = shared / f"{job}.reply"
+    assert reply.read_bytes() == BitsServer.reply_of(data) and reply.stat().st_uid == bob.uid
+    assert planted.read_bytes() == b"alice's"  # (hers, untouched)
+    assert sorted(p.name for p in shared.iterdir()) == sorted(["doc.bin", reply.name, planted.name])
