@@ -187,13 +187,6 @@ async def test_upload_reply_resumed_behind_the_server_still_fetches_the_reply(
             await runner.cleanup()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an application's 413 (or 416) is forwarded as the fragment Ack's own status "
-    "(notify._check), and the client reads a 413 with context 0x7 as 'fragment too long' "
-    "(uploadflow.interpret → Shrink): it shrinks, gets a 416 to the total and fails with "
-    "BG_E_INVALID_SERVER_RESPONSE instead of the application's error (REMOTE_APPLICATION)",
-)
 async def test_an_applications_413_is_the_jobs_remote_application_error(
     uploader: Uploader, tmp_path: Path
 ) -> None:
