@@ -36,6 +36,7 @@ import grp
 import os
 import pwd
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,22 +223,20 @@ def _mode(value: Any, where: str) -> int:
 
 
 def _uid(value: Any, where: str) -> int | None:
-    if value in ("", None):
-        return None
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-        return int(value)
-    try:
-        return pwd.getpwnam(str(value)).pw_uid
-    except KeyError:
-        raise ValueError(f"{where}: no user {value!r}") from None
+    return _account_id(value, where, "user", lambda name: pwd.getpwnam(name).pw_uid)
 
 
 def _gid(value: Any, where: str) -> int | None:
+    return _account_id(value, where, "group", lambda name: grp.getgrnam(name).gr_gid)
+
+
+def _account_id(value: Any, where: str, kind: str, lookup: Callable[[str], int]) -> int | None:
+    """A user or group setting: "" (unchanged), a number, or a name looked up."""
     if value in ("", None):
         return None
     if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
         return int(value)
     try:
-        return grp.getgrnam(str(value)).gr_gid
+        return lookup(str(value))
     except KeyError:
-        raise ValueError(f"{where}: no group {value!r}") from None
+        raise ValueError(f"{where}: no {kind} {value!r}") from None
