@@ -178,11 +178,7 @@ class Uploads:
         self, session: Session, settings: DirSettings, rng: Range, body: AsyncIterator[bytes]
     ) -> int:
         """The body into the partial file at the offset, made durable; short → nothing kept."""
-        dir_fd = paths.open_directory(self.root_fd, session.target.parts)
-        try:
-            fd = self._open_partial(dir_fd, session, settings)
-        finally:
-            os.close(dir_fd)
+        fd = await asyncio.to_thread(self._open_partial_in_place, session, settings)
         task = asyncio.current_task()
         if task is not None:
             self._readers[session.session_id] = task
@@ -215,6 +211,14 @@ class Uploads:
             if task is not None and self._readers.get(session.session_id) is task:
                 del self._readers[session.session_id]
             os.close(fd)
+
+    def _open_partial_in_place(self, session: Session, settings: DirSettings) -> int:
+        """`_open_partial` from the root (a worker thread's: a new file's directory is synced)."""
+        dir_fd = paths.open_directory(self.root_fd, session.target.parts)
+        try:
+            return self._open_partial(dir_fd, session, settings)
+        finally:
+            os.close(dir_fd)
 
     def _open_partial(self, dir_fd: int, session: Session, settings: DirSettings) -> int:
         """The partial file (created with the directory's mode and owner), cut to the offset."""
