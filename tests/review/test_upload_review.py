@@ -429,6 +429,10 @@ async def test_a_stalled_fragment_does_not_block_its_sessions_next_request(tmp_p
             )
             answer = await asyncio.wait_for(resend, 10)
             assert answer.status == 200
+            # the abandoned attempt left nothing of its own: the file is the resend's bytes
+            closed = await _post(http, url, "Close-Session", BITS_Session_Id=session)
+            assert closed.status == 200
+            assert (root / "in" / "doc.bin").read_bytes() == data
     finally:
         if writer is not None:
             writer.close()

@@ -44,7 +44,8 @@ def _own_origin(request: web.Request) -> str:
     """``scheme://local-address:port`` of the connection the request came in on."""
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     scheme = "https" if request.transport and request.transport.get_extra_info("sslcontext") else "http"
-    if not isinstance(sockname, tuple) or len(sockname) < 2:  # a Unix socket: no address of ours
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        # a Unix socket: no address of ours to name (set public_base_url there)
         return f"{scheme}://localhost"
     return str(URL.build(scheme=scheme, host=str(sockname[0]), port=int(sockname[1])))
 
