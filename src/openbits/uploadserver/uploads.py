@@ -28,9 +28,9 @@ from openbits.uploadserver.urls import RequestUrls
 WRITEBACK_BYTES = 8 * 1024 * 1024
 # The pwrite of each body chunk (≤ 1 MiB, mostly ~64 KiB) stays on the event loop: it only
 # copies into the page cache. Batches written by a worker thread while the next arrived cost
-# more (bench_upload, 512 MiB, 2 alternated pairs: medians 1.51/1.82 s and 0.61 upload-server
-# CPU s against 1.30/1.28 s and 0.44-0.52 on the loop). What waits for the disk (fdatasync,
-# fsync, rename, the session records) runs in worker threads.
+# more (bench_upload --size 512 MiB --runs 3, idle machine: median 0.924 s, 0.60 upload-server
+# CPU s, against 0.641 s and 0.40 on the loop; the same order in 2 pairs on a busy machine).
+# What waits for the disk (fdatasync, fsync, rename, the session records) is a worker thread's.
 
 log = logging.getLogger("openbits.uploadserver")
 
