@@ -58,6 +58,18 @@ class Application:
             return web.Response(status=500)
         return web.Response(body=b"second time lucky")
 
+    async def refuse(self, request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=413)  # the application's own limit
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        await request.read()
+        raise web.HTTPFound("/by-value")  # never followed: the body would go elsewhere
+
+    async def big(self, request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"x" * 5000)  # over the directory's max_reply_bytes
+
     async def static(self, request: web.Request) -> web.Response:
         await request.read()
         headers = {
@@ -83,8 +95,11 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[str, Path, Application]]:
     backend.router.add_post("/by-reference", application.by_reference)
     backend.router.add_post("/flaky", application.flaky)
     backend.router.add_post("/static", application.static)
+    backend.router.add_post("/refuse", application.refuse)
+    backend.router.add_post("/redirect", application.redirect)
+    backend.router.add_post("/big", application.big)
     root = tmp_path / "root"
-    for name in ("val", "ref", "flaky", "static"):
+    for name in ("val", "ref", "flaky", "static", "refuse", "redirect", "big"):
         (root / name).mkdir(parents=True)
     base = f"http://{HOST}:{app_port}"
     directories = {
@@ -92,6 +107,9 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[str, Path, Application]]:
         "ref": {"notification_type": "by-reference", "notification_url": f"{base}/by-reference"},
         "flaky": {"notification_type": "by-value", "notification_url": f"{base}/flaky"},
         "static": {"notification_type": "by-value", "notification_url": f"{base}/static"},
+        "refuse": {"notification_type": "by-value", "notification_url": f"{base}/refuse"},
+        "redirect": {"notification_type": "by-value", "notification_url": f"{base}/redirect"},
+        "big": {"notification_type": "by-value", "notification_url": f"{base}/big", "max_reply_bytes": 1000},
     }
     settings = ServerSettings.from_mapping(str(root), str(tmp_path / "state"), {"directories": directories})
     runners = [await _serve(backend, app_port), await _serve(make_app(settings), server_port)]
@@ -188,6 +206,117 @@ async def test_an_application_error_has_context_7_and_the_last_fragment_retries(
         assert again.status == 200
         async with http.get(again.headers["BITS-Reply-URL"]) as reply:
             assert await reply.read() == b"second time lucky"
+
+
+async def test_after_the_last_byte_a_fragment_ending_there_gets_the_same_reply_url(
+    setup: tuple[str, Path, Application],
+) -> None:
+    """A client that lost the last Ack, or resumed from an older offset of its own, sends a
+    fragment that ends at the last byte: the same 200 and BITS-Reply-URL, the application
+    not asked again (the client's crash recovery relies on it)."""
+    base, _root, application = setup
+    data = os.urandom(1000)
+    url = f"{base}/val/doc.bin"
+    async with aiohttp.ClientSession() as http:
+        session, last = await _upload_until_last_ack(http, url, data)
+        assert last.status == 200
+        reply_url = last.headers["BITS-Reply-URL"]
+        for first in (999, 0, 10):
+            again = await _post(
+                http,
+                url,
+                "Fragment",
+                data[first:],
+                BITS_Session_Id=session,
+                Content_Range=f"bytes {first}-999/1000",
+            )
+            assert (again.status, again.headers.get("BITS-Reply-URL")) == (200, reply_url), first
+            assert again.headers["BITS-Received-Content-Range"] == "1000"
+        not_the_end = await _post(
+            http, url, "Fragment", data[:10], BITS_Session_Id=session, Content_Range="bytes 0-9/1000"
+        )
+        assert (not_the_end.status, not_the_end.headers["BITS-Received-Content-Range"]) == (416, "1000")
+    assert len(application.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("directory", "code"),
+    [("refuse", "0x8019019D"), ("redirect", "0x8019012E"), ("big", "0x801901F6")],
+    ids=["413", "redirect-not-followed", "reply-over-max_reply_bytes"],
+)
+async def test_an_application_failure_is_500_with_its_code_and_context_7(
+    setup: tuple[str, Path, Application], directory: str, code: str
+) -> None:
+    """Never the application's own status (a 413 would read as "fragment too long"): 500,
+    BG_E_HTTP_ERROR_{its status} (502 for a reply too long), context 0x7; a redirect is the
+    application's failure, not followed."""
+    base, _root, application = setup
+    async with aiohttp.ClientSession() as http:
+        _session, last = await _upload_until_last_ack(http, f"{base}/{directory}/doc.bin", os.urandom(2000))
+    assert last.status == 500
+    assert (last.headers["BITS-Error-Code"], last.headers["BITS-Error-Context"]) == (code, "0x7")
+    assert "BITS-Reply-URL" not in last.headers
+    assert application.calls == []  # the redirect's target was never posted to
+
+
+async def test_the_original_request_url_is_the_servers_own_not_the_clients_host(
+    setup: tuple[str, Path, Application],
+) -> None:
+    base, _root, application = setup
+    async with aiohttp.ClientSession() as http:
+        created = await _post(
+            http,
+            f"{base}/val/doc.bin",
+            "Create-Session",
+            BITS_Supported_Protocols=PROTOCOL,
+            Host="evil.example",
+        )
+        session = created.headers["BITS-Session-Id"]
+        last = await _post(
+            http,
+            f"{base}/val/doc.bin",
+            "Fragment",
+            b"hello",
+            BITS_Session_Id=session,
+            Content_Range="bytes 0-4/5",
+            Host="evil.example",
+        )
+    assert last.status == 200
+    (call,) = application.calls
+    assert call["headers"]["BITS-Original-Request-URL"] == f"{base}/val/doc.bin"
+    # the reply URL is the client's own business: it goes back to the client only
+    assert last.headers["BITS-Reply-URL"].startswith("http://evil.example/val/doc.bin?bits-reply=")
+
+
+async def test_a_relative_notification_url_resolves_against_public_base_url(tmp_path: Path) -> None:
+    app_port, server_port = free_ports(2)
+    application = Application()
+    backend = web.Application()
+    backend.router.add_post("/{tail:.*}", application.by_value)
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    settings = ServerSettings.from_mapping(
+        str(root),
+        str(tmp_path / "state"),
+        {
+            "public_base_url": f"http://{HOST}:{app_port}",  # the application's port plays "us"
+            "directories": {"in": {"notification_type": "by-value", "notification_url": "notify?x=1"}},
+        },
+    )
+    runners = [await _serve(backend, app_port), await _serve(make_app(settings), server_port)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            _session, last = await _upload_until_last_ack(
+                http, f"http://{HOST}:{server_port}/in/doc.bin?t=2", b"0123456789"
+            )
+        assert last.status == 200
+        (call,) = application.calls
+        assert call["query"] == "x=1&t=2"
+        assert call["headers"]["BITS-Original-Request-URL"] == f"http://{HOST}:{app_port}/in/doc.bin?t=2"
+        assert last.headers["BITS-Reply-URL"].startswith(f"http://{HOST}:{app_port}/in/doc.bin?")
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
 
 
 async def test_static_reply_url_and_copy_to_destination(setup: tuple[str, Path, Application]) -> None:

@@ -154,8 +154,26 @@ def test_settings_deepest_directory_wins() -> None:
         {"directories": {"../x": {}}},
         {"max_sessions_per_client": 0},
         {"host_id": "a\r\nX-Injected: 1"},
+        {"max_reply_bytes": 0},
+        {"owner": "no-such-user-openbits"},
+        {"group": "no-such-group-openbits"},
+        {"public_base_url": "ftp://uploads.example"},
+        {"public_base_url": "https://uploads.example/sub/"},
+        {"public_base_url": "https://user:pw@uploads.example"},
+        {"public_base_url": "https://uploads.example/?q=1"},
+        {"public_base_url": "/relative"},
     ],
 )
 def test_bad_settings_are_refused(data: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         ServerSettings.from_mapping("/srv", "/state", data)
+
+
+def test_public_base_url_is_kept_as_an_origin() -> None:
+    settings = ServerSettings.from_mapping("/srv", "/state", {"public_base_url": "https://Up.Example:8443/"})
+    assert settings.public_base_url == "https://up.example:8443"
+
+
+def test_owner_and_group_by_number_or_name() -> None:
+    settings = ServerSettings.from_mapping("/srv", "/state", {"owner": "0", "group": "root"})
+    assert (settings.defaults.owner_uid, settings.defaults.group_gid) == (0, 0)

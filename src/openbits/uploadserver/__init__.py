@@ -11,6 +11,7 @@ another application). One job a module:
 - ``sessions``  the session records (a state directory, written durably) and the partial files
 - ``notify``    the server-application notification (by value / by reference) and its reply
 - ``uploads``   the sessions' operations: Create, Fragment, Close, Cancel, expiry
+- ``urls``      the upload URLs of a request: the client's, the server's own, the application's
 - ``app``       the aiohttp handlers and Acks, the lifecycle, the session cleanup task
 """
 

@@ -14,16 +14,17 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from openbits.uploadserver import protocol
 from openbits.uploadserver.config import ServerSettings
 from openbits.uploadserver.paths import Target, parse_target
 from openbits.uploadserver.protocol import Packet, UploadFailure
 from openbits.uploadserver.uploads import Uploads
+from openbits.uploadserver.urls import request_urls
 
 log = logging.getLogger("openbits.uploadserver")
 
@@ -88,8 +89,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _clean(uploads: Uploads, settings: ServerSettings) -> None:
-    """Remove abandoned sessions, every quarter of the shortest timeout (at most every minute)."""
+    """Remove abandoned sessions, every quarter of the shortest timeout (at most every minute);
+    first the partial files of damaged session records, if the start found any."""
     interval_s = settings.cleanup_interval_s or min(60.0, settings.shortest_timeout_s() / 4)
+    if uploads.store.damaged:
+        try:
+            await asyncio.to_thread(uploads.remove_damaged_leftovers)
+        except OSError as e:
+            log.warning("removing the partial files of damaged session records failed: %s", e)
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -114,7 +121,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         target = parse_target(_raw_tail(request))
         if packet is Packet.CREATE_SESSION:
             protocol.choose_protocol(request.headers)
-            session = uploads.create(target, _client(request), protocol.new_session_id)
+            session = await uploads.create(target, _client(request), protocol.new_session_id)
             settings = request.app[SETTINGS].for_directory(target.parts)
             acked = protocol.create_session_ack(
                 session.session_id, settings.host_id, settings.host_id_fallback_timeout_s
@@ -133,17 +140,19 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 async def _in_session(uploads: Uploads, packet: Packet, target: Target, request: web.Request) -> web.Response:
     """Fragment, Close-Session and Cancel-Session: one request of a session at a time."""
     session = uploads.find(protocol.session_id(request.headers), target)
+    uploads.preempt(session.session_id)  # its client gave up on a fragment still arriving
     async with uploads.store.lock(session.session_id):
         if packet is Packet.FRAGMENT:
             protocol.check_encoding(request.headers)
             rng = protocol.fragment_range(request.headers) or protocol.Range(0, -1, 0)
             body = request.content.iter_chunked(_CHUNK_BYTES)
-            offset, reply_url = await uploads.fragment(session, rng, body, _public_url(request))
+            urls = request_urls(request, request.app[SETTINGS])
+            offset, reply_url = await uploads.fragment(session, rng, body, urls)
             return _ack(200, protocol.fragment_ack(offset, reply_url))
         if packet is Packet.CLOSE_SESSION:
-            uploads.close(session)
+            await uploads.close(session)
         else:
-            uploads.cancel(session)
+            await uploads.cancel(session)
         return _ack(200, protocol.ack())
 
 
@@ -159,11 +168,21 @@ def _ack(status: int, headers: dict[str, str]) -> web.Response:
 
 
 def _raw_tail(request: web.Request) -> str:
-    """The still-encoded URL path below the application's mount point."""
+    """The still-encoded URL path below the application's mount point.
+
+    aiohttp routes by the decoded path, so a mount prefix may arrive percent-encoded
+    (``/%62its/`` for ``/bits/``): the prefix is cut by its number of segments, each checked
+    to decode to the prefix's own, never by its spelling.
+    """
     raw = request.rel_url.raw_path
-    canonical = request.match_info.route.resource.canonical if request.match_info.route.resource else "/"
+    resource = request.match_info.route.resource
+    canonical = resource.canonical if resource else "/"
     prefix = canonical[: canonical.find("{")] if "{" in canonical else "/"
-    return raw[len(prefix) :] if raw.startswith(prefix) else raw
+    depth = prefix.count("/")
+    pieces = raw.split("/", depth)
+    if len(pieces) <= depth or [unquote(p) for p in pieces[:depth]] != prefix.split("/")[:depth]:
+        raise protocol.invalid("the path is not below the mount point")
+    return pieces[depth]
 
 
 def _client(request: web.Request) -> str:
@@ -171,13 +190,3 @@ def _client(request: web.Request) -> str:
     if request.app[SETTINGS].trust_forwarded and request.headers.get("X-Real-IP"):
         return request.headers["X-Real-IP"].strip()
     return request.remote or ""
-
-
-def _public_url(request: web.Request) -> URL:
-    """The upload URL as the client used it (the reply URL and notifications derive from it):
-    its Host header, and behind a trusted proxy the scheme of X-Forwarded-Proto."""
-    url = request.url
-    proto = request.headers.get("X-Forwarded-Proto", "").strip().lower()
-    if request.app[SETTINGS].trust_forwarded and proto in ("http", "https"):
-        url = url.with_scheme(proto).with_port(url.explicit_port)
-    return url

@@ -4,6 +4,8 @@
 max_sessions_per_client = 50        # server-wide (IIS: BITSNumberOfSessionsLimit)
 trust_forwarded = false             # server-wide: behind a proxy, the client's address is
                                     # X-Real-IP and the scheme X-Forwarded-Proto
+public_base_url = ""                # server-wide: "https://host[:port]", the server's own
+                                    # origin; "": the address the request came in on
 allow_uploads = true                # every other key may also sit in a [directories."x"] table
 max_upload_bytes = 0                # the whole file; 0 = no limit
 allow_overwrite = false
@@ -11,6 +13,7 @@ session_timeout_s = 1209600         # IIS: BITSSessionTimeout, 14 days
 notification_type = "none"          # none | by-value | by-reference
 notification_url = ""
 notification_timeout_s = 300
+max_reply_bytes = 67108864          # the largest reply a by-value application may answer
 host_id = ""                        # IIS's BITSHostId: the host later packets must go to
 host_id_fallback_timeout_s = 0      # 0: none sent (the client never falls back)
 file_mode = "0644"
@@ -33,8 +36,11 @@ import grp
 import os
 import pwd
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from yarl import URL
 
 NOTIFICATION_TYPES = ("none", "by-value", "by-reference")
 
@@ -50,6 +56,7 @@ class DirSettings:
     notification_type: str = "none"
     notification_url: str = ""
     notification_timeout_s: float = 300.0
+    max_reply_bytes: int = 64 * 1024 * 1024
     host_id: str = ""
     host_id_fallback_timeout_s: int = 0
     file_mode: int = 0o644
@@ -72,6 +79,7 @@ class ServerSettings:
     directories: dict[tuple[str, ...], DirSettings] = field(default_factory=dict)
     cleanup_interval_s: float | None = None  # None: a quarter of the shortest timeout, ≤ 60 s
     trust_forwarded: bool = False
+    public_base_url: str = ""  # "scheme://host[:port]"; "": the address a request came in on
 
     def for_directory(self, parts: tuple[str, ...]) -> DirSettings:
         """The settings of the directory ``parts`` (relative to the root)."""
@@ -104,6 +112,7 @@ class ServerSettings:
         limit = data.pop("max_sessions_per_client", 50)
         interval = data.pop("cleanup_interval_s", None)
         trust_forwarded = _typed(data.pop("trust_forwarded", False), bool, "trust_forwarded", "the top level")
+        public_base_url = _base_url(data.pop("public_base_url", ""))
         defaults = _dir_settings(DirSettings(), data, "the top level")
         directories: dict[tuple[str, ...], DirSettings] = {}
         for name, table in tables.items():
@@ -123,6 +132,7 @@ class ServerSettings:
             directories=directories,
             cleanup_interval_s=float(interval) if interval is not None else None,
             trust_forwarded=trust_forwarded,
+            public_base_url=public_base_url,
         )
 
 
@@ -149,6 +159,10 @@ def _dir_settings(base: DirSettings, table: dict[str, Any], where: str) -> DirSe
             if len(host) > 300 or any(c in host for c in "\r\n\x00"):
                 raise ValueError(f"{where}: host_id must be one line of at most 300 characters")
             changes[key] = host
+        elif key == "max_reply_bytes":
+            changes[key] = _non_negative(value, key, where)
+            if changes[key] == 0:
+                raise ValueError(f"{where}: max_reply_bytes must be positive")
         elif key == "host_id_fallback_timeout_s":
             changes[key] = _non_negative(value, key, where)
         elif key == "file_mode":
@@ -163,6 +177,27 @@ def _dir_settings(base: DirSettings, table: dict[str, Any], where: str) -> DirSe
     if settings.notifies and not settings.notification_url:
         raise ValueError(f"{where}: notification_type {settings.notification_type} needs a notification_url")
     return settings
+
+
+def _base_url(value: Any) -> str:
+    """``public_base_url``: an http(s) origin (no path but "/", no query, no user info)."""
+    text = _typed(value, str, "public_base_url", "the top level").strip()
+    if not text:
+        return ""
+    try:
+        url = URL(text)
+    except ValueError:
+        url = URL()
+    if (
+        url.scheme not in ("http", "https")
+        or not url.host
+        or url.path not in ("", "/")
+        or url.query_string
+        or url.fragment
+        or url.user is not None
+    ):
+        raise ValueError('public_base_url must be an origin such as "https://uploads.example.com:8443"')
+    return str(url.origin())
 
 
 def _typed(value: Any, kind: type, key: str, where: str) -> Any:
@@ -188,22 +223,20 @@ def _mode(value: Any, where: str) -> int:
 
 
 def _uid(value: Any, where: str) -> int | None:
-    if value in ("", None):
-        return None
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-        return int(value)
-    try:
-        return pwd.getpwnam(str(value)).pw_uid
-    except KeyError:
-        raise ValueError(f"{where}: no user {value!r}") from None
+    return _account_id(value, where, "user", lambda name: pwd.getpwnam(name).pw_uid)
 
 
 def _gid(value: Any, where: str) -> int | None:
+    return _account_id(value, where, "group", lambda name: grp.getgrnam(name).gr_gid)
+
+
+def _account_id(value: Any, where: str, kind: str, lookup: Callable[[str], int]) -> int | None:
+    """A user or group setting: "" (unchanged), a number, or a name looked up."""
     if value in ("", None):
         return None
     if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
         return int(value)
     try:
-        return grp.getgrnam(str(value)).gr_gid
+        return lookup(str(value))
     except KeyError:
-        raise ValueError(f"{where}: no group {value!r}") from None
+        raise ValueError(f"{where}: no {kind} {value!r}") from None

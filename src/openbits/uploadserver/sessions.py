@@ -2,10 +2,11 @@
 
 ``<state>/sessions/{ID}.json`` holds one session (its target, client, total, the offset
 acknowledged, its state, the reply); it is replaced atomically (temporary file, fdatasync,
-rename) after the partial file's bytes were made durable, so the recorded offset never
-runs ahead of the bytes on disk. The partial file lives beside its target, as
-``.bits-{ID}.part`` (so that Close-Session publishes it by a rename, never a copy); after a
-restart it is cut back to the recorded offset (bytes past it were never acknowledged).
+rename, fsync of the directory; in a worker thread, off the event loop) after the partial
+file's bytes were made durable, so the recorded offset never runs ahead of the bytes on disk.
+The partial file lives beside its target, as ``.bits-{ID}.part`` (so that Close-Session
+publishes it by a rename, never a copy); after a restart it is cut back to the recorded
+offset (bytes past it were never acknowledged).
 Replies of the server application are kept in ``<state>/replies/{ID}.reply``.
 """
 
@@ -67,6 +68,8 @@ class SessionStore:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         self._sessions: dict[str, Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: ids of records that could not be read: their partial files are looked for once
+        self.damaged: set[str] = set()
         self._load_all()
 
     def _load_all(self) -> None:
@@ -81,7 +84,9 @@ class SessionStore:
                 with open(path, encoding="utf-8") as f:
                     session = Session(**json.load(f))
             except (OSError, ValueError, TypeError):
-                continue  # a damaged record: its session is unknown (the client starts over)
+                # a damaged record: its session is unknown (the client starts over)
+                self.damaged.add(entry.removesuffix(".json"))
+                continue
             self._sessions[session.session_id] = session
 
     def __iter__(self) -> Iterator[Session]:
@@ -95,34 +100,48 @@ class SessionStore:
         return self._locks.setdefault(session_id, asyncio.Lock())
 
     def live_count(self, client: str) -> int:
-        return sum(1 for s in self._sessions.values() if s.client == client and s.state == OPEN)
+        """The client's sessions that hold a partial file: open, or complete but not closed."""
+        return sum(1 for s in self._sessions.values() if s.client == client and s.live)
 
     def new(self, session_id: str, target: Target, client: str) -> Session:
+        """A new session, recorded (call `save` to make the record durable)."""
         now = time.time()
         session = Session(session_id, list(target.parts), target.name, client, now, now)
-        self.save(session, new=True)
         self._sessions[session_id] = session
         return session
 
-    def save(self, session: Session, new: bool = False) -> None:
-        """Replace the session's record atomically; a new record's directory entry is synced."""
-        path = self._record_path(session.session_id)
+    async def save(self, session: Session) -> None:
+        """Replace the session's record durably, off the event loop (the caller holds the
+        session's lock, or owns a session no request can reach yet)."""
+        record = json.dumps(asdict(session)).encode()  # a snapshot, taken on the loop
+        await asyncio.to_thread(self._write_record, session.session_id, record)
+
+    def _write_record(self, session_id: str, record: bytes) -> None:
+        """Temporary file, fdatasync, rename, fsync of the directory: after a power cut the
+        record is the old one or the new one, and a renamed one stays renamed."""
+        path = self._record_path(session_id)
         temp = path + ".tmp"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, json.dumps(asdict(session)).encode())
+            view = memoryview(record)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fdatasync(fd)
         finally:
             os.close(fd)
         os.replace(temp, path)
-        if new:
-            _fsync_path(self.sessions_dir)
+        _fsync_path(self.sessions_dir)
 
     def forget(self, session: Session) -> None:
         """Remove the record and the reply of a session (its partial file is the caller's)."""
         self._sessions.pop(session.session_id, None)
         self._locks.pop(session.session_id, None)
-        for path in (self._record_path(session.session_id), self.reply_path(session.session_id)):
+        self.forget_files(session.session_id)
+
+    def forget_files(self, session_id: str) -> None:
+        """Remove the record and the reply files of ``session_id``."""
+        self.damaged.discard(session_id)
+        for path in (self._record_path(session_id), self.reply_path(session_id)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
