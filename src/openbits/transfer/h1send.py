@@ -21,17 +21,21 @@ from openbits.transfer.h1conn import Conn, Wire
 from openbits.transfer.h1head import BadRequest
 from openbits.transfer.throttle import Throttle, throttled_slice
 
-__all__ = ["SEND_SLICE_BYTES", "RequestBody"]
+__all__ = ["SEND_SLICE_BYTES", "FileShrank", "RequestBody"]
 
 #: bytes read from the file and sent at once while no bandwidth limit applies
 SEND_SLICE_BYTES = 1024 * 1024
+
+
+class FileShrank(OSError):
+    """The body's file ended before the body did (it was truncated while being sent)."""
 
 
 class RequestBody:
     """A request's body: ``data``, or ``length`` bytes of ``fd`` from ``offset`` (the caller
     owns the fd); sent within the limits of ``throttle`` for ``priority`` when given."""
 
-    __slots__ = ("data", "fd", "length", "offset", "priority", "sent", "throttle")
+    __slots__ = ("data", "fd", "length", "offset", "priority", "read_failure", "sent", "throttle")
 
     def __init__(
         self,
@@ -48,6 +52,10 @@ class RequestBody:
         self.throttle, self.priority = throttle, priority
         #: bytes written to the connection by the last ``send`` (not acknowledged: progress)
         self.sent = 0
+        #: why the file could not be read to the end (it shrank: None inside an OSError of
+        #: errno 0; or the OSError): the request failed with BadRequest, but the fault is the
+        #: local file's, which the caller says (an upload: BG_E_LOCAL_FILE_CHANGED)
+        self.read_failure: OSError | None = None
 
     def whole(self) -> bytes:
         """The body's bytes at once (an authentication leg sends head and body together)."""
@@ -56,10 +64,15 @@ class RequestBody:
         return self._read(self.offset, self.length)
 
     def _read(self, offset: int, n: int) -> bytes:
-        data = os.pread(self.fd, n, offset)
+        try:
+            data = os.pread(self.fd, n, offset)
+        except OSError as e:
+            self.read_failure = e
+            raise BadRequest(f"cannot read the request body's file: {e.strerror}") from e
         if len(data) != n:
-            # (the file shrank under the request: the caller's check of the source says why)
-            raise BadRequest(f"the request body's file ended {n - len(data)} bytes early")
+            # (the file shrank under the request)
+            self.read_failure = FileShrank(f"the request body's file ended {n - len(data)} bytes early")
+            raise BadRequest(str(self.read_failure))
         return data
 
     def _slice(self) -> int:
