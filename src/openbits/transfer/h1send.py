@@ -3,9 +3,11 @@ sends after its head.
 
 A :class:`RequestBody` can be sent again: an authentication leg (``h1auth.exchange``) and a
 kept-alive connection the server had closed both send the request once more.  Its bytes are
-given (a small body), or are ``length`` bytes of an open file from ``offset``, read with
-``os.pread`` slice by slice as they are sent (a fragment of up to 64 MiB is never held whole,
-but for an authentication leg, which is rare and short-lived).  Sending is paced by the
+given (a small body), or are ``length`` bytes of an open file from ``offset``, read slice by
+slice as they are sent (a fragment of up to 64 MiB is never held whole, but for an
+authentication leg, which is rare and short-lived): on the loop when the page cache holds the
+slice, else in a thread (``_file_slice``).  A file that cannot be read to the end fails the
+request (BadRequest) and says why in ``read_failure``: the caller's fault to report.  Sending is paced by the
 bandwidth throttle of the job's priority, as downloads are (``throttle.throttled_slice``).
 """
 
@@ -75,6 +77,20 @@ class RequestBody:
             raise BadRequest(str(self.read_failure))
         return data
 
+    async def _file_slice(self, offset: int, n: int) -> bytes | bytearray:
+        """``n`` bytes of the file from ``offset``: read on the loop when the page cache
+        holds them all (``preadv`` with RWF_NOWAIT never waits for the disk; into a buffer of
+        its own, sent as it is), else in a thread: a slow disk never stalls the loop.  (Every
+        slice in a thread costs about 0.1 ms more each: +0.05 s CPU per 512 MiB.)"""
+        buffer = bytearray(n)
+        try:
+            got = os.preadv(self.fd, [buffer], offset, os.RWF_NOWAIT)
+        except OSError:  # (EAGAIN: not all cached; EOPNOTSUPP: a file system that cannot say)
+            got = -1
+        if got == n:
+            return buffer
+        return await asyncio.to_thread(self._read, offset, n)
+
     def _slice(self) -> int:
         throttle = self.throttle
         if throttle is not None and throttle.is_limited(self.priority):
@@ -95,7 +111,7 @@ class RequestBody:
                 chunk = (
                     self.data[self.sent : self.sent + n]
                     if self.fd < 0
-                    else self._read(self.offset + self.sent, n)
+                    else await self._file_slice(self.offset + self.sent, n)
                 )
                 if answered is None:
                     await wire.send(conn, chunk)

@@ -3,15 +3,18 @@ over ``h1`` by the job's routes, credentials and client certificate (``routing.R
 shared with downloads).
 
 :class:`Uploader` runs an upload (or upload-reply) job's one file from where the server
-stands: it opens the source with the owner's rights (off the loop), checks it against the
-size and mtime AddFile found before every fragment (BG_E_LOCAL_FILE_CHANGED), sends Ping,
-Create-Session, the Fragments (Content-Range, Content-Name, a body read from the source as
-it is sent, within the priority's bandwidth limit), fetches the reply of an upload-reply
-job with the download machinery (``Downloader``, into ``files.reply_temp_name`` beside
-ReplyFileName, as the owner), then Close-Session.  The state it moves (``UploadState`` and
-the file's acknowledged offset) is reported through :class:`UploadProgress`, which stores it:
-``urgent`` when a restart must find it (a new session, the last Ack, the reply, the close),
-else at the caller's checkpoint pace.  Cancel-Session is :meth:`Uploader.cancel_session`.
+stands: it opens the source with the owner's rights (off the loop), checks it against the size
+and mtime AddFile found before and after every fragment (BG_E_LOCAL_FILE_CHANGED: also a
+source that shrank while a fragment was read), sends Ping, Create-Session, the Fragments
+(Content-Range, Content-Name, a body read from the source as it is sent, within the priority's
+bandwidth limit), fetches the reply of an upload-reply job with the download machinery
+(``Downloader``, into ``files.reply_temp_name`` beside ReplyFileName, as the owner; the job's
+custom headers and server credentials only when the reply is at the upload's origin:
+``reply_options``), then Close-Session. The state it moves (``UploadState`` and the file's
+acknowledged offset) is reported through :class:`UploadProgress`, which stores it: ``urgent``
+when a restart must find it (a new session, the last Ack, the reply, the close), else at the
+caller's checkpoint pace. Cancel-Session is :meth:`Uploader.cancel_session` (sent again at a
+5xx, as Close-Session is).
 """
 
 from __future__ import annotations
