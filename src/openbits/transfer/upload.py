@@ -242,7 +242,7 @@ class Uploader:
                 if new_sessions > MAX_NEW_SESSIONS:
                     raise invalid_response("the server keeps forgetting the upload's sessions")
                 _forget_session(state)
-                offset = 0
+                offset = unnamed = 0
                 progress.saved(0, urgent=True)
             elif isinstance(outcome, Shrink):
                 if not sizer.refused(packet.length):
