@@ -13,11 +13,11 @@ import pytest
 import trustme
 
 from openbits.errors import BitsError, HResult
-from openbits.model import ErrorContext, JobFile, UploadState
+from openbits.model import AuthScheme, AuthTarget, Credential, ErrorContext, JobFile, Secret, UploadState
 from openbits.transfer import files as fs
 from openbits.transfer.download import Owner, RequestOptions
 from openbits.transfer.throttle import Throttle
-from openbits.transfer.upload import Reply, Uploader
+from openbits.transfer.upload import Reply, Uploader, reply_options
 from openbits.transfer.uploadflow import FRAGMENT_MIN_BYTES
 from tests.support.bitsserver import BitsServer, UploadRecorder, bits_server, uploader_client
 from tests.support.rawserver import RecordingProgress
@@ -206,7 +206,7 @@ async def test_413_at_the_smallest_fragment_is_the_servers_error(uploader: Uploa
         path, _, state = source(tmp_path, 100_000)
         with pytest.raises(BitsError) as e:
             await run(uploader, f"{server.url}/m", path, state)
-        assert e.value.hresult == HResult.BG_E_TOO_LARGE and not e.value.transient
+        assert e.value.hresult == HResult.BG_E_HTTP_ERROR_413 and not e.value.transient
 
 
 async def test_a_forgotten_session_starts_again_from_zero(
@@ -274,6 +274,89 @@ async def test_upload_reply_fetches_the_reply_before_close(uploader: Uploader, t
         assert (tmp_path / temp).read_bytes() == expected
         assert saves.reply_size == len(expected) and state.reply_done and state.closed
         assert state.reply_url == f"{server.url}/reply/{state.session_id}"
+
+
+@pytest.mark.parametrize("older", [False, True])
+async def test_upload_reply_resumed_behind_the_server_asks_for_the_reply_with_the_final_byte(
+    uploader: Uploader, tmp_path: Path, older: bool
+) -> None:
+    """Review bug 3: every byte was in, but the run that heard the last Ack died before it
+    was stored; the next run's 416 says "all of it" with no BITS-Reply-URL: the final byte
+    again gets it.  ``older``: the state an older version stored (fragments done, no URL)."""
+    async with bits_server(BitsServer(reply=True)) as server:
+        path, data, state = source(tmp_path, 2 * MiB)
+        reply = Reply(str(tmp_path / "job.reply"), fs.reply_temp_name("job"), RecordingProgress())
+        await run(uploader, f"{server.url}/rr", path, state, reply=reply)
+        state.closed = state.reply_done = False
+        state.reply_url = None
+        state.fragments_done = older
+        server.sessions[state.session_id or ""].closed = False
+        (tmp_path / reply.temp_name).unlink()
+        file = JobFile(f"{server.url}/rr", str(path), bytes_total=len(data), bytes_transferred=0)
+        before = len(server.packets)
+        await run(uploader, file.remote_url, path, state, file, reply=reply)
+        assert state.closed and state.reply_done
+        assert (tmp_path / reply.temp_name).read_bytes() == BitsServer.reply_of(data)
+        ranges = [h["Content-Range"] for k, h in server.packets[before:] if k == "fragment"]
+        assert ranges[-1] == f"bytes {len(data) - 1}-{len(data) - 1}/{len(data)}"
+
+
+async def test_an_upload_reply_server_that_names_no_reply_is_an_error(
+    uploader: Uploader, tmp_path: Path
+) -> None:
+    async with bits_server(BitsServer(reply=True)) as server:
+        server.name_reply = False
+        path, _, state = source(tmp_path, 5000)
+        reply = Reply(str(tmp_path / "job.reply"), fs.reply_temp_name("job"), RecordingProgress())
+        with pytest.raises(BitsError) as e:
+            await run(uploader, f"{server.url}/nr", path, state, reply=reply)
+        assert e.value.hresult == HResult.BG_E_INVALID_SERVER_RESPONSE
+        assert not state.fragments_done and server.count("fragment") == 2  # (the final byte asked again)
+
+
+@pytest.mark.parametrize("same_origin", [True, False])
+async def test_the_jobs_headers_go_to_a_reply_url_of_the_uploads_origin_only(
+    uploader: Uploader, tmp_path: Path, same_origin: bool
+) -> None:
+    async with bits_server(BitsServer(reply=True)) as server:
+        if not same_origin:  # (the same server under another name: another origin)
+            server.reply_base = server.url.replace("127.0.0.1", "localhost")
+        path, data, state = source(tmp_path, 5000)
+        file = JobFile(f"{server.url}/ro", str(path), bytes_total=len(data))
+        reply = Reply(str(tmp_path / "job.reply"), fs.reply_temp_name("job"), RecordingProgress())
+        options = RequestOptions(job_id="j", headers=(("X-Job-Secret", "s3cret"),))
+        await uploader.upload(file, state, OWNER, UploadRecorder(file), 2, options, reply)
+        assert state.reply_done
+        assert all(h.get("X-Job-Secret") == "s3cret" for _, h in server.packets)
+        (get,) = server.gets
+        assert ("X-Job-Secret" in get) is same_origin
+
+
+def test_the_reply_options_keep_server_credentials_for_the_uploads_origin_only() -> None:
+    server = Credential(AuthTarget.SERVER, AuthScheme.BASIC, "u", Secret("p"))
+    proxy = Credential(AuthTarget.PROXY, AuthScheme.BASIC, "u", Secret("p"))
+    options = RequestOptions(job_id="j", headers=(("X-A", "1"),), credentials=(server, proxy))
+    upload, host_id = "https://a.example/up", "https://b.example/up"
+    assert reply_options(options, "https://a.example/r", upload, host_id) is options
+    assert reply_options(options, "https://b.example:443/r", upload, host_id) is options
+    for elsewhere in ("http://a.example/r", "https://a.example:8443/r", "https://c.example/r"):
+        other = reply_options(options, elsewhere, upload, host_id)
+        assert other.headers == () and other.credentials == (proxy,)
+
+
+async def test_cancel_session_5xx_is_sent_again(
+    uploader: Uploader, server: BitsServer, tmp_path: Path
+) -> None:
+    path, _, state = source(tmp_path, 10)
+    for _ in range(3):  # (the run ends with the session open)
+        server.inject("close-session", "500")
+    file = JobFile(f"{server.url}/cs", str(path), bytes_total=10)
+    with pytest.raises(BitsError):
+        await run(uploader, file.remote_url, path, state, file)
+    server.inject("cancel-session", "500")
+    await uploader.cancel_session(file, state, OWNER, RequestOptions(job_id="j"))
+    assert server.count("cancel-session") == 2
+    assert state.session_id not in server.sessions
 
 
 async def test_a_throttled_upload_keeps_to_the_limit(uploader: Uploader, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Uploads go everywhere downloads go (``routing.Requester``): through a real squid in
 absolute form (with Basic proxy credentials: after the Ping's 407, every packet carries
-them), through SOCKS5 with a login, and to a server that asks for Basic credentials."""
+them), through SOCKS5 with a login, and to a server that asks for Basic credentials (up front only
+to the origin that asked)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,22 @@ async def test_an_upload_to_a_server_asking_for_basic(uploader: Uploader, tmp_pa
         assert server.bytes_resent == 0
         # (the Ping met the 401; Basic went with every packet after it)
         assert server.unauthorized == 1
+
+
+async def test_basic_goes_up_front_only_to_the_origin_that_asked_for_it(
+    uploader: Uploader, tmp_path: Path
+) -> None:
+    """The BITS-Host-Id host is another origin: it gets the job's Basic credentials when it
+    asks (its own 401), never up front because the first host took them."""
+    async with bits_server(BitsServer(basic=basic_value(USER, PASSWORD))) as server:
+        server.host_id = "localhost"
+        login = (Credential(AuthTarget.SERVER, AuthScheme.BASIC, USER, Secret(PASSWORD)),)
+        data = await upload(uploader, f"{server.url}/h.bin", tmp_path, credentials=login)
+        assert server.uploads["/h.bin"] == data
+        # (the Ping's 401 at 127.0.0.1, the first Fragment's at localhost)
+        assert server.unauthorized == 2
+        later = [h for k, h in server.packets if k in ("fragment", "close-session")]
+        assert later and all(h["Host"].startswith("localhost:") for h in later)
 
 
 async def test_an_upload_through_an_ntlm_proxy(uploader: Uploader, apache: Apache, tmp_path: Path) -> None:

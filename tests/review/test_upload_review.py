@@ -123,13 +123,6 @@ async def test_a_relative_notification_url_never_goes_to_the_clients_host_header
 # -- the client ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: upload-reply resumed from a stored offset older than the server's (SIGKILL "
-    "between checkpoints) gets a 416 to the total; uploadflow.interpret turns it into "
-    "fragments_done with no reply URL (upload._acknowledged), stored urgently, and every later "
-    "run fails 'no BITS-Reply-URL' instead of resending the last fragment to get it",
-)
 async def test_upload_reply_resumed_behind_the_server_still_fetches_the_reply(
     uploader: Uploader, tmp_path: Path
 ) -> None:
@@ -263,12 +256,6 @@ def test_set_reply_file_name_during_the_run_gets_the_reply_there(tmp_path: Path)
         daemon.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the source is checked (size, mtime) only before each fragment "
-    "(upload._check_source), never after one was read: a source rewritten while its last (or "
-    "only) fragment is on the way ends TRANSFERRED with a mix of old and new bytes on the server",
-)
 async def test_a_source_rewritten_during_its_only_fragment_is_local_file_changed(
     uploader: Uploader, tmp_path: Path
 ) -> None:
@@ -339,12 +326,6 @@ async def test_a_percent_encoded_mount_prefix_maps_to_the_same_directory(tmp_pat
         await runner.cleanup()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a source truncated while a fragment is sent makes h1send.RequestBody._read "
-    "raise h1 BadRequest, which http._h1_error maps to InvalidUrl (a bad URL, context "
-    "REMOTE_FILE) instead of BG_E_LOCAL_FILE_CHANGED, context LOCAL_FILE",
-)
 async def test_a_source_truncated_during_a_fragment_is_local_file_changed(
     uploader: Uploader, tmp_path: Path
 ) -> None:

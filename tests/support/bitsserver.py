@@ -17,7 +17,11 @@ Faults are queued per packet type (``inject``) and used by the next such packet,
 (no answer for ``stall_s``), ``forget`` (the session is forgotten: 500 0x8020001F),
 ``416`` (the fragment refused, the real offset told), ``rewind`` (the server lost what it
 had after ``rewind_to`` bytes and says so), ``500`` (500 with BITS-Error-Code 0x80004005).
-``max_fragment_bytes`` answers 413 to longer fragments.
+``max_fragment_bytes`` answers 413 (no BITS code: IIS's own request limit) to longer
+fragments.  Once a session has every byte, a Fragment sent again that ends at the last byte
+(any start up to it) is answered 200 with the same BITS-Reply-URL, as the real server does
+(a client that lost the last Ack, as after a crash, asks for the reply so); ``name_reply``
+False: an upload-reply server that never names one.
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ class BitsServer:
         self.basic = basic
         self.unauthorized = 0  # 401s answered
         self.reply = reply
+        self.name_reply = True
+        #: the scheme://host:port of the BITS-Reply-URLs it names ("": its own ``url``)
+        self.reply_base = ""
+        self.gets: list[dict[str, str]] = []  # the headers of the GETs of replies, in order
         self.max_fragment_bytes = max_fragment_bytes
         self.sessions: dict[str, Session] = {}
         self.uploads: dict[str, bytes] = {}  # path → the closed session's bytes
@@ -101,6 +109,7 @@ class BitsServer:
             self.unauthorized += 1
             return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="bits"'})
         if request.method == "GET" and request.path.startswith("/reply/"):
+            self.gets.append(dict(request.headers))
             return await self._reply(request.path.removeprefix("/reply/"))
         if request.method != "BITS_POST":
             return web.Response(status=405)
@@ -209,13 +218,18 @@ class BitsServer:
             del session.data[fault.rewind_to :]
             return ack(416, **{"BITS-Received-Content-Range": str(len(session.data))})
         if self.max_fragment_bytes is not None and len(body) > self.max_fragment_bytes:
-            return ack(413, error=0x80200020)
+            return ack(413)
+        if held == total > 0 and first <= last == total - 1 and fault is None:
+            return self._fragment_ack(session, sid)  # (the last Ack asked for again)
         if first != held or (fault is not None and fault.what == "416"):
             return ack(416, **{"BITS-Received-Content-Range": str(held)})
         session.data += body
+        return self._fragment_ack(session, sid)
+
+    def _fragment_ack(self, session: Session, sid: str) -> web.Response:
         headers = {"BITS-Session-Id": sid, "BITS-Received-Content-Range": str(len(session.data))}
-        if self.reply and len(session.data) == total:
-            headers["BITS-Reply-URL"] = f"{self.url}/reply/{sid}"
+        if self.reply and self.name_reply and len(session.data) == session.total:
+            headers["BITS-Reply-URL"] = f"{self.reply_base or self.url}/reply/{sid}"
         return ack(200, **headers)
 
 

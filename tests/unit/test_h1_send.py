@@ -8,7 +8,10 @@ import asyncio
 import os
 from pathlib import Path
 
-from openbits.transfer.h1 import H1Client, RequestBody
+import pytest
+
+from openbits.transfer.h1 import BadRequest, H1Client, RequestBody
+from openbits.transfer.h1send import FileShrank
 from tests.support.rawserver import raw_server
 
 
@@ -40,6 +43,34 @@ async def test_a_body_from_a_file_is_sent_after_the_head(tmp_path: Path) -> None
     assert received[0].startswith(b"BITS_POST /x HTTP/1.1\r\n")
     assert f"Content-Length: {len(data) - 5}\r\n".encode() in received[0]
     assert received[1] == data[5:]
+
+
+async def test_a_body_of_a_file_out_of_the_page_cache_is_read_off_the_loop_and_whole(tmp_path: Path) -> None:
+    """The slices the page cache does not hold are read in a thread (RWF_NOWAIT says so): the
+    bytes sent are the file's all the same."""
+    data = os.urandom(4 * 1024 * 1024)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        body = RequestBody(fd=fd, length=len(data))
+        chunks = [await body._file_slice(offset, 1024 * 1024) for offset in range(0, len(data), 1024 * 1024)]
+        assert b"".join(chunks) == data
+    finally:
+        os.close(fd)
+
+
+async def test_a_file_that_shrank_under_the_body_says_so(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"0123456789")
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        body = RequestBody(fd=fd, offset=4, length=20)
+        with pytest.raises(BadRequest):
+            await body._file_slice(4, 20)
+        assert isinstance(body.read_failure, FileShrank)
+    finally:
+        os.close(fd)
 
 
 async def test_an_answer_before_the_whole_body_is_read_at_once() -> None:

@@ -61,6 +61,16 @@ def test_an_empty_source_is_one_empty_fragment() -> None:
     assert packet.content_range == "bytes */0"
 
 
+@pytest.mark.parametrize("done", [False, True])
+def test_every_byte_in_but_no_reply_named_sends_the_final_byte_again(done: bool) -> None:
+    """(as after a crash between checkpoints; ``done``: a state an older version stored)"""
+    state = UploadState(source_size=30, session_id="s", fragments_done=done)
+    packet = next_packet(state, 30, 30, MiB, pinged=True, reply=True)
+    assert packet == fragment(29, 1, 30) and packet.content_range == "bytes 29-29/30"
+    empty = UploadState(source_size=0, session_id="s", fragments_done=done)
+    assert next_packet(empty, 0, 0, MiB, pinged=True, reply=True).content_range == "bytes */0"
+
+
 def test_after_the_fragments_the_reply_then_close_then_done() -> None:
     state = UploadState(source_size=1, session_id="s", fragments_done=True, reply_url="http://x/r")
     assert next_packet(state, 1, 1, MiB, pinged=True, reply=True).kind is Kind.FETCH_REPLY
@@ -145,18 +155,54 @@ def test_the_last_ack_of_an_upload_reply_names_the_reply_resolved_against_the_ur
     assert outcome == Advance(30, "http://127.0.0.1:8080/up/r/1")
 
 
-def test_the_last_ack_of_an_upload_reply_without_reply_url_is_an_error() -> None:
-    with pytest.raises(BitsError):
-        interpret(fragment(0, 30, 30), ack(200, bits_received_content_range="30"), URL, reply=True)
+@pytest.mark.parametrize("status", [200, 416])
+def test_the_last_ack_of_an_upload_reply_without_reply_url_names_none(status: int) -> None:
+    """(the uploader then sends the final byte again, and fails if that names none either)"""
+    answer = ack(status, bits_received_content_range="30")
+    assert interpret(fragment(0, 10, 30), answer, URL, reply=True) == Advance(30, None)
+    named = ack(status, bits_received_content_range="30", bits_reply_url="http://h/r")
+    assert interpret(fragment(0, 10, 30), named, URL, reply=True) == Advance(30, "http://h/r")
     # (not the last fragment, or not upload-reply: no reply asked)
     assert interpret(fragment(0, 10, 30), ack(200), URL, reply=True) == Advance(10)
     assert interpret(fragment(0, 30, 30), ack(200), URL, reply=False) == Advance(30)
 
 
+@pytest.mark.parametrize("value", ["file:///etc/passwd", "ftp://127.0.0.1/r", "data:,x", "http://[::1/r"])
+def test_a_reply_url_that_is_not_http_is_an_invalid_response(value: str) -> None:
+    with pytest.raises(BitsError) as e:
+        interpret(fragment(0, 30, 30), ack(200, bits_reply_url=value), URL, reply=True)
+    assert e.value.hresult == HResult.BG_E_INVALID_SERVER_RESPONSE
+
+
 def test_413_shrinks_the_fragment() -> None:
-    outcome = interpret(fragment(0, MiB, 4 * MiB), ack(413, bits_error_code="0x80200020"), URL, reply=False)
+    outcome = interpret(fragment(0, MiB, 4 * MiB), ack(413), URL, reply=False)
     assert isinstance(outcome, Shrink)
-    assert outcome.error.hresult == HResult.BG_E_TOO_LARGE
+    assert outcome.error.hresult == HResult.BG_E_HTTP_ERROR_413
+
+
+@pytest.mark.parametrize(
+    ("headers", "hresult", "context"),
+    [
+        (
+            {"bits_error_code": "0x80200020", "bits_error_context": "0x5"},
+            0x80200020,
+            ErrorContext.REMOTE_FILE,
+        ),
+        (
+            {"bits_error_code": "0x80004005", "bits_error_context": "0x7"},
+            0x80004005,
+            ErrorContext.REMOTE_APPLICATION,
+        ),
+        ({"bits_error_context": "0x7"}, HResult.BG_E_HTTP_ERROR_413, ErrorContext.REMOTE_APPLICATION),
+    ],
+)
+def test_a_413_of_the_application_or_too_large_is_the_jobs_error(
+    headers: dict[str, str], hresult: int, context: ErrorContext
+) -> None:
+    """No shorter fragment gets past them: no shrinking through the fragment sizes."""
+    with pytest.raises(BitsError) as e:
+        interpret(fragment(0, MiB, 4 * MiB), ack(413, **headers), URL, reply=False)
+    assert (e.value.hresult, e.value.context) == (hresult, context)
 
 
 @pytest.mark.parametrize("header", ["BITS-Error-Code", "bits-error"])

@@ -6,8 +6,9 @@ write each (``JobQueue.upload_checkpoint``): at once when a restart must find th
 session, the last Ack, the reply, the close), else at most every
 ``checkpoint_interval_s``, and at the end of the run whatever ended it.  Errors, retries
 and NoProgressTimeout are the downloads' (``job_failed``, ``job_transferred``).
-Cancel-Session (``cancel_session``) runs in a task of its own, bounded in time; its failure
-is only logged: the job is cancelled whatever the server says.
+Cancel-Session (``cancel_session``) runs in a task of its own, bounded in time (the
+uploader sends it again at a 5xx within that time); its failure is only logged: the job is
+cancelled whatever the server says.
 """
 
 from __future__ import annotations

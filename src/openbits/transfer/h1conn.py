@@ -360,7 +360,7 @@ class Wire:
                 raise ClosedEarly("the connection closed inside the response head")
             start = conn.pos  # _fill may have moved what was buffered to the front
 
-    async def send(self, conn: Conn, data: bytes) -> None:
+    async def send(self, conn: Conn, data: bytes | bytearray) -> None:
         if conn.tls is None:
             await self.raw_send(conn, data)
             return
@@ -370,7 +370,7 @@ class Wire:
             raise ClosedEarly(f"TLS error: {e}") from e
         await self._flush_tls(conn)
 
-    async def raw_send(self, conn: Conn, data: bytes) -> None:
+    async def raw_send(self, conn: Conn, data: bytes | bytearray) -> None:
         """``data`` under the TLS to the origin (to the socket, or through the proxy's TLS)."""
         outer = conn.outer
         if outer is None:
@@ -382,7 +382,7 @@ class Wire:
             raise ClosedEarly(f"TLS error with the proxy: {e}") from e
         await self._flush_outer(conn)
 
-    async def _sock_send(self, conn: Conn, data: bytes) -> None:
+    async def _sock_send(self, conn: Conn, data: bytes | bytearray) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.read_timeout_s):

@@ -104,8 +104,10 @@ class Requester:
     ``owner`` (whose uid decides whether the default credentials may be used).
 
     Once a server (or proxy) answered ``send``'s request with a Basic challenge that the
-    job's credential got past, the later requests of ``send`` carry that credential from the
-    start: an upload's fragment is not sent once in vain to meet each 401 (407) again."""
+    job's credential got past, the later requests of ``send`` to that origin (through that
+    job's proxies) carry that credential from the start: an upload's fragment is not sent
+    once in vain to meet each 401 (407) again.  Another origin (a BITS-Host-Id host) gets
+    it only when it asks."""
 
     __slots__ = ("_preemptive", "_proxy_auth", "defaults", "options", "owner", "transport")
 
@@ -113,8 +115,9 @@ class Requester:
         self.transport, self.options, self.owner = transport, options, owner
         #: what the job's credentials with no names use (``resolve_defaults``, per request)
         self.defaults = PROCESS
-        #: the Basic header values the server (SERVER) or proxy (PROXY) asked for
-        self._preemptive: dict[AuthTarget, str] = {}
+        #: the Basic header values the server (SERVER, with its origin) or proxy (PROXY,
+        #: with "") asked for
+        self._preemptive: dict[tuple[AuthTarget, str], str] = {}
         self._proxy_auth: Authenticator | None = None  # (the last request's, through a proxy)
 
     @contextlib.asynccontextmanager
@@ -134,24 +137,27 @@ class Requester:
         routes = await self.routes(url)
         auth = self.authenticator(url, url)
         client_tls = await self.client_tls(url)
-        if AuthTarget.SERVER in self._preemptive and auth is not None:
-            headers = {**headers, "Authorization": self._preemptive[AuthTarget.SERVER]}
+        origin = _origin(url)
+        basic = self._preemptive.get((AuthTarget.SERVER, origin))
+        if basic is not None and auth is not None:
+            headers = {**headers, "Authorization": basic}
         self._proxy_auth = None
         async with self.request(url, headers, (), routes, auth, client_tls, method, body) as resp:
             if auth is not None:
                 self.authenticated(auth, resp.status, url)
-            for answerer in (auth, self._proxy_auth):
-                self._learn(answerer, resp.status)
+            self._learn(auth, resp.status, origin)
+            self._learn(self._proxy_auth, resp.status, "")
             yield resp
 
-    def _learn(self, auth: Authenticator | None, status: int) -> None:
-        """Basic got past ``auth``'s target: its header goes with the next requests."""
+    def _learn(self, auth: Authenticator | None, status: int, origin: str) -> None:
+        """Basic got past ``auth``'s target: its header goes with the next requests to
+        ``origin`` (a server's; "" for the proxy)."""
         if auth is None or auth.scheme is not AuthScheme.BASIC or auth.problem or status == auth.status:
             return
         for c in self.options.credentials:
             if c.target == auth.target and c.scheme is AuthScheme.BASIC and c.user_name is not None:
                 password = c.password.reveal() if c.password is not None else ""
-                self._preemptive[auth.target] = basic_value(c.user_name, password)
+                self._preemptive[auth.target, origin] = basic_value(c.user_name, password)
                 return
 
     async def resolve_defaults(self) -> None:
@@ -277,7 +283,7 @@ class Requester:
                         entry.url,
                     )
         if basic is None and not entry.is_socks:
-            basic = self._preemptive.get(AuthTarget.PROXY)
+            basic = self._preemptive.get((AuthTarget.PROXY, ""))
         factory = self.transport.proxy_auth
         auth = factory(self.options, entry, self.defaults) if factory is not None else None
         if isinstance(auth, Authenticator):
@@ -322,3 +328,12 @@ class Requester:
             )
         if auth.problem is not None and (status == auth.status or not auth.verified):
             raise auth_error(auth.status, auth.problem)
+
+
+def _origin(url: str) -> str:
+    """``url``'s origin (scheme, host, port: RFC 6454) as a key; "" when it has none."""
+    try:
+        parts = yarl.URL(url)
+    except ValueError:
+        return ""
+    return f"{parts.scheme.lower()}://{parts.host}:{parts.port}" if parts.host else ""

@@ -3,20 +3,24 @@ over ``h1`` by the job's routes, credentials and client certificate (``routing.R
 shared with downloads).
 
 :class:`Uploader` runs an upload (or upload-reply) job's one file from where the server
-stands: it opens the source with the owner's rights (off the loop), checks it against the
-size and mtime AddFile found before every fragment (BG_E_LOCAL_FILE_CHANGED), sends Ping,
-Create-Session, the Fragments (Content-Range, Content-Name, a body read from the source as
-it is sent, within the priority's bandwidth limit), fetches the reply of an upload-reply
-job with the download machinery (``Downloader``, into ``files.reply_temp_name`` beside
-ReplyFileName, as the owner), then Close-Session.  The state it moves (``UploadState`` and
-the file's acknowledged offset) is reported through :class:`UploadProgress`, which stores it:
-``urgent`` when a restart must find it (a new session, the last Ack, the reply, the close),
-else at the caller's checkpoint pace.  Cancel-Session is :meth:`Uploader.cancel_session`.
+stands: it opens the source with the owner's rights (off the loop), checks it against the size
+and mtime AddFile found before and after every fragment (BG_E_LOCAL_FILE_CHANGED: also a
+source that shrank while a fragment was read), sends Ping, Create-Session, the Fragments
+(Content-Range, Content-Name, a body read from the source as it is sent, within the priority's
+bandwidth limit), fetches the reply of an upload-reply job with the download machinery
+(``Downloader``, into ``files.reply_temp_name`` beside ReplyFileName, as the owner; the job's
+custom headers and server credentials only when the reply is at the upload's origin:
+``reply_options``), then Close-Session. The state it moves (``UploadState`` and the file's
+acknowledged offset) is reported through :class:`UploadProgress`, which stores it: ``urgent``
+when a restart must find it (a new session, the last Ack, the reply, the close), else at the
+caller's checkpoint pace. Cancel-Session is :meth:`Uploader.cancel_session` (sent again at a
+5xx, as Close-Session is).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 import urllib.parse
@@ -26,11 +30,13 @@ from typing import Protocol
 import yarl
 
 from openbits.errors import BitsError, HResult, LocalFileError
-from openbits.model import ErrorContext, JobFile, UploadState
+from openbits.model import AuthTarget, ErrorContext, JobFile, UploadState
 from openbits.transfer import files as fs
+from openbits.transfer import redirects
 from openbits.transfer.download import Downloader
 from openbits.transfer.fetch import Progress
 from openbits.transfer.h1 import RequestBody
+from openbits.transfer.h1send import FileShrank
 from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.owner import opened_off_loop
@@ -45,11 +51,12 @@ from openbits.transfer.uploadflow import (
     Opened,
     Packet,
     Shrink,
+    checked_reply_url,
     interpret,
     next_packet,
 )
 
-__all__ = ["Reply", "UploadProgress", "Uploader"]
+__all__ = ["Reply", "UploadProgress", "Uploader", "reply_options"]
 
 #: the most of an Ack's body read (and dropped) to keep its connection
 MAX_ACK_BODY_BYTES = 64 * 1024
@@ -64,6 +71,8 @@ CLOSE_RESEND_DELAY_S = 0.5
 #: the packets that carry Content-Name (the source's base name): Windows names the file on
 #: Create-Session, every Fragment and Close-Session
 _NAMED = frozenset({Kind.CREATE_SESSION, Kind.FRAGMENT, Kind.CLOSE_SESSION})
+#: the packets sent again at a 5xx (``Uploader._resent``)
+_RESENT = frozenset({Kind.CLOSE_SESSION, Kind.CANCEL_SESSION})
 
 
 class UploadProgress(Protocol):
@@ -150,6 +159,8 @@ class _Session:
                     read += len(chunk)
                 return Ack(resp.status, resp.reason or "", resp.headers)
         except NETWORK_EXCEPTIONS as e:
+            if body is not None and body.read_failure is not None:
+                raise _source_failed(body.read_failure) from e
             raise network_error(e, self.file.remote_url) from e
 
 
@@ -198,7 +209,7 @@ class Uploader:
         total, offset = state.source_size, file.bytes_transferred  # (the file's is the caller's)
         sizer = FragmentSizer()
         pinged = connected = False
-        new_sessions = stalled = 0
+        new_sessions = stalled = unnamed = 0
         while True:
             packet = next_packet(state, offset, total, sizer.bytes, pinged=pinged, reply=reply is not None)
             if packet.kind is Kind.DONE:
@@ -212,10 +223,12 @@ class Uploader:
                     source[0] = await self._open_source(file.local_file, owner, state)
                 _check_source(source[0], state)
             url, began = session.url, time.monotonic()
-            if packet.kind is Kind.CLOSE_SESSION:
-                outcome = await self._close(session)
+            if packet.kind in _RESENT:
+                outcome = await self._resent(session, packet)
             else:
                 ack = await session.send(packet, source[0])
+                if packet.kind is Kind.FRAGMENT:  # (rewritten while it was read: a mix was sent)
+                    _check_source(source[0], state)
                 outcome = interpret(packet, ack, url, reply=reply is not None)
             if not connected:
                 connected = True
@@ -229,7 +242,7 @@ class Uploader:
                 if new_sessions > MAX_NEW_SESSIONS:
                     raise invalid_response("the server keeps forgetting the upload's sessions")
                 _forget_session(state)
-                offset = 0
+                offset = unnamed = 0
                 progress.saved(0, urgent=True)
             elif isinstance(outcome, Shrink):
                 if not sizer.refused(packet.length):
@@ -243,15 +256,23 @@ class Uploader:
                 stalled = stalled + 1 if outcome.offset <= packet.start else 0
                 if stalled >= MAX_STALLED_ACKS:
                     raise invalid_response(f"the server keeps acknowledging {outcome.offset} bytes")
-                offset = _acknowledged(packet, outcome, state, progress)
+                offset = _acknowledged(packet, outcome, state, progress, reply=reply is not None)
                 sizer.acknowledged(offset - packet.start, time.monotonic() - began)
+                if offset == total and reply is not None and outcome.reply_url is None:
+                    # (the server had every byte already, a 416 to a resumed run: the final
+                    # byte again gets an Ack that names the reply; a server that still names
+                    # none is wrong)
+                    unnamed += 1
+                    if unnamed > 1:
+                        raise invalid_response("the last Fragment's Ack has no BITS-Reply-URL")
 
     @staticmethod
-    async def _close(session: _Session) -> Advance | Shrink | NewSession | Opened:
-        """Close-Session, sent again (a few times, a moment apart) while the server fails
-        with a 5xx or the connection breaks (BG_E_SESSION_NOT_FOUND is not sent again: a
-        new session); then the failure is the job's, transient: its next run closes."""
-        packet = Packet(Kind.CLOSE_SESSION)
+    async def _resent(session: _Session, packet: Packet) -> Advance | Shrink | NewSession | Opened:
+        """Close-Session or Cancel-Session, sent again (a few times, a moment apart) while
+        the server fails with a 5xx or the connection breaks, as Windows does
+        (ack-for-close-session, ack-for-cancel-session; BG_E_SESSION_NOT_FOUND is not sent
+        again: a new session, or nothing left to cancel); then the failure is raised
+        (a Close-Session's is the job's, transient: its next run closes)."""
         for attempt in range(1, CLOSE_ATTEMPTS + 1):
             try:
                 return interpret(packet, await session.send(packet), session.url, reply=False)
@@ -268,10 +289,10 @@ class Uploader:
         url = session.state.reply_url
         if not url:
             raise invalid_response("the upload has no BITS-Reply-URL to fetch the reply from")
+        url = checked_reply_url(url)  # (a state stored by an older version too)
         reply_file = JobFile(url, reply.file_name, temp_name=reply.temp_name)
-        fetched = await self.downloader.download(
-            reply_file, owner, reply.progress, session.priority, session.options
-        )
+        options = reply_options(session.options, url, session.file.remote_url, session.url)
+        fetched = await self.downloader.download(reply_file, owner, reply.progress, session.priority, options)
         session.state.reply_done = True
         progress.reply_done(fetched.size)
 
@@ -298,8 +319,18 @@ class Uploader:
         if state.session_id is None:
             return
         session = _Session(Requester(self.transport, options, owner), file, state, options, 0)
-        packet = Packet(Kind.CANCEL_SESSION)
-        interpret(packet, await session.send(packet), session.url, reply=False)
+        await self._resent(session, Packet(Kind.CANCEL_SESSION))
+
+
+def reply_options(options: RequestOptions, reply_url: str, *upload_urls: str) -> RequestOptions:
+    """The job's options for its reply's GET: its server credentials and custom headers go
+    only to the origin the upload went to (its URL, or the BITS-Host-Id one), never to
+    another host the server names (nor from https:// to http://); bits-spec does not say
+    what Windows does.  Proxy credentials stay: they are the proxy's."""
+    if any(redirects.same_origin(reply_url, url) for url in upload_urls):
+        return options
+    credentials = tuple(c for c in options.credentials if c.target != AuthTarget.SERVER)
+    return dataclasses.replace(options, headers=(), credentials=credentials)
 
 
 def _check_source(fd: int, state: UploadState) -> None:
@@ -313,15 +344,28 @@ def _check_source(fd: int, state: UploadState) -> None:
         )
 
 
-def _acknowledged(packet: Packet, outcome: Advance, state: UploadState, progress: UploadProgress) -> int:
-    """A Fragment's Ack moved the offset: reported (at once after the last byte)."""
+def _acknowledged(
+    packet: Packet, outcome: Advance, state: UploadState, progress: UploadProgress, *, reply: bool
+) -> int:
+    """A Fragment's Ack moved the offset: reported (at once after the last byte); the
+    fragments are done at the last byte, once the reply is named (upload-reply)."""
     assert outcome.offset is not None
     last = outcome.offset == packet.total
-    if last:
+    if last and (not reply or outcome.reply_url is not None):
         state.fragments_done = True
         state.reply_url = outcome.reply_url
     progress.saved(outcome.offset, urgent=last)
     return outcome.offset
+
+
+def _source_failed(failure: OSError) -> BitsError:
+    """The source could not be read to the end of a fragment: it shrank (changed), or the
+    disk failed (context LOCAL_FILE either way)."""
+    if isinstance(failure, FileShrank):
+        return LocalFileError(
+            "the source file shrank during the upload", hresult=HResult.BG_E_LOCAL_FILE_CHANGED
+        )
+    return fs.local_error(failure, "cannot read the upload's source")
 
 
 def _forget_session(state: UploadState) -> None:

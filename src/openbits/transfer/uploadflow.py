@@ -7,7 +7,9 @@ as Windows opens a connection with it), Create-Session, a Fragment from the ackn
 offset, the reply's download (upload-reply), Close-Session, or done.  :func:`interpret`
 reads an Ack: header names are matched case-insensitively, error headers are ignored on
 a 2xx, a Fragment's Ack moves the offset to BITS-Received-Content-Range either way (200 and
-416), 413 shrinks the fragments, 500 with BG_E_SESSION_NOT_FOUND starts a new session from
+416; the one to the last byte of an upload-reply job names the reply, BITS-Reply-URL, http(s)
+only), 413 shrinks the fragments (unless it is the application's, context 0x7, or
+BG_E_TOO_LARGE: the job's error), 500 with BG_E_SESSION_NOT_FOUND starts a new session from
 byte 0, any other failure is a :class:`~openbits.errors.BitsError` with the server's code
 (BITS-Error-Code, or [MC-BUP]'s BITS-Error) and context, else BG_E_HTTP_ERROR_<status>.
 :class:`FragmentSizer` adapts the fragment size.  Nothing here does I/O: ``upload.py``
@@ -39,6 +41,7 @@ __all__ = [
     "Packet",
     "ServerError",
     "Shrink",
+    "checked_reply_url",
     "interpret",
     "next_packet",
 ]
@@ -96,8 +99,10 @@ def next_packet(
         return Packet(Kind.PING)
     if state.session_id is None:
         return Packet(Kind.CREATE_SESSION)
-    if not state.fragments_done:
-        start = min(max(0, offset), total)
+    if not state.fragments_done or (reply and not state.reply_done and not state.reply_url):
+        # (every byte in but no reply named, as after a crash between checkpoints: the final
+        # byte again, whose Ack names it; a state stored so by an older version too)
+        start = min(max(0, offset), max(0, total - 1))
         return Packet(Kind.FRAGMENT, start, min(fragment_bytes, total - start), total)
     if reply and not state.reply_done:
         return Packet(Kind.FETCH_REPLY)
@@ -189,8 +194,9 @@ def interpret(packet: Packet, ack: Ack, url: str, *, reply: bool) -> Opened | Ad
     what = kind.value
     status = ack.status
     if kind is Kind.FRAGMENT and status == 416:
-        return Advance(_received(ack, packet))
-    if status == 413 and kind is Kind.FRAGMENT:
+        offset = _received(ack, packet)
+        return Advance(offset, _reply_url(ack, url) if reply and offset == packet.total else None)
+    if status == 413 and kind is Kind.FRAGMENT and not _whole_upload_refused(ack):
         return Shrink(server_error(ack, what))
     if not 200 <= status < 300:
         code = _hex(ack.header("BITS-Error-Code") or ack.header("BITS-Error"))
@@ -210,13 +216,40 @@ def interpret(packet: Packet, ack: Ack, url: str, *, reply: bool) -> Opened | Ad
     if kind is not Kind.FRAGMENT:
         return Advance()
     offset = _received(ack, packet)
-    reply_url = None
-    if reply and offset == packet.total:
-        given = (ack.header("BITS-Reply-URL") or "").strip()
-        if not given:
-            raise invalid_response("the last Fragment's Ack has no BITS-Reply-URL")
-        reply_url = urllib.parse.urljoin(url, given)  # (as given when absolute: not re-quoted)
-    return Advance(offset, reply_url)
+    return Advance(offset, _reply_url(ack, url) if reply and offset == packet.total else None)
+
+
+def _whole_upload_refused(ack: Ack) -> bool:
+    """A 413 that no shorter fragment gets past: the server's application refused the
+    upload (context 0x7), or the whole file is over the server's limit (BG_E_TOO_LARGE)."""
+    code = _hex(ack.header("BITS-Error-Code") or ack.header("BITS-Error"))
+    return code == HResult.BG_E_TOO_LARGE or _hex(ack.header("BITS-Error-Context")) == 7
+
+
+def _reply_url(ack: Ack, url: str) -> str | None:
+    """The Ack's BITS-Reply-URL, resolved against ``url`` (the packet's); None when it names
+    none (the caller asks again with the final byte, then fails)."""
+    given = (ack.header("BITS-Reply-URL") or "").strip()
+    if not given:
+        return None
+    try:
+        joined = urllib.parse.urljoin(url, given)  # (absolute: as given, not re-quoted)
+    except ValueError:
+        joined = given  # (refused just below)
+    return checked_reply_url(joined)
+
+
+def checked_reply_url(url: str) -> str:
+    """The reply is fetched from http:// or https:// only (never file:// or the like: the
+    server names it), else BG_E_INVALID_SERVER_RESPONSE, as a malformed redirect is."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if not host or parts.scheme.lower() not in ("http", "https"):
+        raise invalid_response(f"the server's BITS-Reply-URL is not an http(s) URL: {url[:80]!r}")
+    return url
 
 
 def _received(ack: Ack, packet: Packet) -> int:
