@@ -387,6 +387,12 @@ class UploadState:
     #: upload-reply: the name of the reply's temporary file beside ReplyFileName when it is
     #: not ``files.reply_temp_name(JobId)``: a new owner's, unforeseeable (TakeOwnership)
     reply_temp_name: str | None = None
+    #: BITS-Host-Id-Fallback-Timeout of Create-Session's Ack (seconds): the BITS-Host-Id
+    #: host unreachable that long, the session goes back to the URL's host; None: never
+    host_fallback_s: int | None = None
+    #: when the BITS-Host-Id host first failed to be reached since it last answered (Unix
+    #: ns; 0: it has not failed)
+    host_failing_since_ns: int = 0
 
 
 @dataclass(slots=True)

@@ -108,6 +108,28 @@ async def test_an_opaque_session_id_and_host_id_are_honoured(
     assert all(h["Host"].startswith("localhost:") for h in later)
 
 
+@pytest.mark.parametrize("fallback", [None, "0"], ids=["never", "at-once"])
+async def test_an_unreachable_host_id_falls_back_after_its_timeout(
+    uploader: Uploader, server: BitsServer, tmp_path: Path, fallback: str | None
+) -> None:
+    """bits-spec §6.2: the BITS-Host-Id host unreachable for BITS-Host-Id-Fallback-Timeout
+    seconds, the session's packets go back to the URL's host (no timeout: never)."""
+    server.host_id, server.host_fallback = "host-id.invalid", fallback
+    path, data, state = source(tmp_path, 1000)
+    if fallback is None:
+        with pytest.raises(BitsError) as e:
+            await run(uploader, f"{server.url}/f", path, state)
+        assert e.value.transient  # (retried later, still towards the Host-Id host)
+        assert state.host_id == "host-id.invalid" and state.host_failing_since_ns > 0
+        assert "/f" not in server.uploads
+        return
+    await run(uploader, f"{server.url}/f", path, state)
+    assert server.uploads["/f"] == data
+    assert state.host_id is None and state.host_failing_since_ns == 0
+    kinds = [k for k, _ in server.packets]
+    assert kinds.count("create-session") == 1  # (the same session, on the URL's host)
+
+
 async def test_a_reset_fragment_is_resent_from_the_acknowledged_offset(
     uploader: Uploader, server: BitsServer, tmp_path: Path
 ) -> None:

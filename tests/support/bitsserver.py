@@ -95,6 +95,8 @@ class BitsServer:
         self.holding: int | None = None
         self.session_ids: deque[str] = deque()  # ids to hand out first (opaque ones)
         self.host_id: str | None = None
+        #: BITS-Host-Id-Fallback-Timeout sent with host_id (seconds, as text)
+        self.host_fallback: str | None = None
         self.url = ""
 
     def inject(self, packet_type: str, what: str, *, rewind_to: int = 0) -> None:
@@ -148,6 +150,8 @@ class BitsServer:
             headers = {"BITS-Protocol": PROTOCOL, "BITS-Session-Id": sid, "Accept-Encoding": "identity"}
             if self.host_id is not None:
                 headers["BITS-Host-Id"] = self.host_id
+                if self.host_fallback is not None:
+                    headers["BITS-Host-Id-Fallback-Timeout"] = self.host_fallback
             return ack(200, **headers)
         sid = request.headers.get("BITS-Session-Id", "")
         session = self.sessions.get(sid)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import time
 import urllib.parse
@@ -35,7 +36,7 @@ from openbits.transfer import files as fs
 from openbits.transfer import redirects
 from openbits.transfer.download import Downloader
 from openbits.transfer.fetch import Progress
-from openbits.transfer.h1 import RequestBody
+from openbits.transfer.h1 import ConnectFailed, NameNotResolved, ProxyUnreachable, RequestBody
 from openbits.transfer.h1send import FileShrank
 from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error
 from openbits.transfer.options import RequestOptions
@@ -57,6 +58,11 @@ from openbits.transfer.uploadflow import (
 )
 
 __all__ = ["Reply", "UploadProgress", "Uploader", "reply_options"]
+
+log = logging.getLogger(__name__)
+
+#: what says a BITS-Host-Id host cannot be reached (its fallback timeout runs meanwhile)
+HOST_UNREACHABLE = (ConnectFailed, NameNotResolved)
 
 #: the most of an Ack's body read (and dropped) to keep its connection
 MAX_ACK_BODY_BYTES = 64 * 1024
@@ -149,19 +155,49 @@ class _Session:
             body = RequestBody(
                 fd=fd, offset=packet.start, length=packet.length, throttle=throttle, priority=self.priority
             )
-        try:
-            async with self.requester.send(self.url, headers, method="BITS_POST", body=body) as resp:
-                read = 0
-                while read <= MAX_ACK_BODY_BYTES:
-                    chunk = await resp.content.read(16 * 1024)
-                    if not chunk:
-                        break
-                    read += len(chunk)
-                return Ack(resp.status, resp.reason or "", resp.headers)
-        except NETWORK_EXCEPTIONS as e:
-            if body is not None and body.read_failure is not None:
-                raise _source_failed(body.read_failure) from e
-            raise network_error(e, self.file.remote_url) from e
+        for _attempt in range(2):
+            try:
+                ack = await self._post(headers, body)
+            except NETWORK_EXCEPTIONS as e:
+                if body is not None and body.read_failure is not None:
+                    raise _source_failed(body.read_failure) from e
+                if self._host_unreachable(e):
+                    continue  # (back on the URL's host: the same packet there, once)
+                raise network_error(e, self.file.remote_url) from e
+            self.state.host_failing_since_ns = 0
+            return ack
+        raise AssertionError("unreachable")
+
+    async def _post(self, headers: dict[str, str], body: RequestBody | None) -> Ack:
+        async with self.requester.send(self.url, headers, method="BITS_POST", body=body) as resp:
+            read = 0
+            while read <= MAX_ACK_BODY_BYTES:
+                chunk = await resp.content.read(16 * 1024)
+                if not chunk:
+                    break
+                read += len(chunk)
+            return Ack(resp.status, resp.reason or "", resp.headers)
+
+    def _host_unreachable(self, e: BaseException) -> bool:
+        """The BITS-Host-Id host could not be reached: the first time since it last answered
+        is noted; once that is BITS-Host-Id-Fallback-Timeout ago, the session goes back to the
+        URL's host (bits-spec §6.2) and True says to send the packet there.  A proxy that
+        cannot be reached is not the host's fault."""
+        state = self.state
+        if state.host_id is None or not isinstance(e, HOST_UNREACHABLE) or isinstance(e, ProxyUnreachable):
+            return False
+        now = time.time_ns()
+        if not state.host_failing_since_ns:
+            state.host_failing_since_ns = now
+        if state.host_fallback_s is None or now - state.host_failing_since_ns < state.host_fallback_s * 10**9:
+            return False
+        log.info(
+            "the upload's BITS-Host-Id host %s was unreachable for %d s: back to the URL's host",
+            state.host_id,
+            state.host_fallback_s,
+        )
+        state.host_id, state.host_fallback_s, state.host_failing_since_ns = None, None, 0
+        return True
 
 
 class Uploader:
@@ -235,6 +271,7 @@ class Uploader:
                 progress.connected()
             if isinstance(outcome, Opened):
                 state.session_id, state.host_id = outcome.session_id, outcome.host_id
+                state.host_fallback_s, state.host_failing_since_ns = outcome.fallback_s, 0
                 offset = 0
                 progress.saved(0, urgent=True)
             elif isinstance(outcome, NewSession):
@@ -371,4 +408,5 @@ def _source_failed(failure: OSError) -> BitsError:
 def _forget_session(state: UploadState) -> None:
     """The server forgot the session: a new one, from byte 0."""
     state.session_id = state.host_id = state.reply_url = None
+    state.host_fallback_s, state.host_failing_since_ns = None, 0
     state.fragments_done = state.reply_done = state.closed = False

@@ -131,6 +131,8 @@ class Opened:
 
     session_id: str
     host_id: str | None
+    #: BITS-Host-Id-Fallback-Timeout (seconds): None, never go back to the URL's host
+    fallback_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,11 +214,19 @@ def interpret(packet: Packet, ack: Ack, url: str, *, reply: bool) -> Opened | Ad
         if protocol is not None and protocol.strip().lower() != PROTOCOL:
             raise invalid_response(f"the server chose an unknown upload protocol {protocol[:60]!r}")
         host = (ack.header("BITS-Host-Id") or "").strip() or None
-        return Opened(session, host)
+        return Opened(session, host, _seconds(ack.header("BITS-Host-Id-Fallback-Timeout")) if host else None)
     if kind is not Kind.FRAGMENT:
         return Advance()
     offset = _received(ack, packet)
     return Advance(offset, _reply_url(ack, url) if reply and offset == packet.total else None)
+
+
+def _seconds(value: str | None) -> int | None:
+    """A header's decimal seconds (BITS-Host-Id-Fallback-Timeout); None when absent or not
+    one (bits-spec §6.3: no timeout given, never revert)."""
+    if value is None or not value.strip().isdigit() or not value.strip().isascii():
+        return None
+    return min(int(value.strip()), 0xFFFFFFFF)
 
 
 def _whole_upload_refused(ack: Ack) -> bool:
