@@ -51,7 +51,9 @@ def parse_digest(text: str) -> Digest:
     else:
         m = _SF.match(text)
         if m is None:
-            raise ValueError("Digest must be sha-256=:<base64>:, sha-512=:<base64>:, sha256:<hex> or sha512:<hex>")
+            raise ValueError(
+                "Digest must be sha-256=:<base64>:, sha-512=:<base64>:, sha256:<hex> or sha512:<hex>"
+            )
         algorithm = m.group(1)
         if algorithm not in ALGORITHMS:
             raise ValueError(f"Digest algorithm {algorithm!r} is not supported (sha-256, sha-512)")

@@ -44,6 +44,7 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
                     os.ftruncate(fd, 0)
                 progress.begin(st.st_size, etag, formatdate(st.st_mtime, usegmt=True))
             d.transport.free_space.check(os.path.dirname(file.local_file), st.st_size - offset)
+            await d.begin_check(offset)
             while offset < st.st_size:
                 limited = throttle.is_limited(priority)
                 step = LOCAL_LIMITED_STEP if limited else tuning.checkpoint_bytes
@@ -55,11 +56,15 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
                 if n == 0:
                     return RESTART  # the source shrank under us
                 offset += n
+                if d.check is not None:  # (hashed from the page cache, off the loop)
+                    with fs.translating(f"cannot read {file.temp_path}"):
+                        await d.check.start(fd, offset)
                 if offset < st.st_size:
                     progress.checkpoint(offset)
             with fs.translating(f"cannot copy {source}"):
                 if os.fstat(src).st_mtime_ns != st.st_mtime_ns:
                     return RESTART  # the source changed under us
+            d.verify(offset)
             return Fetched(offset)
         finally:
             d.close()
