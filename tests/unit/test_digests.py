@@ -68,7 +68,8 @@ def test_bad_syntax_is_refused(text: str) -> None:
 
 def test_repr_digest_keeps_sha256_and_sha512_and_ignores_others() -> None:
     data = b"x"
-    header = f"md5=:{base64.b64encode(b'0' * 16).decode()}:, {_sf(data)}, {_sf(data, 'sha-512')};p=1, unixsum=:AA==:"
+    md5 = base64.b64encode(b"0" * 16).decode()
+    header = f"md5=:{md5}:, {_sf(data)}, {_sf(data, 'sha-512')};p=1, unixsum=:AA==:"
     assert [d.canonical() for d in parse_repr_digest(header)] == [_sf(data), _sf(data, "sha-512")]
     assert parse_repr_digest(None) == [] and parse_repr_digest("garbage") == []
 
