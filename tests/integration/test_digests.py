@@ -1,0 +1,139 @@
+"""Expected digests through the real daemon, with nginx (SPEC §9 "Expected digests"):
+a right digest reaches TRANSFERRED and the published file; a wrong one is ERROR
+BG_E_VALIDATION_FAILED with no temporary and no published file; a file killed mid-body
+(SIGKILL) and resumed is still verified over all its bytes; a local source, AddFileSet
+entries, CreateJob's file and the CLI's ``--digest`` too."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from openbits.errors import BitsError
+from openbits.model import ErrorContext, JobPriority, JobState
+from tests.support.daemon import Daemon, wait_until
+from tests.support.fixtures import make_file, sha256_file
+from tests.support.nginx import Nginx
+
+MiB = 1024 * 1024
+WRONG = "sha256:" + "00" * 32
+
+
+def temp_files(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if p.name.startswith(".BIT") and p.name.endswith(".tmp")]
+
+
+def canonical(hex_digest: str) -> str:
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(hex_digest)).decode()}:"
+
+
+def start(daemon: Daemon, url: str, local: Path, digest: str) -> str:
+    client = daemon.client
+    job = client.create_job(local.name, priority=JobPriority.FOREGROUND).job_id  # (run side by side)
+    client.add_file(job, url, str(local), digest=digest)
+    client.resume(job)
+    return job
+
+
+def assert_validation_failed(daemon: Daemon, job: str, dest: Path, local: Path) -> None:
+    daemon.wait_state(job, JobState.ERROR, timeout=30)
+    err = daemon.client.get_error(job)
+    assert err.hresult == 0x80200053 and err.name == "BG_E_VALIDATION_FAILED"
+    assert err.context is ErrorContext.REMOTE_FILE
+    assert not temp_files(dest), "the temporary file of a mismatch is removed"
+    assert not local.exists()
+    assert daemon.job(job)["Files"][0]["BytesTransferred"] == 0
+    # Complete keeps only whole files (BG_S_PARTIAL_COMPLETE): the mismatched one is never published
+    assert daemon.client.complete(job) != 0
+    assert not local.exists() and not temp_files(dest)
+
+
+def test_the_right_digest_transfers_and_shows_in_the_file(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    hex_digest = make_file(nginx.www, "dg/right.bin", 3 * MiB + 5, seed=3)
+    local = dest / "right.bin"
+    job = start(daemon, f"{nginx.url}/dg/right.bin", local, f"sha256:{hex_digest}")
+    daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+    assert daemon.job(job)["Files"][0]["Digest"] == canonical(hex_digest)
+    assert daemon.client.complete(job) == 0
+    assert sha256_file(local) == hex_digest
+
+
+def test_a_wrong_digest_is_validation_failed_with_no_file(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    make_file(nginx.www, "dg/wrong.bin", 2 * MiB, seed=4)
+    local = dest / "wrong.bin"
+    job = start(daemon, f"{nginx.url}/dg/wrong.bin", local, WRONG)
+    assert_validation_failed(daemon, job, dest, local)
+
+
+def test_a_bad_digest_is_refused_at_the_call(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    client = daemon.client
+    job = client.create_job("bad").job_id
+    with pytest.raises(BitsError) as e:
+        client.add_file(job, f"{nginx.url}/x", str(dest / "x"), digest="sha256:nothex")
+    assert e.value.hresult == 0x80070057  # E_INVALIDARG
+    assert daemon.job(job)["Files"] == []
+
+
+def test_sigkill_mid_file_then_resume_is_still_verified(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    hex_digest = make_file(nginx.www, "dg/kill.bin", 5 * MiB + 77, seed=5)
+    make_file(nginx.www, "dg/kill2.bin", 5 * MiB + 77, seed=5)
+    right_local, wrong_local = dest / "kill.bin", dest / "kill2.bin"
+    right = start(daemon, f"{nginx.url}/slow/dg/kill.bin", right_local, f"sha256:{hex_digest}")
+    bad = start(daemon, f"{nginx.url}/slow/dg/kill2.bin", wrong_local, "sha512:" + "11" * 64)
+    for job in (right, bad):
+        wait_until(lambda j=job: daemon.job(j)["BytesTransferred"] >= MiB, 30, "1 MiB checkpointed")
+    daemon.kill()
+    daemon.start()
+    daemon.wait_state(right, JobState.TRANSFERRED, timeout=60)
+    ranges = [r for r in nginx.requests() if r["uri"] == "/slow/dg/kill.bin" and r["range"]]
+    assert ranges and ranges[-1]["status"] == 206, "the file resumed (its prefix hashed from disk)"
+    assert daemon.client.complete(right) == 0
+    assert sha256_file(right_local) == hex_digest
+    assert_validation_failed(daemon, bad, dest, wrong_local)
+
+
+def test_local_source_and_file_set_and_create_job(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    a = make_file(nginx.www, "dg/a.bin", MiB + 1, seed=6)
+    b = make_file(nginx.www, "dg/b.bin", 70_000, seed=7)
+    client = daemon.client
+    job = client.create_job("set").job_id
+    client.add_file_set(
+        job,
+        [
+            (f"{nginx.url}/dg/a.bin", str(dest / "a.bin"), f"sha256:{a}"),
+            ("file://" + str(nginx.www / "dg/b.bin"), str(dest / "b.bin"), canonical(b)),
+        ],
+    )
+    client.resume(job)
+    daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+    assert client.complete(job) == 0
+    assert sha256_file(dest / "b.bin") == b
+    local = dest / "c.bin"
+    created = client.create_job("c", "file://" + str(nginx.www / "dg/b.bin"), str(local), digest=WRONG)
+    client.resume(created.job_id)
+    assert_validation_failed(daemon, created.job_id, dest, local)
+
+
+def test_the_cli_transfer_digest(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    hex_digest = make_file(nginx.www, "dg/cli.bin", 100_000, seed=8)
+    cli = [sys.executable, "-m", "openbits", "--socket", str(daemon.socket), "transfer", "-q"]
+    ok = subprocess.run(
+        [*cli, "--digest", f"sha256:{hex_digest}", f"{nginx.url}/dg/cli.bin", str(dest / "cli.bin")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert sha256_file(dest / "cli.bin") == hex_digest
+    bad = subprocess.run(
+        [*cli, "--no-retry", "--digest", WRONG, f"{nginx.url}/dg/cli.bin", str(dest / "cli2.bin")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "BG_E_VALIDATION_FAILED" in bad.stderr, bad.stderr
+    assert not (dest / "cli2.bin").exists() and not temp_files(dest)
