@@ -17,7 +17,7 @@ from openbits.errors import BitsError, DigestMismatch, HResult
 from openbits.model import ErrorContext, JobFile
 from openbits.transfer.download import Downloader, Owner, Tuning
 from openbits.transfer.h1 import H1Client
-from openbits.transfer.verify import DigestCheck
+from openbits.transfer.verify import READ_BYTES, DigestCheck
 from tests.support.rawserver import RecordingProgress, Respond, raw_server
 
 MiB = 1024 * 1024
@@ -102,21 +102,22 @@ async def test_a_resumed_check_rebuilds_its_state_from_the_durable_prefix(tmp_pa
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
-        first = DigestCheck.of(_sf(data))
-        assert first is not None
-        first.catch_up(fd, 1 * MiB + 5)  # an attempt that stopped there (not stored)
-        resumed = DigestCheck.of(_sf(data))
-        assert resumed is not None
-        await resumed.start(fd, 2 * MiB + 3)  # the next attempt resumes at its checkpoint
-        assert resumed.hashed == 2 * MiB + 3
-        resumed.catch_up(fd, len(data))
-        resumed.verify(fd, len(data), "u")
-        await first.start(fd, 10)  # behind what it hashed: from 0 again
-        first.verify(fd, len(data), "u")
+        for resumed_at in (0, 10, 2 * MiB + 3, len(data)):
+            check = DigestCheck.of(_sf(data))
+            assert check is not None
+            await check.start(fd, resumed_at)  # the attempt resumes at its checkpoint
+            assert check.hashed == resumed_at, "the durable prefix is hashed once, at the start"
+            check.catch_up(fd, resumed_at + 100)  # (less than READ_BYTES: left for later)
+            check.catch_up(fd, min(resumed_at + READ_BYTES + 5, len(data)))
+            await check.verify(len(data), "u")
+            check.close()
         check = DigestCheck.of(_sf(data[:-1] + b"?"))
         assert check is not None
+        await check.start(fd, 0)
         with pytest.raises(DigestMismatch):
-            check.verify(fd, len(data), "u")
+            await check.verify(len(data), "u")
+        check.close()
+        assert check.fd == -1 and check.worker is None
     finally:
         os.close(fd)
 

@@ -170,19 +170,26 @@ class FileDownload:
     async def begin_check(self, offset: int, server: list[Digest] | None = None) -> None:
         """The attempt writes from ``offset``: hash the durable prefix before it (once, in a
         thread) when the file has an expected digest or the server sent one (``server``)."""
+        self.close_check()
         self.check = DigestCheck.of(self.file.digest, server)
         if self.check is not None:
             with fs.translating("cannot read the temporary file"):
                 await self.check.start(self.fd, offset)
 
-    def verify(self, size: int) -> None:
+    async def verify(self, size: int) -> None:
         """The temporary file is whole at ``size`` bytes: they must match the expected digests
         (DigestMismatch: BG_E_VALIDATION_FAILED)."""
         if self.check is not None:
             with fs.translating("cannot read the temporary file"):
-                self.check.verify(self.fd, size, redact_url(self.file.remote_url))
+                await self.check.verify(size, redact_url(self.file.remote_url))
+
+    def close_check(self) -> None:
+        if self.check is not None:
+            self.check.close()
+            self.check = None
 
     def close(self) -> None:
+        self.close_check()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -231,7 +238,7 @@ class FileDownload:
                     fetched = await self.stream(resp.content, start, total, defer_sync=defer_sync)
                 if total is not None and fetched.size != total:
                     raise invalid_response(f"the server sent {fetched.size} bytes of {total}")
-                self.verify(fetched.size)
+                await self.verify(fetched.size)
                 return fetched
         finally:
             self.close()

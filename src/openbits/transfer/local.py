@@ -56,15 +56,14 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
                 if n == 0:
                     return RESTART  # the source shrank under us
                 offset += n
-                if d.check is not None:  # (hashed from the page cache, off the loop)
-                    with fs.translating(f"cannot read {file.temp_path}"):
-                        await d.check.start(fd, offset)
+                if d.check is not None:  # (hashed from the page cache, in its worker)
+                    d.check.catch_up(fd, offset)
                 if offset < st.st_size:
                     progress.checkpoint(offset)
             with fs.translating(f"cannot copy {source}"):
                 if os.fstat(src).st_mtime_ns != st.st_mtime_ns:
                     return RESTART  # the source changed under us
-            d.verify(offset)
+            await d.verify(offset)
             return Fetched(offset)
         finally:
             d.close()

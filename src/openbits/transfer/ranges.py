@@ -63,7 +63,7 @@ async def download_ranges(d: FileDownload) -> Fetched | Restart:
             out = max(out, end)  # (a range found whole already leaves the output as it is)
             done = end
             i += 1
-        d.verify(out)
+        await d.verify(out)
         return Fetched(out)
     finally:
         d.close()

@@ -1,21 +1,27 @@
 """Verifying a file's bytes against expected digests while they stream (SPEC §9).
 
 :class:`DigestCheck` hashes what the temporary file holds, from the page cache, right after
-each write (``catch_up``: an ``os.pread`` of the bytes just written, from where it stopped):
-so one hasher serves every way bytes arrive (``pwritev`` of chunks, ``splice`` inside the
-kernel, ``copy_file_range`` of a local source, AddFileWithRanges pieces) and the file is never
-read a second time.  Hash objects cannot be stored: an attempt that resumes from a checkpoint
-hashes the durable prefix once (``start``, in a thread) and goes on from there.
+each write: ``catch_up`` (called by ``sink.Syncs.step`` after every ``pwritev`` and every
+``splice`` move) hands the bytes just written to the check's own worker thread, which
+``os.pread``s them and updates the hashes (hashlib lets go of the GIL: the hashing runs
+beside the transfer on another core instead of in series with it on the loop).  So one
+hasher serves every way bytes arrive (``pwritev`` of chunks, ``splice`` inside the kernel,
+``copy_file_range`` of a local source, AddFileWithRanges pieces), and the file is never
+read a second time.  The worker reads a dup of the fd, closed with the check (``close``).
 
-What it checks (``verify``): the file's expected ``Digest`` (of the bytes the job writes, so
-of the pieces in order for AddFileWithRanges) and a server's ``Repr-Digest`` of a whole
-representation (sha-256 and sha-512 members; others ignored).  A mismatch is
-BG_E_VALIDATION_FAILED, context REMOTE_FILE, never retried.
+Hash objects cannot be stored: an attempt that resumes from a checkpoint hashes the
+durable prefix once (``start``), then goes on from there.
+
+What it checks (``verify``): the file's expected ``Digest`` (of the bytes the job writes,
+so of the pieces in order for AddFileWithRanges) and a server's ``Repr-Digest`` (sha-256
+and sha-512 members; others ignored).  A mismatch is BG_E_VALIDATION_FAILED, context
+REMOTE_FILE, never retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import os
 from typing import Any
@@ -23,21 +29,26 @@ from typing import Any
 from openbits.digest import Digest, parse_digest
 from openbits.errors import DigestMismatch
 
-#: bytes read per pread while catching up
+#: bytes read per pread, and the least handed to the worker at once
 READ_BYTES = 1024 * 1024
 
 
 class DigestCheck:
-    """Running hashes of a temporary file's first ``hashed`` bytes, and what they must match."""
+    """Running hashes of a temporary file's first ``hashed`` bytes (the worker's), the
+    offset handed to the worker so far (``queued``), and what the hashes must match."""
 
-    __slots__ = ("expected", "hashed", "hashes")
+    __slots__ = ("expected", "fd", "hashed", "hashes", "last", "queued", "worker")
 
     def __init__(self, expected: list[tuple[str, Digest]]) -> None:
-        self.expected = expected  # (who expects it: "the file's Digest" / "Repr-Digest", digest)
+        self.expected = expected  # (who expects it, the digest)
         self.hashes: dict[str, Any] = {}
         for _, d in expected:
             self.hashes.setdefault(d.hashlib_name, hashlib.new(d.hashlib_name))
         self.hashed = 0
+        self.queued = 0
+        self.fd = -1
+        self.worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self.last: concurrent.futures.Future[None] | None = None
 
     @classmethod
     def of(cls, file_digest: str | None, server: list[Digest] | None = None) -> DigestCheck | None:
@@ -47,35 +58,24 @@ class DigestCheck:
         expected += [("the server's Repr-Digest", d) for d in server or ()]
         return cls(expected) if expected else None
 
-    def catch_up(self, fd: int, end: int) -> None:
-        """Hash the file's bytes from ``hashed`` up to ``end`` (just written: in the page cache)."""
-        while self.hashed < end:
-            data = os.pread(fd, min(READ_BYTES, end - self.hashed), self.hashed)
-            if not data:
-                raise OSError(0, f"the temporary file ends at {self.hashed}, before {end}")
-            for h in self.hashes.values():
-                h.update(data)
-            self.hashed += len(data)
-
     async def start(self, fd: int, offset: int) -> None:
-        """A (resumed) attempt writes from ``offset``: hash the durable prefix once, in a
-        thread (it may be large); from 0 when the file holds less than was hashed."""
-        if offset < self.hashed:
-            self.restart()
-        if offset > self.hashed:
-            await asyncio.to_thread(self.catch_up, fd, offset)
+        """An attempt writes into ``fd`` from ``offset``: hash the durable prefix before it
+        once (in the worker), and follow the writes from there."""
+        self.fd = os.dup(fd)
+        self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="digest")
+        self._queue(offset)
+        await self._settled()
 
-    def restart(self) -> None:
-        """The file starts again from byte 0 (truncated)."""
-        self.hashes = {name: hashlib.new(name) for name in self.hashes}
-        self.hashed = 0
+    def catch_up(self, fd: int, end: int) -> None:
+        """``end`` bytes are in the file: hash the new ones (in the worker, in order) once
+        there is at least READ_BYTES of them; the rest waits for the next call or ``verify``."""
+        if end - self.queued >= READ_BYTES:
+            self._queue(end)
 
-    def verify(self, fd: int, size: int, url: str) -> None:
+    async def verify(self, size: int, url: str) -> None:
         """The file is complete at ``size`` bytes: they must match every expected digest."""
-        self.catch_up(fd, size)
-        if self.hashed != size:
-            self.restart()
-            self.catch_up(fd, size)
+        self._queue(size)
+        await self._settled()
         for who, d in self.expected:
             got = self.hashes[d.hashlib_name].digest()
             if got != d.value:
@@ -83,3 +83,32 @@ class DigestCheck:
                 raise DigestMismatch(
                     f"the content of {url} does not match {who}: expected {d.canonical()}, got {shown}"
                 )
+
+    def close(self) -> None:
+        """Let go of the worker and the fd (the worker finishes what it was handed first)."""
+        if self.worker is not None:
+            self.worker.shutdown(wait=True, cancel_futures=True)
+            self.worker = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _queue(self, end: int) -> None:
+        if end > self.queued and self.worker is not None:
+            self.queued = end
+            self.last = self.worker.submit(self._hash_to, end)
+
+    async def _settled(self) -> None:
+        """Wait for what the worker was handed; its error (a failed pread) is raised here."""
+        if self.last is not None:
+            await asyncio.wrap_future(self.last)
+
+    def _hash_to(self, end: int) -> None:
+        """(In the worker.)  Hash the file's bytes from ``hashed`` up to ``end``."""
+        while self.hashed < end:
+            data = os.pread(self.fd, min(READ_BYTES, end - self.hashed), self.hashed)
+            if not data:
+                raise OSError(0, f"the temporary file ends at {self.hashed}, before {end}")
+            for h in self.hashes.values():
+                h.update(data)
+            self.hashed += len(data)
