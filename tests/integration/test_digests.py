@@ -7,6 +7,7 @@ entries, CreateJob's file and the CLI's ``--digest`` too."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,26 @@ def test_the_cli_transfer_digest(daemon: Daemon, nginx: Nginx, dest: Path) -> No
     )
     assert bad.returncode == 1 and "BG_E_VALIDATION_FAILED" in bad.stderr, bad.stderr
     assert not (dest / "cli2.bin").exists() and not temp_files(dest)
+
+
+def test_ranges_are_verified_over_the_bytes_the_job_writes(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    make_file(nginx.www, "dg/ranges.bin", 3 * MiB, seed=9)
+    content = (nginx.www / "dg/ranges.bin").read_bytes()
+    ranges = [(0, 1000), (2 * MiB, MiB)]
+    written = hashlib.sha256(b"".join(content[o : o + n] for o, n in ranges)).hexdigest()
+    client = daemon.client
+    outcomes = {}
+    for name, digest in (
+        ("good", f"sha256:{written}"),
+        ("bad", f"sha256:{hashlib.sha256(content).hexdigest()}"),
+    ):
+        job = client.create_job(name, priority=JobPriority.FOREGROUND).job_id
+        client.add_file_with_ranges(
+            job, f"{nginx.url}/dg/ranges.bin", str(dest / name), ranges, digest=digest
+        )
+        client.resume(job)
+        outcomes[name] = job
+    daemon.wait_state(outcomes["good"], JobState.TRANSFERRED, timeout=30)
+    assert client.complete(outcomes["good"]) == 0
+    assert sha256_file(dest / "good") == written
+    assert_validation_failed(daemon, outcomes["bad"], dest, dest / "bad")
