@@ -17,6 +17,7 @@ import pytest
 from openbits.errors import BitsError
 from openbits.model import ErrorContext, JobPriority, JobState
 from tests.support.daemon import Daemon, wait_until
+from tests.support.faults import FaultServer, Serve
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
 
@@ -161,3 +162,25 @@ def test_ranges_are_verified_over_the_bytes_the_job_writes(daemon: Daemon, nginx
     assert client.complete(outcomes["good"]) == 0
     assert sha256_file(dest / "good") == written
     assert_validation_failed(daemon, outcomes["bad"], dest, dest / "bad")
+
+
+def test_a_server_sending_a_wrong_repr_digest_is_validation_failed(
+    daemon: Daemon, fault_server: FaultServer, dest: Path
+) -> None:
+    data = bytes(range(256)) * 4096
+    sf = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    fault_server.routes["/good"] = Serve(data, headers={"Repr-Digest": f"sha-256=:{sf}:, md5=:AAAA:"})
+    fault_server.routes["/bad"] = Serve(data, headers={"Repr-Digest": f"sha-256=:{sf[:-2]}A=:"})
+    client = daemon.client
+    jobs = {}
+    for name in ("good", "bad"):
+        job = client.create_job(name, priority=JobPriority.FOREGROUND).job_id
+        client.add_file(job, f"{fault_server.url}/{name}", str(dest / name))  # (no Digest of its own)
+        client.resume(job)
+        jobs[name] = job
+    daemon.wait_state(jobs["good"], JobState.TRANSFERRED, timeout=30)
+    assert client.complete(jobs["good"]) == 0
+    assert (dest / "good").read_bytes() == data
+    daemon.wait_state(jobs["bad"], JobState.ERROR, timeout=30)
+    assert "Repr-Digest" in client.get_error(jobs["bad"]).error_description
+    assert_validation_failed(daemon, jobs["bad"], dest, dest / "bad")

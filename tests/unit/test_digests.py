@@ -229,3 +229,27 @@ async def test_a_resumed_file_is_verified_over_all_its_bytes(tmp_path: Path, rig
     else:
         assert isinstance(error, DigestMismatch), error
         assert not os.path.exists(file.temp_path)
+
+
+def test_the_file_list_takes_an_optional_digest_column() -> None:
+    import click
+
+    from openbits.cli.openbits.options import parse_file_set
+
+    files = parse_file_set(f"http://h/a /t/a sha256:{'ab' * 32}\nhttp://h/b /t/b\n", "list")
+    assert files == [
+        {"RemoteUrl": "http://h/a", "LocalFile": "/t/a", "Digest": f"sha256:{'ab' * 32}"},
+        {"RemoteUrl": "http://h/b", "LocalFile": "/t/b"},
+    ]
+    with pytest.raises(click.UsageError):
+        parse_file_set("http://h/a /t/a x y\n", "list")
+
+
+def test_client_file_pairs_carry_digests() -> None:
+    from openbits._wire import file_pairs
+
+    assert file_pairs([("u", "/l", "sha256:00"), ("v", "/m", None), ("w", "/n")]) == [
+        {"RemoteUrl": "u", "LocalFile": "/l", "Digest": "sha256:00"},
+        {"RemoteUrl": "v", "LocalFile": "/m"},
+        {"RemoteUrl": "w", "LocalFile": "/n"},
+    ]
