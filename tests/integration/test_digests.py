@@ -184,3 +184,22 @@ def test_a_server_sending_a_wrong_repr_digest_is_validation_failed(
     daemon.wait_state(jobs["bad"], JobState.ERROR, timeout=30)
     assert "Repr-Digest" in client.get_error(jobs["bad"]).error_description
     assert_validation_failed(daemon, jobs["bad"], dest, dest / "bad")
+
+
+def test_the_cli_add_digest_and_add_set_column(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    hex_digest = make_file(nginx.www, "dg/add.bin", 10_000, seed=10)
+    job = daemon.client.create_job("cli-add").job_id
+    cli = [sys.executable, "-m", "openbits", "--socket", str(daemon.socket)]
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+    bad = run("add", job, f"{nginx.url}/dg/add.bin", str(dest / "a.bin"), "--digest", "sha256:zz")
+    assert bad.returncode != 0 and "E_INVALIDARG" in bad.stderr, bad.stderr
+    ok = run("add", job, f"{nginx.url}/dg/add.bin", str(dest / "a.bin"), "--digest", f"sha256:{hex_digest}")
+    assert ok.returncode == 0, ok.stderr
+    listed = run(
+        "add-set", job, "-", stdin=f"{nginx.url}/dg/add.bin {dest / 'b.bin'} {canonical(hex_digest)}\n"
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [f.get("Digest") for f in daemon.job(job)["Files"]] == [canonical(hex_digest)] * 2

@@ -253,3 +253,42 @@ def test_client_file_pairs_carry_digests() -> None:
         {"RemoteUrl": "v", "LocalFile": "/m"},
         {"RemoteUrl": "w", "LocalFile": "/n"},
     ]
+
+
+@pytest.mark.parametrize("splice", [True, False])
+async def test_the_bytes_are_hashed_while_they_stream_not_at_the_end(tmp_path: Path, splice: bool) -> None:
+    """Half the body is sent, then the server waits until the check's worker has hashed
+    most of it: a hasher that only ran at the end would never get there."""
+    body = _body(8 * MiB)
+    half = 4 * MiB
+    hashed_while_streaming = asyncio.Event()
+    checks: list[DigestCheck] = []
+    real_of = DigestCheck.of
+
+    def recording_of(file_digest: str | None, server: list[Digest] | None = None) -> DigestCheck | None:
+        check = real_of(file_digest, server)
+        if check is not None:
+            checks.append(check)
+        return check
+
+    async def respond(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for pos in range(0, half, 256 * 1024):
+            writer.write(body[pos : pos + 256 * 1024])
+            await writer.drain()
+        deadline = asyncio.get_running_loop().time() + 10
+        while not (checks and checks[0].hashed >= half - 2 * MiB):
+            assert asyncio.get_running_loop().time() < deadline, "nothing hashed while streaming"
+            await asyncio.sleep(0.01)
+        hashed_while_streaming.set()
+        writer.write(body[half:])
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(DigestCheck, "of", staticmethod(recording_of))
+    try:
+        async with raw_server(respond) as base:
+            _, _, error = await _download(base, tmp_path, _sf(body), splice=splice)
+    finally:
+        mp.undo()
+    assert error is None, error
+    assert hashed_while_streaming.is_set()
