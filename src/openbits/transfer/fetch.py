@@ -167,14 +167,14 @@ class FileDownload:
             self.fd, offset = await opened_off_loop(functools.partial(fs.open_resumable, *args))
         return offset
 
-    async def begin_check(self, offset: int, server: list[Digest] | None = None) -> None:
-        """The attempt writes from ``offset``: hash the durable prefix before it (once, in a
-        thread) when the file has an expected digest or the server sent one (``server``)."""
+    def begin_check(self, offset: int, server: list[Digest] | None = None) -> None:
+        """The attempt writes from ``offset``: hash the durable prefix before it (once, in the
+        check's worker) when the file has an expected digest or the server sent one (``server``)."""
         self.close_check()
         self.check = DigestCheck.of(self.file.digest, server)
         if self.check is not None:
             with fs.translating("cannot read the temporary file"):
-                await self.check.start(self.fd, offset)
+                self.check.start(self.fd, offset)
 
     async def verify(self, size: int) -> None:
         """The temporary file is whole at ``size`` bytes: they must match the expected digests
@@ -229,7 +229,7 @@ class FileDownload:
                         resp.content_length, resp.headers.get("ETag"), resp.headers.get("Last-Modified")
                     )
                 start, total = answer.start, answer.total
-                await self.begin_check(start, parse_repr_digest(resp.headers.get("Repr-Digest")))
+                self.begin_check(start, parse_repr_digest(resp.headers.get("Repr-Digest")))
                 if total is not None:
                     self.transport.free_space.check(os.path.dirname(file.local_file), total - start)
                 progress.connected()

@@ -44,7 +44,7 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
                     os.ftruncate(fd, 0)
                 progress.begin(st.st_size, etag, formatdate(st.st_mtime, usegmt=True))
             d.transport.free_space.check(os.path.dirname(file.local_file), st.st_size - offset)
-            await d.begin_check(offset)
+            d.begin_check(offset)
             while offset < st.st_size:
                 limited = throttle.is_limited(priority)
                 step = LOCAL_LIMITED_STEP if limited else tuning.checkpoint_bytes

@@ -40,7 +40,7 @@ async def download_ranges(d: FileDownload) -> Fetched | Restart:
     out = await d.open()
     multi = True  # until the server shows it will not send several ranges at once
     try:
-        await d.begin_check(out)  # (the digest is of the output: the ranges in order)
+        d.begin_check(out)  # (the digest is of the output: the ranges in order)
         i = 0
         done = 0  # output bytes of the ranges before range i
         while i < len(ranges):

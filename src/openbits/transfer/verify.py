@@ -10,7 +10,8 @@ hasher serves every way bytes arrive (``pwritev`` of chunks, ``splice`` inside t
 read a second time.  The worker reads a dup of the fd, closed with the check (``close``).
 
 Hash objects cannot be stored: an attempt that resumes from a checkpoint hashes the
-durable prefix once (``start``), then goes on from there.
+durable prefix once (``start``: the worker's first job, beside the transfer), then goes on
+from there.
 
 What it checks (``verify``): the file's expected ``Digest`` (of the bytes the job writes,
 so of the pieces in order for AddFileWithRanges) and a server's ``Repr-Digest`` (sha-256
@@ -58,13 +59,14 @@ class DigestCheck:
         expected += [("the server's Repr-Digest", d) for d in server or ()]
         return cls(expected) if expected else None
 
-    async def start(self, fd: int, offset: int) -> None:
+    def start(self, fd: int, offset: int) -> None:
         """An attempt writes into ``fd`` from ``offset``: hash the durable prefix before it
-        once (in the worker), and follow the writes from there."""
+        once, in the worker, while the transfer goes on (the worker takes its jobs in order,
+        so the new bytes are hashed after it; a large prefix never holds the connection
+        idle), and follow the writes from there."""
         self.fd = os.dup(fd)
         self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="digest")
         self._queue(offset)
-        await self._settled()
 
     def catch_up(self, fd: int, end: int) -> None:
         """``end`` bytes are in the file: hash the new ones (in the worker, in order) once
