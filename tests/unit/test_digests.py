@@ -201,7 +201,8 @@ async def test_a_server_repr_digest_that_does_not_match_fails(tmp_path: Path) ->
     async with raw_server(_answer(body, repr_digest=_sf(body, "sha-512"))) as base:
         _, _, error = await _download(base, tmp_path, None)
     assert error is None, error
-    async with raw_server(_answer(body, repr_digest=f"md5=:AAAA:, {_sf(b'other')}")) as base:
+    two_lines = f"md5=:AAAA:\r\nRepr-Digest: {_sf(b'other')}"  # (a second header line counts too)
+    async with raw_server(_answer(body, repr_digest=two_lines)) as base:
         file, _, error = await _download(base, tmp_path, None)
     assert isinstance(error, DigestMismatch) and "Repr-Digest" in error.message, error
     assert file.temp_path is not None and not os.path.exists(file.temp_path)

@@ -229,7 +229,7 @@ class FileDownload:
                         resp.content_length, resp.headers.get("ETag"), resp.headers.get("Last-Modified")
                     )
                 start, total = answer.start, answer.total
-                self.begin_check(start, parse_repr_digest(resp.headers.get("Repr-Digest")))
+                self.begin_check(start, parse_repr_digest(", ".join(resp.headers.getall("Repr-Digest", ()))))
                 if total is not None:
                     self.transport.free_space.check(os.path.dirname(file.local_file), total - start)
                 progress.connected()
