@@ -45,7 +45,9 @@ WAIT_UNTIL: frozenset[JobState] = frozenset(
 
 #: a ``progress`` callback of ``transfer()`` and ``wait()``: called with the job after each change
 Progress = Callable[["BitsJob"], object]
-FilePairs = Mapping[str, str] | Iterable[tuple[str, str]]
+#: (RemoteUrl, LocalFile) pairs, or (RemoteUrl, LocalFile, Digest) triples (the expected
+#: digest: ``sha-256=:<base64>:`` or ``sha256:<hex>``; None: none), or {RemoteUrl: LocalFile}
+FilePairs = Mapping[str, str] | Iterable[tuple[str, str] | tuple[str, str, str | None]]
 
 RECONNECT_FIRST_DELAY_S = 0.05
 RECONNECT_MAX_DELAY_S = 2.0
@@ -278,6 +280,8 @@ class JobOptions(TypedDict, total=False):
     priority: JobPriority | int | None
     job_type: JobType | int | None
     proxy_environment: Mapping[str, str] | None
+    #: the file's expected digest (``sha-256=:<base64>:`` or ``sha256:<hex>``)
+    digest: str | None
 
 
 class TransferOptions(TypedDict, total=False):
@@ -326,10 +330,27 @@ def event_filter(options: EventOptions) -> EventOptions:
     }
 
 
-def ranges_call(job: str, remote_url: str, local_file: str, ranges: Iterable[tuple[int, int | None]]) -> Call:
+def ranges_call(
+    job: str,
+    remote_url: str,
+    local_file: str,
+    ranges: Iterable[tuple[int, int | None]],
+    digest: str | None = None,
+) -> Call:
+    extra = {} if digest is None else {"Digest": digest}
     return invoke_call(
-        job, "AddFileWithRanges", RemoteUrl=remote_url, LocalFile=local_file, Ranges=ranges_param(ranges)
+        job,
+        "AddFileWithRanges",
+        RemoteUrl=remote_url,
+        LocalFile=local_file,
+        Ranges=ranges_param(ranges),
+        **extra,
     )
+
+
+def add_file_call(job: str, remote_url: str, local_file: str, digest: str | None = None) -> Call:
+    extra = {} if digest is None else {"Digest": digest}
+    return invoke_call(job, "AddFile", RemoteUrl=remote_url, LocalFile=local_file, **extra)
 
 
 def get_job_call(job: str, client_timeout: float = 60.0, **options: Unpack[GetJobOptions]) -> Call:
@@ -360,6 +381,7 @@ def create_call(
         "Description": options.get("description"),
         "Priority": None if priority is None else int(priority),
         "Type": None if job_type is None else int(job_type),
+        "Digest": options.get("digest"),
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     environment = (
@@ -430,8 +452,16 @@ def json_value(value: Any) -> Any:
 
 
 def file_pairs(files: FilePairs) -> list[dict[str, str]]:
-    pairs = files.items() if isinstance(files, Mapping) else files
-    return [{"RemoteUrl": remote, "LocalFile": local} for remote, local in pairs]
+    pairs: Iterable[tuple[str, ...] | tuple[str, str, str | None]] = (
+        files.items() if isinstance(files, Mapping) else files
+    )
+    out: list[dict[str, str]] = []
+    for remote, local, *rest in pairs:
+        entry = {"RemoteUrl": remote, "LocalFile": local}
+        if rest and rest[0] is not None:
+            entry["Digest"] = rest[0]
+        out.append(entry)
+    return out
 
 
 def ranges_param(ranges: Iterable[tuple[int, int | None]]) -> list[dict[str, int]]:

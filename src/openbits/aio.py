@@ -188,16 +188,21 @@ class AsyncClient(AsyncIdentityCalls, wire.ClientBase):
 
     # -- the verbs --------------------------------------------------------------------------------
 
-    async def add_file(self, job: str, remote_url: str, local_file: str) -> None:
-        await self.invoke(job, "AddFile", RemoteUrl=remote_url, LocalFile=local_file)
+    async def add_file(self, job: str, remote_url: str, local_file: str, digest: str | None = None) -> None:
+        await self._call(wire.add_file_call(job, remote_url, local_file, digest))
 
     async def add_file_set(self, job: str, files: FilePairs) -> None:
         await self.invoke(job, "AddFileSet", Files=wire.file_pairs(files))
 
     async def add_file_with_ranges(
-        self, job: str, remote_url: str, local_file: str, ranges: Iterable[tuple[int, int | None]]
+        self,
+        job: str,
+        remote_url: str,
+        local_file: str,
+        ranges: Iterable[tuple[int, int | None]],
+        digest: str | None = None,
     ) -> None:
-        await self._call(wire.ranges_call(job, remote_url, local_file, ranges))
+        await self._call(wire.ranges_call(job, remote_url, local_file, ranges, digest))
 
     async def set_job_state(self, job: str, state: int) -> int:
         return int((await self.invoke(job, "SetJobState", JobState=state))["ReturnValue"])

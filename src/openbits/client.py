@@ -227,20 +227,27 @@ class Client(IdentityCalls, wire.ClientBase):
 
     # -- the verbs ------------------------------------------------------------------------------
 
-    def add_file(self, job: str, remote_url: str, local_file: str) -> None:
-        self.invoke(job, "AddFile", RemoteUrl=remote_url, LocalFile=local_file)
+    def add_file(self, job: str, remote_url: str, local_file: str, digest: str | None = None) -> None:
+        """AddFile; ``digest``: the expected digest of its bytes (``sha-256=:<base64>:``,
+        ``sha256:<hex>``, sha-512 too): a mismatch is BG_E_VALIDATION_FAILED."""
+        self._call(wire.add_file_call(job, remote_url, local_file, digest))
 
     def add_file_set(self, job: str, files: FilePairs) -> None:
-        """Several (RemoteUrl, LocalFile) pairs (or a {RemoteUrl: LocalFile} mapping) in one
-        call: all are added or none."""
+        """Several (RemoteUrl, LocalFile) pairs, or (RemoteUrl, LocalFile, Digest) triples
+        (or a {RemoteUrl: LocalFile} mapping) in one call: all are added or none."""
         self.invoke(job, "AddFileSet", Files=wire.file_pairs(files))
 
     def add_file_with_ranges(
-        self, job: str, remote_url: str, local_file: str, ranges: Iterable[tuple[int, int | None]]
+        self,
+        job: str,
+        remote_url: str,
+        local_file: str,
+        ranges: Iterable[tuple[int, int | None]],
+        digest: str | None = None,
     ) -> None:
         """Only these (offset, length) pieces of the remote file, one after the other in the
-        local file; a length of None runs to the end."""
-        self._call(wire.ranges_call(job, remote_url, local_file, ranges))
+        local file; a length of None runs to the end (``digest``: of the bytes written)."""
+        self._call(wire.ranges_call(job, remote_url, local_file, ranges, digest))
 
     def set_job_state(self, job: str, state: int) -> int:
         return int(self.invoke(job, "SetJobState", JobState=state)["ReturnValue"])

@@ -44,6 +44,7 @@ several codes takes the code of the instance (an errno's, an HTTP status's).
     │   ├── RemoteFileError       BG_E_INVALID_SERVER_RESPONSE   REMOTE_FILE
     │   │   ├── InvalidResponse   BG_E_INVALID_SERVER_RESPONSE
     │   │   ├── HttpStatusError   BG_E_HTTP_ERROR_<status>, + for TRANSIENT_HTTP_STATUSES
+    │   │   ├── DigestMismatch    BG_E_VALIDATION_FAILED
     │   │   ├── UntrustedCertificate  BG_E_TRUST_FAILURE
     │   │   ├── InvalidUrl        E_INVALIDARG
     │   │   ├── RangeNotSupported BG_E_INSUFFICIENT_RANGE_SUPPORT
@@ -683,6 +684,12 @@ class HttpStatusError(RemoteFileError):
 
     def retried(self) -> bool:
         return self.hresult & 0xFFFF0000 == 0x80190000 and self.hresult & 0xFFFF in TRANSIENT_HTTP_STATUSES
+
+
+class DigestMismatch(RemoteFileError):
+    """The file's bytes do not match an expected digest (SPEC §9): not retried."""
+
+    default_hresult = HResult.BG_E_VALIDATION_FAILED
 
 
 class UntrustedCertificate(RemoteFileError):

@@ -132,6 +132,8 @@ class BitsFile:
     ranges: tuple[tuple[int, int], ...] | None = None
     #: whether the server resumes this file (None: not known yet)
     range_support: bool | None = None
+    #: the expected digest, canonical (``sha-256=:<base64>:``); None when none was given
+    digest: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -147,6 +149,7 @@ class BitsFile:
             if ranges is None
             else tuple((int(r["InitialOffset"]), int(r["Length"])) for r in ranges),
             range_support=data.get("RangeSupport"),
+            digest=data.get("Digest"),
             raw=data,
         )
 

@@ -271,6 +271,9 @@ class JobFile:
     range_support: bool | None = None
     #: the headers of the last response accepted for this file ("Name: value\r\n" lines)
     response_headers: str | None = None
+    #: the expected digest of the bytes the job writes, canonical (``digest.Digest.canonical``:
+    #: ``sha-256=:<base64>:``); the file counts as Completed only once they match
+    digest: str | None = None
 
     @property
     def temp_path(self) -> str | None:
@@ -292,6 +295,7 @@ class JobFile:
                 if self.ranges is not None
                 else {}
             ),
+            **({"Digest": self.digest} if self.digest is not None else {}),
         }
 
 

@@ -69,6 +69,7 @@ def full_job(**kwargs: object) -> Job:
                 etag='"abc"',
                 last_modified="Wed, 21 Oct 2015 07:28:00 GMT",
                 published=True,
+                digest="sha-256=:" + "A" * 43 + "=:",
             ),
             JobFile(remote_url="file:///etc/hosts", local_file="/srv/hosts"),
         ],
@@ -400,6 +401,7 @@ SHIPPED_MIGRATIONS = [
     "863e5fa17b455804",  # 10 write-only custom headers
     "a9d57ee5a00619a5",  # 11 identity: sealed secrets, proxy settings, client certificate, token scopes
     "231df795ffc695c8",  # 12 uploads: reply file and progress, the upload's protocol state
+    "f8df47c266e5ab91",  # 13 expected digests of files
 ]
 
 
@@ -482,6 +484,7 @@ def test_a_store_of_every_earlier_version_is_migrated_and_keeps_its_jobs(
         assert job.custom_headers_write_only is False
         assert job.reply_file_name is None and job.reply_bytes_total is None
         assert job.reply_bytes_transferred == 0 and job.upload is None
+        assert job.files[0].digest is None
         assert store.integrity_check() == "ok"
         store.save_job(job)  # and it can be written in the new shape
     finally:

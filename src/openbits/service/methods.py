@@ -23,9 +23,9 @@ class Method:
 
 
 _ALL = (
-    Method("AddFile", ("RemoteUrl", "LocalFile")),
+    Method("AddFile", ("RemoteUrl", "LocalFile", "Digest")),
     Method("AddFileSet", ("Files",)),
-    Method("AddFileWithRanges", ("RemoteUrl", "LocalFile", "Ranges")),
+    Method("AddFileWithRanges", ("RemoteUrl", "LocalFile", "Ranges", "Digest")),
     Method("SetJobState", ("JobState",)),
     Method("GetError", ("LanguageId",)),
     Method("SetMaximumDownloadTime", ("MaximumDownloadTime",)),

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from openbits.digest import parse_digest
 from openbits.errors import (
     HResult,
     InvalidArgument,
@@ -157,14 +158,35 @@ def validate_remote_url(url: str, known_origins: set[str] | None = None) -> str:
     raise InvalidArgument(f"the URL scheme {scheme!r} is not supported (http, https, file)")
 
 
+#: the longest Digest string taken (a sha-512 in hex, with room for spaces)
+DIGEST_MAX = 200
+
+
 def file_pair(raw: Any, method: str) -> tuple[str, str]:
     """``{RemoteUrl, LocalFile}``, both required, as (remote, local)."""
-    p = Params(raw, ("RemoteUrl", "LocalFile"))
+    remote, local, _ = file_entry(raw, method, digest=False)
+    return remote, local
+
+
+def file_entry(raw: Any, method: str, *, digest: bool = True) -> tuple[str, str, str | None]:
+    """``{RemoteUrl, LocalFile[, Digest]}`` as (remote, local, canonical digest or None)."""
+    p = Params(raw, ("RemoteUrl", "LocalFile", "Digest") if digest else ("RemoteUrl", "LocalFile"))
     remote = p.string("RemoteUrl", REMOTE_URL_MAX)
     local = p.string("LocalFile", LOCAL_FILE_MAX)
     if remote is None or local is None:
         raise InvalidArgument(f"{method} needs RemoteUrl and LocalFile")
-    return remote, local
+    return remote, local, validate_digest(p.string("Digest", DIGEST_MAX))
+
+
+def validate_digest(text: str | None) -> str | None:
+    """An expected digest (SPEC §9) in its canonical form ``sha-256=:<base64>:``; E_INVALIDARG
+    for bad syntax or an algorithm other than sha-256 and sha-512."""
+    if text is None:
+        return None
+    try:
+        return parse_digest(text).canonical()
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
 
 
 def validate_ranges(value: Any, limit: int) -> list[tuple[int, int]]:

@@ -51,9 +51,12 @@ from openbits.model import (
 )
 from openbits.service.changes import arm_notification
 from openbits.service.params import (
+    DIGEST_MAX,
     Params,
     enum_value,
+    file_entry,
     file_pair,
+    validate_digest,
     validate_local_file,
     validate_proxy_environment,
     validate_ranges,
@@ -122,6 +125,7 @@ class Verbs(Uploads):
                 "Description",
                 "Priority",
                 "ProxyEnvironment",
+                "Digest",
             ),
         )
         display_name = p.string("DisplayName", DISPLAY_NAME_MAX, default="") or ""
@@ -136,6 +140,9 @@ class Verbs(Uploads):
         local = p.string("LocalFile", LOCAL_FILE_MAX)
         if (remote is None) != (local is None):
             raise InvalidArgument("RemoteUrl and LocalFile must be given together")
+        digest = validate_digest(p.string("Digest", DIGEST_MAX))
+        if digest is not None and (remote is None or job_type is not JobType.DOWNLOAD):
+            raise InvalidArgument("Digest is for a download job's file: give RemoteUrl and LocalFile")
         # PRECONFIG's first choice: the caller's proxy variables (SPEC §7), sealed at rest
         proxy_environment = validate_proxy_environment(p.value("ProxyEnvironment"))
         self._check_job_limits(caller)
@@ -163,6 +170,7 @@ class Verbs(Uploads):
                 job.reply_file_name = default_reply_file_name(job.job_id, file.local_file)
         elif remote is not None and local is not None:
             job.files.append(self._new_file(caller, job, remote, local, 0, set(), checked))
+            job.files[0].digest = digest
         if job.files and not suspend:
             self._enter(job, states.resume(job.state, len(job.files)))
         self.store.add_job(job)
@@ -235,41 +243,51 @@ class Verbs(Uploads):
         job_ref: str,
         pairs: list[tuple[str, str]],
         ranges: list[tuple[int, int]] | None = None,
+        digests: list[str | None] | None = None,
     ) -> Job:
         """``_add_files`` after the destinations were checked off the loop for the job's owner
         (used only if the job still has that owner: TakeOwnership may come in between).
         An upload job takes its one file (``_add_upload``)."""
         job = self.find(caller, job_ref)
         if job.job_type is not JobType.DOWNLOAD:
+            if digests is not None and any(digests):
+                raise InvalidArgument("Digest is for the files of download jobs")
             return await self._add_upload(caller, job, pairs)
         owner_uid = job.owner_uid
         gid = caller.gid if caller.uid == owner_uid else primary_gid(owner_uid)
         checked = await self._destinations_checked(owner_uid, gid, [local for _, local in pairs])
-        return self._add_files(caller, job_ref, pairs, ranges, (owner_uid, checked))
+        return self._add_files(caller, job_ref, pairs, ranges, (owner_uid, checked), digests)
 
     async def add_file(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
-        return await self._add_checked(caller, job_ref, [file_pair(raw, "AddFile")])
+        remote, local, digest = file_entry(raw, "AddFile")
+        return await self._add_checked(caller, job_ref, [(remote, local)], None, [digest])
 
     async def add_file_set(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
         """AddFileSet (COM): several files in one call, all or none, one commit."""
         files = Params(raw, ("Files",)).value("Files")
         if not isinstance(files, list) or not files:
-            raise InvalidArgument('AddFileSet needs "Files": a non-empty array of {RemoteUrl, LocalFile}')
-        return await self._add_checked(caller, job_ref, [file_pair(f, "AddFileSet") for f in files])
+            raise InvalidArgument(
+                'AddFileSet needs "Files": a non-empty array of {RemoteUrl, LocalFile[, Digest]}'
+            )
+        entries = [file_entry(f, "AddFileSet") for f in files]
+        return await self._add_checked(
+            caller, job_ref, [(r, lf) for r, lf, _ in entries], None, [d for _, _, d in entries]
+        )
 
     async def add_file_with_ranges(self, caller: Caller, job_ref: str, raw: Mapping[str, Any] | None) -> Job:
         """AddFileWithRanges: pieces of a remote file, written one after the other (bits-spec §5.4);
         download jobs only (E_NOTIMPL for uploads, as BITS)."""
         if self.find(caller, job_ref).job_type is not JobType.DOWNLOAD:
             raise NotImplementedValue("AddFileWithRanges is for download jobs (E_NOTIMPL, as BITS)")
-        p = Params(raw, ("RemoteUrl", "LocalFile", "Ranges"))
+        p = Params(raw, ("RemoteUrl", "LocalFile", "Ranges", "Digest"))
         remote, local = file_pair(
             {"RemoteUrl": p.value("RemoteUrl"), "LocalFile": p.value("LocalFile")}, "AddFileWithRanges"
         )
+        digest = validate_digest(p.string("Digest", DIGEST_MAX))
         ranges = validate_ranges(p.value("Ranges"), self.config.max_ranges_per_file)
         if fs.local_source_path(remote) is not None:
             raise InvalidArgument("ranges need an HTTP or HTTPS source")
-        return await self._add_checked(caller, job_ref, [(remote, local)], ranges)
+        return await self._add_checked(caller, job_ref, [(remote, local)], ranges, [digest])
 
     def _add_files(
         self,
@@ -278,6 +296,7 @@ class Verbs(Uploads):
         pairs: list[tuple[str, str]],
         ranges: list[tuple[int, int]] | None = None,
         prechecked: tuple[int, set[str]] | None = None,
+        digests: list[str | None] | None = None,
     ) -> Job:
         job = self.find(caller, job_ref)
         new_state = states.add_file(job.state)
@@ -287,6 +306,8 @@ class Verbs(Uploads):
         checked = prechecked[1] if prechecked is not None and prechecked[0] == job.owner_uid else set()
         for remote, local in pairs:
             added.append(self._new_file(caller, job, remote, local, len(added), taken, checked))
+        for f, digest in zip(added, digests or (), strict=False):
+            f.digest = digest
         if ranges is not None:
             added[0].ranges = ranges
             if all(n != BG_LENGTH_TO_EOF for _, n in ranges):

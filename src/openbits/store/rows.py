@@ -38,14 +38,15 @@ JOB_COLUMN_NAMES = tuple(c.strip() for c in JOB_COLUMNS.split(","))
 JOB_COLUMN_COUNT = len(JOB_COLUMN_NAMES)
 FILE_COLUMNS = (
     "file_id, job_id, position, remote_url, local_file, bytes_total, bytes_transferred, "
-    "completed, temp_name, etag, last_modified, published, ranges, range_support, response_headers"
+    "completed, temp_name, etag, last_modified, published, ranges, range_support, response_headers, "
+    "digest"
 )
 
 
 INSERT_FILE = (
     "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, "
     "bytes_transferred, completed, temp_name, etag, last_modified, published, ranges, "
-    "range_support, response_headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "range_support, response_headers, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -70,7 +71,7 @@ def _range_support(f: JobFile) -> int | None:
 
 def file_insert_row(job_id: str, position: int, f: JobFile) -> tuple[object, ...]:
     ranges = None if f.ranges is None else json.dumps(f.ranges)
-    return (job_id, position, *_file_state(f), ranges, _range_support(f), f.response_headers)
+    return (job_id, position, *_file_state(f), ranges, _range_support(f), f.response_headers, f.digest)
 
 
 UPDATE_FILE = (
@@ -231,6 +232,7 @@ def file_from_row(row: tuple[Any, ...]) -> JobFile:
         ranges,
         rs,
         rh,
+        digest,
     ) = row
     return JobFile(
         remote_url=str(remote),
@@ -246,4 +248,5 @@ def file_from_row(row: tuple[Any, ...]) -> JobFile:
         ranges=None if ranges is None else [(int(o), int(n)) for o, n in json.loads(ranges)],
         range_support=None if rs is None else bool(rs),
         response_headers=None if rh is None else str(rh),
+        digest=None if digest is None else str(digest),
     )

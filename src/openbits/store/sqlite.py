@@ -150,6 +150,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN reply_bytes_transferred INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN upload_state TEXT;
     """,
+    # expected digests (SPEC §9): the canonical digest a file's bytes must match
+    """
+    ALTER TABLE files ADD COLUMN digest TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from openbits.errors import DigestMismatch
 from openbits.model import AuthTarget, JobFile
 from openbits.transfer import files as fs
 from openbits.transfer.auth import Authenticator
@@ -112,10 +113,20 @@ class Downloader:
         """
         one = FileDownload(self.transport, file, owner, progress, priority, options or RequestOptions())
         for _attempt in range(ATTEMPTS):
-            fetched = await self._attempt(one, defer_sync, upcoming)
+            try:
+                fetched = await self._attempt(one, defer_sync, upcoming)
+            except DigestMismatch:
+                self._discard(file, owner, progress)
+                raise
             if not isinstance(fetched, Restart):
                 return fetched
         raise invalid_response("the server's content kept changing during the transfer")
+
+    def _discard(self, file: JobFile, owner: Owner, progress: Progress) -> None:
+        """Bytes that do not match an expected digest are never kept: the file restarts from
+        byte 0 (committed first) and its temporary file is removed as its owner."""
+        progress.begin(None, None, None)
+        fs.remove_quietly(self.transport.owners, owner.uid, owner.gid, file.temp_path)
 
     async def open_sync_handle(self, owner: Owner, directory: str) -> int:
         """A ``syncfs`` handle of ``directory`` as ``owner`` reaches it (``SyncBatch``)."""

@@ -27,7 +27,8 @@ from typing import Protocol
 import yarl
 from multidict import CIMultiDictProxy
 
-from openbits.model import JobFile
+from openbits.digest import Digest, parse_repr_digest
+from openbits.model import JobFile, redact_url
 from openbits.transfer import checks, redirects
 from openbits.transfer import files as fs
 from openbits.transfer.checks import Restart
@@ -38,6 +39,7 @@ from openbits.transfer.owner import opened_off_loop
 from openbits.transfer.routing import Owner, Requester, Transport
 from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice
 from openbits.transfer.throttle import throttled_slice
+from openbits.transfer.verify import DigestCheck
 
 log = logging.getLogger("openbits.transfer")
 
@@ -125,7 +127,17 @@ class FileDownload:
     reports, its priority and request options, and the temporary file open on ``fd`` during
     an attempt (``open``/``close``); its requests (``get``) and bodies (``stream``)."""
 
-    __slots__ = ("fd", "file", "options", "owner", "priority", "progress", "requester", "transport")
+    __slots__ = (
+        "check",
+        "fd",
+        "file",
+        "options",
+        "owner",
+        "priority",
+        "progress",
+        "requester",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -141,6 +153,8 @@ class FileDownload:
         self.priority, self.options = priority, options
         self.requester = Requester(transport, options, owner)
         self.fd = -1
+        #: the expected digests of this attempt's bytes (``verify.DigestCheck``), if any
+        self.check: DigestCheck | None = None
 
     async def open(self) -> int:
         """Open the temporary file (as its owner: in a thread when that takes a helper's
@@ -153,7 +167,29 @@ class FileDownload:
             self.fd, offset = await opened_off_loop(functools.partial(fs.open_resumable, *args))
         return offset
 
+    def begin_check(self, offset: int, server: list[Digest] | None = None) -> None:
+        """The attempt writes from ``offset``: hash the durable prefix before it (once, in the
+        check's worker) when the file has an expected digest or the server sent one (``server``)."""
+        self.close_check()
+        self.check = DigestCheck.of(self.file.digest, server)
+        if self.check is not None:
+            with fs.translating("cannot read the temporary file"):
+                self.check.start(self.fd, offset)
+
+    async def verify(self, size: int) -> None:
+        """The temporary file is whole at ``size`` bytes: they must match the expected digests
+        (DigestMismatch: BG_E_VALIDATION_FAILED)."""
+        if self.check is not None:
+            with fs.translating("cannot read the temporary file"):
+                await self.check.verify(size, redact_url(self.file.remote_url))
+
+    def close_check(self) -> None:
+        if self.check is not None:
+            self.check.close()
+            self.check = None
+
     def close(self) -> None:
+        self.close_check()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -193,6 +229,7 @@ class FileDownload:
                         resp.content_length, resp.headers.get("ETag"), resp.headers.get("Last-Modified")
                     )
                 start, total = answer.start, answer.total
+                self.begin_check(start, parse_repr_digest(", ".join(resp.headers.getall("Repr-Digest", ()))))
                 if total is not None:
                     self.transport.free_space.check(os.path.dirname(file.local_file), total - start)
                 progress.connected()
@@ -201,6 +238,7 @@ class FileDownload:
                     fetched = await self.stream(resp.content, start, total, defer_sync=defer_sync)
                 if total is not None and fetched.size != total:
                     raise invalid_response(f"the server sent {fetched.size} bytes of {total}")
+                await self.verify(fetched.size)
                 return fetched
         finally:
             self.close()
@@ -273,6 +311,8 @@ class FileDownload:
             progress.checkpoint,
             checkpoints,
         )
+        if self.check is not None:
+            syncs.hashing = self.check.catch_up
         writing = "cannot write the temporary file"
         try:
             if isinstance(content, H1Body) and content.buffered() < block:

@@ -44,6 +44,7 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
                     os.ftruncate(fd, 0)
                 progress.begin(st.st_size, etag, formatdate(st.st_mtime, usegmt=True))
             d.transport.free_space.check(os.path.dirname(file.local_file), st.st_size - offset)
+            d.begin_check(offset)
             while offset < st.st_size:
                 limited = throttle.is_limited(priority)
                 step = LOCAL_LIMITED_STEP if limited else tuning.checkpoint_bytes
@@ -55,11 +56,14 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
                 if n == 0:
                     return RESTART  # the source shrank under us
                 offset += n
+                if d.check is not None:  # (hashed from the page cache, in its worker)
+                    d.check.catch_up(fd, offset)
                 if offset < st.st_size:
                     progress.checkpoint(offset)
             with fs.translating(f"cannot copy {source}"):
                 if os.fstat(src).st_mtime_ns != st.st_mtime_ns:
                     return RESTART  # the source changed under us
+            await d.verify(offset)
             return Fetched(offset)
         finally:
             d.close()

@@ -40,6 +40,7 @@ async def download_ranges(d: FileDownload) -> Fetched | Restart:
     out = await d.open()
     multi = True  # until the server shows it will not send several ranges at once
     try:
+        d.begin_check(out)  # (the digest is of the output: the ranges in order)
         i = 0
         done = 0  # output bytes of the ranges before range i
         while i < len(ranges):
@@ -62,6 +63,7 @@ async def download_ranges(d: FileDownload) -> Fetched | Restart:
             out = max(out, end)  # (a range found whole already leaves the output as it is)
             done = end
             i += 1
+        await d.verify(out)
         return Fetched(out)
     finally:
         d.close()

@@ -87,6 +87,7 @@ class Syncs:
         "every_bytes",
         "failed",
         "fd",
+        "hashing",
         "interval_s",
         "last_time",
         "sync",
@@ -113,6 +114,9 @@ class Syncs:
         self.last_time = time.monotonic()
         self.closed = False
         self.failed: BaseException | None = None  # a checkpoint that could not be recorded
+        #: called with (fd, written) at each step: an expected digest's hasher catches up
+        #: on the bytes just written (``verify.DigestCheck.catch_up``)
+        self.hashing: Callable[[int, int], None] | None = None
 
     def due(self, now: float) -> bool:
         return now - self.last_time >= self.interval_s
@@ -121,6 +125,8 @@ class Syncs:
         """``written`` bytes are in the file: report a finished sync, start the next one."""
         if self.failed is not None:
             raise self.failed
+        if self.hashing is not None:
+            self.hashing(self.fd, written)
         sync = self.sync
         if sync is not None and sync.done():
             sync.result()  # (a failed fdatasync fails the transfer here)

@@ -8,6 +8,7 @@ methods are not built yet); tests/unit/test_openapi.py checks they match.
 from __future__ import annotations
 
 from openbits.api.openapi.schemas import (
+    DIGEST,
     FILE_PAIR,
     LOCAL_FILE,
     REMOTE_URL,
@@ -74,7 +75,7 @@ METHODS: dict[str, Method] = {
         Method(
             "AddFile",
             "Add a file to the job",
-            {"RemoteUrl": REMOTE_URL, "LocalFile": LOCAL_FILE},
+            {"RemoteUrl": REMOTE_URL, "LocalFile": LOCAL_FILE, "Digest": DIGEST},
             ("RemoteUrl", "LocalFile"),
             example={"RemoteUrl": "https://example.com/a.iso", "LocalFile": "/srv/downloads/a.iso"},
         ),
@@ -101,6 +102,7 @@ METHODS: dict[str, Method] = {
                     "minItems": 1,
                     "items": ref("Range"),
                 },
+                "Digest": described(DIGEST, "of the bytes the job writes (the ranges, in order)"),
             },
             ("RemoteUrl", "LocalFile", "Ranges"),
             example={

@@ -7,6 +7,7 @@ from openbits.api.openapi.schemas import (
     BASE,
     BOOLEAN,
     CLASS,
+    DIGEST,
     JOB_PROPERTIES,
     LOCAL_FILE,
     METHOD_PATH,
@@ -150,6 +151,7 @@ def _collection_paths() -> dict[str, Schema]:
                             "DisplayName": string(DISPLAY_NAME_MAX),
                             "RemoteUrl": REMOTE_URL,
                             "LocalFile": LOCAL_FILE,
+                            "Digest": DIGEST,
                             "ServiceAccount": {"type": "integer", "enum": [0, 1, 2]},
                             "Type": enum_of(
                                 JobType,

@@ -214,6 +214,7 @@ FILE: Schema = obj(
             "items": ref("Range"),
             "description": "AddFileWithRanges",
         },
+        "Digest": string(200, description="the expected digest, as sha-256=:<base64>: (when given)"),
     },
     ("RemoteUrl", "LocalFile", "BytesTotal", "BytesTransferred", "Completed", "RangeSupport"),
     description="BitsClientFile",
@@ -280,7 +281,14 @@ def result(properties: dict[str, Schema] | None = None, required: tuple[str, ...
 
 REMOTE_URL = string(REMOTE_URL_MAX, description="http://, https://, file:// or an absolute path")
 LOCAL_FILE = string(LOCAL_FILE_MAX, description="absolute path; its directory must exist")
-FILE_PAIR = obj({"RemoteUrl": REMOTE_URL, "LocalFile": LOCAL_FILE}, ("RemoteUrl", "LocalFile"))
+DIGEST = string(
+    200,
+    description="the expected digest of the file's bytes: sha-256=:<base64>: or sha-512=:<base64>: "
+    "(RFC 9530), or sha256:<hex> / sha512:<hex>; a mismatch is BG_E_VALIDATION_FAILED",
+)
+FILE_PAIR = obj(
+    {"RemoteUrl": REMOTE_URL, "LocalFile": LOCAL_FILE, "Digest": DIGEST}, ("RemoteUrl", "LocalFile")
+)
 
 
 # -- the service policy ------------------------------------------------------------------------------

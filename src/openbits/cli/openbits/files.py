@@ -28,22 +28,32 @@ from openbits.cli.render import print_json
 @job_argument()
 @click.argument("url")
 @click.argument("dest")
+@click.option(
+    "--digest",
+    default=None,
+    metavar="DIGEST",
+    help="The expected digest of its bytes (sha-256=:<base64>: or sha256:<hex>; sha-512 too).",
+)
 @json_option("the answer")
 @socket_option
 @pass_ctx
 @handled
-def add(ctx: Context, job: str, url: str, dest: str, as_json: bool) -> None:
+def add(ctx: Context, job: str, url: str, dest: str, digest: str | None, as_json: bool) -> None:
     """Add a file: URL (http, https, file:// or a path) to DEST.
 
     DEST is a local path (relative to the current directory); its directory must exist. The
     file appears there only when the job is completed (Add-BitsFile). For an upload job URL
-    is where the file goes and DEST the file sent (its one file: see 'upload').
+    is where the file goes and DEST the file sent (its one file: see 'upload'). With --digest
+    the file's bytes must match it before it counts as transferred (else the job is in
+    ERROR with BG_E_VALIDATION_FAILED and nothing is kept).
 
     \b
     Example:
-      openbits add nightly https://example.com/a.tar /srv/a.tar
+      openbits add nightly https://example.com/a.tar /srv/a.tar --digest sha256:9f86d08…
     """
-    _answered(ctx.client.invoke(job, "AddFile", RemoteUrl=source_url(url), LocalFile=absolute(dest)), as_json)
+    extra = {} if digest is None else {"Digest": digest}
+    result = ctx.client.invoke(job, "AddFile", RemoteUrl=source_url(url), LocalFile=absolute(dest), **extra)
+    _answered(result, as_json)
 
 
 @click.command(name="add-set")
@@ -56,8 +66,9 @@ def add(ctx: Context, job: str, url: str, dest: str, as_json: bool) -> None:
 def add_set(ctx: Context, job: str, file: IO[str], as_json: bool) -> None:
     """Add the files listed in FILE (or stdin): all of them or none.
 
-    One 'URL DEST' pair a line, as bitsadmin /addfileset reads them; blank lines and lines
-    starting with # are skipped; quote a name that has spaces. The files are added in one
+    One 'URL DEST' pair a line, as bitsadmin /addfileset reads them, optionally followed by
+    the file's expected digest ('URL DEST sha256:<hex>'); blank lines and lines starting
+    with # are skipped; quote a name that has spaces. The files are added in one
     AddFileSet call, so a bad line or a refused file adds nothing.
 
     \b

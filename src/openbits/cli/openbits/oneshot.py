@@ -15,7 +15,7 @@ from openbits.cli import render
 from openbits.cli.openbits.exits import EXIT_INTERRUPTED, EXIT_NO_DAEMON, fail
 from openbits.cli.openbits.hints import _Hints, _retry_text
 from openbits.cli.render import print_json
-from openbits.client import Client, DaemonUnavailable
+from openbits.client import Client, DaemonUnavailable, FilePairs
 from openbits.errors import BitsError
 from openbits.model import JobState
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def run_one_shot(
     client: Client,
-    pairs: list[tuple[str, str]],
+    pairs: FilePairs,
     display_name: str,
     options: dict[str, Any],
     verb: str,

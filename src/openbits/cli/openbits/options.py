@@ -82,8 +82,8 @@ def parse_ranges(text: str) -> list[dict[str, int]]:
 
 
 def parse_file_set(text: str, where: str) -> list[dict[str, str]]:
-    """``URL DEST`` a line (shell-style quoting for names with spaces); blank lines and
-    lines starting with ``#`` are skipped. DEST is relative to the current directory."""
+    """``URL DEST [DIGEST]`` a line (shell-style quoting for names with spaces); blank lines
+    and lines starting with ``#`` are skipped. DEST is relative to the current directory."""
     files = []
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -93,9 +93,12 @@ def parse_file_set(text: str, where: str) -> list[dict[str, str]]:
             words = shlex.split(stripped)
         except ValueError as e:
             raise click.UsageError(f"{where}, line {number}: {e}") from None
-        if len(words) != 2:
-            raise click.UsageError(f"{where}, line {number}: expected 'URL DEST', got {stripped!r}")
-        files.append({"RemoteUrl": source_url(words[0]), "LocalFile": absolute(words[1])})
+        if len(words) not in (2, 3):
+            raise click.UsageError(f"{where}, line {number}: expected 'URL DEST [DIGEST]', got {stripped!r}")
+        entry = {"RemoteUrl": source_url(words[0]), "LocalFile": absolute(words[1])}
+        if len(words) == 3:
+            entry["Digest"] = words[2]
+        files.append(entry)
     if not files:
         raise click.UsageError(f"{where}: no 'URL DEST' line")
     return files

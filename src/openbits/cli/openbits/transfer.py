@@ -24,6 +24,7 @@ from openbits.cli.openbits.options import (
     socket_option,
     source_url,
 )
+from openbits.client import FilePairs
 
 if TYPE_CHECKING:
     pass
@@ -273,6 +274,12 @@ def _one_shot_name(pairs: list[tuple[str, str]]) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--no-retry", is_flag=True, help="Fail at the first transient error (exit 1), not retry it.")
 @click.option("--timeout", type=float, default=None, metavar="SECONDS", help="Give up after SECONDS.")
+@click.option(
+    "--digest",
+    default=None,
+    metavar="DIGEST",
+    help="The expected digest of the one SOURCE (sha-256=:<base64>: or sha256:<hex>; sha-512 too).",
+)
 @json_option("the final instance")
 @socket_option
 @pass_ctx
@@ -286,6 +293,7 @@ def transfer(
     quiet: bool,
     no_retry: bool,
     timeout: float | None,
+    digest: str | None,
     as_json: bool,
 ) -> None:
     """Download SOURCE to DEST (or several SOURCEs into directory DEST).
@@ -294,7 +302,8 @@ def transfer(
     byte is there (Start-BitsTransfer). Without DEST, one SOURCE is saved under its own
     name in the current directory (as curl -O). A transient error (a server down) is
     retried, as BITS does, and said on stderr with the time of the next try; --no-retry
-    fails at once, --timeout gives up after SECONDS. On an error the job is cancelled (as
+    fails at once, --timeout gives up after SECONDS. With --digest the file must match
+    it (else BG_E_VALIDATION_FAILED and no file). On an error the job is cancelled (as
     bitsadmin /transfer does) and the exit code is 1; Ctrl-C cancels it too (exit 130).
 
     \b
@@ -303,11 +312,14 @@ def transfer(
     """
     sources, dest = (list(args), None) if len(args) == 1 else (list(args[:-1]), args[-1])
     pairs = _destinations(sources, dest)
+    if digest is not None and len(pairs) != 1:
+        raise click.UsageError("--digest is for one SOURCE")
+    files: FilePairs = pairs if digest is None else [(*pairs[0], digest)]
     client = ctx.client
     options: dict[str, Any] = {"priority": parse_priority(priority)}
     final = run_one_shot(
         client,
-        pairs,
+        files,
         name or _one_shot_name(pairs),
         options,
         "transfer",

@@ -1,0 +1,116 @@
+"""Verifying a file's bytes against expected digests while they stream (SPEC §9).
+
+:class:`DigestCheck` hashes what the temporary file holds, from the page cache, right after
+each write: ``catch_up`` (called by ``sink.Syncs.step`` after every ``pwritev`` and every
+``splice`` move) hands the bytes just written to the check's own worker thread, which
+``os.pread``s them and updates the hashes (hashlib lets go of the GIL: the hashing runs
+beside the transfer on another core instead of in series with it on the loop).  So one
+hasher serves every way bytes arrive (``pwritev`` of chunks, ``splice`` inside the kernel,
+``copy_file_range`` of a local source, AddFileWithRanges pieces), and the file is never
+read a second time.  The worker reads a dup of the fd, closed with the check (``close``).
+
+Hash objects cannot be stored: an attempt that resumes from a checkpoint hashes the
+durable prefix once (``start``: the worker's first job, beside the transfer), then goes on
+from there.
+
+What it checks (``verify``): the file's expected ``Digest`` (of the bytes the job writes,
+so of the pieces in order for AddFileWithRanges) and a server's ``Repr-Digest`` (sha-256
+and sha-512 members; others ignored).  A mismatch is BG_E_VALIDATION_FAILED, context
+REMOTE_FILE, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+from typing import Any
+
+from openbits.digest import Digest, parse_digest
+from openbits.errors import DigestMismatch
+
+#: bytes read per pread, and the least handed to the worker at once
+READ_BYTES = 1024 * 1024
+
+
+class DigestCheck:
+    """Running hashes of a temporary file's first ``hashed`` bytes (the worker's), the
+    offset handed to the worker so far (``queued``), and what the hashes must match."""
+
+    __slots__ = ("expected", "fd", "hashed", "hashes", "last", "queued", "worker")
+
+    def __init__(self, expected: list[tuple[str, Digest]]) -> None:
+        self.expected = expected  # (who expects it, the digest)
+        self.hashes: dict[str, Any] = {}
+        for _, d in expected:
+            self.hashes.setdefault(d.hashlib_name, hashlib.new(d.hashlib_name))
+        self.hashed = 0
+        self.queued = 0
+        self.fd = -1
+        self.worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self.last: concurrent.futures.Future[None] | None = None
+
+    @classmethod
+    def of(cls, file_digest: str | None, server: list[Digest] | None = None) -> DigestCheck | None:
+        """The check of a file with ``file_digest`` (canonical) and a server's Repr-Digest
+        members; None when nothing is expected (no cost at all)."""
+        expected = [("the file's Digest", parse_digest(file_digest))] if file_digest else []
+        expected += [("the server's Repr-Digest", d) for d in server or ()]
+        return cls(expected) if expected else None
+
+    def start(self, fd: int, offset: int) -> None:
+        """An attempt writes into ``fd`` from ``offset``: hash the durable prefix before it
+        once, in the worker, while the transfer goes on (the worker takes its jobs in order,
+        so the new bytes are hashed after it; a large prefix never holds the connection
+        idle), and follow the writes from there."""
+        self.fd = os.dup(fd)
+        self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="digest")
+        self._queue(offset)
+
+    def catch_up(self, fd: int, end: int) -> None:
+        """``end`` bytes are in the file: hash the new ones (in the worker, in order) once
+        there is at least READ_BYTES of them; the rest waits for the next call or ``verify``."""
+        if end - self.queued >= READ_BYTES:
+            self._queue(end)
+
+    async def verify(self, size: int, url: str) -> None:
+        """The file is complete at ``size`` bytes: they must match every expected digest."""
+        self._queue(size)
+        await self._settled()
+        for who, d in self.expected:
+            got = self.hashes[d.hashlib_name].digest()
+            if got != d.value:
+                shown = Digest(d.algorithm, got).canonical()
+                raise DigestMismatch(
+                    f"the content of {url} does not match {who}: expected {d.canonical()}, got {shown}"
+                )
+
+    def close(self) -> None:
+        """Let go of the worker and the fd (the worker finishes what it was handed first)."""
+        if self.worker is not None:
+            self.worker.shutdown(wait=True, cancel_futures=True)
+            self.worker = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _queue(self, end: int) -> None:
+        if end > self.queued and self.worker is not None:
+            self.queued = end
+            self.last = self.worker.submit(self._hash_to, end)
+
+    async def _settled(self) -> None:
+        """Wait for what the worker was handed; its error (a failed pread) is raised here."""
+        if self.last is not None:
+            await asyncio.wrap_future(self.last)
+
+    def _hash_to(self, end: int) -> None:
+        """(In the worker.)  Hash the file's bytes from ``hashed`` up to ``end``."""
+        while self.hashed < end:
+            data = os.pread(self.fd, min(READ_BYTES, end - self.hashed), self.hashed)
+            if not data:
+                raise OSError(0, f"the temporary file ends at {self.hashed}, before {end}")
+            for h in self.hashes.values():
+                h.update(data)
+            self.hashed += len(data)
