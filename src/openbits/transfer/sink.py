@@ -72,9 +72,13 @@ class Sink:
             return
         if self.writeback is not None and not self.writeback.done():
             return  # (one at a time: this range joins the next)
+        try:
+            fd = os.dup(self.fd)
+        except OSError:
+            return  # (out of fds: the hint is skipped, the writes go on)
         self.writeback_offset = self.offset
         self.writeback = asyncio.get_running_loop().run_in_executor(
-            None, _writeback_dup, os.dup(self.fd), start, self.offset - start
+            None, _writeback_dup, fd, start, self.offset - start
         )
 
     def flush(self) -> None:
