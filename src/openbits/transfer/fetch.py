@@ -29,7 +29,7 @@ from multidict import CIMultiDictProxy
 
 from openbits.digest import Digest, parse_repr_digest
 from openbits.model import JobFile, redact_url
-from openbits.transfer import checks, redirects
+from openbits.transfer import checks, diskio, redirects
 from openbits.transfer import files as fs
 from openbits.transfer.checks import Restart
 from openbits.transfer.h1 import Body as H1Body
@@ -37,7 +37,15 @@ from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.owner import opened_off_loop
 from openbits.transfer.routing import Owner, Requester, Transport
-from openbits.transfer.sink import IOV_MAX, Sink, Syncs, check_still_linked, salvage, splice
+from openbits.transfer.sink import (
+    IOV_MAX,
+    WRITEBACK_BYTES,
+    Sink,
+    Syncs,
+    check_still_linked,
+    salvage,
+    splice,
+)
 from openbits.transfer.throttle import throttled_slice
 from openbits.transfer.verify import DigestCheck
 
@@ -302,6 +310,10 @@ class FileDownload:
         ):
             return await _stream_small(content, fd, offset, total)
         block = tuning.write_block_bytes
+        if total is not None and total - offset >= WRITEBACK_BYTES:
+            # a big file of known size: its blocks reserved at once (few extents, no
+            # allocation on the way); KEEP_SIZE, as the size is the offset a resume starts at
+            diskio.preallocate(fd, offset, total - offset)
         sink = Sink(fd, offset)
         syncs = Syncs(
             fd,

@@ -1,7 +1,9 @@
 """The durable sink: bytes into a temporary file, and the syncs that make them durable.
 
 - :class:`Sink` holds the chunks not yet written and the exact offset the file holds up to;
-  it writes them with one ``pwritev`` per block (never per chunk).
+  it writes them with one ``pwritev`` per block (never per chunk), and starts the write-back
+  of every ``WRITEBACK_BYTES`` behind it (``diskio.start_writeback``) so the final
+  ``fdatasync`` finds little left to write.
 - :class:`Syncs` runs the checkpoints of one body: an ``fdatasync`` in a worker thread on a
   dup of the fd while writing goes on, reported as soon as it returned.
 - :func:`splice` moves a body from the socket to the file inside the kernel.
@@ -24,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from openbits.errors import BitsError, HResult, LocalFileError
 from openbits.model import JobFile
+from openbits.transfer import diskio
 from openbits.transfer import files as fs
 from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.http import invalid_response
@@ -31,6 +34,8 @@ from openbits.transfer.throttle import Throttle, throttled_slice
 
 #: buffers per pwritev (Linux's IOV_MAX)
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+#: the write-back of the bytes written is started every this many bytes
+WRITEBACK_BYTES = 8 * 1024 * 1024
 
 
 class Sink:
@@ -39,19 +44,42 @@ class Sink:
     ``offset`` moves only by what ``pwritev`` reported written, and ``pending`` always
     holds exactly the bytes not yet written, even after a write fails half way (a full
     disk): nothing is counted twice or written at the wrong place.
+
+    ``written`` starts the write-back of what was written since ``writeback_offset`` once
+    that is ``WRITEBACK_BYTES``: in a worker thread on a dup of the fd (the call can wait
+    for the disk's queue, tens of ms under load), one at a time (a range not started while
+    one is in flight joins the next).  A hint: durability is still only ``fdatasync``'s.
     """
 
-    __slots__ = ("fd", "offset", "pending", "pending_len")
+    __slots__ = ("fd", "offset", "pending", "pending_len", "writeback", "writeback_offset")
 
     def __init__(self, fd: int, offset: int) -> None:
         self.fd = fd
         self.offset = offset
         self.pending: list[bytes] = []
         self.pending_len = 0
+        self.writeback: asyncio.Future[None] | None = None
+        self.writeback_offset = offset
 
     def add(self, chunk: bytes) -> None:
         self.pending.append(chunk)
         self.pending_len += len(chunk)
+
+    def written(self) -> None:
+        """``offset`` moved: start the write-back behind it every ``WRITEBACK_BYTES``."""
+        start = self.writeback_offset
+        if self.offset - start < WRITEBACK_BYTES:
+            return
+        if self.writeback is not None and not self.writeback.done():
+            return  # (one at a time: this range joins the next)
+        try:
+            fd = os.dup(self.fd)
+        except OSError:
+            return  # (out of fds: the hint is skipped, the writes go on)
+        self.writeback_offset = self.offset
+        self.writeback = asyncio.get_running_loop().run_in_executor(
+            None, _writeback_dup, fd, start, self.offset - start
+        )
 
     def flush(self) -> None:
         pending = self.pending
@@ -65,6 +93,14 @@ class Sink:
                 pending.pop(0)
             if n:
                 pending[0] = pending[0][n:]
+        self.written()
+
+
+def _writeback_dup(fd: int, offset: int, length: int) -> None:
+    try:
+        diskio.start_writeback(fd, offset, length)
+    finally:
+        os.close(fd)
 
 
 def _sync_dup(fd: int) -> None:
@@ -219,6 +255,7 @@ async def splice(
                     n = os.splice(pipe_r, fd, moved, offset_dst=sink.offset)
                     sink.offset += n
                     moved -= n
+                sink.written()
             if limited:
                 await throttle.acquire(priority, got)
             with fs.translating("cannot write the temporary file"):
