@@ -19,7 +19,7 @@ MAX_DEPTH = 64
 MAX_NUMBER_DIGITS = 20
 
 _NUMBERS = """BytesTotal BytesTransferred FilesTotal FilesTransferred TransientErrorCount MinimumRetryDelay
-NoProgressTimeout MaximumDownloadTime NotifyFlags SecurityFlags JobCreationTime JobLastModificationTime
+NoProgressTimeout MaximumDownloadTime MaxConnections NotifyFlags SecurityFlags JobCreationTime JobLastModificationTime
 JobCompletionTime"""
 
 #: What the properties of BitsClientJob hold, for the parser's check of literals: an IntEnum
