@@ -1,11 +1,12 @@
 """Several of a job's files at once: up to its effective MaxConnections (SPEC §9).
 
-Each of ``connections`` tasks takes the next file not yet transferred and downloads it on
-a connection of its own (the h1 pool keeps several alive per host); no requests are sent
-ahead (pipelining is for the one-connection case: a file sent ahead on one connection could
-be taken by another task).  Files finish in any order; each is committed complete only once
-durable, so FilesTransferred, checkpoints and events stay exact, and a job resumed after a
-crash takes up every file at its own checkpoint.
+Each of ``connections`` tasks takes the next files not yet transferred (a run of up to
+``RUN_MAX``, fewer near the end) and downloads them in turn on a connection of its own (the
+h1 pool keeps several alive per host), the requests of the rest of its run sent ahead on it
+(pipelining: only files of its own run, so no request of another task's file is sent).
+Files finish in any order; each is committed complete only once durable, so
+FilesTransferred, checkpoints and events stay exact, and a job resumed after a crash takes
+up every file at its own checkpoint.
 
 The tasks share the job's ``SyncBatch`` through ``SharedBatch``: one flush at a time, one
 sync handle per directory, and a directory still being written into gets the next batch's
@@ -19,15 +20,18 @@ import asyncio
 import collections
 import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from openbits.errors import BitsError
 from openbits.model import Job, JobFile
 from openbits.transfer.download import Fetched
 from openbits.transfer.sink import SyncBatch
 
-#: downloads one file of the job (by index), no requests sent ahead: what it fetched
-FetchOne = Callable[[int], Awaitable[Fetched]]
+#: downloads one file of the job (by index), the requests of ``upcoming`` (files of the same
+#: task) sent ahead on its connection: what it fetched
+FetchOne = Callable[[int, Sequence[JobFile]], Awaitable[Fetched]]
+#: the most files a task takes at once (its requests are sent ahead on its connection)
+RUN_MAX = 16
 #: commits a durable file complete (``JobQueue.file_done``)
 FileDone = Callable[[Job, JobFile, int], None]
 
@@ -112,27 +116,29 @@ class FilesAtOnce:
 
     async def _worker(self, fetch: FetchOne, done: FileDone) -> None:
         job = self.job
-        while (index := self._take()) is not None:
-            file = job.files[index]
-            directory = os.path.dirname(file.local_file)
-            try:
-                await self.batch.begin(directory)
+        while run := self._take():
+            for n, index in enumerate(run):
+                file = job.files[index]
+                directory = os.path.dirname(file.local_file)
                 try:
-                    fetched = await fetch(index)
-                finally:
-                    self.batch.end(directory)
-                await self.batch.finished(job, file, fetched, done)
-            except BitsError as e:
-                if self.failed is None:
-                    self.failed, self.failed_index = e, index
-                raise
+                    await self.batch.begin(directory)
+                    try:
+                        fetched = await fetch(index, [job.files[i] for i in run[n + 1 :]])
+                    finally:
+                        self.batch.end(directory)
+                    await self.batch.finished(job, file, fetched, done)
+                except BitsError as e:
+                    if self.failed is None:
+                        self.failed, self.failed_index = e, index
+                    raise
 
-    def _take(self) -> int | None:
-        """The next file not transferred that no task has taken (one added while the job
-        runs too), or None."""
+    def _take(self) -> list[int]:
+        """The next files not transferred that no task has taken (ones added while the job
+        runs too), in order: a run of up to ``RUN_MAX``, shorter as the files left get fewer
+        than two runs per task (so the tasks end together); empty when none is left."""
         files = self.job.files
-        while self._cursor < len(files):
-            index, self._cursor = self._cursor, self._cursor + 1
-            if not files[index].completed:
-                return index
-        return None
+        left = [i for i in range(self._cursor, len(files)) if not files[i].completed]
+        run = left[: max(1, min(RUN_MAX, len(left) // (2 * self.connections)))]
+        if run:
+            self._cursor = run[-1] + 1
+        return run

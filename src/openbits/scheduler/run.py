@@ -344,8 +344,7 @@ class Scheduler:
             connections = job.effective_max_connections(service.policy.max_connections_per_job)
             if connections > 1 and sum(1 for f in job.files if not f.completed) > 1:
                 at_once = FilesAtOnce(job, SharedBatch(batch), connections)
-                fetch = functools.partial(self._fetch, job, owner)
-                await at_once.run(fetch, service.file_done)
+                await at_once.run(functools.partial(self._fetch, job, owner), service.file_done)
             while at_once is None:  # one at a time, in order, the next requests sent ahead
                 start = index or 0
                 index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)
