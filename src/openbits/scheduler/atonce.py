@@ -62,11 +62,16 @@ class SharedBatch:
         the sync has started."""
         async with self.lock:
             batch = self.batch
+            if batch.synced is not None:  # (the batch before: committed first)
+                await asyncio.wait([batch.synced])
+                batch.poll()
+            if not batch.files:
+                return
             fresh: dict[str, int] = {}
             try:
                 for directory in list(self.writing):  # (opened before this batch's sync)
                     fresh[directory] = await batch.open_handle(directory)
-                await batch.flush(wait=False)
+                await batch.flush(wait=False)  # (none in flight: it does not wait)
             except BaseException:
                 for fd in fresh.values():
                     with contextlib.suppress(OSError):
