@@ -30,8 +30,10 @@ from openbits.transfer.sink import SyncBatch
 #: downloads one file of the job (by index), the requests of ``upcoming`` (files of the same
 #: task) sent ahead on its connection: what it fetched
 FetchOne = Callable[[int, Sequence[JobFile]], Awaitable[Fetched]]
-#: the most files a task takes at once (its requests are sent ahead on its connection)
-RUN_MAX = 16
+#: the most files a task takes at once, and how many of the rest of its run are sent ahead
+#: on its connection while it fetches one (as the one-connection case: ``PIPELINE_LOOKAHEAD``)
+RUN_MAX = 64
+LOOKAHEAD = 16
 #: commits a durable file complete (``JobQueue.file_done``)
 FileDone = Callable[[Job, JobFile, int], None]
 
@@ -128,7 +130,7 @@ class FilesAtOnce:
                 try:
                     await self.batch.begin(directory)
                     try:
-                        fetched = await fetch(index, [job.files[i] for i in run[n + 1 :]])
+                        fetched = await fetch(index, [job.files[i] for i in run[n + 1 : n + 1 + LOOKAHEAD]])
                     finally:
                         self.batch.end(directory)
                     await self.batch.finished(job, file, fetched, done)
