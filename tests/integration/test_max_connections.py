@@ -176,3 +176,13 @@ def test_a_sigkill_mid_job_keeps_every_files_checkpoint(daemon: Daemon, nginx: N
     assert [sha256_file(dest / f"{i}.bin") for i in range(count)] == digests
     ranged = {r["uri"] for r in nginx.requests() if r["uri"].startswith("/slow/mc-kill/") and r["range"]}
     assert {f"/slow/mc-kill/{i}.bin" for i in resumed_from} <= ranged, "each resumed at its checkpoint"
+
+
+def test_openbits_transfer_max_connections_reaches_the_job(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    digests = [make_file(nginx.www, f"mc-cli/{i}.bin", 600 * KiB + i, seed=950 + i) for i in range(3)]
+    urls = [f"{nginx.url}/slow/mc-cli/{i}.bin" for i in range(3)]
+    daemon.cli("transfer", "-q", "--max-connections", "1", *urls, str(dest), check=True)
+    assert [sha256_file(dest / f"{i}.bin") for i in range(3)] == digests
+    requests = [r for r in nginx.requests() if r["uri"].startswith("/slow/mc-cli/")]
+    assert len({r["connection"] for r in requests}) == 1, "FOREGROUND, but MaxConnections 1"
+    assert daemon.cli("transfer", "--max-connections", "0", urls[0], str(dest)).returncode == 2
