@@ -41,6 +41,10 @@ log = logging.getLogger("openbits.scheduler")
 
 PURGE_INTERVAL_NS = 3600 * 10**9
 BLOCKED_BY_POLICY = int(HResult.BG_E_BLOCKED_BY_POLICY)
+#: a job's files move on several connections at once (up to MaxConnections) only once one
+#: of them is known to be at least this long: smaller files go faster, and cheaper, one after
+#: the other on one connection with their requests sent ahead (bench_small: 2,000 x 16 KiB)
+AT_ONCE_MIN_BYTES = 1024 * 1024
 #: files after the current one whose requests the downloader may send ahead
 PIPELINE_LOOKAHEAD = 16
 
@@ -342,18 +346,21 @@ class Scheduler:
                 index = None  # (the job's error, no file's)
                 raise OwnerUnknown(f"the job's owner (uid {job.owner_uid}) no longer exists")
             connections = job.effective_max_connections(service.policy.max_connections_per_job)
-            if connections > 1 and sum(1 for f in job.files if not f.completed) > 1:
-                at_once = FilesAtOnce(job, SharedBatch(batch), connections)
-                await at_once.run(functools.partial(self._fetch, job, owner), service.file_done)
-            while at_once is None:  # one at a time, in order, the next requests sent ahead
+            big = any(f.bytes_total is not None and f.bytes_total >= AT_ONCE_MIN_BYTES for f in job.files)
+            while True:  # one at a time, in order, the next requests sent ahead
                 start = index or 0
                 index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)
                 if index is None:
+                    break
+                if connections > 1 and big and sum(1 for f in job.files if not f.completed) > 1:
+                    at_once = FilesAtOnce(job, SharedBatch(batch), connections)
+                    await at_once.run(functools.partial(self._fetch, job, owner), service.file_done)
                     break
                 file = job.files[index]
                 await batch.prepare(os.path.dirname(file.local_file))
                 upcoming = job.files[index + 1 : index + 1 + PIPELINE_LOOKAHEAD]
                 fetched = await self._fetch(job, owner, index, upcoming)
+                big = big or fetched.size >= AT_ONCE_MIN_BYTES
                 if fetched.durable:
                     await batch.flush()
                     service.file_done(job, file, fetched.size)
