@@ -35,7 +35,9 @@ from openbits._wire import (
     get_job_call,
     invoke_call,
     job_failed,
+    job_path,
     not_transferred,
+    patch_call,
     state_call,
     timed_out,
 )
@@ -173,12 +175,20 @@ class TransferSpec:
     job: JobOptions
     #: an upload-reply job's ReplyFileName (None: the daemon's default)
     reply_file_name: str | None = None
+    #: MaxConnections (SPEC §9; None: the default by priority)
+    max_connections: int | None = None
 
     @staticmethod
     def of(files: FilePairs, display_name: str, options: TransferOptions) -> TransferSpec:
         job: JobOptions = {"description": options.get("description"), "priority": options.get("priority")}
         job["job_type"] = options.get("job_type")
-        return TransferSpec(file_pairs(files), display_name, job, options.get("reply_file_name"))
+        return TransferSpec(
+            file_pairs(files),
+            display_name,
+            job,
+            options.get("reply_file_name"),
+            options.get("max_connections"),
+        )
 
 
 def start(spec: TransferSpec) -> Flow[str]:
@@ -189,6 +199,8 @@ def start(spec: TransferSpec) -> Flow[str]:
     try:
         if spec.reply_file_name is not None:
             yield invoke_call(job_id, "SetReplyFileName", ReplyFileName=spec.reply_file_name)
+        if spec.max_connections is not None:
+            yield patch_call(job_path(job_id), {"MaxConnections": spec.max_connections})
         yield invoke_call(job_id, "AddFileSet", Files=spec.files)
         yield state_call(job_id, RESUME)
     except GeneratorExit:

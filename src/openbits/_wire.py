@@ -286,13 +286,15 @@ class JobOptions(TypedDict, total=False):
 
 class TransferOptions(TypedDict, total=False):
     """``transfer``'s options: the job's ``description``, ``priority`` and ``job_type``;
-    ``reply_file_name`` (an upload-reply job's ReplyFileName); ``timeout`` (seconds:
-    TimeoutError after it); ``wait=False`` (return the job once resumed)."""
+    ``reply_file_name`` (an upload-reply job's ReplyFileName); ``max_connections`` (its
+    MaxConnections, 1-32); ``timeout`` (seconds: TimeoutError after it); ``wait=False``
+    (return the job once resumed)."""
 
     description: str | None
     priority: JobPriority | int | None
     job_type: JobType | int | None
     reply_file_name: str | None
+    max_connections: int | None
     timeout: float | None
     wait: bool
 

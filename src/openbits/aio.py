@@ -176,6 +176,10 @@ class AsyncClient(AsyncIdentityCalls, wire.ClientBase):
     async def set_properties(self, job: str, **props: Any) -> BitsJob:
         return BitsJob.from_cim(await self._call(wire.patch_call(wire.job_path(job), props)))
 
+    async def set_max_connections(self, job: str, connections: int) -> BitsJob:
+        """MaxConnections (1-32, SPEC §9): how many of the job's files move at once."""
+        return await self.set_properties(job, MaxConnections=connections)
+
     async def get_error(self, job: str) -> JobErrorInfo:
         return JobErrorInfo.from_cim(await self.invoke(job, "GetError"))
 

@@ -211,6 +211,10 @@ class Client(IdentityCalls, wire.ClientBase):
         nothing.  The job after the change."""
         return wire.bits_job(self._call(wire.patch_call(wire.job_path(job), props)))
 
+    def set_max_connections(self, job: str, connections: int) -> BitsJob:
+        """MaxConnections (1-32, SPEC §9): how many of the job's files move at once."""
+        return self.set_properties(job, MaxConnections=connections)
+
     def get_error(self, job: str) -> JobErrorInfo:
         """GetError: why the job is in ERROR (or TRANSIENT_ERROR)."""
         return wire.error_info(self.invoke(job, "GetError"))

@@ -70,6 +70,8 @@ class Config:
     max_concurrent_background_jobs: int = 1
     #: round-robin time slice among background jobs of one priority (BITS does not say)
     time_slice_s: float = 60.0
+    #: the most connections one job may use at once, whatever its MaxConnections (1-32)
+    max_connections_per_job: int = 32
     #: a job without activity (property change, progress, state change) this long is cancelled
     job_inactivity_timeout_s: int = 90 * 86400
     # bandwidth (rates like "10M", "512k", a bare number is KiB/s; "" or "off" = unlimited)

@@ -184,6 +184,8 @@ class BitsJob:
     notify_cmd_line: NotifyCmdLine | None = None
     notify_url: str | None = None
     maximum_download_time: int = 7_776_000
+    #: SPEC §9: connections the job may use at once (as set, else the default by priority)
+    max_connections: int = 1
     custom_headers: str | None = field(default=None, repr=False)
     security_flags: SecurityFlags = _NO_SECURITY_FLAGS
     #: SPEC §7: the credentials set (without passwords), the proxy settings, the certificate
@@ -230,6 +232,7 @@ class BitsJob:
             else NotifyCmdLine(str(cmd["Program"]), cmd.get("Parameters")),
             notify_url=g("NotifyUrl"),
             maximum_download_time=int(g("MaximumDownloadTime", 7_776_000)),
+            max_connections=int(g("MaxConnections") or 1),
             custom_headers=g("CustomHeaders"),
             security_flags=SecurityFlags(int(g("SecurityFlags") or 0)),
             credentials=_credentials(g("Credentials")),

@@ -28,6 +28,11 @@ LOCAL_FILE_MAX = 4095  # PATH_MAX - 1 on Linux, the analogue of MAX_PATH
 MINIMUM_RETRY_DELAY_FLOOR_S = 5
 DEFAULT_MAXIMUM_DOWNLOAD_TIME_S = 7_776_000  # 90 days
 UINT32_MAX = 0xFFFFFFFF
+#: MaxConnections (SPEC §9): the range a caller may set, and the defaults by priority
+#: (FOREGROUND moves several files at once; background priorities one at a time, as BITS)
+MAX_CONNECTIONS_RANGE = range(1, 33)
+DEFAULT_MAX_CONNECTIONS_FOREGROUND = 4
+DEFAULT_MAX_CONNECTIONS_BACKGROUND = 1
 _GUID = re.compile(r"\{?([0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12})\}?", re.ASCII)
 
 
@@ -453,6 +458,8 @@ class Job:
     reply_bytes_transferred: int = 0  # ReplyProgress.BytesTransferred
     #: upload and upload-reply jobs once their file is added: the session (UploadState)
     upload: UploadState | None = None
+    #: MaxConnections as set (None: the default by priority, ``default_max_connections``)
+    max_connections: int | None = None
     # not persisted: scheduling bookkeeping of this daemon's life
     run_started_ns: int = 0  # entered CONNECTING (0 while not running)
     queued_ns: int = 0  # entered QUEUED (round-robin order)
@@ -474,6 +481,19 @@ class Job:
     @property
     def bytes_transferred(self) -> int:
         return sum(f.bytes_transferred for f in self.files)
+
+    @property
+    def default_max_connections(self) -> int:
+        """MaxConnections while none was set: 4 for FOREGROUND, 1 otherwise (SPEC §9)."""
+        if self.priority is JobPriority.FOREGROUND:
+            return DEFAULT_MAX_CONNECTIONS_FOREGROUND
+        return DEFAULT_MAX_CONNECTIONS_BACKGROUND
+
+    def effective_max_connections(self, cap: int | None = None) -> int:
+        """The connections this job may use at once: as set, else the default by priority,
+        and never more than the policy's ``cap`` (max_connections_per_job)."""
+        wanted = self.default_max_connections if self.max_connections is None else self.max_connections
+        return max(1, wanted if cap is None else min(wanted, cap))
 
     @property
     def files_transferred(self) -> int:
@@ -536,6 +556,8 @@ CIM_PROPERTIES: dict[str, Callable[[Job], Any]] = {
     "ClientCertificate": lambda j: None if j.client_certificate is None else j.client_certificate.to_cim(),
     "ReplyFileName": lambda j: j.reply_file_name,
     "ReplyProgress": lambda j: _reply_progress(j),
+    # as set, else the default by priority (the policy's cap is not applied here)
+    "MaxConnections": lambda j: j.effective_max_connections(),
 }
 
 
@@ -576,6 +598,7 @@ WRITABLE_PROPERTIES: dict[str, str] = {
     "Priority": "priority",
     "MinimumRetryDelay": "minimum_retry_delay_s",
     "NoProgressTimeout": "no_progress_timeout_s",
+    "MaxConnections": "max_connections",
 }
 
 #: Every property name of the instance (for BG_E_READ_ONLY_PROPERTY vs unknown).

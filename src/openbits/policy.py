@@ -32,6 +32,7 @@ PROPERTIES: dict[str, tuple[str, str]] = {
     "NonWorkBandwidth": ("non_work_bandwidth", "rate"),
     "MaxConcurrentBackgroundJobs": ("max_background", "count"),
     "TimeSlice": ("time_slice_s", "seconds"),
+    "MaxConnectionsPerJob": ("max_connections_per_job", "connections"),
 }
 READ_ONLY = ("CurrentBandwidthLimit", "CurrentBandwidthLimitText")
 
@@ -81,6 +82,8 @@ class ServicePolicy:
     non_work_bandwidth: int | None = None
     max_background: int = 1
     time_slice_s: float = 60.0
+    #: the cap on every job's MaxConnections (SPEC §9)
+    max_connections_per_job: int = 32
     overrides: frozenset[str] = field(default=frozenset())  # properties set at run time
 
     @classmethod
@@ -99,6 +102,9 @@ class ServicePolicy:
                 non_work_bandwidth=rate_value("non_work_bandwidth", config.non_work_bandwidth),
                 max_background=config.max_concurrent_background_jobs,
                 time_slice_s=config.time_slice_s,
+                max_connections_per_job=_convert(
+                    "max_connections_per_job", "connections", config.max_connections_per_job
+                ),
             )
         except InvalidArgument as e:
             raise ValueError(e.message) from None
@@ -158,6 +164,7 @@ class ServicePolicy:
             "NonWorkBandwidth": self.non_work_bandwidth,
             "MaxConcurrentBackgroundJobs": self.max_background,
             "TimeSlice": self.time_slice_s,
+            "MaxConnectionsPerJob": self.max_connections_per_job,
             "CurrentBandwidthLimit": self.global_limit_at(now),
             "CurrentBandwidthLimitText": format_rate(self.global_limit_at(now)),
         }
@@ -220,6 +227,10 @@ def _convert(name: str, kind: str, value: Any) -> Any:
     if kind == "count":
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
             raise InvalidArgument(f"{name} must be an integer from 1 to 1000")
+        return value
+    if kind == "connections":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32:
+            raise InvalidArgument(f"{name} must be an integer from 1 to 32")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.1 <= value <= 86400:
         raise InvalidArgument(f"{name} must be a number of seconds from 0.1 to 86400")

@@ -375,6 +375,7 @@ JOB_KEYS = {
     "ClientCertificate",
     "ReplyFileName",
     "ReplyProgress",
+    "MaxConnections",
 }
 UINT_KEYS = JOB_KEYS - {
     "JobId",
@@ -535,3 +536,16 @@ def test_the_enums_print_their_names_and_serialise_their_numbers() -> None:
     assert json.dumps({"State": JobState.TRANSFERRED}) == '{"State": 6}'
     job = make_job(state=JobState.ERROR)
     assert json.loads(json.dumps(job.to_cim()))["State"] == JobState.ERROR
+
+
+def test_max_connections_defaults_by_priority_and_the_policy_caps_it() -> None:
+    job = make_job(priority=JobPriority.FOREGROUND)
+    assert job.effective_max_connections() == 4 and job.to_cim()["MaxConnections"] == 4
+    assert job.effective_max_connections(cap=2) == 2
+    for background in (JobPriority.HIGH, JobPriority.NORMAL, JobPriority.LOW):
+        job.priority = background
+        assert job.effective_max_connections() == 1, "BITS: one file at a time"
+    job.max_connections = 16
+    assert job.effective_max_connections() == 16 and job.to_cim()["MaxConnections"] == 16
+    assert job.effective_max_connections(cap=8) == 8, "the instance shows what was set; the cap applies"
+    assert job.to_cim()["MaxConnections"] == 16

@@ -402,6 +402,7 @@ SHIPPED_MIGRATIONS = [
     "a9d57ee5a00619a5",  # 11 identity: sealed secrets, proxy settings, client certificate, token scopes
     "231df795ffc695c8",  # 12 uploads: reply file and progress, the upload's protocol state
     "f8df47c266e5ab91",  # 13 expected digests of files
+    "6c564d329f2353ef",  # 14 MaxConnections
 ]
 
 
@@ -485,6 +486,7 @@ def test_a_store_of_every_earlier_version_is_migrated_and_keeps_its_jobs(
         assert job.reply_file_name is None and job.reply_bytes_total is None
         assert job.reply_bytes_transferred == 0 and job.upload is None
         assert job.files[0].digest is None
+        assert job.max_connections is None
         assert store.integrity_check() == "ok"
         store.save_job(job)  # and it can be written in the new shape
     finally:

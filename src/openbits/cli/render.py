@@ -142,6 +142,7 @@ def print_job(job: Mapping[str, Any]) -> None:
         ("TransientErrorCount", str(job["TransientErrorCount"])),
         ("MinimumRetryDelay", f"{job['MinimumRetryDelay']} s"),
         ("NoProgressTimeout", f"{job['NoProgressTimeout']} s"),
+        *([("MaxConnections", str(job["MaxConnections"]))] if "MaxConnections" in job else []),
         *_upload_fields(job),
         *_identity_fields(job),
     ]

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -28,8 +28,9 @@ from openbits.errors import BitsError, HResult, InternalError, OwnerUnknown
 from openbits.model import Job, JobFile, JobType
 from openbits.policy import ServicePolicy
 from openbits.scheduler import policy
+from openbits.scheduler.atonce import FilesAtOnce, SharedBatch
 from openbits.scheduler.uploads import UploadRunner
-from openbits.transfer.download import Downloader, Owner, RequestOptions
+from openbits.transfer.download import Downloader, Fetched, Owner, RequestOptions
 from openbits.transfer.files import temp_name_for
 from openbits.transfer.owner import user_exists
 from openbits.transfer.sink import SyncBatch
@@ -40,6 +41,10 @@ log = logging.getLogger("openbits.scheduler")
 
 PURGE_INTERVAL_NS = 3600 * 10**9
 BLOCKED_BY_POLICY = int(HResult.BG_E_BLOCKED_BY_POLICY)
+#: a job's files move on several connections at once (up to MaxConnections) only once one
+#: of them is known to be at least this long: smaller files go faster, and cheaper, one after
+#: the other on one connection with their requests sent ahead (bench_small: 2,000 x 16 KiB)
+AT_ONCE_MIN_BYTES = 1024 * 1024
 #: files after the current one whose requests the downloader may send ahead
 PIPELINE_LOOKAHEAD = 16
 
@@ -335,29 +340,27 @@ class Scheduler:
             functools.partial(self.downloader.open_sync_handle, owner),
         )
         index: int | None = 0
+        at_once: FilesAtOnce | None = None
         try:
             if not user_exists(job.owner_uid):
                 index = None  # (the job's error, no file's)
                 raise OwnerUnknown(f"the job's owner (uid {job.owner_uid}) no longer exists")
-            while True:
+            connections = job.effective_max_connections(service.policy.max_connections_per_job)
+            big = any(f.bytes_total is not None and f.bytes_total >= AT_ONCE_MIN_BYTES for f in job.files)
+            while True:  # one at a time, in order, the next requests sent ahead
                 start = index or 0
                 index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)
                 if index is None:
                     break
+                if connections > 1 and big and sum(1 for f in job.files if not f.completed) > 1:
+                    at_once = FilesAtOnce(job, SharedBatch(batch), connections)
+                    await at_once.run(functools.partial(self._fetch, job, owner), service.file_done)
+                    break
                 file = job.files[index]
-                if file.temp_name is None:  # a file added before names were derived
-                    file.temp_name = temp_name_for(job.job_id, index)
-                options = RequestOptions.of(job)
                 await batch.prepare(os.path.dirname(file.local_file))
-                fetched = await self.downloader.download(
-                    file,
-                    owner,
-                    _FileProgress(service, job, file),
-                    int(job.priority),
-                    options,
-                    defer_sync=True,
-                    upcoming=job.files[index + 1 : index + 1 + PIPELINE_LOOKAHEAD],
-                )
+                upcoming = job.files[index + 1 : index + 1 + PIPELINE_LOOKAHEAD]
+                fetched = await self._fetch(job, owner, index, upcoming)
+                big = big or fetched.size >= AT_ONCE_MIN_BYTES
                 if fetched.durable:
                     await batch.flush()
                     service.file_done(job, file, fetched.size)
@@ -372,7 +375,7 @@ class Scheduler:
             service.job_transferred(job)
         except BitsError as e:
             batch.flush_now()
-            service.job_failed(job, e, index)
+            service.job_failed(job, e, index if at_once is None else at_once.failed_index)
         except asyncio.CancelledError:
             batch.flush_now()
             raise
@@ -381,8 +384,24 @@ class Scheduler:
             service.job_failed(
                 job,
                 InternalError(f"internal error: {e!r}"),
-                index,
+                index if at_once is None else at_once.failed_index,
             )
         finally:
             batch.close()
             self.downloader.job_ended(job.job_id)
+
+    async def _fetch(self, job: Job, owner: Owner, index: int, upcoming: Sequence[JobFile] = ()) -> Fetched:
+        """Download the job's file ``index`` (``upcoming``: the files whose requests may be
+        sent ahead on its connection)."""
+        file = job.files[index]
+        if file.temp_name is None:  # a file added before names were derived
+            file.temp_name = temp_name_for(job.job_id, index)
+        return await self.downloader.download(
+            file,
+            owner,
+            _FileProgress(self.service, job, file),
+            int(job.priority),
+            RequestOptions.of(job),
+            defer_sync=True,
+            upcoming=upcoming,
+        )

@@ -36,6 +36,7 @@ from openbits.model import (
     DESCRIPTION_MAX,
     DISPLAY_NAME_MAX,
     LOCAL_FILE_MAX,
+    MAX_CONNECTIONS_RANGE,
     MINIMUM_RETRY_DELAY_FLOOR_S,
     REMOTE_URL_MAX,
     WRITABLE_PROPERTIES,
@@ -487,6 +488,12 @@ class Verbs(Uploads):
             changes["minimum_retry_delay_s"] = max(delay, MINIMUM_RETRY_DELAY_FLOOR_S)
         if "NoProgressTimeout" in p:
             changes["no_progress_timeout_s"] = p.uint("NoProgressTimeout")
+        if "MaxConnections" in p:
+            connections = p.uint("MaxConnections")
+            if connections not in MAX_CONNECTIONS_RANGE:
+                first, last = MAX_CONNECTIONS_RANGE[0], MAX_CONNECTIONS_RANGE[-1]
+                raise InvalidArgument(f"MaxConnections must be {first} to {last}")
+            changes["max_connections"] = connections
         if not changes:
             return job
         with self._change(job, "properties changed"):

@@ -32,7 +32,7 @@ JOB_COLUMNS = (
     "notify_program, notify_parameters, notify_url, notify_due_ns, custom_headers_write_only, "
     "custom_headers_sealed, credentials, proxy_usage, proxy_list, proxy_bypass_list, "
     "proxy_environment_sealed, client_certificate, reply_file_name, reply_bytes_total, "
-    "reply_bytes_transferred, upload_state"
+    "reply_bytes_transferred, upload_state, max_connections"
 )
 JOB_COLUMN_NAMES = tuple(c.strip() for c in JOB_COLUMNS.split(","))
 JOB_COLUMN_COUNT = len(JOB_COLUMN_NAMES)
@@ -133,6 +133,7 @@ def job_row(job: Job, seq: int, keyring: Keyring) -> tuple[object, ...]:
         job.reply_bytes_total,
         job.reply_bytes_transferred,
         None if job.upload is None else json.dumps(dataclasses.asdict(job.upload)),
+        job.max_connections,
     )
 
 
@@ -188,6 +189,7 @@ def job_from_row(row: tuple[Any, ...], keyring: Keyring) -> Job:
         reply_bytes_total=_number(c["reply_bytes_total"]),
         reply_bytes_transferred=int(c["reply_bytes_transferred"]),
         upload=None if c["upload_state"] is None else _upload_state(str(c["upload_state"])),
+        max_connections=_number(c["max_connections"]),
     )
     open_job(keyring, job, c["custom_headers_sealed"], c["credentials"], c["proxy_environment_sealed"])
     return job

@@ -154,6 +154,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE files ADD COLUMN digest TEXT;
     """,
+    # MaxConnections (SPEC §9): how many connections the job may use at once (NULL: the
+    # default by priority)
+    """
+    ALTER TABLE jobs ADD COLUMN max_connections INTEGER;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

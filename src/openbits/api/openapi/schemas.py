@@ -191,6 +191,14 @@ JOB_PROPERTIES: dict[str, Schema] = {
         ],
         "description": "upload-reply jobs: BG_JOB_REPLY_PROGRESS of the reply's download; null for others",
     },
+    "MaxConnections": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 32,
+        "description": "connections the job may use at once, its files together (extension; PATCH): "
+        "as set, else the default by priority (4 for FOREGROUND, 1 otherwise); the policy's "
+        "MaxConnectionsPerJob caps it",
+    },
 }
 
 RANGE: Schema = obj(
@@ -306,6 +314,10 @@ POLICY_KINDS: dict[str, tuple[Schema, Schema]] = {
     "work_hours": (string(nullable=True, description="e.g. 'Mon-Fri 08-17'"), string(nullable=True)),
     "count": ({"type": "integer", "minimum": 1, "maximum": 1000}, {"type": "integer", "minimum": 1}),
     "seconds": ({"type": "number", "minimum": 0.1, "maximum": 86400}, {"type": "number", "minimum": 0}),
+    "connections": (
+        {"type": "integer", "minimum": 1, "maximum": 32, "description": "cap on every job's MaxConnections"},
+        {"type": "integer", "minimum": 1, "maximum": 32},
+    ),
 }
 _POLICY_READ_ONLY: dict[str, Schema] = {
     "CurrentBandwidthLimit": {"type": ["integer", "null"], "minimum": 0, "description": "bytes/s now"},

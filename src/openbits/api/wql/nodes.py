@@ -19,8 +19,8 @@ MAX_DEPTH = 64
 MAX_NUMBER_DIGITS = 20
 
 _NUMBERS = """BytesTotal BytesTransferred FilesTotal FilesTransferred TransientErrorCount MinimumRetryDelay
-NoProgressTimeout MaximumDownloadTime NotifyFlags SecurityFlags JobCreationTime JobLastModificationTime
-JobCompletionTime"""
+NoProgressTimeout MaximumDownloadTime MaxConnections NotifyFlags SecurityFlags JobCreationTime
+JobLastModificationTime JobCompletionTime"""
 
 #: What the properties of BitsClientJob hold, for the parser's check of literals: an IntEnum
 #: (whose names stand for its numbers), int or str. Properties not named are not checked.

@@ -207,6 +207,12 @@ def get(
 @click.option("--no-progress-timeout", type=int, default=None, help="Seconds; 0 = every error is fatal.")
 @click.option("--max-download-time", type=int, default=None, help="Seconds of transfer before ERROR.")
 @click.option(
+    "--max-connections",
+    type=click.IntRange(1, 32),
+    default=None,
+    help="Files moved at once, 1-32 (default 4 for foreground, 1 otherwise).",
+)
+@click.option(
     "--custom-header",
     "custom_headers",
     multiple=True,
@@ -237,6 +243,7 @@ def set_(
     minimum_retry_delay: int | None,
     no_progress_timeout: int | None,
     max_download_time: int | None,
+    max_connections: int | None,
     custom_headers: tuple[str, ...],
     security_flags: int | None,
     notify_flags: int | None,
@@ -247,7 +254,7 @@ def set_(
     """Change a job's properties.
 
     The read/write properties (name, description, priority, retry delay, no-progress
-    timeout) change all or nothing; the others follow, one method call each
+    timeout, max connections) change all or nothing; the others follow, one method call each
     (Set-BitsTransfer).
 
     \b
@@ -266,6 +273,8 @@ def set_(
         props["MinimumRetryDelay"] = minimum_retry_delay
     if no_progress_timeout is not None:
         props["NoProgressTimeout"] = no_progress_timeout
+    if max_connections is not None:
+        props["MaxConnections"] = max_connections
     calls: list[tuple[str, dict[str, Any]]] = []
     if max_download_time is not None:
         calls.append(("SetMaximumDownloadTime", {"MaximumDownloadTime": max_download_time}))

@@ -270,6 +270,12 @@ def _one_shot_name(pairs: list[tuple[str, str]]) -> str:
 @click.argument("args", nargs=-1, required=True, metavar="SOURCE... [DEST]")
 @click.option("--name", default=None, help="The job's display name (default: after its files).")
 @click.option("--priority", "-p", default="foreground", help="Priority (default foreground).")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 32),
+    default=None,
+    help="Files moved at once, 1-32 (default 4 for foreground, 1 otherwise).",
+)
 @click.option("--async", "is_async", is_flag=True, help="Start the job and print its JobId; don't wait.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--no-retry", is_flag=True, help="Fail at the first transient error (exit 1), not retry it.")
@@ -289,6 +295,7 @@ def transfer(
     args: tuple[str, ...],
     name: str | None,
     priority: str,
+    max_connections: int | None,
     is_async: bool,
     quiet: bool,
     no_retry: bool,
@@ -317,6 +324,8 @@ def transfer(
     files: FilePairs = pairs if digest is None else [(*pairs[0], digest)]
     client = ctx.client
     options: dict[str, Any] = {"priority": parse_priority(priority)}
+    if max_connections is not None:
+        options["max_connections"] = max_connections
     final = run_one_shot(
         client,
         files,
