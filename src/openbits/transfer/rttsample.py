@@ -1,0 +1,67 @@
+"""Round-trip-time samples of a TCP socket, from the kernel's ``TCP_INFO`` (Linux).
+
+The receiver's own estimate, ``tcpi_rcv_rtt`` (from TCP timestamps, or once per window), is
+what a receiving socket keeps fresh: ``tcpi_rtt`` (the sender's smoothed RTT) only moves when
+data *we* send is acknowledged, which a download hardly does.  The first is used when the
+kernel has one, else the second.  Offsets from ``struct tcp_info`` in ``linux/tcp.h`` (stable
+ABI: fields are only ever appended).
+
+:class:`RttSampler` reads at most once per ``interval_s`` (one ``getsockopt`` per ~50 ms of a
+streaming body, not one per chunk) and feeds a ``yieldctl.DelayController``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Final
+
+from openbits.transfer.yieldctl import DelayController
+
+__all__ = ["SAMPLE_INTERVAL_S", "RttSampler", "tcp_rtt_s"]
+
+SAMPLE_INTERVAL_S: Final = 0.05
+"""At most one ``TCP_INFO`` read per 50 ms."""
+
+_TCP_INFO: Final = getattr(socket, "TCP_INFO", 11)
+_RTT_OFFSET: Final = 68  # __u32 tcpi_rtt, microseconds
+_RCV_RTT_OFFSET: Final = 92  # __u32 tcpi_rcv_rtt, microseconds
+_INFO_BYTES: Final = 104  # up to tcpi_total_retrans: present since Linux 2.6
+
+
+def tcp_rtt_s(sock: socket.socket) -> float | None:
+    """The socket's RTT in seconds (receiver estimate first), or None when the kernel has none
+    (no data yet, not TCP, closed)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_BYTES)
+    except OSError:
+        return None
+    if len(info) < _RCV_RTT_OFFSET + 4:
+        return None
+    (rcv_rtt_us,) = struct.unpack_from("=I", info, _RCV_RTT_OFFSET)
+    (rtt_us,) = struct.unpack_from("=I", info, _RTT_OFFSET)
+    us = rcv_rtt_us or rtt_us
+    return us / 1e6 if us else None
+
+
+class RttSampler:
+    """Samples one socket's RTT into a controller, at most once per ``interval_s``."""
+
+    __slots__ = ("controller", "interval_s", "next_s", "samples", "sock")
+
+    def __init__(
+        self, sock: socket.socket, controller: DelayController, interval_s: float = SAMPLE_INTERVAL_S
+    ) -> None:
+        self.sock, self.controller, self.interval_s = sock, controller, interval_s
+        self.next_s = 0.0
+        self.samples = 0
+
+    def poll(self, now: float) -> None:
+        """Take a sample if ``interval_s`` has passed since the last (``now``: monotonic s)."""
+        if now < self.next_s:
+            return
+        self.next_s = now + self.interval_s
+        rtt = tcp_rtt_s(self.sock)
+        if rtt is not None:
+            self.samples += 1
+            self.controller.on_rtt(rtt, now)
