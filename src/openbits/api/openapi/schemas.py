@@ -306,6 +306,19 @@ POLICY_KINDS: dict[str, tuple[Schema, Schema]] = {
     "work_hours": (string(nullable=True, description="e.g. 'Mon-Fri 08-17'"), string(nullable=True)),
     "count": ({"type": "integer", "minimum": 1, "maximum": 1000}, {"type": "integer", "minimum": 1}),
     "seconds": ({"type": "number", "minimum": 0.1, "maximum": 86400}, {"type": "number", "minimum": 0}),
+    "priorities": (
+        {
+            "oneOf": [
+                string(description="priorities, e.g. 'HIGH,NORMAL,LOW' ('' for none)"),
+                {"type": "array", "items": {"enum": ["FOREGROUND", "HIGH", "NORMAL", "LOW"]}},
+            ]
+        },
+        string(description="the priorities that yield to other traffic, e.g. 'HIGH,NORMAL,LOW'"),
+    ),
+    "delay_ms": (
+        {"type": "number", "minimum": 1, "maximum": 10000},
+        {"type": "number", "minimum": 1, "description": "milliseconds"},
+    ),
 }
 _POLICY_READ_ONLY: dict[str, Schema] = {
     "CurrentBandwidthLimit": {"type": ["integer", "null"], "minimum": 0, "description": "bytes/s now"},
