@@ -4,7 +4,9 @@ Pacer (``transfer.pace``) fed by them: a quiet path leaves the transfer unpaced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -30,10 +32,8 @@ def _receive(client: socket.socket, sender: socket.socket, total: int) -> None:
     got = 0
     data = b"x" * 65536
     while got < total:
-        try:
+        with contextlib.suppress(BlockingIOError):
             sender.send(data)
-        except BlockingIOError:
-            pass
         got += len(client.recv(1 << 20))
 
 
@@ -72,7 +72,7 @@ def test_pacer_on_loopback_stays_unpaced(pair: tuple[socket.socket, socket.socke
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:
             _receive(client, accepted, 256 << 10)
-            pace.arrived(256 << 10)
+            pace.arrived(256 << 10, 0.0)
         assert not pace.limited()
         asyncio.run(pace.acquire(1 << 20))  # returns at once
         running = next(iter(throttle.politeness.running.values()))
@@ -96,7 +96,7 @@ def test_pacer_paces_at_the_controller_rate() -> None:
         controller.on_rtt(0.500, 1.02)
         controller.on_rtt(0.500, 1.03)
         assert controller.rate_bps == pytest.approx(5_000_000)
-        pace.arrived(0)
+        pace.arrived(0, 0.0)
         assert pace.limited() and pace.slice_bytes() == 250_000
 
         async def timed() -> float:
@@ -107,3 +107,33 @@ def test_pacer_paces_at_the_controller_rate() -> None:
 
         # 1 MB at 5 MB/s (the bucket starts empty): ~0.2 s
         assert 0.15 < asyncio.run(timed()) < 1.0
+
+
+def test_a_pausing_sender_is_not_taken_for_a_queue(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A server that sends in bursts (its own rate limit) makes the kernel's receiver RTT grow
+    toward its pauses: those samples are dropped, and the transfer is not paced."""
+    client, accepted = pair
+
+    def bursts() -> None:
+        for _ in range(12):
+            accepted.sendall(b"x" * 200_000)
+            time.sleep(0.1)  # the sender's own pause: the scenario, not a synchronisation
+        accepted.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=bursts)
+    sender.start()
+    throttle = Throttle()
+    throttle.politeness.configure(target_delay_ms=20)
+    with pacer(throttle, 2, "job", 0, client) as pace:
+        controller = next(iter(throttle.politeness.running.values())).controller
+        seen: list[float] = []
+        while True:
+            asked = time.monotonic()
+            data = client.recv(1 << 20)
+            if not data:
+                break
+            pace.arrived(len(data), time.monotonic() - asked)
+            seen.append(tcp_rtt_s(client) or 0.0)
+    sender.join()
+    assert max(seen) > 0.040, "the kernel's estimate did grow well past the target"
+    assert controller.ignored > 0 and controller.backoffs == 0 and not pace.limited()

@@ -84,6 +84,18 @@ def test_holds_delay_near_target_against_its_own_queue() -> None:
     assert c.queue_delay_s <= 0.075 + 0.05
 
 
+def test_samples_taken_while_the_sender_paused_are_dropped() -> None:
+    c = DelayController(target_delay_ms=75)
+    path = Path(c)
+    path.run(2.0, queue_s=0.0)
+    for i in range(20):  # 200 ms RTT, but the receiver waited 150 ms for data: a pause
+        c.on_rtt(BASE_S + 0.2, path.now + i * STEP_S, idle_s=0.150)
+    assert c.ignored == 20 and c.backoffs == 0 and c.rate_bps is None
+    for i in range(20):  # the same RTT with data flowing: a queue
+        c.on_rtt(BASE_S + 0.2, path.now + 1 + i * STEP_S, idle_s=0.001)
+    assert c.backoffs >= 1
+
+
 def test_base_delay_follows_a_path_change() -> None:
     c = DelayController(target_delay_ms=75)
     path = Path(c)

@@ -333,16 +333,17 @@ class FileDownload:
                 if content.spliceable():
                     await splice(content, sink, total, syncs, pace, tuning.read_buffer_bytes)
             while True:
+                asked = time.monotonic()
                 if pace.limited():
                     # a paced transfer takes small slices, so the file grows smoothly at
                     # the pace instead of in read-buffer-sized lumps
                     chunk = await content.read(pace.slice_bytes())
                     if chunk:
-                        pace.arrived(len(chunk))
+                        pace.arrived(len(chunk), time.monotonic() - asked)
                         await pace.acquire(len(chunk))
                 else:
                     chunk = await content.readany()
-                    pace.arrived(len(chunk))
+                    pace.arrived(len(chunk), time.monotonic() - asked)
                 if not chunk:
                     break
                 sink.add(chunk)

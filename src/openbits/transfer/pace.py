@@ -25,7 +25,7 @@ class Pacer:
     """The pace of one body: ``throttle``'s limits for ``priority``, and ``running``'s
     controller when the priority yields (``sock``: the connection sampled for its RTT)."""
 
-    __slots__ = ("_bucket", "_running", "_sampler", "_throttle", "priority")
+    __slots__ = ("_bucket", "_idle_s", "_running", "_sampler", "_throttle", "priority")
 
     def __init__(
         self,
@@ -38,6 +38,7 @@ class Pacer:
         self._running = running
         self._sampler = None if running is None or sock is None else RttSampler(sock, running.controller)
         self._bucket = TokenBucket(None)
+        self._idle_s = 0.0  # the longest wait for data since the last sample
 
     def _yield_bps(self) -> float | None:
         if self._running is None or not self._throttle.politeness.yields(self.priority):
@@ -57,14 +58,17 @@ class Pacer:
             size = min(size, int(max(16 * 1024, min(1024 * 1024, rate * 0.05))))
         return size
 
-    def arrived(self, n: int) -> None:
-        """``n`` body bytes arrived: feed the controller (RTT at most every 50 ms)."""
+    def arrived(self, n: int, waited_s: float) -> None:
+        """``n`` body bytes arrived after waiting ``waited_s`` for them (not counting waits in
+        ``acquire``): feed the controller (RTT at most every 50 ms)."""
         if self._sampler is None:
             return
         now = time.monotonic()
         controller = self._sampler.controller
         controller.on_bytes(n, now)
-        self._sampler.poll(now)
+        self._idle_s = max(self._idle_s, waited_s)
+        if self._sampler.poll(now, self._idle_s):
+            self._idle_s = 0.0
         rate = self._yield_bps()
         if rate != self._bucket.rate:
             self._bucket.set_rate(rate)

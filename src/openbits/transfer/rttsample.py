@@ -56,12 +56,14 @@ class RttSampler:
         self.next_s = 0.0
         self.samples = 0
 
-    def poll(self, now: float) -> None:
-        """Take a sample if ``interval_s`` has passed since the last (``now``: monotonic s)."""
+    def poll(self, now: float, idle_s: float = 0.0) -> bool:
+        """Take a sample if ``interval_s`` has passed since the last (``now``: monotonic s;
+        ``idle_s``: the longest wait for data since then); whether it was time to."""
         if now < self.next_s:
-            return
+            return False
         self.next_s = now + self.interval_s
         rtt = tcp_rtt_s(self.sock)
         if rtt is not None:
             self.samples += 1
-            self.controller.on_rtt(rtt, now)
+            self.controller.on_rtt(rtt, now, idle_s)
+        return True

@@ -207,13 +207,14 @@ async def splice(
         while not content.done:
             limited = pacer.limited()
             want = pacer.slice_bytes() if limited else step
+            asked = time.monotonic()
             moved = await content.splice(pipe_w, min(want, step))
             if not moved:
                 return
             if total is not None and sink.offset + moved > total:
                 raise invalid_response("the server sent more bytes than it announced")
             got = moved
-            pacer.arrived(got)
+            pacer.arrived(got, time.monotonic() - asked)
             with fs.translating("cannot write the temporary file"):
                 while moved:
                     n = os.splice(pipe_r, fd, moved, offset_dst=sink.offset)

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_TARGET_DELAY_MS",
     "DEFAULT_YIELDING",
     "GAIN_BPS_PER_S",
+    "IDLE_FACTOR",
     "MIN_BACKOFF_INTERVAL_S",
     "MIN_RATE_BPS",
     "DelayController",
@@ -61,6 +62,11 @@ MIN_RATE_BPS: Final = 32.0 * 1024
 UNPACE_RATIO: Final = 4.0
 """Growing past this multiple of the arrival rate (delay under target) ends pacing: the pace no
 longer binds, the sender or the path sets the speed."""
+IDLE_FACTOR: Final = 2.0
+"""A sample no larger than this many times the receiver's longest wait for data since the
+previous one is dropped: a sender that pauses (application-limited, or a server's own rate
+limit) makes the kernel's receiver RTT estimate grow toward its pauses (it times an ACK to the
+first data echoing it), which says nothing about queues."""
 ARRIVAL_WINDOW_S: Final = 0.1
 """Arrivals are counted over windows at least this long for the arrival-rate estimate."""
 
@@ -92,8 +98,9 @@ class DelayController:
         self._window_start: float | None = None
         self._window_bytes = 0
         self.arrival_bps: float | None = None
-        #: backoffs so far (diagnostics, tests)
+        #: backoffs so far, and samples dropped as taken while the sender paused (diagnostics)
         self.backoffs = 0
+        self.ignored = 0
 
     # ---------------------------------------------------------------------------- inspection
 
@@ -129,9 +136,14 @@ class DelayController:
             self.arrival_bps = sample if self.arrival_bps is None else 0.5 * (self.arrival_bps + sample)
             self._window_start, self._window_bytes = now, 0
 
-    def on_rtt(self, rtt_s: float, now: float) -> float | None:
-        """A round-trip-time sample (seconds) taken at ``now``; returns the new ``rate_bps``."""
+    def on_rtt(self, rtt_s: float, now: float, idle_s: float = 0.0) -> float | None:
+        """A round-trip-time sample (seconds) taken at ``now``; ``idle_s``: the longest the
+        receiver waited for data since the previous sample (see ``IDLE_FACTOR``).  Returns the
+        new ``rate_bps``."""
         if not (math.isfinite(rtt_s) and rtt_s > 0):
+            return self._rate
+        if rtt_s <= IDLE_FACTOR * idle_s:
+            self.ignored += 1
             return self._rate
         bucket = int(now // BASE_BUCKET_S)
         if self._base and self._base[-1][0] == bucket:
