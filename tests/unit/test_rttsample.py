@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from openbits.transfer.pace import pacer
-from openbits.transfer.rttsample import RttSampler, tcp_rtt_s
+from openbits.transfer.rttsample import MIN_CLAMP_BYTES, RttSampler, clamp_window, tcp_rtt_s
 from openbits.transfer.throttle import Throttle
 from openbits.transfer.yieldctl import DelayController
 
@@ -137,3 +137,13 @@ def test_a_pausing_sender_is_not_taken_for_a_queue(pair: tuple[socket.socket, so
     sender.join()
     assert max(seen) > 0.040, "the kernel's estimate did grow well past the target"
     assert controller.ignored > 0 and controller.backoffs == 0 and not pace.limited()
+
+
+def test_the_window_clamp_is_set_and_lifted(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, _ = pair
+    clamp_window(client, 200_000)
+    assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP) == 200_000
+    clamp_window(client, 10)  # never below a useful window
+    assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP) == MIN_CLAMP_BYTES
+    clamp_window(client, None)
+    assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP) >= 1 << 30

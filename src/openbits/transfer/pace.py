@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Iterator
 
-from openbits.transfer.rttsample import RttSampler
+from openbits.transfer.rttsample import RttSampler, clamp_window
 from openbits.transfer.throttle import Throttle, TokenBucket, throttled_slice
 from openbits.transfer.yieldctl import Running
 
@@ -72,6 +72,18 @@ class Pacer:
         rate = self._yield_bps()
         if rate != self._bucket.rate:
             self._bucket.set_rate(rate)
+            self._clamp(rate)
+
+    def _clamp(self, rate: float | None) -> None:
+        """Bound the receive window to the pace times the delay allowed (base + target): the
+        sender then cannot queue more than that at the bottleneck, however the reads go."""
+        assert self._sampler is not None
+        controller = self._sampler.controller
+        if rate is None:
+            clamp_window(self._sampler.sock, None)
+            return
+        delay_s = (controller.base_delay_s or 0.0) + controller.target_s
+        clamp_window(self._sampler.sock, int(rate * delay_s))
 
     async def acquire(self, n: int) -> None:
         """Wait until ``n`` more bytes may be read: every limit that applies, the stricter

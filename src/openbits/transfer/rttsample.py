@@ -12,13 +12,14 @@ streaming body, not one per chunk) and feeds a ``yieldctl.DelayController``.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from typing import Final
 
 from openbits.transfer.yieldctl import DelayController
 
-__all__ = ["SAMPLE_INTERVAL_S", "RttSampler", "tcp_rtt_s"]
+__all__ = ["MIN_CLAMP_BYTES", "SAMPLE_INTERVAL_S", "RttSampler", "clamp_window", "tcp_rtt_s"]
 
 SAMPLE_INTERVAL_S: Final = 0.05
 """At most one ``TCP_INFO`` read per 50 ms."""
@@ -42,6 +43,20 @@ def tcp_rtt_s(sock: socket.socket) -> float | None:
     (rtt_us,) = struct.unpack_from("=I", info, _RTT_OFFSET)
     us = rcv_rtt_us or rtt_us
     return us / 1e6 if us else None
+
+
+_UNCLAMPED_BYTES: Final = 1 << 30
+"""A window clamp this large clamps nothing (the receive buffer bounds the window first)."""
+MIN_CLAMP_BYTES: Final = 64 * 1024
+
+
+def clamp_window(sock: socket.socket, window_bytes: int | None) -> None:
+    """Bound the receive window the socket advertises (``TCP_WINDOW_CLAMP``; None: lift the
+    bound), so the sender keeps at most that much in flight: what a paced receiver's own queue
+    at the bottleneck can grow to (rLEDBAT's window).  Best effort: errors are ignored."""
+    value = _UNCLAMPED_BYTES if window_bytes is None else max(MIN_CLAMP_BYTES, window_bytes)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, value)
 
 
 class RttSampler:
