@@ -63,8 +63,8 @@ class Missing(Exception):
     """A tool or a kernel feature the benchmark needs is not available (exit 2)."""
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
+def log(msg: str, end: str = "\n") -> None:
+    print(msg, end=end, flush=True)
 
 
 def run(*argv: str) -> None:
@@ -159,7 +159,9 @@ def rate_of(progress: Callable[[], int], seconds: float) -> float:
     return (progress() - b0) * 8 / 1e6 / (time.monotonic() - t0)
 
 
-def beside(net: Netns, url: str, progress: Callable[[], int], warm_s: float, tail_s: float) -> tuple[float, float]:
+def beside(
+    net: Netns, url: str, progress: Callable[[], int], warm_s: float, tail_s: float
+) -> tuple[float, float]:
     """With a peer running (its byte counter ``progress``): curl's Mbit/s beside it, then the
     peer's Mbit/s alone over ``tail_s``."""
     wait_for("the peer to start moving bytes", lambda: progress() > 0)
@@ -216,10 +218,27 @@ def measure(net: Netns, work: Path, args: argparse.Namespace, stack: ExitStack) 
         f.truncate(big)
     user = "user root root;\n" if os.geteuid() == 0 else ""
     (work / "nginx.conf").write_text(NGINX_CONF.format(user=user, work=work, addr=SRV_ADDR, port=PORT))
-    nginx = net.exec(net.srv, "nginx", "-p", f"{work}/", "-e", str(work / "nginx-error.log"), "-c", str(work / "nginx.conf"))
+    nginx = net.exec(
+        net.srv,
+        "nginx",
+        "-p",
+        f"{work}/",
+        "-e",
+        str(work / "nginx-error.log"),
+        "-c",
+        str(work / "nginx.conf"),
+    )
     stack.enter_context(process(nginx, work / "nginx.log"))
     base = f"http://{SRV_ADDR}:{PORT}"
-    wait_for("nginx", lambda: subprocess.run(net.exec(net.cli, "curl", "-sfI", f"{base}/probe"), capture_output=True, check=False).returncode == 0)
+    wait_for(
+        "nginx",
+        lambda: (
+            subprocess.run(
+                net.exec(net.cli, "curl", "-sfI", f"{base}/probe"), capture_output=True, check=False
+            ).returncode
+            == 0
+        ),
+    )
     out: dict[str, float] = {"link_mbit": float(args.rate_mbit)}
     out["curl_alone_mbit"] = curl_mbps(net, f"{base}/probe")
     log(f"curl alone: {out['curl_alone_mbit']:.1f} Mbit/s")
@@ -271,7 +290,8 @@ def report(r: dict[str, float], args: argparse.Namespace) -> None:
 
     kept = r["curl_beside_openbits_mbit"] / r["curl_alone_mbit"]
     took = r["openbits_after_mbit"] / r["link_mbit"]
-    log(f"curl keeps {kept:.0%} of its solo throughput beside openbits NORMAL (target ≥ 90%: {met(kept >= 0.9)})")
+    log(f"curl keeps {kept:.0%} of its solo throughput beside openbits NORMAL", end="")
+    log(f" (target ≥ 90%: {met(kept >= 0.9)})")
     log(f"openbits takes {took:.0%} of the link once curl stops (target ≥ 70%: {met(took >= 0.7)})")
     if "curl_beside_aria2c_mbit" in r:
         log(

@@ -66,7 +66,10 @@ class Pacer:
         now = time.monotonic()
         controller = self._sampler.controller
         controller.on_bytes(n, now)
-        self._idle_s = max(self._idle_s, waited_s)
+        if self._bucket.rate is None:
+            # unpaced, a wait for data is the sender's own pause; paced, it is ours (the
+            # clamped window), and the sender answers each window update at once
+            self._idle_s = max(self._idle_s, waited_s)
         if self._sampler.poll(now, self._idle_s):
             self._idle_s = 0.0
         rate = self._yield_bps()

@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_YIELDING",
     "GAIN_BPS_PER_S",
     "IDLE_FACTOR",
+    "MAX_GAIN_BPS_PER_S",
     "MIN_BACKOFF_INTERVAL_S",
     "MIN_RATE_BPS",
     "DelayController",
@@ -55,8 +56,12 @@ MIN_BACKOFF_INTERVAL_S: Final = 0.25
 """At most one backoff per round trip and never more often than this: the kernel smooths its
 RTT estimate over ~8 samples, so a backoff shows in the samples only after a while."""
 GAIN_BPS_PER_S: Final = 2.0 * 1024 * 1024
-"""Under the target, the rate grows by up to this many bytes/s each second (additive), scaled
-by how far under the target the delay is (RFC 6817's off_target)."""
+"""Under the target, the rate grows by at least this many bytes/s each second (additive),
+scaled by how far under the target the delay is (RFC 6817's off_target)..."""
+MAX_GAIN_BPS_PER_S: Final = 16.0 * 1024 * 1024
+"""...and by at most this many: in between, LEDBAT's one MSS per RTT per RTT (MSS / RTT²), so
+a short path regains its rate sooner than a long one, as a window-based LEDBAT would."""
+MSS_BYTES: Final = 1448
 MIN_RATE_BPS: Final = 32.0 * 1024
 """Floor of the paced rate (bytes/s): a background job yields but never stalls."""
 UNPACE_RATIO: Final = 4.0
@@ -173,7 +178,8 @@ class DelayController:
         if self._rate is None:
             return
         off_target = (self.target_s - queue) / self.target_s
-        rate = self._rate + GAIN_BPS_PER_S * off_target * dt
+        gain = min(MAX_GAIN_BPS_PER_S, max(GAIN_BPS_PER_S, MSS_BYTES / current_rtt_s**2))
+        rate = self._rate + gain * off_target * dt
         if self.ceiling_bps is not None and rate >= self.ceiling_bps:
             rate = self.ceiling_bps
         if self.arrival_bps is not None and rate > UNPACE_RATIO * max(self.arrival_bps, self.floor_bps):
