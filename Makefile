@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 RUN_DIR := .run
 
 
-.PHONY: run stop test venv test-deps lint typecheck unit integration chaos fuzz bench bench-1g bench-small bench-rss bench-throttle bench-events bench-upload soak clean
+.PHONY: run stop test venv test-deps lint typecheck unit integration chaos fuzz bench bench-1g bench-small bench-rss bench-throttle bench-events bench-upload bench-polite soak clean
 
 # gssapi and krb5 (pyspnego's kerberos extra) compile against libkrb5-dev (with gcc and Python's
 # headers): install them first.
@@ -84,6 +84,12 @@ bench-1g bench-small bench-rss bench-throttle bench-events bench-upload: venv
 
 ## make soak: 10,000 jobs of small files through one daemon with 20 reading clients: RSS and fds
 ## stable, zero CPU while idle, read p99 under load (about 3-6 min; see bench/README.md).
+## make bench-polite: issue 15 benchmark (d), curl beside an openbits NORMAL job and beside aria2c
+## across a tbf bottleneck in network namespaces it creates and removes (root; exit 2 without ip/tc).
+bench-polite: venv
+	@bash scripts/ensure-debian-packages.sh nginx curl aria2 iproute2
+	$(PY) bench/bench_polite.py
+
 soak: venv
 	@bash scripts/ensure-debian-packages.sh nginx
 	$(PY) bench/soak.py

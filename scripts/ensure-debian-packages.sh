@@ -13,6 +13,7 @@ set -euo pipefail
 probe() {
   case "$1" in
     aria2) echo aria2c ;;
+    iproute2) echo ip ;;
     krb5-kdc) echo krb5kdc ;;
     krb5-user) echo kinit ;;
     krb5-admin-server) echo kadmin.local ;;

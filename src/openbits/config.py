@@ -86,6 +86,11 @@ class Config:
     work_hours: str = ""
     work_bandwidth: str = ""
     non_work_bandwidth: str = ""
+    #: polite background (SPEC §9 BackgroundYield): the priorities that yield bandwidth to other
+    #: traffic on their path ("HIGH,NORMAL,LOW"; "" none), keeping the queueing delay they add
+    #: under yield_target_delay_ms
+    background_yield: str = "HIGH,NORMAL,LOW"
+    yield_target_delay_ms: float = 75.0
     # retries: BITS waits MinimumRetryDelay each time; with retry_backoff (an extension) the
     # delay doubles per transient error in a row, jittered ±20 %, up to retry_backoff_max_s
     retry_backoff: bool = False

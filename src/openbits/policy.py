@@ -33,7 +33,11 @@ PROPERTIES: dict[str, tuple[str, str]] = {
     "MaxConcurrentBackgroundJobs": ("max_background", "count"),
     "TimeSlice": ("time_slice_s", "seconds"),
     "MaxConnectionsPerJob": ("max_connections_per_job", "connections"),
+    "BackgroundYield": ("background_yield", "priorities"),
+    "YieldTargetDelayMs": ("yield_target_delay_ms", "delay_ms"),
 }
+#: BG_JOB_PRIORITY names, as BackgroundYield lists them
+PRIORITY_NAMES = ("FOREGROUND", "HIGH", "NORMAL", "LOW")
 READ_ONLY = ("CurrentBandwidthLimit", "CurrentBandwidthLimitText")
 
 
@@ -84,6 +88,9 @@ class ServicePolicy:
     time_slice_s: float = 60.0
     #: the cap on every job's MaxConnections (SPEC §9)
     max_connections_per_job: int = 32
+    #: BackgroundYield: the priorities (0-3) that yield to other traffic (transfer.yieldctl)
+    background_yield: frozenset[int] = frozenset({1, 2, 3})
+    yield_target_delay_ms: float = 75.0
     overrides: frozenset[str] = field(default=frozenset())  # properties set at run time
 
     @classmethod
@@ -105,6 +112,8 @@ class ServicePolicy:
                 max_connections_per_job=_convert(
                     "max_connections_per_job", "connections", config.max_connections_per_job
                 ),
+                background_yield=priorities_value("background_yield", config.background_yield),
+                yield_target_delay_ms=delay_ms_value("yield_target_delay_ms", config.yield_target_delay_ms),
             )
         except InvalidArgument as e:
             raise ValueError(e.message) from None
@@ -151,6 +160,10 @@ class ServicePolicy:
     def per_priority(self) -> dict[int, int | None]:
         return {1: self.high_bandwidth, 2: self.normal_bandwidth, 3: self.low_bandwidth}
 
+    def yielding(self) -> dict[int, bool]:
+        """BackgroundYield by priority (0-3)."""
+        return {p: p in self.background_yield for p in range(len(PRIORITY_NAMES))}
+
     def to_cim(self, now: datetime) -> dict[str, Any]:
         return {
             "MaxBandwidth": self.max_bandwidth,
@@ -165,6 +178,8 @@ class ServicePolicy:
             "MaxConcurrentBackgroundJobs": self.max_background,
             "TimeSlice": self.time_slice_s,
             "MaxConnectionsPerJob": self.max_connections_per_job,
+            "BackgroundYield": ",".join(PRIORITY_NAMES[p] for p in sorted(self.background_yield)),
+            "YieldTargetDelayMs": self.yield_target_delay_ms,
             "CurrentBandwidthLimit": self.global_limit_at(now),
             "CurrentBandwidthLimitText": format_rate(self.global_limit_at(now)),
         }
@@ -213,7 +228,35 @@ def _work_schedule(work_hours: str, work_bps: int | None, other_bps: int | None)
     )
 
 
+def priorities_value(name: str, value: Any) -> frozenset[int]:
+    """BackgroundYield from JSON: "HIGH,NORMAL,LOW" (any case, commas or spaces; "" or "none":
+    none) or a list of those names."""
+    if isinstance(value, str):
+        words = [w for w in re.split(r"[\s,]+", value.strip()) if w]
+        words = [] if [w.lower() for w in words] == ["none"] else words
+    elif isinstance(value, list) and all(isinstance(w, str) for w in value):
+        words = value
+    else:
+        raise InvalidArgument(f"{name} must list priorities, like 'HIGH,NORMAL,LOW' (or '' for none)")
+    out = set()
+    for word in words:
+        if word.upper() not in PRIORITY_NAMES:
+            raise InvalidArgument(f"{name}: {word!r} is not a priority ({', '.join(PRIORITY_NAMES)})")
+        out.add(PRIORITY_NAMES.index(word.upper()))
+    return frozenset(out)
+
+
+def delay_ms_value(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 10000:
+        raise InvalidArgument(f"{name} must be a number of milliseconds from 1 to 10000")
+    return float(value)
+
+
 def _convert(name: str, kind: str, value: Any) -> Any:
+    if kind == "priorities":
+        return priorities_value(name, value)
+    if kind == "delay_ms":
+        return delay_ms_value(name, value)
     if kind == "rate":
         return rate_value(name, value)
     if kind == "schedule":

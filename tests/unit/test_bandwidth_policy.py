@@ -103,3 +103,30 @@ def test_bits_work_hours_switch_limits_at_their_edges(tmp_path: Path) -> None:
     assert service.policy.global_limit_at(datetime(2026, 11, 28, 11, 0)) == 0
     with pytest.raises(InvalidArgument, match="WorkHours"):
         service.set_policy(ROOT, {"WorkHours": "Mon-Fri 17-08"})
+
+
+def test_background_yield_defaults_changes_and_persistence(tmp_path: Path) -> None:
+    clock = at(MONDAY_0759)
+    service, scheduler, throttle = make(tmp_path, clock)
+    shown = service.get_policy()
+    assert (shown["BackgroundYield"], shown["YieldTargetDelayMs"]) == ("HIGH,NORMAL,LOW", 75.0)
+    scheduler.apply_bandwidth(clock.now_ns())
+    assert [throttle.politeness.yields(p) for p in range(4)] == [False, True, True, True]
+    with pytest.raises(InvalidArgument, match="BackgroundYield"):
+        service.set_policy(ROOT, {"BackgroundYield": "NORMAL,URGENT"})
+    with pytest.raises(InvalidArgument, match="YieldTargetDelayMs"):
+        service.set_policy(ROOT, {"YieldTargetDelayMs": 0})
+    running = throttle.politeness.start("job", 1000, 3)
+    shown = service.set_policy(ROOT, {"BackgroundYield": ["low", "FOREGROUND"], "YieldTargetDelayMs": 40})
+    assert (shown["BackgroundYield"], shown["YieldTargetDelayMs"]) == ("FOREGROUND,LOW", 40.0)
+    scheduler.apply_bandwidth(clock.now_ns())
+    assert [throttle.politeness.yields(p) for p in range(4)] == [True, False, False, True]
+    assert running.controller.target_s == pytest.approx(0.040), "a running transfer follows at once"
+    service.store.close()
+    reopened, _, _ = make(tmp_path, clock)
+    assert reopened.policy.background_yield == frozenset({0, 3})
+    assert reopened.policy.yield_target_delay_ms == 40.0
+    none = ServicePolicy.from_config(Config(state_dir="/x", socket="/x/s", background_yield=""))
+    assert none.yielding() == {0: False, 1: False, 2: False, 3: False}
+    with pytest.raises(ValueError, match="yield_target_delay_ms"):
+        ServicePolicy.from_config(Config(state_dir="/x", socket="/x/s", yield_target_delay_ms=-1.0))

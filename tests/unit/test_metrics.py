@@ -11,6 +11,7 @@ from openbits.caller import Caller
 from openbits.config import Config
 from openbits.service import Service
 from openbits.store.sqlite import SqliteStore
+from openbits.transfer.yieldctl import Politeness
 
 
 def _service(tmp_path: Path) -> Service:
@@ -50,3 +51,22 @@ def test_the_start_time_is_the_services_not_the_imports(tmp_path: Path) -> None:
     text = metrics.render(_service(tmp_path), Caller("alice", 4001, 4001), 0.0)
     (line,) = (line for line in text.splitlines() if line.startswith("openbits_start_time_seconds "))
     assert before <= float(line.split()[1]) <= time.time()
+
+
+def test_background_yield_controllers_are_shown_per_job_to_their_owner(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    politeness = Politeness()
+    paced = politeness.start("{A}", 4001, 2)
+    paced.controller.on_rtt(0.020, 0.0)
+    paced.controller.on_bytes(0, 0.0)
+    paced.controller.on_bytes(1_000_000, 0.1)
+    for i in range(4):
+        paced.controller.on_rtt(0.120, 1.0 + i / 100)  # 100 ms over the base: backs off
+    politeness.start("{B}", 4002, 3)  # bob's, unpaced
+    running = list(politeness.running.values())
+    alice = metrics.render(service, Caller("alice", 4001, 4001), 0.0, running)
+    assert 'openbits_yield_added_delay_ms{job="{A}",priority="NORMAL"} 100\n' in alice
+    assert 'openbits_yield_rate_bytes_per_second{job="{A}",priority="NORMAL"} 5000000\n' in alice
+    assert "{B}" not in alice
+    admin = metrics.render(service, Caller("root", 0, 0, is_admin=True), 0.0, running)
+    assert 'openbits_yield_rate_bytes_per_second{job="{B}",priority="LOW"} +Inf\n' in admin

@@ -458,11 +458,15 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     """Prometheus text: jobs by state and priority (the caller's, or all for an
-    administrator), bytes and files transferred, errors, seconds throttled, wrong bearer
-    tokens and the requests refused for them."""
+    administrator), bytes and files transferred, errors, seconds throttled, each running
+    background job's added delay and pace (BackgroundYield), wrong bearer tokens and the
+    requests refused for them."""
     throttle = request.app.get(THROTTLE_KEY)
     text = metrics.render(
-        request.app[SERVICE_KEY], caller_of(request), throttle.throttled_s if throttle is not None else 0.0
+        request.app[SERVICE_KEY],
+        caller_of(request),
+        throttle.throttled_s if throttle is not None else 0.0,
+        list(throttle.politeness.running.values()) if throttle is not None else (),
     )
     guard = request.app.get(GUARD_KEY)
     if guard is not None:

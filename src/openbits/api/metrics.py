@@ -6,6 +6,7 @@ counters are the daemon's since it started, for every user: they carry no names,
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 
@@ -13,13 +14,14 @@ from openbits import __version__
 from openbits.caller import Caller
 from openbits.model import Job, JobPriority, JobState
 from openbits.service import Service
+from openbits.transfer.yieldctl import Running
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def render(service: Service, caller: Caller, throttled_s: float) -> str:
+def render(service: Service, caller: Caller, throttled_s: float, yielding: Iterable[Running] = ()) -> str:
     """The exposition text for ``caller``; ``throttled_s``: seconds transfers waited on the
-    bandwidth limits."""
+    bandwidth limits; ``yielding``: the BackgroundYield controllers of the running transfers."""
     jobs: Iterable[Job] = service.jobs.values()
     if not caller.is_admin:
         jobs = (j for j in jobs if j.owner_uid == caller.uid)
@@ -73,6 +75,19 @@ def render(service: Service, caller: Caller, throttled_s: float) -> str:
         "Seconds transfers waited on the bandwidth limits since the daemon started.",
         [("", throttled_s)],
     )
+    polite = _yielding(yielding, caller)
+    metric(
+        "openbits_yield_added_delay_ms",
+        "gauge",
+        "Queueing delay (ms) each running BackgroundYield job is estimated to add on its path.",
+        ((labels, delay_ms) for labels, (delay_ms, _) in polite.items()),
+    )
+    metric(
+        "openbits_yield_rate_bytes_per_second",
+        "gauge",
+        "The pace (bytes/s) of each running BackgroundYield job; +Inf: not paced.",
+        ((labels, rate) for labels, (_, rate) in polite.items()),
+    )
     metric("openbits_build_info", "gauge", "The daemon's version.", [(f'{{version="{__version__}"}}', 1)])
     metric(
         "openbits_start_time_seconds", "gauge", "When the daemon started (Unix time).", [("", c.started_s)]
@@ -80,5 +95,24 @@ def render(service: Service, caller: Caller, throttled_s: float) -> str:
     return "\n".join(out) + "\n"
 
 
+def _yielding(running: Iterable[Running], caller: Caller) -> dict[str, tuple[float, float]]:
+    """Per job (the caller's own; an administrator's: all): the largest added delay in ms and
+    the sum of its transfers' paces (+Inf when one is unpaced)."""
+    out: dict[str, tuple[float, float]] = {}
+    for one in running:
+        if not caller.is_admin and one.owner_uid != caller.uid:
+            continue
+        labels = f'{{job="{one.job_id}",priority="{JobPriority(one.priority).name}"}}'
+        delay_ms = one.controller.queue_delay_s * 1000.0
+        rate = one.controller.rate_bps
+        pace = math.inf if rate is None else rate
+        if labels in out:
+            delay_ms, pace = max(delay_ms, out[labels][0]), pace + out[labels][1]
+        out[labels] = (round(delay_ms, 3), pace if math.isinf(pace) else round(pace))
+    return out
+
+
 def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
     return str(int(value)) if float(value).is_integer() else repr(float(value))

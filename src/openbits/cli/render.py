@@ -257,6 +257,10 @@ def policy_value(name: str, value: Any) -> str:
             return f"{format_bytes(value)}/s" if value else "0 (blocked)"
     if name == "TimeSlice" and isinstance(value, int | float):
         return f"{value:g} s"
+    if name == "YieldTargetDelayMs" and isinstance(value, int | float):
+        return f"{value:g} ms"
+    if name == "BackgroundYield" and isinstance(value, str):
+        return value or "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     return cell(value)

@@ -314,6 +314,7 @@ class Scheduler:
         once, without restarting transfers); the next instant the schedule changes them."""
         rules = self.service.policy
         now = datetime.fromtimestamp(now_ns / 1e9)
+        self.throttle.politeness.configure(rules.yielding(), rules.yield_target_delay_ms)
         wanted = (rules.global_limit_at(now), tuple(rules.per_priority().items()), rules.foreground_limited)
         if wanted != self._applied:
             self.throttle.set_limits(

@@ -36,6 +36,7 @@ from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.owner import opened_off_loop
+from openbits.transfer.pace import Pacer, pacer
 from openbits.transfer.routing import Owner, Requester, Transport
 from openbits.transfer.sink import (
     IOV_MAX,
@@ -46,7 +47,6 @@ from openbits.transfer.sink import (
     salvage,
     splice,
 )
-from openbits.transfer.throttle import throttled_slice
 from openbits.transfer.verify import DigestCheck
 
 log = logging.getLogger("openbits.transfer")
@@ -299,8 +299,7 @@ class FileDownload:
         """Copy the body to the temporary file from ``offset``; the final offset, durable
         unless ``defer_sync`` and no checkpoint was needed on the way.  Without
         ``checkpoints`` nothing is reported before the end (the caller checks the body first)."""
-        fd, priority, progress = self.fd, self.priority, self.progress
-        tuning = self.transport.tuning
+        fd, priority = self.fd, self.priority
         throttle = self.transport.throttle
         if (
             defer_sync
@@ -309,6 +308,16 @@ class FileDownload:
             and not throttle.is_limited(priority)
         ):
             return await _stream_small(content, fd, offset, total)
+        sock = content.socket() if isinstance(content, H1Body) else None
+        with pacer(throttle, priority, self.options.job_id, self.options.owner_uid, sock) as pace:
+            return await self._stream(content, offset, total, pace, defer_sync, checkpoints)
+
+    async def _stream(
+        self, content: Body, offset: int, total: int | None, pace: Pacer, defer_sync: bool, checkpoints: bool
+    ) -> Fetched:
+        """``stream``'s copy loop, read at ``pace``."""
+        fd, progress = self.fd, self.progress
+        tuning = self.transport.tuning
         block = tuning.write_block_bytes
         if total is not None and total - offset >= WRITEBACK_BYTES:
             # a big file of known size: its blocks reserved at once (few extents, no
@@ -334,16 +343,19 @@ class FileDownload:
                     with fs.translating(writing):
                         sink.flush()
                 if content.spliceable():
-                    await splice(content, sink, total, syncs, throttle, priority, tuning.read_buffer_bytes)
+                    await splice(content, sink, total, syncs, pace, tuning.read_buffer_bytes)
             while True:
-                if throttle.is_limited(priority):
-                    # a limited transfer takes small slices, so the file grows smoothly at
-                    # the limit instead of in read-buffer-sized lumps
-                    chunk = await content.read(throttled_slice(throttle, priority))
+                asked = time.monotonic()
+                if pace.limited():
+                    # a paced transfer takes small slices, so the file grows smoothly at
+                    # the pace instead of in read-buffer-sized lumps
+                    chunk = await content.read(pace.slice_bytes())
                     if chunk:
-                        await throttle.acquire(priority, len(chunk))
+                        pace.arrived(len(chunk), time.monotonic() - asked)
+                        await pace.acquire(len(chunk))
                 else:
                     chunk = await content.readany()
+                    pace.arrived(len(chunk), time.monotonic() - asked)
                 if not chunk:
                     break
                 sink.add(chunk)

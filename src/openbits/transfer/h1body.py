@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import socket
 from collections.abc import Callable
 
 import yarl
@@ -100,6 +101,10 @@ class Body:
         if self._chunk_left == 0 and await client.read_line(conn):
             raise BadResponse("a chunk is longer than its size")
         return data
+
+    def socket(self) -> socket.socket:
+        """The TCP socket the body arrives on (under any TLS): ``pace`` samples its RTT."""
+        return self._conn.sock
 
     def buffered(self) -> int:
         """Body bytes already read from the socket (with the head): ``read`` them first."""

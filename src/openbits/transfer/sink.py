@@ -30,7 +30,7 @@ from openbits.transfer import diskio
 from openbits.transfer import files as fs
 from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.http import invalid_response
-from openbits.transfer.throttle import Throttle, throttled_slice
+from openbits.transfer.pace import Pacer
 
 #: buffers per pwritev (Linux's IOV_MAX)
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
@@ -226,8 +226,7 @@ async def splice(
     sink: Sink,
     total: int | None,
     syncs: Syncs,
-    throttle: Throttle,
-    priority: int,
+    pacer: Pacer,
     pipe_bytes: int,
 ) -> None:
     """The body from the socket to the file through a pipe, inside the kernel
@@ -242,14 +241,16 @@ async def splice(
     try:
         step = fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
         while not content.done:
-            limited = throttle.is_limited(priority)
-            want = throttled_slice(throttle, priority) if limited else step
+            limited = pacer.limited()
+            want = pacer.slice_bytes() if limited else step
+            asked = time.monotonic()
             moved = await content.splice(pipe_w, min(want, step))
             if not moved:
                 return
             if total is not None and sink.offset + moved > total:
                 raise invalid_response("the server sent more bytes than it announced")
             got = moved
+            pacer.arrived(got, time.monotonic() - asked)
             with fs.translating("cannot write the temporary file"):
                 while moved:
                     n = os.splice(pipe_r, fd, moved, offset_dst=sink.offset)
@@ -257,7 +258,7 @@ async def splice(
                     moved -= n
                 sink.written()
             if limited:
-                await throttle.acquire(priority, got)
+                await pacer.acquire(got)
             with fs.translating("cannot write the temporary file"):
                 syncs.step(sink.offset, time.monotonic())
     finally:

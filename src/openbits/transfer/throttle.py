@@ -25,6 +25,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Literal
 
+from openbits.transfer.yieldctl import Politeness
+
 __all__ = [
     "BURST_SECONDS",
     "FOREGROUND",
@@ -327,6 +329,8 @@ class Throttle:
         self._foreground_limited = bool(foreground_limited)
         #: seconds transfers spent waiting in ``acquire`` (``GET /metrics``)
         self.throttled_s = 0.0
+        #: BackgroundYield: which priorities yield to other traffic, and their running controllers
+        self.politeness = Politeness()
         if per_priority:
             self.set_limits(per_priority=per_priority)
 

@@ -318,6 +318,19 @@ POLICY_KINDS: dict[str, tuple[Schema, Schema]] = {
         {"type": "integer", "minimum": 1, "maximum": 32, "description": "cap on every job's MaxConnections"},
         {"type": "integer", "minimum": 1, "maximum": 32},
     ),
+    "priorities": (
+        {
+            "oneOf": [
+                string(description="priorities, e.g. 'HIGH,NORMAL,LOW' ('' for none)"),
+                {"type": "array", "items": {"enum": ["FOREGROUND", "HIGH", "NORMAL", "LOW"]}},
+            ]
+        },
+        string(description="the priorities that yield to other traffic, e.g. 'HIGH,NORMAL,LOW'"),
+    ),
+    "delay_ms": (
+        {"type": "number", "minimum": 1, "maximum": 10000},
+        {"type": "number", "minimum": 1, "description": "milliseconds"},
+    ),
 }
 _POLICY_READ_ONLY: dict[str, Schema] = {
     "CurrentBandwidthLimit": {"type": ["integer", "null"], "minimum": 0, "description": "bytes/s now"},

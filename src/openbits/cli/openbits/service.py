@@ -142,9 +142,11 @@ def policy_set(ctx: Context, settings: tuple[str, ...], as_json: bool) -> None:
 
     KEY is a BitsServicePolicy property (MaxBandwidth, BandwidthSchedule, High-, Normal-,
     LowPriorityBandwidth, ForegroundLimited, WorkHours, WorkBandwidth, NonWorkBandwidth,
-    MaxConcurrentBackgroundJobs, TimeSlice, MaxConnectionsPerJob). VALUE is JSON when it
-    parses (10, true, null) and a string otherwise: rates as 10M, 512k or off, the schedule as rclone's
-    "Mon-08:00,1M Mon-18:00,off". The change applies at once, persists, and is printed.
+    MaxConcurrentBackgroundJobs, TimeSlice, MaxConnectionsPerJob, BackgroundYield,
+    YieldTargetDelayMs). VALUE is JSON when it parses (10, true, null) and a string otherwise:
+    rates as 10M, 512k or off, the schedule as rclone's "Mon-08:00,1M Mon-18:00,off",
+    BackgroundYield as the priorities that yield to other traffic ("HIGH,NORMAL,LOW", "" for
+    none). The change applies at once, persists, and is printed.
 
     \b
     Example:

@@ -1,0 +1,84 @@
+"""Round-trip-time samples of a TCP socket, from the kernel's ``TCP_INFO`` (Linux).
+
+The receiver's own estimate, ``tcpi_rcv_rtt`` (from TCP timestamps, or once per window), is
+what a receiving socket keeps fresh: ``tcpi_rtt`` (the sender's smoothed RTT) only moves when
+data *we* send is acknowledged, which a download hardly does.  The first is used when the
+kernel has one, else the second.  Offsets from ``struct tcp_info`` in ``linux/tcp.h`` (stable
+ABI: fields are only ever appended).
+
+:class:`RttSampler` reads at most once per ``interval_s`` (one ``getsockopt`` per ~50 ms of a
+streaming body, not one per chunk) and feeds a ``yieldctl.DelayController``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from typing import Final
+
+from openbits.transfer.yieldctl import DelayController
+
+__all__ = ["MIN_CLAMP_BYTES", "SAMPLE_INTERVAL_S", "RttSampler", "clamp_window", "tcp_rtt_s"]
+
+SAMPLE_INTERVAL_S: Final = 0.05
+"""At most one ``TCP_INFO`` read per 50 ms."""
+
+_TCP_INFO: Final = getattr(socket, "TCP_INFO", 11)
+_RTT_OFFSET: Final = 68  # __u32 tcpi_rtt, microseconds
+_RCV_RTT_OFFSET: Final = 92  # __u32 tcpi_rcv_rtt, microseconds
+_INFO_BYTES: Final = 104  # up to tcpi_total_retrans: present since Linux 2.6
+
+
+def tcp_rtt_s(sock: socket.socket) -> float | None:
+    """The socket's RTT in seconds (receiver estimate first), or None when the kernel has none
+    (no data yet, not TCP, closed)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_BYTES)
+    except OSError:
+        return None
+    if len(info) < _RCV_RTT_OFFSET + 4:
+        return None
+    (rcv_rtt_us,) = struct.unpack_from("=I", info, _RCV_RTT_OFFSET)
+    (rtt_us,) = struct.unpack_from("=I", info, _RTT_OFFSET)
+    us = rcv_rtt_us or rtt_us
+    return us / 1e6 if us else None
+
+
+_UNCLAMPED_BYTES: Final = 1 << 30
+"""A window clamp this large clamps nothing (the receive buffer bounds the window first)."""
+MIN_CLAMP_BYTES: Final = 64 * 1024
+
+
+def clamp_window(sock: socket.socket, window_bytes: int | None) -> None:
+    """Bound the receive window the socket advertises (``TCP_WINDOW_CLAMP``; None: lift the
+    bound), so the sender keeps at most that much in flight: what a paced receiver's own queue
+    at the bottleneck can grow to (rLEDBAT's window).  Best effort: errors are ignored."""
+    value = _UNCLAMPED_BYTES if window_bytes is None else max(MIN_CLAMP_BYTES, window_bytes)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, value)
+
+
+class RttSampler:
+    """Samples one socket's RTT into a controller, at most once per ``interval_s``."""
+
+    __slots__ = ("controller", "interval_s", "next_s", "samples", "sock")
+
+    def __init__(
+        self, sock: socket.socket, controller: DelayController, interval_s: float = SAMPLE_INTERVAL_S
+    ) -> None:
+        self.sock, self.controller, self.interval_s = sock, controller, interval_s
+        self.next_s = 0.0
+        self.samples = 0
+
+    def poll(self, now: float, idle_s: float = 0.0) -> bool:
+        """Take a sample if ``interval_s`` has passed since the last (``now``: monotonic s;
+        ``idle_s``: the longest wait for data since then); whether it was time to."""
+        if now < self.next_s:
+            return False
+        self.next_s = now + self.interval_s
+        rtt = tcp_rtt_s(self.sock)
+        if rtt is not None:
+            self.samples += 1
+            self.controller.on_rtt(rtt, now, idle_s)
+        return True

@@ -1,0 +1,149 @@
+"""RTT samples from TCP_INFO (``transfer.rttsample``) on a real loopback connection, and the
+Pacer (``transfer.pace``) fed by them: a quiet path leaves the transfer unpaced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from openbits.transfer.pace import pacer
+from openbits.transfer.rttsample import MIN_CLAMP_BYTES, RttSampler, clamp_window, tcp_rtt_s
+from openbits.transfer.throttle import Throttle
+from openbits.transfer.yieldctl import DelayController
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+    with client, accepted:
+        yield client, accepted
+
+
+def _receive(client: socket.socket, sender: socket.socket, total: int) -> None:
+    sender.setblocking(False)
+    got = 0
+    data = b"x" * 65536
+    while got < total:
+        with contextlib.suppress(BlockingIOError):
+            sender.send(data)
+        got += len(client.recv(1 << 20))
+
+
+def test_loopback_rtt_is_small_and_positive(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, accepted = pair
+    _receive(client, accepted, 4 << 20)
+    rtt = tcp_rtt_s(client)
+    assert rtt is not None and 0 < rtt < 0.05
+
+
+def test_not_a_tcp_socket_gives_none() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        assert tcp_rtt_s(a) is None
+
+
+def test_sampler_reads_at_most_once_per_interval(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, accepted = pair
+    _receive(client, accepted, 1 << 20)
+    controller = DelayController()
+    sampler = RttSampler(client, controller, interval_s=0.05)
+    now = time.monotonic()
+    for i in range(100):  # 100 chunks within 40 ms: one getsockopt
+        sampler.poll(now + i * 0.0004)
+    assert sampler.samples == 1
+    sampler.poll(now + 0.06)
+    assert sampler.samples == 2
+    assert controller.base_delay_s is not None and controller.base_delay_s < 0.05
+
+
+def test_pacer_on_loopback_stays_unpaced(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, accepted = pair
+    throttle = Throttle()
+    with pacer(throttle, 2, "job", 0, client) as pace:
+        assert len(throttle.politeness.running) == 1
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            _receive(client, accepted, 256 << 10)
+            pace.arrived(256 << 10, 0.0)
+        assert not pace.limited()
+        asyncio.run(pace.acquire(1 << 20))  # returns at once
+        running = next(iter(throttle.politeness.running.values()))
+        assert running.controller.rate_bps is None and running.controller.base_delay_s is not None
+    assert not throttle.politeness.running
+    with pacer(throttle, 0, "job", 0, client):  # FOREGROUND never yields
+        assert not throttle.politeness.running
+
+
+def test_pacer_paces_at_the_controller_rate() -> None:
+    # a socket with no TCP_INFO: the samples below are the only ones the controller sees
+    client, other = socket.socketpair()
+    throttle = Throttle()
+    with client, other, pacer(throttle, 3, "job", 0, client) as pace:
+        controller = next(iter(throttle.politeness.running.values())).controller
+        controller.on_rtt(0.010, 0.0)
+        controller.on_bytes(0, 0.0)
+        controller.on_bytes(1_000_000, 0.1)  # 10 MB/s arriving
+        controller.on_rtt(0.500, 1.0)  # then a standing queue
+        controller.on_rtt(0.500, 1.01)
+        controller.on_rtt(0.500, 1.02)
+        controller.on_rtt(0.500, 1.03)
+        assert controller.rate_bps == pytest.approx(5_000_000)
+        pace.arrived(0, 0.0)
+        assert pace.limited() and pace.slice_bytes() == 250_000
+
+        async def timed() -> float:
+            start = time.monotonic()
+            for _ in range(4):
+                await pace.acquire(250_000)
+            return time.monotonic() - start
+
+        # 1 MB at 5 MB/s (the bucket starts empty): ~0.2 s
+        assert 0.15 < asyncio.run(timed()) < 1.0
+
+
+def test_a_pausing_sender_is_not_taken_for_a_queue(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A server that sends in bursts (its own rate limit) makes the kernel's receiver RTT grow
+    toward its pauses: those samples are dropped, and the transfer is not paced."""
+    client, accepted = pair
+
+    def bursts() -> None:
+        for _ in range(12):
+            accepted.sendall(b"x" * 200_000)
+            time.sleep(0.1)  # the sender's own pause: the scenario, not a synchronisation
+        accepted.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=bursts)
+    sender.start()
+    throttle = Throttle()
+    throttle.politeness.configure(target_delay_ms=20)
+    with pacer(throttle, 2, "job", 0, client) as pace:
+        controller = next(iter(throttle.politeness.running.values())).controller
+        seen: list[float] = []
+        while True:
+            asked = time.monotonic()
+            data = client.recv(1 << 20)
+            if not data:
+                break
+            pace.arrived(len(data), time.monotonic() - asked)
+            seen.append(tcp_rtt_s(client) or 0.0)
+    sender.join()
+    assert max(seen) > 0.040, "the kernel's estimate did grow well past the target"
+    assert controller.ignored > 0 and controller.backoffs == 0 and not pace.limited()
+
+
+def test_the_window_clamp_is_set_and_lifted(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, _ = pair
+    clamp_window(client, 200_000)
+    assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP) == 200_000
+    clamp_window(client, 10)  # never below a useful window
+    assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP) == MIN_CLAMP_BYTES
+    clamp_window(client, None)
+    assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP) >= 1 << 30

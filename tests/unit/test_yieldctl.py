@@ -1,0 +1,135 @@
+"""The BackgroundYield delay controller (``transfer.yieldctl``) on a synthetic clock and
+synthetic RTT series: no network, no sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from openbits.transfer.yieldctl import (
+    BASE_BUCKET_S,
+    BASE_HISTORY,
+    MIN_RATE_BPS,
+    DelayController,
+    Politeness,
+)
+
+BASE_S = 0.020  # a 20 ms path
+LINK_BPS = 25_000_000.0  # ~200 Mbit/s
+STEP_S = 0.05  # one sample per 50 ms, as the sampler takes them
+
+
+class Path:
+    """A synthetic bottleneck: bytes arrive at min(pace, link), RTT = base + queue."""
+
+    def __init__(self, controller: DelayController) -> None:
+        self.c = controller
+        self.now = 0.0
+
+    def run(self, seconds: float, queue_s: float | None = None, base_s: float = BASE_S) -> None:
+        """``seconds`` of samples; ``queue_s`` None: the queue is what the pace leaves (none
+        below 80% of the link, then up to 200 ms at the link's rate)."""
+        for _ in range(round(seconds / STEP_S)):
+            rate = self.c.rate_bps
+            arriving = min(rate if rate is not None else LINK_BPS, LINK_BPS)
+            if queue_s is None:
+                q = 0.0 if arriving < 0.8 * LINK_BPS else 0.2 * (arriving - 0.8 * LINK_BPS) / (0.2 * LINK_BPS)
+            else:
+                q = queue_s
+            self.now += STEP_S
+            self.c.on_bytes(int(arriving * STEP_S), self.now)
+            self.c.on_rtt(base_s + q, self.now)
+
+
+def test_quiet_path_stays_unpaced() -> None:
+    c = DelayController()
+    path = Path(c)
+    path.run(30.0, queue_s=0.001)
+    assert c.rate_bps is None and c.backoffs == 0
+    assert c.queue_delay_s < 0.002
+
+
+def test_backs_off_on_rising_delay_and_recovers_when_it_falls() -> None:
+    c = DelayController(target_delay_ms=75)
+    path = Path(c)
+    path.run(2.0, queue_s=0.0)
+    assert c.rate_bps is None
+    path.run(2.0, queue_s=0.150)  # another flow fills the queue: 150 ms over the base
+    assert c.backoffs >= 1
+    paced = c.rate_bps
+    assert paced is not None and paced <= LINK_BPS / 2
+    assert c.queue_delay_s == pytest.approx(0.150)
+    path.run(1.0, queue_s=0.300)  # worse still: backs off further, never below the floor
+    assert c.rate_bps is not None and MIN_RATE_BPS <= c.rate_bps < paced
+    low = c.rate_bps
+    path.run(5.0, queue_s=0.0)  # the other flow left: grows again (additively)
+    assert c.rate_bps is None or c.rate_bps > low + 1_000_000
+
+
+def test_one_off_spike_is_ignored() -> None:
+    c = DelayController(target_delay_ms=75)
+    path = Path(c)
+    path.run(2.0, queue_s=0.0)
+    path.c.on_rtt(BASE_S + 0.5, path.now + 0.01)  # one late sample
+    path.run(2.0, queue_s=0.0)
+    assert c.backoffs == 0 and c.rate_bps is None
+
+
+def test_holds_delay_near_target_against_its_own_queue() -> None:
+    c = DelayController(target_delay_ms=75)
+    path = Path(c)
+    path.run(1.0, queue_s=0.0)  # the path's own delay, seen before the queue builds
+    path.run(60.0)  # then the pace itself fills the queue above 80% of the link
+    assert c.backoffs >= 1
+    assert c.rate_bps is not None and c.rate_bps < LINK_BPS
+    assert c.queue_delay_s <= 0.075 + 0.05
+
+
+def test_samples_taken_while_the_sender_paused_are_dropped() -> None:
+    c = DelayController(target_delay_ms=75)
+    path = Path(c)
+    path.run(2.0, queue_s=0.0)
+    for i in range(20):  # 200 ms RTT, but the receiver waited 150 ms for data: a pause
+        c.on_rtt(BASE_S + 0.2, path.now + i * STEP_S, idle_s=0.150)
+    assert c.ignored == 20 and c.backoffs == 0 and c.rate_bps is None
+    for i in range(20):  # the same RTT with data flowing: a queue
+        c.on_rtt(BASE_S + 0.2, path.now + 1 + i * STEP_S, idle_s=0.001)
+    assert c.backoffs >= 1
+
+
+def test_base_delay_follows_a_path_change() -> None:
+    c = DelayController(target_delay_ms=75)
+    path = Path(c)
+    path.run(5.0, queue_s=0.0, base_s=0.020)
+    assert c.base_delay_s == pytest.approx(0.020)
+    # the route changes to a 60 ms path: first seen as queueing delay...
+    path.run(2.0, queue_s=0.0, base_s=0.060)
+    assert c.queue_delay_s == pytest.approx(0.040)
+    # ...until the old minimum ages out of the history
+    path.run(BASE_BUCKET_S * BASE_HISTORY + 60.0, queue_s=0.0, base_s=0.060)
+    assert c.base_delay_s == pytest.approx(0.060)
+    assert c.queue_delay_s == pytest.approx(0.0)
+    # a shorter path is followed at once
+    path.run(1.0, queue_s=0.0, base_s=0.010)
+    assert c.base_delay_s == pytest.approx(0.010)
+
+
+def test_ceiling_and_floor() -> None:
+    c = DelayController(target_delay_ms=50, floor_bps=100_000, ceiling_bps=1_000_000)
+    path = Path(c)
+    assert c.rate_bps == 1_000_000
+    path.run(10.0, queue_s=0.0)
+    assert c.rate_bps == 1_000_000
+    path.run(30.0, queue_s=1.0)
+    assert c.rate_bps == 100_000
+    with pytest.raises(ValueError):
+        DelayController(target_delay_ms=0)
+
+
+def test_politeness_defaults_and_runtime_target() -> None:
+    p = Politeness()
+    assert [p.yields(prio) for prio in (0, 1, 2, 3)] == [False, True, True, True]
+    one = p.start("job", 1000, 2)
+    p.configure({2: False}, target_delay_ms=40)
+    assert not p.yields(2) and one.controller.target_s == pytest.approx(0.040)
+    p.stop(one)
+    assert not p.running
