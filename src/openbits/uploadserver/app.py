@@ -145,7 +145,7 @@ async def _in_session(uploads: Uploads, packet: Packet, target: Target, request:
         if packet is Packet.FRAGMENT:
             protocol.check_encoding(request.headers)
             rng = protocol.fragment_range(request.headers) or protocol.Range(0, -1, 0)
-            body = request.content.iter_chunked(_CHUNK_BYTES)
+            body = request.content.iter_any()  # (chunks as they came: no joining copy)
             urls = request_urls(request, request.app[SETTINGS])
             offset, reply_url = await uploads.fragment(session, rng, body, urls)
             return _ack(200, protocol.fragment_ack(offset, reply_url))
