@@ -340,6 +340,12 @@ class Credential:
     #: the store held a password that could not be decrypted (a store copied without its key)
     missing: bool = False
 
+    @property
+    def uses_default(self) -> bool:
+        """NTLM/Negotiate without a password: the owner's default credentials answer."""
+        connection_bound = self.scheme in (AuthScheme.NTLM, AuthScheme.NEGOTIATE)
+        return connection_bound and self.password is None and not self.missing
+
     def to_cim(self) -> dict[str, Any]:
         return {"Target": int(self.target), "Scheme": int(self.scheme), "UserName": self.user_name}
 

@@ -184,11 +184,6 @@ def usable(credential: Credential) -> bool:
     return credential.scheme in CONNECTION_BOUND
 
 
-def _uses_default(credential: Credential) -> bool:
-    """An NTLM/Negotiate credential without a password: the process's default credentials."""
-    return credential.scheme in CONNECTION_BOUND and credential.password is None and not credential.missing
-
-
 def offered(challenges: Sequence[Challenge]) -> dict[AuthScheme, Challenge]:
     """The schemes we speak among ``challenges``, each with its challenge (for Digest the
     one of the strongest algorithm we support; else the first)."""
@@ -377,7 +372,7 @@ class Authenticator:
         self._no_default = {
             c.scheme
             for c in mine
-            if _uses_default(c) and (unusable if c.scheme == AuthScheme.NTLM else not defaults.usable)
+            if c.uses_default and (unusable if c.scheme == AuthScheme.NTLM else not defaults.usable)
         }
         self._credentials = {c.scheme: c for c in mine if c.scheme not in self._no_default}
         self.host, self.secure = host, secure

@@ -51,10 +51,7 @@ class RequestOptions:
 
     def default_credentials(self) -> bool:
         """An NTLM/Negotiate credential with no password: it uses the owner's defaults."""
-        return any(
-            c.scheme in (AuthScheme.NTLM, AuthScheme.NEGOTIATE) and c.password is None and not c.missing
-            for c in self.credentials
-        )
+        return any(c.uses_default for c in self.credentials)
 
     @classmethod
     def of(cls, job: Job) -> RequestOptions:
