@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from openbits.errors import HResult
+from openbits.transfer import diskio
 from openbits.uploadserver import notify, paths
 from openbits.uploadserver.config import DirSettings, ServerSettings
 from openbits.uploadserver.protocol import HTTP_ERROR_BASE, Range, UploadFailure, invalid, session_not_found
@@ -196,7 +197,7 @@ class Uploads:
                 if position - unflushed >= WRITEBACK_BYTES:
                     # start the disk writing what came so far while the rest arrives: the
                     # fdatasync before the Ack then waits for the tail only
-                    os.posix_fadvise(fd, unflushed, position - unflushed, os.POSIX_FADV_DONTNEED)
+                    diskio.start_writeback(fd, unflushed, position - unflushed)
                     unflushed = position
             if position != end:
                 raise invalid("the body ended before Content-Range's end")
