@@ -181,7 +181,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
 
 def _open_store(config: Config, stack: contextlib.AsyncExitStack) -> SqliteStore:
     try:
-        store = SqliteStore(config.db_path, synchronous=config.store_synchronous)
+        store = SqliteStore(config.db_path, synchronous=config.store_synchronous, group_commit=True)
     except StoreError as e:
         raise DaemonError(str(e)) from e
     stack.callback(store.close)

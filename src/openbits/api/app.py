@@ -149,7 +149,7 @@ async def bits_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         if request.path != "/openapi.json" and not is_unix_socket(request):
             authorize(request, _needed_scope(request))  # TCP: 429, 401, 403 before any body is read
-        return await handler(request)
+        return await _durably(request, handler)
     except BitsError as e:
         return error_response(e)
     except web.HTTPException as e:
@@ -163,6 +163,19 @@ async def bits_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return error_response(InternalError("internal error; see the daemon's log"))
+
+
+async def _durably(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer, given only once what it stored is durable: a request that
+    committed (whatever its outcome) waits for the store's fsync (group commit: done off the
+    loop, shared with every change made meanwhile); a read waits for nothing."""
+    store = request.app[SERVICE_KEY].store
+    before = store.commits
+    try:
+        return await handler(request)
+    finally:
+        if store.commits != before:
+            await store.durable()
 
 
 async def enumerate_jobs(request: web.Request) -> web.Response:

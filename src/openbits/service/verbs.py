@@ -374,6 +374,9 @@ class Verbs(Uploads):
         if job.state.is_final:  # cancelled while we waited
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
         self.job_preempted(job)  # (stopped: back in the queue rather than look running)
+        await self.store.durable()  # (TRANSFERRED survives power loss before a file is renamed)
+        if job.state.is_final:
+            raise NotFound(f"the job {job.job_id} is {job.state.name}")
         try:
             if job.job_type is JobType.DOWNLOAD:
                 dropped = self._publish(job)

@@ -28,7 +28,13 @@ class StoreDamaged(StoreError):
 
 
 class JobStore(Protocol):
-    """Every method commits before it returns: what it accepted survives SIGKILL."""
+    """Every method commits before it returns: what it accepted survives SIGKILL; what was
+    committed before ``await durable()`` returned survives power loss too."""
+
+    @property
+    def commits(self) -> int: ...
+
+    async def durable(self) -> None: ...
 
     def load_jobs(self) -> list[Job]: ...
 

@@ -3,6 +3,10 @@
 Every write is one transaction committed before the method returns.  The daemon
 calls the store from its event-loop thread: statements are small (tens of µs) and
 progress is checkpointed at most once a second per running job, never per chunk.
+Opened with ``group_commit`` (the daemon does), a commit does not fsync on the loop: it is
+in the WAL at once (it survives SIGKILL), and :meth:`SqliteStore.durable` awaits the fsync
+that makes it survive power loss, done on another thread for every commit before it
+(``groupcommit.py``).  The API answers a change only after that.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from openbits.model import (
     JobState,
 )
 from openbits.store import RECOVERY_HINT, StoreDamaged, StoreError
+from openbits.store.groupcommit import WAL_KEEP_BYTES, GroupCommit
 from openbits.store.rows import (
     FILE_COLUMNS,
     INSERT_FILE,
@@ -179,12 +184,22 @@ class SqliteStore:
     """A :class:`~openbits.store.JobStore` on one SQLite file."""
 
     def __init__(
-        self, path: str, *, synchronous: str = "FULL", check: bool = True, keyring: Keyring | None = None
+        self,
+        path: str,
+        *,
+        synchronous: str = "FULL",
+        check: bool = True,
+        keyring: Keyring | None = None,
+        group_commit: bool = False,
     ) -> None:
         """Open (or create) the store; with ``check``, a damaged file is refused before
         anything is written to it (``PRAGMA quick_check``: StoreDamaged).  Secrets are sealed
-        with ``keyring``, by default the key file beside the store (made when missing)."""
+        with ``keyring``, by default the key file beside the store (made when missing).
+        With ``group_commit`` and a ``synchronous`` of FULL or EXTRA, the fsyncs FULL asks for
+        are done off the caller's thread, for whoever awaits :meth:`durable`."""
         self.path = path
+        self._group: GroupCommit | None = None
+        self._commits = 0
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         self.keyring = keyring if keyring is not None else Keyring.at(key_path_for(path))
         try:
@@ -203,6 +218,8 @@ class SqliteStore:
             self._migrate()
             self._seal_legacy()
             self._seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0])
+            if group_commit and self._synchronous in ("FULL", "EXTRA", "2", "3"):
+                self._start_group_commit()
         except (sqlite3.DatabaseError, StoreError, StoreWriteFailed) as e:
             self._db.close()
             if isinstance(e, StoreError):
@@ -210,6 +227,31 @@ class SqliteStore:
             if isinstance(e, StoreWriteFailed):  # (a migration's write: the store cannot open)
                 raise StoreError(e.message) from e
             raise StoreDamaged(f"the job store {path} cannot be read ({e}): {RECOVERY_HINT}") from e
+
+    def _start_group_commit(self) -> None:
+        """Commits write the WAL alone (NORMAL); the fsync and the checkpoints are GroupCommit's."""
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
+        self._synchronous = "NORMAL"
+        self._group = GroupCommit(self.path)
+
+    @property
+    def group_commit(self) -> GroupCommit | None:
+        """The fsyncs done off the loop (None: every commit fsyncs as SQLite's ``synchronous`` says)."""
+        return self._group
+
+    @property
+    def commits(self) -> int:
+        """How many write transactions were committed (the API awaits :meth:`durable` after a
+        request that made one)."""
+        return self._commits
+
+    async def durable(self) -> None:
+        """Return once every commit made so far survives power loss (at once without
+        group commit: each commit fsync'd itself); StoreWriteFailed when its fsync failed."""
+        if self._group is not None:
+            await self._group.durable()
 
     def _check_before_use(self) -> None:
         try:
@@ -267,6 +309,9 @@ class SqliteStore:
             try:
                 yield self._db
                 self._db.execute("COMMIT")
+                self._commits += 1
+                if self._group is not None:
+                    self._group.committed()
             except BaseException:
                 if self._db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
@@ -423,8 +468,9 @@ class SqliteStore:
     def append_events(self, rows: Iterable[EventRow], delete_through: int = 0) -> None:
         """Append events (and drop those with ids up to ``delete_through``): one transaction,
         committed without its own fsync (synchronous=NORMAL in WAL mode): it survives a
-        SIGKILL at once, and power loss from the next job commit on, whose fsync of the WAL
-        carries it. An event follows the job commit it describes, so it costs no fsync."""
+        SIGKILL at once, and power loss from the next fsync of the WAL on (the next job
+        commit's, or group commit's). An event follows the job commit it describes, so it
+        costs no fsync."""
         relax = self._synchronous in ("FULL", "EXTRA", "2", "3")
         if relax:
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -474,6 +520,8 @@ class SqliteStore:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()  # (every commit made durable first)
         self._db.close()
 
     # -- rows -----------------------------------------------------------------------------
