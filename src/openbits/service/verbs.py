@@ -379,7 +379,8 @@ class Verbs(Uploads):
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
         try:
             if job.job_type is JobType.DOWNLOAD:
-                dropped = self._publish(job)
+                dropped, directories = self._publish(job)
+                await self._fsync_dirs(job, directories)
             else:  # (an upload is on the server once TRANSFERRED: only a reply to publish)
                 self._publish_reply(job)
                 dropped = []
@@ -390,6 +391,8 @@ class Verbs(Uploads):
             self._announce(job, "complete failed")
             self.runner.wake()
             raise
+        if job.state.is_final:  # (cancelled while the directories were synced: published stay)
+            raise NotFound(f"the job {job.job_id} is {job.state.name}")
         with self._change(job, "acknowledged"):
             self._enter(job, new_state)
             job.finished_ns = self.clock.now_ns()
@@ -398,9 +401,10 @@ class Verbs(Uploads):
         await self._remove_all(job, dropped)  # (a crash before this: recover() removes them)
         return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
 
-    def _publish(self, job: Job) -> list[str | None]:
-        """Rename every transferred file to its LocalFile, durably; the temporary files of
-        the files not transferred (removed once the job is stored ACKNOWLEDGED)."""
+    def _publish(self, job: Job) -> tuple[list[str | None], set[str]]:
+        """Rename every transferred file to its LocalFile; the temporary files of the files
+        not transferred (removed once the job is stored ACKNOWLEDGED) and the directories to
+        fsync before the renames are durable (``_fsync_dirs``)."""
         dropped: list[str | None] = []
         directories: set[str] = set()
         uid = job.owner_uid
@@ -422,9 +426,18 @@ class Verbs(Uploads):
                 f.published = True
             else:
                 dropped.append(temp)
-        for directory in sorted(directories):  # the renames are durable before we answer
-            fs.fsync_dir(self.owners, uid, None, directory)
-        return dropped
+        return dropped, directories
+
+    async def _fsync_dirs(self, job: Job, directories: set[str]) -> None:
+        """The renames made durable before Complete answers: one fsync per directory, in a
+        worker thread (an fsync on the loop would hold up every other caller)."""
+
+        def sync() -> None:
+            for directory in sorted(directories):
+                fs.fsync_dir(self.owners, job.owner_uid, None, directory)
+
+        if directories:
+            await asyncio.to_thread(sync)
 
     async def inactive(self, job: Job) -> None:
         """(The scheduler's report) No activity for the job inactivity timeout: BITS cancels
