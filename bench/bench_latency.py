@@ -41,7 +41,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.sharedctypes import SynchronizedString
+from multiprocessing.sharedctypes import Synchronized, SynchronizedString
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
@@ -103,11 +103,18 @@ JOB_DEADLINE_S = 300.0
 
 
 def reader_worker(
-    socket_path: str, ids: SynchronizedString, interval_s: float, seed: int, stop: EventType, out: Connection
+    socket_path: str,
+    ids: SynchronizedString,
+    ready: Synchronized[int],
+    interval_s: float,
+    seed: int,
+    stop: EventType,
+    out: Connection,
 ) -> None:
     """GET one of the jobs in ``ids`` (``IncludeFinished``: a job may complete meanwhile), a pause
     of ``interval_s``, until ``stop``; then sends ``{"t": [...], "lat": [...], "errors": {...}}``
-    (``t``: time.monotonic() at the call's start, the same clock as the daemon's probe)."""
+    (``t``: time.monotonic() at the call's start, the same clock as the daemon's probe).
+    ``ready`` counts the readers that made their first call."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it
     rng = random.Random(seed)
     times, lats = array("d"), array("d")
@@ -136,6 +143,9 @@ def reader_worker(
             if resp.status != 200:
                 errors[f"GET answered {resp.status}"] += 1
                 continue
+            if not lats:
+                with ready.get_lock():
+                    ready.value += 1
             times.append(t0)
             lats.append(t1 - t0)
             if interval_s > 0:
@@ -151,6 +161,7 @@ class Readers:
     """The reading processes of one phase, and what they recorded once stopped."""
 
     ids: SynchronizedString
+    ready: Synchronized[int]
     procs: list[multiprocessing.process.BaseProcess] = field(default_factory=list)
     pipes: list[Connection] = field(default_factory=list)
     stop: EventType | None = None
@@ -159,14 +170,14 @@ class Readers:
     errors: Counter[str] = field(default_factory=Counter)
 
     def start(self, n: int, socket_path: Path, interval_s: float, seed: int) -> None:
-        """Start ``n`` readers and wait until each made a call (spawn start-up is not measured)."""
+        """Start ``n`` readers; :meth:`wait_ready` waits until each made a call."""
         ctx = multiprocessing.get_context("spawn")  # (no fork of a process with threads)
         self.stop = ctx.Event()
         for i in range(n):
             parent, child = ctx.Pipe(duplex=False)
             proc = ctx.Process(
                 target=reader_worker,
-                args=(str(socket_path), self.ids, interval_s, seed * 1000 + i, self.stop, child),
+                args=(str(socket_path), self.ids, self.ready, interval_s, seed * 1000 + i, self.stop, child),
                 name=f"latency-reader-{i}",
                 daemon=True,
             )
@@ -174,6 +185,14 @@ class Readers:
             child.close()
             self.procs.append(proc)
             self.pipes.append(parent)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until every reader has made its first call (their start-up is not measured)."""
+        deadline = time.monotonic() + timeout_s
+        while self.ready.value < len(self.procs):
+            if time.monotonic() > deadline or not all(p.is_alive() for p in self.procs):
+                raise BenchError(f"only {self.ready.value} of {len(self.procs)} readers started")
+            time.sleep(0.02)
 
     def publish(self, i: int, job: str) -> None:
         """Offer ``job`` to the readers (slot ``i`` of ID_SLOTS, round robin)."""
@@ -206,9 +225,13 @@ class Readers:
         self.pipes.clear()
 
 
-def new_readers() -> Readers:
-    ids = multiprocessing.get_context("spawn").Array(ctypes.c_char, ID_SLOTS * ID_LEN)
-    return Readers(ids)
+def new_readers(job: str) -> Readers:
+    """Readers of ``job`` (in every slot) until other jobs are published."""
+    ctx = multiprocessing.get_context("spawn")
+    readers = Readers(ctx.Array(ctypes.c_char, ID_SLOTS * ID_LEN), ctx.Value(ctypes.c_int, 0))
+    for i in range(ID_SLOTS):
+        readers.publish(i, job)
+    return readers
 
 
 # -- the jobs ---------------------------------------------------------------------------------------
@@ -250,11 +273,9 @@ def run_phase(
     phase: Phase, args: argparse.Namespace, services: Services, readers: Readers, body: Any
 ) -> None:
     """Start the readers, wait until each has answers, time ``body()``, stop the readers."""
-    readers.start(phase.readers, services.socket, args.interval_ms / 1000, seed=len(phase.name))
-    deadline = time.monotonic() + 60
-    while not all(p.is_alive() for p in readers.procs) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # (spawn: let every reader import and connect before the window opens)
+    interval_ms = args.soak_interval_ms if phase.name == "soak" else args.interval_ms
+    readers.start(phase.readers, services.socket, interval_ms / 1000, seed=len(phase.name))
+    readers.wait_ready()
     before = Snapshot.take(services)
     phase.t0 = time.monotonic()
     try:
@@ -272,7 +293,7 @@ def run_phase(
 
 def phase_idle_and_transfer(
     args: argparse.Namespace, services: Services, url: str, work: Path, sha: str
-) -> tuple[Phase, Phase]:
+) -> tuple[Phase, Phase, str]:
     """(i) reads of a suspended job; (ii) the same job resumed: one FOREGROUND file of --size."""
     from openbits.client import Client
 
@@ -281,20 +302,14 @@ def phase_idle_and_transfer(
     with Client(str(services.socket), timeout=60.0) as client:
         job = client.create_job("bench_latency transfer", priority=0).job_id
         client.add_file(job, url, str(out))
-        readers = new_readers()
-        for i in range(ID_SLOTS):
-            readers.publish(i, job)
-        run_phase(idle, args, services, readers, lambda: time.sleep(args.idle_s))
+        run_phase(idle, args, services, new_readers(job), lambda: time.sleep(args.idle_s))
         log(f"  idle: {len(idle.lat)} reads over {args.idle_s:.0f} s")
 
         def body() -> None:
             client.resume(job)
             wait_transferred(client, job, services)
 
-        readers = new_readers()
-        for i in range(ID_SLOTS):
-            readers.publish(i, job)
-        run_phase(transfer, args, services, readers, body)
+        run_phase(transfer, args, services, new_readers(job), body)
         wall = transfer.t1 - transfer.t0
         transfer.note = f"{args.size / MIB:.0f} MiB in {wall:.2f} s ({args.size / wall / 1e6:.0f} MB/s)"
         log(f"  transfer: {len(transfer.lat)} reads, {transfer.note}")
@@ -302,16 +317,16 @@ def phase_idle_and_transfer(
     if sha256_file(out) != sha:
         raise BenchError("transfer: the downloaded file's sha256 differs from the source's")
     out.unlink()
-    return idle, transfer
+    return idle, transfer, job
 
 
-def phase_soak(args: argparse.Namespace, services: Services, base_url: str, work: Path) -> Phase:
+def phase_soak(args: argparse.Namespace, services: Services, base_url: str, work: Path, first: str) -> Phase:
     """(iii) --readers readers GET the newest jobs while --jobs small jobs are created,
     transferred and completed by --inflight threads (each its own client)."""
     from openbits.client import Client
 
     phase = Phase("soak", args.readers)
-    readers = new_readers()
+    readers = new_readers(first)  # (the transfer's job until the first new one)
     counter = iter(range(args.jobs))
     lock = threading.Lock()
     failures: list[str] = []
@@ -439,22 +454,40 @@ def short(frame: str) -> str:
 
 def stall_sites(stalls: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     """The stalls grouped by where the main thread was: each stall goes to the innermost frame
-    most often sampled during it (``caller``: the innermost openbits frame, when that is
-    elsewhere); the ``top`` sites by total stalled time."""
+    most often sampled during it (``caller``: the innermost openbits frame in another file,
+    e.g. the verb behind a store commit); the ``top`` sites by total stalled time."""
     by_site: dict[tuple[str, str], list[float]] = {}
+    kernel: dict[tuple[str, str], Counter[str]] = {}
+    sched: Counter[tuple[str, str, str]] = Counter()  # (site, caller, "cpu"|"wait") -> ns
     for stall in stalls:
-        stacks = stall["stacks"]
-        if stacks:
-            inner = Counter(st[0] for st in stacks).most_common(1)[0][0]
-            stack = next(st for st in stacks if st[0] == inner)
-            ours = next((f for f in stack if f.startswith(SRC_DIR)), "")
-            key = (short(inner), short(ours) if ours and ours != inner else "")
+        samples = [x for x in stall["stacks"] if x["py"]]
+        if samples:
+            inner = Counter(x["py"][0] for x in samples).most_common(1)[0][0]
+            stack = next(x["py"] for x in samples if x["py"][0] == inner)
+            where = inner.rsplit(":", 1)[0]
+            ours = next((f for f in stack if f.startswith(SRC_DIR) and not f.startswith(where)), "")
+            key = (short(inner), short(ours))
+            kernel.setdefault(key, Counter()).update(x["k"] for x in samples if x["py"][0] == inner)
+            timed = [x["sched"] for x in samples if len(x.get("sched", ())) == 2]
+            if len(timed) >= 2:
+                sched[(*key, "cpu")] += timed[-1][0] - timed[0][0]
+                sched[(*key, "wait")] += timed[-1][1] - timed[0][1]
         else:
             key = ("(ended before the watchdog sampled it)", "")
         by_site.setdefault(key, []).append(stall["late_ms"])
     ranked = sorted(by_site.items(), key=lambda kv: -sum(kv[1]))[:top]
     return [
-        {"site": site, "caller": caller, "count": len(ms), "total_ms": sum(ms), "max_ms": max(ms)}
+        {
+            "site": site,
+            "caller": caller,
+            "count": len(ms),
+            "total_ms": sum(ms),
+            "max_ms": max(ms),
+            "kernel": kernel.get((site, caller), Counter()).most_common(2),
+            # over the sampled spans of its stalls: the loop thread on a CPU / waiting for one
+            "sampled_cpu_ms": sched[(site, caller, "cpu")] / 1e6,
+            "sampled_runqueue_ms": sched[(site, caller, "wait")] / 1e6,
+        }
         for (site, caller), ms in ranked
     ]
 
@@ -482,6 +515,13 @@ def report_probe(probe_path: Path, phases: list[Phase], top: int) -> dict[str, A
             log(f"  {s['count']:5d} {s['total_ms']:8.1f} {s['max_ms']:7.1f}  {s['site']}")
             if s["caller"]:
                 log(f"{'':27}  via {s['caller']}")
+            if s["sampled_cpu_ms"] or s["sampled_runqueue_ms"]:
+                log(
+                    f"{'':27}  sampled spans: {s['sampled_cpu_ms']:.0f} ms on a CPU, "
+                    f"{s['sampled_runqueue_ms']:.0f} ms waiting for one"
+                )
+            for state, n in s["kernel"]:
+                log(f"{'':27}  kernel ({n} samples): {state or '?'}")
     return out
 
 
@@ -499,7 +539,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-readers", type=int, default=1, help="idle and transfer: readers (default 1)")
     p.add_argument("--idle-s", type=float, default=5.0, help="idle phase in s (default 5)")
     p.add_argument(
-        "--interval-ms", type=float, default=10.0, help="pause between one reader's calls (default 10 ms)"
+        "--interval-ms",
+        type=float,
+        default=10.0,
+        help="idle and transfer: pause between the reader's calls (default 10 ms)",
+    )
+    p.add_argument(
+        "--soak-interval-ms",
+        type=float,
+        default=50.0,
+        help="soak: pause between one reader's calls (default 50 ms, as soak.py's)",
     )
     p.add_argument(
         "--probe", action="store_true", help="start the daemon with bench/loopprobe and print its stall sites"
@@ -551,8 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         services.start_daemon(config, answer=True)
         log(f"openbits daemon on {services.socket}{' with the loop probe' if args.probe else ''}")
         log_daemon_env(args.daemon_env)
-        phases.extend(phase_idle_and_transfer(args, services, url, work, sha))
-        phases.append(phase_soak(args, services, url.rsplit("/", 1)[0], work))
+        idle, transfer, job = phase_idle_and_transfer(args, services, url, work, sha)
+        phases += [idle, transfer]
+        phases.append(phase_soak(args, services, url.rsplit("/", 1)[0], work, job))
     if args.probe and phases:  # (the probe wrote its file as the daemon's loop stopped)
         probe = report_probe(probe_path, phases, args.top)
     session.remove_work()
@@ -564,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         log_machine_line(session.machine)
         log_loadavg_line(session.machine)
         log(
-            f"a read: GET of one job (with its files) over the Unix socket; {args.interval_ms:g} ms "
-            "between one reader's calls"
+            f"a read: GET of one job (with its files) over the Unix socket; a reader's calls "
+            f"{args.interval_ms:g} ms apart ({args.soak_interval_ms:g} ms in the soak)"
         )
         log("")
         log(render(rows))

@@ -6,9 +6,11 @@ With $OPENBITS_LOOP_PROBE set (a path), the main thread's event loop gets a prob
   is what a request arriving at that moment waits before the loop even reads it;
 * a watchdog thread that wakes every 1 ms and, while the timer is more than
   $OPENBITS_LOOP_PROBE_MS (default 5) late, samples the main thread's Python stack
-  (``sys._current_frames``): where the loop is while it stalls.  A stall in a C call that
-  keeps the GIL (a slow ``os.fsync`` releases it; the stack still shows the calling line) is
-  sampled when it ends;
+  (``sys._current_frames``) and, from /proc, the thread's scheduler state and kernel stack
+  (readable as root: which kernel function a blocking system call waits in) and its CPU
+  and run-queue times (``schedstat``): where the loop is while it stalls.  A stall in a C
+  call that keeps the GIL is sampled only when it ends (a system call such as ``os.splice``
+  or ``os.fsync`` releases it: the stack shows its line);
 * every stall (the timer's lateness above the threshold) with its samples, and a histogram of
   every lateness, written as JSON to $OPENBITS_LOOP_PROBE every second and when the loop stops.
 
@@ -27,7 +29,6 @@ import os
 import sys
 import threading
 import time
-from array import array
 from typing import Any
 
 TICK_S = 0.001
@@ -46,12 +47,13 @@ class Probe:
         self.out = out
         self.threshold_s = threshold_s
         self.main_id = threading.get_ident()
+        self.task = f"/proc/self/task/{threading.get_native_id()}"
         self.last_tick = time.monotonic()
         self.buckets = [0] * (len(EDGES_MS) + 1)
         self.ticks = 0
         self.stalls: list[dict[str, Any]] = []
-        self.samples: dict[float, list[list[str]]] = {}  # stall (its last good tick) -> stacks
-        self.lateness = array("d")
+        #: stall (its last good tick) -> samples: {"py": frames, innermost first; "k": kernel}
+        self.samples: dict[float, list[dict[str, Any]]] = {}
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._watch, name="loopprobe", daemon=True)
@@ -92,13 +94,38 @@ class Probe:
                         code = frame.f_code
                         stack.append(f"{code.co_filename}:{frame.f_lineno} {code.co_name}")
                         frame = frame.f_back
+                    sample = {"py": stack, "k": self.kernel_state(), "sched": self.schedstat()}
                     with self.lock:
                         got = self.samples.setdefault(start, [])
                         if len(got) < MAX_SAMPLES_PER_STALL:
-                            got.append(stack)
+                            got.append(sample)
+                        else:  # (the last sample always kept: the span covers the stall)
+                            got[-1] = sample
             if now >= next_write:
                 self.write()
                 next_write = now + 1.0
+
+    def kernel_state(self) -> str:
+        """The main thread's scheduler state (R running, S sleeping, D in uninterruptible
+        wait) and its innermost kernel functions, e.g. "D folio_wait_bit<ext4_…"; "" when
+        /proc does not say."""
+        try:
+            with open(f"{self.task}/stat", encoding="ascii") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+            with open(f"{self.task}/stack", encoding="ascii") as fh:
+                fns = [ln.split("] ", 1)[-1].split("+", 1)[0] for ln in fh.read().splitlines()]
+        except (OSError, IndexError):
+            return ""
+        return f"{state} {'<'.join(fns[:6])}".rstrip()
+
+    def schedstat(self) -> list[int]:
+        """The main thread's time on a CPU and waiting for one, ns (``/proc/…/schedstat``):
+        between two samples of a stall they say whether it computed or waited its turn."""
+        try:
+            with open(f"{self.task}/schedstat", encoding="ascii") as fh:
+                return [int(x) for x in fh.read().split()[:2]]
+        except (OSError, ValueError):
+            return []
 
     def write(self) -> None:
         with self.lock:
