@@ -142,6 +142,7 @@ def reader_worker(
             t1 = time.monotonic()
             if resp.status != 200:
                 errors[f"GET answered {resp.status}"] += 1
+                stop.wait(0.1)
                 continue
             if not lats:
                 with ready.get_lock():
