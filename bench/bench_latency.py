@@ -83,10 +83,10 @@ from common import (
     write_daemon_config,
     write_random_file,
 )
+from loopprobe.stalls import stall_sites
 
 JSON_PATH = OUT_DIR / "bench_latency.json"
 PROBE_DIR = Path(__file__).resolve().parent / "loopprobe"
-SRC_DIR = str(Path(__file__).resolve().parent.parent / "src") + "/"
 #: openbits.model.JOB_CLASS_PATH (no openbits import in the reading processes)
 JOB_CLASS_PATH = "/root/microsoft/bits/BitsClientJob"
 PHASES = ("idle", "transfer", "soak")
@@ -257,12 +257,14 @@ def wait_transferred(client: Any, job: str, services: Services) -> None:
 
 @dataclass(slots=True)
 class Phase:
-    """One phase's window (time.monotonic()), its readers' samples and the daemon's CPU."""
+    """One phase's span (time.monotonic()), the windows its reads count in (default: the whole
+    span), its readers' samples and the daemon's CPU."""
 
     name: str
     readers: int
     t0: float = 0.0
     t1: float = 0.0
+    windows: list[tuple[float, float]] = field(default_factory=list)
     lat: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     daemon_cpu_s: float = 0.0
@@ -287,7 +289,12 @@ def run_phase(
         readers.finish()
     timing = after.since(before, 0.0)
     phase.daemon_cpu_s, phase.other_cpu_s = timing.daemon_cpu_s, timing.other_cpu_s
-    phase.lat = [lat for t, lat in zip(readers.t, readers.lat, strict=True) if phase.t0 <= t <= phase.t1]
+    phase.windows = phase.windows or [(phase.t0, phase.t1)]
+    phase.lat = [
+        lat
+        for t, lat in zip(readers.t, readers.lat, strict=True)
+        if any(w0 <= t <= w1 for w0, w1 in phase.windows)
+    ]
     phase.errors = dict(readers.errors)
     services.check_daemon_alive()
 
@@ -295,29 +302,44 @@ def run_phase(
 def phase_idle_and_transfer(
     args: argparse.Namespace, services: Services, url: str, work: Path, sha: str
 ) -> tuple[Phase, Phase, str]:
-    """(i) reads of a suspended job; (ii) the same job resumed: one FOREGROUND file of --size."""
+    """(i) reads of a suspended job; (ii) that job resumed (one FOREGROUND file of --size), then
+    --transfers - 1 more such jobs, each read while it runs: only the reads from Resume to
+    TRANSFERRED count (not those during Complete and the next CreateJob)."""
     from openbits.client import Client
 
     idle, transfer = Phase("idle", args.idle_readers), Phase("transfer", args.idle_readers)
     out = work / "dl" / "big.bin"
     with Client(str(services.socket), timeout=60.0) as client:
-        job = client.create_job("bench_latency transfer", priority=0).job_id
+        job = client.create_job("bench_latency transfer 1", priority=0).job_id
         client.add_file(job, url, str(out))
         run_phase(idle, args, services, new_readers(job), lambda: time.sleep(args.idle_s))
         log(f"  idle: {len(idle.lat)} reads over {args.idle_s:.0f} s")
+        readers = new_readers(job)
 
         def body() -> None:
-            client.resume(job)
-            wait_transferred(client, job, services)
+            nonlocal job
+            for n in range(args.transfers):
+                if n:
+                    job = client.create_job(f"bench_latency transfer {n + 1}", priority=0).job_id
+                    client.add_file(job, url, str(out))
+                    for i in range(ID_SLOTS):
+                        readers.publish(i, job)
+                t0 = time.monotonic()
+                client.resume(job)
+                wait_transferred(client, job, services)
+                transfer.windows.append((t0, time.monotonic()))
+                client.complete(job)
+                if n == 0 and sha256_file(out) != sha:
+                    raise BenchError("transfer: the downloaded file's sha256 differs from the source's")
+                if out.stat().st_size != args.size:
+                    raise BenchError(f"transfer: {out.stat().st_size} bytes, not {args.size}")
+                out.unlink()
 
-        run_phase(transfer, args, services, new_readers(job), body)
-        wall = transfer.t1 - transfer.t0
-        transfer.note = f"{args.size / MIB:.0f} MiB in {wall:.2f} s ({args.size / wall / 1e6:.0f} MB/s)"
-        log(f"  transfer: {len(transfer.lat)} reads, {transfer.note}")
-        client.complete(job)
-    if sha256_file(out) != sha:
-        raise BenchError("transfer: the downloaded file's sha256 differs from the source's")
-    out.unlink()
+        run_phase(transfer, args, services, readers, body)
+    walls = [w1 - w0 for w0, w1 in transfer.windows]
+    rates = ", ".join(f"{args.size / w / 1e6:.0f}" for w in walls)
+    transfer.note = f"{args.transfers} x {args.size / MIB:.0f} MiB at {rates} MB/s"
+    log(f"  transfer: {len(transfer.lat)} reads, {transfer.note}")
     return idle, transfer, job
 
 
@@ -397,7 +419,7 @@ def judge(phases: list[Phase]) -> tuple[list[dict[str, Any]], list[str]]:
                 "phase": ph.name,
                 "readers": ph.readers,
                 "calls": len(ph.lat),
-                "wall_s": ph.t1 - ph.t0,
+                "wall_s": sum(w1 - w0 for w0, w1 in ph.windows),
                 "daemon_cpu_s": ph.daemon_cpu_s,
                 "other_cpu_s": ph.other_cpu_s,
                 "note": ph.note,
@@ -443,56 +465,6 @@ def render(rows: list[dict[str, Any]]) -> str:
     return render_rows(table)
 
 
-def short(frame: str) -> str:
-    """A probe frame ("FILE:LINE FUNC") with the source tree's or site-packages' prefix cut."""
-    if frame.startswith(SRC_DIR):
-        return frame[len(SRC_DIR) :]
-    _head, sep, rest = frame.partition("site-packages/")
-    if sep:
-        return rest
-    return frame.replace(sys.base_prefix + "/lib/", "")
-
-
-def stall_sites(stalls: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
-    """The stalls grouped by where the main thread was: each stall goes to the innermost frame
-    most often sampled during it (``caller``: the innermost openbits frame in another file,
-    e.g. the verb behind a store commit); the ``top`` sites by total stalled time."""
-    by_site: dict[tuple[str, str], list[float]] = {}
-    kernel: dict[tuple[str, str], Counter[str]] = {}
-    sched: Counter[tuple[str, str, str]] = Counter()  # (site, caller, "cpu"|"wait") -> ns
-    for stall in stalls:
-        samples = [x for x in stall["stacks"] if x["py"]]
-        if samples:
-            inner = Counter(x["py"][0] for x in samples).most_common(1)[0][0]
-            stack = next(x["py"] for x in samples if x["py"][0] == inner)
-            where = inner.rsplit(":", 1)[0]
-            ours = next((f for f in stack if f.startswith(SRC_DIR) and not f.startswith(where)), "")
-            key = (short(inner), short(ours))
-            kernel.setdefault(key, Counter()).update(x["k"] for x in samples if x["py"][0] == inner)
-            timed = [x["sched"] for x in samples if len(x.get("sched", ())) == 2]
-            if len(timed) >= 2:
-                sched[(*key, "cpu")] += timed[-1][0] - timed[0][0]
-                sched[(*key, "wait")] += timed[-1][1] - timed[0][1]
-        else:
-            key = ("(ended before the watchdog sampled it)", "")
-        by_site.setdefault(key, []).append(stall["late_ms"])
-    ranked = sorted(by_site.items(), key=lambda kv: -sum(kv[1]))[:top]
-    return [
-        {
-            "site": site,
-            "caller": caller,
-            "count": len(ms),
-            "total_ms": sum(ms),
-            "max_ms": max(ms),
-            "kernel": kernel.get((site, caller), Counter()).most_common(2),
-            # over the sampled spans of its stalls: the loop thread on a CPU / waiting for one
-            "sampled_cpu_ms": sched[(site, caller, "cpu")] / 1e6,
-            "sampled_runqueue_ms": sched[(site, caller, "wait")] / 1e6,
-        }
-        for (site, caller), ms in ranked
-    ]
-
-
 def report_probe(probe_path: Path, phases: list[Phase], top: int) -> dict[str, Any]:
     """The probe's stalls per phase: the top sites (file:line) by total stalled time."""
     if not probe_path.exists():
@@ -501,7 +473,7 @@ def report_probe(probe_path: Path, phases: list[Phase], top: int) -> dict[str, A
     doc = json.loads(probe_path.read_text())
     out: dict[str, Any] = {"ticks": doc["ticks"], "edges_ms": doc["edges_ms"], "buckets": doc["buckets"]}
     for ph in phases:
-        stalls = [s for s in doc["stalls"] if ph.t0 <= s["t"] <= ph.t1]
+        stalls = [s for s in doc["stalls"] if any(w0 <= s["t"] <= w1 for w0, w1 in ph.windows)]
         sites = stall_sites(stalls, top)
         out[ph.name] = {
             "stalls": len(stalls),
@@ -532,6 +504,9 @@ def report_probe(probe_path: Path, phases: list[Phase], top: int) -> dict[str, A
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = new_parser(__doc__)
     p.add_argument("--size", type=int, default=512 * MIB, help="the transfer's file (default 512 MiB)")
+    p.add_argument(
+        "--transfers", type=int, default=3, help="transfer: jobs of --size, one after another (default 3)"
+    )
     p.add_argument("--jobs", type=int, default=200, help="soak: jobs of one small file (default 200)")
     p.add_argument("--job-size", type=int, default=64 * KIB, help="soak: each job's file (default 64 KiB)")
     p.add_argument("--sources", type=int, default=50, help="soak: distinct small files served (default 50)")
@@ -542,8 +517,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--interval-ms",
         type=float,
-        default=10.0,
-        help="idle and transfer: pause between the reader's calls (default 10 ms)",
+        default=2.0,
+        help="idle and transfer: pause between the reader's calls (default 2 ms)",
     )
     p.add_argument(
         "--soak-interval-ms",
@@ -562,7 +537,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_output_args(p, JSON_PATH)
     args = parse_common_args(p, argv)
     if (
-        min(args.size, args.jobs, args.job_size, args.sources, args.inflight, args.readers, args.idle_readers)
+        min(
+            args.size,
+            args.transfers,
+            args.jobs,
+            args.job_size,
+            args.sources,
+            args.inflight,
+            args.readers,
+            args.idle_readers,
+        )
         < 1
     ):
         p.error("sizes and counts must be ≥ 1")
