@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 RUN_DIR := .run
 
 
-.PHONY: run stop test venv test-deps lint typecheck unit integration chaos fuzz bench bench-1g bench-small bench-rss bench-throttle bench-events bench-upload bench-polite soak clean
+.PHONY: run stop test venv test-deps lint typecheck unit integration chaos fuzz bench bench-1g bench-small bench-rss bench-throttle bench-events bench-upload bench-capped bench-latency bench-polite soak clean
 
 # gssapi and krb5 (pyspnego's kerberos extra) compile against libkrb5-dev (with gcc and Python's
 # headers): install them first.
@@ -72,13 +72,14 @@ fuzz: venv
 		$(PY) -m pytest -q --timeout=0 tests/fuzz
 
 ## make bench: every benchmark in bench/ (1 GiB, 2,000 x 16 KiB, 10,000 queued jobs, throttling, events,
-## a 1 GiB upload).
+## a 1 GiB upload, 512 MiB from a server capping each connection, API latency under load).
 bench: venv
 	@bash scripts/ensure-debian-packages.sh nginx curl aria2
-	@rc=0; for b in bench_1g bench_small bench_rss bench_throttle bench_events bench_upload; do $(PY) bench/$$b.py || rc=1; done; exit $$rc
+	@rc=0; for b in bench_1g bench_small bench_rss bench_throttle bench_events bench_upload bench_capped bench_latency; do $(PY) bench/$$b.py || rc=1; done; exit $$rc
 
-## make bench-1g, bench-small, bench-rss, bench-throttle, bench-events, bench-upload: one of them.
-bench-1g bench-small bench-rss bench-throttle bench-events bench-upload: venv
+## make bench-1g, bench-small, bench-rss, bench-throttle, bench-events, bench-upload, bench-capped,
+## bench-latency: one of them.
+bench-1g bench-small bench-rss bench-throttle bench-events bench-upload bench-capped bench-latency: venv
 	@bash scripts/ensure-debian-packages.sh nginx curl aria2
 	$(PY) bench/$(subst -,_,$@).py
 
