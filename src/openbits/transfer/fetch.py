@@ -126,7 +126,7 @@ class Ahead:
 
     def __iter__(self) -> Iterator[tuple[str, Mapping[str, str]]]:
         for f in self.files:
-            if f.bytes_transferred == 0 and f.ranges is None and not f.completed:
+            if f.bytes_transferred == 0 and f.ranges is None and f.segments is None and not f.completed:
                 yield f.remote_url, self.headers
 
 

@@ -320,7 +320,10 @@ async def resume(one: FileDownload) -> Fetched | Restart:
         one.begin_check(segplan.prefix(segments))
         needed = total - segplan.durable_bytes(segments)
         one.transport.free_space.check(os.path.dirname(file.local_file), needed)
-        log.debug("file %s: resumed in %d segments", file.local_file, sum(not s.finished for s in segments))
+        left = sum(not s.finished for s in segments)
+        log.debug("file %s: resumed in %d segments", file.local_file, left)
+        if not left:
+            one.progress.connected()  # (every byte was here: nothing to ask)
         fetched = await Segmented(one, total, segments, one.connections).run()
         if not isinstance(fetched, Restart):
             await one.verify(fetched.size)
