@@ -10,6 +10,7 @@ a wrong file; an expected Digest is still verified; MaxConnections 1, or a file 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import random
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from openbits.model import ErrorContext, JobPriority, JobState
+from openbits.transfer.segplan import STEAL_MIN_BYTES
 from tests.support.daemon import Daemon, wait_until
 from tests.support.faults import Connection, FaultServer, IgnoreRange, Request, Serve, WrongContentRange
 from tests.support.fixtures import make_file, sha256_file
@@ -148,6 +150,43 @@ class ChangesAfterFirst(Serve):
         self.data, self.changed = self.new, True  # (the segments are asked of the new content)
         await conn.send_body(old)
         return True
+
+
+@dataclass
+class SlowFrom(Serve):
+    """A correct server whose answers to ranges starting at ``slow_start`` trickle (64 KiB
+    every 50 ms): the other connections finish first and take half of that segment."""
+
+    slow_start: int = 0
+
+    async def respond(self, req: Request, conn: Connection) -> bool:
+        planned = self.plan(req)
+        if planned is None or planned[:2] != (206, self.slow_start):
+            return await super().respond(req, conn)
+        status, start, end = planned
+        await conn.send_head(status, self.head_for(status, start, end))
+        for at in range(start, end, 64 * 1024):
+            await conn.send_body(memoryview(self.data)[at : min(at + 64 * 1024, end)])
+            await asyncio.sleep(0.05)  # (the server's pace, not a synchronisation)
+        return True
+
+
+def test_a_free_connection_takes_half_of_a_slow_segment(daemon: Daemon, dest: Path) -> None:
+    size = 16 * MiB  # 4 segments of 4 MiB; the second one's server is slow
+    data = _bytes(size, 1508)
+    with FaultServer({"/f": SlowFrom(data, slow_start=4 * MiB)}) as server:
+        job = _job(daemon, f"{server.url}/f", dest / "f.bin")
+        daemon.client.resume(job)
+        daemon.wait_state(job, JobState.TRANSFERRED, timeout=60)
+        starts = [
+            int(r["headers"]["range"][6:].split("-")[0]) for r in server.requests if r["headers"].get("range")
+        ]
+    assert daemon.client.complete(job) == 0
+    assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert 4 * MiB in starts
+    stolen = [s for s in starts if 4 * MiB + STEAL_MIN_BYTES // 2 <= s < 8 * MiB]
+    assert stolen, f"a free connection took the upper half of the slow segment: {starts}"
+    assert "split, a free connection takes" in daemon.log()
 
 
 def _bytes(size: int, seed: int) -> bytes:

@@ -403,6 +403,7 @@ SHIPPED_MIGRATIONS = [
     "231df795ffc695c8",  # 12 uploads: reply file and progress, the upload's protocol state
     "f8df47c266e5ab91",  # 13 expected digests of files
     "6c564d329f2353ef",  # 14 MaxConnections
+    "3cefca3443830e1f",  # 15 segmented downloads: a file's segments
 ]
 
 
