@@ -24,7 +24,15 @@ import pytest
 from openbits.model import ErrorContext, JobPriority, JobState
 from openbits.transfer.segplan import STEAL_MIN_BYTES
 from tests.support.daemon import Daemon, wait_until
-from tests.support.faults import Connection, FaultServer, IgnoreRange, Request, Serve, WrongContentRange
+from tests.support.faults import (
+    CloseMidBody,
+    Connection,
+    FaultServer,
+    IgnoreRange,
+    Request,
+    Serve,
+    WrongContentRange,
+)
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx, find_nginx
 
@@ -187,6 +195,25 @@ def test_a_free_connection_takes_half_of_a_slow_segment(daemon: Daemon, dest: Pa
     stolen = [s for s in starts if 4 * MiB + STEAL_MIN_BYTES // 2 <= s < 8 * MiB]
     assert stolen, f"a free connection took the upper half of the slow segment: {starts}"
     assert "split, a free connection takes" in daemon.log()
+
+
+def test_a_failed_segment_keeps_every_segments_bytes_for_the_retry(daemon: Daemon, dest: Path) -> None:
+    size = 16 * MiB  # 4 segments of 4 MiB; the first answer (segment 0) stops at 2 MiB + 7
+    data = _bytes(size, 1509)
+    with FaultServer({"/f": CloseMidBody(data, after=2 * MiB + 7)}) as server:
+        job = _job(daemon, f"{server.url}/f", dest / "f.bin")
+        daemon.client.resume(job)
+        daemon.wait_state(job, JobState.TRANSIENT_ERROR, timeout=30)
+        err = daemon.client.get_error(job)
+        assert err.hresult == 0x8020002E, err  # BG_E_CONNECTION_CLOSED, not an internal error
+        kept = int(daemon.job(job)["BytesTransferred"])
+        assert kept >= 2 * MiB + 7, "what arrived of every segment is kept"
+        daemon.client.resume(job)
+        daemon.wait_state(job, JobState.TRANSFERRED, timeout=30)
+        ranges = [r["headers"].get("range") for r in server.requests]
+    assert daemon.client.complete(job) == 0
+    assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert f"bytes={2 * MiB + 7}-{4 * MiB - 1}" in ranges, ranges
 
 
 def _bytes(size: int, seed: int) -> bytes:

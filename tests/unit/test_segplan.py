@@ -61,7 +61,9 @@ def test_durable_bytes_prefix_and_the_store_form_round_trip() -> None:
     ]
     assert all(s.written == s.received == s.done for s in back), "resumed from the durable offsets"
     assert segplan.durable_bytes(back) == 3 * MiB
-    assert segplan.extent(text, 3 * MiB) == 6 * MiB and segplan.extent(None, 5) == 5
+    assert segplan.last_durable(back) == 3 * MiB, "segments with nothing durable count for nothing"
+    assert segplan.extent(text, 3 * MiB) == 3 * MiB and segplan.extent(None, 5) == 5
+    assert segplan.extent("[[0,5,10],[10,15,20]]", 10) == 15
 
 
 def test_decode_refuses_a_layout_that_does_not_cover_the_file() -> None:

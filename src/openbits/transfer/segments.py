@@ -37,7 +37,7 @@ from openbits.transfer.checks import RESTART, Restart
 from openbits.transfer.fetch import Body, Fetched, FileDownload, HTTPResponse
 from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.h1body import Response as H1Response
-from openbits.transfer.http import invalid_response, parse_content_range
+from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error, parse_content_range
 from openbits.transfer.owner import Owners, opened_off_loop
 from openbits.transfer.pace import Pacer, pacer
 from openbits.transfer.segplan import Segment
@@ -109,7 +109,10 @@ class Segmented:
     async def _worker(self, segment: Segment | None, first: HTTPResponse | None) -> None:
         """One connection: the first answer's segment, then the segments it takes in turn."""
         if segment is not None and first is not None:
-            await self._copy(segment, first)
+            try:
+                await self._copy(segment, first)
+            except NETWORK_EXCEPTIONS as e:  # (``get`` translates them in its own task only)
+                raise network_error(e, self.one.file.remote_url) from e
             if isinstance(first, H1Response):
                 first.close()  # (the rest of the whole file is other segments')
             segment.busy = False
@@ -309,7 +312,7 @@ async def resume(one: FileDownload) -> Fetched | Restart:
     segments = segplan.decode(file.segments or "", total) if total is not None else None
     fd, size = await _open(one)
     try:
-        if segments is None or total is None or size < max(s.done for s in segments):
+        if segments is None or total is None or size < segplan.last_durable(segments):
             one.segmented = False
             one.progress.begin(None, None, None)
             with fs.translating("cannot truncate the temporary file"):

@@ -121,14 +121,20 @@ def decode(text: str, total: int) -> list[Segment] | None:
     return segments if at == total and segments else None
 
 
+def last_durable(segments: list[Segment]) -> int:
+    """The end of the last durable byte: the temporary file is at least this long (a
+    segment with nothing durable counts for nothing: the file is preallocated KEEP_SIZE)."""
+    return max((s.done for s in segments if s.done > s.start), default=0)
+
+
 def extent(text: str | None, bytes_transferred: int) -> int:
     """How many bytes from 0 a copy of the temporary file must keep (TakeOwnership): the
     durable prefix of a one-stream file, up to the last durable byte of a segmented one."""
     if text is None:
         return bytes_transferred
     try:
-        return max((int(row[1]) for row in json.loads(text)), default=0)
-    except (ValueError, TypeError, IndexError):
+        return last_durable([fresh(int(a), int(c), int(b)) for a, b, c in json.loads(text)])
+    except (ValueError, TypeError):
         return bytes_transferred
 
 
