@@ -102,7 +102,8 @@ def test_sigkill_keeps_every_segment_and_refetches_only_what_was_not_durable(
 ) -> None:
     daemon, nginx = seg_daemon, paced_nginx
     digest = make_file(nginx.www, "seg/kill.bin", SIZE, seed=1502)
-    job = _job(daemon, f"{nginx.url}/slow/seg/kill.bin", dest / "kill.bin")
+    # (with its Digest: the resumed file's hash follows the segments from the durable prefix)
+    job = _job(daemon, f"{nginx.url}/slow/seg/kill.bin", dest / "kill.bin", digest=f"sha256:{digest}")
     daemon.client.resume(job)
 
     def mid() -> int | None:
@@ -270,6 +271,26 @@ def test_an_expected_digest_is_verified_over_the_segments(
         assert not [p for p in dest.iterdir() if p.name.startswith(".BIT")]
     ranged = [r for r in nginx.requests() if r["uri"] == f"/seg/digest-{right}.bin" and r["range"]]
     assert ranged, "fetched in segments"
+
+
+def test_files_at_once_share_the_connections_between_their_segments(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    # the first file goes alone (its size unknown before) on all 4 connections; the two
+    # others then go at once (files_at_once), 2 connections each, in segments
+    digests = [make_file(nginx.www, f"seg/three/{i}.bin", 16 * MiB + i, seed=1510 + i) for i in range(3)]
+    client = daemon.client
+    job = client.create_job("three", priority=JobPriority.FOREGROUND).job_id  # MaxConnections 4
+    client.add_file_set(job, [(f"{nginx.url}/seg/three/{i}.bin", str(dest / f"{i}.bin")) for i in range(3)])
+    client.resume(job)
+    final = daemon.wait_state(job, JobState.TRANSFERRED, timeout=60)
+    assert final["FilesTransferred"] == 3 and final["BytesTransferred"] == 48 * MiB + 3
+    assert client.complete(job) == 0
+    assert [sha256_file(dest / f"{i}.bin") for i in range(3)] == digests
+    for i in range(3):
+        served = nginx.wait_requests(2, f"/seg/three/{i}.bin")
+        assert any(r["range"] for r in served), f"file {i} in segments: {served}"
+    assert daemon.log().count("in 2 segments") == 2, "the two at once: 2 connections each"
 
 
 def test_one_connection_or_a_small_file_is_one_stream(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
