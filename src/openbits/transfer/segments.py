@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -41,7 +42,7 @@ from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network
 from openbits.transfer.owner import Owners, opened_off_loop
 from openbits.transfer.pace import Pacer, pacer
 from openbits.transfer.segplan import Segment
-from openbits.transfer.sink import Sink, check_still_linked
+from openbits.transfer.sink import Sink, check_still_linked, pipe
 
 log = logging.getLogger("openbits.transfer")
 
@@ -171,47 +172,98 @@ class Segmented:
             await self._read(segment, content, pace)
 
     async def _read(self, segment: Segment, content: Body, pace: Pacer) -> None:
-        one = self.one
-        tuning = one.transport.tuning
-        block, read_bytes = tuning.write_block_bytes, tuning.read_buffer_bytes
-        sink = Sink(one.fd, segment.written)
-        read = content.read
+        """A plain-HTTP body of known length moves socket → pipe → file inside the kernel
+        (as one stream's does: ``sink.splice``), what came with the head first; other bodies
+        are read and written in blocks."""
+        sink = Sink(self.one.fd, segment.written)
         try:
-            while segment.received < segment.end:
-                want = min(segment.end - segment.received, read_bytes)
-                asked = time.monotonic()
-                limited = pace.limited()
-                chunk: bytes = await read(min(want, pace.slice_bytes()) if limited else want)
-                if not chunk:
-                    raise invalid_response(f"the server closed the body of bytes from {segment.received}")
-                pace.arrived(len(chunk), time.monotonic() - asked)
-                if limited:
-                    await pace.acquire(len(chunk))
-                room = segment.end - segment.received  # (another connection may have taken the rest)
-                if room <= 0:
-                    break
-                if len(chunk) > room:
-                    chunk = chunk[:room]
-                sink.add(chunk)
-                segment.received += len(chunk)
-                now = time.monotonic()
-                if sink.pending_len >= block or segment.received >= segment.end or self._due(now):
-                    self._flush(segment, sink, now)
-            self._flush(segment, sink, time.monotonic())
+            if (
+                isinstance(content, H1Body)
+                and content.buffered() < self.one.transport.tuning.write_block_bytes
+            ):
+                if content.buffered():
+                    await self._read_some(segment, content, pace, sink, content.buffered())
+                if content.spliceable():
+                    await self._splice(segment, content, pace, sink)
+            await self._read_some(segment, content, pace, sink)
         finally:
             with contextlib.suppress(OSError):
                 sink.flush()
             segment.written = sink.offset
             segment.received = segment.written  # (what was not written is fetched again)
 
+    async def _read_some(
+        self, segment: Segment, content: Body, pace: Pacer, sink: Sink, limit: int | None = None
+    ) -> None:
+        """Read the body into ``segment`` up to its end (at most ``limit`` bytes), written in
+        blocks of ``write_block_bytes``."""
+        tuning = self.one.transport.tuning
+        block, read_bytes = tuning.write_block_bytes, tuning.read_buffer_bytes
+        until = segment.end if limit is None else segment.received + limit
+        while segment.received < min(segment.end, until):
+            want = min(min(segment.end, until) - segment.received, read_bytes)
+            asked = time.monotonic()
+            limited = pace.limited()
+            chunk = await content.read(min(want, pace.slice_bytes()) if limited else want)
+            if not chunk:
+                raise invalid_response(f"the server closed the body of bytes from {segment.received}")
+            pace.arrived(len(chunk), time.monotonic() - asked)
+            if limited:
+                await pace.acquire(len(chunk))
+            room = segment.end - segment.received  # (another connection may have taken the rest)
+            if room <= 0:
+                break
+            if len(chunk) > room:
+                chunk = chunk[:room]
+            sink.add(chunk)
+            segment.received += len(chunk)
+            now = time.monotonic()
+            if sink.pending_len >= block or segment.received >= segment.end or self._due(now):
+                self._flush(segment, sink, now)
+        self._flush(segment, sink, time.monotonic())
+
+    async def _splice(self, segment: Segment, content: H1Body, pace: Pacer, sink: Sink) -> None:
+        """``segment``'s body through a pipe into the file inside the kernel; what arrives
+        past the segment's end (a free connection took the rest meanwhile) is dropped from
+        the pipe.  Returns at the end, or at once when the kernel refuses to splice."""
+        fd = sink.fd
+        pipe_r, pipe_w = pipe(self.one.transport.tuning.read_buffer_bytes)
+        try:
+            step = fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
+            while segment.received < segment.end and not content.done:
+                limited = pace.limited()
+                want = min(pace.slice_bytes() if limited else step, step, segment.end - segment.received)
+                asked = time.monotonic()
+                moved = await content.splice(pipe_w, want)
+                if not moved:
+                    return
+                got = moved
+                pace.arrived(got, time.monotonic() - asked)
+                keep = max(0, min(moved, segment.end - segment.received))
+                with fs.translating("cannot write the temporary file"):
+                    while keep:
+                        n = os.splice(pipe_r, fd, keep, offset_dst=sink.offset)
+                        sink.offset += n
+                        keep -= n
+                        moved -= n
+                    while moved:  # past the segment's end: not this segment's bytes
+                        moved -= len(os.read(pipe_r, moved))
+                    sink.written()
+                segment.received = sink.offset
+                if limited:
+                    await pace.acquire(got)
+                self._flush(segment, sink, time.monotonic())
+        finally:
+            os.close(pipe_r)
+            os.close(pipe_w)
+
     def _flush(self, segment: Segment, sink: Sink, now: float) -> None:
         """Write what ``segment`` received, let the digest follow the gapless prefix, and
         start or report a checkpoint."""
         with fs.translating("cannot write the temporary file"):
-            before = sink.offset
             sink.flush()
+            self.unsynced += sink.offset - segment.written  # (spliced bytes too)
             segment.written = sink.offset
-            self.unsynced += sink.offset - before
             check = self.one.check
             if check is not None:
                 check.catch_up(self.one.fd, segplan.prefix(self.segments))
