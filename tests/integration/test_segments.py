@@ -51,6 +51,23 @@ def seg_daemon(tmp_path: Path) -> Iterator[Daemon]:
         d.stop()
 
 
+def test_https_segments_are_read_and_written_in_blocks(tmp_path: Path, nginx: Nginx, dest: Path) -> None:
+    daemon = Daemon(tmp_path / "state", env={"SSL_CERT_FILE": str(nginx.ca_path)})
+    daemon.start()
+    try:
+        digest = make_file(nginx.www, "seg/tls.bin", 24 * MiB + 3, seed=1511)
+        job = _job(daemon, f"{nginx.https_url}/seg/tls.bin", dest / "tls.bin")
+        daemon.client.resume(job)
+        daemon.wait_state(job, JobState.TRANSFERRED, timeout=60)
+        assert daemon.client.complete(job) == 0
+        assert "in 4 segments" in daemon.log()
+    finally:
+        daemon.stop()
+    assert sha256_file(dest / "tls.bin") == digest
+    served = nginx.wait_requests(4, "/seg/tls.bin")
+    assert len([r for r in served if r["range"]]) >= 3, served
+
+
 @pytest.fixture(scope="module")
 def paced_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     """An nginx whose ``/slow/`` sends 2 MB/s per connection (a 64 MiB file over 4
