@@ -102,6 +102,9 @@ class Config:
     checkpoint_bytes: int = 64 * 1024 * 1024
     write_block_bytes: int = 1024 * 1024
     read_buffer_bytes: int = 4 * 1024 * 1024
+    #: a file at least this long, from a server that serves byte ranges with a strong
+    #: validator, is fetched in segments over the job's connections (SPEC §9)
+    segment_min_bytes: int = 8 * 1024 * 1024
     #: requests a job sends ahead on a plain-HTTP keep-alive connection (0: no pipelining)
     http_pipeline_depth: int = 8
     #: plain-HTTP bodies move socket → pipe → file inside the kernel (splice(2)), not

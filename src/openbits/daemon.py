@@ -240,6 +240,7 @@ async def _open_downloader(
         checkpoint_bytes=config.checkpoint_bytes,
         write_block_bytes=config.write_block_bytes,
         read_buffer_bytes=config.read_buffer_bytes,
+        segment_min_bytes=config.segment_min_bytes,
     )
     tickets = OwnerTickets(owners, config.owner_ccache)
     stack.callback(tickets.close)

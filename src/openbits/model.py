@@ -279,6 +279,10 @@ class JobFile:
     #: the expected digest of the bytes the job writes, canonical (``digest.Digest.canonical``:
     #: ``sha-256=:<base64>:``); the file counts as Completed only once they match
     digest: str | None = None
+    #: a download in segments (``transfer/segplan.py``): each segment's start, durable offset
+    #: and end as compact JSON ``[[start, done, end], ...]``; None: one stream from byte 0,
+    #: ``bytes_transferred`` its durable prefix
+    segments: str | None = None
 
     @property
     def temp_path(self) -> str | None:

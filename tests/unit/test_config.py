@@ -88,6 +88,7 @@ def test_config_defaults(clean_env: Path) -> None:
     assert c.read_timeout_s == 60.0
     assert c.checkpoint_interval_s == 1.0
     assert c.checkpoint_bytes == 64 * 1024 * 1024
+    assert c.segment_min_bytes == 8 * 1024 * 1024  # (SPEC §9)
 
 
 def test_config_socket_follows_the_given_state_dir() -> None:

@@ -216,6 +216,7 @@ def test_save_job_updates_the_row_and_given_files(store: SqliteStore) -> None:
     job.files[1].bytes_total = 50
     job.files[1].bytes_transferred = 25
     job.files[1].temp_name = ".BITFFFF0000.tmp"
+    job.files[1].segments = "[[0,10,25],[25,40,50]]"  # (a download in segments)
     job.files[0].etag = "not saved"  # not passed to save_job
     store.save_job(job, [job.files[1]])
     (loaded,) = store.load_jobs()
@@ -403,6 +404,7 @@ SHIPPED_MIGRATIONS = [
     "231df795ffc695c8",  # 12 uploads: reply file and progress, the upload's protocol state
     "f8df47c266e5ab91",  # 13 expected digests of files
     "6c564d329f2353ef",  # 14 MaxConnections
+    "3cefca3443830e1f",  # 15 segmented downloads: a file's segments
 ]
 
 

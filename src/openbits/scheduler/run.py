@@ -179,6 +179,7 @@ class _FileProgress:
     def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
         f = self.file
         f.bytes_total, f.etag, f.last_modified = total, etag, last_modified
+        f.segments = None  # (from byte 0: one stream, until the transfer splits it again)
         if f.bytes_transferred or f.completed:
             self.service.file_restarted(self.job, f)  # committed before new bytes land
         # a first start needs no commit: the validators go with the first checkpoint
@@ -353,14 +354,18 @@ class Scheduler:
                 index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)
                 if index is None:
                     break
-                if connections > 1 and big and sum(1 for f in job.files if not f.completed) > 1:
+                left = sum(1 for f in job.files if not f.completed)
+                if connections > 1 and big and left > 1:
+                    # each file's task gets an equal share of the connections (segments.py)
+                    share = max(1, connections // min(connections, left))
                     at_once = FilesAtOnce(job, SharedBatch(batch), connections)
-                    await at_once.run(functools.partial(self._fetch, job, owner), service.file_done)
+                    fetch = functools.partial(self._fetch, job, owner, connections=share)
+                    await at_once.run(fetch, service.file_done)
                     break
                 file = job.files[index]
                 await batch.prepare(os.path.dirname(file.local_file))
                 upcoming = job.files[index + 1 : index + 1 + PIPELINE_LOOKAHEAD]
-                fetched = await self._fetch(job, owner, index, upcoming)
+                fetched = await self._fetch(job, owner, index, upcoming, connections=connections)
                 big = big or fetched.size >= AT_ONCE_MIN_BYTES
                 if fetched.durable:
                     await batch.flush()
@@ -391,9 +396,12 @@ class Scheduler:
             batch.close()
             self.downloader.job_ended(job.job_id)
 
-    async def _fetch(self, job: Job, owner: Owner, index: int, upcoming: Sequence[JobFile] = ()) -> Fetched:
+    async def _fetch(
+        self, job: Job, owner: Owner, index: int, upcoming: Sequence[JobFile] = (), *, connections: int = 1
+    ) -> Fetched:
         """Download the job's file ``index`` (``upcoming``: the files whose requests may be
-        sent ahead on its connection)."""
+        sent ahead on its connection) on up to ``connections`` connections at once (a big
+        file in segments: ``transfer/segments.py``)."""
         file = job.files[index]
         if file.temp_name is None:  # a file added before names were derived
             file.temp_name = temp_name_for(job.job_id, index)
@@ -405,4 +413,5 @@ class Scheduler:
             RequestOptions.of(job),
             defer_sync=True,
             upcoming=upcoming,
+            connections=connections,
         )

@@ -81,6 +81,7 @@ class Reports(LiveJobs):
         """The remote content changed: the file starts again from byte 0."""
         file.bytes_transferred = 0
         file.completed = False
+        file.segments = None
         self._save(job, (file,))
 
     def file_done(self, job: Job, file: JobFile, size: int) -> None:
@@ -100,6 +101,7 @@ class Reports(LiveJobs):
             counters.files_transferred += 1
             file.bytes_transferred = file.bytes_total = size
             file.completed = True
+            file.segments = None  # (whole: no segment left to resume)
             done.append(file)
         job.no_progress_since_ns = 0
         job.errors_in_a_row = 0

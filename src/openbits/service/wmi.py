@@ -49,7 +49,7 @@ from openbits.service.params import (
     validate_proxy_settings,
 )
 from openbits.service.verbs import Verbs
-from openbits.transfer import certs, handover
+from openbits.transfer import certs, handover, segplan
 from openbits.transfer import files as fs
 
 log = logging.getLogger("openbits.service")
@@ -122,6 +122,7 @@ class Service(Verbs):
                     file.temp_name = os.path.basename(move.new_path)
                     if not move.kept:
                         file.bytes_transferred, file.completed = 0, False
+                        file.segments = None
                 if reply is not None:
                     self._take_reply(job, reply)
                 if job.state is JobState.TRANSFERRED and not all(f.completed for f in job.files):
@@ -157,7 +158,7 @@ class Service(Verbs):
                 handover.Move(
                     old_path=f.temp_path,
                     new_path=os.path.join(os.path.dirname(f.local_file), fs.fresh_temp_name()),
-                    length=f.bytes_transferred,
+                    length=segplan.extent(f.segments, f.bytes_transferred),
                     needed=f.completed or f.bytes_transferred > 0,
                 )
                 for f in unpublished

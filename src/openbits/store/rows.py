@@ -39,14 +39,15 @@ JOB_COLUMN_COUNT = len(JOB_COLUMN_NAMES)
 FILE_COLUMNS = (
     "file_id, job_id, position, remote_url, local_file, bytes_total, bytes_transferred, "
     "completed, temp_name, etag, last_modified, published, ranges, range_support, response_headers, "
-    "digest"
+    "digest, segments"
 )
 
 
 INSERT_FILE = (
     "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, "
     "bytes_transferred, completed, temp_name, etag, last_modified, published, ranges, "
-    "range_support, response_headers, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "range_support, response_headers, digest, segments) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -71,18 +72,19 @@ def _range_support(f: JobFile) -> int | None:
 
 def file_insert_row(job_id: str, position: int, f: JobFile) -> tuple[object, ...]:
     ranges = None if f.ranges is None else json.dumps(f.ranges)
-    return (job_id, position, *_file_state(f), ranges, _range_support(f), f.response_headers, f.digest)
+    rest = (ranges, _range_support(f), f.response_headers, f.digest, f.segments)
+    return (job_id, position, *_file_state(f), *rest)
 
 
 UPDATE_FILE = (
     "UPDATE files SET remote_url=?, local_file=?, bytes_total=?, bytes_transferred=?, "
     "completed=?, temp_name=?, etag=?, last_modified=?, published=?, range_support=?, "
-    "response_headers=? WHERE file_id=?"
+    "response_headers=?, segments=? WHERE file_id=?"
 )
 
 
 def file_update_row(f: JobFile) -> tuple[object, ...]:
-    return (*_file_state(f), _range_support(f), f.response_headers, f.file_id)
+    return (*_file_state(f), _range_support(f), f.response_headers, f.segments, f.file_id)
 
 
 def job_row(job: Job, seq: int, keyring: Keyring) -> tuple[object, ...]:
@@ -235,6 +237,7 @@ def file_from_row(row: tuple[Any, ...]) -> JobFile:
         rs,
         rh,
         digest,
+        segments,
     ) = row
     return JobFile(
         remote_url=str(remote),
@@ -251,4 +254,5 @@ def file_from_row(row: tuple[Any, ...]) -> JobFile:
         range_support=None if rs is None else bool(rs),
         response_headers=None if rh is None else str(rh),
         digest=None if digest is None else str(digest),
+        segments=None if segments is None else str(segments),
     )

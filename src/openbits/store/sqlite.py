@@ -164,6 +164,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN max_connections INTEGER;
     """,
+    # segmented downloads (SPEC §9): a file's segments, [[start, done, end], ...] as JSON
+    # (NULL: one stream, bytes_transferred its durable prefix)
+    """
+    ALTER TABLE files ADD COLUMN segments TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

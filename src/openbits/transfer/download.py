@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from openbits.errors import DigestMismatch
 from openbits.model import AuthTarget, JobFile
 from openbits.transfer import files as fs
+from openbits.transfer import segments
 from openbits.transfer.auth import Authenticator
 from openbits.transfer.certs import ClientContexts
 from openbits.transfer.checks import Restart
@@ -100,18 +101,22 @@ class Downloader:
         *,
         defer_sync: bool = False,
         upcoming: Sequence[JobFile] = (),
+        connections: int = 1,
     ) -> Fetched:
         """Bring ``file``'s temporary file to its full content within the bandwidth limits of
         ``priority`` (BG_JOB_PRIORITY), durably unless ``defer_sync`` lets a file that needed
         no checkpoint skip its own fdatasync (see :class:`Fetched`).
 
         ``upcoming`` are the files the caller will ask for next, with the same options: their
-        requests may be sent ahead on the same connection (pipelining).
+        requests may be sent ahead on the same connection (pipelining).  ``connections``:
+        how many the file may use at once, in segments (``segments.py``).
 
         The last checkpoint is left to the caller, which records the size and the file's
         completion in one commit.
         """
-        one = FileDownload(self.transport, file, owner, progress, priority, options or RequestOptions())
+        one = FileDownload(
+            self.transport, file, owner, progress, priority, options or RequestOptions(), connections
+        )
         for _attempt in range(ATTEMPTS):
             try:
                 fetched = await self._attempt(one, defer_sync, upcoming)
@@ -146,4 +151,6 @@ class Downloader:
             return await download_local(one, source)
         if one.file.ranges is not None:
             return await download_ranges(one)
-        return await one.whole(defer_sync, Ahead(upcoming, dict(one.options.headers)))
+        if one.file.segments is not None and not one.file.completed:
+            return await segments.resume(one)
+        return await one.whole(defer_sync, Ahead(upcoming, dict(one.options.headers)), segments.start)

@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +29,7 @@ from multidict import CIMultiDictProxy
 
 from openbits.digest import Digest, parse_repr_digest
 from openbits.model import JobFile, redact_url
-from openbits.transfer import checks, diskio, redirects
+from openbits.transfer import checks, diskio, redirects, segplan
 from openbits.transfer import files as fs
 from openbits.transfer.checks import Restart
 from openbits.transfer.h1 import Body as H1Body
@@ -126,17 +126,19 @@ class Ahead:
 
     def __iter__(self) -> Iterator[tuple[str, Mapping[str, str]]]:
         for f in self.files:
-            if f.bytes_transferred == 0 and f.ranges is None and not f.completed:
+            if f.bytes_transferred == 0 and f.ranges is None and f.segments is None and not f.completed:
                 yield f.remote_url, self.headers
 
 
 class FileDownload:
     """One file's download, what each of its attempts needs: the file, its owner, where it
-    reports, its priority and request options, and the temporary file open on ``fd`` during
-    an attempt (``open``/``close``); its requests (``get``) and bodies (``stream``)."""
+    reports, its priority and request options, the connections it may use at once (its
+    segments: ``segments.py``), and the temporary file open on ``fd`` during an attempt
+    (``open``/``close``); its requests (``get``) and bodies (``stream``)."""
 
     __slots__ = (
         "check",
+        "connections",
         "fd",
         "file",
         "options",
@@ -144,6 +146,7 @@ class FileDownload:
         "priority",
         "progress",
         "requester",
+        "segmented",
         "transport",
     )
 
@@ -155,6 +158,7 @@ class FileDownload:
         progress: Progress,
         priority: int,
         options: RequestOptions,
+        connections: int = 1,
     ) -> None:
         self.transport = transport
         self.file, self.owner, self.progress = file, owner, progress
@@ -163,6 +167,9 @@ class FileDownload:
         self.fd = -1
         #: the expected digests of this attempt's bytes (``verify.DigestCheck``), if any
         self.check: DigestCheck | None = None
+        self.connections = connections
+        #: the file may be fetched in segments (False once a server did not serve them well)
+        self.segmented = True
 
     async def open(self) -> int:
         """Open the temporary file (as its owner: in a thread when that takes a helper's
@@ -214,10 +221,23 @@ class FileDownload:
 
     # -- HTTP -------------------------------------------------------------------------------
 
+    def segment_count(self, resp: HTTPResponse, answer: checks.Accepted) -> int:
+        """How many segments the file may be fetched in, from its answer from byte 0."""
+        if not self.segmented or not answer.whole:
+            return 1
+        min_bytes = self.transport.tuning.segment_min_bytes
+        return segplan.connections_for(
+            resp.status, resp.headers, resp.content_length, self.connections, min_bytes
+        )
+
     async def whole(
-        self, defer_sync: bool, ahead: Iterable[tuple[str, Mapping[str, str]]]
+        self,
+        defer_sync: bool,
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+        segmented: SegmentedStart | None = None,
     ) -> Fetched | Restart:
-        """The file from where its temporary file stopped (Range, If-Range) to its end."""
+        """The file from where its temporary file stopped (Range, If-Range) to its end; in
+        segments by ``segmented`` when its answer allows it (``segment_count``)."""
         file, progress = self.file, self.progress
         offset = await self.open()
         try:
@@ -242,7 +262,13 @@ class FileDownload:
                     self.transport.free_space.check(os.path.dirname(file.local_file), total - start)
                 progress.connected()
                 fetched = Fetched(start)
-                if total is None or total > start:
+                count = self.segment_count(resp, answer)
+                if segmented is not None and total is not None and count > 1:
+                    outcome = await segmented(self, resp, total, count)
+                    if isinstance(outcome, Restart):
+                        return outcome
+                    fetched = outcome
+                elif total is None or total > start:
                     fetched = await self.stream(resp.content, start, total, defer_sync=defer_sync)
                 if total is not None and fetched.size != total:
                     raise invalid_response(f"the server sent {fetched.size} bytes of {total}")
@@ -387,6 +413,10 @@ class FileDownload:
                 check_still_linked(self.fd)
         syncs.durable = end
         return Fetched(end, durable=not deferred)
+
+
+#: fetches a fresh file in segments from its first answer (``segments.start``)
+SegmentedStart = Callable[[FileDownload, HTTPResponse, int, int], Awaitable[Fetched | Restart]]
 
 
 async def _stream_small(content: Body, fd: int, offset: int, total: int) -> Fetched:

@@ -52,6 +52,8 @@ class Tuning:
     checkpoint_bytes: int = 64 * 1024 * 1024
     write_block_bytes: int = 1024 * 1024
     read_buffer_bytes: int = 4 * 1024 * 1024
+    #: a file at least this long may be fetched in segments over several connections
+    segment_min_bytes: int = 8 * 1024 * 1024
 
 
 class Notices:

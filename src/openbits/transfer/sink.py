@@ -209,7 +209,7 @@ def check_still_linked(fd: int) -> None:
         )
 
 
-def _pipe(size: int) -> tuple[int, int]:
+def pipe(size: int) -> tuple[int, int]:
     """A non-blocking pipe of up to ``size`` bytes (as the system allows) for ``splice``."""
     pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     for want in (size, 1024 * 1024):
@@ -237,7 +237,7 @@ async def splice(
     moves only by what reached the file.  Returns when the body is done, or at once
     when the kernel refuses to splice (the caller reads the rest)."""
     fd = sink.fd
-    pipe_r, pipe_w = _pipe(pipe_bytes)
+    pipe_r, pipe_w = pipe(pipe_bytes)
     try:
         step = fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
         while not content.done:

@@ -1,0 +1,411 @@
+"""One file over several connections at once, in byte-range segments (SPEC §9, as aria2 does).
+
+``fetch.FileDownload.whole`` hands a file here when its first answer allows it
+(``segplan.connections_for``: a 200 of at least ``segment_min_bytes`` offering byte ranges with
+a strong validator, and the file may use more than one connection); that answer's body is
+segment 0's stream, not thrown away.  Each other segment is a ``Range: bytes=a-b`` request
+with ``If-Range``, on a connection of its own; each writes at its own offsets of the
+preallocated temporary file.  A connection whose segment is done takes one waiting, else
+the upper half of the largest one left (``segplan.steal``); that segment's reader stops at
+its new end, and its connection is closed.
+
+Durability: one ``fdatasync`` (in a worker thread, on a dup of the fd) covers every
+segment; once it returned, each segment's ``done`` moves to what it had written when the
+sync began, the layout goes into ``JobFile.segments`` and ``checkpoint`` commits it with
+BytesTransferred (the sum of the durable bytes), in one store write.  A restart (SIGKILL)
+resumes every segment from its ``done`` (``resume``).
+
+A segment's answer that is not exactly the range asked of the same content (a 200, a 206 of
+another range, size, ETag or Last-Modified, a 416) means the server does not (or no longer)
+serve ranges of this content: the file starts again from byte 0 as one stream (the restart
+committed first), never with bytes of two versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import logging
+import os
+import time
+
+from openbits.errors import BitsError, LocalFileError
+from openbits.transfer import checks, diskio, segplan
+from openbits.transfer import files as fs
+from openbits.transfer.checks import RESTART, Restart
+from openbits.transfer.fetch import Body, Fetched, FileDownload, HTTPResponse
+from openbits.transfer.h1 import Body as H1Body
+from openbits.transfer.h1body import Response as H1Response
+from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error, parse_content_range
+from openbits.transfer.owner import Owners, opened_off_loop
+from openbits.transfer.pace import Pacer, pacer
+from openbits.transfer.segplan import Segment
+from openbits.transfer.sink import Sink, check_still_linked, pipe
+
+log = logging.getLogger("openbits.transfer")
+
+
+class Fallback(Exception):
+    """A segment's answer shows the server does not serve ranges of this content (internal:
+    caught by :meth:`Segmented.run`)."""
+
+
+def _sync_dup(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+class Segmented:
+    """The segments of one file of ``total`` bytes in flight on up to ``connections``
+    connections (see the module)."""
+
+    def __init__(self, one: FileDownload, total: int, segments: list[Segment], connections: int) -> None:
+        self.one, self.total, self.segments = one, total, segments
+        self.connections = max(1, connections)
+        tuning = one.transport.tuning
+        self.interval_s, self.every_bytes = tuning.checkpoint_interval_s, tuning.checkpoint_bytes
+        self.sync: asyncio.Future[None] | None = None
+        self.marks: list[tuple[Segment, int]] = []  # what the sync in flight covers
+        self.last_time = time.monotonic()
+        self.unsynced = 0  # bytes written since the last sync began
+        self.closed = False
+        self.failed: BaseException | None = None  # a checkpoint that could not be recorded
+        self.answered = False
+
+    async def run(self, first: HTTPResponse | None = None) -> Fetched | Restart:
+        """Every segment fetched and durable (``first``: the answer whose body is segment 0);
+        RESTART when the server does not serve ranges of this content."""
+        one = self.one
+        try:
+            async with asyncio.TaskGroup() as group:
+                if first is not None:
+                    self.segments[0].busy = True
+                    self.answered = True
+                    group.create_task(self._worker(self.segments[0], first))
+                for _ in range(self.connections - (first is not None)):
+                    group.create_task(self._worker(None, None))
+        except BaseExceptionGroup as group_error:
+            self._salvage()
+            fallback, rest = group_error.split(Fallback)
+            if fallback is not None and rest is None:
+                log.info("file %s: %s; one stream from byte 0", one.file.local_file, fallback.exceptions[0])
+                one.segmented = False
+                one.progress.begin(None, None, None)  # (committed before a byte is written again)
+                with fs.translating("cannot truncate the temporary file"):
+                    os.ftruncate(one.fd, 0)
+                return RESTART
+            errors, others = group_error.split(BitsError)
+            if others is None and errors is not None:
+                raise _first(errors) from None
+            raise
+        except BaseException:
+            self._salvage()
+            raise
+        return await self._durable()
+
+    async def _worker(self, segment: Segment | None, first: HTTPResponse | None) -> None:
+        """One connection: the first answer's segment, then the segments it takes in turn."""
+        if segment is not None and first is not None:
+            try:
+                await self._copy(segment, first)
+            except NETWORK_EXCEPTIONS as e:  # (``get`` translates them in its own task only)
+                raise network_error(e, self.one.file.remote_url) from e
+            if isinstance(first, H1Response):
+                first.close()  # (the rest of the whole file is other segments')
+            segment.busy = False
+        while (taken := segplan.steal(self.segments)) is not None:
+            segment, split = taken
+            if split:
+                name = self.one.file.local_file
+                log.debug("file %s: split, a free connection takes %d-%d", name, segment.start, segment.end)
+            await self._fetch(segment)
+            segment.busy = False
+
+    async def _fetch(self, segment: Segment) -> None:
+        """The rest of ``segment`` by a Range request, checked to be exactly of it."""
+        one = self.one
+        first, last = segment.received, segment.end - 1
+        headers = dict(one.options.headers)
+        headers["Range"] = f"bytes={first}-{last}"
+        validator = checks.if_range(one.file)
+        if validator:
+            headers["If-Range"] = validator
+        async with one.get(headers) as resp:
+            self._check(resp, first, last)
+            if not self.answered:
+                self.answered = True
+                one.progress.connected()
+            await self._copy(segment, resp)
+
+    def _check(self, resp: HTTPResponse, first: int, last: int) -> None:
+        """A 206 of exactly bytes ``first``-``last`` of the same content, else Fallback."""
+        status = resp.status
+        if status == 200:
+            raise Fallback(f"the server sent the whole file to a request for bytes {first}-{last}")
+        if status == 416:
+            raise Fallback(f"the server refused bytes {first}-{last}")
+        if status != 206:
+            raise checks.range_refused(resp, first)
+        got = resp.headers.get("Content-Range")
+        if parse_content_range(got) != (first, last, self.total):
+            raise Fallback(f"asked for bytes {first}-{last}/{self.total}, the server sent {got}")
+        try:
+            checks.check_same_content(resp, self.one.file)
+        except BitsError as e:
+            raise Fallback(str(e)) from None
+        length = resp.content_length
+        if length is not None and length != last - first + 1:
+            raise invalid_response("Content-Length does not match Content-Range")
+
+    async def _copy(self, segment: Segment, resp: HTTPResponse) -> None:
+        """The body into ``segment`` until its end (which a free connection may move down
+        meanwhile), paced as one stream is."""
+        one = self.one
+        content = resp.content
+        sock = content.socket() if isinstance(content, H1Body) else None
+        options = one.options
+        with pacer(one.transport.throttle, one.priority, options.job_id, options.owner_uid, sock) as pace:
+            await self._read(segment, content, pace)
+
+    async def _read(self, segment: Segment, content: Body, pace: Pacer) -> None:
+        """A plain-HTTP body of known length moves socket → pipe → file inside the kernel
+        (as one stream's does: ``sink.splice``), what came with the head first; other bodies
+        are read and written in blocks."""
+        sink = Sink(self.one.fd, segment.written)
+        try:
+            if (
+                isinstance(content, H1Body)
+                and content.buffered() < self.one.transport.tuning.write_block_bytes
+            ):
+                if content.buffered():
+                    await self._read_some(segment, content, pace, sink, content.buffered())
+                if content.spliceable():
+                    await self._splice(segment, content, pace, sink)
+            await self._read_some(segment, content, pace, sink)
+        finally:
+            with contextlib.suppress(OSError):
+                sink.flush()
+            segment.written = sink.offset
+            segment.received = segment.written  # (what was not written is fetched again)
+
+    async def _read_some(
+        self, segment: Segment, content: Body, pace: Pacer, sink: Sink, limit: int | None = None
+    ) -> None:
+        """Read the body into ``segment`` up to its end (at most ``limit`` bytes), written in
+        blocks of ``write_block_bytes``."""
+        tuning = self.one.transport.tuning
+        block, read_bytes = tuning.write_block_bytes, tuning.read_buffer_bytes
+        until = segment.end if limit is None else segment.received + limit
+        while segment.received < min(segment.end, until):
+            want = min(min(segment.end, until) - segment.received, read_bytes)
+            asked = time.monotonic()
+            limited = pace.limited()
+            chunk = await content.read(min(want, pace.slice_bytes()) if limited else want)
+            if not chunk:
+                raise invalid_response(f"the server closed the body of bytes from {segment.received}")
+            pace.arrived(len(chunk), time.monotonic() - asked)
+            if limited:
+                await pace.acquire(len(chunk))
+            room = segment.end - segment.received  # (another connection may have taken the rest)
+            if room <= 0:
+                break
+            if len(chunk) > room:
+                chunk = chunk[:room]
+            sink.add(chunk)
+            segment.received += len(chunk)
+            now = time.monotonic()
+            if sink.pending_len >= block or segment.received >= segment.end or self._due(now):
+                self._flush(segment, sink, now)
+        self._flush(segment, sink, time.monotonic())
+
+    async def _splice(self, segment: Segment, content: H1Body, pace: Pacer, sink: Sink) -> None:
+        """``segment``'s body through a pipe into the file inside the kernel; what arrives
+        past the segment's end (a free connection took the rest meanwhile) is dropped from
+        the pipe.  Returns at the end, or at once when the kernel refuses to splice."""
+        fd = sink.fd
+        pipe_r, pipe_w = pipe(self.one.transport.tuning.read_buffer_bytes)
+        try:
+            step = fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
+            while segment.received < segment.end and not content.done:
+                limited = pace.limited()
+                want = min(pace.slice_bytes() if limited else step, step, segment.end - segment.received)
+                asked = time.monotonic()
+                moved = await content.splice(pipe_w, want)
+                if not moved:
+                    return
+                got = moved
+                pace.arrived(got, time.monotonic() - asked)
+                keep = max(0, min(moved, segment.end - segment.received))
+                with fs.translating("cannot write the temporary file"):
+                    while keep:
+                        n = os.splice(pipe_r, fd, keep, offset_dst=sink.offset)
+                        sink.offset += n
+                        keep -= n
+                        moved -= n
+                    while moved:  # past the segment's end: not this segment's bytes
+                        moved -= len(os.read(pipe_r, moved))
+                    sink.written()
+                segment.received = sink.offset
+                if limited:
+                    await pace.acquire(got)
+                self._flush(segment, sink, time.monotonic())
+        finally:
+            os.close(pipe_r)
+            os.close(pipe_w)
+
+    def _flush(self, segment: Segment, sink: Sink, now: float) -> None:
+        """Write what ``segment`` received, let the digest follow the gapless prefix, and
+        start or report a checkpoint."""
+        with fs.translating("cannot write the temporary file"):
+            sink.flush()
+            self.unsynced += sink.offset - segment.written  # (spliced bytes too)
+            segment.written = sink.offset
+            check = self.one.check
+            if check is not None:
+                check.catch_up(self.one.fd, segplan.prefix(self.segments))
+            self._step(now)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _due(self, now: float) -> bool:
+        return now - self.last_time >= self.interval_s
+
+    def _step(self, now: float) -> None:
+        """Report a finished sync; start the next one when it is due."""
+        if self.failed is not None:
+            raise self.failed
+        sync = self.sync
+        if sync is not None and sync.done():
+            sync.result()  # (a failed fdatasync fails the transfer here)
+            self._report(sync)
+        if self.sync is None and (self._due(now) or self.unsynced >= self.every_bytes):
+            fd = self.one.fd
+            check_still_linked(fd)
+            self.marks = [(s, s.written) for s in self.segments if s.written > s.done]
+            self.last_time, self.unsynced = now, 0
+            self.sync = asyncio.get_running_loop().run_in_executor(None, _sync_dup, os.dup(fd))
+            self.sync.add_done_callback(self._report)
+
+    def _report(self, sync: asyncio.Future[None]) -> None:
+        """The sync returned: each segment is durable up to what it had written when it began."""
+        if self.closed or sync is not self.sync or sync.cancelled() or sync.exception() is not None:
+            return
+        self.sync = None
+        for segment, written in self.marks:
+            segment.done = max(segment.done, written)
+        self.marks = []
+        try:
+            self._record()
+        except Exception as e:  # (from a loop callback: the transfer raises it)
+            self.failed = e
+
+    def _record(self) -> None:
+        """The durable layout and BytesTransferred, in one store write (the layout rides on
+        the file the checkpoint saves)."""
+        self.one.file.segments = segplan.encode(self.segments)
+        self.one.progress.checkpoint(segplan.durable_bytes(self.segments))
+
+    def _salvage(self) -> None:
+        """On an error or cancellation: what was written is synced and recorded (bytes that
+        could not be written are fetched again)."""
+        self.closed = True
+        try:
+            os.fdatasync(self.one.fd)
+            for s in self.segments:
+                s.done = max(s.done, s.written)
+            self._record()
+        except (OSError, BitsError):
+            pass
+
+    async def _durable(self) -> Fetched:
+        """Every segment is written: make them durable; the caller commits the file complete."""
+        if not all(s.finished for s in self.segments):
+            self._salvage()
+            raise invalid_response("the segments of the file did not all arrive")
+        self.closed = True
+        fd = self.one.fd
+        with fs.translating("cannot write the temporary file"):
+            if self.sync is not None:
+                await asyncio.wait([self.sync])
+            await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, fd)
+            check_still_linked(fd)
+        for s in self.segments:
+            s.done = s.end
+        return Fetched(self.total)
+
+
+def _first(errors: BaseExceptionGroup[BitsError]) -> BitsError:
+    """The first BitsError of a group (nested groups flattened)."""
+    error: BaseException = errors
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, BitsError)
+    return error
+
+
+async def start(one: FileDownload, resp: HTTPResponse, total: int, connections: int) -> Fetched | Restart:
+    """A fresh file whose first answer ``resp`` (a 200 from byte 0) allows ``connections``
+    segments: its body is segment 0's."""
+    segments = segplan.split(total, connections)
+    diskio.preallocate(one.fd, 0, total)
+    log.debug("file %s: %d bytes in %d segments", one.file.local_file, total, len(segments))
+    return await Segmented(one, total, segments, connections).run(resp)
+
+
+async def resume(one: FileDownload) -> Fetched | Restart:
+    """A file the store holds in segments: each from its durable offset; RESTART (from byte
+    0, committed) when the layout or the temporary file does not hold what it says."""
+    file = one.file
+    total = file.bytes_total
+    segments = segplan.decode(file.segments or "", total) if total is not None else None
+    fd, size = await _open(one)
+    try:
+        if segments is None or total is None or size < segplan.last_durable(segments):
+            one.segmented = False
+            one.progress.begin(None, None, None)
+            with fs.translating("cannot truncate the temporary file"):
+                os.ftruncate(fd, 0)
+            return RESTART
+        one.fd = fd
+        fd = -1
+        one.begin_check(segplan.prefix(segments))
+        needed = total - segplan.durable_bytes(segments)
+        one.transport.free_space.check(os.path.dirname(file.local_file), needed)
+        left = sum(not s.finished for s in segments)
+        log.debug("file %s: resumed in %d segments", file.local_file, left)
+        if not left:
+            one.progress.connected()  # (every byte was here: nothing to ask)
+        fetched = await Segmented(one, total, segments, one.connections).run()
+        if not isinstance(fetched, Restart):
+            await one.verify(fetched.size)
+        return fetched
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        one.close()
+
+
+async def _open(one: FileDownload) -> tuple[int, int]:
+    """The temporary file as its owner, not cut back (its segments' bytes lie anywhere in
+    it); its size."""
+    file, owner, owners = one.file, one.owner, one.transport.owners
+    if file.temp_path is None:
+        raise LocalFileError("the file has no temporary name")
+    opener = functools.partial(_open_sized, owners, file.temp_path, owner.uid, owner.gid)
+    if owners.acts_in_process(owner.uid):
+        return opener()
+    return await opened_off_loop(opener)
+
+
+def _open_sized(owners: Owners, path: str, uid: int, gid: int | None) -> tuple[int, int]:
+    fd = fs.open_temp(owners, path, uid, gid)
+    try:
+        with fs.translating(f"cannot use the temporary file {path}"):
+            return fd, os.fstat(fd).st_size
+    except BaseException:
+        os.close(fd)
+        raise
