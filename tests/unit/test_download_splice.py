@@ -1,4 +1,4 @@
-"""Plain-HTTP bodies moved socket → pipe → file with splice(2) (``h1.Body.splice``).
+"""Plain-HTTP bodies moved socket → pipe → file with splice(2) (``h1.Body.splice_into``).
 
 A raw asyncio server on 127.0.0.1 sends the bytes exactly as a test wants them (in
 pieces, cut short, with bytes past the Content-Length); ``Downloader.download`` runs

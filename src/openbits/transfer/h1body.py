@@ -10,11 +10,14 @@ connection (interim 1xx answers skipped) and frames its body.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
+import select
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -22,10 +25,21 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from openbits.transfer.h1conn import Conn, Wire
 from openbits.transfer.h1head import BadResponse, ClosedEarly, framing, parse_head
 
-__all__ = ["Body", "Response", "read_response"]
+__all__ = ["Body", "FileWriteFailed", "Response", "read_response"]
 
-#: socket → pipe without waiting; the pipe is always drained before the next call
+#: socket → pipe without waiting (``_pump``); the pipe is always drained before the next call
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+#: how long a splicing thread waits for more of the body before it hands back to the loop
+_PUMP_WAIT_MS = 2
+
+
+class FilePosition(Protocol):
+    """Where spliced bytes go: the file, and the offset it holds up to (``sink.Sink``)."""
+
+    fd: int
+    offset: int
+
+
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 
 
@@ -112,7 +126,7 @@ class Body:
 
     def spliceable(self) -> bool:
         """The rest of the body can move from the socket into a pipe inside the kernel
-        (plain TCP, a Content-Length, nothing of it buffered): see :meth:`splice`."""
+        (plain TCP, a Content-Length, nothing of it buffered): see :meth:`splice_into`."""
         return (
             self._mode == "length"
             and not self.done
@@ -121,37 +135,112 @@ class Body:
             and self._client.splice_ok
         )
 
-    async def splice(self, pipe_w: int, n: int) -> int:
-        """Move up to ``n`` body bytes from the socket into the pipe ``pipe_w`` without
-        copying them through Python (``splice(2)``; the caller drains the pipe into the
-        file, so it is empty on every call).  0 only when splice is refused before any
-        byte moved (``spliceable`` turns false: read the body instead)."""
+    async def splice_into(self, pipe: tuple[int, int], sink: FilePosition, n: int) -> int:
+        """Move up to ``n`` body bytes from the socket through the (empty) ``pipe`` into the
+        file ``sink.fd`` at ``sink.offset``, inside the kernel (``splice(2)``: no copy through
+        Python), in a worker thread: a write into the page cache can wait long on the
+        kernel's dirty-page throttling (a loaded disk: seconds), and the event loop must not
+        wait with it.  The thread takes what the socket holds (and what arrives within a few
+        ms) in one hop; when it holds nothing, this waits on the loop (the read timeout).
+        ``sink.offset`` moves by exactly the bytes that reached the file, also when the caller
+        is cancelled meanwhile (the thread is waited for, a few ms); the bytes moved, 0 only
+        when splice is refused before any byte moved (``spliceable`` turns false: read the
+        body instead)."""
         conn = self._conn
         n = min(n, self._remaining)
-        fd = conn.sock.fileno()
         while True:
+            done = [0]
             try:
-                moved = os.splice(fd, pipe_w, n, flags=_SPLICE_FLAGS)
-                break
-            except (BlockingIOError, InterruptedError):
-                await self._client.readable(conn)
-            except OSError as e:
-                if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                eof, error = await _seen_through(conn.sock.fileno(), pipe, sink.fd, sink.offset, n, done)
+            finally:
+                sink.offset += done[0]
+                self._remaining -= done[0]
+                self._client.spliced_bytes += done[0]
+                if self._remaining == 0:
+                    self._finish()
+            if error is not None:
+                if not done[0] and error.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     self._client.splice_ok = False
                     return 0
-                raise ClosedEarly(f"the connection failed: {e.strerror or e}") from e
-        if not moved:
-            conn.eof = True
-            raise ClosedEarly(f"the connection closed with {self._remaining} bytes of the body missing")
-        self._remaining -= moved
-        self._client.spliced_bytes += moved
-        if self._remaining == 0:
-            self._finish()
-        return moved
+                raise ClosedEarly(f"the connection failed: {error.strerror or error}") from error
+            if done[0]:
+                return done[0]
+            if eof:
+                conn.eof = True
+                raise ClosedEarly(f"the connection closed with {self._remaining} bytes of the body missing")
+            await self._client.readable(conn)
 
     def _finish(self) -> None:
         self.done = True
         self._response.body_done()
+
+
+async def _seen_through(
+    sock: int, pipe: tuple[int, int], fd: int, offset: int, n: int, done: list[int]
+) -> tuple[bool, OSError | None]:
+    """``_pump`` in a worker thread, waited for even when the caller is cancelled (then the
+    CancelledError is raised after it: ``done`` counts what it moved either way).  (at the
+    socket's end, the socket's or the file's error)"""
+    future = asyncio.get_running_loop().run_in_executor(None, _pump, sock, pipe, fd, offset, n, done)
+    cancelled: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            await asyncio.wait((future,))
+        except asyncio.CancelledError as e:
+            cancelled = e
+    if cancelled is not None:
+        raise cancelled
+    error = future.exception()
+    if error is None:
+        return future.result(), None
+    if isinstance(error, _SocketFailed):
+        return False, error.error
+    raise error  # (FileWriteFailed: the caller translates it)
+
+
+class FileWriteFailed(Exception):
+    """(From ``splice_into``) The file could not take the bytes (``error``: the caller
+    translates it, as any write of its file)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _SocketFailed(Exception):
+    """(From ``_pump``) The socket failed, not the file."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _pump(sock: int, pipe: tuple[int, int], fd: int, offset: int, n: int, done: list[int]) -> bool:
+    """(A worker thread) Socket → pipe → file until ``n`` bytes moved, or the socket has had
+    nothing for ``_PUMP_WAIT_MS``; ``done[0]`` counts the bytes in the file.  True at the
+    socket's end."""
+    pipe_r, pipe_w = pipe
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while done[0] < n:
+        try:
+            moved = os.splice(sock, pipe_w, n - done[0], flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            if not poller.poll(_PUMP_WAIT_MS):
+                return False
+            continue
+        except OSError as e:
+            raise _SocketFailed(e) from e
+        if not moved:
+            return True
+        while moved:
+            try:
+                written = os.splice(pipe_r, fd, moved, offset_dst=offset + done[0])
+            except OSError as e:
+                raise FileWriteFailed(e) from e
+            done[0] += written
+            moved -= written
+    return False
 
 
 class Response:

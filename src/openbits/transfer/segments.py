@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import logging
 import os
@@ -42,7 +41,7 @@ from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network
 from openbits.transfer.owner import Owners, opened_off_loop
 from openbits.transfer.pace import Pacer, pacer
 from openbits.transfer.segplan import Segment
-from openbits.transfer.sink import Sink, check_still_linked, pipe
+from openbits.transfer.sink import BATCH_BYTES, Sink, check_still_linked, pipe, splice_some
 
 log = logging.getLogger("openbits.transfer")
 
@@ -223,39 +222,35 @@ class Segmented:
         self._flush(segment, sink, time.monotonic())
 
     async def _splice(self, segment: Segment, content: H1Body, pace: Pacer, sink: Sink) -> None:
-        """``segment``'s body through a pipe into the file inside the kernel; what arrives
-        past the segment's end (a free connection took the rest meanwhile) is dropped from
-        the pipe.  Returns at the end, or at once when the kernel refuses to splice."""
-        fd = sink.fd
-        pipe_r, pipe_w = pipe(self.one.transport.tuning.read_buffer_bytes)
+        """``segment``'s body socket → pipe → file inside the kernel, in a worker thread a
+        batch at a time (``sink.splice_some``).  Bytes that land past the segment's end (a
+        free connection took the rest meanwhile) are the same bytes the other connection
+        writes there, counted by it alone.  Returns at the end, or at once when the kernel
+        refuses to splice."""
+        pipe_fds = pipe(self.one.transport.tuning.read_buffer_bytes)
         try:
-            step = fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
             while segment.received < segment.end and not content.done:
                 limited = pace.limited()
-                want = min(pace.slice_bytes() if limited else step, step, segment.end - segment.received)
+                want = min(pace.slice_bytes() if limited else BATCH_BYTES, BATCH_BYTES)
                 asked = time.monotonic()
-                moved = await content.splice(pipe_w, want)
+                try:
+                    moved = await splice_some(
+                        content, pipe_fds, sink, min(want, segment.end - segment.received)
+                    )
+                finally:
+                    sink.offset = min(sink.offset, segment.end)  # (past it: not this segment's)
                 if not moved:
                     return
-                got = moved
-                pace.arrived(got, time.monotonic() - asked)
-                keep = max(0, min(moved, segment.end - segment.received))
+                pace.arrived(moved, time.monotonic() - asked)
                 with fs.translating("cannot write the temporary file"):
-                    while keep:
-                        n = os.splice(pipe_r, fd, keep, offset_dst=sink.offset)
-                        sink.offset += n
-                        keep -= n
-                        moved -= n
-                    while moved:  # past the segment's end: not this segment's bytes
-                        moved -= len(os.read(pipe_r, moved))
                     sink.written()
                 segment.received = sink.offset
                 if limited:
-                    await pace.acquire(got)
+                    await pace.acquire(moved)
                 self._flush(segment, sink, time.monotonic())
         finally:
-            os.close(pipe_r)
-            os.close(pipe_w)
+            os.close(pipe_fds[0])
+            os.close(pipe_fds[1])
 
     def _flush(self, segment: Segment, sink: Sink, now: float) -> None:
         """Write what ``segment`` received, let the digest follow the gapless prefix, and

@@ -29,6 +29,7 @@ from openbits.model import JobFile
 from openbits.transfer import diskio
 from openbits.transfer import files as fs
 from openbits.transfer.h1 import Body as H1Body
+from openbits.transfer.h1body import FileWriteFailed
 from openbits.transfer.http import invalid_response
 from openbits.transfer.pace import Pacer
 
@@ -36,6 +37,8 @@ from openbits.transfer.pace import Pacer
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 #: the write-back of the bytes written is started every this many bytes
 WRITEBACK_BYTES = 8 * 1024 * 1024
+#: the most a splicing thread moves before it hands back to the loop (progress, syncs)
+BATCH_BYTES = 4 * 1024 * 1024
 
 
 class Sink:
@@ -232,38 +235,42 @@ async def splice(
     """The body from the socket to the file through a pipe, inside the kernel
     (``splice(2)``): no copy through Python, one copy (into the page cache) in all.
 
-    The pipe is drained into the file after every move, so it is empty whenever this
-    waits (a cancellation or an error loses nothing that was counted): ``sink.offset``
-    moves only by what reached the file.  Returns when the body is done, or at once
-    when the kernel refuses to splice (the caller reads the rest)."""
-    fd = sink.fd
-    pipe_r, pipe_w = pipe(pipe_bytes)
+    The socket → pipe → file moves run in a worker thread (``H1Body.splice_into``: a write
+    can wait long on the kernel's dirty-page throttling, the loop must not), a batch at a
+    time: ``sink.offset`` moves only by what reached the file, also on an error or a
+    cancellation.  Returns when the body is done, or at once when the kernel refuses to
+    splice (the caller reads the rest)."""
+    pipe_fds = pipe(pipe_bytes)
     try:
-        step = fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
         while not content.done:
             limited = pacer.limited()
-            want = pacer.slice_bytes() if limited else step
+            want = min(pacer.slice_bytes() if limited else BATCH_BYTES, BATCH_BYTES)
+            room = BATCH_BYTES if total is None else total - sink.offset
+            if room <= 0:
+                raise invalid_response("the server sent more bytes than it announced")
             asked = time.monotonic()
-            moved = await content.splice(pipe_w, min(want, step))
+            moved = await splice_some(content, pipe_fds, sink, max(1, min(want, room)))
             if not moved:
                 return
-            if total is not None and sink.offset + moved > total:
-                raise invalid_response("the server sent more bytes than it announced")
-            got = moved
-            pacer.arrived(got, time.monotonic() - asked)
+            pacer.arrived(moved, time.monotonic() - asked)
             with fs.translating("cannot write the temporary file"):
-                while moved:
-                    n = os.splice(pipe_r, fd, moved, offset_dst=sink.offset)
-                    sink.offset += n
-                    moved -= n
                 sink.written()
             if limited:
-                await pacer.acquire(got)
+                await pacer.acquire(moved)
             with fs.translating("cannot write the temporary file"):
                 syncs.step(sink.offset, time.monotonic())
     finally:
-        os.close(pipe_r)
-        os.close(pipe_w)
+        os.close(pipe_fds[0])
+        os.close(pipe_fds[1])
+
+
+async def splice_some(content: H1Body, pipe_fds: tuple[int, int], sink: Sink, n: int) -> int:
+    """``content.splice_into``, a failed write of the file translated (a LOCAL_FILE error)."""
+    try:
+        return await content.splice_into(pipe_fds, sink, n)
+    except FileWriteFailed as e:
+        with fs.translating("cannot write the temporary file"):
+            raise e.error from None
 
 
 def salvage(sink: Sink, checkpoint: Callable[[int], None]) -> None:
