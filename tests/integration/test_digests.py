@@ -203,3 +203,11 @@ def test_the_cli_add_digest_and_add_set_column(daemon: Daemon, nginx: Nginx, des
     )
     assert listed.returncode == 0, listed.stderr
     assert [f.get("Digest") for f in daemon.job(job)["Files"]] == [canonical(hex_digest)] * 2
+    # what a person reads: `openbits files` has a DIGEST column, `openbits get JOB` says it per file
+    table = run("files", job)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split()[-1] == "DIGEST"
+    assert table.stdout.count(canonical(hex_digest)) == 2
+    shown = run("get", job)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count(f"expected {canonical(hex_digest)}") == 2

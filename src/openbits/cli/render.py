@@ -159,6 +159,8 @@ def print_job(job: Mapping[str, Any]) -> None:
             if f["Completed"]
             else f"{format_bytes(f['BytesTransferred'])} of {format_bytes(f['BytesTotal'])}"
         )
+        if f.get("Digest"):  # (SPEC §9: the bytes must match it before the file counts)
+            done += f"; expected {f['Digest']}"
         if job.get("JobType"):  # (an upload: from the local file to the server)
             click.echo(f"File {i}: {f['LocalFile']} -> {f['RemoteUrl']} ({done})")
         else:
@@ -224,7 +226,10 @@ def format_ranges(ranges: Sequence[Mapping[str, int]]) -> str:
 
 def print_files(files: Sequence[Mapping[str, Any]]) -> None:
     """The files table of `openbits files`: one row a file, in the job's order."""
-    rows: list[tuple[str, ...]] = [("#", "DONE", "BYTES", "REMOTE URL", "LOCAL FILE")]
+    digests = any(f.get("Digest") for f in files)  # (a column only when a file has one)
+    rows: list[tuple[str, ...]] = [
+        ("#", "DONE", "BYTES", "REMOTE URL", "LOCAL FILE", *(("DIGEST",) if digests else ()))
+    ]
     for i, f in enumerate(files):
         remote = str(f["RemoteUrl"])
         if f.get("Ranges"):
@@ -236,6 +241,7 @@ def print_files(files: Sequence[Mapping[str, Any]]) -> None:
                 f"{format_bytes(f['BytesTransferred'])} / {format_bytes(f['BytesTotal'])}",
                 remote,
                 str(f["LocalFile"]),
+                *((str(f.get("Digest") or "-"),) if digests else ()),
             )
         )
     print_rows(rows)
