@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from openbits import __version__
 from openbits.cli.manpage import ManGroup
 from openbits.cli.openbits import files, jobs, service, store, transfer, uploads, uploadserver, watch
 from openbits.cli.openbits.options import Context
@@ -55,7 +56,8 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     default=None,
     help="CA certificates (PEM) to check an https daemon against (env OPENBITS_CACERT).",
 )
-@click.version_option(package_name="openbits", message="%(prog)s %(version)s")
+# (the version itself, not package_name: importlib.metadata would cost ~15 ms and the email package)
+@click.version_option(__version__, message="%(prog)s %(version)s")
 @click.pass_context
 def cli(
     ctx: click.Context,
