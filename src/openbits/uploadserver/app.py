@@ -166,8 +166,9 @@ def _read_more_at_once(request: web.Request) -> None:
     server's CPU for a fragment's bytes. Larger reads cut that per-byte cost. A hint only:
     a transport without the attribute keeps its own size."""
     transport = request.transport
-    if transport is not None and getattr(transport, "max_size", 0) < _FRAGMENT_RECV_BYTES:
-        setattr(transport, "max_size", _FRAGMENT_RECV_BYTES)  # noqa: B010
+    if transport is not None and 0 < getattr(transport, "max_size", 0) < _FRAGMENT_RECV_BYTES:
+        with contextlib.suppress(AttributeError):  # (a transport whose attribute is read-only)
+            setattr(transport, "max_size", _FRAGMENT_RECV_BYTES)  # noqa: B010
 
 
 def _reply(uploads: Uploads, session_id: str) -> web.StreamResponse:
