@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
@@ -396,8 +397,9 @@ class Wire:
         """``count`` bytes of ``fd`` from ``offset`` to a plain connection's socket by
         sendfile(2): from the page cache to the socket, no copy through Python (the caller
         checks that the pages are cached: a read from the disk would stall the loop).  The
-        bytes sent: fewer only when the file ended first.  Each wait for room in the socket's
-        buffer has the read timeout, as ``sock_sendall`` has."""
+        bytes sent: fewer only when the file ended first; SendfileUnsupported when the file
+        cannot be sent so (nothing was).  Each wait for room in the socket's buffer has the
+        read timeout, as ``sock_sendall`` has."""
         loop = asyncio.get_running_loop()
         sock_fd = conn.sock.fileno()
         sent = 0
@@ -408,9 +410,15 @@ class Wire:
                 except BlockingIOError:
                     await self._writable(loop, sock_fd)
                     continue
+                except OSError as e:
+                    if sent == 0 and e.errno in _NO_SENDFILE:
+                        raise SendfileUnsupported(e.errno, e.strerror) from e
+                    raise
                 if n == 0:
                     break  # (the file ended)
                 sent += n
+        except SendfileUnsupported:
+            raise
         except OSError as e:
             if isinstance(e, TimeoutError):
                 raise
@@ -425,6 +433,14 @@ class Wire:
                 await ready
         finally:
             loop.remove_writer(fd)
+
+
+#: what sendfile answers for a file it cannot send (a file system without splice reads)
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+class SendfileUnsupported(OSError):
+    """sendfile cannot send this file (nothing was sent): read and send it instead."""
 
 
 def _set_ready(ready: asyncio.Future[None]) -> None:

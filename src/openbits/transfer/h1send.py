@@ -24,7 +24,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from openbits.transfer import diskio
-from openbits.transfer.h1conn import Conn, Wire
+from openbits.transfer.h1conn import Conn, SendfileUnsupported, Wire
 from openbits.transfer.h1head import BadRequest
 from openbits.transfer.throttle import Throttle, throttled_slice
 
@@ -42,7 +42,17 @@ class RequestBody:
     """A request's body: ``data``, or ``length`` bytes of ``fd`` from ``offset`` (the caller
     owns the fd); sent within the limits of ``throttle`` for ``priority`` when given."""
 
-    __slots__ = ("data", "fd", "length", "offset", "priority", "read_failure", "sent", "throttle")
+    __slots__ = (
+        "data",
+        "fd",
+        "length",
+        "no_sendfile",
+        "offset",
+        "priority",
+        "read_failure",
+        "sent",
+        "throttle",
+    )
 
     def __init__(
         self,
@@ -59,6 +69,8 @@ class RequestBody:
         self.throttle, self.priority = throttle, priority
         #: bytes written to the connection by the last ``send`` (not acknowledged: progress)
         self.sent = 0
+        #: the file's system refused sendfile once: its slices are read and sent from then on
+        self.no_sendfile = False
         #: why the file could not be read to the end (it shrank: None inside an OSError of
         #: errno 0; or the OSError): the request failed with BadRequest, but the fault is the
         #: local file's, which the caller says (an upload: BG_E_LOCAL_FILE_CHANGED)
@@ -99,7 +111,12 @@ class RequestBody:
     async def _sendfile(self, wire: Wire, conn: Conn, offset: int, n: int) -> None:
         """``n`` bytes of the file from ``offset`` by sendfile; a file that ended first fails
         as ``_read`` fails (some of the slice may be on its way: the request is lost anyway)."""
-        sent = await wire.sendfile(conn, self.fd, offset, n)
+        try:
+            sent = await wire.sendfile(conn, self.fd, offset, n)
+        except SendfileUnsupported:
+            self.no_sendfile = True
+            await wire.send(conn, await self._file_slice(offset, n))
+            return
         if sent != n:
             self.read_failure = FileShrank(f"the request body's file ended {n - sent} bytes early")
             raise BadRequest(str(self.read_failure))
@@ -124,7 +141,7 @@ class RequestBody:
                 n = await self._paced()
                 offset = self.offset + self.sent
                 sending: Coroutine[Any, Any, None]
-                if self.fd >= 0 and plain and diskio.page_cached(self.fd, offset, n):
+                if self.fd >= 0 and plain and not self.no_sendfile and diskio.page_cached(self.fd, offset, n):
                     sending = self._sendfile(wire, conn, offset, n)
                 elif self.fd < 0:
                     sending = wire.send(conn, self.data[self.sent : self.sent + n])
