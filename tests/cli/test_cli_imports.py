@@ -71,3 +71,39 @@ def test_calls_over_the_unix_socket_load_no_heavy_module(tmp_path: Path, daemon:
     assert [job["JobId"] for job in json.loads(stdout)] == [job_id]
     loaded, _ = heavy_modules(tmp_path, "cancel", job_id, socket_path=daemon.socket)
     assert loaded == []
+
+
+def test_the_command_table_names_every_command_of_every_module() -> None:
+    """``COMMAND_MODULES`` (what the group loads on demand) is exactly the modules' COMMANDS:
+    a command added to a module and not to the table would be missing from the CLI."""
+    import importlib
+
+    from openbits.cli.openbits import COMMAND_MODULES
+
+    found: dict[str, str] = {}
+    for module in sorted(set(COMMAND_MODULES.values())):
+        for command in importlib.import_module(f"openbits.cli.openbits.{module}").COMMANDS:
+            assert command.name is not None
+            found[command.name] = module
+    assert found == COMMAND_MODULES
+
+
+def test_a_command_loads_its_own_module_only(tmp_path: Path) -> None:
+    """``openbits upload --help`` imports the upload commands' module, not the others (each
+    costs start-up); ``openbits --help`` lists every command all the same."""
+    script = (
+        "import json, sys; sys.argv = ['openbits', 'upload', '--help']\n"
+        "from openbits.cli.openbits import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "ours = [m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('openbits.cli.openbits.')]\n"
+        "print(json.dumps(ours), file=sys.stderr)"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(run.stderr.strip().splitlines()[-1]))
+    assert "uploads" in loaded
+    assert not loaded & {"jobs", "files", "service", "store", "transfer", "watch", "uploadserver"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "openbits", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in ("create", "add-ranges", "transfer", "upload", "watch", "serve", "store", "upload-server"):
+        assert f"\n  {name} " in listed or f"\n    {name} " in listed, name
