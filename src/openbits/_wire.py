@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import ssl
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +33,8 @@ from openbits.model import (
 )
 
 if TYPE_CHECKING:  # (imported where used: `import openbits.client` stays light for the CLI)
+    import ssl
+
     from openbits.jobs import BitsJob, JobErrorInfo, JobEvent
 
 T = TypeVar("T")
@@ -124,8 +126,18 @@ class Endpoint:
         """The client TLS context of an ``https`` URL (made once): the host name and the
         chain are checked, against ``cacert`` or the system's trust."""
         if self._tls is None:
+            import ssl  # (here: ssl costs ~7 ms of start-up, and only https needs it)
+
             self._tls = ssl.create_default_context(cafile=self.cacert)
         return self._tls
+
+    @property
+    def host_header(self) -> str:
+        """The Host header of a request (as http.client wrote it: the port unless the default)."""
+        if self.socket is not None:
+            return "localhost"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == (443 if self.scheme == "https" else 80) else f"{host}:{self.port}"
 
     @property
     def where(self) -> str:
@@ -140,7 +152,7 @@ class Endpoint:
     def unavailable(self, error: OSError) -> DaemonUnavailable | None:
         """The DaemonUnavailable a failure to connect means (None: it means something
         else, e.g. a TLS or permission failure)."""
-        if isinstance(error, ssl.SSLError):
+        if tls_error(error) is not None:
             return None
         if self.socket is not None:
             if not isinstance(error, FileNotFoundError | ConnectionRefusedError):
@@ -159,6 +171,16 @@ class Endpoint:
         if self.socket is not None:
             return f"{cls}(socket={self.socket!r})"
         return f"{cls}(url={self.url!r}, token={'<hidden>' if self.token else None})"
+
+
+def tls_error(error: BaseException) -> ssl.SSLError | None:
+    """``error`` as a TLS failure, if it is one (without importing ssl: none happened unless
+    something imported it)."""
+    ssl_module = sys.modules.get("ssl")
+    if ssl_module is not None and isinstance(error, ssl_module.SSLError):
+        tls: ssl.SSLError = error
+        return tls
+    return None
 
 
 class ClientBase:

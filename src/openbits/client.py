@@ -13,7 +13,8 @@ rebuilt from the HRESULT of the error body; :class:`DaemonUnavailable` when noth
 answers.  Requests and answers are built in ``openbits._wire``; ``wait`` and ``transfer``
 are the flows of ``openbits._flows``, which both clients drive.
 
-The sync client is stdlib only (http.client), so the CLI starts in ~30 ms: the typed
+The sync client is stdlib only (``openbits._http1``: not http.client, whose email package
+costs ~30 ms of start-up; ssl only for an https daemon), so the CLI starts quickly: the typed
 objects (``openbits.jobs``) load on first use, AsyncClient lives in ``openbits.aio``
 (``openbits.client.AsyncClient`` and ``openbits.AsyncClient`` load it on first use), and
 aiohttp is imported when an AsyncClient first connects.
@@ -22,7 +23,6 @@ aiohttp is imported when an AsyncClient first connects.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import socket
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -30,6 +30,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from openbits import _flows as flows
+from openbits import _http1 as http1
 from openbits import _wire as wire
 from openbits._identity import IdentityCalls
 from openbits._wire import (
@@ -53,22 +54,6 @@ T = TypeVar("T")
 # -- the synchronous client ----------------------------------------------------------------------
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class Client(IdentityCalls, wire.ClientBase):
     """The daemon's API, synchronously: ``Client()`` finds the daemon on ``socket``, else at
     ``url`` (``http://HOST:PORT`` or ``https://…``, each request carrying
@@ -81,7 +66,7 @@ class Client(IdentityCalls, wire.ClientBase):
     once); each event stream has a connection of its own.
     """
 
-    _conn: http.client.HTTPConnection | None = None  # (connected on first use)
+    _conn: http1.Connection | None = None  # (connected on first use)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -94,25 +79,17 @@ class Client(IdentityCalls, wire.ClientBase):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+    def _connect(self, timeout: float) -> http1.Connection:
         """A new, connected connection; DaemonUnavailable when nothing answers."""
         ep = self._endpoint
-        conn: http.client.HTTPConnection
-        if ep.socket is not None:
-            conn = _UnixConnection(ep.socket, timeout)
-        elif ep.scheme == "https":
-            conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=ep.tls_context())
-        else:
-            conn = http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
         try:
-            conn.connect()
+            sock = _open_socket(ep, timeout)
         except OSError as e:
-            conn.close()
             unavailable = ep.unavailable(e)
             if unavailable is not None:
                 raise unavailable from None
             raise
-        return conn
+        return http1.Connection(sock, ep.host_header)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """One call: its JSON answer, or the BitsError of a failing one."""
@@ -123,11 +100,13 @@ class Client(IdentityCalls, wire.ClientBase):
             if self._conn is None:
                 self._conn = self._connect(self.timeout)
             try:
-                self._conn.request(method, url, body=data, headers=headers)
-                resp = self._conn.getresponse()
+                self._conn.request(method, url, data, headers)
+                resp = self._conn.response(method)
                 payload = resp.read()
+                if resp.will_close:
+                    self.close()
                 break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError):  # (http1.RemoteDisconnected too)
                 self.close()  # a kept-alive connection went away: one fresh try
                 if attempt:
                     raise
@@ -414,8 +393,8 @@ class Client(IdentityCalls, wire.ClientBase):
         path, headers = wire.events_request(last_event_id, **wire.event_filter(options))
         conn = self._connect(self.timeout)
         try:
-            conn.request("GET", self._endpoint.prefix + path, headers=self._endpoint.headers(headers))
-            resp = conn.getresponse()
+            conn.request("GET", self._endpoint.prefix + path, None, self._endpoint.headers(headers))
+            resp = conn.response()
         except BaseException:
             conn.close()
             raise
@@ -495,8 +474,8 @@ class EventStream(Iterator[StreamEvent]):
 
     def __init__(
         self,
-        conn: http.client.HTTPConnection,
-        resp: http.client.HTTPResponse,
+        conn: http1.Connection,
+        resp: http1.Response,
         timeout: float | None,
         last_event_id: int | None = None,
     ) -> None:
@@ -556,7 +535,7 @@ class EventStream(Iterator[StreamEvent]):
         except TimeoutError:
             self.close()
             raise
-        except (OSError, http.client.HTTPException, ValueError):
+        except (OSError, ValueError):  # (http1.ProtocolError is an OSError)
             raw = b""  # the daemon went away: the stream ends
         if not raw:
             self.close()
@@ -615,7 +594,7 @@ class JobEventStream(Iterator["JobEvent"]):
             try:
                 self._stream = self._client.events(self.last_event_id, **self._filter)
                 return
-            except (DaemonUnavailable, ConnectionError, http.client.HTTPException):
+            except (DaemonUnavailable, ConnectionError, http1.ProtocolError):
                 pause = next(pauses, None)
                 if pause is None:
                     raise
@@ -630,6 +609,29 @@ class JobEventStream(Iterator["JobEvent"]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_socket(ep: wire.Endpoint, timeout: float) -> socket.socket:
+    """A socket connected to the daemon: its Unix socket, or TCP (TLS for https: ssl is
+    imported only then)."""
+    if ep.socket is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(ep.socket)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection((ep.host, ep.port), timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ep.scheme == "https":
+            return ep.tls_context().wrap_socket(sock, server_hostname=ep.host)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -159,6 +158,8 @@ class Config:
             if path is None and os.path.exists(SYSTEM_CONFIG):
                 path = SYSTEM_CONFIG
         if path:
+            import tomllib  # (here: the CLI imports this module for the socket's path alone)
+
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
             proxy_table = data.pop("proxy", None)

@@ -182,3 +182,25 @@ async def test_a_download_preallocates_and_writes_back_while_it_runs(dirty_dir: 
             await h1.close()
     assert file.temp_path is not None
     assert Path(file.temp_path).read_bytes() == body
+
+
+def test_page_cached_says_whether_reading_a_range_would_wait_for_the_disk(dirty_dir: Path) -> None:
+    """``page_cached`` (the upload sender's test before ``sendfile``): a range just written
+    is cached, the same range dropped from the cache is not, nor a range past the end."""
+    path = dirty_dir / "cached.bin"
+    path.write_bytes(os.urandom(4 * MiB))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert diskio.page_cached(fd, 0, 4 * MiB)
+        assert diskio.page_cached(fd, MiB + 7, 100)  # (a range within pages)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not diskio.page_cached(fd, 0, 4 * MiB)
+        assert len(os.pread(fd, 2 * MiB, 2 * MiB)) == 2 * MiB  # (read back: cached again)
+        assert diskio.page_cached(fd, 2 * MiB, 2 * MiB)
+        assert not diskio.page_cached(fd, 0, 1)
+        assert not diskio.page_cached(fd, 0, 4 * MiB)
+        assert not diskio.page_cached(fd, 4 * MiB - 10, 20)  # past the end: no pages there
+        assert not diskio.page_cached(fd, 0, 0)
+    finally:
+        os.close(fd)

@@ -5,11 +5,13 @@ server that refuses it without reading it) read at once, the connection not reus
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
+from openbits.transfer import diskio
 from openbits.transfer.h1 import BadRequest, H1Client, RequestBody
 from openbits.transfer.h1send import FileShrank
 from tests.support.rawserver import raw_server
@@ -132,3 +134,92 @@ async def test_an_empty_early_answer_does_not_hand_the_connection_back() -> None
         await h1.close()
         server.close()
     assert len(connections) == 2 and connections[1].startswith(b"BITS_POST /b ")
+
+
+async def test_a_body_the_page_cache_holds_goes_by_sendfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a plain connection the cached slices of a file body go from the page cache to the
+    socket by sendfile(2) (no copy through Python), waiting for room in the socket's buffer:
+    the server, reading slowly, receives the file's bytes all the same. (``os.sendfile`` is
+    wrapped to count its bytes; it still does the sending.)"""
+    data = os.urandom(8 * 1024 * 1024 + 3)
+    (tmp_path / "f").write_bytes(data)
+    by_sendfile: list[int] = []
+    real_sendfile = os.sendfile
+
+    def counting_sendfile(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        sent = real_sendfile(out_fd, in_fd, offset, count)
+        by_sendfile.append(sent)
+        return sent
+
+    monkeypatch.setattr(os, "sendfile", counting_sendfile)
+    received = bytearray()
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        while len(received) < len(data):
+            received.extend(await reader.read(65536))
+            await asyncio.sleep(0)  # (a slow reader: the sender meets a full socket buffer)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    h1 = H1Client(connect_timeout_s=5, read_timeout_s=5)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        if not diskio.page_cached(fd, 0, len(data)):
+            pytest.skip("cachestat(2) cannot tell here (before Linux 6.5, or refused)")
+        body = RequestBody(fd=fd, length=len(data))
+        async with h1.request("BITS_POST", f"http://127.0.0.1:{port}/x", {}, body) as resp:
+            assert resp.status == 200
+    finally:
+        os.close(fd)
+        await h1.close()
+        server.close()
+    assert bytes(received) == data
+    assert sum(by_sendfile) == len(data)
+    assert len(by_sendfile) > 8  # (1 MiB slices, some sent in several calls)
+
+
+async def test_a_file_sendfile_refuses_is_read_and_sent_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system whose files sendfile cannot send (EINVAL: no splice reads; simulated
+    here) costs one refused call: the body is read and sent as before, whole."""
+    data = os.urandom(3 * 1024 * 1024 + 1)
+    (tmp_path / "f").write_bytes(data)
+    calls: list[int] = []
+
+    def refusing_sendfile(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        calls.append(count)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", refusing_sendfile)
+    received: list[bytes] = []
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        received.append(await reader.readexactly(len(data)))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    h1 = H1Client(connect_timeout_s=5, read_timeout_s=5)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        if not diskio.page_cached(fd, 0, len(data)):
+            pytest.skip("cachestat(2) cannot tell here (before Linux 6.5, or refused)")
+        body = RequestBody(fd=fd, length=len(data))
+        async with h1.request("BITS_POST", f"http://127.0.0.1:{port}/x", {}, body) as resp:
+            assert resp.status == 200
+    finally:
+        os.close(fd)
+        await h1.close()
+        server.close()
+    assert received == [data]
+    assert len(calls) == 1 and body.no_sendfile

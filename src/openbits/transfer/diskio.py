@@ -68,3 +68,54 @@ def preallocate(fd: int, offset: int, length: int) -> bool:
     if err in (errno.EINTR, errno.EAGAIN):
         return fn(fd, FALLOC_FL_KEEP_SIZE, offset, length) == 0
     return False
+
+
+class _CachestatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = [
+        ("nr_cache", ctypes.c_uint64),
+        ("nr_dirty", ctypes.c_uint64),
+        ("nr_writeback", ctypes.c_uint64),
+        ("nr_evicted", ctypes.c_uint64),
+        ("nr_recently_evicted", ctypes.c_uint64),
+    ]
+
+
+#: cachestat(2)'s number on x86-64 and arm64 alike (Linux ≥ 6.5; the generic table's)
+_SYS_CACHESTAT = 451
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+@functools.cache
+def _syscall() -> Callable[..., int] | None:
+    """libc's ``syscall``, where cachestat(2) answers on this machine (else None)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_long
+    probe = _Cachestat()
+    if fn(_SYS_CACHESTAT, -1, ctypes.byref(_CachestatRange(0, 1)), ctypes.byref(probe), 0) == 0:
+        return None  # (an fd of -1 must fail: something else answers to that number)
+    if ctypes.get_errno() != errno.EBADF:
+        return None  # ENOSYS (before 6.5), or a seccomp filter's EPERM
+    return cast(Callable[..., int], fn)
+
+
+def page_cached(fd: int, offset: int, length: int) -> bool:
+    """Whether the page cache holds all of ``length`` bytes of ``fd`` at ``offset`` (reading
+    them will not wait for the disk), by cachestat(2); False where it is missing or refused,
+    and for a range beyond the file's end (which has no pages)."""
+    syscall = _syscall()
+    if syscall is None or length <= 0:
+        return False
+    first = offset // _PAGE_BYTES
+    pages = (offset + length + _PAGE_BYTES - 1) // _PAGE_BYTES - first
+    stat = _Cachestat()
+    span = _CachestatRange(first * _PAGE_BYTES, pages * _PAGE_BYTES)
+    if syscall(_SYS_CACHESTAT, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:
+        return False
+    return bool(stat.nr_cache >= pages)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
@@ -391,6 +392,55 @@ class Wire:
             if isinstance(e, TimeoutError):
                 raise
             raise ClosedEarly(f"cannot send the request: {e.strerror or e}") from e
+
+    async def sendfile(self, conn: Conn, fd: int, offset: int, count: int) -> int:
+        """``count`` bytes of ``fd`` from ``offset`` to a plain connection's socket by
+        sendfile(2): from the page cache to the socket, no copy through Python (the caller
+        checks that the pages are cached: a read from the disk would stall the loop).  The
+        bytes sent: fewer only when the file ended first; SendfileUnsupported when the file
+        cannot be sent so (nothing was).  Each wait for room in the socket's buffer has the
+        read timeout, as ``sock_sendall`` has."""
+        loop = asyncio.get_running_loop()
+        sock_fd = conn.sock.fileno()
+        sent = 0
+        try:
+            while sent < count:
+                try:
+                    n = os.sendfile(sock_fd, fd, offset + sent, count - sent)
+                except BlockingIOError:
+                    await self._writable(loop, sock_fd)
+                    continue
+                except OSError as e:
+                    if sent == 0 and e.errno in _NO_SENDFILE:
+                        raise SendfileUnsupported(e.errno, e.strerror) from e
+                    raise
+                if n == 0:
+                    break  # (the file ended)
+                sent += n
+        except SendfileUnsupported:
+            raise
+        except OSError as e:
+            if isinstance(e, TimeoutError):
+                raise
+            raise ClosedEarly(f"cannot send the request: {e.strerror or e}") from e
+        return sent
+
+    async def _writable(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_writer(fd, _set_ready, ready)
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                await ready
+        finally:
+            loop.remove_writer(fd)
+
+
+#: what sendfile answers for a file it cannot send (a file system without splice reads)
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+class SendfileUnsupported(OSError):
+    """sendfile cannot send this file (nothing was sent): read and send it instead."""
 
 
 def _set_ready(ready: asyncio.Future[None]) -> None:

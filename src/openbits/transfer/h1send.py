@@ -6,9 +6,13 @@ kept-alive connection the server had closed both send the request once more.  It
 given (a small body), or are ``length`` bytes of an open file from ``offset``, read slice by
 slice as they are sent (a fragment of up to 64 MiB is never held whole, but for an
 authentication leg, which is rare and short-lived): on the loop when the page cache holds the
-slice, else in a thread (``_file_slice``).  A file that cannot be read to the end fails the
-request (BadRequest) and says why in ``read_failure``: the caller's fault to report.  Sending is paced by the
-bandwidth throttle of the job's priority, as downloads are (``throttle.throttled_slice``).
+slice, else in a thread (``_file_slice``).  On a plain connection a slice the page cache holds
+(cachestat(2)) goes by ``sendfile`` instead: from the page cache to the socket without a copy
+through Python (the daemon's CPU per uploaded GiB: ~0.25 s less; an upload server on the same
+machine then copies bytes no CPU cache holds: ~0.1 s more of its own).  A file that cannot be read
+to the end fails the request (BadRequest) and says why in ``read_failure``: the caller's fault
+to report.  Sending is paced by the bandwidth throttle of the job's priority, as downloads
+are (``throttle.throttled_slice``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import os
 from collections.abc import Coroutine
 from typing import Any
 
-from openbits.transfer.h1conn import Conn, Wire
+from openbits.transfer import diskio
+from openbits.transfer.h1conn import Conn, SendfileUnsupported, Wire
 from openbits.transfer.h1head import BadRequest
 from openbits.transfer.throttle import Throttle, throttled_slice
 
@@ -37,7 +42,17 @@ class RequestBody:
     """A request's body: ``data``, or ``length`` bytes of ``fd`` from ``offset`` (the caller
     owns the fd); sent within the limits of ``throttle`` for ``priority`` when given."""
 
-    __slots__ = ("data", "fd", "length", "offset", "priority", "read_failure", "sent", "throttle")
+    __slots__ = (
+        "data",
+        "fd",
+        "length",
+        "no_sendfile",
+        "offset",
+        "priority",
+        "read_failure",
+        "sent",
+        "throttle",
+    )
 
     def __init__(
         self,
@@ -54,6 +69,8 @@ class RequestBody:
         self.throttle, self.priority = throttle, priority
         #: bytes written to the connection by the last ``send`` (not acknowledged: progress)
         self.sent = 0
+        #: the file's system refused sendfile once: its slices are read and sent from then on
+        self.no_sendfile = False
         #: why the file could not be read to the end (it shrank: None inside an OSError of
         #: errno 0; or the OSError): the request failed with BadRequest, but the fault is the
         #: local file's, which the caller says (an upload: BG_E_LOCAL_FILE_CHANGED)
@@ -91,6 +108,19 @@ class RequestBody:
             return buffer
         return await asyncio.to_thread(self._read, offset, n)
 
+    async def _sendfile(self, wire: Wire, conn: Conn, offset: int, n: int) -> None:
+        """``n`` bytes of the file from ``offset`` by sendfile; a file that ended first fails
+        as ``_read`` fails (some of the slice may be on its way: the request is lost anyway)."""
+        try:
+            sent = await wire.sendfile(conn, self.fd, offset, n)
+        except SendfileUnsupported:
+            self.no_sendfile = True
+            await wire.send(conn, await self._file_slice(offset, n))
+            return
+        if sent != n:
+            self.read_failure = FileShrank(f"the request body's file ended {n - sent} bytes early")
+            raise BadRequest(str(self.read_failure))
+
     def _slice(self) -> int:
         throttle = self.throttle
         if throttle is not None and throttle.is_limited(self.priority):
@@ -104,18 +134,22 @@ class RequestBody:
         a server's 401 or 413 that did not wait for it; watched on plain connections): the
         rest is not sent, and the caller must not reuse the connection."""
         self.sent = 0
-        answered = _Answered(conn) if conn.tls is None and conn.outer is None else None
+        plain = conn.tls is None and conn.outer is None
+        answered = _Answered(conn) if plain else None
         try:
             while self.sent < self.length:
                 n = await self._paced()
-                chunk = (
-                    self.data[self.sent : self.sent + n]
-                    if self.fd < 0
-                    else await self._file_slice(self.offset + self.sent, n)
-                )
+                offset = self.offset + self.sent
+                sending: Coroutine[Any, Any, None]
+                if self.fd >= 0 and plain and not self.no_sendfile and diskio.page_cached(self.fd, offset, n):
+                    sending = self._sendfile(wire, conn, offset, n)
+                elif self.fd < 0:
+                    sending = wire.send(conn, self.data[self.sent : self.sent + n])
+                else:
+                    sending = wire.send(conn, await self._file_slice(offset, n))
                 if answered is None:
-                    await wire.send(conn, chunk)
-                elif not await answered.unless(wire.send(conn, chunk)):
+                    await sending
+                elif not await answered.unless(sending):
                     return True
                 self.sent += n
         finally:

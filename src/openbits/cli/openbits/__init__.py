@@ -11,25 +11,84 @@ Exit codes: 0 success; 1 a BITS error (the HRESULT and its name are printed);
 The commands live in one module per command group, as the man page lists them: jobs.py,
 files.py, transfer.py, uploads.py, watch.py, service.py and store.py; options.py holds what they share
 (the context, ``--socket``, ``--json``, JOB and the value parsers), exits.py the error →
-exit-code mapping, hints.py what a waiting person is told. This module is the group.
+exit-code mapping, hints.py what a waiting person is told. This module is the group; it
+imports a command's module when that command runs (``COMMAND_MODULES``), all of them for
+the help and completion: a command's start-up pays for its own module alone.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
+from openbits import __version__
 from openbits.cli.manpage import ManGroup
-from openbits.cli.openbits import files, jobs, service, store, transfer, uploads, uploadserver, watch
 from openbits.cli.openbits.options import Context
+
+#: every command by the module (of this package) whose COMMANDS holds it
+COMMAND_MODULES: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "create",
+            "get",
+            "set",
+            "resume",
+            "suspend",
+            "complete",
+            "cancel",
+            "wait",
+            "error",
+            "take-ownership",
+        ),
+        "jobs",
+    ),
+    **dict.fromkeys(
+        ("add", "add-set", "add-ranges", "files", "set-remote-name", "replace-prefix", "headers"), "files"
+    ),
+    **dict.fromkeys(("transfer", "credentials", "proxy", "cert"), "transfer"),
+    **dict.fromkeys(("upload", "reply"), "uploads"),
+    **dict.fromkeys(("watch", "query"), "watch"),
+    **dict.fromkeys(("serve", "policy", "token", "completion", "version"), "service"),
+    "store": "store",
+    "upload-server": "uploadserver",
+}
+
+
+class LazyGroup(ManGroup):
+    """The group whose commands' modules are imported when a command is asked for."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            self._load(module)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_all()
+        return super().list_commands(ctx)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._load_all()
+        super().format_commands(ctx, formatter)
+
+    def _load_all(self) -> None:
+        for module in dict.fromkeys(COMMAND_MODULES.values()):
+            self._load(module)
+
+    def _load(self, module: str) -> None:
+        for command in importlib.import_module(f"openbits.cli.openbits.{module}").COMMANDS:
+            if command.name not in self.commands:
+                self.add_command(command)
+
 
 # -- the group -------------------------------------------------------------------------------------
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(cls=ManGroup, context_settings=CONTEXT_SETTINGS)
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.option(
     "--socket",
     "socket_path",
@@ -55,7 +114,8 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     default=None,
     help="CA certificates (PEM) to check an https daemon against (env OPENBITS_CACERT).",
 )
-@click.version_option(package_name="openbits", message="%(prog)s %(version)s")
+# (the version itself, not package_name: importlib.metadata would cost ~15 ms and the email package)
+@click.version_option(__version__, message="%(prog)s %(version)s")
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -85,11 +145,6 @@ def cli(
     certificate is not signed by a CA the system trusts.
     """
     ctx.obj = Context(socket_path, url, token_file, cacert)  # (a command's own --socket may replace it)
-
-
-for _group in (jobs, files, transfer, uploads, watch, service, store, uploadserver):
-    for _command in _group.COMMANDS:
-        cli.add_command(_command)
 
 
 def main() -> None:

@@ -3,7 +3,6 @@ stdout and Ctrl-C become a message on stderr and an exit code (the codes of ``op
 
 from __future__ import annotations
 
-import ssl
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -11,8 +10,8 @@ from typing import NoReturn, ParamSpec, TypeVar
 
 import click
 
+from openbits._wire import DaemonUnavailable, tls_error
 from openbits.cli import pipe
-from openbits.client import DaemonUnavailable
 from openbits.errors import BitsError
 
 P = ParamSpec("P")
@@ -44,10 +43,15 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             if pipe.stdout_closed():  # `openbits get | head -1`: the reader is gone, not the daemon
                 sys.exit(pipe.leave_quietly())
             fail(f"cannot talk to the openbits daemon: {e}", EXIT_NO_DAEMON)
-        except ssl.SSLError as e:  # (before OSError's kinds: an https daemon's certificate)
-            fail(f"TLS with the openbits daemon failed: {e.reason or e} (its CA: --cacert)", EXIT_NO_DAEMON)
-        except (ConnectionError, PermissionError, TimeoutError) as e:
-            fail(f"cannot talk to the openbits daemon: {e}", EXIT_NO_DAEMON)
+        except OSError as e:
+            if (tls := tls_error(e)) is not None:  # (first: an https daemon's certificate)
+                fail(
+                    f"TLS with the openbits daemon failed: {tls.reason or tls} (its CA: --cacert)",
+                    EXIT_NO_DAEMON,
+                )
+            if isinstance(e, ConnectionError | PermissionError | TimeoutError):
+                fail(f"cannot talk to the openbits daemon: {e}", EXIT_NO_DAEMON)
+            raise
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED)
 

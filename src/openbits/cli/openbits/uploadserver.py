@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import click
@@ -70,6 +69,8 @@ def upload_server(root: str, listen: str, config_path: str | None, state_dir: st
         app = make_app(settings)
     except (OSError, ValueError) as e:
         fail(f"bad configuration: {e}", EXIT_USAGE)
+    import logging  # (here: the other commands need no logging)
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("openbits.uploadserver").info(
         "serving %s on http://%s:%d/ (state in %s)", settings.root, host, port, settings.state_dir
