@@ -65,13 +65,14 @@ class Pacer:
             return
         now = time.monotonic()
         controller = self._sampler.controller
-        controller.on_bytes(n, now)
+        controller.on_bytes(n, now, waited_s)
         if self._bucket.rate is None:
             # unpaced, a wait for data is the sender's own pause; paced, it is ours (the
             # clamped window), and the sender answers each window update at once
             self._idle_s = max(self._idle_s, waited_s)
         if self._sampler.poll(now, self._idle_s):
             self._idle_s = 0.0
+            _trace(controller, now, self._sampler)
         rate = self._yield_bps()
         if rate != self._bucket.rate:
             self._bucket.set_rate(rate)
@@ -85,7 +86,7 @@ class Pacer:
         if rate is None:
             clamp_window(self._sampler.sock, None)
             return
-        delay_s = (controller.base_delay_s or 0.0) + controller.target_s
+        delay_s = (controller.base_delay_s or 0.0) + controller.effective_target_s
         clamp_window(self._sampler.sock, int(rate * delay_s))
 
     async def acquire(self, n: int) -> None:
@@ -96,6 +97,22 @@ class Pacer:
             started = time.monotonic()
             await self._bucket.acquire(n)
             self._throttle.throttled_s += time.monotonic() - started
+
+
+def _trace(c: object, now: float, s: RttSampler) -> None:  # TEMP
+    import os
+
+    path = os.environ.get("OPENBITS_YIELD_TRACE")
+    if not path:
+        return
+    from openbits.transfer.rttsample import tcp_rtt_s
+
+    with open(path, "a") as f:
+        g = c.__dict__ if hasattr(c, "__dict__") else {}
+        f.write(
+            f"{now:.3f} rtt={tcp_rtt_s(s.sock)} q={c.queue_delay_s*1000:.2f} t={c.effective_target_s*1000:.1f} "  # type: ignore[attr-defined]
+            f"rate={c.rate_bps} arr={c.arrival_bps} bo={c.backoffs} dbo={c.drop_backoffs} ign={c.ignored} slow={c.slowdowns}\n"  # type: ignore[attr-defined]
+        )
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ data *we* send is acknowledged, which a download hardly does.  The first is used
 kernel has one, else the second.  Offsets from ``struct tcp_info`` in ``linux/tcp.h`` (stable
 ABI: fields are only ever appended).
 
-:class:`RttSampler` reads at most once per ``interval_s`` (one ``getsockopt`` per ~50 ms of a
+:class:`RttSampler` reads at most once per ``interval_s`` (one ``getsockopt`` per ~10 ms of a
 streaming body, not one per chunk) and feeds a ``yieldctl.DelayController``.
 """
 
@@ -21,8 +21,9 @@ from openbits.transfer.yieldctl import DelayController
 
 __all__ = ["MIN_CLAMP_BYTES", "SAMPLE_INTERVAL_S", "RttSampler", "clamp_window", "tcp_rtt_s"]
 
-SAMPLE_INTERVAL_S: Final = 0.05
-"""At most one ``TCP_INFO`` read per 50 ms."""
+SAMPLE_INTERVAL_S: Final = 0.01
+"""At most one ``TCP_INFO`` read per 10 ms: a competing flow's slow start is over in a few
+hundred ms, and the controller filters over 4 samples."""
 
 _TCP_INFO: Final = getattr(socket, "TCP_INFO", 11)
 _RTT_OFFSET: Final = 68  # __u32 tcpi_rtt, microseconds
@@ -47,7 +48,10 @@ def tcp_rtt_s(sock: socket.socket) -> float | None:
 
 _UNCLAMPED_BYTES: Final = 1 << 30
 """A window clamp this large clamps nothing (the receive buffer bounds the window first)."""
-MIN_CLAMP_BYTES: Final = 64 * 1024
+MIN_CLAMP_BYTES: Final = 4 * 1024
+"""The smallest window a clamp leaves (~3 segments): on a short path even 64 KiB in flight
+is tens of MB/s, so a yielding flow must be able to go lower (the paced reads bound its rate
+the rest of the way)."""
 
 
 def clamp_window(sock: socket.socket, window_bytes: int | None) -> None:
