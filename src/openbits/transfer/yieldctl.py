@@ -127,10 +127,13 @@ would take that for the base (LEDBAT++'s initial slowdown, after slow start)..."
 SLOWDOWN_AFTER_S: Final = 30.0
 """...and then again when the base delay (within a quarter of the target) was not seen for this
 long.  A slowdown drops the pace to the floor..."""
+SLOWDOWN_FRACTION: Final = 0.125
 SLOWDOWN_RTTS: Final = 3
 SLOWDOWN_MIN_S: Final = 0.06
-"""...for this many round trips (as they were), and at least this long, so the queue drains and
-the kernel's smoothed RTT shows it; then the rate is what it was."""
+"""...to this fraction of what it was (or of what arrived), for this many round trips (as they
+were) and at least this long, so the queue drains and the kernel's smoothed RTT shows it; then
+the rate is what it was.  Not to the floor: reads at the floor come seconds apart, and the
+slowdown could only end with the next one."""
 
 
 class DelayController:
@@ -160,6 +163,7 @@ class DelayController:
         self._last_backoff = -math.inf
         self._next_slowdown: float | None = None
         self._slow_until: float | None = None
+        self._slow_bps = self.floor_bps
         self._window_start: float | None = None
         self._window_bytes = 0
         self._window_wait_s = 0.0
@@ -176,8 +180,8 @@ class DelayController:
 
     @property
     def rate_bps(self) -> float | None:
-        """The pace in bytes/s; None: unpaced.  The floor during a slowdown."""
-        return self.floor_bps if self._slow_until is not None else self._rate
+        """The pace in bytes/s; None: unpaced.  Lower during a slowdown."""
+        return self._slow_bps if self._slow_until is not None else self._rate
 
     @property
     def base_delay_s(self) -> float | None:
@@ -303,6 +307,8 @@ class DelayController:
         if self._next_slowdown is None or now < self._next_slowdown:
             return False
         self._slow_until = now + max(SLOWDOWN_MIN_S, SLOWDOWN_RTTS * current_rtt_s)
+        basis = [r for r in (self._rate, self.arrival_bps) if r is not None]
+        self._slow_bps = max(self.floor_bps, SLOWDOWN_FRACTION * min(basis, default=self.floor_bps))
         self.slowdowns += 1
         return True
 
