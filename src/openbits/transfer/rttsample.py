@@ -57,9 +57,9 @@ def tcp_rtt_s(sock: socket.socket) -> float | None:
 _UNCLAMPED_BYTES: Final = 1 << 30
 """A window clamp this large clamps nothing (the receive buffer bounds the window first)."""
 MIN_CLAMP_BYTES: Final = 8 * 1024
-"""The smallest window a clamp leaves (~6 segments; at 4 KiB a Linux sender stalls for good): on a short path even 64 KiB in flight
-is tens of MB/s, so a yielding flow must be able to go lower (the paced reads bound its rate
-the rest of the way)."""
+"""The smallest window a clamp leaves (~6 segments; at 4 KiB a Linux sender was seen to stall
+for good): on a short path even 64 KiB in flight is tens of MB/s, so a yielding flow must be
+able to go lower (the bounded buffer and paced reads bound its rate the rest of the way)."""
 
 
 def clamp_window(sock: socket.socket, window_bytes: int | None) -> None:

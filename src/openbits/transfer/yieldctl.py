@@ -52,6 +52,7 @@ __all__ = [
     "MAX_GAIN_BPS_PER_S",
     "MIN_BACKOFF_INTERVAL_S",
     "MIN_RATE_BPS",
+    "RTT_RESOLUTION_S",
     "SLOWDOWN_AFTER_S",
     "TARGET_BASE_FRACTION",
     "TARGET_FLOOR_MS",
@@ -70,6 +71,11 @@ timestamps in whole milliseconds, so a queue of a millisecond cannot be told fro
 TARGET_BASE_FRACTION: Final = 0.5
 """...and otherwise this fraction of the base delay (a 40 ms path: 20 ms), when that is below
 ``yield_target_delay_ms``: a path's own delay says how much queue is worth noticing."""
+RTT_RESOLUTION_S: Final = 0.001
+"""Samples below this count as this: the kernel's receiver RTT comes from TCP timestamps in
+whole milliseconds (a delta of 0 reads as 1 ms), while a sample from before timestamps (per
+window) can be microseconds; a base taken from the second would read the first's rounding as
+queue (on loopback: 1-2 ms of "queue" that is none)."""
 BASE_BUCKET_S: Final = 60.0
 """The base delay is kept as one minimum per minute..."""
 BASE_HISTORY: Final = 10
@@ -77,8 +83,8 @@ BASE_HISTORY: Final = 10
 follows a path change within 10 minutes, and a path whose RTT falls is followed at once."""
 CURRENT_FILTER: Final = 3
 """The current delay is the minimum of the last 3 samples (RFC 6817's CURRENT_FILTER; ~30 ms at
-the sampler's pace, each sample already the kernel's average of ~8): a single late sample (a spike) does not trigger a backoff; a standing
-queue does."""
+the sampler's pace, each sample already the kernel's average of ~8): a single late sample (a
+spike) does not trigger a backoff; a standing queue does."""
 BACKOFF_FACTOR: Final = 0.5
 """Over the target, the rate becomes this fraction of what was arriving (multiplicative)."""
 MIN_BACKOFF_INTERVAL_S: Final = 0.03
@@ -232,6 +238,7 @@ class DelayController:
         if rtt_s <= IDLE_FACTOR * idle_s:
             self.ignored += 1
             return self.rate_bps
+        rtt_s = max(rtt_s, RTT_RESOLUTION_S)
         bucket = int(now // BASE_BUCKET_S)
         if self._base and self._base[-1][0] == bucket:
             self._base[-1] = (bucket, min(self._base[-1][1], rtt_s))
