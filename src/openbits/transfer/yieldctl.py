@@ -97,7 +97,7 @@ scaled by how far under the target the delay is (RFC 6817's off_target)..."""
 MAX_GAIN_BPS_PER_S: Final = 32.0 * 1024 * 1024
 """...and by at most this many: in between, LEDBAT's one MSS per RTT per RTT (MSS / RTT²), so
 a short path regains its rate sooner than a long one, as a window-based LEDBAT would..."""
-GROWTH_PER_S: Final = 0.5
+GROWTH_PER_S: Final = 1.0
 """...plus this fraction of the rate itself per second (also scaled by off_target): a fast path
 is regained in seconds once the competing traffic left, not in tens of seconds."""
 MSS_BYTES: Final = 1448
