@@ -8,8 +8,8 @@ import pytest
 from openbits.transfer.yieldctl import (
     BASE_BUCKET_S,
     BASE_HISTORY,
+    FLOOR_FRACTION,
     INITIAL_SLOWDOWN_S,
-    MIN_RATE_BPS,
     TARGET_BASE_FRACTION,
     TARGET_FLOOR_MS,
     DelayController,
@@ -62,7 +62,8 @@ def test_backs_off_on_rising_delay_and_recovers_when_it_falls() -> None:
     assert paced is not None and paced <= LINK_BPS / 2
     assert c.queue_delay_s == pytest.approx(0.150)
     path.run(3.0, queue_s=0.300)  # it stays: backs off once per RTT, down to the floor
-    assert c.rate_bps == MIN_RATE_BPS
+    assert c.rate_bps == pytest.approx(c.floor_now_bps, rel=0.01)
+    assert c.floor_now_bps == pytest.approx(FLOOR_FRACTION * LINK_BPS, rel=0.05)
     path.run(3.0, queue_s=0.0)  # the other flow left: grows again
     assert c.rate_bps is None or c.rate_bps > 0.5 * LINK_BPS
 
@@ -113,6 +114,35 @@ def test_a_busy_reader_is_not_competition() -> None:
         now += 0.1
         c.on_bytes(1_000_000, now, waited_s=0.0)
     assert c.backoffs == 0 and c.rate_bps is None
+
+
+def test_a_window_limited_competitor_at_the_target_still_wins() -> None:
+    """Another flow that builds no more queue than the target (its receive window is small)
+    but halves this one's arrival rate: a queue of half the target while moving under
+    SHARE_RATIO of its best is someone else's queue, so it backs off."""
+    c = DelayController()
+    now = 0.0
+    c.on_bytes(0, now)
+    for _ in range(40):  # 2 s alone at the link's rate, 1 ms over a 1 ms base: its own queue
+        now += STEP_S
+        c.on_bytes(int(LINK_BPS * STEP_S), now)
+        c.on_rtt(0.002, now)
+    shares = c.share_backoffs
+    for _ in range(20):  # 1 s sharing: half the rate, the queue at the 2 ms target exactly
+        now += STEP_S
+        c.on_bytes(int(LINK_BPS / 2 * STEP_S), now)
+        c.on_rtt(0.003, now)
+    assert c.share_backoffs > shares
+    assert c.rate_bps is not None and c.rate_bps < LINK_BPS / 8
+
+
+def test_alone_a_small_overshoot_trims_rather_than_halves() -> None:
+    c = DelayController()
+    path = Path(c)
+    path.run(1.0, queue_s=0.0, base_s=0.001)
+    path.run(0.2, queue_s=0.0024, base_s=0.001)  # 0.4 ms over the 2 ms target, rate unchanged
+    assert c.backoffs >= 1 and c.share_backoffs == 0
+    assert c.rate_bps is not None and c.rate_bps >= 0.8 * LINK_BPS
 
 
 def test_slowdown_measures_the_base_under_its_own_queue() -> None:

@@ -12,22 +12,30 @@ fraction of the base delay, never less than a small floor (``TARGET_FLOOR_MS``).
 never triggers on a shallow bottleneck (a short path whose queue holds ~10 ms, as a veth with a
 ``tbf`` does), where any standing queue above the base *is* the competing traffic.
 
-A second signal does not depend on the RTT at all: the transfer's own arrival rate falling well
-below what it was a moment ago while its pace did not bind and the reader kept waiting for data
-(someone else takes the link) backs off too.  A reader that is itself the bottleneck (its reads
-never wait) does not count as competition.
+Two more signals catch what the delay alone misses.  The transfer's own arrival rate falling
+well below what it was a moment ago while its pace did not bind and the reader kept waiting for
+data (someone else takes the link) backs off, whatever the RTT says (a reader that is itself
+the bottleneck, its reads never waiting, is no competition).  And a queue of half the target or
+more while the transfer moves well under the fastest it moved on this path is someone else's
+queue (a flow at half the link's rate builds none): a competitor limited by its own receive
+window may never push the delay over the target, yet it takes half the link.
 
-Under the target the rate grows (additively, plus a multiplicative part so a long flat path is
-regained in seconds), and a paced transfer that has not seen its base delay for a while slows
-to its floor for a few round trips so the queue drains and the base is measured again (LEDBAT++'s
-periodic slowdown): its own standing queue must not become the base.
+Over the target, the rate is halved when there is competition (or the delay is twice the
+target) and only trimmed otherwise (alone, a flow that overshot by a little sees its own
+queue).  Under the target it grows (additively, plus a multiplicative part so a fast path is
+regained in seconds), never far above what arrives.  Its floor is 1 % of the fastest arrival
+seen (32 KiB/s at least): at a lower pace the kernel's RTT samples come too seldom to see the
+competitor leave.  And it slows down now and then for a few round trips (LEDBAT++): 2 s after
+the start, as a transfer that starts at full speed builds its own queue before it ever sees
+the path empty, and then whenever it has not seen its base delay for 30 s; its own standing
+queue must not become the base.
 
 Sans-I/O: it is fed RTT samples (``on_rtt``) and arrival byte counts (``on_bytes``) with
 timestamps in seconds from any monotonic clock, and answers with a rate in bytes per second,
 ``None`` meaning "unpaced" (it starts unpaced, like a slow start, and goes back to unpaced after
 ``UNPACE_AFTER_S`` without a backoff; on an idle or loopback path the delay never rises, so it
-costs nothing but the samples).  The samples come from
-``rttsample.RttSampler`` (``TCP_INFO``).
+costs the samples and the initial slowdown, ~60 ms at an eighth of the speed).  The samples
+come from ``rttsample.RttSampler`` (``TCP_INFO``).
 """
 
 from __future__ import annotations
@@ -46,16 +54,21 @@ __all__ = [
     "DEFAULT_TARGET_DELAY_MS",
     "DEFAULT_YIELDING",
     "DROP_RATIO",
+    "FLOOR_FRACTION",
     "GAIN_BPS_PER_S",
+    "GENTLE_BACKOFF_FACTOR",
     "IDLE_FACTOR",
     "INITIAL_SLOWDOWN_S",
     "MAX_GAIN_BPS_PER_S",
     "MIN_BACKOFF_INTERVAL_S",
     "MIN_RATE_BPS",
     "RTT_RESOLUTION_S",
+    "SETTLE_S",
+    "SHARE_RATIO",
     "SLOWDOWN_AFTER_S",
     "TARGET_BASE_FRACTION",
     "TARGET_FLOOR_MS",
+    "TOP_DECAY_S",
     "UNPACE_AFTER_S",
     "DelayController",
     "Politeness",
@@ -86,7 +99,12 @@ CURRENT_FILTER: Final = 3
 the sampler's pace, each sample already the kernel's average of ~8): a single late sample (a
 spike) does not trigger a backoff; a standing queue does."""
 BACKOFF_FACTOR: Final = 0.5
-"""Over the target, the rate becomes this fraction of what was arriving (multiplicative)."""
+"""Over the target, the rate becomes this fraction of what was arriving (multiplicative) when
+the arrival rate fell too (another flow takes a share) or the delay is twice the target..."""
+GENTLE_BACKOFF_FACTOR: Final = 0.9
+"""...and otherwise between that and this, in proportion to how far over the target the delay
+is (RFC 6817's off_target): alone on the path, a flow that overshot by a little (its own queue)
+trims its rate rather than halving it."""
 MIN_BACKOFF_INTERVAL_S: Final = 0.03
 """At most one backoff per round trip and never more often than this: the kernel smooths its
 receiver RTT over ~8 samples (~8 ms on a short path), so a backoff shows after a while; yet a
@@ -102,7 +120,11 @@ GROWTH_PER_S: Final = 1.0
 is regained in seconds once the competing traffic left, not in tens of seconds."""
 MSS_BYTES: Final = 1448
 MIN_RATE_BPS: Final = 32.0 * 1024
-"""Floor of the paced rate (bytes/s): a background job yields but never stalls."""
+"""Floor of the paced rate (bytes/s): a background job yields but never stalls..."""
+FLOOR_FRACTION: Final = 0.01
+"""...nor goes below this fraction of the fastest arrival rate it saw: the kernel's receiver RTT
+takes one sample per window update, so a flow paced at 32 KiB/s on a 200 Mbit/s path sees
+the competing traffic leave seconds late (1 % of the path is ~8 samples a second)."""
 AHEAD_RATIO: Final = 2.0
 AHEAD_BPS: Final = 8.0 * 1024 * 1024
 """The pace grows to at most this multiple of the arrival rate plus this many bytes/s: a pace
@@ -126,13 +148,23 @@ DROP_RATIO: Final = 0.6
 ``WAITING_SHARE`` of the time, is competition: a backoff."""
 BINDING_RATIO: Final = 0.8
 WAITING_SHARE: Final = 0.2
+SHARE_RATIO: Final = 0.75
+"""A queue of half the target or more while the transfer moves less than this fraction of the
+fastest it moved on the path (``TOP_DECAY_S``) is someone else's queue: a flow at half the
+link's rate builds none of its own.  That is a backoff too (a window-limited competitor, such as
+a download with a small receive buffer, builds only a few ms of queue: never over the target,
+yet it takes half the link)."""
+TOP_DECAY_S: Final = 60.0
+"""The fastest arrival rate seen decays with this time constant (a path may slow for good)."""
+SETTLE_S: Final = 0.3
+"""After a slowdown, the arrival rate is not compared with its peaks for this long."""
 INITIAL_SLOWDOWN_S: Final = 2.0
 """The first slowdown comes this long after the first sample, whatever the samples said: a
 transfer that starts at full speed builds its own queue before it ever sees the path empty, and
 would take that for the base (LEDBAT++'s initial slowdown, after slow start)..."""
 SLOWDOWN_AFTER_S: Final = 30.0
 """...and then again when the base delay (within a quarter of the target) was not seen for this
-long.  A slowdown drops the pace to the floor..."""
+long.  A slowdown drops the pace..."""
 SLOWDOWN_FRACTION: Final = 0.125
 SLOWDOWN_RTTS: Final = 3
 SLOWDOWN_MIN_S: Final = 0.06
@@ -145,8 +177,8 @@ slowdown could only end with the next one."""
 class DelayController:
     """Estimates the queueing delay a transfer adds and the rate (bytes/s) that keeps it under
     the target (``effective_target_s``: ``target_s`` at most).  ``rate_bps`` is None while
-    unpaced; between ``floor_bps`` and ``ceiling_bps`` (None: no ceiling) otherwise.  Not
-    thread-safe (one event loop)."""
+    unpaced; between ``floor_now_bps`` (``floor_bps`` at least) and ``ceiling_bps`` (None: no
+    ceiling) otherwise.  Not thread-safe (one event loop)."""
 
     def __init__(
         self,
@@ -170,15 +202,18 @@ class DelayController:
         self._next_slowdown: float | None = None
         self._slow_until: float | None = None
         self._slow_bps = self.floor_bps
+        self._settled_at = 0.0
         self._window_start: float | None = None
         self._window_bytes = 0
         self._window_wait_s = 0.0
         self._peaks: collections.deque[float] = collections.deque(maxlen=PEAK_WINDOWS)
         self.arrival_bps: float | None = None
-        #: backoffs so far (by delay, by a drop of the arrival rate), samples dropped as taken
-        #: while the sender paused, slowdowns to measure the base (diagnostics)
+        self._top_bps = 0.0
+        #: diagnostics: backoffs (all; those for a drop of the arrival rate; those for a queue
+        #: while outshared), samples dropped as taken while the sender paused, slowdowns
         self.backoffs = 0
         self.drop_backoffs = 0
+        self.share_backoffs = 0
         self.ignored = 0
         self.slowdowns = 0
 
@@ -188,6 +223,13 @@ class DelayController:
     def rate_bps(self) -> float | None:
         """The pace in bytes/s; None: unpaced.  Lower during a slowdown."""
         return self._slow_bps if self._slow_until is not None else self._rate
+
+    @property
+    def floor_now_bps(self) -> float:
+        """The lowest pace now: ``floor_bps``, or ``FLOOR_FRACTION`` of the fastest arrival
+        rate seen (within the ceiling)."""
+        floor = max(self.floor_bps, FLOOR_FRACTION * self._top_bps)
+        return floor if self.ceiling_bps is None else min(floor, self.ceiling_bps)
 
     @property
     def base_delay_s(self) -> float | None:
@@ -226,6 +268,7 @@ class DelayController:
         waiting = self._window_wait_s / elapsed
         self._window_start, self._window_bytes, self._window_wait_s = now, 0, 0.0
         self.arrival_bps = sample if self.arrival_bps is None else 0.5 * (self.arrival_bps + sample)
+        self._top_bps = max(self.arrival_bps, self._top_bps * math.exp(-elapsed / TOP_DECAY_S))
         self._check_drop(now, self.arrival_bps, waiting)
         self._peaks.append(self.arrival_bps)
 
@@ -267,7 +310,7 @@ class DelayController:
             return
         if now - self._last_backoff < max(ARRIVAL_WINDOW_S, MIN_BACKOFF_INTERVAL_S):
             return
-        self._back_off(now)
+        self._back_off(now, BACKOFF_FACTOR)
         self.drop_backoffs += 1
         self._peaks.clear()
 
@@ -281,16 +324,23 @@ class DelayController:
             self._next_slowdown = max(self._next_slowdown, now + SLOWDOWN_AFTER_S)
         if self._slowing(now, current_rtt_s):
             return
+        may_back_off = now - self._last_backoff >= max(current_rtt_s, MIN_BACKOFF_INTERVAL_S)
         if queue > target:
-            if now - self._last_backoff >= max(current_rtt_s, MIN_BACKOFF_INTERVAL_S):
-                self._back_off(now)
+            if may_back_off:
+                self._back_off(now, self._backoff_factor(queue, target))
+            return
+        if queue >= target / 2 and self._outshared(now):
+            if may_back_off:
+                self._back_off(now, BACKOFF_FACTOR)
+                self.share_backoffs += 1
             return
         if self._rate is None:
             return
         off_target = (target - queue) / target
         gain = min(MAX_GAIN_BPS_PER_S, max(GAIN_BPS_PER_S, MSS_BYTES / current_rtt_s**2))
         rate = self._rate + (gain + GROWTH_PER_S * self._rate) * off_target * dt
-        arrival = self.floor_bps if self.arrival_bps is None else max(self.arrival_bps, self.floor_bps)
+        floor = self.floor_now_bps
+        arrival = floor if self.arrival_bps is None else max(self.arrival_bps, floor)
         rate = max(self._rate, min(rate, AHEAD_RATIO * arrival + AHEAD_BPS))
         if self.ceiling_bps is not None and rate >= self.ceiling_bps:
             rate = self.ceiling_bps
@@ -301,7 +351,7 @@ class DelayController:
 
     def _slowing(self, now: float, current_rtt_s: float) -> bool:
         """LEDBAT++'s slowdown: ``INITIAL_SLOWDOWN_S`` after the start, and whenever the base
-        delay was not seen for ``SLOWDOWN_AFTER_S``, the pace drops to the floor for a few
+        delay was not seen for ``SLOWDOWN_AFTER_S``, the pace drops to an eighth for a few
         round trips, so the transfer's own standing queue drains and the base is measured
         again.  Whether one is under way."""
         if self._slow_until is not None:
@@ -310,20 +360,36 @@ class DelayController:
             self._slow_until = None
             self._next_slowdown = now + SLOWDOWN_AFTER_S  # measured or not: a full period
             self._peaks.clear()  # the slowdown's own low arrivals are no drop
+            self._settled_at = now + SETTLE_S
             return False
         if self._next_slowdown is None or now < self._next_slowdown:
             return False
         self._slow_until = now + max(SLOWDOWN_MIN_S, SLOWDOWN_RTTS * current_rtt_s)
         basis = [r for r in (self._rate, self.arrival_bps) if r is not None]
-        self._slow_bps = max(self.floor_bps, SLOWDOWN_FRACTION * min(basis, default=self.floor_bps))
+        self._slow_bps = max(self.floor_now_bps, SLOWDOWN_FRACTION * min(basis, default=self.floor_bps))
         self.slowdowns += 1
         return True
 
-    def _back_off(self, now: float) -> None:
+    def _outshared(self, now: float) -> bool:
+        """Whether the transfer moves under ``SHARE_RATIO`` of the fastest it moved here."""
+        if now < self._settled_at or self.arrival_bps is None:
+            return False
+        return self.arrival_bps < SHARE_RATIO * self._top_bps
+
+    def _backoff_factor(self, queue_s: float, target_s: float) -> float:
+        """``BACKOFF_FACTOR`` when the arrival rate fell under its recent peak (competition) or
+        the delay is twice the target; else in proportion to the excess, gentler."""
+        competing = bool(self._peaks) and (self.arrival_bps or 0.0) < BINDING_RATIO * max(self._peaks)
+        if competing:
+            return BACKOFF_FACTOR
+        proportional = 1.0 - (1.0 - BACKOFF_FACTOR) * (queue_s - target_s) / target_s
+        return min(GENTLE_BACKOFF_FACTOR, max(BACKOFF_FACTOR, proportional))
+
+    def _back_off(self, now: float, factor: float) -> None:
         basis = [r for r in (self._rate, self.arrival_bps, self.ceiling_bps) if r is not None]
         if not basis:
             return  # nothing has arrived yet: no rate to start from
-        self._rate = max(self.floor_bps, min(basis) * BACKOFF_FACTOR)
+        self._rate = max(self.floor_now_bps, min(basis) * factor)
         self._last_backoff = now
         self.backoffs += 1
 
