@@ -31,7 +31,7 @@ __all__ = [
 
 SAMPLE_INTERVAL_S: Final = 0.01
 """At most one ``TCP_INFO`` read per 10 ms: a competing flow's slow start is over in a few
-hundred ms, and the controller filters over 4 samples."""
+hundred ms, and the controller filters over 3 samples."""
 
 _TCP_INFO: Final = getattr(socket, "TCP_INFO", 11)
 _RTT_OFFSET: Final = 68  # __u32 tcpi_rtt, microseconds
