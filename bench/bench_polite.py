@@ -3,7 +3,7 @@
 
 Run from the repository root as root (``make bench-polite``)::
 
-    .venv/bin/python bench/bench_polite.py [--rate-mbit 200] [--probe-mib 48] [--keep]
+    .venv/bin/python bench/bench_polite.py [--rate-mbit 200] [--probe-mib 48] [--runs 3] [--keep]
 
 It creates two network namespaces joined by a veth pair, with a ``tbf`` bottleneck (a bounded
 queue: ``--latency-ms``) on the server side's egress; nginx serves in one, the clients run in the
@@ -14,10 +14,12 @@ other (the openbits daemon too), and it removes them again on every exit path.  
    it, and that job's throughput for ``--tail-s`` once curl stopped;
 3. the same with ``aria2c`` in openbits' place.
 
+Those three are repeated ``--runs`` times (nginx and the daemon stay up; a new job each time).
 It prints curl's throughput beside each peer as a share of its solo throughput (target ≥ 90%
 beside openbits) and each peer's throughput once curl stopped as a share of the link (target
-≥ 70% for openbits).  Targets are reported (met / NOT met), not asserted.  Exit status 2 when
-``ip``, ``tc``, network namespaces, nginx or curl are not available (or not root).
+≥ 70% for openbits): the median of the runs, and each run's figure.  Targets are reported
+(met / NOT met), not asserted.  Exit status 2 when ``ip``, ``tc``, network namespaces, nginx or
+curl are not available (or not root).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -178,6 +181,7 @@ def main() -> int:
     p.add_argument("--warm-s", type=float, default=4.0, help="peer alone before curl starts")
     p.add_argument("--tail-s", type=float, default=4.0, help="peer alone after curl stops")
     p.add_argument("--target-ms", type=float, help="the daemon's yield_target_delay_ms (default: its own)")
+    p.add_argument("--runs", type=int, default=3, help="rounds of the measurements, medians (default 3)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--json", default=str(OUT_DIR / "bench_polite.json"))
     args = p.parse_args()
@@ -195,8 +199,8 @@ def main() -> int:
         with ExitStack() as stack:
             stack.callback(net.remove)
             net.create()
-            results = measure(net, work, args, stack)
-        report(results, args)
+            runs = measure(net, work, args, stack)
+        report(runs, args)
         return 0
     except KeyboardInterrupt:
         return 130
@@ -207,7 +211,9 @@ def main() -> int:
             log(f"kept {work}")
 
 
-def measure(net: Netns, work: Path, args: argparse.Namespace, stack: ExitStack) -> dict[str, float]:
+def measure(net: Netns, work: Path, args: argparse.Namespace, stack: ExitStack) -> list[dict[str, float]]:
+    """nginx and the daemon started once; then ``--runs`` rounds of curl alone, beside an
+    openbits NORMAL job, beside aria2c (a new job, a new aria2c each round)."""
     (work / "www").mkdir()
     (work / "tmp").mkdir()
     link_bytes_s = args.rate_mbit * 1e6 / 8
@@ -239,10 +245,6 @@ def measure(net: Netns, work: Path, args: argparse.Namespace, stack: ExitStack) 
             == 0
         ),
     )
-    out: dict[str, float] = {"link_mbit": float(args.rate_mbit)}
-    out["curl_alone_mbit"] = curl_mbps(net, f"{base}/probe")
-    log(f"curl alone: {out['curl_alone_mbit']:.1f} Mbit/s")
-
     sock = work / "ob.sock"
     config = work / "openbits.toml"
     target = "" if args.target_ms is None else f"yield_target_delay_ms = {args.target_ms}\n"
@@ -254,6 +256,17 @@ def measure(net: Netns, work: Path, args: argparse.Namespace, stack: ExitStack) 
     stack.enter_context(process(daemon, work / "daemon.log"))
     wait_for("the openbits daemon", sock.exists)
     cli = [sys.executable, "-m", "openbits", "--socket", str(sock)]
+    runs = []
+    for i in range(args.runs):
+        log(f"run {i + 1}/{args.runs}")
+        runs.append(one_run(net, work, args, base, cli))
+    return runs
+
+
+def one_run(net: Netns, work: Path, args: argparse.Namespace, base: str, cli: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {"link_mbit": float(args.rate_mbit)}
+    out["curl_alone_mbit"] = curl_mbps(net, f"{base}/probe")
+    log(f"  curl alone: {out['curl_alone_mbit']:.1f} Mbit/s")
     job = subprocess.run(
         [*cli, "transfer", "--async", "-p", "normal", f"{base}/big", str(work / "ob-big")],
         capture_output=True, text=True, check=True,
@@ -268,10 +281,11 @@ def measure(net: Netns, work: Path, args: argparse.Namespace, stack: ExitStack) 
     finally:
         subprocess.run([*cli, "cancel", job], capture_output=True, check=False)
     out["curl_beside_openbits_mbit"], out["openbits_after_mbit"] = curl, peer
-    log(f"beside openbits NORMAL: curl {curl:.1f} Mbit/s, then openbits alone {peer:.1f} Mbit/s")
+    log(f"  beside openbits NORMAL: curl {curl:.1f} Mbit/s, then openbits alone {peer:.1f} Mbit/s")
 
     if shutil.which("aria2c") is not None:
         target = work / "aria-big"
+        target.unlink(missing_ok=True)
         aria = net.exec(
             net.cli, "aria2c", "-q", "--file-allocation=none", "--allow-overwrite=true",
             "-d", str(work), "-o", target.name, f"{base}/big",
@@ -279,27 +293,44 @@ def measure(net: Netns, work: Path, args: argparse.Namespace, stack: ExitStack) 
         with process(aria, work / "aria2c.log"):
             size = lambda: target.stat().st_size if target.exists() else 0  # noqa: E731
             curl, peer = beside(net, f"{base}/probe", size, args.warm_s, args.tail_s)
+        target.unlink(missing_ok=True)
         out["curl_beside_aria2c_mbit"], out["aria2c_after_mbit"] = curl, peer
-        log(f"beside aria2c: curl {curl:.1f} Mbit/s, then aria2c alone {peer:.1f} Mbit/s")
+        log(f"  beside aria2c: curl {curl:.1f} Mbit/s, then aria2c alone {peer:.1f} Mbit/s")
+    out["curl_kept_beside_openbits"] = out["curl_beside_openbits_mbit"] / out["curl_alone_mbit"]
+    out["openbits_link_share"] = out["openbits_after_mbit"] / out["link_mbit"]
+    if "curl_beside_aria2c_mbit" in out:
+        out["curl_kept_beside_aria2c"] = out["curl_beside_aria2c_mbit"] / out["curl_alone_mbit"]
+        out["aria2c_link_share"] = out["aria2c_after_mbit"] / out["link_mbit"]
     return out
 
 
-def report(r: dict[str, float], args: argparse.Namespace) -> None:
+def report(runs: list[dict[str, float]], args: argparse.Namespace) -> None:
     def met(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    kept = r["curl_beside_openbits_mbit"] / r["curl_alone_mbit"]
-    took = r["openbits_after_mbit"] / r["link_mbit"]
-    log(f"curl keeps {kept:.0%} of its solo throughput beside openbits NORMAL", end="")
+    def figure(key: str) -> tuple[float, str]:
+        values = sorted(r[key] for r in runs)
+        spread = "" if len(values) == 1 else f" (runs: {', '.join(f'{v:.0%}' for v in values)})"
+        return statistics.median(values), spread
+
+    kept, kept_runs = figure("curl_kept_beside_openbits")
+    took, took_runs = figure("openbits_link_share")
+    log(f"median of {len(runs)} run(s):")
+    log(f"curl keeps {kept:.0%} of its solo throughput beside openbits NORMAL{kept_runs}", end="")
     log(f" (target ≥ 90%: {met(kept >= 0.9)})")
-    log(f"openbits takes {took:.0%} of the link once curl stops (target ≥ 70%: {met(took >= 0.7)})")
-    if "curl_beside_aria2c_mbit" in r:
-        log(
-            f"peer aria2c: curl keeps {r['curl_beside_aria2c_mbit'] / r['curl_alone_mbit']:.0%},"
-            f" aria2c takes {r['aria2c_after_mbit'] / r['link_mbit']:.0%} of the link"
-        )
-    r.update(curl_kept_beside_openbits=kept, openbits_link_share=took)
-    Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+    log(f"openbits takes {took:.0%} of the link once curl stops{took_runs}", end="")
+    log(f" (target ≥ 70%: {met(took >= 0.7)})")
+    if all("curl_kept_beside_aria2c" in r for r in runs):
+        aria_kept, aria_kept_runs = figure("curl_kept_beside_aria2c")
+        aria_took, aria_took_runs = figure("aria2c_link_share")
+        log(f"peer aria2c: curl keeps {aria_kept:.0%}{aria_kept_runs},", end="")
+        log(f" aria2c takes {aria_took:.0%} of the link{aria_took_runs}")
+    summary: dict[str, object] = {
+        "runs": runs,
+        "curl_kept_beside_openbits": kept,
+        "openbits_link_share": took,
+    }
+    Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     log(f"results: {args.json}")
 
 

@@ -8,7 +8,10 @@ import pytest
 from openbits.transfer.yieldctl import (
     BASE_BUCKET_S,
     BASE_HISTORY,
-    MIN_RATE_BPS,
+    FLOOR_FRACTION,
+    INITIAL_SLOWDOWN_S,
+    TARGET_BASE_FRACTION,
+    TARGET_FLOOR_MS,
     DelayController,
     Politeness,
 )
@@ -51,18 +54,111 @@ def test_quiet_path_stays_unpaced() -> None:
 def test_backs_off_on_rising_delay_and_recovers_when_it_falls() -> None:
     c = DelayController(target_delay_ms=75)
     path = Path(c)
-    path.run(2.0, queue_s=0.0)
+    path.run(1.0, queue_s=0.0)
     assert c.rate_bps is None
-    path.run(2.0, queue_s=0.150)  # another flow fills the queue: 150 ms over the base
+    path.run(0.3, queue_s=0.150)  # another flow fills the queue: 150 ms over the base
     assert c.backoffs >= 1
     paced = c.rate_bps
     assert paced is not None and paced <= LINK_BPS / 2
     assert c.queue_delay_s == pytest.approx(0.150)
-    path.run(1.0, queue_s=0.300)  # worse still: backs off further, never below the floor
-    assert c.rate_bps is not None and MIN_RATE_BPS <= c.rate_bps < paced
-    low = c.rate_bps
-    path.run(5.0, queue_s=0.0)  # the other flow left: grows again (additively)
-    assert c.rate_bps is None or c.rate_bps > low + 1_000_000
+    path.run(3.0, queue_s=0.300)  # it stays: backs off once per RTT, down to the floor
+    assert c.rate_bps == pytest.approx(c.floor_now_bps, rel=0.01)
+    assert c.floor_now_bps == pytest.approx(FLOOR_FRACTION * LINK_BPS, rel=0.05)
+    path.run(3.0, queue_s=0.0)  # the other flow left: grows again
+    assert c.rate_bps is None or c.rate_bps > 0.5 * LINK_BPS
+
+
+def test_a_shallow_queue_counts_as_competition() -> None:
+    """A short path (1 ms) whose bottleneck holds only ~5 ms: far under yield_target_delay_ms,
+    yet over the target the path allows (a fraction of its base, never under the floor)."""
+    c = DelayController(target_delay_ms=75)
+    path = Path(c)
+    path.run(1.0, queue_s=0.0, base_s=0.001)
+    assert c.effective_target_s == pytest.approx(TARGET_FLOOR_MS / 1000)
+    path.run(0.5, queue_s=0.005, base_s=0.001)
+    assert c.backoffs >= 3 and c.rate_bps is not None and c.rate_bps < LINK_BPS / 8
+    # a long path's target is a fraction of its base delay, the configured one at most
+    far = DelayController(target_delay_ms=75)
+    Path(far).run(1.0, queue_s=0.0, base_s=0.040)
+    assert far.effective_target_s == pytest.approx(TARGET_BASE_FRACTION * 0.040)
+    very_far = DelayController(target_delay_ms=75)
+    Path(very_far).run(1.0, queue_s=0.0, base_s=0.400)
+    assert very_far.effective_target_s == pytest.approx(0.075)
+
+
+def test_backs_off_when_its_arrival_rate_drops_under_competition() -> None:
+    """No RTT change at all (a path whose RTT the kernel cannot show), but the job's own
+    arrival rate halves while the reader waits for data: someone else takes the link."""
+    c = DelayController()
+    now = 0.0
+    c.on_bytes(0, now)
+    for _ in range(20):  # 2 s at 25 MB/s, waiting 30% of the time
+        now += 0.1
+        c.on_bytes(int(LINK_BPS * 0.1), now, waited_s=0.03)
+    assert c.rate_bps is None and c.backoffs == 0
+    for _ in range(5):  # another flow arrives: 10 MB/s is all that comes
+        now += 0.1
+        c.on_bytes(1_000_000, now, waited_s=0.06)
+    assert c.drop_backoffs >= 1 and c.rate_bps is not None and c.rate_bps < 0.5 * LINK_BPS
+
+
+def test_a_busy_reader_is_not_competition() -> None:
+    """The same drop, but the reader never waited for data (its disk was slow): no backoff."""
+    c = DelayController()
+    now = 0.0
+    c.on_bytes(0, now)
+    for _ in range(20):
+        now += 0.1
+        c.on_bytes(int(LINK_BPS * 0.1), now, waited_s=0.03)
+    for _ in range(5):
+        now += 0.1
+        c.on_bytes(1_000_000, now, waited_s=0.0)
+    assert c.backoffs == 0 and c.rate_bps is None
+
+
+def test_a_window_limited_competitor_at_the_target_still_wins() -> None:
+    """Another flow that builds no more queue than the target (its receive window is small)
+    but halves this one's arrival rate: a queue of half the target while moving under
+    SHARE_RATIO of its best is someone else's queue, so it backs off."""
+    c = DelayController()
+    now = 0.0
+    c.on_bytes(0, now)
+    for _ in range(40):  # 2 s alone at the link's rate, 1 ms over a 1 ms base: its own queue
+        now += STEP_S
+        c.on_bytes(int(LINK_BPS * STEP_S), now)
+        c.on_rtt(0.002, now)
+    shares = c.share_backoffs
+    for _ in range(20):  # 1 s sharing: half the rate, the queue at the 2 ms target exactly
+        now += STEP_S
+        c.on_bytes(int(LINK_BPS / 2 * STEP_S), now)
+        c.on_rtt(0.003, now)
+    assert c.share_backoffs > shares
+    assert c.rate_bps is not None and c.rate_bps < LINK_BPS / 8
+
+
+def test_alone_a_small_overshoot_trims_rather_than_halves() -> None:
+    c = DelayController()
+    path = Path(c)
+    path.run(1.0, queue_s=0.0, base_s=0.001)
+    path.run(0.2, queue_s=0.0024, base_s=0.001)  # 0.4 ms over the 2 ms target, rate unchanged
+    assert c.backoffs >= 1 and c.share_backoffs == 0
+    assert c.rate_bps is not None and c.rate_bps >= 0.8 * LINK_BPS
+
+
+def test_slowdown_measures_the_base_under_its_own_queue() -> None:
+    """A transfer that builds its own standing queue from the start takes it for the base;
+    the initial slowdown drains it and finds the real base (LEDBAT++)."""
+    c = DelayController(target_delay_ms=75)
+    now = 0.0
+    own_queue_s = 0.004
+    while now < INITIAL_SLOWDOWN_S + 1.0:
+        now += STEP_S
+        slowing = c.rate_bps is not None and c.rate_bps < LINK_BPS / 4
+        c.on_bytes(int(LINK_BPS * STEP_S), now)
+        c.on_rtt(0.001 + (0.0 if slowing else own_queue_s), now)
+    assert c.slowdowns == 1
+    assert c.base_delay_s == pytest.approx(0.001)
+    assert c.backoffs >= 1  # its own 4 ms queue, once seen as such, is over the 2 ms target
 
 
 def test_one_off_spike_is_ignored() -> None:

@@ -3,8 +3,10 @@ with ``BackgroundYield`` on, the delay controller's pace (``yieldctl``), the str
 
 A :class:`Pacer` lives for one body.  The read loop asks it how much to read (``slice_bytes``,
 while ``limited``), tells it what arrived (``arrived``: the RTT is sampled there, at most every
-50 ms) and waits in ``acquire`` before the next read.  While the controller is unpaced (always,
-on a quiet path or loopback) it adds one clock read per chunk and a ``getsockopt`` per 50 ms.
+10 ms) and waits in ``acquire`` before the next read.  While the controller is unpaced (always,
+on a quiet path or loopback) it adds one clock read per chunk and a ``getsockopt`` per 10 ms.
+A pace bounds the socket's receive window and buffer too (``_clamp``): on a short path the
+paced reads alone would leave the sender tens of MB of auto-tuned buffer to fill.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ import socket
 import time
 from collections.abc import Iterator
 
-from openbits.transfer.rttsample import RttSampler, clamp_window
+from openbits.transfer.rttsample import RttSampler, bound_receive_buffer, clamp_window
 from openbits.transfer.throttle import Throttle, TokenBucket, throttled_slice
 from openbits.transfer.yieldctl import Running
 
-__all__ = ["Pacer", "pacer"]
+__all__ = ["RCVBUF_S", "Pacer", "pacer"]
+
+RCVBUF_S = 0.1
+"""A paced socket's receive buffer holds ~100 ms at the pace (two read slices): the paced reads
+bind within that, not once an auto-tuned buffer of tens of MB filled up."""
 
 
 class Pacer:
@@ -60,12 +66,12 @@ class Pacer:
 
     def arrived(self, n: int, waited_s: float) -> None:
         """``n`` body bytes arrived after waiting ``waited_s`` for them (not counting waits in
-        ``acquire``): feed the controller (RTT at most every 50 ms)."""
+        ``acquire``): feed the controller (RTT at most every 10 ms)."""
         if self._sampler is None:
             return
         now = time.monotonic()
         controller = self._sampler.controller
-        controller.on_bytes(n, now)
+        controller.on_bytes(n, now, waited_s)
         if self._bucket.rate is None:
             # unpaced, a wait for data is the sender's own pause; paced, it is ours (the
             # clamped window), and the sender answers each window update at once
@@ -73,7 +79,12 @@ class Pacer:
         if self._sampler.poll(now, self._idle_s):
             self._idle_s = 0.0
         rate = self._yield_bps()
-        if rate != self._bucket.rate:
+        old = self._bucket.rate
+        if rate != old:
+            if old is not None and (rate is None or rate < old):
+                # a backoff: the debt of reads taken at the old pace is forgiven, else a slice
+                # read at 25 MB/s would be paid back at the floor's 32 KiB/s (seconds of stall)
+                self._bucket.set_rate(None)
             self._bucket.set_rate(rate)
             self._clamp(rate)
 
@@ -82,11 +93,14 @@ class Pacer:
         sender then cannot queue more than that at the bottleneck, however the reads go."""
         assert self._sampler is not None
         controller = self._sampler.controller
+        sock = self._sampler.sock
         if rate is None:
-            clamp_window(self._sampler.sock, None)
+            clamp_window(sock, None)
+            bound_receive_buffer(sock, None)
             return
-        delay_s = (controller.base_delay_s or 0.0) + controller.target_s
-        clamp_window(self._sampler.sock, int(rate * delay_s))
+        delay_s = (controller.base_delay_s or 0.0) + controller.effective_target_s
+        clamp_window(sock, int(rate * delay_s))
+        bound_receive_buffer(sock, int(rate * RCVBUF_S))
 
     async def acquire(self, n: int) -> None:
         """Wait until ``n`` more bytes may be read: every limit that applies, the stricter
@@ -94,7 +108,9 @@ class Pacer:
         await self._throttle.acquire(self.priority, n)
         if self._bucket.rate is not None:
             started = time.monotonic()
-            await self._bucket.acquire(n)
+            # a read larger than a slice at this pace was asked at a faster one, before a
+            # backoff: charged as one slice, not paid back over seconds at the new pace
+            await self._bucket.acquire(min(n, self.slice_bytes()))
             self._throttle.throttled_s += time.monotonic() - started
 
 

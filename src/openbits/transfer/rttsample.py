@@ -6,7 +6,7 @@ data *we* send is acknowledged, which a download hardly does.  The first is used
 kernel has one, else the second.  Offsets from ``struct tcp_info`` in ``linux/tcp.h`` (stable
 ABI: fields are only ever appended).
 
-:class:`RttSampler` reads at most once per ``interval_s`` (one ``getsockopt`` per ~50 ms of a
+:class:`RttSampler` reads at most once per ``interval_s`` (one ``getsockopt`` per ~10 ms of a
 streaming body, not one per chunk) and feeds a ``yieldctl.DelayController``.
 """
 
@@ -19,10 +19,19 @@ from typing import Final
 
 from openbits.transfer.yieldctl import DelayController
 
-__all__ = ["MIN_CLAMP_BYTES", "SAMPLE_INTERVAL_S", "RttSampler", "clamp_window", "tcp_rtt_s"]
+__all__ = [
+    "MIN_CLAMP_BYTES",
+    "MIN_RCVBUF_BYTES",
+    "SAMPLE_INTERVAL_S",
+    "RttSampler",
+    "bound_receive_buffer",
+    "clamp_window",
+    "tcp_rtt_s",
+]
 
-SAMPLE_INTERVAL_S: Final = 0.05
-"""At most one ``TCP_INFO`` read per 50 ms."""
+SAMPLE_INTERVAL_S: Final = 0.01
+"""At most one ``TCP_INFO`` read per 10 ms: a competing flow's slow start is over in a few
+hundred ms, and the controller filters over 3 samples."""
 
 _TCP_INFO: Final = getattr(socket, "TCP_INFO", 11)
 _RTT_OFFSET: Final = 68  # __u32 tcpi_rtt, microseconds
@@ -47,7 +56,10 @@ def tcp_rtt_s(sock: socket.socket) -> float | None:
 
 _UNCLAMPED_BYTES: Final = 1 << 30
 """A window clamp this large clamps nothing (the receive buffer bounds the window first)."""
-MIN_CLAMP_BYTES: Final = 64 * 1024
+MIN_CLAMP_BYTES: Final = 8 * 1024
+"""The smallest window a clamp leaves (~6 segments; at 4 KiB a Linux sender was seen to stall
+for good): on a short path even 64 KiB in flight is tens of MB/s, so a yielding flow must be
+able to go lower (the bounded buffer and paced reads bound its rate the rest of the way)."""
 
 
 def clamp_window(sock: socket.socket, window_bytes: int | None) -> None:
@@ -57,6 +69,22 @@ def clamp_window(sock: socket.socket, window_bytes: int | None) -> None:
     value = _UNCLAMPED_BYTES if window_bytes is None else max(MIN_CLAMP_BYTES, window_bytes)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, value)
+
+
+MIN_RCVBUF_BYTES: Final = 64 * 1024
+UNPACED_RCVBUF_BYTES: Final = 4 * 1024 * 1024
+"""The receive buffer of a paced socket is never below this, and once unpaced again it is this
+(the kernel caps it at ``net.core.rmem_max``): a buffer set once is no longer auto-tuned."""
+
+
+def bound_receive_buffer(sock: socket.socket, buffer_bytes: int | None) -> None:
+    """Bound the socket's receive buffer (``SO_RCVBUF``; None: a large one again).  The window
+    clamp alone cannot slow a sender on a short path (a few KiB per RTT of a millisecond is
+    MB/s), and paced reads only bind once the buffer is full: an auto-tuned buffer holds tens
+    of MB, seconds of a sender that should have yielded.  Best effort: errors are ignored."""
+    value = UNPACED_RCVBUF_BYTES if buffer_bytes is None else max(MIN_RCVBUF_BYTES, buffer_bytes)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, value)
 
 
 class RttSampler:
