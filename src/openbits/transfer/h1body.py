@@ -16,6 +16,7 @@ import os
 import re
 import select
 import socket
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -31,6 +32,9 @@ __all__ = ["Body", "FileWriteFailed", "Response", "read_response"]
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 #: how long a splicing thread waits for more of the body before it hands back to the loop
 _PUMP_WAIT_MS = 2
+#: how long a splicing thread moves bytes before it hands back to the loop (progress, pacing,
+#: the yield controller's samples: at least ~100 a second however slow the path)
+_PUMP_BUDGET_S = 0.01
 
 
 class FilePosition(Protocol):
@@ -47,7 +51,7 @@ class Body:
     """A response body: ``read(n)`` and ``readany()`` as aiohttp's StreamReader has them;
     an empty bytes object means the body is complete (its framing was checked)."""
 
-    __slots__ = ("_chunk_left", "_client", "_conn", "_mode", "_remaining", "_response", "done")
+    __slots__ = ("_chunk_left", "_client", "_conn", "_mode", "_remaining", "_response", "done", "waited_s")
 
     def __init__(self, client: Wire, conn: Conn, mode: str, length: int, response: Response) -> None:
         self._client = client
@@ -57,6 +61,8 @@ class Body:
         self._chunk_left = 0  # "chunked": bytes left in the current chunk; -1: trailers done
         self._response = response
         self.done = False
+        #: how long the last ``splice_into`` waited for the server's bytes (not for the disk)
+        self.waited_s = 0.0
         if mode == "length" and length == 0:
             self._finish()
 
@@ -148,11 +154,15 @@ class Body:
         body instead)."""
         conn = self._conn
         n = min(n, self._remaining)
+        self.waited_s = 0.0
         while True:
-            done = [0]
+            done, waited = [0], [0.0]
             try:
-                eof, error = await _seen_through(conn.sock.fileno(), pipe, sink.fd, sink.offset, n, done)
+                eof, error = await _seen_through(
+                    conn.sock.fileno(), pipe, sink.fd, sink.offset, n, done, waited
+                )
             finally:
+                self.waited_s += waited[0]
                 sink.offset += done[0]
                 self._remaining -= done[0]
                 self._client.spliced_bytes += done[0]
@@ -168,7 +178,9 @@ class Body:
             if eof:
                 conn.eof = True
                 raise ClosedEarly(f"the connection closed with {self._remaining} bytes of the body missing")
+            asked = time.monotonic()
             await self._client.readable(conn)
+            self.waited_s += time.monotonic() - asked
 
     def _finish(self) -> None:
         self.done = True
@@ -176,12 +188,12 @@ class Body:
 
 
 async def _seen_through(
-    sock: int, pipe: tuple[int, int], fd: int, offset: int, n: int, done: list[int]
+    sock: int, pipe: tuple[int, int], fd: int, offset: int, n: int, done: list[int], waited: list[float]
 ) -> tuple[bool, OSError | None]:
     """``_pump`` in a worker thread, waited for even when the caller is cancelled (then the
     CancelledError is raised after it: ``done`` counts what it moved either way).  (at the
     socket's end, the socket's or the file's error)"""
-    future = asyncio.get_running_loop().run_in_executor(None, _pump, sock, pipe, fd, offset, n, done)
+    future = asyncio.get_running_loop().run_in_executor(None, _pump, sock, pipe, fd, offset, n, done, waited)
     cancelled: asyncio.CancelledError | None = None
     while not future.done():
         try:
@@ -215,18 +227,25 @@ class _SocketFailed(Exception):
         self.error = error
 
 
-def _pump(sock: int, pipe: tuple[int, int], fd: int, offset: int, n: int, done: list[int]) -> bool:
-    """(A worker thread) Socket → pipe → file until ``n`` bytes moved, or the socket has had
-    nothing for ``_PUMP_WAIT_MS``; ``done[0]`` counts the bytes in the file.  True at the
+def _pump(
+    sock: int, pipe: tuple[int, int], fd: int, offset: int, n: int, done: list[int], waited: list[float]
+) -> bool:
+    """(A worker thread) Socket → pipe → file until ``n`` bytes moved, ``_PUMP_BUDGET_S``
+    passed, or the socket has had nothing for ``_PUMP_WAIT_MS``; ``done[0]`` counts the
+    bytes in the file, ``waited[0]`` the seconds spent waiting for the socket.  True at the
     socket's end."""
     pipe_r, pipe_w = pipe
     poller = select.poll()
     poller.register(sock, select.POLLIN)
+    until = time.monotonic() + _PUMP_BUDGET_S
     while done[0] < n:
         try:
             moved = os.splice(sock, pipe_w, n - done[0], flags=_SPLICE_FLAGS)
         except (BlockingIOError, InterruptedError):
-            if not poller.poll(_PUMP_WAIT_MS):
+            asked = time.monotonic()
+            ready = poller.poll(_PUMP_WAIT_MS)
+            waited[0] += time.monotonic() - asked
+            if not ready:
                 return False
             continue
         except OSError as e:
@@ -240,6 +259,8 @@ def _pump(sock: int, pipe: tuple[int, int], fd: int, offset: int, n: int, done: 
                 raise FileWriteFailed(e) from e
             done[0] += written
             moved -= written
+        if time.monotonic() >= until:
+            break
     return False
 
 

@@ -232,7 +232,6 @@ class Segmented:
             while segment.received < segment.end and not content.done:
                 limited = pace.limited()
                 want = min(pace.slice_bytes() if limited else BATCH_BYTES, BATCH_BYTES)
-                asked = time.monotonic()
                 try:
                     moved = await splice_some(
                         content, pipe_fds, sink, min(want, segment.end - segment.received)
@@ -241,7 +240,7 @@ class Segmented:
                     sink.offset = min(sink.offset, segment.end)  # (past it: not this segment's)
                 if not moved:
                     return
-                pace.arrived(moved, time.monotonic() - asked)
+                pace.arrived(moved, content.waited_s)
                 with fs.translating("cannot write the temporary file"):
                     sink.written()
                 segment.received = sink.offset

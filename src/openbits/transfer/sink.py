@@ -248,11 +248,10 @@ async def splice(
             room = BATCH_BYTES if total is None else total - sink.offset
             if room <= 0:
                 raise invalid_response("the server sent more bytes than it announced")
-            asked = time.monotonic()
             moved = await splice_some(content, pipe_fds, sink, max(1, min(want, room)))
             if not moved:
                 return
-            pacer.arrived(moved, time.monotonic() - asked)
+            pacer.arrived(moved, content.waited_s)
             with fs.translating("cannot write the temporary file"):
                 sink.written()
             if limited:
