@@ -115,6 +115,8 @@ class LiveJobs:
         #: the jobs whose ownership is being taken (``wmi._m_take_ownership``): no transfer
         #: of them starts while their files are copied to the new owner
         self.taking: set[str] = set()
+        #: the jobs a Complete is publishing (``verbs.complete``): none restarts meanwhile
+        self.completing: set[str] = set()
         #: raises ValueError for a bad bandwidth setting in the config
         self.policy = ServicePolicy.from_config(config).with_persisted(store.load_settings())
         #: observers of every change announced, ``(job, what)``: a verb's or a state
@@ -179,10 +181,11 @@ class LiveJobs:
 
     def jobs_to_plan(self, every: bool) -> Iterable[Job]:
         """The active jobs, or (``every``: for the inactivity timeout) all not finished."""
+        held = self.taking | self.completing if self.taking or self.completing else frozenset()
         if every:
-            return (j for j in self.jobs.values() if not j.state.is_final and j.job_id not in self.taking)
-        if self.taking:
-            return (j for j in self.active.values() if j.job_id not in self.taking)
+            return (j for j in self.jobs.values() if not j.state.is_final and j.job_id not in held)
+        if held:
+            return (j for j in self.active.values() if j.job_id not in held)
         return self.active.values()
 
     # -- state ----------------------------------------------------------------------------

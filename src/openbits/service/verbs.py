@@ -20,6 +20,7 @@ from openbits.errors import (
     ErrorInformationUnavailable,
     HResult,
     InvalidArgument,
+    InvalidState,
     NotFound,
     NotImplementedValue,
     ReadOnlyProperty,
@@ -370,6 +371,16 @@ class Verbs(Uploads):
 
     async def complete(self, job: Job) -> int:
         new_state = states.complete(job.state, job.job_type)
+        if job.job_id in self.completing:
+            raise InvalidState(f"the job {job.job_id} is being completed already")
+        self.completing.add(job.job_id)  # (no transfer of it restarts while this awaits)
+        try:
+            return await self._complete(job, new_state)
+        finally:
+            self.completing.discard(job.job_id)
+            self.runner.wake()
+
+    async def _complete(self, job: Job, new_state: JobState) -> int:
         await self.runner.stop(job.job_id)
         if job.state.is_final:  # cancelled while we waited
             raise NotFound(f"the job {job.job_id} is {job.state.name}")

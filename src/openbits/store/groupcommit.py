@@ -70,6 +70,7 @@ class GroupCommit:
         self._thread: threading.Thread | None = None
         self.fsyncs = 0  # (for /metrics and the tests: fsyncs done)
         self.checkpoints = 0
+        self._wal_inode: int | None = None  # the WAL whose directory entry is durable
 
     @property
     def pending(self) -> bool:
@@ -147,6 +148,7 @@ class GroupCommit:
             try:
                 self._fsync(fd)
                 self.fsyncs += 1
+                self._sync_new_wal_name(fd)
             except OSError as e:
                 error = StoreWriteFailed(f"the job store {self.db_path} cannot make the change durable: {e}")
                 log.error("%s", error)
@@ -155,9 +157,23 @@ class GroupCommit:
         with self._cond:
             if error is None:
                 self._synced = max(self._synced, target)
-            else:
+            elif self._wanted <= target:  # (a caller who came meanwhile is served at once)
                 self._wanted = self._synced  # (tried again for the next caller)
         self._tell_loop(target, error)
+
+    def _sync_new_wal_name(self, fd: int) -> None:
+        """A WAL file made since the last fsync (SQLite deletes it at every clean close) has a
+        name only as durable as its directory: fsync that once per WAL (what SQLite's FULL
+        does with its directory sync), or a power loss could take the whole WAL with it."""
+        inode = os.fstat(fd).st_ino
+        if inode == self._wal_inode:
+            return
+        directory = os.open(os.path.dirname(os.path.abspath(self.wal_path)), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._fsync(directory)
+        finally:
+            os.close(directory)
+        self._wal_inode = inode
 
     def _tell_loop(self, target: int, error: StoreWriteFailed | None) -> None:
         loop = self._loop

@@ -84,6 +84,9 @@ class HTTPResponse(Protocol):
     @property
     def content(self) -> Body: ...
 
+    def close(self) -> None:
+        """Let the connection go without reading the rest of the body."""
+
 
 class Progress(Protocol):
     def connected(self) -> None:

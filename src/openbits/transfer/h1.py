@@ -290,6 +290,7 @@ class H1Client(Wire):
 
     async def close(self) -> None:
         self._closed = True
+        self.stop_pumps()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -11,6 +11,7 @@ connection (interim 1xx answers skipped) and frames its body.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import os
 import re
@@ -159,7 +160,7 @@ class Body:
             done, waited = [0], [0.0]
             try:
                 eof, error = await _seen_through(
-                    conn.sock.fileno(), pipe, sink.fd, sink.offset, n, done, waited
+                    self._client.pump_threads, conn.sock.fileno(), pipe, sink.fd, sink.offset, n, done, waited
                 )
             finally:
                 self.waited_s += waited[0]
@@ -188,12 +189,21 @@ class Body:
 
 
 async def _seen_through(
-    sock: int, pipe: tuple[int, int], fd: int, offset: int, n: int, done: list[int], waited: list[float]
+    threads: concurrent.futures.Executor,
+    sock: int,
+    pipe: tuple[int, int],
+    fd: int,
+    offset: int,
+    n: int,
+    done: list[int],
+    waited: list[float],
 ) -> tuple[bool, OSError | None]:
     """``_pump`` in a worker thread, waited for even when the caller is cancelled (then the
     CancelledError is raised after it: ``done`` counts what it moved either way).  (at the
     socket's end, the socket's or the file's error)"""
-    future = asyncio.get_running_loop().run_in_executor(None, _pump, sock, pipe, fd, offset, n, done, waited)
+    future = asyncio.get_running_loop().run_in_executor(
+        threads, _pump, sock, pipe, fd, offset, n, done, waited
+    )
     cancelled: asyncio.CancelledError | None = None
     while not future.done():
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import errno
 import ipaddress
@@ -41,6 +42,10 @@ DNS_CACHE_S = 60.0
 
 #: a request as the caller names it: (URL, its headers)
 Ident = tuple[str, tuple[tuple[str, str], ...]]
+
+
+#: splicing threads at most (every spliced body in flight has one while it moves a batch)
+PUMP_THREADS = 64
 
 
 class Conn:
@@ -122,7 +127,25 @@ class Wire:
         #: bodies may move socket → pipe → file inside the kernel (off once refused)
         self.splice_ok = splice
         self.spliced_bytes = 0  # moved by splice since the start
+        self._pumps: concurrent.futures.ThreadPoolExecutor | None = None
         self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, tuple[str, int]]]]] = {}
+
+    @property
+    def pump_threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads that splice bodies into files (``h1body.Body.splice_into``), made when
+        first needed: their own, so a disk that throttles those writes holds up no checkpoint
+        sync, Complete's directory fsync or DNS look-up of the default executor."""
+        if self._pumps is None:
+            self._pumps = concurrent.futures.ThreadPoolExecutor(
+                PUMP_THREADS, thread_name_prefix="openbits-splice"
+            )
+        return self._pumps
+
+    def stop_pumps(self) -> None:
+        """(At close) The splicing threads end (each batch is ~10 ms at most)."""
+        if self._pumps is not None:
+            self._pumps.shutdown(wait=True)
+            self._pumps = None
 
     def wrap(self, sock: socket.socket, key: Key) -> Conn:
         """A connection of the pool ``key`` over a connected socket."""

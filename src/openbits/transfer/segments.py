@@ -36,7 +36,6 @@ from openbits.transfer import files as fs
 from openbits.transfer.checks import RESTART, Restart
 from openbits.transfer.fetch import Body, Fetched, FileDownload, HTTPResponse
 from openbits.transfer.h1 import Body as H1Body
-from openbits.transfer.h1body import Response as H1Response
 from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error, parse_content_range
 from openbits.transfer.owner import Owners, opened_off_loop
 from openbits.transfer.pace import Pacer, pacer
@@ -73,6 +72,9 @@ class Segmented:
         self.unsynced = 0  # bytes written since the last sync began
         self.closed = False
         self.failed: BaseException | None = None  # a checkpoint that could not be recorded
+        #: a checkpoint's fdatasync failed: the kernel may have dropped those pages and will not
+        #: say so again on this file, so nothing more is counted durable in this run
+        self.sync_failed = False
         self.answered = False
 
     async def run(self, first: HTTPResponse | None = None) -> Fetched | Restart:
@@ -113,8 +115,7 @@ class Segmented:
                 await self._copy(segment, first)
             except NETWORK_EXCEPTIONS as e:  # (``get`` translates them in its own task only)
                 raise network_error(e, self.one.file.remote_url) from e
-            if isinstance(first, H1Response):
-                first.close()  # (the rest of the whole file is other segments')
+            first.close()  # (the rest of the whole file is other segments': never read it)
             segment.busy = False
         while (taken := segplan.steal(self.segments)) is not None:
             segment, split = taken
@@ -286,7 +287,10 @@ class Segmented:
 
     def _report(self, sync: asyncio.Future[None]) -> None:
         """The sync returned: each segment is durable up to what it had written when it began."""
-        if self.closed or sync is not self.sync or sync.cancelled() or sync.exception() is not None:
+        if not sync.cancelled() and sync.exception() is not None:
+            self.sync_failed = True  # (raised by the next ``_step``, or by ``_durable``)
+            return
+        if self.closed or sync is not self.sync or sync.cancelled():
             return
         self.sync = None
         for segment, written in self.marks:
@@ -307,6 +311,8 @@ class Segmented:
         """On an error or cancellation: what was written is synced and recorded (bytes that
         could not be written are fetched again)."""
         self.closed = True
+        if self.sync_failed:  # (what the failed sync covered may be lost: the last record stands)
+            return
         try:
             os.fdatasync(self.one.fd)
             for s in self.segments:
@@ -324,7 +330,7 @@ class Segmented:
         fd = self.one.fd
         with fs.translating("cannot write the temporary file"):
             if self.sync is not None:
-                await asyncio.wait([self.sync])
+                await self.sync  # (a checkpoint's failed fdatasync fails the file: its pages may be lost)
             await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, fd)
             check_still_linked(fd)
         for s in self.segments:
