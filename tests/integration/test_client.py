@@ -8,6 +8,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ from tests.support.nginx import Nginx, free_port
 KiB = 1024
 
 
+FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+
+
 def raw_instance(daemon: Daemon, job_id: str) -> dict[str, Any]:
     status, body = daemon.api("GET", f"{CLASS}/{job_id}?IncludeFinished=true")
     assert status == 200, body
@@ -80,7 +84,9 @@ def assert_matches_raw(job: BitsJob, raw: dict[str, Any]) -> None:
             assert when is None
         else:
             assert when is not None and when.tzinfo is not None
-            assert int(when.timestamp() * 10**7) + 116_444_736_000_000_000 == pytest.approx(raw[key], abs=10)
+            # (exact: the datetime is the FILETIME to the microsecond; a float timestamp of
+            # ~10^16 hundreds of ns is not, and made this flaky)
+            assert (when - FILETIME_EPOCH) // timedelta(microseconds=1) == raw[key] // 10
     assert [(f.remote_url, f.local_file, f.bytes_transferred, f.completed) for f in job.files] == [
         (f["RemoteUrl"], f["LocalFile"], f["BytesTransferred"], f["Completed"]) for f in raw["Files"]
     ]
