@@ -72,10 +72,13 @@ fuzz: venv
 		$(PY) -m pytest -q --timeout=0 tests/fuzz
 
 ## make bench: every benchmark in bench/ (1 GiB, 2,000 x 16 KiB, 10,000 queued jobs, throttling, events,
-## a 1 GiB upload, 512 MiB from a server capping each connection, API latency under load).
+## a 1 GiB upload, 512 MiB from a server capping each connection, API latency under load, and as
+## root politeness across a tbf bottleneck).
 bench: venv
-	@bash scripts/ensure-debian-packages.sh nginx curl aria2
-	@rc=0; for b in bench_1g bench_small bench_rss bench_throttle bench_events bench_upload bench_capped bench_latency; do $(PY) bench/$$b.py || rc=1; done; exit $$rc
+	@bash scripts/ensure-debian-packages.sh nginx curl aria2 iproute2
+	@rc=0; for b in bench_1g bench_small bench_rss bench_throttle bench_events bench_upload bench_capped bench_latency; do $(PY) bench/$$b.py || rc=1; done; \
+	if [ "$$(id -u)" = 0 ]; then $(PY) bench/bench_polite.py || rc=1; \
+	else echo "bench_polite skipped: it makes network namespaces (root): sudo make bench-polite"; fi; exit $$rc
 
 ## make bench-1g, bench-small, bench-rss, bench-throttle, bench-events, bench-upload, bench-capped,
 ## bench-latency: one of them.
