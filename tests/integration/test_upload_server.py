@@ -9,6 +9,7 @@ a server killed mid-upload goes on in the same session; abandoned sessions are r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import socket
@@ -211,35 +212,96 @@ def test_server_killed_mid_upload_resumes_in_the_same_session(server: UploadServ
     client.close()
 
 
-def test_server_killed_mid_fragment_keeps_only_acknowledged_bytes(
-    server: UploadServer, tmp_path: Path
-) -> None:
-    data = os.urandom(4 << 20)
+def _killed_mid_fragment(server: UploadServer, data: bytes, name: str) -> tuple[str, Path]:
+    """A session with its first MiB acknowledged, then a fragment of the rest cut after its
+    second MiB by a SIGKILL of the server (its bytes in the partial file); (session, partial)."""
     client = BitsUploadClient(server.port)
-    session = client.create_session("/k.bin").header("BITS-Session-Id") or ""
-    assert client.fragment("/k.bin", session, 0, len(data), data[: 1 << 20]).offset == 1 << 20
+    session = client.create_session(name).header("BITS-Session-Id") or ""
+    assert client.fragment(name, session, 0, len(data), data[: 1 << 20]).offset == 1 << 20
+    client.close()
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
         raw.sendall(
-            b"BITS_POST /k.bin HTTP/1.1\r\nHost: x\r\nBITS-Packet-Type: Fragment\r\n"
+            f"BITS_POST {name} HTTP/1.1\r\nHost: x\r\nBITS-Packet-Type: Fragment\r\n".encode()
             + f"BITS-Session-Id: {session}\r\n".encode()
             + f"Content-Range: bytes {1 << 20}-{len(data) - 1}/{len(data)}\r\n".encode()
             + f"Content-Length: {len(data) - (1 << 20)}\r\n\r\n".encode()
             + data[1 << 20 : 2 << 20]
         )
         (partial,) = _wait_for_partial(server.root)
-        _wait(lambda: partial.stat().st_size > 1 << 20)  # unacknowledged bytes are on disk
+        _wait(lambda: partial.stat().st_size == 2 << 20)  # unacknowledged bytes written
         server.kill()
-    client.close()
-    server.start()
-    probe = client.fragment("/k.bin", session, 0, len(data), data[:10])
-    assert (probe.status, probe.offset) == (416, 1 << 20)
-    assert partial.stat().st_size == 1 << 20  # cut back to the recorded offset
-    source = tmp_path / "k.src"
+    return session, partial
+
+
+def _finish_upload(
+    server: UploadServer, tmp_path: Path, name: str, session: str, data: bytes, start: int
+) -> None:
+    source = tmp_path / "finish.src"
     source.write_bytes(data)
-    assert client.send_file("/k.bin", session, source, start=1 << 20).offset == len(data)
-    assert client.close_session("/k.bin", session).status == 200
-    assert (server.root / "k.bin").read_bytes() == data
+    client = BitsUploadClient(server.port)
+    assert client.send_file(name, session, source, start=start).offset == len(data)
+    assert client.close_session(name, session).status == 200
+    assert (server.root / name.lstrip("/")).read_bytes() == data
     client.close()
+
+
+def test_server_killed_mid_fragment_goes_on_from_what_it_received(
+    server: UploadServer, tmp_path: Path
+) -> None:
+    """Killed, not a power cut (the same boot): the page cache still holds every byte the
+    process wrote, in order, from the client's bodies; the session goes on from there and
+    nothing received is asked for again."""
+    data = os.urandom(4 << 20)
+    session, partial = _killed_mid_fragment(server, data, "/k.bin")
+    server.start()
+    client = BitsUploadClient(server.port)
+    probe = client.fragment("/k.bin", session, 0, len(data), data[:10])
+    assert (probe.status, probe.offset) == (416, 2 << 20)
+    assert partial.stat().st_size == 2 << 20
+    client.close()
+    _finish_upload(server, tmp_path, "/k.bin", session, data, start=2 << 20)
+
+
+def test_after_another_boot_only_durable_bytes_count(server: UploadServer, tmp_path: Path) -> None:
+    """A record saved in another boot (a power cut in between): the partial file is cut back
+    to the bytes the record says were made durable, whatever its length; the client resends
+    from there."""
+    data = os.urandom(4 << 20)
+    session, partial = _killed_mid_fragment(server, data, "/p.bin")
+    (record_path,) = (server.state_dir / "sessions").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert record["boot_id"]  # the running kernel's
+    assert record["durable_offset"] == 0  # a 1 MiB fragment within a second of the create
+    record["boot_id"] = "another-boot"
+    record_path.write_text(json.dumps(record))
+    server.start()
+    client = BitsUploadClient(server.port)
+    probe = client.fragment("/p.bin", session, 1 << 20, len(data), data[1 << 20 : (1 << 20) + 10])
+    assert (probe.status, probe.offset) == (416, 0)
+    assert partial.stat().st_size == 0  # cut back to the durable bytes
+    client.close()
+    _finish_upload(server, tmp_path, "/p.bin", session, data, start=0)
+
+
+def test_a_fragment_a_second_after_the_last_durable_one_is_made_durable(
+    server: UploadServer, client: BitsUploadClient
+) -> None:
+    """Fragments are acknowledged from the page cache, but one that ends a second or more after
+    the partial file was last made durable makes it durable (fdatasync, the record saved)."""
+    total = 1 << 20
+    session = client.create_session("/d.bin").header("BITS-Session-Id") or ""
+    (record_path,) = (server.state_dir / "sessions").glob("*.json")
+    offset = 0
+    deadline = time.monotonic() + 10
+    while json.loads(record_path.read_text())["durable_offset"] == 0:
+        assert time.monotonic() < deadline, "no fragment was made durable"
+        answer = client.fragment("/d.bin", session, offset, total, b"x" * 1024)
+        assert answer.status == 200
+        offset += 1024
+        time.sleep(0.05)  # (fragments spread over time: the rule is about time)
+    record = json.loads(record_path.read_text())
+    assert record["durable_offset"] == record["offset"] == offset
+    assert offset < total
 
 
 def _wait_for_partial(root: Path) -> list[Path]:

@@ -117,9 +117,17 @@ def session_records(server: UploadServer, name: str) -> list[dict[str, Any]]:
 
 
 def server_offset(server: UploadServer, name: str) -> int:
-    """The offset the server acknowledged (and made durable) for the upload ``name``."""
-    records = session_records(server, name)
-    return max((r["offset"] for r in records), default=0)
+    """How far the server holds the upload ``name``: its open session's partial file's length
+    (what a restarted server goes on from: the records are saved only now and then), else
+    the offset its records say."""
+    offsets = [0]
+    for record in session_records(server, name):
+        partial = server.root.joinpath(*record["parts"], f".bits-{record['session_id'].strip('{}')}.part")
+        try:
+            offsets.append(partial.stat().st_size if record["state"] == "open" else record["offset"])
+        except FileNotFoundError:
+            offsets.append(record["offset"])
+    return max(offsets)
 
 
 def created_sessions(server: UploadServer, relative: str) -> list[str]:

@@ -1,12 +1,21 @@
 """The upload sessions: records in the state directory, written durably; they survive restarts.
 
 ``<state>/sessions/{ID}.json`` holds one session (its target, client, total, the offset
-acknowledged, its state, the reply); it is replaced atomically (temporary file, fdatasync,
-rename, fsync of the directory; in a worker thread, off the event loop) after the partial
-file's bytes were made durable, so the recorded offset never runs ahead of the bytes on disk.
-The partial file lives beside its target, as ``.bits-{ID}.part`` (so that Close-Session
-publishes it by a rename, never a copy); after a restart it is cut back to the recorded
-offset (bytes past it were never acknowledged).
+acknowledged, how far the partial file is known durable, the kernel's boot id of that save, its
+state, the reply); it is replaced atomically (temporary file, fdatasync, rename, fsync of the
+directory; in a worker thread, off the event loop).  It is not saved at every fragment: a
+fragment's Ack waits for neither the disk nor the record (at most once a second a fragment makes
+the partial file durable and saves the record: ``uploads``).  What a restart believes:
+
+- the same boot (the server process was killed or restarted, the machine was not): every byte
+  the partial file holds was written by an earlier process from a fragment's body, in order, and
+  the page cache still has it: the session goes on from the file's length;
+- another boot (a power cut, a crash of the machine): only ``durable_offset`` bytes are known to
+  be on the disk; the partial file is cut back to it.
+
+A client that resends from an older offset is answered 416 with the server's, which BITS
+clients follow either way.  The partial file lives beside its target, as ``.bits-{ID}.part``
+(so that Close-Session publishes it by a rename, never a copy).
 Replies of the server application are kept in ``<state>/replies/{ID}.reply``.
 """
 
@@ -39,6 +48,8 @@ class Session:
     last_activity_s: float
     total: int | None = None
     offset: int = 0
+    durable_offset: int = 0  # the partial file's bytes known to be on the disk (fdatasync'd)
+    boot_id: str = ""  # the kernel boot this record was saved in (`kernel_boot_id`)
     state: str = OPEN
     notified: bool = False  # the server application answered 2xx
     reply_url: str | None = None  # a static URL the application gave, else None
@@ -62,6 +73,7 @@ class SessionStore:
 
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
+        self.boot_id = kernel_boot_id()
         self.sessions_dir = os.path.join(state_dir, "sessions")
         self.replies_dir = os.path.join(state_dir, "replies")
         for directory in (state_dir, self.sessions_dir, self.replies_dir):
@@ -82,8 +94,11 @@ class SessionStore:
                 continue
             try:
                 with open(path, encoding="utf-8") as f:
-                    session = Session(**json.load(f))
-            except (OSError, ValueError, TypeError):
+                    fields = json.load(f)
+                # (a record of an older server was saved at every fragment, after its bytes)
+                fields.setdefault("durable_offset", fields.get("offset", 0))
+                session = Session(**fields)
+            except (OSError, ValueError, TypeError, AttributeError):
                 # a damaged record: its session is unknown (the client starts over)
                 self.damaged.add(entry.removesuffix(".json"))
                 continue
@@ -113,6 +128,7 @@ class SessionStore:
     async def save(self, session: Session) -> None:
         """Replace the session's record durably, off the event loop (the caller holds the
         session's lock, or owns a session no request can reach yet)."""
+        session.boot_id = self.boot_id
         record = json.dumps(asdict(session)).encode()  # a snapshot, taken on the loop
         await asyncio.to_thread(self._write_record, session.session_id, record)
 
@@ -150,6 +166,16 @@ class SessionStore:
 
     def _record_path(self, session_id: str) -> str:
         return os.path.join(self.sessions_dir, f"{session_id}.json")
+
+
+def kernel_boot_id() -> str:
+    """The running kernel's boot id: a page cache that outlived a server process belongs to it
+    ("" when unreadable, which no record matches: restarts then trust durable bytes only)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _fsync_path(directory: str) -> None:
