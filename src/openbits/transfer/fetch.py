@@ -298,9 +298,11 @@ class FileDownload:
                 auth = requester.authenticator(url, start)
                 client_tls = await requester.client_tls(url)
                 async with requester.request(url, headers, ahead, routes, auth, client_tls) as resp:
-                    target = redirects.next_url(
-                        resp.status, resp.headers.get("Location"), resp.url, url, flags
-                    )
+                    target = None
+                    if resp.status in redirects.REDIRECT_STATUSES:  # (resp.url is parsed when read)
+                        target = redirects.next_url(
+                            resp.status, resp.headers.get("Location"), resp.url, url, flags
+                        )
                     if target is None:
                         if auth is not None:
                             requester.authenticated(auth, resp.status, self.file.remote_url)

@@ -34,6 +34,8 @@ from typing import Any
 #: open an existing file without blocking on a FIFO a user planted, nor following a link
 _EXISTING = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: a directory on the walk: search permission is enough (O_PATH), and no symlink
+#: a new temporary file: never through a link, never one that exists
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: root's symlinks followed on one path at most (a loop of them ends in ELOOP)
@@ -162,24 +164,23 @@ def open_temp(path: str) -> tuple[int, bool]:
     directory, name = split(path)
     dfd = open_dir(directory)
     try:
+        # created first: most temporary files are new (a job of small files: one syscall each)
         for _ in range(3):
+            try:
+                return os.open(name, _CREATE, 0o600, dir_fd=dfd), True
+            except FileExistsError:
+                pass
             try:
                 fd = os.open(name, os.O_RDWR | _EXISTING, dir_fd=dfd)
             except FileNotFoundError:
-                pass
-            else:
-                try:
-                    _check_own_file(fd, path)
-                    os.set_blocking(fd, True)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                return fd, False
+                continue  # removed in between: create it
             try:
-                flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                return os.open(name, flags, 0o600, dir_fd=dfd), True
-            except FileExistsError:
-                continue  # created in between: open it
+                _check_own_file(fd, path)
+                os.set_blocking(fd, True)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, False
         raise OSError(errno.EEXIST, "the temporary file keeps appearing and vanishing", path)
     finally:
         os.close(dfd)
