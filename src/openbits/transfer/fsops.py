@@ -33,9 +33,9 @@ from typing import Any
 
 #: open an existing file without blocking on a FIFO a user planted, nor following a link
 _EXISTING = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-#: a directory on the walk: search permission is enough (O_PATH), and no symlink
 #: a new temporary file: never through a link, never one that exists
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: a directory on the walk: search permission is enough (O_PATH), and no symlink
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: root's symlinks followed on one path at most (a loop of them ends in ELOOP)
@@ -53,6 +53,12 @@ class _OpenHow(ctypes.Structure):
     """``struct open_how`` of openat2(2)."""
 
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+#: the one ``open_how`` every call passes (a constant: the kernel only reads it), and its size
+_DIR_HOW = _OpenHow(_DIR, 0, _RESOLVE_NO_SYMLINKS)
+_DIR_HOW_REF = ctypes.byref(_DIR_HOW)
+_DIR_HOW_SIZE = ctypes.sizeof(_DIR_HOW)
 
 
 def _load_syscall() -> Any:
@@ -133,8 +139,7 @@ def _open_without_links(directory: str) -> int:
     component (a temporary file per downloaded file: the small-file path)."""
     if _SYSCALL is None:
         return -1
-    how = _OpenHow(_DIR, 0, _RESOLVE_NO_SYMLINKS)
-    fd: int = _SYSCALL(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(directory), ctypes.byref(how), ctypes.sizeof(how))
+    fd: int = _SYSCALL(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(directory), _DIR_HOW_REF, _DIR_HOW_SIZE)
     return fd if fd >= 0 else -1
 
 
