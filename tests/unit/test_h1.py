@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import socket
 import ssl
 import struct
@@ -1399,6 +1400,29 @@ _LINE_BYTES = st.binary(max_size=40).filter(lambda b: b"\n" not in b)
 )
 def test_parse_head_of_head_like_bytes(version: bytes, rest: bytes, lines: list[bytes], eol: bytes) -> None:
     _check_parse(eol.join([version + rest, *lines]))
+
+
+#: the header pattern before it was made greedy (its end tried at every character): the
+#: reference the faster one must match exactly
+_LAZY_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.MULTILINE)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["A", "x-b", "ETag"]),
+            st.text(alphabet=st.sampled_from("aB: \t\r\x00é,"), max_size=12),
+        ),
+        max_size=6,
+    ),
+    st.sampled_from(["\r\n", "\n"]),
+)
+def test_parse_head_takes_each_value_as_the_lazy_pattern_did(fields: list[tuple[str, str]], eol: str) -> None:
+    lines = [f"{name}:{value}" for name, value in fields]
+    head = eol.join(["HTTP/1.1 200 OK", *lines])  # (without its final empty line)
+    headers = parse_head(head.encode("latin-1"))[2]
+    block = eol.join(lines)
+    assert list(headers.items()) == _LAZY_FIELD.findall(block)
 
 
 # -- against a real nginx -------------------------------------------------------------------------

@@ -354,8 +354,8 @@ class Scheduler:
                 index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)
                 if index is None:
                     break
-                left = sum(1 for f in job.files if not f.completed)
-                if connections > 1 and big and left > 1:
+                # (counted only when it matters: counting per file is quadratic in the files)
+                if connections > 1 and big and (left := sum(1 for f in job.files if not f.completed)) > 1:
                     # each file's task gets an equal share of the connections (segments.py)
                     share = max(1, connections // min(connections, left))
                     at_once = FilesAtOnce(job, SharedBatch(batch), connections)

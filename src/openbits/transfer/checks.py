@@ -172,7 +172,9 @@ def range_refused(head: Head, first: int) -> BitsError:
 def header_text(head: Head) -> str:
     """The response headers a file keeps; Set-Cookie may carry a session secret: never kept,
     never returned."""
-    text = "".join(
-        f"{name}: {value}\r\n" for name, value in head.headers.items() if name.lower() != "set-cookie"
-    )
+    headers = head.headers
+    if "Set-Cookie" in headers:  # (case-insensitive)
+        text = "".join([f"{n}: {v}\r\n" for n, v in headers.items() if n.lower() != "set-cookie"])
+    else:
+        text = "".join([f"{n}: {v}\r\n" for n, v in headers.items()])
     return text[:RESPONSE_HEADERS_MAX]

@@ -298,9 +298,11 @@ class FileDownload:
                 auth = requester.authenticator(url, start)
                 client_tls = await requester.client_tls(url)
                 async with requester.request(url, headers, ahead, routes, auth, client_tls) as resp:
-                    target = redirects.next_url(
-                        resp.status, resp.headers.get("Location"), resp.url, url, flags
-                    )
+                    target = None
+                    if resp.status in redirects.REDIRECT_STATUSES:  # (resp.url is parsed when read)
+                        target = redirects.next_url(
+                            resp.status, resp.headers.get("Location"), resp.url, url, flags
+                        )
                     if target is None:
                         if auth is not None:
                             requester.authenticated(auth, resp.status, self.file.remote_url)
@@ -425,13 +427,21 @@ SegmentedStart = Callable[[FileDownload, HTTPResponse, int, int], Awaitable[Fetc
 async def _stream_small(content: Body, fd: int, offset: int, total: int) -> Fetched:
     """A small body of known length: read whole, written with one ``pwritev``, left to
     the caller's batch sync (nothing is checkpointed: an interruption fetches it again)."""
+    writing = "cannot write the temporary file"
+    chunk = await content.read(total - offset)
+    if len(chunk) == total - offset:  # (the whole body at once, as a small one mostly comes)
+        with fs.translating(writing):
+            done = os.pwrite(fd, chunk, offset)
+        if done == len(chunk):
+            return Fetched(total, durable=False)
+        chunk, offset = chunk[done:], offset + done  # (a short write: the rest as any other)
     sink = Sink(fd, offset)
     need = total - offset
-    while sink.pending_len < need:
-        chunk = await content.read(need - sink.pending_len)
-        if not chunk:
-            break
+    while chunk:
         sink.add(chunk)
-    with fs.translating("cannot write the temporary file"):
+        if sink.pending_len >= need:
+            break
+        chunk = await content.read(need - sink.pending_len)
+    with fs.translating(writing):
         sink.flush()
     return Fetched(sink.offset, durable=False)

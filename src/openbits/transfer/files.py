@@ -163,7 +163,10 @@ def open_resumable(
     the last checkpoint ``offset`` (a temporary file that lost bytes starts again from 0)."""
     if path is None:
         raise LocalFileError("the file has no temporary name")
-    fd = open_temp(owners, path, uid, gid)
+    with translating(f"cannot open the temporary file {path}"):
+        fd, created = owners.open_temp(uid, gid, path)
+    if created:
+        return fd, 0  # (empty: nothing to cut back)
     try:
         with translating(f"cannot use the temporary file {path}"):
             size = os.fstat(fd).st_size

@@ -33,6 +33,8 @@ from typing import Any
 
 #: open an existing file without blocking on a FIFO a user planted, nor following a link
 _EXISTING = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: a new temporary file: never through a link, never one that exists
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: a directory on the walk: search permission is enough (O_PATH), and no symlink
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -51,6 +53,12 @@ class _OpenHow(ctypes.Structure):
     """``struct open_how`` of openat2(2)."""
 
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+#: the one ``open_how`` every call passes (a constant: the kernel only reads it), and its size
+_DIR_HOW = _OpenHow(_DIR, 0, _RESOLVE_NO_SYMLINKS)
+_DIR_HOW_REF = ctypes.byref(_DIR_HOW)
+_DIR_HOW_SIZE = ctypes.sizeof(_DIR_HOW)
 
 
 def _load_syscall() -> Any:
@@ -131,8 +139,7 @@ def _open_without_links(directory: str) -> int:
     component (a temporary file per downloaded file: the small-file path)."""
     if _SYSCALL is None:
         return -1
-    how = _OpenHow(_DIR, 0, _RESOLVE_NO_SYMLINKS)
-    fd: int = _SYSCALL(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(directory), ctypes.byref(how), ctypes.sizeof(how))
+    fd: int = _SYSCALL(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(directory), _DIR_HOW_REF, _DIR_HOW_SIZE)
     return fd if fd >= 0 else -1
 
 
@@ -162,24 +169,23 @@ def open_temp(path: str) -> tuple[int, bool]:
     directory, name = split(path)
     dfd = open_dir(directory)
     try:
+        # created first: most temporary files are new (a job of small files: one syscall each)
         for _ in range(3):
+            try:
+                return os.open(name, _CREATE, 0o600, dir_fd=dfd), True
+            except FileExistsError:
+                pass
             try:
                 fd = os.open(name, os.O_RDWR | _EXISTING, dir_fd=dfd)
             except FileNotFoundError:
-                pass
-            else:
-                try:
-                    _check_own_file(fd, path)
-                    os.set_blocking(fd, True)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                return fd, False
+                continue  # removed in between: create it
             try:
-                flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                return os.open(name, flags, 0o600, dir_fd=dfd), True
-            except FileExistsError:
-                continue  # created in between: open it
+                _check_own_file(fd, path)
+                os.set_blocking(fd, True)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, False
         raise OSError(errno.EEXIST, "the temporary file keeps appearing and vanishing", path)
     finally:
         os.close(dfd)

@@ -359,9 +359,11 @@ class H1Client(Wire):
         body: RequestBody | None = None,
     ) -> Response:
         key = target.key
-        head = self._head(target, headers, method)  # a bad request fails before any connection
+        pipelined = self._pipelined_conn(key, ident) if method == "GET" else None
+        # a bad request fails before any connection (one sent ahead was built then already)
+        head = self._head(target, headers, method) if pipelined is None else b""
         for attempt in range(2):
-            conn = self._pipelined_conn(key, ident) if attempt == 0 and method == "GET" else None
+            conn = pipelined if attempt == 0 else None
             sent = conn is not None
             if conn is None and attempt == 0:
                 conn = self._idle_conn(key)
@@ -374,7 +376,7 @@ class H1Client(Wire):
                     extra = self._ahead(conn, key, ahead, target.tls)
                 else:
                     extra = self._ahead(conn, key, ahead, target.tls)
-                    extra.insert(0, head)
+                    extra.insert(0, head or self._head(target, headers, method))
                 if extra:
                     await self.send(conn, b"".join(extra))
                 early = body is not None and await body.send(self, conn)

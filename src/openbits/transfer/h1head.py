@@ -74,8 +74,9 @@ class TunnelRefused(H1Error):
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
-#: one header line: a token, a colon, the value without its surrounding blanks
-_HEADER_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.MULTILINE)
+#: one header line: a token, a colon, blanks, then the rest of the line (its final CR and the
+#: blanks before it are cut by ``_field``: a lazy match here tries the end at every character)
+_HEADER_FIELD = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*)$", re.MULTILINE)
 
 
 #: a connection pool: (host, port, 0 for plain HTTP or the id of the TLS context, the route
@@ -96,7 +97,10 @@ def parse_head(head: bytes) -> tuple[int, str, CIMultiDict[str], bool]:
         raise BadResponse(f"bad status code {code[:20].encode('latin-1')!r}")
     reason = parts[2] if len(parts) > 2 else ""
     block = text[len(lines[0]) + 1 :] if len(lines) > 1 else ""
-    fields = _HEADER_FIELD.findall(block)
+    fields = [
+        (n, v[:-1].rstrip(" \t") if v.endswith("\r") else v.rstrip(" \t"))
+        for n, v in _HEADER_FIELD.findall(block)
+    ]
     if len(fields) != len(lines) - 1 - block.count("\n\n") - block.count("\n\r\n"):
         _bad_header_line(lines[1:])  # (the one line the pattern did not take says what)
     headers: CIMultiDict[str] = CIMultiDict(fields)
