@@ -119,9 +119,15 @@ class Segmented:
 
     async def _worker(self, segment: Segment | None, first: HTTPResponse | None) -> None:
         """One connection: the first answer's segment, then the segments it takes in turn,
-        then (end game) the tails of silent segments alongside their own connections."""
-        if segment is not None and first is not None:
-            await self._own(segment, self._first(segment, first))
+        then (end game) the tails of silent segments alongside their own connections.  A
+        connection that lost a race for a tail was closed: it ends rather than open another
+        (the end game is almost over)."""
+        if (
+            segment is not None
+            and first is not None
+            and not await self._own(segment, self._first(segment, first))
+        ):
+            return
         while True:
             taken = segplan.steal(self.segments)
             if taken is not None:
@@ -131,15 +137,16 @@ class Segmented:
                     log.debug(
                         "file %s: split, a free connection takes %d-%d", name, segment.start, segment.end
                     )
-                await self._own(segment, self._fetch(segment))
+                if not await self._own(segment, self._fetch(segment)):
+                    return
                 continue
             victim, wait_s = segplan.tail(self.segments, time.monotonic())
             if victim is None:
                 return
             if wait_s > 0:  # (its bytes may still be coming: look again once it was silent long enough)
                 await asyncio.sleep(wait_s)
-                continue
-            await self._help(victim)
+            elif not await self._help(victim):
+                return
 
     async def _first(self, segment: Segment, first: HTTPResponse) -> None:
         """Segment 0 from the first answer's body; the rest of it is other segments': never read."""
@@ -150,39 +157,43 @@ class Segmented:
         finally:
             first.close()
 
-    async def _own(self, segment: Segment, fetching: Coroutine[Any, Any, None]) -> None:
+    async def _own(self, segment: Segment, fetching: Coroutine[Any, Any, None]) -> bool:
         """Fetch ``segment`` (``fetching``, in a task of its own that a twin which has the tail
-        first cancels); a twin still fetching its tail is cancelled once it is whole."""
+        first cancels); a twin still fetching its tail is cancelled once it is whole.  False:
+        the twin won (this connection was closed)."""
         task = asyncio.create_task(fetching)
         self.fetching[id(segment)] = task
         try:
-            await _cut_short(task)
+            won = await _cut_short(task)
         finally:
             del self.fetching[id(segment)]
             segment.busy = False
         twin = self.fetching.get(-id(segment))
         if twin is not None and segment.finished:
             twin.cancel()
+        return won
 
-    async def _help(self, victim: Segment) -> None:
+    async def _help(self, victim: Segment) -> bool:
         """End game: fetch ``victim``'s tail alongside its connection; the first to have it
-        ends the other (``segplan.settle``: the bytes are the same, by the validators)."""
+        ends the other (``segplan.settle``: the bytes are the same, by the validators).
+        False: ``victim``'s connection won (this one was closed)."""
         taken = segplan.twin(victim, time.monotonic())
         name = self.one.file.local_file
         log.debug("file %s: a free connection also fetches the tail %d-%d", name, taken.start, taken.end)
         task = asyncio.create_task(self._fetch(taken))
         self.fetching[-id(victim)] = task
         try:
-            await _cut_short(task)
+            won = await _cut_short(task)
         finally:
             del self.fetching[-id(victim)]
             victim.twinned = False
-        if not taken.finished or victim.finished:
-            return
+        if not won or not taken.finished or victim.finished:
+            return won
         rest = segplan.settle(self.segments, victim, taken)
         own = self.fetching.get(id(victim))
         if rest is not None and own is not None:
             own.cancel()  # (its reader stops; what it received is written, the rest is ours)
+        return True
 
     async def _fetch(self, segment: Segment) -> None:
         """The rest of ``segment`` by a Range request, checked to be exactly of it."""
@@ -400,15 +411,17 @@ class Segmented:
         return Fetched(self.total)
 
 
-async def _cut_short(task: asyncio.Task[None]) -> None:
-    """Wait for ``task``; its cancellation by another connection (which had its bytes first)
-    is a normal end, a cancellation of this one is not."""
+async def _cut_short(task: asyncio.Task[None]) -> bool:
+    """Wait for ``task``: True when it ended, False when another connection (which had its
+    bytes first) cancelled it; a cancellation of this one is raised."""
     try:
         await task
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if not task.cancelled() or (current is not None and current.cancelling()):
             raise
+        return False
+    return True
 
 
 def _first(errors: BaseExceptionGroup[BitsError]) -> BitsError:
