@@ -83,6 +83,11 @@ class Segmented:
         #: say so again on this file, so nothing more is counted durable in this run
         self.sync_failed = False
         self.answered = False
+        #: a connection found nothing left to take: the bytes written so far are synced at once
+        #: (a checkpoint), so that the final fdatasync is left with the last segments' tails
+        self.end_game = False
+        #: set (and replaced) whenever a fetch ends (``_ended``)
+        self.ended = asyncio.Event()
         #: the task fetching each segment (by ``id``), and each twin's (by ``-id`` of its victim)
         self.fetching: dict[int, asyncio.Task[None]] = {}
 
@@ -140,11 +145,17 @@ class Segmented:
                 if not await self._own(segment, self._fetch(segment)):
                     return
                 continue
+            if not self.end_game:  # (the first connection with nothing left to take)
+                self.end_game = True
+                with fs.translating("cannot write the temporary file"):
+                    self._step(time.monotonic(), early=True)
             victim, wait_s = segplan.tail(self.segments, time.monotonic())
             if victim is None:
                 return
             if wait_s > 0:  # (its bytes may still be coming: look again once it was silent long enough)
-                await asyncio.sleep(wait_s)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self.ended.wait()  # (or when a segment ends: maybe nothing is left)
             elif not await self._help(victim):
                 return
 
@@ -168,10 +179,16 @@ class Segmented:
         finally:
             del self.fetching[id(segment)]
             segment.busy = False
+            self._ended()
         twin = self.fetching.get(-id(segment))
         if twin is not None and segment.finished:
             twin.cancel()
         return won
+
+    def _ended(self) -> None:
+        """A fetch ended: the connections waiting for a segment to go silent look again."""
+        self.ended.set()
+        self.ended = asyncio.Event()
 
     async def _help(self, victim: Segment) -> bool:
         """End game: fetch ``victim``'s tail alongside its connection; the first to have it
@@ -187,6 +204,7 @@ class Segmented:
         finally:
             del self.fetching[-id(victim)]
             victim.twinned = False
+            self._ended()
         if not won or not taken.finished or victim.finished:
             return won
         rest = segplan.settle(self.segments, victim, taken)
@@ -342,15 +360,17 @@ class Segmented:
     def _due(self, now: float) -> bool:
         return now - self.last_time >= self.interval_s
 
-    def _step(self, now: float) -> None:
-        """Report a finished sync; start the next one when it is due."""
+    def _step(self, now: float, early: bool = False) -> None:
+        """Report a finished sync; start the next one when it is due (``early``: now, if
+        anything was written since the last one began)."""
         if self.failed is not None:
             raise self.failed
         sync = self.sync
         if sync is not None and sync.done():
             sync.result()  # (a failed fdatasync fails the transfer here)
             self._report(sync)
-        if self.sync is None and (self._due(now) or self.unsynced >= self.every_bytes):
+        due = self._due(now) or self.unsynced >= self.every_bytes or (early and self.unsynced > 0)
+        if self.sync is None and due:
             fd = self.one.fd
             check_still_linked(fd)
             self.marks = [(s, s.written) for s in self.segments if s.written > s.done]
