@@ -218,6 +218,63 @@ def test_a_free_connection_takes_half_of_a_slow_segment(daemon: Daemon, dest: Pa
     assert "split, a free connection takes" in daemon.log()
 
 
+@dataclass
+class SilentBeforeEnd(Serve):
+    """A correct server that goes silent for ``silent_s`` in its first answer (a whole-file
+    200) after ``stall_at`` bytes, as a server pacing in bursts does between two bursts; its
+    answer to a range from ``stall_at`` (the tail) waits ``tail_silent_s`` before its body."""
+
+    stall_at: int = 0
+    silent_s: float = 60.0
+    tail_silent_s: float = 0.0
+
+    async def respond(self, req: Request, conn: Connection) -> bool:
+        planned = self.plan(req)
+        if planned is not None and planned[:2] == (206, self.stall_at) and self.tail_silent_s:
+            await conn.send_head(planned[0], self.head_for(*planned))
+            await asyncio.sleep(self.tail_silent_s)  # (the server's pace, not a synchronisation)
+            await conn.send_body(memoryview(self.data)[planned[1] : planned[2]])
+            return True
+        if planned is None or planned[0] != 200:
+            return await super().respond(req, conn)
+        await conn.send_head(planned[0], self.head_for(*planned))
+        await conn.send_body(memoryview(self.data)[: self.stall_at])
+        await asyncio.sleep(self.silent_s)  # (the server's pace, not a synchronisation)
+        await conn.send_body(memoryview(self.data)[self.stall_at :])
+        return True
+
+
+def test_a_free_connection_fetches_the_tail_of_a_silent_segment(daemon: Daemon, dest: Path) -> None:
+    size = 16 * MiB  # 4 segments of 4 MiB; segment 0 (the first answer) goes silent 5000 bytes short
+    data = _bytes(size, 1511)
+    stall_at = 4 * MiB - 5000
+    with FaultServer({"/f": SilentBeforeEnd(data, stall_at=stall_at)}) as server:
+        job = _job(daemon, f"{server.url}/f", dest / "f.bin")
+        daemon.client.resume(job)
+        final = daemon.wait_state(job, JobState.TRANSFERRED, timeout=20)  # (not the 60 s of silence)
+        ranges = [r["headers"].get("range") for r in server.requests]
+    assert final["BytesTransferred"] == size
+    assert daemon.client.complete(job) == 0
+    assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert f"bytes={stall_at}-{4 * MiB - 1}" in ranges, ranges
+    assert "a free connection also fetches the tail" in daemon.log()
+
+
+def test_a_silent_segment_that_resumes_first_ends_its_tails_helper(daemon: Daemon, dest: Path) -> None:
+    size = 16 * MiB  # segment 0 silent 1 s before its last 5000 bytes; the tail's answer 60 s
+    data = _bytes(size, 1512)
+    stall_at = 4 * MiB - 5000
+    behaviour = SilentBeforeEnd(data, stall_at=stall_at, silent_s=1.0, tail_silent_s=60.0)
+    with FaultServer({"/f": behaviour}) as server:
+        job = _job(daemon, f"{server.url}/f", dest / "f.bin")
+        daemon.client.resume(job)
+        daemon.wait_state(job, JobState.TRANSFERRED, timeout=20)  # (not the tail's 60 s)
+        ranges = [r["headers"].get("range") for r in server.requests]
+    assert daemon.client.complete(job) == 0
+    assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert f"bytes={stall_at}-{4 * MiB - 1}" in ranges, "the tail was asked of a second connection"
+
+
 def test_a_failed_segment_keeps_every_segments_bytes_for_the_retry(daemon: Daemon, dest: Path) -> None:
     size = 16 * MiB  # 4 segments of 4 MiB; the first answer (segment 0) stops at 2 MiB + 7
     data = _bytes(size, 1509)

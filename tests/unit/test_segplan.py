@@ -88,3 +88,42 @@ def test_an_answer_allows_segments_only_with_ranges_a_strong_validator_and_size(
     assert segplan.connections_for(200, {"Accept-Ranges": "bytes"}, size, 4, 8 * MiB) == 1, "no validator"
     gzip = {**ok, "Content-Encoding": "gzip"}
     assert segplan.connections_for(200, gzip, size, 4, 8 * MiB) == 1
+
+
+def test_tail_helps_the_most_silent_segment_once_it_was_silent_long_enough() -> None:
+    segments = segplan.split(16 * MiB, 4)  # 4 MiB each, all busy, under STEAL_MIN_BYTES left
+    for i, s in enumerate(segments):
+        s.busy, s.received, s.last_s = True, s.end - 1000 * (i + 1), 10.0 + i
+    segments[3].received = segments[3].written = segments[3].end  # arrived in full: no help
+    victim, wait_s = segplan.tail(segments, now_s=10.005, idle_s=0.015)
+    assert victim is segments[0] and abs(wait_s - 0.01) < 1e-9, "not silent long enough yet"
+    victim, wait_s = segplan.tail(segments, now_s=10.02, idle_s=0.015)
+    assert victim is segments[0] and wait_s == 0
+    taken = segplan.twin(victim, now_s=10.02)
+    assert (taken.start, taken.end) == (victim.received, victim.end) and taken.busy
+    assert taken not in segments, "a twin joins the file's list only when it wins"
+    victim2, _ = segplan.tail(segments, now_s=20.0, idle_s=0.015)
+    assert victim2 is segments[1], "one twin per segment"
+    for s in segments[1:3]:
+        s.twinned = True
+    assert segplan.tail(segments, now_s=20.0) == (None, 0.0), "nothing left to help: the worker ends"
+
+
+def test_settle_ends_the_victim_where_it_was_and_keeps_the_twins_bytes() -> None:
+    segments = segplan.split(8 * MiB, 2)
+    victim = segments[0]
+    victim.busy, victim.received, victim.written = True, 4 * MiB - 5000, 4 * MiB - 6000
+    taken = segplan.twin(victim, now_s=1.0)
+    victim.received = 4 * MiB - 3000  # its connection brought more meanwhile
+    taken.received = taken.written = taken.end  # the twin had it all first
+    rest = segplan.settle(segments, victim, taken)
+    assert rest is not None and not victim.twinned
+    assert victim.end == rest.start == 4 * MiB - 3000 and rest.end == 4 * MiB
+    assert rest.written == rest.end and rest.done == rest.start, "written, not yet durable"
+    assert segments == [victim, rest, segments[2]]
+    assert segplan.decode(segplan.encode(segments), 8 * MiB) is not None, "still tiles the file"
+    # the victim had received every byte meanwhile: nothing to settle
+    segments = segplan.split(8 * MiB, 2)
+    taken = segplan.twin(segments[0], now_s=1.0)
+    segments[0].received = segments[0].end
+    assert segplan.settle(segments, segments[0], taken) is None and len(segments) == 2

@@ -7,7 +7,12 @@ segment 0's stream, not thrown away.  Each other segment is a ``Range: bytes=a-b
 with ``If-Range``, on a connection of its own; each writes at its own offsets of the
 preallocated temporary file.  A connection whose segment is done takes one waiting, else
 the upper half of the largest one left (``segplan.steal``); that segment's reader stops at
-its new end, and its connection is closed.
+its new end, and its connection is closed.  At the very end (nothing left worth splitting),
+a free connection also asks for the tail of a segment whose connection has gone silent
+(``segplan.tail``: a server that paces in bursts would otherwise hold the whole file for a
+burst's worth of time over its last bytes); the first of the two to have it whole ends the
+other (its task cancelled, its connection closed).  Both write the same bytes at the same
+offsets (the same validators), and the connections never outnumber ``connections``.
 
 Durability: one ``fdatasync`` (in a worker thread, on a dup of the fd) covers every
 segment; once it returned, each segment's ``done`` moves to what it had written when the
@@ -29,6 +34,8 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from openbits.errors import BitsError, LocalFileError
 from openbits.transfer import checks, diskio, segplan
@@ -76,6 +83,13 @@ class Segmented:
         #: say so again on this file, so nothing more is counted durable in this run
         self.sync_failed = False
         self.answered = False
+        #: a connection found nothing left to take: the bytes written so far are synced at once
+        #: (a checkpoint), so that the final fdatasync is left with the last segments' tails
+        self.end_game = False
+        #: set (and replaced) whenever a fetch ends (``_ended``)
+        self.ended = asyncio.Event()
+        #: the task fetching each segment (by ``id``), and each twin's (by ``-id`` of its victim)
+        self.fetching: dict[int, asyncio.Task[None]] = {}
 
     async def run(self, first: HTTPResponse | None = None) -> Fetched | Restart:
         """Every segment fetched and durable (``first``: the answer whose body is segment 0);
@@ -109,21 +123,95 @@ class Segmented:
         return await self._durable()
 
     async def _worker(self, segment: Segment | None, first: HTTPResponse | None) -> None:
-        """One connection: the first answer's segment, then the segments it takes in turn."""
-        if segment is not None and first is not None:
-            try:
-                await self._copy(segment, first)
-            except NETWORK_EXCEPTIONS as e:  # (``get`` translates them in its own task only)
-                raise network_error(e, self.one.file.remote_url) from e
-            first.close()  # (the rest of the whole file is other segments': never read it)
+        """One connection: the first answer's segment, then the segments it takes in turn,
+        then (end game) the tails of silent segments alongside their own connections.  A
+        connection that lost a race for a tail was closed: it ends rather than open another
+        (the end game is almost over)."""
+        if (
+            segment is not None
+            and first is not None
+            and not await self._own(segment, self._first(segment, first))
+        ):
+            return
+        while True:
+            taken = segplan.steal(self.segments)
+            if taken is not None:
+                segment, split = taken
+                if split:
+                    name = self.one.file.local_file
+                    log.debug(
+                        "file %s: split, a free connection takes %d-%d", name, segment.start, segment.end
+                    )
+                if not await self._own(segment, self._fetch(segment)):
+                    return
+                continue
+            if not self.end_game:  # (the first connection with nothing left to take)
+                self.end_game = True
+                with fs.translating("cannot write the temporary file"):
+                    self._step(time.monotonic(), early=True)
+            victim, wait_s = segplan.tail(self.segments, time.monotonic())
+            if victim is None:
+                return
+            if wait_s > 0:  # (its bytes may still be coming: look again once it was silent long enough)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self.ended.wait()  # (or when a segment ends: maybe nothing is left)
+            elif not await self._help(victim):
+                return
+
+    async def _first(self, segment: Segment, first: HTTPResponse) -> None:
+        """Segment 0 from the first answer's body; the rest of it is other segments': never read."""
+        try:
+            await self._copy(segment, first)
+        except NETWORK_EXCEPTIONS as e:  # (``get`` translates them in its own task only)
+            raise network_error(e, self.one.file.remote_url) from e
+        finally:
+            first.close()
+
+    async def _own(self, segment: Segment, fetching: Coroutine[Any, Any, None]) -> bool:
+        """Fetch ``segment`` (``fetching``, in a task of its own that a twin which has the tail
+        first cancels); a twin still fetching its tail is cancelled once it is whole.  False:
+        the twin won (this connection was closed)."""
+        task = asyncio.create_task(fetching)
+        self.fetching[id(segment)] = task
+        try:
+            won = await _cut_short(task)
+        finally:
+            del self.fetching[id(segment)]
             segment.busy = False
-        while (taken := segplan.steal(self.segments)) is not None:
-            segment, split = taken
-            if split:
-                name = self.one.file.local_file
-                log.debug("file %s: split, a free connection takes %d-%d", name, segment.start, segment.end)
-            await self._fetch(segment)
-            segment.busy = False
+            self._ended()
+        twin = self.fetching.get(-id(segment))
+        if twin is not None and segment.finished:
+            twin.cancel()
+        return won
+
+    def _ended(self) -> None:
+        """A fetch ended: the connections waiting for a segment to go silent look again."""
+        self.ended.set()
+        self.ended = asyncio.Event()
+
+    async def _help(self, victim: Segment) -> bool:
+        """End game: fetch ``victim``'s tail alongside its connection; the first to have it
+        ends the other (``segplan.settle``: the bytes are the same, by the validators).
+        False: ``victim``'s connection won (this one was closed)."""
+        taken = segplan.twin(victim, time.monotonic())
+        name = self.one.file.local_file
+        log.debug("file %s: a free connection also fetches the tail %d-%d", name, taken.start, taken.end)
+        task = asyncio.create_task(self._fetch(taken))
+        self.fetching[-id(victim)] = task
+        try:
+            won = await _cut_short(task)
+        finally:
+            del self.fetching[-id(victim)]
+            victim.twinned = False
+            self._ended()
+        if not won or not taken.finished or victim.finished:
+            return won
+        rest = segplan.settle(self.segments, victim, taken)
+        own = self.fetching.get(id(victim))
+        if rest is not None and own is not None:
+            own.cancel()  # (its reader stops; what it received is written, the rest is ours)
+        return True
 
     async def _fetch(self, segment: Segment) -> None:
         """The rest of ``segment`` by a Range request, checked to be exactly of it."""
@@ -134,6 +222,7 @@ class Segmented:
         validator = checks.if_range(one.file)
         if validator:
             headers["If-Range"] = validator
+        segment.last_s = time.monotonic()
         async with one.get(headers) as resp:
             self._check(resp, first, last)
             if not self.answered:
@@ -176,6 +265,7 @@ class Segmented:
         (as one stream's does: ``sink.splice``), what came with the head first; other bodies
         are read and written in blocks."""
         sink = Sink(self.one.fd, segment.written)
+        segment.last_s = time.monotonic()
         try:
             if (
                 isinstance(content, H1Body)
@@ -217,7 +307,7 @@ class Segmented:
                 chunk = chunk[:room]
             sink.add(chunk)
             segment.received += len(chunk)
-            now = time.monotonic()
+            now = segment.last_s = time.monotonic()
             if sink.pending_len >= block or segment.received >= segment.end or self._due(now):
                 self._flush(segment, sink, now)
         self._flush(segment, sink, time.monotonic())
@@ -245,6 +335,7 @@ class Segmented:
                 with fs.translating("cannot write the temporary file"):
                     sink.written()
                 segment.received = sink.offset
+                segment.last_s = time.monotonic()
                 if limited:
                     await pace.acquire(moved)
                 self._flush(segment, sink, time.monotonic())
@@ -269,15 +360,17 @@ class Segmented:
     def _due(self, now: float) -> bool:
         return now - self.last_time >= self.interval_s
 
-    def _step(self, now: float) -> None:
-        """Report a finished sync; start the next one when it is due."""
+    def _step(self, now: float, early: bool = False) -> None:
+        """Report a finished sync; start the next one when it is due (``early``: now, if
+        anything was written since the last one began)."""
         if self.failed is not None:
             raise self.failed
         sync = self.sync
         if sync is not None and sync.done():
             sync.result()  # (a failed fdatasync fails the transfer here)
             self._report(sync)
-        if self.sync is None and (self._due(now) or self.unsynced >= self.every_bytes):
+        due = self._due(now) or self.unsynced >= self.every_bytes or (early and self.unsynced > 0)
+        if self.sync is None and due:
             fd = self.one.fd
             check_still_linked(fd)
             self.marks = [(s, s.written) for s in self.segments if s.written > s.done]
@@ -336,6 +429,19 @@ class Segmented:
         for s in self.segments:
             s.done = s.end
         return Fetched(self.total)
+
+
+async def _cut_short(task: asyncio.Task[None]) -> bool:
+    """Wait for ``task``: True when it ended, False when another connection (which had its
+    bytes first) cancelled it; a cancellation of this one is raised."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not task.cancelled() or (current is not None and current.cancelling()):
+            raise
+        return False
+    return True
 
 
 def _first(errors: BaseExceptionGroup[BitsError]) -> BitsError:

@@ -6,6 +6,9 @@ by an ``fdatasync``), ``written`` how far they are in the file, ``received`` how
 arrived (written, or waiting in the segment's write buffer).  ``end`` only ever moves down:
 when a connection is free and no segment is waiting for one, the segment with the most left
 gives the upper half of what it has not received (``steal``); its reader stops at the new end.
+At the very end (nothing left worth splitting) a free connection fetches the tail of a
+segment whose connection has gone silent, alongside it (``tail``: as BitTorrent's end game);
+whichever connection has the bytes first ends both.
 
 The store keeps ``[[start, done, end], ...]`` (``encode``/``decode``): only durable offsets,
 so a file resumed after SIGKILL fetches each segment from its ``done`` — no byte lost, none
@@ -23,6 +26,10 @@ from dataclasses import dataclass
 PIECE_BYTES = 1024 * 1024
 #: a segment is split only when it has at least this much left
 STEAL_MIN_BYTES = 2 * PIECE_BYTES
+#: a segment's connection silent this long, with less than STEAL_MIN_BYTES left, lets a free
+#: connection fetch its tail too: a server that paces in bursts (nginx's ``limit_rate``: 2 MiB,
+#: then 100 ms of silence) would otherwise hold the whole file for its last few bytes
+TAIL_IDLE_S = 0.015
 
 
 @dataclass(slots=True)
@@ -33,6 +40,8 @@ class Segment:
     written: int
     received: int
     busy: bool = False  # a connection fetches it
+    last_s: float = 0.0  # (monotonic) when its connection last brought bytes, or was asked
+    twinned: bool = False  # a second connection fetches its tail too (``tail``)
 
     @property
     def left(self) -> int:
@@ -74,6 +83,41 @@ def steal(segments: list[Segment]) -> tuple[Segment, bool] | None:
     victim.end = middle
     segments.insert(segments.index(victim) + 1, taken)
     return taken, True
+
+
+def tail(segments: list[Segment], now_s: float, idle_s: float = TAIL_IDLE_S) -> tuple[Segment | None, float]:
+    """For a free connection that ``steal`` found nothing for: the busy segment whose tail it
+    should fetch alongside (its connection silent for ``idle_s``, the longest), and 0; or that
+    segment and the seconds until it will have been silent that long (ask again then); or
+    (None, 0): no segment is left to help (each is done, arriving in full, or helped)."""
+    waiting = [s for s in segments if s.busy and not s.twinned and s.left > 0]
+    if not waiting:
+        return None, 0.0
+    silent = min(waiting, key=lambda s: s.last_s)
+    return silent, max(0.0, silent.last_s + idle_s - now_s)
+
+
+def twin(victim: Segment, now_s: float) -> Segment:
+    """The tail of ``victim`` (what it has not received) as a segment of its own, for a second
+    connection; not in the file's list until it wins (``settle``)."""
+    taken = fresh(victim.received, victim.end)
+    taken.busy, taken.last_s = True, now_s
+    victim.twinned = True
+    return taken
+
+
+def settle(segments: list[Segment], victim: Segment, taken: Segment) -> Segment | None:
+    """``taken`` (the twin of ``victim``) arrived whole first: ``victim`` ends where it had
+    received, the rest is ``taken``'s (written, not yet durable), inserted after it; None when
+    ``victim`` had received everything meanwhile."""
+    victim.twinned = False
+    cut = max(victim.received, taken.start)
+    if cut >= victim.end:
+        return None
+    rest = Segment(cut, victim.end, cut, victim.end, victim.end)
+    victim.end = cut
+    segments.insert(segments.index(victim) + 1, rest)
+    return rest
 
 
 def durable_bytes(segments: list[Segment]) -> int:

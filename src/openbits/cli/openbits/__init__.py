@@ -18,6 +18,7 @@ the help and completion: a command's start-up pays for its own module alone.
 
 from __future__ import annotations
 
+import gc
 import importlib
 from typing import Any
 
@@ -148,4 +149,11 @@ def cli(
 
 
 def main() -> None:
-    cli(prog_name="openbits")
+    """The command, then an exit that skips the interpreter's last cyclic garbage collection
+    (``gc.freeze``): walking every object the command's modules made took ~7 of the ~10 ms
+    between a one-shot ``transfer``'s last answer and its exit, work nobody waits for (files
+    and sockets are closed by their owners; atexit still runs)."""
+    try:
+        cli(prog_name="openbits")
+    finally:
+        gc.freeze()
