@@ -1186,28 +1186,30 @@ def log_busy_note(other_and_wall_s: Iterable[tuple[float, float]]) -> None:
 
 
 def ratio_lines(
-    rates: dict[str, float], what: str, target: float = 1.0
+    rates: dict[str, float], what: str, targets: dict[str, float] | None = None
 ) -> tuple[list[str], dict[str, float]]:
     """openbits' rate against curl, curl+fsync and aria2c (those present): lines and ratios;
-    ``target`` is the issue's goal for openbits/curl."""
+    ``targets``: the issue's goal for openbits against each peer (reported met / NOT met)."""
     lines: list[str] = []
     ratios: dict[str, float] = {}
     ob = rates.get("openbits")
     if ob is None:
         return lines, ratios
-    notes = {
-        "curl": None,
-        "curl+fsync": "(like-for-like: both durable on return)",
-        "aria2c": "",
-    }
+    notes = {"curl": "", "curl+fsync": "like-for-like: both durable on return", "aria2c": ""}
     for case, note in notes.items():
         if case not in rates:
             continue
         r = ob / rates[case]
         ratios[f"openbits/{case}"] = r
-        if note is None:
-            note = f"(target ≥ {target:g}: {'met' if r >= target else 'NOT met'})"
-        lines.append(f"openbits/{case} {what} ratio = {r:.2f} {note}".rstrip())
+        target = (targets or {}).get(case)
+        if target is not None:
+            verdict = f"target ≥ {target:g}: {'met' if r >= target else 'NOT met'}"
+            note = f"{note}; {verdict}" if note else verdict
+        lines.append(
+            f"openbits/{case} {what} ratio = {r:.2f} ({note})"
+            if note
+            else f"openbits/{case} {what} ratio = {r:.2f}"
+        )
     return lines, ratios
 
 
