@@ -480,3 +480,18 @@ def test_remove_quietly(owners: Owners, tmp_path: Path) -> None:
 )
 def test_local_source_path(url: str, path: str | None) -> None:
     assert local_source_path(url) == path
+
+
+def test_publish_batch_refuses_what_is_not_a_name_in_its_directory(tmp_path: Path) -> None:
+    """A batch names files in its directories: a path, '.' or '..' is EINVAL, nothing renamed."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "t").write_bytes(b"x")
+    for temp, target in [("../t", "f"), ("t", "sub/f"), ("t", ".."), ("", "f"), ("t", "a\0b")]:
+        assert fsops.publish_batch(str(tmp_path / "sub"), str(tmp_path), 0o644, [[temp, target, None]])[
+            :2
+        ] == [
+            0,
+            errno.EINVAL,
+        ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub", "t"]
+    assert list((tmp_path / "sub").iterdir()) == []
