@@ -1,15 +1,13 @@
 """Complete's renames: every transferred file of a download job made its LocalFile.
 
-The files are published in the job's order, in runs of consecutive files whose temporary
-files share a directory and whose LocalFiles share one (``files.publish_batch``: each
-directory opened once per run, one round trip to the owner's helper for many files, not
-one per file); the first failure stops them (bits-spec §3.2: the job keeps its state, the
+The files are published in the job's order, in runs of consecutive files of one directory
+(a temporary file sits beside its LocalFile; ``files.publish_batch``: the directory opened
+once per run, one round trip to the owner's helper for many files, not one per file); the
+first failure stops them (bits-spec §3.2: the job keeps its state, the
 files renamed before it stay published).
 """
 
 from __future__ import annotations
-
-import os
 
 from openbits.model import Job, JobFile
 from openbits.transfer import files as fs
@@ -24,43 +22,52 @@ def publish_files(owners: Owners, job: Job, mode: int) -> tuple[list[str | None]
     dropped: list[str | None] = []
     directories: set[str] = set()
     run: list[JobFile] = []
-    run_dirs: tuple[str, str] | None = None
+    names: list[tuple[str, str, float | None]] = []
+    run_dir = ""
     for f in job.files:
         if f.published:
             continue
-        temp = f.temp_path
-        if not f.completed or temp is None:
-            dropped.append(temp)
+        if not f.completed or f.temp_name is None:
+            dropped.append(f.temp_path)
             continue
-        dirs = (os.path.dirname(temp), os.path.dirname(f.local_file))
-        if dirs != run_dirs and run:
-            _publish_run(owners, job, mode, run)
-            run = []
-        run_dirs = dirs
+        # (LocalFile is absolute and normalised, its temporary file beside it: no split)
+        cut = f.local_file.rfind("/")
+        directory = f.local_file[:cut] or "/"
+        if directory != run_dir and run:
+            _publish_run(owners, job, mode, run_dir, run, names)
+            run, names = [], []
+        run_dir = directory
         run.append(f)
-        directories.add(dirs[1])
+        names.append((f.temp_name, f.local_file[cut + 1 :], fs.http_date_to_unix(f.last_modified)))
+        directories.add(directory)
     if run:
-        _publish_run(owners, job, mode, run)
+        _publish_run(owners, job, mode, run_dir, run, names)
     return dropped, directories
 
 
-def _publish_run(owners: Owners, job: Job, mode: int, run: list[JobFile]) -> None:
-    """Publish ``run`` (files whose temporary files share a directory, and whose LocalFiles
-    do), in order.  A file whose rename fails but whose temporary file is gone and whose
+def _publish_run(
+    owners: Owners,
+    job: Job,
+    mode: int,
+    directory: str,
+    run: list[JobFile],
+    names: list[tuple[str, str, float | None]],
+) -> None:
+    """Publish ``run`` (files of ``directory``; ``names`` their temporary and final names and
+    mtimes), in order.  A file whose rename fails but whose temporary file is gone and whose
     LocalFile exists was renamed already, by a Complete that crashed before its commit: it
     is published, and the rest follow; any other failure is raised."""
     uid = job.owner_uid
-    items = [(f.temp_path or "", f.local_file, fs.http_date_to_unix(f.last_modified)) for f in run]
     start = 0
     while start < len(run):
-        done, error = fs.publish_batch(owners, uid, None, items[start:], mode)
+        done, error = fs.publish_batch(owners, uid, None, directory, names[start:], mode)
         for f in run[start : start + done]:
             f.published = True
         if error is None:
             return
-        failed = start + done
-        temp, local_file, _ = items[failed]
-        if fs.exists(owners, uid, None, temp) or not fs.exists(owners, uid, None, local_file):
+        failed = run[start + done]
+        temp = failed.temp_path or ""
+        if fs.exists(owners, uid, None, temp) or not fs.exists(owners, uid, None, failed.local_file):
             raise error
-        run[failed].published = True
-        start = failed + 1
+        failed.published = True
+        start += done + 1

@@ -228,26 +228,19 @@ def publish_batch(
     owners: Owners,
     uid: int,
     gid: int | None,
-    items: list[tuple[str, str, float | None]],
+    directory: str,
+    names: list[tuple[str, str, float | None]],
     mode: int,
 ) -> tuple[int, BitsError | None]:
-    """``publish`` of each ``(temp_path, local_file, mtime)`` of ``items``, every temporary
-    file in one directory and every LocalFile in one (``Owners.publish_batch``: the
-    directories opened once, one helper round trip for many files), in order until the
-    first that fails: (how many were published, why the next one was not or None)."""
-    directory = os.path.dirname(items[0][0]) if items else "/"
-    target_directory = os.path.dirname(items[0][1]) if items else "/"
-    names: list[tuple[str, str, float | None]] = []
-    for temp_path, local_file, mtime in items:
-        temp_dir, temp = os.path.split(temp_path)
-        target_dir, target = os.path.split(local_file)
-        if temp_dir != directory or target_dir != target_directory:
-            raise ValueError("publish_batch: the files are not all in the same directories")
-        names.append((temp, target, mtime))
-    done, error = owners.publish_batch(uid, gid, directory, target_directory, mode, names)
+    """``publish`` of each ``(temp_name, name, mtime)`` of ``names``: the temporary file
+    ``temp_name`` in ``directory`` becomes its LocalFile ``name`` there (a temporary file
+    sits beside its LocalFile), the directory opened once for all (``Owners.publish_batch``:
+    one helper round trip for many files, not one per file), in order until the first that
+    fails: (how many were published, why the next one was not, or None)."""
+    done, error = owners.publish_batch(uid, gid, directory, directory, mode, names)
     if error is None:
         return done, None
-    failed = items[done][1] if done < len(items) else target_directory
+    failed = os.path.join(directory, names[done][1]) if done < len(names) else directory
     return done, local_error(error, f"cannot publish {failed}")
 
 
