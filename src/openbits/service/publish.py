@@ -9,20 +9,31 @@ files renamed before it stay published).
 
 from __future__ import annotations
 
+import asyncio
+
 from openbits.model import Job, JobFile
 from openbits.transfer import files as fs
 from openbits.transfer.owner import Owners
 
+#: files renamed between two turns of the event loop: ~4 ms of renames in process, one
+#: round trip to an owner's helper
+SLICE_FILES = 256
 
-def publish_files(owners: Owners, job: Job, mode: int) -> tuple[list[str | None], set[str]]:
+
+async def publish_files(owners: Owners, job: Job, mode: int) -> tuple[list[str | None], set[str]]:
     """Rename every transferred file of ``job`` to its LocalFile (``published`` set on each
-    as it is); (the temporary files of the files not transferred, removed once the job is
-    stored ACKNOWLEDGED; the directories to fsync before the renames are durable).  Raises
-    the BitsError of the first file that could not be published."""
+    as it is), as the owner the job had when this began; (the temporary files of the files
+    not transferred, removed once the job is stored ACKNOWLEDGED; the directories to fsync
+    before the renames are durable).  Raises the BitsError of the first file that could not
+    be published.
+
+    At most ``SLICE_FILES`` files are renamed between two turns of the event loop, so a
+    Complete of thousands of files does not hold up every other caller for its whole length;
+    a job cancelled meanwhile stops the renames there (the files renamed stay published, as
+    when Cancel comes while the directories are synced; the caller sees the job final)."""
+    uid = job.owner_uid
     dropped: list[str | None] = []
-    directories: set[str] = set()
-    run: list[JobFile] = []
-    names: list[tuple[str, str, float | None]] = []
+    runs: list[tuple[str, list[JobFile], list[tuple[str, str, float | None]]]] = []
     run_dir = ""
     for f in job.files:
         if f.published:
@@ -33,21 +44,29 @@ def publish_files(owners: Owners, job: Job, mode: int) -> tuple[list[str | None]
         # (LocalFile is absolute and normalised, its temporary file beside it: no split)
         cut = f.local_file.rfind("/")
         directory = f.local_file[:cut] or "/"
-        if directory != run_dir and run:
-            _publish_run(owners, job, mode, run_dir, run, names)
-            run, names = [], []
-        run_dir = directory
-        run.append(f)
-        names.append((f.temp_name, f.local_file[cut + 1 :], fs.http_date_to_unix(f.last_modified)))
-        directories.add(directory)
-    if run:
-        _publish_run(owners, job, mode, run_dir, run, names)
+        if directory != run_dir or not runs:
+            runs.append((directory, [], []))
+            run_dir = directory
+        runs[-1][1].append(f)
+        runs[-1][2].append((f.temp_name, f.local_file[cut + 1 :], fs.http_date_to_unix(f.last_modified)))
+    directories: set[str] = set()
+    renamed = 0
+    for directory, run, names in runs:
+        for start in range(0, len(run), SLICE_FILES):
+            if renamed:
+                await asyncio.sleep(0)  # (a turn for everyone else)
+                if job.state.is_final:
+                    return dropped, directories
+            directories.add(directory)
+            end = start + SLICE_FILES
+            _publish_run(owners, uid, mode, directory, run[start:end], names[start:end])
+            renamed += len(run[start:end])
     return dropped, directories
 
 
 def _publish_run(
     owners: Owners,
-    job: Job,
+    uid: int,
     mode: int,
     directory: str,
     run: list[JobFile],
@@ -57,7 +76,6 @@ def _publish_run(
     mtimes), in order.  A file whose rename fails but whose temporary file is gone and whose
     LocalFile exists was renamed already, by a Complete that crashed before its commit: it
     is published, and the rest follow; any other failure is raised."""
-    uid = job.owner_uid
     start = 0
     while start < len(run):
         done, error = fs.publish_batch(owners, uid, None, directory, names[start:], mode)

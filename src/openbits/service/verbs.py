@@ -390,7 +390,7 @@ class Verbs(Uploads):
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
         try:
             if job.job_type is JobType.DOWNLOAD:
-                dropped, directories = publish_files(self.owners, job, self.published_mode)
+                dropped, directories = await publish_files(self.owners, job, self.published_mode)
                 await self._fsync_dirs(job, directories)
             else:  # (an upload is on the server once TRANSFERRED: only a reply to publish)
                 self._publish_reply(job)
@@ -402,7 +402,7 @@ class Verbs(Uploads):
             self._announce(job, "complete failed")
             self.runner.wake()
             raise
-        if job.state.is_final:  # (cancelled while the directories were synced: published stay)
+        if job.state.is_final:  # (cancelled while the files were renamed or synced: published stay)
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
         with self._change(job, "acknowledged"):
             self._enter(job, new_state)
