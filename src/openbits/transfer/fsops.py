@@ -154,12 +154,13 @@ def searchable_dir(directory: str) -> int:
     return fd
 
 
-def _check_own_file(fd: int, path: str) -> None:
-    """``fd`` is a regular file of this process's user with one link, else EACCES."""
+def _check_own_file(fd: int, path: str, euid: int | None = None) -> None:
+    """``fd`` is a regular file of this process's user (``euid`` if the caller read it
+    already) with one link, else EACCES."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EACCES, "not a regular file", path)
-    if st.st_nlink != 1 or st.st_uid != os.geteuid():
+    if st.st_nlink != 1 or st.st_uid != (os.geteuid() if euid is None else euid):
         raise OSError(errno.EACCES, "the temporary file is linked elsewhere or not the owner's", path)
 
 
@@ -262,8 +263,9 @@ def publish_batch(
         try:
             tdfd = dfd if target_directory == directory else open_dir(target_directory)
             try:
+                euid = os.geteuid()  # (once: the process's ids do not change)
                 for temp, target, mtime in items:
-                    _publish_one(dfd, tdfd, _name(temp), _name(target), mode, mtime)
+                    _publish_one(dfd, tdfd, _name(temp), _name(target), mode, mtime, euid)
                     done += 1
             finally:
                 if tdfd != dfd:
@@ -282,12 +284,14 @@ def _name(name: Any) -> str:
     return name
 
 
-def _publish_one(dfd: int, tdfd: int, temp: str, target: str, mode: int, mtime: float | None) -> None:
+def _publish_one(
+    dfd: int, tdfd: int, temp: str, target: str, mode: int, mtime: float | None, euid: int | None = None
+) -> None:
     """Mode and mtime of the temporary file ``temp`` in ``dfd`` (opened without following
     a link, checked to be our own), then its rename to ``target`` in ``tdfd``."""
     fd = os.open(temp, os.O_RDONLY | _EXISTING, dir_fd=dfd)
     try:
-        _check_own_file(fd, temp)
+        _check_own_file(fd, temp, euid)
         os.fchmod(fd, mode)
         if mtime is not None:
             os.utime(fd, (mtime, mtime))
