@@ -3,8 +3,8 @@
 The files are published in the job's order, in runs of consecutive files of one directory
 (a temporary file sits beside its LocalFile; ``files.publish_batch``: the directory opened
 once per run, one round trip to the owner's helper for many files, not one per file); the
-first failure stops them (bits-spec §3.2: the job keeps its state, the
-files renamed before it stay published).
+first failure stops them (bits-spec §3.2: the job keeps its state, the files renamed before
+it stay published).
 """
 
 from __future__ import annotations
