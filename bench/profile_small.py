@@ -71,22 +71,32 @@ def start_strace(pid: int, out: Path) -> subprocess.Popen[bytes]:
 
 
 def transfer_profiled(
-    services: Services, urls: list[str], dl: Path, out: Path, strace_out: Path | None
+    services: Services, urls: list[str], dl: Path, out: Path, strace_out: Path | None, phase: str
 ) -> None:
+    """Profile the ``phase`` ("transfer": Resume to TRANSFERRED, or "complete": the
+    Complete call alone) of one job."""
     from openbits.client import Client
 
     pid = services.daemon_pid()
     with Client(str(services.socket), timeout=RUN_DEADLINE_S) as client:
         job = client.create_job("profile_small", priority=0).job_id
         client.add_file_set(job, [(url, str(dl / url.rsplit("/", 1)[1])) for url in urls])
-        tracer = start_strace(pid, strace_out) if strace_out is not None else None
-        os.kill(pid, signal.SIGUSR1)
+        tracer = start_strace(pid, strace_out) if strace_out is not None and phase == "transfer" else None
+        if phase == "transfer":
+            os.kill(pid, signal.SIGUSR1)
         client.resume(job)
         deadline = time.monotonic() + RUN_DEADLINE_S
         running = (QUEUED, CONNECTING, TRANSFERRING)
         while int(client.get_job(job, files=False, wait_while=running, wait_timeout=5).state) != TRANSFERRED:
             if time.monotonic() > deadline:
                 raise BenchError("the job did not reach TRANSFERRED in time")
+        if phase == "complete":
+            untimed_sync()
+            tracer = start_strace(pid, strace_out) if strace_out is not None else None
+            os.kill(pid, signal.SIGUSR1)
+            started = time.perf_counter()
+            client.complete(job)
+            log(f"Complete took {1000 * (time.perf_counter() - started):.1f} ms (profiled)")
         os.kill(pid, signal.SIGUSR2)
         if tracer is not None:
             tracer.send_signal(signal.SIGINT)
@@ -95,13 +105,14 @@ def transfer_profiled(
             if time.monotonic() > deadline:
                 raise BenchError("the daemon wrote no profile")
             time.sleep(0.05)
-        client.complete(job)
+        if phase == "transfer":
+            client.complete(job)
 
 
 def report(out: Path, files: int, top: int) -> None:
     st = pstats.Stats(str(out))
     total = st.total_calls  # type: ignore[attr-defined]
-    log(f"{total} calls in the transfer phase: {total / files:.1f} per file")
+    log(f"{total} calls in the phase: {total / files:.1f} per file")
     rows = sorted(st.stats.items(), key=lambda kv: -kv[1][1])  # type: ignore[attr-defined]
     log(f"{'calls/file':>10} {'tottime s':>9}  function")
     for (path, line, name), (_cc, nc, tt, _ct, _callers) in rows[:top]:
@@ -116,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=60)
     p.add_argument(
         "--strace", action="store_true", help="also count the syscalls of every thread (strace -c)"
+    )
+    p.add_argument(
+        "--phase",
+        choices=("transfer", "complete"),
+        default="transfer",
+        help="what is profiled: Resume to TRANSFERRED (default), or the Complete call alone",
     )
     add_keep_arg(p, "files, logs, state")
     add_output_args(p, OUT_DIR / "profile_small.json", "(unused)")
@@ -140,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         dl = session.work / "dl" / "run"
         dl.mkdir(parents=True)
         untimed_sync()
-        transfer_profiled(services, [f"{base}/{n}" for n in data.names], dl, out, strace_out)
+        transfer_profiled(services, [f"{base}/{n}" for n in data.names], dl, out, strace_out, args.phase)
     if session.failures or not out.exists():
         log("\n".join(session.failures))
         return 1

@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pytest
 
 from openbits.errors import BitsError, HResult
 from openbits.transfer import files
+from openbits.transfer import owner as owner_module
 from openbits.transfer.owner import Identity, Owners, read_as_owner
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
@@ -199,3 +201,42 @@ async def test_a_sync_handle_is_opened_as_the_owner_reaches_the_directory(
     with pytest.raises(BitsError) as caught:  # (the owner cannot reach root's home)
         await files.open_sync_handle(owners, uid, None, "/root")
     assert caught.value.hresult == HResult.E_ACCESSDENIED
+
+
+def test_a_batch_is_published_by_the_helper_in_as_many_requests_as_fit(
+    owners: Owners, public_dir: Path
+) -> None:
+    """More files than one datagram holds: every one renamed as the owner, in order, and a
+    failure in a later request says exactly how many were published before it."""
+    assert NOBODY is not None
+    uid = NOBODY.pw_uid
+    count = 1200  # (names of ~120 bytes: ~300 KB of JSON, five requests or more)
+    items: list[tuple[str, str, float | None]] = []
+    for i in range(count):
+        temp = public_dir / f"{'t' * 100}{i:05d}.tmp"
+        temp.write_bytes(b"x")
+        os.chown(temp, uid, NOBODY.pw_gid)
+        temp.chmod(0o600)
+        items.append((temp.name, f"{'f' * 100}{i:05d}", 1_445_412_480.0))
+    broken = 1000
+    os.chown(public_dir / items[broken][0], 0, 0)  # (not the owner's: refused, left alone)
+    done, error = owners.publish_batch(uid, None, str(public_dir), str(public_dir), 0o644, items)
+    assert done == broken
+    assert isinstance(error, OSError) and error.errno == errno.EACCES
+    for i, (temp, target, _) in enumerate(items):
+        assert (public_dir / target).exists() == (i < broken), i
+        assert (public_dir / temp).exists() == (i >= broken), i
+    st = (public_dir / items[0][1]).stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_mtime) == (uid, 0o644, 1_445_412_480.0)
+    (helper,) = owners.helpers()
+    os.chown(public_dir / items[broken][0], uid, NOBODY.pw_gid)
+    done, error = owners.publish_batch(uid, None, str(public_dir), str(public_dir), 0o644, items[broken:])
+    assert (done, error) == (count - broken, None)
+    assert owners.helpers() == [helper], "one helper answered every request"
+
+
+@pytest.mark.parametrize("answer", [None, [5, 0, ""], [1, 0, ""], [-1, 13, "x"], ["1", 0, ""], [0, 0]])
+def test_a_batch_answer_that_cannot_be_is_nonsense(answer: object) -> None:
+    assert owner_module._batch_answer(answer, 2) == (0, errno.EIO, "the owner's helper answered nonsense")
+    assert owner_module._batch_answer([1, errno.EACCES, "no"], 2) == (1, errno.EACCES, "no")
+    assert owner_module._batch_answer([2, 0, ""], 2) == (2, 0, "")

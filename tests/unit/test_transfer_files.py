@@ -480,3 +480,50 @@ def test_remove_quietly(owners: Owners, tmp_path: Path) -> None:
 )
 def test_local_source_path(url: str, path: str | None) -> None:
     assert local_source_path(url) == path
+
+
+def test_publish_batch_refuses_what_is_not_a_name_in_its_directory(tmp_path: Path) -> None:
+    """A batch names files in its directories: a path, '.' or '..' is EINVAL, nothing renamed."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "t").write_bytes(b"x")
+    for temp, target in [("../t", "f"), ("t", "sub/f"), ("t", ".."), ("", "f"), ("t", "a\0b")]:
+        assert fsops.publish_batch(str(tmp_path / "sub"), str(tmp_path), 0o644, [[temp, target, None]])[
+            :2
+        ] == [
+            0,
+            errno.EINVAL,
+        ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub", "t"]
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+        "Tue, 29 Feb 2028 23:59:59 GMT",
+        "Thu, 31 Dec 2026 00:00:00 GMT",
+        "Wed, 30 Feb 2026 00:00:00 GMT",  # (no such day)
+        "Wed, 21 Oct 2015 24:00:00 GMT",
+        "Wed, 21 Oct 2015 07:60:00 GMT",
+        "Wed, 21 Foo 2015 07:28:00 GMT",
+        "Wed, 21 Oct 2015 07:28:00 UTC",
+        "Wed, 21 Oct 2015 07:28:00 +0200",
+        "Wednesday, 21-Oct-15 07:28:00 GMT",
+        "Wed Oct 21 07:28:00 2015",
+        "Wed, x1 Oct 2015 07:28:00 GMT",
+        "Wed, 21 Oct 2015 07-28-00 GMT",
+        "Wed, 21 Oct 2015 +7:28:00 GMT",
+        "Wed, 21 Oct 2015 0\u00b2:28:00 GMT",
+        "Wed, 21 ct 20155 07:28:00 GMT",
+    ],
+)
+def test_http_date_to_unix_reads_every_form_as_the_email_parser_does(value: str) -> None:
+    """The sliced IMF-fixdate and the email parser's fallback agree with the email parser."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        expected: float | None = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        expected = None
+    assert http_date_to_unix.__wrapped__(value) == expected

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -64,6 +63,7 @@ from openbits.service.params import (
     validate_ranges,
     validate_remote_url,
 )
+from openbits.service.publish import publish_files
 from openbits.service.uploads import Uploads, default_reply_file_name
 from openbits.transfer import files as fs
 from openbits.transfer.owner import user_exists
@@ -390,7 +390,7 @@ class Verbs(Uploads):
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
         try:
             if job.job_type is JobType.DOWNLOAD:
-                dropped, directories = self._publish(job)
+                dropped, directories = await publish_files(self.owners, job, self.published_mode)
                 await self._fsync_dirs(job, directories)
             else:  # (an upload is on the server once TRANSFERRED: only a reply to publish)
                 self._publish_reply(job)
@@ -402,7 +402,7 @@ class Verbs(Uploads):
             self._announce(job, "complete failed")
             self.runner.wake()
             raise
-        if job.state.is_final:  # (cancelled while the directories were synced: published stay)
+        if job.state.is_final:  # (cancelled while the files were renamed or synced: published stay)
             raise NotFound(f"the job {job.job_id} is {job.state.name}")
         with self._change(job, "acknowledged"):
             self._enter(job, new_state)
@@ -411,33 +411,6 @@ class Verbs(Uploads):
             # is published and every other one dropped, whatever their ``published`` says)
         await self._remove_all(job, dropped)  # (a crash before this: recover() removes them)
         return int(HResult.BG_S_PARTIAL_COMPLETE) if dropped else 0
-
-    def _publish(self, job: Job) -> tuple[list[str | None], set[str]]:
-        """Rename every transferred file to its LocalFile; the temporary files of the files
-        not transferred (removed once the job is stored ACKNOWLEDGED) and the directories to
-        fsync before the renames are durable (``_fsync_dirs``)."""
-        dropped: list[str | None] = []
-        directories: set[str] = set()
-        uid = job.owner_uid
-        for f in job.files:
-            if f.published:
-                continue
-            temp = f.temp_path
-            if f.completed and temp is not None:
-                mtime = fs.http_date_to_unix(f.last_modified)
-                try:
-                    fs.publish(self.owners, uid, None, temp, f.local_file, mtime, self.published_mode)
-                    directories.add(os.path.dirname(f.local_file))
-                except BitsError:
-                    if fs.exists(self.owners, uid, None, temp) or not fs.exists(
-                        self.owners, uid, None, f.local_file
-                    ):
-                        raise
-                    # renamed already, by a Complete that crashed before its commit
-                f.published = True
-            else:
-                dropped.append(temp)
-        return dropped, directories
 
     async def _fsync_dirs(self, job: Job, directories: set[str]) -> None:
         """The renames made durable before Complete answers: one fsync per directory, in a

@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote, urlsplit
@@ -181,11 +182,33 @@ def open_resumable(
     return fd, offset
 
 
+#: the months of an HTTP date (RFC 9110 §5.6.7), three letters each, in order
+_MONTHS = "JanFebMarAprMayJunJulAugSepOctNovDec"
+
+
 @functools.lru_cache(maxsize=256)
 def http_date_to_unix(value: str | None) -> float | None:
+    """The Unix time of a Last-Modified value, None if it is none.  The IMF-fixdate every
+    server sends ("Sun, 06 Nov 1994 08:49:37 GMT") is read by slicing (half the email
+    parser's time: a job of thousands of files may have as many dates); any other form by
+    the email parser, whose answer it always gives."""
     if not value:
         return None
     try:
+        digits = value[5:7] + value[12:16] + value[17:19] + value[20:22] + value[23:25]
+        if (
+            len(value) == 29
+            and value[3:5] == ", "
+            and value[25:] == " GMT"
+            and digits.isascii()
+            and digits.isdigit()
+        ):
+            at = _MONTHS.find(value[8:11])
+            if at >= 0 and at % 3 == 0 and value[16] == " " and value[19] == value[22] == ":":
+                month = at // 3 + 1
+                day, year = int(value[5:7]), int(value[12:16])
+                hms = int(value[17:19]), int(value[20:22]), int(value[23:25])
+                return datetime(year, month, day, *hms, tzinfo=UTC).timestamp()
         return parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):
         return None
@@ -222,6 +245,26 @@ def publish(
     """
     with translating(f"cannot publish {local_file}"):
         owners.publish(uid, gid, temp_path, local_file, mode, mtime)
+
+
+def publish_batch(
+    owners: Owners,
+    uid: int,
+    gid: int | None,
+    directory: str,
+    names: list[tuple[str, str, float | None]],
+    mode: int,
+) -> tuple[int, BitsError | None]:
+    """``publish`` of each ``(temp_name, name, mtime)`` of ``names``: the temporary file
+    ``temp_name`` in ``directory`` becomes its LocalFile ``name`` there (a temporary file
+    sits beside its LocalFile), the directory opened once for all (``Owners.publish_batch``:
+    one helper round trip for many files, not one per file), in order until the first that
+    fails: (how many were published, why the next one was not, or None)."""
+    done, error = owners.publish_batch(uid, gid, directory, directory, mode, names)
+    if error is None:
+        return done, None
+    failed = os.path.join(directory, names[done][1]) if done < len(names) else directory
+    return done, local_error(error, f"cannot publish {failed}")
 
 
 def check_new_owner(owners: Owners, local_files: list[str], uid: int, gid: int | None) -> None:

@@ -28,7 +28,7 @@ import socket
 import stat
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 #: open an existing file without blocking on a FIFO a user planted, nor following a link
@@ -154,12 +154,13 @@ def searchable_dir(directory: str) -> int:
     return fd
 
 
-def _check_own_file(fd: int, path: str) -> None:
-    """``fd`` is a regular file of this process's user with one link, else EACCES."""
+def _check_own_file(fd: int, path: str, euid: int | None = None) -> None:
+    """``fd`` is a regular file of this process's user (``euid`` if the caller read it
+    already) with one link, else EACCES."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EACCES, "not a regular file", path)
-    if st.st_nlink != 1 or st.st_uid != os.geteuid():
+    if st.st_nlink != 1 or st.st_uid != (os.geteuid() if euid is None else euid):
         raise OSError(errno.EACCES, "the temporary file is linked elsewhere or not the owner's", path)
 
 
@@ -234,20 +235,69 @@ def publish(temp_path: str, local_file: str, mode: int, mtime: float | None) -> 
     try:
         tdfd = dfd if target_dir == directory else open_dir(target_dir)
         try:
-            fd = os.open(temp, os.O_RDONLY | _EXISTING, dir_fd=dfd)
-            try:
-                _check_own_file(fd, temp_path)
-                os.fchmod(fd, mode)
-                if mtime is not None:
-                    os.utime(fd, (mtime, mtime))
-            finally:
-                os.close(fd)
-            os.rename(temp, target, src_dir_fd=dfd, dst_dir_fd=tdfd)
+            _publish_one(dfd, tdfd, temp, target, mode, mtime)
         finally:
             if tdfd != dfd:
                 os.close(tdfd)
     finally:
         os.close(dfd)
+
+
+def publish_batch(
+    directory: str, target_directory: str, mode: int, items: Sequence[Sequence[Any]]
+) -> list[Any]:
+    """``publish`` for many files of one directory (``[temp_name, target_name, mtime]``
+    each, renamed to ``target_directory``), in order: each directory is opened once for all
+    of them, not once per file (a job of 2,000 small files: two syscalls fewer each, and one
+    helper round trip for the lot).  Every file gets what ``publish`` gives it: opened
+    without following a link, checked to be our own singly linked regular file, ``mode``
+    and its mtime set through that fd, renamed relative to the directories' fds.
+
+    Stops at the first file that fails: ``[done, errno, message]`` with ``done`` the number
+    renamed before it (``errno`` 0 when every one was), a value rather than an exception so
+    the caller knows which files are published (the helper sends an exception's errno
+    alone)."""
+    done = 0
+    try:
+        dfd = open_dir(directory)
+        try:
+            tdfd = dfd if target_directory == directory else open_dir(target_directory)
+            try:
+                euid = os.geteuid()  # (once: the process's ids do not change)
+                for temp, target, mtime in items:
+                    _publish_one(dfd, tdfd, _name(temp), _name(target), mode, mtime, euid)
+                    done += 1
+            finally:
+                if tdfd != dfd:
+                    os.close(tdfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        return [done, e.errno or errno.EIO, e.strerror or str(e)]
+    return [done, 0, ""]
+
+
+def _name(name: Any) -> str:
+    """``name`` if it is one name in a directory (no ``/``, not ``.`` nor ``..``), else EINVAL."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise OSError(errno.EINVAL, "not a file name", str(name))
+    return name
+
+
+def _publish_one(
+    dfd: int, tdfd: int, temp: str, target: str, mode: int, mtime: float | None, euid: int | None = None
+) -> None:
+    """Mode and mtime of the temporary file ``temp`` in ``dfd`` (opened without following
+    a link, checked to be our own), then its rename to ``target`` in ``tdfd``."""
+    fd = os.open(temp, os.O_RDONLY | _EXISTING, dir_fd=dfd)
+    try:
+        _check_own_file(fd, temp, euid)
+        os.fchmod(fd, mode)
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
+    os.rename(temp, target, src_dir_fd=dfd, dst_dir_fd=tdfd)
 
 
 def unlink(path: str) -> bool:
@@ -344,6 +394,7 @@ ACTIONS: dict[str, Callable[..., Any]] = {
     "create_temp": create_temp,
     "open_source": open_source,
     "publish": publish,
+    "publish_batch": publish_batch,
     "unlink": unlink,
     "exists": exists,
     "fsync_dir": fsync_dir,

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,6 +302,37 @@ class Owners:
     ) -> None:
         self.run(uid, gid, "publish", temp, local_file, mode, mtime)
 
+    def publish_batch(
+        self,
+        uid: int,
+        gid: int | None,
+        directory: str,
+        target_directory: str,
+        mode: int,
+        items: list[tuple[str, str, float | None]],
+    ) -> tuple[int, OSError | None]:
+        """(done, error): ``fsops.publish_batch`` of ``items`` (``(temp_name, target_name,
+        mtime)``), in order, until the first that fails: ``done`` were renamed, and
+        ``error`` (None if none failed) is why the next one was not, or why its helper
+        could not say (the files after ``done`` are then in an unknown state).  A helper
+        takes them in as few requests as fit in its datagrams."""
+        done = 0
+        # (in process: no datagram to fit in, so one call and no JSON)
+        in_process = self.acts_in_process(uid)
+        chunks: Iterable[Sequence[Any]] = (
+            [items] if in_process else _chunks(directory, target_directory, items)
+        )
+        try:
+            for chunk in chunks:
+                result = self.run(uid, gid, "publish_batch", directory, target_directory, mode, chunk)[0]
+                n, err, message = _batch_answer(result, len(chunk))
+                done += n
+                if err:
+                    return done, OSError(err, message)
+        except OSError as e:
+            return done, e
+        return done, None
+
     def unlink(self, uid: int, gid: int | None, path: str) -> bool:
         return bool(self.run(uid, gid, "unlink", path)[0])
 
@@ -343,6 +374,40 @@ def _check_paths(args: tuple[Any, ...]) -> None:
     for arg in args:
         if isinstance(arg, str) and len(arg) * 4 > PATH_MAX_BYTES and len(os.fsencode(arg)) > PATH_MAX_BYTES:
             raise OSError(errno.ENAMETOOLONG, f"a path is longer than {PATH_MAX_BYTES} bytes")
+
+
+def _chunks(
+    directory: str, target_directory: str, items: list[tuple[str, str, float | None]]
+) -> Iterator[list[list[Any]]]:
+    """``items`` in runs that each fit in one request to a helper (``fsops.MESSAGE_BYTES``),
+    sized with the same JSON encoding the request uses (the rest of the request: its
+    action, directories and mode, and room to spare)."""
+    rest = len(json.dumps(["publish_batch", [directory, target_directory, 0o7777, []]]))
+    budget = fsops.MESSAGE_BYTES - rest - 64
+    chunk: list[list[Any]] = []
+    size = 0
+    for temp, target, mtime in items:
+        item: list[Any] = [temp, target, mtime]
+        cost = len(json.dumps(item)) + 2
+        if chunk and size + cost > budget:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def _batch_answer(result: Any, sent: int) -> tuple[int, int, str]:
+    """(done, errno, message) of a ``publish_batch`` answer, checked: a helper is no more
+    trusted than its owner, and a count it cannot have done is nonsense (EIO)."""
+    try:
+        done, err, message = result
+        if isinstance(done, int) and isinstance(err, int) and 0 <= done <= sent and (err or done == sent):
+            return done, err, str(message)
+    except (TypeError, ValueError):
+        pass
+    return 0, errno.EIO, "the owner's helper answered nonsense"
 
 
 def _given(fd: int | None) -> int:
