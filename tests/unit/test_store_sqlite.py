@@ -498,3 +498,23 @@ def test_a_store_of_every_earlier_version_is_migrated_and_keeps_its_jobs(
         assert [j.display_name for j in reopened.load_jobs()] == [f"made by v{version}"]
     finally:
         reopened.close()
+
+
+def test_add_files_gives_each_file_its_row_id(store: SqliteStore, db_path: Path) -> None:
+    """The ids of many files inserted at once are taken from last_insert_rowid(), not read
+    back row by row: each file's id is its own row's, in two jobs whose adds interleave."""
+    jobs = [full_job(files=[]), full_job(files=[])]
+    for job in jobs:
+        store.add_job(job)
+    for round_ in range(3):
+        for n, job in enumerate(jobs):
+            new = [JobFile(f"http://h/{n}/{round_}/{i}", f"/tmp/{n}/{round_}/{i}") for i in range(40)]
+            job.files.extend(new)
+            store.add_files(job, new)
+    db = sqlite3.connect(str(db_path))
+    try:
+        for job in jobs:
+            rows = dict(db.execute("SELECT local_file, file_id FROM files WHERE job_id = ?", (job.job_id,)))
+            assert {f.local_file: f.file_id for f in job.files} == rows
+    finally:
+        db.close()

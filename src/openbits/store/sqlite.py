@@ -412,15 +412,32 @@ class SqliteStore:
             db.executemany(
                 INSERT_FILE, [file_insert_row(job.job_id, first + i, f) for i, f in enumerate(files)]
             )
-            ids = dict(
-                db.execute(
-                    "SELECT position, file_id FROM files WHERE job_id = ? AND position >= ?",
-                    (job.job_id, first),
-                )
-            )
-            for i, f in enumerate(files):
-                f.file_id = ids[first + i]
+            self._note_file_ids(db, job.job_id, first, files)
             self._update_job(db, job)
+
+    @staticmethod
+    def _note_file_ids(db: sqlite3.Connection, job_id: str, first: int, files: list[JobFile]) -> None:
+        """The ids of ``files``, just inserted at positions ``first``... by one executemany:
+        consecutive (AUTOINCREMENT, one writer), the last one ``last_insert_rowid()``, as
+        the first row's id confirms; else (never seen) read back row by row."""
+        if not files:
+            return
+        last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        start = last - len(files) + 1
+        row = db.execute(
+            "SELECT file_id FROM files WHERE job_id = ? AND position = ?", (job_id, first)
+        ).fetchone()
+        if row is not None and int(row[0]) == start:
+            for i, f in enumerate(files):
+                f.file_id = start + i
+            return
+        ids = dict(
+            db.execute(
+                "SELECT position, file_id FROM files WHERE job_id = ? AND position >= ?", (job_id, first)
+            )
+        )
+        for i, f in enumerate(files):
+            f.file_id = ids[first + i]
 
     def save_job(self, job: Job, files: Iterable[JobFile] = ()) -> None:
         with self._transaction() as db:
