@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -171,6 +172,15 @@ def test_temp_names_follow_the_pattern_and_are_stable_and_distinct() -> None:
     assert len(names) == 100
     assert all(TEMP_NAME.match(n) for n in names)
     assert files.temp_name_for(job_a, 3) == files.temp_name_for(job_a, 3)
+
+
+def test_temp_names_are_derived_as_ever() -> None:
+    """The name is found again after a restart from the JobId and the position alone: its
+    derivation (the first 8 hex digits of sha256("<JobId>/<position>")) never changes."""
+    job = "{11111111-2222-3333-4444-555555555555}"
+    for i in (0, 3, 1999):
+        expected = hashlib.sha256(f"{job}/{i}".encode()).hexdigest()[:8].upper()
+        assert files.temp_name_for(job, i) == f".BIT{expected}.tmp"
 
 
 def test_open_temp_creates_owner_only_files(owners: Owners, tmp_path: Path) -> None:

@@ -264,9 +264,10 @@ def validate_local_file(path: str) -> str:
     name = segments[-1]
     if not name:
         raise InvalidArgument("LocalFile must name a file, not a directory")
-    if len(name.encode()) > 255:
+    if len(name) * 4 > 255 and len(name.encode()) > 255:  # (a character is 4 bytes at most)
         raise StringTooLong("the file name in LocalFile is longer than 255 bytes")
-    return os.path.normpath(path)
+    # (with no '.', '..' or empty name, only doubled slashes are left to normalise)
+    return os.path.normpath(path) if "//" in path else path
 
 
 def check_custom_headers(text: str | None) -> None:

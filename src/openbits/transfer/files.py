@@ -183,7 +183,7 @@ def temp_name_for(job_id: str, index: int) -> str:
     random GUID and the file's position, so it is known before the file exists and never
     has to be committed before bytes are written (a crash leaves no orphan: the same name is
     found again)."""
-    digest = hashlib.sha256(f"{job_id}/{index}".encode()).hexdigest()[:8].upper()
+    digest = hashlib.sha256(f"{job_id}/{index}".encode()).digest()[:4].hex().upper()
     return f"{TEMP_PREFIX}{digest}{TEMP_SUFFIX}"
 
 
