@@ -12,6 +12,7 @@ that makes it survive power loss, done on another thread for every commit before
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -429,7 +430,7 @@ class SqliteStore:
         for start in range(0, len(rows), per):
             part = rows[start : start + per]
             sql = f"{head} VALUES {', '.join([values] * len(part))}"
-            db.execute(sql, [value for row in part for value in row])
+            db.execute(sql, list(itertools.chain.from_iterable(part)))
 
     @staticmethod
     def _note_file_ids(db: sqlite3.Connection, job_id: str, first: int, files: list[JobFile]) -> None:
