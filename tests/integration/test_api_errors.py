@@ -793,6 +793,30 @@ def test_add_file_set_adds_all_or_nothing(daemon: Daemon, nginx: Nginx, dest: Pa
     assert [sha256_file(dest / f"{i}.bin") for i in range(3)] == digests
 
 
+def test_add_file_set_refuses_a_local_file_that_is_a_directory(daemon: Daemon, dest: Path) -> None:
+    """Among many files for one directory (checked with one listing, not a stat each), a
+    LocalFile naming a directory, or a symlink to one, is E_INVALIDARG and adds nothing; a
+    regular file and a symlink to a file are taken."""
+    (dest / "f0010").mkdir()
+    (dest / "f0020").symlink_to(dest / "f0010")
+    (dest / "f0030").write_bytes(b"old")
+    (dest / "f0040").symlink_to(dest / "f0030")
+    job = create(daemon, DisplayName="dir among many")
+    files = [
+        {"RemoteUrl": f"http://127.0.0.1:9/{i}", "LocalFile": str(dest / f"f{i:04d}")} for i in range(64)
+    ]
+    for bad in (10, 20):
+        answer = assert_error(
+            daemon, "POST", job_path(job, "AddFileSet"), {"Files": files}, code=E_INVALIDARG
+        )
+        assert "is a directory" in answer["Message"] and f"f{bad:04d}" in answer["Message"], answer
+        assert get(daemon, job)["FilesTotal"] == 0
+        files = [f for f in files if not f["LocalFile"].endswith(f"f{bad:04d}")]
+    status, body = daemon.api("POST", job_path(job, "AddFileSet"), {"Files": files})
+    assert (status, body["ReturnValue"]) == (200, 0), body
+    assert get(daemon, job)["FilesTotal"] == 62
+
+
 def test_get_can_leave_out_the_files_for_pollers(daemon: Daemon, dest: Path) -> None:
     job = create(daemon, DisplayName="lean")
     daemon.client.add_file(job, "http://127.0.0.1:9/f.bin", str(dest / "f.bin"))

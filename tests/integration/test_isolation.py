@@ -132,6 +132,27 @@ def test_destinations_through_symlinks_or_foreign_directories_are_refused(site: 
     )
 
 
+def test_a_users_add_file_set_refuses_a_directory_among_many_files(site: Site) -> None:
+    """The destination directory checked with the owner's rights once (in a thread: his
+    helper), its names listed once: a LocalFile that is a directory is still E_INVALIDARG."""
+    bob = site.bob
+    out = bob.home / "many"
+
+    def make() -> None:
+        out.mkdir()
+        (out / "f07").mkdir()
+
+    as_user(bob, make)
+    job = site.new_job(bob)
+    files = [{"RemoteUrl": "http://127.0.0.1:9/x", "LocalFile": str(out / f"f{i:02d}")} for i in range(40)]
+    status, body = site.call(bob, "POST", f"{CLASS}/{job}/AddFileSet", {"Files": files})
+    assert status == 400 and body["ErrorCode"] == "0x80070057" and "f07" in body["Message"], body
+    del files[7]
+    status, body = site.call(bob, "POST", f"{CLASS}/{job}/AddFileSet", {"Files": files})
+    assert status == 200, body
+    assert site.daemon.client.get_job(job).files_total == 39
+
+
 def _planted(site: Site, plant: Callable[[Path], None]) -> tuple[str, Path]:
     """A job of bob's whose temporary file bob (or root, for a hard link) replaced with
     something else before it started; (job, the temporary path)."""

@@ -7,13 +7,14 @@ from typing import Any
 import pytest
 
 from openbits.errors import (
+    BitsError,
     HResult,
     InvalidArgument,
     NotImplementedValue,
     StringTooLong,
 )
 from openbits.model import LOCAL_FILE_MAX, JobPriority, JobType, SetJobStateCode
-from openbits.service.params import Params, enum_value, validate_local_file, validate_remote_url
+from openbits.service.params import Params, enum_value, file_entry, validate_local_file, validate_remote_url
 
 # -- validate_remote_url ---------------------------------------------------------------------
 
@@ -316,3 +317,42 @@ def test_the_origins_found_valid_are_kept_by_the_caller_not_the_module() -> None
     assert seen == {"http://h:81"}
     with pytest.raises(InvalidArgument):
         validate_remote_url("http://h:0/a", seen)
+
+
+# -- file_entry ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"RemoteUrl": "http://h/a", "LocalFile": "/t/a"},
+        {"RemoteUrl": "http://h/a", "LocalFile": "/t/a", "Digest": None},
+        {"remoteurl": "http://h/a", "LOCALFILE": "/t/a"},
+    ],
+)
+def test_file_entry_takes_plain_entries(raw: dict[str, Any]) -> None:
+    assert file_entry(raw, "AddFileSet") == ("http://h/a", "/t/a", None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ({"RemoteUrl": "http://h/a"}, HResult.E_INVALIDARG),
+        ({"RemoteUrl": "http://h/a", "LocalFile": None}, HResult.E_INVALIDARG),
+        ({"RemoteUrl": "http://h/a", "LocalFile": 7}, HResult.E_INVALIDARG),
+        ({"RemoteUrl": "http://h/a", "LocalFile": "/t/\x00"}, HResult.E_INVALIDARG),
+        (
+            {"RemoteUrl": "http://h/a", "LocalFile": "/t/" + "a" * LOCAL_FILE_MAX},
+            HResult.BG_E_STRING_TOO_LONG,
+        ),
+        ({"RemoteUrl": "http://h/a", "LocalFile": "/t/a", "Other": 1}, HResult.E_INVALIDARG),
+        ({"RemoteUrl": "http://h/a", "LocalFile": "/t/a", "Digest": "sha256:xyz"}, HResult.E_INVALIDARG),
+        ({"RemoteUrl": "http://h/a", "LocalFile": "/t/a", "Digest": 5}, HResult.E_INVALIDARG),
+        ({"RemoteUrl": "http://h/a", "remoteurl": "http://h/b"}, HResult.E_INVALIDARG),
+        (["http://h/a", "/t/a"], HResult.E_INVALIDARG),
+    ],
+)
+def test_file_entry_refuses_what_params_refuses(raw: Any, code: HResult) -> None:
+    with pytest.raises(BitsError) as e:
+        file_entry(raw, "AddFileSet")
+    assert e.value.hresult == code

@@ -21,7 +21,7 @@ from openbits.model import (
     new_job_id,
 )
 from openbits.store import StoreError
-from openbits.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from openbits.store.sqlite import FILE_ROWS_PER_INSERT, MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 
 @pytest.fixture
@@ -498,3 +498,27 @@ def test_a_store_of_every_earlier_version_is_migrated_and_keeps_its_jobs(
         assert [j.display_name for j in reopened.load_jobs()] == [f"made by v{version}"]
     finally:
         reopened.close()
+
+
+def test_add_files_gives_each_file_its_row_id(store: SqliteStore, db_path: Path) -> None:
+    """The ids of many files inserted at once are taken from last_insert_rowid(), not read
+    back row by row, and written several hundred a statement: each file's id is its own row's,
+    in two jobs whose adds interleave; they load in the order added."""
+    jobs = [full_job(files=[]), full_job(files=[])]
+    for job in jobs:
+        store.add_job(job)
+    for round_, count in enumerate((40, 2 * FILE_ROWS_PER_INSERT + 7, 1)):
+        for n, job in enumerate(jobs):
+            new = [JobFile(f"http://h/{n}/{round_}/{i}", f"/tmp/{n}/{round_}/{i}") for i in range(count)]
+            job.files.extend(new)
+            store.add_files(job, new)
+    db = sqlite3.connect(str(db_path))
+    try:
+        for job in jobs:
+            rows = dict(db.execute("SELECT local_file, file_id FROM files WHERE job_id = ?", (job.job_id,)))
+            assert {f.local_file: f.file_id for f in job.files} == rows
+    finally:
+        db.close()
+    loaded = {j.job_id: j for j in store.load_jobs()}
+    for job in jobs:
+        assert [as_dict(f) for f in loaded[job.job_id].files] == [as_dict(f) for f in job.files]

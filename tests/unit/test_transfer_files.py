@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -171,6 +172,15 @@ def test_temp_names_follow_the_pattern_and_are_stable_and_distinct() -> None:
     assert len(names) == 100
     assert all(TEMP_NAME.match(n) for n in names)
     assert files.temp_name_for(job_a, 3) == files.temp_name_for(job_a, 3)
+
+
+def test_temp_names_are_derived_as_ever() -> None:
+    """The name is found again after a restart from the JobId and the position alone: its
+    derivation (the first 8 hex digits of sha256("<JobId>/<position>")) never changes."""
+    job = "{11111111-2222-3333-4444-555555555555}"
+    for i in (0, 3, 1999):
+        expected = hashlib.sha256(f"{job}/{i}".encode()).hexdigest()[:8].upper()
+        assert files.temp_name_for(job, i) == f".BIT{expected}.tmp"
 
 
 def test_open_temp_creates_owner_only_files(owners: Owners, tmp_path: Path) -> None:
@@ -527,3 +537,54 @@ def test_http_date_to_unix_reads_every_form_as_the_email_parser_does(value: str)
     except (TypeError, ValueError, IndexError):
         expected = None
     assert http_date_to_unix.__wrapped__(value) == expected
+
+
+# -- DirectoryNames: which LocalFiles are directories, one listing per directory ------------
+
+
+def _names_case(tmp_path: Path, count: int) -> list[str]:
+    (tmp_path / "d3").mkdir()
+    (tmp_path / "l5").symlink_to(tmp_path / "d3")
+    (tmp_path / "r7").write_bytes(b"x")
+    (tmp_path / "s9").symlink_to(tmp_path / "r7")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    names = ["d3", "l5", "r7", "s9", "dangling"] + [f"n{i}" for i in range(count)]
+    return [str(tmp_path / n) for n in names]
+
+
+@pytest.mark.parametrize("count", [0, 40])
+def test_directory_names_agree_with_isdir(tmp_path: Path, count: int) -> None:
+    """Listed (40 more names) or not (5 names): the same answers as os.path.isdir, symlinks
+    followed; a path it was not built with is asked of the file system."""
+    locals_ = _names_case(tmp_path, count)
+    names = files.DirectoryNames(locals_)
+    other = str(tmp_path / "d3" / "inner")
+    (tmp_path / "d3" / "inner").mkdir()
+    for local in [*locals_, other, "/"]:
+        assert names.is_dir(local) == os.path.isdir(local), local
+
+
+def test_directory_names_list_a_shared_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locals_ = _names_case(tmp_path, 40)
+    stats: list[str] = []
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda p: stats.append(p) or real_isdir(p))
+    names = files.DirectoryNames(locals_)
+    assert [local for local in locals_ if names.is_dir(local)] == locals_[:2]
+    assert stats == []
+
+
+def test_directory_names_give_up_a_long_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory of many more entries than files asked about is not read to its end: each
+    file is stat-ed instead (and still found a directory)."""
+    locals_ = _names_case(tmp_path, 20)
+    for i in range(files.DirectoryNames.LIST_PER_FILE * len(locals_)):
+        (tmp_path / f"other{i}").touch()
+    stats: list[str] = []
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda p: stats.append(p) or real_isdir(p))
+    names = files.DirectoryNames(locals_)
+    assert [local for local in locals_ if names.is_dir(local)] == locals_[:2]
+    assert stats == locals_

@@ -7,7 +7,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from openbits.digest import parse_digest
@@ -170,12 +170,39 @@ def file_pair(raw: Any, method: str) -> tuple[str, str]:
 
 def file_entry(raw: Any, method: str, *, digest: bool = True) -> tuple[str, str, str | None]:
     """``{RemoteUrl, LocalFile[, Digest]}`` as (remote, local, canonical digest or None)."""
+    quick = _plain_file_entry(raw, digest)
+    if quick is not None:
+        return quick
     p = Params(raw, ("RemoteUrl", "LocalFile", "Digest") if digest else ("RemoteUrl", "LocalFile"))
     remote = p.string("RemoteUrl", REMOTE_URL_MAX)
     local = p.string("LocalFile", LOCAL_FILE_MAX)
     if remote is None or local is None:
         raise InvalidArgument(f"{method} needs RemoteUrl and LocalFile")
     return remote, local, validate_digest(p.string("Digest", DIGEST_MAX))
+
+
+def _plain(value: Any, limit: int) -> TypeGuard[str]:
+    return type(value) is str and len(value) <= limit and "\x00" not in value
+
+
+def _plain_file_entry(raw: Any, digest: bool) -> tuple[str, str, str | None] | None:
+    """``file_entry`` of the usual entry (AddFileSet: thousands of them), without a
+    :class:`Params` each: keys spelled as documented, plain valid strings.  None for any
+    other entry, which ``file_entry`` then checks in full (and raises its error)."""
+    if type(raw) is not dict or not 2 <= len(raw) <= 3:
+        return None
+    remote = raw.get("RemoteUrl")
+    local = raw.get("LocalFile")
+    if not (_plain(remote, REMOTE_URL_MAX) and _plain(local, LOCAL_FILE_MAX)):
+        return None
+    if len(raw) == 2:
+        return remote, local, None
+    if not digest or "Digest" not in raw:
+        return None
+    text = raw["Digest"]
+    if text is not None and not _plain(text, DIGEST_MAX):
+        return None
+    return remote, local, validate_digest(text)
 
 
 def validate_digest(text: str | None) -> str | None:
@@ -237,9 +264,10 @@ def validate_local_file(path: str) -> str:
     name = segments[-1]
     if not name:
         raise InvalidArgument("LocalFile must name a file, not a directory")
-    if len(name.encode()) > 255:
+    if len(name) * 4 > 255 and len(name.encode()) > 255:  # (a character is 4 bytes at most)
         raise StringTooLong("the file name in LocalFile is longer than 255 bytes")
-    return os.path.normpath(path)
+    # (with no '.', '..' or empty name, only doubled slashes are left to normalise)
+    return os.path.normpath(path) if "//" in path else path
 
 
 def check_custom_headers(text: str | None) -> None:

@@ -205,10 +205,12 @@ class Verbs(Uploads):
         pending: int,
         taken: set[str],
         checked: set[str] | None = None,
+        names: fs.DirectoryNames | None = None,
     ) -> JobFile:
         """A new file for ``job`` after ``pending`` others being added with it; ``taken`` holds
         the LocalFiles of the job and of those (the new one is added to it), ``checked`` the
-        destination directories already checked in this call."""
+        destination directories already checked in this call, ``names`` which of its
+        LocalFiles are directories."""
         remote = validate_remote_url(remote, self.known_origins)
         local = validate_local_file(local)
         count = len(job.files) + pending
@@ -220,7 +222,7 @@ class Verbs(Uploads):
             raise InvalidArgument(f"the job already has a file for {local}")
         taken.add(local)
         gid = caller.gid if caller.uid == job.owner_uid else primary_gid(job.owner_uid)
-        fs.check_destination(self.owners, local, job.owner_uid, gid, checked)
+        fs.check_destination(self.owners, local, job.owner_uid, gid, checked, names)
         return JobFile(remote_url=remote, local_file=local, temp_name=fs.temp_name_for(job.job_id, count))
 
     async def _destinations_checked(self, uid: int, gid: int | None, locals_: list[str]) -> set[str]:
@@ -232,9 +234,10 @@ class Verbs(Uploads):
             return checked  # (checked by _new_file, quickly)
 
         def check() -> None:
+            names = fs.DirectoryNames(locals_)
             for local in locals_:
                 with contextlib.suppress(BitsError):
-                    fs.check_destination(self.owners, validate_local_file(local), uid, gid, checked)
+                    fs.check_destination(self.owners, validate_local_file(local), uid, gid, checked, names)
 
         await asyncio.to_thread(check)
         return checked
@@ -306,8 +309,9 @@ class Verbs(Uploads):
         added: list[JobFile] = []
         taken = {f.local_file for f in job.files}
         checked = prechecked[1] if prechecked is not None and prechecked[0] == job.owner_uid else set()
+        names = fs.DirectoryNames(local for _, local in pairs)
         for remote, local in pairs:
-            added.append(self._new_file(caller, job, remote, local, len(added), taken, checked))
+            added.append(self._new_file(caller, job, remote, local, len(added), taken, checked, names))
         for f, digest in zip(added, digests or (), strict=False):
             f.digest = digest
         if ranges is not None:
