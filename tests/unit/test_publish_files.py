@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ from openbits.service.publish import SLICE_FILES, publish_files
 from openbits.transfer.owner import Owners
 
 LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
-
-
-@pytest.fixture
-def owners() -> Iterator[Owners]:
-    pool = Owners()
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 def _job(directories: list[Path], names: list[str]) -> Job:

@@ -44,16 +44,6 @@ TEMP_NAME = re.compile(r"^\.BIT[0-9A-F]{8}\.tmp$")
 is_root = UID == 0
 
 
-@pytest.fixture
-def owners() -> Iterator[Owners]:
-    """The owners' file-system actions (helpers for another user, when root), closed after."""
-    pool = Owners()
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
 # -- check_destination -----------------------------------------------------------------------
 
 
