@@ -383,3 +383,22 @@ def test_one_connection_or_a_small_file_is_one_stream(daemon: Daemon, nginx: Ngi
     for uri in ("/seg/one.bin", "/seg/small.bin"):
         served = nginx.wait_requests(1, uri)
         assert len(served) == 1 and served[0]["range"] is None, served
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review3: with more connections than segments (9 MiB, MaxConnections 16: 9 segments of "
+    "1 MiB) the spare workers find nothing to steal and twin segments whose fetch has not even "
+    "started (Segment.last_s is 0.0): those ranges are asked twice at once",
+)
+def test_spare_connections_do_not_fetch_a_segment_twice_from_the_start(daemon: Daemon, dest: Path) -> None:
+    size = 9 * MiB  # over segment_min_bytes (8 MiB): 9 segments of 1 MiB on 16 connections
+    data = _bytes(size, 1513)
+    with FaultServer({"/f": Serve(data)}) as server:
+        job = _job(daemon, f"{server.url}/f", dest / "f.bin", MaxConnections=16)
+        daemon.client.resume(job)
+        daemon.wait_state(job, JobState.TRANSFERRED, timeout=20)
+        ranges = [r["headers"].get("range") for r in server.requests if r["headers"].get("range")]
+    assert daemon.client.complete(job) == 0
+    assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert len(ranges) == len(set(ranges)), f"ranges asked twice: {sorted(ranges)}"
