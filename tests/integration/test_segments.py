@@ -423,7 +423,7 @@ class TailRefused(SilentBeforeEnd):
     "the whole file when it fails (a 503 here), though the segment's own connection brings its "
     "bytes a second later: _help raises the twin's error into the TaskGroup",
 )
-def test_a_refused_tail_request_does_not_fail_a_file_its_segment_completes(daemon: Daemon, dest: Path) -> None:
+def test_a_refused_tail_request_does_not_fail_the_file(daemon: Daemon, dest: Path) -> None:
     size = 16 * MiB  # segment 0 silent 1 s before its last 5000 bytes; the tail's range: 503
     data = _bytes(size, 1514)
     stall_at = 4 * MiB - 5000
