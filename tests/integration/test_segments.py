@@ -385,12 +385,6 @@ def test_one_connection_or_a_small_file_is_one_stream(daemon: Daemon, nginx: Ngi
         assert len(served) == 1 and served[0]["range"] is None, served
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review3: with more connections than segments (9 MiB, MaxConnections 16: 9 segments of "
-    "1 MiB) the spare workers find nothing to steal and twin segments whose fetch has not even "
-    "started (Segment.last_s is 0.0): those ranges are asked twice at once",
-)
 def test_spare_connections_do_not_fetch_a_segment_twice_from_the_start(daemon: Daemon, dest: Path) -> None:
     size = 9 * MiB  # over segment_min_bytes (8 MiB): 9 segments of 1 MiB on 16 connections
     data = _bytes(size, 1513)
@@ -417,12 +411,6 @@ class TailRefused(SilentBeforeEnd):
         return await super().respond(req, conn)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review3: the end game's optional second request for a silent segment's tail fails "
-    "the whole file when it fails (a 503 here), though the segment's own connection brings its "
-    "bytes a second later: _help raises the twin's error into the TaskGroup",
-)
 def test_a_refused_tail_request_does_not_fail_the_file(daemon: Daemon, dest: Path) -> None:
     size = 16 * MiB  # segment 0 silent 1 s before its last 5000 bytes; the tail's range: 503
     data = _bytes(size, 1514)

@@ -95,6 +95,9 @@ def test_tail_helps_the_most_silent_segment_once_it_was_silent_long_enough() -> 
     for i, s in enumerate(segments):
         s.busy, s.received, s.last_s = True, s.end - 1000 * (i + 1), 10.0 + i
     segments[3].received = segments[3].written = segments[3].end  # arrived in full: no help
+    assert segplan.tail(segments, now_s=20.0) == (None, 0.0), "no answer began: none is silent"
+    for s in segments:
+        s.answered = True
     victim, wait_s = segplan.tail(segments, now_s=10.005, idle_s=0.015)
     assert victim is segments[0] and abs(wait_s - 0.01) < 1e-9, "not silent long enough yet"
     victim, wait_s = segplan.tail(segments, now_s=10.02, idle_s=0.015)

@@ -149,6 +149,8 @@ class Segmented:
                 self.end_game = True
                 with fs.translating("cannot write the temporary file"):
                     self._step(time.monotonic(), early=True)
+            if self._paced():
+                return  # (a paced segment is silent by our own doing: no second request for it)
             victim, wait_s = segplan.tail(self.segments, time.monotonic())
             if victim is None:
                 return
@@ -158,6 +160,12 @@ class Segmented:
                         await self.ended.wait()  # (or when a segment ends: maybe nothing is left)
             elif not await self._help(victim):
                 return
+
+    def _paced(self) -> bool:
+        """The job's reads are paced (a bandwidth limit, or its priority yields to other
+        traffic): silences are ours, and a second request would only spend the same budget."""
+        throttle, priority = self.one.transport.throttle, self.one.priority
+        return throttle.is_limited(priority) or throttle.politeness.yields(priority)
 
     async def _first(self, segment: Segment, first: HTTPResponse) -> None:
         """Segment 0 from the first answer's body; the rest of it is other segments': never read."""
@@ -201,6 +209,11 @@ class Segmented:
         self.fetching[-id(victim)] = task
         try:
             won = await _cut_short(task)
+        except BitsError as e:  # (optional: the segment's own connection still brings it)
+            if isinstance(e, LocalFileError):
+                raise  # (the file's own trouble, not the request's)
+            log.debug("file %s: the tail's second request failed: %s", name, e.message)
+            won = False
         finally:
             del self.fetching[-id(victim)]
             victim.twinned = False
@@ -265,7 +278,7 @@ class Segmented:
         (as one stream's does: ``sink.splice``), what came with the head first; other bodies
         are read and written in blocks."""
         sink = Sink(self.one.fd, segment.written)
-        segment.last_s = time.monotonic()
+        segment.last_s, segment.answered = time.monotonic(), True
         try:
             if (
                 isinstance(content, H1Body)

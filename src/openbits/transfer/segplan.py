@@ -42,6 +42,7 @@ class Segment:
     busy: bool = False  # a connection fetches it
     last_s: float = 0.0  # (monotonic) when its connection last brought bytes, or was asked
     twinned: bool = False  # a second connection fetches its tail too (``tail``)
+    answered: bool = False  # its connection's answer began (its body is being read)
 
     @property
     def left(self) -> int:
@@ -90,7 +91,8 @@ def tail(segments: list[Segment], now_s: float, idle_s: float = TAIL_IDLE_S) -> 
     should fetch alongside (its connection silent for ``idle_s``, the longest), and 0; or that
     segment and the seconds until it will have been silent that long (ask again then); or
     (None, 0): no segment is left to help (each is done, arriving in full, or helped)."""
-    waiting = [s for s in segments if s.busy and not s.twinned and s.left > 0]
+    # (a segment whose answer has not begun is not silent: its request or its head is on its way)
+    waiting = [s for s in segments if s.busy and s.answered and not s.twinned and s.left > 0]
     if not waiting:
         return None, 0.0
     silent = min(waiting, key=lambda s: s.last_s)
