@@ -240,3 +240,5 @@ def test_a_batch_answer_that_cannot_be_is_nonsense(answer: object) -> None:
     assert owner_module._batch_answer(answer, 2) == (0, errno.EIO, "the owner's helper answered nonsense")
     assert owner_module._batch_answer([1, errno.EACCES, "no"], 2) == (1, errno.EACCES, "no")
     assert owner_module._batch_answer([2, 0, ""], 2) == (2, 0, "")
+    # every file renamed, then an error (closing a directory): they are published, no one blamed
+    assert owner_module._batch_answer([2, errno.EIO, "close"], 2) == (2, 0, "")

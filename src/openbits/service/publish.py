@@ -81,8 +81,8 @@ def _publish_run(
         done, error = fs.publish_batch(owners, uid, None, directory, names[start:], mode)
         for f in run[start : start + done]:
             f.published = True
-        if error is None:
-            return
+        if error is None or start + done >= len(run):
+            return  # (every file renamed: an error after the last, closing a directory, is moot)
         failed = run[start + done]
         temp = failed.temp_path or ""
         if fs.exists(owners, uid, None, temp) or not fs.exists(owners, uid, None, failed.local_file):

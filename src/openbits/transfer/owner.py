@@ -404,7 +404,8 @@ def _batch_answer(result: Any, sent: int) -> tuple[int, int, str]:
     try:
         done, err, message = result
         if isinstance(done, int) and isinstance(err, int) and 0 <= done <= sent and (err or done == sent):
-            return done, err, str(message)
+            # (every file renamed, then an error, e.g. closing a directory: they are published)
+            return (done, 0, "") if done == sent else (done, err, str(message))
     except (TypeError, ValueError):
         pass
     return 0, errno.EIO, "the owner's helper answered nonsense"

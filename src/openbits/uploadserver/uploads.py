@@ -214,6 +214,11 @@ class Uploads:
         fd = await asyncio.to_thread(self._open_partial_in_place, session, settings)
         try:
             await asyncio.to_thread(os.fdatasync, fd)
+        except OSError:  # (as in `_write`: back to the last durable point)
+            session.offset = min(session.offset, session.durable_offset)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, session.offset)
+            raise
         finally:
             os.close(fd)
         session.state = COMPLETE
@@ -254,7 +259,13 @@ class Uploads:
                 raise invalid("the body ended before Content-Range's end")
             self._readers.pop(session.session_id, None)  # all in: nothing left to abandon
             if durable:
-                await asyncio.to_thread(os.fdatasync, fd)
+                try:
+                    await asyncio.to_thread(os.fdatasync, fd)
+                except OSError:
+                    # a write-back error: what came since the last durable point may be lost
+                    # (the kernel reports it once): back to that point, the client resends
+                    session.offset = min(session.offset, session.durable_offset)
+                    raise
             return rng.length
         except BaseException:
             with contextlib.suppress(OSError):
