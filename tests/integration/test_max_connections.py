@@ -186,3 +186,28 @@ def test_openbits_transfer_max_connections_reaches_the_job(daemon: Daemon, nginx
     requests = [r for r in nginx.requests() if r["uri"].startswith("/slow/mc-cli/")]
     assert len({r["connection"] for r in requests}) == 1, "FOREGROUND, but MaxConnections 1"
     assert daemon.cli("transfer", "--max-connections", "0", urls[0], str(dest)).returncode == 2
+
+
+def test_files_fetched_before_the_job_goes_at_once_are_not_fetched_again(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    """A FOREGROUND job moves one file at a time until it meets a big one, then the rest at
+    once: the files fetched before (in the batch, their sync not yet committed) are not
+    fetched again (a second fetch rewrote a temporary file the batch then committed whole:
+    the mixed-faults torture published a truncated file)."""
+    sizes = [700, 300 * KiB, 2 * MiB, 2 * MiB, 2 * MiB, 2 * MiB]
+    digests = [make_file(nginx.www, f"mc-switch/{i}.bin", size, seed=950 + i) for i, size in enumerate(sizes)]
+    client = daemon.client
+    job = client.create_job("mc-switch").job_id
+    client.set_properties(job, Priority=int(JobPriority.FOREGROUND))
+    client.add_file_set(job, [(f"{nginx.url}/mc-switch/{i}.bin", str(dest / f"{i}.bin")) for i in range(6)])
+    client.resume(job)
+    final = daemon.wait_state(job, JobState.TRANSFERRED, timeout=60)
+    assert final["FilesTransferred"] == len(sizes)
+    assert client.complete(job) == 0
+    assert [sha256_file(dest / f"{i}.bin") for i in range(len(sizes))] == digests
+    asked = [r["uri"] for r in nginx.requests() if r["uri"].startswith("/mc-switch/")]
+    # files 0-2 went one at a time (the third is the first big one: the rest go at once);
+    # the requests sent ahead for 3-5 on that connection may be asked again at once
+    before = [f"/mc-switch/{i}.bin" for i in range(3)]
+    assert [asked.count(uri) for uri in before] == [1, 1, 1], f"fetched again: {sorted(asked)}"

@@ -101,16 +101,21 @@ class FilesAtOnce:
     """Runs a job's files ``connections`` at a time; ``failed`` is the error that stopped
     them and ``failed_index`` its file (the job's error names it)."""
 
-    def __init__(self, job: Job, batch: SharedBatch, connections: int) -> None:
+    def __init__(self, job: Job, batch: SharedBatch, connections: int, first: int = 0) -> None:
         self.job, self.batch, self.connections = job, batch, connections
         self.failed: BitsError | None = None
         self.failed_index: int | None = None
-        self._cursor = 0  # files before it are taken (files are only ever appended)
+        # files before it are taken (files are only ever appended); the ones before ``first``
+        # were fetched one at a time: committed, or in the batch waiting for its sync, which
+        # is not ``completed`` yet (fetched again, their temporary files would be rewritten
+        # under the batch's word that they are whole)
+        self._cursor = first
 
     async def run(self, fetch: FetchOne, done: FileDone) -> None:
         """Until every file is fetched and in the batch (or committed); the first file's
         BitsError stops the others (each keeps its checkpoint) and is raised."""
-        tasks = min(self.connections, sum(1 for f in self.job.files if not f.completed))
+        files = self.job.files
+        tasks = min(self.connections, sum(1 for f in files[self._cursor :] if not f.completed))
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(tasks):

@@ -354,11 +354,12 @@ class Scheduler:
                 index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)
                 if index is None:
                     break
-                # (counted only when it matters: counting per file is quadratic in the files)
-                if connections > 1 and big and (left := sum(1 for f in job.files if not f.completed)) > 1:
+                # (counted only when it matters: counting per file is quadratic in the files;
+                # the files before ``index`` are committed or in the batch: not ones left)
+                if connections > 1 and big and (left := _left(job.files, index)) > 1:
                     # each file's task gets an equal share of the connections (segments.py)
                     share = max(1, connections // min(connections, left))
-                    at_once = FilesAtOnce(job, SharedBatch(batch), connections)
+                    at_once = FilesAtOnce(job, SharedBatch(batch), connections, first=index)
                     fetch = functools.partial(self._fetch, job, owner, connections=share)
                     await at_once.run(fetch, service.file_done)
                     break
@@ -415,3 +416,8 @@ class Scheduler:
             upcoming=upcoming,
             connections=connections,
         )
+
+
+def _left(files: Sequence[JobFile], first: int) -> int:
+    """The files from ``first`` on that are not transferred yet."""
+    return sum(1 for f in files[first:] if not f.completed)
