@@ -109,6 +109,9 @@ class Config:
     #: plain-HTTP bodies move socket → pipe → file inside the kernel (splice(2)), not
     #: through Python; false: read and write them (as HTTPS and proxied bodies always are)
     http_splice: bool = True
+    #: a job of many small files shares them with a worker process on another core
+    #: (``transfer/offload.py``); false: the daemon's own loop fetches them all
+    fetch_worker: bool = True
     #: the LOCAL_MACHINE certificate stores (SetClientCertificateBy*: CertStoreLocation 1, 6
     #: and 7): one directory per store name; CURRENT_USER ones are in each owner's home
     machine_cert_dir: str = "/etc/openbits/certs"

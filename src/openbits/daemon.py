@@ -42,6 +42,7 @@ from openbits.transfer import files as fs
 from openbits.transfer.download import Downloader, Tuning
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.http import USER_AGENT, TLSContexts, env_proxies
+from openbits.transfer.offload import FetchWorker, Settings
 from openbits.transfer.owner import Owners
 from openbits.transfer.pac import PacRoutes, fetch_text
 from openbits.transfer.pacworker import PacEvaluator
@@ -143,7 +144,15 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             max_workers=4, thread_name_prefix="openbits-sync"
         )
         stack.callback(sync_threads.shutdown, wait=True)  # a batch sync in flight ends before the store
-        scheduler = Scheduler(service, config, downloader, throttle, transfers, sync_threads=sync_threads)
+        scheduler = Scheduler(
+            service,
+            config,
+            downloader,
+            throttle,
+            transfers,
+            sync_threads=sync_threads,
+            fetch_worker=_open_fetch_worker(config, downloader, stack),
+        )
         notifier = Notifier(service, proxies)
         app = make_app(service)
         app[ADMIN_GROUP_KEY] = config.admin_group
@@ -254,6 +263,29 @@ async def _open_downloader(
         machine_cert_dir=config.machine_cert_dir,
         tickets=tickets,
     )
+
+
+def _open_fetch_worker(
+    config: Config, downloader: Downloader, stack: contextlib.AsyncExitStack
+) -> FetchWorker | None:
+    """The process that fetches part of a job's many small files on another core
+    (``transfer/offload.py``): none on a one-CPU machine or with ``fetch_worker = false``."""
+    if not config.fetch_worker or len(os.sched_getaffinity(0)) < 2:
+        return None
+    h1 = downloader.transport.h1
+    worker = FetchWorker(
+        Settings(
+            connect_timeout_s=config.connect_timeout_s,
+            read_timeout_s=config.read_timeout_s,
+            read_buffer_bytes=config.read_buffer_bytes,
+            pipeline_depth=config.http_pipeline_depth,
+            splice=config.http_splice,
+            default_headers=dict(h1.default_headers),
+            tuning=downloader.transport.tuning,
+        )
+    )
+    stack.push_async_callback(worker.close)
+    return worker
 
 
 def _on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:

@@ -21,10 +21,12 @@ import collections
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from openbits.errors import BitsError
 from openbits.model import Job, JobFile
-from openbits.transfer.download import Fetched
+from openbits.transfer import offload
+from openbits.transfer.download import Fetched, Progress
 from openbits.transfer.sink import SyncBatch
 
 #: downloads one file of the job (by index), the requests of ``upcoming`` (files of the same
@@ -36,6 +38,25 @@ RUN_MAX = 64
 LOOKAHEAD = 16
 #: commits a durable file complete (``JobQueue.file_done``)
 FileDone = Callable[[Job, JobFile, int], None]
+#: a fetch worker's lane is given more files while it has fewer than this many to fetch
+LANE_LOW_FILES = 48
+
+
+class Remote(Protocol):
+    """The fetch worker as one job's files use it (``scheduler.run`` binds it to the job)."""
+
+    def eligible(self, file: JobFile) -> bool:
+        """Whether the worker may fetch this file now (``offload.eligible``, and the job's
+        pacing)."""
+
+    async def open(self, files: Sequence[tuple[int, JobFile]]) -> offload.Lane:
+        """A lane of the worker, fetching these files first (raises ``offload.WorkerLost``)."""
+
+    def extend(self, lane: offload.Lane, files: Sequence[tuple[int, JobFile]]) -> None:
+        """More files for the lane, after the ones it has."""
+
+    def progress(self, file: JobFile) -> Progress:
+        """Where a file's reported ``Progress`` calls are replayed."""
 
 
 class SharedBatch:
@@ -47,15 +68,15 @@ class SharedBatch:
         #: directory -> files being written into it now
         self.writing: collections.Counter[str] = collections.Counter()
 
-    async def begin(self, directory: str) -> None:
-        """A file is about to be written into ``directory``."""
+    async def begin(self, directory: str, files: int = 1) -> None:
+        """``files`` files are about to be written into ``directory``."""
         async with self.lock:
             await self.batch.prepare(directory)
-            self.writing[directory] += 1
+            self.writing[directory] += files
 
-    def end(self, directory: str) -> None:
-        """That file's writes are over (it is in the batch, or it failed)."""
-        self.writing[directory] -= 1
+    def end(self, directory: str, files: int = 1) -> None:
+        """That many files' writes are over (each is in the batch, or failed)."""
+        self.writing[directory] -= files
         if self.writing[directory] <= 0:
             del self.writing[directory]
 
@@ -111,15 +132,19 @@ class FilesAtOnce:
         # under the batch's word that they are whole)
         self._cursor = first
 
-    async def run(self, fetch: FetchOne, done: FileDone) -> None:
+    async def run(self, fetch: FetchOne, done: FileDone, remote: Remote | None = None) -> None:
         """Until every file is fetched and in the batch (or committed); the first file's
-        BitsError stops the others (each keeps its checkpoint) and is raised."""
+        BitsError stops the others (each keeps its checkpoint) and is raised.  With
+        ``remote``, one of the ``connections`` is the fetch worker's (``offload.py``)."""
         files = self.job.files
         tasks = min(self.connections, sum(1 for f in files[self._cursor :] if not f.completed))
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(tasks):
-                    group.create_task(self._worker(fetch, done))
+                for n in range(tasks):
+                    if remote is not None and n == tasks - 1 and tasks > 1:
+                        group.create_task(self._remote(remote, fetch, done))
+                    else:
+                        group.create_task(self._worker(fetch, done))
         except BaseExceptionGroup as group_error:
             _, others = group_error.split(BitsError)
             if others is None and self.failed is not None:
@@ -127,22 +152,105 @@ class FilesAtOnce:
             raise
 
     async def _worker(self, fetch: FetchOne, done: FileDone) -> None:
-        job = self.job
         while run := self._take():
-            for n, index in enumerate(run):
-                file = job.files[index]
-                directory = os.path.dirname(file.local_file)
+            await self._here(run, fetch, done)
+
+    async def _here(self, run: Sequence[int], fetch: FetchOne, done: FileDone) -> None:
+        """A run's files on this loop, one after the other (the next requests sent ahead)."""
+        job = self.job
+        for n, index in enumerate(run):
+            file = job.files[index]
+            directory = os.path.dirname(file.local_file)
+            try:
+                await self.batch.begin(directory)
                 try:
-                    await self.batch.begin(directory)
-                    try:
-                        fetched = await fetch(index, [job.files[i] for i in run[n + 1 : n + 1 + LOOKAHEAD]])
-                    finally:
-                        self.batch.end(directory)
-                    await self.batch.finished(job, file, fetched, done)
-                except BitsError as e:
-                    if self.failed is None:
-                        self.failed, self.failed_index = e, index
-                    raise
+                    fetched = await fetch(index, [job.files[i] for i in run[n + 1 : n + 1 + LOOKAHEAD]])
+                finally:
+                    self.batch.end(directory)
+                await self.batch.finished(job, file, fetched, done)
+            except BitsError as e:
+                self._failed(e, index)
+                raise
+
+    def _failed(self, error: BitsError, index: int) -> None:
+        if self.failed is None:
+            self.failed, self.failed_index = error, index
+
+    async def _remote(self, remote: Remote, fetch: FetchOne, done: FileDone) -> None:
+        """Files in the fetch worker while it serves (those it may take), in one lane fed
+        with runs as it goes; if the worker is lost, its files not reported done, and every
+        run after, on this loop."""
+        files = self.job.files
+        while run := self._take():
+            if not all(remote.eligible(files[i]) for i in run):
+                await self._here(run, fetch, done)
+                continue
+            pending: dict[int, None] = {}  # given to the worker, not reported done
+            later: list[int] = []  # taken, then not given (a file it may not take)
+            try:
+                await self._there(run, remote, done, pending, later)
+            except offload.WorkerLost:
+                await self._here([*pending, *later], fetch, done)
+                await self._worker(fetch, done)
+                return
+            await self._here(later, fetch, done)
+
+    async def _there(
+        self, run: Sequence[int], remote: Remote, done: FileDone, pending: dict[int, None], later: list[int]
+    ) -> None:
+        """A lane of the fetch worker: ``run`` first, then more runs while it has fewer than
+        ``LANE_LOW_FILES`` to go (a run it may not take ends the lane: ``later``).  Its reports
+        are replayed in order, each file into the batch as it is reported done; the first
+        failure is the job's."""
+        job = self.job
+        writing: collections.Counter[str] = collections.Counter()  # begun, not reported
+        try:
+            await self._begin(run, writing, pending)
+            lane = await remote.open([(i, job.files[i]) for i in run])
+            try:
+                progress: dict[int, Progress] = {}
+                while (message := await lane.next())[0] != "ended":
+                    kind, index = message[0], message[1]
+                    file = job.files[index]
+                    if kind == "call":
+                        if (p := progress.get(index)) is None:
+                            p = progress[index] = remote.progress(file)
+                        offload.replay(p, message[2], message[3])
+                        continue
+                    if kind == "failed":
+                        error = offload.rebuilt(message[2])
+                        self._failed(error, index)
+                        raise error
+                    del pending[index]
+                    progress.pop(index, None)
+                    directory = os.path.dirname(file.local_file)
+                    writing[directory] -= 1
+                    self.batch.end(directory)
+                    await self.batch.finished(job, file, offload.fetched_of(message), done)
+                    if not lane.closing and len(pending) < LANE_LOW_FILES:
+                        more = self._take()
+                        if more and all(remote.eligible(job.files[i]) for i in more):
+                            await self._begin(more, writing, pending)
+                            remote.extend(lane, [(i, job.files[i]) for i in more])
+                        else:
+                            later.extend(more)
+                            lane.close()
+            finally:
+                await lane.stop()
+        finally:
+            for directory, n in writing.items():
+                if n > 0:
+                    self.batch.end(directory, n)
+
+    async def _begin(
+        self, run: Sequence[int], writing: collections.Counter[str], pending: dict[int, None]
+    ) -> None:
+        """The run's files are about to be written (``SharedBatch.begin``, once a directory)."""
+        files = self.job.files
+        for directory, n in collections.Counter(os.path.dirname(files[i].local_file) for i in run).items():
+            await self.batch.begin(directory, n)
+            writing[directory] += n
+        pending.update(dict.fromkeys(run))
 
     def _take(self) -> list[int]:
         """The next files not transferred that no task has taken (ones added while the job

@@ -30,6 +30,7 @@ from openbits.policy import ServicePolicy
 from openbits.scheduler import policy
 from openbits.scheduler.atonce import FilesAtOnce, SharedBatch
 from openbits.scheduler.uploads import UploadRunner
+from openbits.transfer import offload
 from openbits.transfer.download import Downloader, Fetched, Owner, RequestOptions
 from openbits.transfer.files import temp_name_for
 from openbits.transfer.owner import user_exists
@@ -45,6 +46,9 @@ BLOCKED_BY_POLICY = int(HResult.BG_E_BLOCKED_BY_POLICY)
 #: of them is known to be at least this long: smaller files go faster, and cheaper, one after
 #: the other on one connection with their requests sent ahead (bench_small: 2,000 x 16 KiB)
 AT_ONCE_MIN_BYTES = 1024 * 1024
+#: a job with at least this many small files left shares them with the fetch worker (a
+#: process on another core: ``transfer/offload.py``), when it has two connections or more
+OFFLOAD_MIN_FILES = 128
 #: files after the current one whose requests the downloader may send ahead
 PIPELINE_LOOKAHEAD = 16
 
@@ -196,6 +200,45 @@ class _FileProgress:
         self.file.response_headers = headers
 
 
+class _Offload:
+    """The fetch worker as one job's run uses it (``atonce.Remote``)."""
+
+    __slots__ = ("job", "options", "owner", "scheduler")
+
+    def __init__(self, scheduler: Scheduler, job: Job, owner: Owner) -> None:
+        self.scheduler, self.job, self.owner = scheduler, job, owner
+        self.options = RequestOptions.of(job)
+
+    def eligible(self, file: JobFile) -> bool:
+        s, priority = self.scheduler, int(self.job.priority)
+        throttle = s.throttle
+        return (
+            not throttle.is_limited(priority)
+            and not throttle.politeness.yields(priority)
+            and offload.eligible(file, self.options, s.downloader.transport.proxies)
+        )
+
+    async def open(self, files: Sequence[tuple[int, JobFile]]) -> offload.Lane:
+        worker = self.scheduler.fetch_worker
+        if worker is None:
+            raise offload.WorkerLost("no fetch worker")
+        job = self.job
+        self._named(files)
+        return await worker.open(job.job_id, self.options, int(job.priority), self.owner, files)
+
+    def extend(self, lane: offload.Lane, files: Sequence[tuple[int, JobFile]]) -> None:
+        self._named(files)
+        lane.extend(files)
+
+    def _named(self, files: Sequence[tuple[int, JobFile]]) -> None:
+        for index, file in files:
+            if file.temp_name is None:  # (as ``Scheduler._fetch``)
+                file.temp_name = temp_name_for(self.job.job_id, index)
+
+    def progress(self, file: JobFile) -> _FileProgress:
+        return _FileProgress(self.scheduler.service, self.job, file)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -206,8 +249,10 @@ class Scheduler:
         transfers: Transfers | None = None,
         *,
         sync_threads: concurrent.futures.Executor,
+        fetch_worker: offload.FetchWorker | None = None,
     ) -> None:
         self.service = service
+        self.fetch_worker = fetch_worker  # small files' second core (the daemon owns it)
         self.sync_threads = sync_threads  # the batch syncs' threads (the daemon owns them)
         self.config = config
         self.downloader = downloader
@@ -349,6 +394,7 @@ class Scheduler:
                 raise OwnerUnknown(f"the job's owner (uid {job.owner_uid}) no longer exists")
             connections = job.effective_max_connections(service.policy.max_connections_per_job)
             big = any(f.bytes_total is not None and f.bytes_total >= AT_ONCE_MIN_BYTES for f in job.files)
+            remote = None if big or connections < 2 else self._offload(job, owner)
             while True:  # one at a time, in order, the next requests sent ahead
                 start = index or 0
                 index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)
@@ -356,6 +402,11 @@ class Scheduler:
                     break
                 # (counted only when it matters: counting per file is quadratic in the files;
                 # the files before ``index`` are committed or in the batch: not ones left)
+                if remote is not None:  # (many small files: asked before the first one)
+                    # this loop's connection and the fetch worker's
+                    at_once = FilesAtOnce(job, SharedBatch(batch), 2, first=index)
+                    await at_once.run(functools.partial(self._fetch, job, owner), service.file_done, remote)
+                    break
                 if connections > 1 and big and (left := _left(job.files, index)) > 1:
                     # each file's task gets an equal share of the connections (segments.py)
                     share = max(1, connections // min(connections, left))
@@ -396,6 +447,19 @@ class Scheduler:
         finally:
             batch.close()
             self.downloader.job_ended(job.job_id)
+
+    def _offload(self, job: Job, owner: Owner) -> _Offload | None:
+        """The fetch worker for this job's small files, if it may have them: a worker is
+        configured and usable, the owner's files are written in this process, and enough
+        files are left (counted once, here)."""
+        worker = self.fetch_worker
+        if worker is None or not worker.usable():
+            return None
+        if not self.downloader.transport.owners.acts_in_process(job.owner_uid):
+            return None
+        if sum(1 for f in job.files if not f.completed) < OFFLOAD_MIN_FILES:
+            return None
+        return _Offload(self, job, owner)
 
     async def _fetch(
         self, job: Job, owner: Owner, index: int, upcoming: Sequence[JobFile] = (), *, connections: int = 1

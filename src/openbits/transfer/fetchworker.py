@@ -1,0 +1,206 @@
+"""The fetch worker process (``offload.FetchWorker`` starts it): fetches the runs of small
+files it is handed with the daemon's own ``Downloader`` code, and reports every ``Progress``
+call and each file's end as they happen.
+
+``python -m openbits.transfer.fetchworker PARENT_PID FD``: FD is its end of the socket pair.
+It dies with the daemon (PR_SET_PDEATHSIG; and it exits at the end of its socket), so no file
+of a run is written after the daemon that handed it out is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from openbits.errors import BitsError, InternalError
+from openbits.model import JobFile
+from openbits.transfer import offload
+from openbits.transfer.download import Downloader
+from openbits.transfer.h1 import H1Client
+from openbits.transfer.options import RequestOptions
+from openbits.transfer.routing import Owner
+
+log = logging.getLogger("openbits.fetchworker")
+
+#: requests of a run's next files sent ahead on the connection (as the daemon's loop)
+LOOKAHEAD = 16
+
+
+class _Recorder:
+    """A file's ``Progress`` here: its copy of the file updated as the daemon's would be
+    (``scheduler.run._FileProgress``), and each call reported."""
+
+    __slots__ = ("file", "index", "run_id", "worker")
+
+    def __init__(self, worker: Worker, run_id: int, index: int, file: JobFile) -> None:
+        self.worker, self.run_id, self.index, self.file = worker, run_id, index, file
+
+    def connected(self) -> None:
+        self.worker.report(("call", self.run_id, self.index, "connected", ()))
+
+    def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
+        f = self.file
+        f.bytes_total, f.etag, f.last_modified, f.segments = total, etag, last_modified, None
+        self.worker.report(("call", self.run_id, self.index, "begin", (total, etag, last_modified)))
+
+    def checkpoint(self, offset: int) -> None:
+        self.file.bytes_transferred = offset
+        self.worker.report(("call", self.run_id, self.index, "checkpoint", (offset,)))
+
+    def redirected(self, url: str) -> None:
+        self.file.remote_url = url
+        self.worker.report(("call", self.run_id, self.index, "redirected", (url,)))
+
+    def responded(self, range_support: bool | None, headers: str) -> None:
+        self.file.range_support, self.file.response_headers = range_support, headers
+        self.worker.report(("call", self.run_id, self.index, "responded", (range_support, headers)))
+
+
+class Worker:
+    def __init__(self, settings: offload.Settings, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.h1 = H1Client(
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
+            read_bytes=settings.read_buffer_bytes,
+            default_headers=dict(settings.default_headers),
+            pipeline_depth=settings.pipeline_depth,
+            splice=settings.splice,
+        )
+        self.downloader = Downloader(self.h1, settings.tuning)
+        self.lanes: dict[int, asyncio.Task[None]] = {}
+        self.queues: dict[int, _Queue] = {}
+        self._outbox: list[tuple[Any, ...]] = []
+
+    def report(self, message: tuple[Any, ...]) -> None:
+        """Sent with the others of this turn of the loop (one frame)."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(message)
+
+    def _flush(self) -> None:
+        messages, self._outbox = self._outbox, []
+        if messages and not self.writer.is_closing():
+            self.writer.write(offload.encode(messages))
+
+    async def lane(
+        self,
+        lane_id: int,
+        job_id: str,
+        options: RequestOptions,
+        priority: int,
+        owner: Owner,
+        files: list[tuple[int, JobFile]],
+    ) -> None:
+        """The lane's files in order, more as they are added, until it is closed and empty
+        or a file fails (reported with its file)."""
+        queue = self.queues[lane_id] = _Queue(files)
+        try:
+            while (item := await queue.next()) is not None:
+                index, file = item
+                upcoming = [f for _, f in itertools.islice(queue.files, LOOKAHEAD)]
+                progress = _Recorder(self, lane_id, index, file)
+                try:
+                    fetched = await self.downloader.download(
+                        file, owner, progress, priority, options, defer_sync=True, upcoming=upcoming
+                    )
+                except BitsError as e:
+                    self.report(("failed", lane_id, index, offload.portable(e)))
+                    return
+                except Exception as e:  # a bug fails the file, as in the daemon's loop
+                    log.exception("fetch worker: %s failed unexpectedly", file.remote_url)
+                    error = InternalError(f"internal error: {e!r}")
+                    self.report(("failed", lane_id, index, offload.portable(error)))
+                    return
+                self.report(("done", lane_id, index, fetched.size, fetched.durable))
+        finally:
+            self.queues.pop(lane_id, None)
+            self.lanes.pop(lane_id, None)
+            self.report(("ended", lane_id))
+
+    def _control(self, message: tuple[Any, ...]) -> None:
+        queue = self.queues.get(message[1])
+        if message[0] == "extend" and queue is not None:
+            queue.extend(message[2])
+        elif message[0] == "close" and queue is not None:
+            queue.close()
+        elif message[0] == "stop":
+            task = self.lanes.get(message[1])
+            if task is not None:
+                task.cancel()
+            else:  # (it ended already: said again, harmless)
+                self.report(("ended", message[1]))
+
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        self.report(("ready",))
+        async with asyncio.TaskGroup() as group:
+            while (messages := await offload.read_frame(reader)) is not None:
+                for message in messages:
+                    if message[0] == "lane":
+                        self.lanes[message[1]] = group.create_task(self.lane(*message[1:]))
+                    else:
+                        self._control(message)
+            os._exit(0)  # the daemon is gone: nothing more is written
+
+
+class _Queue:
+    """A lane's files to go, and whether more may come."""
+
+    def __init__(self, files: list[tuple[int, JobFile]]) -> None:
+        self.files = collections.deque(files)
+        self.closed = False
+        self._more = asyncio.Event()
+
+    def extend(self, files: list[tuple[int, JobFile]]) -> None:
+        self.files.extend(files)
+        self._more.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._more.set()
+
+    async def next(self) -> tuple[int, JobFile] | None:
+        while not self.files:
+            if self.closed:
+                return None
+            self._more.clear()
+            await self._more.wait()
+        return self.files.popleft()
+
+
+def _die_with(parent: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+async def _main(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=offload.FRAME_MAX_BYTES)
+    first = await offload.read_frame(reader)
+    if not first or first[0][0] != "settings":
+        return
+    worker = Worker(first[0][1], writer)
+    await worker.serve(reader)
+
+
+def main() -> None:
+    parent, fd = int(sys.argv[1]), int(sys.argv[2])
+    _die_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a ^C of the daemon's terminal is the daemon's)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_main(fd))
+
+
+if __name__ == "__main__":
+    main()

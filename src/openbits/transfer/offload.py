@@ -1,0 +1,385 @@
+"""Runs of a job's small files fetched on another core: :class:`FetchWorker` keeps one worker
+process (``fetchworker.py``) and hands it runs of files; the scheduler commits what it
+reports (``scheduler/atonce.py``).
+
+Why a process: a job of thousands of small files is bound by the event loop's CPU (~0.14 ms
+a file: request, response head, create, write, close), and threads cannot share that work
+(the GIL: measured twice as slow).  The worker runs the same ``Downloader`` code on its own
+loop and its own connection; only plain cases go to it (``eligible``): HTTP(S) straight to the
+server, no credentials and no client certificate, files not begun, the job's owner the
+daemon's own user, and no bandwidth limit or politeness on the job's priority.
+
+What the worker does to a file is what the daemon would have done: it reports each
+``Progress`` call (connected, begin, checkpoint, redirected, responded) as it happens, and the
+daemon replays them in order on the file's own progress (so checkpoints are committed after
+the worker's fdatasync, as ever), then the file's end (its size, whether it is durable) or
+its error.  Nothing it writes counts before the daemon committed it: a worker that dies or is
+killed loses only files not yet committed, which are fetched again (by the daemon itself).
+The worker dies with the daemon (PR_SET_PDEATHSIG, and the end of its socket), and exits after
+``IDLE_S`` without work.
+
+The frames on the socket pair are a 4-byte length and a pickle of a list of messages (the
+two ends are the same program, and the socket is nobody else's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import socket
+import struct
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from openbits.errors import BitsError
+from openbits.model import ErrorContext, JobFile
+from openbits.transfer.fetch import Fetched, Progress
+from openbits.transfer.options import RequestOptions
+from openbits.transfer.proxy import DIRECT, Proxies
+from openbits.transfer.routing import Owner
+
+log = logging.getLogger("openbits.offload")
+
+#: a worker with no run for this long exits (started again by the next run)
+IDLE_S = 60.0
+#: how long a worker may take to start (import, TLS) and to stop a run it was told to stop
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+#: after a worker was lost, none is started again for this long (a crash is not retried hot)
+COOL_DOWN_S = 60.0
+_HEADER = struct.Struct(">I")
+#: the most a frame may hold (a run's files, or a flush of reports)
+FRAME_MAX_BYTES = 64 * 1024 * 1024
+
+
+class WorkerLost(Exception):
+    """The worker process died or stopped answering: the run's files not reported done are
+    fetched again by the daemon."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a worker builds its ``Downloader`` from (the daemon's own settings)."""
+
+    connect_timeout_s: float
+    read_timeout_s: float
+    read_buffer_bytes: int
+    pipeline_depth: int
+    splice: bool
+    default_headers: Mapping[str, str]
+    tuning: Any  # routing.Tuning
+
+
+def eligible(file: JobFile, options: RequestOptions, proxies: Proxies) -> bool:
+    """Whether the worker may fetch ``file`` as the daemon would (see the module)."""
+    url = file.remote_url
+    scheme = url[:8].lower()
+    return (
+        (scheme.startswith("http://") or scheme == "https://")
+        and not file.completed
+        and file.bytes_transferred == 0
+        and file.ranges is None
+        and file.segments is None
+        and not options.credentials
+        and options.client_certificate is None
+        and proxies.fixed(url, options) == DIRECT
+    )
+
+
+def encode(messages: Sequence[object]) -> bytes:
+    data = pickle.dumps(list(messages), protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader) -> list[Any] | None:
+    """The next frame's messages; None at the end of the stream."""
+    try:
+        head = await reader.readexactly(_HEADER.size)
+        (length,) = _HEADER.unpack(head)
+        if length > FRAME_MAX_BYTES:
+            raise ValueError(f"a frame of {length} bytes")
+        messages = pickle.loads(await reader.readexactly(length))
+    except asyncio.IncompleteReadError:
+        return None
+    if not isinstance(messages, list):
+        raise ValueError("a frame that is not a list")
+    return messages
+
+
+def portable(error: BitsError) -> object:
+    """``error`` as the other end can load it: the exception itself, or its fields when it
+    does not pickle (rebuilt as a plain BitsError by ``rebuilt``)."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return (error.hresult, int(error.context), error.message, error.retry_after_s, error.transient)
+    return error
+
+
+class _Rebuilt(BitsError):
+    """An error of the worker whose own class did not travel: its code, context and word on
+    being retried."""
+
+    def __init__(self, fields: tuple[int, int, str, float | None, bool]) -> None:
+        hresult, context, message, retry_after_s, transient = fields
+        self._transient = transient
+        super().__init__(message, hresult=hresult, context=ErrorContext(context), retry_after_s=retry_after_s)
+
+    def retried(self) -> bool:
+        return self._transient
+
+
+def rebuilt(payload: object) -> BitsError:
+    if isinstance(payload, BitsError):
+        return payload
+    assert isinstance(payload, tuple)
+    return _Rebuilt(payload)
+
+
+class Lane:
+    """Files fetched in the worker, in order on one connection: the first run and every one
+    ``extend`` adds until ``close``.  ``next`` gives each report in order; ``stop`` makes sure
+    nothing of the lane is still being written (it ended, or the worker is gone)."""
+
+    def __init__(self, worker: FetchWorker, lane_id: int) -> None:
+        self.worker, self.lane_id = worker, lane_id
+        self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.closing = False
+        self.ended = False
+
+    def extend(self, files: Sequence[tuple[int, JobFile]]) -> None:
+        self.worker.send(("extend", self.lane_id, list(files)))
+
+    def close(self) -> None:
+        """No more files: the lane ends once the ones given are fetched."""
+        self.closing = True
+        self.worker.send(("close", self.lane_id))
+
+    async def next(self) -> tuple[Any, ...]:
+        """("call", index, name, args) | ("done", index, size, durable) |
+        ("failed", index, error) | ("ended",); raises WorkerLost."""
+        message = await self.queue.get()
+        if message[0] == "lost":
+            raise WorkerLost("the fetch worker stopped")
+        if message[0] == "ended":
+            self.ended = True
+        return message
+
+    async def stop(self) -> None:
+        """Tell the worker to stop this lane and wait until it did (a worker that does not,
+        within ``STOP_TIMEOUT_S``, is killed): afterwards it writes none of the lane's files."""
+        try:
+            if self.ended:
+                return
+            self.worker.send(("stop", self.lane_id))
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                while not self.ended:
+                    await self.next()
+        except WorkerLost:
+            return
+        except TimeoutError:
+            log.warning("the fetch worker did not stop a lane in %.0f s: killed", STOP_TIMEOUT_S)
+            await self.worker.kill()
+        finally:
+            self.worker.forget(self.lane_id)
+
+
+def replay(progress: Progress, name: str, args: tuple[Any, ...]) -> None:
+    """A ``Progress`` call the worker reported, made on the daemon's side."""
+    if name == "connected":
+        progress.connected()
+    elif name == "begin":
+        progress.begin(*args)
+    elif name == "checkpoint":
+        progress.checkpoint(*args)
+    elif name == "redirected":
+        progress.redirected(*args)
+    elif name == "responded":
+        progress.responded(*args)
+    else:
+        raise ValueError(f"an unknown report {name!r}")
+
+
+def fetched_of(message: tuple[Any, ...]) -> Fetched:
+    _, _, size, durable = message
+    return Fetched(int(size), bool(durable))
+
+
+class FetchWorker:
+    """The worker process, started on first use and stopped after ``IDLE_S`` idle (owned by
+    the composition root, which ``close``-s it)."""
+
+    def __init__(self, settings: Settings, idle_s: float = IDLE_S) -> None:
+        self.settings, self.idle_s = settings, idle_s
+        self._proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._runs: dict[int, Lane] = {}  # the lanes open
+        self._ids = itertools.count(1)
+        self._idle: asyncio.TimerHandle | None = None
+        self._lost_at = -COOL_DOWN_S
+        self._starting = asyncio.Lock()
+        self.started = 0  # (for tests and metrics)
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    def usable(self) -> bool:
+        """False for a while after a worker was lost."""
+        return time.monotonic() - self._lost_at >= COOL_DOWN_S
+
+    async def warm(self) -> bool:
+        """A worker that said it is ready (started if need be); False if none can be."""
+        if not self.usable():
+            return False
+        async with self._starting:
+            if self._ready is None:
+                try:
+                    await self._spawn()
+                except OSError as e:
+                    log.warning("cannot start a fetch worker: %s", e)
+                    self._lost_at = time.monotonic()
+                    return False
+            ready = self._ready
+        assert ready is not None
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await asyncio.shield(ready)
+        except (TimeoutError, WorkerLost):
+            await self.kill()
+            return False
+        return True
+
+    async def open(
+        self,
+        job_id: str,
+        options: RequestOptions,
+        priority: int,
+        owner: Owner,
+        files: Sequence[tuple[int, JobFile]],
+    ) -> Lane:
+        """A lane of a job's files in the worker, these first (fetched in order, the next
+        requests sent ahead as the daemon's own loop does); raises WorkerLost when there is
+        no worker."""
+        if not await self.warm():
+            raise WorkerLost("no fetch worker")
+        lane = Lane(self, next(self._ids))
+        self._runs[lane.lane_id] = lane
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self.send(("lane", lane.lane_id, job_id, options, priority, owner, list(files)))
+        return lane
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            writer.write(encode([message]))
+
+    def forget(self, lane_id: int) -> None:
+        self._runs.pop(lane_id, None)
+        if not self._runs and self._proc is not None and self._idle is None:
+            self._idle = asyncio.get_running_loop().call_later(self.idle_s, self._idle_out)
+
+    def _idle_out(self) -> None:
+        self._idle = None
+        if not self._runs and self._writer is not None:
+            self._writer.close()  # (the worker exits at the end of its socket)
+
+    async def _spawn(self) -> None:
+        old, self._proc = self._proc, None
+        if old is not None:  # (one that idled out: it exits at the end of its socket)
+            if old.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    old.kill()
+            await old.wait()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "openbits.transfer.fetchworker",
+                str(os.getpid()),
+                str(child.fileno()),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                pass_fds=(child.fileno(),),
+                start_new_session=True,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=FRAME_MAX_BYTES)
+        self._writer = writer
+        self._ready = asyncio.get_running_loop().create_future()
+        self.started += 1
+        writer.write(encode([("settings", self.settings)]))
+        self._reader_task = asyncio.create_task(self._read(reader, self._ready), name="fetch-worker-reader")
+
+    async def _read(self, reader: asyncio.StreamReader, ready: asyncio.Future[None]) -> None:
+        """Reports to their runs, until the worker's end (then every run is told it is lost)."""
+        try:
+            while (messages := await read_frame(reader)) is not None:
+                for message in messages:
+                    if message[0] == "ready":
+                        if not ready.done():
+                            ready.set_result(None)
+                        continue
+                    run = self._runs.get(message[1])
+                    if run is not None:
+                        run.queue.put_nowait((message[0], *message[2:]))
+        except (OSError, ValueError, pickle.UnpicklingError) as e:
+            log.warning("the fetch worker's reports broke off: %s", e)
+        finally:
+            self._gone(ready)
+
+    def _gone(self, ready: asyncio.Future[None]) -> None:
+        """The worker's socket ended: every run still open is lost; the next run starts
+        another worker (after a cool-down if runs were lost: a worker that crashes is not
+        started again at once)."""
+        if not ready.done():
+            ready.set_exception(WorkerLost("the fetch worker did not start"))
+            ready.exception()  # (retrieved: a waiter may have gone)
+            self._lost_at = time.monotonic()
+        if self._runs:
+            self._lost_at = time.monotonic()
+            log.warning("the fetch worker ended with %d run(s) open: fetched again here", len(self._runs))
+        for run in self._runs.values():
+            run.queue.put_nowait(("lost",))
+        if self._writer is not None:
+            self._writer.close()
+        self._writer, self._ready, self._reader_task = None, None, None
+
+    async def kill(self) -> None:
+        """Stop the worker now (its runs are lost)."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        if self._writer is not None:
+            self._writer.close()
+        task = self._reader_task
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if proc is not None:
+            await proc.wait()
+
+    async def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        await self.kill()
+        self._proc = None
