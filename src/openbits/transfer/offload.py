@@ -55,6 +55,8 @@ STOP_TIMEOUT_S = 5.0
 #: after a worker was lost, none is started again for this long (a crash is not retried hot)
 COOL_DOWN_S = 60.0
 _HEADER = struct.Struct(">I")
+#: where the daemon's ``openbits`` package is imported from (the worker's PYTHONPATH)
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 #: the most a frame may hold (a run's files, or a flush of reports)
 FRAME_MAX_BYTES = 64 * 1024 * 1024
 
@@ -148,7 +150,7 @@ class Lane:
     ``extend`` adds until ``close``.  ``next`` gives each report in order; ``stop`` makes sure
     nothing of the lane is still being written (it ended, or the worker is gone)."""
 
-    def __init__(self, worker: FetchWorker, lane_id: int) -> None:
+    def __init__(self, worker: _Process, lane_id: int) -> None:
         self.worker, self.lane_id = worker, lane_id
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.closing = False
@@ -212,17 +214,78 @@ def fetched_of(message: tuple[Any, ...]) -> Fetched:
     return Fetched(int(size), bool(durable))
 
 
+class _Process:
+    """One worker process: its socket, the task reading its reports, and its open lanes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, writer: asyncio.StreamWriter, on_idle: Any) -> None:
+        self.proc, self.writer, self.on_idle = proc, writer, on_idle
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lanes: dict[int, Lane] = {}
+        self.reader: asyncio.Task[None] | None = None
+        self.gone = False
+        self.lost_lanes = False
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        if not self.gone and not self.writer.is_closing():
+            self.writer.write(encode([message]))
+
+    def forget(self, lane_id: int) -> None:
+        self.lanes.pop(lane_id, None)
+        if not self.lanes:
+            self.on_idle(self)
+
+    async def read(self, reader: asyncio.StreamReader) -> None:
+        """Reports to their lanes, until the worker's end (then every lane is told it is lost)."""
+        try:
+            while (messages := await read_frame(reader)) is not None:
+                for message in messages:
+                    if message[0] == "ready":
+                        if not self.ready.done():
+                            self.ready.set_result(None)
+                        continue
+                    lane = self.lanes.get(message[1])
+                    if lane is not None:
+                        lane.queue.put_nowait((message[0], *message[2:]))
+        except (OSError, ValueError, pickle.UnpicklingError) as e:
+            log.warning("the fetch worker's reports broke off: %s", e)
+        finally:
+            self._gone()
+
+    def _gone(self) -> None:
+        self.gone = True
+        if not self.ready.done():
+            self.ready.set_exception(WorkerLost("the fetch worker did not start"))
+            self.ready.exception()  # (retrieved: its waiter may have gone)
+            self.lost_lanes = True
+        if self.lanes:
+            self.lost_lanes = True
+            log.warning(
+                "the fetch worker ended with %d lane(s) open: their files are fetched here", len(self.lanes)
+            )
+        for lane in self.lanes.values():
+            lane.queue.put_nowait(("lost",))
+        self.writer.close()
+
+    async def kill(self) -> None:
+        """Stop the process now (its lanes are lost) and reap it."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        self.writer.close()
+        if self.reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader
+        await self.proc.wait()
+
+
 class FetchWorker:
-    """The worker process, started on first use and stopped after ``IDLE_S`` idle (owned by
-    the composition root, which ``close``-s it)."""
+    """The worker process, started on first use and stopped after ``IDLE_S`` without lanes
+    (owned by the composition root, which ``close``-s it)."""
 
     def __init__(self, settings: Settings, idle_s: float = IDLE_S) -> None:
         self.settings, self.idle_s = settings, idle_s
-        self._proc: asyncio.subprocess.Process | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._ready: asyncio.Future[None] | None = None
-        self._runs: dict[int, Lane] = {}  # the lanes open
+        self._current: _Process | None = None
+        self._old: list[_Process] = []  # idled out or lost: reaped at the next start or close
         self._ids = itertools.count(1)
         self._idle: asyncio.TimerHandle | None = None
         self._lost_at = -COOL_DOWN_S
@@ -231,34 +294,17 @@ class FetchWorker:
 
     @property
     def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.returncode is None else None
+        current = self._current
+        return current.proc.pid if current is not None and not current.gone else None
 
     def usable(self) -> bool:
-        """False for a while after a worker was lost."""
+        """False for a while after a worker was lost (one that crashes is not restarted hot)."""
+        current = self._current
+        if current is not None and current.gone and current.lost_lanes:
+            self._lost_at = time.monotonic()
+            self._current = None
+            self._old.append(current)
         return time.monotonic() - self._lost_at >= COOL_DOWN_S
-
-    async def warm(self) -> bool:
-        """A worker that said it is ready (started if need be); False if none can be."""
-        if not self.usable():
-            return False
-        async with self._starting:
-            if self._ready is None:
-                try:
-                    await self._spawn()
-                except OSError as e:
-                    log.warning("cannot start a fetch worker: %s", e)
-                    self._lost_at = time.monotonic()
-                    return False
-            ready = self._ready
-        assert ready is not None
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                await asyncio.shield(ready)
-        except (TimeoutError, WorkerLost):
-            await self.kill()
-            return False
-        return True
 
     async def open(
         self,
@@ -271,41 +317,62 @@ class FetchWorker:
         """A lane of a job's files in the worker, these first (fetched in order, the next
         requests sent ahead as the daemon's own loop does); raises WorkerLost when there is
         no worker."""
-        if not await self.warm():
+        current = await self._warm()
+        if current is None or current.gone:  # (from here on, its end reaches the lane)
             raise WorkerLost("no fetch worker")
-        lane = Lane(self, next(self._ids))
-        self._runs[lane.lane_id] = lane
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        self.send(("lane", lane.lane_id, job_id, options, priority, owner, list(files)))
+        lane = Lane(current, next(self._ids))
+        current.lanes[lane.lane_id] = lane
+        current.send(("lane", lane.lane_id, job_id, options, priority, owner, list(files)))
         return lane
 
-    def send(self, message: tuple[Any, ...]) -> None:
-        writer = self._writer
-        if writer is not None and not writer.is_closing():
-            writer.write(encode([message]))
+    async def _warm(self) -> _Process | None:
+        """A worker that said it is ready (started if need be); None if none can be."""
+        async with self._starting:
+            if not self.usable():
+                return None
+            current = self._current
+            if current is None or current.gone:
+                if current is not None:
+                    self._old.append(current)
+                self._current = None
+                await self._reap()
+                try:
+                    current = self._current = await self._spawn()
+                except OSError as e:
+                    log.warning("cannot start a fetch worker: %s", e)
+                    self._lost_at = time.monotonic()
+                    return None
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await asyncio.shield(current.ready)
+        except (TimeoutError, WorkerLost):
+            self._lost_at = time.monotonic()
+            await current.kill()
+            return None
+        return current
 
-    def forget(self, lane_id: int) -> None:
-        self._runs.pop(lane_id, None)
-        if not self._runs and self._proc is not None and self._idle is None:
+    def _on_idle(self, process: _Process) -> None:
+        if process is self._current and self._idle is None:
             self._idle = asyncio.get_running_loop().call_later(self.idle_s, self._idle_out)
 
     def _idle_out(self) -> None:
         self._idle = None
-        if not self._runs and self._writer is not None:
-            self._writer.close()  # (the worker exits at the end of its socket)
+        current = self._current
+        if current is not None and not current.lanes:
+            self._current = None
+            self._old.append(current)
+            current.writer.close()  # (the worker exits at the end of its socket)
 
-    async def _spawn(self) -> None:
-        old, self._proc = self._proc, None
-        if old is not None:  # (one that idled out: it exits at the end of its socket)
-            if old.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    old.kill()
-            await old.wait()
+    async def _spawn(self) -> _Process:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        # (the daemon's own package first: the worker runs the same code wherever it is)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, env.get("PYTHONPATH"))))
         try:
-            self._proc = await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "openbits.transfer.fetchworker",
@@ -315,6 +382,7 @@ class FetchWorker:
                 stdout=asyncio.subprocess.DEVNULL,
                 pass_fds=(child.fileno(),),
                 start_new_session=True,
+                env=env,
             )
         except BaseException:
             parent.close()
@@ -322,64 +390,22 @@ class FetchWorker:
         finally:
             child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=FRAME_MAX_BYTES)
-        self._writer = writer
-        self._ready = asyncio.get_running_loop().create_future()
+        process = _Process(proc, writer, self._on_idle)
         self.started += 1
-        writer.write(encode([("settings", self.settings)]))
-        self._reader_task = asyncio.create_task(self._read(reader, self._ready), name="fetch-worker-reader")
+        process.send(("settings", self.settings))
+        process.reader = asyncio.create_task(process.read(reader), name="fetch-worker-reports")
+        return process
 
-    async def _read(self, reader: asyncio.StreamReader, ready: asyncio.Future[None]) -> None:
-        """Reports to their runs, until the worker's end (then every run is told it is lost)."""
-        try:
-            while (messages := await read_frame(reader)) is not None:
-                for message in messages:
-                    if message[0] == "ready":
-                        if not ready.done():
-                            ready.set_result(None)
-                        continue
-                    run = self._runs.get(message[1])
-                    if run is not None:
-                        run.queue.put_nowait((message[0], *message[2:]))
-        except (OSError, ValueError, pickle.UnpicklingError) as e:
-            log.warning("the fetch worker's reports broke off: %s", e)
-        finally:
-            self._gone(ready)
-
-    def _gone(self, ready: asyncio.Future[None]) -> None:
-        """The worker's socket ended: every run still open is lost; the next run starts
-        another worker (after a cool-down if runs were lost: a worker that crashes is not
-        started again at once)."""
-        if not ready.done():
-            ready.set_exception(WorkerLost("the fetch worker did not start"))
-            ready.exception()  # (retrieved: a waiter may have gone)
-            self._lost_at = time.monotonic()
-        if self._runs:
-            self._lost_at = time.monotonic()
-            log.warning("the fetch worker ended with %d run(s) open: fetched again here", len(self._runs))
-        for run in self._runs.values():
-            run.queue.put_nowait(("lost",))
-        if self._writer is not None:
-            self._writer.close()
-        self._writer, self._ready, self._reader_task = None, None, None
-
-    async def kill(self) -> None:
-        """Stop the worker now (its runs are lost)."""
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        if self._writer is not None:
-            self._writer.close()
-        task = self._reader_task
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if proc is not None:
-            await proc.wait()
+    async def _reap(self) -> None:
+        old, self._old = self._old, []
+        for process in old:
+            await process.kill()
 
     async def close(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        await self.kill()
-        self._proc = None
+        if self._current is not None:
+            self._old.append(self._current)
+            self._current = None
+        await self._reap()
