@@ -87,10 +87,10 @@ class Torture:
             self.jobs[job].name = name
             self.renames_in_flight += 1
 
-    def source(self, j: int, i: int) -> tuple[str, int, str]:
+    def source(self, j: int, i: int, small: bool = False) -> tuple[str, int, str]:
         """A file to fetch: (URL path, size, sha256). Large ones are shared between jobs."""
         rng = self.rng
-        roll = rng.random()
+        roll = 1.0 if small else rng.random()
         if roll < 0.02 and any(s <= self.max_size for s in LARGE):
             size = rng.choice([s for s in LARGE if s <= self.max_size])
             name = f"chaos/{self.seed}/large-{size}.bin"
@@ -104,16 +104,25 @@ class Torture:
 
     def create(self, j: int) -> None:
         rng = self.rng
-        n = rng.randint(10, 50) if rng.random() < 0.3 else rng.randint(1, 6)
+        # now and then many small FOREGROUND files: the fetch worker takes lanes of them
+        many = rng.random() < 0.08
+        n = (
+            rng.randint(130, 190)
+            if many
+            else rng.randint(10, 50)
+            if rng.random() < 0.3
+            else rng.randint(1, 6)
+        )
         pairs, files = [], {}
         for i in range(n):
-            name, size, digest = self.source(j, i)
+            name, size, digest = self.source(j, i, small=many)
             prefix = "/slow" if MiB <= size <= 12 * MiB and rng.random() < 0.3 else ""
             local = self.dest / f"{j}-{i}.bin"
             files[local] = digest
             pairs.append((f"{self.nginx.url}{prefix}/{name}", str(local)))
         c = self.daemon.client
-        job = c.create_job(f"chaos-{j}", priority=int(rng.choice(PRIORITIES))).job_id
+        priority = 0 if many else int(rng.choice(PRIORITIES))
+        job = c.create_job(f"chaos-{j}", priority=priority).job_id
         self.jobs[job] = Expected(files, f"chaos-{j}", suspended=True)
         c.add_file_set(job, pairs)
         c.resume(job)

@@ -392,6 +392,7 @@ class FetchWorker:
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=FRAME_MAX_BYTES)
         process = _Process(proc, writer, self._on_idle)
         self.started += 1
+        log.info("fetch worker started (pid %d)", proc.pid)
         process.send(("settings", self.settings))
         process.reader = asyncio.create_task(process.read(reader), name="fetch-worker-reports")
         return process
