@@ -304,3 +304,32 @@ def test_no_worker_for_a_normal_priority_job(daemon: Daemon, nginx: Nginx, dest:
     assert_transferred(daemon, job, dest, digests, size)
     assert not workers(daemon_pid(daemon))
     assert len(connections(nginx, "fw-normal", count)) == 1, "one file at a time"
+
+
+def test_suspended_mid_job_and_resumed_every_file_is_whole(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    """Files the worker wrote but the daemon had not committed when the job was suspended are
+    fetched again whole on resume (not taken as done, not appended to)."""
+    count, size = PACE, 4 * KiB
+    job, digests = files_job(daemon, nginx, dest, "fw-suspend", count, size, location="/paced")
+    daemon.client.resume(job)
+    pid = mid_job(daemon, job, dest, count // 5)
+    assert daemon.client.suspend(job) == 0
+    assert daemon.job(job)["State"] == JobState.SUSPENDED
+    assert files_done(daemon, job) < count, "suspended mid-job"
+    assert alive(pid)
+    daemon.client.resume(job)
+    assert_transferred(daemon, job, dest, digests, size)
+
+
+def test_no_worker_for_a_job_whose_priority_has_a_bandwidth_limit(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    status, policy = daemon.api(
+        "PATCH", "/root/microsoft/bits/BitsServicePolicy", {"MaxBandwidth": "1G", "ForegroundLimited": True}
+    )
+    assert status == 200, policy
+    count, size = 300, 16 * KiB
+    job, digests = files_job(daemon, nginx, dest, "fw-limited", count, size)
+    daemon.client.resume(job)
+    assert_transferred(daemon, job, dest, digests, size)
+    assert not workers(daemon_pid(daemon)), "a limited priority's files stay in the daemon"
