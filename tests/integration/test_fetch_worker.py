@@ -249,12 +249,12 @@ def test_cancel_mid_job_leaves_no_file_behind(daemon: Daemon, nginx: Nginx, dest
 
 
 @pytest.mark.parametrize("missing", [100, 250])
-def test_a_404_among_the_files_is_the_jobs_error(
+def test_a_404_among_the_files_is_the_jobs_error_and_a_resume_finishes(
     daemon: Daemon, nginx: Nginx, dest: Path, missing: int
 ) -> None:
     count, size = 300, 16 * KiB
     name = f"fw-404-{missing}"
-    job, _ = files_job(daemon, nginx, dest, name, count, size, missing=missing)
+    job, digests = files_job(daemon, nginx, dest, name, count, size, missing=missing)
     daemon.client.resume(job)
     final = daemon.wait_state(job, JobState.ERROR, timeout=30)
     error = daemon.client.get_error(job)
@@ -266,6 +266,9 @@ def test_a_404_among_the_files_is_the_jobs_error(
     if missing == 100:  # the worker's first run (64..127): the 404 came to it, not the daemon
         requests = connections_of(nginx, name)
         assert requests[f"/{name}/100.bin"] != requests[f"/{name}/0.bin"], "fetched by the worker"
+    digests[missing] = make_file(nginx.www, f"{name}/{missing}.bin", size, seed=missing)
+    daemon.client.resume(job)  # (the file is there now: the job picks up where it failed)
+    assert_transferred(daemon, job, dest, digests, size)
 
 
 def test_the_worker_dies_with_the_daemon_and_a_new_daemon_finishes(
@@ -333,3 +336,23 @@ def test_no_worker_for_a_job_whose_priority_has_a_bandwidth_limit(
     daemon.client.resume(job)
     assert_transferred(daemon, job, dest, digests, size)
     assert not workers(daemon_pid(daemon)), "a limited priority's files stay in the daemon"
+
+
+def test_https_files_go_to_the_worker_too(tmp_path: Path, nginx: Nginx, dest: Path) -> None:
+    trust = {"SSL_CERT_FILE": str(nginx.ca_path)}  # (the daemon's, and so its worker's)
+    d = Daemon(tmp_path / "state-tls", config={"max_files_per_job": 5000}, env=trust)
+    d.start()
+    try:
+        count, size = 300, 16 * KiB
+        digests = [make_file(nginx.www, f"fw-tls/{i}.bin", size, seed=i) for i in range(count)]
+        job = d.client.create_job("fw-tls").job_id
+        d.client.set_properties(job, Priority=int(JobPriority.FOREGROUND))
+        d.client.add_file_set(
+            job, [(f"{nginx.https_url}/fw-tls/{i}.bin", str(dest / f"{i}.bin")) for i in range(count)]
+        )
+        d.client.resume(job)
+        assert_transferred(d, job, dest, digests, size)
+        assert len(workers(daemon_pid(d))) == 1
+        assert len(connections(nginx, "fw-tls", count)) == 2
+    finally:
+        d.stop()
