@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from openbits.model import JobPriority, JobState
+from openbits.model import ErrorContext, JobPriority, JobState
 from openbits.transfer.files import temp_name_for
 from tests.support.daemon import Daemon, wait_until
 from tests.support.fixtures import make_file, sha256_file
@@ -269,6 +269,43 @@ def test_a_404_among_the_files_is_the_jobs_error_and_a_resume_finishes(
     digests[missing] = make_file(nginx.www, f"{name}/{missing}.bin", size, seed=missing)
     daemon.client.resume(job)  # (the file is there now: the job picks up where it failed)
     assert_transferred(daemon, job, dest, digests, size)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        10,  # the daemon's loop: the control
+        pytest.param(
+            100,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="bug: FilesAtOnce._there's _begin (SharedBatch.begin: the directory's sync "
+                "handle) raises outside any handler that records the file (_failed), so run() "
+                "re-raises the ExceptionGroup and the job fails with 0x80004005 'internal error: "
+                "ExceptionGroup(...)', context UNKNOWN, no file named",
+            ),
+        ),
+    ],
+)
+def test_a_missing_local_directory_is_the_jobs_error_naming_its_file(
+    daemon: Daemon, nginx: Nginx, dest: Path, bad: int
+) -> None:
+    count, size = 300, 16 * KiB
+    name = f"fw-nodir-{bad}"
+    for i in range(count):
+        make_file(nginx.www, f"{name}/{i}.bin", size, seed=i)
+    gone = dest / "gone"
+    gone.mkdir()
+    local = [dest / f"{i}.bin" if i != bad else gone / f"{i}.bin" for i in range(count)]
+    job = daemon.client.create_job(name).job_id
+    daemon.client.set_properties(job, Priority=int(JobPriority.FOREGROUND))
+    daemon.client.add_file_set(job, [(f"{nginx.url}/{name}/{i}.bin", str(local[i])) for i in range(count)])
+    gone.rmdir()  # (after AddFileSet, which wants the directory)
+    daemon.client.resume(job)
+    daemon.wait_state(job, JobState.ERROR, timeout=30)
+    error = daemon.client.get_error(job)
+    assert (error.hresult, error.context) == (0x80070003, ErrorContext.LOCAL_FILE), error
+    assert error.local_file == str(local[bad])
 
 
 def test_the_worker_dies_with_the_daemon_and_a_new_daemon_finishes(
