@@ -2,11 +2,12 @@
 
 A FOREGROUND job of >= 128 small files is fetched by the daemon's loop and by a worker
 process (``python -m openbits.transfer.fetchworker``, a child of the daemon) on a connection
-of its own.  End to end against the real nginx: the worker is started (and only when it may
-be), its files are exact, a worker killed mid-job loses nothing, a cancelled job leaves no
-file behind, a 404 in the worker's files is the job's error, and the worker dies with the
-daemon.
-"""
+of its own.  End to end against a real nginx (this module's own, with a paced location so
+that a job lasts long enough to be interrupted): the worker is started only when it may be
+(not when configured off, for NORMAL, for a limited priority), its files (HTTP and HTTPS)
+are exact, a worker killed mid-job loses nothing, a cancelled job leaves no file behind, a
+suspended one resumes whole, a 404 or a local error in its files is the job's error naming
+the file, and the worker dies with the daemon."""
 
 from __future__ import annotations
 
