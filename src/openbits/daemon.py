@@ -282,6 +282,7 @@ def _open_fetch_worker(
             splice=config.http_splice,
             default_headers=dict(h1.default_headers),
             tuning=downloader.transport.tuning,
+            proxies=downloader.transport.proxies.daemon,
         )
     )
     stack.push_async_callback(worker.close)

@@ -216,17 +216,11 @@ def test_a_worker_killed_mid_job_loses_no_file(daemon: Daemon, nginx: Nginx, des
     pid = mid_job(daemon, job, dest, count // 5)
     os.kill(pid, signal.SIGKILL)
     # the kill landed while the worker had files to fetch (it did not idle after the job)
-    wait_until(lambda: "the fetch worker ended with 1 run(s) open" in daemon.log(), 10, "the worker lost")
+    wait_until(lambda: "the fetch worker ended with 1 lane(s) open" in daemon.log(), 10, "the worker lost")
     assert_transferred(daemon, job, dest, digests, size)
     assert not workers(daemon_pid(daemon)), "not started again at once (a cool-down)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a lost worker stalls the job 5 s (STOP_TIMEOUT_S): _there's lane.next() takes "
-    "the lane's one ('lost',), then Lane.stop() waits on an empty queue until its timeout and "
-    "logs 'did not stop a lane in 5 s: killed' for a worker already dead",
-)
 def test_a_lost_worker_does_not_hold_the_job_up(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
     count, size = PACE, 4 * KiB
     job, _ = files_job(daemon, nginx, dest, "fw-lost", count, size, location="/paced")
@@ -276,16 +270,7 @@ def test_a_404_among_the_files_is_the_jobs_error_and_a_resume_finishes(
     "bad",
     [
         10,  # the daemon's loop: the control
-        pytest.param(
-            100,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: FilesAtOnce._there's _begin (SharedBatch.begin: the directory's sync "
-                "handle) raises outside any handler that records the file (_failed), so run() "
-                "re-raises the ExceptionGroup and the job fails with 0x80004005 'internal error: "
-                "ExceptionGroup(...)', context UNKNOWN, no file named",
-            ),
-        ),
+        100,  # a lane of the fetch worker
     ],
 )
 def test_a_missing_local_directory_is_the_jobs_error_naming_its_file(

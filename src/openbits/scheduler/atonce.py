@@ -45,9 +45,10 @@ LANE_LOW_FILES = 48
 class Remote(Protocol):
     """The fetch worker as one job's files use it (``scheduler.run`` binds it to the job)."""
 
-    def eligible(self, file: JobFile) -> bool:
-        """Whether the worker may fetch this file now (``offload.eligible``, and the job's
-        pacing)."""
+    def eligible(self, files: Sequence[JobFile], *, extending: bool) -> bool:
+        """Whether the worker may fetch these files now (``offload.eligible`` with the job's
+        options as they are now, and its pacing); ``extending`` a lane: only with the options
+        it was opened with."""
 
     async def open(self, files: Sequence[tuple[int, JobFile]]) -> offload.Lane:
         """A lane of the worker, fetching these files first (raises ``offload.WorkerLost``)."""
@@ -178,11 +179,11 @@ class FilesAtOnce:
 
     async def _remote(self, remote: Remote, fetch: FetchOne, done: FileDone) -> None:
         """Files in the fetch worker while it serves (those it may take), in one lane fed
-        with runs as it goes; if the worker is lost, its files not reported done, and every
-        run after, on this loop."""
+        with runs as it goes; what a lane did not fetch (handed back, not given, or the
+        worker lost: then every run after too) on this loop."""
         files = self.job.files
         while run := self._take():
-            if not all(remote.eligible(files[i]) for i in run):
+            if not remote.eligible([files[i] for i in run], extending=False):
                 await self._here(run, fetch, done)
                 continue
             pending: dict[int, None] = {}  # given to the worker, not reported done
@@ -190,65 +191,111 @@ class FilesAtOnce:
             try:
                 await self._there(run, remote, done, pending, later)
             except offload.WorkerLost:
-                await self._here([*pending, *later], fetch, done)
-                await self._worker(fetch, done)
-                return
-            await self._here(later, fetch, done)
+                pass
+            else:
+                if not pending:
+                    await self._here(later, fetch, done)
+                    continue
+            # lost, or a file handed back (a big one, maybe more): the rest on this loop
+            await self._here([*pending, *later], fetch, done)
+            await self._worker(fetch, done)
+            return
 
     async def _there(
         self, run: Sequence[int], remote: Remote, done: FileDone, pending: dict[int, None], later: list[int]
     ) -> None:
         """A lane of the fetch worker: ``run`` first, then more runs while it has fewer than
         ``LANE_LOW_FILES`` to go (a run it may not take ends the lane: ``later``).  Its reports
-        are replayed in order, each file into the batch as it is reported done; the first
-        failure is the job's."""
+        are replayed in order, each file into the batch as it is reported done; a file it
+        hands back ends the lane (it stays in ``pending``); the first failure is the job's."""
         job = self.job
         writing: collections.Counter[str] = collections.Counter()  # begun, not reported
+        progress: dict[int, Progress] = {}
+
+        def replay(message: tuple[object, ...]) -> None:
+            index = message[1]
+            assert isinstance(index, int)
+            if (p := progress.get(index)) is None:
+                p = progress[index] = remote.progress(job.files[index])
+            offload.replay(p, str(message[2]), message[3])  # type: ignore[arg-type]
+
+        index = run[0]
         try:
             await self._begin(run, writing, pending)
             lane = await remote.open([(i, job.files[i]) for i in run])
             try:
-                progress: dict[int, Progress] = {}
                 while (message := await lane.next())[0] != "ended":
                     kind, index = message[0], message[1]
-                    file = job.files[index]
                     if kind == "call":
-                        if (p := progress.get(index)) is None:
-                            p = progress[index] = remote.progress(file)
-                        offload.replay(p, message[2], message[3])
-                        continue
-                    if kind == "failed":
-                        error = offload.rebuilt(message[2])
-                        self._failed(error, index)
-                        raise error
-                    del pending[index]
-                    progress.pop(index, None)
-                    directory = os.path.dirname(file.local_file)
-                    writing[directory] -= 1
-                    self.batch.end(directory)
-                    await self.batch.finished(job, file, offload.fetched_of(message), done)
-                    if not lane.closing and len(pending) < LANE_LOW_FILES:
-                        more = self._take()
-                        if more and all(remote.eligible(job.files[i]) for i in more):
-                            await self._begin(more, writing, pending)
-                            remote.extend(lane, [(i, job.files[i]) for i in more])
-                        else:
-                            later.extend(more)
-                            lane.close()
+                        replay(message)
+                    elif kind == "failed":
+                        raise offload.rebuilt(message[2])
+                    elif kind == "done":
+                        await self._reported(index, message, writing, pending, done)
+                        progress.pop(index, None)
+                        if not lane.closing and len(pending) < LANE_LOW_FILES:
+                            await self._feed(lane, remote, writing, pending, later)
             finally:
-                await lane.stop()
+                await lane.stop(replay)
+        except BitsError as e:
+            self._failed(e, index)
+            raise
         finally:
             for directory, n in writing.items():
                 if n > 0:
                     self.batch.end(directory, n)
 
+    async def _reported(
+        self,
+        index: int,
+        message: tuple[object, ...],
+        writing: collections.Counter[str],
+        pending: dict[int, None],
+        done: FileDone,
+    ) -> None:
+        """A file the worker reported done goes into the batch (or is committed)."""
+        job = self.job
+        file = job.files[index]
+        del pending[index]
+        directory = os.path.dirname(file.local_file)
+        writing[directory] -= 1
+        self.batch.end(directory)
+        await self.batch.finished(job, file, offload.fetched_of(message), done)
+
+    async def _feed(
+        self,
+        lane: offload.Lane,
+        remote: Remote,
+        writing: collections.Counter[str],
+        pending: dict[int, None],
+        later: list[int],
+    ) -> None:
+        """The next run into the lane, or the lane closed (none left, or one it may not
+        take: ``later``)."""
+        job = self.job
+        more = self._take()
+        if more and remote.eligible([job.files[i] for i in more], extending=True):
+            await self._begin(more, writing, pending)
+            remote.extend(lane, [(i, job.files[i]) for i in more])
+        else:
+            later.extend(more)
+            lane.close()
+
     async def _begin(
         self, run: Sequence[int], writing: collections.Counter[str], pending: dict[int, None]
     ) -> None:
-        """The run's files are about to be written (``SharedBatch.begin``, once a directory)."""
+        """The run's files are about to be written (``SharedBatch.begin``, once a directory);
+        a directory that fails is the error of its first file."""
         files = self.job.files
+        first: dict[str, int] = {}
+        for i in run:
+            first.setdefault(os.path.dirname(files[i].local_file), i)
         for directory, n in collections.Counter(os.path.dirname(files[i].local_file) for i in run).items():
-            await self.batch.begin(directory, n)
+            try:
+                await self.batch.begin(directory, n)
+            except BitsError as e:
+                self._failed(e, first[directory])
+                raise
             writing[directory] += n
         pending.update(dict.fromkeys(run))
 

@@ -209,14 +209,17 @@ class _Offload:
         self.scheduler, self.job, self.owner = scheduler, job, owner
         self.options = RequestOptions.of(job)
 
-    def eligible(self, file: JobFile) -> bool:
-        s, priority = self.scheduler, int(self.job.priority)
-        throttle = s.throttle
-        return (
-            not throttle.is_limited(priority)
-            and not throttle.politeness.yields(priority)
-            and offload.eligible(file, self.options, s.downloader.transport.proxies)
-        )
+    def eligible(self, files: Sequence[JobFile], *, extending: bool) -> bool:
+        s, job = self.scheduler, self.job
+        options = RequestOptions.of(job)  # (as they are now: SetCredentials etc. do not stop a job)
+        if extending and options != self.options:
+            return False
+        self.options = options
+        throttle, priority = s.throttle, int(job.priority)
+        if throttle.is_limited(priority) or throttle.politeness.yields(priority):
+            return False
+        proxies = s.downloader.transport.proxies
+        return all(offload.eligible(f, options, proxies) for f in files)
 
     async def open(self, files: Sequence[tuple[int, JobFile]]) -> offload.Lane:
         worker = self.scheduler.fetch_worker
@@ -405,7 +408,9 @@ class Scheduler:
                 if remote is not None:  # (many small files: asked before the first one)
                     # this loop's connection and the fetch worker's
                     at_once = FilesAtOnce(job, SharedBatch(batch), 2, first=index)
-                    await at_once.run(functools.partial(self._fetch, job, owner), service.file_done, remote)
+                    # (a big file found on the way may still go in segments, on the others)
+                    fetch = functools.partial(self._fetch, job, owner, connections=max(1, connections - 1))
+                    await at_once.run(fetch, service.file_done, remote)
                     break
                 if connections > 1 and big and (left := _left(job.files, index)) > 1:
                     # each file's task gets an equal share of the connections (segments.py)

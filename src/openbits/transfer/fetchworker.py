@@ -22,17 +22,24 @@ import sys
 from typing import Any
 
 from openbits.errors import BitsError, InternalError
-from openbits.model import JobFile
+from openbits.model import JobFile, redact_url
 from openbits.transfer import offload
 from openbits.transfer.download import Downloader
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.options import RequestOptions
+from openbits.transfer.proxy import Proxies
 from openbits.transfer.routing import Owner
 
 log = logging.getLogger("openbits.fetchworker")
 
 #: requests of a run's next files sent ahead on the connection (as the daemon's loop)
 LOOKAHEAD = 16
+
+
+class _HandBack(Exception):
+    """The file is not one for the worker after all: the daemon fetches it (one announced
+    as ``offload.SMALL_MAX_BYTES`` or more, which may want segments; one that starts again
+    after a checkpoint, whose restart the daemon must commit before any new byte)."""
 
 
 class _Recorder:
@@ -49,6 +56,8 @@ class _Recorder:
 
     def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
         f = self.file
+        if f.bytes_transferred or f.completed or (total is not None and total >= offload.SMALL_MAX_BYTES):
+            raise _HandBack
         f.bytes_total, f.etag, f.last_modified, f.segments = total, etag, last_modified, None
         self.worker.report(("call", self.run_id, self.index, "begin", (total, etag, last_modified)))
 
@@ -76,7 +85,7 @@ class Worker:
             pipeline_depth=settings.pipeline_depth,
             splice=settings.splice,
         )
-        self.downloader = Downloader(self.h1, settings.tuning)
+        self.downloader = Downloader(self.h1, settings.tuning, proxies=Proxies(settings.proxies))
         self.lanes: dict[int, asyncio.Task[None]] = {}
         self.queues: dict[int, _Queue] = {}
         self._outbox: list[tuple[Any, ...]] = []
@@ -95,37 +104,50 @@ class Worker:
     async def lane(
         self,
         lane_id: int,
+        queue: _Queue,
         job_id: str,
         options: RequestOptions,
         priority: int,
         owner: Owner,
-        files: list[tuple[int, JobFile]],
     ) -> None:
-        """The lane's files in order, more as they are added, until it is closed and empty
-        or a file fails (reported with its file)."""
+        """The lane's files in order, more as they are added, until it is closed and empty,
+        a file fails (reported with its file) or is handed back (``_HandBack``)."""
+        while (item := await queue.next()) is not None:
+            index, file = item
+            upcoming = [f for _, f in itertools.islice(queue.files, LOOKAHEAD)]
+            progress = _Recorder(self, lane_id, index, file)
+            try:
+                fetched = await self.downloader.download(
+                    file, owner, progress, priority, options, defer_sync=True, upcoming=upcoming
+                )
+            except _HandBack:
+                self.report(("handback", lane_id, index))
+                return
+            except BitsError as e:
+                self.report(("failed", lane_id, index, offload.portable(e)))
+                return
+            except Exception as e:  # a bug fails the file, as in the daemon's loop
+                log.exception("fetch worker: %s failed unexpectedly", redact_url(file.remote_url))
+                error = InternalError(f"internal error: {e!r}")
+                self.report(("failed", lane_id, index, offload.portable(error)))
+                return
+            self.report(("done", lane_id, index, fetched.size, fetched.durable))
+
+    def _start(self, group: asyncio.TaskGroup, message: tuple[Any, ...]) -> None:
+        """A new lane: its queue at once (an "extend", "close" or "stop" may follow in the
+        same frame, before its task first runs), and "ended" said when its task is over,
+        however it ends (cancelled before it started too)."""
+        lane_id, job_id, options, priority, owner, files = message[1:]
         queue = self.queues[lane_id] = _Queue(files)
-        try:
-            while (item := await queue.next()) is not None:
-                index, file = item
-                upcoming = [f for _, f in itertools.islice(queue.files, LOOKAHEAD)]
-                progress = _Recorder(self, lane_id, index, file)
-                try:
-                    fetched = await self.downloader.download(
-                        file, owner, progress, priority, options, defer_sync=True, upcoming=upcoming
-                    )
-                except BitsError as e:
-                    self.report(("failed", lane_id, index, offload.portable(e)))
-                    return
-                except Exception as e:  # a bug fails the file, as in the daemon's loop
-                    log.exception("fetch worker: %s failed unexpectedly", file.remote_url)
-                    error = InternalError(f"internal error: {e!r}")
-                    self.report(("failed", lane_id, index, offload.portable(error)))
-                    return
-                self.report(("done", lane_id, index, fetched.size, fetched.durable))
-        finally:
+        task = group.create_task(self.lane(lane_id, queue, job_id, options, priority, owner))
+        self.lanes[lane_id] = task
+
+        def ended(_: asyncio.Task[None]) -> None:
             self.queues.pop(lane_id, None)
             self.lanes.pop(lane_id, None)
             self.report(("ended", lane_id))
+
+        task.add_done_callback(ended)
 
     def _control(self, message: tuple[Any, ...]) -> None:
         queue = self.queues.get(message[1])
@@ -146,7 +168,7 @@ class Worker:
             while (messages := await offload.read_frame(reader)) is not None:
                 for message in messages:
                     if message[0] == "lane":
-                        self.lanes[message[1]] = group.create_task(self.lane(*message[1:]))
+                        self._start(group, message)
                     else:
                         self._control(message)
             os._exit(0)  # the daemon is gone: nothing more is written

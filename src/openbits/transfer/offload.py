@@ -34,7 +34,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,13 +42,15 @@ from openbits.errors import BitsError
 from openbits.model import ErrorContext, JobFile
 from openbits.transfer.fetch import Fetched, Progress
 from openbits.transfer.options import RequestOptions
-from openbits.transfer.proxy import DIRECT, Proxies
+from openbits.transfer.proxy import DIRECT, EnvProxies, Proxies
 from openbits.transfer.routing import Owner
 
 log = logging.getLogger("openbits.offload")
 
 #: a worker with no run for this long exits (started again by the next run)
 IDLE_S = 60.0
+#: a file announced at least this long is handed back to the daemon (``fetchworker``)
+SMALL_MAX_BYTES = 1024 * 1024
 #: how long a worker may take to start (import, TLS) and to stop a run it was told to stop
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -77,6 +79,8 @@ class Settings:
     splice: bool
     default_headers: Mapping[str, str]
     tuning: Any  # routing.Tuning
+    #: the daemon's own proxy settings (a redirect to another host is routed as here)
+    proxies: EnvProxies
 
 
 def eligible(file: JobFile, options: RequestOptions, proxies: Proxies) -> bool:
@@ -155,6 +159,7 @@ class Lane:
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.closing = False
         self.ended = False
+        self.lost = False
 
     def extend(self, files: Sequence[tuple[int, JobFile]]) -> None:
         self.worker.send(("extend", self.lane_id, list(files)))
@@ -166,31 +171,38 @@ class Lane:
 
     async def next(self) -> tuple[Any, ...]:
         """("call", index, name, args) | ("done", index, size, durable) |
-        ("failed", index, error) | ("ended",); raises WorkerLost."""
+        ("failed", index, error) | ("handback", index) | ("ended",); raises WorkerLost
+        (the lane is over then too)."""
         message = await self.queue.get()
         if message[0] == "lost":
+            self.ended = self.lost = True
             raise WorkerLost("the fetch worker stopped")
         if message[0] == "ended":
             self.ended = True
         return message
 
-    async def stop(self) -> None:
-        """Tell the worker to stop this lane and wait until it did (a worker that does not,
-        within ``STOP_TIMEOUT_S``, is killed): afterwards it writes none of the lane's files."""
+    async def stop(self, on_call: Callable[[tuple[Any, ...]], None] | None = None) -> None:
+        """Make sure nothing of the lane is still being written: tell the worker to stop it
+        and wait until it says it ended, passing the reports on the way to ``on_call``
+        (a checkpoint is a durable fact: kept); a worker that does not within
+        ``STOP_TIMEOUT_S``, or was lost, is killed and waited for."""
         try:
-            if self.ended:
-                return
-            self.worker.send(("stop", self.lane_id))
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                while not self.ended:
-                    await self.next()
+            if not self.ended:
+                self.worker.send(("stop", self.lane_id))
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    while not self.ended:
+                        message = await self.next()
+                        if message[0] == "call" and on_call is not None:
+                            on_call(message)
         except WorkerLost:
-            return
+            pass
         except TimeoutError:
             log.warning("the fetch worker did not stop a lane in %.0f s: killed", STOP_TIMEOUT_S)
-            await self.worker.kill()
+            self.lost = True
         finally:
             self.worker.forget(self.lane_id)
+        if self.lost:  # (its end seen on the socket: the process may still be writing)
+            await self.worker.kill()
 
 
 def replay(progress: Progress, name: str, args: tuple[Any, ...]) -> None:
@@ -246,8 +258,8 @@ class _Process:
                     lane = self.lanes.get(message[1])
                     if lane is not None:
                         lane.queue.put_nowait((message[0], *message[2:]))
-        except (OSError, ValueError, pickle.UnpicklingError) as e:
-            log.warning("the fetch worker's reports broke off: %s", e)
+        except Exception as e:  # (a report that does not load: another version on disk?)
+            log.warning("the fetch worker's reports broke off: %r", e)
         finally:
             self._gone()
 
@@ -265,6 +277,9 @@ class _Process:
         for lane in self.lanes.values():
             lane.queue.put_nowait(("lost",))
         self.writer.close()
+        if self.proc.returncode is None:  # (its lanes' files are fetched again: it must stop)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
 
     async def kill(self) -> None:
         """Stop the process now (its lanes are lost) and reap it."""
