@@ -109,6 +109,22 @@ def transfer_profiled(
             client.complete(job)
 
 
+def warm_up(services: Services, urls: list[str], dl: Path) -> None:
+    """One whole job, not profiled: what a daemon starts on first use (the fetch worker)
+    is running when the profiled job comes."""
+    from openbits.client import Client
+
+    dl.mkdir(parents=True)
+    with Client(str(services.socket), timeout=RUN_DEADLINE_S) as client:
+        job = client.create_job("profile_small warm-up", priority=0).job_id
+        client.add_file_set(job, [(url, str(dl / url.rsplit("/", 1)[1])) for url in urls])
+        client.resume(job)
+        running = (QUEUED, CONNECTING, TRANSFERRING)
+        while int(client.get_job(job, files=False, wait_while=running, wait_timeout=5).state) != TRANSFERRED:
+            pass
+        client.complete(job)
+
+
 def report(out: Path, files: int, top: int) -> None:
     st = pstats.Stats(str(out))
     total = st.total_calls  # type: ignore[attr-defined]
@@ -134,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         default="transfer",
         help="what is profiled: Resume to TRANSFERRED (default), or the Complete call alone",
     )
+    p.add_argument("--warm", action="store_true", help="one job before, not profiled (the fetch worker warm)")
     add_keep_arg(p, "files, logs, state")
     add_output_args(p, OUT_DIR / "profile_small.json", "(unused)")
     args = parse_common_args(p, argv)
@@ -154,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         first = f"/small/{data.names[0]}"
         base = services.start_nginx(first, args.size).removesuffix(first) + "/small"
         services.start_daemon(write_daemon_config(session.work / "openbits.toml", RAISED_LIMITS))
+        urls = [f"{base}/{n}" for n in data.names]
+        if args.warm:
+            warm_up(services, urls, session.work / "dl" / "warm")
         dl = session.work / "dl" / "run"
         dl.mkdir(parents=True)
         untimed_sync()
-        transfer_profiled(services, [f"{base}/{n}" for n in data.names], dl, out, strace_out, args.phase)
+        transfer_profiled(services, urls, dl, out, strace_out, args.phase)
     if session.failures or not out.exists():
         log("\n".join(session.failures))
         return 1

@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from openbits.errors import BitsError
 from openbits.model import Job, JobFile
@@ -39,7 +40,7 @@ LOOKAHEAD = 16
 #: commits a durable file complete (``JobQueue.file_done``)
 FileDone = Callable[[Job, JobFile, int], None]
 #: a fetch worker's lane is given more files while it has fewer than this many to fetch
-LANE_LOW_FILES = 48
+LANE_LOW_FILES = 128
 
 
 class Remote(Protocol):
@@ -212,12 +213,11 @@ class FilesAtOnce:
         writing: collections.Counter[str] = collections.Counter()  # begun, not reported
         progress: dict[int, Progress] = {}
 
-        def replay(message: tuple[object, ...]) -> None:
+        def replay(message: tuple[Any, ...]) -> None:
             index = message[1]
-            assert isinstance(index, int)
             if (p := progress.get(index)) is None:
                 p = progress[index] = remote.progress(job.files[index])
-            offload.replay(p, str(message[2]), message[3])  # type: ignore[arg-type]
+            offload.replay(p, message[-1])
 
         index = run[0]
         try:
@@ -226,11 +226,13 @@ class FilesAtOnce:
             try:
                 while (message := await lane.next())[0] != "ended":
                     kind, index = message[0], message[1]
-                    if kind == "call":
+                    if kind == "calls":
                         replay(message)
                     elif kind == "failed":
+                        replay(message)
                         raise offload.rebuilt(message[2])
                     elif kind == "done":
+                        replay(message)
                         await self._reported(index, message, writing, pending, done)
                         progress.pop(index, None)
                         if not lane.closing and len(pending) < LANE_LOW_FILES:
@@ -248,7 +250,7 @@ class FilesAtOnce:
     async def _reported(
         self,
         index: int,
-        message: tuple[object, ...],
+        message: tuple[Any, ...],
         writing: collections.Counter[str],
         pending: dict[int, None],
         done: FileDone,
@@ -304,7 +306,11 @@ class FilesAtOnce:
         runs too), in order: a run of up to ``RUN_MAX``, shorter as the files left get fewer
         than two runs per task (so the tasks end together); empty when none is left."""
         files = self.job.files
-        left = [i for i in range(self._cursor, len(files)) if not files[i].completed]
+        # (no more than a full run's worth of ones left is counted: each take is short)
+        wanted = 2 * self.connections * RUN_MAX
+        left = list(
+            itertools.islice((i for i in range(self._cursor, len(files)) if not files[i].completed), wanted)
+        )
         run = left[: max(1, min(RUN_MAX, len(left) // (2 * self.connections)))]
         if run:
             self._cursor = run[-1] + 1

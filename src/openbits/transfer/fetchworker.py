@@ -29,6 +29,7 @@ from openbits.transfer.h1 import H1Client
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.proxy import Proxies
 from openbits.transfer.routing import Owner
+from openbits.tuning import tune_gc, tune_malloc
 
 log = logging.getLogger("openbits.fetchworker")
 
@@ -44,34 +45,46 @@ class _HandBack(Exception):
 
 class _Recorder:
     """A file's ``Progress`` here: its copy of the file updated as the daemon's would be
-    (``scheduler.run._FileProgress``), and each call reported."""
+    (``scheduler.run._FileProgress``), and each call reported, in order.  Calls that only set
+    fields in memory there (connected, begin of a file not begun, responded) go with the
+    file's next report; a checkpoint or a redirect, which the daemon commits, at once."""
 
-    __slots__ = ("file", "index", "run_id", "worker")
+    __slots__ = ("calls", "file", "index", "lane_id", "worker")
 
-    def __init__(self, worker: Worker, run_id: int, index: int, file: JobFile) -> None:
-        self.worker, self.run_id, self.index, self.file = worker, run_id, index, file
+    def __init__(self, worker: Worker, lane_id: int, index: int, file: JobFile) -> None:
+        self.worker, self.lane_id, self.index, self.file = worker, lane_id, index, file
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def taken(self) -> list[tuple[str, tuple[Any, ...]]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+    def _now(self) -> None:
+        self.worker.report(("calls", self.lane_id, self.index, self.taken()))
 
     def connected(self) -> None:
-        self.worker.report(("call", self.run_id, self.index, "connected", ()))
+        self.calls.append(("connected", ()))
 
     def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
         f = self.file
         if f.bytes_transferred or f.completed or (total is not None and total >= offload.SMALL_MAX_BYTES):
             raise _HandBack
         f.bytes_total, f.etag, f.last_modified, f.segments = total, etag, last_modified, None
-        self.worker.report(("call", self.run_id, self.index, "begin", (total, etag, last_modified)))
+        self.calls.append(("begin", (total, etag, last_modified)))
 
     def checkpoint(self, offset: int) -> None:
         self.file.bytes_transferred = offset
-        self.worker.report(("call", self.run_id, self.index, "checkpoint", (offset,)))
+        self.calls.append(("checkpoint", (offset,)))
+        self._now()
 
     def redirected(self, url: str) -> None:
         self.file.remote_url = url
-        self.worker.report(("call", self.run_id, self.index, "redirected", (url,)))
+        self.calls.append(("redirected", (url,)))
+        self._now()
 
     def responded(self, range_support: bool | None, headers: str) -> None:
         self.file.range_support, self.file.response_headers = range_support, headers
-        self.worker.report(("call", self.run_id, self.index, "responded", (range_support, headers)))
+        self.calls.append(("responded", (range_support, headers)))
 
 
 class Worker:
@@ -124,14 +137,14 @@ class Worker:
                 self.report(("handback", lane_id, index))
                 return
             except BitsError as e:
-                self.report(("failed", lane_id, index, offload.portable(e)))
+                self.report(("failed", lane_id, index, offload.portable(e), progress.taken()))
                 return
             except Exception as e:  # a bug fails the file, as in the daemon's loop
                 log.exception("fetch worker: %s failed unexpectedly", redact_url(file.remote_url))
                 error = InternalError(f"internal error: {e!r}")
-                self.report(("failed", lane_id, index, offload.portable(error)))
+                self.report(("failed", lane_id, index, offload.portable(error), progress.taken()))
                 return
-            self.report(("done", lane_id, index, fetched.size, fetched.durable))
+            self.report(("done", lane_id, index, fetched.size, fetched.durable, progress.taken()))
 
     def _start(self, group: asyncio.TaskGroup, message: tuple[Any, ...]) -> None:
         """A new lane: its queue at once (an "extend", "close" or "stop" may follow in the
@@ -213,12 +226,14 @@ async def _main(fd: int) -> None:
     if not first or first[0][0] != "settings":
         return
     worker = Worker(first[0][1], writer)
+    tune_gc()
     await worker.serve(reader)
 
 
 def main() -> None:
     parent, fd = int(sys.argv[1]), int(sys.argv[2])
     _die_with(parent)
+    tune_malloc()  # (as the daemon: socket reads' buffers reused, not trimmed and regrown)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a ^C of the daemon's terminal is the daemon's)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(_main(fd))

@@ -170,8 +170,9 @@ class Lane:
         self.worker.send(("close", self.lane_id))
 
     async def next(self) -> tuple[Any, ...]:
-        """("call", index, name, args) | ("done", index, size, durable) |
-        ("failed", index, error) | ("handback", index) | ("ended",); raises WorkerLost
+        """("calls", index, calls) | ("done", index, size, durable, calls) |
+        ("failed", index, error, calls) | ("handback", index) | ("ended",), where ``calls``
+        are the file's ``Progress`` calls not reported yet (``replay``); raises WorkerLost
         (the lane is over then too)."""
         message = await self.queue.get()
         if message[0] == "lost":
@@ -192,7 +193,7 @@ class Lane:
                 async with asyncio.timeout(STOP_TIMEOUT_S):
                     while not self.ended:
                         message = await self.next()
-                        if message[0] == "call" and on_call is not None:
+                        if message[0] == "calls" and on_call is not None:
                             on_call(message)
         except WorkerLost:
             pass
@@ -205,25 +206,26 @@ class Lane:
             await self.worker.kill()
 
 
-def replay(progress: Progress, name: str, args: tuple[Any, ...]) -> None:
-    """A ``Progress`` call the worker reported, made on the daemon's side."""
-    if name == "connected":
-        progress.connected()
-    elif name == "begin":
-        progress.begin(*args)
-    elif name == "checkpoint":
-        progress.checkpoint(*args)
-    elif name == "redirected":
-        progress.redirected(*args)
-    elif name == "responded":
-        progress.responded(*args)
-    else:
-        raise ValueError(f"an unknown report {name!r}")
+def replay(progress: Progress, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+    """``Progress`` calls the worker reported, made on the daemon's side, in order."""
+    for name, args in calls:
+        if name == "connected":
+            progress.connected()
+        elif name == "begin":
+            progress.begin(*args)
+        elif name == "checkpoint":
+            progress.checkpoint(*args)
+        elif name == "redirected":
+            progress.redirected(*args)
+        elif name == "responded":
+            progress.responded(*args)
+        else:
+            raise ValueError(f"an unknown report {name!r}")
 
 
 def fetched_of(message: tuple[Any, ...]) -> Fetched:
-    _, _, size, durable = message
-    return Fetched(int(size), bool(durable))
+    """What a "done" report says of its file."""
+    return Fetched(int(message[2]), bool(message[3]))
 
 
 class _Process:
