@@ -40,7 +40,7 @@ LOOKAHEAD = 16
 #: commits a durable file complete (``JobQueue.file_done``)
 FileDone = Callable[[Job, JobFile, int], None]
 #: a fetch worker's lane is given more files while it has fewer than this many to fetch
-LANE_LOW_FILES = 128
+LANE_LOW_FILES = 64
 
 
 class Remote(Protocol):
@@ -191,16 +191,12 @@ class FilesAtOnce:
             later: list[int] = []  # taken, then not given (a file it may not take)
             try:
                 await self._there(run, remote, done, pending, later)
-            except offload.WorkerLost:
-                pass
-            else:
-                if not pending:
-                    await self._here(later, fetch, done)
-                    continue
-            # lost, or a file handed back (a big one, maybe more): the rest on this loop
+            except offload.WorkerLost:  # (its files here, and every run after)
+                await self._here([*pending, *later], fetch, done)
+                await self._worker(fetch, done)
+                return
+            # what the lane did not fetch (not given; handed back, and the files after it)
             await self._here([*pending, *later], fetch, done)
-            await self._worker(fetch, done)
-            return
 
     async def _there(
         self, run: Sequence[int], remote: Remote, done: FileDone, pending: dict[int, None], later: list[int]

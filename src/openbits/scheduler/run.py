@@ -462,9 +462,12 @@ class Scheduler:
             return None
         if not self.downloader.transport.owners.acts_in_process(job.owner_uid):
             return None
-        if sum(1 for f in job.files if not f.completed) < OFFLOAD_MIN_FILES:
+        left = [f for f in job.files if not f.completed]
+        if len(left) < OFFLOAD_MIN_FILES:
             return None
-        return _Offload(self, job, owner)
+        remote = _Offload(self, job, owner)
+        # (a job it could never take, credentials say, keeps its one pipelined connection)
+        return remote if remote.eligible(left[:1], extending=False) else None
 
     async def _fetch(
         self, job: Job, owner: Owner, index: int, upcoming: Sequence[JobFile] = (), *, connections: int = 1

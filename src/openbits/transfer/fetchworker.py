@@ -67,7 +67,11 @@ class _Recorder:
 
     def begin(self, total: int | None, etag: str | None, last_modified: str | None) -> None:
         f = self.file
-        if f.bytes_transferred or f.completed or (total is not None and total >= offload.SMALL_MAX_BYTES):
+        if f.bytes_transferred or f.completed:  # (a restart after a checkpoint: committed first)
+            self.calls.append(("begin", (total, etag, last_modified)))
+            self._now()
+            raise _HandBack
+        if total is not None and total >= offload.SMALL_MAX_BYTES:
             raise _HandBack
         f.bytes_total, f.etag, f.last_modified, f.segments = total, etag, last_modified, None
         self.calls.append(("begin", (total, etag, last_modified)))

@@ -200,6 +200,10 @@ class Lane:
         except TimeoutError:
             log.warning("the fetch worker did not stop a lane in %.0f s: killed", STOP_TIMEOUT_S)
             self.lost = True
+        except asyncio.CancelledError:  # (cancelled again while waiting: no waiting now)
+            self.lost = True
+            await asyncio.shield(self.worker.kill())
+            raise
         finally:
             self.worker.forget(self.lane_id)
         if self.lost:  # (its end seen on the socket: the process may still be writing)
@@ -307,6 +311,7 @@ class FetchWorker:
         self._idle: asyncio.TimerHandle | None = None
         self._lost_at = -COOL_DOWN_S
         self._starting = asyncio.Lock()
+        self._closed = False
         self.started = 0  # (for tests and metrics)
 
     @property
@@ -348,7 +353,7 @@ class FetchWorker:
     async def _warm(self) -> _Process | None:
         """A worker that said it is ready (started if need be); None if none can be."""
         async with self._starting:
-            if not self.usable():
+            if self._closed or not self.usable():
                 return None
             current = self._current
             if current is None or current.gone:
@@ -406,7 +411,14 @@ class FetchWorker:
             raise
         finally:
             child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=FRAME_MAX_BYTES)
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=parent, limit=FRAME_MAX_BYTES)
+        except BaseException:
+            parent.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
         process = _Process(proc, writer, self._on_idle)
         self.started += 1
         log.info("fetch worker started (pid %d)", proc.pid)
@@ -420,6 +432,7 @@ class FetchWorker:
             await process.kill()
 
     async def close(self) -> None:
+        self._closed = True
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
