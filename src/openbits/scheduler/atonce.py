@@ -128,6 +128,7 @@ class FilesAtOnce:
         self.job, self.batch, self.connections = job, batch, connections
         self.failed: BitsError | None = None
         self.failed_index: int | None = None
+        self.lanes = 0  # the fetch worker's lanes open
         # files before it are taken (files are only ever appended); the ones before ``first``
         # were fetched one at a time: committed, or in the batch waiting for its sync, which
         # is not ``completed`` yet (fetched again, their temporary files would be rewritten
@@ -173,6 +174,10 @@ class FilesAtOnce:
             except BitsError as e:
                 self._failed(e, index)
                 raise
+            if self.lanes:
+                # a turn of the loop: reads that find their bytes waiting never yield, and
+                # the fetch worker's reports (and its next files) would wait for this run
+                await asyncio.sleep(0)
 
     def _failed(self, error: BitsError, index: int) -> None:
         if self.failed is None:
@@ -219,6 +224,7 @@ class FilesAtOnce:
         try:
             await self._begin(run, writing, pending)
             lane = await remote.open([(i, job.files[i]) for i in run])
+            self.lanes += 1
             try:
                 while (message := await lane.next())[0] != "ended":
                     kind, index = message[0], message[1]
@@ -234,6 +240,7 @@ class FilesAtOnce:
                         if not lane.closing and len(pending) < LANE_LOW_FILES:
                             await self._feed(lane, remote, writing, pending, later)
             finally:
+                self.lanes -= 1
                 await lane.stop(replay)
         except BitsError as e:
             self._failed(e, index)
