@@ -8,6 +8,13 @@ Files finish in any order; each is committed complete only once durable, so
 FilesTransferred, checkpoints and events stay exact, and a job resumed after a crash takes
 up every file at its own checkpoint.
 
+With a ``Remote`` (many small files: ``scheduler.run``), one of two tasks feeds the fetch
+worker (``transfer/offload.py``, a process on another core) a *lane*: runs taken like any
+task's, more sent while it has fewer than ``LANE_LOW_FILES`` to go; the worker's reports are
+replayed on the files' progress and its files go into the same batch.  What a lane did not
+fetch (a file handed back and those after it, a run it may not take, or all of it when the
+worker is lost) is fetched by this loop.
+
 The tasks share the job's ``SyncBatch`` through ``SharedBatch``: one flush at a time, one
 sync handle per directory, and a directory still being written into gets the next batch's
 handle before this batch's sync starts, so a write-back error of a file in flight is seen
