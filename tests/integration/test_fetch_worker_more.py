@@ -72,7 +72,7 @@ def log_errors(daemon: Daemon) -> list[str]:
 
 def worker_connection(nginx: Nginx, name: str) -> int:
     """The connection of the worker's first file (its first run is 64..127)."""
-    return wait_until(lambda: connections_of(nginx, name).get(f"/{name}/64.bin"), 10, "64.bin logged")
+    return int(wait_until(lambda: connections_of(nginx, name).get(f"/{name}/64.bin"), 10, "64.bin logged"))
 
 
 def test_a_big_file_in_a_lane_is_handed_back_and_fetched_by_the_daemon(
