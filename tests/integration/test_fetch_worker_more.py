@@ -1,0 +1,228 @@
+"""The fetch worker (``transfer/offload.py``), more cases end to end against a real nginx
+(the paced one of ``test_fetch_worker.py``): a big file among the small ones is handed back
+to the daemon, a redirect reported (ALLOW_REPORT) in a lane is committed, a wrong expected
+digest in a lane is the job's error with no file left, a SIGTERM of the daemon mid-job stops
+the worker too and a new daemon finishes, quick Suspends and Resumes then a Cancel leave
+nothing behind, and SetCredentials mid-job closes the lane while the job goes on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openbits.model import AuthScheme, AuthTarget, ErrorContext, JobPriority, JobState, SecurityFlags
+from openbits.transfer.files import temp_name_for
+from tests.integration.test_fetch_worker import (
+    PACE,
+    PacedNginx,
+    alive,
+    assert_transferred,
+    connections_of,
+    daemon_pid,
+    files_job,
+    mid_job,
+    open_under,
+    temp_files,
+    workers,
+)
+from tests.support.daemon import Daemon, wait_until
+from tests.support.fixtures import make_file, sha256_file
+from tests.support.nginx import Nginx, find_nginx
+
+KiB = 1024
+MiB = 1024 * KiB
+WRONG = "sha256:" + "00" * 32
+#: a file of the worker's first run (the daemon's loop takes 0..63, the worker 64..127)
+THEIRS = 100
+
+pytestmark = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="the daemon starts no fetch worker on one CPU"
+)
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """This module's own nginx (with ``/paced/``)."""
+    binary = find_nginx()
+    if binary is None:
+        pytest.skip("nginx binary not found on PATH or in /usr/sbin")
+    base = tmp_path_factory.mktemp("nginx-paced-more")
+    with PacedNginx(base / "work", base / "www", binary=binary) as server:
+        yield server
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon that takes jobs of thousands of files (the default caps a job at 200)."""
+    d = Daemon(tmp_path / "state", config={"max_files_per_job": 5000})
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def log_errors(daemon: Daemon) -> list[str]:
+    """The daemon's (and its worker's: same stderr) log lines of an error or a traceback."""
+    return [line for line in daemon.log().splitlines() if " ERROR " in line or "Traceback" in line]
+
+
+def worker_connection(nginx: Nginx, name: str) -> int:
+    """The connection of the worker's first file (its first run is 64..127)."""
+    return int(wait_until(lambda: connections_of(nginx, name).get(f"/{name}/64.bin"), 10, "64.bin logged"))
+
+
+def test_a_big_file_in_a_lane_is_handed_back_and_fetched_by_the_daemon(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    count, size, big, big_size = 300, 16 * KiB, THEIRS, MiB + 5  # (offload.SMALL_MAX_BYTES: 1 MiB)
+    name = "fwm-big"
+    digests = [
+        make_file(nginx.www, f"{name}/{i}.bin", big_size if i == big else size, seed=i) for i in range(count)
+    ]
+    job = daemon.client.create_job(name).job_id
+    daemon.client.set_properties(job, Priority=int(JobPriority.FOREGROUND))
+    daemon.client.add_file_set(
+        job, [(f"{nginx.url}/{name}/{i}.bin", str(dest / f"{i}.bin")) for i in range(count)]
+    )
+    daemon.client.resume(job)
+    final = daemon.wait_state(job, JobState.TRANSFERRED, timeout=60)
+    assert final["FilesTransferred"] == count
+    assert final["BytesTransferred"] == final["BytesTotal"] == size * (count - 1) + big_size
+    assert daemon.client.complete(job) == 0
+    assert [sha256_file(dest / f"{i}.bin") for i in range(count)] == digests
+    assert not temp_files(dest)
+    # asked for on the worker's connection (nginx may have sent all of it into the socket,
+    # but the worker stopped at its head: it is no file of the worker's), then fetched by the
+    # daemon's loop on a connection of its own
+    theirs = worker_connection(nginx, name)
+    asked = wait_until(
+        lambda: len(r := [e for e in nginx.requests() if e["uri"] == f"/{name}/{big}.bin"]) >= 2 and r,
+        10,
+        "the big file asked for twice",
+    )
+    mine = [e for e in asked if e["connection"] != theirs]
+    assert len(asked) == 2 and len(mine) == 1 and mine[0]["bytes_sent"] == big_size, asked
+    assert not log_errors(daemon)
+    assert len(workers(daemon_pid(daemon))) == 1, "a hand-back is no loss of the worker"
+
+
+def test_a_reported_redirect_in_a_lane_is_committed(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
+    count, size, name = 300, 16 * KiB, "fwm-redirect"
+    digests = [make_file(nginx.www, f"{name}/{i}.bin", size, seed=i) for i in range(count)]
+    urls = [f"{nginx.url}/{name}/{i}.bin" for i in range(count)]
+    urls[THEIRS] = f"{nginx.url}/redirect/{name}/{THEIRS}.bin"  # (a 302 to the plain one)
+    client = daemon.client
+    job = client.create_job(name).job_id
+    client.set_properties(job, Priority=int(JobPriority.FOREGROUND))
+    client.set_security_flags(job, SecurityFlags.REDIRECT_POLICY_ALLOW_REPORT)
+    client.add_file_set(job, [(urls[i], str(dest / f"{i}.bin")) for i in range(count)])
+    client.resume(job)
+    daemon.wait_state(job, JobState.TRANSFERRED, timeout=60)
+    final = f"{nginx.url}/{name}/{THEIRS}.bin"
+    assert daemon.job(job)["Files"][THEIRS]["RemoteUrl"] == final
+    # followed by the worker: on its connection
+    theirs = worker_connection(nginx, name)
+    redirected = [e for e in nginx.requests() if e["request_uri"] == f"/redirect/{name}/{THEIRS}.bin"]
+    assert [(e["status"], e["connection"]) for e in redirected] == [(302, theirs)]
+    # committed: the same after a restart
+    assert daemon.stop() == 0
+    daemon.start()
+    assert daemon.job(job)["Files"][THEIRS]["RemoteUrl"] == final
+    assert daemon.client.complete(job) == 0
+    assert [sha256_file(dest / f"{i}.bin") for i in range(count)] == digests
+
+
+def test_a_wrong_digest_in_a_lane_is_the_jobs_error_and_no_file_is_left(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    count, size, name = 300, 16 * KiB, "fwm-digest"
+    for i in range(count):
+        make_file(nginx.www, f"{name}/{i}.bin", size, seed=i)
+    client = daemon.client
+    job = client.create_job(name).job_id
+    client.set_properties(job, Priority=int(JobPriority.FOREGROUND))
+    client.add_file_set(
+        job,
+        [
+            (f"{nginx.url}/{name}/{i}.bin", str(dest / f"{i}.bin"), WRONG if i == THEIRS else None)
+            for i in range(count)
+        ],
+    )
+    client.resume(job)
+    daemon.wait_state(job, JobState.ERROR, timeout=30)
+    error = client.get_error(job)
+    assert (error.hresult, error.name) == (0x80200053, "BG_E_VALIDATION_FAILED"), error
+    assert error.context is ErrorContext.REMOTE_FILE
+    assert error.local_file == str(dest / f"{THEIRS}.bin")
+    assert not daemon.job(job)["Files"][THEIRS]["Completed"]
+    requests = connections_of(nginx, name)
+    assert requests[f"/{name}/{THEIRS}.bin"] == worker_connection(nginx, name), "fetched by the worker"
+    assert not (dest / f"{THEIRS}.bin").exists()
+    assert not (dest / temp_name_for(job, THEIRS)).exists(), "the mismatched bytes are not kept"
+    assert client.cancel(job) == 0
+    wait_until(lambda: not os.listdir(dest), 10, "an empty destination")
+
+
+def test_sigterm_of_the_daemon_mid_job_stops_the_worker_and_a_new_daemon_finishes(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    count, size = PACE, 4 * KiB
+    job, digests = files_job(daemon, nginx, dest, "fwm-term", count, size, location="/paced")
+    daemon.client.resume(job)
+    parent = daemon_pid(daemon)
+    pid = mid_job(daemon, job, dest, count // 5)
+    assert daemon.stop() == 0, daemon.log()
+    wait_until(lambda: not alive(pid) and not workers(parent), 10, "no worker left")
+    daemon.start()
+    assert int(daemon.job(job)["FilesTransferred"]) < count, "the SIGTERM landed mid-job"
+    assert_transferred(daemon, job, dest, digests, size)
+
+
+def test_quick_suspends_and_resumes_then_cancel_leave_nothing_behind(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    count, size = PACE, 4 * KiB
+    job, _ = files_job(daemon, nginx, dest, "fwm-flap", count, size, location="/paced")
+    client = daemon.client
+    client.resume(job)
+    pid = mid_job(daemon, job, dest, count // 5)
+    for _ in range(2):
+        assert client.suspend(job) == 0
+        client.resume(job)
+    assert client.suspend(job) == 0
+    client.resume(job)
+    assert client.cancel(job) == 0
+    assert daemon.job(job)["State"] == JobState.CANCELLED
+    wait_until(
+        lambda: (
+            not os.listdir(dest) and not any(open_under(p, dest) for p in [pid, *workers(daemon_pid(daemon))])
+        ),
+        10,
+        "an empty destination, nothing of it open in a worker",
+    )
+    assert not os.listdir(dest), "nothing created after"
+    assert not log_errors(daemon)
+
+
+def test_set_credentials_mid_job_closes_the_lane_and_the_job_finishes(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    count, size, name = PACE, 4 * KiB, "fwm-creds"
+    job, digests = files_job(daemon, nginx, dest, name, count, size, location="/paced")
+    daemon.client.resume(job)
+    mid_job(daemon, job, dest, count // 5)
+    daemon.client.set_credentials(job, AuthTarget.SERVER, AuthScheme.BASIC, "someone", "not-asked-for")
+    changed_at = int(daemon.job(job)["FilesTransferred"])
+    assert changed_at < count // 2, "changed mid-job"
+    assert_transferred(daemon, job, dest, digests, size)
+    assert not log_errors(daemon)
+    # the worker's connections: the ones of its first files; the last files (well after the
+    # change, past any run the lane had been given) came on the daemon's own
+    requests = connections_of(nginx, name)
+    theirs = {requests[f"/paced/{name}/{i}.bin"] for i in range(64, 74)}
+    late = {requests[f"/paced/{name}/{i}.bin"] for i in range(count - 50, count)}
+    assert not late & theirs, (late, theirs)
