@@ -61,6 +61,29 @@ def proc_cpu_s(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) / CLK_TCK  # fields 14 (utime) and 15 (stime)
 
 
+def proc_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its descendants: its own (all threads), those of the
+    children it reaped (cutime + cstime), and its live children's, recursively (the daemon's
+    fetch worker, PAC worker and owner helpers count as the daemon)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+        rest = fh.read().rsplit(")", 1)[1].split()
+    total = sum(int(x) for x in rest[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
+    children: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with (
+                contextlib.suppress(OSError),
+                open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh,
+            ):
+                children.update(int(c) for c in fh.read().split())
+    except OSError:
+        pass
+    for child in children:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += proc_tree_cpu_s(child)
+    return total
+
+
 def machine_busy_s() -> float:
     """Busy CPU seconds of the whole machine, all CPUs (user+nice+system+irq+softirq+steal)."""
     with open("/proc/stat", encoding="ascii") as fh:
@@ -720,8 +743,8 @@ class Services:
     def daemon_cpu_s(self) -> float:
         if self.daemon is None:
             return 0.0
-        try:
-            return proc_cpu_s(self.daemon.pid)
+        try:  # (with its worker processes: the fetch worker is part of its work)
+            return proc_tree_cpu_s(self.daemon.pid)
         except OSError:
             return 0.0
 
