@@ -8,16 +8,15 @@ nothing behind, and SetCredentials mid-job closes the lane while the job goes on
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from openbits.model import AuthScheme, AuthTarget, ErrorContext, JobPriority, JobState, SecurityFlags
 from openbits.transfer.files import temp_name_for
+from tests.integration import test_fetch_worker as base
 from tests.integration.test_fetch_worker import (
     PACE,
-    PacedNginx,
     alive,
     assert_transferred,
     connections_of,
@@ -30,7 +29,7 @@ from tests.integration.test_fetch_worker import (
 )
 from tests.support.daemon import Daemon, wait_until
 from tests.support.fixtures import make_file, sha256_file
-from tests.support.nginx import Nginx, find_nginx
+from tests.support.nginx import Nginx
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -43,26 +42,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
-    """This module's own nginx (with ``/paced/``)."""
-    binary = find_nginx()
-    if binary is None:
-        pytest.skip("nginx binary not found on PATH or in /usr/sbin")
-    base = tmp_path_factory.mktemp("nginx-paced-more")
-    with PacedNginx(base / "work", base / "www", binary=binary) as server:
-        yield server
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    """A daemon that takes jobs of thousands of files (the default caps a job at 200)."""
-    d = Daemon(tmp_path / "state", config={"max_files_per_job": 5000})
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop()
+#: the fixtures of test_fetch_worker.py: its paced nginx (one for this module) and a daemon
+#: that takes jobs of thousands of files
+nginx = base.nginx
+daemon = base.daemon
 
 
 def log_errors(daemon: Daemon) -> list[str]:
