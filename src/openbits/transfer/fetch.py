@@ -118,6 +118,12 @@ class Fetched:
     durable: bool = True
 
 
+def not_begun(f: JobFile) -> bool:
+    """A whole file from byte 0, nothing of it durable yet: its request may be sent ahead
+    (``Ahead``), and the fetch worker may take it (``offload.eligible``)."""
+    return f.bytes_transferred == 0 and f.ranges is None and f.segments is None and not f.completed
+
+
 class Ahead:
     """The requests of the files after the current one, built only when the connection has
     room for them (most of the time it has not)."""
@@ -129,7 +135,7 @@ class Ahead:
 
     def __iter__(self) -> Iterator[tuple[str, Mapping[str, str]]]:
         for f in self.files:
-            if f.bytes_transferred == 0 and f.ranges is None and f.segments is None and not f.completed:
+            if not_begun(f):
                 yield f.remote_url, self.headers
 
 

@@ -323,19 +323,22 @@ class Wire:
             except (BlockingIOError, InterruptedError):
                 async with asyncio.timeout(self.read_timeout_s):
                     data = await asyncio.get_running_loop().sock_recv(sock, n)
-            if conn.quickack:
-                # A server answering pipelined requests back to back (nginx: sendfile,
-                # tcp_nopush, and Nagle on a connection that never goes idle) holds its
-                # next small answer until this one is acknowledged, and Linux delays that
-                # ACK up to 40 ms when no request of ours goes out to carry it: measured,
-                # a 40 ms stall at the end of each run of requests.  Quick ACKs are not
-                # sticky: asked again after each read.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            return data
         except TimeoutError:
             raise
         except OSError as e:
             raise ClosedEarly(f"the connection failed: {e.strerror or e}") from e
+        if conn.quickack:
+            # A server answering pipelined requests back to back (nginx: sendfile,
+            # tcp_nopush, and Nagle on a connection that never goes idle) holds its next
+            # small answer until this one is acknowledged, and Linux delays that ACK up to
+            # 40 ms when no request of ours goes out to carry it: measured, a 40 ms stall at
+            # the end of each run of requests.  Quick ACKs are not sticky: asked again after
+            # each read.  A hint: a socket that refuses it still gave its bytes.
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            except OSError:
+                conn.quickack = False
+        return data
 
     async def fill(self, conn: Conn) -> bool:
         """Append what the socket has to the buffer; False at its end."""

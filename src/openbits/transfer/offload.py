@@ -40,7 +40,7 @@ from typing import Any
 
 from openbits.errors import BitsError
 from openbits.model import ErrorContext, JobFile
-from openbits.transfer.fetch import Fetched, Progress
+from openbits.transfer.fetch import Fetched, Progress, not_begun
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.proxy import DIRECT, EnvProxies, Proxies
 from openbits.transfer.routing import Owner
@@ -89,10 +89,7 @@ def eligible(file: JobFile, options: RequestOptions, proxies: Proxies) -> bool:
     scheme = url[:8].lower()
     return (
         (scheme.startswith("http://") or scheme == "https://")
-        and not file.completed
-        and file.bytes_transferred == 0
-        and file.ranges is None
-        and file.segments is None
+        and not_begun(file)
         and not options.credentials
         and options.client_certificate is None
         and proxies.fixed(url, options) == DIRECT
@@ -312,12 +309,6 @@ class FetchWorker:
         self._lost_at = -COOL_DOWN_S
         self._starting = asyncio.Lock()
         self._closed = False
-        self.started = 0  # (for tests and metrics)
-
-    @property
-    def pid(self) -> int | None:
-        current = self._current
-        return current.proc.pid if current is not None and not current.gone else None
 
     def usable(self) -> bool:
         """False for a while after a worker was lost (one that crashes is not restarted hot)."""
@@ -420,7 +411,6 @@ class FetchWorker:
             await asyncio.shield(proc.wait())
             raise
         process = _Process(proc, writer, self._on_idle)
-        self.started += 1
         log.info("fetch worker started (pid %d)", proc.pid)
         process.send(("settings", self.settings))
         process.reader = asyncio.create_task(process.read(reader), name="fetch-worker-reports")
