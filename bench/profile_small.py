@@ -70,20 +70,41 @@ def start_strace(pid: int, out: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def worker_pids(daemon: int) -> list[int]:
+    """The daemon's fetch worker (a child running ``openbits.transfer.fetchworker``), if any."""
+    pids = []
+    for task in os.listdir(f"/proc/{daemon}/task"):
+        with open(f"/proc/{daemon}/task/{task}/children") as f:
+            for child in f.read().split():
+                with open(f"/proc/{child}/cmdline", "rb") as c:
+                    if b"openbits.transfer.fetchworker" in c.read():
+                        pids.append(int(child))
+    return pids
+
+
 def transfer_profiled(
     services: Services, urls: list[str], dl: Path, out: Path, strace_out: Path | None, phase: str
 ) -> None:
     """Profile the ``phase`` ("transfer": Resume to TRANSFERRED, or "complete": the
-    Complete call alone) of one job."""
+    Complete call alone) of one job; the fetch worker's too when it is running (its stats
+    in ``out.worker``)."""
     from openbits.client import Client
 
     pid = services.daemon_pid()
+    workers = worker_pids(pid) if phase == "transfer" else []
     with Client(str(services.socket), timeout=RUN_DEADLINE_S) as client:
         job = client.create_job("profile_small", priority=0).job_id
+        if phase == "add":
+            os.kill(pid, signal.SIGUSR1)
+            started = time.perf_counter()
         client.add_file_set(job, [(url, str(dl / url.rsplit("/", 1)[1])) for url in urls])
+        if phase == "add":
+            os.kill(pid, signal.SIGUSR2)
+            log(f"AddFileSet took {1000 * (time.perf_counter() - started):.1f} ms (profiled)")
         tracer = start_strace(pid, strace_out) if strace_out is not None and phase == "transfer" else None
         if phase == "transfer":
-            os.kill(pid, signal.SIGUSR1)
+            for target in (pid, *workers):
+                os.kill(target, signal.SIGUSR1)
         client.resume(job)
         deadline = time.monotonic() + RUN_DEADLINE_S
         running = (QUEUED, CONNECTING, TRANSFERRING)
@@ -97,15 +118,16 @@ def transfer_profiled(
             started = time.perf_counter()
             client.complete(job)
             log(f"Complete took {1000 * (time.perf_counter() - started):.1f} ms (profiled)")
-        os.kill(pid, signal.SIGUSR2)
+        for target in (pid, *workers) if phase != "add" else ():
+            os.kill(target, signal.SIGUSR2)
         if tracer is not None:
             tracer.send_signal(signal.SIGINT)
             tracer.wait(timeout=60)
-        while not out.exists():
+        while not out.exists() or (workers and not Path(f"{out}.worker").exists()):
             if time.monotonic() > deadline:
                 raise BenchError("the daemon wrote no profile")
             time.sleep(0.05)
-        if phase == "transfer":
+        if phase != "complete":
             client.complete(job)
 
 
@@ -146,11 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--phase",
-        choices=("transfer", "complete"),
+        choices=("transfer", "complete", "add"),
         default="transfer",
-        help="what is profiled: Resume to TRANSFERRED (default), or the Complete call alone",
+        help="what is profiled: Resume to TRANSFERRED (default), the Complete or the AddFileSet call alone",
     )
-    p.add_argument("--warm", action="store_true", help="one job before, not profiled (the fetch worker warm)")
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="one job before, not profiled: the fetch worker is running, and is profiled too",
+    )
     add_keep_arg(p, "files, logs, state")
     add_output_args(p, OUT_DIR / "profile_small.json", "(unused)")
     args = parse_common_args(p, argv)
@@ -160,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     out = OUT_DIR / "profile_small.pstats"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
+    worker_out = Path(f"{out}.worker")
+    worker_out.unlink(missing_ok=True)
     strace_out = OUT_DIR / "profile_small.strace" if args.strace else None
     env = dict(args.daemon_env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOK_DIR), env.get("PYTHONPATH", "")]))
@@ -181,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     if session.failures or not out.exists():
         log("\n".join(session.failures))
         return 1
+    log("the daemon's event loop:")
     report(out, args.files, args.top)
+    if worker_out.exists():
+        log(f"\nthe fetch worker's loop (stats in {worker_out}):")
+        report(worker_out, args.files, args.top)
     if strace_out is not None:
         log(f"syscalls of every thread (strace -c):\n{strace_out.read_text()}")
     return 0

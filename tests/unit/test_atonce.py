@@ -123,3 +123,38 @@ async def test_files_at_once_takes_each_file_once_in_runs_and_reports_the_failin
     with pytest.raises(BitsError) as info:
         await again.run(failing, lambda j, f, size: None)
     assert info.value.hresult == HResult.BG_E_HTTP_ERROR_404 and again.failed_index == 5
+
+
+async def test_once_every_file_is_taken_the_batch_syncs_without_waiting_to_be_full(
+    tmp_path: Path, threads: concurrent.futures.Executor
+) -> None:
+    """The job's last files: a batch starts its sync as soon as none is in flight (the last
+    sync then has little left to write), never two at once, every file committed once."""
+    files = [JobFile(f"http://h/{i}", f"{tmp_path}/{i}") for i in range(40)]
+    job = Job("{00000000-0000-0000-0000-000000000002}", "alice", 1000, files=files)
+    rec = Recorder()
+    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    starts: list[int] = []  # files taken when each sync started
+    taken = 0
+    submit = threads.submit
+
+    def counting_submit(fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert batch.sync is None or batch.sync.done(), "one sync at a time"
+        starts.append(taken)
+        return submit(fn, *args, **kwargs)
+
+    threads.submit = counting_submit  # type: ignore[method-assign]
+
+    async def fetch(index: int, upcoming: Iterable[JobFile]) -> Fetched:
+        nonlocal taken
+        taken += 1
+        await asyncio.sleep(0)
+        return Fetched(1, durable=False)
+
+    at_once = FilesAtOnce(job, SharedBatch(batch), 2)
+    await at_once.run(fetch, lambda j, f, size: None)
+    assert starts and all(n == 40 for n in starts), "no sync before the tail (the batch is not full)"
+    await batch.flush()
+    batch.close()
+    committed = sorted(int(p.rsplit("/", 1)[1]) for c in rec.commits for p in c)
+    assert committed == list(range(40)), "each file committed once"

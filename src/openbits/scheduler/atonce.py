@@ -114,17 +114,22 @@ class SharedBatch:
                 await asyncio.wait([batch.synced])
                 batch.poll()
 
-    async def finished(self, job: Job, file: JobFile, fetched: Fetched, done: FileDone) -> None:
-        """``file`` is fetched: committed at once when durable, else into the batch."""
+    async def finished(
+        self, job: Job, file: JobFile, fetched: Fetched, done: FileDone, *, tail: bool = False
+    ) -> None:
+        """``file`` is fetched: committed at once when durable, else into the batch.  In the
+        ``tail`` (every file taken: the last ones are in flight), a batch starts its sync as
+        soon as none is in flight, so the job's last sync has only the last few files to
+        write (a full batch left to the end: ~6 ms of 4 MiB written back after the last byte)."""
         if fetched.durable:
             await self.flush()
             done(job, file, fetched.size)
             return
-        self.batch.add(file, fetched.size)
-        if self.batch.full():
+        batch = self.batch
+        batch.add(file, fetched.size)
+        batch.poll()
+        if batch.full() or (tail and batch.sync is None):
             await self.flush(wait=False)  # downloads go on while it syncs
-        else:
-            self.batch.poll()
 
 
 class FilesAtOnce:
@@ -177,7 +182,7 @@ class FilesAtOnce:
                     fetched = await fetch(index, [job.files[i] for i in run[n + 1 : n + 1 + LOOKAHEAD]])
                 finally:
                     self.batch.end(directory)
-                await self.batch.finished(job, file, fetched, done)
+                await self.batch.finished(job, file, fetched, done, tail=self._all_taken())
             except BitsError as e:
                 self._failed(e, index)
                 raise
@@ -272,7 +277,7 @@ class FilesAtOnce:
         directory = os.path.dirname(file.local_file)
         writing[directory] -= 1
         self.batch.end(directory)
-        await self.batch.finished(job, file, offload.fetched_of(message), done)
+        await self.batch.finished(job, file, offload.fetched_of(message), done, tail=self._all_taken())
 
     async def _feed(
         self,
@@ -310,6 +315,9 @@ class FilesAtOnce:
                 raise
             writing[directory] += n
         pending.update(dict.fromkeys(run))
+
+    def _all_taken(self) -> bool:
+        return self._cursor >= len(self.job.files)
 
     def _take(self) -> list[int]:
         """The next files not transferred that no task has taken (ones added while the job
