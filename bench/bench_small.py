@@ -96,6 +96,8 @@ CASE_NAMES = ("curl", "curl+fsync", "aria2c", "openbits")
 #: issue 15's goals for openbits' rate against each peer
 TARGETS = {"curl": 1.2, "curl+fsync": 2.0}
 RUN_DEADLINE_S = 600.0
+#: files the creation probe writes before the runs (kept with the runs' directories)
+PROBE_FILES = 500
 BLOCK = 4096  # the file system's allocation unit, to size the disk check
 
 
@@ -589,6 +591,31 @@ def render_table(summaries: list[Summary]) -> str:
     return render_rows(rows)
 
 
+def creation_probe(work: Path, size: int) -> float:
+    """µs to create, write ``size`` bytes to and close one new file in a fresh directory beside
+    the runs': what every case pays per file here.  On this machine's ext4 (no journal) it is
+    10–30× dearer near files deleted in the last minutes (bench/README), and the ratios move
+    with it: openbits creates files on two cores, curl on one."""
+    probe = work / "dl" / "creation-probe"
+    probe.mkdir(parents=True)
+    data = os.urandom(size)
+    started = time.perf_counter()
+    for i in range(PROBE_FILES):
+        fd = os.open(probe / f"p{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    return (time.perf_counter() - started) / PROBE_FILES * 1e6
+
+
+def probe_note(us: float) -> str:
+    return (
+        f"file creation here: {us:.0f} µs a file (create + write + close, {PROBE_FILES} files; "
+        "a fresh area of this disk takes ~15–35 µs, one near recent deletions 150–700 µs)"
+    )
+
+
 def render_phases(ph: dict[str, Any]) -> str:
     n = ph["files"]
     total = ph["create_add_s"] + ph["transfer_s"] + ph["complete_s"]
@@ -713,6 +740,7 @@ def bench(args: argparse.Namespace, tools: Tools, session: Session) -> int:
     vers: dict[str, str] = {}
     daemon_settings = {**RAISED_LIMITS, **args.daemon_setting}
     negotiated: dict[str, set[str]] = {}
+    probe_us: float | None = None
     with session.guard(
         lambda: session.stop_services(services, runner), catch_unexpected=True, remove_at_exit=False
     ):
@@ -743,6 +771,8 @@ def bench(args: argparse.Namespace, tools: Tools, session: Session) -> int:
         log_daemon_env(args.daemon_env)
         if "aria2c" in args.cases and tools.aria2c is None:
             log("aria2c not installed: case skipped")
+        probe_us = creation_probe(work, args.size)
+        log(probe_note(probe_us))
         curl_cfg, urls = write_client_lists(work, data)
         all_cases = make_cases(curl_cfg, urls, data, tools.aria2c, services.tls)
         cases = [c for c in all_cases if c.name in args.cases]
@@ -766,6 +796,8 @@ def bench(args: argparse.Namespace, tools: Tools, session: Session) -> int:
         if services.tls is not None:
             tls = log_tls_negotiated(services, negotiated)
         log(f"openbits daemon exit status after SIGTERM: {session.daemon_rc}")
+        if probe_us is not None:
+            log(probe_note(probe_us))
     json_args: dict[str, Any] = {
         "files": args.files,
         "size": args.size,
@@ -786,6 +818,7 @@ def bench(args: argparse.Namespace, tools: Tools, session: Session) -> int:
         vers,
         summary=[asdict(s) for s in summaries],
         openbits_phases=ph,
+        creation_probe_us=probe_us,
         ratios=ratios,
         runs=[asdict(r) for r in runs],
         daemon_exit_status=session.daemon_rc,
