@@ -16,7 +16,9 @@ the worker's fdatasync, as ever), then the file's end (its size, whether it is d
 its error.  Nothing it writes counts before the daemon committed it: a worker that dies or is
 killed loses only files not yet committed, which are fetched again (by the daemon itself).
 The worker dies with the daemon (PR_SET_PDEATHSIG, and the end of its socket), and exits after
-``IDLE_S`` without work.
+``idle_s`` without work (``IDLE_S``; the daemon's ``fetch_worker_idle_s``).  ``FetchWorker.stats``
+is what ``/metrics`` shows of it (counted here: files done and handed back, workers started
+and lost).
 
 The frames on the socket pair are a 4-byte length and a pickle of a list of messages (the
 two ends are the same program, and the socket is nobody else's).
