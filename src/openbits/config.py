@@ -112,6 +112,8 @@ class Config:
     #: a job of many small files shares them with a worker process on another core
     #: (``transfer/offload.py``); false: the daemon's own loop fetches them all
     fetch_worker: bool = True
+    #: a fetch worker with no lane for this long exits (started again by the next one)
+    fetch_worker_idle_s: float = 60.0
     #: the LOCAL_MACHINE certificate stores (SetClientCertificateBy*: CertStoreLocation 1, 6
     #: and 7): one directory per store name; CURRENT_USER ones are in each owner's home
     machine_cert_dir: str = "/etc/openbits/certs"

@@ -26,7 +26,7 @@ import sys
 
 from aiohttp import web
 
-from openbits.api.app import EVENTS_KEY, THROTTLE_KEY, make_app
+from openbits.api.app import EVENTS_KEY, FETCH_WORKER_KEY, THROTTLE_KEY, make_app
 from openbits.api.events import EventLog
 from openbits.api.guard import GUARD_KEY, FailureGuard
 from openbits.api.peer import ADMIN_GROUP_KEY
@@ -144,6 +144,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             max_workers=4, thread_name_prefix="openbits-sync"
         )
         stack.callback(sync_threads.shutdown, wait=True)  # a batch sync in flight ends before the store
+        fetch_worker = _open_fetch_worker(config, downloader, stack)
         scheduler = Scheduler(
             service,
             config,
@@ -151,12 +152,14 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             throttle,
             transfers,
             sync_threads=sync_threads,
-            fetch_worker=_open_fetch_worker(config, downloader, stack),
+            fetch_worker=fetch_worker,
         )
         notifier = Notifier(service, proxies)
         app = make_app(service)
         app[ADMIN_GROUP_KEY] = config.admin_group
         app[THROTTLE_KEY] = throttle
+        if fetch_worker is not None:
+            app[FETCH_WORKER_KEY] = fetch_worker
         app[EVENTS_KEY] = events
         app[TOKENS_KEY] = _open_tokens(store, config)
         app[GUARD_KEY] = FailureGuard(
@@ -283,7 +286,8 @@ def _open_fetch_worker(
             default_headers=dict(h1.default_headers),
             tuning=downloader.transport.tuning,
             proxies=downloader.transport.proxies.daemon,
-        )
+        ),
+        idle_s=config.fetch_worker_idle_s,
     )
     stack.push_async_callback(worker.close)
     return worker

@@ -3,11 +3,17 @@
 to the daemon, a redirect reported (ALLOW_REPORT) in a lane is committed, a wrong expected
 digest in a lane is the job's error with no file left, a SIGTERM of the daemon mid-job stops
 the worker too and a new daemon finishes, quick Suspends and Resumes then a Cancel leave
-nothing behind, and SetCredentials mid-job closes the lane while the job goes on."""
+nothing behind, SetCredentials mid-job closes the lane while the job goes on, and a chunked
+body (no Content-Length: not handed back) long enough to checkpoint inside a lane has its
+checkpoint committed mid-body (the in-process fault server, which serves it slowly)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
+import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,7 +33,9 @@ from tests.integration.test_fetch_worker import (
     temp_files,
     workers,
 )
+from tests.integration.test_fetch_worker_metrics import worker_metrics
 from tests.support.daemon import Daemon, wait_until
+from tests.support.faults import Behaviour, Connection, FaultServer, Request, Serve
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.nginx import Nginx
 
@@ -209,3 +217,90 @@ def test_set_credentials_mid_job_closes_the_lane_and_the_job_finishes(
     theirs = {requests[f"/paced/{name}/{i}.bin"] for i in range(64, 74)}
     late = {requests[f"/paced/{name}/{i}.bin"] for i in range(count - 50, count)}
     assert not late & theirs, (late, theirs)
+
+
+class Peer(Behaviour):
+    """``inner``'s answer, noting the client's port of each request (its connection)."""
+
+    def __init__(self, inner: Behaviour) -> None:
+        self.inner = inner
+        self.ports: list[int] = []
+
+    async def respond(self, req: Request, conn: Connection) -> bool:
+        self.ports.append(conn.writer.get_extra_info("peername")[1])
+        return await self.inner.respond(req, conn)
+
+
+class GatedChunks(Behaviour):
+    """``data`` as a chunked body (no Content-Length, no validators): ``before`` bytes in
+    chunks of ``CHUNK`` every ``PAUSE_S`` (a slow server: longer than the checkpoint
+    interval), then nothing until ``gate`` is set, then the rest."""
+
+    CHUNK = 32 * KiB
+    PAUSE_S = 0.05
+
+    def __init__(self, data: bytes, before: int) -> None:
+        self.data, self.before = data, before
+        self.gate = threading.Event()
+
+    async def respond(self, req: Request, conn: Connection) -> bool:
+        head = {"Content-Type": "application/octet-stream", "Transfer-Encoding": "chunked"}
+        await conn.send_head(200, head)
+        for start in range(0, len(self.data), self.CHUNK):
+            if start == self.before and not await asyncio.to_thread(self.gate.wait, 30):
+                conn.abort()
+                return False
+            if start < self.before:
+                await asyncio.sleep(self.PAUSE_S)
+            chunk = self.data[start : start + self.CHUNK]
+            conn.writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            await conn.writer.drain()
+        conn.writer.write(b"0\r\n\r\n")
+        await conn.writer.drain()
+        return True
+
+
+def test_a_chunked_body_in_a_lane_checkpoints_mid_body_and_arrives_exact(
+    tmp_path: Path, fault_server: FaultServer, dest: Path
+) -> None:
+    count, size, slow_size, before = 300, 4 * KiB, 2 * MiB, 512 * KiB
+    bodies = [random.Random(i).randbytes(slow_size if i == THEIRS else size) for i in range(count)]
+    gated = GatedChunks(bodies[THEIRS], before)
+    gate, slow, first = gated.gate, Peer(gated), Peer(Serve(bodies[0]))
+    for i, body in enumerate(bodies):
+        fault_server.routes[f"/fwm-chunked/{i}.bin"] = Serve(body)
+    fault_server.routes["/fwm-chunked/0.bin"] = first
+    fault_server.routes[f"/fwm-chunked/{THEIRS}.bin"] = slow
+    # checkpoints every 0.1 s (the default 1 s would only make the body longer)
+    d = Daemon(tmp_path / "state-chunked", config={"max_files_per_job": 5000, "checkpoint_interval_s": 0.1})
+    d.start()
+    try:
+        client = d.client
+        job = client.create_job("fwm-chunked").job_id
+        client.set_properties(job, Priority=int(JobPriority.FOREGROUND))
+        client.add_file_set(
+            job, [(f"{fault_server.url}/fwm-chunked/{i}.bin", str(dest / f"{i}.bin")) for i in range(count)]
+        )
+        client.resume(job)
+        # the worker checkpointed it mid-body and the daemon committed that (the body waits)
+        wait_until(
+            lambda: 0 < int(d.job(job)["Files"][THEIRS]["BytesTransferred"]) <= before,
+            15,
+            "a checkpoint of the chunked file committed",
+        )
+        assert not d.job(job)["Files"][THEIRS]["Completed"]
+        during = worker_metrics(d)
+        assert (during["lanes"], during["handed_back_total"]) == (1, 0), "in its lane, not handed back"
+        gate.set()
+        final = d.wait_state(job, JobState.TRANSFERRED, timeout=60)
+        assert final["FilesTransferred"] == final["FilesTotal"] == count
+        assert final["BytesTransferred"] == final["BytesTotal"] == sum(map(len, bodies))
+        assert slow.ports != first.ports and len(slow.ports) == 1, "fetched once, by the worker"
+        assert client.complete(job) == 0
+        digests = [hashlib.sha256(body).hexdigest() for body in bodies]
+        assert [sha256_file(dest / f"{i}.bin") for i in range(count)] == digests
+        assert not temp_files(dest)
+        assert not log_errors(d)
+    finally:
+        gate.set()
+        d.stop()

@@ -11,6 +11,7 @@ from openbits.caller import Caller
 from openbits.config import Config
 from openbits.service import Service
 from openbits.store.sqlite import SqliteStore
+from openbits.transfer.offload import Stats
 from openbits.transfer.yieldctl import Politeness
 
 
@@ -70,3 +71,19 @@ def test_background_yield_controllers_are_shown_per_job_to_their_owner(tmp_path:
     assert "{B}" not in alice
     admin = metrics.render(service, Caller("root", 0, 0, is_admin=True), 0.0, running)
     assert 'openbits_yield_rate_bytes_per_second{job="{B}",priority="LOW"} +Inf\n' in admin
+
+
+def test_the_fetch_worker_metrics_are_its_stats_and_zero_without_one() -> None:
+    text = metrics.fetch_worker(Stats(running=True, lanes=2, files_done=7, handed_back=1, started=3, lost=1))
+    for line in (
+        "openbits_fetch_worker_running 1",
+        "openbits_fetch_worker_lanes 2",
+        "openbits_fetch_worker_files_total 7",
+        "openbits_fetch_worker_handed_back_total 1",
+        "openbits_fetch_worker_starts_total 3",
+        "openbits_fetch_worker_lost_total 1",
+        "# TYPE openbits_fetch_worker_lanes gauge",
+        "# TYPE openbits_fetch_worker_lost_total counter",
+    ):
+        assert line + "\n" in text
+    assert "openbits_fetch_worker_running 0\n" in metrics.fetch_worker(Stats())

@@ -49,6 +49,7 @@ from openbits.errors import (
 )
 from openbits.model import ALL_PROPERTIES, Job, JobState
 from openbits.service import Service
+from openbits.transfer.offload import FetchWorker, Stats
 from openbits.transfer.throttle import Throttle
 
 log = logging.getLogger("openbits.api")
@@ -61,6 +62,8 @@ T = TypeVar("T")
 SERVICE_KEY = web.AppKey("service", Service)
 #: the transfers' throttle, for the seconds spent waiting on it (set by the daemon)
 THROTTLE_KEY = web.AppKey("throttle", Throttle)
+#: the fetch worker, for its metrics (set by the daemon when it has one)
+FETCH_WORKER_KEY = web.AppKey("fetch_worker", FetchWorker)
 #: the event log behind ``GET /events`` (set by the daemon)
 EVENTS_KEY = web.AppKey("events", ev.EventLog)
 
@@ -472,8 +475,8 @@ async def openapi_document(request: web.Request) -> web.Response:
 async def get_metrics(request: web.Request) -> web.Response:
     """Prometheus text: jobs by state and priority (the caller's, or all for an
     administrator), bytes and files transferred, errors, seconds throttled, each running
-    background job's added delay and pace (BackgroundYield), wrong bearer tokens and the
-    requests refused for them."""
+    background job's added delay and pace (BackgroundYield), the fetch worker's state and
+    files, wrong bearer tokens and the requests refused for them."""
     throttle = request.app.get(THROTTLE_KEY)
     text = metrics.render(
         request.app[SERVICE_KEY],
@@ -481,6 +484,8 @@ async def get_metrics(request: web.Request) -> web.Response:
         throttle.throttled_s if throttle is not None else 0.0,
         list(throttle.politeness.running.values()) if throttle is not None else (),
     )
+    worker = request.app.get(FETCH_WORKER_KEY)
+    text += metrics.fetch_worker(worker.stats() if worker is not None else Stats())
     guard = request.app.get(GUARD_KEY)
     if guard is not None:
         text += guard.metrics()

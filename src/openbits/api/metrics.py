@@ -14,6 +14,7 @@ from openbits import __version__
 from openbits.caller import Caller
 from openbits.model import Job, JobPriority, JobState
 from openbits.service import Service
+from openbits.transfer.offload import Stats
 from openbits.transfer.yieldctl import Running
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -93,6 +94,53 @@ def render(service: Service, caller: Caller, throttled_s: float, yielding: Itera
         "openbits_start_time_seconds", "gauge", "When the daemon started (Unix time).", [("", c.started_s)]
     )
     return "\n".join(out) + "\n"
+
+
+def fetch_worker(stats: Stats) -> str:
+    """The fetch worker's metrics (``transfer/offload.py``; all zero when the daemon has
+    none): whether one runs, its lanes open, and since the daemon started its files done and
+    handed back, and the workers started and lost."""
+    lines: list[str] = []
+    for name, kind, help_text, value in (
+        (
+            "openbits_fetch_worker_running",
+            "gauge",
+            "Whether a fetch worker process is running (1) or not (0).",
+            int(stats.running),
+        ),
+        (
+            "openbits_fetch_worker_lanes",
+            "gauge",
+            "Lanes (runs of a job's small files) open in the fetch worker.",
+            stats.lanes,
+        ),
+        (
+            "openbits_fetch_worker_files_total",
+            "counter",
+            "Files the fetch worker reported fetched since the daemon started.",
+            stats.files_done,
+        ),
+        (
+            "openbits_fetch_worker_handed_back_total",
+            "counter",
+            "Files the fetch worker handed back to the daemon (announced too big) since the daemon started.",
+            stats.handed_back,
+        ),
+        (
+            "openbits_fetch_worker_starts_total",
+            "counter",
+            "Fetch worker processes started since the daemon started.",
+            stats.started,
+        ),
+        (
+            "openbits_fetch_worker_lost_total",
+            "counter",
+            "Fetch worker processes lost (died or killed while in use) since the daemon started.",
+            stats.lost,
+        ),
+    ):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {_number(value)}"]
+    return "\n".join(lines) + "\n"
 
 
 def _yielding(running: Iterable[Running], caller: Caller) -> dict[str, tuple[float, float]]:

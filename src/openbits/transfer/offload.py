@@ -16,7 +16,9 @@ the worker's fdatasync, as ever), then the file's end (its size, whether it is d
 its error.  Nothing it writes counts before the daemon committed it: a worker that dies or is
 killed loses only files not yet committed, which are fetched again (by the daemon itself).
 The worker dies with the daemon (PR_SET_PDEATHSIG, and the end of its socket), and exits after
-``IDLE_S`` without work.
+``idle_s`` without work (``IDLE_S``; the daemon's ``fetch_worker_idle_s``).  ``FetchWorker.stats``
+is what ``/metrics`` shows of it (counted here: files done and handed back, workers started
+and lost).
 
 The frames on the socket pair are a 4-byte length and a pickle of a list of messages (the
 two ends are the same program, and the socket is nobody else's).
@@ -81,6 +83,30 @@ class Settings:
     tuning: Any  # routing.Tuning
     #: the daemon's own proxy settings (a redirect to another host is routed as here)
     proxies: EnvProxies
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """The fetch worker as the daemon's metrics show it (``FetchWorker.stats``): whether a
+    worker process is up (started, not idled out nor lost), its lanes open, and since the
+    daemon started: the files workers reported done, the ones they handed back (announced
+    too big), the workers started and the ones lost (died or killed while in use)."""
+
+    running: bool = False
+    lanes: int = 0
+    files_done: int = 0
+    handed_back: int = 0
+    started: int = 0
+    lost: int = 0
+
+
+class _Counts:
+    """The counters behind ``Stats`` (one per ``FetchWorker``, shared with its processes)."""
+
+    __slots__ = ("files_done", "handed_back", "lost", "started")
+
+    def __init__(self) -> None:
+        self.files_done = self.handed_back = self.started = self.lost = 0
 
 
 def eligible(file: JobFile, options: RequestOptions, proxies: Proxies) -> bool:
@@ -199,11 +225,13 @@ class Lane:
             self.lost = True
         except asyncio.CancelledError:  # (cancelled again while waiting: no waiting now)
             self.lost = True
+            self.worker.count_lost()
             await asyncio.shield(self.worker.kill())
             raise
         finally:
             self.worker.forget(self.lane_id)
         if self.lost:  # (its end seen on the socket: the process may still be writing)
+            self.worker.count_lost()
             await self.worker.kill()
 
 
@@ -232,13 +260,16 @@ def fetched_of(message: tuple[Any, ...]) -> Fetched:
 class _Process:
     """One worker process: its socket, the task reading its reports, and its open lanes."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, writer: asyncio.StreamWriter, on_idle: Any) -> None:
-        self.proc, self.writer, self.on_idle = proc, writer, on_idle
+    def __init__(
+        self, proc: asyncio.subprocess.Process, writer: asyncio.StreamWriter, on_idle: Any, counts: _Counts
+    ) -> None:
+        self.proc, self.writer, self.on_idle, self.counts = proc, writer, on_idle, counts
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lanes: dict[int, Lane] = {}
         self.reader: asyncio.Task[None] | None = None
         self.gone = False
         self.lost_lanes = False
+        self.counted_lost = False
 
     def send(self, message: tuple[Any, ...]) -> None:
         if not self.gone and not self.writer.is_closing():
@@ -261,6 +292,10 @@ class _Process:
                     lane = self.lanes.get(message[1])
                     if lane is not None:
                         lane.queue.put_nowait((message[0], *message[2:]))
+                        if message[0] == "done":
+                            self.counts.files_done += 1
+                        elif message[0] == "handback":
+                            self.counts.handed_back += 1
         except Exception as e:  # (a report that does not load: another version on disk?)
             log.warning("the fetch worker's reports broke off: %r", e)
         finally:
@@ -277,12 +312,20 @@ class _Process:
             log.warning(
                 "the fetch worker ended with %d lane(s) open: their files are fetched here", len(self.lanes)
             )
+        if self.lost_lanes:
+            self.count_lost()
         for lane in self.lanes.values():
             lane.queue.put_nowait(("lost",))
         self.writer.close()
         if self.proc.returncode is None:  # (its lanes' files are fetched again: it must stop)
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
+
+    def count_lost(self) -> None:
+        """Counted once among the workers lost: it died, or is killed, while in use."""
+        if not self.counted_lost:
+            self.counted_lost = True
+            self.counts.lost += 1
 
     async def kill(self) -> None:
         """Stop the process now (its lanes are lost) and reap it."""
@@ -309,6 +352,20 @@ class FetchWorker:
         self._lost_at = -COOL_DOWN_S
         self._starting = asyncio.Lock()
         self._closed = False
+        self._counts = _Counts()
+
+    def stats(self) -> Stats:
+        """What the daemon's metrics show of the worker (read only)."""
+        current, counts = self._current, self._counts
+        up = current is not None and not current.gone
+        return Stats(
+            running=up,
+            lanes=len(current.lanes) if current is not None and up else 0,
+            files_done=counts.files_done,
+            handed_back=counts.handed_back,
+            started=counts.started,
+            lost=counts.lost,
+        )
 
     def usable(self) -> bool:
         """False for a while after a worker was lost (one that crashes is not restarted hot)."""
@@ -410,7 +467,8 @@ class FetchWorker:
                 proc.kill()
             await asyncio.shield(proc.wait())
             raise
-        process = _Process(proc, writer, self._on_idle)
+        process = _Process(proc, writer, self._on_idle, self._counts)
+        self._counts.started += 1
         log.info("fetch worker started (pid %d)", proc.pid)
         process.send(("settings", self.settings))
         process.reader = asyncio.create_task(process.read(reader), name="fetch-worker-reports")
