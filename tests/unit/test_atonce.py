@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -125,36 +127,134 @@ async def test_files_at_once_takes_each_file_once_in_runs_and_reports_the_failin
     assert info.value.hresult == HResult.BG_E_HTTP_ERROR_404 and again.failed_index == 5
 
 
+class SyncCounter:
+    """Wraps the batch's sync (run in its thread): how many ran at once at most, and for each
+    one whether every file had been taken (``FilesAtOnce``, once ``at_once`` is set) when it
+    started."""
+
+    def __init__(self, batch: SyncBatch) -> None:
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+        self.starts: list[bool] = []
+        self.at_once: FilesAtOnce | None = None
+        sync = batch._timed_sync
+
+        def counted(handles: dict[str, int]) -> None:
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                time.sleep(0.002)  # (a sync takes a while: another could overlap it)
+                sync(handles)
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+        def starting(handles: dict[str, int]) -> None:
+            self.starts.append(self.at_once is not None and self.at_once._all_taken())
+            counted(handles)
+
+        batch._timed_sync = starting  # type: ignore[method-assign]
+
+
+async def _tail_run(
+    tmp_path: Path, threads: concurrent.futures.Executor, completed_from: int | None = None
+) -> tuple[SyncCounter, Recorder, SyncBatch]:
+    files = [JobFile(f"http://h/{i}", f"{tmp_path}/{i}") for i in range(40)]
+    if completed_from is not None:
+        for f in files[completed_from:]:  # (committed by an earlier run: files end in any order)
+            f.completed = True
+    job = Job("{00000000-0000-0000-0000-000000000002}", "alice", 1000, files=files)
+    rec = Recorder()
+    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    batch.MAX_AGE_S = 3600.0  # (only the tail starts a sync before the batch is full)
+    counter = SyncCounter(batch)
+
+    async def fetch(index: int, upcoming: Iterable[JobFile]) -> Fetched:
+        await asyncio.sleep(0.001)
+        return Fetched(1, durable=False)
+
+    counter.at_once = FilesAtOnce(job, SharedBatch(batch), 2)
+    await counter.at_once.run(fetch, lambda j, f, size: None)
+    return counter, rec, batch
+
+
 async def test_once_every_file_is_taken_the_batch_syncs_without_waiting_to_be_full(
     tmp_path: Path, threads: concurrent.futures.Executor
 ) -> None:
     """The job's last files: a batch starts its sync as soon as none is in flight (the last
     sync then has little left to write), never two at once, every file committed once."""
-    files = [JobFile(f"http://h/{i}", f"{tmp_path}/{i}") for i in range(40)]
-    job = Job("{00000000-0000-0000-0000-000000000002}", "alice", 1000, files=files)
-    rec = Recorder()
-    batch = SyncBatch(threads, rec.commit, rec.open_handle)
-    starts: list[int] = []  # files taken when each sync started
-    taken = 0
-    submit = threads.submit
+    counter, rec, batch = await _tail_run(tmp_path, threads)
+    assert counter.starts, "a sync started before the run ended (the batch is not full)"
+    assert all(counter.starts), "none before every file was taken"
+    await batch.flush()
+    batch.close()
+    assert counter.most == 1, "one sync at a time"
+    committed = sorted(int(p.rsplit("/", 1)[1]) for c in rec.commits for p in c)
+    assert committed == list(range(40)), "each file committed once"
 
-    def counting_submit(fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        assert batch.sync is None or batch.sync.done(), "one sync at a time"
-        starts.append(taken)
-        return submit(fn, *args, **kwargs)
 
-    threads.submit = counting_submit  # type: ignore[method-assign]
-
-    async def fetch(index: int, upcoming: Iterable[JobFile]) -> Fetched:
-        nonlocal taken
-        taken += 1
-        await asyncio.sleep(0)
-        return Fetched(1, durable=False)
-
-    at_once = FilesAtOnce(job, SharedBatch(batch), 2)
-    await at_once.run(fetch, lambda j, f, size: None)
-    assert starts and all(n == 40 for n in starts), "no sync before the tail (the batch is not full)"
+async def test_the_tail_begins_when_the_files_after_the_last_taken_are_completed_already(
+    tmp_path: Path, threads: concurrent.futures.Executor
+) -> None:
+    """A job resumed with its last files committed by an earlier run: the tail is when every
+    file left is taken, not when the cursor reaches the end of the list."""
+    counter, rec, batch = await _tail_run(tmp_path, threads, completed_from=30)
+    assert counter.starts and all(counter.starts)
     await batch.flush()
     batch.close()
     committed = sorted(int(p.rsplit("/", 1)[1]) for c in rec.commits for p in c)
-    assert committed == list(range(40)), "each file committed once"
+    assert committed == list(range(30))
+
+
+async def test_no_tail_sync_when_the_last_sync_was_longer_than_the_files_left(
+    tmp_path: Path, threads: concurrent.futures.Executor
+) -> None:
+    """A sync that took longer than the files in flight will (a fixed journal commit): the
+    last files are left to the last sync rather than make it wait behind another."""
+    files = [JobFile(f"http://h/{i}", f"{tmp_path}/{i}") for i in range(8)]
+    job = Job("{00000000-0000-0000-0000-000000000003}", "alice", 1000, files=files)
+    rec = Recorder()
+    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    batch.MAX_AGE_S = 3600.0
+    batch.sync_s = 10.0  # (the last sync took 10 s)
+    counter = SyncCounter(batch)
+
+    async def fetch(index: int, upcoming: Iterable[JobFile]) -> Fetched:
+        await asyncio.sleep(0.001)
+        return Fetched(1, durable=False)
+
+    await FilesAtOnce(job, SharedBatch(batch), 2).run(fetch, lambda j, f, size: None)
+    assert counter.starts == [], "no sync before the end"
+    await batch.flush()
+    batch.close()
+    assert sorted(int(p.rsplit("/", 1)[1]) for c in rec.commits for p in c) == list(range(8))
+
+
+async def test_a_directory_written_with_no_file_in_the_batch_keeps_its_handle(
+    tmp_path: Path, threads: concurrent.futures.Executor
+) -> None:
+    """A file of directory B is in flight when a batch of A's files syncs: B's handle, opened
+    before that file's writes, goes on to the next batch (closed unsynced, a write-back error
+    only it saw would be lost), and no other handle of B is opened."""
+    before = open_fds()
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    rec = Recorder()
+    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    shared = SharedBatch(batch)
+    await shared.begin(str(b))  # in flight
+    await shared.begin(str(a))
+    shared.end(str(a))
+    batch.add(JobFile("http://h/x", f"{a}/x"), 1)
+    b_handle = batch.handles[str(b)]
+    await shared.flush()
+    assert batch.handles.get(str(b)) == b_handle, "B keeps the handle it had"
+    assert [d for d, _ in rec.opened].count(str(b)) == 1
+    shared.end(str(b))
+    batch.add(JobFile("http://h/y", f"{b}/y"), 1)
+    await shared.flush()
+    assert rec.commits == [[f"{a}/x"], [f"{b}/y"]]
+    batch.close()
+    assert open_fds() == before, "every handle let go of"

@@ -402,7 +402,13 @@ class Scheduler:
                 start = index or 0
                 index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)
                 if index is None:
-                    break
+                    await batch.flush()
+                    # (a file added while the last ones were synced is fetched too, not left
+                    # out of a job that would then be TRANSFERRED without it)
+                    index = next((i for i, f in enumerate(job.files) if not f.completed), None)
+                    if index is None:
+                        break
+                    continue
                 # (counted only when it matters: counting per file is quadratic in the files;
                 # the files before ``index`` are committed or in the batch: not ones left)
                 if remote is not None:  # (many small files: asked before the first one)
@@ -411,30 +417,22 @@ class Scheduler:
                     # (a big file found on the way may still go in segments, on the others)
                     fetch = functools.partial(self._fetch, job, owner, connections=max(1, connections - 1))
                     await at_once.run(fetch, service.file_done, remote)
-                    break
+                    await batch.flush()  # (its files committed before any is looked for again)
+                    index = None
+                    continue
                 if connections > 1 and big and (left := _left(job.files, index)) > 1:
                     # each file's task gets an equal share of the connections (segments.py)
                     share = max(1, connections // min(connections, left))
                     at_once = FilesAtOnce(job, SharedBatch(batch), connections, first=index)
                     fetch = functools.partial(self._fetch, job, owner, connections=share)
                     await at_once.run(fetch, service.file_done)
-                    break
-                file = job.files[index]
-                await batch.prepare(os.path.dirname(file.local_file))
-                upcoming = job.files[index + 1 : index + 1 + PIPELINE_LOOKAHEAD]
-                fetched = await self._fetch(job, owner, index, upcoming, connections=connections)
-                big = big or fetched.size >= AT_ONCE_MIN_BYTES
-                if fetched.durable:
                     await batch.flush()
-                    service.file_done(job, file, fetched.size)
-                else:
-                    batch.add(file, fetched.size)
-                    if batch.full():
-                        await batch.flush(wait=False)  # downloads go on while it syncs
-                    else:
-                        batch.poll()
+                    index = None
+                    continue
+                at_once = None  # (a file fails as itself: it is fetched here)
+                size = await self._one(job, owner, batch, index, connections)
+                big = big or size >= AT_ONCE_MIN_BYTES
                 index += 1
-            await batch.flush()
             service.job_transferred(job)
         except BitsError as e:
             batch.flush_now()
@@ -452,6 +450,24 @@ class Scheduler:
         finally:
             batch.close()
             self.downloader.job_ended(job.job_id)
+
+    async def _one(self, job: Job, owner: Owner, batch: SyncBatch, index: int, connections: int) -> int:
+        """The job's file ``index`` on this loop, the next files' requests sent ahead; its
+        size.  Committed at once when it is durable, else into the batch."""
+        file = job.files[index]
+        await batch.prepare(os.path.dirname(file.local_file))
+        upcoming = job.files[index + 1 : index + 1 + PIPELINE_LOOKAHEAD]
+        fetched = await self._fetch(job, owner, index, upcoming, connections=connections)
+        if fetched.durable:
+            await batch.flush()
+            self.service.file_done(job, file, fetched.size)
+        else:
+            batch.add(file, fetched.size)
+            if batch.full():
+                await batch.flush(wait=False)  # downloads go on while it syncs
+            else:
+                batch.poll()
+        return fetched.size
 
     def _offload(self, job: Job, owner: Owner) -> _Offload | None:
         """The fetch worker for this job's small files, if it may have them: a worker is

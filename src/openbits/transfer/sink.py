@@ -321,6 +321,8 @@ class SyncBatch:
         self.syncing_handles: dict[str, int] = {}
         self.sync: concurrent.futures.Future[None] | None = None
         self.synced: asyncio.Future[None] | None = None
+        #: how long the last sync took (seconds, in its thread), once one ran
+        self.sync_s: float | None = None
 
     async def prepare(self, directory: str) -> None:
         """A file of this batch is about to be written into ``directory``
@@ -351,11 +353,16 @@ class SyncBatch:
             if d not in wanted:
                 os.close(fd)
         self.handles = {}
-        self.sync = self.threads.submit(_sync_handles, dict(self.syncing_handles))
+        self.sync = self.threads.submit(self._timed_sync, dict(self.syncing_handles))
         self.synced = asyncio.wrap_future(self.sync)
         if wait:
             await asyncio.wait([self.synced])
             self._committed()
+
+    def _timed_sync(self, handles: dict[str, int]) -> None:
+        started = time.monotonic()
+        _sync_handles(handles)
+        self.sync_s = time.monotonic() - started
 
     def poll(self) -> None:
         """Commit the batch in flight if its sync is done."""
