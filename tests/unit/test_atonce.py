@@ -20,6 +20,7 @@ import pytest
 from openbits.errors import BitsError, HResult
 from openbits.model import Job, JobFile
 from openbits.scheduler.atonce import FilesAtOnce, SharedBatch
+from openbits.transfer import sink
 from openbits.transfer.download import Fetched
 from openbits.transfer.sink import SyncBatch
 
@@ -258,3 +259,66 @@ async def test_a_directory_written_with_no_file_in_the_batch_keeps_its_handle(
     assert rec.commits == [[f"{a}/x"], [f"{b}/y"]]
     batch.close()
     assert open_fds() == before, "every handle let go of"
+
+
+async def test_settling_a_batch_syncs_off_the_loop_and_keeps_the_synced_files(
+    tmp_path: Path, threads: concurrent.futures.Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that fails or is stopped with files in its batch: they are synced (in a thread,
+    while the loop serves everyone else: a slow disk's sync is simulated) and committed; every
+    handle is let go of."""
+    before = open_fds()
+    real = sink._sync_handles
+
+    def slow(handles: dict[str, int]) -> None:
+        time.sleep(0.3)  # (a busy disk)
+        real(handles)
+
+    monkeypatch.setattr(sink, "_sync_handles", slow)
+    rec = Recorder()
+    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    await batch.prepare(str(tmp_path))
+    batch.add(JobFile("http://h/x", f"{tmp_path}/x"), 1)
+    batch.add(JobFile("http://h/y", f"{tmp_path}/y"), 1)
+    ticks = 0
+    settling = asyncio.create_task(batch.settle())
+    while not settling.done():
+        await asyncio.sleep(0.01)
+        ticks += 1
+    await settling
+    assert ticks >= 10, f"the loop went on while the batch synced ({ticks} ticks of 10 ms)"
+    assert rec.commits == [[f"{tmp_path}/x", f"{tmp_path}/y"]]
+    batch.close()
+    assert open_fds() == before, "every handle let go of"
+
+
+async def test_settling_cancelled_again_commits_nothing_and_lets_go_of_the_handles_later(
+    tmp_path: Path, threads: concurrent.futures.Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = open_fds()
+    real = sink._sync_handles
+    entered, release = threading.Event(), threading.Event()
+
+    def held(handles: dict[str, int]) -> None:
+        entered.set()
+        release.wait(5)
+        real(handles)
+
+    monkeypatch.setattr(sink, "_sync_handles", held)
+    rec = Recorder()
+    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    await batch.prepare(str(tmp_path))
+    batch.add(JobFile("http://h/x", f"{tmp_path}/x"), 1)
+    settling = asyncio.create_task(batch.settle())
+    assert await asyncio.to_thread(entered.wait, 5), "the sync began in its thread"
+    settling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await settling
+    assert open_fds() != before, "the thread still syncs through the handle"
+    release.set()
+    for _ in range(500):  # (5 s at most)
+        if open_fds() == before:
+            break
+        await asyncio.sleep(0.01)
+    assert open_fds() == before, "let go of once the thread was done"
+    assert rec.commits == [], "nothing committed: those files are fetched again"

@@ -435,10 +435,10 @@ class Scheduler:
                 index += 1
             service.job_transferred(job)
         except BitsError as e:
-            batch.flush_now()
+            await batch.settle()
             service.job_failed(job, e, index if at_once is None else at_once.failed_index)
         except asyncio.CancelledError:
-            batch.flush_now()
+            await batch.settle()
             raise
         except Exception as e:  # a bug in one transfer never takes the daemon down
             log.exception("job %s failed unexpectedly", job.job_id)
