@@ -20,6 +20,7 @@ import pytest
 from openbits.errors import BitsError, HResult
 from openbits.model import Job, JobFile
 from openbits.scheduler.atonce import FilesAtOnce, SharedBatch
+from openbits.scheduler.run import Transfers
 from openbits.transfer import sink
 from openbits.transfer.download import Fetched
 from openbits.transfer.sink import SyncBatch
@@ -322,3 +323,63 @@ async def test_settling_cancelled_again_commits_nothing_and_lets_go_of_the_handl
         await asyncio.sleep(0.01)
     assert open_fds() == before, "let go of once the thread was done"
     assert rec.commits == [], "nothing committed: those files are fetched again"
+
+
+async def test_a_stop_while_a_stopped_job_settles_waits_for_its_files(
+    tmp_path: Path, threads: concurrent.futures.Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler pre-empts a job (cancel, no wait), then Complete or Suspend stops it
+    while its finished files are being synced: the stop waits, and they are committed (a
+    second cancel would cut the sync short, and Complete would drop those files)."""
+    real = sink._sync_handles
+    entered = threading.Event()
+
+    def slow(handles: dict[str, int]) -> None:
+        entered.set()
+        time.sleep(0.2)
+        real(handles)
+
+    monkeypatch.setattr(sink, "_sync_handles", slow)
+    rec = Recorder()
+    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    await batch.prepare(str(tmp_path))
+    batch.add(JobFile("http://h/x", f"{tmp_path}/x"), 1)
+    transfers = Transfers()
+
+    running = asyncio.Event()
+
+    async def run_job() -> None:
+        try:
+            running.set()
+            await asyncio.Event().wait()  # (transferring)
+        except asyncio.CancelledError:
+            await batch.settle()
+            raise
+
+    async with asyncio.TaskGroup() as group:
+        transfers.start(group, "job", run_job())
+        await running.wait()
+        transfers.cancel("job")  # pre-empted
+        assert await asyncio.to_thread(entered.wait, 5), "its files are being synced"
+        await transfers.stop("job")  # Complete, say
+        assert rec.commits == [[f"{tmp_path}/x"]], "committed before the stop returned"
+    batch.close()
+
+
+async def test_settling_an_empty_batch_waits_for_no_other_sync(
+    tmp_path: Path, threads: concurrent.futures.Executor
+) -> None:
+    """Suspend or Cancel of a job with nothing to sync does not queue behind other jobs'
+    syncs in the shared threads."""
+    release = threading.Event()
+    busy = [threads.submit(release.wait, 5) for _ in range(4)]  # (every thread taken)
+    rec = Recorder()
+    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    await batch.prepare(str(tmp_path))
+    try:
+        async with asyncio.timeout(1):
+            await batch.settle()
+    finally:
+        release.set()
+        concurrent.futures.wait(busy)
+    assert rec.commits == []

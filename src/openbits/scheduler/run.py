@@ -148,7 +148,7 @@ class Transfers:
     def cancel(self, job_id: str) -> None:
         """Stop a job's transfer without waiting (its state is the service's to set)."""
         task = self.running.get(job_id)
-        if task is not None:
+        if task is not None and not task.cancelling():
             task.cancel()
 
     def cancel_upload(self, job: Job) -> None:
@@ -164,7 +164,8 @@ class Transfers:
         task = self.running.get(job_id)
         if task is None or task is asyncio.current_task():
             return
-        task.cancel()
+        if not task.cancelling():  # (stopping already, its finished files being synced: once is
+            task.cancel()  # enough; a second cancel would cut that short and lose them)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait([task])
 

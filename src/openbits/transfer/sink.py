@@ -379,43 +379,40 @@ class SyncBatch:
 
     async def settle(self) -> None:
         """On an error or a cancellation: the finished files are kept (committed) if their
-        syncs succeed, and every handle is let go of.  The syncs run in a worker thread: one
-        on the loop would hold up every other caller for as long as the disk takes (seconds on
-        a busy one).  Cancelled again while it waits, it commits nothing (those files are
-        fetched again) and lets go of the handles once the thread is done with them."""
-        in_flight, syncing, syncing_handles = self.sync, self.syncing, self.syncing_handles
+        syncs succeed, and every handle is let go of.  The sync in flight is waited for and
+        the batch's own sync runs in a worker thread: a sync on the loop would hold up every
+        other caller for as long as the disk takes (seconds on a busy one).  Cancelled again
+        while it waits, it commits nothing (those files are fetched again) and lets go of the
+        handles once the thread is done with them."""
+        synced, syncing, syncing_handles = self.synced, self.syncing, self.syncing_handles
         files, handles = self.files, self.handles
         self.sync = self.synced = None
         self.syncing, self.syncing_handles, self.files, self.handles = [], {}, [], {}
-
-        def sync() -> list[tuple[JobFile, int]]:
-            kept: list[tuple[JobFile, int]] = []
-            if in_flight is not None:
-                with contextlib.suppress(Exception):  # (the sync in flight: its error is its alone)
-                    in_flight.result()
-                    kept.extend(syncing)
-            if files:
-                wanted = {os.path.dirname(f.local_file) for f, _ in files}
-                with contextlib.suppress(BitsError):  # not durable: they will be fetched again
-                    _sync_handles({d: fd for d, fd in handles.items() if d in wanted})
-                    kept.extend(files)
-            return kept
+        kept: list[tuple[JobFile, int]] = []
+        busy: asyncio.Future[None] | None = None  # what may still sync through the handles
 
         def let_go(_: object = None) -> None:
             _close(syncing_handles)
             _close(handles)
 
-        done = asyncio.get_running_loop().run_in_executor(self.threads, sync)
-        waiting = True
         try:
-            kept = await asyncio.shield(done)
-            waiting = False
-        except asyncio.CancelledError:
-            done.add_done_callback(let_go)  # (the thread may still be syncing through them)
-            raise
+            if synced is not None:
+                busy = synced
+                with contextlib.suppress(Exception):  # (the sync in flight: its error is its alone)
+                    await asyncio.shield(synced)
+                    kept.extend(syncing)
+            if files:
+                wanted = {os.path.dirname(f.local_file) for f, _ in files}
+                mine = {d: fd for d, fd in handles.items() if d in wanted}
+                busy = asyncio.get_running_loop().run_in_executor(self.threads, _sync_handles, mine)
+                with contextlib.suppress(BitsError):  # not durable: they will be fetched again
+                    await asyncio.shield(busy)
+                    kept.extend(files)
         finally:
-            if not waiting or done.done():
+            if busy is None or busy.done():
                 let_go()
+            else:
+                busy.add_done_callback(let_go)
         if kept:
             self.commit(kept)
 
