@@ -20,7 +20,7 @@ import pytest
 from openbits.errors import BitsError, HResult
 from openbits.model import Job, JobFile
 from openbits.scheduler.atonce import FilesAtOnce, SharedBatch
-from openbits.scheduler.run import Transfers
+from openbits.scheduler.run import Transfers, _settled
 from openbits.transfer import sink
 from openbits.transfer.download import Fetched
 from openbits.transfer.sink import SyncBatch
@@ -353,7 +353,7 @@ async def test_a_stop_while_a_stopped_job_settles_waits_for_its_files(
             running.set()
             await asyncio.Event().wait()  # (transferring)
         except asyncio.CancelledError:
-            await batch.settle()
+            await _settled(batch)  # (as the scheduler's job task)
             raise
 
     async with asyncio.TaskGroup() as group:
@@ -383,3 +383,47 @@ async def test_settling_an_empty_batch_waits_for_no_other_sync(
         release.set()
         concurrent.futures.wait(busy)
     assert rec.commits == []
+
+
+async def test_the_files_of_the_sync_in_flight_are_committed_before_the_batch_s_own_sync(
+    tmp_path: Path, threads: concurrent.futures.Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settling with a sync in flight: its files are committed as soon as it is over, so a
+    cancellation during the batch's own sync loses only the files that sync was for."""
+    before = open_fds()
+    real = sink._sync_handles
+    calls = 0
+    second, release = threading.Event(), threading.Event()
+
+    def held_second(handles: dict[str, int]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            second.set()
+            release.wait(5)
+        real(handles)
+
+    monkeypatch.setattr(sink, "_sync_handles", held_second)
+    rec = Recorder()
+    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    shared = SharedBatch(batch)
+    await shared.begin(str(tmp_path))  # y: in flight while x's batch syncs
+    await shared.begin(str(tmp_path))  # x
+    shared.end(str(tmp_path))
+    batch.add(JobFile("http://h/x", f"{tmp_path}/x"), 1)
+    await shared.flush(wait=False)  # x's sync in flight
+    shared.end(str(tmp_path))
+    batch.add(JobFile("http://h/y", f"{tmp_path}/y"), 1)
+    settling = asyncio.create_task(batch.settle())
+    assert await asyncio.to_thread(second.wait, 5), "the batch's own sync began"
+    assert rec.commits == [[f"{tmp_path}/x"]], "x committed once its sync was over"
+    settling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await settling
+    release.set()
+    for _ in range(500):  # (5 s at most)
+        if open_fds() == before:
+            break
+        await asyncio.sleep(0.01)
+    assert open_fds() == before, "every handle let go of"
+    assert rec.commits == [[f"{tmp_path}/x"]], "y, cut short, is not"

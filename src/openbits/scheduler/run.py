@@ -148,7 +148,7 @@ class Transfers:
     def cancel(self, job_id: str) -> None:
         """Stop a job's transfer without waiting (its state is the service's to set)."""
         task = self.running.get(job_id)
-        if task is not None and not task.cancelling():
+        if task is not None:
             task.cancel()
 
     def cancel_upload(self, job: Job) -> None:
@@ -164,8 +164,7 @@ class Transfers:
         task = self.running.get(job_id)
         if task is None or task is asyncio.current_task():
             return
-        if not task.cancelling():  # (stopping already, its finished files being synced: once is
-            task.cancel()  # enough; a second cancel would cut that short and lose them)
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait([task])
 
@@ -436,10 +435,11 @@ class Scheduler:
                 index += 1
             service.job_transferred(job)
         except BitsError as e:
-            await batch.settle()
+            if await _settled(batch):
+                raise asyncio.CancelledError from None  # (stopped meanwhile: its state is set)
             service.job_failed(job, e, index if at_once is None else at_once.failed_index)
         except asyncio.CancelledError:
-            await batch.settle()
+            await _settled(batch)
             raise
         except Exception as e:  # a bug in one transfer never takes the daemon down
             log.exception("job %s failed unexpectedly", job.job_id)
@@ -505,6 +505,21 @@ class Scheduler:
             upcoming=upcoming,
             connections=connections,
         )
+
+
+async def _settled(batch: SyncBatch) -> bool:
+    """``batch.settle()`` to its end, whatever cancellations come meanwhile (a Complete that
+    stops a job being pre-empted must not cut its files' sync short: Complete would drop
+    them); whether one came."""
+    settling = asyncio.ensure_future(batch.settle())
+    cancelled = False
+    while not settling.done():
+        try:
+            await asyncio.shield(settling)
+        except asyncio.CancelledError:
+            cancelled = True
+    settling.result()
+    return cancelled
 
 
 def _left(files: Sequence[JobFile], first: int) -> int:

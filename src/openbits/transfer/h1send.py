@@ -201,8 +201,9 @@ class _Answered:
             task.result()
             return True
         task.cancel()
+        await asyncio.wait([task])  # (a cancellation of ours meanwhile is not swallowed)
         with contextlib.suppress(asyncio.CancelledError, OSError):
-            await task
+            task.result()
         return False
 
     def stop(self) -> None:

@@ -379,11 +379,12 @@ class SyncBatch:
 
     async def settle(self) -> None:
         """On an error or a cancellation: the finished files are kept (committed) if their
-        syncs succeed, and every handle is let go of.  The sync in flight is waited for and
-        the batch's own sync runs in a worker thread: a sync on the loop would hold up every
-        other caller for as long as the disk takes (seconds on a busy one).  Cancelled again
-        while it waits, it commits nothing (those files are fetched again) and lets go of the
-        handles once the thread is done with them."""
+        syncs succeed, and every handle is let go of.  The sync in flight is waited for (its
+        files committed as soon as it is over) and the batch's own sync runs in a worker
+        thread: a sync on the loop would hold up every other caller for as long as the disk
+        takes (seconds on a busy one).  Cancelled while it waits (``scheduler.run._settled``
+        does not let that happen), what is not committed yet is fetched again, and the handles
+        are let go of once the thread is done with them."""
         synced, syncing, syncing_handles = self.synced, self.syncing, self.syncing_handles
         files, handles = self.files, self.handles
         self.sync = self.synced = None
@@ -398,9 +399,14 @@ class SyncBatch:
         try:
             if synced is not None:
                 busy = synced
-                with contextlib.suppress(Exception):  # (the sync in flight: its error is its alone)
+                try:
                     await asyncio.shield(synced)
-                    kept.extend(syncing)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    pass  # (the sync in flight: its error is its alone)
+                else:
+                    self.commit(syncing)  # (at once: whatever comes next)
             if files:
                 wanted = {os.path.dirname(f.local_file) for f, _ in files}
                 mine = {d: fd for d, fd in handles.items() if d in wanted}
