@@ -435,9 +435,10 @@ class Scheduler:
                 index += 1
             service.job_transferred(job)
         except BitsError as e:
-            if await _settled(batch):
-                raise asyncio.CancelledError from None  # (stopped meanwhile: its state is set)
+            stopped = await _settled(batch)
             service.job_failed(job, e, index if at_once is None else at_once.failed_index)
+            if stopped:  # (its stopper goes on from the error, as from any state)
+                raise asyncio.CancelledError from None
         except asyncio.CancelledError:
             await _settled(batch)
             raise
