@@ -66,3 +66,41 @@ async def test_a_file_added_while_the_last_files_are_synced_is_fetched_before_tr
     assert service.find(ME, job_id).files_transferred == 3
     temp = job.files[2].temp_path
     assert temp is not None and Path(temp).read_bytes() == BODY
+
+
+async def test_a_job_that_ends_while_its_last_files_are_synced_is_not_fetched_again(
+    tmp_path: Path,
+) -> None:
+    """The job goes final while its last files are synced (their commit is then refused):
+    its task ends, it does not take the job's files again (the look for files added at the
+    end must not turn into a loop)."""
+    config = Config(state_dir=str(tmp_path / "state"), socket=str(tmp_path / "s"))
+    service = Service(SqliteStore(config.db_path), config)
+    service.recover()
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    requests = 0
+
+    async def counting(writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        requests += 1
+        await respond(writer)
+
+    h1 = H1Client(connect_timeout_s=5, read_timeout_s=5)
+    async with raw_server(counting) as base:
+        job_id = (await service.create_job(ME, {"DisplayName": "gone", "Priority": 0})).job_id
+        files = [{"RemoteUrl": f"{base}/{n}", "LocalFile": str(dl / n)} for n in ("a", "b")]
+        await service.add_file_set(ME, job_id, {"Files": files})
+        await service.set_job_state(ME, job_id, {"JobState": 2})  # resume: QUEUED
+        job = service.find(ME, job_id)
+
+        def refused(_job: object, done: Iterable[tuple[JobFile, int]], what: str = "") -> None:
+            job.state = JobState.CANCELLED  # (ended meanwhile: files_done takes nothing)
+
+        service.files_done = refused  # type: ignore[method-assign]
+        with concurrent.futures.ThreadPoolExecutor(2) as threads:
+            scheduler = Scheduler(service, config, Downloader(h1), sync_threads=threads)
+            async with asyncio.timeout(10):
+                await scheduler._run_job(job)
+        await h1.close()
+    assert requests == 2, "each file fetched once"

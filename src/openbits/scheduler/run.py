@@ -398,7 +398,8 @@ class Scheduler:
             connections = job.effective_max_connections(service.policy.max_connections_per_job)
             big = any(f.bytes_total is not None and f.bytes_total >= AT_ONCE_MIN_BYTES for f in job.files)
             remote = None if big or connections < 2 else self._offload(job, owner)
-            while True:  # one at a time, in order, the next requests sent ahead
+            rounds_from: set[int] = set()  # where each round of files at once began
+            while not job.state.is_final:  # one at a time, in order, the next requests sent ahead
                 start = index or 0
                 index = next((i for i in range(start, len(job.files)) if not job.files[i].completed), None)
                 if index is None:
@@ -411,7 +412,10 @@ class Scheduler:
                     continue
                 # (counted only when it matters: counting per file is quadratic in the files;
                 # the files before ``index`` are committed or in the batch: not ones left)
+                if index in rounds_from:  # (a round left its first file undone: not again)
+                    break
                 if remote is not None:  # (many small files: asked before the first one)
+                    rounds_from.add(index)
                     # this loop's connection and the fetch worker's
                     at_once = FilesAtOnce(job, SharedBatch(batch), 2, first=index)
                     # (a big file found on the way may still go in segments, on the others)
@@ -421,6 +425,7 @@ class Scheduler:
                     index = None
                     continue
                 if connections > 1 and big and (left := _left(job.files, index)) > 1:
+                    rounds_from.add(index)
                     # each file's task gets an equal share of the connections (segments.py)
                     share = max(1, connections // min(connections, left))
                     at_once = FilesAtOnce(job, SharedBatch(batch), connections, first=index)
