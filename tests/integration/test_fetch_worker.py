@@ -197,6 +197,14 @@ def mid_job(daemon: Daemon, job: str, dest: Path, written: int) -> int:
     return int(pid)
 
 
+def paced_midway(daemon: Daemon, nginx: Nginx, dest: Path, name: str) -> tuple[str, list[str], int]:
+    """A job of ``PACE`` files of 4 KiB from ``/paced/``, resumed, once the worker fetches and
+    a fifth of them are written (``mid_job``): its JobId, the files' digests, the worker's pid."""
+    job, digests = files_job(daemon, nginx, dest, name, PACE, 4 * KiB, location="/paced")
+    daemon.client.resume(job)
+    return job, digests, mid_job(daemon, job, dest, PACE // 5)
+
+
 def test_many_small_files_go_to_a_worker_process_and_arrive_exact(
     daemon: Daemon, nginx: Nginx, dest: Path
 ) -> None:
@@ -210,10 +218,8 @@ def test_many_small_files_go_to_a_worker_process_and_arrive_exact(
 
 
 def test_a_worker_killed_mid_job_loses_no_file(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
-    count, size = PACE, 4 * KiB
-    job, digests = files_job(daemon, nginx, dest, "fw-kill", count, size, location="/paced")
-    daemon.client.resume(job)
-    pid = mid_job(daemon, job, dest, count // 5)
+    size = 4 * KiB
+    job, digests, pid = paced_midway(daemon, nginx, dest, "fw-kill")
     os.kill(pid, signal.SIGKILL)
     # the kill landed while the worker had files to fetch (it did not idle after the job)
     wait_until(lambda: "the fetch worker ended with 1 lane(s) open" in daemon.log(), 10, "the worker lost")
@@ -222,19 +228,15 @@ def test_a_worker_killed_mid_job_loses_no_file(daemon: Daemon, nginx: Nginx, des
 
 
 def test_a_lost_worker_does_not_hold_the_job_up(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
-    count, size = PACE, 4 * KiB
-    job, _ = files_job(daemon, nginx, dest, "fw-lost", count, size, location="/paced")
-    daemon.client.resume(job)
-    os.kill(mid_job(daemon, job, dest, count // 5), signal.SIGKILL)
+    job, _, pid = paced_midway(daemon, nginx, dest, "fw-lost")
+    os.kill(pid, signal.SIGKILL)
     daemon.wait_state(job, JobState.TRANSFERRED, timeout=60)
     assert "did not stop a lane" not in daemon.log(), "waited for a dead worker"
 
 
 def test_cancel_mid_job_leaves_no_file_behind(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
-    count, size = PACE, 4 * KiB
-    job, _ = files_job(daemon, nginx, dest, "fw-cancel", count, size, location="/paced")
-    daemon.client.resume(job)
-    pid = mid_job(daemon, job, dest, count // 5)
+    count = PACE
+    job, _, pid = paced_midway(daemon, nginx, dest, "fw-cancel")
     assert daemon.client.cancel(job) == 0
     assert daemon.job(job)["State"] == JobState.CANCELLED
     # the worker stopped writing: nothing left, nothing of dest open in it, nothing created later
@@ -298,9 +300,7 @@ def test_the_worker_dies_with_the_daemon_and_a_new_daemon_finishes(
     daemon: Daemon, nginx: Nginx, dest: Path
 ) -> None:
     count, size = PACE, 4 * KiB
-    job, digests = files_job(daemon, nginx, dest, "fw-daemon-kill", count, size, location="/paced")
-    daemon.client.resume(job)
-    pid = mid_job(daemon, job, dest, count // 5)
+    job, digests, pid = paced_midway(daemon, nginx, dest, "fw-daemon-kill")
     daemon.kill()
     wait_until(lambda: not alive(pid), 5, "the worker gone with its daemon (PDEATHSIG)")
     daemon.start()
@@ -336,9 +336,7 @@ def test_suspended_mid_job_and_resumed_every_file_is_whole(daemon: Daemon, nginx
     """Files the worker wrote but the daemon had not committed when the job was suspended are
     fetched again whole on resume (not taken as done, not appended to)."""
     count, size = PACE, 4 * KiB
-    job, digests = files_job(daemon, nginx, dest, "fw-suspend", count, size, location="/paced")
-    daemon.client.resume(job)
-    pid = mid_job(daemon, job, dest, count // 5)
+    job, digests, pid = paced_midway(daemon, nginx, dest, "fw-suspend")
     assert daemon.client.suspend(job) == 0
     assert daemon.job(job)["State"] == JobState.SUSPENDED
     assert files_done(daemon, job) < count, "suspended mid-job"

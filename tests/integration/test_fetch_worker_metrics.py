@@ -15,12 +15,11 @@ import pytest
 
 from tests.integration import test_fetch_worker as base
 from tests.integration.test_fetch_worker import (
-    PACE,
     alive,
     assert_transferred,
     daemon_pid,
     files_job,
-    mid_job,
+    paced_midway,
     workers,
 )
 from tests.integration.test_metrics import scrape
@@ -73,10 +72,8 @@ def test_metrics_count_the_workers_files_and_show_it_running_with_no_lane_after_
 def test_metrics_show_a_lane_open_mid_job_and_a_worker_killed_in_it_lost(
     daemon: Daemon, nginx: Nginx, dest: Path
 ) -> None:
-    count, size = PACE, 4 * KiB
-    job, digests = files_job(daemon, nginx, dest, "fwm-kill", count, size, location="/paced")
-    daemon.client.resume(job)
-    pid = mid_job(daemon, job, dest, count // 5)
+    size = 4 * KiB
+    job, digests, pid = paced_midway(daemon, nginx, dest, "fwm-kill")
     during = worker_metrics(daemon)
     assert (during["running"], during["lanes"]) == (1, 1), during
     os.kill(pid, signal.SIGKILL)

@@ -31,6 +31,7 @@ from tests.integration.test_fetch_worker import (
     files_job,
     mid_job,
     open_under,
+    paced_midway,
     temp_files,
     workers,
 )
@@ -163,10 +164,8 @@ def test_sigterm_of_the_daemon_mid_job_stops_the_worker_and_a_new_daemon_finishe
     daemon: Daemon, nginx: Nginx, dest: Path
 ) -> None:
     count, size = PACE, 4 * KiB
-    job, digests = files_job(daemon, nginx, dest, "fwm-term", count, size, location="/paced")
-    daemon.client.resume(job)
+    job, digests, pid = paced_midway(daemon, nginx, dest, "fwm-term")
     parent = daemon_pid(daemon)
-    pid = mid_job(daemon, job, dest, count // 5)
     assert daemon.stop() == 0, daemon.log()
     wait_until(lambda: not alive(pid) and not workers(parent), 10, "no worker left")
     daemon.start()
@@ -204,9 +203,7 @@ def test_set_credentials_mid_job_closes_the_lane_and_the_job_finishes(
     daemon: Daemon, nginx: Nginx, dest: Path
 ) -> None:
     count, size, name = PACE, 4 * KiB, "fwm-creds"
-    job, digests = files_job(daemon, nginx, dest, name, count, size, location="/paced")
-    daemon.client.resume(job)
-    mid_job(daemon, job, dest, count // 5)
+    job, digests, _ = paced_midway(daemon, nginx, dest, name)
     daemon.client.set_credentials(job, AuthTarget.SERVER, AuthScheme.BASIC, "someone", "not-asked-for")
     changed_at = int(daemon.job(job)["FilesTransferred"])
     # (files are committed in batches of up to 0.25 s, ~125 files here, so this moves in such

@@ -262,6 +262,51 @@ async def test_a_directory_written_with_no_file_in_the_batch_keeps_its_handle(
     assert open_fds() == before, "every handle let go of"
 
 
+class SyncGate:
+    """The batch syncs (``sink._sync_handles``, in their threads) as a slow or busy disk has
+    them: each takes ``delay_s``; the ``hold``-th one (1-based) sets ``entered`` and waits for
+    ``release`` before it runs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, delay_s: float = 0.0, hold: int = 0) -> None:
+        self.delay_s, self.hold, self.calls = delay_s, hold, 0
+        self.entered, self.release = threading.Event(), threading.Event()
+        self._real = sink._sync_handles
+        monkeypatch.setattr(sink, "_sync_handles", self._sync)
+
+    def _sync(self, handles: dict[str, int]) -> None:
+        self.calls += 1
+        if self.calls == self.hold:
+            self.entered.set()
+            self.release.wait(5)
+        time.sleep(self.delay_s)
+        self._real(handles)
+
+    async def began(self) -> bool:
+        """Whether the held sync began (within 5 s)."""
+        return await asyncio.to_thread(self.entered.wait, 5)
+
+
+async def settle_batch(
+    tmp_path: Path, threads: concurrent.futures.Executor, *names: str
+) -> tuple[Recorder, SyncBatch]:
+    """A batch of ``names`` finished in ``tmp_path`` (its handle opened), and its commits."""
+    rec = Recorder()
+    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    await batch.prepare(str(tmp_path))
+    for name in names:
+        batch.add(JobFile(f"http://h/{name}", f"{tmp_path}/{name}"), 1)
+    return rec, batch
+
+
+async def fds_back(before: set[int]) -> bool:
+    """Whether the process's fds are ``before`` again, within 5 s (a thread lets go late)."""
+    for _ in range(500):
+        if open_fds() == before:
+            return True
+        await asyncio.sleep(0.01)
+    return open_fds() == before
+
+
 async def test_settling_a_batch_syncs_off_the_loop_and_keeps_the_synced_files(
     tmp_path: Path, threads: concurrent.futures.Executor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -269,18 +314,8 @@ async def test_settling_a_batch_syncs_off_the_loop_and_keeps_the_synced_files(
     while the loop serves everyone else: a slow disk's sync is simulated) and committed; every
     handle is let go of."""
     before = open_fds()
-    real = sink._sync_handles
-
-    def slow(handles: dict[str, int]) -> None:
-        time.sleep(0.3)  # (a busy disk)
-        real(handles)
-
-    monkeypatch.setattr(sink, "_sync_handles", slow)
-    rec = Recorder()
-    batch = SyncBatch(threads, rec.commit, rec.open_handle)
-    await batch.prepare(str(tmp_path))
-    batch.add(JobFile("http://h/x", f"{tmp_path}/x"), 1)
-    batch.add(JobFile("http://h/y", f"{tmp_path}/y"), 1)
+    SyncGate(monkeypatch, delay_s=0.3)  # (a busy disk)
+    rec, batch = await settle_batch(tmp_path, threads, "x", "y")
     ticks = 0
     settling = asyncio.create_task(batch.settle())
     while not settling.done():
@@ -297,31 +332,16 @@ async def test_settling_cancelled_again_commits_nothing_and_lets_go_of_the_handl
     tmp_path: Path, threads: concurrent.futures.Executor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = open_fds()
-    real = sink._sync_handles
-    entered, release = threading.Event(), threading.Event()
-
-    def held(handles: dict[str, int]) -> None:
-        entered.set()
-        release.wait(5)
-        real(handles)
-
-    monkeypatch.setattr(sink, "_sync_handles", held)
-    rec = Recorder()
-    batch = SyncBatch(threads, rec.commit, rec.open_handle)
-    await batch.prepare(str(tmp_path))
-    batch.add(JobFile("http://h/x", f"{tmp_path}/x"), 1)
+    gate = SyncGate(monkeypatch, hold=1)
+    rec, batch = await settle_batch(tmp_path, threads, "x")
     settling = asyncio.create_task(batch.settle())
-    assert await asyncio.to_thread(entered.wait, 5), "the sync began in its thread"
+    assert await gate.began(), "the sync began in its thread"
     settling.cancel()
     with pytest.raises(asyncio.CancelledError):
         await settling
     assert open_fds() != before, "the thread still syncs through the handle"
-    release.set()
-    for _ in range(500):  # (5 s at most)
-        if open_fds() == before:
-            break
-        await asyncio.sleep(0.01)
-    assert open_fds() == before, "let go of once the thread was done"
+    gate.release.set()
+    assert await fds_back(before), "let go of once the thread was done"
     assert rec.commits == [], "nothing committed: those files are fetched again"
 
 
@@ -331,19 +351,9 @@ async def test_a_stop_while_a_stopped_job_settles_waits_for_its_files(
     """The scheduler pre-empts a job (cancel, no wait), then Complete or Suspend stops it
     while its finished files are being synced: the stop waits, and they are committed (a
     second cancel would cut the sync short, and Complete would drop those files)."""
-    real = sink._sync_handles
-    entered = threading.Event()
-
-    def slow(handles: dict[str, int]) -> None:
-        entered.set()
-        time.sleep(0.2)
-        real(handles)
-
-    monkeypatch.setattr(sink, "_sync_handles", slow)
-    rec = Recorder()
-    batch = SyncBatch(threads, rec.commit, rec.open_handle)
-    await batch.prepare(str(tmp_path))
-    batch.add(JobFile("http://h/x", f"{tmp_path}/x"), 1)
+    gate = SyncGate(monkeypatch, delay_s=0.2, hold=1)
+    gate.release.set()  # (noted when it begins, not held)
+    rec, batch = await settle_batch(tmp_path, threads, "x")
     transfers = Transfers()
 
     running = asyncio.Event()
@@ -360,7 +370,7 @@ async def test_a_stop_while_a_stopped_job_settles_waits_for_its_files(
         transfers.start(group, "job", run_job())
         await running.wait()
         transfers.cancel("job")  # pre-empted
-        assert await asyncio.to_thread(entered.wait, 5), "its files are being synced"
+        assert await gate.began(), "its files are being synced"
         await transfers.stop("job")  # Complete, say
         assert rec.commits == [[f"{tmp_path}/x"]], "committed before the stop returned"
     batch.close()
@@ -373,9 +383,7 @@ async def test_settling_an_empty_batch_waits_for_no_other_sync(
     syncs in the shared threads."""
     release = threading.Event()
     busy = [threads.submit(release.wait, 5) for _ in range(4)]  # (every thread taken)
-    rec = Recorder()
-    batch = SyncBatch(threads, rec.commit, rec.open_handle)
-    await batch.prepare(str(tmp_path))
+    rec, batch = await settle_batch(tmp_path, threads)
     try:
         async with asyncio.timeout(1):
             await batch.settle()
@@ -391,21 +399,8 @@ async def test_the_files_of_the_sync_in_flight_are_committed_before_the_batch_s_
     """Settling with a sync in flight: its files are committed as soon as it is over, so a
     cancellation during the batch's own sync loses only the files that sync was for."""
     before = open_fds()
-    real = sink._sync_handles
-    calls = 0
-    second, release = threading.Event(), threading.Event()
-
-    def held_second(handles: dict[str, int]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            second.set()
-            release.wait(5)
-        real(handles)
-
-    monkeypatch.setattr(sink, "_sync_handles", held_second)
-    rec = Recorder()
-    batch = SyncBatch(threads, rec.commit, rec.open_handle)
+    gate = SyncGate(monkeypatch, hold=2)
+    rec, batch = await settle_batch(tmp_path, threads)
     shared = SharedBatch(batch)
     await shared.begin(str(tmp_path))  # y: in flight while x's batch syncs
     await shared.begin(str(tmp_path))  # x
@@ -415,15 +410,11 @@ async def test_the_files_of_the_sync_in_flight_are_committed_before_the_batch_s_
     shared.end(str(tmp_path))
     batch.add(JobFile("http://h/y", f"{tmp_path}/y"), 1)
     settling = asyncio.create_task(batch.settle())
-    assert await asyncio.to_thread(second.wait, 5), "the batch's own sync began"
+    assert await gate.began(), "the batch's own sync began"
     assert rec.commits == [[f"{tmp_path}/x"]], "x committed once its sync was over"
     settling.cancel()
     with pytest.raises(asyncio.CancelledError):
         await settling
-    release.set()
-    for _ in range(500):  # (5 s at most)
-        if open_fds() == before:
-            break
-        await asyncio.sleep(0.01)
-    assert open_fds() == before, "every handle let go of"
+    gate.release.set()
+    assert await fds_back(before), "every handle let go of"
     assert rec.commits == [[f"{tmp_path}/x"]], "y, cut short, is not"
