@@ -36,7 +36,7 @@ from openbits.errors import BitsError
 from openbits.model import Job, JobFile
 from openbits.transfer import offload
 from openbits.transfer.download import Fetched, Progress
-from openbits.transfer.sink import SyncBatch
+from openbits.transfer.sink import SyncBatch, directories_of
 
 #: downloads one file of the job (by index), the requests of ``upcoming`` (files of the same
 #: task) sent ahead on its connection: what it fetched
@@ -106,7 +106,7 @@ class SharedBatch:
             # a directory being written that has no file in this batch keeps its handle for
             # the next one (opened before those files were: closed unsynced, a write-back error
             # it alone saw would be lost); one with files here gets a fresh handle first
-            wanted = {os.path.dirname(f.local_file) for f, _ in batch.files}
+            wanted = directories_of(batch.files)
             carried = {
                 d: batch.handles.pop(d) for d in self.writing if d not in wanted and d in batch.handles
             }

@@ -22,7 +22,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from openbits.errors import BitsError, HResult, LocalFileError
 from openbits.model import JobFile
@@ -347,7 +347,7 @@ class SyncBatch:
         if not self.files:
             return
         self.syncing, self.files = self.files, []
-        wanted = {os.path.dirname(f.local_file) for f, _ in self.syncing}
+        wanted = directories_of(self.syncing)
         self.syncing_handles = {d: fd for d, fd in self.handles.items() if d in wanted}
         for d, fd in self.handles.items():
             if d not in wanted:
@@ -408,7 +408,7 @@ class SyncBatch:
                 else:
                     self.commit(syncing)  # (at once: whatever comes next)
             if files:
-                wanted = {os.path.dirname(f.local_file) for f, _ in files}
+                wanted = directories_of(files)
                 mine = {d: fd for d, fd in handles.items() if d in wanted}
                 busy = asyncio.get_running_loop().run_in_executor(self.threads, _sync_handles, mine)
                 with contextlib.suppress(BitsError):  # not durable: they will be fetched again
@@ -430,6 +430,11 @@ class SyncBatch:
                 self.sync.result()
             self.sync = self.synced = None
         _close(self.syncing_handles)
+
+
+def directories_of(files: Iterable[tuple[JobFile, int]]) -> set[str]:
+    """The directories a batch's files are written in (their sync handles')."""
+    return {os.path.dirname(f.local_file) for f, _ in files}
 
 
 def _close(handles: dict[str, int]) -> None:
