@@ -376,6 +376,26 @@ async def test_a_stop_while_a_stopped_job_settles_waits_for_its_files(
     batch.close()
 
 
+async def test_a_settle_that_fails_is_logged_not_raised_into_the_job_task(
+    tmp_path: Path, threads: concurrent.futures.Executor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``_settled`` runs in the job task's error and cancel paths: an exception there (a bug
+    in a commit, say) would skip the job's own failure and end the scheduler's TaskGroup.
+    It is logged instead, and every handle is let go of."""
+    before = open_fds()
+    _, batch = await settle_batch(tmp_path, threads, "x")
+
+    def broken_commit(files: Iterable[tuple[JobFile, int]]) -> None:
+        raise RuntimeError("a bug in the commit")
+
+    batch.commit = broken_commit
+    with caplog.at_level("ERROR", logger="openbits.scheduler"):
+        assert await _settled(batch) is False, "not cancelled, and nothing raised"
+    assert "not settled" in caplog.text and "a bug in the commit" in caplog.text
+    batch.close()
+    assert await fds_back(before), "every handle let go of"
+
+
 async def test_settling_an_empty_batch_waits_for_no_other_sync(
     tmp_path: Path, threads: concurrent.futures.Executor
 ) -> None:

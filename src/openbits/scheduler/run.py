@@ -516,7 +516,10 @@ class Scheduler:
 async def _settled(batch: SyncBatch) -> bool:
     """``batch.settle()`` to its end, whatever cancellations come meanwhile (a Complete that
     stops a job being pre-empted must not cut its files' sync short: Complete would drop
-    them); whether one came."""
+    them); whether one came.  It never raises: it runs in the job task's error and cancel
+    paths, where an exception would skip the job's own failure and end the scheduler's
+    TaskGroup; a settle that fails (a bug) is logged, and the files it did not commit are
+    fetched again."""
     settling = asyncio.ensure_future(batch.settle())
     cancelled = False
     while not settling.done():
@@ -524,7 +527,10 @@ async def _settled(batch: SyncBatch) -> bool:
             await asyncio.shield(settling)
         except asyncio.CancelledError:
             cancelled = True
-    settling.result()
+        except Exception:
+            break  # (its error is read below)
+    if not settling.cancelled() and (error := settling.exception()) is not None:
+        log.error("finished files not settled; those not committed are fetched again", exc_info=error)
     return cancelled
 
 
