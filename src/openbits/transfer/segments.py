@@ -51,6 +51,9 @@ from openbits.transfer.sink import BATCH_BYTES, Sink, check_still_linked, pipe, 
 
 log = logging.getLogger("openbits.transfer")
 
+#: how long the last of several connections waits before each new try (``_worker``)
+LAST_RETRIES_S = (0.25, 0.5, 1.0)
+
 
 class Fallback(Exception):
     """A segment's answer shows the server does not serve ranges of this content (internal:
@@ -90,6 +93,9 @@ class Segmented:
         self.ended = asyncio.Event()
         #: the task fetching each segment (by ``id``), and each twin's (by ``-id`` of its victim)
         self.fetching: dict[int, asyncio.Task[None]] = {}
+        #: connections still at work; the error of the last one that gave up (``_worker``)
+        self.workers = 0
+        self.lost: BitsError | None = None
 
     async def run(self, first: HTTPResponse | None = None) -> Fetched | Restart:
         """Every segment fetched and durable (``first``: the answer whose body is segment 0);
@@ -97,6 +103,7 @@ class Segmented:
         one = self.one
         try:
             async with asyncio.TaskGroup() as group:
+                self.workers = self.connections  # (counted before any runs: see _worker)
                 if first is not None:
                     self.segments[0].busy = True
                     self.answered = True
@@ -106,14 +113,15 @@ class Segmented:
         except BaseExceptionGroup as group_error:
             self._salvage()
             fallback, rest = group_error.split(Fallback)
-            if fallback is not None and rest is None:
+            errors, others = rest.split(BitsError) if rest is not None else (None, None)
+            if fallback is not None and others is None:
+                # (the content is not served in ranges, whatever else failed at the same time)
                 log.info("file %s: %s; one stream from byte 0", one.file.local_file, fallback.exceptions[0])
                 one.segmented = False
                 one.progress.begin(None, None, None)  # (committed before a byte is written again)
                 with fs.translating("cannot truncate the temporary file"):
                     os.ftruncate(one.fd, 0)
                 return RESTART
-            errors, others = group_error.split(BitsError)
             if others is None and errors is not None:
                 raise _first(errors) from None
             raise
@@ -123,10 +131,47 @@ class Segmented:
         return await self._durable()
 
     async def _worker(self, segment: Segment | None, first: HTTPResponse | None) -> None:
-        """One connection: the first answer's segment, then the segments it takes in turn,
-        then (end game) the tails of silent segments alongside their own connections.  A
-        connection that lost a race for a tail was closed: it ends rather than open another
-        (the end game is almost over)."""
+        """One connection (``_work``).  A request of it that fails (refused, reset, a 503 or
+        429: many servers cap the connections of one client) ends this connection alone while
+        others are still at work: its segment, cut back to what was written, waits for one of
+        them, as aria2 does.  The last connection's failure is the file's; so is any failure
+        of the file itself (its disk, its checkpoints).  The last connection of several tries
+        again a few times, a moment apart, before it fails the file: a server counts a
+        connection just closed (the first answer's, read in part) a little while longer."""
+        name = self.one.file.local_file
+        tries = 0
+        try:
+            while True:
+                try:
+                    await self._work(segment, first)
+                    return
+                except BitsError as e:
+                    if not self._forgivable(e):
+                        raise
+                    if self.workers > 1:
+                        self.lost = e
+                        left = self.workers - 1
+                        log.info("file %s: a connection gave up (%s); %d go on", name, e.message, left)
+                        return
+                    if self.connections < 2 or tries >= len(LAST_RETRIES_S):
+                        raise
+                    log.info("file %s: the last connection failed (%s); again in a moment", name, e.message)
+                    await asyncio.sleep(LAST_RETRIES_S[tries])  # (the server's pace, not a synchronisation)
+                    tries += 1
+                    segment, first = None, None
+        finally:
+            self.workers -= 1
+            self._ended()  # (those waiting for a segment to go silent look again)
+
+    def _forgivable(self, error: BitsError) -> bool:
+        """Whether ``error`` is one request's (the server's, the network's), not the file's."""
+        return not isinstance(error, LocalFileError) and self.failed is None and not self.sync_failed
+
+    async def _work(self, segment: Segment | None, first: HTTPResponse | None) -> None:
+        """The first answer's segment, then the segments it takes in turn, then (end game)
+        the tails of silent segments alongside their own connections.  A connection that lost
+        a race for a tail was closed: it ends rather than open another (the end game is almost
+        over)."""
         if (
             segment is not None
             and first is not None
@@ -431,6 +476,8 @@ class Segmented:
         """Every segment is written: make them durable; the caller commits the file complete."""
         if not all(s.finished for s in self.segments):
             self._salvage()
+            if self.lost is not None:
+                raise self.lost
             raise invalid_response("the segments of the file did not all arrive")
         self.closed = True
         fd = self.one.fd
