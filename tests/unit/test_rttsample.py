@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -213,6 +216,38 @@ def test_a_let_go_receive_buffer_can_grow_as_autotuning_would(
     bound_receive_buffer(client, 200_000)  # paced (a slowdown, a backoff)
     bound_receive_buffer(client, None)  # unpaced again: the path is quiet
     assert client.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= autotuned_max
+
+
+def test_without_cap_net_admin_a_let_go_buffer_is_rmem_max() -> None:
+    """SO_RCVBUFFORCE needs CAP_NET_ADMIN: without it (a daemon not run as root) the buffer
+    let go is as large as SO_RCVBUF may make it (``net.core.rmem_max``), no error."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv (util-linux) to drop CAP_NET_ADMIN")
+    with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+        autotuned_max = int(f.read().split()[2])
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    script = (
+        "import socket\n"
+        "from openbits.transfer.rttsample import bound_receive_buffer\n"
+        "s = socket.socket()\n"
+        "try:\n"
+        "    s.setsockopt(socket.SOL_SOCKET, 33, 1 << 20)\n"
+        "    print('forced')\n"
+        "except PermissionError:\n"
+        "    bound_receive_buffer(s, 200_000)\n"
+        "    bound_receive_buffer(s, None)\n"
+        "    print(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))\n"
+    )
+    out = subprocess.run(
+        [setpriv, "--bounding-set=-net_admin", "--inh-caps=-net_admin", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    assert out == str(2 * min(autotuned_max // 2, rmem_max))
 
 
 def test_a_window_or_buffer_past_int_max_is_capped(pair: tuple[socket.socket, socket.socket]) -> None:
