@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import socket
+import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from openbits.transfer.pace import pacer
+from openbits.transfer.h1body import _pump
+from openbits.transfer.pace import Pacer, pacer
 from openbits.transfer.rttsample import (
     MIN_CLAMP_BYTES,
     MIN_RCVBUF_BYTES,
@@ -22,7 +29,7 @@ from openbits.transfer.rttsample import (
     tcp_rtt_s,
 )
 from openbits.transfer.throttle import Throttle
-from openbits.transfer.yieldctl import DelayController
+from openbits.transfer.yieldctl import DelayController, Running
 
 
 @pytest.fixture
@@ -198,3 +205,122 @@ def test_a_backoff_forgives_the_read_debt() -> None:
             return time.monotonic() - start
 
         assert asyncio.run(timed()) < 0.5
+
+
+def test_a_let_go_receive_buffer_can_grow_as_autotuning_would(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, _ = pair
+    with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+        autotuned_max = int(f.read().split()[2])
+    bound_receive_buffer(client, 200_000)  # paced (a slowdown, a backoff)
+    bound_receive_buffer(client, None)  # unpaced again: the path is quiet
+    assert client.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= autotuned_max
+
+
+def test_without_cap_net_admin_a_let_go_buffer_is_rmem_max() -> None:
+    """SO_RCVBUFFORCE needs CAP_NET_ADMIN: without it (a daemon not run as root) the buffer
+    let go is as large as SO_RCVBUF may make it (``net.core.rmem_max``), no error."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv (util-linux) to drop CAP_NET_ADMIN")
+    with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+        autotuned_max = int(f.read().split()[2])
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    script = (
+        "import socket\n"
+        "from openbits.transfer.rttsample import bound_receive_buffer\n"
+        "s = socket.socket()\n"
+        "try:\n"
+        "    s.setsockopt(socket.SOL_SOCKET, 33, 1 << 20)\n"
+        "    print('forced')\n"
+        "except PermissionError:\n"
+        "    bound_receive_buffer(s, 200_000)\n"
+        "    bound_receive_buffer(s, None)\n"
+        "    print(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))\n"
+    )
+    out = subprocess.run(
+        [setpriv, "--bounding-set=-net_admin", "--inh-caps=-net_admin", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    assert out == str(2 * min(autotuned_max // 2, rmem_max))
+
+
+def test_a_window_or_buffer_past_int_max_is_capped(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A pace times a delay can exceed a C int (a fast path, a long target): capped, not a
+    TypeError escaping the best-effort setters."""
+    client, _ = pair
+    clamp_window(client, 1 << 40)
+    assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP) >= 1 << 30
+    bound_receive_buffer(client, 1 << 40)
+    assert client.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) > 2 * MIN_RCVBUF_BYTES
+
+
+class _RecordingController(DelayController):
+    """A controller that keeps the ``idle_s`` each RTT sample came with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idles_s: list[float] = []
+
+    def on_rtt(self, rtt_s: float, now: float, idle_s: float = 0.0) -> float | None:
+        self.idles_s.append(idle_s)
+        return super().on_rtt(rtt_s, now, idle_s)
+
+
+def test_a_splice_passes_its_longest_single_wait_as_the_idle_time(
+    pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    """A sender pausing ~1 ms between 16 KiB writes makes several waits in one ``_pump`` call
+    (a ~10 ms budget): the controller is told the longest of them, not their sum, so a 10 ms
+    path's RTT samples are kept (with the sum, everything under ~20 ms was dropped as "the
+    sender paused")."""
+    client, accepted = pair
+    client.setblocking(False)
+    piece, pieces = 16 * 1024, 300
+
+    def paced_sender() -> None:
+        for _ in range(pieces):
+            accepted.sendall(b"x" * piece)
+            time.sleep(0.001)  # the sender's own pause: the scenario, not a synchronisation
+        accepted.shutdown(socket.SHUT_WR)
+
+    controller = _RecordingController()
+    pace = Pacer(Throttle(), 2, Running("job", 0, 2, controller), client)
+    pipe = os.pipe()
+    fd = os.open(tmp_path / "body", os.O_WRONLY | os.O_CREAT, 0o600)
+    sender = threading.Thread(target=paced_sender)
+    sender.start()
+    totals_s: list[float] = []
+    longest_s: list[float] = []
+    offset = 0
+    try:
+        while True:
+            done, waited = [0], [0.0, 0.0]
+            end = _pump(client.fileno(), pipe, fd, offset, 1 << 30, done, waited)
+            offset += done[0]
+            if done[0]:
+                totals_s.append(waited[0])
+                longest_s.append(waited[1])
+                pace.arrived(done[0], waited[0], waited[1])
+            if end:
+                break
+    finally:
+        sender.join()
+        os.close(fd)
+        os.close(pipe[0])
+        os.close(pipe[1])
+    assert offset == piece * pieces
+    assert all(0.0 <= one <= total for one, total in zip(longest_s, totals_s, strict=True))
+    assert statistics.median(longest_s) < statistics.median(totals_s) / 2, "several waits a call"
+    assert len(controller.idles_s) >= 10
+    assert max(controller.idles_s) <= max(longest_s)
+    # a 10 ms path's samples, taken with those idle figures, are kept (nearly all of them)
+    path = DelayController()
+    for i, idle_s in enumerate(controller.idles_s):
+        path.on_rtt(0.010, i * 0.01, idle_s)
+    assert path.ignored <= len(controller.idles_s) // 5

@@ -52,7 +52,17 @@ class Body:
     """A response body: ``read(n)`` and ``readany()`` as aiohttp's StreamReader has them;
     an empty bytes object means the body is complete (its framing was checked)."""
 
-    __slots__ = ("_chunk_left", "_client", "_conn", "_mode", "_remaining", "_response", "done", "waited_s")
+    __slots__ = (
+        "_chunk_left",
+        "_client",
+        "_conn",
+        "_mode",
+        "_remaining",
+        "_response",
+        "done",
+        "longest_wait_s",
+        "waited_s",
+    )
 
     def __init__(self, client: Wire, conn: Conn, mode: str, length: int, response: Response) -> None:
         self._client = client
@@ -62,8 +72,12 @@ class Body:
         self._chunk_left = 0  # "chunked": bytes left in the current chunk; -1: trailers done
         self._response = response
         self.done = False
-        #: how long the last ``splice_into`` waited for the server's bytes (not for the disk)
+        #: how long the last ``splice_into`` waited for the server's bytes (not for the disk),
+        #: in all (a share of its time: the arrival rate's signal) ...
         self.waited_s = 0.0
+        #: ... and the longest of its single waits (a pause of the sender's: an RTT sample no
+        #: longer than about that is the pause, not the path; the sum of a call's waits is not)
+        self.longest_wait_s = 0.0
         if mode == "length" and length == 0:
             self._finish()
 
@@ -155,15 +169,16 @@ class Body:
         body instead)."""
         conn = self._conn
         n = min(n, self._remaining)
-        self.waited_s = 0.0
+        self.waited_s = self.longest_wait_s = 0.0
         while True:
-            done, waited = [0], [0.0]
+            done, waited = [0], [0.0, 0.0]
             try:
                 eof, error = await _seen_through(
                     self._client.pump_threads, conn.sock.fileno(), pipe, sink.fd, sink.offset, n, done, waited
                 )
             finally:
                 self.waited_s += waited[0]
+                self.longest_wait_s = max(self.longest_wait_s, waited[1])
                 sink.offset += done[0]
                 self._remaining -= done[0]
                 self._client.spliced_bytes += done[0]
@@ -181,7 +196,9 @@ class Body:
                 raise ClosedEarly(f"the connection closed with {self._remaining} bytes of the body missing")
             asked = time.monotonic()
             await self._client.readable(conn)
-            self.waited_s += time.monotonic() - asked
+            wait_s = time.monotonic() - asked
+            self.waited_s += wait_s
+            self.longest_wait_s = max(self.longest_wait_s, wait_s)
 
     def _finish(self) -> None:
         self.done = True
@@ -242,8 +259,9 @@ def _pump(
 ) -> bool:
     """(A worker thread) Socket → pipe → file until ``n`` bytes moved, ``_PUMP_BUDGET_S``
     passed, or the socket has had nothing for ``_PUMP_WAIT_MS``; ``done[0]`` counts the
-    bytes in the file, ``waited[0]`` the seconds spent waiting for the socket.  True at the
-    socket's end."""
+    bytes in the file, ``waited[0]`` the seconds spent waiting for the socket in all and
+    ``waited[1]`` the longest single wait (a sender pausing ~1 ms between writes makes ten
+    waits in one call: their sum is no pause of the sender's).  True at the socket's end."""
     pipe_r, pipe_w = pipe
     poller = select.poll()
     poller.register(sock, select.POLLIN)
@@ -254,7 +272,9 @@ def _pump(
         except (BlockingIOError, InterruptedError):
             asked = time.monotonic()
             ready = poller.poll(_PUMP_WAIT_MS)
-            waited[0] += time.monotonic() - asked
+            wait_s = time.monotonic() - asked
+            waited[0] += wait_s
+            waited[1] = max(waited[1], wait_s)
             if not ready:
                 return False
             continue

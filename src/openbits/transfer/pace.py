@@ -64,9 +64,10 @@ class Pacer:
             size = min(size, int(max(16 * 1024, min(1024 * 1024, rate * 0.05))))
         return size
 
-    def arrived(self, n: int, waited_s: float) -> None:
-        """``n`` body bytes arrived after waiting ``waited_s`` for them (not counting waits in
-        ``acquire``): feed the controller (RTT at most every 10 ms)."""
+    def arrived(self, n: int, waited_s: float, longest_wait_s: float | None = None) -> None:
+        """``n`` body bytes arrived after waiting ``waited_s`` for them in all (not counting
+        waits in ``acquire``), the longest single wait ``longest_wait_s`` (None: one wait,
+        ``waited_s``): feed the controller (RTT at most every 10 ms)."""
         if self._sampler is None:
             return
         now = time.monotonic()
@@ -75,7 +76,8 @@ class Pacer:
         if self._bucket.rate is None:
             # unpaced, a wait for data is the sender's own pause; paced, it is ours (the
             # clamped window), and the sender answers each window update at once
-            self._idle_s = max(self._idle_s, waited_s)
+            longest_s = waited_s if longest_wait_s is None else longest_wait_s
+            self._idle_s = max(self._idle_s, longest_s)
         if self._sampler.poll(now, self._idle_s):
             self._idle_s = 0.0
         rate = self._yield_bps()

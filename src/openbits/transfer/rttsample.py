@@ -23,7 +23,9 @@ __all__ = [
     "MIN_CLAMP_BYTES",
     "MIN_RCVBUF_BYTES",
     "SAMPLE_INTERVAL_S",
+    "UNPACED_RCVBUF_BYTES",
     "RttSampler",
+    "autotuned_rcvbuf_bytes",
     "bound_receive_buffer",
     "clamp_window",
     "tcp_rtt_s",
@@ -54,6 +56,9 @@ def tcp_rtt_s(sock: socket.socket) -> float | None:
     return us / 1e6 if us else None
 
 
+_INT_MAX: Final = 2**31 - 1
+"""The largest value a socket option of C type ``int`` takes (a larger one is a TypeError
+from ``setsockopt``, not an OSError)."""
 _UNCLAMPED_BYTES: Final = 1 << 30
 """A window clamp this large clamps nothing (the receive buffer bounds the window first)."""
 MIN_CLAMP_BYTES: Final = 8 * 1024
@@ -65,26 +70,58 @@ able to go lower (the bounded buffer and paced reads bound its rate the rest of 
 def clamp_window(sock: socket.socket, window_bytes: int | None) -> None:
     """Bound the receive window the socket advertises (``TCP_WINDOW_CLAMP``; None: lift the
     bound), so the sender keeps at most that much in flight: what a paced receiver's own queue
-    at the bottleneck can grow to (rLEDBAT's window).  Best effort: errors are ignored."""
-    value = _UNCLAMPED_BYTES if window_bytes is None else max(MIN_CLAMP_BYTES, window_bytes)
+    at the bottleneck can grow to (rLEDBAT's window).  Best effort: errors are ignored (a
+    window past ``INT_MAX`` is capped there, clamping nothing)."""
+    value = _UNCLAMPED_BYTES if window_bytes is None else min(_INT_MAX, max(MIN_CLAMP_BYTES, window_bytes))
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, value)
 
 
 MIN_RCVBUF_BYTES: Final = 64 * 1024
-UNPACED_RCVBUF_BYTES: Final = 4 * 1024 * 1024
-"""The receive buffer of a paced socket is never below this, and once unpaced again it is this
-(the kernel caps it at ``net.core.rmem_max``): a buffer set once is no longer auto-tuned."""
+"""The receive buffer of a paced socket is never below this."""
+UNPACED_RCVBUF_BYTES: Final = 6 * 1024 * 1024
+"""A let-go buffer when ``tcp_rmem`` cannot be read (Linux's default maximum)."""
+_TCP_RMEM: Final = "/proc/sys/net/ipv4/tcp_rmem"
+_SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def autotuned_rcvbuf_bytes() -> int:
+    """What autotuning may grow a receive buffer to: ``net.ipv4.tcp_rmem``'s maximum (read each
+    time: a let-go is rare, and the sysctl may change), else ``UNPACED_RCVBUF_BYTES``."""
+    try:
+        with open(_TCP_RMEM, encoding="ascii") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return UNPACED_RCVBUF_BYTES
 
 
 def bound_receive_buffer(sock: socket.socket, buffer_bytes: int | None) -> None:
-    """Bound the socket's receive buffer (``SO_RCVBUF``; None: a large one again).  The window
-    clamp alone cannot slow a sender on a short path (a few KiB per RTT of a millisecond is
-    MB/s), and paced reads only bind once the buffer is full: an auto-tuned buffer holds tens
-    of MB, seconds of a sender that should have yielded.  Best effort: errors are ignored."""
-    value = UNPACED_RCVBUF_BYTES if buffer_bytes is None else max(MIN_RCVBUF_BYTES, buffer_bytes)
+    """Bound the socket's receive buffer (``SO_RCVBUF``; None: let it go).  The window clamp
+    alone cannot slow a sender on a short path (a few KiB per RTT of a millisecond is MB/s),
+    and paced reads only bind once the buffer is full: an auto-tuned buffer holds tens of MB,
+    seconds of a sender that should have yielded.
+
+    A buffer once set stays locked (the kernel has no way back to autotuning), so letting go
+    sets it to what autotuning could reach, ``tcp_rmem``'s maximum: ``SO_RCVBUFFORCE`` (we
+    may be root), else ``SO_RCVBUF`` (the kernel caps it at ``net.core.rmem_max``).  Leaving
+    the buffer unlocked until another flow is seen would not do: the first backoff's pace
+    would not bind for seconds (a buffer auto-tuned to tens of MB drains first), nor could a
+    slowdown drain its own queue to measure the base delay; a large locked buffer costs no
+    memory until filled (the kernel charges what is queued, not the limit).
+    Best effort: errors are ignored."""
+    if buffer_bytes is None:
+        # the kernel doubles what it is given (for its overhead) and autotuning bounds that
+        # doubled figure by tcp_rmem's maximum: half of it is asked for
+        value = max(MIN_RCVBUF_BYTES, autotuned_rcvbuf_bytes() // 2)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, min(_INT_MAX, value))
+            return
+        except OSError:
+            pass  # EPERM without CAP_NET_ADMIN: SO_RCVBUF, capped at rmem_max
+    else:
+        value = max(MIN_RCVBUF_BYTES, buffer_bytes)
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, min(_INT_MAX, value))
 
 
 class RttSampler:

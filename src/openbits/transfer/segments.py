@@ -389,7 +389,7 @@ class Segmented:
                     sink.offset = min(sink.offset, segment.end)  # (past it: not this segment's)
                 if not moved:
                     return
-                pace.arrived(moved, content.waited_s)
+                pace.arrived(moved, content.waited_s, content.longest_wait_s)
                 with fs.translating("cannot write the temporary file"):
                     sink.written()
                 segment.received = sink.offset

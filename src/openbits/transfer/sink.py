@@ -251,7 +251,7 @@ async def splice(
             moved = await splice_some(content, pipe_fds, sink, max(1, min(want, room)))
             if not moved:
                 return
-            pacer.arrived(moved, content.waited_s)
+            pacer.arrived(moved, content.waited_s, content.longest_wait_s)
             with fs.translating("cannot write the temporary file"):
                 sink.written()
             if limited:
