@@ -111,7 +111,7 @@ class Segmented:
                 for _ in range(self.connections - (first is not None)):
                     group.create_task(self._worker(None, None))
         except BaseExceptionGroup as group_error:
-            self._salvage()
+            await self._salvage()
             fallback, rest = group_error.split(Fallback)
             errors, others = rest.split(BitsError) if rest is not None else (None, None)
             if fallback is not None and others is None:
@@ -126,7 +126,7 @@ class Segmented:
                 raise _first(errors) from None
             raise
         except BaseException:
-            self._salvage()
+            await self._salvage()
             raise
         return await self._durable()
 
@@ -458,24 +458,38 @@ class Segmented:
         self.one.file.segments = segplan.encode(self.segments)
         self.one.progress.checkpoint(segplan.durable_bytes(self.segments))
 
-    def _salvage(self) -> None:
+    async def _salvage(self) -> None:
         """On an error or cancellation: what was written is synced and recorded (bytes that
-        could not be written are fetched again)."""
+        could not be written are fetched again).  The sync runs in a worker thread (up to
+        ``checkpoint_bytes`` of several segments: on the loop it would hold up every caller
+        for as long as the disk takes), waited for to its end even when this task is cancelled
+        again meanwhile (that CancelledError is raised after it)."""
         self.closed = True
         if self.sync_failed:  # (what the failed sync covered may be lost: the last record stands)
             return
         try:
-            os.fdatasync(self.one.fd)
+            fd = os.dup(self.one.fd)
+        except OSError:
+            return
+        syncing = asyncio.get_running_loop().run_in_executor(None, _sync_dup, fd)
+        cancelled: asyncio.CancelledError | None = None
+        while not syncing.done():
+            try:
+                await asyncio.wait((syncing,))
+            except asyncio.CancelledError as e:
+                cancelled = e
+        if syncing.exception() is None:
             for s in self.segments:
                 s.done = max(s.done, s.written)
-            self._record()
-        except (OSError, BitsError):
-            pass
+            with contextlib.suppress(OSError, BitsError):
+                self._record()
+        if cancelled is not None:
+            raise cancelled
 
     async def _durable(self) -> Fetched:
         """Every segment is written: make them durable; the caller commits the file complete."""
         if not all(s.finished for s in self.segments):
-            self._salvage()
+            await self._salvage()
             if self.lost is not None:
                 raise self.lost
             raise invalid_response("the segments of the file did not all arrive")
