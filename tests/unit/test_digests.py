@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,44 @@ async def test_a_resumed_check_rebuilds_its_state_from_the_durable_prefix(tmp_pa
             await check.verify(len(data), "u")
         check.close()
         assert check.fd == -1 and check.worker is None
+    finally:
+        os.close(fd)
+
+
+def test_closing_a_resumed_check_does_not_wait_for_its_whole_prefix(tmp_path: Path) -> None:
+    size = 512 * MiB  # a resumed large file's durable prefix (sparse here: zeros)
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(size)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        check = DigestCheck.of("sha-512=:" + base64.b64encode(bytes(64)).decode() + ":")
+        assert check is not None
+        check.start(fd, size)  # the attempt resumes at its checkpoint: the prefix is queued
+        check.close()  # the transfer is stopped at once (Suspend, pre-emption, a lost connection)
+        assert check.hashed < size, "close() (on the loop) waited for the whole prefix to be hashed"
+    finally:
+        os.close(fd)
+
+
+def test_a_closed_check_lets_go_of_its_fd_and_thread_once_its_worker_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(64 * MiB)
+    for earlier in [t for t in threading.enumerate() if t.name.startswith("digest")]:
+        earlier.join(timeout=30)  # (an earlier test's check, stopping: its fd goes with it)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        before = set(os.listdir("/proc/self/fd"))
+        check = DigestCheck.of("sha-512=:" + base64.b64encode(bytes(64)).decode() + ":")
+        assert check is not None
+        check.start(fd, 64 * MiB)
+        (thread,) = [t for t in threading.enumerate() if t.name.startswith("digest")]
+        check.close()
+        assert check.fd == -1 and check.worker is None
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the worker did not stop"
+        assert set(os.listdir("/proc/self/fd")) == before, "the worker's dup of the fd was not closed"
     finally:
         os.close(fd)
 
