@@ -411,7 +411,7 @@ class FileDownload:
         finally:
             syncs.closed = True
             if checkpoints and syncs.durable < sink.offset + sink.pending_len:
-                salvage(sink, progress.checkpoint)
+                await salvage(sink, progress.checkpoint)
 
     async def _durable(self, syncs: Syncs, end: int, deferred: bool) -> Fetched:
         """The body is in the file up to ``end``: make it durable (the caller commits it with
