@@ -21,7 +21,9 @@ itself once it is done (it stays valid until then).
 What it checks (``verify``): the file's expected ``Digest`` (of the bytes the job writes,
 so of the pieces in order for AddFileWithRanges) and a server's ``Repr-Digest`` (sha-256
 and sha-512 members; others ignored).  A mismatch is BG_E_VALIDATION_FAILED, context
-REMOTE_FILE, never retried.
+REMOTE_FILE, never retried.  The server's members are kept on the file
+(``JobFile.repr_digest``, stored with its next commit: ``server_digests``), so a resume
+whose 206 does not repeat them is still checked against them.
 """
 
 from __future__ import annotations
@@ -30,13 +32,31 @@ import asyncio
 import concurrent.futures
 import hashlib
 import os
+from collections.abc import Iterable
 from typing import Any
 
-from openbits.digest import Digest, parse_digest
+from openbits.digest import Digest, parse_digest, parse_repr_digest
 from openbits.errors import DigestMismatch
+from openbits.model import JobFile
 
 #: bytes read per pread, and the least handed to the worker at once
 READ_BYTES = 1024 * 1024
+
+
+def server_digests(file: JobFile, lines: Iterable[str], whole: bool) -> list[Digest]:
+    """The Repr-Digest members an attempt's bytes must match, from its answer's Repr-Digest
+    header ``lines``: the answer's own when it has any (they are kept on
+    ``file``), else, when the attempt resumes (not ``whole``: a 206 of the representation
+    the file started with, If-Range saw to that), those kept from an earlier answer.  An
+    answer from byte 0 without any forgets the kept ones (a new representation)."""
+    found = parse_repr_digest(", ".join(lines))
+    if found:
+        file.repr_digest = ", ".join(d.canonical() for d in found)
+    elif whole:
+        file.repr_digest = None
+    else:
+        found = parse_repr_digest(file.repr_digest)
+    return found
 
 
 class DigestCheck:
