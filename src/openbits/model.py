@@ -283,6 +283,10 @@ class JobFile:
     #: and end as compact JSON ``[[start, done, end], ...]``; None: one stream from byte 0,
     #: ``bytes_transferred`` its durable prefix
     segments: str | None = None
+    #: a server's ``Repr-Digest`` for the file (its sha-256/sha-512 members, canonical, joined
+    #: by ", "), from the answer that last carried one since the file started from byte 0: a
+    #: resume whose 206 carries none (an attempt after a SIGKILL, a retry) is checked against it
+    repr_digest: str | None = None
 
     @property
     def temp_path(self) -> str | None:

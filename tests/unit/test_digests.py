@@ -8,13 +8,15 @@ import asyncio
 import base64
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from openbits.digest import Digest, parse_digest, parse_repr_digest
 from openbits.errors import BitsError, DigestMismatch, HResult
-from openbits.model import ErrorContext, JobFile
+from openbits.model import ErrorContext, Job, JobFile, new_job_id
+from openbits.store.sqlite import SqliteStore
 from openbits.transfer.download import Downloader, Owner, Tuning
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.verify import READ_BYTES, DigestCheck
@@ -120,6 +122,44 @@ async def test_a_resumed_check_rebuilds_its_state_from_the_durable_prefix(tmp_pa
             await check.verify(len(data), "u")
         check.close()
         assert check.fd == -1 and check.worker is None
+    finally:
+        os.close(fd)
+
+
+def test_closing_a_resumed_check_does_not_wait_for_its_whole_prefix(tmp_path: Path) -> None:
+    size = 512 * MiB  # a resumed large file's durable prefix (sparse here: zeros)
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(size)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        check = DigestCheck.of("sha-512=:" + base64.b64encode(bytes(64)).decode() + ":")
+        assert check is not None
+        check.start(fd, size)  # the attempt resumes at its checkpoint: the prefix is queued
+        check.close()  # the transfer is stopped at once (Suspend, pre-emption, a lost connection)
+        assert check.hashed < size, "close() (on the loop) waited for the whole prefix to be hashed"
+    finally:
+        os.close(fd)
+
+
+def test_a_closed_check_lets_go_of_its_fd_and_thread_once_its_worker_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(64 * MiB)
+    for earlier in [t for t in threading.enumerate() if t.name.startswith("digest")]:
+        earlier.join(timeout=30)  # (an earlier test's check, stopping: its fd goes with it)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        before = set(os.listdir("/proc/self/fd"))
+        check = DigestCheck.of("sha-512=:" + base64.b64encode(bytes(64)).decode() + ":")
+        assert check is not None
+        check.start(fd, 64 * MiB)
+        (thread,) = [t for t in threading.enumerate() if t.name.startswith("digest")]
+        check.close()
+        assert check.fd == -1 and check.worker is None
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the worker did not stop"
+        assert set(os.listdir("/proc/self/fd")) == before, "the worker's dup of the fd was not closed"
     finally:
         os.close(fd)
 
@@ -232,6 +272,68 @@ async def test_a_resumed_file_is_verified_over_all_its_bytes(tmp_path: Path, rig
     else:
         assert isinstance(error, DigestMismatch), error
         assert not os.path.exists(file.temp_path)
+
+
+def _cut_after(body: bytes, repr_digest: str, cut: int) -> Respond:
+    """A 200 of ``body`` with ``repr_digest`` whose connection is lost after ``cut`` bytes."""
+
+    async def respond(writer: asyncio.StreamWriter) -> None:
+        head = b'HTTP/1.1 200 OK\r\nETag: "e1"\r\nAccept-Ranges: bytes\r\nRepr-Digest: %s\r\n' % (
+            repr_digest.encode()
+        )
+        writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:cut])
+        await writer.drain()
+
+    return respond
+
+
+def _stored_and_loaded(tmp_path: Path, file: JobFile) -> JobFile:
+    """``file`` as a daemon started after a SIGKILL finds it: saved to and loaded from a real
+    store."""
+    store = SqliteStore(str(tmp_path / "jobs.sqlite"))
+    try:
+        store.add_job(Job(job_id=new_job_id(), owner="alice", owner_uid=os.getuid(), files=[file]))
+        [job] = store.load_jobs()
+    finally:
+        store.close()
+    return job.files[0]
+
+
+@pytest.mark.parametrize("right", [True, False])
+async def test_a_servers_repr_digest_is_kept_for_a_resume_whose_206_does_not_repeat_it(
+    tmp_path: Path, right: bool
+) -> None:
+    body = _body(4 * MiB + 3)
+    cut = 3 * MiB + 1
+    async with raw_server(_cut_after(body, _sf(body, "sha-512"), cut)) as base:
+        file, progress, error = await _download(base, tmp_path, None)
+    assert error is not None and error.transient, error  # (the connection was lost)
+    assert file.repr_digest == _sf(body, "sha-512"), "the server's Repr-Digest was not kept"
+    assert progress.checkpoints[-1] == cut
+    file.bytes_transferred, file.bytes_total, file.etag = cut, len(body), '"e1"'  # (the run's commits)
+    file = _stored_and_loaded(tmp_path, file)
+    assert file.repr_digest == _sf(body, "sha-512")
+    served = body if right else body[:-1] + b"?"  # (a 206 of other bytes, and no Repr-Digest)
+    async with raw_server(_answer(served, start=cut)) as base:
+        file.remote_url = f"{base}/f"
+        _, _, error = await _download(base, tmp_path, None, file=file)
+    assert file.temp_path is not None
+    if right:
+        assert error is None, error
+        assert Path(file.temp_path).read_bytes() == body
+    else:
+        assert isinstance(error, DigestMismatch) and "Repr-Digest" in error.message, error
+        assert not os.path.exists(file.temp_path)
+
+
+async def test_an_answer_from_byte_0_without_repr_digest_forgets_the_kept_one(tmp_path: Path) -> None:
+    body = _body(MiB)
+    file = JobFile("http://x/f", str(tmp_path / "out.bin"), temp_name="BITnew.tmp", repr_digest=_sf(b"old"))
+    async with raw_server(_answer(body)) as base:
+        file.remote_url = f"{base}/f"
+        _, _, error = await _download(base, tmp_path, None, file=file)
+    assert error is None, error
+    assert file.repr_digest is None
 
 
 def test_the_file_list_takes_an_optional_digest_column() -> None:

@@ -70,6 +70,7 @@ def full_job(**kwargs: object) -> Job:
                 last_modified="Wed, 21 Oct 2015 07:28:00 GMT",
                 published=True,
                 digest="sha-256=:" + "A" * 43 + "=:",
+                repr_digest="sha-512=:" + "B" * 86 + "==:",
             ),
             JobFile(remote_url="file:///etc/hosts", local_file="/srv/hosts"),
         ],
@@ -405,6 +406,7 @@ SHIPPED_MIGRATIONS = [
     "f8df47c266e5ab91",  # 13 expected digests of files
     "6c564d329f2353ef",  # 14 MaxConnections
     "3cefca3443830e1f",  # 15 segmented downloads: a file's segments
+    "94ac532e020be1c2",  # 16 a server's Repr-Digest, kept for a resume
 ]
 
 
@@ -487,7 +489,7 @@ def test_a_store_of_every_earlier_version_is_migrated_and_keeps_its_jobs(
         assert job.custom_headers_write_only is False
         assert job.reply_file_name is None and job.reply_bytes_total is None
         assert job.reply_bytes_transferred == 0 and job.upload is None
-        assert job.files[0].digest is None
+        assert job.files[0].digest is None and job.files[0].repr_digest is None
         assert job.max_connections is None
         assert store.integrity_check() == "ok"
         store.save_job(job)  # and it can be written in the new shape

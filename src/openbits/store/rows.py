@@ -39,15 +39,15 @@ JOB_COLUMN_COUNT = len(JOB_COLUMN_NAMES)
 FILE_COLUMNS = (
     "file_id, job_id, position, remote_url, local_file, bytes_total, bytes_transferred, "
     "completed, temp_name, etag, last_modified, published, ranges, range_support, response_headers, "
-    "digest, segments"
+    "digest, segments, repr_digest"
 )
 
 
 INSERT_FILE = (
     "INSERT INTO files (job_id, position, remote_url, local_file, bytes_total, "
     "bytes_transferred, completed, temp_name, etag, last_modified, published, ranges, "
-    "range_support, response_headers, digest, segments) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "range_support, response_headers, digest, segments, repr_digest) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -72,19 +72,19 @@ def _range_support(f: JobFile) -> int | None:
 
 def file_insert_row(job_id: str, position: int, f: JobFile) -> tuple[object, ...]:
     ranges = None if f.ranges is None else json.dumps(f.ranges)
-    rest = (ranges, _range_support(f), f.response_headers, f.digest, f.segments)
+    rest = (ranges, _range_support(f), f.response_headers, f.digest, f.segments, f.repr_digest)
     return (job_id, position, *_file_state(f), *rest)
 
 
 UPDATE_FILE = (
     "UPDATE files SET remote_url=?, local_file=?, bytes_total=?, bytes_transferred=?, "
     "completed=?, temp_name=?, etag=?, last_modified=?, published=?, range_support=?, "
-    "response_headers=?, segments=? WHERE file_id=?"
+    "response_headers=?, segments=?, repr_digest=? WHERE file_id=?"
 )
 
 
 def file_update_row(f: JobFile) -> tuple[object, ...]:
-    return (*_file_state(f), _range_support(f), f.response_headers, f.segments, f.file_id)
+    return (*_file_state(f), _range_support(f), f.response_headers, f.segments, f.repr_digest, f.file_id)
 
 
 def job_row(job: Job, seq: int, keyring: Keyring) -> tuple[object, ...]:
@@ -238,6 +238,7 @@ def file_from_row(row: tuple[Any, ...]) -> JobFile:
         rh,
         digest,
         segments,
+        repr_digest,
     ) = row
     return JobFile(
         remote_url=str(remote),
@@ -255,4 +256,5 @@ def file_from_row(row: tuple[Any, ...]) -> JobFile:
         response_headers=None if rh is None else str(rh),
         digest=None if digest is None else str(digest),
         segments=None if segments is None else str(segments),
+        repr_digest=None if repr_digest is None else str(repr_digest),
     )

@@ -170,6 +170,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE files ADD COLUMN segments TEXT;
     """,
+    # a server's Repr-Digest (SPEC §9), kept for a resume whose 206 does not repeat it
+    """
+    ALTER TABLE files ADD COLUMN repr_digest TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

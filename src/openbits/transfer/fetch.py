@@ -27,7 +27,7 @@ from typing import Protocol
 import yarl
 from multidict import CIMultiDictProxy
 
-from openbits.digest import Digest, parse_repr_digest
+from openbits.digest import Digest
 from openbits.model import JobFile, redact_url
 from openbits.transfer import checks, diskio, redirects, segplan
 from openbits.transfer import files as fs
@@ -47,7 +47,7 @@ from openbits.transfer.sink import (
     salvage,
     splice,
 )
-from openbits.transfer.verify import DigestCheck
+from openbits.transfer.verify import DigestCheck, server_digests
 
 log = logging.getLogger("openbits.transfer")
 
@@ -266,7 +266,8 @@ class FileDownload:
                         resp.content_length, resp.headers.get("ETag"), resp.headers.get("Last-Modified")
                     )
                 start, total = answer.start, answer.total
-                self.begin_check(start, parse_repr_digest(", ".join(resp.headers.getall("Repr-Digest", ()))))
+                server = server_digests(file, resp.headers.getall("Repr-Digest", ()), answer.whole)
+                self.begin_check(start, server)
                 if total is not None:
                     self.transport.free_space.check(os.path.dirname(file.local_file), total - start)
                 progress.connected()
@@ -411,7 +412,7 @@ class FileDownload:
         finally:
             syncs.closed = True
             if checkpoints and syncs.durable < sink.offset + sink.pending_len:
-                salvage(sink, progress.checkpoint)
+                await salvage(sink, progress.checkpoint)
 
     async def _durable(self, syncs: Syncs, end: int, deferred: bool) -> Fetched:
         """The body is in the file up to ``end``: make it durable (the caller commits it with

@@ -107,8 +107,10 @@ def _writeback_dup(fd: int, offset: int, length: int) -> None:
 
 
 def _sync_dup(fd: int) -> None:
-    os.fdatasync(fd)
-    os.close(fd)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 class Syncs:
@@ -272,19 +274,35 @@ async def splice_some(content: H1Body, pipe_fds: tuple[int, int], sink: Sink, n:
             raise e.error from None
 
 
-def salvage(sink: Sink, checkpoint: Callable[[int], None]) -> None:
+async def salvage(sink: Sink, checkpoint: Callable[[int], None]) -> None:
     """On an error or cancellation: keep what arrived, durably, for the next attempt.
 
     Whatever could be written (the disk may be full) is synced and checkpointed;
-    bytes that could not be written are simply fetched again.
+    bytes that could not be written are simply fetched again.  The ``fdatasync`` (up to a
+    checkpoint's worth of bytes: it can take as long as the disk does) runs in a worker
+    thread on a dup of the fd, never on the loop; it is waited for even when the caller is
+    cancelled again meanwhile (its CancelledError is raised after the checkpoint), so what
+    it made durable is recorded.
     """
     with contextlib.suppress(OSError):
         sink.flush()
+    offset = sink.offset
     try:
-        os.fdatasync(sink.fd)
-        checkpoint(sink.offset)
-    except (OSError, BitsError):
-        pass
+        fd = os.dup(sink.fd)
+    except OSError:
+        return
+    sync = asyncio.get_running_loop().run_in_executor(None, _sync_dup, fd)
+    cancelled: asyncio.CancelledError | None = None
+    while not sync.done():
+        try:
+            await asyncio.wait((sync,))
+        except asyncio.CancelledError as e:
+            cancelled = e
+    if not sync.cancelled() and sync.exception() is None:
+        with contextlib.suppress(OSError, BitsError):
+            checkpoint(offset)
+    if cancelled is not None:
+        raise cancelled
 
 
 #: what a batch reports once its files are durable: (file, size) of each

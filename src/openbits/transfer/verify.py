@@ -7,16 +7,23 @@ each write: ``catch_up`` (called by ``sink.Syncs.step`` after every ``pwritev`` 
 beside the transfer on another core instead of in series with it on the loop).  So one
 hasher serves every way bytes arrive (``pwritev`` of chunks, ``splice`` inside the kernel,
 ``copy_file_range`` of a local source, AddFileWithRanges pieces), and the file is never
-read a second time.  The worker reads a dup of the fd, closed with the check (``close``).
+read a second time.  The worker reads a dup of the fd.
 
 Hash objects cannot be stored: an attempt that resumes from a checkpoint hashes the
 durable prefix once (``start``: the worker's first job, beside the transfer), then goes on
 from there.
 
+``close`` (on the loop, when the attempt ends: also on a Suspend, a pre-emption or a lost
+connection right after resuming a large file) never waits for the worker: it sets a stop
+flag the worker reads between READ_BYTES pieces, and the worker closes its dup of the fd
+itself once it is done (it stays valid until then).
+
 What it checks (``verify``): the file's expected ``Digest`` (of the bytes the job writes,
 so of the pieces in order for AddFileWithRanges) and a server's ``Repr-Digest`` (sha-256
 and sha-512 members; others ignored).  A mismatch is BG_E_VALIDATION_FAILED, context
-REMOTE_FILE, never retried.
+REMOTE_FILE, never retried.  The server's members are kept on the file
+(``JobFile.repr_digest``, stored with its next commit: ``server_digests``), so a resume
+whose 206 does not repeat them is still checked against them.
 """
 
 from __future__ import annotations
@@ -25,20 +32,38 @@ import asyncio
 import concurrent.futures
 import hashlib
 import os
+from collections.abc import Iterable
 from typing import Any
 
-from openbits.digest import Digest, parse_digest
+from openbits.digest import Digest, parse_digest, parse_repr_digest
 from openbits.errors import DigestMismatch
+from openbits.model import JobFile
 
 #: bytes read per pread, and the least handed to the worker at once
 READ_BYTES = 1024 * 1024
+
+
+def server_digests(file: JobFile, lines: Iterable[str], whole: bool) -> list[Digest]:
+    """The Repr-Digest members an attempt's bytes must match, from its answer's Repr-Digest
+    header ``lines``: the answer's own when it has any (they are kept on
+    ``file``), else, when the attempt resumes (not ``whole``: a 206 of the representation
+    the file started with, If-Range saw to that), those kept from an earlier answer.  An
+    answer from byte 0 without any forgets the kept ones (a new representation)."""
+    found = parse_repr_digest(", ".join(lines))
+    if found:
+        file.repr_digest = ", ".join(d.canonical() for d in found)
+    elif whole:
+        file.repr_digest = None
+    else:
+        found = parse_repr_digest(file.repr_digest)
+    return found
 
 
 class DigestCheck:
     """Running hashes of a temporary file's first ``hashed`` bytes (the worker's), the
     offset handed to the worker so far (``queued``), and what the hashes must match."""
 
-    __slots__ = ("expected", "fd", "hashed", "hashes", "last", "queued", "worker")
+    __slots__ = ("expected", "fd", "hashed", "hashes", "last", "queued", "stopped", "worker")
 
     def __init__(self, expected: list[tuple[str, Digest]]) -> None:
         self.expected = expected  # (who expects it, the digest)
@@ -50,6 +75,8 @@ class DigestCheck:
         self.fd = -1
         self.worker: concurrent.futures.ThreadPoolExecutor | None = None
         self.last: concurrent.futures.Future[None] | None = None
+        #: set by ``close`` (on the loop), read by the worker between pieces: stop hashing
+        self.stopped = False
 
     @classmethod
     def of(cls, file_digest: str | None, server: list[Digest] | None = None) -> DigestCheck | None:
@@ -87,13 +114,18 @@ class DigestCheck:
                 )
 
     def close(self) -> None:
-        """Let go of the worker and the fd (the worker finishes what it was handed first)."""
+        """Let go of the worker and the fd, without waiting: the worker stops at its next
+        piece (``stopped``), then closes the fd (its last job: the fd stays valid for a
+        pread in progress).  The hashes are left partial: the check is not used again."""
+        self.stopped = True
         if self.worker is not None:
-            self.worker.shutdown(wait=True, cancel_futures=True)
+            if self.fd >= 0:
+                self.worker.submit(os.close, self.fd)
+            self.worker.shutdown(wait=False)
             self.worker = None
-        if self.fd >= 0:
+        elif self.fd >= 0:
             os.close(self.fd)
-            self.fd = -1
+        self.fd = -1
 
     def _queue(self, end: int) -> None:
         if end > self.queued and self.worker is not None:
@@ -107,7 +139,7 @@ class DigestCheck:
 
     def _hash_to(self, end: int) -> None:
         """(In the worker.)  Hash the file's bytes from ``hashed`` up to ``end``."""
-        while self.hashed < end:
+        while self.hashed < end and not self.stopped:
             data = os.pread(self.fd, min(READ_BYTES, end - self.hashed), self.hashed)
             if not data:
                 raise OSError(0, f"the temporary file ends at {self.hashed}, before {end}")
