@@ -459,6 +459,25 @@ def test_a_refused_tail_request_does_not_fail_the_file(daemon: Daemon, dest: Pat
     assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
 
 
+def test_a_segmented_file_resumed_after_sigkill_is_still_checked_against_the_servers_repr_digest(
+    seg_daemon: Daemon, paced_nginx: Nginx, dest: Path
+) -> None:
+    """The first answer's Repr-Digest is kept with the file: the segments' 206s after a
+    restart are not read for it, and the file is still checked (here: a digest of no bytes,
+    so the check must fail)."""
+    daemon, nginx = seg_daemon, paced_nginx
+    make_file(nginx.www, "seg/lying.bin", SIZE, seed=1520)
+    job = _job(daemon, f"{nginx.url}/lying-digest/seg/lying.bin", dest / "lying.bin")
+    daemon.client.resume(job)
+    wait_until(lambda: int(daemon.job(job)["BytesTransferred"]) >= 0.35 * SIZE, 60, "35% of the file durable")
+    daemon.kill()
+    daemon.start()
+    final = daemon.wait_state(job, {JobState.ERROR, JobState.TRANSFERRED}, timeout=120)
+    assert JobState(final["State"]) is JobState.ERROR, "a resumed file was not checked"
+    assert daemon.client.get_error(job).hresult == 0x80200053  # BG_E_VALIDATION_FAILED
+    assert not (dest / "lying.bin").exists()
+
+
 @dataclass
 class OneConnectionPerClient(Serve):
     """A correct server that serves one answer at a time per client, as nginx's

@@ -42,6 +42,8 @@ BASIC_USER = "alice"
 BASIC_PASSWORD = "s3cret"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+#: ``/lying-digest/`` sends every file (paced as ``/slow/``) with the Repr-Digest of no bytes
+EMPTY_SHA256_B64 = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
 
 # escape=json: values are JSON-escaped and missing variables log as "" (not "-"),
 # so each line is a JSON object.
@@ -339,6 +341,11 @@ http {{
         location /noranges/ {{
             alias "{www}/";
             max_ranges 0;
+        }}
+        location /lying-digest/ {{
+            alias "{www}/";
+            limit_rate {self.slow_rate};
+            add_header Repr-Digest "sha-256=:{EMPTY_SHA256_B64}:" always;
         }}
         location /basic/ {{
             alias "{www}/";

@@ -37,6 +37,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from openbits.digest import parse_repr_digest
 from openbits.errors import BitsError, LocalFileError
 from openbits.transfer import checks, diskio, segplan
 from openbits.transfer import files as fs
@@ -552,7 +553,7 @@ async def resume(one: FileDownload) -> Fetched | Restart:
             return RESTART
         one.fd = fd
         fd = -1
-        one.begin_check(segplan.prefix(segments))
+        one.begin_check(segplan.prefix(segments), parse_repr_digest(file.repr_digest))
         needed = total - segplan.durable_bytes(segments)
         one.transport.free_space.check(os.path.dirname(file.local_file), needed)
         left = sum(not s.finished for s in segments)
