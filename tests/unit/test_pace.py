@@ -44,8 +44,7 @@ def test_a_priority_raised_to_foreground_mid_body_stops_yielding_at_the_next_rea
         pace.arrived(0, 0.0)
         assert pace.limited() and pace.priority == NORMAL
         priority[0] = FOREGROUND  # SetPriority mid-file
-        pace.arrived(0, 0.0)
-        assert not pace.limited() and not throttle.politeness.running
+        assert not pace.limited() and not throttle.politeness.running  # (the next read)
 
 
 def test_a_priority_lowered_from_foreground_mid_body_starts_yielding(sock: socket.socket) -> None:
@@ -54,7 +53,7 @@ def test_a_priority_lowered_from_foreground_mid_body_starts_yielding(sock: socke
     with pacer(throttle, lambda: priority[0], "job", 0, sock) as pace:
         assert not throttle.politeness.running
         priority[0] = NORMAL
-        pace.arrived(0, 0.0)
+        assert not pace.limited()  # the next read: the controller taken, not pacing yet
         (running,) = throttle.politeness.running.values()
         assert running.priority == NORMAL
         running.controller.resume()  # (forget the arrival window that read began on the real clock)
@@ -70,7 +69,7 @@ def test_background_yield_turned_on_at_run_time_applies_to_a_running_body(sock: 
     with pacer(throttle, NORMAL, "job", 0, sock) as pace:
         assert not throttle.politeness.running
         throttle.politeness.configure({NORMAL: True})
-        pace.arrived(0, 0.0)
+        pace.limited()  # (the next read)
         assert len(throttle.politeness.running) == 1
 
 

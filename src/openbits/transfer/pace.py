@@ -1,10 +1,12 @@
 """How fast one body is read: the bandwidth limits (``throttle.Throttle``) and, for a priority
 with ``BackgroundYield`` on, the delay controller's pace (``yieldctl``), the stricter winning.
 
-A :class:`Pacer` lives for one body.  The read loop asks it how much to read (``slice_bytes``,
-while ``limited``), tells it what arrived (``arrived``: the RTT is sampled there, at most every
-10 ms) and waits in ``acquire`` before the next read.  While the controller is unpaced (always,
-on a quiet path or loopback) it adds one clock read per chunk and a ``getsockopt`` per 10 ms.
+A :class:`Pacer` lives for one body (the job's controller on the host outlives it: the job's
+files and segments there share it, ``yieldctl.Politeness``).  The read loop asks it how much
+to read (``slice_bytes``, while ``limited``), tells it what arrived (``arrived``: the RTT is
+sampled there, at most every 10 ms) and waits in ``acquire`` before the next read.  While the
+controller is unpaced (always, on a quiet path or loopback) it adds one clock read per chunk
+and a ``getsockopt`` per 10 ms.
 A pace bounds the socket's receive window and buffer too (``_clamp``): on a short path the
 paced reads alone would leave the sender tens of MB of auto-tuned buffer to fill.
 """
@@ -53,8 +55,8 @@ class Pacer:
     """The pace of one body: ``throttle``'s limits for the job's ``priority`` as it is at each
     read, and the job's controller on the host (``Politeness.start``: shared by its files and
     segments there) while that priority yields (``sock``: the connection sampled for its RTT).
-    The controller is taken or let go at the read after the priority (or ``BackgroundYield``)
-    changed; ``close`` lets it go at the body's end."""
+    The controller is taken or let go before the first read (``limited``) after the priority
+    (or ``BackgroundYield``) changed; ``close`` lets it go at the body's end."""
 
     __slots__ = ("_bucket", "_idle_s", "_job", "_priority", "_running", "_sampler", "_sock", "_throttle")
 
@@ -116,14 +118,15 @@ class Pacer:
         return None if rate is None else rate / max(1, self._running.bodies)
 
     def limited(self) -> bool:
-        """Whether reads are paced now (read ``slice_bytes`` at a time, then ``acquire``)."""
+        """Whether reads are paced now (read ``slice_bytes`` at a time, then ``acquire``).
+        Asked before each read: the job's priority is followed here."""
+        self._follow()
         return self._bucket.rate is not None or self._throttle.is_limited(self.priority)
 
     def slice_bytes(self) -> int:
         """Bytes per read while ``limited``: ~50 ms at the strictest pace, 16 KiB to 1 MiB."""
-        priority = self.priority
-        throttled = self._throttle.is_limited(priority)
-        size = throttled_slice(self._throttle, priority) if throttled else 1 << 20
+        throttled = self._throttle.is_limited(self.priority)
+        size = throttled_slice(self._throttle, self.priority) if throttled else 1 << 20
         rate = self._bucket.rate
         if rate is not None:
             size = min(size, int(max(16 * 1024, min(1024 * 1024, rate * 0.05))))
@@ -132,7 +135,6 @@ class Pacer:
     def arrived(self, n: int, waited_s: float) -> None:
         """``n`` body bytes arrived after waiting ``waited_s`` for them (not counting waits in
         ``acquire``): feed the controller (RTT at most every 10 ms)."""
-        self._follow()
         if self._sampler is None:
             return
         now = time.monotonic()
