@@ -56,20 +56,32 @@ class Pacer:
     read, and the job's controller on the host (``Politeness.start``: shared by its files and
     segments there) while that priority yields (``sock``: the connection sampled for its RTT).
     The controller is taken or let go before the first read (``limited``) after the priority
-    (or ``BackgroundYield``) changed; ``close`` lets it go at the body's end."""
+    (or ``BackgroundYield``) changed; ``close`` lets it go at the body's end.  ``running``: a
+    controller of the caller's own instead of the job's (a test's), used while it yields."""
 
-    __slots__ = ("_bucket", "_idle_s", "_job", "_priority", "_running", "_sampler", "_sock", "_throttle")
+    __slots__ = (
+        "_bucket",
+        "_given",
+        "_idle_s",
+        "_job",
+        "_priority",
+        "_running",
+        "_sampler",
+        "_sock",
+        "_throttle",
+    )
 
     def __init__(
         self,
         throttle: Throttle,
         priority: Priority,
+        running: Running | None = None,
         sock: socket.socket | None = None,
         job_id: str = "",
         owner_uid: int = 0,
     ) -> None:
         self._throttle, self._priority = throttle, priority_of(priority)
-        self._sock = sock
+        self._given, self._sock = running, sock
         self._job = (job_id, owner_uid, host_of(sock))
         self._running: Running | None = None
         self._sampler: RttSampler | None = None
@@ -92,7 +104,7 @@ class Pacer:
         yields = self._throttle.politeness.yields(priority)
         if yields and self._running is None:
             job_id, owner_uid, host = self._job
-            self._running = self._throttle.politeness.start(job_id, owner_uid, priority, host)
+            self._running = self._given or self._throttle.politeness.start(job_id, owner_uid, priority, host)
             self._sampler = RttSampler(sock, self._running.controller)
         elif not yields and self._running is not None:
             paced = self._bucket.rate is not None
@@ -104,7 +116,7 @@ class Pacer:
 
     def close(self) -> None:
         """The body ended (or its priority no longer yields): the controller is let go."""
-        if self._running is not None:
+        if self._running is not None and self._running is not self._given:
             self._throttle.politeness.stop(self._running)
         self._running = self._sampler = None
         self._bucket.set_rate(None)
@@ -188,7 +200,7 @@ def pacer(
     throttle: Throttle, priority: Priority, job_id: str, owner_uid: int, sock: socket.socket | None
 ) -> Iterator[Pacer]:
     """A :class:`Pacer` for one body, its job's controller shown in ``/metrics`` while it runs."""
-    pace = Pacer(throttle, priority, sock, job_id, owner_uid)
+    pace = Pacer(throttle, priority, None, sock, job_id, owner_uid)
     try:
         yield pace
     finally:
