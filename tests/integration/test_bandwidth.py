@@ -73,3 +73,19 @@ def test_policy_errors_and_persistence(daemon: Daemon) -> None:
     status, body = daemon.api("GET", POLICY)
     assert body["BandwidthSchedule"] and body["TimeSlice"] == 30.0, body
     wait_until(lambda: daemon.api("GET", POLICY)[0] == 200, 5, "the policy after a restart")
+
+
+def test_a_job_raised_to_foreground_mid_file_is_no_longer_held_to_the_background_limit(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    # (review19b) the priority was taken once per file: raised mid-file, still held to the limit
+    digest = make_file(nginx.www, "bw/raise.bin", 16 * MiB, seed=92)
+    daemon.api("PATCH", POLICY, {"MaxBandwidth": "256k"})  # (ForegroundLimited: False)
+    job = start(daemon, f"{nginx.url}/bw/raise.bin", dest / "raise.bin", JobPriority.NORMAL)
+    wait_until(lambda: daemon.job(job)["BytesTransferred"] > 0, 10, "throttled progress")
+    assert daemon.job(job)["State"] == JobState.TRANSFERRING
+    daemon.client.set_properties(job, priority=int(JobPriority.FOREGROUND))
+    # at 256 KiB/s the 16 MiB take a minute; unlimited, a moment
+    daemon.wait_state(job, JobState.TRANSFERRED, timeout=15)
+    daemon.client.complete(job)
+    assert sha256_file(dest / "raise.bin") == digest

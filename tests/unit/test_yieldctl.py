@@ -10,6 +10,7 @@ from openbits.transfer.yieldctl import (
     BASE_HISTORY,
     FLOOR_FRACTION,
     INITIAL_SLOWDOWN_S,
+    MAX_IDLE_PATHS,
     TARGET_BASE_FRACTION,
     TARGET_FLOOR_MS,
     DelayController,
@@ -229,3 +230,41 @@ def test_politeness_defaults_and_runtime_target() -> None:
     assert not p.yields(2) and one.controller.target_s == pytest.approx(0.040)
     p.stop(one)
     assert not p.running
+
+
+def test_the_next_file_of_a_job_still_yields_to_a_competitor_already_there() -> None:
+    # (review19b) a controller per body lost what the job learnt of its path at each file
+    p = Politeness()
+    first = p.start("job", 1000, 2)
+    path = Path(first.controller)
+    path.run(1.0, queue_s=0.0)  # alone: the path's base is 20 ms
+    path.run(1.0, queue_s=0.150)  # a competitor's queue: the file backs off
+    assert first.controller.rate_bps is not None
+    p.stop(first)  # the file ends; the competitor stays
+    second = p.start("job", 1000, 2)  # the job's next file, on the same path
+    c = second.controller
+    now = path.now
+    c.on_bytes(0, now)
+    for _ in range(round(1.5 / STEP_S)):  # its first 1.5 s: half the link, the queue stands
+        now += STEP_S
+        c.on_bytes(int(LINK_BPS / 2 * STEP_S), now, waited_s=0.2 * STEP_S)
+        c.on_rtt(BASE_S + 0.150, now)
+    assert c.rate_bps is not None, "the next file takes the competitor's queue for its base"
+
+
+def test_a_controller_per_job_and_host_kept_between_bodies_and_dropped_with_the_job() -> None:
+    p = Politeness()
+    a, b = p.start("job", 1000, 2, "10.0.0.1"), p.start("job", 1000, 2, "10.0.0.1")  # two segments
+    other = p.start("job", 1000, 2, "10.0.0.2")
+    assert a is b and a.bodies == 2 and other is not a and len(p.running) == 2
+    p.stop(a)
+    p.stop(b)
+    p.stop(other)
+    assert not p.running  # (not shown in /metrics between files)
+    assert p.start("job", 1000, 3, "10.0.0.1") is a and a.priority == 3
+    p.stop(a)
+    p.forget("job")
+    assert p.start("job", 1000, 2, "10.0.0.1") is not a
+    for i in range(MAX_IDLE_PATHS + 10):  # jobs whose end was never told: still bounded
+        p.stop(p.start(f"job{i}", 1000, 2))
+    assert len(p._paths) <= MAX_IDLE_PATHS + 1

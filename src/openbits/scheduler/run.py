@@ -505,7 +505,7 @@ class Scheduler:
             file,
             owner,
             _FileProgress(self.service, job, file),
-            int(job.priority),
+            lambda: int(job.priority),  # (as it is at each read: SetPriority may change it mid-file)
             RequestOptions.of(job),
             defer_sync=True,
             upcoming=upcoming,

@@ -27,6 +27,7 @@ from openbits.transfer.http import TLSContexts, invalid_response
 from openbits.transfer.local import download_local
 from openbits.transfer.options import ProxyAuthFactory, RequestOptions
 from openbits.transfer.owner import Owners
+from openbits.transfer.pace import Priority
 from openbits.transfer.proxy import Proxies
 from openbits.transfer.proxylist import ProxyEntry
 from openbits.transfer.ranges import download_ranges
@@ -96,7 +97,7 @@ class Downloader:
         file: JobFile,
         owner: Owner,
         progress: Progress,
-        priority: int = 2,
+        priority: Priority = 2,
         options: RequestOptions | None = None,
         *,
         defer_sync: bool = False,
@@ -104,8 +105,9 @@ class Downloader:
         connections: int = 1,
     ) -> Fetched:
         """Bring ``file``'s temporary file to its full content within the bandwidth limits of
-        ``priority`` (BG_JOB_PRIORITY), durably unless ``defer_sync`` lets a file that needed
-        no checkpoint skip its own fdatasync (see :class:`Fetched`).
+        ``priority`` (BG_JOB_PRIORITY; a function: the job's as it is at each read), durably
+        unless ``defer_sync`` lets a file that needed no checkpoint skip its own fdatasync
+        (see :class:`Fetched`).
 
         ``upcoming`` are the files the caller will ask for next, with the same options: their
         requests may be sent ahead on the same connection (pipelining).  ``connections``:
@@ -139,9 +141,11 @@ class Downloader:
 
     def job_ended(self, job_id: str) -> None:
         """A job's run is over (transferred, failed, pre-empted, cancelled): let go of what
-        was kept for it (the SSLContext holding its client certificate's key)."""
+        was kept for it (the SSLContext holding its client certificate's key, its
+        BackgroundYield controllers)."""
         if self.transport.certs is not None:
             self.transport.certs.forget(job_id)
+        self.transport.throttle.politeness.forget(job_id)
 
     @staticmethod
     async def _attempt(one: FileDownload, defer_sync: bool, upcoming: Sequence[JobFile]) -> Fetched | Restart:

@@ -36,7 +36,7 @@ from openbits.transfer.h1 import Body as H1Body
 from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.owner import opened_off_loop
-from openbits.transfer.pace import Pacer, pacer
+from openbits.transfer.pace import Pacer, Priority, pacer, priority_of
 from openbits.transfer.routing import Owner, Requester, Transport
 from openbits.transfer.sink import (
     IOV_MAX,
@@ -152,7 +152,7 @@ class FileDownload:
         "file",
         "options",
         "owner",
-        "priority",
+        "priority_of",
         "progress",
         "requester",
         "segmented",
@@ -165,13 +165,14 @@ class FileDownload:
         file: JobFile,
         owner: Owner,
         progress: Progress,
-        priority: int,
+        priority: Priority,
         options: RequestOptions,
         connections: int = 1,
     ) -> None:
         self.transport = transport
         self.file, self.owner, self.progress = file, owner, progress
-        self.priority, self.options = priority, options
+        #: the job's priority now (SetPriority may change it mid-file)
+        self.priority_of, self.options = priority_of(priority), options
         self.requester = Requester(transport, options, owner)
         self.fd = -1
         #: the expected digests of this attempt's bytes (``verify.DigestCheck``), if any
@@ -179,6 +180,10 @@ class FileDownload:
         self.connections = connections
         #: the file may be fetched in segments (False once a server did not serve them well)
         self.segmented = True
+
+    @property
+    def priority(self) -> int:
+        return self.priority_of()
 
     async def open(self) -> int:
         """Open the temporary file (as its owner: in a thread when that takes a helper's
@@ -347,7 +352,7 @@ class FileDownload:
         ):
             return await _stream_small(content, fd, offset, total)
         sock = content.socket() if isinstance(content, H1Body) else None
-        with pacer(throttle, priority, self.options.job_id, self.options.owner_uid, sock) as pace:
+        with pacer(throttle, self.priority_of, self.options.job_id, self.options.owner_uid, sock) as pace:
             return await self._stream(content, offset, total, pace, defer_sync, checkpoints)
 
     async def _stream(

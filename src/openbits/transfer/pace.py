@@ -1,10 +1,12 @@
 """How fast one body is read: the bandwidth limits (``throttle.Throttle``) and, for a priority
 with ``BackgroundYield`` on, the delay controller's pace (``yieldctl``), the stricter winning.
 
-A :class:`Pacer` lives for one body.  The read loop asks it how much to read (``slice_bytes``,
-while ``limited``), tells it what arrived (``arrived``: the RTT is sampled there, at most every
-10 ms) and waits in ``acquire`` before the next read.  While the controller is unpaced (always,
-on a quiet path or loopback) it adds one clock read per chunk and a ``getsockopt`` per 10 ms.
+A :class:`Pacer` lives for one body (the job's controller on the host outlives it: the job's
+files and segments there share it, ``yieldctl.Politeness``).  The read loop asks it how much
+to read (``slice_bytes``, while ``limited``), tells it what arrived (``arrived``: the RTT is
+sampled there, at most every 10 ms) and waits in ``acquire`` before the next read.  While the
+controller is unpaced (always, on a quiet path or loopback) it adds one clock read per chunk
+and a ``getsockopt`` per 10 ms.
 A pace bounds the socket's receive window and buffer too (``_clamp``): on a short path the
 paced reads alone would leave the sender tens of MB of auto-tuned buffer to fill.
 """
@@ -14,45 +16,123 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from openbits.transfer.rttsample import RttSampler, bound_receive_buffer, clamp_window
 from openbits.transfer.throttle import Throttle, TokenBucket, throttled_slice
 from openbits.transfer.yieldctl import Running
 
-__all__ = ["RCVBUF_S", "Pacer", "pacer"]
+__all__ = ["RCVBUF_S", "Pacer", "Priority", "host_of", "pacer", "priority_of"]
 
 RCVBUF_S = 0.1
 """A paced socket's receive buffer holds ~100 ms at the pace (two read slices): the paced reads
 bind within that, not once an auto-tuned buffer of tens of MB filled up."""
 
+Priority = int | Callable[[], int]
+"""A transfer's priority (BG_JOB_PRIORITY): fixed, or the job's as it is now (SetPriority may
+change it mid-file)."""
+
+
+def priority_of(priority: Priority) -> Callable[[], int]:
+    """``priority`` as a function returning it now."""
+    if callable(priority):
+        return priority
+    fixed = int(priority)
+    return lambda: fixed
+
+
+def host_of(sock: socket.socket | None) -> str:
+    """The remote host ``sock`` is connected to (its address: the path's delay is the
+    address's, whatever the name; behind a proxy, the proxy's); "" if none."""
+    with contextlib.suppress(OSError):
+        peer = None if sock is None else sock.getpeername()
+        if isinstance(peer, tuple) and peer:
+            return str(peer[0])
+    return ""
+
 
 class Pacer:
-    """The pace of one body: ``throttle``'s limits for ``priority``, and ``running``'s
-    controller when the priority yields (``sock``: the connection sampled for its RTT)."""
+    """The pace of one body: ``throttle``'s limits for the job's ``priority`` as it is at each
+    read, and the job's controller on the host (``Politeness.start``: shared by its files and
+    segments there) while that priority yields (``sock``: the connection sampled for its RTT).
+    The controller is taken or let go before the first read (``limited``) after the priority
+    (or ``BackgroundYield``) changed; ``close`` lets it go at the body's end.  ``running``: a
+    controller of the caller's own instead of the job's (a test's), used while it yields."""
 
-    __slots__ = ("_bucket", "_idle_s", "_running", "_sampler", "_throttle", "priority")
+    __slots__ = (
+        "_bucket",
+        "_given",
+        "_idle_s",
+        "_job",
+        "_priority",
+        "_running",
+        "_sampler",
+        "_sock",
+        "_throttle",
+    )
 
     def __init__(
         self,
         throttle: Throttle,
-        priority: int,
+        priority: Priority,
         running: Running | None = None,
         sock: socket.socket | None = None,
+        job_id: str = "",
+        owner_uid: int = 0,
     ) -> None:
-        self._throttle, self.priority = throttle, priority
-        self._running = running
-        self._sampler = None if running is None or sock is None else RttSampler(sock, running.controller)
+        self._throttle, self._priority = throttle, priority_of(priority)
+        self._given, self._sock = running, sock
+        self._job = (job_id, owner_uid, host_of(sock))
+        self._running: Running | None = None
+        self._sampler: RttSampler | None = None
         self._bucket = TokenBucket(None)
         self._idle_s = 0.0  # the longest wait for data since the last sample
+        self._follow()
+
+    @property
+    def priority(self) -> int:
+        """The job's priority now."""
+        return self._priority()
+
+    def _follow(self) -> None:
+        """Take the job's controller when its priority yields now and none is held; let it
+        go (and the pace with it) when it no longer does."""
+        sock = self._sock
+        if sock is None:
+            return
+        priority = self._priority()
+        yields = self._throttle.politeness.yields(priority)
+        if yields and self._running is None:
+            job_id, owner_uid, host = self._job
+            self._running = self._given or self._throttle.politeness.start(job_id, owner_uid, priority, host)
+            self._sampler = RttSampler(sock, self._running.controller)
+        elif not yields and self._running is not None:
+            paced = self._bucket.rate is not None
+            self.close()
+            if paced:
+                self._clamp(None)
+        if self._running is not None:
+            self._running.priority = priority
+
+    def close(self) -> None:
+        """The body ended (or its priority no longer yields): the controller is let go."""
+        if self._running is not None and self._running is not self._given:
+            self._throttle.politeness.stop(self._running)
+        self._running = self._sampler = None
+        self._bucket.set_rate(None)
+        self._idle_s = 0.0
 
     def _yield_bps(self) -> float | None:
-        if self._running is None or not self._throttle.politeness.yields(self.priority):
+        """This body's share of the job's pace on the host (its bodies there share it)."""
+        if self._running is None:
             return None
-        return self._running.controller.rate_bps
+        rate = self._running.controller.rate_bps
+        return None if rate is None else rate / max(1, self._running.bodies)
 
     def limited(self) -> bool:
-        """Whether reads are paced now (read ``slice_bytes`` at a time, then ``acquire``)."""
+        """Whether reads are paced now (read ``slice_bytes`` at a time, then ``acquire``).
+        Asked before each read: the job's priority is followed here."""
+        self._follow()
         return self._bucket.rate is not None or self._throttle.is_limited(self.priority)
 
     def slice_bytes(self) -> int:
@@ -93,13 +173,14 @@ class Pacer:
     def _clamp(self, rate: float | None) -> None:
         """Bound the receive window to the pace times the delay allowed (base + target): the
         sender then cannot queue more than that at the bottleneck, however the reads go."""
-        assert self._sampler is not None
-        controller = self._sampler.controller
-        sock = self._sampler.sock
-        if rate is None:
+        sock = self._sock
+        if sock is None:
+            return
+        if rate is None or self._running is None:
             clamp_window(sock, None)
             bound_receive_buffer(sock, None)
             return
+        controller = self._running.controller
         delay_s = (controller.base_delay_s or 0.0) + controller.effective_target_s
         clamp_window(sock, int(rate * delay_s))
         bound_receive_buffer(sock, int(rate * RCVBUF_S))
@@ -118,15 +199,11 @@ class Pacer:
 
 @contextlib.contextmanager
 def pacer(
-    throttle: Throttle, priority: int, job_id: str, owner_uid: int, sock: socket.socket | None
+    throttle: Throttle, priority: Priority, job_id: str, owner_uid: int, sock: socket.socket | None
 ) -> Iterator[Pacer]:
-    """A :class:`Pacer` for one body, its controller shown in ``/metrics`` while it runs."""
-    politeness = throttle.politeness
-    if sock is None or not politeness.yields(priority):
-        yield Pacer(throttle, priority)
-        return
-    running = politeness.start(job_id, owner_uid, priority)
+    """A :class:`Pacer` for one body, its job's controller shown in ``/metrics`` while it runs."""
+    pace = Pacer(throttle, priority, None, sock, job_id, owner_uid)
     try:
-        yield Pacer(throttle, priority, running, sock)
+        yield pace
     finally:
-        politeness.stop(running)
+        pace.close()

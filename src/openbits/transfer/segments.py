@@ -316,7 +316,7 @@ class Segmented:
         content = resp.content
         sock = content.socket() if isinstance(content, H1Body) else None
         options = one.options
-        with pacer(one.transport.throttle, one.priority, options.job_id, options.owner_uid, sock) as pace:
+        with pacer(one.transport.throttle, one.priority_of, options.job_id, options.owner_uid, sock) as pace:
             await self._read(segment, content, pace)
 
     async def _read(self, segment: Segment, content: Body, pace: Pacer) -> None:

@@ -60,6 +60,7 @@ __all__ = [
     "IDLE_FACTOR",
     "INITIAL_SLOWDOWN_S",
     "MAX_GAIN_BPS_PER_S",
+    "MAX_IDLE_PATHS",
     "MIN_BACKOFF_INTERVAL_S",
     "MIN_RATE_BPS",
     "RTT_RESOLUTION_S",
@@ -292,6 +293,13 @@ class DelayController:
         self._update(now, min(self._current))
         return self.rate_bps
 
+    def resume(self) -> None:
+        """The next body after a pause (the job's next file): what it learnt of the path (the
+        base delay, the fastest rate, the pace) stays; the arrival rate starts again, as the
+        pause between two files is no drop of it."""
+        self._window_start = None
+        self._peaks.clear()
+
     # ------------------------------------------------------------------------------ internals
 
     def _expire_base(self, bucket: int) -> None:
@@ -399,25 +407,43 @@ DEFAULT_YIELDING: Final = {0: False, 1: True, 2: True, 3: True}
 
 
 class Running:
-    """One running transfer's controller, as ``/metrics`` shows it."""
+    """One job's controller on one remote host, as ``/metrics`` shows it: shared by the job's
+    bodies (files, segments) on that host, ``bodies`` of them reading now."""
 
-    __slots__ = ("controller", "job_id", "owner_uid", "priority")
+    __slots__ = ("bodies", "controller", "host", "job_id", "owner_uid", "priority")
 
-    def __init__(self, job_id: str, owner_uid: int, priority: int, controller: DelayController) -> None:
+    def __init__(
+        self, job_id: str, owner_uid: int, priority: int, controller: DelayController, host: str = ""
+    ) -> None:
         self.job_id, self.owner_uid, self.priority = job_id, owner_uid, priority
-        self.controller = controller
+        self.controller, self.host = controller, host
+        self.bodies = 0
+
+
+MAX_IDLE_PATHS: Final = 256
+"""At most this many controllers are kept with no body reading (a job between two files);
+the oldest go first.  A job's are dropped when its transfer ends (``Politeness.forget``)."""
 
 
 class Politeness:
     """The service's ``BackgroundYield`` settings (per priority) and ``yield_target_delay_ms``,
-    and the controllers of the transfers running now (registered by ``pace.Pacer``).  Changes
-    apply at once to running transfers: a target moves their controllers' target, a priority
-    turned off stops pacing at its next read."""
+    and one controller per job and remote host (``start``/``stop`` by ``pace.Pacer`` around
+    each body).  A job's controller outlives its files: the next file (or segment) goes on
+    from the base delay and fastest rate the job learnt on that path, so one started beside
+    a competitor's standing queue does not take that queue for its base, and a job of short
+    files yields as a long one does.  Changes apply at once to running transfers: a target
+    moves the controllers' target, a priority turned off stops pacing at its next read."""
 
     def __init__(self) -> None:
         self.enabled: dict[int, bool] = dict(DEFAULT_YIELDING)
         self.target_delay_ms: float = DEFAULT_TARGET_DELAY_MS
-        self.running: dict[int, Running] = {}
+        #: (job id, host) -> its controller, least recently used first
+        self._paths: dict[tuple[str, str], Running] = {}
+
+    @property
+    def running(self) -> dict[tuple[str, str], Running]:
+        """The controllers a body reads with now (one per job and host: ``/metrics``)."""
+        return {key: one for key, one in self._paths.items() if one.bodies}
 
     def configure(self, enabled: dict[int, bool] | None = None, target_delay_ms: float | None = None) -> None:
         if enabled is not None:
@@ -426,17 +452,38 @@ class Politeness:
             if not (math.isfinite(target_delay_ms) and target_delay_ms > 0):
                 raise ValueError(f"target delay must be > 0 ms, got {target_delay_ms!r}")
             self.target_delay_ms = float(target_delay_ms)
-            for one in self.running.values():
+            for one in self._paths.values():
                 one.controller.target_s = self.target_delay_ms / 1000.0
 
     def yields(self, priority: int) -> bool:
         return self.enabled.get(priority, False)
 
-    def start(self, job_id: str, owner_uid: int, priority: int) -> Running:
-        """A controller for a transfer starting now; ``stop`` it when the transfer ends."""
-        one = Running(job_id, owner_uid, priority, DelayController(self.target_delay_ms))
-        self.running[id(one)] = one
+    def start(self, job_id: str, owner_uid: int, priority: int, host: str = "") -> Running:
+        """The controller of ``job_id`` on ``host`` for a body starting now (the job's own
+        if it has one there); ``stop`` it when the body ends."""
+        key = (job_id, host)
+        one = self._paths.pop(key, None)
+        if one is None:
+            one = Running(job_id, owner_uid, priority, DelayController(self.target_delay_ms), host)
+        elif not one.bodies:
+            one.controller.resume()
+        self._paths[key] = one  # (the most recently used: last)
+        one.priority = priority
+        one.bodies += 1
+        self._trim()
         return one
 
     def stop(self, one: Running) -> None:
-        self.running.pop(id(one), None)
+        """A body of ``one`` ended; its controller stays for the job's next body."""
+        one.bodies = max(0, one.bodies - 1)
+        self._trim()
+
+    def forget(self, job_id: str) -> None:
+        """The job's transfer ended: its controllers go."""
+        for key in [key for key in self._paths if key[0] == job_id]:
+            del self._paths[key]
+
+    def _trim(self) -> None:
+        idle = [key for key, one in self._paths.items() if not one.bodies]
+        for key in idle[: max(0, len(idle) - MAX_IDLE_PATHS)]:
+            del self._paths[key]
