@@ -82,7 +82,7 @@ class Pacer:
     ) -> None:
         self._throttle, self._priority = throttle, priority_of(priority)
         self._given, self._sock = running, sock
-        self._job = (job_id, owner_uid, host_of(sock))
+        self._job = (job_id, owner_uid)
         self._running: Running | None = None
         self._sampler: RttSampler | None = None
         self._bucket = TokenBucket(None)
@@ -103,8 +103,9 @@ class Pacer:
         priority = self._priority()
         yields = self._throttle.politeness.yields(priority)
         if yields and self._running is None:
-            job_id, owner_uid, host = self._job
-            self._running = self._given or self._throttle.politeness.start(job_id, owner_uid, priority, host)
+            job_id, owner_uid = self._job  # (the host looked up only now: most bodies never yield)
+            politeness = self._throttle.politeness
+            self._running = self._given or politeness.start(job_id, owner_uid, priority, host_of(sock))
             self._sampler = RttSampler(sock, self._running.controller)
         elif not yields and self._running is not None:
             paced = self._bucket.rate is not None

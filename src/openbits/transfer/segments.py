@@ -48,7 +48,15 @@ from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network
 from openbits.transfer.owner import Owners, opened_off_loop
 from openbits.transfer.pace import Pacer, pacer
 from openbits.transfer.segplan import Segment
-from openbits.transfer.sink import BATCH_BYTES, Sink, check_still_linked, pipe, splice_some
+from openbits.transfer.sink import (
+    BATCH_BYTES,
+    Sink,
+    check_still_linked,
+    pipe,
+    splice_some,
+    sync_dup,
+    sync_off_loop,
+)
 
 log = logging.getLogger("openbits.transfer")
 
@@ -59,13 +67,6 @@ LAST_RETRIES_S = (0.25, 0.5, 1.0)
 class Fallback(Exception):
     """A segment's answer shows the server does not serve ranges of this content (internal:
     caught by :meth:`Segmented.run`)."""
-
-
-def _sync_dup(fd: int) -> None:
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 class Segmented:
@@ -434,7 +435,7 @@ class Segmented:
             check_still_linked(fd)
             self.marks = [(s, s.written) for s in self.segments if s.written > s.done]
             self.last_time, self.unsynced = now, 0
-            self.sync = asyncio.get_running_loop().run_in_executor(None, _sync_dup, os.dup(fd))
+            self.sync = asyncio.get_running_loop().run_in_executor(None, sync_dup, os.dup(fd))
             self.sync.add_done_callback(self._report)
 
     def _report(self, sync: asyncio.Future[None]) -> None:
@@ -468,18 +469,8 @@ class Segmented:
         self.closed = True
         if self.sync_failed:  # (what the failed sync covered may be lost: the last record stands)
             return
-        try:
-            fd = os.dup(self.one.fd)
-        except OSError:
-            return
-        syncing = asyncio.get_running_loop().run_in_executor(None, _sync_dup, fd)
-        cancelled: asyncio.CancelledError | None = None
-        while not syncing.done():
-            try:
-                await asyncio.wait((syncing,))
-            except asyncio.CancelledError as e:
-                cancelled = e
-        if syncing.exception() is None:
+        synced, cancelled = await sync_off_loop(self.one.fd)
+        if synced:
             for s in self.segments:
                 s.done = max(s.done, s.written)
             with contextlib.suppress(OSError, BitsError):

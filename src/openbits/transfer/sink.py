@@ -106,7 +106,8 @@ def _writeback_dup(fd: int, offset: int, length: int) -> None:
         os.close(fd)
 
 
-def _sync_dup(fd: int) -> None:
+def sync_dup(fd: int) -> None:
+    """``fdatasync`` of ``fd``, a dup made for a worker thread, then its close."""
     try:
         os.fdatasync(fd)
     finally:
@@ -180,7 +181,7 @@ class Syncs:
             check_still_linked(self.fd)
             self.sync_offset = written
             self.last_time = now
-            self.sync = asyncio.get_running_loop().run_in_executor(None, _sync_dup, os.dup(self.fd))
+            self.sync = asyncio.get_running_loop().run_in_executor(None, sync_dup, os.dup(self.fd))
             self.sync.add_done_callback(self._report)
 
     def _report(self, sync: asyncio.Future[None]) -> None:
@@ -287,22 +288,30 @@ async def salvage(sink: Sink, checkpoint: Callable[[int], None]) -> None:
     with contextlib.suppress(OSError):
         sink.flush()
     offset = sink.offset
+    synced, cancelled = await sync_off_loop(sink.fd)
+    if synced:
+        with contextlib.suppress(OSError, BitsError):
+            checkpoint(offset)
+    if cancelled is not None:
+        raise cancelled
+
+
+async def sync_off_loop(fd: int) -> tuple[bool, asyncio.CancelledError | None]:
+    """``fdatasync`` of ``fd`` in a worker thread (on a dup), waited for to its end even when
+    the caller is cancelled meanwhile: (whether it succeeded, the cancellation that came, for
+    the caller to raise once it recorded what the sync made durable)."""
     try:
-        fd = os.dup(sink.fd)
+        dup = os.dup(fd)
     except OSError:
-        return
-    sync = asyncio.get_running_loop().run_in_executor(None, _sync_dup, fd)
+        return False, None
+    sync = asyncio.get_running_loop().run_in_executor(None, sync_dup, dup)
     cancelled: asyncio.CancelledError | None = None
     while not sync.done():
         try:
             await asyncio.wait((sync,))
         except asyncio.CancelledError as e:
             cancelled = e
-    if not sync.cancelled() and sync.exception() is None:
-        with contextlib.suppress(OSError, BitsError):
-            checkpoint(offset)
-    if cancelled is not None:
-        raise cancelled
+    return not sync.cancelled() and sync.exception() is None, cancelled
 
 
 #: what a batch reports once its files are durable: (file, size) of each
