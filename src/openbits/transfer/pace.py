@@ -94,33 +94,37 @@ class Pacer:
         """The job's priority now."""
         return self._priority()
 
-    def _follow(self) -> None:
+    def _follow(self) -> int:
         """Take the job's controller when its priority yields now and none is held; let it
-        go (and the pace with it) when it no longer does."""
+        go (and the pace with it) when it no longer does.  The priority now."""
+        priority = self._priority()
         sock = self._sock
         if sock is None:
-            return
-        priority = self._priority()
-        yields = self._throttle.politeness.yields(priority)
-        if yields and self._running is None:
-            job_id, owner_uid = self._job  # (the host looked up only now: most bodies never yield)
-            politeness = self._throttle.politeness
-            self._running = self._given or politeness.start(job_id, owner_uid, priority, host_of(sock))
-            self._sampler = RttSampler(sock, self._running.controller)
-        elif not yields and self._running is not None:
+            return priority
+        running = self._running
+        if self._throttle.politeness.yields(priority):
+            if running is None:
+                job_id, owner_uid = self._job  # (the host looked up only now: most bodies never yield)
+                politeness = self._throttle.politeness
+                running = self._given or politeness.start(job_id, owner_uid, priority, host_of(sock))
+                self._running, self._sampler = running, RttSampler(sock, running.controller)
+            running.priority = priority
+        elif running is not None:
             paced = self._bucket.rate is not None
             self.close()
             if paced:
                 self._clamp(None)
-        if self._running is not None:
-            self._running.priority = priority
+        return priority
 
     def close(self) -> None:
         """The body ended (or its priority no longer yields): the controller is let go."""
-        if self._running is not None and self._running is not self._given:
-            self._throttle.politeness.stop(self._running)
-        self._running = self._sampler = None
-        self._bucket.set_rate(None)
+        running = self._running
+        if running is not None:
+            if running is not self._given:
+                self._throttle.politeness.stop(running)
+            self._running = self._sampler = None
+        if self._bucket.rate is not None:
+            self._bucket.set_rate(None)
         self._idle_s = 0.0
 
     def _yield_bps(self) -> float | None:
@@ -133,8 +137,8 @@ class Pacer:
     def limited(self) -> bool:
         """Whether reads are paced now (read ``slice_bytes`` at a time, then ``acquire``).
         Asked before each read: the job's priority is followed here."""
-        self._follow()
-        return self._bucket.rate is not None or self._throttle.is_limited(self.priority)
+        priority = self._follow()
+        return self._bucket.rate is not None or self._throttle.is_limited(priority)
 
     def slice_bytes(self) -> int:
         """Bytes per read while ``limited``: ~50 ms at the strictest pace, 16 KiB to 1 MiB."""
