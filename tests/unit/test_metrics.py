@@ -67,10 +67,13 @@ def test_background_yield_controllers_are_shown_per_job_to_their_owner(tmp_path:
     running = list(politeness.running.values())
     alice = metrics.render(service, Caller("alice", 4001, 4001), 0.0, running)
     assert 'openbits_yield_added_delay_ms{job="{A}",priority="NORMAL"} 100\n' in alice
-    assert 'openbits_yield_rate_bytes_per_second{job="{A}",priority="NORMAL"} 5000000\n' in alice
+    # (the rate it receives at: 1 MB in 0.1 s; the pace it holds itself to: half of that)
+    assert 'openbits_yield_rate_bytes_per_second{job="{A}",priority="NORMAL"} 10000000\n' in alice
+    assert 'openbits_yield_pace_bytes_per_second{job="{A}",priority="NORMAL"} 5000000\n' in alice
     assert "{B}" not in alice
     admin = metrics.render(service, Caller("root", 0, 0, is_admin=True), 0.0, running)
-    assert 'openbits_yield_rate_bytes_per_second{job="{B}",priority="LOW"} +Inf\n' in admin
+    assert 'openbits_yield_pace_bytes_per_second{job="{B}",priority="LOW"} +Inf\n' in admin
+    assert 'openbits_yield_rate_bytes_per_second{job="{B}",priority="LOW"} 0\n' in admin
 
 
 def test_the_fetch_worker_metrics_are_its_stats_and_zero_without_one() -> None:

@@ -81,13 +81,19 @@ def render(service: Service, caller: Caller, throttled_s: float, yielding: Itera
         "openbits_yield_added_delay_ms",
         "gauge",
         "Queueing delay (ms) each running BackgroundYield job is estimated to add on its path.",
-        ((labels, delay_ms) for labels, (delay_ms, _) in polite.items()),
+        ((labels, delay_ms) for labels, (delay_ms, _, _) in polite.items()),
     )
     metric(
         "openbits_yield_rate_bytes_per_second",
         "gauge",
-        "The pace (bytes/s) of each running BackgroundYield job; +Inf: not paced.",
-        ((labels, rate) for labels, (_, rate) in polite.items()),
+        "The rate (bytes/s) each running BackgroundYield job receives at now (its controller's estimate).",
+        ((labels, rate) for labels, (_, rate, _) in polite.items()),
+    )
+    metric(
+        "openbits_yield_pace_bytes_per_second",
+        "gauge",
+        "The pace (bytes/s) each running BackgroundYield job holds itself to; +Inf: not paced.",
+        ((labels, pace) for labels, (_, _, pace) in polite.items()),
     )
     metric("openbits_build_info", "gauge", "The daemon's version.", [(f'{{version="{__version__}"}}', 1)])
     metric(
@@ -143,20 +149,23 @@ def fetch_worker(stats: Stats) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _yielding(running: Iterable[Running], caller: Caller) -> dict[str, tuple[float, float]]:
-    """Per job (the caller's own; an administrator's: all): the largest added delay in ms and
-    the sum of its transfers' paces (+Inf when one is unpaced)."""
-    out: dict[str, tuple[float, float]] = {}
+def _yielding(running: Iterable[Running], caller: Caller) -> dict[str, tuple[float, float, float]]:
+    """Per job (the caller's own; an administrator's: all), over its controllers (one per
+    remote host): the largest added delay in ms, the sum of the rates it receives at, and the
+    sum of its paces (+Inf when one is unpaced)."""
+    out: dict[str, tuple[float, float, float]] = {}
     for one in running:
         if not caller.is_admin and one.owner_uid != caller.uid:
             continue
         labels = f'{{job="{one.job_id}",priority="{JobPriority(one.priority).name}"}}'
-        delay_ms = one.controller.queue_delay_s * 1000.0
-        rate = one.controller.rate_bps
-        pace = math.inf if rate is None else rate
+        controller = one.controller
+        delay_ms = controller.queue_delay_s * 1000.0
+        rate = controller.arrival_bps or 0.0
+        pace = math.inf if controller.rate_bps is None else controller.rate_bps
         if labels in out:
-            delay_ms, pace = max(delay_ms, out[labels][0]), pace + out[labels][1]
-        out[labels] = (round(delay_ms, 3), pace if math.isinf(pace) else round(pace))
+            before = out[labels]
+            delay_ms, rate, pace = max(delay_ms, before[0]), rate + before[1], pace + before[2]
+        out[labels] = (round(delay_ms, 3), round(rate), pace if math.isinf(pace) else round(pace))
     return out
 
 
