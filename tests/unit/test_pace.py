@@ -94,6 +94,20 @@ def test_the_bodies_of_a_job_on_a_host_share_its_controller_and_its_pace(sock: s
         assert next(iter(throttle.politeness.running.values())) is not running
 
 
+def test_bodies_sharing_a_controller_count_their_waits_as_one_readers_share(sock: socket.socket) -> None:
+    """Two segments each waiting 30 ms for data in the same moment: the job waited 30 ms of
+    it, not 60 (summed, the share of time spent waiting could pass 1, and the controller would
+    take any dip of the rate for someone else's traffic)."""
+    throttle = Throttle()
+    with pacer(throttle, NORMAL, "job", 0, sock) as first, pacer(throttle, NORMAL, "job", 0, sock) as second:
+        (running,) = throttle.politeness.running.values()
+        first.arrived(0, 0.0)  # (opens the controller's arrival window)
+        first.arrived(1000, 0.030)
+        second.arrived(1000, 0.030)
+        # (read inside the window, before it closes: the waits the controller was given)
+        assert running.controller._window_wait_s == pytest.approx(0.030)
+
+
 def test_the_host_is_the_peer_address() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         client = socket.create_connection(server.getsockname())

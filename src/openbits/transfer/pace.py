@@ -157,7 +157,10 @@ class Pacer:
             return
         now = time.monotonic()
         controller = self._sampler.controller
-        controller.on_bytes(n, now, waited_s)
+        # (the job's bodies on the host share the controller: their waits count as one
+        # reader's share of the time, not as their sum, which could pass 1)
+        bodies = 1 if self._running is None else max(1, self._running.bodies)
+        controller.on_bytes(n, now, waited_s / bodies)
         if self._bucket.rate is None:
             # unpaced, a wait for data is the sender's own pause; paced, it is ours (the
             # clamped window), and the sender answers each window update at once
