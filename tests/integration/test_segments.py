@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import random
 from collections.abc import Iterator
@@ -513,6 +514,55 @@ def test_a_server_that_refuses_extra_connections_still_yields_the_file(daemon: D
         daemon.client.resume(job)
         states = {JobState.TRANSFERRED, JobState.TRANSIENT_ERROR, JobState.ERROR}
         final = daemon.wait_state(job, states, timeout=30)
+        assert JobState(final["State"]) is JobState.TRANSFERRED, daemon.client.get_error(job)
+    assert daemon.client.complete(job) == 0
+    assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+@dataclass
+class OwnerCutWhileTailRefused(SilentBeforeEnd):
+    """``SilentBeforeEnd`` whose first answer (segment 0) is cut (FIN) once the tail's range
+    is asked, and whose first answer to that range is a 503 a moment later: the segment's own
+    connection gives up while a twin is counted among those at work, then the twin fails."""
+
+    refused: int = 0
+    _asked: asyncio.Event | None = None
+
+    def _event(self) -> asyncio.Event:
+        if self._asked is None:
+            self._asked = asyncio.Event()
+        return self._asked
+
+    async def respond(self, req: Request, conn: Connection) -> bool:
+        planned = self.plan(req)
+        if planned is not None and planned[:2] == (206, self.stall_at) and not self.refused:
+            self.refused += 1
+            self._event().set()
+            await asyncio.sleep(0.3)  # (the server's pace: the cut reaches the client first)
+            await conn.send_head(503, {"Content-Length": "0"})
+            return True
+        if planned is None or planned[0] != 200:
+            return await super().respond(req, conn)
+        await conn.send_head(planned[0], self.head_for(*planned))
+        await conn.send_body(memoryview(self.data)[: self.stall_at])
+        await self._event().wait()
+        conn.writer.close()
+        with contextlib.suppress(OSError):
+            await conn.writer.wait_closed()
+        return False
+
+
+def test_a_segment_whose_connection_and_twin_both_fail_is_still_fetched(daemon: Daemon, dest: Path) -> None:
+    size = 16 * MiB  # 4 segments; segment 0 silent 5000 bytes short, cut when its tail is asked
+    data = _bytes(size, 1530)
+    stall_at = 4 * MiB - 5000
+    behaviour = OwnerCutWhileTailRefused(data, stall_at=stall_at, silent_s=60.0)
+    with FaultServer({"/f": behaviour}) as server:
+        job = _job(daemon, f"{server.url}/f", dest / "f.bin")
+        daemon.client.resume(job)
+        states = {JobState.TRANSFERRED, JobState.TRANSIENT_ERROR, JobState.ERROR}
+        final = daemon.wait_state(job, states, timeout=20)
+        assert behaviour.refused == 1, "the tail was asked of a second connection"
         assert JobState(final["State"]) is JobState.TRANSFERRED, daemon.client.get_error(job)
     assert daemon.client.complete(job) == 0
     assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()

@@ -22,13 +22,14 @@ import sys
 from typing import Any
 
 from openbits.errors import BitsError, InternalError
-from openbits.model import JobFile, redact_url
+from openbits.model import JobFile, JobPriority, redact_url
 from openbits.transfer import offload
 from openbits.transfer.download import Downloader
 from openbits.transfer.h1 import H1Client
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.proxy import Proxies
 from openbits.transfer.routing import Owner
+from openbits.transfer.throttle import Throttle
 from openbits.tuning import tune_gc, tune_malloc
 
 log = logging.getLogger("openbits.fetchworker")
@@ -93,6 +94,16 @@ class _Recorder:
         self.calls.append(("responded", (range_support, headers)))
 
 
+def unpaced_throttle() -> Throttle:
+    """The worker's throttle: no limit and no BackgroundYield on any priority.  The daemon
+    hands it only jobs whose priority is neither limited nor yielding (``scheduler.run``),
+    whatever its own policy says; a default throttle would pace some of them (NORMAL yields
+    by default) with controllers the daemon never sees or drops."""
+    throttle = Throttle()
+    throttle.politeness.configure({int(p): False for p in JobPriority})
+    return throttle
+
+
 class Worker:
     def __init__(self, settings: offload.Settings, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -104,7 +115,9 @@ class Worker:
             pipeline_depth=settings.pipeline_depth,
             splice=settings.splice,
         )
-        self.downloader = Downloader(self.h1, settings.tuning, proxies=Proxies(settings.proxies))
+        self.downloader = Downloader(
+            self.h1, settings.tuning, throttle=unpaced_throttle(), proxies=Proxies(settings.proxies)
+        )
         self.lanes: dict[int, asyncio.Task[None]] = {}
         self.queues: dict[int, _Queue] = {}
         self._outbox: list[tuple[Any, ...]] = []

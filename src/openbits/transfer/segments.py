@@ -116,7 +116,8 @@ class Segmented:
             await self._salvage()
             fallback, rest = group_error.split(Fallback)
             errors, others = rest.split(BitsError) if rest is not None else (None, None)
-            if fallback is not None and others is None:
+            local = errors.subgroup(LocalFileError) if errors is not None else None
+            if fallback is not None and others is None and local is None:
                 # (the content is not served in ranges, whatever else failed at the same time)
                 log.info("file %s: %s; one stream from byte 0", one.file.local_file, fallback.exceptions[0])
                 one.segmented = False
@@ -125,7 +126,7 @@ class Segmented:
                     os.ftruncate(one.fd, 0)
                 return RESTART
             if others is None and errors is not None:
-                raise _first(errors) from None
+                raise _first(local or errors) from None
             raise
         except BaseException:
             await self._salvage()
@@ -144,12 +145,15 @@ class Segmented:
         tries = 0
         try:
             while True:
+                before = self._written()
                 try:
                     await self._work(segment, first)
                     return
                 except BitsError as e:
                     if not self._forgivable(e):
                         raise
+                    if self._written() > before:
+                        tries = 0  # (a connection that moved bytes since its last failure starts afresh)
                     if self.workers > 1:
                         self.lost = e
                         left = self.workers - 1
@@ -164,6 +168,10 @@ class Segmented:
         finally:
             self.workers -= 1
             self._ended()  # (those waiting for a segment to go silent look again)
+
+    def _written(self) -> int:
+        """The bytes of the file written so far (the segments partition it)."""
+        return sum(s.written - s.start for s in self.segments)
 
     def _forgivable(self, error: BitsError) -> bool:
         """Whether ``error`` is one request's (the server's, the network's), not the file's."""
@@ -257,8 +265,10 @@ class Segmented:
         try:
             won = await _cut_short(task)
         except BitsError as e:  # (optional: the segment's own connection still brings it)
-            if isinstance(e, LocalFileError):
-                raise  # (the file's own trouble, not the request's)
+            if isinstance(e, LocalFileError) or (not victim.busy and not victim.finished):
+                # (the file's own trouble; or the segment's connection gave up meanwhile,
+                # counting on this one: the failure is this connection's, as any request's)
+                raise
             log.debug("file %s: the tail's second request failed: %s", name, e.message)
             won = False
         finally:
