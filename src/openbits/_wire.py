@@ -29,8 +29,8 @@ from openbits.model import (
     JobState,
     JobType,
     ProxyUsage,
-    redact_url,
 )
+from openbits.redaction import redact_url
 
 if TYPE_CHECKING:  # (imported where used: `import openbits.client` stays light for the CLI)
     import ssl

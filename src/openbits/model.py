@@ -1,6 +1,7 @@
 """The BITS object model: enumerations, Job and JobFile, FILETIME, the CIM JSON shape.
 
-Pure data: no I/O, no imports of other openbits modules.  Values and names are
+Pure data: no I/O, no imports of other openbits modules but ``redaction`` (pure string
+rules: a webhook's URL is shown redacted).  Values and names are
 those of ../shared/reference/bits-spec.md §1-2 and SPEC §1.
 """
 
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import Any
+
+from openbits.redaction import redact_url, redact_webhook
 
 BG_SIZE_UNKNOWN = 0xFFFFFFFFFFFFFFFF
 BG_LENGTH_TO_EOF = 0xFFFFFFFFFFFFFFFF  # a range that runs to the end of the remote file
@@ -187,44 +190,6 @@ def canonical_job_id(value: str | uuid.UUID) -> str:
     if m is None or text.startswith("{") != text.endswith("}"):
         raise ValueError(f"not a GUID: {value!r}")
     return "{" + m.group(1).upper() + "}"
-
-
-def redact_webhook(url: str) -> str:
-    """A webhook URL as it may be shown: its scheme and host only (a webhook's path or
-    query is often its secret, as in chat services' incoming webhooks)."""
-    scheme_end = url.find("://")
-    if scheme_end < 0:
-        return "***"
-    start = scheme_end + 3
-    end = len(url)
-    for stop in "/?#":
-        i = url.find(stop, start)
-        if i >= 0:
-            end = min(end, i)
-    host = url[start:end].rpartition("@")[2]
-    return url[:start] + host + ("/***" if end < len(url) else "")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``: secrets are never returned or logged."""
-    if "@" not in url:
-        return url
-    scheme_end = url.find("://")
-    if scheme_end < 0:
-        return url
-    start = scheme_end + 3
-    end = len(url)
-    for stop in "/?#":
-        i = url.find(stop, start)
-        if i >= 0:
-            end = min(end, i)
-    at = url.rfind("@", start, end)
-    if at < 0:
-        return url
-    colon = url.find(":", start, at)
-    if colon < 0:
-        return url
-    return url[: colon + 1] + "***" + url[at:]
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)

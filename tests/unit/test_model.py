@@ -26,9 +26,9 @@ from openbits.model import (
     canonical_job_id,
     filetime_from_unix_ns,
     new_job_id,
-    redact_webhook,
     unix_ns_from_filetime,
 )
+from openbits.redaction import redact_webhook
 
 GUID = "{0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0}"
 
@@ -509,7 +509,7 @@ def test_to_cim_of_a_new_job() -> None:
     ],
 )
 def test_redact_url_hides_passwords(url: str, shown: str) -> None:
-    from openbits.model import redact_url
+    from openbits.redaction import redact_url
 
     assert redact_url(url) == shown
     assert JobFile(remote_url=url, local_file="/x").to_cim()["RemoteUrl"] == shown

@@ -26,6 +26,7 @@ from openbits.clock import Clock
 from openbits.config import Config
 from openbits.errors import BitsError, HResult, InternalError, OwnerUnknown
 from openbits.model import Job, JobFile, JobType
+from openbits.outlast import waited_through
 from openbits.policy import ServicePolicy
 from openbits.scheduler import policy
 from openbits.scheduler.atonce import FilesAtOnce, SharedBatch
@@ -521,14 +522,7 @@ async def _settled(batch: SyncBatch) -> bool:
     TaskGroup; a settle that fails (a bug) is logged, and the files it did not commit are
     fetched again."""
     settling = asyncio.ensure_future(batch.settle())
-    cancelled = False
-    while not settling.done():
-        try:
-            await asyncio.shield(settling)
-        except asyncio.CancelledError:
-            cancelled = True
-        except Exception:
-            break  # (its error is read below)
+    cancelled = await waited_through(settling) is not None
     if not settling.cancelled() and (error := settling.exception()) is not None:
         log.error("finished files not settled; those not committed are fetched again", exc_info=error)
     return cancelled

@@ -48,8 +48,8 @@ from openbits.model import (
     SetJobStateCode,
     canonical_job_id,
     new_job_id,
-    redact_url,
 )
+from openbits.redaction import redact_url
 from openbits.service.changes import arm_notification
 from openbits.service.params import (
     DIGEST_MAX,

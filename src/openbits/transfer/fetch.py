@@ -28,7 +28,8 @@ import yarl
 from multidict import CIMultiDictProxy
 
 from openbits.digest import Digest
-from openbits.model import JobFile, redact_url
+from openbits.model import JobFile
+from openbits.redaction import redact_url
 from openbits.transfer import checks, diskio, redirects, segplan
 from openbits.transfer import files as fs
 from openbits.transfer.checks import Restart

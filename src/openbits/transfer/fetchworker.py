@@ -22,7 +22,8 @@ import sys
 from typing import Any
 
 from openbits.errors import BitsError, InternalError
-from openbits.model import JobFile, JobPriority, redact_url
+from openbits.model import JobFile, JobPriority
+from openbits.redaction import redact_url
 from openbits.transfer import offload
 from openbits.transfer.download import Downloader
 from openbits.transfer.h1 import H1Client

@@ -24,6 +24,7 @@ from typing import Protocol
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from openbits.outlast import waited_through
 from openbits.transfer.h1conn import Conn, Wire
 from openbits.transfer.h1head import BadResponse, ClosedEarly, framing, parse_head
 
@@ -221,12 +222,7 @@ async def _seen_through(
     future = asyncio.get_running_loop().run_in_executor(
         threads, _pump, sock, pipe, fd, offset, n, done, waited
     )
-    cancelled: asyncio.CancelledError | None = None
-    while not future.done():
-        try:
-            await asyncio.wait((future,))
-        except asyncio.CancelledError as e:
-            cancelled = e
+    cancelled = await waited_through(future)
     if cancelled is not None:
         raise cancelled
     error = future.exception()

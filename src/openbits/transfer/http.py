@@ -34,7 +34,8 @@ from openbits.errors import (
     UntrustedCertificate,
     http_status_hresult,
 )
-from openbits.model import ErrorContext, redact_url
+from openbits.model import ErrorContext
+from openbits.redaction import redact_url
 from openbits.transfer import h1
 
 USER_AGENT = f"openbits/{__version__}"

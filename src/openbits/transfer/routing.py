@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import yarl
 
-from openbits.model import AuthScheme, AuthTarget, redact_url
+from openbits.model import AuthScheme, AuthTarget
+from openbits.redaction import redact_url
 from openbits.transfer import files as fs
 from openbits.transfer import redirects
 from openbits.transfer.auth import Authenticator, basic_value

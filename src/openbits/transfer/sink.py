@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from openbits.errors import BitsError, HResult, LocalFileError
 from openbits.model import JobFile
+from openbits.outlast import waited_through
 from openbits.transfer import diskio
 from openbits.transfer import files as fs
 from openbits.transfer.h1 import Body as H1Body
@@ -305,12 +306,7 @@ async def sync_off_loop(fd: int) -> tuple[bool, asyncio.CancelledError | None]:
     except OSError:
         return False, None
     sync = asyncio.get_running_loop().run_in_executor(None, sync_dup, dup)
-    cancelled: asyncio.CancelledError | None = None
-    while not sync.done():
-        try:
-            await asyncio.wait((sync,))
-        except asyncio.CancelledError as e:
-            cancelled = e
+    cancelled = await waited_through(sync)
     return not sync.cancelled() and sync.exception() is None, cancelled
 
 
