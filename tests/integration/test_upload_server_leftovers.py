@@ -4,7 +4,6 @@ per-session counters of ended sessions, and never a planted file published (revi
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +13,7 @@ from aiohttp import web, web_protocol
 from openbits.uploadserver import ServerSettings, make_app
 from openbits.uploadserver.app import UPLOADS
 from tests.support.bitsupload import PROTOCOL
+from tests.support.polling import eventually
 from tests.support.process import free_ports
 
 HOST = "127.0.0.1"
@@ -47,13 +47,6 @@ async def _session(http: aiohttp.ClientSession, url: str) -> str:
     return created.headers["BITS-Session-Id"]
 
 
-async def _until(condition: object, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def _settings(tmp_path: Path) -> ServerSettings:
     (tmp_path / "root" / "in" / "deep").mkdir(parents=True, exist_ok=True)
     return ServerSettings.from_mapping(str(tmp_path / "root"), str(tmp_path / "state"), {})
@@ -77,7 +70,7 @@ async def test_the_partial_file_of_a_damaged_record_is_removed_after_a_restart(t
     (tmp_path / "state" / "sessions" / f"{damaged}.json").write_text("{not json")
     runner = await _serve(make_app(settings), port)
     try:
-        await _until(lambda: not (tmp_path / "state" / "sessions" / f"{damaged}.json").exists())
+        await eventually(lambda: not (tmp_path / "state" / "sessions" / f"{damaged}.json").exists())
         (left,) = root.rglob(".bits-*.part")
         assert left.parent == root / "in"  # the readable session's partial file stays
         assert (tmp_path / "state" / "sessions" / f"{kept}.json").exists()

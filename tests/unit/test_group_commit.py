@@ -11,8 +11,6 @@ import asyncio
 import os
 import stat
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -25,14 +23,7 @@ from openbits.errors import StoreWriteFailed
 from openbits.service import Service
 from openbits.store.groupcommit import GroupCommit
 from openbits.store.sqlite import SqliteStore
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Poll ``condition`` on the loop until it holds (a deadline, not a sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
+from tests.support.polling import eventually
 
 
 def _settings_write(store: SqliteStore, n: int) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from openbits.transfer import sink as sink_module
 from openbits.transfer.sink import Sink, salvage
+from tests.support.polling import eventually
 
 MiB = 1024 * 1024
 
@@ -48,14 +48,6 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowDisk]:
     slow.gate.set()
 
 
-async def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    """Poll ``condition`` on the loop until it holds (a deadline, not a sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.002)
-
-
 def _sink_with_unwritten_bytes(tmp_path: Path, n: int) -> Sink:
     fd = os.open(tmp_path / "t", os.O_RDWR | os.O_CREAT, 0o600)
     sink = Sink(fd, 0)
@@ -80,7 +72,7 @@ async def test_the_loop_goes_on_while_a_salvage_syncs_and_the_checkpoint_follows
     probing = asyncio.create_task(probe())
     try:
         salvaging = asyncio.create_task(salvage(sink, checkpoints.append))
-        await eventually(lambda: ticks_while_held >= 20)  # (the loop ran while the sync was held)
+        await eventually(lambda: ticks_while_held >= 20, 3.0)  # (the loop ran while the sync was held)
         assert checkpoints == [], "checkpointed before the sync returned"
         assert not salvaging.done()
         disk.gate.set()
@@ -100,7 +92,7 @@ async def test_a_salvage_cancelled_again_still_waits_for_its_sync_and_checkpoint
     checkpoints: list[int] = []
     try:
         salvaging = asyncio.create_task(salvage(sink, checkpoints.append))
-        await eventually(disk.holding.is_set)
+        await eventually(disk.holding.is_set, 3.0)
         salvaging.cancel()  # (a second stop: Cancel after a Suspend, the daemon's shutdown)
         await asyncio.sleep(0)  # (the cancellation is delivered: the task is still in its sync)
         assert not salvaging.done()
