@@ -23,7 +23,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import openbits, aiohttp, click, rich, pytest, gssapi, krb5, spnego"
 	touch $@
 
+# An editable install has no bytecode until an import writes it, and none is written under
+# PYTHONDONTWRITEBYTECODE: compile it here, as pip does for an installed copy, so that no
+# command, daemon or test pays ~50 modules' compilation at each start (stale files are redone).
 venv: $(VENV)/.installed
+	@$(PY) -m compileall -q src/openbits > /dev/null
 
 ## make run: install into .venv, start the daemon on the embedded SQLite store and show a real transfer.
 run: venv
