@@ -298,11 +298,13 @@ class CutFirstRefuseRanges(CloseMidBody):
     each connection fails, so the file does."""
 
     refusing: bool = True
+    retry_after: str | None = None
 
     async def respond(self, req: Request, conn: Connection) -> bool:
         planned = self.plan(req)
         if self.refusing and planned is not None and planned[0] == 206:
-            await conn.send_head(503, {"Content-Length": "0"})
+            extra = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+            await conn.send_head(503, {"Content-Length": "0", **extra})
             return True
         return await super().respond(req, conn)
 
@@ -327,6 +329,28 @@ def test_a_failed_segmented_file_keeps_every_segments_bytes_for_the_retry(daemon
     assert daemon.client.complete(job) == 0
     assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
     assert f"bytes={2 * MiB + 7}-{4 * MiB - 1}" in ranges, ranges
+
+
+@pytest.mark.parametrize("retry_after", [None, "30"])
+def test_the_last_connection_tries_again_only_where_the_server_allows(
+    daemon: Daemon, dest: Path, retry_after: str | None
+) -> None:
+    """Without Retry-After the last connection tries a few times more, a moment apart; a
+    503 asking for 30 s fails the file at once, for the job's retry to wait what was asked."""
+    size = 16 * MiB
+    behaviour = CutFirstRefuseRanges(_bytes(size, 1513), after=2 * MiB + 7, retry_after=retry_after)
+    with FaultServer({"/f": behaviour}) as server:
+        job = _job(daemon, f"{server.url}/f", dest / "f.bin")
+        daemon.client.resume(job)
+        daemon.wait_state(job, JobState.TRANSIENT_ERROR, timeout=30)
+        refused = sum(1 for r in server.requests if r["headers"].get("range"))
+    tried_again = "the last connection failed" in daemon.log()
+    if retry_after is None:
+        assert tried_again, daemon.log()
+    else:
+        assert not tried_again, "a Retry-After of 30 s was not answered within the second"
+        assert daemon.client.get_error(job).hresult == 0x801901F7  # BG_E_HTTP_ERROR_503
+        assert refused <= 4, f"{refused} ranges asked: one per connection at most"
 
 
 def _bytes(size: int, seed: int) -> bytes:

@@ -33,6 +33,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -159,15 +160,30 @@ class Segmented:
                         left = self.workers - 1
                         log.info("file %s: a connection gave up (%s); %d go on", name, e.message, left)
                         return
-                    if self.connections < 2 or tries >= len(LAST_RETRIES_S):
+                    delay = self._last_retry_s(e, tries)
+                    if delay is None:
                         raise
                     log.info("file %s: the last connection failed (%s); again in a moment", name, e.message)
-                    await asyncio.sleep(LAST_RETRIES_S[tries])  # (the server's pace, not a synchronisation)
+                    await asyncio.sleep(delay)  # (the server's pace, not a synchronisation)
                     tries += 1
                     segment, first = None, None
         finally:
             self.workers -= 1
             self._ended()  # (those waiting for a segment to go silent look again)
+
+    def _last_retry_s(self, error: BitsError, tries: int) -> float | None:
+        """How long the last connection waits before its next try, None when it tries no more
+        (one connection, its tries spent, or a server's Retry-After longer than the last
+        wait: the job's retry then waits that long, as ``policy.retry_delay_s`` does).  Up to a
+        quarter more at random, so clients that failed together do not come back together."""
+        if self.connections < 2 or tries >= len(LAST_RETRIES_S):
+            return None
+        delay = LAST_RETRIES_S[tries]
+        if error.retry_after_s is not None:
+            if error.retry_after_s > LAST_RETRIES_S[-1]:
+                return None
+            delay = max(delay, error.retry_after_s)
+        return delay * random.uniform(1.0, 1.25)
 
     def _written(self) -> int:
         """The bytes of the file written so far (the segments partition it)."""
