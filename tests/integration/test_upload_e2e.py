@@ -119,6 +119,17 @@ def test_a_daemon_killed_mid_upload_goes_on_in_the_same_session(rig: Rig) -> Non
     rig.daemon.client.complete(job)
 
 
+def test_an_upload_raised_to_foreground_mid_file_is_no_longer_held_to_its_limit(rig: Rig) -> None:
+    # the priority was taken once per upload: raised mid-file, still held to NORMAL's 8 MB/s
+    size = 160 * MiB  # 20 s at NORMAL's limit; a moment unlimited
+    job, _, digest = start_throttled(rig, "in/raised.bin", size)
+    mid_upload(rig, "raised.bin")
+    rig.daemon.client.set_properties(job, priority=int(JobPriority.FOREGROUND))
+    rig.daemon.wait_state(job, JobState.TRANSFERRED, timeout=10)
+    assert sha256_of(rig.server.root / "in" / "raised.bin") == digest
+    rig.daemon.client.complete(job)
+
+
 def test_a_server_restarted_mid_upload_is_resumed_from_its_offset(rig: Rig) -> None:
     size = 24 * MiB
     job, _, digest = start_throttled(rig, "in/restarted.bin", size)

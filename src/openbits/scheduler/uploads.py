@@ -142,7 +142,15 @@ class UploadRunner:
                 temp_name = job.upload.reply_temp_name or reply_temp_name(job.job_id)  # (a new owner's)
                 reply = Reply(reply_file_name(job), temp_name, _ReplyProgress(service, job))
             options = RequestOptions.of(job)
-            await self.uploader.upload(file, job.upload, owner, progress, int(job.priority), options, reply)
+            await self.uploader.upload(
+                file,
+                job.upload,
+                owner,
+                progress,
+                lambda: int(job.priority),  # (as it is at each slice sent: SetPriority may change it)
+                options,
+                reply,
+            )
             progress.flush()
             service.job_transferred(job)
         except BitsError as e:

@@ -26,6 +26,7 @@ from typing import Any
 from openbits.transfer import diskio
 from openbits.transfer.h1conn import Conn, SendfileUnsupported, Wire
 from openbits.transfer.h1head import BadRequest
+from openbits.transfer.pace import Priority, priority_of
 from openbits.transfer.throttle import Throttle, throttled_slice
 
 __all__ = ["SEND_SLICE_BYTES", "FileShrank", "RequestBody"]
@@ -40,7 +41,8 @@ class FileShrank(OSError):
 
 class RequestBody:
     """A request's body: ``data``, or ``length`` bytes of ``fd`` from ``offset`` (the caller
-    owns the fd); sent within the limits of ``throttle`` for ``priority`` when given."""
+    owns the fd); sent within the limits of ``throttle`` for ``priority`` when given (fixed, or
+    the job's as it is at each slice: SetPriority may change it mid-file)."""
 
     __slots__ = (
         "data",
@@ -48,7 +50,7 @@ class RequestBody:
         "length",
         "no_sendfile",
         "offset",
-        "priority",
+        "priority_of",
         "read_failure",
         "sent",
         "throttle",
@@ -62,11 +64,11 @@ class RequestBody:
         offset: int = 0,
         length: int | None = None,
         throttle: Throttle | None = None,
-        priority: int = 2,
+        priority: Priority = 2,
     ) -> None:
         self.data, self.fd, self.offset = data, fd, offset
         self.length = len(data) if fd < 0 else (length or 0)
-        self.throttle, self.priority = throttle, priority
+        self.throttle, self.priority_of = throttle, priority_of(priority)
         #: bytes written to the connection by the last ``send`` (not acknowledged: progress)
         self.sent = 0
         #: the file's system refused sendfile once: its slices are read and sent from then on
@@ -121,10 +123,10 @@ class RequestBody:
             self.read_failure = FileShrank(f"the request body's file ended {n - sent} bytes early")
             raise BadRequest(str(self.read_failure))
 
-    def _slice(self) -> int:
+    def _slice(self, priority: int) -> int:
         throttle = self.throttle
-        if throttle is not None and throttle.is_limited(self.priority):
-            return throttled_slice(throttle, self.priority)
+        if throttle is not None and throttle.is_limited(priority):
+            return throttled_slice(throttle, priority)
         return SEND_SLICE_BYTES
 
     async def send(self, wire: Wire, conn: Conn) -> bool:
@@ -159,8 +161,8 @@ class RequestBody:
 
     async def _paced(self) -> int:
         """The size of the next slice, once the throttle lets it go."""
-        throttle, priority = self.throttle, self.priority
-        n = min(self._slice(), self.length - self.sent)
+        throttle, priority = self.throttle, self.priority_of()
+        n = min(self._slice(priority), self.length - self.sent)
         if throttle is not None and throttle.is_limited(priority):
             await throttle.acquire(priority, n)
         return n

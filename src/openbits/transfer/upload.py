@@ -41,6 +41,7 @@ from openbits.transfer.h1send import FileShrank
 from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.owner import opened_off_loop
+from openbits.transfer.pace import Priority
 from openbits.transfer.routing import Owner, Requester, Transport
 from openbits.transfer.uploadflow import (
     PROTOCOL,
@@ -129,7 +130,12 @@ class _Session:
     __slots__ = ("file", "options", "priority", "requester", "state")
 
     def __init__(
-        self, requester: Requester, file: JobFile, state: UploadState, options: RequestOptions, priority: int
+        self,
+        requester: Requester,
+        file: JobFile,
+        state: UploadState,
+        options: RequestOptions,
+        priority: Priority,
     ) -> None:
         self.requester, self.file, self.state = requester, file, state
         self.options, self.priority = options, priority
@@ -217,7 +223,7 @@ class Uploader:
         state: UploadState,
         owner: Owner,
         progress: UploadProgress,
-        priority: int = 2,
+        priority: Priority = 2,
         options: RequestOptions | None = None,
         reply: Reply | None = None,
     ) -> None:
