@@ -345,6 +345,27 @@ def test_suspended_mid_job_and_resumed_every_file_is_whole(daemon: Daemon, nginx
     assert_transferred(daemon, job, dest, digests, size)
 
 
+def test_a_job_lowered_to_a_polite_priority_mid_job_leaves_the_worker(
+    daemon: Daemon, nginx: Nginx, dest: Path
+) -> None:
+    """The worker fetches unpaced: SetPriority to NORMAL (which yields) stops its lane at its
+    next file, and the files it had been given go on in the daemon, paced (they were all
+    fetched there before: ~64 more on the worker's connection)."""
+    count, size = PACE, 4 * KiB
+    job, digests, _ = paced_midway(daemon, nginx, dest, "fw-lowered")
+    first = "/paced/fw-lowered/64.bin"  # (the worker's first run is the files 64..127)
+    worker = wait_until(
+        lambda: connections_of(nginx, "fw-lowered").get(first), 10, "the worker's first file logged"
+    )
+    daemon.client.set_properties(job, Priority=int(JobPriority.NORMAL))
+    before = sum(1 for r in nginx.requests() if r["connection"] == worker)
+    assert files_done(daemon, job) < count, "lowered mid-job"
+    assert_transferred(daemon, job, dest, digests, size)
+    after = sum(1 for r in nginx.requests() if r["connection"] == worker)
+    assert after - before < 32, f"{after - before} files on the worker's connection after the change"
+    assert "the fetch worker's lane stops" in daemon.log()
+
+
 def test_no_worker_for_a_job_whose_priority_has_a_bandwidth_limit(
     daemon: Daemon, nginx: Nginx, dest: Path
 ) -> None:

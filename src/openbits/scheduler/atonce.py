@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +38,8 @@ from openbits.model import Job, JobFile
 from openbits.transfer import offload
 from openbits.transfer.download import Fetched, Progress
 from openbits.transfer.sink import SyncBatch, directories_of
+
+log = logging.getLogger("openbits.scheduler")
 
 #: downloads one file of the job (by index), the requests of ``upcoming`` (files of the same
 #: task) sent ahead on its connection: what it fetched
@@ -58,6 +61,10 @@ class Remote(Protocol):
         """Whether the worker may fetch these files now (``offload.eligible`` with the job's
         options as they are now, and its pacing); ``extending`` a lane: only with the options
         it was opened with."""
+
+    def unpaced(self) -> bool:
+        """Whether the job's priority, as it is now, has neither a bandwidth limit nor
+        politeness (a lane's files are fetched unpaced: SetPriority mid-lane stops it)."""
 
     async def open(self, files: Sequence[tuple[int, JobFile]]) -> offload.Lane:
         """A lane of the worker, fetching these files first (raises ``offload.WorkerLost``)."""
@@ -279,6 +286,12 @@ class FilesAtOnce:
                         replay(message)
                         await self._reported(index, message, writing, pending, done)
                         progress.pop(index, None)
+                        if not remote.unpaced():
+                            # (the files left go on here, paced: the lane is stopped below)
+                            log.info(
+                                "job %s: its priority is paced now: the fetch worker's lane stops", job.job_id
+                            )
+                            break
                         if not lane.closing and len(pending) < LANE_LOW_FILES:
                             await self._feed(lane, remote, writing, pending, later)
             finally:

@@ -216,11 +216,14 @@ class _Offload:
         if extending and options != self.options:
             return False
         self.options = options
-        throttle, priority = s.throttle, int(job.priority)
-        if throttle.is_limited(priority) or throttle.politeness.yields(priority):
+        if not self.unpaced():
             return False
         proxies = s.downloader.transport.proxies
         return all(offload.eligible(f, options, proxies) for f in files)
+
+    def unpaced(self) -> bool:
+        throttle, priority = self.scheduler.throttle, int(self.job.priority)
+        return not (throttle.is_limited(priority) or throttle.politeness.yields(priority))
 
     async def open(self, files: Sequence[tuple[int, JobFile]]) -> offload.Lane:
         worker = self.scheduler.fetch_worker
