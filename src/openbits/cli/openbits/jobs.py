@@ -210,7 +210,7 @@ def get(
     "--max-connections",
     type=click.IntRange(1, 32),
     default=None,
-    help="Files moved at once, 1-32 (default 4 for foreground, 1 otherwise).",
+    help="Connections at once (files, or ranges of a big file), 1-32 (4 for foreground, else 1).",
 )
 @click.option(
     "--custom-header",

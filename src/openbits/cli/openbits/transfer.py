@@ -274,7 +274,7 @@ def _one_shot_name(pairs: list[tuple[str, str]]) -> str:
     "--max-connections",
     type=click.IntRange(1, 32),
     default=None,
-    help="Files moved at once, 1-32 (default 4 for foreground, 1 otherwise).",
+    help="Connections at once (files, or ranges of a big file), 1-32 (4 for foreground, else 1).",
 )
 @click.option("--async", "is_async", is_flag=True, help="Start the job and print its JobId; don't wait.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
