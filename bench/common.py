@@ -379,7 +379,21 @@ def machine_info(work: Path) -> dict[str, Any]:
         "python": platform.python_version(),
         "work_dir": str(work),
         "work_fs": fs,
+        "cpu_probe_ms": cpu_probe_ms(),
     }
+
+
+def cpu_probe_ms() -> float:
+    """The best of five runs of a fixed Python loop, in ms: the CPU's speed at the moment.
+    A VM's speed swings (seen here: the same loop 0.5-1.0 µs an iteration from one minute
+    to the next, and whole sessions twice as slow as others); CPU-bound figures of two
+    invocations compare only beside it."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        sum(range(200_000))
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 2)
 
 
 def versions(nginx: str, aria2c: str | None, venv_python: str) -> dict[str, str]:
@@ -1202,7 +1216,8 @@ def log_machine_line(machine: dict[str, Any]) -> None:
     fs = machine["work_fs"]
     log(
         f"machine: nproc {machine['nproc']}, {machine['cpu_model']}, {machine['mem_gib']} GiB RAM, "
-        f"kernel {machine['kernel']}, work dir on {fs['type']} ({fs['device']} at {fs['mount']})"
+        f"kernel {machine['kernel']}, work dir on {fs['type']} ({fs['device']} at {fs['mount']}), "
+        f"CPU probe {machine['cpu_probe_ms']} ms"
     )
 
 
@@ -1291,6 +1306,7 @@ class Session:
             f"machine: nproc {m['nproc']} ({m['cpu_model']}), {m['mem_gib']} GiB, "
             f"kernel {m['kernel']}, {m['os']}"
         )
+        log(f"CPU probe: {m['cpu_probe_ms']} ms (a fixed Python loop, best of 5; lower is faster)")
         log(f"work dir: {self.work} on {fs['type']} ({fs['device']} at {fs['mount']})")
         log(f"load average: {m['loadavg_start']}")
 
