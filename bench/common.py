@@ -1197,7 +1197,7 @@ def compile_package(python: str) -> None:
     command and every daemon start would then compile ~50 modules again (~40-70 ms), which
     no installed copy pays.  Up-to-date files are skipped, so this costs little when done."""
     package = "os.path.dirname(openbits.__file__)"
-    code = f"import compileall, os, openbits; compileall.compile_dir({package}, quiet=2)"
+    code = f"import compileall, os, sys, openbits; sys.exit(not compileall.compile_dir({package}, quiet=2))"
     done = subprocess.run([python, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if done.returncode != 0:
         log(f"note: could not byte-compile openbits ({done.stderr.decode(errors='replace').strip()[-200:]})")

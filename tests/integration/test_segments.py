@@ -235,32 +235,32 @@ def tail_asked(ranges: list[str | None], stall_at: int, end: int) -> bool:
 class SilentBeforeEnd(Serve):
     """A correct server that goes silent for ``silent_s`` in its first answer (a whole-file
     200) after ``stall_at`` bytes, as a server pacing in bursts does between two bursts; its
-    answer to a range of the first answer's tail (from ``stall_at``, or from before it when
-    the client had not read that far yet) waits ``tail_silent_s`` before its body."""
+    answer to a range of the first answer's tail asked during that silence (from
+    ``stall_at``, or from before it when the client had not read that far yet: a slow
+    machine) waits ``tail_silent_s`` before its body."""
 
     stall_at: int = 0
     silent_s: float = 60.0
     tail_silent_s: float = 0.0
+    silent: bool = False  # (the first answer is in its silence)
 
     async def respond(self, req: Request, conn: Connection) -> bool:
         planned = self.plan(req)
-        if (
-            planned is not None
-            and planned[0] == 206
-            and 0 < planned[1] <= self.stall_at
-            and self.tail_silent_s
-        ):
+        if planned is not None and planned[0] == 200:
+            await conn.send_head(planned[0], self.head_for(*planned))
+            await conn.send_body(memoryview(self.data)[: self.stall_at])
+            self.silent = True
+            await asyncio.sleep(self.silent_s)  # (the server's pace, not a synchronisation)
+            self.silent = False
+            await conn.send_body(memoryview(self.data)[self.stall_at :])
+            return True
+        tail = planned is not None and planned[0] == 206 and 0 < planned[1] <= self.stall_at
+        if planned is not None and tail and self.silent and self.tail_silent_s:
             await conn.send_head(planned[0], self.head_for(*planned))
             await asyncio.sleep(self.tail_silent_s)  # (the server's pace, not a synchronisation)
             await conn.send_body(memoryview(self.data)[planned[1] : planned[2]])
             return True
-        if planned is None or planned[0] != 200:
-            return await super().respond(req, conn)
-        await conn.send_head(planned[0], self.head_for(*planned))
-        await conn.send_body(memoryview(self.data)[: self.stall_at])
-        await asyncio.sleep(self.silent_s)  # (the server's pace, not a synchronisation)
-        await conn.send_body(memoryview(self.data)[self.stall_at :])
-        return True
+        return await super().respond(req, conn)
 
 
 def test_a_free_connection_fetches_the_tail_of_a_silent_segment(daemon: Daemon, dest: Path) -> None:
@@ -292,6 +292,7 @@ def test_a_silent_segment_that_resumes_first_ends_its_tails_helper(daemon: Daemo
     assert daemon.client.complete(job) == 0
     assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
     assert tail_asked(ranges, stall_at, 4 * MiB), f"the tail was asked of a second connection: {ranges}"
+    assert "a free connection also fetches the tail" in daemon.log()
 
 
 def test_a_connection_that_fails_leaves_its_segment_to_the_others(daemon: Daemon, dest: Path) -> None:
@@ -317,6 +318,11 @@ class CutFirstRefuseRanges(CloseMidBody):
 
     refusing: bool = True
     retry_after: str | None = None
+    cut_delay_s: float = 0.0  # (> 0: the ranges are refused before the first answer is cut)
+
+    async def interrupt(self, conn: Connection) -> None:
+        await asyncio.sleep(self.cut_delay_s)  # (the server's pace, not a synchronisation)
+        await super().interrupt(conn)
 
     async def respond(self, req: Request, conn: Connection) -> bool:
         planned = self.plan(req)
@@ -349,14 +355,19 @@ def test_a_failed_segmented_file_keeps_every_segments_bytes_for_the_retry(daemon
     assert f"bytes={2 * MiB + 7}-{4 * MiB - 1}" in ranges, ranges
 
 
-@pytest.mark.parametrize("retry_after", [None, "30"])
+@pytest.mark.parametrize(
+    ("retry_after", "cut_delay_s"), [(None, 0.0), ("30", 0.0), ("30", 0.5)], ids=["none", "30", "30-cut-last"]
+)
 def test_the_last_connection_tries_again_only_where_the_server_allows(
-    daemon: Daemon, dest: Path, retry_after: str | None
+    daemon: Daemon, dest: Path, retry_after: str | None, cut_delay_s: float
 ) -> None:
     """Without Retry-After the last connection tries a few times more, a moment apart; a
-    503 asking for 30 s fails the file at once, for the job's retry to wait what was asked."""
+    503 asking for 30 s on any connection fails the file at once with that 503 (even when the
+    last connection's own error is the first answer's cut), for the job's retry to wait it."""
     size = 16 * MiB
-    behaviour = CutFirstRefuseRanges(_bytes(size, 1513), after=2 * MiB + 7, retry_after=retry_after)
+    behaviour = CutFirstRefuseRanges(
+        _bytes(size, 1513), after=2 * MiB + 7, retry_after=retry_after, cut_delay_s=cut_delay_s
+    )
     with FaultServer({"/f": behaviour}) as server:
         job = _job(daemon, f"{server.url}/f", dest / "f.bin")
         daemon.client.resume(job)

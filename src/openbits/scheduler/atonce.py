@@ -287,10 +287,10 @@ class FilesAtOnce:
                         await self._reported(index, message, writing, pending, done)
                         progress.pop(index, None)
                         if not remote.unpaced():
-                            # (the files left go on here, paced: the lane is stopped below)
                             log.info(
                                 "job %s: its priority is paced now: the fetch worker's lane stops", job.job_id
                             )
+                            await self._stop_lane(lane, replay, writing, pending, done)
                             break
                         if not lane.closing and len(pending) < LANE_LOW_FILES:
                             await self._feed(lane, remote, writing, pending, later)
@@ -304,6 +304,26 @@ class FilesAtOnce:
             for directory, n in writing.items():
                 if n > 0:
                     self.batch.end(directory, n)
+
+    async def _stop_lane(
+        self,
+        lane: offload.Lane,
+        replay: Callable[[tuple[Any, ...]], None],
+        writing: collections.Counter[str],
+        pending: dict[int, None],
+        done: FileDone,
+    ) -> None:
+        """Stop a lane whose files may no longer go unpaced: those the worker finishes while
+        it stops are taken as any it reports done; the rest stay ``pending`` (fetched here)."""
+        finished: list[tuple[Any, ...]] = []
+
+        def on_done(message: tuple[Any, ...]) -> None:
+            replay(message)
+            finished.append(message)
+
+        await lane.stop(replay, on_done)
+        for message in finished:
+            await self._reported(message[1], message, writing, pending, done)
 
     async def _reported(
         self,

@@ -183,6 +183,7 @@ class Lane:
         self.closing = False
         self.ended = False
         self.lost = False
+        self.stopped = False
 
     def extend(self, files: Sequence[tuple[int, JobFile]]) -> None:
         self.worker.send(("extend", self.lane_id, list(files)))
@@ -205,11 +206,20 @@ class Lane:
             self.ended = True
         return message
 
-    async def stop(self, on_call: Callable[[tuple[Any, ...]], None] | None = None) -> None:
+    async def stop(
+        self,
+        on_call: Callable[[tuple[Any, ...]], None] | None = None,
+        on_done: Callable[[tuple[Any, ...]], None] | None = None,
+    ) -> None:
         """Make sure nothing of the lane is still being written: tell the worker to stop it
         and wait until it says it ended, passing the reports on the way to ``on_call``
-        (a checkpoint is a durable fact: kept); a worker that does not within
-        ``STOP_TIMEOUT_S``, or was lost, is killed and waited for."""
+        (a checkpoint is a durable fact: kept) and, with ``on_done``, the files it finished
+        meanwhile (else they are fetched again); a worker that does not within
+        ``STOP_TIMEOUT_S``, or was lost, is killed and waited for.  Once only: a second
+        call returns at once."""
+        if self.stopped:
+            return
+        self.stopped = True
         try:
             if not self.ended:
                 self.worker.send(("stop", self.lane_id))
@@ -218,6 +228,8 @@ class Lane:
                         message = await self.next()
                         if message[0] == "calls" and on_call is not None:
                             on_call(message)
+                        elif message[0] == "done" and on_done is not None:
+                            on_done(message)
         except WorkerLost:
             pass
         except TimeoutError:

@@ -99,6 +99,8 @@ class Segmented:
         #: connections still at work; the error of the last one that gave up (``_worker``)
         self.workers = 0
         self.lost: BitsError | None = None
+        #: the request error of this file's connections with the longest Retry-After (``_last_retry_s``)
+        self.asked: BitsError | None = None
 
     async def run(self, first: HTTPResponse | None = None) -> Fetched | Restart:
         """Every segment fetched and durable (``first``: the answer whose body is segment 0);
@@ -155,13 +157,19 @@ class Segmented:
                         raise
                     if self._written() > before:
                         tries = 0  # (a connection that moved bytes since its last failure starts afresh)
+                    if e.retry_after_s is not None and (
+                        self.asked is None or e.retry_after_s > (self.asked.retry_after_s or 0.0)
+                    ):
+                        self.asked = e
                     if self.workers > 1:
                         self.lost = e
                         left = self.workers - 1
                         log.info("file %s: a connection gave up (%s); %d go on", name, e.message, left)
                         return
-                    delay = self._last_retry_s(e, tries)
+                    delay = self._last_retry_s(tries)
                     if delay is None:
+                        if self.asked is not None and self.asked is not e:
+                            raise self.asked from e  # (what the server asked: the job's retry waits it)
                         raise
                     log.info("file %s: the last connection failed (%s); again in a moment", name, e.message)
                     await asyncio.sleep(delay)  # (the server's pace, not a synchronisation)
@@ -171,18 +179,20 @@ class Segmented:
             self.workers -= 1
             self._ended()  # (those waiting for a segment to go silent look again)
 
-    def _last_retry_s(self, error: BitsError, tries: int) -> float | None:
+    def _last_retry_s(self, tries: int) -> float | None:
         """How long the last connection waits before its next try, None when it tries no more
-        (one connection, its tries spent, or a server's Retry-After longer than the last
-        wait: the job's retry then waits that long, as ``policy.retry_delay_s`` does).  Up to a
-        quarter more at random, so clients that failed together do not come back together."""
+        (one connection, its tries spent, or a Retry-After longer than the last wait on any of
+        the file's connections: the file's error is then that answer's, and the job's retry
+        waits that long, as ``policy.retry_delay_s`` does).  Up to a quarter more at random,
+        so clients that failed together do not come back together."""
         if self.connections < 2 or tries >= len(LAST_RETRIES_S):
             return None
         delay = LAST_RETRIES_S[tries]
-        if error.retry_after_s is not None:
-            if error.retry_after_s > LAST_RETRIES_S[-1]:
+        asked = None if self.asked is None else self.asked.retry_after_s
+        if asked is not None:
+            if asked > LAST_RETRIES_S[-1]:
                 return None
-            delay = max(delay, error.retry_after_s)
+            delay = max(delay, asked)
         return delay * random.uniform(1.0, 1.25)
 
     def _written(self) -> int:
