@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,7 @@ class SilentBeforeEnd(Serve):
     silent_s: float = 60.0
     tail_silent_s: float = 0.0
     silent: bool = False  # (the first answer is in its silence)
+    delayed_tails: int = 0
 
     async def respond(self, req: Request, conn: Connection) -> bool:
         planned = self.plan(req)
@@ -256,6 +257,7 @@ class SilentBeforeEnd(Serve):
             return True
         tail = planned is not None and planned[0] == 206 and 0 < planned[1] <= self.stall_at
         if planned is not None and tail and self.silent and self.tail_silent_s:
+            self.delayed_tails += 1
             await conn.send_head(planned[0], self.head_for(*planned))
             await asyncio.sleep(self.tail_silent_s)  # (the server's pace, not a synchronisation)
             await conn.send_body(memoryview(self.data)[planned[1] : planned[2]])
@@ -280,10 +282,10 @@ def test_a_free_connection_fetches_the_tail_of_a_silent_segment(daemon: Daemon, 
 
 
 def test_a_silent_segment_that_resumes_first_ends_its_tails_helper(daemon: Daemon, dest: Path) -> None:
-    size = 16 * MiB  # segment 0 silent 1 s before its last 5000 bytes; the tail's answer 60 s
+    size = 16 * MiB  # segment 0 silent 3 s before its last 5000 bytes; the tail's answer 60 s
     data = _bytes(size, 1512)
     stall_at = 4 * MiB - 5000
-    behaviour = SilentBeforeEnd(data, stall_at=stall_at, silent_s=1.0, tail_silent_s=60.0)
+    behaviour = SilentBeforeEnd(data, stall_at=stall_at, silent_s=3.0, tail_silent_s=60.0)
     with FaultServer({"/f": behaviour}) as server:
         job = _job(daemon, f"{server.url}/f", dest / "f.bin")
         daemon.client.resume(job)
@@ -293,6 +295,7 @@ def test_a_silent_segment_that_resumes_first_ends_its_tails_helper(daemon: Daemo
     assert hashlib.sha256((dest / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
     assert tail_asked(ranges, stall_at, 4 * MiB), f"the tail was asked of a second connection: {ranges}"
     assert "a free connection also fetches the tail" in daemon.log()
+    assert behaviour.delayed_tails >= 1, "the tail was asked during the silence, and held"
 
 
 def test_a_connection_that_fails_leaves_its_segment_to_the_others(daemon: Daemon, dest: Path) -> None:
@@ -318,10 +321,14 @@ class CutFirstRefuseRanges(CloseMidBody):
 
     refusing: bool = True
     retry_after: str | None = None
-    cut_delay_s: float = 0.0  # (> 0: the ranges are refused before the first answer is cut)
+    cut_last: bool = False  # (the first answer cut only once three ranges were refused)
+    refused: int = 0
+    three_refused: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def interrupt(self, conn: Connection) -> None:
-        await asyncio.sleep(self.cut_delay_s)  # (the server's pace, not a synchronisation)
+        if self.cut_last:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.three_refused.wait(), 10)
         await super().interrupt(conn)
 
     async def respond(self, req: Request, conn: Connection) -> bool:
@@ -329,6 +336,9 @@ class CutFirstRefuseRanges(CloseMidBody):
         if self.refusing and planned is not None and planned[0] == 206:
             extra = {} if self.retry_after is None else {"Retry-After": self.retry_after}
             await conn.send_head(503, {"Content-Length": "0", **extra})
+            self.refused += 1
+            if self.refused >= 3:
+                self.three_refused.set()
             return True
         return await super().respond(req, conn)
 
@@ -356,17 +366,19 @@ def test_a_failed_segmented_file_keeps_every_segments_bytes_for_the_retry(daemon
 
 
 @pytest.mark.parametrize(
-    ("retry_after", "cut_delay_s"), [(None, 0.0), ("30", 0.0), ("30", 0.5)], ids=["none", "30", "30-cut-last"]
+    ("retry_after", "cut_last"),
+    [(None, False), ("30", False), ("30", True)],
+    ids=["none", "30", "30-cut-last"],
 )
 def test_the_last_connection_tries_again_only_where_the_server_allows(
-    daemon: Daemon, dest: Path, retry_after: str | None, cut_delay_s: float
+    daemon: Daemon, dest: Path, retry_after: str | None, cut_last: bool
 ) -> None:
     """Without Retry-After the last connection tries a few times more, a moment apart; a
     503 asking for 30 s on any connection fails the file at once with that 503 (even when the
     last connection's own error is the first answer's cut), for the job's retry to wait it."""
     size = 16 * MiB
     behaviour = CutFirstRefuseRanges(
-        _bytes(size, 1513), after=2 * MiB + 7, retry_after=retry_after, cut_delay_s=cut_delay_s
+        _bytes(size, 1513), after=2 * MiB + 7, retry_after=retry_after, cut_last=cut_last
     )
     with FaultServer({"/f": behaviour}) as server:
         job = _job(daemon, f"{server.url}/f", dest / "f.bin")

@@ -323,7 +323,11 @@ class FilesAtOnce:
 
         await lane.stop(replay, on_done)
         for message in finished:
-            await self._reported(message[1], message, writing, pending, done)
+            try:
+                await self._reported(message[1], message, writing, pending, done)
+            except BitsError as e:
+                self._failed(e, message[1])  # (this file's, not the one that stopped the lane)
+                raise
 
     async def _reported(
         self,

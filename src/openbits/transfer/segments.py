@@ -99,8 +99,10 @@ class Segmented:
         #: connections still at work; the error of the last one that gave up (``_worker``)
         self.workers = 0
         self.lost: BitsError | None = None
-        #: the request error of this file's connections with the longest Retry-After (``_last_retry_s``)
+        #: the request error of this file's connections whose Retry-After ends last, and when
+        #: (monotonic seconds): ``_last_retry_s``, ``_still_asked``
         self.asked: BitsError | None = None
+        self.asked_until = 0.0
 
     async def run(self, first: HTTPResponse | None = None) -> Fetched | Restart:
         """Every segment fetched and durable (``first``: the answer whose body is segment 0);
@@ -157,10 +159,8 @@ class Segmented:
                         raise
                     if self._written() > before:
                         tries = 0  # (a connection that moved bytes since its last failure starts afresh)
-                    if e.retry_after_s is not None and (
-                        self.asked is None or e.retry_after_s > (self.asked.retry_after_s or 0.0)
-                    ):
-                        self.asked = e
+                    if e.retry_after_s is not None and time.monotonic() + e.retry_after_s > self.asked_until:
+                        self.asked, self.asked_until = e, time.monotonic() + e.retry_after_s
                     if self.workers > 1:
                         self.lost = e
                         left = self.workers - 1
@@ -168,8 +168,8 @@ class Segmented:
                         return
                     delay = self._last_retry_s(tries)
                     if delay is None:
-                        if self.asked is not None and self.asked is not e:
-                            raise self.asked from e  # (what the server asked: the job's retry waits it)
+                        if (asked := self._still_asked()) is not None and asked is not e:
+                            raise asked from e  # (what the server asked: the job's retry waits it)
                         raise
                     log.info("file %s: the last connection failed (%s); again in a moment", name, e.message)
                     await asyncio.sleep(delay)  # (the server's pace, not a synchronisation)
@@ -185,15 +185,17 @@ class Segmented:
         the file's connections: the file's error is then that answer's, and the job's retry
         waits that long, as ``policy.retry_delay_s`` does).  Up to a quarter more at random,
         so clients that failed together do not come back together."""
-        if self.connections < 2 or tries >= len(LAST_RETRIES_S):
+        if self.connections < 2 or tries >= len(LAST_RETRIES_S) or self._still_asked() is not None:
             return None
-        delay = LAST_RETRIES_S[tries]
-        asked = None if self.asked is None else self.asked.retry_after_s
-        if asked is not None:
-            if asked > LAST_RETRIES_S[-1]:
-                return None
-            delay = max(delay, asked)
+        delay = max(LAST_RETRIES_S[tries], self.asked_until - time.monotonic())
         return delay * random.uniform(1.0, 1.25)
+
+    def _still_asked(self) -> BitsError | None:
+        """The answer whose Retry-After has more than the last try's wait still to run, if any
+        (one that ran out no longer holds the file's connections back)."""
+        if self.asked is not None and self.asked_until - time.monotonic() > LAST_RETRIES_S[-1]:
+            return self.asked
+        return None
 
     def _written(self) -> int:
         """The bytes of the file written so far (the segments partition it)."""
@@ -518,8 +520,8 @@ class Segmented:
         """Every segment is written: make them durable; the caller commits the file complete."""
         if not all(s.finished for s in self.segments):
             await self._salvage()
-            if self.lost is not None:
-                raise self.lost
+            if (lost := self._still_asked() or self.lost) is not None:
+                raise lost
             raise invalid_response("the segments of the file did not all arrive")
         self.closed = True
         fd = self.one.fd
