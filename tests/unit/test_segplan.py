@@ -130,3 +130,17 @@ def test_settle_ends_the_victim_where_it_was_and_keeps_the_twins_bytes() -> None
     taken = segplan.twin(segments[0], now_s=1.0)
     segments[0].received = segments[0].end
     assert segplan.settle(segments, segments[0], taken) is None and len(segments) == 2
+
+
+def test_the_last_connection_tries_again_unless_a_retry_after_still_holds() -> None:
+    last = segplan.LAST_RETRIES_S
+    # three tries, a moment apart, up to a quarter more at random; none on one connection
+    assert [segplan.last_retry_s(t, 4, 0.0, 0.0) for t in range(4)] == [*last, None]
+    assert segplan.last_retry_s(0, 4, 0.0, 1.0) == last[0] * 1.25
+    assert segplan.last_retry_s(0, 1, 0.0, 0.0) is None
+    # a Retry-After with 0.8 s still to run stretches the first wait; one that ran out does not
+    assert segplan.last_retry_s(0, 4, 0.8, 0.0) == 0.8
+    assert segplan.last_retry_s(0, 4, -25.0, 0.0) == last[0]
+    # one with more than the last wait still to run ends the tries: the job's retry waits it
+    assert segplan.asked_holds(29.5) and segplan.last_retry_s(0, 4, 29.5, 0.0) is None
+    assert not segplan.asked_holds(last[-1])

@@ -61,9 +61,6 @@ from openbits.transfer.sink import (
 
 log = logging.getLogger("openbits.transfer")
 
-#: how long the last of several connections waits before each new try (``_worker``)
-LAST_RETRIES_S = (0.25, 0.5, 1.0)
-
 
 class Fallback(Exception):
     """A segment's answer shows the server does not serve ranges of this content (internal:
@@ -100,7 +97,7 @@ class Segmented:
         self.workers = 0
         self.lost: BitsError | None = None
         #: the request error of this file's connections whose Retry-After ends last, and when
-        #: (monotonic seconds): ``_last_retry_s``, ``_still_asked``
+        #: (monotonic seconds): ``segplan.last_retry_s``, ``_still_asked``
         self.asked: BitsError | None = None
         self.asked_until = 0.0
 
@@ -166,7 +163,8 @@ class Segmented:
                         left = self.workers - 1
                         log.info("file %s: a connection gave up (%s); %d go on", name, e.message, left)
                         return
-                    delay = self._last_retry_s(tries)
+                    asked_left = self.asked_until - time.monotonic()
+                    delay = segplan.last_retry_s(tries, self.connections, asked_left, random.random())
                     if delay is None:
                         if (asked := self._still_asked()) is not None and asked is not e:
                             raise asked from e  # (what the server asked: the job's retry waits it)
@@ -179,21 +177,9 @@ class Segmented:
             self.workers -= 1
             self._ended()  # (those waiting for a segment to go silent look again)
 
-    def _last_retry_s(self, tries: int) -> float | None:
-        """How long the last connection waits before its next try, None when it tries no more
-        (one connection, its tries spent, or a Retry-After longer than the last wait on any of
-        the file's connections: the file's error is then that answer's, and the job's retry
-        waits that long, as ``policy.retry_delay_s`` does).  Up to a quarter more at random,
-        so clients that failed together do not come back together."""
-        if self.connections < 2 or tries >= len(LAST_RETRIES_S) or self._still_asked() is not None:
-            return None
-        delay = max(LAST_RETRIES_S[tries], self.asked_until - time.monotonic())
-        return delay * random.uniform(1.0, 1.25)
-
     def _still_asked(self) -> BitsError | None:
-        """The answer whose Retry-After has more than the last try's wait still to run, if any
-        (one that ran out no longer holds the file's connections back)."""
-        if self.asked is not None and self.asked_until - time.monotonic() > LAST_RETRIES_S[-1]:
+        """The answer whose Retry-After still holds the file's connections back, if any."""
+        if self.asked is not None and segplan.asked_holds(self.asked_until - time.monotonic()):
             return self.asked
         return None
 

@@ -30,6 +30,8 @@ STEAL_MIN_BYTES = 2 * PIECE_BYTES
 #: connection fetch its tail too: a server that paces in bursts (nginx's ``limit_rate``: 2 MiB,
 #: then 100 ms of silence) would otherwise hold the whole file for its last few bytes
 TAIL_IDLE_S = 0.015
+#: how long the last of several connections waits before each new try (``last_retry_s``)
+LAST_RETRIES_S = (0.25, 0.5, 1.0)
 
 
 @dataclass(slots=True)
@@ -207,3 +209,21 @@ def connections_for(
     if (headers.get("Content-Encoding") or "identity").strip().lower() != "identity":
         return 1
     return connections if strong_validator(headers) else 1
+
+
+def asked_holds(left_s: float) -> bool:
+    """Whether a server's Retry-After with ``left_s`` still to run (on any of a file's
+    connections) holds them back longer than the last connection's tries would wait: the
+    file then fails with that answer, and the job's retry waits it (``policy.retry_delay_s``)."""
+    return left_s > LAST_RETRIES_S[-1]
+
+
+def last_retry_s(tries: int, connections: int, asked_left_s: float, jitter: float) -> float | None:
+    """How long the last of several connections waits before its ``tries``-th try again,
+    None when it tries no more (one connection, its tries spent, or ``asked_holds``): a
+    server counts a connection just closed a little while longer.  A shorter Retry-After
+    stretches the wait; ``jitter`` (0..1) adds up to a quarter, so clients that failed
+    together do not come back together."""
+    if connections < 2 or tries >= len(LAST_RETRIES_S) or asked_holds(asked_left_s):
+        return None
+    return max(LAST_RETRIES_S[tries], asked_left_s) * (1.0 + 0.25 * jitter)
