@@ -156,8 +156,11 @@ class Segmented:
                         raise
                     if self._written() > before:
                         tries = 0  # (a connection that moved bytes since its last failure starts afresh)
-                    if e.retry_after_s is not None and time.monotonic() + e.retry_after_s > self.asked_until:
-                        self.asked, self.asked_until = e, time.monotonic() + e.retry_after_s
+                    if (
+                        e.retry_after_s is not None
+                        and (until := time.monotonic() + e.retry_after_s) > self.asked_until
+                    ):
+                        self.asked, self.asked_until = e, until
                     if self.workers > 1:
                         self.lost = e
                         left = self.workers - 1
