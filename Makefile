@@ -5,6 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 RUN_DIR := .run
+# The suite runs in this many pytest-xdist workers: most of a test's time is spent waiting on a
+# daemon, a server or a subprocess, so two workers on two cores take about half the wall time
+# (one worker: `make test TEST_WORKERS=0`, i.e. no xdist). `--dist load` hands tests out one
+# by one: `loadfile` would keep only one of the API fuzzer's items, which share one node id.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist load)
 
 
 .PHONY: run stop test venv test-deps lint typecheck unit integration chaos fuzz bench bench-1g bench-small bench-rss bench-throttle bench-events bench-upload bench-capped bench-latency bench-polite soak clean
@@ -20,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(PIP) install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true
-	$(PY) -c "import openbits, aiohttp, click, rich, pytest, gssapi, krb5, spnego"
+	$(PY) -c "import openbits, aiohttp, click, rich, pytest, xdist, gssapi, krb5, spnego"
 	touch $@
 
 # An editable install has no bytecode until an import writes it, and none is written under
@@ -40,7 +46,7 @@ stop:
 
 ## make test: install what the tests need (Debian's nginx when missing) and run the whole suite.
 test: venv test-deps lint typecheck
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) tests
 
 # The servers of the integration tests: nginx, tinyproxy, curl (the smoke tests' client), an MIT
 # Kerberos KDC (krb5-kdc, kadmin.local from krb5-admin-server, kinit from krb5-user), Apache with
@@ -57,10 +63,10 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 unit: venv
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) tests/unit
 
 integration: venv test-deps
-	$(PY) -m pytest -q tests/integration tests/cli
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) tests/integration tests/cli
 
 ## make chaos: the crash torture (100 jobs of 0 B to 256 MiB, 40 SIGKILLs) and the network-fault
 ## torture (48 jobs, 240 faults) at length; make test runs a short round of each. Figures: bench/out/chaos.json.
