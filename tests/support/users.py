@@ -11,6 +11,7 @@ tests/integration/test_isolation.py and test_cert_isolation.py.
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import pwd
@@ -139,18 +140,63 @@ class Site:
         return err.hresult, int(err.context)
 
 
+#: the uids and gids of the users and groups the tests make: a range for each pytest-xdist
+#: worker (``free_id``).  Left to choose, useradd and groupadd take the highest id in use plus
+#: one: the id of a user another worker's test has just deleted (test_isolation removes bob
+#: while his helper runs), whose "vanished" owner would then exist again as someone else.
+ID_BASE = 200_000
+IDS_PER_WORKER = 10_000
+
+
+def free_id() -> int:
+    """An id that no user and no group has, from this worker's range; drawn at random, so
+    that one an earlier test of the worker freed is not handed out again at once."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    low = ID_BASE + (int(worker) if worker.isdigit() else 0) * IDS_PER_WORKER
+    for _ in range(100):
+        n = low + secrets.randbelow(IDS_PER_WORKER)
+        if not _id_taken(n):
+            return n
+    raise RuntimeError(f"no free uid and gid in {low}..{low + IDS_PER_WORKER - 1}")
+
+
+def _id_taken(n: int) -> bool:
+    try:
+        pwd.getpwuid(n)
+    except KeyError:
+        pass
+    else:
+        return True
+    try:
+        grp.getgrgid(n)
+    except KeyError:
+        return False
+    return True
+
+
 def make_user(name: str, homes: Path) -> User:
+    """A user ``name`` with a group of the same name and id (``free_id``), his home in
+    ``homes``."""
     home = homes / name
-    run(
-        "useradd",
-        "--create-home",
-        "--home-dir",
-        str(home),
-        "--shell",
-        "/usr/sbin/nologin",
-        "--user-group",
-        name,
-    )
+    n = free_id()
+    run("groupadd", "--gid", str(n), name)
+    try:
+        run(
+            "useradd",
+            "--create-home",
+            "--home-dir",
+            str(home),
+            "--shell",
+            "/usr/sbin/nologin",
+            "--uid",
+            str(n),
+            "--gid",
+            name,
+            name,
+        )
+    except BaseException:
+        subprocess.run(["groupdel", name], capture_output=True, check=False)
+        raise
     pw = pwd.getpwnam(name)
     home.chmod(0o755)  # (others may reach it; only its owner may write)
     return User(name, pw.pw_uid, pw.pw_gid, home)
@@ -170,7 +216,7 @@ def open_site(
     made: list[str] = []
     daemon: Daemon | None = None
     try:
-        run("groupadd", admins)
+        run("groupadd", "--gid", str(free_id()), admins)
         users = []
         for name in names:
             users.append(make_user(name, scratch))
@@ -200,8 +246,9 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 def remove_users(made: list[str], admins: str, scratch: Path) -> None:
-    """userdel (their groups go with them), the administrators' group, the homes."""
+    """userdel and the users' groups, the administrators' group, the homes."""
     for name in made:
         subprocess.run(["userdel", "--force", name], capture_output=True, check=False)
+        subprocess.run(["groupdel", name], capture_output=True, check=False)  # (if userdel left it)
     subprocess.run(["groupdel", admins], capture_output=True, check=False)
     shutil.rmtree(scratch, ignore_errors=True)
