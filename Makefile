@@ -7,8 +7,8 @@ PIP := $(VENV)/bin/pip
 RUN_DIR := .run
 # The suite runs in this many pytest-xdist workers: most of a test's time is spent waiting on a
 # daemon, a server or a subprocess, so two workers on two cores take about half the wall time
-# (one worker: `make test TEST_WORKERS=0`, i.e. no xdist). `--dist load` hands tests out one
-# by one: `loadfile` would keep only one of the API fuzzer's items, which share one node id.
+# (one process: `make test TEST_WORKERS=0`, i.e. no xdist). `--dist load` hands tests out in
+# small batches: `loadfile` would keep only one of the API fuzzer's items, which share a node id.
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist load)
 
