@@ -13,7 +13,6 @@ import fcntl
 import os
 import pty
 import select
-import socket
 import struct
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from openbits.model import JobState
 from tests.support.daemon import Daemon, reap, wait_until
 from tests.support.fixtures import make_file, sha256_file
-from tests.support.nginx import Nginx
+from tests.support.nginx import REFUSED_PORT, Nginx
 
 E_INVALIDARG = 0x80070057
 
@@ -70,9 +69,7 @@ def finished_job(daemon: Daemon, nginx: Nginx, dest: Path, name: str, file: str)
 
 def refused_port() -> int:
     """A port on 127.0.0.1 where nothing listens (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return REFUSED_PORT
 
 
 # -- a: one name lookup for every command -----------------------------------------------------

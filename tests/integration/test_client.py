@@ -45,7 +45,7 @@ from openbits.service import Service
 from openbits.store.sqlite import SqliteStore
 from tests.support.daemon import CLASS, Daemon
 from tests.support.fixtures import make_file, sha256_file
-from tests.support.nginx import Nginx, free_port
+from tests.support.nginx import REFUSED_PORT, Nginx
 
 KiB = 1024
 
@@ -221,7 +221,7 @@ def test_errors_are_rebuilt_with_their_subclass_and_hresult(
     with pytest.raises(DaemonUnavailable, match="no openbits daemon"):
         Client(str(tmp_path / "nobody.sock")).list_jobs()
     with pytest.raises(DaemonUnavailable, match="no openbits daemon"):
-        Client(url=f"http://127.0.0.1:{free_port()}", token="t").list_jobs()
+        Client(url=f"http://127.0.0.1:{REFUSED_PORT}", token="t").list_jobs()
 
 
 def test_wait_returns_at_transferred_and_at_error_and_times_out(
@@ -470,7 +470,7 @@ async def test_async_errors_are_rebuilt(daemon: Daemon, tmp_path: Path) -> None:
         async with AsyncClient(str(tmp_path / "nobody.sock")) as nobody:
             await nobody.list_jobs()
     with pytest.raises(DaemonUnavailable, match="no openbits daemon"):
-        async with AsyncClient(url=f"http://127.0.0.1:{free_port()}", token="t") as nobody:
+        async with AsyncClient(url=f"http://127.0.0.1:{REFUSED_PORT}", token="t") as nobody:
             await nobody.list_jobs()
 
 

@@ -31,7 +31,7 @@ from tests.support.apache import Apache
 from tests.support.daemon import Daemon
 from tests.support.fixtures import make_file, sha256_file
 from tests.support.kdc import PASSWORD, USER, Kdc
-from tests.support.nginx import Nginx, free_port
+from tests.support.nginx import REFUSED_PORT, Nginx
 from tests.support.process import HOST
 from tests.support.socks import Microsocks
 from tests.support.squid import Squid
@@ -433,7 +433,7 @@ def test_preconfig_no_proxy_and_override_failover_through_bitsadmin(
         _run(e2e, "/addfile", jobs[kind], url, str(dest / f"{kind}.bin"), prog="bitsadmin")
         _run(e2e, "/setpriority", jobs[kind], "FOREGROUND", prog="bitsadmin")
     _run(e2e, "/setproxysettings", jobs["no-proxy"], "NO_PROXY", prog="bitsadmin")
-    refused = f"http://{HOST}:{free_port()}"
+    refused = f"http://{HOST}:{REFUSED_PORT}"
     chain = f"{refused},{squid.url}"
     _run(e2e, "/setproxysettings", jobs["failover"], "OVERRIDE", chain, "NULL", prog="bitsadmin")
     shown = _run(e2e, "/getproxylist", jobs["failover"], prog="bitsadmin")

@@ -48,7 +48,7 @@ from openbits.transfer.tickets import DefaultCredentials
 from tests.support.daemon import Daemon
 from tests.support.driver import Driver
 from tests.support.fixtures import make_file, sha256_file
-from tests.support.nginx import Nginx, free_port, wait_until
+from tests.support.nginx import REFUSED_PORT, Nginx, free_port, wait_until
 from tests.support.proxy import Tinyproxy
 from tests.support.rawserver import RecordingProgress
 
@@ -94,7 +94,7 @@ def _accepts(port: int) -> bool:
 
 def _refused_port() -> int:
     """A port where nothing listens (a proxy that refuses)."""
-    return free_port()
+    return REFUSED_PORT
 
 
 @pytest.fixture

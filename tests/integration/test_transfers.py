@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from tests.support.faults import (
     WrongContentRange,
 )
 from tests.support.fixtures import make_file, sha256_file
-from tests.support.nginx import Nginx
+from tests.support.nginx import REFUSED_PORT, Nginx
 
 MiB = 1024 * 1024
 
@@ -48,12 +47,6 @@ def start_job(daemon: Daemon, url: str, local: Path, **props: object) -> str:
     client.add_file(job, url, str(local))
     client.resume(job)
     return job
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_sigkill_mid_download_resumes_with_range(daemon: Daemon, nginx: Nginx, dest: Path) -> None:
@@ -145,7 +138,7 @@ def test_404_is_fatal_with_remote_file_context(daemon: Daemon, nginx: Nginx, des
 def test_connection_refused_is_transient_then_error_after_no_progress_timeout(
     daemon: Daemon, dest: Path
 ) -> None:
-    url = f"http://127.0.0.1:{free_port()}/file.bin"
+    url = f"http://127.0.0.1:{REFUSED_PORT}/file.bin"
     job = start_job(daemon, url, dest / "x.bin", NoProgressTimeout=2)
     daemon.wait_state(job, JobState.TRANSIENT_ERROR)
     err = daemon.client.get_error(job)
@@ -158,7 +151,7 @@ def test_connection_refused_is_transient_then_error_after_no_progress_timeout(
 
 
 def test_no_progress_timeout_zero_makes_every_error_fatal(daemon: Daemon, dest: Path) -> None:
-    job = start_job(daemon, f"http://127.0.0.1:{free_port()}/f", dest / "x.bin", NoProgressTimeout=0)
+    job = start_job(daemon, f"http://127.0.0.1:{REFUSED_PORT}/f", dest / "x.bin", NoProgressTimeout=0)
     daemon.wait_state(job, JobState.ERROR)
     assert daemon.job(job)["TransientErrorCount"] == 0
 

@@ -82,6 +82,13 @@ def find_nginx() -> str | None:
     return None
 
 
+#: a port of 127.0.0.1 where nothing listens, for a refused connection: a privileged one (the
+#: discard port), which no test server takes (they bind ports the kernel picks), so a server of
+#: another pytest-xdist worker cannot start listening on it mid-test, as it can on a port that
+#: was merely free a moment ago (``free_port``)
+REFUSED_PORT = 9
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
