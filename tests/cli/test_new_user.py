@@ -67,11 +67,6 @@ def finished_job(daemon: Daemon, nginx: Nginx, dest: Path, name: str, file: str)
     return job
 
 
-def refused_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
-    return REFUSED_PORT
-
-
 # -- a: one name lookup for every command -----------------------------------------------------
 
 
@@ -115,7 +110,7 @@ def test_wait_and_watch_find_a_name_as_every_command_does(daemon: Daemon, nginx:
 
 
 def test_an_unreachable_server_is_said_and_can_fail_fast(daemon: Daemon, dest: Path) -> None:
-    url = f"http://127.0.0.1:{refused_port()}/x.bin"
+    url = f"http://127.0.0.1:{REFUSED_PORT}/x.bin"
     started = time.monotonic()
     fast = run(daemon, "transfer", "--no-retry", url, str(dest / "x.bin"), timeout=30)
     assert fast.returncode == 1, (fast.stdout, fast.stderr)

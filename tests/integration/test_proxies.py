@@ -92,11 +92,6 @@ def _accepts(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
-def _refused_port() -> int:
-    """A port where nothing listens (a proxy that refuses)."""
-    return REFUSED_PORT
-
-
 @pytest.fixture
 def socks(tmp_path: Path) -> Iterator[Microsocks]:
     if shutil.which("microsocks") is None:
@@ -239,7 +234,7 @@ async def test_override_fails_over_to_the_next_proxy(
 ) -> None:
     digest = make_file(nginx.www, "px/failover.bin", 100_000, seed=5)
     fetch = Fetcher(closing, dest)
-    proxy_list = f"{HOST}:{_refused_port()} no-such-proxy.invalid:3128 {tinyproxy2.url}"
+    proxy_list = f"{HOST}:{REFUSED_PORT} no-such-proxy.invalid:3128 {tinyproxy2.url}"
     got = await fetch(f"{nginx.url}/px/failover.bin", **override(proxy_list))
     assert sha256_file(got) == digest
     assert "/px/failover.bin" in tinyproxy2.log()
@@ -249,10 +244,10 @@ async def test_override_fails_over_to_the_next_proxy(
 async def test_override_with_every_proxy_down_is_a_transient_error(closing: H1Client, dest: Path) -> None:
     fetch = Fetcher(closing, dest)
     with pytest.raises(BitsError) as refused:
-        await fetch("http://127.0.0.1:9/f", **override(f"{HOST}:{_refused_port()}"))
+        await fetch("http://127.0.0.1:9/f", **override(f"{HOST}:{REFUSED_PORT}"))
     assert refused.value.hresult == HResult.BG_E_CONNECT_FAILURE and refused.value.transient
     with pytest.raises(BitsError) as unresolved:
-        await fetch("http://127.0.0.1:9/f", **override(f"{HOST}:{_refused_port()} no-such-proxy.invalid:1"))
+        await fetch("http://127.0.0.1:9/f", **override(f"{HOST}:{REFUSED_PORT} no-such-proxy.invalid:1"))
     assert unresolved.value.hresult == HResult.BG_E_PROXY_NAME_RESOLUTION_FAILURE
     assert unresolved.value.transient
 
@@ -385,7 +380,7 @@ async def test_a_proxy_407_without_an_answer_is_an_error_and_with_one_succeeds(
 async def test_autodetect_follows_a_pac_script_served_by_nginx(
     nginx: Nginx, tinyproxy: Tinyproxy, closing: H1Client, dest: Path
 ) -> None:
-    refused = _refused_port()
+    refused = REFUSED_PORT
     script = f"""
         function FindProxyForURL(url, host) {{
             if (host == "localhost") return "PROXY {HOST}:{refused}; PROXY {HOST}:{tinyproxy.port}";
