@@ -157,4 +157,9 @@ class Downloader:
             return await download_ranges(one)
         if one.file.segments is not None and not one.file.completed:
             return await segments.resume(one)
-        return await one.whole(defer_sync, Ahead(upcoming, dict(one.options.headers)), segments.start)
+        ahead = Ahead(upcoming, dict(one.options.headers))
+        if one.takes_small(defer_sync):
+            fetched = await one.small(ahead)
+            if fetched is not None:
+                return fetched
+        return await one.whole(defer_sync, ahead, segments.start)

@@ -33,11 +33,14 @@ from openbits.redaction import redact_url
 from openbits.transfer import checks, diskio, redirects, segplan
 from openbits.transfer import files as fs
 from openbits.transfer.checks import Restart
+from openbits.transfer.h1 import BadRequest
 from openbits.transfer.h1 import Body as H1Body
+from openbits.transfer.h1head import Target
 from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.owner import opened_off_loop
 from openbits.transfer.pace import Pacer, Priority, pacer, priority_of
+from openbits.transfer.proxy import DIRECT
 from openbits.transfer.routing import Owner, Requester, Transport
 from openbits.transfer.sink import (
     IOV_MAX,
@@ -293,6 +296,61 @@ class FileDownload:
         finally:
             self.close()
 
+    def takes_small(self, defer_sync: bool) -> bool:
+        """Whether ``small`` may fetch the file: a whole file not begun (``not_begun``), not
+        known to be larger than ``SMALL_BODY_BYTES``, left to the caller's batch sync, from
+        an http(s):// server reached directly, without credentials or client certificate,
+        at a priority without bandwidth limit, too small for segments.  (What ``whole``
+        then does with a small answer, ``small`` does with less work.)"""
+        f, options = self.file, self.options
+        return (
+            defer_sync
+            and not_begun(f)
+            and (f.bytes_total is None or f.bytes_total <= SMALL_BODY_BYTES)
+            and not options.credentials
+            and options.client_certificate is None
+            and (self.connections <= 1 or self.transport.tuning.segment_min_bytes > SMALL_BODY_BYTES)
+            and self.transport.proxies.fixed(f.remote_url, options) is DIRECT
+            and not self.transport.throttle.is_limited(self.priority)
+        )
+
+    async def small(self, ahead: Iterable[tuple[str, Mapping[str, str]]]) -> Fetched | None:
+        """The file (``takes_small``) from one answer read whole on a connection already
+        open to its server (``h1.get_small``): the same steps, checks, ``Progress`` calls
+        and result as ``whole`` with a small 200, without its layers (a job of many small
+        files spends most of its CPU there).  None when that answer is not there to be
+        taken (no open connection, a redirect, an error, a chunked or large body: then it
+        is left unread, for ``whole`` to read): ``whole`` does the rest."""
+        file, transport, progress = self.file, self.transport, self.progress
+        url = file.remote_url
+        tls = transport.tls.for_h1(self.options.security_flags) if url[:6].lower() == "https:" else None
+        try:
+            target = Target(url, tls, self.options.partition)
+        except (BadRequest, ValueError):
+            return None  # (``whole`` says what is wrong with it)
+        h1 = transport.h1
+        if not h1.warm(target.key):
+            return None
+        await self.open()  # (before the request, as ``whole``: a local error comes first)
+        try:
+            try:
+                answer = await h1.get_small(url, target, dict(self.options.headers), ahead, SMALL_BODY_BYTES)
+            except NETWORK_EXCEPTIONS as e:
+                raise network_error(e, url) from e
+            if answer is None:
+                return None
+            progress.responded(checks.range_support(answer, file, 0), checks.header_text(answer))
+            headers, total = answer.headers, answer.content_length
+            progress.begin(total, headers.get("ETag"), headers.get("Last-Modified"))
+            self.begin_check(0, server_digests(file, headers.getall("Repr-Digest", ()), True))
+            transport.free_space.check(os.path.dirname(file.local_file), total)
+            progress.connected()
+            fetched = write_small(self.fd, answer.body, 0) if total else Fetched(0)
+            await self.verify(fetched.size)
+            return fetched
+        finally:
+            self.close()
+
     @contextlib.asynccontextmanager
     async def get(
         self, headers: dict[str, str], ahead: Iterable[tuple[str, Mapping[str, str]]] = ()
@@ -438,23 +496,25 @@ SegmentedStart = Callable[[FileDownload, HTTPResponse, int, int], Awaitable[Fetc
 
 
 async def _stream_small(content: Body, fd: int, offset: int, total: int) -> Fetched:
-    """A small body of known length: read whole, written with one ``pwritev``, left to
+    """A small body of known length: read whole, written with one ``pwrite``, left to
     the caller's batch sync (nothing is checkpointed: an interruption fetches it again)."""
-    writing = "cannot write the temporary file"
     chunk = await content.read(total - offset)
-    if len(chunk) == total - offset:  # (the whole body at once, as a small one mostly comes)
-        with fs.translating(writing):
-            done = os.pwrite(fd, chunk, offset)
-        if done == len(chunk):
-            return Fetched(total, durable=False)
-        chunk, offset = chunk[done:], offset + done  # (a short write: the rest as any other)
-    sink = Sink(fd, offset)
-    need = total - offset
-    while chunk:
-        sink.add(chunk)
-        if sink.pending_len >= need:
+    while len(chunk) < total - offset:
+        more = await content.read(total - offset - len(chunk))
+        if not more:
             break
-        chunk = await content.read(need - sink.pending_len)
-    with fs.translating(writing):
-        sink.flush()
-    return Fetched(sink.offset, durable=False)
+        chunk += more
+    return write_small(fd, chunk, offset)
+
+
+def write_small(fd: int, data: bytes, offset: int) -> Fetched:
+    """``data`` written at ``offset`` (one ``pwrite`` mostly; a short write goes on from where
+    it stopped), not synced: the caller's batch sync makes it durable."""
+    with fs.translating("cannot write the temporary file"):
+        done = os.pwrite(fd, data, offset)
+        if done < len(data):
+            sink = Sink(fd, offset + done)
+            sink.add(data[done:])
+            sink.flush()
+            return Fetched(sink.offset, durable=False)
+    return Fetched(offset + done, durable=False)

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 
 from openbits.transfer.auth import Authenticator
 from openbits.transfer.h1auth import Answerer, exchange
-from openbits.transfer.h1body import Body, Response, read_response
+from openbits.transfer.h1body import Body, Response, Whole, read_response, read_whole_body, read_whole_head
 from openbits.transfer.h1conn import MAX_HEAD_BYTES, SMALL_READ_BYTES, Ident, Wire
 from openbits.transfer.h1conn import Conn as _Conn
 from openbits.transfer.h1head import (
@@ -78,6 +78,7 @@ __all__ = [
     "TLSFailed",
     "TunnelRefused",
     "Via",
+    "Whole",
 ]
 
 #: idle keep-alive connections kept per server, and for how long
@@ -192,6 +193,7 @@ class H1Client(Wire):
             splice=splice,
         )
         self.connections_opened = 0  # TCP connections made since the start
+        self.small_answers = 0  # answers taken whole by get_small since the start
         self.default_headers = dict(default_headers or {})
         self._default_block = "".join(f"{k}: {v}\r\n" for k, v in self.default_headers.items())
         self.pipeline_depth = pipeline_depth
@@ -407,6 +409,73 @@ class H1Client(Wire):
                 raise ClosedEarly("the server closed the connection without answering")
             return response
         raise AssertionError("unreachable")
+
+    def warm(self, key: Key) -> bool:
+        """Whether a connection to ``key`` is kept open (idle, or with requests sent ahead)."""
+        return bool(self._pipelined.get(key) or self._idle.get(key))
+
+    async def get_small(
+        self,
+        url: str,
+        target: Target,
+        headers: Mapping[str, str],
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+        max_bytes: int,
+    ) -> Whole | None:
+        """A GET of ``url`` (direct, no credentials) on a connection kept open to its server
+        (its request sent ahead on it, else an idle one), for a caller that takes a small
+        file's answer whole (``fetch.FileDownload.small``): a 200 with a Content-Length of at
+        most ``max_bytes``, read to its end, the connection kept for the next request.
+
+        None, and nothing lost, otherwise: when no connection is open (``get`` makes one),
+        when the connection closed before answering (``get`` asks again on a new one, as
+        after its own such close), or when the answer is any other (a redirect, an error,
+        a chunked or larger body): that one stays unread at the head of the connection,
+        which ``get`` with the same URL and headers takes next, so nothing is asked twice.
+        Errors otherwise as ``get``'s."""
+        key = target.key
+        ident = (url, tuple(headers.items()))
+        conn = self._pipelined_conn(key, ident)
+        sent = conn is not None
+        if conn is None:
+            head = self._head(target, headers)  # (a bad request fails before any connection)
+            conn = self._idle_conn(key)
+            if conn is None:
+                return None
+        try:
+            if sent:
+                conn.inflight.popleft()
+            extra = self._ahead(conn, key, ahead, target.tls)
+            if not sent:
+                extra.insert(0, head)
+            if extra:
+                await self.send(conn, b"".join(extra))
+            whole, closed = await read_whole_head(self, conn, max_bytes)
+        except ClosedEarly:
+            whole, closed = None, True
+        except BaseException as e:
+            conn.close()
+            if sent and isinstance(e, TimeoutError):
+                self._pipelining_failed(key)
+            raise
+        if closed:  # (as get's request on a kept connection: asked again on a new one)
+            conn.close()
+            if sent:
+                self._pipelining_failed(key)
+            return None
+        if whole is None:  # (its answer unread: get finds it where a request sent ahead waits)
+            conn.inflight.appendleft(ident)
+            conn.since = time.monotonic()
+            self._pipelined.setdefault(key, []).insert(0, conn)
+            return None
+        try:
+            await read_whole_body(self, conn, whole)
+        except BaseException:
+            conn.close()
+            raise
+        self.release(conn, reusable=whole.keep_alive)
+        self.small_answers += 1
+        return whole
 
     async def _authenticate(
         self,

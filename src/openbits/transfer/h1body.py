@@ -28,7 +28,15 @@ from openbits.outlast import waited_through
 from openbits.transfer.h1conn import Conn, Wire
 from openbits.transfer.h1head import BadResponse, ClosedEarly, framing, parse_head
 
-__all__ = ["Body", "FileWriteFailed", "Response", "read_response"]
+__all__ = [
+    "Body",
+    "FileWriteFailed",
+    "Response",
+    "Whole",
+    "read_response",
+    "read_whole_body",
+    "read_whole_head",
+]
 
 #: socket → pipe without waiting (``_pump``); the pipe is always drained before the next call
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -374,3 +382,54 @@ async def read_response(
     response._length = length if mode == "length" else None
     response.content = Body(client, conn, mode, length, response)
     return response
+
+
+class Whole:
+    """A small answer taken whole (``H1Client.get_small``): what ``checks.Head`` reads of a
+    response, and its body (once ``read_whole_body`` read it)."""
+
+    __slots__ = ("body", "content_length", "headers", "keep_alive", "reason", "status")
+
+    def __init__(
+        self, status: int, reason: str, headers: CIMultiDict[str], length: int, keep_alive: bool
+    ) -> None:
+        self.status, self.reason, self.headers = status, reason, CIMultiDictProxy(headers)
+        self.content_length, self.keep_alive = length, keep_alive
+        self.body = b""
+
+
+async def read_whole_head(client: Wire, conn: Conn, max_bytes: int) -> tuple[Whole | None, bool]:
+    """The next response head on ``conn``, taken if it is a 200 with a Content-Length of at
+    most ``max_bytes`` (``(whole, False)``: its body next, ``read_whole_body``).  Any other
+    answer is left unread where it was, ``conn.pos`` back at its head, for ``read_response``
+    to read (``(None, False)``); ``(None, True)``: the connection closed before any byte of
+    it.  Interim 1xx answers are skipped, as ``read_response`` does."""
+    while True:
+        head = await client.read_head(conn)
+        if head is None:
+            return None, True
+        status, reason, headers, http11 = parse_head(head)
+        if not 100 <= status < 200:
+            break
+    mode, length = framing(status, headers, head_request=False)
+    if status != 200 or mode != "length" or length > max_bytes:
+        # (no fill since read_head: the head and its end, "\n\r\n" or a bare "\n\n", lie
+        # just before conn.pos)
+        end = 3 if conn.buf[conn.pos - 3 : conn.pos] == b"\n\r\n" else 2
+        conn.pos -= len(head) + end
+        return None, False
+    keep_alive = http11 and "close" not in headers.get("Connection", "").lower()
+    return Whole(status, reason, headers, length, keep_alive), False
+
+
+async def read_whole_body(client: Wire, conn: Conn, whole: Whole) -> None:
+    """``whole``'s body, all of it (ClosedEarly if the connection ends before)."""
+    parts: list[bytes] = []
+    need = whole.content_length
+    while need:
+        if not conn.buffered() and not await client.fill(conn):
+            raise ClosedEarly(f"the connection closed with {need} bytes of the body missing")
+        part = conn.take(need)
+        need -= len(part)
+        parts.append(part)
+    whole.body = parts[0] if len(parts) == 1 else b"".join(parts)
