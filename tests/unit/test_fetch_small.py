@@ -19,15 +19,16 @@ from typing import Any
 
 import pytest
 
-from openbits.errors import DigestMismatch
+from openbits.errors import BitsError, DigestMismatch
 from openbits.model import AuthScheme, AuthTarget, Credential, JobFile
 from openbits.transfer.download import Downloader, Owner
 from openbits.transfer.fetch import Fetched
 from openbits.transfer.files import temp_name_for
 from openbits.transfer.h1 import H1Client
+from openbits.transfer.h1head import Target
 from openbits.transfer.options import RequestOptions
 from tests.unit import test_h1
-from tests.unit.test_h1 import Script, ScriptServer, resp, serving
+from tests.unit.test_h1 import Peer, Script, ScriptServer, resp, serving
 
 # test_h1's fixture, used here by name
 scripted = test_h1.scripted
@@ -92,7 +93,7 @@ async def download_all(
             fetched: Fetched | BaseException = await downloader.download(
                 f, owner, calls, 2, options, defer_sync=True, upcoming=files[i + 1 :]
             )
-        except DigestMismatch as e:
+        except BitsError as e:
             fetched = e
         out.append((calls, fetched))
     return out
@@ -186,3 +187,40 @@ async def test_a_job_with_credentials_never_takes_answers_whole(
     options = RequestOptions(job_id="job", credentials=(credential,))
     await download_all(h1, job_files(server.url, tmp_path, 3), options)
     assert h1.small_answers == 0
+
+
+async def test_a_body_cut_short_fails_after_the_same_calls_as_whole(
+    scripted: Start, h1: H1Client, tmp_path: Path
+) -> None:
+    cut = b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: "v"\r\n\r\n' + b"x" * 100
+
+    async def script(peer: Peer) -> None:
+        req = await peer.request()  # the first file: whole's (no connection was open)
+        assert req is not None
+        await peer.answer(resp(BODY))
+        await peer.request()  # the second: cut short, then the connection closes
+        await peer.answer(cut)
+        await peer.close()
+
+    async def first_cut(peer: Peer) -> None:
+        await peer.request()
+        await peer.answer(cut)
+        await peer.close()
+
+    server = await scripted(script)
+    files = job_files(server.url, tmp_path, 2)
+    results = await download_all(h1, files[:1]) + await download_all(h1, files[1:])
+    assert h1.small_answers == 1  # (the second file's answer was taken; its body failed)
+    fast_calls, fast_error = results[1]
+    assert isinstance(fast_error, BitsError)
+    # the general path on the same answer, for comparison
+    other = await scripted(first_cut)
+    (tmp_path / "general").mkdir()
+    general = await download_all(h1, job_files(other.url, tmp_path / "general", 1))
+    general_calls, general_error = general[0]
+    assert isinstance(general_error, BitsError)
+    assert fast_calls.calls == general_calls.calls
+    assert [name for name, _ in fast_calls.calls] == ["responded", "begin", "connected"]
+    assert type(fast_error) is type(general_error)
+    assert fast_error.hresult == general_error.hresult
+    assert not h1.warm(Target(server.url + "/f1").key)

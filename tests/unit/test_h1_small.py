@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import pytest
 
+from openbits.transfer import h1
 from openbits.transfer.h1 import ClosedEarly, H1Client
 from openbits.transfer.h1head import Target
 from tests.unit import test_h1
@@ -40,10 +41,10 @@ MAX = 64 * 1024
 async def small(
     client: H1Client, base: str, paths: list[str], i: int, max_bytes: int = MAX
 ) -> tuple[int, bytes] | None:
-    """``get_small`` of ``paths[i]`` with the rest ahead of it: (status, body) or None."""
+    """``get_small`` of ``paths[i]`` with the rest ahead of it, its body read: (status, body) or None."""
     url = base + paths[i]
     whole = await client.get_small(url, Target(url), {}, ahead_of(base, paths, i), max_bytes)
-    return None if whole is None else (whole.status, whole.body)
+    return None if whole is None else (whole.status, await whole.read())
 
 
 def asked(server: ScriptServer) -> list[str]:
@@ -164,6 +165,22 @@ async def test_a_body_cut_short_is_an_error_not_a_retry(scripted: Start, client:
     assert not client.warm(Target(server.url + paths[1]).key)
 
 
+async def test_an_answer_whose_body_is_not_read_closes_its_connection(
+    scripted: Start, client: H1Client
+) -> None:
+    files = bodies(3)
+    paths = list(files)
+    server = await scripted(serving({p: resp(b) for p, b in files.items()}))
+    await fetch(client, server.url + paths[0])
+    url = server.url + paths[1]
+    whole = await client.get_small(url, Target(url), {}, ahead_of(server.url, paths, 1), MAX)
+    assert whole is not None
+    whole.close()  # (as a Response left before its body's end: a local error came first)
+    assert not client.warm(Target(url).key)
+    assert await fetch(client, server.url + paths[2]) == (200, files[paths[2]])
+    assert len(server.peers) == 2
+
+
 async def test_a_read_timeout_is_raised(scripted: Start, make_client: ClientFactory) -> None:
     client = make_client(read_timeout_s=0.2)
     files = bodies(2)
@@ -204,3 +221,15 @@ async def test_pipelined_answers_in_one_read_are_all_taken(scripted: Start, clie
         assert await small(client, server.url, paths, i) == (200, files[paths[i]])
     assert asked(server) == paths
     assert client.small_answers == len(paths) - 1
+
+
+def test_targets_are_kept_only_for_shared_connections(client: H1Client) -> None:
+    url = "http://127.0.0.1:8080/a/b?c"
+    first = client.target(url)
+    assert client.target(url) is first
+    assert (first.key, first.path_qs) == (("127.0.0.1", 8080, 0, ""), "/a/b?c")
+    # a job's own partition or a proxy's route: parsed each time, never kept
+    assert client.target(url, None, "job-partition") is not client.target(url, None, "job-partition")
+    for i in range(h1.TARGETS_KEPT + 1):
+        client.target(f"{url}{i}")
+    assert client.target(url) is not first  # (a bounded cache: emptied when full)

@@ -35,7 +35,6 @@ from openbits.transfer import files as fs
 from openbits.transfer.checks import Restart
 from openbits.transfer.h1 import BadRequest
 from openbits.transfer.h1 import Body as H1Body
-from openbits.transfer.h1head import Target
 from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network_error
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.owner import opened_off_loop
@@ -314,7 +313,7 @@ class FileDownload:
             and not self.transport.throttle.is_limited(self.priority)
         )
 
-    async def small(self, ahead: Iterable[tuple[str, Mapping[str, str]]]) -> Fetched | None:
+    async def small(self, ahead: Ahead) -> Fetched | None:
         """The file (``takes_small``) from one answer read whole on a connection already
         open to its server (``h1.get_small``): the same steps, checks, ``Progress`` calls
         and result as ``whole`` with a small 200, without its layers (a job of many small
@@ -325,7 +324,7 @@ class FileDownload:
         url = file.remote_url
         tls = transport.tls.for_h1(self.options.security_flags) if url[:6].lower() == "https:" else None
         try:
-            target = Target(url, tls, self.options.partition)
+            target = transport.h1.target(url, tls, self.options.partition)
         except (BadRequest, ValueError):
             return None  # (``whole`` says what is wrong with it)
         h1 = transport.h1
@@ -334,19 +333,25 @@ class FileDownload:
         await self.open()  # (before the request, as ``whole``: a local error comes first)
         try:
             try:
-                answer = await h1.get_small(url, target, dict(self.options.headers), ahead, SMALL_BODY_BYTES)
+                answer = await h1.get_small(url, target, ahead.headers, ahead, SMALL_BODY_BYTES)
             except NETWORK_EXCEPTIONS as e:
                 raise network_error(e, url) from e
             if answer is None:
                 return None
-            progress.responded(checks.range_support(answer, file, 0), checks.header_text(answer))
-            headers, total = answer.headers, answer.content_length
-            progress.begin(total, headers.get("ETag"), headers.get("Last-Modified"))
-            self.begin_check(0, server_digests(file, headers.getall("Repr-Digest", ()), True))
-            transport.free_space.check(os.path.dirname(file.local_file), total)
-            progress.connected()
-            fetched = write_small(self.fd, answer.body, 0) if total else Fetched(0)
-            await self.verify(fetched.size)
+            with contextlib.closing(answer):  # (a body not read to its end closes its connection)
+                progress.responded(checks.range_support(answer, file, 0), checks.header_text(answer))
+                headers, total = answer.headers, answer.content_length
+                progress.begin(total, headers.get("ETag"), headers.get("Last-Modified"))
+                self.begin_check(0, server_digests(file, headers.getall("Repr-Digest", ()), True))
+                transport.free_space.check(os.path.dirname(file.local_file), total)
+                progress.connected()
+                try:
+                    body = await answer.read()
+                except NETWORK_EXCEPTIONS as e:
+                    raise network_error(e, url) from e
+            fetched = write_small(self.fd, body, 0) if total else Fetched(0)
+            if self.check is not None:
+                await self.verify(fetched.size)
             return fetched
         finally:
             self.close()

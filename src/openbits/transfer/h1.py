@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 
 from openbits.transfer.auth import Authenticator
 from openbits.transfer.h1auth import Answerer, exchange
-from openbits.transfer.h1body import Body, Response, Whole, read_response, read_whole_body, read_whole_head
+from openbits.transfer.h1body import Body, Response, Whole, read_response, read_whole_head
 from openbits.transfer.h1conn import MAX_HEAD_BYTES, SMALL_READ_BYTES, Ident, Wire
 from openbits.transfer.h1conn import Conn as _Conn
 from openbits.transfer.h1head import (
@@ -88,6 +88,8 @@ IDLE_TIMEOUT_S = 30.0
 PIPELINED_IDLE_TIMEOUT_S = 5.0
 #: requests sent ahead that got no answer before a server is no longer sent any ahead
 PIPELINE_STRIKES = 3
+#: URLs whose parsed ``Target`` is kept (``H1Client.target``: a run of files sent ahead)
+TARGETS_KEPT = 256
 
 
 class _Request:
@@ -134,7 +136,7 @@ class _Request:
         url, headers, via, client, auth = self._url, self._headers, self._via, self._client, self._auth
         answerers: tuple[Answerer, ...]
         if via is None:
-            target = Target(url, self._tls, self._partition)
+            target = client.target(url, self._tls, self._partition)
             ahead = self._ahead if auth is None else ()  # (none ahead of a handshake)
             response = await client._send_and_read(
                 url, target, (url, tuple(headers.items())), headers, ahead, None, self._method, self._body
@@ -193,7 +195,7 @@ class H1Client(Wire):
             splice=splice,
         )
         self.connections_opened = 0  # TCP connections made since the start
-        self.small_answers = 0  # answers taken whole by get_small since the start
+        self.small_answers = 0  # answers get_small took since the start
         self.default_headers = dict(default_headers or {})
         self._default_block = "".join(f"{k}: {v}\r\n" for k, v in self.default_headers.items())
         self.pipeline_depth = pipeline_depth
@@ -201,6 +203,7 @@ class H1Client(Wire):
         self._pipelined: dict[Key, list[_Conn]] = {}
         self._no_pipelining: set[Key] = set()
         self._pipeline_failures: dict[Key, int] = {}
+        self._targets: dict[tuple[str, ssl.SSLContext | None], Target] = {}  # (``target``)
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -410,6 +413,21 @@ class H1Client(Wire):
             return response
         raise AssertionError("unreachable")
 
+    def target(self, url: str, tls: ssl.SSLContext | None = None, via: str = "") -> Target:
+        """``Target(url, tls, via)``, parsed once for a request sent ahead and again for the
+        file's own: kept for the connections every job shares (``via`` "": direct, a job
+        without credentials or client certificate, so ``tls`` is a context of SecurityFlags,
+        never one holding a job's key), the last few hundred URLs."""
+        if via:
+            return Target(url, tls, via)
+        targets = self._targets
+        found = targets.get((url, tls))
+        if found is None:
+            if len(targets) >= TARGETS_KEPT:
+                targets.clear()
+            found = targets[url, tls] = Target(url, tls)
+        return found
+
     def warm(self, key: Key) -> bool:
         """Whether a connection to ``key`` is kept open (idle, or with requests sent ahead)."""
         return bool(self._pipelined.get(key) or self._idle.get(key))
@@ -425,11 +443,12 @@ class H1Client(Wire):
         """A GET of ``url`` (direct, no credentials) on a connection kept open to its server
         (its request sent ahead on it, else an idle one), for a caller that takes a small
         file's answer whole (``fetch.FileDownload.small``): a 200 with a Content-Length of at
-        most ``max_bytes``, read to its end, the connection kept for the next request.
+        most ``max_bytes``, its body then read at once (``Whole.read``), the connection
+        handed back at its end.
 
         None, and nothing lost, otherwise: when no connection is open (``get`` makes one),
-        when the connection closed before answering (``get`` asks again on a new one, as
-        after its own such close), or when the answer is any other (a redirect, an error,
+        when the connection closed before answering (``get`` asks again, on another kept
+        connection or a new one), or when the answer is any other (a redirect, an error,
         a chunked or larger body): that one stays unread at the head of the connection,
         which ``get`` with the same URL and headers takes next, so nothing is asked twice.
         Errors otherwise as ``get``'s."""
@@ -458,7 +477,7 @@ class H1Client(Wire):
             if sent and isinstance(e, TimeoutError):
                 self._pipelining_failed(key)
             raise
-        if closed:  # (as get's request on a kept connection: asked again on a new one)
+        if closed:  # (as get's request on a kept connection: asked again, by get)
             conn.close()
             if sent:
                 self._pipelining_failed(key)
@@ -467,13 +486,8 @@ class H1Client(Wire):
             conn.inflight.appendleft(ident)
             conn.since = time.monotonic()
             self._pipelined.setdefault(key, []).insert(0, conn)
+            self._sweep_later()
             return None
-        try:
-            await read_whole_body(self, conn, whole)
-        except BaseException:
-            conn.close()
-            raise
-        self.release(conn, reusable=whole.keep_alive)
         self.small_answers += 1
         return whole
 
@@ -535,7 +549,7 @@ class H1Client(Wire):
             if len(inflight) >= depth:
                 break
             try:
-                target = Target(url, tls, key[3])
+                target = self.target(url, tls, key[3])
             except (BadRequest, ValueError):
                 break
             if target.key != key:

@@ -34,7 +34,6 @@ __all__ = [
     "Response",
     "Whole",
     "read_response",
-    "read_whole_body",
     "read_whole_head",
 ]
 
@@ -386,21 +385,54 @@ async def read_response(
 
 class Whole:
     """A small answer taken whole (``H1Client.get_small``): what ``checks.Head`` reads of a
-    response, and its body (once ``read_whole_body`` read it)."""
+    response, then its body at once (``read``), as ``Response`` with its ``Body`` gives them:
+    the connection handed back at the body's end, closed if the body is not read or fails."""
 
-    __slots__ = ("body", "content_length", "headers", "keep_alive", "reason", "status")
+    __slots__ = ("_client", "_conn", "_done", "content_length", "headers", "keep_alive", "reason", "status")
 
     def __init__(
-        self, status: int, reason: str, headers: CIMultiDict[str], length: int, keep_alive: bool
+        self,
+        client: Wire,
+        conn: Conn,
+        status: int,
+        reason: str,
+        headers: CIMultiDict[str],
+        length: int,
+        keep_alive: bool,
     ) -> None:
+        self._client, self._conn, self._done = client, conn, False
         self.status, self.reason, self.headers = status, reason, CIMultiDictProxy(headers)
         self.content_length, self.keep_alive = length, keep_alive
-        self.body = b""
+
+    async def read(self) -> bytes:
+        """The whole body (ClosedEarly if the connection ends before it)."""
+        conn, client = self._conn, self._client
+        parts: list[bytes] = []
+        need = self.content_length
+        try:
+            while need:
+                if not conn.buffered() and not await client.fill(conn):
+                    raise ClosedEarly(f"the connection closed with {need} bytes of the body missing")
+                part = conn.take(need)
+                need -= len(part)
+                parts.append(part)
+        except BaseException:
+            self.close()
+            raise
+        self._done = True
+        client.release(conn, reusable=self.keep_alive)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        """Stop here: a connection whose body was not read is closed, not reused."""
+        if not self._done:
+            self._done = True
+            self._client.release(self._conn, reusable=False)
 
 
 async def read_whole_head(client: Wire, conn: Conn, max_bytes: int) -> tuple[Whole | None, bool]:
     """The next response head on ``conn``, taken if it is a 200 with a Content-Length of at
-    most ``max_bytes`` (``(whole, False)``: its body next, ``read_whole_body``).  Any other
+    most ``max_bytes`` (``(whole, False)``: its body next, ``Whole.read``).  Any other
     answer is left unread where it was, ``conn.pos`` back at its head, for ``read_response``
     to read (``(None, False)``); ``(None, True)``: the connection closed before any byte of
     it.  Interim 1xx answers are skipped, as ``read_response`` does."""
@@ -419,17 +451,4 @@ async def read_whole_head(client: Wire, conn: Conn, max_bytes: int) -> tuple[Who
         conn.pos -= len(head) + end
         return None, False
     keep_alive = http11 and "close" not in headers.get("Connection", "").lower()
-    return Whole(status, reason, headers, length, keep_alive), False
-
-
-async def read_whole_body(client: Wire, conn: Conn, whole: Whole) -> None:
-    """``whole``'s body, all of it (ClosedEarly if the connection ends before)."""
-    parts: list[bytes] = []
-    need = whole.content_length
-    while need:
-        if not conn.buffered() and not await client.fill(conn):
-            raise ClosedEarly(f"the connection closed with {need} bytes of the body missing")
-        part = conn.take(need)
-        need -= len(part)
-        parts.append(part)
-    whole.body = parts[0] if len(parts) == 1 else b"".join(parts)
+    return Whole(client, conn, status, reason, headers, length, keep_alive), False
