@@ -271,9 +271,10 @@ class Owners:
 
     def open_temp(self, uid: int, gid: int | None, path: str) -> tuple[int, bool]:
         """(fd, created) of a temporary file (``fsops.open_temp``)."""
+        if self.acts_in_process(uid):  # (as ``run`` does it: once per small file, so directly)
+            _check_paths((path,))
+            return fsops.open_temp(path)  # (its own fd: regular, checked there)
         created, fd = self.run(uid, gid, "open_temp", path)
-        if self.acts_in_process(uid):  # (fsops.open_temp's own fd: regular, checked there)
-            return _given(fd), bool(created)
         return _regular(_given(fd), path), bool(created)
 
     def create_temp(self, uid: int, gid: int | None, path: str) -> int:
