@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import os
+import socket
 import ssl
 import sys
 import time
@@ -21,7 +23,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # until pytest's `pythonpath` or a conftest provides it
     sys.path.insert(0, _ROOT)
 
-from tests.support import fixtures  # noqa: E402
+from tests.support import fixtures, process  # noqa: E402
 from tests.support.faults import (  # noqa: E402
     CloseMidBody,
     FaultServer,
@@ -420,3 +422,20 @@ def test_fault_servers_are_independent(two_fault_servers: tuple[FaultServer, Fau
     assert get(f"{a.url}/f")[0] == 204
     assert get(f"{b.url}/f")[0] == 404
     assert len(a.requests) == len(b.requests) == 1
+
+
+def test_a_server_whose_port_answers_from_another_process_is_refused(tmp_path: Path) -> None:
+    """Two xdist workers may pick the same free port: the server that lost it must not look
+    ready because the other one answers there ("in use": its caller retries elsewhere)."""
+    with socket.socket() as other:  # (this process: another session than the server's)
+        other.bind((process.HOST, 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert not process.listening_here(port, os.getsid(0) + 1)
+        assert process.listening_here(port, os.getsid(0))
+        server = process.ServerProcess(
+            "sleeper", ["sleep", "30"], ports=[port], log_path=tmp_path / "sleeper.log"
+        )
+        with pytest.raises(process.ServerError, match="in use by another process"):
+            server.start()
+        assert not server.running

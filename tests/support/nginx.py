@@ -37,6 +37,8 @@ from typing import Self, TypedDict
 
 import trustme
 
+from tests.support.process import listening_here
+
 HOST = "127.0.0.1"
 BASIC_USER = "alice"
 BASIC_PASSWORD = "s3cret"
@@ -400,6 +402,10 @@ http {{
                     f"nginx exited with status {proc.returncode} during startup:\n" + self.error_log()
                 )
             if all(_accepts(p) for p in ports):
+                for p in ports:
+                    if not listening_here(p, proc.pid):  # (another worker's server: retried)
+                        self.stop()
+                        raise NginxError(f"Address already in use: port {p} answers from another process")
                 return
             if time.monotonic() >= deadline:
                 self.stop()

@@ -75,6 +75,31 @@ def accepts(port: int, host: str = HOST) -> bool:
         return False
 
 
+def listening_here(port: int, session: int) -> bool:
+    """Whether the socket listening on TCP ``port`` belongs to a process of ``session`` (a
+    server started in a session of its own: its pid).  Two pytest-xdist workers may
+    pick the same free port: a server that lost the race exits on "in use", but until it does
+    the other worker's server answers on its port, and the test would talk to that one."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table, encoding="ascii") as lines:
+            next(lines)  # (the header)
+            for line in lines:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getsid(int(pid)) != session:
+                continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
+                return True
+        except OSError:
+            continue  # (gone meanwhile, or not ours to read)
+    return False
+
+
 def find_program(name: str) -> str | None:
     """Path of ``name`` on PATH or in /usr/sbin (not on a non-root PATH), or None."""
     found = shutil.which(name)
@@ -154,7 +179,7 @@ class ServerProcess:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
-        while not all(accepts(port) for port in self.ports):
+        while not all(accepts(port) for port in self.ports) or not self._listening_here():
             if self._proc.poll() is not None:
                 status = self._proc.returncode
                 self._proc = None
@@ -165,6 +190,16 @@ class ServerProcess:
                     f"{self.name} did not listen on {self.ports} in {timeout_s:.0f} s:\n{self.logs()}"
                 )
             time.sleep(0.02)
+
+    def _listening_here(self) -> bool:
+        """Every port answers from this server: else (another process took one) it is
+        stopped and "in use" raised, which its caller retries on other ports."""
+        assert self._proc is not None
+        for port in self.ports:
+            if not listening_here(port, self._proc.pid):
+                self.stop()
+                raise ServerError(f"{self.name}: port {port} in use by another process")
+        return True
 
     def signal_stop(self) -> None:
         """Ask the server to stop (SIGTERM) without waiting: lets several stop in parallel."""

@@ -230,6 +230,10 @@ def test_targets_are_kept_only_for_shared_connections(client: H1Client) -> None:
     assert (first.key, first.path_qs) == (("127.0.0.1", 8080, 0, ""), "/a/b?c")
     # a job's own partition or a proxy's route: parsed each time, never kept
     assert client.target(url, None, "job-partition") is not client.target(url, None, "job-partition")
+    # credentials in a URL are not kept beyond their request
+    secret = "http://user:secret@127.0.0.1:8080/a"
+    assert client.target(secret).password == "secret"
+    assert client.target(secret) is not client.target(secret)
     for i in range(h1.TARGETS_KEPT + 1):
         client.target(f"{url}{i}")
     assert client.target(url) is not first  # (a bounded cache: emptied when full)

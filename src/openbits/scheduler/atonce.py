@@ -52,7 +52,8 @@ LOOKAHEAD = 16
 FileDone = Callable[[Job, JobFile, int], None]
 #: a fetch worker's lane is given more files while it has fewer than this many to fetch
 LANE_LOW_FILES = 64
-#: while a lane is open, the loop's own task lets the loop turn after this many files
+#: while a lane is open, the loop's own task lets the loop turn after this many files (and
+#: at the end of each run)
 YIELD_FILES = 4
 
 
@@ -225,10 +226,11 @@ class FilesAtOnce:
             except BitsError as e:
                 self._failed(e, index)
                 raise
-            if self.lanes and n % YIELD_FILES == YIELD_FILES - 1:
+            if self.lanes and (n % YIELD_FILES == YIELD_FILES - 1 or n == len(run) - 1):
                 # a turn of the loop: reads that find their bytes waiting never yield, and
                 # the fetch worker's reports (and its next files) would wait for this run
-                # (every few files, not each: a turn costs a file's tenth)
+                # (every few files and at a run's end, not after each: a turn costs a file's
+                # tenth; the last runs of a job are a few files long)
                 await asyncio.sleep(0)
 
     def _failed(self, error: BitsError, index: int) -> None:

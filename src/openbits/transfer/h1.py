@@ -423,9 +423,12 @@ class H1Client(Wire):
         targets = self._targets
         found = targets.get((url, tls))
         if found is None:
+            found = Target(url, tls)
+            if found.user is not None:
+                return found  # (credentials in the URL are not kept beyond their request)
             if len(targets) >= TARGETS_KEPT:
                 targets.clear()
-            found = targets[url, tls] = Target(url, tls)
+            targets[url, tls] = found
         return found
 
     def warm(self, key: Key) -> bool:
