@@ -53,7 +53,7 @@ FileDone = Callable[[Job, JobFile, int], None]
 #: a fetch worker's lane is given more files while it has fewer than this many to fetch
 LANE_LOW_FILES = 64
 #: while a lane is open, the loop's own task lets the loop turn after this many files (and
-#: at the end of each run)
+#: at the end of each run, lane or not)
 YIELD_FILES = 4
 
 
@@ -226,11 +226,11 @@ class FilesAtOnce:
             except BitsError as e:
                 self._failed(e, index)
                 raise
-            if self.lanes and (n % YIELD_FILES == YIELD_FILES - 1 or n == len(run) - 1):
-                # a turn of the loop: reads that find their bytes waiting never yield, and
-                # the fetch worker's reports (and its next files) would wait for this run
-                # (every few files and at a run's end, not after each: a turn costs a file's
-                # tenth; the last runs of a job are a few files long)
+            if n == len(run) - 1 or (self.lanes and n % YIELD_FILES == YIELD_FILES - 1):
+                # a turn of the loop at each run's end, and every few files while a lane is
+                # open (not after each: a turn costs a file's tenth): reads that find their
+                # bytes waiting never yield, so the other tasks (the one that opens the fetch
+                # worker's lane, its reports and next files, the API) would wait for the job
                 await asyncio.sleep(0)
 
     def _failed(self, error: BitsError, index: int) -> None:
