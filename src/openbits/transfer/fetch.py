@@ -39,7 +39,7 @@ from openbits.transfer.http import NETWORK_EXCEPTIONS, invalid_response, network
 from openbits.transfer.options import RequestOptions
 from openbits.transfer.owner import opened_off_loop
 from openbits.transfer.pace import Pacer, Priority, pacer, priority_of
-from openbits.transfer.proxy import DIRECT
+from openbits.transfer.proxy import DIRECT, Proxies
 from openbits.transfer.routing import Owner, Requester, Transport
 from openbits.transfer.sink import (
     IOV_MAX,
@@ -125,6 +125,18 @@ def not_begun(f: JobFile) -> bool:
     """A whole file from byte 0, nothing of it durable yet: its request may be sent ahead
     (``Ahead``), and the fetch worker may take it (``offload.eligible``)."""
     return f.bytes_transferred == 0 and f.ranges is None and f.segments is None and not f.completed
+
+
+def direct_and_plain(file: JobFile, options: RequestOptions, proxies: Proxies) -> bool:
+    """A file not begun, of a job without credentials or client certificate, whose server is
+    reached directly: what the fetch worker may take (``offload.eligible``) and what
+    ``FileDownload.small`` may take whole."""
+    return (
+        not_begun(file)
+        and not options.credentials
+        and options.client_certificate is None
+        and proxies.fixed(file.remote_url, options) == DIRECT
+    )
 
 
 class Ahead:
@@ -301,16 +313,13 @@ class FileDownload:
         an http(s):// server reached directly, without credentials or client certificate,
         at a priority without bandwidth limit, too small for segments.  (What ``whole``
         then does with a small answer, ``small`` does with less work.)"""
-        f, options = self.file, self.options
+        f, transport = self.file, self.transport
         return (
             defer_sync
-            and not_begun(f)
             and (f.bytes_total is None or f.bytes_total <= SMALL_BODY_BYTES)
-            and not options.credentials
-            and options.client_certificate is None
-            and (self.connections <= 1 or self.transport.tuning.segment_min_bytes > SMALL_BODY_BYTES)
-            and self.transport.proxies.fixed(f.remote_url, options) is DIRECT
-            and not self.transport.throttle.is_limited(self.priority)
+            and (self.connections <= 1 or transport.tuning.segment_min_bytes > SMALL_BODY_BYTES)
+            and direct_and_plain(f, self.options, transport.proxies)
+            and not transport.throttle.is_limited(self.priority)
         )
 
     async def small(self, ahead: Ahead) -> Fetched | None:
@@ -503,13 +512,16 @@ SegmentedStart = Callable[[FileDownload, HTTPResponse, int, int], Awaitable[Fetc
 async def _stream_small(content: Body, fd: int, offset: int, total: int) -> Fetched:
     """A small body of known length: read whole, written with one ``pwrite``, left to
     the caller's batch sync (nothing is checkpointed: an interruption fetches it again)."""
-    chunk = await content.read(total - offset)
-    while len(chunk) < total - offset:
-        more = await content.read(total - offset - len(chunk))
+    need = total - offset
+    parts = [await content.read(need)]
+    got = len(parts[0])
+    while got < need:  # (a body in many reads: joined once, not copied at each)
+        more = await content.read(need - got)
         if not more:
             break
-        chunk += more
-    return write_small(fd, chunk, offset)
+        parts.append(more)
+        got += len(more)
+    return write_small(fd, parts[0] if len(parts) == 1 else b"".join(parts), offset)
 
 
 def write_small(fd: int, data: bytes, offset: int) -> Fetched:

@@ -376,14 +376,8 @@ class H1Client(Wire):
             if conn is None:
                 conn = await self._connect(key, target.tls, via)
             try:
-                if sent:
-                    conn.inflight.popleft()
-                    extra = self._ahead(conn, key, ahead, target.tls)
-                else:
-                    extra = self._ahead(conn, key, ahead, target.tls)
-                    extra.insert(0, head or self._head(target, headers, method))
-                if extra:
-                    await self.send(conn, b"".join(extra))
+                first = None if sent else head or self._head(target, headers, method)
+                await self._send_ahead(conn, key, ahead, target.tls, first)
                 early = body is not None and await body.send(self, conn)
 
                 def reusable(status: int, early: bool = early) -> bool:
@@ -465,13 +459,7 @@ class H1Client(Wire):
             if conn is None:
                 return None
         try:
-            if sent:
-                conn.inflight.popleft()
-            extra = self._ahead(conn, key, ahead, target.tls)
-            if not sent:
-                extra.insert(0, head)
-            if extra:
-                await self.send(conn, b"".join(extra))
+            await self._send_ahead(conn, key, ahead, target.tls, None if sent else head)
             whole, closed = await read_whole_head(self, conn, max_bytes)
         except ClosedEarly:
             whole, closed = None, True
@@ -527,6 +515,24 @@ class H1Client(Wire):
         self._pipeline_failures[key] = count
         if count >= PIPELINE_STRIKES:
             self._no_pipelining.add(key)
+
+    async def _send_ahead(
+        self,
+        conn: _Conn,
+        key: Key,
+        ahead: Iterable[tuple[str, Mapping[str, str]]],
+        tls: ssl.SSLContext | None,
+        head: bytes | None,
+    ) -> None:
+        """Send ``head`` (None: the request was sent ahead on ``conn``, its answer is next)
+        and the requests of ``ahead`` that may go now, in one send."""
+        if head is None:
+            conn.inflight.popleft()
+        extra = self._ahead(conn, key, ahead, tls)
+        if head is not None:
+            extra.insert(0, head)
+        if extra:
+            await self.send(conn, b"".join(extra))
 
     def _ahead(
         self,

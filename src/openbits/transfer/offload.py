@@ -42,9 +42,9 @@ from typing import Any
 
 from openbits.errors import BitsError
 from openbits.model import ErrorContext, JobFile
-from openbits.transfer.fetch import Fetched, Progress, not_begun
+from openbits.transfer.fetch import Fetched, Progress, direct_and_plain
 from openbits.transfer.options import RequestOptions
-from openbits.transfer.proxy import DIRECT, EnvProxies, Proxies
+from openbits.transfer.proxy import EnvProxies, Proxies
 from openbits.transfer.routing import Owner
 
 log = logging.getLogger("openbits.offload")
@@ -111,15 +111,8 @@ class _Counts:
 
 def eligible(file: JobFile, options: RequestOptions, proxies: Proxies) -> bool:
     """Whether the worker may fetch ``file`` as the daemon would (see the module)."""
-    url = file.remote_url
-    scheme = url[:8].lower()
-    return (
-        (scheme.startswith("http://") or scheme == "https://")
-        and not_begun(file)
-        and not options.credentials
-        and options.client_certificate is None
-        and proxies.fixed(url, options) == DIRECT
-    )
+    scheme = file.remote_url[:8].lower()
+    return (scheme.startswith("http://") or scheme == "https://") and direct_and_plain(file, options, proxies)
 
 
 def encode(messages: Sequence[object]) -> bytes:
