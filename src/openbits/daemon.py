@@ -321,8 +321,12 @@ async def _listen(
     tls: ssl.SSLContext | None,
     stack: contextlib.AsyncExitStack,
 ) -> None:
-    """The Unix socket (0600, or socket_mode), and the TCP listener when configured (HTTPS
-    with ``tls``)."""
+    """The TCP listener when configured (HTTPS with ``tls``), then the Unix socket (0600, or
+    socket_mode): a socket that answers means every listener is up (what clients and
+    ``systemctl start`` wait for), and a listener that cannot bind fails before the socket
+    file exists."""
+    if listen_at is not None:
+        await _listen_tcp(runner, config, listen_at, tls)
     inherited = inherited_socket()
     if inherited is not None:  # systemd socket activation: the unit owns path and mode
         stack.callback(inherited.close)
@@ -337,8 +341,11 @@ async def _listen(
             os.umask(old_umask)
         stack.callback(_unlink_quietly, config.socket)  # only a socket this daemon created
         os.chmod(config.socket, config.socket_mode)
-    if listen_at is None:
-        return
+
+
+async def _listen_tcp(
+    runner: web.AppRunner, config: Config, listen_at: tuple[str, int], tls: ssl.SSLContext | None
+) -> None:
     host, port = listen_at
     try:
         await web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True).start()

@@ -84,3 +84,27 @@ async def test_a_daemon_stopped_by_a_signal_closes_everything(tmp_path: Path) ->
     assert open_fds() - fds == set()
     assert not Path(config.socket).exists()
     os.close(lock_state_dir(config.state_dir))
+
+
+async def test_the_socket_answers_only_once_every_listener_is_up(tmp_path: Path) -> None:
+    """Clients (and the tests' own Daemon) wait for the Unix socket: by the time its file
+    exists the TCP listener takes connections too (it was opened second once, and a client
+    let in by the socket was refused on the port)."""
+    port_probe = socket.socket()
+    port_probe.bind(("127.0.0.1", 0))
+    port = port_probe.getsockname()[1]
+    port_probe.close()
+    config = config_for(tmp_path, listen=f"127.0.0.1:{port}")
+    ready = asyncio.Event()
+    serving = asyncio.create_task(serve(config, ready=ready))
+    async with asyncio.timeout(30):
+        while not Path(config.socket).exists():  # each turn of the loop: the first moment it exists
+            assert not serving.done(), serving
+            await asyncio.sleep(0)
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # refused here when the port opens after the socket
+    async with asyncio.timeout(30):
+        await ready.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
+    async with asyncio.timeout(30):
+        await serving
