@@ -337,7 +337,7 @@ def test_a_helper_stopped_by_its_owner_stalls_no_one_else(site: Site) -> None:
         while not pending.done():  # the daemon answers others all along
             started = time.monotonic()
             assert site.daemon.api("GET", CLASS)[0] == 200
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 2.5  # (a stalled helper holds a call 5 s)
         status, body = pending.result()
     assert status != 200, body
     assert not Path(f"/proc/{helper}").exists(), "the stopped helper was killed"
@@ -556,7 +556,7 @@ def test_a_take_ownership_the_old_owner_stalls_stalls_no_one_else(site: Site) ->
         while not pending.done():  # the daemon answers others all along
             started = time.monotonic()
             assert site.daemon.api("GET", CLASS)[0] == 200
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 2.5  # (a stalled helper holds a call 5 s)
         status, body = pending.result()
     assert status == 200, body
     site.daemon.wait_state(job, JobState.TRANSFERRED)
