@@ -254,6 +254,15 @@ class JobFile:
     repr_digest: str | None = None
 
     @property
+    def directory(self) -> str:
+        """``os.path.dirname(local_file)``, without its generality: LocalFile is absolute and
+        normalised (no ``.``, ``..`` or doubled slash but a leading ``//``), so its directory
+        ends at its last slash (several calls a file on the path of thousands of small ones)."""
+        path = self.local_file
+        cut = path.rfind("/")
+        return path[:cut] if cut > 0 and path[cut - 1] != "/" else path[: cut + 1]
+
+    @property
     def temp_path(self) -> str | None:
         if self.temp_name is None:
             return None

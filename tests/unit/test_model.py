@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from openbits.errors import BitsError
 from openbits.model import (
     ALL_PROPERTIES,
     BG_SIZE_UNKNOWN,
@@ -29,6 +31,7 @@ from openbits.model import (
     unix_ns_from_filetime,
 )
 from openbits.redaction import redact_webhook
+from openbits.service.params import validate_local_file
 
 GUID = "{0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0}"
 
@@ -549,3 +552,19 @@ def test_max_connections_defaults_by_priority_and_the_policy_caps_it() -> None:
     assert job.effective_max_connections() == 16 and job.to_cim()["MaxConnections"] == 16
     assert job.effective_max_connections(cap=8) == 8, "the instance shows what was set; the cap applies"
     assert job.to_cim()["MaxConnections"] == 16
+
+
+@given(st.lists(st.sampled_from(["", "a", "b.c", "é", " "]), min_size=1, max_size=4), st.booleans())
+def test_a_files_directory_is_os_path_dirname_of_its_local_file(names: list[str], doubled: bool) -> None:
+    """``JobFile.directory`` (its last slash) agrees with ``os.path.dirname`` on every
+    LocalFile that AddFile accepts, a leading ``//`` included."""
+    try:
+        local = validate_local_file(("//" if doubled else "/") + "/".join(names))
+    except BitsError:
+        return  # (not a LocalFile: an empty name, say)
+    assert JobFile("http://h/x", local).directory == os.path.dirname(local)
+
+
+@pytest.mark.parametrize("local", ["/f", "//f", "/a/f", "//a/f", "/a/b/f"])
+def test_a_files_directory_of_known_paths(local: str) -> None:
+    assert JobFile("http://h/x", local).directory == os.path.dirname(local)

@@ -215,7 +215,7 @@ class FilesAtOnce:
         job = self.job
         for n, index in enumerate(run):
             file = job.files[index]
-            directory = os.path.dirname(file.local_file)
+            directory = file.directory
             try:
                 await self.batch.begin(directory)
                 try:
@@ -346,7 +346,7 @@ class FilesAtOnce:
         job = self.job
         file = job.files[index]
         del pending[index]
-        directory = os.path.dirname(file.local_file)
+        directory = file.directory
         writing[directory] -= 1
         self.batch.end(directory)
         await self.batch.finished(job, file, offload.fetched_of(message), done, tail=self._all_taken())
@@ -378,8 +378,8 @@ class FilesAtOnce:
         files = self.job.files
         first: dict[str, int] = {}
         for i in run:
-            first.setdefault(os.path.dirname(files[i].local_file), i)
-        for directory, n in collections.Counter(os.path.dirname(files[i].local_file) for i in run).items():
+            first.setdefault(files[i].directory, i)
+        for directory, n in collections.Counter(files[i].directory for i in run).items():
             try:
                 await self.batch.begin(directory, n)
             except BitsError as e:

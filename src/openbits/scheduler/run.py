@@ -16,7 +16,6 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -466,7 +465,7 @@ class Scheduler:
         """The job's file ``index`` on this loop, the next files' requests sent ahead; its
         size.  Committed at once when it is durable, else into the batch."""
         file = job.files[index]
-        await batch.prepare(os.path.dirname(file.local_file))
+        await batch.prepare(file.directory)
         upcoming = job.files[index + 1 : index + 1 + PIPELINE_LOOKAHEAD]
         fetched = await self._fetch(job, owner, index, upcoming, connections=connections)
         if fetched.durable:

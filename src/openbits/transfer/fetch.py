@@ -289,7 +289,7 @@ class FileDownload:
                 server = server_digests(file, resp.headers.getall("Repr-Digest", ()), answer.whole)
                 self.begin_check(start, server)
                 if total is not None:
-                    self.transport.free_space.check(os.path.dirname(file.local_file), total - start)
+                    self.transport.free_space.check(file.directory, total - start)
                 progress.connected()
                 fetched = Fetched(start)
                 count = self.segment_count(resp, answer)
@@ -352,7 +352,7 @@ class FileDownload:
                 headers, total = answer.headers, answer.content_length
                 progress.begin(total, headers.get("ETag"), headers.get("Last-Modified"))
                 self.begin_check(0, server_digests(file, headers.getall("Repr-Digest", ()), True))
-                transport.free_space.check(os.path.dirname(file.local_file), total)
+                transport.free_space.check(file.directory, total)
                 progress.connected()
                 try:
                     body = await answer.read()

@@ -43,7 +43,7 @@ async def download_local(d: FileDownload, source: str) -> Fetched | Restart:
                 with fs.translating(f"cannot copy {source}"):
                     os.ftruncate(fd, 0)
                 progress.begin(st.st_size, etag, formatdate(st.st_mtime, usegmt=True))
-            d.transport.free_space.check(os.path.dirname(file.local_file), st.st_size - offset)
+            d.transport.free_space.check(file.directory, st.st_size - offset)
             d.begin_check(offset)
             while offset < st.st_size:
                 limited = throttle.is_limited(priority)

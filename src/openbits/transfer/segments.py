@@ -573,7 +573,7 @@ async def resume(one: FileDownload) -> Fetched | Restart:
         fd = -1
         one.begin_check(segplan.prefix(segments), parse_repr_digest(file.repr_digest))
         needed = total - segplan.durable_bytes(segments)
-        one.transport.free_space.check(os.path.dirname(file.local_file), needed)
+        one.transport.free_space.check(file.directory, needed)
         left = sum(not s.finished for s in segments)
         log.debug("file %s: resumed in %d segments", file.local_file, left)
         if not left:

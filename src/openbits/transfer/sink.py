@@ -457,7 +457,7 @@ class SyncBatch:
 
 def directories_of(files: Iterable[tuple[JobFile, int]]) -> set[str]:
     """The directories a batch's files are written in (their sync handles')."""
-    return {os.path.dirname(f.local_file) for f, _ in files}
+    return {f.directory for f, _ in files}
 
 
 def _close(handles: dict[str, int]) -> None:
