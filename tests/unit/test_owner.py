@@ -93,7 +93,7 @@ def test_a_killed_or_stopped_helper_is_replaced(public_dir: Path) -> None:
         started = time.monotonic()
         with pytest.raises(OSError) as info:
             owners.exists(uid, None, str(public_dir))
-        assert info.value.errno == errno.EAGAIN and time.monotonic() - started < 0.2, "no second wait"
+        assert info.value.errno == errno.EAGAIN and time.monotonic() - started < 1.0, "no second 5 s wait"
         assert owners.exists(0, None, str(public_dir)) is True, "others are not paused"
         deadline = time.monotonic() + 10
 
