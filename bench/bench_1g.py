@@ -1,8 +1,6 @@
 #!/usr/bin/env python3
 """1 GiB over loopback HTTP: curl, curl+fsync, aria2c and openbits, alternated run by run,
-beside the disk's own figures (``dd conv=fdatasync`` of the same size to the same directory, and
-``dd oflag=direct``: the fastest bytes reach this disk, so the most a durable download can be
-against plain curl, which only fills the page cache).
+beside the disk's own figure (``dd conv=fdatasync`` of the same size to the same directory).
 
 Run from the repository root (``make bench`` does this)::
 
@@ -65,11 +63,11 @@ from common import (
 )
 
 JSON_PATH = OUT_DIR / "bench_1g.json"
-CASE_NAMES = ("dd", "dd-direct", "curl", "curl+fsync", "aria2c", "openbits")
+CASE_NAMES = ("dd", "curl", "curl+fsync", "aria2c", "openbits")
 #: issue 15's goals for openbits' rate against each peer
 TARGETS = {"curl": 1.0, "curl+fsync": 1.5, "aria2c": 1.5}
 #: cases whose output is not the served file (no sha256 check)
-NOT_THE_FILE = frozenset({"dd", "dd-direct"})
+NOT_THE_FILE = frozenset({"dd"})
 
 
 # -- timed runs ---------------------------------------------------------------------------------
@@ -102,16 +100,13 @@ def make_cases(
 ) -> list[Case]:
     """The cases; with ``tls`` curl and aria2c trust its CA (the daemon does through its env).
     ``dd`` is the disk's own floor: ``size`` zero bytes written in 4 MiB blocks to the same
-    directory, then one ``fdatasync`` (no network, no copy from a socket); ``dd-direct`` the
-    same past the page cache (``oflag=direct``, then the disk's cache flushed): how fast this
-    disk takes bytes at all, the ceiling of any durable download."""
+    directory, then one ``fdatasync`` (no network, no copy from a socket)."""
     openbits_cli = str(venv_bin / "openbits")
     curl_tls = ["--cacert", str(tls.ca)] if tls else []
     aria2c_tls = [f"--ca-certificate={tls.ca}"] if tls else []
     dd = ["dd", "if=/dev/zero", "bs=4M", f"count={size}", "iflag=count_bytes", "conv=fdatasync"]
     cases = [
         Case("dd", lambda out: [[*dd, f"of={out}", "status=none"]]),
-        Case("dd-direct", lambda out: [[*dd, "oflag=direct", f"of={out}", "status=none"]]),
         Case("curl", lambda out: [["curl", "-s", *curl_tls, "-o", str(out), url]]),
         Case(
             "curl+fsync",
@@ -347,14 +342,6 @@ def floor_lines(summaries: list[Summary], size: int, ratios: dict[str, float]) -
         lines.append(
             f"openbits/dd throughput ratio = {r:.2f} (the disk's own figure: {dd.mbps:.0f} MB/s; "
             "dd writes, then syncs once, so a download whose syncs overlap it can beat it)"
-        )
-    direct, curl = by_case.get("dd-direct"), by_case.get("curl")
-    if direct is not None and curl is not None:
-        ratios["durable_ceiling/curl"] = top = direct.mbps / curl.mbps
-        lines.append(
-            f"the disk takes {direct.mbps:.0f} MB/s past the page cache (dd oflag=direct): a durable "
-            f"download here can be at most {top:.2f}× plain curl"
-            + (" (curl's target of 1.0 is beyond this disk)" if top < TARGETS["curl"] else "")
         )
     if ob is not None:
         ratios["daemon_cpu_s_per_gib"] = per = ob.median_daemon_cpu_s / (size / GIB)
