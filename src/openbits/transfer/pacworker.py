@@ -129,37 +129,49 @@ class PacEvaluator:
 
     async def find(self, script: str, url: str, host: str) -> str:
         """``FindProxyForURL(url, host)`` of ``script``; PacFailed when it fails or runs over
-        the time limit (the worker is then killed)."""
+        the time limit (the worker is then killed).  A question given up half way (its task
+        cancelled: Suspend, Cancel, Complete) kills the worker too: its answer, or its
+        "ready" line, would otherwise be read as the next question's."""
         sha = hashlib.sha256(script.encode()).hexdigest()
         async with self._lock:
             try:
                 async with asyncio.timeout(self.time_limit_s):
-                    proc = await self._worker()
-                    assert proc.stdin is not None and proc.stdout is not None
-                    ask = {
-                        "sha": sha,
-                        "script": None if sha in self._loaded else script,
-                        "url": url,
-                        "host": host,
-                    }
-                    proc.stdin.write(json.dumps(ask).encode() + b"\n")
-                    await proc.stdin.drain()
-                    self._loaded.add(sha)
-                    line = await proc.stdout.readline()
+                    line = await self._ask(sha, script, url, host)
             except TimeoutError:
                 await self._kill()
                 raise PacFailed(f"the PAC script did not answer within {self.time_limit_s:g} s") from None
             except (OSError, ValueError) as e:
                 await self._kill()
                 raise PacFailed(f"the PAC worker failed: {e}") from e
+            except BaseException:
+                await asyncio.shield(self._kill())  # (``_proc`` is let go at once, even if cut short)
+                raise
+            return await self._answer(line, sha)
+
+    async def _ask(self, sha: str, script: str, url: str, host: str) -> bytes:
+        proc = await self._worker()
+        assert proc.stdin is not None and proc.stdout is not None
+        ask = {"sha": sha, "script": None if sha in self._loaded else script, "url": url, "host": host}
+        proc.stdin.write(json.dumps(ask).encode() + b"\n")
+        await proc.stdin.drain()
+        self._loaded.add(sha)
+        return await proc.stdout.readline()
+
+    async def _answer(self, line: bytes, sha: str) -> str:
+        """The route list of the worker's answer ``line`` (under the lock: a worker killed
+        here is the one that answered)."""
         if not line:
             await self._kill()
             raise PacFailed("the PAC worker ended")
-        answer = json.loads(line)
-        if "error" in answer:
-            self._loaded.discard(sha)
-            raise PacFailed(f"the PAC script failed: {answer['error']}")
-        return str(answer["ok"])
+        try:
+            answer = json.loads(line)
+            if "error" in answer:
+                self._loaded.discard(sha)
+                raise PacFailed(f"the PAC script failed: {answer['error']}")
+            return str(answer["ok"])
+        except (ValueError, KeyError, TypeError):
+            await self._kill()
+            raise PacFailed("the PAC worker answered nonsense") from None
 
     async def _worker(self) -> asyncio.subprocess.Process:
         """The running worker, or a new one once it said it is ready (unprivileged)."""
