@@ -52,6 +52,10 @@ from openbits.tuning import tune_gc, tune_malloc
 
 log = logging.getLogger("openbits.daemon")
 
+#: at shutdown, API calls still running after this long are cancelled (systemd's stop
+#: timeout is 30 s by default; long polls and event streams end at once)
+SHUTDOWN_CALLS_S = 10.0
+
 
 class DaemonError(Exception):
     """The daemon cannot start (socket in use, store unusable)."""
@@ -167,7 +171,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             base_delay_s=config.token_failure_delay_s,
             max_delay_s=max(config.token_failure_delay_max_s, config.token_failure_delay_s),
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # (at shutdown, calls still running after this long are cancelled: long polls and
+        # streams end at once, a verb is its commit, so only a stuck client is left)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_CALLS_S)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         stop = _on_signals(stack)

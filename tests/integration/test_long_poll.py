@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from openbits.client import Client
@@ -65,3 +66,32 @@ def test_states_by_name_or_number_and_bad_parameters(daemon: Daemon) -> None:
         status, body = daemon.api("GET", f"{CLASS}/{job}?{query}")
         assert status == 400, query
         assert int(body["ErrorCode"], 16) == HRESULT_E_INVALIDARG, body
+
+
+def test_a_daemon_stopping_answers_its_long_polls_at_once(tmp_path: Path) -> None:
+    """SIGTERM with a long poll parked: the poll is answered (the job as it is) and the daemon
+    exits without waiting out its WaitTimeout."""
+    daemon = Daemon(tmp_path / "state")
+    daemon.start()
+    try:
+        job = daemon.client.create_job("stopping").job_id
+        answered = threading.Event()
+        got: dict[str, Any] = {}
+
+        def waiter() -> None:
+            with Client(daemon.socket) as other:
+                got["job"] = other.get_job(job, wait_while=[JobState.SUSPENDED], wait_timeout=60)
+            answered.set()
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        assert not answered.wait(0.3)  # (parked in the daemon)
+        started = time.monotonic()
+        assert daemon.stop() == 0
+        stopped_s = time.monotonic() - started
+        assert answered.wait(10), "the long poll was not answered"
+        thread.join(10)
+    finally:
+        daemon.stop()
+    assert stopped_s < 20, f"the daemon waited {stopped_s:.1f} s for its long poll"
+    assert got["job"].state is JobState.SUSPENDED

@@ -399,11 +399,13 @@ def _last_event_id(text: str | None) -> int | None:
     return last
 
 
-async def _close_event_streams(app: web.Application) -> None:
-    """Shutdown: open streams end, so stopping the daemon never waits on them."""
+async def _end_waits(app: web.Application) -> None:
+    """Shutdown: open event streams end and long polls answer (each now and any asked
+    after), so stopping the daemon never waits on them."""
     log_ = app.get(EVENTS_KEY)
     if log_ is not None:
         log_.close_streams()
+    app[SERVICE_KEY].end_long_polls()
 
 
 def _tokens(request: web.Request) -> Tokens:
@@ -506,7 +508,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_patch(f"{BASE}/BitsServicePolicy", patch_policy)
     app.router.add_post(f"{BASE}/Query", query)
     app.router.add_get("/events", events)
-    app.on_shutdown.append(_close_event_streams)
+    app.on_shutdown.append(_end_waits)
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/openapi.json", openapi_document)

@@ -306,6 +306,7 @@ class EventLog:
         self._timer: asyncio.TimerHandle | None = None
         self._subscribers: set[Subscription] = set()
         self._closed = False
+        self._streams_closed = False  # (shutdown: no stream opens any more, events still logged)
         self._unlogged = 0  # events not kept since the store last failed to take one
 
     # -- the service's listener ------------------------------------------------------------
@@ -394,7 +395,7 @@ class EventLog:
     def subscribe(self, event_filter: EventFilter, limit: int = QUEUE_LIMIT) -> Subscription:
         """Live events from now on (ids above ``horizon``); earlier ones via ``replay``."""
         sub = Subscription(event_filter, self.last_id, limit)
-        if self._closed:
+        if self._closed or self._streams_closed:
             sub.close("shutdown")
         else:
             self._subscribers.add(sub)
@@ -438,6 +439,8 @@ class EventLog:
         self._closed = True
 
     def close_streams(self) -> None:
+        """End every stream, and any opened from now on (shutdown's first phase)."""
+        self._streams_closed = True
         for sub in list(self._subscribers):
             sub.close("shutdown")
         self._subscribers.clear()

@@ -123,6 +123,7 @@ class LiveJobs:
         #: change's name, or "progress" for a checkpoint (the event log: api/events.py)
         self.listeners: list[Callable[[Job, str], None]] = []
         self._waiters: dict[str, asyncio.Event] = {}  # job id -> set at its next change
+        self._polls_ended = False  # shutdown: long polls answer at once (``end_long_polls``)
         self.counters = Counters(started_s=self.clock.now_ns() / 1e9)
         #: the "scheme://host:port" of HTTP(S) RemoteUrls already found valid (params.py)
         self.known_origins: set[str] = set()
@@ -296,12 +297,22 @@ class LiveJobs:
             except Exception:  # a listener never breaks a verb
                 log.exception("listener failed")
 
+    def end_long_polls(self) -> None:
+        """Shutdown: every long poll answers now, and any asked from now on at once (the
+        daemon stops without waiting out their WaitTimeouts)."""
+        self._polls_ended = True
+        waiters, self._waiters = self._waiters, {}
+        for event in waiters.values():
+            event.set()
+
     async def wait_while(self, job: Job, states: frozenset[JobState], timeout_s: float) -> None:
         """Return once ``job`` is in none of ``states``, or after ``timeout_s`` (a long poll:
-        a client learns of a state change at once, without polling)."""
+        a client learns of a state change at once, without polling), or at shutdown."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while job.state in states and job.job_id in self.jobs:  # (a finished job never changes)
+            if self._polls_ended:
+                return
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
