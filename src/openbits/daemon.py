@@ -23,6 +23,7 @@ import socket
 import sqlite3
 import ssl
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -98,6 +99,23 @@ def inherited_socket() -> socket.socket | None:
     return sock
 
 
+def systemd_notifier() -> Callable[[str], None]:
+    """sd_notify(3): a function that sends ``READY=1`` and the like to the service manager
+    that set ``NOTIFY_SOCKET`` (a unit of ``Type=notify``), else one that does nothing.  The
+    variable is removed, so that no child (a helper, a worker, a notification program)
+    speaks for the daemon."""
+    address = os.environ.pop("NOTIFY_SOCKET", "")
+    if not address or address[0] not in "/@":
+        return lambda _state: None
+    target = "\0" + address[1:] if address[0] == "@" else address  # (@: an abstract socket)
+
+    def send(state: str) -> None:
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), target)
+
+    return send
+
+
 def lock_state_dir(state_dir: str) -> int:
     """One daemon per state dir: an exclusive flock held for the daemon's life."""
     import fcntl
@@ -124,6 +142,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             "the system daemon (--system) runs as root: it acts for each user with that user's "
             "rights, which takes root (a systemd unit may bound it to CAP_SETUID, CAP_SETGID, CAP_KILL)"
         )
+    notify_manager = systemd_notifier()
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(os.close, lock_state_dir(config.state_dir))
@@ -187,10 +206,12 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         )
         if ready is not None:
             ready.set()
+        notify_manager(f"READY=1\nSTATUS=serving {len(service.jobs)} jobs")
         async with asyncio.TaskGroup() as group:
             scheduling = group.create_task(scheduler.run(), name="scheduler")
             notifying = group.create_task(notifier.run(), name="notifier")
             await stop.wait()
+            notify_manager("STOPPING=1")
             await runner.cleanup()  # phase 1: no new calls (open event streams end)
             scheduling.cancel()  # phase 2: transfers stop at their checkpoints
             notifying.cancel()  # (one cut short runs again after a restart: still due)

@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 
 from openbits.config import Config
 from openbits.daemon import DaemonError, lock_state_dir, serve
+from tests.support.daemon import reap
 
 
 def open_fds() -> set[str]:
@@ -108,3 +111,26 @@ async def test_the_socket_answers_only_once_every_listener_is_up(tmp_path: Path)
     os.kill(os.getpid(), signal.SIGTERM)
     async with asyncio.timeout(30):
         await serving
+
+
+def test_a_notify_unit_hears_ready_once_the_socket_answers_and_stopping_at_sigterm(tmp_path: Path) -> None:
+    """``Type=notify`` (contrib/systemd): READY=1 only once the socket takes calls, so
+    ``systemctl start`` returns when clients can connect; STOPPING=1 at SIGTERM."""
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify.sock"))
+    manager.settimeout(20)
+    sock = tmp_path / "ob.sock"
+    serve = [sys.executable, "-m", "openbits", "serve", "--state-dir", str(tmp_path / "state")]
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+    proc = subprocess.Popen([*serve, "--socket", str(sock)], env=env, stderr=subprocess.DEVNULL)
+    try:
+        ready = manager.recv(4096).decode()  # (nothing else waits for the daemon here)
+        assert ready.splitlines()[0] == "READY=1", ready
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(str(sock))  # refused if READY came first
+        proc.send_signal(signal.SIGTERM)
+        assert manager.recv(4096) == b"STOPPING=1"
+        assert proc.wait(20) == 0
+    finally:
+        reap(proc)
+        manager.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def test_the_daemon_serves_the_socket_it_is_given(tmp_path: Path) -> None:
     )
     log.close()
     try:
-        wait_until(sock.exists, 10, "the activation socket")
+        wait_until(lambda: _answers(sock), 10, "the activation socket")  # (bound before it listens)
         with Client(str(sock)) as client:  # (the first connection starts the daemon)
             job = client.create_job("activated")
             assert [j.job_id for j in client.list_jobs()] == [job.job_id]
@@ -44,3 +45,14 @@ def test_the_daemon_serves_the_socket_it_is_given(tmp_path: Path) -> None:
         assert proc.wait(20) == 0
     finally:
         reap(proc)
+
+
+def _answers(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
