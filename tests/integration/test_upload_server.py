@@ -412,3 +412,20 @@ def test_the_command_refuses_bad_settings(tmp_path: Path, where: str) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done
     assert "openbits:" in done.stderr
+
+
+def test_a_port_in_use_is_a_clear_error_and_serving_is_said_once_listening(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    argv = [sys.executable, "-m", "openbits", "upload-server", "--root", str(root)]
+    argv += ["--state-dir", str(tmp_path / "state")]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [*argv, "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 1, done
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr and "serving" not in done.stderr, done.stderr

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from openbits.cli.openbits.exits import EXIT_USAGE, fail
+from openbits.cli.openbits.exits import EXIT_BITS_ERROR, EXIT_USAGE, fail
 
 
 def _default_state_dir() -> str:
@@ -72,10 +72,15 @@ def upload_server(root: str, listen: str, config_path: str | None, state_dir: st
     import logging  # (here: the other commands need no logging)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("openbits.uploadserver").info(
-        "serving %s on http://%s:%d/ (state in %s)", settings.root, host, port, settings.state_dir
-    )
-    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+    log = logging.getLogger("openbits.uploadserver")
+
+    def serving(_aiohttp_says: str) -> None:  # (run_app's print: once the port takes requests)
+        log.info("serving %s on http://%s:%d/ (state in %s)", settings.root, host, port, settings.state_dir)
+
+    try:
+        web.run_app(app, host=host, port=port, print=serving, access_log=None, handle_signals=True)
+    except OSError as e:
+        fail(f"cannot listen on {host}:{port}: {e.strerror or e}", EXIT_BITS_ERROR)
 
 
 COMMANDS = (upload_server,)
