@@ -22,6 +22,7 @@ import signal
 import socket
 import sqlite3
 import ssl
+import stat
 import sys
 from collections.abc import Callable
 
@@ -53,6 +54,8 @@ from openbits.tuning import tune_gc, tune_malloc
 
 log = logging.getLogger("openbits.daemon")
 
+#: how long a socket found in the way may take to accept a probe (a live daemon does at once)
+PROBE_TIMEOUT_S = 2.0
 #: at shutdown, API calls still running after this long are cancelled (systemd's stop
 #: timeout is 30 s by default; long polls and event streams end at once)
 SHUTDOWN_CALLS_S = 10.0
@@ -63,20 +66,59 @@ class DaemonError(Exception):
 
 
 def _prepare_socket(path: str, mode: int) -> None:
+    """The directory of the socket ``path``, and no stale socket there: one left by a daemon
+    that died (it refuses connections) is removed; a live one, a file that is not a socket,
+    or one that cannot be probed is refused, and never removed."""
     directory = os.path.dirname(path)
     # (a socket others may use sits in a directory they may search)
     os.makedirs(directory, mode=0o755 if mode & 0o077 else 0o700, exist_ok=True)
-    if not os.path.exists(path):
+    try:
+        if not stat.S_ISSOCK(os.stat(path, follow_symlinks=False).st_mode):
+            raise DaemonError(f"{path} exists and is not a socket: remove it, or choose another --socket")
+    except FileNotFoundError:
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(PROBE_TIMEOUT_S)
     try:
         probe.connect(path)
-    except OSError:
-        os.unlink(path)  # a stale socket left by a daemon that died
+    except ConnectionRefusedError:
+        try:
+            os.unlink(path)  # a stale socket left by a daemon that died
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise DaemonError(f"cannot remove the stale socket {path}: {e.strerror or e}") from None
+    except FileNotFoundError:
+        return
+    except OSError as e:  # (EACCES: another user's; a time-out: a live daemon, too busy to answer)
+        raise DaemonError(f"cannot tell whether a daemon serves {path}: {e.strerror or e}") from None
     else:
         raise DaemonError(f"another openbits daemon is already serving on {path}")
     finally:
         probe.close()
+
+
+class _OwnSocket:
+    """The socket file this daemon made (its device and inode), removed at the very end of
+    the shutdown, after the state directory's lock is let go (a script that waits for the
+    socket to go, then starts a daemon, finds the lock free), and only if it is still that
+    file: a daemon started since may have put its own there."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity: tuple[int, int] | None = None
+
+    def made(self) -> None:
+        st = os.stat(self.path, follow_symlinks=False)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def remove(self) -> None:
+        if self.identity is None:
+            return
+        with contextlib.suppress(OSError):
+            st = os.stat(self.path, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == self.identity:
+                os.unlink(self.path)
 
 
 def inherited_socket() -> socket.socket | None:
@@ -145,7 +187,10 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     notify_manager = systemd_notifier()
     os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
+        own_socket = _OwnSocket(config.socket)
+        stack.callback(own_socket.remove)  # (first in: the last thing a shutdown does)
         stack.callback(os.close, lock_state_dir(config.state_dir))
+        stop = _on_signals(stack)  # (from here on a signal stops the daemon cleanly)
         store = _open_store(config, stack)
         owners = Owners()  # the owners' file-system actions (their helpers, for a root daemon)
         stack.callback(owners.close)
@@ -195,8 +240,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_CALLS_S)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        stop = _on_signals(stack)
-        await _listen(runner, config, listen_at, tls, stack)
+        await _listen(runner, config, listen_at, tls, stack, own_socket)
         log.info(
             "openbits %s serving on %s (state in %s, %d jobs)",
             _version(),
@@ -347,6 +391,7 @@ async def _listen(
     listen_at: tuple[str, int] | None,
     tls: ssl.SSLContext | None,
     stack: contextlib.AsyncExitStack,
+    own_socket: _OwnSocket,
 ) -> None:
     """The TCP listener when configured (HTTPS with ``tls``), then the Unix socket (0600, or
     socket_mode): a socket that answers means every listener is up (what clients and
@@ -361,12 +406,14 @@ async def _listen(
         log.info("serving on the socket systemd passed (LISTEN_FDS)")
     else:
         _prepare_socket(config.socket, config.socket_mode)
-        old_umask = os.umask(0o177)
+        # (made with its mode: the site takes calls before it returns, so a chmod after would
+        # leave a moment when the socket refused the users a system daemon serves)
+        old_umask = os.umask(0o777 & ~config.socket_mode)
         try:
             await web.UnixSite(runner, config.socket).start()
         finally:
             os.umask(old_umask)
-        stack.callback(_unlink_quietly, config.socket)  # only a socket this daemon created
+        own_socket.made()  # (only a socket this daemon created is removed)
         os.chmod(config.socket, config.socket_mode)
 
 
@@ -417,11 +464,6 @@ def listener_tls(config: Config, listen_at: tuple[str, int] | None) -> ssl.SSLCo
         if os.stat(config.tls_key).st_mode & 0o077:
             log.warning("tls_key %s can be read by other users: chmod 600 it", config.tls_key)
     return context
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -134,3 +134,33 @@ def test_a_notify_unit_hears_ready_once_the_socket_answers_and_stopping_at_sigte
     finally:
         reap(proc)
         manager.close()
+
+
+async def test_a_file_in_the_sockets_place_is_refused_and_kept(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    Path(config.socket).parent.mkdir(parents=True)
+    Path(config.socket).write_text("not a socket")
+    with pytest.raises(DaemonError, match="exists and is not a socket"):
+        await serve(config)
+    assert Path(config.socket).read_text() == "not a socket"
+
+
+async def test_a_daemon_removes_only_its_own_socket(tmp_path: Path) -> None:
+    """Another socket put in its place while it ran (a daemon started since) is left."""
+    config = config_for(tmp_path)
+    ready = asyncio.Event()
+    serving = asyncio.create_task(serve(config, ready=ready))
+    async with asyncio.timeout(30):
+        await ready.wait()
+    os.unlink(config.socket)
+    newcomer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        newcomer.bind(config.socket)
+        os.kill(os.getpid(), signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await serving
+        assert Path(config.socket).exists(), "the newcomer's socket was removed"
+    finally:
+        newcomer.close()
+    await run_until_ready_then_stop(config)  # (a socket that refuses calls is stale: replaced)
+    assert not Path(config.socket).exists(), "its own socket is removed"
