@@ -195,7 +195,6 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         owners = Owners()  # the owners' file-system actions (their helpers, for a root daemon)
         stack.callback(owners.close)
         transfers = Transfers()  # the scheduler's wake-up and tasks: the service's runner
-        service = _open_service(store, config, transfers, owners)
         events = EventLog(
             store,
             size=config.event_log_size,
@@ -203,7 +202,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             keepalive_s=config.event_keepalive_s,
         )
         stack.callback(events.close)  # the progress events still held, before the store closes
-        service.listeners.append(events.on_change)
+        service = _open_service(store, config, transfers, owners, events)
         tune_gc()
         throttle = Throttle()
         proxies = env_proxies()  # the webhooks' (transfers: Proxies, from [proxy] or the same)
@@ -271,13 +270,18 @@ def _open_store(config: Config, stack: contextlib.AsyncExitStack) -> SqliteStore
     return store
 
 
-def _open_service(store: SqliteStore, config: Config, transfers: Transfers, owners: Owners) -> Service:
+def _open_service(
+    store: SqliteStore, config: Config, transfers: Transfers, owners: Owners, events: EventLog
+) -> Service:
+    """The service, its jobs recovered (with their events: those that were running go back
+    to QUEUED, and a stream resumed after the restart sees it)."""
     try:
         # the daemon's umask, read before _listen sets its own for a moment
         mode = fs.published_mode()
         service = Service(store, config, runner=transfers, published_mode=mode, owners=owners)
     except ValueError as e:
         raise DaemonError(f"bad configuration: {e}") from e
+    service.listeners.append(events.on_change)
     try:
         service.recover()
     except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as e:

@@ -28,6 +28,7 @@ import logging
 import os
 import pwd
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,6 +41,8 @@ log = logging.getLogger("openbits.notify")
 #: waits between the webhook's tries within one round
 WEBHOOK_RETRY_DELAYS_S: Sequence[float] = (5.0, 30.0)
 WEBHOOK_TIMEOUT_S = 30.0
+#: a notification program still running at shutdown: SIGTERM, then SIGKILL this long after
+PROGRAM_STOP_GRACE_S = 2.0
 EVENT_NAMES = {JobState.TRANSFERRED: "JobTransferred", JobState.ERROR: "JobError"}
 
 
@@ -148,7 +151,11 @@ class Notifier:
         except OSError as e:
             log.warning("job %s: cannot run its notification program: %s", job.job_id, e.strerror or e)
             return False
-        code = await proc.wait()
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:  # (shutdown: due still, it runs again after the restart)
+            await asyncio.shield(_stop_program(proc))
+            raise
         if code:
             log.info(
                 "job %s: the notification program exited with %d; again after %d s",
@@ -178,6 +185,20 @@ class Notifier:
                 return True
             log.info("job %s: webhook answered %d", job.job_id, status)
         return False
+
+
+async def _stop_program(proc: asyncio.subprocess.Process) -> None:
+    """A notification program cut short by the daemon's shutdown, its whole session (it was
+    started in one of its own): SIGTERM, SIGKILL after ``PROGRAM_STOP_GRACE_S``, reaped.
+    It runs again after the restart (still due), never beside a run left over from before."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PROGRAM_STOP_GRACE_S):
+                await proc.wait()
+                return
+    log.warning("notification program %d could not be stopped", proc.pid)
 
 
 async def _post(url: str, body: dict[str, Any], timeout_s: float, proxies: Mapping[str, str]) -> int:

@@ -142,6 +142,7 @@ class LiveJobs:
             if job.state in states.RUNNING_STATES:
                 self._enter(job, states.next_state(job.state, Event.PREEMPTED))
                 self._save(job)
+                self._announce(job, "recovered")  # (a stream resumed by Last-Event-ID sees it)
             elif job.state is JobState.CANCELLED:
                 for f in job.files:
                     if not f.published:

@@ -183,6 +183,8 @@ class Owners:
 
     def _helper(self, identity: Identity) -> Helper:
         with self._lock:
+            if self._closing.is_set():  # (a thread still at work after ``close``: no helper left behind)
+                raise OSError(errno.ESHUTDOWN, "the daemon is shutting down")
             found = self._helpers.get(identity)
             if found is None or not found.alive:
                 if found is not None:
