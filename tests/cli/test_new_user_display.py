@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, start_listening
 from tests.support.fixtures import make_file
-from tests.support.nginx import Nginx, free_port
+from tests.support.nginx import Nginx
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -198,8 +198,7 @@ def test_query_takes_state_names_and_refuses_a_literal_of_the_wrong_type(daemon:
 
 
 def test_empty_answers_say_so_and_json_stays_parseable(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path / "state", config={"listen": f"127.0.0.1:{free_port()}"})
-    daemon.start()
+    daemon, _ = start_listening(tmp_path / "state")
     try:
         assert daemon.cli("get", check=True).stdout == "no jobs\n"
         assert daemon.cli("get", "--where", "DisplayName = 'x'", check=True).stdout == "no jobs match\n"

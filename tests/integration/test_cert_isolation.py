@@ -214,10 +214,10 @@ def test_a_fifo_in_a_store_hangs_nothing(site: Site) -> None:
 
     as_user(bob, fifos)
     job = site.new_job(bob)
-    started = time.monotonic()
-    assert set_by(site, bob, job, "FIFO", leaf=thumbprint(LEAF)) == 0
-    assert set_by(site, bob, job, "FIFO", leaf=thumbprint(SECOND)) == "NTE_NO_KEY"
-    assert time.monotonic() - started < 4.0, "below the helper's 5 s: no read blocked"
+    for leaf, answer in ((LEAF, 0), (SECOND, "NTE_NO_KEY")):  # (each call timed on its own)
+        started = time.monotonic()
+        assert set_by(site, bob, job, "FIFO", leaf=thumbprint(leaf)) == answer
+        assert time.monotonic() - started < 4.0, "below the helper's 5 s: no read blocked"
 
 
 def test_a_machine_store_file_the_owner_cannot_read_is_not_in_his_store(site: Site, machine: Path) -> None:

@@ -11,17 +11,15 @@ import pytest
 
 from openbits import AsyncClient, Client, JobState
 from openbits.errors import AccessDenied, HResult, NotFound
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, start_listening
 from tests.support.fixtures import make_file, sha256_file
-from tests.support.nginx import Nginx, free_port
+from tests.support.nginx import Nginx
 
 
 @pytest.fixture
 def tcp_daemon(tmp_path: Path) -> Iterator[tuple[Daemon, str, str]]:
     """A daemon also listening on TCP, and (its URL, a token of the current user)."""
-    port = free_port()
-    daemon = Daemon(tmp_path / "state", config={"listen": f"127.0.0.1:{port}"})
-    daemon.start()
+    daemon, port = start_listening(tmp_path / "state")
     try:
         body = daemon.client.create_token("test")
         assert body["Token"] and body["TokenId"]

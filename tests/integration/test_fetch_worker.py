@@ -26,8 +26,11 @@ from tests.support.nginx import Nginx, find_nginx
 
 KiB = 1024
 WORKER_MODULE = b"openbits.transfer.fetchworker"
-#: requests a second ``/paced/`` serves
+#: the files of a paced job (``paced_midway``)
 PACE = 500
+#: requests a second ``/paced/`` serves: a paced job lasts 2.5 s, so when a fifth of it is
+#: written, "mid-job" still holds for seconds (a suspend, cancel or kill lands in it)
+RATE = 200
 
 pytestmark = pytest.mark.skipif(
     len(os.sched_getaffinity(0)) < 2, reason="the daemon starts no fetch worker on one CPU"
@@ -35,14 +38,14 @@ pytestmark = pytest.mark.skipif(
 
 
 class PacedNginx(Nginx):
-    """nginx with ``/paced/``: the files served at most ``PACE`` requests a second over all
+    """nginx with ``/paced/``: the files served at most ``RATE`` requests a second over all
     connections (others wait their turn), so that a job of small files lasts long enough to
     be interrupted in its middle, and a worker still fetching after it was told to stop
     would be seen writing."""
 
     def _config(self) -> str:
         config = super()._config()
-        zone = f"limit_req_zone $server_port zone=paced:1m rate={PACE}r/s;\n"
+        zone = f"limit_req_zone $server_port zone=paced:1m rate={RATE}r/s;\n"
         location = f'location /paced/ {{ alias "{self.www}/"; limit_req zone=paced burst=100000; }}\n'
         config = config.replace("http {\n", "http {\n" + zone, 1)
         return config.replace("        location / {", f"        {location}        location / {{", 1)

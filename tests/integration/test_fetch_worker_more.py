@@ -206,7 +206,7 @@ def test_set_credentials_mid_job_closes_the_lane_and_the_job_finishes(
     job, digests, _ = paced_midway(daemon, nginx, dest, name)
     daemon.client.set_credentials(job, AuthTarget.SERVER, AuthScheme.BASIC, "someone", "not-asked-for")
     changed_at = int(daemon.job(job)["FilesTransferred"])
-    # (files are committed in batches of up to 0.25 s, ~125 files here, so this moves in such
+    # (files are committed in batches of up to 0.25 s, ~50 files here, so this moves in such
     # steps; what matters is that the lane, which still fetches what it was given, at most
     # LANE_LOW_FILES + RUN_MAX files, was over before the last 50)
     assert changed_at < count - 50 - (LANE_LOW_FILES + RUN_MAX), "changed mid-job"

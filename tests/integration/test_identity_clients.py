@@ -14,8 +14,7 @@ from openbits import AsyncClient, AuthScheme, AuthTarget, BitsError, CertStoreLo
 from openbits.errors import HResult, InvalidArgument, NotImplementedValue
 from openbits.jobs import JobCredential
 from openbits.store.sqlite import SqliteStore
-from tests.support.daemon import Daemon
-from tests.support.nginx import free_port
+from tests.support.daemon import Daemon, start_listening
 
 PROXY_ENV = {"https_proxy": "http://user:pw-env-77@proxy.example:3128", "NO_PROXY": "localhost,.internal"}
 
@@ -137,9 +136,7 @@ def test_a_daemon_over_tcp_is_not_sent_this_machines_proxy_environment(
         if name.lower().endswith("_proxy"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("https_proxy", PROXY_ENV["https_proxy"])
-    port = free_port()
-    daemon = Daemon(tmp_path / "state", config={"listen": f"127.0.0.1:{port}"})
-    daemon.start()
+    daemon, port = start_listening(tmp_path / "state")
     try:
         token = daemon.client.create_token("identity")["Token"]
         with Client(url=f"http://127.0.0.1:{port}", token=token) as remote:

@@ -527,7 +527,7 @@ def test_a_transferred_job_taken_is_completed_with_its_bytes_as_the_new_owners(
     job = site.new_job(site.alice, f"{nginx.url}/users/{name}", shared / name)
     site.resume(site.alice, job)
     site.daemon.wait_state(job, JobState.TRANSFERRED)
-    fetched = len([r for r in nginx.requests() if r["uri"] == f"/users/{name}"])
+    fetched = len(nginx.wait_requests(1, uri=f"/users/{name}"))  # (logged a moment after the send)
     status, body = site.call(site.bob, "POST", f"{CLASS}/{job}/TakeOwnership", {})
     assert status == 200, body
     after = site.daemon.job(job)

@@ -122,7 +122,12 @@ def test_foreground_files_move_at_once_with_exact_counts_and_events(
         assert all(f["BytesTransferred"] == f["BytesTotal"] for f in data["Files"] if f["Completed"])
     assert daemon.client.complete(job) == 0
     assert [sha256_file(dest / f"{i}.bin") for i in range(count)] == digests
-    requests = [r for r in nginx.requests() if r["uri"].startswith("/slow/mc-at-once/")]
+
+    def logged() -> list[Any]:
+        return [r for r in nginx.requests() if r["uri"].startswith("/slow/mc-at-once/")]
+
+    # (nginx logs a request a moment after its last send)
+    requests = wait_until(lambda: len(found := logged()) >= count and found, 10, f"{count} requests logged")
     assert len({r["connection"] for r in requests}) >= 3, "several connections"
     assert len(requests) == count, json.dumps(requests)
 

@@ -25,17 +25,18 @@ from tests.support.nginx import Nginx
 
 # A notification program: appends one JSON line (argv, a few variables, its uid) to the
 # file named by its first argument; exits with the code in the file named by its second
-# argument (0 when there is none), so a test can make it fail.
+# argument (0 when there is none), so a test can make it fail.  (It reads the code before
+# it writes its line: a test that changes the code once it sees a line changes the next run.)
 PROGRAM = """#!/usr/bin/env python3
 import json, os, sys
 out, code_file = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
 env = {k: os.environ.get(k) for k in ("OPENBITS_JOB_ID", "OPENBITS_JOB_STATE", "HOME", "USER")}
-with open(out, "a") as f:
-    run = {"argv": sys.argv, "env": env, "uid": os.getuid(), "keys": sorted(os.environ)}
-    f.write(json.dumps(run) + "\\n")
 code = 0
 if code_file and os.path.exists(code_file):
     code = int(open(code_file).read().strip() or 0)
+with open(out, "a") as f:
+    run = {"argv": sys.argv, "env": env, "uid": os.getuid(), "keys": sorted(os.environ)}
+    f.write(json.dumps(run) + "\\n")
 sys.exit(code)
 """
 

@@ -28,7 +28,7 @@ from openbits.config import Config
 from openbits.daemon import listener_tls, parse_listen
 from openbits.errors import AccessDenied
 from openbits.model import JobState, unix_ns_from_filetime
-from tests.support.daemon import CLASS, Daemon, wait_until
+from tests.support.daemon import CLASS, Daemon, start_listening, wait_until
 from tests.support.nginx import free_port
 
 POLICY = "/root/microsoft/bits/BitsServicePolicy"
@@ -103,12 +103,10 @@ def write_tls(directory: Path) -> tuple[Path, Path, Path]:
 
 def start_remote(state: Path, shared: Path, **config: Any) -> Remote:
     ca, cert, key = write_tls(state.parent)
-    port = free_port()
-    settings = {"listen": f"127.0.0.1:{port}", "tls_cert": str(cert), "tls_key": str(key), **config}
+    settings = {"tls_cert": str(cert), "tls_key": str(key), **config}
     if AS_ROOT:  # other users reach the socket (each still told apart by SO_PEERCRED)
         settings["socket_mode"] = 0o666
-    daemon = Daemon(state, config=settings, socket=str(shared / "ob.sock"))
-    daemon.start()
+    daemon, port = start_listening(state, settings, socket=str(shared / "ob.sock"))
     return Remote(daemon, port, ca, cert, key)
 
 

@@ -50,15 +50,17 @@ def test_a_higher_priority_job_preempts_and_finishes_first(daemon: Daemon, nginx
 
 def test_round_robin_within_one_priority(tmp_path: Path, nginx: Nginx, dest: Path) -> None:
     digests = [make_file(nginx.www, f"rr/{i}.bin", 5 * MiB, seed=50 + i) for i in range(2)]
-    daemon = Daemon(tmp_path / "state-rr", config={"time_slice_s": 1.0})
+    # (a slice long enough that B is seen QUEUED before A's first one ends, and short
+    # enough that neither 5 MiB file at 1 MiB/s is done before it gives way twice)
+    daemon = Daemon(tmp_path / "state-rr", config={"time_slice_s": 2.5})
     daemon.start()
     try:
         a = start(daemon, f"{nginx.url}/slow/rr/0.bin", dest / "0.bin")
         daemon.wait_state(a, S.TRANSFERRING)
         b = start(daemon, f"{nginx.url}/slow/rr/1.bin", dest / "1.bin")
         assert JobState(daemon.job(b)["State"]) is S.QUEUED, "one background job at a time"
-        wait_until(lambda: states(daemon, a, b) == (S.QUEUED, S.TRANSFERRING), 5, "B's turn")
-        wait_until(lambda: states(daemon, a, b) == (S.TRANSFERRING, S.QUEUED), 5, "A's turn again")
+        wait_until(lambda: states(daemon, a, b) == (S.QUEUED, S.TRANSFERRING), 10, "B's turn")
+        wait_until(lambda: states(daemon, a, b) == (S.TRANSFERRING, S.QUEUED), 10, "A's turn again")
         for job in (a, b):
             daemon.wait_state(job, S.TRANSFERRED, timeout=40)
             daemon.client.complete(job)

@@ -367,12 +367,14 @@ def test_fault_stall_then_prompt_stop() -> None:
     server = FaultServer({"/f": Stall(DATA, after=1000)})
     server.start()
     try:
-        conn = connect(server.url, timeout=0.5)
+        conn = connect(server.url)
         conn.request("GET", "/f")
+        sock = conn.sock  # (0.5 s only for the read that stalls)
         resp = conn.getresponse()
         assert resp.status == 200
         assert resp.headers["Content-Length"] == str(len(DATA))
         assert resp.read(1000) == DATA[:1000]
+        sock.settimeout(0.5)
         with pytest.raises(TimeoutError):
             resp.read(1)
     finally:
@@ -385,10 +387,12 @@ def test_fault_stall_then_prompt_stop() -> None:
 
 def test_fault_stall_only_first(fault_server: FaultServer) -> None:
     fault_server.routes["/f"] = Stall(DATA, after=0, only_first=True)
-    conn = connect(fault_server.url, timeout=0.5)
+    conn = connect(fault_server.url)
     try:
         conn.request("GET", "/f")
+        sock = conn.sock  # (0.5 s only for the read that stalls)
         resp = conn.getresponse()
+        sock.settimeout(0.5)
         with pytest.raises(TimeoutError):
             resp.read(1)
     finally:

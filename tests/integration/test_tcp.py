@@ -15,16 +15,14 @@ from typing import Any
 import pytest
 
 from openbits.model import JobState
-from tests.support.daemon import CLASS, Daemon
+from tests.support.daemon import CLASS, Daemon, start_listening
 from tests.support.fixtures import make_file
-from tests.support.nginx import Nginx, free_port
+from tests.support.nginx import Nginx
 
 
 @pytest.fixture
 def tcp_daemon(tmp_path: Path) -> Iterator[tuple[Daemon, int]]:
-    port = free_port()
-    d = Daemon(tmp_path / "state", config={"listen": f"127.0.0.1:{port}"})
-    d.start()
+    d, port = start_listening(tmp_path / "state")
     try:
         yield d, port
     finally:
@@ -103,9 +101,7 @@ def test_tokens_are_managed_over_the_unix_socket_only_and_never_shown_again(
 
 
 def test_tokens_survive_a_restart_and_have_limits(tmp_path: Path) -> None:
-    port = free_port()
-    daemon = Daemon(tmp_path / "state", config={"listen": f"127.0.0.1:{port}", "max_tokens_per_user": 2})
-    daemon.start()
+    daemon, port = start_listening(tmp_path / "state", {"max_tokens_per_user": 2})
     try:
         _, token = new_token(daemon)
         new_token(daemon)
@@ -203,13 +199,7 @@ def test_a_token_acts_as_the_user_who_asked_for_it_and_no_one_else(tmp_path: Pat
 
     shared = Path(tempfile.mkdtemp(prefix="openbits-tcp-"))
     shared.chmod(0o755)
-    port = free_port()
-    daemon = Daemon(
-        tmp_path / "state",
-        config={"listen": f"127.0.0.1:{port}", "socket_mode": 0o666},
-        socket=str(shared / "ob.sock"),
-    )
-    daemon.start()
+    daemon, port = start_listening(tmp_path / "state", {"socket_mode": 0o666}, socket=str(shared / "ob.sock"))
     try:
         sock = daemon.socket
         status, issued = as_nobody(lambda: api(sock, "POST", "/tokens", {"Description": "nb"}))
@@ -234,42 +224,12 @@ def test_a_token_acts_as_the_user_who_asked_for_it_and_no_one_else(tmp_path: Pat
 
 
 def test_the_cli_manages_tokens_and_serve_listen_starts_the_listener(tmp_path: Path) -> None:
-    import signal
-    import time
-
-    port = free_port()
-    sock = str(tmp_path / "ob.sock")
-    env = dict(os.environ, OPENBITS_SOCKET=sock)
-    log = (tmp_path / "serve.log").open("wb")
-    serve = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "openbits",
-            "serve",
-            "--state-dir",
-            str(tmp_path / "s"),
-            "--socket",
-            sock,
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    # (the socket answers only once the listener is up)
+    daemon, port = start_listening(tmp_path / "s", on_command_line=True, socket=str(tmp_path / "ob.sock"))
     try:
-        deadline = time.monotonic() + 15
-        while tcp_status(port) is None:
-            assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.05)
 
         def cli(*args: str) -> str:
-            result = subprocess.run(
-                [sys.executable, "-m", "openbits", *args], capture_output=True, text=True, env=env, timeout=60
-            )
-            assert result.returncode == 0, result.stderr
-            return result.stdout
+            return daemon.cli(*args, check=True).stdout
 
         token = cli("token", "create", "--description", "from the cli").strip()
         assert token.startswith("obt_") and "\n" not in token
@@ -281,16 +241,7 @@ def test_the_cli_manages_tokens_and_serve_listen_starts_the_listener(tmp_path: P
         assert tcp(port, "GET", CLASS, token)[0] == 401
         assert cli("token", "list").strip() == "no tokens"
     finally:
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(20) == 0
-        log.close()
-
-
-def tcp_status(port: int) -> int | None:
-    try:
-        return tcp(port, "GET", CLASS, None)[0]
-    except OSError:
-        return None
+        assert daemon.stop() == 0
 
 
 def test_a_revoked_token_ends_its_open_event_stream(tcp_daemon: tuple[Daemon, int]) -> None:

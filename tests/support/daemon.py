@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 
 from openbits.client import Client
 from openbits.model import JobState
+from tests.support.nginx import free_port
 
 CLASS = "/root/microsoft/bits/BitsClientJob"
 
@@ -66,8 +67,10 @@ class Daemon:
         config: dict[str, Any] | None = None,
         socket: str | None = None,
         env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.env = env or {}  # extra environment of the daemon process
+        self.args = list(args)  # extra arguments of ``serve``
         self.state_dir = Path(state_dir)
         self.socket = socket or str(self.state_dir / "openbits.sock")
         self.config = config or {}
@@ -88,6 +91,7 @@ class Daemon:
             str(self.state_dir),
             "--socket",
             self.socket,
+            *self.args,
         ]
         if self.config:
             config_path = self.state_dir / "openbits.toml"
@@ -206,6 +210,38 @@ class Daemon:
             return wait_until(reached, timeout, f"{job_id} to reach {sorted(s.name for s in wanted)}")
         except AssertionError as e:
             raise AssertionError(f"{e}; states seen: {seen}\n{self.log()[-4000:]}") from None
+
+
+def start_listening(
+    state_dir: Path,
+    config: dict[str, Any] | None = None,
+    *,
+    on_command_line: bool = False,
+    attempts: int = 5,
+    **kw: Any,
+) -> tuple[Daemon, int]:
+    """A started daemon also listening on 127.0.0.1:PORT (in its config, or as ``serve
+    --listen`` with ``on_command_line``), and PORT.
+
+    The port was merely free a moment ago (``free_port``), so another pytest-xdist worker
+    may take it before the daemon binds it: then, and only then, it starts again on
+    another port."""
+    for attempt in range(attempts):
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        if on_command_line:
+            daemon = Daemon(state_dir, config, args=("--listen", listen), **kw)
+        else:
+            daemon = Daemon(state_dir, {**(config or {}), "listen": listen}, **kw)
+        seen = len(daemon.log())  # (the log of an earlier attempt stays in the file)
+        try:
+            daemon.start()
+        except AssertionError:
+            if attempt == attempts - 1 or "cannot listen on" not in daemon.log()[seen:]:
+                raise
+            continue
+        return daemon, port
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture

@@ -314,7 +314,7 @@ async def test_settling_a_batch_syncs_off_the_loop_and_keeps_the_synced_files(
     while the loop serves everyone else: a slow disk's sync is simulated) and committed; every
     handle is let go of."""
     before = open_fds()
-    SyncGate(monkeypatch, delay_s=0.3)  # (a busy disk)
+    SyncGate(monkeypatch, delay_s=1.0)  # (a busy disk: 10 ticks fit in it on a loaded machine too)
     rec, batch = await settle_batch(tmp_path, threads, "x", "y")
     ticks = 0
     settling = asyncio.create_task(batch.settle())

@@ -72,7 +72,7 @@ def test_the_helper_is_the_owner_for_good(owners: Owners, public_dir: Path) -> N
 def test_a_killed_or_stopped_helper_is_replaced(public_dir: Path) -> None:
     assert NOBODY is not None
     uid = NOBODY.pw_uid
-    owners = Owners(timeout_s=0.5, pause_s=1.0)
+    owners = Owners(timeout_s=3.0, pause_s=1.0)  # (3 s: the first answer starts a Python process)
     try:
         owners.exists(uid, None, str(public_dir / "x"))
         (first,) = owners.helpers()
@@ -86,6 +86,7 @@ def test_a_killed_or_stopped_helper_is_replaced(public_dir: Path) -> None:
         (second,) = owners.helpers()
         assert second != first
         os.kill(second, signal.SIGSTOP)  # as its owner could
+        stalled = time.monotonic()
         with pytest.raises(OSError) as info:
             owners.exists(uid, None, str(public_dir))
         assert info.value.errno == errno.ETIMEDOUT
@@ -93,7 +94,7 @@ def test_a_killed_or_stopped_helper_is_replaced(public_dir: Path) -> None:
         started = time.monotonic()
         with pytest.raises(OSError) as info:
             owners.exists(uid, None, str(public_dir))
-        assert info.value.errno == errno.EAGAIN and time.monotonic() - started < 1.0, "no second 5 s wait"
+        assert info.value.errno == errno.EAGAIN and time.monotonic() - started < 1.0, "no second 3 s wait"
         assert owners.exists(0, None, str(public_dir)) is True, "others are not paused"
         deadline = time.monotonic() + 10
 
@@ -107,7 +108,7 @@ def test_a_killed_or_stopped_helper_is_replaced(public_dir: Path) -> None:
 
         while not after_the_pause():
             pass
-        assert time.monotonic() - started >= 1.0
+        assert time.monotonic() - stalled >= 3.0 + 1.0  # (the wait for the answer, then the pause)
     finally:
         owners.close()
 
@@ -132,7 +133,7 @@ def test_read_as_owner(owners: Owners, public_dir: Path) -> None:
 
 def test_idle_helpers_are_closed(public_dir: Path) -> None:
     assert NOBODY is not None
-    pool = Owners(idle_s=0.3)
+    pool = Owners(idle_s=1.0)  # (well above a first answer, which starts a Python process)
     try:
         pool.exists(NOBODY.pw_uid, None, str(public_dir))
         (pid,) = pool.helpers()

@@ -8,7 +8,6 @@ import contextlib
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from openbits.transfer import h1body
 from openbits.transfer.h1body import _pump
 from openbits.transfer.pace import Pacer, pacer
 from openbits.transfer.rttsample import (
@@ -273,7 +273,7 @@ class _RecordingController(DelayController):
 
 
 def test_a_splice_passes_its_longest_single_wait_as_the_idle_time(
-    pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pair: tuple[socket.socket, socket.socket], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A sender pausing ~1 ms between 16 KiB writes makes several waits in one ``_pump`` call
     (a ~10 ms budget): the controller is told the longest of them, not their sum, so a 10 ms
@@ -282,6 +282,9 @@ def test_a_splice_passes_its_longest_single_wait_as_the_idle_time(
     client, accepted = pair
     client.setblocking(False)
     piece, pieces = 16 * 1024, 300
+    # (waits of up to 4 ms, not 2: a sender late from its 1 ms sleep on a loaded machine does
+    # not end a call at its first wait; still under the 5 ms that would drop a 10 ms sample)
+    monkeypatch.setattr(h1body, "_PUMP_WAIT_MS", 4)
 
     def paced_sender() -> None:
         for _ in range(pieces):
@@ -316,7 +319,8 @@ def test_a_splice_passes_its_longest_single_wait_as_the_idle_time(
         os.close(pipe[1])
     assert offset == piece * pieces
     assert all(0.0 <= one <= total for one, total in zip(longest_s, totals_s, strict=True))
-    assert statistics.median(longest_s) < statistics.median(totals_s) / 2, "several waits a call"
+    several = sum(1 for one, total in zip(longest_s, totals_s, strict=True) if one < total / 2)
+    assert several >= 10, f"several waits a call in only {several} of {len(totals_s)} calls"
     assert len(controller.idles_s) >= 10
     assert max(controller.idles_s) <= max(longest_s)
     # a 10 ms path's samples, taken with those idle figures, are kept (nearly all of them)
