@@ -550,3 +550,30 @@ def test_a_job_stream_ends_its_view_when_an_administrator_takes_the_job(tmp_path
         os.close(ready_w)
         daemon.stop()
         shutil.rmtree(run, ignore_errors=True)
+
+
+def test_a_job_put_back_in_the_queue_by_a_restart_is_an_event(
+    tmp_path: Path, nginx: Nginx, dest: Path, open_streams: list[EventStream]
+) -> None:
+    """SIGKILL during a transfer: the restarted daemon puts the job back to QUEUED, and a
+    stream resumed with Last-Event-ID sees that before the job connects again."""
+    make_file(nginx.www, "events/restart.bin", 3 * MiB, seed=403)
+    daemon = Daemon(tmp_path / "state", config={"bandwidth_limit": "1M"})
+    daemon.start()
+    try:
+        client = daemon.client
+        job = client.create_job("restarted").job_id
+        client.add_file(job, f"{nginx.url}/events/restart.bin", str(dest / "restart.bin"))
+        stream = listen(daemon, open_streams, job=job)
+        client.resume(job)
+        last = read_until(stream, is_state(JobState.TRANSFERRING))[-1].id
+        assert last is not None
+        daemon.kill()
+        daemon.start()
+        resumed = listen(daemon, open_streams, job=job, last_event_id=last)
+        events = read_until(resumed, is_state(JobState.CONNECTING))
+        states = [JobState(e.data["State"]) for e in events]
+        assert JobState.QUEUED in states, states
+        daemon.client.cancel(job)
+    finally:
+        daemon.stop()

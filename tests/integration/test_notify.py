@@ -315,3 +315,35 @@ def test_openbits_set_changes_notifications_and_the_other_method_properties(
     assert instance["NotifyCmdLine"] is None and instance["NotifyUrl"] is None
     bad = daemon.cli("set", job, "--notify-cmd", "relative/prog x")
     assert bad.returncode == 1 and "E_INVALIDARG" in bad.stderr
+
+
+# a notification program that says it started (its pid) and then hangs
+HANGING = """#!/bin/sh
+echo $$ > "$1"
+exec sleep 600
+"""
+
+
+def test_a_program_still_running_at_shutdown_is_stopped_and_runs_again_after_the_restart(
+    nginx: Nginx, dest: Path, tmp_path: Path
+) -> None:
+    program = tmp_path / "hang.sh"
+    program.write_text(HANGING)
+    program.chmod(0o755)
+    pid_file = tmp_path / "pid"
+    daemon = Daemon(tmp_path / "state")
+    daemon.start()
+    try:
+        job = transfer(daemon, nginx, dest, "hang")
+        daemon.client.invoke(job, "SetNotifyCmdLine", Program=str(program), Parameters=f"hang.sh {pid_file}")
+        daemon.client.resume(job)
+        pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the program"))
+        assert daemon.stop() == 0
+        # stopped with the daemon (else the rerun after a restart would run beside it)
+        assert not Path(f"/proc/{pid}").exists()
+        pid_file.unlink()
+        daemon.start()
+        rerun = int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 15, "the rerun"))
+        assert rerun != pid, "still due: it runs again"
+    finally:
+        daemon.stop()
