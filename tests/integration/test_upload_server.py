@@ -429,3 +429,16 @@ def test_a_port_in_use_is_a_clear_error_and_serving_is_said_once_listening(tmp_p
     assert done.returncode == 1, done
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr and "serving" not in done.stderr, done.stderr
+
+
+def test_a_second_server_on_the_same_state_directory_is_refused(server: UploadServer, tmp_path: Path) -> None:
+    """Its sessions are the first one's: it must not take them (a restart while the old
+    server still finishes fragments)."""
+    other_root = tmp_path / "other-root"
+    other_root.mkdir()
+    argv = [sys.executable, "-m", "openbits", "upload-server", "--root", str(other_root)]
+    argv += ["--state-dir", str(server.state_dir), "--listen", f"127.0.0.1:{server.port}"]  # (the lock first)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert "another upload server is using the state directory" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -73,8 +73,37 @@ def _check_state_dir(settings: ServerSettings) -> None:
         raise ValueError("the state directory must not be inside the upload root")
 
 
+class StateDirInUse(RuntimeError):
+    """Another upload server holds the state directory (it would serve the same sessions)."""
+
+
+def _lock_state_dir(state_dir: str) -> int:
+    """One server per state directory: an exclusive flock held for the server's life (a
+    server started while another finishes its last fragments must not take their sessions)."""
+    import fcntl
+
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, "upload-server.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirInUse(f"another upload server is using the state directory {state_dir}") from None
+    return fd
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    lock_fd = _lock_state_dir(settings.state_dir)  # (before any session is read: none is taken twice)
+    try:
+        async with _serving(app, settings):
+            yield
+    finally:
+        os.close(lock_fd)
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: web.Application, settings: ServerSettings) -> AsyncIterator[None]:
     root_fd = os.open(settings.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     http = aiohttp.ClientSession(auto_decompress=False)
     uploads = Uploads(settings, root_fd, http)

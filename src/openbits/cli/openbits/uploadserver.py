@@ -62,6 +62,7 @@ def upload_server(root: str, listen: str, config_path: str | None, state_dir: st
     from aiohttp import web
 
     from openbits.uploadserver import ServerSettings, make_app
+    from openbits.uploadserver.app import StateDirInUse
 
     host, port = _listen(listen)
     try:
@@ -79,6 +80,8 @@ def upload_server(root: str, listen: str, config_path: str | None, state_dir: st
 
     try:
         web.run_app(app, host=host, port=port, print=serving, access_log=None, handle_signals=True)
+    except StateDirInUse as e:
+        fail(str(e), EXIT_BITS_ERROR)
     except OSError as e:
         fail(f"cannot listen on {host}:{port}: {e.strerror or e}", EXIT_BITS_ERROR)
 
