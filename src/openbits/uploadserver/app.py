@@ -104,19 +104,20 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def _serving(app: web.Application, settings: ServerSettings) -> AsyncIterator[None]:
-    root_fd = os.open(settings.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    http = aiohttp.ClientSession(auto_decompress=False)
-    uploads = Uploads(settings, root_fd, http)
-    app[UPLOADS] = uploads
-    cleaner = asyncio.create_task(_clean(uploads, settings))
-    try:
-        yield
-    finally:
-        cleaner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cleaner
-        await http.close()
-        os.close(root_fd)
+    async with contextlib.AsyncExitStack() as stack:  # (a start that fails half way closes what it opened)
+        root_fd = os.open(settings.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        stack.callback(os.close, root_fd)
+        http = aiohttp.ClientSession(auto_decompress=False)
+        stack.push_async_callback(http.close)
+        uploads = Uploads(settings, root_fd, http)
+        app[UPLOADS] = uploads
+        cleaner = asyncio.create_task(_clean(uploads, settings))
+        try:
+            yield
+        finally:
+            cleaner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleaner
 
 
 async def _clean(uploads: Uploads, settings: ServerSettings) -> None:
