@@ -34,6 +34,7 @@ from openbits.api.guard import GUARD_KEY, FailureGuard
 from openbits.api.peer import ADMIN_GROUP_KEY
 from openbits.api.tokens import TOKENS_KEY, Tokens
 from openbits.config import Config
+from openbits.lockfile import lock_exclusively
 from openbits.notify import Notifier
 from openbits.scheduler.run import Scheduler, Transfers
 from openbits.service import Service
@@ -160,14 +161,9 @@ def systemd_notifier() -> Callable[[str], None]:
 
 def lock_state_dir(state_dir: str) -> int:
     """One daemon per state dir: an exclusive flock held for the daemon's life."""
-    import fcntl
-
-    fd = os.open(os.path.join(state_dir, "openbits.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DaemonError(f"another openbits daemon is using the state directory {state_dir}") from None
+    fd = lock_exclusively(os.path.join(state_dir, "openbits.lock"))
+    if fd is None:
+        raise DaemonError(f"another openbits daemon is using the state directory {state_dir}")
     return fd
 
 

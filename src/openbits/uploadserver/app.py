@@ -19,6 +19,7 @@ from urllib.parse import unquote
 import aiohttp
 from aiohttp import web
 
+from openbits.lockfile import lock_exclusively
 from openbits.uploadserver import protocol
 from openbits.uploadserver.config import ServerSettings
 from openbits.uploadserver.paths import Target, parse_target
@@ -80,15 +81,10 @@ class StateDirInUse(RuntimeError):
 def _lock_state_dir(state_dir: str) -> int:
     """One server per state directory: an exclusive flock held for the server's life (a
     server started while another finishes its last fragments must not take their sessions)."""
-    import fcntl
-
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(state_dir, "upload-server.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StateDirInUse(f"another upload server is using the state directory {state_dir}") from None
+    fd = lock_exclusively(os.path.join(state_dir, "upload-server.lock"))
+    if fd is None:
+        raise StateDirInUse(f"another upload server is using the state directory {state_dir}")
     return fd
 
 
