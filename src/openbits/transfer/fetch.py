@@ -332,11 +332,11 @@ class FileDownload:
         file, transport, progress = self.file, self.transport, self.progress
         url = file.remote_url
         tls = transport.tls.for_h1(self.options.security_flags) if url[:6].lower() == "https:" else None
+        h1 = transport.h1
         try:
-            target = transport.h1.target(url, tls, self.options.partition)
+            target = h1.target(url, tls, self.options.partition)
         except (BadRequest, ValueError):
             return None  # (``whole`` says what is wrong with it)
-        h1 = transport.h1
         if not h1.warm(target.key):
             return None
         await self.open()  # (before the request, as ``whole``: a local error comes first)

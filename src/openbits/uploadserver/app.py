@@ -90,17 +90,9 @@ def _lock_state_dir(state_dir: str) -> int:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    lock_fd = _lock_state_dir(settings.state_dir)  # (before any session is read: none is taken twice)
-    try:
-        async with _serving(app, settings):
-            yield
-    finally:
-        os.close(lock_fd)
-
-
-@contextlib.asynccontextmanager
-async def _serving(app: web.Application, settings: ServerSettings) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:  # (a start that fails half way closes what it opened)
+        # (the lock before any session is read: no session is served by two servers)
+        stack.callback(os.close, _lock_state_dir(settings.state_dir))
         root_fd = os.open(settings.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         stack.callback(os.close, root_fd)
         http = aiohttp.ClientSession(auto_decompress=False)
